@@ -1,0 +1,136 @@
+//! The plugin trait: messages, memory, RMA, progress and cancellation.
+
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use crate::{Address, MemHandle, NaError, NaResult, RemoteMem, Segment};
+
+/// A peer known to a plugin: an outgoing connection made by [`Plugin::lookup`] or an
+/// incoming one. Cheap to copy; only meaningful to the plugin that issued it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+/// A posted operation, named again in its [`Event::Done`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub u64);
+
+/// What progress produced.
+#[derive(Debug)]
+pub enum Event {
+    /// An unexpected message (a new request) arrived from `peer`.
+    Unexpected {
+        /// The sender.
+        peer: PeerId,
+        /// The sender's tag (for RPC: where the sender expects the answer).
+        tag: u64,
+        /// The message.
+        data: Vec<u8>,
+    },
+    /// A posted operation completed. For an expected receive `data` holds the message;
+    /// for sends and RMA it is empty.
+    Done {
+        /// The operation.
+        op: OpId,
+        /// The outcome.
+        result: NaResult<Vec<u8>>,
+    },
+    /// The connection to `peer` was lost (closed, reset, or closed by us after the peer
+    /// misbehaved). Every pending operation on it has completed with an error before this.
+    PeerLost {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        error: NaError,
+    },
+}
+
+/// A transport plugin.
+///
+/// Every call takes `&self`: posting is thread-safe, so a handler thread can answer while
+/// another thread drives progress. Operations never block: they queue work and return an
+/// [`OpId`]; outcomes arrive as [`Event`]s after [`Plugin::progress`]. Each posted operation
+/// yields exactly one [`Event::Done`], whether it succeeds, fails, or is canceled.
+///
+/// Messages are bounded by [`Plugin::max_eager_size`]. Unexpected messages need no posted
+/// receive (the plugin owns the buffers); expected messages are delivered only to a receive
+/// posted with [`Plugin::recv_expected`] for the same peer and tag, and dropped otherwise
+/// (a late answer to a canceled request).
+pub trait Plugin: Send + Sync + 'static {
+    /// The plugin name as addresses spell it (`tcp`).
+    fn name(&self) -> &'static str;
+
+    /// An address that peers can pass to [`Plugin::lookup`] to reach this endpoint.
+    fn self_addr(&self) -> &Address;
+
+    /// The largest message, in bytes, that `send_*` accepts.
+    fn max_eager_size(&self) -> usize;
+
+    /// Resolves an address to a peer, starting a connection if the transport needs one.
+    /// Never blocks on the network: an unreachable peer surfaces as failed operations.
+    fn lookup(&self, addr: &Address) -> NaResult<PeerId>;
+
+    /// Sends an unexpected message (a new request) to `peer`.
+    fn send_unexpected(&self, peer: PeerId, tag: u64, data: Vec<u8>) -> NaResult<OpId>;
+
+    /// Sends an expected message (an answer) to `peer`, matched there by `tag`.
+    fn send_expected(&self, peer: PeerId, tag: u64, data: Vec<u8>) -> NaResult<OpId>;
+
+    /// Posts a receive for the expected message with `tag` from `peer`.
+    fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId>;
+
+    /// Registers local memory for remote access with `access`, as one linear region over
+    /// the segments in order.
+    ///
+    /// # Safety
+    /// Every segment must stay valid for reads and writes, and must not move, until
+    /// [`Plugin::deregister`] returns for the handle; while a remote peer may access it, the
+    /// caller must not read or write the same bytes.
+    unsafe fn register(&self, segments: &[Segment], access: Access) -> NaResult<MemHandle>;
+
+    /// Revokes remote access to a registration. Later remote accesses fail with
+    /// [`NaError::AccessDenied`]; local operations naming it fail with
+    /// [`NaError::InvalidArgument`].
+    fn deregister(&self, handle: &MemHandle) -> NaResult<()>;
+
+    /// Writes `len` bytes from `local` at `local_off` into `remote` at `remote_off` on `peer`.
+    fn put(
+        &self,
+        peer: PeerId,
+        local: &MemHandle,
+        local_off: u64,
+        remote: &RemoteMem,
+        remote_off: u64,
+        len: u64,
+    ) -> NaResult<OpId>;
+
+    /// Reads `len` bytes from `remote` at `remote_off` on `peer` into `local` at `local_off`.
+    fn get(
+        &self,
+        peer: PeerId,
+        local: &MemHandle,
+        local_off: u64,
+        remote: &RemoteMem,
+        remote_off: u64,
+        len: u64,
+    ) -> NaResult<OpId>;
+
+    /// Drives the transport: waits at most `timeout` (`None`: until something happens) for
+    /// activity, and queues the events it produces. Returns at once when events are queued.
+    fn progress(&self, timeout: Option<Duration>) -> NaResult<()>;
+
+    /// Takes the next queued event.
+    fn poll_event(&self) -> Option<Event>;
+
+    /// Completes a pending operation with [`NaError::Canceled`]. Returns false when the
+    /// operation had already completed (its event is then the real outcome).
+    fn cancel(&self, op: OpId) -> bool;
+
+    /// Makes a `progress` call that is waiting in another thread return.
+    fn wake(&self);
+
+    /// A file descriptor that becomes readable when progress has work, for engines that
+    /// wait in their own poll loop; `None` when the plugin has none.
+    fn poll_fd(&self) -> Option<RawFd>;
+}
+
+use crate::Access;

@@ -1,0 +1,674 @@
+//! The TCP plugin of Quicksilver's network abstraction.
+//!
+//! One connection per peer pair, driven by epoll (through `mio`), length-prefixed frames
+//! (see [`frame`]), vectored writes, `TCP_NODELAY` and large socket buffers. TCP has no
+//! remote memory access, so `put`/`get` are emulated over the stream: a `get` is a request
+//! that the owner answers straight out of its registered memory, a `put` carries the data,
+//! and the owner checks key, bounds and access mode before touching a byte. Large transfers
+//! are split into chunks with a bounded window in flight.
+//!
+//! ```
+//! use na::{Address, Plugin};
+//! let p = na_tcp::TcpPlugin::new(&Address::parse("tcp://127.0.0.1:0").unwrap()).unwrap();
+//! assert!(p.self_addr().to_string().starts_with("tcp://127.0.0.1:"));
+//! ```
+#![deny(missing_docs)]
+
+mod conn;
+pub mod frame;
+mod mr;
+mod ops;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use na::{
+    Access, Address, Event, MemHandle, NaError, NaResult, OpId, PeerId, Plugin, RemoteMem, Segment,
+};
+
+use conn::{Conn, OutFrame};
+use frame::{Header, Kind, RmaReq, RmaStatus};
+use mr::MemTable;
+use ops::{Ops, Rma};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_PEER: u64 = 2;
+
+/// Tunables of the TCP plugin.
+#[derive(Clone, Debug)]
+pub struct TcpConfig {
+    /// Largest message (`send_*`) in bytes.
+    pub max_eager: usize,
+    /// Largest RMA chunk on the wire.
+    pub rma_chunk: usize,
+    /// RMA chunks in flight per transfer.
+    pub rma_window: u32,
+    /// `SO_SNDBUF`/`SO_RCVBUF` requested for each connection.
+    pub socket_buffer: usize,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            max_eager: 64 * 1024,
+            rma_chunk: 256 * 1024,
+            rma_window: 8,
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+/// The TCP plugin. See the crate documentation.
+pub struct TcpPlugin {
+    cfg: TcpConfig,
+    self_addr: Address,
+    poll: Mutex<(Poll, Events)>,
+    poll_fd: RawFd,
+    registry: Registry,
+    waker: Waker,
+    listener: TcpListener,
+    conns: Mutex<HashMap<PeerId, Arc<Conn>>>,
+    by_addr: Mutex<HashMap<Address, PeerId>>,
+    next_peer: AtomicU64,
+    ops: Mutex<Ops>,
+    mem: MemTable,
+    events: Mutex<VecDeque<Event>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn resolve(addr: &Address) -> NaResult<SocketAddr> {
+    let bad = |reason: String| NaError::InvalidAddress {
+        addr: addr.to_string(),
+        reason,
+    };
+    if addr.plugin() != "tcp" || addr.provider().is_some() {
+        return Err(bad("not a tcp:// address".into()));
+    }
+    addr.locator()
+        .to_socket_addrs()
+        .map_err(|e| bad(format!("cannot resolve: {e}")))?
+        .next()
+        .ok_or_else(|| bad("resolves to no address".into()))
+}
+
+impl TcpPlugin {
+    /// Listens on `addr` (`tcp://host:port`, port 0 for an ephemeral one) with defaults.
+    pub fn new(addr: &Address) -> NaResult<Self> {
+        Self::with_config(addr, TcpConfig::default())
+    }
+
+    /// Listens on `addr` with the given tunables.
+    pub fn with_config(addr: &Address, cfg: TcpConfig) -> NaResult<Self> {
+        let sa = resolve(addr)?;
+        let poll = Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let waker = Waker::new(&registry, WAKER)?;
+        let mut listener = TcpListener::bind(sa)?;
+        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut local = listener.local_addr()?;
+        if local.ip().is_unspecified() {
+            // A wildcard bind is reachable on loopback; name that so peers can dial it.
+            local.set_ip(if local.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let self_addr = Address::new("tcp", None, &local.to_string())?;
+        let poll_fd = poll.as_raw_fd();
+        tracing::debug!(addr = %self_addr, "tcp plugin listening");
+        Ok(TcpPlugin {
+            cfg,
+            self_addr,
+            poll: Mutex::new((poll, Events::with_capacity(256))),
+            poll_fd,
+            registry,
+            waker,
+            listener,
+            conns: Mutex::new(HashMap::new()),
+            by_addr: Mutex::new(HashMap::new()),
+            next_peer: AtomicU64::new(FIRST_PEER),
+            ops: Mutex::new(Ops::default()),
+            mem: MemTable::default(),
+            events: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Operations posted and not yet completed (for leak checks).
+    pub fn pending_ops(&self) -> usize {
+        lock(&self.ops).len()
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        lock(&self.conns).len()
+    }
+
+    fn max_frame(&self) -> usize {
+        self.cfg
+            .max_eager
+            .max(self.cfg.rma_chunk + 1)
+            .max(RmaReq::GET_LEN)
+    }
+
+    fn tune(&self, s: &TcpStream) {
+        let _ = s.set_nodelay(true);
+        let sock = socket2::SockRef::from(s);
+        let _ = sock.set_send_buffer_size(self.cfg.socket_buffer);
+        let _ = sock.set_recv_buffer_size(self.cfg.socket_buffer);
+    }
+
+    fn add_conn(
+        &self,
+        stream: TcpStream,
+        outgoing: bool,
+        remote: Option<Address>,
+    ) -> NaResult<PeerId> {
+        self.tune(&stream);
+        let peer = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
+        let fd = stream.as_raw_fd();
+        let conn = Arc::new(Conn::new(
+            peer,
+            stream,
+            outgoing,
+            !outgoing,
+            self.max_frame(),
+        ));
+        *lock(&conn.remote) = remote;
+        lock(&self.conns).insert(peer, conn);
+        // Registered after insertion, so that no event can find the map without it.
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self
+            .registry
+            .register(&mut SourceFd(&fd), Token(peer.0 as usize), interest)
+        {
+            lock(&self.conns).remove(&peer);
+            return Err(e.into());
+        }
+        Ok(peer)
+    }
+
+    fn conn(&self, peer: PeerId) -> NaResult<Arc<Conn>> {
+        lock(&self.conns)
+            .get(&peer)
+            .cloned()
+            .ok_or_else(|| NaError::Disconnected(format!("no connection to peer {}", peer.0)))
+    }
+
+    fn push_events(&self, evs: impl IntoIterator<Item = Event>, wake: bool) {
+        let mut q = lock(&self.events);
+        let before = q.len();
+        q.extend(evs);
+        if wake && q.len() > before {
+            drop(q);
+            let _ = self.waker.wake();
+        }
+    }
+
+    fn complete_sends(&self, done: Vec<OpId>) {
+        if done.is_empty() {
+            return;
+        }
+        let evs: Vec<Event> = {
+            let mut ops = lock(&self.ops);
+            done.into_iter()
+                .filter_map(|op| ops.complete(op, Ok(Vec::new())))
+                .collect()
+        };
+        self.push_events(evs, false);
+    }
+
+    fn post_message(&self, peer: PeerId, kind: Kind, tag: u64, data: Vec<u8>) -> NaResult<OpId> {
+        if data.len() > self.cfg.max_eager {
+            return Err(NaError::InvalidArgument(format!(
+                "message of {} bytes exceeds the eager limit of {}",
+                data.len(),
+                self.cfg.max_eager
+            )));
+        }
+        let conn = self.conn(peer)?;
+        let op = lock(&self.ops).add_send(peer);
+        match conn.send(OutFrame::new(kind, tag, data, Some(op))) {
+            Ok(f) => self.complete_sends(f.done),
+            Err(_) => self.fail_op(op, NaError::Disconnected("connection closed".into())),
+        }
+        Ok(op)
+    }
+
+    fn fail_op(&self, op: OpId, e: NaError) {
+        let ev = lock(&self.ops).complete(op, Err(e));
+        self.push_events(ev, true);
+    }
+
+    fn post_rma(
+        &self,
+        is_get: bool,
+        peer: PeerId,
+        local: &MemHandle,
+        local_off: u64,
+        remote: &RemoteMem,
+        remote_off: u64,
+        len: u64,
+    ) -> NaResult<OpId> {
+        self.mem.check_local(local.id, local_off, len)?;
+        if remote_off
+            .checked_add(len)
+            .is_none_or(|end| end > remote.len)
+        {
+            return Err(NaError::InvalidArgument(format!(
+                "remote range {remote_off}+{len} outside region of {} bytes",
+                remote.len
+            )));
+        }
+        let conn = self.conn(peer)?;
+        let rma = Rma {
+            is_get,
+            local_id: local.id,
+            local_off,
+            remote_key: remote.key,
+            remote_off,
+            len,
+            issued: 0,
+            inflight: 0,
+            error: None,
+        };
+        let (op, frames, evs) = {
+            let mut ops = lock(&self.ops);
+            let op = ops.add_rma(peer, rma);
+            if len == 0 {
+                let ev = ops.complete(op, Ok(Vec::new()));
+                (op, Vec::new(), ev.into_iter().collect())
+            } else {
+                let (f, e) = self.issue_chunks(&mut ops, op);
+                (op, f, e)
+            }
+        };
+        self.push_events(evs, true);
+        self.send_frames(&conn, frames);
+        Ok(op)
+    }
+
+    /// Builds the request frames for the next chunks of `op` within its window.
+    fn issue_chunks(&self, ops: &mut Ops, op: OpId) -> (Vec<OutFrame>, Vec<Event>) {
+        let mut frames = Vec::new();
+        let mut evs = Vec::new();
+        for (id, c) in ops.next_chunks(op, self.cfg.rma_window, self.cfg.rma_chunk as u64) {
+            let Some(r) = ops.rma(op) else { break };
+            let offset = r.remote_off + c.rel_off;
+            if r.is_get {
+                let req = RmaReq {
+                    key: r.remote_key,
+                    offset,
+                    len: c.len,
+                };
+                frames.push(OutFrame::new(Kind::GetReq, id, req.encode_get(), None));
+                continue;
+            }
+            let mut body = RmaReq::encode_put_prefix(r.remote_key, offset).to_vec();
+            match self
+                .mem
+                .local_read(r.local_id, r.local_off + c.rel_off, c.len, &mut body)
+            {
+                Ok(()) => frames.push(OutFrame::new(Kind::PutReq, id, body, None)),
+                Err(e) => {
+                    ops.take_chunk(id);
+                    evs.extend(ops.chunk_done(op, Err(e)));
+                }
+            }
+        }
+        (frames, evs)
+    }
+
+    fn send_frames(&self, conn: &Conn, frames: Vec<OutFrame>) {
+        for f in frames {
+            match conn.send(f) {
+                Ok(fl) => self.complete_sends(fl.done),
+                // The connection is closing; its ops fail in close_conn.
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn accept_all(&self) {
+        loop {
+            match self.listener.accept() {
+                Ok((s, from)) => match self.add_conn(s, false, None) {
+                    Ok(peer) => tracing::debug!(peer = peer.0, %from, "tcp accepted"),
+                    Err(e) => tracing::warn!(error = %e, "tcp accept: cannot register connection"),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and retry on the next readiness event.
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_conn_event(&self, peer: PeerId, ev: &mio::event::Event) {
+        let Ok(conn) = self.conn(peer) else { return };
+        if ev.is_writable() {
+            if !lock(&conn.write).connected {
+                match conn.stream.take_error() {
+                    Ok(None) => {}
+                    Ok(Some(e)) | Err(e) => {
+                        return self.close_conn(peer, self.conn_error(&conn, e));
+                    }
+                }
+                match conn.stream.peer_addr() {
+                    Ok(_) => lock(&conn.write).connected = true,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                    Err(e) => return self.close_conn(peer, self.conn_error(&conn, e)),
+                }
+            }
+            let f = conn.flush();
+            self.complete_sends(f.done);
+        }
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            if let Err(e) = self.read_conn(&conn) {
+                self.close_conn(peer, e);
+            }
+        }
+    }
+
+    fn conn_error(&self, conn: &Conn, e: io::Error) -> NaError {
+        let who = lock(&conn.remote)
+            .as_ref()
+            .map_or_else(|| format!("peer {}", conn.peer.0), |a| a.to_string());
+        if lock(&conn.write).connected {
+            NaError::Disconnected(format!("{who}: {e}"))
+        } else {
+            NaError::Unreachable(format!("{who}: {e}"))
+        }
+    }
+
+    fn read_conn(&self, conn: &Conn) -> NaResult<()> {
+        let mut rs = lock(&conn.read);
+        loop {
+            let buf = rs.decoder.spare(64 * 1024);
+            match (&conn.stream).read(buf) {
+                Ok(0) if rs.decoder.mid_frame() => {
+                    return Err(NaError::PeerMisbehaved(
+                        "connection closed in the middle of a frame".into(),
+                    ));
+                }
+                Ok(0) => return Err(self.conn_error(conn, io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => {
+                    rs.decoder.commit(n);
+                    while let Some((h, payload)) = rs.decoder.next_frame()? {
+                        self.on_frame(conn, h, payload)?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.conn_error(conn, e)),
+            }
+        }
+    }
+
+    fn on_frame(&self, conn: &Conn, h: Header, p: &[u8]) -> NaResult<()> {
+        let peer = conn.peer;
+        let misbehaved = |why: &str| Err(NaError::PeerMisbehaved(why.into()));
+        let known = lock(&conn.remote).is_some();
+        match h.kind {
+            Kind::Hello if known || conn.outgoing => return misbehaved("unexpected Hello"),
+            Kind::Hello => {
+                let addr = std::str::from_utf8(p)
+                    .ok()
+                    .and_then(|s| Address::parse(s).ok())
+                    .filter(|a| a.plugin() == "tcp");
+                let Some(addr) = addr else {
+                    return misbehaved("Hello carries no tcp address");
+                };
+                lock(&self.by_addr).entry(addr.clone()).or_insert(peer);
+                *lock(&conn.remote) = Some(addr);
+            }
+            _ if !known => return misbehaved("first frame is not a Hello"),
+            Kind::Unexpected | Kind::Expected if p.len() > self.cfg.max_eager => {
+                return misbehaved("message over the eager limit");
+            }
+            Kind::Unexpected => {
+                self.push_events(
+                    [Event::Unexpected {
+                        peer,
+                        tag: h.tag,
+                        data: p.to_vec(),
+                    }],
+                    false,
+                );
+            }
+            Kind::Expected => {
+                let ev = {
+                    let mut ops = lock(&self.ops);
+                    ops.match_recv(peer, h.tag).map(|op| Event::Done {
+                        op,
+                        result: Ok(p.to_vec()),
+                    })
+                };
+                match ev {
+                    Some(ev) => self.push_events([ev], false),
+                    None => tracing::debug!(
+                        peer = peer.0,
+                        tag = h.tag,
+                        "dropped expected message with no receive posted"
+                    ),
+                }
+            }
+            Kind::GetReq => {
+                let mut body = vec![RmaStatus::Malformed as u8];
+                if let Some(r) =
+                    RmaReq::decode_get(p).filter(|r| r.len <= self.cfg.rma_chunk as u64)
+                {
+                    let st = self.mem.remote_read(r.key, r.offset, r.len, &mut body);
+                    if st != RmaStatus::Ok {
+                        body.truncate(1);
+                    }
+                    body[0] = st as u8;
+                }
+                self.send_frames(conn, vec![OutFrame::new(Kind::GetResp, h.tag, body, None)]);
+            }
+            Kind::PutReq => {
+                let st = match RmaReq::decode_put(p) {
+                    Some((r, data)) => self.mem.remote_write(r.key, r.offset, data),
+                    None => RmaStatus::Malformed,
+                };
+                self.send_frames(
+                    conn,
+                    vec![OutFrame::new(Kind::PutResp, h.tag, vec![st as u8], None)],
+                );
+            }
+            Kind::GetResp | Kind::PutResp => self.on_rma_resp(conn, h, p)?,
+        }
+        Ok(())
+    }
+
+    fn on_rma_resp(&self, conn: &Conn, h: Header, p: &[u8]) -> NaResult<()> {
+        let (frames, evs) = {
+            let mut ops = lock(&self.ops);
+            // An unknown chunk belongs to a canceled or failed transfer: drop the answer.
+            let Some(c) = ops.take_chunk(h.tag) else {
+                return Ok(());
+            };
+            let Some(r) = ops.rma(c.op) else {
+                return Ok(());
+            };
+            if r.is_get != (h.kind == Kind::GetResp) {
+                return Err(NaError::PeerMisbehaved(
+                    "RMA answer of the wrong kind".into(),
+                ));
+            }
+            let (&st, data) = p
+                .split_first()
+                .ok_or_else(|| NaError::PeerMisbehaved("empty RMA answer".into()))?;
+            let mut result = RmaStatus::from_u8(st)?.into_result();
+            if result.is_ok() && r.is_get {
+                if data.len() as u64 != c.len {
+                    return Err(NaError::PeerMisbehaved(
+                        "RMA answer of the wrong length".into(),
+                    ));
+                }
+                result = self
+                    .mem
+                    .local_write(r.local_id, r.local_off + c.rel_off, data);
+            }
+            let mut evs: Vec<Event> = ops.chunk_done(c.op, result).into_iter().collect();
+            let (frames, more) = self.issue_chunks(&mut ops, c.op);
+            evs.extend(more);
+            (frames, evs)
+        };
+        self.push_events(evs, false);
+        self.send_frames(conn, frames);
+        Ok(())
+    }
+
+    fn close_conn(&self, peer: PeerId, err: NaError) {
+        let Some(conn) = lock(&self.conns).remove(&peer) else {
+            return;
+        };
+        tracing::debug!(peer = peer.0, error = %err, "tcp connection closed");
+        conn.close();
+        let _ = self
+            .registry
+            .deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        lock(&self.by_addr).retain(|_, p| *p != peer);
+        let mut evs = lock(&self.ops).fail_peer(peer, &err);
+        evs.push(Event::PeerLost { peer, error: err });
+        self.push_events(evs, false);
+    }
+}
+
+impl Plugin for TcpPlugin {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn self_addr(&self) -> &Address {
+        &self.self_addr
+    }
+
+    fn max_eager_size(&self) -> usize {
+        self.cfg.max_eager
+    }
+
+    fn lookup(&self, addr: &Address) -> NaResult<PeerId> {
+        let sa = resolve(addr)?;
+        let mut by_addr = lock(&self.by_addr);
+        if let Some(p) = by_addr.get(addr) {
+            return Ok(*p);
+        }
+        let stream =
+            TcpStream::connect(sa).map_err(|e| NaError::Unreachable(format!("{addr}: {e}")))?;
+        let peer = self.add_conn(stream, true, Some(addr.clone()))?;
+        by_addr.insert(addr.clone(), peer);
+        drop(by_addr);
+        let hello = self.self_addr.to_string().into_bytes();
+        self.send_frames(
+            &*self.conn(peer)?,
+            vec![OutFrame::new(Kind::Hello, 0, hello, None)],
+        );
+        Ok(peer)
+    }
+
+    fn send_unexpected(&self, peer: PeerId, tag: u64, data: Vec<u8>) -> NaResult<OpId> {
+        self.post_message(peer, Kind::Unexpected, tag, data)
+    }
+
+    fn send_expected(&self, peer: PeerId, tag: u64, data: Vec<u8>) -> NaResult<OpId> {
+        self.post_message(peer, Kind::Expected, tag, data)
+    }
+
+    fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId> {
+        self.conn(peer)?;
+        lock(&self.ops).add_recv(peer, tag)
+    }
+
+    unsafe fn register(&self, segments: &[Segment], access: Access) -> NaResult<MemHandle> {
+        // SAFETY: forwarded contract of Plugin::register.
+        unsafe { self.mem.register(segments, access) }
+    }
+
+    fn deregister(&self, handle: &MemHandle) -> NaResult<()> {
+        self.mem.deregister(handle.id)
+    }
+
+    fn put(
+        &self,
+        peer: PeerId,
+        local: &MemHandle,
+        local_off: u64,
+        remote: &RemoteMem,
+        remote_off: u64,
+        len: u64,
+    ) -> NaResult<OpId> {
+        self.post_rma(false, peer, local, local_off, remote, remote_off, len)
+    }
+
+    fn get(
+        &self,
+        peer: PeerId,
+        local: &MemHandle,
+        local_off: u64,
+        remote: &RemoteMem,
+        remote_off: u64,
+        len: u64,
+    ) -> NaResult<OpId> {
+        self.post_rma(true, peer, local, local_off, remote, remote_off, len)
+    }
+
+    fn progress(&self, timeout: Option<Duration>) -> NaResult<()> {
+        let timeout = if lock(&self.events).is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        let mut g = lock(&self.poll);
+        let (poll, events) = &mut *g;
+        match poll.poll(events, timeout) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e.into()),
+            Ok(()) => {}
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept_all(),
+                WAKER => {}
+                Token(t) => self.on_conn_event(PeerId(t as u64), ev),
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_event(&self) -> Option<Event> {
+        lock(&self.events).pop_front()
+    }
+
+    fn cancel(&self, op: OpId) -> bool {
+        let ev = lock(&self.ops).complete(op, Err(NaError::Canceled));
+        let found = ev.is_some();
+        self.push_events(ev, true);
+        found
+    }
+
+    fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+
+    fn poll_fd(&self) -> Option<RawFd> {
+        Some(self.poll_fd)
+    }
+}

@@ -1,0 +1,293 @@
+//! Pending operations of the TCP plugin: sends, expected receives, and RMA transfers split
+//! into windowed chunks. Pure bookkeeping: no sockets here.
+
+use std::collections::HashMap;
+
+use na::{Event, NaError, NaResult, OpId, PeerId};
+
+/// An RMA transfer in progress.
+pub struct Rma {
+    /// Read (`get`) or write (`put`).
+    pub is_get: bool,
+    /// The local registration.
+    pub local_id: u64,
+    /// Start in the local registration.
+    pub local_off: u64,
+    /// The remote region's key.
+    pub remote_key: u64,
+    /// Start in the remote region.
+    pub remote_off: u64,
+    /// Total length.
+    pub len: u64,
+    /// Bytes already requested.
+    pub issued: u64,
+    /// Chunks requested and not yet answered.
+    pub inflight: u32,
+    /// First error seen; the op completes with it once no chunk is in flight.
+    pub error: Option<NaError>,
+}
+
+enum Kind {
+    Send,
+    Recv { tag: u64 },
+    Rma(Rma),
+}
+
+struct Pending {
+    peer: PeerId,
+    kind: Kind,
+}
+
+/// One requested chunk of an RMA transfer.
+#[derive(Copy, Clone, Debug)]
+pub struct Chunk {
+    /// The transfer.
+    pub op: OpId,
+    /// Offset of the chunk within the transfer.
+    pub rel_off: u64,
+    /// Length of the chunk.
+    pub len: u64,
+}
+
+/// The table of pending operations.
+#[derive(Default)]
+pub struct Ops {
+    next: u64,
+    pending: HashMap<OpId, Pending>,
+    recvs: HashMap<(PeerId, u64), OpId>,
+    chunks: HashMap<u64, Chunk>,
+}
+
+impl Ops {
+    fn id(&mut self) -> OpId {
+        self.next += 1;
+        OpId(self.next)
+    }
+
+    /// Records a send.
+    pub fn add_send(&mut self, peer: PeerId) -> OpId {
+        let op = self.id();
+        self.pending.insert(
+            op,
+            Pending {
+                peer,
+                kind: Kind::Send,
+            },
+        );
+        op
+    }
+
+    /// Records an expected receive; one per (peer, tag).
+    pub fn add_recv(&mut self, peer: PeerId, tag: u64) -> NaResult<OpId> {
+        if self.recvs.contains_key(&(peer, tag)) {
+            return Err(NaError::InvalidArgument(format!(
+                "a receive for tag {tag} is already posted"
+            )));
+        }
+        let op = self.id();
+        self.pending.insert(
+            op,
+            Pending {
+                peer,
+                kind: Kind::Recv { tag },
+            },
+        );
+        self.recvs.insert((peer, tag), op);
+        Ok(op)
+    }
+
+    /// Records an RMA transfer.
+    pub fn add_rma(&mut self, peer: PeerId, rma: Rma) -> OpId {
+        let op = self.id();
+        self.pending.insert(
+            op,
+            Pending {
+                peer,
+                kind: Kind::Rma(rma),
+            },
+        );
+        op
+    }
+
+    /// Takes the receive posted for (peer, tag), if any.
+    pub fn match_recv(&mut self, peer: PeerId, tag: u64) -> Option<OpId> {
+        let op = self.recvs.remove(&(peer, tag))?;
+        self.pending.remove(&op);
+        Some(op)
+    }
+
+    /// Completes an op (if still pending) and returns its event.
+    pub fn complete(&mut self, op: OpId, result: NaResult<Vec<u8>>) -> Option<Event> {
+        let p = self.pending.remove(&op)?;
+        if let Kind::Recv { tag } = p.kind {
+            self.recvs.remove(&(p.peer, tag));
+        }
+        Some(Event::Done { op, result })
+    }
+
+    /// Takes the next chunks to request for `op`, up to `window` in flight, each at most
+    /// `chunk` bytes; each gets a fresh chunk id. Returns the peer and the transfer's
+    /// addressing with the chunks.
+    pub fn next_chunks(&mut self, op: OpId, window: u32, chunk: u64) -> Vec<(u64, Chunk)> {
+        let mut out = Vec::new();
+        let Some(Pending {
+            kind: Kind::Rma(r), ..
+        }) = self.pending.get_mut(&op)
+        else {
+            return out;
+        };
+        while r.error.is_none() && r.inflight < window && r.issued < r.len {
+            let len = (r.len - r.issued).min(chunk);
+            let c = Chunk {
+                op,
+                rel_off: r.issued,
+                len,
+            };
+            r.issued += len;
+            r.inflight += 1;
+            out.push((0, c));
+        }
+        for slot in &mut out {
+            self.next += 1;
+            slot.0 = self.next;
+            self.chunks.insert(slot.0, slot.1);
+        }
+        out
+    }
+
+    /// The transfer behind `op`, while pending.
+    pub fn rma(&self, op: OpId) -> Option<&Rma> {
+        match self.pending.get(&op) {
+            Some(Pending {
+                kind: Kind::Rma(r), ..
+            }) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Takes the chunk answered by `id`, if its transfer is still pending.
+    pub fn take_chunk(&mut self, id: u64) -> Option<Chunk> {
+        let c = self.chunks.remove(&id)?;
+        self.pending.contains_key(&c.op).then_some(c)
+    }
+
+    /// Records a chunk's outcome; returns the completion event once the transfer is over.
+    pub fn chunk_done(&mut self, op: OpId, result: NaResult<()>) -> Option<Event> {
+        let Some(Pending {
+            kind: Kind::Rma(r), ..
+        }) = self.pending.get_mut(&op)
+        else {
+            return None;
+        };
+        r.inflight -= 1;
+        if let Err(e) = result {
+            r.error.get_or_insert(e);
+        }
+        let over = r.inflight == 0 && (r.error.is_some() || r.issued == r.len);
+        if !over {
+            return None;
+        }
+        let err = r.error.take();
+        self.complete(op, err.map_or(Ok(Vec::new()), Err))
+    }
+
+    /// Fails every pending op on `peer`.
+    pub fn fail_peer(&mut self, peer: PeerId, err: &NaError) -> Vec<Event> {
+        let ops: Vec<OpId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.peer == peer)
+            .map(|(o, _)| *o)
+            .collect();
+        self.chunks.retain(|_, c| !ops.contains(&c.op));
+        ops.into_iter()
+            .filter_map(|op| self.complete(op, Err(err.clone())))
+            .collect()
+    }
+
+    /// How many ops are pending (for leak checks).
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rma(len: u64) -> Rma {
+        Rma {
+            is_get: true,
+            local_id: 1,
+            local_off: 0,
+            remote_key: 2,
+            remote_off: 0,
+            len,
+            issued: 0,
+            inflight: 0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn transfers_are_windowed_and_complete_once() {
+        let mut o = Ops::default();
+        let op = o.add_rma(PeerId(3), rma(10));
+        let first = o.next_chunks(op, 2, 4);
+        assert_eq!(
+            first
+                .iter()
+                .map(|c| (c.1.rel_off, c.1.len))
+                .collect::<Vec<_>>(),
+            [(0, 4), (4, 4)]
+        );
+        assert!(o.chunk_done(op, Ok(())).is_none());
+        let more = o.next_chunks(op, 2, 4);
+        assert_eq!(
+            more.iter()
+                .map(|c| (c.1.rel_off, c.1.len))
+                .collect::<Vec<_>>(),
+            [(8, 2)]
+        );
+        assert!(o.chunk_done(op, Ok(())).is_none());
+        assert!(matches!(
+            o.chunk_done(op, Ok(())),
+            Some(Event::Done { result: Ok(_), .. })
+        ));
+        assert_eq!(o.len(), 0);
+    }
+
+    #[test]
+    fn a_failed_chunk_stops_issuing_and_fails_the_transfer() {
+        let mut o = Ops::default();
+        let op = o.add_rma(PeerId(3), rma(100));
+        o.next_chunks(op, 2, 10);
+        assert!(
+            o.chunk_done(op, Err(NaError::AccessDenied("x".into())))
+                .is_none()
+        );
+        assert!(o.next_chunks(op, 2, 10).is_empty());
+        assert!(matches!(
+            o.chunk_done(op, Ok(())),
+            Some(Event::Done {
+                result: Err(NaError::AccessDenied(_)),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn peer_loss_fails_only_that_peers_ops() {
+        let mut o = Ops::default();
+        o.add_send(PeerId(1));
+        o.add_recv(PeerId(1), 7).unwrap();
+        let keep = o.add_recv(PeerId(2), 7).unwrap();
+        assert_eq!(
+            o.fail_peer(PeerId(1), &NaError::Disconnected("x".into()))
+                .len(),
+            2
+        );
+        assert_eq!(o.match_recv(PeerId(2), 7), Some(keep));
+        assert_eq!(o.match_recv(PeerId(1), 7), None);
+    }
+}
