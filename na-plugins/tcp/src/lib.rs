@@ -566,11 +566,11 @@ impl Plugin for TcpPlugin {
     }
 
     fn lookup(&self, addr: &Address) -> NaResult<PeerId> {
-        let sa = resolve(addr)?;
         let mut by_addr = lock(&self.by_addr);
         if let Some(p) = by_addr.get(addr) {
             return Ok(*p);
         }
+        let sa = resolve(addr)?;
         let stream =
             TcpStream::connect(sa).map_err(|e| NaError::Unreachable(format!("{addr}: {e}")))?;
         let peer = self.add_conn(stream, true, Some(addr.clone()))?;

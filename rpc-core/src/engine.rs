@@ -1,0 +1,647 @@
+//! The engine: the driver around the sans-I/O protocol that owns the plugin, the progress
+//! thread and the worker pool.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use na::{Address, Event, OpId, PeerId, Plugin};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::call::{Answer, Call};
+use crate::counters::{CounterSnapshot, Counters};
+use crate::handler::{Handler, Incoming, ReplyTo, Responder, erase};
+use crate::pool::Pool;
+use crate::proto::{CallTable, HEADER_LEN, Header, MsgKind, Phase, Status};
+use crate::slot::Slot;
+use crate::{Rpc, RpcError, transport};
+
+/// How progress is driven.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum ProgressMode {
+    /// A dedicated progress thread sleeps in the transport's poll and runs completions
+    /// (the default, as Margo does). Callers block on a condition variable.
+    #[default]
+    Thread,
+    /// No progress thread: the program calls [`Engine::progress`] and [`Engine::trigger`]
+    /// (as with Mercury), and a caller in [`Call::wait`] drives progress itself.
+    Manual,
+    /// No progress thread, and nobody sleeps: waiting callers and [`Engine::drive_until`]
+    /// spin on the transport. Lowest latency; burns a core per spinning thread.
+    BusyPoll,
+}
+
+struct CallEntry {
+    slot: Arc<Slot<Answer>>,
+    recv: Option<OpId>,
+}
+
+#[derive(Default)]
+struct Calls {
+    table: CallTable<CallEntry>,
+    recv_ops: HashMap<OpId, u64>,
+    /// When the progress thread will wake by itself; a call due earlier wakes it.
+    armed: Option<Instant>,
+}
+
+struct Registered {
+    name: &'static str,
+    handler: Handler,
+}
+
+/// State shared by the engine handle, the progress thread, workers and responders.
+pub(crate) struct Shared {
+    pub(crate) plugin: Arc<dyn Plugin>,
+    pub(crate) counters: Counters,
+    pub(crate) mode: ProgressMode,
+    self_addr: Address,
+    calls: Mutex<Calls>,
+    registry: RwLock<HashMap<u64, Registered>>,
+    pool: Pool,
+    drive: Mutex<()>,
+    stopping: AtomicBool,
+    max_queued: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// The largest message the transport carries.
+    pub(crate) fn max_message(&self) -> usize {
+        self.plugin.max_eager_size()
+    }
+
+    fn post_call(
+        self: &Arc<Self>,
+        target: &Endpoint,
+        msg: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> (u64, Arc<Slot<Answer>>) {
+        let slot = Arc::new(Slot::default());
+        let now = Instant::now();
+        let local = target.addr == self.self_addr;
+        let phase = if local {
+            Phase::Dispatched
+        } else {
+            Phase::Posted
+        };
+        let entry = CallEntry {
+            slot: slot.clone(),
+            recv: None,
+        };
+        let (tag, wake) = {
+            let mut c = lock(&self.calls);
+            let tag = c.table.insert(now, timeout, phase, entry);
+            let due = timeout.and_then(|t| now.checked_add(t));
+            (tag, due.is_some_and(|d| c.armed.is_none_or(|a| d < a)))
+        };
+        if wake && self.mode == ProgressMode::Thread {
+            self.plugin.wake();
+        }
+        Counters::add(&self.counters.rpcs_sent, 1);
+        Counters::add(&self.counters.bytes_sent, msg.len() as u64);
+        if local {
+            self.on_request(ReplyTo::Local { tag }, msg);
+            return (tag, slot);
+        }
+        if let Err(e) = self.post_remote(tag, &target.addr, msg) {
+            self.finish_call(tag, Err(e));
+        }
+        (tag, slot)
+    }
+
+    fn post_remote(&self, tag: u64, addr: &Address, msg: Vec<u8>) -> Result<(), RpcError> {
+        let peer = self.plugin.lookup(addr)?;
+        // The receive goes first, so that the answer always finds it.
+        let recv = self.plugin.recv_expected(peer, tag)?;
+        {
+            let mut c = lock(&self.calls);
+            match c.table.get_mut(tag) {
+                Some(e) => e.recv = Some(recv),
+                None => {
+                    // Timed out or canceled already.
+                    drop(c);
+                    self.plugin.cancel(recv);
+                    return Ok(());
+                }
+            }
+            c.recv_ops.insert(recv, tag);
+        }
+        self.plugin.send_unexpected(peer, tag, msg)?;
+        Ok(())
+    }
+
+    /// Ends a call with `result` if it is still in flight.
+    pub(crate) fn finish_call(&self, tag: u64, result: Answer) {
+        let entry = {
+            let mut c = lock(&self.calls);
+            let e = c.table.finish(tag);
+            if let Some(op) = e.as_ref().and_then(|e| e.recv) {
+                c.recv_ops.remove(&op);
+            }
+            e
+        };
+        if let Some(e) = entry {
+            self.complete(e, result);
+        }
+    }
+
+    fn complete(&self, e: CallEntry, result: Answer) {
+        match &result {
+            Err(RpcError::Timeout) => Counters::add(&self.counters.timeouts, 1),
+            Err(RpcError::Canceled) => Counters::add(&self.counters.canceled, 1),
+            _ => {}
+        }
+        if result.is_err() {
+            Counters::add(&self.counters.rpcs_failed, 1);
+        }
+        e.slot.complete(result);
+    }
+
+    /// Cancels a call in flight: its receive is withdrawn and it completes with `why`.
+    pub(crate) fn cancel_call(&self, tag: u64, why: RpcError) {
+        let entry = {
+            let mut c = lock(&self.calls);
+            let e = c.table.finish(tag);
+            if let Some(op) = e.as_ref().and_then(|e| e.recv) {
+                c.recv_ops.remove(&op);
+            }
+            e
+        };
+        if let Some(e) = entry {
+            if let Some(op) = e.recv {
+                self.plugin.cancel(op);
+            }
+            self.complete(e, Err(why));
+        }
+    }
+
+    fn on_request(self: &Arc<Self>, reply: ReplyTo, msg: Vec<u8>) {
+        Counters::add(&self.counters.rpcs_received, 1);
+        let h = match Header::decode(&msg) {
+            Ok((h, _)) => h,
+            Err(e) => {
+                Counters::add(&self.counters.bad_requests, 1);
+                return reply.send(self, 0, Status::BadHeader, e.to_string().as_bytes());
+            }
+        };
+        let reply = match h.kind {
+            MsgKind::Request => reply,
+            MsgKind::OneWay => ReplyTo::Nobody,
+            MsgKind::Response => {
+                Counters::add(&self.counters.bad_requests, 1);
+                return tracing::debug!(rpc_id = h.rpc_id, "answer sent as a request; dropped");
+            }
+        };
+        let handler = self
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&h.rpc_id)
+            .map(|r| r.handler.clone());
+        let Some(handler) = handler else {
+            Counters::add(&self.counters.bad_requests, 1);
+            return reply.send(self, h.rpc_id, Status::UnknownRpc, b"");
+        };
+        if self.stopping.load(Ordering::Acquire) {
+            return reply.send(self, h.rpc_id, Status::ShuttingDown, b"");
+        }
+        if self.counters.queue_depth.load(Ordering::Relaxed) >= self.max_queued {
+            Counters::add(&self.counters.bad_requests, 1);
+            return reply.send(
+                self,
+                h.rpc_id,
+                Status::Busy,
+                format!("{} requests queued", self.max_queued).as_bytes(),
+            );
+        }
+        Counters::add(&self.counters.queue_depth, 1);
+        let inc = Incoming {
+            shared: self.clone(),
+            reply,
+            rpc_id: h.rpc_id,
+            msg,
+        };
+        self.pool.execute(move || {
+            let shared = inc.shared.clone();
+            handler(inc);
+            Counters::sub(&shared.counters.queue_depth, 1);
+        });
+    }
+
+    fn on_event(self: &Arc<Self>, ev: Event) {
+        match ev {
+            Event::Unexpected { peer, tag, data } => {
+                Counters::add(&self.counters.bytes_received, data.len() as u64);
+                self.on_request(ReplyTo::Remote { peer, tag }, data);
+            }
+            Event::Done { op, result } => {
+                let tag = lock(&self.calls).recv_ops.get(&op).copied();
+                // Not a call's receive: a send completing (its failure also fails the
+                // peer's receives), or a withdrawn receive.
+                let Some(tag) = tag else { return };
+                let result = result.map_err(RpcError::from);
+                if let Ok(m) = &result {
+                    Counters::add(&self.counters.bytes_received, m.len() as u64);
+                }
+                self.finish_call(tag, result);
+            }
+            Event::PeerLost { peer, error } => log_peer_lost(peer, &error),
+        }
+    }
+
+    /// Drives the transport once, sleeping at most `timeout` or until the next deadline.
+    fn progress(&self, timeout: Option<Duration>) -> Result<(), RpcError> {
+        let now = Instant::now();
+        let wait = {
+            let mut c = lock(&self.calls);
+            let until_deadline = c
+                .table
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now));
+            let wait = match (timeout, until_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            c.armed = wait.and_then(|w| now.checked_add(w));
+            wait
+        };
+        self.plugin.progress(wait)?;
+        Ok(())
+    }
+
+    /// Handles queued events and expired deadlines; returns how many events it handled.
+    fn trigger(self: &Arc<Self>) -> usize {
+        let mut n = 0;
+        while let Some(ev) = self.plugin.poll_event() {
+            self.on_event(ev);
+            n += 1;
+        }
+        let expired = lock(&self.calls).table.expire(Instant::now());
+        for (tag, e) in expired {
+            tracing::debug!(tag, "call timed out");
+            if let Some(op) = e.recv {
+                lock(&self.calls).recv_ops.remove(&op);
+                self.plugin.cancel(op);
+            }
+            self.complete(e, Err(RpcError::Timeout));
+        }
+        n
+    }
+
+    /// One round of progress and trigger by a waiting caller (manual and busy modes).
+    pub(crate) fn drive_once(self: &Arc<Self>) {
+        let Ok(_g) = self.drive.try_lock() else {
+            std::thread::yield_now();
+            return;
+        };
+        let t = if self.mode == ProgressMode::BusyPoll {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(1)
+        };
+        if let Err(e) = self.progress(Some(t)) {
+            tracing::warn!(error = %e, "progress failed");
+        }
+        self.trigger();
+    }
+}
+
+fn log_peer_lost(peer: PeerId, error: &na::NaError) {
+    tracing::debug!(peer = peer.0, %error, "peer lost");
+}
+
+/// A peer to call: an address resolved by [`Engine::lookup`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    addr: Address,
+}
+
+impl Endpoint {
+    /// The peer's address.
+    pub fn addr(&self) -> &Address {
+        &self.addr
+    }
+}
+
+/// Builds an [`Engine`].
+#[derive(Clone, Debug)]
+pub struct EngineBuilder {
+    listen: Option<String>,
+    mode: ProgressMode,
+    workers: usize,
+    timeout: Option<Duration>,
+    max_queued: u64,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            listen: None,
+            mode: ProgressMode::Thread,
+            workers: 4,
+            timeout: Some(Duration::from_secs(60)),
+            max_queued: 65_536,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Listen on this address (`tcp://0.0.0.0:7000`), or just name a transport (`tcp`).
+    /// Without it, `RPC_TRANSPORT` decides, then the default (`tcp` on an ephemeral port).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.to_owned());
+        self
+    }
+
+    /// How progress is driven (default: a progress thread).
+    pub fn progress_mode(mut self, mode: ProgressMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Handler threads (default 4). Zero runs handlers inline in the progress loop: the
+    /// lowest latency, for handlers that never block.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Default timeout of calls (default 60 s; `None`: wait for ever).
+    pub fn timeout(mut self, t: Option<Duration>) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Requests queued for handlers before new ones are refused with `Busy` (default 65536).
+    pub fn max_queued(mut self, n: u64) -> Self {
+        self.max_queued = n.max(1);
+        self
+    }
+
+    /// Opens the transport and starts the engine.
+    pub fn build(self) -> Result<Engine, RpcError> {
+        let addr = transport::listen_address(self.listen.as_deref())?;
+        let plugin = transport::open(&addr)?;
+        let pool = Pool::new(self.workers).map_err(|e| RpcError::Transport(e.into()))?;
+        let shared = Arc::new(Shared {
+            self_addr: plugin.self_addr().clone(),
+            plugin,
+            counters: Counters::default(),
+            mode: self.mode,
+            calls: Mutex::new(Calls::default()),
+            registry: RwLock::new(HashMap::new()),
+            pool,
+            drive: Mutex::new(()),
+            stopping: AtomicBool::new(false),
+            max_queued: self.max_queued,
+        });
+        let thread = match self.mode {
+            ProgressMode::Thread => {
+                let s = shared.clone();
+                let t = std::thread::Builder::new()
+                    .name("qs-progress".into())
+                    .spawn(move || progress_loop(&s));
+                Some(t.map_err(|e| RpcError::Transport(e.into()))?)
+            }
+            _ => None,
+        };
+        tracing::info!(addr = %shared.self_addr, mode = ?self.mode, "engine started");
+        let guard = Arc::new(Guard {
+            shared: shared.clone(),
+            thread: Mutex::new(thread),
+        });
+        Ok(Engine {
+            shared,
+            default_timeout: self.timeout,
+            _guard: guard,
+        })
+    }
+}
+
+fn progress_loop(shared: &Arc<Shared>) {
+    while !shared.stopping.load(Ordering::Acquire) {
+        if let Err(e) = shared.progress(None) {
+            tracing::error!(error = %e, "progress failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        shared.trigger();
+    }
+}
+
+/// Stops the engine when the last [`Engine`] clone goes.
+struct Guard {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.plugin.wake();
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+        self.shared.pool.shutdown();
+        let tags = lock(&self.shared.calls).table.tags();
+        for tag in tags {
+            self.shared.cancel_call(tag, RpcError::Shutdown);
+        }
+    }
+}
+
+/// An RPC engine: registers handlers, calls peers, and drives a transport.
+///
+/// Cheap to clone; the engine stops when the last clone is dropped (calls still in flight
+/// then fail with [`RpcError::Shutdown`]).
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    default_timeout: Option<Duration>,
+    _guard: Arc<Guard>,
+}
+
+impl Engine {
+    /// An engine builder.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// An engine listening on `addr` with default settings.
+    pub fn new(addr: &str) -> Result<Engine, RpcError> {
+        Engine::builder().listen(addr).build()
+    }
+
+    /// An engine on the transport named by `RPC_TRANSPORT` (default `tcp`).
+    pub fn from_env() -> Result<Engine, RpcError> {
+        Engine::builder().build()
+    }
+
+    /// The address peers use to reach this engine.
+    pub fn self_addr(&self) -> &Address {
+        &self.shared.self_addr
+    }
+
+    /// Resolves a peer's address and starts connecting to it.
+    pub fn lookup(&self, addr: &str) -> Result<Endpoint, RpcError> {
+        let addr = Address::parse(addr)?;
+        if addr != self.shared.self_addr {
+            self.shared.plugin.lookup(&addr)?;
+        }
+        Ok(Endpoint { addr })
+    }
+
+    /// The largest encoded input (or output) a call carries.
+    pub fn max_payload(&self) -> usize {
+        self.shared.max_message() - HEADER_LEN
+    }
+
+    /// Registers a handler that answers with its return value; an `Err` reaches the
+    /// caller as [`RpcError::Handler`], a panic as [`RpcError::HandlerPanicked`].
+    pub fn register<In, Out, E, F>(&self, rpc: Rpc<In, Out>, f: F) -> Result<(), RpcError>
+    where
+        In: DeserializeOwned + 'static,
+        Out: Serialize + 'static,
+        E: std::fmt::Display,
+        F: Fn(In) -> Result<Out, E> + Send + Sync + 'static,
+    {
+        self.register_responder(rpc, move |input, r: Responder<Out>| match f(input) {
+            Ok(out) => r.respond(&out),
+            Err(e) => r.fail(e),
+        })
+    }
+
+    /// Registers a handler that answers through a [`Responder`], which it may keep and
+    /// use later from another thread.
+    pub fn register_responder<In, Out, F>(&self, rpc: Rpc<In, Out>, f: F) -> Result<(), RpcError>
+    where
+        In: DeserializeOwned + 'static,
+        Out: Serialize + 'static,
+        F: Fn(In, Responder<Out>) + Send + Sync + 'static,
+    {
+        let mut reg = self
+            .shared
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = reg.get(&rpc.id()) {
+            return Err(if r.name == rpc.name() {
+                RpcError::AlreadyRegistered(rpc.name().into())
+            } else {
+                RpcError::IdCollision {
+                    name: rpc.name().into(),
+                    other: r.name.into(),
+                    id: rpc.id(),
+                }
+            });
+        }
+        reg.insert(
+            rpc.id(),
+            Registered {
+                name: rpc.name(),
+                handler: erase(f),
+            },
+        );
+        Ok(())
+    }
+
+    /// Calls `rpc` on `target` with the engine's default timeout.
+    pub fn call<In: Serialize, Out: DeserializeOwned>(
+        &self,
+        target: &Endpoint,
+        rpc: Rpc<In, Out>,
+        input: &In,
+    ) -> Call<Out> {
+        self.call_timeout(target, rpc, input, self.default_timeout)
+    }
+
+    /// Calls `rpc` on `target`, failing with [`RpcError::Timeout`] after `timeout`.
+    pub fn call_timeout<In: Serialize, Out: DeserializeOwned>(
+        &self,
+        target: &Endpoint,
+        rpc: Rpc<In, Out>,
+        input: &In,
+        timeout: Option<Duration>,
+    ) -> Call<Out> {
+        match self.encode(rpc.id(), false, input) {
+            Ok(msg) => {
+                let (tag, slot) = self.shared.post_call(target, msg, timeout);
+                Call::new(self.shared.clone(), tag, slot)
+            }
+            Err(e) => {
+                let slot = Arc::new(Slot::default());
+                slot.complete(Err(e));
+                Call::new(self.shared.clone(), 0, slot)
+            }
+        }
+    }
+
+    /// Sends a one-way request: no answer, no completion beyond being handed to the
+    /// transport.
+    pub fn notify<In: Serialize>(
+        &self,
+        target: &Endpoint,
+        rpc: Rpc<In, ()>,
+        input: &In,
+    ) -> Result<(), RpcError> {
+        let msg = self.encode(rpc.id(), true, input)?;
+        Counters::add(&self.shared.counters.rpcs_sent, 1);
+        Counters::add(&self.shared.counters.bytes_sent, msg.len() as u64);
+        if target.addr == self.shared.self_addr {
+            self.shared.on_request(ReplyTo::Nobody, msg);
+            return Ok(());
+        }
+        let peer = self.shared.plugin.lookup(&target.addr)?;
+        self.shared.plugin.send_unexpected(peer, 0, msg)?;
+        Ok(())
+    }
+
+    fn encode<In: Serialize>(
+        &self,
+        rpc_id: u64,
+        one_way: bool,
+        input: &In,
+    ) -> Result<Vec<u8>, RpcError> {
+        let mut msg = Vec::with_capacity(64);
+        Header::request(rpc_id, one_way).write(&mut msg);
+        rmp_serde::encode::write(&mut msg, input).map_err(|e| RpcError::Encode(e.to_string()))?;
+        let limit = self.shared.max_message();
+        if msg.len() > limit {
+            return Err(RpcError::TooLarge {
+                size: msg.len() - HEADER_LEN,
+                limit: limit - HEADER_LEN,
+            });
+        }
+        Ok(msg)
+    }
+
+    /// Drives the transport, waiting at most `timeout` for activity (manual mode).
+    pub fn progress(&self, timeout: Option<Duration>) -> Result<(), RpcError> {
+        let _g = lock(&self.shared.drive);
+        self.shared.progress(timeout)
+    }
+
+    /// Runs completions and dispatches requests that progress queued; returns how many.
+    pub fn trigger(&self) -> usize {
+        let _g = lock(&self.shared.drive);
+        self.shared.trigger()
+    }
+
+    /// Drives progress (manual and busy modes) until `done` returns true.
+    pub fn drive_until(&self, done: impl Fn() -> bool) {
+        while !done() {
+            self.shared.drive_once();
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> CounterSnapshot {
+        let in_flight = lock(&self.shared.calls).table.len() as u64;
+        self.shared.counters.snapshot(in_flight)
+    }
+}

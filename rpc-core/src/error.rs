@@ -1,0 +1,94 @@
+//! The errors a caller or a registrant sees, classified by whose fault they are.
+
+use na::{Fault, NaError};
+
+/// An RPC failure.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// A bad address or argument from the caller.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The encoded input is larger than a message can carry.
+    #[error("encoded input of {size} bytes exceeds the eager limit of {limit} bytes")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// Largest payload accepted.
+        limit: usize,
+    },
+    /// The input could not be encoded.
+    #[error("cannot encode input: {0}")]
+    Encode(String),
+    /// An RPC with this name is already registered.
+    #[error("RPC {0:?} is already registered")]
+    AlreadyRegistered(String),
+    /// Two different names hash to the same id.
+    #[error("RPC {name:?} has id {id:#x}, already taken by {other:?}")]
+    IdCollision {
+        /// The new name.
+        name: String,
+        /// The registered name.
+        other: String,
+        /// The id.
+        id: u64,
+    },
+    /// The server has no handler for the id.
+    #[error("server has no RPC with id {id:#x}")]
+    UnknownRpc {
+        /// The id.
+        id: u64,
+    },
+    /// The server could not decode the input as its handler's input type.
+    #[error("server could not decode the input: {0}")]
+    BadInput(String),
+    /// The handler returned an error.
+    #[error("handler failed: {0}")]
+    Handler(String),
+    /// The handler panicked.
+    #[error("handler panicked: {0}")]
+    HandlerPanicked(String),
+    /// The handler's output does not fit in a message.
+    #[error("handler output too large: {0}")]
+    OutputTooLarge(String),
+    /// The server refused the request because its queue is full.
+    #[error("server busy: {0}")]
+    Busy(String),
+    /// The answer was malformed, or the peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The answer did not decode as the output type.
+    #[error("cannot decode output: {0}")]
+    Decode(String),
+    /// The call did not complete within its timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The call was canceled.
+    #[error("canceled")]
+    Canceled,
+    /// The engine (local or remote) is shutting down.
+    #[error("engine shutting down")]
+    Shutdown,
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] NaError),
+}
+
+impl RpcError {
+    /// Whose fault the error is.
+    pub fn fault(&self) -> Fault {
+        use RpcError::*;
+        match self {
+            InvalidArgument(_)
+            | TooLarge { .. }
+            | Encode(_)
+            | AlreadyRegistered(_)
+            | IdCollision { .. } => Fault::Caller,
+            UnknownRpc { .. } | BadInput(_) | Decode(_) => Fault::Caller,
+            Handler(_) | HandlerPanicked(_) | OutputTooLarge(_) | Protocol(_) => Fault::Peer,
+            Busy(_) => Fault::Local,
+            Timeout | Canceled | Shutdown => Fault::None,
+            Transport(e) => e.fault(),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Running handlers: decoding the input, catching panics, and the [`Responder`] through
+//! which a handler answers, now or later, from any thread.
+
+use std::any::Any;
+use std::fmt::Display;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
+
+use na::PeerId;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::counters::Counters;
+use crate::engine::Shared;
+use crate::proto::{HEADER_LEN, Header, Status};
+
+/// Where an answer goes.
+pub(crate) enum ReplyTo {
+    /// Over the transport to the caller.
+    Remote { peer: PeerId, tag: u64 },
+    /// Straight into a local caller's slot (a call to oneself).
+    Local { tag: u64 },
+    /// Nowhere: a one-way request.
+    Nobody,
+}
+
+impl ReplyTo {
+    /// Sends an answer with `status` and `body`.
+    pub(crate) fn send(self, shared: &Shared, rpc_id: u64, status: Status, body: &[u8]) {
+        let mut msg = Vec::with_capacity(HEADER_LEN + body.len());
+        Header::response(rpc_id, status).write(&mut msg);
+        msg.extend_from_slice(body);
+        self.send_msg(shared, rpc_id, msg);
+    }
+
+    fn send_msg(self, shared: &Shared, rpc_id: u64, mut msg: Vec<u8>) {
+        if msg.len() > shared.max_message() {
+            let why = format!(
+                "answer of {} bytes exceeds the eager limit of {}",
+                msg.len(),
+                shared.max_message()
+            );
+            msg.clear();
+            Header::response(rpc_id, Status::OutputTooLarge).write(&mut msg);
+            msg.extend_from_slice(why.as_bytes());
+        }
+        match self {
+            ReplyTo::Remote { peer, tag } => {
+                let n = msg.len() as u64;
+                match shared.plugin.send_expected(peer, tag, msg) {
+                    Ok(_) => {
+                        Counters::add(&shared.counters.responses_sent, 1);
+                        Counters::add(&shared.counters.bytes_sent, n);
+                    }
+                    Err(e) => tracing::debug!(peer = peer.0, tag, error = %e, "answer not sent"),
+                }
+            }
+            ReplyTo::Local { tag } => shared.finish_call(tag, Ok(msg)),
+            ReplyTo::Nobody => {}
+        }
+    }
+}
+
+/// A request on its way to a handler.
+pub(crate) struct Incoming {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) reply: ReplyTo,
+    pub(crate) rpc_id: u64,
+    pub(crate) msg: Vec<u8>,
+}
+
+/// A type-erased handler.
+pub(crate) type Handler = Arc<dyn Fn(Incoming) + Send + Sync>;
+
+struct ReplyCell {
+    shared: Arc<Shared>,
+    rpc_id: u64,
+    target: Mutex<Option<ReplyTo>>,
+}
+
+impl ReplyCell {
+    fn take(&self) -> Option<ReplyTo> {
+        self.target.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// How a handler answers. Answer with [`Responder::respond`] or [`Responder::fail`], from
+/// any thread, at any time; dropping it unanswered sends the caller an error instead, so a
+/// caller never waits for an answer that cannot come.
+#[must_use = "an unanswered Responder fails the call"]
+pub struct Responder<Out> {
+    cell: Arc<ReplyCell>,
+    _out: PhantomData<fn(Out)>,
+}
+
+impl<Out: Serialize> Responder<Out> {
+    /// Sends `out` to the caller.
+    pub fn respond(self, out: &Out) {
+        let Some(t) = self.cell.take() else { return };
+        match rmp_serde::to_vec(out) {
+            Ok(body) => t.send(&self.cell.shared, self.cell.rpc_id, Status::Ok, &body),
+            Err(e) => {
+                Counters::add(&self.cell.shared.counters.handler_errors, 1);
+                t.send(
+                    &self.cell.shared,
+                    self.cell.rpc_id,
+                    Status::HandlerError,
+                    format!("cannot encode output: {e}").as_bytes(),
+                )
+            }
+        }
+    }
+
+    /// Sends the caller an error; it arrives as [`crate::RpcError::Handler`].
+    pub fn fail(self, why: impl Display) {
+        if let Some(t) = self.cell.take() {
+            Counters::add(&self.cell.shared.counters.handler_errors, 1);
+            t.send(
+                &self.cell.shared,
+                self.cell.rpc_id,
+                Status::HandlerError,
+                why.to_string().as_bytes(),
+            );
+        }
+    }
+
+    /// Whether the caller expects no answer (a one-way request).
+    pub fn is_one_way(&self) -> bool {
+        matches!(
+            *self.cell.target.lock().unwrap_or_else(|e| e.into_inner()),
+            Some(ReplyTo::Nobody)
+        )
+    }
+}
+
+impl<Out> Drop for Responder<Out> {
+    fn drop(&mut self) {
+        // While unwinding, the dispatcher reports the panic itself.
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(t) = self.cell.take() {
+            Counters::add(&self.cell.shared.counters.handler_errors, 1);
+            t.send(
+                &self.cell.shared,
+                self.cell.rpc_id,
+                Status::HandlerError,
+                b"handler dropped its responder without answering",
+            );
+        }
+    }
+}
+
+fn panic_text(p: &(dyn Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+/// Wraps a typed handler: decodes the input, runs it, and turns a panic into an answer.
+pub(crate) fn erase<In, Out, F>(f: F) -> Handler
+where
+    In: DeserializeOwned,
+    Out: Serialize,
+    F: Fn(In, Responder<Out>) + Send + Sync + 'static,
+{
+    Arc::new(move |inc: Incoming| {
+        let Incoming {
+            shared,
+            reply,
+            rpc_id,
+            msg,
+        } = inc;
+        let input: In = match rmp_serde::from_slice(&msg[HEADER_LEN..]) {
+            Ok(v) => v,
+            Err(e) => {
+                Counters::add(&shared.counters.bad_requests, 1);
+                return reply.send(&shared, rpc_id, Status::BadInput, e.to_string().as_bytes());
+            }
+        };
+        drop(msg);
+        let cell = Arc::new(ReplyCell {
+            shared,
+            rpc_id,
+            target: Mutex::new(Some(reply)),
+        });
+        let responder = Responder {
+            cell: cell.clone(),
+            _out: PhantomData,
+        };
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(input, responder))) {
+            let text = panic_text(&*p);
+            tracing::warn!(rpc_id, panic = %text, "handler panicked");
+            if let Some(t) = cell.take() {
+                Counters::add(&cell.shared.counters.handler_errors, 1);
+                t.send(
+                    &cell.shared,
+                    rpc_id,
+                    Status::HandlerPanicked,
+                    text.as_bytes(),
+                );
+            }
+        }
+    })
+}

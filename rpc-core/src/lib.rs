@@ -1,0 +1,39 @@
+//! Quicksilver's RPC engine: registered, typed RPCs over pluggable transports.
+//!
+//! ```
+//! use rpc_core::{Engine, Rpc};
+//!
+//! const SUM: Rpc<(u64, u64), u64> = Rpc::new("sum");
+//!
+//! let server = Engine::new("tcp://127.0.0.1:0")?;
+//! server.register(SUM, |(a, b)| Ok::<_, String>(a + b))?;
+//!
+//! let client = Engine::new("tcp://127.0.0.1:0")?;
+//! let peer = client.lookup(&server.self_addr().to_string())?;
+//! assert_eq!(client.call(&peer, SUM, &(2, 3)).wait()?, 5);
+//! # Ok::<(), rpc_core::RpcError>(())
+//! ```
+//!
+//! The wire protocol lives in [`proto`], free of I/O; [`Engine`] drives it over a
+//! [`na::Plugin`] chosen by the address (`tcp://…`) or by `RPC_TRANSPORT`.
+#![deny(missing_docs)]
+
+mod call;
+mod counters;
+mod engine;
+mod error;
+mod handler;
+mod pool;
+pub mod proto;
+mod rpc;
+mod slot;
+mod sync;
+pub mod transport;
+
+pub use call::Call;
+pub use counters::CounterSnapshot;
+pub use engine::{Endpoint, Engine, EngineBuilder, ProgressMode};
+pub use error::RpcError;
+pub use handler::Responder;
+pub use na::{Address, Fault, NaError};
+pub use rpc::{Rpc, rpc_id};

@@ -1,0 +1,150 @@
+//! Calls awaiting their answers: tags, phases and deadlines, with time passed in.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// Where a call is in its life. A call leaves the table when it ends (answered, failed,
+/// timed out or canceled); its final result goes to the caller's completion slot.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Its receive is posted and its request is being sent.
+    Posted,
+    /// Handed to a local handler (a call to oneself).
+    Dispatched,
+}
+
+struct Entry<T> {
+    phase: Phase,
+    deadline: Option<Instant>,
+    value: T,
+}
+
+/// The calls in flight, keyed by the tag their answer will carry.
+pub struct CallTable<T> {
+    next_tag: u64,
+    calls: HashMap<u64, Entry<T>>,
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
+impl<T> Default for CallTable<T> {
+    fn default() -> Self {
+        CallTable {
+            next_tag: 0,
+            calls: HashMap::new(),
+            deadlines: BTreeSet::new(),
+        }
+    }
+}
+
+impl<T> CallTable<T> {
+    /// Adds a call that times out `timeout` after `now` (never, if `None`); returns its tag.
+    #[must_use]
+    pub fn insert(
+        &mut self,
+        now: Instant,
+        timeout: Option<Duration>,
+        phase: Phase,
+        value: T,
+    ) -> u64 {
+        self.next_tag = self.next_tag.wrapping_add(1);
+        let tag = self.next_tag;
+        let deadline = timeout.and_then(|t| now.checked_add(t));
+        if let Some(d) = deadline {
+            self.deadlines.insert((d, tag));
+        }
+        self.calls.insert(
+            tag,
+            Entry {
+                phase,
+                deadline,
+                value,
+            },
+        );
+        tag
+    }
+
+    /// The call's value, while it is in flight.
+    pub fn get_mut(&mut self, tag: u64) -> Option<&mut T> {
+        self.calls.get_mut(&tag).map(|e| &mut e.value)
+    }
+
+    /// The call's phase, while it is in flight.
+    pub fn phase(&self, tag: u64) -> Option<Phase> {
+        self.calls.get(&tag).map(|e| e.phase)
+    }
+
+    /// Ends a call (answered, failed or canceled); `None` if it had already ended, so that
+    /// of two racing outcomes only the first counts.
+    pub fn finish(&mut self, tag: u64) -> Option<T> {
+        let e = self.calls.remove(&tag)?;
+        if let Some(d) = e.deadline {
+            self.deadlines.remove(&(d, tag));
+        }
+        Some(e.value)
+    }
+
+    /// The earliest deadline of a call in flight.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(d, _)| *d)
+    }
+
+    /// Ends and returns every call whose deadline is at or before `now`.
+    pub fn expire(&mut self, now: Instant) -> Vec<(u64, T)> {
+        let mut out = Vec::new();
+        while let Some(&(d, tag)) = self.deadlines.first() {
+            if d > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(e) = self.calls.remove(&tag) {
+                out.push((tag, e.value));
+            }
+        }
+        out
+    }
+
+    /// The tags of every call in flight.
+    pub fn tags(&self) -> Vec<u64> {
+        self.calls.keys().copied().collect()
+    }
+
+    /// Calls in flight.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Whether no call is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_expire_in_order_and_only_once() {
+        let t0 = Instant::now();
+        let mut t = CallTable::default();
+        let a = t.insert(t0, Some(Duration::from_millis(20)), Phase::Posted, "a");
+        let b = t.insert(t0, Some(Duration::from_millis(10)), Phase::Posted, "b");
+        let _c = t.insert(t0, None, Phase::Posted, "c");
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(10)));
+        assert!(t.expire(t0 + Duration::from_millis(5)).is_empty());
+        assert_eq!(t.expire(t0 + Duration::from_millis(15)), vec![(b, "b")]);
+        assert_eq!(t.finish(a), Some("a"));
+        assert!(t.expire(t0 + Duration::from_secs(1)).is_empty());
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_first_outcome_wins() {
+        let mut t = CallTable::default();
+        let a = t.insert(Instant::now(), Some(Duration::ZERO), Phase::Posted, 1);
+        assert_eq!(t.finish(a), Some(1));
+        assert_eq!(t.finish(a), None);
+        assert!(t.expire(Instant::now() + Duration::from_secs(1)).is_empty());
+    }
+}

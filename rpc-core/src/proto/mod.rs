@@ -1,0 +1,12 @@
+//! The RPC wire protocol without I/O (after quinn-proto): the header codec, the status
+//! codes an answer carries, and the table of calls awaiting answers with their deadlines.
+//! Nothing here touches a socket, a thread or the clock: time comes in as arguments.
+
+mod calls;
+mod header;
+
+pub use calls::{CallTable, Phase};
+pub use header::{HEADER_LEN, Header, MsgKind, ProtoError, Status, decode_answer};
+
+#[cfg(test)]
+mod pair_tests;

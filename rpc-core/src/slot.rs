@@ -1,0 +1,158 @@
+//! The completion slot between the thread that finishes a call (progress thread, handler,
+//! timeout, cancel) and the caller (blocking `wait`, a future, or a spinning waiter).
+//! The first completion wins; later ones are refused and reported.
+
+use std::task::{Context, Poll, Waker};
+
+use crate::sync::{Condvar, Mutex};
+
+enum State<T> {
+    Pending(Option<Waker>),
+    Ready(T),
+    Taken,
+}
+
+/// A one-shot result cell.
+pub struct Slot<T> {
+    state: Mutex<State<T>>,
+    cv: Condvar,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            state: Mutex::new(State::Pending(None)),
+            cv: Condvar::new(),
+        }
+    }
+}
+
+impl<T> Slot<T> {
+    /// Stores the result unless one is there already; wakes the waiter. Returns whether
+    /// this call completed the slot.
+    pub fn complete(&self, value: T) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let waker = match &mut *s {
+            State::Pending(w) => w.take(),
+            _ => return false,
+        };
+        *s = State::Ready(value);
+        drop(s);
+        self.cv.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// Whether a result is waiting or was taken.
+    pub fn is_done(&self) -> bool {
+        !matches!(
+            *self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            State::Pending(_)
+        )
+    }
+
+    /// Takes the result if it is there.
+    pub fn try_take(&self) -> Option<T> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Self::take_ready(&mut s)
+    }
+
+    fn take_ready(s: &mut State<T>) -> Option<T> {
+        match std::mem::replace(s, State::Taken) {
+            State::Ready(v) => Some(v),
+            other => {
+                *s = other;
+                None
+            }
+        }
+    }
+
+    /// Blocks until the result is there and takes it. Returns `None` if it was taken
+    /// already.
+    pub fn wait(&self) -> Option<T> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match &*s {
+                State::Pending(_) => s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner()),
+                State::Ready(_) => return Self::take_ready(&mut s),
+                State::Taken => return None,
+            }
+        }
+    }
+
+    /// Future-style poll: takes the result, or records the waker.
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *s {
+            State::Pending(w) => {
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            State::Ready(_) => Poll::Ready(Self::take_ready(&mut s)),
+            State::Taken => Poll::Ready(None),
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn first_completion_wins_and_wait_returns_it() {
+        let s = Arc::new(Slot::default());
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.complete(1));
+        assert_eq!(s.wait(), Some(1));
+        assert!(t.join().unwrap());
+        assert!(!s.complete(2));
+        assert_eq!(s.try_take(), None);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! Run with `RUSTFLAGS="--cfg loom" cargo test -p rpc-core --lib --release slot`.
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// An answer and a timeout (or cancel) race to complete a call while the caller
+    /// blocks: exactly one wins, and the caller gets the winner's value and never hangs.
+    #[test]
+    fn answer_and_timeout_race_with_a_blocking_waiter() {
+        loom::model(|| {
+            let s = Arc::new(Slot::default());
+            let (a, b) = (s.clone(), s.clone());
+            let t1 = thread::spawn(move || a.complete(1));
+            let t2 = thread::spawn(move || b.complete(2));
+            let got = s.wait().unwrap();
+            let (w1, w2) = (t1.join().unwrap(), t2.join().unwrap());
+            assert!(w1 ^ w2, "exactly one completion wins");
+            assert_eq!(got, if w1 { 1 } else { 2 });
+        });
+    }
+
+    /// A caller that polls (spinning or as a future) sees the value exactly once.
+    #[test]
+    fn completion_handoff_to_a_polling_waiter() {
+        loom::model(|| {
+            let s = Arc::new(Slot::default());
+            let a = s.clone();
+            let t = thread::spawn(move || {
+                a.complete(7);
+            });
+            let first = s.try_take();
+            t.join().unwrap();
+            let second = s.try_take();
+            assert_eq!(first.or(second), Some(7));
+            assert!(first.is_none() || second.is_none());
+            assert!(s.is_done());
+        });
+    }
+}

@@ -1,0 +1,7 @@
+//! The one place that picks `std::sync` or `loom::sync`, so that the completion slot can be
+//! model-checked with loom (`RUSTFLAGS="--cfg loom"`).
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{Condvar, Mutex};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Condvar, Mutex};

@@ -1,0 +1,77 @@
+//! Choosing a transport: the address decides, and `RPC_TRANSPORT` decides when the program
+//! names none. A closed set of the plugins built into this program.
+
+use std::sync::Arc;
+
+use na::{Address, NaError, Plugin};
+
+use crate::RpcError;
+
+/// The environment variable that picks the transport (`tcp`) or the whole listen address
+/// (`tcp://0.0.0.0:7000`) when a program does not name one.
+pub const TRANSPORT_ENV: &str = "RPC_TRANSPORT";
+
+/// The transport used when neither the program nor the environment names one.
+pub const DEFAULT_TRANSPORT: &str = "tcp";
+
+/// Transports built into this program.
+pub const TRANSPORTS: &[&str] = &["tcp"];
+
+fn default_locator(transport: &str) -> Option<&'static str> {
+    match transport {
+        "tcp" => Some("127.0.0.1:0"),
+        _ => None,
+    }
+}
+
+/// The address to listen on: `explicit` if given, else from `RPC_TRANSPORT`, else the
+/// default transport on its default locator (an ephemeral loopback port for tcp).
+pub fn listen_address(explicit: Option<&str>) -> Result<Address, RpcError> {
+    let env = std::env::var(TRANSPORT_ENV)
+        .ok()
+        .filter(|s| !s.trim().is_empty());
+    let spec = explicit
+        .map(str::to_owned)
+        .or(env)
+        .unwrap_or_else(|| DEFAULT_TRANSPORT.to_owned());
+    let spec = spec.trim();
+    if spec.contains("://") {
+        return Ok(Address::parse(spec)?);
+    }
+    let locator = default_locator(spec).ok_or_else(|| unsupported(spec))?;
+    Ok(Address::parse(&format!("{spec}://{locator}"))?)
+}
+
+fn unsupported(transport: &str) -> RpcError {
+    RpcError::Transport(NaError::Unsupported(format!(
+        "transport {transport:?} is not built into this program (available: {})",
+        TRANSPORTS.join(", ")
+    )))
+}
+
+/// Opens the plugin for `addr`, listening there.
+pub(crate) fn open(addr: &Address) -> Result<Arc<dyn Plugin>, RpcError> {
+    match addr.transport().as_str() {
+        "tcp" => Ok(Arc::new(na_tcp::TcpPlugin::new(addr)?)),
+        other => Err(unsupported(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_addresses_win_and_unknown_transports_are_named() {
+        assert_eq!(
+            listen_address(Some("tcp://1.2.3.4:5")).unwrap().to_string(),
+            "tcp://1.2.3.4:5"
+        );
+        assert_eq!(
+            listen_address(Some("tcp")).unwrap().to_string(),
+            "tcp://127.0.0.1:0"
+        );
+        let e = listen_address(Some("carrier-pigeon")).unwrap_err();
+        assert!(e.to_string().contains("available: tcp"), "{e}");
+    }
+}
