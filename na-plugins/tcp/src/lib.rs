@@ -157,9 +157,10 @@ impl TcpPlugin {
     }
 
     fn max_frame(&self) -> usize {
+        // The largest RMA frame is a PutReq: its fixed part plus one chunk.
         self.cfg
             .max_eager
-            .max(self.cfg.rma_chunk + 1)
+            .max(self.cfg.rma_chunk + RmaReq::PUT_LEN)
             .max(RmaReq::GET_LEN)
     }
 

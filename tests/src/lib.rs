@@ -1,0 +1,81 @@
+//! Shared pieces of Quicksilver's tests: the RPCs of the test server, a handle on a server
+//! process, and the plugin conformance suite that every NA plugin runs.
+#![deny(missing_docs)]
+
+pub mod conformance;
+pub mod rpcs;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+/// A `qs-test-server` process, killed when dropped.
+pub struct ServerProcess {
+    /// The child process.
+    pub child: Child,
+    /// The address it printed.
+    pub addr: String,
+}
+
+impl ServerProcess {
+    /// Starts the test server with `args` and extra environment, and reads its address.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut cmd = Command::new(bin("qs-test-server"));
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        cmd.env_remove("RPC_TRANSPORT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn qs-test-server");
+        let out = child.stdout.take().expect("server stdout");
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("read server address");
+        let addr = line
+            .trim()
+            .strip_prefix("ADDR ")
+            .unwrap_or_else(|| panic!("server printed {line:?}"))
+            .to_owned();
+        ServerProcess { child, addr }
+    }
+
+    /// Kills the server with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The path of a binary of this package, built beside the test executables
+/// (`target/<profile>/deps/test-…` → `target/<profile>/NAME`).
+pub fn bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .expect("target dir");
+    dir.join(name)
+}
+
+/// Logs to stderr when `RUST_LOG` is set (call at the top of a test or binary).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
