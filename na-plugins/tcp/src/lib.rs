@@ -253,6 +253,8 @@ impl TcpPlugin {
         self.push_events(ev, true);
     }
 
+    // The trait's put/get arguments plus the direction.
+    #[allow(clippy::too_many_arguments)]
     fn post_rma(
         &self,
         is_get: bool,
@@ -379,10 +381,10 @@ impl TcpPlugin {
             let f = conn.flush();
             self.complete_sends(f.done);
         }
-        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            if let Err(e) = self.read_conn(&conn) {
-                self.close_conn(peer, e);
-            }
+        if (ev.is_readable() || ev.is_read_closed() || ev.is_error())
+            && let Err(e) = self.read_conn(&conn)
+        {
+            self.close_conn(peer, e);
         }
     }
 

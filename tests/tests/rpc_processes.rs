@@ -1,0 +1,235 @@
+//! RPCs between separate processes over loopback.
+
+use std::collections::VecDeque;
+use std::process::Command;
+use std::time::Duration;
+
+use qs_tests::rpcs::*;
+use qs_tests::{ServerProcess, bin};
+use rpc_core::{Call, Engine, ProgressMode, RpcError};
+use serde_bytes::ByteBuf;
+
+fn client() -> Engine {
+    Engine::new("tcp://127.0.0.1:0").unwrap()
+}
+
+#[test]
+fn ten_thousand_calls_with_a_hundred_in_flight_are_all_correct() {
+    let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
+    let e = client();
+    let peer = e.lookup(&server.addr).unwrap();
+    let mut window: VecDeque<(u64, Call<u64>)> = VecDeque::new();
+    let mut echoes: VecDeque<(Vec<u8>, Call<ByteBuf>)> = VecDeque::new();
+    for i in 0..5_000u64 {
+        window.push_back((i, e.call(&peer, SUM, &(i, i * 3))));
+        let p: Vec<u8> = (0..(i % 300) as usize)
+            .map(|j| (i as usize + j) as u8)
+            .collect();
+        echoes.push_back((p.clone(), e.call(&peer, ECHO, &ByteBuf::from(p))));
+        if window.len() >= 50 {
+            let (i, c) = window.pop_front().unwrap();
+            assert_eq!(c.wait().unwrap(), i * 4);
+            let (p, c) = echoes.pop_front().unwrap();
+            assert_eq!(c.wait().unwrap().into_vec(), p);
+        }
+    }
+    for (i, c) in window {
+        assert_eq!(c.wait().unwrap(), i * 4);
+    }
+    for (p, c) in echoes {
+        assert_eq!(c.wait().unwrap().into_vec(), p);
+    }
+    let stats = e.call(&peer, STATS, &()).wait().unwrap();
+    assert_eq!(stats.0, 10_001, "server counted every request");
+    assert_eq!(e.counters().calls_in_flight, 0);
+}
+
+#[test]
+fn the_transport_is_chosen_by_rpc_transport_alone() {
+    let server = ServerProcess::spawn(&[], &[("RPC_TRANSPORT", "tcp")]);
+    assert!(server.addr.starts_with("tcp://"), "{}", server.addr);
+    let out = Command::new(bin("qs-test-client"))
+        .args([&server.addr, "10000", "100"])
+        .env("RPC_TRANSPORT", "tcp")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK 10000");
+}
+
+#[test]
+fn an_unknown_transport_is_a_clear_error() {
+    let out = Command::new(bin("qs-test-client"))
+        .args(["tcp://127.0.0.1:1", "1", "1"])
+        .env("RPC_TRANSPORT", "carrier-pigeon")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("carrier-pigeon") && err.contains("available: tcp"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_size_up_to_the_eager_limit_round_trips_and_one_more_is_refused() {
+    let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
+    let e = client();
+    let peer = e.lookup(&server.addr).unwrap();
+    // The echo body is a msgpack bin: 5 bytes of framing for lengths of 64 KiB and up.
+    let overhead = |n: usize| {
+        if n < 256 {
+            2
+        } else if n < 65_536 {
+            3
+        } else {
+            5
+        }
+    };
+    let max = (0..e.max_payload())
+        .rev()
+        .find(|n| n + overhead(*n) <= e.max_payload())
+        .unwrap();
+    let mut sizes: Vec<usize> = (0..=64).collect();
+    sizes.extend([255, 256, 1000, 4095, 4096, 4097, 8192, 65_000, max - 1, max]);
+    for n in sizes {
+        let p: Vec<u8> = (0..n).map(|j| (j * 7 + n) as u8).collect();
+        let got = e
+            .call(&peer, ECHO, &ByteBuf::from(p.clone()))
+            .wait()
+            .unwrap();
+        assert_eq!(got.into_vec(), p, "size {n}");
+    }
+    let r = e
+        .call(&peer, ECHO, &ByteBuf::from(vec![0u8; max + 1]))
+        .wait();
+    assert!(matches!(r, Err(RpcError::TooLarge { .. })), "{r:?}");
+    // The refusal was local: the server still serves.
+    assert_eq!(e.call(&peer, SUM, &(1, 1)).wait().unwrap(), 2);
+}
+
+#[test]
+fn handler_errors_panics_and_dropped_responders_reach_the_caller() {
+    let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
+    let e = client();
+    let peer = e.lookup(&server.addr).unwrap();
+    assert_eq!(
+        e.call(&peer, FAIL, &()).wait(),
+        Err(RpcError::Handler("this handler always fails".into()))
+    );
+    assert_eq!(
+        e.call(&peer, PANIC, &()).wait(),
+        Err(RpcError::HandlerPanicked(
+            "deliberate panic in handler".into()
+        ))
+    );
+    assert!(
+        matches!(e.call(&peer, DROP_RESPONDER, &()).wait(), Err(RpcError::Handler(m)) if m.contains("without answering"))
+    );
+    assert!(
+        matches!(e.call(&peer, SUM, &(u64::MAX, 1)).wait(), Err(RpcError::Handler(m)) if m == "overflow")
+    );
+    assert_eq!(e.call(&peer, LATER, &21).wait().unwrap(), 42);
+    assert_eq!(e.call(&peer, SUM, &(2, 2)).wait().unwrap(), 4);
+}
+
+#[test]
+fn one_way_requests_arrive_without_answers() {
+    let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
+    let e = client();
+    let peer = e.lookup(&server.addr).unwrap();
+    for _ in 0..100 {
+        e.notify(&peer, BUMP, &3).unwrap();
+    }
+    let mut seen = 0;
+    for _ in 0..200 {
+        seen = e.call(&peer, COUNT, &()).wait().unwrap();
+        if seen == 300 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(seen, 300);
+    let (received, answered, _) = e.call(&peer, STATS, &()).wait().unwrap();
+    assert!(
+        received >= 101 && answered < received,
+        "one-way requests are not answered"
+    );
+}
+
+#[test]
+fn manual_and_busy_progress_modes_complete_calls() {
+    let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
+    for mode in [ProgressMode::Manual, ProgressMode::BusyPoll] {
+        let e = Engine::builder()
+            .listen("tcp://127.0.0.1:0")
+            .progress_mode(mode)
+            .build()
+            .unwrap();
+        let peer = e.lookup(&server.addr).unwrap();
+        let calls: Vec<_> = (0..200u64).map(|i| e.call(&peer, SUM, &(i, 1))).collect();
+        for (i, c) in calls.into_iter().enumerate() {
+            assert_eq!(c.wait().unwrap(), i as u64 + 1, "{mode:?}");
+        }
+    }
+}
+
+#[test]
+fn many_client_engines_are_all_served() {
+    let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
+    let threads: Vec<_> = (0..64u64)
+        .map(|k| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                let e = Engine::builder()
+                    .listen("tcp://127.0.0.1:0")
+                    .workers(1)
+                    .build()
+                    .unwrap();
+                let peer = e.lookup(&addr).unwrap();
+                let calls: Vec<_> = (0..50u64).map(|i| e.call(&peer, SUM, &(k, i))).collect();
+                calls
+                    .into_iter()
+                    .enumerate()
+                    .all(|(i, c)| c.wait() == Ok(k + i as u64))
+            })
+        })
+        .collect();
+    let ok = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(ok, 64);
+}
+
+#[test]
+fn calls_to_oneself_bypass_the_network() {
+    let e = client();
+    e.register(SUM, |(a, b): (u64, u64)| Ok::<_, String>(a + b))
+        .unwrap();
+    let me = e.lookup(&e.self_addr().to_string()).unwrap();
+    assert_eq!(e.call(&me, SUM, &(40, 2)).wait().unwrap(), 42);
+    let c = e.counters();
+    assert_eq!(
+        (c.rpcs_sent, c.rpcs_received, c.responses_sent),
+        (1, 1, 0),
+        "answered locally, not over the wire"
+    );
+}
+
+#[test]
+fn registering_a_name_twice_is_refused() {
+    let e = client();
+    e.register(SUM, |(a, b): (u64, u64)| Ok::<_, String>(a + b))
+        .unwrap();
+    assert_eq!(
+        e.register(SUM, |_: (u64, u64)| Ok::<_, String>(0)),
+        Err(RpcError::AlreadyRegistered("sum".into()))
+    );
+}
