@@ -1,0 +1,278 @@
+//! `qs-rate`: RPC round-trip time and rate, mirroring Mercury's `hg_rate`, with a raw TCP
+//! ping-pong baseline measured in the same run so that the ratio is the result.
+//!
+//! ```text
+//! qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN_SIZE] [-z MAX_SIZE] [-l LOOPS] [-r REPS] [-b]
+//! ```
+//! Input payloads of S bytes (powers of two from -y to -z, 0 allowed), empty output, as
+//! `hg_rate` does. `-b` busy-polls on both sides (Mercury's `-b`). Client and server are
+//! separate processes; the server is this binary re-run with `--serve`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use rpc_core::{Engine, ProgressMode, Rpc};
+use serde_bytes::ByteBuf;
+
+const RATE: Rpc<ByteBuf, ()> = Rpc::new("qs_rate");
+
+struct Opts {
+    transport: String,
+    in_flight: usize,
+    min: usize,
+    max: usize,
+    loops: usize,
+    reps: usize,
+    busy: bool,
+}
+
+fn parse() -> Result<Opts, String> {
+    let mut o = Opts {
+        transport: "tcp".into(),
+        in_flight: 1,
+        min: 0,
+        max: 4096,
+        loops: 10_000,
+        reps: 3,
+        busy: false,
+    };
+    let mut a = std::env::args().skip(1);
+    while let Some(k) = a.next() {
+        let mut val = || a.next().ok_or(format!("{k} needs a value"));
+        let num = |s: String| s.parse::<usize>().map_err(|e| format!("{s}: {e}"));
+        match k.as_str() {
+            "-t" => o.transport = val()?,
+            "-x" => o.in_flight = num(val()?)?.max(1),
+            "-y" => o.min = num(val()?)?,
+            "-z" => o.max = num(val()?)?,
+            "-l" => o.loops = num(val()?)?.max(1),
+            "-r" => o.reps = num(val()?)?.max(1),
+            "-b" => o.busy = true,
+            _ => return Err(format!("unknown option {k}")),
+        }
+    }
+    Ok(o)
+}
+
+fn sizes(o: &Opts) -> Vec<usize> {
+    let mut v = Vec::new();
+    if o.min == 0 {
+        v.push(0);
+    }
+    let mut s = o.min.max(1).next_power_of_two();
+    while s <= o.max {
+        v.push(s);
+        s *= 2;
+    }
+    v
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--serve") => return serve(&args[2], args.get(3).is_some_and(|s| s == "busy")),
+        Some("--raw-serve") => return raw_serve(args.get(2).is_some_and(|s| s == "busy")),
+        _ => {}
+    }
+    let o = parse().unwrap_or_else(|e| {
+        eprintln!("qs-rate: {e}\nusage: qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-b]");
+        std::process::exit(2)
+    });
+    if let Err(e) = run(&o) {
+        eprintln!("qs-rate: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn spawn_self(args: &[&str]) -> Result<(Child, String), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok((child, line.trim().to_owned()))
+}
+
+fn run(o: &Opts) -> Result<(), String> {
+    let mode = if o.busy { "busy" } else { "poll" };
+    let pm = if o.busy {
+        ProgressMode::BusyPoll
+    } else {
+        ProgressMode::Thread
+    };
+    let e = Engine::builder()
+        .listen(&o.transport)
+        .progress_mode(pm)
+        .workers(0)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let sizes = sizes(o);
+    let mut rpc = vec![Vec::new(); sizes.len()];
+    let mut pp = vec![Vec::new(); sizes.len()];
+    // Each phase has only its own server alive, so that a busy-polling server of one
+    // phase does not steal the core of the other.
+    for _ in 0..o.reps {
+        let (mut raw, raw_addr) = spawn_self(&["--raw-serve", mode])?;
+        let mut conn = TcpStream::connect(&raw_addr).map_err(|e| e.to_string())?;
+        conn.set_nodelay(true).map_err(|e| e.to_string())?;
+        conn.set_nonblocking(o.busy).map_err(|e| e.to_string())?;
+        for (i, &s) in sizes.iter().enumerate() {
+            pp[i].push(raw_pp(&mut conn, s, o.loops)?);
+        }
+        drop(conn);
+        let _ = raw.kill();
+        let _ = raw.wait();
+        let (mut server, addr) = spawn_self(&["--serve", &o.transport, mode])?;
+        let peer = e.lookup(&addr).map_err(|e| e.to_string())?;
+        for (i, &s) in sizes.iter().enumerate() {
+            rpc[i].push(rpc_run(&e, &peer, s, o)?);
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    println!(
+        "# qs-rate: {} ({mode}), {} in flight, {} loops, median of {} reps [min-max]",
+        o.transport, o.in_flight, o.loops, o.reps
+    );
+    println!("# baseline: raw TCP ping-pong of the same payload ({mode}), 1 in flight, same run");
+    println!(
+        "{:>8} {:>22} {:>12} {:>22} {:>8}",
+        "size", "RPC us/op", "RPC/s", "raw pp us", "ratio"
+    );
+    for (i, s) in sizes.iter().enumerate() {
+        let (r, p) = (stats(&mut rpc[i]), stats(&mut pp[i]));
+        println!(
+            "{:>8} {:>8.2} [{:>5.2}-{:>5.2}] {:>12.0} {:>8.2} [{:>5.2}-{:>5.2}] {:>7.2}x",
+            s,
+            r.0,
+            r.1,
+            r.2,
+            1e6 / r.0,
+            p.0,
+            p.1,
+            p.2,
+            r.0 / p.0
+        );
+    }
+    Ok(())
+}
+
+/// Median, min, max.
+fn stats(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// Microseconds per RPC with `in_flight` outstanding.
+fn rpc_run(e: &Engine, peer: &rpc_core::Endpoint, size: usize, o: &Opts) -> Result<f64, String> {
+    let input = ByteBuf::from(vec![7u8; size]);
+    let warm = (o.loops / 10).max(10);
+    let mut q = std::collections::VecDeque::with_capacity(o.in_flight);
+    let mut t0 = Instant::now();
+    for i in 0..warm + o.loops {
+        if i == warm {
+            for c in q.drain(..) {
+                rpc_core::Call::<()>::wait(c).map_err(|e| e.to_string())?;
+            }
+            t0 = Instant::now();
+        }
+        if q.len() == o.in_flight {
+            q.pop_front()
+                .map(rpc_core::Call::<()>::wait)
+                .transpose()
+                .map_err(|e| e.to_string())?;
+        }
+        q.push_back(e.call(peer, RATE, &input));
+    }
+    for c in q {
+        c.wait().map_err(|e| e.to_string())?;
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1e6 / o.loops as f64)
+}
+
+fn serve(transport: &str, busy: bool) {
+    let pm = if busy {
+        ProgressMode::BusyPoll
+    } else {
+        ProgressMode::Thread
+    };
+    let e = Engine::builder()
+        .listen(transport)
+        .progress_mode(pm)
+        .workers(0)
+        .build()
+        .expect("server engine");
+    e.register(RATE, |_| Ok::<_, String>(())).expect("register");
+    println!("{}", e.self_addr());
+    std::io::stdout().flush().ok();
+    if busy {
+        e.drive_until(|| false);
+    }
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
+/// Raw baseline: the client sends (size, count), then `count` ping-pongs of `size` bytes.
+fn raw_pp(s: &mut TcpStream, size: usize, loops: usize) -> Result<f64, String> {
+    let warm = (loops / 10).max(10);
+    let mut buf = vec![7u8; size.max(1)];
+    let n = size.max(1);
+    let mut hdr = [0u8; 16];
+    hdr[..8].copy_from_slice(&(n as u64).to_le_bytes());
+    hdr[8..].copy_from_slice(&((warm + loops) as u64).to_le_bytes());
+    full(s, &mut hdr, true)?;
+    let mut t0 = Instant::now();
+    for i in 0..warm + loops {
+        if i == warm {
+            t0 = Instant::now();
+        }
+        full(s, &mut buf[..n], true)?;
+        full(s, &mut buf[..n], false)?;
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1e6 / loops as f64)
+}
+
+fn full(s: &mut TcpStream, buf: &mut [u8], write: bool) -> Result<(), String> {
+    let mut off = 0;
+    while off < buf.len() {
+        let r = if write {
+            s.write(&buf[off..])
+        } else {
+            s.read(&mut buf[off..])
+        };
+        match r {
+            Ok(0) => return Err("raw peer closed".into()),
+            Ok(k) => off += k,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+fn raw_serve(busy: bool) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    println!("{}", l.local_addr().expect("addr"));
+    std::io::stdout().flush().ok();
+    let Ok((mut s, _)) = l.accept() else { return };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_nonblocking(busy);
+    let mut hdr = [0u8; 16];
+    while full(&mut s, &mut hdr, false).is_ok() {
+        let size = u64::from_le_bytes(hdr[..8].try_into().unwrap_or_default()) as usize;
+        let count = u64::from_le_bytes(hdr[8..].try_into().unwrap_or_default());
+        let mut buf = vec![0u8; size.min(64 << 20)];
+        for _ in 0..count {
+            if full(&mut s, &mut buf, false).is_err() || full(&mut s, &mut buf, true).is_err() {
+                return;
+            }
+        }
+    }
+}
