@@ -47,7 +47,7 @@ impl<Out: DeserializeOwned> Call<Out> {
                 self.shared.drive_once();
             },
         };
-        decode(answer)
+        self.shared.count_answer(decode::<Out>(answer))
     }
 
     /// Cancels the call: it completes with [`RpcError::Canceled`] unless it completed
@@ -62,18 +62,25 @@ impl<Out: DeserializeOwned> Call<Out> {
     }
 }
 
-fn decode<Out: DeserializeOwned>(answer: Option<Answer>) -> Result<Out, RpcError> {
+/// Decodes an answer. The outer error is one the engine already counted (transport,
+/// timeout, cancel); the inner one comes from the answer itself.
+fn decode<Out: DeserializeOwned>(
+    answer: Option<Answer>,
+) -> Result<Result<Out, RpcError>, RpcError> {
     let msg =
         answer.ok_or_else(|| RpcError::InvalidArgument("call result already taken".into()))??;
-    let body = decode_answer(&msg)?;
-    rmp_serde::from_slice(body).map_err(|e| RpcError::Decode(e.to_string()))
+    Ok(decode_answer(&msg)
+        .and_then(|body| rmp_serde::from_slice(body).map_err(|e| RpcError::Decode(e.to_string()))))
 }
 
 impl<Out: DeserializeOwned> Future for Call<Out> {
     type Output = Result<Out, RpcError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.slot.poll(cx).map(decode)
+        let shared = self.shared.clone();
+        self.slot
+            .poll(cx)
+            .map(|a| shared.count_answer(decode::<Out>(a)))
     }
 }
 

@@ -163,6 +163,18 @@ impl Shared {
         e.slot.complete(result);
     }
 
+    /// Counts a call whose answer itself reports an error, and flattens the result.
+    pub(crate) fn count_answer<T>(
+        &self,
+        r: Result<Result<T, RpcError>, RpcError>,
+    ) -> Result<T, RpcError> {
+        let r = r?;
+        if r.is_err() {
+            Counters::add(&self.counters.rpcs_failed, 1);
+        }
+        r
+    }
+
     /// Cancels a call in flight: its receive is withdrawn and it completes with `why`.
     pub(crate) fn cancel_call(&self, tag: u64, why: RpcError) {
         let entry = {

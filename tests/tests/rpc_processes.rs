@@ -136,6 +136,12 @@ fn handler_errors_panics_and_dropped_responders_reach_the_caller() {
     );
     assert_eq!(e.call(&peer, LATER, &21).wait().unwrap(), 42);
     assert_eq!(e.call(&peer, SUM, &(2, 2)).wait().unwrap(), 4);
+    let c = e.counters();
+    assert_eq!(
+        (c.rpcs_sent, c.rpcs_failed),
+        (6, 4),
+        "answers that report errors count as failed calls"
+    );
 }
 
 #[test]
