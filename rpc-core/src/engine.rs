@@ -64,6 +64,7 @@ pub(crate) struct Shared {
     drive: Mutex<()>,
     stopping: AtomicBool,
     max_queued: u64,
+    spin: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -349,6 +350,7 @@ pub struct EngineBuilder {
     workers: usize,
     timeout: Option<Duration>,
     max_queued: u64,
+    spin: Duration,
 }
 
 impl Default for EngineBuilder {
@@ -359,6 +361,7 @@ impl Default for EngineBuilder {
             workers: 4,
             timeout: Some(Duration::from_secs(60)),
             max_queued: 65_536,
+            spin: Duration::from_micros(200),
         }
     }
 }
@@ -390,6 +393,14 @@ impl EngineBuilder {
         self
     }
 
+    /// How long the progress thread keeps polling without sleeping after the last event
+    /// (default 200 µs; zero: always sleep). A busy engine then never pays the wake-up
+    /// latency of a sleeping thread, and an idle one sleeps after this short spin.
+    pub fn spin_window(mut self, d: Duration) -> Self {
+        self.spin = d;
+        self
+    }
+
     /// Requests queued for handlers before new ones are refused with `Busy` (default 65536).
     pub fn max_queued(mut self, n: u64) -> Self {
         self.max_queued = n.max(1);
@@ -412,6 +423,7 @@ impl EngineBuilder {
             drive: Mutex::new(()),
             stopping: AtomicBool::new(false),
             max_queued: self.max_queued,
+            spin: self.spin,
         });
         let thread = match self.mode {
             ProgressMode::Thread => {
@@ -437,12 +449,19 @@ impl EngineBuilder {
 }
 
 fn progress_loop(shared: &Arc<Shared>) {
+    let mut last_event: Option<Instant> = None;
     while !shared.stopping.load(Ordering::Acquire) {
-        if let Err(e) = shared.progress(None) {
+        let spinning = last_event.is_some_and(|t| t.elapsed() < shared.spin);
+        if let Err(e) = shared.progress(if spinning { Some(Duration::ZERO) } else { None }) {
             tracing::error!(error = %e, "progress failed");
             std::thread::sleep(Duration::from_millis(10));
         }
-        shared.trigger();
+        if shared.trigger() > 0 {
+            last_event = Some(Instant::now());
+        } else if spinning {
+            // Let a runnable caller or handler have this core between empty polls.
+            std::thread::yield_now();
+        }
     }
 }
 

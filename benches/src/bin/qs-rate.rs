@@ -2,8 +2,10 @@
 //! ping-pong baseline measured in the same run so that the ratio is the result.
 //!
 //! ```text
-//! qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN_SIZE] [-z MAX_SIZE] [-l LOOPS] [-r REPS] [-b]
+//! qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN_SIZE] [-z MAX_SIZE] [-l LOOPS] [-r REPS] [-b] [-s SPIN_US]
 //! ```
+//! `-s` sets the progress thread's spin window after an event (default 200 µs, the
+//! engine's default; 0 always sleeps).
 //! Input payloads of S bytes (powers of two from -y to -z, 0 allowed), empty output, as
 //! `hg_rate` does. `-b` busy-polls on both sides (Mercury's `-b`). Client and server are
 //! separate processes; the server is this binary re-run with `--serve`.
@@ -26,6 +28,7 @@ struct Opts {
     loops: usize,
     reps: usize,
     busy: bool,
+    spin_us: u64,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -37,6 +40,7 @@ fn parse() -> Result<Opts, String> {
         loops: 10_000,
         reps: 3,
         busy: false,
+        spin_us: 200,
     };
     let mut a = std::env::args().skip(1);
     while let Some(k) = a.next() {
@@ -50,6 +54,7 @@ fn parse() -> Result<Opts, String> {
             "-l" => o.loops = num(val()?)?.max(1),
             "-r" => o.reps = num(val()?)?.max(1),
             "-b" => o.busy = true,
+            "-s" => o.spin_us = num(val()?)? as u64,
             _ => return Err(format!("unknown option {k}")),
         }
     }
@@ -72,12 +77,15 @@ fn sizes(o: &Opts) -> Vec<usize> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--serve") => return serve(&args[2], args.get(3).is_some_and(|s| s == "busy")),
+        Some("--serve") => {
+            let spin = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(200);
+            return serve(&args[2], args.get(3).is_some_and(|s| s == "busy"), spin);
+        }
         Some("--raw-serve") => return raw_serve(args.get(2).is_some_and(|s| s == "busy")),
         _ => {}
     }
     let o = parse().unwrap_or_else(|e| {
-        eprintln!("qs-rate: {e}\nusage: qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-b]");
+        eprintln!("qs-rate: {e}\nusage: qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-b] [-s SPIN_US]");
         std::process::exit(2)
     });
     if let Err(e) = run(&o) {
@@ -112,6 +120,7 @@ fn run(o: &Opts) -> Result<(), String> {
         .listen(&o.transport)
         .progress_mode(pm)
         .workers(0)
+        .spin_window(std::time::Duration::from_micros(o.spin_us))
         .build()
         .map_err(|e| e.to_string())?;
     let sizes = sizes(o);
@@ -130,7 +139,8 @@ fn run(o: &Opts) -> Result<(), String> {
         drop(conn);
         let _ = raw.kill();
         let _ = raw.wait();
-        let (mut server, addr) = spawn_self(&["--serve", &o.transport, mode])?;
+        let spin = o.spin_us.to_string();
+        let (mut server, addr) = spawn_self(&["--serve", &o.transport, mode, &spin])?;
         let peer = e.lookup(&addr).map_err(|e| e.to_string())?;
         for (i, &s) in sizes.iter().enumerate() {
             rpc[i].push(rpc_run(&e, &peer, s, o)?);
@@ -198,7 +208,7 @@ fn rpc_run(e: &Engine, peer: &rpc_core::Endpoint, size: usize, o: &Opts) -> Resu
     Ok(t0.elapsed().as_secs_f64() * 1e6 / o.loops as f64)
 }
 
-fn serve(transport: &str, busy: bool) {
+fn serve(transport: &str, busy: bool, spin_us: u64) {
     let pm = if busy {
         ProgressMode::BusyPoll
     } else {
@@ -208,6 +218,7 @@ fn serve(transport: &str, busy: bool) {
         .listen(transport)
         .progress_mode(pm)
         .workers(0)
+        .spin_window(std::time::Duration::from_micros(spin_us))
         .build()
         .expect("server engine");
     e.register(RATE, |_| Ok::<_, String>(())).expect("register");
