@@ -9,7 +9,8 @@ use std::task::{Context, Poll};
 use serde::de::DeserializeOwned;
 
 use crate::RpcError;
-use crate::engine::{ProgressMode, Shared};
+use crate::driver::Shared;
+use crate::engine::ProgressMode;
 use crate::proto::decode_answer;
 use crate::slot::Slot;
 
@@ -53,7 +54,7 @@ impl<Out: DeserializeOwned> Call<Out> {
     /// Cancels the call: it completes with [`RpcError::Canceled`] unless it completed
     /// already.
     pub fn cancel(&self) {
-        self.shared.cancel_call(self.tag, RpcError::Canceled);
+        self.shared.end_call(self.tag, Err(RpcError::Canceled), true);
     }
 
     /// Whether the call has completed (its result is ready or taken).
@@ -87,7 +88,7 @@ impl<Out: DeserializeOwned> Future for Call<Out> {
 impl<Out> Drop for Call<Out> {
     fn drop(&mut self) {
         if !self.slot.is_done() {
-            self.shared.cancel_call(self.tag, RpcError::Canceled);
+            self.shared.end_call(self.tag, Err(RpcError::Canceled), true);
         }
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::counters::Counters;
-use crate::engine::Shared;
+use crate::driver::Shared;
 use crate::proto::{HEADER_LEN, Header, Status};
 
 /// Where an answer goes.
@@ -56,7 +56,7 @@ impl ReplyTo {
                     Err(e) => tracing::debug!(peer = peer.0, tag, error = %e, "answer not sent"),
                 }
             }
-            ReplyTo::Local { tag } => shared.finish_call(tag, Ok(msg)),
+            ReplyTo::Local { tag } => shared.end_call(tag, Ok(msg), true),
             ReplyTo::Nobody => {}
         }
     }

@@ -20,6 +20,7 @@
 
 mod call;
 mod counters;
+mod driver;
 mod engine;
 mod error;
 mod handler;

@@ -15,12 +15,13 @@
 #![deny(missing_docs)]
 
 mod conn;
+mod driver;
 pub mod frame;
 mod mr;
 mod ops;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +36,7 @@ use na::{
 };
 
 use conn::{Conn, OutFrame};
-use frame::{Header, Kind, RmaReq, RmaStatus};
+use frame::{Kind, RmaReq};
 use mr::MemTable;
 use ops::{Ops, Rma};
 
@@ -342,216 +343,6 @@ impl TcpPlugin {
                 Err(_) => break,
             }
         }
-    }
-
-    fn accept_all(&self) {
-        loop {
-            match self.listener.accept() {
-                Ok((s, from)) => match self.add_conn(s, false, None) {
-                    Ok(peer) => tracing::debug!(peer = peer.0, %from, "tcp accepted"),
-                    Err(e) => tracing::warn!(error = %e, "tcp accept: cannot register connection"),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: log and retry on the next readiness event.
-                    tracing::warn!(error = %e, "tcp accept failed");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_conn_event(&self, peer: PeerId, ev: &mio::event::Event) {
-        let Ok(conn) = self.conn(peer) else { return };
-        if ev.is_writable() {
-            if !lock(&conn.write).connected {
-                match conn.stream.take_error() {
-                    Ok(None) => {}
-                    Ok(Some(e)) | Err(e) => {
-                        return self.close_conn(peer, self.conn_error(&conn, e));
-                    }
-                }
-                match conn.stream.peer_addr() {
-                    Ok(_) => lock(&conn.write).connected = true,
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                    Err(e) => return self.close_conn(peer, self.conn_error(&conn, e)),
-                }
-            }
-            let f = conn.flush();
-            self.complete_sends(f.done);
-        }
-        if (ev.is_readable() || ev.is_read_closed() || ev.is_error())
-            && let Err(e) = self.read_conn(&conn)
-        {
-            self.close_conn(peer, e);
-        }
-    }
-
-    fn conn_error(&self, conn: &Conn, e: io::Error) -> NaError {
-        let who = lock(&conn.remote)
-            .as_ref()
-            .map_or_else(|| format!("peer {}", conn.peer.0), |a| a.to_string());
-        if lock(&conn.write).connected {
-            NaError::Disconnected(format!("{who}: {e}"))
-        } else {
-            NaError::Unreachable(format!("{who}: {e}"))
-        }
-    }
-
-    fn read_conn(&self, conn: &Conn) -> NaResult<()> {
-        let mut rs = lock(&conn.read);
-        loop {
-            let buf = rs.decoder.spare(64 * 1024);
-            match (&conn.stream).read(buf) {
-                Ok(0) if rs.decoder.mid_frame() => {
-                    return Err(NaError::PeerMisbehaved(
-                        "connection closed in the middle of a frame".into(),
-                    ));
-                }
-                Ok(0) => return Err(self.conn_error(conn, io::ErrorKind::UnexpectedEof.into())),
-                Ok(n) => {
-                    rs.decoder.commit(n);
-                    while let Some((h, payload)) = rs.decoder.next_frame()? {
-                        self.on_frame(conn, h, payload)?;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.conn_error(conn, e)),
-            }
-        }
-    }
-
-    fn on_frame(&self, conn: &Conn, h: Header, p: &[u8]) -> NaResult<()> {
-        let peer = conn.peer;
-        let misbehaved = |why: &str| Err(NaError::PeerMisbehaved(why.into()));
-        let known = lock(&conn.remote).is_some();
-        match h.kind {
-            Kind::Hello if known || conn.outgoing => return misbehaved("unexpected Hello"),
-            Kind::Hello => {
-                let addr = std::str::from_utf8(p)
-                    .ok()
-                    .and_then(|s| Address::parse(s).ok())
-                    .filter(|a| a.plugin() == "tcp");
-                let Some(addr) = addr else {
-                    return misbehaved("Hello carries no tcp address");
-                };
-                lock(&self.by_addr).entry(addr.clone()).or_insert(peer);
-                *lock(&conn.remote) = Some(addr);
-            }
-            _ if !known => return misbehaved("first frame is not a Hello"),
-            Kind::Unexpected | Kind::Expected if p.len() > self.cfg.max_eager => {
-                return misbehaved("message over the eager limit");
-            }
-            Kind::Unexpected => {
-                self.push_events(
-                    [Event::Unexpected {
-                        peer,
-                        tag: h.tag,
-                        data: p.to_vec(),
-                    }],
-                    false,
-                );
-            }
-            Kind::Expected => {
-                let ev = {
-                    let mut ops = lock(&self.ops);
-                    ops.match_recv(peer, h.tag).map(|op| Event::Done {
-                        op,
-                        result: Ok(p.to_vec()),
-                    })
-                };
-                match ev {
-                    Some(ev) => self.push_events([ev], false),
-                    None => tracing::debug!(
-                        peer = peer.0,
-                        tag = h.tag,
-                        "dropped expected message with no receive posted"
-                    ),
-                }
-            }
-            Kind::GetReq => {
-                let mut body = vec![RmaStatus::Malformed as u8];
-                if let Some(r) =
-                    RmaReq::decode_get(p).filter(|r| r.len <= self.cfg.rma_chunk as u64)
-                {
-                    let st = self.mem.remote_read(r.key, r.offset, r.len, &mut body);
-                    if st != RmaStatus::Ok {
-                        body.truncate(1);
-                    }
-                    body[0] = st as u8;
-                }
-                self.send_frames(conn, vec![OutFrame::new(Kind::GetResp, h.tag, body, None)]);
-            }
-            Kind::PutReq => {
-                let st = match RmaReq::decode_put(p) {
-                    Some((r, data)) => self.mem.remote_write(r.key, r.offset, data),
-                    None => RmaStatus::Malformed,
-                };
-                self.send_frames(
-                    conn,
-                    vec![OutFrame::new(Kind::PutResp, h.tag, vec![st as u8], None)],
-                );
-            }
-            Kind::GetResp | Kind::PutResp => self.on_rma_resp(conn, h, p)?,
-        }
-        Ok(())
-    }
-
-    fn on_rma_resp(&self, conn: &Conn, h: Header, p: &[u8]) -> NaResult<()> {
-        let (frames, evs) = {
-            let mut ops = lock(&self.ops);
-            // An unknown chunk belongs to a canceled or failed transfer: drop the answer.
-            let Some(c) = ops.take_chunk(h.tag) else {
-                return Ok(());
-            };
-            let Some(r) = ops.rma(c.op) else {
-                return Ok(());
-            };
-            if r.is_get != (h.kind == Kind::GetResp) {
-                return Err(NaError::PeerMisbehaved(
-                    "RMA answer of the wrong kind".into(),
-                ));
-            }
-            let (&st, data) = p
-                .split_first()
-                .ok_or_else(|| NaError::PeerMisbehaved("empty RMA answer".into()))?;
-            let mut result = RmaStatus::from_u8(st)?.into_result();
-            if result.is_ok() && r.is_get {
-                if data.len() as u64 != c.len {
-                    return Err(NaError::PeerMisbehaved(
-                        "RMA answer of the wrong length".into(),
-                    ));
-                }
-                result = self
-                    .mem
-                    .local_write(r.local_id, r.local_off + c.rel_off, data);
-            }
-            let mut evs: Vec<Event> = ops.chunk_done(c.op, result).into_iter().collect();
-            let (frames, more) = self.issue_chunks(&mut ops, c.op);
-            evs.extend(more);
-            (frames, evs)
-        };
-        self.push_events(evs, false);
-        self.send_frames(conn, frames);
-        Ok(())
-    }
-
-    fn close_conn(&self, peer: PeerId, err: NaError) {
-        let Some(conn) = lock(&self.conns).remove(&peer) else {
-            return;
-        };
-        tracing::debug!(peer = peer.0, error = %err, "tcp connection closed");
-        conn.close();
-        let _ = self
-            .registry
-            .deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
-        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-        lock(&self.by_addr).retain(|_, p| *p != peer);
-        let mut evs = lock(&self.ops).fail_peer(peer, &err);
-        evs.push(Event::PeerLost { peer, error: err });
-        self.push_events(evs, false);
     }
 }
 
