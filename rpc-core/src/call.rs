@@ -54,7 +54,8 @@ impl<Out: DeserializeOwned> Call<Out> {
     /// Cancels the call: it completes with [`RpcError::Canceled`] unless it completed
     /// already.
     pub fn cancel(&self) {
-        self.shared.end_call(self.tag, Err(RpcError::Canceled), true);
+        self.shared
+            .end_call(self.tag, Err(RpcError::Canceled), true);
     }
 
     /// Whether the call has completed (its result is ready or taken).
@@ -88,7 +89,8 @@ impl<Out: DeserializeOwned> Future for Call<Out> {
 impl<Out> Drop for Call<Out> {
     fn drop(&mut self) {
         if !self.slot.is_done() {
-            self.shared.end_call(self.tag, Err(RpcError::Canceled), true);
+            self.shared
+                .end_call(self.tag, Err(RpcError::Canceled), true);
         }
     }
 }

@@ -163,8 +163,6 @@ impl Shared {
         r
     }
 
-    }
-
     pub(crate) fn on_request(self: &Arc<Self>, reply: ReplyTo, msg: Vec<u8>) {
         Counters::add(&self.counters.rpcs_received, 1);
         let h = match Header::decode(&msg) {
