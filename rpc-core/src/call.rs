@@ -1,10 +1,12 @@
-//! The caller's side of a call: a future that also blocks, times out and cancels.
+//! The caller's side of operations in flight: [`Call`] (an RPC) and [`Transfer`] (a bulk
+//! pull or push). Both are futures under any executor that also block, time out and cancel.
 
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
@@ -14,32 +16,20 @@ use crate::engine::ProgressMode;
 use crate::proto::decode_answer;
 use crate::slot::Slot;
 
-/// What a call's slot receives: the raw answer message, or why there is none.
+/// What an operation's slot receives: the raw answer message (empty for transfers), or
+/// why there is none.
 pub(crate) type Answer = Result<Vec<u8>, RpcError>;
 
-/// A call in flight. Await it under any executor, or [`Call::wait`] for it. Dropping it
-/// unfinished cancels the call; a late answer is then discarded.
-#[must_use = "a dropped Call is canceled"]
-pub struct Call<Out> {
+/// An operation in the engine's table, seen from its caller.
+struct Op {
     shared: Arc<Shared>,
     tag: u64,
     slot: Arc<Slot<Answer>>,
-    _out: PhantomData<fn() -> Out>,
 }
 
-impl<Out: DeserializeOwned> Call<Out> {
-    pub(crate) fn new(shared: Arc<Shared>, tag: u64, slot: Arc<Slot<Answer>>) -> Self {
-        Call {
-            shared,
-            tag,
-            slot,
-            _out: PhantomData,
-        }
-    }
-
-    /// Blocks until the answer, an error, the timeout, or cancellation.
-    pub fn wait(self) -> Result<Out, RpcError> {
-        let answer = match self.shared.mode {
+impl Op {
+    fn wait(&self) -> Option<Answer> {
+        match self.shared.mode {
             ProgressMode::Thread => self.slot.wait(),
             ProgressMode::Manual | ProgressMode::BusyPoll => loop {
                 if let Some(a) = self.slot.try_take() {
@@ -47,20 +37,62 @@ impl<Out: DeserializeOwned> Call<Out> {
                 }
                 self.shared.drive_once();
             },
-        };
-        self.shared.count_answer(decode::<Out>(answer))
+        }
+    }
+
+    fn cancel(&self) {
+        self.shared
+            .end_call(self.tag, Err(RpcError::Canceled), true);
+    }
+
+    fn set_timeout(&self, t: Duration) {
+        self.shared.set_deadline(self.tag, t);
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        if !self.slot.is_done() {
+            self.cancel();
+        }
+    }
+}
+
+fn taken() -> RpcError {
+    RpcError::InvalidArgument("result already taken".into())
+}
+
+/// A call in flight. Await it under any executor, or [`Call::wait`] for it. Dropping it
+/// unfinished cancels the call; a late answer is then discarded.
+#[must_use = "a dropped Call is canceled"]
+pub struct Call<Out> {
+    op: Op,
+    _out: PhantomData<fn() -> Out>,
+}
+
+impl<Out: DeserializeOwned> Call<Out> {
+    pub(crate) fn new(shared: Arc<Shared>, tag: u64, slot: Arc<Slot<Answer>>) -> Self {
+        Call {
+            op: Op { shared, tag, slot },
+            _out: PhantomData,
+        }
+    }
+
+    /// Blocks until the answer, an error, the timeout, or cancellation.
+    pub fn wait(self) -> Result<Out, RpcError> {
+        let a = self.op.wait();
+        self.op.shared.count_answer(decode::<Out>(a))
     }
 
     /// Cancels the call: it completes with [`RpcError::Canceled`] unless it completed
     /// already.
     pub fn cancel(&self) {
-        self.shared
-            .end_call(self.tag, Err(RpcError::Canceled), true);
+        self.op.cancel();
     }
 
     /// Whether the call has completed (its result is ready or taken).
     pub fn is_done(&self) -> bool {
-        self.slot.is_done()
+        self.op.slot.is_done()
     }
 }
 
@@ -69,8 +101,7 @@ impl<Out: DeserializeOwned> Call<Out> {
 fn decode<Out: DeserializeOwned>(
     answer: Option<Answer>,
 ) -> Result<Result<Out, RpcError>, RpcError> {
-    let msg =
-        answer.ok_or_else(|| RpcError::InvalidArgument("call result already taken".into()))??;
+    let msg = answer.ok_or_else(taken)??;
     Ok(decode_answer(&msg)
         .and_then(|body| rmp_serde::from_slice(body).map_err(|e| RpcError::Decode(e.to_string()))))
 }
@@ -79,18 +110,61 @@ impl<Out: DeserializeOwned> Future for Call<Out> {
     type Output = Result<Out, RpcError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let shared = self.shared.clone();
-        self.slot
+        let shared = self.op.shared.clone();
+        self.op
+            .slot
             .poll(cx)
             .map(|a| shared.count_answer(decode::<Out>(a)))
     }
 }
 
-impl<Out> Drop for Call<Out> {
-    fn drop(&mut self) {
-        if !self.slot.is_done() {
-            self.shared
-                .end_call(self.tag, Err(RpcError::Canceled), true);
+/// A bulk transfer in flight, borrowing its local handle until it ends. Await it, or
+/// [`Transfer::wait`]. Dropping it unfinished cancels it; the transport then no longer
+/// touches the local memory.
+#[must_use = "a dropped Transfer is canceled"]
+pub struct Transfer<'b> {
+    op: Op,
+    _local: PhantomData<&'b mut ()>,
+}
+
+impl Transfer<'_> {
+    pub(crate) fn new(shared: Arc<Shared>, tag: u64, slot: Arc<Slot<Answer>>) -> Self {
+        Transfer {
+            op: Op { shared, tag, slot },
+            _local: PhantomData,
         }
+    }
+
+    /// Fails the transfer with [`RpcError::Timeout`] if it is not over `t` from now
+    /// (it has the engine's default timeout otherwise).
+    pub fn timeout(self, t: Duration) -> Self {
+        self.op.set_timeout(t);
+        self
+    }
+
+    /// Blocks until the transfer is over.
+    pub fn wait(self) -> Result<(), RpcError> {
+        self.op.wait().ok_or_else(taken)?.map(drop)
+    }
+
+    /// Cancels the transfer.
+    pub fn cancel(&self) {
+        self.op.cancel();
+    }
+
+    /// Whether the transfer is over.
+    pub fn is_done(&self) -> bool {
+        self.op.slot.is_done()
+    }
+}
+
+impl Future for Transfer<'_> {
+    type Output = Result<(), RpcError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.op
+            .slot
+            .poll(cx)
+            .map(|a| a.ok_or_else(taken)?.map(drop))
     }
 }

@@ -13,20 +13,23 @@ macro_rules! counters {
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         pub struct CounterSnapshot {
             $($(#[$doc])* pub $name: u64,)*
-            /// Calls in flight now (sent, not yet answered, failed or timed out).
+            /// Calls and transfers in flight now.
             pub calls_in_flight: u64,
+            /// Overflow answers exposed now, waiting for their callers to pull them.
+            pub answers_exposed: u64,
         }
 
         impl Counters {
-            pub(crate) fn snapshot(&self, calls_in_flight: u64) -> CounterSnapshot {
-                CounterSnapshot { $($name: self.$name.load(Relaxed),)* calls_in_flight }
+            pub(crate) fn snapshot(&self, calls_in_flight: u64, answers_exposed: u64) -> CounterSnapshot {
+                CounterSnapshot { $($name: self.$name.load(Relaxed),)* calls_in_flight, answers_exposed }
             }
         }
 
         impl fmt::Display for CounterSnapshot {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 $(writeln!(f, "{:<18} {}", stringify!($name), self.$name)?;)*
-                write!(f, "{:<18} {}", "calls_in_flight", self.calls_in_flight)
+                writeln!(f, "{:<18} {}", "calls_in_flight", self.calls_in_flight)?;
+                write!(f, "{:<18} {}", "answers_exposed", self.answers_exposed)
             }
         }
     };

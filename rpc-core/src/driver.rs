@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use bulk::{Bulk, ChunkConfig};
 use na::{Address, Event, OpId, PeerId, Plugin};
 
 use crate::RpcError;
@@ -17,16 +18,41 @@ use crate::handler::{Handler, Incoming, ReplyTo};
 use crate::pool::Pool;
 use crate::proto::{CallTable, Header, MsgKind, Phase, Status};
 use crate::slot::Slot;
+use crate::transfer::{Exposed, Xfer};
 
+/// What an entry of the table waits for.
+pub(crate) enum Pending {
+    /// An RPC awaiting its answer; `keep` is an overflow input the server pulls from.
+    Call {
+        peer: Option<PeerId>,
+        recv: Option<OpId>,
+        keep: Option<Bulk<'static>>,
+    },
+    /// A bulk transfer, and what to do when it is over.
+    Transfer(Box<Xfer>),
+}
+
+impl Pending {
+    /// The transport operations it has in flight.
+    pub(crate) fn ops(&self) -> Vec<OpId> {
+        match self {
+            Pending::Call { recv, .. } => recv.iter().copied().collect(),
+            Pending::Transfer(x) => x.ops.clone(),
+        }
+    }
+}
+
+/// An entry of the table: a caller's slot (none for server-side pulls) and what it awaits.
 pub(crate) struct CallEntry {
-    pub(crate) slot: Arc<Slot<Answer>>,
-    pub(crate) recv: Option<OpId>,
+    pub(crate) slot: Option<Arc<Slot<Answer>>>,
+    pub(crate) pending: Pending,
 }
 
 #[derive(Default)]
 pub(crate) struct Calls {
     pub(crate) table: CallTable<CallEntry>,
-    pub(crate) recv_ops: HashMap<OpId, u64>,
+    /// Which entry each transport operation belongs to.
+    pub(crate) ops: HashMap<OpId, u64>,
     /// When the progress thread will wake by itself; a call due earlier wakes it.
     pub(crate) armed: Option<Instant>,
 }
@@ -49,6 +75,12 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     pub(crate) max_queued: u64,
     pub(crate) spin: Duration,
+    pub(crate) default_timeout: Option<Duration>,
+    pub(crate) chunk: ChunkConfig,
+    pub(crate) inline_bulk: usize,
+    pub(crate) max_overflow: u64,
+    /// Overflow answers waiting for their caller to pull them, by release id.
+    pub(crate) exposed: Mutex<HashMap<u64, Exposed>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,8 +108,12 @@ impl Shared {
             Phase::Posted
         };
         let entry = CallEntry {
-            slot: slot.clone(),
-            recv: None,
+            slot: Some(slot.clone()),
+            pending: Pending::Call {
+                peer: None,
+                recv: None,
+                keep: None,
+            },
         };
         let (tag, wake) = {
             let mut c = lock(&self.calls);
@@ -102,44 +138,65 @@ impl Shared {
 
     fn post_remote(&self, tag: u64, addr: &Address, msg: Vec<u8>) -> Result<(), RpcError> {
         let peer = self.plugin.lookup(addr)?;
+        let (msg, keep) = self.maybe_overflow(msg)?;
         // The receive goes first, so that the answer always finds it.
         let recv = self.plugin.recv_expected(peer, tag)?;
         {
             let mut c = lock(&self.calls);
             match c.table.get_mut(tag) {
-                Some(e) => e.recv = Some(recv),
-                None => {
+                Some(CallEntry {
+                    pending:
+                        Pending::Call {
+                            peer: p,
+                            recv: r,
+                            keep: k,
+                        },
+                    ..
+                }) => {
+                    *p = Some(peer);
+                    *r = Some(recv);
+                    *k = keep;
+                }
+                _ => {
                     // Timed out or canceled already.
                     drop(c);
                     self.plugin.cancel(recv);
                     return Ok(());
                 }
             }
-            c.recv_ops.insert(recv, tag);
+            c.ops.insert(recv, tag);
         }
         self.plugin.send_unexpected(peer, tag, msg)?;
         Ok(())
     }
 
-    /// Ends a call with `result` if it is still in flight. `withdraw` cancels its posted
-    /// receive; it is false only when that receive is what completed.
-    pub(crate) fn end_call(&self, tag: u64, result: Answer, withdraw: bool) {
+    /// Ends an entry with `result` if it is still in flight. `withdraw` cancels its
+    /// transport operations; it is false only when the one that completed was its last.
+    pub(crate) fn end_call(self: &Arc<Self>, tag: u64, result: Answer, withdraw: bool) {
         let entry = {
             let mut c = lock(&self.calls);
             let e = c.table.finish(tag);
-            if let Some(op) = e.as_ref().and_then(|e| e.recv) {
-                c.recv_ops.remove(&op);
+            if let Some(e) = &e {
+                detach(&mut c, e);
             }
             e
         };
         let Some(e) = entry else { return };
-        if let Some(op) = e.recv.filter(|_| withdraw) {
-            self.plugin.cancel(op);
+        if withdraw {
+            self.withdraw(&e);
         }
-        self.complete(e, result);
+        self.settle(e, result);
     }
 
-    fn complete(&self, e: CallEntry, result: Answer) {
+    /// Cancels an entry's transport operations; afterwards they touch no memory.
+    pub(crate) fn withdraw(&self, e: &CallEntry) {
+        for op in e.pending.ops() {
+            self.plugin.cancel(op);
+        }
+    }
+
+    /// Completes a caller's slot, counting failures.
+    pub(crate) fn complete(&self, slot: Option<Arc<Slot<Answer>>>, result: Answer) {
         match &result {
             Err(RpcError::Timeout) => Counters::add(&self.counters.timeouts, 1),
             Err(RpcError::Canceled) => Counters::add(&self.counters.canceled, 1),
@@ -148,7 +205,30 @@ impl Shared {
         if result.is_err() {
             Counters::add(&self.counters.rpcs_failed, 1);
         }
-        e.slot.complete(result);
+        if let Some(slot) = slot {
+            slot.complete(result);
+        }
+    }
+
+    /// Gives an entry that is over its outcome.
+    fn settle(self: &Arc<Self>, e: CallEntry, result: Answer) {
+        match e.pending {
+            Pending::Call { .. } => self.complete(e.slot, result),
+            Pending::Transfer(x) => self.settle_transfer(e.slot, x, result),
+        }
+    }
+
+    /// Sets a new timeout for an entry in flight, waking the progress thread if needed.
+    pub(crate) fn set_deadline(&self, tag: u64, t: Duration) {
+        let now = Instant::now();
+        let wake = {
+            let mut c = lock(&self.calls);
+            let due = now.checked_add(t);
+            c.table.set_deadline(tag, due) && due.is_some_and(|d| c.armed.is_none_or(|a| d < a))
+        };
+        if wake && self.mode == ProgressMode::Thread {
+            self.plugin.wake();
+        }
     }
 
     /// Counts a call whose answer itself reports an error, and flattens the result.
@@ -165,6 +245,11 @@ impl Shared {
 
     pub(crate) fn on_request(self: &Arc<Self>, reply: ReplyTo, msg: Vec<u8>) {
         Counters::add(&self.counters.rpcs_received, 1);
+        self.dispatch(reply, msg);
+    }
+
+    /// Sends a request to its handler (or answers why not).
+    pub(crate) fn dispatch(self: &Arc<Self>, reply: ReplyTo, msg: Vec<u8>) {
         let h = match Header::decode(&msg) {
             Ok((h, _)) => h,
             Err(e) => {
@@ -172,14 +257,19 @@ impl Shared {
                 return reply.send(self, 0, Status::BadHeader, e.to_string().as_bytes());
             }
         };
+        let from = reply.peer();
         let reply = match h.kind {
             MsgKind::Request => reply,
             MsgKind::OneWay => ReplyTo::Nobody,
+            MsgKind::Release => return self.release_exposed(h.rpc_id, from),
             MsgKind::Response => {
                 Counters::add(&self.counters.bad_requests, 1);
                 return tracing::debug!(rpc_id = h.rpc_id, "answer sent as a request; dropped");
             }
         };
+        if h.is_overflow() {
+            return self.start_input_pull(from, reply, &msg);
+        }
         let handler = self
             .registry
             .read()
@@ -224,17 +314,31 @@ impl Shared {
                 self.on_request(ReplyTo::Remote { peer, tag }, data);
             }
             Event::Done { op, result } => {
-                let tag = lock(&self.calls).recv_ops.get(&op).copied();
-                // Not a call's receive: a send completing (its failure also fails the
-                // peer's receives), or a withdrawn receive.
-                let Some(tag) = tag else { return };
-                let result = result.map_err(RpcError::from);
-                if let Ok(m) = &result {
-                    Counters::add(&self.counters.bytes_received, m.len() as u64);
+                let kind = {
+                    let c = lock(&self.calls);
+                    c.ops
+                        .get(&op)
+                        .and_then(|tag| c.table.get(*tag))
+                        .map(|e| matches!(e.pending, Pending::Call { .. }))
+                };
+                match kind {
+                    // A call's receive: the answer (or why none will come).
+                    Some(true) => {
+                        let tag = lock(&self.calls).ops.remove(&op);
+                        if let Some(tag) = tag {
+                            self.on_answer(tag, result.map_err(RpcError::from));
+                        }
+                    }
+                    Some(false) => self.on_transfer_op(op, result.map(drop)),
+                    // A send completing (its failure also fails the peer's receives), or
+                    // an operation withdrawn already.
+                    None => {}
                 }
-                self.end_call(tag, result, false);
             }
-            Event::PeerLost { peer, error } => log_peer_lost(peer, &error),
+            Event::PeerLost { peer, error } => {
+                tracing::debug!(peer = peer.0, %error, "peer lost");
+                lock(&self.exposed).retain(|_, x| x.peer != peer);
+            }
         }
     }
 
@@ -265,15 +369,19 @@ impl Shared {
             self.on_event(ev);
             n += 1;
         }
-        let expired = lock(&self.calls).table.expire(Instant::now());
+        let now = Instant::now();
+        let expired = {
+            let mut c = lock(&self.calls);
+            let v = c.table.expire(now);
+            v.iter().for_each(|(_, e)| detach(&mut c, e));
+            v
+        };
         for (tag, e) in expired {
-            tracing::debug!(tag, "call timed out");
-            if let Some(op) = e.recv {
-                lock(&self.calls).recv_ops.remove(&op);
-                self.plugin.cancel(op);
-            }
-            self.complete(e, Err(RpcError::Timeout));
+            tracing::debug!(tag, "timed out");
+            self.withdraw(&e);
+            self.settle(e, Err(RpcError::Timeout));
         }
+        self.expire_exposed(now);
         n
     }
 
@@ -295,8 +403,11 @@ impl Shared {
     }
 }
 
-fn log_peer_lost(peer: PeerId, error: &na::NaError) {
-    tracing::debug!(peer = peer.0, %error, "peer lost");
+/// Forgets which transport operations belonged to an entry that left the table.
+pub(crate) fn detach(c: &mut Calls, e: &CallEntry) {
+    for op in e.pending.ops() {
+        c.ops.remove(&op);
+    }
 }
 
 pub(crate) fn progress_loop(shared: &Arc<Shared>) {

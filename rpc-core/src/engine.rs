@@ -1,23 +1,22 @@
 //! The engine's public face: the builder, endpoints, registration and calls.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
-use na::Address;
+use bulk::{Bulk, Descriptor, Seg};
+use na::{Access, Address};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::call::Call;
+use crate::builder::{EngineBuilder, Guard};
+use crate::call::{Call, Transfer};
 use crate::counters::{CounterSnapshot, Counters};
-use crate::driver::{Calls, Registered, Shared, lock, progress_loop};
+use crate::driver::{Registered, Shared, lock};
 use crate::handler::{ReplyTo, Responder, erase};
-use crate::pool::Pool;
 use crate::proto::{HEADER_LEN, Header};
 use crate::slot::Slot;
-use crate::{Rpc, RpcError, transport};
+use crate::transfer::{Spec, Then};
+use crate::{Rpc, RpcError};
 
 /// How progress is driven.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -47,133 +46,6 @@ impl Endpoint {
     }
 }
 
-/// Builds an [`Engine`].
-#[derive(Clone, Debug)]
-pub struct EngineBuilder {
-    listen: Option<String>,
-    mode: ProgressMode,
-    workers: usize,
-    timeout: Option<Duration>,
-    max_queued: u64,
-    spin: Duration,
-}
-
-impl Default for EngineBuilder {
-    fn default() -> Self {
-        EngineBuilder {
-            listen: None,
-            mode: ProgressMode::Thread,
-            workers: 4,
-            timeout: Some(Duration::from_secs(60)),
-            max_queued: 65_536,
-            spin: Duration::from_micros(200),
-        }
-    }
-}
-
-impl EngineBuilder {
-    /// Listen on this address (`tcp://0.0.0.0:7000`), or just name a transport (`tcp`).
-    /// Without it, `RPC_TRANSPORT` decides, then the default (`tcp` on an ephemeral port).
-    pub fn listen(mut self, addr: &str) -> Self {
-        self.listen = Some(addr.to_owned());
-        self
-    }
-
-    /// How progress is driven (default: a progress thread).
-    pub fn progress_mode(mut self, mode: ProgressMode) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// Handler threads (default 4). Zero runs handlers inline in the progress loop: the
-    /// lowest latency, for handlers that never block.
-    pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n;
-        self
-    }
-
-    /// Default timeout of calls (default 60 s; `None`: wait for ever).
-    pub fn timeout(mut self, t: Option<Duration>) -> Self {
-        self.timeout = t;
-        self
-    }
-
-    /// How long the progress thread keeps polling without sleeping after the last event
-    /// (default 200 µs; zero: always sleep). A busy engine then never pays the wake-up
-    /// latency of a sleeping thread, and an idle one sleeps after this short spin.
-    pub fn spin_window(mut self, d: Duration) -> Self {
-        self.spin = d;
-        self
-    }
-
-    /// Requests queued for handlers before new ones are refused with `Busy` (default 65536).
-    pub fn max_queued(mut self, n: u64) -> Self {
-        self.max_queued = n.max(1);
-        self
-    }
-
-    /// Opens the transport and starts the engine.
-    pub fn build(self) -> Result<Engine, RpcError> {
-        let addr = transport::listen_address(self.listen.as_deref())?;
-        let plugin = transport::open(&addr)?;
-        let pool = Pool::new(self.workers).map_err(|e| RpcError::Transport(e.into()))?;
-        let shared = Arc::new(Shared {
-            self_addr: plugin.self_addr().clone(),
-            plugin,
-            counters: Counters::default(),
-            mode: self.mode,
-            calls: Mutex::new(Calls::default()),
-            registry: RwLock::new(HashMap::new()),
-            pool,
-            drive: Mutex::new(()),
-            stopping: AtomicBool::new(false),
-            max_queued: self.max_queued,
-            spin: self.spin,
-        });
-        let thread = match self.mode {
-            ProgressMode::Thread => {
-                let s = shared.clone();
-                let t = std::thread::Builder::new()
-                    .name("qs-progress".into())
-                    .spawn(move || progress_loop(&s));
-                Some(t.map_err(|e| RpcError::Transport(e.into()))?)
-            }
-            _ => None,
-        };
-        tracing::info!(addr = %shared.self_addr, mode = ?self.mode, "engine started");
-        let guard = Arc::new(Guard {
-            shared: shared.clone(),
-            thread: Mutex::new(thread),
-        });
-        Ok(Engine {
-            shared,
-            default_timeout: self.timeout,
-            _guard: guard,
-        })
-    }
-}
-
-/// Stops the engine when the last [`Engine`] clone goes.
-struct Guard {
-    shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::Release);
-        self.shared.plugin.wake();
-        if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
-        }
-        self.shared.pool.shutdown();
-        let tags = lock(&self.shared.calls).table.tags();
-        for tag in tags {
-            self.shared.end_call(tag, Err(RpcError::Shutdown), true);
-        }
-    }
-}
-
 /// An RPC engine: registers handlers, calls peers, and drives a transport.
 ///
 /// Cheap to clone; the engine stops when the last clone is dropped (calls still in flight
@@ -181,11 +53,37 @@ impl Drop for Guard {
 #[derive(Clone)]
 pub struct Engine {
     shared: Arc<Shared>,
-    default_timeout: Option<Duration>,
-    _guard: Arc<Guard>,
+    /// `None` for non-owning handles ([`Engine::handle`]).
+    guard: Option<Arc<Guard>>,
 }
 
 impl Engine {
+    pub(crate) fn new_owning(shared: Arc<Shared>, guard: Arc<Guard>) -> Engine {
+        Engine {
+            shared,
+            guard: Some(guard),
+        }
+    }
+
+    pub(crate) fn non_owning(shared: Arc<Shared>) -> Engine {
+        Engine {
+            shared,
+            guard: None,
+        }
+    }
+
+    /// A handle that does not keep the engine running: give this to handlers (a handler
+    /// holding an owning clone would keep its own engine alive for ever). Its calls fail
+    /// with [`RpcError::Shutdown`] once the engine has stopped.
+    pub fn handle(&self) -> Engine {
+        Engine::non_owning(self.shared.clone())
+    }
+
+    /// Whether this handle keeps the engine running.
+    pub fn is_owning(&self) -> bool {
+        self.guard.is_some()
+    }
+
     /// An engine builder.
     pub fn builder() -> EngineBuilder {
         EngineBuilder::default()
@@ -215,7 +113,8 @@ impl Engine {
         Ok(Endpoint { addr })
     }
 
-    /// The largest encoded input (or output) a call carries.
+    /// The largest encoded input (or output) that travels in the message itself; larger
+    /// ones travel by bulk, up to [`EngineBuilder::max_overflow`].
     pub fn max_payload(&self) -> usize {
         self.shared.max_message() - HEADER_LEN
     }
@@ -276,7 +175,7 @@ impl Engine {
         rpc: Rpc<In, Out>,
         input: &In,
     ) -> Call<Out> {
-        self.call_timeout(target, rpc, input, self.default_timeout)
+        self.call_timeout(target, rpc, input, self.shared.default_timeout)
     }
 
     /// Calls `rpc` on `target`, failing with [`RpcError::Timeout`] after `timeout`.
@@ -311,6 +210,14 @@ impl Engine {
         input: &In,
     ) -> Result<(), RpcError> {
         let msg = self.encode(rpc.id(), true, input)?;
+        // Nothing tells a one-way sender when an overflow input was pulled: refuse those.
+        let limit = self.shared.max_message();
+        if msg.len() > limit && target.addr != self.shared.self_addr {
+            return Err(RpcError::TooLarge {
+                size: msg.len() - HEADER_LEN,
+                limit: limit - HEADER_LEN,
+            });
+        }
         Counters::add(&self.shared.counters.rpcs_sent, 1);
         Counters::add(&self.shared.counters.bytes_sent, msg.len() as u64);
         if target.addr == self.shared.self_addr {
@@ -331,14 +238,93 @@ impl Engine {
         let mut msg = Vec::with_capacity(64);
         Header::request(rpc_id, one_way).write(&mut msg);
         rmp_serde::encode::write(&mut msg, input).map_err(|e| RpcError::Encode(e.to_string()))?;
-        let limit = self.shared.max_message();
-        if msg.len() > limit {
-            return Err(RpcError::TooLarge {
-                size: msg.len() - HEADER_LEN,
-                limit: limit - HEADER_LEN,
-            });
-        }
         Ok(msg)
+    }
+
+    /// Registers memory for peers to reach with `access` (segments in order form one
+    /// linear region): `vec![Seg::from(&mut buf[..])]`, a `Vec<u8>`, a `BytesMut`, or a
+    /// mix. Small readable regions carry their bytes in their descriptor
+    /// ([`EngineBuilder::inline_bulk`]).
+    pub fn expose<'a>(&self, segs: Vec<Seg<'a>>, access: Access) -> Result<Bulk<'a>, RpcError> {
+        Ok(Bulk::new(&self.shared.plugin, segs, access)?.inline_up_to(self.shared.inline_bulk))
+    }
+
+    /// Pulls `len` bytes of the peer's `remote` region at `remote_off` into `local` at
+    /// `local_off`. The transfer borrows `local` until it ends.
+    pub fn pull<'b>(
+        &self,
+        local: &'b mut Bulk<'_>,
+        local_off: u64,
+        remote: &Descriptor,
+        remote_off: u64,
+        len: u64,
+    ) -> Transfer<'b> {
+        if let Some(data) = &remote.inline {
+            // Eager bulk: the bytes came with the descriptor.
+            let r = range(remote_off, len, data.len() as u64)
+                .and_then(|r| local.write_at(local_off, &data[r]).map_err(RpcError::from));
+            return self.finished(r);
+        }
+        if !local.writable() {
+            return self.finished(Err(RpcError::InvalidArgument(
+                "cannot pull into read-only memory".into(),
+            )));
+        }
+        self.transfer(true, local, local_off, remote, remote_off, len)
+    }
+
+    /// Pushes `len` bytes of `local` at `local_off` into the peer's `remote` region at
+    /// `remote_off`. The transfer borrows `local` until it ends.
+    pub fn push<'b>(
+        &self,
+        local: &'b Bulk<'_>,
+        local_off: u64,
+        remote: &Descriptor,
+        remote_off: u64,
+        len: u64,
+    ) -> Transfer<'b> {
+        self.transfer(false, local, local_off, remote, remote_off, len)
+    }
+
+    fn transfer<'b>(
+        &self,
+        is_get: bool,
+        local: &Bulk<'_>,
+        local_off: u64,
+        remote: &Descriptor,
+        remote_off: u64,
+        len: u64,
+    ) -> Transfer<'b> {
+        let checked = range(local_off, len, local.len())
+            .and_then(|_| range(remote_off, len, remote.len()))
+            .and_then(|_| Ok(self.shared.plugin.lookup(&remote.owner)?));
+        let peer = match checked {
+            Ok(p) => p,
+            Err(e) => return self.finished(Err(e)),
+        };
+        let slot = Arc::new(Slot::default());
+        let spec = Spec {
+            peer,
+            is_get,
+            local: local.mem().clone(),
+            local_off,
+            remote: &remote.mem,
+            remote_off,
+            len,
+        };
+        let tag = self.shared.post_transfer(
+            spec,
+            Then::Done,
+            Some(slot.clone()),
+            self.shared.default_timeout,
+        );
+        Transfer::new(self.shared.clone(), tag, slot)
+    }
+
+    fn finished<'b>(&self, r: Result<(), RpcError>) -> Transfer<'b> {
+        let slot = Arc::new(Slot::default());
+        slot.complete(r.map(|()| Vec::new()));
+        Transfer::new(self.shared.clone(), 0, slot)
     }
 
     /// Drives the transport, waiting at most `timeout` for activity (manual mode).
@@ -363,6 +349,18 @@ impl Engine {
     /// A snapshot of the counters.
     pub fn counters(&self) -> CounterSnapshot {
         let in_flight = lock(&self.shared.calls).table.len() as u64;
-        self.shared.counters.snapshot(in_flight)
+        self.shared
+            .counters
+            .snapshot(in_flight, lock(&self.shared.exposed).len() as u64)
+    }
+}
+
+/// `off..off+len` as a range within `total` bytes, or the caller's error.
+fn range(off: u64, len: u64, total: u64) -> Result<std::ops::Range<usize>, RpcError> {
+    match off.checked_add(len) {
+        Some(end) if end <= total => Ok(off as usize..end as usize),
+        _ => Err(RpcError::InvalidArgument(format!(
+            "range {off}+{len} outside {total} bytes"
+        ))),
     }
 }

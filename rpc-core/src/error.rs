@@ -74,6 +74,15 @@ pub enum RpcError {
     Transport(#[from] NaError),
 }
 
+impl From<bulk::BulkError> for RpcError {
+    fn from(e: bulk::BulkError) -> Self {
+        match e {
+            bulk::BulkError::Transport(e) => RpcError::Transport(e),
+            other => RpcError::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
 impl RpcError {
     /// Whose fault the error is.
     pub fn fault(&self) -> Fault {

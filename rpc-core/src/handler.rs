@@ -26,28 +26,32 @@ pub(crate) enum ReplyTo {
 }
 
 impl ReplyTo {
+    /// The remote caller, if any.
+    pub(crate) fn peer(&self) -> Option<PeerId> {
+        match self {
+            ReplyTo::Remote { peer, .. } => Some(*peer),
+            _ => None,
+        }
+    }
+
     /// Sends an answer with `status` and `body`.
-    pub(crate) fn send(self, shared: &Shared, rpc_id: u64, status: Status, body: &[u8]) {
+    pub(crate) fn send(self, shared: &Arc<Shared>, rpc_id: u64, status: Status, body: &[u8]) {
         let mut msg = Vec::with_capacity(HEADER_LEN + body.len());
         Header::response(rpc_id, status).write(&mut msg);
         msg.extend_from_slice(body);
         self.send_msg(shared, rpc_id, msg);
     }
 
-    fn send_msg(self, shared: &Shared, rpc_id: u64, mut msg: Vec<u8>) {
-        if msg.len() > shared.max_message() {
-            let why = format!(
-                "answer of {} bytes exceeds the eager limit of {}",
-                msg.len(),
-                shared.max_message()
-            );
-            msg.clear();
-            Header::response(rpc_id, Status::OutputTooLarge).write(&mut msg);
-            msg.extend_from_slice(why.as_bytes());
-        }
+    fn send_msg(self, shared: &Arc<Shared>, rpc_id: u64, msg: Vec<u8>) {
         match self {
             ReplyTo::Remote { peer, tag } => {
                 let n = msg.len() as u64;
+                // Too large for a message: the caller pulls it (see `transfer`).
+                let msg = if msg.len() > shared.max_message() {
+                    shared.overflow_answer(peer, rpc_id, msg)
+                } else {
+                    msg
+                };
                 match shared.plugin.send_expected(peer, tag, msg) {
                     Ok(_) => {
                         Counters::add(&shared.counters.responses_sent, 1);
@@ -123,6 +127,12 @@ impl<Out: Serialize> Responder<Out> {
                 why.to_string().as_bytes(),
             );
         }
+    }
+
+    /// A non-owning handle on the engine that received the request, for handlers that
+    /// pull or push bulk data, or call other servers, before answering.
+    pub fn engine(&self) -> crate::Engine {
+        crate::Engine::non_owning(self.cell.shared.clone())
     }
 
     /// Whether the caller expects no answer (a one-way request).

@@ -18,6 +18,7 @@
 //! [`na::Plugin`] chosen by the address (`tcp://…`) or by `RPC_TRANSPORT`.
 #![deny(missing_docs)]
 
+mod builder;
 mod call;
 mod counters;
 mod driver;
@@ -29,12 +30,15 @@ pub mod proto;
 mod rpc;
 mod slot;
 mod sync;
+mod transfer;
 pub mod transport;
 
-pub use call::Call;
+pub use builder::EngineBuilder;
+pub use bulk::{Bulk, ChunkConfig, Descriptor, Seg};
+pub use call::{Call, Transfer};
 pub use counters::CounterSnapshot;
-pub use engine::{Endpoint, Engine, EngineBuilder, ProgressMode};
+pub use engine::{Endpoint, Engine, ProgressMode};
 pub use error::RpcError;
 pub use handler::Responder;
-pub use na::{Address, Fault, NaError};
+pub use na::{Access, Address, Fault, NaError};
 pub use rpc::{Rpc, rpc_id};

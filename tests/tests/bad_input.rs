@@ -162,7 +162,7 @@ fn unknown_rpcs_and_undecodable_inputs_are_typed_errors_at_the_caller() {
         .wait();
     assert!(matches!(r, Err(RpcError::BadInput(_))), "{r:?}");
     assert_eq!(e.call(&peer, SUM, &(1, 2)).wait(), Ok(3));
-    let (_, _, bad) = e.call(&peer, STATS, &()).wait().unwrap();
+    let (_, _, bad, _) = e.call(&peer, STATS, &()).wait().unwrap();
     assert_eq!(bad, 2, "the server counted both bad requests");
 }
 

@@ -77,40 +77,65 @@ fn an_unknown_transport_is_a_clear_error() {
 }
 
 #[test]
-fn every_size_up_to_the_eager_limit_round_trips_and_one_more_is_refused() {
+fn arguments_and_results_of_every_size_round_trip_through_overflow() {
     let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
-    // The echo body is a msgpack bin: 5 bytes of framing for lengths of 64 KiB and up.
-    let overhead = |n: usize| {
-        if n < 256 {
-            2
-        } else if n < 65_536 {
-            3
-        } else {
-            5
-        }
-    };
-    let max = (0..e.max_payload())
-        .rev()
-        .find(|n| n + overhead(*n) <= e.max_payload())
-        .unwrap();
+    // The echo body is a msgpack bin: up to 5 bytes of framing.
+    let eager = e.max_payload();
     let mut sizes: Vec<usize> = (0..=64).collect();
-    sizes.extend([255, 256, 1000, 4095, 4096, 4097, 8192, 65_000, max - 1, max]);
+    sizes.extend([
+        255,
+        256,
+        4095,
+        4096,
+        4097,
+        8192,
+        eager - 6,
+        eager - 5,
+        eager - 4,
+        eager - 1,
+        eager,
+        eager + 1,
+    ]);
+    sizes.extend([1 << 20, 16 << 20]);
     for n in sizes {
-        let p: Vec<u8> = (0..n).map(|j| (j * 7 + n) as u8).collect();
+        let p = qs_tests::rpcs::pattern(n as u64, n);
         let got = e
             .call(&peer, ECHO, &ByteBuf::from(p.clone()))
             .wait()
             .unwrap();
-        assert_eq!(got.into_vec(), p, "size {n}");
+        assert!(got.into_vec() == p, "size {n} came back different");
     }
-    let r = e
-        .call(&peer, ECHO, &ByteBuf::from(vec![0u8; max + 1]))
+    // Every overflow answer was released by the caller after its pull.
+    let stats = e.call(&peer, STATS, &()).wait().unwrap();
+    assert_eq!(stats.3, 0, "server still exposes overflow answers");
+    assert_eq!(e.counters().calls_in_flight, 0);
+}
+
+#[test]
+fn inputs_over_the_overflow_limits_are_refused_clearly() {
+    let server = ServerProcess::spawn(&["--max-overflow", "1048576", "tcp://127.0.0.1:0"], &[]);
+    let small = Engine::builder()
+        .listen("tcp://127.0.0.1:0")
+        .max_overflow(1 << 20)
+        .build()
+        .unwrap();
+    let peer = small.lookup(&server.addr).unwrap();
+    let r = small
+        .call(&peer, ECHO, &ByteBuf::from(vec![1u8; 2 << 20]))
         .wait();
     assert!(matches!(r, Err(RpcError::TooLarge { .. })), "{r:?}");
-    // The refusal was local: the server still serves.
-    assert_eq!(e.call(&peer, SUM, &(1, 1)).wait().unwrap(), 2);
+    let big = client();
+    let peer = big.lookup(&server.addr).unwrap();
+    let r = big
+        .call(&peer, ECHO, &ByteBuf::from(vec![1u8; 2 << 20]))
+        .wait();
+    assert!(
+        matches!(&r, Err(RpcError::BadInput(m)) if m.contains("limit")),
+        "{r:?}"
+    );
+    assert_eq!(big.call(&peer, SUM, &(1, 1)).wait(), Ok(2));
 }
 
 #[test]
@@ -161,7 +186,7 @@ fn one_way_requests_arrive_without_answers() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(seen, 300);
-    let (received, answered, _) = e.call(&peer, STATS, &()).wait().unwrap();
+    let (received, answered, _, _) = e.call(&peer, STATS, &()).wait().unwrap();
     assert!(
         received >= 101 && answered < received,
         "one-way requests are not answered"

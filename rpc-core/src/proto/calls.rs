@@ -68,6 +68,26 @@ impl<T> CallTable<T> {
         self.calls.get_mut(&tag).map(|e| &mut e.value)
     }
 
+    /// The call's value, while it is in flight.
+    pub fn get(&self, tag: u64) -> Option<&T> {
+        self.calls.get(&tag).map(|e| &e.value)
+    }
+
+    /// Replaces a call's deadline (`None`: no deadline); false if it is not in flight.
+    pub fn set_deadline(&mut self, tag: u64, deadline: Option<Instant>) -> bool {
+        let Some(e) = self.calls.get_mut(&tag) else {
+            return false;
+        };
+        if let Some(d) = e.deadline.take() {
+            self.deadlines.remove(&(d, tag));
+        }
+        if let Some(d) = deadline {
+            self.deadlines.insert((d, tag));
+        }
+        e.deadline = deadline;
+        true
+    }
+
     /// The call's phase, while it is in flight.
     pub fn phase(&self, tag: u64) -> Option<Phase> {
         self.calls.get(&tag).map(|e| e.phase)
@@ -137,6 +157,19 @@ mod tests {
         assert!(t.expire(t0 + Duration::from_secs(1)).is_empty());
         assert_eq!(t.len(), 1);
         assert_eq!(t.next_deadline(), None);
+    }
+
+    #[test]
+    fn deadlines_can_be_moved() {
+        let t0 = Instant::now();
+        let mut t = CallTable::default();
+        let a = t.insert(t0, None, Phase::Posted, 1);
+        assert!(t.set_deadline(a, Some(t0 + Duration::from_millis(5))));
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(5)));
+        assert!(t.set_deadline(a, Some(t0 + Duration::from_millis(9))));
+        assert!(t.expire(t0 + Duration::from_millis(6)).is_empty());
+        assert_eq!(t.expire(t0 + Duration::from_millis(9)), vec![(a, 1)]);
+        assert!(!t.set_deadline(a, None));
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! The RPC header carried at the front of every message, and the answer's status.
 //!
 //! ```text
-//! magic:u16 ("RQ") version:u8 kind:u8 status:u8 reserved:[u8;3] rpc_id:u64   (little endian)
+//! magic:u16 ("RQ") version:u8 kind:u8 status:u8 flags:u8 reserved:[u8;2] rpc_id:u64
 //! ```
-//! A request's body is its rmp-encoded input; an answer's body is the rmp-encoded output
-//! when the status is `Ok`, and a UTF-8 explanation otherwise.
+//! (little endian). A request's body is its rmp-encoded input; an answer's body is the
+//! rmp-encoded output when the status is `Ok`, and a UTF-8 explanation otherwise.
+//!
+//! With [`FLAG_OVERFLOW`], the message was too large to send: the body is instead the
+//! rmp-encoded [`bulk::Descriptor`] of the whole real message (header included), which the
+//! receiver pulls; an answer's descriptor is followed by a release id that the caller sends
+//! back in a [`MsgKind::Release`] message once it has pulled, so that the server can free it.
 
 use crate::RpcError;
 
@@ -14,6 +19,8 @@ pub const MAGIC: u16 = 0x5152;
 pub const VERSION: u8 = 1;
 /// Encoded size of a header.
 pub const HEADER_LEN: usize = 16;
+/// The body is the descriptor of the real message, to be pulled.
+pub const FLAG_OVERFLOW: u8 = 1;
 
 /// What a message is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -25,6 +32,8 @@ pub enum MsgKind {
     OneWay = 2,
     /// An answer.
     Response = 3,
+    /// The caller has pulled an overflow answer; `rpc_id` holds the release id.
+    Release = 4,
 }
 
 /// The outcome an answer reports.
@@ -88,6 +97,9 @@ pub enum ProtoError {
     /// Unknown status.
     #[error("unknown status {0}")]
     BadStatus(u8),
+    /// Unknown flag bits.
+    #[error("unknown flags {0:#04x}")]
+    BadFlags(u8),
 }
 
 /// A decoded header.
@@ -97,6 +109,8 @@ pub struct Header {
     pub kind: MsgKind,
     /// Answer status (`Ok` in requests).
     pub status: Status,
+    /// [`FLAG_OVERFLOW`] or 0.
+    pub flags: u8,
     /// The RPC id (the hash of its name).
     pub rpc_id: u64,
 }
@@ -112,6 +126,7 @@ impl Header {
         Header {
             kind,
             status: Status::Ok,
+            flags: 0,
             rpc_id,
         }
     }
@@ -121,14 +136,35 @@ impl Header {
         Header {
             kind: MsgKind::Response,
             status,
+            flags: 0,
             rpc_id,
         }
+    }
+
+    /// The same header, marking an overflow message.
+    pub fn overflow(self) -> Self {
+        Header {
+            flags: self.flags | FLAG_OVERFLOW,
+            ..self
+        }
+    }
+
+    /// Whether the body is the descriptor of the real message.
+    pub fn is_overflow(&self) -> bool {
+        self.flags & FLAG_OVERFLOW != 0
     }
 
     /// Appends the encoded header to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC.to_le_bytes());
-        out.extend_from_slice(&[VERSION, self.kind as u8, self.status as u8, 0, 0, 0]);
+        out.extend_from_slice(&[
+            VERSION,
+            self.kind as u8,
+            self.status as u8,
+            self.flags,
+            0,
+            0,
+        ]);
         out.extend_from_slice(&self.rpc_id.to_le_bytes());
     }
 
@@ -148,15 +184,21 @@ impl Header {
             1 => MsgKind::Request,
             2 => MsgKind::OneWay,
             3 => MsgKind::Response,
+            4 => MsgKind::Release,
             k => return Err(ProtoError::BadKind(k)),
         };
         let status = Status::from_u8(msg[4]).ok_or(ProtoError::BadStatus(msg[4]))?;
+        let flags = msg[5];
+        if flags & !FLAG_OVERFLOW != 0 {
+            return Err(ProtoError::BadFlags(flags));
+        }
         let mut id = [0u8; 8];
         id.copy_from_slice(&msg[8..16]);
         Ok((
             Header {
                 kind,
                 status,
+                flags,
                 rpc_id: u64::from_le_bytes(id),
             },
             &msg[HEADER_LEN..],
@@ -172,6 +214,11 @@ pub fn decode_answer(msg: &[u8]) -> Result<&[u8], RpcError> {
             "expected an answer, got {:?}",
             h.kind
         )));
+    }
+    if h.is_overflow() {
+        return Err(RpcError::Protocol(
+            "overflow answer reached the caller unpulled".into(),
+        ));
     }
     let text = || String::from_utf8_lossy(body).into_owned();
     Err(match h.status {
@@ -226,9 +273,12 @@ mod tests {
         let mut b = good.clone();
         b[3] = 0;
         assert_eq!(Header::decode(&b), Err(ProtoError::BadKind(0)));
-        let mut b = good;
+        let mut b = good.clone();
         b[4] = 200;
         assert_eq!(Header::decode(&b), Err(ProtoError::BadStatus(200)));
+        let mut b = good;
+        b[5] = 0x80;
+        assert_eq!(Header::decode(&b), Err(ProtoError::BadFlags(0x80)));
     }
 
     #[test]
@@ -253,7 +303,7 @@ mod tests {
                 let mut again = h.clone_bytes();
                 again.extend_from_slice(body);
                 // Reserved bytes are ignored on decode and written as zero.
-                prop_assert_eq!(&again[..5], &bytes[..5]);
+                prop_assert_eq!(&again[..6], &bytes[..6]);
                 prop_assert_eq!(&again[8..], &bytes[8..]);
             }
             let _ = decode_answer(&bytes);

@@ -1,0 +1,171 @@
+//! Building and stopping an engine.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bulk::ChunkConfig;
+
+use crate::counters::Counters;
+use crate::driver::{Calls, Shared, lock, progress_loop};
+use crate::engine::{Engine, ProgressMode};
+use crate::pool::Pool;
+use crate::{RpcError, transport};
+
+/// Builds an [`Engine`].
+#[derive(Clone, Debug)]
+pub struct EngineBuilder {
+    listen: Option<String>,
+    mode: ProgressMode,
+    workers: usize,
+    timeout: Option<Duration>,
+    max_queued: u64,
+    spin: Duration,
+    chunk: ChunkConfig,
+    inline_bulk: usize,
+    max_overflow: u64,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            listen: None,
+            mode: ProgressMode::Thread,
+            workers: 4,
+            timeout: Some(Duration::from_secs(60)),
+            max_queued: 65_536,
+            spin: Duration::from_micros(200),
+            chunk: ChunkConfig::default(),
+            inline_bulk: 2048,
+            max_overflow: 256 << 20,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Listen on this address (`tcp://0.0.0.0:7000`), or just name a transport (`tcp`).
+    /// Without it, `RPC_TRANSPORT` decides, then the default (`tcp` on an ephemeral port).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.to_owned());
+        self
+    }
+
+    /// How progress is driven (default: a progress thread).
+    pub fn progress_mode(mut self, mode: ProgressMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Handler threads (default 4). Zero runs handlers inline in the progress loop: the
+    /// lowest latency, for handlers that never block (a handler that waits for a bulk
+    /// transfer blocks, so it needs workers).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Default timeout of calls and transfers (default 60 s; `None`: wait for ever).
+    pub fn timeout(mut self, t: Option<Duration>) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// How long the progress thread keeps polling without sleeping after the last event
+    /// (default 200 µs; zero: always sleep). A busy engine then never pays the wake-up
+    /// latency of a sleeping thread, and an idle one sleeps after this short spin.
+    pub fn spin_window(mut self, d: Duration) -> Self {
+        self.spin = d;
+        self
+    }
+
+    /// Requests queued for handlers before new ones are refused with `Busy` (default 65536).
+    pub fn max_queued(mut self, n: u64) -> Self {
+        self.max_queued = n.max(1);
+        self
+    }
+
+    /// Chunk size and chunks in flight of bulk transfers (default 1 MiB, 4).
+    pub fn chunks(mut self, c: ChunkConfig) -> Self {
+        self.chunk = c;
+        self
+    }
+
+    /// Readable bulk handles up to this size carry their bytes in their descriptor, so
+    /// that a pull costs no round trip (default 2 KiB; 0 turns it off).
+    pub fn inline_bulk(mut self, n: usize) -> Self {
+        self.inline_bulk = n;
+        self
+    }
+
+    /// Largest RPC input or output accepted by bulk when it exceeds a message (default
+    /// 256 MiB); larger ones are refused rather than allocated.
+    pub fn max_overflow(mut self, n: u64) -> Self {
+        self.max_overflow = n;
+        self
+    }
+
+    /// Opens the transport and starts the engine.
+    pub fn build(self) -> Result<Engine, RpcError> {
+        let addr = transport::listen_address(self.listen.as_deref())?;
+        let plugin = transport::open(&addr)?;
+        let pool = Pool::new(self.workers).map_err(|e| RpcError::Transport(e.into()))?;
+        let shared = Arc::new(Shared {
+            self_addr: plugin.self_addr().clone(),
+            plugin,
+            counters: Counters::default(),
+            mode: self.mode,
+            calls: Mutex::new(Calls::default()),
+            registry: RwLock::new(HashMap::new()),
+            pool,
+            drive: Mutex::new(()),
+            stopping: AtomicBool::new(false),
+            max_queued: self.max_queued,
+            spin: self.spin,
+            default_timeout: self.timeout,
+            chunk: self.chunk,
+            inline_bulk: self.inline_bulk,
+            max_overflow: self.max_overflow,
+            exposed: Mutex::new(HashMap::new()),
+        });
+        let thread = match self.mode {
+            ProgressMode::Thread => {
+                let s = shared.clone();
+                let t = std::thread::Builder::new()
+                    .name("qs-progress".into())
+                    .spawn(move || progress_loop(&s));
+                Some(t.map_err(|e| RpcError::Transport(e.into()))?)
+            }
+            _ => None,
+        };
+        tracing::info!(addr = %shared.self_addr, mode = ?self.mode, "engine started");
+        let guard = Arc::new(Guard {
+            shared: shared.clone(),
+            thread: Mutex::new(thread),
+        });
+        Ok(Engine::new_owning(shared, guard))
+    }
+}
+
+/// Stops the engine when the last owning [`Engine`] handle goes.
+pub(crate) struct Guard {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.plugin.wake();
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+        self.shared.pool.shutdown();
+        let tags = lock(&self.shared.calls).table.tags();
+        for tag in tags {
+            self.shared.end_call(tag, Err(RpcError::Shutdown), true);
+        }
+        lock(&self.shared.exposed).clear();
+    }
+}

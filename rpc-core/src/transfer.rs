@@ -1,0 +1,423 @@
+//! Bulk transfers driven by the engine, and messages too large to send ("overflow"), which
+//! travel as a descriptor that the receiver pulls.
+//!
+//! A transfer is an entry of the engine's table like a call: it has a deadline, can be
+//! canceled, and completes a caller's slot. Its chunks are posted within the plan's window
+//! as earlier ones complete. When it is over, its continuation ([`Then`]) runs: complete
+//! the caller, land an overflow answer, or dispatch an overflow request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bulk::{Bulk, Chunker, Descriptor, Seg};
+use na::{Access, MemHandle, NaResult, OpId, PeerId, RemoteMem};
+
+use crate::RpcError;
+use crate::call::Answer;
+use crate::driver::{CallEntry, Calls, Pending, Shared, lock};
+use crate::handler::ReplyTo;
+use crate::proto::{Header, MsgKind, Phase, Status};
+use crate::slot::Slot;
+
+/// What to do when a transfer is over.
+pub(crate) enum Then {
+    /// Complete the caller's slot.
+    Done,
+    /// An overflow answer landed in `buf`: tell the server to release it, and complete the
+    /// call with it.
+    Answer {
+        buf: Bulk<'static>,
+        server: PeerId,
+        release: u64,
+    },
+    /// An overflow request landed in `buf`: dispatch it.
+    Request { buf: Bulk<'static>, reply: ReplyTo },
+}
+
+/// A transfer in flight.
+pub(crate) struct Xfer {
+    pub(crate) peer: PeerId,
+    pub(crate) is_get: bool,
+    pub(crate) local: MemHandle,
+    pub(crate) local_off: u64,
+    pub(crate) remote: RemoteMem,
+    pub(crate) remote_off: u64,
+    pub(crate) plan: Chunker,
+    pub(crate) ops: Vec<OpId>,
+    pub(crate) then: Then,
+}
+
+/// An overflow answer exposed for its caller to pull.
+pub(crate) struct Exposed {
+    _bulk: Bulk<'static>,
+    pub(crate) peer: PeerId,
+    deadline: Instant,
+}
+
+static RELEASE_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Where a transfer goes, before it is planned.
+pub(crate) struct Spec<'r> {
+    pub(crate) peer: PeerId,
+    pub(crate) is_get: bool,
+    pub(crate) local: MemHandle,
+    pub(crate) local_off: u64,
+    pub(crate) remote: &'r RemoteMem,
+    pub(crate) remote_off: u64,
+    pub(crate) len: u64,
+}
+
+impl Shared {
+    /// Starts a transfer; its outcome goes to `slot` through `then`. Returns its tag.
+    pub(crate) fn post_transfer(
+        self: &Arc<Self>,
+        s: Spec<'_>,
+        then: Then,
+        slot: Option<Arc<Slot<Answer>>>,
+        timeout: Option<Duration>,
+    ) -> u64 {
+        let x = self.plan(s, then);
+        let over = {
+            let mut c = lock(&self.calls);
+            let tag = c.table.insert(
+                Instant::now(),
+                timeout,
+                Phase::Posted,
+                CallEntry {
+                    slot,
+                    pending: Pending::Transfer(x),
+                },
+            );
+            (tag, self.pump_or_finish(&mut c, tag))
+        };
+        if let (_, Some((e, outcome))) = over {
+            self.settle_done(e, outcome);
+        }
+        over.0
+    }
+
+    /// Pumps a transfer and, if it is over, takes it out of the table with its outcome.
+    fn pump_or_finish(&self, c: &mut Calls, tag: u64) -> Option<(CallEntry, NaResult<()>)> {
+        let outcome = self.pump(c, tag)?;
+        c.table.finish(tag).map(|e| (e, outcome))
+    }
+
+    /// Posts the chunks the plan allows; returns the outcome once the transfer is over.
+    fn pump(&self, c: &mut Calls, tag: u64) -> Option<NaResult<()>> {
+        let Calls { table, ops, .. } = c;
+        let Some(CallEntry {
+            pending: Pending::Transfer(x),
+            ..
+        }) = table.get_mut(tag)
+        else {
+            return None;
+        };
+        while let Some((off, n)) = x.plan.next_chunk() {
+            let (lo, ro) = (x.local_off + off, x.remote_off + off);
+            let posted = if x.is_get {
+                self.plugin.get(x.peer, &x.local, lo, &x.remote, ro, n)
+            } else {
+                self.plugin.put(x.peer, &x.local, lo, &x.remote, ro, n)
+            };
+            match posted {
+                Ok(op) => {
+                    x.ops.push(op);
+                    ops.insert(op, tag);
+                }
+                Err(e) => x.plan.chunk_done(Err(e)),
+            }
+        }
+        x.plan.outcome()
+    }
+
+    /// A chunk of a transfer completed.
+    pub(crate) fn on_transfer_op(self: &Arc<Self>, op: OpId, result: NaResult<()>) {
+        let over = {
+            let mut c = lock(&self.calls);
+            let Some(tag) = c.ops.remove(&op) else { return };
+            let Some(CallEntry {
+                pending: Pending::Transfer(x),
+                ..
+            }) = c.table.get_mut(tag)
+            else {
+                return;
+            };
+            x.ops.retain(|o| *o != op);
+            x.plan.chunk_done(result);
+            self.pump_or_finish(&mut c, tag)
+        };
+        if let Some((e, outcome)) = over {
+            self.settle_done(e, outcome);
+        }
+    }
+
+    fn settle_done(self: &Arc<Self>, e: CallEntry, outcome: NaResult<()>) {
+        let Pending::Transfer(x) = e.pending else {
+            return;
+        };
+        self.settle_transfer(
+            e.slot,
+            x,
+            outcome.map(|()| Vec::new()).map_err(RpcError::from),
+        );
+    }
+
+    /// Runs a finished transfer's continuation.
+    pub(crate) fn settle_transfer(
+        self: &Arc<Self>,
+        slot: Option<Arc<Slot<Answer>>>,
+        x: Xfer,
+        result: Answer,
+    ) {
+        match x.then {
+            Then::Done => self.complete(slot, result),
+            Then::Answer {
+                buf,
+                server,
+                release,
+            } => {
+                self.send_release(server, release);
+                self.complete(slot, result.map(|_| buf.into_vec()));
+            }
+            Then::Request { buf, reply } => match result {
+                Ok(_) => self.dispatch(reply, buf.into_vec()),
+                Err(e) => reply.send(
+                    self,
+                    0,
+                    Status::BadInput,
+                    format!("cannot pull the request: {e}").as_bytes(),
+                ),
+            },
+        }
+    }
+
+    /// A message too large to send becomes a stub carrying the descriptor of the exposed
+    /// real message; the exposed memory must live until the receiver has pulled it.
+    pub(crate) fn maybe_overflow(
+        &self,
+        msg: Vec<u8>,
+    ) -> Result<(Vec<u8>, Option<Bulk<'static>>), RpcError> {
+        if msg.len() <= self.max_message() {
+            return Ok((msg, None));
+        }
+        if msg.len() as u64 > self.max_overflow {
+            return Err(RpcError::TooLarge {
+                size: msg.len(),
+                limit: self.max_overflow as usize,
+            });
+        }
+        let (h, _) = Header::decode(&msg).map_err(|e| RpcError::Encode(e.to_string()))?;
+        let b = Bulk::new(&self.plugin, vec![Seg::from(msg)], Access::ReadOnly)?;
+        let mut stub = Vec::with_capacity(256);
+        h.overflow().write(&mut stub);
+        rmp_serde::encode::write(&mut stub, &b.descriptor())
+            .map_err(|e| RpcError::Encode(e.to_string()))?;
+        Ok((stub, Some(b)))
+    }
+
+    /// The server's side of an answer too large to send: expose it until released.
+    pub(crate) fn overflow_answer(&self, peer: PeerId, rpc_id: u64, msg: Vec<u8>) -> Vec<u8> {
+        let release = RELEASE_IDS.fetch_add(1, Ordering::Relaxed);
+        let exposed = (msg.len() as u64 <= self.max_overflow)
+            .then(|| Bulk::new(&self.plugin, vec![Seg::from(msg)], Access::ReadOnly))
+            .and_then(Result::ok);
+        let mut stub = Vec::with_capacity(256);
+        let Some(b) = exposed else {
+            Header::response(rpc_id, Status::OutputTooLarge).write(&mut stub);
+            stub.extend_from_slice(
+                format!("answer over the limit of {} bytes", self.max_overflow).as_bytes(),
+            );
+            return stub;
+        };
+        Header::response(rpc_id, Status::Ok)
+            .overflow()
+            .write(&mut stub);
+        // Encoding a descriptor into a Vec cannot fail.
+        let _ = rmp_serde::encode::write(&mut stub, &(b.descriptor(), release));
+        let deadline = Instant::now() + self.default_timeout.unwrap_or(Duration::from_secs(60));
+        lock(&self.exposed).insert(
+            release,
+            Exposed {
+                _bulk: b,
+                peer,
+                deadline,
+            },
+        );
+        stub
+    }
+
+    /// A call's answer arrived: complete the call, or pull the real answer first.
+    pub(crate) fn on_answer(self: &Arc<Self>, tag: u64, result: Answer) {
+        let overflow = match &result {
+            Ok(m) => {
+                matches!(Header::decode(m), Ok((h, _)) if h.kind == MsgKind::Response && h.is_overflow())
+            }
+            Err(_) => false,
+        };
+        if !overflow {
+            return self.end_call(tag, result, false);
+        }
+        let msg = result.unwrap_or_default();
+        if let Err(e) = self.start_output_pull(tag, &msg) {
+            self.end_call(tag, Err(e), false);
+        }
+    }
+
+    fn start_output_pull(self: &Arc<Self>, tag: u64, stub: &[u8]) -> Result<(), RpcError> {
+        let (d, release): (Descriptor, u64) =
+            rmp_serde::from_slice(&stub[crate::proto::HEADER_LEN..])
+                .map_err(|e| RpcError::Protocol(format!("bad overflow answer: {e}")))?;
+        let buf = self
+            .landing(d.len())
+            .map_err(|e| RpcError::Protocol(format!("overflow answer: {e}")))?;
+        let mut c = lock(&self.calls);
+        let Some(entry) = c.table.get_mut(tag) else {
+            return Ok(());
+        };
+        let Pending::Call {
+            peer: Some(server), ..
+        } = entry.pending
+        else {
+            return Err(RpcError::Protocol("overflow answer to a local call".into()));
+        };
+        let spec = Spec {
+            peer: server,
+            is_get: true,
+            local: buf.mem().clone(),
+            local_off: 0,
+            remote: &d.mem,
+            remote_off: 0,
+            len: d.len(),
+        };
+        let x = self.plan(
+            spec,
+            Then::Answer {
+                buf,
+                server,
+                release,
+            },
+        );
+        entry.pending = Pending::Transfer(Box::new(x));
+        let over = self.pump_or_finish(&mut c, tag);
+        drop(c);
+        if let Some((e, outcome)) = over {
+            self.settle_done(e, outcome);
+        }
+        Ok(())
+    }
+
+    fn plan(&self, s: Spec<'_>, then: Then) -> Xfer {
+        Xfer {
+            peer: s.peer,
+            is_get: s.is_get,
+            local: s.local,
+            local_off: s.local_off,
+            remote: s.remote.clone(),
+            remote_off: s.remote_off,
+            plan: Chunker::new(s.len, self.chunk),
+            ops: Vec::new(),
+            then,
+        }
+    }
+
+    /// Memory to pull an overflow message into, bounded by the configured limit.
+    fn landing(&self, len: u64) -> Result<Bulk<'static>, String> {
+        if len > self.max_overflow {
+            return Err(format!(
+                "{len} bytes over the limit of {}",
+                self.max_overflow
+            ));
+        }
+        Bulk::new(
+            &self.plugin,
+            vec![Seg::from(vec![0u8; len as usize])],
+            Access::WriteOnly,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// A request too large for a message arrived as a descriptor: pull it, then dispatch.
+    pub(crate) fn start_input_pull(
+        self: &Arc<Self>,
+        from: Option<PeerId>,
+        reply: ReplyTo,
+        stub: &[u8],
+    ) {
+        let d: Descriptor = match rmp_serde::from_slice(&stub[crate::proto::HEADER_LEN..]) {
+            Ok(d) => d,
+            Err(e) => {
+                return reply.send(
+                    self,
+                    0,
+                    Status::BadInput,
+                    format!("bad overflow request: {e}").as_bytes(),
+                );
+            }
+        };
+        let Some(peer) = from else {
+            return reply.send(
+                self,
+                0,
+                Status::BadInput,
+                b"overflow request from a local caller",
+            );
+        };
+        let buf = match self.landing(d.len()) {
+            Ok(b) => b,
+            Err(e) => {
+                return reply.send(
+                    self,
+                    0,
+                    Status::BadInput,
+                    format!("overflow request: {e}").as_bytes(),
+                );
+            }
+        };
+        let spec = Spec {
+            peer,
+            is_get: true,
+            local: buf.mem().clone(),
+            local_off: 0,
+            remote: &d.mem,
+            remote_off: 0,
+            len: d.len(),
+        };
+        self.post_transfer(
+            spec,
+            Then::Request { buf, reply },
+            None,
+            self.default_timeout,
+        );
+    }
+
+    fn send_release(&self, server: PeerId, release: u64) {
+        let mut m = Vec::with_capacity(16);
+        Header {
+            kind: MsgKind::Release,
+            status: Status::Ok,
+            flags: 0,
+            rpc_id: release,
+        }
+        .write(&mut m);
+        if let Err(e) = self.plugin.send_unexpected(server, 0, m) {
+            tracing::debug!(error = %e, release, "release not sent; the server frees it at its deadline");
+        }
+    }
+
+    /// The caller pulled an overflow answer: free it (only the peer it was for may).
+    pub(crate) fn release_exposed(&self, id: u64, from: Option<PeerId>) {
+        let mut ex = lock(&self.exposed);
+        if ex.get(&id).is_some_and(|x| Some(x.peer) == from) {
+            ex.remove(&id);
+        }
+    }
+
+    /// Frees overflow answers never released.
+    pub(crate) fn expire_exposed(&self, now: Instant) {
+        let mut ex = lock(&self.exposed);
+        if !ex.is_empty() {
+            ex.retain(|_, x| x.deadline > now);
+        }
+    }
+}
