@@ -17,7 +17,7 @@ use crate::RpcError;
 use crate::call::Answer;
 use crate::driver::{CallEntry, Calls, Pending, Shared, lock};
 use crate::handler::ReplyTo;
-use crate::proto::{Header, MsgKind, Phase, Status};
+use crate::proto::{HEADER_LEN, Header, MsgKind, Phase, Status};
 use crate::slot::Slot;
 
 /// What to do when a transfer is over.
@@ -86,7 +86,7 @@ impl Shared {
                 Phase::Posted,
                 CallEntry {
                     slot,
-                    pending: Pending::Transfer(x),
+                    pending: Pending::Transfer(Box::new(x)),
                 },
             );
             (tag, self.pump_or_finish(&mut c, tag))
@@ -167,7 +167,7 @@ impl Shared {
     pub(crate) fn settle_transfer(
         self: &Arc<Self>,
         slot: Option<Arc<Slot<Answer>>>,
-        x: Xfer,
+        x: Box<Xfer>,
         result: Answer,
     ) {
         match x.then {
@@ -265,9 +265,8 @@ impl Shared {
     }
 
     fn start_output_pull(self: &Arc<Self>, tag: u64, stub: &[u8]) -> Result<(), RpcError> {
-        let (d, release): (Descriptor, u64) =
-            rmp_serde::from_slice(&stub[crate::proto::HEADER_LEN..])
-                .map_err(|e| RpcError::Protocol(format!("bad overflow answer: {e}")))?;
+        let (d, release): (Descriptor, u64) = rmp_serde::from_slice(&stub[HEADER_LEN..])
+            .map_err(|e| RpcError::Protocol(format!("bad overflow answer: {e}")))?;
         let buf = self
             .landing(d.len())
             .map_err(|e| RpcError::Protocol(format!("overflow answer: {e}")))?;
@@ -344,51 +343,35 @@ impl Shared {
         reply: ReplyTo,
         stub: &[u8],
     ) {
-        let d: Descriptor = match rmp_serde::from_slice(&stub[crate::proto::HEADER_LEN..]) {
-            Ok(d) => d,
-            Err(e) => {
-                return reply.send(
-                    self,
-                    0,
-                    Status::BadInput,
-                    format!("bad overflow request: {e}").as_bytes(),
+        let prepared = || -> Result<(Descriptor, PeerId, Bulk<'static>), String> {
+            let d: Descriptor = rmp_serde::from_slice(&stub[HEADER_LEN..])
+                .map_err(|e| format!("bad overflow request: {e}"))?;
+            let peer = from.ok_or("overflow request from a local caller")?;
+            let buf = self
+                .landing(d.len())
+                .map_err(|e| format!("overflow request: {e}"))?;
+            Ok((d, peer, buf))
+        };
+        match prepared() {
+            Err(why) => reply.send(self, 0, Status::BadInput, why.as_bytes()),
+            Ok((d, peer, buf)) => {
+                let spec = Spec {
+                    peer,
+                    is_get: true,
+                    local: buf.mem().clone(),
+                    local_off: 0,
+                    remote: &d.mem,
+                    remote_off: 0,
+                    len: d.len(),
+                };
+                self.post_transfer(
+                    spec,
+                    Then::Request { buf, reply },
+                    None,
+                    self.default_timeout,
                 );
             }
-        };
-        let Some(peer) = from else {
-            return reply.send(
-                self,
-                0,
-                Status::BadInput,
-                b"overflow request from a local caller",
-            );
-        };
-        let buf = match self.landing(d.len()) {
-            Ok(b) => b,
-            Err(e) => {
-                return reply.send(
-                    self,
-                    0,
-                    Status::BadInput,
-                    format!("overflow request: {e}").as_bytes(),
-                );
-            }
-        };
-        let spec = Spec {
-            peer,
-            is_get: true,
-            local: buf.mem().clone(),
-            local_off: 0,
-            remote: &d.mem,
-            remote_off: 0,
-            len: d.len(),
-        };
-        self.post_transfer(
-            spec,
-            Then::Request { buf, reply },
-            None,
-            self.default_timeout,
-        );
+        }
     }
 
     fn send_release(&self, server: PeerId, release: u64) {
