@@ -68,6 +68,21 @@ pub(crate) struct Spec<'r> {
     pub(crate) len: u64,
 }
 
+impl<'r> Spec<'r> {
+    /// All of `d`, pulled from `peer` into the start of `buf`.
+    fn pull_whole(peer: PeerId, buf: &Bulk<'_>, d: &'r Descriptor) -> Self {
+        Spec {
+            peer,
+            is_get: true,
+            local: buf.mem().clone(),
+            local_off: 0,
+            remote: &d.mem,
+            remote_off: 0,
+            len: d.len(),
+        }
+    }
+}
+
 impl Shared {
     /// Starts a transfer; its outcome goes to `slot` through `then`. Returns its tag.
     pub(crate) fn post_transfer(
@@ -280,15 +295,7 @@ impl Shared {
         else {
             return Err(RpcError::Protocol("overflow answer to a local call".into()));
         };
-        let spec = Spec {
-            peer: server,
-            is_get: true,
-            local: buf.mem().clone(),
-            local_off: 0,
-            remote: &d.mem,
-            remote_off: 0,
-            len: d.len(),
-        };
+        let spec = Spec::pull_whole(server, &buf, &d);
         let x = self.plan(
             spec,
             Then::Answer {
@@ -355,15 +362,7 @@ impl Shared {
         match prepared() {
             Err(why) => reply.send(self, 0, Status::BadInput, why.as_bytes()),
             Ok((d, peer, buf)) => {
-                let spec = Spec {
-                    peer,
-                    is_get: true,
-                    local: buf.mem().clone(),
-                    local_off: 0,
-                    remote: &d.mem,
-                    remote_off: 0,
-                    len: d.len(),
-                };
+                let spec = Spec::pull_whole(peer, &buf, &d);
                 self.post_transfer(
                     spec,
                     Then::Request { buf, reply },
