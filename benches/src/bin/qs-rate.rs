@@ -10,11 +10,11 @@
 //! `hg_rate` does. `-b` busy-polls on both sides (Mercury's `-b`). Client and server are
 //! separate processes; the server is this binary re-run with `--serve`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
+use qs_benches::{full, spawn_self, stats, tune};
 use rpc_core::{Engine, ProgressMode, Rpc};
 use serde_bytes::ByteBuf;
 
@@ -62,16 +62,7 @@ fn parse() -> Result<Opts, String> {
 }
 
 fn sizes(o: &Opts) -> Vec<usize> {
-    let mut v = Vec::new();
-    if o.min == 0 {
-        v.push(0);
-    }
-    let mut s = o.min.max(1).next_power_of_two();
-    while s <= o.max {
-        v.push(s);
-        s *= 2;
-    }
-    v
+    qs_benches::pow2_sizes(o.min, o.max)
 }
 
 fn main() {
@@ -92,21 +83,6 @@ fn main() {
         eprintln!("qs-rate: {e}");
         std::process::exit(1);
     }
-}
-
-fn spawn_self(args: &[&str]) -> Result<(Child, String), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().ok_or("no stdout")?)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    Ok((child, line.trim().to_owned()))
 }
 
 fn run(o: &Opts) -> Result<(), String> {
@@ -131,7 +107,7 @@ fn run(o: &Opts) -> Result<(), String> {
     for _ in 0..o.reps {
         let (mut raw, raw_addr) = spawn_self(&["--raw-serve", mode])?;
         let mut conn = TcpStream::connect(&raw_addr).map_err(|e| e.to_string())?;
-        conn.set_nodelay(true).map_err(|e| e.to_string())?;
+        tune(&conn);
         conn.set_nonblocking(o.busy).map_err(|e| e.to_string())?;
         for (i, &s) in sizes.iter().enumerate() {
             pp[i].push(raw_pp(&mut conn, s, o.loops)?);
@@ -173,12 +149,6 @@ fn run(o: &Opts) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-/// Median, min, max.
-fn stats(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 /// Microseconds per RPC with `in_flight` outstanding.
@@ -250,30 +220,12 @@ fn raw_pp(s: &mut TcpStream, size: usize, loops: usize) -> Result<f64, String> {
     Ok(t0.elapsed().as_secs_f64() * 1e6 / loops as f64)
 }
 
-fn full(s: &mut TcpStream, buf: &mut [u8], write: bool) -> Result<(), String> {
-    let mut off = 0;
-    while off < buf.len() {
-        let r = if write {
-            s.write(&buf[off..])
-        } else {
-            s.read(&mut buf[off..])
-        };
-        match r {
-            Ok(0) => return Err("raw peer closed".into()),
-            Ok(k) => off += k,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(())
-}
-
 fn raw_serve(busy: bool) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     println!("{}", l.local_addr().expect("addr"));
     std::io::stdout().flush().ok();
     let Ok((mut s, _)) = l.accept() else { return };
-    let _ = s.set_nodelay(true);
+    tune(&s);
     let _ = s.set_nonblocking(busy);
     let mut hdr = [0u8; 16];
     while full(&mut s, &mut hdr, false).is_ok() {

@@ -1,5 +1,11 @@
-//! One TCP connection: its socket, the queue of frames to write (flushed with vectored
-//! writes from whichever thread posts), and the decoder of what it reads.
+//! One TCP connection: its socket, the frames waiting to be written, and the decoder of
+//! what it reads.
+//!
+//! Writes are vectored and happen in whichever thread posts (or in the progress thread when
+//! the socket was full). Frames come in two classes: messages and RMA requests go ahead of
+//! bulk data (get answers, put requests), so that small RPCs are not stuck behind transfers;
+//! a frame started is always finished first. Bulk data is not copied into the queue: its
+//! body names registered memory, read straight into `writev` at write time.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -9,40 +15,156 @@ use mio::net::TcpStream;
 use na::{Address, OpId, PeerId};
 
 use crate::frame::{Decoder, HEADER_LEN, Header, Kind};
+use crate::mr::{MemRead, MemTable};
+
+/// The body of a frame to write.
+pub enum Body {
+    /// Bytes owned by the frame.
+    Owned(Vec<u8>),
+    /// A small prefix, then `len` bytes of registered region `key` at `offset`.
+    Region {
+        prefix: Vec<u8>,
+        key: u64,
+        offset: u64,
+        len: usize,
+    },
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Owned(v) => v.len(),
+            Body::Region { prefix, len, .. } => prefix.len() + len,
+        }
+    }
+}
 
 /// A frame waiting to be written.
 pub struct OutFrame {
     hdr: [u8; HEADER_LEN],
-    body: Vec<u8>,
+    body: Body,
     op: Option<OpId>,
+    bulk: bool,
 }
 
 impl OutFrame {
     /// A frame of `kind` with `tag` and `body`, completing `op` once written.
     pub fn new(kind: Kind, tag: u64, body: Vec<u8>, op: Option<OpId>) -> Self {
+        Self::with_body(kind, tag, Body::Owned(body), op)
+    }
+
+    /// A frame whose body may name registered memory.
+    pub fn with_body(kind: Kind, tag: u64, body: Body, op: Option<OpId>) -> Self {
         let hdr = Header {
             kind,
             len: body.len() as u32,
             tag,
         }
         .encode();
-        OutFrame { hdr, body, op }
+        let bulk = matches!(kind, Kind::GetResp | Kind::PutReq);
+        OutFrame {
+            hdr,
+            body,
+            op,
+            bulk,
+        }
     }
 
     fn len(&self) -> usize {
         HEADER_LEN + self.body.len()
     }
+
+    /// Appends the frame's bytes from `skip` on to `out`.
+    fn slices<'a>(&'a self, skip: usize, mem: &'a MemRead<'_>, out: &mut Vec<IoSlice<'a>>) {
+        let mut push = |part: &'a [u8], skip: &mut usize| {
+            if *skip >= part.len() {
+                *skip -= part.len();
+            } else {
+                out.push(IoSlice::new(&part[*skip..]));
+                *skip = 0;
+            }
+        };
+        let mut skip = skip;
+        push(&self.hdr, &mut skip);
+        match &self.body {
+            Body::Owned(v) => push(v, &mut skip),
+            Body::Region {
+                prefix,
+                key,
+                offset,
+                len,
+            } => {
+                push(prefix, &mut skip);
+                // Regions are materialized before they are deregistered, so this holds.
+                for part in mem.slices(*key, *offset, *len).unwrap_or_default() {
+                    push(part, &mut skip);
+                }
+            }
+        }
+    }
+
+    /// Copies region bytes into the frame, so that the region can go away.
+    fn materialize(&mut self, key_gone: u64, mem: &MemRead<'_>) {
+        if let Body::Region {
+            prefix,
+            key,
+            offset,
+            len,
+        } = &mut self.body
+            && *key == key_gone
+        {
+            let want = prefix.len() + *len;
+            let mut v = std::mem::take(prefix);
+            for part in mem.slices(*key, *offset, *len).unwrap_or_default() {
+                v.extend_from_slice(part);
+            }
+            v.resize(want, 0);
+            self.body = Body::Owned(v);
+        }
+    }
 }
 
 /// Write side state.
 pub struct WriteQ {
-    frames: VecDeque<OutFrame>,
-    /// Bytes of the front frame already written.
-    head_off: usize,
+    /// The frame being written, and how many of its bytes are out.
+    head: Option<(OutFrame, usize)>,
+    urgent: VecDeque<OutFrame>,
+    bulk: VecDeque<OutFrame>,
     /// The non-blocking connect finished.
     pub connected: bool,
     /// No more writes: the connection failed or is closing.
     pub closed: bool,
+}
+
+impl WriteQ {
+    fn is_empty(&self) -> bool {
+        self.head.is_none() && self.urgent.is_empty() && self.bulk.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.closed = true;
+        self.head = None;
+        self.urgent.clear();
+        self.bulk.clear();
+    }
+
+    fn frames_mut(&mut self) -> impl Iterator<Item = &mut OutFrame> {
+        self.head
+            .iter_mut()
+            .map(|(f, _)| f)
+            .chain(self.urgent.iter_mut())
+            .chain(self.bulk.iter_mut())
+    }
+
+    /// Takes the next frame in write order (head, then urgent, then bulk).
+    fn pop(&mut self) -> Option<(OutFrame, usize)> {
+        self.head.take().or_else(|| {
+            self.urgent
+                .pop_front()
+                .or_else(|| self.bulk.pop_front())
+                .map(|f| (f, 0))
+        })
+    }
 }
 
 /// Read side state.
@@ -73,6 +195,8 @@ pub struct Flushed {
     pub done: Vec<OpId>,
 }
 
+const BATCH: usize = 32;
+
 impl Conn {
     /// A connection over `stream`.
     pub fn new(
@@ -82,15 +206,17 @@ impl Conn {
         connected: bool,
         max_frame: usize,
     ) -> Self {
+        let q = WriteQ {
+            head: None,
+            urgent: VecDeque::new(),
+            bulk: VecDeque::new(),
+            connected,
+            closed: false,
+        };
         Conn {
             peer,
             stream,
-            write: Mutex::new(WriteQ {
-                frames: VecDeque::new(),
-                head_off: 0,
-                connected,
-                closed: false,
-            }),
+            write: Mutex::new(q),
             read: Mutex::new(ReadState {
                 decoder: Decoder::new(max_frame),
             }),
@@ -101,57 +227,57 @@ impl Conn {
 
     /// Queues a frame and writes what the socket takes now. Returns the sends completed,
     /// or the frame back if the connection is closed.
-    pub fn send(&self, f: OutFrame) -> Result<Flushed, OutFrame> {
+    pub fn send(&self, f: OutFrame, mem: &MemTable) -> Result<Flushed, OutFrame> {
         let mut w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         if w.closed {
             return Err(f);
         }
-        w.frames.push_back(f);
-        if !w.connected || w.frames.len() > 1 {
-            // Not connected yet, or a flush is pending a writable event already.
+        let idle = w.is_empty();
+        if f.bulk {
+            w.bulk.push_back(f)
+        } else {
+            w.urgent.push_back(f)
+        }
+        if !w.connected || !idle {
+            // Not connected yet, or a flush is waiting for a writable event already.
             return Ok(Flushed { done: Vec::new() });
         }
-        Ok(self.flush_locked(&mut w))
+        Ok(self.flush_locked(&mut w, mem))
     }
 
     /// Writes queued frames until the socket would block.
-    pub fn flush(&self) -> Flushed {
+    pub fn flush(&self, mem: &MemTable) -> Flushed {
         let mut w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        self.flush_locked(&mut w)
+        self.flush_locked(&mut w, mem)
     }
 
-    fn flush_locked(&self, w: &mut WriteQ) -> Flushed {
+    fn flush_locked(&self, w: &mut WriteQ, mem: &MemTable) -> Flushed {
         let mut done = Vec::new();
-        while !w.closed && w.connected && !w.frames.is_empty() {
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(32);
-            for (i, f) in w.frames.iter().take(16).enumerate() {
-                let skip = if i == 0 { w.head_off } else { 0 };
-                if skip < HEADER_LEN {
-                    slices.push(IoSlice::new(&f.hdr[skip..]));
-                    if !f.body.is_empty() {
-                        slices.push(IoSlice::new(&f.body));
-                    }
-                } else {
-                    slices.push(IoSlice::new(&f.body[skip - HEADER_LEN..]));
+        while !w.closed && w.connected && !w.is_empty() {
+            let written = {
+                let guard = mem.read();
+                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * BATCH);
+                let head = w.head.iter().map(|(f, off)| (f, *off));
+                let rest = w.urgent.iter().chain(w.bulk.iter()).map(|f| (f, 0));
+                for (f, skip) in head.chain(rest).take(BATCH) {
+                    f.slices(skip, &guard, &mut slices);
                 }
-            }
-            match (&self.stream).write_vectored(&slices) {
+                (&self.stream).write_vectored(&slices)
+            };
+            match written {
                 Ok(0) => {
                     self.fail_locked(w);
                     break;
                 }
                 Ok(mut n) => {
                     while n > 0 {
-                        let Some(front) = w.frames.front() else { break };
-                        let rest = front.len() - w.head_off;
+                        let Some((f, off)) = w.pop() else { break };
+                        let rest = f.len() - off;
                         if n >= rest {
                             n -= rest;
-                            w.head_off = 0;
-                            if let Some(op) = w.frames.pop_front().and_then(|f| f.op) {
-                                done.push(op);
-                            }
+                            done.extend(f.op);
                         } else {
-                            w.head_off += n;
+                            w.head = Some((f, off + n));
                             n = 0;
                         }
                     }
@@ -168,18 +294,23 @@ impl Conn {
         Flushed { done }
     }
 
+    /// Copies every queued byte of region `key` into its frame, so that the region can be
+    /// deregistered while frames naming it wait.
+    pub fn materialize(&self, key: u64, mem: &MemTable) {
+        let mut w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = mem.read();
+        w.frames_mut().for_each(|f| f.materialize(key, &guard));
+    }
+
     /// Stops writing and shuts the socket down, so that the progress loop sees the
     /// connection end and fails its operations.
     fn fail_locked(&self, w: &mut WriteQ) {
-        w.closed = true;
-        w.frames.clear();
+        w.clear();
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
     /// Marks the connection closed for writing and drops queued frames.
     pub fn close(&self) {
-        let mut w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        w.closed = true;
-        w.frames.clear();
+        self.write.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use mio::unix::SourceFd;
 use na::{Address, Event, NaError, NaResult, PeerId};
 
-use crate::conn::{Conn, OutFrame};
+use crate::conn::{Body, Conn, OutFrame};
 use crate::frame::{Header, Kind, RmaReq, RmaStatus};
 use crate::{TcpPlugin, lock};
 
@@ -47,7 +47,7 @@ impl TcpPlugin {
                     Err(e) => return self.close_conn(peer, self.conn_error(&conn, e)),
                 }
             }
-            let f = conn.flush();
+            let f = conn.flush(&self.mem);
             self.complete_sends(f.done);
         }
         if (ev.is_readable() || ev.is_read_closed() || ev.is_error())
@@ -141,17 +141,25 @@ impl TcpPlugin {
                 }
             }
             Kind::GetReq => {
-                let mut body = vec![RmaStatus::Malformed as u8];
-                if let Some(r) =
-                    RmaReq::decode_get(p).filter(|r| r.len <= self.cfg.rma_chunk as u64)
-                {
-                    let st = self.mem.remote_read(r.key, r.offset, r.len, &mut body);
-                    if st != RmaStatus::Ok {
-                        body.truncate(1);
-                    }
-                    body[0] = st as u8;
-                }
-                self.send_frames(conn, vec![OutFrame::new(Kind::GetResp, h.tag, body, None)]);
+                // Checked now; the bytes go from registered memory to the socket when the
+                // answer is written (a region deregistered meanwhile is copied first).
+                let req = RmaReq::decode_get(p).filter(|r| r.len <= self.cfg.rma_chunk as u64);
+                let st = req.map_or(RmaStatus::Malformed, |r| {
+                    self.mem.check_remote(r.key, r.offset, r.len, false)
+                });
+                let body = match req {
+                    Some(r) if st == RmaStatus::Ok => Body::Region {
+                        prefix: vec![st as u8],
+                        key: r.key,
+                        offset: r.offset,
+                        len: r.len as usize,
+                    },
+                    _ => Body::Owned(vec![st as u8]),
+                };
+                self.send_frames(
+                    conn,
+                    vec![OutFrame::with_body(Kind::GetResp, h.tag, body, None)],
+                );
             }
             Kind::PutReq => {
                 let st = match RmaReq::decode_put(p) {

@@ -35,7 +35,7 @@ use na::{
     Access, Address, Event, MemHandle, NaError, NaResult, OpId, PeerId, Plugin, RemoteMem, Segment,
 };
 
-use conn::{Conn, OutFrame};
+use conn::{Body, Conn, OutFrame};
 use frame::{Kind, RmaReq};
 use mr::MemTable;
 use ops::{Ops, Rma};
@@ -242,7 +242,7 @@ impl TcpPlugin {
         }
         let conn = self.conn(peer)?;
         let op = lock(&self.ops).add_send(peer);
-        match conn.send(OutFrame::new(kind, tag, data, Some(op))) {
+        match conn.send(OutFrame::new(kind, tag, data, Some(op)), &self.mem) {
             Ok(f) => self.complete_sends(f.done),
             Err(_) => self.fail_op(op, NaError::Disconnected("connection closed".into())),
         }
@@ -320,12 +320,19 @@ impl TcpPlugin {
                 frames.push(OutFrame::new(Kind::GetReq, id, req.encode_get(), None));
                 continue;
             }
-            let mut body = RmaReq::encode_put_prefix(r.remote_key, offset).to_vec();
-            match self
-                .mem
-                .local_read(r.local_id, r.local_off + c.rel_off, c.len, &mut body)
-            {
-                Ok(()) => frames.push(OutFrame::new(Kind::PutReq, id, body, None)),
+            // The data is read from registered memory when the frame is written.
+            let local_off = r.local_off + c.rel_off;
+            match self.mem.check_local(r.local_id, local_off, c.len) {
+                Ok(()) => {
+                    let prefix = RmaReq::encode_put_prefix(r.remote_key, offset).to_vec();
+                    let body = Body::Region {
+                        prefix,
+                        key: r.local_id,
+                        offset: local_off,
+                        len: c.len as usize,
+                    };
+                    frames.push(OutFrame::with_body(Kind::PutReq, id, body, None));
+                }
                 Err(e) => {
                     ops.take_chunk(id);
                     evs.extend(ops.chunk_done(op, Err(e)));
@@ -337,7 +344,7 @@ impl TcpPlugin {
 
     fn send_frames(&self, conn: &Conn, frames: Vec<OutFrame>) {
         for f in frames {
-            match conn.send(f) {
+            match conn.send(f, &self.mem) {
                 Ok(fl) => self.complete_sends(fl.done),
                 // The connection is closing; its ops fail in close_conn.
                 Err(_) => break,
@@ -397,7 +404,15 @@ impl Plugin for TcpPlugin {
     }
 
     fn deregister(&self, handle: &MemHandle) -> NaResult<()> {
-        self.mem.deregister(handle.id)
+        // Refuse new accesses, copy what queued frames still need, then forget the region:
+        // after this returns, nothing reads or writes its memory.
+        self.mem.revoke(handle.id)?;
+        let conns: Vec<Arc<Conn>> = lock(&self.conns).values().cloned().collect();
+        for c in conns {
+            c.materialize(handle.id, &self.mem);
+        }
+        self.mem.remove(handle.id);
+        Ok(())
     }
 
     fn put(

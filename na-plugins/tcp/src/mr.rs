@@ -2,7 +2,7 @@
 //! and the only code that touches registered bytes.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{RwLock, RwLockReadGuard};
 
 use na::{Access, MemHandle, NaError, NaResult, RemoteMem, Segment, random_key};
 
@@ -12,6 +12,8 @@ struct Region {
     segs: Vec<Segment>,
     len: u64,
     access: Access,
+    /// Being deregistered: refused to every new access, still readable by queued frames.
+    revoked: bool,
 }
 
 impl Region {
@@ -72,6 +74,7 @@ impl MemTable {
                 segs: segs.to_vec(),
                 len,
                 access,
+                revoked: false,
             },
         );
         Ok(MemHandle {
@@ -85,18 +88,42 @@ impl MemTable {
         })
     }
 
-    /// Removes a registration; remote requests for it fail from now on.
-    pub fn deregister(&self, id: u64) -> NaResult<()> {
+    /// First step of deregistration: every new access to the region is refused, while
+    /// frames already queued can still read it (until they are materialized).
+    pub fn revoke(&self, id: u64) -> NaResult<()> {
         let mut map = self.regions.write().unwrap_or_else(|e| e.into_inner());
-        map.remove(&id)
-            .map(|_| ())
-            .ok_or_else(|| NaError::InvalidArgument("memory handle is not registered".into()))
+        match map.get_mut(&id) {
+            Some(r) if !r.revoked => {
+                r.revoked = true;
+                Ok(())
+            }
+            _ => Err(NaError::InvalidArgument(
+                "memory handle is not registered".into(),
+            )),
+        }
+    }
+
+    /// Last step of deregistration: forgets the region.
+    pub fn remove(&self, id: u64) {
+        self.regions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Read access for building writes straight from registered memory.
+    pub fn read(&self) -> MemRead<'_> {
+        MemRead(self.regions.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn live(map: &HashMap<u64, Region>, id: u64) -> Option<&Region> {
+        map.get(&id).filter(|r| !r.revoked)
     }
 
     /// Checks a local range before posting an operation on it.
     pub fn check_local(&self, id: u64, offset: u64, len: u64) -> NaResult<()> {
         let map = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let r = map.get(&id).ok_or_else(|| {
+        let r = Self::live(&map, id).ok_or_else(|| {
             NaError::InvalidArgument("local memory handle is not registered".into())
         })?;
         if !checked_range(r.len, offset, len) {
@@ -117,7 +144,7 @@ impl MemTable {
         f: impl FnOnce(&Region) -> T,
     ) -> Result<T, RmaStatus> {
         let map = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let r = map.get(&key).ok_or(RmaStatus::BadKey)?;
+        let r = Self::live(&map, key).ok_or(RmaStatus::BadKey)?;
         if !checked_range(r.len, offset, len) {
             return Err(RmaStatus::OutOfBounds);
         }
@@ -132,26 +159,11 @@ impl MemTable {
         Ok(f(r))
     }
 
-    /// Serves a remote read: appends the bytes to `out` if key, bounds and access allow.
-    pub fn remote_read(&self, key: u64, offset: u64, len: u64, out: &mut Vec<u8>) -> RmaStatus {
-        self.with_region(key, offset, len, false, |r| {
-            let base = out.len();
-            out.resize(base + len as usize, 0);
-            r.walk(offset, len as usize, |p, range| {
-                // SAFETY: the region is registered (we hold the table's read lock, and
-                // deregistration takes the write lock), so `p..p+range.len()` is valid
-                // memory by the register contract; `out` is a distinct Vec.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        p,
-                        out[base + range.start..].as_mut_ptr(),
-                        range.len(),
-                    )
-                }
-            });
-        })
-        .err()
-        .unwrap_or(RmaStatus::Ok)
+    /// Whether a remote access of `len` bytes at `offset` of region `key` is allowed.
+    pub fn check_remote(&self, key: u64, offset: u64, len: u64, write: bool) -> RmaStatus {
+        self.with_region(key, offset, len, write, |_| ())
+            .err()
+            .unwrap_or(RmaStatus::Ok)
     }
 
     /// Serves a remote write of `data` at `offset` if key, bounds and access allow.
@@ -173,7 +185,7 @@ impl MemTable {
     /// Writes `data` into a local registration (the landing of a get).
     pub fn local_write(&self, id: u64, offset: u64, data: &[u8]) -> NaResult<()> {
         let map = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let r = map.get(&id).ok_or_else(|| {
+        let r = Self::live(&map, id).ok_or_else(|| {
             NaError::InvalidArgument("local memory handle was deregistered".into())
         })?;
         if !checked_range(r.len, offset, data.len() as u64) {
@@ -184,31 +196,27 @@ impl MemTable {
         Self::copy_in(r, offset, data);
         Ok(())
     }
+}
 
-    /// Appends local registered bytes to `out` (the source of a put).
-    pub fn local_read(&self, id: u64, offset: u64, len: u64, out: &mut Vec<u8>) -> NaResult<()> {
-        let map = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let r = map.get(&id).ok_or_else(|| {
-            NaError::InvalidArgument("local memory handle was deregistered".into())
-        })?;
-        if !checked_range(r.len, offset, len) {
-            return Err(NaError::InvalidArgument(
-                "local range outside region".into(),
-            ));
-        }
-        let base = out.len();
-        out.resize(base + len as usize, 0);
-        r.walk(offset, len as usize, |p, range| {
-            // SAFETY: as in remote_read.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    p,
-                    out[base + range.start..].as_mut_ptr(),
-                    range.len(),
-                )
-            }
+/// A read lock on the registrations, under which registered bytes can be borrowed.
+pub struct MemRead<'a>(RwLockReadGuard<'a, HashMap<u64, Region>>);
+
+impl MemRead<'_> {
+    /// The bytes `offset..offset+len` of region `key` as slices in order (revoked regions
+    /// included: their memory stays valid until they are removed), or `None`.
+    pub fn slices(&self, key: u64, offset: u64, len: usize) -> Option<Vec<&[u8]>> {
+        let r = self
+            .0
+            .get(&key)
+            .filter(|r| checked_range(r.len, offset, len as u64))?;
+        let mut out = Vec::with_capacity(r.segs.len().min(4));
+        r.walk(offset, len, |p, range| {
+            // SAFETY: the region is registered, and stays so while this read guard lives
+            // (removal takes the write lock); by the register contract its memory is valid
+            // for reads, and `walk` keeps `p..p+range.len()` inside one segment.
+            out.push(unsafe { std::slice::from_raw_parts(p.cast_const(), range.len()) })
         });
-        Ok(())
+        Some(out)
     }
 }
 
@@ -216,32 +224,45 @@ impl MemTable {
 mod tests {
     use super::*;
 
+    fn bytes(t: &MemTable, key: u64, off: u64, len: usize) -> Vec<u8> {
+        t.read().slices(key, off, len).unwrap().concat()
+    }
+
     #[test]
     fn owner_checks_key_bounds_and_mode_across_segments() {
         let t = MemTable::default();
         let mut a = vec![1u8, 2, 3];
         let mut b = vec![4u8, 5, 6, 7];
-        let h = unsafe {
-            t.register(
-                &[Segment::from_slice(&mut a), Segment::from_slice(&mut b)],
-                Access::ReadOnly,
-            )
-        }
-        .unwrap();
+        let segs = [Segment::from_slice(&mut a), Segment::from_slice(&mut b)];
+        let h = unsafe { t.register(&segs, Access::ReadOnly) }.unwrap();
         let key = h.remote.key;
-        let mut out = Vec::new();
-        assert_eq!(t.remote_read(key, 1, 4, &mut out), RmaStatus::Ok);
-        assert_eq!(out, [2, 3, 4, 5]);
-        assert_eq!(t.remote_read(key ^ 1, 0, 1, &mut out), RmaStatus::BadKey);
-        assert_eq!(t.remote_read(key, 5, 3, &mut out), RmaStatus::OutOfBounds);
+        assert_eq!(t.check_remote(key, 1, 4, false), RmaStatus::Ok);
+        assert_eq!(bytes(&t, key, 1, 4), [2, 3, 4, 5]);
+        assert_eq!(t.check_remote(key ^ 1, 0, 1, false), RmaStatus::BadKey);
+        assert_eq!(t.check_remote(key, 5, 3, false), RmaStatus::OutOfBounds);
         assert_eq!(
-            t.remote_read(key, u64::MAX, 2, &mut out),
+            t.check_remote(key, u64::MAX, 2, false),
             RmaStatus::OutOfBounds
         );
         assert_eq!(t.remote_write(key, 0, b"x"), RmaStatus::Forbidden);
         assert_eq!(a, [1, 2, 3]);
-        t.deregister(key).unwrap();
-        assert_eq!(t.remote_read(key, 0, 1, &mut out), RmaStatus::BadKey);
+    }
+
+    #[test]
+    fn revoked_regions_refuse_new_access_but_stay_readable_until_removed() {
+        let t = MemTable::default();
+        let mut a = vec![9u8; 8];
+        let h = unsafe { t.register(&[Segment::from_slice(&mut a)], Access::ReadWrite) }.unwrap();
+        t.revoke(h.id).unwrap();
+        assert_eq!(t.check_remote(h.id, 0, 1, false), RmaStatus::BadKey);
+        assert!(t.check_local(h.id, 0, 1).is_err());
+        assert!(
+            t.revoke(h.id).is_err(),
+            "revoking twice is the caller's error"
+        );
+        assert_eq!(bytes(&t, h.id, 0, 8), [9u8; 8]);
+        t.remove(h.id);
+        assert!(t.read().slices(h.id, 0, 1).is_none());
     }
 
     #[test]
@@ -249,17 +270,12 @@ mod tests {
         let t = MemTable::default();
         let mut a = vec![0u8; 2];
         let mut b = vec![0u8; 3];
-        let h = unsafe {
-            t.register(
-                &[Segment::from_slice(&mut a), Segment::from_slice(&mut b)],
-                Access::WriteOnly,
-            )
-        }
-        .unwrap();
+        let segs = [Segment::from_slice(&mut a), Segment::from_slice(&mut b)];
+        let h = unsafe { t.register(&segs, Access::WriteOnly) }.unwrap();
         assert_eq!(t.remote_write(h.id, 1, b"xyz"), RmaStatus::Ok);
-        let mut out = Vec::new();
-        assert_eq!(t.remote_read(h.id, 0, 1, &mut out), RmaStatus::Forbidden);
-        t.deregister(h.id).unwrap();
+        assert_eq!(t.check_remote(h.id, 0, 1, false), RmaStatus::Forbidden);
+        t.revoke(h.id).unwrap();
+        t.remove(h.id);
         assert_eq!((a, b), (vec![0, b'x'], vec![b'y', b'z', 0]));
     }
 }

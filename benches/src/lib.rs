@@ -1,0 +1,69 @@
+//! Helpers shared by the benchmark tools (`qs-rate`, `qs-bw`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+/// Re-runs this binary with `args` as a server and reads the address it prints first.
+pub fn spawn_self(args: &[&str]) -> Result<(Child, String), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok((child, line.trim().to_owned()))
+}
+
+/// Median, min and max of the samples.
+pub fn stats(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+/// Writes or reads all of `buf`, spinning on `WouldBlock` (for non-blocking sockets).
+pub fn full(s: &mut TcpStream, buf: &mut [u8], write: bool) -> Result<(), String> {
+    let mut off = 0;
+    while off < buf.len() {
+        let r = if write {
+            s.write(&buf[off..])
+        } else {
+            s.read(&mut buf[off..])
+        };
+        match r {
+            Ok(0) => return Err("raw peer closed".into()),
+            Ok(k) => off += k,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// Sizes from `min` to `max` in powers of two (`min` of 0 included as is).
+pub fn pow2_sizes(min: usize, max: usize) -> Vec<usize> {
+    let mut v = Vec::new();
+    if min == 0 {
+        v.push(0);
+    }
+    let mut s = min.max(1).next_power_of_two();
+    while s <= max {
+        v.push(s);
+        s *= 2;
+    }
+    v
+}
+
+/// Gives a raw baseline socket the options the TCP plugin uses (`TCP_NODELAY`, 4 MiB
+/// send and receive buffers), so that a ratio compares protocols, not socket settings.
+pub fn tune(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+    let sock = socket2::SockRef::from(s);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    let _ = sock.set_recv_buffer_size(4 << 20);
+}
