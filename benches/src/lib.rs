@@ -59,11 +59,12 @@ pub fn pow2_sizes(min: usize, max: usize) -> Vec<usize> {
     v
 }
 
-/// Gives a raw baseline socket the options the TCP plugin uses (`TCP_NODELAY`, 4 MiB
-/// send and receive buffers), so that a ratio compares protocols, not socket settings.
+/// Gives a raw baseline socket the options the TCP plugin uses (`TCP_NODELAY`, its send
+/// and receive buffer sizes), so that a ratio compares protocols, not socket settings.
 pub fn tune(s: &TcpStream) {
     let _ = s.set_nodelay(true);
     let sock = socket2::SockRef::from(s);
-    let _ = sock.set_send_buffer_size(4 << 20);
-    let _ = sock.set_recv_buffer_size(4 << 20);
+    let n = na_tcp::TcpConfig::default().socket_buffer;
+    let _ = sock.set_send_buffer_size(n);
+    let _ = sock.set_recv_buffer_size(n);
 }

@@ -9,7 +9,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use mio::net::TcpStream;
 use na::{Address, OpId, PeerId};
@@ -124,16 +125,13 @@ impl OutFrame {
     }
 }
 
-/// Write side state.
+/// Write side state, owned by whichever thread is writing.
+#[derive(Default)]
 pub struct WriteQ {
     /// The frame being written, and how many of its bytes are out.
     head: Option<(OutFrame, usize)>,
     urgent: VecDeque<OutFrame>,
     bulk: VecDeque<OutFrame>,
-    /// The non-blocking connect finished.
-    pub connected: bool,
-    /// No more writes: the connection failed or is closing.
-    pub closed: bool,
 }
 
 impl WriteQ {
@@ -142,10 +140,20 @@ impl WriteQ {
     }
 
     fn clear(&mut self) {
-        self.closed = true;
         self.head = None;
         self.urgent.clear();
         self.bulk.clear();
+    }
+
+    /// Sorts newly posted frames into their classes.
+    fn absorb(&mut self, inbox: &mut VecDeque<OutFrame>) {
+        for f in inbox.drain(..) {
+            if f.bulk {
+                self.bulk.push_back(f)
+            } else {
+                self.urgent.push_back(f)
+            }
+        }
     }
 
     fn frames_mut(&mut self) -> impl Iterator<Item = &mut OutFrame> {
@@ -179,8 +187,14 @@ pub struct Conn {
     pub peer: PeerId,
     /// The socket.
     pub stream: TcpStream,
-    /// Frames to write.
-    pub write: Mutex<WriteQ>,
+    /// Frames posted and not yet taken by a writer (held only briefly).
+    inbox: Mutex<VecDeque<OutFrame>>,
+    /// Frames being written (held by the writing thread for a whole flush).
+    write: Mutex<WriteQ>,
+    /// The non-blocking connect finished.
+    connected: AtomicBool,
+    /// No more writes: the connection failed or is closing.
+    closed: AtomicBool,
     /// Bytes read and not yet framed.
     pub read: Mutex<ReadState>,
     /// The peer's listening address, once its Hello arrived (or the one we dialled).
@@ -197,6 +211,10 @@ pub struct Flushed {
 
 const BATCH: usize = 32;
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Conn {
     /// A connection over `stream`.
     pub fn new(
@@ -206,17 +224,13 @@ impl Conn {
         connected: bool,
         max_frame: usize,
     ) -> Self {
-        let q = WriteQ {
-            head: None,
-            urgent: VecDeque::new(),
-            bulk: VecDeque::new(),
-            connected,
-            closed: false,
-        };
         Conn {
             peer,
             stream,
-            write: Mutex::new(q),
+            inbox: Mutex::new(VecDeque::new()),
+            write: Mutex::new(WriteQ::default()),
+            connected: AtomicBool::new(connected),
+            closed: AtomicBool::new(false),
             read: Mutex::new(ReadState {
                 decoder: Decoder::new(max_frame),
             }),
@@ -225,35 +239,57 @@ impl Conn {
         }
     }
 
-    /// Queues a frame and writes what the socket takes now. Returns the sends completed,
-    /// or the frame back if the connection is closed.
+    /// Whether the non-blocking connect has finished.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Records that the connect finished.
+    pub fn set_connected(&self) {
+        self.connected.store(true, Ordering::Release);
+    }
+
+    /// Posts a frame and writes what the socket takes now, unless another thread is
+    /// writing (it takes the frame before it stops). Returns the sends this thread
+    /// completed, or the frame back if the connection is closed.
     pub fn send(&self, f: OutFrame, mem: &MemTable) -> Result<Flushed, OutFrame> {
-        let mut w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if w.closed {
+        if self.closed.load(Ordering::Acquire) {
             return Err(f);
         }
-        let idle = w.is_empty();
-        if f.bulk {
-            w.bulk.push_back(f)
-        } else {
-            w.urgent.push_back(f)
-        }
-        if !w.connected || !idle {
-            // Not connected yet, or a flush is waiting for a writable event already.
-            return Ok(Flushed { done: Vec::new() });
-        }
-        Ok(self.flush_locked(&mut w, mem))
+        lock(&self.inbox).push_back(f);
+        Ok(self.flush(mem))
     }
 
-    /// Writes queued frames until the socket would block.
+    /// Writes posted frames until the socket would block, if no other thread is writing.
     pub fn flush(&self, mem: &MemTable) -> Flushed {
-        let mut w = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        self.flush_locked(&mut w, mem)
+        let mut done = Vec::new();
+        loop {
+            let mut w = match self.write.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                // The writer re-checks the inbox after it lets go: nothing is stranded.
+                Err(TryLockError::WouldBlock) => break,
+            };
+            let blocked = self.flush_locked(&mut w, mem, &mut done);
+            drop(w);
+            if blocked || lock(&self.inbox).is_empty() {
+                break;
+            }
+        }
+        Flushed { done }
     }
 
-    fn flush_locked(&self, w: &mut WriteQ, mem: &MemTable) -> Flushed {
-        let mut done = Vec::new();
-        while !w.closed && w.connected && !w.is_empty() {
+    /// Writes in batches, taking newly posted frames between batches; returns true when
+    /// the socket would block (or cannot be written), false when everything is out.
+    fn flush_locked(&self, w: &mut WriteQ, mem: &MemTable, done: &mut Vec<OpId>) -> bool {
+        loop {
+            w.absorb(&mut lock(&self.inbox));
+            if self.closed.load(Ordering::Acquire) || !self.is_connected() {
+                return true;
+            }
+            if w.is_empty() {
+                return false;
+            }
             let written = {
                 let guard = mem.read();
                 let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * BATCH);
@@ -265,10 +301,7 @@ impl Conn {
                 (&self.stream).write_vectored(&slices)
             };
             match written {
-                Ok(0) => {
-                    self.fail_locked(w);
-                    break;
-                }
+                Ok(0) => return self.fail(w),
                 Ok(mut n) => {
                     while n > 0 {
                         let Some((f, off)) = w.pop() else { break };
@@ -282,35 +315,39 @@ impl Conn {
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::debug!(peer = self.peer.0, error = %e, "tcp write failed");
-                    self.fail_locked(w);
-                    break;
+                    return self.fail(w);
                 }
             }
         }
-        Flushed { done }
     }
 
     /// Copies every queued byte of region `key` into its frame, so that the region can be
     /// deregistered while frames naming it wait.
     pub fn materialize(&self, key: u64, mem: &MemTable) {
-        let mut w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = lock(&self.write);
+        w.absorb(&mut lock(&self.inbox));
         let guard = mem.read();
         w.frames_mut().for_each(|f| f.materialize(key, &guard));
     }
 
     /// Stops writing and shuts the socket down, so that the progress loop sees the
     /// connection end and fails its operations.
-    fn fail_locked(&self, w: &mut WriteQ) {
+    fn fail(&self, w: &mut WriteQ) -> bool {
+        self.closed.store(true, Ordering::Release);
         w.clear();
+        lock(&self.inbox).clear();
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        true
     }
 
     /// Marks the connection closed for writing and drops queued frames.
     pub fn close(&self) {
-        self.write.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.closed.store(true, Ordering::Release);
+        lock(&self.write).clear();
+        lock(&self.inbox).clear();
     }
 }

@@ -12,6 +12,9 @@ use crate::conn::{Body, Conn, OutFrame};
 use crate::frame::{Header, Kind, RmaReq, RmaStatus};
 use crate::{TcpPlugin, lock};
 
+/// Bytes read from one connection per progress call before completions get their turn.
+const READ_BUDGET: usize = 2 << 20;
+
 impl TcpPlugin {
     pub(crate) fn accept_all(&self) {
         loop {
@@ -34,7 +37,7 @@ impl TcpPlugin {
     pub(crate) fn on_conn_event(&self, peer: PeerId, ev: &mio::event::Event) {
         let Ok(conn) = self.conn(peer) else { return };
         if ev.is_writable() {
-            if !lock(&conn.write).connected {
+            if !conn.is_connected() {
                 match conn.stream.take_error() {
                     Ok(None) => {}
                     Ok(Some(e)) | Err(e) => {
@@ -42,7 +45,7 @@ impl TcpPlugin {
                     }
                 }
                 match conn.stream.peer_addr() {
-                    Ok(_) => lock(&conn.write).connected = true,
+                    Ok(_) => conn.set_connected(),
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
                     Err(e) => return self.close_conn(peer, self.conn_error(&conn, e)),
                 }
@@ -50,10 +53,25 @@ impl TcpPlugin {
             let f = conn.flush(&self.mem);
             self.complete_sends(f.done);
         }
-        if (ev.is_readable() || ev.is_read_closed() || ev.is_error())
-            && let Err(e) = self.read_conn(&conn)
-        {
-            self.close_conn(peer, e);
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.read_or_close(&conn);
+        }
+    }
+
+    /// Reads a connection; closes it on error.
+    pub(crate) fn read_or_close(&self, conn: &Conn) {
+        if let Err(e) = self.read_conn(conn) {
+            self.close_conn(conn.peer, e);
+        }
+    }
+
+    /// Goes on reading connections that still had data when their budget ran out.
+    pub(crate) fn read_leftovers(&self) {
+        let peers: Vec<PeerId> = lock(&self.unread).drain().collect();
+        for p in peers {
+            if let Ok(conn) = self.conn(p) {
+                self.read_or_close(&conn);
+            }
         }
     }
 
@@ -61,16 +79,24 @@ impl TcpPlugin {
         let who = lock(&conn.remote)
             .as_ref()
             .map_or_else(|| format!("peer {}", conn.peer.0), |a| a.to_string());
-        if lock(&conn.write).connected {
+        if conn.is_connected() {
             NaError::Disconnected(format!("{who}: {e}"))
         } else {
             NaError::Unreachable(format!("{who}: {e}"))
         }
     }
 
+    /// Reads and handles frames until the socket is drained or `READ_BUDGET` bytes were
+    /// read; in the latter case the connection is remembered for the next progress call
+    /// (epoll is edge-triggered), so that completions are delivered in between.
     pub(crate) fn read_conn(&self, conn: &Conn) -> NaResult<()> {
         let mut rs = lock(&conn.read);
+        let mut budget = READ_BUDGET;
         loop {
+            if budget == 0 {
+                lock(&self.unread).insert(conn.peer);
+                return Ok(());
+            }
             let buf = rs.decoder.spare(64 * 1024);
             match (&conn.stream).read(buf) {
                 Ok(0) if rs.decoder.mid_frame() => {
@@ -80,6 +106,7 @@ impl TcpPlugin {
                 }
                 Ok(0) => return Err(self.conn_error(conn, io::ErrorKind::UnexpectedEof.into())),
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     rs.decoder.commit(n);
                     while let Some((h, payload)) = rs.decoder.next_frame()? {
                         self.on_frame(conn, h, payload)?;
