@@ -98,6 +98,7 @@ impl TcpPlugin {
                 return Ok(());
             }
             let buf = rs.decoder.spare(64 * 1024);
+            let buf_len = buf.len();
             match (&conn.stream).read(buf) {
                 Ok(0) if rs.decoder.mid_frame() => {
                     return Err(NaError::PeerMisbehaved(
@@ -106,10 +107,18 @@ impl TcpPlugin {
                 }
                 Ok(0) => return Err(self.conn_error(conn, io::ErrorKind::UnexpectedEof.into())),
                 Ok(n) => {
+                    let short = n < buf_len;
                     budget = budget.saturating_sub(n);
                     rs.decoder.commit(n);
                     while let Some((h, payload)) = rs.decoder.next_frame()? {
                         self.on_frame(conn, h, payload)?;
+                    }
+                    if short {
+                        // Most likely drained: deliver what we have now, and make the read
+                        // that confirms it (edge-triggered epoll needs one) on the next
+                        // progress call, off the latency path.
+                        lock(&self.unread).insert(conn.peer);
+                        return Ok(());
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
