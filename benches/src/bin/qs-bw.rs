@@ -4,14 +4,15 @@
 //!
 //! ```text
 //! qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN_SIZE] [-z MAX_SIZE] [-l LOOPS] [-r REPS]
-//!       [-c CHUNK] [-w DEPTH] [-b]
+//!       [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE]
 //! ```
-//! `-b` makes the raw baseline's receiver busy-poll (our engine polls for a while after
-//! each event, so this is the closer baseline; PERF.md lists both).
-//! Each RPC makes the server do 64 transfers of S bytes, all posted at once (into or from
-//! 64 buffers of its own, registered once per size), against one client buffer of S bytes;
-//! MB/s counts 64·S per RPC.
-//! `-c`/`-w` set the engine's chunk size and chunks in flight per transfer. Client and
+//! Each RPC makes the server do N transfers (`-n`, default 64, as hg_bw does) of S bytes,
+//! all posted at once (into or from N buffers of its own, registered once per size), against
+//! one client buffer of S bytes; MB/s counts N·S per RPC. `-c`/`-w` set the chunk size and
+//! chunks in flight per transfer. `-i` lets the client's descriptor carry buffers up to that
+//! size inline (eager bulk; default 0): with `-n 1` this shows where eager bulk beats an RMA
+//! round trip. `-b` makes the raw baseline's receiver busy-poll (our engine polls for a
+//! while after each event, so this is the closer baseline; PERF.md lists both). Client and
 //! server are separate processes; the server is this binary re-run with `--serve`.
 
 use std::io::{Read, Write};
@@ -22,9 +23,8 @@ use std::time::Instant;
 use qs_benches::{full, pow2_sizes, spawn_self, stats, tune};
 use rpc_core::{Access, Bulk, ChunkConfig, Descriptor, Engine, Rpc, Seg};
 
-/// (client buffer, size, pull?) → done.
-const BW: Rpc<(Descriptor, u64, bool), ()> = Rpc::new("qs_bw");
-const PER_RPC: u64 = 64;
+/// (client buffer, size, pull?, transfers) → done.
+const BW: Rpc<(Descriptor, u64, bool, u64), ()> = Rpc::new("qs_bw");
 
 struct Opts {
     transport: String,
@@ -36,7 +36,11 @@ struct Opts {
     chunk: u64,
     depth: usize,
     busy_raw: bool,
+    per_rpc: u64,
+    inline: usize,
 }
+
+const USAGE: &str = "usage: qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE]";
 
 fn parse() -> Result<Opts, String> {
     let d = ChunkConfig::default();
@@ -50,6 +54,8 @@ fn parse() -> Result<Opts, String> {
         chunk: d.size,
         depth: d.depth,
         busy_raw: false,
+        per_rpc: 64,
+        inline: 0,
     };
     let mut a = std::env::args().skip(1);
     while let Some(k) = a.next() {
@@ -65,17 +71,19 @@ fn parse() -> Result<Opts, String> {
             "-c" => o.chunk = num(val()?)? as u64,
             "-w" => o.depth = num(val()?)?,
             "-b" => o.busy_raw = true,
+            "-n" => o.per_rpc = num(val()?)?.max(1) as u64,
+            "-i" => o.inline = num(val()?)?,
             _ => return Err(format!("unknown option {k}")),
         }
     }
     Ok(o)
 }
 
-fn engine(listen: &str, chunk: u64, depth: usize) -> Engine {
+fn engine(listen: &str, chunk: u64, depth: usize, inline: usize) -> Engine {
     Engine::builder()
         .listen(listen)
         .chunks(ChunkConfig { size: chunk, depth })
-        .inline_bulk(0)
+        .inline_bulk(inline)
         .build()
         .unwrap_or_else(|e| panic!("engine on {listen}: {e}"))
 }
@@ -84,17 +92,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("--serve") => {
-            return serve(
-                &args[2],
-                args[3].parse().unwrap_or(1 << 20),
-                args[4].parse().unwrap_or(4),
-            );
+            let num = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+            return serve(&args[2], num(3, 1 << 20), num(4, 4) as usize);
         }
         Some("--raw-serve") => return raw_serve(args.get(2).is_some_and(|a| a == "busy")),
         _ => {}
     }
     let o = parse().unwrap_or_else(|e| {
-        eprintln!("qs-bw: {e}\nusage: qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-c CHUNK] [-w DEPTH] [-b]");
+        eprintln!("qs-bw: {e}\n{USAGE}");
         std::process::exit(2)
     });
     if let Err(e) = run(&o) {
@@ -103,27 +108,31 @@ fn main() {
     }
 }
 
-/// RPCs per measurement: about 256 MiB moved per size, at least 2.
+/// RPCs per measurement: about 256 MiB moved per size, from 2 to 20 000.
 fn loops(o: &Opts, s: usize) -> usize {
     if o.loops > 0 {
         o.loops
     } else {
-        ((256 << 20) / (PER_RPC as usize * s)).max(2)
+        ((256 << 20) / (o.per_rpc as usize * s)).clamp(2, 20_000)
     }
 }
 
 fn run(o: &Opts) -> Result<(), String> {
     let sizes = pow2_sizes(o.min.max(1), o.max);
-    let e = engine(&o.transport, o.chunk, o.depth);
-    let mut bw = vec![Vec::new(); sizes.len()];
-    let mut raw = vec![Vec::new(); sizes.len()];
+    let e = engine(&o.transport, o.chunk, o.depth, o.inline);
+    let (mut bw, mut us, mut raw) = (
+        vec![Vec::new(); sizes.len()],
+        vec![Vec::new(); sizes.len()],
+        vec![Vec::new(); sizes.len()],
+    );
+    // Each phase has only its own server alive.
     for _ in 0..o.reps {
         let (mut child, addr) =
             spawn_self(&["--raw-serve", if o.busy_raw { "busy" } else { "block" }])?;
         let mut conn = TcpStream::connect(&addr).map_err(|e| e.to_string())?;
         tune(&conn);
         for (i, &s) in sizes.iter().enumerate() {
-            raw[i].push(raw_stream(&mut conn, s, PER_RPC as usize * loops(o, s))?);
+            raw[i].push(raw_stream(&mut conn, s, o.per_rpc as usize * loops(o, s))?);
         }
         drop(conn);
         let _ = child.kill();
@@ -140,18 +149,16 @@ fn run(o: &Opts) -> Result<(), String> {
             let buf = e
                 .expose(vec![Seg::from(vec![7u8; s])], access)
                 .map_err(|e| e.to_string())?;
-            let d = buf.descriptor();
+            let args = (buf.descriptor(), s as u64, o.pull, o.per_rpc);
             let n = loops(o, s);
-            e.call(&peer, BW, &(d.clone(), s as u64, o.pull))
-                .wait()
-                .map_err(|e| e.to_string())?;
+            e.call(&peer, BW, &args).wait().map_err(|e| e.to_string())?;
             let t0 = Instant::now();
             for _ in 0..n {
-                e.call(&peer, BW, &(d.clone(), s as u64, o.pull))
-                    .wait()
-                    .map_err(|e| e.to_string())?;
+                e.call(&peer, BW, &args).wait().map_err(|e| e.to_string())?;
             }
-            bw[i].push((PER_RPC as usize * s * n) as f64 / t0.elapsed().as_secs_f64() / 1e6);
+            let dt = t0.elapsed().as_secs_f64();
+            bw[i].push((o.per_rpc as usize * s * n) as f64 / dt / 1e6);
+            us[i].push(dt * 1e6 / n as f64);
         }
         let _ = server.kill();
         let _ = server.wait();
@@ -161,30 +168,31 @@ fn run(o: &Opts) -> Result<(), String> {
     } else {
         "server pushes (hg_bw_read)"
     };
-    println!(
-        "# qs-bw: {}, {dir}, 64 transfers of S per RPC, chunk {} x {} in flight, median of {} reps [min-max]",
-        o.transport, o.chunk, o.depth, o.reps
-    );
     let rx = if o.busy_raw {
         "busy-polling"
     } else {
         "blocking"
     };
     println!(
+        "# qs-bw: {}, {dir}, {} transfers of S per RPC, chunk {} x {} in flight, inline bulk up to {} B, median of {} reps [min-max]",
+        o.transport, o.per_rpc, o.chunk, o.depth, o.inline, o.reps
+    );
+    println!(
         "# baseline: raw TCP stream of the same bytes in S-byte writes, {rx} receiver, same socket options, same run"
     );
     println!(
-        "{:>10} {:>26} {:>26} {:>8}",
-        "size", "MB/s", "raw stream MB/s", "ratio"
+        "{:>10} {:>26} {:>10} {:>26} {:>8}",
+        "size", "MB/s", "us/RPC", "raw stream MB/s", "ratio"
     );
     for (i, s) in sizes.iter().enumerate() {
-        let (b, r) = (stats(&mut bw[i]), stats(&mut raw[i]));
+        let (b, t, r) = (stats(&mut bw[i]), stats(&mut us[i]), stats(&mut raw[i]));
         println!(
-            "{:>10} {:>8.0} [{:>6.0}-{:>6.0}] {:>8.0} [{:>6.0}-{:>6.0}] {:>7.2}x",
+            "{:>10} {:>8.0} [{:>6.0}-{:>6.0}] {:>10.1} {:>8.0} [{:>6.0}-{:>6.0}] {:>7.2}x",
             s,
             b.0,
             b.1,
             b.2,
+            t.0,
             r.0,
             r.1,
             r.2,
@@ -195,17 +203,17 @@ fn run(o: &Opts) -> Result<(), String> {
 }
 
 fn serve(transport: &str, chunk: u64, depth: usize) {
-    let e = engine(transport, chunk, depth);
+    let e = engine(transport, chunk, depth, 0);
     let h = e.handle();
-    // 64 handles of S bytes, allocated and registered once per size, as hg_bw does.
-    let cache: Mutex<(u64, Vec<Bulk<'static>>)> = Mutex::new((0, Vec::new()));
-    e.register(BW, move |(d, s, pull): (Descriptor, u64, bool)| {
+    // N handles of S bytes, allocated and registered once per shape, as hg_bw does.
+    let cache: Mutex<((u64, u64), Vec<Bulk<'static>>)> = Mutex::new(((0, 0), Vec::new()));
+    e.register(BW, move |(d, s, pull, n): (Descriptor, u64, bool, u64)| {
         let mut c = cache.lock().map_err(|_| "poisoned")?;
-        if c.0 != s {
-            let fresh: Result<Vec<_>, _> = (0..PER_RPC)
+        if c.0 != (s, n) {
+            let fresh: Result<Vec<_>, _> = (0..n)
                 .map(|_| h.expose(vec![Seg::from(vec![1u8; s as usize])], Access::ReadWrite))
                 .collect();
-            *c = (s, fresh.map_err(|e| e.to_string())?);
+            *c = ((s, n), fresh.map_err(|e| e.to_string())?);
         }
         let ts: Vec<_> = if pull {
             c.1.iter_mut().map(|b| h.pull(b, 0, &d, 0, s)).collect()
