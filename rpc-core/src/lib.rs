@@ -42,3 +42,8 @@ pub use error::RpcError;
 pub use handler::Responder;
 pub use na::{Access, Address, Fault, NaError};
 pub use rpc::{Rpc, rpc_id};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
