@@ -123,6 +123,10 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Completes a pending operation with [`NaError::Canceled`]. Returns false when the
     /// operation had already completed (its event is then the real outcome).
+    ///
+    /// Once `cancel` returns, the plugin no longer reads or writes the local memory of a
+    /// canceled RMA operation: callers may release that memory. A plugin whose fabric
+    /// cannot stop an operation in flight must wait here for it to finish.
     fn cancel(&self, op: OpId) -> bool;
 
     /// Makes a `progress` call that is waiting in another thread return.

@@ -49,7 +49,8 @@ const FIRST_PEER: u64 = 2;
 pub struct TcpConfig {
     /// Largest message (`send_*`) in bytes.
     pub max_eager: usize,
-    /// Largest RMA chunk on the wire.
+    /// Largest RMA chunk on the wire (default 512 KiB with 4 in flight per transfer:
+    /// measured with `qs-bw` against 256 KiB × 8 and 1 MiB × 4; pushes gained the most).
     pub rma_chunk: usize,
     /// RMA chunks in flight per transfer.
     pub rma_window: u32,
@@ -64,8 +65,8 @@ impl Default for TcpConfig {
     fn default() -> Self {
         TcpConfig {
             max_eager: 64 * 1024,
-            rma_chunk: 256 * 1024,
-            rma_window: 8,
+            rma_chunk: 512 * 1024,
+            rma_window: 4,
             socket_buffer: 1 << 20,
         }
     }
