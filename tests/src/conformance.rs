@@ -305,6 +305,37 @@ pub fn owner_refuses_bad_remote_access(make: Factory) {
     assert_eq!(&local.bytes()[..4096], ro.bytes());
 }
 
+/// Large transfers that are refused or canceled (their data is still on the wire) leave
+/// the connection in step: the next transfer moves exact bytes.
+pub fn large_refused_or_canceled_transfers_keep_the_stream_in_step(make: Factory) {
+    let (mut a, b, pb) = pair(make);
+    let n = 1usize << 20;
+    let ro = Guarded::new(&*b.p, n, |i| (i % 251) as u8, Access::ReadOnly);
+    let src = Guarded::new(&*a.p, n, |i| (i % 13) as u8, Access::ReadOnly);
+    let op = a.p.put(pb, &src.h, 0, &ro.h.remote, 0, n as u64).unwrap();
+    assert!(
+        matches!(a.done(op), Err(NaError::AccessDenied(_))),
+        "large put into read-only"
+    );
+    assert!(
+        ro.bytes()
+            .iter()
+            .enumerate()
+            .all(|(i, v)| *v == (i % 251) as u8)
+            && ro.guards_intact()
+    );
+    let local = Guarded::new(&*a.p, n, |_| 0, Access::ReadWrite);
+    for _ in 0..3 {
+        let op = a.p.get(pb, &local.h, 0, &ro.h.remote, 0, n as u64).unwrap();
+        a.p.cancel(op);
+        assert_eq!(a.done(op), Err(NaError::Canceled));
+    }
+    let op = a.p.get(pb, &local.h, 0, &ro.h.remote, 0, n as u64).unwrap();
+    a.done(op).unwrap();
+    assert_eq!(local.bytes(), ro.bytes());
+    assert!(local.guards_intact());
+}
+
 /// Local misuse is refused at post time: local range out of bounds, unregistered handle.
 pub fn local_misuse_is_refused_at_post(make: Factory) {
     let (a, b, pb) = pair(make);
@@ -385,7 +416,8 @@ macro_rules! conformance_suite {
             messages_round_trip_at_every_size, oversized_message_is_refused,
             unmatched_expected_message_is_dropped, cancel_completes_once_with_canceled,
             put_and_get_move_exact_bytes, multi_segment_regions_are_linear,
-            owner_refuses_bad_remote_access, local_misuse_is_refused_at_post,
+            owner_refuses_bad_remote_access, large_refused_or_canceled_transfers_keep_the_stream_in_step,
+            local_misuse_is_refused_at_post,
             peer_loss_fails_pending_ops, unreachable_peer_fails_ops, wake_interrupts_progress);
     };
     (@cases $make:expr; $($case:ident),*) => {

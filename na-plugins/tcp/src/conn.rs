@@ -179,6 +179,8 @@ impl WriteQ {
 pub struct ReadState {
     /// The frame decoder.
     pub decoder: Decoder,
+    /// A bulk frame body being received straight into registered memory.
+    pub direct: Option<crate::landing::Direct>,
 }
 
 /// A connection to one peer.
@@ -233,6 +235,7 @@ impl Conn {
             closed: AtomicBool::new(false),
             read: Mutex::new(ReadState {
                 decoder: Decoder::new(max_frame),
+                direct: None,
             }),
             remote: Mutex::new(None),
             outgoing,

@@ -90,12 +90,20 @@ impl TcpPlugin {
     /// read; in the latter case the connection is remembered for the next progress call
     /// (epoll is edge-triggered), so that completions are delivered in between.
     pub(crate) fn read_conn(&self, conn: &Conn) -> NaResult<()> {
-        let mut rs = lock(&conn.read);
+        let mut guard = lock(&conn.read);
+        let rs = &mut *guard;
         let mut budget = READ_BUDGET;
         loop {
             if budget == 0 {
                 lock(&self.unread).insert(conn.peer);
                 return Ok(());
+            }
+            if rs.direct.is_some() {
+                match self.read_direct(conn, rs)? {
+                    Some(n) => budget = budget.saturating_sub(n),
+                    None => return Ok(()),
+                }
+                continue;
             }
             let buf = rs.decoder.spare(64 * 1024);
             let buf_len = buf.len();
@@ -107,13 +115,10 @@ impl TcpPlugin {
                 }
                 Ok(0) => return Err(self.conn_error(conn, io::ErrorKind::UnexpectedEof.into())),
                 Ok(n) => {
-                    let short = n < buf_len;
                     budget = budget.saturating_sub(n);
                     rs.decoder.commit(n);
-                    while let Some((h, payload)) = rs.decoder.next_frame()? {
-                        self.on_frame(conn, h, payload)?;
-                    }
-                    if short {
+                    self.drain_frames(conn, rs)?;
+                    if n < buf_len && rs.direct.is_none() {
                         // Most likely drained: deliver what we have now, and make the read
                         // that confirms it (edge-triggered epoll needs one) on the next
                         // progress call, off the latency path.
@@ -241,10 +246,7 @@ impl TcpPlugin {
                     .mem
                     .local_write(r.local_id, r.local_off + c.rel_off, data);
             }
-            let mut evs: Vec<Event> = ops.chunk_done(c.op, result).into_iter().collect();
-            let (frames, more) = self.issue_chunks(&mut ops, c.op);
-            evs.extend(more);
-            (frames, evs)
+            self.chunk_finished(&mut ops, c.op, result)
         };
         self.push_events(evs, false);
         self.send_frames(conn, frames);

@@ -221,6 +221,18 @@ fn le64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// A bulk frame handed over for direct reception by [`Decoder::start_direct`].
+pub struct DirectStart<'a> {
+    /// The frame header.
+    pub header: Header,
+    /// The fixed prefix of the body (the put's key and offset, or the answer's status).
+    pub prefix: &'a [u8],
+    /// Body bytes already buffered.
+    pub body: &'a [u8],
+    /// Body bytes still in the socket.
+    pub rest: usize,
+}
+
 /// Turns a byte stream into frames. Read into [`Decoder::spare`], [`Decoder::commit`] what
 /// was read, then take frames out with [`Decoder::next_frame`]. The buffer is allocated once
 /// and grows only to fit the largest frame seen.
@@ -288,6 +300,40 @@ impl Decoder {
     /// Whether a frame is partly received (a peer closing now closes mid-frame).
     pub fn mid_frame(&self) -> bool {
         self.end > self.start
+    }
+
+    /// Starts receiving a large bulk frame (a `PutReq` or `GetResp` whose body is at least
+    /// `min_body` bytes) directly into its destination: once its header and fixed prefix
+    /// are buffered, consumes them and the body bytes already buffered, and returns the
+    /// header, the prefix, those body bytes, and how many body bytes are still to come
+    /// (to be read from the socket by the caller, bypassing this buffer).
+    pub fn start_direct(&mut self, min_body: usize) -> Result<Option<DirectStart<'_>>, NaError> {
+        let have = self.end - self.start;
+        if have < HEADER_LEN {
+            return Ok(None);
+        }
+        let mut hb = [0u8; HEADER_LEN];
+        hb.copy_from_slice(&self.buf[self.start..self.start + HEADER_LEN]);
+        let h = Header::decode(&hb, self.max_len)?;
+        let prefix = match h.kind {
+            Kind::PutReq => RmaReq::PUT_LEN,
+            Kind::GetResp => 1,
+            _ => return Ok(None),
+        };
+        let len = h.len as usize;
+        if len < prefix + min_body || have < HEADER_LEN + prefix {
+            return Ok(None);
+        }
+        let p = self.start + HEADER_LEN;
+        let body_here = (have - HEADER_LEN - prefix).min(len - prefix);
+        self.start = p + prefix + body_here;
+        let rest = len - prefix - body_here;
+        Ok(Some(DirectStart {
+            header: h,
+            prefix: &self.buf[p..p + prefix],
+            body: &self.buf[p + prefix..p + prefix + body_here],
+            rest,
+        }))
     }
 
     /// The next complete frame, `Ok(None)` if more bytes are needed, or an error for a
@@ -388,6 +434,34 @@ mod tests {
             assert_eq!(got, vec![(5, 5), (6, 0), (7, 300)], "cut at {cut}");
             assert!(!d.mid_frame());
         }
+    }
+
+    #[test]
+    fn large_bulk_frames_are_handed_over_for_direct_reception() {
+        let mut d = Decoder::new(1 << 20);
+        let mut put = RmaReq::encode_put_prefix(7, 9).to_vec();
+        put.extend_from_slice(&[5u8; 1000]);
+        let mut stream = frame(Kind::PutReq, 3, &put);
+        stream.extend(frame(Kind::Expected, 4, b"after"));
+        // Small bodies and other kinds are not handed over.
+        d.feed(&frame(Kind::GetResp, 1, &[0u8; 10]));
+        assert!(d.start_direct(100).unwrap().is_none());
+        assert_eq!(d.next_frame().unwrap().unwrap().0.tag, 1);
+        d.feed(&stream[..HEADER_LEN + 16 + 300]);
+        let s = d.start_direct(100).unwrap().unwrap();
+        assert_eq!(
+            (
+                s.header.kind,
+                s.header.tag,
+                s.prefix.len(),
+                s.body.len(),
+                s.rest
+            ),
+            (Kind::PutReq, 3, 16, 300, 700)
+        );
+        // The caller reads the other 700 bytes itself; the decoder goes on after them.
+        d.feed(&stream[HEADER_LEN + 16 + 1000..]);
+        assert_eq!(d.next_frame().unwrap().unwrap().1, b"after");
     }
 
     #[test]

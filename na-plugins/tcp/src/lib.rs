@@ -17,6 +17,7 @@
 mod conn;
 mod driver;
 pub mod frame;
+mod landing;
 mod mr;
 mod ops;
 

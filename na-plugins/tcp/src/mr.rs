@@ -198,6 +198,32 @@ impl MemTable {
     }
 }
 
+/// A raw destination in registered memory: (address, length).
+pub type RawPiece = (*mut u8, usize);
+
+impl MemTable {
+    /// The pieces of live region `key` at `offset..offset+len`, to receive `write`-side
+    /// data into (`write`: a remote put, checked against the access mode; otherwise the
+    /// landing of a local get), with the read lock that keeps them valid; `None` if the
+    /// region is gone, revoked, or the range or mode does not fit.
+    pub fn landing(
+        &self,
+        key: u64,
+        offset: u64,
+        len: usize,
+        remote: bool,
+    ) -> Option<(MemRead<'_>, Vec<RawPiece>)> {
+        let guard = self.read();
+        let r = Self::live(&guard.0, key).filter(|r| checked_range(r.len, offset, len as u64))?;
+        if remote && !r.access.remote_write() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(r.segs.len().min(4));
+        r.walk(offset, len, |p, range| out.push((p, range.len())));
+        Some((guard, out))
+    }
+}
+
 /// A read lock on the registrations, under which registered bytes can be borrowed.
 pub struct MemRead<'a>(RwLockReadGuard<'a, HashMap<u64, Region>>);
 
