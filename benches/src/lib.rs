@@ -1,7 +1,7 @@
 //! Helpers shared by the benchmark tools (`qs-rate`, `qs-bw`).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 
 /// Re-runs this binary with `args` as a server and reads the address it prints first.
@@ -67,4 +67,30 @@ pub fn tune(s: &TcpStream) {
     let n = na_tcp::TcpConfig::default().socket_buffer;
     let _ = sock.set_send_buffer_size(n);
     let _ = sock.set_recv_buffer_size(n);
+}
+
+/// The raw baseline's server: listens on loopback, prints its address, accepts one
+/// connection with the plugin's socket options (non-blocking when `busy`), then for each
+/// 16-byte request (size, count) that the client sends, calls `run(stream, size, count)`.
+pub fn raw_server(
+    busy: bool,
+    mut run: impl FnMut(&mut TcpStream, usize, u64) -> Result<(), String>,
+) {
+    let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
+        return;
+    };
+    let Ok(addr) = l.local_addr() else { return };
+    println!("{addr}");
+    std::io::stdout().flush().ok();
+    let Ok((mut s, _)) = l.accept() else { return };
+    tune(&s);
+    let _ = s.set_nonblocking(busy);
+    let mut hdr = [0u8; 16];
+    while full(&mut s, &mut hdr, false).is_ok() {
+        let size = u64::from_le_bytes(hdr[..8].try_into().unwrap_or_default()) as usize;
+        let count = u64::from_le_bytes(hdr[8..].try_into().unwrap_or_default());
+        if run(&mut s, size.min(256 << 20), count).is_err() {
+            return;
+        }
+    }
 }

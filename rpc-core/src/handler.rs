@@ -87,6 +87,14 @@ impl ReplyCell {
     fn take(&self) -> Option<ReplyTo> {
         self.target.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
+
+    /// Answers with an error status, unless answered already; counts a handler error.
+    fn fail(&self, status: Status, why: &[u8]) {
+        if let Some(t) = self.take() {
+            Counters::add(&self.shared.counters.handler_errors, 1);
+            t.send(&self.shared, self.rpc_id, status, why);
+        }
+    }
 }
 
 /// How a handler answers. Answer with [`Responder::respond`] or [`Responder::fail`], from
@@ -118,15 +126,8 @@ impl<Out: Serialize> Responder<Out> {
 
     /// Sends the caller an error; it arrives as [`crate::RpcError::Handler`].
     pub fn fail(self, why: impl Display) {
-        if let Some(t) = self.cell.take() {
-            Counters::add(&self.cell.shared.counters.handler_errors, 1);
-            t.send(
-                &self.cell.shared,
-                self.cell.rpc_id,
-                Status::HandlerError,
-                why.to_string().as_bytes(),
-            );
-        }
+        self.cell
+            .fail(Status::HandlerError, why.to_string().as_bytes());
     }
 
     /// A non-owning handle on the engine that received the request, for handlers that
@@ -150,15 +151,10 @@ impl<Out> Drop for Responder<Out> {
         if std::thread::panicking() {
             return;
         }
-        if let Some(t) = self.cell.take() {
-            Counters::add(&self.cell.shared.counters.handler_errors, 1);
-            t.send(
-                &self.cell.shared,
-                self.cell.rpc_id,
-                Status::HandlerError,
-                b"handler dropped its responder without answering",
-            );
-        }
+        self.cell.fail(
+            Status::HandlerError,
+            b"handler dropped its responder without answering",
+        );
     }
 }
 
@@ -203,15 +199,7 @@ where
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(input, responder))) {
             let text = panic_text(&*p);
             tracing::warn!(rpc_id, panic = %text, "handler panicked");
-            if let Some(t) = cell.take() {
-                Counters::add(&cell.shared.counters.handler_errors, 1);
-                t.send(
-                    &cell.shared,
-                    rpc_id,
-                    Status::HandlerPanicked,
-                    text.as_bytes(),
-                );
-            }
+            cell.fail(Status::HandlerPanicked, text.as_bytes());
         }
     })
 }

@@ -16,11 +16,11 @@
 //! server are separate processes; the server is this binary re-run with `--serve`.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use qs_benches::{full, pow2_sizes, spawn_self, stats, tune};
+use qs_benches::{full, pow2_sizes, raw_server, spawn_self, stats, tune};
 use rpc_core::{Access, Bulk, ChunkConfig, Descriptor, Engine, Rpc, Seg};
 
 /// (client buffer, size, pull?, transfers) → done.
@@ -247,24 +247,11 @@ fn raw_stream(s: &mut TcpStream, size: usize, count: usize) -> Result<f64, Strin
 }
 
 fn raw_serve(busy: bool) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    println!("{}", l.local_addr().expect("addr"));
-    std::io::stdout().flush().ok();
-    let Ok((mut s, _)) = l.accept() else { return };
-    tune(&s);
-    let _ = s.set_nonblocking(busy);
-    let mut hdr = [0u8; 16];
-    while full(&mut s, &mut hdr, false).is_ok() {
-        let size = u64::from_le_bytes(hdr[..8].try_into().unwrap_or_default()) as usize;
-        let count = u64::from_le_bytes(hdr[8..].try_into().unwrap_or_default());
-        let mut buf = vec![0u8; size.min(256 << 20)];
+    raw_server(busy, |s, size, count| {
+        let mut buf = vec![0u8; size];
         for _ in 0..count {
-            if full(&mut s, &mut buf, false).is_err() {
-                return;
-            }
+            full(s, &mut buf, false)?;
         }
-        if full(&mut s, &mut [1u8], true).is_err() {
-            return;
-        }
-    }
+        full(s, &mut [1u8], true)
+    });
 }

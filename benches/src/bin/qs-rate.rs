@@ -11,10 +11,10 @@
 //! separate processes; the server is this binary re-run with `--serve`.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Instant;
 
-use qs_benches::{full, spawn_self, stats, tune};
+use qs_benches::{full, raw_server, spawn_self, stats, tune};
 use rpc_core::{Engine, ProgressMode, Rpc};
 use serde_bytes::ByteBuf;
 
@@ -221,21 +221,12 @@ fn raw_pp(s: &mut TcpStream, size: usize, loops: usize) -> Result<f64, String> {
 }
 
 fn raw_serve(busy: bool) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    println!("{}", l.local_addr().expect("addr"));
-    std::io::stdout().flush().ok();
-    let Ok((mut s, _)) = l.accept() else { return };
-    tune(&s);
-    let _ = s.set_nonblocking(busy);
-    let mut hdr = [0u8; 16];
-    while full(&mut s, &mut hdr, false).is_ok() {
-        let size = u64::from_le_bytes(hdr[..8].try_into().unwrap_or_default()) as usize;
-        let count = u64::from_le_bytes(hdr[8..].try_into().unwrap_or_default());
-        let mut buf = vec![0u8; size.min(64 << 20)];
+    raw_server(busy, |s, size, count| {
+        let mut buf = vec![0u8; size];
         for _ in 0..count {
-            if full(&mut s, &mut buf, false).is_err() || full(&mut s, &mut buf, true).is_err() {
-                return;
-            }
+            full(s, &mut buf, false)?;
+            full(s, &mut buf, true)?;
         }
-    }
+        Ok(())
+    });
 }

@@ -297,6 +297,16 @@ impl Decoder {
         (HEADER_LEN + len.min(self.max_len)).saturating_sub(have)
     }
 
+    /// The header of the next frame, once its 16 bytes are buffered (validated).
+    fn peek_header(&self) -> Result<Option<Header>, NaError> {
+        if self.end - self.start < HEADER_LEN {
+            return Ok(None);
+        }
+        let mut hb = [0u8; HEADER_LEN];
+        hb.copy_from_slice(&self.buf[self.start..self.start + HEADER_LEN]);
+        Header::decode(&hb, self.max_len).map(Some)
+    }
+
     /// Whether a frame is partly received (a peer closing now closes mid-frame).
     pub fn mid_frame(&self) -> bool {
         self.end > self.start
@@ -308,13 +318,10 @@ impl Decoder {
     /// header, the prefix, those body bytes, and how many body bytes are still to come
     /// (to be read from the socket by the caller, bypassing this buffer).
     pub fn start_direct(&mut self, min_body: usize) -> Result<Option<DirectStart<'_>>, NaError> {
-        let have = self.end - self.start;
-        if have < HEADER_LEN {
+        let Some(h) = self.peek_header()? else {
             return Ok(None);
-        }
-        let mut hb = [0u8; HEADER_LEN];
-        hb.copy_from_slice(&self.buf[self.start..self.start + HEADER_LEN]);
-        let h = Header::decode(&hb, self.max_len)?;
+        };
+        let have = self.end - self.start;
         let prefix = match h.kind {
             Kind::PutReq => RmaReq::PUT_LEN,
             Kind::GetResp => 1,
@@ -339,13 +346,10 @@ impl Decoder {
     /// The next complete frame, `Ok(None)` if more bytes are needed, or an error for a
     /// malformed header (after which the stream cannot be trusted).
     pub fn next_frame(&mut self) -> Result<Option<(Header, &[u8])>, NaError> {
-        let have = self.end - self.start;
-        if have < HEADER_LEN {
+        let Some(h) = self.peek_header()? else {
             return Ok(None);
-        }
-        let mut hb = [0u8; HEADER_LEN];
-        hb.copy_from_slice(&self.buf[self.start..self.start + HEADER_LEN]);
-        let h = Header::decode(&hb, self.max_len)?;
+        };
+        let have = self.end - self.start;
         let total = HEADER_LEN + h.len as usize;
         if have < total {
             return Ok(None);
