@@ -256,11 +256,18 @@ impl Conn {
     /// writing (it takes the frame before it stops). Returns the sends this thread
     /// completed, or the frame back if the connection is closed.
     pub fn send(&self, f: OutFrame, mem: &MemTable) -> Result<Flushed, OutFrame> {
+        self.post(f)?;
+        Ok(self.flush(mem))
+    }
+
+    /// Posts a frame without writing it yet (the read path batches its answers and
+    /// flushes once); returns it if the connection is closed.
+    pub fn post(&self, f: OutFrame) -> Result<(), OutFrame> {
         if self.closed.load(Ordering::Acquire) {
             return Err(f);
         }
         lock(&self.inbox).push_back(f);
-        Ok(self.flush(mem))
+        Ok(())
     }
 
     /// Writes posted frames until the socket would block, if no other thread is writing.

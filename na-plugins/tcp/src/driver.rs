@@ -60,8 +60,12 @@ impl TcpPlugin {
 
     /// Reads a connection; closes it on error.
     pub(crate) fn read_or_close(&self, conn: &Conn) {
-        if let Err(e) = self.read_conn(conn) {
-            self.close_conn(conn.peer, e);
+        match self.read_conn(conn) {
+            Ok(()) => {
+                let f = conn.flush(&self.mem);
+                self.complete_sends(f.done);
+            }
+            Err(e) => self.close_conn(conn.peer, e),
         }
     }
 
@@ -197,7 +201,7 @@ impl TcpPlugin {
                     },
                     _ => Body::Owned(vec![st as u8]),
                 };
-                self.send_frames(
+                self.queue_frames(
                     conn,
                     vec![OutFrame::with_body(Kind::GetResp, h.tag, body, None)],
                 );
@@ -207,7 +211,7 @@ impl TcpPlugin {
                     Some((r, data)) => self.mem.remote_write(r.key, r.offset, data),
                     None => RmaStatus::Malformed,
                 };
-                self.send_frames(
+                self.queue_frames(
                     conn,
                     vec![OutFrame::new(Kind::PutResp, h.tag, vec![st as u8], None)],
                 );
@@ -249,7 +253,7 @@ impl TcpPlugin {
             self.chunk_finished(&mut ops, c.op, result)
         };
         self.push_events(evs, false);
-        self.send_frames(conn, frames);
+        self.queue_frames(conn, frames);
         Ok(())
     }
 

@@ -203,7 +203,7 @@ impl TcpPlugin {
     /// A directly received frame is complete: answer the put, or finish the get chunk.
     fn finish_direct(&self, conn: &Conn, d: Direct) {
         match d.sink {
-            Sink::Put { status, .. } => self.send_frames(
+            Sink::Put { status, .. } => self.queue_frames(
                 conn,
                 vec![OutFrame::new(
                     Kind::PutResp,
@@ -218,7 +218,7 @@ impl TcpPlugin {
                     self.chunk_finished(&mut ops, chunk.op, failure.map_or(Ok(()), Err));
                 drop(ops);
                 self.push_events(evs, false);
-                self.send_frames(conn, frames);
+                self.queue_frames(conn, frames);
             }
             Sink::Discard => {}
         }
