@@ -1,12 +1,14 @@
 //! The shared-memory plugin of Quicksilver's network abstraction, for peers on one node.
 //!
-//! **In progress** (issue 4): this crate holds the first building block, [`ring`], the
+//! **In progress** (issue 4): this crate holds the first building blocks. [`ring`] is the
 //! single-producer single-consumer byte ring that carries frames between two processes
 //! through shared memory, with the sleep/wake handshake that lets a receiver sleep without
-//! making a sender pay a system call per message while the receiver is awake. It is not yet
-//! a [`na`] plugin; the connection set-up (memfd and eventfds passed over a UNIX socket),
-//! single-copy RMA (`process_vm_readv`/`process_vm_writev` with owner-checked grants) and
-//! the plugin itself build on it.
+//! making a sender pay a system call per message while the receiver is awake (loom-checked).
+//! [`shm`] is a connection's segment: a `memfd` holding one ring per direction, checked
+//! when mapped from a peer. It is not yet an NA plugin: the connection set-up (the memfd
+//! and eventfds passed over an abstract UNIX socket named after the address), single-copy
+//! RMA (`process_vm_readv`/`process_vm_writev` with owner-checked grants) and the plugin
+//! itself build on them.
 //!
 //! ```
 //! use na_sm::ring::{HeapRing, Ring};
@@ -20,4 +22,5 @@
 #![deny(missing_docs)]
 
 pub mod ring;
+pub mod shm;
 mod sync;

@@ -1,0 +1,159 @@
+//! A connection's shared segment: a `memfd` mapped by both peers, holding one ring per
+//! direction. The creator (the connecting side) lays it out; the other side checks the
+//! layout before trusting it, since it comes from another process.
+//!
+//! ```text
+//! offset 0      magic:u64 version:u32 capacity:u32 (padded to 64 bytes)
+//! 64            ring 0 header (256 bytes)   creator → acceptor
+//! 320           ring 1 header (256 bytes)   acceptor → creator
+//! 576           ring 0 data (capacity bytes), then ring 1 data (capacity bytes)
+//! ```
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::ring::{Ring, RingHeader};
+
+const MAGIC: u64 = 0x5153_534d_5249_4e47; // "QSSMRING"
+const VERSION: u32 = 1;
+const META: usize = 64;
+const RING_HDR: usize = 256;
+const DATA: usize = META + 2 * RING_HDR;
+
+/// Which ring of a segment.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// Written by the creator, read by the acceptor.
+    ToAcceptor = 0,
+    /// Written by the acceptor, read by the creator.
+    ToCreator = 1,
+}
+
+/// A mapped segment.
+pub struct Segment {
+    ptr: *mut u8,
+    len: usize,
+    cap: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is shared memory accessed only through rings (atomics and masked
+// raw copies); the pointer itself may move between threads.
+unsafe impl Send for Segment {}
+// SAFETY: as for Send.
+unsafe impl Sync for Segment {}
+
+fn map(fd: &OwnedFd, len: usize) -> io::Result<*mut u8> {
+    // SAFETY: mapping a file we hold open, shared, for reading and writing; the result is
+    // checked against MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(p.cast())
+    }
+}
+
+impl Segment {
+    /// Creates a segment with rings of `cap` bytes (rounded up to a power of two).
+    pub fn create(name: &str, cap: usize) -> io::Result<Segment> {
+        let cap = cap.clamp(4096, 1 << 30).next_power_of_two();
+        let cname = std::ffi::CString::new(name)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a valid C string; the returned descriptor is checked and then owned.
+        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let len = DATA + 2 * cap;
+        // SAFETY: resizing our own memfd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = map(&fd, len)?;
+        let seg = Segment { ptr, len, cap, fd };
+        // The memfd is zero-filled, which is also the rings' initial state.
+        // SAFETY: the mapping is at least META bytes and page-aligned.
+        unsafe {
+            std::ptr::write(ptr.cast::<u64>(), MAGIC);
+            std::ptr::write(ptr.add(8).cast::<u32>(), VERSION);
+            std::ptr::write(ptr.add(12).cast::<u32>(), cap as u32);
+        }
+        Ok(seg)
+    }
+
+    /// Maps a segment received from a peer, checking its layout.
+    pub fn open(fd: OwnedFd) -> io::Result<Segment> {
+        let bad = |why: &str| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("shared segment: {why}"))
+        };
+        // SAFETY: fstat on a descriptor we own, into a zeroed struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let len = st.st_size as usize;
+        if len < DATA + 2 * 4096 {
+            return Err(bad("too small"));
+        }
+        let ptr = map(&fd, len)?;
+        // SAFETY: the mapping holds at least META bytes.
+        let (magic, version, cap) = unsafe {
+            (
+                std::ptr::read(ptr.cast::<u64>()),
+                std::ptr::read(ptr.add(8).cast::<u32>()),
+                std::ptr::read(ptr.add(12).cast::<u32>()) as usize,
+            )
+        };
+        let seg = Segment { ptr, len, cap, fd };
+        if magic != MAGIC || version != VERSION {
+            return Err(bad("wrong magic or version"));
+        }
+        if !cap.is_power_of_two() || DATA + 2 * cap != len {
+            return Err(bad("capacity does not match its size"));
+        }
+        Ok(seg)
+    }
+
+    /// The ring for one direction.
+    pub fn ring(&self, dir: Dir) -> Ring<'_> {
+        let i = dir as usize;
+        // SAFETY: the header lies inside the mapping (checked layout), is suitably aligned
+        // (page-aligned base plus multiples of 64), and RingHeader holds only atomics and
+        // padding, valid for any bit pattern the peer may write.
+        let hdr = unsafe { &*self.ptr.add(META + i * RING_HDR).cast::<RingHeader>() };
+        // SAFETY: the data area of ring i is `cap` bytes inside the mapping, a power of two;
+        // the peer is the only other party, producer or consumer by direction.
+        unsafe { Ring::from_raw(hdr, self.ptr.add(DATA + i * self.cap), self.cap) }
+    }
+
+    /// The ring capacity.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// The memfd, to pass to the peer.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in create/open; no Ring can outlive
+        // the segment (rings borrow it).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
