@@ -21,6 +21,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod link;
 pub mod ring;
 pub mod shm;
 mod sync;

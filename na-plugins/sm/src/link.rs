@@ -1,0 +1,339 @@
+//! Setting up a connection between two processes on one node.
+//!
+//! A listener binds an abstract-namespace UNIX socket named after its `sm://` name: the
+//! kernel removes such a name when its owner closes it or dies, so a crashed server's name
+//! never blocks a restart. The connecting side creates the shared [`Segment`] and two
+//! eventfds (one each side sleeps on) and sends all three with `SCM_RIGHTS`, with its own
+//! name. The socket stays open as the liveness channel (a peer's death hangs it up), and
+//! `SO_PEERCRED` gives the peer's pid for single-copy RMA.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::shm::{Dir, Segment};
+
+const HELLO_MAGIC: u32 = 0x5153_4c4b; // "QSLK"
+const NAME_MAX: usize = 100;
+
+/// Which side of a link this is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Connected, created the segment.
+    Creator,
+    /// Accepted.
+    Acceptor,
+}
+
+/// One end of an established connection.
+pub struct Link {
+    /// The liveness socket.
+    pub sock: OwnedFd,
+    /// The shared rings.
+    pub seg: Segment,
+    /// The eventfd this side sleeps on.
+    pub wake_me: OwnedFd,
+    /// The eventfd that wakes the peer.
+    pub wake_peer: OwnedFd,
+    /// The peer's process id.
+    pub peer_pid: i32,
+    /// The peer's `sm://` name.
+    pub peer_name: String,
+    /// This side.
+    pub side: Side,
+}
+
+impl Link {
+    /// The ring this side writes.
+    pub fn outbox(&self) -> crate::ring::Ring<'_> {
+        self.seg.ring(if self.side == Side::Creator {
+            Dir::ToAcceptor
+        } else {
+            Dir::ToCreator
+        })
+    }
+
+    /// The ring this side reads.
+    pub fn inbox(&self) -> crate::ring::Ring<'_> {
+        self.seg.ring(if self.side == Side::Creator {
+            Dir::ToCreator
+        } else {
+            Dir::ToAcceptor
+        })
+    }
+
+    /// Wakes the peer (after its ring said it sleeps).
+    pub fn wake_peer(&self) -> io::Result<()> {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a local u64 to an eventfd we own.
+        let r = unsafe { libc::write(self.wake_peer.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if r == 8 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Consumes pending wake-ups of this side (its eventfd is non-blocking).
+    pub fn drain_wakeups(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reading 8 bytes into a local u64 from an eventfd we own.
+        let _ = unsafe { libc::read(self.wake_me.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: a fresh descriptor returned by the kernel, owned from here on.
+    check(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The abstract socket address of `name`.
+fn sockaddr(name: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    if name.is_empty() || name.len() > NAME_MAX || name.bytes().any(|b| b == 0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad sm name {name:?}"),
+        ));
+    }
+    // SAFETY: sockaddr_un is plain data; zero is a valid value.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let path = format!("qs-sm/{name}");
+    for (i, b) in path.bytes().enumerate() {
+        sa.sun_path[i + 1] = b as libc::c_char; // sun_path[0] = 0: abstract namespace
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + path.len();
+    Ok((sa, len as libc::socklen_t))
+}
+
+fn unix_socket() -> io::Result<OwnedFd> {
+    // SAFETY: creating a socket; the result is checked and owned.
+    owned(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: creating an eventfd; the result is checked and owned.
+    owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
+}
+
+fn peer_pid(sock: &OwnedFd) -> io::Result<i32> {
+    // SAFETY: getsockopt into a zeroed ucred of the right length.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: as above.
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.pid)
+}
+
+/// A listening name.
+pub struct Listener {
+    sock: OwnedFd,
+    name: String,
+}
+
+impl Listener {
+    /// Binds `name`; fails with `AddrInUse` while a live process holds it.
+    pub fn bind(name: &str) -> io::Result<Listener> {
+        let (sa, len) = sockaddr(name)?;
+        let sock = unix_socket()?;
+        // SAFETY: binding our socket to a valid address of `len` bytes.
+        check(unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&sa as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        })?;
+        // SAFETY: listening on our bound socket.
+        check(unsafe { libc::listen(sock.as_raw_fd(), 128) })?;
+        Ok(Listener {
+            sock,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The bound name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The listening socket (readable when a peer connects).
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// Accepts one connection and receives its segment and eventfds. Blocks, including on
+    /// a peer that connects and says nothing: the plugin must drive the handshake from its
+    /// event loop instead (a step of the plugin still to write).
+    pub fn accept(&self) -> io::Result<Link> {
+        // SAFETY: accepting on our listening socket; the result is checked and owned.
+        let sock = owned(unsafe {
+            libc::accept4(
+                self.sock.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        })?;
+        let (payload, fds) = recv_with_fds(&sock)?;
+        let bad =
+            |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sm hello: {why}"));
+        let [memfd, wake_peer, wake_me]: [OwnedFd; 3] = fds
+            .try_into()
+            .map_err(|_| bad("expected three descriptors"))?;
+        if payload.len() < 4
+            || u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]) != HELLO_MAGIC
+        {
+            return Err(bad("bad magic"));
+        }
+        let peer_name =
+            String::from_utf8(payload[4..].to_vec()).map_err(|_| bad("name is not UTF-8"))?;
+        let seg = Segment::open(memfd)?;
+        let peer_pid = peer_pid(&sock)?;
+        Ok(Link {
+            sock,
+            seg,
+            wake_me,
+            wake_peer,
+            peer_pid,
+            peer_name,
+            side: Side::Acceptor,
+        })
+    }
+}
+
+/// Connects to `name`, announcing `me`, with rings of `cap` bytes.
+pub fn connect(name: &str, me: &str, cap: usize) -> io::Result<Link> {
+    let (sa, len) = sockaddr(name)?;
+    let sock = unix_socket()?;
+    // SAFETY: connecting our socket to a valid address of `len` bytes.
+    check(unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&sa as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    })?;
+    let seg = Segment::create(&format!("qs-sm-{me}"), cap)?;
+    let (wake_me, wake_peer) = (eventfd()?, eventfd()?);
+    let mut payload = HELLO_MAGIC.to_le_bytes().to_vec();
+    payload.extend_from_slice(me.as_bytes());
+    // The acceptor receives [memfd, its wake_peer = our wake_me, its wake_me = our wake_peer].
+    send_with_fds(
+        &sock,
+        &payload,
+        &[seg.fd(), wake_me.as_raw_fd(), wake_peer.as_raw_fd()],
+    )?;
+    let peer_pid = peer_pid(&sock)?;
+    Ok(Link {
+        sock,
+        seg,
+        wake_me,
+        wake_peer,
+        peer_pid,
+        peer_name: name.to_owned(),
+        side: Side::Creator,
+    })
+}
+
+const CMSG_FDS: usize = 3;
+
+fn send_with_fds(sock: &OwnedFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr().cast_mut().cast(),
+        iov_len: payload.len(),
+    };
+    let fd_bytes = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: msghdr is plain data; zero is valid before we fill it.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer holds one header with room for `fds` (CMSG_SPACE); the
+    // macros compute pointers inside it, and we copy exactly `fd_bytes` there.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(fd_bytes) as _;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(c),
+            fd_bytes as usize,
+        );
+    }
+    // SAFETY: sending a fully initialized message on our socket.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n as usize == payload.len() {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn recv_with_fds(sock: &OwnedFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; 4 + NAME_MAX];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let fd_bytes = (CMSG_FDS * std::mem::size_of::<RawFd>()) as u32;
+    // SAFETY: a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    // SAFETY: plain data, filled below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: receiving into our buffers; MSG_CMSG_CLOEXEC marks received fds close-on-exec.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote into our buffer; each SCM_RIGHTS
+    // payload holds (cmsg_len - CMSG_LEN(0)) / 4 descriptors, which we take ownership of.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<RawFd>();
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "sm hello: too many descriptors",
+        ));
+    }
+    Ok((buf, fds))
+}
