@@ -72,6 +72,13 @@ pub fn bin(name: &str) -> std::path::PathBuf {
     dir.join(name)
 }
 
+/// Serializes the tests that take this lock (timing-sensitive ones, or ones that load both
+/// cores), within one test binary; a test that panicked does not poison it for the others.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Logs to stderr when `RUST_LOG` is set (call at the top of a test or binary).
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()

@@ -124,6 +124,7 @@ fn check_size(e: &Engine, peer: &rpc_core::Endpoint, len: u64, rng: &mut Rng) {
 
 #[test]
 fn pull_and_push_of_every_size_with_random_offsets_and_mixed_segments() {
+    let _serial = qs_tests::serial();
     let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
     for inline in [0, 2048] {
         let e = Engine::builder()
@@ -142,6 +143,7 @@ fn pull_and_push_of_every_size_with_random_offsets_and_mixed_segments() {
 #[test]
 #[ignore = "moves 2 GiB; run with --ignored"]
 fn pull_and_push_of_one_gib() {
+    let _serial = qs_tests::serial();
     let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
@@ -150,6 +152,7 @@ fn pull_and_push_of_one_gib() {
 
 #[test]
 fn bad_descriptors_are_refused_and_our_memory_is_untouched() {
+    let _serial = qs_tests::serial();
     let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
     let e = Engine::builder()
         .listen("tcp://127.0.0.1:0")
@@ -215,6 +218,7 @@ fn bad_descriptors_are_refused_and_our_memory_is_untouched() {
 
 #[test]
 fn bad_remote_accesses_are_typed_errors_at_the_requester() {
+    let _serial = qs_tests::serial();
     let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
@@ -268,6 +272,7 @@ fn bad_remote_accesses_are_typed_errors_at_the_requester() {
 
 #[test]
 fn a_transfer_fails_promptly_when_the_peer_dies() {
+    let _serial = qs_tests::serial();
     let mut server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
@@ -308,6 +313,7 @@ fn a_transfer_fails_promptly_when_the_peer_dies() {
 
 #[test]
 fn small_rpcs_are_not_stuck_behind_concurrent_transfers() {
+    let _serial = qs_tests::serial();
     let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
