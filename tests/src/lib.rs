@@ -72,6 +72,19 @@ pub fn bin(name: &str) -> std::path::PathBuf {
     dir.join(name)
 }
 
+/// A raw TCP-plugin frame, for tests that speak the wire protocol by hand.
+pub fn raw_frame(kind: na_tcp::frame::Kind, tag: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = na_tcp::frame::Header {
+        kind,
+        len: body.len() as u32,
+        tag,
+    }
+    .encode()
+    .to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
 /// Serializes the tests that take this lock (timing-sensitive ones, or ones that load both
 /// cores), within one test binary; a test that panicked does not poison it for the others.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {

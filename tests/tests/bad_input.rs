@@ -6,8 +6,8 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use na_tcp::frame::{Header as Frame, Kind};
-use qs_tests::ServerProcess;
 use qs_tests::rpcs::*;
+use qs_tests::{ServerProcess, raw_frame};
 use rpc_core::proto::{Header, Status};
 use rpc_core::{Engine, RpcError};
 
@@ -15,20 +15,8 @@ fn locator(addr: &str) -> &str {
     addr.strip_prefix("tcp://").unwrap()
 }
 
-fn frame(kind: Kind, tag: u64, body: &[u8]) -> Vec<u8> {
-    let mut v = Frame {
-        kind,
-        len: body.len() as u32,
-        tag,
-    }
-    .encode()
-    .to_vec();
-    v.extend_from_slice(body);
-    v
-}
-
 fn hello() -> Vec<u8> {
-    frame(Kind::Hello, 0, b"tcp://127.0.0.1:9")
+    raw_frame(Kind::Hello, 0, b"tcp://127.0.0.1:9")
 }
 
 /// Connects, sends `bytes`, and reports whether the server closed the connection.
@@ -66,7 +54,7 @@ fn malformed_frames_close_only_that_connection() {
     wrong_magic[0] ^= 0xff;
     let mut wrong_version = hello();
     wrong_version[2] = 99;
-    let mut four_gib = frame(Kind::Unexpected, 1, b"");
+    let mut four_gib = raw_frame(Kind::Unexpected, 1, b"");
     four_gib[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
     let mut four_gib_after_hello = hello();
     four_gib_after_hello.extend(&four_gib);
@@ -75,10 +63,10 @@ fn malformed_frames_close_only_that_connection() {
         ("wrong version", wrong_version),
         ("frame announcing 4 GiB", four_gib_after_hello),
         ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
-        ("no Hello first", frame(Kind::Unexpected, 1, b"hi")),
+        ("no Hello first", raw_frame(Kind::Unexpected, 1, b"hi")),
         ("unknown frame kind", {
             let mut f = hello();
-            f.extend(frame(Kind::Expected, 1, b""));
+            f.extend(raw_frame(Kind::Expected, 1, b""));
             let n = f.len();
             f[n - 16 + 3] = 200;
             f
@@ -97,7 +85,7 @@ fn malformed_frames_close_only_that_connection() {
 fn truncated_frames_and_disconnects_mid_frame_do_not_hurt_the_server() {
     let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
     let mut half = hello();
-    let f = frame(Kind::Unexpected, 1, &[7u8; 1000]);
+    let f = raw_frame(Kind::Unexpected, 1, &[7u8; 1000]);
     half.extend(&f[..500]);
     assert!(server_closes_after(&server.addr, &half, true));
     assert!(server_closes_after(&server.addr, &hello()[..7], true));
@@ -109,7 +97,7 @@ fn raw_call(addr: &str, msg: &[u8]) -> (Header, Vec<u8>) {
     let mut s = TcpStream::connect(locator(addr)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut out = hello();
-    out.extend(frame(Kind::Unexpected, 77, msg));
+    out.extend(raw_frame(Kind::Unexpected, 77, msg));
     s.write_all(&out).unwrap();
     let mut h = [0u8; 16];
     s.read_exact(&mut h).unwrap();
@@ -188,7 +176,7 @@ fn fake_server(answer: fn(u64) -> Vec<u8>) -> String {
 #[test]
 fn malformed_answers_are_protocol_errors_at_the_caller() {
     let e = Engine::new("tcp://127.0.0.1:0").unwrap();
-    let garbage_rpc = fake_server(|tag| frame(Kind::Expected, tag, b"not an rpc header"));
+    let garbage_rpc = fake_server(|tag| raw_frame(Kind::Expected, tag, b"not an rpc header"));
     let peer = e.lookup(&garbage_rpc).unwrap();
     assert!(matches!(
         e.call(&peer, SUM, &(1, 2)).wait(),
@@ -199,7 +187,7 @@ fn malformed_answers_are_protocol_errors_at_the_caller() {
         let mut m = Vec::new();
         Header::response(SUM.id(), Status::Ok).write(&mut m);
         m.extend(rmp_serde_bytes("a string, not a number"));
-        frame(Kind::Expected, tag, &m)
+        raw_frame(Kind::Expected, tag, &m)
     });
     let peer = e.lookup(&wrong_type).unwrap();
     assert!(matches!(

@@ -5,21 +5,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use na_tcp::frame::{Header as Frame, Kind};
-use qs_tests::ServerProcess;
 use qs_tests::rpcs::SUM;
+use qs_tests::{ServerProcess, raw_frame};
 use rpc_core::proto::Header;
-
-fn frame(kind: Kind, tag: u64, body: &[u8]) -> Vec<u8> {
-    let mut v = Frame {
-        kind,
-        len: body.len() as u32,
-        tag,
-    }
-    .encode()
-    .to_vec();
-    v.extend_from_slice(body);
-    v
-}
 
 fn resident_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -38,12 +26,12 @@ fn a_thousand_connected_clients_cost_under_100_mib() {
     let mut clients = Vec::new();
     for i in 0..1000u64 {
         let mut s = TcpStream::connect(&locator).unwrap();
-        let mut out = frame(
+        let mut out = raw_frame(
             Kind::Hello,
             0,
             format!("tcp://127.0.0.1:{}", 20000 + i).as_bytes(),
         );
-        out.extend(frame(Kind::Unexpected, i, &request));
+        out.extend(raw_frame(Kind::Unexpected, i, &request));
         s.write_all(&out).unwrap();
         clients.push(s);
     }

@@ -113,6 +113,25 @@ fn sockaddr(name: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     Ok((sa, len as libc::socklen_t))
 }
 
+/// The signature shared by `bind` and `connect`.
+type SockOp =
+    unsafe extern "C" fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int;
+
+/// A new UNIX stream socket bound or connected (`op`) to `name`'s abstract address.
+fn socket_at(name: &str, op: SockOp) -> io::Result<OwnedFd> {
+    let (sa, len) = sockaddr(name)?;
+    let sock = unix_socket()?;
+    // SAFETY: `op` is bind or connect, given our socket and a valid address of `len` bytes.
+    check(unsafe {
+        op(
+            sock.as_raw_fd(),
+            (&sa as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    })?;
+    Ok(sock)
+}
+
 fn unix_socket() -> io::Result<OwnedFd> {
     // SAFETY: creating a socket; the result is checked and owned.
     owned(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })
@@ -149,16 +168,7 @@ pub struct Listener {
 impl Listener {
     /// Binds `name`; fails with `AddrInUse` while a live process holds it.
     pub fn bind(name: &str) -> io::Result<Listener> {
-        let (sa, len) = sockaddr(name)?;
-        let sock = unix_socket()?;
-        // SAFETY: binding our socket to a valid address of `len` bytes.
-        check(unsafe {
-            libc::bind(
-                sock.as_raw_fd(),
-                (&sa as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        })?;
+        let sock = socket_at(name, libc::bind)?;
         // SAFETY: listening on our bound socket.
         check(unsafe { libc::listen(sock.as_raw_fd(), 128) })?;
         Ok(Listener {
@@ -219,16 +229,7 @@ impl Listener {
 
 /// Connects to `name`, announcing `me`, with rings of `cap` bytes.
 pub fn connect(name: &str, me: &str, cap: usize) -> io::Result<Link> {
-    let (sa, len) = sockaddr(name)?;
-    let sock = unix_socket()?;
-    // SAFETY: connecting our socket to a valid address of `len` bytes.
-    check(unsafe {
-        libc::connect(
-            sock.as_raw_fd(),
-            (&sa as *const libc::sockaddr_un).cast(),
-            len,
-        )
-    })?;
+    let sock = socket_at(name, libc::connect)?;
     let seg = Segment::create(&format!("qs-sm-{me}"), cap)?;
     let (wake_me, wake_peer) = (eventfd()?, eventfd()?);
     let mut payload = HELLO_MAGIC.to_le_bytes().to_vec();
