@@ -1,7 +1,7 @@
 //! Connection set-up between processes: handshake, wake-ups, liveness, stale names.
 
+mod common;
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -107,15 +107,7 @@ fn peers_connect_exchange_and_wake_each_other() {
 #[test]
 fn a_dead_servers_name_is_free_again_and_a_live_one_is_not() {
     let name = unique("stale");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_entry",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD, format!("hold:{name}"))
+    let mut child = common::child(CHILD, format!("hold:{name}"))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -1,8 +1,8 @@
 //! Rings in a real shared segment between two processes: data crosses intact, and a peer
 //! process that corrupts the ring causes an error here, not undefined behaviour.
 
+mod common;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use na_sm::ring::RingError;
@@ -16,15 +16,7 @@ fn spawn_child(seg: &Segment, role: &str) -> std::process::Child {
     // inherits it, and the parent closes its copy right after spawning.
     let fd = unsafe { libc::dup(seg.fd()) };
     assert!(fd >= 0);
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_entry",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD, format!("{role}:{fd}"))
+    let child = common::child(CHILD, format!("{role}:{fd}"))
         .spawn()
         .unwrap();
     // SAFETY: closing our copy of the inherited descriptor.
