@@ -94,3 +94,21 @@ pub fn raw_server(
         }
     }
 }
+
+/// A tool's main: parses its options (exit 2 with `usage` on an error), runs, and exits 1
+/// with the error if the run fails.
+pub fn run_tool<O>(
+    tool: &str,
+    usage: &str,
+    parse: impl FnOnce() -> Result<O, String>,
+    run: impl FnOnce(&O) -> Result<(), String>,
+) {
+    let o = parse().unwrap_or_else(|e| {
+        eprintln!("{tool}: {e}\n{usage}");
+        std::process::exit(2)
+    });
+    if let Err(e) = run(&o) {
+        eprintln!("{tool}: {e}");
+        std::process::exit(1);
+    }
+}

@@ -34,11 +34,12 @@ pub(crate) enum Pending {
 
 impl Pending {
     /// The transport operations it has in flight.
-    pub(crate) fn ops(&self) -> Vec<OpId> {
-        match self {
-            Pending::Call { recv, .. } => recv.iter().copied().collect(),
-            Pending::Transfer(x) => x.ops.clone(),
-        }
+    pub(crate) fn ops(&self) -> impl Iterator<Item = OpId> + '_ {
+        let (recv, chunks) = match self {
+            Pending::Call { recv, .. } => (*recv, &[][..]),
+            Pending::Transfer(x) => (None, &x.ops[..]),
+        };
+        recv.into_iter().chain(chunks.iter().copied())
     }
 }
 
@@ -314,25 +315,40 @@ impl Shared {
                 self.on_request(ReplyTo::Remote { peer, tag }, data);
             }
             Event::Done { op, result } => {
-                let kind = {
-                    let c = lock(&self.calls);
-                    c.ops
+                // A call's receive is taken out of the op map here, under one lock; a chunk
+                // of a transfer is handled by the transfer. Anything else is a send
+                // completing (its failure also fails the peer's receives) or an operation
+                // withdrawn already.
+                enum Owner {
+                    Call(u64),
+                    Transfer,
+                    Nobody,
+                }
+                let owner = {
+                    let mut c = lock(&self.calls);
+                    match c
+                        .ops
                         .get(&op)
-                        .and_then(|tag| c.table.get(*tag))
-                        .map(|e| matches!(e.pending, Pending::Call { .. }))
-                };
-                match kind {
-                    // A call's receive: the answer (or why none will come).
-                    Some(true) => {
-                        let tag = lock(&self.calls).ops.remove(&op);
-                        if let Some(tag) = tag {
-                            self.on_answer(tag, result.map_err(RpcError::from));
+                        .and_then(|tag| c.table.get(*tag).map(|e| (*tag, e)))
+                    {
+                        Some((
+                            tag,
+                            CallEntry {
+                                pending: Pending::Call { .. },
+                                ..
+                            },
+                        )) => {
+                            c.ops.remove(&op);
+                            Owner::Call(tag)
                         }
+                        Some(_) => Owner::Transfer,
+                        None => Owner::Nobody,
                     }
-                    Some(false) => self.on_transfer_op(op, result.map(drop)),
-                    // A send completing (its failure also fails the peer's receives), or
-                    // an operation withdrawn already.
-                    None => {}
+                };
+                match owner {
+                    Owner::Call(tag) => self.on_answer(tag, result.map_err(RpcError::from)),
+                    Owner::Transfer => self.on_transfer_op(op, result.map(drop)),
+                    Owner::Nobody => {}
                 }
             }
             Event::PeerLost { peer, error } => {

@@ -364,3 +364,60 @@ fn range(off: u64, len: u64, total: u64) -> Result<std::ops::Range<usize>, RpcEr
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_names_with_one_id_are_refused_at_registration() {
+        let e = Engine::new("tcp://127.0.0.1:0").unwrap();
+        let a: Rpc<u8, u8> = Rpc::with_id("alpha", 7);
+        let b: Rpc<u8, u8> = Rpc::with_id("beta", 7);
+        e.register(a, Ok::<_, String>).unwrap();
+        let r = e.register(b, Ok::<_, String>);
+        assert_eq!(
+            r,
+            Err(RpcError::IdCollision {
+                name: "beta".into(),
+                other: "alpha".into(),
+                id: 7
+            })
+        );
+    }
+
+    #[test]
+    fn requests_past_the_queue_bound_are_refused_with_busy() {
+        const SLOW: Rpc<u64, ()> = Rpc::new("slow");
+        let server = Engine::builder()
+            .listen("tcp://127.0.0.1:0")
+            .workers(1)
+            .max_queued(1)
+            .build()
+            .unwrap();
+        server
+            .register(SLOW, |ms| {
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok::<_, String>(())
+            })
+            .unwrap();
+        let client = Engine::new("tcp://127.0.0.1:0").unwrap();
+        let peer = client.lookup(&server.self_addr().to_string()).unwrap();
+        let first = client.call(&peer, SLOW, &300);
+        std::thread::sleep(Duration::from_millis(100));
+        // The one slot is taken by the first request: the next are refused at once.
+        for _ in 0..3 {
+            assert!(matches!(
+                client.call(&peer, SLOW, &0).wait(),
+                Err(RpcError::Busy(_))
+            ));
+        }
+        assert_eq!(first.wait(), Ok(()));
+        assert_eq!(
+            client.call(&peer, SLOW, &0).wait(),
+            Ok(()),
+            "served again once the queue drained"
+        );
+        assert_eq!(server.counters().bad_requests, 3);
+    }
+}

@@ -41,6 +41,16 @@ impl<In, Out> Rpc<In, Out> {
         }
     }
 
+    /// An RPC with a chosen id, to test what happens when two names hash alike.
+    #[cfg(test)]
+    pub(crate) const fn with_id(name: &'static str, id: u64) -> Self {
+        Rpc {
+            name,
+            id,
+            _types: PhantomData,
+        }
+    }
+
     /// Its name.
     pub const fn name(&self) -> &'static str {
         self.name

@@ -72,6 +72,11 @@ pub fn bin(name: &str) -> std::path::PathBuf {
     dir.join(name)
 }
 
+/// A client engine on an ephemeral loopback port with default settings.
+pub fn client() -> rpc_core::Engine {
+    rpc_core::Engine::new("tcp://127.0.0.1:0").expect("client engine")
+}
+
 /// A raw TCP-plugin frame, for tests that speak the wire protocol by hand.
 pub fn raw_frame(kind: na_tcp::frame::Kind, tag: u64, body: &[u8]) -> Vec<u8> {
     let mut v = na_tcp::frame::Header {

@@ -2,13 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use qs_tests::ServerProcess;
 use qs_tests::rpcs::*;
-use rpc_core::{Engine, NaError, RpcError};
-
-fn client() -> Engine {
-    Engine::new("tcp://127.0.0.1:0").unwrap()
-}
+use qs_tests::{ServerProcess, client};
+use rpc_core::{NaError, RpcError};
 
 #[test]
 fn a_slow_handler_times_out_and_its_late_answer_is_discarded() {

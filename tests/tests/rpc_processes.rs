@@ -5,13 +5,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use qs_tests::rpcs::*;
-use qs_tests::{ServerProcess, bin};
+use qs_tests::{ServerProcess, bin, client};
 use rpc_core::{Call, Engine, ProgressMode, RpcError};
 use serde_bytes::ByteBuf;
-
-fn client() -> Engine {
-    Engine::new("tcp://127.0.0.1:0").unwrap()
-}
 
 #[test]
 fn ten_thousand_calls_with_a_hundred_in_flight_are_all_correct() {

@@ -98,14 +98,7 @@ fn main() {
         Some("--raw-serve") => return raw_serve(args.get(2).is_some_and(|a| a == "busy")),
         _ => {}
     }
-    let o = parse().unwrap_or_else(|e| {
-        eprintln!("qs-bw: {e}\n{USAGE}");
-        std::process::exit(2)
-    });
-    if let Err(e) = run(&o) {
-        eprintln!("qs-bw: {e}");
-        std::process::exit(1);
-    }
+    qs_benches::run_tool("qs-bw", USAGE, parse, run);
 }
 
 /// RPCs per measurement: about 256 MiB moved per size, from 2 to 20 000.

@@ -31,6 +31,8 @@ struct Opts {
     spin_us: u64,
 }
 
+const USAGE: &str = "usage: qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-b] [-s SPIN_US]";
+
 fn parse() -> Result<Opts, String> {
     let mut o = Opts {
         transport: "tcp".into(),
@@ -75,14 +77,7 @@ fn main() {
         Some("--raw-serve") => return raw_serve(args.get(2).is_some_and(|s| s == "busy")),
         _ => {}
     }
-    let o = parse().unwrap_or_else(|e| {
-        eprintln!("qs-rate: {e}\nusage: qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-b] [-s SPIN_US]");
-        std::process::exit(2)
-    });
-    if let Err(e) = run(&o) {
-        eprintln!("qs-rate: {e}");
-        std::process::exit(1);
-    }
+    qs_benches::run_tool("qs-rate", USAGE, parse, run);
 }
 
 fn run(o: &Opts) -> Result<(), String> {

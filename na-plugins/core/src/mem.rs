@@ -75,42 +75,8 @@ pub struct RemoteMem {
     /// What peers may do with it.
     pub access: Access,
     /// Plugin-specific extras (for RMA fabrics: provider keys, segment addresses).
-    #[serde(with = "serde_bytes_compat")]
+    #[serde(with = "serde_bytes")]
     pub extra: Vec<u8>,
-}
-
-mod serde_bytes_compat {
-    //! Serialize the extras as a byte string rather than a list of integers.
-    use serde::{Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(b) = a.next_element::<u8>()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_byte_buf(V)
-    }
 }
 
 /// A local registration, returned by [`crate::Plugin::register`]. It names the region to

@@ -254,21 +254,32 @@ pub fn connect(name: &str, me: &str, cap: usize) -> io::Result<Link> {
 
 const CMSG_FDS: usize = 3;
 
+/// A zeroed control buffer with room for `nfds` descriptors (8-byte aligned).
+fn control_buffer(nfds: usize) -> Vec<u64> {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE((nfds * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    vec![0u64; space.div_ceil(8)]
+}
+
+/// A message header over one data buffer and a control buffer; both must outlive it.
+fn msghdr(iov: &mut libc::iovec, cbuf: &mut [u64]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zero is a valid value before we fill it.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(cbuf) as _;
+    msg
+}
+
 fn send_with_fds(sock: &OwnedFd, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut iov = libc::iovec {
         iov_base: payload.as_ptr().cast_mut().cast(),
         iov_len: payload.len(),
     };
     let fd_bytes = std::mem::size_of_val(fds) as u32;
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    // SAFETY: msghdr is plain data; zero is valid before we fill it.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut cbuf = control_buffer(fds.len());
+    let msg = msghdr(&mut iov, &mut cbuf);
     // SAFETY: the control buffer holds one header with room for `fds` (CMSG_SPACE); the
     // macros compute pointers inside it, and we copy exactly `fd_bytes` there.
     unsafe {
@@ -297,16 +308,8 @@ fn recv_with_fds(sock: &OwnedFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let fd_bytes = (CMSG_FDS * std::mem::size_of::<RawFd>()) as u32;
-    // SAFETY: a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    // SAFETY: plain data, filled below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut cbuf = control_buffer(CMSG_FDS);
+    let mut msg = msghdr(&mut iov, &mut cbuf);
     // SAFETY: receiving into our buffers; MSG_CMSG_CLOEXEC marks received fds close-on-exec.
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
