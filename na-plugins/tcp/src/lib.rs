@@ -1,11 +1,8 @@
 //! The TCP plugin of Quicksilver's network abstraction.
 //!
-//! One connection per peer pair, driven by epoll (through `mio`), length-prefixed frames
-//! (see [`frame`]), vectored writes, `TCP_NODELAY` and large socket buffers. TCP has no
-//! remote memory access, so `put`/`get` are emulated over the stream: a `get` is a request
-//! that the owner answers straight out of its registered memory, a `put` carries the data,
-//! and the owner checks key, bounds and access mode before touching a byte. Large transfers
-//! are split into chunks with a bounded window in flight.
+//! The [`na_stream`] core over TCP sockets: one connection per peer pair, `TCP_NODELAY`,
+//! large socket buffers, `readv`/`writev`. TCP has no remote memory access, so `put`/`get`
+//! are emulated over the stream by the core (the owner checks every access).
 //!
 //! ```
 //! use na::{Address, Plugin};
@@ -14,47 +11,20 @@
 //! ```
 #![deny(missing_docs)]
 
-mod conn;
-mod driver;
-pub mod frame;
-mod landing;
-mod mr;
-mod ops;
-
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::io;
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use na::{
-    Access, Address, Event, MemHandle, NaError, NaResult, OpId, PeerId, Plugin, RemoteMem, Segment,
-};
-
-use conn::{Body, Conn, OutFrame};
-use frame::{Kind, RmaReq};
-use mr::MemTable;
-use ops::{Ops, Rma};
-
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
-const FIRST_PEER: u64 = 2;
+use na::{Address, NaError, NaResult};
+use na_stream::{Connector, RawPiece, Wire};
+pub use na_stream::{StreamConfig, StreamPlugin, frame};
 
 /// Tunables of the TCP plugin.
 #[derive(Clone, Debug)]
 pub struct TcpConfig {
-    /// Largest message (`send_*`) in bytes.
-    pub max_eager: usize,
-    /// Largest RMA chunk on the wire (default 512 KiB with 4 in flight per transfer:
-    /// measured with `qs-bw` against 256 KiB × 8 and 1 MiB × 4; pushes gained the most).
-    pub rma_chunk: usize,
-    /// RMA chunks in flight per transfer.
-    pub rma_window: u32,
+    /// The stream core's tunables (eager size, RMA chunking).
+    pub stream: StreamConfig,
     /// `SO_SNDBUF`/`SO_RCVBUF` requested for each connection. Bytes queued in the kernel
     /// are ahead of any later message, so this bounds how long a small RPC can wait behind
     /// bulk data: 1 MiB keeps that near 10 ms under heavy transfers with no loss of
@@ -65,35 +35,43 @@ pub struct TcpConfig {
 impl Default for TcpConfig {
     fn default() -> Self {
         TcpConfig {
-            max_eager: 64 * 1024,
-            rma_chunk: 512 * 1024,
-            rma_window: 4,
+            stream: StreamConfig::default(),
             socket_buffer: 1 << 20,
         }
     }
 }
 
-/// The TCP plugin. See the crate documentation.
-pub struct TcpPlugin {
-    cfg: TcpConfig,
-    self_addr: Address,
-    poll: Mutex<(Poll, Events)>,
-    poll_fd: RawFd,
-    registry: Registry,
-    waker: Waker,
-    listener: TcpListener,
-    conns: Mutex<HashMap<PeerId, Arc<Conn>>>,
-    by_addr: Mutex<HashMap<Address, PeerId>>,
-    next_peer: AtomicU64,
-    ops: Mutex<Ops>,
-    mem: MemTable,
-    events: Mutex<VecDeque<Event>>,
-    /// Connections with data left unread when their read budget ran out.
-    unread: Mutex<HashSet<PeerId>>,
-}
+/// The TCP plugin: constructors of a [`StreamPlugin`] over TCP.
+pub struct TcpPlugin;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+impl TcpPlugin {
+    /// Listens on `addr` (`tcp://host:port`, port 0 for an ephemeral one) with defaults.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(addr: &Address) -> NaResult<StreamPlugin> {
+        Self::with_config(addr, TcpConfig::default())
+    }
+
+    /// Listens on `addr` with the given tunables.
+    pub fn with_config(addr: &Address, cfg: TcpConfig) -> NaResult<StreamPlugin> {
+        let sa = resolve(addr)?;
+        let listener = TcpListener::bind(sa)?;
+        let mut local = listener.local_addr()?;
+        if local.ip().is_unspecified() {
+            // A wildcard bind is reachable on loopback; name that so peers can dial it.
+            local.set_ip(if local.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let self_addr = Address::new("tcp", None, &local.to_string())?;
+        let net = Tcp {
+            listener,
+            self_addr,
+            socket_buffer: cfg.socket_buffer,
+        };
+        StreamPlugin::new(Box::new(net), cfg.stream)
+    }
 }
 
 fn resolve(addr: &Address) -> NaResult<SocketAddr> {
@@ -111,268 +89,23 @@ fn resolve(addr: &Address) -> NaResult<SocketAddr> {
         .ok_or_else(|| bad("resolves to no address".into()))
 }
 
-impl TcpPlugin {
-    /// Listens on `addr` (`tcp://host:port`, port 0 for an ephemeral one) with defaults.
-    pub fn new(addr: &Address) -> NaResult<Self> {
-        Self::with_config(addr, TcpConfig::default())
-    }
+struct Tcp {
+    listener: TcpListener,
+    self_addr: Address,
+    socket_buffer: usize,
+}
 
-    /// Listens on `addr` with the given tunables.
-    pub fn with_config(addr: &Address, cfg: TcpConfig) -> NaResult<Self> {
-        let sa = resolve(addr)?;
-        let poll = Poll::new()?;
-        let registry = poll.registry().try_clone()?;
-        let waker = Waker::new(&registry, WAKER)?;
-        let mut listener = TcpListener::bind(sa)?;
-        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut local = listener.local_addr()?;
-        if local.ip().is_unspecified() {
-            // A wildcard bind is reachable on loopback; name that so peers can dial it.
-            local.set_ip(if local.is_ipv4() {
-                [127, 0, 0, 1].into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        let self_addr = Address::new("tcp", None, &local.to_string())?;
-        let poll_fd = poll.as_raw_fd();
-        tracing::debug!(addr = %self_addr, "tcp plugin listening");
-        Ok(TcpPlugin {
-            cfg,
-            self_addr,
-            poll: Mutex::new((poll, Events::with_capacity(256))),
-            poll_fd,
-            registry,
-            waker,
-            listener,
-            conns: Mutex::new(HashMap::new()),
-            by_addr: Mutex::new(HashMap::new()),
-            next_peer: AtomicU64::new(FIRST_PEER),
-            ops: Mutex::new(Ops::default()),
-            mem: MemTable::default(),
-            events: Mutex::new(VecDeque::new()),
-            unread: Mutex::new(HashSet::new()),
-        })
-    }
-
-    /// Operations posted and not yet completed (for leak checks).
-    pub fn pending_ops(&self) -> usize {
-        lock(&self.ops).len()
-    }
-
-    /// Open connections.
-    pub fn connections(&self) -> usize {
-        lock(&self.conns).len()
-    }
-
-    fn max_frame(&self) -> usize {
-        // The largest RMA frame is a PutReq: its fixed part plus one chunk.
-        self.cfg
-            .max_eager
-            .max(self.cfg.rma_chunk + RmaReq::PUT_LEN)
-            .max(RmaReq::GET_LEN)
-    }
-
-    fn tune(&self, s: &TcpStream) {
+impl Tcp {
+    fn wire(&self, s: TcpStream) -> Box<dyn Wire> {
         let _ = s.set_nodelay(true);
-        let sock = socket2::SockRef::from(s);
-        let _ = sock.set_send_buffer_size(self.cfg.socket_buffer);
-        let _ = sock.set_recv_buffer_size(self.cfg.socket_buffer);
-    }
-
-    fn add_conn(
-        &self,
-        stream: TcpStream,
-        outgoing: bool,
-        remote: Option<Address>,
-    ) -> NaResult<PeerId> {
-        self.tune(&stream);
-        let peer = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
-        let fd = stream.as_raw_fd();
-        let conn = Arc::new(Conn::new(
-            peer,
-            stream,
-            outgoing,
-            !outgoing,
-            self.max_frame(),
-        ));
-        *lock(&conn.remote) = remote;
-        lock(&self.conns).insert(peer, conn);
-        // Registered after insertion, so that no event can find the map without it.
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self
-            .registry
-            .register(&mut SourceFd(&fd), Token(peer.0 as usize), interest)
-        {
-            lock(&self.conns).remove(&peer);
-            return Err(e.into());
-        }
-        Ok(peer)
-    }
-
-    fn conn(&self, peer: PeerId) -> NaResult<Arc<Conn>> {
-        lock(&self.conns)
-            .get(&peer)
-            .cloned()
-            .ok_or_else(|| NaError::Disconnected(format!("no connection to peer {}", peer.0)))
-    }
-
-    fn push_events(&self, evs: impl IntoIterator<Item = Event>, wake: bool) {
-        let mut q = lock(&self.events);
-        let before = q.len();
-        q.extend(evs);
-        if wake && q.len() > before {
-            drop(q);
-            let _ = self.waker.wake();
-        }
-    }
-
-    fn complete_sends(&self, done: Vec<OpId>) {
-        if done.is_empty() {
-            return;
-        }
-        let evs: Vec<Event> = {
-            let mut ops = lock(&self.ops);
-            done.into_iter()
-                .filter_map(|op| ops.complete(op, Ok(Vec::new())))
-                .collect()
-        };
-        self.push_events(evs, false);
-    }
-
-    fn post_message(&self, peer: PeerId, kind: Kind, tag: u64, data: Vec<u8>) -> NaResult<OpId> {
-        if data.len() > self.cfg.max_eager {
-            return Err(NaError::InvalidArgument(format!(
-                "message of {} bytes exceeds the eager limit of {}",
-                data.len(),
-                self.cfg.max_eager
-            )));
-        }
-        let conn = self.conn(peer)?;
-        let op = lock(&self.ops).add_send(peer);
-        match conn.send(OutFrame::new(kind, tag, data, Some(op)), &self.mem) {
-            Ok(f) => self.complete_sends(f.done),
-            Err(_) => self.fail_op(op, NaError::Disconnected("connection closed".into())),
-        }
-        Ok(op)
-    }
-
-    fn fail_op(&self, op: OpId, e: NaError) {
-        let ev = lock(&self.ops).complete(op, Err(e));
-        self.push_events(ev, true);
-    }
-
-    // The trait's put/get arguments plus the direction.
-    #[allow(clippy::too_many_arguments)]
-    fn post_rma(
-        &self,
-        is_get: bool,
-        peer: PeerId,
-        local: &MemHandle,
-        local_off: u64,
-        remote: &RemoteMem,
-        remote_off: u64,
-        len: u64,
-    ) -> NaResult<OpId> {
-        self.mem.check_local(local.id, local_off, len)?;
-        if remote_off
-            .checked_add(len)
-            .is_none_or(|end| end > remote.len)
-        {
-            return Err(NaError::InvalidArgument(format!(
-                "remote range {remote_off}+{len} outside region of {} bytes",
-                remote.len
-            )));
-        }
-        let conn = self.conn(peer)?;
-        let rma = Rma {
-            is_get,
-            local_id: local.id,
-            local_off,
-            remote_key: remote.key,
-            remote_off,
-            len,
-            issued: 0,
-            inflight: 0,
-            error: None,
-        };
-        let (op, frames, evs) = {
-            let mut ops = lock(&self.ops);
-            let op = ops.add_rma(peer, rma);
-            if len == 0 {
-                let ev = ops.complete(op, Ok(Vec::new()));
-                (op, Vec::new(), ev.into_iter().collect())
-            } else {
-                let (f, e) = self.issue_chunks(&mut ops, op);
-                (op, f, e)
-            }
-        };
-        self.push_events(evs, true);
-        self.send_frames(&conn, frames);
-        Ok(op)
-    }
-
-    /// Builds the request frames for the next chunks of `op` within its window.
-    fn issue_chunks(&self, ops: &mut Ops, op: OpId) -> (Vec<OutFrame>, Vec<Event>) {
-        let mut frames = Vec::new();
-        let mut evs = Vec::new();
-        for (id, c) in ops.next_chunks(op, self.cfg.rma_window, self.cfg.rma_chunk as u64) {
-            let Some(r) = ops.rma(op) else { break };
-            let offset = r.remote_off + c.rel_off;
-            if r.is_get {
-                let req = RmaReq {
-                    key: r.remote_key,
-                    offset,
-                    len: c.len,
-                };
-                frames.push(OutFrame::new(Kind::GetReq, id, req.encode_get(), None));
-                continue;
-            }
-            // The data is read from registered memory when the frame is written.
-            let local_off = r.local_off + c.rel_off;
-            match self.mem.check_local(r.local_id, local_off, c.len) {
-                Ok(()) => {
-                    let prefix = RmaReq::encode_put_prefix(r.remote_key, offset).to_vec();
-                    let body = Body::Region {
-                        prefix,
-                        key: r.local_id,
-                        offset: local_off,
-                        len: c.len as usize,
-                    };
-                    frames.push(OutFrame::with_body(Kind::PutReq, id, body, None));
-                }
-                Err(e) => {
-                    ops.take_chunk(id);
-                    evs.extend(ops.chunk_done(op, Err(e)));
-                }
-            }
-        }
-        (frames, evs)
-    }
-
-    /// Posts frames from the read path; `read_or_close` writes them once the batch of
-    /// frames read is handled, so that answering 64 small requests costs one `writev`.
-    fn queue_frames(&self, conn: &Conn, frames: Vec<OutFrame>) {
-        for f in frames {
-            // A closing connection fails its ops in close_conn.
-            if conn.post(f).is_err() {
-                break;
-            }
-        }
-    }
-
-    fn send_frames(&self, conn: &Conn, frames: Vec<OutFrame>) {
-        for f in frames {
-            match conn.send(f, &self.mem) {
-                Ok(fl) => self.complete_sends(fl.done),
-                // The connection is closing; its ops fail in close_conn.
-                Err(_) => break,
-            }
-        }
+        let sock = socket2::SockRef::from(&s);
+        let _ = sock.set_send_buffer_size(self.socket_buffer);
+        let _ = sock.set_recv_buffer_size(self.socket_buffer);
+        Box::new(TcpWire(s))
     }
 }
 
-impl Plugin for TcpPlugin {
+impl Connector for Tcp {
     fn name(&self) -> &'static str {
         "tcp"
     }
@@ -381,121 +114,82 @@ impl Plugin for TcpPlugin {
         &self.self_addr
     }
 
-    fn max_eager_size(&self) -> usize {
-        self.cfg.max_eager
+    fn listen_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
     }
 
-    fn lookup(&self, addr: &Address) -> NaResult<PeerId> {
-        let mut by_addr = lock(&self.by_addr);
-        if let Some(p) = by_addr.get(addr) {
-            return Ok(*p);
-        }
+    fn dial(&self, addr: &Address) -> NaResult<(Box<dyn Wire>, bool)> {
         let sa = resolve(addr)?;
-        let stream =
-            TcpStream::connect(sa).map_err(|e| NaError::Unreachable(format!("{addr}: {e}")))?;
-        let peer = self.add_conn(stream, true, Some(addr.clone()))?;
-        by_addr.insert(addr.clone(), peer);
-        drop(by_addr);
-        let hello = self.self_addr.to_string().into_bytes();
-        self.send_frames(
-            &*self.conn(peer)?,
-            vec![OutFrame::new(Kind::Hello, 0, hello, None)],
-        );
-        Ok(peer)
+        let s = TcpStream::connect(sa).map_err(|e| NaError::Unreachable(format!("{addr}: {e}")))?;
+        Ok((self.wire(s), false))
     }
 
-    fn send_unexpected(&self, peer: PeerId, tag: u64, data: Vec<u8>) -> NaResult<OpId> {
-        self.post_message(peer, Kind::Unexpected, tag, data)
-    }
-
-    fn send_expected(&self, peer: PeerId, tag: u64, data: Vec<u8>) -> NaResult<OpId> {
-        self.post_message(peer, Kind::Expected, tag, data)
-    }
-
-    fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId> {
-        self.conn(peer)?;
-        lock(&self.ops).add_recv(peer, tag)
-    }
-
-    unsafe fn register(&self, segments: &[Segment], access: Access) -> NaResult<MemHandle> {
-        // SAFETY: forwarded contract of Plugin::register.
-        unsafe { self.mem.register(segments, access) }
-    }
-
-    fn deregister(&self, handle: &MemHandle) -> NaResult<()> {
-        // Refuse new accesses, copy what queued frames still need, then forget the region:
-        // after this returns, nothing reads or writes its memory.
-        self.mem.revoke(handle.id)?;
-        let conns: Vec<Arc<Conn>> = lock(&self.conns).values().cloned().collect();
-        for c in conns {
-            c.materialize(handle.id, &self.mem);
-        }
-        self.mem.remove(handle.id);
-        Ok(())
-    }
-
-    fn put(
-        &self,
-        peer: PeerId,
-        local: &MemHandle,
-        local_off: u64,
-        remote: &RemoteMem,
-        remote_off: u64,
-        len: u64,
-    ) -> NaResult<OpId> {
-        self.post_rma(false, peer, local, local_off, remote, remote_off, len)
-    }
-
-    fn get(
-        &self,
-        peer: PeerId,
-        local: &MemHandle,
-        local_off: u64,
-        remote: &RemoteMem,
-        remote_off: u64,
-        len: u64,
-    ) -> NaResult<OpId> {
-        self.post_rma(true, peer, local, local_off, remote, remote_off, len)
-    }
-
-    fn progress(&self, timeout: Option<Duration>) -> NaResult<()> {
-        let busy = !lock(&self.events).is_empty() || !lock(&self.unread).is_empty();
-        let timeout = if busy { Some(Duration::ZERO) } else { timeout };
-        let mut g = lock(&self.poll);
-        let (poll, events) = &mut *g;
-        match poll.poll(events, timeout) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e.into()),
-            Ok(()) => {}
-        }
-        for ev in events.iter() {
-            match ev.token() {
-                LISTENER => self.accept_all(),
-                WAKER => {}
-                Token(t) => self.on_conn_event(PeerId(t as u64), ev),
+    fn accept(&self) -> Vec<Box<dyn Wire>> {
+        let mut out = Vec::new();
+        loop {
+            match self.listener.accept() {
+                Ok((s, from)) => {
+                    tracing::trace!(%from, "tcp connection");
+                    out.push(self.wire(s));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and retry on the next readiness event.
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    return out;
+                }
             }
         }
-        drop(g);
-        self.read_leftovers();
-        Ok(())
+    }
+}
+
+struct TcpWire(TcpStream);
+
+impl Wire for TcpWire {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.0).read(buf)
     }
 
-    fn poll_event(&self) -> Option<Event> {
-        lock(&self.events).pop_front()
+    unsafe fn read_raw(&self, pieces: &[RawPiece]) -> io::Result<usize> {
+        let iov: Vec<libc::iovec> = pieces
+            .iter()
+            .take(512)
+            .map(|&(p, n)| libc::iovec {
+                iov_base: p.cast(),
+                iov_len: n,
+            })
+            .collect();
+        // SAFETY: the caller guarantees every piece is valid for writes of its length;
+        // readv writes at most that.
+        let r = unsafe { libc::readv(self.0.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
     }
 
-    fn cancel(&self, op: OpId) -> bool {
-        let ev = lock(&self.ops).complete(op, Err(NaError::Canceled));
-        let found = ev.is_some();
-        self.push_events(ev, true);
-        found
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&self.0).write_vectored(bufs)
     }
 
-    fn wake(&self) {
-        let _ = self.waker.wake();
+    fn shutdown(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
     }
 
-    fn poll_fd(&self) -> Option<RawFd> {
-        Some(self.poll_fd)
+    fn fds(&self) -> Vec<RawFd> {
+        vec![self.0.as_raw_fd()]
+    }
+
+    fn connected(&self) -> io::Result<bool> {
+        if let Some(e) = self.0.take_error()? {
+            return Err(e);
+        }
+        match self.0.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -1,59 +1,44 @@
-//! The receive side of the TCP plugin: accepting connections, reading and decoding
+//! The receive side of the stream core: accepting connections, reading and decoding
 //! frames, serving RMA requests out of registered memory, landing RMA answers, and
 //! failing everything on a connection that ends.
 
-use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::io;
 
 use mio::unix::SourceFd;
 use na::{Address, Event, NaError, NaResult, PeerId};
 
 use crate::conn::{Body, Conn, OutFrame};
 use crate::frame::{Header, Kind, RmaReq, RmaStatus};
-use crate::{TcpPlugin, lock};
+use crate::{StreamPlugin, lock};
 
 /// Bytes read from one connection per progress call before completions get their turn.
 const READ_BUDGET: usize = 2 << 20;
 
-impl TcpPlugin {
+impl StreamPlugin {
     pub(crate) fn accept_all(&self) {
-        loop {
-            match self.listener.accept() {
-                Ok((s, from)) => match self.add_conn(s, false, None) {
-                    Ok(peer) => tracing::debug!(peer = peer.0, %from, "tcp accepted"),
-                    Err(e) => tracing::warn!(error = %e, "tcp accept: cannot register connection"),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: log and retry on the next readiness event.
-                    tracing::warn!(error = %e, "tcp accept failed");
-                    return;
-                }
+        for wire in self.net.accept() {
+            match self.add_conn(wire, false, true, None) {
+                Ok(peer) => tracing::debug!(peer = peer.0, "{} accepted", self.net.name()),
+                Err(e) => tracing::warn!(error = %e, "accept: cannot register connection"),
             }
         }
     }
 
     pub(crate) fn on_conn_event(&self, peer: PeerId, ev: &mio::event::Event) {
         let Ok(conn) = self.conn(peer) else { return };
-        if ev.is_writable() {
+        let (read, write) = conn.wire.ready(ev);
+        if write {
             if !conn.is_connected() {
-                match conn.stream.take_error() {
-                    Ok(None) => {}
-                    Ok(Some(e)) | Err(e) => {
-                        return self.close_conn(peer, self.conn_error(&conn, e));
-                    }
-                }
-                match conn.stream.peer_addr() {
-                    Ok(_) => conn.set_connected(),
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                match conn.wire.connected() {
+                    Ok(true) => conn.set_connected(),
+                    Ok(false) => {}
                     Err(e) => return self.close_conn(peer, self.conn_error(&conn, e)),
                 }
             }
             let f = conn.flush(&self.mem);
             self.complete_sends(f.done);
         }
-        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+        if read {
             self.read_or_close(&conn);
         }
     }
@@ -111,7 +96,7 @@ impl TcpPlugin {
             }
             let buf = rs.decoder.spare(64 * 1024);
             let buf_len = buf.len();
-            match (&conn.stream).read(buf) {
+            match conn.wire.read(buf) {
                 Ok(0) if rs.decoder.mid_frame() => {
                     return Err(NaError::PeerMisbehaved(
                         "connection closed in the middle of a frame".into(),
@@ -147,9 +132,9 @@ impl TcpPlugin {
                 let addr = std::str::from_utf8(p)
                     .ok()
                     .and_then(|s| Address::parse(s).ok())
-                    .filter(|a| a.plugin() == "tcp");
+                    .filter(|a| a.plugin() == self.net.name());
                 let Some(addr) = addr else {
-                    return misbehaved("Hello carries no tcp address");
+                    return misbehaved("Hello carries no address of this transport");
                 };
                 lock(&self.by_addr).entry(addr.clone()).or_insert(peer);
                 *lock(&conn.remote) = Some(addr);
@@ -261,12 +246,12 @@ impl TcpPlugin {
         let Some(conn) = lock(&self.conns).remove(&peer) else {
             return;
         };
-        tracing::debug!(peer = peer.0, error = %err, "tcp connection closed");
+        tracing::debug!(peer = peer.0, error = %err, "{} connection closed", self.net.name());
         conn.close();
-        let _ = self
-            .registry
-            .deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
-        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        for fd in conn.wire.fds() {
+            let _ = self.registry.deregister(&mut SourceFd(&fd));
+        }
+        conn.wire.shutdown();
         lock(&self.by_addr).retain(|_, p| *p != peer);
         let mut evs = lock(&self.ops).fail_peer(peer, &err);
         evs.push(Event::PeerLost { peer, error: err });

@@ -198,8 +198,7 @@ impl MemTable {
     }
 }
 
-/// A raw destination in registered memory: (address, length).
-pub type RawPiece = (*mut u8, usize);
+use crate::wire::RawPiece;
 
 impl MemTable {
     /// The pieces of live region `key` at `offset..offset+len`, to receive `write`-side

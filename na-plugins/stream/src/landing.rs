@@ -1,5 +1,5 @@
 //! Receiving large bulk frames straight into registered memory: a put's data lands in the
-//! owner's region and a get's answer in the requester's, read from the socket with `readv`
+//! owner's region and a get's answer in the requester's, read from the wire (`readv` on a socket)
 //! into the region's segments, with no intermediate buffer.
 //!
 //! The decoder hands over a frame once its header and fixed prefix are in
@@ -8,16 +8,14 @@
 //! buffer and dropped, so the stream stays in step and no memory is touched.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
-use mio::net::TcpStream;
 use na::{Event, NaError, NaResult, OpId};
 
 use crate::conn::{Conn, OutFrame};
 use crate::frame::{DirectStart, Header, Kind, RmaStatus};
-use crate::mr::RawPiece;
 use crate::ops::{Chunk, Ops};
-use crate::{TcpPlugin, lock};
+use crate::wire::{RawPiece, Wire};
+use crate::{StreamPlugin, lock};
 
 /// Bodies at least this large are received directly.
 pub(crate) const DIRECT_MIN: usize = 64 * 1024;
@@ -55,8 +53,8 @@ pub(crate) struct Direct {
 enum Src<'a> {
     /// Already in the decoder's buffer.
     Buffered(&'a [u8]),
-    /// Still in the socket.
-    Socket(&'a TcpStream),
+    /// Still in the wire.
+    Wire(&'a dyn Wire),
 }
 
 impl Src<'_> {
@@ -75,25 +73,9 @@ impl Src<'_> {
                 }
                 Ok(at)
             }
-            Src::Socket(s) => {
-                let iov: Vec<libc::iovec> = pieces
-                    .iter()
-                    .take(512)
-                    .map(|&(p, n)| libc::iovec {
-                        iov_base: p.cast(),
-                        iov_len: n,
-                    })
-                    .collect();
-                // SAFETY: as above for every piece; readv writes at most their lengths, and
-                // no Rust reference to that memory exists meanwhile.
-                let r =
-                    unsafe { libc::readv(s.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-                if r < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(r as usize)
-                }
-            }
+            // SAFETY: as above for every piece; no Rust reference to that memory exists
+            // meanwhile.
+            Src::Wire(w) => unsafe { w.read_raw(pieces) },
         }
     }
 
@@ -101,15 +83,15 @@ impl Src<'_> {
     fn discard(&self, max: usize) -> io::Result<usize> {
         match self {
             Src::Buffered(data) => Ok(data.len().min(max)),
-            Src::Socket(s) => {
+            Src::Wire(w) => {
                 let mut scratch = vec![0u8; max.min(64 * 1024)];
-                io::Read::read(&mut &**s, &mut scratch)
+                w.read(&mut scratch)
             }
         }
     }
 }
 
-impl TcpPlugin {
+impl StreamPlugin {
     /// Decides where a bulk frame's body goes, from its header and prefix.
     fn open_sink(&self, h: Header, prefix: &[u8], body_len: usize) -> NaResult<Sink> {
         if h.kind == Kind::PutReq {
@@ -287,7 +269,7 @@ impl TcpPlugin {
         let Some(d) = rs.direct.as_mut() else {
             return Ok(Some(0));
         };
-        match self.receive(d, Src::Socket(&conn.stream)) {
+        match self.receive(d, Src::Wire(&*conn.wire)) {
             Ok(0) => Err(NaError::PeerMisbehaved(
                 "connection closed in the middle of a frame".into(),
             )),

@@ -1,4 +1,4 @@
-//! One TCP connection: its socket, the frames waiting to be written, and the decoder of
+//! One connection: its wire, the frames waiting to be written, and the decoder of
 //! what it reads.
 //!
 //! Writes are vectored and happen in whichever thread posts (or in the progress thread when
@@ -8,12 +8,13 @@
 //! body names registered memory, read straight into `writev` at write time.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
-use mio::net::TcpStream;
 use na::{Address, OpId, PeerId};
+
+use crate::wire::Wire;
 
 use crate::frame::{Decoder, HEADER_LEN, Header, Kind};
 use crate::mr::{MemRead, MemTable};
@@ -187,8 +188,8 @@ pub struct ReadState {
 pub struct Conn {
     /// Our id for the peer.
     pub peer: PeerId,
-    /// The socket.
-    pub stream: TcpStream,
+    /// The byte stream.
+    pub wire: Box<dyn Wire>,
     /// Frames posted and not yet taken by a writer (held only briefly).
     inbox: Mutex<VecDeque<OutFrame>>,
     /// Frames being written (held by the writing thread for a whole flush).
@@ -221,14 +222,14 @@ impl Conn {
     /// A connection over `stream`.
     pub fn new(
         peer: PeerId,
-        stream: TcpStream,
+        wire: Box<dyn Wire>,
         outgoing: bool,
         connected: bool,
         max_frame: usize,
     ) -> Self {
         Conn {
             peer,
-            stream,
+            wire,
             inbox: Mutex::new(VecDeque::new()),
             write: Mutex::new(WriteQ::default()),
             connected: AtomicBool::new(connected),
@@ -308,7 +309,7 @@ impl Conn {
                 for (f, skip) in head.chain(rest).take(BATCH) {
                     f.slices(skip, &guard, &mut slices);
                 }
-                (&self.stream).write_vectored(&slices)
+                self.wire.write_vectored(&slices)
             };
             match written {
                 Ok(0) => return self.fail(w),
@@ -328,7 +329,7 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::debug!(peer = self.peer.0, error = %e, "tcp write failed");
+                    tracing::debug!(peer = self.peer.0, error = %e, "write failed");
                     return self.fail(w);
                 }
             }
@@ -350,7 +351,7 @@ impl Conn {
         self.closed.store(true, Ordering::Release);
         w.clear();
         lock(&self.inbox).clear();
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.wire.shutdown();
         true
     }
 

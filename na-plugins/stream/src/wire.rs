@@ -1,0 +1,85 @@
+//! What a transport supplies: a [`Wire`] (one connection's byte stream) and a
+//! [`Connector`] (how connections are made and accepted).
+
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+
+use na::{Address, NaResult};
+
+/// Raw pieces of registered memory: pointer and length.
+pub type RawPiece = (*mut u8, usize);
+
+/// One connection's reliable, ordered byte stream, non-blocking.
+///
+/// Reads and writes return `WouldBlock` when nothing can move now; the readiness of
+/// [`Wire::fds`] (edge-triggered) says when to try again. `Ok(0)` from a read is the end
+/// of the stream.
+pub trait Wire: Send + Sync + 'static {
+    /// Reads into `buf`.
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// Reads into raw pieces of registered memory, in order.
+    ///
+    /// # Safety
+    /// Every piece must be valid for writes of its length, with no live Rust reference to
+    /// that memory while the call runs.
+    unsafe fn read_raw(&self, pieces: &[RawPiece]) -> io::Result<usize>;
+
+    /// Writes from `bufs` in order.
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Ends the stream both ways, so that the peer (and our own event loop) sees it close.
+    fn shutdown(&self);
+
+    /// The descriptors whose readiness drives this connection.
+    fn fds(&self) -> Vec<RawFd>;
+
+    /// Whether a connection still being established is up: `Ok(false)` not yet.
+    fn connected(&self) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    /// After a readiness event: what to try, as (read, write).
+    fn ready(&self, ev: &mio::event::Event) -> (bool, bool) {
+        (
+            ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+            ev.is_writable(),
+        )
+    }
+
+    /// Whether input waits, found without a system call (memory transports); streams whose
+    /// input only readiness reveals answer false.
+    fn has_input(&self) -> bool {
+        false
+    }
+
+    /// Before the event loop sleeps: declares it, so that the peer's next write wakes us.
+    /// False when input already waits (do not sleep).
+    fn prepare_sleep(&self) -> bool {
+        true
+    }
+}
+
+/// How a transport makes connections. The stream core does everything else.
+pub trait Connector: Send + Sync + 'static {
+    /// The plugin name addresses use (`tcp`, `sm`).
+    fn name(&self) -> &'static str;
+
+    /// The address peers dial to reach us.
+    fn self_addr(&self) -> &Address;
+
+    /// The listening descriptor, readable when peers connect.
+    fn listen_fd(&self) -> RawFd;
+
+    /// Starts a connection to `addr`; returns the wire and whether it is already up.
+    fn dial(&self, addr: &Address) -> NaResult<(Box<dyn Wire>, bool)>;
+
+    /// Takes every connection waiting on the listener (never blocks for long).
+    fn accept(&self) -> Vec<Box<dyn Wire>>;
+
+    /// Whether zero-timeout progress should look at memory before asking the kernel: true
+    /// for shared memory, where busy polling must not make a system call per pass.
+    fn polls_memory(&self) -> bool {
+        false
+    }
+}
