@@ -7,25 +7,27 @@ use na::{Address, NaError, Plugin};
 
 use crate::RpcError;
 
-/// The environment variable that picks the transport (`tcp`) or the whole listen address
-/// (`tcp://0.0.0.0:7000`) when a program does not name one.
+/// The environment variable that picks the transport (`tcp`, `sm`) or the whole listen
+/// address (`tcp://0.0.0.0:7000`, `sm://myserver`) when a program does not name one.
 pub const TRANSPORT_ENV: &str = "RPC_TRANSPORT";
 
 /// The transport used when neither the program nor the environment names one.
 pub const DEFAULT_TRANSPORT: &str = "tcp";
 
 /// Transports built into this program.
-pub const TRANSPORTS: &[&str] = &["tcp"];
+pub const TRANSPORTS: &[&str] = &["tcp", "sm"];
 
 fn default_locator(transport: &str) -> Option<&'static str> {
     match transport {
         "tcp" => Some("127.0.0.1:0"),
+        "sm" => Some("auto"),
         _ => None,
     }
 }
 
 /// The address to listen on: `explicit` if given, else from `RPC_TRANSPORT`, else the
-/// default transport on its default locator (an ephemeral loopback port for tcp).
+/// default transport on its default locator (an ephemeral loopback port for tcp, a name
+/// unique on the node for sm).
 pub fn listen_address(explicit: Option<&str>) -> Result<Address, RpcError> {
     let env = std::env::var(TRANSPORT_ENV)
         .ok()
@@ -53,6 +55,7 @@ fn unsupported(transport: &str) -> RpcError {
 pub(crate) fn open(addr: &Address) -> Result<Arc<dyn Plugin>, RpcError> {
     match addr.transport().as_str() {
         "tcp" => Ok(Arc::new(na_tcp::TcpPlugin::new(addr)?)),
+        "sm" => Ok(Arc::new(na_sm::SmPlugin::new(addr)?)),
         other => Err(unsupported(other)),
     }
 }
@@ -71,7 +74,8 @@ mod tests {
             listen_address(Some("tcp")).unwrap().to_string(),
             "tcp://127.0.0.1:0"
         );
+        assert_eq!(listen_address(Some("sm")).unwrap().to_string(), "sm://auto");
         let e = listen_address(Some("carrier-pigeon")).unwrap_err();
-        assert!(e.to_string().contains("available: tcp"), "{e}");
+        assert!(e.to_string().contains("available: tcp, sm"), "{e}");
     }
 }

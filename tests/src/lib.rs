@@ -72,9 +72,26 @@ pub fn bin(name: &str) -> std::path::PathBuf {
     dir.join(name)
 }
 
-/// A client engine on an ephemeral loopback port with default settings.
+/// The transport the process tests run over, from `QS_TEST_TRANSPORT`: `tcp` (default)
+/// or `sm`. `scripts/test-all` runs them over each.
+pub fn transport() -> &'static str {
+    match std::env::var("QS_TEST_TRANSPORT").as_deref() {
+        Ok("sm") => "sm",
+        _ => "tcp",
+    }
+}
+
+/// An address to listen on over [`transport`]: an ephemeral port, or a fresh sm name.
+pub fn listen_addr() -> &'static str {
+    match transport() {
+        "sm" => "sm://auto",
+        _ => "tcp://127.0.0.1:0",
+    }
+}
+
+/// A client engine over [`transport`] with default settings.
 pub fn client() -> rpc_core::Engine {
-    rpc_core::Engine::new("tcp://127.0.0.1:0").expect("client engine")
+    rpc_core::Engine::new(listen_addr()).expect("client engine")
 }
 
 /// A raw TCP-plugin frame, for tests that speak the wire protocol by hand.

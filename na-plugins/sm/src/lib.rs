@@ -22,6 +22,9 @@
 #![deny(missing_docs)]
 
 pub mod link;
+mod plugin;
 pub mod ring;
 pub mod shm;
 mod sync;
+
+pub use plugin::{SmConfig, SmPlugin};

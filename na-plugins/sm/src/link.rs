@@ -14,6 +14,8 @@ use crate::shm::{Dir, Segment};
 
 const HELLO_MAGIC: u32 = 0x5153_4c4b; // "QSLK"
 const NAME_MAX: usize = 100;
+/// How long an accepted peer has to send its hello.
+pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Which side of a link this is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -166,9 +168,12 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `name`; fails with `AddrInUse` while a live process holds it.
+    /// Binds `name`; fails with `AddrInUse` while a live process holds it. The listening
+    /// socket is non-blocking: [`Listener::accept`] returns `WouldBlock` when no peer waits.
     pub fn bind(name: &str) -> io::Result<Listener> {
         let sock = socket_at(name, libc::bind)?;
+        // SAFETY: setting a status flag on our socket.
+        check(unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) })?;
         // SAFETY: listening on our bound socket.
         check(unsafe { libc::listen(sock.as_raw_fd(), 128) })?;
         Ok(Listener {
@@ -187,9 +192,10 @@ impl Listener {
         self.sock.as_raw_fd()
     }
 
-    /// Accepts one connection and receives its segment and eventfds. Blocks, including on
-    /// a peer that connects and says nothing: the plugin must drive the handshake from its
-    /// event loop instead (a step of the plugin still to write).
+    /// Accepts one connection and receives its segment and eventfds: `WouldBlock` when no
+    /// peer waits. A connecting peer sends everything in its first message, at once; one
+    /// that stays silent is dropped after [`HELLO_TIMEOUT`] (`TimedOut`), and a malformed
+    /// hello is `InvalidData`: either way only that connection fails.
     pub fn accept(&self) -> io::Result<Link> {
         // SAFETY: accepting on our listening socket; the result is checked and owned.
         let sock = owned(unsafe {
@@ -200,7 +206,26 @@ impl Listener {
                 libc::SOCK_CLOEXEC,
             )
         })?;
-        let (payload, fds) = recv_with_fds(&sock)?;
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: HELLO_TIMEOUT.as_micros() as libc::suseconds_t,
+        };
+        // SAFETY: setting a receive timeout from a local timeval on our socket.
+        check(unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        })?;
+        let (payload, fds) = recv_with_fds(&sock).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => {
+                io::Error::new(io::ErrorKind::TimedOut, "sm hello: silent peer")
+            }
+            _ => e,
+        })?;
         let bad =
             |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sm hello: {why}"));
         let [memfd, wake_peer, wake_me]: [OwnedFd; 3] = fds

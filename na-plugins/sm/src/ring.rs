@@ -132,6 +132,14 @@ impl<'a> Ring<'a> {
 
     /// Producer: appends as many bytes of `bufs` (in order) as fit; 0 when full.
     pub fn write(&self, bufs: &[&[u8]]) -> Result<usize, RingError> {
+        self.write_from(bufs.iter().copied())
+    }
+
+    /// Producer: as [`Ring::write`], from any sequence of byte slices (`IoSlice`s).
+    pub fn write_from<'b>(
+        &self,
+        bufs: impl IntoIterator<Item = &'b [u8]>,
+    ) -> Result<usize, RingError> {
         let (head, tail) = self.indices()?;
         let mut free = self.cap - tail.wrapping_sub(head);
         let mut pos = tail;

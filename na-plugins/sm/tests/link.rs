@@ -71,6 +71,18 @@ fn child_entry() {
     }
 }
 
+/// Accepts, waiting for a peer (the listener is non-blocking).
+fn accept(l: &Listener) -> std::io::Result<Link> {
+    loop {
+        match l.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            r => return r,
+        }
+    }
+}
+
 #[test]
 fn peers_connect_exchange_and_wake_each_other() {
     let name = unique("pp");
@@ -84,7 +96,7 @@ fn peers_connect_exchange_and_wake_each_other() {
         }
         link
     });
-    let server = l.accept().unwrap();
+    let server = accept(&l).unwrap();
     assert!(server.peer_name.starts_with("test-client-"));
     assert_eq!(server.peer_pid, std::process::id() as i32);
     for _ in 0..100 {
@@ -139,11 +151,33 @@ fn a_garbage_hello_is_refused_and_the_listener_goes_on() {
         .unwrap();
     let s = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
     std::io::Write::write_all(&mut &s, b"not a hello, no descriptors").unwrap();
-    let e = l.accept().err().expect("refused");
+    let e = accept(&l).err().expect("refused");
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
     let me = unique("ok");
     let n2 = name.clone();
     let t = std::thread::spawn(move || connect(&n2, &me, 4096).map(|_| ()));
-    assert!(l.accept().is_ok());
+    assert!(accept(&l).is_ok());
     t.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_silent_peer_times_out_without_blocking_the_listener_for_long() {
+    let name = unique("silent");
+    let l = Listener::bind(&name).unwrap();
+    assert_eq!(
+        l.accept().err().unwrap().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+    let addr =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            format!("qs-sm/{name}"),
+        )
+        .unwrap();
+    let _silent = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        accept(&l).err().unwrap().kind(),
+        std::io::ErrorKind::TimedOut
+    );
+    assert!(t0.elapsed() < na_sm::link::HELLO_TIMEOUT * 5);
 }

@@ -68,7 +68,9 @@ impl StreamPlugin {
         let who = lock(&conn.remote)
             .as_ref()
             .map_or_else(|| format!("peer {}", conn.peer.0), |a| a.to_string());
-        if conn.is_connected() {
+        if e.kind() == io::ErrorKind::InvalidData {
+            NaError::PeerMisbehaved(format!("{who}: {e}"))
+        } else if conn.is_connected() {
             NaError::Disconnected(format!("{who}: {e}"))
         } else {
             NaError::Unreachable(format!("{who}: {e}"))

@@ -442,13 +442,14 @@ impl Plugin for StreamPlugin {
         let busy = !lock(&self.events).is_empty() || !lock(&self.unread).is_empty();
         let mut timeout = if busy { Some(Duration::ZERO) } else { timeout };
         if self.net.polls_memory() {
+            let found = self.poll_memory();
             if timeout == Some(Duration::ZERO) {
                 let pass = self.spins.fetch_add(1, Ordering::Relaxed);
-                if self.poll_memory() || !pass.is_multiple_of(KERNEL_EVERY) {
+                if found || !pass.is_multiple_of(KERNEL_EVERY) {
                     self.read_leftovers();
                     return Ok(());
                 }
-            } else if !self.prepare_sleep() {
+            } else if found || !self.prepare_sleep() {
                 timeout = Some(Duration::ZERO);
             }
         }
