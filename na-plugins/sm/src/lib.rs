@@ -21,6 +21,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod cma;
 pub mod link;
 mod plugin;
 pub mod ring;

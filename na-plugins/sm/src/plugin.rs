@@ -10,8 +10,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use na::{Address, NaError, NaResult};
-use na_stream::{Connector, RawPiece, StreamConfig, StreamPlugin, Wire};
+use na_stream::{Connector, CopyDir, RawPiece, StreamConfig, StreamPlugin, Wire};
 
+use crate::cma;
 use crate::link::{self, Link, Listener};
 use crate::ring::{Ring, RingError};
 
@@ -22,6 +23,9 @@ pub struct SmConfig {
     pub stream: StreamConfig,
     /// Bytes of each ring (one per direction per peer pair); a power of two.
     pub ring_size: usize,
+    /// Move RMA data by single copy (`process_vm_readv`/`writev`) when the kernel allows
+    /// it; otherwise, or when false, RMA data streams through the rings.
+    pub single_copy: bool,
 }
 
 impl Default for SmConfig {
@@ -29,6 +33,7 @@ impl Default for SmConfig {
         SmConfig {
             stream: StreamConfig::default(),
             ring_size: 256 * 1024,
+            single_copy: true,
         }
     }
 }
@@ -69,7 +74,19 @@ impl SmPlugin {
             _ => NaError::from(e),
         })?;
         let self_addr = Address::new("sm", None, &name)?;
+        let single_copy = cfg.single_copy
+            && match cma::probe() {
+                Ok(()) => {
+                    tracing::info!(addr = %self_addr, "sm: RMA by single copy (process_vm_readv/writev)");
+                    true
+                }
+                Err(why) => {
+                    tracing::info!(addr = %self_addr, %why, "sm: RMA copies through the rings");
+                    false
+                }
+            };
         let net = Sm {
+            single_copy,
             listener,
             self_addr,
             ring_size: cfg.ring_size,
@@ -88,6 +105,7 @@ fn auto_name() -> String {
 }
 
 struct Sm {
+    single_copy: bool,
     listener: Listener,
     self_addr: Address,
     ring_size: usize,
@@ -109,7 +127,7 @@ impl Connector for Sm {
     fn dial(&self, addr: &Address) -> NaResult<(Box<dyn Wire>, bool)> {
         let link = link::connect(addr.locator(), self.listener.name(), self.ring_size)
             .map_err(|e| NaError::Unreachable(format!("{addr}: {e}")))?;
-        Ok((Box::new(SmWire::new(link)), true))
+        Ok((Box::new(SmWire::new(link, self.single_copy)), true))
     }
 
     fn accept(&self) -> Vec<Box<dyn Wire>> {
@@ -118,7 +136,7 @@ impl Connector for Sm {
             match self.listener.accept() {
                 Ok(link) => {
                     tracing::trace!(peer = %link.peer_name, pid = link.peer_pid, "sm link");
-                    out.push(Box::new(SmWire::new(link)));
+                    out.push(Box::new(SmWire::new(link, self.single_copy)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -148,6 +166,8 @@ struct SmWire {
     link: Link,
     /// The liveness socket hung up: once the ring is drained, the stream ends.
     hup: AtomicBool,
+    /// RMA by single copy with this peer.
+    single_copy: bool,
 }
 
 fn corrupt(e: RingError) -> io::Error {
@@ -155,10 +175,11 @@ fn corrupt(e: RingError) -> io::Error {
 }
 
 impl SmWire {
-    fn new(link: Link) -> Self {
+    fn new(link: Link, single_copy: bool) -> Self {
         SmWire {
             link,
             hup: AtomicBool::new(false),
+            single_copy,
         }
     }
 
@@ -242,6 +263,20 @@ impl Wire for SmWire {
         }
         self.link.drain_wakeups();
         (true, true)
+    }
+
+    fn single_copy(&self) -> bool {
+        self.single_copy
+    }
+
+    unsafe fn peer_copy(
+        &self,
+        dir: CopyDir,
+        local: &[RawPiece],
+        remote: &[(u64, u64)],
+    ) -> io::Result<usize> {
+        // SAFETY: forwarded contract of Wire::peer_copy.
+        unsafe { cma::copy(self.link.peer_pid, dir, local, remote) }
     }
 
     fn has_input(&self) -> bool {

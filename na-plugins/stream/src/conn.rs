@@ -63,7 +63,8 @@ impl OutFrame {
             tag,
         }
         .encode();
-        let bulk = matches!(kind, Kind::GetResp | Kind::PutReq);
+        // Status-only answers (single copy, refusals) are as urgent as messages.
+        let bulk = matches!(kind, Kind::GetResp | Kind::PutReq) && body.len() > 1;
         OutFrame {
             hdr,
             body,
@@ -182,6 +183,8 @@ pub struct ReadState {
     pub decoder: Decoder,
     /// A bulk frame body being received straight into registered memory.
     pub direct: Option<crate::landing::Direct>,
+    /// Single-copy requests read and not yet served, in order.
+    pub copies: VecDeque<(crate::frame::Header, Vec<u8>)>,
 }
 
 /// A connection to one peer.
@@ -237,6 +240,7 @@ impl Conn {
             read: Mutex::new(ReadState {
                 decoder: Decoder::new(max_frame),
                 direct: None,
+                copies: VecDeque::new(),
             }),
             remote: Mutex::new(None),
             outgoing,

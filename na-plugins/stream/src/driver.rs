@@ -7,7 +7,7 @@ use std::io;
 use mio::unix::SourceFd;
 use na::{Address, Event, NaError, NaResult, PeerId};
 
-use crate::conn::{Body, Conn, OutFrame};
+use crate::conn::{Body, Conn, OutFrame, ReadState};
 use crate::frame::{Header, Kind, RmaReq, RmaStatus};
 use crate::{StreamPlugin, lock};
 
@@ -80,9 +80,17 @@ impl StreamPlugin {
     /// Reads and handles frames until the socket is drained or `READ_BUDGET` bytes were
     /// read; in the latter case the connection is remembered for the next progress call
     /// (epoll is edge-triggered), so that completions are delivered in between.
+    /// Single copies requested are served afterwards, at most `COPY_BUDGET` bytes per
+    /// pass, so that the messages behind them are not stuck behind their copying.
     pub(crate) fn read_conn(&self, conn: &Conn) -> NaResult<()> {
         let mut guard = lock(&conn.read);
         let rs = &mut *guard;
+        self.read_frames(conn, rs)?;
+        self.serve_copies(conn, rs);
+        Ok(())
+    }
+
+    fn read_frames(&self, conn: &Conn, rs: &mut ReadState) -> NaResult<()> {
         let mut budget = READ_BUDGET;
         loop {
             if budget == 0 {
@@ -203,6 +211,8 @@ impl StreamPlugin {
                     vec![OutFrame::new(Kind::PutResp, h.tag, vec![st as u8], None)],
                 );
             }
+            // Queued by drain_frames and served by serve_copies.
+            Kind::GetCopy | Kind::PutCopy => return misbehaved("misrouted copy request"),
             Kind::GetResp | Kind::PutResp => self.on_rma_resp(conn, h, p)?,
         }
         Ok(())
@@ -227,7 +237,7 @@ impl StreamPlugin {
                 .split_first()
                 .ok_or_else(|| NaError::PeerMisbehaved("empty RMA answer".into()))?;
             let mut result = RmaStatus::from_u8(st)?.into_result();
-            if result.is_ok() && r.is_get {
+            if result.is_ok() && r.is_get && !r.copy {
                 if data.len() as u64 != c.len {
                     return Err(NaError::PeerMisbehaved(
                         "RMA answer of the wrong length".into(),

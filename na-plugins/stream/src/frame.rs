@@ -9,7 +9,14 @@
 //! GetResp  payload = status:u8 data[...]                   tag = chunk id
 //! PutReq   payload = key:u64 offset:u64 data[...]          tag = chunk id
 //! PutResp  payload = status:u8                             tag = chunk id
+//! GetCopy  payload = key:u64 offset:u64 len:u64 (addr:u64 len:u64)*   tag = chunk id
+//! PutCopy  payload = as GetCopy
 //! ```
+//!
+//! `GetCopy`/`PutCopy` are single-copy RMA between processes of one node: the owner checks
+//! the request as for `GetReq`/`PutReq`, then copies straight between its registered memory
+//! and the listed pieces of the requester's (`process_vm_writev`/`readv`), and answers with
+//! a status-only `GetResp`/`PutResp`.
 
 use na::NaError;
 
@@ -38,6 +45,10 @@ pub enum Kind {
     PutReq = 6,
     /// Answer to a write request.
     PutResp = 7,
+    /// Single-copy read request: the owner copies into the requester's memory.
+    GetCopy = 8,
+    /// Single-copy write request: the owner copies from the requester's memory.
+    PutCopy = 9,
 }
 
 impl Kind {
@@ -50,6 +61,8 @@ impl Kind {
             5 => Kind::GetResp,
             6 => Kind::PutReq,
             7 => Kind::PutResp,
+            8 => Kind::GetCopy,
+            9 => Kind::PutCopy,
             _ => return None,
         })
     }
@@ -124,6 +137,8 @@ pub enum RmaStatus {
     Forbidden = 3,
     /// The request itself was malformed.
     Malformed = 4,
+    /// The owner could not copy into or out of the requester's memory (single copy).
+    CopyFailed = 5,
 }
 
 impl RmaStatus {
@@ -135,6 +150,7 @@ impl RmaStatus {
             2 => RmaStatus::OutOfBounds,
             3 => RmaStatus::Forbidden,
             4 => RmaStatus::Malformed,
+            5 => RmaStatus::CopyFailed,
             _ => return Err(NaError::PeerMisbehaved(format!("unknown RMA status {b}"))),
         })
     }
@@ -147,6 +163,13 @@ impl RmaStatus {
             RmaStatus::OutOfBounds => "offset or length outside the region",
             RmaStatus::Forbidden => "region's access mode forbids it",
             RmaStatus::Malformed => "malformed request",
+            RmaStatus::CopyFailed => {
+                return Err(NaError::Unsupported(
+                    "the owner could not copy to or from our memory (single-copy RMA \
+                     refused by the kernel?)"
+                        .into(),
+                ));
+            }
         };
         Err(NaError::AccessDenied(why.into()))
     }
@@ -184,6 +207,33 @@ impl RmaReq {
         b[..8].copy_from_slice(&key.to_le_bytes());
         b[8..].copy_from_slice(&offset.to_le_bytes());
         b
+    }
+
+    /// Encodes a GetCopy/PutCopy payload: the request, then the requester's pieces.
+    pub fn encode_copy(&self, pieces: &[(u64, u64)]) -> Vec<u8> {
+        let mut v = self.encode_get();
+        for (addr, len) in pieces {
+            v.extend_from_slice(&addr.to_le_bytes());
+            v.extend_from_slice(&len.to_le_bytes());
+        }
+        v
+    }
+
+    /// Decodes a GetCopy/PutCopy payload; the pieces must add up to the length.
+    pub fn decode_copy(p: &[u8]) -> Option<(RmaReq, Vec<(u64, u64)>)> {
+        let req = Self::decode_get(p.get(..Self::GET_LEN)?)?;
+        let rest = &p[Self::GET_LEN..];
+        if !rest.len().is_multiple_of(16) {
+            return None;
+        }
+        let pieces: Vec<(u64, u64)> = rest
+            .chunks_exact(16)
+            .map(|c| (le64(&c[..8]), le64(&c[8..])))
+            .collect();
+        let total = pieces
+            .iter()
+            .try_fold(0u64, |t, &(_, n)| t.checked_add(n))?;
+        (total == req.len).then_some((req, pieces))
     }
 
     /// Decodes a GetReq payload.

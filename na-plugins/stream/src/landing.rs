@@ -254,6 +254,12 @@ impl StreamPlugin {
                 return Ok(());
             }
             match rs.decoder.next_frame()? {
+                Some((h, p)) if matches!(h.kind, Kind::GetCopy | Kind::PutCopy) => {
+                    if lock(&conn.remote).is_none() {
+                        return Err(NaError::PeerMisbehaved("first frame is not a Hello".into()));
+                    }
+                    rs.copies.push_back((h, p.to_vec()));
+                }
                 Some((h, p)) => self.on_frame(conn, h, p)?,
                 None => return Ok(()),
             }

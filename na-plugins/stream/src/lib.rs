@@ -16,9 +16,10 @@ pub mod frame;
 mod landing;
 mod mr;
 mod ops;
+mod single;
 mod wire;
 
-pub use wire::{Connector, RawPiece, Wire};
+pub use wire::{Connector, CopyDir, RawPiece, Wire};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -253,6 +254,7 @@ impl StreamPlugin {
             issued: 0,
             inflight: 0,
             error: None,
+            copy: conn.wire.single_copy(),
         };
         let (op, frames, evs) = {
             let mut ops = lock(&self.ops);
@@ -295,6 +297,16 @@ impl StreamPlugin {
         for (id, c) in ops.next_chunks(op, self.cfg.rma_window, self.cfg.rma_chunk as u64) {
             let Some(r) = ops.rma(op) else { break };
             let offset = r.remote_off + c.rel_off;
+            if r.copy {
+                match self.copy_request(r, &c, id) {
+                    Ok(f) => frames.push(f),
+                    Err(e) => {
+                        ops.take_chunk(id);
+                        evs.extend(ops.chunk_done(op, Err(e)));
+                    }
+                }
+                continue;
+            }
             if r.is_get {
                 let req = RmaReq {
                     key: r.remote_key,
@@ -477,6 +489,11 @@ impl Plugin for StreamPlugin {
     }
 
     fn cancel(&self, op: OpId) -> bool {
+        let copying = lock(&self.ops).stop_copying(op);
+        if let Some(peer) = copying {
+            self.await_copies(op, peer);
+            return true;
+        }
         let ev = lock(&self.ops).complete(op, Err(NaError::Canceled));
         let found = ev.is_some();
         self.push_events(ev, true);

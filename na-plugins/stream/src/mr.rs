@@ -159,6 +159,39 @@ impl MemTable {
         Ok(f(r))
     }
 
+    /// The addresses of a live local range as (address, length) pieces, for a peer that
+    /// copies into or out of it directly.
+    pub fn local_pieces(&self, id: u64, offset: u64, len: u64) -> NaResult<Vec<(u64, u64)>> {
+        self.check_local(id, offset, len)?;
+        let map = self.regions.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        if let Some(r) = Self::live(&map, id) {
+            r.walk(offset, len as usize, |p, range| {
+                out.push((p as u64, range.len() as u64))
+            });
+        }
+        Ok(out)
+    }
+
+    /// If a remote access of `len` bytes at `offset` of region `key` is allowed, runs `f`
+    /// on its pieces with the read lock held (deregistration waits for it).
+    pub fn with_remote_pieces<T>(
+        &self,
+        key: u64,
+        offset: u64,
+        len: u64,
+        write: bool,
+        f: impl FnOnce(&[RawPiece]) -> T,
+    ) -> Result<T, RmaStatus> {
+        self.with_region(key, offset, len, write, |r| {
+            let mut pieces = Vec::with_capacity(r.segs.len().min(4));
+            r.walk(offset, len as usize, |p, range| {
+                pieces.push((p, range.len()))
+            });
+            f(&pieces)
+        })
+    }
+
     /// Whether a remote access of `len` bytes at `offset` of region `key` is allowed.
     pub fn check_remote(&self, key: u64, offset: u64, len: u64, write: bool) -> RmaStatus {
         self.with_region(key, offset, len, write, |_| ())

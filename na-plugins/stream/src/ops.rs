@@ -25,6 +25,8 @@ pub struct Rma {
     pub inflight: u32,
     /// First error seen; the op completes with it once no chunk is in flight.
     pub error: Option<NaError>,
+    /// Chunks move by single copy: the owner writes or reads our memory itself.
+    pub copy: bool,
 }
 
 enum Kind {
@@ -205,6 +207,27 @@ impl Ops {
             .collect()
     }
 
+    /// Stops a single-copy transfer whose chunks are in flight (the owner may still be
+    /// copying into our memory): records the cancellation, which becomes its outcome
+    /// once the last answer is in, and returns the peer to wait on. `None` for any other op.
+    pub fn stop_copying(&mut self, op: OpId) -> Option<PeerId> {
+        match self.pending.get_mut(&op) {
+            Some(Pending {
+                peer,
+                kind: Kind::Rma(r),
+            }) if r.copy && r.inflight > 0 => {
+                r.error = Some(NaError::Canceled);
+                Some(*peer)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `op` is still pending.
+    pub fn is_pending(&self, op: OpId) -> bool {
+        self.pending.contains_key(&op)
+    }
+
     /// How many ops are pending (for leak checks).
     pub fn len(&self) -> usize {
         self.pending.len()
@@ -226,6 +249,7 @@ mod tests {
             issued: 0,
             inflight: 0,
             error: None,
+            copy: false,
         }
     }
 

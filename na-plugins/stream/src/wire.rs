@@ -53,11 +53,42 @@ pub trait Wire: Send + Sync + 'static {
         false
     }
 
+    /// Whether RMA with this peer can copy directly between the two processes' memory
+    /// ([`Wire::peer_copy`]) instead of streaming the data.
+    fn single_copy(&self) -> bool {
+        false
+    }
+
+    /// Copies between `local` pieces of our registered memory and `remote` pieces
+    /// (address, length) of the peer's address space, in order; returns bytes copied.
+    ///
+    /// # Safety
+    /// Every local piece must be valid for reads (`ToPeer`) or writes (`FromPeer`) of its
+    /// length, with no live Rust reference to written memory while the call runs.
+    unsafe fn peer_copy(
+        &self,
+        dir: CopyDir,
+        local: &[RawPiece],
+        remote: &[(u64, u64)],
+    ) -> io::Result<usize> {
+        let _ = (dir, local, remote);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     /// Before the event loop sleeps: declares it, so that the peer's next write wakes us.
     /// False when input already waits (do not sleep).
     fn prepare_sleep(&self) -> bool {
         true
     }
+}
+
+/// The direction of a single copy, seen from the owner of the registered memory.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum CopyDir {
+    /// From our memory into the peer's (serving its get).
+    ToPeer,
+    /// From the peer's memory into ours (serving its put).
+    FromPeer,
 }
 
 /// How a transport makes connections. The stream core does everything else.
