@@ -58,6 +58,8 @@ counters! {
     bad_requests,
     /// Requests queued for or running on the worker pool.
     queue_depth,
+    /// Connections to peers lost (closed, killed, or dropped for misbehaving).
+    peers_lost,
 }
 
 impl Counters {

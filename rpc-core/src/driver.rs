@@ -353,6 +353,7 @@ impl Shared {
             }
             Event::PeerLost { peer, error } => {
                 tracing::debug!(peer = peer.0, %error, "peer lost");
+                Counters::add(&self.counters.peers_lost, 1);
                 lock(&self.exposed).retain(|_, x| x.peer != peer);
             }
         }

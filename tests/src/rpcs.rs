@@ -24,6 +24,8 @@ pub const COUNT: Rpc<(), u64> = Rpc::new("count");
 /// The server's requests received, answers sent, bad requests, and overflow answers
 /// still exposed.
 pub const STATS: Rpc<(), (u64, u64, u64, u64)> = Rpc::new("stats");
+/// How many peers the server lost (closed, killed, misbehaving).
+pub const PEERS_LOST: Rpc<(), u64> = Rpc::new("peers_lost");
 /// Same name hash as nothing on the server: for unknown-RPC tests.
 pub const MISSING: Rpc<(), ()> = Rpc::new("not-registered-anywhere");
 /// Registered on the server as `sum`, but with a different input type.

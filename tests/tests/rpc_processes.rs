@@ -264,3 +264,68 @@ fn registering_a_name_twice_is_refused() {
         Err(RpcError::AlreadyRegistered("sum".into()))
     );
 }
+
+/// Polls `f` until it holds, for at most `secs` seconds.
+fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+fn client_process(addr: &str, calls: u64, window: usize) -> Command {
+    let mut c = Command::new(bin("qs-test-client"));
+    c.args([addr, &calls.to_string(), &window.to_string()])
+        .env("RPC_TRANSPORT", transport())
+        .stdout(std::process::Stdio::piped());
+    c
+}
+
+#[test]
+fn a_client_killed_mid_rpc_is_noticed_and_new_clients_are_served() {
+    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let e = client();
+    let peer = e.lookup(&server.addr).unwrap();
+    let received = || e.call(&peer, STATS, &()).wait().unwrap().0;
+    let before = received();
+    let mut victim = client_process(&server.addr, u64::MAX / 2, 16)
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(10, || received() > before + 1000),
+        "the victim's calls reach the server"
+    );
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    assert!(
+        eventually(10, || e.call(&peer, PEERS_LOST, &()).wait() == Ok(1)),
+        "the server noticed the killed client"
+    );
+    let out = client_process(&server.addr, 2000, 8).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sixteen_client_processes_on_one_server_are_all_served() {
+    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let kids: Vec<_> = (0..16)
+        .map(|_| client_process(&server.addr, 2000, 8).spawn().unwrap())
+        .collect();
+    for k in kids {
+        let out = k.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK 2000");
+    }
+}

@@ -226,8 +226,10 @@ impl<'a> Ring<'a> {
         }
     }
 
-    #[cfg(all(test, not(loom)))]
-    fn corrupt(&self, head: u64, tail: u64) {
+    /// Fault injection for tests: overwrites both indices, as a hostile peer could.
+    #[doc(hidden)]
+    #[cfg(not(loom))]
+    pub fn corrupt(&self, head: u64, tail: u64) {
         self.hdr.head.store(head, Ordering::Relaxed);
         self.hdr.tail.store(tail, Ordering::Relaxed);
     }

@@ -62,6 +62,10 @@ fn main() -> Result<(), RpcError> {
             c.answers_exposed,
         ))
     })?;
+    let e3 = e.clone();
+    e.register(PEERS_LOST, move |()| {
+        Ok::<_, String>(e3.counters().peers_lost)
+    })?;
     register_bulk(&e)?;
     println!("ADDR {}", e.self_addr());
     std::io::stdout().flush().ok();
