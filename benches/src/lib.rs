@@ -1,5 +1,7 @@
 //! Helpers shared by the benchmark tools (`qs-rate`, `qs-bw`).
 
+pub mod shm;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};

@@ -96,6 +96,9 @@ fn main() {
             return serve(&args[2], num(3, 1 << 20), num(4, 4) as usize);
         }
         Some("--raw-serve") => return raw_serve(args.get(2).is_some_and(|a| a == "busy")),
+        Some("--cma-serve") => {
+            return qs_benches::shm::cma_serve(args[2].parse().unwrap_or(1 << 20));
+        }
         _ => {}
     }
     qs_benches::run_tool("qs-bw", USAGE, parse, run);
@@ -119,17 +122,13 @@ fn run(o: &Opts) -> Result<(), String> {
         vec![Vec::new(); sizes.len()],
     );
     // Each phase has only its own server alive.
+    let sm = o.transport.starts_with("sm");
     for _ in 0..o.reps {
-        let (mut child, addr) =
-            spawn_self(&["--raw-serve", if o.busy_raw { "busy" } else { "block" }])?;
-        let mut conn = TcpStream::connect(&addr).map_err(|e| e.to_string())?;
-        tune(&conn);
-        for (i, &s) in sizes.iter().enumerate() {
-            raw[i].push(raw_stream(&mut conn, s, o.per_rpc as usize * loops(o, s))?);
+        if sm {
+            raw_cma(&mut raw, &sizes, o)?;
+        } else {
+            raw_tcp(&mut raw, &sizes, o)?;
         }
-        drop(conn);
-        let _ = child.kill();
-        let _ = child.wait();
         let (chunk, depth) = (o.chunk.to_string(), o.depth.to_string());
         let (mut server, addr) = spawn_self(&["--serve", &o.transport, &chunk, &depth])?;
         let peer = e.lookup(&addr).map_err(|e| e.to_string())?;
@@ -170,9 +169,15 @@ fn run(o: &Opts) -> Result<(), String> {
         "# qs-bw: {}, {dir}, {} transfers of S per RPC, chunk {} x {} in flight, inline bulk up to {} B, median of {} reps [min-max]",
         o.transport, o.per_rpc, o.chunk, o.depth, o.inline, o.reps
     );
-    println!(
-        "# baseline: raw TCP stream of the same bytes in S-byte writes, {rx} receiver, same socket options, same run"
-    );
+    if sm {
+        println!(
+            "# baseline: raw process_vm_readv loop of the same bytes, S per call, into one buffer, same run"
+        );
+    } else {
+        println!(
+            "# baseline: raw TCP stream of the same bytes in S-byte writes, {rx} receiver, same socket options, same run"
+        );
+    }
     println!(
         "{:>10} {:>26} {:>10} {:>26} {:>8}",
         "size", "MB/s", "us/RPC", "raw stream MB/s", "ratio"
@@ -222,6 +227,38 @@ fn serve(transport: &str, chunk: u64, depth: usize) {
     println!("{}", e.self_addr());
     std::io::stdout().flush().ok();
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
+/// The raw TCP stream baseline for every size, against a fresh raw server.
+fn raw_tcp(raw: &mut [Vec<f64>], sizes: &[usize], o: &Opts) -> Result<(), String> {
+    let (mut child, addr) =
+        spawn_self(&["--raw-serve", if o.busy_raw { "busy" } else { "block" }])?;
+    let mut conn = TcpStream::connect(&addr).map_err(|e| e.to_string())?;
+    tune(&conn);
+    for (i, &s) in sizes.iter().enumerate() {
+        raw[i].push(raw_stream(&mut conn, s, o.per_rpc as usize * loops(o, s))?);
+    }
+    drop(conn);
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
+
+/// The raw single-copy baseline for every size: `process_vm_readv` from another process.
+fn raw_cma(raw: &mut [Vec<f64>], sizes: &[usize], o: &Opts) -> Result<(), String> {
+    let max = sizes.iter().copied().max().unwrap_or(1).to_string();
+    let (mut child, line) = spawn_self(&["--cma-serve", &max])?;
+    let mut it = line.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(pid)), Some(Ok(addr))) = (it.next(), it.next()) else {
+        return Err(format!("cma source printed {line:?}"));
+    };
+    for (i, &s) in sizes.iter().enumerate() {
+        let count = o.per_rpc as usize * loops(o, s);
+        raw[i].push(qs_benches::shm::cma_run(pid as i32, addr, s, count)?);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
 }
 
 /// MB/s of a one-way stream of `count` writes of `size` bytes, acknowledged at the end.

@@ -75,6 +75,7 @@ fn main() {
             return serve(&args[2], args.get(3).is_some_and(|s| s == "busy"), spin);
         }
         Some("--raw-serve") => return raw_serve(args.get(2).is_some_and(|s| s == "busy")),
+        Some("--shm-pp-serve") => return qs_benches::shm::pp_serve(&args[2]),
         _ => {}
     }
     qs_benches::run_tool("qs-rate", USAGE, parse, run);
@@ -99,17 +100,15 @@ fn run(o: &Opts) -> Result<(), String> {
     let mut pp = vec![Vec::new(); sizes.len()];
     // Each phase has only its own server alive, so that a busy-polling server of one
     // phase does not steal the core of the other.
+    let sm = o.transport.starts_with("sm");
     for _ in 0..o.reps {
-        let (mut raw, raw_addr) = spawn_self(&["--raw-serve", mode])?;
-        let mut conn = TcpStream::connect(&raw_addr).map_err(|e| e.to_string())?;
-        tune(&conn);
-        conn.set_nonblocking(o.busy).map_err(|e| e.to_string())?;
-        for (i, &s) in sizes.iter().enumerate() {
-            pp[i].push(raw_pp(&mut conn, s, o.loops)?);
+        if sm {
+            for (i, &s) in sizes.iter().enumerate() {
+                pp[i].push(qs_benches::shm::pp_run(s, o.loops)?);
+            }
+        } else {
+            raw_tcp(&mut pp, &sizes, o, mode)?;
         }
-        drop(conn);
-        let _ = raw.kill();
-        let _ = raw.wait();
         let spin = o.spin_us.to_string();
         let (mut server, addr) = spawn_self(&["--serve", &o.transport, mode, &spin])?;
         let peer = e.lookup(&addr).map_err(|e| e.to_string())?;
@@ -123,7 +122,15 @@ fn run(o: &Opts) -> Result<(), String> {
         "# qs-rate: {} ({mode}), {} in flight, {} loops, median of {} reps [min-max]",
         o.transport, o.in_flight, o.loops, o.reps
     );
-    println!("# baseline: raw TCP ping-pong of the same payload ({mode}), 1 in flight, same run");
+    if sm {
+        println!(
+            "# baseline: ping-pong of the same payload through shared memory, both sides busy-polling, 1 in flight, same run"
+        );
+    } else {
+        println!(
+            "# baseline: raw TCP ping-pong of the same payload ({mode}), 1 in flight, same run"
+        );
+    }
     println!(
         "{:>8} {:>22} {:>12} {:>22} {:>8}",
         "size", "RPC us/op", "RPC/s", "raw pp us", "ratio"
@@ -143,6 +150,21 @@ fn run(o: &Opts) -> Result<(), String> {
             r.0 / p.0
         );
     }
+    Ok(())
+}
+
+/// The raw TCP ping-pong baseline for every size, against a fresh raw server.
+fn raw_tcp(pp: &mut [Vec<f64>], sizes: &[usize], o: &Opts, mode: &str) -> Result<(), String> {
+    let (mut raw, raw_addr) = spawn_self(&["--raw-serve", mode])?;
+    let mut conn = TcpStream::connect(&raw_addr).map_err(|e| e.to_string())?;
+    tune(&conn);
+    conn.set_nonblocking(o.busy).map_err(|e| e.to_string())?;
+    for (i, &s) in sizes.iter().enumerate() {
+        pp[i].push(raw_pp(&mut conn, s, o.loops)?);
+    }
+    drop(conn);
+    let _ = raw.kill();
+    let _ = raw.wait();
     Ok(())
 }
 
