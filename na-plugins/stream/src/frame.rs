@@ -1,4 +1,4 @@
-//! The wire format of the TCP plugin, without I/O: a 16-byte frame header, the RMA
+//! The wire format of the stream core, without I/O: a 16-byte frame header, the RMA
 //! sub-headers, and an incremental decoder that turns a byte stream into frames.
 //!
 //! ```text

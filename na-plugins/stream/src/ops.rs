@@ -1,4 +1,4 @@
-//! Pending operations of the TCP plugin: sends, expected receives, and RMA transfers split
+//! Pending operations of the stream core: sends, expected receives, and RMA transfers split
 //! into windowed chunks. Pure bookkeeping: no sockets here.
 
 use std::collections::HashMap;
