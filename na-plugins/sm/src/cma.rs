@@ -86,28 +86,13 @@ pub unsafe fn copy(
             r[0].iov_base as u64 + roff as u64,
             (r[0].iov_len - roff) as u64,
         );
+        let call = match dir {
+            CopyDir::FromPeer => libc::process_vm_readv,
+            CopyDir::ToPeer => libc::process_vm_writev,
+        };
         // SAFETY: the local vectors lie in memory the caller vouches for; the kernel
         // checks the remote ones against the peer's address space (EFAULT otherwise).
-        let n = unsafe {
-            match dir {
-                CopyDir::FromPeer => libc::process_vm_readv(
-                    pid,
-                    l.as_ptr(),
-                    l.len() as _,
-                    r.as_ptr(),
-                    r.len() as _,
-                    0,
-                ),
-                CopyDir::ToPeer => libc::process_vm_writev(
-                    pid,
-                    l.as_ptr(),
-                    l.len() as _,
-                    r.as_ptr(),
-                    r.len() as _,
-                    0,
-                ),
-            }
-        };
+        let n = unsafe { call(pid, l.as_ptr(), l.len() as _, r.as_ptr(), r.len() as _, 0) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {

@@ -207,8 +207,8 @@ impl Listener {
             )
         })?;
         let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: HELLO_TIMEOUT.as_micros() as libc::suseconds_t,
+            tv_sec: HELLO_TIMEOUT.as_secs() as libc::time_t,
+            tv_usec: HELLO_TIMEOUT.subsec_micros() as libc::suseconds_t,
         };
         // SAFETY: setting a receive timeout from a local timeval on our socket.
         check(unsafe {
