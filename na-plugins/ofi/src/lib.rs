@@ -1,0 +1,37 @@
+//! Quicksilver's NA plugin over libfabric (OFI): the path to real HPC fabrics (Slingshot
+//! `cxi`, InfiniBand `verbs`, Omni-Path `psm2`, EFA), tested here with the providers that
+//! run on one machine: `tcp` (under `ofi_rxm`), `sockets` and `shm`.
+//!
+//! One reliable-datagram (`FI_EP_RDM`) endpoint per plugin, bound to one completion queue
+//! and one address vector:
+//!
+//! - **Messages** are tagged. Unexpected messages carry the tag bit
+//!   [`wire::UNEXPECTED`] and land in a pool of receives the plugin keeps posted; their
+//!   header names the sender (see [`wire`]). Expected messages carry the caller's tag and
+//!   land in a receive posted by [`na::Plugin::recv_expected`]; one that nobody waits for
+//!   stays in the provider's unexpected queue and is never delivered.
+//! - **RMA** is the provider's own `fi_read`/`fi_write` against registrations made per
+//!   segment with the provider's `mr_mode` honoured (`FI_MR_LOCAL` descriptors,
+//!   `FI_MR_VIRT_ADDR` addressing, `FI_MR_PROV_KEY` keys, `FI_MR_ENDPOINT` binding). The
+//!   owner's provider checks keys, bounds and access: a wrong key is the provider's error.
+//! - **Progress** reads the completion queue; when idle it sleeps on the queue's wait fd
+//!   after `fi_trywait`, so the engine costs nothing at rest.
+//! - **Liveness**: an RDM endpoint has no connections to lose, so a peer that other
+//!   operations are waiting on is probed (a ping the peer's plugin answers); a probe that
+//!   fails or stays unanswered fails that peer's operations and reports
+//!   [`na::Event::PeerLost`].
+//!
+//! Addresses are `ofi+PROVIDER://[DOMAIN/]LOCATOR`: `ofi+tcp://127.0.0.1:7000`,
+//! `ofi+tcp://lo/127.0.0.1:0`, `ofi+shm://auto`. Provider quirks live in [`provider`].
+#![deny(missing_docs)]
+
+mod addr;
+mod fabric;
+mod mr;
+mod plugin;
+mod progress;
+pub mod provider;
+mod rma;
+pub mod wire;
+
+pub use plugin::{OfiConfig, OfiPlugin, OfiStats};

@@ -1,0 +1,715 @@
+//! The plugin: opening an endpoint, messages, registration, the op table.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use libfabric_sys as fi;
+use na::{
+    Access, Address, Event, MemHandle, NaError, NaResult, OpId, PeerId, Plugin, RemoteMem, Segment,
+};
+
+use crate::addr;
+use crate::fabric::{self, Av, Cq, Domain, Ep, Fabric, Hints, Info, Stack};
+use crate::mr::MemTable;
+use crate::provider::{self, CAPS, MR_MODES, Provider};
+use crate::wire::{self, Kind, UNEXPECTED, UNEXPECTED_IGNORE};
+
+/// Tunables of the ofi plugin.
+#[derive(Clone, Debug)]
+pub struct OfiConfig {
+    /// Largest message (`send_*`) in bytes (capped by the provider's `max_msg_size`).
+    pub max_eager: usize,
+    /// Receives kept posted for unexpected messages.
+    pub recv_pool: usize,
+    /// Completion queue entries.
+    pub cq_size: usize,
+    /// Largest single `fi_read`/`fi_write`; longer transfers are split.
+    pub rma_chunk: usize,
+    /// How long a peer that operations wait on may stay silent before it is probed.
+    pub probe_after: Duration,
+    /// How long a probe may stay unanswered before the peer is declared lost.
+    pub probe_timeout: Duration,
+    /// Released registrations kept for reuse by an identical `register` (0: off). While a
+    /// registration sits in the cache a peer holding its old descriptor can still reach
+    /// the memory, so the cache trades the contract's "deregistered memory is refused"
+    /// for speed on fabrics where registration is expensive; off by default.
+    pub mr_cache: usize,
+}
+
+impl Default for OfiConfig {
+    /// 64 KiB messages, 64 posted receives, 4 MiB RMA pieces; a silent peer is probed after
+    /// 1 s and declared lost after 5 s without an answer; no registration cache. The
+    /// cache size can be set with `QS_OFI_MR_CACHE=N`.
+    fn default() -> Self {
+        OfiConfig {
+            max_eager: 64 << 10,
+            recv_pool: 64,
+            cq_size: 4096,
+            rma_chunk: 4 << 20,
+            probe_after: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(5),
+            mr_cache: std::env::var("QS_OFI_MR_CACHE")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Counters of the plugin's work.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OfiStats {
+    /// Registrations the provider made (`fi_mr_reg`).
+    pub provider_regs: u64,
+    /// Registrations served from the cache.
+    pub cache_hits: u64,
+    /// Liveness probes sent.
+    pub probes: u64,
+    /// Peers declared lost.
+    pub peers_lost: u64,
+}
+
+/// What a posted libfabric operation is for; `fi` must stay first (libfabric's scratch).
+#[repr(C)]
+pub(crate) struct Ctx {
+    fi: fi::fi_context2,
+    pub(crate) what: What,
+    /// The bytes sent, or the space received into.
+    pub(crate) buf: Vec<u8>,
+}
+
+/// What a completion is for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum What {
+    /// One receive of the unexpected pool (reposted after use).
+    Pool,
+    /// (A part of) a user operation.
+    Op(u64),
+    /// A liveness probe to this peer.
+    Ping(PeerId),
+    /// An answer to a probe (its completion is ignored).
+    Pong,
+}
+
+impl Ctx {
+    pub(crate) fn new(what: What, buf: Vec<u8>) -> *mut Ctx {
+        Box::into_raw(Box::new(Ctx {
+            fi: fi::fi_context2::default(),
+            what,
+            buf,
+        }))
+    }
+}
+
+/// The kind of a user operation.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    Send,
+    Recv,
+    Rma,
+}
+
+/// A user operation in flight.
+pub(crate) struct Op {
+    pub(crate) peer: PeerId,
+    pub(crate) kind: OpKind,
+    /// Fabric completions still to come.
+    pub(crate) parts: u32,
+    /// The contexts posted for it, for `fi_cancel`.
+    pub(crate) ctxs: Vec<usize>,
+    /// The first error of any part, or the reason it was failed.
+    pub(crate) error: Option<NaError>,
+    /// The message received.
+    pub(crate) data: Vec<u8>,
+    /// Its `Done` event was already queued (canceled or failed with its peer); the fabric
+    /// completions still to come only release its contexts.
+    pub(crate) reported: bool,
+}
+
+/// What the plugin knows of a peer.
+pub(crate) struct Peer {
+    /// We sent to it or heard from it (a later failure is a lost connection, not an
+    /// unreachable address).
+    pub(crate) contacted: bool,
+    /// Last sign of life (or when we started waiting on it).
+    pub(crate) last_heard: Instant,
+    /// When the unanswered probing began.
+    pub(crate) probing_since: Option<Instant>,
+    /// When the last probe went out.
+    pub(crate) last_probe: Option<Instant>,
+    /// User operations pending on it.
+    pub(crate) pending: u32,
+}
+
+/// Everything behind the state lock.
+pub(crate) struct State {
+    pub(crate) ops: HashMap<u64, Op>,
+    pub(crate) peers: HashMap<u64, Peer>,
+    pub(crate) by_addr: HashMap<Vec<u8>, PeerId>,
+    pub(crate) mem: MemTable,
+    /// Transfers waiting for their owner's grant (providers with `checked_rma`).
+    pub(crate) awaiting: HashMap<u64, crate::rma::Awaiting>,
+    /// Every context posted and not yet completed (freed on drop).
+    pub(crate) live: HashSet<usize>,
+    pub(crate) stats: OfiStats,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.mem.clear();
+        for p in self.live.drain() {
+            // SAFETY: each was made by Ctx::new and is freed once; the endpoint closed before
+            // this state is dropped (field order of OfiPlugin), so libfabric holds none.
+            drop(unsafe { Box::from_raw(p as *mut Ctx) });
+        }
+    }
+}
+
+/// The libfabric plugin. Fields drop in order: the endpoint closes first, then the
+/// registrations and posted buffers are released, then the queues, domain and fabric.
+pub struct OfiPlugin {
+    pub(crate) ep: Ep,
+    pub(crate) state: Mutex<State>,
+    pub(crate) av: Av,
+    pub(crate) cq: Cq,
+    pub(crate) domain: Domain,
+    pub(crate) fabric: Fabric,
+    pub(crate) wait_fd: Option<RawFd>,
+    pub(crate) wake_fd: OwnedFd,
+    pub(crate) events: Mutex<VecDeque<Event>>,
+    pub(crate) cq_lock: Mutex<()>,
+    /// Grants read from the queue, posted once its lock is released.
+    pub(crate) grants: Mutex<Vec<(u64, bool)>>,
+    pub(crate) next_op: AtomicU64,
+    pub(crate) cfg: OfiConfig,
+    pub(crate) provider: &'static Provider,
+    pub(crate) info: Info,
+    pub(crate) self_addr: Address,
+    pub(crate) self_raw: Vec<u8>,
+    pub(crate) max_eager: usize,
+    pub(crate) inject: usize,
+    pub(crate) mr_local: bool,
+    pub(crate) write_flags: u64,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn bad_addr(addr: &Address, reason: String) -> NaError {
+    NaError::InvalidAddress {
+        addr: addr.to_string(),
+        reason,
+    }
+}
+
+impl OfiPlugin {
+    /// Opens an endpoint listening at `addr` (`ofi+tcp://127.0.0.1:0`, `ofi+shm://auto`)
+    /// with the default configuration.
+    pub fn new(addr: &Address) -> NaResult<OfiPlugin> {
+        OfiPlugin::with_config(addr, OfiConfig::default())
+    }
+
+    /// Opens an endpoint listening at `addr` with `cfg`.
+    pub fn with_config(addr: &Address, cfg: OfiConfig) -> NaResult<OfiPlugin> {
+        if addr.plugin() != "ofi" {
+            return Err(bad_addr(addr, "not an ofi address".into()));
+        }
+        let known = || {
+            provider::PROVIDERS
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let name = addr.provider().ok_or_else(|| {
+            bad_addr(
+                addr,
+                format!("name a provider: ofi+PROVIDER:// ({})", known()),
+            )
+        })?;
+        let prov = provider::lookup(name).ok_or_else(|| {
+            bad_addr(
+                addr,
+                format!("unknown provider {name:?} (known: {})", known()),
+            )
+        })?;
+        let (domain, loc) = addr::split_domain(addr.locator());
+        let (node, service) = if prov.host_port {
+            let (n, s) = addr::node_service(loc).map_err(|e| bad_addr(addr, e.to_string()))?;
+            (Some(n), Some(s))
+        } else if loc == "auto" {
+            (None, None)
+        } else {
+            (Some(loc), None)
+        };
+        let hints = Hints {
+            prov: prov.prov,
+            domain,
+            node,
+            service,
+            caps: CAPS,
+            mr_mode: MR_MODES,
+        };
+        let info = Info::get(&hints).map_err(|e| {
+            let present = fabric::providers();
+            NaError::Unsupported(format!(
+                "libfabric provider {:?} cannot open {addr} here ({e}); providers present: {}",
+                prov.prov,
+                if present.is_empty() {
+                    "none".into()
+                } else {
+                    present.join(", ")
+                }
+            ))
+        })?;
+        let stack = Stack::open(&info, cfg.cq_size)?;
+        let self_raw = stack.name()?;
+        let format = info.raw().addr_format;
+        let mut loc = addr::to_locator(format, &self_raw);
+        if let Some(d) = domain {
+            loc = format!("{d}/{loc}");
+        }
+        let self_addr = Address::new("ofi", Some(prov.name), &loc)?;
+        // SAFETY: eventfd returns a new descriptor (or -1, checked) that we own.
+        let wake_fd = unsafe {
+            let fd = libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        let max_eager = cfg.max_eager.min(info.max_msg_size().saturating_sub(300));
+        let inject = info.inject_size();
+        let mr_local = info.mr_mode() & fi::FI_MR_LOCAL != 0;
+        let Stack {
+            ep,
+            av,
+            cq,
+            wait_fd,
+            domain: dom,
+            fabric: fab,
+        } = stack;
+        let mem = MemTable::new(info.mr_mode(), info.mr_key_size(), cfg.mr_cache);
+        tracing::info!(
+            "ofi: {} on domain {} at {self_addr} (mr_mode {:#x}, inject {inject}, wait fd {})",
+            info.prov_name(),
+            info.domain_name(),
+            info.mr_mode(),
+            wait_fd.is_some()
+        );
+        let p = OfiPlugin {
+            ep,
+            state: Mutex::new(State {
+                ops: HashMap::new(),
+                peers: HashMap::new(),
+                by_addr: HashMap::new(),
+                mem,
+                awaiting: HashMap::new(),
+                live: HashSet::new(),
+                stats: OfiStats::default(),
+            }),
+            av,
+            cq,
+            domain: dom,
+            fabric: fab,
+            wait_fd,
+            wake_fd,
+            events: Mutex::new(VecDeque::new()),
+            cq_lock: Mutex::new(()),
+            grants: Mutex::new(Vec::new()),
+            next_op: AtomicU64::new(1),
+            cfg,
+            provider: prov,
+            info,
+            self_addr,
+            self_raw,
+            max_eager,
+            inject,
+            mr_local,
+            write_flags: fi::FI_COMPLETION as u64 | prov.write_completion,
+        };
+        for _ in 0..p.cfg.recv_pool.max(1) {
+            let ctx = Ctx::new(What::Pool, vec![0u8; p.max_eager + 2 + 256]);
+            lock(&p.state).live.insert(ctx as usize);
+            p.post_pool(ctx)?;
+        }
+        Ok(p)
+    }
+
+    /// The provider description in use.
+    pub fn provider(&self) -> &'static Provider {
+        self.provider
+    }
+
+    /// The libfabric provider string and domain actually opened (`tcp;ofi_rxm`, `lo`).
+    pub fn fabric_names(&self) -> (String, String) {
+        (self.info.prov_name(), self.info.domain_name())
+    }
+
+    /// The plugin's counters.
+    pub fn stats(&self) -> OfiStats {
+        let s = lock(&self.state);
+        OfiStats {
+            provider_regs: s.mem.provider_regs,
+            cache_hits: s.mem.cache_hits,
+            ..s.stats.clone()
+        }
+    }
+
+    pub(crate) fn fi_addr(&self, s: &State, peer: PeerId) -> NaResult<u64> {
+        if s.peers.contains_key(&peer.0) {
+            Ok(peer.0)
+        } else {
+            Err(NaError::InvalidArgument(format!("unknown peer {peer:?}")))
+        }
+    }
+
+    /// The peer for a raw address, inserted into the address vector when new.
+    pub(crate) fn peer_for(&self, s: &mut State, raw: &[u8]) -> NaResult<PeerId> {
+        if let Some(p) = s.by_addr.get(raw) {
+            return Ok(*p);
+        }
+        let a = fabric_insert(self, raw)?;
+        s.by_addr.insert(raw.to_vec(), PeerId(a));
+        s.peers.insert(
+            a,
+            Peer {
+                contacted: false,
+                last_heard: Instant::now(),
+                probing_since: None,
+                last_probe: None,
+                pending: 0,
+            },
+        );
+        Ok(PeerId(a))
+    }
+
+    /// Registers a new operation of `parts` fabric completions and returns its id.
+    pub(crate) fn new_op(&self, s: &mut State, peer: PeerId, kind: OpKind, parts: u32) -> u64 {
+        let id = self.next_op.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = s.peers.get_mut(&peer.0) {
+            if p.pending == 0 {
+                p.last_heard = Instant::now();
+            }
+            p.pending += 1;
+            if kind != OpKind::Recv {
+                p.contacted = true;
+            }
+        }
+        s.ops.insert(
+            id,
+            Op {
+                peer,
+                kind,
+                parts,
+                ctxs: Vec::new(),
+                error: None,
+                data: Vec::new(),
+                reported: false,
+            },
+        );
+        id
+    }
+
+    /// Retries a post while the provider says `-FI_EAGAIN`, driving completions between
+    /// tries; gives up after 10 s with `Exhausted`.
+    pub(crate) fn post(&self, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
+        let start = Instant::now();
+        loop {
+            let rc = f();
+            if rc == 0 {
+                return Ok(());
+            }
+            if rc != -(fi::FI_EAGAIN as isize) {
+                return Err(fabric::error(what, rc as i64));
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(NaError::Exhausted(format!(
+                    "{what}: the provider's queue stayed full for 10 s"
+                )));
+            }
+            self.poll_cq(false);
+        }
+    }
+
+    pub(crate) fn post_pool(&self, ctx: *mut Ctx) -> NaResult<()> {
+        // SAFETY: ctx is a live Ctx owned by the plugin (in `live`); its buffer stays put
+        // until the completion hands it back.
+        let (buf, len) = unsafe { ((*ctx).buf.as_mut_ptr(), (*ctx).buf.len()) };
+        self.post("fi_trecv(unexpected)", || unsafe {
+            // SAFETY: as above; the endpoint is open.
+            fi::fi_trecv(
+                self.ep.0,
+                buf.cast(),
+                len,
+                std::ptr::null_mut(),
+                fi::FI_ADDR_UNSPEC,
+                UNEXPECTED,
+                UNEXPECTED_IGNORE,
+                ctx.cast(),
+            )
+        })
+    }
+
+    /// Sends `buf` with `tag` to `peer`: injected (no completion) when it fits, else with
+    /// a context that owns the buffer. Returns whether a completion will come.
+    pub(crate) fn tsend(&self, peer: u64, tag: u64, buf: Vec<u8>, what: What) -> NaResult<bool> {
+        if buf.len() <= self.inject {
+            self.post("fi_tinject", || unsafe {
+                // SAFETY: buf is valid for its length during the call; inject copies it.
+                fi::fi_tinject(self.ep.0, buf.as_ptr().cast(), buf.len(), peer, tag)
+            })?;
+            return Ok(false);
+        }
+        let ctx = Ctx::new(what, buf);
+        {
+            let mut s = lock(&self.state);
+            s.live.insert(ctx as usize);
+            if let What::Op(id) = what
+                && let Some(op) = s.ops.get_mut(&id)
+            {
+                op.ctxs.push(ctx as usize);
+            }
+        }
+        // SAFETY: ctx is live until its completion; its buffer is not touched meanwhile.
+        let (p, n) = unsafe { ((*ctx).buf.as_ptr(), (*ctx).buf.len()) };
+        let r = self.post("fi_tsend", || unsafe {
+            // SAFETY: as above.
+            fi::fi_tsend(
+                self.ep.0,
+                p.cast(),
+                n,
+                std::ptr::null_mut(),
+                peer,
+                tag,
+                ctx.cast(),
+            )
+        });
+        if let Err(e) = r {
+            let mut s = lock(&self.state);
+            s.live.remove(&(ctx as usize));
+            // SAFETY: the post failed, so libfabric holds no reference to ctx.
+            drop(unsafe { Box::from_raw(ctx) });
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    fn send(&self, peer: PeerId, tag: u64, data: Vec<u8>, unexpected: bool) -> NaResult<OpId> {
+        if data.len() > self.max_eager {
+            return Err(NaError::InvalidArgument(format!(
+                "message of {} bytes exceeds the eager limit of {}",
+                data.len(),
+                self.max_eager
+            )));
+        }
+        if tag & UNEXPECTED != 0 {
+            return Err(NaError::InvalidArgument(format!(
+                "tag {tag:#x} uses the reserved top bit"
+            )));
+        }
+        let (buf, wire_tag) = if unexpected {
+            let mut b = wire::header(Kind::Request, &self.self_raw);
+            b.extend_from_slice(&data);
+            (b, UNEXPECTED | tag)
+        } else {
+            (data, tag)
+        };
+        let id = {
+            let mut s = lock(&self.state);
+            self.fi_addr(&s, peer)?;
+            self.new_op(&mut s, peer, OpKind::Send, 1)
+        };
+        match self.tsend(peer.0, wire_tag, buf, What::Op(id)) {
+            Ok(true) => {}
+            Ok(false) => self.part_done(id, Ok(0)),
+            Err(e) => {
+                self.forget_op(id);
+                return Err(e);
+            }
+        }
+        Ok(OpId(id))
+    }
+
+    /// Drops an operation whose post failed (no event).
+    pub(crate) fn forget_op(&self, id: u64) {
+        let mut s = lock(&self.state);
+        if let Some(op) = s.ops.remove(&id)
+            && let Some(p) = s.peers.get_mut(&op.peer.0)
+        {
+            p.pending = p.pending.saturating_sub(1);
+        }
+    }
+
+    pub(crate) fn push_event(&self, e: Event) {
+        lock(&self.events).push_back(e);
+    }
+}
+
+fn fabric_insert(p: &OfiPlugin, raw: &[u8]) -> NaResult<u64> {
+    let mut out: fi::fi_addr_t = fi::FI_ADDR_NOTAVAIL;
+    // SAFETY: raw holds one address in the provider's format; out receives one entry.
+    let n = unsafe {
+        fi::fi_av_insert(
+            p.av.0,
+            raw.as_ptr().cast(),
+            1,
+            &mut out,
+            0,
+            std::ptr::null_mut(),
+        )
+    };
+    if n != 1 || out == fi::FI_ADDR_NOTAVAIL {
+        return Err(NaError::Unreachable(format!(
+            "the provider refused the address ({})",
+            if n < 0 {
+                fabric::strerror(n as i64)
+            } else {
+                "not inserted".into()
+            }
+        )));
+    }
+    Ok(out)
+}
+
+impl Plugin for OfiPlugin {
+    fn name(&self) -> &'static str {
+        "ofi"
+    }
+
+    fn self_addr(&self) -> &Address {
+        &self.self_addr
+    }
+
+    fn max_eager_size(&self) -> usize {
+        self.max_eager
+    }
+
+    fn lookup(&self, addr: &Address) -> NaResult<PeerId> {
+        if addr.plugin() != "ofi" || addr.provider() != Some(self.provider.name) {
+            return Err(bad_addr(
+                addr,
+                format!("this endpoint speaks ofi+{}", self.provider.name),
+            ));
+        }
+        let (_, loc) = addr::split_domain(addr.locator());
+        let raw = addr::from_locator(self.info.raw().addr_format, loc)
+            .map_err(|e| bad_addr(addr, e.to_string()))?;
+        let mut s = lock(&self.state);
+        self.peer_for(&mut s, &raw)
+    }
+
+    fn send_unexpected(&self, peer: PeerId, tag: u64, data: Vec<u8>) -> NaResult<OpId> {
+        self.send(peer, tag, data, true)
+    }
+
+    fn send_expected(&self, peer: PeerId, tag: u64, data: Vec<u8>) -> NaResult<OpId> {
+        self.send(peer, tag, data, false)
+    }
+
+    fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId> {
+        if tag & UNEXPECTED != 0 {
+            return Err(NaError::InvalidArgument(format!(
+                "tag {tag:#x} uses the reserved top bit"
+            )));
+        }
+        let (id, ctx) = {
+            let mut s = lock(&self.state);
+            self.fi_addr(&s, peer)?;
+            let id = self.new_op(&mut s, peer, OpKind::Recv, 1);
+            let ctx = Ctx::new(What::Op(id), vec![0u8; self.max_eager]);
+            s.live.insert(ctx as usize);
+            if let Some(op) = s.ops.get_mut(&id) {
+                op.ctxs.push(ctx as usize);
+            }
+            (id, ctx)
+        };
+        // SAFETY: ctx is live until its completion; the plugin does not touch its buffer.
+        let (b, n) = unsafe { ((*ctx).buf.as_mut_ptr(), (*ctx).buf.len()) };
+        let r = self.post("fi_trecv", || unsafe {
+            // SAFETY: as above.
+            fi::fi_trecv(
+                self.ep.0,
+                b.cast(),
+                n,
+                std::ptr::null_mut(),
+                fi::FI_ADDR_UNSPEC,
+                tag,
+                0,
+                ctx.cast(),
+            )
+        });
+        if let Err(e) = r {
+            self.forget_op(id);
+            let mut s = lock(&self.state);
+            s.live.remove(&(ctx as usize));
+            // SAFETY: the post failed; libfabric holds no reference.
+            drop(unsafe { Box::from_raw(ctx) });
+            return Err(e);
+        }
+        Ok(OpId(id))
+    }
+
+    unsafe fn register(&self, segments: &[Segment], access: Access) -> NaResult<MemHandle> {
+        if segments.is_empty() {
+            return Err(NaError::InvalidArgument("no segments to register".into()));
+        }
+        let mut s = lock(&self.state);
+        // SAFETY: forwarded from the trait's contract.
+        unsafe { s.mem.register(&self.domain, &self.ep, segments, access) }
+    }
+
+    fn deregister(&self, handle: &MemHandle) -> NaResult<()> {
+        lock(&self.state).mem.deregister(handle.id)
+    }
+
+    fn put(
+        &self,
+        peer: PeerId,
+        local: &MemHandle,
+        local_off: u64,
+        remote: &RemoteMem,
+        remote_off: u64,
+        len: u64,
+    ) -> NaResult<OpId> {
+        self.rma(true, peer, local, local_off, remote, remote_off, len)
+    }
+
+    fn get(
+        &self,
+        peer: PeerId,
+        local: &MemHandle,
+        local_off: u64,
+        remote: &RemoteMem,
+        remote_off: u64,
+        len: u64,
+    ) -> NaResult<OpId> {
+        self.rma(false, peer, local, local_off, remote, remote_off, len)
+    }
+
+    fn progress(&self, timeout: Option<Duration>) -> NaResult<()> {
+        self.drive(timeout)
+    }
+
+    fn poll_event(&self) -> Option<Event> {
+        lock(&self.events).pop_front()
+    }
+
+    fn cancel(&self, op: OpId) -> bool {
+        self.cancel_op(op.0)
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a local to our eventfd.
+        unsafe { libc::write(self.wake_fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn poll_fd(&self) -> Option<RawFd> {
+        None
+    }
+}

@@ -1,0 +1,516 @@
+//! Progress: reading the completion queue, finishing operations, answering and sending
+//! liveness probes, sleeping on the queue's wait fd, and cancellation.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use libfabric_sys as fi;
+use na::{Event, NaError, NaResult, PeerId};
+
+use crate::fabric;
+use crate::plugin::{Ctx, OfiPlugin, OpKind, State, What, lock};
+use crate::wire::{self, Kind, UNEXPECTED};
+
+const BATCH: usize = 32;
+
+impl OfiPlugin {
+    /// Reads and handles every completion queued now. With `wait_turn` false, returns at
+    /// once when another thread is reading the queue.
+    pub(crate) fn poll_cq(&self, wait_turn: bool) {
+        let _turn = if wait_turn {
+            lock(&self.cq_lock)
+        } else {
+            match self.cq_lock.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
+        };
+        let mut entries = [fi::fi_cq_tagged_entry::default(); BATCH];
+        loop {
+            // SAFETY: entries has room for BATCH tagged entries, the CQ's format.
+            let n = unsafe { fi::fi_cq_read(self.cq.0, entries.as_mut_ptr().cast(), BATCH) };
+            if n > 0 {
+                for e in &entries[..n as usize] {
+                    self.on_completion(e.op_context.cast(), Ok((e.len, e.tag)));
+                }
+                if (n as usize) < BATCH {
+                    break;
+                }
+                continue;
+            }
+            if n == -(fi::FI_EAVAIL as isize) {
+                let mut err = fi::fi_cq_err_entry::default();
+                // SAFETY: reads one error entry into a local.
+                let r = unsafe { fi::fi_cq_readerr(self.cq.0, &mut err, 0) };
+                if r == 1 {
+                    let e = fabric::error("completion", err.err as i64);
+                    tracing::debug!(
+                        "ofi error completion: {e} (provider errno {})",
+                        err.prov_errno
+                    );
+                    self.on_completion(err.op_context.cast(), Err(e));
+                }
+                continue;
+            }
+            if n != -(fi::FI_EAGAIN as isize) {
+                tracing::warn!("fi_cq_read: {}", fabric::strerror(n as i64));
+            }
+            break;
+        }
+        drop(_turn);
+        // Granted transfers are posted outside the queue lock: posting may need progress.
+        let grants = std::mem::take(&mut *lock(&self.grants));
+        for (op, ok) in grants {
+            self.on_grant(op, ok);
+        }
+    }
+
+    fn on_completion(&self, ctx: *mut Ctx, r: Result<(usize, u64), NaError>) {
+        if ctx.is_null() {
+            return;
+        }
+        // SAFETY: every context we post is a live Ctx (tracked in `live`); libfabric returns
+        // it exactly once.
+        let what = unsafe { (*ctx).what };
+        if what == What::Pool {
+            self.on_unexpected(ctx, r);
+            return;
+        }
+        let owned = {
+            let mut s = lock(&self.state);
+            s.live.remove(&(ctx as usize));
+            // SAFETY: as above; this completion is its last use by libfabric.
+            unsafe { Box::from_raw(ctx) }
+        };
+        match what {
+            What::Op(id) => {
+                let r = r.map(|(len, _)| len);
+                let data = match (&r, self.op_kind(id)) {
+                    (Ok(len), Some(OpKind::Recv)) => {
+                        let mut b = owned.buf;
+                        b.truncate(*len);
+                        b
+                    }
+                    _ => Vec::new(),
+                };
+                self.finish_part(id, r, data);
+            }
+            What::Ping(peer) => {
+                if let Err(e) = r
+                    && e != NaError::Canceled
+                {
+                    self.peer_lost(peer, e);
+                }
+            }
+            What::Pool | What::Pong => {}
+        }
+    }
+
+    fn op_kind(&self, id: u64) -> Option<OpKind> {
+        lock(&self.state).ops.get(&id).map(|o| o.kind)
+    }
+
+    /// One fabric completion of operation `id` (or an injected send, which has none).
+    pub(crate) fn part_done(&self, id: u64, r: NaResult<usize>) {
+        self.finish_part(id, r, Vec::new());
+    }
+
+    fn finish_part(&self, id: u64, r: NaResult<usize>, data: Vec<u8>) {
+        let mut lost = None;
+        let mut s = lock(&self.state);
+        let Some(op) = s.ops.get_mut(&id) else { return };
+        op.parts = op.parts.saturating_sub(1);
+        match r {
+            Ok(_) => {
+                if op.kind == OpKind::Recv {
+                    op.data = data;
+                }
+            }
+            Err(e) => {
+                if matches!(e, NaError::Unreachable(_) | NaError::Disconnected(_)) {
+                    lost = Some((op.peer, e.clone()));
+                }
+                op.error.get_or_insert(e);
+            }
+        }
+        let peer = op.peer;
+        if op.kind == OpKind::Recv && op.error.is_none() {
+            heard_from(&mut s, peer);
+        }
+        self.finish_if_done(&mut s, id);
+        drop(s);
+        if let Some((peer, e)) = lost {
+            self.peer_lost(peer, e);
+        }
+    }
+
+    /// Queues the `Done` of `id` once its last part completed.
+    pub(crate) fn finish_if_done(&self, s: &mut State, id: u64) {
+        let Some(op) = s.ops.get(&id) else { return };
+        if op.parts > 0 {
+            return;
+        }
+        let Some(op) = s.ops.remove(&id) else { return };
+        if let Some(p) = s.peers.get_mut(&op.peer.0) {
+            p.pending = p.pending.saturating_sub(1);
+            if p.pending == 0 {
+                p.probing_since = None;
+            }
+        }
+        if !op.reported {
+            let result = match op.error {
+                Some(e) => Err(e),
+                None => Ok(op.data),
+            };
+            self.push_event(Event::Done {
+                op: na::OpId(id),
+                result,
+            });
+        }
+    }
+
+    fn on_unexpected(&self, ctx: *mut Ctx, r: Result<(usize, u64), NaError>) {
+        match r {
+            Ok((len, tag)) => {
+                // SAFETY: the pool context is live and libfabric is done with it until reposted.
+                let msg = unsafe { &(&(*ctx).buf)[..len.min((*ctx).buf.len())] };
+                self.handle_unexpected(msg, tag);
+            }
+            Err(NaError::Canceled) => return,
+            Err(e) => tracing::warn!("ofi: unexpected receive failed: {e}"),
+        }
+        if let Err(e) = self.post_pool(ctx) {
+            tracing::error!("ofi: cannot repost an unexpected receive: {e}");
+        }
+    }
+
+    fn handle_unexpected(&self, msg: &[u8], tag: u64) {
+        let (kind, from, data) = match wire::parse(msg) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("ofi: dropped a malformed message: {e}");
+                return;
+            }
+        };
+        let peer = {
+            let mut s = lock(&self.state);
+            match self.peer_for(&mut s, from) {
+                Ok(p) => {
+                    heard_from(&mut s, p);
+                    p
+                }
+                Err(e) => {
+                    tracing::warn!("ofi: message from an address the provider refuses: {e}");
+                    return;
+                }
+            }
+        };
+        match kind {
+            Kind::Request => self.push_event(Event::Unexpected {
+                peer,
+                tag: tag & !UNEXPECTED,
+                data: data.to_vec(),
+            }),
+            Kind::Ping => {
+                let b = wire::header(Kind::Pong, &self.self_raw);
+                if let Err(e) = self.tsend(peer.0, UNEXPECTED, b, What::Pong) {
+                    tracing::debug!("ofi: pong not sent: {e}");
+                }
+            }
+            Kind::Pong => {}
+            Kind::Check => {
+                let c = match wire::Check::decode(data) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("ofi: {e}");
+                        return;
+                    }
+                };
+                let ok = lock(&self.state).mem.allows(c.key, c.off, c.len, c.write);
+                let mut b = wire::header(Kind::Grant, &self.self_raw);
+                b.extend_from_slice(&wire::encode_grant(c.op, ok));
+                if let Err(e) = self.tsend(peer.0, UNEXPECTED, b, What::Pong) {
+                    tracing::debug!("ofi: grant not sent: {e}");
+                }
+            }
+            Kind::Grant => match wire::decode_grant(data) {
+                Ok(g) => lock(&self.grants).push(g),
+                Err(e) => tracing::warn!("ofi: {e}"),
+            },
+        }
+    }
+
+    /// Fails every operation waiting on `peer` with `e` (RMA ones when the fabric returns
+    /// them), and reports the loss.
+    pub(crate) fn peer_lost(&self, peer: PeerId, e: NaError) {
+        let mut s = lock(&self.state);
+        let Some(p) = s.peers.get_mut(&peer.0) else {
+            return;
+        };
+        let e = match e {
+            NaError::Unreachable(m) if p.contacted => NaError::Disconnected(m),
+            other => other,
+        };
+        p.probing_since = None;
+        p.last_probe = None;
+        p.last_heard = Instant::now();
+        s.stats.peers_lost += 1;
+        let ids: Vec<u64> = s
+            .ops
+            .iter()
+            .filter(|(_, o)| o.peer == peer && !o.reported)
+            .map(|(id, _)| *id)
+            .collect();
+        tracing::info!(
+            "ofi: peer {peer:?} lost ({e}); failing {} operations",
+            ids.len()
+        );
+        for id in ids {
+            let Some(op) = s.ops.get_mut(&id) else {
+                continue;
+            };
+            op.error.get_or_insert(e.clone());
+            for c in &op.ctxs {
+                // SAFETY: cancel by context on our open endpoint; a context that already
+                // completed is simply not found.
+                unsafe { fi::fi_cancel(self.ep.fid(), *c as *mut libc::c_void) };
+            }
+            if op.kind != OpKind::Rma {
+                // Receives and sends own their buffers: report now, release on completion.
+                op.reported = true;
+                self.push_event(Event::Done {
+                    op: na::OpId(id),
+                    result: Err(e.clone()),
+                });
+            } else if s.awaiting.remove(&id).is_some() {
+                // Nothing posted yet: done now.
+                if let Some(op) = s.ops.get_mut(&id) {
+                    op.parts = 0;
+                }
+                self.finish_if_done(&mut s, id);
+            }
+        }
+        self.push_event(Event::PeerLost { peer, error: e });
+    }
+
+    /// Probes silent peers that operations wait on; declares lost those whose probes went
+    /// unanswered for `probe_timeout`. Returns when it next needs to run.
+    fn check_liveness(&self, now: Instant) -> Option<Instant> {
+        let mut probe = Vec::new();
+        let mut lost = Vec::new();
+        let mut next: Option<Instant> = None;
+        {
+            let mut s = lock(&self.state);
+            let mut probes = 0;
+            for (a, p) in s.peers.iter_mut().filter(|(_, p)| p.pending > 0) {
+                if let Some(t0) = p.probing_since
+                    && now.duration_since(t0) >= self.cfg.probe_timeout
+                {
+                    lost.push(PeerId(*a));
+                    continue;
+                }
+                let silent = now.duration_since(p.last_heard) >= self.cfg.probe_after;
+                let due = p
+                    .last_probe
+                    .is_none_or(|t| now.duration_since(t) >= self.cfg.probe_after);
+                if silent && due {
+                    p.probing_since.get_or_insert(now);
+                    p.last_probe = Some(now);
+                    probe.push(*a);
+                    probes += 1;
+                }
+                let at = p.last_probe.unwrap_or(p.last_heard) + self.cfg.probe_after;
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+            s.stats.probes += probes;
+        }
+        for a in probe {
+            let b = wire::header(Kind::Ping, &self.self_raw);
+            // A ping is never injected: its completion (or error) is part of the probe.
+            let r = self.tsend_with_completion(a, b);
+            if let Err(e) = r {
+                lost.push(PeerId(a));
+                tracing::debug!("ofi: probe to {a} not posted: {e}");
+            }
+        }
+        for p in lost {
+            self.peer_lost(
+                p,
+                NaError::Unreachable("the peer stopped answering liveness probes".into()),
+            );
+        }
+        next
+    }
+
+    fn tsend_with_completion(&self, peer: u64, buf: Vec<u8>) -> NaResult<()> {
+        let ctx = Ctx::new(What::Ping(PeerId(peer)), buf);
+        lock(&self.state).live.insert(ctx as usize);
+        // SAFETY: ctx is live until its completion.
+        let (p, n) = unsafe { ((*ctx).buf.as_ptr(), (*ctx).buf.len()) };
+        // SAFETY: as above; one try only (a probe that cannot go out now goes next time).
+        let rc = unsafe {
+            fi::fi_tsend(
+                self.ep.0,
+                p.cast(),
+                n,
+                std::ptr::null_mut(),
+                peer,
+                UNEXPECTED,
+                ctx.cast(),
+            )
+        };
+        if rc != 0 {
+            lock(&self.state).live.remove(&(ctx as usize));
+            // SAFETY: not posted.
+            drop(unsafe { Box::from_raw(ctx) });
+            if rc == -(fi::FI_EAGAIN as isize) {
+                return Ok(());
+            }
+            return Err(fabric::error("fi_tsend(ping)", rc as i64));
+        }
+        Ok(())
+    }
+
+    /// The body of `Plugin::progress`.
+    pub(crate) fn drive(&self, timeout: Option<Duration>) -> NaResult<()> {
+        let end = timeout.map(|t| Instant::now() + t);
+        loop {
+            self.poll_cq(false);
+            let now = Instant::now();
+            let next_check = self.check_liveness(now);
+            if !lock(&self.events).is_empty() {
+                return Ok(());
+            }
+            if end.is_some_and(|e| now >= e) {
+                return Ok(());
+            }
+            let mut until = end;
+            if let Some(n) = next_check {
+                until = Some(until.map_or(n, |u| u.min(n)));
+            }
+            let wait = until.map(|u| u.saturating_duration_since(now));
+            if self.sleep(wait)? {
+                // `wake` makes progress return even with no event: the caller asked for it.
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sleeps until the completion queue or `wake` signals, or `wait` passes. Returns
+    /// whether `wake` was called.
+    fn sleep(&self, wait: Option<Duration>) -> NaResult<bool> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.wake_fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wait_fd.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let mut wait = wait;
+        let mut nfds = 1;
+        if self.wait_fd.is_some() {
+            let mut fid = self.cq.fid();
+            // SAFETY: one open CQ fid; trywait says whether sleeping on its fd is safe now.
+            let rc = unsafe { fi::fi_trywait(self.fabric.0, &mut fid, 1) };
+            if rc != 0 {
+                return Ok(false);
+            }
+            nfds = 2;
+        } else {
+            // No wait object: poll the queue at a short interval.
+            wait = Some(wait.map_or(Duration::from_micros(200), |w| {
+                w.min(Duration::from_micros(200))
+            }));
+        }
+        let ts = wait.map(|w| libc::timespec {
+            tv_sec: w.as_secs() as libc::time_t,
+            tv_nsec: w.subsec_nanos() as libc::c_long,
+        });
+        // SAFETY: fds has nfds valid entries; ts (if any) is a valid timespec.
+        let rc = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                nfds,
+                ts.as_ref().map_or(std::ptr::null(), |t| t as *const _),
+                std::ptr::null(),
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e.into());
+            }
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let mut v: u64 = 0;
+            // SAFETY: reads the eventfd counter into a local.
+            unsafe { libc::read(self.wake_fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The body of `Plugin::cancel`.
+    pub(crate) fn cancel_op(&self, id: u64) -> bool {
+        let kind = {
+            let mut s = lock(&self.state);
+            let Some(op) = s.ops.get_mut(&id) else {
+                return false;
+            };
+            if op.reported {
+                return false;
+            }
+            op.reported = true;
+            op.error = Some(NaError::Canceled);
+            for c in &op.ctxs {
+                // SAFETY: cancel by context on our open endpoint.
+                unsafe { fi::fi_cancel(self.ep.fid(), *c as *mut libc::c_void) };
+            }
+            op.kind
+        };
+        let awaiting = {
+            let mut s = lock(&self.state);
+            let was = s.awaiting.remove(&id).is_some();
+            if was {
+                if let Some(op) = s.ops.get_mut(&id) {
+                    op.parts = 0;
+                }
+                self.finish_if_done(&mut s, id);
+            }
+            was
+        };
+        if kind == OpKind::Rma && !awaiting {
+            // The contract: no access to the caller's memory after cancel returns. Wait for
+            // every posted part to come back from the fabric.
+            let start = Instant::now();
+            while lock(&self.state).ops.contains_key(&id) {
+                self.poll_cq(true);
+                if start.elapsed() > Duration::from_secs(60) {
+                    tracing::error!("ofi: a canceled transfer did not complete in 60 s");
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+        self.push_event(Event::Done {
+            op: na::OpId(id),
+            result: Err(NaError::Canceled),
+        });
+        true
+    }
+}
+
+fn heard_from(s: &mut State, peer: PeerId) {
+    if let Some(p) = s.peers.get_mut(&peer.0) {
+        p.contacted = true;
+        p.last_heard = Instant::now();
+        p.probing_since = None;
+        p.last_probe = None;
+    }
+}

@@ -1,0 +1,314 @@
+//! What this plugin puts on the fabric besides user data: tag bits, the header of
+//! unexpected messages, and the segment table inside a remote memory descriptor. Pure
+//! functions (sans I/O), tested here.
+
+use na::NaError;
+
+/// Tag bit of unexpected traffic (requests and liveness probes). Expected messages carry
+/// the user's tag, which must leave this bit clear.
+pub const UNEXPECTED: u64 = 1 << 63;
+
+/// The ignore mask that matches every unexpected tag.
+pub const UNEXPECTED_IGNORE: u64 = UNEXPECTED - 1;
+
+/// What an unexpected message is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A user message (an RPC request).
+    Request = 0,
+    /// A liveness probe: answer with a `Pong`.
+    Ping = 1,
+    /// The answer to a `Ping`.
+    Pong = 2,
+    /// Asks the owner whether an RMA may proceed (see [`Check`]).
+    Check = 3,
+    /// The owner's answer to a `Check`.
+    Grant = 4,
+}
+
+/// An initiator's question to a region's owner, for providers whose own key checks are
+/// missing (`shm`) or destructive (`tcp;ofi_rxm` closes the connection): may `len` bytes at
+/// `off` of the region with descriptor key `key` be read (or written)?
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// The initiator's operation, echoed in the grant.
+    pub op: u64,
+    /// The descriptor's key.
+    pub key: u64,
+    /// Offset in the region.
+    pub off: u64,
+    /// Length.
+    pub len: u64,
+    /// A put (true) or a get.
+    pub write: bool,
+}
+
+impl Check {
+    /// The payload after the header.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(33);
+        for w in [self.op, self.key, self.off, self.len] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        v.push(self.write as u8);
+        v
+    }
+
+    /// Parses a payload.
+    pub fn decode(b: &[u8]) -> Result<Check, NaError> {
+        if b.len() != 33 || b[32] > 1 {
+            return Err(NaError::PeerMisbehaved("malformed RMA check".into()));
+        }
+        Ok(Check {
+            op: word(b, 0),
+            key: word(b, 1),
+            off: word(b, 2),
+            len: word(b, 3),
+            write: b[32] == 1,
+        })
+    }
+}
+
+/// A grant payload: the operation and whether the owner allows it.
+pub fn encode_grant(op: u64, ok: bool) -> Vec<u8> {
+    let mut v = op.to_le_bytes().to_vec();
+    v.push(ok as u8);
+    v
+}
+
+/// Parses a grant payload.
+pub fn decode_grant(b: &[u8]) -> Result<(u64, bool), NaError> {
+    if b.len() != 9 || b[8] > 1 {
+        return Err(NaError::PeerMisbehaved("malformed RMA grant".into()));
+    }
+    Ok((word(b, 0), b[8] == 1))
+}
+
+fn word(c: &[u8], i: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&c[i * 8..i * 8 + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// The header of every unexpected message: kind, then the sender's own address (providers
+/// without `FI_SOURCE` cannot tell who sent a message, and those with it need the sender
+/// in their address vector first).
+pub fn header(kind: Kind, self_raw: &[u8]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(2 + self_raw.len());
+    h.push(kind as u8);
+    h.push(self_raw.len() as u8);
+    h.extend_from_slice(self_raw);
+    h
+}
+
+/// Splits a received unexpected message into kind, sender address and payload.
+pub fn parse(msg: &[u8]) -> Result<(Kind, &[u8], &[u8]), NaError> {
+    let bad = |why: &str| NaError::PeerMisbehaved(format!("unexpected message: {why}"));
+    let (&k, rest) = msg.split_first().ok_or_else(|| bad("empty"))?;
+    let kind = match k {
+        0 => Kind::Request,
+        1 => Kind::Ping,
+        2 => Kind::Pong,
+        3 => Kind::Check,
+        4 => Kind::Grant,
+        _ => return Err(bad("unknown kind")),
+    };
+    let (&n, rest) = rest.split_first().ok_or_else(|| bad("no address length"))?;
+    let n = n as usize;
+    if n == 0 || rest.len() < n {
+        return Err(bad("truncated sender address"));
+    }
+    Ok((kind, &rest[..n], &rest[n..]))
+}
+
+/// One registered segment as a peer sees it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RemoteSeg {
+    /// The base the provider expects in RMA calls: the virtual address with
+    /// `FI_MR_VIRT_ADDR`, else 0 (offsets).
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// XORed with the descriptor's key to give this segment's provider key (0 for the
+    /// first): a forged key in the descriptor forges every segment's key.
+    pub key_delta: u64,
+}
+
+const SEG: usize = 24;
+
+/// Encodes the segment table for `RemoteMem::extra`.
+pub fn encode_segs(segs: &[RemoteSeg]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(segs.len() * SEG);
+    for s in segs {
+        v.extend_from_slice(&s.base.to_le_bytes());
+        v.extend_from_slice(&s.len.to_le_bytes());
+        v.extend_from_slice(&s.key_delta.to_le_bytes());
+    }
+    v
+}
+
+/// Decodes a segment table from a peer's descriptor.
+pub fn decode_segs(extra: &[u8]) -> Result<Vec<RemoteSeg>, NaError> {
+    if extra.is_empty() || !extra.len().is_multiple_of(SEG) {
+        return Err(NaError::InvalidArgument(
+            "remote descriptor is not an ofi region (bad segment table)".into(),
+        ));
+    }
+    Ok(extra
+        .chunks_exact(SEG)
+        .map(|c| RemoteSeg {
+            base: word(c, 0),
+            len: word(c, 1),
+            key_delta: word(c, 2),
+        })
+        .collect())
+}
+
+/// A piece of a transfer that is contiguous on both sides.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// Index of the local segment.
+    pub lseg: usize,
+    /// Offset within it.
+    pub loff: u64,
+    /// Index of the remote segment.
+    pub rseg: usize,
+    /// Offset within it.
+    pub roff: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// Splits `len` bytes at `loff` in the local segments (their lengths) and `roff` in the
+/// remote ones into pieces contiguous on both sides and at most `chunk` long. The caller
+/// has checked both ranges against the totals.
+pub fn pieces(
+    local: &[u64],
+    loff: u64,
+    remote: &[u64],
+    roff: u64,
+    len: u64,
+    chunk: u64,
+) -> Vec<Piece> {
+    let locate = |segs: &[u64], mut off: u64| {
+        let mut i = 0;
+        while i < segs.len() && off >= segs[i] {
+            off -= segs[i];
+            i += 1;
+        }
+        (i, off)
+    };
+    let (mut li, mut lo) = locate(local, loff);
+    let (mut ri, mut ro) = locate(remote, roff);
+    let mut left = len;
+    let mut out = Vec::new();
+    while left > 0 && li < local.len() && ri < remote.len() {
+        let n = left
+            .min(local[li] - lo)
+            .min(remote[ri] - ro)
+            .min(chunk.max(1));
+        out.push(Piece {
+            lseg: li,
+            loff: lo,
+            rseg: ri,
+            roff: ro,
+            len: n,
+        });
+        left -= n;
+        lo += n;
+        ro += n;
+        if lo == local[li] {
+            li += 1;
+            lo = 0;
+        }
+        if ro == remote[ri] {
+            ri += 1;
+            ro = 0;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_garbage_is_refused() {
+        let h = header(Kind::Ping, b"abc");
+        let mut m = h.clone();
+        m.extend_from_slice(b"data");
+        assert_eq!(parse(&m).unwrap(), (Kind::Ping, &b"abc"[..], &b"data"[..]));
+        for bad in [
+            &[][..],
+            &[9, 1, 0][..],
+            &[0][..],
+            &[0, 5, 1][..],
+            &[0, 0][..],
+        ] {
+            assert!(
+                matches!(parse(bad), Err(NaError::PeerMisbehaved(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn checks_and_grants_round_trip() {
+        let c = Check {
+            op: 7,
+            key: u64::MAX,
+            off: 3,
+            len: 9,
+            write: true,
+        };
+        assert_eq!(Check::decode(&c.encode()).unwrap(), c);
+        assert!(Check::decode(&[0; 32]).is_err());
+        assert_eq!(decode_grant(&encode_grant(5, false)).unwrap(), (5, false));
+        assert!(decode_grant(&[0; 9][..8]).is_err());
+    }
+
+    #[test]
+    fn segment_tables_round_trip() {
+        let s = vec![
+            RemoteSeg {
+                base: 1,
+                len: 2,
+                key_delta: 0,
+            },
+            RemoteSeg {
+                base: u64::MAX,
+                len: 5,
+                key_delta: 7,
+            },
+        ];
+        assert_eq!(decode_segs(&encode_segs(&s)).unwrap(), s);
+        assert!(decode_segs(&[1, 2, 3]).is_err());
+        assert!(decode_segs(&[]).is_err());
+    }
+
+    #[test]
+    fn pieces_cover_the_range_once() {
+        let local = [3u64, 1, 4096, 10];
+        let remote = [4110u64];
+        for (lo, ro, len) in [(0, 0, 4110), (1, 5, 4100), (3, 0, 1), (4099, 0, 11)] {
+            let ps = pieces(&local, lo, &remote, ro, len, 1000);
+            assert_eq!(ps.iter().map(|p| p.len).sum::<u64>(), len);
+            assert!(
+                ps.iter()
+                    .all(|p| p.len <= 1000 && p.loff + p.len <= local[p.lseg])
+            );
+        }
+        let ps = pieces(&[0, 5], 0, &[5], 0, 5, 100);
+        assert_eq!(
+            ps,
+            vec![Piece {
+                lseg: 1,
+                loff: 0,
+                rseg: 0,
+                roff: 0,
+                len: 5
+            }]
+        );
+    }
+}
