@@ -14,13 +14,24 @@ pub const TRANSPORT_ENV: &str = "RPC_TRANSPORT";
 /// The transport used when neither the program nor the environment names one.
 pub const DEFAULT_TRANSPORT: &str = "tcp";
 
-/// Transports built into this program.
+/// Transports built into this program (the libfabric ones with the `ofi` feature; any
+/// provider of `na_ofi::provider::PROVIDERS` is accepted in an address).
+#[cfg(feature = "ofi")]
+pub const TRANSPORTS: &[&str] = &["tcp", "sm", "ofi+tcp", "ofi+shm", "ofi+sockets"];
+/// Transports built into this program (the libfabric ones with the `ofi` feature).
+#[cfg(not(feature = "ofi"))]
 pub const TRANSPORTS: &[&str] = &["tcp", "sm"];
 
 fn default_locator(transport: &str) -> Option<&'static str> {
     match transport {
         "tcp" => Some("127.0.0.1:0"),
         "sm" => Some("auto"),
+        #[cfg(feature = "ofi")]
+        t => t
+            .strip_prefix("ofi+")
+            .and_then(na_ofi::provider::lookup)
+            .map(|p| p.default_locator),
+        #[cfg(not(feature = "ofi"))]
         _ => None,
     }
 }
@@ -45,8 +56,13 @@ pub fn listen_address(explicit: Option<&str>) -> Result<Address, RpcError> {
 }
 
 fn unsupported(transport: &str) -> RpcError {
+    let hint = if transport.starts_with("ofi") && cfg!(not(feature = "ofi")) {
+        "; build with the `ofi` feature of rpc-core (and libfabric-dev installed) for libfabric"
+    } else {
+        ""
+    };
     RpcError::Transport(NaError::Unsupported(format!(
-        "transport {transport:?} is not built into this program (available: {})",
+        "transport {transport:?} is not built into this program (available: {}){hint}",
         TRANSPORTS.join(", ")
     )))
 }
@@ -56,6 +72,8 @@ pub(crate) fn open(addr: &Address) -> Result<Arc<dyn Plugin>, RpcError> {
     match addr.transport().as_str() {
         "tcp" => Ok(Arc::new(na_tcp::TcpPlugin::new(addr)?)),
         "sm" => Ok(Arc::new(na_sm::SmPlugin::new(addr)?)),
+        #[cfg(feature = "ofi")]
+        _ if addr.plugin() == "ofi" => Ok(Arc::new(na_ofi::OfiPlugin::new(addr)?)),
         other => Err(unsupported(other)),
     }
 }

@@ -72,26 +72,26 @@ pub fn bin(name: &str) -> std::path::PathBuf {
     dir.join(name)
 }
 
-/// The transport the process tests run over, from `QS_TEST_TRANSPORT`: `tcp` (default)
-/// or `sm`. `scripts/test-all` runs them over each.
-pub fn transport() -> &'static str {
-    match std::env::var("QS_TEST_TRANSPORT").as_deref() {
-        Ok("sm") => "sm",
-        _ => "tcp",
-    }
+/// The transport the process tests run over, from `QS_TEST_TRANSPORT`: `tcp` (default),
+/// `sm`, or (built with the `ofi` feature) `ofi+tcp`, `ofi+shm`, `ofi+sockets`.
+/// `scripts/test-all` runs them over each.
+pub fn transport() -> String {
+    std::env::var("QS_TEST_TRANSPORT")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "tcp".into())
 }
 
-/// An address to listen on over [`transport`]: an ephemeral port, or a fresh sm name.
-pub fn listen_addr() -> &'static str {
-    match transport() {
-        "sm" => "sm://auto",
-        _ => "tcp://127.0.0.1:0",
-    }
+/// An address to listen on over [`transport`]: an ephemeral port, or a fresh name.
+pub fn listen_addr() -> String {
+    rpc_core::transport::listen_address(Some(&transport()))
+        .expect("QS_TEST_TRANSPORT names a transport built into this program")
+        .to_string()
 }
 
 /// A client engine over [`transport`] with default settings.
 pub fn client() -> rpc_core::Engine {
-    rpc_core::Engine::new(listen_addr()).expect("client engine")
+    rpc_core::Engine::new(&listen_addr()).expect("client engine")
 }
 
 /// A raw TCP-plugin frame, for tests that speak the wire protocol by hand.

@@ -11,7 +11,7 @@ const GUARD: usize = 64;
 
 fn client() -> Engine {
     Engine::builder()
-        .listen(listen_addr())
+        .listen(&listen_addr())
         .workers(2)
         .build()
         .unwrap()
@@ -125,10 +125,10 @@ fn check_size(e: &Engine, peer: &rpc_core::Endpoint, len: u64, rng: &mut Rng) {
 #[test]
 fn pull_and_push_of_every_size_with_random_offsets_and_mixed_segments() {
     let _serial = qs_tests::serial();
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     for inline in [0, 2048] {
         let e = Engine::builder()
-            .listen(listen_addr())
+            .listen(&listen_addr())
             .inline_bulk(inline)
             .build()
             .unwrap();
@@ -144,7 +144,7 @@ fn pull_and_push_of_every_size_with_random_offsets_and_mixed_segments() {
 #[ignore = "moves 2 GiB; run with --ignored"]
 fn pull_and_push_of_one_gib() {
     let _serial = qs_tests::serial();
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     check_size(&e, &peer, 1 << 30, &mut Rng(99));
@@ -153,9 +153,9 @@ fn pull_and_push_of_one_gib() {
 #[test]
 fn bad_descriptors_are_refused_and_our_memory_is_untouched() {
     let _serial = qs_tests::serial();
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = Engine::builder()
-        .listen(listen_addr())
+        .listen(&listen_addr())
         .inline_bulk(0)
         .build()
         .unwrap();
@@ -219,7 +219,7 @@ fn bad_descriptors_are_refused_and_our_memory_is_untouched() {
 #[test]
 fn bad_remote_accesses_are_typed_errors_at_the_requester() {
     let _serial = qs_tests::serial();
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     let ro = e
@@ -273,7 +273,7 @@ fn bad_remote_accesses_are_typed_errors_at_the_requester() {
 #[test]
 fn a_transfer_fails_promptly_when_the_peer_dies() {
     let _serial = qs_tests::serial();
-    let mut server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let mut server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     let len: u64 = 1 << 30;
@@ -314,7 +314,7 @@ fn a_transfer_fails_promptly_when_the_peer_dies() {
 #[test]
 fn small_rpcs_are_not_stuck_behind_concurrent_transfers() {
     let _serial = qs_tests::serial();
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     let len: u64 = 8 << 20;

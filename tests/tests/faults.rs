@@ -8,7 +8,7 @@ use rpc_core::{NaError, RpcError};
 
 #[test]
 fn a_slow_handler_times_out_and_its_late_answer_is_discarded() {
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     let t0 = Instant::now();
@@ -31,7 +31,7 @@ fn a_slow_handler_times_out_and_its_late_answer_is_discarded() {
 
 #[test]
 fn cancel_and_drop_end_calls_with_canceled() {
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     let c = e.call(&peer, SLEEP, &200);
@@ -46,7 +46,7 @@ fn cancel_and_drop_end_calls_with_canceled() {
 
 #[test]
 fn calls_as_futures_complete_under_a_plain_executor() {
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     let fut = async {
@@ -80,7 +80,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 #[test]
 fn a_killed_server_fails_calls_in_flight_promptly() {
-    let mut server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let mut server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     assert_eq!(e.call(&peer, SUM, &(1, 1)).wait(), Ok(2));
@@ -119,7 +119,7 @@ fn a_killed_server_fails_calls_in_flight_promptly() {
 
 #[test]
 fn a_restarted_server_is_reached_again_at_the_same_address() {
-    let mut first = ServerProcess::spawn(&[listen_addr()], &[]);
+    let mut first = ServerProcess::spawn(&[&listen_addr()], &[]);
     let addr = first.addr.clone();
     let e = client();
     let peer = e.lookup(&addr).unwrap();

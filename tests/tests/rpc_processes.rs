@@ -11,7 +11,7 @@ use serde_bytes::ByteBuf;
 
 #[test]
 fn ten_thousand_calls_with_a_hundred_in_flight_are_all_correct() {
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     let mut window: VecDeque<(u64, Call<u64>)> = VecDeque::new();
@@ -42,7 +42,7 @@ fn ten_thousand_calls_with_a_hundred_in_flight_are_all_correct() {
 
 #[test]
 fn the_transport_is_chosen_by_rpc_transport_alone() {
-    let server = ServerProcess::spawn(&[], &[("RPC_TRANSPORT", transport())]);
+    let server = ServerProcess::spawn(&[], &[("RPC_TRANSPORT", transport().as_str())]);
     assert!(
         server.addr.starts_with(&format!("{}://", transport())),
         "{}",
@@ -50,7 +50,7 @@ fn the_transport_is_chosen_by_rpc_transport_alone() {
     );
     let out = Command::new(bin("qs-test-client"))
         .args([&server.addr, "10000", "100"])
-        .env("RPC_TRANSPORT", transport())
+        .env("RPC_TRANSPORT", transport().as_str())
         .output()
         .unwrap();
     assert!(
@@ -78,7 +78,7 @@ fn an_unknown_transport_is_a_clear_error() {
 
 #[test]
 fn arguments_and_results_of_every_size_round_trip_through_overflow() {
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     // The echo body is a msgpack bin: up to 5 bytes of framing.
@@ -115,9 +115,9 @@ fn arguments_and_results_of_every_size_round_trip_through_overflow() {
 
 #[test]
 fn inputs_over_the_overflow_limits_are_refused_clearly() {
-    let server = ServerProcess::spawn(&["--max-overflow", "1048576", listen_addr()], &[]);
+    let server = ServerProcess::spawn(&["--max-overflow", "1048576", &listen_addr()], &[]);
     let small = Engine::builder()
-        .listen(listen_addr())
+        .listen(&listen_addr())
         .max_overflow(1 << 20)
         .build()
         .unwrap();
@@ -140,7 +140,7 @@ fn inputs_over_the_overflow_limits_are_refused_clearly() {
 
 #[test]
 fn handler_errors_panics_and_dropped_responders_reach_the_caller() {
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     assert_eq!(
@@ -171,7 +171,7 @@ fn handler_errors_panics_and_dropped_responders_reach_the_caller() {
 
 #[test]
 fn one_way_requests_arrive_without_answers() {
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     for _ in 0..100 {
@@ -195,10 +195,10 @@ fn one_way_requests_arrive_without_answers() {
 
 #[test]
 fn manual_and_busy_progress_modes_complete_calls() {
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     for mode in [ProgressMode::Manual, ProgressMode::BusyPoll] {
         let e = Engine::builder()
-            .listen(listen_addr())
+            .listen(&listen_addr())
             .progress_mode(mode)
             .build()
             .unwrap();
@@ -212,13 +212,13 @@ fn manual_and_busy_progress_modes_complete_calls() {
 
 #[test]
 fn many_client_engines_are_all_served() {
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let threads: Vec<_> = (0..64u64)
         .map(|k| {
             let addr = server.addr.clone();
             std::thread::spawn(move || {
                 let e = Engine::builder()
-                    .listen(listen_addr())
+                    .listen(&listen_addr())
                     .workers(1)
                     .build()
                     .unwrap();
@@ -280,14 +280,14 @@ fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 fn client_process(addr: &str, calls: u64, window: usize) -> Command {
     let mut c = Command::new(bin("qs-test-client"));
     c.args([addr, &calls.to_string(), &window.to_string()])
-        .env("RPC_TRANSPORT", transport())
+        .env("RPC_TRANSPORT", transport().as_str())
         .stdout(std::process::Stdio::piped());
     c
 }
 
 #[test]
 fn a_client_killed_mid_rpc_is_noticed_and_new_clients_are_served() {
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let e = client();
     let peer = e.lookup(&server.addr).unwrap();
     let received = || e.call(&peer, STATS, &()).wait().unwrap().0;
@@ -315,7 +315,7 @@ fn a_client_killed_mid_rpc_is_noticed_and_new_clients_are_served() {
 
 #[test]
 fn sixteen_client_processes_on_one_server_are_all_served() {
-    let server = ServerProcess::spawn(&[listen_addr()], &[]);
+    let server = ServerProcess::spawn(&[&listen_addr()], &[]);
     let kids: Vec<_> = (0..16)
         .map(|_| client_process(&server.addr, 2000, 8).spawn().unwrap())
         .collect();

@@ -28,10 +28,15 @@ pub struct OfiConfig {
     pub cq_size: usize,
     /// Largest single `fi_read`/`fi_write`; longer transfers are split.
     pub rma_chunk: usize,
+    /// Bytes of RMA pieces in flight at once, over all transfers (the rest wait in a queue).
+    pub rma_window: usize,
     /// How long a peer that operations wait on may stay silent before it is probed.
     pub probe_after: Duration,
     /// How long a probe may stay unanswered before the peer is declared lost.
     pub probe_timeout: Duration,
+    /// How long a peer stays watched (probed when silent) after it was last heard from,
+    /// with no operation waiting on it: a client that dies between requests is noticed.
+    pub watch_idle: Duration,
     /// Released registrations kept for reuse by an identical `register` (0: off). While a
     /// registration sits in the cache a peer holding its old descriptor can still reach
     /// the memory, so the cache trades the contract's "deregistered memory is refused"
@@ -40,17 +45,20 @@ pub struct OfiConfig {
 }
 
 impl Default for OfiConfig {
-    /// 64 KiB messages, 64 posted receives, 4 MiB RMA pieces; a silent peer is probed after
-    /// 1 s and declared lost after 5 s without an answer; no registration cache. The
+    /// 64 KiB messages, 64 posted receives, 1 MiB RMA pieces with 8 MiB in flight; a
+    /// silent peer is probed after 0.5 s and declared lost after 2.5 s without an answer,
+    /// and peers heard from in the last 10 s are watched; no registration cache. The
     /// cache size can be set with `QS_OFI_MR_CACHE=N`.
     fn default() -> Self {
         OfiConfig {
             max_eager: 64 << 10,
             recv_pool: 64,
             cq_size: 4096,
-            rma_chunk: 4 << 20,
-            probe_after: Duration::from_secs(1),
-            probe_timeout: Duration::from_secs(5),
+            rma_chunk: 1 << 20,
+            rma_window: 8 << 20,
+            probe_after: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(2500),
+            watch_idle: Duration::from_secs(10),
             mr_cache: std::env::var("QS_OFI_MR_CACHE")
                 .ok()
                 .and_then(|s| s.parse().ok())
@@ -86,8 +94,10 @@ pub(crate) struct Ctx {
 pub(crate) enum What {
     /// One receive of the unexpected pool (reposted after use).
     Pool,
-    /// (A part of) a user operation.
+    /// A message operation.
     Op(u64),
+    /// A piece of a transfer, of this many bytes.
+    Rma(u64, usize),
     /// A liveness probe to this peer.
     Ping(PeerId),
     /// An answer to a probe (its completion is ignored).
@@ -124,6 +134,9 @@ pub(crate) struct Op {
     pub(crate) error: Option<NaError>,
     /// The message received.
     pub(crate) data: Vec<u8>,
+    /// When a transfer to a lost peer is completed even if the provider has not returned
+    /// it.
+    pub(crate) abandon_at: Option<Instant>,
     /// Its `Done` event was already queued (canceled or failed with its peer); the fabric
     /// completions still to come only release its contexts.
     pub(crate) reported: bool,
@@ -142,6 +155,8 @@ pub(crate) struct Peer {
     pub(crate) last_probe: Option<Instant>,
     /// User operations pending on it.
     pub(crate) pending: u32,
+    /// Declared lost and not heard from since.
+    pub(crate) lost: bool,
 }
 
 /// Everything behind the state lock.
@@ -152,6 +167,9 @@ pub(crate) struct State {
     pub(crate) mem: MemTable,
     /// Transfers waiting for their owner's grant (providers with `checked_rma`).
     pub(crate) awaiting: HashMap<u64, crate::rma::Awaiting>,
+    /// RMA pieces waiting for room in the window, and the bytes posted and not completed.
+    pub(crate) rma_queue: VecDeque<crate::rma::Queued>,
+    pub(crate) rma_inflight: usize,
     /// Every context posted and not yet completed (freed on drop).
     pub(crate) live: HashSet<usize>,
     pub(crate) stats: OfiStats,
@@ -183,6 +201,8 @@ pub struct OfiPlugin {
     pub(crate) cq_lock: Mutex<()>,
     /// Grants read from the queue, posted once its lock is released.
     pub(crate) grants: Mutex<Vec<(u64, bool)>>,
+    /// A thread is posting queued RMA pieces.
+    pub(crate) pumping: std::sync::atomic::AtomicBool,
     pub(crate) next_op: AtomicU64,
     pub(crate) cfg: OfiConfig,
     pub(crate) provider: &'static Provider,
@@ -309,6 +329,8 @@ impl OfiPlugin {
                 by_addr: HashMap::new(),
                 mem,
                 awaiting: HashMap::new(),
+                rma_queue: VecDeque::new(),
+                rma_inflight: 0,
                 live: HashSet::new(),
                 stats: OfiStats::default(),
             }),
@@ -321,6 +343,7 @@ impl OfiPlugin {
             events: Mutex::new(VecDeque::new()),
             cq_lock: Mutex::new(()),
             grants: Mutex::new(Vec::new()),
+            pumping: std::sync::atomic::AtomicBool::new(false),
             next_op: AtomicU64::new(1),
             cfg,
             provider: prov,
@@ -383,6 +406,7 @@ impl OfiPlugin {
                 probing_since: None,
                 last_probe: None,
                 pending: 0,
+                lost: false,
             },
         );
         Ok(PeerId(a))
@@ -409,6 +433,7 @@ impl OfiPlugin {
                 ctxs: Vec::new(),
                 error: None,
                 data: Vec::new(),
+                abandon_at: None,
                 reported: false,
             },
         );
@@ -458,7 +483,20 @@ impl OfiPlugin {
     /// Sends `buf` with `tag` to `peer`: injected (no completion) when it fits, else with
     /// a context that owns the buffer. Returns whether a completion will come.
     pub(crate) fn tsend(&self, peer: u64, tag: u64, buf: Vec<u8>, what: What) -> NaResult<bool> {
-        if buf.len() <= self.inject {
+        self.tsend_opt(peer, tag, buf, what, true)
+    }
+
+    /// As `tsend`; `inject` false asks for a completion even for a small message (an
+    /// answer's failure is how a server learns that its client died).
+    pub(crate) fn tsend_opt(
+        &self,
+        peer: u64,
+        tag: u64,
+        buf: Vec<u8>,
+        what: What,
+        inject: bool,
+    ) -> NaResult<bool> {
+        if inject && buf.len() <= self.inject {
             self.post("fi_tinject", || unsafe {
                 // SAFETY: buf is valid for its length during the call; inject copies it.
                 fi::fi_tinject(self.ep.0, buf.as_ptr().cast(), buf.len(), peer, tag)
@@ -524,7 +562,7 @@ impl OfiPlugin {
             self.fi_addr(&s, peer)?;
             self.new_op(&mut s, peer, OpKind::Send, 1)
         };
-        match self.tsend(peer.0, wire_tag, buf, What::Op(id)) {
+        match self.tsend_opt(peer.0, wire_tag, buf, What::Op(id), unexpected) {
             Ok(true) => {}
             Ok(false) => self.part_done(id, Ok(0)),
             Err(e) => {

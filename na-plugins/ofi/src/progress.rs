@@ -8,10 +8,15 @@ use libfabric_sys as fi;
 use na::{Event, NaError, NaResult, PeerId};
 
 use crate::fabric;
-use crate::plugin::{Ctx, OfiPlugin, OpKind, State, What, lock};
+use crate::plugin::{Ctx, OfiPlugin, OpKind, Peer, State, What, lock};
 use crate::wire::{self, Kind, UNEXPECTED};
 
 const BATCH: usize = 32;
+
+/// How long transfers to a lost peer may take to come back from the provider before they
+/// are completed with the error regardless (`shm` never returns a transfer whose target
+/// process died: the target performs the copy).
+const ABANDON_AFTER: Duration = Duration::from_secs(2);
 
 impl OfiPlugin {
     /// Reads and handles every completion queued now. With `wait_turn` false, returns at
@@ -59,11 +64,13 @@ impl OfiPlugin {
             break;
         }
         drop(_turn);
-        // Granted transfers are posted outside the queue lock: posting may need progress.
+        // Granted transfers and queued pieces are posted outside the queue lock: posting
+        // may need progress.
         let grants = std::mem::take(&mut *lock(&self.grants));
         for (op, ok) in grants {
             self.on_grant(op, ok);
         }
+        self.pump();
     }
 
     fn on_completion(&self, ctx: *mut Ctx, r: Result<(usize, u64), NaError>) {
@@ -72,8 +79,9 @@ impl OfiPlugin {
         }
         // SAFETY: every context we post is a live Ctx (tracked in `live`); libfabric returns
         // it exactly once.
-        let what = unsafe { (*ctx).what };
-        if what == What::Pool {
+        // (A pool context's `what` never changes; others may be rewritten by `abandon`
+        // under the state lock, so they are read under it.)
+        if unsafe { (*ctx).what } == What::Pool {
             self.on_unexpected(ctx, r);
             return;
         }
@@ -83,7 +91,7 @@ impl OfiPlugin {
             // SAFETY: as above; this completion is its last use by libfabric.
             unsafe { Box::from_raw(ctx) }
         };
-        match what {
+        match owned.what {
             What::Op(id) => {
                 let r = r.map(|(len, _)| len);
                 let data = match (&r, self.op_kind(id)) {
@@ -95,6 +103,12 @@ impl OfiPlugin {
                     _ => Vec::new(),
                 };
                 self.finish_part(id, r, data);
+            }
+            What::Rma(id, len) => {
+                let mut st = lock(&self.state);
+                st.rma_inflight = st.rma_inflight.saturating_sub(len);
+                drop(st);
+                self.finish_part(id, r.map(|(l, _)| l), Vec::new());
             }
             What::Ping(peer) => {
                 if let Err(e) = r
@@ -128,6 +142,13 @@ impl OfiPlugin {
                 }
             }
             Err(e) => {
+                // The provider cancels what it can no longer deliver (rxm on a lost
+                // connection): unless the caller canceled, that is a lost connection.
+                let e = if e == NaError::Canceled && !op.reported && op.error.is_none() {
+                    NaError::Disconnected("the provider canceled the operation".into())
+                } else {
+                    e
+                };
                 if matches!(e, NaError::Unreachable(_) | NaError::Disconnected(_)) {
                     lost = Some((op.peer, e.clone()));
                 }
@@ -255,6 +276,7 @@ impl OfiPlugin {
         p.probing_since = None;
         p.last_probe = None;
         p.last_heard = Instant::now();
+        p.lost = true;
         s.stats.peers_lost += 1;
         let ids: Vec<u64> = s
             .ops
@@ -283,12 +305,14 @@ impl OfiPlugin {
                     op: na::OpId(id),
                     result: Err(e.clone()),
                 });
-            } else if s.awaiting.remove(&id).is_some() {
+            } else if drop_queued(&mut s, id) || s.awaiting.remove(&id).is_some() {
                 // Nothing posted yet: done now.
                 if let Some(op) = s.ops.get_mut(&id) {
                     op.parts = 0;
                 }
                 self.finish_if_done(&mut s, id);
+            } else if let Some(op) = s.ops.get_mut(&id) {
+                op.abandon_at = Some(Instant::now() + ABANDON_AFTER);
             }
         }
         self.push_event(Event::PeerLost { peer, error: e });
@@ -303,7 +327,10 @@ impl OfiPlugin {
         {
             let mut s = lock(&self.state);
             let mut probes = 0;
-            for (a, p) in s.peers.iter_mut().filter(|(_, p)| p.pending > 0) {
+            let idle = self.cfg.watch_idle;
+            let watched =
+                |p: &Peer| p.pending > 0 || (!p.lost && now.duration_since(p.last_heard) < idle);
+            for (a, p) in s.peers.iter_mut().filter(|(_, p)| watched(p)) {
                 if let Some(t0) = p.probing_since
                     && now.duration_since(t0) >= self.cfg.probe_timeout
                 {
@@ -324,6 +351,7 @@ impl OfiPlugin {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
             s.stats.probes += probes;
+            abandon_overdue(self, &mut s, now);
         }
         for a in probe {
             let b = wire::header(Kind::Ping, &self.self_raw);
@@ -472,7 +500,10 @@ impl OfiPlugin {
                 // SAFETY: cancel by context on our open endpoint.
                 unsafe { fi::fi_cancel(self.ep.fid(), *c as *mut libc::c_void) };
             }
-            op.kind
+            let kind = op.kind;
+            drop_queued(&mut s, id);
+            self.finish_if_done(&mut s, id);
+            kind
         };
         let awaiting = {
             let mut s = lock(&self.state);
@@ -506,9 +537,59 @@ impl OfiPlugin {
     }
 }
 
+/// Completes with their error the transfers to lost peers that the provider did not
+/// return within `ABANDON_AFTER`. Their contexts stay allocated (freed if the provider ever
+/// completes them, or with the plugin) but no longer count in the window.
+fn abandon_overdue(p: &OfiPlugin, s: &mut State, now: Instant) {
+    let due: Vec<u64> = s
+        .ops
+        .iter()
+        .filter(|(_, o)| !o.reported && o.abandon_at.is_some_and(|t| now >= t))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in due {
+        let Some(op) = s.ops.get(&id) else { continue };
+        let ctxs: Vec<usize> = op
+            .ctxs
+            .iter()
+            .copied()
+            .filter(|c| s.live.contains(c))
+            .collect();
+        for c in ctxs {
+            let ctx = c as *mut Ctx;
+            // SAFETY: the context is live (in `live`, checked under the state lock held here);
+            // libfabric uses only its `fi` field, and completions read `what` under this lock.
+            unsafe {
+                if let What::Rma(_, len) = (*ctx).what {
+                    s.rma_inflight = s.rma_inflight.saturating_sub(len);
+                }
+                (*ctx).what = What::Pong;
+            }
+        }
+        drop_queued(s, id);
+        tracing::warn!("ofi: a transfer to a lost peer was not returned by the provider; failed");
+        if let Some(op) = s.ops.get_mut(&id) {
+            op.parts = 0;
+        }
+        p.finish_if_done(s, id);
+    }
+}
+
+/// Removes the queued (unposted) pieces of `id`; returns whether there were any.
+fn drop_queued(s: &mut State, id: u64) -> bool {
+    let before = s.rma_queue.len();
+    s.rma_queue.retain(|q| q.id != id);
+    let n = (before - s.rma_queue.len()) as u32;
+    if let Some(op) = s.ops.get_mut(&id) {
+        op.parts = op.parts.saturating_sub(n);
+    }
+    n > 0
+}
+
 fn heard_from(s: &mut State, peer: PeerId) {
     if let Some(p) = s.peers.get_mut(&peer.0) {
         p.contacted = true;
+        p.lost = false;
         p.last_heard = Instant::now();
         p.probing_since = None;
         p.last_probe = None;

@@ -17,6 +17,14 @@ pub(crate) struct Post {
     key: u64,
 }
 
+/// A piece waiting for room in the window.
+pub(crate) struct Queued {
+    pub(crate) id: u64,
+    peer: PeerId,
+    write: bool,
+    post: Post,
+}
+
 /// A transfer waiting for its owner's grant.
 pub(crate) struct Awaiting {
     pub(crate) write: bool,
@@ -36,17 +44,31 @@ impl OfiPlugin {
         len: u64,
     ) -> NaResult<OpId> {
         let bad = |m: String| Err(NaError::InvalidArgument(m));
-        let rsegs = wire::decode_segs(&remote.extra)?;
-        let rlens: Vec<u64> = rsegs.iter().map(|s| s.len).collect();
-        let rtotal = rlens.iter().try_fold(0u64, |a, l| a.checked_add(*l));
-        let in_remote = remote_off
+        if remote_off
             .checked_add(len)
-            .is_some_and(|end| end <= remote.len && rtotal.is_some_and(|t| end <= t));
-        if !in_remote {
+            .is_none_or(|end| end > remote.len)
+        {
             return bad(format!(
                 "remote range {remote_off}+{len} is outside the {}-byte region",
                 remote.len
             ));
+        }
+        // The descriptor's own table must cover the range; one that does not lies about
+        // the region (forged or corrupted): refused as the owner would.
+        // Refused like an owner's refusal: an operation that completes with the error.
+        let rsegs = match wire::decode_segs(&remote.extra) {
+            Ok(r) => r,
+            Err(e) => return self.refused(peer, e),
+        };
+        let rlens: Vec<u64> = rsegs.iter().map(|s| s.len).collect();
+        let rtotal = rlens.iter().try_fold(0u64, |a, l| a.checked_add(*l));
+        if rtotal.is_none_or(|t| remote_off + len > t) {
+            return self.refused(
+                peer,
+                NaError::AccessDenied(format!(
+                    "remote range {remote_off}+{len} is outside the region the descriptor describes"
+                )),
+            );
         }
         let (id, posts, checked) = {
             let mut s = lock(&self.state);
@@ -109,10 +131,7 @@ impl OfiPlugin {
             }
             return Ok(OpId(id));
         }
-        if let Err(e) = self.post_pieces(id, peer, write, posts) {
-            self.forget_op(id);
-            return Err(e);
-        }
+        self.post_pieces(id, peer, write, posts)?;
         Ok(OpId(id))
     }
 
@@ -148,85 +167,141 @@ impl OfiPlugin {
         }
     }
 
-    /// Posts the pieces of `id`. An error on the first piece is returned (and the op
-    /// forgotten); later ones complete the op with the error.
+    /// Queues the pieces of `id` and posts as many as the window allows. Pieces of all
+    /// transfers share one window of bytes in flight, so that messages (small RPCs) queued
+    /// behind them on the same connection wait for at most a window's worth of data.
     fn post_pieces(&self, id: u64, peer: PeerId, write: bool, posts: Vec<Post>) -> NaResult<()> {
         if posts.is_empty() {
             self.part_done_all(id);
             return Ok(());
         }
-        let total = posts.len();
-        for (i, p) in posts.into_iter().enumerate() {
-            let ctx = Ctx::new(What::Op(id), Vec::new());
-            {
-                let mut s = lock(&self.state);
-                s.live.insert(ctx as usize);
-                if let Some(op) = s.ops.get_mut(&id) {
-                    op.ctxs.push(ctx as usize);
-                }
-            }
-            let r = self.post(if write { "fi_write" } else { "fi_read" }, || unsafe {
-                // SAFETY: the local piece lies in memory registered by the caller (valid until
-                // deregistered, per the register contract, and the caller keeps it until this
-                // op's Done); ctx lives until its completion.
-                let (buf, mut desc) = (p.local as *mut libc::c_void, p.desc as *mut libc::c_void);
-                if write {
-                    // A put completes when its data is in the owner's memory (delivery
-                    // complete), not when it left this process.
-                    let iov = libc::iovec {
-                        iov_base: buf,
-                        iov_len: p.len,
-                    };
-                    let rma = fi::fi_rma_iov {
-                        addr: p.raddr,
-                        len: p.len,
-                        key: p.key,
-                    };
-                    let msg = fi::fi_msg_rma {
-                        msg_iov: (&iov as *const libc::iovec).cast(),
-                        desc: &mut desc,
-                        iov_count: 1,
-                        addr: peer.0,
-                        rma_iov: &rma,
-                        rma_iov_count: 1,
-                        context: ctx.cast(),
-                        data: 0,
-                    };
-                    fi::fi_writemsg(self.ep.0, &msg, self.write_flags)
-                } else {
-                    fi::fi_read(
-                        self.ep.0,
-                        buf,
-                        p.len,
-                        desc,
-                        peer.0,
-                        p.raddr,
-                        p.key,
-                        ctx.cast(),
-                    )
-                }
-            });
-            if let Err(e) = r {
-                {
-                    let mut s = lock(&self.state);
-                    s.live.remove(&(ctx as usize));
-                    if let Some(op) = s.ops.get_mut(&id) {
-                        op.ctxs.retain(|c| *c != ctx as usize);
-                    }
-                }
-                // SAFETY: not posted.
-                drop(unsafe { Box::from_raw(ctx) });
-                if i == 0 {
-                    return Err(e);
-                }
-                // Later pieces: the op completes with the error once the posted ones return.
-                for _ in i..total {
-                    self.part_done(id, Err(e.clone()));
-                }
-                break;
+        {
+            let mut s = lock(&self.state);
+            for p in posts {
+                s.rma_queue.push_back(Queued {
+                    id,
+                    peer,
+                    write,
+                    post: p,
+                });
             }
         }
+        self.pump();
         Ok(())
+    }
+
+    /// Posts queued pieces while the window has room. A piece that cannot be posted fails
+    /// its operation (which completes once its posted pieces return).
+    pub(crate) fn pump(&self) {
+        if self.pumping.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        self.pump_inner();
+        self.pumping
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    fn pump_inner(&self) {
+        loop {
+            let q = {
+                let mut s = lock(&self.state);
+                if s.rma_inflight >= self.cfg.rma_window {
+                    return;
+                }
+                let Some(q) = s.rma_queue.pop_front() else {
+                    return;
+                };
+                if s.ops
+                    .get(&q.id)
+                    .is_none_or(|o| o.reported || o.error.is_some())
+                {
+                    // Canceled or failed meanwhile: this piece is never posted.
+                    drop(s);
+                    self.part_done(q.id, Err(NaError::Canceled));
+                    continue;
+                }
+                s.rma_inflight += q.post.len;
+                q
+            };
+            if let Err(e) = self.post_one(&q) {
+                lock(&self.state).rma_inflight -= q.post.len;
+                self.part_done(q.id, Err(e));
+            }
+        }
+    }
+
+    fn post_one(&self, q: &Queued) -> NaResult<()> {
+        let (id, peer, write, p) = (q.id, q.peer, q.write, &q.post);
+        let ctx = Ctx::new(What::Rma(id, p.len), Vec::new());
+        {
+            let mut s = lock(&self.state);
+            s.live.insert(ctx as usize);
+            if let Some(op) = s.ops.get_mut(&id) {
+                op.ctxs.push(ctx as usize);
+            }
+        }
+        let r = self.post(if write { "fi_write" } else { "fi_read" }, || unsafe {
+            // SAFETY: the local piece lies in memory registered by the caller (valid until
+            // deregistered, per the register contract, and the caller keeps it until this
+            // op's Done); ctx lives until its completion.
+            let (buf, mut desc) = (p.local as *mut libc::c_void, p.desc as *mut libc::c_void);
+            if write {
+                // A put completes when its data is in the owner's memory (delivery
+                // complete), not when it left this process.
+                let iov = libc::iovec {
+                    iov_base: buf,
+                    iov_len: p.len,
+                };
+                let rma = fi::fi_rma_iov {
+                    addr: p.raddr,
+                    len: p.len,
+                    key: p.key,
+                };
+                let msg = fi::fi_msg_rma {
+                    msg_iov: (&iov as *const libc::iovec).cast(),
+                    desc: &mut desc,
+                    iov_count: 1,
+                    addr: peer.0,
+                    rma_iov: &rma,
+                    rma_iov_count: 1,
+                    context: ctx.cast(),
+                    data: 0,
+                };
+                fi::fi_writemsg(self.ep.0, &msg, self.write_flags)
+            } else {
+                fi::fi_read(
+                    self.ep.0,
+                    buf,
+                    p.len,
+                    desc,
+                    peer.0,
+                    p.raddr,
+                    p.key,
+                    ctx.cast(),
+                )
+            }
+        });
+        if r.is_err() {
+            let mut s = lock(&self.state);
+            s.live.remove(&(ctx as usize));
+            if let Some(op) = s.ops.get_mut(&id) {
+                op.ctxs.retain(|c| *c != ctx as usize);
+            }
+            // SAFETY: not posted; libfabric holds no reference.
+            drop(unsafe { Box::from_raw(ctx) });
+        }
+        r
+    }
+
+    /// An operation on `peer` that completes at once with `e`.
+    fn refused(&self, peer: PeerId, e: NaError) -> NaResult<OpId> {
+        let id = {
+            let mut s = lock(&self.state);
+            self.fi_addr(&s, peer)?;
+            self.new_op(&mut s, peer, OpKind::Rma, 1)
+        };
+        self.part_done(id, Err(e));
+        Ok(OpId(id))
     }
 
     fn part_done_all(&self, id: u64) {

@@ -150,8 +150,8 @@ pub fn encode_segs(segs: &[RemoteSeg]) -> Vec<u8> {
 /// Decodes a segment table from a peer's descriptor.
 pub fn decode_segs(extra: &[u8]) -> Result<Vec<RemoteSeg>, NaError> {
     if extra.is_empty() || !extra.len().is_multiple_of(SEG) {
-        return Err(NaError::InvalidArgument(
-            "remote descriptor is not an ofi region (bad segment table)".into(),
+        return Err(NaError::AccessDenied(
+            "the descriptor's segment table is malformed (not an ofi region)".into(),
         ));
     }
     Ok(extra
