@@ -47,7 +47,9 @@ pub fn to_locator(format: u32, raw: &[u8]) -> String {
         fi::FI_ADDR_STR => {
             let s = String::from_utf8_lossy(raw);
             let s = s.trim_end_matches('\0');
-            if s.chars().all(|c| c.is_ascii_graphic()) && !s.is_empty() {
+            // `fi_shm://1234:0:0` → `1234:0:0`: the provider's scheme is implied by ours.
+            let s = s.split_once("://").map_or(s, |(_, rest)| rest);
+            if s.chars().all(|c| c.is_ascii_graphic() && c != '/') && !s.is_empty() {
                 s.to_owned()
             } else {
                 hex(raw)
@@ -63,6 +65,20 @@ fn hex(raw: &[u8]) -> String {
         s.push_str(&format!("{b:02x}"));
     }
     s
+}
+
+/// The raw address of `format` for a locator (without its domain prefix). String
+/// addresses take the scheme (`fi_shm://`) of `own`, this endpoint's raw address.
+pub fn from_locator_like(format: u32, loc: &str, own: &[u8]) -> Result<Vec<u8>, NaError> {
+    if format == fi::FI_ADDR_STR && !loc.starts_with('x') {
+        let own = String::from_utf8_lossy(own);
+        if let Some((scheme, _)) = own.split_once("://") {
+            let mut v = format!("{scheme}://{loc}").into_bytes();
+            v.push(0);
+            return Ok(v);
+        }
+    }
+    from_locator(format, loc)
 }
 
 /// The raw address of `format` for a locator (without its domain prefix).

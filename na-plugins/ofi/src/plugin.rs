@@ -46,8 +46,9 @@ pub struct OfiConfig {
 
 impl Default for OfiConfig {
     /// 64 KiB messages, 64 posted receives, 1 MiB RMA pieces with 8 MiB in flight; a
-    /// silent peer is probed after 0.5 s and declared lost after 2.5 s without an answer,
-    /// and peers heard from in the last 10 s are watched; no registration cache. The
+    /// silent peer is probed every 0.5 s; it is declared lost as soon as its process is
+    /// proven gone (see `provider::DeathCheck`), or after 10 s of unanswered probes; peers
+    /// heard from in the last 10 s are watched; no registration cache. The
     /// cache size can be set with `QS_OFI_MR_CACHE=N`.
     fn default() -> Self {
         OfiConfig {
@@ -57,7 +58,7 @@ impl Default for OfiConfig {
             rma_chunk: 1 << 20,
             rma_window: 8 << 20,
             probe_after: Duration::from_millis(500),
-            probe_timeout: Duration::from_millis(2500),
+            probe_timeout: Duration::from_secs(10),
             watch_idle: Duration::from_secs(10),
             mr_cache: std::env::var("QS_OFI_MR_CACHE")
                 .ok()
@@ -144,6 +145,7 @@ pub(crate) struct Op {
 
 /// What the plugin knows of a peer.
 pub(crate) struct Peer {
+    pub(crate) raw: Vec<u8>,
     /// We sent to it or heard from it (a later failure is a lost connection, not an
     /// unreachable address).
     pub(crate) contacted: bool,
@@ -286,6 +288,12 @@ impl OfiPlugin {
                 }
             ))
         })?;
+        if prov.death_check == provider::DeathCheck::Pid {
+            let n = provider::sweep_stale_shm_regions();
+            if n > 0 {
+                tracing::info!("ofi: removed {n} shm regions left by dead processes");
+            }
+        }
         let stack = Stack::open(&info, cfg.cq_size)?;
         let self_raw = stack.name()?;
         let format = info.raw().addr_format;
@@ -401,6 +409,7 @@ impl OfiPlugin {
         s.peers.insert(
             a,
             Peer {
+                raw: raw.to_vec(),
                 contacted: false,
                 last_heard: Instant::now(),
                 probing_since: None,
@@ -635,9 +644,15 @@ impl Plugin for OfiPlugin {
             ));
         }
         let (_, loc) = addr::split_domain(addr.locator());
-        let raw = addr::from_locator(self.info.raw().addr_format, loc)
+        let raw = addr::from_locator_like(self.info.raw().addr_format, loc, &self.self_raw)
             .map_err(|e| bad_addr(addr, e.to_string()))?;
         let mut s = lock(&self.state);
+        if !s.by_addr.contains_key(&raw)
+            && crate::provider::certainly_dead(self.provider.death_check, &raw)
+        {
+            // (shm crashes on a send to a region that is gone: never insert one.)
+            return Err(NaError::Unreachable(format!("{addr}: no endpoint there")));
+        }
         self.peer_for(&mut s, &raw)
     }
 

@@ -9,6 +9,7 @@ use na::{Event, NaError, NaResult, PeerId};
 
 use crate::fabric;
 use crate::plugin::{Ctx, OfiPlugin, OpKind, Peer, State, What, lock};
+use crate::provider::DeathCheck;
 use crate::wire::{self, Kind, UNEXPECTED};
 
 const BATCH: usize = 32;
@@ -323,6 +324,7 @@ impl OfiPlugin {
     fn check_liveness(&self, now: Instant) -> Option<Instant> {
         let mut probe = Vec::new();
         let mut lost = Vec::new();
+        let mut suspects = Vec::new();
         let mut next: Option<Instant> = None;
         {
             let mut s = lock(&self.state);
@@ -342,6 +344,10 @@ impl OfiPlugin {
                     .last_probe
                     .is_none_or(|t| now.duration_since(t) >= self.cfg.probe_after);
                 if silent && due {
+                    if p.probing_since.is_some() || self.provider.death_check == DeathCheck::Pid {
+                        // A probe went unanswered: is the process there at all?
+                        suspects.push((*a, p.raw.clone()));
+                    }
                     p.probing_since.get_or_insert(now);
                     p.last_probe = Some(now);
                     probe.push(*a);
@@ -353,7 +359,15 @@ impl OfiPlugin {
             s.stats.probes += probes;
             abandon_overdue(self, &mut s, now);
         }
+        for (a, raw) in suspects {
+            if crate::provider::certainly_dead(self.provider.death_check, &raw) {
+                lost.push(PeerId(a));
+            }
+        }
         for a in probe {
+            if lost.contains(&PeerId(a)) {
+                continue;
+            }
             let b = wire::header(Kind::Ping, &self.self_raw);
             // A ping is never injected: its completion (or error) is part of the probe.
             let r = self.tsend_with_completion(a, b);
