@@ -122,7 +122,7 @@ fn run(o: &Opts) -> Result<(), String> {
         vec![Vec::new(); sizes.len()],
     );
     // Each phase has only its own server alive.
-    let sm = o.transport.starts_with("sm");
+    let sm = o.transport.starts_with("sm") || o.transport.starts_with("ofi+shm");
     for _ in 0..o.reps {
         if sm {
             raw_cma(&mut raw, &sizes, o)?;

@@ -100,7 +100,7 @@ fn run(o: &Opts) -> Result<(), String> {
     let mut pp = vec![Vec::new(); sizes.len()];
     // Each phase has only its own server alive, so that a busy-polling server of one
     // phase does not steal the core of the other.
-    let sm = o.transport.starts_with("sm");
+    let sm = o.transport.starts_with("sm") || o.transport.starts_with("ofi+shm");
     for _ in 0..o.reps {
         if sm {
             for (i, &s) in sizes.iter().enumerate() {

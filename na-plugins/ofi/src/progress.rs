@@ -306,14 +306,19 @@ impl OfiPlugin {
                     op: na::OpId(id),
                     result: Err(e.clone()),
                 });
-            } else if drop_queued(&mut s, id) || s.awaiting.remove(&id).is_some() {
-                // Nothing posted yet: done now.
-                if let Some(op) = s.ops.get_mut(&id) {
+            } else {
+                // Transfers: pieces not posted yet are dropped; posted ones are left to the
+                // provider for a while (they may still touch the caller's memory).
+                drop_queued(&mut s, id);
+                if s.awaiting.remove(&id).is_some()
+                    && let Some(op) = s.ops.get_mut(&id)
+                {
                     op.parts = 0;
                 }
+                if let Some(op) = s.ops.get_mut(&id) {
+                    op.abandon_at = Some(Instant::now() + ABANDON_AFTER);
+                }
                 self.finish_if_done(&mut s, id);
-            } else if let Some(op) = s.ops.get_mut(&id) {
-                op.abandon_at = Some(Instant::now() + ABANDON_AFTER);
             }
         }
         self.push_event(Event::PeerLost { peer, error: e });
