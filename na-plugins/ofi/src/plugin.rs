@@ -45,7 +45,7 @@ pub struct OfiConfig {
 }
 
 impl Default for OfiConfig {
-    /// 64 KiB messages, 64 posted receives, 1 MiB RMA pieces with 8 MiB in flight; a
+    /// 64 KiB messages, 64 posted receives, 512 KiB RMA pieces with 2 MiB in flight; a
     /// silent peer is probed every 0.5 s; it is declared lost as soon as its process is
     /// proven gone (see `provider::DeathCheck`), or after 10 s of unanswered probes; peers
     /// heard from in the last 10 s are watched; no registration cache. The
@@ -55,8 +55,8 @@ impl Default for OfiConfig {
             max_eager: 64 << 10,
             recv_pool: 64,
             cq_size: 4096,
-            rma_chunk: 1 << 20,
-            rma_window: 8 << 20,
+            rma_chunk: 512 << 10,
+            rma_window: 2 << 20,
             probe_after: Duration::from_millis(500),
             probe_timeout: Duration::from_secs(10),
             watch_idle: Duration::from_secs(10),
