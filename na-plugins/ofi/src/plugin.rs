@@ -470,6 +470,18 @@ impl OfiPlugin {
         }
     }
 
+    /// One post; `-FI_EAGAIN` is `Exhausted`.
+    pub(crate) fn post_once(&self, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
+        let rc = f();
+        if rc == 0 {
+            Ok(())
+        } else if rc == -(fi::FI_EAGAIN as isize) {
+            Err(NaError::Exhausted(format!("{what}: provider queue full")))
+        } else {
+            Err(fabric::error(what, rc as i64))
+        }
+    }
+
     pub(crate) fn post_pool(&self, ctx: *mut Ctx) -> NaResult<()> {
         // SAFETY: ctx is a live Ctx owned by the plugin (in `live`); its buffer stays put
         // until the completion hands it back.

@@ -277,8 +277,11 @@ impl OfiPlugin {
         p.probing_since = None;
         p.last_probe = None;
         p.last_heard = Instant::now();
-        p.lost = true;
-        s.stats.peers_lost += 1;
+        // Declared lost again (operations still waiting on it): fail them, report once.
+        let again = std::mem::replace(&mut p.lost, true);
+        if !again {
+            s.stats.peers_lost += 1;
+        }
         let ids: Vec<u64> = s
             .ops
             .iter()
@@ -316,12 +319,14 @@ impl OfiPlugin {
                     op.parts = 0;
                 }
                 if let Some(op) = s.ops.get_mut(&id) {
-                    op.abandon_at = Some(Instant::now() + ABANDON_AFTER);
+                    op.abandon_at.get_or_insert(Instant::now() + ABANDON_AFTER);
                 }
                 self.finish_if_done(&mut s, id);
             }
         }
-        self.push_event(Event::PeerLost { peer, error: e });
+        if !again {
+            self.push_event(Event::PeerLost { peer, error: e });
+        }
     }
 
     /// Probes silent peers that operations wait on; declares lost those whose probes went
@@ -541,6 +546,8 @@ impl OfiPlugin {
             let start = Instant::now();
             while lock(&self.state).ops.contains_key(&id) {
                 self.poll_cq(true);
+                // A lost peer's transfers are abandoned by the liveness check.
+                self.check_liveness(Instant::now());
                 if start.elapsed() > Duration::from_secs(60) {
                     tracing::error!("ofi: a canceled transfer did not complete in 60 s");
                     break;

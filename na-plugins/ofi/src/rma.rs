@@ -223,9 +223,20 @@ impl OfiPlugin {
                 s.rma_inflight += q.post.len;
                 q
             };
-            if let Err(e) = self.post_one(&q) {
-                lock(&self.state).rma_inflight -= q.post.len;
-                self.part_done(q.id, Err(e));
+            match self.post_one(&q) {
+                Ok(()) => {}
+                Err(NaError::Exhausted(_)) => {
+                    // The provider's queue is full (a slow or dead peer): retry on a later
+                    // pass rather than block progress (liveness checks must keep running).
+                    let mut s = lock(&self.state);
+                    s.rma_inflight -= q.post.len;
+                    s.rma_queue.push_front(q);
+                    return;
+                }
+                Err(e) => {
+                    lock(&self.state).rma_inflight -= q.post.len;
+                    self.part_done(q.id, Err(e));
+                }
             }
         }
     }
@@ -240,7 +251,8 @@ impl OfiPlugin {
                 op.ctxs.push(ctx as usize);
             }
         }
-        let r = self.post(if write { "fi_write" } else { "fi_read" }, || unsafe {
+        // One try: on -FI_EAGAIN the piece goes back to the queue (see `pump_inner`).
+        let r = self.post_once(if write { "fi_write" } else { "fi_read" }, || unsafe {
             // SAFETY: the local piece lies in memory registered by the caller (valid until
             // deregistered, per the register contract, and the caller keeps it until this
             // op's Done); ctx lives until its completion.
