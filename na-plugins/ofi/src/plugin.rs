@@ -101,8 +101,9 @@ pub(crate) enum What {
     Rma(u64, usize),
     /// A liveness probe to this peer.
     Ping(PeerId),
-    /// An answer to a probe (its completion is ignored).
-    Pong,
+    /// A control message: a probe's answer, an RMA check or grant (its completion is
+    /// ignored; a lost peer shows up through its operations and probes).
+    Control,
 }
 
 impl Ctx {

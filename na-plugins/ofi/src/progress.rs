@@ -118,7 +118,7 @@ impl OfiPlugin {
                     self.peer_lost(peer, e);
                 }
             }
-            What::Pool | What::Pong => {}
+            What::Pool | What::Control => {}
         }
     }
 
@@ -236,7 +236,7 @@ impl OfiPlugin {
             }),
             Kind::Ping => {
                 let b = wire::header(Kind::Pong, &self.self_raw);
-                if let Err(e) = self.tsend(peer.0, UNEXPECTED, b, What::Pong) {
+                if let Err(e) = self.tsend(peer.0, UNEXPECTED, b, What::Control) {
                     tracing::debug!("ofi: pong not sent: {e}");
                 }
             }
@@ -252,7 +252,7 @@ impl OfiPlugin {
                 let ok = lock(&self.state).mem.allows(c.key, c.off, c.len, c.write);
                 let mut b = wire::header(Kind::Grant, &self.self_raw);
                 b.extend_from_slice(&wire::encode_grant(c.op, ok));
-                if let Err(e) = self.tsend(peer.0, UNEXPECTED, b, What::Pong) {
+                if let Err(e) = self.tsend(peer.0, UNEXPECTED, b, What::Control) {
                     tracing::debug!("ofi: grant not sent: {e}");
                 }
             }
@@ -589,7 +589,7 @@ fn abandon_overdue(p: &OfiPlugin, s: &mut State, now: Instant) {
                 if let What::Rma(_, len) = (*ctx).what {
                     s.rma_inflight = s.rma_inflight.saturating_sub(len);
                 }
-                (*ctx).what = What::Pong;
+                (*ctx).what = What::Control;
             }
         }
         drop_queued(s, id);

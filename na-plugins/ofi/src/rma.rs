@@ -124,7 +124,7 @@ impl OfiPlugin {
             };
             let mut b = wire::header(wire::Kind::Check, &self.self_raw);
             b.extend_from_slice(&check.encode());
-            if let Err(e) = self.tsend(peer.0, wire::UNEXPECTED, b, What::Pong) {
+            if let Err(e) = self.tsend(peer.0, wire::UNEXPECTED, b, What::Control) {
                 lock(&self.state).awaiting.remove(&id);
                 self.forget_op(id);
                 return Err(e);
