@@ -206,6 +206,9 @@ pub struct OfiPlugin {
     pub(crate) grants: Mutex<Vec<(u64, bool)>>,
     /// A thread is posting queued RMA pieces.
     pub(crate) pumping: std::sync::atomic::AtomicBool,
+    /// RMA pieces may be queued (cleared under the state lock when the queue is seen
+    /// empty; set after pushing), so that progress skips the lock when there are none.
+    pub(crate) queued: std::sync::atomic::AtomicBool,
     pub(crate) next_op: AtomicU64,
     pub(crate) cfg: OfiConfig,
     pub(crate) provider: &'static Provider,
@@ -353,6 +356,7 @@ impl OfiPlugin {
             cq_lock: Mutex::new(()),
             grants: Mutex::new(Vec::new()),
             pumping: std::sync::atomic::AtomicBool::new(false),
+            queued: std::sync::atomic::AtomicBool::new(false),
             next_op: AtomicU64::new(1),
             cfg,
             provider: prov,

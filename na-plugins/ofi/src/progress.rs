@@ -94,16 +94,14 @@ impl OfiPlugin {
         };
         match owned.what {
             What::Op(id) => {
-                let r = r.map(|(len, _)| len);
-                let data = match (&r, self.op_kind(id)) {
-                    (Ok(len), Some(OpKind::Recv)) => {
-                        let mut b = owned.buf;
-                        b.truncate(*len);
-                        b
-                    }
-                    _ => Vec::new(),
-                };
-                self.finish_part(id, r, data);
+                // The buffer becomes the message if this is a receive (decided under the
+                // one lock `finish_part` takes).
+                let mut b = owned.buf;
+                let r = r.map(|(len, _)| {
+                    b.truncate(len);
+                    len
+                });
+                self.finish_part(id, r, b);
             }
             What::Rma(id, len) => {
                 let mut st = lock(&self.state);
@@ -120,10 +118,6 @@ impl OfiPlugin {
             }
             What::Pool | What::Control => {}
         }
-    }
-
-    fn op_kind(&self, id: u64) -> Option<OpKind> {
-        lock(&self.state).ops.get(&id).map(|o| o.kind)
     }
 
     /// One fabric completion of operation `id` (or an injected send, which has none).

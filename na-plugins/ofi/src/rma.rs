@@ -185,6 +185,8 @@ impl OfiPlugin {
                     post: p,
                 });
             }
+            self.queued
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         self.pump();
         Ok(())
@@ -202,6 +204,9 @@ impl OfiPlugin {
     }
 
     fn pump_inner(&self) {
+        if !self.queued.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         loop {
             let q = {
                 let mut s = lock(&self.state);
