@@ -204,6 +204,10 @@ pub struct OfiPlugin {
     pub(crate) cq_lock: Mutex<()>,
     /// Grants read from the queue, posted once its lock is released.
     pub(crate) grants: Mutex<Vec<(u64, bool)>>,
+    /// When the liveness check last ran, and when it next needs to.
+    pub(crate) liveness: Mutex<(Option<Instant>, Option<Instant>)>,
+    /// An operation made a peer watched since the last check.
+    pub(crate) liveness_dirty: std::sync::atomic::AtomicBool,
     /// A thread is posting queued RMA pieces.
     pub(crate) pumping: std::sync::atomic::AtomicBool,
     /// RMA pieces may be queued (cleared under the state lock when the queue is seen
@@ -355,6 +359,8 @@ impl OfiPlugin {
             events: Mutex::new(VecDeque::new()),
             cq_lock: Mutex::new(()),
             grants: Mutex::new(Vec::new()),
+            liveness: Mutex::new((None, None)),
+            liveness_dirty: std::sync::atomic::AtomicBool::new(false),
             pumping: std::sync::atomic::AtomicBool::new(false),
             queued: std::sync::atomic::AtomicBool::new(false),
             next_op: AtomicU64::new(1),
@@ -432,6 +438,7 @@ impl OfiPlugin {
         if let Some(p) = s.peers.get_mut(&peer.0) {
             if p.pending == 0 {
                 p.last_heard = Instant::now();
+                self.liveness_dirty.store(true, Ordering::Release);
             }
             p.pending += 1;
             if kind != OpKind::Recv {
@@ -459,19 +466,17 @@ impl OfiPlugin {
     pub(crate) fn post(&self, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
         let start = Instant::now();
         loop {
-            let rc = f();
-            if rc == 0 {
-                return Ok(());
+            match self.post_once(what, &mut f) {
+                Err(NaError::Exhausted(_)) if start.elapsed() <= Duration::from_secs(10) => {
+                    self.poll_cq(false)
+                }
+                Err(NaError::Exhausted(_)) => {
+                    return Err(NaError::Exhausted(format!(
+                        "{what}: the provider's queue stayed full for 10 s"
+                    )));
+                }
+                r => return r,
             }
-            if rc != -(fi::FI_EAGAIN as isize) {
-                return Err(fabric::error(what, rc as i64));
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                return Err(NaError::Exhausted(format!(
-                    "{what}: the provider's queue stayed full for 10 s"
-                )));
-            }
-            self.poll_cq(false);
         }
     }
 

@@ -14,6 +14,9 @@ use crate::wire::{self, Kind, UNEXPECTED};
 
 const BATCH: usize = 32;
 
+/// The longest a due liveness action waits for the rate limit of the check.
+const LIVENESS_TICK: Duration = Duration::from_millis(20);
+
 /// How long transfers to a lost peer may take to come back from the provider before they
 /// are completed with the error regardless (`shm` never returns a transfer whose target
 /// process died: the target performs the copy).
@@ -418,13 +421,29 @@ impl OfiPlugin {
         Ok(())
     }
 
+    /// Runs the liveness check when it is due: at most every `LIVENESS_TICK` (busy polling
+    /// calls progress millions of times a second; the check locks and scans every peer), or
+    /// at once after an operation made a silent peer watched (`liveness_dirty`).
+    fn liveness_tick(&self, now: Instant) -> Option<Instant> {
+        let mut t = lock(&self.liveness);
+        let dirty = self
+            .liveness_dirty
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        if !dirty && t.0.is_some_and(|last| now < last + LIVENESS_TICK) {
+            return t.1;
+        }
+        let next = self.check_liveness(now);
+        *t = (Some(now), next);
+        next
+    }
+
     /// The body of `Plugin::progress`.
     pub(crate) fn drive(&self, timeout: Option<Duration>) -> NaResult<()> {
         let end = timeout.map(|t| Instant::now() + t);
         loop {
             self.poll_cq(false);
             let now = Instant::now();
-            let next_check = self.check_liveness(now);
+            let next_check = self.liveness_tick(now);
             if !lock(&self.events).is_empty() {
                 return Ok(());
             }

@@ -122,12 +122,12 @@ pub fn certainly_dead(check: DeathCheck, raw: &[u8]) -> bool {
             }
         }
         DeathCheck::Connect => {
-            let loc = crate::addr::to_locator(fi::FI_SOCKADDR_IN, raw);
-            let loc = if raw.len() >= 24 {
-                crate::addr::to_locator(fi::FI_SOCKADDR_IN6, raw)
+            let format = if raw.len() >= 24 {
+                fi::FI_SOCKADDR_IN6
             } else {
-                loc
+                fi::FI_SOCKADDR_IN
             };
+            let loc = crate::addr::to_locator(format, raw);
             match loc.parse::<std::net::SocketAddr>() {
                 Ok(sa) => matches!(
                     std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_millis(200)),

@@ -146,25 +146,30 @@ impl OfiPlugin {
             (op.peer, aw)
         };
         if !ok {
-            let n = aw.posts.len();
-            for _ in 0..n {
-                self.part_done(
-                    id,
-                    Err(NaError::AccessDenied(
-                        "the owner refused the transfer (unknown key, out of bounds, or access mode)".into(),
-                    )),
-                );
-            }
+            self.finish_now(
+                id,
+                Some(NaError::AccessDenied(
+                    "the owner refused the transfer (unknown key, out of bounds, or access mode)"
+                        .into(),
+                )),
+            );
             return;
         }
         if let Err(e) = self.post_pieces(id, peer, aw.write, aw.posts) {
-            let mut s = lock(&self.state);
-            if let Some(op) = s.ops.get_mut(&id) {
-                op.parts = 0;
+            self.finish_now(id, Some(e));
+        }
+    }
+
+    /// Completes `id`, none of whose pieces is posted (with `e` if given).
+    fn finish_now(&self, id: u64, e: Option<NaError>) {
+        let mut s = lock(&self.state);
+        if let Some(op) = s.ops.get_mut(&id) {
+            op.parts = 0;
+            if let Some(e) = e {
                 op.error.get_or_insert(e);
             }
-            self.finish_if_done(&mut s, id);
         }
+        self.finish_if_done(&mut s, id);
     }
 
     /// Queues the pieces of `id` and posts as many as the window allows. Pieces of all
@@ -172,7 +177,7 @@ impl OfiPlugin {
     /// behind them on the same connection wait for at most a window's worth of data.
     fn post_pieces(&self, id: u64, peer: PeerId, write: bool, posts: Vec<Post>) -> NaResult<()> {
         if posts.is_empty() {
-            self.part_done_all(id);
+            self.finish_now(id, None);
             return Ok(());
         }
         {
@@ -315,17 +320,9 @@ impl OfiPlugin {
         let id = {
             let mut s = lock(&self.state);
             self.fi_addr(&s, peer)?;
-            self.new_op(&mut s, peer, OpKind::Rma, 1)
+            self.new_op(&mut s, peer, OpKind::Rma, 0)
         };
-        self.part_done(id, Err(e));
+        self.finish_now(id, Some(e));
         Ok(OpId(id))
-    }
-
-    fn part_done_all(&self, id: u64) {
-        let mut s = lock(&self.state);
-        if let Some(op) = s.ops.get_mut(&id) {
-            op.parts = 0;
-        }
-        self.finish_if_done(&mut s, id);
     }
 }
