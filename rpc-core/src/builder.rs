@@ -130,6 +130,7 @@ impl EngineBuilder {
             inline_bulk: self.inline_bulk,
             max_overflow: self.max_overflow,
             exposed: Mutex::new(HashMap::new()),
+            lost_hooks: RwLock::new(Vec::new()),
         });
         let thread = match self.mode {
             ProgressMode::Thread => {

@@ -82,7 +82,12 @@ pub(crate) struct Shared {
     pub(crate) max_overflow: u64,
     /// Overflow answers waiting for their caller to pull them, by release id.
     pub(crate) exposed: Mutex<HashMap<u64, Exposed>>,
+    /// Called with each peer the transport reports lost ([`crate::Engine::on_peer_lost`]).
+    pub(crate) lost_hooks: RwLock<Vec<LostHook>>,
 }
+
+/// A callback run when a peer is lost.
+pub(crate) type LostHook = Arc<dyn Fn(PeerId) + Send + Sync>;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -355,6 +360,8 @@ impl Shared {
                 tracing::debug!(peer = peer.0, %error, "peer lost");
                 Counters::add(&self.counters.peers_lost, 1);
                 lock(&self.exposed).retain(|_, x| x.peer != peer);
+                let hooks = self.lost_hooks.read().unwrap_or_else(|e| e.into_inner());
+                hooks.iter().for_each(|h| h(peer));
             }
         }
     }

@@ -346,6 +346,17 @@ impl Engine {
         }
     }
 
+    /// Runs `f` with every peer the transport reports lost (connection closed, process
+    /// gone), on the progress path: `f` must be quick and must not wait for calls. Servers
+    /// use it to release what a client held ([`Responder::peer`] names the client).
+    pub fn on_peer_lost(&self, f: impl Fn(na::PeerId) + Send + Sync + 'static) {
+        self.shared
+            .lost_hooks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(f));
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> CounterSnapshot {
         let in_flight = lock(&self.shared.calls).table.len() as u64;
@@ -419,5 +430,30 @@ mod tests {
             "served again once the queue drained"
         );
         assert_eq!(server.counters().bad_requests, 3);
+    }
+
+    #[test]
+    fn a_handler_learns_its_caller_and_the_server_hears_when_it_leaves() {
+        const WHO: Rpc<(), u64> = Rpc::new("who");
+        let server = Engine::new("tcp://127.0.0.1:0").unwrap();
+        server
+            .register_responder(WHO, |(), r: Responder<u64>| {
+                let p = r.peer().map_or(u64::MAX, |p| p.0);
+                r.respond(&p)
+            })
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        server.on_peer_lost(move |p| {
+            let _ = lock(&tx).send(p.0);
+        });
+        let client = Engine::new("tcp://127.0.0.1:0").unwrap();
+        let peer = client.lookup(&server.self_addr().to_string()).unwrap();
+        let id = client.call(&peer, WHO, &()).wait().unwrap();
+        assert_ne!(id, u64::MAX, "a remote caller has a peer id");
+        let me = server.lookup(&server.self_addr().to_string()).unwrap();
+        assert_eq!(server.call(&me, WHO, &()).wait(), Ok(u64::MAX), "self call");
+        drop(client);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(id));
     }
 }

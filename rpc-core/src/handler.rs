@@ -136,6 +136,18 @@ impl<Out: Serialize> Responder<Out> {
         crate::Engine::non_owning(self.cell.shared.clone())
     }
 
+    /// The connection the request came from: `None` for a call to oneself or a one-way
+    /// request. The transport assigns it, so a peer cannot claim another's; it is what
+    /// [`crate::Engine::on_peer_lost`] reports when that peer goes away.
+    pub fn peer(&self) -> Option<PeerId> {
+        self.cell
+            .target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(ReplyTo::peer)
+    }
+
     /// Whether the caller expects no answer (a one-way request).
     pub fn is_one_way(&self) -> bool {
         matches!(

@@ -40,7 +40,7 @@ pub use counters::CounterSnapshot;
 pub use engine::{Endpoint, Engine, ProgressMode};
 pub use error::RpcError;
 pub use handler::Responder;
-pub use na::{Access, Address, Fault, NaError};
+pub use na::{Access, Address, Fault, NaError, PeerId};
 pub use rpc::{Rpc, rpc_id};
 
 /// The README's examples, compiled and run as doctests.

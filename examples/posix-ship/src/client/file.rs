@@ -1,0 +1,120 @@
+//! An open remote file: `Read`, `Write`, `Seek`, and positional I/O.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use super::RemoteFs;
+use crate::proto::{Attr, FSYNC, Fh, Opened, TRUNCATE, Target};
+
+/// A file open on the server. The position is kept here; every transfer names its
+/// offset, so the server holds no cursor. Closed on drop (errors then are lost: call
+/// [`RemoteFile::close`] to see them).
+pub struct RemoteFile {
+    fs: RemoteFs,
+    fh: Option<Fh>,
+    pos: u64,
+    append: bool,
+}
+
+impl RemoteFile {
+    pub(super) fn new(fs: RemoteFs, o: Opened, flags: i32) -> RemoteFile {
+        RemoteFile {
+            fs,
+            fh: Some(o.fh),
+            pos: 0,
+            append: flags & libc::O_APPEND != 0,
+        }
+    }
+
+    fn fh(&self) -> io::Result<Fh> {
+        self.fh
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    /// The server's handle.
+    pub fn handle(&self) -> Option<Fh> {
+        self.fh
+    }
+
+    /// `fstat`.
+    pub fn metadata(&self) -> io::Result<Attr> {
+        self.fs.fstat(self.fh()?)
+    }
+
+    /// `pread`: reads at `offset` without moving the position.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.fs.pread(self.fh()?, buf, offset)
+    }
+
+    /// `pwrite`: writes all of `buf` at `offset` without moving the position.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        self.fs.pwrite(self.fh()?, buf, Some(offset))?;
+        Ok(buf.len())
+    }
+
+    /// `ftruncate`.
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        self.fs.call(TRUNCATE, &(Target::Handle(self.fh()?), len))
+    }
+
+    /// `fsync`.
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.fs.call(FSYNC, &(self.fh()?, false))
+    }
+
+    /// `fdatasync`.
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.fs.call(FSYNC, &(self.fh()?, true))
+    }
+
+    /// Closes the file, reporting the server's answer.
+    pub fn close(mut self) -> io::Result<()> {
+        match self.fh.take() {
+            Some(fh) => self.fs.close_raw(fh),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Read for RemoteFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.fs.pread(self.fh()?, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for RemoteFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let off = (!self.append).then_some(self.pos);
+        self.pos = self.fs.pwrite(self.fh()?, buf, off)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for RemoteFile {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let (base, delta) = match to {
+            SeekFrom::Start(o) => (0, o as i128),
+            SeekFrom::Current(d) => (self.pos, d as i128),
+            SeekFrom::End(d) => (self.metadata()?.size, d as i128),
+        };
+        let new = base as i128 + delta;
+        if new < 0 || new > i64::MAX as i128 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.pos = new as u64;
+        Ok(self.pos)
+    }
+}
+
+impl Drop for RemoteFile {
+    fn drop(&mut self) {
+        if let Some(fh) = self.fh.take() {
+            let _ = self.fs.close_raw(fh);
+        }
+    }
+}

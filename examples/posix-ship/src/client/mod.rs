@@ -1,0 +1,381 @@
+//! The client library: a remote file system with methods mirroring `std::fs`.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//! use posix_ship::client::RemoteFs;
+//!
+//! let fs = RemoteFs::connect("tcp://127.0.0.1:7000")?;
+//! fs.create_dir("/results")?;
+//! fs.create("/results/run1.txt")?.write_all(b"42\n")?;
+//! let mut s = String::new();
+//! fs.open("/results/run1.txt")?.read_to_string(&mut s)?;
+//! assert_eq!(s, "42\n");
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! Errors are [`std::io::Error`]s carrying the server's `errno` (`raw_os_error()`), so
+//! `ErrorKind::NotFound` and friends work as with local files. Transport failures map to
+//! `ECONNRESET` (server gone), `ETIMEDOUT`, `EAGAIN` (server busy) or `EIO`.
+
+mod file;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_core::{Access, Endpoint, Engine, Rpc, RpcError, Seg};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+pub use file::RemoteFile;
+
+use crate::proto::*;
+
+/// Reads and writes up to this size travel inline in the RPC by default; larger ones go
+/// by bulk transfer straight between the two buffers (measured: `posix-ship-bench`).
+pub const DEFAULT_INLINE_MAX: usize = 32 << 10;
+
+/// A connection to a posix-ship server. Cheap to clone.
+#[derive(Clone)]
+pub struct RemoteFs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    peer: Endpoint,
+    inline_max: usize,
+}
+
+/// Turns an RPC failure into the `errno` a POSIX caller would see.
+pub fn rpc_errno(e: &RpcError) -> i32 {
+    match e {
+        RpcError::Timeout => libc::ETIMEDOUT,
+        RpcError::Busy(_) => libc::EAGAIN,
+        RpcError::Shutdown => libc::ESHUTDOWN,
+        RpcError::Canceled => libc::ECANCELED,
+        RpcError::Transport(_) => libc::ECONNRESET,
+        RpcError::InvalidArgument(_) | RpcError::TooLarge { .. } => libc::EINVAL,
+        _ => libc::EIO,
+    }
+}
+
+fn rpc_err(e: RpcError) -> io::Error {
+    tracing::debug!(error = %e, "call failed");
+    io::Error::from_raw_os_error(rpc_errno(&e))
+}
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+fn path(p: &str) -> ByteBuf {
+    ByteBuf::from(p.as_bytes().to_vec())
+}
+
+impl RemoteFs {
+    /// Connects to the server at `addr`, on the transport the address names.
+    pub fn connect(addr: &str) -> io::Result<RemoteFs> {
+        RemoteFs::connect_with(addr, DEFAULT_INLINE_MAX, Some(Duration::from_secs(60)))
+    }
+
+    /// Connects with an inline threshold and a per-call timeout.
+    pub fn connect_with(
+        addr: &str,
+        inline_max: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<RemoteFs> {
+        let a = rpc_core::Address::parse(addr).map_err(|e| rpc_err(e.into()))?;
+        let listen = rpc_core::transport::listen_address(Some(&a.transport())).map_err(rpc_err)?;
+        let engine = Engine::builder()
+            .listen(&listen.to_string())
+            .timeout(timeout)
+            .build()
+            .map_err(rpc_err)?;
+        let peer = engine.lookup(addr).map_err(rpc_err)?;
+        let fs = RemoteFs {
+            inner: Arc::new(Inner {
+                engine,
+                peer,
+                inline_max,
+            }),
+        };
+        // Fail now, not at the first file call, if nobody answers.
+        fs.server_stats()?;
+        Ok(fs)
+    }
+
+    /// The engine (for counters).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    fn call<In: Serialize, Out: DeserializeOwned>(
+        &self,
+        rpc: Rpc<In, Reply<Out>>,
+        input: &In,
+    ) -> io::Result<Out> {
+        let i = &self.inner;
+        i.engine
+            .call(&i.peer, rpc, input)
+            .wait()
+            .map_err(rpc_err)?
+            .map_err(errno)
+    }
+
+    /// The server's counters.
+    pub fn server_stats(&self) -> io::Result<ServerStats> {
+        let i = &self.inner;
+        i.engine
+            .call(&i.peer, SERVER_STATS, &())
+            .wait()
+            .map_err(rpc_err)
+    }
+
+    /// `stat`: attributes, following symlinks.
+    pub fn metadata(&self, p: &str) -> io::Result<Attr> {
+        self.call(STAT, &(Target::Path(path(p)), true))
+    }
+
+    /// `lstat`: attributes of a symlink itself.
+    pub fn symlink_metadata(&self, p: &str) -> io::Result<Attr> {
+        self.call(STAT, &(Target::Path(path(p)), false))
+    }
+
+    /// Opens for reading.
+    pub fn open(&self, p: &str) -> io::Result<RemoteFile> {
+        self.open_with(p, libc::O_RDONLY, 0)
+    }
+
+    /// Creates or truncates, for writing.
+    pub fn create(&self, p: &str) -> io::Result<RemoteFile> {
+        self.open_with(p, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)
+    }
+
+    /// Opens with `open(2)` flags and a creation mode.
+    pub fn open_with(&self, p: &str, flags: i32, mode: u32) -> io::Result<RemoteFile> {
+        let o = self.open_raw(p.as_bytes(), flags, mode)?;
+        Ok(RemoteFile::new(self.clone(), o, flags))
+    }
+
+    /// Opens and returns the raw handle (for callers that keep their own file table).
+    pub fn open_raw(&self, p: &[u8], flags: i32, mode: u32) -> io::Result<Opened> {
+        let req = OpenReq {
+            path: ByteBuf::from(p.to_vec()),
+            flags,
+            mode,
+        };
+        self.call(OPEN, &req)
+    }
+
+    /// Reads a whole file.
+    pub fn read(&self, p: &str) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io::Read::read_to_end(&mut self.open(p)?, &mut v)?;
+        Ok(v)
+    }
+
+    /// Writes a whole file, creating or truncating it.
+    pub fn write(&self, p: &str, data: &[u8]) -> io::Result<()> {
+        let mut f = self.create(p)?;
+        io::Write::write_all(&mut f, data)?;
+        f.close()
+    }
+
+    /// `unlink`.
+    pub fn remove_file(&self, p: &str) -> io::Result<()> {
+        self.call(UNLINK, &path(p))
+    }
+
+    /// `mkdir` with mode 0777 (less the server's umask).
+    pub fn create_dir(&self, p: &str) -> io::Result<()> {
+        self.call(MKDIR, &(path(p), 0o777))
+    }
+
+    /// `rmdir`.
+    pub fn remove_dir(&self, p: &str) -> io::Result<()> {
+        self.call(RMDIR, &path(p))
+    }
+
+    /// `rename`.
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.call(RENAME, &(path(from), path(to)))
+    }
+
+    /// Every entry of a directory except `.` and `..`, fetched a page at a time.
+    pub fn read_dir(&self, p: &str) -> io::Result<Vec<DirEntry>> {
+        let o = self.open_raw(p.as_bytes(), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let mut all = Vec::new();
+        let r = loop {
+            match self.readdir_page(o.fh, MAX_DIR_PAGE, false) {
+                Ok(page) => {
+                    all.extend(
+                        page.entries
+                            .into_iter()
+                            .filter(|e| e.name.as_slice() != b"." && e.name.as_slice() != b".."),
+                    );
+                    if page.end {
+                        break Ok(all);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.close_raw(o.fh)?;
+        r
+    }
+
+    /// One page of a directory opened with `O_DIRECTORY`.
+    pub fn readdir_page(&self, fh: Fh, max: u32, restart: bool) -> io::Result<DirPage> {
+        self.call(READDIR, &ReaddirReq { fh, max, restart })
+    }
+
+    /// `symlink(target, link)`.
+    pub fn symlink(&self, target: &str, link: &str) -> io::Result<()> {
+        self.call(SYMLINK, &(path(target), path(link)))
+    }
+
+    /// `readlink`.
+    pub fn read_link(&self, p: &str) -> io::Result<Vec<u8>> {
+        Ok(self.call(READLINK, &path(p))?.into_vec())
+    }
+
+    /// `statfs` of the file system holding `p`.
+    pub fn statfs(&self, p: &str) -> io::Result<FsStat> {
+        self.call(STATFS, &path(p))
+    }
+
+    /// `chmod`.
+    pub fn set_permissions(&self, p: &str, mode: u32) -> io::Result<()> {
+        self.call(CHMOD, &(Target::Path(path(p)), mode))
+    }
+
+    /// `utimensat` (following symlinks).
+    pub fn set_times(&self, p: &str, atime: SetTime, mtime: SetTime) -> io::Result<()> {
+        self.call(UTIMENS, &(Target::Path(path(p)), atime, mtime, true))
+    }
+
+    /// `truncate`.
+    pub fn truncate(&self, p: &str, len: u64) -> io::Result<()> {
+        self.call(TRUNCATE, &(Target::Path(path(p)), len))
+    }
+
+    /// `access` (`libc::R_OK` etc., or `F_OK`).
+    pub fn access(&self, p: &str, mode: i32) -> io::Result<()> {
+        self.call(ACCESS, &(path(p), mode))
+    }
+
+    /// Calls an operation with a raw request (the interposer's way in).
+    pub fn call_raw<In: Serialize, Out: DeserializeOwned>(
+        &self,
+        rpc: Rpc<In, Reply<Out>>,
+        input: &In,
+    ) -> io::Result<Out> {
+        self.call(rpc, input)
+    }
+
+    /// `close` of a raw handle.
+    pub fn close_raw(&self, fh: Fh) -> io::Result<()> {
+        self.call(CLOSE, &fh)
+    }
+
+    /// `pread` into `buf`: fills it unless the file ends first; returns the bytes read.
+    /// Small reads come back inline; larger ones are pushed into `buf` by bulk.
+    pub fn pread(&self, fh: Fh, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            let want = (buf.len() - done).min(MAX_IO as usize);
+            let part = &mut buf[done..done + want];
+            let n = self.pread_once(fh, part, offset + done as u64)?;
+            done += n;
+            if n < want {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    fn pread_once(&self, fh: Fh, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let len = buf.len() as u64;
+        if buf.len() <= self.inner.inline_max {
+            let r = self.call(
+                READ,
+                &ReadReq {
+                    fh,
+                    offset,
+                    len,
+                    dest: None,
+                },
+            )?;
+            let ReadData::Inline(data) = r else {
+                return Err(errno(libc::EIO));
+            };
+            let n = data.len().min(buf.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            return Ok(n);
+        }
+        let e = &self.inner.engine;
+        let dest = e
+            .expose(vec![Seg::from(&mut buf[..])], Access::WriteOnly)
+            .map_err(rpc_err)?;
+        let req = ReadReq {
+            fh,
+            offset,
+            len,
+            dest: Some(dest.descriptor()),
+        };
+        match self.call(READ, &req)? {
+            ReadData::Pushed(n) if n <= len => Ok(n as usize),
+            _ => Err(errno(libc::EIO)),
+        }
+    }
+
+    /// `pwrite` of all of `data` at `offset` (`None`: append). Returns the offset just
+    /// past the data. Large writes are pulled by the server from `data` by bulk.
+    pub fn pwrite(&self, fh: Fh, data: &[u8], offset: Option<u64>) -> io::Result<u64> {
+        let mut done = 0;
+        let mut end = offset.unwrap_or(0);
+        while done < data.len() || data.is_empty() {
+            let part = &data[done..(done + MAX_IO as usize).min(data.len())];
+            let off = offset.map(|o| o + done as u64);
+            let w = self.pwrite_once(fh, part, off)?;
+            end = w.end;
+            done += w.n as usize;
+            if w.n == 0 {
+                break;
+            }
+        }
+        if done < data.len() {
+            return Err(errno(libc::ENOSPC));
+        }
+        Ok(end)
+    }
+
+    fn pwrite_once(&self, fh: Fh, data: &[u8], offset: Option<u64>) -> io::Result<Written> {
+        if data.len() <= self.inner.inline_max {
+            let req = WriteReq {
+                fh,
+                offset,
+                data: WriteData::Inline(ByteBuf::from(data.to_vec())),
+            };
+            return self.call(WRITE, &req);
+        }
+        let src = self
+            .inner
+            .engine
+            .expose(vec![Seg::from(data)], Access::ReadOnly)
+            .map_err(rpc_err)?;
+        let req = WriteReq {
+            fh,
+            offset,
+            data: WriteData::Bulk(src.descriptor()),
+        };
+        self.call(WRITE, &req)
+    }
+
+    /// `fstat` of a raw handle.
+    pub fn fstat(&self, fh: Fh) -> io::Result<Attr> {
+        self.call(STAT, &(Target::Handle(fh), true))
+    }
+}

@@ -1,0 +1,18 @@
+//! POSIX function shipping over Quicksilver: compute-node processes ship their file calls
+//! to a server that performs them on the storage it can see, as Intel IOF and IOFSL do
+//! over Mercury.
+//!
+//! - [`proto`]: one typed RPC per POSIX operation; `errno` values come back unchanged.
+//! - [`server`]: exports a directory tree, confined (`openat2(RESOLVE_BENEATH)`), with
+//!   per-client handles and bounds.
+//! - [`client`]: [`client::RemoteFs`] mirrors `std::fs`; [`client::RemoteFile`] is
+//!   `Read + Write + Seek`. Small I/O travels inline, large I/O by bulk transfer straight
+//!   between the client's and the server's buffers.
+//!
+//! The binary (`posix-ship`) is a thin CLI over these; the LD_PRELOAD interposer
+//! (`libposix_ship_preload.so`) uses the same client.
+#![deny(missing_docs)]
+
+pub mod client;
+pub mod proto;
+pub mod server;

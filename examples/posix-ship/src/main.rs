@@ -1,0 +1,209 @@
+//! `posix-ship`: the server, and a CLI client (`ls`, `stat`, `cat`, `put`, `get`, `rm`,
+//! `mkdir`, `mv`), and the demo.
+
+mod demo;
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use posix_ship::client::RemoteFs;
+use posix_ship::server::{Limits, Server, ServerConfig};
+
+/// POSIX function shipping over Quicksilver.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The server's address (client commands).
+    #[arg(short, long, env = "POSIX_SHIP_SERVER", global = true)]
+    server: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Export a directory; prints the address to connect to, stops on SIGINT/SIGTERM.
+    Server {
+        /// The directory to export.
+        #[arg(long)]
+        export: PathBuf,
+        /// Where to listen: an address (`tcp://0.0.0.0:7000`, `sm://name`) or a transport
+        /// name (`tcp`, `sm`); default `RPC_TRANSPORT`, else tcp.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Refuse every change with EACCES.
+        #[arg(long)]
+        read_only: bool,
+        /// Open files per client.
+        #[arg(long, default_value_t = Limits::default().open_files)]
+        max_open: usize,
+        /// Requests in flight per client.
+        #[arg(long, default_value_t = Limits::default().in_flight)]
+        max_in_flight: usize,
+        /// Handler threads.
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+    },
+    /// List a directory.
+    Ls { path: String },
+    /// Show a file's attributes.
+    Stat { path: String },
+    /// Print a file.
+    Cat { path: String },
+    /// Copy a local file to the server.
+    Put { local: PathBuf, remote: String },
+    /// Copy a file from the server.
+    Get { remote: String, local: PathBuf },
+    /// Remove a file.
+    Rm { path: String },
+    /// Make a directory.
+    Mkdir { path: String },
+    /// Rename.
+    Mv { from: String, to: String },
+    /// Run the demo: a server on a temporary export, real programs through the interposer.
+    Demo {
+        /// The interposer library (default: next to this program).
+        #[arg(long)]
+        preload: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("posix-ship: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn connect(server: Option<String>) -> io::Result<RemoteFs> {
+    let addr = server.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no server: pass --server ADDR or set POSIX_SHIP_SERVER",
+        )
+    })?;
+    RemoteFs::connect(&addr).map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))
+}
+
+fn with_path(p: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{p}: {e}"))
+}
+
+fn run(cli: Cli) -> io::Result<()> {
+    let fs = || connect(cli.server.clone());
+    match cli.cmd {
+        Cmd::Server {
+            export,
+            listen,
+            read_only,
+            max_open,
+            max_in_flight,
+            workers,
+        } => serve(ServerConfig {
+            export,
+            listen: listen.unwrap_or_default(),
+            read_only,
+            limits: Limits {
+                open_files: max_open,
+                in_flight: max_in_flight,
+            },
+            workers,
+        }),
+        Cmd::Ls { path } => {
+            let mut entries = fs()?.read_dir(&path).map_err(|e| with_path(&path, e))?;
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            for e in entries {
+                let slash = if e.kind == libc::DT_DIR { "/" } else { "" };
+                println!("{}{slash}", String::from_utf8_lossy(&e.name));
+            }
+            Ok(())
+        }
+        Cmd::Stat { path } => {
+            let a = fs()?
+                .symlink_metadata(&path)
+                .map_err(|e| with_path(&path, e))?;
+            println!(
+                "{path}: size {} mode {:o} inode {} links {} uid {} gid {} mtime {}",
+                a.size, a.mode, a.ino, a.nlink, a.uid, a.gid, a.mtime.sec
+            );
+            Ok(())
+        }
+        Cmd::Cat { path } => {
+            let mut f = fs()?.open(&path).map_err(|e| with_path(&path, e))?;
+            io::copy(&mut f, &mut io::stdout().lock())?;
+            Ok(())
+        }
+        Cmd::Put { local, remote } => {
+            let src = std::fs::File::open(&local)?;
+            let len = src.metadata()?.len();
+            let dst = fs()?.create(&remote).map_err(|e| with_path(&remote, e))?;
+            copy(src, dst, len, &format!("{} -> {remote}", local.display()))
+        }
+        Cmd::Get { remote, local } => {
+            let fs = fs()?;
+            let src = fs.open(&remote).map_err(|e| with_path(&remote, e))?;
+            let len = src.metadata()?.size;
+            let dst = std::fs::File::create(&local)?;
+            copy(src, dst, len, &format!("{remote} -> {}", local.display()))
+        }
+        Cmd::Rm { path } => fs()?.remove_file(&path).map_err(|e| with_path(&path, e)),
+        Cmd::Mkdir { path } => fs()?.create_dir(&path).map_err(|e| with_path(&path, e)),
+        Cmd::Mv { from, to } => fs()?.rename(&from, &to).map_err(|e| with_path(&from, e)),
+        Cmd::Demo { preload } => demo::run(preload),
+    }
+}
+
+/// Copies with a progress bar (on a terminal) and prints the throughput.
+fn copy(mut src: impl Read, mut dst: impl Write, len: u64, what: &str) -> io::Result<()> {
+    let bar = indicatif::ProgressBar::new(len).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .map_err(io::Error::other)?,
+    );
+    bar.set_message(what.to_string());
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all(&buf[..n])?;
+        total += n as u64;
+        bar.set_position(total);
+    }
+    dst.flush()?;
+    bar.finish_and_clear();
+    let dt = t0.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "{what}: {total} bytes in {:.3} s ({:.1} MB/s)",
+        dt,
+        total as f64 / dt / 1e6
+    );
+    Ok(())
+}
+
+fn serve(cfg: ServerConfig) -> io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let server = Server::start(cfg)?;
+    println!("{}", server.addr());
+    io::stdout().flush()?;
+    let sig = signals.forever().next().unwrap_or(SIGTERM);
+    eprintln!("posix-ship server: signal {sig}, finishing requests in flight");
+    let s = server.shutdown(Duration::from_secs(10));
+    eprintln!(
+        "posix-ship server: stopped ({} requests served, {} files were still open, {} requests unfinished)",
+        s.requests, s.open_files, s.in_flight
+    );
+    Ok(())
+}

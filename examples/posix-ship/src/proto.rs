@@ -1,0 +1,261 @@
+//! The wire protocol: one typed RPC per POSIX operation.
+//!
+//! Paths are bytes relative to the server's export (a leading `/` names the export's
+//! root). Every answer is a [`Reply`]: the value, or the `errno` the server's system call
+//! returned, unchanged. Open files are [`Fh`] handles that exist only in the table of the
+//! connection that opened them.
+
+use rpc_core::{Descriptor, Rpc};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// An operation's outcome: the value or the server's `errno`.
+pub type Reply<T> = Result<T, i32>;
+
+/// A server-side open file or directory, valid only on the connection that opened it
+/// and only until closed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fh(pub u64);
+
+/// What a metadata operation applies to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A path beneath the export.
+    Path(ByteBuf),
+    /// An open handle (the `f*` calls).
+    Handle(Fh),
+}
+
+/// A time stamp: seconds and nanoseconds since the epoch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Time {
+    /// Seconds.
+    pub sec: i64,
+    /// Nanoseconds.
+    pub nsec: u32,
+}
+
+/// A time to set with `utimens`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    /// Leave it unchanged (`UTIME_OMIT`).
+    Omit,
+    /// The server's current time (`UTIME_NOW`).
+    Now,
+    /// This time.
+    At(Time),
+}
+
+/// File attributes, as `stat(2)` gives them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[allow(missing_docs)]
+pub struct Attr {
+    pub dev: u64,
+    pub ino: u64,
+    /// Type and permission bits (`st_mode`).
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub blksize: u64,
+    pub blocks: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+}
+
+impl Attr {
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// Whether this is a regular file.
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    /// Whether this is a symbolic link.
+    pub fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+}
+
+/// `open`/`create`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct OpenReq {
+    /// Path beneath the export.
+    pub path: ByteBuf,
+    /// `O_*` flags (Linux values): access mode, `O_CREAT`, `O_EXCL`, `O_TRUNC`,
+    /// `O_APPEND`, `O_DIRECTORY`, `O_NOFOLLOW`, `O_SYNC`, `O_DSYNC`; others are ignored.
+    pub flags: i32,
+    /// Permission bits for a created file (the server's umask applies).
+    pub mode: u32,
+}
+
+/// An opened file.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+pub struct Opened {
+    /// Its handle.
+    pub fh: Fh,
+    /// Its attributes just after opening.
+    pub attr: Attr,
+}
+
+/// `pread`: up to `len` bytes at `offset`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ReadReq {
+    /// The file.
+    pub fh: Fh,
+    /// Where to read.
+    pub offset: u64,
+    /// How much at most.
+    pub len: u64,
+    /// The caller's buffer to push the data into; `None`: send it back inline.
+    pub dest: Option<Descriptor>,
+}
+
+/// What a read produced.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum ReadData {
+    /// The bytes themselves (short at end of file).
+    Inline(ByteBuf),
+    /// This many bytes were pushed into the caller's buffer.
+    Pushed(u64),
+}
+
+/// Where a write's bytes are.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum WriteData {
+    /// In the request.
+    Inline(ByteBuf),
+    /// In the caller's exposed buffer, for the server to pull.
+    Bulk(Descriptor),
+}
+
+/// `pwrite` (or an append).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct WriteReq {
+    /// The file.
+    pub fh: Fh,
+    /// Where to write; `None` appends (the file was opened with `O_APPEND`).
+    pub offset: Option<u64>,
+    /// The bytes.
+    pub data: WriteData,
+}
+
+/// A write's outcome.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes written.
+    pub n: u64,
+    /// The file offset just past them (for appends: where the file now ends).
+    pub end: u64,
+}
+
+/// A page of `readdir`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ReaddirReq {
+    /// A directory opened with `O_DIRECTORY`.
+    pub fh: Fh,
+    /// At most this many entries.
+    pub max: u32,
+    /// Start again from the first entry (`rewinddir`).
+    pub restart: bool,
+}
+
+/// One directory entry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Its name.
+    pub name: ByteBuf,
+    /// Inode number.
+    pub ino: u64,
+    /// `DT_*` type.
+    pub kind: u8,
+}
+
+/// Entries, and whether the directory is exhausted.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DirPage {
+    /// The entries of this page.
+    pub entries: Vec<DirEntry>,
+    /// No entries follow.
+    pub end: bool,
+}
+
+/// `statfs`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[allow(missing_docs)]
+pub struct FsStat {
+    pub bsize: u64,
+    pub frsize: u64,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub namemax: u64,
+}
+
+/// What the server holds, for operators and tests.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServerStats {
+    /// Connections with state (handles or requests) on the server.
+    pub clients: u64,
+    /// Open files and directories, all clients together.
+    pub open_files: u64,
+    /// Requests being served.
+    pub in_flight: u64,
+    /// Requests served since start.
+    pub requests: u64,
+    /// Requests refused by a per-client bound.
+    pub refused: u64,
+}
+
+/// `stat`/`lstat`/`fstat` (the lookup): target, follow a final symlink.
+pub const STAT: Rpc<(Target, bool), Reply<Attr>> = Rpc::new("posix.stat");
+/// `open`/`create`.
+pub const OPEN: Rpc<OpenReq, Reply<Opened>> = Rpc::new("posix.open");
+/// `close`.
+pub const CLOSE: Rpc<Fh, Reply<()>> = Rpc::new("posix.close");
+/// `read`/`pread`.
+pub const READ: Rpc<ReadReq, Reply<ReadData>> = Rpc::new("posix.read");
+/// `write`/`pwrite`.
+pub const WRITE: Rpc<WriteReq, Reply<Written>> = Rpc::new("posix.write");
+/// `truncate`/`ftruncate`.
+pub const TRUNCATE: Rpc<(Target, u64), Reply<()>> = Rpc::new("posix.truncate");
+/// `fsync` (`false`) / `fdatasync` (`true`).
+pub const FSYNC: Rpc<(Fh, bool), Reply<()>> = Rpc::new("posix.fsync");
+/// `unlink`.
+pub const UNLINK: Rpc<ByteBuf, Reply<()>> = Rpc::new("posix.unlink");
+/// `mkdir`: path, mode.
+pub const MKDIR: Rpc<(ByteBuf, u32), Reply<()>> = Rpc::new("posix.mkdir");
+/// `rmdir`.
+pub const RMDIR: Rpc<ByteBuf, Reply<()>> = Rpc::new("posix.rmdir");
+/// `rename`: from, to.
+pub const RENAME: Rpc<(ByteBuf, ByteBuf), Reply<()>> = Rpc::new("posix.rename");
+/// `readdir`, a page at a time.
+pub const READDIR: Rpc<ReaddirReq, Reply<DirPage>> = Rpc::new("posix.readdir");
+/// `symlink`: link target (stored as given), path of the new link.
+pub const SYMLINK: Rpc<(ByteBuf, ByteBuf), Reply<()>> = Rpc::new("posix.symlink");
+/// `readlink`.
+pub const READLINK: Rpc<ByteBuf, Reply<ByteBuf>> = Rpc::new("posix.readlink");
+/// `statfs`.
+pub const STATFS: Rpc<ByteBuf, Reply<FsStat>> = Rpc::new("posix.statfs");
+/// `chmod`/`fchmod`.
+pub const CHMOD: Rpc<(Target, u32), Reply<()>> = Rpc::new("posix.chmod");
+/// `utimens`/`futimens`: target, atime, mtime, follow a final symlink.
+pub const UTIMENS: Rpc<(Target, SetTime, SetTime, bool), Reply<()>> = Rpc::new("posix.utimens");
+/// `access`: path, `R_OK|W_OK|X_OK` (or `F_OK`).
+pub const ACCESS: Rpc<(ByteBuf, i32), Reply<()>> = Rpc::new("posix.access");
+/// The server's counters.
+pub const SERVER_STATS: Rpc<(), ServerStats> = Rpc::new("posix.server_stats");
+
+/// The largest read or write one request carries; larger calls are split by the client.
+pub const MAX_IO: u64 = 16 << 20;
+
+/// The most entries a `readdir` page carries.
+pub const MAX_DIR_PAGE: u32 = 1024;

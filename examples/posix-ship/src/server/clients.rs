@@ -1,0 +1,270 @@
+//! Per-client state: open handles and requests in flight, with their bounds.
+//!
+//! A client is a transport connection ([`rpc_core::PeerId`]): the transport names it, so
+//! one client cannot reach another's handles, and handle numbers are random, so a
+//! closed handle is never found again. When the transport reports the client lost, its
+//! handles are dropped (the files close once requests using them finish).
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rustix::fs::Dir;
+use rustix::io::Errno;
+
+use crate::proto::{Fh, ServerStats};
+
+/// Bounds on what one client may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open files and directories per client (past it: `EMFILE`).
+    pub open_files: usize,
+    /// Requests served at once per client (past it: `EAGAIN`).
+    pub in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            open_files: 1024,
+            in_flight: 64,
+        }
+    }
+}
+
+/// An open file or directory on the server.
+pub struct OpenFile {
+    /// The file.
+    pub fd: OwnedFd,
+    /// Opened with `O_APPEND`.
+    pub append: bool,
+    /// Opened for writing.
+    pub writable: bool,
+    /// The directory stream, for a directory being listed.
+    pub dir: Mutex<Option<Dir>>,
+}
+
+/// Who asked: a transport connection, or the server itself.
+pub type ClientId = u64;
+
+/// The id of requests with no remote peer (calls to oneself).
+pub const LOCAL: ClientId = u64::MAX;
+
+#[derive(Default)]
+struct Client {
+    files: HashMap<u64, Arc<OpenFile>>,
+    in_flight: usize,
+}
+
+#[derive(Default)]
+struct Table {
+    clients: HashMap<ClientId, Client>,
+    /// Clients the transport reported lost: their late requests hold nothing.
+    gone: HashSet<ClientId>,
+    open_files: u64,
+}
+
+/// Every client's state.
+pub struct Clients {
+    table: Mutex<Table>,
+    limits: Limits,
+    requests: AtomicU64,
+    refused: AtomicU64,
+    in_flight: AtomicU64,
+    draining: AtomicBool,
+}
+
+/// A request being served; dropping it ends the request.
+pub struct Admitted<'a> {
+    clients: &'a Clients,
+    id: ClientId,
+}
+
+impl Clients {
+    /// Empty, with these bounds.
+    pub fn new(limits: Limits) -> Clients {
+        Clients {
+            table: Mutex::new(Table::default()),
+            limits,
+            requests: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a request from `id`, or refuses it: `ESHUTDOWN` while draining,
+    /// `ECONNRESET` for a client already lost, `EAGAIN` past the in-flight bound.
+    pub fn admit(&self, id: ClientId) -> Result<Admitted<'_>, Errno> {
+        let mut t = self.lock();
+        let refuse = if self.draining.load(Ordering::Acquire) {
+            Some(Errno::SHUTDOWN)
+        } else if t.gone.contains(&id) {
+            Some(Errno::CONNRESET)
+        } else {
+            None
+        };
+        let c = t.clients.entry(id).or_default();
+        let refuse = refuse.or((c.in_flight >= self.limits.in_flight).then_some(Errno::AGAIN));
+        if let Some(e) = refuse {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client = id, errno = e.raw_os_error(), "request refused");
+            return Err(e);
+        }
+        c.in_flight += 1;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Ok(Admitted { clients: self, id })
+    }
+
+    /// Keeps `file` for `id` under a fresh random handle (`EMFILE` past the bound).
+    pub fn insert(&self, id: ClientId, file: OpenFile) -> Result<Fh, Errno> {
+        let mut t = self.lock();
+        if t.gone.contains(&id) {
+            return Err(Errno::CONNRESET);
+        }
+        let c = t.clients.entry(id).or_default();
+        if c.files.len() >= self.limits.open_files {
+            return Err(Errno::MFILE);
+        }
+        let fh = loop {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|_| Errno::IO)?;
+            let h = u64::from_le_bytes(b);
+            if !c.files.contains_key(&h) {
+                break h;
+            }
+        };
+        c.files.insert(fh, Arc::new(file));
+        t.open_files += 1;
+        Ok(Fh(fh))
+    }
+
+    /// The file behind `fh` for `id` (`EBADF` if it is not one of theirs, or closed).
+    pub fn get(&self, id: ClientId, fh: Fh) -> Result<Arc<OpenFile>, Errno> {
+        let t = self.lock();
+        t.clients
+            .get(&id)
+            .and_then(|c| c.files.get(&fh.0))
+            .cloned()
+            .ok_or(Errno::BADF)
+    }
+
+    /// Forgets `fh` (`EBADF` if it is not open); the file closes when unused.
+    pub fn remove(&self, id: ClientId, fh: Fh) -> Result<Arc<OpenFile>, Errno> {
+        let mut t = self.lock();
+        let f = t
+            .clients
+            .get_mut(&id)
+            .and_then(|c| c.files.remove(&fh.0))
+            .ok_or(Errno::BADF)?;
+        t.open_files -= 1;
+        Ok(f)
+    }
+
+    /// The transport lost `id`: drop everything it held.
+    pub fn lost(&self, id: ClientId) {
+        let mut t = self.lock();
+        t.gone.insert(id);
+        if let Some(c) = t.clients.remove(&id) {
+            t.open_files -= c.files.len() as u64;
+            tracing::info!(client = id, closed = c.files.len(), "client lost");
+        }
+    }
+
+    /// Refuses new requests from now on (graceful shutdown).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Requests being served.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ServerStats {
+        let t = self.lock();
+        ServerStats {
+            clients: t.clients.values().filter(|c| !c.files.is_empty()).count() as u64,
+            open_files: t.open_files,
+            in_flight: self.in_flight(),
+            requests: self.requests.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut t = self.clients.lock();
+        if let Some(c) = t.clients.get_mut(&self.id) {
+            c.in_flight -= 1;
+            if c.in_flight == 0 && c.files.is_empty() {
+                t.clients.remove(&self.id);
+            }
+        }
+        self.clients.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn devnull() -> OpenFile {
+        OpenFile {
+            fd: rustix::fs::open("/dev/null", rustix::fs::OFlags::RDONLY, 0.into()).unwrap(),
+            append: false,
+            writable: false,
+            dir: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn handles_belong_to_their_client_and_die_with_it() {
+        let c = Clients::new(Limits {
+            open_files: 2,
+            in_flight: 1,
+        });
+        let a = c.insert(1, devnull()).unwrap();
+        assert!(c.get(1, a).is_ok());
+        assert_eq!(
+            c.get(2, a).err(),
+            Some(Errno::BADF),
+            "another client's handle"
+        );
+        assert_eq!(c.get(1, Fh(a.0 ^ 1)).err(), Some(Errno::BADF), "forged");
+        c.insert(1, devnull()).unwrap();
+        assert_eq!(c.insert(1, devnull()).err(), Some(Errno::MFILE));
+        assert_eq!(c.stats().open_files, 2);
+        c.remove(1, a).unwrap();
+        assert_eq!(c.get(1, a).err(), Some(Errno::BADF), "used after close");
+        assert_eq!(c.remove(1, a).err(), Some(Errno::BADF), "closed twice");
+        c.lost(1);
+        assert_eq!(c.stats().open_files, 0);
+        assert_eq!(c.admit(1).err(), Some(Errno::CONNRESET));
+        assert_eq!(c.insert(1, devnull()).err(), Some(Errno::CONNRESET));
+    }
+
+    #[test]
+    fn requests_past_the_bound_and_after_drain_are_refused() {
+        let c = Clients::new(Limits {
+            open_files: 2,
+            in_flight: 1,
+        });
+        let first = c.admit(5).unwrap();
+        assert_eq!(c.admit(5).err(), Some(Errno::AGAIN));
+        assert!(c.admit(6).is_ok(), "other clients are not affected");
+        drop(first);
+        assert!(c.admit(5).is_ok());
+        c.drain();
+        assert_eq!(c.admit(5).err(), Some(Errno::SHUTDOWN));
+        assert_eq!(c.stats().refused, 2);
+    }
+}

@@ -1,0 +1,176 @@
+//! The server: exports one directory tree and performs clients' calls beneath it.
+//!
+//! ```no_run
+//! use posix_ship::server::{Server, ServerConfig};
+//!
+//! let server = Server::start(ServerConfig::new("/srv/export", "tcp://0.0.0.0:7000"))?;
+//! println!("{}", server.addr());
+//! // ... until a signal:
+//! server.shutdown(std::time::Duration::from_secs(10));
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod clients;
+mod confine;
+mod ops;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rpc_core::{Engine, Responder, Rpc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use clients::Limits;
+use clients::{Clients, LOCAL};
+use confine::Export;
+use ops::Ctx;
+
+use crate::proto::*;
+
+/// How to run a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The directory exported.
+    pub export: PathBuf,
+    /// Address to listen on (`tcp://0.0.0.0:7000`, `sm://name`, or a transport name).
+    pub listen: String,
+    /// Refuse every change with `EACCES`.
+    pub read_only: bool,
+    /// Per-client bounds.
+    pub limits: Limits,
+    /// Handler threads (handlers block on the file system and on bulk transfers).
+    pub workers: usize,
+}
+
+impl ServerConfig {
+    /// Exports `export` on `listen`, read-write, with default bounds.
+    pub fn new(export: impl Into<PathBuf>, listen: &str) -> ServerConfig {
+        ServerConfig {
+            export: export.into(),
+            listen: listen.into(),
+            read_only: false,
+            limits: Limits::default(),
+            workers: 8,
+        }
+    }
+}
+
+struct State {
+    export: Export,
+    clients: Clients,
+    read_only: bool,
+}
+
+/// A running server; it stops when dropped or shut down.
+pub struct Server {
+    engine: Engine,
+    state: Arc<State>,
+}
+
+impl Server {
+    /// Opens the export and starts serving.
+    pub fn start(cfg: ServerConfig) -> std::io::Result<Server> {
+        let export = Export::open(&cfg.export)?;
+        let listen = rpc_core::transport::listen_address(Some(&cfg.listen)).map_err(io)?;
+        let engine = Engine::builder()
+            .listen(&listen.to_string())
+            .workers(cfg.workers)
+            .build()
+            .map_err(io)?;
+        let state = Arc::new(State {
+            export,
+            clients: Clients::new(cfg.limits),
+            read_only: cfg.read_only,
+        });
+        let s = state.clone();
+        engine.on_peer_lost(move |p| s.clients.lost(p.0));
+        register(&engine, &state).map_err(io)?;
+        tracing::info!(addr = %engine.self_addr(), export = %cfg.export.display(), "serving");
+        Ok(Server { engine, state })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> String {
+        self.engine.self_addr().to_string()
+    }
+
+    /// Open files, clients and request counts.
+    pub fn stats(&self) -> ServerStats {
+        self.state.clients.stats()
+    }
+
+    /// Refuses new requests (`ESHUTDOWN`), waits up to `grace` for those in flight to be
+    /// answered, then stops. Returns the counters at the end.
+    pub fn shutdown(self, grace: Duration) -> ServerStats {
+        self.state.clients.drain();
+        let until = Instant::now() + grace;
+        while self.state.clients.in_flight() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Let the transport send the last answers.
+        std::thread::sleep(Duration::from_millis(50));
+        self.stats()
+    }
+}
+
+fn io(e: rpc_core::RpcError) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+/// Registers `rpc` with a body that runs with the caller's context, inside the caller's
+/// in-flight bound; a refusal or a failed system call answers with its `errno`.
+fn serve<In, Out, F>(
+    e: &Engine,
+    st: &Arc<State>,
+    rpc: Rpc<In, Reply<Out>>,
+    f: F,
+) -> Result<(), rpc_core::RpcError>
+where
+    In: DeserializeOwned + 'static,
+    Out: Serialize + 'static,
+    F: Fn(&Ctx<'_>, In) -> Result<Out, rustix::io::Errno> + Send + Sync + 'static,
+{
+    let st = st.clone();
+    e.register_responder(rpc, move |input: In, r: Responder<Reply<Out>>| {
+        let id = r.peer().map_or(LOCAL, |p| p.0);
+        let admitted = match st.clients.admit(id) {
+            Ok(a) => a,
+            Err(errno) => return r.respond(&Err(errno.raw_os_error())),
+        };
+        let ctx = Ctx {
+            export: &st.export,
+            clients: &st.clients,
+            id,
+            engine: r.engine(),
+            read_only: st.read_only,
+        };
+        let out = f(&ctx, input).map_err(|e| e.raw_os_error());
+        r.respond(&out);
+        drop(admitted);
+    })
+}
+
+fn register(e: &Engine, st: &Arc<State>) -> Result<(), rpc_core::RpcError> {
+    serve(e, st, STAT, |c, (t, follow)| c.stat(&t, follow))?;
+    serve(e, st, OPEN, |c, r| c.open(&r))?;
+    serve(e, st, CLOSE, |c, fh| c.close(fh))?;
+    serve(e, st, READ, |c, r| c.read(&r))?;
+    serve(e, st, WRITE, |c, r| c.write(r))?;
+    serve(e, st, TRUNCATE, |c, (t, len)| c.truncate(&t, len))?;
+    serve(e, st, FSYNC, |c, (fh, data)| c.fsync(fh, data))?;
+    serve(e, st, UNLINK, |c, p| c.remove(&p, false))?;
+    serve(e, st, RMDIR, |c, p| c.remove(&p, true))?;
+    serve(e, st, MKDIR, |c, (p, mode)| c.mkdir(&p, mode))?;
+    serve(e, st, RENAME, |c, (a, b)| c.rename(&a, &b))?;
+    serve(e, st, READDIR, |c, r| c.readdir(&r))?;
+    serve(e, st, SYMLINK, |c, (t, p)| c.symlink(&t, &p))?;
+    serve(e, st, READLINK, |c, p| c.readlink(&p))?;
+    serve(e, st, STATFS, |c, p| c.statfs(&p))?;
+    serve(e, st, CHMOD, |c, (t, mode)| c.chmod(&t, mode))?;
+    serve(e, st, UTIMENS, |c, (t, a, m, f)| c.utimens(&t, a, m, f))?;
+    serve(e, st, ACCESS, |c, (p, mode)| c.access(&p, mode))?;
+    let s = st.clone();
+    e.register(SERVER_STATS, move |()| Ok::<_, String>(s.clients.stats()))
+}

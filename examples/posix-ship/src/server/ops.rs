@@ -1,0 +1,450 @@
+//! The operations themselves: each turns a request into system calls beneath the export
+//! and answers with the result or the `errno`, unchanged.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use rpc_core::{Access, Engine, Seg};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::io::Errno;
+use serde_bytes::ByteBuf;
+
+use super::clients::{ClientId, Clients, OpenFile};
+use super::confine::Export;
+use crate::proto::*;
+
+/// What a request runs against.
+pub struct Ctx<'a> {
+    /// The export.
+    pub export: &'a Export,
+    /// Every client's handles.
+    pub clients: &'a Clients,
+    /// Who asked.
+    pub id: ClientId,
+    /// The engine, for bulk transfers.
+    pub engine: Engine,
+    /// Refuse every change (`EACCES`).
+    pub read_only: bool,
+}
+
+type R<T> = Result<T, Errno>;
+
+/// Flags a client may pass to `open`; the rest are dropped.
+const OPEN_FLAGS: OFlags = OFlags::ACCMODE
+    .union(OFlags::CREATE)
+    .union(OFlags::EXCL)
+    .union(OFlags::TRUNC)
+    .union(OFlags::APPEND)
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::SYNC)
+    .union(OFlags::DSYNC)
+    .union(OFlags::NONBLOCK);
+
+impl Ctx<'_> {
+    fn writable(&self) -> R<()> {
+        if self.read_only {
+            Err(Errno::ACCESS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// An fd for a target: the open file, or the path opened with `flags`.
+    fn target_fd(&self, t: &Target, flags: OFlags) -> R<Fd> {
+        match t {
+            Target::Handle(fh) => Ok(Fd::Open(self.clients.get(self.id, *fh)?)),
+            Target::Path(p) => Ok(Fd::Own(self.export.open_at(p, flags, Mode::empty())?)),
+        }
+    }
+
+    /// `stat`, `lstat`, `fstat`.
+    pub fn stat(&self, t: &Target, follow: bool) -> R<Attr> {
+        if let (Target::Path(p), false) = (t, follow) {
+            return match self.export.parent(p) {
+                Ok((dir, name)) => Ok(attr(&rustix::fs::statat(
+                    &dir,
+                    &name,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?)),
+                // The root itself.
+                Err(Errno::INVAL) => Ok(attr(&rustix::fs::fstat(self.export.root())?)),
+                Err(e) => Err(e),
+            };
+        }
+        Ok(attr(&rustix::fs::fstat(self.target_fd(t, OFlags::PATH)?)?))
+    }
+
+    /// `open`, `creat`.
+    pub fn open(&self, r: &OpenReq) -> R<Opened> {
+        let flags = OFlags::from_bits_retain(r.flags as u32);
+        let acc = flags & OFlags::ACCMODE;
+        let writes = acc != OFlags::RDONLY || flags.intersects(OFlags::CREATE | OFlags::TRUNC);
+        if writes {
+            self.writable()?;
+        }
+        if flags.contains(OFlags::TMPFILE) || flags.contains(OFlags::PATH) {
+            return Err(Errno::OPNOTSUPP);
+        }
+        let fd = self.export.open_at(
+            &r.path,
+            flags & OPEN_FLAGS,
+            Mode::from_bits_truncate(r.mode),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        let file = OpenFile {
+            fd,
+            append: flags.contains(OFlags::APPEND),
+            writable: acc != OFlags::RDONLY,
+            dir: Mutex::new(None),
+        };
+        let fh = self.clients.insert(self.id, file)?;
+        Ok(Opened {
+            fh,
+            attr: attr(&st),
+        })
+    }
+
+    /// `close`.
+    pub fn close(&self, fh: Fh) -> R<()> {
+        self.clients.remove(self.id, fh).map(drop)
+    }
+
+    /// `pread`: inline, or pushed into the caller's buffer.
+    pub fn read(&self, r: &ReadReq) -> R<ReadData> {
+        let f = self.clients.get(self.id, r.fh)?;
+        let len = r.len.min(MAX_IO);
+        if let Some(d) = &r.dest
+            && d.len() < len
+        {
+            return Err(Errno::INVAL);
+        }
+        let mut buf = vec![0u8; len as usize];
+        let n = pread_full(&f.fd, &mut buf, r.offset)?;
+        buf.truncate(n);
+        let Some(dest) = &r.dest else {
+            return Ok(ReadData::Inline(ByteBuf::from(buf)));
+        };
+        if n > 0 {
+            let src = self
+                .engine
+                .expose(vec![Seg::from(&mut buf[..])], Access::ReadOnly)
+                .map_err(bulk_errno)?;
+            self.engine
+                .push(&src, 0, dest, 0, n as u64)
+                .wait()
+                .map_err(bulk_errno)?;
+        }
+        Ok(ReadData::Pushed(n as u64))
+    }
+
+    /// `pwrite`, or an append: inline, or pulled from the caller's buffer.
+    pub fn write(&self, r: WriteReq) -> R<Written> {
+        self.writable()?;
+        let f = self.clients.get(self.id, r.fh)?;
+        if !f.writable {
+            return Err(Errno::BADF);
+        }
+        let data = match r.data {
+            WriteData::Inline(b) => b.into_vec(),
+            WriteData::Bulk(src) => {
+                if src.len() > MAX_IO {
+                    return Err(Errno::INVAL);
+                }
+                let mut buf = vec![0u8; src.len() as usize];
+                let mut dst = self
+                    .engine
+                    .expose(vec![Seg::from(&mut buf[..])], Access::WriteOnly)
+                    .map_err(bulk_errno)?;
+                self.engine
+                    .pull(&mut dst, 0, &src, 0, src.len())
+                    .wait()
+                    .map_err(bulk_errno)?;
+                drop(dst);
+                buf
+            }
+        };
+        match (r.offset, f.append) {
+            (None, _) | (_, true) => {
+                let n = write_full(&f.fd, &data, None)?;
+                let end = rustix::fs::seek(&f.fd, rustix::fs::SeekFrom::Current(0))?;
+                Ok(Written { n: n as u64, end })
+            }
+            (Some(off), false) => {
+                let n = write_full(&f.fd, &data, Some(off))?;
+                Ok(Written {
+                    n: n as u64,
+                    end: off + n as u64,
+                })
+            }
+        }
+    }
+
+    /// `truncate`, `ftruncate`.
+    pub fn truncate(&self, t: &Target, len: u64) -> R<()> {
+        self.writable()?;
+        let fd = self.target_fd(t, OFlags::WRONLY)?;
+        if let Fd::Open(f) = &fd
+            && !f.writable
+        {
+            return Err(Errno::INVAL);
+        }
+        rustix::fs::ftruncate(fd, len)
+    }
+
+    /// `fsync`, `fdatasync`.
+    pub fn fsync(&self, fh: Fh, data_only: bool) -> R<()> {
+        let f = self.clients.get(self.id, fh)?;
+        if data_only {
+            rustix::fs::fdatasync(&f.fd)
+        } else {
+            rustix::fs::fsync(&f.fd)
+        }
+    }
+
+    /// `unlink` (`rmdir` with `dir`).
+    pub fn remove(&self, path: &[u8], dir: bool) -> R<()> {
+        self.writable()?;
+        let (parent, name) = self.export.parent(path).map_err(root_busy)?;
+        let flags = if dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        rustix::fs::unlinkat(&parent, &name, flags)
+    }
+
+    /// `mkdir`.
+    pub fn mkdir(&self, path: &[u8], mode: u32) -> R<()> {
+        self.writable()?;
+        let (parent, name) = self.export.parent(path).map_err(exists_if_root)?;
+        rustix::fs::mkdirat(&parent, &name, Mode::from_bits_truncate(mode))
+    }
+
+    /// `rename`.
+    pub fn rename(&self, from: &[u8], to: &[u8]) -> R<()> {
+        self.writable()?;
+        let (fp, fname) = self.export.parent(from).map_err(root_busy)?;
+        let (tp, tname) = self.export.parent(to).map_err(root_busy)?;
+        rustix::fs::renameat(&fp, &fname, &tp, &tname)
+    }
+
+    /// `symlink`: the link's content is stored as given; it is confined when followed.
+    pub fn symlink(&self, target: &[u8], path: &[u8]) -> R<()> {
+        self.writable()?;
+        let (parent, name) = self.export.parent(path).map_err(exists_if_root)?;
+        rustix::fs::symlinkat(target, &parent, &name)
+    }
+
+    /// `readlink`.
+    pub fn readlink(&self, path: &[u8]) -> R<ByteBuf> {
+        let (parent, name) = self.export.parent(path)?;
+        let s = rustix::fs::readlinkat(&parent, &name, Vec::new())?;
+        Ok(ByteBuf::from(s.into_bytes()))
+    }
+
+    /// A page of a directory listing.
+    pub fn readdir(&self, r: &ReaddirReq) -> R<DirPage> {
+        let f = self.clients.get(self.id, r.fh)?;
+        let mut slot = f.dir.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(rustix::fs::Dir::read_from(&f.fd)?);
+        }
+        let dir = slot.as_mut().ok_or(Errno::BADF)?;
+        if r.restart {
+            dir.rewind();
+        }
+        let max = r.max.clamp(1, MAX_DIR_PAGE) as usize;
+        let mut entries = Vec::with_capacity(max.min(256));
+        while entries.len() < max {
+            match dir.read() {
+                None => return Ok(DirPage { entries, end: true }),
+                Some(e) => {
+                    let e = e?;
+                    entries.push(DirEntry {
+                        name: ByteBuf::from(e.file_name().to_bytes().to_vec()),
+                        ino: e.ino(),
+                        kind: dt(e.file_type()),
+                    });
+                }
+            }
+        }
+        Ok(DirPage {
+            entries,
+            end: false,
+        })
+    }
+
+    /// `statfs`.
+    pub fn statfs(&self, path: &[u8]) -> R<FsStat> {
+        let fd = self.export.open_at(path, OFlags::PATH, Mode::empty())?;
+        let s = rustix::fs::fstatvfs(&fd)?;
+        Ok(FsStat {
+            bsize: s.f_bsize,
+            frsize: s.f_frsize,
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            namemax: s.f_namemax,
+        })
+    }
+
+    /// `chmod`, `fchmod` (through the resolved file, so a final symlink stays confined).
+    pub fn chmod(&self, t: &Target, mode: u32) -> R<()> {
+        self.writable()?;
+        let fd = self.target_fd(t, OFlags::PATH)?;
+        rustix::fs::chmod(proc_path(&fd), Mode::from_bits_truncate(mode))
+    }
+
+    /// `utimensat`, `futimens`.
+    pub fn utimens(&self, t: &Target, atime: SetTime, mtime: SetTime, follow: bool) -> R<()> {
+        self.writable()?;
+        let times = Timestamps {
+            last_access: timespec(atime),
+            last_modification: timespec(mtime),
+        };
+        if let (Target::Path(p), false) = (t, follow) {
+            let (parent, name) = self.export.parent(p)?;
+            return rustix::fs::utimensat(&parent, &name, &times, AtFlags::SYMLINK_NOFOLLOW);
+        }
+        let fd = self.target_fd(t, OFlags::PATH)?;
+        rustix::fs::utimensat(rustix::fs::CWD, proc_path(&fd), &times, AtFlags::empty())
+    }
+
+    /// `access`.
+    pub fn access(&self, path: &[u8], mode: i32) -> R<()> {
+        let fd = self.export.open_at(path, OFlags::PATH, Mode::empty())?;
+        let want = rustix::fs::Access::from_bits_truncate(mode as u32);
+        if want.contains(rustix::fs::Access::WRITE_OK) {
+            self.writable()?;
+        }
+        rustix::fs::accessat(rustix::fs::CWD, proc_path(&fd), want, AtFlags::empty())
+    }
+}
+
+/// A file to operate on: one of the client's, or opened for this request.
+enum Fd {
+    Open(Arc<OpenFile>),
+    Own(OwnedFd),
+}
+
+impl AsFd for Fd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Fd::Open(f) => f.fd.as_fd(),
+            Fd::Own(f) => f.as_fd(),
+        }
+    }
+}
+
+/// `/proc/self/fd/N`: the path of an open file, for calls that take no descriptor.
+fn proc_path(fd: &impl AsFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
+}
+
+fn root_busy(e: Errno) -> Errno {
+    if e == Errno::INVAL { Errno::BUSY } else { e }
+}
+
+fn exists_if_root(e: Errno) -> Errno {
+    if e == Errno::INVAL { Errno::EXIST } else { e }
+}
+
+fn bulk_errno(e: rpc_core::RpcError) -> Errno {
+    tracing::debug!(error = %e, "bulk transfer failed");
+    match e {
+        rpc_core::RpcError::InvalidArgument(_) => Errno::FAULT,
+        rpc_core::RpcError::Timeout => Errno::TIMEDOUT,
+        _ => Errno::IO,
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn pread_full(fd: &OwnedFd, buf: &mut [u8], off: u64) -> R<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(fd, &mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `data` at `off` (or appends), or as much as the disk took.
+fn write_full(fd: &OwnedFd, data: &[u8], off: Option<u64>) -> R<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        let r = match off {
+            Some(o) => rustix::io::pwrite(fd, &data[done..], o + done as u64),
+            None => rustix::io::write(fd, &data[done..]),
+        };
+        match r {
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
+fn timespec(t: SetTime) -> Timespec {
+    match t {
+        SetTime::Omit => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        SetTime::Now => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        SetTime::At(t) => Timespec {
+            tv_sec: t.sec,
+            tv_nsec: t.nsec.into(),
+        },
+    }
+}
+
+fn dt(t: rustix::fs::FileType) -> u8 {
+    use rustix::fs::FileType as T;
+    match t {
+        T::RegularFile => libc::DT_REG,
+        T::Directory => libc::DT_DIR,
+        T::Symlink => libc::DT_LNK,
+        T::Fifo => libc::DT_FIFO,
+        T::Socket => libc::DT_SOCK,
+        T::CharacterDevice => libc::DT_CHR,
+        T::BlockDevice => libc::DT_BLK,
+        _ => libc::DT_UNKNOWN,
+    }
+}
+
+/// `stat(2)` fields as the protocol carries them.
+#[allow(clippy::unnecessary_cast)]
+fn attr(s: &Stat) -> Attr {
+    let t = |sec: i64, nsec: i64| Time {
+        sec,
+        nsec: nsec as u32,
+    };
+    Attr {
+        dev: s.st_dev as u64,
+        ino: s.st_ino as u64,
+        mode: s.st_mode as u32,
+        nlink: s.st_nlink as u64,
+        uid: s.st_uid as u32,
+        gid: s.st_gid as u32,
+        rdev: s.st_rdev as u64,
+        size: s.st_size as u64,
+        blksize: s.st_blksize as u64,
+        blocks: s.st_blocks as u64,
+        atime: t(s.st_atime as i64, s.st_atime_nsec as i64),
+        mtime: t(s.st_mtime as i64, s.st_mtime_nsec as i64),
+        ctime: t(s.st_ctime as i64, s.st_ctime_nsec as i64),
+    }
+}
