@@ -1,1 +1,130 @@
-//! stub
+//! `libposix_ship_preload.so`: ships an unmodified program's file calls to a posix-ship
+//! server.
+//!
+//! ```sh
+//! POSIX_SHIP_SERVER=tcp://10.0.0.5:7000 POSIX_SHIP_MOUNT=/fwd \
+//!   LD_PRELOAD=target/release/libposix_ship_preload.so  cp results.dat /fwd/run1/
+//! ```
+//!
+//! Calls on paths under the mount prefix (and on the descriptors they open) go to the
+//! server; everything else goes to the C library untouched. The connection is made on
+//! the first shipped call (thread-safe) and again in a forked child. Shipped files have
+//! real descriptor numbers (placeholders on `/dev/null` opened `O_PATH`), so a call this
+//! library does not cover fails with `EBADF` rather than touching another file; calls that
+//! cannot work on a shipped file (`mmap`) fail with a clear errno and a one-time warning.
+//!
+//! Portability: x86_64 and aarch64 Linux with glibc (the variadic `open`/`fcntl`/`ioctl`
+//! are defined with their optional argument as a fixed one, which those ABIs pass in the
+//! same register).
+
+mod dirs;
+mod files;
+mod paths;
+mod real;
+mod refuse;
+mod stdio;
+mod table;
+
+use std::collections::HashSet;
+use std::ffi::CStr;
+use std::sync::{Mutex, OnceLock};
+
+use libc::{c_char, c_int};
+
+/// The environment: where the server is and which prefix is shipped.
+pub(crate) struct Config {
+    server: String,
+    /// The mount prefix, without a trailing `/`.
+    mount: Vec<u8>,
+}
+
+/// The configuration, or `None` when the environment does not ask for shipping.
+pub(crate) fn config() -> Option<&'static Config> {
+    static C: OnceLock<Option<Config>> = OnceLock::new();
+    C.get_or_init(|| {
+        let server = std::env::var("POSIX_SHIP_SERVER").ok()?;
+        let mount = std::env::var("POSIX_SHIP_MOUNT").ok()?;
+        let mut mount = mount.into_bytes();
+        while mount.len() > 1 && mount.last() == Some(&b'/') {
+            mount.pop();
+        }
+        (mount.first() == Some(&b'/') && mount.len() > 1).then_some(Config { server, mount })
+    })
+    .as_ref()
+}
+
+/// The path beneath the export if `path` is under the mount prefix.
+pub(crate) fn shipped(path: *const c_char) -> Option<Vec<u8>> {
+    if path.is_null() {
+        return None;
+    }
+    let cfg = config()?;
+    // SAFETY: a non-null path argument of a POSIX call is a NUL-terminated string.
+    let p = unsafe { CStr::from_ptr(path) }.to_bytes();
+    let rest = p.strip_prefix(cfg.mount.as_slice())?;
+    match rest.first() {
+        None => Some(b"/".to_vec()),
+        Some(b'/') => Some(rest.to_vec()),
+        Some(_) => None,
+    }
+}
+
+/// Where a `*at` call's path is: shipped (absolute under the mount, or relative to a
+/// shipped directory), or local.
+pub(crate) fn shipped_at(dirfd: c_int, path: *const c_char) -> Option<Vec<u8>> {
+    if path.is_null() {
+        return None;
+    }
+    // SAFETY: as above.
+    let p = unsafe { CStr::from_ptr(path) }.to_bytes();
+    if p.first() == Some(&b'/') || dirfd == libc::AT_FDCWD {
+        return shipped(path);
+    }
+    let d = table::get(dirfd)?;
+    let mut full = d.path.clone();
+    if full.last() != Some(&b'/') {
+        full.push(b'/');
+    }
+    full.extend_from_slice(p);
+    Some(full)
+}
+
+/// Sets `errno` and returns -1.
+pub(crate) fn fail(e: c_int) -> c_int {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+    -1
+}
+
+/// `fail` for calls returning `ssize_t`.
+pub(crate) fn fail_sz(e: c_int) -> isize {
+    fail(e) as isize
+}
+
+/// This thread's `errno`.
+pub(crate) fn last_errno() -> c_int {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() }
+}
+
+/// The errno an I/O error carries (EIO if none).
+pub(crate) fn errno_of(e: std::io::Error) -> c_int {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// A result as a C call returns it: 0, or -1 with `errno`.
+pub(crate) fn ret(r: Result<(), c_int>) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+/// Prints `what` on stderr once per process.
+pub(crate) fn warn_once(what: &str) {
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut s = table::lock(&SEEN);
+    if s.get_or_insert_with(HashSet::new).insert(what.to_string()) {
+        eprintln!("posix-ship preload: {what}");
+    }
+}

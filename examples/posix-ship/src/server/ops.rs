@@ -86,11 +86,13 @@ impl Ctx<'_> {
         if flags.contains(OFlags::TMPFILE) || flags.contains(OFlags::PATH) {
             return Err(Errno::OPNOTSUPP);
         }
-        let fd = self.export.open_at(
-            &r.path,
-            flags & OPEN_FLAGS,
-            Mode::from_bits_truncate(r.mode),
-        )?;
+        // openat2 refuses a mode without O_CREAT; open(2) ignores it.
+        let mode = if flags.contains(OFlags::CREATE) {
+            Mode::from_bits_truncate(r.mode)
+        } else {
+            Mode::empty()
+        };
+        let fd = self.export.open_at(&r.path, flags & OPEN_FLAGS, mode)?;
         let st = rustix::fs::fstat(&fd)?;
         let file = OpenFile {
             fd,

@@ -1,0 +1,530 @@
+//! Opening, reading, writing, seeking, duplicating and closing descriptors.
+
+use std::sync::Arc;
+
+use libc::{c_char, c_int, c_void, iovec, mode_t, off_t, size_t, ssize_t};
+
+use crate::real::call_real;
+use crate::table::{self, Desc, lock};
+use crate::{errno_of, fail, fail_sz, ret, shipped_at};
+
+/// Opens a shipped path: the server's handle behind a placeholder descriptor.
+pub(crate) fn ship_open(path: Vec<u8>, flags: c_int, mode: mode_t) -> c_int {
+    let r = (|| {
+        let fs = table::client()?;
+        let o = fs.open_raw(&path, flags, mode).map_err(errno_of)?;
+        let d = Arc::new(Desc::new(
+            path,
+            flags & !libc::O_CLOEXEC,
+            o.fh,
+            o.attr.is_dir(),
+        ));
+        let fd = table::placeholder(flags & libc::O_CLOEXEC != 0)?;
+        table::insert(fd, d);
+        Ok(fd)
+    })();
+    r.unwrap_or_else(fail)
+}
+
+fn open_at(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    match shipped_at(dirfd, path) {
+        Some(p) => ship_open(p, flags, mode),
+        None => call_real!(openat: fn(c_int, *const c_char, c_int, mode_t) -> c_int,
+            dirfd, path, flags, mode),
+    }
+}
+
+/// Interposed `open` (the mode is read only with `O_CREAT`/`O_TMPFILE`).
+#[unsafe(no_mangle)]
+pub extern "C" fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    open_at(libc::AT_FDCWD, path, flags, mode)
+}
+
+/// Interposed `open64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    open_at(libc::AT_FDCWD, path, flags, mode)
+}
+
+/// Interposed `openat`.
+#[unsafe(no_mangle)]
+pub extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    open_at(dirfd, path, flags, mode)
+}
+
+/// Interposed `openat64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn openat64(d: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+    open_at(d, path, flags, mode)
+}
+
+/// Interposed `creat`.
+#[unsafe(no_mangle)]
+pub extern "C" fn creat(path: *const c_char, mode: mode_t) -> c_int {
+    open_at(
+        libc::AT_FDCWD,
+        path,
+        libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+        mode,
+    )
+}
+
+/// Interposed `creat64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn creat64(path: *const c_char, mode: mode_t) -> c_int {
+    creat(path, mode)
+}
+
+/// Interposed `__open_2` (fortified `open` without a mode).
+#[unsafe(no_mangle)]
+pub extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
+    open_at(libc::AT_FDCWD, path, flags, 0)
+}
+
+/// Interposed `__open64_2`.
+#[unsafe(no_mangle)]
+pub extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
+    open_at(libc::AT_FDCWD, path, flags, 0)
+}
+
+/// Interposed `__openat_2`.
+#[unsafe(no_mangle)]
+pub extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    open_at(dirfd, path, flags, 0)
+}
+
+/// Interposed `__openat64_2`.
+#[unsafe(no_mangle)]
+pub extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+    open_at(dirfd, path, flags, 0)
+}
+
+/// Interposed `close`.
+#[unsafe(no_mangle)]
+pub extern "C" fn close(fd: c_int) -> c_int {
+    drop(table::remove(fd));
+    call_real!(close: fn(c_int) -> c_int, fd)
+}
+
+fn access_ok(d: &Desc, write: bool) -> Result<(), c_int> {
+    let acc = *lock(&d.flags) & libc::O_ACCMODE;
+    let ok = if write {
+        acc != libc::O_RDONLY
+    } else {
+        acc != libc::O_WRONLY
+    };
+    if d.is_dir {
+        return Err(libc::EISDIR);
+    }
+    if ok { Ok(()) } else { Err(libc::EBADF) }
+}
+
+/// Reads at `off` (`None`: at the shared offset, which then moves).
+fn ship_read(d: &Desc, buf: &mut [u8], off: Option<u64>) -> Result<usize, c_int> {
+    access_ok(d, false)?;
+    let fs = table::client()?;
+    let fh = d.fh()?;
+    match off {
+        Some(o) => fs.pread(fh, buf, o).map_err(errno_of),
+        None => {
+            let mut pos = lock(&d.pos);
+            let n = fs.pread(fh, buf, *pos).map_err(errno_of)?;
+            *pos += n as u64;
+            Ok(n)
+        }
+    }
+}
+
+/// Writes at `off` (`None`: at the shared offset, or the end with `O_APPEND`).
+fn ship_write(d: &Desc, buf: &[u8], off: Option<u64>) -> Result<usize, c_int> {
+    access_ok(d, true)?;
+    let fs = table::client()?;
+    let fh = d.fh()?;
+    let append = *lock(&d.flags) & libc::O_APPEND != 0;
+    match off {
+        Some(o) if !append => fs.pwrite(fh, buf, Some(o)).map_err(errno_of)?,
+        Some(_) => fs.pwrite(fh, buf, None).map_err(errno_of)?,
+        None => {
+            let mut pos = lock(&d.pos);
+            *pos = fs
+                .pwrite(fh, buf, (!append).then_some(*pos))
+                .map_err(errno_of)?;
+            *pos
+        }
+    };
+    Ok(buf.len())
+}
+
+fn sz(r: Result<usize, c_int>) -> ssize_t {
+    match r {
+        Ok(n) => n as ssize_t,
+        Err(e) => fail_sz(e),
+    }
+}
+
+/// The caller's buffer as a slice.
+///
+/// # Safety
+/// `buf` must be valid for `n` bytes, as the C call's contract demands.
+unsafe fn slice_mut<'a>(buf: *mut c_void, n: size_t) -> &'a mut [u8] {
+    if n == 0 || buf.is_null() {
+        return &mut [];
+    }
+    // SAFETY: the caller's contract (see above).
+    unsafe { std::slice::from_raw_parts_mut(buf.cast(), n) }
+}
+
+/// # Safety
+/// As [`slice_mut`].
+unsafe fn slice<'a>(buf: *const c_void, n: size_t) -> &'a [u8] {
+    if n == 0 || buf.is_null() {
+        return &[];
+    }
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts(buf.cast(), n) }
+}
+
+/// Interposed `read`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    match table::get(fd) {
+        // SAFETY: read(2)'s contract: buf holds n bytes.
+        Some(d) => sz(ship_read(&d, unsafe { slice_mut(buf, n) }, None)),
+        None => call_real!(read: fn(c_int, *mut c_void, size_t) -> ssize_t, fd, buf, n),
+    }
+}
+
+/// Interposed `__read_chk` (fortified `read`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    cap: size_t,
+) -> ssize_t {
+    if n > cap {
+        // glibc aborts on this overflow; so do we.
+        std::process::abort();
+    }
+    // SAFETY: as read.
+    unsafe { read(fd, buf, n) }
+}
+
+/// Interposed `write`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    match table::get(fd) {
+        // SAFETY: write(2)'s contract.
+        Some(d) => sz(ship_write(&d, unsafe { slice(buf, n) }, None)),
+        None => call_real!(write: fn(c_int, *const c_void, size_t) -> ssize_t, fd, buf, n),
+    }
+}
+
+fn offset(off: off_t) -> Result<u64, c_int> {
+    u64::try_from(off).map_err(|_| libc::EINVAL)
+}
+
+/// Interposed `pread`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
+    match table::get(fd) {
+        // SAFETY: pread(2)'s contract.
+        Some(d) => {
+            sz(offset(off).and_then(|o| ship_read(&d, unsafe { slice_mut(buf, n) }, Some(o))))
+        }
+        None => {
+            call_real!(pread: fn(c_int, *mut c_void, size_t, off_t) -> ssize_t, fd, buf, n, off)
+        }
+    }
+}
+
+/// Interposed `pread64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
+    // SAFETY: same contract.
+    unsafe { pread(fd, buf, n, off) }
+}
+
+/// Interposed `__pread_chk`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __pread_chk(
+    fd: c_int,
+    b: *mut c_void,
+    n: size_t,
+    off: off_t,
+    cap: size_t,
+) -> ssize_t {
+    if n > cap {
+        std::process::abort();
+    }
+    // SAFETY: same contract.
+    unsafe { pread(fd, b, n, off) }
+}
+
+/// Interposed `__pread64_chk`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __pread64_chk(
+    fd: c_int,
+    b: *mut c_void,
+    n: size_t,
+    off: off_t,
+    cap: size_t,
+) -> ssize_t {
+    // SAFETY: same contract.
+    unsafe { __pread_chk(fd, b, n, off, cap) }
+}
+
+/// Interposed `pwrite`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
+    match table::get(fd) {
+        // SAFETY: pwrite(2)'s contract.
+        Some(d) => sz(offset(off).and_then(|o| ship_write(&d, unsafe { slice(buf, n) }, Some(o)))),
+        None => {
+            call_real!(pwrite: fn(c_int, *const c_void, size_t, off_t) -> ssize_t, fd, buf, n, off)
+        }
+    }
+}
+
+/// Interposed `pwrite64`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
+    // SAFETY: same contract.
+    unsafe { pwrite(fd, buf, n, off) }
+}
+
+/// # Safety
+/// `iov` holds `cnt` valid iovecs.
+unsafe fn iovecs<'a>(iov: *const iovec, cnt: c_int) -> Result<&'a [iovec], c_int> {
+    let n = usize::try_from(cnt).map_err(|_| libc::EINVAL)?;
+    if n == 0 || iov.is_null() {
+        return Ok(&[]);
+    }
+    // SAFETY: the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(iov, n) })
+}
+
+/// Interposed `readv`: one read per buffer, stopping at a short one.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    let Some(d) = table::get(fd) else {
+        return call_real!(readv: fn(c_int, *const iovec, c_int) -> ssize_t, fd, iov, cnt);
+    };
+    // SAFETY: readv(2)'s contract.
+    sz(unsafe { iovecs(iov, cnt) }.and_then(|v| {
+        let mut total = 0;
+        for b in v {
+            // SAFETY: each iovec describes a writable buffer.
+            let n = ship_read(&d, unsafe { slice_mut(b.iov_base, b.iov_len) }, None)?;
+            total += n;
+            if n < b.iov_len {
+                break;
+            }
+        }
+        Ok(total)
+    }))
+}
+
+/// Interposed `writev`: the buffers gathered into one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    let Some(d) = table::get(fd) else {
+        return call_real!(writev: fn(c_int, *const iovec, c_int) -> ssize_t, fd, iov, cnt);
+    };
+    // SAFETY: writev(2)'s contract.
+    sz(unsafe { iovecs(iov, cnt) }.and_then(|v| {
+        let mut all = Vec::new();
+        for b in v {
+            // SAFETY: each iovec describes a readable buffer.
+            all.extend_from_slice(unsafe { slice(b.iov_base, b.iov_len) });
+        }
+        ship_write(&d, &all, None)
+    }))
+}
+
+/// `lseek` on a shipped file, `SEEK_DATA`/`SEEK_HOLE` included (all data, no holes).
+fn ship_lseek(d: &Desc, off: off_t, whence: c_int) -> Result<u64, c_int> {
+    let size = || -> Result<u64, c_int> {
+        let fs = table::client()?;
+        Ok(fs.fstat(d.fh()?).map_err(errno_of)?.size)
+    };
+    let mut pos = lock(&d.pos);
+    let new = match whence {
+        libc::SEEK_SET => off as i128,
+        libc::SEEK_CUR => *pos as i128 + off as i128,
+        libc::SEEK_END => size()? as i128 + off as i128,
+        libc::SEEK_DATA | libc::SEEK_HOLE => {
+            let s = size()?;
+            let o = offset(off)?;
+            if o >= s {
+                return Err(libc::ENXIO);
+            }
+            if whence == libc::SEEK_DATA {
+                o as i128
+            } else {
+                s as i128
+            }
+        }
+        _ => return Err(libc::EINVAL),
+    };
+    if new < 0 || new > i64::MAX as i128 {
+        return Err(libc::EINVAL);
+    }
+    *pos = new as u64;
+    Ok(*pos)
+}
+
+/// Interposed `lseek`.
+#[unsafe(no_mangle)]
+pub extern "C" fn lseek(fd: c_int, off: off_t, whence: c_int) -> off_t {
+    match table::get(fd) {
+        Some(d) => match ship_lseek(&d, off, whence) {
+            Ok(p) => p as off_t,
+            Err(e) => fail(e) as off_t,
+        },
+        None => call_real!(lseek: fn(c_int, off_t, c_int) -> off_t, fd, off, whence),
+    }
+}
+
+/// Interposed `lseek64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn lseek64(fd: c_int, off: off_t, whence: c_int) -> off_t {
+    lseek(fd, off, whence)
+}
+
+/// Interposed `dup`: a new number for the same description.
+#[unsafe(no_mangle)]
+pub extern "C" fn dup(fd: c_int) -> c_int {
+    let n = call_real!(dup: fn(c_int) -> c_int, fd);
+    if n >= 0
+        && let Some(d) = table::get(fd)
+    {
+        table::insert(n, d);
+    }
+    n
+}
+
+fn dup_onto(fd: c_int, new: c_int, r: c_int) -> c_int {
+    if r >= 0 && fd != new {
+        match table::get(fd) {
+            Some(d) => table::insert(new, d),
+            None => drop(table::remove(new)),
+        }
+    }
+    r
+}
+
+/// Interposed `dup2`.
+#[unsafe(no_mangle)]
+pub extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
+    let r = call_real!(dup2: fn(c_int, c_int) -> c_int, fd, new);
+    dup_onto(fd, new, r)
+}
+
+/// Interposed `dup3`.
+#[unsafe(no_mangle)]
+pub extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
+    let r = call_real!(dup3: fn(c_int, c_int, c_int) -> c_int, fd, new, flags);
+    dup_onto(fd, new, r)
+}
+
+fn ship_fcntl(fd: c_int, d: Arc<Desc>, cmd: c_int, arg: usize) -> c_int {
+    match cmd {
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            let n = call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, cmd, arg);
+            if n >= 0 {
+                table::insert(n, d);
+            }
+            n
+        }
+        // Descriptor flags belong to the placeholder itself.
+        libc::F_GETFD | libc::F_SETFD => {
+            call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, cmd, arg)
+        }
+        libc::F_GETFL => *lock(&d.flags),
+        libc::F_SETFL => {
+            let settable = libc::O_APPEND
+                | libc::O_NONBLOCK
+                | libc::O_ASYNC
+                | libc::O_NOATIME
+                | libc::O_DIRECT;
+            let mut f = lock(&d.flags);
+            *f = (*f & !settable) | (arg as c_int & settable);
+            0
+        }
+        // Record locks: one client's locks are not seen by other clients (documented).
+        libc::F_GETLK | libc::F_OFD_GETLK => {
+            if arg != 0 {
+                // SAFETY: F_GETLK's argument is a struct flock.
+                unsafe { (*(arg as *mut libc::flock)).l_type = libc::F_UNLCK as i16 };
+            }
+            0
+        }
+        libc::F_SETLK | libc::F_SETLKW | libc::F_OFD_SETLK | libc::F_OFD_SETLKW => 0,
+        _ => {
+            crate::warn_once(&format!(
+                "fcntl command {cmd} is not supported on shipped files"
+            ));
+            fail(libc::EINVAL)
+        }
+    }
+}
+
+/// Interposed `fcntl` (the optional argument read as a fixed one).
+#[unsafe(no_mangle)]
+pub extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    match table::get(fd) {
+        Some(d) => ship_fcntl(fd, d, cmd, arg),
+        None => call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, cmd, arg),
+    }
+}
+
+/// Interposed `fcntl64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
+    fcntl(fd, cmd, arg)
+}
+
+/// Interposed `fsync`.
+#[unsafe(no_mangle)]
+pub extern "C" fn fsync(fd: c_int) -> c_int {
+    match table::get(fd) {
+        Some(d) => ret(sync(&d, false)),
+        None => call_real!(fsync: fn(c_int) -> c_int, fd),
+    }
+}
+
+/// Interposed `fdatasync`.
+#[unsafe(no_mangle)]
+pub extern "C" fn fdatasync(fd: c_int) -> c_int {
+    match table::get(fd) {
+        Some(d) => ret(sync(&d, true)),
+        None => call_real!(fdatasync: fn(c_int) -> c_int, fd),
+    }
+}
+
+fn sync(d: &Desc, data_only: bool) -> Result<(), c_int> {
+    let fs = table::client()?;
+    fs.call_raw(posix_ship::proto::FSYNC, &(d.fh()?, data_only))
+        .map_err(errno_of)
+}
+
+/// Interposed `ftruncate`.
+#[unsafe(no_mangle)]
+pub extern "C" fn ftruncate(fd: c_int, len: off_t) -> c_int {
+    match table::get(fd) {
+        Some(d) => ret((|| {
+            let fs = table::client()?;
+            let t = posix_ship::proto::Target::Handle(d.fh()?);
+            fs.call_raw(posix_ship::proto::TRUNCATE, &(t, offset(len)?))
+                .map_err(errno_of)
+        })()),
+        None => call_real!(ftruncate: fn(c_int, off_t) -> c_int, fd, len),
+    }
+}
+
+/// Interposed `ftruncate64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn ftruncate64(fd: c_int, len: off_t) -> c_int {
+    ftruncate(fd, len)
+}

@@ -1,0 +1,187 @@
+//! Calls that cannot act on a shipped file as the kernel would: each is emulated or
+//! refused with the errno that makes programs fall back to plain reads and writes, and
+//! never reaches the kernel on the placeholder descriptor.
+
+use libc::{c_char, c_int, c_uint, c_ulong, c_void, off_t, size_t, ssize_t};
+
+use crate::real::call_real;
+use crate::{fail, fail_sz, shipped, table, warn_once};
+
+fn either(a: c_int, b: c_int) -> bool {
+    table::get(a).is_some() || table::get(b).is_some()
+}
+
+/// Interposed `mmap`: refused (`ENODEV`) on a shipped file.
+#[unsafe(no_mangle)]
+pub extern "C" fn mmap(
+    a: *mut c_void,
+    n: size_t,
+    prot: c_int,
+    fl: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    if fl & libc::MAP_ANONYMOUS == 0 && table::get(fd).is_some() {
+        warn_once("mmap of a shipped file is not supported (ENODEV)");
+        fail(libc::ENODEV);
+        return libc::MAP_FAILED;
+    }
+    call_real!(mmap: fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void, a, n, prot, fl, fd, off)
+}
+
+/// Interposed `mmap64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn mmap64(
+    a: *mut c_void,
+    n: size_t,
+    prot: c_int,
+    fl: c_int,
+    fd: c_int,
+    off: off_t,
+) -> *mut c_void {
+    mmap(a, n, prot, fl, fd, off)
+}
+
+/// Interposed `copy_file_range`: `EXDEV` when either end is shipped (the copy crosses
+/// file systems), so `cp` falls back to read/write.
+#[unsafe(no_mangle)]
+pub extern "C" fn copy_file_range(
+    i: c_int,
+    io: *mut i64,
+    o: c_int,
+    oo: *mut i64,
+    n: size_t,
+    fl: c_uint,
+) -> ssize_t {
+    if either(i, o) {
+        return fail_sz(libc::EXDEV);
+    }
+    call_real!(copy_file_range: fn(c_int, *mut i64, c_int, *mut i64, size_t, c_uint) -> ssize_t, i, io, o, oo, n, fl)
+}
+
+/// Interposed `sendfile`: `EINVAL` when either end is shipped (the documented fallback cue).
+#[unsafe(no_mangle)]
+pub extern "C" fn sendfile(o: c_int, i: c_int, off: *mut off_t, n: size_t) -> ssize_t {
+    if either(i, o) {
+        return fail_sz(libc::EINVAL);
+    }
+    call_real!(sendfile: fn(c_int, c_int, *mut off_t, size_t) -> ssize_t, o, i, off, n)
+}
+
+/// Interposed `sendfile64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn sendfile64(o: c_int, i: c_int, off: *mut off_t, n: size_t) -> ssize_t {
+    sendfile(o, i, off, n)
+}
+
+/// Interposed `fallocate`: `EOPNOTSUPP` on a shipped file.
+#[unsafe(no_mangle)]
+pub extern "C" fn fallocate(fd: c_int, mode: c_int, off: off_t, len: off_t) -> c_int {
+    if table::get(fd).is_some() {
+        return fail(libc::EOPNOTSUPP);
+    }
+    call_real!(fallocate: fn(c_int, c_int, off_t, off_t) -> c_int, fd, mode, off, len)
+}
+
+/// Interposed `fallocate64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn fallocate64(fd: c_int, mode: c_int, off: off_t, len: off_t) -> c_int {
+    fallocate(fd, mode, off, len)
+}
+
+/// Interposed `posix_fallocate`: on a shipped file, extends it to `off + len` if shorter.
+#[unsafe(no_mangle)]
+pub extern "C" fn posix_fallocate(fd: c_int, off: off_t, len: off_t) -> c_int {
+    if table::get(fd).is_none() {
+        return call_real!(posix_fallocate: fn(c_int, off_t, off_t) -> c_int, fd, off, len);
+    }
+    let Some(end) = off.checked_add(len).filter(|_| off >= 0 && len > 0) else {
+        return libc::EINVAL;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    if crate::paths::fstat(fd, st.as_mut_ptr()) != 0 {
+        return crate::last_errno();
+    }
+    // SAFETY: fstat succeeded and filled it.
+    let size = unsafe { st.assume_init() }.st_size;
+    if size < end && crate::files::ftruncate(fd, end) != 0 {
+        return crate::last_errno();
+    }
+    0
+}
+
+/// Interposed `posix_fallocate64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn posix_fallocate64(fd: c_int, off: off_t, len: off_t) -> c_int {
+    posix_fallocate(fd, off, len)
+}
+
+/// Interposed `posix_fadvise`: advice on a shipped file is accepted and ignored.
+#[unsafe(no_mangle)]
+pub extern "C" fn posix_fadvise(fd: c_int, off: off_t, len: off_t, advice: c_int) -> c_int {
+    if table::get(fd).is_some() {
+        return 0;
+    }
+    call_real!(posix_fadvise: fn(c_int, off_t, off_t, c_int) -> c_int, fd, off, len, advice)
+}
+
+/// Interposed `posix_fadvise64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn posix_fadvise64(fd: c_int, off: off_t, len: off_t, advice: c_int) -> c_int {
+    posix_fadvise(fd, off, len, advice)
+}
+
+/// `FICLONE` and `FICLONERANGE` (linux/fs.h).
+const FICLONE: c_ulong = 0x4004_9409;
+const FICLONERANGE: c_ulong = 0x4020_940d;
+
+/// Interposed `ioctl`: on a shipped file, clones are `EOPNOTSUPP` (cp falls back) and
+/// everything else `ENOTTY` (the answer for "not a terminal" and unknown requests).
+#[unsafe(no_mangle)]
+pub extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: usize) -> c_int {
+    let shipped_src = (req == FICLONE || req == FICLONERANGE) && table::get(arg as c_int).is_some();
+    if table::get(fd).is_some() || shipped_src {
+        return fail(if req == FICLONE || req == FICLONERANGE {
+            libc::EOPNOTSUPP
+        } else {
+            libc::ENOTTY
+        });
+    }
+    call_real!(ioctl: fn(c_int, c_ulong, usize) -> c_int, fd, req, arg)
+}
+
+/// Extended attributes are not shipped: `ENOTSUP` on shipped paths and files.
+macro_rules! no_xattr_path {
+    ($name:ident, $($a:ident : $t:ty),*) => {
+        /// Interposed: `ENOTSUP` on shipped paths.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name(path: *const c_char, $($a: $t),*) -> ssize_t {
+            if shipped(path).is_some() {
+                return fail_sz(libc::ENOTSUP);
+            }
+            call_real!($name: fn(*const c_char, $($t),*) -> ssize_t, path, $($a),*)
+        }
+    };
+}
+no_xattr_path!(getxattr, n: *const c_char, v: *mut c_void, s: size_t);
+no_xattr_path!(lgetxattr, n: *const c_char, v: *mut c_void, s: size_t);
+no_xattr_path!(listxattr, l: *mut c_char, s: size_t);
+no_xattr_path!(llistxattr, l: *mut c_char, s: size_t);
+
+/// Interposed `fgetxattr`: `ENOTSUP` on shipped files.
+#[unsafe(no_mangle)]
+pub extern "C" fn fgetxattr(fd: c_int, n: *const c_char, v: *mut c_void, s: size_t) -> ssize_t {
+    if table::get(fd).is_some() {
+        return fail_sz(libc::ENOTSUP);
+    }
+    call_real!(fgetxattr: fn(c_int, *const c_char, *mut c_void, size_t) -> ssize_t, fd, n, v, s)
+}
+
+/// Interposed `flistxattr`: `ENOTSUP` on shipped files.
+#[unsafe(no_mangle)]
+pub extern "C" fn flistxattr(fd: c_int, l: *mut c_char, s: size_t) -> ssize_t {
+    if table::get(fd).is_some() {
+        return fail_sz(libc::ENOTSUP);
+    }
+    call_real!(flistxattr: fn(c_int, *mut c_char, size_t) -> ssize_t, fd, l, s)
+}

@@ -1,0 +1,154 @@
+//! `fopen` on shipped paths. The C library's stdio reads and writes with its internal
+//! system calls, which no interposer sees, so a shipped stream is a `fopencookie` stream
+//! whose reads, writes, seeks and close are this library's.
+
+use libc::{c_char, c_int, c_void, off64_t, size_t, ssize_t};
+
+use crate::files::{self, ship_open};
+use crate::real::call_real;
+use crate::{fail, shipped, table};
+
+/// `open(2)` flags for an `fopen` mode, or `None` if the mode is malformed.
+fn mode_flags(mode: &[u8]) -> Option<c_int> {
+    let plus = mode.contains(&b'+');
+    let mut f = match (mode.first()?, plus) {
+        (b'r', false) => libc::O_RDONLY,
+        (b'r', true) => libc::O_RDWR,
+        (b'w', false) => libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        (b'w', true) => libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
+        (b'a', false) => libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND,
+        (b'a', true) => libc::O_RDWR | libc::O_CREAT | libc::O_APPEND,
+        _ => return None,
+    };
+    if mode.contains(&b'x') {
+        f |= libc::O_EXCL;
+    }
+    if mode.contains(&b'e') {
+        f |= libc::O_CLOEXEC;
+    }
+    Some(f)
+}
+
+/// glibc's `cookie_io_functions_t` (stdio.h), absent from the libc crate.
+#[repr(C)]
+struct CookieIo {
+    read: extern "C" fn(*mut c_void, *mut c_char, size_t) -> ssize_t,
+    write: extern "C" fn(*mut c_void, *const c_char, size_t) -> ssize_t,
+    seek: extern "C" fn(*mut c_void, *mut off64_t, c_int) -> c_int,
+    close: extern "C" fn(*mut c_void) -> c_int,
+}
+
+unsafe extern "C" {
+    fn fopencookie(cookie: *mut c_void, mode: *const c_char, io: CookieIo) -> *mut libc::FILE;
+}
+
+fn cookie_fd(c: *mut c_void) -> c_int {
+    c as usize as c_int
+}
+
+extern "C" fn c_read(c: *mut c_void, buf: *mut c_char, n: size_t) -> ssize_t {
+    // SAFETY: stdio hands a buffer of n bytes.
+    unsafe { files::read(cookie_fd(c), buf.cast(), n) }
+}
+
+extern "C" fn c_write(c: *mut c_void, buf: *const c_char, n: size_t) -> ssize_t {
+    // SAFETY: stdio hands n bytes.
+    let r = unsafe { files::write(cookie_fd(c), buf.cast(), n) };
+    // A cookie writer reports failure as 0 bytes written.
+    r.max(0)
+}
+
+extern "C" fn c_seek(c: *mut c_void, off: *mut off64_t, whence: c_int) -> c_int {
+    // SAFETY: stdio passes a valid offset pointer.
+    let r = files::lseek(cookie_fd(c), unsafe { *off }, whence);
+    if r < 0 {
+        return -1;
+    }
+    // SAFETY: as above.
+    unsafe { *off = r };
+    0
+}
+
+extern "C" fn c_close(c: *mut c_void) -> c_int {
+    files::close(cookie_fd(c))
+}
+
+fn stream(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
+    let io = CookieIo {
+        read: c_read,
+        write: c_write,
+        seek: c_seek,
+        close: c_close,
+    };
+    // SAFETY: the functions match fopencookie's contract; the cookie is the fd.
+    let f = unsafe { fopencookie(fd as usize as *mut c_void, mode, io) };
+    if f.is_null() {
+        files::close(fd);
+    }
+    f
+}
+
+fn open_stream(path: *const c_char, mode: *const c_char) -> Option<*mut libc::FILE> {
+    let p = shipped(path)?;
+    if mode.is_null() {
+        fail(libc::EINVAL);
+        return Some(std::ptr::null_mut());
+    }
+    // SAFETY: a non-null mode is NUL-terminated.
+    let m = unsafe { std::ffi::CStr::from_ptr(mode) }.to_bytes();
+    let Some(flags) = mode_flags(m) else {
+        fail(libc::EINVAL);
+        return Some(std::ptr::null_mut());
+    };
+    let fd = ship_open(p, flags, 0o666);
+    Some(if fd < 0 {
+        std::ptr::null_mut()
+    } else {
+        stream(fd, mode)
+    })
+}
+
+/// Interposed `fopen`.
+#[unsafe(no_mangle)]
+pub extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    open_stream(path, mode).unwrap_or_else(
+        || call_real!(fopen: fn(*const c_char, *const c_char) -> *mut libc::FILE, path, mode),
+    )
+}
+
+/// Interposed `fopen64`.
+#[unsafe(no_mangle)]
+pub extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    open_stream(path, mode).unwrap_or_else(
+        || call_real!(fopen64: fn(*const c_char, *const c_char) -> *mut libc::FILE, path, mode),
+    )
+}
+
+/// Interposed `fdopen`.
+#[unsafe(no_mangle)]
+pub extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
+    match table::get(fd) {
+        Some(_) => stream(fd, mode),
+        None => call_real!(fdopen: fn(c_int, *const c_char) -> *mut libc::FILE, fd, mode),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fopen_modes_map_to_open_flags() {
+        assert_eq!(mode_flags(b"r"), Some(libc::O_RDONLY));
+        assert_eq!(mode_flags(b"rb+"), Some(libc::O_RDWR));
+        assert_eq!(
+            mode_flags(b"wxe"),
+            Some(libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_CLOEXEC)
+        );
+        assert_eq!(
+            mode_flags(b"a+"),
+            Some(libc::O_RDWR | libc::O_CREAT | libc::O_APPEND)
+        );
+        assert_eq!(mode_flags(b"q"), None);
+    }
+}

@@ -1,0 +1,169 @@
+//! The connection and the table of shipped file descriptors.
+//!
+//! A shipped file gets a real descriptor number: a placeholder opened on `/dev/null`
+//! with `O_PATH`, so the number is the program's to keep and an uninstrumented call on it
+//! fails (`EBADF`) instead of touching another file. The table maps the number to a
+//! [`Desc`] (the open file description: handle, offset, status flags), shared by `dup`s.
+//!
+//! Every interposed fd call asks "is this fd shipped?" first, the progress thread's
+//! socket reads included, so the answer is one atomic load from a bitmap for fds below
+//! [`BITMAP_FDS`]; the table's lock is taken only for shipped fds, and never held across
+//! an RPC (the progress thread could not then read its socket).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use libc::c_int;
+use posix_ship::client::RemoteFs;
+use posix_ship::proto::Fh;
+
+use crate::real::call_real;
+
+/// Descriptors tracked in the bitmap (higher ones go to the table's lock).
+const BITMAP_FDS: usize = 1 << 16;
+
+static BITMAP: [AtomicU64; BITMAP_FDS / 64] = [const { AtomicU64::new(0) }; BITMAP_FDS / 64];
+
+/// An open file description on the server.
+pub struct Desc {
+    /// The path beneath the export (for reopening after `fork`).
+    pub path: Vec<u8>,
+    /// Status flags (`O_ACCMODE`, `O_APPEND`, `O_NONBLOCK`, ...).
+    pub flags: Mutex<c_int>,
+    /// The file offset.
+    pub pos: Mutex<u64>,
+    /// A directory (opened with `O_DIRECTORY` or found to be one).
+    pub is_dir: bool,
+    /// The server handle and the process that opened it.
+    handle: Mutex<(Fh, u32)>,
+}
+
+impl Desc {
+    /// A description for `fh`, opened now by this process.
+    pub fn new(path: Vec<u8>, flags: c_int, fh: Fh, is_dir: bool) -> Desc {
+        Desc {
+            path,
+            flags: Mutex::new(flags),
+            pos: Mutex::new(0),
+            is_dir,
+            handle: Mutex::new((fh, std::process::id())),
+        }
+    }
+
+    /// The handle, reopened by path in a forked child (the parent's handle belongs to
+    /// the parent's connection).
+    pub fn fh(&self) -> Result<Fh, c_int> {
+        let pid = std::process::id();
+        let (fh, owner) = *lock(&self.handle);
+        if owner == pid {
+            return Ok(fh);
+        }
+        let fs = client()?;
+        let flags = *lock(&self.flags) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+        let o = fs.open_raw(&self.path, flags, 0).map_err(crate::errno_of)?;
+        *lock(&self.handle) = (o.fh, pid);
+        Ok(o.fh)
+    }
+}
+
+impl Drop for Desc {
+    fn drop(&mut self) {
+        let (fh, owner) = *lock(&self.handle);
+        if owner == std::process::id()
+            && let Ok(fs) = client()
+        {
+            let _ = fs.close_raw(fh);
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn table() -> &'static Mutex<HashMap<c_int, Arc<Desc>>> {
+    static T: OnceLock<Mutex<HashMap<c_int, Arc<Desc>>>> = OnceLock::new();
+    T.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn bit(fd: c_int) -> Option<(&'static AtomicU64, u64)> {
+    let i = usize::try_from(fd).ok().filter(|&i| i < BITMAP_FDS)?;
+    Some((&BITMAP[i / 64], 1u64 << (i % 64)))
+}
+
+/// The shipped file behind `fd`, if it is one.
+pub fn get(fd: c_int) -> Option<Arc<Desc>> {
+    if let Some((word, mask)) = bit(fd) {
+        if word.load(Ordering::Acquire) & mask == 0 {
+            return None;
+        }
+    } else if fd < 0 {
+        return None;
+    }
+    lock(table()).get(&fd).cloned()
+}
+
+/// Records `fd` as shipped (replacing what it was).
+pub fn insert(fd: c_int, d: Arc<Desc>) {
+    let old = lock(table()).insert(fd, d);
+    if let Some((word, mask)) = bit(fd) {
+        word.fetch_or(mask, Ordering::Release);
+    }
+    drop(old);
+}
+
+/// Forgets `fd`; the description closes on the server when its last `dup` goes.
+pub fn remove(fd: c_int) -> Option<Arc<Desc>> {
+    if let Some((word, mask)) = bit(fd) {
+        if word.load(Ordering::Acquire) & mask == 0 {
+            return None;
+        }
+        word.fetch_and(!mask, Ordering::Release);
+    }
+    lock(table()).remove(&fd)
+}
+
+/// A placeholder descriptor: `O_PATH` on `/dev/null`, close-on-exec as asked.
+pub fn placeholder(cloexec: bool) -> Result<c_int, c_int> {
+    let flags = libc::O_PATH | if cloexec { libc::O_CLOEXEC } else { 0 };
+    let fd = call_real!(open: fn(*const libc::c_char, c_int, libc::mode_t) -> c_int,
+        c"/dev/null".as_ptr(), flags, 0);
+    if fd < 0 {
+        Err(crate::last_errno())
+    } else {
+        Ok(fd)
+    }
+}
+
+struct Conn {
+    pid: u32,
+    fs: RemoteFs,
+}
+
+/// The connection to the server, made on first use and again in a forked child.
+pub fn client() -> Result<RemoteFs, c_int> {
+    static CONN: Mutex<Option<Conn>> = Mutex::new(None);
+    let cfg = crate::config().ok_or(libc::ENOENT)?;
+    let pid = std::process::id();
+    let mut c = lock(&CONN);
+    if let Some(conn) = c.as_ref() {
+        if conn.pid == pid {
+            return Ok(conn.fs.clone());
+        }
+        // A forked child: the parent's engine threads do not exist here, so its engine
+        // cannot be shut down; it is left as it is and a new connection made.
+        if let Some(old) = c.take() {
+            std::mem::forget(old);
+        }
+    }
+    let fs = RemoteFs::connect(&cfg.server).map_err(|e| {
+        crate::warn_once(&format!("cannot reach server {}: {e}", cfg.server));
+        crate::errno_of(e)
+    })?;
+    *c = Some(Conn {
+        pid,
+        fs: fs.clone(),
+    });
+    Ok(fs)
+}
