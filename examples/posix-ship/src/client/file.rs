@@ -75,6 +75,15 @@ impl RemoteFile {
     }
 }
 
+impl std::fmt::Debug for RemoteFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteFile")
+            .field("fh", &self.fh)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
 impl Read for RemoteFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.fs.pread(self.fh()?, buf, self.pos)?;

@@ -1,0 +1,107 @@
+//! Shared by the posix-ship tests: a real server process on a temporary export.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use posix_ship::client::RemoteFs;
+
+/// The transports every test runs over.
+pub const TRANSPORTS: &[&str] = &["tcp", "sm"];
+
+/// A fresh directory under the target dir, removed first if present.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// A `posix-ship server` process.
+pub struct ServerProc {
+    pub child: Child,
+    pub addr: String,
+    pub export: PathBuf,
+}
+
+impl ServerProc {
+    /// Starts a server exporting `export` over `transport`, with extra arguments.
+    pub fn start(export: &Path, transport: &str, args: &[&str]) -> ServerProc {
+        Self::start_env(export, transport, args, &[])
+    }
+
+    /// As `start`, with environment variables for the server.
+    pub fn start_env(
+        export: &Path,
+        transport: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
+            .args(["server", "--export"])
+            .arg(export)
+            .args(["--listen", transport])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("server address");
+        let addr = line.trim().to_string();
+        assert!(addr.contains("://"), "server printed {addr:?}");
+        ServerProc {
+            child,
+            addr,
+            export: export.to_path_buf(),
+        }
+    }
+
+    /// A client connected to it.
+    pub fn client(&self) -> RemoteFs {
+        RemoteFs::connect(&self.addr).expect("connect")
+    }
+
+    /// Sends SIGTERM and waits; returns whether it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The errno of an I/O error.
+pub fn errno(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("no errno in {e}")),
+    }
+}
+
+/// The interposer library, built if missing (same profile as this test).
+pub fn preload_lib() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_posix-ship"));
+    let dir = bin.parent().expect("target dir");
+    let lib = dir.join("libposix_ship_preload.so");
+    let release = dir.ends_with("release");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-q", "-p", "posix-ship-preload"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok && lib.exists(), "cannot build {}", lib.display());
+    lib
+}

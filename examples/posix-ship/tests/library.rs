@@ -1,0 +1,212 @@
+//! Every operation of the client library against a real server process, over tcp and
+//! sm, with the errno cases.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use common::{ServerProc, TRANSPORTS, errno, scratch};
+use posix_ship::proto::{SetTime, Time};
+
+fn every_operation(transport: &str) {
+    let export = scratch(&format!("lib-{transport}"));
+    let srv = ServerProc::start(&export, transport, &[]);
+    let fs = srv.client();
+
+    // mkdir, create, write, read, stat.
+    fs.create_dir("/d").unwrap();
+    assert_eq!(errno(fs.create_dir("/d")), libc::EEXIST);
+    fs.write("/d/small", b"hello").unwrap();
+    assert_eq!(fs.read("/d/small").unwrap(), b"hello");
+    assert_eq!(
+        std::fs::read(export.join("d/small")).unwrap(),
+        b"hello",
+        "on the server's disk"
+    );
+    let a = fs.metadata("/d/small").unwrap();
+    assert!(a.is_file() && a.size == 5);
+    assert!(fs.metadata("/d").unwrap().is_dir());
+
+    // Sizes around the inline threshold and the per-request maximum travel intact.
+    for len in [0usize, 1, 32 << 10, (32 << 10) + 1, 1 << 20, (16 << 20) + 3] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+        fs.write("/d/big", &data).unwrap();
+        assert_eq!(fs.read("/d/big").unwrap(), data, "{len} bytes");
+    }
+
+    // RemoteFile: Read, Write, Seek, positional I/O, append, set_len, sync.
+    let mut f = fs
+        .open_with("/d/f", libc::O_RDWR | libc::O_CREAT, 0o600)
+        .unwrap();
+    f.write_all(b"0123456789").unwrap();
+    assert_eq!(f.seek(SeekFrom::Start(2)).unwrap(), 2);
+    let mut b = [0u8; 3];
+    f.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"234");
+    assert_eq!(f.seek(SeekFrom::End(-1)).unwrap(), 9);
+    f.write_at(b"AB", 4).unwrap();
+    let mut b = [0u8; 10];
+    assert_eq!(f.read_at(&mut b, 0).unwrap(), 10);
+    assert_eq!(&b, b"0123AB6789");
+    f.set_len(4).unwrap();
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    assert_eq!(f.metadata().unwrap().size, 4);
+    assert_eq!(f.metadata().unwrap().mode & 0o777, 0o600);
+    f.close().unwrap();
+    let mut ap = fs
+        .open_with("/d/f", libc::O_WRONLY | libc::O_APPEND, 0)
+        .unwrap();
+    ap.write_all(b"++").unwrap();
+    drop(ap);
+    assert_eq!(fs.read("/d/f").unwrap(), b"0123++");
+
+    // O_EXCL, O_TRUNC, O_DIRECTORY, O_NOFOLLOW.
+    let excl = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+    assert_eq!(errno(fs.open_with("/d/f", excl, 0o644)), libc::EEXIST);
+    drop(
+        fs.open_with("/d/f", libc::O_WRONLY | libc::O_TRUNC, 0)
+            .unwrap(),
+    );
+    assert_eq!(fs.metadata("/d/f").unwrap().size, 0);
+    assert_eq!(
+        errno(fs.open_with("/d/f", libc::O_RDONLY | libc::O_DIRECTORY, 0)),
+        libc::ENOTDIR
+    );
+    fs.symlink("f", "/d/link").unwrap();
+    assert_eq!(fs.read_link("/d/link").unwrap(), b"f");
+    assert!(fs.symlink_metadata("/d/link").unwrap().is_symlink());
+    assert!(fs.metadata("/d/link").unwrap().is_file(), "stat follows");
+    assert_eq!(
+        errno(fs.open_with("/d/link", libc::O_RDONLY | libc::O_NOFOLLOW, 0)),
+        libc::ELOOP
+    );
+
+    // The errno cases.
+    assert_eq!(errno(fs.open("/nope")), libc::ENOENT);
+    assert_eq!(errno(fs.metadata("/nope")), libc::ENOENT);
+    assert_eq!(errno(fs.open_with("/d", libc::O_WRONLY, 0)), libc::EISDIR);
+    assert_eq!(errno(fs.metadata("/d/small/x")), libc::ENOTDIR);
+    assert_eq!(errno(fs.remove_dir("/d")), libc::ENOTEMPTY);
+    assert_eq!(errno(fs.remove_file("/d")), libc::EISDIR);
+    assert_eq!(errno(fs.truncate("/d/small", u64::MAX)), libc::EINVAL);
+    let g = fs.open("/d/small").unwrap();
+    let fh = g.handle().unwrap();
+    g.close().unwrap();
+    assert_eq!(errno(fs.close_raw(fh)), libc::EBADF, "closed twice");
+    assert_eq!(errno(fs.fstat(fh)), libc::EBADF, "used after close");
+    assert_eq!(errno(fs.pread(fh, &mut [0u8; 4], 0)), libc::EBADF);
+    assert_eq!(
+        errno(fs.fstat(posix_ship::proto::Fh(0x1234))),
+        libc::EBADF,
+        "forged"
+    );
+    let ro = fs.open("/d/small").unwrap();
+    assert_eq!(
+        errno(ro.write_at(b"x", 0)),
+        libc::EBADF,
+        "written through O_RDONLY"
+    );
+
+    // rename, truncate, chmod, utimens, access, statfs, unlink, rmdir.
+    fs.rename("/d/small", "/d/renamed").unwrap();
+    assert_eq!(errno(fs.metadata("/d/small")), libc::ENOENT);
+    fs.truncate("/d/renamed", 2).unwrap();
+    assert_eq!(fs.read("/d/renamed").unwrap(), b"he");
+    fs.set_permissions("/d/renamed", 0o640).unwrap();
+    assert_eq!(fs.metadata("/d/renamed").unwrap().mode & 0o777, 0o640);
+    let t = Time {
+        sec: 1_000_000_000,
+        nsec: 5,
+    };
+    fs.set_times("/d/renamed", SetTime::Omit, SetTime::At(t))
+        .unwrap();
+    assert_eq!(fs.metadata("/d/renamed").unwrap().mtime, t);
+    fs.access("/d/renamed", libc::R_OK).unwrap();
+    assert_eq!(errno(fs.access("/d/none", libc::F_OK)), libc::ENOENT);
+    assert!(fs.statfs("/").unwrap().blocks > 0);
+    let mut names: Vec<_> = fs
+        .read_dir("/d")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name.into_vec())
+        .collect();
+    names.sort();
+    assert_eq!(names, [&b"big"[..], b"f", b"link", b"renamed"]);
+    for n in ["big", "f", "link", "renamed"] {
+        fs.remove_file(&format!("/d/{n}")).unwrap();
+    }
+    fs.remove_dir("/d").unwrap();
+    assert_eq!(errno(fs.remove_dir("/d")), libc::ENOENT);
+    drop(ro);
+    assert_eq!(
+        fs.server_stats().unwrap().open_files,
+        0,
+        "every handle closed"
+    );
+    assert!(srv.stop(), "graceful stop");
+}
+
+#[test]
+fn every_operation_over_every_transport() {
+    for t in TRANSPORTS {
+        every_operation(t);
+    }
+}
+
+#[test]
+fn a_read_only_export_refuses_every_change_with_eacces() {
+    let export = scratch("readonly");
+    std::fs::write(export.join("f"), b"data").unwrap();
+    let srv = ServerProc::start(&export, "tcp", &["--read-only"]);
+    let fs = srv.client();
+    assert_eq!(fs.read("/f").unwrap(), b"data");
+    assert_eq!(errno(fs.create("/g")), libc::EACCES);
+    assert_eq!(errno(fs.open_with("/f", libc::O_RDWR, 0)), libc::EACCES);
+    assert_eq!(errno(fs.remove_file("/f")), libc::EACCES);
+    assert_eq!(errno(fs.create_dir("/d")), libc::EACCES);
+    assert_eq!(errno(fs.rename("/f", "/g")), libc::EACCES);
+    assert_eq!(errno(fs.truncate("/f", 0)), libc::EACCES);
+    assert_eq!(errno(fs.set_permissions("/f", 0o600)), libc::EACCES);
+    assert_eq!(errno(fs.access("/f", libc::W_OK)), libc::EACCES);
+    assert_eq!(
+        std::fs::read(export.join("f")).unwrap(),
+        b"data",
+        "untouched"
+    );
+}
+
+#[test]
+fn a_directory_of_100000_entries_is_listed_page_by_page() {
+    let export = scratch("bigdir");
+    let dir = export.join("many");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..100_000 {
+        std::fs::File::create(dir.join(format!("f{i}"))).unwrap();
+    }
+    let srv = ServerProc::start(&export, "tcp", &[]);
+    let fs = srv.client();
+    let before = fs.engine().counters().rpcs_sent;
+    let entries = fs.read_dir("/many").unwrap();
+    let calls = fs.engine().counters().rpcs_sent - before;
+    assert_eq!(entries.len(), 100_000);
+    let mut names: Vec<_> = entries.into_iter().map(|e| e.name.into_vec()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 100_000, "no entry twice");
+    assert!((100..200).contains(&calls), "{calls} calls: paged by 1024");
+}
+
+#[test]
+fn per_client_bounds_give_clear_errors_and_other_clients_go_on() {
+    let export = scratch("bounds");
+    std::fs::write(export.join("f"), b"x").unwrap();
+    let srv = ServerProc::start(&export, "tcp", &["--max-open", "3"]);
+    let a = srv.client();
+    let held: Vec<_> = (0..3).map(|_| a.open("/f").unwrap()).collect();
+    assert_eq!(errno(a.open("/f")), libc::EMFILE);
+    let b = srv.client();
+    assert!(b.open("/f").is_ok(), "another client has its own bound");
+    drop(held);
+    assert!(a.open("/f").is_ok(), "freed by close");
+}
