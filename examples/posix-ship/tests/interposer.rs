@@ -1,0 +1,226 @@
+//! Unmodified programs through `libposix_ship_preload.so`: each runs once on a local
+//! directory and once under the mount; outputs and files must be byte-identical.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{ServerProc, preload_lib, scratch};
+
+const MOUNT: &str = "/qs-fwd";
+
+struct Rig {
+    srv: ServerProc,
+    lib: PathBuf,
+    local: PathBuf,
+    src: PathBuf,
+}
+
+impl Rig {
+    fn new(name: &str, transport: &str) -> Rig {
+        let base = scratch(name);
+        let export = base.join("export");
+        let local = base.join("local");
+        std::fs::create_dir_all(&export).unwrap();
+        std::fs::create_dir_all(&local).unwrap();
+        let src = base.join("src.bin");
+        let data: Vec<u8> = (0..3_000_017u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&src, data).unwrap();
+        Rig {
+            srv: ServerProc::start(&export, transport, &[]),
+            lib: preload_lib(),
+            local,
+            src,
+        }
+    }
+
+    /// Runs `prog args` with the interposer; `{}` in an argument becomes `dir`.
+    fn run(&self, dir: &str, prog: &str, args: &[&str]) -> Output {
+        let args: Vec<String> = args.iter().map(|a| a.replace("{}", dir)).collect();
+        let out = Command::new(prog)
+            .args(&args)
+            .env("LD_PRELOAD", &self.lib)
+            .env("POSIX_SHIP_SERVER", &self.srv.addr)
+            .env("POSIX_SHIP_MOUNT", MOUNT)
+            .output()
+            .unwrap_or_else(|e| panic!("{prog}: {e}"));
+        assert!(
+            out.status.success(),
+            "{prog} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs the command locally and under the mount; the outputs must match.
+    fn same(&self, prog: &str, args: &[&str]) -> Vec<u8> {
+        let local = self.run(self.local.to_str().unwrap(), prog, args);
+        let shipped = self.run(MOUNT, prog, args);
+        let norm = |o: &Output, dir: &str| String::from_utf8_lossy(&o.stdout).replace(dir, "DIR");
+        assert_eq!(
+            norm(&local, self.local.to_str().unwrap()),
+            norm(&shipped, MOUNT),
+            "{prog} {args:?}: output differs"
+        );
+        shipped.stdout
+    }
+
+    fn both(&self, rel: &str) -> (Vec<u8>, Vec<u8>) {
+        (
+            std::fs::read(self.local.join(rel)).unwrap(),
+            std::fs::read(self.srv.export.join(rel)).unwrap(),
+        )
+    }
+}
+
+fn assert_same_file(r: &Rig, rel: &str) {
+    let (a, b) = r.both(rel);
+    assert!(
+        a == b,
+        "{rel}: {} local bytes vs {} shipped bytes differ",
+        a.len(),
+        b.len()
+    );
+}
+
+#[test]
+fn coreutils_copy_read_and_hash_through_the_mount() {
+    let r = Rig::new("interpose-coreutils", "tcp");
+    let src = r.src.to_str().unwrap();
+    r.same("cp", &[src, "{}/cp.bin"]);
+    assert_same_file(&r, "cp.bin");
+    assert_eq!(
+        r.same("cat", &["{}/cp.bin"]),
+        std::fs::read(&r.src).unwrap()
+    );
+    let sum = r.same("sha256sum", &["{}/cp.bin"]);
+    let local = Command::new("sha256sum")
+        .arg(&r.src)
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(sum[..64], local[..64], "sha256sum through the mount");
+    r.same(
+        "dd",
+        &[&format!("if={src}"), "of={}/dd.bin", "bs=1M", "status=none"],
+    );
+    assert_same_file(&r, "dd.bin");
+    r.same(
+        "dd",
+        &["if={}/dd.bin", "of={}/dd2.bin", "bs=1M", "status=none"],
+    );
+    assert_same_file(&r, "dd2.bin");
+    r.same("mkdir", &["{}/sub"]);
+    r.same("cp", &[src, "{}/sub/a"]);
+    r.same("mv", &["{}/sub/a", "{}/sub/b"]);
+    assert_eq!(r.same("ls", &["{}/sub"]), b"b\n");
+    r.same("rm", &["{}/sub/b"]);
+    let listing = r.same("ls", &["-1", "{}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&listing),
+        "cp.bin\ndd.bin\ndd2.bin\nsub\n"
+    );
+}
+
+#[test]
+fn tar_creates_and_extracts_archives_under_the_mount() {
+    let r = Rig::new("interpose-tar", "tcp");
+    let tree = r.local.parent().unwrap().join("tree");
+    std::fs::create_dir_all(tree.join("d/e")).unwrap();
+    std::fs::write(tree.join("a.txt"), b"alpha\n").unwrap();
+    std::fs::copy(&r.src, tree.join("d/e/big.bin")).unwrap();
+    let tree = tree.to_str().unwrap();
+    r.same(
+        "tar",
+        &["--mtime=2020-01-01", "-cf", "{}/t.tar", "-C", tree, "."],
+    );
+    assert_same_file(&r, "t.tar");
+    assert!(r.same("tar", &["-tvf", "{}/t.tar"]).len() > 10);
+    let out = r.local.parent().unwrap().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    r.run(
+        MOUNT,
+        "tar",
+        &["-xf", "{}/t.tar", "-C", out.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read(out.join("d/e/big.bin")).unwrap(),
+        std::fs::read(&r.src).unwrap()
+    );
+}
+
+const PY: &str = r#"
+import os, sys
+d = sys.argv[1]
+with open(d + "/p.txt", "w") as f:
+    for i in range(2000):
+        f.write("line %d\n" % i)
+with open(d + "/p.txt", "a") as f:
+    f.write("appended\n")
+with open(d + "/p.txt", "r+b") as f:
+    f.seek(5); f.write(b"X"); f.seek(0, 2); print("size", f.tell())
+data = open(d + "/p.txt").read()
+print(len(data), data[:12].replace("\n", "|"), data[-9:].strip())
+st = os.stat(d + "/p.txt"); print("stat", st.st_size, oct(st.st_mode & 0o777))
+os.rename(d + "/p.txt", d + "/q.txt"); print(sorted(os.listdir(d)))
+fd = os.open(d + "/q.txt", os.O_RDONLY); print(os.pread(fd, 4, 10)); os.close(fd)
+pid = os.fork()
+if pid == 0:
+    with open(d + "/child.txt", "w") as f: f.write("from the child\n")
+    os._exit(0)
+os.waitpid(pid, 0)
+print(open(d + "/child.txt").read().strip())
+os.unlink(d + "/q.txt"); print(os.path.exists(d + "/q.txt"))
+"#;
+
+#[test]
+fn python_file_io_and_fork_work_under_the_mount() {
+    let r = Rig::new("interpose-python", "tcp");
+    let out = r.same("python3", &["-c", PY, "{}"]);
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("from the child"), "{out}");
+    assert_same_file(&r, "child.txt");
+}
+
+const SQL: &str = "create table t(a integer primary key, b text);
+begin;
+with recursive c(x) as (select 1 union all select x + 1 from c where x < 10000)
+insert into t select x, 'row ' || x from c;
+commit;
+select count(*), sum(a), min(b), max(b) from t;
+select b from t where a % 2500 = 0;";
+
+#[test]
+fn sqlite_builds_and_queries_a_database_under_the_mount() {
+    let r = Rig::new("interpose-sqlite", "sm");
+    let out = r.same("sqlite3", &["{}/db.sqlite", SQL]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "10000|50005000|row 1|row 9999\nrow 2500\nrow 5000\nrow 7500\nrow 10000\n"
+    );
+    let again = r.same("sqlite3", &["{}/db.sqlite", "select count(*) from t;"]);
+    assert_eq!(again, b"10000\n");
+}
+
+#[test]
+fn unsupported_calls_fail_clearly_and_local_files_are_untouched() {
+    let r = Rig::new("interpose-refuse", "tcp");
+    let code = "import mmap, sys\nf = open(sys.argv[1] + '/m', 'w+b'); f.write(b'x' * 4096); f.flush()\n\
+                try:\n    mmap.mmap(f.fileno(), 4096)\nexcept OSError as e:\n    print('mmap', e.errno)";
+    let out = r.run(MOUNT, "python3", &["-c", code, "{}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("mmap {}", libc::ENODEV)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mmap of a shipped file is not supported")
+    );
+    // A path outside the mount is the C library's.
+    let f = r.local.join("plain.txt");
+    r.run(MOUNT, "cp", &[r.src.to_str().unwrap(), f.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(&r.src).unwrap());
+    assert!(!Path::new(&r.srv.export).join("plain.txt").exists());
+}
