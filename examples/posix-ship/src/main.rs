@@ -193,12 +193,25 @@ fn copy(mut src: impl Read, mut dst: impl Write, len: u64, what: &str) -> io::Re
 }
 
 fn serve(cfg: ServerConfig) -> io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    // SIGINT and SIGTERM are blocked in every thread (threads inherit the mask, those a
+    // transport library starts included) and taken here with sigwait: no library's own
+    // handler can intercept them. A shell's SIG_IGN for background jobs is undone.
+    // SAFETY: plain signal-mask calls on a zeroed, then initialised, sigset_t.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        set
+    };
     let server = Server::start(cfg)?;
     println!("{}", server.addr());
     io::stdout().flush()?;
-    let sig = signals.forever().next().unwrap_or(SIGTERM);
+    let mut sig = 0;
+    // SAFETY: waits on the set built above.
+    while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
     eprintln!("posix-ship server: signal {sig}, finishing requests in flight");
     let s = server.shutdown(Duration::from_secs(10));
     eprintln!(

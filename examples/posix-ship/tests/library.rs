@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use common::{ServerProc, TRANSPORTS, errno, scratch};
+use common::{ServerProc, errno, scratch, transports};
 use posix_ship::proto::{SetTime, Time};
 
 fn every_operation(transport: &str) {
@@ -149,8 +149,8 @@ fn every_operation(transport: &str) {
 
 #[test]
 fn every_operation_over_every_transport() {
-    for t in TRANSPORTS {
-        every_operation(t);
+    for t in transports() {
+        every_operation(&t);
     }
 }
 

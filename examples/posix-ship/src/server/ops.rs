@@ -39,7 +39,8 @@ const OPEN_FLAGS: OFlags = OFlags::ACCMODE
     .union(OFlags::NOFOLLOW)
     .union(OFlags::SYNC)
     .union(OFlags::DSYNC)
-    .union(OFlags::NONBLOCK);
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::PATH);
 
 impl Ctx<'_> {
     fn writable(&self) -> R<()> {
@@ -79,11 +80,13 @@ impl Ctx<'_> {
     pub fn open(&self, r: &OpenReq) -> R<Opened> {
         let flags = OFlags::from_bits_retain(r.flags as u32);
         let acc = flags & OFlags::ACCMODE;
-        let writes = acc != OFlags::RDONLY || flags.intersects(OFlags::CREATE | OFlags::TRUNC);
+        let path_only = flags.contains(OFlags::PATH);
+        let writes = !path_only
+            && (acc != OFlags::RDONLY || flags.intersects(OFlags::CREATE | OFlags::TRUNC));
         if writes {
             self.writable()?;
         }
-        if flags.contains(OFlags::TMPFILE) || flags.contains(OFlags::PATH) {
+        if flags.contains(OFlags::TMPFILE) {
             return Err(Errno::OPNOTSUPP);
         }
         // openat2 refuses a mode without O_CREAT; open(2) ignores it.
@@ -97,7 +100,7 @@ impl Ctx<'_> {
         let file = OpenFile {
             fd,
             append: flags.contains(OFlags::APPEND),
-            writable: acc != OFlags::RDONLY,
+            writable: acc != OFlags::RDONLY && !path_only,
             dir: Mutex::new(None),
         };
         let fh = self.clients.insert(self.id, file)?;

@@ -7,8 +7,13 @@ use std::process::{Child, Command, Stdio};
 
 use posix_ship::client::RemoteFs;
 
-/// The transports every test runs over.
-pub const TRANSPORTS: &[&str] = &["tcp", "sm"];
+/// The transports the library tests run over: tcp and sm, or the comma-separated list
+/// in `QS_POSIX_SHIP_TRANSPORTS` (e.g. `ofi+tcp`, with the `ofi` feature).
+pub fn transports() -> Vec<String> {
+    std::env::var("QS_POSIX_SHIP_TRANSPORTS")
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_else(|_| vec!["tcp".into(), "sm".into()])
+}
 
 /// A fresh directory under the target dir, removed first if present.
 pub fn scratch(name: &str) -> PathBuf {
