@@ -20,12 +20,25 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const PULL: Rpc<Descriptor, u64> = Rpc::new("bench.pull");
 
-fn arg(name: &str, default: &str) -> String {
-    let a: Vec<String> = std::env::args().collect();
-    a.iter()
-        .position(|x| x == name)
-        .and_then(|i| a.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
+/// POSIX shipping throughput and metadata rate against same-run baselines.
+#[derive(clap::Parser)]
+struct Opts {
+    /// Transport (`tcp`, `sm`, `ofi+tcp` with the `ofi` feature).
+    #[arg(short, default_value = "tcp")]
+    t: String,
+    /// MiB moved per block size.
+    #[arg(short, default_value_t = 256)]
+    s: u64,
+    /// Inline threshold of the client, bytes.
+    #[arg(short, default_value_t = posix_ship::client::DEFAULT_INLINE_MAX)]
+    i: usize,
+    /// Block sizes, bytes.
+    #[arg(
+        short,
+        value_delimiter = ',',
+        default_value = "4096,65536,1048576,16777216"
+    )]
+    b: Vec<usize>,
 }
 
 fn gbs(bytes: u64, secs: f64) -> f64 {
@@ -81,14 +94,13 @@ fn raw_bulk(transport: &str, bs: usize, total: u64) -> Res<f64> {
 }
 
 fn main() -> Res<()> {
-    let transport = arg("-t", "tcp");
-    let mib: u64 = arg("-s", "256").parse()?;
+    let o: Opts = clap::Parser::parse();
+    let (transport, mib, inline) = (o.t, o.s, o.i);
     let base = std::env::temp_dir().join(format!("qs-ship-{}", std::process::id()));
     let export = base.join("export");
     std::fs::create_dir_all(&export)?;
     let listen = rpc_core::transport::listen_address(Some(&transport))?.to_string();
     let server = Server::start(ServerConfig::new(&export, &listen))?;
-    let inline: usize = arg("-i", &posix_ship::client::DEFAULT_INLINE_MAX.to_string()).parse()?;
     let timeout = Some(std::time::Duration::from_secs(60));
     let fs = RemoteFs::connect_with(&server.addr(), inline, timeout)?;
     let lib = std::env::current_exe()?.with_file_name("libposix_ship_preload.so");
@@ -100,11 +112,7 @@ fn main() -> Res<()> {
         "{:>8} | {:>7} {:>7} | {:>7} {:>7} | {:>13} {:>13} | {:>13} {:>13}",
         "block", "dd wr", "dd rd", "raw", "", "lib write", "lib read", "dd-ship wr", "dd-ship rd"
     );
-    let sizes: Vec<usize> = arg("-b", "4096,65536,1048576,16777216")
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    for bs in sizes {
+    for bs in o.b {
         let total = mib << 20;
         let count = total / bs as u64;
         let local = base.join("local.bin");
@@ -179,9 +187,8 @@ fn main() -> Res<()> {
     }
     let unlink = n as f64 / t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
-    for i in 0..n {
+    for _ in 0..n {
         std::fs::metadata(export.join("lib.bin"))?;
-        let _ = i;
     }
     let local_stat = n as f64 / t0.elapsed().as_secs_f64();
     println!(

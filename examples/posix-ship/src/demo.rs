@@ -136,41 +136,47 @@ pub fn run(preload: Option<PathBuf>) -> io::Result<()> {
     };
     let l = local.display();
     let r = (|| {
-        d.run(&format!("mkdir {MOUNT}/run1"), true)?;
-        d.run(
-            &format!("cp {l}/sample.bin {l}/hello.txt {MOUNT}/run1/"),
-            true,
-        )?;
-        d.run(&format!("cat {MOUNT}/run1/hello.txt"), true)?;
-        d.run(&format!("ls -l {MOUNT}/run1"), true)?;
-        d.run(
-            &format!("sha256sum {l}/sample.bin {MOUNT}/run1/sample.bin"),
-            true,
-        )?;
-        d.run(
-            &format!("dd if={MOUNT}/run1/sample.bin of={MOUNT}/run1/copy.bin bs=1M"),
-            true,
-        )?;
-        d.run(
-            &format!("cmp {l}/sample.bin {MOUNT}/run1/copy.bin && echo identical"),
-            true,
-        )?;
-        d.run("posix-ship ls /run1", false)?;
-        d.run("posix-ship stat /run1/copy.bin", false)?;
-        d.run(
-            &format!("posix-ship get /run1/copy.bin {l}/back.bin"),
-            false,
-        )?;
-        d.run(
-            &format!("posix-ship put {l}/back.bin /run1/again.bin"),
-            false,
-        )?;
-        d.run("posix-ship mv /run1/again.bin /run1/moved.bin", false)?;
-        d.run("posix-ship rm /run1/moved.bin", false)?;
-        d.run(
-            "posix-ship cat /../../etc/hostname || echo refused: outside the export",
-            false,
-        )?;
+        // (command, through the interposer?)
+        let steps = [
+            (format!("mkdir {MOUNT}/run1"), true),
+            (
+                format!("cp {l}/sample.bin {l}/hello.txt {MOUNT}/run1/"),
+                true,
+            ),
+            (format!("cat {MOUNT}/run1/hello.txt"), true),
+            (format!("ls -l {MOUNT}/run1"), true),
+            (
+                format!("sha256sum {l}/sample.bin {MOUNT}/run1/sample.bin"),
+                true,
+            ),
+            (
+                format!("dd if={MOUNT}/run1/sample.bin of={MOUNT}/run1/copy.bin bs=1M"),
+                true,
+            ),
+            (
+                format!("cmp {l}/sample.bin {MOUNT}/run1/copy.bin && echo identical"),
+                true,
+            ),
+            ("posix-ship ls /run1".into(), false),
+            ("posix-ship stat /run1/copy.bin".into(), false),
+            (format!("posix-ship get /run1/copy.bin {l}/back.bin"), false),
+            (
+                format!("posix-ship put {l}/back.bin /run1/again.bin"),
+                false,
+            ),
+            (
+                "posix-ship mv /run1/again.bin /run1/moved.bin".into(),
+                false,
+            ),
+            ("posix-ship rm /run1/moved.bin".into(), false),
+            (
+                "posix-ship cat /../../etc/hostname || echo refused: outside the export".into(),
+                false,
+            ),
+        ];
+        for (cmd, interposed) in &steps {
+            d.run(cmd, *interposed)?;
+        }
         let on_disk = std::fs::read(export.join("run1/copy.bin"))?;
         println!(
             "\nserver's disk: {}/run1/copy.bin is {} bytes, identical to the sample: {}",

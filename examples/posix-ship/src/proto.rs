@@ -203,7 +203,7 @@ pub struct FsStat {
 /// What the server holds, for operators and tests.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServerStats {
-    /// Connections with state (handles or requests) on the server.
+    /// Connections holding open files or with requests being served.
     pub clients: u64,
     /// Open files and directories, all clients together.
     pub open_files: u64,

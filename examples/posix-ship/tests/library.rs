@@ -210,3 +210,69 @@ fn per_client_bounds_give_clear_errors_and_other_clients_go_on() {
     drop(held);
     assert!(a.open("/f").is_ok(), "freed by close");
 }
+
+#[test]
+fn malformed_requests_get_errors_and_the_server_goes_on() {
+    use posix_ship::proto::{READ, ReadReq, STAT, Target, WRITE, WriteData, WriteReq};
+    use rpc_core::{Access, Seg};
+    let export = scratch("hostile");
+    std::fs::write(export.join("f"), vec![5u8; 1 << 20]).unwrap();
+    let srv = ServerProc::start(&export, "tcp", &[]);
+    let fs = srv.client();
+    let f = fs.open_with("/f", libc::O_RDWR, 0).unwrap();
+    let fh = f.handle().unwrap();
+    // A destination smaller than the read asked for.
+    let mut small = [0u8; 100];
+    let dest = fs
+        .engine()
+        .expose(vec![Seg::from(&mut small[..])], Access::WriteOnly)
+        .unwrap();
+    let req = ReadReq {
+        fh,
+        offset: 0,
+        len: 1 << 20,
+        dest: Some(dest.descriptor()),
+    };
+    assert_eq!(errno(fs.call(READ, &req)), libc::EINVAL);
+    drop(dest);
+    assert!(
+        small.iter().all(|&b| b == 0),
+        "nothing written into the short buffer"
+    );
+    // A bulk write beyond the per-request maximum.
+    let big = vec![1u8; (posix_ship::proto::MAX_IO + 1) as usize];
+    let src = fs
+        .engine()
+        .expose(vec![Seg::from(&big[..])], Access::ReadOnly)
+        .unwrap();
+    let req = WriteReq {
+        fh,
+        offset: Some(0),
+        data: WriteData::Bulk(src.descriptor()),
+    };
+    assert_eq!(errno(fs.call(WRITE, &req)), libc::EINVAL);
+    // Paths with a NUL, and names that are no entry.
+    let nul = serde_bytes::ByteBuf::from(b"f\0x".to_vec());
+    assert_eq!(
+        errno(fs.call(STAT, &(Target::Path(nul), false))),
+        libc::EINVAL
+    );
+    assert!(
+        fs.symlink_metadata("/").unwrap().is_dir(),
+        "lstat of the root"
+    );
+    fs.create_dir("/d").unwrap();
+    assert!(
+        fs.symlink_metadata("/d/..").unwrap().is_dir(),
+        "lstat of .."
+    );
+    assert_eq!(errno(fs.remove_dir("/")), libc::EBUSY);
+    assert_eq!(errno(fs.remove_file("/d/..")), libc::EISDIR);
+    assert_eq!(errno(fs.create_dir("/")), libc::EEXIST);
+    assert_eq!(errno(fs.rename("/", "/x")), libc::EBUSY);
+    assert_eq!(
+        fs.read("/f").unwrap(),
+        vec![5u8; 1 << 20],
+        "the file is untouched"
+    );
+}

@@ -84,6 +84,10 @@ fn a_gibibyte_travels_intact_through_the_library_and_through_dd() {
 
 #[test]
 fn sixteen_clients_write_disjoint_regions_of_one_file_and_read_it_back() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_thread_names(true)
+        .try_init();
     let export = scratch("shared-file");
     let srv = ServerProc::start(&export, "tcp", &[]);
     drop(srv.client().create("/shared").unwrap());
@@ -92,7 +96,9 @@ fn sixteen_clients_write_disjoint_regions_of_one_file_and_read_it_back() {
         .map(|c| {
             let addr = srv.addr.clone();
             std::thread::spawn(move || {
-                let fs = RemoteFs::connect(&addr).unwrap();
+                let inline = posix_ship::client::DEFAULT_INLINE_MAX;
+                let fs =
+                    RemoteFs::connect_with(&addr, inline, Some(Duration::from_secs(10))).unwrap();
                 let f = fs.open_with("/shared", libc::O_RDWR, 0).unwrap();
                 let mut buf = vec![0u8; region as usize];
                 pattern(c, &mut buf);
@@ -103,7 +109,8 @@ fn sixteen_clients_write_disjoint_regions_of_one_file_and_read_it_back() {
                         break;
                     }
                     let end = (off + piece).min(buf.len());
-                    f.write_at(&buf[off..end], c * region + off as u64).unwrap();
+                    f.write_at(&buf[off..end], c * region + off as u64)
+                        .unwrap_or_else(|e| panic!("client {c} write at {off}: {e}"));
                     off = end;
                 }
                 let mut back = vec![0u8; region as usize];

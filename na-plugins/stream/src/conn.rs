@@ -342,11 +342,19 @@ impl Conn {
 
     /// Copies every queued byte of region `key` into its frame, so that the region can be
     /// deregistered while frames naming it wait.
-    pub fn materialize(&self, key: u64, mem: &MemTable) {
-        let mut w = lock(&self.write);
-        w.absorb(&mut lock(&self.inbox));
-        let guard = mem.read();
-        w.frames_mut().for_each(|f| f.materialize(key, &guard));
+    ///
+    /// Like every holder of the write lock it flushes after letting go: a thread whose
+    /// `flush` found the lock taken meanwhile left its frame to the holder, and a frame
+    /// left to nobody waits for the next unrelated event on the connection (seen: an
+    /// answer stuck for 10 s while another client's bulk buffer was deregistered).
+    pub fn materialize(&self, key: u64, mem: &MemTable) -> Flushed {
+        {
+            let mut w = lock(&self.write);
+            w.absorb(&mut lock(&self.inbox));
+            let guard = mem.read();
+            w.frames_mut().for_each(|f| f.materialize(key, &guard));
+        }
+        self.flush(mem)
     }
 
     /// Stops writing and shuts the socket down, so that the progress loop sees the

@@ -420,7 +420,8 @@ impl Plugin for StreamPlugin {
         self.mem.revoke(handle.id)?;
         let conns: Vec<Arc<Conn>> = lock(&self.conns).values().cloned().collect();
         for c in conns {
-            c.materialize(handle.id, &self.mem);
+            let f = c.materialize(handle.id, &self.mem);
+            self.complete_sends(f.done);
         }
         self.mem.remove(handle.id);
         Ok(())

@@ -40,22 +40,10 @@ pub extern "C" fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int
     open_at(libc::AT_FDCWD, path, flags, mode)
 }
 
-/// Interposed `open64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
-    open_at(libc::AT_FDCWD, path, flags, mode)
-}
-
 /// Interposed `openat`.
 #[unsafe(no_mangle)]
 pub extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     open_at(dirfd, path, flags, mode)
-}
-
-/// Interposed `openat64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn openat64(d: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
-    open_at(d, path, flags, mode)
 }
 
 /// Interposed `creat`.
@@ -69,33 +57,15 @@ pub extern "C" fn creat(path: *const c_char, mode: mode_t) -> c_int {
     )
 }
 
-/// Interposed `creat64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn creat64(path: *const c_char, mode: mode_t) -> c_int {
-    creat(path, mode)
-}
-
 /// Interposed `__open_2` (fortified `open` without a mode).
 #[unsafe(no_mangle)]
 pub extern "C" fn __open_2(path: *const c_char, flags: c_int) -> c_int {
     open_at(libc::AT_FDCWD, path, flags, 0)
 }
 
-/// Interposed `__open64_2`.
-#[unsafe(no_mangle)]
-pub extern "C" fn __open64_2(path: *const c_char, flags: c_int) -> c_int {
-    open_at(libc::AT_FDCWD, path, flags, 0)
-}
-
 /// Interposed `__openat_2`.
 #[unsafe(no_mangle)]
 pub extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
-    open_at(dirfd, path, flags, 0)
-}
-
-/// Interposed `__openat64_2`.
-#[unsafe(no_mangle)]
-pub extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
     open_at(dirfd, path, flags, 0)
 }
 
@@ -238,13 +208,6 @@ pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, n: size_t, off: off_
     }
 }
 
-/// Interposed `pread64`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
-    // SAFETY: same contract.
-    unsafe { pread(fd, buf, n, off) }
-}
-
 /// Interposed `__pread_chk`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn __pread_chk(
@@ -261,19 +224,6 @@ pub unsafe extern "C" fn __pread_chk(
     unsafe { pread(fd, b, n, off) }
 }
 
-/// Interposed `__pread64_chk`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn __pread64_chk(
-    fd: c_int,
-    b: *mut c_void,
-    n: size_t,
-    off: off_t,
-    cap: size_t,
-) -> ssize_t {
-    // SAFETY: same contract.
-    unsafe { __pread_chk(fd, b, n, off, cap) }
-}
-
 /// Interposed `pwrite`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
@@ -284,13 +234,6 @@ pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, n: size_t, off: o
             call_real!(pwrite: fn(c_int, *const c_void, size_t, off_t) -> ssize_t, fd, buf, n, off)
         }
     }
-}
-
-/// Interposed `pwrite64`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
-    // SAFETY: same contract.
-    unsafe { pwrite(fd, buf, n, off) }
 }
 
 /// # Safety
@@ -386,12 +329,6 @@ pub extern "C" fn lseek(fd: c_int, off: off_t, whence: c_int) -> off_t {
     }
 }
 
-/// Interposed `lseek64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn lseek64(fd: c_int, off: off_t, whence: c_int) -> off_t {
-    lseek(fd, off, whence)
-}
-
 /// Interposed `dup`: a new number for the same description.
 #[unsafe(no_mangle)]
 pub extern "C" fn dup(fd: c_int) -> c_int {
@@ -479,12 +416,6 @@ pub extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     }
 }
 
-/// Interposed `fcntl64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: usize) -> c_int {
-    fcntl(fd, cmd, arg)
-}
-
 /// Interposed `fsync`.
 #[unsafe(no_mangle)]
 pub extern "C" fn fsync(fd: c_int) -> c_int {
@@ -504,9 +435,7 @@ pub extern "C" fn fdatasync(fd: c_int) -> c_int {
 }
 
 fn sync(d: &Desc, data_only: bool) -> Result<(), c_int> {
-    let fs = table::client()?;
-    fs.call_raw(posix_ship::proto::FSYNC, &(d.fh()?, data_only))
-        .map_err(errno_of)
+    crate::call(posix_ship::proto::FSYNC, &(d.fh()?, data_only))
 }
 
 /// Interposed `ftruncate`.
@@ -514,17 +443,23 @@ fn sync(d: &Desc, data_only: bool) -> Result<(), c_int> {
 pub extern "C" fn ftruncate(fd: c_int, len: off_t) -> c_int {
     match table::get(fd) {
         Some(d) => ret((|| {
-            let fs = table::client()?;
             let t = posix_ship::proto::Target::Handle(d.fh()?);
-            fs.call_raw(posix_ship::proto::TRUNCATE, &(t, offset(len)?))
-                .map_err(errno_of)
+            crate::call(posix_ship::proto::TRUNCATE, &(t, offset(len)?))
         })()),
         None => call_real!(ftruncate: fn(c_int, off_t) -> c_int, fd, len),
     }
 }
 
-/// Interposed `ftruncate64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn ftruncate64(fd: c_int, len: off_t) -> c_int {
-    ftruncate(fd, len)
+crate::real::alias! {
+    safe open64 => open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int;
+    safe openat64 => openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int;
+    safe creat64 => creat(path: *const c_char, mode: mode_t) -> c_int;
+    safe __open64_2 => __open_2(path: *const c_char, flags: c_int) -> c_int;
+    safe __openat64_2 => __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int;
+    safe lseek64 => lseek(fd: c_int, off: off_t, whence: c_int) -> off_t;
+    safe fcntl64 => fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int;
+    safe ftruncate64 => ftruncate(fd: c_int, len: off_t) -> c_int;
+    unsafe pread64 => pread(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t;
+    unsafe pwrite64 => pwrite(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t;
+    unsafe __pread64_chk => __pread_chk(fd: c_int, b: *mut c_void, n: size_t, off: off_t, cap: size_t) -> ssize_t;
 }

@@ -89,6 +89,14 @@ pub(crate) fn shipped_at(dirfd: c_int, path: *const c_char) -> Option<Vec<u8>> {
     Some(full)
 }
 
+/// Calls `rpc` on the server (connecting first if need be); the errno on failure.
+pub(crate) fn call<In: serde::Serialize, Out: serde::de::DeserializeOwned>(
+    rpc: rpc_core::Rpc<In, posix_ship::proto::Reply<Out>>,
+    input: &In,
+) -> Result<Out, c_int> {
+    table::client()?.call(rpc, input).map_err(errno_of)
+}
+
 /// Sets `errno` and returns -1.
 pub(crate) fn fail(e: c_int) -> c_int {
     // SAFETY: __errno_location returns this thread's errno slot.

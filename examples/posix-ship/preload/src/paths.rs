@@ -7,15 +7,7 @@ use serde_bytes::ByteBuf;
 
 use crate::real::call_real;
 use crate::table;
-use crate::{errno_of, fail, ret, shipped, shipped_at};
-
-/// Calls `rpc` on the server.
-fn call<In: serde::Serialize, Out: serde::de::DeserializeOwned>(
-    rpc: rpc_core::Rpc<In, p::Reply<Out>>,
-    input: &In,
-) -> Result<Out, c_int> {
-    table::client()?.call_raw(rpc, input).map_err(errno_of)
-}
+use crate::{call, fail, ret, shipped, shipped_at};
 
 fn buf(v: Vec<u8>) -> ByteBuf {
     ByteBuf::from(v)
@@ -81,22 +73,10 @@ pub extern "C" fn stat(path: *const c_char, st: *mut libc::stat) -> c_int {
     stat_at(libc::AT_FDCWD, path, st, 0)
 }
 
-/// Interposed `stat64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn stat64(path: *const c_char, st: *mut libc::stat) -> c_int {
-    stat_at(libc::AT_FDCWD, path, st, 0)
-}
-
 /// Interposed `lstat`.
 #[unsafe(no_mangle)]
 pub extern "C" fn lstat(path: *const c_char, st: *mut libc::stat) -> c_int {
     stat_at(libc::AT_FDCWD, path, st, libc::AT_SYMLINK_NOFOLLOW)
-}
-
-/// Interposed `lstat64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn lstat64(path: *const c_char, st: *mut libc::stat) -> c_int {
-    lstat(path, st)
 }
 
 /// Interposed `fstat`.
@@ -109,40 +89,6 @@ pub extern "C" fn fstat(fd: c_int, st: *mut libc::stat) -> c_int {
         },
         None => call_real!(fstat64: fn(c_int, *mut libc::stat) -> c_int, fd, st),
     }
-}
-
-/// Interposed `fstat64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn fstat64(fd: c_int, st: *mut libc::stat) -> c_int {
-    fstat(fd, st)
-}
-
-/// Interposed `fstatat`.
-#[unsafe(no_mangle)]
-pub extern "C" fn fstatat(d: c_int, path: *const c_char, st: *mut libc::stat, fl: c_int) -> c_int {
-    stat_at(d, path, st, fl)
-}
-
-/// Interposed `fstatat64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn fstatat64(
-    d: c_int,
-    path: *const c_char,
-    st: *mut libc::stat,
-    fl: c_int,
-) -> c_int {
-    stat_at(d, path, st, fl)
-}
-
-/// Interposed `newfstatat` (the system call's name, exported by some C libraries).
-#[unsafe(no_mangle)]
-pub extern "C" fn newfstatat(
-    d: c_int,
-    path: *const c_char,
-    st: *mut libc::stat,
-    fl: c_int,
-) -> c_int {
-    stat_at(d, path, st, fl)
 }
 
 /// Interposed `__xstat` (glibc < 2.33 programs).
@@ -559,8 +505,13 @@ pub extern "C" fn truncate(path: *const c_char, len: off_t) -> c_int {
     }
 }
 
-/// Interposed `truncate64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn truncate64(path: *const c_char, len: off_t) -> c_int {
-    truncate(path, len)
+crate::real::alias! {
+    safe stat64 => stat(path: *const c_char, st: *mut libc::stat) -> c_int;
+    safe lstat64 => lstat(path: *const c_char, st: *mut libc::stat) -> c_int;
+    safe fstat64 => fstat(fd: c_int, st: *mut libc::stat) -> c_int;
+    safe fstatat => stat_at(d: c_int, path: *const c_char, st: *mut libc::stat, fl: c_int) -> c_int;
+    safe fstatat64 => stat_at(d: c_int, path: *const c_char, st: *mut libc::stat, fl: c_int) -> c_int;
+    // The system call's name, exported by some C libraries.
+    safe newfstatat => stat_at(d: c_int, path: *const c_char, st: *mut libc::stat, fl: c_int) -> c_int;
+    safe truncate64 => truncate(path: *const c_char, len: off_t) -> c_int;
 }

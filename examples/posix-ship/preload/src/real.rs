@@ -36,4 +36,31 @@ macro_rules! call_real {
     };
 }
 
-pub(crate) use {call_real, real};
+/// Exports each `alias` as a C function doing exactly what `target` does (the `*64`
+/// variants, which are the same calls on 64-bit Linux). Each line starts `safe` or
+/// `unsafe`, as the target is.
+macro_rules! alias {
+    ($( $kind:ident $alias:ident => $target:ident($($a:ident: $t:ty),*) -> $r:ty; )*) => {$(
+        $crate::real::alias!(@one $kind $alias $target ($($a: $t),*) $r);
+    )*};
+    (@one safe $alias:ident $target:ident ($($a:ident: $t:ty),*) $r:ty) => {
+        #[doc = concat!("Interposed `", stringify!($alias), "`: `", stringify!($target), "`.")]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $alias($($a: $t),*) -> $r {
+            $target($($a),*)
+        }
+    };
+    (@one unsafe $alias:ident $target:ident ($($a:ident: $t:ty),*) $r:ty) => {
+        #[doc = concat!("Interposed `", stringify!($alias), "`: `", stringify!($target), "`.")]
+        ///
+        /// # Safety
+        /// As the C call's contract.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $alias($($a: $t),*) -> $r {
+            // SAFETY: the caller's contract is the target's.
+            unsafe { $target($($a),*) }
+        }
+    };
+}
+
+pub(crate) use {alias, call_real, real};

@@ -29,19 +29,6 @@ pub extern "C" fn mmap(
     call_real!(mmap: fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void, a, n, prot, fl, fd, off)
 }
 
-/// Interposed `mmap64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn mmap64(
-    a: *mut c_void,
-    n: size_t,
-    prot: c_int,
-    fl: c_int,
-    fd: c_int,
-    off: off_t,
-) -> *mut c_void {
-    mmap(a, n, prot, fl, fd, off)
-}
-
 /// Interposed `copy_file_range`: `EXDEV` when either end is shipped (the copy crosses
 /// file systems), so `cp` falls back to read/write.
 #[unsafe(no_mangle)]
@@ -68,12 +55,6 @@ pub extern "C" fn sendfile(o: c_int, i: c_int, off: *mut off_t, n: size_t) -> ss
     call_real!(sendfile: fn(c_int, c_int, *mut off_t, size_t) -> ssize_t, o, i, off, n)
 }
 
-/// Interposed `sendfile64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn sendfile64(o: c_int, i: c_int, off: *mut off_t, n: size_t) -> ssize_t {
-    sendfile(o, i, off, n)
-}
-
 /// Interposed `fallocate`: `EOPNOTSUPP` on a shipped file.
 #[unsafe(no_mangle)]
 pub extern "C" fn fallocate(fd: c_int, mode: c_int, off: off_t, len: off_t) -> c_int {
@@ -81,12 +62,6 @@ pub extern "C" fn fallocate(fd: c_int, mode: c_int, off: off_t, len: off_t) -> c
         return fail(libc::EOPNOTSUPP);
     }
     call_real!(fallocate: fn(c_int, c_int, off_t, off_t) -> c_int, fd, mode, off, len)
-}
-
-/// Interposed `fallocate64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn fallocate64(fd: c_int, mode: c_int, off: off_t, len: off_t) -> c_int {
-    fallocate(fd, mode, off, len)
 }
 
 /// Interposed `posix_fallocate`: on a shipped file, extends it to `off + len` if shorter.
@@ -110,12 +85,6 @@ pub extern "C" fn posix_fallocate(fd: c_int, off: off_t, len: off_t) -> c_int {
     0
 }
 
-/// Interposed `posix_fallocate64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn posix_fallocate64(fd: c_int, off: off_t, len: off_t) -> c_int {
-    posix_fallocate(fd, off, len)
-}
-
 /// Interposed `posix_fadvise`: advice on a shipped file is accepted and ignored.
 #[unsafe(no_mangle)]
 pub extern "C" fn posix_fadvise(fd: c_int, off: off_t, len: off_t, advice: c_int) -> c_int {
@@ -123,12 +92,6 @@ pub extern "C" fn posix_fadvise(fd: c_int, off: off_t, len: off_t, advice: c_int
         return 0;
     }
     call_real!(posix_fadvise: fn(c_int, off_t, off_t, c_int) -> c_int, fd, off, len, advice)
-}
-
-/// Interposed `posix_fadvise64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn posix_fadvise64(fd: c_int, off: off_t, len: off_t, advice: c_int) -> c_int {
-    posix_fadvise(fd, off, len, advice)
 }
 
 /// `FICLONE` and `FICLONERANGE` (linux/fs.h).
@@ -184,4 +147,12 @@ pub extern "C" fn flistxattr(fd: c_int, l: *mut c_char, s: size_t) -> ssize_t {
         return fail_sz(libc::ENOTSUP);
     }
     call_real!(flistxattr: fn(c_int, *mut c_char, size_t) -> ssize_t, fd, l, s)
+}
+
+crate::real::alias! {
+    safe mmap64 => mmap(a: *mut c_void, n: size_t, prot: c_int, fl: c_int, fd: c_int, off: off_t) -> *mut c_void;
+    safe sendfile64 => sendfile(o: c_int, i: c_int, off: *mut off_t, n: size_t) -> ssize_t;
+    safe fallocate64 => fallocate(fd: c_int, mode: c_int, off: off_t, len: off_t) -> c_int;
+    safe posix_fallocate64 => posix_fallocate(fd: c_int, off: off_t, len: off_t) -> c_int;
+    safe posix_fadvise64 => posix_fadvise(fd: c_int, off: off_t, len: off_t, advice: c_int) -> c_int;
 }

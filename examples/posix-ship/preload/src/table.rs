@@ -55,15 +55,17 @@ impl Desc {
     /// the parent's connection).
     pub fn fh(&self) -> Result<Fh, c_int> {
         let pid = std::process::id();
-        let (fh, owner) = *lock(&self.handle);
-        if owner == pid {
-            return Ok(fh);
+        // Held across the reopen so that two threads of a child reopen once (no other
+        // lock is taken meanwhile, and the progress thread never takes this one).
+        let mut h = lock(&self.handle);
+        if h.1 != pid {
+            let flags = *lock(&self.flags) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+            let o = client()?
+                .open_raw(&self.path, flags, 0)
+                .map_err(crate::errno_of)?;
+            *h = (o.fh, pid);
         }
-        let fs = client()?;
-        let flags = *lock(&self.flags) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
-        let o = fs.open_raw(&self.path, flags, 0).map_err(crate::errno_of)?;
-        *lock(&self.handle) = (o.fh, pid);
-        Ok(o.fh)
+        Ok(h.0)
     }
 }
 

@@ -111,7 +111,9 @@ impl RemoteFs {
         &self.inner.engine
     }
 
-    fn call<In: Serialize, Out: DeserializeOwned>(
+    /// Calls any operation of [`crate::proto`] with its raw request: the server's errno,
+    /// or the transport's failure as one, on error (the interposer's way in).
+    pub fn call<In: Serialize, Out: DeserializeOwned>(
         &self,
         rpc: Rpc<In, Reply<Out>>,
         input: &In,
@@ -266,15 +268,6 @@ impl RemoteFs {
         self.call(ACCESS, &(path(p), mode))
     }
 
-    /// Calls an operation with a raw request (the interposer's way in).
-    pub fn call_raw<In: Serialize, Out: DeserializeOwned>(
-        &self,
-        rpc: Rpc<In, Reply<Out>>,
-        input: &In,
-    ) -> io::Result<Out> {
-        self.call(rpc, input)
-    }
-
     /// `close` of a raw handle.
     pub fn close_raw(&self, fh: Fh) -> io::Result<()> {
         self.call(CLOSE, &fh)
@@ -335,21 +328,18 @@ impl RemoteFs {
     /// past the data. Large writes are pulled by the server from `data` by bulk.
     pub fn pwrite(&self, fh: Fh, data: &[u8], offset: Option<u64>) -> io::Result<u64> {
         let mut done = 0;
-        let mut end = offset.unwrap_or(0);
-        while done < data.len() || data.is_empty() {
+        loop {
             let part = &data[done..(done + MAX_IO as usize).min(data.len())];
-            let off = offset.map(|o| o + done as u64);
-            let w = self.pwrite_once(fh, part, off)?;
-            end = w.end;
+            let w = self.pwrite_once(fh, part, offset.map(|o| o + done as u64))?;
             done += w.n as usize;
+            if done >= data.len() {
+                return Ok(w.end);
+            }
             if w.n == 0 {
-                break;
+                // The disk took nothing more.
+                return Err(errno(libc::ENOSPC));
             }
         }
-        if done < data.len() {
-            return Err(errno(libc::ENOSPC));
-        }
-        Ok(end)
     }
 
     fn pwrite_once(&self, fh: Fh, data: &[u8], offset: Option<u64>) -> io::Result<Written> {

@@ -5,7 +5,7 @@
 //! closed handle is never found again. When the transport reports the client lost, its
 //! handles are dropped (the files close once requests using them finish).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +45,9 @@ pub struct OpenFile {
     pub dir: Mutex<Option<Dir>>,
 }
 
+/// How many lost clients are remembered (a late request comes within moments of the loss).
+const GONE_KEPT: usize = 4096;
+
 /// Who asked: a transport connection, or the server itself.
 pub type ClientId = u64;
 
@@ -60,8 +63,10 @@ struct Client {
 #[derive(Default)]
 struct Table {
     clients: HashMap<ClientId, Client>,
-    /// Clients the transport reported lost: their late requests hold nothing.
+    /// Clients the transport reported lost, the most recent [`GONE_KEPT`]: a request
+    /// already queued when its client was lost may still arrive, and must hold nothing.
     gone: HashSet<ClientId>,
+    gone_order: VecDeque<ClientId>,
     open_files: u64,
 }
 
@@ -107,15 +112,17 @@ impl Clients {
         } else if t.gone.contains(&id) {
             Some(Errno::CONNRESET)
         } else {
-            None
+            t.clients
+                .get(&id)
+                .filter(|c| c.in_flight >= self.limits.in_flight)
+                .map(|_| Errno::AGAIN)
         };
-        let c = t.clients.entry(id).or_default();
-        let refuse = refuse.or((c.in_flight >= self.limits.in_flight).then_some(Errno::AGAIN));
         if let Some(e) = refuse {
             self.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(client = id, errno = e.raw_os_error(), "request refused");
             return Err(e);
         }
+        let c = t.clients.entry(id).or_default();
         c.in_flight += 1;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -170,7 +177,14 @@ impl Clients {
     /// The transport lost `id`: drop everything it held.
     pub fn lost(&self, id: ClientId) {
         let mut t = self.lock();
-        t.gone.insert(id);
+        if t.gone.insert(id) {
+            t.gone_order.push_back(id);
+        }
+        if t.gone_order.len() > GONE_KEPT
+            && let Some(old) = t.gone_order.pop_front()
+        {
+            t.gone.remove(&old);
+        }
         if let Some(c) = t.clients.remove(&id) {
             t.open_files -= c.files.len() as u64;
             tracing::info!(client = id, closed = c.files.len(), "client lost");
@@ -191,7 +205,7 @@ impl Clients {
     pub fn stats(&self) -> ServerStats {
         let t = self.lock();
         ServerStats {
-            clients: t.clients.values().filter(|c| !c.files.is_empty()).count() as u64,
+            clients: t.clients.len() as u64,
             open_files: t.open_files,
             in_flight: self.in_flight(),
             requests: self.requests.load(Ordering::Relaxed),
@@ -249,7 +263,19 @@ mod tests {
         c.lost(1);
         assert_eq!(c.stats().open_files, 0);
         assert_eq!(c.admit(1).err(), Some(Errno::CONNRESET));
+        assert_eq!(
+            c.stats().clients,
+            0,
+            "a refused request leaves no state behind"
+        );
         assert_eq!(c.insert(1, devnull()).err(), Some(Errno::CONNRESET));
+        for id in 100..100 + GONE_KEPT as u64 {
+            c.lost(id);
+        }
+        assert!(
+            c.admit(1).is_ok(),
+            "only the most recent lost clients are remembered"
+        );
     }
 
     #[test]
@@ -264,7 +290,12 @@ mod tests {
         drop(first);
         assert!(c.admit(5).is_ok());
         c.drain();
-        assert_eq!(c.admit(5).err(), Some(Errno::SHUTDOWN));
+        assert_eq!(c.admit(7).err(), Some(Errno::SHUTDOWN));
         assert_eq!(c.stats().refused, 2);
+        assert_eq!(
+            c.stats().clients,
+            0,
+            "no state for refused or finished requests"
+        );
     }
 }

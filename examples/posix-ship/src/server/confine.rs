@@ -76,8 +76,10 @@ impl Export {
         }
     }
 
-    /// Opens the directory that holds `path`'s last component, and names that component.
-    pub fn parent(&self, path: &[u8]) -> Result<(OwnedFd, CString), Errno> {
+    /// Opens the directory that holds `path`'s last component, and names that component;
+    /// `None` when the path names no entry of a directory (the root, `.`, `..`), which
+    /// each caller answers with the errno its system call would give.
+    pub fn parent(&self, path: &[u8]) -> Result<Option<(OwnedFd, CString)>, Errno> {
         let rel = relative(path)?;
         let trimmed = trim_trailing_slashes(rel);
         let (dir, name) = match trimmed.iter().rposition(|&b| b == b'/') {
@@ -85,11 +87,11 @@ impl Export {
             None => (&b"."[..], trimmed),
         };
         if name.is_empty() || name == b"." || name == b".." {
-            return Err(Errno::INVAL);
+            return Ok(None);
         }
         let dir = if dir.is_empty() { &b"/"[..] } else { dir };
         let fd = self.open_at(dir, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())?;
-        Ok((fd, CString::new(name).map_err(|_| Errno::INVAL)?))
+        Ok(Some((fd, CString::new(name).map_err(|_| Errno::INVAL)?)))
     }
 }
 

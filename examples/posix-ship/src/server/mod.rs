@@ -133,8 +133,10 @@ where
     F: Fn(&Ctx<'_>, In) -> Result<Out, rustix::io::Errno> + Send + Sync + 'static,
 {
     let st = st.clone();
+    let name = rpc.name();
     e.register_responder(rpc, move |input: In, r: Responder<Reply<Out>>| {
         let id = r.peer().map_or(LOCAL, |p| p.0);
+        tracing::trace!(client = id, rpc = name, "request");
         let admitted = match st.clients.admit(id) {
             Ok(a) => a,
             Err(errno) => return r.respond(&Err(errno.raw_os_error())),
@@ -147,6 +149,12 @@ where
             read_only: st.read_only,
         };
         let out = f(&ctx, input).map_err(|e| e.raw_os_error());
+        tracing::trace!(
+            client = id,
+            rpc = name,
+            errno = out.as_ref().err(),
+            "answered"
+        );
         r.respond(&out);
         drop(admitted);
     })

@@ -59,19 +59,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// The parent directory and last name of `path`, or `none` (the errno its call gives
+    /// when the path names no entry: the root, `.`, `..`).
+    fn named(&self, path: &[u8], none: Errno) -> R<(OwnedFd, std::ffi::CString)> {
+        self.export.parent(path)?.ok_or(none)
+    }
+
     /// `stat`, `lstat`, `fstat`.
     pub fn stat(&self, t: &Target, follow: bool) -> R<Attr> {
-        if let (Target::Path(p), false) = (t, follow) {
-            return match self.export.parent(p) {
-                Ok((dir, name)) => Ok(attr(&rustix::fs::statat(
-                    &dir,
-                    &name,
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?)),
-                // The root itself.
-                Err(Errno::INVAL) => Ok(attr(&rustix::fs::fstat(self.export.root())?)),
-                Err(e) => Err(e),
-            };
+        if let (Target::Path(p), false) = (t, follow)
+            && let Some((dir, name)) = self.export.parent(p)?
+        {
+            return Ok(attr(&rustix::fs::statat(
+                &dir,
+                &name,
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?));
         }
         Ok(attr(&rustix::fs::fstat(self.target_fd(t, OFlags::PATH)?)?))
     }
@@ -210,7 +213,7 @@ impl Ctx<'_> {
     /// `unlink` (`rmdir` with `dir`).
     pub fn remove(&self, path: &[u8], dir: bool) -> R<()> {
         self.writable()?;
-        let (parent, name) = self.export.parent(path).map_err(root_busy)?;
+        let (parent, name) = self.named(path, if dir { Errno::BUSY } else { Errno::ISDIR })?;
         let flags = if dir {
             AtFlags::REMOVEDIR
         } else {
@@ -222,28 +225,28 @@ impl Ctx<'_> {
     /// `mkdir`.
     pub fn mkdir(&self, path: &[u8], mode: u32) -> R<()> {
         self.writable()?;
-        let (parent, name) = self.export.parent(path).map_err(exists_if_root)?;
+        let (parent, name) = self.named(path, Errno::EXIST)?;
         rustix::fs::mkdirat(&parent, &name, Mode::from_bits_truncate(mode))
     }
 
     /// `rename`.
     pub fn rename(&self, from: &[u8], to: &[u8]) -> R<()> {
         self.writable()?;
-        let (fp, fname) = self.export.parent(from).map_err(root_busy)?;
-        let (tp, tname) = self.export.parent(to).map_err(root_busy)?;
+        let (fp, fname) = self.named(from, Errno::BUSY)?;
+        let (tp, tname) = self.named(to, Errno::BUSY)?;
         rustix::fs::renameat(&fp, &fname, &tp, &tname)
     }
 
     /// `symlink`: the link's content is stored as given; it is confined when followed.
     pub fn symlink(&self, target: &[u8], path: &[u8]) -> R<()> {
         self.writable()?;
-        let (parent, name) = self.export.parent(path).map_err(exists_if_root)?;
+        let (parent, name) = self.named(path, Errno::EXIST)?;
         rustix::fs::symlinkat(target, &parent, &name)
     }
 
     /// `readlink`.
     pub fn readlink(&self, path: &[u8]) -> R<ByteBuf> {
-        let (parent, name) = self.export.parent(path)?;
+        let (parent, name) = self.named(path, Errno::INVAL)?;
         let s = rustix::fs::readlinkat(&parent, &name, Vec::new())?;
         Ok(ByteBuf::from(s.into_bytes()))
     }
@@ -310,8 +313,9 @@ impl Ctx<'_> {
             last_access: timespec(atime),
             last_modification: timespec(mtime),
         };
-        if let (Target::Path(p), false) = (t, follow) {
-            let (parent, name) = self.export.parent(p)?;
+        if let (Target::Path(p), false) = (t, follow)
+            && let Some((parent, name)) = self.export.parent(p)?
+        {
             return rustix::fs::utimensat(&parent, &name, &times, AtFlags::SYMLINK_NOFOLLOW);
         }
         let fd = self.target_fd(t, OFlags::PATH)?;
@@ -347,14 +351,6 @@ impl AsFd for Fd {
 /// `/proc/self/fd/N`: the path of an open file, for calls that take no descriptor.
 fn proc_path(fd: &impl AsFd) -> String {
     format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
-}
-
-fn root_busy(e: Errno) -> Errno {
-    if e == Errno::INVAL { Errno::BUSY } else { e }
-}
-
-fn exists_if_root(e: Errno) -> Errno {
-    if e == Errno::INVAL { Errno::EXIST } else { e }
 }
 
 fn bulk_errno(e: rpc_core::RpcError) -> Errno {
