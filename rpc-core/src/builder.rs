@@ -26,6 +26,7 @@ pub struct EngineBuilder {
     chunk: ChunkConfig,
     inline_bulk: usize,
     max_overflow: u64,
+    auth: Option<na::Auth>,
 }
 
 impl Default for EngineBuilder {
@@ -40,6 +41,7 @@ impl Default for EngineBuilder {
             chunk: ChunkConfig::default(),
             inline_bulk: 16 << 10,
             max_overflow: 256 << 20,
+            auth: None,
         }
     }
 }
@@ -109,9 +111,23 @@ impl EngineBuilder {
     }
 
     /// Opens the transport and starts the engine.
+    /// How peers prove who they are on transports where the kernel cannot tell (tcp):
+    /// demanded of peers that dial this engine, and shown to servers it dials. Same-node
+    /// transports (sm) always use the kernel's credentials. Default: `QS_AUTH` from the
+    /// environment (`none`, `munge`, `key:FILE`), else none (peers are anonymous).
+    pub fn auth(mut self, auth: na::Auth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Builds and starts the engine (and its progress thread in [`ProgressMode::Thread`]).
     pub fn build(self) -> Result<Engine, RpcError> {
         let addr = transport::listen_address(self.listen.as_deref())?;
-        let plugin = transport::open(&addr)?;
+        let auth = match self.auth {
+            Some(a) => a,
+            None => na::Auth::from_env()?,
+        };
+        let plugin = transport::open(&addr, auth)?;
         let pool = Pool::new(self.workers).map_err(|e| RpcError::Transport(e.into()))?;
         let shared = Arc::new(Shared {
             self_addr: plugin.self_addr().clone(),

@@ -266,7 +266,7 @@ impl Shared {
         let from = reply.peer();
         let reply = match h.kind {
             MsgKind::Request => reply,
-            MsgKind::OneWay => ReplyTo::Nobody,
+            MsgKind::OneWay => ReplyTo::Nobody { peer: from },
             MsgKind::Release => return self.release_exposed(h.rpc_id, from),
             MsgKind::Response => {
                 Counters::add(&self.counters.bad_requests, 1);

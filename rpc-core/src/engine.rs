@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulk::{Bulk, Descriptor, Seg};
-use na::{Access, Address};
+use na::{Access, Address, PeerId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -221,7 +221,7 @@ impl Engine {
         Counters::add(&self.shared.counters.rpcs_sent, 1);
         Counters::add(&self.shared.counters.bytes_sent, msg.len() as u64);
         if target.addr == self.shared.self_addr {
-            self.shared.on_request(ReplyTo::Nobody, msg);
+            self.shared.on_request(ReplyTo::Nobody { peer: None }, msg);
             return Ok(());
         }
         let peer = self.shared.plugin.lookup(&target.addr)?;
@@ -251,8 +251,26 @@ impl Engine {
 
     /// Pulls `len` bytes of the peer's `remote` region at `remote_off` into `local` at
     /// `local_off`. The transfer borrows `local` until it ends.
+    ///
+    /// The data moves with whatever process the descriptor names as its owner (dialled if
+    /// need be): use it with descriptors from peers you trust to name a third party. A
+    /// handler serving a request uses [`crate::Caller::pull`], which moves data only
+    /// with the caller.
     pub fn pull<'b>(
         &self,
+        local: &'b mut Bulk<'_>,
+        local_off: u64,
+        remote: &Descriptor,
+        remote_off: u64,
+        len: u64,
+    ) -> Transfer<'b> {
+        self.pull_via(None, local, local_off, remote, remote_off, len)
+    }
+
+    /// As [`Engine::pull`], over connection `via` when given.
+    pub(crate) fn pull_via<'b>(
+        &self,
+        via: Option<PeerId>,
         local: &'b mut Bulk<'_>,
         local_off: u64,
         remote: &Descriptor,
@@ -270,11 +288,13 @@ impl Engine {
                 "cannot pull into read-only memory".into(),
             )));
         }
-        self.transfer(true, local, local_off, remote, remote_off, len)
+        self.transfer(via, true, local, local_off, remote, remote_off, len)
     }
 
     /// Pushes `len` bytes of `local` at `local_off` into the peer's `remote` region at
-    /// `remote_off`. The transfer borrows `local` until it ends.
+    /// `remote_off`. The transfer borrows `local` until it ends. The data goes to whatever
+    /// process the descriptor names (see [`Engine::pull`]; handlers use
+    /// [`crate::Caller::push`]).
     pub fn push<'b>(
         &self,
         local: &'b Bulk<'_>,
@@ -283,11 +303,26 @@ impl Engine {
         remote_off: u64,
         len: u64,
     ) -> Transfer<'b> {
-        self.transfer(false, local, local_off, remote, remote_off, len)
+        self.push_via(None, local, local_off, remote, remote_off, len)
     }
 
+    /// As [`Engine::push`], over connection `via` when given.
+    pub(crate) fn push_via<'b>(
+        &self,
+        via: Option<PeerId>,
+        local: &'b Bulk<'_>,
+        local_off: u64,
+        remote: &Descriptor,
+        remote_off: u64,
+        len: u64,
+    ) -> Transfer<'b> {
+        self.transfer(via, false, local, local_off, remote, remote_off, len)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn transfer<'b>(
         &self,
+        via: Option<PeerId>,
         is_get: bool,
         local: &Bulk<'_>,
         local_off: u64,
@@ -297,7 +332,10 @@ impl Engine {
     ) -> Transfer<'b> {
         let checked = range(local_off, len, local.len())
             .and_then(|_| range(remote_off, len, remote.len()))
-            .and_then(|_| Ok(self.shared.plugin.lookup(&remote.owner)?));
+            .and_then(|_| match via {
+                Some(p) => Ok(p),
+                None => Ok(self.shared.plugin.lookup(&remote.owner)?),
+            });
         let peer = match checked {
             Ok(p) => p,
             Err(e) => return self.finished(Err(e)),

@@ -21,15 +21,15 @@ pub(crate) enum ReplyTo {
     Remote { peer: PeerId, tag: u64 },
     /// Straight into a local caller's slot (a call to oneself).
     Local { tag: u64 },
-    /// Nowhere: a one-way request.
-    Nobody,
+    /// Nowhere: a one-way request (from `peer`, or from this process).
+    Nobody { peer: Option<PeerId> },
 }
 
 impl ReplyTo {
     /// The remote caller, if any.
     pub(crate) fn peer(&self) -> Option<PeerId> {
         match self {
-            ReplyTo::Remote { peer, .. } => Some(*peer),
+            ReplyTo::Remote { peer, .. } | ReplyTo::Nobody { peer: Some(peer) } => Some(*peer),
             _ => None,
         }
     }
@@ -61,7 +61,7 @@ impl ReplyTo {
                 }
             }
             ReplyTo::Local { tag } => shared.end_call(tag, Ok(msg), true),
-            ReplyTo::Nobody => {}
+            ReplyTo::Nobody { .. } => {}
         }
     }
 }
@@ -136,9 +136,9 @@ impl<Out: Serialize> Responder<Out> {
         crate::Engine::non_owning(self.cell.shared.clone())
     }
 
-    /// The connection the request came from: `None` for a call to oneself or a one-way
-    /// request. The transport assigns it, so a peer cannot claim another's; it is what
-    /// [`crate::Engine::on_peer_lost`] reports when that peer goes away.
+    /// The connection the request came from (one-way requests included): `None` for a
+    /// call to oneself. The transport assigns it, so a peer cannot claim another's; it is
+    /// what [`crate::Engine::on_peer_lost`] reports when that peer goes away.
     pub fn peer(&self) -> Option<PeerId> {
         self.cell
             .target
@@ -148,11 +148,27 @@ impl<Out: Serialize> Responder<Out> {
             .and_then(ReplyTo::peer)
     }
 
+    /// The caller's identity as its transport verified it (see [`na::Plugin::peer_identity`]):
+    /// `None` for an anonymous peer or a call to oneself.
+    pub fn identity(&self) -> Option<na::Identity> {
+        self.peer()
+            .and_then(|p| self.cell.shared.plugin.peer_identity(p))
+    }
+
+    /// The caller's side of bulk transfers: data moves only over the connection the
+    /// request came on.
+    pub fn caller(&self) -> Caller {
+        Caller {
+            engine: self.engine(),
+            peer: self.peer(),
+        }
+    }
+
     /// Whether the caller expects no answer (a one-way request).
     pub fn is_one_way(&self) -> bool {
         matches!(
             *self.cell.target.lock().unwrap_or_else(|e| e.into_inner()),
-            Some(ReplyTo::Nobody)
+            Some(ReplyTo::Nobody { .. })
         )
     }
 }
@@ -214,4 +230,47 @@ where
             cell.fail(Status::HandlerPanicked, text.as_bytes());
         }
     })
+}
+
+/// Bulk transfers with the process that made a request, over the connection it came on,
+/// whatever address a descriptor names: a caller cannot make a server reach a third party,
+/// nor can another process answer in its place. From [`Responder::caller`].
+#[derive(Clone)]
+pub struct Caller {
+    engine: crate::Engine,
+    peer: Option<PeerId>,
+}
+
+impl Caller {
+    /// Pulls from the caller's `remote` region (as [`crate::Engine::pull`] does from the
+    /// descriptor's owner; for a call to oneself, the owner).
+    pub fn pull<'b>(
+        &self,
+        local: &'b mut crate::Bulk<'_>,
+        local_off: u64,
+        remote: &crate::Descriptor,
+        remote_off: u64,
+        len: u64,
+    ) -> crate::Transfer<'b> {
+        self.engine
+            .pull_via(self.peer, local, local_off, remote, remote_off, len)
+    }
+
+    /// Pushes into the caller's `remote` region (see [`Caller::pull`]).
+    pub fn push<'b>(
+        &self,
+        local: &'b crate::Bulk<'_>,
+        local_off: u64,
+        remote: &crate::Descriptor,
+        remote_off: u64,
+        len: u64,
+    ) -> crate::Transfer<'b> {
+        self.engine
+            .push_via(self.peer, local, local_off, remote, remote_off, len)
+    }
+
+    /// The engine, to expose memory for the transfers.
+    pub fn engine(&self) -> &crate::Engine {
+        &self.engine
+    }
 }

@@ -39,8 +39,8 @@ pub use call::{Call, Transfer};
 pub use counters::CounterSnapshot;
 pub use engine::{Endpoint, Engine, ProgressMode};
 pub use error::RpcError;
-pub use handler::Responder;
-pub use na::{Access, Address, Fault, NaError, PeerId};
+pub use handler::{Caller, Responder};
+pub use na::{Access, Address, Auth, Fault, Identity, NaError, PeerId, Proof};
 pub use rpc::{Rpc, rpc_id};
 
 /// The README's examples, compiled and run as doctests.

@@ -67,13 +67,23 @@ fn unsupported(transport: &str) -> RpcError {
     )))
 }
 
-/// Opens the plugin for `addr`, listening there.
-pub(crate) fn open(addr: &Address) -> Result<Arc<dyn Plugin>, RpcError> {
+/// Opens the plugin for `addr`, listening there, with `auth` for its handshakes.
+pub(crate) fn open(addr: &Address, auth: na::Auth) -> Result<Arc<dyn Plugin>, RpcError> {
     match addr.transport().as_str() {
-        "tcp" => Ok(Arc::new(na_tcp::TcpPlugin::new(addr)?)),
+        "tcp" => {
+            let mut cfg = na_tcp::TcpConfig::default();
+            cfg.stream.auth = auth;
+            Ok(Arc::new(na_tcp::TcpPlugin::with_config(addr, cfg)?))
+        }
+        // The kernel vouches for sm peers; `auth` is not needed there.
         "sm" => Ok(Arc::new(na_sm::SmPlugin::new(addr)?)),
         #[cfg(feature = "ofi")]
-        _ if addr.plugin() == "ofi" => Ok(Arc::new(na_ofi::OfiPlugin::new(addr)?)),
+        _ if addr.plugin() == "ofi" => {
+            if !matches!(auth, na::Auth::None) {
+                tracing::warn!(%addr, "ofi peers are anonymous: the libfabric plugin has no handshake credential yet");
+            }
+            Ok(Arc::new(na_ofi::OfiPlugin::new(addr)?))
+        }
         other => Err(unsupported(other)),
     }
 }

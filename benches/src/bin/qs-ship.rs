@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use posix_ship::client::RemoteFs;
+use posix_ship::client::{ClientOptions, RemoteFs};
 use posix_ship::server::{Server, ServerConfig};
 use rpc_core::{Access, Descriptor, Engine, Rpc, Seg};
 
@@ -102,7 +102,14 @@ fn main() -> Res<()> {
     let listen = rpc_core::transport::listen_address(Some(&transport))?.to_string();
     let server = Server::start(ServerConfig::new(&export, &listen))?;
     let timeout = Some(std::time::Duration::from_secs(60));
-    let fs = RemoteFs::connect_with(&server.addr(), inline, timeout)?;
+    let fs = RemoteFs::connect_with(
+        &server.addr(),
+        ClientOptions {
+            inline_max: inline,
+            timeout,
+            auth: None,
+        },
+    )?;
     let lib = std::env::current_exe()?.with_file_name("libposix_ship_preload.so");
     let lib = lib.exists().then_some(lib);
     println!(

@@ -7,7 +7,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use posix_ship::client::RemoteFs;
+use posix_ship::client::{ClientOptions, RemoteFs};
 
 const MOUNT: &str = "/fwd";
 
@@ -15,6 +15,8 @@ struct Demo {
     exe: PathBuf,
     lib: PathBuf,
     addr: String,
+    /// `QS_AUTH` for the programs: the demo's shared key.
+    auth: String,
     fs: RemoteFs,
     served: u64,
 }
@@ -25,7 +27,9 @@ impl Demo {
         println!("\n$ {shell}");
         io::stdout().flush()?;
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", shell]).env("POSIX_SHIP_SERVER", &self.addr);
+        cmd.args(["-c", shell])
+            .env("POSIX_SHIP_SERVER", &self.addr)
+            .env(rpc_core::Auth::ENV, &self.auth);
         if interposed {
             cmd.env("LD_PRELOAD", &self.lib)
                 .env("POSIX_SHIP_MOUNT", MOUNT);
@@ -80,15 +84,21 @@ fn find_preload(explicit: Option<PathBuf>, exe: &Path) -> io::Result<PathBuf> {
     }
 }
 
-fn start_server(exe: &Path, export: &Path) -> io::Result<(Child, String)> {
+fn start_server(exe: &Path, export: &Path, auth: &str) -> io::Result<(Child, String)> {
     let transport = rpc_core::transport::listen_address(None).map_err(io::Error::other)?;
-    let mut child = Command::new(exe)
-        .arg("server")
-        .arg("--export")
-        .arg(export)
-        .args(["--listen", &transport.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("server").arg("--export").arg(export).args([
+        "--listen",
+        &transport.to_string(),
+        "--auth",
+        auth,
+    ]);
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // Run as root, the demo's programs are root: let them act as root on its export.
+        cmd.arg("--no-root-squash");
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
     let mut addr = String::new();
     BufReader::new(
         child
@@ -115,9 +125,13 @@ pub fn run(preload: Option<PathBuf>) -> io::Result<()> {
     std::fs::write(&sample, &data)?;
     std::fs::write(local.join("hello.txt"), "hello from a compute node\n")?;
 
-    let (mut server, addr) = start_server(&exe, &export)?;
+    // tcp clients prove who they are with a shared key made for this run.
+    let key = base.join("demo.key");
+    rpc_core::Auth::create_key_file(&key).map_err(io::Error::other)?;
+    let auth = format!("key:{}", key.display());
+    let (mut server, addr) = start_server(&exe, &export, &auth)?;
     println!(
-        "server (pid {}) exports {} at {addr}",
+        "server (pid {}) exports {} at {addr}, clients authenticated by {auth}",
         server.id(),
         export.display()
     );
@@ -125,12 +139,17 @@ pub fn run(preload: Option<PathBuf>) -> io::Result<()> {
         "programs below see it at {MOUNT} through LD_PRELOAD={}",
         lib.display()
     );
-    let fs = RemoteFs::connect(&addr)?;
+    let opts = ClientOptions {
+        auth: Some(rpc_core::Auth::parse(&auth).map_err(io::Error::other)?),
+        ..ClientOptions::default()
+    };
+    let fs = RemoteFs::connect_with(&addr, opts)?;
     let served = fs.server_stats()?.requests;
     let mut d = Demo {
         exe: exe.clone(),
         lib,
         addr,
+        auth,
         fs,
         served,
     };

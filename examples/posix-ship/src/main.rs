@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use posix_ship::client::RemoteFs;
-use posix_ship::server::{Limits, Server, ServerConfig};
+use posix_ship::server::{Auth, Limits, Policy, Server, ServerConfig};
 
 /// POSIX function shipping over Quicksilver.
 #[derive(Parser)]
@@ -45,6 +45,29 @@ enum Cmd {
         /// Handler threads.
         #[arg(long, default_value_t = 8)]
         workers: usize,
+        /// How tcp clients prove who they are: `none` (all act as the anonymous user),
+        /// `munge` (the node's munged), `key:FILE` (a 0600 shared key; clients set
+        /// QS_AUTH=key:FILE). sm clients are known by the kernel whatever this says.
+        #[arg(long, default_value = "none")]
+        auth: String,
+        /// Let uid 0 act as root (by default it acts as the anonymous user).
+        #[arg(long)]
+        no_root_squash: bool,
+        /// Let clients set setuid/setgid bits (stripped by default).
+        #[arg(long)]
+        allow_suid: bool,
+        /// The user anonymous and squashed clients act as.
+        #[arg(long, default_value_t = 65534)]
+        anon_uid: u32,
+        /// The group anonymous and squashed clients act as.
+        #[arg(long, default_value_t = 65534)]
+        anon_gid: u32,
+        /// Serve only these uids (repeat or comma-separate; default: all).
+        #[arg(long, value_delimiter = ',')]
+        allow_uid: Vec<u32>,
+        /// Serve only members of these groups (default: all).
+        #[arg(long, value_delimiter = ',')]
+        allow_gid: Vec<u32>,
     },
     /// List a directory.
     Ls { path: String },
@@ -106,6 +129,13 @@ fn run(cli: Cli) -> io::Result<()> {
             max_open,
             max_in_flight,
             workers,
+            auth,
+            no_root_squash,
+            allow_suid,
+            anon_uid,
+            anon_gid,
+            allow_uid,
+            allow_gid,
         } => serve(ServerConfig {
             export,
             listen: listen.unwrap_or_default(),
@@ -115,6 +145,14 @@ fn run(cli: Cli) -> io::Result<()> {
                 in_flight: max_in_flight,
             },
             workers,
+            auth: Auth::parse(&auth).map_err(io::Error::other)?,
+            policy: Policy {
+                root_squash: !no_root_squash,
+                nosuid: !allow_suid,
+                anon: (anon_uid, anon_gid),
+                allow_uids: allow_uid,
+                allow_gids: allow_gid,
+            },
         }),
         Cmd::Ls { path } => {
             let mut entries = fs()?.read_dir(&path).map_err(|e| with_path(&path, e))?;

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ServerProc, errno, preload_lib, scratch};
-use posix_ship::client::RemoteFs;
+use posix_ship::client::{ClientOptions, RemoteFs};
 
 const GIB: u64 = 1 << 30;
 
@@ -97,8 +97,15 @@ fn sixteen_clients_write_disjoint_regions_of_one_file_and_read_it_back() {
             let addr = srv.addr.clone();
             std::thread::spawn(move || {
                 let inline = posix_ship::client::DEFAULT_INLINE_MAX;
-                let fs =
-                    RemoteFs::connect_with(&addr, inline, Some(Duration::from_secs(10))).unwrap();
+                let fs = RemoteFs::connect_with(
+                    &addr,
+                    ClientOptions {
+                        inline_max: inline,
+                        timeout: Some(Duration::from_secs(10)),
+                        auth: None,
+                    },
+                )
+                .unwrap();
                 let f = fs.open_with("/shared", libc::O_RDWR, 0).unwrap();
                 let mut buf = vec![0u8; region as usize];
                 pattern(c, &mut buf);

@@ -20,10 +20,12 @@
 
 mod addr;
 mod error;
+mod identity;
 mod mem;
 mod plugin;
 
 pub use addr::Address;
 pub use error::{Fault, NaError, NaResult};
+pub use identity::{Auth, Identity, MAX_GROUPS, Proof};
 pub use mem::{Access, MemHandle, RemoteMem, Segment, random_key};
 pub use plugin::{Event, OpId, PeerId, Plugin};

@@ -3,7 +3,7 @@
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use crate::{Address, MemHandle, NaError, NaResult, RemoteMem, Segment};
+use crate::{Address, Identity, MemHandle, NaError, NaResult, RemoteMem, Segment};
 
 /// A peer known to a plugin: an outgoing connection made by [`Plugin::lookup`] or an
 /// incoming one. Cheap to copy; only meaningful to the plugin that issued it.
@@ -135,6 +135,15 @@ pub trait Plugin: Send + Sync + 'static {
     /// A file descriptor that becomes readable when progress has work, for engines that
     /// wait in their own poll loop; `None` when the plugin has none.
     fn poll_fd(&self) -> Option<RawFd>;
+
+    /// The verified identity of a connected peer: from the kernel on same-node transports,
+    /// from the credential of the connection's hello on others. `None` for an anonymous
+    /// peer (no proof demanded), an unknown peer, or a plugin that cannot tell. Never a
+    /// claim taken on faith: a plugin that cannot verify one returns `None`.
+    fn peer_identity(&self, peer: PeerId) -> Option<Identity> {
+        let _ = peer;
+        None
+    }
 }
 
 use crate::Access;

@@ -5,10 +5,19 @@
 //! never blocks a restart. The connecting side creates the shared [`Segment`] and two
 //! eventfds (one each side sleeps on) and sends all three with `SCM_RIGHTS`, with its own
 //! name. The socket stays open as the liveness channel (a peer's death hangs it up), and
-//! `SO_PEERCRED` gives the peer's pid for single-copy RMA.
+//! `SO_PEERCRED`/`SO_PEERGROUPS` give the peer's verified identity and its pid for
+//! single-copy RMA.
+//!
+//! Accepting never blocks: a connection whose hello has not arrived waits in the
+//! listener's own epoll set (whose descriptor is what the plugin watches), at most
+//! [`MAX_PENDING`] of them, each for at most [`HELLO_TIMEOUT`].
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use na::{Identity, Proof};
 
 use crate::shm::{Dir, Segment};
 
@@ -16,6 +25,8 @@ const HELLO_MAGIC: u32 = 0x5153_4c4b; // "QSLK"
 const NAME_MAX: usize = 100;
 /// How long an accepted peer has to send its hello.
 pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+/// Accepted connections whose hello has not arrived yet; past it the oldest is dropped.
+pub const MAX_PENDING: usize = 64;
 
 /// Which side of a link this is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -38,6 +49,8 @@ pub struct Link {
     pub wake_peer: OwnedFd,
     /// The peer's process id.
     pub peer_pid: i32,
+    /// The peer's identity, from the kernel.
+    pub peer: Identity,
     /// The peer's `sm://` name.
     pub peer_name: String,
     /// This side.
@@ -144,7 +157,8 @@ fn eventfd() -> io::Result<OwnedFd> {
     owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
 }
 
-fn peer_pid(sock: &OwnedFd) -> io::Result<i32> {
+/// The peer's pid and identity, as the kernel recorded them when the socket connected.
+fn peer_cred(sock: &OwnedFd) -> io::Result<(i32, Identity)> {
     // SAFETY: getsockopt into a zeroed ucred of the right length.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -158,13 +172,56 @@ fn peer_pid(sock: &OwnedFd) -> io::Result<i32> {
             &mut len,
         )
     })?;
-    Ok(cred.pid)
+    let mut groups = vec![0 as libc::gid_t; 64];
+    loop {
+        let mut len = std::mem::size_of_val(&groups[..]) as libc::socklen_t;
+        // SAFETY: getsockopt into our buffer of `len` bytes; on ERANGE it says the size.
+        let r = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if r == 0 {
+            groups.truncate(n);
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() || n > na::MAX_GROUPS {
+            return Err(e);
+        }
+        groups.resize(n, 0);
+    }
+    let id = Identity {
+        uid: cred.uid,
+        gid: cred.gid,
+        groups,
+        proof: Proof::PeerCred,
+    };
+    Ok((cred.pid, id))
+}
+
+fn epoll_ctl(ep: &OwnedFd, op: libc::c_int, fd: RawFd) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: fd as u64,
+    };
+    // SAFETY: an epoll control call on our epoll set with a local event.
+    check(unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) }).map(drop)
 }
 
 /// A listening name.
 pub struct Listener {
     sock: OwnedFd,
     name: String,
+    /// The listening socket and the pending connections: readable when either is.
+    ep: OwnedFd,
+    /// Accepted connections whose hello has not arrived, oldest first.
+    pending: Mutex<Vec<(OwnedFd, Instant)>>,
 }
 
 impl Listener {
@@ -176,9 +233,14 @@ impl Listener {
         check(unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) })?;
         // SAFETY: listening on our bound socket.
         check(unsafe { libc::listen(sock.as_raw_fd(), 128) })?;
+        // SAFETY: creating an epoll set; the result is checked and owned.
+        let ep = owned(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        epoll_ctl(&ep, libc::EPOLL_CTL_ADD, sock.as_raw_fd())?;
         Ok(Listener {
             sock,
             name: name.to_owned(),
+            ep,
+            pending: Mutex::new(Vec::new()),
         })
     }
 
@@ -187,45 +249,65 @@ impl Listener {
         &self.name
     }
 
-    /// The listening socket (readable when a peer connects).
+    /// The descriptor to watch: readable when a peer connects or a pending hello arrives.
     pub fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+        self.ep.as_raw_fd()
     }
 
-    /// Accepts one connection and receives its segment and eventfds: `WouldBlock` when no
-    /// peer waits. A connecting peer sends everything in its first message, at once; one
-    /// that stays silent is dropped after [`HELLO_TIMEOUT`] (`TimedOut`), and a malformed
-    /// hello is `InvalidData`: either way only that connection fails.
+    /// Accepts one connection whose hello has arrived, with its segment and eventfds:
+    /// `WouldBlock` when none is ready. Never waits: a connection whose hello is not there
+    /// yet is kept pending (see the module documentation); a silent one is dropped after
+    /// [`HELLO_TIMEOUT`], and a malformed hello is `InvalidData`: either way only that
+    /// connection fails.
     pub fn accept(&self) -> io::Result<Link> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: accepting on our listening socket; the result is checked and owned.
-        let sock = owned(unsafe {
+        while let Ok(sock) = owned(unsafe {
             libc::accept4(
                 self.sock.as_raw_fd(),
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
             )
-        })?;
-        let tv = libc::timeval {
-            tv_sec: HELLO_TIMEOUT.as_secs() as libc::time_t,
-            tv_usec: HELLO_TIMEOUT.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: setting a receive timeout from a local timeval on our socket.
-        check(unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        })?;
-        let (payload, fds) = recv_with_fds(&sock).map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock => {
-                io::Error::new(io::ErrorKind::TimedOut, "sm hello: silent peer")
+        }) {
+            if pending.len() >= MAX_PENDING {
+                tracing::warn!(
+                    "sm: {MAX_PENDING} connections without a hello; dropping the oldest"
+                );
+                pending.remove(0);
             }
-            _ => e,
-        })?;
+            epoll_ctl(&self.ep, libc::EPOLL_CTL_ADD, sock.as_raw_fd())?;
+            pending.push((sock, Instant::now()));
+        }
+        // Clear the set's ready list; what is still ready is found below.
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        // SAFETY: a non-blocking wait into our local array of 64 events.
+        unsafe { libc::epoll_wait(self.ep.as_raw_fd(), evs.as_mut_ptr(), 64, 0) };
+        let now = Instant::now();
+        let mut i = 0;
+        while i < pending.len() {
+            match recv_with_fds(&pending[i].0) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if now.duration_since(pending[i].1) < HELLO_TIMEOUT {
+                        i += 1;
+                        continue;
+                    }
+                    pending.remove(i);
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "sm hello: silent peer",
+                    ));
+                }
+                r => {
+                    let (sock, _) = pending.remove(i);
+                    return r.and_then(|(payload, fds)| Self::link(sock, payload, fds));
+                }
+            }
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    fn link(sock: OwnedFd, payload: Vec<u8>, fds: Vec<OwnedFd>) -> io::Result<Link> {
         let bad =
             |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sm hello: {why}"));
         let [memfd, wake_peer, wake_me]: [OwnedFd; 3] = fds
@@ -239,13 +321,14 @@ impl Listener {
         let peer_name =
             String::from_utf8(payload[4..].to_vec()).map_err(|_| bad("name is not UTF-8"))?;
         let seg = Segment::open(memfd)?;
-        let peer_pid = peer_pid(&sock)?;
+        let (peer_pid, peer) = peer_cred(&sock)?;
         Ok(Link {
             sock,
             seg,
             wake_me,
             wake_peer,
             peer_pid,
+            peer,
             peer_name,
             side: Side::Acceptor,
         })
@@ -265,13 +348,14 @@ pub fn connect(name: &str, me: &str, cap: usize) -> io::Result<Link> {
         &payload,
         &[seg.fd(), wake_me.as_raw_fd(), wake_peer.as_raw_fd()],
     )?;
-    let peer_pid = peer_pid(&sock)?;
+    let (peer_pid, peer) = peer_cred(&sock)?;
     Ok(Link {
         sock,
         seg,
         wake_me,
         wake_peer,
         peer_pid,
+        peer,
         peer_name: name.to_owned(),
         side: Side::Creator,
     })

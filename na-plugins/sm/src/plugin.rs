@@ -9,7 +9,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use na::{Address, NaError, NaResult};
+use na::{Address, Identity, NaError, NaResult};
 use na_stream::{Connector, CopyDir, RawPiece, StreamConfig, StreamPlugin, Wire};
 
 use crate::cma;
@@ -95,6 +95,11 @@ impl SmPlugin {
     }
 }
 
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 fn auto_name() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
@@ -127,7 +132,11 @@ impl Connector for Sm {
     fn dial(&self, addr: &Address) -> NaResult<(Box<dyn Wire>, bool)> {
         let link = link::connect(addr.locator(), self.listener.name(), self.ring_size)
             .map_err(|e| NaError::Unreachable(format!("{addr}: {e}")))?;
-        Ok((Box::new(SmWire::new(link, self.single_copy)), true))
+        let same_uid = link.peer.uid == euid();
+        Ok((
+            Box::new(SmWire::new(link, self.single_copy && same_uid)),
+            true,
+        ))
     }
 
     fn accept(&self) -> Vec<Box<dyn Wire>> {
@@ -136,7 +145,12 @@ impl Connector for Sm {
             match self.listener.accept() {
                 Ok(link) => {
                     tracing::trace!(peer = %link.peer_name, pid = link.peer_pid, "sm link");
-                    out.push(Box::new(SmWire::new(link, self.single_copy)));
+                    // One copy only between processes of one uid: we copy with our rights
+                    // into a pid the peer had at connect, which may since have become
+                    // another program (exec of a setuid binary). Between equal uids the
+                    // kernel's own ptrace checks then refuse what the peer could not do.
+                    let same_uid = link.peer.uid == euid();
+                    out.push(Box::new(SmWire::new(link, self.single_copy && same_uid)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -267,6 +281,10 @@ impl Wire for SmWire {
 
     fn single_copy(&self) -> bool {
         self.single_copy
+    }
+
+    fn peer_identity(&self) -> Option<Identity> {
+        Some(self.link.peer.clone())
     }
 
     unsafe fn peer_copy(

@@ -19,6 +19,8 @@ const VERSION: u32 = 1;
 const META: usize = 64;
 const RING_HDR: usize = 256;
 const DATA: usize = META + 2 * RING_HDR;
+/// The seals a peer's segment must carry: its size cannot change under our mapping.
+const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
 
 /// Which ring of a segment.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -70,7 +72,9 @@ impl Segment {
         let cname = std::ffi::CString::new(name)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: a valid C string; the returned descriptor is checked and then owned.
-        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -79,6 +83,13 @@ impl Segment {
         let len = DATA + 2 * cap;
         // SAFETY: resizing our own memfd.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Sealed at its size, so that neither side can shrink it under the other's mapping
+        // (a SIGBUS on access) or grow it; the peer checks the seals.
+        // SAFETY: adding seals to our own memfd.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, SEALS | libc::F_SEAL_SEAL) } < 0
+        {
             return Err(io::Error::last_os_error());
         }
         let ptr = map(&fd, len)?;
@@ -103,6 +114,11 @@ impl Segment {
         // SAFETY: as above.
         if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
             return Err(io::Error::last_os_error());
+        }
+        // SAFETY: querying the seals of a descriptor we own.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & SEALS != SEALS {
+            return Err(bad("not sealed against shrinking and growing"));
         }
         let len = st.st_size as usize;
         if len < DATA + 2 * 4096 {

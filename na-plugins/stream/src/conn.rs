@@ -10,9 +10,9 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 
-use na::{Address, OpId, PeerId};
+use na::{Address, Identity, OpId, PeerId};
 
 use crate::wire::Wire;
 
@@ -207,6 +207,12 @@ pub struct Conn {
     pub remote: Mutex<Option<Address>>,
     /// Whether we dialled (true) or accepted (false).
     pub outgoing: bool,
+    /// Our challenge's nonce (accepted connections): the peer's credential must cover it.
+    pub nonce: [u8; crate::auth::NONCE_LEN],
+    /// The peer's verified identity (`None`: anonymous), set once its hello is accepted.
+    pub identity: OnceLock<Option<Identity>>,
+    /// Whether our hello is queued (dialled connections write nothing before it).
+    greeted: AtomicBool,
 }
 
 /// Outcome of a flush.
@@ -244,7 +250,26 @@ impl Conn {
             }),
             remote: Mutex::new(None),
             outgoing,
+            nonce: [0; crate::auth::NONCE_LEN],
+            identity: OnceLock::new(),
+            greeted: AtomicBool::new(!outgoing),
         }
+    }
+
+    /// Whether our hello is queued (always true of accepted connections).
+    pub fn is_greeted(&self) -> bool {
+        self.greeted.load(Ordering::Acquire)
+    }
+
+    /// Queues our hello ahead of everything posted so far, and lets writing begin.
+    pub fn greet(&self, hello: OutFrame, mem: &MemTable) -> Flushed {
+        {
+            let mut w = lock(&self.write);
+            w.absorb(&mut lock(&self.inbox));
+            w.urgent.push_front(hello);
+        }
+        self.greeted.store(true, Ordering::Release);
+        self.flush(mem)
     }
 
     /// Whether the non-blocking connect has finished.
@@ -299,7 +324,7 @@ impl Conn {
     fn flush_locked(&self, w: &mut WriteQ, mem: &MemTable, done: &mut Vec<OpId>) -> bool {
         loop {
             w.absorb(&mut lock(&self.inbox));
-            if self.closed.load(Ordering::Acquire) || !self.is_connected() {
+            if self.closed.load(Ordering::Acquire) || !self.is_connected() || !self.is_greeted() {
                 return true;
             }
             if w.is_empty() {

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! frame  = magic:u16 version:u8 kind:u8 len:u32 tag:u64 payload[len]   (little endian)
-//! Hello    payload = the sender's listening address, UTF-8
+//! Hello / Challenge / Refused   the handshake: see [`crate::auth`]
 //! Unexpected / Expected   payload = the message, tag = the message tag
 //! GetReq   payload = key:u64 offset:u64 len:u64            tag = requester's chunk id
 //! GetResp  payload = status:u8 data[...]                   tag = chunk id
@@ -49,6 +49,10 @@ pub enum Kind {
     GetCopy = 8,
     /// Single-copy write request: the owner copies from the requester's memory.
     PutCopy = 9,
+    /// First frame of an accepting side: the proof it demands (see [`crate::auth`]).
+    Challenge = 10,
+    /// The accepting side refused the hello's credential; the payload says why.
+    Refused = 11,
 }
 
 impl Kind {
@@ -63,6 +67,8 @@ impl Kind {
             7 => Kind::PutResp,
             8 => Kind::GetCopy,
             9 => Kind::PutCopy,
+            10 => Kind::Challenge,
+            11 => Kind::Refused,
             _ => return None,
         })
     }

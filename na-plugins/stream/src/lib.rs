@@ -10,13 +10,16 @@
 //! the [`Plugin`].
 #![deny(missing_docs)]
 
+pub mod auth;
 mod conn;
 mod driver;
 pub mod frame;
 mod landing;
 mod mr;
+mod munge;
 mod ops;
 mod single;
+mod users;
 mod wire;
 
 pub use wire::{Connector, CopyDir, RawPiece, Wire};
@@ -31,7 +34,8 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use na::{
-    Access, Address, Event, MemHandle, NaError, NaResult, OpId, PeerId, Plugin, RemoteMem, Segment,
+    Access, Address, Auth, Event, Identity, MemHandle, NaError, NaResult, OpId, PeerId, Plugin,
+    RemoteMem, Segment,
 };
 
 use conn::{Body, Conn, OutFrame};
@@ -52,6 +56,9 @@ pub struct StreamConfig {
     pub rma_chunk: usize,
     /// RMA chunks in flight per transfer.
     pub rma_window: u32,
+    /// The proof demanded of peers that dial us (where the wire cannot ask the kernel), and
+    /// shown to peers we dial.
+    pub auth: Auth,
 }
 
 impl Default for StreamConfig {
@@ -62,6 +69,7 @@ impl Default for StreamConfig {
             max_eager: 64 * 1024,
             rma_chunk: 512 * 1024,
             rma_window: 4,
+            auth: Auth::None,
         }
     }
 }
@@ -152,7 +160,22 @@ impl StreamPlugin {
     ) -> NaResult<PeerId> {
         let peer = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
         let fds = wire.fds();
-        let conn = Arc::new(Conn::new(peer, wire, outgoing, connected, self.max_frame()));
+        // An accepting side speaks first: the proof it demands, over a fresh nonce (the
+        // kernel vouches for same-node peers, so they are asked for none).
+        let challenge = if outgoing {
+            None
+        } else {
+            let demand = match wire.peer_identity() {
+                Some(_) => &Auth::None,
+                None => &self.cfg.auth,
+            };
+            Some(auth::Challenge::new(demand).map_err(NaError::InvalidArgument)?)
+        };
+        let mut conn = Conn::new(peer, wire, outgoing, connected, self.max_frame());
+        if let Some(ch) = &challenge {
+            conn.nonce = ch.nonce;
+        }
+        let conn = Arc::new(conn);
         *lock(&conn.remote) = remote;
         lock(&self.conns).insert(peer, conn);
         // Registered after insertion, so that no event can find the map without it.
@@ -165,6 +188,10 @@ impl StreamPlugin {
                 self.close_conn(peer, e.into());
                 return Err(NaError::Disconnected("cannot watch the connection".into()));
             }
+        }
+        if let Some(ch) = challenge {
+            let f = OutFrame::new(Kind::Challenge, 0, ch.encode(), None);
+            self.send_frames(&*self.conn(peer)?, vec![f]);
         }
         Ok(peer)
     }
@@ -386,13 +413,9 @@ impl Plugin for StreamPlugin {
         }
         let (wire, up) = self.net.dial(addr)?;
         let peer = self.add_conn(wire, true, up, Some(addr.clone()))?;
+        // Only connections we dialled are found by address: an accepted peer's hello names
+        // its address, but a hostile process could name anyone's.
         by_addr.insert(addr.clone(), peer);
-        drop(by_addr);
-        let hello = self.net.self_addr().to_string().into_bytes();
-        self.send_frames(
-            &*self.conn(peer)?,
-            vec![OutFrame::new(Kind::Hello, 0, hello, None)],
-        );
         Ok(peer)
     }
 
@@ -507,5 +530,9 @@ impl Plugin for StreamPlugin {
 
     fn poll_fd(&self) -> Option<RawFd> {
         Some(self.poll_fd)
+    }
+
+    fn peer_identity(&self, peer: PeerId) -> Option<Identity> {
+        self.conn(peer).ok()?.identity.get().cloned().flatten()
     }
 }

@@ -78,6 +78,11 @@ impl StreamPlugin {
         else {
             return (RmaStatus::Malformed, 0);
         };
+        // Only with peers the wire allows it with (sm: of our own uid), whatever they ask:
+        // we copy with our rights into a process the peer chose.
+        if !conn.wire.single_copy() {
+            return (RmaStatus::Forbidden, 0);
+        }
         let dir = if put {
             CopyDir::FromPeer
         } else {

@@ -4,7 +4,7 @@
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 
-use na::{Address, NaResult};
+use na::{Address, Identity, NaResult};
 
 /// Raw pieces of registered memory: pointer and length.
 pub type RawPiece = (*mut u8, usize);
@@ -51,6 +51,12 @@ pub trait Wire: Send + Sync + 'static {
     /// input only readiness reveals answer false.
     fn has_input(&self) -> bool {
         false
+    }
+
+    /// The peer's identity as the kernel tells it (same-node transports); `None` where
+    /// the handshake's credential must prove it.
+    fn peer_identity(&self) -> Option<Identity> {
+        None
     }
 
     /// Whether RMA with this peer can copy directly between the two processes' memory
@@ -105,8 +111,14 @@ pub trait Connector: Send + Sync + 'static {
     /// Starts a connection to `addr`; returns the wire and whether it is already up.
     fn dial(&self, addr: &Address) -> NaResult<(Box<dyn Wire>, bool)>;
 
-    /// Takes every connection waiting on the listener (never blocks for long).
+    /// Takes every connection waiting on the listener (never blocks).
     fn accept(&self) -> Vec<Box<dyn Wire>>;
+
+    /// Whether a peer that says it dialled `addr` reached us (credentials are bound to
+    /// the address dialled, so that one server cannot replay them at another).
+    fn is_self(&self, addr: &Address) -> bool {
+        addr == self.self_addr()
+    }
 
     /// Whether zero-timeout progress should look at memory before asking the kernel: true
     /// for shared memory, where busy polling must not make a system call per pass.

@@ -56,7 +56,8 @@ impl TcpPlugin {
         let sa = resolve(addr)?;
         let listener = TcpListener::bind(sa)?;
         let mut local = listener.local_addr()?;
-        if local.ip().is_unspecified() {
+        let wildcard = local.ip().is_unspecified();
+        if wildcard {
             // A wildcard bind is reachable on loopback; name that so peers can dial it.
             local.set_ip(if local.is_ipv4() {
                 [127, 0, 0, 1].into()
@@ -68,6 +69,8 @@ impl TcpPlugin {
         let net = Tcp {
             listener,
             self_addr,
+            local,
+            wildcard,
             socket_buffer: cfg.socket_buffer,
         };
         StreamPlugin::new(Box::new(net), cfg.stream)
@@ -92,6 +95,10 @@ fn resolve(addr: &Address) -> NaResult<SocketAddr> {
 struct Tcp {
     listener: TcpListener,
     self_addr: Address,
+    /// The bound socket address (loopback for a wildcard bind).
+    local: SocketAddr,
+    /// Bound to every interface: peers may dial any of our addresses.
+    wildcard: bool,
     socket_buffer: usize,
 }
 
@@ -116,6 +123,24 @@ impl Connector for Tcp {
 
     fn listen_fd(&self) -> RawFd {
         self.listener.as_raw_fd()
+    }
+
+    fn is_self(&self, addr: &Address) -> bool {
+        // No name resolution here (this runs on the progress thread): a host name is
+        // checked by its port; a literal address by IP too, unless we listen on all.
+        if addr.plugin() != "tcp" || addr.provider().is_some() {
+            return false;
+        }
+        match addr.locator().parse::<SocketAddr>() {
+            Ok(sa) => {
+                sa.port() == self.local.port() && (self.wildcard || sa.ip() == self.local.ip())
+            }
+            Err(_) => addr
+                .locator()
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_some_and(|p| p == self.local.port()),
+        }
     }
 
     fn dial(&self, addr: &Address) -> NaResult<(Box<dyn Wire>, bool)> {

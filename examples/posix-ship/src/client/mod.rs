@@ -74,25 +74,49 @@ fn path(p: &str) -> ByteBuf {
     ByteBuf::from(p.as_bytes().to_vec())
 }
 
+/// How a client connects.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Reads and writes up to this many bytes travel inside the request; larger ones by bulk.
+    pub inline_max: usize,
+    /// Per-call timeout.
+    pub timeout: Option<Duration>,
+    /// The proof shown to a tcp server that demands one; `None`: `QS_AUTH`, else none.
+    pub auth: Option<rpc_core::Auth>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            inline_max: DEFAULT_INLINE_MAX,
+            timeout: Some(Duration::from_secs(60)),
+            auth: None,
+        }
+    }
+}
+
 impl RemoteFs {
     /// Connects to the server at `addr`, on the transport the address names.
     pub fn connect(addr: &str) -> io::Result<RemoteFs> {
-        RemoteFs::connect_with(addr, DEFAULT_INLINE_MAX, Some(Duration::from_secs(60)))
+        RemoteFs::connect_with(addr, ClientOptions::default())
     }
 
-    /// Connects with an inline threshold and a per-call timeout.
-    pub fn connect_with(
-        addr: &str,
-        inline_max: usize,
-        timeout: Option<Duration>,
-    ) -> io::Result<RemoteFs> {
+    /// Connects with the given options.
+    pub fn connect_with(addr: &str, opts: ClientOptions) -> io::Result<RemoteFs> {
+        let ClientOptions {
+            inline_max,
+            timeout,
+            auth,
+        } = opts;
         let a = rpc_core::Address::parse(addr).map_err(|e| rpc_err(e.into()))?;
         let listen = rpc_core::transport::listen_address(Some(&a.transport())).map_err(rpc_err)?;
-        let engine = Engine::builder()
+        let mut builder = Engine::builder()
             .listen(&listen.to_string())
-            .timeout(timeout)
-            .build()
-            .map_err(rpc_err)?;
+            .timeout(timeout);
+        if let Some(auth) = auth {
+            builder = builder.auth(auth);
+        }
+        let engine = builder.build().map_err(rpc_err)?;
         let peer = engine.lookup(addr).map_err(rpc_err)?;
         let fs = RemoteFs {
             inner: Arc::new(Inner {

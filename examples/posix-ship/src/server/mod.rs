@@ -12,6 +12,7 @@
 
 mod clients;
 mod confine;
+mod creds;
 mod ops;
 
 use std::path::PathBuf;
@@ -25,7 +26,9 @@ use serde::de::DeserializeOwned;
 pub use clients::Limits;
 use clients::{Clients, LOCAL};
 use confine::Export;
+pub use creds::Policy;
 use ops::Ctx;
+pub use rpc_core::Auth;
 
 use crate::proto::*;
 
@@ -42,6 +45,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Handler threads (handlers block on the file system and on bulk transfers).
     pub workers: usize,
+    /// The proof demanded of tcp clients (sm clients are known by the kernel).
+    pub auth: Auth,
+    /// Whom requests run as.
+    pub policy: Policy,
 }
 
 impl ServerConfig {
@@ -53,6 +60,8 @@ impl ServerConfig {
             read_only: false,
             limits: Limits::default(),
             workers: 8,
+            auth: Auth::None,
+            policy: Policy::default(),
         }
     }
 }
@@ -61,6 +70,7 @@ struct State {
     export: Export,
     clients: Clients,
     read_only: bool,
+    policy: Policy,
 }
 
 /// A running server; it stops when dropped or shut down.
@@ -77,17 +87,19 @@ impl Server {
         let engine = Engine::builder()
             .listen(&listen.to_string())
             .workers(cfg.workers)
+            .auth(cfg.auth.clone())
             .build()
             .map_err(io)?;
         let state = Arc::new(State {
             export,
             clients: Clients::new(cfg.limits),
             read_only: cfg.read_only,
+            policy: cfg.policy.clone(),
         });
         let s = state.clone();
         engine.on_peer_lost(move |p| s.clients.lost(p.0));
         register(&engine, &state).map_err(io)?;
-        tracing::info!(addr = %engine.self_addr(), export = %cfg.export.display(), "serving");
+        tracing::info!(addr = %engine.self_addr(), export = %cfg.export.display(), auth = ?cfg.auth, policy = ?cfg.policy, "serving");
         Ok(Server { engine, state })
     }
 
@@ -119,8 +131,9 @@ fn io(e: rpc_core::RpcError) -> std::io::Error {
     std::io::Error::other(e)
 }
 
-/// Registers `rpc` with a body that runs with the caller's context, inside the caller's
-/// in-flight bound; a refusal or a failed system call answers with its `errno`.
+/// Registers `rpc` with a body that runs with the caller's context and rights (see
+/// [`creds`]), inside the caller's in-flight bound; a refusal or a failed system call
+/// answers with its `errno`.
 fn serve<In, Out, F>(
     e: &Engine,
     st: &Arc<State>,
@@ -141,14 +154,21 @@ where
             Ok(a) => a,
             Err(errno) => return r.respond(&Err(errno.raw_os_error())),
         };
+        let identity = r.identity();
         let ctx = Ctx {
             export: &st.export,
             clients: &st.clients,
             id,
-            engine: r.engine(),
+            caller: r.caller(),
             read_only: st.read_only,
+            policy: &st.policy,
         };
-        let out = f(&ctx, input).map_err(|e| e.raw_os_error());
+        let out = st
+            .policy
+            .creds(identity.as_ref())
+            .and_then(|c| creds::AsUser::enter(&c))
+            .and_then(|_as_user| f(&ctx, input))
+            .map_err(|e| e.raw_os_error());
         tracing::trace!(
             client = id,
             rpc = name,

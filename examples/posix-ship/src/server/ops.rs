@@ -4,13 +4,14 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use rpc_core::{Access, Engine, Seg};
+use rpc_core::{Access, Caller, Seg};
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
 use super::clients::{ClientId, Clients, OpenFile};
 use super::confine::Export;
+use super::creds::Policy;
 use crate::proto::*;
 
 /// What a request runs against.
@@ -21,13 +22,19 @@ pub struct Ctx<'a> {
     pub clients: &'a Clients,
     /// Who asked.
     pub id: ClientId,
-    /// The engine, for bulk transfers.
-    pub engine: Engine,
+    /// Bulk transfers with the caller, over its own connection.
+    pub caller: Caller,
     /// Refuse every change (`EACCES`).
     pub read_only: bool,
+    /// Whom requests run as, and which modes a client may set.
+    pub policy: &'a Policy,
 }
 
 type R<T> = Result<T, Errno>;
+
+/// How long a bulk transfer serving a request may take: well within the caller's own
+/// timeout, so that a caller whose memory never answers holds a worker only this long.
+pub const BULK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Flags a client may pass to `open`; the rest are dropped.
 const OPEN_FLAGS: OFlags = OFlags::ACCMODE
@@ -94,7 +101,7 @@ impl Ctx<'_> {
         }
         // openat2 refuses a mode without O_CREAT; open(2) ignores it.
         let mode = if flags.contains(OFlags::CREATE) {
-            Mode::from_bits_truncate(r.mode)
+            Mode::from_bits_truncate(self.policy.mode(r.mode, false))
         } else {
             Mode::empty()
         };
@@ -135,11 +142,13 @@ impl Ctx<'_> {
         };
         if n > 0 {
             let src = self
-                .engine
+                .caller
+                .engine()
                 .expose(vec![Seg::from(&mut buf[..])], Access::ReadOnly)
                 .map_err(bulk_errno)?;
-            self.engine
+            self.caller
                 .push(&src, 0, dest, 0, n as u64)
+                .timeout(BULK_TIMEOUT)
                 .wait()
                 .map_err(bulk_errno)?;
         }
@@ -161,11 +170,13 @@ impl Ctx<'_> {
                 }
                 let mut buf = vec![0u8; src.len() as usize];
                 let mut dst = self
-                    .engine
+                    .caller
+                    .engine()
                     .expose(vec![Seg::from(&mut buf[..])], Access::WriteOnly)
                     .map_err(bulk_errno)?;
-                self.engine
+                self.caller
                     .pull(&mut dst, 0, &src, 0, src.len())
+                    .timeout(BULK_TIMEOUT)
                     .wait()
                     .map_err(bulk_errno)?;
                 drop(dst);
@@ -226,7 +237,11 @@ impl Ctx<'_> {
     pub fn mkdir(&self, path: &[u8], mode: u32) -> R<()> {
         self.writable()?;
         let (parent, name) = self.named(path, Errno::EXIST)?;
-        rustix::fs::mkdirat(&parent, &name, Mode::from_bits_truncate(mode))
+        rustix::fs::mkdirat(
+            &parent,
+            &name,
+            Mode::from_bits_truncate(self.policy.mode(mode, true)),
+        )
     }
 
     /// `rename`.
@@ -303,6 +318,8 @@ impl Ctx<'_> {
     pub fn chmod(&self, t: &Target, mode: u32) -> R<()> {
         self.writable()?;
         let fd = self.target_fd(t, OFlags::PATH)?;
+        let dir = rustix::fs::fstat(&fd)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let mode = self.policy.mode(mode, dir);
         rustix::fs::chmod(proc_path(&fd), Mode::from_bits_truncate(mode))
     }
 
