@@ -107,6 +107,27 @@ pub fn raw_frame(kind: na_tcp::frame::Kind, tag: u64, body: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A raw client's hello to the server at `to`, claiming to listen at `from`, with no
+/// credential (servers without authentication accept it).
+pub fn raw_hello(from: &str, to: &str) -> Vec<u8> {
+    let (from, to) = (from.parse().unwrap(), to.parse().unwrap());
+    raw_frame(
+        na_tcp::frame::Kind::Hello,
+        0,
+        &na_tcp::auth::encode_hello(&from, &to, b""),
+    )
+}
+
+/// Reads the challenge a tcp server sends first on every connection.
+pub fn read_challenge(s: &mut impl std::io::Read) {
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).unwrap();
+    let f = na_tcp::frame::Header::decode(&h, 1 << 20).unwrap();
+    assert_eq!(f.kind, na_tcp::frame::Kind::Challenge);
+    let mut body = vec![0u8; f.len as usize];
+    s.read_exact(&mut body).unwrap();
+}
+
 /// Serializes the tests that take this lock (timing-sensitive ones, or ones that load both
 /// cores), within one test binary; a test that panicked does not poison it for the others.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {

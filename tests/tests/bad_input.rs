@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use na_tcp::frame::{Header as Frame, Kind};
 use qs_tests::rpcs::*;
-use qs_tests::{ServerProcess, raw_frame};
+use qs_tests::{ServerProcess, raw_frame, raw_hello, read_challenge};
 use rpc_core::proto::{Header, Status};
 use rpc_core::{Engine, RpcError};
 
@@ -15,14 +15,15 @@ fn locator(addr: &str) -> &str {
     addr.strip_prefix("tcp://").unwrap()
 }
 
-fn hello() -> Vec<u8> {
-    raw_frame(Kind::Hello, 0, b"tcp://127.0.0.1:9")
+fn hello(server: &str) -> Vec<u8> {
+    raw_hello("tcp://127.0.0.1:9", server)
 }
 
 /// Connects, sends `bytes`, and reports whether the server closed the connection.
 fn server_closes_after(addr: &str, bytes: &[u8], then_close: bool) -> bool {
     let mut s = TcpStream::connect(locator(addr)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    read_challenge(&mut s);
     s.write_all(bytes).unwrap();
     if then_close {
         drop(s);
@@ -50,13 +51,13 @@ fn still_serves(addr: &str) {
 fn malformed_frames_close_only_that_connection() {
     let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
     let a = &server.addr;
-    let mut wrong_magic = hello();
+    let mut wrong_magic = hello(&server.addr);
     wrong_magic[0] ^= 0xff;
-    let mut wrong_version = hello();
+    let mut wrong_version = hello(&server.addr);
     wrong_version[2] = 99;
     let mut four_gib = raw_frame(Kind::Unexpected, 1, b"");
     four_gib[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-    let mut four_gib_after_hello = hello();
+    let mut four_gib_after_hello = hello(&server.addr);
     four_gib_after_hello.extend(&four_gib);
     let cases: [(&str, Vec<u8>); 6] = [
         ("wrong magic", wrong_magic),
@@ -65,7 +66,7 @@ fn malformed_frames_close_only_that_connection() {
         ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
         ("no Hello first", raw_frame(Kind::Unexpected, 1, b"hi")),
         ("unknown frame kind", {
-            let mut f = hello();
+            let mut f = hello(&server.addr);
             f.extend(raw_frame(Kind::Expected, 1, b""));
             let n = f.len();
             f[n - 16 + 3] = 200;
@@ -84,11 +85,15 @@ fn malformed_frames_close_only_that_connection() {
 #[test]
 fn truncated_frames_and_disconnects_mid_frame_do_not_hurt_the_server() {
     let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
-    let mut half = hello();
+    let mut half = hello(&server.addr);
     let f = raw_frame(Kind::Unexpected, 1, &[7u8; 1000]);
     half.extend(&f[..500]);
     assert!(server_closes_after(&server.addr, &half, true));
-    assert!(server_closes_after(&server.addr, &hello()[..7], true));
+    assert!(server_closes_after(
+        &server.addr,
+        &hello(&server.addr)[..7],
+        true
+    ));
     still_serves(&server.addr);
 }
 
@@ -96,7 +101,8 @@ fn truncated_frames_and_disconnects_mid_frame_do_not_hurt_the_server() {
 fn raw_call(addr: &str, msg: &[u8]) -> (Header, Vec<u8>) {
     let mut s = TcpStream::connect(locator(addr)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut out = hello();
+    read_challenge(&mut s);
+    let mut out = hello(addr);
     out.extend(raw_frame(Kind::Unexpected, 77, msg));
     s.write_all(&out).unwrap();
     let mut h = [0u8; 16];

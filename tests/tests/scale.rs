@@ -6,7 +6,7 @@ use std::net::TcpStream;
 
 use na_tcp::frame::{Header as Frame, Kind};
 use qs_tests::rpcs::SUM;
-use qs_tests::{ServerProcess, raw_frame};
+use qs_tests::{ServerProcess, raw_frame, raw_hello, read_challenge};
 use rpc_core::proto::Header;
 
 fn resident_kib(pid: u32) -> u64 {
@@ -26,17 +26,14 @@ fn a_thousand_connected_clients_cost_under_100_mib() {
     let mut clients = Vec::new();
     for i in 0..1000u64 {
         let mut s = TcpStream::connect(&locator).unwrap();
-        let mut out = raw_frame(
-            Kind::Hello,
-            0,
-            format!("tcp://127.0.0.1:{}", 20000 + i).as_bytes(),
-        );
+        let mut out = raw_hello(&format!("tcp://127.0.0.1:{}", 20000 + i), &server.addr);
         out.extend(raw_frame(Kind::Unexpected, i, &request));
         s.write_all(&out).unwrap();
         clients.push(s);
     }
     // Every client got its answer: all 1 000 are connected and served.
     for s in &mut clients {
+        read_challenge(s);
         let mut h = [0u8; 16];
         s.read_exact(&mut h).unwrap();
         let f = Frame::decode(&h, 1 << 20).unwrap();

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use posix_ship::client::{ClientOptions, RemoteFs};
-use posix_ship::server::{Server, ServerConfig};
+use posix_ship::server::{Auth, Server, ServerConfig};
 use rpc_core::{Access, Descriptor, Engine, Rpc, Seg};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -45,6 +45,9 @@ fn gbs(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / secs / 1e9
 }
 
+/// `QS_AUTH` of the benchmark's clients: a key made for the run.
+static AUTH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn dd(lib: Option<&Path>, srv: &str, i: &str, o: &str, bs: usize, count: u64) -> Res<f64> {
     let mut c = Command::new("dd");
     c.args([
@@ -57,6 +60,7 @@ fn dd(lib: Option<&Path>, srv: &str, i: &str, o: &str, bs: usize, count: u64) ->
     if let Some(l) = lib {
         c.env("LD_PRELOAD", l)
             .env("POSIX_SHIP_SERVER", srv)
+            .env("QS_AUTH", AUTH.get().map_or("none", |s| s.as_str()))
             .env("POSIX_SHIP_MOUNT", "/fwd");
     }
     let t0 = Instant::now();
@@ -100,14 +104,21 @@ fn main() -> Res<()> {
     let export = base.join("export");
     std::fs::create_dir_all(&export)?;
     let listen = rpc_core::transport::listen_address(Some(&transport))?.to_string();
-    let server = Server::start(ServerConfig::new(&export, &listen))?;
+    // The benchmark's user acts as itself (root included), proven by a key made for the run.
+    let key = base.join("bench.key");
+    let auth = Auth::create_key_file(&key).and_then(|k| Auth::key_file(&k))?;
+    let _ = AUTH.set(format!("key:{}", key.display()));
+    let mut cfg = ServerConfig::new(&export, &listen);
+    cfg.auth = auth.clone();
+    cfg.policy.root_squash = false;
+    let server = Server::start(cfg)?;
     let timeout = Some(std::time::Duration::from_secs(60));
     let fs = RemoteFs::connect_with(
         &server.addr(),
         ClientOptions {
             inline_max: inline,
             timeout,
-            auth: None,
+            auth: Some(auth),
         },
     )?;
     let lib = std::env::current_exe()?.with_file_name("libposix_ship_preload.so");

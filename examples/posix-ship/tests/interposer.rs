@@ -44,6 +44,7 @@ impl Rig {
             .args(&args)
             .env("LD_PRELOAD", &self.lib)
             .env("POSIX_SHIP_SERVER", &self.srv.addr)
+            .env("QS_AUTH", &self.srv.auth)
             .env("POSIX_SHIP_MOUNT", MOUNT)
             .output()
             .unwrap_or_else(|e| panic!("{prog}: {e}"));

@@ -68,6 +68,7 @@ fn a_gibibyte_travels_intact_through_the_library_and_through_dd() {
             ])
             .env("LD_PRELOAD", &lib)
             .env("POSIX_SHIP_SERVER", &srv.addr)
+            .env("QS_AUTH", &srv.auth)
             .env("POSIX_SHIP_MOUNT", "/qs-fwd")
             .status()
             .unwrap();
@@ -95,6 +96,7 @@ fn sixteen_clients_write_disjoint_regions_of_one_file_and_read_it_back() {
     let threads: Vec<_> = (0..clients)
         .map(|c| {
             let addr = srv.addr.clone();
+            let opts = srv.options();
             std::thread::spawn(move || {
                 let inline = posix_ship::client::DEFAULT_INLINE_MAX;
                 let fs = RemoteFs::connect_with(
@@ -102,7 +104,7 @@ fn sixteen_clients_write_disjoint_regions_of_one_file_and_read_it_back() {
                     ClientOptions {
                         inline_max: inline,
                         timeout: Some(Duration::from_secs(10)),
-                        auth: None,
+                        ..opts
                     },
                 )
                 .unwrap();
@@ -149,6 +151,7 @@ fn a_client_killed_mid_write_leaks_nothing_and_a_restarted_server_is_reached_aga
         .args(["if=/dev/zero", "of=/qs-fwd/endless", "bs=1M"])
         .env("LD_PRELOAD", &lib)
         .env("POSIX_SHIP_SERVER", &srv.addr)
+        .env("QS_AUTH", &srv.auth)
         .env("POSIX_SHIP_MOUNT", "/qs-fwd")
         .stderr(Stdio::null())
         .spawn()

@@ -134,3 +134,43 @@ fn segments_with_a_bad_layout_are_refused() {
         .unwrap();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
 }
+
+#[test]
+fn segments_cannot_be_resized_under_the_peer_and_unsealed_ones_are_refused() {
+    // The SIGBUS attack: a peer shrinks the segment after the handshake. Sealed: EPERM.
+    let seg = Segment::create("qs-test", 4096).unwrap();
+    // SAFETY: ftruncate on the segment's memfd, which the kernel refuses (sealed).
+    assert_eq!(unsafe { libc::ftruncate(seg.fd(), 0) }, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    // A well-formed segment without the seals: refused before it is mapped for use.
+    // SAFETY: a fresh memfd, owned below.
+    let raw = unsafe { libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: dup of the segment's descriptor, then copying its bytes into our memfd.
+    let len = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(seg.fd(), &mut st);
+        st.st_size
+    };
+    let mut bytes = vec![0u8; len as usize];
+    // SAFETY: reading the segment's memfd into our buffer; writing it to our memfd.
+    unsafe {
+        assert_eq!(
+            libc::pread(seg.fd(), bytes.as_mut_ptr().cast(), bytes.len(), 0),
+            len as isize
+        );
+        assert_eq!(
+            libc::pwrite(raw, bytes.as_ptr().cast(), bytes.len(), 0),
+            len as isize
+        );
+    }
+    // SAFETY: `raw` is ours alone.
+    let e = Segment::open(unsafe { OwnedFd::from_raw_fd(raw) })
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    assert!(e.to_string().contains("sealed"), "{e}");
+}

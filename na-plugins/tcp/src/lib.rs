@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use mio::net::{TcpListener, TcpStream};
 use na::{Address, NaError, NaResult};
 use na_stream::{Connector, RawPiece, Wire};
-pub use na_stream::{StreamConfig, StreamPlugin, frame};
+pub use na_stream::{StreamConfig, StreamPlugin, auth, frame};
 
 /// Tunables of the TCP plugin.
 #[derive(Clone, Debug)]

@@ -55,6 +55,7 @@ pub fn rpc_errno(e: &RpcError) -> i32 {
         RpcError::Busy(_) => libc::EAGAIN,
         RpcError::Shutdown => libc::ESHUTDOWN,
         RpcError::Canceled => libc::ECANCELED,
+        RpcError::Transport(rpc_core::NaError::AccessDenied(_)) => libc::EACCES,
         RpcError::Transport(_) => libc::ECONNRESET,
         RpcError::InvalidArgument(_) | RpcError::TooLarge { .. } => libc::EINVAL,
         _ => libc::EIO,
@@ -125,8 +126,13 @@ impl RemoteFs {
                 inline_max,
             }),
         };
-        // Fail now, not at the first file call, if nobody answers.
-        fs.server_stats()?;
+        // Fail now, not at the first file call, if nobody answers or the server refuses
+        // our credential, saying why.
+        let i = &fs.inner;
+        i.engine
+            .call(&i.peer, SERVER_STATS, &())
+            .wait()
+            .map_err(|e| io::Error::new(rpc_err(e.clone()).kind(), e.to_string()))?;
         Ok(fs)
     }
 

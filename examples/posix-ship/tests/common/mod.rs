@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use posix_ship::client::RemoteFs;
+use posix_ship::client::{ClientOptions, RemoteFs};
 
 /// The transports the library tests run over: tcp and sm, or the comma-separated list
 /// in `QS_POSIX_SHIP_TRANSPORTS` (e.g. `ofi+tcp`, with the `ofi` feature).
@@ -28,10 +28,14 @@ pub struct ServerProc {
     pub child: Child,
     pub addr: String,
     pub export: PathBuf,
+    /// `QS_AUTH` for its clients (the test's own uid acts as itself, root included).
+    pub auth: String,
 }
 
 impl ServerProc {
-    /// Starts a server exporting `export` over `transport`, with extra arguments.
+    /// Starts a server exporting `export` over `transport`, with extra arguments. Unless
+    /// they name `--auth`, tcp clients prove themselves with a key made for this server
+    /// and uid 0 is not squashed: the tests' own user acts as itself.
     pub fn start(export: &Path, transport: &str, args: &[&str]) -> ServerProc {
         Self::start_env(export, transport, args, &[])
     }
@@ -43,10 +47,27 @@ impl ServerProc {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> ServerProc {
+        let mut own = Vec::new();
+        let mut auth = String::from("none");
+        if !args.contains(&"--auth") {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let key = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("qs-test-{}-{n}.key", std::process::id()));
+            let _ = std::fs::remove_file(&key);
+            rpc_core::Auth::create_key_file(&key).expect("key file");
+            auth = format!("key:{}", key.display());
+            own = vec![
+                "--auth".to_string(),
+                auth.clone(),
+                "--no-root-squash".into(),
+            ];
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
             .args(["server", "--export"])
             .arg(export)
             .args(["--listen", transport])
+            .args(&own)
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -62,12 +83,21 @@ impl ServerProc {
             child,
             addr,
             export: export.to_path_buf(),
+            auth,
         }
     }
 
     /// A client connected to it.
     pub fn client(&self) -> RemoteFs {
-        RemoteFs::connect(&self.addr).expect("connect")
+        RemoteFs::connect_with(&self.addr, self.options()).expect("connect")
+    }
+
+    /// Client options with this server's credentials.
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions {
+            auth: Some(rpc_core::Auth::parse(&self.auth).expect("auth")),
+            ..ClientOptions::default()
+        }
     }
 
     /// Sends SIGTERM and waits; returns whether it exited cleanly.

@@ -1,0 +1,256 @@
+//! Trust boundaries: a second user against a root server acts with its own rights only,
+//! over sm (the kernel's credentials) and over tcp (a shared key, MUNGE, or anonymous);
+//! clients without a valid credential are refused; a descriptor cannot send the server
+//! to a third party. The tests that act as a second user need root (CI runs as root).
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{ServerProc, preload_lib, scratch};
+use posix_ship::client::{ClientOptions, RemoteFs};
+use posix_ship::proto::{WRITE, WriteData, WriteReq};
+use rpc_core::{Access, Auth, Seg};
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// An export with a root-only file and a sticky world-writable directory, in a tree the
+/// second user can reach.
+fn export(name: &str) -> (PathBuf, PathBuf) {
+    let base = scratch(name);
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let export = base.join("export");
+    std::fs::create_dir_all(export.join("pub")).unwrap();
+    std::fs::set_permissions(&export, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(export.join("pub"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::write(export.join("secret"), b"root only\n").unwrap();
+    std::fs::set_permissions(
+        export.join("secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(base.join("mine.txt"), b"made by nobody\n").unwrap();
+    std::fs::set_permissions(
+        base.join("mine.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    (base, export)
+}
+
+/// Every directory from / to `p` must be searchable by the second user.
+fn reachable(p: &Path) {
+    for a in p.ancestors() {
+        let m = std::fs::metadata(a).unwrap().permissions().mode();
+        assert!(
+            m & 0o001 != 0,
+            "{} is not searchable by others",
+            a.display()
+        );
+    }
+}
+
+/// Runs `posix-ship ARGS` (or `python3 -c` through the interposer) as uid `nobody`.
+fn as_nobody(srv: &ServerProc, auth: &str, prog: &[&str], interposed: bool) -> Output {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(prog)
+        .env("POSIX_SHIP_SERVER", &srv.addr)
+        .env("QS_AUTH", auth);
+    if interposed {
+        c.env("LD_PRELOAD", preload_lib())
+            .env("POSIX_SHIP_MOUNT", "/fwd");
+    }
+    c.output().expect("setpriv")
+}
+
+/// The second user's view: it reads and creates what its own rights allow, nothing more.
+fn nobody_has_only_its_own_rights(srv: &ServerProc, base: &Path, auth: &str) {
+    let ship = env!("CARGO_BIN_EXE_posix-ship");
+    reachable(Path::new(ship));
+    let out = as_nobody(srv, auth, &[ship, "cat", "/secret"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nobody read root's 0600 file");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("root only"));
+    let mine = base.join("mine.txt");
+    let out = as_nobody(
+        srv,
+        auth,
+        &[ship, "put", mine.to_str().unwrap(), "/secret"],
+        false,
+    );
+    assert!(!out.status.success(), "nobody overwrote root's file");
+    assert_eq!(
+        std::fs::read(srv.export.join("secret")).unwrap(),
+        b"root only\n"
+    );
+    let out = as_nobody(
+        srv,
+        auth,
+        &[ship, "put", mine.to_str().unwrap(), "/pub/m"],
+        false,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::metadata(srv.export.join("pub/m")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (NOBODY, NOBODY),
+        "created as the caller"
+    );
+    // A setuid bit set by a client never lands (nosuid), through the interposer's chmod.
+    let out = as_nobody(srv, auth, &["chmod", "4755", "/fwd/pub/m"], true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(srv.export.join("pub/m")).unwrap().mode();
+    assert_eq!(mode & 0o7777, 0o755, "setuid bit stripped");
+    // Root's own file in the sticky directory cannot be removed by nobody.
+    std::fs::write(srv.export.join("pub/roots"), b"x").unwrap();
+    let out = as_nobody(srv, auth, &[ship, "rm", "/pub/roots"], false);
+    assert!(!out.status.success(), "sticky directory ignored");
+    assert!(srv.export.join("pub/roots").exists());
+}
+
+/// A copy of the server's key that the second user owns (key holders claim who they are).
+fn nobody_key(base: &Path, auth: &str) -> String {
+    let src = auth.strip_prefix("key:").expect("a key server");
+    let dst = base.join("nobody.key");
+    std::fs::copy(src, &dst).unwrap();
+    std::os::unix::fs::chown(&dst, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!("key:{}", dst.display())
+}
+
+#[test]
+fn a_second_user_acts_with_its_own_rights_over_sm() {
+    if !is_root() {
+        return eprintln!("skipped: needs root to act as a second user");
+    }
+    let (base, export) = export("trust-sm");
+    let srv = ServerProc::start(&export, "sm", &[]);
+    nobody_has_only_its_own_rights(&srv, &base, "none");
+}
+
+#[test]
+fn a_second_user_acts_with_its_own_rights_over_tcp_with_a_shared_key() {
+    if !is_root() {
+        return eprintln!("skipped: needs root to act as a second user");
+    }
+    let (base, export) = export("trust-key");
+    let srv = ServerProc::start(&export, "tcp", &[]);
+    let auth = nobody_key(&base, &srv.auth);
+    nobody_has_only_its_own_rights(&srv, &base, &auth);
+}
+
+#[test]
+fn a_second_user_acts_with_its_own_rights_over_tcp_with_munge() {
+    if !is_root() {
+        return eprintln!("skipped: needs root to act as a second user");
+    }
+    let (base, export) = export("trust-munge");
+    let srv = ServerProc::start(&export, "tcp", &["--auth", "munge"]);
+    nobody_has_only_its_own_rights(&srv, &base, "munge");
+    // Root through MUNGE is squashed by default: it cannot read its own 0600 file.
+    let fs = RemoteFs::connect_with(
+        &srv.addr,
+        ClientOptions {
+            auth: Some(Auth::Munge),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(common::errno(fs.read("/secret")), libc::EACCES);
+}
+
+#[test]
+fn without_authentication_everyone_is_the_anonymous_user() {
+    let (_base, export) = export("trust-none");
+    let srv = ServerProc::start(&export, "tcp", &["--auth", "none"]);
+    let fs = RemoteFs::connect(&srv.addr).unwrap();
+    if is_root() {
+        assert_eq!(common::errno(fs.read("/secret")), libc::EACCES);
+        fs.write("/pub/anon", b"x").unwrap();
+        let meta = std::fs::metadata(export.join("pub/anon")).unwrap();
+        assert_eq!(
+            meta.uid(),
+            NOBODY,
+            "acts as the anonymous uid, never as root"
+        );
+    } else {
+        // A server that is not root cannot act as another user: it refuses.
+        assert_eq!(common::errno(fs.metadata("/secret")), libc::EACCES);
+    }
+}
+
+#[test]
+fn a_tcp_client_without_a_valid_credential_is_refused() {
+    let (base, export) = export("trust-refused");
+    let srv = ServerProc::start(&export, "tcp", &[]);
+    let no_key = RemoteFs::connect_with(
+        &srv.addr,
+        ClientOptions {
+            auth: Some(Auth::None),
+            ..ClientOptions::default()
+        },
+    );
+    let e = no_key.err().expect("connected without the key").to_string();
+    assert!(e.contains("shared key"), "{e}");
+    let wrong = base.join("wrong.key");
+    Auth::create_key_file(&wrong).unwrap();
+    let bad = RemoteFs::connect_with(
+        &srv.addr,
+        ClientOptions {
+            auth: Some(Auth::key_file(&wrong).unwrap()),
+            ..ClientOptions::default()
+        },
+    );
+    let e = bad.err().expect("connected with another key").to_string();
+    assert!(e.contains("does not verify"), "{e}");
+    // The server is alive and serves a good client.
+    assert!(srv.client().metadata("/pub").is_ok());
+}
+
+#[test]
+fn a_descriptor_naming_a_third_party_moves_data_with_the_caller_only() {
+    let (_base, export) = export("trust-ssrf");
+    std::fs::write(export.join("pub/t"), b"").unwrap();
+    let srv = ServerProc::start(&export, "tcp", &[]);
+    let fs = srv.client();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let elsewhere = format!("tcp://{}", listener.local_addr().unwrap());
+    let f = fs.open_with("/pub/t", libc::O_WRONLY, 0).unwrap();
+    let data = vec![0x5au8; 512 << 10];
+    let b = fs
+        .engine()
+        .expose(vec![Seg::from(&data[..])], Access::ReadOnly)
+        .unwrap();
+    let mut d = b.descriptor();
+    d.owner = elsewhere.parse().unwrap();
+    let req = WriteReq {
+        fh: f.handle().expect("open"),
+        offset: Some(0),
+        data: WriteData::Bulk(d),
+    };
+    let n = fs.call(WRITE, &req).unwrap();
+    assert_eq!(n.n, data.len() as u64);
+    assert_eq!(std::fs::read(export.join("pub/t")).unwrap(), data);
+    let e = listener
+        .accept()
+        .expect_err("the server dialled the descriptor's address");
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+}
