@@ -166,6 +166,9 @@ fn fake_server(answer: fn(u64) -> Vec<u8>) -> String {
     let addr = format!("tcp://{}", l.local_addr().unwrap());
     std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
+        let challenge = na_tcp::auth::Challenge::new(&rpc_core::Auth::None).unwrap();
+        s.write_all(&raw_frame(Kind::Challenge, 0, &challenge.encode()))
+            .unwrap();
         let mut h = [0u8; 16];
         while s.read_exact(&mut h).is_ok() {
             let f = Frame::decode(&h, 1 << 20).unwrap();
