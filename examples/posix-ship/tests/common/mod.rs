@@ -62,6 +62,18 @@ impl ServerProc {
                 auth.clone(),
                 "--no-root-squash".into(),
             ];
+            if transport.starts_with("ofi") {
+                // ofi peers are anonymous (no handshake credential yet): let the anonymous
+                // user be the tests' own.
+                // SAFETY: geteuid/getegid cannot fail.
+                let (u, g) = unsafe { (libc::geteuid(), libc::getegid()) };
+                own.extend([
+                    "--anon-uid".into(),
+                    u.to_string(),
+                    "--anon-gid".into(),
+                    g.to_string(),
+                ]);
+            }
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
             .args(["server", "--export"])
