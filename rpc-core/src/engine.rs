@@ -12,7 +12,7 @@ use crate::builder::{EngineBuilder, Guard};
 use crate::call::{Call, Transfer};
 use crate::counters::{CounterSnapshot, Counters};
 use crate::driver::{Registered, Shared, lock};
-use crate::handler::{ReplyTo, Responder, erase};
+use crate::handler::{Caller, ReplyTo, Responder, erase};
 use crate::proto::{HEADER_LEN, Header};
 use crate::slot::Slot;
 use crate::transfer::{Spec, Then};
@@ -131,6 +131,28 @@ impl Engine {
         self.register_responder(rpc, move |input, r: Responder<Out>| match f(input) {
             Ok(out) => r.respond(&out),
             Err(e) => r.fail(e),
+        })
+    }
+
+    /// Registers a handler that moves bulk data with its caller: as [`Engine::register`],
+    /// with the [`Caller`] through which transfers go over the request's own connection
+    /// (see [`Engine::pull`] for why a handler should not follow a descriptor's address).
+    pub fn register_with_caller<In, Out, E, F>(
+        &self,
+        rpc: Rpc<In, Out>,
+        f: F,
+    ) -> Result<(), RpcError>
+    where
+        In: DeserializeOwned + 'static,
+        Out: Serialize + 'static,
+        E: std::fmt::Display,
+        F: Fn(In, &Caller) -> Result<Out, E> + Send + Sync + 'static,
+    {
+        self.register_responder(rpc, move |input, r: Responder<Out>| {
+            match f(input, &r.caller()) {
+                Ok(out) => r.respond(&out),
+                Err(e) => r.fail(e),
+            }
         })
     }
 
@@ -254,8 +276,8 @@ impl Engine {
     ///
     /// The data moves with whatever process the descriptor names as its owner (dialled if
     /// need be): use it with descriptors from peers you trust to name a third party. A
-    /// handler serving a request uses [`crate::Caller::pull`], which moves data only
-    /// with the caller.
+    /// handler serving a request uses [`Caller::pull`] (see
+    /// [`Engine::register_with_caller`]), which moves data only with the caller.
     pub fn pull<'b>(
         &self,
         local: &'b mut Bulk<'_>,
@@ -294,7 +316,7 @@ impl Engine {
     /// Pushes `len` bytes of `local` at `local_off` into the peer's `remote` region at
     /// `remote_off`. The transfer borrows `local` until it ends. The data goes to whatever
     /// process the descriptor names (see [`Engine::pull`]; handlers use
-    /// [`crate::Caller::push`]).
+    /// [`Caller::push`]).
     pub fn push<'b>(
         &self,
         local: &'b Bulk<'_>,
@@ -303,24 +325,12 @@ impl Engine {
         remote_off: u64,
         len: u64,
     ) -> Transfer<'b> {
-        self.push_via(None, local, local_off, remote, remote_off, len)
+        self.transfer(None, false, local, local_off, remote, remote_off, len)
     }
 
-    /// As [`Engine::push`], over connection `via` when given.
-    pub(crate) fn push_via<'b>(
-        &self,
-        via: Option<PeerId>,
-        local: &'b Bulk<'_>,
-        local_off: u64,
-        remote: &Descriptor,
-        remote_off: u64,
-        len: u64,
-    ) -> Transfer<'b> {
-        self.transfer(via, false, local, local_off, remote, remote_off, len)
-    }
-
+    /// Plans and posts a transfer with the descriptor's owner, or over connection `via`.
     #[allow(clippy::too_many_arguments)]
-    fn transfer<'b>(
+    pub(crate) fn transfer<'b>(
         &self,
         via: Option<PeerId>,
         is_get: bool,

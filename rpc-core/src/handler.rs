@@ -266,7 +266,7 @@ impl Caller {
         len: u64,
     ) -> crate::Transfer<'b> {
         self.engine
-            .push_via(self.peer, local, local_off, remote, remote_off, len)
+            .transfer(self.peer, false, local, local_off, remote, remote_off, len)
     }
 
     /// The engine, to expose memory for the transfers.

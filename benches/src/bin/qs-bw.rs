@@ -205,24 +205,29 @@ fn serve(transport: &str, chunk: u64, depth: usize) {
     let h = e.handle();
     // N handles of S bytes, allocated and registered once per shape, as hg_bw does.
     let cache: Mutex<((u64, u64), Vec<Bulk<'static>>)> = Mutex::new(((0, 0), Vec::new()));
-    e.register(BW, move |(d, s, pull, n): (Descriptor, u64, bool, u64)| {
-        let mut c = cache.lock().map_err(|_| "poisoned")?;
-        if c.0 != (s, n) {
-            let fresh: Result<Vec<_>, _> = (0..n)
-                .map(|_| h.expose(vec![Seg::from(vec![1u8; s as usize])], Access::ReadWrite))
-                .collect();
-            *c = ((s, n), fresh.map_err(|e| e.to_string())?);
-        }
-        let ts: Vec<_> = if pull {
-            c.1.iter_mut().map(|b| h.pull(b, 0, &d, 0, s)).collect()
-        } else {
-            c.1.iter().map(|b| h.push(b, 0, &d, 0, s)).collect()
-        };
-        for t in ts {
-            t.wait().map_err(|e| e.to_string())?;
-        }
-        Ok::<_, String>(())
-    })
+    e.register_with_caller(
+        BW,
+        move |(d, s, pull, n): (Descriptor, u64, bool, u64), caller| {
+            let mut c = cache.lock().map_err(|_| "poisoned")?;
+            if c.0 != (s, n) {
+                let fresh: Result<Vec<_>, _> = (0..n)
+                    .map(|_| h.expose(vec![Seg::from(vec![1u8; s as usize])], Access::ReadWrite))
+                    .collect();
+                *c = ((s, n), fresh.map_err(|e| e.to_string())?);
+            }
+            let ts: Vec<_> = if pull {
+                c.1.iter_mut()
+                    .map(|b| caller.pull(b, 0, &d, 0, s))
+                    .collect()
+            } else {
+                c.1.iter().map(|b| caller.push(b, 0, &d, 0, s)).collect()
+            };
+            for t in ts {
+                t.wait().map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        },
+    )
     .expect("register");
     println!("{}", e.self_addr());
     std::io::stdout().flush().ok();

@@ -75,13 +75,14 @@ fn dd(lib: Option<&Path>, srv: &str, i: &str, o: &str, bs: usize, count: u64) ->
 fn raw_bulk(transport: &str, bs: usize, total: u64) -> Res<f64> {
     let listen = rpc_core::transport::listen_address(Some(transport))?.to_string();
     let server = Engine::new(&listen)?;
-    let h = server.handle();
-    server.register(PULL, move |d: Descriptor| {
+    server.register_with_caller(PULL, move |d: Descriptor, caller| {
         let mut buf = vec![0u8; d.len() as usize];
-        let mut b = h
+        let mut b = caller
+            .engine()
             .expose(vec![Seg::from(&mut buf[..])], Access::WriteOnly)
             .map_err(|e| e.to_string())?;
-        h.pull(&mut b, 0, &d, 0, d.len())
+        caller
+            .pull(&mut b, 0, &d, 0, d.len())
             .wait()
             .map_err(|e| e.to_string())?;
         Ok::<_, String>(d.len())

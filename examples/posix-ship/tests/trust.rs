@@ -135,34 +135,39 @@ fn nobody_key(base: &Path, auth: &str) -> String {
     format!("key:{}", dst.display())
 }
 
+/// A root server on a fresh export for the second-user tests; `None` (the test is skipped,
+/// as the README says) when the tests do not run as root.
+fn root_server(name: &str, transport: &str, args: &[&str]) -> Option<(PathBuf, ServerProc)> {
+    if !is_root() {
+        eprintln!("skipped: needs root to act as a second user");
+        return None;
+    }
+    let (base, export) = export(name);
+    Some((base, ServerProc::start(&export, transport, args)))
+}
+
 #[test]
 fn a_second_user_acts_with_its_own_rights_over_sm() {
-    if !is_root() {
-        return eprintln!("skipped: needs root to act as a second user");
-    }
-    let (base, export) = export("trust-sm");
-    let srv = ServerProc::start(&export, "sm", &[]);
+    let Some((base, srv)) = root_server("trust-sm", "sm", &[]) else {
+        return;
+    };
     nobody_has_only_its_own_rights(&srv, &base, "none");
 }
 
 #[test]
 fn a_second_user_acts_with_its_own_rights_over_tcp_with_a_shared_key() {
-    if !is_root() {
-        return eprintln!("skipped: needs root to act as a second user");
-    }
-    let (base, export) = export("trust-key");
-    let srv = ServerProc::start(&export, "tcp", &[]);
+    let Some((base, srv)) = root_server("trust-key", "tcp", &[]) else {
+        return;
+    };
     let auth = nobody_key(&base, &srv.auth);
     nobody_has_only_its_own_rights(&srv, &base, &auth);
 }
 
 #[test]
 fn a_second_user_acts_with_its_own_rights_over_tcp_with_munge() {
-    if !is_root() {
-        return eprintln!("skipped: needs root to act as a second user");
-    }
-    let (base, export) = export("trust-munge");
-    let srv = ServerProc::start(&export, "tcp", &["--auth", "munge"]);
+    let Some((base, srv)) = root_server("trust-munge", "tcp", &["--auth", "munge"]) else {
+        return;
+    };
     nobody_has_only_its_own_rights(&srv, &base, "munge");
     // Root through MUNGE is squashed by default: it cannot read its own 0600 file.
     let fs = RemoteFs::connect_with(
@@ -253,4 +258,45 @@ fn a_descriptor_naming_a_third_party_moves_data_with_the_caller_only() {
         .accept()
         .expect_err("the server dialled the descriptor's address");
     assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+}
+
+#[test]
+fn one_way_requests_belong_to_their_client_and_leave_no_fd_behind() {
+    use posix_ship::proto::{OPEN, OpenReq};
+    let (_base, export) = export("trust-oneway");
+    std::fs::write(export.join("pub/f"), b"x").unwrap();
+    let srv = ServerProc::start(&export, "tcp", &[]);
+    let watcher = srv.client();
+    {
+        // OPEN sent one-way: the answer (and its handle) is never seen by the sender.
+        let fs = srv.client();
+        let one_way: rpc_core::Rpc<OpenReq, ()> = rpc_core::Rpc::new(OPEN.name());
+        let server = fs.engine().lookup(&srv.addr).unwrap();
+        let req = OpenReq {
+            path: serde_bytes::ByteBuf::from(b"/pub/f".to_vec()),
+            flags: libc::O_RDONLY,
+            mode: 0,
+        };
+        for _ in 0..200 {
+            fs.engine().notify(&server, one_way, &req).unwrap();
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while watcher.server_stats().unwrap().open_files < 200 {
+            assert!(
+                std::time::Instant::now() < until,
+                "one-way opens not served"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    // The sender is gone: its handles, one-way ones included, are closed.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while watcher.server_stats().unwrap().open_files > 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "{} files left open by a client that left",
+            watcher.server_stats().unwrap().open_files
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

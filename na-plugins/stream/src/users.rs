@@ -5,7 +5,7 @@ use na::{Identity, MAX_GROUPS, Proof};
 /// The supplementary groups of `uid` (primary group `gid`) by this node's user database;
 /// just `gid` for a user it does not know.
 pub fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
-    let mut pw: libc::passwd = unsafe_zeroed();
+    let mut pw: libc::passwd = zeroed_passwd();
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut found: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: getpwuid_r fills `pw` with pointers into `buf`, both ours and live below.
@@ -46,7 +46,7 @@ pub fn own_identity() -> Identity {
     }
 }
 
-fn unsafe_zeroed() -> libc::passwd {
+fn zeroed_passwd() -> libc::passwd {
     // SAFETY: passwd is plain data (integers and pointers); all-zero is a valid value.
     unsafe { std::mem::zeroed() }
 }

@@ -107,17 +107,17 @@ fn server_memory(e: &Engine, op: &BulkOp, access: Access) -> Result<Bulk<'static
 type Regions = Mutex<HashMap<u64, Bulk<'static>>>;
 
 fn register_bulk(e: &Engine) -> Result<(), RpcError> {
-    let h = e.handle();
-    e.register(BULK_PULL, move |op: BulkOp| {
+    e.register_with_caller(BULK_PULL, move |op: BulkOp, caller| {
         let mut local = server_memory(
-            &h,
+            caller.engine(),
             &BulkOp {
                 seed: 0,
                 ..op.clone()
             },
             Access::WriteOnly,
         )?;
-        h.pull(&mut local, op.local_off, &op.desc, op.remote_off, op.len)
+        caller
+            .pull(&mut local, op.local_off, &op.desc, op.remote_off, op.len)
             .wait()
             .map_err(|err| err.to_string())?;
         let got = local.to_vec();
@@ -125,10 +125,10 @@ fn register_bulk(e: &Engine) -> Result<(), RpcError> {
             &got[op.local_off as usize..(op.local_off + op.len) as usize],
         ))
     })?;
-    let h = e.handle();
-    e.register(BULK_PUSH, move |op: BulkOp| {
-        let local = server_memory(&h, &op, Access::ReadOnly)?;
-        h.push(&local, op.local_off, &op.desc, op.remote_off, op.len)
+    e.register_with_caller(BULK_PUSH, move |op: BulkOp, caller| {
+        let local = server_memory(caller.engine(), &op, Access::ReadOnly)?;
+        caller
+            .push(&local, op.local_off, &op.desc, op.remote_off, op.len)
             .wait()
             .map_err(|err| err.to_string())?;
         let sent = local.to_vec();
