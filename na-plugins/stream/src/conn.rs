@@ -9,8 +9,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use na::{Address, Identity, OpId, PeerId};
 
@@ -47,6 +47,60 @@ pub struct OutFrame {
     body: Body,
     op: Option<OpId>,
     bulk: bool,
+    /// What the frame holds against its connection's backlog bound (answers only).
+    charge: Option<Charge>,
+}
+
+/// Memory an answer frame holds until it is written or dropped: counted per connection
+/// and in total, so that a peer that does not read its answers stops being read.
+struct Charge {
+    cost: usize,
+    conn: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+}
+
+impl Charge {
+    fn grow(&mut self, by: usize) {
+        self.cost += by;
+        self.conn.fetch_add(by, Ordering::SeqCst);
+        self.total.fetch_add(by, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.conn.fetch_sub(self.cost, Ordering::SeqCst);
+        self.total.fetch_sub(self.cost, Ordering::SeqCst);
+    }
+}
+
+/// Bookkeeping cost of a queued frame beyond its bytes.
+const FRAME_OVERHEAD: usize = 64;
+
+/// Bounds on the answers queued for peers that do not read them.
+#[derive(Clone, Copy, Debug)]
+pub struct Backlog {
+    /// Per connection: past it, the connection is not read until half of it is written.
+    pub per_conn: usize,
+    /// All connections: past it, connections holding more than a fair share
+    /// (`per_conn / 16`) are not read until half of that share is written.
+    pub total: usize,
+}
+
+impl Backlog {
+    fn fair(&self) -> usize {
+        self.per_conn / 16
+    }
+
+    /// Whether a connection holding `mine` (of `total`) must not be read.
+    pub fn over(&self, mine: usize, total: usize) -> bool {
+        mine > self.per_conn || (total > self.total && mine > self.fair())
+    }
+
+    /// Whether a paused connection may be read again.
+    pub fn under(&self, mine: usize, total: usize) -> bool {
+        mine <= self.per_conn / 2 && (total <= self.total || mine <= self.fair() / 2)
+    }
 }
 
 impl OutFrame {
@@ -70,7 +124,32 @@ impl OutFrame {
             body,
             op,
             bulk,
+            charge: None,
         }
+    }
+
+    /// Whether the frame answers something the peer sent (and so counts against the
+    /// peer's backlog): our own requests and data never do, so two busy peers cannot
+    /// stop reading each other.
+    fn is_answer(&self) -> bool {
+        const ANSWERS: [u8; 5] = [
+            Kind::Expected as u8,
+            Kind::GetResp as u8,
+            Kind::PutResp as u8,
+            Kind::Challenge as u8,
+            Kind::Refused as u8,
+        ];
+        ANSWERS.contains(&self.hdr[3])
+    }
+
+    /// Memory the frame holds (registered regions are the owner's, not the queue's).
+    fn held(&self) -> usize {
+        FRAME_OVERHEAD
+            + HEADER_LEN
+            + match &self.body {
+                Body::Owned(v) => v.len(),
+                Body::Region { prefix, .. } => prefix.len(),
+            }
     }
 
     fn len(&self) -> usize {
@@ -122,7 +201,11 @@ impl OutFrame {
                 v.extend_from_slice(part);
             }
             v.resize(want, 0);
+            let grown = *len;
             self.body = Body::Owned(v);
+            if let Some(c) = &mut self.charge {
+                c.grow(grown);
+            }
         }
     }
 }
@@ -213,6 +296,11 @@ pub struct Conn {
     pub identity: OnceLock<Option<Identity>>,
     /// Whether our hello is queued (dialled connections write nothing before it).
     greeted: AtomicBool,
+    /// Memory held by answers queued for the peer, and by all connections' answers.
+    backlog: Arc<AtomicUsize>,
+    total_backlog: Arc<AtomicUsize>,
+    /// Not read until its backlog is written (see [`Backlog`]).
+    paused: AtomicBool,
 }
 
 /// Outcome of a flush.
@@ -235,6 +323,7 @@ impl Conn {
         outgoing: bool,
         connected: bool,
         max_frame: usize,
+        total_backlog: Arc<AtomicUsize>,
     ) -> Self {
         Conn {
             peer,
@@ -253,7 +342,46 @@ impl Conn {
             nonce: [0; crate::auth::NONCE_LEN],
             identity: OnceLock::new(),
             greeted: AtomicBool::new(!outgoing),
+            backlog: Arc::default(),
+            total_backlog,
+            paused: AtomicBool::new(false),
         }
+    }
+
+    /// Memory held by answers queued for the peer.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::SeqCst)
+    }
+
+    /// Pauses reading when the peer's answers pile up unread; false if reading may go on.
+    /// (Paused, then checked again: a writer that drained the backlog meanwhile either
+    /// saw the pause and resumes, or is seen here.)
+    pub fn pause_if_over(&self, b: &Backlog) -> bool {
+        let total = &self.total_backlog;
+        if !b.over(self.backlog(), total.load(Ordering::SeqCst)) {
+            return false;
+        }
+        self.paused.store(true, Ordering::SeqCst);
+        if b.over(self.backlog(), total.load(Ordering::SeqCst)) {
+            return true;
+        }
+        self.paused.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// Whether reading is paused for the backlog.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Whether a paused connection may now be read again (true once per pause).
+    pub fn take_resume(&self, b: &Backlog) -> bool {
+        self.paused.load(Ordering::SeqCst)
+            && b.under(self.backlog(), self.total_backlog.load(Ordering::SeqCst))
+            && self
+                .paused
+                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
     }
 
     /// Whether our hello is queued (always true of accepted connections).
@@ -292,9 +420,18 @@ impl Conn {
 
     /// Posts a frame without writing it yet (the read path batches its answers and
     /// flushes once); returns it if the connection is closed.
-    pub fn post(&self, f: OutFrame) -> Result<(), OutFrame> {
+    pub fn post(&self, mut f: OutFrame) -> Result<(), OutFrame> {
         if self.closed.load(Ordering::Acquire) {
             return Err(f);
+        }
+        if f.is_answer() {
+            let mut c = Charge {
+                cost: 0,
+                conn: self.backlog.clone(),
+                total: self.total_backlog.clone(),
+            };
+            c.grow(f.held());
+            f.charge = Some(c);
         }
         lock(&self.inbox).push_back(f);
         Ok(())

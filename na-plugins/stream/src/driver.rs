@@ -15,6 +15,10 @@ use crate::{StreamPlugin, lock, users};
 /// Bytes read from one connection per progress call before completions get their turn.
 const READ_BUDGET: usize = 2 << 20;
 
+/// Single-copy requests read and not yet served, per connection, before reading stops
+/// until they are served.
+const MAX_COPIES_QUEUED: usize = 256;
+
 impl StreamPlugin {
     pub(crate) fn accept_all(&self) {
         for wire in self.net.accept() {
@@ -27,6 +31,12 @@ impl StreamPlugin {
 
     pub(crate) fn on_conn_event(&self, peer: PeerId, ev: &mio::event::Event) {
         let Ok(conn) = self.conn(peer) else { return };
+        if (ev.is_read_closed() || ev.is_error()) && conn.is_paused() {
+            // Paused for answers it never read, and now gone: nothing it sent is worth
+            // reading, and its answers cannot be delivered.
+            let why = format!("hung up with {} bytes of answers unread", conn.backlog());
+            return self.close_conn(peer, NaError::Disconnected(why));
+        }
         let (read, write) = conn.wire.ready(ev);
         if write {
             if !conn.is_connected() {
@@ -37,7 +47,7 @@ impl StreamPlugin {
                 }
             }
             let f = conn.flush(&self.mem);
-            self.complete_sends(f.done);
+            self.after_flush(&conn, f);
         }
         if read {
             self.read_or_close(&conn);
@@ -49,7 +59,7 @@ impl StreamPlugin {
         match self.read_conn(conn) {
             Ok(()) => {
                 let f = conn.flush(&self.mem);
-                self.complete_sends(f.done);
+                self.after_flush(conn, f);
             }
             Err(e) => self.close_conn(conn.peer, e),
         }
@@ -94,7 +104,17 @@ impl StreamPlugin {
     fn read_frames(&self, conn: &Conn, rs: &mut ReadState) -> NaResult<()> {
         let mut budget = READ_BUDGET;
         loop {
-            if budget == 0 {
+            // A peer that does not read its answers is not read either (its requests wait
+            // in its socket); writing its backlog resumes reading (`after_flush`).
+            if conn.pause_if_over(&self.cfg.backlog) {
+                tracing::debug!(
+                    peer = conn.peer.0,
+                    backlog = conn.backlog(),
+                    "paused: answers unread"
+                );
+                return Ok(());
+            }
+            if budget == 0 || rs.copies.len() >= MAX_COPIES_QUEUED {
                 lock(&self.unread).insert(conn.peer);
                 return Ok(());
             }
@@ -235,7 +255,7 @@ impl StreamPlugin {
             .map_err(NaError::AccessDenied)?;
         let hello = auth::encode_hello(self.net.self_addr(), &to, &cred);
         let f = conn.greet(OutFrame::new(Kind::Hello, 0, hello, None), &self.mem);
-        self.complete_sends(f.done);
+        self.after_flush(conn, f);
         Ok(())
     }
 

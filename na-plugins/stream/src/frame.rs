@@ -310,14 +310,17 @@ impl Decoder {
         }
     }
 
-    /// Space to read into, at least `min` bytes, and enough for the whole frame in progress
-    /// so that a large frame arrives in few reads.
+    /// Space to read into, at least `min` bytes. For a large frame in progress the buffer
+    /// grows with what has arrived (at most doubling what the frame has delivered so far),
+    /// not to what its header announces: a peer that announces 512 KiB and stalls costs
+    /// `min`, not 512 KiB.
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
-        let want = self.pending_need().max(min);
+        let arrived = self.end - self.start;
+        let want = self.pending_need().min(arrived.max(min)).max(min);
         if self.buf.len() - self.end < want {
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
@@ -494,6 +497,31 @@ mod tests {
             assert_eq!(got, vec![(5, 5), (6, 0), (7, 300)], "cut at {cut}");
             assert!(!d.mid_frame());
         }
+    }
+
+    #[test]
+    fn a_stalled_large_frame_does_not_reserve_what_it_announces() {
+        let mut d = Decoder::new(1 << 20);
+        let hdr = Header {
+            kind: Kind::Unexpected,
+            len: 1 << 20,
+            tag: 1,
+        }
+        .encode();
+        d.feed(&hdr);
+        assert!(
+            d.spare(4096).len() <= 64 * 1024,
+            "reserved the announced length"
+        );
+        // As bytes arrive, the buffer keeps up with them, doubling at most.
+        let mut sent = 0;
+        while sent < 1 << 20 {
+            let n = d.spare(4096).len().min((1 << 20) - sent);
+            assert!(n <= (sent + HEADER_LEN).max(64 * 1024) + 4096);
+            d.commit(n);
+            sent += n;
+        }
+        assert_eq!(d.next_frame().unwrap().unwrap().1.len(), 1 << 20);
     }
 
     #[test]

@@ -22,12 +22,13 @@ mod single;
 mod users;
 mod wire;
 
+pub use conn::Backlog;
 pub use wire::{Connector, CopyDir, RawPiece, Wire};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use na::{
     RemoteMem, Segment,
 };
 
-use conn::{Body, Conn, OutFrame};
+use conn::{Body, Conn, Flushed, OutFrame};
 use frame::{Kind, RmaReq};
 use mr::MemTable;
 use ops::{Ops, Rma};
@@ -59,6 +60,8 @@ pub struct StreamConfig {
     /// The proof demanded of peers that dial us (where the wire cannot ask the kernel), and
     /// shown to peers we dial.
     pub auth: Auth,
+    /// Bounds on answers queued for peers that do not read them.
+    pub backlog: Backlog,
 }
 
 impl Default for StreamConfig {
@@ -70,6 +73,12 @@ impl Default for StreamConfig {
             rma_chunk: 512 * 1024,
             rma_window: 4,
             auth: Auth::None,
+            // A peer that does not read its answers is not read past 4 MiB of them; all
+            // peers together hold at most 64 MiB before the largest are paused.
+            backlog: Backlog {
+                per_conn: 4 << 20,
+                total: 64 << 20,
+            },
         }
     }
 }
@@ -92,6 +101,8 @@ pub struct StreamPlugin {
     unread: Mutex<HashSet<PeerId>>,
     /// Zero-timeout progress calls, to ask the kernel only now and then (memory polling).
     spins: AtomicU64,
+    /// Memory held by answers queued on all connections.
+    backlog: Arc<AtomicUsize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,12 +141,18 @@ impl StreamPlugin {
             events: Mutex::new(VecDeque::new()),
             unread: Mutex::new(HashSet::new()),
             spins: AtomicU64::new(0),
+            backlog: Arc::default(),
         })
     }
 
     /// Operations posted and not yet completed (for leak checks).
     pub fn pending_ops(&self) -> usize {
         lock(&self.ops).len()
+    }
+
+    /// Memory held by answers queued for peers, on all connections.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::SeqCst)
     }
 
     /// Open connections.
@@ -171,7 +188,14 @@ impl StreamPlugin {
             };
             Some(auth::Challenge::new(demand).map_err(NaError::InvalidArgument)?)
         };
-        let mut conn = Conn::new(peer, wire, outgoing, connected, self.max_frame());
+        let mut conn = Conn::new(
+            peer,
+            wire,
+            outgoing,
+            connected,
+            self.max_frame(),
+            self.backlog.clone(),
+        );
         if let Some(ch) = &challenge {
             conn.nonce = ch.nonce;
         }
@@ -213,6 +237,17 @@ impl StreamPlugin {
         }
     }
 
+    /// Completes the sends a flush of `conn` finished, and reads `conn` again if it was
+    /// paused for its backlog and the flush drained it.
+    fn after_flush(&self, conn: &Conn, f: Flushed) {
+        if conn.take_resume(&self.cfg.backlog) {
+            tracing::debug!(peer = conn.peer.0, "backlog written: reading again");
+            lock(&self.unread).insert(conn.peer);
+            let _ = self.waker.wake();
+        }
+        self.complete_sends(f.done);
+    }
+
     fn complete_sends(&self, done: Vec<OpId>) {
         if done.is_empty() {
             return;
@@ -237,7 +272,7 @@ impl StreamPlugin {
         let conn = self.conn(peer)?;
         let op = lock(&self.ops).add_send(peer);
         match conn.send(OutFrame::new(kind, tag, data, Some(op)), &self.mem) {
-            Ok(f) => self.complete_sends(f.done),
+            Ok(f) => self.after_flush(&conn, f),
             Err(_) => self.fail_op(op, NaError::Disconnected("connection closed".into())),
         }
         Ok(op)
@@ -303,7 +338,7 @@ impl StreamPlugin {
     fn poll_memory(&self) -> bool {
         let ready: Vec<Arc<Conn>> = lock(&self.conns)
             .values()
-            .filter(|c| c.wire.has_input())
+            .filter(|c| !c.is_paused() && c.wire.has_input())
             .cloned()
             .collect();
         for c in &ready {
@@ -379,7 +414,7 @@ impl StreamPlugin {
     fn send_frames(&self, conn: &Conn, frames: Vec<OutFrame>) {
         for f in frames {
             match conn.send(f, &self.mem) {
-                Ok(fl) => self.complete_sends(fl.done),
+                Ok(fl) => self.after_flush(conn, fl),
                 // The connection is closing; its ops fail in close_conn.
                 Err(_) => break,
             }
@@ -444,7 +479,7 @@ impl Plugin for StreamPlugin {
         let conns: Vec<Arc<Conn>> = lock(&self.conns).values().cloned().collect();
         for c in conns {
             let f = c.materialize(handle.id, &self.mem);
-            self.complete_sends(f.done);
+            self.after_flush(&c, f);
         }
         self.mem.remove(handle.id);
         Ok(())

@@ -68,7 +68,7 @@ impl StreamPlugin {
         if !answers.is_empty() {
             self.queue_frames(conn, answers);
             let f = conn.flush(&self.mem);
-            self.complete_sends(f.done);
+            self.after_flush(conn, f);
         }
     }
 
