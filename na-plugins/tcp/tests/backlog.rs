@@ -7,34 +7,11 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use na::{Address, Event, Plugin};
-use na_tcp::frame::{Header, Kind, RmaReq};
-use na_tcp::{StreamConfig, StreamPlugin, TcpPlugin, auth};
+use na_tcp::frame::{Kind, RmaReq};
+use na_tcp::{StreamConfig, auth};
 
-fn plugin() -> StreamPlugin {
-    TcpPlugin::new(&Address::parse("tcp://127.0.0.1:0").unwrap()).unwrap()
-}
-
-fn frame(kind: Kind, tag: u64, body: &[u8]) -> Vec<u8> {
-    let h = Header {
-        kind,
-        len: body.len() as u32,
-        tag,
-    };
-    let mut v = h.encode().to_vec();
-    v.extend_from_slice(body);
-    v
-}
-
-/// Drives `ps` until `done` or 10 s.
-fn drive(ps: &[&StreamPlugin], mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < until, "timed out");
-        for p in ps {
-            p.progress(Some(Duration::from_millis(2))).unwrap();
-        }
-    }
-}
+mod common;
+use common::{drive, frame, plugin};
 
 #[test]
 fn a_peer_that_never_reads_answers_is_paused_and_bounded() {

@@ -3,37 +3,14 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use na::{Address, Event, Plugin};
-use na_tcp::frame::{Header, Kind};
-use na_tcp::{StreamPlugin, TcpPlugin, auth};
+use na::{Event, Plugin};
+use na_tcp::frame::Kind;
+use na_tcp::auth;
 
-fn plugin() -> StreamPlugin {
-    TcpPlugin::new(&Address::parse("tcp://127.0.0.1:0").unwrap()).unwrap()
-}
-
-fn frame(kind: Kind, body: &[u8]) -> Vec<u8> {
-    let h = Header {
-        kind,
-        len: body.len() as u32,
-        tag: 0,
-    };
-    let mut v = h.encode().to_vec();
-    v.extend_from_slice(body);
-    v
-}
-
-/// Drives `ps` until `done` or 5 s.
-fn drive(ps: &[&StreamPlugin], mut done: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(5);
-    while !done() {
-        assert!(Instant::now() < until, "timed out");
-        for p in ps {
-            p.progress(Some(Duration::from_millis(5))).unwrap();
-        }
-    }
-}
+mod common;
+use common::{drive, frame, plugin};
 
 #[test]
 fn a_hello_naming_another_process_does_not_capture_its_traffic() {
@@ -51,7 +28,7 @@ fn a_hello_naming_another_process_does_not_capture_its_traffic() {
         challenge.len() >= 16 + 34
     });
     let hello = auth::encode_hello(victim.self_addr(), server.self_addr(), b"");
-    impostor.write_all(&frame(Kind::Hello, &hello)).unwrap();
+    impostor.write_all(&frame(Kind::Hello, 0, &hello)).unwrap();
     for _ in 0..20 {
         server.progress(Some(Duration::from_millis(5))).unwrap();
     }
