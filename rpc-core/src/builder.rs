@@ -12,6 +12,7 @@ use crate::counters::Counters;
 use crate::driver::{Calls, Shared, lock, progress_loop};
 use crate::engine::{Engine, ProgressMode};
 use crate::pool::Pool;
+use crate::proto::Budget;
 use crate::{RpcError, transport};
 
 /// Builds an [`Engine`].
@@ -26,6 +27,8 @@ pub struct EngineBuilder {
     chunk: ChunkConfig,
     inline_bulk: usize,
     max_overflow: u64,
+    overflow_budget: (u64, u64),
+    queued_per_peer: u64,
     auth: Option<na::Auth>,
 }
 
@@ -41,6 +44,8 @@ impl Default for EngineBuilder {
             chunk: ChunkConfig::default(),
             inline_bulk: 16 << 10,
             max_overflow: 256 << 20,
+            overflow_budget: (256 << 20, 1 << 30),
+            queued_per_peer: 1024,
             auth: None,
         }
     }
@@ -110,6 +115,22 @@ impl EngineBuilder {
         self
     }
 
+    /// Bytes of overflow messages (large requests being pulled or served, large answers
+    /// waiting to be pulled) one peer may hold, and all peers together; past either, a
+    /// request or answer is refused with `Busy` before its memory is allocated (default
+    /// 256 MiB and 1 GiB).
+    pub fn overflow_budget(mut self, per_peer: u64, total: u64) -> Self {
+        self.overflow_budget = (per_peer, total);
+        self
+    }
+
+    /// Requests one peer may have queued for the workers (default 1024; the total is
+    /// [`EngineBuilder::max_queued`]); past it the peer gets `Busy`.
+    pub fn max_queued_per_peer(mut self, n: u64) -> Self {
+        self.queued_per_peer = n.max(1);
+        self
+    }
+
     /// Opens the transport and starts the engine.
     /// How peers prove who they are on transports where the kernel cannot tell (tcp):
     /// demanded of peers that dial this engine, and shown to servers it dials. Same-node
@@ -139,7 +160,14 @@ impl EngineBuilder {
             pool,
             drive: Mutex::new(()),
             stopping: AtomicBool::new(false),
-            max_queued: self.max_queued,
+            queued: Arc::new(Mutex::new(Budget::new(
+                self.queued_per_peer.min(self.max_queued),
+                self.max_queued,
+            ))),
+            overflow: Arc::new(Mutex::new(Budget::new(
+                self.overflow_budget.0,
+                self.overflow_budget.1,
+            ))),
             spin: self.spin,
             default_timeout: self.timeout,
             chunk: self.chunk,

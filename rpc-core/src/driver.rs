@@ -16,7 +16,7 @@ use crate::counters::Counters;
 use crate::engine::{Endpoint, ProgressMode};
 use crate::handler::{Handler, Incoming, ReplyTo};
 use crate::pool::Pool;
-use crate::proto::{CallTable, Header, MsgKind, Phase, Status};
+use crate::proto::{Budget, CallTable, Header, MsgKind, Over, Phase, Status};
 use crate::slot::Slot;
 use crate::transfer::{Exposed, Xfer};
 
@@ -74,7 +74,11 @@ pub(crate) struct Shared {
     pub(crate) pool: Pool,
     pub(crate) drive: Mutex<()>,
     pub(crate) stopping: AtomicBool,
-    pub(crate) max_queued: u64,
+    /// Requests queued for workers, per peer and in total.
+    pub(crate) queued: Arc<Mutex<Budget>>,
+    /// Bytes of overflow requests being pulled or served and answers exposed, per peer and
+    /// in total (taken before the memory is allocated).
+    pub(crate) overflow: Arc<Mutex<Budget>>,
     pub(crate) spin: Duration,
     pub(crate) default_timeout: Option<Duration>,
     pub(crate) chunk: ChunkConfig,
@@ -88,6 +92,34 @@ pub(crate) struct Shared {
 
 /// A callback run when a peer is lost.
 pub(crate) type LostHook = Arc<dyn Fn(PeerId) + Send + Sync>;
+
+/// A share of a [`Budget`], given back when dropped.
+pub(crate) struct Held {
+    budget: Arc<Mutex<Budget>>,
+    peer: Option<PeerId>,
+    n: u64,
+}
+
+impl Held {
+    pub(crate) fn take(
+        budget: &Arc<Mutex<Budget>>,
+        peer: Option<PeerId>,
+        n: u64,
+    ) -> Result<Held, Over> {
+        lock(budget).take(peer, n)?;
+        Ok(Held {
+            budget: budget.clone(),
+            peer,
+            n,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        lock(&self.budget).give(self.peer, self.n);
+    }
+}
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -251,11 +283,12 @@ impl Shared {
 
     pub(crate) fn on_request(self: &Arc<Self>, reply: ReplyTo, msg: Vec<u8>) {
         Counters::add(&self.counters.rpcs_received, 1);
-        self.dispatch(reply, msg);
+        self.dispatch(reply, msg, None);
     }
 
     /// Sends a request to its handler (or answers why not).
-    pub(crate) fn dispatch(self: &Arc<Self>, reply: ReplyTo, msg: Vec<u8>) {
+    /// `held` is the overflow budget the request's memory took, if it was pulled.
+    pub(crate) fn dispatch(self: &Arc<Self>, reply: ReplyTo, msg: Vec<u8>, held: Option<Held>) {
         let h = match Header::decode(&msg) {
             Ok((h, _)) => h,
             Err(e) => {
@@ -289,15 +322,18 @@ impl Shared {
         if self.stopping.load(Ordering::Acquire) {
             return reply.send(self, h.rpc_id, Status::ShuttingDown, b"");
         }
-        if self.counters.queue_depth.load(Ordering::Relaxed) >= self.max_queued {
-            Counters::add(&self.counters.bad_requests, 1);
-            return reply.send(
-                self,
-                h.rpc_id,
-                Status::Busy,
-                format!("{} requests queued", self.max_queued).as_bytes(),
-            );
-        }
+        let queued = match Held::take(&self.queued, reply.peer(), 1) {
+            Ok(q) => q,
+            Err(over) => {
+                Counters::add(&self.counters.bad_requests, 1);
+                let (mine, all) = lock(&self.queued).limits();
+                let why = match over {
+                    Over::Peer => format!("{mine} requests of this client queued"),
+                    Over::Total => format!("{all} requests queued"),
+                };
+                return reply.send(self, h.rpc_id, Status::Busy, why.as_bytes());
+            }
+        };
         Counters::add(&self.counters.queue_depth, 1);
         let inc = Incoming {
             shared: self.clone(),
@@ -309,6 +345,7 @@ impl Shared {
             let shared = inc.shared.clone();
             let _span = tracing::debug_span!("rpc_handler", rpc_id = inc.rpc_id).entered();
             handler(inc);
+            drop((queued, held));
             Counters::sub(&shared.counters.queue_depth, 1);
         });
     }
@@ -374,12 +411,15 @@ impl Shared {
             return Ok(());
         }
         let now = Instant::now();
+        // Unreleased overflow answers are freed on time, not at the next unrelated event.
+        let exposed_due = self.expire_exposed(now);
         let wait = {
             let mut c = lock(&self.calls);
-            let until_deadline = c
-                .table
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
+            let until_deadline = match (c.table.next_deadline(), exposed_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|d| d.saturating_duration_since(now));
             let wait = match (timeout, until_deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

@@ -15,9 +15,9 @@ use na::{Access, MemHandle, NaResult, OpId, PeerId, RemoteMem};
 
 use crate::RpcError;
 use crate::call::Answer;
-use crate::driver::{CallEntry, Calls, Pending, Shared, lock};
+use crate::driver::{CallEntry, Calls, Held, Pending, Shared, lock};
 use crate::handler::ReplyTo;
-use crate::proto::{HEADER_LEN, Header, MsgKind, Phase, Status};
+use crate::proto::{HEADER_LEN, Header, MsgKind, Over, Phase, Status};
 use crate::slot::Slot;
 
 /// What to do when a transfer is over.
@@ -32,7 +32,11 @@ pub(crate) enum Then {
         release: u64,
     },
     /// An overflow request landed in `buf`: dispatch it.
-    Request { buf: Bulk<'static>, reply: ReplyTo },
+    Request {
+        buf: Bulk<'static>,
+        reply: ReplyTo,
+        held: Held,
+    },
 }
 
 /// A transfer in flight.
@@ -51,6 +55,7 @@ pub(crate) struct Xfer {
 /// An overflow answer exposed for its caller to pull.
 pub(crate) struct Exposed {
     _bulk: Bulk<'static>,
+    _held: Held,
     pub(crate) peer: PeerId,
     deadline: Instant,
 }
@@ -195,8 +200,8 @@ impl Shared {
                 self.send_release(server, release);
                 self.complete(slot, result.map(|_| buf.into_vec()));
             }
-            Then::Request { buf, reply } => match result {
-                Ok(_) => self.dispatch(reply, buf.into_vec()),
+            Then::Request { buf, reply, held } => match result {
+                Ok(_) => self.dispatch(reply, buf.into_vec(), Some(held)),
                 Err(e) => reply.send(
                     self,
                     0,
@@ -234,16 +239,24 @@ impl Shared {
     /// The server's side of an answer too large to send: expose it until released.
     pub(crate) fn overflow_answer(&self, peer: PeerId, rpc_id: u64, msg: Vec<u8>) -> Vec<u8> {
         let release = RELEASE_IDS.fetch_add(1, Ordering::Relaxed);
-        let exposed = (msg.len() as u64 <= self.max_overflow)
-            .then(|| Bulk::new(&self.plugin, vec![Seg::from(msg)], Access::ReadOnly))
-            .and_then(Result::ok);
         let mut stub = Vec::with_capacity(256);
-        let Some(b) = exposed else {
-            Header::response(rpc_id, Status::OutputTooLarge).write(&mut stub);
-            stub.extend_from_slice(
-                format!("answer over the limit of {} bytes", self.max_overflow).as_bytes(),
-            );
-            return stub;
+        let mut refuse = |status: Status, why: String| {
+            Header::response(rpc_id, status).write(&mut stub);
+            stub.extend_from_slice(why.as_bytes());
+            std::mem::take(&mut stub)
+        };
+        let len = msg.len() as u64;
+        if len > self.max_overflow {
+            let why = format!("answer over the limit of {} bytes", self.max_overflow);
+            return refuse(Status::OutputTooLarge, why);
+        }
+        let held = match Held::take(&self.overflow, Some(peer), len) {
+            Ok(h) => h,
+            Err(over) => return refuse(Status::Busy, self.overflow_refusal(over, len)),
+        };
+        let b = match Bulk::new(&self.plugin, vec![Seg::from(msg)], Access::ReadOnly) {
+            Ok(b) => b,
+            Err(e) => return refuse(Status::OutputTooLarge, format!("cannot expose: {e}")),
         };
         Header::response(rpc_id, Status::Ok)
             .overflow()
@@ -255,10 +268,13 @@ impl Shared {
             release,
             Exposed {
                 _bulk: b,
+                _held: held,
                 peer,
                 deadline,
             },
         );
+        // The progress thread may be asleep with no deadline: let it arm this one.
+        self.plugin.wake();
         stub
     }
 
@@ -350,26 +366,45 @@ impl Shared {
         reply: ReplyTo,
         stub: &[u8],
     ) {
-        let prepared = || -> Result<(Descriptor, PeerId, Bulk<'static>), String> {
+        let prepared = || -> Result<(Descriptor, PeerId, Bulk<'static>, Held), (Status, String)> {
+            let bad = |why: String| (Status::BadInput, why);
             let d: Descriptor = rmp_serde::from_slice(&stub[HEADER_LEN..])
-                .map_err(|e| format!("bad overflow request: {e}"))?;
-            let peer = from.ok_or("overflow request from a local caller")?;
+                .map_err(|e| bad(format!("bad overflow request: {e}")))?;
+            let peer = from.ok_or_else(|| bad("overflow request from a local caller".into()))?;
+            if d.len() > self.max_overflow {
+                let limit = self.max_overflow;
+                return Err(bad(format!(
+                    "overflow request: {} bytes over the limit of {limit}",
+                    d.len()
+                )));
+            }
+            // Counted before a byte is allocated: a peer's pulls wait their turn.
+            let held = Held::take(&self.overflow, Some(peer), d.len())
+                .map_err(|over| (Status::Busy, self.overflow_refusal(over, d.len())))?;
             let buf = self
                 .landing(d.len())
-                .map_err(|e| format!("overflow request: {e}"))?;
-            Ok((d, peer, buf))
+                .map_err(|e| bad(format!("overflow request: {e}")))?;
+            Ok((d, peer, buf, held))
         };
         match prepared() {
-            Err(why) => reply.send(self, 0, Status::BadInput, why.as_bytes()),
-            Ok((d, peer, buf)) => {
+            Err((status, why)) => reply.send(self, 0, status, why.as_bytes()),
+            Ok((d, peer, buf, held)) => {
                 let spec = Spec::pull_whole(peer, &buf, &d);
                 self.post_transfer(
                     spec,
-                    Then::Request { buf, reply },
+                    Then::Request { buf, reply, held },
                     None,
                     self.default_timeout,
                 );
             }
+        }
+    }
+
+    fn overflow_refusal(&self, over: Over, len: u64) -> String {
+        let (mine, all) = lock(&self.overflow).limits();
+        match over {
+            Over::Peer => format!("{len} bytes of overflow past this client's {mine}"),
+            Over::Total => format!("{len} bytes of overflow past the server's {all}"),
         }
     }
 
@@ -395,11 +430,13 @@ impl Shared {
         }
     }
 
-    /// Frees overflow answers never released.
-    pub(crate) fn expire_exposed(&self, now: Instant) {
+    /// Frees overflow answers never released; returns when the next one expires.
+    pub(crate) fn expire_exposed(&self, now: Instant) -> Option<Instant> {
         let mut ex = lock(&self.exposed);
-        if !ex.is_empty() {
-            ex.retain(|_, x| x.deadline > now);
+        if ex.is_empty() {
+            return None;
         }
+        ex.retain(|_, x| x.deadline > now);
+        ex.values().map(|x| x.deadline).min()
     }
 }

@@ -6,8 +6,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use na::{Event, Plugin};
-use na_tcp::frame::Kind;
 use na_tcp::auth;
+use na_tcp::frame::Kind;
 
 mod common;
 use common::{drive, frame, plugin};
