@@ -29,6 +29,7 @@ pub struct EngineBuilder {
     max_overflow: u64,
     overflow_budget: (u64, u64),
     queued_per_peer: u64,
+    stand_ins: usize,
     auth: Option<na::Auth>,
 }
 
@@ -46,6 +47,7 @@ impl Default for EngineBuilder {
             max_overflow: 256 << 20,
             overflow_budget: (256 << 20, 1 << 30),
             queued_per_peer: 1024,
+            stand_ins: 256,
             auth: None,
         }
     }
@@ -124,6 +126,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Threads the pool may add while handlers wait on the engine (a bulk transfer with
+    /// their caller, a call elsewhere), so that waiting handlers do not starve the others
+    /// (default 256).
+    pub fn max_stand_ins(mut self, n: usize) -> Self {
+        self.stand_ins = n;
+        self
+    }
+
     /// Requests one peer may have queued for the workers (default 1024; the total is
     /// [`EngineBuilder::max_queued`]); past it the peer gets `Busy`.
     pub fn max_queued_per_peer(mut self, n: u64) -> Self {
@@ -149,7 +159,8 @@ impl EngineBuilder {
             None => na::Auth::from_env()?,
         };
         let plugin = transport::open(&addr, auth)?;
-        let pool = Pool::new(self.workers).map_err(|e| RpcError::Transport(e.into()))?;
+        let pool =
+            Pool::new(self.workers, self.stand_ins).map_err(|e| RpcError::Transport(e.into()))?;
         let shared = Arc::new(Shared {
             self_addr: plugin.self_addr().clone(),
             plugin,

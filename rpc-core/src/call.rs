@@ -30,7 +30,7 @@ struct Op {
 impl Op {
     fn wait(&self) -> Option<Answer> {
         match self.shared.mode {
-            ProgressMode::Thread => self.slot.wait(),
+            ProgressMode::Thread => crate::pool::waiting(|| self.slot.wait()),
             ProgressMode::Manual | ProgressMode::BusyPoll => loop {
                 if let Some(a) = self.slot.try_take() {
                     break Some(a);
