@@ -17,11 +17,13 @@ macro_rules! counters {
             pub calls_in_flight: u64,
             /// Overflow answers exposed now, waiting for their callers to pull them.
             pub answers_exposed: u64,
+            /// Stand-in worker threads alive now (handlers waiting on the engine).
+            pub stand_ins: u64,
         }
 
         impl Counters {
-            pub(crate) fn snapshot(&self, calls_in_flight: u64, answers_exposed: u64) -> CounterSnapshot {
-                CounterSnapshot { $($name: self.$name.load(Relaxed),)* calls_in_flight, answers_exposed }
+            pub(crate) fn snapshot(&self, calls_in_flight: u64, answers_exposed: u64, stand_ins: u64) -> CounterSnapshot {
+                CounterSnapshot { $($name: self.$name.load(Relaxed),)* calls_in_flight, answers_exposed, stand_ins }
             }
         }
 
@@ -29,7 +31,8 @@ macro_rules! counters {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 $(writeln!(f, "{:<18} {}", stringify!($name), self.$name)?;)*
                 writeln!(f, "{:<18} {}", "calls_in_flight", self.calls_in_flight)?;
-                write!(f, "{:<18} {}", "answers_exposed", self.answers_exposed)
+                writeln!(f, "{:<18} {}", "answers_exposed", self.answers_exposed)?;
+                write!(f, "{:<18} {}", "stand_ins", self.stand_ins)
             }
         }
     };

@@ -408,9 +408,11 @@ impl Engine {
     /// A snapshot of the counters.
     pub fn counters(&self) -> CounterSnapshot {
         let in_flight = lock(&self.shared.calls).table.len() as u64;
-        self.shared
-            .counters
-            .snapshot(in_flight, lock(&self.shared.exposed).len() as u64)
+        self.shared.counters.snapshot(
+            in_flight,
+            lock(&self.shared.exposed).len() as u64,
+            self.shared.pool.stand_ins() as u64,
+        )
     }
 }
 
