@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use posix_ship::client::RemoteFs;
+use posix_ship::client::{ClientOptions, RemoteFs};
 use posix_ship::server::{Auth, Limits, Policy, Server, ServerConfig};
 
 /// POSIX function shipping over Quicksilver.
@@ -18,6 +18,15 @@ struct Cli {
     /// The server's address (client commands).
     #[arg(short, long, env = "POSIX_SHIP_SERVER", global = true)]
     server: Option<String>,
+    /// Seconds a client command waits for the server to answer each call (connecting
+    /// included) before it fails with "timed out".
+    #[arg(
+        long,
+        env = "POSIX_SHIP_TIMEOUT",
+        global = true,
+        default_value_t = 30.0
+    )]
+    timeout: f64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -39,6 +48,17 @@ enum Cmd {
         /// Open files per client.
         #[arg(long, default_value_t = Limits::default().open_files)]
         max_open: usize,
+        /// Open files of all clients together (default and upper bound: the descriptor
+        /// limit less a quarter kept for connections).
+        #[arg(long)]
+        max_open_total: Option<usize>,
+        /// Bulk data held for one client's reads and writes at once, in MiB (past it,
+        /// reads and writes are served short, as POSIX allows).
+        #[arg(long, default_value_t = Limits::default().staging_per_client >> 20)]
+        staging_mib: u64,
+        /// Bulk data held for all clients at once, in MiB.
+        #[arg(long, default_value_t = Limits::default().staging_total >> 20)]
+        staging_total_mib: u64,
         /// Requests in flight per client.
         #[arg(long, default_value_t = Limits::default().in_flight)]
         max_in_flight: usize,
@@ -105,14 +125,21 @@ fn main() {
     }
 }
 
-fn connect(server: Option<String>) -> io::Result<RemoteFs> {
+fn connect(server: Option<String>, timeout: f64) -> io::Result<RemoteFs> {
     let addr = server.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             "no server: pass --server ADDR or set POSIX_SHIP_SERVER",
         )
     })?;
-    RemoteFs::connect(&addr).map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))
+    let timeout = Duration::try_from_secs_f64(timeout)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("--timeout: {e}")))?;
+    let opts = ClientOptions {
+        timeout: Some(timeout),
+        ..ClientOptions::default()
+    };
+    RemoteFs::connect_with(&addr, opts)
+        .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))
 }
 
 fn with_path(p: &str, e: io::Error) -> io::Error {
@@ -120,13 +147,16 @@ fn with_path(p: &str, e: io::Error) -> io::Error {
 }
 
 fn run(cli: Cli) -> io::Result<()> {
-    let fs = || connect(cli.server.clone());
+    let fs = || connect(cli.server.clone(), cli.timeout);
     match cli.cmd {
         Cmd::Server {
             export,
             listen,
             read_only,
             max_open,
+            max_open_total,
+            staging_mib,
+            staging_total_mib,
             max_in_flight,
             workers,
             auth,
@@ -142,7 +172,10 @@ fn run(cli: Cli) -> io::Result<()> {
             read_only,
             limits: Limits {
                 open_files: max_open,
+                total_open: max_open_total.unwrap_or(usize::MAX),
                 in_flight: max_in_flight,
+                staging_per_client: staging_mib << 20,
+                staging_total: staging_total_mib << 20,
             },
             workers,
             auth: Auth::parse(&auth).map_err(io::Error::other)?,

@@ -41,9 +41,10 @@ pub enum NaError {
     /// The peer sent a malformed frame or broke the protocol; its connection was closed.
     #[error("peer misbehaved: {0}")]
     PeerMisbehaved(String),
-    /// The remote owner refused a memory access (wrong key, out of bounds, access mode,
-    /// deregistered region). Remote memory was not touched.
-    #[error("remote memory access denied: {0}")]
+    /// The peer refused: a memory access (wrong key, out of bounds, access mode,
+    /// deregistered region; remote memory was not touched), or the connection itself (a
+    /// credential it does not accept, no descriptors left); the text says which.
+    #[error("access denied: {0}")]
     AccessDenied(String),
     /// The peer could not be reached.
     #[error("peer unreachable: {0}")]

@@ -125,7 +125,14 @@ impl StreamPlugin {
                 }
                 continue;
             }
-            let buf = rs.decoder.spare(64 * 1024);
+            // Until the handshake is done a connection reads in small pieces: a crowd of
+            // connections that never finish it holds little memory.
+            let shaken = if conn.outgoing {
+                conn.is_greeted()
+            } else {
+                conn.identity.get().is_some()
+            };
+            let buf = rs.decoder.spare(if shaken { 64 * 1024 } else { 4096 });
             let buf_len = buf.len();
             match conn.wire.read(buf) {
                 Ok(0) if rs.decoder.mid_frame() => {

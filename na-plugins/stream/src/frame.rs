@@ -290,8 +290,8 @@ pub struct DirectStart<'a> {
 }
 
 /// Turns a byte stream into frames. Read into [`Decoder::spare`], [`Decoder::commit`] what
-/// was read, then take frames out with [`Decoder::next_frame`]. The buffer is allocated once
-/// and grows only to fit the largest frame seen.
+/// was read, then take frames out with [`Decoder::next_frame`]. The buffer is allocated at
+/// the first read and grows only to fit the largest frame seen.
 pub struct Decoder {
     buf: Vec<u8>,
     start: usize,
@@ -303,7 +303,7 @@ impl Decoder {
     /// A decoder accepting payloads up to `max_len` bytes.
     pub fn new(max_len: usize) -> Self {
         Decoder {
-            buf: vec![0; 64 * 1024],
+            buf: Vec::new(),
             start: 0,
             end: 0,
             max_len,

@@ -72,6 +72,7 @@ impl TcpPlugin {
             local,
             wildcard,
             socket_buffer: cfg.socket_buffer,
+            spare: std::sync::Mutex::new(spare_fd()),
         };
         StreamPlugin::new(Box::new(net), cfg.stream)
     }
@@ -100,6 +101,13 @@ struct Tcp {
     /// Bound to every interface: peers may dial any of our addresses.
     wildcard: bool,
     socket_buffer: usize,
+    /// A descriptor held back, given up to refuse connections when the process has no
+    /// other left (so that dialers hear why instead of waiting in the backlog).
+    spare: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+fn spare_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 impl Tcp {
@@ -109,6 +117,36 @@ impl Tcp {
         let _ = sock.set_send_buffer_size(self.socket_buffer);
         let _ = sock.set_recv_buffer_size(self.socket_buffer);
         Box::new(TcpWire(s))
+    }
+}
+
+impl Tcp {
+    /// Out of descriptors: gives up the spare to accept one pending connection, tells it
+    /// why in a `Refused` frame and closes it. False if there is no spare to give up or
+    /// no connection waiting.
+    fn refuse_one(&self) -> bool {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.take().is_none() {
+            *spare = spare_fd();
+            return false;
+        }
+        // (accept says EMFILE before it looks at the queue: there may be nobody.)
+        let refused = match self.listener.accept() {
+            Ok((mut s, from)) => {
+                let why = b"the server is out of file descriptors (EMFILE); try later";
+                let h = frame::Header {
+                    kind: frame::Kind::Refused,
+                    len: why.len() as u32,
+                    tag: 0,
+                };
+                let _ = s.write_all(&[&h.encode()[..], why].concat());
+                tracing::warn!(%from, "refused a connection: out of file descriptors");
+                true
+            }
+            Err(_) => false,
+        };
+        *spare = spare_fd();
+        refused
     }
 }
 
@@ -159,8 +197,13 @@ impl Connector for Tcp {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if !self.refuse_one() {
+                        tracing::debug!(error = %e, "tcp accept: nobody refused");
+                        return out;
+                    }
+                }
                 Err(e) => {
-                    // EMFILE and friends: log and retry on the next readiness event.
                     tracing::warn!(error = %e, "tcp accept failed");
                     return out;
                 }

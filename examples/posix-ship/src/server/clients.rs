@@ -15,23 +15,40 @@ use rustix::io::Errno;
 
 use crate::proto::{Fh, ServerStats};
 
-/// Bounds on what one client may hold.
+/// Bounds on what one client, and all clients together, may hold.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Open files and directories per client (past it: `EMFILE`).
     pub open_files: usize,
+    /// Open files and directories of all clients (past it: `EMFILE`); the server lowers it
+    /// to fit its descriptor limit with room to spare for connections, so that it never
+    /// runs out itself (default: as many as that allows).
+    pub total_open: usize,
     /// Requests served at once per client (past it: `EAGAIN`).
     pub in_flight: usize,
+    /// Bytes of bulk data held for one client's reads and writes at once; past it (or
+    /// past `staging_total`) reads and writes are served short, as POSIX allows, down to
+    /// [`MIN_STAGE`] each.
+    pub staging_per_client: u64,
+    /// Bytes of bulk data held for all clients at once.
+    pub staging_total: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             open_files: 1024,
+            total_open: usize::MAX,
             in_flight: 64,
+            staging_per_client: 64 << 20,
+            staging_total: 256 << 20,
         }
     }
 }
+
+/// The smallest share of staging memory a read or write gets, whatever the pressure (so
+/// that every request makes progress; bounded by the in-flight bound).
+pub const MIN_STAGE: u64 = 64 << 10;
 
 /// An open file or directory on the server.
 pub struct OpenFile {
@@ -58,6 +75,7 @@ pub const LOCAL: ClientId = u64::MAX;
 struct Client {
     files: HashMap<u64, Arc<OpenFile>>,
     in_flight: usize,
+    staged: u64,
 }
 
 #[derive(Default)]
@@ -68,6 +86,7 @@ struct Table {
     gone: HashSet<ClientId>,
     gone_order: VecDeque<ClientId>,
     open_files: u64,
+    staged: u64,
 }
 
 /// Every client's state.
@@ -84,6 +103,14 @@ pub struct Clients {
 pub struct Admitted<'a> {
     clients: &'a Clients,
     id: ClientId,
+}
+
+/// Staging memory granted to one read or write; given back when dropped.
+pub struct Staged<'a> {
+    clients: &'a Clients,
+    id: ClientId,
+    /// Bytes granted (at most what was asked).
+    pub len: u64,
 }
 
 impl Clients {
@@ -139,6 +166,16 @@ impl Clients {
         if c.files.len() >= self.limits.open_files {
             return Err(Errno::MFILE);
         }
+        if t.open_files >= self.limits.total_open as u64 {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                client = id,
+                total = t.open_files,
+                "open refused: the server's file budget is spent (--max-open-total)"
+            );
+            return Err(Errno::MFILE);
+        }
+        let c = t.clients.entry(id).or_default();
         let fh = loop {
             let mut b = [0u8; 8];
             getrandom::fill(&mut b).map_err(|_| Errno::IO)?;
@@ -150,6 +187,23 @@ impl Clients {
         c.files.insert(fh, Arc::new(file));
         t.open_files += 1;
         Ok(Fh(fh))
+    }
+
+    /// Grants `id` up to `want` bytes of staging memory: less under pressure, never less
+    /// than [`MIN_STAGE`] (or `want`, if smaller).
+    pub fn stage(&self, id: ClientId, want: u64) -> Staged<'_> {
+        let mut t = self.lock();
+        let free_total = self.limits.staging_total.saturating_sub(t.staged);
+        let c = t.clients.entry(id).or_default();
+        let free_mine = self.limits.staging_per_client.saturating_sub(c.staged);
+        let len = want.min(free_mine.min(free_total).max(MIN_STAGE));
+        c.staged += len;
+        t.staged += len;
+        Staged {
+            clients: self,
+            id,
+            len,
+        }
     }
 
     /// The file behind `fh` for `id` (`EBADF` if it is not one of theirs, or closed).
@@ -214,6 +268,16 @@ impl Clients {
     }
 }
 
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        let mut t = self.clients.lock();
+        t.staged -= self.len;
+        if let Some(c) = t.clients.get_mut(&self.id) {
+            c.staged -= self.len;
+        }
+    }
+}
+
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         let mut t = self.clients.lock();
@@ -245,6 +309,7 @@ mod tests {
         let c = Clients::new(Limits {
             open_files: 2,
             in_flight: 1,
+            ..Limits::default()
         });
         let a = c.insert(1, devnull()).unwrap();
         assert!(c.get(1, a).is_ok());
@@ -279,10 +344,34 @@ mod tests {
     }
 
     #[test]
+    fn the_file_budget_and_staging_memory_hold_across_clients() {
+        let c = Clients::new(Limits {
+            total_open: 3,
+            staging_per_client: 1 << 20,
+            staging_total: 3 << 19,
+            ..Limits::default()
+        });
+        for id in 1..=3 {
+            c.insert(id, devnull()).unwrap();
+        }
+        assert_eq!(c.insert(4, devnull()).err(), Some(Errno::MFILE));
+        let _busy = c.admit(1).unwrap();
+        let a = c.stage(1, 4 << 20);
+        assert_eq!(a.len, 1 << 20, "the client's share");
+        let b = c.stage(2, 4 << 20);
+        assert_eq!(b.len, 1 << 19, "what is left in total");
+        assert_eq!(c.stage(3, 4 << 20).len, MIN_STAGE, "the floor");
+        assert_eq!(c.stage(3, 100).len, 100);
+        drop((a, b));
+        assert_eq!(c.stage(2, 4 << 20).len, 1 << 20, "given back");
+    }
+
+    #[test]
     fn requests_past_the_bound_and_after_drain_are_refused() {
         let c = Clients::new(Limits {
             open_files: 2,
             in_flight: 1,
+            ..Limits::default()
         });
         let first = c.admit(5).unwrap();
         assert_eq!(c.admit(5).err(), Some(Errno::AGAIN));

@@ -83,16 +83,23 @@ impl Server {
     /// Opens the export and starts serving.
     pub fn start(cfg: ServerConfig) -> std::io::Result<Server> {
         let export = Export::open(&cfg.export)?;
+        let mut limits = cfg.limits;
+        limits.total_open = limits.total_open.min(file_budget());
         let listen = rpc_core::transport::listen_address(Some(&cfg.listen)).map_err(io)?;
+        // Nothing in this protocol needs large messages (directory pages are the largest):
+        // keep what one client can make the engine hold small.
         let engine = Engine::builder()
             .listen(&listen.to_string())
             .workers(cfg.workers)
+            .max_overflow(4 << 20)
+            .overflow_budget(8 << 20, 64 << 20)
+            .max_queued_per_peer(2 * limits.in_flight as u64)
             .auth(cfg.auth.clone())
             .build()
             .map_err(io)?;
         let state = Arc::new(State {
             export,
-            clients: Clients::new(cfg.limits),
+            clients: Clients::new(limits),
             read_only: cfg.read_only,
             policy: cfg.policy.clone(),
         });
@@ -125,6 +132,23 @@ impl Server {
         std::thread::sleep(Duration::from_millis(50));
         self.stats()
     }
+}
+
+/// How many files clients may hold open together: the descriptor limit (raised to its
+/// hard value) less a quarter (at least 64) kept for connections and the server itself.
+fn file_budget() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::debug!(error = %e, "cannot raise the descriptor limit");
+        }
+    }
+    let n = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20) as usize;
+    let budget = n.saturating_sub((n / 4).max(64));
+    tracing::info!(fd_limit = n, files = budget, "file budget");
+    budget
 }
 
 fn io(e: rpc_core::RpcError) -> std::io::Error {

@@ -36,6 +36,10 @@ type R<T> = Result<T, Errno>;
 /// timeout, so that a caller whose memory never answers holds a worker only this long.
 pub const BULK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The most a read answers inline: an answer must fit in one message, so that no client
+/// can make the server hold a large answer for it to pull.
+pub const MAX_INLINE_READ: u64 = 60 << 10;
+
 /// Flags a client may pass to `open`; the rest are dropped.
 const OPEN_FLAGS: OFlags = OFlags::ACCMODE
     .union(OFlags::CREATE)
@@ -125,7 +129,8 @@ impl Ctx<'_> {
         self.clients.remove(self.id, fh).map(drop)
     }
 
-    /// `pread`: inline, or pushed into the caller's buffer.
+    /// `pread`: inline, or pushed into the caller's buffer. Short (as POSIX allows) past
+    /// [`MAX_INLINE_READ`] inline, and under staging-memory pressure.
     pub fn read(&self, r: &ReadReq) -> R<ReadData> {
         let f = self.clients.get(self.id, r.fh)?;
         let len = r.len.min(MAX_IO);
@@ -134,6 +139,13 @@ impl Ctx<'_> {
         {
             return Err(Errno::INVAL);
         }
+        let (len, _staged) = match r.dest {
+            None => (len.min(MAX_INLINE_READ), None),
+            Some(_) => {
+                let s = self.clients.stage(self.id, len);
+                (s.len, Some(s))
+            }
+        };
         let mut buf = vec![0u8; len as usize];
         let n = pread_full(&f.fd, &mut buf, r.offset)?;
         buf.truncate(n);
@@ -155,32 +167,34 @@ impl Ctx<'_> {
         Ok(ReadData::Pushed(n as u64))
     }
 
-    /// `pwrite`, or an append: inline, or pulled from the caller's buffer.
+    /// `pwrite`, or an append: inline, or pulled from the caller's buffer (short under
+    /// staging-memory pressure; the client writes the rest next).
     pub fn write(&self, r: WriteReq) -> R<Written> {
         self.writable()?;
         let f = self.clients.get(self.id, r.fh)?;
         if !f.writable {
             return Err(Errno::BADF);
         }
-        let data = match r.data {
-            WriteData::Inline(b) => b.into_vec(),
+        let (data, _staged) = match r.data {
+            WriteData::Inline(b) => (b.into_vec(), None),
             WriteData::Bulk(src) => {
                 if src.len() > MAX_IO {
                     return Err(Errno::INVAL);
                 }
-                let mut buf = vec![0u8; src.len() as usize];
+                let staged = self.clients.stage(self.id, src.len());
+                let mut buf = vec![0u8; staged.len as usize];
                 let mut dst = self
                     .caller
                     .engine()
                     .expose(vec![Seg::from(&mut buf[..])], Access::WriteOnly)
                     .map_err(bulk_errno)?;
                 self.caller
-                    .pull(&mut dst, 0, &src, 0, src.len())
+                    .pull(&mut dst, 0, &src, 0, staged.len)
                     .timeout(BULK_TIMEOUT)
                     .wait()
                     .map_err(bulk_errno)?;
                 drop(dst);
-                buf
+                (buf, Some(staged))
             }
         };
         match (r.offset, f.append) {

@@ -47,6 +47,17 @@ impl ServerProc {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> ServerProc {
+        Self::start_with(export, transport, args, env, None)
+    }
+
+    /// As `start_env`, the server's descriptor limit (soft and hard) set to `nofile`.
+    pub fn start_with(
+        export: &Path,
+        transport: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> ServerProc {
         let mut own = Vec::new();
         let mut auth = String::from("none");
         if !args.contains(&"--auth") {
@@ -75,7 +86,25 @@ impl ServerProc {
                 ]);
             }
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_posix-ship"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd
             .args(["server", "--export"])
             .arg(export)
             .args(["--listen", transport])

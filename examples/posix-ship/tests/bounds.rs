@@ -1,0 +1,327 @@
+//! Resource attacks on a real server process, each while a well-behaved client works:
+//! the server's memory stays under 256 MiB, the good client's calls stay fast, and
+//! nothing hangs. Attackers are real clients (engines whose progress is never driven, so
+//! they never read an answer nor answer a transfer), raw sockets, and a stopped server.
+//!
+//! The figures each test prints (`cargo test -p posix-ship --test bounds -- --nocapture
+//! --test-threads 1`) are the README's.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{ServerProc, errno, scratch};
+use posix_ship::client::{ClientOptions, RemoteFs};
+use posix_ship::proto::*;
+use rpc_core::{Access, Engine, ProgressMode, Seg};
+use serde_bytes::ByteBuf;
+
+const RSS_BOUND: u64 = 256 << 20;
+const GOOD_CALL: Duration = Duration::from_millis(50);
+
+/// The server's resident memory.
+fn rss(s: &ServerProc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kb << 10
+}
+
+/// Runs `attack` (it returns once the attack is under way), then for `secs` makes a good
+/// client's `stat` over and over and samples the server's memory; returns (peak RSS,
+/// median and max call time) after asserting the bounds.
+fn under_attack(name: &str, s: &ServerProc, secs: u64, attack: impl FnOnce()) -> (u64, Duration) {
+    let good = s.client();
+    good.metadata("/").unwrap();
+    let before = rss(s);
+    attack();
+    let (mut peak, mut times) = (before, Vec::new());
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        let t = Instant::now();
+        good.metadata("/").expect("the good client is served");
+        times.push(t.elapsed());
+        peak = peak.max(rss(s));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    times.sort();
+    let (median, max) = (times[times.len() / 2], times[times.len() - 1]);
+    println!(
+        "{name}: server RSS {} MiB before, {} MiB peak; good client's stat median {median:?}, max {max:?} ({} calls)",
+        before >> 20,
+        peak >> 20,
+        times.len()
+    );
+    assert!(
+        peak < RSS_BOUND,
+        "{name}: server grew to {} MiB",
+        peak >> 20
+    );
+    assert!(median < GOOD_CALL, "{name}: good client waited {median:?}");
+    (peak, median)
+}
+
+/// An engine that never makes progress once connected: it reads no answer and answers
+/// no transfer.
+fn frozen_engine(s: &ServerProc) -> (Engine, rpc_core::Endpoint) {
+    let e = Engine::builder()
+        .listen("tcp://127.0.0.1:0")
+        .progress_mode(ProgressMode::Manual)
+        .auth(rpc_core::Auth::parse(&s.auth).unwrap())
+        .build()
+        .unwrap();
+    let p = e.lookup(&s.addr).unwrap();
+    // One call made while progressing, so that the handshake is done.
+    e.call(&p, SERVER_STATS, &()).wait().unwrap();
+    (e, p)
+}
+
+fn server(name: &str, args: &[&str]) -> ServerProc {
+    let export = scratch(name);
+    std::fs::write(export.join("big"), vec![5u8; 16 << 20]).unwrap();
+    ServerProc::start(&export, "tcp", args)
+}
+
+#[test]
+fn a_client_that_never_reads_answers() {
+    let s = server("bounds-noread", &[]);
+    let (e, p) = frozen_engine(&s);
+    let mut calls = Vec::new();
+    let open = OpenReq {
+        path: ByteBuf::from(&b"big"[..]),
+        flags: libc::O_RDONLY,
+        mode: 0,
+    };
+    let fh = e.call(&p, OPEN, &open).wait().unwrap().unwrap().fh;
+    under_attack("never reads answers", &s, 3, || {
+        // 20 000 reads of 60 KiB inline (1.2 GB of answers) that it never reads.
+        for i in 0..20_000u64 {
+            let req = ReadReq {
+                fh,
+                offset: (i % 256) << 16,
+                len: 60 << 10,
+                dest: None,
+            };
+            calls.push(e.call(&p, READ, &req));
+        }
+    });
+    std::mem::forget(calls); // dropping would cancel them: that needs progress
+}
+
+#[test]
+fn a_client_whose_memory_never_answers_its_reads() {
+    let s = server("bounds-pin", &["--workers", "8"]);
+    let (e, p) = frozen_engine(&s);
+    let open = OpenReq {
+        path: ByteBuf::from(&b"big"[..]),
+        flags: libc::O_RDONLY,
+        mode: 0,
+    };
+    // Opened while progressing; then 64 reads of 16 MiB into memory that never answers:
+    // every one pins a handler until the bulk timeout, and holds 16 MiB if it can.
+    let fh = {
+        let (e2, p2) = (&e, &p);
+        e2.call(p2, OPEN, &open).wait().unwrap().unwrap().fh
+    };
+    let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 16 << 20]).collect();
+    let mut calls = Vec::new();
+    let mut exposed = Vec::new();
+    under_attack("reads into memory that never answers", &s, 4, || {
+        for b in bufs.iter_mut() {
+            let bulk = e
+                .expose(vec![Seg::from(&mut b[..])], Access::WriteOnly)
+                .unwrap();
+            let req = ReadReq {
+                fh,
+                offset: 0,
+                len: 16 << 20,
+                dest: Some(bulk.descriptor()),
+            };
+            calls.push(e.call(&p, READ, &req));
+            exposed.push(bulk);
+        }
+    });
+    std::mem::forget(calls);
+    std::mem::forget(exposed);
+}
+
+#[test]
+fn large_overflow_inputs_are_refused_before_allocation() {
+    let s = server("bounds-overflow", &[]);
+    let c = Engine::builder()
+        .listen("tcp://127.0.0.1:0")
+        .auth(rpc_core::Auth::parse(&s.auth).unwrap())
+        .max_overflow(512 << 20)
+        .build()
+        .unwrap();
+    let p = c.lookup(&s.addr).unwrap();
+    let data = ByteBuf::from(vec![3u8; 256 << 20]);
+    let open = OpenReq {
+        path: ByteBuf::from(&b"out"[..]),
+        flags: libc::O_WRONLY | libc::O_CREAT,
+        mode: 0o600,
+    };
+    let fh = c.call(&p, OPEN, &open).wait().unwrap().unwrap().fh;
+    let mut calls = Vec::new();
+    under_attack("four 256 MiB inline writes", &s, 2, || {
+        for _ in 0..4 {
+            let req = WriteReq {
+                fh,
+                offset: Some(0),
+                data: WriteData::Inline(data.clone()),
+            };
+            calls.push(c.call(&p, WRITE, &req));
+        }
+    });
+    for call in calls {
+        let r = call.wait();
+        assert!(
+            matches!(&r, Err(rpc_core::RpcError::BadInput(why)) if why.contains("limit")),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn slowloris_and_silent_sm_connects() {
+    let s = server("bounds-slowloris", &[]);
+    let mut socks = Vec::new();
+    under_attack("1000 slowloris tcp connections", &s, 3, || {
+        // Each announces a 512 KiB hello (the largest frame) and sends 16 bytes of it.
+        let mut h = vec![0x53, 0x51, 1, 1]; // "QS", wire version 1, Hello
+        h.extend_from_slice(&(512u32 << 10).to_le_bytes());
+        h.extend_from_slice(&0u64.to_le_bytes());
+        for _ in 0..1000 {
+            let mut t = TcpStream::connect(s.addr.trim_start_matches("tcp://")).unwrap();
+            t.write_all(&h).unwrap();
+            t.write_all(&[0u8; 16]).unwrap();
+            socks.push(t);
+        }
+    });
+    drop(socks);
+    let export = scratch("bounds-sm");
+    let name = format!("bounds-{}", std::process::id());
+    let s = ServerProc::start(&export, &format!("sm://{name}"), &[]);
+    let mut silent = Vec::new();
+    under_attack("50 silent sm connects", &s, 2, || {
+        use std::os::linux::net::SocketAddrExt;
+        let a =
+            std::os::unix::net::SocketAddr::from_abstract_name(format!("qs-sm/{name}")).unwrap();
+        for _ in 0..50 {
+            silent.push(std::os::unix::net::UnixStream::connect_addr(&a).unwrap());
+        }
+    });
+}
+
+#[test]
+fn clients_past_the_file_budget_are_refused_at_once() {
+    // 512 descriptors: 384 for clients' files, the rest for connections.
+    let export = scratch("bounds-fds");
+    for i in 0..20 {
+        std::fs::write(export.join(format!("f{i}")), b"x").unwrap();
+    }
+    let s = ServerProc::start_with(&export, "tcp", &["--max-open", "20"], &[], Some(512));
+    let clients: Vec<RemoteFs> = (0..20).map(|_| s.client()).collect();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for c in &clients {
+        for i in 0..20 {
+            match c.open(&format!("f{i}")) {
+                Ok(f) => held.push(f),
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(held.len(), 384, "the budget, no more");
+    assert_eq!(refused, 400 - 384);
+    // The 21st client is served, and told EMFILE at once for a new file.
+    let t = Instant::now();
+    let late = s.client();
+    late.metadata("f0").unwrap();
+    assert_eq!(errno(late.open("f0")), libc::EMFILE);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // Connections past the descriptor limit are refused with the reason, not left waiting.
+    let mut extra = Vec::new();
+    let t = Instant::now();
+    let why = loop {
+        assert!(t.elapsed() < Duration::from_secs(10), "never refused");
+        let opts = ClientOptions {
+            timeout: Some(Duration::from_secs(2)),
+            ..s.options()
+        };
+        let t1 = Instant::now();
+        match RemoteFs::connect_with(&s.addr, opts) {
+            Ok(c) => extra.push(c),
+            Err(e) => {
+                assert!(t1.elapsed() < Duration::from_secs(1), "{:?}", t1.elapsed());
+                break e.to_string();
+            }
+        }
+    };
+    println!(
+        "file budget: {} files held, {refused} opens refused with EMFILE; connection {} refused: {why}",
+        held.len(),
+        clients.len() + extra.len() + 2
+    );
+    assert!(why.contains("file descriptors"), "{why}");
+    drop(extra);
+    assert!(late.metadata("f0").is_ok(), "the server still serves");
+}
+
+#[test]
+fn the_cli_fails_within_its_timeout_against_a_stopped_server() {
+    let export = scratch("bounds-stopped");
+    let s = ServerProc::start(&export, "tcp", &[]);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGSTOP) };
+    let t = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_posix-ship"))
+        .args(["--timeout", "2", "stat", "/"])
+        .env("POSIX_SHIP_SERVER", &s.addr)
+        .env("QS_AUTH", &s.auth)
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGCONT) };
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("stopped server: the CLI (--timeout 2) failed after {took:?}: {err}");
+    assert!(!out.status.success());
+    assert!(err.contains("timed out"), "{err}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn one_way_requests_count_against_the_client_bounds() {
+    let s = server("bounds-oneway", &["--max-open", "100"]);
+    let fs = s.client();
+    let one_way: rpc_core::Rpc<OpenReq, ()> = rpc_core::Rpc::new(OPEN.name());
+    let p = fs.engine().lookup(&s.addr).unwrap();
+    let open = OpenReq {
+        path: ByteBuf::from(&b"big"[..]),
+        flags: libc::O_RDONLY,
+        mode: 0,
+    };
+    for _ in 0..1000 {
+        fs.engine().notify(&p, one_way, &open).unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    while fs.server_stats().unwrap().open_files < 100 {
+        assert!(Instant::now() < until, "one-way opens not served");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        fs.server_stats().unwrap().open_files,
+        100,
+        "--max-open holds"
+    );
+}
