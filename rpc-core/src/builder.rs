@@ -159,6 +159,11 @@ impl EngineBuilder {
             None => na::Auth::from_env()?,
         };
         let plugin = transport::open(&addr, auth)?;
+        // The first `counted_from` requests of the queue are not counted per peer (no
+        // lock on the common path); the budgets hold the rest, so that a peer still holds
+        // at most its share and the queue at most `max_queued`.
+        let per_peer = self.queued_per_peer.min(self.max_queued);
+        let counted_from = (per_peer / 2).min(64);
         let pool =
             Pool::new(self.workers, self.stand_ins).map_err(|e| RpcError::Transport(e.into()))?;
         let shared = Arc::new(Shared {
@@ -172,9 +177,10 @@ impl EngineBuilder {
             drive: Mutex::new(()),
             stopping: AtomicBool::new(false),
             queued: Arc::new(Mutex::new(Budget::new(
-                self.queued_per_peer.min(self.max_queued),
-                self.max_queued,
+                per_peer - counted_from,
+                self.max_queued - counted_from,
             ))),
+            queue_counted_from: counted_from,
             overflow: Arc::new(Mutex::new(Budget::new(
                 self.overflow_budget.0,
                 self.overflow_budget.1,

@@ -74,8 +74,10 @@ pub(crate) struct Shared {
     pub(crate) pool: Pool,
     pub(crate) drive: Mutex<()>,
     pub(crate) stopping: AtomicBool,
-    /// Requests queued for workers, per peer and in total.
+    /// Requests queued for workers past the first `queue_counted_from`, per peer and in
+    /// total (see the builder).
     pub(crate) queued: Arc<Mutex<Budget>>,
+    pub(crate) queue_counted_from: u64,
     /// Bytes of overflow requests being pulled or served and answers exposed, per peer and
     /// in total (taken before the memory is allocated).
     pub(crate) overflow: Arc<Mutex<Budget>>,
@@ -322,9 +324,15 @@ impl Shared {
         if self.stopping.load(Ordering::Acquire) {
             return reply.send(self, h.rpc_id, Status::ShuttingDown, b"");
         }
-        let queued = match Held::take(&self.queued, reply.peer(), 1) {
-            Ok(q) => q,
-            Err(over) => {
+        // Requests are counted per peer only once the queue is deep enough for one peer to
+        // matter (so a peer holds at most that depth plus its share): the common case
+        // takes no lock.
+        let depth = self.counters.queue_depth.load(Ordering::Relaxed);
+        let count = depth >= self.queue_counted_from;
+        let queued = match count.then(|| Held::take(&self.queued, reply.peer(), 1)) {
+            None => None,
+            Some(Ok(q)) => Some(q),
+            Some(Err(over)) => {
                 Counters::add(&self.counters.bad_requests, 1);
                 let (mine, all) = lock(&self.queued).limits();
                 let why = match over {

@@ -48,30 +48,7 @@ pub struct OutFrame {
     op: Option<OpId>,
     bulk: bool,
     /// What the frame holds against its connection's backlog bound (answers only).
-    charge: Option<Charge>,
-}
-
-/// Memory an answer frame holds until it is written or dropped: counted per connection
-/// and in total, so that a peer that does not read its answers stops being read.
-struct Charge {
-    cost: usize,
-    conn: Arc<AtomicUsize>,
-    total: Arc<AtomicUsize>,
-}
-
-impl Charge {
-    fn grow(&mut self, by: usize) {
-        self.cost += by;
-        self.conn.fetch_add(by, Ordering::SeqCst);
-        self.total.fetch_add(by, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.conn.fetch_sub(self.cost, Ordering::SeqCst);
-        self.total.fetch_sub(self.cost, Ordering::SeqCst);
-    }
+    charge: usize,
 }
 
 /// Bookkeeping cost of a queued frame beyond its bytes.
@@ -124,7 +101,7 @@ impl OutFrame {
             body,
             op,
             bulk,
-            charge: None,
+            charge: 0,
         }
     }
 
@@ -185,8 +162,9 @@ impl OutFrame {
         }
     }
 
-    /// Copies region bytes into the frame, so that the region can go away.
-    fn materialize(&mut self, key_gone: u64, mem: &MemRead<'_>) {
+    /// Copies region bytes into the frame, so that the region can go away; returns how
+    /// much more the frame holds against its backlog.
+    fn materialize(&mut self, key_gone: u64, mem: &MemRead<'_>) -> usize {
         if let Body::Region {
             prefix,
             key,
@@ -203,10 +181,12 @@ impl OutFrame {
             v.resize(want, 0);
             let grown = *len;
             self.body = Body::Owned(v);
-            if let Some(c) = &mut self.charge {
-                c.grow(grown);
+            if self.charge > 0 {
+                self.charge += grown;
+                return grown;
             }
         }
+        0
     }
 }
 
@@ -297,7 +277,7 @@ pub struct Conn {
     /// Whether our hello is queued (dialled connections write nothing before it).
     greeted: AtomicBool,
     /// Memory held by answers queued for the peer, and by all connections' answers.
-    backlog: Arc<AtomicUsize>,
+    backlog: AtomicUsize,
     total_backlog: Arc<AtomicUsize>,
     /// Not read until its backlog is written (see [`Backlog`]).
     paused: AtomicBool,
@@ -342,10 +322,34 @@ impl Conn {
             nonce: [0; crate::auth::NONCE_LEN],
             identity: OnceLock::new(),
             greeted: AtomicBool::new(!outgoing),
-            backlog: Arc::default(),
+            backlog: AtomicUsize::new(0),
             total_backlog,
             paused: AtomicBool::new(false),
         }
+    }
+
+    fn charge(&self, n: usize) {
+        if n > 0 {
+            self.backlog.fetch_add(n, Ordering::SeqCst);
+            self.total_backlog.fetch_add(n, Ordering::SeqCst);
+        }
+    }
+
+    fn discharge(&self, n: usize) {
+        if n > 0 {
+            self.backlog.fetch_sub(n, Ordering::SeqCst);
+            self.total_backlog.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
+
+    /// Drops every queued frame, giving back what they held.
+    fn drop_queued(&self, w: &mut WriteQ) {
+        let mut inbox = lock(&self.inbox);
+        let held: usize = w.frames_mut().map(|f| f.charge).sum::<usize>()
+            + inbox.iter().map(|f| f.charge).sum::<usize>();
+        w.clear();
+        inbox.clear();
+        self.discharge(held);
     }
 
     /// Memory held by answers queued for the peer.
@@ -425,13 +429,8 @@ impl Conn {
             return Err(f);
         }
         if f.is_answer() {
-            let mut c = Charge {
-                cost: 0,
-                conn: self.backlog.clone(),
-                total: self.total_backlog.clone(),
-            };
-            c.grow(f.held());
-            f.charge = Some(c);
+            f.charge = f.held();
+            self.charge(f.charge);
         }
         lock(&self.inbox).push_back(f);
         Ok(())
@@ -485,6 +484,7 @@ impl Conn {
                         let rest = f.len() - off;
                         if n >= rest {
                             n -= rest;
+                            self.discharge(f.charge);
                             done.extend(f.op);
                         } else {
                             w.head = Some((f, off + n));
@@ -514,7 +514,8 @@ impl Conn {
             let mut w = lock(&self.write);
             w.absorb(&mut lock(&self.inbox));
             let guard = mem.read();
-            w.frames_mut().for_each(|f| f.materialize(key, &guard));
+            let grown = w.frames_mut().map(|f| f.materialize(key, &guard)).sum();
+            self.charge(grown);
         }
         self.flush(mem)
     }
@@ -523,8 +524,7 @@ impl Conn {
     /// connection end and fails its operations.
     fn fail(&self, w: &mut WriteQ) -> bool {
         self.closed.store(true, Ordering::Release);
-        w.clear();
-        lock(&self.inbox).clear();
+        self.drop_queued(w);
         self.wire.shutdown();
         true
     }
@@ -532,7 +532,15 @@ impl Conn {
     /// Marks the connection closed for writing and drops queued frames.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        lock(&self.write).clear();
-        lock(&self.inbox).clear();
+        self.drop_queued(&mut lock(&self.write));
+    }
+}
+
+impl Drop for Conn {
+    /// Frames posted while it closed are given back here.
+    fn drop(&mut self) {
+        let w = std::mem::take(self.write.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let mut w = w;
+        self.drop_queued(&mut w);
     }
 }
