@@ -224,10 +224,13 @@ fn many_client_engines_are_all_served() {
                     .unwrap();
                 let peer = e.lookup(&addr).unwrap();
                 let calls: Vec<_> = (0..50u64).map(|i| e.call(&peer, SUM, &(k, i))).collect();
-                calls
-                    .into_iter()
-                    .enumerate()
-                    .all(|(i, c)| c.wait() == Ok(k + i as u64))
+                calls.into_iter().enumerate().all(|(i, c)| match c.wait() {
+                    Ok(v) if v == k + i as u64 => true,
+                    other => {
+                        eprintln!("client {k} call {i}: {other:?}");
+                        false
+                    }
+                })
             })
         })
         .collect();
