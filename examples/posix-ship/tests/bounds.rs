@@ -325,3 +325,79 @@ fn one_way_requests_count_against_the_client_bounds() {
     let st = watcher.server_stats().unwrap();
     assert_eq!(st.open_files, 100, "--max-open holds");
 }
+
+/// `munged`'s pid, when it runs and we may stop it (root).
+fn munged() -> Option<i32> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let pid: i32 = std::fs::read_to_string("/run/munge/munged.pid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: signal 0 only checks that the process exists.
+    (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+}
+
+#[test]
+fn a_stalled_munged_delays_only_the_hellos_waiting_for_it() {
+    let Some(pid) = munged() else {
+        println!("skipped: needs root and a running munged");
+        return;
+    };
+    let export = scratch("bounds-munge");
+    let s = ServerProc::start(&export, "tcp", &["--auth", "munge", "--no-root-squash"]);
+    let opts = || ClientOptions {
+        auth: Some(rpc_core::Auth::Munge),
+        ..ClientOptions::default()
+    };
+    let good = RemoteFs::connect_with(&s.addr, opts()).unwrap();
+    // munged stops; a client then says hello with a credential the server must take to
+    // munged (it cannot make a real one now: a well-formed forgery will do).
+    // SAFETY: kill(2) on munged, continued below whatever happens.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    struct Cont(i32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            // SAFETY: as above.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let _cont = Cont(pid);
+    let mut stuck = TcpStream::connect(s.addr.trim_start_matches("tcp://")).unwrap();
+    let mut challenge = [0u8; 16 + 34];
+    std::io::Read::read_exact(&mut stuck, &mut challenge).unwrap();
+    let me: rpc_core::Address = "tcp://127.0.0.1:1".parse().unwrap();
+    let to: rpc_core::Address = s.addr.parse().unwrap();
+    let cred = format!("MUNGE:AwQFAAD{}:", "A".repeat(120));
+    let mut hello = Vec::new();
+    for a in [&me, &to] {
+        let t = a.to_string();
+        hello.extend_from_slice(&(t.len() as u16).to_le_bytes());
+        hello.extend_from_slice(t.as_bytes());
+    }
+    hello.extend_from_slice(cred.as_bytes());
+    let mut frame = vec![0x53, 0x51, 1, 1];
+    frame.extend_from_slice(&(hello.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&0u64.to_le_bytes());
+    frame.extend_from_slice(&hello);
+    stuck.write_all(&frame).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // The connected client is served meanwhile.
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        good.metadata("/").expect("served while munged is stopped");
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "munged stopped, a hello waiting on it: the connected client's stat median {:?}, max {:?}",
+        times[10], times[19]
+    );
+    assert!(times[10] < GOOD_CALL, "{:?}", times[10]);
+    // (With the check on the progress thread, the first call waited 10 s for munged.)
+    assert!(times[19] < Duration::from_millis(500), "{:?}", times[19]);
+}

@@ -281,6 +281,8 @@ pub struct Conn {
     total_backlog: Arc<AtomicUsize>,
     /// Not read until its backlog is written (see [`Backlog`]).
     paused: AtomicBool,
+    /// Not read until its hello's credential is checked (see `verify`).
+    pub verifying: AtomicBool,
 }
 
 /// Outcome of a flush.
@@ -325,6 +327,7 @@ impl Conn {
             backlog: AtomicUsize::new(0),
             total_backlog,
             paused: AtomicBool::new(false),
+            verifying: AtomicBool::new(false),
         }
     }
 

@@ -5,12 +5,13 @@
 use std::io;
 
 use mio::unix::SourceFd;
+use std::sync::atomic::Ordering;
+
 use na::{Event, NaError, NaResult, PeerId};
 
-use crate::auth::{self, Challenge};
 use crate::conn::{Body, Conn, OutFrame, ReadState};
 use crate::frame::{Header, Kind, RmaReq, RmaStatus};
-use crate::{StreamPlugin, lock, users};
+use crate::{StreamPlugin, lock};
 
 /// Bytes read from one connection per progress call before completions get their turn.
 const READ_BUDGET: usize = 2 << 20;
@@ -106,6 +107,9 @@ impl StreamPlugin {
         loop {
             // A peer that does not read its answers is not read either (its requests wait
             // in its socket); writing its backlog resumes reading (`after_flush`).
+            if conn.verifying.load(Ordering::Acquire) {
+                return Ok(()); // read again once the hello's verdict is in
+            }
             if conn.pause_if_over(&self.cfg.backlog) {
                 tracing::debug!(
                     peer = conn.peer.0,
@@ -241,61 +245,6 @@ impl StreamPlugin {
             Kind::GetResp | Kind::PutResp => self.on_rma_resp(conn, h, p)?,
         }
         Ok(())
-    }
-
-    /// A dialled connection's first frame: answer the challenge with our hello, or stop
-    /// on a refusal.
-    fn on_challenge(&self, conn: &Conn, h: Header, p: &[u8]) -> NaResult<()> {
-        let to = lock(&conn.remote)
-            .clone()
-            .expect("dialled connections know their address");
-        let ch = match h.kind {
-            Kind::Challenge => Challenge::decode(p)
-                .ok_or_else(|| NaError::PeerMisbehaved(format!("{to}: malformed challenge")))?,
-            Kind::Refused => {
-                let why = String::from_utf8_lossy(&p[..p.len().min(512)]).into_owned();
-                return Err(NaError::AccessDenied(format!("{to} refused us: {why}")));
-            }
-            _ => return Err(NaError::PeerMisbehaved(format!("{to}: no challenge"))),
-        };
-        let cred = auth::credential(&self.cfg.auth, &ch, &to, &users::own_identity())
-            .map_err(NaError::AccessDenied)?;
-        let hello = auth::encode_hello(self.net.self_addr(), &to, &cred);
-        let f = conn.greet(OutFrame::new(Kind::Hello, 0, hello, None), &self.mem);
-        self.after_flush(conn, f);
-        Ok(())
-    }
-
-    /// An accepted connection's hello: verify its credential (or take the kernel's word),
-    /// or tell the peer why not and close.
-    fn on_hello(&self, conn: &Conn, p: &[u8]) -> NaResult<()> {
-        let hello = auth::decode_hello(p).filter(|(from, to, _)| {
-            from.plugin() == self.net.name() && to.plugin() == self.net.name()
-        });
-        let Some((from, to, cred)) = hello else {
-            return Err(NaError::PeerMisbehaved(
-                "Hello carries no address of this transport".into(),
-            ));
-        };
-        let verdict = match conn.wire.peer_identity() {
-            Some(id) => Ok(Some(id)),
-            None if !self.net.is_self(&to) => Err(format!("{to} is not this endpoint")),
-            None => auth::verify(&self.cfg.auth, &conn.nonce, &to, cred),
-        };
-        match verdict {
-            Ok(id) => {
-                tracing::debug!(peer = conn.peer.0, %from, identity = ?id, "hello accepted");
-                let _ = conn.identity.set(id);
-                *lock(&conn.remote) = Some(from);
-                Ok(())
-            }
-            Err(why) => {
-                tracing::warn!(peer = conn.peer.0, %from, %why, "{}: refused a peer", self.net.name());
-                let f = OutFrame::new(Kind::Refused, 0, why.clone().into_bytes(), None);
-                self.send_frames(conn, vec![f]);
-                Err(NaError::AccessDenied(why))
-            }
-        }
     }
 
     pub(crate) fn on_rma_resp(&self, conn: &Conn, h: Header, p: &[u8]) -> NaResult<()> {

@@ -227,6 +227,10 @@ impl StreamPlugin {
         rs: &mut crate::conn::ReadState,
     ) -> NaResult<()> {
         loop {
+            // Frames behind a hello being checked wait for its verdict.
+            if conn.verifying.load(std::sync::atomic::Ordering::Acquire) {
+                return Ok(());
+            }
             if let Some(DirectStart {
                 header: h,
                 prefix,

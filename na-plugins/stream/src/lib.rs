@@ -14,12 +14,14 @@ pub mod auth;
 mod conn;
 mod driver;
 pub mod frame;
+mod handshake;
 mod landing;
 mod mr;
 mod munge;
 mod ops;
 mod single;
 mod users;
+mod verify;
 mod wire;
 
 pub use conn::Backlog;
@@ -90,7 +92,9 @@ pub struct StreamPlugin {
     poll: Mutex<(Poll, Events)>,
     poll_fd: RawFd,
     registry: Registry,
-    waker: Waker,
+    waker: Arc<Waker>,
+    /// Checks credentials that need another process (MUNGE) off the progress thread.
+    verifier: verify::Verifier,
     conns: Mutex<HashMap<PeerId, Arc<Conn>>>,
     by_addr: Mutex<HashMap<Address, PeerId>>,
     next_peer: AtomicU64,
@@ -118,7 +122,8 @@ impl StreamPlugin {
     pub fn new(net: Box<dyn Connector>, cfg: StreamConfig) -> NaResult<Self> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
-        let waker = Waker::new(&registry, WAKER)?;
+        let waker = Arc::new(Waker::new(&registry, WAKER)?);
+        let verifier = verify::Verifier::new(cfg.auth.clone(), waker.clone());
         registry.register(
             &mut SourceFd(&net.listen_fd()),
             LISTENER,
@@ -133,6 +138,7 @@ impl StreamPlugin {
             poll_fd,
             registry,
             waker,
+            verifier,
             conns: Mutex::new(HashMap::new()),
             by_addr: Mutex::new(HashMap::new()),
             next_peer: AtomicU64::new(FIRST_PEER),
@@ -539,6 +545,7 @@ impl Plugin for StreamPlugin {
             }
         }
         drop(g);
+        self.apply_verdicts();
         self.read_leftovers();
         Ok(())
     }
