@@ -62,9 +62,9 @@ impl StreamPlugin {
                 conn.verifying.store(true, Ordering::Release);
                 match self.verifier.submit(job) {
                     Ok(()) => return Ok(()),
-                    Err((job, why)) => {
+                    Err((from, why)) => {
                         conn.verifying.store(false, Ordering::Release);
-                        return self.finish_hello(conn, job.from, Err(why.into()));
+                        return self.finish_hello(conn, from, Err(why.into()));
                     }
                 }
             }

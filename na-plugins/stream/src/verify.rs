@@ -68,8 +68,9 @@ impl Verifier {
         }
     }
 
-    /// Queues `job`; gives it back if too many are waiting or no thread can start.
-    pub fn submit(&self, job: Job) -> Result<(), (Job, &'static str)> {
+    /// Queues `job`; if too many are waiting or no thread can start, gives back the
+    /// peer's address and why.
+    pub fn submit(&self, job: Job) -> Result<(), (Address, &'static str)> {
         let mut tx = lock(&self.tx);
         if tx.is_none() {
             let (t, rx) = sync_channel(MAX_PENDING);
@@ -78,14 +79,14 @@ impl Verifier {
                 .name("qs-verify".into())
                 .spawn(move || run(&auth, &rx, &waker, &done));
             if spawned.is_err() {
-                return Err((job, "cannot start the credential checker"));
+                return Err((job.from, "cannot start the credential checker"));
             }
             *tx = Some(t);
         }
         let t = tx.as_ref().expect("started above");
         t.try_send(job).map_err(|e| match e {
-            TrySendError::Full(j) => (j, "too many handshakes in progress; try again"),
-            TrySendError::Disconnected(j) => (j, "the credential checker stopped"),
+            TrySendError::Full(j) => (j.from, "too many handshakes in progress; try again"),
+            TrySendError::Disconnected(j) => (j.from, "the credential checker stopped"),
         })
     }
 
