@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::RpcError;
 use crate::driver::Shared;
-use crate::engine::ProgressMode;
+use crate::engine::{Endpoint, ProgressMode};
 use crate::proto::decode_answer;
 use crate::slot::Slot;
 
@@ -58,6 +58,16 @@ impl Drop for Op {
     }
 }
 
+fn bulk_context(e: RpcError) -> RpcError {
+    match e {
+        RpcError::Timeout { rpc, peer } if rpc.is_empty() => RpcError::Timeout {
+            rpc: "bulk transfer".into(),
+            peer,
+        },
+        e => e,
+    }
+}
+
 fn taken() -> RpcError {
     RpcError::InvalidArgument("result already taken".into())
 }
@@ -67,21 +77,39 @@ fn taken() -> RpcError {
 #[must_use = "a dropped Call is canceled"]
 pub struct Call<Out> {
     op: Op,
+    rpc: &'static str,
+    target: Endpoint,
     _out: PhantomData<fn() -> Out>,
 }
 
 impl<Out: DeserializeOwned> Call<Out> {
-    pub(crate) fn new(shared: Arc<Shared>, tag: u64, slot: Arc<Slot<Answer>>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        tag: u64,
+        slot: Arc<Slot<Answer>>,
+        rpc: &'static str,
+        target: &Endpoint,
+    ) -> Self {
         Call {
             op: Op { shared, tag, slot },
+            rpc,
+            target: target.clone(),
             _out: PhantomData,
         }
+    }
+
+    /// The result, its errors naming this call's RPC and peer.
+    fn finish(&self, answer: Option<Answer>) -> Result<Out, RpcError> {
+        self.op
+            .shared
+            .count_answer(decode::<Out>(answer))
+            .map_err(|e| e.in_call(self.rpc, self.target.addr(), std::any::type_name::<Out>()))
     }
 
     /// Blocks until the answer, an error, the timeout, or cancellation.
     pub fn wait(self) -> Result<Out, RpcError> {
         let a = self.op.wait();
-        self.op.shared.count_answer(decode::<Out>(a))
+        self.finish(a)
     }
 
     /// Cancels the call: it completes with [`RpcError::Canceled`] unless it completed
@@ -110,11 +138,8 @@ impl<Out: DeserializeOwned> Future for Call<Out> {
     type Output = Result<Out, RpcError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let shared = self.op.shared.clone();
-        self.op
-            .slot
-            .poll(cx)
-            .map(|a| shared.count_answer(decode::<Out>(a)))
+        let a = std::task::ready!(self.op.slot.poll(cx));
+        Poll::Ready(self.finish(a))
     }
 }
 
@@ -144,7 +169,11 @@ impl Transfer<'_> {
 
     /// Blocks until the transfer is over.
     pub fn wait(self) -> Result<(), RpcError> {
-        self.op.wait().ok_or_else(taken)?.map(drop)
+        self.op
+            .wait()
+            .ok_or_else(taken)?
+            .map(drop)
+            .map_err(bulk_context)
     }
 
     /// Cancels the transfer.
@@ -165,6 +194,6 @@ impl Future for Transfer<'_> {
         self.op
             .slot
             .poll(cx)
-            .map(|a| a.ok_or_else(taken)?.map(drop))
+            .map(|a| a.ok_or_else(taken)?.map(drop).map_err(bulk_context))
     }
 }

@@ -238,7 +238,7 @@ impl Shared {
     /// Completes a caller's slot, counting failures.
     pub(crate) fn complete(&self, slot: Option<Arc<Slot<Answer>>>, result: Answer) {
         match &result {
-            Err(RpcError::Timeout) => Counters::add(&self.counters.timeouts, 1),
+            Err(RpcError::Timeout { .. }) => Counters::add(&self.counters.timeouts, 1),
             Err(RpcError::Canceled) => Counters::add(&self.counters.canceled, 1),
             _ => {}
         }
@@ -396,7 +396,12 @@ impl Shared {
                     }
                 };
                 match owner {
-                    Owner::Call(tag) => self.on_answer(tag, result.map_err(RpcError::from)),
+                    Owner::Call(tag) => {
+                        if let Ok(m) = &result {
+                            Counters::add(&self.counters.bytes_received, m.len() as u64);
+                        }
+                        self.on_answer(tag, result.map_err(RpcError::from))
+                    }
                     Owner::Transfer => self.on_transfer_op(op, result.map(drop)),
                     Owner::Nobody => {}
                 }
@@ -456,7 +461,7 @@ impl Shared {
         for (tag, e) in expired {
             tracing::debug!(tag, "timed out");
             self.withdraw(&e);
-            self.settle(e, Err(RpcError::Timeout));
+            self.settle(e, Err(RpcError::timeout()));
         }
         self.expire_exposed(now);
         n

@@ -36,7 +36,7 @@ pub enum ProgressMode {
 /// A peer to call: an address resolved by [`Engine::lookup`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
-    addr: Address,
+    addr: Arc<Address>,
 }
 
 impl Endpoint {
@@ -52,7 +52,7 @@ impl Endpoint {
 /// then fail with [`RpcError::Shutdown`]).
 #[derive(Clone)]
 pub struct Engine {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// `None` for non-owning handles ([`Engine::handle`]).
     guard: Option<Arc<Guard>>,
 }
@@ -110,7 +110,9 @@ impl Engine {
         if addr != self.shared.self_addr {
             self.shared.plugin.lookup(&addr)?;
         }
-        Ok(Endpoint { addr })
+        Ok(Endpoint {
+            addr: Arc::new(addr),
+        })
     }
 
     /// The largest encoded input (or output) that travels in the message itself; larger
@@ -184,7 +186,7 @@ impl Engine {
             rpc.id(),
             Registered {
                 name: rpc.name(),
-                handler: erase(f),
+                handler: erase(rpc.name(), f),
             },
         );
         Ok(())
@@ -213,12 +215,12 @@ impl Engine {
         match self.encode(rpc.id(), false, input) {
             Ok(msg) => {
                 let (tag, slot) = self.shared.post_call(target, msg, timeout);
-                Call::new(self.shared.clone(), tag, slot)
+                Call::new(self.shared.clone(), tag, slot, rpc.name(), target)
             }
             Err(e) => {
                 let slot = Arc::new(Slot::default());
                 slot.complete(Err(e));
-                Call::new(self.shared.clone(), 0, slot)
+                Call::new(self.shared.clone(), 0, slot, rpc.name(), target)
             }
         }
     }
@@ -234,7 +236,7 @@ impl Engine {
         let msg = self.encode(rpc.id(), true, input)?;
         // Nothing tells a one-way sender when an overflow input was pulled: refuse those.
         let limit = self.shared.max_message();
-        if msg.len() > limit && target.addr != self.shared.self_addr {
+        if msg.len() > limit && *target.addr != self.shared.self_addr {
             return Err(RpcError::TooLarge {
                 size: msg.len() - HEADER_LEN,
                 limit: limit - HEADER_LEN,
@@ -242,7 +244,7 @@ impl Engine {
         }
         Counters::add(&self.shared.counters.rpcs_sent, 1);
         Counters::add(&self.shared.counters.bytes_sent, msg.len() as u64);
-        if target.addr == self.shared.self_addr {
+        if *target.addr == self.shared.self_addr {
             self.shared.on_request(ReplyTo::Nobody { peer: None }, msg);
             return Ok(());
         }
@@ -263,10 +265,12 @@ impl Engine {
         Ok(msg)
     }
 
-    /// Registers memory for peers to reach with `access` (segments in order form one
-    /// linear region): `vec![Seg::from(&mut buf[..])]`, a `Vec<u8>`, a `BytesMut`, or a
-    /// mix. Small readable regions carry their bytes in their descriptor
-    /// ([`EngineBuilder::inline_bulk`]).
+    /// Registers memory for peers to reach (segments in order form one linear region):
+    /// `vec![Seg::from(&mut buf[..])]`, a `Vec<u8>`, a `BytesMut`, or a mix. `access` is
+    /// what the **peer** may do with it: [`Access::ReadOnly`] for data you send (the peer
+    /// pulls it), [`Access::WriteOnly`] for a buffer the peer fills (it pushes into it),
+    /// [`Access::ReadWrite`] for both. Small readable regions carry their bytes in their
+    /// descriptor ([`crate::EngineBuilder::inline_bulk`]).
     pub fn expose<'a>(&self, segs: Vec<Seg<'a>>, access: Access) -> Result<Bulk<'a>, RpcError> {
         Ok(Bulk::new(&self.shared.plugin, segs, access)?.inline_up_to(self.shared.inline_bulk))
     }

@@ -33,10 +33,12 @@ pub enum RpcError {
         /// The id.
         id: u64,
     },
-    /// The server has no handler for the id.
-    #[error("server has no RPC with id {id:#x}")]
+    /// The server has no handler for the RPC.
+    #[error("server has no RPC {rpc:?} (id {id:#x})")]
     UnknownRpc {
-        /// The id.
+        /// The RPC's name, as the caller knows it (empty where unknown).
+        rpc: String,
+        /// Its id.
         id: u64,
     },
     /// The server could not decode the input as its handler's input type.
@@ -61,8 +63,13 @@ pub enum RpcError {
     #[error("cannot decode output: {0}")]
     Decode(String),
     /// The call did not complete within its timeout.
-    #[error("timed out")]
-    Timeout,
+    #[error("{}", timed_out(.rpc, .peer))]
+    Timeout {
+        /// The RPC (or "bulk transfer"); empty where unknown.
+        rpc: String,
+        /// The peer's address; empty where unknown.
+        peer: String,
+    },
     /// The call was canceled.
     #[error("canceled")]
     Canceled,
@@ -72,6 +79,45 @@ pub enum RpcError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] NaError),
+}
+
+fn timed_out(rpc: &str, peer: &str) -> String {
+    match (rpc, peer) {
+        ("", "") => "timed out".into(),
+        (r, "") => format!("{r} timed out"),
+        (r, p) => format!("{r} to {p} timed out"),
+    }
+}
+
+impl RpcError {
+    /// A timeout not yet named (the engine's internal form).
+    pub(crate) fn timeout() -> RpcError {
+        RpcError::Timeout {
+            rpc: String::new(),
+            peer: String::new(),
+        }
+    }
+
+    /// Names the call an error came from: the RPC and the peer where the error lacks them,
+    /// and the expected type for an answer that did not decode.
+    pub(crate) fn in_call(self, rpc: &str, peer: &na::Address, out_type: &str) -> RpcError {
+        match self {
+            RpcError::Timeout { rpc: r, peer: p } if r.is_empty() && p.is_empty() => {
+                RpcError::Timeout {
+                    rpc: rpc.into(),
+                    peer: peer.to_string(),
+                }
+            }
+            RpcError::UnknownRpc { rpc: r, id } if r.is_empty() => RpcError::UnknownRpc {
+                rpc: rpc.into(),
+                id,
+            },
+            RpcError::Decode(why) => {
+                RpcError::Decode(format!("answer of {rpc} from {peer} as {out_type}: {why}"))
+            }
+            e => e,
+        }
+    }
 }
 
 impl From<bulk::BulkError> for RpcError {
@@ -96,7 +142,7 @@ impl RpcError {
             UnknownRpc { .. } | BadInput(_) | Decode(_) => Fault::Caller,
             Handler(_) | HandlerPanicked(_) | OutputTooLarge(_) | Protocol(_) => Fault::Peer,
             Busy(_) => Fault::Local,
-            Timeout | Canceled | Shutdown => Fault::None,
+            Timeout { .. } | Canceled | Shutdown => Fault::None,
             Transport(e) => e.fault(),
         }
     }

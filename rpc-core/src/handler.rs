@@ -193,8 +193,10 @@ fn panic_text(p: &(dyn Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic payload".into())
 }
 
-/// Wraps a typed handler: decodes the input, runs it, and turns a panic into an answer.
-pub(crate) fn erase<In, Out, F>(f: F) -> Handler
+/// Wraps a typed handler of RPC `name`: decodes the input, runs it, and turns a panic into
+/// an answer. An input that does not decode is answered `BadInput`, naming the RPC and the
+/// type expected.
+pub(crate) fn erase<In, Out, F>(name: &'static str, f: F) -> Handler
 where
     In: DeserializeOwned,
     Out: Serialize,
@@ -211,7 +213,11 @@ where
             Ok(v) => v,
             Err(e) => {
                 Counters::add(&shared.counters.bad_requests, 1);
-                return reply.send(&shared, rpc_id, Status::BadInput, e.to_string().as_bytes());
+                let why = format!(
+                    "{name}: input is not a {}: {e}",
+                    std::any::type_name::<In>()
+                );
+                return reply.send(&shared, rpc_id, Status::BadInput, why.as_bytes());
             }
         };
         drop(msg);

@@ -28,6 +28,7 @@ mod handler;
 mod pool;
 pub mod proto;
 mod rpc;
+mod serve;
 mod slot;
 mod sync;
 mod transfer;
@@ -42,6 +43,10 @@ pub use error::RpcError;
 pub use handler::{Caller, Responder};
 pub use na::{Access, Address, Auth, Fault, Identity, NaError, PeerId, Proof};
 pub use rpc::{Rpc, rpc_id};
+/// Byte payloads: put [`ByteBuf`] (or `#[serde(with = "serde_bytes")]` on a `Vec<u8>`
+/// field) in RPC types; a plain `Vec<u8>` is encoded element by element, several times
+/// slower.
+pub use serde_bytes::{self, ByteBuf};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -147,14 +147,23 @@ fn unknown_rpcs_and_undecodable_inputs_are_typed_errors_at_the_caller() {
     let server = ServerProcess::spawn(&["tcp://127.0.0.1:0"], &[]);
     let e = Engine::new("tcp://127.0.0.1:0").unwrap();
     let peer = e.lookup(&server.addr).unwrap();
+    let r = e.call(&peer, MISSING, &()).wait();
     assert_eq!(
-        e.call(&peer, MISSING, &()).wait(),
-        Err(RpcError::UnknownRpc { id: MISSING.id() })
+        r,
+        Err(RpcError::UnknownRpc {
+            rpc: MISSING.name().into(),
+            id: MISSING.id()
+        })
     );
+    assert!(r.unwrap_err().to_string().contains(MISSING.name()));
     let r = e
         .call(&peer, SUM_WRONG_TYPE, &"not a pair".to_string())
         .wait();
-    assert!(matches!(r, Err(RpcError::BadInput(_))), "{r:?}");
+    // The server names the RPC and the type it expected.
+    assert!(
+        matches!(&r, Err(RpcError::BadInput(why)) if why.contains(SUM_WRONG_TYPE.name()) && why.contains("u64")),
+        "{r:?}"
+    );
     assert_eq!(e.call(&peer, SUM, &(1, 2)).wait(), Ok(3));
     let (_, _, bad, _) = e.call(&peer, STATS, &()).wait().unwrap();
     assert_eq!(bad, 2, "the server counted both bad requests");

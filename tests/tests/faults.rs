@@ -15,7 +15,11 @@ fn a_slow_handler_times_out_and_its_late_answer_is_discarded() {
     let r = e
         .call_timeout(&peer, SLEEP, &300, Some(Duration::from_millis(100)))
         .wait();
-    assert_eq!(r, Err(RpcError::Timeout));
+    // The error names the RPC and the peer.
+    assert!(
+        matches!(&r, Err(RpcError::Timeout { rpc, peer: p }) if rpc == SLEEP.name() && *p == server.addr),
+        "{r:?}"
+    );
     let took = t0.elapsed();
     assert!(
         took >= Duration::from_millis(100) && took < Duration::from_secs(5),

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What a remote peer may do with a registered region.
+/// What a remote **peer** may do with a registered region (not what the owner does):
+/// `ReadOnly` for data the owner sends (the peer pulls it with `get`), `WriteOnly` for a
+/// buffer the peer fills (with `put`), `ReadWrite` for both.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Access {
     /// Peers may read (`get` from it) but not write.

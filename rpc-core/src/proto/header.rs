@@ -223,7 +223,10 @@ pub fn decode_answer(msg: &[u8]) -> Result<&[u8], RpcError> {
     let text = || String::from_utf8_lossy(body).into_owned();
     Err(match h.status {
         Status::Ok => return Ok(body),
-        Status::UnknownRpc => RpcError::UnknownRpc { id: h.rpc_id },
+        Status::UnknownRpc => RpcError::UnknownRpc {
+            rpc: String::new(),
+            id: h.rpc_id,
+        },
         Status::BadInput => RpcError::BadInput(text()),
         Status::HandlerError => RpcError::Handler(text()),
         Status::HandlerPanicked => RpcError::HandlerPanicked(text()),
@@ -284,7 +287,13 @@ mod tests {
     #[test]
     fn answers_map_to_the_callers_errors() {
         let mut v = Header::response(5, Status::UnknownRpc).clone_bytes();
-        assert_eq!(decode_answer(&v), Err(RpcError::UnknownRpc { id: 5 }));
+        assert_eq!(
+            decode_answer(&v),
+            Err(RpcError::UnknownRpc {
+                rpc: String::new(),
+                id: 5
+            })
+        );
         v = Header::response(5, Status::HandlerError).clone_bytes();
         v.extend_from_slice(b"disk full");
         assert_eq!(

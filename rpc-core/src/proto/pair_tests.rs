@@ -75,7 +75,7 @@ impl Pair {
     fn advance(&mut self, ms: u64) {
         self.now += Duration::from_millis(ms);
         for (_, name) in self.calls.expire(self.now) {
-            self.results.push((name, Err(RpcError::Timeout)));
+            self.results.push((name, Err(RpcError::timeout())));
         }
     }
 }
@@ -110,7 +110,7 @@ fn a_late_answer_is_dropped_after_the_timeout() {
     assert!(p.results.is_empty());
     p.advance(1);
     p.deliver_one();
-    assert_eq!(p.results, vec![("slow", Err(RpcError::Timeout))]);
+    assert_eq!(p.results, vec![("slow", Err(RpcError::timeout()))]);
     assert!(p.calls.is_empty());
 }
 
@@ -123,7 +123,13 @@ fn unknown_ids_and_bad_input_come_back_typed() {
     p.deliver_one();
     assert_eq!(
         p.results[0],
-        ("unknown", Err(RpcError::UnknownRpc { id: 99 }))
+        (
+            "unknown",
+            Err(RpcError::UnknownRpc {
+                rpc: String::new(),
+                id: 99
+            })
+        )
     );
     assert!(matches!(p.results[1], ("bad", Err(RpcError::BadInput(_)))));
 }

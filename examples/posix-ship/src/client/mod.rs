@@ -51,7 +51,7 @@ struct Inner {
 /// Turns an RPC failure into the `errno` a POSIX caller would see.
 pub fn rpc_errno(e: &RpcError) -> i32 {
     match e {
-        RpcError::Timeout => libc::ETIMEDOUT,
+        RpcError::Timeout { .. } => libc::ETIMEDOUT,
         RpcError::Busy(_) => libc::EAGAIN,
         RpcError::Shutdown => libc::ESHUTDOWN,
         RpcError::Canceled => libc::ECANCELED,

@@ -388,7 +388,7 @@ fn bulk_errno(e: rpc_core::RpcError) -> Errno {
     tracing::debug!(error = %e, "bulk transfer failed");
     match e {
         rpc_core::RpcError::InvalidArgument(_) => Errno::FAULT,
-        rpc_core::RpcError::Timeout => Errno::TIMEDOUT,
+        rpc_core::RpcError::Timeout { .. } => Errno::TIMEDOUT,
         _ => Errno::IO,
     }
 }
