@@ -401,3 +401,44 @@ fn a_stalled_munged_delays_only_the_hellos_waiting_for_it() {
     // (With the check on the progress thread, the first call waited 10 s for munged.)
     assert!(times[19] < Duration::from_millis(500), "{:?}", times[19]);
 }
+
+#[test]
+fn sm_connections_past_the_descriptor_limit_fail_at_once() {
+    let export = scratch("bounds-sm-fds");
+    let name = format!("bounds-fds-{}", std::process::id());
+    let s = ServerProc::start_with(&export, &format!("sm://{name}"), &[], &[], Some(64));
+    let mut held = Vec::new();
+    let t = Instant::now();
+    let why = loop {
+        assert!(t.elapsed() < Duration::from_secs(30), "never refused");
+        let opts = ClientOptions {
+            timeout: Some(Duration::from_secs(5)),
+            ..s.options()
+        };
+        let t1 = Instant::now();
+        match RemoteFs::connect_with(&s.addr, opts) {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                assert!(
+                    t1.elapsed() < Duration::from_secs(1),
+                    "{:?}: {e}",
+                    t1.elapsed()
+                );
+                break e.to_string();
+            }
+        }
+    };
+    println!(
+        "sm, descriptor limit 64: {} clients served, the next failed at once: {why}",
+        held.len()
+    );
+    drop(held);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match RemoteFs::connect_with(&s.addr, s.options()) {
+            Ok(c) => break c.metadata("/").unwrap(),
+            Err(e) => assert!(Instant::now() < until, "not served again: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

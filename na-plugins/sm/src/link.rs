@@ -222,6 +222,13 @@ pub struct Listener {
     ep: OwnedFd,
     /// Accepted connections whose hello has not arrived, oldest first.
     pending: Mutex<Vec<(OwnedFd, Instant)>>,
+    /// A descriptor held back, given up to turn connections away when the process has no
+    /// other left (so that they see the hang-up instead of waiting in the backlog).
+    spare: Mutex<Option<std::fs::File>>,
+}
+
+fn spare_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 impl Listener {
@@ -241,7 +248,36 @@ impl Listener {
             name: name.to_owned(),
             ep,
             pending: Mutex::new(Vec::new()),
+            spare: Mutex::new(spare_fd()),
         })
+    }
+
+    fn accept_one(&self) -> io::Result<OwnedFd> {
+        // SAFETY: accepting on our listening socket; the result is checked and owned.
+        owned(unsafe {
+            libc::accept4(
+                self.sock.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            )
+        })
+    }
+
+    /// Out of descriptors: gives up the spare to accept one waiting peer and close it at
+    /// once (it sees the hang-up). False if there is no spare or nobody waits.
+    fn turn_away(&self) -> bool {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.take().is_none() {
+            *spare = spare_fd();
+            return false;
+        }
+        let turned = self.accept_one().is_ok();
+        if turned {
+            tracing::warn!(name = %self.name, "sm: turned a connection away: out of file descriptors");
+        }
+        *spare = spare_fd();
+        turned
     }
 
     /// The bound name.
@@ -261,15 +297,17 @@ impl Listener {
     /// connection fails.
     pub fn accept(&self) -> io::Result<Link> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: accepting on our listening socket; the result is checked and owned.
-        while let Ok(sock) = owned(unsafe {
-            libc::accept4(
-                self.sock.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            )
-        }) {
+        loop {
+            let sock = match self.accept_one() {
+                Ok(s) => s,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if self.turn_away() {
+                        continue;
+                    }
+                    break;
+                }
+                Err(_) => break,
+            };
             if pending.len() >= MAX_PENDING {
                 tracing::warn!(
                     "sm: {MAX_PENDING} connections without a hello; dropping the oldest"
