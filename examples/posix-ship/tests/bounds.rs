@@ -436,7 +436,10 @@ fn sm_connections_past_the_descriptor_limit_fail_at_once() {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         match RemoteFs::connect_with(&s.addr, s.options()) {
-            Ok(c) => break c.metadata("/").unwrap(),
+            Ok(c) => {
+                c.metadata("/").unwrap();
+                break;
+            }
             Err(e) => assert!(Instant::now() < until, "not served again: {e}"),
         }
         std::thread::sleep(Duration::from_millis(100));
