@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use posix_ship::client::{ClientOptions, RemoteFs};
-use posix_ship::server::{Auth, Limits, Policy, Server, ServerConfig};
+use posix_ship::server::{Auth, Limits, Policy, Server, ServerConfig, UserLimits};
 
 /// POSIX function shipping over Quicksilver.
 #[derive(Parser)]
@@ -59,6 +59,16 @@ enum Cmd {
         /// Bulk data held for all clients at once, in MiB.
         #[arg(long, default_value_t = Limits::default().staging_total >> 20)]
         staging_total_mib: u64,
+        /// Requests in flight for all the connections of one user (its verified uid;
+        /// anonymous peers count as one user).
+        #[arg(long, default_value_t = Limits::default().per_user.in_flight)]
+        user_in_flight: usize,
+        /// Open files for all the connections of one user.
+        #[arg(long, default_value_t = Limits::default().per_user.open_files)]
+        user_open: usize,
+        /// Bulk data held for all the connections of one user, in MiB.
+        #[arg(long, default_value_t = Limits::default().per_user.staging >> 20)]
+        user_staging_mib: u64,
         /// Requests in flight per client.
         #[arg(long, default_value_t = Limits::default().in_flight)]
         max_in_flight: usize,
@@ -157,6 +167,9 @@ fn run(cli: Cli) -> io::Result<()> {
             max_open_total,
             staging_mib,
             staging_total_mib,
+            user_in_flight,
+            user_open,
+            user_staging_mib,
             max_in_flight,
             workers,
             auth,
@@ -176,6 +189,11 @@ fn run(cli: Cli) -> io::Result<()> {
                 in_flight: max_in_flight,
                 staging_per_client: staging_mib << 20,
                 staging_total: staging_total_mib << 20,
+                per_user: UserLimits {
+                    in_flight: user_in_flight,
+                    open_files: user_open,
+                    staging: user_staging_mib << 20,
+                },
             },
             workers,
             auth: Auth::parse(&auth).map_err(io::Error::other)?,

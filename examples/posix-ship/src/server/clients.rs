@@ -32,6 +32,21 @@ pub struct Limits {
     pub staging_per_client: u64,
     /// Bytes of bulk data held for all clients at once.
     pub staging_total: u64,
+    /// What all the connections of one user (its verified uid; anonymous peers are one
+    /// user) may hold together: requests in flight, open files, staging bytes. So that a
+    /// user cannot multiply its share by opening connections.
+    pub per_user: UserLimits,
+}
+
+/// Bounds on all the connections of one user.
+#[derive(Clone, Copy, Debug)]
+pub struct UserLimits {
+    /// Requests served at once (past it: `EAGAIN`).
+    pub in_flight: usize,
+    /// Open files and directories (past it: `EMFILE`).
+    pub open_files: usize,
+    /// Bytes of bulk data held at once (past it: short reads and writes).
+    pub staging: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +57,11 @@ impl Default for Limits {
             in_flight: 64,
             staging_per_client: 64 << 20,
             staging_total: 256 << 20,
+            per_user: UserLimits {
+                in_flight: 128,
+                open_files: 4096,
+                staging: 128 << 20,
+            },
         }
     }
 }
@@ -71,10 +91,22 @@ pub type ClientId = u64;
 /// The id of requests with no remote peer (calls to oneself).
 pub const LOCAL: ClientId = u64::MAX;
 
+/// Whose connection it is: the verified uid (`None`: anonymous).
+pub type User = Option<u32>;
+
 #[derive(Default)]
 struct Client {
     files: HashMap<u64, Arc<OpenFile>>,
     in_flight: usize,
+    staged: u64,
+    user: User,
+}
+
+/// What one user's connections hold together.
+#[derive(Default)]
+struct Use {
+    in_flight: usize,
+    files: usize,
     staged: u64,
 }
 
@@ -87,6 +119,27 @@ struct Table {
     gone_order: VecDeque<ClientId>,
     open_files: u64,
     staged: u64,
+    users: HashMap<User, Use>,
+}
+
+impl Table {
+    fn user(&mut self, u: User) -> &mut Use {
+        self.users.entry(u).or_default()
+    }
+
+    /// Applies `f` to `u`'s use, forgetting users who hold nothing.
+    fn with_user(&mut self, u: User, f: impl FnOnce(&mut Use)) {
+        let e = self.user(u);
+        f(e);
+        if e.in_flight == 0 && e.files == 0 && e.staged == 0 {
+            self.users.remove(&u);
+        }
+    }
+
+    /// The user of client `id` (anonymous for one never admitted).
+    fn user_of(&self, id: ClientId) -> User {
+        self.clients.get(&id).and_then(|c| c.user)
+    }
 }
 
 /// Every client's state.
@@ -103,12 +156,14 @@ pub struct Clients {
 pub struct Admitted<'a> {
     clients: &'a Clients,
     id: ClientId,
+    user: User,
 }
 
 /// Staging memory granted to one read or write; given back when dropped.
 pub struct Staged<'a> {
     clients: &'a Clients,
     id: ClientId,
+    user: User,
     /// Bytes granted (at most what was asked).
     pub len: u64,
 }
@@ -130,19 +185,20 @@ impl Clients {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a request from `id`, or refuses it: `ESHUTDOWN` while draining,
-    /// `ECONNRESET` for a client already lost, `EAGAIN` past the in-flight bound.
-    pub fn admit(&self, id: ClientId) -> Result<Admitted<'_>, Errno> {
+    /// Starts a request from `id`, a connection of `user`, or refuses it: `ESHUTDOWN`
+    /// while draining, `ECONNRESET` for a client already lost, `EAGAIN` past the
+    /// client's or the user's in-flight bound.
+    pub fn admit(&self, id: ClientId, user: User) -> Result<Admitted<'_>, Errno> {
         let mut t = self.lock();
         let refuse = if self.draining.load(Ordering::Acquire) {
             Some(Errno::SHUTDOWN)
         } else if t.gone.contains(&id) {
             Some(Errno::CONNRESET)
         } else {
-            t.clients
-                .get(&id)
-                .filter(|c| c.in_flight >= self.limits.in_flight)
-                .map(|_| Errno::AGAIN)
+            let mine = t.clients.get(&id).map_or(0, |c| c.in_flight);
+            let users = t.users.get(&user).map_or(0, |u| u.in_flight);
+            (mine >= self.limits.in_flight || users >= self.limits.per_user.in_flight)
+                .then_some(Errno::AGAIN)
         };
         if let Some(e) = refuse {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -151,9 +207,15 @@ impl Clients {
         }
         let c = t.clients.entry(id).or_default();
         c.in_flight += 1;
+        c.user = user;
+        t.user(user).in_flight += 1;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        Ok(Admitted { clients: self, id })
+        Ok(Admitted {
+            clients: self,
+            id,
+            user,
+        })
     }
 
     /// Keeps `file` for `id` under a fresh random handle (`EMFILE` past the bound).
@@ -163,7 +225,10 @@ impl Clients {
             return Err(Errno::CONNRESET);
         }
         let c = t.clients.entry(id).or_default();
-        if c.files.len() >= self.limits.open_files {
+        let user = c.user;
+        if c.files.len() >= self.limits.open_files
+            || t.user(user).files >= self.limits.per_user.open_files
+        {
             return Err(Errno::MFILE);
         }
         if t.open_files >= self.limits.total_open as u64 {
@@ -186,6 +251,7 @@ impl Clients {
         };
         c.files.insert(fh, Arc::new(file));
         t.open_files += 1;
+        t.user(user).files += 1;
         Ok(Fh(fh))
     }
 
@@ -194,14 +260,18 @@ impl Clients {
     pub fn stage(&self, id: ClientId, want: u64) -> Staged<'_> {
         let mut t = self.lock();
         let free_total = self.limits.staging_total.saturating_sub(t.staged);
+        let user = t.user_of(id);
+        let free_user = (self.limits.per_user.staging).saturating_sub(t.user(user).staged);
         let c = t.clients.entry(id).or_default();
         let free_mine = self.limits.staging_per_client.saturating_sub(c.staged);
-        let len = want.min(free_mine.min(free_total).max(MIN_STAGE));
+        let len = want.min(free_mine.min(free_user).min(free_total).max(MIN_STAGE));
         c.staged += len;
         t.staged += len;
+        t.user(user).staged += len;
         Staged {
             clients: self,
             id,
+            user,
             len,
         }
     }
@@ -225,6 +295,8 @@ impl Clients {
             .and_then(|c| c.files.remove(&fh.0))
             .ok_or(Errno::BADF)?;
         t.open_files -= 1;
+        let user = t.user_of(id);
+        t.with_user(user, |u| u.files -= 1);
         Ok(f)
     }
 
@@ -241,6 +313,7 @@ impl Clients {
         }
         if let Some(c) = t.clients.remove(&id) {
             t.open_files -= c.files.len() as u64;
+            t.with_user(c.user, |u| u.files -= c.files.len());
             tracing::info!(client = id, closed = c.files.len(), "client lost");
         }
     }
@@ -272,6 +345,7 @@ impl Drop for Staged<'_> {
     fn drop(&mut self) {
         let mut t = self.clients.lock();
         t.staged -= self.len;
+        t.with_user(self.user, |u| u.staged -= self.len);
         if let Some(c) = t.clients.get_mut(&self.id) {
             c.staged -= self.len;
         }
@@ -281,6 +355,7 @@ impl Drop for Staged<'_> {
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         let mut t = self.clients.lock();
+        t.with_user(self.user, |u| u.in_flight -= 1);
         if let Some(c) = t.clients.get_mut(&self.id) {
             c.in_flight -= 1;
             if c.in_flight == 0 && c.files.is_empty() {
@@ -292,99 +367,5 @@ impl Drop for Admitted<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn devnull() -> OpenFile {
-        OpenFile {
-            fd: rustix::fs::open("/dev/null", rustix::fs::OFlags::RDONLY, 0.into()).unwrap(),
-            append: false,
-            writable: false,
-            dir: Mutex::new(None),
-        }
-    }
-
-    #[test]
-    fn handles_belong_to_their_client_and_die_with_it() {
-        let c = Clients::new(Limits {
-            open_files: 2,
-            in_flight: 1,
-            ..Limits::default()
-        });
-        let a = c.insert(1, devnull()).unwrap();
-        assert!(c.get(1, a).is_ok());
-        assert_eq!(
-            c.get(2, a).err(),
-            Some(Errno::BADF),
-            "another client's handle"
-        );
-        assert_eq!(c.get(1, Fh(a.0 ^ 1)).err(), Some(Errno::BADF), "forged");
-        c.insert(1, devnull()).unwrap();
-        assert_eq!(c.insert(1, devnull()).err(), Some(Errno::MFILE));
-        assert_eq!(c.stats().open_files, 2);
-        c.remove(1, a).unwrap();
-        assert_eq!(c.get(1, a).err(), Some(Errno::BADF), "used after close");
-        assert_eq!(c.remove(1, a).err(), Some(Errno::BADF), "closed twice");
-        c.lost(1);
-        assert_eq!(c.stats().open_files, 0);
-        assert_eq!(c.admit(1).err(), Some(Errno::CONNRESET));
-        assert_eq!(
-            c.stats().clients,
-            0,
-            "a refused request leaves no state behind"
-        );
-        assert_eq!(c.insert(1, devnull()).err(), Some(Errno::CONNRESET));
-        for id in 100..100 + GONE_KEPT as u64 {
-            c.lost(id);
-        }
-        assert!(
-            c.admit(1).is_ok(),
-            "only the most recent lost clients are remembered"
-        );
-    }
-
-    #[test]
-    fn the_file_budget_and_staging_memory_hold_across_clients() {
-        let c = Clients::new(Limits {
-            total_open: 3,
-            staging_per_client: 1 << 20,
-            staging_total: 3 << 19,
-            ..Limits::default()
-        });
-        for id in 1..=3 {
-            c.insert(id, devnull()).unwrap();
-        }
-        assert_eq!(c.insert(4, devnull()).err(), Some(Errno::MFILE));
-        let _busy = c.admit(1).unwrap();
-        let a = c.stage(1, 4 << 20);
-        assert_eq!(a.len, 1 << 20, "the client's share");
-        let b = c.stage(2, 4 << 20);
-        assert_eq!(b.len, 1 << 19, "what is left in total");
-        assert_eq!(c.stage(3, 4 << 20).len, MIN_STAGE, "the floor");
-        assert_eq!(c.stage(3, 100).len, 100);
-        drop((a, b));
-        assert_eq!(c.stage(2, 4 << 20).len, 1 << 20, "given back");
-    }
-
-    #[test]
-    fn requests_past_the_bound_and_after_drain_are_refused() {
-        let c = Clients::new(Limits {
-            open_files: 2,
-            in_flight: 1,
-            ..Limits::default()
-        });
-        let first = c.admit(5).unwrap();
-        assert_eq!(c.admit(5).err(), Some(Errno::AGAIN));
-        assert!(c.admit(6).is_ok(), "other clients are not affected");
-        drop(first);
-        assert!(c.admit(5).is_ok());
-        c.drain();
-        assert_eq!(c.admit(7).err(), Some(Errno::SHUTDOWN));
-        assert_eq!(c.stats().refused, 2);
-        assert_eq!(
-            c.stats().clients,
-            0,
-            "no state for refused or finished requests"
-        );
-    }
-}
+#[path = "clients_tests.rs"]
+mod tests;

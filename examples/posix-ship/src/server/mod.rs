@@ -23,8 +23,8 @@ use rpc_core::{Engine, Responder, Rpc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use clients::Limits;
 use clients::{Clients, LOCAL};
+pub use clients::{Limits, UserLimits};
 use confine::Export;
 pub use creds::Policy;
 use ops::Ctx;
@@ -174,11 +174,11 @@ where
     e.register_responder(rpc, move |input: In, r: Responder<Reply<Out>>| {
         let id = r.peer().map_or(LOCAL, |p| p.0);
         tracing::trace!(client = id, rpc = name, "request");
-        let admitted = match st.clients.admit(id) {
+        let identity = r.identity();
+        let admitted = match st.clients.admit(id, identity.as_ref().map(|i| i.uid)) {
             Ok(a) => a,
             Err(errno) => return r.respond(&Err(errno.raw_os_error())),
         };
-        let identity = r.identity();
         let ctx = Ctx {
             export: &st.export,
             clients: &st.clients,
