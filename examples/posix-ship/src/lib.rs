@@ -9,10 +9,13 @@
 //!   `Read + Write + Seek`. Small I/O travels inline, large I/O by bulk transfer straight
 //!   between the client's and the server's buffers.
 //!
+//! - [`mount`]: the export as a FUSE file system (`posix-ship mount`).
+//!
 //! The binary (`posix-ship`) is a thin CLI over these; the LD_PRELOAD interposer
 //! (`libposix_ship_preload.so`) uses the same client.
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod mount;
 pub mod proto;
 pub mod server;

@@ -2,6 +2,7 @@
 //! `mkdir`, `mv`), and the demo.
 
 mod demo;
+mod mount_cmd;
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
@@ -115,6 +116,24 @@ enum Cmd {
     Mkdir { path: String },
     /// Rename.
     Mv { from: String, to: String },
+    /// Mount the server's export on MOUNTPOINT with FUSE (real file descriptors for every
+    /// program); stays in the foreground and unmounts on SIGINT/SIGTERM.
+    Mount {
+        /// Where to mount (an empty directory).
+        mountpoint: PathBuf,
+        /// Refuse every change (EROFS).
+        #[arg(long)]
+        read_only: bool,
+        /// Seconds the kernel may trust attributes.
+        #[arg(long, default_value_t = 1.0)]
+        attr_timeout: f64,
+        /// Seconds the kernel may trust a name's lookup.
+        #[arg(long, default_value_t = 1.0)]
+        entry_timeout: f64,
+        /// Threads serving kernel requests.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
     /// Run the demo: a server on a temporary export, real programs through the interposer.
     Demo {
         /// The interposer library (default: next to this program).
@@ -245,6 +264,31 @@ fn run(cli: Cli) -> io::Result<()> {
         Cmd::Rm { path } => fs()?.remove_file(&path).map_err(|e| with_path(&path, e)),
         Cmd::Mkdir { path } => fs()?.create_dir(&path).map_err(|e| with_path(&path, e)),
         Cmd::Mv { from, to } => fs()?.rename(&from, &to).map_err(|e| with_path(&from, e)),
+        Cmd::Mount {
+            mountpoint,
+            read_only,
+            attr_timeout,
+            entry_timeout,
+            threads,
+        } => {
+            let secs = |s: f64, what: &str| {
+                Duration::try_from_secs_f64(s).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("--{what}: {e}"))
+                })
+            };
+            let opts = posix_ship::mount::MountOptions {
+                attr_timeout: secs(attr_timeout, "attr-timeout")?,
+                entry_timeout: secs(entry_timeout, "entry-timeout")?,
+                read_only,
+            };
+            mount_cmd::run(
+                fs()?,
+                &cli.server.unwrap_or_default(),
+                &mountpoint,
+                opts,
+                threads,
+            )
+        }
         Cmd::Demo { preload } => demo::run(preload),
     }
 }

@@ -1,0 +1,190 @@
+//! The mount's inode table, without I/O: the protocol names files by path, the kernel by
+//! inode number. A number is handed out per path the kernel looked up, kept until the
+//! kernel forgets it, and follows its file through renames; an unlinked path's number
+//! stays valid for the kernel (open files live on through their handles) but no longer
+//! names a path.
+
+use std::collections::HashMap;
+
+/// The root's number (FUSE's).
+pub const ROOT: u64 = 1;
+
+struct Node {
+    /// Its path beneath the export (`/` for the root); `None` once unlinked.
+    path: Option<Vec<u8>>,
+    /// Lookups the kernel holds.
+    lookups: u64,
+}
+
+/// Inode numbers and the paths they stand for.
+pub struct Inodes {
+    nodes: HashMap<u64, Node>,
+    by_path: HashMap<Vec<u8>, u64>,
+    next: u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        let mut t = Inodes {
+            nodes: HashMap::new(),
+            by_path: HashMap::new(),
+            next: ROOT + 1,
+        };
+        t.nodes.insert(
+            ROOT,
+            Node {
+                path: Some(b"/".to_vec()),
+                lookups: 1,
+            },
+        );
+        t.by_path.insert(b"/".to_vec(), ROOT);
+        t
+    }
+}
+
+/// `parent/name` (a single component; `None` for `.`, `..`, empty or slashed names).
+pub fn join(parent: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return None;
+    }
+    let mut p = parent.to_vec();
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    Some(p)
+}
+
+fn under(path: &[u8], dir: &[u8]) -> bool {
+    path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
+}
+
+impl Inodes {
+    /// The path `ino` stands for (`None`: unknown, or unlinked).
+    pub fn path(&self, ino: u64) -> Option<Vec<u8>> {
+        self.nodes.get(&ino)?.path.clone()
+    }
+
+    /// The path of `name` in directory `parent`.
+    pub fn child(&self, parent: u64, name: &[u8]) -> Option<Vec<u8>> {
+        join(&self.nodes.get(&parent)?.path.clone()?, name)
+    }
+
+    /// The kernel looked `path` up: its number, with one more lookup held.
+    pub fn learn(&mut self, path: &[u8]) -> u64 {
+        if let Some(&ino) = self.by_path.get(path) {
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.lookups += 1;
+            }
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                path: Some(path.to_vec()),
+                lookups: 1,
+            },
+        );
+        self.by_path.insert(path.to_vec(), ino);
+        ino
+    }
+
+    /// The kernel forgot `n` lookups of `ino`.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups == 0 {
+            if let Some(p) = node.path.take() {
+                self.by_path.remove(&p);
+            }
+            self.nodes.remove(&ino);
+        }
+    }
+
+    /// `path` was unlinked or removed: its number names nothing any more.
+    pub fn unlinked(&mut self, path: &[u8]) {
+        if let Some(ino) = self.by_path.remove(path)
+            && let Some(n) = self.nodes.get_mut(&ino)
+        {
+            n.path = None;
+        }
+    }
+
+    /// `from` was renamed to `to`: it and everything beneath it move; whatever `to` was
+    /// is replaced.
+    pub fn renamed(&mut self, from: &[u8], to: &[u8]) {
+        self.unlinked(to);
+        let moved: Vec<(Vec<u8>, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.as_slice() == from || under(p, from))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        for (old, ino) in moved {
+            self.by_path.remove(&old);
+            let mut new = to.to_vec();
+            new.extend_from_slice(&old[from.len()..]);
+            if let Some(n) = self.nodes.get_mut(&ino) {
+                n.path = Some(new.clone());
+            }
+            self.by_path.insert(new, ino);
+        }
+    }
+
+    /// Numbers held (for tests and statistics).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Only the root is known.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() <= 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_follow_lookups_renames_and_unlinks() {
+        let mut t = Inodes::default();
+        assert_eq!(t.child(ROOT, b"a").unwrap(), b"/a");
+        assert!(t.child(ROOT, b"..").is_none() && t.child(ROOT, b"x/y").is_none());
+        let a = t.learn(b"/a");
+        let f = t.learn(b"/a/f");
+        assert_eq!(t.learn(b"/a"), a, "one number per path");
+        t.renamed(b"/a", b"/b");
+        assert_eq!(t.path(a).unwrap(), b"/b");
+        assert_eq!(t.path(f).unwrap(), b"/b/f", "the subtree moves");
+        assert_eq!(t.child(a, b"g").unwrap(), b"/b/g");
+        let g = t.learn(b"/g");
+        t.renamed(b"/b/f", b"/g");
+        assert_eq!(t.path(g), None, "the replaced file names nothing");
+        assert_eq!(t.path(f).unwrap(), b"/g");
+        t.unlinked(b"/g");
+        assert_eq!(t.path(f), None);
+        let f2 = t.learn(b"/g");
+        assert_ne!(f2, f, "a new file at the path gets a new number");
+        t.forget(a, 2);
+        assert_eq!(t.path(a), None);
+        t.forget(ROOT, 100);
+        assert_eq!(t.path(ROOT).unwrap(), b"/", "the root is never forgotten");
+    }
+
+    #[test]
+    fn a_prefix_is_not_a_parent() {
+        let mut t = Inodes::default();
+        let ab = t.learn(b"/ab");
+        t.learn(b"/a");
+        t.renamed(b"/a", b"/z");
+        assert_eq!(t.path(ab).unwrap(), b"/ab");
+    }
+}

@@ -1,0 +1,62 @@
+//! `posix-ship mount`: mounts, says where, and unmounts on SIGINT/SIGTERM (or ends when
+//! someone else unmounts).
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use fuser::{Config, MountOption};
+use posix_ship::client::RemoteFs;
+use posix_ship::mount::{Fs, MountOptions};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+pub fn run(
+    fs: RemoteFs,
+    addr: &str,
+    mountpoint: &Path,
+    opts: MountOptions,
+    threads: usize,
+) -> io::Result<()> {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot open /dev/fuse: {e} (load the fuse module, install fuse3, and mount \
+                 as a user allowed to use it)"
+            ),
+        ));
+    }
+    let mut cfg = Config::default();
+    cfg.mount_options.extend([
+        MountOption::FSName(format!("posix-ship:{addr}")),
+        MountOption::Subtype("posix-ship".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ]);
+    if opts.read_only {
+        cfg.mount_options.push(MountOption::RO);
+    }
+    cfg.n_threads = Some(threads.max(1));
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let session = fuser::spawn_mount2(Fs::new(fs, opts), mountpoint, &cfg)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", mountpoint.display())))?;
+    println!("mounted {addr} on {}", mountpoint.display());
+    tracing::info!(%addr, mountpoint = %mountpoint.display(), "mounted");
+    loop {
+        if let Some(sig) = signals.pending().next() {
+            eprintln!("posix-ship mount: signal {sig}, unmounting");
+            return session.umount_and_join();
+        }
+        if session.guard.is_finished() {
+            eprintln!("posix-ship mount: unmounted");
+            return session.join();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,188 @@
+//! `posix-ship mount`: real programs on the FUSE mount, each script compared with the same
+//! script on a local directory; a file deleted while open; the daemon killed and mounted
+//! again; unmounting on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ServerProc, scratch};
+
+/// A `posix-ship mount` process; killed and lazily unmounted if the test fails.
+struct Mounted {
+    child: Child,
+    at: PathBuf,
+}
+
+impl Mounted {
+    fn start(srv: &ServerProc, at: &Path) -> Mounted {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
+            .args(["-s", &srv.addr, "mount"])
+            .arg(at)
+            .env("QS_AUTH", &srv.auth)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn mount");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("mounted"), "mount said {line:?}");
+        Mounted {
+            child,
+            at: at.to_path_buf(),
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+fn mounted(at: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let at = at.canonicalize().unwrap_or(at.to_path_buf());
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(at.to_str().unwrap()))
+}
+
+/// Whether FUSE can be used here.
+fn fuse_usable() -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
+    if !ok {
+        println!("skipped: /dev/fuse cannot be opened here");
+    }
+    ok
+}
+
+/// Runs `script` with bash in `dir`, with a fixed git identity and time; its stdout.
+fn run(dir: &Path, script: &str) -> String {
+    let home = scratch(&format!(
+        "mount-home-{}",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir)
+        .env("HOME", &home)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .env("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "in {}: {}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const PROGRAMS: &str = r#"
+mkdir d && cd d && echo hello > f && echo more >> f && wc -l < f && tr a-z A-Z < f | cat
+cd .. && pwd -P >/dev/null
+exec 3< d/f; rm d/f; cat <&3; exec 3<&-
+git init -q repo && cd repo && echo a > a.txt && mkdir sub && echo b > sub/b.txt
+git add -A && git commit -qm one && git mv a.txt c.txt && git commit -qm two
+git log --format=%H%n%s && git status --short && git fsck --no-progress 2>&1 | wc -l
+git gc -q && git clone -q . ../clone && cd ../clone && git log --format=%s | head -1
+cd .. && tar czf t.tgz repo && mkdir x && tar xzf t.tgz -C x && diff -r repo x/repo && echo tar ok
+mkdir proj && printf '#include <stdio.h>\nint main(void){puts("built");return 0;}\n' > proj/main.c
+printf 'main: main.c\n\tcc -o main main.c\n' > proj/Makefile && make -s -C proj && ./proj/main
+sqlite3 db "pragma journal_mode=wal; create table t(x);
+  with recursive c(i) as (select 1 union all select i+1 from c where i<10000)
+  insert into t select i from c; select count(*), sum(x) from t;"
+python3 -c "import os; os.chdir('repo'); print(sorted(f for _, _, fs in os.walk('.') for f in fs if 'objects' not in _))"
+perl -MFile::Find -e 'my @n; find(sub { push @n, $_ if -f && $File::Find::dir !~ /objects/ }, "repo"); print join(",", sort @n), "\n"'
+cp -a repo copy && diff -r repo copy && echo cp ok
+ln -s c.txt repo/link && readlink repo/link && cat repo/link
+mv copy moved && ls moved | head -2
+"#;
+
+#[test]
+fn real_programs_on_the_mount_do_what_they_do_locally() {
+    if !fuse_usable() {
+        return;
+    }
+    let base = scratch("mount-programs");
+    let (export, at, local) = (base.join("export"), base.join("mnt"), base.join("local"));
+    for d in [&export, &at, &local] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let srv = ServerProc::start(&export, "tcp", &[]);
+    let m = Mounted::start(&srv, &at);
+    let there = run(&at, PROGRAMS);
+    let here = run(&local, PROGRAMS);
+    assert_eq!(there, here);
+    assert!(there.contains("built") && there.contains("10000|50005000"));
+    assert!(
+        export.join("repo/c.txt").exists(),
+        "the files are on the server"
+    );
+    // Unmounted on SIGTERM, and the daemon exits cleanly.
+    m.signal(libc::SIGTERM);
+    let mut m = m;
+    assert!(m.child.wait().unwrap().success());
+    assert!(!mounted(&at));
+}
+
+#[test]
+fn a_killed_daemon_leaves_errors_not_hangs_and_can_mount_again() {
+    if !fuse_usable() {
+        return;
+    }
+    let base = scratch("mount-kill");
+    let (export, at) = (base.join("export"), base.join("mnt"));
+    std::fs::create_dir_all(&export).unwrap();
+    std::fs::create_dir_all(&at).unwrap();
+    std::fs::write(export.join("f"), b"data").unwrap();
+    let srv = ServerProc::start(&export, "tcp", &[]);
+    let mut m = Mounted::start(&srv, &at);
+    assert_eq!(std::fs::read(at.join("f")).unwrap(), b"data");
+    m.signal(libc::SIGKILL);
+    let _ = m.child.wait();
+    let t = Instant::now();
+    let e = std::fs::read(at.join("f")).expect_err("the daemon is gone");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    drop(m); // lazily unmounts the dead mount
+    let m = Mounted::start(&srv, &at);
+    assert_eq!(std::fs::read(at.join("f")).unwrap(), b"data");
+    drop(m);
+}
+
+#[test]
+fn a_missing_server_is_a_clear_error() {
+    let at = scratch("mount-noserver");
+    let out = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
+        .args(["mount"])
+        .arg(&at)
+        .env_remove("POSIX_SHIP_SERVER")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no server"), "{err}");
+}
