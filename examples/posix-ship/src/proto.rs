@@ -251,6 +251,18 @@ pub const CHMOD: Rpc<(Target, u32), Reply<()>> = Rpc::new("posix.chmod");
 pub const UTIMENS: Rpc<(Target, SetTime, SetTime, bool), Reply<()>> = Rpc::new("posix.utimens");
 /// `access`: path, `R_OK|W_OK|X_OK` (or `F_OK`).
 pub const ACCESS: Rpc<(ByteBuf, i32), Reply<()>> = Rpc::new("posix.access");
+/// `link`: existing path, new path (a symlink is linked itself).
+pub const LINK: Rpc<(ByteBuf, ByteBuf), Reply<()>> = Rpc::new("posix.link");
+/// `lchown`/`fchown`: target, uid, gid (`None`: unchanged).
+pub const CHOWN: Rpc<(Target, Option<u32>, Option<u32>), Reply<()>> = Rpc::new("posix.chown");
+/// Extended attributes (`user.*` and POSIX ACLs only; others `ENOTSUP`): target, name.
+pub const GETXATTR: Rpc<(Target, ByteBuf), Reply<ByteBuf>> = Rpc::new("posix.getxattr");
+/// `setxattr`: target, name, value, `XATTR_CREATE`/`XATTR_REPLACE`.
+pub const SETXATTR: Rpc<(Target, ByteBuf, ByteBuf, i32), Reply<()>> = Rpc::new("posix.setxattr");
+/// `listxattr`: the names a client may reach.
+pub const LISTXATTR: Rpc<Target, Reply<Vec<ByteBuf>>> = Rpc::new("posix.listxattr");
+/// `removexattr`: target, name.
+pub const REMOVEXATTR: Rpc<(Target, ByteBuf), Reply<()>> = Rpc::new("posix.removexattr");
 /// The server's counters.
 pub const SERVER_STATS: Rpc<(), ServerStats> = Rpc::new("posix.server_stats");
 

@@ -47,7 +47,11 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.at)
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -119,6 +123,10 @@ perl -MFile::Find -e 'my @n; find(sub { push @n, $_ if -f && $File::Find::dir !~
 cp -a repo copy && diff -r repo copy && echo cp ok
 ln -s c.txt repo/link && readlink repo/link && cat repo/link
 mv copy moved && ls moved | head -2
+ln repo/c.txt hard && cat hard && stat -c %h hard repo/c.txt
+chown 1:2 hard && stat -c %u:%g hard repo/c.txt
+python3 -c "import os; os.setxattr('hard', 'user.k', b'v'); print(os.getxattr('hard', 'user.k'), os.listxattr('hard')); os.removexattr('hard', 'user.k'); print(os.listxattr('hard'))"
+cp -a hard kept && stat -c %u:%g kept
 "#;
 
 #[test]

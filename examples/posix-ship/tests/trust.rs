@@ -202,6 +202,48 @@ fn without_authentication_everyone_is_the_anonymous_user() {
 }
 
 #[test]
+fn links_owners_and_attributes_are_checked_as_the_caller() {
+    use posix_ship::proto::{CHOWN, LINK, SETXATTR, Target};
+    use serde_bytes::ByteBuf;
+    let Some((_base, srv)) = root_server("trust-meta", "tcp", &["--auth", "none"]) else {
+        return;
+    };
+    let export = &srv.export;
+    let fs = RemoteFs::connect(&srv.addr).unwrap();
+    let b = |s: &str| ByteBuf::from(s.as_bytes().to_vec());
+    fs.write("/pub/anon", b"x").unwrap();
+    let path = |s: &str| Target::Path(b(s));
+    // The anonymous user cannot give its file to root, nor hard-link root's 0600 file
+    // (protected_hardlinks), nor set attributes outside user.* (a root server keeps
+    // CAP_SYS_ADMIN: trusted.* and security.capability would be its).
+    assert_eq!(
+        common::errno(fs.call(CHOWN, &(path("/pub/anon"), Some(0), None))),
+        libc::EPERM
+    );
+    let protected =
+        std::fs::read_to_string("/proc/sys/fs/protected_hardlinks").is_ok_and(|v| v.trim() == "1");
+    if protected {
+        assert_eq!(
+            common::errno(fs.call(LINK, &(b("/secret"), b("/pub/stolen")))),
+            libc::EPERM
+        );
+    }
+    for name in ["trusted.x", "security.capability", "system.evil"] {
+        let req = (path("/pub/anon"), b(name), b("v"), 0);
+        assert_eq!(
+            common::errno(fs.call(SETXATTR, &req)),
+            libc::EOPNOTSUPP,
+            "{name}"
+        );
+    }
+    let req = (path("/pub/anon"), b("user.note"), b("v"), 0);
+    fs.call(SETXATTR, &req).unwrap();
+    fs.call(LINK, &(b("/pub/anon"), b("/pub/again"))).unwrap();
+    let meta = std::fs::metadata(export.join("pub/again")).unwrap();
+    assert_eq!((meta.uid(), meta.nlink()), (NOBODY, 2));
+}
+
+#[test]
 fn a_tcp_client_without_a_valid_credential_is_refused() {
     let (base, export) = export("trust-refused");
     let srv = ServerProc::start(&export, "tcp", &[]);

@@ -1,8 +1,8 @@
 //! The mount's inode table, without I/O: the protocol names files by path, the kernel by
-//! inode number. A number is handed out per path the kernel looked up, kept until the
-//! kernel forgets it, and follows its file through renames; an unlinked path's number
-//! stays valid for the kernel (open files live on through their handles) but no longer
-//! names a path.
+//! inode number. A number is handed out per file the kernel looked up (a hard link made
+//! through the mount adds a path to its file's number), kept until the kernel forgets it,
+//! and follows its file through renames; a number whose paths are all unlinked stays
+//! valid for the kernel (open files live on through their handles) but names no path.
 
 use std::collections::HashMap;
 
@@ -10,8 +10,9 @@ use std::collections::HashMap;
 pub const ROOT: u64 = 1;
 
 struct Node {
-    /// Its path beneath the export (`/` for the root); `None` once unlinked.
-    path: Option<Vec<u8>>,
+    /// Its paths beneath the export (`/` for the root), first the one used; none once
+    /// unlinked.
+    paths: Vec<Vec<u8>>,
     /// Lookups the kernel holds.
     lookups: u64,
 }
@@ -33,7 +34,7 @@ impl Default for Inodes {
         t.nodes.insert(
             ROOT,
             Node {
-                path: Some(b"/".to_vec()),
+                paths: vec![b"/".to_vec()],
                 lookups: 1,
             },
         );
@@ -62,12 +63,22 @@ fn under(path: &[u8], dir: &[u8]) -> bool {
 impl Inodes {
     /// The path `ino` stands for (`None`: unknown, or unlinked).
     pub fn path(&self, ino: u64) -> Option<Vec<u8>> {
-        self.nodes.get(&ino)?.path.clone()
+        self.nodes.get(&ino)?.paths.first().cloned()
     }
 
     /// The path of `name` in directory `parent`.
     pub fn child(&self, parent: u64, name: &[u8]) -> Option<Vec<u8>> {
-        join(&self.nodes.get(&parent)?.path.clone()?, name)
+        join(&self.path(parent)?, name)
+    }
+
+    /// `path` is a new hard link to `ino`'s file: one more lookup of `ino`.
+    pub fn linked(&mut self, ino: u64, path: &[u8]) -> Option<u64> {
+        self.unlinked(path);
+        let n = self.nodes.get_mut(&ino)?;
+        n.paths.push(path.to_vec());
+        n.lookups += 1;
+        self.by_path.insert(path.to_vec(), ino);
+        Some(ino)
     }
 
     /// The kernel looked `path` up: its number, with one more lookup held.
@@ -83,7 +94,7 @@ impl Inodes {
         self.nodes.insert(
             ino,
             Node {
-                path: Some(path.to_vec()),
+                paths: vec![path.to_vec()],
                 lookups: 1,
             },
         );
@@ -101,7 +112,7 @@ impl Inodes {
         };
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups == 0 {
-            if let Some(p) = node.path.take() {
+            for p in std::mem::take(&mut node.paths) {
                 self.by_path.remove(&p);
             }
             self.nodes.remove(&ino);
@@ -113,7 +124,7 @@ impl Inodes {
         if let Some(ino) = self.by_path.remove(path)
             && let Some(n) = self.nodes.get_mut(&ino)
         {
-            n.path = None;
+            n.paths.retain(|p| p != path);
         }
     }
 
@@ -132,7 +143,9 @@ impl Inodes {
             let mut new = to.to_vec();
             new.extend_from_slice(&old[from.len()..]);
             if let Some(n) = self.nodes.get_mut(&ino) {
-                n.path = Some(new.clone());
+                for p in n.paths.iter_mut().filter(|p| **p == old) {
+                    *p = new.clone();
+                }
             }
             self.by_path.insert(new, ino);
         }
@@ -177,6 +190,20 @@ mod tests {
         assert_eq!(t.path(a), None);
         t.forget(ROOT, 100);
         assert_eq!(t.path(ROOT).unwrap(), b"/", "the root is never forgotten");
+    }
+
+    #[test]
+    fn hard_links_share_a_number_until_every_path_is_gone() {
+        let mut t = Inodes::default();
+        let f = t.learn(b"/f");
+        assert_eq!(t.linked(f, b"/g"), Some(f));
+        assert_eq!(t.learn(b"/g"), f, "found by either path");
+        t.unlinked(b"/f");
+        assert_eq!(t.path(f).unwrap(), b"/g", "the other path remains");
+        t.renamed(b"/g", b"/h");
+        assert_eq!(t.path(f).unwrap(), b"/h");
+        t.unlinked(b"/h");
+        assert_eq!(t.path(f), None);
     }
 
     #[test]

@@ -312,12 +312,75 @@ impl Filesystem for Fs {
         }
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _s: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOTSUP) // extended attributes are not shipped yet
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = self.target(ino, None).and_then(|t| {
+            let v = self.call(GETXATTR, &(t, bytes(name.as_bytes())))?;
+            Ok(v.into_vec())
+        });
+        Fs::xattr_reply(r, size, reply)
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOTSUP)
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = self.target(ino, None).and_then(|t| {
+            let names = self.call(LISTXATTR, &t)?;
+            Ok(names
+                .iter()
+                .flat_map(|n| n.iter().copied().chain([0]))
+                .collect())
+        });
+        Fs::xattr_reply(r, size, reply)
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.target(ino, None).and_then(|t| {
+            let req = (t, bytes(name.as_bytes()), bytes(value), flags);
+            self.call(SETXATTR, &req)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = self
+            .target(ino, None)
+            .and_then(|t| self.call(REMOVEXATTR, &(t, bytes(name.as_bytes()))));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.writable().and_then(|()| {
+            let (from, to) = (self.path(ino)?, self.child(newparent, newname)?);
+            self.call(LINK, &(bytes(&from), bytes(&to)))?;
+            let a = self.call(STAT, &(Target::Path(bytes(&to)), false))?;
+            self.inodes().linked(ino.0, &to).ok_or(Errno::ENOENT)?;
+            Ok(a)
+        });
+        match r {
+            // The kernel's inode for the file: same number, one more link.
+            Ok(a) => reply.entry(&self.ttl(), &file_attr(ino.0, &a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn create(

@@ -118,6 +118,11 @@ impl Fs {
         }
     }
 
+    /// How long the kernel may keep an entry.
+    fn ttl(&self) -> Duration {
+        self.opts.entry_timeout.min(self.opts.attr_timeout)
+    }
+
     /// Looks `path` up for the kernel: its entry, with a lookup held.
     fn entry(&self, path: &[u8], reply: ReplyEntry) {
         match self.call(STAT, &(Target::Path(bytes(path)), false)) {
@@ -157,12 +162,12 @@ impl Fs {
         mtime: Option<TimeOrNow>,
     ) -> R<Attr> {
         let t = self.target(ino, fh)?;
-        let now = self.call(STAT, &(t.clone(), false))?;
-        if owner.0.is_some_and(|u| u != now.uid) || owner.1.is_some_and(|g| g != now.gid) {
-            return Err(Errno::EPERM); // chown is not shipped
-        }
         if mode.is_some() || size.is_some() || atime.is_some() || mtime.is_some() {
             self.writable()?;
+        }
+        if owner.0.is_some() || owner.1.is_some() {
+            self.writable()?;
+            self.call(CHOWN, &(t.clone(), owner.0, owner.1))?;
         }
         if let Some(m) = mode {
             self.call(CHMOD, &(t.clone(), m & 0o7777))?;
@@ -175,6 +180,17 @@ impl Fs {
             self.call(UTIMENS, &times)?;
         }
         self.call(STAT, &(t, false))
+    }
+
+    /// An attribute's value or the list of names, as the kernel asks: its size when
+    /// `size` is 0, `ERANGE` when larger than `size`.
+    fn xattr_reply(data: R<Vec<u8>>, size: u32, reply: fuser::ReplyXattr) {
+        match data {
+            Ok(d) if size == 0 => reply.size(d.len() as u32),
+            Ok(d) if d.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
     }
 
     /// `unlink` or `rmdir` of `name` in `parent`.

@@ -13,6 +13,7 @@
 mod clients;
 mod confine;
 mod creds;
+mod meta;
 mod ops;
 
 use std::path::PathBuf;
@@ -223,6 +224,12 @@ fn register(e: &Engine, st: &Arc<State>) -> Result<(), rpc_core::RpcError> {
     serve(e, st, CHMOD, |c, (t, mode)| c.chmod(&t, mode))?;
     serve(e, st, UTIMENS, |c, (t, a, m, f)| c.utimens(&t, a, m, f))?;
     serve(e, st, ACCESS, |c, (p, mode)| c.access(&p, mode))?;
+    serve(e, st, LINK, |c, (from, to)| c.link(&from, &to))?;
+    serve(e, st, CHOWN, |c, (t, u, g)| c.chown(&t, u, g))?;
+    serve(e, st, GETXATTR, |c, (t, n)| c.getxattr(&t, &n))?;
+    serve(e, st, SETXATTR, |c, (t, n, v, f)| c.setxattr(&t, &n, &v, f))?;
+    serve(e, st, LISTXATTR, |c, t| c.listxattr(&t))?;
+    serve(e, st, REMOVEXATTR, |c, (t, n)| c.removexattr(&t, &n))?;
     let s = st.clone();
     e.register(SERVER_STATS, move |()| Ok::<_, String>(s.clients.stats()))
 }

@@ -30,7 +30,7 @@ pub struct Ctx<'a> {
     pub policy: &'a Policy,
 }
 
-type R<T> = Result<T, Errno>;
+pub(super) type R<T> = Result<T, Errno>;
 
 /// How long a bulk transfer serving a request may take: well within the caller's own
 /// timeout, so that a caller whose memory never answers holds a worker only this long.
@@ -54,7 +54,7 @@ const OPEN_FLAGS: OFlags = OFlags::ACCMODE
     .union(OFlags::PATH);
 
 impl Ctx<'_> {
-    fn writable(&self) -> R<()> {
+    pub(super) fn writable(&self) -> R<()> {
         if self.read_only {
             Err(Errno::ACCESS)
         } else {
@@ -63,7 +63,7 @@ impl Ctx<'_> {
     }
 
     /// An fd for a target: the open file, or the path opened with `flags`.
-    fn target_fd(&self, t: &Target, flags: OFlags) -> R<Fd> {
+    pub(super) fn target_fd(&self, t: &Target, flags: OFlags) -> R<Fd> {
         match t {
             Target::Handle(fh) => Ok(Fd::Open(self.clients.get(self.id, *fh)?)),
             Target::Path(p) => Ok(Fd::Own(self.export.open_at(p, flags, Mode::empty())?)),
@@ -72,7 +72,7 @@ impl Ctx<'_> {
 
     /// The parent directory and last name of `path`, or `none` (the errno its call gives
     /// when the path names no entry: the root, `.`, `..`).
-    fn named(&self, path: &[u8], none: Errno) -> R<(OwnedFd, std::ffi::CString)> {
+    pub(super) fn named(&self, path: &[u8], none: Errno) -> R<(OwnedFd, std::ffi::CString)> {
         self.export.parent(path)?.ok_or(none)
     }
 
@@ -365,7 +365,7 @@ impl Ctx<'_> {
 }
 
 /// A file to operate on: one of the client's, or opened for this request.
-enum Fd {
+pub(super) enum Fd {
     Open(Arc<OpenFile>),
     Own(OwnedFd),
 }
@@ -380,7 +380,7 @@ impl AsFd for Fd {
 }
 
 /// `/proc/self/fd/N`: the path of an open file, for calls that take no descriptor.
-fn proc_path(fd: &impl AsFd) -> String {
+pub(super) fn proc_path(fd: &impl AsFd) -> String {
     format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
 }
 

@@ -1,0 +1,113 @@
+//! Hard links, ownership and extended attributes, with the caller's rights (see
+//! [`super::creds`]): the kernel checks each as it would for that user.
+//!
+//! Extended attributes are limited to the `user.` namespace and POSIX ACLs: a root server
+//! keeps `CAP_SYS_ADMIN` whatever fs uid it takes for a caller, so `trusted.` and
+//! `security.` (file capabilities!) would let any user act with it.
+
+use rustix::fs::{AtFlags, Gid, OFlags, Uid, XattrFlags};
+use rustix::io::Errno;
+use serde_bytes::ByteBuf;
+
+use super::ops::{Ctx, R, proc_path};
+use crate::proto::Target;
+
+/// The largest attribute value (the kernel's `XATTR_SIZE_MAX`), and list of names.
+const XATTR_MAX: usize = 64 << 10;
+
+/// Whether a client may reach attribute `name`.
+pub fn xattr_allowed(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+}
+
+impl Ctx<'_> {
+    /// `link`: a hard link `to` naming `from` (a symlink is linked itself).
+    pub fn link(&self, from: &[u8], to: &[u8]) -> R<()> {
+        self.writable()?;
+        let (fp, fname) = self.named(from, Errno::PERM)?;
+        let (tp, tname) = self.named(to, Errno::EXIST)?;
+        rustix::fs::linkat(&fp, &fname, &tp, &tname, AtFlags::empty())
+    }
+
+    /// `lchown`/`fchown` (`None`: unchanged).
+    pub fn chown(&self, t: &Target, uid: Option<u32>, gid: Option<u32>) -> R<()> {
+        self.writable()?;
+        let (uid, gid) = (uid.map(Uid::from_raw), gid.map(Gid::from_raw));
+        if let Target::Path(p) = t
+            && let Some((dir, name)) = self.export.parent(p)?
+        {
+            return rustix::fs::chownat(&dir, &name, uid, gid, AtFlags::SYMLINK_NOFOLLOW);
+        }
+        let fd = self.target_fd(t, OFlags::PATH | OFlags::NOFOLLOW)?;
+        rustix::fs::chownat(rustix::fs::CWD, proc_path(&fd), uid, gid, AtFlags::empty())
+    }
+
+    /// The path to reach `t`'s attributes through, or `None` for a symlink (which has
+    /// none a client may reach).
+    fn xattr_path(&self, t: &Target) -> R<Option<(super::ops::Fd, String)>> {
+        let fd = self.target_fd(t, OFlags::PATH | OFlags::NOFOLLOW)?;
+        if rustix::fs::fstat(&fd)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Ok(None);
+        }
+        let p = proc_path(&fd);
+        Ok(Some((fd, p)))
+    }
+
+    /// `getxattr`.
+    pub fn getxattr(&self, t: &Target, name: &[u8]) -> R<ByteBuf> {
+        if !xattr_allowed(name) {
+            return Err(Errno::NOTSUP);
+        }
+        let Some((_fd, p)) = self.xattr_path(t)? else {
+            return Err(Errno::NODATA);
+        };
+        let mut buf = vec![0u8; XATTR_MAX];
+        let n = rustix::fs::getxattr(&p, name, &mut buf[..])?;
+        buf.truncate(n);
+        Ok(ByteBuf::from(buf))
+    }
+
+    /// `setxattr` (`flags`: `XATTR_CREATE`, `XATTR_REPLACE`).
+    pub fn setxattr(&self, t: &Target, name: &[u8], value: &[u8], flags: i32) -> R<()> {
+        self.writable()?;
+        if !xattr_allowed(name) {
+            return Err(Errno::NOTSUP);
+        }
+        if value.len() > XATTR_MAX {
+            return Err(Errno::TOOBIG);
+        }
+        let flags = XattrFlags::from_bits(flags as u32).ok_or(Errno::INVAL)?;
+        let Some((_fd, p)) = self.xattr_path(t)? else {
+            return Err(Errno::PERM);
+        };
+        rustix::fs::setxattr(&p, name, value, flags)
+    }
+
+    /// `listxattr`: the names a client may reach.
+    pub fn listxattr(&self, t: &Target) -> R<Vec<ByteBuf>> {
+        let Some((_fd, p)) = self.xattr_path(t)? else {
+            return Ok(Vec::new());
+        };
+        let mut buf = vec![0u8; XATTR_MAX];
+        let n = rustix::fs::listxattr(&p, &mut buf[..])?;
+        Ok(buf[..n]
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty() && xattr_allowed(n))
+            .map(|n| ByteBuf::from(n.to_vec()))
+            .collect())
+    }
+
+    /// `removexattr`.
+    pub fn removexattr(&self, t: &Target, name: &[u8]) -> R<()> {
+        self.writable()?;
+        if !xattr_allowed(name) {
+            return Err(Errno::NOTSUP);
+        }
+        let Some((_fd, p)) = self.xattr_path(t)? else {
+            return Err(Errno::PERM);
+        };
+        rustix::fs::removexattr(&p, name)
+    }
+}
