@@ -116,6 +116,8 @@ enum Cmd {
     Mkdir { path: String },
     /// Rename.
     Mv { from: String, to: String },
+    /// Show the server's counters (clients, open files, requests in flight, served, refused).
+    Stats,
     /// Mount the server's export on MOUNTPOINT with FUSE (real file descriptors for every
     /// program); stays in the foreground and unmounts on SIGINT/SIGTERM.
     Mount {
@@ -264,6 +266,14 @@ fn run(cli: Cli) -> io::Result<()> {
         Cmd::Rm { path } => fs()?.remove_file(&path).map_err(|e| with_path(&path, e)),
         Cmd::Mkdir { path } => fs()?.create_dir(&path).map_err(|e| with_path(&path, e)),
         Cmd::Mv { from, to } => fs()?.rename(&from, &to).map_err(|e| with_path(&from, e)),
+        Cmd::Stats => {
+            let s = fs()?.server_stats()?;
+            println!(
+                "clients {}\nopen_files {}\nin_flight {}\nrequests {}\nrefused {}",
+                s.clients, s.open_files, s.in_flight, s.requests, s.refused
+            );
+            Ok(())
+        }
         Cmd::Mount {
             mountpoint,
             read_only,

@@ -16,6 +16,16 @@ use super::attr::{bytes, dt_kind, err, file_attr};
 use crate::proto::*;
 
 impl Filesystem for Fs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Large reads from the kernel (its read-ahead, up to 1 MiB if it allows): a
+        // sequential reader costs a round trip per MiB, not per 128 KiB.
+        if let Err(max) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.child(parent, name) {
             Ok(p) => self.entry(&p, reply),
