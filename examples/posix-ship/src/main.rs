@@ -135,6 +135,9 @@ enum Cmd {
         /// Threads serving kernel requests.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Let the kernel gather small writes into large ones (FUSE writeback cache).
+        #[arg(long)]
+        writeback_cache: bool,
     },
     /// Run the demo: a server on a temporary export, real programs through the interposer.
     Demo {
@@ -280,6 +283,7 @@ fn run(cli: Cli) -> io::Result<()> {
             attr_timeout,
             entry_timeout,
             threads,
+            writeback_cache,
         } => {
             let secs = |s: f64, what: &str| {
                 Duration::try_from_secs_f64(s).map_err(|e| {
@@ -290,6 +294,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 attr_timeout: secs(attr_timeout, "attr-timeout")?,
                 entry_timeout: secs(entry_timeout, "entry-timeout")?,
                 read_only,
+                writeback: writeback_cache,
             };
             mount_cmd::run(
                 fs()?,

@@ -266,6 +266,14 @@ pub const REMOVEXATTR: Rpc<(Target, ByteBuf), Reply<()>> = Rpc::new("posix.remov
 /// The server's counters.
 pub const SERVER_STATS: Rpc<(), ServerStats> = Rpc::new("posix.server_stats");
 
+/// Whether a client may reach extended attribute `name`: `user.*` and POSIX ACLs (the
+/// server refuses the others with `ENOTSUP`, and clients need not ask).
+pub fn xattr_allowed(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+}
+
 /// The largest read or write one request carries; larger calls are split by the client.
 pub const MAX_IO: u64 = 16 << 20;
 

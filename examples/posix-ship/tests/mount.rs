@@ -18,10 +18,11 @@ struct Mounted {
 }
 
 impl Mounted {
-    fn start(srv: &ServerProc, at: &Path) -> Mounted {
+    fn start(srv: &ServerProc, at: &Path, args: &[&str]) -> Mounted {
         let mut child = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
             .args(["-s", &srv.addr, "mount"])
             .arg(at)
+            .args(args)
             .env("QS_AUTH", &srv.auth)
             .stdout(Stdio::piped())
             .spawn()
@@ -140,7 +141,7 @@ fn real_programs_on_the_mount_do_what_they_do_locally() {
         std::fs::create_dir_all(d).unwrap();
     }
     let srv = ServerProc::start(&export, "tcp", &[]);
-    let m = Mounted::start(&srv, &at);
+    let m = Mounted::start(&srv, &at, &[]);
     let there = run(&at, PROGRAMS);
     let here = run(&local, PROGRAMS);
     assert_eq!(there, here);
@@ -157,6 +158,37 @@ fn real_programs_on_the_mount_do_what_they_do_locally() {
 }
 
 #[test]
+fn with_the_writeback_cache_small_writes_travel_together() {
+    if !fuse_usable() {
+        return;
+    }
+    let base = scratch("mount-writeback");
+    let (export, at, local) = (base.join("export"), base.join("mnt"), base.join("local"));
+    for d in [&export, &at, &local] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let srv = ServerProc::start(&export, "tcp", &[]);
+    let m = Mounted::start(&srv, &at, &["--writeback-cache"]);
+    assert_eq!(run(&at, PROGRAMS), run(&local, PROGRAMS));
+    let stats = srv.client();
+    let before = stats.server_stats().unwrap().requests;
+    let dd = "dd if=/dev/urandom of=w bs=4k count=1024 status=none && sync w && sha256sum w";
+    let (there, here) = (
+        run(&at, dd),
+        run(&local, &dd.replace("/dev/urandom", "../mnt/w")),
+    );
+    let calls = stats.server_stats().unwrap().requests - before;
+    println!("dd bs=4k of 4 MiB with the writeback cache: {calls} calls");
+    assert_eq!(
+        there.split(' ').next(),
+        here.split(' ').next(),
+        "same bytes"
+    );
+    assert!(calls < 256, "{calls} calls for 1024 writes of 4 KiB");
+    drop(m);
+}
+
+#[test]
 fn a_killed_daemon_leaves_errors_not_hangs_and_can_mount_again() {
     if !fuse_usable() {
         return;
@@ -167,7 +199,7 @@ fn a_killed_daemon_leaves_errors_not_hangs_and_can_mount_again() {
     std::fs::create_dir_all(&at).unwrap();
     std::fs::write(export.join("f"), b"data").unwrap();
     let srv = ServerProc::start(&export, "tcp", &[]);
-    let mut m = Mounted::start(&srv, &at);
+    let mut m = Mounted::start(&srv, &at, &[]);
     assert_eq!(std::fs::read(at.join("f")).unwrap(), b"data");
     m.signal(libc::SIGKILL);
     let _ = m.child.wait();
@@ -176,7 +208,7 @@ fn a_killed_daemon_leaves_errors_not_hangs_and_can_mount_again() {
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
     assert!(t.elapsed() < Duration::from_secs(1));
     drop(m); // lazily unmounts the dead mount
-    let m = Mounted::start(&srv, &at);
+    let m = Mounted::start(&srv, &at, &[]);
     assert_eq!(std::fs::read(at.join("f")).unwrap(), b"data");
     drop(m);
 }

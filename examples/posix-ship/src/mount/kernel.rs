@@ -23,6 +23,12 @@ impl Filesystem for Fs {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.set_max_background(64);
+        if self.opts.writeback
+            && let Err(e) = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE)
+        {
+            tracing::warn!(unsupported = ?e, "the kernel has no writeback cache: writes go through");
+            self.opts.writeback = false;
+        }
         Ok(())
     }
 
@@ -155,10 +161,22 @@ impl Filesystem for Fs {
             let p = self.path(ino)?;
             let req = OpenReq {
                 path: bytes(&p),
-                flags: flags.0 & !(libc::O_CREAT | libc::O_EXCL),
+                flags: self.open_flags(flags.0 & !(libc::O_CREAT | libc::O_EXCL)),
                 mode: 0,
             };
-            self.call(OPEN, &req)
+            self.call(OPEN, &req).or_else(|e| {
+                // Not readable by its user: write-only after all (the kernel then cannot
+                // complete partial pages, and says so).
+                let wo = OpenReq {
+                    flags: req.flags & !libc::O_ACCMODE | (flags.0 & libc::O_ACCMODE),
+                    ..req
+                };
+                if e.code() == libc::EACCES && wo.flags != req.flags {
+                    self.call(OPEN, &wo)
+                } else {
+                    Err(e)
+                }
+            })
         });
         match r {
             Ok(o) => {
@@ -323,6 +341,10 @@ impl Filesystem for Fs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !xattr_allowed(name.as_bytes()) {
+            // Answered here: the kernel asks for security.capability before every write.
+            return reply.error(Errno::ENODATA);
+        }
         let r = self.target(ino, None).and_then(|t| {
             let v = self.call(GETXATTR, &(t, bytes(name.as_bytes())))?;
             Ok(v.into_vec())
@@ -407,7 +429,7 @@ impl Filesystem for Fs {
             let p = self.child(parent, name)?;
             let req = OpenReq {
                 path: bytes(&p),
-                flags: flags | libc::O_CREAT,
+                flags: self.open_flags(flags | libc::O_CREAT),
                 mode: mode & !umask & 0o7777,
             };
             Ok((self.call(OPEN, &req)?, p))

@@ -34,6 +34,10 @@ pub struct MountOptions {
     pub entry_timeout: Duration,
     /// Refuse every change (`EROFS`).
     pub read_only: bool,
+    /// Let the kernel gather writes in its page cache and send them in large pieces
+    /// (FUSE's writeback cache); files are then opened for reading too, without
+    /// `O_APPEND` (the kernel reads pages it completes and places appends itself).
+    pub writeback: bool,
 }
 
 impl Default for MountOptions {
@@ -42,6 +46,7 @@ impl Default for MountOptions {
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
             read_only: false,
+            writeback: false,
         }
     }
 }
@@ -115,6 +120,21 @@ impl Fs {
             Err(Errno::EROFS)
         } else {
             Ok(())
+        }
+    }
+
+    /// The flags a file is opened with on the server: with the writeback cache, readable
+    /// (the kernel reads the pages it completes) and without `O_APPEND` (the kernel places
+    /// appends).
+    fn open_flags(&self, flags: i32) -> i32 {
+        if !self.opts.writeback {
+            return flags;
+        }
+        let f = flags & !libc::O_APPEND;
+        if f & libc::O_ACCMODE == libc::O_WRONLY {
+            f & !libc::O_ACCMODE | libc::O_RDWR
+        } else {
+            f
         }
     }
 

@@ -10,17 +10,10 @@ use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
 use super::ops::{Ctx, R, proc_path};
-use crate::proto::Target;
+use crate::proto::{Target, xattr_allowed};
 
 /// The largest attribute value (the kernel's `XATTR_SIZE_MAX`), and list of names.
 const XATTR_MAX: usize = 64 << 10;
-
-/// Whether a client may reach attribute `name`.
-pub fn xattr_allowed(name: &[u8]) -> bool {
-    name.starts_with(b"user.")
-        || name == b"system.posix_acl_access"
-        || name == b"system.posix_acl_default"
-}
 
 impl Ctx<'_> {
     /// `link`: a hard link `to` naming `from` (a symlink is linked itself).
