@@ -130,17 +130,26 @@ python3 -c "import os; os.setxattr('hard', 'user.k', b'v'); print(os.getxattr('h
 cp -a hard kept && stat -c %u:%g kept
 "#;
 
-#[test]
-fn real_programs_on_the_mount_do_what_they_do_locally() {
+/// An export with a server, a mount point and a local directory to compare with; `None`
+/// where FUSE cannot be used.
+fn setup(name: &str) -> Option<(PathBuf, PathBuf, PathBuf, ServerProc)> {
     if !fuse_usable() {
-        return;
+        return None;
     }
-    let base = scratch("mount-programs");
+    let base = scratch(name);
     let (export, at, local) = (base.join("export"), base.join("mnt"), base.join("local"));
     for d in [&export, &at, &local] {
         std::fs::create_dir_all(d).unwrap();
     }
     let srv = ServerProc::start(&export, "tcp", &[]);
+    Some((export, at, local, srv))
+}
+
+#[test]
+fn real_programs_on_the_mount_do_what_they_do_locally() {
+    let Some((export, at, local, srv)) = setup("mount-programs") else {
+        return;
+    };
     let m = Mounted::start(&srv, &at, &[]);
     let there = run(&at, PROGRAMS);
     let here = run(&local, PROGRAMS);
@@ -159,15 +168,9 @@ fn real_programs_on_the_mount_do_what_they_do_locally() {
 
 #[test]
 fn with_the_writeback_cache_small_writes_travel_together() {
-    if !fuse_usable() {
+    let Some((_, at, local, srv)) = setup("mount-writeback") else {
         return;
-    }
-    let base = scratch("mount-writeback");
-    let (export, at, local) = (base.join("export"), base.join("mnt"), base.join("local"));
-    for d in [&export, &at, &local] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    let srv = ServerProc::start(&export, "tcp", &[]);
+    };
     let m = Mounted::start(&srv, &at, &["--writeback-cache"]);
     assert_eq!(run(&at, PROGRAMS), run(&local, PROGRAMS));
     let stats = srv.client();
