@@ -330,7 +330,7 @@ impl OfiPlugin {
     /// unanswered for `probe_timeout`. Returns when it next needs to run.
     fn check_liveness(&self, now: Instant) -> Option<Instant> {
         let mut probe = Vec::new();
-        let mut lost = Vec::new();
+        let mut lost: Vec<(PeerId, &str)> = Vec::new();
         let mut suspects = Vec::new();
         let mut next: Option<Instant> = None;
         {
@@ -343,7 +343,7 @@ impl OfiPlugin {
                 if let Some(t0) = p.probing_since
                     && now.duration_since(t0) >= self.cfg.probe_timeout
                 {
-                    lost.push(PeerId(*a));
+                    lost.push((PeerId(*a), "its liveness probes went unanswered"));
                     continue;
                 }
                 let silent = now.duration_since(p.last_heard) >= self.cfg.probe_after;
@@ -368,26 +368,26 @@ impl OfiPlugin {
         }
         for (a, raw) in suspects {
             if crate::provider::certainly_dead(self.provider.death_check, &raw) {
-                lost.push(PeerId(a));
+                lost.push((
+                    PeerId(a),
+                    "it stopped answering and its process or port is gone",
+                ));
             }
         }
         for a in probe {
-            if lost.contains(&PeerId(a)) {
+            if lost.iter().any(|(p, _)| *p == PeerId(a)) {
                 continue;
             }
             let b = wire::header(Kind::Ping, &self.self_raw);
             // A ping is never injected: its completion (or error) is part of the probe.
             let r = self.tsend_with_completion(a, b);
             if let Err(e) = r {
-                lost.push(PeerId(a));
+                lost.push((PeerId(a), "a liveness probe could not be sent to it"));
                 tracing::debug!("ofi: probe to {a} not posted: {e}");
             }
         }
-        for p in lost {
-            self.peer_lost(
-                p,
-                NaError::Unreachable("the peer stopped answering liveness probes".into()),
-            );
+        for (p, why) in lost {
+            self.peer_lost(p, NaError::Unreachable(format!("the peer is lost: {why}")));
         }
         next
     }
