@@ -58,6 +58,15 @@ impl Drop for Op {
     }
 }
 
+/// Waits for a one-way request's send (see `oneway`).
+pub(crate) fn wait_sent(
+    shared: Arc<Shared>,
+    tag: u64,
+    slot: Arc<Slot<Answer>>,
+) -> Result<(), RpcError> {
+    Op { shared, tag, slot }.wait().ok_or_else(taken)?.map(drop)
+}
+
 fn bulk_context(e: RpcError) -> RpcError {
     match e {
         RpcError::Timeout { rpc, peer } if rpc.is_empty() => RpcError::Timeout {

@@ -225,8 +225,9 @@ impl Engine {
         }
     }
 
-    /// Sends a one-way request: no answer, no completion beyond being handed to the
-    /// transport.
+    /// Sends a one-way request: no answer; returns once the transport has taken it, or
+    /// with why it could not (an unreachable peer, a connection lost), within the
+    /// engine's default timeout.
     pub fn notify<In: Serialize>(
         &self,
         target: &Endpoint,
@@ -248,9 +249,11 @@ impl Engine {
             self.shared.on_request(ReplyTo::Nobody { peer: None }, msg);
             return Ok(());
         }
-        let peer = self.shared.plugin.lookup(&target.addr)?;
-        self.shared.plugin.send_unexpected(peer, 0, msg)?;
-        Ok(())
+        let (tag, slot) =
+            self.shared
+                .post_one_way(&target.addr, msg, self.shared.default_timeout)?;
+        crate::call::wait_sent(self.shared.clone(), tag, slot)
+            .map_err(|e| e.in_call(rpc.name(), &target.addr, "()"))
     }
 
     fn encode<In: Serialize>(

@@ -25,6 +25,7 @@ mod driver;
 mod engine;
 mod error;
 mod handler;
+mod oneway;
 mod pool;
 pub mod proto;
 mod rpc;
