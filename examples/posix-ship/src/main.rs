@@ -132,6 +132,9 @@ enum Cmd {
         /// Seconds the kernel may trust a name's lookup.
         #[arg(long, default_value_t = 1.0)]
         entry_timeout: f64,
+        /// Seconds the kernel may remember that a name is not there (0: never).
+        #[arg(long, default_value_t = 1.0)]
+        negative_timeout: f64,
         /// Threads serving kernel requests.
         #[arg(long, default_value_t = 4)]
         threads: usize,
@@ -282,6 +285,7 @@ fn run(cli: Cli) -> io::Result<()> {
             read_only,
             attr_timeout,
             entry_timeout,
+            negative_timeout,
             threads,
             writeback_cache,
         } => {
@@ -293,6 +297,7 @@ fn run(cli: Cli) -> io::Result<()> {
             let opts = posix_ship::mount::MountOptions {
                 attr_timeout: secs(attr_timeout, "attr-timeout")?,
                 entry_timeout: secs(entry_timeout, "entry-timeout")?,
+                negative_timeout: secs(negative_timeout, "negative-timeout")?,
                 read_only,
                 writeback: writeback_cache,
             };

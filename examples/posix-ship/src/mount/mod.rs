@@ -32,6 +32,8 @@ pub struct MountOptions {
     pub attr_timeout: Duration,
     /// How long the kernel may trust a name's lookup.
     pub entry_timeout: Duration,
+    /// How long the kernel may remember that a name is not there.
+    pub negative_timeout: Duration,
     /// Refuse every change (`EROFS`).
     pub read_only: bool,
     /// Let the kernel gather writes in its page cache and send them in large pieces
@@ -45,6 +47,7 @@ impl Default for MountOptions {
         MountOptions {
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
+            negative_timeout: Duration::from_secs(1),
             read_only: false,
             writeback: false,
         }
@@ -148,8 +151,13 @@ impl Fs {
         match self.call(STAT, &(Target::Path(bytes(path)), false)) {
             Ok(a) => {
                 let ino = self.inodes().learn(path);
-                let ttl = self.opts.entry_timeout.min(self.opts.attr_timeout);
-                reply.entry(&ttl, &file_attr(ino, &a), Generation(0));
+                reply.entry(&self.ttl(), &file_attr(ino, &a), Generation(0));
+            }
+            // A name that is not there: the kernel may remember so (node 0), and creating
+            // it through the mount forgets that at once.
+            Err(e) if e.code() == libc::ENOENT && !self.opts.negative_timeout.is_zero() => {
+                let none = file_attr(0, &Attr::default());
+                reply.entry(&self.opts.negative_timeout, &none, Generation(0));
             }
             Err(e) => reply.error(e),
         }
