@@ -219,6 +219,19 @@ fn unsupported_calls_fail_clearly_and_local_files_are_untouched() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("mmap of a shipped file is not supported")
     );
+    // Without a server, the interposer says so instead of failing silently.
+    let out = Command::new("cat")
+        .arg(format!("{MOUNT}/nothing"))
+        .env("LD_PRELOAD", &r.lib)
+        .env_remove("POSIX_SHIP_SERVER")
+        .env("POSIX_SHIP_MOUNT", MOUNT)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("POSIX_SHIP_SERVER is not"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A path outside the mount is the C library's.
     let f = r.local.join("plain.txt");
     r.run(MOUNT, "cp", &[r.src.to_str().unwrap(), f.to_str().unwrap()]);

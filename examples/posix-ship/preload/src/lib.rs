@@ -42,8 +42,15 @@ pub(crate) struct Config {
 pub(crate) fn config() -> Option<&'static Config> {
     static C: OnceLock<Option<Config>> = OnceLock::new();
     C.get_or_init(|| {
-        let server = std::env::var("POSIX_SHIP_SERVER").ok()?;
         let mount = std::env::var("POSIX_SHIP_MOUNT").ok()?;
+        let Ok(server) = std::env::var("POSIX_SHIP_SERVER") else {
+            // Otherwise paths under the mount are silently the local ones (ENOENT).
+            eprintln!(
+                "posix-ship interposer: POSIX_SHIP_MOUNT={mount} is set but POSIX_SHIP_SERVER \
+                 is not: nothing is shipped"
+            );
+            return None;
+        };
         let mut mount = mount.into_bytes();
         while mount.len() > 1 && mount.last() == Some(&b'/') {
             mount.pop();
