@@ -218,6 +218,36 @@ fn slowloris_and_silent_sm_connects() {
     });
 }
 
+/// Connects clients to `s` until one is refused, which must happen within `within` and
+/// take under a second; returns the clients served and why the last was refused.
+fn connect_until_refused(
+    s: &ServerProc,
+    timeout: Duration,
+    within: Duration,
+) -> (Vec<RemoteFs>, String) {
+    let mut held = Vec::new();
+    let t = Instant::now();
+    loop {
+        assert!(t.elapsed() < within, "never refused");
+        let opts = ClientOptions {
+            timeout: Some(timeout),
+            ..s.options()
+        };
+        let t1 = Instant::now();
+        match RemoteFs::connect_with(&s.addr, opts) {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                assert!(
+                    t1.elapsed() < Duration::from_secs(1),
+                    "{:?}: {e}",
+                    t1.elapsed()
+                );
+                return (held, e.to_string());
+            }
+        }
+    }
+}
+
 #[test]
 fn clients_past_the_file_budget_are_refused_at_once() {
     // 512 descriptors: 384 for clients' files, the rest for connections.
@@ -249,23 +279,7 @@ fn clients_past_the_file_budget_are_refused_at_once() {
     assert_eq!(errno(late.open("f0")), libc::EMFILE);
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     // Connections past the descriptor limit are refused with the reason, not left waiting.
-    let mut extra = Vec::new();
-    let t = Instant::now();
-    let why = loop {
-        assert!(t.elapsed() < Duration::from_secs(10), "never refused");
-        let opts = ClientOptions {
-            timeout: Some(Duration::from_secs(2)),
-            ..s.options()
-        };
-        let t1 = Instant::now();
-        match RemoteFs::connect_with(&s.addr, opts) {
-            Ok(c) => extra.push(c),
-            Err(e) => {
-                assert!(t1.elapsed() < Duration::from_secs(1), "{:?}", t1.elapsed());
-                break e.to_string();
-            }
-        }
-    };
+    let (extra, why) = connect_until_refused(&s, Duration::from_secs(2), Duration::from_secs(10));
     println!(
         "file budget: {} files held, {refused} opens refused with EMFILE; connection {} refused: {why}",
         held.len(),
@@ -407,27 +421,7 @@ fn sm_connections_past_the_descriptor_limit_fail_at_once() {
     let export = scratch("bounds-sm-fds");
     let name = format!("bounds-fds-{}", std::process::id());
     let s = ServerProc::start_with(&export, &format!("sm://{name}"), &[], &[], Some(64));
-    let mut held = Vec::new();
-    let t = Instant::now();
-    let why = loop {
-        assert!(t.elapsed() < Duration::from_secs(30), "never refused");
-        let opts = ClientOptions {
-            timeout: Some(Duration::from_secs(5)),
-            ..s.options()
-        };
-        let t1 = Instant::now();
-        match RemoteFs::connect_with(&s.addr, opts) {
-            Ok(c) => held.push(c),
-            Err(e) => {
-                assert!(
-                    t1.elapsed() < Duration::from_secs(1),
-                    "{:?}: {e}",
-                    t1.elapsed()
-                );
-                break e.to_string();
-            }
-        }
-    };
+    let (held, why) = connect_until_refused(&s, Duration::from_secs(5), Duration::from_secs(30));
     println!(
         "sm, descriptor limit 64: {} clients served, the next failed at once: {why}",
         held.len()
