@@ -244,6 +244,20 @@ fn links_owners_and_attributes_are_checked_as_the_caller() {
 }
 
 #[test]
+fn a_port_nobody_listens_on_is_connection_refused() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = RemoteFs::connect(&format!("tcp://127.0.0.1:{port}"))
+        .err()
+        .expect("nobody listens");
+    assert_eq!(e.raw_os_error(), None, "a message with its kind: {e}");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+}
+
+#[test]
 fn a_tcp_client_without_a_valid_credential_is_refused() {
     let (base, export) = export("trust-refused");
     let srv = ServerProc::start(&export, "tcp", &[]);

@@ -294,6 +294,13 @@ impl StreamPlugin {
         }
         conn.wire.shutdown();
         lock(&self.by_addr).retain(|_, p| *p != peer);
+        {
+            let mut gone = lock(&self.gone);
+            if gone.len() >= crate::GONE_KEPT {
+                gone.pop_front();
+            }
+            gone.push_back((peer, err.clone()));
+        }
         let mut evs = lock(&self.ops).fail_peer(peer, &err);
         evs.push(Event::PeerLost { peer, error: err });
         self.push_events(evs, false);

@@ -107,7 +107,12 @@ pub struct StreamPlugin {
     spins: AtomicU64,
     /// Memory held by answers queued on all connections.
     backlog: Arc<AtomicUsize>,
+    /// Why the most recently closed connections ended (at most [`GONE_KEPT`]).
+    gone: Mutex<VecDeque<(PeerId, NaError)>>,
 }
+
+/// How many closed connections' reasons are remembered.
+const GONE_KEPT: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -148,6 +153,7 @@ impl StreamPlugin {
             unread: Mutex::new(HashSet::new()),
             spins: AtomicU64::new(0),
             backlog: Arc::default(),
+            gone: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -227,10 +233,16 @@ impl StreamPlugin {
     }
 
     fn conn(&self, peer: PeerId) -> NaResult<Arc<Conn>> {
-        lock(&self.conns)
-            .get(&peer)
-            .cloned()
-            .ok_or_else(|| NaError::Disconnected(format!("no connection to peer {}", peer.0)))
+        let c = lock(&self.conns).get(&peer).cloned();
+        c.ok_or_else(|| {
+            // Why it ended, if it ended lately: a refused dial is Unreachable, not "lost".
+            let gone = lock(&self.gone);
+            let why = gone.iter().rev().find(|(p, _)| *p == peer);
+            why.map_or_else(
+                || NaError::Disconnected(format!("no connection to peer {}", peer.0)),
+                |(_, e)| e.clone(),
+            )
+        })
     }
 
     fn push_events(&self, evs: impl IntoIterator<Item = Event>, wake: bool) {

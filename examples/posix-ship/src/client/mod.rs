@@ -56,6 +56,9 @@ pub fn rpc_errno(e: &RpcError) -> i32 {
         RpcError::Shutdown => libc::ESHUTDOWN,
         RpcError::Canceled => libc::ECANCELED,
         RpcError::Transport(rpc_core::NaError::AccessDenied(_)) => libc::EACCES,
+        // Never connected (nobody listens there): not a reset.
+        RpcError::Transport(rpc_core::NaError::Unreachable(_)) => libc::ECONNREFUSED,
+        RpcError::Transport(rpc_core::NaError::InvalidAddress { .. }) => libc::EINVAL,
         RpcError::Transport(_) => libc::ECONNRESET,
         RpcError::InvalidArgument(_) | RpcError::TooLarge { .. } => libc::EINVAL,
         _ => libc::EIO,
