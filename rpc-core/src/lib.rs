@@ -45,8 +45,8 @@ pub use handler::{Caller, Responder};
 pub use na::{Access, Address, Auth, Fault, Identity, NaError, PeerId, Proof};
 pub use rpc::{Rpc, rpc_id};
 /// Byte payloads: put [`ByteBuf`] (or `#[serde(with = "serde_bytes")]` on a `Vec<u8>`
-/// field) in RPC types; a plain `Vec<u8>` is encoded element by element, several times
-/// slower.
+/// field) in RPC types; a plain `Vec<u8>` is encoded as an array of integers, one element
+/// at a time, instead of one binary string.
 pub use serde_bytes::{self, ByteBuf};
 
 /// The README's examples, compiled and run as doctests.

@@ -547,3 +547,24 @@ impl Drop for Conn {
         self.drop_queued(&mut w);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Backlog;
+
+    #[test]
+    fn a_connection_pauses_on_its_own_share_or_on_a_fair_share_under_pressure() {
+        let b = Backlog {
+            per_conn: 1600,
+            total: 10_000,
+        };
+        // Alone: paused past its own bound, resumed at half of it.
+        assert!(!b.over(1600, 1600) && b.over(1601, 1601));
+        assert!(!b.under(801, 801) && b.under(800, 800));
+        // Under total pressure: paused past the fair share (per_conn / 16), resumed at
+        // half of that while the pressure lasts, at half its own bound once it is over.
+        assert!(!b.over(100, 20_000) && b.over(101, 20_000));
+        assert!(!b.under(51, 20_000) && b.under(50, 20_000));
+        assert!(b.under(800, 10_000));
+    }
+}

@@ -150,16 +150,6 @@ impl Inodes {
             self.by_path.insert(new, ino);
         }
     }
-
-    /// Numbers held (for tests and statistics).
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    /// Only the root is known.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.len() <= 1
-    }
 }
 
 #[cfg(test)]

@@ -288,16 +288,20 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
-        if offset == 0 || !listings.contains_key(&fh.0) {
+        let lock = || self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        if offset == 0 || !lock().contains_key(&fh.0) {
+            // Listed without the lock held: other directories are listed meanwhile.
             match self.list(fh.0) {
                 Ok(all) => {
-                    listings.insert(fh.0, all);
+                    lock().insert(fh.0, all);
                 }
                 Err(e) => return reply.error(e),
             }
         }
-        let all = &listings[&fh.0];
+        let listings = lock();
+        let Some(all) = listings.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
         for (i, e) in all.iter().enumerate().skip(offset as usize) {
             let name = OsStr::from_bytes(&e.name);
             if reply.add(INodeNo(e.ino.max(2)), i as u64 + 1, dt_kind(e.kind), name) {

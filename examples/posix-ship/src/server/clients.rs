@@ -224,11 +224,10 @@ impl Clients {
         if t.gone.contains(&id) {
             return Err(Errno::CONNRESET);
         }
-        let c = t.clients.entry(id).or_default();
-        let user = c.user;
-        if c.files.len() >= self.limits.open_files
-            || t.user(user).files >= self.limits.per_user.open_files
-        {
+        let user = t.user_of(id);
+        let mine = t.clients.get(&id).map_or(0, |c| c.files.len());
+        let users = t.users.get(&user).map_or(0, |u| u.files);
+        if mine >= self.limits.open_files || users >= self.limits.per_user.open_files {
             return Err(Errno::MFILE);
         }
         if t.open_files >= self.limits.total_open as u64 {
