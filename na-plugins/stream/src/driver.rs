@@ -284,8 +284,19 @@ impl StreamPlugin {
     }
 
     pub(crate) fn close_conn(&self, peer: PeerId, err: NaError) {
-        let Some(conn) = lock(&self.conns).remove(&peer) else {
-            return;
+        let conn = {
+            let mut conns = lock(&self.conns);
+            let Some(conn) = conns.remove(&peer) else {
+                return;
+            };
+            // Recorded before the connection is seen missing: a call that finds it gone
+            // learns why (conns, then gone: the order `conn()` takes them in).
+            let mut gone = lock(&self.gone);
+            if gone.len() >= crate::GONE_KEPT {
+                gone.pop_front();
+            }
+            gone.push_back((peer, err.clone()));
+            conn
         };
         tracing::debug!(peer = peer.0, error = %err, "{} connection closed", self.net.name());
         conn.close();
@@ -294,13 +305,6 @@ impl StreamPlugin {
         }
         conn.wire.shutdown();
         lock(&self.by_addr).retain(|_, p| *p != peer);
-        {
-            let mut gone = lock(&self.gone);
-            if gone.len() >= crate::GONE_KEPT {
-                gone.pop_front();
-            }
-            gone.push_back((peer, err.clone()));
-        }
         let mut evs = lock(&self.ops).fail_peer(peer, &err);
         evs.push(Event::PeerLost { peer, error: err });
         self.push_events(evs, false);
