@@ -79,10 +79,10 @@ fn fuse_usable() -> bool {
 
 /// Runs `script` with bash in `dir`, with a fixed git identity and time; its stdout.
 fn run(dir: &Path, script: &str) -> String {
-    let home = scratch(&format!(
-        "mount-home-{}",
-        dir.file_name().unwrap().to_string_lossy()
-    ));
+    // Its own HOME per test and place: tests run in parallel, and `scratch` empties it.
+    let base = dir.parent().unwrap().file_name().unwrap().to_string_lossy();
+    let place = dir.file_name().unwrap().to_string_lossy();
+    let home = scratch(&format!("{base}-home-{place}"));
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", script])
         .current_dir(dir)
@@ -112,7 +112,7 @@ exec 3< d/f; rm d/f; cat <&3; exec 3<&-
 git init -q repo && cd repo && echo a > a.txt && mkdir sub && echo b > sub/b.txt
 git add -A && git commit -qm one && git mv a.txt c.txt && git commit -qm two
 git log --format=%H%n%s && git status --short && git fsck --no-progress 2>&1 | wc -l
-git gc -q && git clone -q . ../clone && cd ../clone && git log --format=%s | head -1
+git gc -q && git clone -q . ../clone && cd ../clone && git log -1 --format=%s
 cd .. && tar czf t.tgz repo && mkdir x && tar xzf t.tgz -C x && diff -r repo x/repo && echo tar ok
 mkdir proj && printf '#include <stdio.h>\nint main(void){puts("built");return 0;}\n' > proj/main.c
 printf 'main: main.c\n\tcc -o main main.c\n' > proj/Makefile && make -s -C proj && ./proj/main
@@ -123,7 +123,7 @@ python3 -c "import os; os.chdir('repo'); print(sorted(f for _, _, fs in os.walk(
 perl -MFile::Find -e 'my @n; find(sub { push @n, $_ if -f && $File::Find::dir !~ /objects/ }, "repo"); print join(",", sort @n), "\n"'
 cp -a repo copy && diff -r repo copy && echo cp ok
 ln -s c.txt repo/link && readlink repo/link && cat repo/link
-mv copy moved && ls moved | head -2
+mv copy moved && ls moved | sort | sed -n 1,2p
 ln repo/c.txt hard && cat hard && stat -c %h hard repo/c.txt
 chown 1:2 hard && stat -c %u:%g hard repo/c.txt
 python3 -c "import os; os.setxattr('hard', 'user.k', b'v'); print(os.getxattr('hard', 'user.k'), os.listxattr('hard')); os.removexattr('hard', 'user.k'); print(os.listxattr('hard'))"
