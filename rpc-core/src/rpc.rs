@@ -41,6 +41,25 @@ impl<In, Out> Rpc<In, Out> {
         }
     }
 
+    /// The same operation with `W` carried before its input, under its own id (the hash of
+    /// `tag` and the name), so that both can be registered side by side: a forwarder uses
+    /// it to say whom it calls for. Errors still name the operation.
+    ///
+    /// ```
+    /// use rpc_core::Rpc;
+    /// const SUM: Rpc<(u64, u64), u64> = Rpc::new("sum");
+    /// const SUM_FOR: Rpc<(u32, (u64, u64)), u64> = SUM.prefixed("on-behalf");
+    /// assert_eq!(SUM_FOR.name(), "sum");
+    /// assert_ne!(SUM_FOR.id(), SUM.id());
+    /// ```
+    pub const fn prefixed<W>(self, tag: &'static str) -> Rpc<(W, In), Out> {
+        Rpc {
+            name: self.name,
+            id: self.id ^ rpc_id(tag).rotate_left(1),
+            _types: PhantomData,
+        }
+    }
+
     /// An RPC with a chosen id, to test what happens when two names hash alike.
     #[cfg(test)]
     pub(crate) const fn with_id(name: &'static str, id: u64) -> Self {

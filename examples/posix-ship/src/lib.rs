@@ -15,6 +15,7 @@
 //! (`libposix_ship_preload.so`) uses the same client.
 #![deny(missing_docs)]
 
+pub mod bulk_io;
 pub mod client;
 pub mod mount;
 pub mod proto;

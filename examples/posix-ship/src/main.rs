@@ -99,6 +99,10 @@ enum Cmd {
         /// Serve only members of these groups (default: all).
         #[arg(long, value_delimiter = ',')]
         allow_gid: Vec<u32>,
+        /// Let peers verified as this uid call for other users (I/O nodes; repeat or
+        /// comma-separate). Each request still runs with the rights of the user named.
+        #[arg(long, value_delimiter = ',')]
+        trust_forwarder: Vec<u32>,
     },
     /// List a directory.
     Ls { path: String },
@@ -206,6 +210,7 @@ fn run(cli: Cli) -> io::Result<()> {
             anon_gid,
             allow_uid,
             allow_gid,
+            trust_forwarder,
         } => serve(ServerConfig {
             export,
             listen: listen.unwrap_or_default(),
@@ -230,6 +235,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 anon: (anon_uid, anon_gid),
                 allow_uids: allow_uid,
                 allow_gids: allow_gid,
+                trusted_forwarders: trust_forwarder,
             },
         }),
         Cmd::Ls { path } => {

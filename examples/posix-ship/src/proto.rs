@@ -266,6 +266,26 @@ pub const REMOVEXATTR: Rpc<(Target, ByteBuf), Reply<()>> = Rpc::new("posix.remov
 /// The server's counters.
 pub const SERVER_STATS: Rpc<(), ServerStats> = Rpc::new("posix.server_stats");
 
+/// Whom a trusted forwarder (an I/O node) calls for: the identity its own transport
+/// verified for its client (`None`: an anonymous client). The server applies its policy
+/// (squash, allow lists) to it exactly as to a direct client.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups (at most [`rpc_core::na::MAX_GROUPS`]).
+    pub groups: Vec<u32>,
+}
+
+/// Operation `rpc` called by a forwarder for a client: the same request, preceded by
+/// whom it acts for. A server serves it only from a peer it is configured to trust
+/// (`posix-ship server --trust-forwarder UID`), and refuses it with `EPERM` otherwise.
+pub const fn forwarded<In, Out>(rpc: Rpc<In, Out>) -> Rpc<(Option<Principal>, In), Out> {
+    rpc.prefixed("posix.forwarded")
+}
+
 /// Whether a client may reach extended attribute `name`: `user.*` and POSIX ACLs (the
 /// server refuses the others with `ENOTSUP`, and clients need not ask).
 pub fn xattr_allowed(name: &[u8]) -> bool {
@@ -276,6 +296,10 @@ pub fn xattr_allowed(name: &[u8]) -> bool {
 
 /// The largest read or write one request carries; larger calls are split by the client.
 pub const MAX_IO: u64 = 16 << 20;
+
+/// The most a read answers inline: an answer must fit in one message, so that no client
+/// can make a server hold a large answer for it to pull.
+pub const MAX_INLINE_READ: u64 = 60 << 10;
 
 /// The most entries a `readdir` page carries.
 pub const MAX_DIR_PAGE: u32 = 1024;

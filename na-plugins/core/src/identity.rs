@@ -17,6 +17,9 @@ pub enum Proof {
     /// A claim authenticated with the shared key: the peer holds the key, and the key's
     /// holders are trusted to say who they act for.
     SharedKey,
+    /// Asserted by a forwarder (an I/O node) that the server is configured to trust,
+    /// which verified it by one of the other proofs on its own connection.
+    Forwarded,
 }
 
 /// The verified credentials of the process at the other end of a connection.

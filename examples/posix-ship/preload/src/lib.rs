@@ -97,7 +97,7 @@ pub(crate) fn shipped_at(dirfd: c_int, path: *const c_char) -> Option<Vec<u8>> {
 }
 
 /// Calls `rpc` on the server (connecting first if need be); the errno on failure.
-pub(crate) fn call<In: serde::Serialize, Out: serde::de::DeserializeOwned>(
+pub(crate) fn call<In: serde::Serialize + Clone, Out: serde::de::DeserializeOwned>(
     rpc: rpc_core::Rpc<In, posix_ship::proto::Reply<Out>>,
     input: &In,
 ) -> Result<Out, c_int> {

@@ -40,6 +40,8 @@ pub const DEFAULT_INLINE_MAX: usize = 32 << 10;
 #[derive(Clone)]
 pub struct RemoteFs {
     inner: Arc<Inner>,
+    /// Set on a forwarder's view ([`RemoteFs::acting_for`]): whom its calls are for.
+    for_user: Option<Arc<Option<Principal>>>,
 }
 
 struct Inner {
@@ -121,13 +123,23 @@ impl RemoteFs {
             builder = builder.auth(auth);
         }
         let engine = builder.build().map_err(rpc_err)?;
+        RemoteFs::on(&engine, addr, inline_max)
+    }
+
+    /// Reaches the server at `addr` through `engine`, which may serve and call others too
+    /// (an I/O node's one engine); `inline_max` as in [`ClientOptions`]. Checks that the
+    /// server answers. The client keeps what it is given: pass [`Engine::handle`] where
+    /// the client lives inside the engine's own handlers, so that it does not keep the
+    /// engine alive.
+    pub fn on(engine: &Engine, addr: &str, inline_max: usize) -> io::Result<RemoteFs> {
         let peer = engine.lookup(addr).map_err(rpc_err)?;
         let fs = RemoteFs {
             inner: Arc::new(Inner {
-                engine,
+                engine: engine.clone(),
                 peer,
                 inline_max,
             }),
+            for_user: None,
         };
         // Fail now, not at the first file call, if nobody answers or the server refuses
         // our credential, saying why.
@@ -139,6 +151,16 @@ impl RemoteFs {
         Ok(fs)
     }
 
+    /// The same connection, its calls made for `user` (`None`: an anonymous client): a
+    /// forwarder's view. The server serves them only if it trusts this process as a
+    /// forwarder (`EPERM` otherwise), with `user`'s rights.
+    pub fn acting_for(&self, user: Option<Principal>) -> RemoteFs {
+        RemoteFs {
+            inner: self.inner.clone(),
+            for_user: Some(Arc::new(user)),
+        }
+    }
+
     /// The engine (for counters).
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
@@ -146,17 +168,20 @@ impl RemoteFs {
 
     /// Calls any operation of [`crate::proto`] with its raw request: the server's errno,
     /// or the transport's failure as one, on error (the interposer's way in).
-    pub fn call<In: Serialize, Out: DeserializeOwned>(
+    pub fn call<In: Serialize + Clone, Out: DeserializeOwned>(
         &self,
         rpc: Rpc<In, Reply<Out>>,
         input: &In,
     ) -> io::Result<Out> {
         let i = &self.inner;
-        i.engine
-            .call(&i.peer, rpc, input)
-            .wait()
-            .map_err(rpc_err)?
-            .map_err(errno)
+        let call = match &self.for_user {
+            None => i.engine.call(&i.peer, rpc, input),
+            Some(user) => {
+                let input = (Option::clone(user), input.clone());
+                i.engine.call(&i.peer, forwarded(rpc), &input)
+            }
+        };
+        call.wait().map_err(rpc_err)?.map_err(errno)
     }
 
     /// The server's counters.

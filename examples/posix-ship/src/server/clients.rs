@@ -96,10 +96,11 @@ pub type User = Option<u32>;
 
 #[derive(Default)]
 struct Client {
-    files: HashMap<u64, Arc<OpenFile>>,
+    /// Open files, each with the user it counts against (a forwarder's connection carries
+    /// many users).
+    files: HashMap<u64, (Arc<OpenFile>, User)>,
     in_flight: usize,
     staged: u64,
-    user: User,
 }
 
 /// What one user's connections hold together.
@@ -134,11 +135,6 @@ impl Table {
         if e.in_flight == 0 && e.files == 0 && e.staged == 0 {
             self.users.remove(&u);
         }
-    }
-
-    /// The user of client `id` (anonymous for one never admitted).
-    fn user_of(&self, id: ClientId) -> User {
-        self.clients.get(&id).and_then(|c| c.user)
     }
 }
 
@@ -207,7 +203,6 @@ impl Clients {
         }
         let c = t.clients.entry(id).or_default();
         c.in_flight += 1;
-        c.user = user;
         t.user(user).in_flight += 1;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -218,13 +213,13 @@ impl Clients {
         })
     }
 
-    /// Keeps `file` for `id` under a fresh random handle (`EMFILE` past the bound).
-    pub fn insert(&self, id: ClientId, file: OpenFile) -> Result<Fh, Errno> {
+    /// Keeps `file` for `id`, opened by `user`, under a fresh random handle (`EMFILE`
+    /// past the bound).
+    pub fn insert(&self, id: ClientId, user: User, file: OpenFile) -> Result<Fh, Errno> {
         let mut t = self.lock();
         if t.gone.contains(&id) {
             return Err(Errno::CONNRESET);
         }
-        let user = t.user_of(id);
         let mine = t.clients.get(&id).map_or(0, |c| c.files.len());
         let users = t.users.get(&user).map_or(0, |u| u.files);
         if mine >= self.limits.open_files || users >= self.limits.per_user.open_files {
@@ -248,18 +243,17 @@ impl Clients {
                 break h;
             }
         };
-        c.files.insert(fh, Arc::new(file));
+        c.files.insert(fh, (Arc::new(file), user));
         t.open_files += 1;
         t.user(user).files += 1;
         Ok(Fh(fh))
     }
 
-    /// Grants `id` up to `want` bytes of staging memory: less under pressure, never less
-    /// than [`MIN_STAGE`] (or `want`, if smaller).
-    pub fn stage(&self, id: ClientId, want: u64) -> Staged<'_> {
+    /// Grants `id`, serving `user`, up to `want` bytes of staging memory: less under
+    /// pressure, never less than [`MIN_STAGE`] (or `want`, if smaller).
+    pub fn stage(&self, id: ClientId, user: User, want: u64) -> Staged<'_> {
         let mut t = self.lock();
         let free_total = self.limits.staging_total.saturating_sub(t.staged);
-        let user = t.user_of(id);
         let free_user = (self.limits.per_user.staging).saturating_sub(t.user(user).staged);
         let c = t.clients.entry(id).or_default();
         let free_mine = self.limits.staging_per_client.saturating_sub(c.staged);
@@ -281,20 +275,19 @@ impl Clients {
         t.clients
             .get(&id)
             .and_then(|c| c.files.get(&fh.0))
-            .cloned()
+            .map(|(f, _)| f.clone())
             .ok_or(Errno::BADF)
     }
 
     /// Forgets `fh` (`EBADF` if it is not open); the file closes when unused.
     pub fn remove(&self, id: ClientId, fh: Fh) -> Result<Arc<OpenFile>, Errno> {
         let mut t = self.lock();
-        let f = t
+        let (f, user) = t
             .clients
             .get_mut(&id)
             .and_then(|c| c.files.remove(&fh.0))
             .ok_or(Errno::BADF)?;
         t.open_files -= 1;
-        let user = t.user_of(id);
         t.with_user(user, |u| u.files -= 1);
         Ok(f)
     }
@@ -312,7 +305,9 @@ impl Clients {
         }
         if let Some(c) = t.clients.remove(&id) {
             t.open_files -= c.files.len() as u64;
-            t.with_user(c.user, |u| u.files -= c.files.len());
+            for (_, user) in c.files.values() {
+                t.with_user(*user, |u| u.files -= 1);
+            }
             tracing::info!(client = id, closed = c.files.len(), "client lost");
         }
     }

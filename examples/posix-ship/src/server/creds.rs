@@ -23,6 +23,9 @@ pub struct Policy {
     pub allow_uids: Vec<u32>,
     /// If not empty, only users in one of these groups are served.
     pub allow_gids: Vec<u32>,
+    /// Peers verified as one of these uids may call for others ([`crate::proto::forwarded`]):
+    /// I/O nodes. Empty (the default): nobody may.
+    pub trusted_forwarders: Vec<u32>,
 }
 
 impl Default for Policy {
@@ -33,6 +36,7 @@ impl Default for Policy {
             anon: (65534, 65534),
             allow_uids: Vec::new(),
             allow_gids: Vec::new(),
+            trusted_forwarders: Vec::new(),
         }
     }
 }

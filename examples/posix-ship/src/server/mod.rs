@@ -156,9 +156,10 @@ fn io(e: rpc_core::RpcError) -> std::io::Error {
     std::io::Error::other(e)
 }
 
-/// Registers `rpc` with a body that runs with the caller's context and rights (see
-/// [`creds`]), inside the caller's in-flight bound; a refusal or a failed system call
-/// answers with its `errno`.
+/// Registers `rpc`, and its [`forwarded`] twin, with a body that runs with the caller's
+/// context and rights (see [`creds`]), inside the caller's in-flight bound; a refusal or a
+/// failed system call answers with its `errno`. The twin runs with the rights of the
+/// user a trusted forwarder names, and answers `EPERM` to any other peer.
 fn serve<In, Out, F>(
     e: &Engine,
     st: &Arc<State>,
@@ -170,39 +171,76 @@ where
     Out: Serialize + 'static,
     F: Fn(&Ctx<'_>, In) -> Result<Out, rustix::io::Errno> + Send + Sync + 'static,
 {
-    let st = st.clone();
-    let name = rpc.name();
+    let f = Arc::new(f);
+    let (st2, f2) = (st.clone(), f.clone());
     e.register_responder(rpc, move |input: In, r: Responder<Reply<Out>>| {
-        let id = r.peer().map_or(LOCAL, |p| p.0);
-        tracing::trace!(client = id, rpc = name, "request");
         let identity = r.identity();
-        let admitted = match st.clients.admit(id, identity.as_ref().map(|i| i.uid)) {
-            Ok(a) => a,
-            Err(errno) => return r.respond(&Err(errno.raw_os_error())),
-        };
-        let ctx = Ctx {
-            export: &st.export,
-            clients: &st.clients,
-            id,
-            caller: r.caller(),
-            read_only: st.read_only,
-            policy: &st.policy,
-        };
-        let out = st
-            .policy
-            .creds(identity.as_ref())
-            .and_then(|c| creds::AsUser::enter(&c))
-            .and_then(|_as_user| f(&ctx, input))
-            .map_err(|e| e.raw_os_error());
-        tracing::trace!(
-            client = id,
-            rpc = name,
-            errno = out.as_ref().err(),
-            "answered"
-        );
-        r.respond(&out);
-        drop(admitted);
+        answer(&st2, r, identity, input, &*f2)
+    })?;
+    let st = st.clone();
+    e.register_responder(
+        forwarded(rpc),
+        move |(principal, input): (Option<Principal>, In), r: Responder<Reply<Out>>| {
+            let trusted = r
+                .identity()
+                .is_some_and(|i| st.policy.trusted_forwarders.contains(&i.uid));
+            if !trusted {
+                tracing::warn!(peer = ?r.peer(), rpc = rpc.name(), "a call for another user from an untrusted peer");
+                return r.respond(&Err(libc::EPERM));
+            }
+            let identity = match principal.map(acting_for) {
+                None => None,
+                Some(Some(i)) => Some(i),
+                Some(None) => return r.respond(&Err(libc::EINVAL)),
+            };
+            answer(&st, r, identity, input, &*f)
+        },
+    )
+}
+
+/// The identity a trusted forwarder asserts (`None` if it names too many groups).
+fn acting_for(p: Principal) -> Option<rpc_core::Identity> {
+    (p.groups.len() <= 65536).then_some(rpc_core::Identity {
+        uid: p.uid,
+        gid: p.gid,
+        groups: p.groups,
+        proof: rpc_core::Proof::Forwarded,
     })
+}
+
+fn answer<In, Out>(
+    st: &State,
+    r: Responder<Reply<Out>>,
+    identity: Option<rpc_core::Identity>,
+    input: In,
+    f: &dyn Fn(&Ctx<'_>, In) -> Result<Out, rustix::io::Errno>,
+) where
+    Out: Serialize + 'static,
+{
+    let id = r.peer().map_or(LOCAL, |p| p.0);
+    let user = identity.as_ref().map(|i| i.uid);
+    let admitted = match st.clients.admit(id, user) {
+        Ok(a) => a,
+        Err(errno) => return r.respond(&Err(errno.raw_os_error())),
+    };
+    let ctx = Ctx {
+        export: &st.export,
+        clients: &st.clients,
+        id,
+        user,
+        caller: r.caller(),
+        read_only: st.read_only,
+        policy: &st.policy,
+    };
+    let out = st
+        .policy
+        .creds(identity.as_ref())
+        .and_then(|c| creds::AsUser::enter(&c))
+        .and_then(|_as_user| f(&ctx, input))
+        .map_err(|e| e.raw_os_error());
+    tracing::trace!(client = id, errno = out.as_ref().err(), "answered");
+    r.respond(&out);
+    drop(admitted);
 }
 
 fn register(e: &Engine, st: &Arc<State>) -> Result<(), rpc_core::RpcError> {

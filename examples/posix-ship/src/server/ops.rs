@@ -4,12 +4,14 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use rpc_core::{Access, Caller, Seg};
+use rpc_core::Caller;
+
+use crate::bulk_io::{pull_from, push_to};
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
-use super::clients::{ClientId, Clients, OpenFile};
+use super::clients::{ClientId, Clients, OpenFile, User};
 use super::confine::Export;
 use super::creds::Policy;
 use crate::proto::*;
@@ -20,8 +22,11 @@ pub struct Ctx<'a> {
     pub export: &'a Export,
     /// Every client's handles.
     pub clients: &'a Clients,
-    /// Who asked.
+    /// Who asked: the connection.
     pub id: ClientId,
+    /// For whom: the user the request counts against (the connection's, or the one a
+    /// trusted forwarder acts for).
+    pub user: User,
     /// Bulk transfers with the caller, over its own connection.
     pub caller: Caller,
     /// Refuse every change (`EACCES`).
@@ -31,14 +36,6 @@ pub struct Ctx<'a> {
 }
 
 pub(super) type R<T> = Result<T, Errno>;
-
-/// How long a bulk transfer serving a request may take: well within the caller's own
-/// timeout, so that a caller whose memory never answers holds a worker only this long.
-pub const BULK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The most a read answers inline: an answer must fit in one message, so that no client
-/// can make the server hold a large answer for it to pull.
-pub const MAX_INLINE_READ: u64 = 60 << 10;
 
 /// Flags a client may pass to `open`; the rest are dropped.
 const OPEN_FLAGS: OFlags = OFlags::ACCMODE
@@ -117,7 +114,7 @@ impl Ctx<'_> {
             writable: acc != OFlags::RDONLY && !path_only,
             dir: Mutex::new(None),
         };
-        let fh = self.clients.insert(self.id, file)?;
+        let fh = self.clients.insert(self.id, self.user, file)?;
         Ok(Opened {
             fh,
             attr: attr(&st),
@@ -142,7 +139,7 @@ impl Ctx<'_> {
         let (len, _staged) = match r.dest {
             None => (len.min(MAX_INLINE_READ), None),
             Some(_) => {
-                let s = self.clients.stage(self.id, len);
+                let s = self.clients.stage(self.id, self.user, len);
                 (s.len, Some(s))
             }
         };
@@ -152,18 +149,7 @@ impl Ctx<'_> {
         let Some(dest) = &r.dest else {
             return Ok(ReadData::Inline(ByteBuf::from(buf)));
         };
-        if n > 0 {
-            let src = self
-                .caller
-                .engine()
-                .expose(vec![Seg::from(&mut buf[..])], Access::ReadOnly)
-                .map_err(bulk_errno)?;
-            self.caller
-                .push(&src, 0, dest, 0, n as u64)
-                .timeout(BULK_TIMEOUT)
-                .wait()
-                .map_err(bulk_errno)?;
-        }
+        push_to(&self.caller, &mut buf, dest).map_err(Errno::from_raw_os_error)?;
         Ok(ReadData::Pushed(n as u64))
     }
 
@@ -181,19 +167,9 @@ impl Ctx<'_> {
                 if src.len() > MAX_IO {
                     return Err(Errno::INVAL);
                 }
-                let staged = self.clients.stage(self.id, src.len());
-                let mut buf = vec![0u8; staged.len as usize];
-                let mut dst = self
-                    .caller
-                    .engine()
-                    .expose(vec![Seg::from(&mut buf[..])], Access::WriteOnly)
-                    .map_err(bulk_errno)?;
-                self.caller
-                    .pull(&mut dst, 0, &src, 0, staged.len)
-                    .timeout(BULK_TIMEOUT)
-                    .wait()
-                    .map_err(bulk_errno)?;
-                drop(dst);
+                let staged = self.clients.stage(self.id, self.user, src.len());
+                let buf =
+                    pull_from(&self.caller, &src, staged.len).map_err(Errno::from_raw_os_error)?;
                 (buf, Some(staged))
             }
         };
@@ -382,15 +358,6 @@ impl AsFd for Fd {
 /// `/proc/self/fd/N`: the path of an open file, for calls that take no descriptor.
 pub(super) fn proc_path(fd: &impl AsFd) -> String {
     format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
-}
-
-fn bulk_errno(e: rpc_core::RpcError) -> Errno {
-    tracing::debug!(error = %e, "bulk transfer failed");
-    match e {
-        rpc_core::RpcError::InvalidArgument(_) => Errno::FAULT,
-        rpc_core::RpcError::Timeout { .. } => Errno::TIMEDOUT,
-        _ => Errno::IO,
-    }
 }
 
 /// Reads until `buf` is full or the file ends.

@@ -1,0 +1,238 @@
+//! Buffered writes of one file: a set of disjoint byte extents, merged as they arrive.
+//!
+//! Pure data structure (no I/O, no locks): a write overlapping or touching buffered extents
+//! is merged with them into one (the newest bytes win), so sequential 4 KiB writes of one
+//! client, or strided blocks of many clients that tile a region, become one extent that is
+//! flushed as few large backend writes.
+
+use std::collections::BTreeMap;
+
+/// Disjoint, non-adjacent extents: offset -> bytes.
+#[derive(Default, Debug)]
+pub struct Extents {
+    map: BTreeMap<u64, Vec<u8>>,
+    bytes: u64,
+}
+
+impl Extents {
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Extents held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Nothing held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// One past the last buffered byte (0 if none).
+    pub fn end(&self) -> u64 {
+        self.map
+            .last_key_value()
+            .map_or(0, |(o, d)| o + d.len() as u64)
+    }
+
+    /// Buffers `data` at `off`, merged with every extent it overlaps or touches. Returns
+    /// how many extents it was merged with (0: a new extent).
+    pub fn insert(&mut self, off: u64, data: &[u8]) -> usize {
+        if data.is_empty() {
+            return 0;
+        }
+        let end = off.saturating_add(data.len() as u64);
+        // The extents that overlap or touch [off, end): the one starting at or before
+        // `off` (if it reaches `off`) and every one starting in (off, end].
+        let mut start = off;
+        let mut first = None;
+        if let Some((&o, d)) = self.map.range(..=off).next_back()
+            && o + d.len() as u64 >= off
+        {
+            start = o;
+            first = Some(o);
+        }
+        let mut keys: Vec<u64> = first.into_iter().collect();
+        keys.extend(
+            self.map
+                .range(off..=end)
+                .map(|(&o, _)| o)
+                .filter(|o| Some(*o) != first),
+        );
+        let last_end = keys
+            .last()
+            .map_or(end, |o| (o + self.map[o].len() as u64).max(end));
+        let mut merged = vec![0u8; (last_end - start) as usize];
+        for k in &keys {
+            let d = self.map.remove(k).expect("listed above");
+            self.bytes -= d.len() as u64;
+            let at = (k - start) as usize;
+            merged[at..at + d.len()].copy_from_slice(&d);
+        }
+        let at = (off - start) as usize;
+        merged[at..at + data.len()].copy_from_slice(data);
+        self.bytes += merged.len() as u64;
+        self.map.insert(start, merged);
+        keys.len()
+    }
+
+    /// Copies buffered bytes over `buf`, which holds what the backend had at `off` (`n`
+    /// bytes valid, the rest past its end of file). Returns the valid length after:
+    /// buffered bytes past the backend's end extend it (zeros fill any hole between).
+    pub fn overlay(&self, off: u64, buf: &mut [u8], n: usize) -> usize {
+        let end = off + buf.len() as u64;
+        let mut valid = n;
+        let from = self.map.range(..=off).next_back().map_or(off, |(&o, _)| o);
+        for (&o, d) in self.map.range(from..end) {
+            let (s, e) = (o.max(off), (o + d.len() as u64).min(end));
+            if s >= e {
+                continue;
+            }
+            let (bs, be) = ((s - off) as usize, (e - off) as usize);
+            if bs > valid {
+                buf[valid..bs].fill(0);
+            }
+            buf[bs..be].copy_from_slice(&d[(s - o) as usize..(e - o) as usize]);
+            valid = valid.max(be);
+        }
+        valid
+    }
+
+    /// Drops bytes at and past `len` (a truncate).
+    pub fn truncate(&mut self, len: u64) {
+        let cut: Vec<u64> = self.map.range(len..).map(|(&o, _)| o).collect();
+        for o in cut {
+            self.bytes -= self.map.remove(&o).map_or(0, |d| d.len() as u64);
+        }
+        if let Some((&o, d)) = self.map.range_mut(..len).next_back()
+            && o + d.len() as u64 > len
+        {
+            let keep = (len - o) as usize;
+            self.bytes -= (d.len() - keep) as u64;
+            d.truncate(keep);
+        }
+    }
+
+    /// Takes everything, as writes of at most `max` bytes each, in offset order.
+    pub fn drain(&mut self, max: usize) -> Vec<(u64, Vec<u8>)> {
+        self.bytes = 0;
+        let mut out = Vec::new();
+        for (o, mut d) in std::mem::take(&mut self.map) {
+            let mut at = o;
+            while d.len() > max {
+                let rest = d.split_off(max);
+                out.push((at, d));
+                at += max as u64;
+                d = rest;
+            }
+            out.push((at, d));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The model: a plain byte array with a "written" mask.
+    fn model(ops: &[(u64, Vec<u8>)], size: usize) -> (Vec<u8>, Vec<bool>) {
+        let (mut bytes, mut set) = (vec![0u8; size], vec![false; size]);
+        for (o, d) in ops {
+            for (i, b) in d.iter().enumerate() {
+                bytes[*o as usize + i] = *b;
+                set[*o as usize + i] = true;
+            }
+        }
+        (bytes, set)
+    }
+
+    #[test]
+    fn sequential_writes_become_one_extent() {
+        let mut x = Extents::default();
+        assert_eq!(x.insert(0, &[1; 4096]), 0);
+        for i in 1..16u64 {
+            assert_eq!(x.insert(i * 4096, &[i as u8; 4096]), 1, "touching: merged");
+        }
+        assert_eq!((x.len(), x.bytes(), x.end()), (1, 65536, 65536));
+        let w = x.drain(16384);
+        assert_eq!(w.len(), 4);
+        assert_eq!(w[3].0, 49152);
+        assert_eq!(w[3].1[..4096], [12u8; 4096]);
+        assert!(x.is_empty() && x.bytes() == 0);
+    }
+
+    #[test]
+    fn strided_blocks_of_many_clients_tile_one_extent() {
+        let mut x = Extents::default();
+        // Client c writes blocks c, c+4, c+8 ... of a shared file, clients interleaved.
+        for round in 0..4u64 {
+            for c in [3u64, 0, 2, 1] {
+                x.insert((round * 4 + c) * 100, &[c as u8; 100]);
+            }
+        }
+        assert_eq!((x.len(), x.bytes()), (1, 1600));
+    }
+
+    #[test]
+    fn overlay_extends_past_the_backend_end() {
+        let mut x = Extents::default();
+        x.insert(10, b"abc");
+        x.insert(20, b"xy");
+        let mut buf = *b"0123456789012345678901234";
+        // The backend had 12 bytes.
+        let n = x.overlay(0, &mut buf, 12);
+        assert_eq!(n, 22);
+        assert_eq!(&buf[..22], b"0123456789abc\0\0\0\0\0\0\0xy");
+    }
+
+    proptest! {
+        #[test]
+        fn insert_overlay_truncate_agree_with_a_byte_array(
+            ops in prop::collection::vec((0u64..200, prop::collection::vec(any::<u8>(), 0..40)), 0..30),
+            cut in prop::option::of(0u64..240),
+        ) {
+            let mut x = Extents::default();
+            for (o, d) in &ops {
+                x.insert(*o, d);
+            }
+            let (mut bytes, mut set) = model(&ops, 240);
+            if let Some(c) = cut {
+                x.truncate(c);
+                for i in c as usize..240 {
+                    bytes[i] = 0;
+                    set[i] = false;
+                }
+            }
+            prop_assert_eq!(x.bytes(), set.iter().filter(|s| **s).count() as u64);
+            // Extents are disjoint and not adjacent.
+            let mut last_end = None;
+            for (o, d) in &x.map {
+                prop_assert!(!d.is_empty());
+                if let Some(e) = last_end { prop_assert!(*o > e); }
+                last_end = Some(o + d.len() as u64);
+            }
+            // Overlay on an empty backend gives the model's bytes where written.
+            let mut buf = vec![0u8; 240];
+            let n = x.overlay(0, &mut buf, 0);
+            let model_end = set.iter().rposition(|s| *s).map_or(0, |i| i + 1);
+            prop_assert_eq!(n, model_end);
+            prop_assert_eq!(&buf[..n], &bytes[..n]);
+            // Draining in small pieces gives back exactly the written bytes.
+            let mut again = vec![0u8; 240];
+            let mut seen = vec![false; 240];
+            for (o, d) in x.drain(7) {
+                prop_assert!(d.len() <= 7);
+                for (i, b) in d.iter().enumerate() {
+                    again[o as usize + i] = *b;
+                    seen[o as usize + i] = true;
+                }
+            }
+            prop_assert_eq!(seen, set);
+            prop_assert_eq!(again, bytes);
+        }
+    }
+}

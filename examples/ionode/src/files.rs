@@ -1,0 +1,380 @@
+//! Backend files as the I/O node shares them between its clients: write-behind buffers
+//! (one per file, whoever wrote), flushes, and the read-ahead window.
+//!
+//! A file is known by (backend, device, inode), so every client that opened it, under
+//! any name, writes into the same [`Extents`]: N-to-1 strided writes of many clients
+//! merge into few large backend writes. Flushes of one file are serialized (`flushing`);
+//! a read waits for a flush in progress, reads the backend, and lays the buffered bytes
+//! over what it read, so reads through the node see every acknowledged write.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use posix_ship::client::RemoteFs;
+use posix_ship::proto::Fh;
+
+use crate::extents::Extents;
+use crate::stats::Counters;
+
+/// The largest backend write a flush makes.
+pub const MAX_MERGE: usize = 8 << 20;
+
+/// How long read-ahead data is trusted (other nodes may change the file behind us).
+const READAHEAD_TTL: Duration = Duration::from_secs(1);
+
+/// A backend file: (backend, dev, ino).
+pub type Key = (usize, u64, u64);
+
+/// A backend handle a flush may write through: the client's view of the backend (its
+/// identity) and the handle its open got.
+#[derive(Clone)]
+pub struct Writer {
+    /// Which client handle it belongs to.
+    pub token: u64,
+    /// The backend, acting for that client.
+    pub fs: RemoteFs,
+    /// The backend's handle.
+    pub fh: Fh,
+}
+
+/// One backend file's shared state.
+pub struct SharedFile {
+    /// Which file.
+    pub key: Key,
+    state: Mutex<State>,
+    /// Held (write) by a flush, (read) by a read: a read never misses bytes a flush has
+    /// taken out of the buffer but not yet written.
+    flushing: RwLock<()>,
+    dirty: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    extents: Extents,
+    /// When the oldest buffered write came, and the newest.
+    since: Option<Instant>,
+    last: Option<Instant>,
+    /// A flush's failure, for the next fsync or close.
+    error: Option<i32>,
+    writers: Vec<Writer>,
+    /// Paths it was opened by (backend paths), for path-based barriers.
+    paths: Vec<Vec<u8>>,
+    /// Read-ahead data: offset, bytes (fewer than asked: the end of file), bytes asked,
+    /// when read.
+    cache: Option<(u64, Arc<Vec<u8>>, usize, Instant)>,
+    /// Bumped by every change, so that a fetch racing a write is not kept.
+    generation: u64,
+}
+
+/// Every shared file, and the write-behind memory of all of them.
+pub struct Files {
+    map: Mutex<HashMap<Key, Weak<SharedFile>>>,
+    /// Bytes buffered, all files.
+    pub buffered: AtomicU64,
+    /// The bound on `buffered` (`--write-behind`).
+    pub budget: u64,
+    /// A file with this much buffered is flushed.
+    pub file_max: u64,
+    /// Counters.
+    pub stats: Arc<Counters>,
+}
+
+fn transient(errno: i32) -> bool {
+    [
+        libc::ECONNRESET,
+        libc::ECONNREFUSED,
+        libc::ETIMEDOUT,
+        libc::EAGAIN,
+        libc::ESHUTDOWN,
+    ]
+    .contains(&errno)
+}
+
+impl Files {
+    /// No files yet.
+    pub fn new(budget: u64, stats: Arc<Counters>) -> Files {
+        Files {
+            map: Mutex::new(HashMap::new()),
+            buffered: AtomicU64::new(0),
+            budget,
+            file_max: (budget / 4).clamp(64 << 10, MAX_MERGE as u64),
+            stats,
+        }
+    }
+
+    /// The shared state of `key`, made if nobody holds it.
+    pub fn get(&self, key: Key) -> Arc<SharedFile> {
+        let mut m = lock(&self.map);
+        if let Some(f) = m.get(&key).and_then(Weak::upgrade) {
+            return f;
+        }
+        m.retain(|_, w| w.strong_count() > 0);
+        let f = Arc::new(SharedFile {
+            key,
+            state: Mutex::new(State::default()),
+            flushing: RwLock::new(()),
+            dirty: AtomicU64::new(0),
+        });
+        m.insert(key, Arc::downgrade(&f));
+        f
+    }
+
+    /// Every live file.
+    pub fn all(&self) -> Vec<Arc<SharedFile>> {
+        lock(&self.map).values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Files of `backend` opened by `path`.
+    pub fn by_path(&self, backend: usize, path: &[u8]) -> Vec<Arc<SharedFile>> {
+        self.all()
+            .into_iter()
+            .filter(|f| f.key.0 == backend && lock(&f.state).paths.iter().any(|p| p == path))
+            .collect()
+    }
+
+    /// Buffers a write of `data` at `off`: `false` if memory is short even after
+    /// flushing this file (the caller writes it through).
+    pub fn buffer(&self, f: &SharedFile, off: u64, data: &[u8]) -> bool {
+        let len = data.len() as u64;
+        if self.buffered.load(Ordering::Acquire) + len > self.budget {
+            self.flush(f);
+            if self.buffered.load(Ordering::Acquire) + len > self.budget {
+                return false;
+            }
+        }
+        let (held, merged) = {
+            let mut s = lock(&f.state);
+            let before = s.extents.bytes();
+            let merged = s.extents.insert(off, data);
+            let after = s.extents.bytes();
+            let now = Instant::now();
+            s.since.get_or_insert(now);
+            s.last = Some(now);
+            s.generation += 1;
+            self.account(f, before, after);
+            (after, merged)
+        };
+        Counters::add(&self.stats.buffered_writes, 1);
+        Counters::add(&self.stats.bytes_in, len);
+        if merged > 0 {
+            Counters::add(&self.stats.merged_writes, 1);
+        }
+        if held >= self.file_max {
+            self.flush(f);
+        }
+        true
+    }
+
+    fn account(&self, f: &SharedFile, before: u64, after: u64) {
+        f.dirty.store(after, Ordering::Release);
+        let now = if after >= before {
+            self.buffered.fetch_add(after - before, Ordering::AcqRel) + (after - before)
+        } else {
+            self.buffered.fetch_sub(before - after, Ordering::AcqRel) - (before - after)
+        };
+        self.stats.buffered_bytes.store(now, Ordering::Relaxed);
+        self.stats.buffered_peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Writes everything buffered for `f` to its backend, in writes of at most
+    /// [`MAX_MERGE`]. A failure is kept for the file's next fsync or close; bytes that
+    /// failed for a transport reason stay buffered (tried again at the next flush).
+    pub fn flush(&self, f: &SharedFile) {
+        if f.dirty.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let _flushing = f.flushing.write().unwrap_or_else(|e| e.into_inner());
+        let (writes, via) = {
+            let mut s = lock(&f.state);
+            let before = s.extents.bytes();
+            let writes = s.extents.drain(MAX_MERGE);
+            s.since = None;
+            s.last = None;
+            s.generation += 1;
+            s.cache = None;
+            self.account(f, before, 0);
+            (writes, s.writers.first().cloned())
+        };
+        if writes.is_empty() {
+            return;
+        }
+        Counters::add(&self.stats.flushes, 1);
+        let Some(w) = via else {
+            // Buffered bytes always have a writer: the last one flushes before it goes.
+            tracing::error!(file = ?f.key, "buffered writes with no writer left; dropped");
+            lock(&f.state).error = Some(libc::EIO);
+            return;
+        };
+        let mut failed = Vec::new();
+        let mut error = None;
+        for (off, data) in writes {
+            if error.is_some() {
+                failed.push((off, data));
+                continue;
+            }
+            self.stats.request_out("posix.write");
+            match w.fs.pwrite(w.fh, &data, Some(off)) {
+                Ok(_) => Counters::add(&self.stats.bytes_out, data.len() as u64),
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    tracing::warn!(file = ?f.key, off, len = data.len(), errno, "deferred write failed");
+                    error = Some(errno);
+                    failed.push((off, data));
+                }
+            }
+        }
+        let Some(errno) = error else { return };
+        Counters::add(&self.stats.deferred_errors, 1);
+        let mut s = lock(&f.state);
+        s.error = Some(errno);
+        if transient(errno) {
+            Counters::add(&self.stats.backend_errors, 1);
+            // Keep the bytes under anything written since (newer bytes win).
+            let before = s.extents.bytes();
+            let newer = s.extents.drain(usize::MAX);
+            for (o, d) in failed.iter().chain(newer.iter()) {
+                s.extents.insert(*o, d);
+            }
+            s.since.get_or_insert_with(Instant::now);
+            let after = s.extents.bytes();
+            self.account(f, before, after);
+        }
+    }
+
+    /// Files with buffered writes that are due: none came for `age` (writing has paused),
+    /// or the oldest is four times that old (writing goes on, but bytes must not wait for
+    /// ever), or memory is three quarters spent. Waiting for a pause lets the writes of
+    /// many clients fill the holes between each other's blocks before the flush.
+    pub fn due(&self, age: Duration) -> Vec<Arc<SharedFile>> {
+        let pressed = self.buffered.load(Ordering::Acquire) * 4 > self.budget * 3;
+        self.all()
+            .into_iter()
+            .filter(|f| {
+                let s = lock(&f.state);
+                let idle = s.last.is_some_and(|t| t.elapsed() >= age);
+                let old = s.since.is_some_and(|t| t.elapsed() >= age * 4);
+                s.since.is_some() && (pressed || idle || old)
+            })
+            .collect()
+    }
+
+    /// Fills `buf` from `f` at `off`: `fetch` reads the backend; buffered bytes are laid
+    /// over. `window` > `buf.len()` reads ahead and keeps the rest for the next read.
+    pub fn read(
+        &self,
+        f: &SharedFile,
+        off: u64,
+        buf: &mut [u8],
+        window: usize,
+        fetch: impl FnOnce(u64, &mut [u8]) -> std::io::Result<usize>,
+    ) -> std::io::Result<usize> {
+        let _no_flush = f.flushing.read().unwrap_or_else(|e| e.into_inner());
+        let end = off + buf.len() as u64;
+        let cached = {
+            let s = lock(&f.state);
+            match &s.cache {
+                Some((o, d, asked, t))
+                    if *o <= off
+                        && t.elapsed() < READAHEAD_TTL
+                        && (end <= o + d.len() as u64
+                            || (d.len() < *asked && off <= o + d.len() as u64)) =>
+                {
+                    Some((*o, d.clone()))
+                }
+                _ => None,
+            }
+        };
+        let n = match cached {
+            Some((o, d)) => {
+                Counters::add(&self.stats.readahead_hits, 1);
+                let from = (off - o) as usize;
+                let n = buf.len().min(d.len() - from);
+                buf[..n].copy_from_slice(&d[from..from + n]);
+                n
+            }
+            None if window > buf.len() => {
+                let generation = lock(&f.state).generation;
+                let mut data = vec![0u8; window];
+                let n = fetch(off, &mut data)?;
+                data.truncate(n);
+                Counters::add(&self.stats.readahead_fetches, 1);
+                let k = n.min(buf.len());
+                buf[..k].copy_from_slice(&data[..k]);
+                let mut s = lock(&f.state);
+                if s.generation == generation {
+                    s.cache = Some((off, Arc::new(data), window, Instant::now()));
+                }
+                k
+            }
+            None => fetch(off, buf)?,
+        };
+        Ok(lock(&f.state).extents.overlay(off, buf, n))
+    }
+
+    /// Forgets buffered bytes and read-ahead data at and past `len` (a truncate).
+    pub fn truncate(&self, f: &SharedFile, len: u64) {
+        let mut s = lock(&f.state);
+        let before = s.extents.bytes();
+        s.extents.truncate(len);
+        let after = s.extents.bytes();
+        s.cache = None;
+        s.generation += 1;
+        if after == 0 {
+            (s.since, s.last) = (None, None);
+        }
+        self.account(f, before, after);
+    }
+}
+
+impl SharedFile {
+    /// One past the last buffered byte (a size at least this).
+    pub fn buffered_end(&self) -> u64 {
+        lock(&self.state).extents.end()
+    }
+
+    /// Adds a handle that may write, and a path the file is known by.
+    pub fn opened(&self, w: Option<Writer>, path: &[u8]) {
+        let mut s = lock(&self.state);
+        s.writers.extend(w);
+        if !s.paths.iter().any(|p| p == path) {
+            s.paths.push(path.to_vec());
+        }
+    }
+
+    /// Drops writer `token` unless it is the last one (then returns `true`: the caller
+    /// flushes through it, then calls [`SharedFile::closed`]). Atomic, so that of two
+    /// writers closing at once exactly one is last.
+    pub fn closing(&self, token: u64) -> bool {
+        let mut s = lock(&self.state);
+        if s.writers.iter().all(|w| w.token == token) {
+            return true;
+        }
+        s.writers.retain(|w| w.token != token);
+        false
+    }
+
+    /// Drops writer `token`, and waits for a flush in progress (which may be writing
+    /// through it) before the caller closes its backend handle.
+    pub fn closed(&self, token: u64) {
+        lock(&self.state).writers.retain(|w| w.token != token);
+        drop(self.flushing.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Takes the failure of an earlier flush, if any.
+    pub fn take_error(&self) -> Option<i32> {
+        lock(&self.state).error.take()
+    }
+
+    /// Forgets read-ahead data (the file changed behind the buffer).
+    pub fn invalidate(&self) {
+        let mut s = lock(&self.state);
+        s.cache = None;
+        s.generation += 1;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

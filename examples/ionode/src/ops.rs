@@ -1,0 +1,386 @@
+//! What the I/O node does for each operation: data calls go through the shared files'
+//! write-behind and read-ahead; metadata calls are passed to the backend the path routes
+//! to, made for the client, after a barrier that flushes the files they could observe.
+
+use std::io;
+use std::sync::Arc;
+
+use posix_ship::bulk_io::{pull_from, push_to};
+use posix_ship::client::RemoteFs;
+use posix_ship::proto::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+use crate::files::{SharedFile, Writer};
+use crate::node::{Handle, Node, Req, lock};
+use crate::stats::Counters;
+
+type R<T> = Result<T, i32>;
+
+/// The smallest read-ahead window (it doubles with each sequential read).
+const FIRST_WINDOW: usize = 256 << 10;
+
+fn errno(e: io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+impl Node {
+    /// Calls `rpc` on a backend, counted.
+    fn call<In: Serialize + Clone, Out: DeserializeOwned>(
+        &self,
+        fs: &RemoteFs,
+        rpc: rpc_core::Rpc<In, Reply<Out>>,
+        input: In,
+    ) -> R<Out> {
+        self.stats.request_out(rpc.name());
+        fs.call(rpc, &input).map_err(|e| {
+            let e = errno(e);
+            if [libc::ECONNRESET, libc::ECONNREFUSED, libc::ETIMEDOUT].contains(&e) {
+                Counters::add(&self.stats.backend_errors, 1);
+            }
+            e
+        })
+    }
+
+    /// The backend `path` routes to, acting for the caller, and the backend's path.
+    fn route(&self, r: &Req, path: &[u8]) -> R<(usize, RemoteFs, ByteBuf)> {
+        let (b, inner) = self.routes.route(path).ok_or(libc::ENOENT)?;
+        Ok((
+            b,
+            self.backends[b].acting_for(r.user.clone()),
+            ByteBuf::from(inner),
+        ))
+    }
+
+    fn handle(&self, r: &Req, fh: Fh) -> R<Arc<Handle>> {
+        lock(&self.handles)
+            .get(&r.peer)
+            .and_then(|m| m.get(&fh.0))
+            .cloned()
+            .ok_or(libc::EBADF)
+    }
+
+    /// Writes out buffered writes of every file `path` names on backend `b`.
+    fn barrier(&self, b: usize, path: &[u8]) {
+        for f in self.files.by_path(b, path) {
+            self.flush(&f);
+        }
+    }
+
+    pub(crate) fn flush(&self, f: &SharedFile) {
+        self.files.flush(f);
+    }
+
+    pub(crate) fn stat(&self, r: &Req, t: Target, follow: bool) -> R<Attr> {
+        match t {
+            Target::Path(p) => {
+                let (b, fs, p) = self.route(r, &p)?;
+                self.barrier(b, &p);
+                self.call(&fs, STAT, (Target::Path(p), follow))
+            }
+            Target::Handle(fh) => {
+                let h = self.handle(r, fh)?;
+                if let Some(f) = &h.file {
+                    self.flush(f);
+                }
+                self.call(&h.fs, STAT, (Target::Handle(h.fh), follow))
+            }
+        }
+    }
+
+    pub(crate) fn open(&self, r: &Req, mut o: OpenReq) -> R<Opened> {
+        let (b, fs, path) = self.route(r, &o.path)?;
+        let trunc = o.flags & libc::O_TRUNC != 0;
+        if trunc {
+            for f in self.files.by_path(b, &path) {
+                self.files.truncate(&f, 0);
+            }
+        }
+        o.path = path.clone();
+        let opened = self.call(&fs, OPEN, o.clone())?;
+        let writable = o.flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let mut token = [0u8; 8];
+        getrandom::fill(&mut token).map_err(|_| libc::EIO)?;
+        let token = u64::from_le_bytes(token);
+        let file = opened.attr.is_file().then(|| {
+            let f = self.files.get((b, opened.attr.dev, opened.attr.ino));
+            let w = writable.then(|| Writer {
+                token,
+                fs: fs.clone(),
+                fh: opened.fh,
+            });
+            f.opened(w, &path);
+            if trunc {
+                self.files.truncate(&f, 0);
+            }
+            f
+        });
+        let h = Arc::new(Handle {
+            fs,
+            fh: opened.fh,
+            file,
+            writable,
+            append: o.flags & libc::O_APPEND != 0,
+            token,
+            seq: std::sync::Mutex::new((0, 0)),
+        });
+        {
+            let mut t = lock(&self.handles);
+            let mine = t.entry(r.peer).or_default();
+            if mine.len() < self.cfg.max_open {
+                mine.insert(token, h.clone());
+                Counters::add(&self.stats.handles, 1);
+                let mut attr = opened.attr;
+                attr.size = attr
+                    .size
+                    .max(h.file.as_ref().map_or(0, |f| f.buffered_end()));
+                return Ok(Opened {
+                    fh: Fh(token),
+                    attr,
+                });
+            }
+        }
+        let _ = self.release(&h);
+        Err(libc::EMFILE)
+    }
+
+    /// Drops `h` as a writer, flushing the file if it was the last one, and closes its
+    /// backend handle; the file's deferred write error, if any. While other writers
+    /// remain, buffered bytes stay (every read through the node sees them; fsync and the
+    /// last close write them out): N-to-1 writers closing one by one would otherwise
+    /// flush a file full of holes as many small writes.
+    fn release(&self, h: &Handle) -> R<()> {
+        if let Some(f) = &h.file
+            && h.writable
+        {
+            if f.closing(h.token) {
+                self.flush(f);
+            }
+            f.closed(h.token);
+        }
+        let closed = self.call(&h.fs, CLOSE, h.fh);
+        match h.file.as_ref().and_then(|f| f.take_error()) {
+            Some(e) => Err(e),
+            None => closed,
+        }
+    }
+
+    pub(crate) fn close(&self, r: &Req, fh: Fh) -> R<()> {
+        let h = {
+            let mut t = lock(&self.handles);
+            let mine = t.get_mut(&r.peer).ok_or(libc::EBADF)?;
+            let h = mine.remove(&fh.0).ok_or(libc::EBADF)?;
+            if mine.is_empty() {
+                t.remove(&r.peer);
+            }
+            h
+        };
+        self.stats
+            .handles
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.release(&h)
+    }
+
+    /// The client `peer` is gone: close what it held.
+    pub(crate) fn lost(&self, peer: u64) {
+        let held = lock(&self.handles).remove(&peer).unwrap_or_default();
+        for h in held.into_values() {
+            self.stats
+                .handles
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if let Err(e) = self.release(&h) {
+                tracing::debug!(peer, errno = e, "closing a lost client's file");
+            }
+        }
+    }
+
+    pub(crate) fn read(&self, r: &Req, q: ReadReq) -> R<ReadData> {
+        let h = self.handle(r, q.fh)?;
+        let mut len = q.len.min(MAX_IO);
+        match &q.dest {
+            Some(d) if d.len() < len => return Err(libc::EINVAL),
+            None => len = len.min(MAX_INLINE_READ),
+            _ => {}
+        }
+        let mut buf = vec![0u8; len as usize];
+        let fetch = |off: u64, b: &mut [u8]| {
+            self.stats.request_out("posix.read");
+            h.fs.pread(h.fh, b, off)
+        };
+        let n = match &h.file {
+            Some(f) => {
+                let window = self.window(&h, q.offset, buf.len());
+                self.files.read(f, q.offset, &mut buf, window, fetch)
+            }
+            None => fetch(q.offset, &mut buf),
+        }
+        .map_err(errno)?;
+        lock(&h.seq).0 = q.offset + n as u64;
+        buf.truncate(n);
+        let Some(dest) = &q.dest else {
+            return Ok(ReadData::Inline(ByteBuf::from(buf)));
+        };
+        push_to(&r.caller, &mut buf, dest)?;
+        Ok(ReadData::Pushed(n as u64))
+    }
+
+    /// The read-ahead window for a read of `len` at `off`: it doubles while reads are
+    /// sequential, up to `readahead_max`, and falls to nothing at a seek.
+    fn window(&self, h: &Handle, off: u64, len: usize) -> usize {
+        let mut s = lock(&h.seq);
+        let max = self.cfg.readahead_max;
+        s.1 = if off == s.0 && max > 0 {
+            (s.1 * 2).clamp(FIRST_WINDOW, max)
+        } else {
+            0
+        };
+        s.1.max(len)
+    }
+
+    pub(crate) fn write(&self, r: &Req, q: WriteReq) -> R<Written> {
+        let h = self.handle(r, q.fh)?;
+        if !h.writable {
+            return Err(libc::EBADF);
+        }
+        let data = match q.data {
+            WriteData::Inline(b) => b.into_vec(),
+            WriteData::Bulk(src) => {
+                if src.len() > MAX_IO {
+                    return Err(libc::EINVAL);
+                }
+                pull_from(&r.caller, &src, src.len())?
+            }
+        };
+        let n = data.len() as u64;
+        if let (Some(off), false, Some(f)) = (q.offset, h.append, &h.file)
+            && self.files.budget > 0
+            && n < self.files.file_max / 2
+            && self.files.buffer(f, off, &data)
+        {
+            return Ok(Written { n, end: off + n });
+        }
+        // Through: appends, large writes, no memory. After what is buffered, in order.
+        if let Some(f) = &h.file {
+            self.flush(f);
+            f.invalidate();
+        }
+        Counters::add(&self.stats.write_through, 1);
+        self.stats.request_out("posix.write");
+        let end = h.fs.pwrite(h.fh, &data, q.offset).map_err(errno)?;
+        Counters::add(&self.stats.bytes_in, n);
+        Counters::add(&self.stats.bytes_out, n);
+        Ok(Written { n, end })
+    }
+
+    pub(crate) fn truncate(&self, r: &Req, t: Target, len: u64) -> R<()> {
+        match t {
+            Target::Path(p) => {
+                let (b, fs, p) = self.route(r, &p)?;
+                self.barrier(b, &p);
+                let out = self.call(&fs, TRUNCATE, (Target::Path(p.clone()), len));
+                for f in self.files.by_path(b, &p) {
+                    f.invalidate();
+                }
+                out
+            }
+            Target::Handle(fh) => {
+                let h = self.handle(r, fh)?;
+                if let Some(f) = &h.file {
+                    self.flush(f);
+                }
+                let out = self.call(&h.fs, TRUNCATE, (Target::Handle(h.fh), len));
+                if let Some(f) = &h.file {
+                    f.invalidate();
+                }
+                out
+            }
+        }
+    }
+
+    pub(crate) fn fsync(&self, r: &Req, fh: Fh, data_only: bool) -> R<()> {
+        let h = self.handle(r, fh)?;
+        if let Some(f) = &h.file {
+            self.flush(f);
+        }
+        let synced = self.call(&h.fs, FSYNC, (h.fh, data_only));
+        match h.file.as_ref().and_then(|f| f.take_error()) {
+            Some(e) => Err(e),
+            None => synced,
+        }
+    }
+
+    pub(crate) fn on_path<Out: DeserializeOwned>(
+        &self,
+        r: &Req,
+        rpc: rpc_core::Rpc<ByteBuf, Reply<Out>>,
+        p: ByteBuf,
+    ) -> R<Out> {
+        let (_, fs, p) = self.route(r, &p)?;
+        self.call(&fs, rpc, p)
+    }
+
+    pub(crate) fn on_path_with<A: Serialize + Clone, Out: DeserializeOwned>(
+        &self,
+        r: &Req,
+        rpc: rpc_core::Rpc<(ByteBuf, A), Reply<Out>>,
+        p: ByteBuf,
+        a: A,
+    ) -> R<Out> {
+        let (_, fs, p) = self.route(r, &p)?;
+        self.call(&fs, rpc, (p, a))
+    }
+
+    pub(crate) fn symlink(&self, r: &Req, target: ByteBuf, p: ByteBuf) -> R<()> {
+        let (_, fs, p) = self.route(r, &p)?;
+        self.call(&fs, SYMLINK, (target, p))
+    }
+
+    /// `rename` and `link`: both paths on one backend, else `EXDEV`.
+    pub(crate) fn two_paths(
+        &self,
+        r: &Req,
+        rpc: rpc_core::Rpc<(ByteBuf, ByteBuf), Reply<()>>,
+        a: ByteBuf,
+        b: ByteBuf,
+    ) -> R<()> {
+        let (ba, fs, a) = self.route(r, &a)?;
+        let (bb, _, b) = self.route(r, &b)?;
+        if ba != bb {
+            return Err(libc::EXDEV);
+        }
+        self.call(&fs, rpc, (a, b))
+    }
+
+    pub(crate) fn readdir(&self, r: &Req, mut q: ReaddirReq) -> R<DirPage> {
+        let h = self.handle(r, q.fh)?;
+        q.fh = h.fh;
+        self.call(&h.fs, READDIR, q)
+    }
+
+    /// A call on a path or handle: the backend's path or handle put in its place by
+    /// `with`. Buffered writes of the file are flushed first (its times and size).
+    pub(crate) fn on_target<In: Serialize + Clone, Out: DeserializeOwned>(
+        &self,
+        r: &Req,
+        rpc: rpc_core::Rpc<In, Reply<Out>>,
+        t: Target,
+        with: impl FnOnce(Target) -> In,
+    ) -> R<Out> {
+        let (fs, t) = match t {
+            Target::Path(p) => {
+                let (b, fs, p) = self.route(r, &p)?;
+                self.barrier(b, &p);
+                (fs, Target::Path(p))
+            }
+            Target::Handle(fh) => {
+                let h = self.handle(r, fh)?;
+                if let Some(f) = &h.file {
+                    self.flush(f);
+                }
+                (h.fs.clone(), Target::Handle(h.fh))
+            }
+        };
+        self.call(&fs, rpc, with(t))
+    }
+}

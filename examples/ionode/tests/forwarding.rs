@@ -1,0 +1,211 @@
+//! The I/O node across real processes: merging, write-behind, read-ahead, fsync and
+//! crash semantics, identity at the backend.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::*;
+use posix_ship::proto::{FSYNC, SetTime};
+
+const BLOCK: usize = 4096;
+
+/// Writes `data` at 0 in 4 KiB writes.
+fn write_blocks(f: &posix_ship::client::RemoteFile, data: &[u8]) {
+    for (i, chunk) in data.chunks(BLOCK).enumerate() {
+        f.write_at(chunk, (i * BLOCK) as u64).unwrap();
+    }
+}
+
+#[test]
+fn sixteen_sequential_writers_file_per_process_are_merged() {
+    let (export, backend, node) = pair("ionode-fpp", &[]);
+    let writes_per_client = 256;
+    std::thread::scope(|s| {
+        for c in 0..16u64 {
+            let node = &node;
+            s.spawn(move || {
+                let fs = node.client();
+                let f = fs.create(&format!("/f{c}")).unwrap();
+                for i in 0..writes_per_client {
+                    let off = (i * BLOCK) as u64;
+                    f.write_at(&pattern(c, off, BLOCK), off).unwrap();
+                }
+                f.close().unwrap();
+            });
+        }
+    });
+    for c in 0..16u64 {
+        let got = std::fs::read(export.join(format!("f{c}"))).unwrap();
+        assert_eq!(got, pattern(c, 0, BLOCK * writes_per_client), "file {c}");
+    }
+    let st = node.stats();
+    let (w_in, w_out) = st.op("posix.write");
+    assert_eq!(w_in, 16 * writes_per_client as u64);
+    assert!(
+        w_out * 16 <= w_in,
+        "backend writes {w_out} for {w_in} client writes"
+    );
+    // The backend's own count agrees: it served about as many requests as the node made.
+    let served = backend.client().server_stats().unwrap().requests;
+    let (_, out) = st.totals();
+    assert!(
+        served <= out + 2,
+        "backend served {served}, node made {out}"
+    );
+}
+
+#[test]
+fn strided_writes_of_sixteen_clients_to_one_file_are_merged() {
+    let (export, _backend, node) = pair("ionode-n1", &[]);
+    node.client().create("/shared").unwrap().close().unwrap();
+    let rounds = 64u64;
+    std::thread::scope(|s| {
+        for c in 0..16u64 {
+            let node = &node;
+            s.spawn(move || {
+                let fs = node.client();
+                let f = fs.open_with("/shared", libc::O_WRONLY, 0).unwrap();
+                for r in 0..rounds {
+                    let off = (r * 16 + c) * BLOCK as u64;
+                    f.write_at(&pattern(0, off, BLOCK), off).unwrap();
+                }
+                f.close().unwrap();
+            });
+        }
+    });
+    let got = std::fs::read(export.join("shared")).unwrap();
+    assert_eq!(got, pattern(0, 0, BLOCK * 16 * rounds as usize));
+    let (w_in, w_out) = node.stats().op("posix.write");
+    assert_eq!(w_in, 16 * rounds);
+    assert!(
+        w_out * 16 <= w_in,
+        "backend writes {w_out} for {w_in} client writes"
+    );
+}
+
+#[test]
+fn fsync_puts_acknowledged_writes_on_the_backend_and_reads_see_them_before() {
+    let (export, _backend, node) = pair("ionode-fsync", &["--flush-after-ms", "600000"]);
+    let fs = node.client();
+    let f = fs.create("/log").unwrap();
+    let data = pattern(7, 0, 25 * BLOCK);
+    write_blocks(&f, &data);
+    assert_eq!(
+        std::fs::metadata(export.join("log")).unwrap().len(),
+        0,
+        "acknowledged, still buffered in the node"
+    );
+    let mut back = vec![0u8; data.len() + 100];
+    let n = fs.open("/log").unwrap().read_at(&mut back, 0).unwrap();
+    assert_eq!(
+        &back[..n],
+        &data[..],
+        "a read through the node sees buffered writes"
+    );
+    assert_eq!(
+        fs.metadata("/log").unwrap().size,
+        data.len() as u64,
+        "and stat"
+    );
+    f.sync_all().unwrap();
+    assert_eq!(
+        std::fs::read(export.join("log")).unwrap(),
+        data,
+        "after fsync"
+    );
+}
+
+#[test]
+fn sequential_small_reads_are_read_ahead() {
+    let (export, _backend, node) = pair("ionode-ra", &[]);
+    let data = pattern(3, 0, 8 << 20);
+    std::fs::write(export.join("big"), &data).unwrap();
+    let fs = node.client();
+    let f = fs.open("/big").unwrap();
+    let mut got = Vec::with_capacity(data.len());
+    let mut buf = vec![0u8; BLOCK];
+    loop {
+        let n = f.read_at(&mut buf, got.len() as u64).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == data, "the bytes read through the node");
+    let (r_in, r_out) = node.stats().op("posix.read");
+    assert!(r_in >= 2048, "{r_in} client reads");
+    assert!(
+        r_out * 16 <= r_in,
+        "backend reads {r_out} for {r_in} client reads"
+    );
+}
+
+#[test]
+fn fsynced_writes_survive_kill_9_of_the_node() {
+    let (export, backend, node) = pair("ionode-kill", &["--flush-after-ms", "600000"]);
+    let fs = node.client();
+    let f = fs.create("/kept").unwrap();
+    let data = pattern(9, 0, 64 * BLOCK);
+    write_blocks(&f, &data);
+    fs.call(FSYNC, &(f.handle().unwrap(), false)).unwrap();
+    let mut node = node;
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    assert_eq!(std::fs::read(export.join("kept")).unwrap(), data);
+    // The backend is fine, and a new node in front of it serves.
+    let again = Proc::node(&backend.addr, &[]);
+    assert_eq!(again.client().read("/kept").unwrap(), data);
+    again
+        .client()
+        .set_times("/kept", SetTime::Now, SetTime::Now)
+        .unwrap();
+}
+
+#[test]
+fn the_backend_checks_each_client_identity_through_the_node() {
+    let (export, backend, node) = pair("ionode-ids", &[]);
+    std::fs::write(export.join("secret"), b"root only").unwrap();
+    std::fs::set_permissions(
+        export.join("secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(export.join("public"), b"for all").unwrap();
+    let ship = posix_ship_bin();
+    let as_nobody = |path: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(&ship)
+            .args(["cat", path])
+            .env("POSIX_SHIP_SERVER", &node.addr)
+            .output()
+            .expect("setpriv")
+    };
+    let out = as_nobody("/public");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"for all");
+    let out = as_nobody("/secret");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "nobody read root's 0600 file through the node"
+    );
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(
+        node.client().read("/secret").unwrap(),
+        b"root only",
+        "root may"
+    );
+    // A backend that does not trust the node refuses calls made for others.
+    let untrusting = Proc::backend(&export, &[]);
+    let rogue = Proc::node(&untrusting.addr, &[]);
+    let e = rogue.client().read("/public").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    drop(backend);
+}
