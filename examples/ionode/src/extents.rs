@@ -64,8 +64,17 @@ impl Extents {
         let last_end = keys
             .last()
             .map_or(end, |o| (o + self.map[o].len() as u64).max(end));
-        let mut merged = vec![0u8; (last_end - start) as usize];
-        for k in &keys {
+        // Grow the first extent in place (appends cost their own length, amortized).
+        let mut merged = match first {
+            Some(o) => {
+                let d = self.map.remove(&o).expect("found above");
+                self.bytes -= d.len() as u64;
+                d
+            }
+            None => Vec::new(),
+        };
+        merged.resize((last_end - start) as usize, 0);
+        for k in keys.iter().filter(|k| Some(**k) != first) {
             let d = self.map.remove(k).expect("listed above");
             self.bytes -= d.len() as u64;
             let at = (k - start) as usize;

@@ -61,9 +61,8 @@ struct State {
     writers: Vec<Writer>,
     /// Paths it was opened by (backend paths), for path-based barriers.
     paths: Vec<Vec<u8>>,
-    /// Read-ahead data: offset, bytes (fewer than asked: the end of file), bytes asked,
-    /// when read.
-    cache: Option<(u64, Arc<Vec<u8>>, usize, Instant)>,
+    /// Read-ahead data: offset, bytes, when read.
+    cache: Option<(u64, Arc<Vec<u8>>, Instant)>,
     /// Bumped by every change, so that a fetch racing a write is not kept.
     generation: u64,
 }
@@ -181,11 +180,13 @@ impl Files {
     /// Writes everything buffered for `f` to its backend, in writes of at most
     /// [`MAX_MERGE`]. A failure is kept for the file's next fsync or close; bytes that
     /// failed for a transport reason stay buffered (tried again at the next flush).
+    /// Returns once every byte buffered before the call is written (or has failed),
+    /// waiting for a flush already in progress too.
     pub fn flush(&self, f: &SharedFile) {
+        let _flushing = f.flushing.write().unwrap_or_else(|e| e.into_inner());
         if f.dirty.load(Ordering::Acquire) == 0 {
             return;
         }
-        let _flushing = f.flushing.write().unwrap_or_else(|e| e.into_inner());
         let (writes, via) = {
             let mut s = lock(&f.state);
             let before = s.extents.bytes();
@@ -261,7 +262,12 @@ impl Files {
     }
 
     /// Fills `buf` from `f` at `off`: `fetch` reads the backend; buffered bytes are laid
-    /// over. `window` > `buf.len()` reads ahead and keeps the rest for the next read.
+    /// over. `window` > `buf.len()` reads that much ahead on a miss and keeps it for the
+    /// next reads. Returns the bytes filled and whether the backend was read.
+    ///
+    /// Only reads wholly inside the kept data are served from it: a backend read may be
+    /// short without being at the end of the file (a server under memory pressure), so
+    /// nothing past the kept bytes is assumed.
     pub fn read(
         &self,
         f: &SharedFile,
@@ -269,30 +275,26 @@ impl Files {
         buf: &mut [u8],
         window: usize,
         fetch: impl FnOnce(u64, &mut [u8]) -> std::io::Result<usize>,
-    ) -> std::io::Result<usize> {
+    ) -> std::io::Result<(usize, bool)> {
         let _no_flush = f.flushing.read().unwrap_or_else(|e| e.into_inner());
         let end = off + buf.len() as u64;
         let cached = {
             let s = lock(&f.state);
             match &s.cache {
-                Some((o, d, asked, t))
-                    if *o <= off
-                        && t.elapsed() < READAHEAD_TTL
-                        && (end <= o + d.len() as u64
-                            || (d.len() < *asked && off <= o + d.len() as u64)) =>
+                Some((o, d, t))
+                    if *o <= off && end <= o + d.len() as u64 && t.elapsed() < READAHEAD_TTL =>
                 {
                     Some((*o, d.clone()))
                 }
                 _ => None,
             }
         };
-        let n = match cached {
+        let (n, fetched) = match cached {
             Some((o, d)) => {
                 Counters::add(&self.stats.readahead_hits, 1);
                 let from = (off - o) as usize;
-                let n = buf.len().min(d.len() - from);
-                buf[..n].copy_from_slice(&d[from..from + n]);
-                n
+                buf.copy_from_slice(&d[from..from + buf.len()]);
+                (buf.len(), false)
             }
             None if window > buf.len() => {
                 let generation = lock(&f.state).generation;
@@ -304,13 +306,13 @@ impl Files {
                 buf[..k].copy_from_slice(&data[..k]);
                 let mut s = lock(&f.state);
                 if s.generation == generation {
-                    s.cache = Some((off, Arc::new(data), window, Instant::now()));
+                    s.cache = Some((off, Arc::new(data), Instant::now()));
                 }
-                k
+                (k, true)
             }
-            None => fetch(off, buf)?,
+            None => (fetch(off, buf)?, true),
         };
-        Ok(lock(&f.state).extents.overlay(off, buf, n))
+        Ok((lock(&f.state).extents.overlay(off, buf, n), fetched))
     }
 
     /// Forgets buffered bytes and read-ahead data at and past `len` (a truncate).

@@ -210,13 +210,20 @@ impl Node {
         };
         let n = match &h.file {
             Some(f) => {
-                let window = self.window(&h, q.offset, buf.len());
-                self.files.read(f, q.offset, &mut buf, window, fetch)
+                let (window, next) = self.window(&h, q.offset, buf.len());
+                let (n, fetched) = self
+                    .files
+                    .read(f, q.offset, &mut buf, window, fetch)
+                    .map_err(errno)?;
+                let mut s = lock(&h.seq);
+                s.0 = q.offset + n as u64;
+                if fetched {
+                    s.1 = next;
+                }
+                n
             }
-            None => fetch(q.offset, &mut buf),
-        }
-        .map_err(errno)?;
-        lock(&h.seq).0 = q.offset + n as u64;
+            None => fetch(q.offset, &mut buf).map_err(errno)?,
+        };
         buf.truncate(n);
         let Some(dest) = &q.dest else {
             return Ok(ReadData::Inline(ByteBuf::from(buf)));
@@ -225,17 +232,18 @@ impl Node {
         Ok(ReadData::Pushed(n as u64))
     }
 
-    /// The read-ahead window for a read of `len` at `off`: it doubles while reads are
-    /// sequential, up to `readahead_max`, and falls to nothing at a seek.
-    fn window(&self, h: &Handle, off: u64, len: usize) -> usize {
-        let mut s = lock(&h.seq);
+    /// The read-ahead window for a read of `len` at `off` if it misses, and the window
+    /// to keep if it does: it doubles with each backend read while reads are sequential,
+    /// up to `readahead_max`, and falls to nothing at a seek.
+    fn window(&self, h: &Handle, off: u64, len: usize) -> (usize, usize) {
+        let s = lock(&h.seq);
         let max = self.cfg.readahead_max;
-        s.1 = if off == s.0 && max > 0 {
+        let w = if off == s.0 && max > 0 {
             (s.1 * 2).clamp(FIRST_WINDOW, max)
         } else {
             0
         };
-        s.1.max(len)
+        (w.max(len), w)
     }
 
     pub(crate) fn write(&self, r: &Req, q: WriteReq) -> R<Written> {

@@ -103,6 +103,10 @@ enum Cmd {
         /// comma-separate). Each request still runs with the rights of the user named.
         #[arg(long, value_delimiter = ',')]
         trust_forwarder: Vec<u32>,
+        /// Benchmark knob: each operation takes this many microseconds longer (emulates
+        /// the latency of a parallel file system behind the export).
+        #[arg(long, default_value_t = 0)]
+        op_delay_us: u64,
     },
     /// List a directory.
     Ls { path: String },
@@ -211,6 +215,7 @@ fn run(cli: Cli) -> io::Result<()> {
             allow_uid,
             allow_gid,
             trust_forwarder,
+            op_delay_us,
         } => serve(ServerConfig {
             export,
             listen: listen.unwrap_or_default(),
@@ -237,6 +242,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 allow_gids: allow_gid,
                 trusted_forwarders: trust_forwarder,
             },
+            op_delay: Duration::from_micros(op_delay_us),
         }),
         Cmd::Ls { path } => {
             let mut entries = fs()?.read_dir(&path).map_err(|e| with_path(&path, e))?;

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub auth: Auth,
     /// Whom requests run as.
     pub policy: Policy,
+    /// A benchmark knob: each operation takes this much longer (the latency of a real
+    /// parallel file system behind the export, emulated). Zero by default.
+    pub op_delay: Duration,
 }
 
 impl ServerConfig {
@@ -63,11 +66,13 @@ impl ServerConfig {
             workers: 8,
             auth: Auth::None,
             policy: Policy::default(),
+            op_delay: Duration::ZERO,
         }
     }
 }
 
 struct State {
+    op_delay: Duration,
     export: Export,
     clients: Clients,
     read_only: bool,
@@ -99,6 +104,7 @@ impl Server {
             .build()
             .map_err(io)?;
         let state = Arc::new(State {
+            op_delay: cfg.op_delay,
             export,
             clients: Clients::new(limits),
             read_only: cfg.read_only,
@@ -232,6 +238,9 @@ fn answer<In, Out>(
         read_only: st.read_only,
         policy: &st.policy,
     };
+    if !st.op_delay.is_zero() {
+        std::thread::sleep(st.op_delay);
+    }
     let out = st
         .policy
         .creds(identity.as_ref())
