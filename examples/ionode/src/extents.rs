@@ -126,9 +126,27 @@ impl Extents {
 
     /// Takes everything, as writes of at most `max` bytes each, in offset order.
     pub fn drain(&mut self, max: usize) -> Vec<(u64, Vec<u8>)> {
-        self.bytes = 0;
+        self.drain_some(0, 0, max)
+    }
+
+    /// Takes the extents of at least `min` bytes (those worth a backend write of their
+    /// own; small ones may still be joined by the writes that fill the holes between
+    /// them), and then the lowest ones (those every writer has passed) until at most
+    /// `keep` bytes remain; as writes of at most `max` bytes each, in offset order.
+    pub fn drain_some(&mut self, min: usize, keep: u64, max: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut left = self.bytes;
+        let mut big = BTreeMap::new();
+        for (o, d) in std::mem::take(&mut self.map) {
+            if d.len() >= min || left > keep {
+                left -= d.len() as u64;
+                big.insert(o, d);
+            } else {
+                self.map.insert(o, d);
+            }
+        }
+        self.bytes = self.map.values().map(|d| d.len() as u64).sum();
         let mut out = Vec::new();
-        for (o, mut d) in std::mem::take(&mut self.map) {
+        for (o, mut d) in big {
             let mut at = o;
             while d.len() > max {
                 let rest = d.split_off(max);
@@ -172,6 +190,28 @@ mod tests {
         assert_eq!(w[3].0, 49152);
         assert_eq!(w[3].1[..4096], [12u8; 4096]);
         assert!(x.is_empty() && x.bytes() == 0);
+    }
+
+    #[test]
+    fn only_large_extents_are_taken_early() {
+        let mut x = Extents::default();
+        x.insert(0, &[1; 100]);
+        x.insert(200, &[2; 10]);
+        x.insert(300, &[3; 50]);
+        x.insert(400, &[4; 10]);
+        let w = x.drain_some(50, u64::MAX, 64);
+        assert_eq!(
+            w.iter().map(|(o, d)| (*o, d.len())).collect::<Vec<_>>(),
+            [(0, 64), (64, 36), (300, 50)]
+        );
+        assert_eq!(
+            (x.len(), x.bytes()),
+            (2, 20),
+            "small ones wait for their neighbours"
+        );
+        let w = x.drain_some(50, 10, 64);
+        assert_eq!(w.len(), 1, "the lowest goes first under pressure");
+        assert_eq!((w[0].0, x.bytes()), (200, 10));
     }
 
     #[test]

@@ -16,13 +16,25 @@ use posix_ship::client::RemoteFs;
 use posix_ship::proto::Fh;
 
 use crate::extents::Extents;
+use crate::kept::{Budget, Kept};
 use crate::stats::Counters;
 
 /// The largest backend write a flush makes.
 pub const MAX_MERGE: usize = 8 << 20;
 
+/// An extent this large is written when its file holds [`Files::file_max`]; smaller
+/// ones wait for the writes that fill the holes between them (N-to-1 strided writers
+/// drift apart), until the file holds four times that (then the lowest are written,
+/// down to twice that), or an fsync, a close or their age writes them.
+const RIPE: usize = 1 << 20;
+
 /// How long read-ahead data is trusted (other nodes may change the file behind us).
 const READAHEAD_TTL: Duration = Duration::from_secs(1);
+
+/// Reads of many clients that fall within this distance of each other are coalesced:
+/// a miss fetches the aligned block of this size around it, and the reads of the other
+/// clients in it are served from that one backend read (N-to-1 strided readers).
+const DENSE: u64 = 1 << 20;
 
 /// A backend file: (backend, dev, ino).
 pub type Key = (usize, u64, u64);
@@ -47,6 +59,8 @@ pub struct SharedFile {
     /// Held (write) by a flush, (read) by a read: a read never misses bytes a flush has
     /// taken out of the buffer but not yet written.
     flushing: RwLock<()>,
+    /// Held while fetching a dense block, so that clients missing together make one read.
+    fetching: Mutex<()>,
     dirty: AtomicU64,
 }
 
@@ -59,10 +73,14 @@ struct State {
     /// A flush's failure, for the next fsync or close.
     error: Option<i32>,
     writers: Vec<Writer>,
+    /// Buffered bytes at which to look for large extents again.
+    next_look: u64,
     /// Paths it was opened by (backend paths), for path-based barriers.
     paths: Vec<Vec<u8>>,
-    /// Read-ahead data: offset, bytes, when read.
-    cache: Option<(u64, Arc<Vec<u8>>, Instant)>,
+    /// Read-ahead data.
+    cache: Kept,
+    /// Where the last read of any client began (dense-access detection).
+    last_read: u64,
     /// Bumped by every change, so that a fetch racing a write is not kept.
     generation: u64,
 }
@@ -74,10 +92,12 @@ pub struct Files {
     pub buffered: AtomicU64,
     /// The bound on `buffered` (`--write-behind`).
     pub budget: u64,
-    /// A file with this much buffered is flushed.
+    /// A file with this much buffered has its large extents written.
     pub file_max: u64,
     /// Counters.
     pub stats: Arc<Counters>,
+    /// Read-ahead memory of all files.
+    pub kept: Arc<Budget>,
 }
 
 fn transient(errno: i32) -> bool {
@@ -93,12 +113,13 @@ fn transient(errno: i32) -> bool {
 
 impl Files {
     /// No files yet.
-    pub fn new(budget: u64, stats: Arc<Counters>) -> Files {
+    pub fn new(budget: u64, readahead_total: u64, stats: Arc<Counters>) -> Files {
         Files {
+            kept: Budget::new(readahead_total),
             map: Mutex::new(HashMap::new()),
             buffered: AtomicU64::new(0),
             budget,
-            file_max: (budget / 4).clamp(64 << 10, MAX_MERGE as u64),
+            file_max: (budget / 16).clamp(64 << 10, MAX_MERGE as u64),
             stats,
         }
     }
@@ -112,8 +133,12 @@ impl Files {
         m.retain(|_, w| w.strong_count() > 0);
         let f = Arc::new(SharedFile {
             key,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                cache: Kept::new(self.kept.clone()),
+                ..State::default()
+            }),
             flushing: RwLock::new(()),
+            fetching: Mutex::new(()),
             dirty: AtomicU64::new(0),
         });
         m.insert(key, Arc::downgrade(&f));
@@ -143,7 +168,7 @@ impl Files {
                 return false;
             }
         }
-        let (held, merged) = {
+        let (held, look, merged) = {
             let mut s = lock(&f.state);
             let before = s.extents.bytes();
             let merged = s.extents.insert(off, data);
@@ -153,15 +178,18 @@ impl Files {
             s.last = Some(now);
             s.generation += 1;
             self.account(f, before, after);
-            (after, merged)
+            let look = after >= s.next_look.max(self.file_max);
+            (after, look, merged)
         };
         Counters::add(&self.stats.buffered_writes, 1);
         Counters::add(&self.stats.bytes_in, len);
         if merged > 0 {
             Counters::add(&self.stats.merged_writes, 1);
         }
-        if held >= self.file_max {
-            self.flush(f);
+        if held >= self.file_max * 4 {
+            self.write_out(f, RIPE, self.file_max * 2);
+        } else if look {
+            self.write_out(f, RIPE, u64::MAX);
         }
         true
     }
@@ -183,6 +211,12 @@ impl Files {
     /// Returns once every byte buffered before the call is written (or has failed),
     /// waiting for a flush already in progress too.
     pub fn flush(&self, f: &SharedFile) {
+        self.write_out(f, 0, 0);
+    }
+
+    /// Writes out the extents of at least `min` bytes, then the lowest until `keep`
+    /// bytes remain (see [`Extents::drain_some`]).
+    fn write_out(&self, f: &SharedFile, min: usize, keep: u64) {
         let _flushing = f.flushing.write().unwrap_or_else(|e| e.into_inner());
         if f.dirty.load(Ordering::Acquire) == 0 {
             return;
@@ -190,12 +224,15 @@ impl Files {
         let (writes, via) = {
             let mut s = lock(&f.state);
             let before = s.extents.bytes();
-            let writes = s.extents.drain(MAX_MERGE);
-            s.since = None;
-            s.last = None;
+            let writes = s.extents.drain_some(min, keep, MAX_MERGE);
+            let after = s.extents.bytes();
+            s.next_look = after + self.file_max / 4;
+            if after == 0 {
+                (s.since, s.last) = (None, None);
+            }
             s.generation += 1;
-            s.cache = None;
-            self.account(f, before, 0);
+            s.cache.clear();
+            self.account(f, before, after);
             (writes, s.writers.first().cloned())
         };
         if writes.is_empty() {
@@ -262,10 +299,12 @@ impl Files {
     }
 
     /// Fills `buf` from `f` at `off`: `fetch` reads the backend; buffered bytes are laid
-    /// over. `window` > `buf.len()` reads that much ahead on a miss and keeps it for the
-    /// next reads. Returns the bytes filled and whether the backend was read.
+    /// over. Returns the bytes filled and whether the backend was read. On a miss,
+    /// `window` > `buf.len()` (a sequential reader) reads that much ahead; a read near
+    /// the previous read of any client fetches the aligned [`DENSE`] block around it
+    /// (once, however many clients miss in it together); others read just `buf`.
     ///
-    /// Only reads wholly inside the kept data are served from it: a backend read may be
+    /// Only reads wholly inside kept data are served from it: a backend read may be
     /// short without being at the end of the file (a server under memory pressure), so
     /// nothing past the kept bytes is assumed.
     pub fn read(
@@ -277,42 +316,52 @@ impl Files {
         fetch: impl FnOnce(u64, &mut [u8]) -> std::io::Result<usize>,
     ) -> std::io::Result<(usize, bool)> {
         let _no_flush = f.flushing.read().unwrap_or_else(|e| e.into_inner());
-        let end = off + buf.len() as u64;
-        let cached = {
-            let s = lock(&f.state);
-            match &s.cache {
-                Some((o, d, t))
-                    if *o <= off && end <= o + d.len() as u64 && t.elapsed() < READAHEAD_TTL =>
-                {
-                    Some((*o, d.clone()))
-                }
-                _ => None,
-            }
+        let dense = {
+            let mut s = lock(&f.state);
+            let near = s.last_read.abs_diff(off) <= DENSE * 8;
+            s.last_read = off;
+            near && window <= buf.len() && buf.len() as u64 <= DENSE / 2
         };
-        let (n, fetched) = match cached {
-            Some((o, d)) => {
-                Counters::add(&self.stats.readahead_hits, 1);
-                let from = (off - o) as usize;
-                buf.copy_from_slice(&d[from..from + buf.len()]);
-                (buf.len(), false)
+        // Clients that miss together in one dense block: the first fetches it, the
+        // others find it kept once they get the lock.
+        let hit = self.cached(f, off, buf);
+        let _fetching = (dense && !hit).then(|| lock(&f.fetching));
+        let (n, fetched) = if hit || (dense && self.cached(f, off, buf)) {
+            Counters::add(&self.stats.readahead_hits, 1);
+            (buf.len(), false)
+        } else if window > buf.len() || dense {
+            let (at, len) = if dense {
+                (off - off % DENSE, DENSE as usize)
+            } else {
+                (off, window)
+            };
+            let len = len.max((off - at) as usize + buf.len());
+            let generation = lock(&f.state).generation;
+            let mut data = vec![0u8; len];
+            let n = fetch(at, &mut data)?;
+            data.truncate(n);
+            Counters::add(&self.stats.readahead_fetches, 1);
+            let from = ((off - at) as usize).min(n);
+            let k = (n - from).min(buf.len());
+            buf[..k].copy_from_slice(&data[from..from + k]);
+            let mut s = lock(&f.state);
+            if s.generation == generation {
+                s.cache.keep(at, data);
             }
-            None if window > buf.len() => {
-                let generation = lock(&f.state).generation;
-                let mut data = vec![0u8; window];
-                let n = fetch(off, &mut data)?;
-                data.truncate(n);
-                Counters::add(&self.stats.readahead_fetches, 1);
-                let k = n.min(buf.len());
-                buf[..k].copy_from_slice(&data[..k]);
-                let mut s = lock(&f.state);
-                if s.generation == generation {
-                    s.cache = Some((off, Arc::new(data), Instant::now()));
-                }
-                (k, true)
-            }
-            None => (fetch(off, buf)?, true),
+            (k, true)
+        } else {
+            (fetch(off, buf)?, true)
         };
         Ok((lock(&f.state).extents.overlay(off, buf, n), fetched))
+    }
+
+    /// Fills `buf` from kept read-ahead data if one window holds all of it.
+    fn cached(&self, f: &SharedFile, off: u64, buf: &mut [u8]) -> bool {
+        let hit = lock(&f.state).cache.find(off, buf.len(), READAHEAD_TTL);
+        let Some((o, d)) = hit else { return false };
+        let from = (off - o) as usize;
+        buf.copy_from_slice(&d[from..from + buf.len()]);
+        true
     }
 
     /// Forgets buffered bytes and read-ahead data at and past `len` (a truncate).
@@ -321,7 +370,7 @@ impl Files {
         let before = s.extents.bytes();
         s.extents.truncate(len);
         let after = s.extents.bytes();
-        s.cache = None;
+        s.cache.clear();
         s.generation += 1;
         if after == 0 {
             (s.since, s.last) = (None, None);
@@ -372,7 +421,7 @@ impl SharedFile {
     /// Forgets read-ahead data (the file changed behind the buffer).
     pub fn invalidate(&self) {
         let mut s = lock(&self.state);
-        s.cache = None;
+        s.cache.clear();
         s.generation += 1;
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod extents;
 mod files;
+mod kept;
 mod node;
 mod ops;
 pub mod routes;

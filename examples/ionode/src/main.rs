@@ -37,6 +37,9 @@ enum Cmd {
         /// The largest sequential read-ahead window (`8M`; `0`: none).
         #[arg(long, default_value = "8M", value_parser = size)]
         readahead: u64,
+        /// Read-ahead memory of all files together.
+        #[arg(long, default_value = "256M", value_parser = size)]
+        readahead_total: u64,
         /// Handler threads.
         #[arg(long, default_value_t = 16)]
         workers: usize,
@@ -92,6 +95,7 @@ fn run(cli: Cli) -> io::Result<()> {
             write_behind,
             flush_after_ms,
             readahead,
+            readahead_total,
             workers,
             max_open,
             auth,
@@ -101,6 +105,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 write_behind,
                 flush_after: Duration::from_millis(flush_after_ms),
                 readahead_max: readahead.min(64 << 20) as usize,
+                readahead_total,
                 workers: workers.max(1),
                 max_open,
                 auth: Auth::parse(&auth).map_err(io::Error::other)?,

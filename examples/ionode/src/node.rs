@@ -31,6 +31,8 @@ pub struct NodeConfig {
     pub flush_after: Duration,
     /// The largest read-ahead window (0: none).
     pub readahead_max: usize,
+    /// Read-ahead memory of all files together.
+    pub readahead_total: u64,
     /// Handler threads.
     pub workers: usize,
     /// Open files per client connection (past it: `EMFILE`).
@@ -48,6 +50,7 @@ impl NodeConfig {
             write_behind: 256 << 20,
             flush_after: Duration::from_millis(500),
             readahead_max: 8 << 20,
+            readahead_total: 256 << 20,
             workers: 16,
             max_open: 1024,
             auth: Auth::None,
@@ -136,7 +139,7 @@ impl IoNode {
             backends,
             routes,
             handles: Mutex::new(HashMap::new()),
-            files: Files::new(cfg.write_behind, stats.clone()),
+            files: Files::new(cfg.write_behind, cfg.readahead_total, stats.clone()),
             stats,
             cfg: cfg.clone(),
         });
