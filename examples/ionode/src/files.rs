@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use posix_ship::client::RemoteFs;
-use posix_ship::proto::Fh;
+use posix_ship::proto::{Fh, Principal};
 
 use crate::extents::Extents;
+use crate::journal::Journal;
 use crate::kept::{Budget, Kept};
 use crate::stats::Counters;
 
@@ -98,6 +99,10 @@ pub struct Files {
     pub stats: Arc<Counters>,
     /// Read-ahead memory of all files.
     pub kept: Arc<Budget>,
+    /// Bytes taken out of buffers by flushes not yet finished.
+    draining: AtomicU64,
+    /// Where buffered writes are made durable before they are acknowledged.
+    pub journal: Option<Arc<Journal>>,
 }
 
 fn transient(errno: i32) -> bool {
@@ -113,8 +118,15 @@ fn transient(errno: i32) -> bool {
 
 impl Files {
     /// No files yet.
-    pub fn new(budget: u64, readahead_total: u64, stats: Arc<Counters>) -> Files {
+    pub fn new(
+        budget: u64,
+        readahead_total: u64,
+        journal: Option<Arc<Journal>>,
+        stats: Arc<Counters>,
+    ) -> Files {
         Files {
+            draining: AtomicU64::new(0),
+            journal,
             kept: Budget::new(readahead_total),
             map: Mutex::new(HashMap::new()),
             buffered: AtomicU64::new(0),
@@ -158,9 +170,17 @@ impl Files {
             .collect()
     }
 
-    /// Buffers a write of `data` at `off`: `false` if memory is short even after
-    /// flushing this file (the caller writes it through).
-    pub fn buffer(&self, f: &SharedFile, off: u64, data: &[u8]) -> bool {
+    /// Buffers a write of `data` at `off`, made by `user` on the file opened as `path`
+    /// (journaled, if there is a journal, before this returns): `false` if memory is short
+    /// even after flushing this file (the caller writes it through).
+    pub fn buffer(
+        &self,
+        f: &SharedFile,
+        off: u64,
+        data: &[u8],
+        path: &[u8],
+        user: &Option<Principal>,
+    ) -> bool {
         let len = data.len() as u64;
         if self.buffered.load(Ordering::Acquire) + len > self.budget {
             self.flush(f);
@@ -181,6 +201,15 @@ impl Files {
             let look = after >= s.next_look.max(self.file_max);
             (after, look, merged)
         };
+        // Buffered first, journaled second: a flush between the two writes the bytes
+        // anyway, and a record the flush's Clean marker does not cover is replayed
+        // harmlessly (these are the file's newest bytes there).
+        if let Some(j) = &self.journal
+            && let Err(e) = j.write(f.key, path, user.clone(), off, data)
+        {
+            tracing::error!(error = %e, "journal write failed: writing through instead");
+            self.flush(f);
+        }
         Counters::add(&self.stats.buffered_writes, 1);
         Counters::add(&self.stats.bytes_in, len);
         if merged > 0 {
@@ -221,11 +250,16 @@ impl Files {
         if f.dirty.load(Ordering::Acquire) == 0 {
             return;
         }
-        let (writes, via) = {
+        let (writes, via, clean_from) = {
             let mut s = lock(&f.state);
             let before = s.extents.bytes();
             let writes = s.extents.drain_some(min, keep, MAX_MERGE);
             let after = s.extents.bytes();
+            // Records appended before now had their bytes buffered before now: in
+            // `writes`, or written already.
+            let clean_from = (after == 0)
+                .then(|| self.journal.as_ref().map(|j| j.next_seq()))
+                .flatten();
             s.next_look = after + self.file_max / 4;
             if after == 0 {
                 (s.since, s.last) = (None, None);
@@ -233,17 +267,41 @@ impl Files {
             s.generation += 1;
             s.cache.clear();
             self.account(f, before, after);
-            (writes, s.writers.first().cloned())
+            (writes, s.writers.first().cloned(), clean_from)
         };
         if writes.is_empty() {
             return;
         }
+        let drained: u64 = writes.iter().map(|(_, d)| d.len() as u64).sum();
+        self.draining.fetch_add(drained, Ordering::AcqRel);
+        let ok = self.write_through(f, writes, via);
+        self.draining.fetch_sub(drained, Ordering::AcqRel);
+        if let (true, Some(seq), Some(j)) = (ok, clean_from, &self.journal) {
+            let r = j.clean(f.key, seq).and_then(|()| {
+                j.reset_if(|| {
+                    self.buffered.load(Ordering::Acquire) == 0
+                        && self.draining.load(Ordering::Acquire) == 0
+                })
+            });
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "journal: cannot mark a flushed file");
+            }
+        }
+    }
+
+    /// Writes `writes` of `f` through `via`; whether all succeeded.
+    fn write_through(
+        &self,
+        f: &SharedFile,
+        writes: Vec<(u64, Vec<u8>)>,
+        via: Option<Writer>,
+    ) -> bool {
         Counters::add(&self.stats.flushes, 1);
         let Some(w) = via else {
             // Buffered bytes always have a writer: the last one flushes before it goes.
             tracing::error!(file = ?f.key, "buffered writes with no writer left; dropped");
             lock(&f.state).error = Some(libc::EIO);
-            return;
+            return false;
         };
         let mut failed = Vec::new();
         let mut error = None;
@@ -263,7 +321,7 @@ impl Files {
                 }
             }
         }
-        let Some(errno) = error else { return };
+        let Some(errno) = error else { return true };
         Counters::add(&self.stats.deferred_errors, 1);
         let mut s = lock(&f.state);
         s.error = Some(errno);
@@ -279,6 +337,7 @@ impl Files {
             let after = s.extents.bytes();
             self.account(f, before, after);
         }
+        false
     }
 
     /// Files with buffered writes that are due: none came for `age` (writing has paused),

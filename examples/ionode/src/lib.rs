@@ -16,6 +16,7 @@
 
 pub mod extents;
 mod files;
+pub mod journal;
 mod kept;
 mod node;
 mod ops;

@@ -49,6 +49,11 @@ enum Cmd {
         /// The proof demanded of tcp clients: `none`, `munge`, `key:FILE`.
         #[arg(long, default_value = "none")]
         auth: String,
+        /// Journal buffered writes in this directory (fdatasync'd in groups) before
+        /// acknowledging them; replayed to the backends at start, so acknowledged writes
+        /// survive a crash of the node.
+        #[arg(long)]
+        journal: Option<std::path::PathBuf>,
     },
     /// Print a node's counters: client requests in, backend requests out, per operation.
     Stats {
@@ -99,6 +104,7 @@ fn run(cli: Cli) -> io::Result<()> {
             workers,
             max_open,
             auth,
+            journal,
         } => {
             let cfg = NodeConfig {
                 backends: backend,
@@ -109,6 +115,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 workers: workers.max(1),
                 max_open,
                 auth: Auth::parse(&auth).map_err(io::Error::other)?,
+                journal,
                 ..NodeConfig::new(&listen, "")
             };
             let node = IoNode::start(cfg)?;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -39,6 +40,12 @@ pub struct NodeConfig {
     pub max_open: usize,
     /// The proof demanded of tcp clients (sm clients are known by the kernel).
     pub auth: Auth,
+    /// Make buffered writes durable in this directory before acknowledging them, and
+    /// replay them at start (see [`crate::journal`]).
+    pub journal: Option<PathBuf>,
+    /// Past this many journal bytes, everything buffered is flushed (and the journal
+    /// emptied).
+    pub journal_max: u64,
 }
 
 impl NodeConfig {
@@ -54,12 +61,16 @@ impl NodeConfig {
             workers: 16,
             max_open: 1024,
             auth: Auth::None,
+            journal: None,
+            journal_max: 1 << 30,
         }
     }
 }
 
 /// An open file of a client.
 pub(crate) struct Handle {
+    /// The backend path it was opened by.
+    pub path: Vec<u8>,
     /// The backend, acting for this client.
     pub fs: RemoteFs,
     pub fh: Fh,
@@ -135,11 +146,32 @@ impl IoNode {
         let routes = Routes::new(prefixes.iter().map(String::as_str))
             .ok_or_else(|| other("two --backend arguments name the same prefix"))?;
         let stats = Arc::new(Counters::default());
+        let journal = match &cfg.journal {
+            Some(dir) => {
+                let j = crate::journal::Journal::open(dir, stats.clone())?;
+                let n = j.replay(&backends).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("journal replay (kept in {}): {e}", dir.display()),
+                    )
+                })?;
+                if n > 0 {
+                    eprintln!("ionode: replayed {n} journaled writes to the backends");
+                }
+                Some(Arc::new(j))
+            }
+            None => None,
+        };
         let node = Arc::new(Node {
             backends,
             routes,
             handles: Mutex::new(HashMap::new()),
-            files: Files::new(cfg.write_behind, cfg.readahead_total, stats.clone()),
+            files: Files::new(
+                cfg.write_behind,
+                cfg.readahead_total,
+                journal,
+                stats.clone(),
+            ),
             stats,
             cfg: cfg.clone(),
         });
@@ -158,7 +190,17 @@ impl IoNode {
                 .spawn(move || {
                     while !stop.load(Ordering::Acquire) {
                         std::thread::sleep(Duration::from_millis(20));
-                        for f in node.files.due(node.cfg.flush_after) {
+                        let full = node
+                            .files
+                            .journal
+                            .as_ref()
+                            .is_some_and(|j| j.size() > node.cfg.journal_max);
+                        let due = if full {
+                            node.files.all()
+                        } else {
+                            node.files.due(node.cfg.flush_after)
+                        };
+                        for f in due {
                             node.flush(&f);
                         }
                     }

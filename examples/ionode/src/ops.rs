@@ -72,6 +72,18 @@ impl Node {
         self.files.flush(f);
     }
 
+    /// Before a change the journal does not record (a truncate, an append, a large
+    /// write): the file flushed, and its Clean marker durable, so that a replay cannot
+    /// put older bytes over the change.
+    fn before_change(&self, f: &SharedFile) {
+        self.flush(f);
+        if let Some(j) = &self.files.journal
+            && let Err(e) = j.sync()
+        {
+            tracing::warn!(error = %e, "journal: cannot sync");
+        }
+    }
+
     pub(crate) fn stat(&self, r: &Req, t: Target, follow: bool) -> R<Attr> {
         match t {
             Target::Path(p) => {
@@ -117,6 +129,7 @@ impl Node {
             f
         });
         let h = Arc::new(Handle {
+            path: path.to_vec(),
             fs,
             fh: opened.fh,
             file,
@@ -264,13 +277,13 @@ impl Node {
         if let (Some(off), false, Some(f)) = (q.offset, h.append, &h.file)
             && self.files.budget > 0
             && n < self.files.file_max / 2
-            && self.files.buffer(f, off, &data)
+            && self.files.buffer(f, off, &data, &h.path, &r.user)
         {
             return Ok(Written { n, end: off + n });
         }
         // Through: appends, large writes, no memory. After what is buffered, in order.
         if let Some(f) = &h.file {
-            self.flush(f);
+            self.before_change(f);
             f.invalidate();
         }
         Counters::add(&self.stats.write_through, 1);
@@ -285,7 +298,9 @@ impl Node {
         match t {
             Target::Path(p) => {
                 let (b, fs, p) = self.route(r, &p)?;
-                self.barrier(b, &p);
+                for f in self.files.by_path(b, &p) {
+                    self.before_change(&f);
+                }
                 let out = self.call(&fs, TRUNCATE, (Target::Path(p.clone()), len));
                 for f in self.files.by_path(b, &p) {
                     f.invalidate();
@@ -295,7 +310,7 @@ impl Node {
             Target::Handle(fh) => {
                 let h = self.handle(r, fh)?;
                 if let Some(f) = &h.file {
-                    self.flush(f);
+                    self.before_change(f);
                 }
                 let out = self.call(&h.fs, TRUNCATE, (Target::Handle(h.fh), len));
                 if let Some(f) = &h.file {

@@ -209,3 +209,52 @@ fn the_backend_checks_each_client_identity_through_the_node() {
     assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
     drop(backend);
 }
+
+#[test]
+fn with_a_journal_acknowledged_writes_survive_kill_9_of_the_node() {
+    let export = scratch("ionode-journal");
+    let backend = Proc::backend(&export, &["--trust-forwarder", "0"]);
+    let journal = scratch("ionode-journal-dir");
+    let j = journal.to_str().unwrap();
+    let node = Proc::node(
+        &backend.addr,
+        &["--flush-after-ms", "600000", "--journal", j],
+    );
+    let fs = node.client();
+    let mut files = Vec::new();
+    for i in 0..4u64 {
+        let f = fs.create(&format!("/j{i}")).unwrap();
+        let data = pattern(i, 0, 40 * BLOCK + 100);
+        write_blocks(&f, &data);
+        files.push((i, data, f));
+    }
+    let st = node.stats();
+    assert!(st.journal_records >= 4 * 41, "{st:?}");
+    assert_eq!(
+        std::fs::metadata(export.join("j0")).unwrap().len(),
+        0,
+        "acknowledged, buffered, not on the backend"
+    );
+    let mut node = node;
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    drop(files);
+    // The journal is replayed when the node starts again.
+    let again = Proc::node(&backend.addr, &["--journal", j]);
+    for i in 0..4u64 {
+        let want = pattern(i, 0, 40 * BLOCK + 100);
+        assert_eq!(
+            std::fs::read(export.join(format!("j{i}"))).unwrap(),
+            want,
+            "file {i}"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(journal.join("journal.log"))
+            .unwrap()
+            .len(),
+        0,
+        "emptied after the replay"
+    );
+    drop(again);
+}
