@@ -258,3 +258,81 @@ fn with_a_journal_acknowledged_writes_survive_kill_9_of_the_node() {
     );
     drop(again);
 }
+
+#[test]
+fn a_client_that_goes_away_leaves_no_handle_and_its_writes_land() {
+    let (export, _backend, node) = pair("ionode-lost", &["--flush-after-ms", "600000"]);
+    let fs = node.client();
+    let o = fs
+        .open_raw(b"/orphan", libc::O_CREAT | libc::O_WRONLY, 0o644)
+        .unwrap();
+    let data = pattern(5, 0, 10 * BLOCK);
+    for (i, chunk) in data.chunks(BLOCK).enumerate() {
+        fs.pwrite(o.fh, chunk, Some((i * BLOCK) as u64)).unwrap();
+    }
+    assert_eq!(node.stats().handles, 1);
+    // Gone without closing: its engine and connection drop.
+    drop(fs);
+    let t0 = std::time::Instant::now();
+    while node.stats().handles > 0 {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "the lost client's handle stayed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read(export.join("orphan")).unwrap(), data);
+    assert_eq!(
+        _backend.client().server_stats().unwrap().open_files,
+        0,
+        "nor on the backend"
+    );
+}
+
+#[test]
+fn a_backend_restart_loses_no_fsynced_byte_and_the_node_serves_on() {
+    let export = scratch("ionode-restart");
+    let name = format!("sm://qs-ionode-restart-{}", std::process::id());
+    let args = ["--trust-forwarder", "0"];
+    let backend = Proc::backend_on(&export, &name, &args);
+    let node = Proc::node(&backend.addr, &["--flush-after-ms", "600000"]);
+    let fs = node.client();
+    let f = fs.create("/synced").unwrap();
+    let data = pattern(11, 0, 16 * BLOCK);
+    write_blocks(&f, &data);
+    f.sync_all().unwrap();
+    let g = fs.create("/unsynced").unwrap();
+    write_blocks(&g, &data);
+    assert!(backend.stop(), "the backend stops cleanly");
+    // Calls fail with a clear errno while it is away.
+    let e = fs.metadata("/synced").unwrap_err();
+    assert!(
+        [libc::ECONNRESET, libc::ECONNREFUSED, libc::ETIMEDOUT]
+            .contains(&e.raw_os_error().unwrap_or(0)),
+        "{e}"
+    );
+    let e = g.sync_all().unwrap_err();
+    assert!(
+        e.raw_os_error().is_some(),
+        "fsync reports the lost writes: {e}"
+    );
+    let back = Proc::backend_on(&export, &name, &args);
+    assert_eq!(
+        std::fs::read(export.join("synced")).unwrap(),
+        data,
+        "fsync'd bytes"
+    );
+    // The node serves again once the backend is back.
+    let t0 = std::time::Instant::now();
+    loop {
+        match node.client().read("/synced") {
+            Ok(d) => break assert_eq!(d, data),
+            Err(e) if t0.elapsed().as_secs() < 10 => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("the node does not serve after the backend's restart: {e}"),
+        }
+    }
+    drop(back);
+}

@@ -56,8 +56,13 @@ impl Proc {
     /// A posix-ship server exporting `export` over sm, trusting uid 0 (this test, the
     /// I/O node's user) as a forwarder unless `args` says otherwise, root not squashed.
     pub fn backend(export: &Path, args: &[&str]) -> Proc {
+        Self::backend_on(export, "sm", args)
+    }
+
+    /// As `backend`, listening on `listen`.
+    pub fn backend_on(export: &Path, listen: &str, args: &[&str]) -> Proc {
         let mut cmd = Command::new(posix_ship_bin());
-        cmd.args(["server", "--listen", "sm", "--no-root-squash", "--export"])
+        cmd.args(["server", "--listen", listen, "--no-root-squash", "--export"])
             .arg(export)
             .args(args);
         Proc::spawn(&mut cmd)
