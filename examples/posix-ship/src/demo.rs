@@ -19,6 +19,9 @@ struct Demo {
     auth: String,
     fs: RemoteFs,
     served: u64,
+    /// `served` when the I/O node step began.
+    served_before_node: u64,
+    export: PathBuf,
 }
 
 impl Demo {
@@ -84,20 +87,53 @@ fn find_preload(explicit: Option<PathBuf>, exe: &Path) -> io::Result<PathBuf> {
     }
 }
 
+/// The I/O node binary: next to this program, else built with cargo.
+fn find_ionode(exe: &Path) -> io::Result<PathBuf> {
+    let dir = exe.parent().ok_or_else(|| io::Error::other("no exe dir"))?;
+    let bin = dir.join("ionode");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        println!("building the I/O node ({cargo} build -p ionode)...");
+        let mut c = Command::new(cargo);
+        c.args(["build", "-q", "-p", "ionode"]);
+        if dir.ends_with("release") {
+            c.arg("--release");
+        }
+        c.status()?;
+    }
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(io::Error::other(format!(
+            "{} missing: cargo build --release -p ionode",
+            bin.display()
+        )))
+    }
+}
+
 fn start_server(exe: &Path, export: &Path, auth: &str) -> io::Result<(Child, String)> {
     let transport = rpc_core::transport::listen_address(None).map_err(io::Error::other)?;
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
     let mut cmd = Command::new(exe);
     cmd.arg("server").arg("--export").arg(export).args([
         "--listen",
         &transport.to_string(),
         "--auth",
         auth,
+        // The demo's I/O node runs as this user: let it call for its clients.
+        "--trust-forwarder",
+        &uid.to_string(),
     ]);
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if uid == 0 {
         // Run as root, the demo's programs are root: let them act as root on its export.
         cmd.arg("--no-root-squash");
     }
+    spawn_daemon(cmd)
+}
+
+/// Starts a daemon that prints its address first.
+fn spawn_daemon(mut cmd: Command) -> io::Result<(Child, String)> {
     let mut child = cmd.stdout(Stdio::piped()).spawn()?;
     let mut addr = String::new();
     BufReader::new(
@@ -152,6 +188,8 @@ pub fn run(preload: Option<PathBuf>) -> io::Result<()> {
         auth,
         fs,
         served,
+        served_before_node: 0,
+        export: export.clone(),
     };
     let l = local.display();
     let r = (|| {
@@ -204,11 +242,66 @@ pub fn run(preload: Option<PathBuf>) -> io::Result<()> {
             on_disk == data
         );
         println!("server counters: {:?}", d.fs.server_stats()?);
-        Ok(())
+        through_node(&mut d, &exe, &data)
     })();
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     server.wait()?;
     let _ = std::fs::remove_dir_all(&base);
+    r
+}
+
+/// The same kind of programs through an I/O node in front of the server: what the
+/// programs asked of the node, and what the node asked of the server.
+fn through_node(d: &mut Demo, exe: &Path, data: &[u8]) -> io::Result<()> {
+    let mut cmd = Command::new(find_ionode(exe)?);
+    let transport = rpc_core::transport::listen_address(None).map_err(io::Error::other)?;
+    cmd.args([
+        "serve",
+        "--listen",
+        &transport.to_string(),
+        "--backend",
+        &d.addr,
+    ])
+    .args(["--auth", &d.auth]);
+    let (mut node, node_addr) = spawn_daemon(cmd)?;
+    println!(
+        "\n--- the same through an I/O node (pid {}) at {node_addr} ---",
+        node.id()
+    );
+    let opts = ClientOptions {
+        auth: Some(rpc_core::Auth::parse(&d.auth).map_err(io::Error::other)?),
+        ..ClientOptions::default()
+    };
+    d.served = d.fs.server_stats()?.requests;
+    d.served_before_node = d.served;
+    let r = (|| {
+        let to_node = RemoteFs::connect_with(&node_addr, opts)?;
+        let server_addr = std::mem::replace(&mut d.addr, node_addr.clone());
+        let steps = [
+            format!("mkdir {MOUNT}/run2"),
+            format!("dd if={MOUNT}/run1/sample.bin of={MOUNT}/run2/copy.bin bs=4k status=none"),
+            format!("cmp {MOUNT}/run1/sample.bin {MOUNT}/run2/copy.bin && echo identical"),
+        ];
+        let mut asked = to_node.server_stats()?.requests;
+        for step in &steps {
+            d.run(step, true)?;
+            let now = to_node.server_stats()?.requests;
+            println!("  [the programs asked the I/O node {} calls]", now - asked);
+            asked = now;
+        }
+        d.addr = server_addr;
+        let on_disk = std::fs::read(d.export.join("run2/copy.bin"))?;
+        println!(
+            "\nthrough the I/O node: {} calls from the programs became {} calls to the server; copy identical: {}",
+            asked,
+            d.served - d.served_before_node,
+            on_disk == data
+        );
+        Ok(())
+    })();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
+    node.wait()?;
     r
 }
