@@ -6,7 +6,8 @@ mod common;
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use common::{ServerProc, errno, scratch, transports};
-use posix_ship::proto::{SetTime, Time};
+use posix_ship::proto::{STAT, SetTime, Target, Time};
+use rpc_core::ByteBuf;
 
 fn every_operation(transport: &str) {
     let export = scratch(&format!("lib-{transport}"));
@@ -151,6 +152,25 @@ fn every_operation(transport: &str) {
 fn every_operation_over_every_transport() {
     for t in transports() {
         every_operation(&t);
+    }
+}
+
+#[test]
+fn calls_started_together_all_complete_with_their_own_outcome() {
+    let export = scratch("pending");
+    for i in 0..32 {
+        std::fs::write(export.join(format!("f{i}")), vec![b'x'; i]).unwrap();
+    }
+    let srv = ServerProc::start(&export, "sm", &[]);
+    let fs = srv.client();
+    let stat = |p: String| fs.start(STAT, &(Target::Path(ByteBuf::from(p.into_bytes())), true));
+    // 64 calls in flight from one thread: each answer reaches its own call.
+    let pending: Vec<_> = (0..64).map(|i| stat(format!("/f{i}"))).collect();
+    for (i, p) in pending.into_iter().enumerate() {
+        match p.wait() {
+            Ok(a) => assert_eq!((i < 32, a.size), (true, i as u64)),
+            Err(e) => assert_eq!((i >= 32, e.raw_os_error()), (true, Some(libc::ENOENT))),
+        }
     }
 }
 

@@ -50,6 +50,32 @@ struct Inner {
     inline_max: usize,
 }
 
+/// An operation in flight ([`RemoteFs::start`]): wait for it or await it; its outcome
+/// is the server's value, or its `errno` (the transport's failure as one).
+#[must_use = "a dropped call's answer is discarded"]
+pub struct Pending<Out> {
+    call: rpc_core::Call<Reply<Out>>,
+}
+
+impl<Out: DeserializeOwned> Pending<Out> {
+    /// Blocks until the answer comes.
+    pub fn wait(self) -> io::Result<Out> {
+        self.call.wait().map_err(rpc_err)?.map_err(errno)
+    }
+}
+
+impl<Out: DeserializeOwned> std::future::Future for Pending<Out> {
+    type Output = io::Result<Out>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let out = std::task::ready!(std::pin::Pin::new(&mut self.call).poll(cx));
+        std::task::Poll::Ready(out.map_err(rpc_err).and_then(|r| r.map_err(errno)))
+    }
+}
+
 /// Turns an RPC failure into the `errno` a POSIX caller would see.
 pub fn rpc_errno(e: &RpcError) -> i32 {
     match e {
@@ -173,6 +199,17 @@ impl RemoteFs {
         rpc: Rpc<In, Reply<Out>>,
         input: &In,
     ) -> io::Result<Out> {
+        self.start(rpc, input).wait()
+    }
+
+    /// Starts any operation of [`crate::proto`] without waiting: [`Pending::wait`] for
+    /// its outcome, or `.await` it. Many calls may be in flight from one thread (an I/O
+    /// node's way to overlap its backend calls).
+    pub fn start<In: Serialize + Clone, Out: DeserializeOwned>(
+        &self,
+        rpc: Rpc<In, Reply<Out>>,
+        input: &In,
+    ) -> Pending<Out> {
         let i = &self.inner;
         let call = match &self.for_user {
             None => i.engine.call(&i.peer, rpc, input),
@@ -181,7 +218,7 @@ impl RemoteFs {
                 i.engine.call(&i.peer, forwarded(rpc), &input)
             }
         };
-        call.wait().map_err(rpc_err)?.map_err(errno)
+        Pending { call }
     }
 
     /// The server's counters.
