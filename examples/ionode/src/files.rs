@@ -444,6 +444,13 @@ impl SharedFile {
         lock(&self.state).extents.end()
     }
 
+    /// Whether a handle may write it, or it holds buffered bytes: its size and times on
+    /// the backend are about to change.
+    pub fn busy(&self) -> bool {
+        let s = lock(&self.state);
+        !s.writers.is_empty() || !s.extents.is_empty()
+    }
+
     /// Adds a handle that may write, and a path the file is known by.
     pub fn opened(&self, w: Option<Writer>, path: &[u8]) {
         let mut s = lock(&self.state);

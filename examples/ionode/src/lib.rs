@@ -14,6 +14,7 @@
 //! - [`stats`]: client requests in and backend requests out per operation.
 #![deny(missing_docs)]
 
+mod attrs;
 pub mod extents;
 mod files;
 pub mod journal;

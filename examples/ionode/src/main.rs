@@ -46,6 +46,12 @@ enum Cmd {
         /// Open files per client.
         #[arg(long, default_value_t = 1024)]
         max_open: usize,
+        /// Seconds a `stat` answer is kept (per user; the node's own changes drop it).
+        #[arg(long, default_value_t = 1.0)]
+        attr_timeout: f64,
+        /// Seconds an `ENOENT` answer is kept.
+        #[arg(long, default_value_t = 1.0)]
+        negative_timeout: f64,
         /// The proof demanded of tcp clients: `none`, `munge`, `key:FILE`.
         #[arg(long, default_value = "none")]
         auth: String,
@@ -103,9 +109,16 @@ fn run(cli: Cli) -> io::Result<()> {
             readahead_total,
             workers,
             max_open,
+            attr_timeout,
+            negative_timeout,
             auth,
             journal,
         } => {
+            let secs = |s: f64, what: &str| {
+                Duration::try_from_secs_f64(s).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+                })
+            };
             let cfg = NodeConfig {
                 backends: backend,
                 write_behind,
@@ -114,6 +127,8 @@ fn run(cli: Cli) -> io::Result<()> {
                 readahead_total,
                 workers: workers.max(1),
                 max_open,
+                attr_timeout: secs(attr_timeout, "--attr-timeout")?,
+                negative_timeout: secs(negative_timeout, "--negative-timeout")?,
                 auth: Auth::parse(&auth).map_err(io::Error::other)?,
                 journal,
                 ..NodeConfig::new(&listen, "")

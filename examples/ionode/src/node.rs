@@ -38,6 +38,10 @@ pub struct NodeConfig {
     pub workers: usize,
     /// Open files per client connection (past it: `EMFILE`).
     pub max_open: usize,
+    /// How long attributes (`stat` answers) are kept; zero: not at all.
+    pub attr_timeout: Duration,
+    /// How long `ENOENT` answers are kept.
+    pub negative_timeout: Duration,
     /// The proof demanded of tcp clients (sm clients are known by the kernel).
     pub auth: Auth,
     /// Make buffered writes durable in this directory before acknowledging them, and
@@ -60,6 +64,8 @@ impl NodeConfig {
             readahead_total: 256 << 20,
             workers: 16,
             max_open: 1024,
+            attr_timeout: Duration::from_secs(1),
+            negative_timeout: Duration::from_secs(1),
             auth: Auth::None,
             journal: None,
             journal_max: 1 << 30,
@@ -69,6 +75,9 @@ impl NodeConfig {
 
 /// An open file of a client.
 pub(crate) struct Handle {
+    pub backend: usize,
+    /// Written or truncated through (its attributes changed).
+    pub wrote: std::sync::atomic::AtomicBool,
     /// The backend path it was opened by.
     pub path: Vec<u8>,
     /// The backend, acting for this client.
@@ -96,6 +105,9 @@ pub(crate) struct Node {
     pub files: Files,
     pub stats: Arc<Counters>,
     pub cfg: NodeConfig,
+    pub attrs: crate::attrs::Attrs,
+    /// Backend handles to close in the background.
+    pub closer: Mutex<std::sync::mpsc::Sender<Arc<Handle>>>,
 }
 
 /// A running I/O node.
@@ -162,7 +174,10 @@ impl IoNode {
             }
             None => None,
         };
+        let (closer, to_close) = std::sync::mpsc::channel::<Arc<Handle>>();
         let node = Arc::new(Node {
+            attrs: crate::attrs::Attrs::new(cfg.attr_timeout, cfg.negative_timeout, 1 << 16),
+            closer: Mutex::new(closer),
             backends,
             routes,
             handles: Mutex::new(HashMap::new()),
@@ -175,6 +190,17 @@ impl IoNode {
             stats,
             cfg: cfg.clone(),
         });
+        let n = Arc::downgrade(&node);
+        std::thread::Builder::new()
+            .name("ionode-close".into())
+            .spawn(move || {
+                for h in to_close {
+                    let Some(n) = n.upgrade() else { break };
+                    if let Err(e) = n.backend_close(&h) {
+                        tracing::debug!(errno = e, "closing a backend handle");
+                    }
+                }
+            })?;
         let n = node.clone();
         engine.on_peer_lost(move |p| {
             let n = n.clone();

@@ -88,8 +88,24 @@ impl Node {
         match t {
             Target::Path(p) => {
                 let (b, fs, p) = self.route(r, &p)?;
-                self.barrier(b, &p);
-                self.call(&fs, STAT, (Target::Path(p), follow))
+                let mut open_here = self.files.by_path(b, &p);
+                open_here.retain(|f| f.busy());
+                if open_here.is_empty() {
+                    if let Some(a) = self.attrs.get(b, &p, follow, &r.user) {
+                        Counters::add(&self.stats.attr_hits, 1);
+                        return a;
+                    }
+                } else {
+                    // Written through this node: its size and times are the backend's
+                    // once the buffered bytes are there.
+                    for f in open_here {
+                        self.flush(&f);
+                    }
+                }
+                let epoch = self.attrs.epoch();
+                let a = self.call(&fs, STAT, (Target::Path(p.clone()), follow));
+                self.attrs.put(epoch, b, &p, follow, &r.user, a);
+                a
             }
             Target::Handle(fh) => {
                 let h = self.handle(r, fh)?;
@@ -110,7 +126,20 @@ impl Node {
             }
         }
         o.path = path.clone();
-        let opened = self.call(&fs, OPEN, o.clone())?;
+        let epoch = self.attrs.epoch();
+        let opened = self.call(&fs, OPEN, o.clone());
+        if o.flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
+            self.attrs.changed(b, &path);
+        }
+        let opened = opened?;
+        let follow = o.flags & libc::O_NOFOLLOW == 0;
+        let epoch = if o.flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
+            self.attrs.epoch()
+        } else {
+            epoch
+        };
+        self.attrs
+            .put(epoch, b, &path, follow, &r.user, Ok(opened.attr));
         let writable = o.flags & libc::O_ACCMODE != libc::O_RDONLY;
         let mut token = [0u8; 8];
         getrandom::fill(&mut token).map_err(|_| libc::EIO)?;
@@ -129,6 +158,8 @@ impl Node {
             f
         });
         let h = Arc::new(Handle {
+            backend: b,
+            wrote: std::sync::atomic::AtomicBool::new(false),
             path: path.to_vec(),
             fs,
             fh: opened.fh,
@@ -164,6 +195,16 @@ impl Node {
     /// last close write them out): N-to-1 writers closing one by one would otherwise
     /// flush a file full of holes as many small writes.
     fn release(&self, h: &Handle) -> R<()> {
+        let detached = self.detach(h);
+        detached.and(self.backend_close(h))
+    }
+
+    pub(crate) fn backend_close(&self, h: &Handle) -> R<()> {
+        self.call(&h.fs, CLOSE, h.fh)
+    }
+
+    /// `release` but for the backend's close.
+    fn detach(&self, h: &Handle) -> R<()> {
         if let Some(f) = &h.file
             && h.writable
         {
@@ -172,13 +213,18 @@ impl Node {
             }
             f.closed(h.token);
         }
-        let closed = self.call(&h.fs, CLOSE, h.fh);
+        if h.wrote.load(std::sync::atomic::Ordering::Acquire) {
+            self.attrs.changed(h.backend, &h.path);
+        }
         match h.file.as_ref().and_then(|f| f.take_error()) {
             Some(e) => Err(e),
-            None => closed,
+            None => Ok(()),
         }
     }
 
+    /// `close`: answered once the file's buffered bytes are written (if this was its last
+    /// writer) with any deferred error; the backend's own close follows in the background
+    /// (the data is on the backend by then; only its handle remains to be let go).
     pub(crate) fn close(&self, r: &Req, fh: Fh) -> R<()> {
         let h = {
             let mut t = lock(&self.handles);
@@ -192,7 +238,11 @@ impl Node {
         self.stats
             .handles
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.release(&h)
+        let detached = self.detach(&h);
+        if let Err(h) = lock(&self.closer).send(h) {
+            let _ = self.backend_close(&h.0);
+        }
+        detached
     }
 
     /// The client `peer` is gone: close what it held.
@@ -264,6 +314,7 @@ impl Node {
         if !h.writable {
             return Err(libc::EBADF);
         }
+        h.wrote.store(true, std::sync::atomic::Ordering::Release);
         let data = match q.data {
             WriteData::Inline(b) => b.into_vec(),
             WriteData::Bulk(src) => {
@@ -302,6 +353,7 @@ impl Node {
                     self.before_change(&f);
                 }
                 let out = self.call(&fs, TRUNCATE, (Target::Path(p.clone()), len));
+                self.attrs.changed(b, &p);
                 for f in self.files.by_path(b, &p) {
                     f.invalidate();
                 }
@@ -313,6 +365,7 @@ impl Node {
                     self.before_change(f);
                 }
                 let out = self.call(&h.fs, TRUNCATE, (Target::Handle(h.fh), len));
+                self.attrs.changed(h.backend, &h.path);
                 if let Some(f) = &h.file {
                     f.invalidate();
                 }
@@ -339,8 +392,25 @@ impl Node {
         rpc: rpc_core::Rpc<ByteBuf, Reply<Out>>,
         p: ByteBuf,
     ) -> R<Out> {
-        let (_, fs, p) = self.route(r, &p)?;
-        self.call(&fs, rpc, p)
+        let (b, fs, p) = self.route(r, &p)?;
+        let out = self.call(&fs, rpc, p.clone());
+        self.after(rpc.name(), b, &p);
+        out
+    }
+
+    /// After an operation on `path`: forget what the node knew of it if it changes it.
+    fn after(&self, op: &str, b: usize, path: &[u8]) {
+        const READS: [&str; 6] = [
+            "posix.readlink",
+            "posix.statfs",
+            "posix.access",
+            "posix.getxattr",
+            "posix.listxattr",
+            "posix.stat",
+        ];
+        if !READS.contains(&op) {
+            self.attrs.changed(b, path);
+        }
     }
 
     pub(crate) fn on_path_with<A: Serialize + Clone, Out: DeserializeOwned>(
@@ -350,13 +420,17 @@ impl Node {
         p: ByteBuf,
         a: A,
     ) -> R<Out> {
-        let (_, fs, p) = self.route(r, &p)?;
-        self.call(&fs, rpc, (p, a))
+        let (b, fs, p) = self.route(r, &p)?;
+        let out = self.call(&fs, rpc, (p.clone(), a));
+        self.after(rpc.name(), b, &p);
+        out
     }
 
     pub(crate) fn symlink(&self, r: &Req, target: ByteBuf, p: ByteBuf) -> R<()> {
-        let (_, fs, p) = self.route(r, &p)?;
-        self.call(&fs, SYMLINK, (target, p))
+        let (b, fs, p) = self.route(r, &p)?;
+        let out = self.call(&fs, SYMLINK, (target, p.clone()));
+        self.attrs.changed(b, &p);
+        out
     }
 
     /// `rename` and `link`: both paths on one backend, else `EXDEV`.
@@ -372,7 +446,10 @@ impl Node {
         if ba != bb {
             return Err(libc::EXDEV);
         }
-        self.call(&fs, rpc, (a, b))
+        let out = self.call(&fs, rpc, (a.clone(), b.clone()));
+        self.attrs.changed(ba, &a);
+        self.attrs.changed(ba, &b);
+        out
     }
 
     pub(crate) fn readdir(&self, r: &Req, mut q: ReaddirReq) -> R<DirPage> {
@@ -390,20 +467,27 @@ impl Node {
         t: Target,
         with: impl FnOnce(Target) -> In,
     ) -> R<Out> {
-        let (fs, t) = match t {
+        let (fs, t, b, path) = match t {
             Target::Path(p) => {
                 let (b, fs, p) = self.route(r, &p)?;
                 self.barrier(b, &p);
-                (fs, Target::Path(p))
+                (fs, Target::Path(p.clone()), b, p.into_vec())
             }
             Target::Handle(fh) => {
                 let h = self.handle(r, fh)?;
                 if let Some(f) = &h.file {
                     self.flush(f);
                 }
-                (h.fs.clone(), Target::Handle(h.fh))
+                (
+                    h.fs.clone(),
+                    Target::Handle(h.fh),
+                    h.backend,
+                    h.path.clone(),
+                )
             }
         };
-        self.call(&fs, rpc, with(t))
+        let out = self.call(&fs, rpc, with(t));
+        self.after(rpc.name(), b, &path);
+        out
     }
 }

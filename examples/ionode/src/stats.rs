@@ -63,6 +63,8 @@ pub struct NodeStats {
     pub readahead_hits: u64,
     /// Backend reads made to fill the read-ahead window.
     pub readahead_fetches: u64,
+    /// `stat`s answered from the attribute cache.
+    pub attr_hits: u64,
     /// Deferred write errors (reported at the file's next fsync or close).
     pub deferred_errors: u64,
     /// Backend calls that failed for a transport reason.
@@ -133,6 +135,7 @@ counters!(
     buffered_peak,
     readahead_hits,
     readahead_fetches,
+    attr_hits,
     deferred_errors,
     backend_errors,
     journal_records,

@@ -336,3 +336,46 @@ fn a_backend_restart_loses_no_fsynced_byte_and_the_node_serves_on() {
     }
     drop(back);
 }
+
+#[test]
+fn the_node_sees_its_own_changes_at_once_and_others_after_the_attribute_timeout() {
+    let args = ["--attr-timeout", "0.3", "--negative-timeout", "0.3"];
+    let (export, _backend, node) = pair("ionode-attrs", &args);
+    let fs = node.client();
+    assert_eq!(common_errno(fs.metadata("/h")), libc::ENOENT);
+    let f = fs.create("/h").unwrap();
+    assert_eq!(fs.metadata("/h").unwrap().size, 0, "no longer ENOENT");
+    f.write_at(&[7; 100], 0).unwrap();
+    f.close().unwrap();
+    assert_eq!(
+        fs.metadata("/h").unwrap().size,
+        100,
+        "written through the node"
+    );
+    fs.set_permissions("/h", 0o600).unwrap();
+    assert_eq!(fs.metadata("/h").unwrap().mode & 0o777, 0o600);
+    fs.truncate("/h", 10).unwrap();
+    assert_eq!(fs.metadata("/h").unwrap().size, 10);
+    fs.rename("/h", "/g").unwrap();
+    assert_eq!(common_errno(fs.metadata("/h")), libc::ENOENT);
+    assert_eq!(fs.metadata("/g").unwrap().size, 10);
+    fs.create_dir("/d").unwrap();
+    assert!(fs.metadata("/d").unwrap().is_dir());
+    fs.remove_dir("/d").unwrap();
+    assert_eq!(common_errno(fs.metadata("/d")), libc::ENOENT);
+    fs.remove_file("/g").unwrap();
+    assert_eq!(common_errno(fs.metadata("/g")), libc::ENOENT);
+    // A change behind the node's back is seen once the kept answer expires.
+    std::fs::write(export.join("g"), b"abc").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(fs.metadata("/g").unwrap().size, 3);
+    std::fs::write(export.join("g"), b"abcdef").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(fs.metadata("/g").unwrap().size, 6);
+    assert_eq!(fs.metadata("/g").unwrap().size, 6);
+    assert!(node.stats().attr_hits > 0, "the cache answered the repeat");
+}
+
+fn common_errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.unwrap_err().raw_os_error().unwrap()
+}

@@ -269,7 +269,7 @@ pub const SERVER_STATS: Rpc<(), ServerStats> = Rpc::new("posix.server_stats");
 /// Whom a trusted forwarder (an I/O node) calls for: the identity its own transport
 /// verified for its client (`None`: an anonymous client). The server applies its policy
 /// (squash, allow lists) to it exactly as to a direct client.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Principal {
     /// User id.
     pub uid: u32,
