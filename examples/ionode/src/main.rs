@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ionode::stats::{NodeStats, STATS, table};
 use ionode::{IoNode, NodeConfig};
+use posix_ship::server::Limits;
 use rpc_core::{Auth, Engine};
 
 /// An I/O forwarding node: clients speak posix-ship to it, it forwards to the servers.
@@ -43,9 +44,16 @@ enum Cmd {
         /// Handler threads.
         #[arg(long, default_value_t = 16)]
         workers: usize,
-        /// Open files per client.
-        #[arg(long, default_value_t = 1024)]
+        /// Open files per client (past it: EMFILE).
+        #[arg(long, default_value_t = Limits::default().open_files)]
         max_open: usize,
+        /// Requests served at once per client (past it: EAGAIN).
+        #[arg(long, default_value_t = Limits::default().in_flight)]
+        max_in_flight: usize,
+        /// Bulk data held for one client's reads and writes at once, MiB (past it, reads
+        /// and writes are served short, as POSIX allows).
+        #[arg(long, default_value_t = Limits::default().staging_per_client >> 20)]
+        staging_mib: u64,
         /// Seconds a `stat` answer is kept (per user; the node's own changes drop it).
         #[arg(long, default_value_t = 1.0)]
         attr_timeout: f64,
@@ -87,7 +95,20 @@ fn size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?}: too large"))
 }
 
+/// Large buffers (bulk staging, read-ahead windows, merged writes: 64 KiB to 16 MiB,
+/// short-lived, from many threads) are mapped and unmapped by malloc rather than kept in
+/// its per-thread arenas: glibc's default raises the mapping threshold after the first
+/// free, and then every arena keeps its own freed 16 MiB buffers (measured: 221 MiB
+/// resident after one client's 512 MiB of writes, under 64 MiB of live data).
+fn return_large_buffers() {
+    // SAFETY: mallopt only changes malloc's tunables; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
+}
+
 fn main() {
+    return_large_buffers();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(io::stderr)
@@ -109,6 +130,8 @@ fn run(cli: Cli) -> io::Result<()> {
             readahead_total,
             workers,
             max_open,
+            max_in_flight,
+            staging_mib,
             attr_timeout,
             negative_timeout,
             auth,
@@ -126,7 +149,12 @@ fn run(cli: Cli) -> io::Result<()> {
                 readahead_max: readahead.min(64 << 20) as usize,
                 readahead_total,
                 workers: workers.max(1),
-                max_open,
+                limits: Limits {
+                    open_files: max_open,
+                    in_flight: max_in_flight,
+                    staging_per_client: staging_mib << 20,
+                    ..Limits::default()
+                },
                 attr_timeout: secs(attr_timeout, "--attr-timeout")?,
                 negative_timeout: secs(negative_timeout, "--negative-timeout")?,
                 auth: Auth::parse(&auth).map_err(io::Error::other)?,

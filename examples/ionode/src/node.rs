@@ -1,7 +1,6 @@
 //! The I/O node: serves the posix-ship protocol to clients on one engine and forwards to
 //! its backends, each call made for the client's verified identity.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +10,7 @@ use std::time::Duration;
 
 use posix_ship::client::{ClientOptions, DEFAULT_INLINE_MAX, RemoteFs};
 use posix_ship::proto::*;
+use posix_ship::server::clients::{Clients, Limits};
 use rpc_core::{Auth, Caller, Engine, Responder, Rpc, RpcError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,8 +36,9 @@ pub struct NodeConfig {
     pub readahead_total: u64,
     /// Handler threads.
     pub workers: usize,
-    /// Open files per client connection (past it: `EMFILE`).
-    pub max_open: usize,
+    /// What one client, one user (all its connections) and all clients may hold: open
+    /// files, requests in flight, bulk staging memory (as a posix-ship server bounds them).
+    pub limits: Limits,
     /// How long attributes (`stat` answers) are kept; zero: not at all.
     pub attr_timeout: Duration,
     /// How long `ENOENT` answers are kept.
@@ -63,7 +64,7 @@ impl NodeConfig {
             readahead_max: 8 << 20,
             readahead_total: 256 << 20,
             workers: 16,
-            max_open: 1024,
+            limits: Limits::default(),
             attr_timeout: Duration::from_secs(1),
             negative_timeout: Duration::from_secs(1),
             auth: Auth::None,
@@ -101,7 +102,7 @@ pub(crate) struct Req {
 pub(crate) struct Node {
     pub backends: Vec<RemoteFs>,
     pub routes: Routes,
-    pub handles: Mutex<HashMap<u64, HashMap<u64, Arc<Handle>>>>,
+    pub clients: Clients<Handle>,
     pub files: Files,
     pub stats: Arc<Counters>,
     pub cfg: NodeConfig,
@@ -180,7 +181,7 @@ impl IoNode {
             closer: Mutex::new(closer),
             backends,
             routes,
-            handles: Mutex::new(HashMap::new()),
+            clients: Clients::new(cfg.limits),
             files: Files::new(
                 cfg.write_behind,
                 cfg.readahead_total,
@@ -309,7 +310,13 @@ where
             }),
             caller: r.caller(),
         };
-        let out = f(&node, &req, input);
+        let out = match node
+            .clients
+            .admit(req.peer, req.user.as_ref().map(|u| u.uid))
+        {
+            Ok(_admitted) => f(&node, &req, input),
+            Err(e) => Err(e.raw_os_error()),
+        };
         r.respond(&out);
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     })
@@ -360,15 +367,17 @@ fn register(e: &Engine, n: &Arc<Node>) -> Result<(), RpcError> {
     })?;
     let s = n.clone();
     e.register_infallible(SERVER_STATS, move |()| {
-        let st = s.stats.snapshot();
+        let c = s.clients.stats();
         ServerStats {
-            clients: lock(&s.handles).len() as u64,
-            open_files: st.handles,
-            in_flight: st.in_flight,
-            requests: st.totals().0,
-            refused: 0,
+            requests: s.stats.snapshot().totals().0,
+            ..c
         }
     })?;
     let s = n.clone();
-    e.register_infallible(STATS, move |()| s.stats.snapshot())
+    e.register_infallible(STATS, move |()| {
+        let mut st = s.stats.snapshot();
+        let c = s.clients.stats();
+        (st.handles, st.refused) = (c.open_files, c.refused);
+        st
+    })
 }

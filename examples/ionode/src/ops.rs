@@ -54,11 +54,7 @@ impl Node {
     }
 
     fn handle(&self, r: &Req, fh: Fh) -> R<Arc<Handle>> {
-        lock(&self.handles)
-            .get(&r.peer)
-            .and_then(|m| m.get(&fh.0))
-            .cloned()
-            .ok_or(libc::EBADF)
+        self.clients.get(r.peer, fh).map_err(|e| e.raw_os_error())
     }
 
     /// Writes out buffered writes of every file `path` names on backend `b`.
@@ -169,24 +165,20 @@ impl Node {
             token,
             seq: std::sync::Mutex::new((0, 0)),
         });
+        let mut attr = opened.attr;
+        attr.size = attr
+            .size
+            .max(h.file.as_ref().map_or(0, |f| f.buffered_end()));
+        match self
+            .clients
+            .insert(r.peer, r.user.as_ref().map(|u| u.uid), h.clone())
         {
-            let mut t = lock(&self.handles);
-            let mine = t.entry(r.peer).or_default();
-            if mine.len() < self.cfg.max_open {
-                mine.insert(token, h.clone());
-                Counters::add(&self.stats.handles, 1);
-                let mut attr = opened.attr;
-                attr.size = attr
-                    .size
-                    .max(h.file.as_ref().map_or(0, |f| f.buffered_end()));
-                return Ok(Opened {
-                    fh: Fh(token),
-                    attr,
-                });
+            Ok(fh) => Ok(Opened { fh, attr }),
+            Err(e) => {
+                let _ = self.release(&h);
+                Err(e.raw_os_error())
             }
         }
-        let _ = self.release(&h);
-        Err(libc::EMFILE)
     }
 
     /// Drops `h` as a writer, flushing the file if it was the last one, and closes its
@@ -226,18 +218,10 @@ impl Node {
     /// writer) with any deferred error; the backend's own close follows in the background
     /// (the data is on the backend by then; only its handle remains to be let go).
     pub(crate) fn close(&self, r: &Req, fh: Fh) -> R<()> {
-        let h = {
-            let mut t = lock(&self.handles);
-            let mine = t.get_mut(&r.peer).ok_or(libc::EBADF)?;
-            let h = mine.remove(&fh.0).ok_or(libc::EBADF)?;
-            if mine.is_empty() {
-                t.remove(&r.peer);
-            }
-            h
-        };
-        self.stats
-            .handles
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let h = self
+            .clients
+            .remove(r.peer, fh)
+            .map_err(|e| e.raw_os_error())?;
         let detached = self.detach(&h);
         if let Err(h) = lock(&self.closer).send(h) {
             let _ = self.backend_close(&h.0);
@@ -247,11 +231,7 @@ impl Node {
 
     /// The client `peer` is gone: close what it held.
     pub(crate) fn lost(&self, peer: u64) {
-        let held = lock(&self.handles).remove(&peer).unwrap_or_default();
-        for h in held.into_values() {
-            self.stats
-                .handles
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        for h in self.clients.lost(peer) {
             if let Err(e) = self.release(&h) {
                 tracing::debug!(peer, errno = e, "closing a lost client's file");
             }
@@ -261,11 +241,20 @@ impl Node {
     pub(crate) fn read(&self, r: &Req, q: ReadReq) -> R<ReadData> {
         let h = self.handle(r, q.fh)?;
         let mut len = q.len.min(MAX_IO);
-        match &q.dest {
+        let uid = r.user.as_ref().map(|u| u.uid);
+        let _staged = match &q.dest {
             Some(d) if d.len() < len => return Err(libc::EINVAL),
-            None => len = len.min(MAX_INLINE_READ),
-            _ => {}
-        }
+            None => {
+                len = len.min(MAX_INLINE_READ);
+                None
+            }
+            // Short under the client's or the user's staging bound, as POSIX allows.
+            Some(_) => {
+                let s = self.clients.stage(r.peer, uid, len);
+                len = s.len;
+                Some(s)
+            }
+        };
         let mut buf = vec![0u8; len as usize];
         let fetch = |off: u64, b: &mut [u8]| {
             self.stats.request_out("posix.read");
@@ -321,7 +310,10 @@ impl Node {
                 if src.len() > MAX_IO {
                     return Err(libc::EINVAL);
                 }
-                pull_from(&r.caller, &src, src.len())?
+                // Short under the staging bounds: the client writes the rest next.
+                let uid = r.user.as_ref().map(|u| u.uid);
+                let staged = self.clients.stage(r.peer, uid, src.len());
+                pull_from(&r.caller, &src, staged.len)?
             }
         };
         let n = data.len() as u64;

@@ -43,6 +43,8 @@ pub struct NodeStats {
     pub in_flight: u64,
     /// Open client handles.
     pub handles: u64,
+    /// Requests refused by a per-client or per-user bound.
+    pub refused: u64,
     /// Bytes clients wrote to the node / the node wrote to backends.
     pub bytes_in: u64,
     /// Bytes written to backends.
@@ -125,6 +127,7 @@ macro_rules! counters {
 counters!(
     in_flight,
     handles,
+    refused,
     bytes_in,
     bytes_out,
     buffered_writes,

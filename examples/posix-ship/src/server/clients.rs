@@ -94,13 +94,22 @@ pub const LOCAL: ClientId = u64::MAX;
 /// Whose connection it is: the verified uid (`None`: anonymous).
 pub type User = Option<u32>;
 
-#[derive(Default)]
-struct Client {
+struct Client<F> {
     /// Open files, each with the user it counts against (a forwarder's connection carries
     /// many users).
-    files: HashMap<u64, (Arc<OpenFile>, User)>,
+    files: HashMap<u64, (Arc<F>, User)>,
     in_flight: usize,
     staged: u64,
+}
+
+impl<F> Default for Client<F> {
+    fn default() -> Self {
+        Client {
+            files: HashMap::new(),
+            in_flight: 0,
+            staged: 0,
+        }
+    }
 }
 
 /// What one user's connections hold together.
@@ -111,9 +120,8 @@ struct Use {
     staged: u64,
 }
 
-#[derive(Default)]
-struct Table {
-    clients: HashMap<ClientId, Client>,
+struct Table<F> {
+    clients: HashMap<ClientId, Client<F>>,
     /// Clients the transport reported lost, the most recent [`GONE_KEPT`]: a request
     /// already queued when its client was lost may still arrive, and must hold nothing.
     gone: HashSet<ClientId>,
@@ -123,7 +131,20 @@ struct Table {
     users: HashMap<User, Use>,
 }
 
-impl Table {
+impl<F> Default for Table<F> {
+    fn default() -> Self {
+        Table {
+            clients: HashMap::new(),
+            gone: HashSet::new(),
+            gone_order: VecDeque::new(),
+            open_files: 0,
+            staged: 0,
+            users: HashMap::new(),
+        }
+    }
+}
+
+impl<F> Table<F> {
     fn user(&mut self, u: User) -> &mut Use {
         self.users.entry(u).or_default()
     }
@@ -138,9 +159,10 @@ impl Table {
     }
 }
 
-/// Every client's state.
-pub struct Clients {
-    table: Mutex<Table>,
+/// Every client's state: its open files (`F`: what a handle stands for), requests in
+/// flight and staging memory, with their bounds.
+pub struct Clients<F = OpenFile> {
+    table: Mutex<Table<F>>,
     limits: Limits,
     requests: AtomicU64,
     refused: AtomicU64,
@@ -149,24 +171,24 @@ pub struct Clients {
 }
 
 /// A request being served; dropping it ends the request.
-pub struct Admitted<'a> {
-    clients: &'a Clients,
+pub struct Admitted<'a, F> {
+    clients: &'a Clients<F>,
     id: ClientId,
     user: User,
 }
 
 /// Staging memory granted to one read or write; given back when dropped.
-pub struct Staged<'a> {
-    clients: &'a Clients,
+pub struct Staged<'a, F> {
+    clients: &'a Clients<F>,
     id: ClientId,
     user: User,
     /// Bytes granted (at most what was asked).
     pub len: u64,
 }
 
-impl Clients {
+impl<F> Clients<F> {
     /// Empty, with these bounds.
-    pub fn new(limits: Limits) -> Clients {
+    pub fn new(limits: Limits) -> Clients<F> {
         Clients {
             table: Mutex::new(Table::default()),
             limits,
@@ -177,14 +199,14 @@ impl Clients {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Table> {
+    fn lock(&self) -> MutexGuard<'_, Table<F>> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts a request from `id`, a connection of `user`, or refuses it: `ESHUTDOWN`
     /// while draining, `ECONNRESET` for a client already lost, `EAGAIN` past the
     /// client's or the user's in-flight bound.
-    pub fn admit(&self, id: ClientId, user: User) -> Result<Admitted<'_>, Errno> {
+    pub fn admit(&self, id: ClientId, user: User) -> Result<Admitted<'_, F>, Errno> {
         let mut t = self.lock();
         let refuse = if self.draining.load(Ordering::Acquire) {
             Some(Errno::SHUTDOWN)
@@ -215,7 +237,7 @@ impl Clients {
 
     /// Keeps `file` for `id`, opened by `user`, under a fresh random handle (`EMFILE`
     /// past the bound).
-    pub fn insert(&self, id: ClientId, user: User, file: OpenFile) -> Result<Fh, Errno> {
+    pub fn insert(&self, id: ClientId, user: User, file: impl Into<Arc<F>>) -> Result<Fh, Errno> {
         let mut t = self.lock();
         if t.gone.contains(&id) {
             return Err(Errno::CONNRESET);
@@ -243,7 +265,7 @@ impl Clients {
                 break h;
             }
         };
-        c.files.insert(fh, (Arc::new(file), user));
+        c.files.insert(fh, (file.into(), user));
         t.open_files += 1;
         t.user(user).files += 1;
         Ok(Fh(fh))
@@ -251,7 +273,7 @@ impl Clients {
 
     /// Grants `id`, serving `user`, up to `want` bytes of staging memory: less under
     /// pressure, never less than [`MIN_STAGE`] (or `want`, if smaller).
-    pub fn stage(&self, id: ClientId, user: User, want: u64) -> Staged<'_> {
+    pub fn stage(&self, id: ClientId, user: User, want: u64) -> Staged<'_, F> {
         let mut t = self.lock();
         let free_total = self.limits.staging_total.saturating_sub(t.staged);
         let free_user = (self.limits.per_user.staging).saturating_sub(t.user(user).staged);
@@ -270,7 +292,7 @@ impl Clients {
     }
 
     /// The file behind `fh` for `id` (`EBADF` if it is not one of theirs, or closed).
-    pub fn get(&self, id: ClientId, fh: Fh) -> Result<Arc<OpenFile>, Errno> {
+    pub fn get(&self, id: ClientId, fh: Fh) -> Result<Arc<F>, Errno> {
         let t = self.lock();
         t.clients
             .get(&id)
@@ -280,7 +302,7 @@ impl Clients {
     }
 
     /// Forgets `fh` (`EBADF` if it is not open); the file closes when unused.
-    pub fn remove(&self, id: ClientId, fh: Fh) -> Result<Arc<OpenFile>, Errno> {
+    pub fn remove(&self, id: ClientId, fh: Fh) -> Result<Arc<F>, Errno> {
         let mut t = self.lock();
         let (f, user) = t
             .clients
@@ -292,8 +314,9 @@ impl Clients {
         Ok(f)
     }
 
-    /// The transport lost `id`: drop everything it held.
-    pub fn lost(&self, id: ClientId) {
+    /// The transport lost `id`: forget everything it held, and return its files (for
+    /// whatever closing them takes).
+    pub fn lost(&self, id: ClientId) -> Vec<Arc<F>> {
         let mut t = self.lock();
         if t.gone.insert(id) {
             t.gone_order.push_back(id);
@@ -303,13 +326,18 @@ impl Clients {
         {
             t.gone.remove(&old);
         }
-        if let Some(c) = t.clients.remove(&id) {
-            t.open_files -= c.files.len() as u64;
-            for (_, user) in c.files.values() {
-                t.with_user(*user, |u| u.files -= 1);
-            }
-            tracing::info!(client = id, closed = c.files.len(), "client lost");
-        }
+        let Some(c) = t.clients.remove(&id) else {
+            return Vec::new();
+        };
+        t.open_files -= c.files.len() as u64;
+        tracing::info!(client = id, closed = c.files.len(), "client lost");
+        c.files
+            .into_values()
+            .map(|(f, user)| {
+                t.with_user(user, |u| u.files -= 1);
+                f
+            })
+            .collect()
     }
 
     /// Refuses new requests from now on (graceful shutdown).
@@ -335,7 +363,7 @@ impl Clients {
     }
 }
 
-impl Drop for Staged<'_> {
+impl<F> Drop for Staged<'_, F> {
     fn drop(&mut self) {
         let mut t = self.clients.lock();
         t.staged -= self.len;
@@ -346,7 +374,7 @@ impl Drop for Staged<'_> {
     }
 }
 
-impl Drop for Admitted<'_> {
+impl<F> Drop for Admitted<'_, F> {
     fn drop(&mut self) {
         let mut t = self.clients.lock();
         t.with_user(self.user, |u| u.in_flight -= 1);

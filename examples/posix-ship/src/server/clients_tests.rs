@@ -13,7 +13,7 @@ fn devnull() -> OpenFile {
 
 #[test]
 fn handles_belong_to_their_client_and_die_with_it() {
-    let c = Clients::new(Limits {
+    let c = Clients::<OpenFile>::new(Limits {
         open_files: 2,
         in_flight: 1,
         ..Limits::default()
@@ -52,7 +52,7 @@ fn handles_belong_to_their_client_and_die_with_it() {
 
 #[test]
 fn the_file_budget_and_staging_memory_hold_across_clients() {
-    let c = Clients::new(Limits {
+    let c = Clients::<OpenFile>::new(Limits {
         total_open: 3,
         staging_per_client: 1 << 20,
         staging_total: 3 << 19,
@@ -75,7 +75,7 @@ fn the_file_budget_and_staging_memory_hold_across_clients() {
 
 #[test]
 fn a_user_cannot_multiply_its_share_with_connections() {
-    let c = Clients::new(Limits {
+    let c = Clients::<OpenFile>::new(Limits {
         in_flight: 2,
         open_files: 2,
         staging_per_client: 1 << 20,
@@ -115,7 +115,7 @@ fn a_user_cannot_multiply_its_share_with_connections() {
 
 #[test]
 fn requests_past_the_bound_and_after_drain_are_refused() {
-    let c = Clients::new(Limits {
+    let c = Clients::<OpenFile>::new(Limits {
         open_files: 2,
         in_flight: 1,
         ..Limits::default()
@@ -137,7 +137,7 @@ fn requests_past_the_bound_and_after_drain_are_refused() {
 
 #[test]
 fn one_forwarder_connection_counts_each_user_it_carries() {
-    let c = Clients::new(Limits {
+    let c = Clients::<OpenFile>::new(Limits {
         per_user: UserLimits {
             in_flight: 8,
             open_files: 1,

@@ -10,7 +10,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-mod clients;
+pub mod clients;
 mod confine;
 mod creds;
 mod meta;
@@ -106,12 +106,12 @@ impl Server {
         let state = Arc::new(State {
             op_delay: cfg.op_delay,
             export,
-            clients: Clients::new(limits),
+            clients: Clients::<clients::OpenFile>::new(limits),
             read_only: cfg.read_only,
             policy: cfg.policy.clone(),
         });
         let s = state.clone();
-        engine.on_peer_lost(move |p| s.clients.lost(p.0));
+        engine.on_peer_lost(move |p| drop(s.clients.lost(p.0)));
         register(&engine, &state).map_err(io)?;
         tracing::info!(addr = %engine.self_addr(), export = %cfg.export.display(), auth = ?cfg.auth, policy = ?cfg.policy, "serving");
         Ok(Server { engine, state })
