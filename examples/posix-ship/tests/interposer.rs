@@ -238,3 +238,48 @@ fn unsupported_calls_fail_clearly_and_local_files_are_untouched() {
     assert_eq!(std::fs::read(&f).unwrap(), std::fs::read(&r.src).unwrap());
     assert!(!Path::new(&r.srv.export).join("plain.txt").exists());
 }
+
+#[test]
+fn cd_into_the_mount_then_relative_paths_work_in_shells_make_and_python() {
+    let r = Rig::new("interpose-cwd", "tcp");
+    let proj = r.srv.export.join("proj");
+    std::fs::create_dir_all(proj.join("sub")).unwrap();
+    std::fs::write(proj.join("input"), "data\n").unwrap();
+    std::fs::write(
+        proj.join("Makefile"),
+        "output: input\n\tcp input output\n\tmkdir -p made && touch made/stamp\n",
+    )
+    .unwrap();
+    let script = "cd {}/proj && pwd && /bin/pwd && ls && cd sub && cd .. && make -s && cat output \
+                  && ls made && cd / && /bin/pwd";
+    let out = r.run(MOUNT, "sh", &["-c", script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{MOUNT}/proj\n{MOUNT}/proj\nMakefile\ninput\nsub\ndata\nstamp\n/\n")
+    );
+    assert_eq!(std::fs::read(proj.join("output")).unwrap(), b"data\n");
+    let code = "import os, subprocess, sys\n\
+                os.chdir(sys.argv[1] + '/proj/sub')\n\
+                print(os.getcwd())\n\
+                open('p.txt', 'w').write('x')\n\
+                os.chdir('..')\n\
+                print(sorted(os.listdir('.')))\n\
+                print(subprocess.run(['cat', 'sub/p.txt'], capture_output=True, text=True).stdout)\n\
+                for bad in ['input', 'missing']:\n\
+                \x20   try:\n\
+                \x20       os.chdir(bad)\n\
+                \x20   except OSError as e:\n\
+                \x20       print(bad, e.errno)\n\
+                os.chdir('/tmp')\n\
+                print(os.getcwd())";
+    let out = r.run(MOUNT, "python3", &["-c", code, "{}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{MOUNT}/proj/sub\n['Makefile', 'input', 'made', 'output', 'sub']\nx\ninput {}\nmissing {}\n/tmp\n",
+            libc::ENOTDIR,
+            libc::ENOENT
+        )
+    );
+    assert_eq!(std::fs::read(proj.join("sub/p.txt")).unwrap(), b"x");
+}

@@ -17,7 +17,9 @@
 //! are defined with their optional argument as a fixed one, which those ABIs pass in the
 //! same register).
 
+mod cwd;
 mod dirs;
+mod exec;
 mod files;
 mod paths;
 mod real;
@@ -60,7 +62,8 @@ pub(crate) fn config() -> Option<&'static Config> {
     .as_ref()
 }
 
-/// The path beneath the export if `path` is under the mount prefix.
+/// The path beneath the export if `path` is under the mount prefix, or relative while
+/// the working directory is inside the mount ([`cwd`]).
 pub(crate) fn shipped(path: *const c_char) -> Option<Vec<u8>> {
     if path.is_null() {
         return None;
@@ -68,6 +71,9 @@ pub(crate) fn shipped(path: *const c_char) -> Option<Vec<u8>> {
     let cfg = config()?;
     // SAFETY: a non-null path argument of a POSIX call is a NUL-terminated string.
     let p = unsafe { CStr::from_ptr(path) }.to_bytes();
+    if p.first() != Some(&b'/') && !p.is_empty() {
+        return cwd::resolve(p);
+    }
     let rest = p.strip_prefix(cfg.mount.as_slice())?;
     match rest.first() {
         None => Some(b"/".to_vec()),

@@ -1,0 +1,234 @@
+//! A working directory inside the mount: `chdir`, `fchdir`, `getcwd`.
+//!
+//! The kernel has no such directory, so the interposer keeps it: relative paths resolve
+//! against it (`.` and `..` lexically, as a shell's `cd` does), `getcwd` names it, and
+//! programs this one runs inherit it through `POSIX_SHIP_CWD` (set at each change), so
+//! `cd /fwd/proj && make` and `sh -c 'cd /fwd/d; ls; cat f'` work. A relative path that
+//! climbs above the mount leaves it: the C library sees it, against the kernel's
+//! working directory (which a shipped `chdir` leaves where it was).
+
+use std::ffi::CString;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use libc::{c_char, c_int};
+use posix_ship::proto::{self as p, Target};
+use serde_bytes::ByteBuf;
+
+use crate::real::call_real;
+use crate::{call, config, fail, table};
+
+/// The variable a child reads its working directory inside the mount from.
+const ENV: &str = "POSIX_SHIP_CWD";
+
+/// The working directory beneath the export (`None`: the kernel's), once read.
+static CWD: Mutex<Option<Option<Vec<u8>>>> = Mutex::new(None);
+
+/// [`LOCAL`] once known to be the kernel's: relative paths then cost one atomic load.
+static WHERE: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const LOCAL: u8 = 1;
+const INSIDE: u8 = 2;
+
+/// The working directory beneath the export, if it is inside the mount.
+pub fn get() -> Option<Vec<u8>> {
+    if WHERE.load(Ordering::Acquire) == LOCAL {
+        return None;
+    }
+    let mut c = table::lock(&CWD);
+    let d = c.get_or_insert_with(inherited).clone();
+    WHERE.store(if d.is_some() { INSIDE } else { LOCAL }, Ordering::Release);
+    d
+}
+
+/// What the parent handed down.
+fn inherited() -> Option<Vec<u8>> {
+    let cfg = config()?;
+    let v = std::env::var_os(ENV)?;
+    let v = std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec();
+    let rest = v.strip_prefix(cfg.mount.as_slice())?;
+    match rest.first() {
+        None => Some(b"/".to_vec()),
+        Some(b'/') => normalize(rest),
+        Some(_) => None,
+    }
+}
+
+fn set(dir: Option<Vec<u8>>) {
+    let mut c = table::lock(&CWD);
+    match (&dir, config()) {
+        (Some(d), Some(cfg)) => {
+            let mut full = cfg.mount.clone();
+            if d.as_slice() != b"/" {
+                full.extend_from_slice(d);
+            }
+            if let (Ok(k), Ok(v)) = (CString::new(ENV), CString::new(full)) {
+                // SAFETY: NUL-terminated strings; setenv copies them.
+                unsafe { libc::setenv(k.as_ptr(), v.as_ptr(), 1) };
+            }
+        }
+        _ => {
+            if let Ok(k) = CString::new(ENV) {
+                // SAFETY: a NUL-terminated name.
+                unsafe { libc::unsetenv(k.as_ptr()) };
+            }
+        }
+    }
+    WHERE.store(
+        if dir.is_some() { INSIDE } else { LOCAL },
+        Ordering::Release,
+    );
+    *c = Some(dir);
+}
+
+/// `path` (beneath the export, absolute) with `.` and `..` resolved; `None` if it
+/// climbs above the export's root.
+pub fn normalize(path: &[u8]) -> Option<Vec<u8>> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in path.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for p in parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    Some(out)
+}
+
+/// A relative path against the working directory inside the mount: the path beneath
+/// the export, or `None` (not inside the mount, or climbing out of it).
+pub fn resolve(rel: &[u8]) -> Option<Vec<u8>> {
+    let mut full = get()?;
+    full.push(b'/');
+    full.extend_from_slice(rel);
+    normalize(&full)
+}
+
+/// Makes `dir` (beneath the export) the working directory if it is one we may enter.
+fn enter(dir: Vec<u8>) -> c_int {
+    let a = match call(p::STAT, &(Target::Path(ByteBuf::from(dir.clone())), true)) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    if !a.is_dir() {
+        return fail(libc::ENOTDIR);
+    }
+    if let Err(e) = call(p::ACCESS, &(ByteBuf::from(dir.clone()), libc::X_OK)) {
+        return fail(e);
+    }
+    set(Some(dir));
+    0
+}
+
+/// Interposed `chdir`.
+#[unsafe(no_mangle)]
+pub extern "C" fn chdir(path: *const c_char) -> c_int {
+    match crate::shipped(path) {
+        Some(p) => enter(p),
+        None => {
+            let r = call_real!(chdir: fn(*const c_char) -> c_int, path);
+            if r == 0 {
+                set(None);
+            }
+            r
+        }
+    }
+}
+
+/// Interposed `fchdir`.
+#[unsafe(no_mangle)]
+pub extern "C" fn fchdir(fd: c_int) -> c_int {
+    match table::get(fd) {
+        Some(d) => enter(d.path.clone()),
+        None => {
+            let r = call_real!(fchdir: fn(c_int) -> c_int, fd);
+            if r == 0 {
+                set(None);
+            }
+            r
+        }
+    }
+}
+
+/// The variable and value that hand the working directory inside the mount to a
+/// program this one runs, if it is inside the mount.
+pub fn env() -> Option<(&'static str, Vec<u8>)> {
+    Some((ENV, name()?))
+}
+
+/// The name `getcwd` gives for a directory inside the mount.
+fn name() -> Option<Vec<u8>> {
+    let d = get()?;
+    let mut full = config()?.mount.clone();
+    if d.as_slice() != b"/" {
+        full.extend_from_slice(&d);
+    }
+    Some(full)
+}
+
+/// Interposed `getcwd` (with glibc's allocation when `buf` is null).
+#[unsafe(no_mangle)]
+pub extern "C" fn getcwd(buf: *mut c_char, size: libc::size_t) -> *mut c_char {
+    let Some(n) = name() else {
+        return call_real!(getcwd: fn(*mut c_char, libc::size_t) -> *mut c_char, buf, size);
+    };
+    let need = n.len() + 1;
+    let out = if buf.is_null() {
+        let len = if size == 0 { need } else { size };
+        if len < need {
+            fail(libc::ERANGE);
+            return std::ptr::null_mut();
+        }
+        // SAFETY: plain allocation; the caller frees it, as glibc's getcwd documents.
+        let p = unsafe { libc::malloc(len) }.cast::<c_char>();
+        if p.is_null() {
+            fail(libc::ENOMEM);
+            return p;
+        }
+        p
+    } else if size < need {
+        fail(libc::ERANGE);
+        return std::ptr::null_mut();
+    } else {
+        buf
+    };
+    // SAFETY: `out` has room for `need` bytes (checked or allocated above).
+    unsafe {
+        std::ptr::copy_nonoverlapping(n.as_ptr().cast(), out, n.len());
+        *out.add(n.len()) = 0;
+    }
+    out
+}
+
+/// Interposed `get_current_dir_name`.
+#[unsafe(no_mangle)]
+pub extern "C" fn get_current_dir_name() -> *mut c_char {
+    match name() {
+        Some(_) => getcwd(std::ptr::null_mut(), 0),
+        None => call_real!(get_current_dir_name: fn() -> *mut c_char,),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn dots_resolve_lexically_and_never_above_the_root() {
+        assert_eq!(normalize(b"/a/./b/../c/").unwrap(), b"/a/c");
+        assert_eq!(normalize(b"/").unwrap(), b"/");
+        assert_eq!(normalize(b"/a/..").unwrap(), b"/");
+        assert_eq!(normalize(b"/a/../.."), None);
+        assert_eq!(normalize(b"//x//y").unwrap(), b"/x/y");
+    }
+}
