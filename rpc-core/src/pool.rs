@@ -115,7 +115,11 @@ impl Inner {
 /// Runs `f`, which waits on the engine; on a pool thread, lets a stand-in take its place
 /// meanwhile.
 pub(crate) fn waiting<T>(f: impl FnOnce() -> T) -> T {
-    let inner = POOL.with(|p| p.borrow().as_ref().and_then(Weak::upgrade));
+    // A thread whose locals are gone (an exit handler closing a file) is no worker.
+    let inner = POOL
+        .try_with(|p| p.borrow().as_ref().and_then(Weak::upgrade))
+        .ok()
+        .flatten();
     let Some(inner) = inner else { return f() };
     inner.enter_wait();
     let r = f();

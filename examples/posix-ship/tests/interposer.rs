@@ -283,3 +283,40 @@ fn cd_into_the_mount_then_relative_paths_work_in_shells_make_and_python() {
     );
     assert_eq!(std::fs::read(proj.join("sub/p.txt")).unwrap(), b"x");
 }
+
+#[test]
+fn git_init_add_commit_log_and_status_work_inside_the_mount() {
+    let r = Rig::new("interpose-git", "tcp");
+    let home = r.local.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(
+        home.join(".gitconfig"),
+        "[user]\n\tname = t\n\temail = t@example.com\n[safe]\n\tdirectory = *\n",
+    )
+    .unwrap();
+    let v2 = r.local.join("v2.txt");
+    std::fs::write(&v2, "two\n").unwrap();
+    let script = format!(
+        "export HOME={home} && cd {{}} && git init -q repo && cd repo && cp {src} f && git add f \
+         && git commit -qm one && git log --format=%s && cp {v2} f && git status --short \
+         && git diff --stat | tail -1",
+        home = home.display(),
+        src = r.src.display(),
+        v2 = v2.display()
+    );
+    let out = r.run(MOUNT, "sh", &["-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("one\n M f\n 1 file changed"), "{text}");
+    // The repository on the server is sound by git's own check.
+    let fsck = std::process::Command::new("git")
+        .args(["fsck", "--strict"])
+        .current_dir(r.srv.export.join("repo"))
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}

@@ -26,6 +26,7 @@ mod real;
 mod refuse;
 mod stdio;
 mod table;
+mod temp;
 
 use std::collections::HashSet;
 use std::ffi::CStr;

@@ -11,7 +11,11 @@ fn either(a: c_int, b: c_int) -> bool {
     table::get(a).is_some() || table::get(b).is_some()
 }
 
-/// Interposed `mmap`: refused (`ENODEV`) on a shipped file.
+/// Interposed `mmap` of a shipped file: a mapping nobody writes through (private, or
+/// shared read-only) is filled with the file's bytes by reads (what git, `file` and
+/// loaders need: later changes to the file are not seen, which POSIX leaves open for
+/// private mappings); a writable shared mapping is refused (`ENODEV`: its stores could
+/// never reach the server).
 #[unsafe(no_mangle)]
 pub extern "C" fn mmap(
     a: *mut c_void,
@@ -22,11 +26,58 @@ pub extern "C" fn mmap(
     off: off_t,
 ) -> *mut c_void {
     if fl & libc::MAP_ANONYMOUS == 0 && table::get(fd).is_some() {
-        warn_once("mmap of a shipped file is not supported (ENODEV)");
-        fail(libc::ENODEV);
-        return libc::MAP_FAILED;
+        if fl & libc::MAP_SHARED != 0 && prot & libc::PROT_WRITE != 0 {
+            warn_once("a writable shared mmap of a shipped file is not supported (ENODEV)");
+            fail(libc::ENODEV);
+            return libc::MAP_FAILED;
+        }
+        let keep = fl & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE | libc::MAP_POPULATE);
+        let m = call_real!(mmap: fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void,
+            a, n, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | keep, -1, 0);
+        return if m == libc::MAP_FAILED {
+            m
+        } else {
+            fill(m, n, prot, fd, off)
+        };
     }
     call_real!(mmap: fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void, a, n, prot, fl, fd, off)
+}
+
+/// Fills the fresh anonymous mapping `m` of `n` bytes with the file's bytes from `off`
+/// (zeros past its end) and gives it the protection asked for.
+fn fill(m: *mut c_void, n: size_t, prot: c_int, fd: c_int, off: off_t) -> *mut c_void {
+    let mut done = 0usize;
+    while done < n {
+        // SAFETY: `m` maps `n` writable bytes; the read fills at most `n - done` of them.
+        let r = unsafe {
+            crate::files::pread(
+                fd,
+                m.cast::<u8>().add(done).cast(),
+                n - done,
+                off + done as off_t,
+            )
+        };
+        if r < 0 {
+            let e = crate::last_errno();
+            // SAFETY: unmapping what was just mapped.
+            unsafe { libc::munmap(m, n) };
+            fail(e);
+            return libc::MAP_FAILED;
+        }
+        if r == 0 {
+            break;
+        }
+        done += r as usize;
+    }
+    // SAFETY: changing the protection of our own mapping to what the caller asked.
+    if unsafe { libc::mprotect(m, n, prot) } != 0 {
+        let e = crate::last_errno();
+        // SAFETY: as above.
+        unsafe { libc::munmap(m, n) };
+        fail(e);
+        return libc::MAP_FAILED;
+    }
+    m
 }
 
 /// Interposed `copy_file_range`: `EXDEV` when either end is shipped (the copy crosses

@@ -1,6 +1,12 @@
 //! `fopen` on shipped paths. The C library's stdio reads and writes with its internal
 //! system calls, which no interposer sees, so a shipped stream is a `fopencookie` stream
-//! whose reads, writes, seeks and close are this library's.
+//! whose reads, writes, seeks and close are this library's; `fileno` on it gives the
+//! shipped descriptor (a cookie stream has none of its own: git `fstat`s `fileno` of
+//! every file it opens).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libc::{c_char, c_int, c_void, off64_t, size_t, ssize_t};
 
@@ -69,8 +75,43 @@ extern "C" fn c_seek(c: *mut c_void, off: *mut off64_t, whence: c_int) -> c_int 
     0
 }
 
+/// Shipped streams and their descriptors, and how many there are (none: `fileno` goes
+/// straight to the C library).
+static STREAMS: Mutex<Option<HashMap<usize, c_int>>> = Mutex::new(None);
+static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
+
 extern "C" fn c_close(c: *mut c_void) -> c_int {
-    files::close(cookie_fd(c))
+    let fd = cookie_fd(c);
+    let mut s = table::lock(&STREAMS);
+    if let Some(m) = s.as_mut() {
+        let before = m.len();
+        m.retain(|_, v| *v != fd);
+        OPEN_STREAMS.fetch_sub(before - m.len(), Ordering::Release);
+    }
+    drop(s);
+    files::close(fd)
+}
+
+/// Interposed `fileno`.
+#[unsafe(no_mangle)]
+pub extern "C" fn fileno(f: *mut libc::FILE) -> c_int {
+    if OPEN_STREAMS.load(Ordering::Acquire) > 0
+        && let Some(fd) = table::lock(&STREAMS)
+            .as_ref()
+            .and_then(|m| m.get(&(f as usize)).copied())
+    {
+        return fd;
+    }
+    call_real!(fileno: fn(*mut libc::FILE) -> c_int, f)
+}
+
+/// Interposed `fileno_unlocked`.
+#[unsafe(no_mangle)]
+pub extern "C" fn fileno_unlocked(f: *mut libc::FILE) -> c_int {
+    if OPEN_STREAMS.load(Ordering::Acquire) > 0 {
+        return fileno(f);
+    }
+    call_real!(fileno_unlocked: fn(*mut libc::FILE) -> c_int, f)
 }
 
 fn stream(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
@@ -84,6 +125,14 @@ fn stream(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
     let f = unsafe { fopencookie(fd as usize as *mut c_void, mode, io) };
     if f.is_null() {
         files::close(fd);
+    } else {
+        let mut s = table::lock(&STREAMS);
+        if s.get_or_insert_with(HashMap::new)
+            .insert(f as usize, fd)
+            .is_none()
+        {
+            OPEN_STREAMS.fetch_add(1, Ordering::Release);
+        }
     }
     f
 }
