@@ -320,3 +320,21 @@ fn git_init_add_commit_log_and_status_work_inside_the_mount() {
         String::from_utf8_lossy(&fsck.stderr)
     );
 }
+
+#[test]
+fn redirections_and_pipelines_of_programs_reach_shipped_files() {
+    let r = Rig::new("interpose-redirect", "tcp");
+    let script = "cd {} && /bin/echo hi > out && /bin/echo more >> out && wc -c < out \
+                  && cat < out | tr a-z A-Z && sort -r < out > sorted && cat sorted \
+                  && tar czf x.tgz out sorted && tar tzf x.tgz && gzip -dc < x.tgz | tar tf - \
+                  && python3 -c 'print(42)' > py && cat py; ls /nonexistent-qs 2> err; cat err";
+    let out = r.same("sh", &["-c", script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "8\nHI\nMORE\nmore\nhi\nout\nsorted\nout\nsorted\n42\n\
+         ls: cannot access '/nonexistent-qs': No such file or directory\n"
+    );
+    for f in ["out", "sorted", "py", "err"] {
+        assert_same_file(&r, f);
+    }
+}

@@ -1,13 +1,99 @@
-//! Programs started from inside the mount inherit its working directory: `execve`,
-//! `execvpe`, `posix_spawn` and `posix_spawnp` get `POSIX_SHIP_CWD` in the environment
-//! they pass (shells pass their own variables, not `environ`, so setting it at `chdir`
-//! is not enough).
+//! What a program started by this one inherits: the working directory inside the
+//! mount (`POSIX_SHIP_CWD`) and its shipped descriptors (`POSIX_SHIP_FDS`), added to the
+//! environment `execve`, `execvpe`, `execv`, `execvp`, `posix_spawn` and `posix_spawnp`
+//! pass (shells pass their own variables, not `environ`).
+//!
+//! A shipped descriptor is a placeholder the kernel passes on like any other; the child
+//! learns what it stands for (path, status flags, offset) and opens it again on the
+//! server at first use, so `cmd > /fwd/out`, `wc < /fwd/f` and `tar czf /fwd/x.tgz`
+//! (gzip writing to tar's shipped descriptor) work. Parent and child then have their
+//! own offsets (with `O_APPEND`, as for a shared one). Descriptors a `posix_spawn` file
+//! action moves are not followed.
 
 use std::ffi::{CStr, CString};
 
 use libc::{c_char, c_int, pid_t, posix_spawn_file_actions_t, posix_spawnattr_t};
 
 use crate::real::call_real;
+use crate::table;
+
+/// The variable the shipped descriptors are handed down in.
+pub const FDS: &str = "POSIX_SHIP_FDS";
+
+/// `fd:flags:offset:hex(path)` for each shipped descriptor that survives `exec`.
+fn inheritable() -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for (fd, d) in table::all() {
+        let cloexec = call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, libc::F_GETFD, 0);
+        if cloexec < 0 || cloexec & libc::FD_CLOEXEC != 0 {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b';');
+        }
+        let flags = *table::lock(&d.flags);
+        let pos = *table::lock(&d.pos);
+        let hex: String = d.path.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = u8::from(d.is_dir);
+        out.extend_from_slice(format!("{fd}:{flags}:{pos}:{dir}:{hex}").as_bytes());
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Takes the descriptors handed down by the parent (run once, before `main`): each
+/// must still be a placeholder (`O_PATH` on `/dev/null`), else it is left alone.
+pub fn adopt() {
+    let Some(v) = std::env::var_os(FDS) else {
+        return;
+    };
+    if let Ok(k) = CString::new(FDS) {
+        // SAFETY: a NUL-terminated name; this runs before the program's own threads.
+        unsafe { libc::unsetenv(k.as_ptr()) };
+    }
+    if crate::config().is_none() {
+        return;
+    }
+    let v = std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec();
+    for e in v.split(|b| *b == b';') {
+        if let Some((fd, desc)) = parse(e)
+            && placeholder(fd)
+        {
+            table::insert(fd, std::sync::Arc::new(desc));
+            crate::stdio::standard_stream(fd);
+        }
+    }
+}
+
+fn parse(e: &[u8]) -> Option<(c_int, table::Desc)> {
+    let s = std::str::from_utf8(e).ok()?;
+    let mut it = s.splitn(5, ':');
+    let fd: c_int = it.next()?.parse().ok()?;
+    let flags: c_int = it.next()?.parse().ok()?;
+    let pos: u64 = it.next()?.parse().ok()?;
+    let dir = it.next()? == "1";
+    let hex = it.next()?.as_bytes();
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let path = hex
+        .chunks(2)
+        .map(|c| u8::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    (path.first() == Some(&b'/')).then(|| (fd, table::Desc::inherited(path, flags, pos, dir)))
+}
+
+/// Whether `fd` is an `O_PATH` descriptor of `/dev/null` (one of our placeholders).
+fn placeholder(fd: c_int) -> bool {
+    let fl = call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, libc::F_GETFL, 0);
+    if fl < 0 || fl & libc::O_PATH == 0 {
+        return false;
+    }
+    // SAFETY: all-zero is a valid `struct stat`, filled by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid buffer.
+    let r = unsafe { libc::fstat(fd, &mut st) };
+    r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == libc::makedev(1, 3)
+}
 
 /// `envp` with the working directory inside the mount added, owned for the call.
 struct Env {
@@ -16,11 +102,20 @@ struct Env {
 }
 
 impl Env {
-    /// `None` when the working directory is the kernel's (`envp` is passed unchanged).
+    /// `None` when there is nothing to hand down (`envp` is passed unchanged).
     fn new(envp: *const *const c_char) -> Option<Env> {
-        let (k, v) = crate::cwd::env()?;
-        let prefix = [k.as_bytes(), b"="].concat();
-        let mut own = vec![CString::new([prefix.as_slice(), &v].concat()).ok()?];
+        let cwd = crate::cwd::env();
+        let fds = inheritable();
+        if cwd.is_none() && fds.is_none() {
+            return None;
+        }
+        let mut own = Vec::new();
+        let mut ours = Vec::new();
+        for (k, v) in cwd.into_iter().chain(fds.map(|f| (FDS, f))) {
+            let prefix = [k.as_bytes(), b"="].concat();
+            own.push(CString::new([prefix.as_slice(), &v].concat()).ok()?);
+            ours.push(prefix);
+        }
         let mut i = 0;
         while !envp.is_null() {
             // SAFETY: `envp` is a NULL-terminated array of C strings (execve's contract).
@@ -30,7 +125,7 @@ impl Env {
             }
             // SAFETY: each entry is a NUL-terminated string.
             let s = unsafe { CStr::from_ptr(e) };
-            if !s.to_bytes().starts_with(&prefix) {
+            if !ours.iter().any(|p| s.to_bytes().starts_with(p)) {
                 own.push(s.to_owned());
             }
             i += 1;
@@ -91,3 +186,27 @@ macro_rules! spawn {
 
 exec!(execve, execvpe);
 spawn!(posix_spawn, posix_spawnp);
+
+unsafe extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// Interposed `execv`: `execve` with this process's environment.
+///
+/// # Safety
+/// As `execv(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: `environ` is the C library's; the caller's contract is execve's.
+    unsafe { execve(path, argv, environ) }
+}
+
+/// Interposed `execvp`: `execvpe` with this process's environment.
+///
+/// # Safety
+/// As `execvp(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: as above.
+    unsafe { execvpe(file, argv, environ) }
+}

@@ -34,6 +34,16 @@ use std::sync::{Mutex, OnceLock};
 
 use libc::{c_char, c_int};
 
+/// Runs [`exec::adopt`] when the library is loaded, before the program's `main`.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static ADOPT: extern "C" fn() = {
+    extern "C" fn adopt() {
+        exec::adopt();
+    }
+    adopt
+};
+
 /// The environment: where the server is and which prefix is shipped.
 pub(crate) struct Config {
     server: String,

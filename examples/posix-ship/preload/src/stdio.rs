@@ -115,24 +115,9 @@ pub extern "C" fn fileno_unlocked(f: *mut libc::FILE) -> c_int {
 }
 
 fn stream(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
-    let io = CookieIo {
-        read: c_read,
-        write: c_write,
-        seek: c_seek,
-        close: c_close,
-    };
-    // SAFETY: the functions match fopencookie's contract; the cookie is the fd.
-    let f = unsafe { fopencookie(fd as usize as *mut c_void, mode, io) };
+    let f = stream_keeping(fd, mode);
     if f.is_null() {
         files::close(fd);
-    } else {
-        let mut s = table::lock(&STREAMS);
-        if s.get_or_insert_with(HashMap::new)
-            .insert(f as usize, fd)
-            .is_none()
-        {
-            OPEN_STREAMS.fetch_add(1, Ordering::Release);
-        }
     }
     f
 }
@@ -155,6 +140,61 @@ fn open_stream(path: *const c_char, mode: *const c_char) -> Option<*mut libc::FI
     } else {
         stream(fd, mode)
     })
+}
+
+unsafe extern "C" {
+    static mut stdin: *mut libc::FILE;
+    static mut stdout: *mut libc::FILE;
+    static mut stderr: *mut libc::FILE;
+}
+
+/// Makes `stdin`, `stdout` or `stderr` a shipped stream when its descriptor (0, 1, 2)
+/// was handed down shipped (`cmd > /fwd/out`): the C library's stdio would otherwise
+/// read and write the placeholder with its internal calls. Run before `main`.
+pub(crate) fn standard_stream(fd: c_int) {
+    let (mode, buffering) = match fd {
+        0 => (c"r", libc::_IOFBF),
+        1 => (c"w", libc::_IOFBF),
+        2 => (c"w", libc::_IONBF),
+        _ => return,
+    };
+    let f = stream_keeping(fd, mode.as_ptr());
+    if f.is_null() {
+        return;
+    }
+    // SAFETY: `f` is a fresh stream; setvbuf before any I/O on it.
+    unsafe { libc::setvbuf(f, std::ptr::null_mut(), buffering, 0) };
+    // SAFETY: the C library's standard stream variables, replaced before `main` runs
+    // (nothing reads them concurrently); the old streams stay open, unused.
+    unsafe {
+        match fd {
+            0 => stdin = f,
+            1 => stdout = f,
+            _ => stderr = f,
+        }
+    }
+}
+
+/// `stream`, but a failure leaves `fd` open (it is the program's standard descriptor).
+fn stream_keeping(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
+    let io = CookieIo {
+        read: c_read,
+        write: c_write,
+        seek: c_seek,
+        close: c_close,
+    };
+    // SAFETY: the functions match fopencookie's contract; the cookie is the fd.
+    let f = unsafe { fopencookie(fd as usize as *mut c_void, mode, io) };
+    if !f.is_null() {
+        let mut s = table::lock(&STREAMS);
+        if s.get_or_insert_with(HashMap::new)
+            .insert(f as usize, fd)
+            .is_none()
+        {
+            OPEN_STREAMS.fetch_add(1, Ordering::Release);
+        }
+    }
+    f
 }
 
 /// Interposed `fopen`.

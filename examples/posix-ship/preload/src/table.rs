@@ -51,6 +51,19 @@ impl Desc {
         }
     }
 
+    /// A description handed down through `exec` (see `crate::exec`): opened again by
+    /// path on first use, at offset `pos`.
+    pub fn inherited(path: Vec<u8>, flags: c_int, pos: u64, is_dir: bool) -> Desc {
+        Desc {
+            path,
+            flags: Mutex::new(flags),
+            pos: Mutex::new(pos),
+            is_dir,
+            // No process has pid 0: the first use opens it.
+            handle: Mutex::new((Fh(0), 0)),
+        }
+    }
+
     /// The handle, reopened by path in a forked child (the parent's handle belongs to
     /// the parent's connection).
     pub fn fh(&self) -> Result<Fh, c_int> {
@@ -113,6 +126,14 @@ pub fn insert(fd: c_int, d: Arc<Desc>) {
         word.fetch_or(mask, Ordering::Release);
     }
     drop(old);
+}
+
+/// Every shipped descriptor.
+pub fn all() -> Vec<(c_int, Arc<Desc>)> {
+    lock(table())
+        .iter()
+        .map(|(fd, d)| (*fd, d.clone()))
+        .collect()
 }
 
 /// Forgets `fd`; the description closes on the server when its last `dup` goes.
