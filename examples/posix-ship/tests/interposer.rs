@@ -338,3 +338,64 @@ fn redirections_and_pipelines_of_programs_reach_shipped_files() {
         assert_same_file(&r, f);
     }
 }
+
+#[test]
+fn hard_links_and_extended_attributes_are_shipped() {
+    let r = Rig::new("interpose-xattr", "tcp");
+    let code = "import os, sys\n\
+                d = sys.argv[1]\n\
+                open(d + '/a', 'w').write('x')\n\
+                os.link(d + '/a', d + '/b')\n\
+                print(os.stat(d + '/b').st_nlink, os.stat(d + '/a').st_ino == os.stat(d + '/b').st_ino)\n\
+                os.setxattr(d + '/a', 'user.k', b'v1')\n\
+                print(os.getxattr(d + '/b', 'user.k'), sorted(os.listxattr(d + '/a')))\n\
+                os.removexattr(d + '/a', 'user.k')\n\
+                print(os.listxattr(d + '/a'))\n\
+                try:\n\
+                \x20   os.getxattr(d + '/a', 'user.k')\n\
+                except OSError as e:\n\
+                \x20   print('missing', e.errno)\n\
+                fd = os.open(d + '/a', os.O_RDONLY)\n\
+                os.setxattr(fd, 'user.f', b'2')\n\
+                print(os.getxattr(fd, 'user.f'))\n\
+                os.close(fd)";
+    let out = r.same("python3", &["-c", code, "{}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!(
+            "2 True\nb'v1' ['user.k']\n[]\nmissing {}\nb'2'\n",
+            libc::ENODATA
+        )
+    );
+    // cp -a keeps a file's attributes on the way in.
+    let src = r.local.join("attrs.txt");
+    std::fs::write(&src, "y").unwrap();
+    let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: NUL-terminated path and name, a 4-byte value.
+    let set = unsafe {
+        libc::setxattr(
+            c(&src).as_ptr(),
+            c"user.tag".as_ptr(),
+            b"kept".as_ptr().cast(),
+            4,
+            0,
+        )
+    };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    r.run(
+        MOUNT,
+        "cp",
+        &["-a", src.to_str().unwrap(), &format!("{MOUNT}/attrs.txt")],
+    );
+    let mut v = [0u8; 16];
+    // SAFETY: as above, into a 16-byte buffer.
+    let n = unsafe {
+        libc::getxattr(
+            c(&r.srv.export.join("attrs.txt")).as_ptr(),
+            c"user.tag".as_ptr(),
+            v.as_mut_ptr().cast(),
+            v.len(),
+        )
+    };
+    assert_eq!(&v[..n.max(0) as usize], b"kept");
+}

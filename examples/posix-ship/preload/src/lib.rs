@@ -27,6 +27,7 @@ mod refuse;
 mod stdio;
 mod table;
 mod temp;
+mod xattrs;
 
 use std::collections::HashSet;
 use std::ffi::CStr;

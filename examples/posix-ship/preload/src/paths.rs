@@ -288,6 +288,34 @@ pub extern "C" fn renameat2(
     }
 }
 
+/// Interposed `link`.
+#[unsafe(no_mangle)]
+pub extern "C" fn link(from: *const c_char, to: *const c_char) -> c_int {
+    linkat(libc::AT_FDCWD, from, libc::AT_FDCWD, to, 0)
+}
+
+/// Interposed `linkat`: a hard link within the mount is shipped (the server links a
+/// final symlink itself, as `linkat` without `AT_SYMLINK_FOLLOW` does); one across the
+/// mount's edge is `EXDEV`.
+#[unsafe(no_mangle)]
+pub extern "C" fn linkat(
+    fd: c_int,
+    from: *const c_char,
+    td: c_int,
+    to: *const c_char,
+    fl: c_int,
+) -> c_int {
+    match (shipped_at(fd, from), shipped_at(td, to)) {
+        (None, None) => {
+            call_real!(linkat: fn(c_int, *const c_char, c_int, *const c_char, c_int) -> c_int,
+            fd, from, td, to, fl)
+        }
+        (Some(_), Some(_)) if fl & !libc::AT_SYMLINK_FOLLOW != 0 => fail(libc::EINVAL),
+        (Some(a), Some(b)) => ret(call(p::LINK, &(buf(a), buf(b)))),
+        _ => fail(libc::EXDEV),
+    }
+}
+
 /// Interposed `access`.
 #[unsafe(no_mangle)]
 pub extern "C" fn access(path: *const c_char, mode: c_int) -> c_int {

@@ -2,10 +2,10 @@
 //! refused with the errno that makes programs fall back to plain reads and writes, and
 //! never reaches the kernel on the placeholder descriptor.
 
-use libc::{c_char, c_int, c_uint, c_ulong, c_void, off_t, size_t, ssize_t};
+use libc::{c_int, c_uint, c_ulong, c_void, off_t, size_t, ssize_t};
 
 use crate::real::call_real;
-use crate::{fail, fail_sz, shipped, table, warn_once};
+use crate::{fail, fail_sz, table, warn_once};
 
 fn either(a: c_int, b: c_int) -> bool {
     table::get(a).is_some() || table::get(b).is_some()
@@ -162,42 +162,6 @@ pub extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: usize) -> c_int {
         });
     }
     call_real!(ioctl: fn(c_int, c_ulong, usize) -> c_int, fd, req, arg)
-}
-
-/// Extended attributes are not shipped: `ENOTSUP` on shipped paths and files.
-macro_rules! no_xattr_path {
-    ($name:ident, $($a:ident : $t:ty),*) => {
-        /// Interposed: `ENOTSUP` on shipped paths.
-        #[unsafe(no_mangle)]
-        pub extern "C" fn $name(path: *const c_char, $($a: $t),*) -> ssize_t {
-            if shipped(path).is_some() {
-                return fail_sz(libc::ENOTSUP);
-            }
-            call_real!($name: fn(*const c_char, $($t),*) -> ssize_t, path, $($a),*)
-        }
-    };
-}
-no_xattr_path!(getxattr, n: *const c_char, v: *mut c_void, s: size_t);
-no_xattr_path!(lgetxattr, n: *const c_char, v: *mut c_void, s: size_t);
-no_xattr_path!(listxattr, l: *mut c_char, s: size_t);
-no_xattr_path!(llistxattr, l: *mut c_char, s: size_t);
-
-/// Interposed `fgetxattr`: `ENOTSUP` on shipped files.
-#[unsafe(no_mangle)]
-pub extern "C" fn fgetxattr(fd: c_int, n: *const c_char, v: *mut c_void, s: size_t) -> ssize_t {
-    if table::get(fd).is_some() {
-        return fail_sz(libc::ENOTSUP);
-    }
-    call_real!(fgetxattr: fn(c_int, *const c_char, *mut c_void, size_t) -> ssize_t, fd, n, v, s)
-}
-
-/// Interposed `flistxattr`: `ENOTSUP` on shipped files.
-#[unsafe(no_mangle)]
-pub extern "C" fn flistxattr(fd: c_int, l: *mut c_char, s: size_t) -> ssize_t {
-    if table::get(fd).is_some() {
-        return fail_sz(libc::ENOTSUP);
-    }
-    call_real!(flistxattr: fn(c_int, *mut c_char, size_t) -> ssize_t, fd, l, s)
 }
 
 crate::real::alias! {
