@@ -213,6 +213,9 @@ pub struct OfiPlugin {
     /// RMA pieces may be queued (cleared under the state lock when the queue is seen
     /// empty; set after pushing), so that progress skips the lock when there are none.
     pub(crate) queued: std::sync::atomic::AtomicBool,
+    /// Without a wait object: how long the next idle poll sleeps (ns); short after
+    /// activity, doubling to [`crate::progress::IDLE_POLL`] while nothing comes.
+    pub(crate) poll_backoff: AtomicU64,
     pub(crate) next_op: AtomicU64,
     pub(crate) cfg: OfiConfig,
     pub(crate) provider: &'static Provider,
@@ -363,6 +366,7 @@ impl OfiPlugin {
             liveness_dirty: std::sync::atomic::AtomicBool::new(false),
             pumping: std::sync::atomic::AtomicBool::new(false),
             queued: std::sync::atomic::AtomicBool::new(false),
+            poll_backoff: AtomicU64::new(0),
             next_op: AtomicU64::new(1),
             cfg,
             provider: prov,

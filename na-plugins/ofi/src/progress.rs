@@ -12,6 +12,15 @@ use crate::plugin::{Ctx, OfiPlugin, OpKind, Peer, State, What, lock};
 use crate::provider::DeathCheck;
 use crate::wire::{self, Kind, UNEXPECTED};
 
+/// The longest idle poll interval of a provider without a wait object.
+pub(crate) const IDLE_POLL: Duration = Duration::from_micros(200);
+
+/// The longest poll interval while operations are in flight.
+const BUSY_POLL: Duration = Duration::from_micros(10);
+
+/// The first idle poll interval after activity.
+const FIRST_IDLE_POLL: Duration = Duration::from_micros(2);
+
 const BATCH: usize = 32;
 
 /// The longest a due liveness action waits for the rate limit of the check.
@@ -40,6 +49,9 @@ impl OfiPlugin {
             // SAFETY: entries has room for BATCH tagged entries, the CQ's format.
             let n = unsafe { fi::fi_cq_read(self.cq.0, entries.as_mut_ptr().cast(), BATCH) };
             if n > 0 {
+                // Anything completed (an owner's grant request included): the peer is
+                // busy with us, so poll again soon.
+                self.active();
                 for e in &entries[..n as usize] {
                     self.on_completion(e.op_context.cast(), Ok((e.len, e.tag)));
                 }
@@ -437,6 +449,32 @@ impl OfiPlugin {
         next
     }
 
+    /// Marks activity: the next idle polls (without a wait object) come soon after.
+    pub(crate) fn active(&self) {
+        if self.wait_fd.is_none() {
+            self.poll_backoff.store(
+                FIRST_IDLE_POLL.as_nanos() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// How long an idle poll sleeps now, and the next one twice that: at most
+    /// [`IDLE_POLL`], or [`BUSY_POLL`] while operations are in flight (an answer awaited,
+    /// an RMA): the provider moves a peer's small transfers into our memory only while we
+    /// poll, and nothing tells us they come.
+    fn backoff(&self) -> Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        let busy = !lock(&self.state).ops.is_empty();
+        let cap = if busy { BUSY_POLL } else { IDLE_POLL }.as_nanos() as u64;
+        let cur = self
+            .poll_backoff
+            .load(Relaxed)
+            .clamp(FIRST_IDLE_POLL.as_nanos() as u64, cap);
+        self.poll_backoff.store((cur * 2).min(cap), Relaxed);
+        Duration::from_nanos(cur)
+    }
+
     /// The body of `Plugin::progress`.
     pub(crate) fn drive(&self, timeout: Option<Duration>) -> NaResult<()> {
         let end = timeout.map(|t| Instant::now() + t);
@@ -488,10 +526,10 @@ impl OfiPlugin {
             }
             nfds = 2;
         } else {
-            // No wait object: poll the queue at a short interval.
-            wait = Some(wait.map_or(Duration::from_micros(200), |w| {
-                w.min(Duration::from_micros(200))
-            }));
+            // No wait object (shm): poll the queue, soon after activity (a peer's answer
+            // is likely on its way), then less often while nothing comes.
+            let b = self.backoff();
+            wait = Some(wait.map_or(b, |w| w.min(b)));
         }
         let ts = wait.map(|w| libc::timespec {
             tv_sec: w.as_secs() as libc::time_t,
