@@ -46,6 +46,9 @@ struct Opts {
     /// Files per client in the metadata shape.
     #[arg(short, default_value_t = 16)]
     f: usize,
+    /// Run the I/O node with a write-behind journal in this directory (its cost).
+    #[arg(short, long)]
+    journal: Option<std::path::PathBuf>,
     /// Shapes: fpp (file per process, write then read), shared (one file, strided
     /// blocks, write then read), md (create, stat, unlink).
     #[arg(long, value_delimiter = ',', default_value = "fpp,shared,md")]
@@ -57,13 +60,25 @@ struct Opts {
 #[derive(Subcommand)]
 enum Cmd {
     /// (internal) Run an I/O node in front of ADDR, print its address, stop at EOF on stdin.
-    Node { backend: String, listen: String },
+    Node {
+        backend: String,
+        listen: String,
+        journal: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> Res<()> {
     let o = Opts::parse();
-    if let Some(Cmd::Node { backend, listen }) = &o.cmd {
-        let node = IoNode::start(NodeConfig::new(listen, backend))?;
+    if let Some(Cmd::Node {
+        backend,
+        listen,
+        journal,
+    }) = &o.cmd
+    {
+        let node = IoNode::start(NodeConfig {
+            journal: journal.clone(),
+            ..NodeConfig::new(listen, backend)
+        })?;
         println!("{}", node.addr());
         std::io::stdout().flush()?;
         let _ = std::io::stdin().read_line(&mut String::new());
@@ -83,15 +98,22 @@ fn main() -> Res<()> {
     cfg.limits.per_user.in_flight = 1 << 12;
     cfg.limits.per_user.open_files = 1 << 16;
     let server = Server::start(cfg)?;
-    let (mut node, node_addr) = spawn_self(&["node", &server.addr(), &listen])?;
+    let journal = o.journal.as_ref().map(|j| j.display().to_string());
+    let server_addr = server.addr();
+    let mut node_args = vec!["node", &server_addr, &listen];
+    if let Some(j) = &journal {
+        node_args.push(j);
+    }
+    let (mut node, node_addr) = spawn_self(&node_args)?;
     println!(
-        "qs-fwd: {} clients over {}, transfer {} B, {} KiB per client, server op delay {} µs, {} repeats",
+        "qs-fwd: {} clients over {}, transfer {} B, {} KiB per client, server op delay {} µs, {} repeats, journal {}",
         o.n,
         o.t,
         o.x,
         o.b >> 10,
         o.d,
-        o.r
+        o.r,
+        journal.as_deref().unwrap_or("none")
     );
     println!(
         "{:<14} {:<7} {:>10} {:>10} {:>10} {:>11} {:>11} {:>8} {:>9}",
