@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use posix_ship::client::RemoteFs;
-use posix_ship::proto::{Fh, Principal};
+use posix_ship::proto::Principal;
 
+use crate::backing::Backing;
 use crate::extents::Extents;
 use crate::journal::Journal;
 use crate::kept::{Budget, Kept};
@@ -29,6 +29,10 @@ pub const MAX_MERGE: usize = 8 << 20;
 /// down to twice that), or an fsync, a close or their age writes them.
 const RIPE: usize = 1 << 20;
 
+/// How long buffered writes are kept while their backend cannot be reached (tried
+/// again with each flush; a restarted backend's forgotten handles are opened again).
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
 /// How long read-ahead data is trusted (other nodes may change the file behind us).
 const READAHEAD_TTL: Duration = Duration::from_secs(1);
 
@@ -40,16 +44,13 @@ const DENSE: u64 = 1 << 20;
 /// A backend file: (backend, dev, ino).
 pub type Key = (usize, u64, u64);
 
-/// A backend handle a flush may write through: the client's view of the backend (its
-/// identity) and the handle its open got.
+/// A backend handle a flush may write through: a client's, with its identity.
 #[derive(Clone)]
 pub struct Writer {
     /// Which client handle it belongs to.
     pub token: u64,
-    /// The backend, acting for that client.
-    pub fs: RemoteFs,
-    /// The backend's handle.
-    pub fh: Fh,
+    /// Its backend handle.
+    pub backing: Arc<Backing>,
 }
 
 /// One backend file's shared state.
@@ -74,6 +75,9 @@ struct State {
     /// A flush's failure, for the next fsync or close.
     error: Option<i32>,
     writers: Vec<Writer>,
+    /// Since when its flushes fail for a transport reason (bytes kept and tried again
+    /// with each flush, for [`RETRY_FOR`]).
+    failing_since: Option<Instant>,
     /// Buffered bytes at which to look for large extents again.
     next_look: u64,
     /// Paths it was opened by (backend paths), for path-based barriers.
@@ -311,7 +315,8 @@ impl Files {
                 continue;
             }
             self.stats.request_out("posix.write");
-            match w.fs.pwrite(w.fh, &data, Some(off)) {
+            let b = &w.backing;
+            match b.with(|fh| b.fs.pwrite(fh, &data, Some(off))) {
                 Ok(_) => Counters::add(&self.stats.bytes_out, data.len() as u64),
                 Err(e) => {
                     let errno = e.raw_os_error().unwrap_or(libc::EIO);
@@ -321,11 +326,17 @@ impl Files {
                 }
             }
         }
-        let Some(errno) = error else { return true };
+        let Some(errno) = error else {
+            lock(&f.state).failing_since = None;
+            return true;
+        };
         Counters::add(&self.stats.deferred_errors, 1);
         let mut s = lock(&f.state);
         s.error = Some(errno);
-        if transient(errno) {
+        let failing = *s.failing_since.get_or_insert_with(Instant::now);
+        if transient(errno) && failing.elapsed() > RETRY_FOR {
+            tracing::error!(file = ?f.key, errno, "backend unreachable for {RETRY_FOR:?}: buffered writes dropped");
+        } else if transient(errno) {
             Counters::add(&self.stats.backend_errors, 1);
             // Keep the bytes under anything written since (newer bytes win).
             let before = s.extents.bytes();

@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 mod attrs;
+mod backing;
 pub mod extents;
 mod files;
 pub mod journal;

@@ -81,9 +81,9 @@ pub(crate) struct Handle {
     pub wrote: std::sync::atomic::AtomicBool,
     /// The backend path it was opened by.
     pub path: Vec<u8>,
-    /// The backend, acting for this client.
-    pub fs: RemoteFs,
-    pub fh: Fh,
+    /// The backend's handle, acting for this client (opened again if the backend
+    /// forgets it).
+    pub backing: Arc<crate::backing::Backing>,
     pub file: Option<Arc<SharedFile>>,
     pub writable: bool,
     pub append: bool,

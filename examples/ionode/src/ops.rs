@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
+use crate::backing::Backing;
 use crate::files::{SharedFile, Writer};
 use crate::node::{Handle, Node, Req, lock};
 use crate::stats::Counters;
@@ -41,6 +42,22 @@ impl Node {
             }
             e
         })
+    }
+
+    /// Calls `rpc` on `h`'s backend handle, counted, once more with the file opened
+    /// again if the backend has forgotten the handle.
+    fn on_fh<In: Serialize + Clone, Out: DeserializeOwned>(
+        &self,
+        h: &Handle,
+        rpc: rpc_core::Rpc<In, Reply<Out>>,
+        mut input: impl FnMut(Fh) -> In,
+    ) -> R<Out> {
+        h.backing
+            .with(|fh| {
+                self.stats.request_out(rpc.name());
+                h.backing.fs.call(rpc, &input(fh))
+            })
+            .map_err(errno)
     }
 
     /// The backend `path` routes to, acting for the caller, and the backend's path.
@@ -108,7 +125,7 @@ impl Node {
                 if let Some(f) = &h.file {
                     self.flush(f);
                 }
-                self.call(&h.fs, STAT, (Target::Handle(h.fh), follow))
+                self.on_fh(&h, STAT, |fh| (Target::Handle(fh), follow))
             }
         }
     }
@@ -140,12 +157,13 @@ impl Node {
         let mut token = [0u8; 8];
         getrandom::fill(&mut token).map_err(|_| libc::EIO)?;
         let token = u64::from_le_bytes(token);
+        let id = (opened.attr.dev, opened.attr.ino);
+        let backing = Arc::new(Backing::new(fs, &path, o.flags, opened.fh, id));
         let file = opened.attr.is_file().then(|| {
             let f = self.files.get((b, opened.attr.dev, opened.attr.ino));
             let w = writable.then(|| Writer {
                 token,
-                fs: fs.clone(),
-                fh: opened.fh,
+                backing: backing.clone(),
             });
             f.opened(w, &path);
             if trunc {
@@ -157,8 +175,7 @@ impl Node {
             backend: b,
             wrote: std::sync::atomic::AtomicBool::new(false),
             path: path.to_vec(),
-            fs,
-            fh: opened.fh,
+            backing,
             file,
             writable,
             append: o.flags & libc::O_APPEND != 0,
@@ -192,7 +209,7 @@ impl Node {
     }
 
     pub(crate) fn backend_close(&self, h: &Handle) -> R<()> {
-        self.call(&h.fs, CLOSE, h.fh)
+        self.call(&h.backing.fs, CLOSE, h.backing.fh())
     }
 
     /// `release` but for the backend's close.
@@ -258,7 +275,7 @@ impl Node {
         let mut buf = vec![0u8; len as usize];
         let fetch = |off: u64, b: &mut [u8]| {
             self.stats.request_out("posix.read");
-            h.fs.pread(h.fh, b, off)
+            h.backing.with(|fh| h.backing.fs.pread(fh, b, off))
         };
         let n = match &h.file {
             Some(f) => {
@@ -331,7 +348,10 @@ impl Node {
         }
         Counters::add(&self.stats.write_through, 1);
         self.stats.request_out("posix.write");
-        let end = h.fs.pwrite(h.fh, &data, q.offset).map_err(errno)?;
+        let end = h
+            .backing
+            .with(|fh| h.backing.fs.pwrite(fh, &data, q.offset))
+            .map_err(errno)?;
         Counters::add(&self.stats.bytes_in, n);
         Counters::add(&self.stats.bytes_out, n);
         Ok(Written { n, end })
@@ -356,7 +376,7 @@ impl Node {
                 if let Some(f) = &h.file {
                     self.before_change(f);
                 }
-                let out = self.call(&h.fs, TRUNCATE, (Target::Handle(h.fh), len));
+                let out = self.on_fh(&h, TRUNCATE, |fh| (Target::Handle(fh), len));
                 self.attrs.changed(h.backend, &h.path);
                 if let Some(f) = &h.file {
                     f.invalidate();
@@ -371,7 +391,7 @@ impl Node {
         if let Some(f) = &h.file {
             self.flush(f);
         }
-        let synced = self.call(&h.fs, FSYNC, (h.fh, data_only));
+        let synced = self.on_fh(&h, FSYNC, |fh| (fh, data_only));
         match h.file.as_ref().and_then(|f| f.take_error()) {
             Some(e) => Err(e),
             None => synced,
@@ -446,8 +466,10 @@ impl Node {
 
     pub(crate) fn readdir(&self, r: &Req, mut q: ReaddirReq) -> R<DirPage> {
         let h = self.handle(r, q.fh)?;
-        q.fh = h.fh;
-        self.call(&h.fs, READDIR, q)
+        self.on_fh(&h, READDIR, |fh| {
+            q.fh = fh;
+            q.clone()
+        })
     }
 
     /// A call on a path or handle: the backend's path or handle put in its place by
@@ -470,9 +492,11 @@ impl Node {
                 if let Some(f) = &h.file {
                     self.flush(f);
                 }
+                // (Not reopened: the next data call on the handle does that.)
+                let fh = h.backing.fh();
                 (
-                    h.fs.clone(),
-                    Target::Handle(h.fh),
+                    h.backing.fs.clone(),
+                    Target::Handle(fh),
                     h.backend,
                     h.path.clone(),
                 )

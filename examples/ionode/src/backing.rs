@@ -1,0 +1,75 @@
+//! A client's open file at its backend, opened again if the backend forgets it (a
+//! restarted server drops every handle of its old connections): the same path, as the
+//! same user, checked to be the same file (device and inode), so buffered writes and
+//! reads carry on across a backend restart.
+
+use std::io;
+use std::sync::Mutex;
+
+use posix_ship::client::RemoteFs;
+use posix_ship::proto::{CLOSE, Fh, OPEN, OpenReq};
+use serde_bytes::ByteBuf;
+
+use crate::node::lock;
+
+/// A backend handle that can be opened again.
+pub struct Backing {
+    /// The backend, acting for the client that opened the file.
+    pub fs: RemoteFs,
+    path: Vec<u8>,
+    flags: i32,
+    id: (u64, u64),
+    fh: Mutex<Fh>,
+}
+
+impl Backing {
+    /// `fh`, opened as `path` with `flags`, file `id` (device, inode).
+    pub fn new(fs: RemoteFs, path: &[u8], flags: i32, fh: Fh, id: (u64, u64)) -> Backing {
+        Backing {
+            fs,
+            path: path.to_vec(),
+            flags: flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
+            id,
+            fh: Mutex::new(fh),
+        }
+    }
+
+    /// The backend's handle now.
+    pub fn fh(&self) -> Fh {
+        *lock(&self.fh)
+    }
+
+    /// Runs `f` with the handle; if the backend no longer knows it (`EBADF`), opens the
+    /// file again and runs `f` once more.
+    pub fn with<T>(&self, mut f: impl FnMut(Fh) -> io::Result<T>) -> io::Result<T> {
+        let fh = self.fh();
+        match f(fh) {
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => {
+                self.reopen(fh)?;
+                f(self.fh())
+            }
+            r => r,
+        }
+    }
+
+    fn reopen(&self, stale: Fh) -> io::Result<()> {
+        let mut g = lock(&self.fh);
+        if *g != stale {
+            return Ok(()); // another thread did
+        }
+        let req = OpenReq {
+            path: ByteBuf::from(self.path.clone()),
+            flags: self.flags,
+            mode: 0,
+        };
+        let o = self.fs.call(OPEN, &req)?;
+        if (o.attr.dev, o.attr.ino) != self.id {
+            let _ = self.fs.call(CLOSE, &o.fh);
+            tracing::warn!(path = %String::from_utf8_lossy(&self.path), "the backend's path names another file now");
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        tracing::info!(path = %String::from_utf8_lossy(&self.path), "reopened at the backend");
+        *g = o.fh;
+        Ok(())
+    }
+}
