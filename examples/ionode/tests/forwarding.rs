@@ -386,3 +386,61 @@ fn the_node_sees_its_own_changes_at_once_and_others_after_the_attribute_timeout(
 fn common_errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
     r.unwrap_err().raw_os_error().unwrap()
 }
+
+#[test]
+fn a_fuse_mount_over_the_node_serves_programs_and_its_writes_are_merged() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let fuse = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse");
+    if fuse.is_err() {
+        println!("skipped: /dev/fuse cannot be opened here");
+        return;
+    }
+    let (export, _backend, node) = pair("ionode-mount", &[]);
+    let at = scratch("ionode-mount-at");
+    let mut mount = Command::new(posix_ship_bin())
+        .args(["-s", &node.addr, "mount"])
+        .arg(&at)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(mount.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("mounted"), "mount said {line:?}");
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            "dd if=/dev/zero of=z bs=4k count=1024 status=none && mkdir d \
+             && cp /etc/passwd d/p && cmp /etc/passwd d/p && ls d && wc -c < z",
+        ])
+        .current_dir(&at)
+        .output()
+        .unwrap();
+    // SAFETY: kill(2) on our own child; it unmounts on SIGTERM.
+    unsafe { libc::kill(mount.id() as i32, libc::SIGTERM) };
+    let _ = mount.wait();
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(&at)
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "p\n4194304\n");
+    assert_eq!(std::fs::metadata(export.join("z")).unwrap().len(), 4 << 20);
+    assert_eq!(
+        std::fs::read(export.join("d/p")).unwrap(),
+        std::fs::read("/etc/passwd").unwrap()
+    );
+    let (w_in, w_out) = node.stats().op("posix.write");
+    assert!(w_in >= 1024, "{w_in} writes from the mount");
+    assert!(w_out * 16 <= w_in, "backend writes {w_out} for {w_in}");
+}
