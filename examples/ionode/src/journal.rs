@@ -78,13 +78,18 @@ fn key32(k: Key) -> (u32, u64, u64) {
 
 impl Journal {
     /// Opens (creating) `dir/journal.log`, keeping what it holds for [`Journal::replay`].
+    /// The directory is made 0700 and the log 0600: it holds every user's data.
     pub fn open(dir: &Path, stats: Arc<Counters>) -> io::Result<Journal> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         let file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
+            .mode(0o600)
             .open(dir.join("journal.log"))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         let size = file.metadata()?.len();
         Ok(Journal {
             log: Mutex::new(Log {
@@ -338,6 +343,13 @@ mod tests {
         j.write((0, 1, 2), b"/f", None, 3, b"def").unwrap();
         j.sync().unwrap();
         let log = dir.join("journal.log");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            (mode(&dir), mode(&log)),
+            (0o700, 0o600),
+            "users' data: ours only"
+        );
         let whole = std::fs::read(&log).unwrap();
         assert_eq!(read_entries(&mut &whole[..]).len(), 3);
         assert_eq!(

@@ -19,6 +19,9 @@ use crate::stats::Counters;
 
 type R<T> = Result<T, i32>;
 
+/// The largest file offset (the kernel's `loff_t` is signed).
+const MAX_OFFSET: u64 = i64::MAX as u64;
+
 /// The smallest read-ahead window (it doubles with each sequential read).
 const FIRST_WINDOW: usize = 256 << 10;
 
@@ -258,6 +261,9 @@ impl Node {
     pub(crate) fn read(&self, r: &Req, q: ReadReq) -> R<ReadData> {
         let h = self.handle(r, q.fh)?;
         let mut len = q.len.min(MAX_IO);
+        // As the kernel: a negative offset is EINVAL; reads end at the largest offset.
+        let room = MAX_OFFSET.checked_sub(q.offset).ok_or(libc::EINVAL)?;
+        len = len.min(room);
         let uid = r.user.as_ref().map(|u| u.uid);
         let _staged = match &q.dest {
             Some(d) if d.len() < len => return Err(libc::EINVAL),
@@ -334,6 +340,16 @@ impl Node {
             }
         };
         let n = data.len() as u64;
+        // As the kernel: a negative offset is EINVAL, a write past the largest one EFBIG.
+        if let Some(off) = q.offset {
+            let end = off.checked_add(n).ok_or(libc::EFBIG)?;
+            if off > MAX_OFFSET {
+                return Err(libc::EINVAL);
+            }
+            if end > MAX_OFFSET {
+                return Err(libc::EFBIG);
+            }
+        }
         if let (Some(off), false, Some(f)) = (q.offset, h.append, &h.file)
             && self.files.budget > 0
             && n < self.files.file_max / 2

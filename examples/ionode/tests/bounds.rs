@@ -89,3 +89,50 @@ fn one_client_cannot_make_the_node_hold_its_whole_bulk_load() {
         assert!(on_disk[i * PART..(i + 1) * PART] == b[..], "part {i}");
     }
 }
+
+#[test]
+fn hostile_offsets_and_handles_get_errors_and_the_node_serves_on() {
+    use posix_ship::proto::{Fh, READ, ReadData, ReadReq};
+    use rpc_core::ByteBuf;
+    let (_export, _backend, node) = pair("ionode-hostile", &[]);
+    let fs = node.client();
+    let o = fs
+        .open_raw(b"/h", libc::O_CREAT | libc::O_RDWR, 0o644)
+        .unwrap();
+    let write = |fh, off| {
+        let req = WriteReq {
+            fh,
+            offset: Some(off),
+            data: WriteData::Inline(ByteBuf::from(vec![1u8; 4096])),
+        };
+        fs.call(WRITE, &req)
+            .map(|w| w.n)
+            .map_err(|e| e.raw_os_error())
+    };
+    let big = i64::MAX as u64;
+    assert_eq!(write(o.fh, u64::MAX - 10), Err(Some(libc::EFBIG)), "wraps");
+    assert_eq!(write(o.fh, big + 1), Err(Some(libc::EINVAL)), "negative");
+    assert_eq!(
+        write(o.fh, big - 100),
+        Err(Some(libc::EFBIG)),
+        "past the end"
+    );
+    assert_eq!(write(Fh(o.fh.0 ^ 1), 0), Err(Some(libc::EBADF)), "forged");
+    let read = |offset| {
+        let req = ReadReq {
+            fh: o.fh,
+            offset,
+            len: u64::MAX,
+            dest: None,
+        };
+        fs.call(READ, &req).map_err(|e| e.raw_os_error())
+    };
+    assert_eq!(read(u64::MAX).err(), Some(Some(libc::EINVAL)));
+    match read(big - 5) {
+        Ok(ReadData::Inline(d)) => assert!(d.is_empty(), "past the end of file"),
+        other => panic!("{other:?}"),
+    }
+    // The node serves on, this client included.
+    assert_eq!(write(o.fh, 0), Ok(4096));
+    assert_eq!(fs.metadata("/h").unwrap().size, 4096);
+}
