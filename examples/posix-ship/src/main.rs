@@ -149,6 +149,10 @@ enum Cmd {
         /// Let the kernel gather small writes into large ones (FUSE writeback cache).
         #[arg(long)]
         writeback_cache: bool,
+        /// Open the mount to every user, each request made for its caller (run as root;
+        /// the server must trust this user as a forwarder: `--trust-forwarder`).
+        #[arg(long)]
+        multi_user: bool,
     },
     /// Run the demo: a server on a temporary export, real programs through the interposer.
     Demo {
@@ -300,6 +304,7 @@ fn run(cli: Cli) -> io::Result<()> {
             negative_timeout,
             threads,
             writeback_cache,
+            multi_user,
         } => {
             let secs = |s: f64, what: &str| {
                 Duration::try_from_secs_f64(s).map_err(|e| {
@@ -312,6 +317,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 negative_timeout: secs(negative_timeout, "negative-timeout")?,
                 read_only,
                 writeback: writeback_cache,
+                multi_user,
             };
             mount_cmd::run(
                 fs()?,

@@ -31,6 +31,27 @@ pub fn run(
             ),
         ));
     }
+    if opts.multi_user {
+        // A forwarded call, now: a server that does not trust this daemon refuses every
+        // request of a multi-user mount, so say why before mounting.
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let me = posix_ship::proto::Principal {
+            uid,
+            gid,
+            groups: Vec::new(),
+        };
+        if let Err(e) = fs.acting_for(Some(me)).metadata("/") {
+            let why = if e.raw_os_error() == Some(libc::EPERM) {
+                format!(
+                    "the server does not let this daemon (uid {uid}) act for other users:                      start it with --trust-forwarder {uid}"
+                )
+            } else {
+                e.to_string()
+            };
+            return Err(io::Error::new(e.kind(), format!("--multi-user: {why}")));
+        }
+    }
     let mut cfg = Config::default();
     cfg.mount_options.extend([
         MountOption::FSName(format!("posix-ship:{addr}")),
@@ -41,6 +62,11 @@ pub fn run(
     ]);
     if opts.read_only {
         cfg.mount_options.push(MountOption::RO);
+    }
+    if opts.multi_user {
+        // Every user may enter; the kernel checks permission bits as each caller, and
+        // the server checks each call again as that caller.
+        cfg.acl = fuser::SessionACL::All;
     }
     cfg.n_threads = Some(threads.max(1));
     let mut signals = Signals::new([SIGINT, SIGTERM])?;

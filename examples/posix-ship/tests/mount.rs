@@ -229,3 +229,66 @@ fn a_missing_server_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no server"), "{err}");
 }
+
+#[test]
+fn a_multi_user_mount_makes_each_request_as_its_caller() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !fuse_usable() {
+        return;
+    }
+    let base = scratch("mount-multi");
+    let (export, at) = (base.join("export"), base.join("mnt"));
+    std::fs::create_dir_all(export.join("shared")).unwrap();
+    std::fs::create_dir_all(&at).unwrap();
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    mode(&export.join("shared"), 0o1777).unwrap();
+    std::fs::write(export.join("secret"), "root only").unwrap();
+    mode(&export.join("secret"), 0o600).unwrap();
+    // The daemon (root) is the forwarder the server trusts.
+    let srv = ServerProc::start(&export, "tcp", &["--trust-forwarder", "0"]);
+    let m = Mounted::start(&srv, &at, &["--multi-user"]);
+    let script = format!(
+        "echo mine > {at}/shared/n && cat {at}/shared/n && cat {at}/secret",
+        at = at.display()
+    );
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "mine\n", "{err}");
+    assert!(
+        !out.status.success() && err.contains("Permission denied"),
+        "{err}"
+    );
+    let made = std::fs::metadata(export.join("shared/n")).unwrap();
+    assert_eq!(
+        (made.uid(), made.gid()),
+        (65534, 65534),
+        "created as its caller"
+    );
+    std::fs::write(at.join("shared/r"), "root's").unwrap();
+    assert_eq!(std::fs::metadata(export.join("shared/r")).unwrap().uid(), 0);
+    drop(m);
+    // A server that does not trust the daemon: a clear error, nothing mounted.
+    let untrusting = ServerProc::start(&export, "tcp", &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
+        .args(["-s", &untrusting.addr, "mount", "--multi-user"])
+        .arg(&at)
+        .env("QS_AUTH", &untrusting.auth)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--trust-forwarder 0"),
+        "{err}"
+    );
+    assert!(!mounted(&at));
+}

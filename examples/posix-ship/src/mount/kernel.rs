@@ -32,7 +32,8 @@ impl Filesystem for Fs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _as = self.acting(req);
         match self.child(parent, name) {
             Ok(p) => self.entry(&p, reply),
             Err(e) => reply.error(e),
@@ -43,7 +44,8 @@ impl Filesystem for Fs {
         self.inodes().forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _as = self.acting(req);
         let r = self
             .target(ino, fh)
             .and_then(|t| self.call(STAT, &(t, false)));
@@ -55,7 +57,7 @@ impl Filesystem for Fs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -71,13 +73,15 @@ impl Filesystem for Fs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _as = self.acting(req);
         match self.set_attr(ino, fh, mode, (uid, gid), size, atime, mtime) {
             Ok(a) => reply.attr(&self.opts.attr_timeout, &file_attr(ino.0, &a)),
             Err(e) => reply.error(e),
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _as = self.acting(req);
         match self.path(ino).and_then(|p| self.call(READLINK, &bytes(&p))) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
@@ -86,13 +90,14 @@ impl Filesystem for Fs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _as = self.acting(req);
         let r = self.writable().and_then(|()| self.child(parent, name));
         match r.and_then(|p| self.call(MKDIR, &(bytes(&p), mode & !umask)).map(|()| p)) {
             Ok(p) => self.entry(&p, reply),
@@ -100,14 +105,16 @@ impl Filesystem for Fs {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _as = self.acting(req);
         match self.remove(parent, name, UNLINK) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _as = self.acting(req);
         match self.remove(parent, name, RMDIR) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -116,12 +123,13 @@ impl Filesystem for Fs {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _as = self.acting(req);
         let r = self.writable().and_then(|()| self.child(parent, link_name));
         let t = bytes(target.as_os_str().as_bytes());
         match r.and_then(|p| self.call(SYMLINK, &(t, bytes(&p))).map(|()| p)) {
@@ -132,7 +140,7 @@ impl Filesystem for Fs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -140,6 +148,7 @@ impl Filesystem for Fs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _as = self.acting(req);
         if !flags.is_empty() {
             return reply.error(Errno::EINVAL); // RENAME_NOREPLACE/EXCHANGE: not shipped
         }
@@ -155,7 +164,8 @@ impl Filesystem for Fs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _as = self.acting(req);
         let writes = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let r = (if writes { self.writable() } else { Ok(()) }).and_then(|()| {
             let p = self.path(ino)?;
@@ -189,7 +199,7 @@ impl Filesystem for Fs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -198,8 +208,9 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _as = self.acting(req);
         let mut buf = vec![0u8; size as usize];
-        match self.fs.pread(Fh(fh.0), &mut buf, offset) {
+        match self.remote().pread(Fh(fh.0), &mut buf, offset) {
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => reply.error(err(e)),
         }
@@ -207,7 +218,7 @@ impl Filesystem for Fs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -217,7 +228,8 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.pwrite(Fh(fh.0), data, Some(offset)) {
+        let _as = self.acting(req);
+        match self.remote().pwrite(Fh(fh.0), data, Some(offset)) {
             Ok(_) => reply.written(data.len() as u32),
             Err(e) => reply.error(err(e)),
         }
@@ -225,18 +237,19 @@ impl Filesystem for Fs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _as = self.acting(req);
         reply.ok() // writes are not buffered here
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -244,8 +257,9 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _as = self.acting(req);
         self.closed(ino.0, fh.0);
-        match self.fs.close_raw(Fh(fh.0)) {
+        match self.remote().close_raw(Fh(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -253,19 +267,21 @@ impl Filesystem for Fs {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _as = self.acting(req);
         match self.call(FSYNC, &(Fh(fh.0), datasync)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _as = self.acting(req);
         let r = self.path(ino).and_then(|p| {
             let req = OpenReq {
                 path: bytes(&p),
@@ -282,12 +298,13 @@ impl Filesystem for Fs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _as = self.acting(req);
         let lock = || self.listings.lock().unwrap_or_else(|e| e.into_inner());
         if offset == 0 || !lock().contains_key(&fh.0) {
             // Listed without the lock held: other directories are listed meanwhile.
@@ -313,22 +330,24 @@ impl Filesystem for Fs {
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _as = self.acting(req);
         let mut listings = self.listings.lock().unwrap_or_else(|e| e.into_inner());
         listings.remove(&fh.0);
         drop(listings);
-        match self.fs.close_raw(Fh(fh.0)) {
+        match self.remote().close_raw(Fh(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _as = self.acting(req);
         match self.call(STATFS, &bytes(b"/")) {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -344,7 +363,8 @@ impl Filesystem for Fs {
         }
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _as = self.acting(req);
         if !xattr_allowed(name.as_bytes()) {
             // Answered here: the kernel asks for security.capability before every write.
             return reply.error(Errno::ENODATA);
@@ -356,7 +376,8 @@ impl Filesystem for Fs {
         Fs::xattr_reply(r, size, reply)
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _as = self.acting(req);
         let r = self.target(ino, None).and_then(|t| {
             let names = self.call(LISTXATTR, &t)?;
             Ok(names
@@ -369,7 +390,7 @@ impl Filesystem for Fs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -377,6 +398,7 @@ impl Filesystem for Fs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _as = self.acting(req);
         let r = self.target(ino, None).and_then(|t| {
             let req = (t, bytes(name.as_bytes()), bytes(value), flags);
             self.call(SETXATTR, &req)
@@ -387,7 +409,8 @@ impl Filesystem for Fs {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _as = self.acting(req);
         let r = self
             .target(ino, None)
             .and_then(|t| self.call(REMOVEXATTR, &(t, bytes(name.as_bytes()))));
@@ -399,12 +422,13 @@ impl Filesystem for Fs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _as = self.acting(req);
         let r = self.writable().and_then(|()| {
             let (from, to) = (self.path(ino)?, self.child(newparent, newname)?);
             self.call(LINK, &(bytes(&from), bytes(&to)))?;
@@ -421,7 +445,7 @@ impl Filesystem for Fs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -429,6 +453,7 @@ impl Filesystem for Fs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _as = self.acting(req);
         let r = self.writable().and_then(|()| {
             let p = self.child(parent, name)?;
             let req = OpenReq {

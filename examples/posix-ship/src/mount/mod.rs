@@ -6,6 +6,10 @@
 //! Identity: the daemon connects as its own user, and the mount is its user's alone (the
 //! kernel refuses others, FUSE's default); the kernel checks permission bits against the
 //! attributes (`default_permissions`) and the server checks them again as that user.
+//! With `--multi-user` (a daemon the server trusts as a forwarder, `--trust-forwarder`),
+//! the mount is open to every user and each request is made for the process that made
+//! it (its uid, gid and supplementary groups): files are created as their users, and the
+//! server checks each call with that user's rights.
 
 mod attr;
 mod inodes;
@@ -40,6 +44,9 @@ pub struct MountOptions {
     /// (FUSE's writeback cache); files are then opened for reading too, without
     /// `O_APPEND` (the kernel reads pages it completes and places appends itself).
     pub writeback: bool,
+    /// Open the mount to every user, each request made for its caller (the server must
+    /// trust this daemon as a forwarder).
+    pub multi_user: bool,
 }
 
 impl Default for MountOptions {
@@ -50,6 +57,7 @@ impl Default for MountOptions {
             negative_timeout: Duration::from_secs(1),
             read_only: false,
             writeback: false,
+            multi_user: false,
         }
     }
 }
@@ -66,6 +74,37 @@ pub struct Fs {
 }
 
 type R<T> = Result<T, Errno>;
+
+thread_local! {
+    /// The caller of the request this thread is serving (multi-user mounts).
+    static CALLER: std::cell::RefCell<Option<Principal>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Clears the caller when a request is done.
+struct Acting;
+
+impl Drop for Acting {
+    fn drop(&mut self) {
+        let _ = CALLER.try_with(|c| c.borrow_mut().take());
+    }
+}
+
+/// The caller's identity: its uid and gid from the kernel's request, its supplementary
+/// groups from `/proc/PID/status` (none if the process is gone).
+fn caller(uid: u32, gid: u32, pid: u32) -> Principal {
+    let groups = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+            Some(
+                line.split_whitespace()
+                    .filter_map(|g| g.parse().ok())
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    Principal { uid, gid, groups }
+}
 
 impl Fs {
     /// Serves `fs` with `opts`.
@@ -115,7 +154,26 @@ impl Fs {
         rpc: rpc_core::Rpc<In, Reply<Out>>,
         input: &In,
     ) -> R<Out> {
-        self.fs.call(rpc, input).map_err(err)
+        self.remote().call(rpc, input).map_err(err)
+    }
+
+    /// The server, as this request's caller sees it: the daemon's own connection, or
+    /// (multi-user) the same connection acting for the caller.
+    fn remote(&self) -> RemoteFs {
+        if !self.opts.multi_user {
+            return self.fs.clone();
+        }
+        let who = CALLER.with(|c| c.borrow().clone());
+        self.fs.acting_for(who)
+    }
+
+    /// Makes the calls of this thread, until the guard drops, for `req`'s caller.
+    fn acting(&self, req: &fuser::Request) -> Acting {
+        if self.opts.multi_user {
+            let who = caller(req.uid(), req.gid(), req.pid());
+            CALLER.with(|c| *c.borrow_mut() = Some(who));
+        }
+        Acting
     }
 
     fn writable(&self) -> R<()> {
