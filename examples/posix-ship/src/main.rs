@@ -153,6 +153,10 @@ enum Cmd {
         /// the server must trust this user as a forwarder: `--trust-forwarder`).
         #[arg(long)]
         multi_user: bool,
+        /// How the kernel caches file data: `on` (kept across opens), `off` (every read
+        /// and write to the server), `otoc` (dropped at each open).
+        #[arg(long, default_value = "otoc")]
+        data_cache: posix_ship::mount::DataCache,
     },
     /// Run the demo: a server on a temporary export, real programs through the interposer.
     Demo {
@@ -305,6 +309,7 @@ fn run(cli: Cli) -> io::Result<()> {
             threads,
             writeback_cache,
             multi_user,
+            data_cache,
         } => {
             let secs = |s: f64, what: &str| {
                 Duration::try_from_secs_f64(s).map_err(|e| {
@@ -318,6 +323,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 read_only,
                 writeback: writeback_cache,
                 multi_user,
+                data_cache,
             };
             mount_cmd::run(
                 fs()?,

@@ -292,3 +292,27 @@ fn a_multi_user_mount_makes_each_request_as_its_caller() {
     );
     assert!(!mounted(&at));
 }
+
+#[test]
+fn data_cache_modes_decide_what_a_second_read_costs() {
+    let Some((export, at, _local, srv)) = setup("mount-data-cache") else {
+        return;
+    };
+    std::fs::write(export.join("f"), vec![7u8; 1 << 20]).unwrap();
+    let fs = srv.client();
+    let mut second = Vec::new();
+    for mode in ["on", "otoc", "off"] {
+        let m = Mounted::start(&srv, &at, &["--data-cache", mode]);
+        assert_eq!(std::fs::read(at.join("f")).unwrap().len(), 1 << 20);
+        let before = fs.server_stats().unwrap().requests;
+        assert_eq!(std::fs::read(at.join("f")).unwrap().len(), 1 << 20);
+        second.push(fs.server_stats().unwrap().requests - before);
+        m.signal(libc::SIGTERM);
+        let mut m = m;
+        m.child.wait().unwrap();
+    }
+    let (on, otoc, off) = (second[0], second[1], second[2]);
+    assert!(on < otoc, "kept across opens: {on} calls vs {otoc}");
+    assert!(otoc >= 4, "dropped at open: read again ({otoc} calls)");
+    assert!(off >= otoc, "never cached: {off} calls");
+}

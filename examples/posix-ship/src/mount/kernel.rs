@@ -191,7 +191,7 @@ impl Filesystem for Fs {
         match r {
             Ok(o) => {
                 self.opened(ino.0, o.fh.0);
-                reply.opened(FileHandle(o.fh.0), FopenFlags::empty())
+                reply.opened(FileHandle(o.fh.0), self.open_reply())
             }
             Err(e) => reply.error(e),
         }
@@ -474,7 +474,7 @@ impl Filesystem for Fs {
                     &attr,
                     Generation(0),
                     FileHandle(o.fh.0),
-                    FopenFlags::empty(),
+                    self.open_reply(),
                 )
             }
             Err(e) => reply.error(e),

@@ -47,6 +47,34 @@ pub struct MountOptions {
     /// Open the mount to every user, each request made for its caller (the server must
     /// trust this daemon as a forwarder).
     pub multi_user: bool,
+    /// How the kernel caches file data.
+    pub data_cache: DataCache,
+}
+
+/// How the kernel caches a file's data (dfuse's `--data-cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DataCache {
+    /// Kept across opens (for data nobody else changes).
+    On,
+    /// Not cached: every read and write goes to the server (`direct_io`; shared writable
+    /// mmap is then refused by the kernel).
+    Off,
+    /// Kept while open, dropped at each open (close-to-open, as NFS).
+    #[default]
+    Otoc,
+}
+
+impl std::str::FromStr for DataCache {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "on" => Ok(DataCache::On),
+            "off" => Ok(DataCache::Off),
+            "otoc" => Ok(DataCache::Otoc),
+            _ => Err(format!("{s:?}: want on, off or otoc")),
+        }
+    }
 }
 
 impl Default for MountOptions {
@@ -58,6 +86,7 @@ impl Default for MountOptions {
             read_only: false,
             writeback: false,
             multi_user: false,
+            data_cache: DataCache::Otoc,
         }
     }
 }
@@ -165,6 +194,15 @@ impl Fs {
         }
         let who = CALLER.with(|c| c.borrow().clone());
         self.fs.acting_for(who)
+    }
+
+    /// What an open tells the kernel about caching the file's data.
+    fn open_reply(&self) -> fuser::FopenFlags {
+        match self.opts.data_cache {
+            DataCache::On => fuser::FopenFlags::FOPEN_KEEP_CACHE,
+            DataCache::Off => fuser::FopenFlags::FOPEN_DIRECT_IO,
+            DataCache::Otoc => fuser::FopenFlags::empty(),
+        }
     }
 
     /// Makes the calls of this thread, until the guard drops, for `req`'s caller.
