@@ -330,6 +330,9 @@ fn register(e: &Engine, n: &Arc<Node>) -> Result<(), RpcError> {
     serve(e, n, WRITE, |n, r, q| n.write(r, q))?;
     serve(e, n, TRUNCATE, |n, r, (t, len)| n.truncate(r, t, len))?;
     serve(e, n, FSYNC, |n, r, (fh, data)| n.fsync(r, fh, data))?;
+    serve(e, n, FALLOCATE, |n, r, (fh, m, o, l)| {
+        n.fallocate(r, fh, m, o, l)
+    })?;
     serve(e, n, UNLINK, |n, r, p| n.on_path(r, UNLINK, p))?;
     serve(e, n, RMDIR, |n, r, p| n.on_path(r, RMDIR, p))?;
     serve(e, n, READLINK, |n, r, p| n.on_path(r, READLINK, p))?;

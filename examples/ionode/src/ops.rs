@@ -402,6 +402,21 @@ impl Node {
         }
     }
 
+    /// `fallocate`: after the file's buffered bytes (a punched hole must not be filled
+    /// by an older buffered write), passed to the backend.
+    pub(crate) fn fallocate(&self, r: &Req, fh: Fh, mode: i32, off: u64, len: u64) -> R<()> {
+        let h = self.handle(r, fh)?;
+        if let Some(f) = &h.file {
+            self.before_change(f);
+        }
+        let out = self.on_fh(&h, FALLOCATE, |fh| (fh, mode, off, len));
+        h.wrote.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(f) = &h.file {
+            f.invalidate();
+        }
+        out
+    }
+
     pub(crate) fn fsync(&self, r: &Req, fh: Fh, data_only: bool) -> R<()> {
         let h = self.handle(r, fh)?;
         if let Some(f) = &h.file {

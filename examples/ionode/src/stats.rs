@@ -6,7 +6,7 @@ use rpc_core::Rpc;
 use serde::{Deserialize, Serialize};
 
 /// The operations counted, by protocol name (client requests in, backend requests out).
-pub const OPS: [&str; 25] = [
+pub const OPS: [&str; 26] = [
     "posix.stat",
     "posix.open",
     "posix.close",
@@ -31,6 +31,7 @@ pub const OPS: [&str; 25] = [
     "posix.setxattr",
     "posix.listxattr",
     "posix.removexattr",
+    "posix.fallocate",
     "posix.server_stats",
 ];
 

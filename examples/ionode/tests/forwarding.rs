@@ -416,7 +416,8 @@ fn a_fuse_mount_over_the_node_serves_programs_and_its_writes_are_merged() {
         .args([
             "-c",
             "dd if=/dev/zero of=z bs=4k count=1024 status=none && mkdir d \
-             && cp /etc/passwd d/p && cmp /etc/passwd d/p && ls d && wc -c < z",
+             && cp /etc/passwd d/p && cmp /etc/passwd d/p && ls d && wc -c < z \
+             && fallocate -l 8M big && stat -c %s big",
         ])
         .current_dir(&at)
         .output()
@@ -434,7 +435,10 @@ fn a_fuse_mount_over_the_node_serves_programs_and_its_writes_are_merged() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "p\n4194304\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "p\n4194304\n8388608\n"
+    );
     assert_eq!(std::fs::metadata(export.join("z")).unwrap().len(), 4 << 20);
     assert_eq!(
         std::fs::read(export.join("d/p")).unwrap(),

@@ -229,6 +229,9 @@ pub const WRITE: Rpc<WriteReq, Reply<Written>> = Rpc::new("posix.write");
 pub const TRUNCATE: Rpc<(Target, u64), Reply<()>> = Rpc::new("posix.truncate");
 /// `fsync` (`false`) / `fdatasync` (`true`).
 pub const FSYNC: Rpc<(Fh, bool), Reply<()>> = Rpc::new("posix.fsync");
+/// `fallocate`: handle, mode (`FALLOC_FL_KEEP_SIZE`, `FALLOC_FL_PUNCH_HOLE` with it,
+/// `FALLOC_FL_ZERO_RANGE`; others `EOPNOTSUPP`), offset, length.
+pub const FALLOCATE: Rpc<(Fh, i32, u64, u64), Reply<()>> = Rpc::new("posix.fallocate");
 /// `unlink`.
 pub const UNLINK: Rpc<ByteBuf, Reply<()>> = Rpc::new("posix.unlink");
 /// `mkdir`: path, mode.

@@ -399,3 +399,13 @@ fn hard_links_and_extended_attributes_are_shipped() {
     };
     assert_eq!(&v[..n.max(0) as usize], b"kept");
 }
+
+#[test]
+fn fallocate_is_shipped() {
+    let r = Rig::new("interpose-fallocate", "tcp");
+    let script = "fallocate -l 65536 {}/fa && stat -c %s {}/fa \
+                  && fallocate -n -l 1048576 {}/fa && stat -c %s {}/fa \
+                  && fallocate -p -o 0 -l 4096 {}/fa && stat -c %s {}/fa";
+    let out = r.same("sh", &["-c", script]);
+    assert_eq!(String::from_utf8_lossy(&out), "65536\n65536\n65536\n");
+}

@@ -296,3 +296,37 @@ fn malformed_requests_get_errors_and_the_server_goes_on() {
         "the file is untouched"
     );
 }
+
+#[test]
+fn fallocate_reserves_extends_and_punches_holes() {
+    use posix_ship::proto::{FALLOCATE, Fh};
+    use std::os::unix::fs::MetadataExt;
+    let export = scratch("fallocate");
+    let srv = ServerProc::start(&export, "sm", &[]);
+    let fs = srv.client();
+    let o = fs
+        .open_raw(b"/f", libc::O_CREAT | libc::O_RDWR, 0o644)
+        .unwrap();
+    let fa = |fh, mode, off, len| fs.call(FALLOCATE, &(fh, mode, off, len));
+    fa(o.fh, libc::FALLOC_FL_KEEP_SIZE, 0, 1 << 20).unwrap();
+    let m = std::fs::metadata(export.join("f")).unwrap();
+    assert_eq!(m.len(), 0, "KEEP_SIZE: size unchanged");
+    assert!(m.blocks() * 512 >= 1 << 20, "but the blocks are reserved");
+    fa(o.fh, 0, 0, 8192).unwrap();
+    assert_eq!(std::fs::metadata(export.join("f")).unwrap().len(), 8192);
+    fs.pwrite(o.fh, &[9u8; 8192], Some(0)).unwrap();
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    fa(o.fh, punch, 0, 4096).unwrap();
+    let d = std::fs::read(export.join("f")).unwrap();
+    assert!(d[..4096].iter().all(|b| *b == 0) && d[4096..].iter().all(|b| *b == 9));
+    assert_eq!(
+        errno(fa(o.fh, 0x40, 0, 1)),
+        libc::EOPNOTSUPP,
+        "an unknown mode"
+    );
+    assert_eq!(errno(fa(o.fh, 0, 0, 0)), libc::EINVAL, "no length");
+    assert_eq!(errno(fa(o.fh, 0, u64::MAX, 2)), libc::EINVAL, "wraps");
+    assert_eq!(errno(fa(Fh(o.fh.0 ^ 1), 0, 0, 1)), libc::EBADF, "forged");
+    let ro = fs.open_raw(b"/f", libc::O_RDONLY, 0).unwrap();
+    assert_eq!(errno(fa(ro.fh, 0, 0, 1)), libc::EBADF, "read-only handle");
+}

@@ -106,13 +106,21 @@ pub extern "C" fn sendfile(o: c_int, i: c_int, off: *mut off_t, n: size_t) -> ss
     call_real!(sendfile: fn(c_int, c_int, *mut off_t, size_t) -> ssize_t, o, i, off, n)
 }
 
-/// Interposed `fallocate`: `EOPNOTSUPP` on a shipped file.
+/// Interposed `fallocate`: shipped (the server's file system decides).
 #[unsafe(no_mangle)]
 pub extern "C" fn fallocate(fd: c_int, mode: c_int, off: off_t, len: off_t) -> c_int {
-    if table::get(fd).is_some() {
-        return fail(libc::EOPNOTSUPP);
+    let Some(d) = table::get(fd) else {
+        return call_real!(fallocate: fn(c_int, c_int, off_t, off_t) -> c_int, fd, mode, off, len);
+    };
+    if off < 0 || len <= 0 {
+        return fail(libc::EINVAL);
     }
-    call_real!(fallocate: fn(c_int, c_int, off_t, off_t) -> c_int, fd, mode, off, len)
+    crate::ret(d.fh().and_then(|fh| {
+        crate::call(
+            posix_ship::proto::FALLOCATE,
+            &(fh, mode, off as u64, len as u64),
+        )
+    }))
 }
 
 /// Interposed `posix_fallocate`: on a shipped file, extends it to `off + len` if shorter.

@@ -80,6 +80,26 @@ impl Filesystem for Fs {
         }
     }
 
+    fn fallocate(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _as = self.acting(req);
+        let r = self
+            .writable()
+            .and_then(|()| self.call(FALLOCATE, &(Fh(fh.0), mode, offset, length)));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let _as = self.acting(req);
         match self.path(ino).and_then(|p| self.call(READLINK, &bytes(&p))) {

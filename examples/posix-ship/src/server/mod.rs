@@ -260,6 +260,9 @@ fn register(e: &Engine, st: &Arc<State>) -> Result<(), rpc_core::RpcError> {
     serve(e, st, WRITE, |c, r| c.write(r))?;
     serve(e, st, TRUNCATE, |c, (t, len)| c.truncate(&t, len))?;
     serve(e, st, FSYNC, |c, (fh, data)| c.fsync(fh, data))?;
+    serve(e, st, FALLOCATE, |c, (fh, m, o, l)| {
+        c.fallocate(fh, m, o, l)
+    })?;
     serve(e, st, UNLINK, |c, p| c.remove(&p, false))?;
     serve(e, st, RMDIR, |c, p| c.remove(&p, true))?;
     serve(e, st, MKDIR, |c, (p, mode)| c.mkdir(&p, mode))?;

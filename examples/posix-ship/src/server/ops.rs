@@ -211,6 +211,31 @@ impl Ctx<'_> {
         }
     }
 
+    /// `fallocate` on an open file (the modes [`FALLOCATE`] names).
+    pub fn fallocate(&self, fh: Fh, mode: i32, off: u64, len: u64) -> R<()> {
+        use rustix::fs::FallocateFlags as F;
+        self.writable()?;
+        let f = self.clients.get(self.id, fh)?;
+        if !f.writable {
+            return Err(Errno::BADF);
+        }
+        let mode = F::from_bits(mode as u32).ok_or(Errno::OPNOTSUPP)?;
+        let allowed = [
+            F::empty(),
+            F::KEEP_SIZE,
+            F::PUNCH_HOLE | F::KEEP_SIZE,
+            F::ZERO_RANGE,
+            F::ZERO_RANGE | F::KEEP_SIZE,
+        ];
+        if !allowed.contains(&mode) {
+            return Err(Errno::OPNOTSUPP);
+        }
+        if len == 0 || off.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
+            return Err(Errno::INVAL);
+        }
+        rustix::fs::fallocate(&f.fd, mode, off, len)
+    }
+
     /// `unlink` (`rmdir` with `dir`).
     pub fn remove(&self, path: &[u8], dir: bool) -> R<()> {
         self.writable()?;
