@@ -346,6 +346,7 @@ fn register(e: &Engine, n: &Arc<Node>) -> Result<(), RpcError> {
     serve(e, n, SYMLINK, |n, r, (target, p)| n.symlink(r, target, p))?;
     serve(e, n, RENAME, |n, r, (a, b)| n.two_paths(r, RENAME, a, b))?;
     serve(e, n, LINK, |n, r, (a, b)| n.two_paths(r, LINK, a, b))?;
+    serve(e, n, RENAME2, |n, r, (a, b, f)| n.rename2(r, a, b, f))?;
     serve(e, n, READDIR, |n, r, q| n.readdir(r, q))?;
     serve(e, n, CHMOD, |n, r, (t, m)| {
         n.on_target(r, CHMOD, t, |t| (t, m))

@@ -495,6 +495,19 @@ impl Node {
         out
     }
 
+    /// `renameat2`: both paths on one backend, else `EXDEV`.
+    pub(crate) fn rename2(&self, r: &Req, a: ByteBuf, b: ByteBuf, flags: u32) -> R<()> {
+        let (ba, fs, a) = self.route(r, &a)?;
+        let (bb, _, b) = self.route(r, &b)?;
+        if ba != bb {
+            return Err(libc::EXDEV);
+        }
+        let out = self.call(&fs, RENAME2, (a.clone(), b.clone(), flags));
+        self.attrs.changed(ba, &a);
+        self.attrs.changed(ba, &b);
+        out
+    }
+
     pub(crate) fn readdir(&self, r: &Req, mut q: ReaddirReq) -> R<DirPage> {
         let h = self.handle(r, q.fh)?;
         self.on_fh(&h, READDIR, |fh| {

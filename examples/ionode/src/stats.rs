@@ -6,7 +6,7 @@ use rpc_core::Rpc;
 use serde::{Deserialize, Serialize};
 
 /// The operations counted, by protocol name (client requests in, backend requests out).
-pub const OPS: [&str; 26] = [
+pub const OPS: [&str; 27] = [
     "posix.stat",
     "posix.open",
     "posix.close",
@@ -32,6 +32,7 @@ pub const OPS: [&str; 26] = [
     "posix.listxattr",
     "posix.removexattr",
     "posix.fallocate",
+    "posix.rename2",
     "posix.server_stats",
 ];
 

@@ -240,6 +240,8 @@ pub const MKDIR: Rpc<(ByteBuf, u32), Reply<()>> = Rpc::new("posix.mkdir");
 pub const RMDIR: Rpc<ByteBuf, Reply<()>> = Rpc::new("posix.rmdir");
 /// `rename`: from, to.
 pub const RENAME: Rpc<(ByteBuf, ByteBuf), Reply<()>> = Rpc::new("posix.rename");
+/// `renameat2`: from, to, `RENAME_NOREPLACE` (1) and/or `RENAME_EXCHANGE` (2).
+pub const RENAME2: Rpc<(ByteBuf, ByteBuf, u32), Reply<()>> = Rpc::new("posix.rename2");
 /// `readdir`, a page at a time.
 pub const READDIR: Rpc<ReaddirReq, Reply<DirPage>> = Rpc::new("posix.readdir");
 /// `symlink`: link target (stored as given), path of the new link.

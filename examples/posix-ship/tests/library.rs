@@ -330,3 +330,25 @@ fn fallocate_reserves_extends_and_punches_holes() {
     let ro = fs.open_raw(b"/f", libc::O_RDONLY, 0).unwrap();
     assert_eq!(errno(fa(ro.fh, 0, 0, 1)), libc::EBADF, "read-only handle");
 }
+
+#[test]
+fn rename_flags_noreplace_and_exchange() {
+    use posix_ship::proto::RENAME2;
+    let export = scratch("rename2");
+    std::fs::write(export.join("a"), "A").unwrap();
+    std::fs::write(export.join("b"), "B").unwrap();
+    let srv = ServerProc::start(&export, "sm", &[]);
+    let fs = srv.client();
+    let r2 = |a: &str, b: &str, f: u32| {
+        let p = |s: &str| ByteBuf::from(s.as_bytes().to_vec());
+        fs.call(RENAME2, &(p(a), p(b), f))
+    };
+    assert_eq!(errno(r2("/a", "/b", libc::RENAME_NOREPLACE)), libc::EEXIST);
+    r2("/a", "/b", libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(std::fs::read(export.join("a")).unwrap(), b"B");
+    assert_eq!(std::fs::read(export.join("b")).unwrap(), b"A");
+    r2("/a", "/c", libc::RENAME_NOREPLACE).unwrap();
+    assert!(!export.join("a").exists() && export.join("c").exists());
+    assert_eq!(errno(r2("/c", "/d", libc::RENAME_WHITEOUT)), libc::EINVAL);
+    assert_eq!(errno(r2("/c", "/../x", 0)), libc::EXDEV, "confined");
+}

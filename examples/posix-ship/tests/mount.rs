@@ -327,3 +327,32 @@ fn data_cache_modes_decide_what_a_second_read_costs() {
     assert_eq!(otoc.1, 0, "kept while open: {otoc:?}");
     assert!(off.1 >= 1, "never cached: {off:?}");
 }
+
+#[test]
+fn rename_flags_work_on_the_mount() {
+    let Some((_export, at, _local, srv)) = setup("mount-rename2") else {
+        return;
+    };
+    let m = Mounted::start(&srv, &at, &[]);
+    let code = "import ctypes, os, sys\n\
+                libc = ctypes.CDLL(None, use_errno=True)\n\
+                os.chdir(sys.argv[1])\n\
+                open('a', 'w').write('A'); open('b', 'w').write('B')\n\
+                def r2(x, y, f):\n\
+                \x20   r = libc.renameat2(-100, x.encode(), -100, y.encode(), f)\n\
+                \x20   return 0 if r == 0 else ctypes.get_errno()\n\
+                print(r2('a', 'b', 1), r2('a', 'b', 2), open('a').read(), open('b').read())\n\
+                print(r2('a', 'c', 1), sorted(os.listdir('.')), open('c').read())";
+    let out = Command::new("python3")
+        .args(["-c", code])
+        .arg(&at)
+        .output()
+        .unwrap();
+    drop(m);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{} 0 B A\n0 ['b', 'c'] B\n", libc::EEXIST),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

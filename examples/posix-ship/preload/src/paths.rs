@@ -266,8 +266,8 @@ pub extern "C" fn renameat(fd: c_int, from: *const c_char, td: c_int, to: *const
     renameat2(fd, from, td, to, 0)
 }
 
-/// Interposed `renameat2` (`RENAME_NOREPLACE` and friends are refused with `EINVAL`
-/// on shipped paths, which makes `mv` fall back to a plain rename).
+/// Interposed `renameat2` (`RENAME_NOREPLACE` and `RENAME_EXCHANGE` shipped; others
+/// `EINVAL`, which makes `mv` fall back to a plain rename).
 #[unsafe(no_mangle)]
 pub extern "C" fn renameat2(
     fd: c_int,
@@ -281,7 +281,7 @@ pub extern "C" fn renameat2(
             call_real!(renameat2: fn(c_int, *const c_char, c_int, *const c_char, c_uint) -> c_int,
             fd, from, td, to, fl)
         }
-        (Some(_), Some(_)) if fl != 0 => fail(libc::EINVAL),
+        (Some(a), Some(b)) if fl != 0 => ret(call(p::RENAME2, &(buf(a), buf(b), fl))),
         (Some(a), Some(b)) => ret(call(p::RENAME, &(buf(a), buf(b)))),
         // Between the mount and local storage: another file system.
         _ => fail(libc::EXDEV),

@@ -128,6 +128,15 @@ impl Inodes {
         }
     }
 
+    /// `a` and `b` swapped places (`RENAME_EXCHANGE`), each with what is beneath it.
+    pub fn exchanged(&mut self, a: &[u8], b: &[u8]) {
+        // Through a name no file can have (a NUL byte), so neither side is unlinked.
+        let tmp = [a, b"\0"].concat();
+        self.renamed(a, &tmp);
+        self.renamed(b, a);
+        self.renamed(&tmp, b);
+    }
+
     /// `from` was renamed to `to`: it and everything beneath it move; whatever `to` was
     /// is replaced.
     pub fn renamed(&mut self, from: &[u8], to: &[u8]) {
@@ -155,6 +164,16 @@ impl Inodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exchange_swaps_both_names_and_what_is_beneath() {
+        let mut t = Inodes::default();
+        let (a, b, x) = (t.learn(b"/a"), t.learn(b"/b"), t.learn(b"/a/x"));
+        t.exchanged(b"/a", b"/b");
+        assert_eq!(t.path(a).unwrap(), b"/b");
+        assert_eq!(t.path(b).unwrap(), b"/a");
+        assert_eq!(t.path(x).unwrap(), b"/b/x", "beneath it too");
+    }
 
     #[test]
     fn numbers_follow_lookups_renames_and_unlinks() {

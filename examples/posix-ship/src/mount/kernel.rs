@@ -169,13 +169,19 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         let _as = self.acting(req);
-        if !flags.is_empty() {
-            return reply.error(Errno::EINVAL); // RENAME_NOREPLACE/EXCHANGE: not shipped
-        }
         let r = self.writable().and_then(|()| {
             let (from, to) = (self.child(parent, name)?, self.child(newparent, newname)?);
-            self.call(RENAME, &(bytes(&from), bytes(&to)))?;
-            self.inodes().renamed(&from, &to);
+            if flags.is_empty() {
+                self.call(RENAME, &(bytes(&from), bytes(&to)))?;
+                self.inodes().renamed(&from, &to);
+            } else {
+                self.call(RENAME2, &(bytes(&from), bytes(&to), flags.bits()))?;
+                if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                    self.inodes().exchanged(&from, &to);
+                } else {
+                    self.inodes().renamed(&from, &to);
+                }
+            }
             Ok(())
         });
         match r {

@@ -267,6 +267,7 @@ fn register(e: &Engine, st: &Arc<State>) -> Result<(), rpc_core::RpcError> {
     serve(e, st, RMDIR, |c, p| c.remove(&p, true))?;
     serve(e, st, MKDIR, |c, (p, mode)| c.mkdir(&p, mode))?;
     serve(e, st, RENAME, |c, (a, b)| c.rename(&a, &b))?;
+    serve(e, st, RENAME2, |c, (a, b, f)| c.rename_with(&a, &b, f))?;
     serve(e, st, READDIR, |c, r| c.readdir(&r))?;
     serve(e, st, SYMLINK, |c, (t, p)| c.symlink(&t, &p))?;
     serve(e, st, READLINK, |c, p| c.readlink(&p))?;

@@ -261,10 +261,19 @@ impl Ctx<'_> {
 
     /// `rename`.
     pub fn rename(&self, from: &[u8], to: &[u8]) -> R<()> {
+        self.rename_with(from, to, 0)
+    }
+
+    /// `renameat2`: `RENAME_NOREPLACE`, `RENAME_EXCHANGE` (others `EINVAL`).
+    pub fn rename_with(&self, from: &[u8], to: &[u8], flags: u32) -> R<()> {
+        use rustix::fs::RenameFlags as F;
         self.writable()?;
+        let flags = F::from_bits(flags)
+            .filter(|f| (F::NOREPLACE | F::EXCHANGE).contains(*f))
+            .ok_or(Errno::INVAL)?;
         let (fp, fname) = self.named(from, Errno::BUSY)?;
         let (tp, tname) = self.named(to, Errno::BUSY)?;
-        rustix::fs::renameat(&fp, &fname, &tp, &tname)
+        rustix::fs::renameat_with(&fp, &fname, &tp, &tname, flags)
     }
 
     /// `symlink`: the link's content is stored as given; it is confined when followed.
