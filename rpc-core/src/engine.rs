@@ -122,7 +122,27 @@ impl Engine {
     }
 
     /// Registers a handler that answers with its return value; an `Err` reaches the
-    /// caller as [`RpcError::Handler`], a panic as [`RpcError::HandlerPanicked`].
+    /// caller as [`RpcError::Handler`] (its message), a panic as
+    /// [`RpcError::HandlerPanicked`].
+    ///
+    /// For a failure the caller can match on, make it part of the output: a typed value,
+    /// encoded like any other.
+    ///
+    /// ```
+    /// use rpc_core::{Engine, Rpc};
+    /// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    /// enum DivError {
+    ///     ByZero,
+    /// }
+    /// const DIV: Rpc<(u64, u64), Result<u64, DivError>> = Rpc::new("doc.div");
+    /// let server = Engine::new("tcp://127.0.0.1:0")?;
+    /// server.register_infallible(DIV, |(a, b)| a.checked_div(b).ok_or(DivError::ByZero))?;
+    /// let client = Engine::new("tcp")?;
+    /// let to = client.lookup(&server.self_addr().to_string())?;
+    /// assert_eq!(client.call(&to, DIV, &(7, 2)).wait()?, Ok(3));
+    /// assert_eq!(client.call(&to, DIV, &(7, 0)).wait()?, Err(DivError::ByZero));
+    /// # Ok::<(), rpc_core::RpcError>(())
+    /// ```
     pub fn register<In, Out, E, F>(&self, rpc: Rpc<In, Out>, f: F) -> Result<(), RpcError>
     where
         In: DeserializeOwned + 'static,
