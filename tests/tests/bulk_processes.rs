@@ -335,13 +335,18 @@ fn small_rpcs_are_not_stuck_behind_concurrent_transfers() {
         .map(|b| e.pull(b, 0, &remote, 0, len))
         .collect();
     let small = std::thread::spawn(move || {
-        let mut worst = Duration::ZERO;
-        for i in 0..1000u64 {
-            let t = Instant::now();
-            assert_eq!(e2.call(&peer2, SUM, &(i, 1)).wait(), Ok(i + 1));
-            worst = worst.max(t.elapsed());
-        }
-        worst
+        let mut took: Vec<Duration> = (0..1000u64)
+            .map(|i| {
+                let t = Instant::now();
+                assert_eq!(e2.call(&peer2, SUM, &(i, 1)).wait(), Ok(i + 1));
+                t.elapsed()
+            })
+            .collect();
+        // The 99th percentile: starvation makes most calls wait; one call caught by a
+        // scheduling stall of this 2-core machine (CI runs test binaries side by side)
+        // does not.
+        took.sort();
+        took[took.len() * 99 / 100]
     });
     for t in transfers {
         t.wait().unwrap();
@@ -353,9 +358,9 @@ fn small_rpcs_are_not_stuck_behind_concurrent_transfers() {
         locals.iter().all(|b| b.to_vec() == want),
         "every transfer landed intact"
     );
-    eprintln!("32 x 8 MiB transfers: {all:?}; worst small RPC latency meanwhile: {worst:?}");
+    eprintln!("32 x 8 MiB transfers: {all:?}; small RPC latency meanwhile, p99: {worst:?}");
     assert!(
         worst * 4 < all,
-        "a small RPC waited {worst:?}, over a quarter of the {all:?} the transfers took"
+        "small RPCs waited {worst:?} (p99), over a quarter of the {all:?} the transfers took"
     );
 }
