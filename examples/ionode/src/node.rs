@@ -108,7 +108,15 @@ pub(crate) struct Node {
     pub cfg: NodeConfig,
     pub attrs: crate::attrs::Attrs,
     /// Backend handles to close in the background.
-    pub closer: Mutex<std::sync::mpsc::Sender<Arc<Handle>>>,
+    pub closer: Mutex<std::sync::mpsc::Sender<Behind>>,
+}
+
+/// Work done behind the clients' backs, on one thread, in order.
+pub(crate) enum Behind {
+    /// Let a closed handle go at the backend.
+    Close(Arc<Handle>),
+    /// A client is gone: close what it held (flushing, calling the backend).
+    Lost(u64),
 }
 
 /// A running I/O node.
@@ -175,7 +183,7 @@ impl IoNode {
             }
             None => None,
         };
-        let (closer, to_close) = std::sync::mpsc::channel::<Arc<Handle>>();
+        let (closer, behind) = std::sync::mpsc::channel::<Behind>();
         let node = Arc::new(Node {
             attrs: crate::attrs::Attrs::new(cfg.attr_timeout, cfg.negative_timeout, 1 << 16),
             closer: Mutex::new(closer),
@@ -195,18 +203,25 @@ impl IoNode {
         std::thread::Builder::new()
             .name("ionode-close".into())
             .spawn(move || {
-                for h in to_close {
+                for job in behind {
                     let Some(n) = n.upgrade() else { break };
-                    if let Err(e) = n.backend_close(&h) {
-                        tracing::debug!(errno = e, "closing a backend handle");
+                    match job {
+                        Behind::Close(h) => {
+                            if let Err(e) = n.backend_close(&h) {
+                                tracing::debug!(errno = e, "closing a backend handle");
+                            }
+                        }
+                        Behind::Lost(peer) => n.lost(peer),
                     }
                 }
             })?;
-        let n = node.clone();
+        let n = Arc::downgrade(&node);
         engine.on_peer_lost(move |p| {
-            let n = n.clone();
-            // Closing flushes and calls the backend: not on the progress thread.
-            std::thread::spawn(move || n.lost(p.0));
+            // Closing flushes and calls the backend: not on the progress thread, and not
+            // on a thread per lost client (a peer connecting and leaving in a loop).
+            if let Some(n) = n.upgrade() {
+                let _ = lock(&n.closer).send(Behind::Lost(p.0));
+            }
         });
         register(&engine, &node).map_err(other)?;
         let stop = Arc::new(AtomicBool::new(false));

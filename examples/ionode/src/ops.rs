@@ -243,8 +243,10 @@ impl Node {
             .remove(r.peer, fh)
             .map_err(|e| e.raw_os_error())?;
         let detached = self.detach(&h);
-        if let Err(h) = lock(&self.closer).send(h) {
-            let _ = self.backend_close(&h.0);
+        if let Err(std::sync::mpsc::SendError(crate::node::Behind::Close(h))) =
+            lock(&self.closer).send(crate::node::Behind::Close(h))
+        {
+            let _ = self.backend_close(&h);
         }
         detached
     }

@@ -62,51 +62,33 @@ fn path_with(exe: &Path) -> String {
 
 /// The interposer: `explicit`, else next to this program, else built with cargo.
 fn find_preload(explicit: Option<PathBuf>, exe: &Path) -> io::Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p);
-    }
-    let dir = exe.parent().ok_or_else(|| io::Error::other("no exe dir"))?;
-    let lib = dir.join("libposix_ship_preload.so");
-    if !lib.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        println!("building the interposer ({cargo} build -p posix-ship-preload)...");
-        let mut c = Command::new(cargo);
-        c.args(["build", "-q", "-p", "posix-ship-preload"]);
-        if dir.ends_with("release") {
-            c.arg("--release");
-        }
-        c.status()?;
-    }
-    if lib.exists() {
-        Ok(lib)
-    } else {
-        Err(io::Error::other(format!(
-            "{} missing: cargo build --release -p posix-ship-preload",
-            lib.display()
-        )))
+    match explicit {
+        Some(p) => Ok(p),
+        None => built(exe, "libposix_ship_preload.so", "posix-ship-preload"),
     }
 }
 
-/// The I/O node binary: next to this program, else built with cargo.
-fn find_ionode(exe: &Path) -> io::Result<PathBuf> {
+/// `file` next to this program, built with cargo (package `package`, this program's
+/// profile) if it is not there yet.
+fn built(exe: &Path, file: &str, package: &str) -> io::Result<PathBuf> {
     let dir = exe.parent().ok_or_else(|| io::Error::other("no exe dir"))?;
-    let bin = dir.join("ionode");
-    if !bin.exists() {
+    let path = dir.join(file);
+    if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        println!("building the I/O node ({cargo} build -p ionode)...");
+        println!("building {file} ({cargo} build -p {package})...");
         let mut c = Command::new(cargo);
-        c.args(["build", "-q", "-p", "ionode"]);
+        c.args(["build", "-q", "-p", package]);
         if dir.ends_with("release") {
             c.arg("--release");
         }
         c.status()?;
     }
-    if bin.exists() {
-        Ok(bin)
+    if path.exists() {
+        Ok(path)
     } else {
         Err(io::Error::other(format!(
-            "{} missing: cargo build --release -p ionode",
-            bin.display()
+            "{} missing: cargo build --release -p {package}",
+            path.display()
         )))
     }
 }
@@ -254,7 +236,7 @@ pub fn run(preload: Option<PathBuf>) -> io::Result<()> {
 /// The same kind of programs through an I/O node in front of the server: what the
 /// programs asked of the node, and what the node asked of the server.
 fn through_node(d: &mut Demo, exe: &Path, data: &[u8]) -> io::Result<()> {
-    let mut cmd = Command::new(find_ionode(exe)?);
+    let mut cmd = Command::new(built(exe, "ionode", "ionode")?);
     let transport = rpc_core::transport::listen_address(None).map_err(io::Error::other)?;
     cmd.args([
         "serve",
