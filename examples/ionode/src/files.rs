@@ -192,7 +192,7 @@ impl Files {
                 return false;
             }
         }
-        let (held, look, merged) = {
+        let (held, look, merged, record) = {
             let mut s = lock(&f.state);
             let before = s.extents.bytes();
             let merged = s.extents.insert(off, data);
@@ -203,13 +203,16 @@ impl Files {
             s.generation += 1;
             self.account(f, before, after);
             let look = after >= s.next_look.max(self.file_max);
-            (after, look, merged)
+            // Journaled under the same lock as buffered: a flush's Clean marker then
+            // covers exactly the records whose bytes it wrote.
+            let record = self
+                .journal
+                .as_ref()
+                .map(|j| j.append_write(f.key, path, user.clone(), off, data));
+            (after, look, merged, record)
         };
-        // Buffered first, journaled second: a flush between the two writes the bytes
-        // anyway, and a record the flush's Clean marker does not cover is replayed
-        // harmlessly (these are the file's newest bytes there).
-        if let Some(j) = &self.journal
-            && let Err(e) = j.write(f.key, path, user.clone(), off, data)
+        if let (Some(j), Some(r)) = (&self.journal, record)
+            && let Err(e) = r.and_then(|seq| j.sync_to(seq))
         {
             tracing::error!(error = %e, "journal write failed: writing through instead");
             self.flush(f);
@@ -254,7 +257,7 @@ impl Files {
         if f.dirty.load(Ordering::Acquire) == 0 {
             return;
         }
-        let (writes, via, clean_from) = {
+        let (writes, via, clean_from, drained) = {
             let mut s = lock(&f.state);
             let before = s.extents.bytes();
             let writes = s.extents.drain_some(min, keep, MAX_MERGE);
@@ -270,14 +273,16 @@ impl Files {
             }
             s.generation += 1;
             s.cache.clear();
+            // Counted as being written before they stop counting as buffered, so that
+            // the journal is never emptied while they are in neither.
+            let drained: u64 = writes.iter().map(|(_, d)| d.len() as u64).sum();
+            self.draining.fetch_add(drained, Ordering::AcqRel);
             self.account(f, before, after);
-            (writes, s.writers.first().cloned(), clean_from)
+            (writes, s.writers.first().cloned(), clean_from, drained)
         };
         if writes.is_empty() {
             return;
         }
-        let drained: u64 = writes.iter().map(|(_, d)| d.len() as u64).sum();
-        self.draining.fetch_add(drained, Ordering::AcqRel);
         let ok = self.write_through(f, writes, via);
         self.draining.fetch_sub(drained, Ordering::AcqRel);
         if let (true, Some(seq), Some(j)) = (ok, clean_from, &self.journal) {
@@ -436,7 +441,20 @@ impl Files {
 
     /// Forgets buffered bytes and read-ahead data at and past `len` (a truncate).
     pub fn truncate(&self, f: &SharedFile, len: u64) {
+        self.truncate_if(f, len, |_| true);
+    }
+
+    /// Drops what the last writer `token` leaves buffered (a flush that failed): no
+    /// writer remains to write it. Nothing, if another writer has come meanwhile.
+    pub fn abandon(&self, f: &SharedFile, token: u64) {
+        self.truncate_if(f, 0, |s| s.writers.iter().all(|w| w.token == token));
+    }
+
+    fn truncate_if(&self, f: &SharedFile, len: u64, ok: impl FnOnce(&State) -> bool) {
         let mut s = lock(&f.state);
+        if !ok(&s) {
+            return;
+        }
         let before = s.extents.bytes();
         s.extents.truncate(len);
         let after = s.extents.bytes();
@@ -444,6 +462,12 @@ impl Files {
         s.generation += 1;
         if after == 0 {
             (s.since, s.last) = (None, None);
+            // The discarded bytes' records must not come back at a replay.
+            if let Some(j) = &self.journal
+                && let Err(e) = j.clean(f.key, j.next_seq())
+            {
+                tracing::warn!(error = %e, "journal: cannot mark a truncated file");
+            }
         }
         self.account(f, before, after);
     }

@@ -119,6 +119,19 @@ impl Journal {
         off: u64,
         data: &[u8],
     ) -> io::Result<()> {
+        let seq = self.append_write(key, path, user, off, data)?;
+        self.sync_to(seq)
+    }
+
+    /// Appends a buffered write (durable once [`Journal::sync_to`] its number returns).
+    pub fn append_write(
+        &self,
+        key: Key,
+        path: &[u8],
+        user: Option<Principal>,
+        off: u64,
+        data: &[u8],
+    ) -> io::Result<u64> {
         let seq = self.append(|seq| Entry::Write {
             seq,
             key: key32(key),
@@ -128,7 +141,7 @@ impl Journal {
             data: ByteBuf::from(data.to_vec()),
         })?;
         Counters::add(&self.stats.journal_records, 1);
-        self.sync_to(seq)
+        Ok(seq)
     }
 
     /// Marks `key`'s records before `seq` done (durable with the next sync).
@@ -164,8 +177,9 @@ impl Journal {
         self.sync_to(seq)
     }
 
-    /// Group commit: one writer syncs for all who appended before it started.
-    fn sync_to(&self, seq: u64) -> io::Result<()> {
+    /// Returns once record `seq` is durable. Group commit: one writer syncs for all who
+    /// appended before it started.
+    pub fn sync_to(&self, seq: u64) -> io::Result<()> {
         let mut g = lock(&self.log);
         loop {
             if g.synced >= seq {

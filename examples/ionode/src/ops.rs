@@ -137,8 +137,10 @@ impl Node {
         let (b, fs, path) = self.route(r, &o.path)?;
         let trunc = o.flags & libc::O_TRUNC != 0;
         if trunc {
+            // Written out first (the truncating open then cuts them, as it would have);
+            // nothing is dropped before the backend has checked this caller may truncate.
             for f in self.files.by_path(b, &path) {
-                self.files.truncate(&f, 0);
+                self.before_change(&f);
             }
         }
         o.path = path.clone();
@@ -164,7 +166,8 @@ impl Node {
         let backing = Arc::new(Backing::new(fs, &path, o.flags, opened.fh, id));
         let file = opened.attr.is_file().then(|| {
             let f = self.files.get((b, opened.attr.dev, opened.attr.ino));
-            let w = writable.then(|| Writer {
+            // An O_APPEND handle writes where the file ends: never a flush's way in.
+            let w = (writable && o.flags & libc::O_APPEND == 0).then(|| Writer {
                 token,
                 backing: backing.clone(),
             });
@@ -222,6 +225,9 @@ impl Node {
         {
             if f.closing(h.token) {
                 self.flush(f);
+                // What a failed flush kept has no writer left to go through: dropped
+                // (the error is this close's), so that memory and the journal are freed.
+                self.files.abandon(f, h.token);
             }
             f.closed(h.token);
         }
@@ -362,14 +368,17 @@ impl Node {
         // Through: appends, large writes, no memory. After what is buffered, in order.
         if let Some(f) = &h.file {
             self.before_change(f);
-            f.invalidate();
         }
         Counters::add(&self.stats.write_through, 1);
         self.stats.request_out("posix.write");
         let end = h
             .backing
-            .with(|fh| h.backing.fs.pwrite(fh, &data, q.offset))
-            .map_err(errno)?;
+            .with(|fh| h.backing.fs.pwrite(fh, &data, q.offset));
+        // After the write: a read between could otherwise keep the old bytes.
+        if let Some(f) = &h.file {
+            f.invalidate();
+        }
+        let end = end.map_err(errno)?;
         Counters::add(&self.stats.bytes_in, n);
         Counters::add(&self.stats.bytes_out, n);
         Ok(Written { n, end })

@@ -448,3 +448,32 @@ fn a_fuse_mount_over_the_node_serves_programs_and_its_writes_are_merged() {
     assert!(w_in >= 1024, "{w_in} writes from the mount");
     assert!(w_out * 16 <= w_in, "backend writes {w_out} for {w_in}");
 }
+
+#[test]
+fn a_refused_truncating_open_destroys_no_buffered_write() {
+    let (export, _backend, node) = pair("ionode-trunc-refused", &["--flush-after-ms", "600000"]);
+    let fs = node.client();
+    let f = fs.create("/f").unwrap();
+    let data = pattern(1, 0, 8 * BLOCK);
+    write_blocks(&f, &data);
+    let src = scratch("ionode-trunc-src").join("x");
+    std::fs::write(&src, "y").unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(posix_ship_bin())
+        .args(["put", src.to_str().unwrap(), "/f"])
+        .env("POSIX_SHIP_SERVER", &node.addr)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Permission denied"),
+        "{err}"
+    );
+    f.sync_all().unwrap();
+    assert_eq!(
+        std::fs::read(export.join("f")).unwrap(),
+        data,
+        "root's writes intact"
+    );
+}
