@@ -282,6 +282,26 @@ fn cd_into_the_mount_then_relative_paths_work_in_shells_make_and_python() {
         )
     );
     assert_eq!(std::fs::read(proj.join("sub/p.txt")).unwrap(), b"x");
+    // A shell started inside the mount that leaves it: its programs run in the local
+    // directory (the shell's own copy of the inherited variable is not passed on), and a
+    // `..` above the mount's root stays at the root.
+    std::fs::write(r.local.join("here.txt"), "local").unwrap();
+    let out = Command::new("sh")
+        .args(["-c", "ls ../../.. | head -1 && cd \"$1\" && ls", "sh"])
+        .arg(&r.local)
+        .env("LD_PRELOAD", &r.lib)
+        .env("POSIX_SHIP_SERVER", &r.srv.addr)
+        .env("QS_AUTH", &r.srv.auth)
+        .env("POSIX_SHIP_MOUNT", MOUNT)
+        .env("POSIX_SHIP_CWD", format!("{MOUNT}/proj/sub"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "proj\nhere.txt\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -327,14 +347,16 @@ fn redirections_and_pipelines_of_programs_reach_shipped_files() {
     let script = "cd {} && /bin/echo hi > out && /bin/echo more >> out && wc -c < out \
                   && cat < out | tr a-z A-Z && sort -r < out > sorted && cat sorted \
                   && tar czf x.tgz out sorted && tar tzf x.tgz && gzip -dc < x.tgz | tar tf - \
-                  && python3 -c 'print(42)' > py && cat py; ls /nonexistent-qs 2> err; cat err";
+                  && python3 -c 'print(42)' > py && cat py; ls /nonexistent-qs 2> err; cat err; \
+                  ls /nonexistent-qs > both 2>&1; cat both";
     let out = r.same("sh", &["-c", script]);
     assert_eq!(
         String::from_utf8_lossy(&out),
         "8\nHI\nMORE\nmore\nhi\nout\nsorted\nout\nsorted\n42\n\
+         ls: cannot access '/nonexistent-qs': No such file or directory\n\
          ls: cannot access '/nonexistent-qs': No such file or directory\n"
     );
-    for f in ["out", "sorted", "py", "err"] {
+    for f in ["out", "sorted", "py", "err", "both"] {
         assert_same_file(&r, f);
     }
 }

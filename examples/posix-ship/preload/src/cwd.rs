@@ -4,8 +4,8 @@
 //! against it (`.` and `..` lexically, as a shell's `cd` does), `getcwd` names it, and
 //! programs this one runs inherit it through `POSIX_SHIP_CWD` (set at each change), so
 //! `cd /fwd/proj && make` and `sh -c 'cd /fwd/d; ls; cat f'` work. A relative path that
-//! climbs above the mount leaves it: the C library sees it, against the kernel's
-//! working directory (which a shipped `chdir` leaves where it was).
+//! climbs above the mount stays at its root (as in a chroot), so that it never names a
+//! local file by accident.
 
 use std::ffi::CString;
 use std::sync::Mutex;
@@ -19,7 +19,7 @@ use crate::real::call_real;
 use crate::{call, config, fail, table};
 
 /// The variable a child reads its working directory inside the mount from.
-const ENV: &str = "POSIX_SHIP_CWD";
+pub const ENV: &str = "POSIX_SHIP_CWD";
 
 /// The working directory beneath the export (`None`: the kernel's), once read.
 static CWD: Mutex<Option<Option<Vec<u8>>>> = Mutex::new(None);
@@ -106,12 +106,36 @@ pub fn normalize(path: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A relative path against the working directory inside the mount: the path beneath
-/// the export, or `None` (not inside the mount, or climbing out of it).
+/// the export (`None`: the working directory is the kernel's). A `..` at the mount's root
+/// stays there, as in a chroot: a relative path never names a local file by accident.
 pub fn resolve(rel: &[u8]) -> Option<Vec<u8>> {
     let mut full = get()?;
     full.push(b'/');
     full.extend_from_slice(rel);
-    normalize(&full)
+    Some(clamped(&full))
+}
+
+/// `path` with `.` and `..` resolved, a `..` at the root staying there.
+fn clamped(path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in path.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        return b"/".to_vec();
+    }
+    parts
+        .iter()
+        .flat_map(|p| [&b"/"[..], p])
+        .flatten()
+        .copied()
+        .collect()
 }
 
 /// Makes `dir` (beneath the export) the working directory if it is one we may enter.
@@ -230,5 +254,12 @@ mod tests {
         assert_eq!(normalize(b"/a/..").unwrap(), b"/");
         assert_eq!(normalize(b"/a/../.."), None);
         assert_eq!(normalize(b"//x//y").unwrap(), b"/x/y");
+        assert_eq!(
+            super::clamped(b"/a/../../../etc"),
+            b"/etc",
+            "stays at the root"
+        );
+        assert_eq!(super::clamped(b"/a/./b/"), b"/a/b");
+        assert_eq!(super::clamped(b"/.."), b"/");
     }
 }

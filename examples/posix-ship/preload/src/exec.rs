@@ -20,22 +20,38 @@ use crate::table;
 /// The variable the shipped descriptors are handed down in.
 pub const FDS: &str = "POSIX_SHIP_FDS";
 
-/// `fd:flags:offset:hex(path)` for each shipped descriptor that survives `exec`.
+/// `fds:flags:offset:dir:hex(path)` for each shipped description that survives `exec`,
+/// `fds` the comma-separated descriptors sharing it (`2>&1`: one offset for both).
 fn inheritable() -> Option<Vec<u8>> {
-    let mut out = Vec::new();
+    let mut groups: Vec<(std::sync::Arc<table::Desc>, Vec<c_int>)> = Vec::new();
     for (fd, d) in table::all() {
         let cloexec = call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, libc::F_GETFD, 0);
         if cloexec < 0 || cloexec & libc::FD_CLOEXEC != 0 {
             continue;
         }
+        match groups
+            .iter_mut()
+            .find(|(g, _)| std::sync::Arc::ptr_eq(g, &d))
+        {
+            Some((_, fds)) => fds.push(fd),
+            None => groups.push((d, vec![fd])),
+        }
+    }
+    let mut out = Vec::new();
+    for (d, fds) in groups {
+        // Not waited for: a thread that held these across a call may not exist in a
+        // forked child; such a description is not handed down.
+        let (Ok(flags), Ok(pos)) = (d.flags.try_lock(), d.pos.try_lock()) else {
+            continue;
+        };
         if !out.is_empty() {
             out.push(b';');
         }
-        let flags = *table::lock(&d.flags);
-        let pos = *table::lock(&d.pos);
+        let fds: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
         let hex: String = d.path.iter().map(|b| format!("{b:02x}")).collect();
         let dir = u8::from(d.is_dir);
-        out.extend_from_slice(format!("{fd}:{flags}:{pos}:{dir}:{hex}").as_bytes());
+        let line = format!("{}:{}:{}:{dir}:{hex}", fds.join(","), *flags, *pos);
+        out.extend_from_slice(line.as_bytes());
     }
     (!out.is_empty()).then_some(out)
 }
@@ -55,19 +71,25 @@ pub fn adopt() {
     }
     let v = std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec();
     for e in v.split(|b| *b == b';') {
-        if let Some((fd, desc)) = parse(e)
-            && placeholder(fd)
-        {
-            table::insert(fd, std::sync::Arc::new(desc));
+        let Some((fds, desc)) = parse(e) else {
+            continue;
+        };
+        let desc = std::sync::Arc::new(desc);
+        for fd in fds.into_iter().filter(|fd| placeholder(*fd)) {
+            table::insert(fd, desc.clone());
             crate::stdio::standard_stream(fd);
         }
     }
 }
 
-fn parse(e: &[u8]) -> Option<(c_int, table::Desc)> {
+fn parse(e: &[u8]) -> Option<(Vec<c_int>, table::Desc)> {
     let s = std::str::from_utf8(e).ok()?;
     let mut it = s.splitn(5, ':');
-    let fd: c_int = it.next()?.parse().ok()?;
+    let fds = it
+        .next()?
+        .split(',')
+        .map(|f| f.parse().ok())
+        .collect::<Option<Vec<c_int>>>()?;
     let flags: c_int = it.next()?.parse().ok()?;
     let pos: u64 = it.next()?.parse().ok()?;
     let dir = it.next()? == "1";
@@ -79,7 +101,7 @@ fn parse(e: &[u8]) -> Option<(c_int, table::Desc)> {
         .chunks(2)
         .map(|c| u8::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
         .collect::<Option<Vec<u8>>>()?;
-    (path.first() == Some(&b'/')).then(|| (fd, table::Desc::inherited(path, flags, pos, dir)))
+    (path.first() == Some(&b'/')).then(|| (fds, table::Desc::inherited(path, flags, pos, dir)))
 }
 
 /// Whether `fd` is an `O_PATH` descriptor of `/dev/null` (one of our placeholders).
@@ -106,15 +128,18 @@ impl Env {
     fn new(envp: *const *const c_char) -> Option<Env> {
         let cwd = crate::cwd::env();
         let fds = inheritable();
-        if cwd.is_none() && fds.is_none() {
+        // Ours are always replaced: a stale value the shell kept (after a `cd` out of the
+        // mount) must not reach the program.
+        let ours: Vec<Vec<u8>> = [crate::cwd::ENV, FDS]
+            .iter()
+            .map(|k| [k.as_bytes(), b"="].concat())
+            .collect();
+        if cwd.is_none() && fds.is_none() && !has_any(envp, &ours) {
             return None;
         }
         let mut own = Vec::new();
-        let mut ours = Vec::new();
         for (k, v) in cwd.into_iter().chain(fds.map(|f| (FDS, f))) {
-            let prefix = [k.as_bytes(), b"="].concat();
-            own.push(CString::new([prefix.as_slice(), &v].concat()).ok()?);
-            ours.push(prefix);
+            own.push(CString::new([k.as_bytes(), b"=", &v].concat()).ok()?);
         }
         let mut i = 0;
         while !envp.is_null() {
@@ -134,6 +159,25 @@ impl Env {
         ptrs.push(std::ptr::null());
         Some(Env { _own: own, ptrs })
     }
+}
+
+/// Whether `envp` holds a variable starting with one of `prefixes`.
+fn has_any(envp: *const *const c_char, prefixes: &[Vec<u8>]) -> bool {
+    let mut i = 0;
+    while !envp.is_null() {
+        // SAFETY: a NULL-terminated array of C strings (execve's contract).
+        let e = unsafe { *envp.add(i) };
+        if e.is_null() {
+            return false;
+        }
+        // SAFETY: each entry is a NUL-terminated string.
+        let s = unsafe { CStr::from_ptr(e) }.to_bytes();
+        if prefixes.iter().any(|p| s.starts_with(p)) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// The environment to pass: ours if made, else the caller's.

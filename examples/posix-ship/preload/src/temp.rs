@@ -27,7 +27,10 @@ fn make(template: *mut c_char, suffix: c_int, flags: c_int) -> Option<c_int> {
     if &x[at..at + 6] != b"XXXXXX" {
         return Some(fail(libc::EINVAL));
     }
-    // The shipped path ends with the same bytes as the template.
+    // The shipped path must end with the template's `XXXXXX` and suffix, as given.
+    if !p.ends_with(&x[at..]) {
+        return Some(fail(libc::EINVAL));
+    }
     let tail = p.len() - (len - at);
     let flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
     for _ in 0..100 {
