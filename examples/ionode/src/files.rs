@@ -72,8 +72,9 @@ struct State {
     /// When the oldest buffered write came, and the newest.
     since: Option<Instant>,
     last: Option<Instant>,
-    /// A flush's failure, for the next fsync or close.
-    error: Option<i32>,
+    /// A flush's failure, for the next fsync or close of each handle that could have
+    /// written the lost bytes (the writers at the time), by token.
+    errors: Vec<(u64, i32)>,
     writers: Vec<Writer>,
     /// Since when its flushes fail for a transport reason (bytes kept and tried again
     /// with each flush, for [`RETRY_FOR`]).
@@ -88,6 +89,33 @@ struct State {
     last_read: u64,
     /// Bumped by every change, so that a fetch racing a write is not kept.
     generation: u64,
+}
+
+impl State {
+    /// Records `errno` for every handle that may write (each is told once).
+    fn fail(&mut self, errno: i32) {
+        record(
+            &mut self.errors,
+            self.writers.iter().map(|w| w.token),
+            errno,
+        );
+    }
+}
+
+/// `errno` owed to each of `tokens` (the latest failure replaces an untold one).
+fn record(errors: &mut Vec<(u64, i32)>, tokens: impl Iterator<Item = u64>, errno: i32) {
+    for t in tokens {
+        match errors.iter_mut().find(|(k, _)| *k == t) {
+            Some(e) => e.1 = errno,
+            None => errors.push((t, errno)),
+        }
+    }
+}
+
+/// Takes what is owed to `token`.
+fn owed(errors: &mut Vec<(u64, i32)>, token: u64) -> Option<i32> {
+    let i = errors.iter().position(|(t, _)| *t == token)?;
+    Some(errors.swap_remove(i).1)
 }
 
 /// Every shared file, and the write-behind memory of all of them.
@@ -309,7 +337,7 @@ impl Files {
         let Some(w) = via else {
             // Buffered bytes always have a writer: the last one flushes before it goes.
             tracing::error!(file = ?f.key, "buffered writes with no writer left; dropped");
-            lock(&f.state).error = Some(libc::EIO);
+            lock(&f.state).fail(libc::EIO);
             return false;
         };
         let mut failed = Vec::new();
@@ -337,7 +365,7 @@ impl Files {
         };
         Counters::add(&self.stats.deferred_errors, 1);
         let mut s = lock(&f.state);
-        s.error = Some(errno);
+        s.fail(errno);
         let failing = *s.failing_since.get_or_insert_with(Instant::now);
         if transient(errno) && failing.elapsed() > RETRY_FOR {
             tracing::error!(file = ?f.key, errno, "backend unreachable for {RETRY_FOR:?}: buffered writes dropped");
@@ -510,13 +538,16 @@ impl SharedFile {
     /// Drops writer `token`, and waits for a flush in progress (which may be writing
     /// through it) before the caller closes its backend handle.
     pub fn closed(&self, token: u64) {
-        lock(&self.state).writers.retain(|w| w.token != token);
+        let mut s = lock(&self.state);
+        s.writers.retain(|w| w.token != token);
+        s.errors.retain(|(t, _)| *t != token);
+        drop(s);
         drop(self.flushing.write().unwrap_or_else(|e| e.into_inner()));
     }
 
-    /// Takes the failure of an earlier flush, if any.
-    pub fn take_error(&self) -> Option<i32> {
-        lock(&self.state).error.take()
+    /// Takes the failure of an earlier flush that handle `token` has not been told of.
+    pub fn take_error(&self, token: u64) -> Option<i32> {
+        owed(&mut lock(&self.state).errors, token)
     }
 
     /// Forgets read-ahead data (the file changed behind the buffer).
@@ -529,4 +560,21 @@ impl SharedFile {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_writer_at_a_failure_is_told_once() {
+        let mut e = Vec::new();
+        record(&mut e, [1, 2].into_iter(), libc::ENOSPC);
+        assert_eq!(owed(&mut e, 1), Some(libc::ENOSPC));
+        assert_eq!(owed(&mut e, 1), None, "told once");
+        record(&mut e, [2, 3].into_iter(), libc::EIO);
+        assert_eq!(owed(&mut e, 2), Some(libc::EIO), "the latest");
+        assert_eq!(owed(&mut e, 3), Some(libc::EIO));
+        assert_eq!(owed(&mut e, 4), None, "not a writer then");
+    }
 }

@@ -220,6 +220,7 @@ impl Node {
 
     /// `release` but for the backend's close.
     fn detach(&self, h: &Handle) -> R<()> {
+        let mut error = None;
         if let Some(f) = &h.file
             && h.writable
         {
@@ -229,15 +230,14 @@ impl Node {
                 // (the error is this close's), so that memory and the journal are freed.
                 self.files.abandon(f, h.token);
             }
+            // Before `closed` forgets this handle's errors.
+            error = f.take_error(h.token);
             f.closed(h.token);
         }
         if h.wrote.load(std::sync::atomic::Ordering::Acquire) {
             self.attrs.changed(h.backend, &h.path);
         }
-        match h.file.as_ref().and_then(|f| f.take_error()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        error.map_or(Ok(()), Err)
     }
 
     /// `close`: answered once the file's buffered bytes are written (if this was its last
@@ -434,7 +434,7 @@ impl Node {
             self.flush(f);
         }
         let synced = self.on_fh(&h, FSYNC, |fh| (fh, data_only));
-        match h.file.as_ref().and_then(|f| f.take_error()) {
+        match h.file.as_ref().and_then(|f| f.take_error(h.token)) {
             Some(e) => Err(e),
             None => synced,
         }
