@@ -289,6 +289,10 @@ impl Files {
             let mut s = lock(&f.state);
             let before = s.extents.bytes();
             let writes = s.extents.drain_some(min, keep, MAX_MERGE);
+            if writes.is_empty() {
+                // Nothing large enough: the buffer, read-ahead data and counters stay.
+                return;
+            }
             let after = s.extents.bytes();
             // Records appended before now had their bytes buffered before now: in
             // `writes`, or written already.
@@ -308,9 +312,6 @@ impl Files {
             self.account(f, before, after);
             (writes, s.writers.first().cloned(), clean_from, drained)
         };
-        if writes.is_empty() {
-            return;
-        }
         let ok = self.write_through(f, writes, via);
         self.draining.fetch_sub(drained, Ordering::AcqRel);
         if let (true, Some(seq), Some(j)) = (ok, clean_from, &self.journal) {
@@ -377,28 +378,39 @@ impl Files {
             for (o, d) in failed.iter().chain(newer.iter()) {
                 s.extents.insert(*o, d);
             }
+            // Tried again whole once the file has been quiet for `flush_after`.
             s.since.get_or_insert_with(Instant::now);
+            s.last = Some(Instant::now());
             let after = s.extents.bytes();
             self.account(f, before, after);
         }
         false
     }
 
-    /// Files with buffered writes that are due: none came for `age` (writing has paused),
-    /// or the oldest is four times that old (writing goes on, but bytes must not wait for
-    /// ever), or memory is three quarters spent. Waiting for a pause lets the writes of
-    /// many clients fill the holes between each other's blocks before the flush.
-    pub fn due(&self, age: Duration) -> Vec<Arc<SharedFile>> {
+    /// Files with buffered writes that are due, and whether all their bytes are: all when
+    /// none came for `age` (writing has paused) or memory is three quarters spent; only
+    /// the large extents when the oldest byte is four times `age` old but writing goes on
+    /// (bytes must not wait for ever, but the holes between many clients' blocks are
+    /// still being filled: flushing them would cut the file into small writes).
+    pub fn due(&self, age: Duration) -> Vec<(Arc<SharedFile>, bool)> {
         let pressed = self.buffered.load(Ordering::Acquire) * 4 > self.budget * 3;
         self.all()
             .into_iter()
-            .filter(|f| {
+            .filter_map(|f| {
                 let s = lock(&f.state);
                 let idle = s.last.is_some_and(|t| t.elapsed() >= age);
                 let old = s.since.is_some_and(|t| t.elapsed() >= age * 4);
-                s.since.is_some() && (pressed || idle || old)
+                let all = s.since.is_some() && (pressed || idle);
+                let some = s.since.is_some() && old;
+                drop(s);
+                (all || some).then_some((f, all))
             })
             .collect()
+    }
+
+    /// Writes out `f`'s large extents only (see [`Files::due`]).
+    pub fn flush_large(&self, f: &SharedFile) {
+        self.write_out(f, RIPE, u64::MAX);
     }
 
     /// Fills `buf` from `f` at `off`: `fetch` reads the backend; buffered bytes are laid

@@ -238,12 +238,16 @@ impl IoNode {
                             .as_ref()
                             .is_some_and(|j| j.size() > node.cfg.journal_max);
                         let due = if full {
-                            node.files.all()
+                            node.files.all().into_iter().map(|f| (f, true)).collect()
                         } else {
                             node.files.due(node.cfg.flush_after)
                         };
-                        for f in due {
-                            node.flush(&f);
+                        for (f, all) in due {
+                            if all {
+                                node.flush(&f);
+                            } else {
+                                node.files.flush_large(&f);
+                            }
                         }
                     }
                 })?
