@@ -110,19 +110,6 @@ impl Journal {
         lock(&self.log).next_seq
     }
 
-    /// Appends a buffered write and returns once it is durable.
-    pub fn write(
-        &self,
-        key: Key,
-        path: &[u8],
-        user: Option<Principal>,
-        off: u64,
-        data: &[u8],
-    ) -> io::Result<()> {
-        let seq = self.append_write(key, path, user, off, data)?;
-        self.sync_to(seq)
-    }
-
     /// Appends a buffered write (durable once [`Journal::sync_to`] its number returns).
     pub fn append_write(
         &self,
@@ -352,9 +339,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ionode-journal-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let j = Journal::open(&dir, Arc::new(Counters::default())).unwrap();
-        j.write((0, 1, 2), b"/f", None, 0, b"abc").unwrap();
+        j.append_write((0, 1, 2), b"/f", None, 0, b"abc").unwrap();
         j.clean((0, 1, 2), 2).unwrap();
-        j.write((0, 1, 2), b"/f", None, 3, b"def").unwrap();
+        j.append_write((0, 1, 2), b"/f", None, 3, b"def").unwrap();
         j.sync().unwrap();
         let log = dir.join("journal.log");
         use std::os::unix::fs::PermissionsExt;

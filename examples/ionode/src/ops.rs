@@ -495,12 +495,24 @@ impl Node {
         a: ByteBuf,
         b: ByteBuf,
     ) -> R<()> {
+        self.on_pair(r, a, b, |fs, a, b| self.call(fs, rpc, (a, b)))
+    }
+
+    /// A call on two paths of one backend (`EXDEV` across backends); both forgotten by
+    /// the attribute cache after.
+    fn on_pair(
+        &self,
+        r: &Req,
+        a: ByteBuf,
+        b: ByteBuf,
+        call: impl FnOnce(&RemoteFs, ByteBuf, ByteBuf) -> R<()>,
+    ) -> R<()> {
         let (ba, fs, a) = self.route(r, &a)?;
         let (bb, _, b) = self.route(r, &b)?;
         if ba != bb {
             return Err(libc::EXDEV);
         }
-        let out = self.call(&fs, rpc, (a.clone(), b.clone()));
+        let out = call(&fs, a.clone(), b.clone());
         self.attrs.changed(ba, &a);
         self.attrs.changed(ba, &b);
         out
@@ -508,15 +520,7 @@ impl Node {
 
     /// `renameat2`: both paths on one backend, else `EXDEV`.
     pub(crate) fn rename2(&self, r: &Req, a: ByteBuf, b: ByteBuf, flags: u32) -> R<()> {
-        let (ba, fs, a) = self.route(r, &a)?;
-        let (bb, _, b) = self.route(r, &b)?;
-        if ba != bb {
-            return Err(libc::EXDEV);
-        }
-        let out = self.call(&fs, RENAME2, (a.clone(), b.clone(), flags));
-        self.attrs.changed(ba, &a);
-        self.attrs.changed(ba, &b);
-        out
+        self.on_pair(r, a, b, |fs, a, b| self.call(fs, RENAME2, (a, b, flags)))
     }
 
     pub(crate) fn readdir(&self, r: &Req, mut q: ReaddirReq) -> R<DirPage> {

@@ -302,6 +302,12 @@ fn cd_into_the_mount_then_relative_paths_work_in_shells_make_and_python() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A working directory entered through `..` is named without it.
+    let out = r.run(MOUNT, "sh", &["-c", "cd {}/proj/sub/.. && /bin/pwd"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{MOUNT}/proj\n")
+    );
 }
 
 #[test]

@@ -49,7 +49,7 @@ fn inherited() -> Option<Vec<u8>> {
     let rest = v.strip_prefix(cfg.mount.as_slice())?;
     match rest.first() {
         None => Some(b"/".to_vec()),
-        Some(b'/') => normalize(rest),
+        Some(b'/') => Some(clamped(rest)),
         Some(_) => None,
     }
 }
@@ -81,30 +81,6 @@ fn set(dir: Option<Vec<u8>>) {
     *c = Some(dir);
 }
 
-/// `path` (beneath the export, absolute) with `.` and `..` resolved; `None` if it
-/// climbs above the export's root.
-pub fn normalize(path: &[u8]) -> Option<Vec<u8>> {
-    let mut parts: Vec<&[u8]> = Vec::new();
-    for c in path.split(|b| *b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                parts.pop()?;
-            }
-            c => parts.push(c),
-        }
-    }
-    let mut out = Vec::with_capacity(path.len());
-    for p in parts {
-        out.push(b'/');
-        out.extend_from_slice(p);
-    }
-    if out.is_empty() {
-        out.push(b'/');
-    }
-    Some(out)
-}
-
 /// A relative path against the working directory inside the mount: the path beneath
 /// the export (`None`: the working directory is the kernel's). A `..` at the mount's root
 /// stays there, as in a chroot: a relative path never names a local file by accident.
@@ -115,8 +91,9 @@ pub fn resolve(rel: &[u8]) -> Option<Vec<u8>> {
     Some(clamped(&full))
 }
 
-/// `path` with `.` and `..` resolved, a `..` at the root staying there.
-fn clamped(path: &[u8]) -> Vec<u8> {
+/// `path` (beneath the export, absolute) with `.` and `..` resolved lexically, a `..`
+/// at the root staying there.
+pub fn clamped(path: &[u8]) -> Vec<u8> {
     let mut parts: Vec<&[u8]> = Vec::new();
     for c in path.split(|b| *b == b'/') {
         match c {
@@ -140,6 +117,7 @@ fn clamped(path: &[u8]) -> Vec<u8> {
 
 /// Makes `dir` (beneath the export) the working directory if it is one we may enter.
 fn enter(dir: Vec<u8>) -> c_int {
+    let dir = clamped(&dir);
     let a = match call(p::STAT, &(Target::Path(ByteBuf::from(dir.clone())), true)) {
         Ok(a) => a,
         Err(e) => return fail(e),
@@ -245,21 +223,15 @@ pub extern "C" fn get_current_dir_name() -> *mut c_char {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::clamped;
 
     #[test]
     fn dots_resolve_lexically_and_never_above_the_root() {
-        assert_eq!(normalize(b"/a/./b/../c/").unwrap(), b"/a/c");
-        assert_eq!(normalize(b"/").unwrap(), b"/");
-        assert_eq!(normalize(b"/a/..").unwrap(), b"/");
-        assert_eq!(normalize(b"/a/../.."), None);
-        assert_eq!(normalize(b"//x//y").unwrap(), b"/x/y");
-        assert_eq!(
-            super::clamped(b"/a/../../../etc"),
-            b"/etc",
-            "stays at the root"
-        );
-        assert_eq!(super::clamped(b"/a/./b/"), b"/a/b");
-        assert_eq!(super::clamped(b"/.."), b"/");
+        assert_eq!(clamped(b"/a/./b/../c/"), b"/a/c");
+        assert_eq!(clamped(b"/"), b"/");
+        assert_eq!(clamped(b"/a/.."), b"/");
+        assert_eq!(clamped(b"//x//y"), b"/x/y");
+        assert_eq!(clamped(b"/a/../../../etc"), b"/etc", "stays at the root");
+        assert_eq!(clamped(b"/.."), b"/");
     }
 }
