@@ -1,7 +1,7 @@
 //! Building and stopping an engine.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -176,6 +176,8 @@ impl EngineBuilder {
             pool,
             drive: Mutex::new(()),
             stopping: AtomicBool::new(false),
+            passes: AtomicU32::new(0),
+            drivers: AtomicU32::new(0),
             queued: Arc::new(Mutex::new(Budget::new(
                 per_peer - counted_from,
                 self.max_queued - counted_from,

@@ -30,7 +30,10 @@ struct Op {
 impl Op {
     fn wait(&self) -> Option<Answer> {
         match self.shared.mode {
-            ProgressMode::Thread => crate::pool::waiting(|| self.slot.wait()),
+            ProgressMode::Thread => crate::pool::waiting(|| {
+                self.shared.drive_for(|| self.slot.is_done());
+                self.slot.wait()
+            }),
             ProgressMode::Manual | ProgressMode::BusyPoll => loop {
                 if let Some(a) = self.slot.try_take() {
                     break Some(a);

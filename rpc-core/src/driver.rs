@@ -3,7 +3,7 @@
 //! completed calls and dispatched requests.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,21 @@ pub(crate) struct Calls {
     pub(crate) ops: HashMap<OpId, u64>,
     /// When the progress thread will wake by itself; a call due earlier wakes it.
     pub(crate) armed: Option<Instant>,
+    /// Whether the progress thread sleeps (or is about to) with `armed`: a spinning one
+    /// sees new deadlines by itself and is not woken.
+    pub(crate) asleep: bool,
 }
+
+impl Calls {
+    /// Whether an entry due at `due` must wake the progress thread.
+    fn must_wake(&self, due: Option<Instant>) -> bool {
+        self.asleep && due.is_some_and(|d| self.armed.is_none_or(|a| d < a))
+    }
+}
+
+/// A spinning pass reads the clock for expired deadlines once in this many passes
+/// (reading it costs about as much as an empty poll).
+const TIMER_EVERY: u32 = 64;
 
 pub(crate) struct Registered {
     pub(crate) name: &'static str,
@@ -74,6 +88,10 @@ pub(crate) struct Shared {
     pub(crate) pool: Pool,
     pub(crate) drive: Mutex<()>,
     pub(crate) stopping: AtomicBool,
+    /// Spinning passes, for [`TIMER_EVERY`]; also the heartbeat of driving callers.
+    pub(crate) passes: AtomicU32,
+    /// Callers driving progress while they wait (thread mode, see [`Shared::drive_for`]).
+    pub(crate) drivers: AtomicU32,
     /// Requests queued for workers past the first `queue_counted_from`, per peer and in
     /// total (see the builder).
     pub(crate) queued: Arc<Mutex<Budget>>,
@@ -159,7 +177,7 @@ impl Shared {
             let mut c = lock(&self.calls);
             let tag = c.table.insert(now, timeout, phase, entry);
             let due = timeout.and_then(|t| now.checked_add(t));
-            (tag, due.is_some_and(|d| c.armed.is_none_or(|a| d < a)))
+            (tag, c.must_wake(due))
         };
         if wake && self.mode == ProgressMode::Thread {
             self.plugin.wake();
@@ -206,7 +224,7 @@ impl Shared {
             }
             c.ops.insert(recv, tag);
         }
-        self.plugin.send_unexpected(peer, tag, msg)?;
+        self.plugin.send_quiet(peer, false, tag, msg)?;
         Ok(())
     }
 
@@ -264,7 +282,7 @@ impl Shared {
         let wake = {
             let mut c = lock(&self.calls);
             let due = now.checked_add(t);
-            c.table.set_deadline(tag, due) && due.is_some_and(|d| c.armed.is_none_or(|a| d < a))
+            c.table.set_deadline(tag, due) && c.must_wake(due)
         };
         if wake && self.mode == ProgressMode::Thread {
             self.plugin.wake();
@@ -437,19 +455,46 @@ impl Shared {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            // A caller that started driving before this lock was taken is not left
+            // waiting behind a sleeping poll (it checks `asleep` under the same lock).
+            let wait = if self.drivers.load(Ordering::SeqCst) > 0 {
+                Some(Duration::ZERO)
+            } else {
+                wait
+            };
             c.armed = wait.and_then(|w| now.checked_add(w));
+            c.asleep = true;
             wait
         };
-        self.plugin.progress(wait)?;
+        let r = self.plugin.progress(wait);
+        lock(&self.calls).asleep = false;
+        r?;
         Ok(())
     }
 
     /// Handles queued events and expired deadlines; returns how many events it handled.
     pub(crate) fn trigger(self: &Arc<Self>) -> usize {
+        self.trigger_pass(false)
+    }
+
+    /// As [`Shared::trigger`]; a `spinning` pass looks for expired deadlines only once in
+    /// [`TIMER_EVERY`] passes.
+    fn trigger_pass(self: &Arc<Self>, spinning: bool) -> usize {
         let mut n = 0;
-        while let Some(ev) = self.plugin.poll_event() {
-            self.on_event(ev);
-            n += 1;
+        loop {
+            let got = self.plugin.poll_events(&mut |ev| self.on_event(ev));
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
+        if spinning
+            && !self
+                .passes
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(TIMER_EVERY)
+        {
+            return n;
         }
         let now = Instant::now();
         let expired = {
@@ -473,7 +518,8 @@ impl Shared {
             std::thread::yield_now();
             return;
         };
-        let t = if self.mode == ProgressMode::BusyPoll {
+        let busy = self.mode == ProgressMode::BusyPoll;
+        let t = if busy {
             Duration::ZERO
         } else {
             Duration::from_millis(1)
@@ -481,7 +527,43 @@ impl Shared {
         if let Err(e) = self.progress(Some(t)) {
             tracing::warn!(error = %e, "progress failed");
         }
-        self.trigger();
+        self.trigger_pass(busy);
+    }
+}
+
+impl Shared {
+    /// Thread mode: a caller about to wait drives progress itself for up to the spin
+    /// window, or until `done`, so that the answer to a small call completes on the
+    /// caller's own thread (no hand-off, no sleeping thread to wake); the progress thread
+    /// stands aside meanwhile ([`progress_loop`]). One caller drives at a time; others
+    /// watch their own flag.
+    pub(crate) fn drive_for(self: &Arc<Self>, done: impl Fn() -> bool) {
+        if self.spin.is_zero() || done() {
+            return;
+        }
+        self.drivers.fetch_add(1, Ordering::SeqCst);
+        // A progress thread asleep in the transport's poll would hold it: wake it once.
+        if lock(&self.calls).asleep {
+            self.plugin.wake();
+        }
+        let start = Instant::now();
+        let mut n = 0u32;
+        while !done() {
+            match self.drive.try_lock() {
+                Ok(_g) => {
+                    if let Err(e) = self.plugin.progress(Some(Duration::ZERO)) {
+                        tracing::warn!(error = %e, "progress failed");
+                    }
+                    self.trigger_pass(true);
+                }
+                Err(_) => std::hint::spin_loop(),
+            }
+            n = n.wrapping_add(1);
+            if n.is_multiple_of(64) && start.elapsed() >= self.spin {
+                break;
+            }
+        }
+        self.drivers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -494,13 +576,24 @@ pub(crate) fn detach(c: &mut Calls, e: &CallEntry) {
 
 pub(crate) fn progress_loop(shared: &Arc<Shared>) {
     let mut last_event: Option<Instant> = None;
+    let mut heartbeat = u32::MAX;
     while !shared.stopping.load(Ordering::Acquire) {
+        if shared.drivers.load(Ordering::SeqCst) > 0 {
+            // A waiting caller drives: stand aside while its passes go on. One that stops
+            // passing (a handler it runs inline is waiting) is not waited for.
+            let beat = shared.passes.load(Ordering::Relaxed);
+            if beat != heartbeat {
+                heartbeat = beat;
+                std::thread::sleep(Duration::from_micros(20));
+                continue;
+            }
+        }
         let spinning = last_event.is_some_and(|t| t.elapsed() < shared.spin);
         if let Err(e) = shared.progress(if spinning { Some(Duration::ZERO) } else { None }) {
             tracing::error!(error = %e, "progress failed");
             std::thread::sleep(Duration::from_millis(10));
         }
-        if shared.trigger() > 0 {
+        if shared.trigger_pass(spinning) > 0 {
             last_event = Some(Instant::now());
         } else if spinning {
             // Let a runnable caller or handler have this core between empty polls.

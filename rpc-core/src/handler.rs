@@ -52,7 +52,7 @@ impl ReplyTo {
                 } else {
                     msg
                 };
-                match shared.plugin.send_expected(peer, tag, msg) {
+                match shared.plugin.send_quiet(peer, true, tag, msg) {
                     Ok(_) => {
                         Counters::add(&shared.counters.responses_sent, 1);
                         Counters::add(&shared.counters.bytes_sent, n);

@@ -1,10 +1,15 @@
 //! The completion slot between the thread that finishes a call (progress thread, handler,
 //! timeout, cancel) and the caller (blocking `wait`, a future, or a spinning waiter).
 //! The first completion wins; later ones are refused and reported.
+//!
+//! Cost on the hot path: a waiter that polls (busy and manual modes, a spinning `wait`)
+//! reads one atomic flag until it is set, and takes the lock once to take the value; the
+//! completer takes the lock once and calls into the kernel only when a waiter is asleep
+//! (the count of sleepers lives under the lock, so a waiter cannot fall asleep unseen).
 
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::{Condvar, Mutex};
+use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
 
 enum State<T> {
     Pending(Option<Waker>),
@@ -12,17 +17,29 @@ enum State<T> {
     Taken,
 }
 
+struct Inner<T> {
+    state: State<T>,
+    /// Threads blocked in [`Slot::wait`] (changed and read only under the lock).
+    sleepers: u32,
+}
+
 /// A one-shot result cell.
 pub struct Slot<T> {
-    state: Mutex<State<T>>,
+    inner: Mutex<Inner<T>>,
     cv: Condvar,
+    /// Set, under the lock, once the state left `Pending`: read without the lock.
+    done: AtomicBool,
 }
 
 impl<T> Default for Slot<T> {
     fn default() -> Self {
         Slot {
-            state: Mutex::new(State::Pending(None)),
+            inner: Mutex::new(Inner {
+                state: State::Pending(None),
+                sleepers: 0,
+            }),
             cv: Condvar::new(),
+            done: AtomicBool::new(false),
         }
     }
 }
@@ -31,14 +48,18 @@ impl<T> Slot<T> {
     /// Stores the result unless one is there already; wakes the waiter. Returns whether
     /// this call completed the slot.
     pub fn complete(&self, value: T) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let waker = match &mut *s {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let waker = match &mut g.state {
             State::Pending(w) => w.take(),
             _ => return false,
         };
-        *s = State::Ready(value);
-        drop(s);
-        self.cv.notify_all();
+        g.state = State::Ready(value);
+        self.done.store(true, Ordering::Release);
+        let sleepers = g.sleepers;
+        drop(g);
+        if sleepers > 0 {
+            self.cv.notify_all();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -47,16 +68,16 @@ impl<T> Slot<T> {
 
     /// Whether a result is waiting or was taken.
     pub fn is_done(&self) -> bool {
-        !matches!(
-            *self.state.lock().unwrap_or_else(|e| e.into_inner()),
-            State::Pending(_)
-        )
+        self.done.load(Ordering::Acquire)
     }
 
     /// Takes the result if it is there.
     pub fn try_take(&self) -> Option<T> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        Self::take_ready(&mut s)
+        if !self.is_done() {
+            return None;
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Self::take_ready(&mut g.state)
     }
 
     fn take_ready(s: &mut State<T>) -> Option<T> {
@@ -72,11 +93,15 @@ impl<T> Slot<T> {
     /// Blocks until the result is there and takes it. Returns `None` if it was taken
     /// already.
     pub fn wait(&self) -> Option<T> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            match &*s {
-                State::Pending(_) => s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner()),
-                State::Ready(_) => return Self::take_ready(&mut s),
+            match &g.state {
+                State::Pending(_) => {
+                    g.sleepers += 1;
+                    g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                    g.sleepers -= 1;
+                }
+                State::Ready(_) => return Self::take_ready(&mut g.state),
                 State::Taken => return None,
             }
         }
@@ -84,15 +109,15 @@ impl<T> Slot<T> {
 
     /// Future-style poll: takes the result, or records the waker.
     pub fn poll(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut *s {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut g.state {
             State::Pending(w) => {
                 if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     *w = Some(cx.waker().clone());
                 }
                 Poll::Pending
             }
-            State::Ready(_) => Poll::Ready(Self::take_ready(&mut s)),
+            State::Ready(_) => Poll::Ready(Self::take_ready(&mut g.state)),
             State::Taken => Poll::Ready(None),
         }
     }

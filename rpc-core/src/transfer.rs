@@ -417,7 +417,7 @@ impl Shared {
             rpc_id: release,
         }
         .write(&mut m);
-        if let Err(e) = self.plugin.send_unexpected(server, 0, m) {
+        if let Err(e) = self.plugin.send_quiet(server, false, 0, m) {
             tracing::debug!(error = %e, release, "release not sent; the server frees it at its deadline");
         }
     }

@@ -75,6 +75,18 @@ pub trait Plugin: Send + Sync + 'static {
     /// Sends an expected message (an answer) to `peer`, matched there by `tag`.
     fn send_expected(&self, peer: PeerId, tag: u64, data: Vec<u8>) -> NaResult<OpId>;
 
+    /// Sends a message nobody waits on: an answer (`expected`) or a request whose answer
+    /// is awaited by a posted receive. No [`OpId`], no [`Event::Done`]: a message that
+    /// cannot be delivered surfaces as the loss of `peer` (which fails its receives).
+    /// Plugins may keep the default, a tracked send whose event the engine ignores.
+    fn send_quiet(&self, peer: PeerId, expected: bool, tag: u64, data: Vec<u8>) -> NaResult<()> {
+        match expected {
+            true => self.send_expected(peer, tag, data),
+            false => self.send_unexpected(peer, tag, data),
+        }
+        .map(drop)
+    }
+
     /// Posts a receive for the expected message with `tag` from `peer`.
     fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId>;
 
@@ -120,6 +132,18 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Takes the next queued event.
     fn poll_event(&self) -> Option<Event>;
+
+    /// Hands queued events to `f` in one batch (a plugin takes its queue's lock once, not
+    /// once per event); events that `f` causes may wait for the next call. Returns how
+    /// many it handed.
+    fn poll_events(&self, f: &mut dyn FnMut(Event)) -> usize {
+        let mut n = 0;
+        while let Some(ev) = self.poll_event() {
+            f(ev);
+            n += 1;
+        }
+        n
+    }
 
     /// Completes a pending operation with [`NaError::Canceled`]. Returns false when the
     /// operation had already completed (its event is then the real outcome).

@@ -68,7 +68,7 @@ impl StreamPlugin {
 
     /// Goes on reading connections that still had data when their budget ran out.
     pub(crate) fn read_leftovers(&self) {
-        let peers: Vec<PeerId> = lock(&self.unread).drain().collect();
+        let peers = self.unread.take();
         for p in peers {
             if let Ok(conn) = self.conn(p) {
                 self.read_or_close(&conn);
@@ -119,7 +119,7 @@ impl StreamPlugin {
                 return Ok(());
             }
             if budget == 0 || rs.copies.len() >= MAX_COPIES_QUEUED {
-                lock(&self.unread).insert(conn.peer);
+                self.unread.insert(conn.peer);
                 return Ok(());
             }
             if rs.direct.is_some() {
@@ -153,7 +153,7 @@ impl StreamPlugin {
                         // Most likely drained: deliver what we have now, and make the read
                         // that confirms it (edge-triggered epoll needs one) on the next
                         // progress call, off the latency path.
-                        lock(&self.unread).insert(conn.peer);
+                        self.unread.insert(conn.peer);
                         return Ok(());
                     }
                 }

@@ -86,7 +86,7 @@ impl StreamPlugin {
             });
             match r {
                 Ok(()) => {
-                    lock(&self.unread).insert(conn.peer);
+                    self.unread.insert(conn.peer);
                 }
                 Err(e) => self.close_conn(conn.peer, e),
             }

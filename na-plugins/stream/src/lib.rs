@@ -19,6 +19,7 @@ mod landing;
 mod mr;
 mod munge;
 mod ops;
+mod queues;
 mod single;
 mod users;
 mod verify;
@@ -27,7 +28,7 @@ mod wire;
 pub use conn::Backlog;
 pub use wire::{Connector, CopyDir, RawPiece, Wire};
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -100,9 +101,9 @@ pub struct StreamPlugin {
     next_peer: AtomicU64,
     ops: Mutex<Ops>,
     mem: MemTable,
-    events: Mutex<VecDeque<Event>>,
+    events: queues::EventQueue,
     /// Connections with data left unread when their read budget ran out.
-    unread: Mutex<HashSet<PeerId>>,
+    unread: queues::PeerSet,
     /// Zero-timeout progress calls, to ask the kernel only now and then (memory polling).
     spins: AtomicU64,
     /// Memory held by answers queued on all connections.
@@ -149,8 +150,8 @@ impl StreamPlugin {
             next_peer: AtomicU64::new(FIRST_PEER),
             ops: Mutex::new(Ops::default()),
             mem: MemTable::default(),
-            events: Mutex::new(VecDeque::new()),
-            unread: Mutex::new(HashSet::new()),
+            events: queues::EventQueue::default(),
+            unread: queues::PeerSet::default(),
             spins: AtomicU64::new(0),
             backlog: Arc::default(),
             gone: Mutex::new(VecDeque::new()),
@@ -246,11 +247,7 @@ impl StreamPlugin {
     }
 
     fn push_events(&self, evs: impl IntoIterator<Item = Event>, wake: bool) {
-        let mut q = lock(&self.events);
-        let before = q.len();
-        q.extend(evs);
-        if wake && q.len() > before {
-            drop(q);
+        if self.events.extend(evs) && wake {
             let _ = self.waker.wake();
         }
     }
@@ -260,7 +257,7 @@ impl StreamPlugin {
     fn after_flush(&self, conn: &Conn, f: Flushed) {
         if conn.take_resume(&self.cfg.backlog) {
             tracing::debug!(peer = conn.peer.0, "backlog written: reading again");
-            lock(&self.unread).insert(conn.peer);
+            self.unread.insert(conn.peer);
             let _ = self.waker.wake();
         }
         self.complete_sends(f.done);
@@ -280,13 +277,7 @@ impl StreamPlugin {
     }
 
     fn post_message(&self, peer: PeerId, kind: Kind, tag: u64, data: Vec<u8>) -> NaResult<OpId> {
-        if data.len() > self.cfg.max_eager {
-            return Err(NaError::InvalidArgument(format!(
-                "message of {} bytes exceeds the eager limit of {}",
-                data.len(),
-                self.cfg.max_eager
-            )));
-        }
+        self.check_eager(data.len())?;
         let conn = self.conn(peer)?;
         let op = lock(&self.ops).add_send(peer);
         match conn.send(OutFrame::new(kind, tag, data, Some(op)), &self.mem) {
@@ -294,6 +285,29 @@ impl StreamPlugin {
             Err(_) => self.fail_op(op, NaError::Disconnected("connection closed".into())),
         }
         Ok(op)
+    }
+
+    /// As `post_message`, with no op to complete: the fast path of a plain send (one
+    /// lookup of the connection and its write lock).
+    fn post_quiet(&self, peer: PeerId, kind: Kind, tag: u64, data: Vec<u8>) -> NaResult<()> {
+        self.check_eager(data.len())?;
+        let conn = self.conn(peer)?;
+        match conn.send(OutFrame::new(kind, tag, data, None), &self.mem) {
+            Ok(f) => self.after_flush(&conn, f),
+            // The connection is closing: its loss is reported, its receives fail.
+            Err(_) => tracing::debug!(peer = peer.0, "quiet send on a closing connection"),
+        }
+        Ok(())
+    }
+
+    fn check_eager(&self, len: usize) -> NaResult<()> {
+        if len > self.cfg.max_eager {
+            return Err(NaError::InvalidArgument(format!(
+                "message of {len} bytes exceeds the eager limit of {}",
+                self.cfg.max_eager
+            )));
+        }
+        Ok(())
     }
 
     fn fail_op(&self, op: OpId, e: NaError) {
@@ -480,9 +494,24 @@ impl Plugin for StreamPlugin {
         self.post_message(peer, Kind::Expected, tag, data)
     }
 
+    fn send_quiet(&self, peer: PeerId, expected: bool, tag: u64, data: Vec<u8>) -> NaResult<()> {
+        let kind = match expected {
+            true => Kind::Expected,
+            false => Kind::Unexpected,
+        };
+        self.post_quiet(peer, kind, tag, data)
+    }
+
     fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId> {
         self.conn(peer)?;
-        lock(&self.ops).add_recv(peer, tag)
+        let op = lock(&self.ops).add_recv(peer, tag)?;
+        // A connection closed between the look and the post failed its receives before
+        // this one was there (close_conn forgets the connection first): fail it here.
+        if let Err(e) = self.conn(peer) {
+            lock(&self.ops).complete(op, Err(e.clone()));
+            return Err(e);
+        }
+        Ok(op)
     }
 
     unsafe fn register(&self, segments: &[Segment], access: Access) -> NaResult<MemHandle> {
@@ -528,7 +557,7 @@ impl Plugin for StreamPlugin {
     }
 
     fn progress(&self, timeout: Option<Duration>) -> NaResult<()> {
-        let busy = !lock(&self.events).is_empty() || !lock(&self.unread).is_empty();
+        let busy = !self.events.is_empty() || !self.unread.is_empty();
         let mut timeout = if busy { Some(Duration::ZERO) } else { timeout };
         if self.net.polls_memory() {
             let found = self.poll_memory();
@@ -563,7 +592,11 @@ impl Plugin for StreamPlugin {
     }
 
     fn poll_event(&self) -> Option<Event> {
-        lock(&self.events).pop_front()
+        self.events.pop()
+    }
+
+    fn poll_events(&self, f: &mut dyn FnMut(Event)) -> usize {
+        self.events.drain(f)
     }
 
     fn cancel(&self, op: OpId) -> bool {

@@ -63,7 +63,7 @@ impl StreamPlugin {
             answers.push(OutFrame::new(kind, h.tag, vec![st as u8], None));
         }
         if !rs.copies.is_empty() {
-            lock(&self.unread).insert(conn.peer);
+            self.unread.insert(conn.peer);
         }
         if !answers.is_empty() {
             self.queue_frames(conn, answers);
