@@ -176,7 +176,13 @@ pub(crate) struct State {
     /// Every context posted and not yet completed (freed on drop).
     pub(crate) live: HashSet<usize>,
     pub(crate) stats: OfiStats,
+    /// Expected-receive buffers (`max_eager` bytes each) ready for reuse: zeroed once,
+    /// not per receive.
+    pub(crate) recv_bufs: Vec<Vec<u8>>,
 }
+
+/// Receive buffers kept for reuse (the rest are freed).
+pub(crate) const RECV_BUFS_KEPT: usize = 64;
 
 impl Drop for State {
     fn drop(&mut self) {
@@ -216,6 +222,8 @@ pub struct OfiPlugin {
     /// Without a wait object: how long the next idle poll sleeps (ns); short after
     /// activity, doubling to [`crate::progress::IDLE_POLL`] while nothing comes.
     pub(crate) poll_backoff: AtomicU64,
+    /// Zero-timeout progress calls, to check liveness only now and then.
+    pub(crate) spins: AtomicU64,
     pub(crate) next_op: AtomicU64,
     pub(crate) cfg: OfiConfig,
     pub(crate) provider: &'static Provider,
@@ -352,6 +360,7 @@ impl OfiPlugin {
                 rma_inflight: 0,
                 live: HashSet::new(),
                 stats: OfiStats::default(),
+                recv_bufs: Vec::new(),
             }),
             av,
             cq,
@@ -367,6 +376,7 @@ impl OfiPlugin {
             pumping: std::sync::atomic::AtomicBool::new(false),
             queued: std::sync::atomic::AtomicBool::new(false),
             poll_backoff: AtomicU64::new(0),
+            spins: AtomicU64::new(0),
             next_op: AtomicU64::new(1),
             cfg,
             provider: prov,
@@ -700,7 +710,11 @@ impl Plugin for OfiPlugin {
             let mut s = lock(&self.state);
             self.fi_addr(&s, peer)?;
             let id = self.new_op(&mut s, peer, OpKind::Recv, 1);
-            let ctx = Ctx::new(What::Op(id), vec![0u8; self.max_eager]);
+            let buf = s.recv_bufs.pop();
+            let ctx = Ctx::new(
+                What::Op(id),
+                buf.unwrap_or_else(|| vec![0u8; self.max_eager]),
+            );
             s.live.insert(ctx as usize);
             if let Some(op) = s.ops.get_mut(&id) {
                 op.ctxs.push(ctx as usize);
@@ -776,6 +790,13 @@ impl Plugin for OfiPlugin {
 
     fn poll_event(&self) -> Option<Event> {
         lock(&self.events).pop_front()
+    }
+
+    fn poll_events(&self, f: &mut dyn FnMut(Event)) -> usize {
+        let batch = std::mem::take(&mut *lock(&self.events));
+        let n = batch.len();
+        batch.into_iter().for_each(f);
+        n
     }
 
     fn cancel(&self, op: OpId) -> bool {

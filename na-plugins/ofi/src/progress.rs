@@ -2,13 +2,14 @@
 //! liveness probes, sleeping on the queue's wait fd, and cancellation.
 
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use libfabric_sys as fi;
 use na::{Event, NaError, NaResult, PeerId};
 
 use crate::fabric;
-use crate::plugin::{Ctx, OfiPlugin, OpKind, Peer, State, What, lock};
+use crate::plugin::{Ctx, OfiPlugin, OpKind, Peer, RECV_BUFS_KEPT, State, What, lock};
 use crate::provider::DeathCheck;
 use crate::wire::{self, Kind, UNEXPECTED};
 
@@ -25,6 +26,9 @@ const BATCH: usize = 32;
 
 /// The longest a due liveness action waits for the rate limit of the check.
 const LIVENESS_TICK: Duration = Duration::from_millis(20);
+
+/// A spinning progress pass looks at liveness (and the clock) once in this many.
+const LIVENESS_EVERY: u64 = 64;
 
 /// How long transfers to a lost peer may take to come back from the provider before they
 /// are completed with the error regardless (`shm` never returns a transfer whose target
@@ -109,14 +113,9 @@ impl OfiPlugin {
         };
         match owned.what {
             What::Op(id) => {
-                // The buffer becomes the message if this is a receive (decided under the
-                // one lock `finish_part` takes).
-                let mut b = owned.buf;
-                let r = r.map(|(len, _)| {
-                    b.truncate(len);
-                    len
-                });
-                self.finish_part(id, r, b);
+                // The message is copied out of the buffer if this is a receive (decided
+                // under the one lock `finish_part` takes).
+                self.finish_part(id, r.map(|(len, _)| len), owned.buf);
             }
             What::Rma(id, len) => {
                 let mut st = lock(&self.state);
@@ -146,9 +145,9 @@ impl OfiPlugin {
         let Some(op) = s.ops.get_mut(&id) else { return };
         op.parts = op.parts.saturating_sub(1);
         match r {
-            Ok(_) => {
+            Ok(len) => {
                 if op.kind == OpKind::Recv {
-                    op.data = data;
+                    op.data = data.get(..len).unwrap_or(&data).to_vec();
                 }
             }
             Err(e) => {
@@ -166,8 +165,12 @@ impl OfiPlugin {
             }
         }
         let peer = op.peer;
-        if op.kind == OpKind::Recv && op.error.is_none() {
+        let recv = op.kind == OpKind::Recv;
+        if recv && op.error.is_none() {
             heard_from(&mut s, peer);
+        }
+        if recv && data.len() == self.max_eager && s.recv_bufs.len() < RECV_BUFS_KEPT {
+            s.recv_bufs.push(data);
         }
         self.finish_if_done(&mut s, id);
         drop(s);
@@ -452,10 +455,8 @@ impl OfiPlugin {
     /// Marks activity: the next idle polls (without a wait object) come soon after.
     pub(crate) fn active(&self) {
         if self.wait_fd.is_none() {
-            self.poll_backoff.store(
-                FIRST_IDLE_POLL.as_nanos() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            self.poll_backoff
+                .store(FIRST_IDLE_POLL.as_nanos() as u64, Relaxed);
         }
     }
 
@@ -464,7 +465,6 @@ impl OfiPlugin {
     /// an RMA): the provider moves a peer's small transfers into our memory only while we
     /// poll, and nothing tells us they come.
     fn backoff(&self) -> Duration {
-        use std::sync::atomic::Ordering::Relaxed;
         let busy = !lock(&self.state).ops.is_empty();
         let cap = if busy { BUSY_POLL } else { IDLE_POLL }.as_nanos() as u64;
         let cur = self
@@ -477,6 +477,18 @@ impl OfiPlugin {
 
     /// The body of `Plugin::progress`.
     pub(crate) fn drive(&self, timeout: Option<Duration>) -> NaResult<()> {
+        if timeout == Some(Duration::ZERO) {
+            // A spinning pass: the clock (for liveness) only once in a while.
+            self.poll_cq(false);
+            if self
+                .spins
+                .fetch_add(1, Relaxed)
+                .is_multiple_of(LIVENESS_EVERY)
+            {
+                self.liveness_tick(Instant::now());
+            }
+            return Ok(());
+        }
         let end = timeout.map(|t| Instant::now() + t);
         loop {
             self.poll_cq(false);
