@@ -20,9 +20,11 @@ pub mod extents;
 mod files;
 pub mod journal;
 mod kept;
+mod meta;
 mod node;
 mod ops;
 pub mod routes;
+mod serve;
 pub mod stats;
 
 pub use node::{IoNode, NodeConfig};

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use posix_ship::client::{ClientOptions, DEFAULT_INLINE_MAX, RemoteFs};
 use posix_ship::proto::*;
-use posix_ship::server::clients::{Clients, Limits};
-use rpc_core::{Auth, Caller, Engine, Responder, Rpc, RpcError};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use posix_ship::server::Service;
+use posix_ship::server::clients::Limits;
+use rpc_core::{Auth, Engine, RpcError};
 
 use crate::files::{Files, SharedFile};
 use crate::routes::{self, Routes};
@@ -92,17 +91,14 @@ pub(crate) struct Handle {
     pub seq: Mutex<(u64, usize)>,
 }
 
-/// Who asked: the connection, its verified identity, bulk access to its memory.
+/// For whom a call is made: the client's verified identity (passed on to the backend).
 pub(crate) struct Req {
-    pub peer: u64,
     pub user: Option<Principal>,
-    pub caller: Caller,
 }
 
 pub(crate) struct Node {
     pub backends: Vec<RemoteFs>,
     pub routes: Routes,
-    pub clients: Clients<Handle>,
     pub files: Files,
     pub stats: Arc<Counters>,
     pub cfg: NodeConfig,
@@ -116,12 +112,13 @@ pub(crate) enum Behind {
     /// Let a closed handle go at the backend.
     Close(Arc<Handle>),
     /// A client is gone: close what it held (flushing, calling the backend).
-    Lost(u64),
+    Lost(Vec<Arc<Handle>>),
 }
 
 /// A running I/O node.
 pub struct IoNode {
     engine: Engine,
+    service: Arc<Service<Node>>,
     node: Arc<Node>,
     stop: Arc<AtomicBool>,
     flusher: Option<JoinHandle<()>>,
@@ -189,7 +186,6 @@ impl IoNode {
             closer: Mutex::new(closer),
             backends,
             routes,
-            clients: Clients::new(cfg.limits),
             files: Files::new(
                 cfg.write_behind,
                 cfg.readahead_total,
@@ -211,19 +207,14 @@ impl IoNode {
                                 tracing::debug!(errno = e, "closing a backend handle");
                             }
                         }
-                        Behind::Lost(peer) => n.lost(peer),
+                        Behind::Lost(files) => n.lost(files),
                     }
                 }
             })?;
-        let n = Arc::downgrade(&node);
-        engine.on_peer_lost(move |p| {
-            // Closing flushes and calls the backend: not on the progress thread, and not
-            // on a thread per lost client (a peer connecting and leaving in a loop).
-            if let Some(n) = n.upgrade() {
-                let _ = lock(&n.closer).send(Behind::Lost(p.0));
-            }
-        });
-        register(&engine, &node).map_err(other)?;
+        // Forwarded calls (an I/O node in front of this one) are not served: none trusted.
+        let service =
+            Service::register(&engine, node.clone(), cfg.limits, Vec::new()).map_err(other)?;
+        register_stats(&engine, &service).map_err(other)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flusher = {
             let (node, stop) = (node.clone(), stop.clone());
@@ -255,6 +246,7 @@ impl IoNode {
         tracing::info!(addr = %engine.self_addr(), backends = ?cfg.backends, "I/O node serving");
         Ok(IoNode {
             engine,
+            service,
             node,
             stop,
             flusher: Some(flusher),
@@ -268,7 +260,7 @@ impl IoNode {
 
     /// The counters.
     pub fn stats(&self) -> NodeStats {
-        self.node.stats.snapshot()
+        snapshot(&self.service)
     }
 
     /// Serves until SIGINT or SIGTERM, then stops after flushing.
@@ -302,105 +294,15 @@ impl Drop for IoNode {
     }
 }
 
-/// Registers `rpc` with a body that gets the caller ([`Req`]) and answers its `errno`.
-fn serve<In, Out, F>(
-    e: &Engine,
-    node: &Arc<Node>,
-    rpc: Rpc<In, Reply<Out>>,
-    f: F,
-) -> Result<(), RpcError>
-where
-    In: DeserializeOwned + 'static,
-    Out: Serialize + 'static,
-    F: Fn(&Node, &Req, In) -> Result<Out, i32> + Send + Sync + 'static,
-{
-    let node = node.clone();
-    let name = rpc.name();
-    e.register_responder(rpc, move |input: In, r: Responder<Reply<Out>>| {
-        let stats = &node.stats;
-        stats.request_in(name);
-        Counters::add(&stats.in_flight, 1);
-        let req = Req {
-            peer: r.peer().map_or(u64::MAX, |p| p.0),
-            user: r.identity().map(|i| Principal {
-                uid: i.uid,
-                gid: i.gid,
-                groups: i.groups,
-            }),
-            caller: r.caller(),
-        };
-        let out = match node
-            .clients
-            .admit(req.peer, req.user.as_ref().map(|u| u.uid))
-        {
-            Ok(_admitted) => f(&node, &req, input),
-            Err(e) => Err(e.raw_os_error()),
-        };
-        r.respond(&out);
-        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-    })
+/// The node's own counters ([`STATS`]), with the service's handles and refusals.
+fn register_stats(e: &Engine, s: &Arc<Service<Node>>) -> Result<(), RpcError> {
+    let s = s.clone();
+    e.register_infallible(STATS, move |()| snapshot(&s))
 }
 
-fn register(e: &Engine, n: &Arc<Node>) -> Result<(), RpcError> {
-    serve(e, n, STAT, |n, r, (t, follow)| n.stat(r, t, follow))?;
-    serve(e, n, OPEN, |n, r, o| n.open(r, o))?;
-    serve(e, n, CLOSE, |n, r, fh| n.close(r, fh))?;
-    serve(e, n, READ, |n, r, q| n.read(r, q))?;
-    serve(e, n, WRITE, |n, r, q| n.write(r, q))?;
-    serve(e, n, TRUNCATE, |n, r, (t, len)| n.truncate(r, t, len))?;
-    serve(e, n, FSYNC, |n, r, (fh, data)| n.fsync(r, fh, data))?;
-    serve(e, n, FALLOCATE, |n, r, (fh, m, o, l)| {
-        n.fallocate(r, fh, m, o, l)
-    })?;
-    serve(e, n, UNLINK, |n, r, p| n.on_path(r, UNLINK, p))?;
-    serve(e, n, RMDIR, |n, r, p| n.on_path(r, RMDIR, p))?;
-    serve(e, n, READLINK, |n, r, p| n.on_path(r, READLINK, p))?;
-    serve(e, n, STATFS, |n, r, p| n.on_path(r, STATFS, p))?;
-    serve(e, n, MKDIR, |n, r, (p, mode)| {
-        n.on_path_with(r, MKDIR, p, mode)
-    })?;
-    serve(e, n, ACCESS, |n, r, (p, mode)| {
-        n.on_path_with(r, ACCESS, p, mode)
-    })?;
-    serve(e, n, SYMLINK, |n, r, (target, p)| n.symlink(r, target, p))?;
-    serve(e, n, RENAME, |n, r, (a, b)| n.two_paths(r, RENAME, a, b))?;
-    serve(e, n, LINK, |n, r, (a, b)| n.two_paths(r, LINK, a, b))?;
-    serve(e, n, RENAME2, |n, r, (a, b, f)| n.rename2(r, a, b, f))?;
-    serve(e, n, READDIR, |n, r, q| n.readdir(r, q))?;
-    serve(e, n, CHMOD, |n, r, (t, m)| {
-        n.on_target(r, CHMOD, t, |t| (t, m))
-    })?;
-    serve(e, n, UTIMENS, |n, r, (t, a, m, f)| {
-        n.on_target(r, UTIMENS, t, |t| (t, a, m, f))
-    })?;
-    serve(e, n, CHOWN, |n, r, (t, u, g)| {
-        n.on_target(r, CHOWN, t, |t| (t, u, g))
-    })?;
-    serve(e, n, GETXATTR, |n, r, (t, k)| {
-        n.on_target(r, GETXATTR, t, |t| (t, k))
-    })?;
-    serve(e, n, SETXATTR, |n, r, (t, k, v, f)| {
-        n.on_target(r, SETXATTR, t, |t| (t, k, v, f))
-    })?;
-    serve(e, n, LISTXATTR, |n, r, t| {
-        n.on_target(r, LISTXATTR, t, |t| t)
-    })?;
-    serve(e, n, REMOVEXATTR, |n, r, (t, k)| {
-        n.on_target(r, REMOVEXATTR, t, |t| (t, k))
-    })?;
-    let s = n.clone();
-    e.register_infallible(SERVER_STATS, move |()| {
-        let c = s.clients.stats();
-        ServerStats {
-            requests: s.stats.snapshot().totals().0,
-            ..c
-        }
-    })?;
-    let s = n.clone();
-    e.register_infallible(STATS, move |()| {
-        let mut st = s.stats.snapshot();
-        let c = s.clients.stats();
-        (st.handles, st.refused) = (c.open_files, c.refused);
-        st
-    })
+fn snapshot(s: &Service<Node>) -> NodeStats {
+    let mut st = s.backend.stats.snapshot();
+    let c = s.stats();
+    (st.handles, st.refused, st.in_flight) = (c.open_files, c.refused, c.in_flight);
+    st
 }

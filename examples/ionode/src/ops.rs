@@ -5,9 +5,9 @@
 use std::io;
 use std::sync::Arc;
 
-use posix_ship::bulk_io::{pull_from, push_to};
 use posix_ship::client::RemoteFs;
 use posix_ship::proto::*;
+use posix_ship::server::{On, Payload};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
@@ -17,21 +17,18 @@ use crate::files::{SharedFile, Writer};
 use crate::node::{Handle, Node, Req, lock};
 use crate::stats::Counters;
 
-type R<T> = Result<T, i32>;
-
-/// The largest file offset (the kernel's `loff_t` is signed).
-const MAX_OFFSET: u64 = i64::MAX as u64;
+pub(crate) type R<T> = Result<T, i32>;
 
 /// The smallest read-ahead window (it doubles with each sequential read).
 const FIRST_WINDOW: usize = 256 << 10;
 
-fn errno(e: io::Error) -> i32 {
+pub(crate) fn errno(e: io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
 impl Node {
     /// Calls `rpc` on a backend, counted.
-    fn call<In: Serialize + Clone, Out: DeserializeOwned>(
+    pub(crate) fn call<In: Serialize + Clone, Out: DeserializeOwned>(
         &self,
         fs: &RemoteFs,
         rpc: rpc_core::Rpc<In, Reply<Out>>,
@@ -49,7 +46,7 @@ impl Node {
 
     /// Calls `rpc` on `h`'s backend handle, counted, once more with the file opened
     /// again if the backend has forgotten the handle.
-    fn on_fh<In: Serialize + Clone, Out: DeserializeOwned>(
+    pub(crate) fn on_fh<In: Serialize + Clone, Out: DeserializeOwned>(
         &self,
         h: &Handle,
         rpc: rpc_core::Rpc<In, Reply<Out>>,
@@ -64,7 +61,7 @@ impl Node {
     }
 
     /// The backend `path` routes to, acting for the caller, and the backend's path.
-    fn route(&self, r: &Req, path: &[u8]) -> R<(usize, RemoteFs, ByteBuf)> {
+    pub(crate) fn route(&self, r: &Req, path: &[u8]) -> R<(usize, RemoteFs, ByteBuf)> {
         let (b, inner) = self.routes.route(path).ok_or(libc::ENOENT)?;
         Ok((
             b,
@@ -73,12 +70,8 @@ impl Node {
         ))
     }
 
-    fn handle(&self, r: &Req, fh: Fh) -> R<Arc<Handle>> {
-        self.clients.get(r.peer, fh).map_err(|e| e.raw_os_error())
-    }
-
     /// Writes out buffered writes of every file `path` names on backend `b`.
-    fn barrier(&self, b: usize, path: &[u8]) {
+    pub(crate) fn barrier(&self, b: usize, path: &[u8]) {
         for f in self.files.by_path(b, path) {
             self.flush(&f);
         }
@@ -91,7 +84,7 @@ impl Node {
     /// Before a change the journal does not record (a truncate, an append, a large
     /// write): the file flushed, and its Clean marker durable, so that a replay cannot
     /// put older bytes over the change.
-    fn before_change(&self, f: &SharedFile) {
+    pub(crate) fn before_change(&self, f: &SharedFile) {
         self.flush(f);
         if let Some(j) = &self.files.journal
             && let Err(e) = j.sync()
@@ -100,10 +93,10 @@ impl Node {
         }
     }
 
-    pub(crate) fn stat(&self, r: &Req, t: Target, follow: bool) -> R<Attr> {
+    pub(crate) fn stat(&self, r: &Req, t: On<'_, Handle>, follow: bool) -> R<Attr> {
         match t {
-            Target::Path(p) => {
-                let (b, fs, p) = self.route(r, &p)?;
+            On::Path(p) => {
+                let (b, fs, p) = self.route(r, p)?;
                 let mut open_here = self.files.by_path(b, &p);
                 open_here.retain(|f| f.busy());
                 if open_here.is_empty() {
@@ -123,17 +116,17 @@ impl Node {
                 self.attrs.put(epoch, b, &p, follow, &r.user, a);
                 a
             }
-            Target::Handle(fh) => {
-                let h = self.handle(r, fh)?;
+            On::File(h) => {
                 if let Some(f) = &h.file {
                     self.flush(f);
                 }
-                self.on_fh(&h, STAT, |fh| (Target::Handle(fh), follow))
+                self.on_fh(h, STAT, |fh| (Target::Handle(fh), follow))
             }
         }
     }
 
-    pub(crate) fn open(&self, r: &Req, mut o: OpenReq) -> R<Opened> {
+    pub(crate) fn open(&self, r: &Req, o: &OpenReq) -> R<(Handle, Attr)> {
+        let mut o = o.clone();
         let (b, fs, path) = self.route(r, &o.path)?;
         let trunc = o.flags & libc::O_TRUNC != 0;
         if trunc {
@@ -177,7 +170,7 @@ impl Node {
             }
             f
         });
-        let h = Arc::new(Handle {
+        let h = Handle {
             backend: b,
             wrote: std::sync::atomic::AtomicBool::new(false),
             path: path.to_vec(),
@@ -187,21 +180,12 @@ impl Node {
             append: o.flags & libc::O_APPEND != 0,
             token,
             seq: std::sync::Mutex::new((0, 0)),
-        });
+        };
         let mut attr = opened.attr;
         attr.size = attr
             .size
             .max(h.file.as_ref().map_or(0, |f| f.buffered_end()));
-        match self
-            .clients
-            .insert(r.peer, r.user.as_ref().map(|u| u.uid), h.clone())
-        {
-            Ok(fh) => Ok(Opened { fh, attr }),
-            Err(e) => {
-                let _ = self.release(&h);
-                Err(e.raw_os_error())
-            }
-        }
+        Ok((h, attr))
     }
 
     /// Drops `h` as a writer, flushing the file if it was the last one, and closes its
@@ -209,7 +193,7 @@ impl Node {
     /// remain, buffered bytes stay (every read through the node sees them; fsync and the
     /// last close write them out): N-to-1 writers closing one by one would otherwise
     /// flush a file full of holes as many small writes.
-    fn release(&self, h: &Handle) -> R<()> {
+    pub(crate) fn release(&self, h: &Handle) -> R<()> {
         let detached = self.detach(h);
         detached.and(self.backend_close(h))
     }
@@ -243,11 +227,7 @@ impl Node {
     /// `close`: answered once the file's buffered bytes are written (if this was its last
     /// writer) with any deferred error; the backend's own close follows in the background
     /// (the data is on the backend by then; only its handle remains to be let go).
-    pub(crate) fn close(&self, r: &Req, fh: Fh) -> R<()> {
-        let h = self
-            .clients
-            .remove(r.peer, fh)
-            .map_err(|e| e.raw_os_error())?;
+    pub(crate) fn close(&self, h: Arc<Handle>) -> R<()> {
         let detached = self.detach(&h);
         if let Err(std::sync::mpsc::SendError(crate::node::Behind::Close(h))) =
             lock(&self.closer).send(crate::node::Behind::Close(h))
@@ -257,62 +237,34 @@ impl Node {
         detached
     }
 
-    /// The client `peer` is gone: close what it held.
-    pub(crate) fn lost(&self, peer: u64) {
-        for h in self.clients.lost(peer) {
+    /// A client is gone: close what it held.
+    pub(crate) fn lost(&self, files: Vec<Arc<Handle>>) {
+        for h in files {
             if let Err(e) = self.release(&h) {
-                tracing::debug!(peer, errno = e, "closing a lost client's file");
+                tracing::debug!(errno = e, "closing a lost client's file");
             }
         }
     }
 
-    pub(crate) fn read(&self, r: &Req, q: ReadReq) -> R<ReadData> {
-        let h = self.handle(r, q.fh)?;
-        let mut len = q.len.min(MAX_IO);
-        // As the kernel: a negative offset is EINVAL; reads end at the largest offset.
-        let room = MAX_OFFSET.checked_sub(q.offset).ok_or(libc::EINVAL)?;
-        len = len.min(room);
-        let uid = r.user.as_ref().map(|u| u.uid);
-        let _staged = match &q.dest {
-            Some(d) if d.len() < len => return Err(libc::EINVAL),
-            None => {
-                len = len.min(MAX_INLINE_READ);
-                None
-            }
-            // Short under the client's or the user's staging bound, as POSIX allows.
-            Some(_) => {
-                let s = self.clients.stage(r.peer, uid, len);
-                len = s.len;
-                Some(s)
-            }
-        };
-        let mut buf = vec![0u8; len as usize];
+    /// A read through the file's buffered writes and read-ahead.
+    pub(crate) fn read(&self, h: &Handle, off: u64, buf: &mut [u8]) -> R<usize> {
         let fetch = |off: u64, b: &mut [u8]| {
             self.stats.request_out("posix.read");
             h.backing.with(|fh| h.backing.fs.pread(fh, b, off))
         };
-        let n = match &h.file {
+        match &h.file {
             Some(f) => {
-                let (window, next) = self.window(&h, q.offset, buf.len());
-                let (n, fetched) = self
-                    .files
-                    .read(f, q.offset, &mut buf, window, fetch)
-                    .map_err(errno)?;
+                let (window, next) = self.window(h, off, buf.len());
+                let (n, fetched) = self.files.read(f, off, buf, window, fetch).map_err(errno)?;
                 let mut s = lock(&h.seq);
-                s.0 = q.offset + n as u64;
+                s.0 = off + n as u64;
                 if fetched {
                     s.1 = next;
                 }
-                n
+                Ok(n)
             }
-            None => fetch(q.offset, &mut buf).map_err(errno)?,
-        };
-        buf.truncate(n);
-        let Some(dest) = &q.dest else {
-            return Ok(ReadData::Inline(ByteBuf::from(buf)));
-        };
-        push_to(&r.caller, &mut buf, dest)?;
-        Ok(ReadData::Pushed(n as u64))
+            None => fetch(off, buf).map_err(errno),
+        }
     }
 
     /// The read-ahead window for a read of `len` at `off` if it misses, and the window
@@ -329,36 +281,20 @@ impl Node {
         (w.max(len), w)
     }
 
-    pub(crate) fn write(&self, r: &Req, q: WriteReq) -> R<Written> {
-        let h = self.handle(r, q.fh)?;
+    pub(crate) fn write(
+        &self,
+        r: &Req,
+        h: &Handle,
+        offset: Option<u64>,
+        data: Payload<'_>,
+    ) -> R<Written> {
         if !h.writable {
             return Err(libc::EBADF);
         }
         h.wrote.store(true, std::sync::atomic::Ordering::Release);
-        let data = match q.data {
-            WriteData::Inline(b) => b.into_vec(),
-            WriteData::Bulk(src) => {
-                if src.len() > MAX_IO {
-                    return Err(libc::EINVAL);
-                }
-                // Short under the staging bounds: the client writes the rest next.
-                let uid = r.user.as_ref().map(|u| u.uid);
-                let staged = self.clients.stage(r.peer, uid, src.len());
-                pull_from(&r.caller, &src, staged.len)?
-            }
-        };
+        let data = data.bytes().map_err(|e| e.raw_os_error())?;
         let n = data.len() as u64;
-        // As the kernel: a negative offset is EINVAL, a write past the largest one EFBIG.
-        if let Some(off) = q.offset {
-            let end = off.checked_add(n).ok_or(libc::EFBIG)?;
-            if off > MAX_OFFSET {
-                return Err(libc::EINVAL);
-            }
-            if end > MAX_OFFSET {
-                return Err(libc::EFBIG);
-            }
-        }
-        if let (Some(off), false, Some(f)) = (q.offset, h.append, &h.file)
+        if let (Some(off), false, Some(f)) = (offset, h.append, &h.file)
             && self.files.budget > 0
             && n < self.files.file_max / 2
             && self.files.buffer(f, off, &data, &h.path, &r.user)
@@ -371,9 +307,7 @@ impl Node {
         }
         Counters::add(&self.stats.write_through, 1);
         self.stats.request_out("posix.write");
-        let end = h
-            .backing
-            .with(|fh| h.backing.fs.pwrite(fh, &data, q.offset));
+        let end = h.backing.with(|fh| h.backing.fs.pwrite(fh, &data, offset));
         // After the write: a read between could otherwise keep the old bytes.
         if let Some(f) = &h.file {
             f.invalidate();
@@ -384,10 +318,10 @@ impl Node {
         Ok(Written { n, end })
     }
 
-    pub(crate) fn truncate(&self, r: &Req, t: Target, len: u64) -> R<()> {
+    pub(crate) fn truncate(&self, r: &Req, t: On<'_, Handle>, len: u64) -> R<()> {
         match t {
-            Target::Path(p) => {
-                let (b, fs, p) = self.route(r, &p)?;
+            On::Path(p) => {
+                let (b, fs, p) = self.route(r, p)?;
                 for f in self.files.by_path(b, &p) {
                     self.before_change(&f);
                 }
@@ -398,12 +332,11 @@ impl Node {
                 }
                 out
             }
-            Target::Handle(fh) => {
-                let h = self.handle(r, fh)?;
+            On::File(h) => {
                 if let Some(f) = &h.file {
                     self.before_change(f);
                 }
-                let out = self.on_fh(&h, TRUNCATE, |fh| (Target::Handle(fh), len));
+                let out = self.on_fh(h, TRUNCATE, |fh| (Target::Handle(fh), len));
                 self.attrs.changed(h.backend, &h.path);
                 if let Some(f) = &h.file {
                     f.invalidate();
@@ -415,12 +348,11 @@ impl Node {
 
     /// `fallocate`: after the file's buffered bytes (a punched hole must not be filled
     /// by an older buffered write), passed to the backend.
-    pub(crate) fn fallocate(&self, r: &Req, fh: Fh, mode: i32, off: u64, len: u64) -> R<()> {
-        let h = self.handle(r, fh)?;
+    pub(crate) fn fallocate(&self, h: &Handle, mode: i32, off: u64, len: u64) -> R<()> {
         if let Some(f) = &h.file {
             self.before_change(f);
         }
-        let out = self.on_fh(&h, FALLOCATE, |fh| (fh, mode, off, len));
+        let out = self.on_fh(h, FALLOCATE, |fh| (fh, mode, off, len));
         h.wrote.store(true, std::sync::atomic::Ordering::Release);
         if let Some(f) = &h.file {
             f.invalidate();
@@ -428,141 +360,14 @@ impl Node {
         out
     }
 
-    pub(crate) fn fsync(&self, r: &Req, fh: Fh, data_only: bool) -> R<()> {
-        let h = self.handle(r, fh)?;
+    pub(crate) fn fsync(&self, h: &Handle, data_only: bool) -> R<()> {
         if let Some(f) = &h.file {
             self.flush(f);
         }
-        let synced = self.on_fh(&h, FSYNC, |fh| (fh, data_only));
+        let synced = self.on_fh(h, FSYNC, |fh| (fh, data_only));
         match h.file.as_ref().and_then(|f| f.take_error(h.token)) {
             Some(e) => Err(e),
             None => synced,
         }
-    }
-
-    pub(crate) fn on_path<Out: DeserializeOwned>(
-        &self,
-        r: &Req,
-        rpc: rpc_core::Rpc<ByteBuf, Reply<Out>>,
-        p: ByteBuf,
-    ) -> R<Out> {
-        let (b, fs, p) = self.route(r, &p)?;
-        let out = self.call(&fs, rpc, p.clone());
-        self.after(rpc.name(), b, &p);
-        out
-    }
-
-    /// After an operation on `path`: forget what the node knew of it if it changes it.
-    fn after(&self, op: &str, b: usize, path: &[u8]) {
-        const READS: [&str; 6] = [
-            "posix.readlink",
-            "posix.statfs",
-            "posix.access",
-            "posix.getxattr",
-            "posix.listxattr",
-            "posix.stat",
-        ];
-        if !READS.contains(&op) {
-            self.attrs.changed(b, path);
-        }
-    }
-
-    pub(crate) fn on_path_with<A: Serialize + Clone, Out: DeserializeOwned>(
-        &self,
-        r: &Req,
-        rpc: rpc_core::Rpc<(ByteBuf, A), Reply<Out>>,
-        p: ByteBuf,
-        a: A,
-    ) -> R<Out> {
-        let (b, fs, p) = self.route(r, &p)?;
-        let out = self.call(&fs, rpc, (p.clone(), a));
-        self.after(rpc.name(), b, &p);
-        out
-    }
-
-    pub(crate) fn symlink(&self, r: &Req, target: ByteBuf, p: ByteBuf) -> R<()> {
-        let (b, fs, p) = self.route(r, &p)?;
-        let out = self.call(&fs, SYMLINK, (target, p.clone()));
-        self.attrs.changed(b, &p);
-        out
-    }
-
-    /// `rename` and `link`: both paths on one backend, else `EXDEV`.
-    pub(crate) fn two_paths(
-        &self,
-        r: &Req,
-        rpc: rpc_core::Rpc<(ByteBuf, ByteBuf), Reply<()>>,
-        a: ByteBuf,
-        b: ByteBuf,
-    ) -> R<()> {
-        self.on_pair(r, a, b, |fs, a, b| self.call(fs, rpc, (a, b)))
-    }
-
-    /// A call on two paths of one backend (`EXDEV` across backends); both forgotten by
-    /// the attribute cache after.
-    fn on_pair(
-        &self,
-        r: &Req,
-        a: ByteBuf,
-        b: ByteBuf,
-        call: impl FnOnce(&RemoteFs, ByteBuf, ByteBuf) -> R<()>,
-    ) -> R<()> {
-        let (ba, fs, a) = self.route(r, &a)?;
-        let (bb, _, b) = self.route(r, &b)?;
-        if ba != bb {
-            return Err(libc::EXDEV);
-        }
-        let out = call(&fs, a.clone(), b.clone());
-        self.attrs.changed(ba, &a);
-        self.attrs.changed(ba, &b);
-        out
-    }
-
-    /// `renameat2`: both paths on one backend, else `EXDEV`.
-    pub(crate) fn rename2(&self, r: &Req, a: ByteBuf, b: ByteBuf, flags: u32) -> R<()> {
-        self.on_pair(r, a, b, |fs, a, b| self.call(fs, RENAME2, (a, b, flags)))
-    }
-
-    pub(crate) fn readdir(&self, r: &Req, mut q: ReaddirReq) -> R<DirPage> {
-        let h = self.handle(r, q.fh)?;
-        self.on_fh(&h, READDIR, |fh| {
-            q.fh = fh;
-            q.clone()
-        })
-    }
-
-    /// A call on a path or handle: the backend's path or handle put in its place by
-    /// `with`. Buffered writes of the file are flushed first (its times and size).
-    pub(crate) fn on_target<In: Serialize + Clone, Out: DeserializeOwned>(
-        &self,
-        r: &Req,
-        rpc: rpc_core::Rpc<In, Reply<Out>>,
-        t: Target,
-        with: impl FnOnce(Target) -> In,
-    ) -> R<Out> {
-        let (fs, t, b, path) = match t {
-            Target::Path(p) => {
-                let (b, fs, p) = self.route(r, &p)?;
-                self.barrier(b, &p);
-                (fs, Target::Path(p.clone()), b, p.into_vec())
-            }
-            Target::Handle(fh) => {
-                let h = self.handle(r, fh)?;
-                if let Some(f) = &h.file {
-                    self.flush(f);
-                }
-                // (Not reopened: the next data call on the handle does that.)
-                let fh = h.backing.fh();
-                (
-                    h.backing.fs.clone(),
-                    Target::Handle(fh),
-                    h.backend,
-                    h.path.clone(),
-                )
-            }
-        };
-        let out = self.call(&fs, rpc, with(t));
-        self.after(rpc.name(), b, &path);
-        out
     }
 }

@@ -9,15 +9,18 @@ use rustix::fs::{AtFlags, Gid, OFlags, Uid, XattrFlags};
 use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
-use super::ops::{Ctx, R, proc_path};
-use crate::proto::{Target, xattr_allowed};
+use super::LocalFs;
+use super::backend::{On, R};
+use super::clients::OpenFile;
+use super::sys::{Fd, proc_path};
+use crate::proto::xattr_allowed;
 
 /// The largest attribute value (the kernel's `XATTR_SIZE_MAX`), and list of names.
 const XATTR_MAX: usize = 64 << 10;
 
-impl Ctx<'_> {
+impl LocalFs {
     /// `link`: a hard link `to` naming `from` (a symlink is linked itself).
-    pub fn link(&self, from: &[u8], to: &[u8]) -> R<()> {
+    pub(super) fn hard_link(&self, from: &[u8], to: &[u8]) -> R<()> {
         self.writable()?;
         let (fp, fname) = self.named(from, Errno::PERM)?;
         let (tp, tname) = self.named(to, Errno::EXIST)?;
@@ -25,10 +28,15 @@ impl Ctx<'_> {
     }
 
     /// `lchown`/`fchown` (`None`: unchanged).
-    pub fn chown(&self, t: &Target, uid: Option<u32>, gid: Option<u32>) -> R<()> {
+    pub(super) fn set_owner(
+        &self,
+        t: &On<'_, OpenFile>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> R<()> {
         self.writable()?;
         let (uid, gid) = (uid.map(Uid::from_raw), gid.map(Gid::from_raw));
-        if let Target::Path(p) = t
+        if let On::Path(p) = t
             && let Some((dir, name)) = self.export.parent(p)?
         {
             return rustix::fs::chownat(&dir, &name, uid, gid, AtFlags::SYMLINK_NOFOLLOW);
@@ -39,7 +47,7 @@ impl Ctx<'_> {
 
     /// The path to reach `t`'s attributes through, or `None` for a symlink (which has
     /// none a client may reach).
-    fn xattr_path(&self, t: &Target) -> R<Option<(super::ops::Fd, String)>> {
+    fn xattr_path(&self, t: &On<'_, OpenFile>) -> R<Option<(Fd, String)>> {
         let fd = self.target_fd(t, OFlags::PATH | OFlags::NOFOLLOW)?;
         if rustix::fs::fstat(&fd)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
             return Ok(None);
@@ -49,7 +57,7 @@ impl Ctx<'_> {
     }
 
     /// `getxattr`.
-    pub fn getxattr(&self, t: &Target, name: &[u8]) -> R<ByteBuf> {
+    pub(super) fn xattr_get(&self, t: &On<'_, OpenFile>, name: &[u8]) -> R<ByteBuf> {
         if !xattr_allowed(name) {
             return Err(Errno::NOTSUP);
         }
@@ -63,7 +71,13 @@ impl Ctx<'_> {
     }
 
     /// `setxattr` (`flags`: `XATTR_CREATE`, `XATTR_REPLACE`).
-    pub fn setxattr(&self, t: &Target, name: &[u8], value: &[u8], flags: i32) -> R<()> {
+    pub(super) fn xattr_set(
+        &self,
+        t: &On<'_, OpenFile>,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> R<()> {
         self.writable()?;
         if !xattr_allowed(name) {
             return Err(Errno::NOTSUP);
@@ -79,7 +93,7 @@ impl Ctx<'_> {
     }
 
     /// `listxattr`: the names a client may reach.
-    pub fn listxattr(&self, t: &Target) -> R<Vec<ByteBuf>> {
+    pub(super) fn xattr_list(&self, t: &On<'_, OpenFile>) -> R<Vec<ByteBuf>> {
         let Some((_fd, p)) = self.xattr_path(t)? else {
             return Ok(Vec::new());
         };
@@ -93,7 +107,7 @@ impl Ctx<'_> {
     }
 
     /// `removexattr`.
-    pub fn removexattr(&self, t: &Target, name: &[u8]) -> R<()> {
+    pub(super) fn xattr_remove(&self, t: &On<'_, OpenFile>, name: &[u8]) -> R<()> {
         self.writable()?;
         if !xattr_allowed(name) {
             return Err(Errno::NOTSUP);

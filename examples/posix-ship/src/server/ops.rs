@@ -1,41 +1,19 @@
-//! The operations themselves: each turns a request into system calls beneath the export
-//! and answers with the result or the `errno`, unchanged.
+//! The local backend's operations: each turns a request into system calls beneath the
+//! export, with the caller's rights (taken in [`Backend::run`]), and answers with the
+//! result or the `errno`, unchanged.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use rpc_core::Caller;
-
-use crate::bulk_io::{pull_from, push_to};
-use rustix::fs::{AtFlags, Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
-use super::clients::{ClientId, Clients, OpenFile, User};
-use super::confine::Export;
-use super::creds::Policy;
+use super::LocalFs;
+use super::backend::{Backend, On, Payload, R, Who};
+use super::clients::OpenFile;
+use super::sys::{Fd, attr, dt, pread_full, proc_path, timespec, write_full};
 use crate::proto::*;
-
-/// What a request runs against.
-pub struct Ctx<'a> {
-    /// The export.
-    pub export: &'a Export,
-    /// Every client's handles.
-    pub clients: &'a Clients,
-    /// Who asked: the connection.
-    pub id: ClientId,
-    /// For whom: the user the request counts against (the connection's, or the one a
-    /// trusted forwarder acts for).
-    pub user: User,
-    /// Bulk transfers with the caller, over its own connection.
-    pub caller: Caller,
-    /// Refuse every change (`EACCES`).
-    pub read_only: bool,
-    /// Whom requests run as, and which modes a client may set.
-    pub policy: &'a Policy,
-}
-
-pub(super) type R<T> = Result<T, Errno>;
 
 /// Flags a client may pass to `open`; the rest are dropped.
 const OPEN_FLAGS: OFlags = OFlags::ACCMODE
@@ -50,7 +28,7 @@ const OPEN_FLAGS: OFlags = OFlags::ACCMODE
     .union(OFlags::NONBLOCK)
     .union(OFlags::PATH);
 
-impl Ctx<'_> {
+impl LocalFs {
     pub(super) fn writable(&self) -> R<()> {
         if self.read_only {
             Err(Errno::ACCESS)
@@ -60,10 +38,10 @@ impl Ctx<'_> {
     }
 
     /// An fd for a target: the open file, or the path opened with `flags`.
-    pub(super) fn target_fd(&self, t: &Target, flags: OFlags) -> R<Fd> {
+    pub(super) fn target_fd(&self, t: &On<'_, OpenFile>, flags: OFlags) -> R<Fd> {
         match t {
-            Target::Handle(fh) => Ok(Fd::Open(self.clients.get(self.id, *fh)?)),
-            Target::Path(p) => Ok(Fd::Own(self.export.open_at(p, flags, Mode::empty())?)),
+            On::File(f) => Ok(Fd::Open(Arc::clone(f))),
+            On::Path(p) => Ok(Fd::Own(self.export.open_at(p, flags, Mode::empty())?)),
         }
     }
 
@@ -73,9 +51,34 @@ impl Ctx<'_> {
         self.export.parent(path)?.ok_or(none)
     }
 
+    /// `unlink` (`rmdir` with `dir`).
+    fn remove(&self, path: &[u8], dir: bool) -> R<()> {
+        self.writable()?;
+        let (parent, name) = self.named(path, if dir { Errno::BUSY } else { Errno::ISDIR })?;
+        let flags = if dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        rustix::fs::unlinkat(&parent, &name, flags)
+    }
+}
+
+impl Backend for LocalFs {
+    type File = OpenFile;
+
+    fn run<T>(&self, who: &Who, body: impl FnOnce() -> R<T>) -> R<T> {
+        if !self.op_delay.is_zero() {
+            std::thread::sleep(self.op_delay);
+        }
+        let creds = self.policy.creds(who.identity.as_ref())?;
+        let _as_user = super::creds::AsUser::enter(&creds)?;
+        body()
+    }
+
     /// `stat`, `lstat`, `fstat`.
-    pub fn stat(&self, t: &Target, follow: bool) -> R<Attr> {
-        if let (Target::Path(p), false) = (t, follow)
+    fn stat(&self, _: &Who, t: On<'_, OpenFile>, follow: bool) -> R<Attr> {
+        if let (On::Path(p), false) = (&t, follow)
             && let Some((dir, name)) = self.export.parent(p)?
         {
             return Ok(attr(&rustix::fs::statat(
@@ -84,11 +87,11 @@ impl Ctx<'_> {
                 AtFlags::SYMLINK_NOFOLLOW,
             )?));
         }
-        Ok(attr(&rustix::fs::fstat(self.target_fd(t, OFlags::PATH)?)?))
+        Ok(attr(&rustix::fs::fstat(self.target_fd(&t, OFlags::PATH)?)?))
     }
 
     /// `open`, `creat`.
-    pub fn open(&self, r: &OpenReq) -> R<Opened> {
+    fn open(&self, _: &Who, r: &OpenReq) -> R<(OpenFile, Attr)> {
         let flags = OFlags::from_bits_retain(r.flags as u32);
         let acc = flags & OFlags::ACCMODE;
         let path_only = flags.contains(OFlags::PATH);
@@ -114,66 +117,28 @@ impl Ctx<'_> {
             writable: acc != OFlags::RDONLY && !path_only,
             dir: Mutex::new(None),
         };
-        let fh = self.clients.insert(self.id, self.user, file)?;
-        Ok(Opened {
-            fh,
-            attr: attr(&st),
-        })
+        Ok((file, attr(&st)))
     }
 
-    /// `close`.
-    pub fn close(&self, fh: Fh) -> R<()> {
-        self.clients.remove(self.id, fh).map(drop)
+    /// `close`: the file closes once no request uses it.
+    fn close(&self, _: &Who, f: Arc<OpenFile>) -> R<()> {
+        drop(f);
+        Ok(())
     }
 
-    /// `pread`: inline, or pushed into the caller's buffer. Short (as POSIX allows) past
-    /// [`MAX_INLINE_READ`] inline, and under staging-memory pressure.
-    pub fn read(&self, r: &ReadReq) -> R<ReadData> {
-        let f = self.clients.get(self.id, r.fh)?;
-        let len = r.len.min(MAX_IO);
-        if let Some(d) = &r.dest
-            && d.len() < len
-        {
-            return Err(Errno::INVAL);
-        }
-        let (len, _staged) = match r.dest {
-            None => (len.min(MAX_INLINE_READ), None),
-            Some(_) => {
-                let s = self.clients.stage(self.id, self.user, len);
-                (s.len, Some(s))
-            }
-        };
-        let mut buf = vec![0u8; len as usize];
-        let n = pread_full(&f.fd, &mut buf, r.offset)?;
-        buf.truncate(n);
-        let Some(dest) = &r.dest else {
-            return Ok(ReadData::Inline(ByteBuf::from(buf)));
-        };
-        push_to(&self.caller, &mut buf, dest).map_err(Errno::from_raw_os_error)?;
-        Ok(ReadData::Pushed(n as u64))
+    /// `pread`, until `buf` is full or the file ends.
+    fn read(&self, _: &Who, f: &Arc<OpenFile>, off: u64, buf: &mut [u8]) -> R<usize> {
+        pread_full(&f.fd, buf, off)
     }
 
-    /// `pwrite`, or an append: inline, or pulled from the caller's buffer (short under
-    /// staging-memory pressure; the client writes the rest next).
-    pub fn write(&self, r: WriteReq) -> R<Written> {
+    /// `pwrite`, or an append.
+    fn write(&self, _: &Who, f: &Arc<OpenFile>, off: Option<u64>, data: Payload<'_>) -> R<Written> {
         self.writable()?;
-        let f = self.clients.get(self.id, r.fh)?;
         if !f.writable {
             return Err(Errno::BADF);
         }
-        let (data, _staged) = match r.data {
-            WriteData::Inline(b) => (b.into_vec(), None),
-            WriteData::Bulk(src) => {
-                if src.len() > MAX_IO {
-                    return Err(Errno::INVAL);
-                }
-                let staged = self.clients.stage(self.id, self.user, src.len());
-                let buf =
-                    pull_from(&self.caller, &src, staged.len).map_err(Errno::from_raw_os_error)?;
-                (buf, Some(staged))
-            }
-        };
-        match (r.offset, f.append) {
+        let data = data.bytes()?;
+        match (off, f.append) {
             (None, _) | (_, true) => {
                 let n = write_full(&f.fd, &data, None)?;
                 let end = rustix::fs::seek(&f.fd, rustix::fs::SeekFrom::Current(0))?;
@@ -190,9 +155,9 @@ impl Ctx<'_> {
     }
 
     /// `truncate`, `ftruncate`.
-    pub fn truncate(&self, t: &Target, len: u64) -> R<()> {
+    fn truncate(&self, _: &Who, t: On<'_, OpenFile>, len: u64) -> R<()> {
         self.writable()?;
-        let fd = self.target_fd(t, OFlags::WRONLY)?;
+        let fd = self.target_fd(&t, OFlags::WRONLY)?;
         if let Fd::Open(f) = &fd
             && !f.writable
         {
@@ -202,8 +167,7 @@ impl Ctx<'_> {
     }
 
     /// `fsync`, `fdatasync`.
-    pub fn fsync(&self, fh: Fh, data_only: bool) -> R<()> {
-        let f = self.clients.get(self.id, fh)?;
+    fn fsync(&self, _: &Who, f: &Arc<OpenFile>, data_only: bool) -> R<()> {
         if data_only {
             rustix::fs::fdatasync(&f.fd)
         } else {
@@ -212,10 +176,9 @@ impl Ctx<'_> {
     }
 
     /// `fallocate` on an open file (the modes [`FALLOCATE`] names).
-    pub fn fallocate(&self, fh: Fh, mode: i32, off: u64, len: u64) -> R<()> {
+    fn fallocate(&self, _: &Who, f: &Arc<OpenFile>, mode: i32, off: u64, len: u64) -> R<()> {
         use rustix::fs::FallocateFlags as F;
         self.writable()?;
-        let f = self.clients.get(self.id, fh)?;
         if !f.writable {
             return Err(Errno::BADF);
         }
@@ -236,20 +199,15 @@ impl Ctx<'_> {
         rustix::fs::fallocate(&f.fd, mode, off, len)
     }
 
-    /// `unlink` (`rmdir` with `dir`).
-    pub fn remove(&self, path: &[u8], dir: bool) -> R<()> {
-        self.writable()?;
-        let (parent, name) = self.named(path, if dir { Errno::BUSY } else { Errno::ISDIR })?;
-        let flags = if dir {
-            AtFlags::REMOVEDIR
-        } else {
-            AtFlags::empty()
-        };
-        rustix::fs::unlinkat(&parent, &name, flags)
+    fn unlink(&self, _: &Who, path: &[u8]) -> R<()> {
+        self.remove(path, false)
     }
 
-    /// `mkdir`.
-    pub fn mkdir(&self, path: &[u8], mode: u32) -> R<()> {
+    fn rmdir(&self, _: &Who, path: &[u8]) -> R<()> {
+        self.remove(path, true)
+    }
+
+    fn mkdir(&self, _: &Who, path: &[u8], mode: u32) -> R<()> {
         self.writable()?;
         let (parent, name) = self.named(path, Errno::EXIST)?;
         rustix::fs::mkdirat(
@@ -259,13 +217,8 @@ impl Ctx<'_> {
         )
     }
 
-    /// `rename`.
-    pub fn rename(&self, from: &[u8], to: &[u8]) -> R<()> {
-        self.rename_with(from, to, 0)
-    }
-
     /// `renameat2`: `RENAME_NOREPLACE`, `RENAME_EXCHANGE` (others `EINVAL`).
-    pub fn rename_with(&self, from: &[u8], to: &[u8], flags: u32) -> R<()> {
+    fn rename(&self, _: &Who, from: &[u8], to: &[u8], flags: u32) -> R<()> {
         use rustix::fs::RenameFlags as F;
         self.writable()?;
         let flags = F::from_bits(flags)
@@ -276,32 +229,34 @@ impl Ctx<'_> {
         rustix::fs::renameat_with(&fp, &fname, &tp, &tname, flags)
     }
 
+    fn link(&self, _: &Who, from: &[u8], to: &[u8]) -> R<()> {
+        self.hard_link(from, to)
+    }
+
     /// `symlink`: the link's content is stored as given; it is confined when followed.
-    pub fn symlink(&self, target: &[u8], path: &[u8]) -> R<()> {
+    fn symlink(&self, _: &Who, target: &[u8], path: &[u8]) -> R<()> {
         self.writable()?;
         let (parent, name) = self.named(path, Errno::EXIST)?;
         rustix::fs::symlinkat(target, &parent, &name)
     }
 
-    /// `readlink`.
-    pub fn readlink(&self, path: &[u8]) -> R<ByteBuf> {
+    fn readlink(&self, _: &Who, path: &[u8]) -> R<ByteBuf> {
         let (parent, name) = self.named(path, Errno::INVAL)?;
         let s = rustix::fs::readlinkat(&parent, &name, Vec::new())?;
         Ok(ByteBuf::from(s.into_bytes()))
     }
 
     /// A page of a directory listing.
-    pub fn readdir(&self, r: &ReaddirReq) -> R<DirPage> {
-        let f = self.clients.get(self.id, r.fh)?;
+    fn readdir(&self, _: &Who, f: &Arc<OpenFile>, restart: bool, max: u32) -> R<DirPage> {
         let mut slot = f.dir.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             *slot = Some(rustix::fs::Dir::read_from(&f.fd)?);
         }
         let dir = slot.as_mut().ok_or(Errno::BADF)?;
-        if r.restart {
+        if restart {
             dir.rewind();
         }
-        let max = r.max.clamp(1, MAX_DIR_PAGE) as usize;
+        let max = max.clamp(1, MAX_DIR_PAGE) as usize;
         let mut entries = Vec::with_capacity(max.min(256));
         while entries.len() < max {
             match dir.read() {
@@ -322,8 +277,7 @@ impl Ctx<'_> {
         })
     }
 
-    /// `statfs`.
-    pub fn statfs(&self, path: &[u8]) -> R<FsStat> {
+    fn statfs(&self, _: &Who, path: &[u8]) -> R<FsStat> {
         let fd = self.export.open_at(path, OFlags::PATH, Mode::empty())?;
         let s = rustix::fs::fstatvfs(&fd)?;
         Ok(FsStat {
@@ -339,32 +293,38 @@ impl Ctx<'_> {
     }
 
     /// `chmod`, `fchmod` (through the resolved file, so a final symlink stays confined).
-    pub fn chmod(&self, t: &Target, mode: u32) -> R<()> {
+    fn chmod(&self, _: &Who, t: On<'_, OpenFile>, mode: u32) -> R<()> {
         self.writable()?;
-        let fd = self.target_fd(t, OFlags::PATH)?;
+        let fd = self.target_fd(&t, OFlags::PATH)?;
         let dir = rustix::fs::fstat(&fd)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let mode = self.policy.mode(mode, dir);
         rustix::fs::chmod(proc_path(&fd), Mode::from_bits_truncate(mode))
     }
 
     /// `utimensat`, `futimens`.
-    pub fn utimens(&self, t: &Target, atime: SetTime, mtime: SetTime, follow: bool) -> R<()> {
+    fn utimens(
+        &self,
+        _: &Who,
+        t: On<'_, OpenFile>,
+        atime: SetTime,
+        mtime: SetTime,
+        follow: bool,
+    ) -> R<()> {
         self.writable()?;
         let times = Timestamps {
             last_access: timespec(atime),
             last_modification: timespec(mtime),
         };
-        if let (Target::Path(p), false) = (t, follow)
+        if let (On::Path(p), false) = (&t, follow)
             && let Some((parent, name)) = self.export.parent(p)?
         {
             return rustix::fs::utimensat(&parent, &name, &times, AtFlags::SYMLINK_NOFOLLOW);
         }
-        let fd = self.target_fd(t, OFlags::PATH)?;
+        let fd = self.target_fd(&t, OFlags::PATH)?;
         rustix::fs::utimensat(rustix::fs::CWD, proc_path(&fd), &times, AtFlags::empty())
     }
 
-    /// `access`.
-    pub fn access(&self, path: &[u8], mode: i32) -> R<()> {
+    fn access(&self, _: &Who, path: &[u8], mode: i32) -> R<()> {
         let fd = self.export.open_at(path, OFlags::PATH, Mode::empty())?;
         let want = rustix::fs::Access::from_bits_truncate(mode as u32);
         if want.contains(rustix::fs::Access::WRITE_OK) {
@@ -372,112 +332,31 @@ impl Ctx<'_> {
         }
         rustix::fs::accessat(rustix::fs::CWD, proc_path(&fd), want, AtFlags::empty())
     }
-}
 
-/// A file to operate on: one of the client's, or opened for this request.
-pub(super) enum Fd {
-    Open(Arc<OpenFile>),
-    Own(OwnedFd),
-}
-
-impl AsFd for Fd {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self {
-            Fd::Open(f) => f.fd.as_fd(),
-            Fd::Own(f) => f.as_fd(),
-        }
+    fn chown(&self, _: &Who, t: On<'_, OpenFile>, uid: Option<u32>, gid: Option<u32>) -> R<()> {
+        self.set_owner(&t, uid, gid)
     }
-}
 
-/// `/proc/self/fd/N`: the path of an open file, for calls that take no descriptor.
-pub(super) fn proc_path(fd: &impl AsFd) -> String {
-    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
-}
-
-/// Reads until `buf` is full or the file ends.
-fn pread_full(fd: &OwnedFd, buf: &mut [u8], off: u64) -> R<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match rustix::io::pread(fd, &mut buf[done..], off + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(Errno::INTR) => {}
-            Err(e) if done == 0 => return Err(e),
-            Err(_) => break,
-        }
+    fn getxattr(&self, _: &Who, t: On<'_, OpenFile>, name: &[u8]) -> R<ByteBuf> {
+        self.xattr_get(&t, name)
     }
-    Ok(done)
-}
 
-/// Writes all of `data` at `off` (or appends), or as much as the disk took.
-fn write_full(fd: &OwnedFd, data: &[u8], off: Option<u64>) -> R<usize> {
-    let mut done = 0;
-    while done < data.len() {
-        let r = match off {
-            Some(o) => rustix::io::pwrite(fd, &data[done..], o + done as u64),
-            None => rustix::io::write(fd, &data[done..]),
-        };
-        match r {
-            Ok(n) => done += n,
-            Err(Errno::INTR) => {}
-            Err(e) if done == 0 => return Err(e),
-            Err(_) => break,
-        }
+    fn setxattr(
+        &self,
+        _: &Who,
+        t: On<'_, OpenFile>,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> R<()> {
+        self.xattr_set(&t, name, value, flags)
     }
-    Ok(done)
-}
 
-fn timespec(t: SetTime) -> Timespec {
-    match t {
-        SetTime::Omit => Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        },
-        SetTime::Now => Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_NOW,
-        },
-        SetTime::At(t) => Timespec {
-            tv_sec: t.sec,
-            tv_nsec: t.nsec.into(),
-        },
+    fn listxattr(&self, _: &Who, t: On<'_, OpenFile>) -> R<Vec<ByteBuf>> {
+        self.xattr_list(&t)
     }
-}
 
-fn dt(t: rustix::fs::FileType) -> u8 {
-    use rustix::fs::FileType as T;
-    match t {
-        T::RegularFile => libc::DT_REG,
-        T::Directory => libc::DT_DIR,
-        T::Symlink => libc::DT_LNK,
-        T::Fifo => libc::DT_FIFO,
-        T::Socket => libc::DT_SOCK,
-        T::CharacterDevice => libc::DT_CHR,
-        T::BlockDevice => libc::DT_BLK,
-        _ => libc::DT_UNKNOWN,
-    }
-}
-
-/// `stat(2)` fields as the protocol carries them.
-#[allow(clippy::unnecessary_cast)]
-fn attr(s: &Stat) -> Attr {
-    let t = |sec: i64, nsec: i64| Time {
-        sec,
-        nsec: nsec as u32,
-    };
-    Attr {
-        dev: s.st_dev as u64,
-        ino: s.st_ino as u64,
-        mode: s.st_mode as u32,
-        nlink: s.st_nlink as u64,
-        uid: s.st_uid as u32,
-        gid: s.st_gid as u32,
-        rdev: s.st_rdev as u64,
-        size: s.st_size as u64,
-        blksize: s.st_blksize as u64,
-        blocks: s.st_blocks as u64,
-        atime: t(s.st_atime as i64, s.st_atime_nsec as i64),
-        mtime: t(s.st_mtime as i64, s.st_mtime_nsec as i64),
-        ctime: t(s.st_ctime as i64, s.st_ctime_nsec as i64),
+    fn removexattr(&self, _: &Who, t: On<'_, OpenFile>, name: &[u8]) -> R<()> {
+        self.xattr_remove(&t, name)
     }
 }

@@ -1,0 +1,136 @@
+//! Metadata calls at the I/O node: passed to the backend the path routes to, made for
+//! the client, after a barrier that flushes the files they could observe; the attribute
+//! cache forgets what they change.
+
+use posix_ship::client::RemoteFs;
+use posix_ship::proto::*;
+use posix_ship::server::On;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+use crate::node::{Handle, Node, Req};
+use crate::ops::R;
+
+impl Node {
+    pub(crate) fn on_path<Out: DeserializeOwned>(
+        &self,
+        r: &Req,
+        rpc: rpc_core::Rpc<ByteBuf, Reply<Out>>,
+        p: ByteBuf,
+    ) -> R<Out> {
+        let (b, fs, p) = self.route(r, &p)?;
+        let out = self.call(&fs, rpc, p.clone());
+        self.after(rpc.name(), b, &p);
+        out
+    }
+
+    /// After an operation on `path`: forget what the node knew of it if it changes it.
+    fn after(&self, op: &str, b: usize, path: &[u8]) {
+        const READS: [&str; 6] = [
+            "posix.readlink",
+            "posix.statfs",
+            "posix.access",
+            "posix.getxattr",
+            "posix.listxattr",
+            "posix.stat",
+        ];
+        if !READS.contains(&op) {
+            self.attrs.changed(b, path);
+        }
+    }
+
+    pub(crate) fn on_path_with<A: Serialize + Clone, Out: DeserializeOwned>(
+        &self,
+        r: &Req,
+        rpc: rpc_core::Rpc<(ByteBuf, A), Reply<Out>>,
+        p: ByteBuf,
+        a: A,
+    ) -> R<Out> {
+        let (b, fs, p) = self.route(r, &p)?;
+        let out = self.call(&fs, rpc, (p.clone(), a));
+        self.after(rpc.name(), b, &p);
+        out
+    }
+
+    pub(crate) fn symlink(&self, r: &Req, target: ByteBuf, p: ByteBuf) -> R<()> {
+        let (b, fs, p) = self.route(r, &p)?;
+        let out = self.call(&fs, SYMLINK, (target, p.clone()));
+        self.attrs.changed(b, &p);
+        out
+    }
+
+    /// `rename` and `link`: both paths on one backend, else `EXDEV`.
+    pub(crate) fn two_paths(
+        &self,
+        r: &Req,
+        rpc: rpc_core::Rpc<(ByteBuf, ByteBuf), Reply<()>>,
+        a: ByteBuf,
+        b: ByteBuf,
+    ) -> R<()> {
+        self.on_pair(r, a, b, |fs, a, b| self.call(fs, rpc, (a, b)))
+    }
+
+    /// A call on two paths of one backend (`EXDEV` across backends); both forgotten by
+    /// the attribute cache after.
+    fn on_pair(
+        &self,
+        r: &Req,
+        a: ByteBuf,
+        b: ByteBuf,
+        call: impl FnOnce(&RemoteFs, ByteBuf, ByteBuf) -> R<()>,
+    ) -> R<()> {
+        let (ba, fs, a) = self.route(r, &a)?;
+        let (bb, _, b) = self.route(r, &b)?;
+        if ba != bb {
+            return Err(libc::EXDEV);
+        }
+        let out = call(&fs, a.clone(), b.clone());
+        self.attrs.changed(ba, &a);
+        self.attrs.changed(ba, &b);
+        out
+    }
+
+    /// `renameat2`: both paths on one backend, else `EXDEV`.
+    pub(crate) fn rename2(&self, r: &Req, a: ByteBuf, b: ByteBuf, flags: u32) -> R<()> {
+        self.on_pair(r, a, b, |fs, a, b| self.call(fs, RENAME2, (a, b, flags)))
+    }
+
+    pub(crate) fn readdir(&self, h: &Handle, restart: bool, max: u32) -> R<DirPage> {
+        self.on_fh(h, READDIR, |fh| ReaddirReq { fh, max, restart })
+    }
+
+    /// A call on a path or handle: the backend's path or handle put in its place by
+    /// `with`. Buffered writes of the file are flushed first (its times and size).
+    pub(crate) fn on_target<In: Serialize + Clone, Out: DeserializeOwned>(
+        &self,
+        r: &Req,
+        rpc: rpc_core::Rpc<In, Reply<Out>>,
+        t: On<'_, Handle>,
+        with: impl FnOnce(Target) -> In,
+    ) -> R<Out> {
+        let (fs, t, b, path) = match t {
+            On::Path(p) => {
+                let (b, fs, p) = self.route(r, p)?;
+                self.barrier(b, &p);
+                (fs, Target::Path(p.clone()), b, p.into_vec())
+            }
+            On::File(h) => {
+                if let Some(f) = &h.file {
+                    self.flush(f);
+                }
+                // (Not reopened: the next data call on the handle does that.)
+                let fh = h.backing.fh();
+                (
+                    h.backing.fs.clone(),
+                    Target::Handle(fh),
+                    h.backend,
+                    h.path.clone(),
+                )
+            }
+        };
+        let out = self.call(&fs, rpc, with(t));
+        self.after(rpc.name(), b, &path);
+        out
+    }
+}

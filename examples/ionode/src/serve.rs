@@ -1,0 +1,161 @@
+//! The I/O node as a posix-ship [`Backend`]: the protocol, the clients' handles, bounds
+//! and bulk staging are posix-ship's [`posix_ship::server::Service`]; here each
+//! operation goes to the node's write-behind, read-ahead and backends.
+
+use std::sync::Arc;
+
+use posix_ship::proto::*;
+use posix_ship::server::Errno;
+use posix_ship::server::{Backend, On, Payload, Who};
+use serde_bytes::ByteBuf;
+
+use crate::node::{Handle, Node, Req};
+
+type R<T> = Result<T, Errno>;
+
+fn e<T>(r: Result<T, i32>) -> R<T> {
+    r.map_err(Errno::from_raw_os_error)
+}
+
+fn req(who: &Who) -> Req {
+    Req {
+        user: who.principal(),
+    }
+}
+
+fn buf(p: &[u8]) -> ByteBuf {
+    ByteBuf::from(p.to_vec())
+}
+
+impl Backend for Node {
+    type File = Handle;
+
+    fn request_in(&self, rpc: &'static str) {
+        self.stats.request_in(rpc);
+    }
+
+    fn stats(&self, s: ServerStats) -> ServerStats {
+        ServerStats {
+            requests: self.stats.snapshot().totals().0,
+            ..s
+        }
+    }
+
+    fn open(&self, who: &Who, r: &OpenReq) -> R<(Handle, Attr)> {
+        e(Node::open(self, &req(who), r))
+    }
+
+    fn close(&self, _: &Who, h: Arc<Handle>) -> R<()> {
+        e(Node::close(self, h))
+    }
+
+    fn lost(&self, files: Vec<Arc<Handle>>) {
+        // Closing flushes and calls the backend: not on the progress thread, and not on
+        // a thread per lost client (a peer connecting and leaving in a loop).
+        if files.is_empty() {
+            return;
+        }
+        let job = crate::node::Behind::Lost(files);
+        if let Err(std::sync::mpsc::SendError(crate::node::Behind::Lost(files))) =
+            crate::node::lock(&self.closer).send(job)
+        {
+            Node::lost(self, files);
+        }
+    }
+
+    fn read(&self, _: &Who, h: &Arc<Handle>, off: u64, b: &mut [u8]) -> R<usize> {
+        e(Node::read(self, h, off, b))
+    }
+
+    fn write(&self, who: &Who, h: &Arc<Handle>, off: Option<u64>, d: Payload<'_>) -> R<Written> {
+        e(Node::write(self, &req(who), h, off, d))
+    }
+
+    fn fsync(&self, _: &Who, h: &Arc<Handle>, data_only: bool) -> R<()> {
+        e(Node::fsync(self, h, data_only))
+    }
+
+    fn fallocate(&self, _: &Who, h: &Arc<Handle>, mode: i32, off: u64, len: u64) -> R<()> {
+        e(Node::fallocate(self, h, mode, off, len))
+    }
+
+    fn readdir(&self, _: &Who, h: &Arc<Handle>, restart: bool, max: u32) -> R<DirPage> {
+        e(Node::readdir(self, h, restart, max))
+    }
+
+    fn stat(&self, who: &Who, t: On<'_, Handle>, follow: bool) -> R<Attr> {
+        e(Node::stat(self, &req(who), t, follow))
+    }
+
+    fn truncate(&self, who: &Who, t: On<'_, Handle>, len: u64) -> R<()> {
+        e(Node::truncate(self, &req(who), t, len))
+    }
+
+    fn chmod(&self, who: &Who, t: On<'_, Handle>, m: u32) -> R<()> {
+        e(self.on_target(&req(who), CHMOD, t, |t| (t, m)))
+    }
+
+    fn utimens(&self, who: &Who, t: On<'_, Handle>, a: SetTime, m: SetTime, f: bool) -> R<()> {
+        e(self.on_target(&req(who), UTIMENS, t, |t| (t, a, m, f)))
+    }
+
+    fn chown(&self, who: &Who, t: On<'_, Handle>, u: Option<u32>, g: Option<u32>) -> R<()> {
+        e(self.on_target(&req(who), CHOWN, t, |t| (t, u, g)))
+    }
+
+    fn getxattr(&self, who: &Who, t: On<'_, Handle>, name: &[u8]) -> R<ByteBuf> {
+        e(self.on_target(&req(who), GETXATTR, t, |t| (t, buf(name))))
+    }
+
+    fn setxattr(&self, who: &Who, t: On<'_, Handle>, k: &[u8], v: &[u8], f: i32) -> R<()> {
+        e(self.on_target(&req(who), SETXATTR, t, |t| (t, buf(k), buf(v), f)))
+    }
+
+    fn listxattr(&self, who: &Who, t: On<'_, Handle>) -> R<Vec<ByteBuf>> {
+        e(self.on_target(&req(who), LISTXATTR, t, |t| t))
+    }
+
+    fn removexattr(&self, who: &Who, t: On<'_, Handle>, name: &[u8]) -> R<()> {
+        e(self.on_target(&req(who), REMOVEXATTR, t, |t| (t, buf(name))))
+    }
+
+    fn unlink(&self, who: &Who, p: &[u8]) -> R<()> {
+        e(self.on_path(&req(who), UNLINK, buf(p)))
+    }
+
+    fn rmdir(&self, who: &Who, p: &[u8]) -> R<()> {
+        e(self.on_path(&req(who), RMDIR, buf(p)))
+    }
+
+    fn mkdir(&self, who: &Who, p: &[u8], mode: u32) -> R<()> {
+        e(self.on_path_with(&req(who), MKDIR, buf(p), mode))
+    }
+
+    fn rename(&self, who: &Who, a: &[u8], b: &[u8], flags: u32) -> R<()> {
+        let r = req(who);
+        e(match flags {
+            0 => self.two_paths(&r, RENAME, buf(a), buf(b)),
+            f => self.rename2(&r, buf(a), buf(b), f),
+        })
+    }
+
+    fn link(&self, who: &Who, a: &[u8], b: &[u8]) -> R<()> {
+        e(self.two_paths(&req(who), LINK, buf(a), buf(b)))
+    }
+
+    fn symlink(&self, who: &Who, target: &[u8], p: &[u8]) -> R<()> {
+        e(Node::symlink(self, &req(who), buf(target), buf(p)))
+    }
+
+    fn readlink(&self, who: &Who, p: &[u8]) -> R<ByteBuf> {
+        e(self.on_path(&req(who), READLINK, buf(p)))
+    }
+
+    fn statfs(&self, who: &Who, p: &[u8]) -> R<FsStat> {
+        e(self.on_path(&req(who), STATFS, buf(p)))
+    }
+
+    fn access(&self, who: &Who, p: &[u8], mode: i32) -> R<()> {
+        e(self.on_path_with(&req(who), ACCESS, buf(p), mode))
+    }
+}

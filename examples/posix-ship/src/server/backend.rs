@@ -1,0 +1,171 @@
+//! What a posix-ship server stores files in: the [`Backend`] trait a [`super::Service`]
+//! serves the protocol over, and what each call is given: the caller ([`Who`]), its
+//! targets with handles resolved ([`On`]), a write's data ([`Payload`]).
+
+use std::sync::Arc;
+
+use rpc_core::{Caller, Descriptor, Identity};
+use rustix::io::Errno;
+use serde_bytes::ByteBuf;
+
+use super::clients::{ClientId, User};
+use crate::bulk_io::pull_from;
+use crate::proto::*;
+
+/// An operation's outcome at the backend.
+pub type R<T> = Result<T, Errno>;
+
+/// The largest file offset (the kernel's `loff_t` is signed).
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
+
+/// Who a request is from.
+#[derive(Clone, Debug)]
+pub struct Who {
+    /// The connection.
+    pub client: ClientId,
+    /// The user it acts for: verified by the transport, or named by a trusted forwarder
+    /// (`None`: anonymous).
+    pub identity: Option<Identity>,
+}
+
+impl Who {
+    /// The uid the request counts against.
+    pub fn uid(&self) -> User {
+        self.identity.as_ref().map(|i| i.uid)
+    }
+
+    /// The identity as a forwarder passes it on.
+    pub fn principal(&self) -> Option<Principal> {
+        self.identity.as_ref().map(|i| Principal {
+            uid: i.uid,
+            gid: i.gid,
+            groups: i.groups.clone(),
+        })
+    }
+}
+
+/// What a metadata operation applies to, handles resolved to the backend's files.
+pub enum On<'a, F> {
+    /// A path beneath the export.
+    Path(&'a [u8]),
+    /// One of the caller's open files.
+    File(&'a Arc<F>),
+}
+
+/// The data of a write: inline, or in the caller's memory until asked for.
+pub enum Payload<'a> {
+    /// Carried by the request.
+    Inline(Vec<u8>),
+    /// The first `len` bytes of `src` in the caller's memory (`len` within the staging
+    /// bounds).
+    Bulk {
+        /// The caller.
+        caller: &'a Caller,
+        /// Its buffer.
+        src: Descriptor,
+        /// The bytes granted.
+        len: u64,
+    },
+}
+
+impl Payload<'_> {
+    /// How many bytes it holds.
+    pub fn len(&self) -> u64 {
+        match self {
+            Payload::Inline(v) => v.len() as u64,
+            Payload::Bulk { len, .. } => *len,
+        }
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes (pulled from the caller's memory if they are not here yet).
+    pub fn bytes(self) -> R<Vec<u8>> {
+        match self {
+            Payload::Inline(v) => Ok(v),
+            Payload::Bulk { caller, src, len } => {
+                pull_from(caller, &src, len).map_err(Errno::from_raw_os_error)
+            }
+        }
+    }
+}
+
+/// A file system the protocol is served over. Every call is made for `who`; a backend
+/// that acts with more rights than the caller checks them itself (a local export takes
+/// the caller's credentials in [`Backend::run`], an I/O node passes the identity on).
+#[allow(missing_docs)]
+pub trait Backend: Send + Sync + 'static {
+    /// What an open handle stands for.
+    type File: Send + Sync + 'static;
+
+    /// Runs one request's body (with the caller's rights, if the backend takes them).
+    fn run<T>(&self, _who: &Who, body: impl FnOnce() -> R<T>) -> R<T> {
+        body()
+    }
+    /// A request for `rpc` arrived (for the backend's counters).
+    fn request_in(&self, _rpc: &'static str) {}
+    /// What [`SERVER_STATS`] answers, from the service's own counters.
+    fn stats(&self, s: ServerStats) -> ServerStats {
+        s
+    }
+
+    fn open(&self, who: &Who, r: &OpenReq) -> R<(Self::File, Attr)>;
+    /// The caller closed `f` (its handle is gone already).
+    fn close(&self, who: &Who, f: Arc<Self::File>) -> R<()>;
+    /// A client is gone: these were its files. Called on the transport's progress
+    /// thread: anything slow is for the backend to do elsewhere.
+    fn lost(&self, files: Vec<Arc<Self::File>>) {
+        drop(files);
+    }
+    /// Reads into `buf` at `off`: the bytes read (fewer only at the end of the file).
+    fn read(&self, who: &Who, f: &Arc<Self::File>, off: u64, buf: &mut [u8]) -> R<usize>;
+    /// Writes `data` at `off` (`None`: at the file's position, or appended).
+    fn write(
+        &self,
+        who: &Who,
+        f: &Arc<Self::File>,
+        off: Option<u64>,
+        data: Payload<'_>,
+    ) -> R<Written>;
+    fn fsync(&self, who: &Who, f: &Arc<Self::File>, data_only: bool) -> R<()>;
+    fn fallocate(&self, who: &Who, f: &Arc<Self::File>, mode: i32, off: u64, len: u64) -> R<()>;
+    fn readdir(&self, who: &Who, f: &Arc<Self::File>, restart: bool, max: u32) -> R<DirPage>;
+
+    fn stat(&self, who: &Who, t: On<'_, Self::File>, follow: bool) -> R<Attr>;
+    fn truncate(&self, who: &Who, t: On<'_, Self::File>, len: u64) -> R<()>;
+    fn chmod(&self, who: &Who, t: On<'_, Self::File>, mode: u32) -> R<()>;
+    fn utimens(
+        &self,
+        who: &Who,
+        t: On<'_, Self::File>,
+        atime: SetTime,
+        mtime: SetTime,
+        follow: bool,
+    ) -> R<()>;
+    fn chown(&self, who: &Who, t: On<'_, Self::File>, uid: Option<u32>, gid: Option<u32>) -> R<()>;
+    fn getxattr(&self, who: &Who, t: On<'_, Self::File>, name: &[u8]) -> R<ByteBuf>;
+    fn setxattr(
+        &self,
+        who: &Who,
+        t: On<'_, Self::File>,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> R<()>;
+    fn listxattr(&self, who: &Who, t: On<'_, Self::File>) -> R<Vec<ByteBuf>>;
+    fn removexattr(&self, who: &Who, t: On<'_, Self::File>, name: &[u8]) -> R<()>;
+
+    fn unlink(&self, who: &Who, path: &[u8]) -> R<()>;
+    fn rmdir(&self, who: &Who, path: &[u8]) -> R<()>;
+    fn mkdir(&self, who: &Who, path: &[u8], mode: u32) -> R<()>;
+    /// `renameat2` (`flags` 0: `rename`).
+    fn rename(&self, who: &Who, from: &[u8], to: &[u8], flags: u32) -> R<()>;
+    fn link(&self, who: &Who, from: &[u8], to: &[u8]) -> R<()>;
+    fn symlink(&self, who: &Who, target: &[u8], path: &[u8]) -> R<()>;
+    fn readlink(&self, who: &Who, path: &[u8]) -> R<ByteBuf>;
+    fn statfs(&self, who: &Who, path: &[u8]) -> R<FsStat>;
+    fn access(&self, who: &Who, path: &[u8], mode: i32) -> R<()>;
+}

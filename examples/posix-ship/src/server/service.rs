@@ -1,0 +1,308 @@
+//! The protocol served over any [`Backend`]: what every server of posix-ship does the
+//! same way, whatever stores the files.
+//!
+//! [`Service::register`] puts every operation (and its [`forwarded`] twin) on an
+//! [`Engine`]. For each request it:
+//! - knows the caller ([`Who`]): the connection and the identity its transport verified,
+//!   or, for the twin, the identity a trusted forwarder names (others get `EPERM`);
+//! - admits it within the caller's bounds ([`Clients`]: requests in flight, open files,
+//!   staging memory, per client and per user);
+//! - turns handles into the backend's own open files (a client reaches only its own);
+//! - stages bulk data: the bytes of a large write are pulled from the caller's memory
+//!   when the backend asks for them ([`Payload::bytes`]), a read's buffer is pushed back,
+//!   both within the staging bounds (short under pressure, as POSIX allows);
+//! - answers the backend's `errno`, unchanged.
+//!
+//! The backend only does file system work: [`super::LocalFs`] on a local export, an I/O
+//! node on other posix-ship servers.
+
+use std::sync::Arc;
+
+use rpc_core::{Caller, Engine, Identity, Responder, Rpc, RpcError};
+use rustix::io::Errno;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+pub use super::backend::{Backend, MAX_OFFSET, On, Payload, R, Who};
+use super::clients::{Clients, LOCAL, Limits};
+use crate::bulk_io::push_to;
+use crate::proto::*;
+
+/// The protocol on an engine, over backend `B`.
+pub struct Service<B: Backend> {
+    /// The backend.
+    pub backend: Arc<B>,
+    /// Every client's handles and bounds.
+    pub clients: Clients<B::File>,
+    /// Peers (by verified uid) whose [`forwarded`] calls are served.
+    trusted_forwarders: Vec<u32>,
+}
+
+impl<B: Backend> Service<B> {
+    /// Serves the protocol on `engine` over `backend`, within `limits`; [`forwarded`]
+    /// calls only from peers verified as one of `trusted_forwarders`.
+    pub fn register(
+        engine: &Engine,
+        backend: Arc<B>,
+        limits: Limits,
+        trusted_forwarders: Vec<u32>,
+    ) -> Result<Arc<Service<B>>, RpcError> {
+        let s = Arc::new(Service {
+            backend,
+            clients: Clients::new(limits),
+            trusted_forwarders,
+        });
+        let w = Arc::downgrade(&s);
+        engine.on_peer_lost(move |p| {
+            if let Some(s) = w.upgrade() {
+                s.backend.lost(s.clients.lost(p.0));
+            }
+        });
+        register_all(engine, &s)?;
+        Ok(s)
+    }
+
+    /// The counters of requests, clients and handles.
+    pub fn stats(&self) -> ServerStats {
+        self.clients.stats()
+    }
+
+    fn file(&self, who: &Who, fh: Fh) -> R<Arc<B::File>> {
+        self.clients.get(who.client, fh)
+    }
+
+    /// Runs `f` on `t`, its handle resolved.
+    fn on<T>(&self, who: &Who, t: &Target, f: impl FnOnce(On<'_, B::File>) -> R<T>) -> R<T> {
+        match t {
+            Target::Path(p) => f(On::Path(p)),
+            Target::Handle(fh) => f(On::File(&self.file(who, *fh)?)),
+        }
+    }
+
+    fn open(&self, who: &Who, r: &OpenReq) -> R<Opened> {
+        let (f, attr) = self.backend.open(who, r)?;
+        let f = Arc::new(f);
+        match self.clients.insert(who.client, who.uid(), f.clone()) {
+            Ok(fh) => Ok(Opened { fh, attr }),
+            Err(e) => {
+                let _ = self.backend.close(who, f);
+                Err(e)
+            }
+        }
+    }
+
+    fn close(&self, who: &Who, fh: Fh) -> R<()> {
+        let f = self.clients.remove(who.client, fh)?;
+        self.backend.close(who, f)
+    }
+
+    /// `pread`: inline (at most [`MAX_INLINE_READ`]), or pushed into the caller's buffer
+    /// (short under staging-memory pressure).
+    fn read(&self, who: &Who, caller: &Caller, r: &ReadReq) -> R<ReadData> {
+        let f = self.file(who, r.fh)?;
+        // As the kernel: a negative offset is EINVAL; reads end at the largest offset.
+        let room = MAX_OFFSET.checked_sub(r.offset).ok_or(Errno::INVAL)?;
+        let len = r.len.min(MAX_IO).min(room);
+        let (len, _staged) = match &r.dest {
+            Some(d) if d.len() < len => return Err(Errno::INVAL),
+            None => (len.min(MAX_INLINE_READ), None),
+            Some(_) => {
+                let s = self.clients.stage(who.client, who.uid(), len);
+                (s.len, Some(s))
+            }
+        };
+        let mut buf = vec![0u8; len as usize];
+        let n = self.backend.read(who, &f, r.offset, &mut buf)?;
+        buf.truncate(n);
+        let Some(dest) = &r.dest else {
+            return Ok(ReadData::Inline(ByteBuf::from(buf)));
+        };
+        push_to(caller, &mut buf, dest).map_err(Errno::from_raw_os_error)?;
+        Ok(ReadData::Pushed(n as u64))
+    }
+
+    /// `pwrite`, or an append: inline, or pulled from the caller's buffer (short under
+    /// staging-memory pressure; the client writes the rest next).
+    fn write(&self, who: &Who, caller: &Caller, r: WriteReq) -> R<Written> {
+        let f = self.file(who, r.fh)?;
+        let (data, _staged) = match r.data {
+            WriteData::Inline(b) => (Payload::Inline(b.into_vec()), None),
+            WriteData::Bulk(src) => {
+                if src.len() > MAX_IO {
+                    return Err(Errno::INVAL);
+                }
+                let s = self.clients.stage(who.client, who.uid(), src.len());
+                let len = s.len;
+                (Payload::Bulk { caller, src, len }, Some(s))
+            }
+        };
+        // As the kernel: a negative offset is EINVAL, a write past the largest one EFBIG.
+        if let Some(off) = r.offset {
+            let end = off.checked_add(data.len()).ok_or(Errno::FBIG)?;
+            if off > MAX_OFFSET {
+                return Err(Errno::INVAL);
+            }
+            if end > MAX_OFFSET {
+                return Err(Errno::FBIG);
+            }
+        }
+        self.backend.write(who, &f, r.offset, data)
+    }
+
+    /// The identity a request acts for: its connection's, or for a [`forwarded`] one,
+    /// the principal a trusted forwarder names (`EPERM` from any other peer).
+    fn who<T: Serialize>(&self, r: &Responder<T>, forwarded: Option<Option<Principal>>) -> R<Who> {
+        let client = r.peer().map_or(LOCAL, |p| p.0);
+        let Some(principal) = forwarded else {
+            return Ok(Who {
+                client,
+                identity: r.identity(),
+            });
+        };
+        let trusted = r
+            .identity()
+            .is_some_and(|i| self.trusted_forwarders.contains(&i.uid));
+        if !trusted {
+            tracing::warn!(peer = ?r.peer(), "a call for another user from an untrusted peer");
+            return Err(Errno::PERM);
+        }
+        let identity = match principal {
+            None => None,
+            // More groups than any kernel gives a process: not a real user.
+            Some(p) if p.groups.len() > 65536 => return Err(Errno::INVAL),
+            Some(p) => Some(Identity {
+                uid: p.uid,
+                gid: p.gid,
+                groups: p.groups,
+                proof: rpc_core::Proof::Forwarded,
+            }),
+        };
+        Ok(Who { client, identity })
+    }
+
+    fn answer<In, Out>(
+        &self,
+        rpc: &'static str,
+        r: Responder<Reply<Out>>,
+        forwarded: Option<Option<Principal>>,
+        input: In,
+        f: &Body<B, In, Out>,
+    ) where
+        Out: Serialize + 'static,
+    {
+        self.backend.request_in(rpc);
+        let who = match self.who(&r, forwarded) {
+            Ok(w) => w,
+            Err(e) => return r.respond(&Err(e.raw_os_error())),
+        };
+        let admitted = match self.clients.admit(who.client, who.uid()) {
+            Ok(a) => a,
+            Err(e) => return r.respond(&Err(e.raw_os_error())),
+        };
+        let caller = r.caller();
+        let out = self
+            .backend
+            .run(&who, || f(self, &who, &caller, input))
+            .map_err(|e| e.raw_os_error());
+        tracing::trace!(
+            client = who.client,
+            rpc,
+            errno = out.as_ref().err(),
+            "answered"
+        );
+        r.respond(&out);
+        drop(admitted);
+    }
+}
+
+type Body<B, In, Out> = dyn Fn(&Service<B>, &Who, &Caller, In) -> R<Out> + Send + Sync;
+
+/// Registers `rpc` and its [`forwarded`] twin with body `f`.
+fn serve<B, In, Out, F>(
+    e: &Engine,
+    s: &Arc<Service<B>>,
+    rpc: Rpc<In, Reply<Out>>,
+    f: F,
+) -> Result<(), RpcError>
+where
+    B: Backend,
+    In: DeserializeOwned + 'static,
+    Out: Serialize + 'static,
+    F: Fn(&Service<B>, &Who, &Caller, In) -> R<Out> + Send + Sync + 'static,
+{
+    let f: Arc<Body<B, In, Out>> = Arc::new(f);
+    let name = rpc.name();
+    let (s2, f2) = (s.clone(), f.clone());
+    e.register_responder(rpc, move |input: In, r: Responder<Reply<Out>>| {
+        s2.answer(name, r, None, input, &*f2)
+    })?;
+    let s = s.clone();
+    e.register_responder(
+        forwarded(rpc),
+        move |(p, input): (Option<Principal>, In), r: Responder<Reply<Out>>| {
+            s.answer(name, r, Some(p), input, &*f)
+        },
+    )
+}
+
+fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
+    serve(e, s, STAT, |s, w, _, (t, follow)| {
+        s.on(w, &t, |t| s.backend.stat(w, t, follow))
+    })?;
+    serve(e, s, OPEN, |s, w, _, r| s.open(w, &r))?;
+    serve(e, s, CLOSE, |s, w, _, fh| s.close(w, fh))?;
+    serve(e, s, READ, |s, w, c, r| s.read(w, c, &r))?;
+    serve(e, s, WRITE, |s, w, c, r| s.write(w, c, r))?;
+    serve(e, s, TRUNCATE, |s, w, _, (t, len)| {
+        s.on(w, &t, |t| s.backend.truncate(w, t, len))
+    })?;
+    serve(e, s, FSYNC, |s, w, _, (fh, d)| {
+        s.backend.fsync(w, &s.file(w, fh)?, d)
+    })?;
+    serve(e, s, FALLOCATE, |s, w, _, (fh, m, o, l)| {
+        s.backend.fallocate(w, &s.file(w, fh)?, m, o, l)
+    })?;
+    serve(e, s, READDIR, |s, w, _, r| {
+        s.backend.readdir(w, &s.file(w, r.fh)?, r.restart, r.max)
+    })?;
+    serve(e, s, UNLINK, |s, w, _, p| s.backend.unlink(w, &p))?;
+    serve(e, s, RMDIR, |s, w, _, p| s.backend.rmdir(w, &p))?;
+    serve(e, s, MKDIR, |s, w, _, (p, m)| s.backend.mkdir(w, &p, m))?;
+    serve(e, s, RENAME, |s, w, _, (a, b)| {
+        s.backend.rename(w, &a, &b, 0)
+    })?;
+    serve(e, s, RENAME2, |s, w, _, (a, b, f)| {
+        s.backend.rename(w, &a, &b, f)
+    })?;
+    serve(e, s, LINK, |s, w, _, (a, b)| s.backend.link(w, &a, &b))?;
+    serve(e, s, SYMLINK, |s, w, _, (t, p)| {
+        s.backend.symlink(w, &t, &p)
+    })?;
+    serve(e, s, READLINK, |s, w, _, p| s.backend.readlink(w, &p))?;
+    serve(e, s, STATFS, |s, w, _, p| s.backend.statfs(w, &p))?;
+    serve(e, s, ACCESS, |s, w, _, (p, m)| s.backend.access(w, &p, m))?;
+    serve(e, s, CHMOD, |s, w, _, (t, m)| {
+        s.on(w, &t, |t| s.backend.chmod(w, t, m))
+    })?;
+    serve(e, s, UTIMENS, |s, w, _, (t, a, m, f)| {
+        s.on(w, &t, |t| s.backend.utimens(w, t, a, m, f))
+    })?;
+    serve(e, s, CHOWN, |s, w, _, (t, u, g)| {
+        s.on(w, &t, |t| s.backend.chown(w, t, u, g))
+    })?;
+    serve(e, s, GETXATTR, |s, w, _, (t, n)| {
+        s.on(w, &t, |t| s.backend.getxattr(w, t, &n))
+    })?;
+    serve(e, s, SETXATTR, |s, w, _, (t, n, v, f)| {
+        s.on(w, &t, |t| s.backend.setxattr(w, t, &n, &v, f))
+    })?;
+    serve(e, s, LISTXATTR, |s, w, _, t| {
+        s.on(w, &t, |t| s.backend.listxattr(w, t))
+    })?;
+    serve(e, s, REMOVEXATTR, |s, w, _, (t, n)| {
+        s.on(w, &t, |t| s.backend.removexattr(w, t, &n))
+    })?;
+    let s = s.clone();
+    e.register_infallible(SERVER_STATS, move |()| s.backend.stats(s.clients.stats()))
+}

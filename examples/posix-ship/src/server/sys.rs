@@ -1,0 +1,121 @@
+//! System-call helpers of the local backend: full reads and writes, and the protocol's
+//! forms of `stat` fields, times and directory entry types.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::fs::{Stat, Timespec};
+use rustix::io::Errno;
+
+use super::clients::OpenFile;
+use crate::proto::*;
+
+type R<T> = Result<T, Errno>;
+
+/// A file to operate on: one of the client's, or opened for this request.
+pub(super) enum Fd {
+    Open(Arc<OpenFile>),
+    Own(OwnedFd),
+}
+
+impl AsFd for Fd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Fd::Open(f) => f.fd.as_fd(),
+            Fd::Own(f) => f.as_fd(),
+        }
+    }
+}
+
+/// `/proc/self/fd/N`: the path of an open file, for calls that take no descriptor.
+pub(super) fn proc_path(fd: &impl AsFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
+}
+
+/// Reads until `buf` is full or the file ends.
+pub(super) fn pread_full(fd: &OwnedFd, buf: &mut [u8], off: u64) -> R<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(fd, &mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
+/// Writes all of `data` at `off` (or appends), or as much as the disk took.
+pub(super) fn write_full(fd: &OwnedFd, data: &[u8], off: Option<u64>) -> R<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        let r = match off {
+            Some(o) => rustix::io::pwrite(fd, &data[done..], o + done as u64),
+            None => rustix::io::write(fd, &data[done..]),
+        };
+        match r {
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
+}
+
+pub(super) fn timespec(t: SetTime) -> Timespec {
+    match t {
+        SetTime::Omit => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        SetTime::Now => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        SetTime::At(t) => Timespec {
+            tv_sec: t.sec,
+            tv_nsec: t.nsec.into(),
+        },
+    }
+}
+
+pub(super) fn dt(t: rustix::fs::FileType) -> u8 {
+    use rustix::fs::FileType as T;
+    match t {
+        T::RegularFile => libc::DT_REG,
+        T::Directory => libc::DT_DIR,
+        T::Symlink => libc::DT_LNK,
+        T::Fifo => libc::DT_FIFO,
+        T::Socket => libc::DT_SOCK,
+        T::CharacterDevice => libc::DT_CHR,
+        T::BlockDevice => libc::DT_BLK,
+        _ => libc::DT_UNKNOWN,
+    }
+}
+
+/// `stat(2)` fields as the protocol carries them.
+#[allow(clippy::unnecessary_cast)]
+pub(super) fn attr(s: &Stat) -> Attr {
+    let t = |sec: i64, nsec: i64| Time {
+        sec,
+        nsec: nsec as u32,
+    };
+    Attr {
+        dev: s.st_dev as u64,
+        ino: s.st_ino as u64,
+        mode: s.st_mode as u32,
+        nlink: s.st_nlink as u64,
+        uid: s.st_uid as u32,
+        gid: s.st_gid as u32,
+        rdev: s.st_rdev as u64,
+        size: s.st_size as u64,
+        blksize: s.st_blksize as u64,
+        blocks: s.st_blocks as u64,
+        atime: t(s.st_atime as i64, s.st_atime_nsec as i64),
+        mtime: t(s.st_mtime as i64, s.st_mtime_nsec as i64),
+        ctime: t(s.st_ctime as i64, s.st_ctime_nsec as i64),
+    }
+}
