@@ -9,6 +9,23 @@
 //! server.shutdown(std::time::Duration::from_secs(10));
 //! # Ok::<(), std::io::Error>(())
 //! ```
+//!
+//! The protocol itself is a [`Service`] over a [`Backend`]: [`Server`] serves [`LocalFs`];
+//! any engine can serve another backend, e.g. a relay to another server ([`Remote`]):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use posix_ship::client::RemoteFs;
+//! use posix_ship::server::{Limits, Remote, Service};
+//!
+//! let engine = rpc_core::Engine::builder().listen("sm").build().map_err(std::io::Error::other)?;
+//! let remote = Remote::new(RemoteFs::connect("tcp://storage1:7000")?)?;
+//! let svc = Service::register(&engine, Arc::new(remote), Limits::default(), vec![])
+//!     .map_err(std::io::Error::other)?;
+//! println!("relaying on {}", engine.self_addr());
+//! # drop(svc);
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
 mod backend;
 pub mod clients;
@@ -16,6 +33,7 @@ mod confine;
 mod creds;
 mod meta;
 mod ops;
+mod remote;
 pub mod service;
 mod sys;
 
@@ -28,6 +46,7 @@ use rpc_core::Engine;
 pub use clients::{Limits, UserLimits};
 use confine::Export;
 pub use creds::Policy;
+pub use remote::{Remote, RemoteFile};
 pub use rpc_core::Auth;
 pub use rustix::io::Errno;
 pub use service::{Backend, On, Payload, Service, Who};
