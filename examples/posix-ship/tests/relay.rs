@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{ServerProc, errno, scratch};
+use common::{ServerProc, errno, scratch, shared_export};
 use posix_ship::client::RemoteFs;
 use posix_ship::server::{Limits, Remote, Service};
 use rpc_core::Engine;
@@ -92,18 +92,7 @@ fn a_second_user_gets_its_own_rights_at_the_server_through_the_relay() {
         eprintln!("skipped: acting as a second user needs root");
         return;
     }
-    let base = scratch("relay-trust");
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let export = base.join("export");
-    std::fs::create_dir_all(export.join("pub")).unwrap();
-    std::fs::set_permissions(&export, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(export.join("pub"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::write(export.join("secret"), b"root only\n").unwrap();
-    std::fs::set_permissions(
-        export.join("secret"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
+    let (_base, export) = shared_export("relay-trust");
     let backend = ServerProc::start(&export, "tcp", &["--trust-forwarder", "0"]);
     let (engine, _svc) = relay(&backend);
     let ship = env!("CARGO_BIN_EXE_posix-ship");

@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{ServerProc, preload_lib, scratch};
+use common::{ServerProc, preload_lib, shared_export as export};
 use posix_ship::client::{ClientOptions, RemoteFs};
 use posix_ship::proto::{WRITE, WriteData, WriteReq};
 use rpc_core::{Access, Auth, Seg};
@@ -19,30 +19,6 @@ const NOBODY: u32 = 65534;
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// An export with a root-only file and a sticky world-writable directory, in a tree the
-/// second user can reach.
-fn export(name: &str) -> (PathBuf, PathBuf) {
-    let base = scratch(name);
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let export = base.join("export");
-    std::fs::create_dir_all(export.join("pub")).unwrap();
-    std::fs::set_permissions(&export, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(export.join("pub"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::write(export.join("secret"), b"root only\n").unwrap();
-    std::fs::set_permissions(
-        export.join("secret"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    std::fs::write(base.join("mine.txt"), b"made by nobody\n").unwrap();
-    std::fs::set_permissions(
-        base.join("mine.txt"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
-    (base, export)
 }
 
 /// Every directory from / to `p` must be searchable by the second user.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -180,4 +181,28 @@ pub fn preload_lib() -> PathBuf {
     let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
     assert!(ok && lib.exists(), "cannot build {}", lib.display());
     lib
+}
+
+/// (For the tests that act as a second user.) An export with a root-only file and a sticky world-writable directory, in a tree the
+/// second user can reach.
+pub fn shared_export(name: &str) -> (PathBuf, PathBuf) {
+    let base = scratch(name);
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let export = base.join("export");
+    std::fs::create_dir_all(export.join("pub")).unwrap();
+    std::fs::set_permissions(&export, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(export.join("pub"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::write(export.join("secret"), b"root only\n").unwrap();
+    std::fs::set_permissions(
+        export.join("secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(base.join("mine.txt"), b"made by nobody\n").unwrap();
+    std::fs::set_permissions(
+        base.join("mine.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    (base, export)
 }
