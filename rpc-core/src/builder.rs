@@ -178,6 +178,7 @@ impl EngineBuilder {
             stopping: AtomicBool::new(false),
             passes: AtomicU32::new(0),
             drivers: AtomicU32::new(0),
+            backoff: Default::default(),
             queued: Arc::new(Mutex::new(Budget::new(
                 per_peer - counted_from,
                 self.max_queued - counted_from,

@@ -18,6 +18,7 @@ use crate::handler::{Handler, Incoming, ReplyTo};
 use crate::pool::Pool;
 use crate::proto::{Budget, CallTable, Header, MsgKind, Over, Phase, Status};
 use crate::slot::Slot;
+use crate::spin::{Backoff, CALLER_SPIN, Spinning};
 use crate::transfer::{Exposed, Xfer};
 
 /// What an entry of the table waits for.
@@ -92,6 +93,8 @@ pub(crate) struct Shared {
     pub(crate) passes: AtomicU32,
     /// Callers driving progress while they wait (thread mode, see [`Shared::drive_for`]).
     pub(crate) drivers: AtomicU32,
+    /// Whether waiting callers drive at all, from how their last drives ended.
+    pub(crate) backoff: Backoff,
     /// Requests queued for workers past the first `queue_counted_from`, per peer and in
     /// total (see the builder).
     pub(crate) queued: Arc<Mutex<Budget>>,
@@ -541,12 +544,20 @@ impl Shared {
         if self.spin.is_zero() || done() {
             return;
         }
+        if self.backoff.skip() {
+            return;
+        }
+        let Some(_spinning) = Spinning::enter() else {
+            // Enough threads spin already: sleep, and let the progress thread complete it.
+            return;
+        };
         self.drivers.fetch_add(1, Ordering::SeqCst);
         // A progress thread asleep in the transport's poll would hold it: wake it once.
         if lock(&self.calls).asleep {
             self.plugin.wake();
         }
         let start = Instant::now();
+        let window = self.spin.min(CALLER_SPIN);
         let mut n = 0u32;
         while !done() {
             match self.drive.try_lock() {
@@ -559,11 +570,12 @@ impl Shared {
                 Err(_) => std::hint::spin_loop(),
             }
             n = n.wrapping_add(1);
-            if n.is_multiple_of(64) && start.elapsed() >= self.spin {
+            if n.is_multiple_of(64) && start.elapsed() >= window {
                 break;
             }
         }
         self.drivers.fetch_sub(1, Ordering::SeqCst);
+        self.backoff.outcome(done());
     }
 }
 

@@ -31,6 +31,7 @@ pub mod proto;
 mod rpc;
 mod serve;
 mod slot;
+mod spin;
 mod sync;
 mod transfer;
 pub mod transport;
