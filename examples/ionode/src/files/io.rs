@@ -1,0 +1,230 @@
+//! Bytes between a shared file's buffers and its backend: flushes (all of a file, the
+//! large extents, the old ones) and reads through the buffers and the read-ahead window.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn transient(errno: i32) -> bool {
+    [
+        libc::ECONNRESET,
+        libc::ECONNREFUSED,
+        libc::ETIMEDOUT,
+        libc::EAGAIN,
+        libc::ESHUTDOWN,
+    ]
+    .contains(&errno)
+}
+
+impl Files {
+    /// Writes everything buffered for `f` to its backend, in writes of at most
+    /// [`MAX_MERGE`]. A failure is kept for the file's next fsync or close; bytes that
+    /// failed for a transport reason stay buffered (tried again at the next flush).
+    /// Returns once every byte buffered before the call is written (or has failed),
+    /// waiting for a flush already in progress too.
+    pub fn flush(&self, f: &SharedFile) {
+        self.write_out(f, 0, 0);
+    }
+
+    /// Writes out the extents of at least `min` bytes, then the lowest until `keep`
+    /// bytes remain (see [`Extents::drain_some`]).
+    pub(super) fn write_out(&self, f: &SharedFile, min: usize, keep: u64) {
+        let _flushing = f.flushing.write().unwrap_or_else(|e| e.into_inner());
+        if f.dirty.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let (writes, via, clean_from, drained) = {
+            let mut s = lock(&f.state);
+            let before = s.extents.bytes();
+            let writes = s.extents.drain_some(min, keep, MAX_MERGE);
+            if writes.is_empty() {
+                // Nothing large enough: the buffer, read-ahead data and counters stay.
+                return;
+            }
+            let after = s.extents.bytes();
+            // Records appended before now had their bytes buffered before now: in
+            // `writes`, or written already.
+            let clean_from = (after == 0)
+                .then(|| self.journal.as_ref().map(|j| j.next_seq()))
+                .flatten();
+            s.next_look = after + self.file_max / 4;
+            if after == 0 {
+                (s.since, s.last) = (None, None);
+            }
+            s.generation += 1;
+            s.cache.clear();
+            // Counted as being written before they stop counting as buffered, so that
+            // the journal is never emptied while they are in neither.
+            let drained: u64 = writes.iter().map(|(_, d)| d.len() as u64).sum();
+            self.draining.fetch_add(drained, Ordering::AcqRel);
+            self.account(f, before, after);
+            (writes, s.writers.first().cloned(), clean_from, drained)
+        };
+        let ok = self.write_through(f, writes, via);
+        self.draining.fetch_sub(drained, Ordering::AcqRel);
+        if let (true, Some(seq), Some(j)) = (ok, clean_from, &self.journal) {
+            let r = j.clean(f.key, seq).and_then(|()| {
+                j.reset_if(|| {
+                    self.buffered.load(Ordering::Acquire) == 0
+                        && self.draining.load(Ordering::Acquire) == 0
+                })
+            });
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "journal: cannot mark a flushed file");
+            }
+        }
+    }
+
+    /// Writes `writes` of `f` through `via`; whether all succeeded.
+    fn write_through(
+        &self,
+        f: &SharedFile,
+        writes: Vec<(u64, Vec<u8>)>,
+        via: Option<Writer>,
+    ) -> bool {
+        Counters::add(&self.stats.flushes, 1);
+        let Some(w) = via else {
+            // Buffered bytes always have a writer: the last one flushes before it goes.
+            tracing::error!(file = ?f.key, "buffered writes with no writer left; dropped");
+            lock(&f.state).fail(libc::EIO);
+            return false;
+        };
+        let mut failed = Vec::new();
+        let mut error = None;
+        for (off, data) in writes {
+            if error.is_some() {
+                failed.push((off, data));
+                continue;
+            }
+            self.stats.request_out("posix.write");
+            let b = &w.backing;
+            match b.with(|fh| b.fs.pwrite(fh, &data, Some(off))) {
+                Ok(_) => Counters::add(&self.stats.bytes_out, data.len() as u64),
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    tracing::warn!(file = ?f.key, off, len = data.len(), errno, "deferred write failed");
+                    error = Some(errno);
+                    failed.push((off, data));
+                }
+            }
+        }
+        let Some(errno) = error else {
+            lock(&f.state).failing_since = None;
+            return true;
+        };
+        Counters::add(&self.stats.deferred_errors, 1);
+        let mut s = lock(&f.state);
+        s.fail(errno);
+        let failing = *s.failing_since.get_or_insert_with(Instant::now);
+        if transient(errno) && failing.elapsed() > RETRY_FOR {
+            tracing::error!(file = ?f.key, errno, "backend unreachable for {RETRY_FOR:?}: buffered writes dropped");
+        } else if transient(errno) {
+            Counters::add(&self.stats.backend_errors, 1);
+            // Keep the bytes under anything written since (newer bytes win).
+            let before = s.extents.bytes();
+            let newer = s.extents.drain(usize::MAX);
+            for (o, d) in failed.iter().chain(newer.iter()) {
+                s.extents.insert(*o, d);
+            }
+            // Tried again whole once the file has been quiet for `flush_after`.
+            s.since.get_or_insert_with(Instant::now);
+            s.last = Some(Instant::now());
+            let after = s.extents.bytes();
+            self.account(f, before, after);
+        }
+        false
+    }
+
+    /// Files with buffered writes that are due, and whether all their bytes are: all when
+    /// none came for `age` (writing has paused) or memory is three quarters spent; only
+    /// the large extents when the oldest byte is four times `age` old but writing goes on
+    /// (bytes must not wait for ever, but the holes between many clients' blocks are
+    /// still being filled: flushing them would cut the file into small writes).
+    pub fn due(&self, age: Duration) -> Vec<(Arc<SharedFile>, bool)> {
+        let pressed = self.buffered.load(Ordering::Acquire) * 4 > self.budget * 3;
+        self.all()
+            .into_iter()
+            .filter_map(|f| {
+                let s = lock(&f.state);
+                let idle = s.last.is_some_and(|t| t.elapsed() >= age);
+                let old = s.since.is_some_and(|t| t.elapsed() >= age * 4);
+                let all = s.since.is_some() && (pressed || idle);
+                let some = s.since.is_some() && old;
+                drop(s);
+                (all || some).then_some((f, all))
+            })
+            .collect()
+    }
+
+    /// Writes out `f`'s large extents only (see [`Files::due`]).
+    pub fn flush_large(&self, f: &SharedFile) {
+        self.write_out(f, RIPE, u64::MAX);
+    }
+
+    /// Fills `buf` from `f` at `off`: `fetch` reads the backend; buffered bytes are laid
+    /// over. Returns the bytes filled and whether the backend was read. On a miss,
+    /// `window` > `buf.len()` (a sequential reader) reads that much ahead; a read near
+    /// the previous read of any client fetches the aligned [`DENSE`] block around it
+    /// (once, however many clients miss in it together); others read just `buf`.
+    ///
+    /// Only reads wholly inside kept data are served from it: a backend read may be
+    /// short without being at the end of the file (a server under memory pressure), so
+    /// nothing past the kept bytes is assumed.
+    pub fn read(
+        &self,
+        f: &SharedFile,
+        off: u64,
+        buf: &mut [u8],
+        window: usize,
+        fetch: impl FnOnce(u64, &mut [u8]) -> std::io::Result<usize>,
+    ) -> std::io::Result<(usize, bool)> {
+        let _no_flush = f.flushing.read().unwrap_or_else(|e| e.into_inner());
+        let dense = {
+            let mut s = lock(&f.state);
+            let near = s.last_read.abs_diff(off) <= DENSE * 8;
+            s.last_read = off;
+            near && window <= buf.len() && buf.len() as u64 <= DENSE / 2
+        };
+        // Clients that miss together in one dense block: the first fetches it, the
+        // others find it kept once they get the lock.
+        let hit = self.cached(f, off, buf);
+        let _fetching = (dense && !hit).then(|| lock(&f.fetching));
+        let (n, fetched) = if hit || (dense && self.cached(f, off, buf)) {
+            Counters::add(&self.stats.readahead_hits, 1);
+            (buf.len(), false)
+        } else if window > buf.len() || dense {
+            let (at, len) = if dense {
+                (off - off % DENSE, DENSE as usize)
+            } else {
+                (off, window)
+            };
+            let len = len.max((off - at) as usize + buf.len());
+            let generation = lock(&f.state).generation;
+            let mut data = vec![0u8; len];
+            let n = fetch(at, &mut data)?;
+            data.truncate(n);
+            Counters::add(&self.stats.readahead_fetches, 1);
+            let from = ((off - at) as usize).min(n);
+            let k = (n - from).min(buf.len());
+            buf[..k].copy_from_slice(&data[from..from + k]);
+            let mut s = lock(&f.state);
+            if s.generation == generation {
+                s.cache.keep(at, data);
+            }
+            (k, true)
+        } else {
+            (fetch(off, buf)?, true)
+        };
+        Ok((lock(&f.state).extents.overlay(off, buf, n), fetched))
+    }
+
+    /// Fills `buf` from kept read-ahead data if one window holds all of it.
+    fn cached(&self, f: &SharedFile, off: u64, buf: &mut [u8]) -> bool {
+        let hit = lock(&f.state).cache.find(off, buf.len(), READAHEAD_TTL);
+        let Some((o, d)) = hit else { return false };
+        let from = (off - o) as usize;
+        buf.copy_from_slice(&d[from..from + buf.len()]);
+        true
+    }
+}
