@@ -18,6 +18,7 @@ pub(crate) fn ship_open(path: Vec<u8>, flags: c_int, mode: mode_t) -> c_int {
             flags & !libc::O_CLOEXEC,
             o.fh,
             o.attr.is_dir(),
+            (o.attr.dev, o.attr.ino),
         ));
         let fd = table::placeholder(flags & libc::O_CLOEXEC != 0)?;
         table::insert(fd, d);
@@ -94,11 +95,12 @@ fn ship_read(d: &Desc, buf: &mut [u8], off: Option<u64>) -> Result<usize, c_int>
     access_ok(d, false)?;
     let fs = table::client()?;
     let fh = d.fh()?;
+    let read = |o: u64, b: &mut [u8]| d.ahead.read(o, b, |o, b| fs.pread(fh, b, o));
     match off {
-        Some(o) => fs.pread(fh, buf, o).map_err(errno_of),
+        Some(o) => read(o, buf).map_err(errno_of),
         None => {
             let mut pos = lock(&d.pos);
-            let n = fs.pread(fh, buf, *pos).map_err(errno_of)?;
+            let n = read(*pos, buf).map_err(errno_of)?;
             *pos += n as u64;
             Ok(n)
         }
@@ -110,6 +112,7 @@ fn ship_write(d: &Desc, buf: &[u8], off: Option<u64>) -> Result<usize, c_int> {
     access_ok(d, true)?;
     let fs = table::client()?;
     let fh = d.fh()?;
+    d.ahead.invalidate();
     let append = *lock(&d.flags) & libc::O_APPEND != 0;
     match off {
         Some(o) if !append => fs.pwrite(fh, buf, Some(o)).map_err(errno_of)?,
@@ -444,6 +447,7 @@ pub extern "C" fn ftruncate(fd: c_int, len: off_t) -> c_int {
     match table::get(fd) {
         Some(d) => ret((|| {
             let t = posix_ship::proto::Target::Handle(d.fh()?);
+            d.ahead.invalidate();
             crate::call(posix_ship::proto::TRUNCATE, &(t, offset(len)?))
         })()),
         None => call_real!(ftruncate: fn(c_int, off_t) -> c_int, fd, len),

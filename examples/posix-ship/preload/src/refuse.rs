@@ -115,6 +115,7 @@ pub extern "C" fn fallocate(fd: c_int, mode: c_int, off: off_t, len: off_t) -> c
     if off < 0 || len <= 0 {
         return fail(libc::EINVAL);
     }
+    d.ahead.invalidate();
     crate::ret(d.fh().and_then(|fh| {
         crate::call(
             posix_ship::proto::FALLOCATE,

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use libc::c_int;
 use posix_ship::client::RemoteFs;
+use posix_ship::client::readahead::ReadAhead;
 use posix_ship::proto::Fh;
 
 use crate::real::call_real;
@@ -37,17 +38,20 @@ pub struct Desc {
     pub is_dir: bool,
     /// The server handle and the process that opened it.
     handle: Mutex<(Fh, u32)>,
+    /// Read-ahead for sequential readers (dropped by writes through it).
+    pub ahead: ReadAhead,
 }
 
 impl Desc {
     /// A description for `fh`, opened now by this process.
-    pub fn new(path: Vec<u8>, flags: c_int, fh: Fh, is_dir: bool) -> Desc {
+    pub fn new(path: Vec<u8>, flags: c_int, fh: Fh, is_dir: bool, id: (u64, u64)) -> Desc {
         Desc {
             path,
             flags: Mutex::new(flags),
             pos: Mutex::new(0),
             is_dir,
             handle: Mutex::new((fh, std::process::id())),
+            ahead: ReadAhead::new(Some(id)),
         }
     }
 
@@ -61,6 +65,7 @@ impl Desc {
             is_dir,
             // No process has pid 0: the first use opens it.
             handle: Mutex::new((Fh(0), 0)),
+            ahead: ReadAhead::new(None),
         }
     }
 

@@ -3,16 +3,19 @@
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use super::RemoteFs;
+use super::readahead::ReadAhead;
 use crate::proto::{Attr, FSYNC, Fh, Opened, TRUNCATE, Target};
 
 /// A file open on the server. The position is kept here; every transfer names its
-/// offset, so the server holds no cursor. Closed on drop (errors then are lost: call
-/// [`RemoteFile::close`] to see them).
+/// offset, so the server holds no cursor. Sequential reads through [`Read`] are read
+/// ahead (see [`super::readahead`]); positional reads are not. Closed on drop (errors
+/// then are lost: call [`RemoteFile::close`] to see them).
 pub struct RemoteFile {
     fs: RemoteFs,
     fh: Option<Fh>,
     pos: u64,
     append: bool,
+    ahead: ReadAhead,
 }
 
 impl RemoteFile {
@@ -22,6 +25,7 @@ impl RemoteFile {
             fh: Some(o.fh),
             pos: 0,
             append: flags & libc::O_APPEND != 0,
+            ahead: ReadAhead::new(Some((o.attr.dev, o.attr.ino))),
         }
     }
 
@@ -47,12 +51,14 @@ impl RemoteFile {
 
     /// `pwrite`: writes all of `buf` at `offset` without moving the position.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        self.ahead.invalidate();
         self.fs.pwrite(self.fh()?, buf, Some(offset))?;
         Ok(buf.len())
     }
 
     /// `ftruncate`.
     pub fn set_len(&self, len: u64) -> io::Result<()> {
+        self.ahead.invalidate();
         self.fs.call(TRUNCATE, &(Target::Handle(self.fh()?), len))
     }
 
@@ -86,7 +92,8 @@ impl std::fmt::Debug for RemoteFile {
 
 impl Read for RemoteFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.fs.pread(self.fh()?, buf, self.pos)?;
+        let (fs, fh) = (&self.fs, self.fh()?);
+        let n = self.ahead.read(self.pos, buf, |o, b| fs.pread(fh, b, o))?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -95,6 +102,7 @@ impl Read for RemoteFile {
 impl Write for RemoteFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let off = (!self.append).then_some(self.pos);
+        self.ahead.invalidate();
         self.pos = self.fs.pwrite(self.fh()?, buf, off)?;
         Ok(buf.len())
     }

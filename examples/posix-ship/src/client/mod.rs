@@ -18,6 +18,7 @@
 //! `ECONNRESET` (server gone), `ETIMEDOUT`, `EAGAIN` (server busy) or `EIO`.
 
 mod file;
+pub mod readahead;
 
 use std::io;
 use std::sync::Arc;
