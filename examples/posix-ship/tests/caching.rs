@@ -103,3 +103,79 @@ fn a_write_through_another_descriptor_is_seen_by_the_next_read() {
         "0001 0001 5858"
     );
 }
+
+const PY_WB: &str = r#"
+import os, subprocess, sys
+p = sys.argv[1]
+fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+# Overlapping writes in flight together land in order: the last one wins.
+for i in range(200):
+    os.pwrite(fd, bytes([i]) * 4096, 0)
+# Sequential writes through the shared offset.
+for i in range(1, 64):
+    os.write(fd, bytes([i]) * 4096) if i > 1 else os.lseek(fd, 4096, 0)
+# A program started now reads what was written.
+out = subprocess.run(["od", "-An", "-tu1", "-N1", "-j", "0", p], capture_output=True, text=True)
+print("child", out.stdout.split())
+r = os.open(p, os.O_RDONLY)
+print("first", os.pread(r, 4096, 0) == bytes([199]) * 4096)
+print("size", os.fstat(fd).st_size)
+# An error of a write already acknowledged is the next fsync's (and reported once).
+print("acknowledged", os.pwrite(fd, b"x" * 4096, 2**63 - 100))
+try:
+    os.fsync(fd); print("fsync ok")
+except OSError as e:
+    print("fsync", e.errno)
+os.fsync(fd); print("then fsync ok")
+os.pwrite(fd, b"y" * 4096, 2**63 - 100)
+try:
+    os.close(fd); print("close ok")
+except OSError as e:
+    print("close", e.errno)
+"#;
+
+#[test]
+fn writes_go_behind_in_order_and_their_errors_come_at_fsync_and_close() {
+    let export = scratch("cache-writebehind");
+    let srv = ServerProc::start(&export, "sm", &[]);
+    let path = format!("{MOUNT}/w");
+    let (out, _) = shipped(&srv, &[], "python3", &["-c", PY_WB, &path]);
+    let out = String::from_utf8_lossy(&out.stdout);
+    let efbig = format!("fsync {}", libc::EFBIG);
+    for want in [
+        "child ['199']",
+        "first True",
+        "size 258048",
+        "acknowledged 4096",
+        efbig.as_str(),
+        "then fsync ok",
+        &format!("close {}", libc::EFBIG),
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+    let on_disk = std::fs::read(export.join("w")).unwrap();
+    assert_eq!(on_disk.len(), 63 * 4096);
+    assert!(on_disk[..4096].iter().all(|&b| b == 199));
+    // Block k (1..=62) was the write of value k + 1 through the shared offset.
+    for k in 1..63 {
+        assert!(
+            on_disk[k * 4096..(k + 1) * 4096]
+                .iter()
+                .all(|&b| b == k as u8 + 1)
+        );
+    }
+}
+
+#[test]
+fn a_server_bound_on_requests_in_flight_slows_writes_behind_but_fails_none() {
+    let export = scratch("cache-eagain");
+    let src = export.parent().unwrap().join("eagain-src");
+    let data: Vec<u8> = (0..2u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    // Two requests in flight per client: most writes behind are refused (EAGAIN) at first.
+    let srv = ServerProc::start(&export, "sm", &["--max-in-flight", "2"]);
+    let of = format!("of={MOUNT}/copy");
+    let iff = format!("if={}", src.display());
+    shipped(&srv, &[], "dd", &[&iff, &of, "bs=4k", "status=none"]);
+    assert!(std::fs::read(export.join("copy")).unwrap() == data);
+}

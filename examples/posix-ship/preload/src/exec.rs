@@ -197,6 +197,8 @@ macro_rules! exec {
             argv: *const *const c_char,
             envp: *const *const c_char,
         ) -> c_int {
+            // The program started may read what this one wrote.
+            crate::table::writes().drain();
             let env = Env::new(envp);
             call_real!($name: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
                 file, argv, pick(&env, envp))
@@ -219,6 +221,8 @@ macro_rules! spawn {
             argv: *const *mut c_char,
             envp: *const *mut c_char,
         ) -> c_int {
+            // The program started may read what this one wrote.
+            crate::table::writes().drain();
             let env = Env::new(envp.cast());
             let envp: *const *mut c_char = pick(&env, envp.cast::<*const c_char>()).cast();
             call_real!($name: fn(*mut pid_t, *const c_char, *const posix_spawn_file_actions_t,

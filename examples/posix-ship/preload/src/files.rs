@@ -73,8 +73,10 @@ pub extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) ->
 /// Interposed `close`.
 #[unsafe(no_mangle)]
 pub extern "C" fn close(fd: c_int) -> c_int {
-    drop(table::remove(fd));
-    call_real!(close: fn(c_int) -> c_int, fd)
+    // A write acknowledged earlier that failed is this close's error (as NFS reports it).
+    let deferred = table::remove(fd).and_then(|d| d.settle_writes());
+    let r = call_real!(close: fn(c_int) -> c_int, fd);
+    deferred.map_or(r, fail)
 }
 
 fn access_ok(d: &Desc, write: bool) -> Result<(), c_int> {
@@ -107,22 +109,29 @@ fn ship_read(d: &Desc, buf: &mut [u8], off: Option<u64>) -> Result<usize, c_int>
     }
 }
 
-/// Writes at `off` (`None`: at the shared offset, or the end with `O_APPEND`).
+/// Writes at `off` (`None`: at the shared offset, or the end with `O_APPEND`). Positional
+/// writes go behind ([`table::writes`]); an append, whose offset only the server knows,
+/// is made after the writes in flight.
 fn ship_write(d: &Desc, buf: &[u8], off: Option<u64>) -> Result<usize, c_int> {
     access_ok(d, true)?;
-    let fs = table::client()?;
+    let fs = table::writer()?;
     let fh = d.fh()?;
     d.ahead.invalidate();
     let append = *lock(&d.flags) & libc::O_APPEND != 0;
-    match off {
-        Some(o) if !append => fs.pwrite(fh, buf, Some(o)).map_err(errno_of)?,
-        Some(_) => fs.pwrite(fh, buf, None).map_err(errno_of)?,
-        None => {
+    let behind = |o: u64| table::writes().write(&fs, fh, o, buf).map_err(errno_of);
+    match (off, append) {
+        (Some(o), false) => behind(o)?,
+        (None, false) => {
             let mut pos = lock(&d.pos);
-            *pos = fs
-                .pwrite(fh, buf, (!append).then_some(*pos))
-                .map_err(errno_of)?;
-            *pos
+            behind(*pos)?;
+            *pos += buf.len() as u64;
+        }
+        (_, true) => {
+            table::writes().settle(fh).map_err(errno_of)?;
+            let end = fs.pwrite(fh, buf, None).map_err(errno_of)?;
+            if off.is_none() {
+                *lock(&d.pos) = end;
+            }
         }
     };
     Ok(buf.len())
@@ -438,7 +447,9 @@ pub extern "C" fn fdatasync(fd: c_int) -> c_int {
 }
 
 fn sync(d: &Desc, data_only: bool) -> Result<(), c_int> {
-    crate::call(posix_ship::proto::FSYNC, &(d.fh()?, data_only))
+    let fh = d.fh()?;
+    table::writes().settle(fh).map_err(errno_of)?;
+    crate::call(posix_ship::proto::FSYNC, &(fh, data_only))
 }
 
 /// Interposed `ftruncate`.

@@ -41,6 +41,16 @@ use libc::{c_char, c_int};
 static ADOPT: extern "C" fn() = {
     extern "C" fn adopt() {
         exec::adopt();
+        // Writes in flight land before the process exits and before it forks (a child
+        // may read what its parent wrote).
+        extern "C" fn drain() {
+            table::writes().drain();
+        }
+        // SAFETY: registering plain functions with no state; both calls only record them.
+        unsafe {
+            libc::atexit(drain);
+            libc::pthread_atfork(Some(drain), None, None);
+        }
     }
     adopt
 };

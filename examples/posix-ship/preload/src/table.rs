@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use libc::c_int;
 use posix_ship::client::RemoteFs;
 use posix_ship::client::readahead::ReadAhead;
+use posix_ship::client::writebehind::WriteBehind;
 use posix_ship::proto::Fh;
 
 use crate::real::call_real;
@@ -84,6 +85,18 @@ impl Desc {
             *h = (o.fh, pid);
         }
         Ok(h.0)
+    }
+}
+
+impl Desc {
+    /// Waits for this description's writes in flight and takes the error of any write
+    /// acknowledged earlier (reported at close, once).
+    pub fn settle_writes(&self) -> Option<c_int> {
+        let (fh, owner) = *lock(&self.handle);
+        if owner != std::process::id() {
+            return None;
+        }
+        writes().settle(fh).err().map(crate::errno_of)
     }
 }
 
@@ -169,8 +182,26 @@ struct Conn {
     fs: RemoteFs,
 }
 
-/// The connection to the server, made on first use and again in a forked child.
+/// The writes of this process in flight (see [`WriteBehind`]).
+pub fn writes() -> &'static WriteBehind {
+    static W: OnceLock<WriteBehind> = OnceLock::new();
+    W.get_or_init(WriteBehind::new)
+}
+
+/// The connection, once every write in flight has landed: for any call that could
+/// observe them (every call but a write).
 pub fn client() -> Result<RemoteFs, c_int> {
+    writes().drain();
+    connection()
+}
+
+/// The connection, for a write (which goes behind those in flight).
+pub fn writer() -> Result<RemoteFs, c_int> {
+    connection()
+}
+
+/// The connection to the server, made on first use and again in a forked child.
+fn connection() -> Result<RemoteFs, c_int> {
     static CONN: Mutex<Option<Conn>> = Mutex::new(None);
     let cfg = crate::config().ok_or(libc::ENOENT)?;
     let pid = std::process::id();

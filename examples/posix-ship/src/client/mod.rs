@@ -19,6 +19,7 @@
 
 mod file;
 pub mod readahead;
+pub mod writebehind;
 
 use std::io;
 use std::sync::Arc;
@@ -220,6 +221,11 @@ impl RemoteFs {
             }
         };
         Pending { call }
+    }
+
+    /// Reads and writes up to this size travel inline in the request.
+    pub fn inline_max(&self) -> usize {
+        self.inner.inline_max
     }
 
     /// The server's counters.

@@ -1,0 +1,240 @@
+//! Write-behind for small positional writes: a program writing 4 KiB at a time (`dd`,
+//! `cp`, `tar x`, stdio) does not wait a round trip per write. A write is sent at once and
+//! answered later; up to [`Settings::bytes`] of writes are in flight (the oldest is waited
+//! for past that; at most [`MAX_FLIGHTS`] writes), and a write waits for older writes it overlaps, so that the server,
+//! whose workers run requests in parallel, applies overlapping writes in order.
+//!
+//! The caller decides when what is in flight must have landed: [`WriteBehind::drain`]
+//! before any other operation that could observe it (a read, a stat, an open, an exec),
+//! [`WriteBehind::settle`] at `fsync` and `close`. An error of a write already acknowledged
+//! to the program is kept for its file and reported at that file's next write, `fsync` or
+//! `close` (as NFS reports deferred write errors), once.
+//!
+//! Only inline writes (at most the connection's inline size) go behind; larger ones, and
+//! appends (whose offset only the server knows), are made after the writes in flight.
+//!
+//! Settings (environment, read once): `POSIX_SHIP_WRITE_BEHIND`, bytes in flight with an
+//! optional `K`/`M` suffix (default 4M; `0` turns it off).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::{Mutex, OnceLock};
+
+use serde_bytes::ByteBuf;
+
+use super::readahead::parse_size;
+use super::{Pending, RemoteFs};
+use crate::proto::{Fh, WRITE, WriteData, WriteReq, Written};
+
+/// How much may be in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Bytes of writes in flight (0: every write waits for its answer).
+    pub bytes: usize,
+}
+
+impl Settings {
+    /// From `POSIX_SHIP_WRITE_BEHIND` (4M unset).
+    pub fn from_env() -> Settings {
+        static S: OnceLock<Settings> = OnceLock::new();
+        *S.get_or_init(|| Settings {
+            bytes: std::env::var("POSIX_SHIP_WRITE_BEHIND")
+                .ok()
+                .and_then(|v| parse_size(&v))
+                .unwrap_or(4 << 20),
+        })
+    }
+}
+
+/// The writes in flight of one process (or one connection), all files together.
+pub struct WriteBehind {
+    settings: Settings,
+    st: Mutex<State>,
+}
+
+struct Flight {
+    fs: RemoteFs,
+    fh: Fh,
+    off: u64,
+    data: Vec<u8>,
+    call: Pending<Written>,
+}
+
+/// Most writes in flight, whatever their size: well under a server's per-client bound
+/// on requests in flight (64 by default), past which it answers `EAGAIN`.
+pub const MAX_FLIGHTS: usize = 16;
+
+#[derive(Default)]
+struct State {
+    flights: VecDeque<Flight>,
+    bytes: usize,
+    /// Errors of writes already acknowledged, by file, until reported.
+    errors: HashMap<Fh, i32>,
+    /// The process the flights belong to (a forked child forgets its parent's).
+    pid: u32,
+    /// Most writes in flight now: [`MAX_FLIGHTS`], halved at each `EAGAIN`.
+    cap: usize,
+}
+
+/// Makes a write refused with `EAGAIN` again, waiting 0.1 ms doubling to 10 ms between
+/// tries, for about 2 s in all.
+fn retry(fs: &RemoteFs, fh: Fh, off: u64, data: &[u8]) -> io::Result<()> {
+    let mut pause = std::time::Duration::from_micros(100);
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match fs.pwrite(fh, data, Some(off)) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && waited.as_secs() < 2 => {
+                std::thread::sleep(pause);
+                waited += pause;
+                pause = (pause * 2).min(std::time::Duration::from_millis(10));
+            }
+            r => return r.map(drop),
+        }
+    }
+}
+
+impl State {
+    /// Waits for the oldest write and keeps its error.
+    fn land_oldest(&mut self) {
+        let Some(f) = self.flights.pop_front() else {
+            return;
+        };
+        self.bytes -= f.data.len();
+        let len = f.data.len() as u64;
+        let errno = match f.call.wait() {
+            Ok(w) if w.n == len => return,
+            // Inline data is never staged: a short write is a full disk.
+            Ok(_) => libc::ENOSPC,
+            // The server's bound on requests in flight (shared with this client's other
+            // threads and its user's other connections): not the write's fault. Fewer go
+            // behind from now on, and this one is made again until the server takes it.
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                self.cap = (self.cap / 2).max(1);
+                match retry(&f.fs, f.fh, f.off, &f.data) {
+                    Ok(()) => return,
+                    Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+                }
+            }
+            Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        };
+        tracing::debug!(fh = f.fh.0, off = f.off, errno, "a write behind failed");
+        self.errors.entry(f.fh).or_insert(errno);
+    }
+
+    /// In a forked child, the parent's flights belong to an engine whose threads are not
+    /// here: forget them (the parent waits for them).
+    fn adopt(&mut self) {
+        let pid = std::process::id();
+        if self.pid != pid {
+            for f in self.flights.drain(..) {
+                std::mem::forget(f.call);
+            }
+            (self.bytes, self.pid, self.cap) = (0, pid, MAX_FLIGHTS);
+            self.errors.clear();
+        }
+    }
+}
+
+impl WriteBehind {
+    /// With the process's settings.
+    pub fn new() -> WriteBehind {
+        Self::with(Settings::from_env())
+    }
+
+    /// With these settings.
+    pub fn with(settings: Settings) -> WriteBehind {
+        WriteBehind {
+            settings,
+            st: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut s = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        s.adopt();
+        s
+    }
+
+    /// Writes `data` at `off` of `fh`: sent now and answered later if it is small enough
+    /// and the setting allows, else made now after the writes in flight. An error of an
+    /// earlier write of `fh` is returned instead (and this one is not made).
+    pub fn write(&self, fs: &RemoteFs, fh: Fh, off: u64, data: &[u8]) -> io::Result<()> {
+        let mut s = self.state();
+        if let Some(e) = s.errors.remove(&fh) {
+            return Err(io::Error::from_raw_os_error(e));
+        }
+        let len = data.len() as u64;
+        if self.settings.bytes == 0 || data.len() > fs.inline_max() {
+            while !s.flights.is_empty() {
+                s.land_oldest();
+            }
+            if let Some(e) = s.errors.remove(&fh) {
+                return Err(io::Error::from_raw_os_error(e));
+            }
+            drop(s);
+            return fs.pwrite(fh, data, Some(off)).map(drop);
+        }
+        // Older writes this one overlaps land first; then room in the window.
+        let overlaps =
+            |f: &Flight| f.fh == fh && f.off < off + len && off < f.off + f.data.len() as u64;
+        while let Some(last) = s.flights.iter().rposition(overlaps) {
+            for _ in 0..=last {
+                s.land_oldest();
+            }
+        }
+        while !s.flights.is_empty()
+            && (s.bytes + data.len() > self.settings.bytes || s.flights.len() >= s.cap)
+        {
+            s.land_oldest();
+        }
+        let req = WriteReq {
+            fh,
+            offset: Some(off),
+            data: WriteData::Inline(ByteBuf::from(data.to_vec())),
+        };
+        let call = fs.start(WRITE, &req);
+        let fs = fs.clone();
+        s.bytes += data.len();
+        let data = data.to_vec();
+        s.flights.push_back(Flight {
+            fs,
+            fh,
+            off,
+            data,
+            call,
+        });
+        Ok(())
+    }
+
+    /// Waits until every write in flight has landed (errors kept for their files).
+    pub fn drain(&self) {
+        let mut s = self.state();
+        while !s.flights.is_empty() {
+            s.land_oldest();
+        }
+    }
+
+    /// Waits for every write in flight, then reports (once) the first error of a write of
+    /// `fh` acknowledged earlier: at `fsync` and `close`.
+    pub fn settle(&self, fh: Fh) -> io::Result<()> {
+        let mut s = self.state();
+        while !s.flights.is_empty() {
+            s.land_oldest();
+        }
+        match s.errors.remove(&fh) {
+            Some(e) => Err(io::Error::from_raw_os_error(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Bytes in flight.
+    pub fn in_flight(&self) -> usize {
+        self.state().bytes
+    }
+}
+
+impl Default for WriteBehind {
+    fn default() -> Self {
+        Self::new()
+    }
+}
