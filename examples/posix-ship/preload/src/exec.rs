@@ -258,3 +258,13 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char)
     // SAFETY: as above.
     unsafe { execvpe(file, argv, environ) }
 }
+
+/// Interposed `vfork`: a `fork`, after the writes in flight have landed. A vforked child
+/// shares this process's memory until it execs, so it could neither send the writes
+/// gathered here nor forget them (the parent's state) — and the program it starts may read
+/// them. `fork` is what POSIX allows `vfork` to be; it costs a copy of the page tables.
+#[unsafe(no_mangle)]
+pub extern "C" fn vfork() -> pid_t {
+    table::writes().drain();
+    call_real!(fork: fn() -> pid_t,)
+}

@@ -1,6 +1,7 @@
 //! Write-behind for small positional writes: a program writing 4 KiB at a time (`dd`,
-//! `cp`, `tar x`, stdio) does not wait a round trip per write. A write is sent at once and
-//! answered later; up to [`Settings::bytes`] of writes are in flight (the oldest is waited
+//! `cp`, `tar x`, stdio) does not wait a round trip per write. Contiguous writes of a file
+//! are gathered into one request of up to the inline size (32 KiB), which is sent at once
+//! and answered later; up to [`Settings::bytes`] of writes are in flight (the oldest is waited
 //! for past that; at most [`MAX_FLIGHTS`] writes), and a write waits for older writes it overlaps, so that the server,
 //! whose workers run requests in parallel, applies overlapping writes in order.
 //!
@@ -64,8 +65,17 @@ struct Flight {
 /// on requests in flight (64 by default), past which it answers `EAGAIN`.
 pub const MAX_FLIGHTS: usize = 16;
 
+/// Contiguous writes of one file not sent yet (at most the inline size).
+struct Gather {
+    fs: RemoteFs,
+    fh: Fh,
+    off: u64,
+    data: Vec<u8>,
+}
+
 #[derive(Default)]
 struct State {
+    gather: Option<Gather>,
     flights: VecDeque<Flight>,
     bytes: usize,
     /// Errors of writes already acknowledged, by file, until reported.
@@ -121,6 +131,47 @@ impl State {
         self.errors.entry(f.fh).or_insert(errno);
     }
 
+    /// Sends the gathered writes (after older writes they overlap, within the window).
+    fn flush_gather(&mut self, window: usize) {
+        let Some(Gather { fs, fh, off, data }) = self.gather.take() else {
+            return;
+        };
+        let end = off + data.len() as u64;
+        let overlaps = |f: &Flight| f.fh == fh && f.off < end && off < f.off + f.data.len() as u64;
+        while let Some(last) = self.flights.iter().rposition(overlaps) {
+            for _ in 0..=last {
+                self.land_oldest();
+            }
+        }
+        while !self.flights.is_empty()
+            && (self.bytes + data.len() > window || self.flights.len() >= self.cap)
+        {
+            self.land_oldest();
+        }
+        let req = WriteReq {
+            fh,
+            offset: Some(off),
+            data: WriteData::Inline(ByteBuf::from(data.clone())),
+        };
+        let call = fs.start(WRITE, &req);
+        self.bytes += data.len();
+        self.flights.push_back(Flight {
+            fs,
+            fh,
+            off,
+            data,
+            call,
+        });
+    }
+
+    /// Sends what is gathered and waits for every write in flight.
+    fn land_all(&mut self, window: usize) {
+        self.flush_gather(window);
+        while !self.flights.is_empty() {
+            self.land_oldest();
+        }
+    }
+
     /// In a forked child, the parent's flights belong to an engine whose threads are not
     /// here: forget them (the parent waits for them).
     fn adopt(&mut self) {
@@ -129,6 +180,8 @@ impl State {
             for f in self.flights.drain(..) {
                 std::mem::forget(f.call);
             }
+            // (Gathered writes are the parent's to send.)
+            std::mem::forget(self.gather.take());
             (self.bytes, self.pid, self.cap) = (0, pid, MAX_FLIGHTS);
             self.errors.clear();
         }
@@ -155,72 +208,56 @@ impl WriteBehind {
         s
     }
 
-    /// Writes `data` at `off` of `fh`: sent now and answered later if it is small enough
-    /// and the setting allows, else made now after the writes in flight. An error of an
+    /// Writes `data` at `off` of `fh`: sent soon and answered later if it is small enough
+    /// and the setting allows (contiguous writes of a file are gathered into requests of
+    /// the inline size first), else made now after the writes in flight. An error of an
     /// earlier write of `fh` is returned instead (and this one is not made).
     pub fn write(&self, fs: &RemoteFs, fh: Fh, off: u64, data: &[u8]) -> io::Result<()> {
         let mut s = self.state();
-        if let Some(e) = s.errors.remove(&fh) {
-            return Err(io::Error::from_raw_os_error(e));
+        let owed = |s: &mut State| s.errors.remove(&fh).map(io::Error::from_raw_os_error);
+        if let Some(e) = owed(&mut s) {
+            return Err(e);
         }
-        let len = data.len() as u64;
-        if self.settings.bytes == 0 || data.len() > fs.inline_max() {
-            while !s.flights.is_empty() {
-                s.land_oldest();
-            }
-            if let Some(e) = s.errors.remove(&fh) {
-                return Err(io::Error::from_raw_os_error(e));
+        let max = fs.inline_max();
+        if self.settings.bytes == 0 || data.len() > max {
+            s.land_all(self.settings.bytes);
+            if let Some(e) = owed(&mut s) {
+                return Err(e);
             }
             drop(s);
             return fs.pwrite(fh, data, Some(off)).map(drop);
         }
-        // Older writes this one overlaps land first; then room in the window.
-        let overlaps =
-            |f: &Flight| f.fh == fh && f.off < off + len && off < f.off + f.data.len() as u64;
-        while let Some(last) = s.flights.iter().rposition(overlaps) {
-            for _ in 0..=last {
-                s.land_oldest();
-            }
-        }
-        while !s.flights.is_empty()
-            && (s.bytes + data.len() > self.settings.bytes || s.flights.len() >= s.cap)
+        if let Some(g) = &mut s.gather
+            && g.fh == fh
+            && g.off + g.data.len() as u64 == off
+            && g.data.len() + data.len() <= max
         {
-            s.land_oldest();
+            g.data.extend_from_slice(data);
+        } else {
+            s.flush_gather(self.settings.bytes);
+            s.gather = Some(Gather {
+                fs: fs.clone(),
+                fh,
+                off,
+                data: data.to_vec(),
+            });
         }
-        let req = WriteReq {
-            fh,
-            offset: Some(off),
-            data: WriteData::Inline(ByteBuf::from(data.to_vec())),
-        };
-        let call = fs.start(WRITE, &req);
-        let fs = fs.clone();
-        s.bytes += data.len();
-        let data = data.to_vec();
-        s.flights.push_back(Flight {
-            fs,
-            fh,
-            off,
-            data,
-            call,
-        });
+        if s.gather.as_ref().is_some_and(|g| g.data.len() == max) {
+            s.flush_gather(self.settings.bytes);
+        }
         Ok(())
     }
 
     /// Waits until every write in flight has landed (errors kept for their files).
     pub fn drain(&self) {
-        let mut s = self.state();
-        while !s.flights.is_empty() {
-            s.land_oldest();
-        }
+        self.state().land_all(self.settings.bytes);
     }
 
     /// Waits for every write in flight, then reports (once) the first error of a write of
     /// `fh` acknowledged earlier: at `fsync` and `close`.
     pub fn settle(&self, fh: Fh) -> io::Result<()> {
         let mut s = self.state();
-        while !s.flights.is_empty() {
-            s.land_oldest();
-        }
+        s.land_all(self.settings.bytes);
         match s.errors.remove(&fh) {
             Some(e) => Err(io::Error::from_raw_os_error(e)),
             None => Ok(()),
