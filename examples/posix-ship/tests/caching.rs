@@ -6,31 +6,13 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{ServerProc, preload_lib, scratch};
+use common::{ServerProc, scratch};
 
 const MOUNT: &str = "/qs-cache";
 
-/// Runs `prog args` under the interposer with extra environment; returns its output and
-/// the requests the server served meanwhile.
+/// Runs `prog args` under the interposer on [`MOUNT`] (see [`common::interposed`]).
 fn shipped(srv: &ServerProc, env: &[(&str, &str)], prog: &str, args: &[&str]) -> (Output, u64) {
-    let fs = srv.client();
-    let before = fs.server_stats().unwrap().requests;
-    let out = Command::new(prog)
-        .args(args)
-        .env("LD_PRELOAD", preload_lib())
-        .env("POSIX_SHIP_SERVER", &srv.addr)
-        .env("QS_AUTH", &srv.auth)
-        .env("POSIX_SHIP_MOUNT", MOUNT)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{prog} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Less this query itself.
-    (out, fs.server_stats().unwrap().requests - before - 1)
+    common::interposed(srv, MOUNT, env, prog, args)
 }
 
 fn sha(out: &Output) -> String {
@@ -178,4 +160,25 @@ fn a_server_bound_on_requests_in_flight_slows_writes_behind_but_fails_none() {
     let iff = format!("if={}", src.display());
     shipped(&srv, &[], "dd", &[&iff, &of, "bs=4k", "status=none"]);
     assert!(std::fs::read(export.join("copy")).unwrap() == data);
+}
+
+#[test]
+fn dot_dot_at_the_mount_root_is_the_local_parent() {
+    let export = scratch("interpose-dotdot");
+    std::fs::write(export.join("f"), b"x").unwrap();
+    let srv = ServerProc::start(&export, "sm", &[]);
+    let (out, _) = shipped(&srv, &[], "ls", &["-la", MOUNT]);
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.lines().any(|l| l.ends_with(" ..")), "{out}");
+    let ino = |p: &str| {
+        let (o, _) = shipped(&srv, &[], "stat", &["-c", "%i", p]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(ino(&format!("{MOUNT}/..")), ino("/"));
+    assert_eq!(ino(&format!("{MOUNT}/a/../../tmp")), ino("/tmp"));
+    assert_ne!(
+        ino(&format!("{MOUNT}/")),
+        ino("/"),
+        "the mount root is the export's"
+    );
 }

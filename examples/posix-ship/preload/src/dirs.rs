@@ -63,7 +63,10 @@ pub extern "C" fn opendir(path: *const c_char) -> *mut libc::DIR {
                 wrap(fd)
             }
         }
-        None => call_real!(opendir: fn(*const c_char) -> *mut libc::DIR, path),
+        None => {
+            let local = crate::local_path(path);
+            call_real!(opendir: fn(*const c_char) -> *mut libc::DIR, local.ptr())
+        }
     }
 }
 

@@ -30,8 +30,11 @@ pub(crate) fn ship_open(path: Vec<u8>, flags: c_int, mode: mode_t) -> c_int {
 fn open_at(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     match shipped_at(dirfd, path) {
         Some(p) => ship_open(p, flags, mode),
-        None => call_real!(openat: fn(c_int, *const c_char, c_int, mode_t) -> c_int,
-            dirfd, path, flags, mode),
+        None => {
+            let local = crate::local_path(path);
+            call_real!(openat: fn(c_int, *const c_char, c_int, mode_t) -> c_int,
+                dirfd, local.ptr(), flags, mode)
+        }
     }
 }
 

@@ -99,8 +99,51 @@ pub(crate) fn shipped(path: *const c_char) -> Option<Vec<u8>> {
     let rest = p.strip_prefix(cfg.mount.as_slice())?;
     match rest.first() {
         None => Some(b"/".to_vec()),
+        Some(b'/') if climbs_out(rest) => None,
         Some(b'/') => Some(rest.to_vec()),
         Some(_) => None,
+    }
+}
+
+/// Whether `..` components take `rest` (beneath the mount) above the mount's root.
+fn climbs_out(rest: &[u8]) -> bool {
+    let mut depth = 0usize;
+    for c in rest.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." if depth == 0 => return true,
+            b".." => depth -= 1,
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+/// For an absolute path under the mount whose `..` climb out of it (`/fwd/..`,
+/// `/fwd/a/../../etc`): the local path it names, resolved lexically, since the mount is
+/// no directory of the kernel's (`ls -la /fwd` stats `/fwd/..`). Else `path` itself.
+pub(crate) fn local_path(path: *const c_char) -> LocalPath {
+    let escaped = (|| {
+        let cfg = config()?;
+        // SAFETY: a non-null path argument of a POSIX call is a NUL-terminated string.
+        let p = unsafe { CStr::from_ptr(path.as_ref()?) }.to_bytes();
+        let rest = p.strip_prefix(cfg.mount.as_slice())?;
+        (rest.first() == Some(&b'/') && climbs_out(rest))
+            .then(|| std::ffi::CString::new(cwd::clamped(p)).ok())?
+    })();
+    LocalPath { path, escaped }
+}
+
+/// A path for the kernel (see [`local_path`]).
+pub(crate) struct LocalPath {
+    path: *const c_char,
+    escaped: Option<std::ffi::CString>,
+}
+
+impl LocalPath {
+    /// The pointer to pass, valid while `self` lives.
+    pub(crate) fn ptr(&self) -> *const c_char {
+        self.escaped.as_ref().map_or(self.path, |c| c.as_ptr())
     }
 }
 

@@ -62,8 +62,11 @@ fn stat_at(dirfd: c_int, path: *const c_char, st: *mut libc::stat, flags: c_int)
     }
     match shipped_at(dirfd, path) {
         Some(p) => stat_target(Target::Path(buf(p)), follow, st),
-        None => call_real!(fstatat64: fn(c_int, *const c_char, *mut libc::stat, c_int) -> c_int,
-            dirfd, path, st, flags),
+        None => {
+            let local = crate::local_path(path);
+            call_real!(fstatat64: fn(c_int, *const c_char, *mut libc::stat, c_int) -> c_int,
+                dirfd, local.ptr(), st, flags)
+        }
     }
 }
 
@@ -211,8 +214,9 @@ pub extern "C" fn statx(
             Err(e) => fail(e),
         },
         None => {
+            let local = crate::local_path(path);
             call_real!(statx: fn(c_int, *const c_char, c_int, c_uint, *mut libc::statx) -> c_int,
-            d, path, fl, mask, sx)
+            d, local.ptr(), fl, mask, sx)
         }
     }
 }

@@ -89,7 +89,10 @@ macro_rules! by_path {
         pub extern "C" fn $name(path: *const c_char, $($a: $t),*) -> $r {
             match path_target(path) {
                 Some(t) => $f(t, $($a),*),
-                None => call_real!($name: fn(*const c_char, $($t),*) -> $r, path, $($a),*),
+                None => {
+                    let local = crate::local_path(path);
+                    call_real!($name: fn(*const c_char, $($t),*) -> $r, local.ptr(), $($a),*)
+                }
             }
         }
 
@@ -98,7 +101,10 @@ macro_rules! by_path {
         pub extern "C" fn $l(path: *const c_char, $($a: $t),*) -> $r {
             match path_target(path) {
                 Some(t) => $f(t, $($a),*),
-                None => call_real!($l: fn(*const c_char, $($t),*) -> $r, path, $($a),*),
+                None => {
+                    let local = crate::local_path(path);
+                    call_real!($l: fn(*const c_char, $($t),*) -> $r, local.ptr(), $($a),*)
+                }
             }
         }
     )*};

@@ -206,3 +206,32 @@ pub fn shared_export(name: &str) -> (PathBuf, PathBuf) {
     .unwrap();
     (base, export)
 }
+
+/// Runs `prog args` under the interposer on `mount` with extra environment; it must
+/// succeed. Returns its output and the requests the server served meanwhile.
+pub fn interposed(
+    srv: &ServerProc,
+    mount: &str,
+    env: &[(&str, &str)],
+    prog: &str,
+    args: &[&str],
+) -> (std::process::Output, u64) {
+    let fs = srv.client();
+    let before = fs.server_stats().unwrap().requests;
+    let out = Command::new(prog)
+        .args(args)
+        .env("LD_PRELOAD", preload_lib())
+        .env("POSIX_SHIP_SERVER", &srv.addr)
+        .env("QS_AUTH", &srv.auth)
+        .env("POSIX_SHIP_MOUNT", mount)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // (The stats query is not counted among requests.)
+    (out, fs.server_stats().unwrap().requests - before)
+}
