@@ -7,7 +7,6 @@
 //! climbs above the mount stays at its root (as in a chroot), so that it never names a
 //! local file by accident.
 
-use std::ffi::CString;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -41,6 +40,42 @@ pub fn get() -> Option<Vec<u8>> {
     d
 }
 
+/// The `POSIX_SHIP_CWD=...` entry of the environment: this buffer, handed to `putenv`
+/// once and rewritten in place after, because `setenv` may free the environment array
+/// another thread's `getenv` is reading (glibc marks it MT-unsafe). A reader racing a
+/// change may see a mix of the two values, never freed memory.
+static SLOT: [AtomicU8; SLOT_LEN] = [const { AtomicU8::new(0) }; SLOT_LEN];
+const SLOT_LEN: usize = ENV.len() + 2 + libc::PATH_MAX as usize;
+
+/// Makes `dir` (a path under the mount; empty: none) what programs started now inherit.
+fn publish(dir: &[u8]) {
+    static PUT: std::sync::Once = std::sync::Once::new();
+    let name = ENV.as_bytes();
+    if name.len() + 2 + dir.len() > SLOT_LEN || dir.contains(&0) {
+        // Too long for the slot (a directory deeper than PATH_MAX): none is handed down.
+        return publish(b"");
+    }
+    // The value emptied first, then written, then its first byte: a racing reader sees
+    // the old value, an empty one or a prefix of the new one.
+    SLOT[name.len() + 1].store(0, Ordering::Release);
+    for (i, b) in name.iter().chain(b"=").enumerate() {
+        SLOT[i].store(*b, Ordering::Relaxed);
+    }
+    let v = name.len() + 1;
+    for (i, b) in dir.iter().enumerate().skip(1) {
+        SLOT[v + i].store(*b, Ordering::Relaxed);
+    }
+    SLOT[v + dir.len()].store(0, Ordering::Release);
+    if let Some(b) = dir.first() {
+        SLOT[v].store(*b, Ordering::Release);
+    }
+    PUT.call_once(|| {
+        // SAFETY: a NUL-terminated `NAME=value` string in a static that lives as long as
+        // the process; putenv keeps the pointer, and we only ever change its bytes.
+        unsafe { libc::putenv(SLOT.as_ptr() as *mut c_char) };
+    });
+}
+
 /// What the parent handed down.
 fn inherited() -> Option<Vec<u8>> {
     let cfg = config()?;
@@ -62,17 +97,9 @@ fn set(dir: Option<Vec<u8>>) {
             if d.as_slice() != b"/" {
                 full.extend_from_slice(d);
             }
-            if let (Ok(k), Ok(v)) = (CString::new(ENV), CString::new(full)) {
-                // SAFETY: NUL-terminated strings; setenv copies them.
-                unsafe { libc::setenv(k.as_ptr(), v.as_ptr(), 1) };
-            }
+            publish(&full);
         }
-        _ => {
-            if let Ok(k) = CString::new(ENV) {
-                // SAFETY: a NUL-terminated name.
-                unsafe { libc::unsetenv(k.as_ptr()) };
-            }
-        }
+        _ => publish(b""),
     }
     WHERE.store(
         if dir.is_some() { INSIDE } else { LOCAL },
