@@ -193,7 +193,7 @@ impl EngineBuilder {
             chunk: self.chunk,
             inline_bulk: self.inline_bulk,
             max_overflow: self.max_overflow,
-            exposed: Mutex::new(HashMap::new()),
+            exposed: Mutex::new(Default::default()),
             lost_hooks: RwLock::new(Vec::new()),
         });
         let thread = match self.mode {

@@ -16,10 +16,10 @@ use crate::counters::Counters;
 use crate::engine::{Endpoint, ProgressMode};
 use crate::handler::{Handler, Incoming, ReplyTo};
 use crate::pool::Pool;
-use crate::proto::{Budget, CallTable, Header, MsgKind, Over, Phase, Status};
+use crate::proto::{Budget, CallTable, Exposed, Header, MsgKind, Over, Phase, Status};
 use crate::slot::Slot;
 use crate::spin::{Backoff, CALLER_SPIN, Spinning};
-use crate::transfer::{Exposed, Xfer};
+use crate::transfer::{Kept, Xfer};
 
 /// What an entry of the table waits for.
 pub(crate) enum Pending {
@@ -108,7 +108,7 @@ pub(crate) struct Shared {
     pub(crate) inline_bulk: usize,
     pub(crate) max_overflow: u64,
     /// Overflow answers waiting for their caller to pull them, by release id.
-    pub(crate) exposed: Mutex<HashMap<u64, Exposed>>,
+    pub(crate) exposed: Mutex<Exposed<PeerId, Kept>>,
     /// Called with each peer the transport reports lost ([`crate::Engine::on_peer_lost`]).
     pub(crate) lost_hooks: RwLock<Vec<LostHook>>,
 }
@@ -430,7 +430,8 @@ impl Shared {
             Event::PeerLost { peer, error } => {
                 tracing::debug!(peer = peer.0, %error, "peer lost");
                 Counters::add(&self.counters.peers_lost, 1);
-                lock(&self.exposed).retain(|_, x| x.peer != peer);
+                let freed = lock(&self.exposed).peer_lost(&peer);
+                drop(freed);
                 let hooks = self.lost_hooks.read().unwrap_or_else(|e| e.into_inner());
                 hooks.iter().for_each(|h| h(peer));
             }

@@ -491,9 +491,13 @@ mod tests {
             .unwrap();
         let client = Engine::new("tcp://127.0.0.1:0").unwrap();
         let peer = client.lookup(&server.self_addr().to_string()).unwrap();
-        let first = client.call(&peer, SLOW, &300);
-        std::thread::sleep(Duration::from_millis(100));
-        // The one slot is taken by the first request: the next are refused at once.
+        let first = client.call(&peer, SLOW, &1000);
+        // Once the server has the first request, the one slot is taken: the next are
+        // refused at once (the handler sleeps long enough for a loaded machine).
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while server.counters().rpcs_received == 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         for _ in 0..3 {
             assert!(matches!(
                 client.call(&peer, SLOW, &0).wait(),

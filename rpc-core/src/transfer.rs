@@ -7,7 +7,6 @@
 //! the caller, land an overflow answer, or dispatch an overflow request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bulk::{Bulk, Chunker, Descriptor, Seg};
@@ -52,15 +51,9 @@ pub(crate) struct Xfer {
     pub(crate) then: Then,
 }
 
-/// An overflow answer exposed for its caller to pull.
-pub(crate) struct Exposed {
-    _bulk: Bulk<'static>,
-    _held: Held,
-    pub(crate) peer: PeerId,
-    deadline: Instant,
-}
-
-static RELEASE_IDS: AtomicU64 = AtomicU64::new(1);
+/// What an overflow answer exposed for its caller keeps: the memory, and its share of
+/// the overflow budget (both given back when it is dropped).
+pub(crate) type Kept = (Bulk<'static>, Held);
 
 /// Where a transfer goes, before it is planned.
 pub(crate) struct Spec<'r> {
@@ -238,7 +231,6 @@ impl Shared {
 
     /// The server's side of an answer too large to send: expose it until released.
     pub(crate) fn overflow_answer(&self, peer: PeerId, rpc_id: u64, msg: Vec<u8>) -> Vec<u8> {
-        let release = RELEASE_IDS.fetch_add(1, Ordering::Relaxed);
         let mut stub = Vec::with_capacity(256);
         let mut refuse = |status: Status, why: String| {
             Header::response(rpc_id, status).write(&mut stub);
@@ -258,21 +250,14 @@ impl Shared {
             Ok(b) => b,
             Err(e) => return refuse(Status::OutputTooLarge, format!("cannot expose: {e}")),
         };
+        let d = b.descriptor();
+        let ttl = self.default_timeout.unwrap_or(Duration::from_secs(60));
+        let release = lock(&self.exposed).expose(peer, Instant::now(), ttl, (b, held));
         Header::response(rpc_id, Status::Ok)
             .overflow()
             .write(&mut stub);
         // Encoding a descriptor into a Vec cannot fail.
-        let _ = rmp_serde::encode::write(&mut stub, &(b.descriptor(), release));
-        let deadline = Instant::now() + self.default_timeout.unwrap_or(Duration::from_secs(60));
-        lock(&self.exposed).insert(
-            release,
-            Exposed {
-                _bulk: b,
-                _held: held,
-                peer,
-                deadline,
-            },
-        );
+        let _ = rmp_serde::encode::write(&mut stub, &(d, release));
         // The progress thread may be asleep with no deadline: let it arm this one.
         self.plugin.wake();
         stub
@@ -424,10 +409,8 @@ impl Shared {
 
     /// The caller pulled an overflow answer: free it (only the peer it was for may).
     pub(crate) fn release_exposed(&self, id: u64, from: Option<PeerId>) {
-        let mut ex = lock(&self.exposed);
-        if ex.get(&id).is_some_and(|x| Some(x.peer) == from) {
-            ex.remove(&id);
-        }
+        let freed = lock(&self.exposed).release(id, from.as_ref());
+        drop(freed);
     }
 
     /// Frees overflow answers never released; returns when the next one expires.
@@ -436,7 +419,10 @@ impl Shared {
         if ex.is_empty() {
             return None;
         }
-        ex.retain(|_, x| x.deadline > now);
-        ex.values().map(|x| x.deadline).min()
+        let freed = ex.expire(now);
+        let next = ex.next_deadline();
+        drop(ex);
+        drop(freed);
+        next
     }
 }
