@@ -182,3 +182,41 @@ fn dot_dot_at_the_mount_root_is_the_local_parent() {
         "the mount root is the export's"
     );
 }
+
+/// `posix-ship put` and `get` of `data` through `srv`; the file must come back intact.
+fn put_get(srv: &ServerProc, name: &str, data: &[u8]) {
+    let dir = scratch(&format!("local-{name}"));
+    let (src, back) = (dir.join("src"), dir.join("back"));
+    std::fs::write(&src, data).unwrap();
+    let ship = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
+            .args(args)
+            .env("POSIX_SHIP_SERVER", &srv.addr)
+            .env("QS_AUTH", &srv.auth)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let remote = format!("/{name}");
+    ship(&["put", src.to_str().unwrap(), &remote]);
+    assert!(std::fs::read(srv.export.join(name)).unwrap() == data, "put");
+    ship(&["get", &remote, back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == data, "get");
+}
+
+#[test]
+fn put_and_get_copy_whole_files_even_when_the_server_answers_short() {
+    let data: Vec<u8> = (0..(20u32 << 20) + 12345)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let srv = ServerProc::start(&scratch("putget"), "sm", &[]);
+    put_get(&srv, "plain", &data);
+    put_get(&srv, "empty", &[]);
+    // 1 MiB of staging per client: every large read and write is answered short.
+    let tight = ServerProc::start(&scratch("putget-tight"), "tcp", &["--staging-mib", "1"]);
+    put_get(&tight, "tight", &data);
+}

@@ -375,7 +375,8 @@ impl RemoteFs {
         self.call(CLOSE, &fh)
     }
 
-    /// `pread` into `buf`: fills it unless the file ends first; returns the bytes read.
+    /// `pread` into `buf`: fills it unless the file ends first or the server answers short
+    /// (under staging pressure, as POSIX allows); returns the bytes read.
     /// Small reads come back inline; larger ones are pushed into `buf` by bulk.
     pub fn pread(&self, fh: Fh, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let mut done = 0;
