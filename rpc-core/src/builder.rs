@@ -177,7 +177,7 @@ impl EngineBuilder {
             drive: Mutex::new(()),
             stopping: AtomicBool::new(false),
             passes: AtomicU32::new(0),
-            drivers: AtomicU32::new(0),
+            drivers: Default::default(),
             backoff: Default::default(),
             queued: Arc::new(Mutex::new(Budget::new(
                 per_peer - counted_from,

@@ -15,6 +15,7 @@ use crate::call::Answer;
 use crate::counters::Counters;
 use crate::engine::{Endpoint, ProgressMode};
 use crate::handler::{Handler, Incoming, ReplyTo};
+use crate::handoff::Drivers;
 use crate::pool::Pool;
 use crate::proto::{Budget, CallTable, Exposed, Header, MsgKind, Over, Phase, Status};
 use crate::slot::Slot;
@@ -92,7 +93,7 @@ pub(crate) struct Shared {
     /// Spinning passes, for [`TIMER_EVERY`]; also the heartbeat of driving callers.
     pub(crate) passes: AtomicU32,
     /// Callers driving progress while they wait (thread mode, see [`Shared::drive_for`]).
-    pub(crate) drivers: AtomicU32,
+    pub(crate) drivers: Drivers,
     /// Whether waiting callers drive at all, from how their last drives ended.
     pub(crate) backoff: Backoff,
     /// Requests queued for workers past the first `queue_counted_from`, per peer and in
@@ -461,11 +462,7 @@ impl Shared {
             };
             // A caller that started driving before this lock was taken is not left
             // waiting behind a sleeping poll (it checks `asleep` under the same lock).
-            let wait = if self.drivers.load(Ordering::SeqCst) > 0 {
-                Some(Duration::ZERO)
-            } else {
-                wait
-            };
+            let wait = self.drivers.sleep_for(wait);
             c.armed = wait.and_then(|w| now.checked_add(w));
             c.asleep = true;
             wait
@@ -552,9 +549,8 @@ impl Shared {
             // Enough threads spin already: sleep, and let the progress thread complete it.
             return;
         };
-        self.drivers.fetch_add(1, Ordering::SeqCst);
         // A progress thread asleep in the transport's poll would hold it: wake it once.
-        if lock(&self.calls).asleep {
+        if self.drivers.enter(|| lock(&self.calls).asleep) {
             self.plugin.wake();
         }
         let start = Instant::now();
@@ -575,7 +571,7 @@ impl Shared {
                 break;
             }
         }
-        self.drivers.fetch_sub(1, Ordering::SeqCst);
+        self.drivers.leave();
         self.backoff.outcome(done());
     }
 }
@@ -591,7 +587,7 @@ pub(crate) fn progress_loop(shared: &Arc<Shared>) {
     let mut last_event: Option<Instant> = None;
     let mut heartbeat = u32::MAX;
     while !shared.stopping.load(Ordering::Acquire) {
-        if shared.drivers.load(Ordering::SeqCst) > 0 {
+        if shared.drivers.any() {
             // A waiting caller drives: stand aside while its passes go on. One that stops
             // passing (a handler it runs inline is waiting) is not waited for.
             let beat = shared.passes.load(Ordering::Relaxed);

@@ -25,6 +25,7 @@ mod driver;
 mod engine;
 mod error;
 mod handler;
+mod handoff;
 mod oneway;
 mod pool;
 pub mod proto;

@@ -1,0 +1,118 @@
+//! The hand-off between callers that drive progress themselves and the progress thread
+//! (thread mode, see `Shared::drive_for`): while a caller drives, the progress thread
+//! must not sleep in the transport's poll (it would hold the transport while the caller
+//! waits), and a caller that starts driving while the progress thread is going to sleep
+//! must wake it.
+//!
+//! The protocol, a Dekker pair over the calls lock: the caller counts itself a driver
+//! *then* reads, under the lock, whether the progress thread sleeps (and wakes it if so);
+//! the progress thread reads, under the same lock, whether any caller drives *then*
+//! marks itself asleep. Either the caller sees it asleep or it sees the caller. The loom
+//! model below checks this with the wake-up as the transport's is (sticky, like an
+//! eventfd), and that the reverse order loses the wake-up.
+
+use std::time::Duration;
+
+use crate::sync::{AtomicU32, Ordering};
+
+/// Callers driving progress now.
+#[derive(Default)]
+pub(crate) struct Drivers(AtomicU32);
+
+impl Drivers {
+    /// A caller starts driving; whether the progress thread must be woken, as
+    /// `sleeping` (which reads the flag under the calls lock) says.
+    pub(crate) fn enter(&self, sleeping: impl FnOnce() -> bool) -> bool {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        sleeping()
+    }
+
+    /// The caller stops driving.
+    pub(crate) fn leave(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether a caller drives.
+    pub(crate) fn any(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+
+    /// How long the progress thread may sleep in the poll (`wait`, or not at all while a
+    /// caller drives); called under the calls lock, before it marks itself asleep there.
+    pub(crate) fn sleep_for(&self, wait: Option<Duration>) -> Option<Duration> {
+        if self.any() {
+            Some(Duration::ZERO)
+        } else {
+            wait
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! Run with `RUSTFLAGS="--cfg loom" cargo test -p rpc-core --lib --release handoff`.
+    use super::*;
+    use loom::sync::atomic::AtomicBool;
+    use loom::sync::{Arc, Mutex};
+    use loom::thread;
+
+    /// The progress thread going to sleep with no deadline while a caller starts driving.
+    /// The transport's wake-up is sticky (an eventfd written before the poll ends it), so
+    /// the wake-up is lost exactly when the progress thread sleeps and nobody rings:
+    /// checked in every interleaving.
+    fn model(caller: fn(&Drivers, &Mutex<bool>, &AtomicBool)) {
+        loom::model(move || {
+            let (d, asleep, rung) = (
+                Arc::new(Drivers::default()),
+                Arc::new(Mutex::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let (d2, a2) = (d.clone(), asleep.clone());
+            let progress = thread::spawn(move || {
+                let wait = {
+                    let mut a = a2.lock().unwrap();
+                    let w = d2.sleep_for(None);
+                    *a = true;
+                    w
+                };
+                let sleeps = wait != Some(Duration::ZERO);
+                if !sleeps {
+                    // A poll that does not sleep returns by itself; one with no deadline
+                    // returns only when woken, so its flag stays up here.
+                    *a2.lock().unwrap() = false;
+                }
+                sleeps
+            });
+            caller(&d, &asleep, &rung);
+            let slept = progress.join().unwrap();
+            assert!(
+                !slept || rung.load(Ordering::SeqCst),
+                "the progress thread slept through a caller's drive"
+            );
+            d.leave();
+        });
+    }
+
+    #[test]
+    fn a_caller_that_starts_driving_never_leaves_the_progress_thread_asleep() {
+        model(|d, asleep, rung| {
+            if d.enter(|| *asleep.lock().unwrap()) {
+                rung.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+
+    /// The mutant: the caller reads the flag before it counts itself. The progress thread
+    /// can then read no driver and sleep, and nobody wakes it.
+    #[test]
+    #[should_panic(expected = "slept through")]
+    fn reading_the_flag_before_counting_loses_the_wake_up() {
+        model(|d, asleep, rung| {
+            let sleeping = *asleep.lock().unwrap();
+            d.enter(|| false);
+            if sleeping {
+                rung.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+}
