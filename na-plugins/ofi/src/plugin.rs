@@ -494,6 +494,48 @@ impl OfiPlugin {
         }
     }
 
+    /// As [`Self::post`] for a send to `peer`, which also gives up as soon as the peer is
+    /// declared lost or its process is gone (checked every 5 ms of retries): a dead peer's
+    /// full queue must not hold a server's worker for 10 s per answer.
+    fn post_to(&self, peer: u64, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
+        let start = Instant::now();
+        let mut checked = start;
+        loop {
+            match self.post_once(what, &mut f) {
+                Err(NaError::Exhausted(_)) if start.elapsed() <= Duration::from_secs(10) => {
+                    if checked.elapsed() >= Duration::from_millis(5) {
+                        checked = Instant::now();
+                        if self.peer_gone(peer) {
+                            return Err(NaError::Unreachable(format!(
+                                "{what}: the peer is gone and its queue is full"
+                            )));
+                        }
+                    }
+                    self.poll_cq(false)
+                }
+                Err(NaError::Exhausted(_)) => {
+                    return Err(NaError::Exhausted(format!(
+                        "{what}: the provider's queue stayed full for 10 s"
+                    )));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Whether `peer` is declared lost, or its process or port is certainly gone.
+    fn peer_gone(&self, peer: u64) -> bool {
+        let raw = {
+            let s = lock(&self.state);
+            match s.peers.get(&peer) {
+                Some(p) if p.lost => return true,
+                Some(p) => p.raw.clone(),
+                None => return false,
+            }
+        };
+        crate::provider::certainly_dead(self.provider.death_check, &raw)
+    }
+
     /// One post; `-FI_EAGAIN` is `Exhausted`.
     pub(crate) fn post_once(&self, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
         let rc = f();
@@ -542,7 +584,7 @@ impl OfiPlugin {
         inject: bool,
     ) -> NaResult<bool> {
         if inject && buf.len() <= self.inject {
-            self.post("fi_tinject", || unsafe {
+            self.post_to(peer, "fi_tinject", || unsafe {
                 // SAFETY: buf is valid for its length during the call; inject copies it.
                 fi::fi_tinject(self.ep.0, buf.as_ptr().cast(), buf.len(), peer, tag)
             })?;
@@ -560,7 +602,7 @@ impl OfiPlugin {
         }
         // SAFETY: ctx is live until its completion; its buffer is not touched meanwhile.
         let (p, n) = unsafe { ((*ctx).buf.as_ptr(), (*ctx).buf.len()) };
-        let r = self.post("fi_tsend", || unsafe {
+        let r = self.post_to(peer, "fi_tsend", || unsafe {
             // SAFETY: as above.
             fi::fi_tsend(
                 self.ep.0,
