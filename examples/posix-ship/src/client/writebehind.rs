@@ -82,7 +82,8 @@ struct State {
     errors: HashMap<Fh, i32>,
     /// The process the flights belong to (a forked child forgets its parent's).
     pid: u32,
-    /// Most writes in flight now: [`MAX_FLIGHTS`], halved at each `EAGAIN`.
+    /// Most writes in flight now: [`MAX_FLIGHTS`], halved at each `EAGAIN` and grown
+    /// back by one per write landed.
     cap: usize,
 }
 
@@ -112,7 +113,11 @@ impl State {
         self.bytes -= f.data.len();
         let len = f.data.len() as u64;
         let errno = match f.call.wait() {
-            Ok(w) if w.n == len => return,
+            Ok(w) if w.n == len => {
+                // The window grows back one write per write landed.
+                self.cap = (self.cap + 1).min(MAX_FLIGHTS);
+                return;
+            }
             // Inline data is never staged: a short write is a full disk.
             Ok(_) => libc::ENOSPC,
             // The server's bound on requests in flight (shared with this client's other
