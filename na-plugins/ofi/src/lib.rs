@@ -29,6 +29,7 @@ mod addr;
 mod fabric;
 mod mr;
 mod plugin;
+mod post;
 mod progress;
 pub mod provider;
 mod rma;

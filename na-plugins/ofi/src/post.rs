@@ -1,0 +1,162 @@
+//! Posting to the provider: retries while its queue is full (driving completions
+//! between tries), receive buffers of the unexpected pool, and tagged sends.
+
+use std::time::{Duration, Instant};
+
+use libfabric_sys as fi;
+use na::{NaError, NaResult};
+
+use crate::fabric;
+use crate::plugin::{Ctx, OfiPlugin, What, lock};
+use crate::wire::{UNEXPECTED, UNEXPECTED_IGNORE};
+
+impl OfiPlugin {
+    /// Retries a post while the provider says `-FI_EAGAIN`, driving completions between
+    /// tries; gives up after 10 s with `Exhausted`.
+    pub(crate) fn post(&self, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
+        let start = Instant::now();
+        loop {
+            match self.post_once(what, &mut f) {
+                Err(NaError::Exhausted(_)) if start.elapsed() <= Duration::from_secs(10) => {
+                    self.poll_cq(false)
+                }
+                Err(NaError::Exhausted(_)) => {
+                    return Err(NaError::Exhausted(format!(
+                        "{what}: the provider's queue stayed full for 10 s"
+                    )));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// As [`Self::post`] for a send to `peer`, which also gives up as soon as the peer is
+    /// declared lost or its process is gone (checked every 5 ms of retries): a dead peer's
+    /// full queue must not hold a server's worker for 10 s per answer.
+    fn post_to(&self, peer: u64, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
+        let start = Instant::now();
+        let mut checked = start;
+        loop {
+            match self.post_once(what, &mut f) {
+                Err(NaError::Exhausted(_)) if start.elapsed() <= Duration::from_secs(10) => {
+                    if checked.elapsed() >= Duration::from_millis(5) {
+                        checked = Instant::now();
+                        if self.peer_gone(peer) {
+                            return Err(NaError::Unreachable(format!(
+                                "{what}: the peer is gone and its queue is full"
+                            )));
+                        }
+                    }
+                    self.poll_cq(false)
+                }
+                Err(NaError::Exhausted(_)) => {
+                    return Err(NaError::Exhausted(format!(
+                        "{what}: the provider's queue stayed full for 10 s"
+                    )));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Whether `peer` is declared lost, or its process or port is certainly gone.
+    fn peer_gone(&self, peer: u64) -> bool {
+        let raw = {
+            let s = lock(&self.state);
+            match s.peers.get(&peer) {
+                Some(p) if p.lost => return true,
+                Some(p) => p.raw.clone(),
+                None => return false,
+            }
+        };
+        crate::provider::certainly_dead(self.provider.death_check, &raw)
+    }
+
+    /// One post; `-FI_EAGAIN` is `Exhausted`.
+    pub(crate) fn post_once(&self, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
+        let rc = f();
+        if rc == 0 {
+            Ok(())
+        } else if rc == -(fi::FI_EAGAIN as isize) {
+            Err(NaError::Exhausted(format!("{what}: provider queue full")))
+        } else {
+            Err(fabric::error(what, rc as i64))
+        }
+    }
+
+    pub(crate) fn post_pool(&self, ctx: *mut Ctx) -> NaResult<()> {
+        // SAFETY: ctx is a live Ctx owned by the plugin (in `live`); its buffer stays put
+        // until the completion hands it back.
+        let (buf, len) = unsafe { ((*ctx).buf.as_mut_ptr(), (*ctx).buf.len()) };
+        self.post("fi_trecv(unexpected)", || unsafe {
+            // SAFETY: as above; the endpoint is open.
+            fi::fi_trecv(
+                self.ep.0,
+                buf.cast(),
+                len,
+                std::ptr::null_mut(),
+                fi::FI_ADDR_UNSPEC,
+                UNEXPECTED,
+                UNEXPECTED_IGNORE,
+                ctx.cast(),
+            )
+        })
+    }
+
+    /// Sends `buf` with `tag` to `peer`: injected (no completion) when it fits, else with
+    /// a context that owns the buffer. Returns whether a completion will come.
+    pub(crate) fn tsend(&self, peer: u64, tag: u64, buf: Vec<u8>, what: What) -> NaResult<bool> {
+        self.tsend_opt(peer, tag, buf, what, true)
+    }
+
+    /// As `tsend`; `inject` false asks for a completion even for a small message (an
+    /// answer's failure is how a server learns that its client died).
+    pub(crate) fn tsend_opt(
+        &self,
+        peer: u64,
+        tag: u64,
+        buf: Vec<u8>,
+        what: What,
+        inject: bool,
+    ) -> NaResult<bool> {
+        if inject && buf.len() <= self.inject {
+            self.post_to(peer, "fi_tinject", || unsafe {
+                // SAFETY: buf is valid for its length during the call; inject copies it.
+                fi::fi_tinject(self.ep.0, buf.as_ptr().cast(), buf.len(), peer, tag)
+            })?;
+            return Ok(false);
+        }
+        let ctx = Ctx::new(what, buf);
+        {
+            let mut s = lock(&self.state);
+            s.live.insert(ctx as usize);
+            if let What::Op(id) = what
+                && let Some(op) = s.ops.get_mut(&id)
+            {
+                op.ctxs.push(ctx as usize);
+            }
+        }
+        // SAFETY: ctx is live until its completion; its buffer is not touched meanwhile.
+        let (p, n) = unsafe { ((*ctx).buf.as_ptr(), (*ctx).buf.len()) };
+        let r = self.post_to(peer, "fi_tsend", || unsafe {
+            // SAFETY: as above.
+            fi::fi_tsend(
+                self.ep.0,
+                p.cast(),
+                n,
+                std::ptr::null_mut(),
+                peer,
+                tag,
+                ctx.cast(),
+            )
+        });
+        if let Err(e) = r {
+            let mut s = lock(&self.state);
+            s.live.remove(&(ctx as usize));
+            // SAFETY: the post failed, so libfabric holds no reference to ctx.
+            drop(unsafe { Box::from_raw(ctx) });
+            return Err(e);
+        }
+        Ok(true)
+    }
+}
