@@ -30,9 +30,9 @@ impl OfiPlugin {
         }
     }
 
-    /// As [`Self::post`] for a send to `peer`, which also gives up as soon as the peer is
-    /// declared lost or its process is gone (checked every 5 ms of retries): a dead peer's
-    /// full queue must not hold a server's worker for 10 s per answer.
+    /// As [`Self::post`] for a send to `peer`, which also gives up as soon as the peer's
+    /// process or port is gone (checked every 5 ms of retries): a dead peer's full queue
+    /// must not hold a server's worker for 10 s per answer.
     fn post_to(&self, peer: u64, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
         let start = Instant::now();
         let mut checked = start;
@@ -59,15 +59,11 @@ impl OfiPlugin {
         }
     }
 
-    /// Whether `peer` is declared lost, or its process or port is certainly gone.
+    /// Whether `peer`'s process or port is certainly gone. (Not whether it is declared
+    /// lost: a server restarted at the same address is the same peer again.)
     fn peer_gone(&self, peer: u64) -> bool {
-        let raw = {
-            let s = lock(&self.state);
-            match s.peers.get(&peer) {
-                Some(p) if p.lost => return true,
-                Some(p) => p.raw.clone(),
-                None => return false,
-            }
+        let Some(raw) = lock(&self.state).peers.get(&peer).map(|p| p.raw.clone()) else {
+            return false;
         };
         crate::provider::certainly_dead(self.provider.death_check, &raw)
     }
