@@ -158,6 +158,16 @@ enum Cmd {
         #[arg(long, default_value = "otoc")]
         data_cache: posix_ship::mount::DataCache,
     },
+    /// Relay to the server (`-s`/POSIX_SHIP_SERVER) from another transport: every call is
+    /// made for its caller, so the server must trust this user (`--trust-forwarder`).
+    Relay {
+        /// Where clients connect (`sm`, `tcp://0.0.0.0:7001`, ...).
+        #[arg(long, default_value = "sm")]
+        listen: String,
+        /// The proof demanded of tcp clients (as `server --auth`).
+        #[arg(long, default_value = "none")]
+        auth: String,
+    },
     /// Run the demo: a server on a temporary export, real programs through the interposer.
     Demo {
         /// The interposer library (default: next to this program).
@@ -333,6 +343,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 threads,
             )
         }
+        Cmd::Relay { listen, auth } => relay(&listen, &auth, fs()?),
         Cmd::Demo { preload } => demo::run(preload),
     }
 }
@@ -395,5 +406,26 @@ fn serve(cfg: ServerConfig) -> io::Result<()> {
         "posix-ship server: stopped ({} requests served, {} files were still open, {} requests unfinished)",
         s.requests, s.open_files, s.in_flight
     );
+    Ok(())
+}
+
+/// Serves the protocol on `listen` over a [`posix_ship::server::Remote`] backend until
+/// SIGINT or SIGTERM.
+fn relay(listen: &str, auth: &str, to: RemoteFs) -> io::Result<()> {
+    use posix_ship::server::{Remote, Service};
+    let listen = rpc_core::transport::listen_address(Some(listen)).map_err(io::Error::other)?;
+    let engine = rpc_core::Engine::builder()
+        .listen(&listen.to_string())
+        .workers(8)
+        .auth(Auth::parse(auth).map_err(io::Error::other)?)
+        .build()
+        .map_err(io::Error::other)?;
+    let remote = std::sync::Arc::new(Remote::new(to)?);
+    let _svc = Service::register(&engine, remote, Limits::default(), Vec::new())
+        .map_err(io::Error::other)?;
+    println!("{}", engine.self_addr());
+    io::stdout().flush()?;
+    let sig = engine.serve_until_signal().map_err(io::Error::other)?;
+    eprintln!("posix-ship relay: signal {sig}, stopping");
     Ok(())
 }

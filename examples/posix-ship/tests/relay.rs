@@ -124,3 +124,29 @@ fn a_second_user_gets_its_own_rights_at_the_server_through_the_relay() {
     let fs = RemoteFs::connect(&engine.self_addr().to_string()).unwrap();
     assert_eq!(fs.read("/secret").unwrap(), b"root only\n");
 }
+
+#[test]
+fn the_relay_command_serves_until_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let export = scratch("relay-cli");
+    let backend = ServerProc::start(&export, "tcp", &["--trust-forwarder", &uid()]);
+    let mut relay = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
+        .args(["relay", "--listen", "sm"])
+        .env("POSIX_SHIP_SERVER", &backend.addr)
+        .env("QS_AUTH", &backend.auth)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut addr = String::new();
+    BufReader::new(relay.stdout.take().unwrap())
+        .read_line(&mut addr)
+        .unwrap();
+    let fs = RemoteFs::connect(addr.trim()).unwrap();
+    fs.write("/via-relay", b"relayed").unwrap();
+    assert_eq!(std::fs::read(export.join("via-relay")).unwrap(), b"relayed");
+    assert_eq!(fs.read("/via-relay").unwrap(), b"relayed");
+    drop(fs);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
+    assert!(relay.wait().unwrap().success(), "a clean stop at SIGTERM");
+}
