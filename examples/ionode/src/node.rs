@@ -301,8 +301,5 @@ fn register_stats(e: &Engine, s: &Arc<Service<Node>>) -> Result<(), RpcError> {
 }
 
 fn snapshot(s: &Service<Node>) -> NodeStats {
-    let mut st = s.backend.stats.snapshot();
-    let c = s.stats();
-    (st.handles, st.refused, st.in_flight) = (c.open_files, c.refused, c.in_flight);
-    st
+    s.backend.stats.snapshot(&s.stats())
 }

@@ -36,7 +36,7 @@ impl Backend for Node {
 
     fn stats(&self, s: ServerStats) -> ServerStats {
         ServerStats {
-            requests: self.stats.snapshot().totals().0,
+            requests: self.stats.requests_in(),
             ..s
         }
     }

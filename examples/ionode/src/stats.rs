@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use posix_ship::proto::ServerStats;
 use rpc_core::Rpc;
 use serde::{Deserialize, Serialize};
 
@@ -108,9 +109,13 @@ macro_rules! counters {
         }
 
         impl Counters {
-            /// A snapshot.
-            pub fn snapshot(&self) -> NodeStats {
+            /// A snapshot, with what the service holds for the node's clients (handles,
+            /// requests in flight, refusals: counted by the service, not here).
+            pub fn snapshot(&self, held: &ServerStats) -> NodeStats {
                 NodeStats {
+                    in_flight: held.in_flight,
+                    handles: held.open_files,
+                    refused: held.refused,
                     ops: OPS
                         .iter()
                         .enumerate()
@@ -127,9 +132,6 @@ macro_rules! counters {
 }
 
 counters!(
-    in_flight,
-    handles,
-    refused,
     bytes_in,
     bytes_out,
     buffered_writes,
@@ -157,6 +159,11 @@ impl Counters {
         if let Some(i) = index(op) {
             self.ops_in[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Client requests since start, all operations.
+    pub fn requests_in(&self) -> u64 {
+        self.ops_in.iter().map(|a| a.load(Ordering::Relaxed)).sum()
     }
 
     /// A backend request for `op` was made.

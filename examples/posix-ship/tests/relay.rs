@@ -83,7 +83,22 @@ fn every_kind_of_call_crosses_the_relay_to_the_server() {
         0,
         "the relay's own stats"
     );
-    let _ = backend.client().server_stats().unwrap();
+    // A client that goes away holding a file: the relay closes it at the server too.
+    let at_server = backend.client();
+    fs.open_raw(b"/held", libc::O_CREAT | libc::O_RDWR, 0o644)
+        .unwrap();
+    assert_eq!(at_server.server_stats().unwrap().open_files, 1);
+    drop(fs);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while at_server.server_stats().unwrap().open_files > 0 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        at_server.server_stats().unwrap().open_files,
+        0,
+        "closed when lost"
+    );
+    assert_eq!(svc.stats().open_files, 0);
 }
 
 #[test]

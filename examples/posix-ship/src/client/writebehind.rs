@@ -156,9 +156,15 @@ impl State {
         let req = WriteReq {
             fh,
             offset: Some(off),
-            data: WriteData::Inline(ByteBuf::from(data.clone())),
+            data: WriteData::Inline(ByteBuf::from(data)),
         };
+        // The request is encoded as it starts: its bytes are kept (for a retry) without
+        // a copy.
         let call = fs.start(WRITE, &req);
+        let WriteData::Inline(data) = req.data else {
+            unreachable!("built inline above")
+        };
+        let data = data.into_vec();
         self.bytes += data.len();
         self.flights.push_back(Flight {
             fs,
@@ -267,11 +273,6 @@ impl WriteBehind {
             Some(e) => Err(io::Error::from_raw_os_error(e)),
             None => Ok(()),
         }
-    }
-
-    /// Bytes in flight.
-    pub fn in_flight(&self) -> usize {
-        self.state().bytes
     }
 }
 
