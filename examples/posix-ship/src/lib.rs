@@ -9,7 +9,8 @@
 //!   `Read + Write + Seek`. Small I/O travels inline, large I/O by bulk transfer straight
 //!   between the client's and the server's buffers.
 //!
-//! - [`mount`]: the export as a FUSE file system (`posix-ship mount`).
+//! - [`mount`]: the export as a FUSE file system (`posix-ship mount`); [`ride`]: how the
+//!   interposer rides on it.
 //!
 //! The binary (`posix-ship`) is a thin CLI over these; the LD_PRELOAD interposer
 //! (`libposix_ship_preload.so`) uses the same client.
@@ -19,4 +20,5 @@ pub mod bulk_io;
 pub mod client;
 pub mod mount;
 pub mod proto;
+pub mod ride;
 pub mod server;

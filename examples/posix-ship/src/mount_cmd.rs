@@ -70,8 +70,11 @@ pub fn run(
     }
     cfg.n_threads = Some(threads.max(1));
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    let session = fuser::spawn_mount2(Fs::new(fs, opts), mountpoint, &cfg)
+    let fs = Fs::new(fs, addr, opts);
+    let notifier = fs.notifier_slot();
+    let session = fuser::spawn_mount2(fs, mountpoint, &cfg)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", mountpoint.display())))?;
+    let _ = notifier.set(session.notifier());
     println!("mounted {addr} on {}", mountpoint.display());
     tracing::info!(%addr, mountpoint = %mountpoint.display(), "mounted");
     loop {

@@ -50,6 +50,11 @@ const SLOT_LEN: usize = ENV.len() + 2 + libc::PATH_MAX as usize;
 /// Makes `dir` (a path under the mount; empty: none) what programs started now inherit.
 fn publish(dir: &[u8]) {
     static PUT: std::sync::Once = std::sync::Once::new();
+    if dir.is_empty() && !PUT.is_completed() {
+        // Nothing was handed down yet: the environment stays untouched (perl frees, at
+        // exit, entries it did not make if the array changed under it).
+        return;
+    }
     let name = ENV.as_bytes();
     if name.len() + 2 + dir.len() > SLOT_LEN || dir.contains(&0) {
         // Too long for the slot (a directory deeper than PATH_MAX): none is handed down.

@@ -198,7 +198,7 @@ macro_rules! exec {
             envp: *const *const c_char,
         ) -> c_int {
             // The program started may read what this one wrote.
-            crate::table::writes().drain();
+            crate::ride::settle_all();
             let env = Env::new(envp);
             call_real!($name: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
                 file, argv, pick(&env, envp))
@@ -222,7 +222,7 @@ macro_rules! spawn {
             envp: *const *mut c_char,
         ) -> c_int {
             // The program started may read what this one wrote.
-            crate::table::writes().drain();
+            crate::ride::settle_all();
             let env = Env::new(envp.cast());
             let envp: *const *mut c_char = pick(&env, envp.cast::<*const c_char>()).cast();
             call_real!($name: fn(*mut pid_t, *const c_char, *const posix_spawn_file_actions_t,
@@ -259,12 +259,34 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char)
     unsafe { execvpe(file, argv, environ) }
 }
 
+/// Interposed `_exit`: the writes in flight land first, as at `exit` (a forked child
+/// ending with `_exit` would otherwise lose what it wrote), within half a second; the
+/// report is made.
+#[unsafe(no_mangle)]
+pub extern "C" fn _exit(status: c_int) -> ! {
+    crate::ride::settle_at_exit();
+    crate::report::at_exit();
+    if let Some(f) = crate::real::real!(_exit: fn(c_int) -> ()) {
+        // SAFETY: the C library's `_exit` with the caller's status.
+        unsafe { f(status) };
+    }
+    // SAFETY: exit_group(2) ends the process; it takes the status and cannot fail.
+    unsafe { libc::syscall(libc::SYS_exit_group, status) };
+    unreachable!("exit_group returned")
+}
+
+/// Interposed `_Exit`: `_exit`.
+#[unsafe(no_mangle)]
+pub extern "C" fn _Exit(status: c_int) -> ! {
+    _exit(status)
+}
+
 /// Interposed `vfork`: a `fork`, after the writes in flight have landed. A vforked child
 /// shares this process's memory until it execs, so it could neither send the writes
 /// gathered here nor forget them (the parent's state) — and the program it starts may read
 /// them. `fork` is what POSIX allows `vfork` to be; it costs a copy of the page tables.
 #[unsafe(no_mangle)]
 pub extern "C" fn vfork() -> pid_t {
-    table::writes().drain();
+    crate::ride::settle_all();
     call_real!(fork: fn() -> pid_t,)
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use libc::{c_char, c_int, c_void, iovec, mode_t, off_t, size_t, ssize_t};
 
 use crate::real::call_real;
+use crate::ride;
 use crate::table::{self, Desc, lock};
-use crate::{errno_of, fail, fail_sz, ret, shipped_at};
+use crate::{errno_of, fail, fail_sz, report, ret, shipped_at};
 
 /// Opens a shipped path: the server's handle behind a placeholder descriptor.
 pub(crate) fn ship_open(path: Vec<u8>, flags: c_int, mode: mode_t) -> c_int {
@@ -22,18 +23,23 @@ pub(crate) fn ship_open(path: Vec<u8>, flags: c_int, mode: mode_t) -> c_int {
         ));
         let fd = table::placeholder(flags & libc::O_CLOEXEC != 0)?;
         table::insert(fd, d);
+        report::count(report::Kind::Opened);
         Ok(fd)
     })();
     r.unwrap_or_else(fail)
 }
 
-fn open_at(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
+pub(crate) fn open_at(dirfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int {
     match shipped_at(dirfd, path) {
         Some(p) => ship_open(p, flags, mode),
         None => {
             let local = crate::local_path(path);
-            call_real!(openat: fn(c_int, *const c_char, c_int, mode_t) -> c_int,
-                dirfd, local.ptr(), flags, mode)
+            let fd = call_real!(openat: fn(c_int, *const c_char, c_int, mode_t) -> c_int,
+                dirfd, local.ptr(), flags, mode);
+            if fd >= 0 && crate::maybe_inside(path) {
+                crate::ride::adopt(fd, flags);
+            }
+            fd
         }
     }
 }
@@ -77,7 +83,10 @@ pub extern "C" fn __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) ->
 #[unsafe(no_mangle)]
 pub extern "C" fn close(fd: c_int) -> c_int {
     // A write acknowledged earlier that failed is this close's error (as NFS reports it).
-    let deferred = table::remove(fd).and_then(|d| d.settle_writes());
+    let deferred = match table::remove(fd) {
+        Some(d) => d.settle_writes(),
+        None => crate::ride::release(fd),
+    };
     let r = call_real!(close: fn(c_int) -> c_int, fd);
     deferred.map_or(r, fail)
 }
@@ -96,11 +105,16 @@ fn access_ok(d: &Desc, write: bool) -> Result<(), c_int> {
 }
 
 /// Reads at `off` (`None`: at the shared offset, which then moves).
-fn ship_read(d: &Desc, buf: &mut [u8], off: Option<u64>) -> Result<usize, c_int> {
+pub(crate) fn ship_read(d: &Desc, buf: &mut [u8], off: Option<u64>) -> Result<usize, c_int> {
     access_ok(d, false)?;
+    report::count(report::Kind::Read);
     let fs = table::client()?;
     let fh = d.fh()?;
-    let read = |o: u64, b: &mut [u8]| d.ahead.read(o, b, |o, b| fs.pread(fh, b, o));
+    let read = |o: u64, b: &mut [u8]| {
+        let n = d.ahead.read(o, b, |o, b| fs.pread(fh, b, o))?;
+        report::add(report::Kind::ReadBytes, n as u64);
+        Ok::<_, std::io::Error>(n)
+    };
     match off {
         Some(o) => read(o, buf).map_err(errno_of),
         None => {
@@ -115,8 +129,10 @@ fn ship_read(d: &Desc, buf: &mut [u8], off: Option<u64>) -> Result<usize, c_int>
 /// Writes at `off` (`None`: at the shared offset, or the end with `O_APPEND`). Positional
 /// writes go behind ([`table::writes`]); an append, whose offset only the server knows,
 /// is made after the writes in flight.
-fn ship_write(d: &Desc, buf: &[u8], off: Option<u64>) -> Result<usize, c_int> {
+pub(crate) fn ship_write(d: &Desc, buf: &[u8], off: Option<u64>) -> Result<usize, c_int> {
     access_ok(d, true)?;
+    report::count(report::Kind::Write);
+    report::add(report::Kind::WriteBytes, buf.len() as u64);
     let fs = table::writer()?;
     let fh = d.fh()?;
     d.ahead.invalidate();
@@ -138,6 +154,23 @@ fn ship_write(d: &Desc, buf: &[u8], off: Option<u64>) -> Result<usize, c_int> {
         }
     };
     Ok(buf.len())
+}
+
+/// Where a data call on `fd` goes.
+enum Data {
+    Shipped(Arc<Desc>),
+    Ridden(Arc<ride::Rider>),
+    Kernel,
+}
+
+fn data(fd: c_int) -> Data {
+    if let Some(d) = table::get_for_data(fd) {
+        return Data::Shipped(d);
+    }
+    match ride::get(fd) {
+        Some(r) => Data::Ridden(r),
+        None => Data::Kernel,
+    }
 }
 
 fn sz(r: Result<usize, c_int>) -> ssize_t {
@@ -172,10 +205,12 @@ unsafe fn slice<'a>(buf: *const c_void, n: size_t) -> &'a [u8] {
 /// Interposed `read`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
-    match table::get(fd) {
+    match data(fd) {
         // SAFETY: read(2)'s contract: buf holds n bytes.
-        Some(d) => sz(ship_read(&d, unsafe { slice_mut(buf, n) }, None)),
-        None => call_real!(read: fn(c_int, *mut c_void, size_t) -> ssize_t, fd, buf, n),
+        Data::Shipped(d) => sz(ship_read(&d, unsafe { slice_mut(buf, n) }, None)),
+        // SAFETY: as above.
+        Data::Ridden(r) => sz(ride::read(fd, &r, unsafe { slice_mut(buf, n) }, None)),
+        Data::Kernel => call_real!(read: fn(c_int, *mut c_void, size_t) -> ssize_t, fd, buf, n),
     }
 }
 
@@ -198,10 +233,12 @@ pub unsafe extern "C" fn __read_chk(
 /// Interposed `write`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
-    match table::get(fd) {
+    match data(fd) {
         // SAFETY: write(2)'s contract.
-        Some(d) => sz(ship_write(&d, unsafe { slice(buf, n) }, None)),
-        None => call_real!(write: fn(c_int, *const c_void, size_t) -> ssize_t, fd, buf, n),
+        Data::Shipped(d) => sz(ship_write(&d, unsafe { slice(buf, n) }, None)),
+        // SAFETY: as above.
+        Data::Ridden(r) => sz(ride::write(fd, &r, unsafe { slice(buf, n) }, None)),
+        Data::Kernel => call_real!(write: fn(c_int, *const c_void, size_t) -> ssize_t, fd, buf, n),
     }
 }
 
@@ -212,12 +249,16 @@ fn offset(off: off_t) -> Result<u64, c_int> {
 /// Interposed `pread`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
-    match table::get(fd) {
+    match data(fd) {
         // SAFETY: pread(2)'s contract.
-        Some(d) => {
+        Data::Shipped(d) => {
             sz(offset(off).and_then(|o| ship_read(&d, unsafe { slice_mut(buf, n) }, Some(o))))
         }
-        None => {
+        // SAFETY: as above.
+        Data::Ridden(r) => {
+            sz(offset(off).and_then(|o| ride::read(fd, &r, unsafe { slice_mut(buf, n) }, Some(o))))
+        }
+        Data::Kernel => {
             call_real!(pread: fn(c_int, *mut c_void, size_t, off_t) -> ssize_t, fd, buf, n, off)
         }
     }
@@ -242,10 +283,16 @@ pub unsafe extern "C" fn __pread_chk(
 /// Interposed `pwrite`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
-    match table::get(fd) {
+    match data(fd) {
         // SAFETY: pwrite(2)'s contract.
-        Some(d) => sz(offset(off).and_then(|o| ship_write(&d, unsafe { slice(buf, n) }, Some(o)))),
-        None => {
+        Data::Shipped(d) => {
+            sz(offset(off).and_then(|o| ship_write(&d, unsafe { slice(buf, n) }, Some(o))))
+        }
+        // SAFETY: as above.
+        Data::Ridden(r) => {
+            sz(offset(off).and_then(|o| ride::write(fd, &r, unsafe { slice(buf, n) }, Some(o))))
+        }
+        Data::Kernel => {
             call_real!(pwrite: fn(c_int, *const c_void, size_t, off_t) -> ssize_t, fd, buf, n, off)
         }
     }
@@ -265,15 +312,20 @@ unsafe fn iovecs<'a>(iov: *const iovec, cnt: c_int) -> Result<&'a [iovec], c_int
 /// Interposed `readv`: one read per buffer, stopping at a short one.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
-    let Some(d) = table::get(fd) else {
-        return call_real!(readv: fn(c_int, *const iovec, c_int) -> ssize_t, fd, iov, cnt);
+    let target = data(fd);
+    let read: &dyn Fn(&mut [u8]) -> Result<usize, c_int> = match &target {
+        Data::Shipped(d) => &move |b| ship_read(d, b, None),
+        Data::Ridden(r) => &move |b| ride::read(fd, r, b, None),
+        Data::Kernel => {
+            return call_real!(readv: fn(c_int, *const iovec, c_int) -> ssize_t, fd, iov, cnt);
+        }
     };
     // SAFETY: readv(2)'s contract.
     sz(unsafe { iovecs(iov, cnt) }.and_then(|v| {
         let mut total = 0;
         for b in v {
             // SAFETY: each iovec describes a writable buffer.
-            let n = ship_read(&d, unsafe { slice_mut(b.iov_base, b.iov_len) }, None)?;
+            let n = read(unsafe { slice_mut(b.iov_base, b.iov_len) })?;
             total += n;
             if n < b.iov_len {
                 break;
@@ -286,8 +338,13 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssiz
 /// Interposed `writev`: the buffers gathered into one write.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
-    let Some(d) = table::get(fd) else {
-        return call_real!(writev: fn(c_int, *const iovec, c_int) -> ssize_t, fd, iov, cnt);
+    let target = data(fd);
+    let write: &dyn Fn(&[u8]) -> Result<usize, c_int> = match &target {
+        Data::Shipped(d) => &move |b| ship_write(d, b, None),
+        Data::Ridden(r) => &move |b| ride::write(fd, r, b, None),
+        Data::Kernel => {
+            return call_real!(writev: fn(c_int, *const iovec, c_int) -> ssize_t, fd, iov, cnt);
+        }
     };
     // SAFETY: writev(2)'s contract.
     sz(unsafe { iovecs(iov, cnt) }.and_then(|v| {
@@ -296,7 +353,7 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssi
             // SAFETY: each iovec describes a readable buffer.
             all.extend_from_slice(unsafe { slice(b.iov_base, b.iov_len) });
         }
-        ship_write(&d, &all, None)
+        write(&all)
     }))
 }
 
@@ -344,14 +401,28 @@ pub extern "C" fn lseek(fd: c_int, off: off_t, whence: c_int) -> off_t {
     }
 }
 
+/// Interposed `close_range`: what this library keeps for the descriptors closed goes too.
+#[unsafe(no_mangle)]
+pub extern "C" fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
+    if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+        let within = |fd: c_int| fd >= 0 && (first..=last).contains(&(fd as libc::c_uint));
+        for (fd, _) in table::all().into_iter().filter(|(fd, _)| within(*fd)) {
+            let _ = table::remove(fd).and_then(|d| d.settle_writes());
+        }
+        ride::release_within(within);
+    }
+    call_real!(close_range: fn(libc::c_uint, libc::c_uint, c_int) -> c_int, first, last, flags)
+}
+
 /// Interposed `dup`: a new number for the same description.
 #[unsafe(no_mangle)]
 pub extern "C" fn dup(fd: c_int) -> c_int {
     let n = call_real!(dup: fn(c_int) -> c_int, fd);
-    if n >= 0
-        && let Some(d) = table::get(fd)
-    {
-        table::insert(n, d);
+    if n >= 0 {
+        match table::get(fd) {
+            Some(d) => table::insert(n, d),
+            None => ride::dup(fd, n),
+        }
     }
     n
 }
@@ -360,7 +431,10 @@ fn dup_onto(fd: c_int, new: c_int, r: c_int) -> c_int {
     if r >= 0 && fd != new {
         match table::get(fd) {
             Some(d) => table::insert(new, d),
-            None => drop(table::remove(new)),
+            None => {
+                drop(table::remove(new));
+                ride::dup(fd, new);
+            }
         }
     }
     r
@@ -369,6 +443,9 @@ fn dup_onto(fd: c_int, new: c_int, r: c_int) -> c_int {
 /// Interposed `dup2`.
 #[unsafe(no_mangle)]
 pub extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
+    if fd != new {
+        ride::release(new);
+    }
     let r = call_real!(dup2: fn(c_int, c_int) -> c_int, fd, new);
     dup_onto(fd, new, r)
 }
@@ -376,6 +453,9 @@ pub extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
 /// Interposed `dup3`.
 #[unsafe(no_mangle)]
 pub extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
+    if fd != new {
+        ride::release(new);
+    }
     let r = call_real!(dup3: fn(c_int, c_int, c_int) -> c_int, fd, new, flags);
     dup_onto(fd, new, r)
 }
@@ -427,7 +507,13 @@ fn ship_fcntl(fd: c_int, d: Arc<Desc>, cmd: c_int, arg: usize) -> c_int {
 pub extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     match table::get(fd) {
         Some(d) => ship_fcntl(fd, d, cmd, arg),
-        None => call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, cmd, arg),
+        None => {
+            let r = call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, cmd, arg);
+            if r >= 0 && matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
+                ride::dup(fd, r);
+            }
+            r
+        }
     }
 }
 

@@ -24,6 +24,8 @@ mod files;
 mod paths;
 mod real;
 mod refuse;
+mod report;
+mod ride;
 mod stdio;
 mod table;
 mod temp;
@@ -40,15 +42,20 @@ use libc::{c_char, c_int};
 #[unsafe(link_section = ".init_array")]
 static ADOPT: extern "C" fn() = {
     extern "C" fn adopt() {
+        report::init();
         exec::adopt();
         // Writes in flight land before the process exits and before it forks (a child
         // may read what its parent wrote).
         extern "C" fn drain() {
-            table::writes().drain();
+            ride::settle_all();
+        }
+        extern "C" fn exit() {
+            ride::settle_all();
+            report::at_exit();
         }
         // SAFETY: registering plain functions with no state; both calls only record them.
         unsafe {
-            libc::atexit(drain);
+            libc::atexit(exit);
             libc::pthread_atfork(Some(drain), None, None);
         }
     }
@@ -60,6 +67,8 @@ pub(crate) struct Config {
     server: String,
     /// The mount prefix, without a trailing `/`.
     mount: Vec<u8>,
+    /// The device number of the FUSE mount at `mount` when riding on it ([`ride`]).
+    pub(crate) ride: Option<u64>,
 }
 
 /// The configuration, or `None` when the environment does not ask for shipping.
@@ -67,6 +76,17 @@ pub(crate) fn config() -> Option<&'static Config> {
     static C: OnceLock<Option<Config>> = OnceLock::new();
     C.get_or_init(|| {
         let mount = std::env::var("POSIX_SHIP_MOUNT").ok()?;
+        if let Some((server, dev)) = ride::probe(mount.as_bytes()) {
+            let mut mount = mount.into_bytes();
+            while mount.len() > 1 && mount.last() == Some(&b'/') {
+                mount.pop();
+            }
+            return Some(Config {
+                server,
+                mount,
+                ride: Some(dev),
+            });
+        }
         let Ok(server) = std::env::var("POSIX_SHIP_SERVER") else {
             // Otherwise paths under the mount are silently the local ones (ENOENT).
             eprintln!(
@@ -79,7 +99,11 @@ pub(crate) fn config() -> Option<&'static Config> {
         while mount.len() > 1 && mount.last() == Some(&b'/') {
             mount.pop();
         }
-        (mount.first() == Some(&b'/') && mount.len() > 1).then_some(Config { server, mount })
+        (mount.first() == Some(&b'/') && mount.len() > 1).then_some(Config {
+            server,
+            mount,
+            ride: None,
+        })
     })
     .as_ref()
 }
@@ -93,6 +117,11 @@ pub(crate) fn shipped(path: *const c_char) -> Option<Vec<u8>> {
     let cfg = config()?;
     // SAFETY: a non-null path argument of a POSIX call is a NUL-terminated string.
     let p = unsafe { CStr::from_ptr(path) }.to_bytes();
+    if cfg.ride.is_some() {
+        // Every path is the kernel's.
+        ride::before_path(p, &cfg.mount);
+        return None;
+    }
     if p.first() != Some(&b'/') && !p.is_empty() {
         return cwd::resolve(p);
     }
@@ -103,6 +132,20 @@ pub(crate) fn shipped(path: *const c_char) -> Option<Vec<u8>> {
         Some(b'/') => Some(rest.to_vec()),
         Some(_) => None,
     }
+}
+
+/// Whether a file the kernel opened at `path` may be on the FUSE mount this library
+/// rides on: relative (to anything), or absolute under it.
+pub(crate) fn maybe_inside(path: *const c_char) -> bool {
+    let Some(cfg) = config().filter(|c| c.ride.is_some()) else {
+        return false;
+    };
+    if path.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null path argument of a POSIX call is a NUL-terminated string.
+    let p = unsafe { CStr::from_ptr(path) }.to_bytes();
+    p.first() != Some(&b'/') || p.starts_with(&cfg.mount)
 }
 
 /// Whether `..` components take `rest` (beneath the mount) above the mount's root.
@@ -124,7 +167,7 @@ fn climbs_out(rest: &[u8]) -> bool {
 /// no directory of the kernel's (`ls -la /fwd` stats `/fwd/..`). Else `path` itself.
 pub(crate) fn local_path(path: *const c_char) -> LocalPath {
     let escaped = (|| {
-        let cfg = config()?;
+        let cfg = config().filter(|c| c.ride.is_none())?;
         // SAFETY: a non-null path argument of a POSIX call is a NUL-terminated string.
         let p = unsafe { CStr::from_ptr(path.as_ref()?) }.to_bytes();
         let rest = p.strip_prefix(cfg.mount.as_slice())?;
@@ -155,6 +198,10 @@ pub(crate) fn shipped_at(dirfd: c_int, path: *const c_char) -> Option<Vec<u8>> {
     }
     // SAFETY: as above.
     let p = unsafe { CStr::from_ptr(path) }.to_bytes();
+    if let Some(cfg) = config().filter(|c| c.ride.is_some()) {
+        ride::before_path(p, &cfg.mount);
+        return None;
+    }
     if p.first() == Some(&b'/') || dirfd == libc::AT_FDCWD {
         return shipped(path);
     }

@@ -123,7 +123,11 @@ fn stream(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
 }
 
 fn open_stream(path: *const c_char, mode: *const c_char) -> Option<*mut libc::FILE> {
-    let p = shipped(path)?;
+    let p = match shipped(path) {
+        Some(p) => Some(p),
+        None if crate::maybe_inside(path) => None,
+        None => return None,
+    };
     if mode.is_null() {
         fail(libc::EINVAL);
         return Some(std::ptr::null_mut());
@@ -133,6 +137,18 @@ fn open_stream(path: *const c_char, mode: *const c_char) -> Option<*mut libc::FI
     let Some(flags) = mode_flags(m) else {
         fail(libc::EINVAL);
         return Some(std::ptr::null_mut());
+    };
+    let Some(p) = p else {
+        // On the mount ridden on: the kernel opens, and the stream reads and writes
+        // through this library if the file is ridden.
+        let fd = files::open_at(libc::AT_FDCWD, path, flags, 0o666);
+        return Some(if fd < 0 {
+            std::ptr::null_mut()
+        } else if crate::ride::get(fd).is_some() {
+            stream(fd, mode)
+        } else {
+            call_real!(fdopen: fn(c_int, *const c_char) -> *mut libc::FILE, fd, mode)
+        });
     };
     let fd = ship_open(p, flags, 0o666);
     Some(if fd < 0 {
@@ -216,10 +232,10 @@ pub extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc
 /// Interposed `fdopen`.
 #[unsafe(no_mangle)]
 pub extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
-    match table::get(fd) {
-        Some(_) => stream(fd, mode),
-        None => call_real!(fdopen: fn(c_int, *const c_char) -> *mut libc::FILE, fd, mode),
+    if table::get(fd).is_some() || crate::ride::get(fd).is_some() {
+        return stream(fd, mode);
     }
+    call_real!(fdopen: fn(c_int, *const c_char) -> *mut libc::FILE, fd, mode)
 }
 
 #[cfg(test)]

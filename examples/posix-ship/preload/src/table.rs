@@ -10,7 +10,7 @@
 //! [`BITMAP_FDS`]; the table's lock is taken only for shipped fds, and never held across
 //! an RPC (the progress thread could not then read its socket).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -24,8 +24,6 @@ use crate::real::call_real;
 
 /// Descriptors tracked in the bitmap (higher ones go to the table's lock).
 const BITMAP_FDS: usize = 1 << 16;
-
-static BITMAP: [AtomicU64; BITMAP_FDS / 64] = [const { AtomicU64::new(0) }; BITMAP_FDS / 64];
 
 /// An open file description on the server.
 pub struct Desc {
@@ -115,54 +113,110 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn table() -> &'static Mutex<HashMap<c_int, Arc<Desc>>> {
-    static T: OnceLock<Mutex<HashMap<c_int, Arc<Desc>>>> = OnceLock::new();
-    T.get_or_init(|| Mutex::new(HashMap::new()))
+/// Descriptors mapped to what this library keeps for them: a bitmap answers "is this
+/// one of ours?" with one atomic load below [`BITMAP_FDS`]; the map's lock is taken only
+/// for ours.
+pub struct FdMap<T> {
+    bits: [AtomicU64; BITMAP_FDS / 64],
+    map: Mutex<BTreeMap<c_int, Arc<T>>>,
 }
 
-fn bit(fd: c_int) -> Option<(&'static AtomicU64, u64)> {
-    let i = usize::try_from(fd).ok().filter(|&i| i < BITMAP_FDS)?;
-    Some((&BITMAP[i / 64], 1u64 << (i % 64)))
-}
+impl<T> FdMap<T> {
+    /// An empty map (for a `static`).
+    pub const fn new() -> Self {
+        FdMap {
+            bits: [const { AtomicU64::new(0) }; BITMAP_FDS / 64],
+            map: Mutex::new(BTreeMap::new()),
+        }
+    }
 
-/// The shipped file behind `fd`, if it is one.
-pub fn get(fd: c_int) -> Option<Arc<Desc>> {
-    if let Some((word, mask)) = bit(fd) {
-        if word.load(Ordering::Acquire) & mask == 0 {
+    fn bit(&self, fd: c_int) -> Option<(&AtomicU64, u64)> {
+        let i = usize::try_from(fd).ok().filter(|&i| i < BITMAP_FDS)?;
+        Some((&self.bits[i / 64], 1u64 << (i % 64)))
+    }
+
+    /// Whether `fd` may be in the map (exact below [`BITMAP_FDS`]; above, the lock tells).
+    pub fn maybe(&self, fd: c_int) -> bool {
+        match self.bit(fd) {
+            Some((word, mask)) => word.load(Ordering::Acquire) & mask != 0,
+            None => fd >= 0,
+        }
+    }
+
+    /// What is kept for `fd`.
+    pub fn get(&self, fd: c_int) -> Option<Arc<T>> {
+        if !self.maybe(fd) {
             return None;
         }
-    } else if fd < 0 {
-        return None;
+        lock(&self.map).get(&fd).cloned()
     }
-    lock(table()).get(&fd).cloned()
+
+    /// Keeps `t` for `fd` (replacing what was kept).
+    pub fn insert(&self, fd: c_int, t: Arc<T>) {
+        let old = lock(&self.map).insert(fd, t);
+        if let Some((word, mask)) = self.bit(fd) {
+            word.fetch_or(mask, Ordering::Release);
+        }
+        drop(old);
+    }
+
+    /// Every entry.
+    pub fn all(&self) -> Vec<(c_int, Arc<T>)> {
+        lock(&self.map)
+            .iter()
+            .map(|(fd, d)| (*fd, d.clone()))
+            .collect()
+    }
+
+    /// [`FdMap::all`], or `None` if the lock is held (by a thread a signal interrupted).
+    pub fn try_all(&self) -> Option<Vec<(c_int, Arc<T>)>> {
+        let m = self.map.try_lock().ok()?;
+        Some(m.iter().map(|(fd, d)| (*fd, d.clone())).collect())
+    }
+
+    /// Forgets `fd`.
+    pub fn remove(&self, fd: c_int) -> Option<Arc<T>> {
+        if !self.maybe(fd) {
+            return None;
+        }
+        if let Some((word, mask)) = self.bit(fd) {
+            word.fetch_and(!mask, Ordering::Release);
+        }
+        lock(&self.map).remove(&fd)
+    }
+}
+
+static SHIPPED: FdMap<Desc> = FdMap::new();
+
+/// The shipped file behind `fd`, if it is one. Any other descriptor is about to be
+/// handed to the kernel: one the interposer rides on first gets its writes landed and
+/// the kernel's caches of it dropped ([`crate::ride::before_kernel`]).
+pub fn get(fd: c_int) -> Option<Arc<Desc>> {
+    let d = SHIPPED.get(fd);
+    if d.is_none() {
+        crate::ride::before_kernel(fd);
+    }
+    d
+}
+
+/// [`get`] for data calls (`read`, `write` and kin), which do not settle ridden files.
+pub fn get_for_data(fd: c_int) -> Option<Arc<Desc>> {
+    SHIPPED.get(fd)
 }
 
 /// Records `fd` as shipped (replacing what it was).
 pub fn insert(fd: c_int, d: Arc<Desc>) {
-    let old = lock(table()).insert(fd, d);
-    if let Some((word, mask)) = bit(fd) {
-        word.fetch_or(mask, Ordering::Release);
-    }
-    drop(old);
+    SHIPPED.insert(fd, d);
 }
 
 /// Every shipped descriptor.
 pub fn all() -> Vec<(c_int, Arc<Desc>)> {
-    lock(table())
-        .iter()
-        .map(|(fd, d)| (*fd, d.clone()))
-        .collect()
+    SHIPPED.all()
 }
 
 /// Forgets `fd`; the description closes on the server when its last `dup` goes.
 pub fn remove(fd: c_int) -> Option<Arc<Desc>> {
-    if let Some((word, mask)) = bit(fd) {
-        if word.load(Ordering::Acquire) & mask == 0 {
-            return None;
-        }
-        word.fetch_and(!mask, Ordering::Release);
-    }
-    lock(table()).remove(&fd)
+    SHIPPED.remove(fd)
 }
 
 /// A placeholder descriptor: `O_PATH` on `/dev/null`, close-on-exec as asked.

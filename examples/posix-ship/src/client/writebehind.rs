@@ -264,6 +264,32 @@ impl WriteBehind {
         self.state().land_all(self.settings.bytes);
     }
 
+    /// [`WriteBehind::drain`] for `_exit`, which may run in a signal handler that
+    /// interrupted the holder of this state's lock: waits at most `patience` for the lock,
+    /// then gives up (the writes in flight are lost with the process). Whether it drained.
+    pub fn drain_within(&self, patience: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + patience;
+        loop {
+            match self.st.try_lock() {
+                Ok(mut s) => {
+                    s.adopt();
+                    s.land_all(self.settings.bytes);
+                    return true;
+                }
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    let mut s = p.into_inner();
+                    s.adopt();
+                    s.land_all(self.settings.bytes);
+                    return true;
+                }
+                Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return false,
+            }
+        }
+    }
+
     /// Waits for every write in flight, then reports (once) the first error of a write of
     /// `fh` acknowledged earlier: at `fsync` and `close`.
     pub fn settle(&self, fh: Fh) -> io::Result<()> {

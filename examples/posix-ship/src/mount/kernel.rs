@@ -372,6 +372,23 @@ impl Filesystem for Fs {
         }
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        match self.ride(ino, cmd, out_size) {
+            Ok(b) => reply.ioctl(0, &b),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let _as = self.acting(req);
         match self.call(STATFS, &bytes(b"/")) {

@@ -18,7 +18,7 @@ mod kernel;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fuser::{Errno, FileHandle, Generation, INodeNo, ReplyEntry, TimeOrNow};
@@ -100,6 +100,10 @@ pub struct Fs {
     listings: Mutex<HashMap<u64, Vec<DirEntry>>>,
     /// Open handles by inode: a file unlinked while open is still reached through them.
     handles: Mutex<HashMap<u64, Vec<u64>>>,
+    /// The server's address, told to an interposer riding on the mount ([`crate::ride`]).
+    server: String,
+    /// The way to tell the kernel to drop what it caches (set once mounted).
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 type R<T> = Result<T, Errno>;
@@ -136,14 +140,51 @@ fn caller(uid: u32, gid: u32, pid: u32) -> Principal {
 }
 
 impl Fs {
-    /// Serves `fs` with `opts`.
-    pub fn new(fs: RemoteFs, opts: MountOptions) -> Fs {
+    /// Serves `fs`, reached at `server`, with `opts`.
+    pub fn new(fs: RemoteFs, server: &str, opts: MountOptions) -> Fs {
         Fs {
             fs,
             opts,
             inodes: Mutex::new(Inodes::default()),
             listings: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            server: server.to_string(),
+            notifier: Arc::default(),
+        }
+    }
+
+    /// Where to put the session's notifier once mounted (until then, [`crate::ride::INVAL`]
+    /// has nothing to drop).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// An `ioctl` of an interposer riding on the mount ([`crate::ride`]).
+    fn ride(&self, ino: INodeNo, cmd: u32, out_size: u32) -> R<Vec<u8>> {
+        match cmd {
+            crate::ride::INFO => {
+                let path = self.path(ino)?;
+                let info = crate::ride::Info {
+                    server: self.server.clone(),
+                    path,
+                };
+                let b = info.encode().map_err(|_| Errno::ENAMETOOLONG)?;
+                if b.len() > out_size as usize {
+                    return Err(Errno::ENAMETOOLONG);
+                }
+                Ok(b)
+            }
+            crate::ride::INVAL => {
+                // Before the answer: once the ioctl returns, the kernel holds nothing old.
+                if let Some(n) = self.notifier.get()
+                    && let Err(e) = n.inval_inode(ino, 0, -1)
+                    && e.raw_os_error() != Some(libc::ENOENT)
+                {
+                    tracing::debug!(%e, "inval_inode");
+                }
+                Ok(Vec::new())
+            }
+            _ => Err(Errno::ENOTTY),
         }
     }
 

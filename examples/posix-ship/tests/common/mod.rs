@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 
 use posix_ship::client::{ClientOptions, RemoteFs};
 
+pub mod fuse;
+
 /// The transports the library tests run over: tcp and sm, or the comma-separated list
 /// in `QS_POSIX_SHIP_TRANSPORTS` (e.g. `ofi+tcp`, with the `ofi` feature).
 pub fn transports() -> Vec<String> {

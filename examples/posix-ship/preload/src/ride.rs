@@ -1,0 +1,254 @@
+//! Riding on a posix-ship FUSE mount (DAOS's libioil over dfuse): when `POSIX_SHIP_MOUNT`
+//! names a live `posix-ship mount`, every path and descriptor is the kernel's (so `cd`,
+//! redirections, `exec`, `mmap`, locks all work), and the interposer only ships the data
+//! calls — `read`, `write`, `pread`, `pwrite`, `readv`, `writev` and stdio on them — of
+//! the regular files opened on the mount, straight to the server, with the client's
+//! read-ahead and write-behind.
+//!
+//! - **Opening**: the kernel opens (creating, truncating, checking permission through the
+//!   mount); then an `ioctl` ([`posix_ship::ride::INFO`]) asks the daemon which server and
+//!   path the file is, and the interposer opens it again on its own connection, as its own
+//!   user (the server checks that open too). Anything that fails there leaves the
+//!   descriptor to the kernel, which is always correct.
+//! - **Offsets** stay the kernel's (a `dup`, a forked or exec'd child share them): a read
+//!   at the current offset is a shipped `pread` between two `lseek`s.
+//! - **Coherence**: before any other call reaches the kernel on a ridden descriptor, or on
+//!   a path inside the mount, the writes in flight land and the kernel drops what it
+//!   cached of every file written around it ([`posix_ship::ride::INVAL`]), so `fstat`,
+//!   `mmap`, `stat` and other processes see the writes; also at close, `exec`, `fork` and
+//!   exit. Two processes writing one file see each other's writes after close
+//!   (close-to-open), as through the mount alone.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use libc::{c_int, c_void, off_t};
+use posix_ship::ride::{INFO, INFO_SIZE, INVAL, Info};
+
+use crate::files::{ship_read, ship_write};
+use crate::real::call_real;
+use crate::table::{self, Desc, FdMap};
+
+/// A file ridden on: the server's handle (reopened in a forked child) and whether it
+/// was written since the kernel last dropped its caches of it.
+pub struct Rider {
+    desc: Desc,
+    dirty: AtomicBool,
+}
+
+static RIDDEN: FdMap<Rider> = FdMap::new();
+
+/// Riders written since the kernel last dropped its caches of them.
+static DIRTY: AtomicUsize = AtomicUsize::new(0);
+
+/// Asks the mount at `dir` what it serves: the server's address, if it is a posix-ship
+/// mount, and the mount's device number.
+pub fn probe(dir: &[u8]) -> Option<(String, u64)> {
+    let c = std::ffi::CString::new(dir).ok()?;
+    let fd = call_real!(open: fn(*const libc::c_char, c_int, libc::mode_t) -> c_int,
+        c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0);
+    if fd < 0 {
+        return None;
+    }
+    let info = info(fd);
+    let dev = kernel_stat(fd).map(|s| s.st_dev);
+    call_real!(close: fn(c_int) -> c_int, fd);
+    Some((info?.server, dev?))
+}
+
+fn info(fd: c_int) -> Option<Info> {
+    let mut b = vec![0u8; INFO_SIZE];
+    let r = call_real!(ioctl: fn(c_int, libc::c_ulong, *mut c_void) -> c_int,
+        fd, INFO as libc::c_ulong, b.as_mut_ptr().cast());
+    if r < 0 {
+        return None;
+    }
+    Info::decode(&b).ok()
+}
+
+fn kernel_stat(fd: c_int) -> Option<libc::stat> {
+    // SAFETY: all-zero is a valid `struct stat`, filled by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let r = call_real!(fstat64: fn(c_int, *mut libc::stat) -> c_int, fd, &mut st);
+    (r == 0).then_some(st)
+}
+
+/// Takes `fd`, just opened by the kernel with `flags`, to ride on if it is a regular
+/// file of the mount that the server lets this process open too.
+pub fn adopt(fd: c_int, flags: c_int) {
+    // A stale entry (a number closed behind this library's back) must never ship.
+    forget(fd);
+    let Some(dev) = crate::config().and_then(|c| c.ride) else {
+        return;
+    };
+    if fd < 0 || flags & libc::O_PATH != 0 {
+        return;
+    }
+    let Some(st) = kernel_stat(fd) else { return };
+    if st.st_dev != dev || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return;
+    }
+    let Some(info) = info(fd) else { return };
+    // The kernel created and truncated; the server's open only has to find the file.
+    let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
+    let Ok(fs) = table::client() else { return };
+    let Ok(o) = fs.open_raw(&info.path, flags, 0) else {
+        return;
+    };
+    if o.attr.is_dir() {
+        let _ = fs.close_raw(o.fh);
+        return;
+    }
+    let desc = Desc::new(info.path, flags, o.fh, false, (o.attr.dev, o.attr.ino));
+    let rider = Rider {
+        desc,
+        dirty: AtomicBool::new(false),
+    };
+    RIDDEN.insert(fd, Arc::new(rider));
+    crate::report::count(crate::report::Kind::Ridden);
+}
+
+/// The rider behind `fd`, for a data call.
+pub fn get(fd: c_int) -> Option<Arc<Rider>> {
+    RIDDEN.get(fd)
+}
+
+/// `new` is a duplicate of `fd` (`dup`, `dup2`, `F_DUPFD`): it rides too.
+pub fn dup(fd: c_int, new: c_int) {
+    match RIDDEN.get(fd) {
+        Some(r) if fd != new => RIDDEN.insert(new, r),
+        _ => forget(new),
+    }
+}
+
+/// `fd` is about to be closed (or replaced): its writes land, the kernel drops what it
+/// cached, and the error of a write acknowledged earlier is returned (once).
+pub fn release(fd: c_int) -> Option<c_int> {
+    if !RIDDEN.maybe(fd) {
+        return None;
+    }
+    let r = RIDDEN.get(fd)?;
+    let err = r.desc.settle_writes();
+    inval(fd, &r);
+    RIDDEN.remove(fd);
+    err
+}
+
+/// [`release`] of every ridden descriptor for which `within` holds.
+pub fn release_within(within: impl Fn(c_int) -> bool) {
+    for (fd, _) in RIDDEN.all().into_iter().filter(|(fd, _)| within(*fd)) {
+        release(fd);
+    }
+}
+
+/// Forgets `fd` without a word to anyone (the kernel closed it, or never had it).
+fn forget(fd: c_int) {
+    if RIDDEN.maybe(fd) {
+        RIDDEN.remove(fd);
+    }
+}
+
+fn inval(fd: c_int, r: &Rider) {
+    if r.dirty.swap(false, Ordering::AcqRel) {
+        DIRTY.fetch_sub(1, Ordering::AcqRel);
+        call_real!(ioctl: fn(c_int, libc::c_ulong, usize) -> c_int, fd, INVAL as libc::c_ulong, 0);
+        // The kernel's size of the file is refreshed only by asking: a page fault of a
+        // mapping past the size it last knew would be SIGBUS.
+        let _ = kernel_stat(fd);
+    }
+}
+
+/// Called before `fd` is handed to the kernel for anything but data: settles if it is
+/// ridden and something was written around the kernel.
+pub fn before_kernel(fd: c_int) {
+    if DIRTY.load(Ordering::Acquire) > 0 && RIDDEN.maybe(fd) {
+        settle_all();
+    }
+}
+
+/// Called before a path inside the mount is handed to the kernel (relative paths too,
+/// which may be).
+pub fn before_path(p: &[u8], mount: &[u8]) {
+    if DIRTY.load(Ordering::Acquire) > 0 && (p.first() != Some(&b'/') || p.starts_with(mount)) {
+        settle_all();
+    }
+}
+
+/// Every write in flight lands; the kernel drops what it cached of every file written
+/// around it.
+pub fn settle_all() {
+    table::writes().drain();
+    if DIRTY.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    for (fd, r) in RIDDEN.all() {
+        inval(fd, &r);
+    }
+}
+
+/// [`settle_all`] for `_exit`, which may run in a signal handler: no lock waited for
+/// long (see [`posix_ship::client::writebehind::WriteBehind::drain_within`]).
+pub fn settle_at_exit() {
+    table::writes().drain_within(std::time::Duration::from_millis(500));
+    if DIRTY.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    for (fd, r) in RIDDEN.try_all().unwrap_or_default() {
+        inval(fd, &r);
+    }
+}
+
+fn kernel_pos(fd: c_int) -> Result<u64, c_int> {
+    let p = call_real!(lseek: fn(c_int, off_t, c_int) -> off_t, fd, 0, libc::SEEK_CUR);
+    u64::try_from(p).map_err(|_| crate::last_errno())
+}
+
+fn set_kernel_pos(fd: c_int, pos: u64) -> Result<(), c_int> {
+    let p = off_t::try_from(pos).map_err(|_| libc::EOVERFLOW)?;
+    let r = call_real!(lseek: fn(c_int, off_t, c_int) -> off_t, fd, p, libc::SEEK_SET);
+    if r < 0 {
+        Err(crate::last_errno())
+    } else {
+        Ok(())
+    }
+}
+
+/// Reads at `off`, or at the kernel's offset (which then moves).
+pub fn read(fd: c_int, r: &Rider, buf: &mut [u8], off: Option<u64>) -> Result<usize, c_int> {
+    let pos = match off {
+        Some(o) => o,
+        None => kernel_pos(fd)?,
+    };
+    let n = ship_read(&r.desc, buf, Some(pos))?;
+    if off.is_none() {
+        set_kernel_pos(fd, pos + n as u64)?;
+    }
+    Ok(n)
+}
+
+/// Writes at `off`, or at the kernel's offset (which then moves), or at the end
+/// (`O_APPEND`: the server places it).
+pub fn write(fd: c_int, r: &Rider, buf: &[u8], off: Option<u64>) -> Result<usize, c_int> {
+    if !r.dirty.swap(true, Ordering::AcqRel) {
+        DIRTY.fetch_add(1, Ordering::AcqRel);
+    }
+    let append = *table::lock(&r.desc.flags) & libc::O_APPEND != 0;
+    let n = if append {
+        let n = ship_write(&r.desc, buf, None)?;
+        if off.is_none() {
+            set_kernel_pos(fd, *table::lock(&r.desc.pos))?;
+        }
+        n
+    } else {
+        let pos = match off {
+            Some(o) => o,
+            None => kernel_pos(fd)?,
+        };
+        let n = ship_write(&r.desc, buf, Some(pos))?;
+        if off.is_none() {
+            set_kernel_pos(fd, pos + n as u64)?;
+        }
+        n
+    };
+    Ok(n)
+}

@@ -1,0 +1,124 @@
+//! What the interposer and the mount daemon say to each other through `ioctl` on a file
+//! of the mount, so that the interposer can ride on the mount (after DAOS's libioil over
+//! dfuse): the kernel holds the descriptors and does everything else, the interposer
+//! ships the data calls of those descriptors straight to the server.
+//!
+//! - [`INFO`] (`_IOR('Q', 1, [u8; 4096])`): which server the mount serves and the path of
+//!   the file beneath the export ([`Info`]), so that the interposer can open the same file
+//!   on its own connection, with its own identity checked by the server.
+//! - [`INVAL`] (`_IO('Q', 2)`): the kernel forgets the file's cached attributes and pages
+//!   (the interposer wrote around them); answered once they are gone.
+//!
+//! The daemon is the interposer's peer here: [`Info::decode`] checks every length.
+
+/// Bytes the kernel hands back for [`INFO`] (the size encoded in the command).
+pub const INFO_SIZE: usize = 4096;
+
+/// `_IOR('Q', 1, [u8; INFO_SIZE])`.
+pub const INFO: u32 = (2 << 30) | ((INFO_SIZE as u32) << 16) | ((b'Q' as u32) << 8) | 1;
+
+/// `_IO('Q', 2)`.
+pub const INVAL: u32 = ((b'Q' as u32) << 8) | 2;
+
+const MAGIC: &[u8; 4] = b"QSR1";
+
+/// The answer to [`INFO`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Info {
+    /// The server's address, as the daemon reached it.
+    pub server: String,
+    /// The file's path beneath the export.
+    pub path: Vec<u8>,
+}
+
+/// Why an [`INFO`] answer was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    /// It does not start with the magic (another file system's ioctl, or another version).
+    Magic,
+    /// A length runs past the end, or the address is not UTF-8.
+    Length,
+    /// The answer does not fit in [`INFO_SIZE`].
+    TooLong,
+}
+
+impl Info {
+    /// The answer's bytes: magic, address length (u16 LE), address, path length (u16
+    /// LE), path.
+    pub fn encode(&self) -> Result<Vec<u8>, Malformed> {
+        let (s, p) = (self.server.as_bytes(), &self.path);
+        let len = MAGIC.len() + 2 + s.len() + 2 + p.len();
+        if len > INFO_SIZE {
+            return Err(Malformed::TooLong);
+        }
+        let mut b = Vec::with_capacity(len);
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        b.extend_from_slice(s);
+        b.extend_from_slice(&(p.len() as u16).to_le_bytes());
+        b.extend_from_slice(p);
+        Ok(b)
+    }
+
+    /// Reads an answer (trailing bytes, the rest of the kernel's buffer, ignored).
+    pub fn decode(b: &[u8]) -> Result<Info, Malformed> {
+        let rest = b.strip_prefix(MAGIC).ok_or(Malformed::Magic)?;
+        let (server, rest) = field(rest)?;
+        let (path, _) = field(rest)?;
+        let server = std::str::from_utf8(server).map_err(|_| Malformed::Length)?;
+        Ok(Info {
+            server: server.to_string(),
+            path: path.to_vec(),
+        })
+    }
+}
+
+/// A u16-length-prefixed field and what follows it.
+fn field(b: &[u8]) -> Result<(&[u8], &[u8]), Malformed> {
+    let (len, rest) = b.split_first_chunk::<2>().ok_or(Malformed::Length)?;
+    let len = u16::from_le_bytes(*len) as usize;
+    (rest.len() >= len)
+        .then(|| rest.split_at(len))
+        .ok_or(Malformed::Length)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_the_kernels_encoding() {
+        // _IOR('Q', 1, char[4096]) and _IO('Q', 2) as the C macros compute them.
+        assert_eq!(INFO, 0x9000_5101);
+        assert_eq!(INVAL, 0x5102);
+    }
+
+    #[test]
+    fn an_answer_round_trips_with_the_kernels_padding() {
+        let i = Info {
+            server: "sm://1234/0".into(),
+            path: b"/dir/f".to_vec(),
+        };
+        let mut b = i.encode().unwrap();
+        b.resize(INFO_SIZE, 0);
+        assert_eq!(Info::decode(&b), Ok(i));
+    }
+
+    #[test]
+    fn hostile_answers_are_refused() {
+        assert_eq!(Info::decode(b""), Err(Malformed::Magic));
+        assert_eq!(Info::decode(b"XSR1\0\0\0\0"), Err(Malformed::Magic));
+        assert_eq!(Info::decode(b"QSR1"), Err(Malformed::Length));
+        assert_eq!(Info::decode(b"QSR1\x05\0abc"), Err(Malformed::Length));
+        assert_eq!(
+            Info::decode(b"QSR1\x01\0a\xff\xff/"),
+            Err(Malformed::Length)
+        );
+        assert_eq!(Info::decode(b"QSR1\x01\0\xff\0\0"), Err(Malformed::Length));
+        let long = Info {
+            server: "x".repeat(INFO_SIZE),
+            path: Vec::new(),
+        };
+        assert_eq!(long.encode(), Err(Malformed::TooLong));
+    }
+}

@@ -1,0 +1,113 @@
+//! The interposer riding on a `posix-ship mount` (`POSIX_SHIP_MOUNT` naming the mount):
+//! real programs do what they do locally while their data calls are shipped, and what
+//! the interposer writes around the kernel is seen through the kernel at once.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use common::fuse::{Mounted, PROGRAMS, run, run_env, setup};
+use common::{ServerProc, preload_lib};
+
+/// The environment that makes a program ride on the mount at `at`, with its report
+/// appended to `report`.
+fn riding<'a>(
+    srv: &'a ServerProc,
+    at: &'a Path,
+    lib: &'a Path,
+    report: &'a Path,
+) -> [(&'a str, &'a OsStr); 4] {
+    [
+        ("LD_PRELOAD", lib.as_os_str()),
+        ("POSIX_SHIP_MOUNT", at.as_os_str()),
+        ("POSIX_SHIP_REPORT", report.as_os_str()),
+        ("QS_AUTH", OsStr::new(&srv.auth)),
+    ]
+}
+
+/// The report lines' totals: files ridden on, reads and writes shipped.
+fn shipped(report: &Path) -> (u64, u64, u64) {
+    let lines = std::fs::read_to_string(report).unwrap_or_default();
+    let mut t = (0, 0, 0);
+    for l in lines.lines() {
+        let nums: Vec<u64> = l
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        // pid, files, reads, MiB (int part), MiB (fraction), writes, ...
+        if l.contains("rode on") && nums.len() >= 6 {
+            t.0 += nums[1];
+            t.1 += nums[2];
+            t.2 += nums[5];
+        }
+    }
+    t
+}
+
+#[test]
+fn real_programs_riding_on_the_mount_do_what_they_do_locally() {
+    let Some((export, at, local, srv)) = setup("ride-programs") else {
+        return;
+    };
+    let lib = preload_lib();
+    let m = Mounted::start(&srv, &at, &[]);
+    let report = at.parent().unwrap().join("report");
+    let (there, err) = run_env(&at, PROGRAMS, &riding(&srv, &at, &lib, &report));
+    let here = run(&local, PROGRAMS);
+    assert_eq!(there, here, "{err}");
+    assert!(export.join("repo/c.txt").exists());
+    let (files, reads, writes) = shipped(&report);
+    println!("rode on {files} files: {reads} reads, {writes} writes shipped");
+    assert!(
+        files > 20 && reads > 20 && writes > 20,
+        "the data calls went around the kernel"
+    );
+    drop(m);
+}
+
+/// What the kernel shows after writes around it: `fstat`, `stat`, `lseek(SEEK_END)`,
+/// `mmap`, a `dup`'s offset, a forked child, an exec'd child writing to an inherited
+/// descriptor, `O_APPEND`, a stdio stream's `fileno`, and a process not interposed.
+const COHERENCE: &str = r#"
+import mmap, os, subprocess, sys
+fd = os.open("f", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.fstat(fd); os.stat("f")  # the kernel caches the attributes of the empty file
+os.write(fd, b"a" * 100)
+print(os.fstat(fd).st_size, os.stat("f").st_size, os.lseek(fd, 0, os.SEEK_END))
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ); print(m[:3], m[99:100]); m.close()
+d = os.dup(fd); os.write(d, b"b"); print(os.lseek(fd, 0, os.SEEK_CUR)); os.close(d)
+pid = os.fork()
+if pid == 0:
+    os.write(fd, b"c" * 9); os._exit(0)
+os.waitpid(pid, 0)
+print(os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size)
+subprocess.run(["sh", "-c", f"printf exec >&{fd}"], pass_fds=[fd], check=True)
+print(os.lseek(fd, 0, os.SEEK_CUR), os.pread(fd, 4, 110))
+a = os.open("f", os.O_WRONLY | os.O_APPEND); os.write(a, b"!"); print(os.lseek(a, 0, os.SEEK_CUR)); os.close(a)
+with open("f", "rb") as s:
+    print(os.fstat(s.fileno()).st_size, s.read()[-6:])
+os.close(fd)
+print(subprocess.run(["env", "-u", "LD_PRELOAD", "sha256sum", "f"], capture_output=True, text=True).stdout.split()[0][:16])
+"#;
+
+#[test]
+fn writes_around_the_kernel_are_seen_through_it() {
+    let Some((_export, at, local, srv)) = setup("ride-coherence") else {
+        return;
+    };
+    let lib = preload_lib();
+    let m = Mounted::start(&srv, &at, &[]);
+    let script = format!("python3 -c '{COHERENCE}'");
+    let report = at.parent().unwrap().join("report");
+    let (there, err) = run_env(&at, &script, &riding(&srv, &at, &lib, &report));
+    let here = run(&local, &script);
+    assert_eq!(there, here, "{err}");
+    assert!(there.starts_with("100 100 100\n"), "{there}");
+    let (files, _, writes) = shipped(&report);
+    assert!(
+        files >= 2 && writes >= 4,
+        "shipped: {files} files, {writes} writes"
+    );
+    drop(m);
+}
