@@ -29,6 +29,10 @@ pub struct Info {
     pub server: String,
     /// The file's path beneath the export.
     pub path: Vec<u8>,
+    /// The mount runs with the kernel's writeback cache: the kernel then keeps its own
+    /// idea of each file's size and ignores the server's, so nothing may be written
+    /// around it (an interposer does not ride on such a mount).
+    pub writeback: bool,
 }
 
 /// Why an [`INFO`] answer was refused.
@@ -43,16 +47,17 @@ pub enum Malformed {
 }
 
 impl Info {
-    /// The answer's bytes: magic, address length (u16 LE), address, path length (u16
-    /// LE), path.
+    /// The answer's bytes: magic, flags (bit 0: writeback), address length (u16 LE),
+    /// address, path length (u16 LE), path.
     pub fn encode(&self) -> Result<Vec<u8>, Malformed> {
         let (s, p) = (self.server.as_bytes(), &self.path);
-        let len = MAGIC.len() + 2 + s.len() + 2 + p.len();
+        let len = MAGIC.len() + 1 + 2 + s.len() + 2 + p.len();
         if len > INFO_SIZE {
             return Err(Malformed::TooLong);
         }
         let mut b = Vec::with_capacity(len);
         b.extend_from_slice(MAGIC);
+        b.push(u8::from(self.writeback));
         b.extend_from_slice(&(s.len() as u16).to_le_bytes());
         b.extend_from_slice(s);
         b.extend_from_slice(&(p.len() as u16).to_le_bytes());
@@ -63,12 +68,14 @@ impl Info {
     /// Reads an answer (trailing bytes, the rest of the kernel's buffer, ignored).
     pub fn decode(b: &[u8]) -> Result<Info, Malformed> {
         let rest = b.strip_prefix(MAGIC).ok_or(Malformed::Magic)?;
+        let (flags, rest) = rest.split_first().ok_or(Malformed::Length)?;
         let (server, rest) = field(rest)?;
         let (path, _) = field(rest)?;
         let server = std::str::from_utf8(server).map_err(|_| Malformed::Length)?;
         Ok(Info {
             server: server.to_string(),
             path: path.to_vec(),
+            writeback: flags & 1 != 0,
         })
     }
 }
@@ -98,6 +105,7 @@ mod tests {
         let i = Info {
             server: "sm://1234/0".into(),
             path: b"/dir/f".to_vec(),
+            writeback: true,
         };
         let mut b = i.encode().unwrap();
         b.resize(INFO_SIZE, 0);
@@ -106,18 +114,23 @@ mod tests {
 
     #[test]
     fn hostile_answers_are_refused() {
+        let bad: [&[u8]; 6] = [
+            b"QSR1",
+            b"QSR1\0",
+            b"QSR1\0\x05\0abc",
+            b"QSR1\0\x01\0a\xff\xff/",
+            b"QSR1\0\x01\0\xff\0\0",
+            b"QSR1\0\x01\0a\x01",
+        ];
+        for b in bad {
+            assert_eq!(Info::decode(b), Err(Malformed::Length), "{b:?}");
+        }
         assert_eq!(Info::decode(b""), Err(Malformed::Magic));
-        assert_eq!(Info::decode(b"XSR1\0\0\0\0"), Err(Malformed::Magic));
-        assert_eq!(Info::decode(b"QSR1"), Err(Malformed::Length));
-        assert_eq!(Info::decode(b"QSR1\x05\0abc"), Err(Malformed::Length));
-        assert_eq!(
-            Info::decode(b"QSR1\x01\0a\xff\xff/"),
-            Err(Malformed::Length)
-        );
-        assert_eq!(Info::decode(b"QSR1\x01\0\xff\0\0"), Err(Malformed::Length));
+        assert_eq!(Info::decode(b"XSR1\0\0\0\0\0"), Err(Malformed::Magic));
         let long = Info {
             server: "x".repeat(INFO_SIZE),
             path: Vec::new(),
+            writeback: false,
         };
         assert_eq!(long.encode(), Err(Malformed::TooLong));
     }

@@ -17,8 +17,10 @@ fn riding<'a>(
     at: &'a Path,
     lib: &'a Path,
     report: &'a Path,
-) -> [(&'a str, &'a OsStr); 4] {
+) -> [(&'a str, &'a OsStr); 5] {
     [
+        // Every file rides from its first data call (the default waits for 256 KiB).
+        ("POSIX_SHIP_RIDE_AFTER", OsStr::new("0")),
         ("LD_PRELOAD", lib.as_os_str()),
         ("POSIX_SHIP_MOUNT", at.as_os_str()),
         ("POSIX_SHIP_REPORT", report.as_os_str()),
@@ -109,5 +111,49 @@ fn writes_around_the_kernel_are_seen_through_it() {
         files >= 2 && writes >= 4,
         "shipped: {files} files, {writes} writes"
     );
+    drop(m);
+}
+
+/// Through the kernel first, then riding: what the kernel cached of the file is dropped
+/// before the first shipped call.
+const SWITCH: &str = r#"
+import os
+fd = os.open("f", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+for i in range(16):
+    os.write(fd, bytes([97 + i]) * 4096)
+os.write(fd, b"z" * 65536)
+b = os.pread(fd, 131072, 0)
+print(len(b), b[4095:4097], b[65535:65537], os.fstat(fd).st_size)
+os.close(fd)
+"#;
+
+#[test]
+fn a_file_rides_once_enough_went_through_the_kernel() {
+    let Some((_export, at, local, srv)) = setup("ride-switch") else {
+        return;
+    };
+    let lib = preload_lib();
+    let report = at.parent().unwrap().join("report");
+    let script = format!("python3 -c '{SWITCH}'");
+    let here = run(&local, &script);
+    let mut env = riding(&srv, &at, &lib, &report);
+    env[0].1 = OsStr::new("64K");
+    let m = Mounted::start(&srv, &at, &[]);
+    let (there, err) = run_env(&at, &script, &env);
+    assert_eq!(there, here, "{err}");
+    let (files, reads, writes) = shipped(&report);
+    assert_eq!(
+        (files, reads, writes),
+        (1, 1, 1),
+        "only the large calls rode"
+    );
+    drop(m);
+    // With the writeback cache the kernel keeps file sizes itself: no riding, said once.
+    std::fs::remove_file(&report).unwrap();
+    let m = Mounted::start(&srv, &at, &["--writeback-cache"]);
+    let (there, err) = run_env(&at, &script, &env);
+    assert_eq!(there, here, "{err}");
+    assert!(err.contains("--writeback-cache"), "{err}");
+    assert_eq!(shipped(&report), (0, 0, 0));
     drop(m);
 }

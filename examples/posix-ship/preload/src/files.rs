@@ -163,11 +163,12 @@ enum Data {
     Kernel,
 }
 
-fn data(fd: c_int) -> Data {
+/// Where a data call of `n` bytes on `fd` goes.
+fn data(fd: c_int, n: usize) -> Data {
     if let Some(d) = table::get_for_data(fd) {
         return Data::Shipped(d);
     }
-    match ride::get(fd) {
+    match ride::get(fd, n) {
         Some(r) => Data::Ridden(r),
         None => Data::Kernel,
     }
@@ -205,7 +206,7 @@ unsafe fn slice<'a>(buf: *const c_void, n: size_t) -> &'a [u8] {
 /// Interposed `read`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
-    match data(fd) {
+    match data(fd, n) {
         // SAFETY: read(2)'s contract: buf holds n bytes.
         Data::Shipped(d) => sz(ship_read(&d, unsafe { slice_mut(buf, n) }, None)),
         // SAFETY: as above.
@@ -233,7 +234,7 @@ pub unsafe extern "C" fn __read_chk(
 /// Interposed `write`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
-    match data(fd) {
+    match data(fd, n) {
         // SAFETY: write(2)'s contract.
         Data::Shipped(d) => sz(ship_write(&d, unsafe { slice(buf, n) }, None)),
         // SAFETY: as above.
@@ -249,7 +250,7 @@ fn offset(off: off_t) -> Result<u64, c_int> {
 /// Interposed `pread`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
-    match data(fd) {
+    match data(fd, n) {
         // SAFETY: pread(2)'s contract.
         Data::Shipped(d) => {
             sz(offset(off).and_then(|o| ship_read(&d, unsafe { slice_mut(buf, n) }, Some(o))))
@@ -283,7 +284,7 @@ pub unsafe extern "C" fn __pread_chk(
 /// Interposed `pwrite`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
-    match data(fd) {
+    match data(fd, n) {
         // SAFETY: pwrite(2)'s contract.
         Data::Shipped(d) => {
             sz(offset(off).and_then(|o| ship_write(&d, unsafe { slice(buf, n) }, Some(o))))
@@ -312,7 +313,9 @@ unsafe fn iovecs<'a>(iov: *const iovec, cnt: c_int) -> Result<&'a [iovec], c_int
 /// Interposed `readv`: one read per buffer, stopping at a short one.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
-    let target = data(fd);
+    // SAFETY: readv(2)'s contract (the lengths only, for where the call goes).
+    let total = unsafe { iovecs(iov, cnt) }.map_or(0, |v| v.iter().map(|b| b.iov_len).sum());
+    let target = data(fd, total);
     let read: &dyn Fn(&mut [u8]) -> Result<usize, c_int> = match &target {
         Data::Shipped(d) => &move |b| ship_read(d, b, None),
         Data::Ridden(r) => &move |b| ride::read(fd, r, b, None),
@@ -338,7 +341,9 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssiz
 /// Interposed `writev`: the buffers gathered into one write.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
-    let target = data(fd);
+    // SAFETY: writev(2)'s contract (the lengths only, for where the call goes).
+    let total = unsafe { iovecs(iov, cnt) }.map_or(0, |v| v.iter().map(|b| b.iov_len).sum());
+    let target = data(fd, total);
     let write: &dyn Fn(&[u8]) -> Result<usize, c_int> = match &target {
         Data::Shipped(d) => &move |b| ship_write(d, b, None),
         Data::Ridden(r) => &move |b| ride::write(fd, r, b, None),

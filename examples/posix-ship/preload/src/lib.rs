@@ -76,7 +76,8 @@ pub(crate) fn config() -> Option<&'static Config> {
     static C: OnceLock<Option<Config>> = OnceLock::new();
     C.get_or_init(|| {
         let mount = std::env::var("POSIX_SHIP_MOUNT").ok()?;
-        if let Some((server, dev)) = ride::probe(mount.as_bytes()) {
+        if let Some(ridable) = ride::probe(mount.as_bytes()) {
+            let (server, dev) = ridable?;
             let mut mount = mount.into_bytes();
             while mount.len() > 1 && mount.last() == Some(&b'/') {
                 mount.pop();

@@ -19,8 +19,8 @@
 //!   exit. Two processes writing one file see each other's writes after close
 //!   (close-to-open), as through the mount alone.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use libc::{c_int, c_void, off_t};
 use posix_ship::ride::{INFO, INFO_SIZE, INVAL, Info};
@@ -29,11 +29,23 @@ use crate::files::{ship_read, ship_write};
 use crate::real::call_real;
 use crate::table::{self, Desc, FdMap};
 
-/// A file ridden on: the server's handle (reopened in a forked child) and whether it
-/// was written since the kernel last dropped its caches of it.
+/// A regular file opened on the mount: a candidate to ride on, riding once its data
+/// calls are large enough ([`get`]).
 pub struct Rider {
-    desc: Desc,
+    /// The flags it was opened with.
+    flags: c_int,
+    /// Bytes its data calls moved through the kernel before it rode.
+    through_kernel: AtomicU64,
+    /// The server's side once riding (`None` inside: riding was tried and is not possible).
+    desc: OnceLock<Option<Desc>>,
+    /// Written around the kernel since the kernel last dropped its caches of it.
     dirty: AtomicBool,
+}
+
+impl Rider {
+    fn desc(&self) -> Option<&Desc> {
+        self.desc.get().and_then(Option::as_ref)
+    }
 }
 
 static RIDDEN: FdMap<Rider> = FdMap::new();
@@ -41,9 +53,26 @@ static RIDDEN: FdMap<Rider> = FdMap::new();
 /// Riders written since the kernel last dropped its caches of them.
 static DIRTY: AtomicUsize = AtomicUsize::new(0);
 
-/// Asks the mount at `dir` what it serves: the server's address, if it is a posix-ship
-/// mount, and the mount's device number.
-pub fn probe(dir: &[u8]) -> Option<(String, u64)> {
+/// A data call this large rides at once; smaller ones ride once [`ride_after`] bytes went
+/// through the kernel (small files stay on the kernel's path: for them, the server open
+/// and the `ioctl`s would cost more than they save).
+const RIDE_CALL: usize = 64 << 10;
+
+/// `POSIX_SHIP_RIDE_AFTER` (bytes, `K`/`M` suffixes; default 256K; 0: ride at once).
+fn ride_after() -> u64 {
+    static A: OnceLock<u64> = OnceLock::new();
+    *A.get_or_init(|| {
+        std::env::var("POSIX_SHIP_RIDE_AFTER")
+            .ok()
+            .and_then(|v| posix_ship::client::readahead::parse_size(&v))
+            .map_or(256 << 10, |n| n as u64)
+    })
+}
+
+/// Asks the mount at `dir` what it serves: `None` if it is no posix-ship mount; else the
+/// server's address and the mount's device number, if it can be ridden on.
+#[allow(clippy::option_option)]
+pub fn probe(dir: &[u8]) -> Option<Option<(String, u64)>> {
     let c = std::ffi::CString::new(dir).ok()?;
     let fd = call_real!(open: fn(*const libc::c_char, c_int, libc::mode_t) -> c_int,
         c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0);
@@ -53,7 +82,16 @@ pub fn probe(dir: &[u8]) -> Option<(String, u64)> {
     let info = info(fd);
     let dev = kernel_stat(fd).map(|s| s.st_dev);
     call_real!(close: fn(c_int) -> c_int, fd);
-    Some((info?.server, dev?))
+    let info = info?;
+    if info.writeback {
+        eprintln!(
+            "posix-ship interposer: {} is mounted with --writeback-cache, where the kernel \
+             keeps file sizes itself: nothing is shipped around it",
+            String::from_utf8_lossy(dir)
+        );
+        return Some(None);
+    }
+    Some(Some((info.server, dev?)))
 }
 
 fn info(fd: c_int) -> Option<Info> {
@@ -73,44 +111,75 @@ fn kernel_stat(fd: c_int) -> Option<libc::stat> {
     (r == 0).then_some(st)
 }
 
-/// Takes `fd`, just opened by the kernel with `flags`, to ride on if it is a regular
-/// file of the mount that the server lets this process open too.
+/// Takes `fd`, just opened by the kernel with `flags` at a path that may be on the
+/// mount, as a candidate to ride on (no system call: [`get`] decides).
 pub fn adopt(fd: c_int, flags: c_int) {
     // A stale entry (a number closed behind this library's back) must never ship.
     forget(fd);
-    let Some(dev) = crate::config().and_then(|c| c.ride) else {
-        return;
-    };
-    if fd < 0 || flags & libc::O_PATH != 0 {
-        return;
-    }
-    let Some(st) = kernel_stat(fd) else { return };
-    if st.st_dev != dev || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    if crate::config().and_then(|c| c.ride).is_none()
+        || fd < 0
+        || flags & (libc::O_PATH | libc::O_DIRECTORY) != 0
+    {
         return;
     }
-    let Some(info) = info(fd) else { return };
-    // The kernel created and truncated; the server's open only has to find the file.
-    let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
-    let Ok(fs) = table::client() else { return };
-    let Ok(o) = fs.open_raw(&info.path, flags, 0) else {
-        return;
-    };
-    if o.attr.is_dir() {
-        let _ = fs.close_raw(o.fh);
-        return;
-    }
-    let desc = Desc::new(info.path, flags, o.fh, false, (o.attr.dev, o.attr.ino));
     let rider = Rider {
-        desc,
+        flags,
+        through_kernel: AtomicU64::new(0),
+        desc: OnceLock::new(),
         dirty: AtomicBool::new(false),
     };
     RIDDEN.insert(fd, Arc::new(rider));
-    crate::report::count(crate::report::Kind::Ridden);
 }
 
-/// The rider behind `fd`, for a data call.
-pub fn get(fd: c_int) -> Option<Arc<Rider>> {
-    RIDDEN.get(fd)
+/// Whether `fd` was opened on the mount (its stdio stream then reads and writes
+/// through this library).
+pub fn is_candidate(fd: c_int) -> bool {
+    RIDDEN.get(fd).is_some()
+}
+
+/// The rider behind `fd` if a data call of `n` bytes on it is to be shipped: riding
+/// already, or starting now.
+pub fn get(fd: c_int, n: usize) -> Option<Arc<Rider>> {
+    let r = RIDDEN.get(fd)?;
+    if r.desc.get().is_none() {
+        let before = r.through_kernel.fetch_add(n as u64, Ordering::Relaxed);
+        if n < RIDE_CALL && before < ride_after() {
+            return None;
+        }
+        r.desc.get_or_init(|| start(fd, r.flags, before > 0));
+    }
+    r.desc().is_some().then_some(r)
+}
+
+/// Opens the file behind `fd` on the server, if it is a regular file of the mount that
+/// the server lets this process open too; `touched`: the kernel may hold its pages (and,
+/// with the writeback cache, dirty ones: written back and dropped first).
+fn start(fd: c_int, flags: c_int, touched: bool) -> Option<Desc> {
+    let dev = crate::config()?.ride?;
+    let st = kernel_stat(fd)?;
+    if st.st_dev != dev || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let info = info(fd)?;
+    if touched {
+        call_real!(ioctl: fn(c_int, libc::c_ulong, usize) -> c_int, fd, INVAL as libc::c_ulong, 0);
+    }
+    // The kernel created and truncated; the server's open only has to find the file.
+    let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
+    let fs = table::client().ok()?;
+    let o = fs.open_raw(&info.path, flags, 0).ok()?;
+    if o.attr.is_dir() {
+        let _ = fs.close_raw(o.fh);
+        return None;
+    }
+    crate::report::count(crate::report::Kind::Ridden);
+    Some(Desc::new(
+        info.path,
+        flags,
+        o.fh,
+        false,
+        (o.attr.dev, o.attr.ino),
+    ))
 }
 
 /// `new` is a duplicate of `fd` (`dup`, `dup2`, `F_DUPFD`): it rides too.
@@ -128,7 +197,7 @@ pub fn release(fd: c_int) -> Option<c_int> {
         return None;
     }
     let r = RIDDEN.get(fd)?;
-    let err = r.desc.settle_writes();
+    let err = r.desc().and_then(Desc::settle_writes);
     inval(fd, &r);
     RIDDEN.remove(fd);
     err
@@ -213,13 +282,18 @@ fn set_kernel_pos(fd: c_int, pos: u64) -> Result<(), c_int> {
     }
 }
 
+/// The server's side of a rider [`get`] gave.
+fn rode(r: &Rider) -> Result<&Desc, c_int> {
+    r.desc().ok_or(libc::EBADF)
+}
+
 /// Reads at `off`, or at the kernel's offset (which then moves).
 pub fn read(fd: c_int, r: &Rider, buf: &mut [u8], off: Option<u64>) -> Result<usize, c_int> {
     let pos = match off {
         Some(o) => o,
         None => kernel_pos(fd)?,
     };
-    let n = ship_read(&r.desc, buf, Some(pos))?;
+    let n = ship_read(rode(r)?, buf, Some(pos))?;
     if off.is_none() {
         set_kernel_pos(fd, pos + n as u64)?;
     }
@@ -232,11 +306,12 @@ pub fn write(fd: c_int, r: &Rider, buf: &[u8], off: Option<u64>) -> Result<usize
     if !r.dirty.swap(true, Ordering::AcqRel) {
         DIRTY.fetch_add(1, Ordering::AcqRel);
     }
-    let append = *table::lock(&r.desc.flags) & libc::O_APPEND != 0;
+    let d = rode(r)?;
+    let append = *table::lock(&d.flags) & libc::O_APPEND != 0;
     let n = if append {
-        let n = ship_write(&r.desc, buf, None)?;
+        let n = ship_write(d, buf, None)?;
         if off.is_none() {
-            set_kernel_pos(fd, *table::lock(&r.desc.pos))?;
+            set_kernel_pos(fd, *table::lock(&d.pos))?;
         }
         n
     } else {
@@ -244,7 +319,7 @@ pub fn write(fd: c_int, r: &Rider, buf: &[u8], off: Option<u64>) -> Result<usize
             Some(o) => o,
             None => kernel_pos(fd)?,
         };
-        let n = ship_write(&r.desc, buf, Some(pos))?;
+        let n = ship_write(d, buf, Some(pos))?;
         if off.is_none() {
             set_kernel_pos(fd, pos + n as u64)?;
         }

@@ -144,7 +144,7 @@ fn open_stream(path: *const c_char, mode: *const c_char) -> Option<*mut libc::FI
         let fd = files::open_at(libc::AT_FDCWD, path, flags, 0o666);
         return Some(if fd < 0 {
             std::ptr::null_mut()
-        } else if crate::ride::get(fd).is_some() {
+        } else if crate::ride::is_candidate(fd) {
             stream(fd, mode)
         } else {
             call_real!(fdopen: fn(c_int, *const c_char) -> *mut libc::FILE, fd, mode)
@@ -232,7 +232,7 @@ pub extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc
 /// Interposed `fdopen`.
 #[unsafe(no_mangle)]
 pub extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
-    if table::get(fd).is_some() || crate::ride::get(fd).is_some() {
+    if table::get(fd).is_some() || crate::ride::is_candidate(fd) {
         return stream(fd, mode);
     }
     call_real!(fdopen: fn(c_int, *const c_char) -> *mut libc::FILE, fd, mode)

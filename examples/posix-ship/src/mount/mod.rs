@@ -167,6 +167,7 @@ impl Fs {
                 let info = crate::ride::Info {
                     server: self.server.clone(),
                     path,
+                    writeback: self.opts.writeback,
                 };
                 let b = info.encode().map_err(|_| Errno::ENAMETOOLONG)?;
                 if b.len() > out_size as usize {
