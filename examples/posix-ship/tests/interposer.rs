@@ -207,6 +207,22 @@ fn sqlite_builds_and_queries_a_database_under_the_mount() {
 }
 
 #[test]
+fn fio_psync_writes_reads_and_mixes_with_verification_under_the_mount() {
+    let r = Rig::new("interpose-fio", "sm");
+    let script = "for rw in write read randrw; do fio --name=t --ioengine=psync --rw=$rw \
+                  --bs=4k --size=4m --filename={}/fio.dat --verify=crc32c \
+                  --verify_state_save=0 --randseed=1 --output=/dev/null && echo $rw ok; done";
+    let out = r.same("bash", &["-c", script]);
+    assert_eq!(out, b"write ok\nread ok\nrandrw ok\n");
+    assert_eq!(
+        std::fs::metadata(r.srv.export.join("fio.dat"))
+            .unwrap()
+            .len(),
+        4 << 20
+    );
+}
+
+#[test]
 fn unsupported_calls_fail_clearly_and_local_files_are_untouched() {
     let r = Rig::new("interpose-refuse", "tcp");
     let code = "import mmap, sys\nf = open(sys.argv[1] + '/m', 'w+b'); f.write(b'x' * 4096); f.flush()\n\
