@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{ServerProc, scratch};
+use common::{ServerProc, interposed, scratch};
 
 const MOUNT: &str = "/qs-cache";
 
@@ -219,4 +219,27 @@ fn put_and_get_copy_whole_files_even_when_the_server_answers_short() {
     // 1 MiB of staging per client: every large read and write is answered short.
     let tight = ServerProc::start(&scratch("putget-tight"), "tcp", &["--staging-mib", "1"]);
     put_get(&tight, "tight", &data);
+}
+
+#[test]
+fn large_writes_behind_land_whole_when_the_server_takes_them_in_parts() {
+    let base = scratch("behind-large");
+    std::fs::create_dir_all(base.join("export")).unwrap();
+    let src = base.join("src");
+    let data: Vec<u8> = (0..(12u32 << 20) + 777)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    // 1 MiB of staging per client: each 2 MiB write behind is taken in parts.
+    let tight = ServerProc::start(&base.join("export"), "tcp", &["--staging-mib", "1"]);
+    let src = src.to_str().unwrap();
+    let (_, calls) = interposed(
+        &tight,
+        "/qs-fwd",
+        &[],
+        "dd",
+        &[&format!("if={src}"), "of=/qs-fwd/big", "bs=2M", "status=none"],
+    );
+    assert_eq!(std::fs::read(base.join("export/big")).unwrap(), data);
+    assert!(calls >= 12, "{calls} calls: the writes were answered short");
 }

@@ -11,8 +11,10 @@
 //! to the program is kept for its file and reported at that file's next write, `fsync` or
 //! `close` (as NFS reports deferred write errors), once.
 //!
-//! Only inline writes (at most the connection's inline size) go behind; larger ones, and
-//! appends (whose offset only the server knows), are made after the writes in flight.
+//! Larger writes that fit in the window go behind too, their bytes copied into memory
+//! the server pulls from (a copy costs far less than the round trip it saves); larger
+//! than the window, and appends (whose offset only the server knows), are made after the
+//! writes in flight.
 //!
 //! Settings (environment, read once): `POSIX_SHIP_WRITE_BEHIND`, bytes in flight with an
 //! optional `K`/`M` suffix (default 4M; `0` turns it off).
@@ -24,6 +26,8 @@ use std::sync::{Mutex, OnceLock};
 use serde_bytes::ByteBuf;
 
 use super::readahead::parse_size;
+use rpc_core::{Access, Bulk, Seg};
+
 use super::{Pending, RemoteFs};
 use crate::proto::{Fh, WRITE, WriteData, WriteReq, Written};
 
@@ -57,8 +61,29 @@ struct Flight {
     fs: RemoteFs,
     fh: Fh,
     off: u64,
-    data: Vec<u8>,
+    data: Payload,
     call: Pending<Written>,
+}
+
+/// A write's bytes, kept until it lands (for a retry).
+enum Payload {
+    /// Sent in the request.
+    Inline(Vec<u8>),
+    /// Exposed for the server to pull.
+    Bulk(Bulk<'static>),
+}
+
+impl Payload {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Inline(v) => v,
+            Payload::Bulk(b) => b.segments().next().unwrap_or(&[]),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes().len()
+    }
 }
 
 /// Most writes in flight, whatever their size: well under a server's per-client bound
@@ -119,13 +144,18 @@ impl State {
                 return;
             }
             // Inline data is never staged: a short write is a full disk.
-            Ok(_) => libc::ENOSPC,
+            Ok(_) if matches!(f.data, Payload::Inline(_)) => libc::ENOSPC,
+            // The server staged part of a bulk write (its memory bound): the rest now.
+            Ok(w) => match retry(&f.fs, f.fh, f.off + w.n, &f.data.bytes()[w.n as usize..]) {
+                Ok(()) => return,
+                Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            },
             // The server's bound on requests in flight (shared with this client's other
             // threads and its user's other connections): not the write's fault. Fewer go
             // behind from now on, and this one is made again until the server takes it.
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 self.cap = (self.cap / 2).max(1);
-                match retry(&f.fs, f.fh, f.off, &f.data) {
+                match retry(&f.fs, f.fh, f.off, f.data.bytes()) {
                     Ok(()) => return,
                     Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
                 }
@@ -141,7 +171,12 @@ impl State {
         let Some(Gather { fs, fh, off, data }) = self.gather.take() else {
             return;
         };
-        let end = off + data.len() as u64;
+        self.send(fs, fh, off, Payload::Inline(data), window);
+    }
+
+    /// Starts a write after older writes it overlaps, within the window.
+    fn send(&mut self, fs: RemoteFs, fh: Fh, off: u64, data: Payload, window: usize) {
+        let (len, end) = (data.len(), off + data.len() as u64);
         let overlaps = |f: &Flight| f.fh == fh && f.off < end && off < f.off + f.data.len() as u64;
         while let Some(last) = self.flights.iter().rposition(overlaps) {
             for _ in 0..=last {
@@ -149,23 +184,35 @@ impl State {
             }
         }
         while !self.flights.is_empty()
-            && (self.bytes + data.len() > window || self.flights.len() >= self.cap)
+            && (self.bytes + len > window || self.flights.len() >= self.cap)
         {
             self.land_oldest();
         }
-        let req = WriteReq {
-            fh,
-            offset: Some(off),
-            data: WriteData::Inline(ByteBuf::from(data)),
+        let (call, data) = match data {
+            Payload::Inline(v) => {
+                let req = WriteReq {
+                    fh,
+                    offset: Some(off),
+                    data: WriteData::Inline(ByteBuf::from(v)),
+                };
+                // The request is encoded as it starts: its bytes are kept (for a retry)
+                // without a copy.
+                let call = fs.start(WRITE, &req);
+                let WriteData::Inline(v) = req.data else {
+                    unreachable!("built inline above")
+                };
+                (call, Payload::Inline(v.into_vec()))
+            }
+            Payload::Bulk(b) => {
+                let req = WriteReq {
+                    fh,
+                    offset: Some(off),
+                    data: WriteData::Bulk(b.descriptor()),
+                };
+                (fs.start(WRITE, &req), Payload::Bulk(b))
+            }
         };
-        // The request is encoded as it starts: its bytes are kept (for a retry) without
-        // a copy.
-        let call = fs.start(WRITE, &req);
-        let WriteData::Inline(data) = req.data else {
-            unreachable!("built inline above")
-        };
-        let data = data.into_vec();
-        self.bytes += data.len();
+        self.bytes += len;
         self.flights.push_back(Flight {
             fs,
             fh,
@@ -230,7 +277,18 @@ impl WriteBehind {
             return Err(e);
         }
         let max = fs.inline_max();
-        if self.settings.bytes == 0 || data.len() > max {
+        let window = self.settings.bytes;
+        if data.len() > max
+            && data.len() <= window
+            && let Ok(b) = fs
+                .engine()
+                .expose(vec![Seg::from(data.to_vec())], Access::ReadOnly)
+        {
+            s.flush_gather(window);
+            s.send(fs.clone(), fh, off, Payload::Bulk(b), window);
+            return Ok(());
+        }
+        if window == 0 || data.len() > max {
             s.land_all(self.settings.bytes);
             if let Some(e) = owed(&mut s) {
                 return Err(e);
