@@ -238,7 +238,12 @@ fn large_writes_behind_land_whole_when_the_server_takes_them_in_parts() {
         "/qs-fwd",
         &[],
         "dd",
-        &[&format!("if={src}"), "of=/qs-fwd/big", "bs=2M", "status=none"],
+        &[
+            &format!("if={src}"),
+            "of=/qs-fwd/big",
+            "bs=2M",
+            "status=none",
+        ],
     );
     assert_eq!(std::fs::read(base.join("export/big")).unwrap(), data);
     assert!(calls >= 12, "{calls} calls: the writes were answered short");
