@@ -248,3 +248,32 @@ fn large_writes_behind_land_whole_when_the_server_takes_them_in_parts() {
     assert_eq!(std::fs::read(base.join("export/big")).unwrap(), data);
     assert!(calls >= 12, "{calls} calls: the writes were answered short");
 }
+
+#[test]
+fn a_remote_files_writes_go_behind_and_an_error_comes_at_flush_once() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let srv = ServerProc::start(&scratch("file-behind"), "sm", &[]);
+    let fs = srv.client();
+    let data: Vec<u8> = (0..(40u32 << 20) + 5)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let mut f = fs
+        .open_with("/f", libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC, 0o644)
+        .unwrap();
+    for piece in data.chunks(4 << 20) {
+        f.write_all(piece).unwrap();
+    }
+    // Reads wait for the writes in flight.
+    let mut back = Vec::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut back).unwrap();
+    assert!(back == data, "read back what was written behind");
+    f.seek(SeekFrom::Start((1 << 63) - 100)).unwrap();
+    assert_eq!(f.write(&[7u8; 4096]).unwrap(), 4096, "acknowledged");
+    assert_eq!(common::errno(f.flush()), libc::EFBIG);
+    f.flush().unwrap();
+    f.close().unwrap();
+    // Opened read-only: a write fails at once.
+    let mut ro = fs.open("/f").unwrap();
+    assert_eq!(common::errno(ro.write(b"x")), libc::EBADF);
+}

@@ -39,6 +39,15 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// For one [`super::RemoteFile`]'s writes: `POSIX_SHIP_WRITE_BEHIND` if set, else
+    /// 16M (a few of the large writes of a copy in flight).
+    pub fn for_files() -> Settings {
+        match std::env::var_os("POSIX_SHIP_WRITE_BEHIND") {
+            Some(_) => Self::from_env(),
+            None => Settings { bytes: 16 << 20 },
+        }
+    }
+
     /// From `POSIX_SHIP_WRITE_BEHIND` (4M unset).
     pub fn from_env() -> Settings {
         static S: OnceLock<Settings> = OnceLock::new();
