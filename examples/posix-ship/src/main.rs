@@ -296,9 +296,13 @@ fn run(cli: Cli) -> io::Result<()> {
         Cmd::Get { remote, local } => {
             let fs = fs()?;
             let src = fs.open(&remote).map_err(|e| with_path(&remote, e))?;
-            let len = src.metadata()?.size;
-            let dst = std::fs::File::create(&local)?;
-            copy(src, dst, len, &format!("{remote} -> {}", local.display()))
+            let (len, fh) = (src.metadata()?.size, src.handle().expect("open"));
+            let mut dst = std::fs::File::create(&local)?;
+            let what = format!("{remote} -> {}", local.display());
+            // Four reads of 4 MiB in flight while the last piece is written here.
+            timed(len, &what, |bar| {
+                fs.copy_out(fh, len, &mut dst, 4 << 20, 4, |n| bar.set_position(n))
+            })
         }
         Cmd::Rm { path } => fs()?.remove_file(&path).map_err(|e| with_path(&path, e)),
         Cmd::Mkdir { path } => fs()?.create_dir(&path).map_err(|e| with_path(&path, e)),
@@ -351,6 +355,30 @@ fn run(cli: Cli) -> io::Result<()> {
 
 /// Copies with a progress bar (on a terminal) and prints the throughput.
 fn copy(mut src: impl Read, mut dst: impl Write, len: u64, what: &str) -> io::Result<()> {
+    timed(len, what, |bar| {
+        let mut buf = vec![0u8; 4 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = src.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            dst.write_all(&buf[..n])?;
+            total += n as u64;
+            bar.set_position(total);
+        }
+        dst.flush()?;
+        Ok(total)
+    })
+}
+
+/// Runs `f` (which moves bytes, shown on a progress bar on a terminal, and returns how
+/// many) and prints the throughput.
+fn timed(
+    len: u64,
+    what: &str,
+    f: impl FnOnce(&indicatif::ProgressBar) -> io::Result<u64>,
+) -> io::Result<()> {
     let bar = indicatif::ProgressBar::new(len).with_style(
         indicatif::ProgressStyle::with_template(
             "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -359,18 +387,7 @@ fn copy(mut src: impl Read, mut dst: impl Write, len: u64, what: &str) -> io::Re
     );
     bar.set_message(what.to_string());
     let t0 = Instant::now();
-    let mut buf = vec![0u8; 4 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = src.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        dst.write_all(&buf[..n])?;
-        total += n as u64;
-        bar.set_position(total);
-    }
-    dst.flush()?;
+    let total = f(&bar)?;
     bar.finish_and_clear();
     let dt = t0.elapsed().as_secs_f64().max(1e-9);
     println!(

@@ -19,6 +19,7 @@
 
 mod file;
 pub mod readahead;
+mod stream;
 pub mod writebehind;
 
 use std::io;
