@@ -75,7 +75,7 @@ pub fn at_exit() {
             format!("rode on {} files of the mount", c(Kind::Ridden))
         }
         Some(_) => format!("opened {} files on the server", c(Kind::Opened)),
-        None => "nothing shipped (no POSIX_SHIP_MOUNT)".to_string(),
+        None => "nothing shipped (see above, or no POSIX_SHIP_MOUNT)".to_string(),
     };
     let line = format!(
         "posix-ship[{}]: {how}; shipped {} reads ({:.1} MiB) and {} writes ({:.1} MiB)\n",
