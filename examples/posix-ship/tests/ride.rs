@@ -69,15 +69,17 @@ fn real_programs_riding_on_the_mount_do_what_they_do_locally() {
 }
 
 /// What the kernel shows after writes around it: `fstat`, `stat`, `lseek(SEEK_END)`,
-/// `mmap`, a `dup`'s offset, a forked child, an exec'd child writing to an inherited
-/// descriptor, `O_APPEND`, a stdio stream's `fileno`, and a process not interposed.
+/// `pwritev`/`preadv`, `mmap` (the file stops riding), a `dup`'s offset, a forked child,
+/// an exec'd child writing to an inherited descriptor, `O_APPEND`, a stdio stream's
+/// `fileno`, and a process not interposed.
 const COHERENCE: &str = r#"
 import mmap, os, subprocess, sys
 fd = os.open("f", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
 os.fstat(fd); os.stat("f")  # the kernel caches the attributes of the empty file
 os.write(fd, b"a" * 100)
 print(os.fstat(fd).st_size, os.stat("f").st_size, os.lseek(fd, 0, os.SEEK_END))
-m = mmap.mmap(fd, 0, prot=mmap.PROT_READ); print(m[:3], m[99:100]); m.close()
+bufs = [bytearray(1), bytearray(2)]; os.pwritev(fd, [b"P", b"QR"], 10); os.preadv(fd, bufs, 10); print(bufs)
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ); print(m[:3], m[99:100], m[10:13]); m.close()
 d = os.dup(fd); os.write(d, b"b"); print(os.lseek(fd, 0, os.SEEK_CUR)); os.close(d)
 pid = os.fork()
 if pid == 0:
@@ -108,7 +110,7 @@ fn writes_around_the_kernel_are_seen_through_it() {
     assert!(there.starts_with("100 100 100\n"), "{there}");
     let (files, _, writes) = shipped(&report);
     assert!(
-        files >= 2 && writes >= 4,
+        files >= 2 && writes >= 3,
         "shipped: {files} files, {writes} writes"
     );
     drop(m);

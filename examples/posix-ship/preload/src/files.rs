@@ -310,25 +310,36 @@ unsafe fn iovecs<'a>(iov: *const iovec, cnt: c_int) -> Result<&'a [iovec], c_int
     Ok(unsafe { std::slice::from_raw_parts(iov, n) })
 }
 
-/// Interposed `readv`: one read per buffer, stopping at a short one.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
-    // SAFETY: readv(2)'s contract (the lengths only, for where the call goes).
+/// A read of a buffer at an offset (`None`: at the file's).
+type ReadAt<'a> = dyn Fn(&mut [u8], Option<u64>) -> Result<usize, c_int> + 'a;
+
+/// `readv` at `off` (`None`: at the file's offset): one read per buffer, stopping at a
+/// short one. `kernel` is the C library's call for files neither shipped nor ridden.
+///
+/// # Safety
+/// `iov` holds `cnt` valid iovecs of writable buffers.
+unsafe fn read_vec(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    off: Option<u64>,
+    kernel: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    // SAFETY: the caller's contract (the lengths only, for where the call goes).
     let total = unsafe { iovecs(iov, cnt) }.map_or(0, |v| v.iter().map(|b| b.iov_len).sum());
     let target = data(fd, total);
-    let read: &dyn Fn(&mut [u8]) -> Result<usize, c_int> = match &target {
-        Data::Shipped(d) => &move |b| ship_read(d, b, None),
-        Data::Ridden(r) => &move |b| ride::read(fd, r, b, None),
-        Data::Kernel => {
-            return call_real!(readv: fn(c_int, *const iovec, c_int) -> ssize_t, fd, iov, cnt);
-        }
+    let read: &ReadAt = match &target {
+        Data::Shipped(d) => &move |b, o| ship_read(d, b, o),
+        Data::Ridden(r) => &move |b, o| ride::read(fd, r, b, o),
+        Data::Kernel => return kernel(),
     };
-    // SAFETY: readv(2)'s contract.
+    // SAFETY: the caller's contract.
     sz(unsafe { iovecs(iov, cnt) }.and_then(|v| {
         let mut total = 0;
         for b in v {
+            let at = off.map(|o| o + total as u64);
             // SAFETY: each iovec describes a writable buffer.
-            let n = read(unsafe { slice_mut(b.iov_base, b.iov_len) })?;
+            let n = read(unsafe { slice_mut(b.iov_base, b.iov_len) }, at)?;
             total += n;
             if n < b.iov_len {
                 break;
@@ -338,28 +349,75 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssiz
     }))
 }
 
-/// Interposed `writev`: the buffers gathered into one write.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
-    // SAFETY: writev(2)'s contract (the lengths only, for where the call goes).
+/// `writev` at `off` (`None`: at the file's offset): the buffers gathered into one
+/// write. `kernel` as for [`read_vec`].
+///
+/// # Safety
+/// `iov` holds `cnt` valid iovecs of readable buffers.
+unsafe fn write_vec(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    off: Option<u64>,
+    kernel: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    // SAFETY: the caller's contract (the lengths only, for where the call goes).
     let total = unsafe { iovecs(iov, cnt) }.map_or(0, |v| v.iter().map(|b| b.iov_len).sum());
     let target = data(fd, total);
     let write: &dyn Fn(&[u8]) -> Result<usize, c_int> = match &target {
-        Data::Shipped(d) => &move |b| ship_write(d, b, None),
-        Data::Ridden(r) => &move |b| ride::write(fd, r, b, None),
-        Data::Kernel => {
-            return call_real!(writev: fn(c_int, *const iovec, c_int) -> ssize_t, fd, iov, cnt);
-        }
+        Data::Shipped(d) => &move |b| ship_write(d, b, off),
+        Data::Ridden(r) => &move |b| ride::write(fd, r, b, off),
+        Data::Kernel => return kernel(),
     };
-    // SAFETY: writev(2)'s contract.
+    // SAFETY: the caller's contract.
     sz(unsafe { iovecs(iov, cnt) }.and_then(|v| {
-        let mut all = Vec::new();
+        let mut all = Vec::with_capacity(total);
         for b in v {
             // SAFETY: each iovec describes a readable buffer.
             all.extend_from_slice(unsafe { slice(b.iov_base, b.iov_len) });
         }
         write(&all)
     }))
+}
+
+/// Interposed `readv`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    let kernel = || call_real!(readv: fn(c_int, *const iovec, c_int) -> ssize_t, fd, iov, cnt);
+    // SAFETY: readv(2)'s contract.
+    unsafe { read_vec(fd, iov, cnt, None, kernel) }
+}
+
+/// Interposed `writev`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    let kernel = || call_real!(writev: fn(c_int, *const iovec, c_int) -> ssize_t, fd, iov, cnt);
+    // SAFETY: writev(2)'s contract.
+    unsafe { write_vec(fd, iov, cnt, None, kernel) }
+}
+
+/// Interposed `preadv`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn preadv(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t {
+    let kernel =
+        || call_real!(preadv: fn(c_int, *const iovec, c_int, off_t) -> ssize_t, fd, iov, cnt, off);
+    match offset(off) {
+        // SAFETY: preadv(2)'s contract.
+        Ok(o) => unsafe { read_vec(fd, iov, cnt, Some(o), kernel) },
+        Err(e) => fail_sz(e),
+    }
+}
+
+/// Interposed `pwritev`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pwritev(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t {
+    let kernel =
+        || call_real!(pwritev: fn(c_int, *const iovec, c_int, off_t) -> ssize_t, fd, iov, cnt, off);
+    match offset(off) {
+        // SAFETY: pwritev(2)'s contract.
+        Ok(o) => unsafe { write_vec(fd, iov, cnt, Some(o), kernel) },
+        Err(e) => fail_sz(e),
+    }
 }
 
 /// `lseek` on a shipped file, `SEEK_DATA`/`SEEK_HOLE` included (all data, no holes).
@@ -513,6 +571,10 @@ pub extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
     match table::get(fd) {
         Some(d) => ship_fcntl(fd, d, cmd, arg),
         None => {
+            if cmd == libc::F_SETFL {
+                // A ridden file keeps the flags it was opened with: it stops riding.
+                ride::stop(fd);
+            }
             let r = call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, cmd, arg);
             if r >= 0 && matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
                 ride::dup(fd, r);
@@ -527,7 +589,10 @@ pub extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> c_int {
 pub extern "C" fn fsync(fd: c_int) -> c_int {
     match table::get(fd) {
         Some(d) => ret(sync(&d, false)),
-        None => call_real!(fsync: fn(c_int) -> c_int, fd),
+        None => match ride::sync(fd) {
+            Some(e) => fail(e),
+            None => call_real!(fsync: fn(c_int) -> c_int, fd),
+        },
     }
 }
 
@@ -536,7 +601,10 @@ pub extern "C" fn fsync(fd: c_int) -> c_int {
 pub extern "C" fn fdatasync(fd: c_int) -> c_int {
     match table::get(fd) {
         Some(d) => ret(sync(&d, true)),
-        None => call_real!(fdatasync: fn(c_int) -> c_int, fd),
+        None => match ride::sync(fd) {
+            Some(e) => fail(e),
+            None => call_real!(fdatasync: fn(c_int) -> c_int, fd),
+        },
     }
 }
 
@@ -571,4 +639,6 @@ crate::real::alias! {
     unsafe pread64 => pread(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t;
     unsafe pwrite64 => pwrite(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t;
     unsafe __pread64_chk => __pread_chk(fd: c_int, b: *mut c_void, n: size_t, off: off_t, cap: size_t) -> ssize_t;
+    unsafe preadv64 => preadv(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t;
+    unsafe pwritev64 => pwritev(fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t;
 }

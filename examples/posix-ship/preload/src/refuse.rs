@@ -40,6 +40,10 @@ pub extern "C" fn mmap(
             fill(m, n, prot, fd, off)
         };
     }
+    if fl & libc::MAP_ANONYMOUS == 0 {
+        // A mapping sees the kernel's pages: the file stops riding.
+        crate::ride::stop(fd);
+    }
     call_real!(mmap: fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void, a, n, prot, fl, fd, off)
 }
 

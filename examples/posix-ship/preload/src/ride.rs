@@ -22,12 +22,16 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use libc::{c_int, c_void, off_t};
-use posix_ship::ride::{INFO, INFO_SIZE, INVAL, Info};
+use libc::{c_int, off_t};
+use posix_ship::ride::INVAL;
 
 use crate::files::{ship_read, ship_write};
+
+mod probe;
 use crate::real::call_real;
 use crate::table::{self, Desc, FdMap};
+pub use probe::probe;
+use probe::{info, kernel_stat};
 
 /// A regular file opened on the mount: a candidate to ride on, riding once its data
 /// calls are large enough ([`get`]).
@@ -40,11 +44,26 @@ pub struct Rider {
     desc: OnceLock<Option<Desc>>,
     /// Written around the kernel since the kernel last dropped its caches of it.
     dirty: AtomicBool,
+    /// No more riding (mapped, status flags changed): the kernel does everything.
+    stopped: AtomicBool,
+    /// The process that rides (a forked child leaves its inherited riders to the kernel:
+    /// their paths may name other files by now).
+    pid: u32,
+    /// Held across "kernel offset, shipped call, kernel offset", which the kernel does
+    /// atomically for one open file description.
+    at_offset: std::sync::Mutex<()>,
 }
 
 impl Rider {
     fn desc(&self) -> Option<&Desc> {
         self.desc.get().and_then(Option::as_ref)
+    }
+
+    /// Whether its data calls go around the kernel now.
+    fn riding(&self) -> bool {
+        self.desc().is_some()
+            && !self.stopped.load(Ordering::Acquire)
+            && self.pid == std::process::id()
     }
 }
 
@@ -69,140 +88,14 @@ fn ride_after() -> u64 {
     })
 }
 
-/// Asks the mount at `dir` what it serves: `None` if it is no posix-ship mount; else the
-/// server's address and the mount's device number, if it can be ridden on.
-#[allow(clippy::option_option)]
-pub fn probe(dir: &[u8]) -> Option<Option<(String, u64)>> {
-    let c = std::ffi::CString::new(dir).ok()?;
-    let fd = call_real!(open: fn(*const libc::c_char, c_int, libc::mode_t) -> c_int,
-        c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0);
-    if fd < 0 {
-        return None;
-    }
-    let info = info(fd);
-    let dev = kernel_stat(fd).map(|s| s.st_dev);
-    call_real!(close: fn(c_int) -> c_int, fd);
-    let info = info?;
-    // The mount names the server the data goes to and whom to prove this user to: only a
-    // mount of this user's or root's (a daemon another user runs could name its own).
-    // (Through the C library's own calls: this runs inside the configuration's first
-    // use, which an interposed call would wait for.)
-    let mounts = read_real(c"/proc/self/mountinfo");
-    let at = realpath(dir)?;
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    match owner(&mounts, &at) {
-        Some(uid) if uid == me || uid == 0 => {}
-        other => {
-            eprintln!(
-                "posix-ship interposer: {} is not a posix-ship mount of this user's or \
-                 root's (owner {other:?}): nothing is shipped around it",
-                String::from_utf8_lossy(dir)
-            );
-            return Some(None);
-        }
-    }
-    if info.writeback {
-        eprintln!(
-            "posix-ship interposer: {} is mounted with --writeback-cache, where the kernel \
-             keeps file sizes itself: nothing is shipped around it",
-            String::from_utf8_lossy(dir)
-        );
-        return Some(None);
-    }
-    Some(Some((info.server, dev?)))
-}
-
-/// The whole of a small file, read with the C library's calls.
-fn read_real(path: &std::ffi::CStr) -> String {
-    let fd = call_real!(open: fn(*const libc::c_char, c_int, libc::mode_t) -> c_int,
-        path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
-    let mut out = Vec::new();
-    if fd >= 0 {
-        let mut b = [0u8; 8192];
-        loop {
-            let n = call_real!(read: fn(c_int, *mut c_void, usize) -> isize,
-                fd, b.as_mut_ptr().cast(), b.len());
-            if n <= 0 {
-                break;
-            }
-            out.extend_from_slice(&b[..n as usize]);
-        }
-        call_real!(close: fn(c_int) -> c_int, fd);
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `dir` with symbolic links, `.` and `..` resolved (the C library's `realpath`).
-fn realpath(dir: &[u8]) -> Option<Vec<u8>> {
-    let c = std::ffi::CString::new(dir).ok()?;
-    let mut out = vec![0u8; libc::PATH_MAX as usize + 1];
-    let r = call_real!(realpath: fn(*const libc::c_char, *mut libc::c_char) -> *mut libc::c_char,
-        c.as_ptr(), out.as_mut_ptr().cast());
-    if r.is_null() {
-        return None;
-    }
-    let n = out.iter().position(|&b| b == 0)?;
-    out.truncate(n);
-    Some(out)
-}
-
-/// The uid of the daemon serving the posix-ship FUSE mount at `at` (canonical), from
-/// `/proc/self/mountinfo`'s `user_id=` (`None`: no such mount).
-fn owner(mountinfo: &str, at: &[u8]) -> Option<u32> {
-    // mountinfo escapes these in paths as octal.
-    let mut esc = String::new();
-    for &b in at {
-        match b {
-            b' ' | b'\t' | b'\n' | b'\\' => esc.push_str(&format!("\\{b:03o}")),
-            _ => esc.push(b as char),
-        }
-    }
-    mountinfo.lines().rev().find_map(|l| {
-        let (mine, fs) = l.split_once(" - ")?;
-        if mine.split(' ').nth(4)? != esc {
-            return None;
-        }
-        // A FUSE file system (`fuse`, or `fuse.posix-ship` when mounted with a subtype)
-        // whose source a posix-ship daemon names.
-        let mut f = fs.split(' ');
-        let (kind, source, opts) = (f.next()?, f.next()?, f.next()?);
-        if !(kind == "fuse" || kind == "fuse.posix-ship") || !source.starts_with("posix-ship:") {
-            return None;
-        }
-        opts.split(',')
-            .find_map(|o| o.strip_prefix("user_id="))?
-            .parse()
-            .ok()
-    })
-}
-
-fn info(fd: c_int) -> Option<Info> {
-    let mut b = vec![0u8; INFO_SIZE];
-    let r = call_real!(ioctl: fn(c_int, libc::c_ulong, *mut c_void) -> c_int,
-        fd, INFO as libc::c_ulong, b.as_mut_ptr().cast());
-    if r < 0 {
-        return None;
-    }
-    Info::decode(&b).ok()
-}
-
-fn kernel_stat(fd: c_int) -> Option<libc::stat> {
-    // SAFETY: all-zero is a valid `struct stat`, filled by fstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let r = call_real!(fstat64: fn(c_int, *mut libc::stat) -> c_int, fd, &mut st);
-    (r == 0).then_some(st)
-}
-
 /// Takes `fd`, just opened by the kernel with `flags` at a path that may be on the
 /// mount, as a candidate to ride on (no system call: [`get`] decides).
 pub fn adopt(fd: c_int, flags: c_int) {
     // A stale entry (a number closed behind this library's back) must never ship.
     forget(fd);
-    if crate::config().and_then(|c| c.ride).is_none()
-        || fd < 0
-        || flags & (libc::O_PATH | libc::O_DIRECTORY) != 0
-    {
+    // Synchronous writes promise what write-behind would not keep.
+    let kernel_only = libc::O_PATH | libc::O_DIRECTORY | libc::O_SYNC | libc::O_DSYNC;
+    if crate::config().and_then(|c| c.ride).is_none() || fd < 0 || flags & kernel_only != 0 {
         return;
     }
     let rider = Rider {
@@ -210,6 +103,9 @@ pub fn adopt(fd: c_int, flags: c_int) {
         through_kernel: AtomicU64::new(0),
         desc: OnceLock::new(),
         dirty: AtomicBool::new(false),
+        stopped: AtomicBool::new(false),
+        pid: std::process::id(),
+        at_offset: std::sync::Mutex::new(()),
     };
     RIDDEN.insert(fd, Arc::new(rider));
 }
@@ -224,14 +120,36 @@ pub fn is_candidate(fd: c_int) -> bool {
 /// already, or starting now.
 pub fn get(fd: c_int, n: usize) -> Option<Arc<Rider>> {
     let r = RIDDEN.get(fd)?;
-    if r.desc.get().is_none() {
+    if r.desc.get().is_none() && r.pid == std::process::id() {
         let before = r.through_kernel.fetch_add(n as u64, Ordering::Relaxed);
-        if n < RIDE_CALL && before < ride_after() {
-            return None;
+        if n >= RIDE_CALL || before >= ride_after() {
+            r.desc.get_or_init(|| start(fd, r.flags, before > 0));
         }
-        r.desc.get_or_init(|| start(fd, r.flags, before > 0));
     }
-    r.desc().is_some().then_some(r)
+    if r.riding() {
+        return Some(r);
+    }
+    // Through the kernel: what was written around it lands first.
+    if DIRTY.load(Ordering::Acquire) > 0 {
+        settle_all();
+    }
+    None
+}
+
+/// `fd` is mapped, or its status flags change: it stops riding, after what was written
+/// around the kernel has landed and the kernel's caches of it were dropped.
+pub fn stop(fd: c_int) {
+    if let Some(r) = RIDDEN.get(fd) {
+        settle_all();
+        r.stopped.store(true, Ordering::Release);
+    }
+}
+
+/// For `fsync` and `fdatasync` of `fd`: its writes land, and the error of one
+/// acknowledged earlier is returned (once).
+pub fn sync(fd: c_int) -> Option<c_int> {
+    let r = RIDDEN.get(fd)?;
+    settle(fd, &r)
 }
 
 /// Opens the file behind `fd` on the server, if it is a regular file of the mount that
@@ -280,9 +198,20 @@ pub fn release(fd: c_int) -> Option<c_int> {
         return None;
     }
     let r = RIDDEN.get(fd)?;
-    let err = r.desc().and_then(Desc::settle_writes);
-    inval(fd, &r);
+    let err = settle(fd, &r);
     RIDDEN.remove(fd);
+    err
+}
+
+/// `r`'s writes land (the mark taken first, as in [`settle_all`]) and the kernel drops
+/// its caches of the file if it was written around them; the error of a write
+/// acknowledged earlier, once.
+fn settle(fd: c_int, r: &Rider) -> Option<c_int> {
+    let was = take_dirty(r);
+    let err = r.desc().and_then(Desc::settle_writes);
+    if was {
+        drop_caches(fd);
+    }
     err
 }
 
@@ -300,13 +229,28 @@ fn forget(fd: c_int) {
     }
 }
 
-fn inval(fd: c_int, r: &Rider) {
-    if r.dirty.swap(false, Ordering::AcqRel) {
+/// Clears `r`'s mark; whether it was marked.
+fn take_dirty(r: &Rider) -> bool {
+    let was = r.dirty.swap(false, Ordering::AcqRel);
+    if was {
         DIRTY.fetch_sub(1, Ordering::AcqRel);
-        call_real!(ioctl: fn(c_int, libc::c_ulong, usize) -> c_int, fd, INVAL as libc::c_ulong, 0);
-        // The kernel's size of the file is refreshed only by asking: a page fault of a
-        // mapping past the size it last knew would be SIGBUS.
-        let _ = kernel_stat(fd);
+    }
+    was
+}
+
+/// Makes the daemon drop the kernel's pages and attributes of the file behind `fd`.
+fn drop_caches(fd: c_int) {
+    call_real!(ioctl: fn(c_int, libc::c_ulong, usize) -> c_int, fd, INVAL as libc::c_ulong, 0);
+    // The kernel's size of the file is refreshed only by asking: a page fault of a
+    // mapping past the size it last knew would be SIGBUS.
+    let _ = kernel_stat(fd);
+}
+
+/// Drops the kernel's caches of `r`'s file if it was written around them (its writes
+/// landed already).
+fn inval(fd: c_int, r: &Rider) {
+    if take_dirty(r) {
+        drop_caches(fd);
     }
 }
 
@@ -329,12 +273,20 @@ pub fn before_path(p: &[u8], mount: &[u8]) {
 /// Every write in flight lands; the kernel drops what it cached of every file written
 /// around it.
 pub fn settle_all() {
-    table::writes().drain();
     if DIRTY.load(Ordering::Acquire) == 0 {
+        table::writes().drain();
         return;
     }
-    for (fd, r) in RIDDEN.all() {
-        inval(fd, &r);
+    // The flags are taken before the writes land: a write made meanwhile by another
+    // thread marks its file again, so no write in flight is ever left unmarked.
+    let dirty: Vec<(c_int, Arc<Rider>)> = RIDDEN
+        .all()
+        .into_iter()
+        .filter(|(_, r)| take_dirty(r))
+        .collect();
+    table::writes().drain();
+    for (fd, _) in dirty {
+        drop_caches(fd);
     }
 }
 
@@ -372,6 +324,7 @@ fn rode(r: &Rider) -> Result<&Desc, c_int> {
 
 /// Reads at `off`, or at the kernel's offset (which then moves).
 pub fn read(fd: c_int, r: &Rider, buf: &mut [u8], off: Option<u64>) -> Result<usize, c_int> {
+    let _at = off.is_none().then(|| table::lock(&r.at_offset));
     let pos = match off {
         Some(o) => o,
         None => kernel_pos(fd)?,
@@ -390,6 +343,7 @@ pub fn write(fd: c_int, r: &Rider, buf: &[u8], off: Option<u64>) -> Result<usize
         DIRTY.fetch_add(1, Ordering::AcqRel);
     }
     let d = rode(r)?;
+    let _at = off.is_none().then(|| table::lock(&r.at_offset));
     let append = *table::lock(&d.flags) & libc::O_APPEND != 0;
     let n = if append {
         let n = ship_write(d, buf, None)?;
@@ -409,36 +363,4 @@ pub fn write(fd: c_int, r: &Rider, buf: &[u8], off: Option<u64>) -> Result<usize
         n
     };
     Ok(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::owner;
-
-    const MOUNTINFO: &str = "\
-22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
-40 22 0:44 / /mnt/a\\040b rw,nosuid,nodev shared:9 - fuse.posix-ship posix-ship:tcp://x rw,user_id=1000,group_id=1000,default_permissions
-41 22 0:45 / /mnt/c rw,nosuid,nodev shared:9 - fuse.sshfs host: rw,user_id=0,group_id=0
-42 22 0:46 / /mnt/d rw shared:9 - fuse.posix-ship posix-ship:sm://1 rw,user_id=0,group_id=0
-43 22 0:47 / /mnt/d rw shared:9 - fuse posix-ship:sm://2 rw,user_id=7,group_id=7
-44 22 0:48 / /mnt/e rw - fuse other:x rw,user_id=0,group_id=0
-";
-
-    #[test]
-    fn the_mounts_owner_comes_from_mountinfo() {
-        assert_eq!(owner(MOUNTINFO, b"/mnt/a b"), Some(1000), "escaped space");
-        assert_eq!(
-            owner(MOUNTINFO, b"/mnt/c"),
-            None,
-            "another FUSE file system"
-        );
-        assert_eq!(
-            owner(MOUNTINFO, b"/mnt/d"),
-            Some(7),
-            "the last mount on top wins"
-        );
-        assert_eq!(owner(MOUNTINFO, b"/mnt/e"), None, "FUSE, not posix-ship's");
-        assert_eq!(owner(MOUNTINFO, b"/mnt"), None);
-        assert_eq!(owner(MOUNTINFO, b"/"), None, "not FUSE");
-    }
 }

@@ -233,7 +233,8 @@ pub extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut libc
 #[unsafe(no_mangle)]
 pub extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
     if table::get(fd).is_some() || crate::ride::is_candidate(fd) {
-        return stream(fd, mode);
+        // On failure the descriptor stays the caller's (fdopen's contract).
+        return stream_keeping(fd, mode);
     }
     call_real!(fdopen: fn(c_int, *const c_char) -> *mut libc::FILE, fd, mode)
 }

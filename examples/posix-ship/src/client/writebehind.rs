@@ -155,6 +155,7 @@ impl State {
             // Inline data is never staged: a short write is a full disk.
             Ok(_) if matches!(f.data, Payload::Inline(_)) => libc::ENOSPC,
             // The server staged part of a bulk write (its memory bound): the rest now.
+            Ok(w) if w.n > len => libc::EIO,
             Ok(w) => match retry(&f.fs, f.fh, f.off + w.n, &f.data.bytes()[w.n as usize..]) {
                 Ok(()) => return,
                 Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
@@ -289,6 +290,7 @@ impl WriteBehind {
         let window = self.settings.bytes;
         if data.len() > max
             && data.len() <= window
+            && data.len() as u64 <= crate::proto::MAX_IO
             && let Ok(b) = fs
                 .engine()
                 .expose(vec![Seg::from(data.to_vec())], Access::ReadOnly)
