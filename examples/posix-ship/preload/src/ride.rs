@@ -257,7 +257,15 @@ fn inval(fd: c_int, r: &Rider) {
 /// Called before `fd` is handed to the kernel for anything but data: settles if it is
 /// ridden and something was written around the kernel.
 pub fn before_kernel(fd: c_int) {
-    if DIRTY.load(Ordering::Acquire) > 0 && RIDDEN.maybe(fd) {
+    if !RIDDEN.maybe(fd) {
+        return;
+    }
+    // The kernel may change the file (truncate, allocate, copy into it): what was read
+    // ahead of it is dropped.
+    if let Some(d) = RIDDEN.get(fd).as_deref().and_then(Rider::desc) {
+        d.ahead.invalidate();
+    }
+    if DIRTY.load(Ordering::Acquire) > 0 {
         settle_all();
     }
 }
