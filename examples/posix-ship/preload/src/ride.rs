@@ -129,8 +129,10 @@ pub fn get(fd: c_int, n: usize) -> Option<Arc<Rider>> {
     if r.riding() {
         return Some(r);
     }
-    // Through the kernel: what was written around it lands first.
-    if DIRTY.load(Ordering::Acquire) > 0 {
+    // Through the kernel: what was written around it lands first, unless it was found
+    // not to be a file this process can ride (a file elsewhere opened by a relative
+    // path, most often: `cp` reading its source would settle at every read).
+    if DIRTY.load(Ordering::Acquire) > 0 && !matches!(r.desc.get(), Some(None)) {
         settle_all();
     }
     None
