@@ -163,6 +163,26 @@ enum Data {
     Kernel,
 }
 
+impl Data {
+    /// Reads into `buf` at `off` (`None`: at the file's offset); `None` for the kernel.
+    fn read(&self, fd: c_int, buf: &mut [u8], off: Option<u64>) -> Option<Result<usize, c_int>> {
+        match self {
+            Data::Shipped(d) => Some(ship_read(d, buf, off)),
+            Data::Ridden(r) => Some(ride::read(fd, r, buf, off)),
+            Data::Kernel => None,
+        }
+    }
+
+    /// Writes `buf` at `off` (`None`: at the file's offset); `None` for the kernel.
+    fn write(&self, fd: c_int, buf: &[u8], off: Option<u64>) -> Option<Result<usize, c_int>> {
+        match self {
+            Data::Shipped(d) => Some(ship_write(d, buf, off)),
+            Data::Ridden(r) => Some(ride::write(fd, r, buf, off)),
+            Data::Kernel => None,
+        }
+    }
+}
+
 /// Where a data call of `n` bytes on `fd` goes.
 fn data(fd: c_int, n: usize) -> Data {
     if let Some(d) = table::get_for_data(fd) {
@@ -206,12 +226,10 @@ unsafe fn slice<'a>(buf: *const c_void, n: size_t) -> &'a [u8] {
 /// Interposed `read`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
-    match data(fd, n) {
-        // SAFETY: read(2)'s contract: buf holds n bytes.
-        Data::Shipped(d) => sz(ship_read(&d, unsafe { slice_mut(buf, n) }, None)),
-        // SAFETY: as above.
-        Data::Ridden(r) => sz(ride::read(fd, &r, unsafe { slice_mut(buf, n) }, None)),
-        Data::Kernel => call_real!(read: fn(c_int, *mut c_void, size_t) -> ssize_t, fd, buf, n),
+    // SAFETY: read(2)'s contract: buf holds n bytes.
+    match data(fd, n).read(fd, unsafe { slice_mut(buf, n) }, None) {
+        Some(r) => sz(r),
+        None => call_real!(read: fn(c_int, *mut c_void, size_t) -> ssize_t, fd, buf, n),
     }
 }
 
@@ -234,12 +252,10 @@ pub unsafe extern "C" fn __read_chk(
 /// Interposed `write`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
-    match data(fd, n) {
-        // SAFETY: write(2)'s contract.
-        Data::Shipped(d) => sz(ship_write(&d, unsafe { slice(buf, n) }, None)),
-        // SAFETY: as above.
-        Data::Ridden(r) => sz(ride::write(fd, &r, unsafe { slice(buf, n) }, None)),
-        Data::Kernel => call_real!(write: fn(c_int, *const c_void, size_t) -> ssize_t, fd, buf, n),
+    // SAFETY: write(2)'s contract.
+    match data(fd, n).write(fd, unsafe { slice(buf, n) }, None) {
+        Some(r) => sz(r),
+        None => call_real!(write: fn(c_int, *const c_void, size_t) -> ssize_t, fd, buf, n),
     }
 }
 
@@ -250,19 +266,13 @@ fn offset(off: off_t) -> Result<u64, c_int> {
 /// Interposed `pread`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t {
-    match data(fd, n) {
-        // SAFETY: pread(2)'s contract.
-        Data::Shipped(d) => {
-            sz(offset(off).and_then(|o| ship_read(&d, unsafe { slice_mut(buf, n) }, Some(o))))
-        }
-        // SAFETY: as above.
-        Data::Ridden(r) => {
-            sz(offset(off).and_then(|o| ride::read(fd, &r, unsafe { slice_mut(buf, n) }, Some(o))))
-        }
-        Data::Kernel => {
-            call_real!(pread: fn(c_int, *mut c_void, size_t, off_t) -> ssize_t, fd, buf, n, off)
-        }
+    let target = data(fd, n);
+    if let Data::Kernel = target {
+        return call_real!(pread: fn(c_int, *mut c_void, size_t, off_t) -> ssize_t, fd, buf, n, off);
     }
+    // SAFETY: pread(2)'s contract.
+    let buf = unsafe { slice_mut(buf, n) };
+    sz(offset(off).and_then(|o| target.read(fd, buf, Some(o)).unwrap_or(Err(libc::EBADF))))
 }
 
 /// Interposed `__pread_chk`.
@@ -284,19 +294,13 @@ pub unsafe extern "C" fn __pread_chk(
 /// Interposed `pwrite`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t {
-    match data(fd, n) {
-        // SAFETY: pwrite(2)'s contract.
-        Data::Shipped(d) => {
-            sz(offset(off).and_then(|o| ship_write(&d, unsafe { slice(buf, n) }, Some(o))))
-        }
-        // SAFETY: as above.
-        Data::Ridden(r) => {
-            sz(offset(off).and_then(|o| ride::write(fd, &r, unsafe { slice(buf, n) }, Some(o))))
-        }
-        Data::Kernel => {
-            call_real!(pwrite: fn(c_int, *const c_void, size_t, off_t) -> ssize_t, fd, buf, n, off)
-        }
+    let target = data(fd, n);
+    if let Data::Kernel = target {
+        return call_real!(pwrite: fn(c_int, *const c_void, size_t, off_t) -> ssize_t, fd, buf, n, off);
     }
+    // SAFETY: pwrite(2)'s contract.
+    let buf = unsafe { slice(buf, n) };
+    sz(offset(off).and_then(|o| target.write(fd, buf, Some(o)).unwrap_or(Err(libc::EBADF))))
 }
 
 /// # Safety
@@ -309,9 +313,6 @@ unsafe fn iovecs<'a>(iov: *const iovec, cnt: c_int) -> Result<&'a [iovec], c_int
     // SAFETY: the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts(iov, n) })
 }
-
-/// A read of a buffer at an offset (`None`: at the file's).
-type ReadAt<'a> = dyn Fn(&mut [u8], Option<u64>) -> Result<usize, c_int> + 'a;
 
 /// `readv` at `off` (`None`: at the file's offset): one read per buffer, stopping at a
 /// short one. `kernel` is the C library's call for files neither shipped nor ridden.
@@ -328,18 +329,17 @@ unsafe fn read_vec(
     // SAFETY: the caller's contract (the lengths only, for where the call goes).
     let total = unsafe { iovecs(iov, cnt) }.map_or(0, |v| v.iter().map(|b| b.iov_len).sum());
     let target = data(fd, total);
-    let read: &ReadAt = match &target {
-        Data::Shipped(d) => &move |b, o| ship_read(d, b, o),
-        Data::Ridden(r) => &move |b, o| ride::read(fd, r, b, o),
-        Data::Kernel => return kernel(),
-    };
+    if let Data::Kernel = target {
+        return kernel();
+    }
     // SAFETY: the caller's contract.
     sz(unsafe { iovecs(iov, cnt) }.and_then(|v| {
         let mut total = 0;
         for b in v {
             let at = off.map(|o| o + total as u64);
             // SAFETY: each iovec describes a writable buffer.
-            let n = read(unsafe { slice_mut(b.iov_base, b.iov_len) }, at)?;
+            let buf = unsafe { slice_mut(b.iov_base, b.iov_len) };
+            let n = target.read(fd, buf, at).unwrap_or(Err(libc::EBADF))?;
             total += n;
             if n < b.iov_len {
                 break;
@@ -364,11 +364,9 @@ unsafe fn write_vec(
     // SAFETY: the caller's contract (the lengths only, for where the call goes).
     let total = unsafe { iovecs(iov, cnt) }.map_or(0, |v| v.iter().map(|b| b.iov_len).sum());
     let target = data(fd, total);
-    let write: &dyn Fn(&[u8]) -> Result<usize, c_int> = match &target {
-        Data::Shipped(d) => &move |b| ship_write(d, b, off),
-        Data::Ridden(r) => &move |b| ride::write(fd, r, b, off),
-        Data::Kernel => return kernel(),
-    };
+    if let Data::Kernel = target {
+        return kernel();
+    }
     // SAFETY: the caller's contract.
     sz(unsafe { iovecs(iov, cnt) }.and_then(|v| {
         let mut all = Vec::with_capacity(total);
@@ -376,7 +374,7 @@ unsafe fn write_vec(
             // SAFETY: each iovec describes a readable buffer.
             all.extend_from_slice(unsafe { slice(b.iov_base, b.iov_len) });
         }
-        write(&all)
+        target.write(fd, &all, off).unwrap_or(Err(libc::EBADF))
     }))
 }
 
