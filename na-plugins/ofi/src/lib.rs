@@ -5,11 +5,13 @@
 //! One reliable-datagram (`FI_EP_RDM`) endpoint per plugin, bound to one completion queue
 //! and one address vector:
 //!
-//! - **Messages** are tagged. Unexpected messages carry the tag bit
-//!   [`wire::UNEXPECTED`] and land in a pool of receives the plugin keeps posted; their
-//!   header names the sender (see [`wire`]). Expected messages carry the caller's tag and
-//!   land in a receive posted by [`na::Plugin::recv_expected`]; one that nobody waits for
-//!   stays in the provider's unexpected queue and is never delivered.
+//! - **Messages**: unexpected ones (requests, probes, RMA checks) are untagged and land in
+//!   a pool of untagged receives the plugin keeps posted; their header names the sender
+//!   and carries the caller's tag (see [`wire`]). Expected messages carry the caller's tag
+//!   (all 64 bits) and land in a receive posted by [`na::Plugin::recv_expected`], matched
+//!   exactly; one that nobody waits for stays in the provider's unexpected queue and is
+//!   never delivered. (No wildcard tagged receive is ever posted: see
+//!   [`wire::HEADER_MAX`] for the `shm` bug that made this a must.)
 //! - **RMA** is the provider's own `fi_read`/`fi_write` against registrations made per
 //!   segment with the provider's `mr_mode` honoured (`FI_MR_LOCAL` descriptors,
 //!   `FI_MR_VIRT_ADDR` addressing, `FI_MR_PROV_KEY` keys, `FI_MR_ENDPOINT` binding). The

@@ -14,8 +14,9 @@ use na::{
 use crate::addr;
 use crate::fabric::{self, Av, Cq, Domain, Ep, Fabric, Hints, Info, Stack};
 use crate::mr::MemTable;
+use crate::post::Route;
 use crate::provider::{self, CAPS, MR_MODES, Provider};
-use crate::wire::{self, Kind, UNEXPECTED};
+use crate::wire::{self, Kind};
 
 /// Tunables of the ofi plugin.
 #[derive(Clone, Debug)]
@@ -389,7 +390,7 @@ impl OfiPlugin {
             write_flags: fi::FI_COMPLETION as u64 | prov.write_completion,
         };
         for _ in 0..p.cfg.recv_pool.max(1) {
-            let ctx = Ctx::new(What::Pool, vec![0u8; p.max_eager + 2 + 256]);
+            let ctx = Ctx::new(What::Pool, vec![0u8; p.max_eager + wire::HEADER_MAX]);
             lock(&p.state).live.insert(ctx as usize);
             p.post_pool(ctx)?;
         }
@@ -483,24 +484,19 @@ impl OfiPlugin {
                 self.max_eager
             )));
         }
-        if tag & UNEXPECTED != 0 {
-            return Err(NaError::InvalidArgument(format!(
-                "tag {tag:#x} uses the reserved top bit"
-            )));
-        }
-        let (buf, wire_tag) = if unexpected {
-            let mut b = wire::header(Kind::Request, &self.self_raw);
+        let (buf, route) = if unexpected {
+            let mut b = wire::header(Kind::Request, tag, &self.self_raw);
             b.extend_from_slice(&data);
-            (b, UNEXPECTED | tag)
+            (b, Route::Pool)
         } else {
-            (data, tag)
+            (data, Route::Expected(tag))
         };
         let id = {
             let mut s = lock(&self.state);
             self.fi_addr(&s, peer)?;
             self.new_op(&mut s, peer, OpKind::Send, 1)
         };
-        match self.tsend_opt(peer.0, wire_tag, buf, What::Op(id), unexpected) {
+        match self.send_to(peer.0, route, buf, What::Op(id), unexpected) {
             Ok(true) => {}
             Ok(false) => self.part_done(id, Ok(0)),
             Err(e) => {
@@ -594,11 +590,6 @@ impl Plugin for OfiPlugin {
     }
 
     fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId> {
-        if tag & UNEXPECTED != 0 {
-            return Err(NaError::InvalidArgument(format!(
-                "tag {tag:#x} uses the reserved top bit"
-            )));
-        }
         let (id, ctx) = {
             let mut s = lock(&self.state);
             self.fi_addr(&s, peer)?;

@@ -1,5 +1,6 @@
 //! Posting to the provider: retries while its queue is full (driving completions
-//! between tries), receive buffers of the unexpected pool, and tagged sends.
+//! between tries), receive buffers of the unexpected pool, and sends (untagged into a
+//! peer's pool, tagged to an expected receive: see [`crate::wire::HEADER_MAX`] for why).
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,15 @@ use na::{NaError, NaResult};
 
 use crate::fabric;
 use crate::plugin::{Ctx, OfiPlugin, What, lock};
-use crate::wire::{UNEXPECTED, UNEXPECTED_IGNORE};
+
+/// Where a message goes at its peer.
+#[derive(Copy, Clone, Debug)]
+pub(crate) enum Route {
+    /// Untagged, into the peer's pool of unexpected receives (header first).
+    Pool,
+    /// Tagged, to the receive the peer posted for this tag.
+    Expected(u64),
+}
 
 impl OfiPlugin {
     /// Retries a post while the provider says `-FI_EAGAIN`, driving completions between
@@ -84,41 +93,43 @@ impl OfiPlugin {
         // SAFETY: ctx is a live Ctx owned by the plugin (in `live`); its buffer stays put
         // until the completion hands it back.
         let (buf, len) = unsafe { ((*ctx).buf.as_mut_ptr(), (*ctx).buf.len()) };
-        self.post("fi_trecv(unexpected)", || unsafe {
+        self.post("fi_recv(unexpected)", || unsafe {
             // SAFETY: as above; the endpoint is open.
-            fi::fi_trecv(
+            fi::fi_recv(
                 self.ep.0,
                 buf.cast(),
                 len,
                 std::ptr::null_mut(),
                 fi::FI_ADDR_UNSPEC,
-                UNEXPECTED,
-                UNEXPECTED_IGNORE,
                 ctx.cast(),
             )
         })
     }
 
-    /// Sends `buf` with `tag` to `peer`: injected (no completion) when it fits, else with
-    /// a context that owns the buffer. Returns whether a completion will come.
-    pub(crate) fn tsend(&self, peer: u64, tag: u64, buf: Vec<u8>, what: What) -> NaResult<bool> {
-        self.tsend_opt(peer, tag, buf, what, true)
+    /// Sends a control message (header included) into `peer`'s pool, injected when it fits.
+    pub(crate) fn send_control(&self, peer: u64, buf: Vec<u8>) -> NaResult<bool> {
+        self.send_to(peer, Route::Pool, buf, What::Control, true)
     }
 
-    /// As `tsend`; `inject` false asks for a completion even for a small message (an
-    /// answer's failure is how a server learns that its client died).
-    pub(crate) fn tsend_opt(
+    /// Sends `buf` to `peer` by `route`: injected (no completion) when `inject` allows and
+    /// it fits, else with a context that owns the buffer (`inject` false asks for a
+    /// completion even for a small message: an answer's failure is how a server learns
+    /// that its client died). Returns whether a completion will come.
+    pub(crate) fn send_to(
         &self,
         peer: u64,
-        tag: u64,
+        route: Route,
         buf: Vec<u8>,
         what: What,
         inject: bool,
     ) -> NaResult<bool> {
         if inject && buf.len() <= self.inject {
-            self.post_to(peer, "fi_tinject", || unsafe {
+            let (p, n, ep) = (buf.as_ptr().cast(), buf.len(), self.ep.0);
+            self.post_to(peer, "fi_inject", || match route {
                 // SAFETY: buf is valid for its length during the call; inject copies it.
-                fi::fi_tinject(self.ep.0, buf.as_ptr().cast(), buf.len(), peer, tag)
+                Route::Pool => unsafe { fi::fi_inject(ep, p, n, peer) },
+                // SAFETY: as above.
+                Route::Expected(tag) => unsafe { fi::fi_tinject(ep, p, n, peer, tag) },
             })?;
             return Ok(false);
         }
@@ -134,17 +145,14 @@ impl OfiPlugin {
         }
         // SAFETY: ctx is live until its completion; its buffer is not touched meanwhile.
         let (p, n) = unsafe { ((*ctx).buf.as_ptr(), (*ctx).buf.len()) };
-        let r = self.post_to(peer, "fi_tsend", || unsafe {
+        let (ep, none) = (self.ep.0, std::ptr::null_mut());
+        let r = self.post_to(peer, "fi_send", || match route {
             // SAFETY: as above.
-            fi::fi_tsend(
-                self.ep.0,
-                p.cast(),
-                n,
-                std::ptr::null_mut(),
-                peer,
-                tag,
-                ctx.cast(),
-            )
+            Route::Pool => unsafe { fi::fi_send(ep, p.cast(), n, none, peer, ctx.cast()) },
+            Route::Expected(tag) => unsafe {
+                // SAFETY: as above.
+                fi::fi_tsend(ep, p.cast(), n, none, peer, tag, ctx.cast())
+            },
         });
         if let Err(e) = r {
             let mut s = lock(&self.state);

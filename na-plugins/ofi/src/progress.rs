@@ -11,7 +11,7 @@ use na::{Event, NaError, NaResult, PeerId};
 use crate::fabric;
 use crate::plugin::{Ctx, OfiPlugin, OpKind, Peer, RECV_BUFS_KEPT, State, What, lock};
 use crate::provider::DeathCheck;
-use crate::wire::{self, Kind, UNEXPECTED};
+use crate::wire::{self, Kind};
 
 /// The longest idle poll interval of a provider without a wait object.
 pub(crate) const IDLE_POLL: Duration = Duration::from_micros(200);
@@ -206,10 +206,10 @@ impl OfiPlugin {
 
     fn on_unexpected(&self, ctx: *mut Ctx, r: Result<(usize, u64), NaError>) {
         match r {
-            Ok((len, tag)) => {
+            Ok((len, _)) => {
                 // SAFETY: the pool context is live and libfabric is done with it until reposted.
                 let msg = unsafe { &(&(*ctx).buf)[..len.min((*ctx).buf.len())] };
-                self.handle_unexpected(msg, tag);
+                self.handle_unexpected(msg);
             }
             Err(NaError::Canceled) => return,
             Err(e) => tracing::warn!("ofi: unexpected receive failed: {e}"),
@@ -219,8 +219,13 @@ impl OfiPlugin {
         }
     }
 
-    fn handle_unexpected(&self, msg: &[u8], tag: u64) {
-        let (kind, from, data) = match wire::parse(msg) {
+    fn handle_unexpected(&self, msg: &[u8]) {
+        let wire::Parsed {
+            kind,
+            tag,
+            from,
+            data,
+        } = match wire::parse(msg) {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("ofi: dropped a malformed message: {e}");
@@ -243,12 +248,12 @@ impl OfiPlugin {
         match kind {
             Kind::Request => self.push_event(Event::Unexpected {
                 peer,
-                tag: tag & !UNEXPECTED,
+                tag,
                 data: data.to_vec(),
             }),
             Kind::Ping => {
-                let b = wire::header(Kind::Pong, &self.self_raw);
-                if let Err(e) = self.tsend(peer.0, UNEXPECTED, b, What::Control) {
+                let b = wire::header(Kind::Pong, 0, &self.self_raw);
+                if let Err(e) = self.send_control(peer.0, b) {
                     tracing::debug!("ofi: pong not sent: {e}");
                 }
             }
@@ -262,9 +267,9 @@ impl OfiPlugin {
                     }
                 };
                 let ok = lock(&self.state).mem.allows(c.key, c.off, c.len, c.write);
-                let mut b = wire::header(Kind::Grant, &self.self_raw);
+                let mut b = wire::header(Kind::Grant, 0, &self.self_raw);
                 b.extend_from_slice(&wire::encode_grant(c.op, ok));
-                if let Err(e) = self.tsend(peer.0, UNEXPECTED, b, What::Control) {
+                if let Err(e) = self.send_control(peer.0, b) {
                     tracing::debug!("ofi: grant not sent: {e}");
                 }
             }
@@ -393,7 +398,7 @@ impl OfiPlugin {
             if lost.iter().any(|(p, _)| *p == PeerId(a)) {
                 continue;
             }
-            let b = wire::header(Kind::Ping, &self.self_raw);
+            let b = wire::header(Kind::Ping, 0, &self.self_raw);
             // A ping is never injected: its completion (or error) is part of the probe.
             let r = self.tsend_with_completion(a, b);
             if let Err(e) = r {
@@ -414,13 +419,12 @@ impl OfiPlugin {
         let (p, n) = unsafe { ((*ctx).buf.as_ptr(), (*ctx).buf.len()) };
         // SAFETY: as above; one try only (a probe that cannot go out now goes next time).
         let rc = unsafe {
-            fi::fi_tsend(
+            fi::fi_send(
                 self.ep.0,
                 p.cast(),
                 n,
                 std::ptr::null_mut(),
                 peer,
-                UNEXPECTED,
                 ctx.cast(),
             )
         };
@@ -431,7 +435,7 @@ impl OfiPlugin {
             if rc == -(fi::FI_EAGAIN as isize) {
                 return Ok(());
             }
-            return Err(fabric::error("fi_tsend(ping)", rc as i64));
+            return Err(fabric::error("fi_send(ping)", rc as i64));
         }
         Ok(())
     }

@@ -122,9 +122,9 @@ impl OfiPlugin {
                 len,
                 write,
             };
-            let mut b = wire::header(wire::Kind::Check, &self.self_raw);
+            let mut b = wire::header(wire::Kind::Check, 0, &self.self_raw);
             b.extend_from_slice(&check.encode());
-            if let Err(e) = self.tsend(peer.0, wire::UNEXPECTED, b, What::Control) {
+            if let Err(e) = self.send_control(peer.0, b) {
                 lock(&self.state).awaiting.remove(&id);
                 self.forget_op(id);
                 return Err(e);
