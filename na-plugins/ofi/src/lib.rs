@@ -16,6 +16,9 @@
 //!   segment with the provider's `mr_mode` honoured (`FI_MR_LOCAL` descriptors,
 //!   `FI_MR_VIRT_ADDR` addressing, `FI_MR_PROV_KEY` keys, `FI_MR_ENDPOINT` binding). The
 //!   owner's provider checks keys, bounds and access: a wrong key is the provider's error.
+//!   Where the provider's checks are missing or destructive (`Provider::checked_rma`), the
+//!   owner checks each transfer first (`Check`/`Grant` messages), and small transfers (up
+//!   to `OfiConfig::carry_max`) are carried in those messages and performed by the owner.
 //! - **Progress** reads the completion queue; when idle it sleeps on the queue's wait fd
 //!   after `fi_trywait`, so the engine costs nothing at rest.
 //! - **Liveness**: an RDM endpoint has no connections to lose, so a peer that other

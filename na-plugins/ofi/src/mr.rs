@@ -156,6 +156,39 @@ impl MemTable {
         mode && off.checked_add(len).is_some_and(|end| end <= r.len())
     }
 
+    /// Serves a peer's small transfer in place of the provider (a `Carry`): writes `data`
+    /// at `off` of the region under `key`, or (`data` None) reads `len` bytes there, if
+    /// [`Self::allows`] it. Returns the bytes read (empty for a write), None when refused.
+    pub fn carry(&self, key: u64, off: u64, len: u64, data: Option<&[u8]>) -> Option<Vec<u8>> {
+        if !self.allows(key, off, len, data.is_some())
+            || data.is_some_and(|d| d.len() as u64 != len)
+        {
+            return None;
+        }
+        let r = self.by_key.get(&key).and_then(|id| self.regions.get(id))?;
+        let mut out = vec![0u8; if data.is_some() { 0 } else { len as usize }];
+        let (mut start, mut done, end) = (0u64, 0usize, off + len);
+        for s in &r.segs {
+            let (lo, hi) = (off.max(start), end.min(start + s.len));
+            if lo < hi {
+                let n = (hi - lo) as usize;
+                // SAFETY: [lo, hi) lies inside this segment (bounds checked by `allows`),
+                // whose memory the registrant keeps valid while it is registered, as it is
+                // (it is in the table); `done + n <= len`, the length of `data` and `out`.
+                unsafe {
+                    let p = s.ptr.add((lo - start) as usize);
+                    match data {
+                        Some(d) => ptr::copy_nonoverlapping(d.as_ptr().add(done), p, n),
+                        None => ptr::copy_nonoverlapping(p, out.as_mut_ptr().add(done), n),
+                    }
+                }
+                done += n;
+            }
+            start += s.len;
+        }
+        Some(out)
+    }
+
     /// # Safety
     /// As `register`.
     unsafe fn register_new(

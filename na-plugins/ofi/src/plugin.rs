@@ -27,6 +27,10 @@ pub struct OfiConfig {
     pub recv_pool: usize,
     /// Completion queue entries.
     pub cq_size: usize,
+    /// Providers whose RMA needs the owner's check (`Provider::checked_rma`): transfers up
+    /// to this many bytes are carried in messages and performed by the owner itself, one
+    /// round trip instead of a check, a grant and the RMA (capped by `max_eager`).
+    pub carry_max: usize,
     /// Largest single `fi_read`/`fi_write`; longer transfers are split.
     pub rma_chunk: usize,
     /// Bytes of RMA pieces in flight at once, over all transfers (the rest wait in a queue).
@@ -56,6 +60,10 @@ impl Default for OfiConfig {
             max_eager: 64 << 10,
             recv_pool: 64,
             cq_size: 4096,
+            carry_max: std::env::var("QS_OFI_CARRY")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(4096),
             rma_chunk: 512 << 10,
             rma_window: 2 << 20,
             probe_after: Duration::from_millis(500),
@@ -209,8 +217,8 @@ pub struct OfiPlugin {
     pub(crate) wake_fd: OwnedFd,
     pub(crate) events: Mutex<VecDeque<Event>>,
     pub(crate) cq_lock: Mutex<()>,
-    /// Grants read from the queue, posted once its lock is released.
-    pub(crate) grants: Mutex<Vec<(u64, bool)>>,
+    /// Owners' answers read from the queue, acted on once its lock is released.
+    pub(crate) grants: Mutex<Vec<crate::rma::Answer>>,
     /// When the liveness check last ran, and when it next needs to.
     pub(crate) liveness: Mutex<(Option<Instant>, Option<Instant>)>,
     /// An operation made a peer watched since the last check.
@@ -233,6 +241,8 @@ pub struct OfiPlugin {
     pub(crate) self_raw: Vec<u8>,
     pub(crate) max_eager: usize,
     pub(crate) inject: usize,
+    /// Transfers up to this size to checked providers' peers are carried in messages.
+    pub(crate) carry_max: usize,
     pub(crate) mr_local: bool,
     pub(crate) write_flags: u64,
 }
@@ -332,6 +342,7 @@ impl OfiPlugin {
         };
         let max_eager = cfg.max_eager.min(info.max_msg_size().saturating_sub(300));
         let inject = info.inject_size();
+        let carry_max = cfg.carry_max.min(max_eager);
         let mr_local = info.mr_mode() & fi::FI_MR_LOCAL != 0;
         let Stack {
             ep,
@@ -386,6 +397,7 @@ impl OfiPlugin {
             self_raw,
             max_eager,
             inject,
+            carry_max,
             mr_local,
             write_flags: fi::FI_COMPLETION as u64 | prov.write_completion,
         };

@@ -86,9 +86,9 @@ impl OfiPlugin {
         drop(_turn);
         // Granted transfers and queued pieces are posted outside the queue lock: posting
         // may need progress.
-        let grants = std::mem::take(&mut *lock(&self.grants));
-        for (op, ok) in grants {
-            self.on_grant(op, ok);
+        let answers = std::mem::take(&mut *lock(&self.grants));
+        for a in answers {
+            self.on_answer(a);
         }
         self.pump();
     }
@@ -273,10 +273,42 @@ impl OfiPlugin {
                     tracing::debug!("ofi: grant not sent: {e}");
                 }
             }
-            Kind::Grant => match wire::decode_grant(data) {
-                Ok(g) => lock(&self.grants).push(g),
-                Err(e) => tracing::warn!("ofi: {e}"),
-            },
+            Kind::Carry => {
+                let (c, bytes) = match wire::decode_carry(data) {
+                    Ok(x) => x,
+                    Err(e) => return tracing::warn!("ofi: {e}"),
+                };
+                let put = c.write.then_some(bytes);
+                // A read larger than a message can carry is refused like a bad range.
+                let got = (c.len <= self.carry_max as u64)
+                    .then(|| lock(&self.state).mem.carry(c.key, c.off, c.len, put))
+                    .flatten();
+                let mut b = wire::header(Kind::Carried, 0, &self.self_raw);
+                b.extend_from_slice(&wire::encode_carried(
+                    c.op,
+                    got.is_some(),
+                    got.as_deref().unwrap_or_default(),
+                ));
+                if let Err(e) = self.send_control(peer.0, b) {
+                    tracing::debug!("ofi: carried answer not sent: {e}");
+                }
+            }
+            Kind::Grant | Kind::Carried => {
+                let decoded = if kind == Kind::Grant {
+                    wire::decode_grant(data).map(|(op, ok)| (op, ok, None))
+                } else {
+                    wire::decode_carried(data).map(|(op, ok, d)| (op, ok, Some(d.to_vec())))
+                };
+                match decoded {
+                    Ok((op, ok, carried)) => lock(&self.grants).push(crate::rma::Answer {
+                        peer,
+                        op,
+                        ok,
+                        carried,
+                    }),
+                    Err(e) => tracing::warn!("ofi: {e}"),
+                }
+            }
         }
     }
 

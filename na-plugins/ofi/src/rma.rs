@@ -25,10 +25,21 @@ pub(crate) struct Queued {
     post: Post,
 }
 
-/// A transfer waiting for its owner's grant.
+/// A transfer waiting for its owner's grant, or (carried) for the owner to perform it.
 pub(crate) struct Awaiting {
+    pub(crate) peer: PeerId,
     pub(crate) write: bool,
+    pub(crate) carried: bool,
     pub(crate) posts: Vec<Post>,
+}
+
+/// An owner's answer: a grant of a check (`carried` None) or the outcome of a carried
+/// transfer with the bytes read (empty for a write).
+pub(crate) struct Answer {
+    pub(crate) peer: PeerId,
+    pub(crate) op: u64,
+    pub(crate) ok: bool,
+    pub(crate) carried: Option<Vec<u8>>,
 }
 
 impl OfiPlugin {
@@ -70,7 +81,7 @@ impl OfiPlugin {
                 )),
             );
         }
-        let (id, posts, checked) = {
+        let (id, next) = {
             let mut s = lock(&self.state);
             self.fi_addr(&s, peer)?;
             let Some(region) = s.mem.get(local.id) else {
@@ -108,43 +119,84 @@ impl OfiPlugin {
                 .collect();
             let id = self.new_op(&mut s, peer, OpKind::Rma, posts.len() as u32);
             if self.provider.checked_rma && !posts.is_empty() {
-                s.awaiting.insert(id, Awaiting { write, posts });
-                (id, Vec::new(), true)
+                let carried = len <= self.carry_max as u64;
+                let check = wire::Check {
+                    op: id,
+                    key: remote.key,
+                    off: remote_off,
+                    len,
+                    write,
+                };
+                let kind = if carried {
+                    wire::Kind::Carry
+                } else {
+                    wire::Kind::Check
+                };
+                let mut b = wire::header(kind, 0, &self.self_raw);
+                b.extend_from_slice(&check.encode());
+                if carried && write {
+                    for p in &posts {
+                        // SAFETY: the piece lies in registered memory (checked above) that
+                        // the caller keeps valid until this op completes.
+                        b.extend_from_slice(unsafe {
+                            std::slice::from_raw_parts(p.local as *const u8, p.len)
+                        });
+                    }
+                }
+                let aw = Awaiting {
+                    peer,
+                    write,
+                    carried,
+                    posts,
+                };
+                s.awaiting.insert(id, aw);
+                (id, Err(b))
             } else {
-                (id, posts, false)
+                (id, Ok(posts))
             }
         };
-        if checked {
-            let check = wire::Check {
-                op: id,
-                key: remote.key,
-                off: remote_off,
-                len,
-                write,
-            };
-            let mut b = wire::header(wire::Kind::Check, 0, &self.self_raw);
-            b.extend_from_slice(&check.encode());
-            if let Err(e) = self.send_control(peer.0, b) {
-                lock(&self.state).awaiting.remove(&id);
-                self.forget_op(id);
-                return Err(e);
+        match next {
+            Ok(posts) => self.post_pieces(id, peer, write, posts)?,
+            Err(ask) => {
+                if let Err(e) = self.send_control(peer.0, ask) {
+                    lock(&self.state).awaiting.remove(&id);
+                    self.forget_op(id);
+                    return Err(e);
+                }
             }
-            return Ok(OpId(id));
         }
-        self.post_pieces(id, peer, write, posts)?;
         Ok(OpId(id))
     }
 
-    /// The owner answered a check of operation `id`.
-    pub(crate) fn on_grant(&self, id: u64, ok: bool) {
-        let (peer, aw) = {
+    /// The owner answered a check or a carried transfer (only the op's own peer may).
+    pub(crate) fn on_answer(&self, a: Answer) {
+        let id = a.op;
+        let aw = {
             let mut s = lock(&self.state);
+            if s.awaiting.get(&id).is_none_or(|aw| aw.peer != a.peer) {
+                return;
+            }
             let Some(aw) = s.awaiting.remove(&id) else {
                 return;
             };
-            let Some(op) = s.ops.get(&id) else { return };
-            (op.peer, aw)
+            aw
         };
+        let (peer, ok) = (aw.peer, a.ok);
+        let want = aw.posts.iter().map(|p| p.len).sum::<usize>();
+        match &a.carried {
+            _ if aw.carried != a.carried.is_some() => {
+                let e = "the owner answered a transfer in another way than asked";
+                return self.finish_now(id, Some(NaError::PeerMisbehaved(e.into())));
+            }
+            Some(d) if ok && d.len() != if aw.write { 0 } else { want } => {
+                let e = format!(
+                    "the owner carried {} bytes for a {want}-byte transfer",
+                    d.len()
+                );
+                return self.finish_now(id, Some(NaError::PeerMisbehaved(e)));
+            }
+            _ => {}
+        }
         if !ok {
             self.finish_now(
                 id,
@@ -154,6 +206,19 @@ impl OfiPlugin {
                 )),
             );
             return;
+        }
+        if let Some(d) = a.carried {
+            let mut at = 0;
+            let reads = if aw.write { &[][..] } else { &aw.posts[..] };
+            for p in reads {
+                // SAFETY: the piece lies in registered memory (checked when posted) that the
+                // caller keeps valid until this op completes; `d` holds `want` bytes.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(d[at..].as_ptr(), p.local as *mut u8, p.len)
+                };
+                at += p.len;
+            }
+            return self.finish_now(id, None);
         }
         if let Err(e) = self.post_pieces(id, peer, aw.write, aw.posts) {
             self.finish_now(id, Some(e));

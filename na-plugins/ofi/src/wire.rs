@@ -28,6 +28,11 @@ pub enum Kind {
     Check = 3,
     /// The owner's answer to a `Check`.
     Grant = 4,
+    /// Asks the owner to perform a small transfer itself: a [`Check`] followed, for a
+    /// write, by its `len` bytes (one message instead of a check, a grant and the RMA).
+    Carry = 5,
+    /// The owner's answer to a `Carry`: a grant followed, for an allowed read, by the bytes.
+    Carried = 6,
 }
 
 /// An initiator's question to a region's owner, for providers whose own key checks are
@@ -88,6 +93,33 @@ pub fn decode_grant(b: &[u8]) -> Result<(u64, bool), NaError> {
     Ok((word(b, 0), b[8] == 1))
 }
 
+/// Splits a `Carry` payload into its check and the bytes that follow (which must be the
+/// check's `len` for a write, none for a read).
+pub fn decode_carry(b: &[u8]) -> Result<(Check, &[u8]), NaError> {
+    let c = Check::decode(b.get(..33).unwrap_or(b))?;
+    let data = &b[33..];
+    let want = if c.write { c.len } else { 0 };
+    if data.len() as u64 != want {
+        return Err(NaError::PeerMisbehaved(
+            "carried bytes do not match the check".into(),
+        ));
+    }
+    Ok((c, data))
+}
+
+/// A `Carried` payload: the grant, then the bytes read (empty when refused or a write).
+pub fn encode_carried(op: u64, ok: bool, data: &[u8]) -> Vec<u8> {
+    let mut v = encode_grant(op, ok);
+    v.extend_from_slice(data);
+    v
+}
+
+/// Parses a `Carried` payload.
+pub fn decode_carried(b: &[u8]) -> Result<(u64, bool, &[u8]), NaError> {
+    let (op, ok) = decode_grant(b.get(..9).unwrap_or(b))?;
+    Ok((op, ok, &b[9..]))
+}
+
 fn word(c: &[u8], i: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&c[i * 8..i * 8 + 8]);
@@ -130,6 +162,8 @@ pub fn parse(msg: &[u8]) -> Result<Parsed<'_>, NaError> {
         2 => Kind::Pong,
         3 => Kind::Check,
         4 => Kind::Grant,
+        5 => Kind::Carry,
+        6 => Kind::Carried,
         _ => return Err(bad("unknown kind")),
     };
     let (&n, rest) = rest.split_first().ok_or_else(|| bad("no address length"))?;
@@ -282,6 +316,45 @@ mod tests {
                 matches!(parse(bad), Err(NaError::PeerMisbehaved(_))),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn carries_round_trip_and_lies_are_refused() {
+        let w = Check {
+            op: 3,
+            key: 9,
+            off: 4096,
+            len: 4,
+            write: true,
+        };
+        let mut b = w.encode();
+        b.extend_from_slice(b"abcd");
+        assert_eq!(decode_carry(&b).unwrap(), (w, &b"abcd"[..]));
+        let r = Check { write: false, ..w };
+        assert_eq!(decode_carry(&r.encode()).unwrap(), (r, &[][..]));
+        for bad in [
+            &b[..36],
+            &b[..20],
+            &[r.encode(), b"x".to_vec()].concat()[..],
+        ] {
+            assert!(matches!(decode_carry(bad), Err(NaError::PeerMisbehaved(_))));
+        }
+        let a = encode_carried(3, true, b"data");
+        assert_eq!(decode_carried(&a).unwrap(), (3, true, &b"data"[..]));
+        assert_eq!(
+            decode_carried(&encode_carried(4, false, &[])).unwrap(),
+            (4, false, &[][..])
+        );
+        for bad in [
+            &a[..5],
+            &[0u8; 9][..8],
+            &[[0u8; 8].as_slice(), &[2]].concat()[..],
+        ] {
+            assert!(matches!(
+                decode_carried(bad),
+                Err(NaError::PeerMisbehaved(_))
+            ));
         }
     }
 
