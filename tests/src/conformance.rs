@@ -272,37 +272,46 @@ pub fn multi_segment_regions_are_linear(make: Factory) {
 /// Wrong keys, forged bounds, forbidden modes and revoked regions are refused by the
 /// owner, and the owner's memory (guards included) is untouched.
 pub fn owner_refuses_bad_remote_access(make: Factory) {
+    // Small and large: plugins move them differently (carried in messages, by the ring,
+    // by single copy, by the provider's RMA), and each way must refuse.
+    const REGION: usize = 128 << 10;
     let (mut a, b, pb) = pair(make);
-    let ro = Guarded::new(&*b.p, 4096, |i| i as u8, Access::ReadOnly);
-    let wo = Guarded::new(&*b.p, 4096, |_| 9, Access::WriteOnly);
-    let local = Guarded::new(&*a.p, 8192, |_| 1, Access::ReadWrite);
+    let ro = Guarded::new(&*b.p, REGION, |i| i as u8, Access::ReadOnly);
+    let wo = Guarded::new(&*b.p, REGION, |_| 9, Access::WriteOnly);
+    let local = Guarded::new(&*a.p, 2 * REGION, |_| 1, Access::ReadWrite);
     let refused = |a: &mut Driven, op: NaResult<OpId>| match op {
         Ok(op) => matches!(a.done(op), Err(NaError::AccessDenied(_))),
         Err(e) => matches!(e, NaError::InvalidArgument(_)),
     };
-    let mut wrong_key = ro.h.remote.clone();
-    wrong_key.key ^= 0x5555;
-    let op = a.p.get(pb, &local.h, 0, &wrong_key, 0, 16);
-    assert!(refused(&mut a, op), "wrong key");
-    let mut forged_len = ro.h.remote.clone();
-    forged_len.len = 8192;
-    let op = a.p.get(pb, &local.h, 0, &forged_len, 4000, 200);
-    assert!(refused(&mut a, op), "past the end");
-    let op = a.p.get(pb, &local.h, 0, &ro.h.remote, u64::MAX - 1, 16);
-    assert!(refused(&mut a, op), "offset overflow");
-    let op = a.p.put(pb, &local.h, 0, &ro.h.remote, 0, 16);
-    assert!(refused(&mut a, op), "put to read-only");
-    let op = a.p.get(pb, &local.h, 0, &wo.h.remote, 0, 16);
-    assert!(refused(&mut a, op), "get from write-only");
+    for n in [16u64, 64 << 10] {
+        let mut wrong_key = ro.h.remote.clone();
+        wrong_key.key ^= 0x5555;
+        let op = a.p.get(pb, &local.h, 0, &wrong_key, 0, n);
+        assert!(refused(&mut a, op), "wrong key, {n} B");
+        let mut forged_len = ro.h.remote.clone();
+        forged_len.len = 2 * REGION as u64;
+        let op = a.p.get(pb, &local.h, 0, &forged_len, REGION as u64 - 8, n);
+        assert!(refused(&mut a, op), "past the end, {n} B");
+        let op = a.p.get(pb, &local.h, 0, &ro.h.remote, u64::MAX - 1, n);
+        assert!(refused(&mut a, op), "offset overflow, {n} B");
+        let op = a.p.put(pb, &local.h, 0, &ro.h.remote, 0, n);
+        assert!(refused(&mut a, op), "put to read-only, {n} B");
+        let op = a.p.get(pb, &local.h, 0, &wo.h.remote, 0, n);
+        assert!(refused(&mut a, op), "get from write-only, {n} B");
+    }
     b.p.deregister(&wo.h).unwrap();
-    let op = a.p.put(pb, &local.h, 0, &wo.h.remote, 0, 16);
-    assert!(refused(&mut a, op), "put to deregistered");
+    for n in [16u64, 64 << 10] {
+        let op = a.p.put(pb, &local.h, 0, &wo.h.remote, 0, n);
+        assert!(refused(&mut a, op), "put to deregistered, {n} B");
+    }
     assert!(ro.bytes().iter().enumerate().all(|(i, b)| *b == i as u8) && ro.guards_intact());
     assert!(wo.bytes().iter().all(|b| *b == 9) && wo.guards_intact());
     // The connection still serves good requests.
-    let op = a.p.get(pb, &local.h, 0, &ro.h.remote, 0, 4096).unwrap();
-    a.done(op).unwrap();
-    assert_eq!(&local.bytes()[..4096], ro.bytes());
+    for n in [4096usize, REGION] {
+        let op = a.p.get(pb, &local.h, 0, &ro.h.remote, 0, n as u64).unwrap();
+        a.done(op).unwrap();
+        assert_eq!(&local.bytes()[..n], &ro.bytes()[..n]);
+    }
 }
 
 /// Large transfers that are refused or canceled (their data is still on the wire) leave

@@ -40,13 +40,19 @@ fn an_owner_refuses_copy_requests_it_does_not_serve() {
     let mut requester = Driven::new(sm());
     let owner = Driven::new(through_rings::sm_rings());
     let peer = requester.p.lookup(owner.p.self_addr()).unwrap();
-    let theirs = Guarded::new(&*owner.p, 4096, |i| i as u8, Access::ReadWrite);
-    let mine = Guarded::new(&*requester.p, 4096, |_| 0x11, Access::ReadWrite);
+    // Large enough to go by single copy (small transfers go through the rings).
+    const N: usize = 64 << 10;
+    let theirs = Guarded::new(&*owner.p, N, |i| i as u8, Access::ReadWrite);
+    let mine = Guarded::new(&*requester.p, N, |_| 0x11, Access::ReadWrite);
     for get in [true, false] {
         let op = if get {
-            requester.p.get(peer, &mine.h, 0, &theirs.h.remote, 0, 4096)
+            requester
+                .p
+                .get(peer, &mine.h, 0, &theirs.h.remote, 0, N as u64)
         } else {
-            requester.p.put(peer, &mine.h, 0, &theirs.h.remote, 0, 4096)
+            requester
+                .p
+                .put(peer, &mine.h, 0, &theirs.h.remote, 0, N as u64)
         }
         .unwrap();
         let r = requester.done(op);
