@@ -163,3 +163,37 @@ fn a_file_rides_once_enough_went_through_the_kernel() {
     assert_eq!(shipped(&report), (0, 0, 0));
     drop(m);
 }
+
+/// What must not ride: an `O_SYNC` file (each write durable before it returns: the kernel
+/// path does that), and a file whose flags change (here to `O_APPEND`, whose writes go to
+/// the end wherever the offset is) stops riding; `fsync` of a ridden file lands its writes.
+const NOT_RIDING: &str = r#"
+import fcntl, os
+s = os.open("sync", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_SYNC, 0o644)
+os.write(s, b"s" * 100000); os.fsync(s); print(os.fstat(s).st_size); os.close(s)
+f = os.open("flags", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(f, b"a" * 70000)
+fcntl.fcntl(f, fcntl.F_SETFL, fcntl.fcntl(f, fcntl.F_GETFL) | os.O_APPEND)
+os.lseek(f, 0, os.SEEK_SET); os.write(f, b"b" * 10)
+print(os.fstat(f).st_size, os.pread(f, 3, 69999), os.lseek(f, 0, os.SEEK_CUR))
+os.fsync(f); os.close(f)
+print(open("sync", "rb").read()[:2], os.stat("flags").st_size)
+"#;
+
+#[test]
+fn sync_files_and_changed_flags_stay_on_the_kernel_path() {
+    let Some((_export, at, local, srv)) = setup("ride-not") else {
+        return;
+    };
+    let lib = preload_lib();
+    let report = at.parent().unwrap().join("report");
+    let script = format!("python3 -c '{NOT_RIDING}'");
+    let here = run(&local, &script);
+    let m = Mounted::start(&srv, &at, &[]);
+    let (there, err) = run_env(&at, &script, &riding(&srv, &at, &lib, &report));
+    assert_eq!(there, here, "{err}");
+    assert!(here.starts_with("100000\n70010 b'abb' 70010\n"), "{here}");
+    // Rode: the first write of "flags", and the reads of "sync" reopened without O_SYNC.
+    assert_eq!(shipped(&report), (2, 2, 1), "what rode");
+    drop(m);
+}
