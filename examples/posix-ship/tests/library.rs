@@ -352,3 +352,68 @@ fn rename_flags_noreplace_and_exchange() {
     assert_eq!(errno(r2("/c", "/d", libc::RENAME_WHITEOUT)), libc::EINVAL);
     assert_eq!(errno(r2("/c", "/../x", 0)), libc::EXDEV, "confined");
 }
+
+/// A server that lies about what it moved (more bytes read or written than asked, inline
+/// or by bulk) makes the call fail with `EIO`; nothing past the caller's buffer is taken,
+/// and a write it "over-took" is not reported as done. A real engine plays the server.
+#[test]
+fn a_lying_server_is_an_eio() {
+    use posix_ship::client::RemoteFs;
+    use posix_ship::proto::*;
+    use rpc_core::Engine;
+    let srv = Engine::builder()
+        .listen("tcp://127.0.0.1:0")
+        .build()
+        .unwrap();
+    srv.register(SERVER_STATS, |()| Ok::<_, String>(ServerStats::default()))
+        .unwrap();
+    srv.register(OPEN, |_: OpenReq| {
+        Ok::<_, String>(Ok(Opened {
+            fh: Fh(1),
+            attr: Attr::default(),
+        }))
+    })
+    .unwrap();
+    srv.register(CLOSE, |_: Fh| Ok::<_, String>(Ok(())))
+        .unwrap();
+    srv.register(FSYNC, |_: (Fh, bool)| Ok::<_, String>(Ok(())))
+        .unwrap();
+    srv.register(READ, |r: ReadReq| {
+        Ok::<_, String>(Ok(match r.dest {
+            Some(_) => ReadData::Pushed(r.len + 1),
+            None => ReadData::Inline(ByteBuf::from(vec![7u8; r.len as usize + 10])),
+        }))
+    })
+    .unwrap();
+    srv.register(WRITE, |w: WriteReq| {
+        let n = match &w.data {
+            WriteData::Inline(b) => b.len() as u64,
+            WriteData::Bulk(d) => d.len(),
+        };
+        Ok::<_, String>(Ok(Written { n: n + 1, end: 0 }))
+    })
+    .unwrap();
+    let me = Engine::builder()
+        .listen("tcp://127.0.0.1:0")
+        .build()
+        .unwrap();
+    let fs = RemoteFs::on(&me, &srv.self_addr().to_string(), 4096).unwrap();
+    let f = fs.open_with("/f", libc::O_RDWR, 0).unwrap();
+    let mut small = [0u8; 100];
+    assert_eq!(errno(f.read_at(&mut small, 0)), libc::EIO, "inline read");
+    assert!(small.iter().all(|&b| b == 0), "nothing taken");
+    let mut big = vec![0u8; 1 << 20];
+    assert_eq!(errno(f.read_at(&mut big, 0)), libc::EIO, "bulk read");
+    let fh = f.handle().unwrap();
+    assert_eq!(
+        errno(fs.pwrite(fh, &[1; 10], Some(0))),
+        libc::EIO,
+        "inline write"
+    );
+    let data = vec![1u8; 3 * posix_ship::proto::MAX_IO as usize / 2];
+    assert_eq!(
+        errno(fs.pwrite(fh, &data, Some(0))),
+        libc::EIO,
+        "bulk write"
+    );
+}

@@ -405,12 +405,15 @@ impl RemoteFs {
                     dest: None,
                 },
             )?;
+            // More than asked is a server that lies: nothing of it is taken.
             let ReadData::Inline(data) = r else {
                 return Err(errno(libc::EIO));
             };
-            let n = data.len().min(buf.len());
-            buf[..n].copy_from_slice(&data[..n]);
-            return Ok(n);
+            let Some(dst) = buf.get_mut(..data.len()) else {
+                return Err(errno(libc::EIO));
+            };
+            dst.copy_from_slice(&data);
+            return Ok(data.len());
         }
         let e = &self.inner.engine;
         let dest = e
@@ -435,6 +438,10 @@ impl RemoteFs {
         loop {
             let part = &data[done..(done + MAX_IO as usize).min(data.len())];
             let w = self.pwrite_once(fh, part, offset.map(|o| o + done as u64))?;
+            if w.n > part.len() as u64 {
+                // A server claiming more than it was sent lies about what landed.
+                return Err(errno(libc::EIO));
+            }
             done += w.n as usize;
             if done >= data.len() {
                 return Ok(w.end);
