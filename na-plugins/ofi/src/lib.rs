@@ -31,6 +31,8 @@
 #![deny(missing_docs)]
 
 mod addr;
+#[cfg(test)]
+mod answers_tests;
 mod fabric;
 mod mr;
 mod plugin;

@@ -219,7 +219,7 @@ impl OfiPlugin {
         }
     }
 
-    fn handle_unexpected(&self, msg: &[u8]) {
+    pub(crate) fn handle_unexpected(&self, msg: &[u8]) {
         let wire::Parsed {
             kind,
             tag,
