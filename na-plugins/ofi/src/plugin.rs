@@ -1,6 +1,8 @@
 //! The plugin: opening an endpoint, messages, registration, the op table.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -159,8 +161,12 @@ pub(crate) struct Peer {
     /// We sent to it or heard from it (a later failure is a lost connection, not an
     /// unreachable address).
     pub(crate) contacted: bool,
-    /// Last sign of life (or when we started waiting on it).
+    /// Last sign of life (or when we started waiting on it), as of the last liveness
+    /// check.
     pub(crate) last_heard: Instant,
+    /// Heard from (or started waiting on) since the last liveness check, which sets
+    /// `last_heard` to its own time: the data path reads no clock.
+    pub(crate) heard: bool,
     /// When the unanswered probing began.
     pub(crate) probing_since: Option<Instant>,
     /// When the last probe went out.
@@ -173,17 +179,20 @@ pub(crate) struct Peer {
 
 /// Everything behind the state lock.
 pub(crate) struct State {
-    pub(crate) ops: HashMap<u64, Op>,
-    pub(crate) peers: HashMap<u64, Peer>,
+    // Tables keyed by our own numbers (op ids, fabric addresses, context pointers) use a
+    // fast hash: no peer chooses their keys. (Raw addresses, which peers send, keep
+    // std's keyed hash.)
+    pub(crate) ops: FxHashMap<u64, Op>,
+    pub(crate) peers: FxHashMap<u64, Peer>,
     pub(crate) by_addr: HashMap<Vec<u8>, PeerId>,
     pub(crate) mem: MemTable,
     /// Transfers waiting for their owner's grant (providers with `checked_rma`).
-    pub(crate) awaiting: HashMap<u64, crate::rma::Awaiting>,
+    pub(crate) awaiting: FxHashMap<u64, crate::rma::Awaiting>,
     /// RMA pieces waiting for room in the window, and the bytes posted and not completed.
     pub(crate) rma_queue: VecDeque<crate::rma::Queued>,
     pub(crate) rma_inflight: usize,
     /// Every context posted and not yet completed (freed on drop).
-    pub(crate) live: HashSet<usize>,
+    pub(crate) live: FxHashSet<usize>,
     pub(crate) stats: OfiStats,
     /// Expected-receive buffers (`max_eager` bytes each) ready for reuse: zeroed once,
     /// not per receive.
@@ -363,14 +372,14 @@ impl OfiPlugin {
         let p = OfiPlugin {
             ep,
             state: Mutex::new(State {
-                ops: HashMap::new(),
-                peers: HashMap::new(),
+                ops: FxHashMap::default(),
+                peers: FxHashMap::default(),
                 by_addr: HashMap::new(),
                 mem,
-                awaiting: HashMap::new(),
+                awaiting: FxHashMap::default(),
                 rma_queue: VecDeque::new(),
                 rma_inflight: 0,
-                live: HashSet::new(),
+                live: FxHashSet::default(),
                 stats: OfiStats::default(),
                 recv_bufs: Vec::new(),
             }),
@@ -450,6 +459,7 @@ impl OfiPlugin {
                 raw: raw.to_vec(),
                 contacted: false,
                 last_heard: Instant::now(),
+                heard: false,
                 probing_since: None,
                 last_probe: None,
                 pending: 0,
@@ -464,7 +474,7 @@ impl OfiPlugin {
         let id = self.next_op.fetch_add(1, Ordering::Relaxed);
         if let Some(p) = s.peers.get_mut(&peer.0) {
             if p.pending == 0 {
-                p.last_heard = Instant::now();
+                p.heard = true;
                 self.liveness_dirty.store(true, Ordering::Release);
             }
             p.pending += 1;

@@ -23,10 +23,14 @@ impl OfiPlugin {
     /// Retries a post while the provider says `-FI_EAGAIN`, driving completions between
     /// tries; gives up after 10 s with `Exhausted`.
     pub(crate) fn post(&self, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
-        let start = Instant::now();
+        // The clock is read only once the queue is full (not on every post).
+        let mut start = None;
         loop {
             match self.post_once(what, &mut f) {
-                Err(NaError::Exhausted(_)) if start.elapsed() <= Duration::from_secs(10) => {
+                Err(NaError::Exhausted(_))
+                    if start.get_or_insert_with(Instant::now).elapsed()
+                        <= Duration::from_secs(10) =>
+                {
                     self.poll_cq(false)
                 }
                 Err(NaError::Exhausted(_)) => {
@@ -43,13 +47,17 @@ impl OfiPlugin {
     /// process or port is gone (checked every 5 ms of retries): a dead peer's full queue
     /// must not hold a server's worker for 10 s per answer.
     fn post_to(&self, peer: u64, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
-        let start = Instant::now();
-        let mut checked = start;
+        let mut start = None;
+        let mut checked = None;
         loop {
             match self.post_once(what, &mut f) {
-                Err(NaError::Exhausted(_)) if start.elapsed() <= Duration::from_secs(10) => {
+                Err(NaError::Exhausted(_))
+                    if start.get_or_insert_with(Instant::now).elapsed()
+                        <= Duration::from_secs(10) =>
+                {
+                    let checked = checked.get_or_insert_with(Instant::now);
                     if checked.elapsed() >= Duration::from_millis(5) {
-                        checked = Instant::now();
+                        *checked = Instant::now();
                         if self.peer_gone(peer) {
                             return Err(NaError::Unreachable(format!(
                                 "{what}: the peer is gone and its queue is full"

@@ -389,6 +389,11 @@ impl OfiPlugin {
             let mut s = lock(&self.state);
             let mut probes = 0;
             let idle = self.cfg.watch_idle;
+            for p in s.peers.values_mut() {
+                if std::mem::take(&mut p.heard) {
+                    p.last_heard = now;
+                }
+            }
             let watched =
                 |p: &Peer| p.pending > 0 || (!p.lost && now.duration_since(p.last_heard) < idle);
             for (a, p) in s.peers.iter_mut().filter(|(_, p)| watched(p)) {
@@ -715,7 +720,7 @@ fn heard_from(s: &mut State, peer: PeerId) {
     if let Some(p) = s.peers.get_mut(&peer.0) {
         p.contacted = true;
         p.lost = false;
-        p.last_heard = Instant::now();
+        p.heard = true;
         p.probing_since = None;
         p.last_probe = None;
     }
