@@ -1,6 +1,6 @@
 //! Building and stopping an engine.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -172,7 +172,7 @@ impl EngineBuilder {
             counters: Counters::default(),
             mode: self.mode,
             calls: Mutex::new(Calls::default()),
-            registry: RwLock::new(HashMap::new()),
+            registry: RwLock::new(HashMap::default()),
             pool,
             drive: Mutex::new(()),
             stopping: AtomicBool::new(false),

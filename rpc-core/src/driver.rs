@@ -2,7 +2,7 @@
 //! progress thread, workers and responders, and the code that turns transport events into
 //! completed calls and dispatched requests.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};

@@ -29,6 +29,8 @@ pub use conn::Backlog;
 pub use wire::{Connector, CopyDir, RawPiece, Wire};
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -96,7 +98,7 @@ pub struct StreamPlugin {
     waker: Arc<Waker>,
     /// Checks credentials that need another process (MUNGE) off the progress thread.
     verifier: verify::Verifier,
-    conns: Mutex<HashMap<PeerId, Arc<Conn>>>,
+    conns: Mutex<FxHashMap<PeerId, Arc<Conn>>>,
     by_addr: Mutex<HashMap<Address, PeerId>>,
     next_peer: AtomicU64,
     ops: Mutex<Ops>,
@@ -151,7 +153,7 @@ impl StreamPlugin {
             registry,
             waker,
             verifier,
-            conns: Mutex::new(HashMap::new()),
+            conns: Mutex::new(FxHashMap::default()),
             by_addr: Mutex::new(HashMap::new()),
             next_peer: AtomicU64::new(FIRST_PEER),
             ops: Mutex::new(Ops::default()),

@@ -1,7 +1,7 @@
 //! Pending operations of the stream core: sends, expected receives, and RMA transfers split
 //! into windowed chunks. Pure bookkeeping: no sockets here.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use na::{Event, NaError, NaResult, OpId, PeerId};
 

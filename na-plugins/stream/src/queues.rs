@@ -5,7 +5,9 @@
 //! an item pushed an instant ago, exactly as a reader taking the lock an instant earlier
 //! would have. Producers that must not be missed wake the poller, as before.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashSet as HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

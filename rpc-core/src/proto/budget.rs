@@ -1,7 +1,7 @@
 //! Bounds on what peers may hold of a server: a quantity (bytes, requests) counted per
 //! peer and in total, taken before the thing is allocated and given back when it goes.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use na::PeerId;
 
@@ -29,7 +29,7 @@ impl Budget {
         Budget {
             per_peer,
             total,
-            used: HashMap::new(),
+            used: HashMap::default(),
             sum: 0,
         }
     }

@@ -1,6 +1,8 @@
 //! Calls awaiting their answers: tags, phases and deadlines, with time passed in.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
 
 /// Where a call is in its life. A call leaves the table when it ends (answered, failed,
@@ -30,7 +32,7 @@ impl<T> Default for CallTable<T> {
     fn default() -> Self {
         CallTable {
             next_tag: 0,
-            calls: HashMap::new(),
+            calls: HashMap::default(),
             deadlines: BTreeSet::new(),
         }
     }

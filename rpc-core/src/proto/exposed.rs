@@ -3,7 +3,9 @@
 //! release id; the memory is kept until the caller releases it (only the peer it was for
 //! may), its deadline passes, or the peer is lost. Time comes in as arguments.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
 
 struct Item<P, V> {
@@ -23,7 +25,7 @@ impl<P, V> Default for Exposed<P, V> {
     fn default() -> Self {
         Exposed {
             next: 0,
-            items: HashMap::new(),
+            items: HashMap::default(),
             deadlines: BTreeSet::new(),
         }
     }
