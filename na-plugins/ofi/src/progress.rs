@@ -279,8 +279,9 @@ impl OfiPlugin {
                     Err(e) => return tracing::warn!("ofi: {e}"),
                 };
                 let put = c.write.then_some(bytes);
-                // A read larger than a message can carry is refused like a bad range.
-                let got = (c.len <= self.carry_max as u64)
+                // A read whose answer would not fit in a message is refused like a bad
+                // range (the initiator's cut-off is its own: any that fits is served).
+                let got = (c.len <= self.max_eager as u64)
                     .then(|| lock(&self.state).mem.carry(c.key, c.off, c.len, put))
                     .flatten();
                 let mut b = wire::header(Kind::Carried, 0, &self.self_raw);
