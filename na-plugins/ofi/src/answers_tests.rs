@@ -1,6 +1,7 @@
-//! An owner's answers to checked transfers are taken only from that owner and only in the
-//! form asked for (real shm endpoints; the owner never progresses, the test answers in its
-//! name, or lies).
+//! What an initiator makes of its owners: answers to checked transfers are taken only from
+//! that owner and only in the form asked for (real shm endpoints; the owner never
+//! progresses, the test answers in its name, or lies), and a transfer to an owner gone
+//! since it was reached fails as a lost peer.
 
 use na::{Access, Event, NaError, NaResult, OpId, Plugin, Segment};
 
@@ -106,4 +107,37 @@ fn answers_come_from_the_owner_in_the_form_asked() {
         &mine[..],
         &[[0u8; 8].as_slice(), &[9; 16], &[0; 40]].concat()[..]
     );
+}
+
+/// A transfer posted to a peer that was reached before and has since gone fails as a lost
+/// peer (`Disconnected`), not as an address never reached, whichever check notices first
+/// (the provider refusing the post, or the liveness probe).
+#[test]
+fn a_transfer_to_a_peer_gone_since_is_a_disconnection() {
+    use qs_tests::conformance::Driven;
+    for addr in ["ofi+sockets://127.0.0.1:0", "ofi+tcp://127.0.0.1:0"] {
+        let open = || std::sync::Arc::new(OfiPlugin::new(&addr.parse().unwrap()).unwrap());
+        let mut a = Driven::new(open());
+        let b = Driven::new(open());
+        let pb = a.p.lookup(b.p.self_addr()).unwrap();
+        let mut theirs = vec![5u8; 1 << 20];
+        let mut mine = vec![0u8; 1 << 20];
+        // SAFETY: the buffers outlive both endpoints' use of them.
+        let (hb, ha) = unsafe {
+            let hb =
+                b.p.register(&[Segment::from_slice(&mut theirs)], Access::ReadWrite);
+            (
+                hb.unwrap(),
+                a.p.register(&[Segment::from_slice(&mut mine)], Access::ReadWrite),
+            )
+        };
+        let ha = ha.unwrap();
+        let op = a.p.get(pb, &ha, 0, &hb.remote, 0, 1 << 20).unwrap();
+        a.done(op).unwrap();
+        drop(b);
+        let r =
+            a.p.get(pb, &ha, 0, &hb.remote, 0, 1 << 20)
+                .and_then(|op| a.done(op));
+        assert!(matches!(r, Err(NaError::Disconnected(_))), "{addr}: {r:?}");
+    }
 }

@@ -45,8 +45,14 @@ impl OfiPlugin {
 
     /// As [`Self::post`] for a send to `peer`, which also gives up as soon as the peer's
     /// process or port is gone (checked every 5 ms of retries): a dead peer's full queue
-    /// must not hold a server's worker for 10 s per answer.
-    fn post_to(&self, peer: u64, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
+    /// must not hold a server's worker for 10 s per answer. A peer reached before that is
+    /// unreachable now is reported lost (`Disconnected`).
+    fn post_to(&self, peer: u64, what: &str, f: impl FnMut() -> isize) -> NaResult<()> {
+        self.retry_to(peer, what, f)
+            .map_err(|e| self.as_seen(peer, e))
+    }
+
+    fn retry_to(&self, peer: u64, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
         let mut start = None;
         let mut checked = None;
         loop {

@@ -320,10 +320,7 @@ impl OfiPlugin {
         let Some(p) = s.peers.get_mut(&peer.0) else {
             return;
         };
-        let e = match e {
-            NaError::Unreachable(m) if p.contacted => NaError::Disconnected(m),
-            other => other,
-        };
+        let e = as_loss(p, e);
         p.probing_since = None;
         p.last_probe = None;
         p.last_heard = Instant::now();
@@ -715,6 +712,25 @@ fn drop_queued(s: &mut State, id: u64) -> bool {
         op.parts = op.parts.saturating_sub(n);
     }
     n > 0
+}
+
+impl OfiPlugin {
+    /// A transport error about `peer` as its operations report it (see [`as_loss`]).
+    pub(crate) fn as_seen(&self, peer: u64, e: NaError) -> NaError {
+        match lock(&self.state).peers.get(&peer) {
+            Some(p) => as_loss(p, e),
+            None => e,
+        }
+    }
+}
+
+/// A transport error about peer `p` as its operations report it: a peer reached before
+/// that cannot be reached now has been lost (`Disconnected`), not never been there.
+fn as_loss(p: &Peer, e: NaError) -> NaError {
+    match e {
+        NaError::Unreachable(m) if p.contacted => NaError::Disconnected(m),
+        other => other,
+    }
 }
 
 fn heard_from(s: &mut State, peer: PeerId) {

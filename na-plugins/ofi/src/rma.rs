@@ -310,7 +310,7 @@ impl OfiPlugin {
                 }
                 Err(e) => {
                     lock(&self.state).rma_inflight -= q.post.len;
-                    self.part_done(q.id, Err(e));
+                    self.part_done(q.id, Err(self.as_seen(q.peer.0, e)));
                 }
             }
         }
