@@ -11,7 +11,7 @@
 //!   (all 64 bits) and land in a receive posted by [`na::Plugin::recv_expected`], matched
 //!   exactly; one that nobody waits for stays in the provider's unexpected queue and is
 //!   never delivered. (No wildcard tagged receive is ever posted: see
-//!   [`wire::HEADER_MAX`] for the `shm` bug that made this a must.)
+//!   [`wire`] for the `shm` bug that made this a must.)
 //! - **RMA** is the provider's own `fi_read`/`fi_write` against registrations made per
 //!   segment with the provider's `mr_mode` honoured (`FI_MR_LOCAL` descriptors,
 //!   `FI_MR_VIRT_ADDR` addressing, `FI_MR_PROV_KEY` keys, `FI_MR_ENDPOINT` binding). The

@@ -1,6 +1,6 @@
 //! Posting to the provider: retries while its queue is full (driving completions
 //! between tries), receive buffers of the unexpected pool, and sends (untagged into a
-//! peer's pool, tagged to an expected receive: see [`crate::wire::HEADER_MAX`] for why).
+//! peer's pool, tagged to an expected receive: see [`crate::wire`] for why).
 
 use std::time::{Duration, Instant};
 

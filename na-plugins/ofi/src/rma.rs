@@ -42,6 +42,14 @@ pub(crate) struct Answer {
     pub(crate) carried: Option<Vec<u8>>,
 }
 
+/// What a new transfer does first.
+enum Next {
+    /// Post its pieces (the provider checks the owner's keys).
+    Post(Vec<Post>),
+    /// Send this check (or carried transfer) to the owner and wait for its answer.
+    Ask(Vec<u8>),
+}
+
 impl OfiPlugin {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn rma(
@@ -150,14 +158,14 @@ impl OfiPlugin {
                     posts,
                 };
                 s.awaiting.insert(id, aw);
-                (id, Err(b))
+                (id, Next::Ask(b))
             } else {
-                (id, Ok(posts))
+                (id, Next::Post(posts))
             }
         };
         match next {
-            Ok(posts) => self.post_pieces(id, peer, write, posts)?,
-            Err(ask) => {
+            Next::Post(posts) => self.post_pieces(id, peer, write, posts)?,
+            Next::Ask(ask) => {
                 if let Err(e) = self.send_control(peer.0, ask) {
                     lock(&self.state).awaiting.remove(&id);
                     self.forget_op(id);

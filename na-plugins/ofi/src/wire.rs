@@ -1,17 +1,17 @@
-//! What this plugin puts on the fabric besides user data: tag bits, the header of
-//! unexpected messages, and the segment table inside a remote memory descriptor. Pure
-//! functions (sans I/O), tested here.
+//! What this plugin puts on the fabric besides user data: the header of unexpected
+//! messages, the owner checks and carried transfers, and the segment table inside a
+//! remote memory descriptor. Pure functions (sans I/O), tested here.
+//!
+//! Unexpected traffic (requests, probes, RMA checks) travels as *untagged* messages into
+//! the pool of untagged receives; expected messages are tagged with the caller's tag, all
+//! 64 bits of it, and matched exactly (ignore mask 0). Keeping the pool off the tagged
+//! queue matters: libfabric 1.17's `shm` matches a receive against queued unexpected
+//! tagged messages with a stale ignore mask left in its entry pool, so a wildcard pool
+//! receive could miss queued requests for ever and an exact receive could take another
+//! call's answer (seen: 30% of the requests of 64 busy clients lost).
 
 use na::NaError;
 
-/// Unexpected traffic (requests, probes, RMA checks) travels as *untagged* messages into
-/// the pool of untagged receives; expected messages are tagged with the caller's tag, all
-/// 64 bits of it, and matched exactly (ignore mask 0). Keeping the pool off the tagged
-/// queue matters: libfabric 1.17's `shm` matches a receive against queued unexpected tagged
-/// messages with a stale ignore mask left in its entry pool, so a wildcard pool receive
-/// could miss queued requests for ever and an exact receive could take another call's
-/// answer (seen: 30% of the requests of 64 busy clients lost).
-///
 /// The longest header: kind, tag, address length, address.
 pub const HEADER_MAX: usize = 1 + 8 + 1 + 255;
 
