@@ -47,6 +47,52 @@ fn shipped(report: &Path) -> (u64, u64, u64) {
     t
 }
 
+/// A server, a mount point and a local directory to compare a Python script in.
+struct Compare {
+    _export: std::path::PathBuf,
+    at: std::path::PathBuf,
+    local: std::path::PathBuf,
+    srv: ServerProc,
+    lib: std::path::PathBuf,
+    report: std::path::PathBuf,
+}
+
+impl Compare {
+    fn new(name: &str) -> Option<Compare> {
+        let (export, at, local, srv) = setup(name)?;
+        let report = at.parent().unwrap().join("report");
+        Some(Compare {
+            _export: export,
+            at,
+            local,
+            srv,
+            lib: preload_lib(),
+            report,
+        })
+    }
+
+    /// Runs `code` in the local directory, then riding on a mount made with `args`
+    /// (`POSIX_SHIP_RIDE_AFTER=ride_after`); asserts both print the same. Returns the
+    /// output, the riding run's stderr, and what rode ([`shipped`]).
+    fn run(
+        &self,
+        code: &str,
+        ride_after: &str,
+        args: &[&str],
+    ) -> (String, String, (u64, u64, u64)) {
+        let script = format!("python3 -c '{code}'");
+        let here = run(&self.local, &script);
+        let _ = std::fs::remove_file(&self.report);
+        let m = Mounted::start(&self.srv, &self.at, args);
+        let mut env = riding(&self.srv, &self.at, &self.lib, &self.report);
+        env[0].1 = OsStr::new(ride_after);
+        let (there, err) = run_env(&self.at, &script, &env);
+        drop(m);
+        assert_eq!(there, here, "{err}");
+        (there, err, shipped(&self.report))
+    }
+}
+
 #[test]
 fn real_programs_riding_on_the_mount_do_what_they_do_locally() {
     let Some((export, at, local, srv)) = setup("ride-programs") else {
@@ -97,23 +143,15 @@ print(subprocess.run(["env", "-u", "LD_PRELOAD", "sha256sum", "f"], capture_outp
 
 #[test]
 fn writes_around_the_kernel_are_seen_through_it() {
-    let Some((_export, at, local, srv)) = setup("ride-coherence") else {
+    let Some(c) = Compare::new("ride-coherence") else {
         return;
     };
-    let lib = preload_lib();
-    let m = Mounted::start(&srv, &at, &[]);
-    let script = format!("python3 -c '{COHERENCE}'");
-    let report = at.parent().unwrap().join("report");
-    let (there, err) = run_env(&at, &script, &riding(&srv, &at, &lib, &report));
-    let here = run(&local, &script);
-    assert_eq!(there, here, "{err}");
+    let (there, _, (files, _, writes)) = c.run(COHERENCE, "0", &[]);
     assert!(there.starts_with("100 100 100\n"), "{there}");
-    let (files, _, writes) = shipped(&report);
     assert!(
         files >= 2 && writes >= 3,
         "shipped: {files} files, {writes} writes"
     );
-    drop(m);
 }
 
 /// Through the kernel first, then riding: what the kernel cached of the file is dropped
@@ -135,33 +173,15 @@ os.close(fd)
 
 #[test]
 fn a_file_rides_once_enough_went_through_the_kernel() {
-    let Some((_export, at, local, srv)) = setup("ride-switch") else {
+    let Some(c) = Compare::new("ride-switch") else {
         return;
     };
-    let lib = preload_lib();
-    let report = at.parent().unwrap().join("report");
-    let script = format!("python3 -c '{SWITCH}'");
-    let here = run(&local, &script);
-    let mut env = riding(&srv, &at, &lib, &report);
-    env[0].1 = OsStr::new("64K");
-    let m = Mounted::start(&srv, &at, &[]);
-    let (there, err) = run_env(&at, &script, &env);
-    assert_eq!(there, here, "{err}");
-    let (files, reads, writes) = shipped(&report);
-    assert_eq!(
-        (files, reads, writes),
-        (1, 7, 1),
-        "only the large calls rode"
-    );
-    drop(m);
+    let (_, _, rode) = c.run(SWITCH, "64K", &[]);
+    assert_eq!(rode, (1, 7, 1), "only the large calls rode");
     // With the writeback cache the kernel keeps file sizes itself: no riding, said once.
-    std::fs::remove_file(&report).unwrap();
-    let m = Mounted::start(&srv, &at, &["--writeback-cache"]);
-    let (there, err) = run_env(&at, &script, &env);
-    assert_eq!(there, here, "{err}");
+    let (_, err, rode) = c.run(SWITCH, "64K", &["--writeback-cache"]);
     assert!(err.contains("--writeback-cache"), "{err}");
-    assert_eq!(shipped(&report), (0, 0, 0));
-    drop(m);
+    assert_eq!(rode, (0, 0, 0));
 }
 
 /// What must not ride: an `O_SYNC` file (each write durable before it returns: the kernel
@@ -182,18 +202,11 @@ print(open("sync", "rb").read()[:2], os.stat("flags").st_size)
 
 #[test]
 fn sync_files_and_changed_flags_stay_on_the_kernel_path() {
-    let Some((_export, at, local, srv)) = setup("ride-not") else {
+    let Some(c) = Compare::new("ride-not") else {
         return;
     };
-    let lib = preload_lib();
-    let report = at.parent().unwrap().join("report");
-    let script = format!("python3 -c '{NOT_RIDING}'");
-    let here = run(&local, &script);
-    let m = Mounted::start(&srv, &at, &[]);
-    let (there, err) = run_env(&at, &script, &riding(&srv, &at, &lib, &report));
-    assert_eq!(there, here, "{err}");
+    let (here, _, rode) = c.run(NOT_RIDING, "0", &[]);
     assert!(here.starts_with("100000\n70010 b'abb' 70010\n"), "{here}");
     // Rode: the first write of "flags", and the reads of "sync" reopened without O_SYNC.
-    assert_eq!(shipped(&report), (2, 2, 1), "what rode");
-    drop(m);
+    assert_eq!(rode, (2, 2, 1), "what rode");
 }
