@@ -14,12 +14,35 @@ fn shm() -> OfiPlugin {
 /// Delivers to `to` an answer of `kind` to op `op` as if `from` sent it.
 fn answer(to: &OfiPlugin, from: &OfiPlugin, kind: wire::Kind, op: OpId, ok: bool, data: &[u8]) {
     let mut m = wire::header(kind, 0, &from.self_raw);
-    m.extend_from_slice(&match kind {
-        wire::Kind::Grant => wire::encode_grant(op.0, ok),
-        _ => wire::encode_carried(op.0, ok, data),
-    });
+    match kind {
+        wire::Kind::Grant => m.extend_from_slice(&wire::encode_grant(op.0, ok)),
+        _ => wire::encode_carried(&mut m, op.0, |b| {
+            b.extend_from_slice(data);
+            ok
+        }),
+    }
     to.handle_unexpected(&m);
     to.poll_cq(true);
+}
+
+/// `from` sends `to` a first message while `to` progresses: the provider connects a pair
+/// once the receiver progresses (the tests then keep `to` still).
+fn say_hello(from: &OfiPlugin, to_peer: na::PeerId, to: &std::sync::Arc<OfiPlugin>) {
+    let to2 = to.clone();
+    let t = std::thread::spawn(move || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < end {
+            to2.progress(Some(std::time::Duration::from_millis(1)))
+                .unwrap();
+            if std::iter::from_fn(|| to2.poll_event())
+                .any(|e| matches!(e, Event::Unexpected { .. }))
+            {
+                return;
+            }
+        }
+    });
+    from.send_unexpected(to_peer, 1, b"hello".to_vec()).unwrap();
+    t.join().unwrap();
 }
 
 fn outcome(p: &OfiPlugin, op: OpId) -> Option<NaResult<Vec<u8>>> {
@@ -37,21 +60,7 @@ fn answers_come_from_the_owner_in_the_form_asked() {
         "shm transfers are checked by the owner"
     );
     let pb = a.lookup(b.self_addr()).unwrap();
-    // The provider connects a pair once the owner progresses: let it, for a first message.
-    let b2 = b.clone();
-    let t = std::thread::spawn(move || {
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < end {
-            b2.progress(Some(std::time::Duration::from_millis(1)))
-                .unwrap();
-            if std::iter::from_fn(|| b2.poll_event()).any(|e| matches!(e, Event::Unexpected { .. }))
-            {
-                return;
-            }
-        }
-    });
-    a.send_unexpected(pb, 1, b"hello".to_vec()).unwrap();
-    t.join().unwrap();
+    say_hello(&a, pb, &b);
     let mut theirs = vec![5u8; 64];
     let mut mine = vec![0u8; 64];
     // SAFETY: both buffers outlive the endpoints' use of them (the test's end).
@@ -140,4 +149,44 @@ fn a_transfer_to_a_peer_gone_since_is_a_disconnection() {
                 .and_then(|op| a.done(op));
         assert!(matches!(r, Err(NaError::Disconnected(_))), "{addr}: {r:?}");
     }
+}
+
+/// An owner asked (by a hostile or differently configured initiator) to carry a read whose
+/// answer would not fit in a message refuses it, and says so: the transfer fails
+/// `AccessDenied` instead of waiting for an answer that cannot be sent.
+#[test]
+fn an_owner_refuses_to_carry_more_than_a_message_holds() {
+    use qs_tests::conformance::Driven;
+    let (a, b) = (std::sync::Arc::new(shm()), std::sync::Arc::new(shm()));
+    let pb = a.lookup(b.self_addr()).unwrap();
+    let pa = b.lookup(a.self_addr()).unwrap();
+    let mut driven = Driven::new(a.clone());
+    say_hello(&a, pb, &b);
+    b.send_unexpected(pa, 1, b"hello".to_vec()).unwrap();
+    driven.next_unexpected().expect("hello from the owner");
+    let mut theirs = vec![5u8; 1 << 20];
+    let mut mine = vec![0u8; 1 << 20];
+    // SAFETY: both buffers outlive the endpoints' use of them.
+    let (hb, ha) = unsafe {
+        let hb = b.register(&[Segment::from_slice(&mut theirs)], Access::ReadWrite);
+        (
+            hb.unwrap(),
+            a.register(&[Segment::from_slice(&mut mine)], Access::ReadWrite),
+        )
+    };
+    let ha = ha.unwrap();
+    // A carried get the owner does not see yet; then, in its name, one of 1 MiB.
+    let op = a.get(pb, &ha, 0, &hb.remote, 0, 16).unwrap();
+    let big = wire::Check {
+        op: op.0,
+        key: hb.remote.key,
+        off: 0,
+        len: 1 << 20,
+        write: false,
+    };
+    let mut m = wire::header(wire::Kind::Carry, 0, &a.self_raw);
+    m.extend_from_slice(&big.encode());
+    b.handle_unexpected(&m);
+    assert!(matches!(driven.done(op), Err(NaError::AccessDenied(_))));
+    assert!(mine.iter().all(|&x| x == 0), "nothing carried");
 }

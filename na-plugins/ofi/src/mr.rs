@@ -157,16 +157,27 @@ impl MemTable {
     }
 
     /// Serves a peer's small transfer in place of the provider (a `Carry`): writes `data`
-    /// at `off` of the region under `key`, or (`data` None) reads `len` bytes there, if
-    /// [`Self::allows`] it. Returns the bytes read (empty for a write), None when refused.
-    pub fn carry(&self, key: u64, off: u64, len: u64, data: Option<&[u8]>) -> Option<Vec<u8>> {
+    /// at `off` of the region under `key`, or (`data` None) appends the `len` bytes there
+    /// to `out` (the answer being built), if [`Self::allows`] it. False when refused.
+    pub fn carry(
+        &self,
+        key: u64,
+        off: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> bool {
         if !self.allows(key, off, len, data.is_some())
             || data.is_some_and(|d| d.len() as u64 != len)
         {
-            return None;
+            return false;
         }
-        let r = self.by_key.get(&key).and_then(|id| self.regions.get(id))?;
-        let mut out = vec![0u8; if data.is_some() { 0 } else { len as usize }];
+        let Some(r) = self.by_key.get(&key).and_then(|id| self.regions.get(id)) else {
+            return false;
+        };
+        if data.is_none() {
+            out.reserve(len as usize);
+        }
         let (mut start, mut done, end) = (0u64, 0usize, off + len);
         for s in &r.segs {
             let (lo, hi) = (off.max(start), end.min(start + s.len));
@@ -174,19 +185,23 @@ impl MemTable {
                 let n = (hi - lo) as usize;
                 // SAFETY: [lo, hi) lies inside this segment (bounds checked by `allows`),
                 // whose memory the registrant keeps valid while it is registered, as it is
-                // (it is in the table); `done + n <= len`, the length of `data` and `out`.
+                // (it is in the table); `done + n <= len`, the length of `data` and of the
+                // room reserved in `out`, whose length grows by exactly what is copied.
                 unsafe {
                     let p = s.ptr.add((lo - start) as usize);
                     match data {
                         Some(d) => ptr::copy_nonoverlapping(d.as_ptr().add(done), p, n),
-                        None => ptr::copy_nonoverlapping(p, out.as_mut_ptr().add(done), n),
+                        None => {
+                            ptr::copy_nonoverlapping(p, out.as_mut_ptr().add(out.len()), n);
+                            out.set_len(out.len() + n);
+                        }
                     }
                 }
                 done += n;
             }
             start += s.len;
         }
-        Some(out)
+        true
     }
 
     /// # Safety

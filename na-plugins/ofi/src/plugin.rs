@@ -1,8 +1,6 @@
 //! The plugin: opening an endpoint, messages, registration, the op table.
 
 use std::collections::{HashMap, VecDeque};
-
-use rustc_hash::{FxHashMap, FxHashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -12,6 +10,7 @@ use libfabric_sys as fi;
 use na::{
     Access, Address, Event, MemHandle, NaError, NaResult, OpId, PeerId, Plugin, RemoteMem, Segment,
 };
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::addr;
 use crate::fabric::{self, Av, Cq, Domain, Ep, Fabric, Hints, Info, Stack};
@@ -227,7 +226,7 @@ pub struct OfiPlugin {
     pub(crate) events: Mutex<VecDeque<Event>>,
     pub(crate) cq_lock: Mutex<()>,
     /// Owners' answers read from the queue, acted on once its lock is released.
-    pub(crate) grants: Mutex<Vec<crate::rma::Answer>>,
+    pub(crate) answers: Mutex<Vec<crate::rma::Answer>>,
     /// When the liveness check last ran, and when it next needs to.
     pub(crate) liveness: Mutex<(Option<Instant>, Option<Instant>)>,
     /// An operation made a peer watched since the last check.
@@ -391,7 +390,7 @@ impl OfiPlugin {
             wake_fd,
             events: Mutex::new(VecDeque::new()),
             cq_lock: Mutex::new(()),
-            grants: Mutex::new(Vec::new()),
+            answers: Mutex::new(Vec::new()),
             liveness: Mutex::new((None, None)),
             liveness_dirty: std::sync::atomic::AtomicBool::new(false),
             pumping: std::sync::atomic::AtomicBool::new(false),

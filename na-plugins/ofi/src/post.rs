@@ -22,25 +22,8 @@ pub(crate) enum Route {
 impl OfiPlugin {
     /// Retries a post while the provider says `-FI_EAGAIN`, driving completions between
     /// tries; gives up after 10 s with `Exhausted`.
-    pub(crate) fn post(&self, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
-        // The clock is read only once the queue is full (not on every post).
-        let mut start = None;
-        loop {
-            match self.post_once(what, &mut f) {
-                Err(NaError::Exhausted(_))
-                    if start.get_or_insert_with(Instant::now).elapsed()
-                        <= Duration::from_secs(10) =>
-                {
-                    self.poll_cq(false)
-                }
-                Err(NaError::Exhausted(_)) => {
-                    return Err(NaError::Exhausted(format!(
-                        "{what}: the provider's queue stayed full for 10 s"
-                    )));
-                }
-                r => return r,
-            }
-        }
+    pub(crate) fn post(&self, what: &str, f: impl FnMut() -> isize) -> NaResult<()> {
+        self.retry(None, what, f)
     }
 
     /// As [`Self::post`] for a send to `peer`, which also gives up as soon as the peer's
@@ -48,13 +31,13 @@ impl OfiPlugin {
     /// must not hold a server's worker for 10 s per answer. A peer reached before that is
     /// unreachable now is reported lost (`Disconnected`).
     fn post_to(&self, peer: u64, what: &str, f: impl FnMut() -> isize) -> NaResult<()> {
-        self.retry_to(peer, what, f)
+        self.retry(Some(peer), what, f)
             .map_err(|e| self.as_seen(peer, e))
     }
 
-    fn retry_to(&self, peer: u64, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
-        let mut start = None;
-        let mut checked = None;
+    /// The retry loop of both; the clock is read only once the queue is full.
+    fn retry(&self, peer: Option<u64>, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
+        let (mut start, mut checked) = (None, None);
         loop {
             match self.post_once(what, &mut f) {
                 Err(NaError::Exhausted(_))
@@ -62,7 +45,9 @@ impl OfiPlugin {
                         <= Duration::from_secs(10) =>
                 {
                     let checked = checked.get_or_insert_with(Instant::now);
-                    if checked.elapsed() >= Duration::from_millis(5) {
+                    if let Some(peer) = peer
+                        && checked.elapsed() >= Duration::from_millis(5)
+                    {
                         *checked = Instant::now();
                         if self.peer_gone(peer) {
                             return Err(NaError::Unreachable(format!(

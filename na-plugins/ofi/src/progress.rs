@@ -86,7 +86,7 @@ impl OfiPlugin {
         drop(_turn);
         // Granted transfers and queued pieces are posted outside the queue lock: posting
         // may need progress.
-        let answers = std::mem::take(&mut *lock(&self.grants));
+        let answers = std::mem::take(&mut *lock(&self.answers));
         for a in answers {
             self.on_answer(a);
         }
@@ -279,38 +279,39 @@ impl OfiPlugin {
                     Err(e) => return tracing::warn!("ofi: {e}"),
                 };
                 let put = c.write.then_some(bytes);
+                let mut b = wire::header(Kind::Carried, 0, &self.self_raw);
                 // A read whose answer would not fit in a message is refused like a bad
                 // range (the initiator's cut-off is its own: any that fits is served).
-                let got = (c.len <= self.max_eager as u64)
-                    .then(|| lock(&self.state).mem.carry(c.key, c.off, c.len, put))
-                    .flatten();
-                let mut b = wire::header(Kind::Carried, 0, &self.self_raw);
-                b.extend_from_slice(&wire::encode_carried(
-                    c.op,
-                    got.is_some(),
-                    got.as_deref().unwrap_or_default(),
-                ));
+                wire::encode_carried(&mut b, c.op, |out| {
+                    c.len <= self.max_eager as u64
+                        && lock(&self.state).mem.carry(c.key, c.off, c.len, put, out)
+                });
                 if let Err(e) = self.send_control(peer.0, b) {
                     tracing::debug!("ofi: carried answer not sent: {e}");
                 }
             }
-            Kind::Grant | Kind::Carried => {
-                let decoded = if kind == Kind::Grant {
-                    wire::decode_grant(data).map(|(op, ok)| (op, ok, None))
-                } else {
-                    wire::decode_carried(data).map(|(op, ok, d)| (op, ok, Some(d.to_vec())))
-                };
-                match decoded {
-                    Ok((op, ok, carried)) => lock(&self.grants).push(crate::rma::Answer {
-                        peer,
-                        op,
-                        ok,
-                        carried,
-                    }),
-                    Err(e) => tracing::warn!("ofi: {e}"),
-                }
-            }
+            Kind::Grant => match wire::decode_grant(data) {
+                Ok((op, ok)) => self.answered(peer, op, ok, None),
+                Err(e) => tracing::warn!("ofi: {e}"),
+            },
+            // The bytes are copied out: the pool buffer they are in is reposted before
+            // the answer is acted on.
+            Kind::Carried => match wire::decode_carried(data) {
+                Ok((op, ok, d)) => self.answered(peer, op, ok, Some(d.to_vec())),
+                Err(e) => tracing::warn!("ofi: {e}"),
+            },
         }
+    }
+
+    /// Keeps an owner's answer to act on once the queue's lock is released.
+    fn answered(&self, peer: PeerId, op: u64, ok: bool, carried: Option<Vec<u8>>) {
+        let a = crate::rma::Answer {
+            peer,
+            op,
+            ok,
+            carried,
+        };
+        lock(&self.answers).push(a);
     }
 
     /// Fails every operation waiting on `peer` with `e` (RMA ones when the fabric returns

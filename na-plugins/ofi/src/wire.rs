@@ -107,11 +107,17 @@ pub fn decode_carry(b: &[u8]) -> Result<(Check, &[u8]), NaError> {
     Ok((c, data))
 }
 
-/// A `Carried` payload: the grant, then the bytes read (empty when refused or a write).
-pub fn encode_carried(op: u64, ok: bool, data: &[u8]) -> Vec<u8> {
-    let mut v = encode_grant(op, ok);
-    v.extend_from_slice(data);
-    v
+/// Appends a `Carried` payload to `b`: the grant of `op`, then what `serve` appends (the
+/// bytes read; none for a write). `serve` says whether the owner allowed the transfer;
+/// a refusal carries no bytes.
+pub fn encode_carried(b: &mut Vec<u8>, op: u64, serve: impl FnOnce(&mut Vec<u8>) -> bool) {
+    b.extend_from_slice(&encode_grant(op, false));
+    let (ok_at, start) = (b.len() - 1, b.len());
+    let ok = serve(b);
+    if !ok {
+        b.truncate(start);
+    }
+    b[ok_at] = ok as u8;
 }
 
 /// Parses a `Carried` payload.
@@ -340,10 +346,18 @@ mod tests {
         ] {
             assert!(matches!(decode_carry(bad), Err(NaError::PeerMisbehaved(_))));
         }
-        let a = encode_carried(3, true, b"data");
+        let carried = |op, ok, data: &[u8]| {
+            let mut v = Vec::new();
+            encode_carried(&mut v, op, |b| {
+                b.extend_from_slice(data);
+                ok
+            });
+            v
+        };
+        let a = carried(3, true, b"data");
         assert_eq!(decode_carried(&a).unwrap(), (3, true, &b"data"[..]));
         assert_eq!(
-            decode_carried(&encode_carried(4, false, &[])).unwrap(),
+            decode_carried(&carried(4, false, b"dropped")).unwrap(),
             (4, false, &[][..])
         );
         for bad in [

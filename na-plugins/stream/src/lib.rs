@@ -29,8 +29,6 @@ pub use conn::Backlog;
 pub use wire::{Connector, CopyDir, RawPiece, Wire};
 
 use std::collections::{HashMap, VecDeque};
-
-use rustc_hash::FxHashMap;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -43,6 +41,7 @@ use na::{
     Access, Address, Auth, Event, Identity, MemHandle, NaError, NaResult, OpId, PeerId, Plugin,
     RemoteMem, Segment,
 };
+use rustc_hash::FxHashMap;
 
 use conn::{Body, Conn, Flushed, OutFrame};
 use frame::{Kind, RmaReq};
@@ -127,8 +126,9 @@ const KERNEL_EVERY: u64 = 64;
 
 /// Transfers shorter than this move through the connection even where the wire offers
 /// single copy: for small ones the owner's copy syscall and its answer cost more than the
-/// bytes in the ring (sm, 64 transfers per RPC, `QS_SM_CMA=1` vs `0`, 2026-12-01: 4 KiB
-/// 550–618 vs 684–841 MB/s, 8 KiB 1088–1216 vs 1264–1610, 16 KiB 1972–2327 vs 1899–2357).
+/// bytes in the ring (`QS_SM_CMA=1` vs `0 ./target/release/qs-bw -t sm -r 3 -l 200 -y 4096
+/// -z 16384 [-d push]`, 64 transfers per RPC, 2026-12-01: 4 KiB 550–618 vs 684–841 MB/s,
+/// 8 KiB 1088–1216 vs 1264–1610, 16 KiB 1972–2327 vs 1899–2357).
 const COPY_MIN: u64 = 16 << 10;
 
 impl StreamPlugin {

@@ -6,12 +6,11 @@
 //! would have. Producers that must not be missed wake the poller, as before.
 
 use std::collections::VecDeque;
-
-use rustc_hash::FxHashSet as HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use na::{Event, PeerId};
+use rustc_hash::FxHashSet as HashSet;
 
 use crate::lock;
 
