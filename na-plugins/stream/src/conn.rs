@@ -133,8 +133,13 @@ impl OutFrame {
         HEADER_LEN + self.body.len()
     }
 
+    /// Whether the body is read from registered memory when written.
+    fn names_memory(&self) -> bool {
+        matches!(self.body, Body::Region { .. })
+    }
+
     /// Appends the frame's bytes from `skip` on to `out`.
-    fn slices<'a>(&'a self, skip: usize, mem: &'a MemRead<'_>, out: &mut Vec<IoSlice<'a>>) {
+    fn slices<'a>(&'a self, skip: usize, mem: Option<&'a MemRead<'_>>, out: &mut Vec<IoSlice<'a>>) {
         let mut push = |part: &'a [u8], skip: &mut usize| {
             if *skip >= part.len() {
                 *skip -= part.len();
@@ -155,7 +160,8 @@ impl OutFrame {
             } => {
                 push(prefix, &mut skip);
                 // Regions are materialized before they are deregistered, so this holds.
-                for part in mem.slices(*key, *offset, *len).unwrap_or_default() {
+                let parts = mem.and_then(|m| m.slices(*key, *offset, *len));
+                for part in parts.unwrap_or_default() {
                     push(part, &mut skip);
                 }
             }
@@ -213,12 +219,24 @@ impl WriteQ {
     /// Sorts newly posted frames into their classes.
     fn absorb(&mut self, inbox: &mut VecDeque<OutFrame>) {
         for f in inbox.drain(..) {
-            if f.bulk {
-                self.bulk.push_back(f)
-            } else {
-                self.urgent.push_back(f)
-            }
+            self.push(f);
         }
+    }
+
+    fn push(&mut self, f: OutFrame) {
+        if f.bulk {
+            self.bulk.push_back(f)
+        } else {
+            self.urgent.push_back(f)
+        }
+    }
+
+    fn frames(&self) -> impl Iterator<Item = &OutFrame> {
+        self.head
+            .iter()
+            .map(|(f, _)| f)
+            .chain(self.urgent.iter())
+            .chain(self.bulk.iter())
     }
 
     fn frames_mut(&mut self) -> impl Iterator<Item = &mut OutFrame> {
@@ -264,10 +282,12 @@ pub struct Conn {
     connected: AtomicBool,
     /// No more writes: the connection failed or is closing.
     closed: AtomicBool,
+    /// Frames posted and not yet written or dropped (inbox and write queue).
+    queued: AtomicUsize,
     /// Bytes read and not yet framed.
     pub read: Mutex<ReadState>,
     /// The peer's listening address, once its Hello arrived (or the one we dialled).
-    pub remote: Mutex<Option<Address>>,
+    pub remote: OnceLock<Address>,
     /// Whether we dialled (true) or accepted (false).
     pub outgoing: bool,
     /// Our challenge's nonce (accepted connections): the peer's credential must cover it.
@@ -314,12 +334,13 @@ impl Conn {
             write: Mutex::new(WriteQ::default()),
             connected: AtomicBool::new(connected),
             closed: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
             read: Mutex::new(ReadState {
                 decoder: Decoder::new(max_frame),
                 direct: None,
                 copies: VecDeque::new(),
             }),
-            remote: Mutex::new(None),
+            remote: OnceLock::new(),
             outgoing,
             nonce: [0; crate::auth::NONCE_LEN],
             identity: OnceLock::new(),
@@ -350,9 +371,11 @@ impl Conn {
         let mut inbox = lock(&self.inbox);
         let held: usize = w.frames_mut().map(|f| f.charge).sum::<usize>()
             + inbox.iter().map(|f| f.charge).sum::<usize>();
+        let n = w.frames_mut().count() + inbox.len();
         w.clear();
         inbox.clear();
         self.discharge(held);
+        self.queued.fetch_sub(n, Ordering::SeqCst);
     }
 
     /// Memory held by answers queued for the peer.
@@ -402,6 +425,7 @@ impl Conn {
             let mut w = lock(&self.write);
             w.absorb(&mut lock(&self.inbox));
             w.urgent.push_front(hello);
+            self.queued.fetch_add(1, Ordering::SeqCst);
         }
         self.greeted.store(true, Ordering::Release);
         self.flush(mem)
@@ -420,9 +444,36 @@ impl Conn {
     /// Posts a frame and writes what the socket takes now, unless another thread is
     /// writing (it takes the frame before it stops). Returns the sends this thread
     /// completed, or the frame back if the connection is closed.
+    ///
+    /// A thread that finds nobody writing queues the frame straight behind the write lock
+    /// (not through the inbox), and charges an answer to the backlog only if the wire does
+    /// not take it at once.
     pub fn send(&self, f: OutFrame, mem: &MemTable) -> Result<Flushed, OutFrame> {
-        self.post(f)?;
-        Ok(self.flush(mem))
+        let mut w = match self.write.try_lock() {
+            Ok(w) => w,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.post(f)?;
+                return Ok(self.flush(mem));
+            }
+        };
+        // Checked under the write lock: `fail` closes the connection holding it.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(f);
+        }
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        w.push(f);
+        let mut done = Vec::new();
+        let blocked = self.flush_locked(&mut w, mem, &mut done);
+        if blocked {
+            let held: usize = w.frames_mut().map(Self::charge_answer).sum();
+            self.charge(held);
+        }
+        drop(w);
+        if !blocked && !lock(&self.inbox).is_empty() {
+            done.extend(self.flush(mem).done);
+        }
+        Ok(Flushed { done })
     }
 
     /// Posts a frame without writing it yet (the read path batches its answers and
@@ -431,17 +482,30 @@ impl Conn {
         if self.closed.load(Ordering::Acquire) {
             return Err(f);
         }
-        if f.is_answer() {
-            f.charge = f.held();
-            self.charge(f.charge);
-        }
+        let held = Self::charge_answer(&mut f);
+        self.charge(held);
         lock(&self.inbox).push_back(f);
+        self.queued.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
+    /// Sets an uncharged answer's charge to what it holds, and returns that.
+    fn charge_answer(f: &mut OutFrame) -> usize {
+        if f.charge > 0 || !f.is_answer() {
+            return 0;
+        }
+        f.charge = f.held();
+        f.charge
+    }
+
     /// Writes posted frames until the socket would block, if no other thread is writing.
+    /// Returns at once, taking no lock, when nothing is queued (the read path's flush
+    /// after a batch that needed no answer).
     pub fn flush(&self, mem: &MemTable) -> Flushed {
         let mut done = Vec::new();
+        if self.queued.load(Ordering::SeqCst) == 0 {
+            return Flushed { done };
+        }
         loop {
             let mut w = match self.write.try_lock() {
                 Ok(w) => w,
@@ -449,6 +513,7 @@ impl Conn {
                 // The writer re-checks the inbox after it lets go: nothing is stranded.
                 Err(TryLockError::WouldBlock) => break,
             };
+            w.absorb(&mut lock(&self.inbox));
             let blocked = self.flush_locked(&mut w, mem, &mut done);
             drop(w);
             if blocked || lock(&self.inbox).is_empty() {
@@ -458,11 +523,11 @@ impl Conn {
         Flushed { done }
     }
 
-    /// Writes in batches, taking newly posted frames between batches; returns true when
-    /// the socket would block (or cannot be written), false when everything is out.
+    /// Writes the write queue in batches; returns true when the socket would block (or
+    /// cannot be written), false when everything is out. Frames posted meanwhile wait in
+    /// the inbox for the caller's look after it lets the write lock go.
     fn flush_locked(&self, w: &mut WriteQ, mem: &MemTable, done: &mut Vec<OpId>) -> bool {
         loop {
-            w.absorb(&mut lock(&self.inbox));
             if self.closed.load(Ordering::Acquire) || !self.is_connected() || !self.is_greeted() {
                 return true;
             }
@@ -470,12 +535,17 @@ impl Conn {
                 return false;
             }
             let written = {
-                let guard = mem.read();
+                // Registered memory is read only for frames whose body names it.
+                let guard = w
+                    .frames()
+                    .take(BATCH)
+                    .any(OutFrame::names_memory)
+                    .then(|| mem.read());
                 let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * BATCH);
                 let head = w.head.iter().map(|(f, off)| (f, *off));
                 let rest = w.urgent.iter().chain(w.bulk.iter()).map(|f| (f, 0));
                 for (f, skip) in head.chain(rest).take(BATCH) {
-                    f.slices(skip, &guard, &mut slices);
+                    f.slices(skip, guard.as_ref(), &mut slices);
                 }
                 self.wire.write_vectored(&slices)
             };
@@ -488,6 +558,7 @@ impl Conn {
                         if n >= rest {
                             n -= rest;
                             self.discharge(f.charge);
+                            self.queued.fetch_sub(1, Ordering::SeqCst);
                             done.extend(f.op);
                         } else {
                             w.head = Some((f, off + n));

@@ -77,8 +77,9 @@ impl StreamPlugin {
     }
 
     pub(crate) fn conn_error(&self, conn: &Conn, e: io::Error) -> NaError {
-        let who = lock(&conn.remote)
-            .as_ref()
+        let who = conn
+            .remote
+            .get()
             .map_or_else(|| format!("peer {}", conn.peer.0), |a| a.to_string());
         if e.kind() == io::ErrorKind::InvalidData {
             NaError::PeerMisbehaved(format!("{who}: {e}"))
@@ -152,8 +153,11 @@ impl StreamPlugin {
                     if n < buf_len && rs.direct.is_none() {
                         // Most likely drained: deliver what we have now, and make the read
                         // that confirms it (edge-triggered epoll needs one) on the next
-                        // progress call, off the latency path.
-                        self.unread.insert(conn.peer);
+                        // progress call, off the latency path. A wire in memory needs no
+                        // such read: every pass looks at it.
+                        if !self.net.polls_memory() {
+                            self.unread.insert(conn.peer);
+                        }
                         return Ok(());
                     }
                 }
@@ -167,7 +171,7 @@ impl StreamPlugin {
     pub(crate) fn on_frame(&self, conn: &Conn, h: Header, p: &[u8]) -> NaResult<()> {
         let peer = conn.peer;
         let misbehaved = |why: &str| Err(NaError::PeerMisbehaved(why.into()));
-        let known = lock(&conn.remote).is_some();
+        let known = conn.remote.get().is_some();
         if conn.outgoing && !conn.is_greeted() {
             return self.on_challenge(conn, h, p);
         }

@@ -16,8 +16,10 @@ impl StreamPlugin {
     /// A dialled connection's first frame: answer the challenge with our hello, or stop
     /// on a refusal.
     pub(crate) fn on_challenge(&self, conn: &Conn, h: Header, p: &[u8]) -> NaResult<()> {
-        let to = lock(&conn.remote)
-            .clone()
+        let to = conn
+            .remote
+            .get()
+            .cloned()
             .expect("dialled connections know their address");
         let ch = match h.kind {
             Kind::Challenge => Challenge::decode(p)
@@ -104,7 +106,7 @@ impl StreamPlugin {
             Ok(id) => {
                 tracing::debug!(peer = conn.peer.0, %from, identity = ?id, "hello accepted");
                 let _ = conn.identity.set(id);
-                *lock(&conn.remote) = Some(from);
+                let _ = conn.remote.set(from);
                 Ok(())
             }
             Err(why) => {

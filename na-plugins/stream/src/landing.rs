@@ -238,7 +238,7 @@ impl StreamPlugin {
                 rest,
             }) = rs.decoder.start_direct(DIRECT_MIN)?
             {
-                if lock(&conn.remote).is_none() {
+                if conn.remote.get().is_none() {
                     return Err(NaError::PeerMisbehaved("first frame is not a Hello".into()));
                 }
                 let sink = self.open_sink(h, prefix, here.len() + rest)?;
@@ -259,7 +259,7 @@ impl StreamPlugin {
             }
             match rs.decoder.next_frame()? {
                 Some((h, p)) if matches!(h.kind, Kind::GetCopy | Kind::PutCopy) => {
-                    if lock(&conn.remote).is_none() {
+                    if conn.remote.get().is_none() {
                         return Err(NaError::PeerMisbehaved("first frame is not a Hello".into()));
                     }
                     rs.copies.push_back((h, p.to_vec()));

@@ -221,7 +221,9 @@ impl StreamPlugin {
             conn.nonce = ch.nonce;
         }
         let conn = Arc::new(conn);
-        *lock(&conn.remote) = remote;
+        if let Some(a) = remote {
+            let _ = conn.remote.set(a);
+        }
         lock(&self.conns).insert(peer, conn);
         // Registered after insertion, so that no event can find the map without it.
         let interest = Interest::READABLE | Interest::WRITABLE;
