@@ -167,6 +167,7 @@ impl EngineBuilder {
         let pool =
             Pool::new(self.workers, self.stand_ins).map_err(|e| RpcError::Transport(e.into()))?;
         let shared = Arc::new(Shared {
+            id: crate::driver::next_engine_id(),
             self_addr: plugin.self_addr().clone(),
             plugin,
             counters: Counters::default(),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bulk::{Bulk, ChunkConfig};
-use na::{Address, Event, OpId, PeerId, Plugin};
+use na::{Address, Event, NaError, OpId, PeerId, Plugin};
 
 use crate::RpcError;
 use crate::call::Answer;
@@ -81,6 +81,8 @@ pub(crate) struct Registered {
 
 /// State shared by the engine handle, the progress thread, workers and responders.
 pub(crate) struct Shared {
+    /// Which engine of the process this is (endpoints remember who resolved them).
+    pub(crate) id: u64,
     pub(crate) plugin: Arc<dyn Plugin>,
     pub(crate) counters: Counters,
     pub(crate) mode: ProgressMode,
@@ -145,6 +147,12 @@ impl Drop for Held {
     }
 }
 
+/// A number for a new engine, unique in the process.
+pub(crate) fn next_engine_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -162,13 +170,28 @@ impl Shared {
         timeout: Option<Duration>,
     ) -> (u64, Arc<Slot<Answer>>) {
         let slot = Arc::new(Slot::default());
-        let now = Instant::now();
-        let local = *target.addr() == self.self_addr;
-        let phase = if local {
-            Phase::Dispatched
+        // The clock is read only for a call that can time out.
+        let due = timeout.and_then(|t| Instant::now().checked_add(t));
+        Counters::add(&self.counters.rpcs_sent, 1);
+        Counters::add(&self.counters.bytes_sent, msg.len() as u64);
+        let posted = if target.is_local_to(self) {
+            let tag = self.insert_local(due, &slot);
+            self.on_request(ReplyTo::Local { tag }, msg);
+            Ok(tag)
         } else {
-            Phase::Posted
+            self.post_remote(target, &slot, due, msg)
         };
+        match posted {
+            Ok(tag) => (tag, slot),
+            Err(e) => {
+                self.complete(Some(slot.clone()), Err(e));
+                (0, slot)
+            }
+        }
+    }
+
+    /// Enters a call to this engine itself into the table.
+    fn insert_local(&self, due: Option<Instant>, slot: &Arc<Slot<Answer>>) -> u64 {
         let entry = CallEntry {
             slot: Some(slot.clone()),
             pending: Pending::Call {
@@ -179,57 +202,90 @@ impl Shared {
         };
         let (tag, wake) = {
             let mut c = lock(&self.calls);
-            let tag = c.table.insert(now, timeout, phase, entry);
-            let due = timeout.and_then(|t| now.checked_add(t));
+            let tag = c.table.insert_due(due, Phase::Dispatched, entry);
             (tag, c.must_wake(due))
         };
         if wake && self.mode == ProgressMode::Thread {
             self.plugin.wake();
         }
-        Counters::add(&self.counters.rpcs_sent, 1);
-        Counters::add(&self.counters.bytes_sent, msg.len() as u64);
-        if local {
-            self.on_request(ReplyTo::Local { tag }, msg);
-            return (tag, slot);
-        }
-        if let Err(e) = self.post_remote(tag, target.addr(), msg) {
-            self.end_call(tag, Err(e), true);
-        }
-        (tag, slot)
+        tag
     }
 
-    fn post_remote(&self, tag: u64, addr: &Address, msg: Vec<u8>) -> Result<(), RpcError> {
-        let peer = self.plugin.lookup(addr)?;
+    /// Posts a call's receive and sends its request, with the table's lock taken once:
+    /// the entry, its receive (posted first, so that the answer always finds it) and the
+    /// receive's owner go in together.
+    fn post_remote(
+        self: &Arc<Self>,
+        target: &Endpoint,
+        slot: &Arc<Slot<Answer>>,
+        due: Option<Instant>,
+        msg: Vec<u8>,
+    ) -> Result<u64, RpcError> {
         let (msg, keep) = self.maybe_overflow(msg)?;
-        // The receive goes first, so that the answer always finds it.
-        let recv = self.plugin.recv_expected(peer, tag)?;
-        {
+        let mut keep = Some(keep);
+        let (peer, tag, wake) = self.with_peer(target, |peer| {
             let mut c = lock(&self.calls);
-            match c.table.get_mut(tag) {
-                Some(CallEntry {
-                    pending:
-                        Pending::Call {
-                            peer: p,
-                            recv: r,
-                            keep: k,
-                        },
-                    ..
-                }) => {
-                    *p = Some(peer);
-                    *r = Some(recv);
-                    *k = keep;
+            let entry = CallEntry {
+                slot: Some(slot.clone()),
+                pending: Pending::Call {
+                    peer: Some(peer),
+                    recv: None,
+                    keep: None,
+                },
+            };
+            let tag = c.table.insert_due(due, Phase::Posted, entry);
+            let recv = match self.plugin.recv_expected(peer, tag) {
+                Ok(r) => r,
+                Err(e) => {
+                    c.table.finish(tag);
+                    return Err(e);
                 }
-                _ => {
-                    // Timed out or canceled already.
-                    drop(c);
-                    self.plugin.cancel(recv);
-                    return Ok(());
-                }
+            };
+            if let Some(CallEntry {
+                pending: Pending::Call {
+                    recv: r, keep: k, ..
+                },
+                ..
+            }) = c.table.get_mut(tag)
+            {
+                *r = Some(recv);
+                *k = keep.take().flatten();
             }
             c.ops.insert(recv, tag);
+            Ok((peer, tag, c.must_wake(due)))
+        })?;
+        if wake && self.mode == ProgressMode::Thread {
+            self.plugin.wake();
         }
-        self.plugin.send_quiet(peer, false, tag, msg)?;
-        Ok(())
+        if let Err(e) = self.plugin.send_quiet(peer, false, tag, msg) {
+            self.end_call(tag, Err(e.into()), true);
+        }
+        Ok(tag)
+    }
+
+    /// Runs `f` with the transport's peer for `target`: the one resolved when it was
+    /// looked up, or, if `f` finds that connection ended, a new one (dialled again).
+    pub(crate) fn with_peer<R>(
+        &self,
+        target: &Endpoint,
+        mut f: impl FnMut(PeerId) -> Result<R, NaError>,
+    ) -> Result<R, RpcError> {
+        let known = target.peer_in(self);
+        let peer = match known {
+            Some(p) => p,
+            None => self.plugin.lookup(target.addr())?,
+        };
+        match f(peer) {
+            Err(e) if known.is_some() => {
+                let again = self.plugin.lookup(target.addr())?;
+                if again == peer {
+                    return Err(e.into());
+                }
+                target.remember(self, again);
+                Ok(f(again)?)
+            }
+            r => Ok(r?),
+        }
     }
 
     /// Ends an entry with `result` if it is still in flight. `withdraw` cancels its
@@ -387,43 +443,47 @@ impl Shared {
                 self.on_request(ReplyTo::Remote { peer, tag }, data);
             }
             Event::Done { op, result } => {
-                // A call's receive is taken out of the op map here, under one lock; a chunk
-                // of a transfer is handled by the transfer. Anything else is a send
-                // completing (its failure also fails the peer's receives) or an operation
-                // withdrawn already.
+                // A call's receive is taken out of the op map here and, unless its answer
+                // is an overflow stub to pull, the call out of the table, under one lock.
+                // A chunk of a transfer is handled by the transfer. Anything else is a
+                // send completing (its failure also fails the peer's receives) or an
+                // operation withdrawn already.
                 enum Owner {
+                    Answered(CallEntry),
                     Call(u64),
                     Transfer,
                     Nobody,
                 }
+                let stub = matches!(&result, Ok(m) if crate::transfer::is_overflow_answer(m));
                 let owner = {
                     let mut c = lock(&self.calls);
-                    match c
-                        .ops
-                        .get(&op)
-                        .and_then(|tag| c.table.get(*tag).map(|e| (*tag, e)))
-                    {
-                        Some((
-                            tag,
-                            CallEntry {
-                                pending: Pending::Call { .. },
-                                ..
-                            },
-                        )) => {
+                    let tag = c.ops.get(&op).copied();
+                    match tag.and_then(|t| c.table.get(t)) {
+                        Some(CallEntry {
+                            pending: Pending::Call { .. },
+                            ..
+                        }) => {
                             c.ops.remove(&op);
-                            Owner::Call(tag)
+                            let tag = tag.unwrap_or_default();
+                            match stub {
+                                true => Owner::Call(tag),
+                                false => {
+                                    let e = c.table.finish(tag);
+                                    e.iter().for_each(|e| detach(&mut c, e));
+                                    e.map_or(Owner::Nobody, Owner::Answered)
+                                }
+                            }
                         }
                         Some(_) => Owner::Transfer,
                         None => Owner::Nobody,
                     }
                 };
+                if let (Owner::Answered(_) | Owner::Call(_), Ok(m)) = (&owner, &result) {
+                    Counters::add(&self.counters.bytes_received, m.len() as u64);
+                }
                 match owner {
-                    Owner::Call(tag) => {
-                        if let Ok(m) = &result {
-                            Counters::add(&self.counters.bytes_received, m.len() as u64);
-                        }
-                        self.on_answer(tag, result.map_err(RpcError::from))
-                    }
+                    Owner::Answered(e) => self.settle(e, result.map_err(RpcError::from)),
+                    Owner::Call(tag) => self.on_answer(tag, result.map_err(RpcError::from)),
                     Owner::Transfer => self.on_transfer_op(op, result.map(drop)),
                     Owner::Nobody => {}
                 }

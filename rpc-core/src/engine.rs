@@ -1,6 +1,7 @@
 //! The engine's public face: the builder, endpoints, registration and calls.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bulk::{Bulk, Descriptor, Seg};
@@ -33,16 +34,67 @@ pub enum ProgressMode {
     BusyPoll,
 }
 
-/// A peer to call: an address resolved by [`Engine::lookup`].
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// A peer to call: an address resolved by [`Engine::lookup`]. Endpoints are equal (and
+/// hash) by address.
+#[derive(Clone, Debug)]
 pub struct Endpoint {
-    addr: Arc<Address>,
+    target: Arc<Target>,
 }
+
+/// An address, and the transport's peer for it in the engine that resolved it (so that a
+/// call does not look the address up again).
+#[derive(Debug)]
+struct Target {
+    addr: Address,
+    /// [`Shared::id`] of the engine that resolved it.
+    engine: u64,
+    /// Its [`PeerId`] there; [`SELF`] for the engine itself. Replaced when the connection
+    /// it named ended and a call dialled again.
+    peer: AtomicU64,
+}
+
+/// The peer of an endpoint naming its own engine.
+const SELF: u64 = u64::MAX;
 
 impl Endpoint {
     /// The peer's address.
     pub fn addr(&self) -> &Address {
-        &self.addr
+        &self.target.addr
+    }
+
+    /// Whether it names engine `engine` itself.
+    pub(crate) fn is_local_to(&self, engine: &Shared) -> bool {
+        if self.target.engine == engine.id {
+            return self.target.peer.load(Ordering::Relaxed) == SELF;
+        }
+        self.target.addr == engine.self_addr
+    }
+
+    /// The peer resolved for it in engine `engine`, if it was resolved there.
+    pub(crate) fn peer_in(&self, engine: &Shared) -> Option<PeerId> {
+        let p = self.target.peer.load(Ordering::Relaxed);
+        (self.target.engine == engine.id && p != SELF).then_some(PeerId(p))
+    }
+
+    /// Remembers the peer a call in engine `engine` resolved it to.
+    pub(crate) fn remember(&self, engine: &Shared, peer: PeerId) {
+        if self.target.engine == engine.id && peer.0 != SELF {
+            self.target.peer.store(peer.0, Ordering::Relaxed);
+        }
+    }
+}
+
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr() == other.addr()
+    }
+}
+
+impl Eq for Endpoint {}
+
+impl std::hash::Hash for Endpoint {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.addr().hash(h)
     }
 }
 
@@ -107,11 +159,16 @@ impl Engine {
     /// Resolves a peer's address and starts connecting to it.
     pub fn lookup(&self, addr: &str) -> Result<Endpoint, RpcError> {
         let addr = Address::parse(addr)?;
-        if addr != self.shared.self_addr {
-            self.shared.plugin.lookup(&addr)?;
-        }
+        let peer = match addr == self.shared.self_addr {
+            true => SELF,
+            false => self.shared.plugin.lookup(&addr)?.0,
+        };
         Ok(Endpoint {
-            addr: Arc::new(addr),
+            target: Arc::new(Target {
+                addr,
+                engine: self.shared.id,
+                peer: AtomicU64::new(peer),
+            }),
         })
     }
 
@@ -231,7 +288,7 @@ impl Engine {
         timeout: Option<Duration>,
     ) -> Call<Out> {
         let _span =
-            tracing::trace_span!("rpc_call", rpc = rpc.name(), peer = %target.addr).entered();
+            tracing::trace_span!("rpc_call", rpc = rpc.name(), peer = %target.addr()).entered();
         match self.encode(rpc.id(), false, input) {
             Ok(msg) => {
                 let (tag, slot) = self.shared.post_call(target, msg, timeout);
@@ -257,7 +314,7 @@ impl Engine {
         let msg = self.encode(rpc.id(), true, input)?;
         // Nothing tells a one-way sender when an overflow input was pulled: refuse those.
         let limit = self.shared.max_message();
-        if msg.len() > limit && *target.addr != self.shared.self_addr {
+        if msg.len() > limit && !target.is_local_to(&self.shared) {
             return Err(RpcError::TooLarge {
                 size: msg.len() - HEADER_LEN,
                 limit: limit - HEADER_LEN,
@@ -265,15 +322,15 @@ impl Engine {
         }
         Counters::add(&self.shared.counters.rpcs_sent, 1);
         Counters::add(&self.shared.counters.bytes_sent, msg.len() as u64);
-        if *target.addr == self.shared.self_addr {
+        if target.is_local_to(&self.shared) {
             self.shared.on_request(ReplyTo::Nobody { peer: None }, msg);
             return Ok(());
         }
         let (tag, slot) =
             self.shared
-                .post_one_way(&target.addr, msg, self.shared.default_timeout)?;
+                .post_one_way(target.addr(), msg, self.shared.default_timeout)?;
         crate::call::wait_sent(self.shared.clone(), tag, slot)
-            .map_err(|e| e.in_call(rpc.name(), &target.addr, "()"))
+            .map_err(|e| e.in_call(rpc.name(), target.addr(), "()"))
     }
 
     fn encode<In: Serialize>(

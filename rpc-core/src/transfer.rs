@@ -81,6 +81,11 @@ impl<'r> Spec<'r> {
     }
 }
 
+/// Whether an answer is the stub of an overflow answer (to pull, then release).
+pub(crate) fn is_overflow_answer(m: &[u8]) -> bool {
+    matches!(Header::decode(m), Ok((h, _)) if h.kind == MsgKind::Response && h.is_overflow())
+}
+
 impl Shared {
     /// Starts a transfer; its outcome goes to `slot` through `then`. Returns its tag.
     pub(crate) fn post_transfer(
@@ -265,12 +270,7 @@ impl Shared {
 
     /// A call's answer arrived: complete the call, or pull the real answer first.
     pub(crate) fn on_answer(self: &Arc<Self>, tag: u64, result: Answer) {
-        let overflow = match &result {
-            Ok(m) => {
-                matches!(Header::decode(m), Ok((h, _)) if h.kind == MsgKind::Response && h.is_overflow())
-            }
-            Err(_) => false,
-        };
+        let overflow = matches!(&result, Ok(m) if is_overflow_answer(m));
         if !overflow {
             return self.end_call(tag, result, false);
         }

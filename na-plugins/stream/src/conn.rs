@@ -431,6 +431,11 @@ impl Conn {
         self.flush(mem)
     }
 
+    /// Whether the connection failed or is closing (no more writes).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Whether the non-blocking connect has finished.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)

@@ -513,11 +513,15 @@ impl Plugin for StreamPlugin {
     }
 
     fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId> {
-        self.conn(peer)?;
+        let conn = self.conn(peer)?;
         let op = lock(&self.ops).add_recv(peer, tag)?;
         // A connection closed between the look and the post failed its receives before
-        // this one was there (close_conn forgets the connection first): fail it here.
-        if let Err(e) = self.conn(peer) {
+        // this one was there (close_conn marks it closed before it fails them): fail it
+        // here, with the reason it ended.
+        if conn.is_closed() {
+            let e = self.conn(peer).err().unwrap_or_else(|| {
+                NaError::Disconnected(format!("connection to peer {} closed", peer.0))
+            });
             lock(&self.ops).complete(op, Err(e.clone()));
             return Err(e);
         }

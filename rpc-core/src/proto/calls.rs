@@ -48,9 +48,14 @@ impl<T> CallTable<T> {
         phase: Phase,
         value: T,
     ) -> u64 {
+        self.insert_due(timeout.and_then(|t| now.checked_add(t)), phase, value)
+    }
+
+    /// Adds a call that times out at `deadline` (never, if `None`); returns its tag.
+    #[must_use]
+    pub fn insert_due(&mut self, deadline: Option<Instant>, phase: Phase, value: T) -> u64 {
         self.next_tag = self.next_tag.wrapping_add(1);
         let tag = self.next_tag;
-        let deadline = timeout.and_then(|t| now.checked_add(t));
         if let Some(d) = deadline {
             self.deadlines.insert((d, tag));
         }
