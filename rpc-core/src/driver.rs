@@ -51,6 +51,20 @@ pub(crate) struct CallEntry {
     pub(crate) pending: Pending,
 }
 
+impl CallEntry {
+    /// A caller's RPC to `peer` (none: this engine), before its receive is posted.
+    pub(crate) fn call(slot: &Arc<Slot<Answer>>, peer: Option<PeerId>) -> Self {
+        CallEntry {
+            slot: Some(slot.clone()),
+            pending: Pending::Call {
+                peer,
+                recv: None,
+                keep: None,
+            },
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Calls {
     pub(crate) table: CallTable<CallEntry>,
@@ -192,14 +206,7 @@ impl Shared {
 
     /// Enters a call to this engine itself into the table.
     fn insert_local(&self, due: Option<Instant>, slot: &Arc<Slot<Answer>>) -> u64 {
-        let entry = CallEntry {
-            slot: Some(slot.clone()),
-            pending: Pending::Call {
-                peer: None,
-                recv: None,
-                keep: None,
-            },
-        };
+        let entry = CallEntry::call(slot, None);
         let (tag, wake) = {
             let mut c = lock(&self.calls);
             let tag = c.table.insert_due(due, Phase::Dispatched, entry);
@@ -225,14 +232,7 @@ impl Shared {
         let mut keep = Some(keep);
         let (peer, tag, wake) = self.with_peer(target, |peer| {
             let mut c = lock(&self.calls);
-            let entry = CallEntry {
-                slot: Some(slot.clone()),
-                pending: Pending::Call {
-                    peer: Some(peer),
-                    recv: None,
-                    keep: None,
-                },
-            };
+            let entry = CallEntry::call(slot, Some(peer));
             let tag = c.table.insert_due(due, Phase::Posted, entry);
             let recv = match self.plugin.recv_expected(peer, tag) {
                 Ok(r) => r,

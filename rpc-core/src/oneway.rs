@@ -23,14 +23,7 @@ impl Shared {
     ) -> Result<(u64, Arc<Slot<Answer>>), RpcError> {
         let peer = self.plugin.lookup(addr)?;
         let slot = Arc::new(Slot::default());
-        let entry = CallEntry {
-            slot: Some(slot.clone()),
-            pending: Pending::Call {
-                peer: Some(peer),
-                recv: None,
-                keep: None,
-            },
-        };
+        let entry = CallEntry::call(&slot, Some(peer));
         {
             // Under the lock, so that the send's completion cannot be looked up before
             // it is known (the progress thread takes this lock to find an op's owner).
