@@ -2,10 +2,11 @@
 //! which a handler answers, now or later, from any thread.
 
 use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::fmt::Display;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use na::PeerId;
 use serde::Serialize;
@@ -77,24 +78,25 @@ pub(crate) struct Incoming {
 /// A type-erased handler.
 pub(crate) type Handler = Arc<dyn Fn(Incoming) + Send + Sync>;
 
-struct ReplyCell {
-    shared: Arc<Shared>,
-    rpc_id: u64,
-    target: Mutex<Option<ReplyTo>>,
+/// Sends an error status in answer to a request; counts a handler error.
+fn fail_reply(shared: &Arc<Shared>, rpc_id: u64, to: ReplyTo, status: Status, why: &[u8]) {
+    Counters::add(&shared.counters.handler_errors, 1);
+    to.send(shared, rpc_id, status, why);
 }
 
-impl ReplyCell {
-    fn take(&self) -> Option<ReplyTo> {
-        self.target.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
+/// An answer owed by a responder dropped while its handler panicked.
+struct Orphan {
+    shared: Arc<Shared>,
+    rpc_id: u64,
+    to: ReplyTo,
+}
 
-    /// Answers with an error status, unless answered already; counts a handler error.
-    fn fail(&self, status: Status, why: &[u8]) {
-        if let Some(t) = self.take() {
-            Counters::add(&self.shared.counters.handler_errors, 1);
-            t.send(&self.shared, self.rpc_id, status, why);
-        }
-    }
+thread_local! {
+    /// Whether this thread runs a handler under [`erase`], which answers a panic itself.
+    static DISPATCHING: Cell<bool> = const { Cell::new(false) };
+    /// Answers owed by responders dropped while a handler of this thread panicked: the
+    /// dispatcher sends them with the panic's text.
+    static ORPHANS: RefCell<Vec<Orphan>> = const { RefCell::new(Vec::new()) };
 }
 
 /// How a handler answers. Answer with [`Responder::respond`] or [`Responder::fail`], from
@@ -102,57 +104,67 @@ impl ReplyCell {
 /// caller never waits for an answer that cannot come.
 #[must_use = "an unanswered Responder fails the call"]
 pub struct Responder<Out> {
-    cell: Arc<ReplyCell>,
+    shared: Arc<Shared>,
+    rpc_id: u64,
+    /// Where the answer goes; taken when it is sent.
+    to: Option<ReplyTo>,
     _out: PhantomData<fn(Out)>,
 }
 
 impl<Out: Serialize> Responder<Out> {
     /// Sends `out` to the caller.
-    pub fn respond(self, out: &Out) {
-        let Some(t) = self.cell.take() else { return };
-        match rmp_serde::to_vec(out) {
-            Ok(body) => t.send(&self.cell.shared, self.cell.rpc_id, Status::Ok, &body),
+    pub fn respond(mut self, out: &Out) {
+        let Some(to) = self.to.take() else { return };
+        // Encoded behind the header, in the message itself.
+        let mut msg = Vec::with_capacity(64);
+        Header::response(self.rpc_id, Status::Ok).write(&mut msg);
+        match rmp_serde::encode::write(&mut msg, out) {
+            Ok(()) => to.send_msg(&self.shared, self.rpc_id, msg),
             Err(e) => {
-                Counters::add(&self.cell.shared.counters.handler_errors, 1);
-                t.send(
-                    &self.cell.shared,
-                    self.cell.rpc_id,
+                let why = format!("cannot encode output: {e}");
+                fail_reply(
+                    &self.shared,
+                    self.rpc_id,
+                    to,
                     Status::HandlerError,
-                    format!("cannot encode output: {e}").as_bytes(),
+                    why.as_bytes(),
                 )
             }
         }
     }
 
     /// Sends the caller an error; it arrives as [`crate::RpcError::Handler`].
-    pub fn fail(self, why: impl Display) {
-        self.cell
-            .fail(Status::HandlerError, why.to_string().as_bytes());
+    pub fn fail(mut self, why: impl Display) {
+        if let Some(to) = self.to.take() {
+            let why = why.to_string();
+            fail_reply(
+                &self.shared,
+                self.rpc_id,
+                to,
+                Status::HandlerError,
+                why.as_bytes(),
+            );
+        }
     }
 
     /// A non-owning handle on the engine that received the request, for handlers that
     /// pull or push bulk data, or call other servers, before answering.
     pub fn engine(&self) -> crate::Engine {
-        crate::Engine::non_owning(self.cell.shared.clone())
+        crate::Engine::non_owning(self.shared.clone())
     }
 
     /// The connection the request came from (one-way requests included): `None` for a
     /// call to oneself. The transport assigns it, so a peer cannot claim another's; it is
     /// what [`crate::Engine::on_peer_lost`] reports when that peer goes away.
     pub fn peer(&self) -> Option<PeerId> {
-        self.cell
-            .target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(ReplyTo::peer)
+        self.to.as_ref().and_then(ReplyTo::peer)
     }
 
     /// The caller's identity as its transport verified it (see [`na::Plugin::peer_identity`]):
     /// `None` for an anonymous peer or a call to oneself.
     pub fn identity(&self) -> Option<na::Identity> {
         self.peer()
-            .and_then(|p| self.cell.shared.plugin.peer_identity(p))
+            .and_then(|p| self.shared.plugin.peer_identity(p))
     }
 
     /// The caller's side of bulk transfers: data moves only over the connection the
@@ -166,23 +178,27 @@ impl<Out: Serialize> Responder<Out> {
 
     /// Whether the caller expects no answer (a one-way request).
     pub fn is_one_way(&self) -> bool {
-        matches!(
-            *self.cell.target.lock().unwrap_or_else(|e| e.into_inner()),
-            Some(ReplyTo::Nobody { .. })
-        )
+        matches!(self.to, Some(ReplyTo::Nobody { .. }))
     }
 }
 
 impl<Out> Drop for Responder<Out> {
     fn drop(&mut self) {
-        // While unwinding, the dispatcher reports the panic itself.
-        if std::thread::panicking() {
-            return;
+        let Some(to) = self.to.take() else { return };
+        let panicking = std::thread::panicking();
+        if panicking && DISPATCHING.get() {
+            // The dispatcher catching this panic answers with its text.
+            let (shared, rpc_id) = (self.shared.clone(), self.rpc_id);
+            return ORPHANS.with_borrow_mut(|o| o.push(Orphan { shared, rpc_id, to }));
         }
-        self.cell.fail(
-            Status::HandlerError,
-            b"handler dropped its responder without answering",
-        );
+        let (status, why): (_, &[u8]) = match panicking {
+            true => (Status::HandlerPanicked, b"handler panicked"),
+            false => (
+                Status::HandlerError,
+                b"handler dropped its responder without answering",
+            ),
+        };
+        fail_reply(&self.shared, self.rpc_id, to, status, why);
     }
 }
 
@@ -221,19 +237,30 @@ where
             }
         };
         drop(msg);
-        let cell = Arc::new(ReplyCell {
+        let responder = Responder {
             shared,
             rpc_id,
-            target: Mutex::new(Some(reply)),
-        });
-        let responder = Responder {
-            cell: cell.clone(),
+            to: Some(reply),
             _out: PhantomData,
         };
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(input, responder))) {
-            let text = panic_text(&*p);
-            tracing::warn!(rpc_id, panic = %text, "handler panicked");
-            cell.fail(Status::HandlerPanicked, text.as_bytes());
+        let outer = DISPATCHING.replace(true);
+        let r = catch_unwind(AssertUnwindSafe(|| f(input, responder)));
+        DISPATCHING.set(outer);
+        // Responders dropped by a panic (also one the handler caught itself) answer now.
+        let orphans = ORPHANS.take();
+        if r.is_ok() && orphans.is_empty() {
+            return;
+        }
+        let text = r.map_or_else(|p| panic_text(&*p), |()| "handler panicked".into());
+        tracing::warn!(rpc_id, panic = %text, "handler panicked");
+        for o in orphans {
+            fail_reply(
+                &o.shared,
+                o.rpc_id,
+                o.to,
+                Status::HandlerPanicked,
+                text.as_bytes(),
+            );
         }
     })
 }
@@ -278,5 +305,66 @@ impl Caller {
     /// The engine, to expose memory for the transfers.
     pub fn engine(&self) -> &crate::Engine {
         &self.engine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Engine, Responder, Rpc, RpcError};
+    use std::time::Duration;
+
+    const P: Rpc<u8, u8> = Rpc::new("handler.panics");
+
+    /// A server whose handler for `P` does `f`, and a client's call of it.
+    fn call_with(f: fn(u8, Responder<u8>)) -> Result<u8, RpcError> {
+        let server = Engine::new("tcp://127.0.0.1:0").unwrap();
+        server.register_responder(P, f).unwrap();
+        let client = Engine::new("tcp://127.0.0.1:0").unwrap();
+        let peer = client.lookup(&server.self_addr().to_string()).unwrap();
+        client
+            .call_timeout(&peer, P, &7, Some(Duration::from_secs(20)))
+            .wait()
+    }
+
+    fn panicked(r: Result<u8, RpcError>, text: &str) {
+        match r {
+            Err(e) => assert!(
+                matches!(&e, RpcError::HandlerPanicked(t) if t.contains(text)),
+                "{e:?}"
+            ),
+            Ok(v) => panic!("answered {v}"),
+        }
+    }
+
+    #[test]
+    fn a_panicking_handler_answers_with_the_panic_text() {
+        panicked(call_with(|x, _r| panic!("no {x} today")), "no 7 today");
+    }
+
+    #[test]
+    fn a_responder_taken_to_another_thread_that_panics_answers() {
+        panicked(
+            call_with(|x, r| {
+                std::thread::spawn(move || {
+                    let _r = r;
+                    panic!("worker {x} fell over");
+                });
+            }),
+            "handler panicked",
+        );
+    }
+
+    #[test]
+    fn a_responder_dropped_by_a_panic_the_handler_caught_answers() {
+        panicked(
+            call_with(|x, r| {
+                let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _r = r;
+                    panic!("inner {x}");
+                }));
+                assert!(caught.is_err());
+            }),
+            "handler panicked",
+        );
     }
 }
