@@ -114,22 +114,14 @@ pub struct Responder<Out> {
 impl<Out: Serialize> Responder<Out> {
     /// Sends `out` to the caller.
     pub fn respond(mut self, out: &Out) {
-        let Some(to) = self.to.take() else { return };
         // Encoded behind the header, in the message itself.
         let mut msg = Vec::with_capacity(64);
         Header::response(self.rpc_id, Status::Ok).write(&mut msg);
-        match rmp_serde::encode::write(&mut msg, out) {
-            Ok(()) => to.send_msg(&self.shared, self.rpc_id, msg),
-            Err(e) => {
-                let why = format!("cannot encode output: {e}");
-                fail_reply(
-                    &self.shared,
-                    self.rpc_id,
-                    to,
-                    Status::HandlerError,
-                    why.as_bytes(),
-                )
-            }
+        if let Err(e) = rmp_serde::encode::write(&mut msg, out) {
+            return self.fail(format_args!("cannot encode output: {e}"));
+        }
+        if let Some(to) = self.to.take() {
+            to.send_msg(&self.shared, self.rpc_id, msg);
         }
     }
 
