@@ -2,13 +2,16 @@
 //! ping-pong baseline measured in the same run so that the ratio is the result.
 //!
 //! ```text
-//! qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN_SIZE] [-z MAX_SIZE] [-l LOOPS] [-r REPS] [-b] [-s SPIN_US]
+//! qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN_SIZE] [-z MAX_SIZE] [-l LOOPS] [-r REPS] [-b] [-s SPIN_US] [-c]
 //! ```
 //! `-s` sets the progress thread's spin window after an event (default 200 µs, the
 //! engine's default; 0 always sleeps).
 //! Input payloads of S bytes (powers of two from -y to -z, 0 allowed), empty output, as
 //! `hg_rate` does. `-b` busy-polls on both sides (Mercury's `-b`). Client and server are
 //! separate processes; the server is this binary re-run with `--serve`.
+//!
+//! `-c` measures instead the CPU cost of one RPC, client and server together, with no
+//! cross-core latency in it (see `cost.rs`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -17,6 +20,9 @@ use std::time::Instant;
 use qs_benches::{full, raw_server, spawn_self, stats, tune};
 use rpc_core::{Engine, ProgressMode, Rpc};
 use serde_bytes::ByteBuf;
+
+#[path = "qs-rate/cost.rs"]
+mod cost;
 
 const RATE: Rpc<ByteBuf, ()> = Rpc::new("qs_rate");
 
@@ -29,9 +35,10 @@ struct Opts {
     reps: usize,
     busy: bool,
     spin_us: u64,
+    cost: bool,
 }
 
-const USAGE: &str = "usage: qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-b] [-s SPIN_US]";
+const USAGE: &str = "usage: qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-b] [-s SPIN_US] [-c]";
 
 fn parse() -> Result<Opts, String> {
     let mut o = Opts {
@@ -43,6 +50,7 @@ fn parse() -> Result<Opts, String> {
         reps: 3,
         busy: false,
         spin_us: 200,
+        cost: false,
     };
     let mut a = std::env::args().skip(1);
     while let Some(k) = a.next() {
@@ -57,6 +65,7 @@ fn parse() -> Result<Opts, String> {
             "-r" => o.reps = num(val()?)?.max(1),
             "-b" => o.busy = true,
             "-s" => o.spin_us = num(val()?)? as u64,
+            "-c" => o.cost = true,
             _ => return Err(format!("unknown option {k}")),
         }
     }
@@ -82,6 +91,9 @@ fn main() {
 }
 
 fn run(o: &Opts) -> Result<(), String> {
+    if o.cost {
+        return cost::run(&o.transport, &sizes(o), o.loops, o.reps);
+    }
     let mode = if o.busy { "busy" } else { "poll" };
     let pm = if o.busy {
         ProgressMode::BusyPoll
