@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN_SIZE] [-z MAX_SIZE] [-l LOOPS] [-r REPS]
-//!       [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE]
+//!       [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-C]
 //! ```
 //! Each RPC makes the server do N transfers (`-n`, default 64, as hg_bw does) of S bytes,
 //! all posted at once (into or from N buffers of its own, registered once per size), against
@@ -14,6 +14,7 @@
 //! round trip. `-b` makes the raw baseline's receiver busy-poll (our engine polls for a
 //! while after each event, so this is the closer baseline; PERF.md lists both). Client and
 //! server are separate processes; the server is this binary re-run with `--serve`.
+//! `-C` measures instead the CPU cost of one transfer, both sides together (see `cost.rs`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -24,6 +25,9 @@ use qs_benches::{full, pow2_sizes, raw_server, spawn_self, stats, tune};
 use rpc_core::{Access, Bulk, ChunkConfig, Descriptor, Engine, Rpc, Seg};
 
 /// (client buffer, size, pull?, transfers) → done.
+#[path = "qs-bw/cost.rs"]
+mod cost;
+
 const BW: Rpc<(Descriptor, u64, bool, u64), ()> = Rpc::new("qs_bw");
 
 struct Opts {
@@ -38,9 +42,10 @@ struct Opts {
     busy_raw: bool,
     per_rpc: u64,
     inline: usize,
+    cost: bool,
 }
 
-const USAGE: &str = "usage: qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE]";
+const USAGE: &str = "usage: qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-C]";
 
 fn parse() -> Result<Opts, String> {
     let d = ChunkConfig::default();
@@ -56,6 +61,7 @@ fn parse() -> Result<Opts, String> {
         busy_raw: false,
         per_rpc: 64,
         inline: 0,
+        cost: false,
     };
     let mut a = std::env::args().skip(1);
     while let Some(k) = a.next() {
@@ -73,6 +79,7 @@ fn parse() -> Result<Opts, String> {
             "-b" => o.busy_raw = true,
             "-n" => o.per_rpc = num(val()?)?.max(1) as u64,
             "-i" => o.inline = num(val()?)?,
+            "-C" => o.cost = true,
             _ => return Err(format!("unknown option {k}")),
         }
     }
@@ -115,6 +122,16 @@ fn loops(o: &Opts, s: usize) -> usize {
 
 fn run(o: &Opts) -> Result<(), String> {
     let sizes = pow2_sizes(o.min.max(1), o.max);
+    if o.cost {
+        return cost::run(&cost::Cost {
+            transport: &o.transport,
+            sizes: &sizes,
+            pull: o.pull,
+            per: o.per_rpc,
+            loops: if o.loops > 0 { o.loops } else { 1000 },
+            reps: o.reps,
+        });
+    }
     let e = engine(&o.transport, o.chunk, o.depth, o.inline);
     let (mut bw, mut us, mut raw) = (
         vec![Vec::new(); sizes.len()],
