@@ -1,19 +1,36 @@
-//! Building and stopping an engine.
+//! Building an engine.
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bulk::ChunkConfig;
 
 use crate::counters::Counters;
-use crate::driver::{Calls, Shared, lock, progress_loop};
-use crate::engine::{Engine, ProgressMode};
+use crate::driver::{Calls, Shared, progress_loop};
+use crate::engine::Engine;
+use crate::mode::ProgressMode;
 use crate::pool::Pool;
 use crate::proto::Budget;
 use crate::{RpcError, transport};
+
+impl Engine {
+    /// An engine builder.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// An engine listening on `addr` with default settings.
+    pub fn new(addr: &str) -> Result<Engine, RpcError> {
+        Engine::builder().listen(addr).build()
+    }
+
+    /// An engine on the transport named by `RPC_TRANSPORT` (default `tcp`).
+    pub fn from_env() -> Result<Engine, RpcError> {
+        Engine::builder().build()
+    }
+}
 
 /// Builds an [`Engine`].
 #[derive(Clone, Debug)]
@@ -208,32 +225,6 @@ impl EngineBuilder {
             _ => None,
         };
         tracing::info!(addr = %shared.self_addr, mode = ?self.mode, "engine started");
-        let guard = Arc::new(Guard {
-            shared: shared.clone(),
-            thread: Mutex::new(thread),
-        });
-        Ok(Engine::new_owning(shared, guard))
-    }
-}
-
-/// Stops the engine when the last owning [`Engine`] handle goes.
-pub(crate) struct Guard {
-    shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::Release);
-        self.shared.plugin.wake();
-        if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
-        }
-        self.shared.pool.shutdown();
-        let tags = lock(&self.shared.calls).table.tags();
-        for tag in tags {
-            self.shared.end_call(tag, Err(RpcError::Shutdown), true);
-        }
-        lock(&self.shared.exposed).clear();
+        Ok(Engine::new_owning(shared, thread))
     }
 }

@@ -12,13 +12,10 @@ use serde::de::DeserializeOwned;
 
 use crate::RpcError;
 use crate::driver::Shared;
-use crate::engine::{Endpoint, ProgressMode};
+use crate::endpoint::Endpoint;
+use crate::mode::ProgressMode;
 use crate::proto::decode_answer;
-use crate::slot::Slot;
-
-/// What an operation's slot receives: the raw answer message (empty for transfers), or
-/// why there is none.
-pub(crate) type Answer = Result<Vec<u8>, RpcError>;
+use crate::slot::{Answer, Slot};
 
 /// An operation in the engine's table, seen from its caller.
 struct Op {

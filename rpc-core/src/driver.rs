@@ -11,14 +11,14 @@ use bulk::{Bulk, ChunkConfig};
 use na::{Address, Event, NaError, OpId, PeerId, Plugin};
 
 use crate::RpcError;
-use crate::call::Answer;
 use crate::counters::Counters;
-use crate::engine::{Endpoint, ProgressMode};
+use crate::endpoint::Endpoint;
 use crate::handler::{Handler, Incoming, ReplyTo};
 use crate::handoff::Drivers;
+use crate::mode::ProgressMode;
 use crate::pool::Pool;
 use crate::proto::{Budget, CallTable, Exposed, Header, MsgKind, Over, Phase, Status};
-use crate::slot::Slot;
+use crate::slot::{Answer, Slot};
 use crate::spin::{Backoff, CALLER_SPIN, Spinning};
 use crate::transfer::{Kept, Xfer};
 
@@ -188,7 +188,7 @@ impl Shared {
         let due = timeout.and_then(|t| Instant::now().checked_add(t));
         Counters::add(&self.counters.rpcs_sent, 1);
         Counters::add(&self.counters.bytes_sent, msg.len() as u64);
-        let posted = if target.is_local_to(self) {
+        let posted = if target.is_local_to(self.id, &self.self_addr) {
             let tag = self.insert_local(due, &slot);
             self.on_request(ReplyTo::Local { tag }, msg);
             Ok(tag)
@@ -270,7 +270,7 @@ impl Shared {
         target: &Endpoint,
         mut f: impl FnMut(PeerId) -> Result<R, NaError>,
     ) -> Result<R, RpcError> {
-        let known = target.peer_in(self);
+        let known = target.peer_in(self.id);
         let peer = match known {
             Some(p) => p,
             None => self.plugin.lookup(target.addr())?,
@@ -281,7 +281,7 @@ impl Shared {
                 if again == peer {
                     return Err(e.into());
                 }
-                target.remember(self, again);
+                target.remember(self.id, again);
                 Ok(f(again)?)
             }
             r => Ok(r?),

@@ -1,7 +1,8 @@
-//! The engine's public face: the builder, endpoints, registration and calls.
+//! The engine's public face: registration, calls and transfers.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bulk::{Bulk, Descriptor, Seg};
@@ -9,94 +10,15 @@ use na::{Access, Address, PeerId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::builder::{EngineBuilder, Guard};
 use crate::call::{Call, Transfer};
 use crate::counters::{CounterSnapshot, Counters};
 use crate::driver::{Registered, Shared, lock};
-use crate::handler::{Caller, ReplyTo, Responder, erase};
+use crate::endpoint::Endpoint;
+use crate::handler::{ReplyTo, Responder, erase};
 use crate::proto::{HEADER_LEN, Header};
 use crate::slot::Slot;
 use crate::transfer::{Spec, Then};
 use crate::{Rpc, RpcError};
-
-/// How progress is driven.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
-pub enum ProgressMode {
-    /// A dedicated progress thread sleeps in the transport's poll and runs completions
-    /// (the default, as Margo does). Callers block on a condition variable.
-    #[default]
-    Thread,
-    /// No progress thread: the program calls [`Engine::progress`] and [`Engine::trigger`]
-    /// (as with Mercury), and a caller in [`Call::wait`] drives progress itself.
-    Manual,
-    /// No progress thread, and nobody sleeps: waiting callers and [`Engine::drive_until`]
-    /// spin on the transport. Lowest latency; burns a core per spinning thread.
-    BusyPoll,
-}
-
-/// A peer to call: an address resolved by [`Engine::lookup`]. Endpoints are equal (and
-/// hash) by address.
-#[derive(Clone, Debug)]
-pub struct Endpoint {
-    target: Arc<Target>,
-}
-
-/// An address, and the transport's peer for it in the engine that resolved it (so that a
-/// call does not look the address up again).
-#[derive(Debug)]
-struct Target {
-    addr: Address,
-    /// [`Shared::id`] of the engine that resolved it.
-    engine: u64,
-    /// Its [`PeerId`] there; [`SELF`] for the engine itself. Replaced when the connection
-    /// it named ended and a call dialled again.
-    peer: AtomicU64,
-}
-
-/// The peer of an endpoint naming its own engine.
-const SELF: u64 = u64::MAX;
-
-impl Endpoint {
-    /// The peer's address.
-    pub fn addr(&self) -> &Address {
-        &self.target.addr
-    }
-
-    /// Whether it names engine `engine` itself.
-    pub(crate) fn is_local_to(&self, engine: &Shared) -> bool {
-        if self.target.engine == engine.id {
-            return self.target.peer.load(Ordering::Relaxed) == SELF;
-        }
-        self.target.addr == engine.self_addr
-    }
-
-    /// The peer resolved for it in engine `engine`, if it was resolved there.
-    pub(crate) fn peer_in(&self, engine: &Shared) -> Option<PeerId> {
-        let p = self.target.peer.load(Ordering::Relaxed);
-        (self.target.engine == engine.id && p != SELF).then_some(PeerId(p))
-    }
-
-    /// Remembers the peer a call in engine `engine` resolved it to.
-    pub(crate) fn remember(&self, engine: &Shared, peer: PeerId) {
-        if self.target.engine == engine.id && peer.0 != SELF {
-            self.target.peer.store(peer.0, Ordering::Relaxed);
-        }
-    }
-}
-
-impl PartialEq for Endpoint {
-    fn eq(&self, other: &Self) -> bool {
-        self.addr() == other.addr()
-    }
-}
-
-impl Eq for Endpoint {}
-
-impl std::hash::Hash for Endpoint {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.addr().hash(h)
-    }
-}
 
 /// An RPC engine: registers handlers, calls peers, and drives a transport.
 ///
@@ -109,11 +31,38 @@ pub struct Engine {
     guard: Option<Arc<Guard>>,
 }
 
+/// Stops the engine when the last owning [`Engine`] handle goes.
+pub(crate) struct Guard {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.plugin.wake();
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+        self.shared.pool.shutdown();
+        let tags = lock(&self.shared.calls).table.tags();
+        for tag in tags {
+            self.shared.end_call(tag, Err(RpcError::Shutdown), true);
+        }
+        lock(&self.shared.exposed).clear();
+    }
+}
+
 impl Engine {
-    pub(crate) fn new_owning(shared: Arc<Shared>, guard: Arc<Guard>) -> Engine {
+    /// The first owning handle of an engine whose progress thread (if any) is `thread`.
+    pub(crate) fn new_owning(shared: Arc<Shared>, thread: Option<JoinHandle<()>>) -> Engine {
+        let guard = Guard {
+            shared: shared.clone(),
+            thread: Mutex::new(thread),
+        };
         Engine {
             shared,
-            guard: Some(guard),
+            guard: Some(Arc::new(guard)),
         }
     }
 
@@ -136,21 +85,6 @@ impl Engine {
         self.guard.is_some()
     }
 
-    /// An engine builder.
-    pub fn builder() -> EngineBuilder {
-        EngineBuilder::default()
-    }
-
-    /// An engine listening on `addr` with default settings.
-    pub fn new(addr: &str) -> Result<Engine, RpcError> {
-        Engine::builder().listen(addr).build()
-    }
-
-    /// An engine on the transport named by `RPC_TRANSPORT` (default `tcp`).
-    pub fn from_env() -> Result<Engine, RpcError> {
-        Engine::builder().build()
-    }
-
     /// The address peers use to reach this engine.
     pub fn self_addr(&self) -> &Address {
         &self.shared.self_addr
@@ -160,20 +94,14 @@ impl Engine {
     pub fn lookup(&self, addr: &str) -> Result<Endpoint, RpcError> {
         let addr = Address::parse(addr)?;
         let peer = match addr == self.shared.self_addr {
-            true => SELF,
-            false => self.shared.plugin.lookup(&addr)?.0,
+            true => None,
+            false => Some(self.shared.plugin.lookup(&addr)?),
         };
-        Ok(Endpoint {
-            target: Arc::new(Target {
-                addr,
-                engine: self.shared.id,
-                peer: AtomicU64::new(peer),
-            }),
-        })
+        Ok(Endpoint::resolved(addr, self.shared.id, peer))
     }
 
     /// The largest encoded input (or output) that travels in the message itself; larger
-    /// ones travel by bulk, up to [`EngineBuilder::max_overflow`].
+    /// ones travel by bulk, up to [`crate::EngineBuilder::max_overflow`].
     pub fn max_payload(&self) -> usize {
         self.shared.max_message() - HEADER_LEN
     }
@@ -210,28 +138,6 @@ impl Engine {
         self.register_responder(rpc, move |input, r: Responder<Out>| match f(input) {
             Ok(out) => r.respond(&out),
             Err(e) => r.fail(e),
-        })
-    }
-
-    /// Registers a handler that moves bulk data with its caller: as [`Engine::register`],
-    /// with the [`Caller`] through which transfers go over the request's own connection
-    /// (see [`Engine::pull`] for why a handler should not follow a descriptor's address).
-    pub fn register_with_caller<In, Out, E, F>(
-        &self,
-        rpc: Rpc<In, Out>,
-        f: F,
-    ) -> Result<(), RpcError>
-    where
-        In: DeserializeOwned + 'static,
-        Out: Serialize + 'static,
-        E: std::fmt::Display,
-        F: Fn(In, &Caller) -> Result<Out, E> + Send + Sync + 'static,
-    {
-        self.register_responder(rpc, move |input, r: Responder<Out>| {
-            match f(input, &r.caller()) {
-                Ok(out) => r.respond(&out),
-                Err(e) => r.fail(e),
-            }
         })
     }
 
@@ -314,7 +220,7 @@ impl Engine {
         let msg = self.encode(rpc.id(), true, input)?;
         // Nothing tells a one-way sender when an overflow input was pulled: refuse those.
         let limit = self.shared.max_message();
-        if msg.len() > limit && !target.is_local_to(&self.shared) {
+        if msg.len() > limit && !target.is_local_to(self.shared.id, &self.shared.self_addr) {
             return Err(RpcError::TooLarge {
                 size: msg.len() - HEADER_LEN,
                 limit: limit - HEADER_LEN,
@@ -322,7 +228,7 @@ impl Engine {
         }
         Counters::add(&self.shared.counters.rpcs_sent, 1);
         Counters::add(&self.shared.counters.bytes_sent, msg.len() as u64);
-        if target.is_local_to(&self.shared) {
+        if target.is_local_to(self.shared.id, &self.shared.self_addr) {
             self.shared.on_request(ReplyTo::Nobody { peer: None }, msg);
             return Ok(());
         }
@@ -360,7 +266,7 @@ impl Engine {
     ///
     /// The data moves with whatever process the descriptor names as its owner (dialled if
     /// need be): use it with descriptors from peers you trust to name a third party. A
-    /// handler serving a request uses [`Caller::pull`] (see
+    /// handler serving a request uses [`crate::Caller::pull`] (see
     /// [`Engine::register_with_caller`]), which moves data only with the caller.
     pub fn pull<'b>(
         &self,
@@ -400,7 +306,7 @@ impl Engine {
     /// Pushes `len` bytes of `local` at `local_off` into the peer's `remote` region at
     /// `remote_off`. The transfer borrows `local` until it ends. The data goes to whatever
     /// process the descriptor names (see [`Engine::pull`]; handlers use
-    /// [`Caller::push`]).
+    /// [`crate::Caller::push`]).
     pub fn push<'b>(
         &self,
         local: &'b Bulk<'_>,

@@ -104,7 +104,7 @@ thread_local! {
 /// caller never waits for an answer that cannot come.
 #[must_use = "an unanswered Responder fails the call"]
 pub struct Responder<Out> {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     rpc_id: u64,
     /// Where the answer goes; taken when it is sent.
     to: Option<ReplyTo>,
@@ -139,12 +139,6 @@ impl<Out: Serialize> Responder<Out> {
         }
     }
 
-    /// A non-owning handle on the engine that received the request, for handlers that
-    /// pull or push bulk data, or call other servers, before answering.
-    pub fn engine(&self) -> crate::Engine {
-        crate::Engine::non_owning(self.shared.clone())
-    }
-
     /// The connection the request came from (one-way requests included): `None` for a
     /// call to oneself. The transport assigns it, so a peer cannot claim another's; it is
     /// what [`crate::Engine::on_peer_lost`] reports when that peer goes away.
@@ -157,15 +151,6 @@ impl<Out: Serialize> Responder<Out> {
     pub fn identity(&self) -> Option<na::Identity> {
         self.peer()
             .and_then(|p| self.shared.plugin.peer_identity(p))
-    }
-
-    /// The caller's side of bulk transfers: data moves only over the connection the
-    /// request came on.
-    pub fn caller(&self) -> Caller {
-        Caller {
-            engine: self.engine(),
-            peer: self.peer(),
-        }
     }
 
     /// Whether the caller expects no answer (a one-way request).
@@ -255,49 +240,6 @@ where
             );
         }
     })
-}
-
-/// Bulk transfers with the process that made a request, over the connection it came on,
-/// whatever address a descriptor names: a caller cannot make a server reach a third party,
-/// nor can another process answer in its place. From [`Responder::caller`].
-#[derive(Clone)]
-pub struct Caller {
-    engine: crate::Engine,
-    peer: Option<PeerId>,
-}
-
-impl Caller {
-    /// Pulls from the caller's `remote` region (as [`crate::Engine::pull`] does from the
-    /// descriptor's owner; for a call to oneself, the owner).
-    pub fn pull<'b>(
-        &self,
-        local: &'b mut crate::Bulk<'_>,
-        local_off: u64,
-        remote: &crate::Descriptor,
-        remote_off: u64,
-        len: u64,
-    ) -> crate::Transfer<'b> {
-        self.engine
-            .pull_via(self.peer, local, local_off, remote, remote_off, len)
-    }
-
-    /// Pushes into the caller's `remote` region (see [`Caller::pull`]).
-    pub fn push<'b>(
-        &self,
-        local: &'b crate::Bulk<'_>,
-        local_off: u64,
-        remote: &crate::Descriptor,
-        remote_off: u64,
-        len: u64,
-    ) -> crate::Transfer<'b> {
-        self.engine
-            .transfer(self.peer, false, local, local_off, remote, remote_off, len)
-    }
-
-    /// The engine, to expose memory for the transfers.
-    pub fn engine(&self) -> &crate::Engine {
-        &self.engine
-    }
 }
 
 #[cfg(test)]

@@ -20,12 +20,15 @@
 
 mod builder;
 mod call;
+mod caller;
 mod counters;
 mod driver;
+mod endpoint;
 mod engine;
 mod error;
 mod handler;
 mod handoff;
+mod mode;
 mod oneway;
 mod pool;
 pub mod proto;
@@ -40,10 +43,13 @@ pub mod transport;
 pub use builder::EngineBuilder;
 pub use bulk::{Bulk, ChunkConfig, Descriptor, Seg};
 pub use call::{Call, Transfer};
+pub use caller::Caller;
 pub use counters::CounterSnapshot;
-pub use engine::{Endpoint, Engine, ProgressMode};
+pub use endpoint::Endpoint;
+pub use engine::Engine;
 pub use error::RpcError;
-pub use handler::{Caller, Responder};
+pub use handler::Responder;
+pub use mode::ProgressMode;
 pub use na::{Access, Address, Auth, Fault, Identity, NaError, PeerId, Proof};
 pub use rpc::{Rpc, rpc_id};
 /// Byte payloads: put [`ByteBuf`] (or `#[serde(with = "serde_bytes")]` on a `Vec<u8>`

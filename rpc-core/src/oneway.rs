@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 use na::Address;
 
 use crate::RpcError;
-use crate::call::Answer;
 use crate::driver::{CallEntry, Pending, Shared, lock};
 use crate::proto::Phase;
-use crate::slot::Slot;
+use crate::slot::{Answer, Slot};
 
 impl Shared {
     /// Sends a one-way request and tracks its send: the slot completes (with an empty

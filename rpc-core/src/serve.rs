@@ -5,7 +5,8 @@ use serde::de::DeserializeOwned;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::engine::{Engine, ProgressMode};
+use crate::engine::Engine;
+use crate::mode::ProgressMode;
 use crate::{Responder, Rpc, RpcError};
 
 impl Engine {

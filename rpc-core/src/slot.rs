@@ -9,7 +9,12 @@
 
 use std::task::{Context, Poll, Waker};
 
+use crate::RpcError;
 use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
+
+/// What an operation's slot receives: the raw answer message (empty for transfers), or
+/// why there is none.
+pub(crate) type Answer = Result<Vec<u8>, RpcError>;
 
 enum State<T> {
     Pending(Option<Waker>),

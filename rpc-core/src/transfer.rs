@@ -13,11 +13,10 @@ use bulk::{Bulk, Chunker, Descriptor, Seg};
 use na::{Access, MemHandle, NaResult, OpId, PeerId, RemoteMem};
 
 use crate::RpcError;
-use crate::call::Answer;
 use crate::driver::{CallEntry, Calls, Held, Pending, Shared, lock};
 use crate::handler::ReplyTo;
 use crate::proto::{HEADER_LEN, Header, MsgKind, Over, Phase, Status};
-use crate::slot::Slot;
+use crate::slot::{Answer, Slot};
 
 /// What to do when a transfer is over.
 pub(crate) enum Then {

@@ -109,7 +109,7 @@ pub struct Header {
     pub kind: MsgKind,
     /// Answer status (`Ok` in requests).
     pub status: Status,
-    /// [`FLAG_OVERFLOW`] or 0.
+    /// `FLAG_OVERFLOW` or 0.
     pub flags: u8,
     /// The RPC id (the hash of its name).
     pub rpc_id: u64,
