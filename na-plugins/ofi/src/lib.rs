@@ -35,6 +35,8 @@ mod addr;
 mod answers_tests;
 mod fabric;
 mod mr;
+#[cfg(test)]
+mod oversized_tests;
 mod plugin;
 mod post;
 mod progress;
