@@ -195,6 +195,7 @@ impl EngineBuilder {
             drive: Mutex::new(()),
             stopping: AtomicBool::new(false),
             passes: AtomicU32::new(0),
+            waited: AtomicBool::new(false),
             drivers: Default::default(),
             backoff: Default::default(),
             queued: Arc::new(Mutex::new(Budget::new(

@@ -108,6 +108,8 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     /// Spinning passes, for [`TIMER_EVERY`]; also the heartbeat of driving callers.
     pub(crate) passes: AtomicU32,
+    /// A progress call waited since the last [`Shared::trigger`].
+    pub(crate) waited: AtomicBool,
     /// Callers driving progress while they wait (thread mode, see [`Shared::drive_for`]).
     pub(crate) drivers: Drivers,
     /// Whether waiting callers drive at all, from how their last drives ended.
@@ -529,13 +531,22 @@ impl Shared {
         };
         let r = self.plugin.progress(wait);
         lock(&self.calls).asleep = false;
+        self.waited.store(true, Ordering::Relaxed);
         r?;
         Ok(())
     }
 
     /// Handles queued events and expired deadlines; returns how many events it handled.
+    ///
+    /// Expired deadlines are looked for after a progress call that waited (it read the
+    /// clock anyway), else once in [`TIMER_EVERY`] calls: a program that spins on
+    /// zero-timeout progress and trigger does not read the clock at every pass.
     pub(crate) fn trigger(self: &Arc<Self>) -> usize {
-        self.trigger_pass(false)
+        let waited = self.waited.load(Ordering::Relaxed);
+        if waited {
+            self.waited.store(false, Ordering::Relaxed);
+        }
+        self.trigger_pass(!waited)
     }
 
     /// As [`Shared::trigger`]; a `spinning` pass looks for expired deadlines only once in

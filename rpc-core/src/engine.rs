@@ -372,6 +372,9 @@ impl Engine {
     }
 
     /// Runs completions and dispatches requests that progress queued; returns how many.
+    /// Calls past their timeout fail here: at the first trigger after a `progress` that
+    /// waited, else once in 64 triggers (a loop of zero-timeout `progress` and `trigger`
+    /// does not read the clock at every pass).
     pub fn trigger(&self) -> usize {
         let _g = lock(&self.shared.drive);
         self.shared.trigger()
