@@ -114,3 +114,33 @@ pub fn run_tool<O>(
         std::process::exit(1);
     }
 }
+
+/// Two engines (a server and a client) for measuring the CPU cost of an operation with
+/// no cross-core latency in it: manual progress, handlers inline, no eager bulk, both to
+/// be driven by one thread with [`drive_both`].
+pub fn manual_pair(transport: &str) -> Result<(rpc_core::Engine, rpc_core::Engine), String> {
+    let engine = || {
+        rpc_core::Engine::builder()
+            .listen(transport)
+            .progress_mode(rpc_core::ProgressMode::Manual)
+            .workers(0)
+            .inline_bulk(0)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    Ok((engine()?, engine()?))
+}
+
+/// One progress-and-trigger pass of each engine, until `done`; returns the passes made.
+pub fn drive_both(engines: [&rpc_core::Engine; 2], done: impl Fn() -> bool) -> Result<u64, String> {
+    let mut passes = 0;
+    while !done() {
+        for e in engines {
+            e.progress(Some(std::time::Duration::ZERO))
+                .map_err(|e| e.to_string())?;
+            e.trigger();
+        }
+        passes += 1;
+    }
+    Ok(passes)
+}

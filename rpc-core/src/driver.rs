@@ -220,9 +220,11 @@ impl Shared {
         tag
     }
 
-    /// Posts a call's receive and sends its request, with the table's lock taken once:
-    /// the entry, its receive (posted first, so that the answer always finds it) and the
-    /// receive's owner go in together.
+    /// Posts a call's receive and sends its request. The entry, its receive (posted first,
+    /// so that the answer always finds it) and the receive's owner go in under one lock
+    /// of the table (once more if the peer's connection had ended, see `with_peer`); the
+    /// receive is posted under it, as transfers' pieces are (a provider whose queue is
+    /// full keeps the lock while it retries, up to its give-up time).
     fn post_remote(
         self: &Arc<Self>,
         target: &Endpoint,
@@ -452,7 +454,8 @@ impl Shared {
                 // operation withdrawn already.
                 enum Owner {
                     Answered(CallEntry),
-                    Call(u64),
+                    /// A call whose answer is an overflow stub, to pull.
+                    Stub(u64),
                     Transfer,
                     Nobody,
                 }
@@ -468,7 +471,7 @@ impl Shared {
                             c.ops.remove(&op);
                             let tag = tag.unwrap_or_default();
                             match stub {
-                                true => Owner::Call(tag),
+                                true => Owner::Stub(tag),
                                 false => {
                                     let e = c.table.finish(tag);
                                     e.iter().for_each(|e| detach(&mut c, e));
@@ -480,12 +483,14 @@ impl Shared {
                         None => Owner::Nobody,
                     }
                 };
-                if let (Owner::Answered(_) | Owner::Call(_), Ok(m)) = (&owner, &result) {
+                if let (Owner::Answered(_) | Owner::Stub(_), Ok(m)) = (&owner, &result) {
                     Counters::add(&self.counters.bytes_received, m.len() as u64);
                 }
                 match owner {
                     Owner::Answered(e) => self.settle(e, result.map_err(RpcError::from)),
-                    Owner::Call(tag) => self.on_answer(tag, result.map_err(RpcError::from)),
+                    Owner::Stub(tag) => {
+                        self.on_overflow_answer(tag, result.as_deref().unwrap_or_default())
+                    }
                     Owner::Transfer => self.on_transfer_op(op, result.map(drop)),
                     Owner::Nobody => {}
                 }

@@ -220,11 +220,12 @@ where
             to: Some(reply),
             _out: PhantomData,
         };
-        let outer = DISPATCHING.replace(true);
+        // Orphans of an enclosing dispatch (this one runs inside it) are its own to answer.
+        let (outer, outer_orphans) = (DISPATCHING.replace(true), ORPHANS.take());
         let r = catch_unwind(AssertUnwindSafe(|| f(input, responder)));
         DISPATCHING.set(outer);
         // Responders dropped by a panic (also one the handler caught itself) answer now.
-        let orphans = ORPHANS.take();
+        let orphans = ORPHANS.replace(outer_orphans);
         if r.is_ok() && orphans.is_empty() {
             return;
         }

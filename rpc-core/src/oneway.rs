@@ -27,9 +27,11 @@ impl Shared {
             // Under the lock, so that the send's completion cannot be looked up before
             // it is known (the progress thread takes this lock to find an op's owner).
             let mut c = lock(&self.calls);
-            let tag = c
-                .table
-                .insert(Instant::now(), timeout, Phase::Posted, entry);
+            let tag = c.table.insert_due(
+                timeout.and_then(|t| Instant::now().checked_add(t)),
+                Phase::Posted,
+                entry,
+            );
             let op = match self.plugin.send_unexpected(peer, 0, msg) {
                 Ok(op) => op,
                 Err(e) => {

@@ -267,14 +267,9 @@ impl Shared {
         stub
     }
 
-    /// A call's answer arrived: complete the call, or pull the real answer first.
-    pub(crate) fn on_answer(self: &Arc<Self>, tag: u64, result: Answer) {
-        let overflow = matches!(&result, Ok(m) if is_overflow_answer(m));
-        if !overflow {
-            return self.end_call(tag, result, false);
-        }
-        let msg = result.unwrap_or_default();
-        if let Err(e) = self.start_output_pull(tag, &msg) {
+    /// A call's answer is an overflow stub: pull the real answer, then complete the call.
+    pub(crate) fn on_overflow_answer(self: &Arc<Self>, tag: u64, stub: &[u8]) {
+        if let Err(e) = self.start_output_pull(tag, stub) {
             self.end_call(tag, Err(e), false);
         }
     }

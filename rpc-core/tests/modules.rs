@@ -79,17 +79,17 @@ fn edges(
             out.insert(m);
         }
     };
-    for l in lines {
-        for part in l.split("crate::").skip(1) {
-            if let Some(group) = part.strip_prefix('{') {
-                let group = group.split('}').next().unwrap_or("");
-                group
-                    .split(',')
-                    .for_each(|p| name(p.split("::").next().unwrap_or("")));
-            } else {
-                let end = part.find(|c: char| !(c.is_alphanumeric() || c == '_'));
-                name(&part[..end.unwrap_or(part.len())]);
-            }
+    // One string, so that a `crate::{…}` group spread over lines is read whole.
+    let code = lines.join(" ");
+    for part in code.split("crate::").skip(1) {
+        if let Some(group) = part.strip_prefix('{') {
+            let group = group.split('}').next().unwrap_or("");
+            group
+                .split(',')
+                .for_each(|p| name(p.split("::").next().unwrap_or("")));
+        } else {
+            let end = part.find(|c: char| !(c.is_alphanumeric() || c == '_'));
+            name(&part[..end.unwrap_or(part.len())]);
         }
     }
     out

@@ -24,10 +24,10 @@ use std::time::Instant;
 use qs_benches::{full, pow2_sizes, raw_server, spawn_self, stats, tune};
 use rpc_core::{Access, Bulk, ChunkConfig, Descriptor, Engine, Rpc, Seg};
 
-/// (client buffer, size, pull?, transfers) → done.
 #[path = "qs-bw/cost.rs"]
 mod cost;
 
+/// (client buffer, size, pull?, transfers) → done.
 const BW: Rpc<(Descriptor, u64, bool, u64), ()> = Rpc::new("qs_bw");
 
 struct Opts {

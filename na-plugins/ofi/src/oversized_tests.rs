@@ -66,7 +66,8 @@ fn a_message_over_the_limit_is_dropped_and_the_receiver_goes_on(addr: &str) {
         for _ in 0..16 {
             let mut m = wire::header(wire::Kind::Request, 7, &h.self_raw);
             m.resize(big, 0xAB);
-            let _ = h.send_to(ph.0, Route::Pool, m, What::Control, false);
+            let sent = h.send_to(ph.0, Route::Pool, m, What::Control, false);
+            assert!(sent.is_ok(), "the oversized message went out: {sent:?}");
         }
         // Long enough for the provider to deliver them (a rendezvous needs the sender).
         let end = Instant::now() + Duration::from_millis(500);
@@ -76,7 +77,7 @@ fn a_message_over_the_limit_is_dropped_and_the_receiver_goes_on(addr: &str) {
         let _ = done.send(());
     });
     sent.recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("{addr}: the hostile sends never returned"));
+        .unwrap_or_else(|_| panic!("{addr}: the hostile sends never returned or failed"));
     // The server goes on: more requests than its pool holds receives all arrive.
     let n = 2 * server.cfg.recv_pool;
     for i in 0..n {

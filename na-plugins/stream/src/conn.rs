@@ -462,11 +462,15 @@ impl Conn {
                 return Ok(self.flush(mem));
             }
         };
-        // Checked under the write lock: `fail` closes the connection holding it.
+        // Checked under the write lock: `fail` closes the connection holding it, and
+        // `close` marks it closed before it takes the lock to drop what is queued.
         if self.closed.load(Ordering::Acquire) {
             return Err(f);
         }
-        self.queued.fetch_add(1, Ordering::SeqCst);
+        // Frames this thread posted before (to the inbox, while another wrote) go first.
+        if self.queued.fetch_add(1, Ordering::SeqCst) != 0 {
+            w.absorb(&mut lock(&self.inbox));
+        }
         w.push(f);
         let mut done = Vec::new();
         let blocked = self.flush_locked(&mut w, mem, &mut done);
@@ -489,8 +493,9 @@ impl Conn {
         }
         let held = Self::charge_answer(&mut f);
         self.charge(held);
-        lock(&self.inbox).push_back(f);
+        // Counted before it is there to take, so that a writer never counts it out first.
         self.queued.fetch_add(1, Ordering::SeqCst);
+        lock(&self.inbox).push_back(f);
         Ok(())
     }
 
@@ -515,7 +520,8 @@ impl Conn {
             let mut w = match self.write.try_lock() {
                 Ok(w) => w,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                // The writer re-checks the inbox after it lets go: nothing is stranded.
+                // The writer re-checks the inbox after it lets go (and a writer the wire
+                // blocked is called again by the writable event): nothing is stranded.
                 Err(TryLockError::WouldBlock) => break,
             };
             w.absorb(&mut lock(&self.inbox));
@@ -626,7 +632,66 @@ impl Drop for Conn {
 
 #[cfg(test)]
 mod tests {
-    use super::Backlog;
+    use super::*;
+    use crate::frame::Decoder;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// A wire over one end of a real socket pair.
+    struct Sock(UnixStream);
+
+    impl Wire for Sock {
+        fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+            (&self.0).read(buf)
+        }
+        unsafe fn read_raw(&self, _: &[crate::wire::RawPiece]) -> io::Result<usize> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            (&self.0).write_vectored(bufs)
+        }
+        fn shutdown(&self) {
+            let _ = self.0.shutdown(std::net::Shutdown::Both);
+        }
+        fn fds(&self) -> Vec<std::os::fd::RawFd> {
+            vec![self.0.as_raw_fd()]
+        }
+    }
+
+    /// Tags of the frames that came out of `r`.
+    fn tags(r: &mut UnixStream) -> Vec<u64> {
+        let mut d = Decoder::new(1 << 20);
+        let n = r.read(d.spare(1 << 16)).unwrap();
+        d.commit(n);
+        std::iter::from_fn(|| d.next_frame().unwrap().map(|(h, _)| h.tag)).collect()
+    }
+
+    #[test]
+    fn a_frame_left_in_the_inbox_goes_out_before_a_send_made_after_it() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let c = Conn::new(
+            PeerId(2),
+            Box::new(Sock(ours)),
+            false,
+            true,
+            1 << 20,
+            Arc::default(),
+        );
+        let mem = MemTable::default();
+        let frame = |tag| OutFrame::new(Kind::Unexpected, tag, vec![tag as u8; 8], None);
+        // Another thread writes (here: holds the lock and lets go without writing, as a
+        // writer the socket blocked does): the first send waits in the inbox.
+        let held = lock(&c.write);
+        std::thread::scope(|t| {
+            t.spawn(|| assert!(c.send(frame(1), &mem).is_ok()));
+        });
+        drop(held);
+        // A send made after the first returned finds the lock free: it must not overtake.
+        assert!(c.send(frame(2), &mem).is_ok());
+        assert_eq!(tags(&mut theirs), [1, 2]);
+    }
 
     #[test]
     fn a_connection_pauses_on_its_own_share_or_on_a_fair_share_under_pressure() {

@@ -6,10 +6,10 @@
 //! engines until all are done. Prints, per size, the median, min and max over the reps
 //! (after a warm-up of a tenth of the loops) of the microseconds of CPU per transfer.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use qs_benches::stats;
-use rpc_core::{Access, Bulk, Engine, ProgressMode, Seg};
+use qs_benches::{drive_both, stats};
+use rpc_core::{Access, Bulk, Seg};
 
 /// What to measure: transport, sizes, direction, transfers per batch, batches, reps.
 pub struct Cost<'a> {
@@ -22,16 +22,7 @@ pub struct Cost<'a> {
 }
 
 pub fn run(c: &Cost<'_>) -> Result<(), String> {
-    let engine = || {
-        Engine::builder()
-            .listen(c.transport)
-            .progress_mode(ProgressMode::Manual)
-            .workers(0)
-            .inline_bulk(0)
-            .build()
-            .map_err(|e| e.to_string())
-    };
-    let (server, client) = (engine()?, engine()?);
+    let (server, client) = qs_benches::manual_pair(c.transport)?;
     let e = |e: rpc_core::RpcError| e.to_string();
     println!(
         "# qs-bw -C: {}, {}, CPU per transfer of both engines in one thread (manual progress), {} transfers per batch, {} batches, median of {} reps [min-max]",
@@ -63,12 +54,7 @@ pub fn run(c: &Cost<'_>) -> Result<(), String> {
                         .map(|b| server.push(b, 0, &d, 0, size as u64))
                         .collect()
                 };
-                while !ts.iter().all(|t| t.is_done()) {
-                    for en in [&client, &server] {
-                        en.progress(Some(Duration::ZERO)).map_err(e)?;
-                        en.trigger();
-                    }
-                }
+                drive_both([&client, &server], || ts.iter().all(|t| t.is_done()))?;
                 for t in ts {
                     t.wait().map_err(e)?;
                 }

@@ -6,24 +6,16 @@
 //! the loops), and the passes each call needed (1.00: the answer was there after one pass
 //! of each side).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use qs_benches::stats;
-use rpc_core::{Engine, ProgressMode, Rpc};
+use qs_benches::{drive_both, stats};
+use rpc_core::Rpc;
 use serde_bytes::ByteBuf;
 
 const COST: Rpc<ByteBuf, ()> = Rpc::new("qs_cost");
 
 pub fn run(transport: &str, sizes: &[usize], loops: usize, reps: usize) -> Result<(), String> {
-    let engine = || {
-        Engine::builder()
-            .listen(transport)
-            .progress_mode(ProgressMode::Manual)
-            .workers(0)
-            .build()
-            .map_err(|e| e.to_string())
-    };
-    let (server, client) = (engine()?, engine()?);
+    let (server, client) = qs_benches::manual_pair(transport)?;
     server
         .register_infallible(COST, |_| ())
         .map_err(|e| e.to_string())?;
@@ -34,14 +26,7 @@ pub fn run(transport: &str, sizes: &[usize], loops: usize, reps: usize) -> Resul
         let (t0, mut passes) = (Instant::now(), 0u64);
         for _ in 0..n {
             let call = client.call(&peer, COST, input);
-            while !call.is_done() {
-                for e in [&server, &client] {
-                    e.progress(Some(Duration::ZERO))
-                        .map_err(|e| e.to_string())?;
-                    e.trigger();
-                }
-                passes += 1;
-            }
+            passes += drive_both([&server, &client], || call.is_done())?;
             call.wait().map_err(|e| e.to_string())?;
         }
         let us = t0.elapsed().as_secs_f64() * 1e6 / n as f64;
