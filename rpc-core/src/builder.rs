@@ -8,10 +8,11 @@ use std::time::Duration;
 use bulk::ChunkConfig;
 
 use crate::counters::Counters;
-use crate::driver::{Calls, Shared, progress_loop};
+use crate::driver::{Calls, Shared};
 use crate::engine::Engine;
 use crate::mode::ProgressMode;
 use crate::pool::Pool;
+use crate::progress::progress_loop;
 use crate::proto::Budget;
 use crate::{RpcError, transport};
 

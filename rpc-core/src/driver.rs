@@ -1,6 +1,7 @@
 //! The driver around the sans-I/O protocol: the state shared by the engine handle, the
 //! progress thread, workers and responders, and the code that turns transport events into
-//! completed calls and dispatched requests.
+//! completed calls and dispatched requests (who drives the transport, and when, is in
+//! `progress`).
 
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -19,7 +20,7 @@ use crate::mode::ProgressMode;
 use crate::pool::Pool;
 use crate::proto::{Budget, CallTable, Exposed, Header, MsgKind, Over, Phase, Status};
 use crate::slot::{Answer, Slot};
-use crate::spin::{Backoff, CALLER_SPIN, Spinning};
+use crate::spin::Backoff;
 use crate::transfer::{Kept, Xfer};
 
 /// What an entry of the table waits for.
@@ -84,10 +85,6 @@ impl Calls {
     }
 }
 
-/// A spinning pass reads the clock for expired deadlines once in this many passes
-/// (reading it costs about as much as an empty poll).
-const TIMER_EVERY: u32 = 64;
-
 pub(crate) struct Registered {
     pub(crate) name: &'static str,
     pub(crate) handler: Handler,
@@ -106,7 +103,7 @@ pub(crate) struct Shared {
     pub(crate) pool: Pool,
     pub(crate) drive: Mutex<()>,
     pub(crate) stopping: AtomicBool,
-    /// Spinning passes, for [`TIMER_EVERY`]; also the heartbeat of driving callers.
+    /// Spinning passes, for `progress::TIMER_EVERY`; also the heartbeat of driving callers.
     pub(crate) passes: AtomicU32,
     /// A progress call waited since the last [`Shared::trigger`].
     pub(crate) waited: AtomicBool,
@@ -333,7 +330,7 @@ impl Shared {
     }
 
     /// Gives an entry that is over its outcome.
-    fn settle(self: &Arc<Self>, e: CallEntry, result: Answer) {
+    pub(crate) fn settle(self: &Arc<Self>, e: CallEntry, result: Answer) {
         match e.pending {
             Pending::Call { .. } => self.complete(e.slot, result),
             Pending::Transfer(x) => self.settle_transfer(e.slot, x, result),
@@ -440,7 +437,7 @@ impl Shared {
         });
     }
 
-    fn on_event(self: &Arc<Self>, ev: Event) {
+    pub(crate) fn on_event(self: &Arc<Self>, ev: Event) {
         match ev {
             Event::Unexpected { peer, tag, data } => {
                 Counters::add(&self.counters.bytes_received, data.len() as u64);
@@ -505,184 +502,11 @@ impl Shared {
             }
         }
     }
-
-    /// Drives the transport once, sleeping at most `timeout` or until the next deadline.
-    pub(crate) fn progress(&self, timeout: Option<Duration>) -> Result<(), RpcError> {
-        if timeout == Some(Duration::ZERO) {
-            // A poll that does not sleep needs no deadline (the busy path).
-            self.plugin.progress(timeout)?;
-            return Ok(());
-        }
-        let now = Instant::now();
-        // Unreleased overflow answers are freed on time, not at the next unrelated event.
-        let exposed_due = self.expire_exposed(now);
-        let wait = {
-            let mut c = lock(&self.calls);
-            let until_deadline = match (c.table.next_deadline(), exposed_due) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
-            .map(|d| d.saturating_duration_since(now));
-            let wait = match (timeout, until_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            // A caller that started driving before this lock was taken is not left
-            // waiting behind a sleeping poll (it checks `asleep` under the same lock).
-            let wait = self.drivers.sleep_for(wait);
-            c.armed = wait.and_then(|w| now.checked_add(w));
-            c.asleep = true;
-            wait
-        };
-        let r = self.plugin.progress(wait);
-        lock(&self.calls).asleep = false;
-        self.waited.store(true, Ordering::Relaxed);
-        r?;
-        Ok(())
-    }
-
-    /// Handles queued events and expired deadlines; returns how many events it handled.
-    ///
-    /// Expired deadlines are looked for after a progress call that waited (it read the
-    /// clock anyway), else once in [`TIMER_EVERY`] calls: a program that spins on
-    /// zero-timeout progress and trigger does not read the clock at every pass.
-    pub(crate) fn trigger(self: &Arc<Self>) -> usize {
-        let waited = self.waited.load(Ordering::Relaxed);
-        if waited {
-            self.waited.store(false, Ordering::Relaxed);
-        }
-        self.trigger_pass(!waited)
-    }
-
-    /// As [`Shared::trigger`]; a `spinning` pass looks for expired deadlines only once in
-    /// [`TIMER_EVERY`] passes.
-    fn trigger_pass(self: &Arc<Self>, spinning: bool) -> usize {
-        let mut n = 0;
-        loop {
-            let got = self.plugin.poll_events(&mut |ev| self.on_event(ev));
-            if got == 0 {
-                break;
-            }
-            n += got;
-        }
-        if spinning
-            && !self
-                .passes
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(TIMER_EVERY)
-        {
-            return n;
-        }
-        let now = Instant::now();
-        let expired = {
-            let mut c = lock(&self.calls);
-            let v = c.table.expire(now);
-            v.iter().for_each(|(_, e)| detach(&mut c, e));
-            v
-        };
-        for (tag, e) in expired {
-            tracing::debug!(tag, "timed out");
-            self.withdraw(&e);
-            self.settle(e, Err(RpcError::timeout()));
-        }
-        self.expire_exposed(now);
-        n
-    }
-
-    /// One round of progress and trigger by a waiting caller (manual and busy modes).
-    pub(crate) fn drive_once(self: &Arc<Self>) {
-        let Ok(_g) = self.drive.try_lock() else {
-            std::thread::yield_now();
-            return;
-        };
-        let busy = self.mode == ProgressMode::BusyPoll;
-        let t = if busy {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(1)
-        };
-        if let Err(e) = self.progress(Some(t)) {
-            tracing::warn!(error = %e, "progress failed");
-        }
-        self.trigger_pass(busy);
-    }
-}
-
-impl Shared {
-    /// Thread mode: a caller about to wait drives progress itself for up to the spin
-    /// window, or until `done`, so that the answer to a small call completes on the
-    /// caller's own thread (no hand-off, no sleeping thread to wake); the progress thread
-    /// stands aside meanwhile ([`progress_loop`]). One caller drives at a time; others
-    /// watch their own flag.
-    pub(crate) fn drive_for(self: &Arc<Self>, done: impl Fn() -> bool) {
-        if self.spin.is_zero() || done() {
-            return;
-        }
-        if self.backoff.skip() {
-            return;
-        }
-        let Some(_spinning) = Spinning::enter() else {
-            // Enough threads spin already: sleep, and let the progress thread complete it.
-            return;
-        };
-        // A progress thread asleep in the transport's poll would hold it: wake it once.
-        if self.drivers.enter(|| lock(&self.calls).asleep) {
-            self.plugin.wake();
-        }
-        let start = Instant::now();
-        let window = self.spin.min(CALLER_SPIN);
-        let mut n = 0u32;
-        while !done() {
-            match self.drive.try_lock() {
-                Ok(_g) => {
-                    if let Err(e) = self.plugin.progress(Some(Duration::ZERO)) {
-                        tracing::warn!(error = %e, "progress failed");
-                    }
-                    self.trigger_pass(true);
-                }
-                Err(_) => std::hint::spin_loop(),
-            }
-            n = n.wrapping_add(1);
-            if n.is_multiple_of(64) && start.elapsed() >= window {
-                break;
-            }
-        }
-        self.drivers.leave();
-        self.backoff.outcome(done());
-    }
 }
 
 /// Forgets which transport operations belonged to an entry that left the table.
 pub(crate) fn detach(c: &mut Calls, e: &CallEntry) {
     for op in e.pending.ops() {
         c.ops.remove(&op);
-    }
-}
-
-pub(crate) fn progress_loop(shared: &Arc<Shared>) {
-    let mut last_event: Option<Instant> = None;
-    let mut heartbeat = u32::MAX;
-    while !shared.stopping.load(Ordering::Acquire) {
-        if shared.drivers.any() {
-            // A waiting caller drives: stand aside while its passes go on. One that stops
-            // passing (a handler it runs inline is waiting) is not waited for.
-            let beat = shared.passes.load(Ordering::Relaxed);
-            if beat != heartbeat {
-                heartbeat = beat;
-                std::thread::sleep(Duration::from_micros(20));
-                continue;
-            }
-        }
-        let spinning = last_event.is_some_and(|t| t.elapsed() < shared.spin);
-        if let Err(e) = shared.progress(if spinning { Some(Duration::ZERO) } else { None }) {
-            tracing::error!(error = %e, "progress failed");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if shared.trigger_pass(spinning) > 0 {
-            last_event = Some(Instant::now());
-        } else if spinning {
-            // Let a runnable caller or handler have this core between empty polls.
-            std::thread::yield_now();
-        }
     }
 }

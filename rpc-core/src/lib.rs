@@ -31,6 +31,7 @@ mod handoff;
 mod mode;
 mod oneway;
 mod pool;
+mod progress;
 pub mod proto;
 mod rpc;
 mod serve;

@@ -46,7 +46,7 @@ impl Backoff {
     }
 }
 
-/// Callers spinning in [`crate::driver::Shared::drive_for`], in the whole process (all engines).
+/// Callers spinning in `Shared::drive_for` (progress.rs), in the whole process (all engines).
 static SPINNING: AtomicUsize = AtomicUsize::new(0);
 
 /// A caller's place among the spinning ones. A caller spins only while fewer than half
