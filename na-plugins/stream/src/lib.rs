@@ -19,6 +19,7 @@ mod landing;
 mod mr;
 mod munge;
 mod ops;
+mod outq;
 mod queues;
 mod single;
 mod users;

@@ -1,0 +1,257 @@
+//! Frames waiting to be written, in two classes: messages and RMA requests go ahead of
+//! bulk data (get answers, put requests), so that small RPCs are not stuck behind
+//! transfers; a frame started is always finished first. Bulk data is not copied into the
+//! queue: its body names registered memory, read straight into `writev` at write time.
+//! Answers waiting here are charged to their connection's backlog ([`Backlog`]).
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use na::OpId;
+
+use crate::frame::{HEADER_LEN, Header, Kind};
+use crate::mr::MemRead;
+
+/// The body of a frame to write.
+pub enum Body {
+    /// Bytes owned by the frame.
+    Owned(Vec<u8>),
+    /// A small prefix, then `len` bytes of registered region `key` at `offset`.
+    Region {
+        prefix: Vec<u8>,
+        key: u64,
+        offset: u64,
+        len: usize,
+    },
+}
+
+impl Body {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Body::Owned(v) => v.len(),
+            Body::Region { prefix, len, .. } => prefix.len() + len,
+        }
+    }
+}
+
+/// A frame waiting to be written.
+pub struct OutFrame {
+    hdr: [u8; HEADER_LEN],
+    body: Body,
+    pub(crate) op: Option<OpId>,
+    bulk: bool,
+    /// What the frame holds against its connection's backlog bound (answers only).
+    pub(crate) charge: usize,
+}
+
+/// Bookkeeping cost of a queued frame beyond its bytes.
+const FRAME_OVERHEAD: usize = 64;
+
+/// Bounds on the answers queued for peers that do not read them.
+#[derive(Clone, Copy, Debug)]
+pub struct Backlog {
+    /// Per connection: past it, the connection is not read until half of it is written.
+    pub per_conn: usize,
+    /// All connections: past it, connections holding more than a fair share
+    /// (`per_conn / 16`) are not read until half of that share is written.
+    pub total: usize,
+}
+
+impl Backlog {
+    pub(crate) fn fair(&self) -> usize {
+        self.per_conn / 16
+    }
+
+    /// Whether a connection holding `mine` (of `total`) must not be read.
+    pub fn over(&self, mine: usize, total: usize) -> bool {
+        mine > self.per_conn || (total > self.total && mine > self.fair())
+    }
+
+    /// Whether a paused connection may be read again.
+    pub fn under(&self, mine: usize, total: usize) -> bool {
+        mine <= self.per_conn / 2 && (total <= self.total || mine <= self.fair() / 2)
+    }
+}
+
+impl OutFrame {
+    /// A frame of `kind` with `tag` and `body`, completing `op` once written.
+    pub fn new(kind: Kind, tag: u64, body: Vec<u8>, op: Option<OpId>) -> Self {
+        Self::with_body(kind, tag, Body::Owned(body), op)
+    }
+
+    /// A frame whose body may name registered memory.
+    pub fn with_body(kind: Kind, tag: u64, body: Body, op: Option<OpId>) -> Self {
+        let hdr = Header {
+            kind,
+            len: body.len() as u32,
+            tag,
+        }
+        .encode();
+        // Status-only answers (single copy, refusals) are as urgent as messages.
+        let bulk = matches!(kind, Kind::GetResp | Kind::PutReq) && body.len() > 1;
+        OutFrame {
+            hdr,
+            body,
+            op,
+            bulk,
+            charge: 0,
+        }
+    }
+
+    /// Whether the frame answers something the peer sent (and so counts against the
+    /// peer's backlog): our own requests and data never do, so two busy peers cannot
+    /// stop reading each other.
+    pub(crate) fn is_answer(&self) -> bool {
+        const ANSWERS: [u8; 5] = [
+            Kind::Expected as u8,
+            Kind::GetResp as u8,
+            Kind::PutResp as u8,
+            Kind::Challenge as u8,
+            Kind::Refused as u8,
+        ];
+        ANSWERS.contains(&self.hdr[3])
+    }
+
+    /// Memory the frame holds (registered regions are the owner's, not the queue's).
+    pub(crate) fn held(&self) -> usize {
+        FRAME_OVERHEAD
+            + HEADER_LEN
+            + match &self.body {
+                Body::Owned(v) => v.len(),
+                Body::Region { prefix, .. } => prefix.len(),
+            }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        HEADER_LEN + self.body.len()
+    }
+
+    /// Whether the body is read from registered memory when written.
+    pub(crate) fn names_memory(&self) -> bool {
+        matches!(self.body, Body::Region { .. })
+    }
+
+    /// Appends the frame's bytes from `skip` on to `out`.
+    pub(crate) fn slices<'a>(
+        &'a self,
+        skip: usize,
+        mem: Option<&'a MemRead<'_>>,
+        out: &mut Vec<IoSlice<'a>>,
+    ) {
+        let mut push = |part: &'a [u8], skip: &mut usize| {
+            if *skip >= part.len() {
+                *skip -= part.len();
+            } else {
+                out.push(IoSlice::new(&part[*skip..]));
+                *skip = 0;
+            }
+        };
+        let mut skip = skip;
+        push(&self.hdr, &mut skip);
+        match &self.body {
+            Body::Owned(v) => push(v, &mut skip),
+            Body::Region {
+                prefix,
+                key,
+                offset,
+                len,
+            } => {
+                push(prefix, &mut skip);
+                // Regions are materialized before they are deregistered, so this holds.
+                let parts = mem.and_then(|m| m.slices(*key, *offset, *len));
+                for part in parts.unwrap_or_default() {
+                    push(part, &mut skip);
+                }
+            }
+        }
+    }
+
+    /// Copies region bytes into the frame, so that the region can go away; returns how
+    /// much more the frame holds against its backlog.
+    pub(crate) fn materialize(&mut self, key_gone: u64, mem: &MemRead<'_>) -> usize {
+        if let Body::Region {
+            prefix,
+            key,
+            offset,
+            len,
+        } = &mut self.body
+            && *key == key_gone
+        {
+            let want = prefix.len() + *len;
+            let mut v = std::mem::take(prefix);
+            for part in mem.slices(*key, *offset, *len).unwrap_or_default() {
+                v.extend_from_slice(part);
+            }
+            v.resize(want, 0);
+            let grown = *len;
+            self.body = Body::Owned(v);
+            if self.charge > 0 {
+                self.charge += grown;
+                return grown;
+            }
+        }
+        0
+    }
+}
+
+/// Write side state, owned by whichever thread is writing.
+#[derive(Default)]
+pub struct WriteQ {
+    /// The frame being written, and how many of its bytes are out.
+    pub(crate) head: Option<(OutFrame, usize)>,
+    pub(crate) urgent: VecDeque<OutFrame>,
+    pub(crate) bulk: VecDeque<OutFrame>,
+}
+
+impl WriteQ {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.head.is_none() && self.urgent.is_empty() && self.bulk.is_empty()
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.head = None;
+        self.urgent.clear();
+        self.bulk.clear();
+    }
+
+    /// Sorts newly posted frames into their classes.
+    pub(crate) fn absorb(&mut self, inbox: &mut VecDeque<OutFrame>) {
+        for f in inbox.drain(..) {
+            self.push(f);
+        }
+    }
+
+    pub(crate) fn push(&mut self, f: OutFrame) {
+        if f.bulk {
+            self.bulk.push_back(f)
+        } else {
+            self.urgent.push_back(f)
+        }
+    }
+
+    pub(crate) fn frames(&self) -> impl Iterator<Item = &OutFrame> {
+        self.head
+            .iter()
+            .map(|(f, _)| f)
+            .chain(self.urgent.iter())
+            .chain(self.bulk.iter())
+    }
+
+    pub(crate) fn frames_mut(&mut self) -> impl Iterator<Item = &mut OutFrame> {
+        self.head
+            .iter_mut()
+            .map(|(f, _)| f)
+            .chain(self.urgent.iter_mut())
+            .chain(self.bulk.iter_mut())
+    }
+
+    /// Takes the next frame in write order (head, then urgent, then bulk).
+    pub(crate) fn pop(&mut self) -> Option<(OutFrame, usize)> {
+        self.head.take().or_else(|| {
+            self.urgent
+                .pop_front()
+                .or_else(|| self.bulk.pop_front())
+                .map(|f| (f, 0))
+        })
+    }
+}
