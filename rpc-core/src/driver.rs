@@ -460,24 +460,20 @@ impl Shared {
                 let owner = {
                     let mut c = lock(&self.calls);
                     let tag = c.ops.get(&op).copied();
-                    match tag.and_then(|t| c.table.get(t)) {
-                        Some(CallEntry {
-                            pending: Pending::Call { .. },
-                            ..
-                        }) => {
+                    let call = |e: &CallEntry| matches!(e.pending, Pending::Call { .. });
+                    match tag.map(|t| (t, c.table.get(t).map(call))) {
+                        Some((tag, Some(true))) => {
                             c.ops.remove(&op);
-                            let tag = tag.unwrap_or_default();
-                            match stub {
-                                true => Owner::Stub(tag),
-                                false => {
-                                    let e = c.table.finish(tag);
-                                    e.iter().for_each(|e| detach(&mut c, e));
-                                    e.map_or(Owner::Nobody, Owner::Answered)
-                                }
+                            if stub {
+                                Owner::Stub(tag)
+                            } else {
+                                let e = c.table.finish(tag);
+                                e.iter().for_each(|e| detach(&mut c, e));
+                                e.map_or(Owner::Nobody, Owner::Answered)
                             }
                         }
-                        Some(_) => Owner::Transfer,
-                        None => Owner::Nobody,
+                        Some((_, Some(false))) => Owner::Transfer,
+                        _ => Owner::Nobody,
                     }
                 };
                 if let (Owner::Answered(_) | Owner::Stub(_), Ok(m)) = (&owner, &result) {

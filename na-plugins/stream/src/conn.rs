@@ -308,9 +308,9 @@ impl Conn {
             let written = {
                 // Registered memory is read only for frames whose body names it.
                 let guard = w
-                    .frames()
+                    .frames_mut()
                     .take(BATCH)
-                    .any(OutFrame::names_memory)
+                    .any(|f| f.names_memory())
                     .then(|| mem.read());
                 let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * BATCH);
                 let head = w.head.iter().map(|(f, off)| (f, *off));

@@ -229,14 +229,6 @@ impl WriteQ {
         }
     }
 
-    pub(crate) fn frames(&self) -> impl Iterator<Item = &OutFrame> {
-        self.head
-            .iter()
-            .map(|(f, _)| f)
-            .chain(self.urgent.iter())
-            .chain(self.bulk.iter())
-    }
-
     pub(crate) fn frames_mut(&mut self) -> impl Iterator<Item = &mut OutFrame> {
         self.head
             .iter_mut()
