@@ -55,7 +55,12 @@ impl Driven {
 
     /// The next event other than a Done (those are kept for [`Driven::done`]).
     pub fn next_unexpected(&mut self) -> Option<(na::PeerId, u64, Vec<u8>)> {
-        let end = Instant::now() + WAIT;
+        self.next_unexpected_within(WAIT)
+    }
+
+    /// As [`Driven::next_unexpected`], waiting at most `d`.
+    pub fn next_unexpected_within(&mut self, d: Duration) -> Option<(na::PeerId, u64, Vec<u8>)> {
+        let end = Instant::now() + d;
         loop {
             match self
                 .events

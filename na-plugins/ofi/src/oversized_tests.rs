@@ -54,6 +54,8 @@ fn a_message_over_the_limit_is_dropped_and_the_receiver_goes_on(addr: &str) {
     let (server, hostile, good) = (open(addr), open(addr), open(addr));
     let stop = Arc::new(AtomicBool::new(false));
     let (heard, serving) = serve(server.clone(), stop.clone());
+    // The senders progress too: a send may wait in the backlog (a connection being made).
+    let senders = [&hostile, &good].map(|p| serve(p.clone(), stop.clone()).1);
     let to_server = |p: &OfiPlugin| p.lookup(server.self_addr()).unwrap();
     let (ph, pg) = (to_server(&hostile), to_server(&good));
     hostile.send_unexpected(ph, 1, b"hello".to_vec()).unwrap();
@@ -90,6 +92,7 @@ fn a_message_over_the_limit_is_dropped_and_the_receiver_goes_on(addr: &str) {
     }
     stop.store(true, Ordering::Relaxed);
     serving.join().unwrap();
+    senders.into_iter().for_each(|t| t.join().unwrap());
     let good_ones = got.iter().filter(|d| d.len() == 32).count();
     assert_eq!(
         good_ones,

@@ -89,6 +89,9 @@ pub struct OfiStats {
     pub probes: u64,
     /// Peers declared lost.
     pub peers_lost: u64,
+    /// Message posts the provider refused for a while (its queue full), sent later from
+    /// the backlog.
+    pub backlogged: u64,
 }
 
 /// What a posted libfabric operation is for; `fi` must stay first (libfabric's scratch).
@@ -196,6 +199,9 @@ pub(crate) struct State {
     /// Expected-receive buffers (`max_eager` bytes each) ready for reuse: zeroed once,
     /// not per receive.
     pub(crate) recv_bufs: Vec<Vec<u8>>,
+    /// Message posts waiting for room at the provider, in order (see [`crate::post`]).
+    pub(crate) backlog: VecDeque<crate::post::Backlogged>,
+    pub(crate) backlog_seq: u64,
 }
 
 /// Receive buffers kept for reuse (the rest are freed).
@@ -236,6 +242,11 @@ pub struct OfiPlugin {
     /// RMA pieces may be queued (cleared under the state lock when the queue is seen
     /// empty; set after pushing), so that progress skips the lock when there are none.
     pub(crate) queued: std::sync::atomic::AtomicBool,
+    /// The backlog of message posts may hold some (cleared under the state lock when it is
+    /// seen empty): while set, new posts join it.
+    pub(crate) backlogged: std::sync::atomic::AtomicBool,
+    /// A thread is posting the backlog.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Without a wait object: how long the next idle poll sleeps (ns); short after
     /// activity, doubling to [`crate::progress::IDLE_POLL`] while nothing comes.
     pub(crate) poll_backoff: AtomicU64,
@@ -381,6 +392,8 @@ impl OfiPlugin {
                 live: FxHashSet::default(),
                 stats: OfiStats::default(),
                 recv_bufs: Vec::new(),
+                backlog: VecDeque::new(),
+                backlog_seq: 0,
             }),
             av,
             cq,
@@ -395,6 +408,8 @@ impl OfiPlugin {
             liveness_dirty: std::sync::atomic::AtomicBool::new(false),
             pumping: std::sync::atomic::AtomicBool::new(false),
             queued: std::sync::atomic::AtomicBool::new(false),
+            backlogged: std::sync::atomic::AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
             poll_backoff: AtomicU64::new(0),
             spins: AtomicU64::new(0),
             next_op: AtomicU64::new(1),
@@ -626,27 +641,8 @@ impl Plugin for OfiPlugin {
             }
             (id, ctx)
         };
-        // SAFETY: ctx is live until its completion; the plugin does not touch its buffer.
-        let (b, n) = unsafe { ((*ctx).buf.as_mut_ptr(), (*ctx).buf.len()) };
-        let r = self.post("fi_trecv", || unsafe {
-            // SAFETY: as above.
-            fi::fi_trecv(
-                self.ep.0,
-                b.cast(),
-                n,
-                std::ptr::null_mut(),
-                fi::FI_ADDR_UNSPEC,
-                tag,
-                0,
-                ctx.cast(),
-            )
-        });
-        if let Err(e) = r {
+        if let Err(e) = self.post_recv(id, tag, ctx) {
             self.forget_op(id);
-            let mut s = lock(&self.state);
-            s.live.remove(&(ctx as usize));
-            // SAFETY: the post failed; libfabric holds no reference.
-            drop(unsafe { Box::from_raw(ctx) });
             return Err(e);
         }
         Ok(OpId(id))

@@ -1,14 +1,31 @@
-//! Posting to the provider: retries while its queue is full (driving completions
-//! between tries), receive buffers of the unexpected pool, and sends (untagged into a
-//! peer's pool, tagged to an expected receive: see [`crate::wire`] for why).
+//! Posting messages to the provider without blocking: a post the provider refuses for now
+//! (`-FI_EAGAIN`: its queue, or the peer's, is full) joins a backlog that progress retries
+//! in order, so no caller waits inside a post for completions only another party (another
+//! engine of the same thread, a slow peer) can make. While the backlog holds anything,
+//! new posts join it behind the older ones: sends to a peer leave in the order they were
+//! made. A backlogged post fails when its peer is certainly gone (checked every 5 ms while
+//! it waits at the front) or after 10 s, with its operation; canceling the operation or
+//! losing the peer drops it unposted.
+//!
+//! Also here: receive buffers of the unexpected pool, and sends (untagged into a peer's
+//! pool, tagged to an expected receive: see [`crate::wire`] for why).
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use libfabric_sys as fi;
 use na::{NaError, NaResult};
 
 use crate::fabric;
-use crate::plugin::{Ctx, OfiPlugin, What, lock};
+use rustc_hash::FxHashMap;
+
+use crate::plugin::{Ctx, OfiPlugin, Peer, State, What, lock};
+
+/// How long a post may wait in the backlog.
+const GIVE_UP: Duration = Duration::from_secs(10);
+
+/// How often the front of the backlog checks whether its peer is gone.
+const DEATH_CHECK: Duration = Duration::from_millis(5);
 
 /// Where a message goes at its peer.
 #[derive(Copy, Clone, Debug)]
@@ -19,61 +36,237 @@ pub(crate) enum Route {
     Expected(u64),
 }
 
+/// One message post.
+pub(crate) enum Post {
+    /// Injected (no completion): the provider copies the bytes when it takes them.
+    Inject {
+        peer: u64,
+        route: Route,
+        buf: Vec<u8>,
+    },
+    /// Sent with a completion; the context owns the bytes.
+    Send { peer: u64, route: Route, ctx: usize },
+    /// A tagged receive for an expected message.
+    Recv { tag: u64, ctx: usize },
+    /// A receive of the unexpected pool.
+    Pool { ctx: usize },
+}
+
+impl Post {
+    fn peer(&self) -> Option<u64> {
+        match self {
+            Post::Inject { peer, .. } | Post::Send { peer, .. } => Some(*peer),
+            Post::Recv { .. } | Post::Pool { .. } => None,
+        }
+    }
+
+    fn ctx(&self) -> Option<usize> {
+        match self {
+            Post::Inject { .. } => None,
+            Post::Send { ctx, .. } | Post::Recv { ctx, .. } | Post::Pool { ctx } => Some(*ctx),
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Post::Inject { .. } => "fi_inject",
+            Post::Send { .. } => "fi_send",
+            Post::Recv { .. } => "fi_trecv",
+            Post::Pool { .. } => "fi_recv(unexpected)",
+        }
+    }
+}
+
+/// A post waiting for room at the provider.
+pub(crate) struct Backlogged {
+    /// The user operation it is a part of (none: a control message or a pool receive).
+    pub(crate) op: Option<u64>,
+    post: Post,
+    /// Its number in the backlog (to know it again after the state lock was let go).
+    seq: u64,
+    /// When it was backlogged, and when its peer was last checked.
+    since: Instant,
+    checked: Instant,
+}
+
+/// What became of a post.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Posted {
+    /// The provider took it.
+    Now,
+    /// It waits in the backlog; its outcome reaches its operation.
+    Later,
+}
+
 impl OfiPlugin {
-    /// Retries a post while the provider says `-FI_EAGAIN`, driving completions between
-    /// tries; gives up after 10 s with `Exhausted`.
-    pub(crate) fn post(&self, what: &str, f: impl FnMut() -> isize) -> NaResult<()> {
-        self.retry(None, what, f)
+    /// Posts `post` (part of user operation `op`, if any) now, or backlogs it if the
+    /// provider's queue is full or older posts wait. An error is the provider's refusal of
+    /// a first try: the caller still owns the post's context.
+    pub(crate) fn submit(&self, op: Option<u64>, post: Post) -> NaResult<Posted> {
+        if !self.backlogged.load(Ordering::Acquire) {
+            match self.post_now(&post) {
+                Err(NaError::Exhausted(_)) => {}
+                Err(e) => return Err(post.peer().map_or(e.clone(), |p| self.as_seen(p, e))),
+                Ok(()) => return Ok(Posted::Now),
+            }
+        }
+        let now = Instant::now();
+        {
+            let mut s = lock(&self.state);
+            s.backlog_seq += 1;
+            s.stats.backlogged += 1;
+            let b = Backlogged {
+                op,
+                post,
+                seq: s.backlog_seq,
+                since: now,
+                checked: now,
+            };
+            s.backlog.push_back(b);
+            self.backlogged.store(true, Ordering::Release);
+        }
+        self.drain_backlog();
+        if self.backlogged.load(Ordering::Acquire) {
+            // A progress thread asleep on the queue's wait fd may see no completion to wake
+            // it (a connection being made): it looks at the backlog at its next pass.
+            na::Plugin::wake(self);
+        }
+        Ok(Posted::Later)
     }
 
-    /// As [`Self::post`] for a send to `peer`, which also gives up as soon as the peer's
-    /// process or port is gone (checked every 5 ms of retries): a dead peer's full queue
-    /// must not hold a server's worker for 10 s per answer. A peer reached before that is
-    /// unreachable now is reported lost (`Disconnected`).
-    fn post_to(&self, peer: u64, what: &str, f: impl FnMut() -> isize) -> NaResult<()> {
-        self.retry(Some(peer), what, f)
-            .map_err(|e| self.as_seen(peer, e))
-    }
-
-    /// The retry loop of both; the clock is read only once the queue is full.
-    fn retry(&self, peer: Option<u64>, what: &str, mut f: impl FnMut() -> isize) -> NaResult<()> {
-        let (mut start, mut checked) = (None, None);
+    /// Posts what the backlog holds, in order, until the provider refuses again. One
+    /// thread at a time; progress calls it every pass.
+    pub(crate) fn drain_backlog(&self) {
         loop {
-            match self.post_once(what, &mut f) {
-                Err(NaError::Exhausted(_))
-                    if start.get_or_insert_with(Instant::now).elapsed()
-                        <= Duration::from_secs(10) =>
-                {
-                    let checked = checked.get_or_insert_with(Instant::now);
-                    if let Some(peer) = peer
-                        && checked.elapsed() >= Duration::from_millis(5)
-                    {
-                        *checked = Instant::now();
-                        if self.peer_gone(peer) {
-                            return Err(NaError::Unreachable(format!(
-                                "{what}: the peer is gone and its queue is full"
-                            )));
-                        }
-                    }
-                    self.poll_cq(false)
-                }
-                Err(NaError::Exhausted(_)) => {
-                    return Err(NaError::Exhausted(format!(
-                        "{what}: the provider's queue stayed full for 10 s"
-                    )));
-                }
-                r => return r,
+            if !self.backlogged.load(Ordering::Acquire)
+                || self.draining.swap(true, Ordering::AcqRel)
+            {
+                return;
+            }
+            let blocked = self.drain_inner();
+            self.draining.store(false, Ordering::Release);
+            // Emptied: a post backlogged after the last look but before `draining` was
+            // cleared found another thread draining; look again. Blocked: the next pass.
+            if blocked {
+                return;
             }
         }
     }
 
-    /// Whether `peer`'s process or port is certainly gone. (Not whether it is declared
-    /// lost: a server restarted at the same address is the same peer again.)
-    fn peer_gone(&self, peer: u64) -> bool {
-        let Some(raw) = lock(&self.state).peers.get(&peer).map(|p| p.raw.clone()) else {
-            return false;
+    /// The body of [`Self::drain_backlog`]; returns whether the provider refused again.
+    fn drain_inner(&self) -> bool {
+        loop {
+            // The front is posted and taken out under one hold of the state lock: a
+            // cancel cannot free its context between, and a post made meanwhile sees the
+            // backlog non-empty and goes behind it.
+            let (b, r) = {
+                let mut s = lock(&self.state);
+                let State { backlog, peers, .. } = &mut *s;
+                let Some(front) = backlog.front_mut() else {
+                    self.backlogged.store(false, Ordering::Release);
+                    return false;
+                };
+                let r = match self.post_now(&front.post) {
+                    Err(NaError::Exhausted(_)) => match expired(front, peers) {
+                        Expiry::Waits => return true,
+                        Expiry::Now(e) => Err(e),
+                        Expiry::IfDead(seq, raw, e) => {
+                            drop(s);
+                            if !crate::provider::certainly_dead(self.provider.death_check, &raw) {
+                                return true;
+                            }
+                            s = lock(&self.state);
+                            if s.backlog.front().is_none_or(|b| b.seq != seq) {
+                                continue;
+                            }
+                            Err(e)
+                        }
+                    },
+                    r => r,
+                };
+                (s.backlog.pop_front(), r)
+            };
+            if let Some(b) = b {
+                self.posted_late(b, r);
+            }
+        }
+    }
+
+    /// A backlogged post left the backlog: posted (`Ok`), refused, or expired.
+    fn posted_late(&self, b: Backlogged, r: NaResult<()>) {
+        match (r, &b.post) {
+            (Ok(()), Post::Inject { .. }) => {
+                if let Some(op) = b.op {
+                    self.part_done(op, Ok(0));
+                }
+            }
+            (Ok(()), _) => {}
+            (Err(e), Post::Pool { .. }) => {
+                tracing::error!("ofi: cannot repost an unexpected receive: {e}");
+            }
+            (Err(e), post) => {
+                let e = post.peer().map_or(e.clone(), |p| self.as_seen(p, e));
+                if let Some(ctx) = post.ctx() {
+                    self.free_unposted(b.op, ctx);
+                }
+                match b.op {
+                    Some(op) => self.part_done(op, Err(e)),
+                    None => tracing::debug!("ofi: control message not sent: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Frees a context libfabric never took, and forgets it in its operation.
+    pub(crate) fn free_unposted(&self, op: Option<u64>, ctx: usize) {
+        let mut s = lock(&self.state);
+        forget_ctx(&mut s, op, ctx);
+    }
+
+    /// One try of a post; `-FI_EAGAIN` is `Exhausted`.
+    fn post_now(&self, post: &Post) -> NaResult<()> {
+        let (ep, none) = (self.ep.0, std::ptr::null_mut());
+        let buf_of = |ctx: usize| {
+            let ctx = ctx as *mut Ctx;
+            // SAFETY: a backlogged or fresh context is live (in `live`) and libfabric holds
+            // none of it until this post succeeds; its buffer is not touched meanwhile.
+            unsafe { ((*ctx).buf.as_mut_ptr(), (*ctx).buf.len(), ctx) }
         };
-        crate::provider::certainly_dead(self.provider.death_check, &raw)
+        let rc = match post {
+            Post::Inject { peer, route, buf } => {
+                let (p, n) = (buf.as_ptr().cast(), buf.len());
+                match route {
+                    // SAFETY: buf is valid for its length during the call; inject copies it.
+                    Route::Pool => unsafe { fi::fi_inject(ep, p, n, *peer) },
+                    // SAFETY: as above.
+                    Route::Expected(tag) => unsafe { fi::fi_tinject(ep, p, n, *peer, *tag) },
+                }
+            }
+            Post::Send { peer, route, ctx } => {
+                let (p, n, c) = buf_of(*ctx);
+                match route {
+                    // SAFETY: the context and its buffer live until its completion.
+                    Route::Pool => unsafe { fi::fi_send(ep, p.cast(), n, none, *peer, c.cast()) },
+                    // SAFETY: as above.
+                    Route::Expected(tag) => unsafe {
+                        fi::fi_tsend(ep, p.cast(), n, none, *peer, *tag, c.cast())
+                    },
+                }
+            }
+            Post::Recv { tag, ctx } => {
+                let (p, n, c) = buf_of(*ctx);
+                let any = fi::FI_ADDR_UNSPEC;
+                // SAFETY: as above.
+                unsafe { fi::fi_trecv(ep, p.cast(), n, none, any, *tag, 0, c.cast()) }
+            }
+            Post::Pool { ctx } => {
+                let (p, n, c) = buf_of(*ctx);
+                let any = fi::FI_ADDR_UNSPEC;
+                // SAFETY: as above.
+                unsafe { fi::fi_recv(ep, p.cast(), n, none, any, c.cast()) }
+            }
+        };
+        self.post_once(post.what(), || rc)
     }
 
     /// One post; `-FI_EAGAIN` is `Exhausted`.
@@ -88,21 +281,10 @@ impl OfiPlugin {
         }
     }
 
+    /// Posts a receive of the unexpected pool (its context is in `live` for good).
     pub(crate) fn post_pool(&self, ctx: *mut Ctx) -> NaResult<()> {
-        // SAFETY: ctx is a live Ctx owned by the plugin (in `live`); its buffer stays put
-        // until the completion hands it back.
-        let (buf, len) = unsafe { ((*ctx).buf.as_mut_ptr(), (*ctx).buf.len()) };
-        self.post("fi_recv(unexpected)", || unsafe {
-            // SAFETY: as above; the endpoint is open.
-            fi::fi_recv(
-                self.ep.0,
-                buf.cast(),
-                len,
-                std::ptr::null_mut(),
-                fi::FI_ADDR_UNSPEC,
-                ctx.cast(),
-            )
-        })
+        self.submit(None, Post::Pool { ctx: ctx as usize })
+            .map(drop)
     }
 
     /// Sends a control message (header included) into `peer`'s pool, injected when it fits.
@@ -113,7 +295,8 @@ impl OfiPlugin {
     /// Sends `buf` to `peer` by `route`: injected (no completion) when `inject` allows and
     /// it fits, else with a context that owns the buffer (`inject` false asks for a
     /// completion even for a small message: an answer's failure is how a server learns
-    /// that its client died). Returns whether a completion will come.
+    /// that its client died). Returns whether the operation (`what`) completes later
+    /// (a completion or the backlog); false: an injected send is done.
     pub(crate) fn send_to(
         &self,
         peer: u64,
@@ -122,44 +305,103 @@ impl OfiPlugin {
         what: What,
         inject: bool,
     ) -> NaResult<bool> {
+        let op = match what {
+            What::Op(id) => Some(id),
+            _ => None,
+        };
         if inject && buf.len() <= self.inject {
-            let (p, n, ep) = (buf.as_ptr().cast(), buf.len(), self.ep.0);
-            self.post_to(peer, "fi_inject", || match route {
-                // SAFETY: buf is valid for its length during the call; inject copies it.
-                Route::Pool => unsafe { fi::fi_inject(ep, p, n, peer) },
-                // SAFETY: as above.
-                Route::Expected(tag) => unsafe { fi::fi_tinject(ep, p, n, peer, tag) },
-            })?;
-            return Ok(false);
+            let posted = self.submit(op, Post::Inject { peer, route, buf })?;
+            return Ok(posted == Posted::Later);
         }
         let ctx = Ctx::new(what, buf);
         {
             let mut s = lock(&self.state);
             s.live.insert(ctx as usize);
-            if let What::Op(id) = what
-                && let Some(op) = s.ops.get_mut(&id)
-            {
+            if let Some(op) = op.and_then(|id| s.ops.get_mut(&id)) {
                 op.ctxs.push(ctx as usize);
             }
         }
-        // SAFETY: ctx is live until its completion; its buffer is not touched meanwhile.
-        let (p, n) = unsafe { ((*ctx).buf.as_ptr(), (*ctx).buf.len()) };
-        let (ep, none) = (self.ep.0, std::ptr::null_mut());
-        let r = self.post_to(peer, "fi_send", || match route {
-            // SAFETY: as above.
-            Route::Pool => unsafe { fi::fi_send(ep, p.cast(), n, none, peer, ctx.cast()) },
-            Route::Expected(tag) => unsafe {
-                // SAFETY: as above.
-                fi::fi_tsend(ep, p.cast(), n, none, peer, tag, ctx.cast())
-            },
-        });
-        if let Err(e) = r {
-            let mut s = lock(&self.state);
-            s.live.remove(&(ctx as usize));
-            // SAFETY: the post failed, so libfabric holds no reference to ctx.
-            drop(unsafe { Box::from_raw(ctx) });
-            return Err(e);
+        let ctx = ctx as usize;
+        match self.submit(op, Post::Send { peer, route, ctx }) {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                self.free_unposted(op, ctx);
+                Err(e)
+            }
         }
-        Ok(true)
     }
+
+    /// Posts the receive of an expected message for operation `op`.
+    pub(crate) fn post_recv(&self, op: u64, tag: u64, ctx: *mut Ctx) -> NaResult<()> {
+        let ctx = ctx as usize;
+        self.submit(Some(op), Post::Recv { tag, ctx })
+            .map(drop)
+            .inspect_err(|_| self.free_unposted(Some(op), ctx))
+    }
+}
+
+/// Whether a front post the provider refused again must fail.
+enum Expiry {
+    /// It waits on.
+    Waits,
+    /// It fails with this.
+    Now(NaError),
+    /// It fails with this if its peer (at this raw address) is certainly gone: a check
+    /// that may take a while (a connection attempt), made outside the state lock.
+    IfDead(u64, Vec<u8>, NaError),
+}
+
+/// Whether the waiting front post `b` must fail now: it waited too long, or its peer may
+/// be gone (looked at every [`DEATH_CHECK`]).
+fn expired(b: &mut Backlogged, peers: &FxHashMap<u64, Peer>) -> Expiry {
+    let (now, what) = (Instant::now(), b.post.what());
+    if now.duration_since(b.since) > GIVE_UP {
+        let secs = GIVE_UP.as_secs();
+        return Expiry::Now(NaError::Exhausted(format!(
+            "{what}: the provider's queue stayed full for {secs} s"
+        )));
+    }
+    if now.duration_since(b.checked) < DEATH_CHECK {
+        return Expiry::Waits;
+    }
+    b.checked = now;
+    match b.post.peer().and_then(|p| peers.get(&p)) {
+        Some(p) => Expiry::IfDead(
+            b.seq,
+            p.raw.clone(),
+            NaError::Unreachable(format!("{what}: the peer is gone and its queue is full")),
+        ),
+        None => Expiry::Waits,
+    }
+}
+
+/// Drops the backlogged posts of operation `id` (canceled, or its peer lost), freeing their
+/// contexts; returns how many there were (each was one of its parts).
+pub(crate) fn drop_backlogged(s: &mut State, id: u64) -> u32 {
+    let mut gone = Vec::new();
+    s.backlog.retain(|b| {
+        let mine = b.op == Some(id);
+        if mine {
+            gone.push(b.post.ctx());
+        }
+        !mine
+    });
+    // (The drainer posts and removes the front under the state lock held here: what is
+    // still in the backlog was never posted.)
+    for ctx in gone.iter().flatten() {
+        forget_ctx(s, Some(id), *ctx);
+    }
+    gone.len() as u32
+}
+
+fn forget_ctx(s: &mut State, op: Option<u64>, ctx: usize) {
+    if !s.live.remove(&ctx) {
+        return;
+    }
+    if let Some(o) = op.and_then(|id| s.ops.get_mut(&id)) {
+        o.ctxs.retain(|c| *c != ctx);
+    }
+    // SAFETY: made by Ctx::new and never taken by libfabric (its post failed or never
+    // happened); removed from `live` just now, so freed once.
+    drop(unsafe { Box::from_raw(ctx as *mut Ctx) });
 }

@@ -10,6 +10,7 @@ use na::{Event, NaError, NaResult, PeerId};
 
 use crate::fabric;
 use crate::plugin::{Ctx, OfiPlugin, OpKind, Peer, RECV_BUFS_KEPT, State, What, lock};
+use crate::post::drop_backlogged;
 use crate::provider::DeathCheck;
 use crate::wire::{self, Kind};
 
@@ -91,6 +92,7 @@ impl OfiPlugin {
             self.on_answer(a);
         }
         self.pump();
+        self.drain_backlog();
     }
 
     fn on_completion(&self, ctx: *mut Ctx, r: Result<(usize, u64), NaError>) {
@@ -351,12 +353,18 @@ impl OfiPlugin {
                 unsafe { fi::fi_cancel(self.ep.fid(), *c as *mut libc::c_void) };
             }
             if op.kind != OpKind::Rma {
-                // Receives and sends own their buffers: report now, release on completion.
+                // Receives and sends own their buffers: report now, release on completion
+                // (or now, for posts still in the backlog).
                 op.reported = true;
                 self.push_event(Event::Done {
                     op: na::OpId(id),
                     result: Err(e.clone()),
                 });
+                let unposted = drop_backlogged(&mut s, id);
+                if let Some(op) = s.ops.get_mut(&id) {
+                    op.parts = op.parts.saturating_sub(unposted);
+                }
+                self.finish_if_done(&mut s, id);
             } else {
                 // Transfers: pieces not posted yet are dropped; posted ones are left to the
                 // provider for a while (they may still touch the caller's memory).
@@ -577,6 +585,10 @@ impl OfiPlugin {
                 return Ok(false);
             }
             nfds = 2;
+            if self.backlogged.load(Relaxed) {
+                // Posts wait for room: look again soon even if nothing completes.
+                wait = Some(wait.map_or(BUSY_POLL, |w| w.min(BUSY_POLL)));
+            }
         } else {
             // No wait object (shm): poll the queue, soon after activity (a peer's answer
             // is likely on its way), then less often while nothing comes.
@@ -629,6 +641,10 @@ impl OfiPlugin {
             }
             let kind = op.kind;
             drop_queued(&mut s, id);
+            let unposted = drop_backlogged(&mut s, id);
+            if let Some(op) = s.ops.get_mut(&id) {
+                op.parts = op.parts.saturating_sub(unposted);
+            }
             self.finish_if_done(&mut s, id);
             kind
         };
