@@ -143,6 +143,37 @@ fn sequential_small_reads_are_read_ahead() {
 }
 
 #[test]
+fn many_sequential_readers_share_the_read_ahead_budget() {
+    // 16 readers of 4 MiB files, 8 MiB of read-ahead for all: each reads ahead its share
+    // (512 KiB). Windows past the share could not be kept, and every client read missed
+    // and fetched again (one backend read per client read before shares).
+    let (export, _backend, node) = pair("ionode-ra-share", &["--readahead-total", "8M"]);
+    let size = 4 << 20;
+    for c in 0..16u64 {
+        std::fs::write(export.join(format!("r{c}")), pattern(c, 0, size)).unwrap();
+    }
+    std::thread::scope(|s| {
+        for c in 0..16u64 {
+            let node = &node;
+            s.spawn(move || {
+                let f = node.client().open(&format!("/r{c}")).unwrap();
+                let mut buf = vec![0u8; BLOCK];
+                for off in (0..size).step_by(BLOCK) {
+                    assert_eq!(f.read_at(&mut buf, off as u64).unwrap(), BLOCK);
+                    assert!(buf == pattern(c, off as u64, BLOCK), "file {c} at {off}");
+                }
+            });
+        }
+    });
+    let (r_in, r_out) = node.stats().op("posix.read");
+    assert_eq!(r_in, 16 * (size / BLOCK) as u64);
+    assert!(
+        r_out * 16 <= r_in,
+        "backend reads {r_out} for {r_in} client reads"
+    );
+}
+
+#[test]
 fn fsynced_writes_survive_kill_9_of_the_node() {
     let (export, backend, node) = pair("ionode-kill", &["--flush-after-ms", "600000"]);
     let fs = node.client();

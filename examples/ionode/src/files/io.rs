@@ -194,13 +194,18 @@ impl Files {
             Counters::add(&self.stats.readahead_hits, 1);
             (buf.len(), false)
         } else if window > buf.len() || dense {
+            // No more than this file may keep (its share of the read-ahead budget): a
+            // window fetched and not kept makes the next read miss and fetch again.
+            let (generation, share) = {
+                let s = lock(&f.state);
+                (s.generation, s.cache.share() as usize)
+            };
             let (at, len) = if dense {
                 (off - off % DENSE, DENSE as usize)
             } else {
-                (off, window)
+                (off, window.min(share))
             };
             let len = len.max((off - at) as usize + buf.len());
-            let generation = lock(&f.state).generation;
             let mut data = vec![0u8; len];
             let n = fetch(at, &mut data)?;
             data.truncate(n);
