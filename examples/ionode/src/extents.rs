@@ -133,28 +133,31 @@ impl Extents {
     /// own; small ones may still be joined by the writes that fill the holes between
     /// them), and then the lowest ones (those every writer has passed) until at most
     /// `keep` bytes remain; as writes of at most `max` bytes each, in offset order.
+    /// (The extents are looked at in place and only those taken leave the map: a look that
+    /// takes nothing costs no allocation.)
     pub fn drain_some(&mut self, min: usize, keep: u64, max: usize) -> Vec<(u64, Vec<u8>)> {
         let mut left = self.bytes;
-        let mut big = BTreeMap::new();
-        for (o, d) in std::mem::take(&mut self.map) {
+        let mut taken = Vec::new();
+        for (o, d) in &self.map {
             if d.len() >= min || left > keep {
                 left -= d.len() as u64;
-                big.insert(o, d);
-            } else {
-                self.map.insert(o, d);
+                taken.push(*o);
             }
         }
-        self.bytes = self.map.values().map(|d| d.len() as u64).sum();
+        self.bytes = left;
         let mut out = Vec::new();
-        for (o, mut d) in big {
-            let mut at = o;
-            while d.len() > max {
-                let rest = d.split_off(max);
-                out.push((at, d));
-                at += max as u64;
-                d = rest;
+        for o in taken {
+            let Some(d) = self.map.remove(&o) else {
+                continue;
+            };
+            if d.len() <= max {
+                out.push((o, d));
+                continue;
             }
-            out.push((at, d));
+            // Pieces copied once each (splitting off the rest again and again copied it
+            // at every piece).
+            let pieces = d.chunks(max.max(1)).map(<[u8]>::to_vec);
+            out.extend((o..).step_by(max.max(1)).zip(pieces));
         }
         out
     }

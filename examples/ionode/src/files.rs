@@ -370,4 +370,21 @@ mod tests {
         assert_eq!(owed(&mut e, 3), Some(libc::EIO));
         assert_eq!(owed(&mut e, 4), None, "not a writer then");
     }
+
+    #[test]
+    fn a_look_that_takes_nothing_waits_for_a_quarter_file_more() {
+        // 16 MiB of write-behind: 1 MiB per file before the writers look for ripe data.
+        let files = Files::new(16 << 20, 0, None, Arc::new(Counters::default()));
+        let f = files.get((0, 1, 1));
+        let block = [7u8; 4096];
+        // Scattered blocks (every other one): no extent is ever ripe.
+        for i in 0..=256u64 {
+            assert!(files.buffer(&f, i * 8192, &block, b"/f", &None));
+        }
+        let s = lock(&f.state);
+        assert_eq!(s.extents.bytes(), 257 * 4096, "nothing written out");
+        // Looked at the 256th block (1 MiB held): the next look is a quarter file later,
+        // not at every write (that was quadratic in the extents held).
+        assert_eq!(s.next_look, (1 << 20) + (256 << 10));
+    }
 }

@@ -38,17 +38,19 @@ impl Files {
             let mut s = lock(&f.state);
             let before = s.extents.bytes();
             let writes = s.extents.drain_some(min, keep, MAX_MERGE);
+            let after = s.extents.bytes();
+            // The next look of the writers comes after a quarter file more, taken or not
+            // (looking at every write while nothing is ripe was quadratic in extents).
+            s.next_look = after + self.file_max / 4;
             if writes.is_empty() {
                 // Nothing large enough: the buffer, read-ahead data and counters stay.
                 return;
             }
-            let after = s.extents.bytes();
             // Records appended before now had their bytes buffered before now: in
             // `writes`, or written already.
             let clean_from = (after == 0)
                 .then(|| self.journal.as_ref().map(|j| j.next_seq()))
                 .flatten();
-            s.next_look = after + self.file_max / 4;
             if after == 0 {
                 (s.since, s.last) = (None, None);
             }
