@@ -77,6 +77,7 @@ fn main() -> Res<()> {
     {
         let node = IoNode::start(NodeConfig {
             journal: journal.clone(),
+            auth: rpc_core::Auth::from_env()?,
             ..NodeConfig::new(listen, backend)
         })?;
         println!("{}", node.addr());
@@ -88,7 +89,19 @@ fn main() -> Res<()> {
     let base = std::env::temp_dir().join(format!("qs-fwd-{}", std::process::id()));
     std::fs::create_dir_all(&base)?;
     let listen = rpc_core::transport::listen_address(Some(&o.t))?.to_string();
+    // Over a network transport every party proves who it is with a shared key made for
+    // this run (without one, clients are anonymous and may not write the export); the
+    // clients and the node (a child) take it from the environment.
+    let auth = if o.t.starts_with("sm") {
+        rpc_core::Auth::None
+    } else {
+        let key = rpc_core::Auth::create_key_file(&base.join("auth.key"))?;
+        // SAFETY: no other thread runs yet to read the environment meanwhile.
+        unsafe { std::env::set_var(rpc_core::Auth::ENV, format!("key:{}", key.display())) };
+        rpc_core::Auth::from_env()?
+    };
     let mut cfg = ServerConfig::new(&base, &listen);
+    cfg.auth = auth;
     cfg.policy.root_squash = false;
     // SAFETY: geteuid cannot fail.
     cfg.policy.trusted_forwarders = vec![unsafe { libc::geteuid() }];
