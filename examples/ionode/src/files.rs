@@ -21,6 +21,7 @@ use crate::kept::{Budget, Kept};
 use crate::stats::Counters;
 
 mod io;
+mod paths;
 
 /// The largest backend write a flush makes.
 pub const MAX_MERGE: usize = 8 << 20;
@@ -83,8 +84,6 @@ struct State {
     failing_since: Option<Instant>,
     /// Buffered bytes at which to look for large extents again.
     next_look: u64,
-    /// Paths it was opened by (backend paths), for path-based barriers.
-    paths: Vec<Vec<u8>>,
     /// Read-ahead data.
     cache: Kept,
     /// Where the last read of any client began (dense-access detection).
@@ -123,6 +122,10 @@ fn owed(errors: &mut Vec<(u64, i32)>, token: u64) -> Option<i32> {
 /// Every shared file, and the write-behind memory of all of them.
 pub struct Files {
     map: Mutex<HashMap<Key, Weak<SharedFile>>>,
+    /// Entries of `map` after its last sweep of dead files.
+    swept: AtomicU64,
+    /// The files each (backend, path) was opened as.
+    paths: Mutex<paths::Index<(usize, Vec<u8>), SharedFile>>,
     /// Bytes buffered, all files.
     pub buffered: AtomicU64,
     /// The bound on `buffered` (`--write-behind`).
@@ -152,6 +155,8 @@ impl Files {
             journal,
             kept: Budget::new(readahead_total),
             map: Mutex::new(HashMap::new()),
+            swept: AtomicU64::new(0),
+            paths: Mutex::new(paths::Index::default()),
             buffered: AtomicU64::new(0),
             budget,
             file_max: (budget / 16).clamp(64 << 10, MAX_MERGE as u64),
@@ -165,7 +170,12 @@ impl Files {
         if let Some(f) = m.get(&key).and_then(Weak::upgrade) {
             return f;
         }
-        m.retain(|_, w| w.strong_count() > 0);
+        // Dead entries swept once the map has doubled since the last sweep (a sweep per
+        // open was a scan of every file per create).
+        if m.len() as u64 >= (2 * self.swept.load(Ordering::Relaxed)).max(1024) {
+            m.retain(|_, w| w.strong_count() > 0);
+            self.swept.store(m.len() as u64, Ordering::Relaxed);
+        }
         let f = Arc::new(SharedFile {
             key,
             state: Mutex::new(State {
@@ -187,10 +197,13 @@ impl Files {
 
     /// Files of `backend` opened by `path`.
     pub fn by_path(&self, backend: usize, path: &[u8]) -> Vec<Arc<SharedFile>> {
-        self.all()
-            .into_iter()
-            .filter(|f| f.key.0 == backend && lock(&f.state).paths.iter().any(|p| p == path))
-            .collect()
+        lock(&self.paths).get(&(backend, path.to_vec()))
+    }
+
+    /// `f` was opened as `path` on its backend, by a handle that may write (`w`).
+    pub fn opened(&self, f: &Arc<SharedFile>, w: Option<Writer>, path: &[u8]) {
+        lock(&f.state).writers.extend(w);
+        lock(&self.paths).add((f.key.0, path.to_vec()), f);
     }
 
     /// Buffers a write of `data` at `off`, made by `user` on the file opened as `path`
@@ -305,15 +318,6 @@ impl SharedFile {
     pub fn busy(&self) -> bool {
         let s = lock(&self.state);
         !s.writers.is_empty() || !s.extents.is_empty()
-    }
-
-    /// Adds a handle that may write, and a path the file is known by.
-    pub fn opened(&self, w: Option<Writer>, path: &[u8]) {
-        let mut s = lock(&self.state);
-        s.writers.extend(w);
-        if !s.paths.iter().any(|p| p == path) {
-            s.paths.push(path.to_vec());
-        }
     }
 
     /// Drops writer `token` unless it is the last one (then returns `true`: the caller

@@ -164,7 +164,7 @@ impl Node {
                 token,
                 backing: backing.clone(),
             });
-            f.opened(w, &path);
+            self.files.opened(&f, w, &path);
             if trunc {
                 self.files.truncate(&f, 0);
             }
