@@ -100,6 +100,28 @@ impl Node {
         self.on_fh(h, READDIR, |fh| ReaddirReq { fh, max, restart })
     }
 
+    /// As the backend lists them, but without the attributes of files holding buffered
+    /// writes here (the backend's are stale: the caller's `stat` of them flushes first).
+    pub(crate) fn readdir_plus(&self, h: &Handle, restart: bool, max: u32) -> R<DirPagePlus> {
+        let mut page = self.on_fh(h, READDIR_PLUS, |fh| ReaddirReq { fh, max, restart })?;
+        for (e, a) in &mut page.entries {
+            let mut path = h.path.clone();
+            if !path.ends_with(b"/") {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&e.name);
+            if self
+                .files
+                .by_path(h.backend, &path)
+                .iter()
+                .any(|f| f.busy())
+            {
+                *a = None;
+            }
+        }
+        Ok(page)
+    }
+
     /// A call on a path or handle: the backend's path or handle put in its place by
     /// `with`. Buffered writes of the file are flushed first (its times and size).
     pub(crate) fn on_target<In: Serialize + Clone, Out: DeserializeOwned>(

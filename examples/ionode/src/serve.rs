@@ -83,6 +83,10 @@ impl Backend for Node {
         e(Node::readdir(self, h, restart, max))
     }
 
+    fn readdir_plus(&self, _: &Who, h: &Arc<Handle>, restart: bool, max: u32) -> R<DirPagePlus> {
+        e(Node::readdir_plus(self, h, restart, max))
+    }
+
     fn stat(&self, who: &Who, t: On<'_, Handle>, follow: bool) -> R<Attr> {
         e(Node::stat(self, &req(who), t, follow))
     }

@@ -97,6 +97,15 @@ fn fsync_puts_acknowledged_writes_on_the_backend_and_reads_see_them_before() {
         0,
         "acknowledged, still buffered in the node"
     );
+    // A listing with attributes leaves out those the backend has stale (the caller's
+    // stat of the file then flushes, below).
+    let listed = fs.read_dir_plus("/").unwrap();
+    let log = listed.iter().find(|(e, _)| e.name.as_slice() == b"log");
+    assert_eq!(
+        log.map(|(_, a)| a.is_none()),
+        Some(true),
+        "buffered: no attributes"
+    );
     let mut back = vec![0u8; data.len() + 100];
     let n = fs.open("/log").unwrap().read_at(&mut back, 0).unwrap();
     assert_eq!(

@@ -186,6 +186,16 @@ pub struct DirPage {
     pub end: bool,
 }
 
+/// Entries with their attributes, and whether the directory is exhausted.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct DirPagePlus {
+    /// The entries of this page, each with its attributes (`None`: they could not be
+    /// read for the caller, e.g. no search permission on the directory).
+    pub entries: Vec<(DirEntry, Option<Attr>)>,
+    /// No entries follow.
+    pub end: bool,
+}
+
 /// `statfs`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[allow(missing_docs)]
@@ -244,6 +254,9 @@ pub const RENAME: Rpc<(ByteBuf, ByteBuf), Reply<()>> = Rpc::new("posix.rename");
 pub const RENAME2: Rpc<(ByteBuf, ByteBuf, u32), Reply<()>> = Rpc::new("posix.rename2");
 /// `readdir`, a page at a time.
 pub const READDIR: Rpc<ReaddirReq, Reply<DirPage>> = Rpc::new("posix.readdir");
+/// `readdir` with each entry's attributes (as `lstat` gives them), a page of at most
+/// [`MAX_DIR_PLUS_PAGE`] at a time: what a FUSE `readdirplus` needs, in one round trip.
+pub const READDIR_PLUS: Rpc<ReaddirReq, Reply<DirPagePlus>> = Rpc::new("posix.readdir_plus");
 /// `symlink`: link target (stored as given), path of the new link.
 pub const SYMLINK: Rpc<(ByteBuf, ByteBuf), Reply<()>> = Rpc::new("posix.symlink");
 /// `readlink`.
@@ -308,3 +321,6 @@ pub const MAX_INLINE_READ: u64 = 60 << 10;
 
 /// The most entries a `readdir` page carries.
 pub const MAX_DIR_PAGE: u32 = 1024;
+
+/// The most entries a `readdir_plus` page carries (an answer stays within one message).
+pub const MAX_DIR_PLUS_PAGE: u32 = 256;

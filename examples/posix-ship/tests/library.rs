@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use common::{ServerProc, errno, scratch, transports};
-use posix_ship::proto::{STAT, SetTime, Target, Time};
+use posix_ship::proto::{READDIR_PLUS, ReaddirReq, STAT, SetTime, Target, Time};
 use rpc_core::ByteBuf;
 
 fn every_operation(transport: &str) {
@@ -134,6 +134,31 @@ fn every_operation(transport: &str) {
         .collect();
     names.sort();
     assert_eq!(names, [&b"big"[..], b"f", b"link", b"renamed"]);
+    // With attributes: each entry's own lstat; none for `.` and `..` (`..` of the
+    // export's root is outside it).
+    for (e, a) in fs.read_dir_plus("/").unwrap() {
+        match e.name.as_slice() {
+            b"." | b".." => assert!(a.is_none(), "{:?}", e.name),
+            b"d" => assert_eq!(a, Some(fs.symlink_metadata("/d").unwrap())),
+            other => panic!("unexpected entry {other:?}"),
+        }
+    }
+    let d = fs
+        .open_raw(b"/d", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        .unwrap();
+    let req = ReaddirReq {
+        fh: d.fh,
+        max: 2,
+        restart: true,
+    };
+    let page = fs.call(READDIR_PLUS, &req).unwrap();
+    assert_eq!(page.entries.len(), 2, "at most what was asked");
+    let listed = fs.read_dir_plus("/d").unwrap();
+    let link = listed.iter().find(|(e, _)| e.name.as_slice() == b"link");
+    let link = link.and_then(|(_, a)| *a).expect("the link's attributes");
+    assert_eq!(link.mode & libc::S_IFMT, libc::S_IFLNK, "lstat, not stat");
+    assert_eq!(link, fs.symlink_metadata("/d/link").unwrap());
+    fs.close_raw(d.fh).unwrap();
     for n in ["big", "f", "link", "renamed"] {
         fs.remove_file(&format!("/d/{n}")).unwrap();
     }

@@ -222,3 +222,31 @@ fn rename_flags_work_on_the_mount() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_listing_brings_attributes_so_stat_of_each_entry_costs_no_call() {
+    let Some((export, at, _local, srv)) = setup("mount-readdirplus") else {
+        return;
+    };
+    let n = 2000;
+    std::fs::create_dir(export.join("d")).unwrap();
+    for i in 0..n {
+        std::fs::write(export.join(format!("d/f{i}")), vec![b'x'; i % 100]).unwrap();
+    }
+    let m = Mounted::start(&srv, &at, &[]);
+    let fs = srv.client();
+    let before = fs.server_stats().unwrap().requests;
+    // find stats every entry it lists: the sizes must be the files' own.
+    let sizes = run(
+        &at,
+        "find d -type f -printf '%s\\n' | sort -n | uniq -c | wc -l",
+    );
+    let calls = fs.server_stats().unwrap().requests - before;
+    println!("listing and stat of {n} files through the mount: {calls} calls");
+    assert_eq!(sizes.trim(), "100", "every size from 0 to 99");
+    assert!(
+        calls * 20 <= n as u64,
+        "{calls} calls to list and stat {n} files (a lookup each without attributes in the listing)"
+    );
+    drop(m);
+}

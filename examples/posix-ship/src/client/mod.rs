@@ -331,6 +331,31 @@ impl RemoteFs {
         r
     }
 
+    /// Every entry of a directory (`.` and `..` too) with its attributes as `lstat` gives
+    /// them (`None`: the server could not read them for us).
+    pub fn read_dir_plus(&self, p: &str) -> io::Result<Vec<(DirEntry, Option<Attr>)>> {
+        let o = self.open_raw(p.as_bytes(), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let mut all = Vec::new();
+        let r = loop {
+            let req = ReaddirReq {
+                fh: o.fh,
+                max: MAX_DIR_PLUS_PAGE,
+                restart: all.is_empty(),
+            };
+            match self.call(READDIR_PLUS, &req) {
+                Ok(page) => {
+                    all.extend(page.entries);
+                    if page.end {
+                        break Ok(all);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.close_raw(o.fh)?;
+        r
+    }
+
     /// One page of a directory opened with `O_DIRECTORY`.
     pub fn readdir_page(&self, fh: Fh, max: u32, restart: bool) -> io::Result<DirPage> {
         self.call(READDIR, &ReaddirReq { fh, max, restart })

@@ -12,7 +12,7 @@ use fuser::{
 };
 
 use super::Fs;
-use super::attr::{bytes, dt_kind, err, file_attr};
+use super::attr::{bytes, err, file_attr};
 use crate::proto::*;
 
 impl Filesystem for Fs {
@@ -23,6 +23,13 @@ impl Filesystem for Fs {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.set_max_background(64);
+        // Listings carry attributes: `ls -l`, `find`, `git status` need no lookup per
+        // entry. Always (the kernel's automatic choice lists without them after the first
+        // call unless lookups came since, and then every entry cost a lookup: `find` of
+        // 100 000 files 9-12 s, 0.7 s with attributes every time).
+        if let Err(e) = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS) {
+            tracing::info!(unsupported = ?e, "the kernel lists without attributes");
+        }
         if self.opts.writeback
             && let Err(e) = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE)
         {
@@ -328,30 +335,22 @@ impl Filesystem for Fs {
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let _as = self.acting(req);
-        let lock = || self.listings.lock().unwrap_or_else(|e| e.into_inner());
-        if offset == 0 || !lock().contains_key(&fh.0) {
-            // Listed without the lock held: other directories are listed meanwhile.
-            match self.list(fh.0) {
-                Ok(all) => {
-                    lock().insert(fh.0, all);
-                }
-                Err(e) => return reply.error(e),
-            }
-        }
-        let listings = lock();
-        let Some(all) = listings.get(&fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
-        for (i, e) in all.iter().enumerate().skip(offset as usize) {
-            let name = OsStr::from_bytes(&e.name);
-            if reply.add(INodeNo(e.ino.max(2)), i as u64 + 1, dt_kind(e.kind), name) {
-                break;
-            }
-        }
-        reply.ok()
+        self.read_dir(fh, offset, reply)
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let _as = self.acting(req);
+        self.read_dir_plus(ino, fh, offset, reply)
     }
 
     fn releasedir(

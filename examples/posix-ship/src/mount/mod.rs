@@ -14,6 +14,7 @@
 mod attr;
 mod inodes;
 mod kernel;
+mod listing;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -97,7 +98,7 @@ pub struct Fs {
     opts: MountOptions,
     inodes: Mutex<Inodes>,
     /// Directory listings being read, by handle (the kernel reads them by offset).
-    listings: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    listings: Mutex<HashMap<u64, Vec<listing::Listed>>>,
     /// Open handles by inode: a file unlinked while open is still reached through them.
     handles: Mutex<HashMap<u64, Vec<u64>>>,
     /// The server's address, told to an interposer riding on the mount ([`crate::ride`]).
@@ -371,23 +372,5 @@ impl Fs {
         self.call(rpc, &bytes(&p))?;
         self.inodes().unlinked(&p);
         Ok(())
-    }
-
-    fn list(&self, fh: u64) -> R<Vec<DirEntry>> {
-        let mut all = Vec::new();
-        let mut restart = true;
-        loop {
-            let req = ReaddirReq {
-                fh: Fh(fh),
-                max: MAX_DIR_PAGE,
-                restart,
-            };
-            let page = self.call(READDIR, &req)?;
-            restart = false;
-            all.extend(page.entries);
-            if page.end {
-                return Ok(all);
-            }
-        }
     }
 }

@@ -277,6 +277,24 @@ impl Backend for LocalFs {
         })
     }
 
+    /// A page of a listing with each entry's `lstat` (made relative to the directory, with
+    /// the caller's rights: an entry it may not look at has no attributes).
+    fn readdir_plus(&self, w: &Who, f: &Arc<OpenFile>, restart: bool, max: u32) -> R<DirPagePlus> {
+        let page = self.readdir(w, f, restart, max.min(MAX_DIR_PLUS_PAGE))?;
+        let with_attr = |e: DirEntry| {
+            // Not `..` (of the export's root, that is outside it) nor `.`.
+            if matches!(e.name.as_slice(), b"." | b"..") {
+                return (e, None);
+            }
+            let s = rustix::fs::statat(&f.fd, e.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW);
+            (e, s.ok().map(|s| attr(&s)))
+        };
+        Ok(DirPagePlus {
+            entries: page.entries.into_iter().map(with_attr).collect(),
+            end: page.end,
+        })
+    }
+
     fn statfs(&self, _: &Who, path: &[u8]) -> R<FsStat> {
         let fd = self.export.open_at(path, OFlags::PATH, Mode::empty())?;
         let s = rustix::fs::fstatvfs(&fd)?;

@@ -133,6 +133,21 @@ impl Backend for Remote {
         f.fs.readdir_page(f.fh, max, restart).map_err(errno)
     }
 
+    fn readdir_plus(
+        &self,
+        _: &Who,
+        f: &Arc<RemoteFile>,
+        restart: bool,
+        max: u32,
+    ) -> R<DirPagePlus> {
+        let req = ReaddirReq {
+            fh: f.fh,
+            max,
+            restart,
+        };
+        f.fs.call(READDIR_PLUS, &req).map_err(errno)
+    }
+
     fn stat(&self, who: &Who, t: On<'_, RemoteFile>, follow: bool) -> R<Attr> {
         self.on(who, STAT, t, |t| (t, follow))
     }

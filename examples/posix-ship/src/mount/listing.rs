@@ -1,0 +1,147 @@
+//! Directory listings for the kernel: read from the server once per open directory (a
+//! page of entries with their attributes at a time, `posix.readdir_plus`) and handed out
+//! by offset, as plain entries (`readdir`) or with their attributes (`readdirplus`: the
+//! kernel then needs no lookup per entry, so `ls -l` of N files costs N/256 round trips,
+//! not N).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use fuser::{Errno, FileHandle, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
+
+use super::attr::{bytes, dt_kind, file_attr};
+use super::inodes::join;
+use super::{Fs, R};
+use crate::proto::*;
+
+/// An entry of a listing, and its attributes if the server could read them.
+pub(super) type Listed = (DirEntry, Option<Attr>);
+
+/// Entries a `readdirplus` call looks at (its reply holds a few dozen).
+const PLUS_BATCH: usize = 128;
+
+impl Fs {
+    /// The listing of open directory `fh` from `offset`, read from the server at offset 0
+    /// (or when not read yet); at most `max` entries.
+    fn listed(&self, fh: FileHandle, offset: u64, max: usize) -> R<Vec<Listed>> {
+        let lock = || self.listings.lock().unwrap_or_else(|e| e.into_inner());
+        if offset == 0 || !lock().contains_key(&fh.0) {
+            // Listed without the lock held: other directories are listed meanwhile.
+            let all = self.list(fh.0)?;
+            lock().insert(fh.0, all);
+        }
+        let listings = lock();
+        let all = listings.get(&fh.0).ok_or(Errno::EBADF)?;
+        Ok(all
+            .iter()
+            .skip(offset as usize)
+            .take(max)
+            .cloned()
+            .collect())
+    }
+
+    fn list(&self, fh: u64) -> R<Vec<Listed>> {
+        let mut all = Vec::new();
+        let mut restart = true;
+        loop {
+            let req = ReaddirReq {
+                fh: Fh(fh),
+                max: MAX_DIR_PLUS_PAGE,
+                restart,
+            };
+            let page = self.call(READDIR_PLUS, &req)?;
+            restart = false;
+            all.extend(page.entries);
+            if page.end {
+                return Ok(all);
+            }
+        }
+    }
+
+    pub(super) fn read_dir(&self, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.listed(fh, offset, usize::MAX) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (i, (e, _)) in entries.iter().enumerate() {
+            let name = OsStr::from_bytes(&e.name);
+            let next = offset + i as u64 + 1;
+            if reply.add(INodeNo(e.ino.max(2)), next, dt_kind(e.kind), name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    /// Entries with their attributes: each but `.` and `..` counts as a lookup of its
+    /// path (as the kernel counts it), taken back if the reply had no room for it.
+    pub(super) fn read_dir_plus(
+        &self,
+        dir: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (entries, path) = match (self.listed(fh, offset, PLUS_BATCH), self.path(dir)) {
+            (Ok(e), Ok(p)) => (e, p),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        let ttl = self.ttl();
+        for (i, (e, a)) in entries.into_iter().enumerate() {
+            let name = OsStr::from_bytes(&e.name);
+            let next = offset + i as u64 + 1;
+            if matches!(e.name.as_slice(), b"." | b"..") {
+                // Not linked by the kernel, nor counted: only listed.
+                let me = file_attr(dir.0, &a.unwrap_or_default());
+                if reply.add(dir, next, name, &ttl, &me, Generation(0)) {
+                    break;
+                }
+                continue;
+            }
+            let Some(child) = join(&path, &e.name) else {
+                continue;
+            };
+            // Attributes the server could not read: asked for the path (its error, if
+            // any, is for the kernel's later lookup: listed with nothing to trust).
+            let (attr, ttl) = match a
+                .map(Ok)
+                .unwrap_or_else(|| self.call(STAT, &(Target::Path(bytes(&child)), false)))
+            {
+                Ok(a) => (a, ttl),
+                Err(_) => (
+                    Attr {
+                        mode: kind_mode(e.kind),
+                        ..Attr::default()
+                    },
+                    Default::default(),
+                ),
+            };
+            let ino = self.inodes().learn(&child);
+            if reply.add(
+                INodeNo(ino),
+                next,
+                name,
+                &ttl,
+                &file_attr(ino, &attr),
+                Generation(0),
+            ) {
+                self.inodes().forget(ino, 1);
+                break;
+            }
+        }
+        reply.ok()
+    }
+}
+
+/// The `st_mode` type bits of a `DT_*` type.
+fn kind_mode(dt: u8) -> u32 {
+    match dt {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        _ => libc::S_IFREG,
+    }
+}
