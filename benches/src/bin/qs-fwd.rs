@@ -107,8 +107,13 @@ fn main() -> Res<()> {
     // clients and the node (a child) take it from the environment.
     let auth = if o.t.starts_with("sm") {
         rpc_core::Auth::None
+    } else if std::env::var_os(rpc_core::Auth::ENV).is_some() {
+        // The user's own (e.g. `munge`).
+        rpc_core::Auth::from_env()?
     } else {
-        let key = rpc_core::Auth::create_key_file(&base.join("auth.key"))?;
+        // Beside the export, not in it.
+        let key = root.join(format!("qs-fwd-{}.key", std::process::id()));
+        let key = rpc_core::Auth::create_key_file(&key)?;
         // SAFETY: no other thread runs yet to read the environment meanwhile.
         unsafe { std::env::set_var(rpc_core::Auth::ENV, format!("key:{}", key.display())) };
         rpc_core::Auth::from_env()?
@@ -210,6 +215,7 @@ fn main() -> Res<()> {
     drop(node.stdin.take());
     node.wait()?;
     let _ = std::fs::remove_dir_all(&base);
+    let _ = std::fs::remove_file(root.join(format!("qs-fwd-{}.key", std::process::id())));
     Ok(())
 }
 

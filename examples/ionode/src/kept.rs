@@ -98,15 +98,26 @@ impl Kept {
             .map(|(o, d, _)| (*o, d.clone()))
     }
 
-    /// Keeps `data` read at `at`, dropping this file's oldest windows to stay within its
+    /// Keeps `data` read at `at`, dropping this file's windows older than `ttl` (no
+    /// longer served, they would hold its share) and its oldest ones to stay within its
     /// share and make room; not kept (false) if the budget has no room even then.
-    pub fn keep(&mut self, at: u64, data: Vec<u8>) -> bool {
+    pub fn keep(&mut self, at: u64, data: Vec<u8>, ttl: Duration) -> bool {
         let n = data.len() as u64;
+        while self
+            .windows
+            .front()
+            .is_some_and(|(_, _, t)| t.elapsed() >= ttl)
+        {
+            self.pop();
+        }
+        // (The share moves as other files come and go: looked at again each turn.)
+        while !self.windows.is_empty()
+            && (self.windows.len() >= WINDOWS || self.bytes + n > self.share())
+        {
+            self.pop();
+        }
         if n == 0 || n > self.share() {
             return false;
-        }
-        while self.windows.len() >= WINDOWS || self.bytes + n > self.share() {
-            self.pop();
         }
         while !self.budget.take(n) {
             if self.windows.is_empty() {
@@ -151,20 +162,22 @@ impl Drop for Kept {
 mod tests {
     use super::*;
 
+    const TTL: Duration = Duration::from_secs(60);
+
     #[test]
     fn windows_are_charged_to_the_shared_budget_and_given_back() {
         let b = Budget::new(100);
         let ttl = Duration::from_secs(60);
         let mut a = Kept::new(b.clone());
         let mut c = Kept::new(b.clone());
-        assert!(a.keep(0, vec![1; 60]));
+        assert!(a.keep(0, vec![1; 60], TTL));
         assert!(
-            !c.keep(0, vec![2; 60]),
+            !c.keep(0, vec![2; 60], TTL),
             "over its share (50 of 100 for two files)"
         );
         assert!(c.find(0, 1, ttl).is_none(), "not kept");
         assert_eq!(b.used(), 60);
-        assert!(a.keep(100, vec![3; 50]));
+        assert!(a.keep(100, vec![3; 50], TTL));
         assert_eq!(b.used(), 50, "the file's own oldest window made room");
         assert!(a.find(0, 1, ttl).is_none());
         assert_eq!(a.find(120, 10, ttl).map(|w| w.0), Some(100));
@@ -172,9 +185,22 @@ mod tests {
         drop(a);
         assert_eq!(b.used(), 0);
         for i in 0..40 {
-            c.keep(i, vec![0; 1]);
+            c.keep(i, vec![0; 1], TTL);
         }
         assert_eq!(b.used(), WINDOWS as u64, "at most WINDOWS per file");
+    }
+
+    #[test]
+    fn windows_past_their_time_give_their_share_back() {
+        let b = Budget::new(100);
+        let mut a = Kept::new(b.clone());
+        assert!(a.keep(0, vec![1; 40], TTL));
+        assert!(
+            a.keep(40, vec![2; 40], Duration::ZERO),
+            "the old one is past a zero ttl"
+        );
+        assert_eq!(b.used(), 40);
+        assert!(a.find(0, 1, TTL).is_none() && a.find(40, 1, TTL).is_some());
     }
 
     #[test]
@@ -187,7 +213,7 @@ mod tests {
             // Each keeps windows of what its share is when it reads.
             let w = f.share().min(100) as usize;
             assert!(
-                f.keep(0, vec![i as u8; w]),
+                f.keep(0, vec![i as u8; w], TTL),
                 "file {i} keeps its first window"
             );
         }
@@ -195,7 +221,7 @@ mod tests {
         assert_eq!(b.share(false), 80, "a fifth would get a fifth");
         for f in &mut files {
             assert!(
-                f.keep(100, vec![9; 100]),
+                f.keep(100, vec![9; 100], TTL),
                 "a reader moving on replaces its window"
             );
             assert!(f.find(0, 1, ttl).is_none(), "its old window made room");
@@ -204,14 +230,14 @@ mod tests {
         assert_eq!(b.used(), 400);
         let mut late = Kept::new(b.clone());
         assert!(
-            !late.keep(0, vec![0; 80]),
+            !late.keep(0, vec![0; 80], TTL),
             "no room until others shrink to the new share"
         );
         assert!(
-            files[0].keep(200, vec![1; 80]),
+            files[0].keep(200, vec![1; 80], TTL),
             "a file over the new share gives back"
         );
-        assert!(late.keep(0, vec![0; 20]));
+        assert!(late.keep(0, vec![0; 20], TTL));
         files.clear();
         drop(late);
         assert_eq!((b.used(), b.files.load(Ordering::Relaxed)), (0, 0));

@@ -322,5 +322,6 @@ pub const MAX_INLINE_READ: u64 = 60 << 10;
 /// The most entries a `readdir` page carries.
 pub const MAX_DIR_PAGE: u32 = 1024;
 
-/// The most entries a `readdir_plus` page carries (an answer stays within one message).
+/// The most entries a `readdir_plus` page carries (the service holds every backend to it:
+/// with names of usual length an answer fits in one message).
 pub const MAX_DIR_PLUS_PAGE: u32 = 256;

@@ -24,8 +24,10 @@ use crate::plugin::{Ctx, OfiPlugin, Peer, State, What, lock};
 /// How long a post may wait in the backlog.
 const GIVE_UP: Duration = Duration::from_secs(10);
 
-/// How often the front of the backlog checks whether its peer is gone.
+/// How often the front of the backlog checks whether its peer is gone: by its pid (shm),
+/// or by a connection attempt to its port (tcp, sockets: not every 5 ms).
 const DEATH_CHECK: Duration = Duration::from_millis(5);
+const DEATH_CHECK_CONNECT: Duration = Duration::from_millis(250);
 
 /// Where a message goes at its peer.
 #[derive(Copy, Clone, Debug)]
@@ -103,7 +105,7 @@ impl OfiPlugin {
     /// provider's queue is full or older posts wait. An error is the provider's refusal of
     /// a first try: the caller still owns the post's context.
     pub(crate) fn submit(&self, op: Option<u64>, post: Post) -> NaResult<Posted> {
-        if !self.backlogged.load(Ordering::Acquire) {
+        if !self.backlogged.load(Ordering::SeqCst) {
             match self.post_now(&post) {
                 Err(NaError::Exhausted(_)) => {}
                 Err(e) => return Err(post.peer().map_or(e.clone(), |p| self.as_seen(p, e))),
@@ -123,10 +125,10 @@ impl OfiPlugin {
                 checked: now,
             };
             s.backlog.push_back(b);
-            self.backlogged.store(true, Ordering::Release);
+            self.backlogged.store(true, Ordering::SeqCst);
         }
-        self.drain_backlog();
-        if self.backlogged.load(Ordering::Acquire) {
+        self.drain_backlog(false);
+        if self.backlogged.load(Ordering::SeqCst) {
             // A progress thread asleep on the queue's wait fd may see no completion to wake
             // it (a connection being made): it looks at the backlog at its next pass.
             na::Plugin::wake(self);
@@ -135,16 +137,17 @@ impl OfiPlugin {
     }
 
     /// Posts what the backlog holds, in order, until the provider refuses again. One
-    /// thread at a time; progress calls it every pass.
-    pub(crate) fn drain_backlog(&self) {
+    /// thread at a time; progress calls it every pass, with `expire`: only then does a
+    /// post waiting at the front fail for its dead peer or its age (a sender never waits
+    /// on a death check, which may be a connection attempt).
+    pub(crate) fn drain_backlog(&self, expire: bool) {
         loop {
-            if !self.backlogged.load(Ordering::Acquire)
-                || self.draining.swap(true, Ordering::AcqRel)
+            if !self.backlogged.load(Ordering::SeqCst) || self.draining.swap(true, Ordering::SeqCst)
             {
                 return;
             }
-            let blocked = self.drain_inner();
-            self.draining.store(false, Ordering::Release);
+            let blocked = self.drain_inner(expire);
+            self.draining.store(false, Ordering::SeqCst);
             // Emptied: a post backlogged after the last look but before `draining` was
             // cleared found another thread draining; look again. Blocked: the next pass.
             if blocked {
@@ -154,7 +157,7 @@ impl OfiPlugin {
     }
 
     /// The body of [`Self::drain_backlog`]; returns whether the provider refused again.
-    fn drain_inner(&self) -> bool {
+    fn drain_inner(&self, expire: bool) -> bool {
         loop {
             // The front is posted and taken out under one hold of the state lock: a
             // cancel cannot free its context between, and a post made meanwhile sees the
@@ -163,11 +166,12 @@ impl OfiPlugin {
                 let mut s = lock(&self.state);
                 let State { backlog, peers, .. } = &mut *s;
                 let Some(front) = backlog.front_mut() else {
-                    self.backlogged.store(false, Ordering::Release);
+                    self.backlogged.store(false, Ordering::SeqCst);
                     return false;
                 };
                 let r = match self.post_now(&front.post) {
-                    Err(NaError::Exhausted(_)) => match expired(front, peers) {
+                    Err(NaError::Exhausted(_)) if !expire => return true,
+                    Err(NaError::Exhausted(_)) => match expired(front, peers, self.check_every()) {
                         Expiry::Waits => return true,
                         Expiry::Now(e) => Err(e),
                         Expiry::IfDead(seq, raw, e) => {
@@ -189,6 +193,13 @@ impl OfiPlugin {
             if let Some(b) = b {
                 self.posted_late(b, r);
             }
+        }
+    }
+
+    fn check_every(&self) -> Duration {
+        match self.provider.death_check {
+            crate::provider::DeathCheck::Connect => DEATH_CHECK_CONNECT,
+            _ => DEATH_CHECK,
         }
     }
 
@@ -352,8 +363,12 @@ enum Expiry {
 }
 
 /// Whether the waiting front post `b` must fail now: it waited too long, or its peer may
-/// be gone (looked at every [`DEATH_CHECK`]).
-fn expired(b: &mut Backlogged, peers: &FxHashMap<u64, Peer>) -> Expiry {
+/// be gone (looked at every `check_every`). A pool receive never fails: the pool would
+/// shrink for good.
+fn expired(b: &mut Backlogged, peers: &FxHashMap<u64, Peer>, check_every: Duration) -> Expiry {
+    if matches!(b.post, Post::Pool { .. }) {
+        return Expiry::Waits;
+    }
     let (now, what) = (Instant::now(), b.post.what());
     if now.duration_since(b.since) > GIVE_UP {
         let secs = GIVE_UP.as_secs();
@@ -361,7 +376,7 @@ fn expired(b: &mut Backlogged, peers: &FxHashMap<u64, Peer>) -> Expiry {
             "{what}: the provider's queue stayed full for {secs} s"
         )));
     }
-    if now.duration_since(b.checked) < DEATH_CHECK {
+    if now.duration_since(b.checked) < check_every {
         return Expiry::Waits;
     }
     b.checked = now;
@@ -392,6 +407,22 @@ pub(crate) fn drop_backlogged(s: &mut State, id: u64) -> u32 {
         forget_ctx(s, Some(id), *ctx);
     }
     gone.len() as u32
+}
+
+/// Drops the backlogged control messages to `peer` (lost): nobody waits for them, and at
+/// the front they would hold back the posts behind them.
+pub(crate) fn drop_control_to(s: &mut State, peer: u64) {
+    let mut gone = Vec::new();
+    s.backlog.retain(|b| {
+        let mine = b.op.is_none() && b.post.peer() == Some(peer);
+        if mine {
+            gone.extend(b.post.ctx());
+        }
+        !mine
+    });
+    for ctx in gone {
+        forget_ctx(s, None, ctx);
+    }
 }
 
 fn forget_ctx(s: &mut State, op: Option<u64>, ctx: usize) {

@@ -92,7 +92,7 @@ impl OfiPlugin {
             self.on_answer(a);
         }
         self.pump();
-        self.drain_backlog();
+        self.drain_backlog(true);
     }
 
     fn on_completion(&self, ctx: *mut Ctx, r: Result<(usize, u64), NaError>) {
@@ -380,6 +380,7 @@ impl OfiPlugin {
                 self.finish_if_done(&mut s, id);
             }
         }
+        crate::post::drop_control_to(&mut s, peer.0);
         if !again {
             self.push_event(Event::PeerLost { peer, error: e });
         }
@@ -586,8 +587,9 @@ impl OfiPlugin {
             }
             nfds = 2;
             if self.backlogged.load(Relaxed) {
-                // Posts wait for room: look again soon even if nothing completes.
-                wait = Some(wait.map_or(BUSY_POLL, |w| w.min(BUSY_POLL)));
+                // Posts wait for room: look again before long even if nothing completes
+                // (completions, which make room, wake us anyway).
+                wait = Some(wait.map_or(IDLE_POLL, |w| w.min(IDLE_POLL)));
             }
         } else {
             // No wait object (shm): poll the queue, soon after activity (a peer's answer

@@ -186,7 +186,10 @@ impl Files {
             let mut s = lock(&f.state);
             let near = s.last_read.abs_diff(off) <= DENSE * 8;
             s.last_read = off;
-            near && window <= buf.len() && buf.len() as u64 <= DENSE / 2
+            // (Not when a dense block is more than this file may keep: kept nowhere, it
+            // would be fetched again for each read in it.)
+            let fits = s.cache.share() >= DENSE;
+            near && fits && window <= buf.len() && buf.len() as u64 <= DENSE / 2
         };
         // Clients that miss together in one dense block: the first fetches it, the
         // others find it kept once they get the lock.
@@ -217,7 +220,7 @@ impl Files {
             buf[..k].copy_from_slice(&data[from..from + k]);
             let mut s = lock(&f.state);
             if s.generation == generation {
-                s.cache.keep(at, data);
+                s.cache.keep(at, data, READAHEAD_TTL);
             }
             (k, true)
         } else {

@@ -86,6 +86,8 @@ pub fn rpc_errno(e: &RpcError) -> i32 {
         RpcError::Busy(_) => libc::EAGAIN,
         RpcError::Shutdown => libc::ESHUTDOWN,
         RpcError::Canceled => libc::ECANCELED,
+        // A server older than this client: it lacks the operation.
+        RpcError::UnknownRpc { .. } => libc::ENOSYS,
         RpcError::Transport(rpc_core::NaError::AccessDenied(_)) => libc::EACCES,
         // Never connected (nobody listens there): not a reset.
         RpcError::Transport(rpc_core::NaError::Unreachable(_)) => libc::ECONNREFUSED,
@@ -335,13 +337,14 @@ impl RemoteFs {
     /// them (`None`: the server could not read them for us).
     pub fn read_dir_plus(&self, p: &str) -> io::Result<Vec<(DirEntry, Option<Attr>)>> {
         let o = self.open_raw(p.as_bytes(), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        let mut all = Vec::new();
+        let (mut all, mut restart) = (Vec::new(), true);
         let r = loop {
             let req = ReaddirReq {
                 fh: o.fh,
                 max: MAX_DIR_PLUS_PAGE,
-                restart: all.is_empty(),
+                restart,
             };
+            restart = false;
             match self.call(READDIR_PLUS, &req) {
                 Ok(page) => {
                     all.extend(page.entries);

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use fuser::{Errno, FileHandle, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
 
-use super::attr::{bytes, dt_kind, file_attr};
+use super::attr::{dt_kind, file_attr};
 use super::inodes::join;
 use super::{Fs, R};
 use crate::proto::*;
@@ -17,7 +17,9 @@ use crate::proto::*;
 /// An entry of a listing, and its attributes if the server could read them.
 pub(super) type Listed = (DirEntry, Option<Attr>);
 
-/// Entries a `readdirplus` call looks at (its reply holds a few dozen).
+/// Entries a `readdir` call looks at (its reply holds a hundred or two), and a
+/// `readdirplus` one (a few dozen).
+const BATCH: usize = 512;
 const PLUS_BATCH: usize = 128;
 
 impl Fs {
@@ -49,7 +51,22 @@ impl Fs {
                 max: MAX_DIR_PLUS_PAGE,
                 restart,
             };
-            let page = self.call(READDIR_PLUS, &req)?;
+            let page = match self.call(READDIR_PLUS, &req) {
+                // A server without it: entries without attributes.
+                Err(e) if e.code() == libc::ENOSYS => {
+                    let req = ReaddirReq {
+                        max: MAX_DIR_PAGE,
+                        ..req
+                    };
+                    let p = self.call(READDIR, &req)?;
+                    let entries = p.entries.into_iter().map(|e| (e, None)).collect();
+                    DirPagePlus {
+                        entries,
+                        end: p.end,
+                    }
+                }
+                r => r?,
+            };
             restart = false;
             all.extend(page.entries);
             if page.end {
@@ -59,7 +76,7 @@ impl Fs {
     }
 
     pub(super) fn read_dir(&self, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.listed(fh, offset, usize::MAX) {
+        let entries = match self.listed(fh, offset, BATCH) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
@@ -90,10 +107,24 @@ impl Fs {
         for (i, (e, a)) in entries.into_iter().enumerate() {
             let name = OsStr::from_bytes(&e.name);
             let next = offset + i as u64 + 1;
+            // Attributes the server could not give (no search right on the directory, a
+            // file an I/O node holds writes for): listed with nothing for the kernel to
+            // trust, so that it looks the entry up when it needs them.
+            let bare = || Attr {
+                mode: kind_mode(e.kind) | 0o755,
+                nlink: 1,
+                ..Attr::default()
+            };
             if matches!(e.name.as_slice(), b"." | b"..") {
-                // Not linked by the kernel, nor counted: only listed.
-                let me = file_attr(dir.0, &a.unwrap_or_default());
-                if reply.add(dir, next, name, &ttl, &me, Generation(0)) {
+                // Not linked by the kernel, nor counted: only listed (`.` with this
+                // directory's number, `..` with the server's).
+                let ino = if e.name.as_slice() == b"." {
+                    dir.0
+                } else {
+                    e.ino.max(2)
+                };
+                let me = file_attr(ino, &bare());
+                if reply.add(INodeNo(ino), next, name, &ttl, &me, Generation(0)) {
                     break;
                 }
                 continue;
@@ -101,20 +132,9 @@ impl Fs {
             let Some(child) = join(&path, &e.name) else {
                 continue;
             };
-            // Attributes the server could not read: asked for the path (its error, if
-            // any, is for the kernel's later lookup: listed with nothing to trust).
-            let (attr, ttl) = match a
-                .map(Ok)
-                .unwrap_or_else(|| self.call(STAT, &(Target::Path(bytes(&child)), false)))
-            {
-                Ok(a) => (a, ttl),
-                Err(_) => (
-                    Attr {
-                        mode: kind_mode(e.kind),
-                        ..Attr::default()
-                    },
-                    Default::default(),
-                ),
+            let (attr, ttl) = match a {
+                Some(a) => (a, ttl),
+                None => (bare(), Default::default()),
             };
             let ino = self.inodes().learn(&child);
             if reply.add(

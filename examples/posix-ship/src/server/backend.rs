@@ -133,8 +133,8 @@ pub trait Backend: Send + Sync + 'static {
     fn fsync(&self, who: &Who, f: &Arc<Self::File>, data_only: bool) -> R<()>;
     fn fallocate(&self, who: &Who, f: &Arc<Self::File>, mode: i32, off: u64, len: u64) -> R<()>;
     fn readdir(&self, who: &Who, f: &Arc<Self::File>, restart: bool, max: u32) -> R<DirPage>;
-    /// A page of entries with their attributes; by default none (the caller looks each
-    /// entry up).
+    /// A page of at most `max` entries (at most [`MAX_DIR_PLUS_PAGE`]) with their
+    /// attributes; by default none (the caller looks each entry up).
     fn readdir_plus(
         &self,
         who: &Who,
@@ -142,7 +142,7 @@ pub trait Backend: Send + Sync + 'static {
         restart: bool,
         max: u32,
     ) -> R<DirPagePlus> {
-        let p = self.readdir(who, f, restart, max.min(MAX_DIR_PLUS_PAGE))?;
+        let p = self.readdir(who, f, restart, max)?;
         let entries = p.entries.into_iter().map(|e| (e, None)).collect();
         Ok(DirPagePlus {
             entries,

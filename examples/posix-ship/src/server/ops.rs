@@ -280,7 +280,7 @@ impl Backend for LocalFs {
     /// A page of a listing with each entry's `lstat` (made relative to the directory, with
     /// the caller's rights: an entry it may not look at has no attributes).
     fn readdir_plus(&self, w: &Who, f: &Arc<OpenFile>, restart: bool, max: u32) -> R<DirPagePlus> {
-        let page = self.readdir(w, f, restart, max.min(MAX_DIR_PLUS_PAGE))?;
+        let page = self.readdir(w, f, restart, max)?;
         let with_attr = |e: DirEntry| {
             // Not `..` (of the export's root, that is outside it) nor `.`.
             if matches!(e.name.as_slice(), b"." | b"..") {
