@@ -125,6 +125,15 @@ impl<Out: Serialize> Responder<Out> {
         }
     }
 
+    /// Tells the caller to try again later (this server is at a bound); it arrives as
+    /// [`crate::RpcError::Busy`], as the engine's own refusals past its queue bound do.
+    pub fn busy(mut self, why: impl Display) {
+        if let Some(to) = self.to.take() {
+            let why = why.to_string();
+            fail_reply(&self.shared, self.rpc_id, to, Status::Busy, why.as_bytes());
+        }
+    }
+
     /// Sends the caller an error; it arrives as [`crate::RpcError::Handler`].
     pub fn fail(mut self, why: impl Display) {
         if let Some(to) = self.to.take() {

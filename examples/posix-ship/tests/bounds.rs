@@ -439,3 +439,29 @@ fn sm_connections_past_the_descriptor_limit_fail_at_once() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn calls_past_the_in_flight_bound_wait_it_out_instead_of_failing() {
+    // One request in flight per client; eight threads share one connection. The server
+    // answers "busy" past the bound (a program reading a file never expects EAGAIN), and
+    // the client tries again until it is served.
+    let export = scratch("bounds-busy");
+    std::fs::write(export.join("f"), b"x").unwrap();
+    let srv = ServerProc::start(&export, "sm", &["--max-in-flight", "1"]);
+    let fs = srv.client();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            let fs = fs.clone();
+            s.spawn(move || {
+                for _ in 0..200 {
+                    assert_eq!(fs.metadata("/f").unwrap().size, 1);
+                }
+            });
+        }
+    });
+    let refused = srv.client().server_stats().unwrap().refused;
+    assert!(
+        refused > 0,
+        "the bound was never reached: the test shows nothing"
+    );
+}

@@ -15,7 +15,9 @@
 //!
 //! Errors are [`std::io::Error`]s carrying the server's `errno` (`raw_os_error()`), so
 //! `ErrorKind::NotFound` and friends work as with local files. Transport failures map to
-//! `ECONNRESET` (server gone), `ETIMEDOUT`, `EAGAIN` (server busy) or `EIO`.
+//! `ECONNRESET` (server gone), `ETIMEDOUT` or `EIO`. A server at its bound of requests in
+//! flight answers "busy": blocking calls wait that out and try again (up to 60 s); a call
+//! started with [`RemoteFs::start`] reports it as `EAGAIN`.
 
 mod file;
 pub mod readahead;
@@ -52,6 +54,10 @@ struct Inner {
     peer: Endpoint,
     inline_max: usize,
 }
+
+/// How long a blocking call tries again while the server says it is busy (at its bound
+/// of requests in flight), waiting 0.1 ms doubling to 10 ms between tries.
+const BUSY_WAIT: Duration = Duration::from_secs(60);
 
 /// An operation in flight ([`RemoteFs::start`]): wait for it or await it; its outcome
 /// is the server's value, or its `errno` (the transport's failure as one).
@@ -204,7 +210,16 @@ impl RemoteFs {
         rpc: Rpc<In, Reply<Out>>,
         input: &In,
     ) -> io::Result<Out> {
-        self.start(rpc, input).wait()
+        let (start, mut nap) = (std::time::Instant::now(), Duration::from_micros(100));
+        loop {
+            match self.start(rpc, input).call.wait() {
+                Err(RpcError::Busy(_)) if start.elapsed() < BUSY_WAIT => {
+                    std::thread::sleep(nap);
+                    nap = (nap * 2).min(Duration::from_millis(10));
+                }
+                r => return r.map_err(rpc_err)?.map_err(errno),
+            }
+        }
     }
 
     /// Starts any operation of [`crate::proto`] without waiting: [`Pending::wait`] for

@@ -85,19 +85,25 @@ impl RemoteFs {
     /// Waits for a piece; its buffer and the bytes in it (fewer than its length only at
     /// the end of the file).
     fn land_piece(&self, fh: Fh, p: Piece) -> io::Result<(Vec<u8>, usize)> {
-        let answer = p.call.wait();
+        let answer = p.call.call.wait();
         let mut buf = p.dest.into_vec();
-        let n = match answer? {
-            ReadData::Pushed(n) if n as usize <= p.want => n as usize,
-            ReadData::Inline(d) if d.len() <= p.want => {
-                buf[..d.len()].copy_from_slice(&d);
-                d.len()
-            }
-            _ => return Err(io::Error::from_raw_os_error(libc::EIO)),
+        // A server at its bound of requests in flight: the piece read in place, below
+        // (`pread` waits the bound out).
+        let busy = matches!(answer, Err(rpc_core::RpcError::Busy(_)));
+        let n = match answer {
+            _ if busy => 0,
+            answer => match answer.map_err(super::rpc_err)?.map_err(super::errno)? {
+                ReadData::Pushed(n) if n as usize <= p.want => n as usize,
+                ReadData::Inline(d) if d.len() <= p.want => {
+                    buf[..d.len()].copy_from_slice(&d);
+                    d.len()
+                }
+                _ => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            },
         };
         // Short under staging pressure (never empty before the end): the rest in place.
         let mut got = n;
-        while got < p.want && n > 0 {
+        while got < p.want && (n > 0 || busy) {
             let m = self.pread(fh, &mut buf[got..p.want], p.off + got as u64)?;
             if m == 0 {
                 break;

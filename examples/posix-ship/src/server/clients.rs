@@ -205,7 +205,7 @@ impl<F> Clients<F> {
 
     /// Starts a request from `id`, a connection of `user`, or refuses it: `ESHUTDOWN`
     /// while draining, `ECONNRESET` for a client already lost, `EAGAIN` past the
-    /// client's or the user's in-flight bound.
+    /// client's or the user's in-flight bound (answered as the transport's busy).
     pub fn admit(&self, id: ClientId, user: User) -> Result<Admitted<'_, F>, Errno> {
         let mut t = self.lock();
         let refuse = if self.draining.load(Ordering::Acquire) {

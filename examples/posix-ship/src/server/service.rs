@@ -198,6 +198,12 @@ impl<B: Backend> Service<B> {
         };
         let admitted = match self.clients.admit(who.client, who.uid()) {
             Ok(a) => a,
+            // At a bound: the transport's "busy", which clients wait out and try again
+            // (an `EAGAIN` answer would reach programs that never expect one from a
+            // file).
+            Err(e) if e == rustix::io::Errno::AGAIN => {
+                return r.busy(format_args!("{rpc}: requests in flight at the bound"));
+            }
             Err(e) => return r.respond(&Err(e.raw_os_error())),
         };
         let caller = r.caller();
