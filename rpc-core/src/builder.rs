@@ -137,8 +137,9 @@ impl EngineBuilder {
 
     /// Bytes of overflow messages (large requests being pulled or served, large answers
     /// waiting to be pulled) one peer may hold, and all peers together; past either, a
-    /// request or answer is refused with `Busy` before its memory is allocated (default
-    /// 256 MiB and 1 GiB).
+    /// request is refused with `Busy` before its memory is allocated, and an answer (its
+    /// handler ran: not to be tried again) fails with `OutputTooLarge` (default 256 MiB
+    /// and 1 GiB).
     pub fn overflow_budget(mut self, per_peer: u64, total: u64) -> Self {
         self.overflow_budget = (per_peer, total);
         self

@@ -248,7 +248,15 @@ impl Shared {
         }
         let held = match Held::take(&self.overflow, Some(peer), len) {
             Ok(h) => h,
-            Err(over) => return refuse(Status::Busy, self.overflow_refusal(over, len)),
+            // Not `Busy`: the handler has run, and a caller that tries a refused call again
+            // would run it twice (a directory page read twice loses a page).
+            Err(over) => {
+                let why = self.overflow_refusal(over, len);
+                return refuse(
+                    Status::OutputTooLarge,
+                    format!("the answer was made and dropped: {why}"),
+                );
+            }
         };
         let b = match Bulk::new(&self.plugin, vec![Seg::from(msg)], Access::ReadOnly) {
             Ok(b) => b,

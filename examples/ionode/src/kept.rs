@@ -103,6 +103,11 @@ impl Kept {
     /// share and make room; not kept (false) if the budget has no room even then.
     pub fn keep(&mut self, at: u64, data: Vec<u8>, ttl: Duration) -> bool {
         let n = data.len() as u64;
+        // (Before anything is evicted: a window that cannot be kept must not cost the
+        // file the windows it has.)
+        if n == 0 || n > self.share() {
+            return false;
+        }
         while self
             .windows
             .front()

@@ -100,8 +100,10 @@ impl Node {
         self.on_fh(h, READDIR, |fh| ReaddirReq { fh, max, restart })
     }
 
-    /// As the backend lists them, but without the attributes of files holding buffered
-    /// writes here (the backend's are stale: the caller's `stat` of them flushes first).
+    /// As the backend lists them, with the sizes of files holding buffered writes here
+    /// grown to their buffered end (a listing's attributes are a snapshot: exact ones,
+    /// after a flush, are the caller's `stat`; a listing must not flush the files of
+    /// every directory it lists).
     pub(crate) fn readdir_plus(&self, h: &Handle, restart: bool, max: u32) -> R<DirPagePlus> {
         let mut page = self.on_fh(h, READDIR_PLUS, |fh| ReaddirReq { fh, max, restart })?;
         for (e, a) in &mut page.entries {
@@ -110,13 +112,11 @@ impl Node {
                 path.push(b'/');
             }
             path.extend_from_slice(&e.name);
-            if self
-                .files
-                .by_path(h.backend, &path)
-                .iter()
-                .any(|f| f.busy())
-            {
-                *a = None;
+            let end = (self.files.by_path(h.backend, &path).iter())
+                .map(|f| f.buffered_end())
+                .max();
+            if let (Some(a), Some(end)) = (a.as_mut(), end) {
+                a.size = a.size.max(end);
             }
         }
         Ok(page)

@@ -97,14 +97,19 @@ fn fsync_puts_acknowledged_writes_on_the_backend_and_reads_see_them_before() {
         0,
         "acknowledged, still buffered in the node"
     );
-    // A listing with attributes leaves out those the backend has stale (the caller's
-    // stat of the file then flushes, below).
+    // A listing with attributes shows the buffered size (exact attributes are a stat's,
+    // which flushes, below).
     let listed = fs.read_dir_plus("/").unwrap();
     let log = listed.iter().find(|(e, _)| e.name.as_slice() == b"log");
     assert_eq!(
-        log.map(|(_, a)| a.is_none()),
-        Some(true),
-        "buffered: no attributes"
+        log.and_then(|(_, a)| a.map(|a| a.size)),
+        Some(data.len() as u64),
+        "a listing sees the buffered size"
+    );
+    assert_eq!(
+        std::fs::metadata(export.join("log")).unwrap().len(),
+        0,
+        "and does not flush"
     );
     let mut back = vec![0u8; data.len() + 100];
     let n = fs.open("/log").unwrap().read_at(&mut back, 0).unwrap();

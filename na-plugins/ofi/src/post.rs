@@ -3,9 +3,10 @@
 //! in order, so no caller waits inside a post for completions only another party (another
 //! engine of the same thread, a slow peer) can make. While the backlog holds anything,
 //! new posts join it behind the older ones: sends to a peer leave in the order they were
-//! made. A backlogged post fails when its peer is certainly gone (checked every 5 ms while
-//! it waits at the front) or after 10 s, with its operation; canceling the operation or
-//! losing the peer drops it unposted.
+//! made. A backlogged post fails when its peer is certainly gone (checked by progress while
+//! it waits at the front: every 5 ms by pid, every 250 ms by a connection attempt) or
+//! after 10 s, with its operation; canceling the operation or losing the peer drops it
+//! unposted. A pool receive waits as long as it takes (the pool must not shrink).
 //!
 //! Also here: receive buffers of the unexpected pool, and sends (untagged into a peer's
 //! pool, tagged to an expected receive: see [`crate::wire`] for why).

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use fuser::{Errno, FileHandle, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
 
-use super::attr::{dt_kind, file_attr};
+use super::attr::{bytes, dt_kind, file_attr};
 use super::inodes::join;
 use super::{Fs, R};
 use crate::proto::*;
@@ -107,9 +107,8 @@ impl Fs {
         for (i, (e, a)) in entries.into_iter().enumerate() {
             let name = OsStr::from_bytes(&e.name);
             let next = offset + i as u64 + 1;
-            // Attributes the server could not give (no search right on the directory, a
-            // file an I/O node holds writes for): listed with nothing for the kernel to
-            // trust, so that it looks the entry up when it needs them.
+            // Attributes nobody could give (no search right on the directory): listed with
+            // nothing for the kernel to trust, so that it looks the entry up when needed.
             let bare = || Attr {
                 mode: kind_mode(e.kind) | 0o755,
                 nlink: 1,
@@ -132,9 +131,14 @@ impl Fs {
             let Some(child) = join(&path, &e.name) else {
                 continue;
             };
+            // Asked for one by one: a bare entry would overwrite what the kernel holds of
+            // a file it knows (size 0: its cached pages dropped, a mapping faults).
+            let a = a
+                .map(Ok)
+                .unwrap_or_else(|| self.call(STAT, &(Target::Path(bytes(&child)), false)));
             let (attr, ttl) = match a {
-                Some(a) => (a, ttl),
-                None => (bare(), Default::default()),
+                Ok(a) => (a, ttl),
+                Err(_) => (bare(), Default::default()),
             };
             let ino = self.inodes().learn(&child);
             if reply.add(
