@@ -105,3 +105,25 @@ fn an_answer_never_pulled_is_freed_at_its_deadline_without_other_traffic() {
     }
     assert!(exposed_at.elapsed() < Duration::from_millis(600));
 }
+
+#[test]
+fn a_handler_at_its_own_bound_answers_busy() {
+    const GATE: Rpc<u64, u64> = Rpc::new("bounds.gate");
+    let s = Engine::new("tcp://127.0.0.1:0").unwrap();
+    s.register_responder(GATE, |n, r: rpc_core::Responder<u64>| {
+        if n > 1 {
+            r.busy(format_args!("{n} is past the gate"));
+        } else {
+            r.respond(&n);
+        }
+    })
+    .unwrap();
+    let c = Engine::new("tcp://127.0.0.1:0").unwrap();
+    let p = c.lookup(&s.self_addr().to_string()).unwrap();
+    assert_eq!(c.call(&p, GATE, &1).wait(), Ok(1));
+    assert_eq!(
+        c.call(&p, GATE, &7).wait(),
+        Err(RpcError::Busy("7 is past the gate".into())),
+        "the caller sees the transport's Busy, with the handler's reason"
+    );
+}

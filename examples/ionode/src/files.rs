@@ -121,9 +121,8 @@ fn owed(errors: &mut Vec<(u64, i32)>, token: u64) -> Option<i32> {
 
 /// Every shared file, and the write-behind memory of all of them.
 pub struct Files {
-    map: Mutex<HashMap<Key, Weak<SharedFile>>>,
-    /// Entries of `map` after its last sweep of dead files.
-    swept: AtomicU64,
+    /// Every file by key, weakly, and the map's size after its last sweep of dead ones.
+    map: Mutex<(HashMap<Key, Weak<SharedFile>>, usize)>,
     /// The files each (backend, path) was opened as.
     paths: Mutex<paths::Index<(usize, Vec<u8>), SharedFile>>,
     /// Bytes buffered, all files.
@@ -154,8 +153,7 @@ impl Files {
             draining: AtomicU64::new(0),
             journal,
             kept: Budget::new(readahead_total),
-            map: Mutex::new(HashMap::new()),
-            swept: AtomicU64::new(0),
+            map: Mutex::new((HashMap::new(), 0)),
             paths: Mutex::new(paths::Index::default()),
             buffered: AtomicU64::new(0),
             budget,
@@ -166,16 +164,12 @@ impl Files {
 
     /// The shared state of `key`, made if nobody holds it.
     pub fn get(&self, key: Key) -> Arc<SharedFile> {
-        let mut m = lock(&self.map);
+        let mut guard = lock(&self.map);
+        let (m, swept) = &mut *guard;
         if let Some(f) = m.get(&key).and_then(Weak::upgrade) {
             return f;
         }
-        // Dead entries swept once the map has doubled since the last sweep (a sweep per
-        // open was a scan of every file per create).
-        if m.len() as u64 >= (2 * self.swept.load(Ordering::Relaxed)).max(1024) {
-            m.retain(|_, w| w.strong_count() > 0);
-            self.swept.store(m.len() as u64, Ordering::Relaxed);
-        }
+        paths::sweep_if_grown(m, swept, |_, w| w.strong_count() > 0);
         let f = Arc::new(SharedFile {
             key,
             state: Mutex::new(State {
@@ -192,7 +186,11 @@ impl Files {
 
     /// Every live file.
     pub fn all(&self) -> Vec<Arc<SharedFile>> {
-        lock(&self.map).values().filter_map(Weak::upgrade).collect()
+        lock(&self.map)
+            .0
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 
     /// Files of `backend` opened by `path`.

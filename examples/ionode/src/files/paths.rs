@@ -32,13 +32,10 @@ impl<K: Hash + Eq, T> Index<K, T> {
             v.retain(|w| w.strong_count() > 0);
             v.push(Arc::downgrade(f));
         }
-        if self.map.len() >= (2 * self.swept).max(1024) {
-            self.map.retain(|_, v| {
-                v.retain(|w| w.strong_count() > 0);
-                !v.is_empty()
-            });
-            self.swept = self.map.len();
-        }
+        sweep_if_grown(&mut self.map, &mut self.swept, |_, v| {
+            v.retain(|w| w.strong_count() > 0);
+            !v.is_empty()
+        });
     }
 
     /// The live files `key` names.
@@ -60,6 +57,20 @@ impl<K: Hash + Eq, T> Index<K, T> {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+/// Keeps only the entries of `map` that `keep` says, once `map` has doubled (and holds at
+/// least 1 024 entries) since the last such sweep, whose size `swept` remembers: dead
+/// entries cost a sweep per doubling, not a scan per insert.
+pub fn sweep_if_grown<K, V>(
+    map: &mut HashMap<K, V>,
+    swept: &mut usize,
+    keep: impl FnMut(&K, &mut V) -> bool,
+) {
+    if map.len() >= (2 * *swept).max(1024) {
+        map.retain(keep);
+        *swept = map.len();
     }
 }
 

@@ -523,3 +523,21 @@ impl RemoteFs {
         self.call(STAT, &(Target::Handle(fh), true))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_become_the_errno_a_caller_acts_on() {
+        // The mount falls back to plain READDIR on ENOSYS: a server without the RPC.
+        let unknown = RpcError::UnknownRpc {
+            rpc: "posix.readdir_plus".into(),
+            id: 1,
+        };
+        assert_eq!(rpc_errno(&unknown), libc::ENOSYS);
+        assert_eq!(rpc_errno(&RpcError::Busy("bound".into())), libc::EAGAIN);
+        let too_large = RpcError::OutputTooLarge("made and dropped".into());
+        assert_eq!(rpc_errno(&too_large), libc::EIO, "not tried again");
+    }
+}
