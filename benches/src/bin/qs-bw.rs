@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN_SIZE] [-z MAX_SIZE] [-l LOOPS] [-r REPS]
-//!       [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-C]
+//!       [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-s SPIN_US] [-C]
 //! ```
 //! Each RPC makes the server do N transfers (`-n`, default 64, as hg_bw does) of S bytes,
 //! all posted at once (into or from N buffers of its own, registered once per size), against
@@ -14,6 +14,7 @@
 //! round trip. `-b` makes the raw baseline's receiver busy-poll (our engine polls for a
 //! while after each event, so this is the closer baseline; PERF.md lists both). Client and
 //! server are separate processes; the server is this binary re-run with `--serve`.
+//! `-s` sets both engines' spin window after an event (default 200 µs, as `qs-rate -s`).
 //! `-C` measures instead the CPU cost of one transfer, both sides together (see `cost.rs`).
 
 use std::io::{Read, Write};
@@ -42,10 +43,11 @@ struct Opts {
     busy_raw: bool,
     per_rpc: u64,
     inline: usize,
+    spin_us: u64,
     cost: bool,
 }
 
-const USAGE: &str = "usage: qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-C]";
+const USAGE: &str = "usage: qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-s SPIN_US] [-C]";
 
 fn parse() -> Result<Opts, String> {
     let d = ChunkConfig::default();
@@ -61,6 +63,7 @@ fn parse() -> Result<Opts, String> {
         busy_raw: false,
         per_rpc: 64,
         inline: 0,
+        spin_us: 200,
         cost: false,
     };
     let mut a = std::env::args().skip(1);
@@ -79,6 +82,7 @@ fn parse() -> Result<Opts, String> {
             "-b" => o.busy_raw = true,
             "-n" => o.per_rpc = num(val()?)?.max(1) as u64,
             "-i" => o.inline = num(val()?)?,
+            "-s" => o.spin_us = num(val()?)? as u64,
             "-C" => o.cost = true,
             _ => return Err(format!("unknown option {k}")),
         }
@@ -86,9 +90,10 @@ fn parse() -> Result<Opts, String> {
     Ok(o)
 }
 
-fn engine(listen: &str, chunk: u64, depth: usize, inline: usize) -> Engine {
+fn engine(listen: &str, chunk: u64, depth: usize, inline: usize, spin_us: u64) -> Engine {
     Engine::builder()
         .listen(listen)
+        .spin_window(std::time::Duration::from_micros(spin_us))
         .chunks(ChunkConfig { size: chunk, depth })
         .inline_bulk(inline)
         .build()
@@ -100,7 +105,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("--serve") => {
             let num = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
-            return serve(&args[2], num(3, 1 << 20), num(4, 4) as usize);
+            return serve(&args[2], num(3, 1 << 20), num(4, 4) as usize, num(5, 200));
         }
         Some("--raw-serve") => return raw_serve(args.get(2).is_some_and(|a| a == "busy")),
         Some("--cma-serve") => {
@@ -132,7 +137,7 @@ fn run(o: &Opts) -> Result<(), String> {
             reps: o.reps,
         });
     }
-    let e = engine(&o.transport, o.chunk, o.depth, o.inline);
+    let e = engine(&o.transport, o.chunk, o.depth, o.inline, o.spin_us);
     let (mut bw, mut us, mut raw) = (
         vec![Vec::new(); sizes.len()],
         vec![Vec::new(); sizes.len()],
@@ -146,8 +151,12 @@ fn run(o: &Opts) -> Result<(), String> {
         } else {
             raw_tcp(&mut raw, &sizes, o)?;
         }
-        let (chunk, depth) = (o.chunk.to_string(), o.depth.to_string());
-        let (mut server, addr) = spawn_self(&["--serve", &o.transport, &chunk, &depth])?;
+        let (chunk, depth, spin) = (
+            o.chunk.to_string(),
+            o.depth.to_string(),
+            o.spin_us.to_string(),
+        );
+        let (mut server, addr) = spawn_self(&["--serve", &o.transport, &chunk, &depth, &spin])?;
         let peer = e.lookup(&addr).map_err(|e| e.to_string())?;
         for (i, &s) in sizes.iter().enumerate() {
             let access = if o.pull {
@@ -217,8 +226,8 @@ fn run(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-fn serve(transport: &str, chunk: u64, depth: usize) {
-    let e = engine(transport, chunk, depth, 0);
+fn serve(transport: &str, chunk: u64, depth: usize, spin_us: u64) {
+    let e = engine(transport, chunk, depth, 0, spin_us);
     let h = e.handle();
     // N handles of S bytes, allocated and registered once per shape, as hg_bw does.
     let cache: Mutex<((u64, u64), Vec<Bulk<'static>>)> = Mutex::new(((0, 0), Vec::new()));

@@ -64,6 +64,10 @@ pub struct Attr {
     pub atime: Time,
     pub mtime: Time,
     pub ctime: Time,
+    /// Whether the file has extended attributes a client may reach ([`xattr_allowed`]:
+    /// `user.*`, POSIX ACLs): `Some` where the server looked (listings, so that a mount
+    /// answers `ls -l`'s ACL question per file without a call), `None` where it did not.
+    pub xattrs: Option<bool>,
 }
 
 impl Attr {

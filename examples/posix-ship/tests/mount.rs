@@ -250,3 +250,41 @@ fn a_listing_brings_attributes_so_stat_of_each_entry_costs_no_call() {
     );
     drop(m);
 }
+
+#[test]
+fn ls_l_asks_the_server_nothing_per_file_for_acls_the_listing_ruled_out() {
+    let Some((export, at, _local, srv)) = setup("mount-ls-acl") else {
+        return;
+    };
+    let n = 2000;
+    std::fs::create_dir(export.join("d")).unwrap();
+    for i in 0..n {
+        std::fs::write(export.join(format!("d/f{i}")), b"x").unwrap();
+    }
+    run(
+        &export,
+        "python3 -c \"import os; os.setxattr('d/f7', 'user.k', b'v')\"",
+    );
+    let m = Mounted::start(&srv, &at, &[]);
+    let fs = srv.client();
+    let before = fs.server_stats().unwrap().requests;
+    // `ls -l` asks for every file's ACL (and SELinux label) after its stat.
+    let modes = "ls -l d | awk 'NR > 1 { print $1 }' | sort | uniq -c";
+    let there = run(&at, modes);
+    let calls = fs.server_stats().unwrap().requests - before;
+    println!("ls -l of {n} files through the mount: {calls} calls");
+    assert_eq!(there, run(&export, modes), "the same modes, no ACL marks");
+    assert!(
+        calls * 20 <= n as u64,
+        "{calls} calls for ls -l of {n} files (an ACL question each without the listing's word)"
+    );
+    // A file with attributes is asked about; one changed through the mount at once.
+    let list = "python3 -c \"import os; print(os.listxattr('d/f7'), os.listxattr('d/f8'))\"";
+    let set = "python3 -c \"import os; os.setxattr('d/f8', 'user.n', b'w')\"";
+    let listed = run(&at, &format!("ls -l d > /dev/null; {list}; {set}; {list}"));
+    assert_eq!(
+        listed, "['user.k'] []\n['user.k'] ['user.n']\n",
+        "a listed file's attributes as the server has them"
+    );
+    drop(m);
+}

@@ -5,6 +5,7 @@
 //! valid for the kernel (open files live on through their handles) but names no path.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// The root's number (FUSE's).
 pub const ROOT: u64 = 1;
@@ -15,6 +16,9 @@ struct Node {
     paths: Vec<Vec<u8>>,
     /// Lookups the kernel holds.
     lookups: u64,
+    /// Until when the file is known to have no extended attributes a client may reach
+    /// (a listing said so; any change through the mount forgets it).
+    bare_until: Option<Instant>,
 }
 
 /// Inode numbers and the paths they stand for.
@@ -36,6 +40,7 @@ impl Default for Inodes {
             Node {
                 paths: vec![b"/".to_vec()],
                 lookups: 1,
+                bare_until: None,
             },
         );
         t.by_path.insert(b"/".to_vec(), ROOT);
@@ -96,10 +101,32 @@ impl Inodes {
             Node {
                 paths: vec![path.to_vec()],
                 lookups: 1,
+                bare_until: None,
             },
         );
         self.by_path.insert(path.to_vec(), ino);
         ino
+    }
+
+    /// What the server said of `ino`'s extended attributes at a listing, kept until
+    /// `until` (`Some(true)` or `None`: ask it).
+    pub fn listed_xattrs(&mut self, ino: u64, has: Option<bool>, until: Instant) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.bare_until = (has == Some(false)).then_some(until);
+        }
+    }
+
+    /// Whether `ino` is known, at `now`, to have no extended attributes a client may reach.
+    pub fn bare(&self, ino: u64, now: Instant) -> bool {
+        let until = self.nodes.get(&ino).and_then(|n| n.bare_until);
+        until.is_some_and(|t| now < t)
+    }
+
+    /// `ino`'s extended attributes were changed through the mount.
+    pub fn xattrs_changed(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.bare_until = None;
+        }
     }
 
     /// The kernel forgot `n` lookups of `ino`.
@@ -213,6 +240,26 @@ mod tests {
         assert_eq!(t.path(f).unwrap(), b"/h");
         t.unlinked(b"/h");
         assert_eq!(t.path(f), None);
+    }
+
+    #[test]
+    fn a_listed_bare_file_stays_bare_until_its_time_or_a_change() {
+        let mut t = Inodes::default();
+        let (f, g) = (t.learn(b"/f"), t.learn(b"/g"));
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        t.listed_xattrs(f, Some(false), later);
+        t.listed_xattrs(g, Some(true), later);
+        assert!(t.bare(f, now) && !t.bare(f, later), "until its time");
+        assert!(!t.bare(g, now), "a file with attributes is asked");
+        t.listed_xattrs(g, None, later);
+        assert!(!t.bare(g, now), "nor one the server could not tell");
+        t.xattrs_changed(f);
+        assert!(!t.bare(f, now), "a change forgets it");
+        t.listed_xattrs(f, Some(false), later);
+        t.forget(f, 1);
+        let again = t.learn(b"/f");
+        assert!(!t.bare(again, now), "a forgotten number keeps nothing");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use fuser::{
     Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
@@ -411,6 +411,11 @@ impl Filesystem for Fs {
             // Answered here: the kernel asks for security.capability before every write.
             return reply.error(Errno::ENODATA);
         }
+        // `ls -l` asks for every file's ACL; the listing said whether there is one.
+        // (`user.*` names go to the server, which also checks the caller may read them.)
+        if name.as_bytes().starts_with(b"system.") && self.inodes().bare(ino.0, Instant::now()) {
+            return reply.error(Errno::ENODATA);
+        }
         let r = self.target(ino, None).and_then(|t| {
             let v = self.call(GETXATTR, &(t, bytes(name.as_bytes())))?;
             Ok(v.into_vec())
@@ -420,6 +425,9 @@ impl Filesystem for Fs {
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _as = self.acting(req);
+        if self.inodes().bare(ino.0, Instant::now()) {
+            return Fs::xattr_reply(Ok(Vec::new()), size, reply);
+        }
         let r = self.target(ino, None).and_then(|t| {
             let names = self.call(LISTXATTR, &t)?;
             Ok(names
@@ -441,10 +449,12 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         let _as = self.acting(req);
+        self.inodes().xattrs_changed(ino.0);
         let r = self.target(ino, None).and_then(|t| {
             let req = (t, bytes(name.as_bytes()), bytes(value), flags);
             self.call(SETXATTR, &req)
         });
+        self.inodes().xattrs_changed(ino.0); // and after: a listing may have raced it
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -453,9 +463,11 @@ impl Filesystem for Fs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _as = self.acting(req);
+        self.inodes().xattrs_changed(ino.0);
         let r = self
             .target(ino, None)
             .and_then(|t| self.call(REMOVEXATTR, &(t, bytes(name.as_bytes()))));
+        self.inodes().xattrs_changed(ino.0);
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

@@ -2,10 +2,12 @@
 //! page of entries with their attributes at a time, `posix.readdir_plus`) and handed out
 //! by offset, as plain entries (`readdir`) or with their attributes (`readdirplus`: the
 //! kernel then needs no lookup per entry, so `ls -l` of N files costs N/256 round trips,
-//! not N).
+//! not N). The server says with each entry whether it has extended attributes: `ls -l`
+//! asks the mount for every file's ACL, answered here for files without any.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::time::Instant;
 
 use fuser::{Errno, FileHandle, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
 
@@ -140,7 +142,13 @@ impl Fs {
                 Ok(a) => (a, ttl),
                 Err(_) => (bare(), Default::default()),
             };
-            let ino = self.inodes().learn(&child);
+            let ino = {
+                let mut inodes = self.inodes();
+                let ino = inodes.learn(&child);
+                let until = Instant::now() + self.opts.attr_timeout;
+                inodes.listed_xattrs(ino, attr.xattrs, until);
+                ino
+            };
             if reply.add(
                 INodeNo(ino),
                 next,

@@ -12,8 +12,8 @@ use serde_bytes::ByteBuf;
 use super::LocalFs;
 use super::backend::{On, R};
 use super::clients::OpenFile;
-use super::sys::{Fd, proc_path};
-use crate::proto::xattr_allowed;
+use super::sys::{Fd, list_xattrs_at, proc_path};
+use crate::proto::{Attr, xattr_allowed};
 
 /// The largest attribute value (the kernel's `XATTR_SIZE_MAX`), and list of names.
 const XATTR_MAX: usize = 64 << 10;
@@ -104,6 +104,22 @@ impl LocalFs {
             .filter(|n| !n.is_empty() && xattr_allowed(n))
             .map(|n| ByteBuf::from(n.to_vec()))
             .collect())
+    }
+
+    /// Whether entry `name` of directory `dir`, whose `lstat` is `a`, has attributes a
+    /// client may reach, for a listing (one `listxattrat`, no file opened); `None` when
+    /// that cannot be told cheaply (a long list, an error).
+    pub(super) fn xattrs_hint(dir: &impl std::os::fd::AsFd, name: &[u8], a: &Attr) -> Option<bool> {
+        if a.is_symlink() {
+            return Some(false); // none reachable (above)
+        }
+        let mut buf = [0u8; 1024];
+        let n = list_xattrs_at(dir, name, &mut buf).ok()?;
+        Some(
+            buf[..n]
+                .split(|&b| b == 0)
+                .any(|n| !n.is_empty() && xattr_allowed(n)),
+        )
     }
 
     /// `removexattr`.

@@ -278,7 +278,8 @@ impl Backend for LocalFs {
     }
 
     /// A page of a listing with each entry's `lstat` (made relative to the directory, with
-    /// the caller's rights: an entry it may not look at has no attributes).
+    /// the caller's rights: an entry it may not look at has no attributes) and whether it
+    /// has extended attributes.
     fn readdir_plus(&self, w: &Who, f: &Arc<OpenFile>, restart: bool, max: u32) -> R<DirPagePlus> {
         let page = self.readdir(w, f, restart, max)?;
         let with_attr = |e: DirEntry| {
@@ -287,7 +288,12 @@ impl Backend for LocalFs {
                 return (e, None);
             }
             let s = rustix::fs::statat(&f.fd, e.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW);
-            (e, s.ok().map(|s| attr(&s)))
+            let a = s.ok().map(|s| {
+                let a = attr(&s);
+                let xattrs = LocalFs::xattrs_hint(&f.fd, &e.name, &a);
+                Attr { xattrs, ..a }
+            });
+            (e, a)
         };
         Ok(DirPagePlus {
             entries: page.entries.into_iter().map(with_attr).collect(),
