@@ -16,6 +16,7 @@ use crate::endpoint::Endpoint;
 use crate::mode::ProgressMode;
 use crate::proto::decode_answer;
 use crate::slot::{Answer, Slot};
+use crate::spin::{YIELD_WAIT, yield_until};
 
 /// An operation in the engine's table, seen from its caller.
 struct Op {
@@ -29,6 +30,7 @@ impl Op {
         match self.shared.mode {
             ProgressMode::Thread => crate::pool::waiting(|| {
                 self.shared.drive_for(|| self.slot.is_done());
+                yield_until(|| self.slot.is_done(), YIELD_WAIT);
                 self.slot.wait()
             }),
             ProgressMode::Manual | ProgressMode::BusyPoll => loop {

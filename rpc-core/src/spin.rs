@@ -7,11 +7,32 @@
 //! after its engine's last spin went unanswered.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest a caller drives while it waits: a small call's answer comes well within
 /// it on every transport (sm 2 µs, tcp 12 µs); one that does not is not worth spinning for.
 pub(crate) const CALLER_SPIN: Duration = Duration::from_micros(50);
+
+/// How long a waiter whose answer is not there yet, after its drive (or instead of it),
+/// yields the CPU before it sleeps. Completions that come in a stream (a handler waiting
+/// on 64 transfers in turn) are then taken without a futex wake and a task switch each:
+/// `qs-bw -t sm -y 4096 -z 4096 -l 6000`, alternated, 979–1207 MB/s without it, 1799–1942
+/// with 20 µs (5–40 µs all gained; 100 µs gained less). Yielding, not spinning: a thread
+/// with work on this core runs first, so 64 waiting clients on 2 cores measured the same
+/// (`qs-fwd -r 1 -d 200`).
+pub(crate) const YIELD_WAIT: Duration = Duration::from_micros(20);
+
+/// Yields the CPU until `done` or for `window`; returns `done()`.
+pub(crate) fn yield_until(done: impl Fn() -> bool, window: Duration) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() >= window {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    true
+}
 
 /// When driving is not worth it: after a drive that ends without its answer, the next
 /// calls of this engine do not drive (1, 3, 7 … up to 255 of them), so that waits that
@@ -104,6 +125,23 @@ mod tests {
             1,
             "an answer starts over"
         );
+    }
+
+    #[test]
+    fn a_yielding_wait_ends_at_done_or_at_its_window() {
+        let t = Instant::now();
+        assert!(yield_until(|| true, Duration::from_secs(10)));
+        assert!(t.elapsed() < Duration::from_secs(1), "done at once");
+        let t = Instant::now();
+        assert!(!yield_until(|| false, Duration::from_millis(5)));
+        assert!(t.elapsed() >= Duration::from_millis(5), "the whole window");
+        let n = std::cell::Cell::new(0);
+        let third = || {
+            n.set(n.get() + 1);
+            n.get() >= 3
+        };
+        assert!(yield_until(third, Duration::from_secs(10)));
+        assert_eq!(n.get(), 3, "looked at until done");
     }
 
     #[test]
