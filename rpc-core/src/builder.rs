@@ -200,6 +200,7 @@ impl EngineBuilder {
             waited: AtomicBool::new(false),
             drivers: Default::default(),
             backoff: Default::default(),
+            yield_backoff: Default::default(),
             queued: Arc::new(Mutex::new(Budget::new(
                 per_peer - counted_from,
                 self.max_queued - counted_from,

@@ -30,7 +30,10 @@ impl Op {
         match self.shared.mode {
             ProgressMode::Thread => crate::pool::waiting(|| {
                 self.shared.drive_for(|| self.slot.is_done());
-                yield_until(|| self.slot.is_done(), YIELD_WAIT);
+                let b = &self.shared.yield_backoff;
+                if !self.slot.is_done() && !b.skip() {
+                    b.outcome(yield_until(|| self.slot.is_done(), YIELD_WAIT));
+                }
                 self.slot.wait()
             }),
             ProgressMode::Manual | ProgressMode::BusyPoll => loop {

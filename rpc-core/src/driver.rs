@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub(crate) drivers: Drivers,
     /// Whether waiting callers drive at all, from how their last drives ended.
     pub(crate) backoff: Backoff,
+    /// When a waiter should not yield before it sleeps ([`crate::spin::YIELD_WAIT`]).
+    pub(crate) yield_backoff: Backoff,
     /// Requests queued for workers past the first `queue_counted_from`, per peer and in
     /// total (see the builder).
     pub(crate) queued: Arc<Mutex<Budget>>,
