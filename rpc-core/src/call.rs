@@ -16,7 +16,7 @@ use crate::endpoint::Endpoint;
 use crate::mode::ProgressMode;
 use crate::proto::decode_answer;
 use crate::slot::{Answer, Slot};
-use crate::spin::{YIELD_WAIT, yield_until};
+use crate::spin::{Spinning, YIELD_WAIT, yield_until};
 
 /// An operation in the engine's table, seen from its caller.
 struct Op {
@@ -26,12 +26,18 @@ struct Op {
 }
 
 impl Op {
-    fn wait(&self) -> Option<Answer> {
+    /// Waits for the answer; a transfer's waiter (`stream`: its completions come in a
+    /// stream, chunk after chunk and transfer after transfer) yields before it sleeps.
+    fn wait(&self, stream: bool) -> Option<Answer> {
         match self.shared.mode {
             ProgressMode::Thread => crate::pool::waiting(|| {
                 self.shared.drive_for(|| self.slot.is_done());
                 let b = &self.shared.yield_backoff;
-                if !self.slot.is_done() && !b.skip() {
+                if stream
+                    && !self.slot.is_done()
+                    && !b.skip()
+                    && let Some(_yielding) = Spinning::enter()
+                {
                     b.outcome(yield_until(|| self.slot.is_done(), YIELD_WAIT));
                 }
                 self.slot.wait()
@@ -69,7 +75,10 @@ pub(crate) fn wait_sent(
     tag: u64,
     slot: Arc<Slot<Answer>>,
 ) -> Result<(), RpcError> {
-    Op { shared, tag, slot }.wait().ok_or_else(taken)?.map(drop)
+    Op { shared, tag, slot }
+        .wait(false)
+        .ok_or_else(taken)?
+        .map(drop)
 }
 
 fn bulk_context(e: RpcError) -> RpcError {
@@ -122,7 +131,7 @@ impl<Out: DeserializeOwned> Call<Out> {
 
     /// Blocks until the answer, an error, the timeout, or cancellation.
     pub fn wait(self) -> Result<Out, RpcError> {
-        let a = self.op.wait();
+        let a = self.op.wait(false);
         self.finish(a)
     }
 
@@ -184,7 +193,7 @@ impl Transfer<'_> {
     /// Blocks until the transfer is over.
     pub fn wait(self) -> Result<(), RpcError> {
         self.op
-            .wait()
+            .wait(true)
             .ok_or_else(taken)?
             .map(drop)
             .map_err(bulk_context)
