@@ -16,6 +16,7 @@
 
 mod attrs;
 mod backing;
+mod behind;
 pub mod extents;
 mod files;
 pub mod journal;

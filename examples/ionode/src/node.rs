@@ -14,6 +14,7 @@ use posix_ship::server::Service;
 use posix_ship::server::clients::Limits;
 use rpc_core::{Auth, Engine, RpcError};
 
+use crate::behind::Behind;
 use crate::files::{Files, SharedFile};
 use crate::routes::{self, Routes};
 use crate::stats::{Counters, NodeStats, STATS};
@@ -107,14 +108,6 @@ pub(crate) struct Node {
     pub closer: Mutex<std::sync::mpsc::Sender<Behind>>,
 }
 
-/// Work done behind the clients' backs, on one thread, in order.
-pub(crate) enum Behind {
-    /// Let a closed handle go at the backend.
-    Close(Arc<Handle>),
-    /// A client is gone: close what it held (flushing, calling the backend).
-    Lost(Vec<Arc<Handle>>),
-}
-
 /// A running I/O node.
 pub struct IoNode {
     engine: Engine,
@@ -198,19 +191,7 @@ impl IoNode {
         let n = Arc::downgrade(&node);
         std::thread::Builder::new()
             .name("ionode-close".into())
-            .spawn(move || {
-                for job in behind {
-                    let Some(n) = n.upgrade() else { break };
-                    match job {
-                        Behind::Close(h) => {
-                            if let Err(e) = n.backend_close(&h) {
-                                tracing::debug!(errno = e, "closing a backend handle");
-                            }
-                        }
-                        Behind::Lost(files) => n.lost(files),
-                    }
-                }
-            })?;
+            .spawn(move || crate::behind::run(n, behind))?;
         // Forwarded calls (an I/O node in front of this one) are not served: none trusted.
         let service =
             Service::register(&engine, node.clone(), cfg.limits, Vec::new()).map_err(other)?;

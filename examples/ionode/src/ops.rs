@@ -229,8 +229,8 @@ impl Node {
     /// (the data is on the backend by then; only its handle remains to be let go).
     pub(crate) fn close(&self, h: Arc<Handle>) -> R<()> {
         let detached = self.detach(&h);
-        if let Err(std::sync::mpsc::SendError(crate::node::Behind::Close(h))) =
-            lock(&self.closer).send(crate::node::Behind::Close(h))
+        if let Err(std::sync::mpsc::SendError(crate::behind::Behind::Close(h))) =
+            lock(&self.closer).send(crate::behind::Behind::Close(h))
         {
             let _ = self.backend_close(&h);
         }

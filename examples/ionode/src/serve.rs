@@ -55,8 +55,8 @@ impl Backend for Node {
         if files.is_empty() {
             return;
         }
-        let job = crate::node::Behind::Lost(files);
-        if let Err(std::sync::mpsc::SendError(crate::node::Behind::Lost(files))) =
+        let job = crate::behind::Behind::Lost(files);
+        if let Err(std::sync::mpsc::SendError(crate::behind::Behind::Lost(files))) =
             crate::node::lock(&self.closer).send(job)
         {
             Node::lost(self, files);

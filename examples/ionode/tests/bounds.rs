@@ -136,3 +136,37 @@ fn hostile_offsets_and_handles_get_errors_and_the_node_serves_on() {
     assert_eq!(write(o.fh, 0), Ok(4096));
     assert_eq!(fs.metadata("/h").unwrap().size, 4096);
 }
+
+#[test]
+fn closed_files_are_let_go_at_the_backend_many_at_a_time() {
+    // A slow backend (50 ms per operation, 8 workers) and 32 clients that each create
+    // and close a file at once: the node answers the closes at once and lets the 32
+    // backend handles go behind, 16 at a time (one at a time took 32 x 50 ms).
+    let export = scratch("ionode-close-behind");
+    let backend = Proc::backend(
+        &export,
+        &["--trust-forwarder", "0", "--op-delay-us", "50000"],
+    );
+    let node = Proc::node(&backend.addr, &[]);
+    let server = backend.client();
+    let clients: Vec<_> = (0..32).map(|_| node.client()).collect();
+    std::thread::scope(|s| {
+        for (i, fs) in clients.iter().enumerate() {
+            s.spawn(move || drop(fs.create(&format!("/f{i}")).unwrap()));
+        }
+    });
+    let closed = std::time::Instant::now();
+    while server.server_stats().unwrap().open_files > 0 {
+        assert!(
+            closed.elapsed() < std::time::Duration::from_secs(10),
+            "backend handles still open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let took = closed.elapsed();
+    println!("32 backend handles let go {took:?} after their clients' closes");
+    assert!(
+        took < std::time::Duration::from_millis(1000),
+        "{took:?}: closed one at a time?"
+    );
+}
