@@ -33,7 +33,9 @@ impl Op {
             ProgressMode::Thread => crate::pool::waiting(|| {
                 self.shared.drive_for(|| self.slot.is_done());
                 let b = &self.shared.yield_backoff;
+                // A zero spin window (`EngineBuilder::spin_window`) means no yielding either.
                 if stream
+                    && !self.shared.spin.is_zero()
                     && !self.slot.is_done()
                     && !b.skip()
                     && let Some(_yielding) = Spinning::enter()

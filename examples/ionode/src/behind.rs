@@ -1,6 +1,6 @@
-//! Work done behind the clients' backs, on one thread, in order: backend closes of
-//! handles clients closed (their `close` is answered before), and the files of clients
-//! that went away.
+//! Work done behind the clients' backs, on one thread: backend closes of handles clients
+//! closed (their `close` is answered before), and the files of clients that went away
+//! (detached, in order, their buffered writes landing first).
 //!
 //! Closes are kept [`CLOSES_IN_FLIGHT`] at a time: made one at a time, a metadata load
 //! (64 clients creating, closing and unlinking files: thousands of closes a second, each a
@@ -30,7 +30,8 @@ pub(crate) enum Behind {
 
 type Flight = VecDeque<(Arc<Handle>, Pending<()>)>;
 
-/// Runs the jobs until the node is gone.
+/// Runs the jobs until the node is gone (closes still in flight then are the backend's
+/// to finish: their requests left).
 pub(crate) fn run(node: Weak<Node>, jobs: Receiver<Behind>) {
     let mut flight = Flight::new();
     loop {
@@ -43,27 +44,28 @@ pub(crate) fn run(node: Weak<Node>, jobs: Receiver<Behind>) {
                 }
                 match jobs.recv() {
                     Ok(job) => job,
-                    Err(_) => break,
+                    Err(_) => return,
                 }
             }
-            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Disconnected) => return,
         };
-        let Some(n) = node.upgrade() else { break };
-        match job {
-            Behind::Close(h) => {
-                n.stats.request_out(CLOSE.name());
-                let p = h.backing.fs.start(CLOSE, &h.backing.fh());
-                flight.push_back((h, p));
-                n.land(&mut flight, CLOSES_IN_FLIGHT - 1);
-            }
-            Behind::Lost(files) => {
-                n.land(&mut flight, 0);
-                n.lost(files);
-            }
+        let Some(n) = node.upgrade() else { return };
+        let handles = match job {
+            Behind::Close(h) => vec![h],
+            Behind::Lost(files) => files
+                .into_iter()
+                .inspect(|h| {
+                    if let Err(e) = n.detach(h) {
+                        tracing::debug!(errno = e, "closing a lost client's file");
+                    }
+                })
+                .collect(),
+        };
+        for h in handles {
+            let p = n.start(&h.backing.fs, CLOSE, h.backing.fh());
+            flight.push_back((h, p));
+            n.land(&mut flight, CLOSES_IN_FLIGHT - 1);
         }
-    }
-    if let Some(n) = node.upgrade() {
-        n.land(&mut flight, 0);
     }
 }
 
@@ -74,10 +76,10 @@ impl Node {
             let Some((h, p)) = flight.pop_front() else {
                 break;
             };
-            let r = match p.wait() {
-                // The server's bound of requests in flight: closed the waiting way.
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => self.backend_close(&h),
-                r => r.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+            let r = match self.landed(p) {
+                // The server's bound of requests in flight: closed again, the waiting way.
+                Err(libc::EAGAIN) => self.backend_close(&h),
+                r => r,
             };
             if let Err(e) = r {
                 tracing::debug!(errno = e, "closing a backend handle");

@@ -104,8 +104,19 @@ impl Node {
     /// grown to their buffered end (a listing's attributes are a snapshot: exact ones,
     /// after a flush, are the caller's `stat`; a listing must not flush the files of
     /// every directory it lists).
-    pub(crate) fn readdir_plus(&self, h: &Handle, restart: bool, max: u32) -> R<DirPagePlus> {
-        let mut page = self.on_fh(h, READDIR_PLUS, |fh| ReaddirReq { fh, max, restart })?;
+    pub(crate) fn readdir_plus(
+        &self,
+        h: &Handle,
+        restart: bool,
+        max: u32,
+        xattrs: bool,
+    ) -> R<DirPagePlus> {
+        let req = |fh| ReaddirReq { fh, max, restart };
+        // A backend built before READDIR_PLUS_XATTRS lists without them.
+        let mut page = match xattrs.then(|| self.on_fh(h, READDIR_PLUS_XATTRS, req)) {
+            Some(Err(libc::ENOSYS)) | None => self.on_fh(h, READDIR_PLUS, req)?,
+            Some(r) => r?,
+        };
         for (e, a) in &mut page.entries {
             let mut path = h.path.clone();
             if !path.ends_with(b"/") {

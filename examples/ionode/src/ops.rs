@@ -5,7 +5,7 @@
 use std::io;
 use std::sync::Arc;
 
-use posix_ship::client::RemoteFs;
+use posix_ship::client::{Pending, RemoteFs};
 use posix_ship::proto::*;
 use posix_ship::server::{On, Payload};
 use serde::Serialize;
@@ -35,13 +35,33 @@ impl Node {
         input: In,
     ) -> R<Out> {
         self.stats.request_out(rpc.name());
-        fs.call(rpc, &input).map_err(|e| {
-            let e = errno(e);
-            if [libc::ECONNRESET, libc::ECONNREFUSED, libc::ETIMEDOUT].contains(&e) {
-                Counters::add(&self.stats.backend_errors, 1);
-            }
-            e
-        })
+        fs.call(rpc, &input).map_err(|e| self.backend_errno(e))
+    }
+
+    /// [`Node::call`] without waiting: [`Node::landed`] gives its outcome.
+    pub(crate) fn start<In: Serialize + Clone, Out: DeserializeOwned>(
+        &self,
+        fs: &RemoteFs,
+        rpc: rpc_core::Rpc<In, Reply<Out>>,
+        input: In,
+    ) -> Pending<Out> {
+        self.stats.request_out(rpc.name());
+        fs.start(rpc, &input)
+    }
+
+    /// The outcome of a call [`Node::start`] made (a server at its bound of requests in
+    /// flight answers `EAGAIN`: [`Node::call`] waits that out).
+    pub(crate) fn landed<Out: DeserializeOwned>(&self, p: Pending<Out>) -> R<Out> {
+        p.wait().map_err(|e| self.backend_errno(e))
+    }
+
+    /// A backend call's errno, counted if the backend could not be reached.
+    fn backend_errno(&self, e: std::io::Error) -> i32 {
+        let e = errno(e);
+        if [libc::ECONNRESET, libc::ECONNREFUSED, libc::ETIMEDOUT].contains(&e) {
+            Counters::add(&self.stats.backend_errors, 1);
+        }
+        e
     }
 
     /// Calls `rpc` on `h`'s backend handle, counted, once more with the file opened
@@ -188,22 +208,16 @@ impl Node {
         Ok((h, attr))
     }
 
-    /// Drops `h` as a writer, flushing the file if it was the last one, and closes its
-    /// backend handle; the file's deferred write error, if any. While other writers
-    /// remain, buffered bytes stay (every read through the node sees them; fsync and the
-    /// last close write them out): N-to-1 writers closing one by one would otherwise
-    /// flush a file full of holes as many small writes.
-    pub(crate) fn release(&self, h: &Handle) -> R<()> {
-        let detached = self.detach(h);
-        detached.and(self.backend_close(h))
-    }
-
     pub(crate) fn backend_close(&self, h: &Handle) -> R<()> {
         self.call(&h.backing.fs, CLOSE, h.backing.fh())
     }
 
-    /// `release` but for the backend's close.
-    fn detach(&self, h: &Handle) -> R<()> {
+    /// Drops `h` as a writer, flushing the file if it was the last one; the file's
+    /// deferred write error, if any. While other writers remain, buffered bytes stay
+    /// (every read through the node sees them; fsync and the last close write them out):
+    /// N-to-1 writers closing one by one would otherwise flush a file full of holes as
+    /// many small writes. The backend handle is closed apart (`close`, `behind`).
+    pub(crate) fn detach(&self, h: &Handle) -> R<()> {
         let mut error = None;
         if let Some(f) = &h.file
             && h.writable
@@ -235,15 +249,6 @@ impl Node {
             let _ = self.backend_close(&h);
         }
         detached
-    }
-
-    /// A client is gone: close what it held.
-    pub(crate) fn lost(&self, files: Vec<Arc<Handle>>) {
-        for h in files {
-            if let Err(e) = self.release(&h) {
-                tracing::debug!(errno = e, "closing a lost client's file");
-            }
-        }
     }
 
     /// A read through the file's buffered writes and read-ahead.

@@ -83,8 +83,15 @@ impl Backend for Node {
         e(Node::readdir(self, h, restart, max))
     }
 
-    fn readdir_plus(&self, _: &Who, h: &Arc<Handle>, restart: bool, max: u32) -> R<DirPagePlus> {
-        e(Node::readdir_plus(self, h, restart, max))
+    fn readdir_plus(
+        &self,
+        _: &Who,
+        h: &Arc<Handle>,
+        restart: bool,
+        max: u32,
+        xattrs: bool,
+    ) -> R<DirPagePlus> {
+        e(Node::readdir_plus(self, h, restart, max, xattrs))
     }
 
     fn stat(&self, who: &Who, t: On<'_, Handle>, follow: bool) -> R<Attr> {

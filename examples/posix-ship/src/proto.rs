@@ -65,8 +65,11 @@ pub struct Attr {
     pub mtime: Time,
     pub ctime: Time,
     /// Whether the file has extended attributes a client may reach ([`xattr_allowed`]:
-    /// `user.*`, POSIX ACLs): `Some` where the server looked (listings, so that a mount
-    /// answers `ls -l`'s ACL question per file without a call), `None` where it did not.
+    /// `user.*`, POSIX ACLs): `Some` only in [`READDIR_PLUS_XATTRS`] listings (so that a
+    /// mount answers `ls -l`'s ACL question per file without a call). Left out of the
+    /// encoding when `None` and taken as `None` when absent, so peers built before it
+    /// read and write every other message as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xattrs: Option<bool>,
 }
 
@@ -261,6 +264,10 @@ pub const READDIR: Rpc<ReaddirReq, Reply<DirPage>> = Rpc::new("posix.readdir");
 /// `readdir` with each entry's attributes (as `lstat` gives them), a page of at most
 /// [`MAX_DIR_PLUS_PAGE`] at a time: what a FUSE `readdirplus` needs, in one round trip.
 pub const READDIR_PLUS: Rpc<ReaddirReq, Reply<DirPagePlus>> = Rpc::new("posix.readdir_plus");
+/// [`READDIR_PLUS`] with each attribute's [`Attr::xattrs`] filled (one `listxattr` per
+/// entry at the server). A server without it answers `ENOSYS`: use `READDIR_PLUS` then.
+pub const READDIR_PLUS_XATTRS: Rpc<ReaddirReq, Reply<DirPagePlus>> =
+    Rpc::new("posix.readdir_plus_xattrs");
 /// `symlink`: link target (stored as given), path of the new link.
 pub const SYMLINK: Rpc<(ByteBuf, ByteBuf), Reply<()>> = Rpc::new("posix.symlink");
 /// `readlink`.
@@ -329,3 +336,49 @@ pub const MAX_DIR_PAGE: u32 = 1024;
 /// The most entries a `readdir_plus` page carries (the service holds every backend to it:
 /// with names of usual length an answer fits in one message).
 pub const MAX_DIR_PLUS_PAGE: u32 = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Attr` as peers built before `xattrs` encode it.
+    #[derive(Serialize, Deserialize, Default, PartialEq, Debug)]
+    struct OldAttr {
+        dev: u64,
+        ino: u64,
+        mode: u32,
+        nlink: u64,
+        uid: u32,
+        gid: u32,
+        rdev: u64,
+        size: u64,
+        blksize: u64,
+        blocks: u64,
+        atime: Time,
+        mtime: Time,
+        ctime: Time,
+    }
+
+    #[test]
+    fn attributes_without_the_xattrs_hint_are_what_older_peers_read_and_write() {
+        let old = OldAttr {
+            ino: 7,
+            size: 42,
+            ..OldAttr::default()
+        };
+        let from_old: Attr = rmp_serde::from_slice(&rmp_serde::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(
+            (from_old.ino, from_old.size, from_old.xattrs),
+            (7, 42, None)
+        );
+        let to_old: OldAttr =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&from_old).unwrap()).unwrap();
+        assert_eq!(to_old, old, "no hint: the encoding older peers know");
+        let hinted = Attr {
+            xattrs: Some(false),
+            ..from_old
+        };
+        let back: Attr = rmp_serde::from_slice(&rmp_serde::to_vec(&hinted).unwrap()).unwrap();
+        assert_eq!(back, hinted);
+    }
+}

@@ -265,7 +265,9 @@ fn ls_l_asks_the_server_nothing_per_file_for_acls_the_listing_ruled_out() {
         &export,
         "python3 -c \"import os; os.setxattr('d/f7', 'user.k', b'v')\"",
     );
-    let m = Mounted::start(&srv, &at, &[]);
+    // Timeouts longer than a loaded machine's `ls -l` of the whole directory.
+    let long = ["--attr-timeout", "60", "--entry-timeout", "60"];
+    let m = Mounted::start(&srv, &at, &long);
     let fs = srv.client();
     let before = fs.server_stats().unwrap().requests;
     // `ls -l` asks for every file's ACL (and SELinux label) after its stat.

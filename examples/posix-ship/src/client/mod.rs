@@ -360,7 +360,7 @@ impl RemoteFs {
                 restart,
             };
             restart = false;
-            match self.call(READDIR_PLUS, &req) {
+            match self.readdir_plus_page(&req, false) {
                 Ok(page) => {
                     all.extend(page.entries);
                     if page.end {
@@ -372,6 +372,19 @@ impl RemoteFs {
         };
         self.close_raw(o.fh)?;
         r
+    }
+
+    /// One page of a listing with attributes, and (`xattrs`) whether each entry has
+    /// extended attributes, if the server can tell (one built before
+    /// [`READDIR_PLUS_XATTRS`] lists without).
+    pub fn readdir_plus_page(&self, req: &ReaddirReq, xattrs: bool) -> io::Result<DirPagePlus> {
+        if xattrs {
+            match self.call(READDIR_PLUS_XATTRS, req) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+                r => return r,
+            }
+        }
+        self.call(READDIR_PLUS, req)
     }
 
     /// One page of a directory opened with `O_DIRECTORY`.

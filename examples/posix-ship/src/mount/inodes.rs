@@ -26,6 +26,9 @@ pub struct Inodes {
     nodes: HashMap<u64, Node>,
     by_path: HashMap<Vec<u8>, u64>,
     next: u64,
+    /// The last change of any file's extended attributes through the mount: a listing
+    /// read before it may not say a file has none.
+    xattrs_changed_at: Option<Instant>,
 }
 
 impl Default for Inodes {
@@ -34,6 +37,7 @@ impl Default for Inodes {
             nodes: HashMap::new(),
             by_path: HashMap::new(),
             next: ROOT + 1,
+            xattrs_changed_at: None,
         };
         t.nodes.insert(
             ROOT,
@@ -108,11 +112,13 @@ impl Inodes {
         ino
     }
 
-    /// What the server said of `ino`'s extended attributes at a listing, kept until
-    /// `until` (`Some(true)` or `None`: ask it).
-    pub fn listed_xattrs(&mut self, ino: u64, has: Option<bool>, until: Instant) {
+    /// What the server said of `ino`'s extended attributes in a listing read at
+    /// `listed`, kept until `until` (`Some(true)` or `None`: ask it); ignored if an
+    /// attribute changed through the mount since the listing was read.
+    pub fn listed_xattrs(&mut self, ino: u64, has: Option<bool>, listed: Instant, until: Instant) {
+        let stale = self.xattrs_changed_at.is_some_and(|c| listed <= c);
         if let Some(n) = self.nodes.get_mut(&ino) {
-            n.bare_until = (has == Some(false)).then_some(until);
+            n.bare_until = (has == Some(false) && !stale).then_some(until);
         }
     }
 
@@ -122,8 +128,9 @@ impl Inodes {
         until.is_some_and(|t| now < t)
     }
 
-    /// `ino`'s extended attributes were changed through the mount.
-    pub fn xattrs_changed(&mut self, ino: u64) {
+    /// `ino`'s extended attributes are changed through the mount at `now`.
+    pub fn xattrs_changed(&mut self, ino: u64, now: Instant) {
+        self.xattrs_changed_at = Some(now);
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.bare_until = None;
         }
@@ -248,15 +255,23 @@ mod tests {
         let (f, g) = (t.learn(b"/f"), t.learn(b"/g"));
         let now = Instant::now();
         let later = now + std::time::Duration::from_secs(1);
-        t.listed_xattrs(f, Some(false), later);
-        t.listed_xattrs(g, Some(true), later);
+        t.listed_xattrs(f, Some(false), now, later);
+        t.listed_xattrs(g, Some(true), now, later);
         assert!(t.bare(f, now) && !t.bare(f, later), "until its time");
         assert!(!t.bare(g, now), "a file with attributes is asked");
-        t.listed_xattrs(g, None, later);
+        t.listed_xattrs(g, None, now, later);
         assert!(!t.bare(g, now), "nor one the server could not tell");
-        t.xattrs_changed(f);
+        let changed = now + std::time::Duration::from_millis(1);
+        t.xattrs_changed(f, changed);
         assert!(!t.bare(f, now), "a change forgets it");
-        t.listed_xattrs(f, Some(false), later);
+        t.listed_xattrs(f, Some(false), now, later);
+        assert!(
+            !t.bare(f, now),
+            "nor does a listing read before the change say it"
+        );
+        let after = changed + std::time::Duration::from_millis(1);
+        t.listed_xattrs(f, Some(false), after, later);
+        assert!(t.bare(f, after), "one read after it does");
         t.forget(f, 1);
         let again = t.learn(b"/f");
         assert!(!t.bare(again, now), "a forgotten number keeps nothing");

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use fuser::{Errno, FileHandle, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
 
-use super::attr::{bytes, dt_kind, file_attr};
+use super::attr::{bytes, dt_kind, err, file_attr};
 use super::inodes::join;
 use super::{Fs, R};
 use crate::proto::*;
@@ -26,22 +26,19 @@ const PLUS_BATCH: usize = 128;
 
 impl Fs {
     /// The listing of open directory `fh` from `offset`, read from the server at offset 0
-    /// (or when not read yet); at most `max` entries.
-    fn listed(&self, fh: FileHandle, offset: u64, max: usize) -> R<Vec<Listed>> {
+    /// (or when not read yet); at most `max` entries, and when it was read.
+    fn listed(&self, fh: FileHandle, offset: u64, max: usize) -> R<(Instant, Vec<Listed>)> {
         let lock = || self.listings.lock().unwrap_or_else(|e| e.into_inner());
         if offset == 0 || !lock().contains_key(&fh.0) {
             // Listed without the lock held: other directories are listed meanwhile.
+            let at = Instant::now();
             let all = self.list(fh.0)?;
-            lock().insert(fh.0, all);
+            lock().insert(fh.0, (at, all));
         }
         let listings = lock();
-        let all = listings.get(&fh.0).ok_or(Errno::EBADF)?;
-        Ok(all
-            .iter()
-            .skip(offset as usize)
-            .take(max)
-            .cloned()
-            .collect())
+        let (at, all) = listings.get(&fh.0).ok_or(Errno::EBADF)?;
+        let page = all.iter().skip(offset as usize).take(max).cloned();
+        Ok((*at, page.collect()))
     }
 
     fn list(&self, fh: u64) -> R<Vec<Listed>> {
@@ -53,7 +50,7 @@ impl Fs {
                 max: MAX_DIR_PLUS_PAGE,
                 restart,
             };
-            let page = match self.call(READDIR_PLUS, &req) {
+            let page = match self.remote().readdir_plus_page(&req, true).map_err(err) {
                 // A server without it: entries without attributes.
                 Err(e) if e.code() == libc::ENOSYS => {
                     let req = ReaddirReq {
@@ -79,7 +76,7 @@ impl Fs {
 
     pub(super) fn read_dir(&self, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let entries = match self.listed(fh, offset, BATCH) {
-            Ok(e) => e,
+            Ok((_, e)) => e,
             Err(e) => return reply.error(e),
         };
         for (i, (e, _)) in entries.iter().enumerate() {
@@ -101,10 +98,11 @@ impl Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (entries, path) = match (self.listed(fh, offset, PLUS_BATCH), self.path(dir)) {
-            (Ok(e), Ok(p)) => (e, p),
-            (Err(e), _) | (_, Err(e)) => return reply.error(e),
-        };
+        let ((listed_at, entries), path) =
+            match (self.listed(fh, offset, PLUS_BATCH), self.path(dir)) {
+                (Ok(e), Ok(p)) => (e, p),
+                (Err(e), _) | (_, Err(e)) => return reply.error(e),
+            };
         let ttl = self.ttl();
         for (i, (e, a)) in entries.into_iter().enumerate() {
             let name = OsStr::from_bytes(&e.name);
@@ -145,8 +143,9 @@ impl Fs {
             let ino = {
                 let mut inodes = self.inodes();
                 let ino = inodes.learn(&child);
-                let until = Instant::now() + self.opts.attr_timeout;
-                inodes.listed_xattrs(ino, attr.xattrs, until);
+                // As old as the listing, not as its hand-out to the kernel.
+                let until = listed_at + self.opts.attr_timeout;
+                inodes.listed_xattrs(ino, attr.xattrs, listed_at, until);
                 ino
             };
             if reply.add(

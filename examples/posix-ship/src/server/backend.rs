@@ -134,14 +134,17 @@ pub trait Backend: Send + Sync + 'static {
     fn fallocate(&self, who: &Who, f: &Arc<Self::File>, mode: i32, off: u64, len: u64) -> R<()>;
     fn readdir(&self, who: &Who, f: &Arc<Self::File>, restart: bool, max: u32) -> R<DirPage>;
     /// A page of at most `max` entries (at most [`MAX_DIR_PLUS_PAGE`]) with their
-    /// attributes; by default none (the caller looks each entry up).
+    /// attributes, and (`xattrs`) whether each has extended attributes; by default no
+    /// attributes (the caller looks each entry up).
     fn readdir_plus(
         &self,
         who: &Who,
         f: &Arc<Self::File>,
         restart: bool,
         max: u32,
+        xattrs: bool,
     ) -> R<DirPagePlus> {
+        let _ = xattrs;
         let p = self.readdir(who, f, restart, max)?;
         let entries = p.entries.into_iter().map(|e| (e, None)).collect();
         Ok(DirPagePlus {

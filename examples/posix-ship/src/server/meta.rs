@@ -99,9 +99,7 @@ impl LocalFs {
         };
         let mut buf = vec![0u8; XATTR_MAX];
         let n = rustix::fs::listxattr(&p, &mut buf[..])?;
-        Ok(buf[..n]
-            .split(|&b| b == 0)
-            .filter(|n| !n.is_empty() && xattr_allowed(n))
+        Ok(reachable(&buf[..n])
             .map(|n| ByteBuf::from(n.to_vec()))
             .collect())
     }
@@ -115,11 +113,7 @@ impl LocalFs {
         }
         let mut buf = [0u8; 1024];
         let n = list_xattrs_at(dir, name, &mut buf).ok()?;
-        Some(
-            buf[..n]
-                .split(|&b| b == 0)
-                .any(|n| !n.is_empty() && xattr_allowed(n)),
-        )
+        Some(reachable(&buf[..n]).next().is_some())
     }
 
     /// `removexattr`.
@@ -133,4 +127,10 @@ impl LocalFs {
         };
         rustix::fs::removexattr(&p, name)
     }
+}
+
+/// The names in a `listxattr` list (NUL-terminated) that a client may reach.
+fn reachable(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    list.split(|&b| b == 0)
+        .filter(|n| !n.is_empty() && xattr_allowed(n))
 }

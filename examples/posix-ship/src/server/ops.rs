@@ -280,7 +280,14 @@ impl Backend for LocalFs {
     /// A page of a listing with each entry's `lstat` (made relative to the directory, with
     /// the caller's rights: an entry it may not look at has no attributes) and whether it
     /// has extended attributes.
-    fn readdir_plus(&self, w: &Who, f: &Arc<OpenFile>, restart: bool, max: u32) -> R<DirPagePlus> {
+    fn readdir_plus(
+        &self,
+        w: &Who,
+        f: &Arc<OpenFile>,
+        restart: bool,
+        max: u32,
+        xattrs: bool,
+    ) -> R<DirPagePlus> {
         let page = self.readdir(w, f, restart, max)?;
         let with_attr = |e: DirEntry| {
             // Not `..` (of the export's root, that is outside it) nor `.`.
@@ -290,8 +297,11 @@ impl Backend for LocalFs {
             let s = rustix::fs::statat(&f.fd, e.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW);
             let a = s.ok().map(|s| {
                 let a = attr(&s);
-                let xattrs = LocalFs::xattrs_hint(&f.fd, &e.name, &a);
-                Attr { xattrs, ..a }
+                let xattrs = xattrs.then(|| LocalFs::xattrs_hint(&f.fd, &e.name, &a));
+                Attr {
+                    xattrs: xattrs.flatten(),
+                    ..a
+                }
             });
             (e, a)
         };

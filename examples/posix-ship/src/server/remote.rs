@@ -139,13 +139,14 @@ impl Backend for Remote {
         f: &Arc<RemoteFile>,
         restart: bool,
         max: u32,
+        xattrs: bool,
     ) -> R<DirPagePlus> {
         let req = ReaddirReq {
             fh: f.fh,
             max,
             restart,
         };
-        f.fs.call(READDIR_PLUS, &req).map_err(errno)
+        f.fs.readdir_plus_page(&req, xattrs).map_err(errno)
     }
 
     fn stat(&self, who: &Who, t: On<'_, RemoteFile>, follow: bool) -> R<Attr> {

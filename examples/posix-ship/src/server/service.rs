@@ -272,10 +272,13 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
     serve(e, s, READDIR, |s, w, _, r| {
         s.backend.readdir(w, &s.file(w, r.fh)?, r.restart, r.max)
     })?;
-    serve(e, s, READDIR_PLUS, |s, w, _, r| {
-        let max = r.max.min(MAX_DIR_PLUS_PAGE);
-        s.backend.readdir_plus(w, &s.file(w, r.fh)?, r.restart, max)
-    })?;
+    for (rpc, xattrs) in [(READDIR_PLUS, false), (READDIR_PLUS_XATTRS, true)] {
+        serve(e, s, rpc, move |s, w, _, r| {
+            let max = r.max.min(MAX_DIR_PLUS_PAGE);
+            s.backend
+                .readdir_plus(w, &s.file(w, r.fh)?, r.restart, max, xattrs)
+        })?;
+    }
     serve(e, s, UNLINK, |s, w, _, p| s.backend.unlink(w, &p))?;
     serve(e, s, RMDIR, |s, w, _, p| s.backend.rmdir(w, &p))?;
     serve(e, s, MKDIR, |s, w, _, (p, m)| s.backend.mkdir(w, &p, m))?;

@@ -28,9 +28,23 @@ impl AsFd for Fd {
     }
 }
 
-/// `listxattrat(2)` (Linux 6.13; the same number on every architecture), which the
-/// `libc` crate does not name yet.
-const SYS_LISTXATTRAT: libc::c_long = 465;
+/// `listxattrat(2)` (Linux 6.13), which the `libc` crate does not name yet: 465 in the
+/// table every architecture shares since 4.20's `io_pgetevents` (mips numbers its own
+/// apart, so it takes the fallback).
+#[cfg(not(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "mips32r6",
+    target_arch = "mips64r6"
+)))]
+const SYS_LISTXATTRAT: Option<libc::c_long> = Some(465);
+#[cfg(any(
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "mips32r6",
+    target_arch = "mips64r6"
+))]
+const SYS_LISTXATTRAT: Option<libc::c_long> = None;
 
 /// The extended attribute names of entry `name` of directory `dir`, not following a final
 /// symlink, into `buf`: their length. By `listxattrat` where the kernel has it, else
@@ -40,7 +54,8 @@ pub(super) fn list_xattrs_at(dir: &impl AsFd, name: &[u8], buf: &mut [u8]) -> R<
     static NO_AT: AtomicBool = AtomicBool::new(false);
     if !NO_AT.load(Ordering::Relaxed) {
         match listxattrat(dir, name, buf) {
-            Err(Errno::NOSYS) => NO_AT.store(true, Ordering::Relaxed),
+            // No such call here, or a seccomp filter that refuses the unknown number.
+            Err(Errno::NOSYS | Errno::PERM) => NO_AT.store(true, Ordering::Relaxed),
             r => return r,
         }
     }
@@ -49,12 +64,13 @@ pub(super) fn list_xattrs_at(dir: &impl AsFd, name: &[u8], buf: &mut [u8]) -> R<
 }
 
 fn listxattrat(dir: &impl AsFd, name: &[u8], buf: &mut [u8]) -> R<usize> {
+    let nr = SYS_LISTXATTRAT.ok_or(Errno::NOSYS)?;
     let name = std::ffi::CString::new(name).map_err(|_| Errno::INVAL)?;
     // SAFETY: `name` is a NUL-terminated string and `buf` is writable for its length;
     // both outlive the call, which writes at most `buf.len()` bytes.
     let n = unsafe {
         libc::syscall(
-            SYS_LISTXATTRAT,
+            nr,
             dir.as_fd().as_raw_fd(),
             name.as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW,
@@ -173,13 +189,18 @@ mod tests {
         std::fs::write(dir.join("f"), b"").unwrap();
         let _ = std::fs::remove_file(dir.join("l"));
         std::os::unix::fs::symlink("f", dir.join("l")).unwrap();
-        rustix::fs::setxattr(
+        let set = rustix::fs::setxattr(
             dir.join("f"),
             "user.k",
             b"v",
             rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        );
+        if set == Err(Errno::NOTSUP) {
+            // tmpfs before Linux 6.6 keeps no user attributes.
+            eprintln!("skipped: {} keeps no user.* attributes", dir.display());
+            return;
+        }
+        set.unwrap();
         let d = std::fs::File::open(&dir).unwrap();
         let names = |n: &[u8], at: bool| {
             let mut buf = [0u8; 256];
@@ -193,7 +214,10 @@ mod tests {
             Some(all.filter(|n| n.starts_with(b"user.")).count())
         };
         // A kernel before 6.13 has no listxattrat (ENOSYS): only the fallback is tried.
-        let at = listxattrat(&d, b"f", &mut [0u8; 256]) != Err(Errno::NOSYS);
+        let at = !matches!(
+            listxattrat(&d, b"f", &mut [0u8; 256]),
+            Err(Errno::NOSYS | Errno::PERM)
+        );
         for at in [at, false] {
             assert_eq!(names(b"f", at), Some(1), "listxattrat: {at}");
             assert_eq!(
