@@ -15,17 +15,16 @@ pub(crate) const CALLER_SPIN: Duration = Duration::from_micros(50);
 
 /// How long a transfer's waiter whose transfer is not over yet, after its drive (or
 /// instead of it), yields the CPU before it sleeps (one such waiter per half core at a
-/// time, as for drives). Completions that come in a stream (a handler waiting
-/// on 64 transfers in turn) are then taken without a futex wake and a task switch each:
-/// `qs-bw -t sm -y 4096 -z 4096 -l 6000`, alternated, 979–1207 MB/s without it, 1799–1942
-/// with 20 µs (5–40 µs all gained; 100 µs gained less). Yielding, not spinning: a thread
-/// with work on this core runs first, so 64 waiting clients on 2 cores measured the same
-/// (`qs-fwd -r 1 -d 200`). Where completions come further apart (tcp, 64 KiB transfers:
-/// 26 µs each) yielding only took time from the threads doing the work (10 % fewer MB/s),
-/// so an engine whose yielding waits go unanswered skips the next ones, as drives do
-/// ([`Backoff`]). Calls do not yield: an answer comes once, and 64 client threads and
-/// an I/O node's workers waiting on calls measured 7 % fewer metadata operations/s with
-/// it (`qs-fwd --shapes md -f 64`, seven alternated pairs; within this VM's noise).
+/// time, as for drives). Completions that come in a stream (a handler waiting on 64
+/// transfers in turn) are then taken without a futex wake and a task switch each.
+/// Measured with alternated binaries (`qs-bw -t sm -y 4096 -z 4096`, README): a modest
+/// gain on this noisy 2-core VM (median 768 -> 847 MB/s over six rounds). Yielding, not
+/// spinning: a thread with work on this core runs first. Where completions come further
+/// apart (tcp, 64 KiB transfers: 26 µs each) yielding only took time from the threads
+/// doing the work (10 % fewer MB/s), so an engine whose yielding waits go unanswered
+/// skips the next ones, as drives do ([`Backoff`]). Calls do not yield: an answer comes
+/// once, and 64 client threads and an I/O node's workers waiting on calls measured 7 %
+/// fewer metadata operations/s with it (`qs-fwd --shapes md -f 64`, seven pairs).
 pub(crate) const YIELD_WAIT: Duration = Duration::from_micros(20);
 
 /// Yields the CPU until `done` or for `window`; returns `done()`.
