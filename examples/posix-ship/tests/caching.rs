@@ -277,3 +277,57 @@ fn a_remote_files_writes_go_behind_and_an_error_comes_at_flush_once() {
     let mut ro = fs.open("/f").unwrap();
     assert_eq!(common::errno(ro.write(b"x")), libc::EBADF);
 }
+
+#[test]
+fn exit_gives_up_on_writes_behind_that_a_stopped_server_does_not_take() {
+    // A process whose last writes went behind, to a server that stopped answering, ends
+    // at `_exit` within the interposer's half-second bound instead of hanging with it.
+    use std::io::{BufRead, BufReader, Write};
+    let export = scratch("cache-exit-give-up");
+    let srv = ServerProc::start(&export, "sm", &[]);
+    let script = "import os, sys\n\
+        f = os.open('/qs-cache/f', os.O_WRONLY | os.O_CREAT, 0o644)\n\
+        os.write(f, b'a' * 4096)\n\
+        os.fsync(f)\n\
+        print('ready', flush=True)\n\
+        sys.stdin.readline()\n\
+        os.write(f, b'b' * 4096)\n\
+        os._exit(3)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .env("LD_PRELOAD", common::preload_lib())
+        .env("POSIX_SHIP_SERVER", &srv.addr)
+        .env("QS_AUTH", &srv.auth)
+        .env("POSIX_SHIP_MOUNT", MOUNT)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let server = srv.child.id() as i32;
+    // SAFETY: kill(2) on the test's own server process.
+    unsafe { libc::kill(server, libc::SIGSTOP) };
+    let t = std::time::Instant::now();
+    writeln!(child.stdin.take().unwrap()).unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // SAFETY: as above.
+    unsafe { libc::kill(server, libc::SIGCONT) };
+    let took = t.elapsed();
+    println!("_exit with a stopped server took {took:?}");
+    let status = status.unwrap_or_else(|| panic!("still running after {took:?}"));
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}

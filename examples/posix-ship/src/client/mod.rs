@@ -71,6 +71,16 @@ impl<Out: DeserializeOwned> Pending<Out> {
     pub fn wait(self) -> io::Result<Out> {
         self.call.wait().map_err(rpc_err)?.map_err(errno)
     }
+
+    /// Whether the answer (or an error) is there: [`Pending::wait`] would not block.
+    pub fn is_done(&self) -> bool {
+        self.call.is_done()
+    }
+
+    /// Gives up on the answer: `wait` then fails with `ECANCELED` unless it came.
+    pub fn cancel(&self) {
+        self.call.cancel();
+    }
 }
 
 impl<Out: DeserializeOwned> std::future::Future for Pending<Out> {

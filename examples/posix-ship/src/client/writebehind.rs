@@ -232,6 +232,19 @@ impl State {
         });
     }
 
+    /// Waits until every write in flight is answered or `until` passes, then cancels the
+    /// unanswered ones; whether all were answered.
+    fn answered_by(&mut self, until: std::time::Instant) -> bool {
+        while self.flights.iter().any(|f| !f.call.is_done()) {
+            if std::time::Instant::now() >= until {
+                self.flights.iter().for_each(|f| f.call.cancel());
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        true
+    }
+
     /// Sends what is gathered and waits for every write in flight.
     fn land_all(&mut self, window: usize) {
         self.flush_gather(window);
@@ -334,23 +347,22 @@ impl WriteBehind {
     }
 
     /// [`WriteBehind::drain`] for `_exit`, which may run in a signal handler that
-    /// interrupted the holder of this state's lock: waits at most `patience` for the lock,
-    /// then gives up (the writes in flight are lost with the process). Whether it drained.
+    /// interrupted the holder of this state's lock, and must end even if the server does
+    /// not answer: waits at most `patience` for the lock and the answers, then gives up
+    /// (the writes still in flight are lost with the process). Whether it drained.
     pub fn drain_within(&self, patience: std::time::Duration) -> bool {
         let until = std::time::Instant::now() + patience;
+        let drain = |s: &mut State| {
+            s.adopt();
+            s.flush_gather(self.settings.bytes);
+            let answered = s.answered_by(until);
+            s.land_all(self.settings.bytes);
+            answered
+        };
         loop {
             match self.st.try_lock() {
-                Ok(mut s) => {
-                    s.adopt();
-                    s.land_all(self.settings.bytes);
-                    return true;
-                }
-                Err(std::sync::TryLockError::Poisoned(p)) => {
-                    let mut s = p.into_inner();
-                    s.adopt();
-                    s.land_all(self.settings.bytes);
-                    return true;
-                }
+                Ok(mut s) => return drain(&mut s),
+                Err(std::sync::TryLockError::Poisoned(p)) => return drain(&mut p.into_inner()),
                 Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
