@@ -59,7 +59,11 @@ impl Backend for Node {
         if let Err(std::sync::mpsc::SendError(crate::behind::Behind::Lost(files))) =
             crate::node::lock(&self.closer).send(job)
         {
-            Node::lost(self, files);
+            // The thread behind is gone (the node is stopping): here, one by one.
+            for h in files {
+                let _ = self.detach(&h);
+                let _ = self.backend_close(&h);
+            }
         }
     }
 

@@ -166,7 +166,7 @@ fn closed_files_are_let_go_at_the_backend_many_at_a_time() {
     let took = closed.elapsed();
     println!("32 backend handles let go {took:?} after their clients' closes");
     assert!(
-        took < std::time::Duration::from_millis(1000),
+        took < std::time::Duration::from_millis(1300),
         "{took:?}: closed one at a time?"
     );
 }

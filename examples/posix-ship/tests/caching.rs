@@ -281,7 +281,8 @@ fn a_remote_files_writes_go_behind_and_an_error_comes_at_flush_once() {
 #[test]
 fn exit_gives_up_on_writes_behind_that_a_stopped_server_does_not_take() {
     // A process whose last writes went behind, to a server that stopped answering, ends
-    // at `_exit` within the interposer's half-second bound instead of hanging with it.
+    // at `_exit` within the interposer's half-second bound instead of hanging with it:
+    // a full window of 16 writes in flight, and a gathered one that must wait for room.
     use std::io::{BufRead, BufReader, Write};
     let export = scratch("cache-exit-give-up");
     let srv = ServerProc::start(&export, "sm", &[]);
@@ -291,7 +292,8 @@ fn exit_gives_up_on_writes_behind_that_a_stopped_server_does_not_take() {
         os.fsync(f)\n\
         print('ready', flush=True)\n\
         sys.stdin.readline()\n\
-        os.write(f, b'b' * 4096)\n\
+        for i in range(16): os.write(f, b'b' * 32768)\n\
+        os.write(f, b'c' * 100)\n\
         os._exit(3)\n";
     let mut child = Command::new("python3")
         .args(["-c", script])

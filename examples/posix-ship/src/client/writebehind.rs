@@ -119,6 +119,11 @@ struct State {
     /// Most writes in flight now: [`MAX_FLIGHTS`], halved at each `EAGAIN` and grown
     /// back by one per write landed.
     cap: usize,
+    /// Set while `_exit` drains: no write is waited for past it, nor made again; those
+    /// not answered by then are canceled.
+    deadline: Option<std::time::Instant>,
+    /// Writes canceled at the deadline.
+    abandoned: usize,
 }
 
 /// Makes a write refused with `EAGAIN` again, waiting 0.1 ms doubling to 10 ms between
@@ -146,6 +151,19 @@ impl State {
         };
         self.bytes -= f.data.len();
         let len = f.data.len() as u64;
+        if let Some(until) = self.deadline {
+            while !f.call.is_done() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if !f.call.is_done() {
+                f.call.cancel();
+                self.abandoned += 1;
+            }
+        }
+        let retry = |fs: &RemoteFs, fh, off, data: &[u8]| match self.deadline {
+            Some(_) => Err(io::Error::from_raw_os_error(libc::ECANCELED)),
+            None => retry(fs, fh, off, data),
+        };
         let errno = match f.call.wait() {
             Ok(w) if w.n == len => {
                 // The window grows back one write per write landed.
@@ -230,19 +248,6 @@ impl State {
             data,
             call,
         });
-    }
-
-    /// Waits until every write in flight is answered or `until` passes, then cancels the
-    /// unanswered ones; whether all were answered.
-    fn answered_by(&mut self, until: std::time::Instant) -> bool {
-        while self.flights.iter().any(|f| !f.call.is_done()) {
-            if std::time::Instant::now() >= until {
-                self.flights.iter().for_each(|f| f.call.cancel());
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        true
     }
 
     /// Sends what is gathered and waits for every write in flight.
@@ -354,10 +359,10 @@ impl WriteBehind {
         let until = std::time::Instant::now() + patience;
         let drain = |s: &mut State| {
             s.adopt();
-            s.flush_gather(self.settings.bytes);
-            let answered = s.answered_by(until);
+            (s.deadline, s.abandoned) = (Some(until), 0);
             s.land_all(self.settings.bytes);
-            answered
+            s.deadline = None;
+            s.abandoned == 0
         };
         loop {
             match self.st.try_lock() {

@@ -26,9 +26,10 @@ pub struct Inodes {
     nodes: HashMap<u64, Node>,
     by_path: HashMap<Vec<u8>, u64>,
     next: u64,
-    /// The last change of any file's extended attributes through the mount: a listing
-    /// read before it may not say a file has none.
-    xattrs_changed_at: Option<Instant>,
+    /// Changes made through the mount to names (rename, link, unlink) or extended
+    /// attributes: a listing read before the last one may not say a file has none (its
+    /// name may stand for another file by now).
+    changes: u64,
 }
 
 impl Default for Inodes {
@@ -37,7 +38,7 @@ impl Default for Inodes {
             nodes: HashMap::new(),
             by_path: HashMap::new(),
             next: ROOT + 1,
-            xattrs_changed_at: None,
+            changes: 0,
         };
         t.nodes.insert(
             ROOT,
@@ -82,7 +83,7 @@ impl Inodes {
 
     /// `path` is a new hard link to `ino`'s file: one more lookup of `ino`.
     pub fn linked(&mut self, ino: u64, path: &[u8]) -> Option<u64> {
-        self.unlinked(path);
+        self.unlinked(path); // (counts the change)
         let n = self.nodes.get_mut(&ino)?;
         n.paths.push(path.to_vec());
         n.lookups += 1;
@@ -112,11 +113,16 @@ impl Inodes {
         ino
     }
 
-    /// What the server said of `ino`'s extended attributes in a listing read at
-    /// `listed`, kept until `until` (`Some(true)` or `None`: ask it); ignored if an
-    /// attribute changed through the mount since the listing was read.
-    pub fn listed_xattrs(&mut self, ino: u64, has: Option<bool>, listed: Instant, until: Instant) {
-        let stale = self.xattrs_changed_at.is_some_and(|c| listed <= c);
+    /// The count of changes made through the mount to names and extended attributes.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// What the server said of `ino`'s extended attributes in a listing read when
+    /// [`Inodes::changes`] was `listed`, kept until `until` (`Some(true)` or `None`: ask
+    /// it); ignored if names or attributes changed through the mount since.
+    pub fn listed_xattrs(&mut self, ino: u64, has: Option<bool>, listed: u64, until: Instant) {
+        let stale = listed != self.changes;
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.bare_until = (has == Some(false) && !stale).then_some(until);
         }
@@ -128,9 +134,9 @@ impl Inodes {
         until.is_some_and(|t| now < t)
     }
 
-    /// `ino`'s extended attributes are changed through the mount at `now`.
-    pub fn xattrs_changed(&mut self, ino: u64, now: Instant) {
-        self.xattrs_changed_at = Some(now);
+    /// `ino`'s extended attributes are changed through the mount.
+    pub fn xattrs_changed(&mut self, ino: u64) {
+        self.changes += 1;
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.bare_until = None;
         }
@@ -155,6 +161,7 @@ impl Inodes {
 
     /// `path` was unlinked or removed: its number names nothing any more.
     pub fn unlinked(&mut self, path: &[u8]) {
+        self.changes += 1;
         if let Some(ino) = self.by_path.remove(path)
             && let Some(n) = self.nodes.get_mut(&ino)
         {
@@ -174,7 +181,7 @@ impl Inodes {
     /// `from` was renamed to `to`: it and everything beneath it move; whatever `to` was
     /// is replaced.
     pub fn renamed(&mut self, from: &[u8], to: &[u8]) {
-        self.unlinked(to);
+        self.unlinked(to); // (counts the change)
         let moved: Vec<(Vec<u8>, u64)> = self
             .by_path
             .iter()
@@ -255,23 +262,30 @@ mod tests {
         let (f, g) = (t.learn(b"/f"), t.learn(b"/g"));
         let now = Instant::now();
         let later = now + std::time::Duration::from_secs(1);
-        t.listed_xattrs(f, Some(false), now, later);
-        t.listed_xattrs(g, Some(true), now, later);
+        let read = t.changes();
+        t.listed_xattrs(f, Some(false), read, later);
+        t.listed_xattrs(g, Some(true), read, later);
         assert!(t.bare(f, now) && !t.bare(f, later), "until its time");
         assert!(!t.bare(g, now), "a file with attributes is asked");
-        t.listed_xattrs(g, None, now, later);
+        t.listed_xattrs(g, None, read, later);
         assert!(!t.bare(g, now), "nor one the server could not tell");
-        let changed = now + std::time::Duration::from_millis(1);
-        t.xattrs_changed(f, changed);
+        t.xattrs_changed(f);
         assert!(!t.bare(f, now), "a change forgets it");
-        t.listed_xattrs(f, Some(false), now, later);
+        t.listed_xattrs(f, Some(false), read, later);
         assert!(
             !t.bare(f, now),
             "nor does a listing read before the change say it"
         );
-        let after = changed + std::time::Duration::from_millis(1);
-        t.listed_xattrs(f, Some(false), after, later);
-        assert!(t.bare(f, after), "one read after it does");
+        t.listed_xattrs(f, Some(false), t.changes(), later);
+        assert!(t.bare(f, now), "one read after it does");
+        // A name renamed over after the listing was read stands for another file.
+        let read = t.changes();
+        t.renamed(b"/g", b"/f");
+        t.listed_xattrs(g, Some(false), read, later);
+        assert!(
+            !t.bare(g, now),
+            "a listing from before a rename says nothing"
+        );
         t.forget(f, 1);
         let again = t.learn(b"/f");
         assert!(!t.bare(again, now), "a forgotten number keeps nothing");

@@ -449,12 +449,12 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         let _as = self.acting(req);
-        self.inodes().xattrs_changed(ino.0, Instant::now());
+        self.inodes().xattrs_changed(ino.0);
         let r = self.target(ino, None).and_then(|t| {
             let req = (t, bytes(name.as_bytes()), bytes(value), flags);
             self.call(SETXATTR, &req)
         });
-        self.inodes().xattrs_changed(ino.0, Instant::now()); // and after: a listing may have raced it
+        self.inodes().xattrs_changed(ino.0); // and after: a listing may have raced it
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -463,11 +463,11 @@ impl Filesystem for Fs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _as = self.acting(req);
-        self.inodes().xattrs_changed(ino.0, Instant::now());
+        self.inodes().xattrs_changed(ino.0);
         let r = self
             .target(ino, None)
             .and_then(|t| self.call(REMOVEXATTR, &(t, bytes(name.as_bytes()))));
-        self.inodes().xattrs_changed(ino.0, Instant::now());
+        self.inodes().xattrs_changed(ino.0);
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

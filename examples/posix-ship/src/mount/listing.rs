@@ -19,6 +19,10 @@ use crate::proto::*;
 /// An entry of a listing, and its attributes if the server could read them.
 pub(super) type Listed = (DirEntry, Option<Attr>);
 
+/// When a listing was read: the time, and the mount's count of changes to names and
+/// extended attributes ([`super::inodes::Inodes::changes`]).
+pub(super) type ReadAt = (Instant, u64);
+
 /// Entries a `readdir` call looks at (its reply holds a hundred or two), and a
 /// `readdirplus` one (a few dozen).
 const BATCH: usize = 512;
@@ -27,11 +31,11 @@ const PLUS_BATCH: usize = 128;
 impl Fs {
     /// The listing of open directory `fh` from `offset`, read from the server at offset 0
     /// (or when not read yet); at most `max` entries, and when it was read.
-    fn listed(&self, fh: FileHandle, offset: u64, max: usize) -> R<(Instant, Vec<Listed>)> {
+    fn listed(&self, fh: FileHandle, offset: u64, max: usize) -> R<(ReadAt, Vec<Listed>)> {
         let lock = || self.listings.lock().unwrap_or_else(|e| e.into_inner());
         if offset == 0 || !lock().contains_key(&fh.0) {
             // Listed without the lock held: other directories are listed meanwhile.
-            let at = Instant::now();
+            let at = (Instant::now(), self.inodes().changes());
             let all = self.list(fh.0)?;
             lock().insert(fh.0, (at, all));
         }
@@ -98,7 +102,7 @@ impl Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let ((listed_at, entries), path) =
+        let (((listed_at, listed_changes), entries), path) =
             match (self.listed(fh, offset, PLUS_BATCH), self.path(dir)) {
                 (Ok(e), Ok(p)) => (e, p),
                 (Err(e), _) | (_, Err(e)) => return reply.error(e),
@@ -145,7 +149,7 @@ impl Fs {
                 let ino = inodes.learn(&child);
                 // As old as the listing, not as its hand-out to the kernel.
                 let until = listed_at + self.opts.attr_timeout;
-                inodes.listed_xattrs(ino, attr.xattrs, listed_at, until);
+                inodes.listed_xattrs(ino, attr.xattrs, listed_changes, until);
                 ino
             };
             if reply.add(

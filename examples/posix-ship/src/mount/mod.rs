@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fuser::{Errno, FileHandle, Generation, INodeNo, ReplyEntry, TimeOrNow};
 use serde_bytes::ByteBuf;
@@ -98,7 +98,7 @@ pub struct Fs {
     opts: MountOptions,
     inodes: Mutex<Inodes>,
     /// Directory listings being read, by handle (the kernel reads them by offset).
-    listings: Mutex<HashMap<u64, (Instant, Vec<listing::Listed>)>>,
+    listings: Mutex<HashMap<u64, (listing::ReadAt, Vec<listing::Listed>)>>,
     /// Open handles by inode: a file unlinked while open is still reached through them.
     handles: Mutex<HashMap<u64, Vec<u64>>>,
     /// The server's address, told to an interposer riding on the mount ([`crate::ride`]).
