@@ -131,6 +131,13 @@ impl<Out: DeserializeOwned> Call<Out> {
             .map_err(|e| e.in_call(self.rpc, self.target.addr(), std::any::type_name::<Out>()))
     }
 
+    /// Fails the call with [`RpcError::Timeout`] if it is not answered `t` from now
+    /// (the deadline it was started with is replaced).
+    pub fn timeout(self, t: Duration) -> Self {
+        self.op.set_timeout(t);
+        self
+    }
+
     /// Blocks until the answer, an error, the timeout, or cancellation.
     pub fn wait(self) -> Result<Out, RpcError> {
         let a = self.op.wait(false);

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
 use crate::node::{Handle, Node, Req};
-use crate::ops::R;
+use crate::ops::{R, errno};
 
 impl Node {
     pub(crate) fn on_path<Out: DeserializeOwned>(
@@ -111,12 +111,19 @@ impl Node {
         max: u32,
         xattrs: bool,
     ) -> R<DirPagePlus> {
-        let req = |fh| ReaddirReq { fh, max, restart };
-        // A backend built before READDIR_PLUS_XATTRS lists without them.
-        let mut page = match xattrs.then(|| self.on_fh(h, READDIR_PLUS_XATTRS, req)) {
-            Some(Err(libc::ENOSYS)) | None => self.on_fh(h, READDIR_PLUS, req)?,
-            Some(r) => r?,
+        let rpc = if xattrs {
+            READDIR_PLUS_XATTRS
+        } else {
+            READDIR_PLUS
         };
+        let mut page = h
+            .backing
+            .with(|fh| {
+                self.stats.request_out(rpc.name());
+                let req = ReaddirReq { fh, max, restart };
+                h.backing.fs.readdir_plus_page(&req, xattrs)
+            })
+            .map_err(errno)?;
         for (e, a) in &mut page.entries {
             let mut path = h.path.clone();
             if !path.ends_with(b"/") {

@@ -223,57 +223,61 @@ fn rename_flags_work_on_the_mount() {
     );
 }
 
-#[test]
-fn a_listing_brings_attributes_so_stat_of_each_entry_costs_no_call() {
-    let Some((export, at, _local, srv)) = setup("mount-readdirplus") else {
-        return;
-    };
-    let n = 2000;
+/// A mount of `n` files in `d` (file `i` holds `len(i)` bytes), with timeouts longer
+/// than a loaded machine's walk of them (the counts below assume nothing expires).
+fn listed_dir(
+    name: &str,
+    n: usize,
+    len: impl Fn(usize) -> usize,
+) -> Option<(std::path::PathBuf, std::path::PathBuf, ServerProc, Mounted)> {
+    let (export, at, _local, srv) = setup(name)?;
     std::fs::create_dir(export.join("d")).unwrap();
     for i in 0..n {
-        std::fs::write(export.join(format!("d/f{i}")), vec![b'x'; i % 100]).unwrap();
+        std::fs::write(export.join(format!("d/f{i}")), vec![b'x'; len(i)]).unwrap();
     }
-    let m = Mounted::start(&srv, &at, &[]);
+    let long = ["--attr-timeout", "60", "--entry-timeout", "60"];
+    let m = Mounted::start(&srv, &at, &long);
+    Some((export, at, srv, m))
+}
+
+/// `script`'s output at `dir`, and the requests the server served meanwhile.
+fn counted(srv: &ServerProc, dir: &Path, script: &str) -> (String, u64) {
     let fs = srv.client();
     let before = fs.server_stats().unwrap().requests;
+    let out = run(dir, script);
+    (out, fs.server_stats().unwrap().requests - before)
+}
+
+#[test]
+fn a_listing_brings_attributes_so_stat_of_each_entry_costs_no_call() {
+    let n = 2000;
+    let Some((_export, at, srv, _m)) = listed_dir("mount-readdirplus", n, |i| i % 100) else {
+        return;
+    };
     // find stats every entry it lists: the sizes must be the files' own.
-    let sizes = run(
-        &at,
-        "find d -type f -printf '%s\\n' | sort -n | uniq -c | wc -l",
-    );
-    let calls = fs.server_stats().unwrap().requests - before;
+    let find = "find d -type f -printf '%s\\n' | sort -n | uniq -c | wc -l";
+    let (sizes, calls) = counted(&srv, &at, find);
     println!("listing and stat of {n} files through the mount: {calls} calls");
     assert_eq!(sizes.trim(), "100", "every size from 0 to 99");
     assert!(
         calls * 20 <= n as u64,
         "{calls} calls to list and stat {n} files (a lookup each without attributes in the listing)"
     );
-    drop(m);
 }
 
 #[test]
 fn ls_l_asks_the_server_nothing_per_file_for_acls_the_listing_ruled_out() {
-    let Some((export, at, _local, srv)) = setup("mount-ls-acl") else {
+    let n = 2000;
+    let Some((export, at, srv, _m)) = listed_dir("mount-ls-acl", n, |_| 1) else {
         return;
     };
-    let n = 2000;
-    std::fs::create_dir(export.join("d")).unwrap();
-    for i in 0..n {
-        std::fs::write(export.join(format!("d/f{i}")), b"x").unwrap();
-    }
     run(
         &export,
         "python3 -c \"import os; os.setxattr('d/f7', 'user.k', b'v')\"",
     );
-    // Timeouts longer than a loaded machine's `ls -l` of the whole directory.
-    let long = ["--attr-timeout", "60", "--entry-timeout", "60"];
-    let m = Mounted::start(&srv, &at, &long);
-    let fs = srv.client();
-    let before = fs.server_stats().unwrap().requests;
     // `ls -l` asks for every file's ACL (and SELinux label) after its stat.
     let modes = "ls -l d | awk 'NR > 1 { print $1 }' | sort | uniq -c";
-    let there = run(&at, modes);
-    let calls = fs.server_stats().unwrap().requests - before;
+    let (there, calls) = counted(&srv, &at, modes);
     println!("ls -l of {n} files through the mount: {calls} calls");
     assert_eq!(there, run(&export, modes), "the same modes, no ACL marks");
     assert!(
@@ -288,5 +292,4 @@ fn ls_l_asks_the_server_nothing_per_file_for_acls_the_listing_ruled_out() {
         listed, "['user.k'] []\n['user.k'] ['user.n']\n",
         "a listed file's attributes as the server has them"
     );
-    drop(m);
 }

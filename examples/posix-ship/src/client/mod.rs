@@ -53,6 +53,8 @@ struct Inner {
     engine: Engine,
     peer: Endpoint,
     inline_max: usize,
+    /// The server answered `ENOSYS` to [`READDIR_PLUS_XATTRS`] (built before it).
+    no_xattrs_listing: std::sync::atomic::AtomicBool,
 }
 
 /// How long a blocking call tries again while the server says it is busy (at its bound
@@ -72,14 +74,11 @@ impl<Out: DeserializeOwned> Pending<Out> {
         self.call.wait().map_err(rpc_err)?.map_err(errno)
     }
 
-    /// Whether the answer (or an error) is there: [`Pending::wait`] would not block.
-    pub fn is_done(&self) -> bool {
-        self.call.is_done()
-    }
-
-    /// Gives up on the answer: `wait` then fails with `ECANCELED` unless it came.
-    pub fn cancel(&self) {
-        self.call.cancel();
+    /// Fails with `ETIMEDOUT` unless answered `t` from now.
+    pub fn timeout(self, t: Duration) -> Self {
+        Pending {
+            call: self.call.timeout(t),
+        }
     }
 }
 
@@ -185,6 +184,7 @@ impl RemoteFs {
                 engine: engine.clone(),
                 peer,
                 inline_max,
+                no_xattrs_listing: Default::default(),
             }),
             for_user: None,
         };
@@ -388,9 +388,12 @@ impl RemoteFs {
     /// extended attributes, if the server can tell (one built before
     /// [`READDIR_PLUS_XATTRS`] lists without).
     pub fn readdir_plus_page(&self, req: &ReaddirReq, xattrs: bool) -> io::Result<DirPagePlus> {
-        if xattrs {
+        use std::sync::atomic::Ordering::Relaxed;
+        if xattrs && !self.inner.no_xattrs_listing.load(Relaxed) {
             match self.call(READDIR_PLUS_XATTRS, req) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                    self.inner.no_xattrs_listing.store(true, Relaxed);
+                }
                 r => return r,
             }
         }

@@ -22,6 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use serde_bytes::ByteBuf;
 
@@ -119,10 +120,10 @@ struct State {
     /// Most writes in flight now: [`MAX_FLIGHTS`], halved at each `EAGAIN` and grown
     /// back by one per write landed.
     cap: usize,
-    /// Set while `_exit` drains: no write is waited for past it, nor made again; those
-    /// not answered by then are canceled.
+    /// Set while `_exit` drains: no write is waited for past it (the engine fails it
+    /// then), nor made again.
     deadline: Option<std::time::Instant>,
-    /// Writes canceled at the deadline.
+    /// Writes given up at the deadline.
     abandoned: usize,
 }
 
@@ -146,35 +147,39 @@ fn retry(fs: &RemoteFs, fh: Fh, off: u64, data: &[u8]) -> io::Result<()> {
 impl State {
     /// Waits for the oldest write and keeps its error.
     fn land_oldest(&mut self) {
-        let Some(f) = self.flights.pop_front() else {
+        let Some(Flight {
+            fs,
+            fh,
+            off,
+            data,
+            call,
+        }) = self.flights.pop_front()
+        else {
             return;
         };
-        self.bytes -= f.data.len();
-        let len = f.data.len() as u64;
-        if let Some(until) = self.deadline {
-            while !f.call.is_done() && std::time::Instant::now() < until {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            if !f.call.is_done() {
-                f.call.cancel();
-                self.abandoned += 1;
-            }
-        }
-        let retry = |fs: &RemoteFs, fh, off, data: &[u8]| match self.deadline {
-            Some(_) => Err(io::Error::from_raw_os_error(libc::ECANCELED)),
-            None => retry(fs, fh, off, data),
+        self.bytes -= data.len();
+        let len = data.len() as u64;
+        // Draining for `_exit`: answered by the deadline or failed then by the engine,
+        // and not made again.
+        let call = match self.deadline {
+            Some(until) => call.timeout(until.saturating_duration_since(Instant::now())),
+            None => call,
         };
-        let errno = match f.call.wait() {
+        let again = |at: u64, bytes: &[u8]| match self.deadline {
+            Some(_) => Err(io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+            None => retry(&fs, fh, at, bytes),
+        };
+        let errno = match call.wait() {
             Ok(w) if w.n == len => {
                 // The window grows back one write per write landed.
                 self.cap = (self.cap + 1).min(MAX_FLIGHTS);
                 return;
             }
             // Inline data is never staged: a short write is a full disk.
-            Ok(_) if matches!(f.data, Payload::Inline(_)) => libc::ENOSPC,
+            Ok(_) if matches!(data, Payload::Inline(_)) => libc::ENOSPC,
             // The server staged part of a bulk write (its memory bound): the rest now.
             Ok(w) if w.n > len => libc::EIO,
-            Ok(w) => match retry(&f.fs, f.fh, f.off + w.n, &f.data.bytes()[w.n as usize..]) {
+            Ok(w) => match again(off + w.n, &data.bytes()[w.n as usize..]) {
                 Ok(()) => return,
                 Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
             },
@@ -182,16 +187,20 @@ impl State {
             // threads and its user's other connections): not the write's fault. Fewer go
             // behind from now on, and this one is made again until the server takes it.
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                let r = again(off, data.bytes());
                 self.cap = (self.cap / 2).max(1);
-                match retry(&f.fs, f.fh, f.off, f.data.bytes()) {
+                match r {
                     Ok(()) => return,
                     Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
                 }
             }
             Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
         };
-        tracing::debug!(fh = f.fh.0, off = f.off, errno, "a write behind failed");
-        self.errors.entry(f.fh).or_insert(errno);
+        if self.deadline.is_some() && errno == libc::ETIMEDOUT {
+            self.abandoned += 1;
+        }
+        tracing::debug!(fh = fh.0, off, errno, "a write behind failed");
+        self.errors.entry(fh).or_insert(errno);
     }
 
     /// Sends the gathered writes (after older writes they overlap, within the window).
@@ -356,7 +365,7 @@ impl WriteBehind {
     /// not answer: waits at most `patience` for the lock and the answers, then gives up
     /// (the writes still in flight are lost with the process). Whether it drained.
     pub fn drain_within(&self, patience: std::time::Duration) -> bool {
-        let until = std::time::Instant::now() + patience;
+        let until = Instant::now() + patience;
         let drain = |s: &mut State| {
             s.adopt();
             (s.deadline, s.abandoned) = (Some(until), 0);

@@ -142,9 +142,8 @@ pub trait Backend: Send + Sync + 'static {
         f: &Arc<Self::File>,
         restart: bool,
         max: u32,
-        xattrs: bool,
+        _xattrs: bool,
     ) -> R<DirPagePlus> {
-        let _ = xattrs;
         let p = self.readdir(who, f, restart, max)?;
         let entries = p.entries.into_iter().map(|e| (e, None)).collect();
         Ok(DirPagePlus {
