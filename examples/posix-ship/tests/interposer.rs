@@ -383,6 +383,32 @@ fn redirections_and_pipelines_of_programs_reach_shipped_files() {
     }
 }
 
+/// Programs run one after another into one redirection share its offset, as on a kernel
+/// descriptor (each used to start at the offset handed down to it and wrote over the one
+/// before); so do a forked child and its parent.
+#[test]
+fn programs_sharing_a_redirection_share_its_offset() {
+    let r = Rig::new("interpose-shared-offset", "tcp");
+    let script = "cd {} && sh -c '/bin/echo one; /bin/echo two; (/bin/echo three; cat)' \
+                  < /etc/hostname > seq && cat seq \
+                  && { /bin/echo four; /bin/echo five; } > group && cat group \
+                  && python3 -c 'import os, sys\n\
+f = open(\"forked\", \"w\"); f.write(\"parent \"); f.flush()\n\
+pid = os.fork()\n\
+if pid == 0:\n    f.write(\"child \"); f.flush(); os._exit(0)\n\
+os.waitpid(pid, 0); f.write(\"after\\n\"); f.close()' && cat forked \
+                  && exec 3> held && /bin/echo a >&3 && /bin/echo b >&3 && exec 3>&- && cat held";
+    let out = r.same("sh", &["-c", script]);
+    let host = std::fs::read_to_string("/etc/hostname").unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!("one\ntwo\nthree\n{host}four\nfive\nparent child after\na\nb\n")
+    );
+    for f in ["seq", "group", "forked", "held"] {
+        assert_same_file(&r, f);
+    }
+}
+
 #[test]
 fn hard_links_and_extended_attributes_are_shipped() {
     let r = Rig::new("interpose-xattr", "tcp");

@@ -6,23 +6,26 @@
 //! A shipped descriptor is a placeholder the kernel passes on like any other; the child
 //! learns what it stands for (path, status flags, offset) and opens it again on the
 //! server at first use, so `cmd > /fwd/out`, `wc < /fwd/f` and `tar czf /fwd/x.tgz`
-//! (gzip writing to tar's shipped descriptor) work. Parent and child then have their
-//! own offsets (with `O_APPEND`, as for a shared one). Descriptors a `posix_spawn` file
-//! action moves are not followed.
+//! (gzip writing to tar's shipped descriptor) work. Parent and child share the offset
+//! once the description was shared by a fork (`crate::offsets`), so `sh -c 'a; b' >
+//! /fwd/f` writes `b` after `a`. Descriptors a `posix_spawn` file action moves are not
+//! followed.
 
 use std::ffi::{CStr, CString};
 
 use libc::{c_char, c_int, pid_t, posix_spawn_file_actions_t, posix_spawnattr_t};
 
+use crate::offsets;
 use crate::real::call_real;
 use crate::table;
 
 /// The variable the shipped descriptors are handed down in.
 pub const FDS: &str = "POSIX_SHIP_FDS";
 
-/// `fds:flags:offset:dir:hex(path)` for each shipped description that survives `exec`,
-/// `fds` the comma-separated descriptors sharing it (`2>&1`: one offset for both).
-fn inheritable() -> Option<Vec<u8>> {
+/// `fds:flags:offset[@slot]:dir:hex(path)` for each shipped description that survives
+/// `exec`, `fds` the comma-separated descriptors sharing it (`2>&1`: one offset for
+/// both), `slot` its shared offset's (`crate::offsets`); and those slots.
+fn inheritable() -> Option<(Vec<u8>, Vec<u32>)> {
     let mut groups: Vec<(std::sync::Arc<table::Desc>, Vec<c_int>)> = Vec::new();
     for (fd, d) in table::all() {
         let cloexec = call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, libc::F_GETFD, 0);
@@ -38,11 +41,19 @@ fn inheritable() -> Option<Vec<u8>> {
         }
     }
     let mut out = Vec::new();
+    let mut slots = Vec::new();
     for (d, fds) in groups {
         // Not waited for: a thread that held these across a call may not exist in a
         // forked child; such a description is not handed down.
-        let (Ok(flags), Ok(pos)) = (d.flags.try_lock(), d.pos.try_lock()) else {
+        let (Ok(flags), Some((pos, slot))) = (d.flags.try_lock(), d.pos.try_get()) else {
             continue;
+        };
+        let pos = match slot {
+            Some(i) => {
+                slots.push(i);
+                format!("{pos}@{i}")
+            }
+            None => pos.to_string(),
         };
         if !out.is_empty() {
             out.push(b';');
@@ -50,10 +61,10 @@ fn inheritable() -> Option<Vec<u8>> {
         let fds: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
         let hex: String = d.path.iter().map(|b| format!("{b:02x}")).collect();
         let dir = u8::from(d.is_dir);
-        let line = format!("{}:{}:{}:{dir}:{hex}", fds.join(","), *flags, *pos);
+        let line = format!("{}:{}:{pos}:{dir}:{hex}", fds.join(","), *flags);
         out.extend_from_slice(line.as_bytes());
     }
-    (!out.is_empty()).then_some(out)
+    (!out.is_empty()).then_some((out, slots))
 }
 
 /// Takes the descriptors handed down by the parent (run once, before `main`): each
@@ -66,6 +77,7 @@ pub fn adopt() {
         // SAFETY: a NUL-terminated name; this runs before the program's own threads.
         unsafe { libc::unsetenv(k.as_ptr()) };
     }
+    crate::offsets::adopt();
     if crate::config().is_none() {
         return;
     }
@@ -91,7 +103,12 @@ fn parse(e: &[u8]) -> Option<(Vec<c_int>, table::Desc)> {
         .map(|f| f.parse().ok())
         .collect::<Option<Vec<c_int>>>()?;
     let flags: c_int = it.next()?.parse().ok()?;
-    let pos: u64 = it.next()?.parse().ok()?;
+    let (pos, slot) = match it.next()?.split_once('@') {
+        Some((p, i)) => (p.parse().ok()?, Some(i.parse().ok()?)),
+        None => (s.split(':').nth(2)?.parse().ok()?, None),
+    };
+    // Made before the rest is checked: if the line is refused, its slot is let go.
+    let pos = offsets::Pos::inherited(pos, slot);
     let dir = it.next()? == "1";
     let hex = it.next()?.as_bytes();
     if hex.len() % 2 != 0 {
@@ -121,16 +138,20 @@ fn placeholder(fd: c_int) -> bool {
 struct Env {
     _own: Vec<CString>,
     ptrs: Vec<*const c_char>,
+    /// The shared offsets' region, open across the call.
+    handed: Option<offsets::Handed>,
 }
 
 impl Env {
     /// `None` when there is nothing to hand down (`envp` is passed unchanged).
-    fn new(envp: *const *const c_char) -> Option<Env> {
+    /// `spawn`: `posix_spawn` (this process goes on), else `exec`.
+    fn new(envp: *const *const c_char, spawn: bool) -> Option<Env> {
         let cwd = crate::cwd::env();
         let fds = inheritable();
+        let handed = offsets::hand_down(fds.as_ref().map_or(&[][..], |f| &f.1), spawn);
         // Ours are always replaced: a stale value the shell kept (after a `cd` out of the
         // mount) must not reach the program.
-        let ours: Vec<Vec<u8>> = [crate::cwd::ENV, FDS]
+        let ours: Vec<Vec<u8>> = [crate::cwd::ENV, FDS, offsets::ENV]
             .iter()
             .map(|k| [k.as_bytes(), b"="].concat())
             .collect();
@@ -138,7 +159,10 @@ impl Env {
             return None;
         }
         let mut own = Vec::new();
-        for (k, v) in cwd.into_iter().chain(fds.map(|f| (FDS, f))) {
+        let region = handed
+            .as_ref()
+            .map(|h| (offsets::ENV, h.env().into_bytes()));
+        for (k, v) in cwd.into_iter().chain(fds.map(|f| (FDS, f.0))).chain(region) {
             own.push(CString::new([k.as_bytes(), b"=", &v].concat()).ok()?);
         }
         let mut i = 0;
@@ -157,7 +181,11 @@ impl Env {
         }
         let mut ptrs: Vec<*const c_char> = own.iter().map(|c| c.as_ptr()).collect();
         ptrs.push(std::ptr::null());
-        Some(Env { _own: own, ptrs })
+        Some(Env {
+            _own: own,
+            ptrs,
+            handed,
+        })
     }
 }
 
@@ -199,7 +227,7 @@ macro_rules! exec {
         ) -> c_int {
             // The program started may read what this one wrote.
             crate::ride::settle_all();
-            let env = Env::new(envp);
+            let env = Env::new(envp, false);
             call_real!($name: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
                 file, argv, pick(&env, envp))
         }
@@ -223,11 +251,15 @@ macro_rules! spawn {
         ) -> c_int {
             // The program started may read what this one wrote.
             crate::ride::settle_all();
-            let env = Env::new(envp.cast());
+            let mut env = Env::new(envp.cast(), true);
             let envp: *const *mut c_char = pick(&env, envp.cast::<*const c_char>()).cast();
-            call_real!($name: fn(*mut pid_t, *const c_char, *const posix_spawn_file_actions_t,
+            let r = call_real!($name: fn(*mut pid_t, *const c_char, *const posix_spawn_file_actions_t,
                 *const posix_spawnattr_t, *const *mut c_char, *const *mut c_char) -> c_int,
-                pid, file, actions, attr, argv, envp)
+                pid, file, actions, attr, argv, envp);
+            if r != 0 && let Some(h) = env.as_mut().and_then(|e| e.handed.as_mut()) {
+                h.failed();
+            }
+            r
         }
     )*};
 }
@@ -266,6 +298,7 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char)
 pub extern "C" fn _exit(status: c_int) -> ! {
     crate::ride::settle_at_exit();
     crate::report::at_exit();
+    crate::offsets::at_exit();
     if let Some(f) = crate::real::real!(_exit: fn(c_int) -> ()) {
         // SAFETY: the C library's `_exit` with the caller's status.
         unsafe { f(status) };

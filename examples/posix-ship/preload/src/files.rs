@@ -117,12 +117,11 @@ pub(crate) fn ship_read(d: &Desc, buf: &mut [u8], off: Option<u64>) -> Result<us
     };
     match off {
         Some(o) => read(o, buf).map_err(errno_of),
-        None => {
-            let mut pos = lock(&d.pos);
+        None => d.pos.with(|pos| {
             let n = read(*pos, buf).map_err(errno_of)?;
             *pos += n as u64;
             Ok(n)
-        }
+        }),
     }
 }
 
@@ -141,15 +140,17 @@ pub(crate) fn ship_write(d: &Desc, buf: &[u8], off: Option<u64>) -> Result<usize
     match (off, append) {
         (Some(o), false) => behind(o)?,
         (None, false) => {
-            let mut pos = lock(&d.pos);
-            behind(*pos)?;
-            *pos += buf.len() as u64;
+            d.pos.with(|pos| {
+                behind(*pos)?;
+                *pos += buf.len() as u64;
+                Ok::<_, c_int>(())
+            })?;
         }
         (_, true) => {
             table::writes().settle(fh).map_err(errno_of)?;
             let end = fs.pwrite(fh, buf, None).map_err(errno_of)?;
             if off.is_none() {
-                *lock(&d.pos) = end;
+                d.pos.with(|pos| *pos = end);
             }
         }
     };
@@ -424,30 +425,31 @@ fn ship_lseek(d: &Desc, off: off_t, whence: c_int) -> Result<u64, c_int> {
         let fs = table::client()?;
         Ok(fs.fstat(d.fh()?).map_err(errno_of)?.size)
     };
-    let mut pos = lock(&d.pos);
-    let new = match whence {
-        libc::SEEK_SET => off as i128,
-        libc::SEEK_CUR => *pos as i128 + off as i128,
-        libc::SEEK_END => size()? as i128 + off as i128,
-        libc::SEEK_DATA | libc::SEEK_HOLE => {
-            let s = size()?;
-            let o = offset(off)?;
-            if o >= s {
-                return Err(libc::ENXIO);
+    d.pos.with(|pos| {
+        let new = match whence {
+            libc::SEEK_SET => off as i128,
+            libc::SEEK_CUR => *pos as i128 + off as i128,
+            libc::SEEK_END => size()? as i128 + off as i128,
+            libc::SEEK_DATA | libc::SEEK_HOLE => {
+                let s = size()?;
+                let o = offset(off)?;
+                if o >= s {
+                    return Err(libc::ENXIO);
+                }
+                if whence == libc::SEEK_DATA {
+                    o as i128
+                } else {
+                    s as i128
+                }
             }
-            if whence == libc::SEEK_DATA {
-                o as i128
-            } else {
-                s as i128
-            }
+            _ => return Err(libc::EINVAL),
+        };
+        if new < 0 || new > i64::MAX as i128 {
+            return Err(libc::EINVAL);
         }
-        _ => return Err(libc::EINVAL),
-    };
-    if new < 0 || new > i64::MAX as i128 {
-        return Err(libc::EINVAL);
-    }
-    *pos = new as u64;
-    Ok(*pos)
+        *pos = new as u64;
+        Ok(*pos)
+    })
 }
 
 /// Interposed `lseek`.

@@ -21,6 +21,7 @@ mod cwd;
 mod dirs;
 mod exec;
 mod files;
+mod offsets;
 mod paths;
 mod real;
 mod refuse;
@@ -48,6 +49,10 @@ static ADOPT: extern "C" fn() = {
         // may read what its parent wrote).
         extern "C" fn drain() {
             ride::settle_all();
+            offsets::before_fork();
+        }
+        extern "C" fn child() {
+            offsets::in_child();
         }
         extern "C" fn exit() {
             // The C library flushes its streams after the exit handlers, too late for
@@ -56,11 +61,12 @@ static ADOPT: extern "C" fn() = {
             unsafe { libc::fflush(std::ptr::null_mut()) };
             ride::settle_all();
             report::at_exit();
+            offsets::at_exit();
         }
         // SAFETY: registering plain functions with no state; both calls only record them.
         unsafe {
             libc::atexit(exit);
-            libc::pthread_atfork(Some(drain), None, None);
+            libc::pthread_atfork(Some(drain), None, Some(child));
         }
     }
     adopt

@@ -358,7 +358,7 @@ pub fn write(fd: c_int, r: &Rider, buf: &[u8], off: Option<u64>) -> Result<usize
     let n = if append {
         let n = ship_write(d, buf, None)?;
         if off.is_none() {
-            set_kernel_pos(fd, *table::lock(&d.pos))?;
+            set_kernel_pos(fd, d.pos.with(|p| *p))?;
         }
         n
     } else {

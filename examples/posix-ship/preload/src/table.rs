@@ -20,6 +20,7 @@ use posix_ship::client::readahead::ReadAhead;
 use posix_ship::client::writebehind::WriteBehind;
 use posix_ship::proto::Fh;
 
+use crate::offsets::Pos;
 use crate::real::call_real;
 
 /// Descriptors tracked in the bitmap (higher ones go to the table's lock).
@@ -31,8 +32,8 @@ pub struct Desc {
     pub path: Vec<u8>,
     /// Status flags (`O_ACCMODE`, `O_APPEND`, `O_NONBLOCK`, ...).
     pub flags: Mutex<c_int>,
-    /// The file offset.
-    pub pos: Mutex<u64>,
+    /// The file offset (shared with other processes once they share the description).
+    pub pos: Pos,
     /// A directory (opened with `O_DIRECTORY` or found to be one).
     pub is_dir: bool,
     /// The server handle and the process that opened it.
@@ -47,7 +48,7 @@ impl Desc {
         Desc {
             path,
             flags: Mutex::new(flags),
-            pos: Mutex::new(0),
+            pos: Pos::new(0),
             is_dir,
             handle: Mutex::new((fh, std::process::id())),
             ahead: ReadAhead::new(Some(id)),
@@ -55,12 +56,12 @@ impl Desc {
     }
 
     /// A description handed down through `exec` (see `crate::exec`): opened again by
-    /// path on first use, at offset `pos`.
-    pub fn inherited(path: Vec<u8>, flags: c_int, pos: u64, is_dir: bool) -> Desc {
+    /// path on first use, at offset `pos` (or the shared one in `slot`).
+    pub fn inherited(path: Vec<u8>, flags: c_int, pos: Pos, is_dir: bool) -> Desc {
         Desc {
             path,
             flags: Mutex::new(flags),
-            pos: Mutex::new(pos),
+            pos,
             is_dir,
             // No process has pid 0: the first use opens it.
             handle: Mutex::new((Fh(0), 0)),
@@ -212,6 +213,12 @@ pub fn insert(fd: c_int, d: Arc<Desc>) {
 /// Every shipped descriptor.
 pub fn all() -> Vec<(c_int, Arc<Desc>)> {
     SHIPPED.all()
+}
+
+/// [`all`], or `None` if the table's lock is held (by a thread a signal interrupted, or
+/// one that does not exist in a forked child).
+pub fn try_all() -> Option<Vec<(c_int, Arc<Desc>)>> {
+    SHIPPED.try_all()
 }
 
 /// Forgets `fd`; the description closes on the server when its last `dup` goes.
