@@ -409,6 +409,27 @@ os.waitpid(pid, 0); f.write(\"after\\n\"); f.close()' && cat forked \
     }
 }
 
+/// A shell's builtins print through the C library's `stdout`, which writes with its
+/// internal calls: a shipped stream stands in for it while the descriptor is shipped.
+#[test]
+fn shell_builtins_write_into_redirections() {
+    let r = Rig::new("interpose-builtins", "tcp");
+    let script = "cd {} && echo one > b1 && echo two >> b1 && printf '%s\\n' three >> b1 \
+                  && for i in 1 2 3; do echo $i; done > b2 \
+                  && { echo x; /bin/echo y; echo z; } > b3 \
+                  && exec 4>&1 && exec > b4 && echo redirected && pwd > /dev/null \
+                  && exec 1>&4 && echo back && echo err 2> b5 >&2 && read v < b1 \
+                  && echo \"$v\" && cat b1 b2 b3 b4 b5";
+    let out = r.same("bash", &["-c", script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "back\none\none\ntwo\nthree\n1\n2\n3\nx\ny\nz\nredirected\nerr\n"
+    );
+    for f in ["b1", "b2", "b3", "b4", "b5"] {
+        assert_same_file(&r, f);
+    }
+}
+
 #[test]
 fn hard_links_and_extended_attributes_are_shipped() {
     let r = Rig::new("interpose-xattr", "tcp");

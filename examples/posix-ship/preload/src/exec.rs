@@ -89,7 +89,6 @@ pub fn adopt() {
         let desc = std::sync::Arc::new(desc);
         for fd in fds.into_iter().filter(|fd| placeholder(*fd)) {
             table::insert(fd, desc.clone());
-            crate::stdio::standard_stream(fd);
         }
     }
 }

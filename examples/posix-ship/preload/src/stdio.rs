@@ -48,8 +48,11 @@ unsafe extern "C" {
     fn fopencookie(cookie: *mut c_void, mode: *const c_char, io: CookieIo) -> *mut libc::FILE;
 }
 
+/// Marks the cookie of a standard stream this library keeps for reuse ([`standard_stream`]).
+const STANDARD_COOKIE: usize = 1 << 40;
+
 fn cookie_fd(c: *mut c_void) -> c_int {
-    c as usize as c_int
+    (c as usize & !STANDARD_COOKIE) as c_int
 }
 
 extern "C" fn c_read(c: *mut c_void, buf: *mut c_char, n: size_t) -> ssize_t {
@@ -82,6 +85,12 @@ static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn c_close(c: *mut c_void) -> c_int {
     let fd = cookie_fd(c);
+    if c as usize & STANDARD_COOKIE != 0 {
+        // The program closed the standard stream itself (`fclose(stdout)`): not reused.
+        if let Some(s) = STANDARD.get(fd as usize) {
+            *table::lock(s) = (0, 0);
+        }
+    }
     let mut s = table::lock(&STREAMS);
     if let Some(m) = s.as_mut() {
         let before = m.len();
@@ -164,35 +173,93 @@ unsafe extern "C" {
     static mut stderr: *mut libc::FILE;
 }
 
-/// Makes `stdin`, `stdout` or `stderr` a shipped stream when its descriptor (0, 1, 2)
-/// was handed down shipped (`cmd > /fwd/out`): the C library's stdio would otherwise
-/// read and write the placeholder with its internal calls. Run before `main`.
+/// Per standard descriptor (0, 1, 2): the C library's stream while this library's stands
+/// in for it (0: not), and this library's, kept for the next time.
+static STANDARD: [Mutex<(usize, usize)>; 3] = [const { Mutex::new((0, 0)) }; 3];
+
+/// Makes `stdin`, `stdout` or `stderr` a shipped stream while its descriptor (0, 1, 2)
+/// is shipped: handed down (`cmd > /fwd/out`), or made so by the program (a shell's
+/// `echo x > /fwd/f`: bash moves the file onto 1 with `dup2`, its builtin `echo` prints
+/// to `stdout`). The C library's stdio would otherwise read and write the placeholder
+/// with its internal calls. See [`standard_restored`] for the way back.
 pub(crate) fn standard_stream(fd: c_int) {
-    let (mode, buffering) = match fd {
-        0 => (c"r", libc::_IOFBF),
-        1 => (c"w", libc::_IOFBF),
-        2 => (c"w", libc::_IONBF),
-        _ => return,
+    let Some(slot) = usize::try_from(fd).ok().and_then(|i| STANDARD.get(i)) else {
+        return;
     };
-    let f = stream_keeping(fd, mode.as_ptr());
-    if f.is_null() {
+    let mut s = table::lock(slot);
+    if s.0 != 0 {
         return;
     }
-    // SAFETY: `f` is a fresh stream; setvbuf before any I/O on it.
-    unsafe { libc::setvbuf(f, std::ptr::null_mut(), buffering, 0) };
-    // SAFETY: the C library's standard stream variables, replaced before `main` runs
-    // (nothing reads them concurrently); the old streams stay open, unused.
-    unsafe {
-        match fd {
-            0 => stdin = f,
-            1 => stdout = f,
-            _ => stderr = f,
+    if s.1 == 0 {
+        let (mode, buffering) = match fd {
+            0 => (c"r", libc::_IOFBF),
+            1 => (c"w", libc::_IOFBF),
+            _ => (c"w", libc::_IONBF),
+        };
+        let f = cookie_stream(fd, fd as usize | STANDARD_COOKIE, mode.as_ptr());
+        if f.is_null() {
+            return;
         }
+        // SAFETY: `f` is a fresh stream; setvbuf before any I/O on it.
+        unsafe { libc::setvbuf(f, std::ptr::null_mut(), buffering, 0) };
+        s.1 = f as usize;
+    }
+    // SAFETY: the C library's standard stream variables. Both streams stay open for
+    // good, so a thread that read the old value meanwhile still has a valid stream.
+    unsafe {
+        let std = standard(fd);
+        s.0 = *std as usize;
+        *std = s.1 as *mut libc::FILE;
     }
 }
 
-/// `stream`, but a failure leaves `fd` open (it is the program's standard descriptor).
+/// Puts the C library's standard stream back when descriptor `fd` stops being shipped
+/// (`dup2` of another file onto it, `close`), after writing out what the shipped one
+/// holds and forgetting what it read ahead, so that it can stand in again later.
+pub(crate) fn standard_restored(fd: c_int) {
+    let Some(slot) = usize::try_from(fd).ok().and_then(|i| STANDARD.get(i)) else {
+        return;
+    };
+    let mut s = table::lock(slot);
+    if s.0 == 0 {
+        return;
+    }
+    let ours = s.1 as *mut libc::FILE;
+    // SAFETY: `ours` is this library's open stream (c_close clears the slot if the
+    // program closes it); the standard variable is the C library's.
+    unsafe {
+        libc::fflush(ours);
+        __fpurge(ours);
+        libc::clearerr(ours);
+        *standard(fd) = s.0 as *mut libc::FILE;
+    }
+    s.0 = 0;
+}
+
+unsafe extern "C" {
+    /// glibc's and musl's `stdio_ext.h`: drops a stream's buffered data.
+    fn __fpurge(f: *mut libc::FILE);
+}
+
+/// The C library's variable for standard descriptor `fd` (0, 1 or 2).
+///
+/// # Safety
+/// The caller writes it only with an open stream.
+unsafe fn standard(fd: c_int) -> *mut *mut libc::FILE {
+    match fd {
+        0 => &raw mut stdin,
+        1 => &raw mut stdout,
+        _ => &raw mut stderr,
+    }
+}
+
+/// `stream`, but a failure leaves `fd` open (`fdopen`'s contract).
 fn stream_keeping(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
+    cookie_stream(fd, fd as usize, mode)
+}
+
+/// A shipped stream of `fd` with `cookie` (the fd, marked or not).
+fn cookie_stream(fd: c_int, cookie: usize, mode: *const c_char) -> *mut libc::FILE {
     let io = CookieIo {
         read: c_read,
         write: c_write,
@@ -200,7 +267,7 @@ fn stream_keeping(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
         close: c_close,
     };
     // SAFETY: the functions match fopencookie's contract; the cookie is the fd.
-    let f = unsafe { fopencookie(fd as usize as *mut c_void, mode, io) };
+    let f = unsafe { fopencookie(cookie as *mut c_void, mode, io) };
     if !f.is_null() {
         let mut s = table::lock(&STREAMS);
         if s.get_or_insert_with(HashMap::new)

@@ -205,9 +205,15 @@ pub fn get_for_data(fd: c_int) -> Option<Arc<Desc>> {
     SHIPPED.get(fd)
 }
 
-/// Records `fd` as shipped (replacing what it was).
+/// Records `fd` as shipped (replacing what it was); a standard one gets a shipped
+/// standard stream.
 pub fn insert(fd: c_int, d: Arc<Desc>) {
+    if SHIPPED.maybe(fd) {
+        // What the standard stream holds goes to the file it was written for.
+        crate::stdio::standard_restored(fd);
+    }
     SHIPPED.insert(fd, d);
+    crate::stdio::standard_stream(fd);
 }
 
 /// Every shipped descriptor.
@@ -223,6 +229,10 @@ pub fn try_all() -> Option<Vec<(c_int, Arc<Desc>)>> {
 
 /// Forgets `fd`; the description closes on the server when its last `dup` goes.
 pub fn remove(fd: c_int) -> Option<Arc<Desc>> {
+    if SHIPPED.maybe(fd) {
+        // While the descriptor still ships what the standard stream holds.
+        crate::stdio::standard_restored(fd);
+    }
     SHIPPED.remove(fd)
 }
 
