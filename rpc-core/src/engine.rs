@@ -141,6 +141,22 @@ impl Engine {
         })
     }
 
+    /// Removes `rpc`'s handler (as `HG_Deregister`): requests for it are answered
+    /// [`RpcError::UnknownRpc`] from then on, as by an engine that never had it (a peer
+    /// built before the RPC existed); requests already dispatched run on. Returns whether
+    /// it was registered.
+    pub fn deregister<In, Out>(&self, rpc: Rpc<In, Out>) -> bool {
+        let mut reg = self
+            .shared
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match reg.get(&rpc.id()) {
+            Some(r) if r.name == rpc.name() => reg.remove(&rpc.id()).is_some(),
+            _ => false,
+        }
+    }
+
     /// Registers a handler that answers through a [`Responder`], which it may keep and
     /// use later from another thread.
     pub fn register_responder<In, Out, F>(&self, rpc: Rpc<In, Out>, f: F) -> Result<(), RpcError>

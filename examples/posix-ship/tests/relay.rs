@@ -165,3 +165,104 @@ fn the_relay_command_serves_until_sigterm() {
     unsafe { libc::kill(relay.id() as i32, libc::SIGTERM) };
     assert!(relay.wait().unwrap().success(), "a clean stop at SIGTERM");
 }
+
+/// A server built before `posix.readdir_plus_xattrs` (this one, with the RPC removed).
+fn old_server(export: &std::path::Path) -> Engine {
+    let engine = Engine::builder().listen("sm").workers(2).build().unwrap();
+    let mut cfg = posix_ship::server::ServerConfig::new(export, "sm");
+    cfg.policy.root_squash = false;
+    let fs = posix_ship::server::LocalFs::open(&cfg).unwrap();
+    // Trusting this process's relays as forwarders.
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let svc = Service::register(&engine, Arc::new(fs), Limits::default(), vec![me]).unwrap();
+    std::mem::forget(svc);
+    use posix_ship::proto::{READDIR_PLUS_XATTRS, forwarded};
+    assert!(engine.deregister(READDIR_PLUS_XATTRS));
+    assert!(engine.deregister(forwarded(READDIR_PLUS_XATTRS)));
+    engine
+}
+
+/// Lists `/d` asking whether entries have extended attributes, twice (the second time
+/// the client knows the server cannot tell); the answers' `xattrs`, by name.
+fn xattrs_listed(fs: &RemoteFs) -> Vec<(String, Option<bool>)> {
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let o = fs
+            .open_raw(b"/d", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .unwrap();
+        let req = posix_ship::proto::ReaddirReq {
+            fh: o.fh,
+            max: 64,
+            restart: true,
+        };
+        let page = fs.readdir_plus_page(&req, true).unwrap();
+        fs.close_raw(o.fh).unwrap();
+        let mut v: Vec<_> = page
+            .entries
+            .into_iter()
+            .map(|(e, a)| {
+                (
+                    String::from_utf8_lossy(&e.name).into_owned(),
+                    a.and_then(|a| a.xattrs),
+                )
+            })
+            .filter(|(n, _)| n != "." && n != "..")
+            .collect();
+        v.sort();
+        out = v;
+    }
+    out
+}
+
+#[test]
+fn listings_with_xattrs_fall_back_at_a_server_built_before_them() {
+    let export = scratch("relay-old-server");
+    std::fs::create_dir_all(export.join("d")).unwrap();
+    std::fs::write(export.join("d/plain"), b"x").unwrap();
+    std::fs::write(export.join("d/tagged"), b"y").unwrap();
+    let tagged = std::ffi::CString::new(export.join("d/tagged").to_str().unwrap()).unwrap();
+    // SAFETY: NUL-terminated path and name, a 1-byte value.
+    let r = unsafe {
+        libc::setxattr(
+            tagged.as_ptr(),
+            c"user.k".as_ptr(),
+            b"v".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+
+    // A client of the old server: plain listings, no error.
+    let old = old_server(&export);
+    let fs = RemoteFs::connect(&old.self_addr().to_string()).unwrap();
+    let none = vec![("plain".to_string(), None), ("tagged".to_string(), None)];
+    assert_eq!(xattrs_listed(&fs), none);
+
+    // A relay (as the I/O node) in front of it: it answers the new RPC, falling back
+    // at the old server behind it.
+    let engine = Engine::builder().listen("sm").workers(4).build().unwrap();
+    let behind = RemoteFs::connect(&old.self_addr().to_string()).unwrap();
+    let svc = Service::register(
+        &engine,
+        Arc::new(Remote::new(behind).unwrap()),
+        Limits::default(),
+        Vec::new(),
+    )
+    .unwrap();
+    let via = RemoteFs::connect(&engine.self_addr().to_string()).unwrap();
+    assert_eq!(xattrs_listed(&via), none);
+    drop(svc);
+
+    // A current server tells.
+    let new = ServerProc::start(&export, "sm", &[]);
+    let fs = RemoteFs::connect_with(&new.addr, new.options()).unwrap();
+    assert_eq!(
+        xattrs_listed(&fs),
+        vec![
+            ("plain".to_string(), Some(false)),
+            ("tagged".to_string(), Some(true))
+        ]
+    );
+}
