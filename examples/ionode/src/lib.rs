@@ -27,5 +27,6 @@ mod ops;
 pub mod routes;
 mod serve;
 pub mod stats;
+mod virt;
 
 pub use node::{IoNode, NodeConfig};

@@ -90,6 +90,8 @@ pub(crate) struct Handle {
     pub token: u64,
     /// Sequential-read detection: where the last read ended, and the window now.
     pub seq: Mutex<(u64, usize)>,
+    /// A directory above the prefixes, shown by the node itself (`crate::virt`).
+    pub listing: Option<crate::virt::Listing>,
 }
 
 /// For whom a call is made: the client's verified identity (passed on to the backend).

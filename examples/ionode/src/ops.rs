@@ -114,6 +114,9 @@ impl Node {
     }
 
     pub(crate) fn stat(&self, r: &Req, t: On<'_, Handle>, follow: bool) -> R<Attr> {
+        if let Some(a) = self.virtual_attr(&t) {
+            return Ok(a);
+        }
         match t {
             On::Path(p) => {
                 let (b, fs, p) = self.route(r, p)?;
@@ -200,6 +203,7 @@ impl Node {
             append: o.flags & libc::O_APPEND != 0,
             token,
             seq: std::sync::Mutex::new((0, 0)),
+            listing: None,
         };
         let mut attr = opened.attr;
         attr.size = attr

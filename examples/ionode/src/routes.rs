@@ -79,6 +79,36 @@ impl Routes {
         }
         Some((i, inner))
     }
+
+    /// The names in `path` when no backend serves it but prefixes lie beneath it (`/`
+    /// with only `--backend /home=…` and `--backend /scratch=…`: `home`, `scratch`),
+    /// sorted; `None` otherwise. The node shows such a path as a read-only directory.
+    pub fn above(&self, path: &[u8]) -> Option<Vec<Vec<u8>>> {
+        if self.route(path).is_some() {
+            return None;
+        }
+        let comps: Vec<&[u8]> = path
+            .split(|b| *b == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        if comps.iter().any(|c| *c == b"." || *c == b"..") {
+            return None;
+        }
+        let mut names: Vec<Vec<u8>> = self
+            .table
+            .iter()
+            .filter_map(|(p, _)| {
+                let mut pc = p.split(|b| *b == b'/').filter(|c| !c.is_empty());
+                comps
+                    .iter()
+                    .all(|c| pc.next() == Some(c))
+                    .then(|| pc.next().map(<[u8]>::to_vec))?
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        (!names.is_empty()).then_some(names)
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +140,25 @@ mod tests {
             Routes::new(["/a", "/a/"]).is_none(),
             "the same prefix twice"
         );
+    }
+
+    #[test]
+    fn paths_above_the_prefixes_list_their_next_components() {
+        let r = Routes::new(["/home", "/scratch/big", "/scratch/small"]).unwrap();
+        let v = |n: &[&str]| Some(n.iter().map(|s| s.as_bytes().to_vec()).collect());
+        assert_eq!(r.above(b"/"), v(&["home", "scratch"]));
+        assert_eq!(r.above(b""), v(&["home", "scratch"]));
+        assert_eq!(r.above(b"/scratch/"), v(&["big", "small"]));
+        assert_eq!(r.above(b"scratch"), v(&["big", "small"]));
+        assert_eq!(r.above(b"/home"), None, "served by a backend");
+        assert_eq!(r.above(b"/home/u"), None);
+        assert_eq!(r.above(b"/tmp"), None, "nothing beneath");
+        assert_eq!(r.above(b"/scratch/big2"), None);
+        assert_eq!(r.above(b"/scratch/.."), None);
+        assert_eq!(r.above(b"/./scratch"), None);
+        let whole = Routes::new(["", "/scratch/big"]).unwrap();
+        assert_eq!(whole.above(b"/"), None, "a root backend serves it");
+        assert_eq!(whole.above(b"/scratch"), None);
     }
 
     #[test]

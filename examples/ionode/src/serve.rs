@@ -10,6 +10,7 @@ use posix_ship::server::{Backend, On, Payload, Who};
 use serde_bytes::ByteBuf;
 
 use crate::node::{Handle, Node, Req};
+use crate::virt;
 
 type R<T> = Result<T, Errno>;
 
@@ -27,6 +28,17 @@ fn buf(p: &[u8]) -> ByteBuf {
     ByteBuf::from(p.to_vec())
 }
 
+impl Node {
+    /// `Err(errno)` if `t` is a directory the node shows above its prefixes.
+    fn not_virtual(&self, t: &On<'_, Handle>, errno: i32) -> R<()> {
+        e(if virt::names(self, t) {
+            Err(errno)
+        } else {
+            Ok(())
+        })
+    }
+}
+
 impl Backend for Node {
     type File = Handle;
 
@@ -42,14 +54,20 @@ impl Backend for Node {
     }
 
     fn open(&self, who: &Who, r: &OpenReq) -> R<(Handle, Attr)> {
-        e(Node::open(self, &req(who), r))
+        e(self
+            .open_virtual(r)
+            .unwrap_or_else(|| Node::open(self, &req(who), r)))
     }
 
     fn close(&self, _: &Who, h: Arc<Handle>) -> R<()> {
+        if virt::of(&h).is_some() {
+            return Ok(());
+        }
         e(Node::close(self, h))
     }
 
-    fn lost(&self, files: Vec<Arc<Handle>>) {
+    fn lost(&self, mut files: Vec<Arc<Handle>>) {
+        files.retain(|h| virt::of(h).is_none());
         // Closing flushes and calls the backend: not on the progress thread, and not on
         // a thread per lost client (a peer connecting and leaving in a loop).
         if files.is_empty() {
@@ -68,33 +86,49 @@ impl Backend for Node {
     }
 
     fn read(&self, _: &Who, h: &Arc<Handle>, off: u64, b: &mut [u8]) -> R<usize> {
+        self.not_virtual(&On::File(h), libc::EISDIR)?;
         e(Node::read(self, h, off, b))
     }
 
     fn write(&self, who: &Who, h: &Arc<Handle>, off: Option<u64>, d: Payload<'_>) -> R<Written> {
+        self.not_virtual(&On::File(h), libc::EBADF)?;
         e(Node::write(self, &req(who), h, off, d))
     }
 
     fn fsync(&self, _: &Who, h: &Arc<Handle>, data_only: bool) -> R<()> {
+        if virt::of(h).is_some() {
+            return Ok(());
+        }
         e(Node::fsync(self, h, data_only))
     }
 
     fn fallocate(&self, _: &Who, h: &Arc<Handle>, mode: i32, off: u64, len: u64) -> R<()> {
+        self.not_virtual(&On::File(h), libc::EBADF)?;
         e(Node::fallocate(self, h, mode, off, len))
     }
 
-    fn readdir(&self, _: &Who, h: &Arc<Handle>, restart: bool, max: u32) -> R<DirPage> {
+    fn readdir(&self, who: &Who, h: &Arc<Handle>, restart: bool, max: u32) -> R<DirPage> {
+        if let Some(l) = virt::of(h) {
+            let p = e(self.list_virtual(&req(who), l, restart, max))?;
+            return Ok(DirPage {
+                entries: p.entries.into_iter().map(|(d, _)| d).collect(),
+                end: p.end,
+            });
+        }
         e(Node::readdir(self, h, restart, max))
     }
 
     fn readdir_plus(
         &self,
-        _: &Who,
+        who: &Who,
         h: &Arc<Handle>,
         restart: bool,
         max: u32,
         xattrs: bool,
     ) -> R<DirPagePlus> {
+        if let Some(l) = virt::of(h) {
+            return e(self.list_virtual(&req(who), l, restart, max));
+        }
         e(Node::readdir_plus(self, h, restart, max, xattrs))
     }
 
@@ -103,50 +137,65 @@ impl Backend for Node {
     }
 
     fn truncate(&self, who: &Who, t: On<'_, Handle>, len: u64) -> R<()> {
+        self.not_virtual(&t, libc::EISDIR)?;
         e(Node::truncate(self, &req(who), t, len))
     }
 
     fn chmod(&self, who: &Who, t: On<'_, Handle>, m: u32) -> R<()> {
+        self.not_virtual(&t, libc::EROFS)?;
         e(self.on_target(&req(who), CHMOD, t, |t| (t, m)))
     }
 
     fn utimens(&self, who: &Who, t: On<'_, Handle>, a: SetTime, m: SetTime, f: bool) -> R<()> {
+        self.not_virtual(&t, libc::EROFS)?;
         e(self.on_target(&req(who), UTIMENS, t, |t| (t, a, m, f)))
     }
 
     fn chown(&self, who: &Who, t: On<'_, Handle>, u: Option<u32>, g: Option<u32>) -> R<()> {
+        self.not_virtual(&t, libc::EROFS)?;
         e(self.on_target(&req(who), CHOWN, t, |t| (t, u, g)))
     }
 
     fn getxattr(&self, who: &Who, t: On<'_, Handle>, name: &[u8]) -> R<ByteBuf> {
+        self.not_virtual(&t, libc::ENODATA)?;
         e(self.on_target(&req(who), GETXATTR, t, |t| (t, buf(name))))
     }
 
     fn setxattr(&self, who: &Who, t: On<'_, Handle>, k: &[u8], v: &[u8], f: i32) -> R<()> {
+        self.not_virtual(&t, libc::EROFS)?;
         e(self.on_target(&req(who), SETXATTR, t, |t| (t, buf(k), buf(v), f)))
     }
 
     fn listxattr(&self, who: &Who, t: On<'_, Handle>) -> R<Vec<ByteBuf>> {
+        if virt::names(self, &t) {
+            return Ok(Vec::new());
+        }
         e(self.on_target(&req(who), LISTXATTR, t, |t| t))
     }
 
     fn removexattr(&self, who: &Who, t: On<'_, Handle>, name: &[u8]) -> R<()> {
+        self.not_virtual(&t, libc::EROFS)?;
         e(self.on_target(&req(who), REMOVEXATTR, t, |t| (t, buf(name))))
     }
 
     fn unlink(&self, who: &Who, p: &[u8]) -> R<()> {
+        self.not_virtual(&On::Path(p), libc::EISDIR)?;
         e(self.on_path(&req(who), UNLINK, buf(p)))
     }
 
     fn rmdir(&self, who: &Who, p: &[u8]) -> R<()> {
+        self.not_virtual(&On::Path(p), libc::EBUSY)?;
         e(self.on_path(&req(who), RMDIR, buf(p)))
     }
 
     fn mkdir(&self, who: &Who, p: &[u8], mode: u32) -> R<()> {
+        self.not_virtual(&On::Path(p), libc::EEXIST)?;
         e(self.on_path_with(&req(who), MKDIR, buf(p), mode))
     }
 
     fn rename(&self, who: &Who, a: &[u8], b: &[u8], flags: u32) -> R<()> {
+        self.not_virtual(&On::Path(a), libc::EBUSY)?;
+        self.not_virtual(&On::Path(b), libc::EBUSY)?;
         let r = req(who);
         e(match flags {
             0 => self.two_paths(&r, RENAME, buf(a), buf(b)),
@@ -155,22 +204,36 @@ impl Backend for Node {
     }
 
     fn link(&self, who: &Who, a: &[u8], b: &[u8]) -> R<()> {
+        self.not_virtual(&On::Path(a), libc::EPERM)?;
+        self.not_virtual(&On::Path(b), libc::EEXIST)?;
         e(self.two_paths(&req(who), LINK, buf(a), buf(b)))
     }
 
     fn symlink(&self, who: &Who, target: &[u8], p: &[u8]) -> R<()> {
+        self.not_virtual(&On::Path(p), libc::EEXIST)?;
         e(Node::symlink(self, &req(who), buf(target), buf(p)))
     }
 
     fn readlink(&self, who: &Who, p: &[u8]) -> R<ByteBuf> {
+        self.not_virtual(&On::Path(p), libc::EINVAL)?;
         e(self.on_path(&req(who), READLINK, buf(p)))
     }
 
     fn statfs(&self, who: &Who, p: &[u8]) -> R<FsStat> {
+        if let Some(first) = self.routes.above(p).and_then(|n| n.into_iter().next()) {
+            // The file system of the first prefix beneath.
+            let below = [p.strip_suffix(b"/").unwrap_or(p), b"/", &first].concat();
+            return self.statfs(who, &below);
+        }
         e(self.on_path(&req(who), STATFS, buf(p)))
     }
 
     fn access(&self, who: &Who, p: &[u8], mode: i32) -> R<()> {
+        if mode & libc::W_OK != 0 {
+            self.not_virtual(&On::Path(p), libc::EROFS)?;
+        } else if virt::names(self, &On::Path(p)) {
+            return Ok(());
+        }
         e(self.on_path_with(&req(who), ACCESS, buf(p), mode))
     }
 }

@@ -526,3 +526,73 @@ fn a_refused_truncating_open_destroys_no_buffered_write() {
         "root's writes intact"
     );
 }
+
+/// Two backends under prefixes and none for the whole namespace: each prefix reaches its
+/// own backend (the prefix removed), and the directories above them are the node's own,
+/// read-only, listing the prefixes.
+#[test]
+fn prefixes_route_to_their_backends_and_the_root_lists_them() {
+    let (home, scratch) = (
+        scratch("ionode-prefix-home"),
+        scratch("ionode-prefix-scratch"),
+    );
+    let b1 = Proc::backend(&home, &["--trust-forwarder", "0"]);
+    let b2 = Proc::backend(&scratch, &["--trust-forwarder", "0"]);
+    let node = Proc::node(
+        &format!("/home={}", b1.addr),
+        &["--backend", &format!("/scratch/big={}", b2.addr)],
+    );
+    let fs = node.client();
+    fs.write("/home/a", b"one").unwrap();
+    fs.create_dir("/scratch/big/d").unwrap();
+    fs.write("/scratch/big/d/b", b"two").unwrap();
+    assert_eq!(std::fs::read(home.join("a")).unwrap(), b"one");
+    assert_eq!(std::fs::read(scratch.join("d/b")).unwrap(), b"two");
+
+    let names = |p: &str| {
+        let mut v: Vec<String> = fs
+            .read_dir(p)
+            .unwrap()
+            .into_iter()
+            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("/"), ["home", "scratch"]);
+    assert_eq!(names("/scratch"), ["big"]);
+    assert_eq!(names("/scratch/big"), ["d"], "the backend's own");
+    let root = fs.metadata("/").unwrap();
+    assert!(root.is_dir());
+    assert_eq!(root.mode & 0o7777, 0o555);
+    let plus = fs.read_dir_plus("/").unwrap();
+    let home_attr = plus
+        .iter()
+        .find(|(e, _)| &e.name[..] == b"home")
+        .and_then(|(_, a)| *a)
+        .expect("attributes of the prefix's root");
+    let on_disk = std::fs::metadata(&home).unwrap();
+    assert_eq!(
+        home_attr.ino,
+        std::os::unix::fs::MetadataExt::ino(&on_disk),
+        "the backend's root, as the backend sees it"
+    );
+    assert_eq!(fs.access("/", libc::R_OK | libc::X_OK).ok(), Some(()));
+    assert_eq!(common_errno(fs.access("/", libc::W_OK)), libc::EROFS);
+    assert_eq!(common_errno(fs.create_dir("/scratch")), libc::EEXIST);
+    assert_eq!(common_errno(fs.remove_dir("/scratch")), libc::EBUSY);
+    assert_eq!(common_errno(fs.rename("/scratch", "/x")), libc::EBUSY);
+    assert_eq!(common_errno(fs.set_permissions("/", 0o777)), libc::EROFS);
+    assert_eq!(common_errno(fs.read("/scratch")), libc::EISDIR);
+    assert_eq!(common_errno(fs.write("/scratch", b"x")), libc::EISDIR);
+    assert_eq!(
+        common_errno(fs.metadata("/tmp")),
+        libc::ENOENT,
+        "nothing there"
+    );
+    assert!(
+        fs.statfs("/").unwrap().blocks > 0,
+        "the first prefix's file system"
+    );
+    assert_eq!(node.client().server_stats().unwrap().open_files, 0);
+}
