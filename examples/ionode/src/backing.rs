@@ -5,6 +5,7 @@
 
 use std::io;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
 
 use posix_ship::client::RemoteFs;
 use posix_ship::proto::{CLOSE, Fh, OPEN, OpenReq};
@@ -20,6 +21,8 @@ pub struct Backing {
     flags: i32,
     id: (u64, u64),
     fh: Mutex<Fh>,
+    /// Client handles on it (`crate::opens`): the backend handle closes with the last.
+    pub users: AtomicUsize,
 }
 
 impl Backing {
@@ -31,7 +34,13 @@ impl Backing {
             flags: flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
             id,
             fh: Mutex::new(fh),
+            users: AtomicUsize::new(1),
         }
+    }
+
+    /// The file (device, inode) it was opened on.
+    pub fn id(&self) -> (u64, u64) {
+        self.id
     }
 
     /// The backend's handle now.

@@ -62,6 +62,10 @@ pub(crate) fn run(node: Weak<Node>, jobs: Receiver<Behind>) {
                 .collect(),
         };
         for h in handles {
+            // A backend handle other clients still use stays open (`crate::opens`).
+            if !n.opens.release(&h.backing) {
+                continue;
+            }
             let p = n.start(&h.backing.fs, CLOSE, h.backing.fh());
             flight.push_back((h, p));
             n.land(&mut flight, CLOSES_IN_FLIGHT - 1);

@@ -23,6 +23,7 @@ pub mod journal;
 mod kept;
 mod meta;
 mod node;
+mod opens;
 mod ops;
 pub mod routes;
 mod serve;

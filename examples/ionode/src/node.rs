@@ -106,6 +106,8 @@ pub(crate) struct Node {
     pub stats: Arc<Counters>,
     pub cfg: NodeConfig,
     pub attrs: crate::attrs::Attrs,
+    /// Backend handles shared by clients of one user opening one file alike.
+    pub opens: crate::opens::Opens,
     /// Backend handles to close in the background.
     pub closer: Mutex<std::sync::mpsc::Sender<Behind>>,
 }
@@ -178,6 +180,7 @@ impl IoNode {
         let (closer, behind) = std::sync::mpsc::channel::<Behind>();
         let node = Arc::new(Node {
             attrs: crate::attrs::Attrs::new(cfg.attr_timeout, cfg.negative_timeout, 1 << 16),
+            opens: crate::opens::Opens::new(cfg.attr_timeout),
             closer: Mutex::new(closer),
             backends,
             routes,

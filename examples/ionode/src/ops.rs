@@ -15,6 +15,7 @@ use serde_bytes::ByteBuf;
 use crate::backing::Backing;
 use crate::files::{SharedFile, Writer};
 use crate::node::{Handle, Node, Req, lock};
+use crate::opens::Opens;
 use crate::stats::Counters;
 
 pub(crate) type R<T> = Result<T, i32>;
@@ -160,28 +161,44 @@ impl Node {
             }
         }
         o.path = path.clone();
-        let epoch = self.attrs.epoch();
-        let opened = self.call(&fs, OPEN, o.clone());
-        if o.flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
-            self.attrs.changed(b, &path);
-        }
-        let opened = opened?;
         let follow = o.flags & libc::O_NOFOLLOW == 0;
-        let epoch = if o.flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
-            self.attrs.epoch()
-        } else {
-            epoch
+        let key = Opens::key(b, &path, o.flags, &r.user);
+        let shared = key
+            .as_ref()
+            .and_then(|k| self.shared_open(b, &path, follow, r, k));
+        let (attr, backing) = match shared {
+            Some(s) => s,
+            None => {
+                let epoch = self.attrs.epoch();
+                let opened = self.call(&fs, OPEN, o.clone());
+                if o.flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
+                    self.attrs.changed(b, &path);
+                }
+                let opened = opened?;
+                let checked = epoch;
+                let epoch = if o.flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
+                    self.attrs.epoch()
+                } else {
+                    epoch
+                };
+                self.attrs
+                    .put(epoch, b, &path, follow, &r.user, Ok(opened.attr));
+                let id = (opened.attr.dev, opened.attr.ino);
+                let backing = Arc::new(Backing::new(fs, &path, o.flags, opened.fh, id));
+                if let Some(k) = key
+                    && opened.attr.is_file()
+                {
+                    self.opens.put(k, &backing, checked);
+                }
+                (opened.attr, backing)
+            }
         };
-        self.attrs
-            .put(epoch, b, &path, follow, &r.user, Ok(opened.attr));
         let writable = o.flags & libc::O_ACCMODE != libc::O_RDONLY;
         let mut token = [0u8; 8];
         getrandom::fill(&mut token).map_err(|_| libc::EIO)?;
         let token = u64::from_le_bytes(token);
-        let id = (opened.attr.dev, opened.attr.ino);
-        let backing = Arc::new(Backing::new(fs, &path, o.flags, opened.fh, id));
-        let file = opened.attr.is_file().then(|| {
-            let f = self.files.get((b, opened.attr.dev, opened.attr.ino));
+        let file = attr.is_file().then(|| {
+            let f = self.files.get((b, attr.dev, attr.ino));
             // An O_APPEND handle writes where the file ends: never a flush's way in.
             let w = (writable && o.flags & libc::O_APPEND == 0).then(|| Writer {
                 token,
@@ -205,15 +222,48 @@ impl Node {
             seq: std::sync::Mutex::new((0, 0)),
             listing: None,
         };
-        let mut attr = opened.attr;
+        let mut attr = attr;
         attr.size = attr
             .size
             .max(h.file.as_ref().map_or(0, |f| f.buffered_end()));
         Ok((h, attr))
     }
 
+    /// An open served by a backend handle another client of the same user opened alike
+    /// (`crate::opens`): its attributes from the cache, which must name the same file.
+    fn shared_open(
+        &self,
+        b: usize,
+        path: &[u8],
+        follow: bool,
+        r: &Req,
+        key: &crate::opens::Key,
+    ) -> Option<(Attr, Arc<Backing>)> {
+        let epoch = self.attrs.epoch();
+        let attr = self.attrs.get(b, path, follow, &r.user)?.ok()?;
+        let backing = self.opens.take(key, epoch)?;
+        if backing.id() != (attr.dev, attr.ino) || !attr.is_file() {
+            if self.opens.release(&backing) {
+                let _ = self.call(&backing.fs, CLOSE, backing.fh());
+            }
+            return None;
+        }
+        Counters::add(&self.stats.shared_opens, 1);
+        Some((attr, backing))
+    }
+
+    /// Closes `h`'s backend handle (see `release`: only once its last user is gone).
     pub(crate) fn backend_close(&self, h: &Handle) -> R<()> {
         self.call(&h.backing.fs, CLOSE, h.backing.fh())
+    }
+
+    /// `h` no longer uses its backend handle: closes that too if `h` was its last user.
+    pub(crate) fn release(&self, h: &Handle) -> R<()> {
+        if self.opens.release(&h.backing) {
+            self.backend_close(h)
+        } else {
+            Ok(())
+        }
     }
 
     /// Drops `h` as a writer, flushing the file if it was the last one; the file's
@@ -250,7 +300,7 @@ impl Node {
         if let Err(std::sync::mpsc::SendError(crate::behind::Behind::Close(h))) =
             lock(&self.closer).send(crate::behind::Behind::Close(h))
         {
-            let _ = self.backend_close(&h);
+            let _ = self.release(&h);
         }
         detached
     }

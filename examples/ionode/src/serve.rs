@@ -80,7 +80,7 @@ impl Backend for Node {
             // The thread behind is gone (the node is stopping): here, one by one.
             for h in files {
                 let _ = self.detach(&h);
-                let _ = self.backend_close(&h);
+                let _ = self.release(&h);
             }
         }
     }

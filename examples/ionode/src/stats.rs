@@ -70,6 +70,8 @@ pub struct NodeStats {
     pub readahead_fetches: u64,
     /// `stat`s answered from the attribute cache.
     pub attr_hits: u64,
+    /// Opens that shared a backend handle another client of the same user opened alike.
+    pub shared_opens: u64,
     /// Deferred write errors (reported at the file's next fsync or close).
     pub deferred_errors: u64,
     /// Backend calls that failed for a transport reason.
@@ -143,6 +145,7 @@ counters!(
     readahead_hits,
     readahead_fetches,
     attr_hits,
+    shared_opens,
     deferred_errors,
     backend_errors,
     journal_records,
@@ -225,10 +228,11 @@ pub fn table(s: &NodeStats) -> String {
     );
     let _ = writeln!(
         out,
-        "read-ahead: {} hits, {} fetches; {} handles, {} in flight; errors: {} deferred, {} backend",
+        "read-ahead: {} hits, {} fetches; {} handles ({} opens shared a backend handle), {} in flight; errors: {} deferred, {} backend",
         s.readahead_hits,
         s.readahead_fetches,
         s.handles,
+        s.shared_opens,
         s.in_flight,
         s.deferred_errors,
         s.backend_errors

@@ -596,3 +596,69 @@ fn prefixes_route_to_their_backends_and_the_root_lists_them() {
     );
     assert_eq!(node.client().server_stats().unwrap().open_files, 0);
 }
+
+/// Clients of one user opening one file alike share one backend handle (one backend
+/// open, one close); another user's open is still checked at the backend; a change made
+/// through the node ends the sharing.
+#[test]
+fn clients_of_one_user_opening_one_file_share_one_backend_handle() {
+    let (export, backend, node) = pair("ionode-share", &["--flush-after-ms", "600000"]);
+    std::fs::write(export.join("shared"), vec![0u8; 8 * BLOCK]).unwrap();
+    std::fs::set_permissions(
+        export.join("shared"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let backend_open = || backend.client().server_stats().unwrap().open_files;
+    let clients: Vec<_> = (0..8).map(|_| node.client()).collect();
+    let fhs: Vec<_> = clients
+        .iter()
+        .map(|c| c.open_raw(b"/shared", libc::O_RDWR, 0).unwrap().fh)
+        .collect();
+    let s = node.stats();
+    assert_eq!(s.shared_opens, 7);
+    assert_eq!(s.op("posix.open"), (8, 1), "one backend open");
+    assert_eq!(backend_open(), 1, "one backend handle");
+
+    // Another user opens through the node while root's handle is shared: the backend
+    // checks that user, and refuses.
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(posix_ship_bin())
+        .args(["cat", "/shared"])
+        .env("POSIX_SHIP_SERVER", &node.addr)
+        .output()
+        .expect("setpriv");
+    assert!(!out.status.success(), "nobody read root's 0600 file");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+
+    for (i, (c, fh)) in clients.iter().zip(&fhs).enumerate() {
+        let block = pattern(1, (i * BLOCK) as u64, BLOCK);
+        c.pwrite(*fh, &block, Some((i * BLOCK) as u64)).unwrap();
+    }
+    for (c, fh) in clients.iter().zip(&fhs).take(7) {
+        c.close_raw(*fh).unwrap();
+    }
+    assert_eq!(backend_open(), 1, "open while one client still has it");
+    // A change through the node: the next open is checked at the backend again.
+    clients[0].set_permissions("/shared", 0o640).unwrap();
+    let again = clients[0].open_raw(b"/shared", libc::O_RDWR, 0).unwrap().fh;
+    // (Eight of root, one of nobody, this one: three made at the backend.)
+    assert_eq!(node.stats().op("posix.open"), (10, 3));
+    clients[0].close_raw(again).unwrap();
+    clients[7].close_raw(fhs[7]).unwrap();
+    let t = std::time::Instant::now();
+    while backend_open() != 0 {
+        assert!(t.elapsed().as_secs() < 10, "backend handles left open");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let want: Vec<u8> = (0..8)
+        .flat_map(|i| pattern(1, (i * BLOCK) as u64, BLOCK))
+        .collect();
+    assert_eq!(std::fs::read(export.join("shared")).unwrap(), want);
+    assert_eq!(
+        node.stats().op("posix.close").1,
+        2,
+        "one backend close per handle"
+    );
+}
