@@ -430,6 +430,65 @@ fn shell_builtins_write_into_redirections() {
     }
 }
 
+/// `zip`/`unzip` (temporary files made with `mkstemp`, renamed into place) and `rsync -a`
+/// (temporary names, renames, times and modes) into and out of the tree.
+#[test]
+fn zip_unzip_and_rsync_in_and_out() {
+    let r = Rig::new("interpose-zip-rsync", "tcp");
+    let script = "cd {} && mkdir -p src/sub && echo a > src/a && echo b > src/sub/b \
+                  && chmod 640 src/a && zip -qr z.zip src && unzip -Z1 z.zip | sort \
+                  && mkdir zout && unzip -q z.zip -d zout && diff -r src zout/src && echo zip ok \
+                  && out=$(mktemp -d) && rsync -a src/ \"$out\"/ && diff -r src \"$out\" \
+                  && rsync -a \"$out\"/ back/ && rm -r \"$out\" && diff -r src back \
+                  && stat -c '%a %s' back/a src/a && echo rsync ok";
+    let out = r.same("sh", &["-c", script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "src/\nsrc/a\nsrc/sub/\nsrc/sub/b\nzip ok\n640 2\n640 2\nrsync ok\n"
+    );
+    for f in ["z.zip", "back/a", "back/sub/b", "zout/src/a"] {
+        assert_same_file(&r, f);
+    }
+}
+
+/// Calls the C library makes from its internal ones, and older forms of interposed
+/// calls, reach shipped files: `realpath`, `remove`, `mkdtemp`, `statvfs`, `utime`,
+/// `utimes`, `lutimes`, `futimes`, `eaccess`, `flock`.
+#[test]
+fn derived_and_older_calls_reach_shipped_files() {
+    let r = Rig::new("interpose-compat", "tcp");
+    let code = "import ctypes, fcntl, os, sys\n\
+                os.chdir(sys.argv[1])\n\
+                c = ctypes.CDLL(None, use_errno=True)\n\
+                c.realpath.restype = c.mkdtemp.restype = ctypes.c_char_p\n\
+                os.makedirs('d/e'); open('d/e/f', 'w').write('x'); open('d/e/h', 'w'); os.symlink('e/f', 'd/l')\n\
+                print(c.realpath(b'd/e/../l', None).decode())\n\
+                print(c.realpath(b'd/missing', None), ctypes.get_errno())\n\
+                t = c.mkdtemp(b'd/tmpXXXXXX').decode(); print(os.path.isdir(t), oct(os.stat(t).st_mode & 0o777))\n\
+                print(c.remove(t.encode()), c.remove(b'd/e/h'), os.path.exists('d/e/h'))\n\
+                print(os.statvfs('d').f_namemax > 0)\n\
+                open('g', 'w').write('y')\n\
+                class B(ctypes.Structure): _fields_ = [('a', ctypes.c_long), ('m', ctypes.c_long)]\n\
+                print(c.utime(b'g', ctypes.byref(B(1000, 2000))), os.stat('g').st_mtime)\n\
+                class T(ctypes.Structure): _fields_ = [('s', ctypes.c_long), ('u', ctypes.c_long)]\n\
+                tv = (T * 2)(T(5, 0), T(3000, 500000))\n\
+                print(c.utimes(b'g', tv), os.stat('g').st_mtime_ns)\n\
+                print(c.lutimes(b'd/l', tv), os.lstat('d/l').st_mtime, os.stat('d/l').st_mtime != 3000.5)\n\
+                bad = (T * 2)(T(5, 0), T(6, 1000000))\n\
+                print(c.utimes(b'g', bad), ctypes.get_errno() == 22)\n\
+                fd = os.open('g', os.O_RDWR); print(c.futimes(fd, tv), os.stat('g').st_mtime_ns)\n\
+                fcntl.flock(fd, fcntl.LOCK_EX); fcntl.flock(fd, fcntl.LOCK_UN); os.close(fd)\n\
+                print(c.eaccess(b'g', os.R_OK | os.W_OK), c.eaccess(b'nothing', os.F_OK))";
+    let out = r.same("python3", &["-c", code, "{}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!(
+            "{MOUNT}/d/e/f\nNone 2\nTrue 0o700\n0 0 False\nTrue\n0 2000.0\n\
+             0 3000500000000\n0 3000.5 True\n-1 True\n0 3000500000000\n0 -1\n"
+        )
+    );
+}
+
 #[test]
 fn hard_links_and_extended_attributes_are_shipped() {
     let r = Rig::new("interpose-xattr", "tcp");

@@ -17,6 +17,7 @@
 //! are defined with their optional argument as a fixed one, which those ABIs pass in the
 //! same register).
 
+mod compat;
 mod cwd;
 mod dirs;
 mod exec;
@@ -33,8 +34,10 @@ mod temp;
 mod xattrs;
 
 use std::collections::HashSet;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::sync::{Mutex, OnceLock};
+
+use crate::real::call_real;
 
 use libc::{c_char, c_int};
 
@@ -136,6 +139,11 @@ pub(crate) fn shipped(path: *const c_char) -> Option<Vec<u8>> {
     if p.first() != Some(&b'/') && !p.is_empty() {
         return cwd::resolve(p);
     }
+    beneath(cfg, p)
+}
+
+/// The path beneath the export if absolute `p` is under the mount prefix.
+fn beneath(cfg: &Config, p: &[u8]) -> Option<Vec<u8>> {
     let rest = p.strip_prefix(cfg.mount.as_slice())?;
     match rest.first() {
         None => Some(b"/".to_vec()),
@@ -216,13 +224,56 @@ pub(crate) fn shipped_at(dirfd: c_int, path: *const c_char) -> Option<Vec<u8>> {
     if p.first() == Some(&b'/') || dirfd == libc::AT_FDCWD {
         return shipped(path);
     }
-    let d = table::get(dirfd)?;
+    let Some(d) = table::get(dirfd) else {
+        return above_mount(dirfd, p);
+    };
     let mut full = d.path.clone();
     if full.last() != Some(&b'/') {
         full.push(b'/');
     }
     full.extend_from_slice(p);
     Some(full)
+}
+
+/// A path relative to a local directory above the mount that leads into it (rsync 3.4
+/// and later walk every path from an `O_PATH` descriptor of `/`: `fstatat(fd_of_root,
+/// "fwd", ...)`): the path beneath the export. Costs a string compare for any other
+/// relative path, and an `fstat` of `dirfd` only when its first component is one of the
+/// mount prefix's.
+fn above_mount(dirfd: c_int, p: &[u8]) -> Option<Vec<u8>> {
+    let cfg = config()?;
+    let first = p.split(|b| *b == b'/').next()?;
+    let comps: Vec<&[u8]> = cfg
+        .mount
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let k = comps.iter().position(|c| *c == first)?;
+    // The local directories above the mount (`/`, `/a`, … for `/a/b`), by device and inode.
+    static ABOVE: OnceLock<Vec<Option<(u64, u64)>>> = OnceLock::new();
+    let above = ABOVE.get_or_init(|| {
+        (0..comps.len())
+            .map(|i| {
+                let dir = [b"/".as_slice(), &comps[..i].join(&b'/')].concat();
+                let c = CString::new(dir).ok()?;
+                // SAFETY: all-zero is a valid `struct stat`, filled by stat.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: a NUL-terminated path and a stat buffer; a local path (above
+                // the mount), so the C library's own call.
+                let r = call_real!(stat: fn(*const c_char, *mut libc::stat) -> c_int, c.as_ptr(), &mut st);
+                (r == 0).then_some((st.st_dev, st.st_ino))
+            })
+            .collect()
+    });
+    let want = (*above.get(k)?)?;
+    // SAFETY: all-zero is a valid `struct stat`, filled by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let r = call_real!(fstat: fn(c_int, *mut libc::stat) -> c_int, dirfd, &mut st);
+    if r != 0 || (st.st_dev, st.st_ino) != want {
+        return None;
+    }
+    let full = [b"/".as_slice(), &comps[..k].join(&b'/'), b"/", p].concat();
+    beneath(cfg, &cwd::clamped(&full))
 }
 
 /// Calls `rpc` on the server (connecting first if need be); the errno on failure.

@@ -258,6 +258,11 @@ pub extern "C" fn mkdirat(d: c_int, path: *const c_char, mode: mode_t) -> c_int 
     }
 }
 
+/// `mkdir` of `p`, a path beneath the export.
+pub(crate) fn mkdir_shipped(p: Vec<u8>, mode: mode_t) -> c_int {
+    ret(call(p::MKDIR, &(buf(p), mode)))
+}
+
 /// Interposed `rename`.
 #[unsafe(no_mangle)]
 pub extern "C" fn rename(from: *const c_char, to: *const c_char) -> c_int {

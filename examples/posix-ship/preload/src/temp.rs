@@ -1,6 +1,7 @@
-//! `mkstemp` and its variants on shipped templates: the C library makes temporary files
-//! with its internal `open`, which no interposer sees, so the name is chosen and the
-//! file created here (`O_CREAT | O_EXCL`, mode 0600, as glibc does).
+//! `mkstemp` and its variants, and `mkdtemp`, on shipped templates: the C library makes
+//! temporary files and directories with its internal `open` and `mkdir`, which no
+//! interposer sees, so the name is chosen and the file (`O_CREAT | O_EXCL`, mode 0600) or
+//! directory (mode 0700) created here, as glibc does.
 
 use libc::{c_char, c_int};
 
@@ -14,6 +15,14 @@ const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 /// Fills the six `X`s before `suffix` bytes of `template` and creates the file; the
 /// descriptor, or `None` if the template is not shipped.
 fn make(template: *mut c_char, suffix: c_int, flags: c_int) -> Option<c_int> {
+    let flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+    named(template, suffix, |path| ship_open(path, flags, 0o600))
+}
+
+/// Fills the six `X`s before `suffix` bytes of `template` until `create` (given the
+/// shipped path) does not fail with `EEXIST`; its result, or `None` if the template is
+/// not shipped.
+fn named(template: *mut c_char, suffix: c_int, create: impl Fn(Vec<u8>) -> c_int) -> Option<c_int> {
     let p = shipped(template)?;
     // SAFETY: `template` is the caller's NUL-terminated, writable buffer.
     let len = unsafe { libc::strlen(template) };
@@ -32,7 +41,6 @@ fn make(template: *mut c_char, suffix: c_int, flags: c_int) -> Option<c_int> {
         return Some(fail(libc::EINVAL));
     }
     let tail = p.len() - (len - at);
-    let flags = (flags & !libc::O_ACCMODE) | libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
     for _ in 0..100 {
         let mut r = [0u8; 6];
         if getrandom::fill(&mut r).is_err() {
@@ -45,9 +53,9 @@ fn make(template: *mut c_char, suffix: c_int, flags: c_int) -> Option<c_int> {
         x[at..at + 6].copy_from_slice(&name);
         let mut path = p.clone();
         path[tail..tail + 6].copy_from_slice(&name);
-        let fd = ship_open(path, flags, 0o600);
-        if fd >= 0 || crate::last_errno() != libc::EEXIST {
-            return Some(fd);
+        let r = create(path);
+        if r >= 0 || crate::last_errno() != libc::EEXIST {
+            return Some(r);
         }
     }
     Some(fail(libc::EEXIST))
@@ -79,6 +87,17 @@ pub extern "C" fn mkostemps(t: *mut c_char, suffix: c_int, flags: c_int) -> c_in
     make(t, suffix, flags).unwrap_or_else(
         || call_real!(mkostemps: fn(*mut c_char, c_int, c_int) -> c_int, t, suffix, flags),
     )
+}
+
+/// Interposed `mkdtemp`.
+#[unsafe(no_mangle)]
+pub extern "C" fn mkdtemp(t: *mut c_char) -> *mut c_char {
+    let made = named(t, 0, |path| crate::paths::mkdir_shipped(path, 0o700));
+    match made {
+        Some(0) => t,
+        Some(_) => std::ptr::null_mut(),
+        None => call_real!(mkdtemp: fn(*mut c_char) -> *mut c_char, t),
+    }
 }
 
 crate::real::alias! {

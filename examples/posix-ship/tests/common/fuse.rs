@@ -131,6 +131,8 @@ ln repo/c.txt hard && cat hard && stat -c %h hard repo/c.txt
 chown 1:2 hard && stat -c %u:%g hard repo/c.txt
 python3 -c "import os; os.setxattr('hard', 'user.k', b'v'); print(os.getxattr('hard', 'user.k'), os.listxattr('hard')); os.removexattr('hard', 'user.k'); print(os.listxattr('hard'))"
 cp -a hard kept && stat -c %u:%g kept
+mkdir -p zsrc/sub && echo a > zsrc/a && echo b > zsrc/sub/b && zip -qr z.zip zsrc && unzip -q z.zip -d zout && diff -r zsrc zout/zsrc && echo zip ok
+out=$(mktemp -d) && rsync -a zsrc/ "$out"/ && rsync -a "$out"/ rsback/ && rm -r "$out" && diff -r zsrc rsback && echo rsync ok
 for rw in write read randrw; do fio --name=t --ioengine=psync --rw=$rw --bs=4k --size=2m --filename=fio.dat --verify=crc32c --verify_state_save=0 --randseed=1 --output=/dev/null && echo fio $rw ok; done
 "#;
 
