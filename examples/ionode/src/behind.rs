@@ -2,23 +2,36 @@
 //! closed (their `close` is answered before), and the files of clients that went away
 //! (detached, in order, their buffered writes landing first).
 //!
-//! Closes are kept [`CLOSES_IN_FLIGHT`] at a time: made one at a time, a metadata load
-//! (64 clients creating, closing and unlinking files: thousands of closes a second, each a
-//! backend round trip) left a backlog that held backend handles open by the thousand,
-//! unlinked files among them, until the server's descriptor limit failed the run
-//! (`qs-fwd --shapes md -f 64 -r 5`: `EMFILE`).
+//! Closes are kept [`CLOSES_IN_FLIGHT`] requests at a time: made one at a time, a
+//! metadata load (64 clients creating, closing and unlinking files: thousands of closes a
+//! second, each a backend round trip) left a backlog that held backend handles open by
+//! the thousand, unlinked files among them, until the server's descriptor limit failed
+//! the run (`qs-fwd --shapes md -f 64 -r 5`: `EMFILE`). And the closes queued together
+//! go in one request per backend and user (`posix.close_many`, up to [`BATCH`] handles):
+//! a backend request, with its latency, for many closes (servers built before it answer
+//! `ENOSYS`, and get one `close` per handle from then on).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Weak};
 
 use posix_ship::client::Pending;
-use posix_ship::proto::CLOSE;
+use posix_ship::proto::{CLOSE, CLOSE_MANY, MAX_CLOSE_MANY, Principal};
 
 use crate::node::{Handle, Node};
 
-/// Backend closes in flight at once (well under a server's per-client bound of 64).
+/// Backend close requests in flight at once (well under a server's per-client bound of 64).
 pub(crate) const CLOSES_IN_FLIGHT: usize = 16;
+
+/// Handles closed in one request at most.
+const BATCH: usize = if MAX_CLOSE_MANY < 64 {
+    MAX_CLOSE_MANY
+} else {
+    64
+};
+
+/// Closes go together per backend and user.
+type Group = (usize, Option<Option<Principal>>);
 
 /// A job for the thread behind.
 pub(crate) enum Behind {
@@ -28,12 +41,23 @@ pub(crate) enum Behind {
     Lost(Vec<Arc<Handle>>),
 }
 
-type Flight = VecDeque<(Arc<Handle>, Pending<()>)>;
+/// A close request in flight.
+enum Landing {
+    One(Arc<Handle>, Pending<()>),
+    Many(Vec<Arc<Handle>>, Pending<Vec<i32>>),
+}
+
+/// The closes in flight, and the backends that answered `ENOSYS` to `close_many`.
+#[derive(Default)]
+struct Flight {
+    requests: VecDeque<Landing>,
+    one_by_one: HashSet<usize>,
+}
 
 /// Runs the jobs until the node is gone (closes still in flight then are the backend's
 /// to finish: their requests left).
 pub(crate) fn run(node: Weak<Node>, jobs: Receiver<Behind>) {
-    let mut flight = Flight::new();
+    let mut flight = Flight::default();
     loop {
         let job = match jobs.try_recv() {
             Ok(job) => job,
@@ -50,42 +74,85 @@ pub(crate) fn run(node: Weak<Node>, jobs: Receiver<Behind>) {
             Err(TryRecvError::Disconnected) => return,
         };
         let Some(n) = node.upgrade() else { return };
-        let handles = match job {
-            Behind::Close(h) => vec![h],
-            Behind::Lost(files) => files
-                .into_iter()
-                .inspect(|h| {
-                    if let Err(e) = n.detach(h) {
-                        tracing::debug!(errno = e, "closing a lost client's file");
-                    }
-                })
-                .collect(),
-        };
-        for h in handles {
-            // A backend handle other clients still use stays open (`crate::opens`).
-            if !n.opens.release(&h.backing) {
-                continue;
+        let mut handles = n.handles_of(job);
+        // What else is queued now goes with them.
+        while handles.len() < BATCH {
+            match jobs.try_recv() {
+                Ok(job) => handles.extend(n.handles_of(job)),
+                Err(_) => break,
             }
-            let p = n.start(&h.backing.fs, CLOSE, h.backing.fh());
-            flight.push_back((h, p));
-            n.land(&mut flight, CLOSES_IN_FLIGHT - 1);
+        }
+        // A backend handle other clients still use stays open (`crate::opens`).
+        handles.retain(|h| n.opens.release(&h.backing));
+        let mut groups: HashMap<Group, Vec<Arc<Handle>>> = HashMap::new();
+        for h in handles {
+            let user = h.backing.fs.acting_as().cloned();
+            groups.entry((h.backend, user)).or_default().push(h);
+        }
+        for ((b, _), group) in groups {
+            for chunk in group.chunks(BATCH) {
+                n.start_closes(&mut flight, b, chunk.to_vec());
+                n.land(&mut flight, CLOSES_IN_FLIGHT - 1);
+            }
         }
     }
 }
 
 impl Node {
-    /// Waits for the oldest closes in flight until at most `keep` remain.
+    /// The handles a job lets go of (a lost client's detached first).
+    fn handles_of(&self, job: Behind) -> Vec<Arc<Handle>> {
+        match job {
+            Behind::Close(h) => vec![h],
+            Behind::Lost(files) => files
+                .into_iter()
+                .inspect(|h| {
+                    if let Err(e) = self.detach(h) {
+                        tracing::debug!(errno = e, "closing a lost client's file");
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Starts closing `group` (handles of backend `b`, one user) at the backend.
+    fn start_closes(&self, flight: &mut Flight, b: usize, group: Vec<Arc<Handle>>) {
+        if group.len() == 1 || flight.one_by_one.contains(&b) {
+            for h in group {
+                let p = self.start(&h.backing.fs, CLOSE, h.backing.fh());
+                flight.requests.push_back(Landing::One(h, p));
+            }
+            return;
+        }
+        let fhs = group.iter().map(|h| h.backing.fh()).collect();
+        let p = self.start(&group[0].backing.fs, CLOSE_MANY, fhs);
+        flight.requests.push_back(Landing::Many(group, p));
+    }
+
+    /// Waits for the oldest close requests in flight until at most `keep` remain.
     fn land(&self, flight: &mut Flight, keep: usize) {
-        while flight.len() > keep {
-            let Some((h, p)) = flight.pop_front() else {
+        while flight.requests.len() > keep {
+            let Some(l) = flight.requests.pop_front() else {
                 break;
             };
-            let r = match self.landed(p) {
-                // The server's bound of requests in flight: closed again, the waiting way.
-                Err(libc::EAGAIN) => self.backend_close(&h),
-                r => r,
+            let failed = match l {
+                Landing::One(h, p) => match self.landed(p) {
+                    // The server's bound of requests in flight: closed again, waiting.
+                    Err(libc::EAGAIN) => vec![self.backend_close(&h)],
+                    r => vec![r],
+                },
+                Landing::Many(group, p) => match self.landed(p) {
+                    Ok(errnos) => errnos.into_iter().filter(|e| *e != 0).map(Err).collect(),
+                    Err(e) => {
+                        if e == libc::ENOSYS {
+                            flight.one_by_one.insert(group[0].backend);
+                        }
+                        // Closed one by one, waiting (ENOSYS, EAGAIN, a lost answer:
+                        // a handle already closed answers EBADF).
+                        group.iter().map(|h| self.backend_close(h)).collect()
+                    }
+                },
             };
-            if let Err(e) = r {
+            for e in failed.into_iter().filter_map(Result::err) {
                 tracing::debug!(errno = e, "closing a backend handle");
             }
         }

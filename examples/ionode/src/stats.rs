@@ -7,10 +7,11 @@ use rpc_core::Rpc;
 use serde::{Deserialize, Serialize};
 
 /// The operations counted, by protocol name (client requests in, backend requests out).
-pub const OPS: [&str; 27] = [
+pub const OPS: [&str; 28] = [
     "posix.stat",
     "posix.open",
     "posix.close",
+    "posix.close_many",
     "posix.read",
     "posix.write",
     "posix.truncate",

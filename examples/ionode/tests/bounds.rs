@@ -169,4 +169,59 @@ fn closed_files_are_let_go_at_the_backend_many_at_a_time() {
         took < std::time::Duration::from_millis(1300),
         "{took:?}: closed one at a time?"
     );
+    // Closes that queued while others were in flight went in one request.
+    let s = node.stats();
+    let (one, many) = (s.op("posix.close").1, s.op("posix.close_many").1);
+    println!("{one} close and {many} close_many requests");
+    assert!(
+        many >= 1 && one + many < 32,
+        "{one} + {many} requests for 32 closes"
+    );
+}
+
+/// A backend built before `posix.close_many` (a server in this process with it removed):
+/// the node's batched closes fall back to one `close` per handle, and every handle goes.
+#[test]
+fn closes_reach_a_backend_without_close_many() {
+    use posix_ship::proto::{CLOSE_MANY, forwarded};
+    use posix_ship::server::{Limits, LocalFs, ServerConfig, Service};
+    let export = scratch("ionode-old-backend");
+    let engine = rpc_core::Engine::builder()
+        .listen("sm")
+        .workers(8)
+        .build()
+        .unwrap();
+    let mut cfg = ServerConfig::new(&export, "sm");
+    cfg.policy.root_squash = false;
+    // Slow enough that closes queue behind one another at the node.
+    cfg.op_delay = std::time::Duration::from_millis(20);
+    let fs = LocalFs::open(&cfg).unwrap();
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let svc = Service::register(
+        &engine,
+        std::sync::Arc::new(fs),
+        Limits::default(),
+        vec![me],
+    )
+    .unwrap();
+    assert!(engine.deregister(CLOSE_MANY) && engine.deregister(forwarded(CLOSE_MANY)));
+    let node = Proc::node(&engine.self_addr().to_string(), &[]);
+    let clients: Vec<_> = (0..32).map(|_| node.client()).collect();
+    std::thread::scope(|s| {
+        for (i, fs) in clients.iter().enumerate() {
+            s.spawn(move || drop(fs.create(&format!("/f{i}")).unwrap()));
+        }
+    });
+    let t = std::time::Instant::now();
+    while svc.stats().open_files > 0 {
+        assert!(t.elapsed().as_secs() < 10, "backend handles still open");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let s = node.stats();
+    assert!(s.op("posix.close_many").1 >= 1, "a batch was tried");
+    assert!(
+        s.op("posix.close").1 >= 32 - 16,
+        "then one close per handle"
+    );
 }

@@ -656,9 +656,8 @@ fn clients_of_one_user_opening_one_file_share_one_backend_handle() {
         .flat_map(|i| pattern(1, (i * BLOCK) as u64, BLOCK))
         .collect();
     assert_eq!(std::fs::read(export.join("shared")).unwrap(), want);
-    assert_eq!(
-        node.stats().op("posix.close").1,
-        2,
-        "one backend close per handle"
-    );
+    // Two backend handles, closed in one request or two.
+    let s = node.stats();
+    let requests = s.op("posix.close").1 + s.op("posix.close_many").1;
+    assert!((1..=2).contains(&requests), "{requests} close requests");
 }

@@ -238,6 +238,12 @@ pub const STAT: Rpc<(Target, bool), Reply<Attr>> = Rpc::new("posix.stat");
 pub const OPEN: Rpc<OpenReq, Reply<Opened>> = Rpc::new("posix.open");
 /// `close`.
 pub const CLOSE: Rpc<Fh, Reply<()>> = Rpc::new("posix.close");
+/// Several `close`s in one request (an I/O node letting go of what its clients closed):
+/// each handle's `errno` (0: closed), in order; at most [`MAX_CLOSE_MANY`] handles (else
+/// `EINVAL`, none closed). A server built before it answers `ENOSYS`.
+pub const CLOSE_MANY: Rpc<Vec<Fh>, Reply<Vec<i32>>> = Rpc::new("posix.close_many");
+/// Handles one [`CLOSE_MANY`] may close.
+pub const MAX_CLOSE_MANY: usize = 256;
 /// `read`/`pread`.
 pub const READ: Rpc<ReadReq, Reply<ReadData>> = Rpc::new("posix.read");
 /// `write`/`pwrite`.

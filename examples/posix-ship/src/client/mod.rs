@@ -208,6 +208,11 @@ impl RemoteFs {
         }
     }
 
+    /// The identity calls are made for (`None`: this client's own; see [`Self::acting_for`]).
+    pub fn acting_as(&self) -> Option<&Option<Principal>> {
+        self.for_user.as_deref()
+    }
+
     /// The engine (for counters).
     pub fn engine(&self) -> &Engine {
         &self.inner.engine

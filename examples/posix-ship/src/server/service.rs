@@ -258,6 +258,15 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
     })?;
     serve(e, s, OPEN, |s, w, _, r| s.open(w, &r))?;
     serve(e, s, CLOSE, |s, w, _, fh| s.close(w, fh))?;
+    serve(e, s, CLOSE_MANY, |s, w, _, fhs: Vec<Fh>| {
+        if fhs.len() > MAX_CLOSE_MANY {
+            return Err(Errno::INVAL);
+        }
+        Ok(fhs
+            .into_iter()
+            .map(|fh| s.close(w, fh).err().map_or(0, |e| e.raw_os_error()))
+            .collect())
+    })?;
     serve(e, s, READ, |s, w, c, r| s.read(w, c, &r))?;
     serve(e, s, WRITE, |s, w, c, r| s.write(w, c, r))?;
     serve(e, s, TRUNCATE, |s, w, _, (t, len)| {
