@@ -20,6 +20,9 @@ use posix_ship::proto::Principal;
 use crate::backing::Backing;
 use crate::node::lock;
 
+/// Handles offered for sharing at most.
+const MAX_GRANTS: usize = 4096;
+
 /// Backend, backend path, open flags, user.
 pub(crate) type Key = (usize, Vec<u8>, i32, Option<Principal>);
 
@@ -82,8 +85,12 @@ impl Opens {
         }
         let now = Instant::now();
         let mut m = lock(&self.map);
-        if m.len() >= 4096 {
+        if m.len() >= MAX_GRANTS {
             m.retain(|_, g| g.until > now && g.backing.strong_count() > 0);
+            if m.len() >= MAX_GRANTS {
+                // All live: this one is not offered (memory stays bounded).
+                return;
+            }
         }
         m.insert(
             key,

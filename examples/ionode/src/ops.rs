@@ -162,6 +162,10 @@ impl Node {
         }
         o.path = path.clone();
         let follow = o.flags & libc::O_NOFOLLOW == 0;
+        // (Before a shared handle gains this user: nothing fails after that.)
+        let mut token = [0u8; 8];
+        getrandom::fill(&mut token).map_err(|_| libc::EIO)?;
+        let token = u64::from_le_bytes(token);
         let key = Opens::key(b, &path, o.flags, &r.user);
         let shared = key
             .as_ref()
@@ -194,9 +198,6 @@ impl Node {
             }
         };
         let writable = o.flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let mut token = [0u8; 8];
-        getrandom::fill(&mut token).map_err(|_| libc::EIO)?;
-        let token = u64::from_le_bytes(token);
         let file = attr.is_file().then(|| {
             let f = self.files.get((b, attr.dev, attr.ino));
             // An O_APPEND handle writes where the file ends: never a flush's way in.

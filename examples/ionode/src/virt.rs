@@ -3,7 +3,7 @@
 //! read-only directories (mode 0555, owned by root) listing the next components, so
 //! that `ls /`, `cd /` and `find /` work. Changes in them are refused (`EROFS`, or what
 //! Linux answers for a mount point: `EBUSY` to remove or rename one); names that are not
-//! there are `ENOENT`.
+//! there are `ENOENT`, to look up and to create alike (no backend holds them).
 
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -116,7 +116,7 @@ impl Node {
         if f & libc::O_CREAT != 0 && f & libc::O_EXCL != 0 {
             return Some(Err(libc::EEXIST));
         }
-        if f & libc::O_ACCMODE != libc::O_RDONLY || f & libc::O_TRUNC != 0 {
+        if f & libc::O_ACCMODE != libc::O_RDONLY || f & (libc::O_TRUNC | libc::O_CREAT) != 0 {
             return Some(Err(libc::EISDIR));
         }
         let a = attr(&o.path, names.len());

@@ -602,7 +602,11 @@ fn prefixes_route_to_their_backends_and_the_root_lists_them() {
 /// through the node ends the sharing.
 #[test]
 fn clients_of_one_user_opening_one_file_share_one_backend_handle() {
-    let (export, backend, node) = pair("ionode-share", &["--flush-after-ms", "600000"]);
+    // (Attributes kept long enough that no open of the test comes after them.)
+    let (export, backend, node) = pair(
+        "ionode-share",
+        &["--flush-after-ms", "600000", "--attr-timeout", "60"],
+    );
     std::fs::write(export.join("shared"), vec![0u8; 8 * BLOCK]).unwrap();
     std::fs::set_permissions(
         export.join("shared"),

@@ -397,14 +397,18 @@ f = open(\"forked\", \"w\"); f.write(\"parent \"); f.flush()\n\
 pid = os.fork()\n\
 if pid == 0:\n    f.write(\"child \"); f.flush(); os._exit(0)\n\
 os.waitpid(pid, 0); f.write(\"after\\n\"); f.close()' && cat forked \
-                  && exec 3> held && /bin/echo a >&3 && /bin/echo b >&3 && exec 3>&- && cat held";
+                  && exec 3> held && /bin/echo a >&3 && /bin/echo b >&3 && exec 3>&- && cat held \
+                  && python3 -c 'import os\n\
+f = open(\"spawned\", \"w\"); f.write(\"x\\n\"); f.flush(); fd = f.fileno(); os.set_inheritable(fd, True)\n\
+pid = os.posix_spawn(\"/bin/sh\", [\"sh\", \"-c\", \"echo y >&%d\" % fd], os.environ)\n\
+os.waitpid(pid, 0); f.write(\"z\\n\"); f.close()' && cat spawned";
     let out = r.same("sh", &["-c", script]);
     let host = std::fs::read_to_string("/etc/hostname").unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out),
-        format!("one\ntwo\nthree\n{host}four\nfive\nparent child after\na\nb\n")
+        format!("one\ntwo\nthree\n{host}four\nfive\nparent child after\na\nb\nx\ny\nz\n")
     );
-    for f in ["seq", "group", "forked", "held"] {
+    for f in ["seq", "group", "forked", "held", "spawned"] {
         assert_same_file(&r, f);
     }
 }
@@ -477,14 +481,18 @@ fn derived_and_older_calls_reach_shipped_files() {
                 bad = (T * 2)(T(5, 0), T(6, 1000000))\n\
                 print(c.utimes(b'g', bad), ctypes.get_errno() == 22)\n\
                 fd = os.open('g', os.O_RDWR); print(c.futimes(fd, tv), os.stat('g').st_mtime_ns)\n\
-                fcntl.flock(fd, fcntl.LOCK_EX); fcntl.flock(fd, fcntl.LOCK_UN); os.close(fd)\n\
+                fcntl.flock(fd, fcntl.LOCK_EX); other = os.open('g', os.O_RDONLY)\n\
+                try:\n    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
+                except BlockingIOError:\n    print('excluded')\n\
+                fcntl.flock(fd, fcntl.LOCK_UN); fcntl.flock(other, fcntl.LOCK_SH | fcntl.LOCK_NB); print('taken')\n\
+                os.close(other); os.close(fd)\n\
                 print(c.eaccess(b'g', os.R_OK | os.W_OK), c.eaccess(b'nothing', os.F_OK))";
     let out = r.same("python3", &["-c", code, "{}"]);
     assert_eq!(
         String::from_utf8_lossy(&out),
         format!(
             "{MOUNT}/d/e/f\nNone 2\nTrue 0o700\n0 0 False\nTrue\n0 2000.0\n\
-             0 3000500000000\n0 3000.5 True\n-1 True\n0 3000500000000\n0 -1\n"
+             0 3000500000000\n0 3000.5 True\n-1 True\n0 3000500000000\nexcluded\ntaken\n0 -1\n"
         )
     );
 }

@@ -111,7 +111,7 @@ pub extern "C" fn remove(path: *const c_char) -> c_int {
         return 0;
     }
     match crate::last_errno() {
-        libc::EISDIR | libc::EPERM => crate::paths::rmdir(path),
+        libc::EISDIR => crate::paths::rmdir(path),
         _ => r,
     }
 }
@@ -238,17 +238,53 @@ pub extern "C" fn fstatvfs(fd: c_int, out: *mut libc::statvfs) -> c_int {
     )
 }
 
-/// Interposed `flock`: on a shipped file, granted at once (as record locks are: a lock
-/// is this client's alone, not seen by other clients of the server).
+/// Interposed `flock`: on a shipped file, a lock on a local file standing for it
+/// (`/dev/shm`, named by a hash of the server and the path), held by the description
+/// (its `dup`s and forked children share it; it goes with the description's last
+/// close). Processes on this machine exclude each other as on a local file; clients on
+/// other machines are not excluded (as with record locks).
 #[unsafe(no_mangle)]
 pub extern "C" fn flock(fd: c_int, op: c_int) -> c_int {
-    match table::get(fd) {
-        Some(_) if op & !(libc::LOCK_SH | libc::LOCK_EX | libc::LOCK_UN | libc::LOCK_NB) != 0 => {
-            fail(libc::EINVAL)
-        }
-        Some(_) => 0,
-        None => call_real!(flock: fn(c_int, c_int) -> c_int, fd, op),
+    let Some(d) = table::get(fd) else {
+        return call_real!(flock: fn(c_int, c_int) -> c_int, fd, op);
+    };
+    let kind = op & !libc::LOCK_NB;
+    if ![libc::LOCK_SH, libc::LOCK_EX, libc::LOCK_UN].contains(&kind) {
+        return fail(libc::EINVAL);
     }
+    let lock = match d.flock.get() {
+        Some(l) => l,
+        None if kind == libc::LOCK_UN => return 0,
+        None => match stand_in(&d.path) {
+            Ok(l) => d.flock.get_or_init(|| l),
+            Err(e) => return fail(e),
+        },
+    };
+    use std::os::fd::AsRawFd;
+    call_real!(flock: fn(c_int, c_int) -> c_int, lock.as_raw_fd(), op)
+}
+
+/// The local file whose locks stand for `path`'s on the server.
+fn stand_in(path: &[u8]) -> Result<std::os::fd::OwnedFd, c_int> {
+    use std::hash::{Hash, Hasher};
+    use std::os::fd::FromRawFd;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    crate::config().map(|c| c.server()).hash(&mut h);
+    path.hash(&mut h);
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        "/dev/shm".to_string()
+    } else {
+        std::env::temp_dir().display().to_string()
+    };
+    let name = CString::new(format!("{dir}/posix-ship-flock-{:016x}", h.finish()))
+        .map_err(|_| libc::EINVAL)?;
+    let fd = call_real!(open: fn(*const c_char, c_int, libc::mode_t) -> c_int,
+        name.as_ptr(), libc::O_RDONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o644);
+    if fd < 0 {
+        return Err(crate::last_errno());
+    }
+    // SAFETY: a descriptor just opened, owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// Interposed `sync_file_range`: on a shipped file, the writes in flight land (the
@@ -320,6 +356,9 @@ fn canonical(path: &[u8]) -> Result<Vec<u8>, c_int> {
         if n < 0 {
             return Err(crate::last_errno());
         }
+        if n as usize >= target.len() {
+            return Err(libc::ENAMETOOLONG);
+        }
         target.truncate(n as usize);
         if target.first() == Some(&b'/') {
             out.clear();
@@ -328,6 +367,19 @@ fn canonical(path: &[u8]) -> Result<Vec<u8>, c_int> {
     }
     if out.is_empty() {
         out.push(b'/');
+    }
+    if path.ends_with(b"/") {
+        // `file/` names a directory or nothing.
+        let c = CString::new(out.clone()).map_err(|_| libc::EINVAL)?;
+        // SAFETY: all-zero is a valid `struct stat`, filled by stat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a stat buffer.
+        if unsafe { libc::stat(c.as_ptr(), &mut st) } != 0 {
+            return Err(crate::last_errno());
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(libc::ENOTDIR);
+        }
     }
     Ok(out)
 }

@@ -22,12 +22,13 @@ use crate::table;
 /// The variable the shipped descriptors are handed down in.
 pub const FDS: &str = "POSIX_SHIP_FDS";
 
-/// `fds:flags:offset[@slot]:dir:hex(path)` for each shipped description that survives
-/// `exec`, `fds` the comma-separated descriptors sharing it (`2>&1`: one offset for
-/// both), `slot` its shared offset's (`crate::offsets`); and those slots.
-fn inheritable() -> Option<(Vec<u8>, Vec<u32>)> {
-    let mut groups: Vec<(std::sync::Arc<table::Desc>, Vec<c_int>)> = Vec::new();
-    for (fd, d) in table::all() {
+/// A shipped description and its descriptors.
+type Group = (std::sync::Arc<table::Desc>, Vec<c_int>);
+
+/// The shipped descriptions that survive `exec` (not close-on-exec).
+fn surviving() -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (fd, d) in table::try_all().unwrap_or_default() {
         let cloexec = call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, libc::F_GETFD, 0);
         if cloexec < 0 || cloexec & libc::FD_CLOEXEC != 0 {
             continue;
@@ -40,6 +41,13 @@ fn inheritable() -> Option<(Vec<u8>, Vec<u32>)> {
             None => groups.push((d, vec![fd])),
         }
     }
+    groups
+}
+
+/// `fds:flags:offset[@slot]:dir:hex(path)` for each of `groups`, `fds` the
+/// comma-separated descriptors sharing it (`2>&1`: one offset for both), `slot` its
+/// shared offset's (`crate::offsets`); and those slots.
+fn inheritable(groups: Vec<Group>) -> Option<(Vec<u8>, Vec<u32>)> {
     let mut out = Vec::new();
     let mut slots = Vec::new();
     for (d, fds) in groups {
@@ -78,14 +86,17 @@ pub fn adopt() {
         unsafe { libc::unsetenv(k.as_ptr()) };
     }
     crate::offsets::adopt();
-    if crate::config().is_none() {
-        return;
-    }
+    let shipping = crate::config().is_some();
     let v = std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec();
     for e in v.split(|b| *b == b';') {
+        // (Parsed even when nothing is shipped: dropped, a description lets its shared
+        // offset's slot go.)
         let Some((fds, desc)) = parse(e) else {
             continue;
         };
+        if !shipping {
+            continue;
+        }
         let desc = std::sync::Arc::new(desc);
         for fd in fds.into_iter().filter(|fd| placeholder(*fd)) {
             table::insert(fd, desc.clone());
@@ -146,7 +157,12 @@ impl Env {
     /// `spawn`: `posix_spawn` (this process goes on), else `exec`.
     fn new(envp: *const *const c_char, spawn: bool) -> Option<Env> {
         let cwd = crate::cwd::env();
-        let fds = inheritable();
+        let groups = surviving();
+        if spawn {
+            let descs: Vec<_> = groups.iter().map(|g| g.0.clone()).collect();
+            offsets::before_spawn(&descs);
+        }
+        let fds = inheritable(groups);
         let handed = offsets::hand_down(fds.as_ref().map_or(&[][..], |f| &f.1), spawn);
         // Ours are always replaced: a stale value the shell kept (after a `cd` out of the
         // mount) must not reach the program.

@@ -84,6 +84,13 @@ pub(crate) struct Config {
     pub(crate) ride: Option<u64>,
 }
 
+impl Config {
+    /// The server's address.
+    pub(crate) fn server(&self) -> &str {
+        &self.server
+    }
+}
+
 /// The configuration, or `None` when the environment does not ask for shipping.
 pub(crate) fn config() -> Option<&'static Config> {
     static C: OnceLock<Option<Config>> = OnceLock::new();

@@ -98,6 +98,15 @@ fn create() -> Option<Region> {
 /// Maps the region behind `fd`, which must be a memfd of at least [`LEN`] bytes that
 /// cannot shrink (else a slot's page could vanish under a reader: `SIGBUS`).
 fn map(fd: c_int) -> Option<Region> {
+    // A memfd of ours by name (what the environment names is the parent's, or anyone's).
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+    if !link
+        .as_os_str()
+        .as_encoded_bytes()
+        .starts_with(b"/memfd:posix-ship-offsets")
+    {
+        return None;
+    }
     let seals = call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, libc::F_GET_SEALS, 0);
     // SAFETY: all-zero is a valid `struct stat`, filled by fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -253,7 +262,7 @@ impl Pos {
         Some(self.slot.load(Ordering::Acquire)).filter(|&i| i != NONE)
     }
 
-    /// Moves the offset into a shared slot (before a fork); returns the slot.
+    /// Moves the offset into a shared slot (before a fork or a spawn); returns the slot.
     fn share(&self) -> Option<u32> {
         let local = self.lock();
         let i = self.slot.load(Ordering::Acquire);
@@ -263,6 +272,18 @@ impl Pos {
         let i = alloc(*local)?;
         self.slot.store(i, Ordering::Release);
         Some(i)
+    }
+
+    /// Lets go of the slot for a process about to end or `exec`: as [`Pos::detach`], but
+    /// without waiting for the lock (its holder may be a thread a fork left behind).
+    fn let_go(&self) {
+        match self.local.try_lock() {
+            Ok(g) => {
+                drop(g);
+                self.detach();
+            }
+            Err(_) => release(self.slot.swap(NONE, Ordering::AcqRel)),
+        }
     }
 
     /// Stops sharing: the offset is private again (at close, at exit).
@@ -315,17 +336,26 @@ pub fn in_child() {
 /// should the `exec` fail, they stay private from then on).
 pub fn hand_down(handed: &[u32], spawn: bool) -> Option<Handed> {
     let r = REGION.get()?;
+    let ours = still_ours(r);
     if !spawn {
-        for (_, d) in crate::table::all() {
-            if d.pos.slot().is_some_and(|i| !handed.contains(&i)) {
-                d.pos.detach();
+        // What is not handed down (close-on-exec, or no region to hand) is let go.
+        for (_, d) in crate::table::try_all().unwrap_or_default() {
+            if d.pos.slot().is_some_and(|i| !ours || !handed.contains(&i)) {
+                d.pos.let_go();
             }
         }
     }
-    if handed.is_empty() || !still_ours(r) {
+    if handed.is_empty() || !ours {
         return None;
     }
-    call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, r.fd, libc::F_SETFD, 0);
+    // Open across the call for as long as any thread hands it down (concurrent spawns).
+    {
+        let mut n = HANDING.lock().unwrap_or_else(|e| e.into_inner());
+        if *n == 0 {
+            call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, r.fd, libc::F_SETFD, 0);
+        }
+        *n += 1;
+    }
     if spawn {
         handed.iter().for_each(|&i| hold(i));
     }
@@ -364,26 +394,43 @@ impl Handed {
 
 impl Drop for Handed {
     fn drop(&mut self) {
-        call_real!(fcntl: fn(c_int, c_int, usize) -> c_int,
-            self.fd, libc::F_SETFD, libc::FD_CLOEXEC as usize);
+        let mut n = HANDING.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            call_real!(fcntl: fn(c_int, c_int, usize) -> c_int,
+                self.fd, libc::F_SETFD, libc::FD_CLOEXEC as usize);
+        }
     }
 }
+
+/// Calls handing the region down now (its descriptor is open across `exec` meanwhile; a
+/// program another thread starts then inherits it too, unnamed, and may ignore it).
+static HANDING: Mutex<usize> = Mutex::new(0);
 
 /// At exit: this process lets go of its slots (a shell's commands end before it does).
 pub fn at_exit() {
     if let Some(all) = crate::table::try_all() {
-        all.iter().for_each(|(_, d)| d.pos.detach());
+        all.iter().for_each(|(_, d)| d.pos.let_go());
     }
+}
+
+/// Before `posix_spawn`: the offsets of the descriptions the program will inherit go to
+/// shared slots (a program that spawns and never forks — make, Rust's `Command` — would
+/// otherwise keep them private, and write over what its children wrote).
+pub fn before_spawn(inherited: &[std::sync::Arc<crate::table::Desc>]) {
+    inherited.iter().for_each(|d| {
+        d.pos.share();
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn memfd(len: usize, seals: c_int) -> c_int {
+    fn memfd(name: &std::ffi::CStr, len: usize, seals: c_int) -> c_int {
         // SAFETY: a NUL-terminated name; plain integer arguments on the new fd.
         unsafe {
-            let fd = libc::memfd_create(c"t".as_ptr(), libc::MFD_ALLOW_SEALING);
+            let fd = libc::memfd_create(name.as_ptr(), libc::MFD_ALLOW_SEALING);
             assert!(fd >= 0);
             assert_eq!(libc::ftruncate(fd, len as libc::off_t), 0);
             assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, seals), 0);
@@ -392,14 +439,22 @@ mod tests {
     }
 
     #[test]
-    fn a_region_that_could_shrink_or_is_short_is_refused() {
-        assert!(map(memfd(LEN, 0)).is_none(), "unsealed: could shrink");
-        assert!(map(memfd(LEN - 1, libc::F_SEAL_SHRINK)).is_none(), "short");
+    fn a_region_that_could_shrink_is_short_or_is_not_ours_is_refused() {
+        let ours = c"posix-ship-offsets";
+        assert!(map(memfd(ours, LEN, 0)).is_none(), "unsealed: could shrink");
+        assert!(
+            map(memfd(ours, LEN - 1, libc::F_SEAL_SHRINK)).is_none(),
+            "short"
+        );
+        assert!(
+            map(memfd(c"other", LEN, libc::F_SEAL_SHRINK)).is_none(),
+            "not ours"
+        );
         // SAFETY: opening a path; the fd is only fstat'ed.
         let file = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
         assert!(map(file).is_none(), "not a memfd");
         assert!(map(-1).is_none());
-        assert!(map(memfd(LEN, libc::F_SEAL_SHRINK)).is_some());
+        assert!(map(memfd(ours, LEN, libc::F_SEAL_SHRINK)).is_some());
     }
 
     #[test]

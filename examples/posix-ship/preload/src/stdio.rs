@@ -220,20 +220,40 @@ pub(crate) fn standard_restored(fd: c_int) {
     let Some(slot) = usize::try_from(fd).ok().and_then(|i| STANDARD.get(i)) else {
         return;
     };
-    let mut s = table::lock(slot);
-    if s.0 == 0 {
-        return;
-    }
-    let ours = s.1 as *mut libc::FILE;
-    // SAFETY: `ours` is this library's open stream (c_close clears the slot if the
-    // program closes it); the standard variable is the C library's.
+    let ours = {
+        let mut s = table::lock(slot);
+        if s.0 == 0 {
+            return;
+        }
+        // SAFETY: the standard variable is the C library's; the original stream is open.
+        unsafe { *standard(fd) = s.0 as *mut libc::FILE };
+        s.0 = 0;
+        s.1 as *mut libc::FILE
+    };
+    // Flushed without the slot's lock: `fclose` of the stream holds the stream's lock
+    // and then takes the slot's (`c_close`).
+    // SAFETY: `ours` is this library's open stream (kept open unless the program closed
+    // it, which `c_close` would have recorded before we read the slot).
     unsafe {
         libc::fflush(ours);
         __fpurge(ours);
         libc::clearerr(ours);
-        *standard(fd) = s.0 as *mut libc::FILE;
     }
-    s.0 = 0;
+}
+
+/// Before another descriptor is moved onto descriptor 1 or 2 (`dup2`): what `stdout` or
+/// `stderr` holds goes where it was written for, while the descriptor is still that.
+/// (Not `stdin`: flushing an input stream drops what it read ahead of a pipe.)
+pub(crate) fn before_standard_moves(fd: c_int) {
+    if !(1..=2).contains(&fd) {
+        return;
+    }
+    // SAFETY: the standard variable is the C library's, an open stream (or null).
+    let f = unsafe { *standard(fd) };
+    if !f.is_null() {
+        // SAFETY: as above.
+        unsafe { libc::fflush(f) };
+    }
 }
 
 unsafe extern "C" {

@@ -40,6 +40,8 @@ pub struct Desc {
     handle: Mutex<(Fh, u32)>,
     /// Read-ahead for sequential readers (dropped by writes through it).
     pub ahead: ReadAhead,
+    /// The local file whose `flock`s stand for this file's (`crate::compat::flock`).
+    pub flock: OnceLock<std::os::fd::OwnedFd>,
 }
 
 impl Desc {
@@ -52,6 +54,7 @@ impl Desc {
             is_dir,
             handle: Mutex::new((fh, std::process::id())),
             ahead: ReadAhead::new(Some(id)),
+            flock: OnceLock::new(),
         }
     }
 
@@ -66,6 +69,7 @@ impl Desc {
             // No process has pid 0: the first use opens it.
             handle: Mutex::new((Fh(0), 0)),
             ahead: ReadAhead::new(None),
+            flock: OnceLock::new(),
         }
     }
 
