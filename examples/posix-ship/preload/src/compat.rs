@@ -306,7 +306,7 @@ const MAX_LINKS: usize = 40;
 
 /// `path` made absolute, without `.`, `..` or symbolic links, each component looked up
 /// through the interposed `lstat` and `readlink` (so shipped and local alike).
-fn canonical(path: &[u8]) -> Result<Vec<u8>, c_int> {
+pub(crate) fn canonical(path: &[u8]) -> Result<Vec<u8>, c_int> {
     let mut todo: Vec<Vec<u8>> = Vec::new();
     let mut start = path.to_vec();
     if start.first() != Some(&b'/') {

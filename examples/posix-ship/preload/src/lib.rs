@@ -89,6 +89,11 @@ impl Config {
     pub(crate) fn server(&self) -> &str {
         &self.server
     }
+
+    /// The mount prefix (no trailing `/`).
+    pub(crate) fn mount(&self) -> &[u8] {
+        &self.mount
+    }
 }
 
 /// The configuration, or `None` when the environment does not ask for shipping.

@@ -419,18 +419,36 @@ pub extern "C" fn fchmod(fd: c_int, mode: mode_t) -> c_int {
     }
 }
 
-/// Ownership is not shipped: changing it on a shipped file succeeds without effect
-/// (the server's user owns what it writes), with a one-time warning.
-fn chown_ignored() -> c_int {
-    crate::warn_once("chown on shipped files is ignored (files belong to the server's user)");
-    0
+/// `chown` of `t` on the server, which applies the caller's rights (`-1`: unchanged).
+fn chown_target(t: Result<Target, c_int>, uid: libc::uid_t, gid: libc::gid_t) -> c_int {
+    let keep = |v: u32| (v != u32::MAX).then_some(v);
+    ret(t.and_then(|t| call(p::CHOWN, &(t, keep(uid), keep(gid)))))
+}
+
+/// `chown` of shipped path `p`, following a final symbolic link if `follow` (the
+/// server changes the link itself).
+fn chown_path(p: Vec<u8>, uid: libc::uid_t, gid: libc::gid_t, follow: bool) -> c_int {
+    if follow {
+        let link = call(p::STAT, &(Target::Path(buf(p.clone())), false))
+            .is_ok_and(|a: Attr| a.mode & libc::S_IFMT == libc::S_IFLNK);
+        if let (true, Some(cfg)) = (link, crate::config()) {
+            let named = [cfg.mount(), &p[..]].concat();
+            return match crate::compat::canonical(&named).map(std::ffi::CString::new) {
+                // Wherever it leads (shipped or local), without a link to follow now.
+                Ok(Ok(target)) => lchown(target.as_ptr(), uid, gid),
+                Ok(Err(_)) => fail(libc::EINVAL),
+                Err(e) => fail(e),
+            };
+        }
+    }
+    chown_target(Ok(Target::Path(buf(p))), uid, gid)
 }
 
 /// Interposed `fchown`.
 #[unsafe(no_mangle)]
 pub extern "C" fn fchown(fd: c_int, uid: libc::uid_t, gid: libc::gid_t) -> c_int {
     match table::get(fd) {
-        Some(_) => chown_ignored(),
+        Some(d) => chown_target(handle(&d), uid, gid),
         None => call_real!(fchown: fn(c_int, libc::uid_t, libc::gid_t) -> c_int, fd, uid, gid),
     }
 }
@@ -445,7 +463,7 @@ pub extern "C" fn fchownat(
     fl: c_int,
 ) -> c_int {
     match shipped_at(d, path) {
-        Some(_) => chown_ignored(),
+        Some(p) => chown_path(p, uid, gid, fl & libc::AT_SYMLINK_NOFOLLOW == 0),
         None => {
             call_real!(fchownat: fn(c_int, *const c_char, libc::uid_t, libc::gid_t, c_int) -> c_int,
             d, path, uid, gid, fl)
@@ -457,7 +475,7 @@ pub extern "C" fn fchownat(
 #[unsafe(no_mangle)]
 pub extern "C" fn lchown(path: *const c_char, uid: libc::uid_t, gid: libc::gid_t) -> c_int {
     match shipped(path) {
-        Some(_) => chown_ignored(),
+        Some(p) => chown_path(p, uid, gid, false),
         None => {
             call_real!(lchown: fn(*const c_char, libc::uid_t, libc::gid_t) -> c_int, path, uid, gid)
         }
@@ -468,7 +486,7 @@ pub extern "C" fn lchown(path: *const c_char, uid: libc::uid_t, gid: libc::gid_t
 #[unsafe(no_mangle)]
 pub extern "C" fn chown(path: *const c_char, uid: libc::uid_t, gid: libc::gid_t) -> c_int {
     match shipped(path) {
-        Some(_) => chown_ignored(),
+        Some(p) => chown_path(p, uid, gid, true),
         None => {
             call_real!(chown: fn(*const c_char, libc::uid_t, libc::gid_t) -> c_int, path, uid, gid)
         }
