@@ -16,7 +16,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Weak};
 
 use posix_ship::client::Pending;
-use posix_ship::proto::{CLOSE, CLOSE_MANY, MAX_CLOSE_MANY, Principal};
+use posix_ship::proto::{CLOSE, CLOSE_MANY, FhList, MAX_CLOSE_MANY, Principal};
 
 use crate::node::{Handle, Node};
 
@@ -98,6 +98,11 @@ pub(crate) fn run(node: Weak<Node>, jobs: Receiver<Behind>) {
     }
 }
 
+/// The backend handles of `group`.
+fn handles(group: &[Arc<Handle>]) -> FhList {
+    FhList(group.iter().map(|h| h.backing.fh()).collect())
+}
+
 impl Node {
     /// The handles a job lets go of (a lost client's detached first).
     fn handles_of(&self, job: Behind) -> Vec<Arc<Handle>> {
@@ -123,8 +128,7 @@ impl Node {
             }
             return;
         }
-        let fhs = group.iter().map(|h| h.backing.fh()).collect();
-        let p = self.start(&group[0].backing.fs, CLOSE_MANY, fhs);
+        let p = self.start(&group[0].backing.fs, CLOSE_MANY, handles(&group));
         flight.requests.push_back(Landing::Many(group, p));
     }
 
@@ -141,15 +145,28 @@ impl Node {
                     r => vec![r],
                 },
                 Landing::Many(group, p) => match self.landed(p) {
-                    Ok(errnos) => errnos.into_iter().filter(|e| *e != 0).map(Err).collect(),
-                    Err(e) => {
-                        if e == libc::ENOSYS {
-                            flight.one_by_one.insert(group[0].backend);
-                        }
-                        // Closed one by one, waiting (ENOSYS, EAGAIN, a lost answer:
-                        // a handle already closed answers EBADF).
+                    Ok(errnos) => {
+                        // An answer shorter than the list leaves the rest to close.
+                        let rest = group.iter().skip(errnos.len());
+                        let rest: Vec<_> = rest.map(|h| self.backend_close(h)).collect();
+                        let failed = errnos.into_iter().filter(|e| *e != 0).map(Err);
+                        failed.chain(rest).collect()
+                    }
+                    Err(libc::ENOSYS | libc::EINVAL) => {
+                        // A server without it: one close each, from now on.
+                        flight.one_by_one.insert(group[0].backend);
                         group.iter().map(|h| self.backend_close(h)).collect()
                     }
+                    // At the server's bound: the same request, waiting it out.
+                    Err(libc::EAGAIN) => {
+                        match self.call(&group[0].backing.fs, CLOSE_MANY, handles(&group)) {
+                            Ok(errnos) => errnos.into_iter().filter(|e| *e != 0).map(Err).collect(),
+                            Err(e) => vec![Err(e)],
+                        }
+                    }
+                    // The connection is gone (its handles with it) or the answer was lost:
+                    // nothing more to do for these handles.
+                    Err(e) => vec![Err(e)],
                 },
             };
             for e in failed.into_iter().filter_map(Result::err) {

@@ -220,8 +220,6 @@ fn closes_reach_a_backend_without_close_many() {
     }
     let s = node.stats();
     assert!(s.op("posix.close_many").1 >= 1, "a batch was tried");
-    assert!(
-        s.op("posix.close").1 >= 32 - 16,
-        "then one close per handle"
-    );
+    // Each handle closed once, one by one: the batch's as well after its ENOSYS.
+    assert!(s.op("posix.close").1 >= 32, "then one close per handle");
 }

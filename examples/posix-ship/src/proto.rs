@@ -241,9 +241,38 @@ pub const CLOSE: Rpc<Fh, Reply<()>> = Rpc::new("posix.close");
 /// Several `close`s in one request (an I/O node letting go of what its clients closed):
 /// each handle's `errno` (0: closed), in order; at most [`MAX_CLOSE_MANY`] handles (else
 /// `EINVAL`, none closed). A server built before it answers `ENOSYS`.
-pub const CLOSE_MANY: Rpc<Vec<Fh>, Reply<Vec<i32>>> = Rpc::new("posix.close_many");
+pub const CLOSE_MANY: Rpc<FhList, Reply<Vec<i32>>> = Rpc::new("posix.close_many");
 /// Handles one [`CLOSE_MANY`] may close.
 pub const MAX_CLOSE_MANY: usize = 256;
+
+/// The handles of a [`CLOSE_MANY`]: at most [`MAX_CLOSE_MANY`], a longer list refused
+/// while it is decoded (never allocated: a peer's length prefix decides nothing).
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct FhList(pub Vec<Fh>);
+
+impl<'de> Deserialize<'de> for FhList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Bounded;
+        impl<'de> serde::de::Visitor<'de> for Bounded {
+            type Value = FhList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "at most {MAX_CLOSE_MANY} handles")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<FhList, A::Error> {
+                let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(MAX_CLOSE_MANY));
+                while let Some(fh) = a.next_element()? {
+                    if v.len() == MAX_CLOSE_MANY {
+                        return Err(serde::de::Error::invalid_length(v.len() + 1, &self));
+                    }
+                    v.push(fh);
+                }
+                Ok(FhList(v))
+            }
+        }
+        d.deserialize_seq(Bounded)
+    }
+}
 /// `read`/`pread`.
 pub const READ: Rpc<ReadReq, Reply<ReadData>> = Rpc::new("posix.read");
 /// `write`/`pwrite`.
@@ -386,5 +415,22 @@ mod tests {
         };
         let back: Attr = rmp_serde::from_slice(&rmp_serde::to_vec(&hinted).unwrap()).unwrap();
         assert_eq!(back, hinted);
+    }
+
+    #[test]
+    fn a_close_many_list_past_its_bound_is_refused_while_decoded() {
+        let list = |n: u64| (0..n).map(Fh).collect::<Vec<_>>();
+        let enc = |v: Vec<Fh>| rmp_serde::to_vec(&v).unwrap();
+        let ok: FhList = rmp_serde::from_slice(&enc(list(MAX_CLOSE_MANY as u64))).unwrap();
+        assert_eq!(ok.0.len(), MAX_CLOSE_MANY);
+        assert_eq!(
+            rmp_serde::to_vec(&ok).unwrap(),
+            enc(ok.0.clone()),
+            "encoded as a list"
+        );
+        assert!(rmp_serde::from_slice::<FhList>(&enc(list(MAX_CLOSE_MANY as u64 + 1))).is_err());
+        // A length prefix claiming 2^32 - 1 handles, with none behind it: no allocation.
+        let forged = [0xdd, 0xff, 0xff, 0xff, 0xff];
+        assert!(rmp_serde::from_slice::<FhList>(&forged).is_err());
     }
 }

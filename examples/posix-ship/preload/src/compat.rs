@@ -240,9 +240,10 @@ pub extern "C" fn fstatvfs(fd: c_int, out: *mut libc::statvfs) -> c_int {
 
 /// Interposed `flock`: on a shipped file, a lock on a local file standing for it
 /// (`/dev/shm`, named by a hash of the server and the path), held by the description
-/// (its `dup`s and forked children share it; it goes with the description's last
-/// close). Processes on this machine exclude each other as on a local file; clients on
-/// other machines are not excluded (as with record locks).
+/// (its `dup`s and forked children share it; it goes with the description's last close
+/// in the process, and is not handed to programs the process `exec`s). Processes on this
+/// machine exclude each other as on a local file; clients on other machines are not
+/// excluded (as with record locks). A stand-in that cannot be had is `ENOLCK`.
 #[unsafe(no_mangle)]
 pub extern "C" fn flock(fd: c_int, op: c_int) -> c_int {
     let Some(d) = table::get(fd) else {
@@ -256,18 +257,20 @@ pub extern "C" fn flock(fd: c_int, op: c_int) -> c_int {
         Some(l) => l,
         None if kind == libc::LOCK_UN => return 0,
         None => match stand_in(&d.path) {
-            Ok(l) => d.flock.get_or_init(|| l),
-            Err(e) => return fail(e),
+            Some(l) => d.flock.get_or_init(|| l),
+            None => return fail(libc::ENOLCK),
         },
     };
     use std::os::fd::AsRawFd;
     call_real!(flock: fn(c_int, c_int) -> c_int, lock.as_raw_fd(), op)
 }
 
-/// The local file whose locks stand for `path`'s on the server.
-fn stand_in(path: &[u8]) -> Result<std::os::fd::OwnedFd, c_int> {
+/// The local file whose locks stand for `path`'s on the server: opened as found (made if
+/// missing, readable by all: any user may lock it, as any reader of a local file may),
+/// never a FIFO or a link planted under its name.
+fn stand_in(path: &[u8]) -> Option<std::os::fd::OwnedFd> {
     use std::hash::{Hash, Hasher};
-    use std::os::fd::FromRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     crate::config().map(|c| c.server()).hash(&mut h);
     path.hash(&mut h);
@@ -276,15 +279,33 @@ fn stand_in(path: &[u8]) -> Result<std::os::fd::OwnedFd, c_int> {
     } else {
         std::env::temp_dir().display().to_string()
     };
-    let name = CString::new(format!("{dir}/posix-ship-flock-{:016x}", h.finish()))
-        .map_err(|_| libc::EINVAL)?;
-    let fd = call_real!(open: fn(*const c_char, c_int, libc::mode_t) -> c_int,
-        name.as_ptr(), libc::O_RDONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW, 0o644);
+    let name = CString::new(format!("{dir}/posix-ship-flock-{:016x}", h.finish())).ok()?;
+    let open = |flags: c_int| {
+        let flags = flags | libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        call_real!(open: fn(*const c_char, c_int, libc::mode_t) -> c_int, name.as_ptr(), flags, 0o644)
+    };
+    // Not O_CREAT on a file that exists: in a sticky directory another user's file
+    // refuses it (`fs.protected_regular`).
+    let mut fd = open(0);
+    if fd < 0 && crate::last_errno() == libc::ENOENT {
+        fd = open(libc::O_CREAT | libc::O_EXCL);
+        if fd >= 0 {
+            // Whatever the umask: others lock it too.
+            // SAFETY: a descriptor just opened.
+            unsafe { libc::fchmod(fd, 0o644) };
+        } else if crate::last_errno() == libc::EEXIST {
+            fd = open(0);
+        }
+    }
     if fd < 0 {
-        return Err(crate::last_errno());
+        return None;
     }
     // SAFETY: a descriptor just opened, owned by nothing else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid `struct stat`, filled by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let ok = call_real!(fstat: fn(c_int, *mut libc::stat) -> c_int, owned.as_raw_fd(), &mut st);
+    (ok == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(owned)
 }
 
 /// Interposed `sync_file_range`: on a shipped file, the writes in flight land (the

@@ -28,7 +28,7 @@ type Group = (std::sync::Arc<table::Desc>, Vec<c_int>);
 /// The shipped descriptions that survive `exec` (not close-on-exec).
 fn surviving() -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    for (fd, d) in table::try_all().unwrap_or_default() {
+    for (fd, d) in table::all_safely() {
         let cloexec = call_real!(fcntl: fn(c_int, c_int, usize) -> c_int, fd, libc::F_GETFD, 0);
         if cloexec < 0 || cloexec & libc::FD_CLOEXEC != 0 {
             continue;

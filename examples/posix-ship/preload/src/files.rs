@@ -508,7 +508,6 @@ fn dup_onto(fd: c_int, new: c_int, r: c_int) -> c_int {
 pub extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
     if fd != new {
         ride::release(new);
-        crate::stdio::before_standard_moves(new);
     }
     let r = call_real!(dup2: fn(c_int, c_int) -> c_int, fd, new);
     dup_onto(fd, new, r)
@@ -519,7 +518,6 @@ pub extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
 pub extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
     if fd != new {
         ride::release(new);
-        crate::stdio::before_standard_moves(new);
     }
     let r = call_real!(dup3: fn(c_int, c_int, c_int) -> c_int, fd, new, flags);
     dup_onto(fd, new, r)

@@ -98,12 +98,13 @@ fn create() -> Option<Region> {
 /// Maps the region behind `fd`, which must be a memfd of at least [`LEN`] bytes that
 /// cannot shrink (else a slot's page could vanish under a reader: `SIGBUS`).
 fn map(fd: c_int) -> Option<Region> {
-    // A memfd of ours by name (what the environment names is the parent's, or anyone's).
-    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-    if !link
-        .as_os_str()
-        .as_encoded_bytes()
-        .starts_with(b"/memfd:posix-ship-offsets")
+    // A memfd of ours by name (what the environment names is the parent's, or anyone's;
+    // where there is no /proc to ask, the seals and the size below decide).
+    if let Ok(link) = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        && !link
+            .as_os_str()
+            .as_encoded_bytes()
+            .starts_with(b"/memfd:posix-ship-offsets")
     {
         return None;
     }
@@ -264,7 +265,16 @@ impl Pos {
 
     /// Moves the offset into a shared slot (before a fork or a spawn); returns the slot.
     fn share(&self) -> Option<u32> {
-        let local = self.lock();
+        let i = self.slot.load(Ordering::Acquire);
+        if i != NONE {
+            return Some(i);
+        }
+        // In a forked child the lock's holder may be a thread left behind: not waited for.
+        let local = if forked() {
+            self.local.try_lock().ok()?
+        } else {
+            self.lock()
+        };
         let i = self.slot.load(Ordering::Acquire);
         if i != NONE {
             return Some(i);
@@ -275,14 +285,18 @@ impl Pos {
     }
 
     /// Lets go of the slot for a process about to end or `exec`: as [`Pos::detach`], but
-    /// without waiting for the lock (its holder may be a thread a fork left behind).
+    /// without waiting for the lock (its holder may be a thread a fork left behind). A
+    /// slot whose lock is held is not given back (a live thread may still write it; a
+    /// freed slot could be another description's by then): it stays taken.
     fn let_go(&self) {
         match self.local.try_lock() {
             Ok(g) => {
                 drop(g);
                 self.detach();
             }
-            Err(_) => release(self.slot.swap(NONE, Ordering::AcqRel)),
+            Err(_) => {
+                self.slot.store(NONE, Ordering::Release);
+            }
         }
     }
 
@@ -308,7 +322,7 @@ static FORKING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 /// Before a fork: every shipped description's offset goes to a shared slot.
 pub fn before_fork() {
-    let shared: Vec<u32> = crate::table::all()
+    let shared: Vec<u32> = crate::table::all_safely()
         .iter()
         .filter_map(|(_, d)| d.pos.share())
         .collect();
@@ -320,8 +334,18 @@ pub fn before_fork() {
     f.dedup();
 }
 
+/// Set in the child of a fork (until it `exec`s): locks other threads held at the fork
+/// may never be let go, so calls on the way out take them only if free.
+static FORKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process is a forked child that has not `exec`ed.
+pub fn forked() -> bool {
+    FORKED.load(Ordering::Relaxed)
+}
+
 /// In the child of a fork: it holds the slots too.
 pub fn in_child() {
+    FORKED.store(true, Ordering::Relaxed);
     // Only the forking thread takes this lock between `before_fork` and here.
     if let Ok(f) = FORKING.try_lock() {
         f.iter().for_each(|&i| hold(i));
@@ -339,7 +363,7 @@ pub fn hand_down(handed: &[u32], spawn: bool) -> Option<Handed> {
     let ours = still_ours(r);
     if !spawn {
         // What is not handed down (close-on-exec, or no region to hand) is let go.
-        for (_, d) in crate::table::try_all().unwrap_or_default() {
+        for (_, d) in crate::table::all_safely() {
             if d.pos.slot().is_some_and(|i| !ours || !handed.contains(&i)) {
                 d.pos.let_go();
             }

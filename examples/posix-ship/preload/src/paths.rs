@@ -462,6 +462,11 @@ pub extern "C" fn fchownat(
     gid: libc::gid_t,
     fl: c_int,
 ) -> c_int {
+    // SAFETY: a non-null path is NUL-terminated.
+    let empty = !path.is_null() && unsafe { *path } == 0;
+    if empty && fl & libc::AT_EMPTY_PATH != 0 {
+        return fchown(d, uid, gid);
+    }
     match shipped_at(d, path) {
         Some(p) => chown_path(p, uid, gid, fl & libc::AT_SYMLINK_NOFOLLOW == 0),
         None => {

@@ -241,21 +241,6 @@ pub(crate) fn standard_restored(fd: c_int) {
     }
 }
 
-/// Before another descriptor is moved onto descriptor 1 or 2 (`dup2`): what `stdout` or
-/// `stderr` holds goes where it was written for, while the descriptor is still that.
-/// (Not `stdin`: flushing an input stream drops what it read ahead of a pipe.)
-pub(crate) fn before_standard_moves(fd: c_int) {
-    if !(1..=2).contains(&fd) {
-        return;
-    }
-    // SAFETY: the standard variable is the C library's, an open stream (or null).
-    let f = unsafe { *standard(fd) };
-    if !f.is_null() {
-        // SAFETY: as above.
-        unsafe { libc::fflush(f) };
-    }
-}
-
 unsafe extern "C" {
     /// glibc's and musl's `stdio_ext.h`: drops a stream's buffered data.
     fn __fpurge(f: *mut libc::FILE);

@@ -231,6 +231,16 @@ pub fn try_all() -> Option<Vec<(c_int, Arc<Desc>)>> {
     SHIPPED.try_all()
 }
 
+/// [`all`] where waiting for the lock is safe; in a forked child that has not `exec`ed,
+/// [`try_all`] (its holder may be a thread left behind), nothing if it is held.
+pub fn all_safely() -> Vec<(c_int, Arc<Desc>)> {
+    if crate::offsets::forked() {
+        try_all().unwrap_or_default()
+    } else {
+        all()
+    }
+}
+
 /// Forgets `fd`; the description closes on the server when its last `dup` goes.
 pub fn remove(fd: c_int) -> Option<Arc<Desc>> {
     if SHIPPED.maybe(fd) {

@@ -258,11 +258,10 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
     })?;
     serve(e, s, OPEN, |s, w, _, r| s.open(w, &r))?;
     serve(e, s, CLOSE, |s, w, _, fh| s.close(w, fh))?;
-    serve(e, s, CLOSE_MANY, |s, w, _, fhs: Vec<Fh>| {
-        if fhs.len() > MAX_CLOSE_MANY {
-            return Err(Errno::INVAL);
-        }
+    // (The list's bound is kept while it is decoded: `FhList`.)
+    serve(e, s, CLOSE_MANY, |s, w, _, fhs: FhList| {
         Ok(fhs
+            .0
             .into_iter()
             .map(|fh| s.close(w, fh).err().map_or(0, |e| e.raw_os_error()))
             .collect())
