@@ -510,6 +510,31 @@ fn derived_and_older_calls_reach_shipped_files() {
     );
 }
 
+/// Programs that live in the mount run: a binary built there (from a memfd), a script
+/// (its interpreter on its path), through `execve`, `posix_spawn` and `subprocess`, a
+/// venv's `bin/python` (a link out of the mount); not without execute permission.
+#[test]
+fn programs_in_the_mount_run() {
+    let r = Rig::new("interpose-run", "tcp");
+    let script = "cd {} && printf 'int main(int c, char **v){return c + 40;}' > m.c \
+                  && cc -o m m.c && { ./m a b; echo rc=$?; } \
+                  && printf '#!/bin/sh\\necho script \"$1\"\\n' > s.sh && chmod +x s.sh \
+                  && ./s.sh one && sh -c './s.sh two' \
+                  && python3 -c 'import os, subprocess\n\
+print(subprocess.run([\"./m\"]).returncode)\n\
+print(subprocess.run([\"./s.sh\", \"three\"], capture_output=True).stdout.decode().strip())\n\
+pid = os.posix_spawn(\"./m\", [\"m\", \"x\"], os.environ)\n\
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))' \
+                  && chmod -x s.sh && { ./s.sh 2>/dev/null; echo rc=$?; } \
+                  && python3 -m venv --without-pip ve \
+                  && ./ve/bin/python -c 'import sys; print(sys.prefix.endswith(\"ve\"))'";
+    let out = r.same("sh", &["-c", script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "rc=43\nscript one\nscript two\n41\nscript three\n42\nrc=126\nTrue\n"
+    );
+}
+
 #[test]
 fn hard_links_and_extended_attributes_are_shipped() {
     let r = Rig::new("interpose-xattr", "tcp");

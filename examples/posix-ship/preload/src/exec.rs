@@ -17,6 +17,7 @@ use libc::{c_char, c_int, pid_t, posix_spawn_file_actions_t, posix_spawnattr_t};
 
 use crate::offsets;
 use crate::real::call_real;
+use crate::run;
 use crate::table;
 
 /// The variable the shipped descriptors are handed down in.
@@ -243,8 +244,27 @@ macro_rules! exec {
             // The program started may read what this one wrote.
             crate::ride::settle_all();
             let env = Env::new(envp, false);
-            call_real!($name: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
-                file, argv, pick(&env, envp))
+            let envp = pick(&env, envp);
+            // A program in the mount (a path, not a name to look for in PATH).
+            // SAFETY: a non-null `file` is NUL-terminated (execve's contract).
+            let path = !file.is_null() && unsafe { CStr::from_ptr(file) }.to_bytes().contains(&b'/');
+            match if path { run::program(file) } else { run::Program::Elsewhere } {
+                run::Program::Elsewhere => call_real!($name:
+                    fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
+                    file, argv, envp),
+                run::Program::Local(p) => call_real!(execve:
+                    fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
+                    p.as_ptr(), argv, envp),
+                run::Program::Image(fd) => run::exec_image(&fd, argv, envp),
+                run::Program::Script(words) => {
+                    // SAFETY: `argv` is the caller's, NULL-terminated.
+                    let a = unsafe { run::Argv::after(words, argv) };
+                    call_real!(execve:
+                        fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
+                        a.program(), a.ptr(), envp)
+                }
+                run::Program::Refused(e) => crate::fail(e),
+            }
         }
     )*};
 }
@@ -268,9 +288,23 @@ macro_rules! spawn {
             crate::ride::settle_all();
             let mut env = Env::new(envp.cast(), true);
             let envp: *const *mut c_char = pick(&env, envp.cast::<*const c_char>()).cast();
-            let r = call_real!($name: fn(*mut pid_t, *const c_char, *const posix_spawn_file_actions_t,
+            // SAFETY: a non-null `file` is NUL-terminated (posix_spawn's contract).
+            let path = !file.is_null() && unsafe { CStr::from_ptr(file) }.to_bytes().contains(&b'/');
+            let real = |file: *const c_char, argv: *const *mut c_char| call_real!($name:
+                fn(*mut pid_t, *const c_char, *const posix_spawn_file_actions_t,
                 *const posix_spawnattr_t, *const *mut c_char, *const *mut c_char) -> c_int,
                 pid, file, actions, attr, argv, envp);
+            let r = match if path { run::program(file) } else { run::Program::Elsewhere } {
+                run::Program::Elsewhere => real(file, argv),
+                run::Program::Local(p) => real(p.as_ptr(), argv),
+                run::Program::Image(fd) => real(run::image_path(&fd).as_ptr(), argv),
+                run::Program::Script(words) => {
+                    // SAFETY: `argv` is the caller's, NULL-terminated.
+                    let a = unsafe { run::Argv::after(words, argv.cast()) };
+                    real(a.program(), a.ptr().cast())
+                }
+                run::Program::Refused(e) => e,
+            };
             if r != 0 && let Some(h) = env.as_mut().and_then(|e| e.handed.as_mut()) {
                 h.failed();
             }

@@ -28,6 +28,7 @@ mod real;
 mod refuse;
 mod report;
 mod ride;
+mod run;
 mod stdio;
 mod table;
 mod temp;
@@ -152,6 +153,11 @@ pub(crate) fn shipped(path: *const c_char) -> Option<Vec<u8>> {
         return cwd::resolve(p);
     }
     beneath(cfg, p)
+}
+
+/// The path beneath the export if absolute `p` is under the mount prefix.
+pub(crate) fn shipped_bytes(p: &[u8]) -> Option<Vec<u8>> {
+    beneath(config()?, p)
 }
 
 /// The path beneath the export if absolute `p` is under the mount prefix.

@@ -1,0 +1,200 @@
+//! Programs that live in the mount: the kernel cannot `exec` a file it cannot see, so
+//! `execve`, `posix_spawn` and their kin of a shipped path (`./prog` built in the tree,
+//! a venv's `bin/python`) are made here. A path whose links lead out of the mount runs
+//! the local file it names; a shipped script (`#!`) runs its interpreter on the script's
+//! path (the interpreter, under this library too, reads it); any other shipped file is
+//! copied into a memfd that the kernel executes (`execveat`, or `/proc/self/fd/N` for
+//! `posix_spawn`), `argv` unchanged. The kernel's checks come first: search and execute
+//! permission for the caller (the server's `access`), a regular file. Shared libraries a
+//! shipped binary names by a shipped path cannot be loaded (the dynamic loader is the
+//! kernel's reader, not this library's): system libraries only.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use libc::c_int;
+use posix_ship::proto as p;
+use serde_bytes::ByteBuf;
+
+use crate::real::call_real;
+use crate::{call, shipped, table};
+
+/// The largest shipped program copied into memory to run.
+const MAX_IMAGE: u64 = 1 << 30;
+
+/// How to run the program a path names.
+pub enum Program {
+    /// Not shipped: the call goes on unchanged.
+    Elsewhere,
+    /// A shipped path whose links lead to this local file.
+    Local(CString),
+    /// A shipped binary, copied into this memfd.
+    Image(OwnedFd),
+    /// A shipped script: its interpreter (a local one) and optional argument, then its path.
+    Script(Vec<CString>),
+    /// Not to be run: this errno.
+    Refused(c_int),
+}
+
+/// How to run `file` (the caller's path argument).
+pub fn program(file: *const libc::c_char) -> Program {
+    let (Some(p), Some(cfg)) = (shipped(file), crate::config()) else {
+        return Program::Elsewhere;
+    };
+    let named = [cfg.mount(), &p[..]].concat();
+    let real = match crate::compat::canonical(&named) {
+        Ok(r) => r,
+        Err(e) => return Program::Refused(e),
+    };
+    let Some(p) = crate::shipped_bytes(&real) else {
+        return CString::new(real).map_or(Program::Refused(libc::EINVAL), Program::Local);
+    };
+    match image(p) {
+        Ok(data) if data.starts_with(b"#!") => script(&data, file),
+        Ok(data) => memfd(&data).map_or_else(Program::Refused, Program::Image),
+        Err(e) => Program::Refused(e),
+    }
+}
+
+/// The bytes of executable regular file `p` (beneath the export).
+fn image(p: Vec<u8>) -> Result<Vec<u8>, c_int> {
+    call(p::ACCESS, &(ByteBuf::from(p.clone()), libc::X_OK))?;
+    let fs = table::client()?;
+    let o = fs
+        .open_raw(&p, libc::O_RDONLY | libc::O_CLOEXEC, 0)
+        .map_err(crate::errno_of)?;
+    let read = || {
+        if !o.attr.is_file() {
+            return Err(libc::EACCES);
+        }
+        if o.attr.size > MAX_IMAGE {
+            return Err(libc::ENOMEM);
+        }
+        let mut data = vec![0u8; o.attr.size as usize];
+        let mut at = 0;
+        while at < data.len() {
+            let n = fs
+                .pread(o.fh, &mut data[at..], at as u64)
+                .map_err(crate::errno_of)?;
+            if n == 0 {
+                break;
+            }
+            at += n;
+        }
+        data.truncate(at);
+        Ok(data)
+    };
+    let r = read();
+    let _ = fs.close_raw(o.fh);
+    r
+}
+
+/// A script's interpreter line: the interpreter, its one optional argument (the rest of
+/// the line, as Linux takes it), then the script as the caller named it.
+fn script(data: &[u8], file: *const libc::c_char) -> Program {
+    let line = data[2..].split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = &line[..line.len().min(255)];
+    let trim = |s: &[u8]| -> Vec<u8> {
+        let s = s.trim_ascii();
+        s.to_vec()
+    };
+    let line = trim(line);
+    let (interp, arg) = match line.iter().position(|b| b.is_ascii_whitespace()) {
+        Some(i) => (line[..i].to_vec(), Some(trim(&line[i..]))),
+        None => (line, None),
+    };
+    if interp.is_empty() {
+        return Program::Refused(libc::ENOEXEC);
+    }
+    // SAFETY: `shipped` found `file` non-null and NUL-terminated.
+    let file = unsafe { CStr::from_ptr(file) }.to_owned();
+    let words = std::iter::once(interp).chain(arg.filter(|a| !a.is_empty()));
+    match words.map(CString::new).collect::<Result<Vec<_>, _>>() {
+        Ok(mut v) => {
+            v.push(file);
+            Program::Script(v)
+        }
+        Err(_) => Program::Refused(libc::ENOEXEC),
+    }
+}
+
+/// `data` in a memfd the kernel can execute.
+fn memfd(data: &[u8]) -> Result<OwnedFd, c_int> {
+    // SAFETY: a NUL-terminated name; flags as memfd_create(2) documents.
+    let fd = unsafe { libc::memfd_create(c"posix-ship-exec".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(crate::last_errno());
+    }
+    // SAFETY: a descriptor just made, owned by nothing else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut at = 0;
+    while at < data.len() {
+        let n = call_real!(write: fn(c_int, *const libc::c_void, usize) -> isize,
+            fd, data[at..].as_ptr().cast(), data.len() - at);
+        if n <= 0 {
+            return Err(crate::last_errno());
+        }
+        at += n as usize;
+    }
+    Ok(owned)
+}
+
+/// `argv` with its first entry replaced by `prefix` (a script's interpreter line and
+/// path), owned for the call.
+pub struct Argv {
+    _own: Vec<CString>,
+    ptrs: Vec<*const libc::c_char>,
+}
+
+impl Argv {
+    /// # Safety
+    /// `argv` is a NULL-terminated array of C strings (execve's contract).
+    pub unsafe fn after(prefix: Vec<CString>, argv: *const *const libc::c_char) -> Argv {
+        let mut ptrs: Vec<*const libc::c_char> = prefix.iter().map(|c| c.as_ptr()).collect();
+        let mut i = 1;
+        // SAFETY: the caller's contract; entry 0 exists unless argv is empty.
+        while !argv.is_null() && unsafe { !(*argv).is_null() && !(*argv.add(i)).is_null() } {
+            // SAFETY: as above, entry i is within the array.
+            ptrs.push(unsafe { *argv.add(i) });
+            i += 1;
+        }
+        ptrs.push(std::ptr::null());
+        Argv { _own: prefix, ptrs }
+    }
+
+    /// The interpreter to run (a local file: one in the mount is not looked for).
+    pub fn program(&self) -> *const libc::c_char {
+        self.ptrs[0]
+    }
+
+    /// The array to pass, valid while `self` lives.
+    pub fn ptr(&self) -> *const *const libc::c_char {
+        self.ptrs.as_ptr()
+    }
+}
+
+/// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`: returns only on failure (-1, errno set).
+pub fn exec_image(
+    fd: &OwnedFd,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+) -> c_int {
+    // SAFETY: the kernel reads the NUL-terminated empty path and the caller's
+    // NULL-terminated arrays; on success it does not return.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            argv,
+            envp,
+            libc::AT_EMPTY_PATH,
+        ) as c_int
+    }
+}
+
+/// The path `posix_spawn` runs an image by (the child inherits the descriptor until it
+/// executes it).
+pub fn image_path(fd: &OwnedFd) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+}
