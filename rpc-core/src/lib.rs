@@ -38,6 +38,7 @@ mod serve;
 mod slot;
 mod spin;
 mod sync;
+mod then;
 mod transfer;
 pub mod transport;
 

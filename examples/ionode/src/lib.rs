@@ -28,6 +28,7 @@ mod ops;
 pub mod routes;
 mod serve;
 pub mod stats;
+mod then;
 mod virt;
 
 pub use node::{IoNode, NodeConfig};

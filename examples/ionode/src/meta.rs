@@ -26,7 +26,7 @@ impl Node {
     }
 
     /// After an operation on `path`: forget what the node knew of it if it changes it.
-    fn after(&self, op: &str, b: usize, path: &[u8]) {
+    pub(crate) fn after(&self, op: &str, b: usize, path: &[u8]) {
         const READS: [&str; 6] = [
             "posix.readlink",
             "posix.statfs",

@@ -27,6 +27,50 @@ pub(crate) fn errno(e: io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// A `stat` to ask the backend (`Node::stat_begin`).
+pub(crate) struct Asking {
+    epoch: u64,
+    user: Option<Principal>,
+    b: usize,
+    /// The backend, acting for the caller.
+    pub fs: RemoteFs,
+    /// The backend's path.
+    pub p: ByteBuf,
+    /// Whether a final link is followed.
+    pub follow: bool,
+}
+
+/// Where a `stat` stands once begun.
+pub(crate) enum Lookup {
+    /// Answered here.
+    Known(R<Attr>),
+    /// The backend is to be asked.
+    Ask(Asking),
+}
+
+/// An open under way (`Node::open_begin`), for its end.
+pub(crate) struct Opening {
+    user: Option<Principal>,
+    epoch: u64,
+    /// The request, its path the backend's.
+    pub o: OpenReq,
+    b: usize,
+    /// The backend, acting for the caller.
+    pub fs: RemoteFs,
+    follow: bool,
+    trunc: bool,
+    token: u64,
+    key: Option<crate::opens::Key>,
+}
+
+/// Where an open stands once begun.
+pub(crate) enum Begun {
+    /// Served by a shared backend handle: nothing to ask.
+    Shared(Opening, Attr, Arc<Backing>),
+    /// The backend is to be asked.
+    Ask(Opening),
+}
+
 impl Node {
     /// Calls `rpc` on a backend, counted.
     pub(crate) fn call<In: Serialize + Clone, Out: DeserializeOwned>(
@@ -57,7 +101,7 @@ impl Node {
     }
 
     /// A backend call's errno, counted if the backend could not be reached.
-    fn backend_errno(&self, e: std::io::Error) -> i32 {
+    pub(crate) fn backend_errno(&self, e: std::io::Error) -> i32 {
         let e = errno(e);
         if [libc::ECONNRESET, libc::ECONNREFUSED, libc::ETIMEDOUT].contains(&e) {
             Counters::add(&self.stats.backend_errors, 1);
@@ -119,27 +163,13 @@ impl Node {
             return Ok(a);
         }
         match t {
-            On::Path(p) => {
-                let (b, fs, p) = self.route(r, p)?;
-                let mut open_here = self.files.by_path(b, &p);
-                open_here.retain(|f| f.busy());
-                if open_here.is_empty() {
-                    if let Some(a) = self.attrs.get(b, &p, follow, &r.user) {
-                        Counters::add(&self.stats.attr_hits, 1);
-                        return a;
-                    }
-                } else {
-                    // Written through this node: its size and times are the backend's
-                    // once the buffered bytes are there.
-                    for f in open_here {
-                        self.flush(&f);
-                    }
+            On::Path(p) => match self.stat_begin(r, p, follow)? {
+                Lookup::Known(a) => a,
+                Lookup::Ask(q) => {
+                    let a = self.call(&q.fs, STAT, (Target::Path(q.p.clone()), follow));
+                    self.stat_answered(&q, a)
                 }
-                let epoch = self.attrs.epoch();
-                let a = self.call(&fs, STAT, (Target::Path(p.clone()), follow));
-                self.attrs.put(epoch, b, &p, follow, &r.user, a);
-                a
-            }
+            },
             On::File(h) => {
                 if let Some(f) = &h.file {
                     self.flush(f);
@@ -149,7 +179,53 @@ impl Node {
         }
     }
 
+    /// A path's `stat` up to its backend call: answered from the cache, or to ask (the
+    /// buffered bytes of a file written through this node written out first).
+    pub(crate) fn stat_begin(&self, r: &Req, p: &[u8], follow: bool) -> R<Lookup> {
+        let (b, fs, p) = self.route(r, p)?;
+        let mut open_here = self.files.by_path(b, &p);
+        open_here.retain(|f| f.busy());
+        if open_here.is_empty() {
+            if let Some(a) = self.attrs.get(b, &p, follow, &r.user) {
+                Counters::add(&self.stats.attr_hits, 1);
+                return Ok(Lookup::Known(a));
+            }
+        } else {
+            // Written through this node: its size and times are the backend's once the
+            // buffered bytes are there.
+            for f in open_here {
+                self.flush(&f);
+            }
+        }
+        Ok(Lookup::Ask(Asking {
+            epoch: self.attrs.epoch(),
+            user: r.user.clone(),
+            b,
+            fs,
+            p,
+            follow,
+        }))
+    }
+
+    /// A path's `stat` after the backend's answer (kept for the next).
+    pub(crate) fn stat_answered(&self, q: &Asking, a: R<Attr>) -> R<Attr> {
+        self.attrs.put(q.epoch, q.b, &q.p, q.follow, &q.user, a);
+        a
+    }
+
     pub(crate) fn open(&self, r: &Req, o: &OpenReq) -> R<(Handle, Attr)> {
+        match self.open_begin(r, o)? {
+            Begun::Shared(op, attr, backing) => Ok(self.open_end(&op, attr, backing)),
+            Begun::Ask(op) => {
+                let opened = self.call(&op.fs, OPEN, op.o.clone());
+                self.open_answered(op, opened)
+            }
+        }
+    }
+
+    /// An open up to its backend call: written-out bytes a truncating open cuts, the
+    /// handle's token, and a shared backend handle if one serves it (`crate::opens`).
+    pub(crate) fn open_begin(&self, r: &Req, o: &OpenReq) -> R<Begun> {
         let mut o = o.clone();
         let (b, fs, path) = self.route(r, &o.path)?;
         let trunc = o.flags & libc::O_TRUNC != 0;
@@ -170,43 +246,65 @@ impl Node {
         let shared = key
             .as_ref()
             .and_then(|k| self.shared_open(b, &path, follow, r, k));
-        let (attr, backing) = match shared {
-            Some(s) => s,
-            None => {
-                let epoch = self.attrs.epoch();
-                let opened = self.call(&fs, OPEN, o.clone());
-                if o.flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
-                    self.attrs.changed(b, &path);
-                }
-                let opened = opened?;
-                let checked = epoch;
-                let epoch = if o.flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
-                    self.attrs.epoch()
-                } else {
-                    epoch
-                };
-                self.attrs
-                    .put(epoch, b, &path, follow, &r.user, Ok(opened.attr));
-                let id = (opened.attr.dev, opened.attr.ino);
-                let backing = Arc::new(Backing::new(fs, &path, o.flags, opened.fh, id));
-                if let Some(k) = key
-                    && opened.attr.is_file()
-                {
-                    self.opens.put(k, &backing, checked);
-                }
-                (opened.attr, backing)
-            }
+        let op = Opening {
+            user: r.user.clone(),
+            epoch: self.attrs.epoch(),
+            o,
+            b,
+            fs,
+            follow,
+            trunc,
+            token,
+            key,
         };
-        let writable = o.flags & libc::O_ACCMODE != libc::O_RDONLY;
+        Ok(match shared {
+            Some((attr, backing)) => Begun::Shared(op, attr, backing),
+            None => Begun::Ask(op),
+        })
+    }
+
+    /// An open after the backend's answer.
+    pub(crate) fn open_answered(&self, op: Opening, opened: R<Opened>) -> R<(Handle, Attr)> {
+        let (b, path, flags) = (op.b, &op.o.path, op.o.flags);
+        if flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
+            self.attrs.changed(b, path);
+        }
+        let opened = opened?;
+        let epoch = if flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
+            self.attrs.epoch()
+        } else {
+            op.epoch
+        };
+        self.attrs
+            .put(epoch, b, path, op.follow, &op.user, Ok(opened.attr));
+        let id = (opened.attr.dev, opened.attr.ino);
+        let backing = Arc::new(Backing::new(op.fs.clone(), path, flags, opened.fh, id));
+        if let Some(k) = op.key.clone()
+            && opened.attr.is_file()
+        {
+            self.opens.put(k, &backing, op.epoch);
+        }
+        Ok(self.open_end(&op, opened.attr, backing))
+    }
+
+    /// The client's handle on `backing`, and the attributes it is answered with.
+    pub(crate) fn open_end(
+        &self,
+        op: &Opening,
+        attr: Attr,
+        backing: Arc<Backing>,
+    ) -> (Handle, Attr) {
+        let (b, path, flags) = (op.b, &op.o.path, op.o.flags);
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let file = attr.is_file().then(|| {
             let f = self.files.get((b, attr.dev, attr.ino));
             // An O_APPEND handle writes where the file ends: never a flush's way in.
-            let w = (writable && o.flags & libc::O_APPEND == 0).then(|| Writer {
-                token,
+            let w = (writable && flags & libc::O_APPEND == 0).then(|| Writer {
+                token: op.token,
                 backing: backing.clone(),
             });
-            self.files.opened(&f, w, &path);
-            if trunc {
+            self.files.opened(&f, w, path);
+            if op.trunc {
                 self.files.truncate(&f, 0);
             }
             f
@@ -218,8 +316,8 @@ impl Node {
             backing,
             file,
             writable,
-            append: o.flags & libc::O_APPEND != 0,
-            token,
+            append: flags & libc::O_APPEND != 0,
+            token: op.token,
             seq: std::sync::Mutex::new((0, 0)),
             listing: None,
         };
@@ -227,7 +325,7 @@ impl Node {
         attr.size = attr
             .size
             .max(h.file.as_ref().map_or(0, |f| f.buffered_end()));
-        Ok((h, attr))
+        (h, attr)
     }
 
     /// An open served by a backend handle another client of the same user opened alike

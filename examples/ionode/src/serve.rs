@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use posix_ship::proto::*;
 use posix_ship::server::Errno;
-use posix_ship::server::{Backend, On, Payload, Who};
+use posix_ship::server::{Backend, Done, On, Payload, Who};
 use serde_bytes::ByteBuf;
 
 use crate::node::{Handle, Node, Req};
@@ -57,6 +57,27 @@ impl Backend for Node {
         e(self
             .open_virtual(r)
             .unwrap_or_else(|| Node::open(self, &req(who), r)))
+    }
+
+    fn open_then(self: Arc<Self>, who: Who, r: OpenReq, done: Done<(Handle, Attr)>) {
+        if let Some(v) = self.open_virtual(&r) {
+            return done(e(v));
+        }
+        Node::open_then(&self, req(&who), r, move |out| done(e(out)))
+    }
+
+    fn stat_then(self: Arc<Self>, who: Who, p: ByteBuf, follow: bool, done: Done<Attr>) {
+        if let Some(a) = self.virtual_attr(&On::Path(&p)) {
+            return done(Ok(a));
+        }
+        Node::stat_then(&self, req(&who), p, follow, move |out| done(e(out)))
+    }
+
+    fn unlink_then(self: Arc<Self>, who: Who, p: ByteBuf, done: Done<()>) {
+        if let Err(x) = self.not_virtual(&On::Path(&p), libc::EISDIR) {
+            return done(Err(x));
+        }
+        Node::unlink_then(&self, req(&who), p, move |out| done(e(out)))
     }
 
     fn close(&self, _: &Who, h: Arc<Handle>) -> R<()> {

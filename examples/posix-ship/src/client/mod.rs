@@ -74,6 +74,16 @@ impl<Out: DeserializeOwned> Pending<Out> {
         self.call.wait().map_err(rpc_err)?.map_err(errno)
     }
 
+    /// Runs `f` with the outcome once it comes, on the thread that completes it (see
+    /// [`rpc_core::Call::then`]: `f` must not block).
+    pub fn then(self, f: impl FnOnce(io::Result<Out>) + Send + 'static)
+    where
+        Out: Send + 'static,
+    {
+        self.call
+            .then(move |r| f(r.map_err(rpc_err).and_then(|r| r.map_err(errno))))
+    }
+
     /// Fails with `ETIMEDOUT` unless answered `t` from now.
     pub fn timeout(self, t: Duration) -> Self {
         Pending {

@@ -15,6 +15,9 @@ use crate::proto::*;
 /// An operation's outcome at the backend.
 pub type R<T> = Result<T, Errno>;
 
+/// Where an operation answered later (`Backend::open_then` and kin) puts its outcome.
+pub type Done<T> = Box<dyn FnOnce(R<T>) + Send>;
+
 /// The largest file offset (the kernel's `loff_t` is signed).
 pub const MAX_OFFSET: u64 = i64::MAX as u64;
 
@@ -113,6 +116,20 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     fn open(&self, who: &Who, r: &OpenReq) -> R<(Self::File, Attr)>;
+    /// `open`, answered through `done` (by default at once, by [`Backend::open`]). A
+    /// backend that calls another server answers from that call's completion, so that
+    /// no thread waits on it; `done` is then called once, from any thread.
+    fn open_then(self: Arc<Self>, who: Who, r: OpenReq, done: Done<(Self::File, Attr)>) {
+        done(self.open(&who, &r))
+    }
+    /// `unlink`, answered through `done` (see [`Backend::open_then`]).
+    fn unlink_then(self: Arc<Self>, who: Who, path: ByteBuf, done: Done<()>) {
+        done(self.unlink(&who, &path))
+    }
+    /// `stat` of a path, answered through `done` (see [`Backend::open_then`]).
+    fn stat_then(self: Arc<Self>, who: Who, path: ByteBuf, follow: bool, done: Done<Attr>) {
+        done(self.stat(&who, On::Path(&path), follow))
+    }
     /// The caller closed `f` (its handle is gone already).
     fn close(&self, who: &Who, f: Arc<Self::File>) -> R<()>;
     /// A client is gone: these were its files. Called on the transport's progress

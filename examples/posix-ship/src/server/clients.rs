@@ -374,17 +374,34 @@ impl<F> Drop for Staged<'_, F> {
     }
 }
 
-impl<F> Drop for Admitted<'_, F> {
-    fn drop(&mut self) {
-        let mut t = self.clients.lock();
-        t.with_user(self.user, |u| u.in_flight -= 1);
-        if let Some(c) = t.clients.get_mut(&self.id) {
+impl<F> Admitted<'_, F> {
+    /// Keeps the request counted past this guard (its answer comes later, from another
+    /// thread): [`Clients::answered`] with what this returns ends it.
+    pub fn keep(self) -> (ClientId, User) {
+        let k = (self.id, self.user);
+        std::mem::forget(self);
+        k
+    }
+}
+
+impl<F> Clients<F> {
+    /// A request [`Admitted::keep`] kept is answered.
+    pub fn answered(&self, (id, user): (ClientId, User)) {
+        let mut t = self.lock();
+        t.with_user(user, |u| u.in_flight -= 1);
+        if let Some(c) = t.clients.get_mut(&id) {
             c.in_flight -= 1;
             if c.in_flight == 0 && c.files.is_empty() {
-                t.clients.remove(&self.id);
+                t.clients.remove(&id);
             }
         }
-        self.clients.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<F> Drop for Admitted<'_, F> {
+    fn drop(&mut self) {
+        self.clients.answered((self.id, self.user));
     }
 }
 

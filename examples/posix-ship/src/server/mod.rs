@@ -49,7 +49,7 @@ pub use creds::Policy;
 pub use remote::{Remote, RemoteFile};
 pub use rpc_core::Auth;
 pub use rustix::io::Errno;
-pub use service::{Backend, On, Payload, Service, Who};
+pub use service::{Backend, Done, On, Payload, Service, Who};
 
 use crate::proto::*;
 

@@ -24,8 +24,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
-pub use super::backend::{Backend, MAX_OFFSET, On, Payload, R, Who};
-use super::clients::{Clients, LOCAL, Limits};
+pub use super::backend::{Backend, Done, MAX_OFFSET, On, Payload, R, Who};
+use super::clients::{Admitted, Clients, LOCAL, Limits};
 use crate::bulk_io::push_to;
 use crate::proto::*;
 
@@ -80,8 +80,8 @@ impl<B: Backend> Service<B> {
         }
     }
 
-    fn open(&self, who: &Who, r: &OpenReq) -> R<Opened> {
-        let (f, attr) = self.backend.open(who, r)?;
+    /// The caller's handle for `f`, just opened (closed again past the caller's bound).
+    fn opened(&self, who: &Who, f: B::File, attr: Attr) -> R<Opened> {
         let f = Arc::new(f);
         match self.clients.insert(who.client, who.uid(), f.clone()) {
             Ok(fh) => Ok(Opened { fh, attr }),
@@ -181,6 +181,37 @@ impl<B: Backend> Service<B> {
         Ok(Who { client, identity })
     }
 
+    /// A request's caller, admitted within its bounds; `None` once refused (answered).
+    fn admit<Out: Serialize + 'static>(
+        &self,
+        rpc: &'static str,
+        r: Responder<Reply<Out>>,
+        forwarded: Option<Option<Principal>>,
+    ) -> Option<Admission<'_, B, Out>> {
+        self.backend.request_in(rpc);
+        let who = match self.who(&r, forwarded) {
+            Ok(w) => w,
+            Err(e) => {
+                r.respond(&Err(e.raw_os_error()));
+                return None;
+            }
+        };
+        match self.clients.admit(who.client, who.uid()) {
+            Ok(a) => Some((r, who, a)),
+            // At a bound: the transport's "busy", which clients wait out and try again
+            // (an `EAGAIN` answer would reach programs that never expect one from a
+            // file).
+            Err(e) if e == rustix::io::Errno::AGAIN => {
+                r.busy(format_args!("{rpc}: requests in flight at the bound"));
+                None
+            }
+            Err(e) => {
+                r.respond(&Err(e.raw_os_error()));
+                None
+            }
+        }
+    }
+
     fn answer<In, Out>(
         &self,
         rpc: &'static str,
@@ -191,20 +222,8 @@ impl<B: Backend> Service<B> {
     ) where
         Out: Serialize + 'static,
     {
-        self.backend.request_in(rpc);
-        let who = match self.who(&r, forwarded) {
-            Ok(w) => w,
-            Err(e) => return r.respond(&Err(e.raw_os_error())),
-        };
-        let admitted = match self.clients.admit(who.client, who.uid()) {
-            Ok(a) => a,
-            // At a bound: the transport's "busy", which clients wait out and try again
-            // (an `EAGAIN` answer would reach programs that never expect one from a
-            // file).
-            Err(e) if e == rustix::io::Errno::AGAIN => {
-                return r.busy(format_args!("{rpc}: requests in flight at the bound"));
-            }
-            Err(e) => return r.respond(&Err(e.raw_os_error())),
+        let Some((r, who, admitted)) = self.admit(rpc, r, forwarded) else {
+            return;
         };
         let caller = r.caller();
         let out = self
@@ -224,6 +243,84 @@ impl<B: Backend> Service<B> {
 
 type Body<B, In, Out> = dyn Fn(&Service<B>, &Who, &Caller, In) -> R<Out> + Send + Sync;
 
+/// A request admitted: its responder, its caller, its place within the bounds.
+type Admission<'a, B, Out> = (
+    Responder<Reply<Out>>,
+    Who,
+    Admitted<'a, <B as Backend>::File>,
+);
+
+/// A body that answers through its last argument, possibly later from another thread.
+type BodyThen<B, In, Out> = dyn Fn(&Arc<Service<B>>, Who, In, Done<Out>) + Send + Sync;
+
+impl<B: Backend> Service<B> {
+    /// As [`Service::answer`], for a body that answers through a callback: the request
+    /// stays counted against the caller's bounds until it is answered.
+    fn answer_then<In, Out>(
+        self: &Arc<Self>,
+        rpc: &'static str,
+        r: Responder<Reply<Out>>,
+        forwarded: Option<Option<Principal>>,
+        input: In,
+        f: &BodyThen<B, In, Out>,
+    ) where
+        Out: Serialize + 'static,
+    {
+        let Some((r, who, admitted)) = self.admit(rpc, r, forwarded) else {
+            return;
+        };
+        let kept = admitted.keep();
+        let s = self.clone();
+        let done: Done<Out> = Box::new(move |out: R<Out>| {
+            r.respond(&out.map_err(|e| e.raw_os_error()));
+            s.clients.answered(kept);
+        });
+        let _ = self.backend.run(&who.clone(), || {
+            f(self, who, input, done);
+            Ok(())
+        });
+    }
+}
+
+/// Registers `rpc` and its [`forwarded`] twin, both answered by `answer` (given the
+/// principal a forwarder names, for the twin).
+fn twins<In, Out>(
+    e: &Engine,
+    rpc: Rpc<In, Reply<Out>>,
+    answer: impl Fn(Responder<Reply<Out>>, Option<Option<Principal>>, In) + Send + Sync + 'static,
+) -> Result<(), RpcError>
+where
+    In: DeserializeOwned + 'static,
+    Out: Serialize + 'static,
+{
+    let answer = Arc::new(answer);
+    let a = answer.clone();
+    e.register_responder(rpc, move |input: In, r| a(r, None, input))?;
+    e.register_responder(
+        forwarded(rpc),
+        move |(p, input): (Option<Principal>, In), r| answer(r, Some(p), input),
+    )
+}
+
+/// Registers `rpc` and its [`forwarded`] twin with a body that answers through a callback.
+fn serve_then<B, In, Out, F>(
+    e: &Engine,
+    s: &Arc<Service<B>>,
+    rpc: Rpc<In, Reply<Out>>,
+    f: F,
+) -> Result<(), RpcError>
+where
+    B: Backend,
+    In: DeserializeOwned + 'static,
+    Out: Serialize + 'static,
+    F: Fn(&Arc<Service<B>>, Who, In, Done<Out>) + Send + Sync + 'static,
+{
+    let (s, name) = (s.clone(), rpc.name());
+    twins(e, rpc, move |r, fwd, input| {
+        s.answer_then(name, r, fwd, input, &f)
+    })
+}
+
 /// Registers `rpc` and its [`forwarded`] twin with body `f`.
 fn serve<B, In, Out, F>(
     e: &Engine,
@@ -237,26 +334,29 @@ where
     Out: Serialize + 'static,
     F: Fn(&Service<B>, &Who, &Caller, In) -> R<Out> + Send + Sync + 'static,
 {
-    let f: Arc<Body<B, In, Out>> = Arc::new(f);
-    let name = rpc.name();
-    let (s2, f2) = (s.clone(), f.clone());
-    e.register_responder(rpc, move |input: In, r: Responder<Reply<Out>>| {
-        s2.answer(name, r, None, input, &*f2)
-    })?;
-    let s = s.clone();
-    e.register_responder(
-        forwarded(rpc),
-        move |(p, input): (Option<Principal>, In), r: Responder<Reply<Out>>| {
-            s.answer(name, r, Some(p), input, &*f)
-        },
-    )
+    let (s, name) = (s.clone(), rpc.name());
+    twins(e, rpc, move |r, fwd, input| {
+        s.answer(name, r, fwd, input, &f)
+    })
 }
 
 fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
-    serve(e, s, STAT, |s, w, _, (t, follow)| {
-        s.on(w, &t, |t| s.backend.stat(w, t, follow))
+    serve_then(e, s, STAT, |s, w, (t, follow), done| match t {
+        Target::Path(p) => s.backend.clone().stat_then(w, p, follow, done),
+        Target::Handle(fh) => done(
+            s.file(&w, fh)
+                .and_then(|f| s.backend.stat(&w, On::File(&f), follow)),
+        ),
     })?;
-    serve(e, s, OPEN, |s, w, _, r| s.open(w, &r))?;
+    serve_then(e, s, OPEN, |s, w, r, done| {
+        let s2 = s.clone();
+        let w2 = w.clone();
+        s.backend.clone().open_then(
+            w,
+            r,
+            Box::new(move |opened| done(opened.and_then(|(f, attr)| s2.opened(&w2, f, attr)))),
+        )
+    })?;
     serve(e, s, CLOSE, |s, w, _, fh| s.close(w, fh))?;
     // (The list's bound is kept while it is decoded: `FhList`.)
     serve(e, s, CLOSE_MANY, |s, w, _, fhs: FhList| {
@@ -287,7 +387,9 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
                 .readdir_plus(w, &s.file(w, r.fh)?, r.restart, max, xattrs)
         })?;
     }
-    serve(e, s, UNLINK, |s, w, _, p| s.backend.unlink(w, &p))?;
+    serve_then(e, s, UNLINK, |s, w, p, done| {
+        s.backend.clone().unlink_then(w, p, done)
+    })?;
     serve(e, s, RMDIR, |s, w, _, p| s.backend.rmdir(w, &p))?;
     serve(e, s, MKDIR, |s, w, _, (p, m)| s.backend.mkdir(w, &p, m))?;
     serve(e, s, RENAME, |s, w, _, (a, b)| {

@@ -1,0 +1,106 @@
+//! Operations answered from the backend's completion: a worker begins them (routing,
+//! caches, write-outs that must come first) and starts the backend call; the answer is
+//! finished and sent from the thread that completes that call, so that no worker sleeps
+//! on it and is woken again (`qs-fwd --shapes md` spent half the node's CPU in such task
+//! switches). A backend at its bound of requests in flight (`EAGAIN`) is waited out on a
+//! thread of its own, as a blocking call would.
+
+use std::sync::Arc;
+
+use posix_ship::client::Pending;
+use posix_ship::proto::*;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+
+use crate::node::{Handle, Node, Req};
+use crate::ops::{Begun, Lookup};
+
+type R<T> = Result<T, i32>;
+
+impl Node {
+    /// Runs `then` with the outcome of `rpc` on `fs`: from the completion, or, if the
+    /// backend is at its bound, after a blocking call on a thread of its own.
+    fn call_then<In, Out>(
+        self: &Arc<Self>,
+        fs: &posix_ship::client::RemoteFs,
+        rpc: rpc_core::Rpc<In, Reply<Out>>,
+        input: In,
+        then: impl FnOnce(&Node, R<Out>) + Send + 'static,
+    ) where
+        In: serde::Serialize + Clone + Send + 'static,
+        Out: DeserializeOwned + Send + 'static,
+    {
+        let p: Pending<Out> = self.start(fs, rpc, input.clone());
+        let (node, fs) = (self.clone(), fs.clone());
+        p.then(move |r| match r.map_err(|e| node.backend_errno(e)) {
+            Err(libc::EAGAIN) => {
+                let spawned = std::thread::Builder::new()
+                    .name("ionode-busy".into())
+                    .spawn(move || {
+                        let r = node.call(&fs, rpc, input);
+                        then(&node, r)
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot wait out a busy backend");
+                }
+            }
+            r => then(&node, r),
+        });
+    }
+
+    /// `open`, answered through `done`.
+    pub(crate) fn open_then(
+        self: &Arc<Self>,
+        r: Req,
+        o: OpenReq,
+        done: impl FnOnce(R<(Handle, Attr)>) + Send + 'static,
+    ) {
+        match self.open_begin(&r, &o) {
+            Err(e) => done(Err(e)),
+            Ok(Begun::Shared(op, attr, backing)) => done(Ok(self.open_end(&op, attr, backing))),
+            Ok(Begun::Ask(op)) => {
+                let fs = op.fs.clone();
+                let req = op.o.clone();
+                self.call_then(&fs, OPEN, req, move |n, opened| {
+                    done(n.open_answered(op, opened))
+                });
+            }
+        }
+    }
+
+    /// `stat` of a path, answered through `done`.
+    pub(crate) fn stat_then(
+        self: &Arc<Self>,
+        r: Req,
+        p: ByteBuf,
+        follow: bool,
+        done: impl FnOnce(R<Attr>) + Send + 'static,
+    ) {
+        match self.stat_begin(&r, &p, follow) {
+            Err(e) => done(Err(e)),
+            Ok(Lookup::Known(a)) => done(a),
+            Ok(Lookup::Ask(q)) => {
+                let fs = q.fs.clone();
+                let input = (Target::Path(q.p.clone()), q.follow);
+                self.call_then(&fs, STAT, input, move |n, a| done(n.stat_answered(&q, a)));
+            }
+        }
+    }
+
+    /// `unlink`, answered through `done`.
+    pub(crate) fn unlink_then(
+        self: &Arc<Self>,
+        r: Req,
+        p: ByteBuf,
+        done: impl FnOnce(R<()>) + Send + 'static,
+    ) {
+        let (b, fs, p) = match self.route(&r, &p) {
+            Ok(x) => x,
+            Err(e) => return done(Err(e)),
+        };
+        self.call_then(&fs, UNLINK, p.clone(), move |n, out| {
+            n.after(UNLINK.name(), b, &p);
+            done(out)
+        });
+    }
+}

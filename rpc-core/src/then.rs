@@ -1,0 +1,63 @@
+//! A call's outcome handed to a closure on the thread that completes it ([`Call::then`]):
+//! a handler that calls another server answers its own caller from that completion,
+//! without a thread waiting on the call (an I/O node's worker slept and was woken for
+//! every backend call it made).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use serde::de::DeserializeOwned;
+
+use crate::{Call, RpcError};
+
+/// The call and what to do with its outcome, until it comes.
+struct Then<Out, F> {
+    pending: Mutex<Option<(Call<Out>, F)>>,
+}
+
+impl<Out, F> Then<Out, F>
+where
+    Out: DeserializeOwned + Send + 'static,
+    F: FnOnce(Result<Out, RpcError>) + Send + 'static,
+{
+    /// Polls the call; once it is over, runs the closure (outside the lock).
+    fn poll_once(self: &Arc<Self>) {
+        let mut g = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((call, _)) = g.as_mut() else {
+            return;
+        };
+        let waker = Waker::from(self.clone());
+        let outcome = match Pin::new(call).poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(r) => r,
+            Poll::Pending => return,
+        };
+        let Some((_, f)) = g.take() else { return };
+        drop(g);
+        f(outcome);
+    }
+}
+
+impl<Out, F> Wake for Then<Out, F>
+where
+    Out: DeserializeOwned + Send + 'static,
+    F: FnOnce(Result<Out, RpcError>) + Send + 'static,
+{
+    fn wake(self: Arc<Self>) {
+        self.poll_once();
+    }
+}
+
+impl<Out: DeserializeOwned + Send + 'static> Call<Out> {
+    /// Runs `f` with the call's outcome once it comes, on the thread that completes it
+    /// (the progress thread for an answer, the caller's for an outcome already there):
+    /// `f` must not block. The call is not canceled meanwhile; an engine that stops
+    /// completes it with an error, which `f` gets.
+    pub fn then(self, f: impl FnOnce(Result<Out, RpcError>) + Send + 'static) {
+        let t = Arc::new(Then {
+            pending: Mutex::new(Some((self, f))),
+        });
+        t.poll_once();
+    }
+}
