@@ -35,7 +35,11 @@ where
         };
         let Some((_, f)) = g.take() else { return };
         drop(g);
-        f(outcome);
+        // A closure that panics must not take the thread that completes calls with it
+        // (the engine's progress thread, usually).
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(outcome))).is_err() {
+            tracing::error!("a call's continuation panicked");
+        }
     }
 }
 
@@ -52,8 +56,10 @@ where
 impl<Out: DeserializeOwned + Send + 'static> Call<Out> {
     /// Runs `f` with the call's outcome once it comes, on the thread that completes it
     /// (the progress thread for an answer, the caller's for an outcome already there):
-    /// `f` must not block. The call is not canceled meanwhile; an engine that stops
-    /// completes it with an error, which `f` gets.
+    /// `f` must not block; a panic in it is caught and logged. The call is not canceled
+    /// meanwhile (it times out as any call); an engine that stops completes it with an
+    /// error, which `f` gets. In the manual and busy-poll modes the answer comes only
+    /// while something drives progress (`Engine::progress`, a waiting call).
     pub fn then(self, f: impl FnOnce(Result<Out, RpcError>) + Send + 'static) {
         let t = Arc::new(Then {
             pending: Mutex::new(Some((self, f))),

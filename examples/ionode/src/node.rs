@@ -110,6 +110,8 @@ pub(crate) struct Node {
     pub opens: crate::opens::Opens,
     /// Backend handles to close in the background.
     pub closer: Mutex<std::sync::mpsc::Sender<Behind>>,
+    /// Calls a busy backend did not take, made again in turn (`crate::then`).
+    pub retries: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<crate::then::Retry>>>,
 }
 
 /// A running I/O node.
@@ -182,6 +184,7 @@ impl IoNode {
             attrs: crate::attrs::Attrs::new(cfg.attr_timeout, cfg.negative_timeout, 1 << 16),
             opens: crate::opens::Opens::new(cfg.attr_timeout),
             closer: Mutex::new(closer),
+            retries: Default::default(),
             backends,
             routes,
             files: Files::new(

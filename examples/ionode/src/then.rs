@@ -2,12 +2,12 @@
 //! caches, write-outs that must come first) and starts the backend call; the answer is
 //! finished and sent from the thread that completes that call, so that no worker sleeps
 //! on it and is woken again (`qs-fwd --shapes md` spent half the node's CPU in such task
-//! switches). A backend at its bound of requests in flight (`EAGAIN`) is waited out on a
-//! thread of its own, as a blocking call would.
+//! switches). A call the backend was too busy to take is made again, the blocking way
+//! (which waits that out), by one thread of the node's, in turn.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use posix_ship::client::Pending;
+use posix_ship::client::{Answered, Pending};
 use posix_ship::proto::*;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
@@ -17,9 +17,13 @@ use crate::ops::{Begun, Lookup};
 
 type R<T> = Result<T, i32>;
 
+/// A blocking call to make again, and what follows it.
+pub(crate) type Retry = Box<dyn FnOnce() + Send>;
+
 impl Node {
     /// Runs `then` with the outcome of `rpc` on `fs`: from the completion, or, if the
-    /// backend is at its bound, after a blocking call on a thread of its own.
+    /// backend was too busy to take it, after a blocking call made by the node's one
+    /// thread for such retries (`Node::retry`).
     fn call_then<In, Out>(
         self: &Arc<Self>,
         fs: &posix_ship::client::RemoteFs,
@@ -32,20 +36,39 @@ impl Node {
     {
         let p: Pending<Out> = self.start(fs, rpc, input.clone());
         let (node, fs) = (self.clone(), fs.clone());
-        p.then(move |r| match r.map_err(|e| node.backend_errno(e)) {
-            Err(libc::EAGAIN) => {
-                let spawned = std::thread::Builder::new()
-                    .name("ionode-busy".into())
-                    .spawn(move || {
-                        let r = node.call(&fs, rpc, input);
-                        then(&node, r)
-                    });
-                if let Err(e) = spawned {
-                    tracing::warn!(error = %e, "cannot wait out a busy backend");
-                }
+        p.then(move |a| match a {
+            Answered::Done(r) => {
+                let r = r.map_err(|e| node.backend_errno(e));
+                then(&node, r)
             }
-            r => then(&node, r),
+            Answered::Busy => {
+                let n = node.clone();
+                node.retry(Box::new(move || {
+                    // (Counted once, by `start`.)
+                    let r = fs.call(rpc, &input).map_err(|e| n.backend_errno(e));
+                    then(&n, r)
+                }));
+            }
         });
+    }
+
+    /// Runs `job` on the node's retry thread (started at first need). If it cannot run,
+    /// it is dropped: the request it answers gets `EIO`, and nothing blocks here (the
+    /// progress thread, usually).
+    fn retry(&self, job: Retry) {
+        let tx = self.retries.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Retry>();
+            let spawned = std::thread::Builder::new()
+                .name("ionode-retry".into())
+                .spawn(move || rx.into_iter().for_each(|job| job()));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the retry thread");
+            }
+            Mutex::new(tx)
+        });
+        if crate::node::lock(tx).send(job).is_err() {
+            tracing::warn!("no retry thread: a call a busy backend refused fails");
+        }
     }
 
     /// `open`, answered through `done`.

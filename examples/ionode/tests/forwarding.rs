@@ -58,7 +58,9 @@ fn sixteen_sequential_writers_file_per_process_are_merged() {
 
 #[test]
 fn strided_writes_of_sixteen_clients_to_one_file_are_merged() {
-    let (export, _backend, node) = pair("ionode-n1", &[]);
+    // (No flush for idleness: on a loaded machine a pause of the writers longer than
+    // the default 0.5 s wrote the half-filled file out in pieces.)
+    let (export, _backend, node) = pair("ionode-n1", &["--flush-after-ms", "600000"]);
     node.client().create("/shared").unwrap().close().unwrap();
     let rounds = 64u64;
     std::thread::scope(|s| {

@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{ServerProc, preload_lib, shared_export as export};
+use common::{ServerProc, errno, preload_lib, scratch, shared_export as export};
 use posix_ship::client::{ClientOptions, RemoteFs};
 use posix_ship::proto::{WRITE, WriteData, WriteReq};
 use rpc_core::{Access, Auth, Seg};
@@ -335,4 +335,23 @@ fn one_way_requests_belong_to_their_client_and_leave_no_fd_behind() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// A user the server does not serve (`--allow-uid`) gets `EACCES` for every operation,
+/// those answered later (open, stat, unlink) included, and its refused requests do not
+/// stay counted against its bounds (200 of them, past the 64 a client may have in flight).
+#[test]
+fn a_user_the_server_does_not_serve_is_refused_and_not_left_counted() {
+    let export = scratch("trust-allow-uid");
+    std::fs::write(export.join("f"), b"x").unwrap();
+    let srv = ServerProc::start(&export, "sm", &["--allow-uid", "4242"]);
+    let fs = posix_ship::client::RemoteFs::connect_with(&srv.addr, srv.options()).unwrap();
+    for _ in 0..200 {
+        assert_eq!(errno(fs.open("/f")), libc::EACCES, "open");
+        assert_eq!(errno(fs.metadata("/f")), libc::EACCES, "stat");
+        assert_eq!(errno(fs.remove_file("/f")), libc::EACCES, "unlink");
+    }
+    let s = fs.server_stats().unwrap();
+    assert_eq!((s.in_flight, s.open_files), (0, 0), "nothing left counted");
+    assert!(export.join("f").exists());
 }

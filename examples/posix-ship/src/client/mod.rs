@@ -76,12 +76,16 @@ impl<Out: DeserializeOwned> Pending<Out> {
 
     /// Runs `f` with the outcome once it comes, on the thread that completes it (see
     /// [`rpc_core::Call::then`]: `f` must not block).
-    pub fn then(self, f: impl FnOnce(io::Result<Out>) + Send + 'static)
+    pub fn then(self, f: impl FnOnce(Answered<Out>) + Send + 'static)
     where
         Out: Send + 'static,
     {
-        self.call
-            .then(move |r| f(r.map_err(rpc_err).and_then(|r| r.map_err(errno))))
+        self.call.then(move |r| {
+            f(match r {
+                Err(RpcError::Busy(_)) => Answered::Busy,
+                r => Answered::Done(r.map_err(rpc_err).and_then(|r| r.map_err(errno))),
+            })
+        })
     }
 
     /// Fails with `ETIMEDOUT` unless answered `t` from now.
@@ -102,6 +106,15 @@ impl<Out: DeserializeOwned> std::future::Future for Pending<Out> {
         let out = std::task::ready!(std::pin::Pin::new(&mut self.call).poll(cx));
         std::task::Poll::Ready(out.map_err(rpc_err).and_then(|r| r.map_err(errno)))
     }
+}
+
+/// What [`Pending::then`] hands over.
+pub enum Answered<Out> {
+    /// The server's value, or its `errno` (the transport's failure as one).
+    Done(io::Result<Out>),
+    /// The server was at its bound of requests in flight and did not take the call: make
+    /// it again later (a blocking call waits that out itself).
+    Busy,
 }
 
 /// Turns an RPC failure into the `errno` a POSIX caller would see.

@@ -86,7 +86,9 @@ impl<B: Backend> Service<B> {
         match self.clients.insert(who.client, who.uid(), f.clone()) {
             Ok(fh) => Ok(Opened { fh, attr }),
             Err(e) => {
-                let _ = self.backend.close(who, f);
+                // (Not `close`: this may run on the progress thread, where a backend's
+                // close could wait on progress; `lost` lets files go the backend's way.)
+                self.backend.lost(vec![f]);
                 Err(e)
             }
         }
@@ -269,16 +271,47 @@ impl<B: Backend> Service<B> {
         let Some((r, who, admitted)) = self.admit(rpc, r, forwarded) else {
             return;
         };
-        let kept = admitted.keep();
-        let s = self.clone();
-        let done: Done<Out> = Box::new(move |out: R<Out>| {
-            r.respond(&out.map_err(|e| e.raw_os_error()));
-            s.clients.answered(kept);
-        });
-        let _ = self.backend.run(&who.clone(), || {
-            f(self, who, input, done);
+        let later = Later {
+            r: Some(r),
+            s: self.clone(),
+            kept: admitted.keep(),
+        };
+        let mut done: Option<Done<Out>> = Some(Box::new(move |out: R<Out>| later.send(out)));
+        let refused = self.backend.run(&who.clone(), || {
+            if let Some(done) = done.take() {
+                f(self, who, input, done);
+            }
             Ok(())
         });
+        // The body never ran (the caller's rights refused): that is the answer.
+        if let (Err(e), Some(done)) = (refused, done) {
+            done(Err(e));
+        }
+    }
+}
+
+/// A request to answer later: answered once, and let go of within the caller's bounds
+/// whatever happens (an answer never sent, a body that panicked, is `EIO`).
+struct Later<B: Backend, Out: Serialize + 'static> {
+    r: Option<Responder<Reply<Out>>>,
+    s: Arc<Service<B>>,
+    kept: (super::clients::ClientId, super::clients::User),
+}
+
+impl<B: Backend, Out: Serialize + 'static> Later<B, Out> {
+    fn send(mut self, out: R<Out>) {
+        if let Some(r) = self.r.take() {
+            r.respond(&out.map_err(|e| e.raw_os_error()));
+        }
+    }
+}
+
+impl<B: Backend, Out: Serialize + 'static> Drop for Later<B, Out> {
+    fn drop(&mut self) {
+        if let Some(r) = self.r.take() {
+            r.respond(&Err(libc::EIO));
+        }
+        self.s.clients.answered(self.kept);
     }
 }
 
