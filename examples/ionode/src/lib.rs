@@ -23,6 +23,7 @@ pub mod journal;
 mod kept;
 mod meta;
 mod node;
+mod open;
 mod opens;
 mod ops;
 pub mod routes;

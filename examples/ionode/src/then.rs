@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
 use crate::node::{Handle, Node, Req};
-use crate::ops::{Begun, Lookup};
+use crate::open::Begun;
+use crate::ops::Lookup;
 
 type R<T> = Result<T, i32>;
 
