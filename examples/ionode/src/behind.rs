@@ -24,11 +24,8 @@ use crate::node::{Handle, Node};
 pub(crate) const CLOSES_IN_FLIGHT: usize = 16;
 
 /// Handles closed in one request at most.
-const BATCH: usize = if MAX_CLOSE_MANY < 64 {
-    MAX_CLOSE_MANY
-} else {
-    64
-};
+const BATCH: usize = 64;
+const _: () = assert!(BATCH <= MAX_CLOSE_MANY);
 
 /// Closes go together per backend and user.
 type Group = (usize, Option<Option<Principal>>);

@@ -261,12 +261,10 @@ pub(crate) fn shipped_at(dirfd: c_int, path: *const c_char) -> Option<Vec<u8>> {
 fn above_mount(dirfd: c_int, p: &[u8]) -> Option<Vec<u8>> {
     let cfg = config()?;
     let first = p.split(|b| *b == b'/').next()?;
-    let comps: Vec<&[u8]> = cfg
-        .mount
-        .split(|b| *b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
-    let k = comps.iter().position(|c| *c == first)?;
+    let components = || cfg.mount.split(|b| *b == b'/').filter(|c| !c.is_empty());
+    // The common case (any other relative path) ends here, allocating nothing.
+    let k = components().position(|c| c == first)?;
+    let comps: Vec<&[u8]> = components().collect();
     // The local directories above the mount (`/`, `/a`, … for `/a/b`), by device and inode.
     static ABOVE: OnceLock<Vec<Option<(u64, u64)>>> = OnceLock::new();
     let above = ABOVE.get_or_init(|| {
