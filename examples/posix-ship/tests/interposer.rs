@@ -510,6 +510,52 @@ fn derived_and_older_calls_reach_shipped_files() {
     );
 }
 
+/// `preadv2`/`pwritev2` reach shipped files (flags honoured or `EOPNOTSUPP`, offset -1 the
+/// file's); `splice` and special nodes are refused as the kernel refuses them on a file
+/// system without them, and `mknod` of a regular file creates it.
+#[test]
+fn vectored_v2_splice_and_special_nodes() {
+    let r = Rig::new("interpose-v2", "tcp");
+    let v2 = "import os, sys\n\
+              os.chdir(sys.argv[1])\n\
+              fd = os.open('v', os.O_RDWR | os.O_CREAT, 0o644)\n\
+              print(os.pwritev(fd, [b'abc', b'def'], 0, os.RWF_DSYNC))\n\
+              print(os.pwritev(fd, [b'gh'], -1, os.RWF_SYNC | os.RWF_HIPRI), os.lseek(fd, 0, os.SEEK_CUR))\n\
+              b = bytearray(3); print(os.preadv(fd, [b], 1, os.RWF_HIPRI), bytes(b))\n\
+              b = bytearray(3); print(os.preadv(fd, [b], -1, os.RWF_HIPRI), bytes(b), os.lseek(fd, 0, os.SEEK_CUR))\n\
+              os.close(fd); print(open('v').read())";
+    let out = r.same("python3", &["-c", v2, "{}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "6\n2 2\n3 b'hcd'\n3 b'cde' 5\nghcdef\n"
+    );
+    let refused = "import os, stat, sys\n\
+                   os.chdir(sys.argv[1])\n\
+                   fd = os.open('w', os.O_RDWR | os.O_CREAT, 0o644)\n\
+                   try: os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)\n\
+                   except OSError as e: print('nowait', e.errno)\n\
+                   r, w = os.pipe()\n\
+                   try: os.splice(fd, w, 3)\n\
+                   except OSError as e: print('splice', e.errno)\n\
+                   try: os.mkfifo('p')\n\
+                   except OSError as e: print('mkfifo', e.errno)\n\
+                   os.mknod('n', 0o640 | stat.S_IFREG); st = os.stat('n'); print(stat.S_ISREG(st.st_mode), oct(st.st_mode & 0o777))\n\
+                   try: os.mknod('n', 0o640)\n\
+                   except OSError as e: print('again', e.errno)";
+    let out = r.run(MOUNT, "python3", &["-c", refused, "{}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "nowait {}\nsplice {}\nmkfifo {}\nTrue 0o640\nagain {}\n",
+            libc::EOPNOTSUPP,
+            libc::EINVAL,
+            libc::EPERM,
+            libc::EEXIST
+        )
+    );
+    assert!(r.srv.export.join("n").is_file() && !r.srv.export.join("p").exists());
+}
+
 /// Programs that live in the mount run: a binary built there (from a memfd), a script
 /// (its interpreter on its path), through `execve`, `posix_spawn` and `subprocess`, a
 /// venv's `bin/python` (a link out of the mount); not without execute permission.

@@ -260,7 +260,7 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
     }
 }
 
-fn offset(off: off_t) -> Result<u64, c_int> {
+pub(crate) fn offset(off: off_t) -> Result<u64, c_int> {
     u64::try_from(off).map_err(|_| libc::EINVAL)
 }
 
@@ -320,7 +320,7 @@ unsafe fn iovecs<'a>(iov: *const iovec, cnt: c_int) -> Result<&'a [iovec], c_int
 ///
 /// # Safety
 /// `iov` holds `cnt` valid iovecs of writable buffers.
-unsafe fn read_vec(
+pub(crate) unsafe fn read_vec(
     fd: c_int,
     iov: *const iovec,
     cnt: c_int,
@@ -355,7 +355,7 @@ unsafe fn read_vec(
 ///
 /// # Safety
 /// `iov` holds `cnt` valid iovecs of readable buffers.
-unsafe fn write_vec(
+pub(crate) unsafe fn write_vec(
     fd: c_int,
     iov: *const iovec,
     cnt: c_int,
