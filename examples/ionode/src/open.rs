@@ -12,14 +12,15 @@ use posix_ship::proto::*;
 use crate::backing::Backing;
 use crate::files::Writer;
 use crate::node::{Handle, Node, Req};
-use crate::opens::Opens;
+use crate::opens::{Lead, Opens};
 use crate::ops::R;
 use crate::stats::Counters;
 
 /// An open under way (`Node::open_begin`), for its end.
 pub(crate) struct Opening {
     user: Option<Principal>,
-    epoch: u64,
+    /// The attribute cache's change count when it began.
+    pub epoch: u64,
     /// The request, its path the backend's.
     pub o: OpenReq,
     b: usize,
@@ -28,7 +29,10 @@ pub(crate) struct Opening {
     follow: bool,
     trunc: bool,
     token: u64,
-    key: Option<crate::opens::Key>,
+    /// The key it may share a handle under.
+    pub key: Option<crate::opens::Key>,
+    /// The opens alike waiting on this one's backend open (`Opens::ask`).
+    pub lead: Option<Lead>,
 }
 
 /// Where an open stands once begun.
@@ -69,29 +73,26 @@ impl Node {
         let mut token = [0u8; 8];
         getrandom::fill(&mut token).map_err(|_| libc::EIO)?;
         let token = u64::from_le_bytes(token);
-        let key = Opens::key(b, &path, o.flags, &r.user);
-        let shared = key
-            .as_ref()
-            .and_then(|k| self.shared_open(b, &path, follow, r, k));
         let op = Opening {
             user: r.user.clone(),
             epoch: self.attrs.epoch(),
+            key: Opens::key(b, &path, o.flags, &r.user),
             o,
             b,
             fs,
             follow,
             trunc,
             token,
-            key,
+            lead: None,
         };
-        Ok(match shared {
+        Ok(match self.shared_open(&op) {
             Some((attr, backing)) => Begun::Shared(op, attr, backing),
             None => Begun::Ask(op),
         })
     }
 
     /// An open after the backend's answer.
-    pub(crate) fn open_answered(&self, op: Opening, opened: R<Opened>) -> R<(Handle, Attr)> {
+    pub(crate) fn open_answered(&self, mut op: Opening, opened: R<Opened>) -> R<(Handle, Attr)> {
         let (b, path, flags) = (op.b, &op.o.path, op.o.flags);
         if flags & (libc::O_CREAT | libc::O_TRUNC) != 0 {
             self.attrs.changed(b, path);
@@ -110,6 +111,9 @@ impl Node {
             && opened.attr.is_file()
         {
             self.opens.put(k, &backing, op.epoch);
+            if let Some(lead) = op.lead.take() {
+                lead.share(&self.opens, opened.attr, &backing);
+            }
         }
         Ok(self.open_end(&op, opened.attr, backing))
     }
@@ -157,16 +161,13 @@ impl Node {
 
     /// An open served by a backend handle another client of the same user opened alike
     /// (`crate::opens`): its attributes from the cache, which must name the same file.
-    fn shared_open(
-        &self,
-        b: usize,
-        path: &[u8],
-        follow: bool,
-        r: &Req,
-        key: &crate::opens::Key,
-    ) -> Option<(Attr, Arc<Backing>)> {
+    pub(crate) fn shared_open(&self, op: &Opening) -> Option<(Attr, Arc<Backing>)> {
+        let key = op.key.as_ref()?;
         let epoch = self.attrs.epoch();
-        let attr = self.attrs.get(b, path, follow, &r.user)?.ok()?;
+        let attr = self
+            .attrs
+            .get(op.b, &op.o.path, op.follow, &op.user)?
+            .ok()?;
         let backing = self.opens.take(key, epoch)?;
         if backing.id() != (attr.dev, attr.ino) || !attr.is_file() {
             if self.opens.release(&backing) {

@@ -13,8 +13,10 @@ use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
 use crate::node::{Handle, Node, Req};
-use crate::open::Begun;
+use crate::open::{Begun, Opening};
+use crate::opens::Verdict;
 use crate::ops::Lookup;
+use crate::stats::Counters;
 
 type R<T> = Result<T, i32>;
 
@@ -83,13 +85,50 @@ impl Node {
             Err(e) => done(Err(e)),
             Ok(Begun::Shared(op, attr, backing)) => done(Ok(self.open_end(&op, attr, backing))),
             Ok(Begun::Ask(op)) => {
-                let fs = op.fs.clone();
-                let req = op.o.clone();
-                self.call_then(&fs, OPEN, req, move |n, opened| {
-                    done(n.open_answered(op, opened))
-                });
+                let Some(key) = op.key.clone() else {
+                    return self.open_ask(op, done);
+                };
+                // Alike opens under way are waited on (`crate::opens`); a leader looks
+                // once more for a handle the one before it may have shared meanwhile.
+                let (node, epoch) = (self.clone(), op.epoch);
+                self.opens.ask(
+                    key,
+                    epoch,
+                    Box::new(move |v| match v {
+                        Verdict::Shared(attr, backing) => {
+                            Counters::add(&node.stats.shared_opens, 1);
+                            done(Ok(node.open_end(&op, attr, backing)))
+                        }
+                        Verdict::Ask(lead) => match (node.shared_open(&op), lead) {
+                            (Some((attr, backing)), lead) => {
+                                if let Some(l) = lead {
+                                    l.share(&node.opens, attr, &backing);
+                                }
+                                done(Ok(node.open_end(&op, attr, backing)))
+                            }
+                            (None, lead) => {
+                                let mut op = op;
+                                op.lead = lead;
+                                node.open_ask(op, done)
+                            }
+                        },
+                    }),
+                );
             }
         }
+    }
+
+    /// An open asked of the backend, answered from its completion.
+    fn open_ask(
+        self: &Arc<Self>,
+        op: Opening,
+        done: impl FnOnce(R<(Handle, Attr)>) + Send + 'static,
+    ) {
+        let fs = op.fs.clone();
+        let req = op.o.clone();
+        self.call_then(&fs, OPEN, req, move |n, opened| {
+            done(n.open_answered(op, opened))
+        });
     }
 
     /// `stat` of a path, answered through `done`.

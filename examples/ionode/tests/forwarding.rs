@@ -599,6 +599,57 @@ fn prefixes_route_to_their_backends_and_the_root_lists_them() {
     assert_eq!(node.client().server_stats().unwrap().open_files, 0);
 }
 
+/// Clients of one user opening one file alike at the same moment (a job's ranks opening
+/// its input) make one backend open: the opens that come while it is under way wait for
+/// it and share its handle.
+#[test]
+fn concurrent_first_opens_of_one_file_make_one_backend_open() {
+    let (export, backend, node) = pair("ionode-join", &["--attr-timeout", "60"]);
+    std::fs::write(export.join("input"), vec![7u8; BLOCK]).unwrap();
+    const N: usize = 32;
+    let clients: Vec<_> = (0..N).map(|_| node.client()).collect();
+    let gate = std::sync::Barrier::new(N);
+    let fhs: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let gate = &gate;
+                s.spawn(move || {
+                    gate.wait();
+                    c.open_raw(b"/input", libc::O_RDONLY, 0).unwrap().fh
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let st = node.stats();
+    assert_eq!(st.op("posix.open"), (N as u64, 1), "one backend open");
+    assert_eq!(st.shared_opens, N as u64 - 1);
+    assert_eq!(backend.client().server_stats().unwrap().open_files, 1);
+    for (c, fh) in clients.iter().zip(&fhs) {
+        let mut b = [0u8; 4];
+        assert_eq!(c.pread(*fh, &mut b, 0).unwrap(), 4);
+        assert_eq!(b, [7u8; 4]);
+        c.close_raw(*fh).unwrap();
+    }
+    let t = std::time::Instant::now();
+    while backend.client().server_stats().unwrap().open_files != 0 {
+        assert!(t.elapsed().as_secs() < 10, "backend handle left open");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Opens alike of a file that is not there: each is refused, none waits for ever.
+    std::thread::scope(|s| {
+        for c in &clients {
+            let gate = &gate;
+            s.spawn(move || {
+                gate.wait();
+                let e = c.open_raw(b"/missing", libc::O_RDONLY, 0).unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+            });
+        }
+    });
+}
+
 /// Clients of one user opening one file alike share one backend handle (one backend
 /// open, one close); another user's open is still checked at the backend; a change made
 /// through the node ends the sharing.
