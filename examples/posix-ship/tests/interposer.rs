@@ -581,6 +581,30 @@ print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))' \
     );
 }
 
+/// Names looked for in `PATH` are found in its directories in the mount, by the C
+/// library's `execvp` (`env`, `find -exec`, `xargs`) and `posix_spawnp`, an empty entry
+/// being the working directory; a local directory earlier in `PATH` still wins, and a
+/// name found nowhere fails as before.
+#[test]
+fn names_in_path_directories_in_the_mount_run() {
+    let r = Rig::new("interpose-path", "tcp");
+    let script = "cd {} && mkdir -p bin && printf '#!/bin/sh\\necho hi \"$@\"\\n' > bin/hi \
+                  && printf '#!/bin/sh\\necho mine\\n' > bin/true && chmod +x bin/hi bin/true \
+                  && PATH={}/bin:$PATH env hi one \
+                  && PATH={}/bin:$PATH find bin -name hi -exec hi two \\; \
+                  && echo three | PATH={}/bin:$PATH xargs hi \
+                  && PATH=/usr/bin:/bin:{}/bin env true && echo system \
+                  && cd bin && PATH=:/usr/bin:/bin python3 -c 'import os\n\
+pid = os.posix_spawnp(\"hi\", [\"hi\", \"four\"], os.environ)\n\
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))' \
+                  && { PATH={}/bin:/usr/bin env nothere 2>/dev/null; echo rc=$?; }";
+    let out = r.same("sh", &["-c", script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "hi one\nhi two\nhi three\nsystem\nhi four\n0\nrc=127\n"
+    );
+}
+
 #[test]
 fn hard_links_and_extended_attributes_are_shipped() {
     let r = Rig::new("interpose-xattr", "tcp");

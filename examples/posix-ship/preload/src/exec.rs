@@ -230,7 +230,7 @@ fn pick<T>(env: &Option<Env>, envp: *const *const T) -> *const *const T {
 }
 
 macro_rules! exec {
-    ($($name:ident),*) => {$(
+    ($($name:ident searching $search:expr),*) => {$(
         #[doc = concat!("Interposed `", stringify!($name), "`: the program inherits the working directory inside the mount.")]
         ///
         /// # Safety
@@ -245,6 +245,9 @@ macro_rules! exec {
             crate::ride::settle_all();
             let env = Env::new(envp, false);
             let envp = pick(&env, envp);
+            // A name found in a directory of the mount `PATH` names.
+            let found = if $search { run::search(file) } else { None };
+            let file = found.as_ref().map_or(file, |f| f.as_ptr());
             // A program in the mount (a path, not a name to look for in PATH).
             // SAFETY: a non-null `file` is NUL-terminated (execve's contract).
             let path = !file.is_null() && unsafe { CStr::from_ptr(file) }.to_bytes().contains(&b'/');
@@ -270,7 +273,7 @@ macro_rules! exec {
 }
 
 macro_rules! spawn {
-    ($($name:ident),*) => {$(
+    ($($name:ident searching $search:expr),*) => {$(
         #[doc = concat!("Interposed `", stringify!($name), "`: the program inherits the working directory inside the mount.")]
         ///
         /// # Safety
@@ -288,6 +291,8 @@ macro_rules! spawn {
             crate::ride::settle_all();
             let mut env = Env::new(envp.cast(), true);
             let envp: *const *mut c_char = pick(&env, envp.cast::<*const c_char>()).cast();
+            let found = if $search { run::search(file) } else { None };
+            let file = found.as_ref().map_or(file, |f| f.as_ptr());
             // SAFETY: a non-null `file` is NUL-terminated (posix_spawn's contract).
             let path = !file.is_null() && unsafe { CStr::from_ptr(file) }.to_bytes().contains(&b'/');
             let real = |file: *const c_char, argv: *const *mut c_char| call_real!($name:
@@ -313,8 +318,8 @@ macro_rules! spawn {
     )*};
 }
 
-exec!(execve, execvpe);
-spawn!(posix_spawn, posix_spawnp);
+exec!(execve searching false, execvpe searching true);
+spawn!(posix_spawn searching false, posix_spawnp searching true);
 
 unsafe extern "C" {
     static environ: *const *const c_char;

@@ -56,6 +56,47 @@ pub fn program(file: *const libc::c_char) -> Program {
     }
 }
 
+/// The C library's search path when `PATH` is unset.
+const DEFAULT_PATH: &[u8] = b"/bin:/usr/bin";
+
+/// Where `execvp`, `execvpe` and `posix_spawnp` find the bare name `file` when `PATH`
+/// names a directory in the mount (the C library's own search makes its calls inside
+/// itself, where this library does not see them): the first directory in `PATH` order
+/// holding a regular file of that name the caller may execute (shipped: the server's
+/// checks; local: the kernel's). `None` if `PATH` names no shipped directory, or nothing
+/// is found: the C library then looks, and fails, as it would. Empty entries are the
+/// working directory, as in the C library.
+pub fn search(file: *const libc::c_char) -> Option<CString> {
+    if file.is_null() || crate::config()?.ride.is_some() {
+        return None;
+    }
+    // SAFETY: a non-null `file` is NUL-terminated (execvp's contract).
+    let name = unsafe { CStr::from_ptr(file) }.to_bytes();
+    if name.is_empty() || name.contains(&b'/') {
+        return None;
+    }
+    let path = std::env::var_os("PATH").map(std::os::unix::ffi::OsStringExt::into_vec);
+    let candidates: Vec<CString> = path
+        .as_deref()
+        .unwrap_or(DEFAULT_PATH)
+        .split(|b| *b == b':')
+        .filter_map(|d| {
+            let d: &[u8] = if d.is_empty() { b"." } else { d };
+            CString::new([d, b"/", name].concat()).ok()
+        })
+        .collect();
+    if !candidates.iter().any(|c| shipped(c.as_ptr()).is_some()) {
+        return None;
+    }
+    candidates.into_iter().find(|c| {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        crate::paths::stat(c.as_ptr(), st.as_mut_ptr()) == 0
+            // SAFETY: stat succeeded and filled it.
+            && unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFREG
+            && crate::paths::access(c.as_ptr(), libc::X_OK) == 0
+    })
+}
+
 /// The bytes of executable regular file `p` (beneath the export).
 fn image(p: Vec<u8>) -> Result<Vec<u8>, c_int> {
     call(p::ACCESS, &(ByteBuf::from(p.clone()), libc::X_OK))?;
