@@ -605,6 +605,46 @@ print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))' \
     );
 }
 
+/// `freopen` of a shipped path: `stdout` and `stderr` redirected into the mount (the
+/// stream used after, or the one returned), a shipped stream reopened on another file
+/// in either mode, a local stream on a shipped file, and `stdout` back to a local file.
+#[test]
+fn freopen_moves_streams_to_and_from_shipped_files() {
+    let r = Rig::new("interpose-freopen", "tcp");
+    let prog = r#"#include <stdio.h>
+static char *at(const char *d, const char *n) {
+  static char p[4][512]; static int i; i = (i + 1) % 4;
+  snprintf(p[i], 512, "%s/%s", d, n); return p[i];
+}
+int main(int c, char **v) {
+  char b[8] = {0};
+  FILE *f = fopen(at(v[2], "local-in"), "w"); fputs("xyz", f); fclose(f);
+  if (!freopen(at(v[1], "out.log"), "w", stdout)) return 1;
+  printf("to the log\n");
+  FILE *e = freopen(at(v[1], "err.log"), "a", stderr);
+  fprintf(e, "err one\n"); fprintf(stderr, "err two\n");
+  f = fopen(at(v[1], "a"), "w"); fputs("aaa", f);
+  f = freopen(at(v[1], "b"), "w", f); fputs("bbb", f); fclose(f);
+  f = fopen(at(v[1], "c"), "w"); f = freopen(at(v[1], "a"), "r", f);
+  if (fread(b, 1, 3, f) != 3) return 2; fclose(f);
+  f = fopen(at(v[2], "local-in"), "r"); f = freopen(at(v[1], "b"), "r", f);
+  if (fread(b + 3, 1, 3, f) != 3) return 3; fclose(f);
+  if (!freopen(at(v[2], "local.log"), "w", stdout)) return 4;
+  printf("local %s\n", b);
+  return 0;
+}
+"#;
+    let script = format!(
+        "t=$(mktemp -d) && cat > $t/r.c <<'EOF'\n{prog}EOF\n\
+         cc -o $t/r $t/r.c && $t/r {{}} $t && cat {{}}/out.log {{}}/err.log {{}}/a {{}}/b $t/local.log && rm -r $t"
+    );
+    let out = r.same("sh", &["-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "to the log\nerr one\nerr two\naaabbblocal aaabbb\n"
+    );
+}
+
 #[test]
 fn hard_links_and_extended_attributes_are_shipped() {
     let r = Rig::new("interpose-xattr", "tcp");

@@ -26,6 +26,7 @@ mod offsets;
 mod paths;
 mod real;
 mod refuse;
+mod reopen;
 mod report;
 mod ride;
 mod run;

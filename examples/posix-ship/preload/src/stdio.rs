@@ -15,7 +15,7 @@ use crate::real::call_real;
 use crate::{fail, shipped, table};
 
 /// `open(2)` flags for an `fopen` mode, or `None` if the mode is malformed.
-fn mode_flags(mode: &[u8]) -> Option<c_int> {
+pub(crate) fn mode_flags(mode: &[u8]) -> Option<c_int> {
     let plus = mode.contains(&b'+');
     let mut f = match (mode.first()?, plus) {
         (b'r', false) => libc::O_RDONLY,
@@ -123,7 +123,34 @@ pub extern "C" fn fileno_unlocked(f: *mut libc::FILE) -> c_int {
     call_real!(fileno_unlocked: fn(*mut libc::FILE) -> c_int, f)
 }
 
-fn stream(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
+/// The shipped descriptor of stream `f`, if it is a shipped stream.
+pub(crate) fn shipped_stream(f: *mut libc::FILE) -> Option<c_int> {
+    if OPEN_STREAMS.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    table::lock(&STREAMS)
+        .as_ref()
+        .and_then(|m| m.get(&(f as usize)).copied())
+}
+
+/// The standard descriptor (0, 1, 2) whose stream `f` is: the C library's `stdin`,
+/// `stdout` or `stderr`, or this library's standing in for it.
+pub(crate) fn standard_of(f: *mut libc::FILE) -> Option<c_int> {
+    (0..3).find(|&fd| {
+        let kept = table::lock(&STANDARD[fd as usize]).0;
+        // SAFETY: reading the C library's standard stream variable.
+        f == unsafe { *standard(fd) } || (kept != 0 && f as usize == kept)
+    })
+}
+
+/// The stream standing for standard descriptor `fd` now.
+pub(crate) fn standard_now(fd: c_int) -> *mut libc::FILE {
+    // SAFETY: reading the C library's standard stream variable.
+    unsafe { *standard(fd) }
+}
+
+/// A shipped stream of `fd`, which is closed if none can be made.
+pub(crate) fn stream(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
     let f = stream_keeping(fd, mode);
     if f.is_null() {
         files::close(fd);
@@ -243,7 +270,7 @@ pub(crate) fn standard_restored(fd: c_int) {
 
 unsafe extern "C" {
     /// glibc's and musl's `stdio_ext.h`: drops a stream's buffered data.
-    fn __fpurge(f: *mut libc::FILE);
+    pub(crate) fn __fpurge(f: *mut libc::FILE);
 }
 
 /// The C library's variable for standard descriptor `fd` (0, 1 or 2).
