@@ -645,6 +645,44 @@ int main(int c, char **v) {
     );
 }
 
+/// The C library's `glob` lists shipped directories: absolute and relative patterns,
+/// several levels of wildcards, `GLOB_MARK`, and no match with and without `GLOB_NOCHECK`.
+#[test]
+fn glob_lists_shipped_directories() {
+    let r = Rig::new("interpose-glob", "tcp");
+    let prog = r#"#include <glob.h>
+#include <stdio.h>
+#include <unistd.h>
+static void show(const char *pat, int flags) {
+  glob_t g; int rc = glob(pat, flags, NULL, &g);
+  printf("%s rc=%d:", pat, rc);
+  for (size_t i = 0; rc == 0 && i < g.gl_pathc; i++) printf(" %s", g.gl_pathv[i]);
+  printf("\n"); if (rc == 0) globfree(&g);
+}
+int main(int c, char **v) {
+  char p[512];
+  snprintf(p, sizeof p, "%s/d*/*.dat", v[1]); show(p, 0);
+  if (chdir(v[1])) return 1;
+  show("*", GLOB_MARK); show("d1/[ab].dat", 0); show("none*", 0); show("none*", GLOB_NOCHECK);
+  return 0;
+}
+"#;
+    let script = format!(
+        "t=$(mktemp -d) && cat > $t/g.c <<'EOF'\n{prog}EOF\n\
+         cc -o $t/g $t/g.c && cd {{}} && mkdir d1 d2 && touch d1/a.dat d1/b.dat d1/c.txt d2/z.dat top \
+         && $t/g {{}}; rc=$?; rm -r $t; exit $rc"
+    );
+    let out = r.same("sh", &["-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!(
+            "{MOUNT}/d*/*.dat rc=0: {MOUNT}/d1/a.dat {MOUNT}/d1/b.dat {MOUNT}/d2/z.dat\n\
+             * rc=0: d1/ d2/ top\nd1/[ab].dat rc=0: d1/a.dat d1/b.dat\nnone* rc=3:\n\
+             none* rc=0: none*\n"
+        )
+    );
+}
+
 #[test]
 fn hard_links_and_extended_attributes_are_shipped() {
     let r = Rig::new("interpose-xattr", "tcp");

@@ -22,6 +22,7 @@ mod cwd;
 mod dirs;
 mod exec;
 mod files;
+mod glob;
 mod offsets;
 mod paths;
 mod real;
