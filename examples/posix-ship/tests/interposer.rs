@@ -579,6 +579,21 @@ print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))' \
         String::from_utf8_lossy(&out),
         "rc=43\nscript one\nscript two\n41\nscript three\n42\nrc=126\nTrue\n"
     );
+    // A shipped program larger than the 1 GiB copied into memory is refused (ENOMEM),
+    // before any of it is read.
+    let big = r.srv.export.join("big");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len((1 << 30) + 1).unwrap();
+    std::fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let code = "import os, sys\n\
+                try: os.execv(sys.argv[1] + '/big', ['big'])\n\
+                except OSError as e: print(e.errno)";
+    let out = r.run(MOUNT, "python3", &["-c", code, "{}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", libc::ENOMEM)
+    );
+    std::fs::remove_file(&big).unwrap();
 }
 
 /// Names looked for in `PATH` are found in its directories in the mount, by the C
