@@ -93,4 +93,78 @@ impl Caller {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+
+    /// Transfers with the caller started together: their requests leave in as few
+    /// writes as the transport can, so that many small ones cost the peer and the
+    /// network one round of work instead of one each (`qs-bw`'s 64 transfers of 4 KiB).
+    ///
+    /// ```no_run
+    /// # fn f(caller: &rpc_core::Caller, bufs: &mut [rpc_core::Bulk<'static>],
+    /// #      d: &rpc_core::Descriptor) -> Result<(), rpc_core::RpcError> {
+    /// let mut batch = caller.batch();
+    /// for b in bufs.iter_mut() {
+    ///     batch.pull(b, 0, d, 0, 4096);
+    /// }
+    /// for t in batch.start() {
+    ///     t.wait()?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn batch(&self) -> Batch<'_> {
+        if let Some(p) = self.peer {
+            self.engine.shared.plugin.hold(p, true);
+        }
+        Batch {
+            caller: self,
+            transfers: Vec::new(),
+        }
+    }
+}
+
+/// Transfers with a caller posted together ([`Caller::batch`]). Nothing is waited for
+/// until [`Batch::start`] (or drop) lets their requests go.
+pub struct Batch<'b> {
+    caller: &'b Caller,
+    transfers: Vec<Transfer<'b>>,
+}
+
+impl<'b> Batch<'b> {
+    /// Adds a pull (as [`Caller::pull`]).
+    pub fn pull(
+        &mut self,
+        local: &'b mut Bulk<'_>,
+        local_off: u64,
+        remote: &Descriptor,
+        remote_off: u64,
+        len: u64,
+    ) {
+        let t = self.caller.pull(local, local_off, remote, remote_off, len);
+        self.transfers.push(t);
+    }
+
+    /// Adds a push (as [`Caller::push`]).
+    pub fn push(
+        &mut self,
+        local: &'b Bulk<'_>,
+        local_off: u64,
+        remote: &Descriptor,
+        remote_off: u64,
+        len: u64,
+    ) {
+        let t = self.caller.push(local, local_off, remote, remote_off, len);
+        self.transfers.push(t);
+    }
+
+    /// Lets the requests go; the transfers, in the order added, to wait for.
+    pub fn start(mut self) -> Vec<Transfer<'b>> {
+        std::mem::take(&mut self.transfers)
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.caller.peer {
+            self.caller.engine.shared.plugin.hold(p, false);
+        }
+    }
 }

@@ -45,7 +45,7 @@ pub mod transport;
 pub use builder::EngineBuilder;
 pub use bulk::{Bulk, ChunkConfig, Descriptor, Seg};
 pub use call::{Call, Transfer};
-pub use caller::Caller;
+pub use caller::{Batch, Caller};
 pub use counters::CounterSnapshot;
 pub use endpoint::Endpoint;
 pub use engine::Engine;

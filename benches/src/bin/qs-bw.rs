@@ -241,14 +241,16 @@ fn serve(transport: &str, chunk: u64, depth: usize, spin_us: u64) {
                     .collect();
                 *c = ((s, n), fresh.map_err(|e| e.to_string())?);
             }
-            let ts: Vec<_> = if pull {
-                c.1.iter_mut()
-                    .map(|b| caller.pull(b, 0, &d, 0, s))
-                    .collect()
-            } else {
-                c.1.iter().map(|b| caller.push(b, 0, &d, 0, s)).collect()
-            };
-            for t in ts {
+            // Posted together (`Caller::batch`): their requests leave in few writes.
+            let mut batch = caller.batch();
+            for b in c.1.iter_mut() {
+                if pull {
+                    batch.pull(b, 0, &d, 0, s);
+                } else {
+                    batch.push(b, 0, &d, 0, s);
+                }
+            }
+            for t in batch.start() {
                 t.wait().map_err(|e| e.to_string())?;
             }
             Ok::<_, String>(())

@@ -126,6 +126,15 @@ pub trait Plugin: Send + Sync + 'static {
         len: u64,
     ) -> NaResult<OpId>;
 
+    /// Holds (`on`) or lets go of (`!on`) what is written to `peer`: while held, messages
+    /// and transfer requests posted for it queue, and they leave together when the last
+    /// hold is let go (or sooner, with other traffic), in as few writes as the transport
+    /// can. Holds nest; every hold must be let go. Transports that write nothing
+    /// themselves ignore it.
+    fn hold(&self, peer: PeerId, on: bool) {
+        let _ = (peer, on);
+    }
+
     /// Drives the transport: waits at most `timeout` (`None`: until something happens) for
     /// activity, and queues the events it produces. Returns at once when events are queued.
     fn progress(&self, timeout: Option<Duration>) -> NaResult<()>;

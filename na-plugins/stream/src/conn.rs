@@ -63,6 +63,8 @@ pub struct Conn {
     paused: AtomicBool,
     /// Not read until its hello's credential is checked (see `verify`).
     pub verifying: AtomicBool,
+    /// Holds on its writes (`Plugin::hold`): while any, `send` posts instead of writing.
+    held: std::sync::atomic::AtomicU32,
 }
 
 /// Outcome of a flush.
@@ -109,6 +111,7 @@ impl Conn {
             total_backlog,
             paused: AtomicBool::new(false),
             verifying: AtomicBool::new(false),
+            held: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -214,6 +217,10 @@ impl Conn {
     /// (not through the inbox), and charges an answer to the backlog only if the wire does
     /// not take it at once.
     pub fn send(&self, f: OutFrame, mem: &MemTable) -> Result<Flushed, OutFrame> {
+        if self.held.load(Ordering::Acquire) > 0 {
+            self.post(f)?;
+            return Ok(Flushed { done: Vec::new() });
+        }
         let mut w = match self.write.try_lock() {
             Ok(w) => w,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -243,6 +250,18 @@ impl Conn {
             done.extend(self.flush(mem).done);
         }
         Ok(Flushed { done })
+    }
+
+    /// Takes a hold on writes (`true`) or lets one go; true when the last one went (the
+    /// caller then flushes). A release without a hold is ignored.
+    pub fn hold(&self, on: bool) -> bool {
+        if on {
+            self.held.fetch_add(1, Ordering::AcqRel);
+            return false;
+        }
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            == Ok(1)
     }
 
     /// Posts a frame without writing it yet (the read path batches its answers and

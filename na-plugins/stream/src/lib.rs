@@ -547,6 +547,20 @@ impl Plugin for StreamPlugin {
         Ok(())
     }
 
+    fn hold(&self, peer: PeerId, on: bool) {
+        // Writes into memory cost no system call: they go at once, and the peer starts
+        // on them while more are posted (holding them measured slower over sm).
+        if self.net.polls_memory() {
+            return;
+        }
+        if let Ok(c) = self.conn(peer)
+            && c.hold(on)
+        {
+            let f = c.flush(&self.mem);
+            self.after_flush(&c, f);
+        }
+    }
+
     fn put(
         &self,
         peer: PeerId,
