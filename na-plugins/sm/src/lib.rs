@@ -1,14 +1,14 @@
 //! The shared-memory plugin of Quicksilver's network abstraction, for peers on one node.
 //!
-//! **In progress** (issue 4): this crate holds the first building blocks. [`ring`] is the
+//! [`SmPlugin`] is the [`na_stream`] core over shared-memory links: [`ring`] is the
 //! single-producer single-consumer byte ring that carries frames between two processes
 //! through shared memory, with the sleep/wake handshake that lets a receiver sleep without
-//! making a sender pay a system call per message while the receiver is awake (loom-checked).
-//! [`shm`] is a connection's segment: a `memfd` holding one ring per direction, checked
-//! when mapped from a peer. It is not yet an NA plugin: the connection set-up (the memfd
-//! and eventfds passed over an abstract UNIX socket named after the address), single-copy
-//! RMA (`process_vm_readv`/`process_vm_writev` with owner-checked grants) and the plugin
-//! itself build on them.
+//! making a sender pay a system call per message while the receiver is awake
+//! (loom-checked). [`shm`] is a connection's segment, a sealed `memfd` holding one
+//! ring per direction, checked when mapped from a peer; [`link`] sets connections up over
+//! abstract UNIX sockets (the memfd and eventfds passed with `SCM_RIGHTS`, the peer's
+//! identity from the kernel); [`cma`] is single-copy RMA (`process_vm_readv`/`writev`)
+//! between processes of one uid, checked by the owner of the memory.
 //!
 //! ```
 //! use na_sm::ring::{HeapRing, Ring};
