@@ -80,3 +80,13 @@ fn batched_transfers_move_the_right_bytes_over_tcp() {
 fn batched_transfers_move_the_right_bytes_over_sm() {
     round("sm://auto");
 }
+
+/// Over libfabric, small transfers are carried in control messages, which a batch sends
+/// bundled (and the owner answers bundled).
+#[cfg(feature = "ofi")]
+#[test]
+fn batched_transfers_move_the_right_bytes_over_ofi() {
+    for t in ["ofi+tcp://127.0.0.1:0", "ofi+shm://auto"] {
+        round(t);
+    }
+}

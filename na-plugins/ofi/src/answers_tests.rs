@@ -45,6 +45,25 @@ fn say_hello(from: &OfiPlugin, to_peer: na::PeerId, to: &std::sync::Arc<OfiPlugi
     t.join().unwrap();
 }
 
+/// Registers `theirs` at `b` and `mine` at `a`, for reading and writing.
+fn register_pair(
+    a: &OfiPlugin,
+    b: &OfiPlugin,
+    theirs: &mut [u8],
+    mine: &mut [u8],
+) -> (na::MemHandle, na::MemHandle) {
+    // SAFETY: the tests keep both buffers alive, and write them only through the
+    // endpoints, until their end.
+    unsafe {
+        (
+            b.register(&[Segment::from_slice(theirs)], Access::ReadWrite)
+                .unwrap(),
+            a.register(&[Segment::from_slice(mine)], Access::ReadWrite)
+                .unwrap(),
+        )
+    }
+}
+
 fn outcome(p: &OfiPlugin, op: OpId) -> Option<NaResult<Vec<u8>>> {
     std::iter::from_fn(|| p.poll_event()).find_map(|e| match e {
         Event::Done { op: o, result } if o == op => Some(result),
@@ -63,15 +82,7 @@ fn answers_come_from_the_owner_in_the_form_asked() {
     say_hello(&a, pb, &b);
     let mut theirs = vec![5u8; 64];
     let mut mine = vec![0u8; 64];
-    // SAFETY: both buffers outlive the endpoints' use of them (the test's end).
-    let (hb, ha) = unsafe {
-        let hb = b.register(&[Segment::from_slice(&mut theirs)], Access::ReadWrite);
-        (
-            hb.unwrap(),
-            a.register(&[Segment::from_slice(&mut mine)], Access::ReadWrite),
-        )
-    };
-    let ha = ha.unwrap();
+    let (hb, ha) = register_pair(&a, &b, &mut theirs, &mut mine);
     let misbehaved =
         |r: Option<NaResult<Vec<u8>>>| matches!(r, Some(Err(NaError::PeerMisbehaved(_))));
 
@@ -189,4 +200,47 @@ fn an_owner_refuses_to_carry_more_than_a_message_holds() {
     b.handle_unexpected(&m);
     assert!(matches!(driven.done(op), Err(NaError::AccessDenied(_))));
     assert!(mine.iter().all(|&x| x == 0), "nothing carried");
+}
+
+/// A bundle's messages count only as their sender's: one naming another sender inside
+/// it, a bundle inside it, or a bundle cut short is dropped; the rest act as if alone.
+#[test]
+fn bundled_answers_count_only_as_the_bundle_senders() {
+    let (a, b, other) = (shm(), std::sync::Arc::new(shm()), shm());
+    let pb = a.lookup(b.self_addr()).unwrap();
+    say_hello(&a, pb, &b);
+    let mut theirs = vec![5u8; 64];
+    let mut mine = vec![0u8; 64];
+    let (hb, ha) = register_pair(&a, &b, &mut theirs, &mut mine);
+    let carried = |from: &OfiPlugin, op: OpId, byte: u8| {
+        let mut m = wire::header(wire::Kind::Carried, 0, &from.self_raw);
+        wire::encode_carried(&mut m, op.0, |out| {
+            out.extend_from_slice(&[byte; 16]);
+            true
+        });
+        m
+    };
+    let deliver = |msgs: &[Vec<u8>], cut: usize| {
+        let mut m = wire::header(wire::Kind::Bundle, 0, &b.self_raw);
+        for x in msgs {
+            wire::bundle(&mut m, x);
+        }
+        m.truncate(m.len() - cut);
+        a.handle_unexpected(&m);
+        a.poll_cq(true);
+    };
+    let get = a.get(pb, &ha, 0, &hb.remote, 0, 16).unwrap();
+    let mut inner = wire::header(wire::Kind::Bundle, 0, &b.self_raw);
+    wire::bundle(&mut inner, &carried(&b, get, 1));
+    deliver(&[carried(&other, get, 2), inner], 0);
+    deliver(&[carried(&b, get, 3)], 1);
+    assert!(
+        outcome(&a, get).is_none(),
+        "another sender's, a nested and a cut bundle are dropped"
+    );
+    let get2 = a.get(pb, &ha, 16, &hb.remote, 0, 16).unwrap();
+    deliver(&[carried(&b, get, 4), carried(&b, get2, 5)], 0);
+    assert_eq!(outcome(&a, get), Some(Ok(Vec::new())));
+    assert_eq!(outcome(&a, get2), Some(Ok(Vec::new())));
+    assert_eq!(&mine[..32], &[[4u8; 16], [5u8; 16]].concat()[..]);
 }

@@ -180,6 +180,15 @@ pub(crate) struct Peer {
 }
 
 /// Everything behind the state lock.
+/// Holds on control messages to one peer, and what they keep.
+#[derive(Default)]
+pub(crate) struct Held {
+    pub(crate) holds: u32,
+    pub(crate) msgs: Vec<Vec<u8>>,
+    /// Bytes the messages take in a bundle.
+    pub(crate) bytes: usize,
+}
+
 pub(crate) struct State {
     // Tables keyed by our own numbers (op ids, fabric addresses, context pointers) use a
     // fast hash: no peer chooses their keys. (Raw addresses, which peers send, keep
@@ -233,6 +242,8 @@ pub struct OfiPlugin {
     pub(crate) cq_lock: Mutex<()>,
     /// Owners' answers read from the queue, acted on once its lock is released.
     pub(crate) answers: Mutex<Vec<crate::rma::Answer>>,
+    /// Control messages held per peer (`Plugin::hold`), sent bundled at the last release.
+    pub(crate) held: Mutex<FxHashMap<u64, Held>>,
     /// When the liveness check last ran, and when it next needs to.
     pub(crate) liveness: Mutex<(Option<Instant>, Option<Instant>)>,
     /// An operation made a peer watched since the last check.
@@ -404,6 +415,7 @@ impl OfiPlugin {
             events: Mutex::new(VecDeque::new()),
             cq_lock: Mutex::new(()),
             answers: Mutex::new(Vec::new()),
+            held: Mutex::default(),
             liveness: Mutex::new((None, None)),
             liveness_dirty: std::sync::atomic::AtomicBool::new(false),
             pumping: std::sync::atomic::AtomicBool::new(false),
@@ -659,6 +671,10 @@ impl Plugin for OfiPlugin {
 
     fn deregister(&self, handle: &MemHandle) -> NaResult<()> {
         lock(&self.state).mem.deregister(handle.id)
+    }
+
+    fn hold(&self, peer: PeerId, on: bool) {
+        self.hold_control(peer.0, on);
     }
 
     fn put(

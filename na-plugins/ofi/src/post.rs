@@ -21,6 +21,7 @@ use crate::fabric;
 use rustc_hash::FxHashMap;
 
 use crate::plugin::{Ctx, OfiPlugin, Peer, State, What, lock};
+use crate::wire::{self, Kind};
 
 /// How long a post may wait in the backlog.
 const GIVE_UP: Duration = Duration::from_secs(10);
@@ -301,7 +302,73 @@ impl OfiPlugin {
 
     /// Sends a control message (header included) into `peer`'s pool, injected when it fits.
     pub(crate) fn send_control(&self, peer: u64, buf: Vec<u8>) -> NaResult<bool> {
-        self.send_to(peer, Route::Pool, buf, What::Control, true)
+        let full = {
+            let mut held = lock(&self.held);
+            // Carried transfers and their answers only: a check's grant is better back
+            // at once, so that its RMA starts while more are posted (measured: 64 KiB
+            // pushes over ofi+tcp slower with checks held).
+            let carried = matches!(buf.first(), Some(&k) if k == Kind::Carry as u8 || k == Kind::Carried as u8);
+            match held.get_mut(&peer) {
+                Some(h) if carried && buf.len() + wire::BUNDLED <= self.max_eager => {
+                    let full = if h.bytes + buf.len() + wire::BUNDLED > self.max_eager {
+                        h.bytes = 0;
+                        std::mem::take(&mut h.msgs)
+                    } else {
+                        Vec::new()
+                    };
+                    h.bytes += buf.len() + wire::BUNDLED;
+                    h.msgs.push(buf);
+                    full
+                }
+                _ => {
+                    drop(held);
+                    return self.send_to(peer, Route::Pool, buf, What::Control, true);
+                }
+            }
+        };
+        self.send_bundle(peer, full);
+        Ok(false)
+    }
+
+    /// Holds (`on`) or lets go of control messages to `peer` (`Plugin::hold`); the last
+    /// release sends what was held, bundled.
+    pub(crate) fn hold_control(&self, peer: u64, on: bool) {
+        let out = {
+            let mut held = lock(&self.held);
+            let h = held.entry(peer).or_default();
+            if on {
+                h.holds += 1;
+                return;
+            }
+            h.holds = h.holds.saturating_sub(1);
+            if h.holds > 0 {
+                return;
+            }
+            held.remove(&peer).map(|h| h.msgs).unwrap_or_default()
+        };
+        self.send_bundle(peer, out);
+    }
+
+    /// Sends held control messages: alone, or as one bundle.
+    fn send_bundle(&self, peer: u64, msgs: Vec<Vec<u8>>) {
+        let sent = match msgs.len() {
+            0 => return,
+            1 => msgs.into_iter().try_for_each(|m| {
+                self.send_to(peer, Route::Pool, m, What::Control, true)
+                    .map(|_| ())
+            }),
+            _ => {
+                let mut b = wire::header(Kind::Bundle, 0, &self.self_raw);
+                for m in &msgs {
+                    wire::bundle(&mut b, m);
+                }
+                self.send_to(peer, Route::Pool, b, What::Control, true)
+                    .map(|_| ())
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!("ofi: held control messages not sent: {e}");
+        }
     }
 
     /// Sends `buf` to `peer` by `route`: injected (no completion) when `inject` allows and

@@ -247,6 +247,33 @@ impl OfiPlugin {
                 }
             }
         };
+        if kind == Kind::Bundle {
+            return self.unbundle(peer, from, data);
+        }
+        self.on_message(peer, kind, tag, data);
+    }
+
+    /// The control messages of a bundle from `peer` (at `from`), each handled as if it
+    /// came alone; the answers they make go back bundled too.
+    fn unbundle(&self, peer: PeerId, from: &[u8], data: &[u8]) {
+        let msgs = match wire::unbundle(data) {
+            Ok(m) => m,
+            Err(e) => return tracing::warn!("ofi: {e}"),
+        };
+        self.hold_control(peer.0, true);
+        for m in msgs {
+            match wire::parse(m) {
+                Ok(p) if p.from == from && !matches!(p.kind, Kind::Bundle | Kind::Request) => {
+                    self.on_message(peer, p.kind, p.tag, p.data)
+                }
+                _ => tracing::warn!("ofi: dropped a malformed bundled message"),
+            }
+        }
+        self.hold_control(peer.0, false);
+    }
+
+    /// Handles one message from `peer`.
+    fn on_message(&self, peer: PeerId, kind: Kind, tag: u64, data: &[u8]) {
         match kind {
             Kind::Request => self.push_event(Event::Unexpected {
                 peer,
@@ -302,6 +329,7 @@ impl OfiPlugin {
                 Ok((op, ok, d)) => self.answered(peer, op, ok, Some(d.to_vec())),
                 Err(e) => tracing::warn!("ofi: {e}"),
             },
+            Kind::Bundle => tracing::warn!("ofi: dropped a bundle inside a bundle"),
         }
     }
 

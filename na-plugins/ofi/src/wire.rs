@@ -33,6 +33,9 @@ pub enum Kind {
     Carry = 5,
     /// The owner's answer to a `Carry`: a grant followed, for an allowed read, by the bytes.
     Carried = 6,
+    /// Control messages (checks, carries and their answers) to one peer sent as one
+    /// message while writes to it were held (`Plugin::hold`): see [`bundle`].
+    Bundle = 7,
 }
 
 /// An initiator's question to a region's owner, for providers whose own key checks are
@@ -144,6 +147,33 @@ pub fn header(kind: Kind, tag: u64, self_raw: &[u8]) -> Vec<u8> {
     h
 }
 
+/// The bytes a message adds to a bundle.
+pub const BUNDLED: usize = 4;
+
+/// Appends whole control message `msg` to bundle payload `b` (after a [`Kind::Bundle`]
+/// header): its length, then it.
+pub fn bundle(b: &mut Vec<u8>, msg: &[u8]) {
+    b.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    b.extend_from_slice(msg);
+}
+
+/// The messages of a bundle's payload, each whole; an empty one, or one that runs past the
+/// end, makes the bundle malformed.
+pub fn unbundle(mut data: &[u8]) -> Result<Vec<&[u8]>, NaError> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let bad = || NaError::PeerMisbehaved("malformed bundle".into());
+        let (n, rest) = data.split_first_chunk::<BUNDLED>().ok_or_else(bad)?;
+        let n = u32::from_le_bytes(*n) as usize;
+        if n == 0 || rest.len() < n {
+            return Err(bad());
+        }
+        out.push(&rest[..n]);
+        data = &rest[n..];
+    }
+    Ok(out)
+}
+
 /// A received unexpected message, split.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Parsed<'a> {
@@ -170,6 +200,7 @@ pub fn parse(msg: &[u8]) -> Result<Parsed<'_>, NaError> {
         4 => Kind::Grant,
         5 => Kind::Carry,
         6 => Kind::Carried,
+        7 => Kind::Bundle,
         _ => return Err(bad("unknown kind")),
     };
     let (&n, rest) = rest.split_first().ok_or_else(|| bad("no address length"))?;
@@ -295,6 +326,30 @@ pub fn pieces(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn bundles_split_into_their_messages_and_malformed_ones_are_refused() {
+        let mut b = Vec::new();
+        let msgs: [&[u8]; 3] = [b"one", &[7u8; 300], b"x"];
+        for m in msgs {
+            bundle(&mut b, m);
+        }
+        assert_eq!(unbundle(&b).unwrap(), msgs);
+        assert_eq!(unbundle(&[]).unwrap(), Vec::<&[u8]>::new());
+        assert!(unbundle(&b[..b.len() - 1]).is_err(), "truncated");
+        assert!(unbundle(&b[..2]).is_err(), "a cut length");
+        assert!(unbundle(&[0, 0, 0, 0]).is_err(), "an empty message");
+        assert!(
+            unbundle(&[0xff, 0xff, 0xff, 0xff, 1]).is_err(),
+            "a length past the end"
+        );
+        let mut h = header(Kind::Bundle, 0, b"addr");
+        h.extend_from_slice(&b);
+        let p = parse(&h).unwrap();
+        assert_eq!((p.kind, p.from), (Kind::Bundle, &b"addr"[..]));
+        assert_eq!(unbundle(p.data).unwrap().len(), 3);
+    }
+
     use super::*;
 
     #[test]
