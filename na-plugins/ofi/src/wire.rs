@@ -327,6 +327,27 @@ pub fn pieces(
 #[cfg(test)]
 mod tests {
 
+    proptest::proptest! {
+        /// Any bytes: a bundle's parser answers, never panics, and what it yields lies
+        /// within them; bundles made of any messages split back into them.
+        #[test]
+        fn bundles_of_any_bytes_parse_or_are_refused(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            msgs in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 1..50), 0..8),
+        ) {
+            if let Ok(parts) = unbundle(&raw) {
+                proptest::prop_assert!(parts.iter().map(|p| p.len() + BUNDLED).sum::<usize>() == raw.len());
+            }
+            let mut b = Vec::new();
+            for m in &msgs {
+                bundle(&mut b, m);
+            }
+            let back: Vec<Vec<u8>> = unbundle(&b).unwrap().iter().map(|p| p.to_vec()).collect();
+            proptest::prop_assert_eq!(back, msgs);
+        }
+    }
+
     #[test]
     fn bundles_split_into_their_messages_and_malformed_ones_are_refused() {
         let mut b = Vec::new();
