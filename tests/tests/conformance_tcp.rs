@@ -49,3 +49,36 @@ fn held_writes_leave_together_when_the_last_hold_goes() {
     );
     a.done(after).unwrap();
 }
+
+/// Messages sent while another thread takes and lets go of holds all arrive: none is left
+/// in the queue by a release that looked before it was there.
+#[test]
+fn writes_posted_while_holds_come_and_go_all_arrive() {
+    let (mut a, mut b, pb) = qs_tests::conformance::pair(tcp);
+    let first = a.p.send_unexpected(pb, 1, b"up".to_vec()).unwrap();
+    assert_eq!(b.next_unexpected().unwrap().1, 1);
+    a.done(first).unwrap();
+    const N: u64 = 3000;
+    let p = a.p.clone();
+    std::thread::scope(|s| {
+        let holder = s.spawn(|| {
+            for _ in 0..N {
+                p.hold(pb, true);
+                p.hold(pb, false);
+            }
+        });
+        for i in 0..N {
+            p.send_unexpected(pb, 100 + i, vec![i as u8]).unwrap();
+        }
+        holder.join().unwrap();
+    });
+    let mut got: Vec<u64> = (0..N)
+        .map(|i| {
+            b.next_unexpected()
+                .unwrap_or_else(|| panic!("message {i} of {N} never came"))
+                .1
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (100..100 + N).collect::<Vec<_>>());
+}

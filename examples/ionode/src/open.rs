@@ -171,7 +171,11 @@ impl Node {
         let backing = self.opens.take(key, epoch)?;
         if backing.id() != (attr.dev, attr.ino) || !attr.is_file() {
             if self.opens.release(&backing) {
-                let _ = self.call(&backing.fs, CLOSE, backing.fh());
+                // Not here: this may run on the thread completing another open.
+                let (fs, fh) = (backing.fs.clone(), backing.fh());
+                self.retry(Box::new(move || {
+                    let _ = fs.call(CLOSE, &fh);
+                }));
             }
             return None;
         }

@@ -55,10 +55,11 @@ impl Node {
         });
     }
 
-    /// Runs `job` on the node's retry thread (started at first need). If it cannot run,
-    /// it is dropped: the request it answers gets `EIO`, and nothing blocks here (the
+    /// Runs `job` on the node's retry thread (started at first need), which makes the
+    /// blocking calls that must not be made on a completing thread. If it cannot run, it
+    /// is dropped: the request it answers gets `EIO`, and nothing blocks here (the
     /// progress thread, usually).
-    fn retry(&self, job: Retry) {
+    pub(crate) fn retry(&self, job: Retry) {
         let tx = self.retries.get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel::<Retry>();
             let spawned = std::thread::Builder::new()
@@ -99,14 +100,14 @@ impl Node {
                             Counters::add(&node.stats.shared_opens, 1);
                             done(Ok(node.open_end(&op, attr, backing)))
                         }
-                        Verdict::Ask(lead) => match (node.shared_open(&op), lead) {
-                            (Some((attr, backing)), lead) => {
+                        Verdict::Ask(lead) => match node.shared_open(&op) {
+                            Some((attr, backing)) => {
                                 if let Some(l) = lead {
                                     l.share(&node.opens, attr, &backing);
                                 }
                                 done(Ok(node.open_end(&op, attr, backing)))
                             }
-                            (None, lead) => {
+                            None => {
                                 let mut op = op;
                                 op.lead = lead;
                                 node.open_ask(op, done)

@@ -612,21 +612,25 @@ fn names_in_path_directories_in_the_mount_run() {
                   && cd bin && PATH=:/usr/bin:/bin python3 -c 'import os\n\
 pid = os.posix_spawnp(\"hi\", [\"hi\", \"four\"], os.environ)\n\
 print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))' \
-                  && { PATH={}/bin:/usr/bin env nothere 2>/dev/null; echo rc=$?; }";
+                  && { PATH={}/bin:/usr/bin env nothere 2>/dev/null; echo rc=$?; } \
+                  && touch noexec && { PATH={}/bin:/usr/bin env noexec 2>/dev/null; echo rc=$?; }";
     let out = r.same("sh", &["-c", script]);
     assert_eq!(
         String::from_utf8_lossy(&out),
-        "hi one\nhi two\nhi three\nsystem\nhi four\n0\nrc=127\n"
+        "hi one\nhi two\nhi three\nsystem\nhi four\n0\nrc=127\nrc=126\n"
     );
 }
 
 /// `freopen` of a shipped path: `stdout` and `stderr` redirected into the mount (the
-/// stream used after, or the one returned), a shipped stream reopened on another file
-/// in either mode, a local stream on a shipped file, and `stdout` back to a local file.
+/// stream used after, or the one returned), a shipped stream reopened on another shipped
+/// file and on a local one, and `stdout` back to a local file. What cannot be done in the
+/// caller's stream fails with `EOPNOTSUPP` (a shipped stream's access mode changed, the C
+/// library's own stream moved onto a shipped file).
 #[test]
 fn freopen_moves_streams_to_and_from_shipped_files() {
     let r = Rig::new("interpose-freopen", "tcp");
-    let prog = r#"#include <stdio.h>
+    let prog = r#"#include <errno.h>
+#include <stdio.h>
 static char *at(const char *d, const char *n) {
   static char p[4][512]; static int i; i = (i + 1) % 4;
   snprintf(p[i], 512, "%s/%s", d, n); return p[i];
@@ -634,30 +638,44 @@ static char *at(const char *d, const char *n) {
 int main(int c, char **v) {
   char b[8] = {0};
   FILE *f = fopen(at(v[2], "local-in"), "w"); fputs("xyz", f); fclose(f);
+  if (c > 3) {
+    fclose(fopen(at(v[1], "a"), "w"));
+    f = fopen(at(v[1], "a"), "r"); errno = 0;
+    FILE *g = freopen(at(v[1], "b"), "w", f); printf("%d %d\n", g == NULL, errno);
+    f = fopen(at(v[2], "local-in"), "r"); errno = 0;
+    g = freopen(at(v[1], "a"), "r", f); printf("%d %d\n", g == NULL, errno);
+    return 0;
+  }
   if (!freopen(at(v[1], "out.log"), "w", stdout)) return 1;
   printf("to the log\n");
   FILE *e = freopen(at(v[1], "err.log"), "a", stderr);
   fprintf(e, "err one\n"); fprintf(stderr, "err two\n");
   f = fopen(at(v[1], "a"), "w"); fputs("aaa", f);
   f = freopen(at(v[1], "b"), "w", f); fputs("bbb", f); fclose(f);
-  f = fopen(at(v[1], "c"), "w"); f = freopen(at(v[1], "a"), "r", f);
+  f = fopen(at(v[1], "b"), "r"); f = freopen(at(v[1], "a"), "r", f);
   if (fread(b, 1, 3, f) != 3) return 2; fclose(f);
-  f = fopen(at(v[2], "local-in"), "r"); f = freopen(at(v[1], "b"), "r", f);
+  f = fopen(at(v[1], "a"), "r"); f = freopen(at(v[2], "local-in"), "r", f);
   if (fread(b + 3, 1, 3, f) != 3) return 3; fclose(f);
   if (!freopen(at(v[2], "local.log"), "w", stdout)) return 4;
   printf("local %s\n", b);
   return 0;
 }
 "#;
-    let script = format!(
-        "t=$(mktemp -d) && cat > $t/r.c <<'EOF'\n{prog}EOF\n\
-         cc -o $t/r $t/r.c && $t/r {{}} $t && cat {{}}/out.log {{}}/err.log {{}}/a {{}}/b $t/local.log && rm -r $t"
-    );
-    let out = r.same("sh", &["-c", &script]);
+    let script = |args: &str| {
+        format!(
+            "t=$(mktemp -d) && cat > $t/r.c <<'EOF'\n{prog}EOF\n\
+             cc -o $t/r $t/r.c && $t/r {{}} $t {args} && \
+             {{ [ -n '{args}' ] || cat {{}}/out.log {{}}/err.log {{}}/a {{}}/b $t/local.log; }} && rm -r $t"
+        )
+    };
+    let out = r.same("sh", &["-c", &script("")]);
     assert_eq!(
         String::from_utf8_lossy(&out),
-        "to the log\nerr one\nerr two\naaabbblocal aaabbb\n"
+        "to the log\nerr one\nerr two\naaabbblocal aaaxyz\n"
     );
+    let out = r.run(MOUNT, "sh", &["-c", &script("unsupported")]);
+    let refused = format!("1 {}\n", libc::EOPNOTSUPP);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), refused.repeat(2));
 }
 
 /// The C library's `glob` lists shipped directories: absolute and relative patterns,

@@ -179,7 +179,6 @@ pub(crate) struct Peer {
     pub(crate) lost: bool,
 }
 
-/// Everything behind the state lock.
 /// Holds on control messages to one peer, and what they keep.
 #[derive(Default)]
 pub(crate) struct Held {
@@ -189,6 +188,7 @@ pub(crate) struct Held {
     pub(crate) bytes: usize,
 }
 
+/// Everything behind the state lock.
 pub(crate) struct State {
     // Tables keyed by our own numbers (op ids, fabric addresses, context pointers) use a
     // fast hash: no peer chooses their keys. (Raw addresses, which peers send, keep

@@ -349,25 +349,34 @@ impl OfiPlugin {
         self.send_bundle(peer, out);
     }
 
-    /// Sends held control messages: alone, or as one bundle.
-    fn send_bundle(&self, peer: u64, msgs: Vec<Vec<u8>>) {
-        let sent = match msgs.len() {
+    /// Sends held control messages: alone, or as one bundle. If they cannot be sent, the
+    /// transfers they carried fail now (not at their timeout).
+    fn send_bundle(&self, peer: u64, mut msgs: Vec<Vec<u8>>) {
+        let ours: Vec<u64> = msgs
+            .iter()
+            .filter_map(|m| match wire::parse(m) {
+                Ok(p) if p.kind == Kind::Carry => wire::decode_carry(p.data).ok(),
+                _ => None,
+            })
+            .map(|(c, _)| c.op)
+            .collect();
+        let buf = match msgs.len() {
             0 => return,
-            1 => msgs.into_iter().try_for_each(|m| {
-                self.send_to(peer, Route::Pool, m, What::Control, true)
-                    .map(|_| ())
-            }),
+            1 => msgs.remove(0),
             _ => {
                 let mut b = wire::header(Kind::Bundle, 0, &self.self_raw);
                 for m in &msgs {
                     wire::bundle(&mut b, m);
                 }
-                self.send_to(peer, Route::Pool, b, What::Control, true)
-                    .map(|_| ())
+                b
             }
         };
-        if let Err(e) = sent {
+        if let Err(e) = self.send_to(peer, Route::Pool, buf, What::Control, true) {
             tracing::debug!("ofi: held control messages not sent: {e}");
+            for id in ours {
+                lock(&self.state).awaiting.remove(&id);
+                self.finish_now(id, Some(e.clone()));
+            }
         }
     }
 

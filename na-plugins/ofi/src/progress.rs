@@ -263,7 +263,9 @@ impl OfiPlugin {
         self.hold_control(peer.0, true);
         for m in msgs {
             match wire::parse(m) {
-                Ok(p) if p.from == from && !matches!(p.kind, Kind::Bundle | Kind::Request) => {
+                // Only what a bundle is made of: each carried transfer or answer makes
+                // at most one answer, itself held.
+                Ok(p) if p.from == from && matches!(p.kind, Kind::Carry | Kind::Carried) => {
                     self.on_message(peer, p.kind, p.tag, p.data)
                 }
                 _ => tracing::warn!("ofi: dropped a malformed bundled message"),

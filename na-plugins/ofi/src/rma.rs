@@ -234,7 +234,7 @@ impl OfiPlugin {
     }
 
     /// Completes `id`, none of whose pieces is posted (with `e` if given).
-    fn finish_now(&self, id: u64, e: Option<NaError>) {
+    pub(crate) fn finish_now(&self, id: u64, e: Option<NaError>) {
         let mut s = lock(&self.state);
         if let Some(op) = s.ops.get_mut(&id) {
             op.parts = 0;

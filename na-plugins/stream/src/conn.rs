@@ -217,8 +217,14 @@ impl Conn {
     /// (not through the inbox), and charges an answer to the backlog only if the wire does
     /// not take it at once.
     pub fn send(&self, f: OutFrame, mem: &MemTable) -> Result<Flushed, OutFrame> {
-        if self.held.load(Ordering::Acquire) > 0 {
+        if self.held.load(Ordering::SeqCst) > 0 {
             self.post(f)?;
+            // The last hold may have gone, and its flush looked, before the frame was in
+            // the inbox: then it is for us to write (both sides' steps are SeqCst, so one
+            // of the two sees the other).
+            if self.held.load(Ordering::SeqCst) == 0 {
+                return Ok(self.flush(mem));
+            }
             return Ok(Flushed { done: Vec::new() });
         }
         let mut w = match self.write.try_lock() {
@@ -256,11 +262,11 @@ impl Conn {
     /// caller then flushes). A release without a hold is ignored.
     pub fn hold(&self, on: bool) -> bool {
         if on {
-            self.held.fetch_add(1, Ordering::AcqRel);
+            self.held.fetch_add(1, Ordering::SeqCst);
             return false;
         }
         self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             == Ok(1)
     }
 

@@ -12,8 +12,9 @@ use crate::real::call_real;
 /// glibc's `GLOB_ALTDIRFUNC` (glob.h).
 const GLOB_ALTDIRFUNC: c_int = 1 << 9;
 
-/// glibc's `glob_t` (and `glob64_t`, the same on 64-bit targets), whose function fields
-/// the libc crate keeps private.
+/// glibc's `glob_t` (and `glob64_t`, the same on 64-bit targets, whose `dirent`/`stat`
+/// are those of 64 bits: this library is built for 64-bit glibc targets), whose function
+/// fields the libc crate keeps private.
 #[repr(C)]
 pub struct Glob {
     pathc: usize,
@@ -74,18 +75,6 @@ pub unsafe extern "C" fn glob(pat: *const c_char, flags: c_int, err: ErrFn, g: *
     call_real!(glob: fn(*const c_char, c_int, ErrFn, *mut Glob) -> c_int, pat, flags, err, g)
 }
 
-/// Interposed `glob64`.
-///
-/// # Safety
-/// As `glob(3)`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn glob64(
-    pat: *const c_char,
-    flags: c_int,
-    err: ErrFn,
-    g: *mut Glob,
-) -> c_int {
-    // SAFETY: the caller's contract.
-    let flags = unsafe { prepare(flags, g) };
-    call_real!(glob64: fn(*const c_char, c_int, ErrFn, *mut Glob) -> c_int, pat, flags, err, g)
+crate::real::alias! {
+    unsafe glob64 => glob(pat: *const c_char, flags: c_int, err: ErrFn, g: *mut Glob) -> c_int;
 }

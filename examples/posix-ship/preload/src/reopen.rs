@@ -6,11 +6,12 @@
 //!   onto descriptor 0, 1 or 2 (`dup2`), which makes a shipped stream stand in for the
 //!   standard one while it is shipped, or gives the C library's back when it stops
 //!   being so (`crate::stdio`); the stream standing for it now is returned.
-//! - A shipped stream, reopened with the same access mode: the new file takes over its
-//!   descriptor, and the stream, emptied, goes on with it.
-//! - Any other stream (another mode, or the C library's own for a shipped path): it is
-//!   closed, and a new stream on the file is returned (programs use the stream
-//!   `freopen` returns; one kept from before does not follow).
+//! - A shipped stream, reopened with the same access mode (on a shipped file or a local
+//!   one): the new file takes over its descriptor, and the stream, emptied, goes on with
+//!   it.
+//! - Another access mode for a shipped stream, or the C library's own stream (not a
+//!   standard one) for a shipped path: `EOPNOTSUPP`, the stream closed as by any failed
+//!   `freopen` (POSIX), never freed under a program that goes on using it.
 //!
 //! A shipped stream's mode cannot change without a path (`freopen(NULL, …)`): `EINVAL`.
 
@@ -18,7 +19,7 @@ use libc::{c_char, c_int};
 
 use crate::files;
 use crate::real::call_real;
-use crate::stdio::{__fpurge, mode_flags, shipped_stream, standard_now, standard_of, stream};
+use crate::stdio::{__fpurge, mode_flags, shipped_stream, standard_now, standard_of};
 use crate::{fail, shipped};
 
 /// What to do instead of the C library's `freopen`, or `None` to let it.
@@ -46,42 +47,48 @@ fn reopen(path: *const c_char, mode: *const c_char, f: *mut libc::FILE) -> Optio
     };
     // SAFETY: `f` is the caller's open stream (freopen's contract).
     unsafe { libc::fflush(f) };
+    // A reopen that fails closes the stream, as POSIX has it: the program goes on with
+    // the stream returned, or none (never with a stream freed under it).
+    let failed = |e: c_int| {
+        // SAFETY: as above; nothing uses `f` after this.
+        unsafe { libc::fclose(f) };
+        fail(e);
+        Some(std::ptr::null_mut())
+    };
     let fd = files::open(path, flags, 0o666);
     if fd < 0 {
-        return Some(std::ptr::null_mut());
+        return failed(crate::last_errno());
     }
+    let moved = |to: c_int| {
+        let r = files::dup2(fd, to);
+        files::close(fd);
+        r >= 0
+    };
     if let Some(n) = standard {
-        let moved = files::dup2(fd, n);
-        files::close(fd);
-        return Some(if moved < 0 {
-            std::ptr::null_mut()
+        return if moved(n) {
+            Some(standard_now(n))
         } else {
-            standard_now(n)
-        });
+            failed(crate::last_errno())
+        };
     }
-    let same_mode = ours.and_then(crate::table::get).is_some_and(|d| {
-        *crate::table::lock(&d.flags) & libc::O_ACCMODE == flags & libc::O_ACCMODE
-    }) && crate::table::get(fd).is_some();
-    if let (Some(old), true) = (ours, same_mode) {
-        let moved = files::dup2(fd, old);
+    // The C library's own stream would read and write a shipped file with its internal
+    // calls; a shipped stream cannot change its access mode in place.
+    let in_place = ours.filter(|&old| {
+        files::fcntl(old, libc::F_GETFL, 0) & libc::O_ACCMODE == flags & libc::O_ACCMODE
+    });
+    let Some(old) = in_place else {
         files::close(fd);
-        if moved < 0 {
-            return Some(std::ptr::null_mut());
-        }
-        // SAFETY: `f` is the caller's open stream; what it held was for the old file.
-        unsafe {
-            __fpurge(f);
-            libc::clearerr(f);
-        }
-        return Some(f);
+        return failed(libc::EOPNOTSUPP);
+    };
+    if !moved(old) {
+        return failed(crate::last_errno());
     }
-    // SAFETY: as above; the stream is replaced by the one returned.
-    unsafe { libc::fclose(f) };
-    Some(if crate::table::get(fd).is_some() {
-        stream(fd, mode)
-    } else {
-        call_real!(fdopen: fn(c_int, *const c_char) -> *mut libc::FILE, fd, mode)
-    })
+    // SAFETY: `f` is the caller's open stream; what it held was for the old file.
+    unsafe {
+        __fpurge(f);
+        libc::clearerr(f);
+    }
+    Some(f)
 }
 
 /// Interposed `freopen`.
@@ -96,14 +103,6 @@ pub extern "C" fn freopen(
     })
 }
 
-/// Interposed `freopen64`.
-#[unsafe(no_mangle)]
-pub extern "C" fn freopen64(
-    path: *const c_char,
-    mode: *const c_char,
-    f: *mut libc::FILE,
-) -> *mut libc::FILE {
-    reopen(path, mode, f).unwrap_or_else(|| {
-        call_real!(freopen64: fn(*const c_char, *const c_char, *mut libc::FILE) -> *mut libc::FILE, path, mode, f)
-    })
+crate::real::alias! {
+    safe freopen64 => freopen(path: *const c_char, mode: *const c_char, f: *mut libc::FILE) -> *mut libc::FILE;
 }

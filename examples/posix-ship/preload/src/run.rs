@@ -63,9 +63,11 @@ const DEFAULT_PATH: &[u8] = b"/bin:/usr/bin";
 /// names a directory in the mount (the C library's own search makes its calls inside
 /// itself, where this library does not see them): the first directory in `PATH` order
 /// holding a regular file of that name the caller may execute (shipped: the server's
-/// checks; local: the kernel's). `None` if `PATH` names no shipped directory, or nothing
-/// is found: the C library then looks, and fails, as it would. Empty entries are the
-/// working directory, as in the C library.
+/// checks; local: the kernel's), or else the first shipped one it may not (its exec
+/// fails with `EACCES`, as the C library's search would). `None` if `PATH` names no
+/// shipped directory, if the file is found in a local directory first, or if there is
+/// none: the C library then looks, as it would. Empty entries are the working
+/// directory, as in the C library.
 pub fn search(file: *const libc::c_char) -> Option<CString> {
     if file.is_null() || crate::config()?.ride.is_some() {
         return None;
@@ -88,13 +90,25 @@ pub fn search(file: *const libc::c_char) -> Option<CString> {
     if !candidates.iter().any(|c| shipped(c.as_ptr()).is_some()) {
         return None;
     }
-    candidates.into_iter().find(|c| {
+    // The first regular file that may be executed; else the first shipped regular file,
+    // whose exec then fails with EACCES as the C library's search would.
+    let mut denied = None;
+    for c in candidates {
         let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        crate::paths::stat(c.as_ptr(), st.as_mut_ptr()) == 0
+        let regular = crate::paths::stat(c.as_ptr(), st.as_mut_ptr()) == 0
             // SAFETY: stat succeeded and filled it.
-            && unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFREG
-            && crate::paths::access(c.as_ptr(), libc::X_OK) == 0
-    })
+            && unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let ours = shipped(c.as_ptr()).is_some();
+        if regular && crate::paths::access(c.as_ptr(), libc::X_OK) == 0 {
+            // A local one is the C library's to run (its search also runs a script
+            // without `#!` with the shell).
+            return ours.then_some(c);
+        }
+        if regular && ours && denied.is_none() {
+            denied = Some(c);
+        }
+    }
+    denied
 }
 
 /// The bytes of executable regular file `p` (beneath the export).
