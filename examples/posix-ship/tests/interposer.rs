@@ -716,6 +716,21 @@ int main(int c, char **v) {
     );
 }
 
+/// A library built in the mount is loaded by `dlopen` (Python's `ctypes`), once per
+/// process whatever the number of opens; a missing one fails as the C library says.
+#[test]
+fn shipped_libraries_load_with_dlopen() {
+    let r = Rig::new("interpose-dlopen", "tcp");
+    let script = "cd {} && printf 'int twice(int x){return 2 * x;}\\nint calls;\\nint count(void){return ++calls;}\\n' > l.c \
+                  && cc -shared -fPIC -o libl.so l.c && python3 -c 'import ctypes, sys\n\
+a = ctypes.CDLL(sys.argv[1] + \"/libl.so\"); b = ctypes.CDLL(\"./libl.so\")\n\
+print(a.twice(21), a.count(), b.count())\n\
+try: ctypes.CDLL(\"./missing.so\")\n\
+except OSError as e: print(\"missing\", \"No such file\" in str(e))' {}";
+    let out = r.same("sh", &["-c", script]);
+    assert_eq!(String::from_utf8_lossy(&out), "42 1 2\nmissing True\n");
+}
+
 #[test]
 fn hard_links_and_extended_attributes_are_shipped() {
     let r = Rig::new("interpose-xattr", "tcp");

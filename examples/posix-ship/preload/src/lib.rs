@@ -20,6 +20,7 @@
 mod compat;
 mod cwd;
 mod dirs;
+mod dl;
 mod exec;
 mod files;
 mod glob;

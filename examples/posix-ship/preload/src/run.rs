@@ -49,7 +49,7 @@ pub fn program(file: *const libc::c_char) -> Program {
     let Some(p) = crate::shipped_bytes(&real) else {
         return CString::new(real).map_or(Program::Refused(libc::EINVAL), Program::Local);
     };
-    match image(p) {
+    match image(p, libc::X_OK) {
         Ok(data) if data.starts_with(b"#!") => script(&data, file),
         Ok(data) => memfd(&data).map_or_else(Program::Refused, Program::Image),
         Err(e) => Program::Refused(e),
@@ -111,9 +111,10 @@ pub fn search(file: *const libc::c_char) -> Option<CString> {
     denied
 }
 
-/// The bytes of executable regular file `p` (beneath the export).
-fn image(p: Vec<u8>) -> Result<Vec<u8>, c_int> {
-    call(p::ACCESS, &(ByteBuf::from(p.clone()), libc::X_OK))?;
+/// The bytes of regular file `p` (beneath the export), which the caller may `access`
+/// (`X_OK` to run it, `R_OK` to load it).
+pub(crate) fn image(p: Vec<u8>, access: c_int) -> Result<Vec<u8>, c_int> {
+    call(p::ACCESS, &(ByteBuf::from(p.clone()), access))?;
     let fs = table::client()?;
     let o = fs
         .open_raw(&p, libc::O_RDONLY | libc::O_CLOEXEC, 0)
@@ -174,7 +175,7 @@ fn script(data: &[u8], file: *const libc::c_char) -> Program {
 }
 
 /// `data` in a memfd the kernel can execute.
-fn memfd(data: &[u8]) -> Result<OwnedFd, c_int> {
+pub(crate) fn memfd(data: &[u8]) -> Result<OwnedFd, c_int> {
     // SAFETY: a NUL-terminated name; flags as memfd_create(2) documents.
     let fd = unsafe { libc::memfd_create(c"posix-ship-exec".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
