@@ -3,89 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-use common::{ServerProc, preload_lib, scratch};
-
-const MOUNT: &str = "/qs-fwd";
-
-struct Rig {
-    srv: ServerProc,
-    lib: PathBuf,
-    local: PathBuf,
-    src: PathBuf,
-}
-
-impl Rig {
-    fn new(name: &str, transport: &str) -> Rig {
-        let base = scratch(name);
-        let export = base.join("export");
-        let local = base.join("local");
-        std::fs::create_dir_all(&export).unwrap();
-        std::fs::create_dir_all(&local).unwrap();
-        let src = base.join("src.bin");
-        let data: Vec<u8> = (0..3_000_017u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
-        std::fs::write(&src, data).unwrap();
-        Rig {
-            srv: ServerProc::start(&export, transport, &[]),
-            lib: preload_lib(),
-            local,
-            src,
-        }
-    }
-
-    /// Runs `prog args` with the interposer; `{}` in an argument becomes `dir`.
-    fn run(&self, dir: &str, prog: &str, args: &[&str]) -> Output {
-        let args: Vec<String> = args.iter().map(|a| a.replace("{}", dir)).collect();
-        let out = Command::new(prog)
-            .args(&args)
-            .env("LD_PRELOAD", &self.lib)
-            .env("POSIX_SHIP_SERVER", &self.srv.addr)
-            .env("QS_AUTH", &self.srv.auth)
-            .env("POSIX_SHIP_MOUNT", MOUNT)
-            .output()
-            .unwrap_or_else(|e| panic!("{prog}: {e}"));
-        assert!(
-            out.status.success(),
-            "{prog} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// Runs the command locally and under the mount; the outputs must match.
-    fn same(&self, prog: &str, args: &[&str]) -> Vec<u8> {
-        let local = self.run(self.local.to_str().unwrap(), prog, args);
-        let shipped = self.run(MOUNT, prog, args);
-        let norm = |o: &Output, dir: &str| String::from_utf8_lossy(&o.stdout).replace(dir, "DIR");
-        assert_eq!(
-            norm(&local, self.local.to_str().unwrap()),
-            norm(&shipped, MOUNT),
-            "{prog} {args:?}: output differs"
-        );
-        shipped.stdout
-    }
-
-    fn both(&self, rel: &str) -> (Vec<u8>, Vec<u8>) {
-        (
-            std::fs::read(self.local.join(rel)).unwrap(),
-            std::fs::read(self.srv.export.join(rel)).unwrap(),
-        )
-    }
-}
-
-fn assert_same_file(r: &Rig, rel: &str) {
-    let (a, b) = r.both(rel);
-    assert!(
-        a == b,
-        "{rel}: {} local bytes vs {} shipped bytes differ",
-        a.len(),
-        b.len()
-    );
-}
+use common::rig::{MOUNT, Rig, assert_same_file};
 
 #[test]
 fn coreutils_copy_read_and_hash_through_the_mount() {
@@ -559,178 +480,19 @@ fn vectored_v2_splice_and_special_nodes() {
 /// Programs that live in the mount run: a binary built there (from a memfd), a script
 /// (its interpreter on its path), through `execve`, `posix_spawn` and `subprocess`, a
 /// venv's `bin/python` (a link out of the mount); not without execute permission.
-#[test]
-fn programs_in_the_mount_run() {
-    let r = Rig::new("interpose-run", "tcp");
-    let script = "cd {} && printf 'int main(int c, char **v){return c + 40;}' > m.c \
-                  && cc -o m m.c && { ./m a b; echo rc=$?; } \
-                  && printf '#!/bin/sh\\necho script \"$1\"\\n' > s.sh && chmod +x s.sh \
-                  && ./s.sh one && sh -c './s.sh two' \
-                  && python3 -c 'import os, subprocess\n\
-print(subprocess.run([\"./m\"]).returncode)\n\
-print(subprocess.run([\"./s.sh\", \"three\"], capture_output=True).stdout.decode().strip())\n\
-pid = os.posix_spawn(\"./m\", [\"m\", \"x\"], os.environ)\n\
-print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))' \
-                  && chmod -x s.sh && { ./s.sh 2>/dev/null; echo rc=$?; } \
-                  && python3 -m venv --without-pip ve \
-                  && ./ve/bin/python -c 'import sys; print(sys.prefix.endswith(\"ve\"))'";
-    let out = r.same("sh", &["-c", script]);
-    assert_eq!(
-        String::from_utf8_lossy(&out),
-        "rc=43\nscript one\nscript two\n41\nscript three\n42\nrc=126\nTrue\n"
-    );
-    // A shipped program larger than the 1 GiB copied into memory is refused (ENOMEM),
-    // before any of it is read.
-    let big = r.srv.export.join("big");
-    let f = std::fs::File::create(&big).unwrap();
-    f.set_len((1 << 30) + 1).unwrap();
-    std::fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let code = "import os, sys\n\
-                try: os.execv(sys.argv[1] + '/big', ['big'])\n\
-                except OSError as e: print(e.errno)";
-    let out = r.run(MOUNT, "python3", &["-c", code, "{}"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("{}\n", libc::ENOMEM)
-    );
-    std::fs::remove_file(&big).unwrap();
-}
-
 /// Names looked for in `PATH` are found in its directories in the mount, by the C
 /// library's `execvp` (`env`, `find -exec`, `xargs`) and `posix_spawnp`, an empty entry
 /// being the working directory; a local directory earlier in `PATH` still wins, and a
 /// name found nowhere fails as before.
-#[test]
-fn names_in_path_directories_in_the_mount_run() {
-    let r = Rig::new("interpose-path", "tcp");
-    let script = "cd {} && mkdir -p bin && printf '#!/bin/sh\\necho hi \"$@\"\\n' > bin/hi \
-                  && printf '#!/bin/sh\\necho mine\\n' > bin/true && chmod +x bin/hi bin/true \
-                  && PATH={}/bin:$PATH env hi one \
-                  && PATH={}/bin:$PATH find bin -name hi -exec hi two \\; \
-                  && echo three | PATH={}/bin:$PATH xargs hi \
-                  && PATH=/usr/bin:/bin:{}/bin env true && echo system \
-                  && cd bin && PATH=:/usr/bin:/bin python3 -c 'import os\n\
-pid = os.posix_spawnp(\"hi\", [\"hi\", \"four\"], os.environ)\n\
-print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))' \
-                  && { PATH={}/bin:/usr/bin env nothere 2>/dev/null; echo rc=$?; } \
-                  && touch noexec && { PATH={}/bin:/usr/bin env noexec 2>/dev/null; echo rc=$?; }";
-    let out = r.same("sh", &["-c", script]);
-    assert_eq!(
-        String::from_utf8_lossy(&out),
-        "hi one\nhi two\nhi three\nsystem\nhi four\n0\nrc=127\nrc=126\n"
-    );
-}
-
 /// `freopen` of a shipped path: `stdout` and `stderr` redirected into the mount (the
 /// stream used after, or the one returned), a shipped stream reopened on another shipped
 /// file and on a local one, and `stdout` back to a local file. What cannot be done in the
 /// caller's stream fails with `EOPNOTSUPP` (a shipped stream's access mode changed, the C
 /// library's own stream moved onto a shipped file).
-#[test]
-fn freopen_moves_streams_to_and_from_shipped_files() {
-    let r = Rig::new("interpose-freopen", "tcp");
-    let prog = r#"#include <errno.h>
-#include <stdio.h>
-static char *at(const char *d, const char *n) {
-  static char p[4][512]; static int i; i = (i + 1) % 4;
-  snprintf(p[i], 512, "%s/%s", d, n); return p[i];
-}
-int main(int c, char **v) {
-  char b[8] = {0};
-  FILE *f = fopen(at(v[2], "local-in"), "w"); fputs("xyz", f); fclose(f);
-  if (c > 3) {
-    fclose(fopen(at(v[1], "a"), "w"));
-    f = fopen(at(v[1], "a"), "r"); errno = 0;
-    FILE *g = freopen(at(v[1], "b"), "w", f); printf("%d %d\n", g == NULL, errno);
-    f = fopen(at(v[2], "local-in"), "r"); errno = 0;
-    g = freopen(at(v[1], "a"), "r", f); printf("%d %d\n", g == NULL, errno);
-    return 0;
-  }
-  if (!freopen(at(v[1], "out.log"), "w", stdout)) return 1;
-  printf("to the log\n");
-  FILE *e = freopen(at(v[1], "err.log"), "a", stderr);
-  fprintf(e, "err one\n"); fprintf(stderr, "err two\n");
-  f = fopen(at(v[1], "a"), "w"); fputs("aaa", f);
-  f = freopen(at(v[1], "b"), "w", f); fputs("bbb", f); fclose(f);
-  f = fopen(at(v[1], "b"), "r"); f = freopen(at(v[1], "a"), "r", f);
-  if (fread(b, 1, 3, f) != 3) return 2; fclose(f);
-  f = fopen(at(v[1], "a"), "r"); f = freopen(at(v[2], "local-in"), "r", f);
-  if (fread(b + 3, 1, 3, f) != 3) return 3; fclose(f);
-  if (!freopen(at(v[2], "local.log"), "w", stdout)) return 4;
-  printf("local %s\n", b);
-  return 0;
-}
-"#;
-    let script = |args: &str| {
-        format!(
-            "t=$(mktemp -d) && cat > $t/r.c <<'EOF'\n{prog}EOF\n\
-             cc -o $t/r $t/r.c && $t/r {{}} $t {args} && \
-             {{ [ -n '{args}' ] || cat {{}}/out.log {{}}/err.log {{}}/a {{}}/b $t/local.log; }} && rm -r $t"
-        )
-    };
-    let out = r.same("sh", &["-c", &script("")]);
-    assert_eq!(
-        String::from_utf8_lossy(&out),
-        "to the log\nerr one\nerr two\naaabbblocal aaaxyz\n"
-    );
-    let out = r.run(MOUNT, "sh", &["-c", &script("unsupported")]);
-    let refused = format!("1 {}\n", libc::EOPNOTSUPP);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), refused.repeat(2));
-}
-
 /// The C library's `glob` lists shipped directories: absolute and relative patterns,
 /// several levels of wildcards, `GLOB_MARK`, and no match with and without `GLOB_NOCHECK`.
-#[test]
-fn glob_lists_shipped_directories() {
-    let r = Rig::new("interpose-glob", "tcp");
-    let prog = r#"#include <glob.h>
-#include <stdio.h>
-#include <unistd.h>
-static void show(const char *pat, int flags) {
-  glob_t g; int rc = glob(pat, flags, NULL, &g);
-  printf("%s rc=%d:", pat, rc);
-  for (size_t i = 0; rc == 0 && i < g.gl_pathc; i++) printf(" %s", g.gl_pathv[i]);
-  printf("\n"); if (rc == 0) globfree(&g);
-}
-int main(int c, char **v) {
-  char p[512];
-  snprintf(p, sizeof p, "%s/d*/*.dat", v[1]); show(p, 0);
-  if (chdir(v[1])) return 1;
-  show("*", GLOB_MARK); show("d1/[ab].dat", 0); show("none*", 0); show("none*", GLOB_NOCHECK);
-  return 0;
-}
-"#;
-    let script = format!(
-        "t=$(mktemp -d) && cat > $t/g.c <<'EOF'\n{prog}EOF\n\
-         cc -o $t/g $t/g.c && cd {{}} && mkdir d1 d2 && touch d1/a.dat d1/b.dat d1/c.txt d2/z.dat top \
-         && $t/g {{}}; rc=$?; rm -r $t; exit $rc"
-    );
-    let out = r.same("sh", &["-c", &script]);
-    assert_eq!(
-        String::from_utf8_lossy(&out),
-        format!(
-            "{MOUNT}/d*/*.dat rc=0: {MOUNT}/d1/a.dat {MOUNT}/d1/b.dat {MOUNT}/d2/z.dat\n\
-             * rc=0: d1/ d2/ top\nd1/[ab].dat rc=0: d1/a.dat d1/b.dat\nnone* rc=3:\n\
-             none* rc=0: none*\n"
-        )
-    );
-}
-
 /// A library built in the mount is loaded by `dlopen` (Python's `ctypes`), once per
 /// process whatever the number of opens; a missing one fails as the C library says.
-#[test]
-fn shipped_libraries_load_with_dlopen() {
-    let r = Rig::new("interpose-dlopen", "tcp");
-    let script = "cd {} && printf 'int twice(int x){return 2 * x;}\\nint calls;\\nint count(void){return ++calls;}\\n' > l.c \
-                  && cc -shared -fPIC -o libl.so l.c && python3 -c 'import ctypes, sys\n\
-a = ctypes.CDLL(sys.argv[1] + \"/libl.so\"); b = ctypes.CDLL(\"./libl.so\")\n\
-print(a.twice(21), a.count(), b.count())\n\
-try: ctypes.CDLL(\"./missing.so\")\n\
-except OSError as e: print(\"missing\", \"No such file\" in str(e))' {}";
-    let out = r.same("sh", &["-c", script]);
-    assert_eq!(String::from_utf8_lossy(&out), "42 1 2\nmissing True\n");
-}
-
 #[test]
 fn hard_links_and_extended_attributes_are_shipped() {
     let r = Rig::new("interpose-xattr", "tcp");

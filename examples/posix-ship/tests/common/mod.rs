@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use posix_ship::client::{ClientOptions, RemoteFs};
 
 pub mod fuse;
+pub mod rig;
 
 /// The transports the library tests run over: tcp and sm, or the comma-separated list
 /// in `QS_POSIX_SHIP_TRANSPORTS` (e.g. `ofi+tcp`, with the `ofi` feature).

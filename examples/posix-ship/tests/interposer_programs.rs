@@ -1,0 +1,167 @@
+//! Programs run through `libposix_ship_preload.so` that live in the mount, or load or
+//! look up what does: `exec` of shipped programs and of names found in `PATH`,
+//! `freopen`, `glob` and `dlopen`; each compared with the same commands on a local
+//! directory where the outcome is the same.
+
+mod common;
+
+use common::rig::{MOUNT, Rig};
+
+#[test]
+fn programs_in_the_mount_run() {
+    let r = Rig::new("interpose-run", "tcp");
+    let script = "cd {} && printf 'int main(int c, char **v){return c + 40;}' > m.c \
+                  && cc -o m m.c && { ./m a b; echo rc=$?; } \
+                  && printf '#!/bin/sh\\necho script \"$1\"\\n' > s.sh && chmod +x s.sh \
+                  && ./s.sh one && sh -c './s.sh two' \
+                  && python3 -c 'import os, subprocess\n\
+print(subprocess.run([\"./m\"]).returncode)\n\
+print(subprocess.run([\"./s.sh\", \"three\"], capture_output=True).stdout.decode().strip())\n\
+pid = os.posix_spawn(\"./m\", [\"m\", \"x\"], os.environ)\n\
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))' \
+                  && chmod -x s.sh && { ./s.sh 2>/dev/null; echo rc=$?; } \
+                  && python3 -m venv --without-pip ve \
+                  && ./ve/bin/python -c 'import sys; print(sys.prefix.endswith(\"ve\"))'";
+    let out = r.same("sh", &["-c", script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "rc=43\nscript one\nscript two\n41\nscript three\n42\nrc=126\nTrue\n"
+    );
+    // A shipped program larger than the 1 GiB copied into memory is refused (ENOMEM),
+    // before any of it is read.
+    let big = r.srv.export.join("big");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len((1 << 30) + 1).unwrap();
+    std::fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let code = "import os, sys\n\
+                try: os.execv(sys.argv[1] + '/big', ['big'])\n\
+                except OSError as e: print(e.errno)";
+    let out = r.run(MOUNT, "python3", &["-c", code, "{}"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", libc::ENOMEM)
+    );
+    std::fs::remove_file(&big).unwrap();
+}
+
+#[test]
+fn names_in_path_directories_in_the_mount_run() {
+    let r = Rig::new("interpose-path", "tcp");
+    let script = "cd {} && mkdir -p bin && printf '#!/bin/sh\\necho hi \"$@\"\\n' > bin/hi \
+                  && printf '#!/bin/sh\\necho mine\\n' > bin/true && chmod +x bin/hi bin/true \
+                  && PATH={}/bin:$PATH env hi one \
+                  && PATH={}/bin:$PATH find bin -name hi -exec hi two \\; \
+                  && echo three | PATH={}/bin:$PATH xargs hi \
+                  && PATH=/usr/bin:/bin:{}/bin env true && echo system \
+                  && cd bin && PATH=:/usr/bin:/bin python3 -c 'import os\n\
+pid = os.posix_spawnp(\"hi\", [\"hi\", \"four\"], os.environ)\n\
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))' \
+                  && { PATH={}/bin:/usr/bin env nothere 2>/dev/null; echo rc=$?; } \
+                  && touch noexec && { PATH={}/bin:/usr/bin env noexec 2>/dev/null; echo rc=$?; }";
+    let out = r.same("sh", &["-c", script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "hi one\nhi two\nhi three\nsystem\nhi four\n0\nrc=127\nrc=126\n"
+    );
+}
+
+#[test]
+fn freopen_moves_streams_to_and_from_shipped_files() {
+    let r = Rig::new("interpose-freopen", "tcp");
+    let prog = r#"#include <errno.h>
+#include <stdio.h>
+static char *at(const char *d, const char *n) {
+  static char p[4][512]; static int i; i = (i + 1) % 4;
+  snprintf(p[i], 512, "%s/%s", d, n); return p[i];
+}
+int main(int c, char **v) {
+  char b[8] = {0};
+  FILE *f = fopen(at(v[2], "local-in"), "w"); fputs("xyz", f); fclose(f);
+  if (c > 3) {
+    fclose(fopen(at(v[1], "a"), "w"));
+    f = fopen(at(v[1], "a"), "r"); errno = 0;
+    FILE *g = freopen(at(v[1], "b"), "w", f); printf("%d %d\n", g == NULL, errno);
+    f = fopen(at(v[2], "local-in"), "r"); errno = 0;
+    g = freopen(at(v[1], "a"), "r", f); printf("%d %d\n", g == NULL, errno);
+    return 0;
+  }
+  if (!freopen(at(v[1], "out.log"), "w", stdout)) return 1;
+  printf("to the log\n");
+  FILE *e = freopen(at(v[1], "err.log"), "a", stderr);
+  fprintf(e, "err one\n"); fprintf(stderr, "err two\n");
+  f = fopen(at(v[1], "a"), "w"); fputs("aaa", f);
+  f = freopen(at(v[1], "b"), "w", f); fputs("bbb", f); fclose(f);
+  f = fopen(at(v[1], "b"), "r"); f = freopen(at(v[1], "a"), "r", f);
+  if (fread(b, 1, 3, f) != 3) return 2; fclose(f);
+  f = fopen(at(v[1], "a"), "r"); f = freopen(at(v[2], "local-in"), "r", f);
+  if (fread(b + 3, 1, 3, f) != 3) return 3; fclose(f);
+  if (!freopen(at(v[2], "local.log"), "w", stdout)) return 4;
+  printf("local %s\n", b);
+  return 0;
+}
+"#;
+    let script = |args: &str| {
+        format!(
+            "t=$(mktemp -d) && cat > $t/r.c <<'EOF'\n{prog}EOF\n\
+             cc -o $t/r $t/r.c && $t/r {{}} $t {args} && \
+             {{ [ -n '{args}' ] || cat {{}}/out.log {{}}/err.log {{}}/a {{}}/b $t/local.log; }} && rm -r $t"
+        )
+    };
+    let out = r.same("sh", &["-c", &script("")]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "to the log\nerr one\nerr two\naaabbblocal aaaxyz\n"
+    );
+    let out = r.run(MOUNT, "sh", &["-c", &script("unsupported")]);
+    let refused = format!("1 {}\n", libc::EOPNOTSUPP);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), refused.repeat(2));
+}
+
+#[test]
+fn glob_lists_shipped_directories() {
+    let r = Rig::new("interpose-glob", "tcp");
+    let prog = r#"#include <glob.h>
+#include <stdio.h>
+#include <unistd.h>
+static void show(const char *pat, int flags) {
+  glob_t g; int rc = glob(pat, flags, NULL, &g);
+  printf("%s rc=%d:", pat, rc);
+  for (size_t i = 0; rc == 0 && i < g.gl_pathc; i++) printf(" %s", g.gl_pathv[i]);
+  printf("\n"); if (rc == 0) globfree(&g);
+}
+int main(int c, char **v) {
+  char p[512];
+  snprintf(p, sizeof p, "%s/d*/*.dat", v[1]); show(p, 0);
+  if (chdir(v[1])) return 1;
+  show("*", GLOB_MARK); show("d1/[ab].dat", 0); show("none*", 0); show("none*", GLOB_NOCHECK);
+  return 0;
+}
+"#;
+    let script = format!(
+        "t=$(mktemp -d) && cat > $t/g.c <<'EOF'\n{prog}EOF\n\
+         cc -o $t/g $t/g.c && cd {{}} && mkdir d1 d2 && touch d1/a.dat d1/b.dat d1/c.txt d2/z.dat top \
+         && $t/g {{}}; rc=$?; rm -r $t; exit $rc"
+    );
+    let out = r.same("sh", &["-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        format!(
+            "{MOUNT}/d*/*.dat rc=0: {MOUNT}/d1/a.dat {MOUNT}/d1/b.dat {MOUNT}/d2/z.dat\n\
+             * rc=0: d1/ d2/ top\nd1/[ab].dat rc=0: d1/a.dat d1/b.dat\nnone* rc=3:\n\
+             none* rc=0: none*\n"
+        )
+    );
+}
+
+#[test]
+fn shipped_libraries_load_with_dlopen() {
+    let r = Rig::new("interpose-dlopen", "tcp");
+    let script = "cd {} && printf 'int twice(int x){return 2 * x;}\\nint calls;\\nint count(void){return ++calls;}\\n' > l.c \
+                  && cc -shared -fPIC -o libl.so l.c && python3 -c 'import ctypes, sys\n\
+a = ctypes.CDLL(sys.argv[1] + \"/libl.so\"); b = ctypes.CDLL(\"./libl.so\")\n\
+print(a.twice(21), a.count(), b.count())\n\
+try: ctypes.CDLL(\"./missing.so\")\n\
+except OSError as e: print(\"missing\", \"No such file\" in str(e))' {}";
+    let out = r.same("sh", &["-c", script]);
+    assert_eq!(String::from_utf8_lossy(&out), "42 1 2\nmissing True\n");
+}
