@@ -158,6 +158,10 @@ enum Cmd {
         /// and write to the server), `otoc` (dropped at each open).
         #[arg(long, default_value = "otoc")]
         data_cache: posix_ship::mount::DataCache,
+        /// The kernel's read-ahead on the mount, in KiB (the kernel's default is 128; a
+        /// larger window needs root, and the kernel reads at most 1 MiB per request).
+        #[arg(long, default_value_t = 8192)]
+        read_ahead_kib: u32,
     },
     /// Relay to the server (`-s`/POSIX_SHIP_SERVER) from another transport: every call is
     /// made for its caller, so the server must trust this user (`--trust-forwarder`).
@@ -325,6 +329,7 @@ fn run(cli: Cli) -> io::Result<()> {
             writeback_cache,
             multi_user,
             data_cache,
+            read_ahead_kib,
         } => {
             let secs = |s: f64, what: &str| {
                 Duration::try_from_secs_f64(s).map_err(|e| {
@@ -346,6 +351,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 &mountpoint,
                 opts,
                 threads,
+                read_ahead_kib,
             )
         }
         Cmd::Relay { listen, auth } => serve_cmd::relay(&listen, &auth, fs()?),

@@ -17,6 +17,7 @@ pub fn run(
     mountpoint: &Path,
     opts: MountOptions,
     threads: usize,
+    read_ahead_kib: u32,
 ) -> io::Result<()> {
     if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
@@ -44,7 +45,8 @@ pub fn run(
         if let Err(e) = fs.acting_for(Some(me)).metadata("/") {
             let why = if e.raw_os_error() == Some(libc::EPERM) {
                 format!(
-                    "the server does not let this daemon (uid {uid}) act for other users:                      start it with --trust-forwarder {uid}"
+                    "the server does not let this daemon (uid {uid}) act for other users: \
+                     start it with --trust-forwarder {uid}"
                 )
             } else {
                 e.to_string()
@@ -75,6 +77,7 @@ pub fn run(
     let session = fuser::spawn_mount2(fs, mountpoint, &cfg)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", mountpoint.display())))?;
     let _ = notifier.set(session.notifier());
+    read_ahead(mountpoint, read_ahead_kib);
     println!("mounted {addr} on {}", mountpoint.display());
     tracing::info!(%addr, mountpoint = %mountpoint.display(), "mounted");
     loop {
@@ -87,5 +90,30 @@ pub fn run(
             return session.join();
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sets the kernel's read-ahead window of the mount (its backing device's
+/// `read_ahead_kb`): the kernel lowers it to 128 KiB at each FUSE mount, so a sequential
+/// reader would cost a call per 128 KiB. Only root may raise it; anyone else keeps the
+/// kernel's window (said in the log). Done after the kernel's INIT: stat of the mountpoint
+/// waits for it, and INIT would lower a window set before.
+fn read_ahead(mountpoint: &Path, kib: u32) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(m) => m.dev(),
+        Err(e) => {
+            tracing::warn!(%e, "read-ahead left as the kernel set it");
+            return;
+        }
+    };
+    let at = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    match std::fs::write(&at, kib.to_string()) {
+        Ok(()) => tracing::info!(kib, "read-ahead set"),
+        Err(e) => tracing::info!(%e, %at, "read-ahead left as the kernel set it"),
     }
 }

@@ -293,3 +293,35 @@ fn ls_l_asks_the_server_nothing_per_file_for_acls_the_listing_ruled_out() {
         "a listed file's attributes as the server has them"
     );
 }
+
+#[test]
+fn a_sequential_reader_costs_a_call_per_mib() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root may widen the mount's read-ahead");
+        return;
+    }
+    let Some((export, at, _local, srv)) = setup("mount-read-ahead") else {
+        return;
+    };
+    let data: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(export.join("big"), &data).unwrap();
+    let m = Mounted::start(&srv, &at, &[]);
+    let fs = srv.client();
+    let before = fs.server_stats().unwrap().requests;
+    let read = run(&at, "sha256sum big | cut -c1-16");
+    let calls = fs.server_stats().unwrap().requests - before;
+    let here = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "sha256sum {} | cut -c1-16",
+            export.join("big").display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(read, String::from_utf8_lossy(&here.stdout));
+    // At the kernel's own window (128 KiB) this read costs 133 calls here.
+    println!("sha256sum of 32 MiB on the mount: {calls} calls");
+    assert!(calls <= 48, "{calls} calls for 32 MiB read in order");
+    drop(m);
+}

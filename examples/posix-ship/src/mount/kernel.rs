@@ -17,8 +17,9 @@ use crate::proto::*;
 
 impl Filesystem for Fs {
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
-        // Large reads from the kernel (its read-ahead, up to 1 MiB if it allows): a
-        // sequential reader costs a round trip per MiB, not per 128 KiB.
+        // Large reads from the kernel (up to 1 MiB per request): with the read-ahead
+        // window `posix-ship mount` sets once mounted, a sequential reader costs a round
+        // trip per MiB, not per 128 KiB.
         if let Err(max) = config.set_max_readahead(1 << 20) {
             let _ = config.set_max_readahead(max);
         }
