@@ -3,9 +3,11 @@
 //! dfuse): the kernel holds the descriptors and does everything else, the interposer
 //! ships the data calls of those descriptors straight to the server.
 //!
-//! - [`INFO`] (`_IOR('Q', 1, [u8; 4096])`): which server the mount serves and the path of
-//!   the file beneath the export ([`Info`]), so that the interposer can open the same file
-//!   on its own connection, with its own identity checked by the server.
+//! - [`INFO`] (`_IOR('Q', 1, [u8; 4096])`): which server the mount serves, the path of
+//!   the file beneath the export and the server's (device, inode) of the file the
+//!   descriptor holds ([`Info`]), so that the interposer can open the same file on its own
+//!   connection, with its own identity checked by the server, and know it is the same
+//!   file (the path may name another one by then: renamed over, or replaced on the server).
 //! - [`INVAL`] (`_IO('Q', 2)`): the kernel forgets the file's cached attributes and pages
 //!   (the interposer wrote around them); answered once they are gone.
 //!
@@ -20,7 +22,7 @@ pub const INFO: u32 = (2 << 30) | ((INFO_SIZE as u32) << 16) | ((b'Q' as u32) <<
 /// `_IO('Q', 2)`.
 pub const INVAL: u32 = ((b'Q' as u32) << 8) | 2;
 
-const MAGIC: &[u8; 4] = b"QSR1";
+const MAGIC: &[u8; 4] = b"QSR2";
 
 /// The answer to [`INFO`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +31,9 @@ pub struct Info {
     pub server: String,
     /// The file's path beneath the export.
     pub path: Vec<u8>,
+    /// The server's (device, inode) of the file the descriptor holds; (0, 0) for a
+    /// descriptor that holds no file the daemon opened (a directory's).
+    pub file: (u64, u64),
     /// The mount runs with the kernel's writeback cache: the kernel then keeps its own
     /// idea of each file's size and ignores the server's, so nothing may be written
     /// around it (an interposer does not ride on such a mount).
@@ -47,17 +52,19 @@ pub enum Malformed {
 }
 
 impl Info {
-    /// The answer's bytes: magic, flags (bit 0: writeback), address length (u16 LE),
-    /// address, path length (u16 LE), path.
+    /// The answer's bytes: magic, flags (bit 0: writeback), device and inode (u64 LE
+    /// each), address length (u16 LE), address, path length (u16 LE), path.
     pub fn encode(&self) -> Result<Vec<u8>, Malformed> {
         let (s, p) = (self.server.as_bytes(), &self.path);
-        let len = MAGIC.len() + 1 + 2 + s.len() + 2 + p.len();
+        let len = MAGIC.len() + 1 + 16 + 2 + s.len() + 2 + p.len();
         if len > INFO_SIZE {
             return Err(Malformed::TooLong);
         }
         let mut b = Vec::with_capacity(len);
         b.extend_from_slice(MAGIC);
         b.push(u8::from(self.writeback));
+        b.extend_from_slice(&self.file.0.to_le_bytes());
+        b.extend_from_slice(&self.file.1.to_le_bytes());
         b.extend_from_slice(&(s.len() as u16).to_le_bytes());
         b.extend_from_slice(s);
         b.extend_from_slice(&(p.len() as u16).to_le_bytes());
@@ -69,12 +76,15 @@ impl Info {
     pub fn decode(b: &[u8]) -> Result<Info, Malformed> {
         let rest = b.strip_prefix(MAGIC).ok_or(Malformed::Magic)?;
         let (flags, rest) = rest.split_first().ok_or(Malformed::Length)?;
+        let (dev, rest) = rest.split_first_chunk::<8>().ok_or(Malformed::Length)?;
+        let (ino, rest) = rest.split_first_chunk::<8>().ok_or(Malformed::Length)?;
         let (server, rest) = field(rest)?;
         let (path, _) = field(rest)?;
         let server = std::str::from_utf8(server).map_err(|_| Malformed::Length)?;
         Ok(Info {
             server: server.to_string(),
             path: path.to_vec(),
+            file: (u64::from_le_bytes(*dev), u64::from_le_bytes(*ino)),
             writeback: flags & 1 != 0,
         })
     }
@@ -105,6 +115,7 @@ mod tests {
         let i = Info {
             server: "sm://1234/0".into(),
             path: b"/dir/f".to_vec(),
+            file: (0x801, u64::MAX - 7),
             writeback: true,
         };
         let mut b = i.encode().unwrap();
@@ -114,22 +125,36 @@ mod tests {
 
     #[test]
     fn hostile_answers_are_refused() {
-        let bad: [&[u8]; 6] = [
-            b"QSR1",
-            b"QSR1\0",
-            b"QSR1\0\x05\0abc",
-            b"QSR1\0\x01\0a\xff\xff/",
-            b"QSR1\0\x01\0\xff\0\0",
-            b"QSR1\0\x01\0a\x01",
+        let id = [7u8; 16];
+        let bad: [&[u8]; 7] = [
+            b"QSR2",
+            b"QSR2\0",
+            b"QSR2\0\x01\x02\x03",
+            b"\x05\0abc",
+            b"\x01\0a\xff\xff/",
+            b"\x01\0\xff\0\0",
+            b"\x01\0a\x01",
         ];
-        for b in bad {
-            assert_eq!(Info::decode(b), Err(Malformed::Length), "{b:?}");
+        for (i, b) in bad.into_iter().enumerate() {
+            // The first three are cut before the file's identity ends; the rest follow it.
+            let b = if i < 3 {
+                b.to_vec()
+            } else {
+                [&b"QSR2\0"[..], &id, b].concat()
+            };
+            assert_eq!(Info::decode(&b), Err(Malformed::Length), "{b:?}");
         }
+        assert_eq!(
+            Info::decode(b"QSR1\0\0\0\0\0"),
+            Err(Malformed::Magic),
+            "older answers"
+        );
         assert_eq!(Info::decode(b""), Err(Malformed::Magic));
         assert_eq!(Info::decode(b"XSR1\0\0\0\0\0"), Err(Malformed::Magic));
         let long = Info {
             server: "x".repeat(INFO_SIZE),
             path: Vec::new(),
+            file: (0, 0),
             writeback: false,
         };
         assert_eq!(long.encode(), Err(Malformed::TooLong));

@@ -210,3 +210,27 @@ fn sync_files_and_changed_flags_stay_on_the_kernel_path() {
     // Rode: the first write of "flags", and the reads of "sync" reopened without O_SYNC.
     assert_eq!(rode, (2, 2, 1), "what rode");
 }
+
+/// A path renamed over on the server between the kernel's open and the first shipped
+/// call names another file: the descriptor keeps reading the file it opened, through
+/// the kernel.
+#[test]
+fn a_file_replaced_under_its_path_is_not_ridden() {
+    let Some((export, at, _local, srv)) = setup("ride-replaced") else {
+        return;
+    };
+    std::fs::write(export.join("a"), vec![b'a'; 1 << 20]).unwrap();
+    std::fs::write(export.join("b"), vec![b'b'; 1 << 20]).unwrap();
+    let lib = preload_lib();
+    let m = Mounted::start(&srv, &at, &[]);
+    let report = at.parent().unwrap().join("report");
+    let script = format!(
+        "python3 -c 'import os; f = os.open(\"a\", os.O_RDONLY); \
+         os.rename(\"{0}/b\", \"{0}/a\"); print(os.read(f, 1 << 20)[:3])'",
+        export.display()
+    );
+    let (out, err) = run_env(&at, &script, &riding(&srv, &at, &lib, &report));
+    assert_eq!(out, "b'aaa'\n", "{err}");
+    assert_eq!(shipped(&report), (0, 0, 0), "nothing rode");
+    drop(m);
+}

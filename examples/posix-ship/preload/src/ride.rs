@@ -171,7 +171,9 @@ fn start(fd: c_int, flags: c_int, touched: bool) -> Option<Desc> {
     let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
     let fs = table::client().ok()?;
     let o = fs.open_raw(&info.path, flags, 0).ok()?;
-    if o.attr.is_dir() {
+    // The path may name another file by now (renamed over, replaced on the server): the
+    // kernel's descriptor holds the one the daemon opened, and stays the way to it.
+    if o.attr.is_dir() || (o.attr.dev, o.attr.ino) != info.file {
         let _ = fs.close_raw(o.fh);
         return None;
     }

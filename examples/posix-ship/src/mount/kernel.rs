@@ -224,7 +224,7 @@ impl Filesystem for Fs {
         });
         match r {
             Ok(o) => {
-                self.opened(ino.0, o.fh.0);
+                self.opened(ino.0, &o);
                 reply.opened(FileHandle(o.fh.0), self.open_reply())
             }
             Err(e) => reply.error(e),
@@ -376,14 +376,14 @@ impl Filesystem for Fs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: fuser::IoctlFlags,
         cmd: u32,
         _in_data: &[u8],
         out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        match self.ride(ino, cmd, out_size) {
+        match self.ride(ino, fh, cmd, out_size) {
             Ok(b) => reply.ioctl(0, &b),
             Err(e) => reply.error(e),
         }
@@ -521,7 +521,7 @@ impl Filesystem for Fs {
         match r {
             Ok((o, p)) => {
                 let ino = self.inodes().learn(&p);
-                self.opened(ino, o.fh.0);
+                self.opened(ino, &o);
                 let ttl = self.opts.entry_timeout.min(self.opts.attr_timeout);
                 let attr = file_attr(ino, &o.attr);
                 reply.created(

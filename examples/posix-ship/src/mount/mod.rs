@@ -92,6 +92,9 @@ impl Default for MountOptions {
     }
 }
 
+/// Open handles by inode, each with the server's (device, inode) of the file it opened.
+type Handles = HashMap<u64, Vec<(u64, (u64, u64))>>;
+
 /// The file system the kernel talks to.
 pub struct Fs {
     fs: RemoteFs,
@@ -99,8 +102,10 @@ pub struct Fs {
     inodes: Mutex<Inodes>,
     /// Directory listings being read, by handle (the kernel reads them by offset).
     listings: Mutex<HashMap<u64, (listing::ReadAt, Vec<listing::Listed>)>>,
-    /// Open handles by inode: a file unlinked while open is still reached through them.
-    handles: Mutex<HashMap<u64, Vec<u64>>>,
+    /// Open handles by inode, each with the server's (device, inode) of the file it
+    /// opened: a file unlinked while open is still reached through them, and a rider is
+    /// told which file its descriptor holds.
+    handles: Mutex<Handles>,
     /// The server's address, told to an interposer riding on the mount ([`crate::ride`]).
     server: String,
     /// The way to tell the kernel to drop what it caches (set once mounted).
@@ -161,13 +166,18 @@ impl Fs {
     }
 
     /// An `ioctl` of an interposer riding on the mount ([`crate::ride`]).
-    fn ride(&self, ino: INodeNo, cmd: u32, out_size: u32) -> R<Vec<u8>> {
+    fn ride(&self, ino: INodeNo, fh: FileHandle, cmd: u32, out_size: u32) -> R<Vec<u8>> {
         match cmd {
             crate::ride::INFO => {
                 let path = self.path(ino)?;
+                let file = self
+                    .handles()
+                    .get(&ino.0)
+                    .and_then(|v| v.iter().find(|(h, _)| *h == fh.0).map(|(_, id)| *id));
                 let info = crate::ride::Info {
                     server: self.server.clone(),
                     path,
+                    file: file.unwrap_or((0, 0)),
                     writeback: self.opts.writeback,
                 };
                 let b = info.encode().map_err(|_| Errno::ENAMETOOLONG)?;
@@ -190,18 +200,19 @@ impl Fs {
         }
     }
 
-    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<u64>>> {
+    fn handles(&self) -> std::sync::MutexGuard<'_, Handles> {
         self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn opened(&self, ino: u64, fh: u64) {
-        self.handles().entry(ino).or_default().push(fh);
+    fn opened(&self, ino: u64, o: &Opened) {
+        let id = (o.attr.dev, o.attr.ino);
+        self.handles().entry(ino).or_default().push((o.fh.0, id));
     }
 
     fn closed(&self, ino: u64, fh: u64) {
         let mut h = self.handles();
         if let Some(v) = h.get_mut(&ino) {
-            v.retain(|&x| x != fh);
+            v.retain(|&(x, _)| x != fh);
             if v.is_empty() {
                 h.remove(&ino);
             }
@@ -311,7 +322,10 @@ impl Fs {
         match self.path(ino) {
             Ok(p) => Ok(Target::Path(bytes(&p))),
             Err(e) => {
-                let h = self.handles().get(&ino.0).and_then(|v| v.first().copied());
+                let h = self
+                    .handles()
+                    .get(&ino.0)
+                    .and_then(|v| v.first().map(|e| e.0));
                 h.map(|h| Target::Handle(Fh(h))).ok_or(e)
             }
         }
