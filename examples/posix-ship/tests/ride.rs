@@ -234,3 +234,70 @@ fn a_file_replaced_under_its_path_is_not_ridden() {
     assert_eq!(shipped(&report), (0, 0, 0), "nothing rode");
     drop(m);
 }
+
+/// A program riding on the mount when its daemon is killed: what goes to the kernel
+/// fails with ENOTCONN, what it ships still reaches the (living) server, nothing hangs.
+const KILLED: &str = r#"
+import errno, os, sys
+fd = os.open("f", os.O_RDONLY)
+first = os.read(fd, 1 << 20)
+print("ready", flush=True)
+sys.stdin.readline()
+def attempt(f):
+    try:
+        return f()
+    except OSError as e:
+        return errno.errorcode[e.errno]
+print(len(first), attempt(lambda: len(os.read(fd, 1 << 20))))
+print(attempt(lambda: os.fstat(fd).st_size), attempt(lambda: os.open("f", os.O_RDONLY)))
+print(attempt(lambda: os.close(fd)))
+"#;
+
+#[test]
+fn a_killed_daemon_leaves_a_riding_program_errors_not_hangs() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let Some((export, at, _local, srv)) = setup("ride-killed") else {
+        return;
+    };
+    std::fs::write(export.join("f"), vec![b'f'; 2 << 20]).unwrap();
+    let lib = preload_lib();
+    let mut m = Mounted::start(&srv, &at, &[]);
+    let report = at.parent().unwrap().join("report");
+    let mut p = Command::new("python3")
+        .args(["-c", KILLED])
+        .current_dir(&at)
+        .envs(riding(&srv, &at, &lib, &report))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(p.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    m.signal(libc::SIGKILL);
+    let _ = m.child.wait();
+    let t = Instant::now();
+    writeln!(p.stdin.take().unwrap()).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(p.wait().unwrap().success(), "{rest}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let lines: Vec<&str> = rest.lines().collect();
+    // The second MiB: shipped (the server lives on) or refused, never hung.
+    assert!(
+        ["1048576 1048576", "1048576 ENOTCONN", "1048576 EIO"].contains(&lines[0]),
+        "{rest}"
+    );
+    // fstat of a ridden file is shipped too; a new open is the kernel's.
+    assert!(
+        ["2097152 ENOTCONN", "ENOTCONN ENOTCONN"].contains(&lines[1]),
+        "{rest}"
+    );
+    // Closing it: the kernel's flush fails as on a plain mount whose daemon died.
+    assert!(["None", "ENOTCONN"].contains(&lines[2]), "{rest}");
+    assert_eq!(shipped(&report).0, 1, "it rode: {rest}");
+    drop(m);
+}
