@@ -456,6 +456,9 @@ impl Filesystem for Fs {
             self.call(SETXATTR, &req)
         });
         self.inodes().xattrs_changed(ino.0); // and after: a listing may have raced it
+        if r.is_ok() {
+            self.acl_set(ino, name);
+        }
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -469,6 +472,9 @@ impl Filesystem for Fs {
             .target(ino, None)
             .and_then(|t| self.call(REMOVEXATTR, &(t, bytes(name.as_bytes()))));
         self.inodes().xattrs_changed(ino.0);
+        if r.is_ok() {
+            self.acl_set(ino, name);
+        }
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

@@ -200,6 +200,19 @@ impl Fs {
         }
     }
 
+    /// An access ACL set or removed changes the file's mode too (`cp -a` sets modes so):
+    /// the kernel's cached attributes are dropped before the answer, or `stat` would
+    /// show the old mode until they expire.
+    fn acl_set(&self, ino: INodeNo, name: &OsStr) {
+        if name.as_bytes() == b"system.posix_acl_access"
+            && let Some(n) = self.notifier.get()
+            && let Err(e) = n.inval_inode(ino, -1, 0)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::debug!(%e, "inval_inode");
+        }
+    }
+
     fn handles(&self) -> std::sync::MutexGuard<'_, Handles> {
         self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -117,6 +117,8 @@ git add -A && git commit -qm one && git mv a.txt c.txt && git commit -qm two
 git log --format=%H%n%s && git status --short && git fsck --no-progress 2>&1 | wc -l
 git gc -q && git clone -q . ../clone && cd ../clone && git log -1 --format=%s
 cd .. && tar czf t.tgz repo && mkdir x && tar xzf t.tgz -C x && diff -r repo x/repo && echo tar ok
+lr=$(mktemp -d) && git init -q "$lr/src" && echo l > "$lr/src/l" && git -C "$lr/src" add l && git -C "$lr/src" commit -qm local
+git clone -q "$lr/src" cin && git -C cin log -1 --format=%s && git clone -q repo "$lr/out" && git -C "$lr/out" log -1 --format=%s && rm -rf "$lr"
 mkdir proj && printf '#include <stdio.h>\nint main(void){puts("built");return 0;}\n' > proj/main.c
 printf 'main: main.c\n\tcc -o main main.c\n' > proj/Makefile && make -s -C proj && ./proj/main
 sqlite3 db "pragma journal_mode=wal; create table t(x);
@@ -131,6 +133,7 @@ ln repo/c.txt hard && cat hard && stat -c %h hard repo/c.txt
 chown 1:2 hard && stat -c %u:%g hard repo/c.txt
 python3 -c "import os; os.setxattr('hard', 'user.k', b'v'); print(os.getxattr('hard', 'user.k'), os.listxattr('hard')); os.removexattr('hard', 'user.k'); print(os.listxattr('hard'))"
 cp -a hard kept && stat -c %u:%g kept
+chmod 640 repo/c.txt && touch -d '2020-01-02 03:04:05' repo/c.txt && cp -a repo/c.txt kept2 && stat -c '%a %Y %s' kept2
 mkdir -p zsrc/sub && echo a > zsrc/a && echo b > zsrc/sub/b && zip -qr z.zip zsrc && unzip -q z.zip -d zout && diff -r zsrc zout/zsrc && echo zip ok
 out=$(mktemp -d) && rsync -a zsrc/ "$out"/ && rsync -a "$out"/ rsback/ && rm -r "$out" && diff -r zsrc rsback && echo rsync ok
 for rw in write read randrw; do fio --name=t --ioengine=psync --rw=$rw --bs=4k --size=2m --filename=fio.dat --verify=crc32c --verify_state_save=0 --randseed=1 --output=/dev/null && echo fio $rw ok; done
