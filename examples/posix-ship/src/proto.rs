@@ -17,6 +17,11 @@ pub type Reply<T> = Result<T, i32>;
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Fh(pub u64);
 
+/// A handle lent to another connection of the same user ([`LEND`], [`ADOPT`]): 128
+/// random bits.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Pass(pub u128);
+
 /// What a metadata operation applies to.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -242,6 +247,13 @@ pub const CLOSE: Rpc<Fh, Reply<()>> = Rpc::new("posix.close");
 /// each handle's `errno` (0: closed), in order; at most [`MAX_CLOSE_MANY`] handles (else
 /// `EINVAL`, none closed). A server built before it answers `ENOSYS`.
 pub const CLOSE_MANY: Rpc<FhList, Reply<Vec<i32>>> = Rpc::new("posix.close_many");
+/// A pass for the caller's handle, which another connection of the same user may adopt
+/// (a forked or exec'd child: `crate::server::lending`). A server built before it
+/// answers `ENOSYS`.
+pub const LEND: Rpc<Fh, Reply<Pass>> = Rpc::new("posix.lend");
+/// A handle of the caller's on the open file a pass stands for (`EBADF` for a pass
+/// unknown, expired, or of another user).
+pub const ADOPT: Rpc<Pass, Reply<Opened>> = Rpc::new("posix.adopt");
 /// Handles one [`CLOSE_MANY`] may close.
 pub const MAX_CLOSE_MANY: usize = 256;
 

@@ -467,3 +467,40 @@ fn a_lying_server_is_an_eio() {
         "bulk write"
     );
 }
+
+/// A handle lent by one connection is adopted by another of the same user (a child of
+/// the interposer's): the same open file, though its path is gone; passes outlive their
+/// lender's handle (for a while), and a made-up pass is `EBADF`.
+#[test]
+fn a_lent_handle_is_the_same_open_file_on_another_connection() {
+    for transport in transports() {
+        let export = scratch(&format!("lib-lend-{transport}"));
+        let srv = ServerProc::start(&export, &transport, &[]);
+        let (parent, child) = (srv.client(), srv.client());
+        parent.write("/f", b"the file").unwrap();
+        let o = parent.open_raw(b"/f", libc::O_RDONLY, 0).unwrap();
+        parent.remove_file("/f").unwrap();
+        let pass = parent.lend(o.fh).unwrap();
+        assert_eq!(
+            parent.lend(o.fh).unwrap(),
+            pass,
+            "lent again: the same pass"
+        );
+        let a = child.adopt(pass).unwrap();
+        assert_ne!(a.fh, o.fh);
+        assert_eq!((a.attr.ino, a.attr.size), (o.attr.ino, 8));
+        let mut b = [0u8; 8];
+        assert_eq!(child.pread(a.fh, &mut b, 0).unwrap(), 8);
+        assert_eq!(&b, b"the file");
+        // The child's handle is its own: the parent's is unknown to it.
+        assert_eq!(errno(child.pread(o.fh, &mut b, 0)), libc::EBADF);
+        // The lender closing leaves the pass good for a while (a shell closes its copy
+        // as soon as the child is started).
+        parent.close_raw(o.fh).unwrap();
+        let again = child.adopt(pass).unwrap();
+        assert_eq!(child.pread(again.fh, &mut b, 0).unwrap(), 8);
+        let forged = posix_ship::proto::Pass(pass.0 ^ (1 << 77));
+        assert_eq!(errno(child.adopt(forged)), libc::EBADF);
+        assert_eq!(errno(parent.lend(o.fh)), libc::EBADF, "a closed handle");
+    }
+}

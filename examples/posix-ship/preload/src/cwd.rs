@@ -8,7 +8,7 @@
 //! local file by accident.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use libc::{c_char, c_int};
 use posix_ship::proto::{self as p, Target};
@@ -40,19 +40,58 @@ pub fn get() -> Option<Vec<u8>> {
     d
 }
 
-/// The `POSIX_SHIP_CWD=...` entry of the environment: this buffer, handed to `putenv`
-/// once and rewritten in place after, because `setenv` may free the environment array
-/// another thread's `getenv` is reading (glibc marks it MT-unsafe). A reader racing a
-/// change may see a mix of the two values, never freed memory.
-static SLOT: [AtomicU8; SLOT_LEN] = [const { AtomicU8::new(0) }; SLOT_LEN];
+/// The `POSIX_SHIP_CWD=...` entry of the environment: a buffer handed to `putenv` and
+/// rewritten in place after, because `setenv` may free the environment array another
+/// thread's `getenv` is reading (glibc marks it MT-unsafe). A reader racing a change may
+/// see a mix of the two values, never freed memory. Allocated with `malloc`, not static:
+/// perl frees every entry of a changed environment at exit (a static one aborted it).
+static SLOT: AtomicPtr<AtomicU8> = AtomicPtr::new(std::ptr::null_mut());
 const SLOT_LEN: usize = ENV.len() + 2 + libc::PATH_MAX as usize;
+
+unsafe extern "C" {
+    static mut environ: *mut *mut c_char;
+}
+
+/// The slot, and whether it is new (to be put into the environment once written): a
+/// new one also when the program dropped the old one from its environment (perl puts
+/// back its own array at exit, after freeing ours).
+fn slot() -> Option<(&'static [AtomicU8], bool)> {
+    let p = SLOT.load(Ordering::Acquire);
+    // SAFETY: `environ` is the C library's NULL-terminated array of entries; only the
+    // pointers are compared.
+    let listed = !p.is_null()
+        && unsafe {
+            let mut e = environ;
+            let mut found = false;
+            while !e.is_null() && !(*e).is_null() {
+                if (*e).cast::<AtomicU8>() == p {
+                    found = true;
+                    break;
+                }
+                e = e.add(1);
+            }
+            found
+        };
+    let (p, new) = if listed {
+        (p, false)
+    } else {
+        // SAFETY: a zeroed allocation, never freed by us (the environment keeps it).
+        let m = unsafe { libc::calloc(SLOT_LEN, 1) }.cast::<AtomicU8>();
+        if m.is_null() {
+            return None;
+        }
+        SLOT.store(m, Ordering::Release);
+        (m, true)
+    };
+    // SAFETY: `SLOT_LEN` bytes allocated above, alive while the environment lists them;
+    // `AtomicU8` has `u8`'s layout.
+    Some((unsafe { std::slice::from_raw_parts(p, SLOT_LEN) }, new))
+}
 
 /// Makes `dir` (a path under the mount; empty: none) what programs started now inherit.
 fn publish(dir: &[u8]) {
-    static PUT: std::sync::Once = std::sync::Once::new();
-    if dir.is_empty() && !PUT.is_completed() {
-        // Nothing was handed down yet: the environment stays untouched (perl frees, at
-        // exit, entries it did not make if the array changed under it).
+    if dir.is_empty() && SLOT.load(Ordering::Acquire).is_null() {
+        // Nothing was handed down yet: the environment stays untouched.
         return;
     }
     let name = ENV.as_bytes();
@@ -60,25 +99,28 @@ fn publish(dir: &[u8]) {
         // Too long for the slot (a directory deeper than PATH_MAX): none is handed down.
         return publish(b"");
     }
+    let Some((slot, new)) = slot() else {
+        return;
+    };
     // The value emptied first, then written, then its first byte: a racing reader sees
     // the old value, an empty one or a prefix of the new one.
-    SLOT[name.len() + 1].store(0, Ordering::Release);
+    slot[name.len() + 1].store(0, Ordering::Release);
     for (i, b) in name.iter().chain(b"=").enumerate() {
-        SLOT[i].store(*b, Ordering::Relaxed);
+        slot[i].store(*b, Ordering::Relaxed);
     }
     let v = name.len() + 1;
     for (i, b) in dir.iter().enumerate().skip(1) {
-        SLOT[v + i].store(*b, Ordering::Relaxed);
+        slot[v + i].store(*b, Ordering::Relaxed);
     }
-    SLOT[v + dir.len()].store(0, Ordering::Release);
+    slot[v + dir.len()].store(0, Ordering::Release);
     if let Some(b) = dir.first() {
-        SLOT[v].store(*b, Ordering::Release);
+        slot[v].store(*b, Ordering::Release);
     }
-    PUT.call_once(|| {
-        // SAFETY: a NUL-terminated `NAME=value` string in a static that lives as long as
-        // the process; putenv keeps the pointer, and we only ever change its bytes.
-        unsafe { libc::putenv(SLOT.as_ptr() as *mut c_char) };
-    });
+    if new {
+        // SAFETY: a NUL-terminated `NAME=value` string that lives as long as the
+        // environment lists it; putenv keeps the pointer, and we only change its bytes.
+        unsafe { libc::putenv(slot.as_ptr() as *mut c_char) };
+    }
 }
 
 /// What the parent handed down.

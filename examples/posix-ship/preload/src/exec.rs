@@ -45,9 +45,10 @@ fn surviving() -> Vec<Group> {
     groups
 }
 
-/// `fds:flags:offset[@slot]:dir:hex(path)` for each of `groups`, `fds` the
+/// `fds:flags:offset[@slot]:dir:pass:hex(path)` for each of `groups`, `fds` the
 /// comma-separated descriptors sharing it (`2>&1`: one offset for both), `slot` its
-/// shared offset's (`crate::offsets`); and those slots.
+/// shared offset's (`crate::offsets`), `pass` the server's pass for its open file (32
+/// hex digits, or `-`: the child opens the path again); and those slots.
 fn inheritable(groups: Vec<Group>) -> Option<(Vec<u8>, Vec<u32>)> {
     let mut out = Vec::new();
     let mut slots = Vec::new();
@@ -70,7 +71,10 @@ fn inheritable(groups: Vec<Group>) -> Option<(Vec<u8>, Vec<u32>)> {
         let fds: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
         let hex: String = d.path.iter().map(|b| format!("{b:02x}")).collect();
         let dir = u8::from(d.is_dir);
-        let line = format!("{}:{}:{pos}:{dir}:{hex}", fds.join(","), *flags);
+        let pass = d
+            .lend()
+            .map_or("-".to_string(), |p| format!("{:032x}", p.0));
+        let line = format!("{}:{}:{pos}:{dir}:{pass}:{hex}", fds.join(","), *flags);
         out.extend_from_slice(line.as_bytes());
     }
     (!out.is_empty()).then_some((out, slots))
@@ -107,7 +111,7 @@ pub fn adopt() {
 
 fn parse(e: &[u8]) -> Option<(Vec<c_int>, table::Desc)> {
     let s = std::str::from_utf8(e).ok()?;
-    let mut it = s.splitn(5, ':');
+    let mut it = s.splitn(6, ':');
     let fds = it
         .next()?
         .split(',')
@@ -121,6 +125,11 @@ fn parse(e: &[u8]) -> Option<(Vec<c_int>, table::Desc)> {
     // Made before the rest is checked: if the line is refused, its slot is let go.
     let pos = offsets::Pos::inherited(pos, slot);
     let dir = it.next()? == "1";
+    let pass = match it.next()? {
+        "-" => None,
+        p if p.len() == 32 => Some(posix_ship::proto::Pass(u128::from_str_radix(p, 16).ok()?)),
+        _ => return None,
+    };
     let hex = it.next()?.as_bytes();
     if hex.len() % 2 != 0 {
         return None;
@@ -129,7 +138,8 @@ fn parse(e: &[u8]) -> Option<(Vec<c_int>, table::Desc)> {
         .chunks(2)
         .map(|c| u8::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
         .collect::<Option<Vec<u8>>>()?;
-    (path.first() == Some(&b'/')).then(|| (fds, table::Desc::inherited(path, flags, pos, dir)))
+    (path.first() == Some(&b'/'))
+        .then(|| (fds, table::Desc::inherited(path, flags, pos, dir, pass)))
 }
 
 /// Whether `fd` is an `O_PATH` descriptor of `/dev/null` (one of our placeholders).

@@ -57,6 +57,11 @@ static ADOPT: extern "C" fn() = {
         extern "C" fn drain() {
             ride::settle_all();
             offsets::before_fork();
+            // A pass for each shipped file, so that the child holds the same open files
+            // (a file deleted or renamed since it was opened included).
+            for (_, d) in table::all_safely() {
+                d.lend();
+            }
         }
         extern "C" fn child() {
             offsets::in_child();

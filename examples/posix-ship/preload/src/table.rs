@@ -18,7 +18,7 @@ use libc::c_int;
 use posix_ship::client::RemoteFs;
 use posix_ship::client::readahead::ReadAhead;
 use posix_ship::client::writebehind::WriteBehind;
-use posix_ship::proto::Fh;
+use posix_ship::proto::{Fh, Pass};
 
 use crate::offsets::Pos;
 use crate::real::call_real;
@@ -36,8 +36,8 @@ pub struct Desc {
     pub pos: Pos,
     /// A directory (opened with `O_DIRECTORY` or found to be one).
     pub is_dir: bool,
-    /// The server handle and the process that opened it.
-    handle: Mutex<(Fh, u32)>,
+    /// The server handle, the process that opened it, and its pass for children.
+    handle: Mutex<Handle>,
     /// Read-ahead for sequential readers (dropped by writes through it).
     pub ahead: ReadAhead,
     /// The local file whose `flock`s stand for this file's (`crate::compat::flock`).
@@ -52,50 +52,116 @@ impl Desc {
             flags: Mutex::new(flags),
             pos: Pos::new(0),
             is_dir,
-            handle: Mutex::new((fh, std::process::id())),
+            handle: Mutex::new(Handle {
+                fh,
+                pid: std::process::id(),
+                pass: Lent::Not,
+            }),
             ahead: ReadAhead::new(Some(id)),
             flock: OnceLock::new(),
         }
     }
 
-    /// A description handed down through `exec` (see `crate::exec`): opened again by
-    /// path on first use, at offset `pos` (or the shared one in `slot`).
-    pub fn inherited(path: Vec<u8>, flags: c_int, pos: Pos, is_dir: bool) -> Desc {
+    /// A description handed down through `exec` (see `crate::exec`): adopted with the
+    /// parent's `pass` (else opened again by path) on first use, at offset `pos` (or the
+    /// shared one in `slot`).
+    pub fn inherited(
+        path: Vec<u8>,
+        flags: c_int,
+        pos: Pos,
+        is_dir: bool,
+        pass: Option<Pass>,
+    ) -> Desc {
         Desc {
             path,
             flags: Mutex::new(flags),
             pos,
             is_dir,
             // No process has pid 0: the first use opens it.
-            handle: Mutex::new((Fh(0), 0)),
+            handle: Mutex::new(Handle {
+                fh: Fh(0),
+                pid: 0,
+                pass: pass.map_or(Lent::Not, Lent::Yes),
+            }),
             ahead: ReadAhead::new(None),
             flock: OnceLock::new(),
         }
     }
 
-    /// The handle, reopened by path in a forked child (the parent's handle belongs to
-    /// the parent's connection).
+    /// The handle; in a child (forked, or exec'd with this description handed down),
+    /// first one of its own: the parent's pass adopted (the same open file, whatever the
+    /// path names now), else the path opened again (an older server, or a pass expired).
     pub fn fh(&self) -> Result<Fh, c_int> {
         let pid = std::process::id();
         // Held across the reopen so that two threads of a child reopen once (no other
         // lock is taken meanwhile, and the progress thread never takes this one).
         let mut h = lock(&self.handle);
-        if h.1 != pid {
-            let flags = *lock(&self.flags) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
-            let o = client()?
-                .open_raw(&self.path, flags, 0)
-                .map_err(crate::errno_of)?;
-            *h = (o.fh, pid);
+        if h.pid != pid {
+            let fs = client()?;
+            let adopted = match h.pass {
+                Lent::Yes(p) => fs.adopt(p).ok(),
+                _ => None,
+            };
+            let o = match adopted {
+                Some(o) => o,
+                None => {
+                    let flags =
+                        *lock(&self.flags) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+                    fs.open_raw(&self.path, flags, 0).map_err(crate::errno_of)?
+                }
+            };
+            *h = Handle {
+                fh: o.fh,
+                pid,
+                pass: Lent::Not,
+            };
         }
-        Ok(h.0)
+        Ok(h.fh)
     }
+
+    /// A pass a child can adopt this description's open file with: this process's
+    /// handle lent once (then kept), or, not yet opened here, the pass this process was
+    /// handed. `None` if the server lends nothing (an older one, or past its bound).
+    pub fn lend(&self) -> Option<Pass> {
+        let mut h = lock(&self.handle);
+        if h.pid == std::process::id() && h.pass == Lent::Not {
+            h.pass = match client().map(|fs| fs.lend(h.fh)) {
+                Ok(Ok(p)) => Lent::Yes(p),
+                _ => Lent::Refused,
+            };
+        }
+        match h.pass {
+            Lent::Yes(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// A description's server handle.
+struct Handle {
+    fh: Fh,
+    /// The process whose connection the handle belongs to.
+    pid: u32,
+    /// Its pass, or (while `pid` is another process's) the pass to adopt.
+    pass: Lent,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lent {
+    Not,
+    Yes(Pass),
+    /// The server would not lend (asked once).
+    Refused,
 }
 
 impl Desc {
     /// Waits for this description's writes in flight and takes the error of any write
     /// acknowledged earlier (reported at close, once).
     pub fn settle_writes(&self) -> Option<c_int> {
-        let (fh, owner) = *lock(&self.handle);
+        let (fh, owner) = {
+            let h = lock(&self.handle);
+            (h.fh, h.pid)
+        };
         if owner != std::process::id() {
             return None;
         }
@@ -105,7 +171,10 @@ impl Desc {
 
 impl Drop for Desc {
     fn drop(&mut self) {
-        let (fh, owner) = *lock(&self.handle);
+        let (fh, owner) = {
+            let h = lock(&self.handle);
+            (h.fh, h.pid)
+        };
         if owner == std::process::id()
             && let Ok(fs) = client()
         {

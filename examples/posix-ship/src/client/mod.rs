@@ -473,6 +473,18 @@ impl RemoteFs {
         self.call(CLOSE, &fh)
     }
 
+    /// A pass for `fh` that another connection of the same user may adopt (a child
+    /// this process starts): the child then holds the same open file, whatever its path
+    /// names by then. `ENOSYS` from an older server.
+    pub fn lend(&self, fh: Fh) -> io::Result<Pass> {
+        self.call(LEND, &fh)
+    }
+
+    /// A handle of this connection's on the open file `pass` stands for.
+    pub fn adopt(&self, pass: Pass) -> io::Result<Opened> {
+        self.call(ADOPT, &pass)
+    }
+
     /// `pread` into `buf`: fills it unless the file ends first or the server answers short
     /// (under staging pressure, as POSIX allows); returns the bytes read.
     /// Small reads come back inline; larger ones are pushed into `buf` by bulk.

@@ -31,6 +31,7 @@ mod backend;
 pub mod clients;
 mod confine;
 mod creds;
+pub mod lending;
 mod meta;
 mod ops;
 mod remote;

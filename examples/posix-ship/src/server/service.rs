@@ -17,6 +17,7 @@
 //! node on other posix-ship servers.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use rpc_core::{Caller, Engine, Identity, Responder, Rpc, RpcError};
 use rustix::io::Errno;
@@ -26,6 +27,7 @@ use serde_bytes::ByteBuf;
 
 pub use super::backend::{Backend, Done, MAX_OFFSET, On, Payload, R, Who};
 use super::clients::{Admitted, Clients, LOCAL, Limits};
+use super::lending::Lending;
 use crate::bulk_io::push_to;
 use crate::proto::*;
 
@@ -35,6 +37,8 @@ pub struct Service<B: Backend> {
     pub backend: Arc<B>,
     /// Every client's handles and bounds.
     pub clients: Clients<B::File>,
+    /// Handles lent to other connections of their user.
+    lending: Lending<B::File>,
     /// Peers (by verified uid) whose [`forwarded`] calls are served.
     trusted_forwarders: Vec<u32>,
 }
@@ -51,11 +55,13 @@ impl<B: Backend> Service<B> {
         let s = Arc::new(Service {
             backend,
             clients: Clients::new(limits),
+            lending: Lending::default(),
             trusted_forwarders,
         });
         let w = Arc::downgrade(&s);
         engine.on_peer_lost(move |p| {
             if let Some(s) = w.upgrade() {
+                s.lending.lost(p.0, Instant::now());
                 s.backend.lost(s.clients.lost(p.0));
             }
         });
@@ -81,8 +87,7 @@ impl<B: Backend> Service<B> {
     }
 
     /// The caller's handle for `f`, just opened (closed again past the caller's bound).
-    fn opened(&self, who: &Who, f: B::File, attr: Attr) -> R<Opened> {
-        let f = Arc::new(f);
+    fn opened(&self, who: &Who, f: Arc<B::File>, attr: Attr) -> R<Opened> {
         match self.clients.insert(who.client, who.uid(), f.clone()) {
             Ok(fh) => Ok(Opened { fh, attr }),
             Err(e) => {
@@ -96,7 +101,34 @@ impl<B: Backend> Service<B> {
 
     fn close(&self, who: &Who, fh: Fh) -> R<()> {
         let f = self.clients.remove(who.client, fh)?;
+        self.lending.closed(who.client, fh, Instant::now());
         self.backend.close(who, f)
+    }
+
+    /// A pass for the caller's handle `fh` (`crate::server::lending`).
+    fn lend(&self, who: &Who, fh: Fh) -> R<Pass> {
+        let f = self.file(who, fh)?;
+        let (pass, expired) = self
+            .lending
+            .lend(who.client, fh, who.uid(), f, Instant::now());
+        self.let_go(expired);
+        pass
+    }
+
+    /// The files of expired passes go the way of a lost client's.
+    fn let_go(&self, files: Vec<Arc<B::File>>) {
+        if !files.is_empty() {
+            self.backend.lost(files);
+        }
+    }
+
+    /// A handle of the caller's on the file `pass` stands for.
+    fn adopt(&self, who: &Who, pass: Pass) -> R<Opened> {
+        let (f, expired) = self.lending.adopt(pass, who.uid(), Instant::now());
+        self.let_go(expired);
+        let f = f?;
+        let attr = self.backend.stat(who, On::File(&f), true)?;
+        self.opened(who, f, attr)
     }
 
     /// `pread`: inline (at most [`MAX_INLINE_READ`]), or pushed into the caller's buffer
@@ -387,7 +419,9 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
         s.backend.clone().open_then(
             w,
             r,
-            Box::new(move |opened| done(opened.and_then(|(f, attr)| s2.opened(&w2, f, attr)))),
+            Box::new(move |opened| {
+                done(opened.and_then(|(f, attr)| s2.opened(&w2, Arc::new(f), attr)))
+            }),
         )
     })?;
     serve(e, s, CLOSE, |s, w, _, fh| s.close(w, fh))?;
@@ -399,6 +433,8 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
             .map(|fh| s.close(w, fh).err().map_or(0, |e| e.raw_os_error()))
             .collect())
     })?;
+    serve(e, s, LEND, |s, w, _, fh| s.lend(w, fh))?;
+    serve(e, s, ADOPT, |s, w, _, pass| s.adopt(w, pass))?;
     serve(e, s, READ, |s, w, c, r| s.read(w, c, &r))?;
     serve(e, s, WRITE, |s, w, c, r| s.write(w, c, r))?;
     serve(e, s, TRUNCATE, |s, w, _, (t, len)| {
