@@ -333,3 +333,65 @@ fn exit_gives_up_on_writes_behind_that_a_stopped_server_does_not_take() {
     assert_eq!(status.code(), Some(3), "{status:?}");
     assert!(took < std::time::Duration::from_secs(5), "{took:?}");
 }
+
+/// The attribute cache: a listing's attributes answer the stats and ACL questions of
+/// `ls -l` and `du`; a change made through the process is seen at once; one made by
+/// another client is seen once the lifetime is over (at once with it 0).
+#[test]
+fn attributes_are_kept_for_their_lifetime_and_changes_through_the_process_seen_at_once() {
+    let export = scratch("cache-attrs");
+    std::fs::create_dir(export.join("d")).unwrap();
+    for i in 0..500 {
+        std::fs::write(export.join(format!("d/f{i}")), vec![b'x'; i]).unwrap();
+    }
+    let srv = ServerProc::start(&export, "sm", &[]);
+    let dir = format!("{MOUNT}/d");
+    let (ls, calls) = shipped(&srv, &[], "ls", &["-ln", "--time-style=+%s", &dir]);
+    let (ls0, off) = shipped(
+        &srv,
+        &[("POSIX_SHIP_ATTR_TIMEOUT", "0")],
+        "ls",
+        &["-ln", "--time-style=+%s", &dir],
+    );
+    assert_eq!(ls.stdout, ls0.stdout, "the same listing");
+    let local = Command::new("ls")
+        .args(["-ln", "--time-style=+%s"])
+        .arg(export.join("d"))
+        .output()
+        .unwrap();
+    assert_eq!(ls.stdout, local.stdout, "as the local one");
+    println!("ls -l of 500 files: {calls} requests, {off} without the cache");
+    assert!(calls <= 20 && off >= 1000, "{calls} / {off}");
+    let (_, du) = shipped(&srv, &[], "du", &["-s", &dir]);
+    assert!(du <= 20, "du: {du} requests");
+
+    let script = format!(
+        "import os, time\n\
+         p = '{MOUNT}/d/f1'\n\
+         a = os.stat(p).st_size\n\
+         with open(p, 'ab') as f: f.write(b'yy')\n\
+         b = os.stat(p).st_size\n\
+         with open('{}', 'ab') as f: f.write(b'zzz')\n\
+         c = os.stat(p).st_size\n\
+         time.sleep(1.2)\n\
+         print(a, b, c, os.stat(p).st_size)",
+        export.join("d/f1").display()
+    );
+    let (out, _) = shipped(&srv, &[], "python3", &["-c", &script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1 3 3 6\n",
+        "within the lifetime"
+    );
+    let (out, _) = shipped(
+        &srv,
+        &[("POSIX_SHIP_ATTR_TIMEOUT", "0")],
+        "python3",
+        &["-c", &script.replace("time.sleep(1.2)", "")],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "6 8 11 11\n",
+        "without the cache"
+    );
+}

@@ -46,10 +46,15 @@ fn fill_stat(a: &Attr, st: *mut libc::stat) -> c_int {
 }
 
 fn stat_target(t: Target, follow: bool, st: *mut libc::stat) -> c_int {
-    match call(p::STAT, &(t, follow)) {
+    match stat_cached(t, follow) {
         Ok(a) => fill_stat(&a, st),
         Err(e) => fail(e),
     }
+}
+
+/// A stat through the client's attribute cache.
+pub(crate) fn stat_cached(t: Target, follow: bool) -> Result<p::Attr, c_int> {
+    table::client()?.stat(t, follow).map_err(crate::errno_of)
 }
 
 /// `fstatat` with every variant's flags.
@@ -209,7 +214,7 @@ pub extern "C" fn statx(
         shipped_at(d, path).map(|p| Target::Path(buf(p)))
     };
     match target {
-        Some(t) => match call(p::STAT, &(t, fl & libc::AT_SYMLINK_NOFOLLOW == 0)) {
+        Some(t) => match stat_cached(t, fl & libc::AT_SYMLINK_NOFOLLOW == 0) {
             Ok(a) => fill_statx(&a, sx),
             Err(e) => fail(e),
         },

@@ -354,6 +354,15 @@ pub fn writer() -> Result<RemoteFs, c_int> {
     connection()
 }
 
+/// How long a path's attributes are trusted (`POSIX_SHIP_ATTR_TIMEOUT`, seconds; default
+/// 1, as the mount's `--attr-timeout`; 0: every `stat` asks the server).
+fn attr_timeout() -> std::time::Duration {
+    std::env::var("POSIX_SHIP_ATTR_TIMEOUT")
+        .ok()
+        .and_then(|v| std::time::Duration::try_from_secs_f64(v.parse().ok()?).ok())
+        .unwrap_or(std::time::Duration::from_secs(1))
+}
+
 /// The connection to the server, made on first use and again in a forked child.
 fn connection() -> Result<RemoteFs, c_int> {
     static CONN: Mutex<Option<Conn>> = Mutex::new(None);
@@ -370,7 +379,11 @@ fn connection() -> Result<RemoteFs, c_int> {
             std::mem::forget(old);
         }
     }
-    let fs = RemoteFs::connect(&cfg.server).map_err(|e| {
+    let opts = posix_ship::client::ClientOptions {
+        attr_timeout: attr_timeout(),
+        ..Default::default()
+    };
+    let fs = RemoteFs::connect_with(&cfg.server, opts).map_err(|e| {
         crate::warn_once(&format!("cannot reach server {}: {e}", cfg.server));
         crate::errno_of(e)
     })?;

@@ -19,6 +19,7 @@
 //! flight answers "busy": blocking calls wait that out and try again (up to 60 s); a call
 //! started with [`RemoteFs::start`] reports it as `EAGAIN`.
 
+pub mod attrs;
 mod file;
 pub mod readahead;
 mod stream;
@@ -55,6 +56,8 @@ struct Inner {
     inline_max: usize,
     /// The server answered `ENOSYS` to [`READDIR_PLUS_XATTRS`] (built before it).
     no_xattrs_listing: std::sync::atomic::AtomicBool,
+    /// Attributes by path, if the client keeps them ([`ClientOptions::attr_timeout`]).
+    attrs: Option<attrs::Attrs>,
 }
 
 /// How long a blocking call tries again while the server says it is busy (at its bound
@@ -66,6 +69,20 @@ const BUSY_WAIT: Duration = Duration::from_secs(60);
 #[must_use = "a dropped call's answer is discarded"]
 pub struct Pending<Out> {
     call: rpc_core::Call<Reply<Out>>,
+    /// For a call that may change attributes: ends the change when dropped.
+    changing: Option<Changing>,
+}
+
+/// A change in flight, as the attribute cache counts it ([`attrs::Attrs::change_ends`]
+/// when dropped).
+struct Changing(Arc<Inner>);
+
+impl Drop for Changing {
+    fn drop(&mut self) {
+        if let Some(a) = &self.0.attrs {
+            a.change_ends();
+        }
+    }
 }
 
 impl<Out: DeserializeOwned> Pending<Out> {
@@ -80,7 +97,9 @@ impl<Out: DeserializeOwned> Pending<Out> {
     where
         Out: Send + 'static,
     {
+        let changing = self.changing;
         self.call.then(move |r| {
+            drop(changing);
             f(match r {
                 Err(RpcError::Busy(_)) => Answered::Busy,
                 r => Answered::Done(r.map_err(rpc_err).and_then(|r| r.map_err(errno))),
@@ -92,6 +111,7 @@ impl<Out: DeserializeOwned> Pending<Out> {
     pub fn timeout(self, t: Duration) -> Self {
         Pending {
             call: self.call.timeout(t),
+            changing: self.changing,
         }
     }
 }
@@ -158,6 +178,9 @@ pub struct ClientOptions {
     pub timeout: Option<Duration>,
     /// The proof shown to a tcp server that demands one; `None`: `QS_AUTH`, else none.
     pub auth: Option<rpc_core::Auth>,
+    /// How long a path's attributes are trusted once asked for ([`attrs`]; zero, the
+    /// default: every `stat` asks the server).
+    pub attr_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -166,6 +189,7 @@ impl Default for ClientOptions {
             inline_max: DEFAULT_INLINE_MAX,
             timeout: Some(Duration::from_secs(60)),
             auth: None,
+            attr_timeout: Duration::ZERO,
         }
     }
 }
@@ -182,6 +206,7 @@ impl RemoteFs {
             inline_max,
             timeout,
             auth,
+            attr_timeout,
         } = opts;
         let a = rpc_core::Address::parse(addr).map_err(|e| rpc_err(e.into()))?;
         let listen = rpc_core::transport::listen_address(Some(&a.transport())).map_err(rpc_err)?;
@@ -192,7 +217,8 @@ impl RemoteFs {
             builder = builder.auth(auth);
         }
         let engine = builder.build().map_err(rpc_err)?;
-        RemoteFs::on(&engine, addr, inline_max)
+        let attrs = (!attr_timeout.is_zero()).then(|| attrs::Attrs::new(attr_timeout));
+        RemoteFs::on_with(&engine, addr, inline_max, attrs)
     }
 
     /// Reaches the server at `addr` through `engine`, which may serve and call others too
@@ -201,6 +227,15 @@ impl RemoteFs {
     /// the client lives inside the engine's own handlers, so that it does not keep the
     /// engine alive.
     pub fn on(engine: &Engine, addr: &str, inline_max: usize) -> io::Result<RemoteFs> {
+        RemoteFs::on_with(engine, addr, inline_max, None)
+    }
+
+    fn on_with(
+        engine: &Engine,
+        addr: &str,
+        inline_max: usize,
+        attrs: Option<attrs::Attrs>,
+    ) -> io::Result<RemoteFs> {
         let peer = engine.lookup(addr).map_err(rpc_err)?;
         let fs = RemoteFs {
             inner: Arc::new(Inner {
@@ -208,6 +243,7 @@ impl RemoteFs {
                 peer,
                 inline_max,
                 no_xattrs_listing: Default::default(),
+                attrs,
             }),
             for_user: None,
         };
@@ -269,6 +305,14 @@ impl RemoteFs {
         input: &In,
     ) -> Pending<Out> {
         let i = &self.inner;
+        // (Changes through any view count: a forwarder's calls change the same files.)
+        let changing = match &i.attrs {
+            Some(a) if attrs::changes(rpc.name()) => {
+                a.change_starts();
+                Some(Changing(i.clone()))
+            }
+            _ => None,
+        };
         let call = match &self.for_user {
             None => i.engine.call(&i.peer, rpc, input),
             Some(user) => {
@@ -276,7 +320,61 @@ impl RemoteFs {
                 i.engine.call(&i.peer, forwarded(rpc), &input)
             }
         };
-        Pending { call }
+        Pending { call, changing }
+    }
+
+    /// The attribute cache, for this client's own calls (a forwarder's views ask).
+    fn attrs(&self) -> Option<&attrs::Attrs> {
+        self.inner
+            .attrs
+            .as_ref()
+            .filter(|_| self.for_user.is_none())
+    }
+
+    /// `stat` of `t` (following a final link if `follow`): a path's from the attribute
+    /// cache while it is trusted ([`ClientOptions::attr_timeout`]), else the server's.
+    pub fn stat(&self, t: Target, follow: bool) -> io::Result<Attr> {
+        let (Some(a), Target::Path(p)) = (self.attrs(), &t) else {
+            return self.call(STAT, &(t, follow));
+        };
+        if let Some(hit) = a.get(p, follow, std::time::Instant::now()) {
+            return Ok(hit);
+        }
+        let ticket = a.ticket();
+        let p = p.to_vec();
+        let attr = self.call(STAT, &(t, follow))?;
+        a.put(ticket, std::time::Instant::now(), [(p, follow, &attr)]);
+        Ok(attr)
+    }
+
+    /// The cached attributes of `path`, if trusted now (nothing is asked).
+    pub fn cached(&self, path: &[u8], follow: bool) -> Option<Attr> {
+        self.attrs()?.get(path, follow, std::time::Instant::now())
+    }
+
+    /// A ticket for a listing about to be read into the attribute cache
+    /// ([`Self::remember`]); `None` if the client keeps none.
+    pub fn attr_ticket(&self) -> Option<attrs::Ticket> {
+        self.attrs().map(attrs::Attrs::ticket)
+    }
+
+    /// Keeps the attributes of a listing of directory `dir` (read with `t`).
+    pub fn remember(&self, t: attrs::Ticket, dir: &[u8], page: &DirPagePlus) {
+        let Some(a) = self.attrs() else { return };
+        let now = std::time::Instant::now();
+        let entries = page.entries.iter().filter_map(|(e, attr)| {
+            let name: &[u8] = &e.name;
+            if name == b"." || name == b".." {
+                return None;
+            }
+            let mut p = dir.to_vec();
+            if p.last() != Some(&b'/') {
+                p.push(b'/');
+            }
+            p.extend_from_slice(name);
+            Some((p, false, attr.as_ref()?))
+        });
+        a.put(t, now, entries);
     }
 
     /// Reads and writes up to this size travel inline in the request.
@@ -295,12 +393,12 @@ impl RemoteFs {
 
     /// `stat`: attributes, following symlinks.
     pub fn metadata(&self, p: &str) -> io::Result<Attr> {
-        self.call(STAT, &(Target::Path(path(p)), true))
+        self.stat(Target::Path(path(p)), true)
     }
 
     /// `lstat`: attributes of a symlink itself.
     pub fn symlink_metadata(&self, p: &str) -> io::Result<Attr> {
-        self.call(STAT, &(Target::Path(path(p)), false))
+        self.stat(Target::Path(path(p)), false)
     }
 
     /// Opens for reading.

@@ -1,0 +1,243 @@
+//! The client's attribute cache: what a path's `stat` answered, trusted for a lifetime
+//! (`ClientOptions::attr_timeout`, the interposer's `POSIX_SHIP_ATTR_TIMEOUT`), as NFS's
+//! `acregmin` or the mount's `--attr-timeout`. Filled by stats and by listings with
+//! attributes (so `ls -l`, `du` and `find -size` stat each entry without a call).
+//!
+//! Within one client it is exact: a change made through it (any call but the ones that
+//! only look) empties the cache when it starts and again when it ends, and nothing is
+//! cached while one is in flight or if one overlapped the stat that found it. Changes
+//! made by other clients are seen once the lifetime is over (close-to-open still holds:
+//! an open asks the server). Only successful answers are kept (a name not there is asked
+//! again), at most [`MAX_ENTRIES`].
+//!
+//! No I/O and no clock: the caller says what time it is.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::proto::Attr;
+
+/// Paths remembered at most (past it the cache starts again empty).
+pub const MAX_ENTRIES: usize = 16 * 1024;
+
+/// The operations that change nothing on the server (by RPC name): everything else
+/// empties the cache.
+const LOOKS: &[&str] = &[
+    "posix.stat",
+    "posix.readdir",
+    "posix.readdir_plus",
+    "posix.readdir_plus_xattrs",
+    "posix.readlink",
+    "posix.statfs",
+    "posix.access",
+    "posix.getxattr",
+    "posix.listxattr",
+    "posix.read",
+    "posix.close",
+    "posix.close_many",
+    "posix.lend",
+    "posix.adopt",
+    "posix.server_stats",
+];
+
+/// Whether the operation named `rpc` may change what a stat answers.
+pub fn changes(rpc: &str) -> bool {
+    !LOOKS.contains(&rpc)
+}
+
+/// Which view of a path: following a final symbolic link or not.
+type Key = (Vec<u8>, bool);
+
+struct State {
+    /// Moved on by every change's start and end.
+    epoch: u64,
+    /// Changes in flight.
+    changing: usize,
+    map: HashMap<Key, (Attr, Instant)>,
+}
+
+/// Attributes by path, for a lifetime.
+pub struct Attrs {
+    ttl: Duration,
+    s: Mutex<State>,
+}
+
+/// Taken before a stat or listing is asked for: what it brings is kept only if no
+/// change started or ended meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+impl Attrs {
+    /// Trusting answers for `ttl`.
+    pub fn new(ttl: Duration) -> Attrs {
+        Attrs {
+            ttl,
+            s: Mutex::new(State {
+                epoch: 0,
+                changing: 0,
+                map: HashMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.s.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `path`'s attributes (following a final link if `follow`), if known since less
+    /// than the lifetime before `now`.
+    pub fn get(&self, path: &[u8], follow: bool, now: Instant) -> Option<Attr> {
+        let s = self.lock();
+        if s.changing > 0 {
+            return None;
+        }
+        let (a, at) = s.map.get(&(path.to_vec(), follow))?;
+        (now.saturating_duration_since(*at) < self.ttl).then_some(*a)
+    }
+
+    /// A ticket for a stat or listing about to be asked for.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.lock().epoch)
+    }
+
+    /// Keeps what a stat (or a listing) asked for with `t` answered at `now`: each
+    /// path's attributes, as seen following a final link if `follow`. A symbolic link's
+    /// own attributes are not its target's, so a listing (which does not follow) fills
+    /// the following view only for entries that are not links.
+    pub fn put<'a>(
+        &self,
+        t: Ticket,
+        now: Instant,
+        entries: impl IntoIterator<Item = (Vec<u8>, bool, &'a Attr)>,
+    ) {
+        let mut s = self.lock();
+        if s.epoch != t.0 || s.changing > 0 {
+            return;
+        }
+        for (p, follow, a) in entries {
+            if s.map.len() >= MAX_ENTRIES {
+                s.map.clear();
+            }
+            if !follow && a.mode & libc::S_IFMT != libc::S_IFLNK {
+                s.map.insert((p.clone(), true), (*a, now));
+            }
+            s.map.insert((p, follow), (*a, now));
+        }
+    }
+
+    /// A change starts: nothing is trusted until it ends.
+    pub fn change_starts(&self) {
+        let mut s = self.lock();
+        s.changing += 1;
+        s.epoch += 1;
+        s.map.clear();
+    }
+
+    /// A change ended (answered, failed or given up).
+    pub fn change_ends(&self) {
+        let mut s = self.lock();
+        s.changing -= 1;
+        s.epoch += 1;
+        s.map.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(mode: u32, size: u64) -> Attr {
+        Attr {
+            mode,
+            size,
+            ..Attr::default()
+        }
+    }
+
+    #[test]
+    fn answers_are_trusted_for_their_lifetime() {
+        let c = Attrs::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let f = attr(libc::S_IFREG | 0o644, 5);
+        c.put(c.ticket(), t0, [(b"/f".to_vec(), true, &f)]);
+        assert_eq!(c.get(b"/f", true, t0 + Duration::from_millis(999)), Some(f));
+        assert_eq!(
+            c.get(b"/f", true, t0 + Duration::from_secs(1)),
+            None,
+            "expired"
+        );
+        assert_eq!(
+            c.get(b"/f", false, t0),
+            None,
+            "the other view was not asked"
+        );
+    }
+
+    #[test]
+    fn a_listing_fills_the_following_view_except_for_links() {
+        let c = Attrs::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let (f, l) = (attr(libc::S_IFREG, 1), attr(libc::S_IFLNK | 0o777, 3));
+        c.put(
+            c.ticket(),
+            t0,
+            [(b"/d/f".to_vec(), false, &f), (b"/d/l".to_vec(), false, &l)],
+        );
+        assert_eq!(c.get(b"/d/f", true, t0), Some(f));
+        assert_eq!(c.get(b"/d/f", false, t0), Some(f));
+        assert_eq!(c.get(b"/d/l", false, t0), Some(l));
+        assert_eq!(
+            c.get(b"/d/l", true, t0),
+            None,
+            "a link's target is another file"
+        );
+    }
+
+    #[test]
+    fn changes_empty_it_and_keep_overlapping_answers_out() {
+        let c = Attrs::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let f = attr(libc::S_IFREG, 1);
+        c.put(c.ticket(), t0, [(b"/f".to_vec(), true, &f)]);
+        // A stat asked before a change and answered during it is not kept, nor one
+        // answered after it ended.
+        let before = c.ticket();
+        c.change_starts();
+        assert_eq!(c.get(b"/f", true, t0), None, "emptied");
+        c.put(before, t0, [(b"/f".to_vec(), true, &f)]);
+        let during = c.ticket();
+        c.put(during, t0, [(b"/f".to_vec(), true, &f)]);
+        assert_eq!(c.get(b"/f", true, t0), None, "nothing kept while changing");
+        c.change_ends();
+        c.put(before, t0, [(b"/f".to_vec(), true, &f)]);
+        c.put(during, t0, [(b"/f".to_vec(), true, &f)]);
+        assert_eq!(c.get(b"/f", true, t0), None, "overlapping answers not kept");
+        c.put(c.ticket(), t0, [(b"/f".to_vec(), true, &f)]);
+        assert_eq!(c.get(b"/f", true, t0), Some(f));
+    }
+
+    #[test]
+    fn it_is_bounded() {
+        let c = Attrs::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let f = attr(libc::S_IFDIR, 0);
+        let many = (0..MAX_ENTRIES + 10).map(|i| (format!("/{i}").into_bytes(), true, &f));
+        c.put(c.ticket(), t0, many);
+        assert!(c.lock().map.len() <= MAX_ENTRIES);
+    }
+
+    #[test]
+    fn only_looks_leave_it() {
+        assert!(!changes("posix.stat") && !changes("posix.read"));
+        for rpc in [
+            "posix.write",
+            "posix.open",
+            "posix.rename",
+            "posix.chmod",
+            "posix.x",
+        ] {
+            assert!(changes(rpc), "{rpc}");
+        }
+    }
+}
