@@ -325,3 +325,54 @@ fn a_sequential_reader_costs_a_call_per_mib() {
     assert!(calls <= 48, "{calls} calls for 32 MiB read in order");
     drop(m);
 }
+
+#[test]
+fn read_only_mounts_refuse_changes_and_statfs_is_the_exports() {
+    let Some((export, at, _local, srv)) = setup("mount-ro") else {
+        return;
+    };
+    std::fs::write(export.join("f"), b"kept").unwrap();
+    let m = Mounted::start(&srv, &at, &["--read-only"]);
+    assert_eq!(std::fs::read(at.join("f")).unwrap(), b"kept");
+    for e in [
+        std::fs::write(at.join("f"), b"x").unwrap_err(),
+        std::fs::write(at.join("new"), b"x").unwrap_err(),
+        std::fs::remove_file(at.join("f")).unwrap_err(),
+        std::fs::create_dir(at.join("d")).unwrap_err(),
+    ] {
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    }
+    assert_eq!(std::fs::read(export.join("f")).unwrap(), b"kept");
+    // statfs answers for the export's file system.
+    let vfs = |p: &Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: all-zero is a valid statvfs, filled by the call.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a valid buffer.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+        (s.f_blocks, s.f_bsize, s.f_files)
+    };
+    assert_eq!(vfs(&at), vfs(&export));
+    drop(m);
+}
+
+#[test]
+fn negative_lookups_are_remembered_for_their_timeout_only() {
+    let Some((export, at, _local, srv)) = setup("mount-negative") else {
+        return;
+    };
+    let fs = srv.client();
+    for (timeout, remembered) in [("30", true), ("0", false)] {
+        let m = Mounted::start(&srv, &at, &["--negative-timeout", timeout]);
+        let name = format!("late-{timeout}");
+        assert!(!at.join(&name).exists());
+        // Made behind the mount's back: a remembered absence hides it.
+        std::fs::write(export.join(&name), b"x").unwrap();
+        let before = fs.server_stats().unwrap().requests;
+        let seen = at.join(&name).exists();
+        let calls = fs.server_stats().unwrap().requests - before;
+        assert_eq!(seen, !remembered, "--negative-timeout {timeout}");
+        assert_eq!(calls == 0, remembered, "{calls} calls");
+        drop(m);
+    }
+}
