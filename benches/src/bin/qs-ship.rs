@@ -120,6 +120,7 @@ fn main() -> Res<()> {
             inline_max: inline,
             timeout,
             auth: Some(auth),
+            ..ClientOptions::default()
         },
     )?;
     let lib = std::env::current_exe()?.with_file_name("libposix_ship_preload.so");

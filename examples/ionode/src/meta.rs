@@ -40,7 +40,7 @@ impl Node {
         }
     }
 
-    pub(crate) fn on_path_with<A: Serialize + Clone, Out: DeserializeOwned>(
+    pub(crate) fn on_path_with<A: Serialize + Clone + 'static, Out: DeserializeOwned>(
         &self,
         r: &Req,
         rpc: rpc_core::Rpc<(ByteBuf, A), Reply<Out>>,
@@ -142,7 +142,7 @@ impl Node {
 
     /// A call on a path or handle: the backend's path or handle put in its place by
     /// `with`. Buffered writes of the file are flushed first (its times and size).
-    pub(crate) fn on_target<In: Serialize + Clone, Out: DeserializeOwned>(
+    pub(crate) fn on_target<In: Serialize + Clone + 'static, Out: DeserializeOwned>(
         &self,
         r: &Req,
         rpc: rpc_core::Rpc<In, Reply<Out>>,

@@ -48,7 +48,7 @@ pub(crate) enum Lookup {
 
 impl Node {
     /// Calls `rpc` on a backend, counted.
-    pub(crate) fn call<In: Serialize + Clone, Out: DeserializeOwned>(
+    pub(crate) fn call<In: Serialize + Clone + 'static, Out: DeserializeOwned>(
         &self,
         fs: &RemoteFs,
         rpc: rpc_core::Rpc<In, Reply<Out>>,
@@ -59,7 +59,7 @@ impl Node {
     }
 
     /// [`Node::call`] without waiting: [`Node::landed`] gives its outcome.
-    pub(crate) fn start<In: Serialize + Clone, Out: DeserializeOwned>(
+    pub(crate) fn start<In: Serialize + Clone + 'static, Out: DeserializeOwned>(
         &self,
         fs: &RemoteFs,
         rpc: rpc_core::Rpc<In, Reply<Out>>,
@@ -86,7 +86,7 @@ impl Node {
 
     /// Calls `rpc` on `h`'s backend handle, counted, once more with the file opened
     /// again if the backend has forgotten the handle.
-    pub(crate) fn on_fh<In: Serialize + Clone, Out: DeserializeOwned>(
+    pub(crate) fn on_fh<In: Serialize + Clone + 'static, Out: DeserializeOwned>(
         &self,
         h: &Handle,
         rpc: rpc_core::Rpc<In, Reply<Out>>,

@@ -364,6 +364,13 @@ fn attributes_are_kept_for_their_lifetime_and_changes_through_the_process_seen_a
     assert!(calls <= 20 && off >= 1000, "{calls} / {off}");
     let (_, du) = shipped(&srv, &[], "du", &["-s", &dir]);
     assert!(du <= 20, "du: {du} requests");
+    // Entries stat'ed one by one by name (as `git status` walks its index): the second
+    // miss in the directory lists it.
+    let each =
+        format!("import os\nprint(sum(os.lstat(f'{dir}/f{{i}}').st_size for i in range(500)))");
+    let (out, by_name) = shipped(&srv, &[], "python3", &["-c", &each]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "124750\n");
+    assert!(by_name <= 20, "stat by name: {by_name} requests");
 
     let script = format!(
         "import os, time\n\

@@ -301,7 +301,7 @@ fn above_mount(dirfd: c_int, p: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Calls `rpc` on the server (connecting first if need be); the errno on failure.
-pub(crate) fn call<In: serde::Serialize + Clone, Out: serde::de::DeserializeOwned>(
+pub(crate) fn call<In: serde::Serialize + Clone + 'static, Out: serde::de::DeserializeOwned>(
     rpc: rpc_core::Rpc<In, posix_ship::proto::Reply<Out>>,
     input: &In,
 ) -> Result<Out, c_int> {

@@ -10,6 +10,10 @@
 //! an open asks the server). Only successful answers are kept (a name not there is asked
 //! again), at most [`MAX_ENTRIES`].
 //!
+//! A directory whose entries are stat'ed one by one (`git status` walking its index, `ls
+//! -l` of names it was given) is listed with attributes at its second miss within the
+//! lifetime ([`Attrs::missed`]): one listing instead of a call per entry.
+//!
 //! No I/O and no clock: the caller says what time it is.
 
 use std::collections::HashMap;
@@ -22,7 +26,7 @@ use crate::proto::Attr;
 pub const MAX_ENTRIES: usize = 16 * 1024;
 
 /// The operations that change nothing on the server (by RPC name): everything else
-/// empties the cache.
+/// empties the cache (`posix.open` too, unless it only reads: [`changes`]).
 const LOOKS: &[&str] = &[
     "posix.stat",
     "posix.readdir",
@@ -41,10 +45,19 @@ const LOOKS: &[&str] = &[
     "posix.server_stats",
 ];
 
-/// Whether the operation named `rpc` may change what a stat answers.
-pub fn changes(rpc: &str) -> bool {
-    !LOOKS.contains(&rpc)
+/// Whether the operation named `rpc` may change what a stat answers; `open_flags`: an
+/// open's flags (one for reading, without creating or truncating, changes nothing).
+pub fn changes(rpc: &str, open_flags: Option<i32>) -> bool {
+    match open_flags {
+        Some(f) if rpc == "posix.open" => {
+            f & libc::O_ACCMODE != libc::O_RDONLY || f & (libc::O_CREAT | libc::O_TRUNC) != 0
+        }
+        _ => !LOOKS.contains(&rpc),
+    }
 }
+
+/// Directories followed for misses at most (past it, they are forgotten).
+const MAX_DIRS: usize = 1024;
 
 /// Which view of a path: following a final symbolic link or not.
 type Key = (Vec<u8>, bool);
@@ -55,6 +68,16 @@ struct State {
     /// Changes in flight.
     changing: usize,
     map: HashMap<Key, (Attr, Instant)>,
+    /// Per directory: stat misses within the lifetime (from when), and when it was last
+    /// listed for them.
+    dirs: HashMap<Vec<u8>, Misses>,
+}
+
+#[derive(Clone, Copy)]
+struct Misses {
+    count: u32,
+    since: Instant,
+    listed: Option<Instant>,
 }
 
 /// Attributes by path, for a lifetime.
@@ -77,6 +100,7 @@ impl Attrs {
                 epoch: 0,
                 changing: 0,
                 map: HashMap::new(),
+                dirs: HashMap::new(),
             }),
         }
     }
@@ -126,12 +150,54 @@ impl Attrs {
         }
     }
 
+    /// A stat of `path` was not answered from the cache at `now`: the directory to list
+    /// first, if this is the second miss in it within the lifetime and it was not listed
+    /// for misses within the lifetime.
+    pub fn missed(&self, path: &[u8], now: Instant) -> Option<Vec<u8>> {
+        let slash = path.iter().rposition(|&b| b == b'/')?;
+        let dir = if slash == 0 {
+            &b"/"[..]
+        } else {
+            &path[..slash]
+        };
+        let ttl = self.ttl;
+        let mut s = self.lock();
+        if s.changing > 0 {
+            return None;
+        }
+        if s.dirs.len() >= MAX_DIRS && !s.dirs.contains_key(dir) {
+            s.dirs.clear();
+        }
+        let m = s.dirs.entry(dir.to_vec()).or_insert(Misses {
+            count: 0,
+            since: now,
+            listed: None,
+        });
+        if now.saturating_duration_since(m.since) >= ttl {
+            *m = Misses {
+                count: 0,
+                since: now,
+                listed: m.listed,
+            };
+        }
+        m.count += 1;
+        let fresh = m
+            .listed
+            .is_some_and(|at| now.saturating_duration_since(at) < ttl);
+        if m.count < 2 || fresh {
+            return None;
+        }
+        m.listed = Some(now);
+        Some(dir.to_vec())
+    }
+
     /// A change starts: nothing is trusted until it ends.
     pub fn change_starts(&self) {
         let mut s = self.lock();
         s.changing += 1;
         s.epoch += 1;
         s.map.clear();
+        s.dirs.clear();
     }
 
     /// A change ended (answered, failed or given up).
@@ -140,6 +206,7 @@ impl Attrs {
         s.changing -= 1;
         s.epoch += 1;
         s.map.clear();
+        s.dirs.clear();
     }
 }
 
@@ -229,7 +296,7 @@ mod tests {
 
     #[test]
     fn only_looks_leave_it() {
-        assert!(!changes("posix.stat") && !changes("posix.read"));
+        assert!(!changes("posix.stat", None) && !changes("posix.read", None));
         for rpc in [
             "posix.write",
             "posix.open",
@@ -237,7 +304,40 @@ mod tests {
             "posix.chmod",
             "posix.x",
         ] {
-            assert!(changes(rpc), "{rpc}");
+            assert!(changes(rpc, None), "{rpc}");
         }
+        let open = |f| changes("posix.open", Some(f));
+        assert!(!open(libc::O_RDONLY) && !open(libc::O_RDONLY | libc::O_DIRECTORY));
+        assert!(open(libc::O_WRONLY) && open(libc::O_RDWR) && open(libc::O_RDONLY | libc::O_CREAT));
+        assert!(open(libc::O_RDONLY | libc::O_TRUNC));
+    }
+
+    #[test]
+    fn a_directory_is_listed_at_its_second_miss_once_per_lifetime() {
+        let c = Attrs::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(c.missed(b"/d/a", t0), None, "one miss: a stat");
+        assert_eq!(c.missed(b"/e/a", t0), None, "another directory");
+        assert_eq!(
+            c.missed(b"/d/b", t0),
+            Some(b"/d".to_vec()),
+            "the second: list it"
+        );
+        assert_eq!(c.missed(b"/d/c", t0), None, "listed within the lifetime");
+        assert_eq!(c.missed(b"/top", t0), None);
+        assert_eq!(c.missed(b"/other", t0), Some(b"/".to_vec()), "the root");
+        // Misses spread wider than the lifetime do not add up.
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(c.missed(b"/e/b", t1), None);
+        assert_eq!(
+            c.missed(b"/e/c", t1 + Duration::from_millis(10)),
+            Some(b"/e".to_vec())
+        );
+        // A change forgets it all: listed again at the next second miss.
+        c.change_starts();
+        assert_eq!(c.missed(b"/d/x", t0), None, "nothing while changing");
+        c.change_ends();
+        assert_eq!(c.missed(b"/d/x", t0), None);
+        assert_eq!(c.missed(b"/d/y", t0), Some(b"/d".to_vec()));
     }
 }

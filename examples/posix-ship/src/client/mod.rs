@@ -21,6 +21,7 @@
 
 pub mod attrs;
 mod file;
+mod lookup;
 pub mod readahead;
 mod stream;
 pub mod writebehind;
@@ -279,7 +280,7 @@ impl RemoteFs {
 
     /// Calls any operation of [`crate::proto`] with its raw request: the server's errno,
     /// or the transport's failure as one, on error (the interposer's way in).
-    pub fn call<In: Serialize + Clone, Out: DeserializeOwned>(
+    pub fn call<In: Serialize + Clone + 'static, Out: DeserializeOwned>(
         &self,
         rpc: Rpc<In, Reply<Out>>,
         input: &In,
@@ -299,15 +300,18 @@ impl RemoteFs {
     /// Starts any operation of [`crate::proto`] without waiting: [`Pending::wait`] for
     /// its outcome, or `.await` it. Many calls may be in flight from one thread (an I/O
     /// node's way to overlap its backend calls).
-    pub fn start<In: Serialize + Clone, Out: DeserializeOwned>(
+    pub fn start<In: Serialize + Clone + 'static, Out: DeserializeOwned>(
         &self,
         rpc: Rpc<In, Reply<Out>>,
         input: &In,
     ) -> Pending<Out> {
         let i = &self.inner;
         // (Changes through any view count: a forwarder's calls change the same files.)
+        let open_flags = (input as &dyn std::any::Any)
+            .downcast_ref::<OpenReq>()
+            .map(|o| o.flags);
         let changing = match &i.attrs {
-            Some(a) if attrs::changes(rpc.name()) => {
+            Some(a) if attrs::changes(rpc.name(), open_flags) => {
                 a.change_starts();
                 Some(Changing(i.clone()))
             }
@@ -321,60 +325,6 @@ impl RemoteFs {
             }
         };
         Pending { call, changing }
-    }
-
-    /// The attribute cache, for this client's own calls (a forwarder's views ask).
-    fn attrs(&self) -> Option<&attrs::Attrs> {
-        self.inner
-            .attrs
-            .as_ref()
-            .filter(|_| self.for_user.is_none())
-    }
-
-    /// `stat` of `t` (following a final link if `follow`): a path's from the attribute
-    /// cache while it is trusted ([`ClientOptions::attr_timeout`]), else the server's.
-    pub fn stat(&self, t: Target, follow: bool) -> io::Result<Attr> {
-        let (Some(a), Target::Path(p)) = (self.attrs(), &t) else {
-            return self.call(STAT, &(t, follow));
-        };
-        if let Some(hit) = a.get(p, follow, std::time::Instant::now()) {
-            return Ok(hit);
-        }
-        let ticket = a.ticket();
-        let p = p.to_vec();
-        let attr = self.call(STAT, &(t, follow))?;
-        a.put(ticket, std::time::Instant::now(), [(p, follow, &attr)]);
-        Ok(attr)
-    }
-
-    /// The cached attributes of `path`, if trusted now (nothing is asked).
-    pub fn cached(&self, path: &[u8], follow: bool) -> Option<Attr> {
-        self.attrs()?.get(path, follow, std::time::Instant::now())
-    }
-
-    /// A ticket for a listing about to be read into the attribute cache
-    /// ([`Self::remember`]); `None` if the client keeps none.
-    pub fn attr_ticket(&self) -> Option<attrs::Ticket> {
-        self.attrs().map(attrs::Attrs::ticket)
-    }
-
-    /// Keeps the attributes of a listing of directory `dir` (read with `t`).
-    pub fn remember(&self, t: attrs::Ticket, dir: &[u8], page: &DirPagePlus) {
-        let Some(a) = self.attrs() else { return };
-        let now = std::time::Instant::now();
-        let entries = page.entries.iter().filter_map(|(e, attr)| {
-            let name: &[u8] = &e.name;
-            if name == b"." || name == b".." {
-                return None;
-            }
-            let mut p = dir.to_vec();
-            if p.last() != Some(&b'/') {
-                p.push(b'/');
-            }
-            p.extend_from_slice(name);
-            Some((p, false, attr.as_ref()?))
-        });
-        a.put(t, now, entries);
     }
 
     /// Reads and writes up to this size travel inline in the request.

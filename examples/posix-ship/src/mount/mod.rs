@@ -245,7 +245,7 @@ impl Fs {
         p.ok_or(Errno::EINVAL)
     }
 
-    fn call<In: serde::Serialize + Clone, Out: serde::de::DeserializeOwned>(
+    fn call<In: serde::Serialize + Clone + 'static, Out: serde::de::DeserializeOwned>(
         &self,
         rpc: rpc_core::Rpc<In, Reply<Out>>,
         input: &In,

@@ -62,7 +62,7 @@ impl Remote {
     }
 
     /// `rpc` on the server for `who`.
-    fn call<In: Serialize + Clone, Out: DeserializeOwned>(
+    fn call<In: Serialize + Clone + 'static, Out: DeserializeOwned>(
         &self,
         who: &Who,
         rpc: rpc_core::Rpc<In, Reply<Out>>,
@@ -72,7 +72,7 @@ impl Remote {
     }
 
     /// `rpc` on a path or an open file, the target as the server names it.
-    fn on<In: Serialize + Clone, Out: DeserializeOwned>(
+    fn on<In: Serialize + Clone + 'static, Out: DeserializeOwned>(
         &self,
         who: &Who,
         rpc: rpc_core::Rpc<In, Reply<Out>>,
