@@ -129,9 +129,12 @@ enum Cmd {
     Stats,
     /// Mount the server's export on MOUNTPOINT with FUSE (real file descriptors for every
     /// program); stays in the foreground and unmounts on SIGINT/SIGTERM.
+    #[command(override_usage = "posix-ship mount [OPTIONS] [ADDR] <MOUNTPOINT>")]
     Mount {
-        /// Where to mount (an empty directory).
-        mountpoint: PathBuf,
+        /// The server (else `-s`/POSIX_SHIP_SERVER), and where to mount it (an empty
+        /// directory).
+        #[arg(num_args = 1..=2, required = true, value_name = "[ADDR] MOUNTPOINT")]
+        places: Vec<String>,
         /// Refuse every change (EROFS).
         #[arg(long)]
         read_only: bool,
@@ -320,7 +323,7 @@ fn run(cli: Cli) -> io::Result<()> {
             Ok(())
         }
         Cmd::Mount {
-            mountpoint,
+            places,
             read_only,
             attr_timeout,
             entry_timeout,
@@ -345,9 +348,17 @@ fn run(cli: Cli) -> io::Result<()> {
                 multi_user,
                 data_cache,
             };
+            let (server, mountpoint) = match places.as_slice() {
+                [addr, at] => (Some(addr.clone()), PathBuf::from(at)),
+                [at] => (cli.server.clone(), PathBuf::from(at)),
+                _ => {
+                    let usage = "usage: posix-ship mount [ADDR] MOUNTPOINT";
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, usage));
+                }
+            };
             mount_cmd::run(
-                fs()?,
-                &cli.server.unwrap_or_default(),
+                connect(server.clone(), cli.timeout)?,
+                &server.unwrap_or_default(),
                 &mountpoint,
                 opts,
                 threads,

@@ -15,8 +15,9 @@ pub struct Mounted {
 
 impl Mounted {
     pub fn start(srv: &ServerProc, at: &Path, args: &[&str]) -> Mounted {
+        // `mount ADDR MOUNTPOINT` (the mount tests of ionode use `-s ADDR mount MOUNTPOINT`).
         let mut child = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
-            .args(["-s", &srv.addr, "mount"])
+            .args(["mount", &srv.addr])
             .arg(at)
             .args(args)
             .env("QS_AUTH", &srv.auth)
