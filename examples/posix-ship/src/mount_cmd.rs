@@ -100,6 +100,19 @@ pub fn run(
 /// waits for it, and INIT would lower a window set before.
 fn read_ahead(mountpoint: &Path, kib: u32) {
     use std::os::unix::fs::MetadataExt;
+    // Only the FUSE mount's own device: a mount that failed or went would leave the
+    // file system beneath at that path.
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    match rustix::fs::statfs(mountpoint) {
+        Ok(s) if s.f_type == FUSE_SUPER_MAGIC => {}
+        other => {
+            tracing::warn!(
+                ?other,
+                "not the mount: read-ahead left as the kernel set it"
+            );
+            return;
+        }
+    }
     let dev = match std::fs::metadata(mountpoint) {
         Ok(m) => m.dev(),
         Err(e) => {

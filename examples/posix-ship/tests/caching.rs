@@ -402,3 +402,21 @@ fn attributes_are_kept_for_their_lifetime_and_changes_through_the_process_seen_a
         "without the cache"
     );
 }
+
+/// A child's changes are seen by the parent once it has waited for the child (autoconf's
+/// `rm -f conftest`, then `test -s conftest` in the shell), within the lifetime too.
+#[test]
+fn what_a_waited_for_child_changed_is_seen_at_once() {
+    let export = scratch("cache-children");
+    let srv = ServerProc::start(&export, "sm", &[]);
+    let script = format!(
+        "cd {MOUNT} && echo x > conftest && test -s conftest && echo made; \
+         rm -f conftest; test -s conftest && echo stale || echo gone; \
+         sh -c 'echo longer > conftest'; wc -c < conftest; \
+         python3 -c 'import os, subprocess; a = os.stat(\"conftest\").st_size; \
+         subprocess.run([\"truncate\", \"-s\", \"3\", \"conftest\"]); \
+         print(a, os.stat(\"conftest\").st_size)'"
+    );
+    let (out, _) = shipped(&srv, &[], "bash", &["-c", &script]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "made\ngone\n7\n7 3\n");
+}

@@ -189,3 +189,21 @@ fn the_mount_programs_run_through_the_interposer_alone() {
     assert!(there.contains("built") && there.contains("10000|50005000"));
     assert!(r.srv.export.join("repo/c.txt").exists(), "on the server");
 }
+
+/// A file deleted while open stays readable by a forked child and by an exec'd one
+/// that inherited its descriptor (they adopt the parent's open file: `posix.lend`).
+#[test]
+fn children_read_a_file_deleted_while_their_parent_held_it() {
+    let r = Rig::new("interpose-lend", "tcp");
+    let script = "import os, subprocess\n\
+        fd = os.open('{}/f', os.O_RDWR | os.O_CREAT, 0o600)\n\
+        os.write(fd, b'held')\n\
+        os.unlink('{}/f')\n\
+        pid = os.fork()\n\
+        if pid == 0:\n    print('child', os.pread(fd, 4, 0), flush=True)\n    os._exit(0)\n\
+        os.waitpid(pid, 0)\n\
+        os.lseek(fd, 0, 0)\n\
+        print(subprocess.run(['cat'], stdin=fd, capture_output=True).stdout)";
+    let out = r.same("python3", &["-c", script]);
+    assert_eq!(String::from_utf8_lossy(&out), "child b'held'\nb'held'\n");
+}

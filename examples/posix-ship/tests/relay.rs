@@ -68,6 +68,10 @@ fn every_kind_of_call_crosses_the_relay_to_the_server() {
     assert_eq!(names, ["big", "hello", "link"]);
     fs.truncate("/d/big", 10).unwrap();
     assert_eq!(std::fs::metadata(export.join("d/big")).unwrap().len(), 10);
+    // A relay closes upstream on a close: it lends no handles (children open by path).
+    let o = fs.open_raw(b"/d/big", libc::O_RDONLY, 0).unwrap();
+    assert_eq!(errno(fs.lend(o.fh)), libc::ENOSYS);
+    fs.close_raw(o.fh).unwrap();
     fs.set_permissions("/d/hello", 0o640).unwrap();
     let mode = std::fs::metadata(export.join("d/hello")).unwrap().mode();
     assert_eq!(mode & 0o777, 0o640);

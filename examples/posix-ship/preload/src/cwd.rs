@@ -64,7 +64,13 @@ fn slot() -> Option<(&'static [AtomicU8], bool)> {
             let mut e = environ;
             let mut found = false;
             while !e.is_null() && !(*e).is_null() {
-                if (*e).cast::<AtomicU8>() == p {
+                // Ours still: the same address and our name (a freed slot's address
+                // could come back for another entry).
+                if (*e).cast::<AtomicU8>() == p
+                    && std::ffi::CStr::from_ptr(*e)
+                        .to_bytes()
+                        .starts_with(ENV.as_bytes())
+                {
                     found = true;
                     break;
                 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libc::{c_char, c_int};
-use posix_ship::proto::{DirEntry, MAX_DIR_PAGE, MAX_DIR_PLUS_PAGE, ReaddirReq};
+use posix_ship::proto::{DirEntry, MAX_DIR_PAGE};
 
 use crate::real::call_real;
 use crate::table::{self, lock};
@@ -88,25 +88,13 @@ fn next(d: &mut ShipDir) -> Result<Option<DirEntry>, c_int> {
         let desc = table::get(d.fd).ok_or(libc::EBADF)?;
         let fs = table::client()?;
         let (fh, restart) = (desc.fh()?, std::mem::take(&mut d.restart));
-        if let Some(ticket) = fs.attr_ticket() {
-            // With attributes (and whether each has extended ones), kept for the stats
-            // and ACL questions that follow a listing (`ls -l`, `du`, `find -size`).
-            let req = ReaddirReq {
-                fh,
-                max: MAX_DIR_PLUS_PAGE,
-                restart,
-            };
-            let page = fs.readdir_plus_page(&req, true).map_err(errno_of)?;
-            fs.remember(ticket, &desc.path, &page);
-            d.end = page.end;
-            d.queue.extend(page.entries.into_iter().map(|(e, _)| e));
-        } else {
-            let page = fs
-                .readdir_page(fh, MAX_DIR_PAGE, restart)
-                .map_err(errno_of)?;
-            d.end = page.end;
-            d.queue.extend(page.entries);
-        }
+        // Names only (a page of 1 024): a program that then stats the entries has the
+        // directory listed with attributes by the client's cache at its second miss.
+        let page = fs
+            .readdir_page(fh, MAX_DIR_PAGE, restart)
+            .map_err(errno_of)?;
+        d.end = page.end;
+        d.queue.extend(page.entries);
     }
     Ok(d.queue.pop_front())
 }

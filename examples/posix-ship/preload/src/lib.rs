@@ -17,6 +17,7 @@
 //! are defined with their optional argument as a fixed one, which those ABIs pass in the
 //! same register).
 
+mod children;
 mod compat;
 mod cwd;
 mod dirs;

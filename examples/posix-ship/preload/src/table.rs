@@ -363,9 +363,23 @@ fn attr_timeout() -> std::time::Duration {
         .unwrap_or(std::time::Duration::from_secs(1))
 }
 
+static CONN: Mutex<Option<Conn>> = Mutex::new(None);
+
+/// This process's connection forgets the attributes it cached (a child it waited for
+/// may have changed anything); nothing if it has none.
+pub fn forget_attrs() {
+    let pid = std::process::id();
+    // (A try-lock: this runs after every `wait`, which a forked child may call while a
+    // thread left behind at the fork held the lock.)
+    if let Ok(c) = CONN.try_lock()
+        && let Some(conn) = c.as_ref().filter(|c| c.pid == pid)
+    {
+        conn.fs.forget_attrs();
+    }
+}
+
 /// The connection to the server, made on first use and again in a forked child.
 fn connection() -> Result<RemoteFs, c_int> {
-    static CONN: Mutex<Option<Conn>> = Mutex::new(None);
     let cfg = crate::config().ok_or(libc::ENOENT)?;
     let pid = std::process::id();
     let mut c = lock(&CONN);

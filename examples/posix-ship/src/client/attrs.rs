@@ -71,6 +71,8 @@ struct State {
     /// Per directory: stat misses within the lifetime (from when), and when it was last
     /// listed for them.
     dirs: HashMap<Vec<u8>, Misses>,
+    /// Directories listed whole (every entry is in `map`), and when.
+    whole: HashMap<Vec<u8>, Instant>,
 }
 
 #[derive(Clone, Copy)]
@@ -91,6 +93,26 @@ pub struct Attrs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ticket(u64);
 
+impl State {
+    fn forget(&mut self) {
+        self.epoch += 1;
+        self.map.clear();
+        self.dirs.clear();
+        self.whole.clear();
+    }
+}
+
+/// `path`'s directory and name (the root's for `/name`).
+fn split(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    let slash = path.iter().rposition(|&b| b == b'/')?;
+    let dir = if slash == 0 {
+        &b"/"[..]
+    } else {
+        &path[..slash]
+    };
+    Some((dir, &path[slash + 1..]))
+}
+
 impl Attrs {
     /// Trusting answers for `ttl`.
     pub fn new(ttl: Duration) -> Attrs {
@@ -101,6 +123,7 @@ impl Attrs {
                 changing: 0,
                 map: HashMap::new(),
                 dirs: HashMap::new(),
+                whole: HashMap::new(),
             }),
         }
     }
@@ -141,7 +164,9 @@ impl Attrs {
         }
         for (p, follow, a) in entries {
             if s.map.len() >= MAX_ENTRIES {
+                // (Whole listings said every entry is here: not any more.)
                 s.map.clear();
+                s.whole.clear();
             }
             if !follow && a.mode & libc::S_IFMT != libc::S_IFLNK {
                 s.map.insert((p.clone(), true), (*a, now));
@@ -191,22 +216,62 @@ impl Attrs {
         Some(dir.to_vec())
     }
 
+    /// Whether `path` is known not to exist: its directory was listed whole within the
+    /// lifetime and the name was not in it (`.`, `..` and empty names are never known).
+    pub fn absent(&self, path: &[u8], now: Instant) -> bool {
+        let Some((dir, name)) = split(path) else {
+            return false;
+        };
+        if name.is_empty() || name == b"." || name == b".." {
+            return false;
+        }
+        let s = self.lock();
+        s.changing == 0
+            && s.whole
+                .get(dir)
+                .is_some_and(|at| now.saturating_duration_since(*at) < self.ttl)
+            && !s.map.contains_key(&(path.to_vec(), false))
+    }
+
+    /// The entries of `dir` (`entries` as [`Attrs::put`] takes them), listed with `t` at
+    /// `now`; `whole`: every entry of it (the listing reached its end).
+    pub fn put_listing<'a>(
+        &self,
+        t: Ticket,
+        now: Instant,
+        dir: &[u8],
+        whole: bool,
+        entries: impl IntoIterator<Item = (Vec<u8>, bool, &'a Attr)>,
+    ) {
+        self.put(t, now, entries);
+        let mut s = self.lock();
+        if whole && s.epoch == t.0 && s.changing == 0 {
+            if s.whole.len() >= MAX_DIRS {
+                s.whole.clear();
+            }
+            s.whole.insert(dir.to_vec(), now);
+        }
+    }
+
+    /// Forgets everything (another process, a child this one waited for, may have
+    /// changed anything).
+    pub fn forget(&self) {
+        let mut s = self.lock();
+        s.forget();
+    }
+
     /// A change starts: nothing is trusted until it ends.
     pub fn change_starts(&self) {
         let mut s = self.lock();
         s.changing += 1;
-        s.epoch += 1;
-        s.map.clear();
-        s.dirs.clear();
+        s.forget();
     }
 
     /// A change ended (answered, failed or given up).
     pub fn change_ends(&self) {
         let mut s = self.lock();
         s.changing -= 1;
-        s.epoch += 1;
-        s.map.clear();
-        s.dirs.clear();
+        s.forget();
     }
 }
 
@@ -339,5 +404,31 @@ mod tests {
         c.change_ends();
         assert_eq!(c.missed(b"/d/x", t0), None);
         assert_eq!(c.missed(b"/d/y", t0), Some(b"/d".to_vec()));
+    }
+
+    #[test]
+    fn a_whole_listing_answers_for_names_not_in_it() {
+        let c = Attrs::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let f = attr(libc::S_IFREG, 1);
+        let part = [(b"/d/f".to_vec(), false, &f)];
+        c.put_listing(c.ticket(), t0, b"/d", false, part.clone());
+        assert!(!c.absent(b"/d/g", t0), "a listing cut short says nothing");
+        c.put_listing(c.ticket(), t0, b"/d", true, part.clone());
+        assert!(c.absent(b"/d/g", t0) && !c.absent(b"/d/f", t0));
+        for p in [&b"/d/."[..], b"/d/..", b"/d/", b"/e/g"] {
+            assert!(!c.absent(p, t0), "{p:?}");
+        }
+        assert!(!c.absent(b"/d/g", t0 + Duration::from_secs(1)), "expired");
+        c.forget();
+        assert!(!c.absent(b"/d/g", t0));
+        let stale = c.ticket();
+        c.change_starts();
+        c.change_ends();
+        c.put_listing(stale, t0, b"/d", true, part);
+        assert!(
+            !c.absent(b"/d/g", t0),
+            "a listing overlapping a change is not whole"
+        );
     }
 }

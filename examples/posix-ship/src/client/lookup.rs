@@ -9,7 +9,7 @@ use crate::proto::*;
 
 /// Pages of a directory listed for its misses at most: a stat in a huge directory costs
 /// a few pages, not all of them.
-const MISS_PAGES: usize = 4;
+const MISS_PAGES: usize = 16;
 
 impl RemoteFs {
     /// The attribute cache, for this client's own calls (a forwarder's views ask).
@@ -36,6 +36,9 @@ impl RemoteFs {
                 return Ok(hit);
             }
         }
+        if a.absent(p, Instant::now()) {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
         let ticket = a.ticket();
         let p = p.to_vec();
         let attr = self.call(STAT, &(t, follow))?;
@@ -52,6 +55,7 @@ impl RemoteFs {
         let Ok(o) = self.open_raw(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
             return;
         };
+        let mut every = true;
         for i in 0..MISS_PAGES {
             let req = ReaddirReq {
                 fh: o.fh,
@@ -60,7 +64,11 @@ impl RemoteFs {
             };
             match self.readdir_plus_page(&req, true) {
                 Ok(page) => {
-                    self.remember(ticket, dir, &page);
+                    // Whole if it ends here and every entry came with its attributes
+                    // (the ticket, the same for every page, keeps out a listing that
+                    // overlapped a change).
+                    every &= page.entries.iter().all(|(_, a)| a.is_some());
+                    self.keep(ticket, dir, &page, page.end && every);
                     if page.end {
                         break;
                     }
@@ -84,6 +92,18 @@ impl RemoteFs {
 
     /// Keeps the attributes of a listing of directory `dir` (read with `t`).
     pub fn remember(&self, t: Ticket, dir: &[u8], page: &DirPagePlus) {
+        self.keep(t, dir, page, false);
+    }
+
+    /// Forgets every cached attribute (a child this process waited for may have changed
+    /// anything).
+    pub fn forget_attrs(&self) {
+        if let Some(a) = &self.inner.attrs {
+            a.forget();
+        }
+    }
+
+    fn keep(&self, t: Ticket, dir: &[u8], page: &DirPagePlus, whole: bool) {
         let Some(a) = self.attrs() else { return };
         let entries = page.entries.iter().filter_map(|(e, attr)| {
             let name: &[u8] = &e.name;
@@ -97,6 +117,6 @@ impl RemoteFs {
             p.extend_from_slice(name);
             Some((p, false, attr.as_ref()?))
         });
-        a.put(t, Instant::now(), entries);
+        a.put_listing(t, Instant::now(), dir, whole, entries);
     }
 }

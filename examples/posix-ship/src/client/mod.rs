@@ -523,9 +523,12 @@ impl RemoteFs {
 
     /// A pass for `fh` that another connection of the same user may adopt (a child
     /// this process starts): the child then holds the same open file, whatever its path
-    /// names by then. `ENOSYS` from an older server.
+    /// names by then. `ENOSYS` from an older server or one that cannot share files (a
+    /// relay, an I/O node); `ETIMEDOUT` after 2 s.
     pub fn lend(&self, fh: Fh) -> io::Result<Pass> {
-        self.call(LEND, &fh)
+        // Asked while a process forks: a server that does not answer soon costs the
+        // child its pass (it opens by path), not the fork its progress.
+        self.start(LEND, &fh).timeout(Duration::from_secs(2)).wait()
     }
 
     /// A handle of this connection's on the open file `pass` stands for.

@@ -110,6 +110,14 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// A request for `rpc` arrived (for the backend's counters).
     fn request_in(&self, _rpc: &'static str) {}
+    /// Whether an open file may be shared by handles of several clients
+    /// ([`LEND`]/[`ADOPT`]): only if closing one handle leaves the file to the others
+    /// (the file closes when its last `Arc` goes). A backend whose close acts on the
+    /// file (a relay closing it upstream, an I/O node flushing it) answers `ENOSYS`, and
+    /// children open by path.
+    fn lends(&self) -> bool {
+        false
+    }
     /// What [`SERVER_STATS`] answers, from the service's own counters.
     fn stats(&self, s: ServerStats) -> ServerStats {
         s

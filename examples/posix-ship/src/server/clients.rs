@@ -301,6 +301,16 @@ impl<F> Clients<F> {
             .ok_or(Errno::BADF)
     }
 
+    /// [`Clients::get`], with the user the file was opened by.
+    pub fn get_owned(&self, id: ClientId, fh: Fh) -> Result<(Arc<F>, User), Errno> {
+        let t = self.lock();
+        t.clients
+            .get(&id)
+            .and_then(|c| c.files.get(&fh.0))
+            .map(|(f, u)| (f.clone(), *u))
+            .ok_or(Errno::BADF)
+    }
+
     /// Forgets `fh` (`EBADF` if it is not open); the file closes when unused.
     pub fn remove(&self, id: ClientId, fh: Fh) -> Result<Arc<F>, Errno> {
         let mut t = self.lock();

@@ -9,7 +9,12 @@
 //! and for [`GRACE`] after it closes it or is lost (a shell closes its copy at once after
 //! starting the child). A handle lent again gives the same pass. At most
 //! [`PER_USER`] passes per user and [`TOTAL`] in all; past them `EMFILE` (the child then
-//! opens by path). Unknown, expired and other users' passes are all `EBADF`.
+//! opens by path). Unknown, expired and other users' passes are all `EBADF`. Expired
+//! passes are let go at the next lend, adopt, close or client loss of anyone (so an
+//! orphaned file stays open at most until the server next sees one of those).
+//!
+//! A pass is bound to the user's uid, as a descriptor handed to a child is: the adopter
+//! holds the file with the access the opener had (group rights included).
 //!
 //! No I/O and no clock: the caller says what time it is.
 //!
@@ -120,16 +125,19 @@ impl<F> Lending<F> {
         (file, expired)
     }
 
-    /// `id` closed `fh`: its pass, if any, lasts [`GRACE`] from `now`.
-    pub fn closed(&self, id: ClientId, fh: Fh, now: Instant) {
+    /// `id` closed `fh`: its pass, if any, lasts [`GRACE`] from `now`; and the files of
+    /// passes expired by `now`, to let go.
+    pub fn closed(&self, id: ClientId, fh: Fh, now: Instant) -> Vec<Arc<F>> {
         let mut t = self.lock();
         if let Some(p) = t.by_handle.remove(&(id, fh.0)) {
             t.orphans.push_back((now, p));
         }
+        t.expire(now)
     }
 
-    /// `id` is lost: its passes last [`GRACE`] from `now`.
-    pub fn lost(&self, id: ClientId, now: Instant) {
+    /// `id` is lost: its passes last [`GRACE`] from `now`; and the files of passes
+    /// expired by `now`, to let go.
+    pub fn lost(&self, id: ClientId, now: Instant) -> Vec<Arc<F>> {
         let mut t = self.lock();
         let mine: Vec<(ClientId, u64)> =
             t.by_handle.keys().filter(|k| k.0 == id).copied().collect();
@@ -138,6 +146,7 @@ impl<F> Lending<F> {
                 t.orphans.push_back((now, p));
             }
         }
+        t.expire(now)
     }
 
     #[cfg(test)]
@@ -208,17 +217,17 @@ mod tests {
         assert!(l.adopt(p, ME, t0 + GRACE * 10).0.is_ok());
         // ...and for the grace once it closes.
         let t1 = t0 + GRACE * 10;
-        l.closed(7, Fh(1), t1);
+        assert!(l.closed(7, Fh(1), t1).is_empty());
         assert!(l.adopt(p, ME, t1 + GRACE / 2).0.is_ok());
         let (r, expired) = l.adopt(p, ME, t1 + GRACE);
         assert_eq!(r.err(), Some(Errno::BADF));
         assert_eq!(expired.len(), 1, "its file let go");
         assert_eq!(l.len(), 1, "the other handle's pass stays");
-        l.lost(7, t1);
+        assert!(l.lost(7, t1).is_empty());
         assert_eq!(
-            l.adopt(Pass(0), ME, t1 + GRACE).1.len(),
+            l.closed(9, Fh(9), t1 + GRACE).len(),
             1,
-            "a lost lender's too"
+            "a lost lender's too, at a close"
         );
         assert_eq!(l.len(), 0);
     }
@@ -239,7 +248,7 @@ mod tests {
             "another user"
         );
         // Expired passes give their room back.
-        l.lost(1, t);
+        assert!(l.lost(1, t).is_empty());
         assert!(
             l.lend(1, Fh(u64::MAX), ME, Arc::new(()), t + GRACE)
                 .0

@@ -120,6 +120,11 @@ impl Backend for LocalFs {
         Ok((file, attr(&st)))
     }
 
+    /// A close drops the handle's `Arc`: the descriptor closes with the last one.
+    fn lends(&self) -> bool {
+        true
+    }
+
     /// `close`: the file closes once no request uses it.
     fn close(&self, _: &Who, f: Arc<OpenFile>) -> R<()> {
         drop(f);

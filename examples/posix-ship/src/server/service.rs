@@ -61,8 +61,9 @@ impl<B: Backend> Service<B> {
         let w = Arc::downgrade(&s);
         engine.on_peer_lost(move |p| {
             if let Some(s) = w.upgrade() {
-                s.lending.lost(p.0, Instant::now());
+                // (Handles first: a lend racing the loss then finds none, or is orphaned.)
                 s.backend.lost(s.clients.lost(p.0));
+                s.let_go(s.lending.lost(p.0, Instant::now()));
             }
         });
         register_all(engine, &s)?;
@@ -101,18 +102,33 @@ impl<B: Backend> Service<B> {
 
     fn close(&self, who: &Who, fh: Fh) -> R<()> {
         let f = self.clients.remove(who.client, fh)?;
-        self.lending.closed(who.client, fh, Instant::now());
+        self.let_go(self.lending.closed(who.client, fh, Instant::now()));
         self.backend.close(who, f)
     }
 
     /// A pass for the caller's handle `fh` (`crate::server::lending`).
     fn lend(&self, who: &Who, fh: Fh) -> R<Pass> {
-        let f = self.file(who, fh)?;
-        let (pass, expired) = self
-            .lending
-            .lend(who.client, fh, who.uid(), f, Instant::now());
+        if !self.backend.lends() {
+            return Err(Errno::NOSYS);
+        }
+        // The pass is for the user the file was opened by (a forwarder's connection
+        // holds files of many users), and only that user may lend it.
+        let (f, user) = self.clients.get_owned(who.client, fh)?;
+        if user != who.uid() {
+            return Err(Errno::BADF);
+        }
+        let now = Instant::now();
+        let (pass, expired) = self.lending.lend(who.client, fh, user, f.clone(), now);
         self.let_go(expired);
-        pass
+        let pass = pass?;
+        // A close (or the client's loss) racing this lend found no pass to orphan: the
+        // handle must still be this file, or the pass is orphaned now.
+        let same = self.clients.get(who.client, fh);
+        if !same.is_ok_and(|now| Arc::ptr_eq(&now, &f)) {
+            self.let_go(self.lending.closed(who.client, fh, Instant::now()));
+            return Err(Errno::BADF);
+        }
+        Ok(pass)
     }
 
     /// The files of expired passes go the way of a lost client's.
