@@ -207,3 +207,27 @@ fn children_read_a_file_deleted_while_their_parent_held_it() {
     let out = r.same("python3", &["-c", script]);
     assert_eq!(String::from_utf8_lossy(&out), "child b'held'\nb'held'\n");
 }
+
+/// A program built in the mount against libraries built there runs: found by its
+/// `$ORIGIN` run path, by `LD_LIBRARY_PATH`, and one library needing another; the
+/// program sees `LD_LIBRARY_PATH` as it was set (the loader's directory of links is
+/// this library's, gone once the program runs).
+#[test]
+fn shipped_programs_load_shipped_libraries() {
+    let r = Rig::new("interpose-libs", "tcp");
+    let script = "cd {} && mkdir -p lib \
+        && printf 'int x(void){return 40;}' > x.c && cc -shared -fPIC -o lib/libx.so x.c \
+        && printf 'int x(void); int y(void){return x() + 1;}' > y.c \
+        && cc -shared -fPIC -o lib/liby.so y.c -Llib -lx -Wl,-rpath,'$ORIGIN' \
+        && printf '%s\\n' '#include <stdio.h>' '#include <stdlib.h>' 'int y(void);' \
+           'int main(void) { const char *l = getenv(\"LD_LIBRARY_PATH\");' \
+           '  printf(\"%d %s\\n\", y() + 1, l ? l : \"unset\"); return 0; }' > m.c \
+        && cc -o m m.c -Llib -ly -Wl,-rpath,'$ORIGIN/lib' && cc -o m2 m.c -Llib -ly \
+        && ./m && LD_LIBRARY_PATH=lib ./m2 && { ./m2 || echo m2 needs its path; }";
+    let out = r.same("sh", &["-c", script]);
+    // (Compared with the local run: `LD_LIBRARY_PATH` is what the test's own was.)
+    let out = String::from_utf8_lossy(&out);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("42 ") && lines[1] == "42 lib", "{out}");
+    assert_eq!(lines[2], "m2 needs its path", "{out}");
+}

@@ -191,19 +191,10 @@ impl Env {
         for (k, v) in cwd.into_iter().chain(fds.map(|f| (FDS, f.0))).chain(region) {
             own.push(CString::new([k.as_bytes(), b"=", &v].concat()).ok()?);
         }
-        let mut i = 0;
-        while !envp.is_null() {
-            // SAFETY: `envp` is a NULL-terminated array of C strings (execve's contract).
-            let e = unsafe { *envp.add(i) };
-            if e.is_null() {
-                break;
-            }
-            // SAFETY: each entry is a NUL-terminated string.
-            let s = unsafe { CStr::from_ptr(e) };
+        for s in entries(envp) {
             if !ours.iter().any(|p| s.to_bytes().starts_with(p)) {
                 own.push(s.to_owned());
             }
-            i += 1;
         }
         let mut ptrs: Vec<*const c_char> = own.iter().map(|c| c.as_ptr()).collect();
         ptrs.push(std::ptr::null());
@@ -217,21 +208,26 @@ impl Env {
 
 /// Whether `envp` holds a variable starting with one of `prefixes`.
 fn has_any(envp: *const *const c_char, prefixes: &[Vec<u8>]) -> bool {
+    entries(envp).any(|s| prefixes.iter().any(|p| s.to_bytes().starts_with(p)))
+}
+
+/// The entries of `envp`, a NULL-terminated array of C strings (execve's contract; a
+/// null `envp` has none), valid while the caller's array is.
+pub(crate) fn entries<'a>(envp: *const *const c_char) -> impl Iterator<Item = &'a CStr> {
     let mut i = 0;
-    while !envp.is_null() {
-        // SAFETY: a NULL-terminated array of C strings (execve's contract).
+    std::iter::from_fn(move || {
+        if envp.is_null() {
+            return None;
+        }
+        // SAFETY: within the NULL-terminated array: `i` never passes its NULL.
         let e = unsafe { *envp.add(i) };
         if e.is_null() {
-            return false;
-        }
-        // SAFETY: each entry is a NUL-terminated string.
-        let s = unsafe { CStr::from_ptr(e) }.to_bytes();
-        if prefixes.iter().any(|p| s.starts_with(p)) {
-            return true;
+            return None;
         }
         i += 1;
-    }
-    false
+        // SAFETY: each entry is a NUL-terminated string.
+        Some(unsafe { CStr::from_ptr(e) })
+    })
 }
 
 /// The environment to pass: ours if made, else the caller's.
@@ -261,14 +257,17 @@ macro_rules! exec {
             // A program in the mount (a path, not a name to look for in PATH).
             // SAFETY: a non-null `file` is NUL-terminated (execve's contract).
             let path = !file.is_null() && unsafe { CStr::from_ptr(file) }.to_bytes().contains(&b'/');
-            match if path { run::program(file) } else { run::Program::Elsewhere } {
+            match if path { run::program(file, envp) } else { run::Program::Elsewhere } {
                 run::Program::Elsewhere => call_real!($name:
                     fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
                     file, argv, envp),
                 run::Program::Local(p) => call_real!(execve:
                     fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
                     p.as_ptr(), argv, envp),
-                run::Program::Image(fd) => run::exec_image(&fd, argv, envp),
+                run::Program::Image(fd, libs) => {
+                    let with = libs.as_ref().and_then(|l| l.env(envp));
+                    run::exec_image(&fd, argv, with.as_ref().map_or(envp, |e| e.ptr()))
+                }
                 run::Program::Script(words) => {
                     // SAFETY: `argv` is the caller's, NULL-terminated.
                     let a = unsafe { run::Argv::after(words, argv) };
@@ -305,18 +304,27 @@ macro_rules! spawn {
             let file = found.as_ref().map_or(file, |f| f.as_ptr());
             // SAFETY: a non-null `file` is NUL-terminated (posix_spawn's contract).
             let path = !file.is_null() && unsafe { CStr::from_ptr(file) }.to_bytes().contains(&b'/');
-            let real = |file: *const c_char, argv: *const *mut c_char| call_real!($name:
+            let real = |file: *const c_char, argv: *const *mut c_char, envp: *const *mut c_char|
+                call_real!($name:
                 fn(*mut pid_t, *const c_char, *const posix_spawn_file_actions_t,
                 *const posix_spawnattr_t, *const *mut c_char, *const *mut c_char) -> c_int,
                 pid, file, actions, attr, argv, envp);
-            let r = match if path { run::program(file) } else { run::Program::Elsewhere } {
-                run::Program::Elsewhere => real(file, argv),
-                run::Program::Local(p) => real(p.as_ptr(), argv),
-                run::Program::Image(fd) => real(run::image_path(&fd).as_ptr(), argv),
+            let r = match if path { run::program(file, envp.cast()) } else { run::Program::Elsewhere } {
+                run::Program::Elsewhere => real(file, argv, envp),
+                run::Program::Local(p) => real(p.as_ptr(), argv, envp),
+                run::Program::Image(fd, libs) => {
+                    let with = libs.as_ref().and_then(|l| l.env(envp.cast()));
+                    let e = with.as_ref().map_or(envp, |e| e.ptr().cast());
+                    let r = real(run::image_path(&fd).as_ptr(), argv, e);
+                    if r == 0 && let Some(l) = libs {
+                        l.started();
+                    }
+                    r
+                }
                 run::Program::Script(words) => {
                     // SAFETY: `argv` is the caller's, NULL-terminated.
                     let a = unsafe { run::Argv::after(words, argv.cast()) };
-                    real(a.program(), a.ptr().cast())
+                    real(a.program(), a.ptr().cast(), envp)
                 }
                 run::Program::Refused(e) => e,
             };

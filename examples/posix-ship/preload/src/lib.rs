@@ -25,6 +25,7 @@ mod dl;
 mod exec;
 mod files;
 mod glob;
+mod libs;
 mod offsets;
 mod paths;
 mod real;
@@ -52,6 +53,7 @@ use libc::{c_char, c_int};
 static ADOPT: extern "C" fn() = {
     extern "C" fn adopt() {
         report::init();
+        libs::adopt();
         exec::adopt();
         // Writes in flight land before the process exits and before it forks (a child
         // may read what its parent wrote).

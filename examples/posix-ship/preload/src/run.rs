@@ -5,9 +5,8 @@
 //! path (the interpreter, under this library too, reads it); any other shipped file is
 //! copied into a memfd that the kernel executes (`execveat`, or `/proc/self/fd/N` for
 //! `posix_spawn`), `argv` unchanged. The kernel's checks come first: search and execute
-//! permission for the caller (the server's `access`), a regular file. Shared libraries a
-//! shipped binary names by a shipped path cannot be loaded (the dynamic loader is the
-//! kernel's reader, not this library's): system libraries only.
+//! permission for the caller (the server's `access`), a regular file. Shared libraries
+//! in the mount that a shipped binary needs are handed to its loader (`crate::libs`).
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -28,16 +27,16 @@ pub enum Program {
     Elsewhere,
     /// A shipped path whose links lead to this local file.
     Local(CString),
-    /// A shipped binary, copied into this memfd.
-    Image(OwnedFd),
+    /// A shipped binary, copied into this memfd, and the shipped libraries it needs.
+    Image(OwnedFd, Option<crate::libs::Libs>),
     /// A shipped script: its interpreter (a local one) and optional argument, then its path.
     Script(Vec<CString>),
     /// Not to be run: this errno.
     Refused(c_int),
 }
 
-/// How to run `file` (the caller's path argument).
-pub fn program(file: *const libc::c_char) -> Program {
+/// How to run `file` (the caller's path argument) with environment `envp`.
+pub fn program(file: *const libc::c_char, envp: *const *const libc::c_char) -> Program {
     let (Some(p), Some(cfg)) = (shipped(file), crate::config()) else {
         return Program::Elsewhere;
     };
@@ -51,7 +50,10 @@ pub fn program(file: *const libc::c_char) -> Program {
     };
     match image(p, libc::X_OK) {
         Ok(data) if data.starts_with(b"#!") => script(&data, file),
-        Ok(data) => memfd(&data).map_or_else(Program::Refused, Program::Image),
+        Ok(data) => match memfd(&data) {
+            Ok(fd) => Program::Image(fd, crate::libs::find(&data, &named, envp)),
+            Err(e) => Program::Refused(e),
+        },
         Err(e) => Program::Refused(e),
     }
 }
@@ -176,8 +178,13 @@ fn script(data: &[u8], file: *const libc::c_char) -> Program {
 
 /// `data` in a memfd the kernel can execute.
 pub(crate) fn memfd(data: &[u8]) -> Result<OwnedFd, c_int> {
+    memfd_named(data, c"posix-ship-exec", libc::MFD_CLOEXEC)
+}
+
+/// `data` in a memfd named `name`, made with `flags`.
+pub(crate) fn memfd_named(data: &[u8], name: &CStr, flags: libc::c_uint) -> Result<OwnedFd, c_int> {
     // SAFETY: a NUL-terminated name; flags as memfd_create(2) documents.
-    let fd = unsafe { libc::memfd_create(c"posix-ship-exec".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
     if fd < 0 {
         return Err(crate::last_errno());
     }

@@ -1,0 +1,392 @@
+//! Shared libraries in the mount that a shipped program needs (`DT_NEEDED`): the dynamic
+//! loader reads them itself, before this library runs in the new image, so it cannot
+//! see shipped files. Before the `exec`, each library the program (and, in turn, each
+//! library found) needs is looked for where the loader would look — `DT_RPATH` (without
+//! `DT_RUNPATH`), `LD_LIBRARY_PATH`, `DT_RUNPATH`, `$ORIGIN` being the object's
+//! directory in the mount — and one found first in a shipped directory is copied into a
+//! memfd the program inherits. A private local directory of links (`name ->
+//! /proc/self/fd/N`) goes first in the program's `LD_LIBRARY_PATH`; this library, loaded
+//! in the new image, removes it, closes the memfds and puts `LD_LIBRARY_PATH` back
+//! ([`adopt`], from [`ENV`]). A library found first in a local directory is the loader's.
+//!
+//! Bounded: at most [`MAX_LIBS`] libraries and [`MAX_BYTES`] in all; past them the
+//! program runs with what was found (the loader then says what it misses).
+
+use std::collections::{HashSet, VecDeque};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use goblin::elf::Elf;
+use libc::{c_char, c_int};
+use posix_ship::proto::{self as p, Target};
+use serde_bytes::ByteBuf;
+
+use crate::real::call_real;
+
+/// The variable that tells the new image what to undo: `hex(dir):fd,fd:hex(old)` where
+/// `old` is `LD_LIBRARY_PATH` as it was (`-`: unset).
+pub const ENV: &str = "POSIX_SHIP_LIBS";
+
+/// Libraries copied for one program at most.
+const MAX_LIBS: usize = 64;
+/// Bytes copied for one program at most.
+const MAX_BYTES: u64 = 1 << 30;
+/// The names the local directory of links gets (`mkdtemp`).
+const DIR_PREFIX: &str = "/tmp/qs-libs.";
+
+/// The libraries found for one program: their memfds (inherited by it) and the
+/// directory of links to them.
+pub struct Libs {
+    dir: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    /// The directory outlives this value (a spawned program's loader reads it after
+    /// `posix_spawn` returns; the program removes it).
+    keep: bool,
+}
+
+/// What the loader of `image` (the program at `path` in the mount, by its local name)
+/// would not find itself, with `envp` the program's environment; `None` if nothing.
+pub fn find(image: &[u8], path: &[u8], envp: *const *const c_char) -> Option<Libs> {
+    let ld_path = env_value(envp, b"LD_LIBRARY_PATH");
+    let mut seen = HashSet::new();
+    let mut todo = VecDeque::from([(image.to_vec(), dir_of(path))]);
+    let mut found: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut bytes = 0u64;
+    while let Some((data, origin)) = todo.pop_front() {
+        let Ok(elf) = Elf::parse(&data) else { continue };
+        for name in elf.libraries.iter().map(|l| l.as_bytes().to_vec()) {
+            if found.len() >= MAX_LIBS || !seen.insert(name.clone()) {
+                continue;
+            }
+            let Some(lib) = locate(&name, &elf, &origin, ld_path.as_deref()) else {
+                continue;
+            };
+            let Ok(lib_data) = crate::run::image(lib.clone(), libc::R_OK) else {
+                continue;
+            };
+            bytes += lib_data.len() as u64;
+            if bytes > MAX_BYTES {
+                break;
+            }
+            let mount = crate::config()?.mount().to_vec();
+            todo.push_back((lib_data.clone(), dir_of(&[&mount[..], &lib].concat())));
+            found.push((name, lib_data));
+        }
+    }
+    if found.is_empty() {
+        return None;
+    }
+    links(found)
+}
+
+/// Where the loader would take `name` from, if that is a shipped file: the path beneath
+/// the export. `None` if it finds it locally first (or not at all).
+fn locate(name: &[u8], elf: &Elf, origin: &[u8], ld_path: Option<&[u8]>) -> Option<Vec<u8>> {
+    if name.contains(&b'/') {
+        return shipped_file(name);
+    }
+    let split = |s: &str| {
+        s.split(':')
+            .map(|d| d.as_bytes().to_vec())
+            .collect::<Vec<_>>()
+    };
+    let mut dirs: Vec<Vec<u8>> = Vec::new();
+    if elf.runpaths.is_empty() {
+        elf.rpaths.iter().for_each(|r| dirs.extend(split(r)));
+    }
+    if let Some(l) = ld_path {
+        dirs.extend(l.split(|b| *b == b':').map(<[u8]>::to_vec));
+    }
+    elf.runpaths.iter().for_each(|r| dirs.extend(split(r)));
+    for d in dirs.into_iter().filter(|d| !d.is_empty()) {
+        let d = expand_origin(&d, origin);
+        let full = [&d[..], b"/", name].concat();
+        if let Some(p) = shipped_file(&full) {
+            return Some(p);
+        }
+        if shipped_path(&full).is_none() && local_file(&full) {
+            return None;
+        }
+    }
+    None
+}
+
+/// `d` with `$ORIGIN` and `${ORIGIN}` made `origin`.
+fn expand_origin(d: &[u8], origin: &[u8]) -> Vec<u8> {
+    let s = String::from_utf8_lossy(d);
+    let o = String::from_utf8_lossy(origin);
+    s.replace("${ORIGIN}", &o)
+        .replace("$ORIGIN", &o)
+        .into_bytes()
+}
+
+/// The directory of `path` (`.` for a bare name).
+fn dir_of(path: &[u8]) -> Vec<u8> {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(0) => b"/".to_vec(),
+        Some(i) => path[..i].to_vec(),
+        None => b".".to_vec(),
+    }
+}
+
+/// `path` beneath the export, if it is shipped (a relative one from the working
+/// directory, which may be inside the mount).
+fn shipped_path(path: &[u8]) -> Option<Vec<u8>> {
+    let c = CString::new(path).ok()?;
+    crate::shipped(c.as_ptr())
+}
+
+/// `full` beneath the export, if it is a shipped regular file (or a link to one).
+fn shipped_file(full: &[u8]) -> Option<Vec<u8>> {
+    let p = shipped_path(full)?;
+    let a = crate::call(p::STAT, &(Target::Path(ByteBuf::from(p.clone())), true)).ok()?;
+    a.is_file().then_some(p)
+}
+
+/// Whether `full` is a local file the loader would open.
+fn local_file(full: &[u8]) -> bool {
+    let Ok(c) = CString::new(full) else {
+        return false;
+    };
+    call_real!(access: fn(*const c_char, c_int) -> c_int, c.as_ptr(), libc::R_OK) == 0
+}
+
+/// The value of `name` in `envp`.
+fn env_value(envp: *const *const c_char, name: &[u8]) -> Option<Vec<u8>> {
+    crate::exec::entries(envp).find_map(|s| {
+        let v = s.to_bytes().strip_prefix(name)?.strip_prefix(b"=")?;
+        Some(v.to_vec())
+    })
+}
+
+/// Memfds for `found` and a fresh local directory of links to them by name.
+fn links(found: Vec<(Vec<u8>, Vec<u8>)>) -> Option<Libs> {
+    let mut tmpl = format!("{DIR_PREFIX}XXXXXX\0").into_bytes();
+    let made = call_real!(mkdtemp: fn(*mut c_char) -> *mut c_char, tmpl.as_mut_ptr().cast());
+    if made.is_null() {
+        return None;
+    }
+    tmpl.pop();
+    let mut libs = Libs {
+        dir: tmpl,
+        fds: Vec::new(),
+        keep: false,
+    };
+    for (name, data) in found {
+        // Inherited by the program: not close-on-exec.
+        let fd = crate::run::memfd_named(&data, c"posix-ship-lib", 0).ok()?;
+        let link = CString::new([&libs.dir[..], b"/", &name].concat()).ok()?;
+        let to = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+        if call_real!(symlink: fn(*const c_char, *const c_char) -> c_int, to.as_ptr(), link.as_ptr())
+            != 0
+        {
+            return None;
+        }
+        libs.fds.push(fd);
+    }
+    Some(libs)
+}
+
+impl Libs {
+    /// `envp` with the directory first in `LD_LIBRARY_PATH` and [`ENV`] set, owned.
+    pub fn env(&self, envp: *const *const c_char) -> Option<EnvArray> {
+        let old = env_value(envp, b"LD_LIBRARY_PATH");
+        let mut ld = self.dir.clone();
+        if let Some(o) = old.as_ref().filter(|o| !o.is_empty()) {
+            ld.push(b':');
+            ld.extend_from_slice(o);
+        }
+        let fds: Vec<String> = self.fds.iter().map(|f| f.as_raw_fd().to_string()).collect();
+        let undo = format!(
+            "{}:{}:{}",
+            hex(&self.dir),
+            fds.join(","),
+            old.map_or("-".to_string(), |o| hex(&o))
+        );
+        let mut own = vec![
+            CString::new([&b"LD_LIBRARY_PATH="[..], &ld].concat()).ok()?,
+            CString::new(format!("{ENV}={undo}")).ok()?,
+        ];
+        let undo_var = format!("{ENV}=");
+        for s in crate::exec::entries(envp) {
+            let b = s.to_bytes();
+            if !b.starts_with(b"LD_LIBRARY_PATH=") && !b.starts_with(undo_var.as_bytes()) {
+                own.push(s.to_owned());
+            }
+        }
+        let mut ptrs: Vec<*const c_char> = own.iter().map(|c| c.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        Some(EnvArray { _own: own, ptrs })
+    }
+
+    /// The directory stays for the program to remove (it was started and reads it).
+    pub fn started(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Libs {
+    fn drop(&mut self) {
+        if !self.keep {
+            remove_dir(&self.dir);
+        }
+    }
+}
+
+/// An environment array built for one call.
+pub struct EnvArray {
+    _own: Vec<CString>,
+    ptrs: Vec<*const c_char>,
+}
+
+impl EnvArray {
+    /// The array, valid while `self` lives.
+    pub fn ptr(&self) -> *const *const c_char {
+        self.ptrs.as_ptr()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Removes a directory of links this library made (its links, then it).
+fn remove_dir(dir: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::OsStr::from_bytes(dir);
+    let Ok(d) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in d.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_symlink()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// In the new image (run once, before `main`): undoes what the parent set up for the
+/// loader, if [`ENV`] names it. Hostile values are ignored: the directory must be one of
+/// ours (its name's prefix, links only), each descriptor a memfd of ours.
+pub fn adopt() {
+    let Some(v) = std::env::var_os(ENV) else {
+        return;
+    };
+    let v = v.to_string_lossy().into_owned();
+    // SAFETY: NUL-terminated names; this runs before the program's own threads.
+    unsafe { libc::unsetenv(c"POSIX_SHIP_LIBS".as_ptr()) };
+    let Some(undo) = Undo::parse(&v) else { return };
+    if let Some(dir) = &undo.dir {
+        remove_dir(dir);
+    }
+    for fd in undo.fds {
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}"));
+        if link.is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:posix-ship-lib")) {
+            call_real!(close: fn(c_int) -> c_int, fd);
+        }
+    }
+    match undo.old.and_then(|o| CString::new(o).ok()) {
+        // SAFETY: NUL-terminated; this runs before the program's own threads.
+        Some(o) => unsafe {
+            libc::setenv(c"LD_LIBRARY_PATH".as_ptr(), o.as_ptr(), 1);
+        },
+        // SAFETY: as above.
+        None => unsafe {
+            libc::unsetenv(c"LD_LIBRARY_PATH".as_ptr());
+        },
+    }
+}
+
+/// What [`ENV`] asks the new image to undo.
+#[derive(Debug, PartialEq, Eq)]
+struct Undo {
+    /// The directory of links, if it is one of ours (`DIR_PREFIX` and one more name).
+    dir: Option<Vec<u8>>,
+    fds: Vec<c_int>,
+    /// `LD_LIBRARY_PATH` as it was (`None`: unset).
+    old: Option<Vec<u8>>,
+}
+
+impl Undo {
+    fn parse(v: &str) -> Option<Undo> {
+        let mut it = v.splitn(3, ':');
+        let (dir, fds, old) = (it.next()?, it.next()?, it.next()?);
+        let dir = unhex(dir)?;
+        let ours = dir.len() > DIR_PREFIX.len()
+            && dir.starts_with(DIR_PREFIX.as_bytes())
+            && !dir[DIR_PREFIX.len()..].contains(&b'/');
+        let fds = fds
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(|f| f.parse().ok().filter(|&n: &c_int| n > 2))
+            .collect::<Option<Vec<_>>>()?;
+        let old = match old {
+            "-" => None,
+            h => Some(unhex(h)?),
+        };
+        Some(Undo {
+            dir: ours.then_some(dir),
+            fds,
+            old,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_and_directories() {
+        assert_eq!(
+            expand_origin(b"$ORIGIN/../lib", b"/fwd/p/bin"),
+            b"/fwd/p/bin/../lib"
+        );
+        assert_eq!(expand_origin(b"${ORIGIN}/x", b"/o"), b"/o/x");
+        assert_eq!(dir_of(b"/fwd/p/prog"), b"/fwd/p");
+        assert_eq!(dir_of(b"/prog"), b"/");
+        assert_eq!(dir_of(b"prog"), b".");
+    }
+
+    #[test]
+    fn what_to_undo_is_checked() {
+        let ok = format!("{}:5,7:{}", hex(b"/tmp/qs-libs.Ab12Cd"), hex(b"/opt/lib"));
+        assert_eq!(
+            Undo::parse(&ok),
+            Some(Undo {
+                dir: Some(b"/tmp/qs-libs.Ab12Cd".to_vec()),
+                fds: vec![5, 7],
+                old: Some(b"/opt/lib".to_vec()),
+            })
+        );
+        // Another directory is left alone; standard streams and junk are refused.
+        let other = format!("{}::-", hex(b"/tmp/qs-libs.x/../../etc"));
+        assert_eq!(Undo::parse(&other).unwrap().dir, None);
+        let home = format!("{}::-", hex(b"/home/u"));
+        assert_eq!(Undo::parse(&home).unwrap().dir, None);
+        assert_eq!(
+            Undo::parse(&format!("{}:1:-", hex(b"/tmp/qs-libs.a"))),
+            None
+        );
+        assert_eq!(Undo::parse("zz:5:-"), None);
+        assert_eq!(Undo::parse("2f:x:-"), None);
+        assert_eq!(Undo::parse("2f:5"), None);
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_junk() {
+        assert_eq!(unhex(&hex(b"/tmp/x:y")), Some(b"/tmp/x:y".to_vec()));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+    }
+}
