@@ -410,13 +410,24 @@ fn what_a_waited_for_child_changed_is_seen_at_once() {
     let export = scratch("cache-children");
     let srv = ServerProc::start(&export, "sm", &[]);
     let script = format!(
-        "cd {MOUNT} && echo x > conftest && test -s conftest && echo made; \
+        "cd {MOUNT} && mkdir d && test -e d/a || test -e d/b || echo listed; \
+         touch d/new; test -e d/new && echo new; test -e d//new && echo new; \
+         echo x > conftest && test -s conftest && echo made; \
          rm -f conftest; test -s conftest && echo stale || echo gone; \
          sh -c 'echo longer > conftest'; wc -c < conftest; \
          python3 -c 'import os, subprocess; a = os.stat(\"conftest\").st_size; \
          subprocess.run([\"truncate\", \"-s\", \"3\", \"conftest\"]); \
          print(a, os.stat(\"conftest\").st_size)'"
     );
-    let (out, _) = shipped(&srv, &[], "bash", &["-c", &script]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "made\ngone\n7\n7 3\n");
+    // A lifetime far longer than the test: only forgetting at the wait can pass it.
+    let (out, _) = shipped(
+        &srv,
+        &[("POSIX_SHIP_ATTR_TIMEOUT", "60")],
+        "bash",
+        &["-c", &script],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "listed\nnew\nnew\nmade\ngone\n7\n7 3\n"
+    );
 }

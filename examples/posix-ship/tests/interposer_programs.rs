@@ -223,11 +223,20 @@ fn shipped_programs_load_shipped_libraries() {
            'int main(void) { const char *l = getenv(\"LD_LIBRARY_PATH\");' \
            '  printf(\"%d %s\\n\", y() + 1, l ? l : \"unset\"); return 0; }' > m.c \
         && cc -o m m.c -Llib -ly -Wl,-rpath,'$ORIGIN/lib' && cc -o m2 m.c -Llib -ly \
-        && ./m && LD_LIBRARY_PATH=lib ./m2 && { ./m2 || echo m2 needs its path; }";
+        && cc -o m3 m.c -Llib -ly -Wl,--disable-new-dtags,-rpath,'$ORIGIN/lib' \
+        && ./m && LD_LIBRARY_PATH=lib ./m2 && { ./m2 || echo m2 needs its path; } && ./m3 \
+        && python3 -c 'import os; os.waitpid(os.posix_spawn(\"./m\", [\"m\"], os.environ), 0)' \
+        && find /tmp/qs-libs-$(id -u) -mindepth 1 2>/dev/null | wc -l";
     let out = r.same("sh", &["-c", script]);
     // (Compared with the local run: `LD_LIBRARY_PATH` is what the test's own was.)
     let out = String::from_utf8_lossy(&out);
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("42 ") && lines[1] == "42 lib", "{out}");
     assert_eq!(lines[2], "m2 needs its path", "{out}");
+    // By DT_RPATH, and by posix_spawn; no directory of links left behind.
+    assert!(
+        lines[3].starts_with("42 ") && lines[4].starts_with("42 "),
+        "{out}"
+    );
+    assert_eq!(lines[5], "0", "{out}");
 }

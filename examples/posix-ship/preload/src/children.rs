@@ -1,7 +1,9 @@
 //! Waiting for a child: what this process cached of the server's attributes is
 //! forgotten, since the child may have changed anything (`rm -f conftest` before a
 //! `test -s conftest`, a recipe `make` then stats the target of). The C library's
-//! `system` and `pclose` wait inside it, so they are wrapped too.
+//! `system` and `pclose` wait inside it, so they are wrapped too. Forgetting is one
+//! atomic add (the connection forgets at its next use), so `errno` stays as the call
+//! set it.
 
 use libc::{c_char, c_int, id_t, idtype_t, pid_t, siginfo_t};
 
@@ -12,7 +14,9 @@ use crate::table;
 #[unsafe(no_mangle)]
 pub extern "C" fn wait(status: *mut c_int) -> pid_t {
     let r = call_real!(wait: fn(*mut c_int) -> pid_t, status);
-    table::forget_attrs();
+    if r > 0 {
+        table::forget_attrs();
+    }
     r
 }
 
@@ -63,7 +67,9 @@ pub extern "C" fn waitid(
 ) -> c_int {
     let r = call_real!(waitid: fn(idtype_t, id_t, *mut siginfo_t, c_int) -> c_int,
         idtype, id, info, options);
-    table::forget_attrs();
+    if r == 0 {
+        table::forget_attrs();
+    }
     r
 }
 

@@ -266,6 +266,9 @@ macro_rules! exec {
                     p.as_ptr(), argv, envp),
                 run::Program::Image(fd, libs) => {
                     let with = libs.as_ref().and_then(|l| l.env(envp));
+                    if let Some(l) = &libs {
+                        l.arm();
+                    }
                     run::exec_image(&fd, argv, with.as_ref().map_or(envp, |e| e.ptr()))
                 }
                 run::Program::Script(words) => {
@@ -315,6 +318,9 @@ macro_rules! spawn {
                 run::Program::Image(fd, libs) => {
                     let with = libs.as_ref().and_then(|l| l.env(envp.cast()));
                     let e = with.as_ref().map_or(envp, |e| e.ptr().cast());
+                    if let Some(l) = &libs {
+                        l.arm();
+                    }
                     let r = real(run::image_path(&fd).as_ptr(), argv, e);
                     if r == 0 && let Some(l) = libs {
                         l.started();

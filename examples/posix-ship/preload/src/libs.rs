@@ -15,6 +15,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
 
 use goblin::elf::Elf;
 use libc::{c_char, c_int};
@@ -31,8 +32,37 @@ pub const ENV: &str = "POSIX_SHIP_LIBS";
 const MAX_LIBS: usize = 64;
 /// Bytes copied for one program at most.
 const MAX_BYTES: u64 = 1 << 30;
-/// The names the local directory of links gets (`mkdtemp`).
-const DIR_PREFIX: &str = "/tmp/qs-libs.";
+/// Where the directories of links are made: `/tmp/qs-libs-UID/` (0700, this user's: the
+/// loader keeps searching a directory named in `LD_LIBRARY_PATH` at start-up for every
+/// later `dlopen`, so nobody else may ever make one of that name).
+fn parent() -> Option<Vec<u8>> {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let dir = format!("/tmp/qs-libs-{uid}");
+    let c = CString::new(dir.clone()).ok()?;
+    call_real!(mkdir: fn(*const c_char, libc::mode_t) -> c_int, c.as_ptr(), 0o700);
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a NUL-terminated path and a buffer for one stat.
+    if unsafe { libc::lstat(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: lstat filled it.
+    let st = unsafe { st.assume_init() };
+    let ours =
+        st.st_mode & libc::S_IFMT == libc::S_IFDIR && st.st_uid == uid && st.st_mode & 0o077 == 0;
+    if !ours {
+        crate::warn_once(&format!(
+            "{dir} is not this user's private directory: shipped libraries are not handed \
+             to programs"
+        ));
+        return None;
+    }
+    Some(dir.into_bytes())
+}
+
+/// Directories of links older than this are swept when a new one is made (a program
+/// that never loaded this library, a static one, leaves its own).
+const STALE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The libraries found for one program: their memfds (inherited by it) and the
 /// directory of links to them.
@@ -48,27 +78,31 @@ pub struct Libs {
 /// would not find itself, with `envp` the program's environment; `None` if nothing.
 pub fn find(image: &[u8], path: &[u8], envp: *const *const c_char) -> Option<Libs> {
     let ld_path = env_value(envp, b"LD_LIBRARY_PATH");
+    let mount = crate::config()?.mount().to_vec();
     let mut seen = HashSet::new();
-    let mut todo = VecDeque::from([(image.to_vec(), dir_of(path))]);
-    let mut found: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    // Objects whose needs to read, with their directories in the mount: the program,
+    // then each library found (its bytes shared with `found`).
+    let mut todo: VecDeque<(Rc<[u8]>, Vec<u8>)> = VecDeque::from([(Rc::from(image), dir_of(path))]);
+    let mut found: Vec<(Vec<u8>, Rc<[u8]>)> = Vec::new();
     let mut bytes = 0u64;
-    while let Some((data, origin)) = todo.pop_front() {
+    'all: while let Some((data, origin)) = todo.pop_front() {
         let Ok(elf) = Elf::parse(&data) else { continue };
         for name in elf.libraries.iter().map(|l| l.as_bytes().to_vec()) {
-            if found.len() >= MAX_LIBS || !seen.insert(name.clone()) {
+            // A name with a `/` the loader opens as it is, searching nothing.
+            if found.len() >= MAX_LIBS || name.contains(&b'/') || !seen.insert(name.clone()) {
                 continue;
             }
-            let Some(lib) = locate(&name, &elf, &origin, ld_path.as_deref()) else {
+            let Some((lib, size)) = locate(&name, &elf, &origin, ld_path.as_deref()) else {
                 continue;
             };
+            if bytes + size > MAX_BYTES {
+                break 'all;
+            }
             let Ok(lib_data) = crate::run::image(lib.clone(), libc::R_OK) else {
                 continue;
             };
             bytes += lib_data.len() as u64;
-            if bytes > MAX_BYTES {
-                break;
-            }
-            let mount = crate::config()?.mount().to_vec();
+            let lib_data: Rc<[u8]> = Rc::from(lib_data);
             todo.push_back((lib_data.clone(), dir_of(&[&mount[..], &lib].concat())));
             found.push((name, lib_data));
         }
@@ -80,11 +114,8 @@ pub fn find(image: &[u8], path: &[u8], envp: *const *const c_char) -> Option<Lib
 }
 
 /// Where the loader would take `name` from, if that is a shipped file: the path beneath
-/// the export. `None` if it finds it locally first (or not at all).
-fn locate(name: &[u8], elf: &Elf, origin: &[u8], ld_path: Option<&[u8]>) -> Option<Vec<u8>> {
-    if name.contains(&b'/') {
-        return shipped_file(name);
-    }
+/// the export, and its size. `None` if it finds it locally first (or not at all).
+fn locate(name: &[u8], elf: &Elf, origin: &[u8], ld_path: Option<&[u8]>) -> Option<(Vec<u8>, u64)> {
     let split = |s: &str| {
         s.split(':')
             .map(|d| d.as_bytes().to_vec())
@@ -136,11 +167,12 @@ fn shipped_path(path: &[u8]) -> Option<Vec<u8>> {
     crate::shipped(c.as_ptr())
 }
 
-/// `full` beneath the export, if it is a shipped regular file (or a link to one).
-fn shipped_file(full: &[u8]) -> Option<Vec<u8>> {
+/// `full` beneath the export and its size, if it is a shipped regular file (or a link
+/// to one).
+fn shipped_file(full: &[u8]) -> Option<(Vec<u8>, u64)> {
     let p = shipped_path(full)?;
     let a = crate::call(p::STAT, &(Target::Path(ByteBuf::from(p.clone())), true)).ok()?;
-    a.is_file().then_some(p)
+    a.is_file().then_some((p, a.size))
 }
 
 /// Whether `full` is a local file the loader would open.
@@ -160,8 +192,10 @@ fn env_value(envp: *const *const c_char, name: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Memfds for `found` and a fresh local directory of links to them by name.
-fn links(found: Vec<(Vec<u8>, Vec<u8>)>) -> Option<Libs> {
-    let mut tmpl = format!("{DIR_PREFIX}XXXXXX\0").into_bytes();
+fn links(found: Vec<(Vec<u8>, Rc<[u8]>)>) -> Option<Libs> {
+    let parent = parent()?;
+    sweep(&parent);
+    let mut tmpl = [&parent[..], b"/XXXXXX\0"].concat();
     let made = call_real!(mkdtemp: fn(*mut c_char) -> *mut c_char, tmpl.as_mut_ptr().cast());
     if made.is_null() {
         return None;
@@ -173,8 +207,16 @@ fn links(found: Vec<(Vec<u8>, Vec<u8>)>) -> Option<Libs> {
         keep: false,
     };
     for (name, data) in found {
-        // Inherited by the program: not close-on-exec.
-        let fd = crate::run::memfd_named(&data, c"posix-ship-lib", 0).ok()?;
+        // Close-on-exec until the program is started ([`Libs::arm`]), and above the
+        // numbers programs use (a closed stdin would take a library otherwise).
+        let fd = crate::run::memfd_named(&data, c"posix-ship-lib", libc::MFD_CLOEXEC).ok()?;
+        let high = call_real!(fcntl: fn(c_int, c_int, c_int) -> c_int,
+            fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD);
+        if high < 0 {
+            return None;
+        }
+        // SAFETY: a descriptor just made, owned by nothing else.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) };
         let link = CString::new([&libs.dir[..], b"/", &name].concat()).ok()?;
         let to = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
         if call_real!(symlink: fn(*const c_char, *const c_char) -> c_int, to.as_ptr(), link.as_ptr())
@@ -185,6 +227,26 @@ fn links(found: Vec<(Vec<u8>, Vec<u8>)>) -> Option<Libs> {
         libs.fds.push(fd);
     }
     Some(libs)
+}
+
+/// The lowest number a library's memfd takes.
+const HIGH_FD: c_int = 512;
+
+/// Removes directories of links in `parent` older than [`STALE`].
+fn sweep(parent: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(d) = std::fs::read_dir(std::ffi::OsStr::from_bytes(parent)) else {
+        return;
+    };
+    for e in d.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE));
+        if old {
+            remove_dir(e.path().as_os_str().as_bytes());
+        }
+    }
 }
 
 impl Libs {
@@ -217,6 +279,13 @@ impl Libs {
         let mut ptrs: Vec<*const c_char> = own.iter().map(|c| c.as_ptr()).collect();
         ptrs.push(std::ptr::null());
         Some(EnvArray { _own: own, ptrs })
+    }
+
+    /// The memfds are to be inherited by the program started next (just before it is).
+    pub fn arm(&self) {
+        for fd in &self.fds {
+            call_real!(fcntl: fn(c_int, c_int, c_int) -> c_int, fd.as_raw_fd(), libc::F_SETFD, 0);
+        }
     }
 
     /// The directory stays for the program to remove (it was started and reads it).
@@ -285,7 +354,9 @@ pub fn adopt() {
     let v = v.to_string_lossy().into_owned();
     // SAFETY: NUL-terminated names; this runs before the program's own threads.
     unsafe { libc::unsetenv(c"POSIX_SHIP_LIBS".as_ptr()) };
-    let Some(undo) = Undo::parse(&v) else { return };
+    let Some(undo) = parent().and_then(|p| Undo::parse(&v, &p)) else {
+        return;
+    };
     if let Some(dir) = &undo.dir {
         remove_dir(dir);
     }
@@ -310,7 +381,7 @@ pub fn adopt() {
 /// What [`ENV`] asks the new image to undo.
 #[derive(Debug, PartialEq, Eq)]
 struct Undo {
-    /// The directory of links, if it is one of ours (`DIR_PREFIX` and one more name).
+    /// The directory of links, if it is one of ours (one name in [`parent`]).
     dir: Option<Vec<u8>>,
     fds: Vec<c_int>,
     /// `LD_LIBRARY_PATH` as it was (`None`: unset).
@@ -318,18 +389,21 @@ struct Undo {
 }
 
 impl Undo {
-    fn parse(v: &str) -> Option<Undo> {
+    /// `v` as [`ENV`] holds it; the directory only if it is in `parent`.
+    fn parse(v: &str, parent: &[u8]) -> Option<Undo> {
+        let parent = parent.to_vec();
         let mut it = v.splitn(3, ':');
         let (dir, fds, old) = (it.next()?, it.next()?, it.next()?);
         let dir = unhex(dir)?;
-        let ours = dir.len() > DIR_PREFIX.len()
-            && dir.starts_with(DIR_PREFIX.as_bytes())
-            && !dir[DIR_PREFIX.len()..].contains(&b'/');
+        let ours = dir
+            .strip_prefix(parent.as_slice())
+            .and_then(|r| r.strip_prefix(b"/"))
+            .is_some_and(|name| !name.is_empty() && !name.contains(&b'/') && name != b"..");
         let fds = fds
             .split(',')
-            .filter(|f| !f.is_empty())
-            .map(|f| f.parse().ok().filter(|&n: &c_int| n > 2))
-            .collect::<Option<Vec<_>>>()?;
+            .filter_map(|f| f.parse().ok())
+            .filter(|&n: &c_int| n >= HIGH_FD)
+            .collect();
         let old = match old {
             "-" => None,
             h => Some(unhex(h)?),
@@ -360,27 +434,37 @@ mod tests {
 
     #[test]
     fn what_to_undo_is_checked() {
-        let ok = format!("{}:5,7:{}", hex(b"/tmp/qs-libs.Ab12Cd"), hex(b"/opt/lib"));
-        assert_eq!(
-            Undo::parse(&ok),
-            Some(Undo {
-                dir: Some(b"/tmp/qs-libs.Ab12Cd".to_vec()),
-                fds: vec![5, 7],
-                old: Some(b"/opt/lib".to_vec()),
-            })
+        let parent = b"/tmp/qs-libs-1000";
+        let p = |v: &str| Undo::parse(v, parent);
+        let ok = format!(
+            "{}:515,7:{}",
+            hex(b"/tmp/qs-libs-1000/Ab12Cd"),
+            hex(b"/opt/lib")
         );
-        // Another directory is left alone; standard streams and junk are refused.
-        let other = format!("{}::-", hex(b"/tmp/qs-libs.x/../../etc"));
-        assert_eq!(Undo::parse(&other).unwrap().dir, None);
-        let home = format!("{}::-", hex(b"/home/u"));
-        assert_eq!(Undo::parse(&home).unwrap().dir, None);
         assert_eq!(
-            Undo::parse(&format!("{}:1:-", hex(b"/tmp/qs-libs.a"))),
+            p(&ok),
+            Some(Undo {
+                dir: Some(b"/tmp/qs-libs-1000/Ab12Cd".to_vec()),
+                fds: vec![515],
+                old: Some(b"/opt/lib".to_vec()),
+            }),
+            "low descriptors are not ours"
+        );
+        // Another directory is left alone; junk is refused.
+        for d in [
+            &b"/tmp/qs-libs-1000/x/../../etc"[..],
+            b"/tmp/qs-libs-1000/..",
+            b"/home/u",
+        ] {
+            assert_eq!(p(&format!("{}::-", hex(d))).unwrap().dir, None, "{d:?}");
+        }
+        assert_eq!(
+            p(&format!("{}::-", hex(b"/tmp/qs-libs-1000"))).unwrap().dir,
             None
         );
-        assert_eq!(Undo::parse("zz:5:-"), None);
-        assert_eq!(Undo::parse("2f:x:-"), None);
-        assert_eq!(Undo::parse("2f:5"), None);
+        assert_eq!(p("zz:5:-"), None);
+        assert_eq!(p("2f:5"), None);
+        assert_eq!(p("2f:x,600:-").unwrap().fds, vec![600]);
     }
 
     #[test]

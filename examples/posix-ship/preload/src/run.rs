@@ -51,7 +51,13 @@ pub fn program(file: *const libc::c_char, envp: *const *const libc::c_char) -> P
     match image(p, libc::X_OK) {
         Ok(data) if data.starts_with(b"#!") => script(&data, file),
         Ok(data) => match memfd(&data) {
-            Ok(fd) => Program::Image(fd, crate::libs::find(&data, &named, envp)),
+            Ok(fd) => {
+                // (`$ORIGIN` is where the links lead, as the kernel names the program; a
+                // malformed image must not unwind into the caller's `execve`.)
+                let find = || crate::libs::find(&data, &real, envp);
+                let libs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(find));
+                Program::Image(fd, libs.ok().flatten())
+            }
             Err(e) => Program::Refused(e),
         },
         Err(e) => Program::Refused(e),

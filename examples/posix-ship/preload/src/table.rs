@@ -365,17 +365,15 @@ fn attr_timeout() -> std::time::Duration {
 
 static CONN: Mutex<Option<Conn>> = Mutex::new(None);
 
-/// This process's connection forgets the attributes it cached (a child it waited for
-/// may have changed anything); nothing if it has none.
+/// Waits for children seen (see [`forget_attrs`]), and how many the connection has
+/// forgotten its cached attributes for.
+static WAITED: AtomicU64 = AtomicU64::new(0);
+static FORGOTTEN: AtomicU64 = AtomicU64::new(0);
+
+/// The connection is to forget the attributes it cached before its next use (a child
+/// this process waited for may have changed anything): no lock, so no wait is missed.
 pub fn forget_attrs() {
-    let pid = std::process::id();
-    // (A try-lock: this runs after every `wait`, which a forked child may call while a
-    // thread left behind at the fork held the lock.)
-    if let Ok(c) = CONN.try_lock()
-        && let Some(conn) = c.as_ref().filter(|c| c.pid == pid)
-    {
-        conn.fs.forget_attrs();
-    }
+    WAITED.fetch_add(1, Ordering::AcqRel);
 }
 
 /// The connection to the server, made on first use and again in a forked child.
@@ -385,6 +383,10 @@ fn connection() -> Result<RemoteFs, c_int> {
     let mut c = lock(&CONN);
     if let Some(conn) = c.as_ref() {
         if conn.pid == pid {
+            let waited = WAITED.load(Ordering::Acquire);
+            if FORGOTTEN.swap(waited, Ordering::AcqRel) != waited {
+                conn.fs.forget_attrs();
+            }
             return Ok(conn.fs.clone());
         }
         // A forked child: the parent's engine threads do not exist here, so its engine

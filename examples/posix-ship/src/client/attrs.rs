@@ -94,12 +94,46 @@ pub struct Attrs {
 pub struct Ticket(u64);
 
 impl State {
+    fn put<'a>(
+        &mut self,
+        t: Ticket,
+        now: Instant,
+        entries: impl IntoIterator<Item = (Vec<u8>, bool, &'a Attr)>,
+    ) {
+        if self.epoch != t.0 || self.changing > 0 {
+            return;
+        }
+        for (p, follow, a) in entries {
+            if self.map.len() >= MAX_ENTRIES {
+                // Room: everything goes, and what was being kept with this ticket stops
+                // (a listing's earlier pages are gone: it is not whole).
+                self.forget();
+                return;
+            }
+            if !follow && a.mode & libc::S_IFMT != libc::S_IFLNK {
+                self.map.insert((p.clone(), true), (*a, now));
+            }
+            self.map.insert((p, follow), (*a, now));
+        }
+    }
+
     fn forget(&mut self) {
         self.epoch += 1;
         self.map.clear();
         self.dirs.clear();
         self.whole.clear();
     }
+}
+
+/// Whether `path` is kept under its own name: absolute, without empty, `.` or `..`
+/// components and without a trailing `/` (the server resolves the others; they are
+/// asked, not looked up, so that one file has one key).
+pub fn plain(path: &[u8]) -> bool {
+    path.first() == Some(&b'/')
+        && (path.len() == 1
+            || path[1..]
+                .split(|&b| b == b'/')
+                .all(|c| !c.is_empty() && c != b"." && c != b".."))
 }
 
 /// `path`'s directory and name (the root's for `/name`).
@@ -158,21 +192,7 @@ impl Attrs {
         now: Instant,
         entries: impl IntoIterator<Item = (Vec<u8>, bool, &'a Attr)>,
     ) {
-        let mut s = self.lock();
-        if s.epoch != t.0 || s.changing > 0 {
-            return;
-        }
-        for (p, follow, a) in entries {
-            if s.map.len() >= MAX_ENTRIES {
-                // (Whole listings said every entry is here: not any more.)
-                s.map.clear();
-                s.whole.clear();
-            }
-            if !follow && a.mode & libc::S_IFMT != libc::S_IFLNK {
-                s.map.insert((p.clone(), true), (*a, now));
-            }
-            s.map.insert((p, follow), (*a, now));
-        }
+        self.lock().put(t, now, entries);
     }
 
     /// A stat of `path` was not answered from the cache at `now`: the directory to list
@@ -243,8 +263,11 @@ impl Attrs {
         whole: bool,
         entries: impl IntoIterator<Item = (Vec<u8>, bool, &'a Attr)>,
     ) {
-        self.put(t, now, entries);
         let mut s = self.lock();
+        // (Under one lock: a cache emptied for room in between would make the directory
+        // "whole" without its earlier entries; emptying moves the epoch on, so the
+        // ticket of a listing that lost entries no longer holds.)
+        s.put(t, now, entries);
         if whole && s.epoch == t.0 && s.changing == 0 {
             if s.whole.len() >= MAX_DIRS {
                 s.whole.clear();
@@ -430,5 +453,36 @@ mod tests {
             !c.absent(b"/d/g", t0),
             "a listing overlapping a change is not whole"
         );
+    }
+
+    #[test]
+    fn only_plain_paths_are_kept() {
+        for p in [&b"/"[..], b"/d", b"/d/f.c", b"/a/.b/..c"] {
+            assert!(plain(p), "{p:?}");
+        }
+        for p in [
+            &b""[..],
+            b"d/f",
+            b"/d/",
+            b"/d//f",
+            b"/d/./f",
+            b"/d/../f",
+            b"/d/.",
+        ] {
+            assert!(!plain(p), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn a_listing_that_lost_entries_for_room_is_not_whole() {
+        let c = Attrs::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let f = attr(libc::S_IFDIR, 0);
+        let t = c.ticket();
+        let first = [(b"/d/first".to_vec(), false, &f)];
+        c.put_listing(t, t0, b"/d", false, first);
+        let many = (0..MAX_ENTRIES).map(|i| (format!("/d/{i}").into_bytes(), false, &f));
+        c.put_listing(t, t0, b"/d", true, many);
+        assert!(!c.absent(b"/d/first", t0), "emptied for room: not whole");
     }
 }

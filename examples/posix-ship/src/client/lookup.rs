@@ -27,6 +27,9 @@ impl RemoteFs {
         let (Some(a), Target::Path(p)) = (self.attrs(), &t) else {
             return self.call(STAT, &(t, follow));
         };
+        if !super::attrs::plain(p) {
+            return self.call(STAT, &(t, follow));
+        }
         if let Some(hit) = a.get(p, follow, Instant::now()) {
             return Ok(hit);
         }
@@ -67,7 +70,9 @@ impl RemoteFs {
                     // Whole if it ends here and every entry came with its attributes
                     // (the ticket, the same for every page, keeps out a listing that
                     // overlapped a change).
-                    every &= page.entries.iter().all(|(_, a)| a.is_some());
+                    every &= page.entries.iter().all(|(e, a)| {
+                        a.is_some() || e.name.as_slice() == b"." || e.name.as_slice() == b".."
+                    });
                     self.keep(ticket, dir, &page, page.end && every);
                     if page.end {
                         break;
