@@ -366,10 +366,17 @@ fn attributes_are_kept_for_their_lifetime_and_changes_through_the_process_seen_a
     assert!(du <= 20, "du: {du} requests");
     // Entries stat'ed one by one by name (as `git status` walks its index): the second
     // miss in the directory lists it.
-    let each =
-        format!("import os\nprint(sum(os.lstat(f'{dir}/f{{i}}').st_size for i in range(500)))");
+    // Names not there are answered by the whole listing too (100 more stats, no call);
+    // a path that is not plain (`f1/`) is asked: ENOTDIR, not f1's attributes.
+    let each = format!(
+        "import os\n\
+         print(sum(os.lstat(f'{dir}/f{{i}}').st_size for i in range(500)))\n\
+         print(sum(os.path.exists(f'{dir}/g{{i}}') for i in range(100)))\n\
+         try:\n    os.stat('{dir}/f1/'); print('a directory?')\n\
+         except NotADirectoryError:\n    print('notdir')"
+    );
     let (out, by_name) = shipped(&srv, &[], "python3", &["-c", &each]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "124750\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "124750\n0\nnotdir\n");
     assert!(by_name <= 20, "stat by name: {by_name} requests");
 
     let script = format!(

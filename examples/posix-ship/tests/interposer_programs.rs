@@ -215,7 +215,8 @@ fn children_read_a_file_deleted_while_their_parent_held_it() {
 #[test]
 fn shipped_programs_load_shipped_libraries() {
     let r = Rig::new("interpose-libs", "tcp");
-    let script = "cd {} && mkdir -p lib \
+    let script = "L=/tmp/qs-libs-$(id -u) && B=$(mktemp) && { ls $L 2>/dev/null | sort > $B; } \
+        && cd {} && mkdir -p lib \
         && printf 'int x(void){return 40;}' > x.c && cc -shared -fPIC -o lib/libx.so x.c \
         && printf 'int x(void); int y(void){return x() + 1;}' > y.c \
         && cc -shared -fPIC -o lib/liby.so y.c -Llib -lx -Wl,-rpath,'$ORIGIN' \
@@ -226,7 +227,7 @@ fn shipped_programs_load_shipped_libraries() {
         && cc -o m3 m.c -Llib -ly -Wl,--disable-new-dtags,-rpath,'$ORIGIN/lib' \
         && ./m && LD_LIBRARY_PATH=lib ./m2 && { ./m2 || echo m2 needs its path; } && ./m3 \
         && python3 -c 'import os; os.waitpid(os.posix_spawn(\"./m\", [\"m\"], os.environ), 0)' \
-        && find /tmp/qs-libs-$(id -u) -mindepth 1 2>/dev/null | wc -l";
+        && { ls $L 2>/dev/null | sort | comm -13 $B - | wc -l; rm -f $B; }";
     let out = r.same("sh", &["-c", script]);
     // (Compared with the local run: `LD_LIBRARY_PATH` is what the test's own was.)
     let out = String::from_utf8_lossy(&out);

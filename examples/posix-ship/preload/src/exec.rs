@@ -269,7 +269,15 @@ macro_rules! exec {
                     if let Some(l) = &libs {
                         l.arm();
                     }
-                    run::exec_image(&fd, argv, with.as_ref().map_or(envp, |e| e.ptr()))
+                    let r = run::exec_image(&fd, argv, with.as_ref().map_or(envp, |e| e.ptr()));
+                    // Failed: the memfds and links go, with the exec's errno kept.
+                    let e = crate::last_errno();
+                    if let Some(l) = libs {
+                        l.disarm();
+                        drop(l);
+                    }
+                    crate::fail(e);
+                    r
                 }
                 run::Program::Script(words) => {
                     // SAFETY: `argv` is the caller's, NULL-terminated.
@@ -322,8 +330,11 @@ macro_rules! spawn {
                         l.arm();
                     }
                     let r = real(run::image_path(&fd).as_ptr(), argv, e);
-                    if r == 0 && let Some(l) = libs {
-                        l.started();
+                    if let Some(l) = libs {
+                        l.disarm();
+                        if r == 0 {
+                            l.started();
+                        }
                     }
                     r
                 }

@@ -68,6 +68,7 @@ static ADOPT: extern "C" fn() = {
         }
         extern "C" fn child() {
             offsets::in_child();
+            libs::in_child();
         }
         extern "C" fn exit() {
             // The C library flushes its streams after the exit handlers, too late for

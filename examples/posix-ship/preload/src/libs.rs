@@ -35,25 +35,30 @@ const MAX_BYTES: u64 = 1 << 30;
 /// Where the directories of links are made: `/tmp/qs-libs-UID/` (0700, this user's: the
 /// loader keeps searching a directory named in `LD_LIBRARY_PATH` at start-up for every
 /// later `dlopen`, so nobody else may ever make one of that name).
-fn parent() -> Option<Vec<u8>> {
+fn parent(create: bool) -> Option<Vec<u8>> {
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
     let dir = format!("/tmp/qs-libs-{uid}");
     let c = CString::new(dir.clone()).ok()?;
-    call_real!(mkdir: fn(*const c_char, libc::mode_t) -> c_int, c.as_ptr(), 0o700);
+    if create {
+        call_real!(mkdir: fn(*const c_char, libc::mode_t) -> c_int, c.as_ptr(), 0o700);
+    }
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: a NUL-terminated path and a buffer for one stat.
-    if unsafe { libc::lstat(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+    let r =
+        call_real!(lstat: fn(*const c_char, *mut libc::stat) -> c_int, c.as_ptr(), st.as_mut_ptr());
+    if r != 0 {
         return None;
     }
     // SAFETY: lstat filled it.
     let st = unsafe { st.assume_init() };
-    let ours =
-        st.st_mode & libc::S_IFMT == libc::S_IFDIR && st.st_uid == uid && st.st_mode & 0o077 == 0;
+    let ours = st.st_mode & libc::S_IFMT == libc::S_IFDIR
+        && st.st_uid == uid
+        && st.st_mode & 0o777 == 0o700;
     if !ours {
         crate::warn_once(&format!(
-            "{dir} is not this user's private directory: shipped libraries are not handed \
-             to programs"
+            "{dir} is not this user's private directory (0700): shipped libraries are not \
+             handed to programs"
         ));
         return None;
     }
@@ -85,14 +90,17 @@ pub fn find(image: &[u8], path: &[u8], envp: *const *const c_char) -> Option<Lib
     let mut todo: VecDeque<(Rc<[u8]>, Vec<u8>)> = VecDeque::from([(Rc::from(image), dir_of(path))]);
     let mut found: Vec<(Vec<u8>, Rc<[u8]>)> = Vec::new();
     let mut bytes = 0u64;
+    let mut main = true;
     'all: while let Some((data, origin)) = todo.pop_front() {
+        let is_main = std::mem::take(&mut main);
         let Ok(elf) = Elf::parse(&data) else { continue };
         for name in elf.libraries.iter().map(|l| l.as_bytes().to_vec()) {
             // A name with a `/` the loader opens as it is, searching nothing.
             if found.len() >= MAX_LIBS || name.contains(&b'/') || !seen.insert(name.clone()) {
                 continue;
             }
-            let Some((lib, size)) = locate(&name, &elf, &origin, ld_path.as_deref()) else {
+            let Some((lib, size)) = locate(&name, &elf, &origin, ld_path.as_deref(), is_main)
+            else {
                 continue;
             };
             if bytes + size > MAX_BYTES {
@@ -115,7 +123,17 @@ pub fn find(image: &[u8], path: &[u8], envp: *const *const c_char) -> Option<Lib
 
 /// Where the loader would take `name` from, if that is a shipped file: the path beneath
 /// the export, and its size. `None` if it finds it locally first (or not at all).
-fn locate(name: &[u8], elf: &Elf, origin: &[u8], ld_path: Option<&[u8]>) -> Option<(Vec<u8>, u64)> {
+///
+/// `main`: `elf` is the program, run from a memfd, whose `$ORIGIN` the loader takes to
+/// be `/`: a run-path entry with `$ORIGIN` is first looked for locally as the loader
+/// sees it (`$ORIGIN/../lib` as `/lib`), and a local file there is the loader's.
+fn locate(
+    name: &[u8],
+    elf: &Elf,
+    origin: &[u8],
+    ld_path: Option<&[u8]>,
+    main: bool,
+) -> Option<(Vec<u8>, u64)> {
     let split = |s: &str| {
         s.split(':')
             .map(|d| d.as_bytes().to_vec())
@@ -130,6 +148,12 @@ fn locate(name: &[u8], elf: &Elf, origin: &[u8], ld_path: Option<&[u8]>) -> Opti
     }
     elf.runpaths.iter().for_each(|r| dirs.extend(split(r)));
     for d in dirs.into_iter().filter(|d| !d.is_empty()) {
+        if main && d.windows(7).any(|w| w == b"$ORIGIN" || w == b"{ORIGIN") {
+            let seen_as = [&expand_origin(&d, b"/")[..], b"/", name].concat();
+            if local_file(&seen_as) {
+                return None;
+            }
+        }
         let d = expand_origin(&d, origin);
         let full = [&d[..], b"/", name].concat();
         if let Some(p) = shipped_file(&full) {
@@ -193,7 +217,7 @@ fn env_value(envp: *const *const c_char, name: &[u8]) -> Option<Vec<u8>> {
 
 /// Memfds for `found` and a fresh local directory of links to them by name.
 fn links(found: Vec<(Vec<u8>, Rc<[u8]>)>) -> Option<Libs> {
-    let parent = parent()?;
+    let parent = parent(true)?;
     sweep(&parent);
     let mut tmpl = [&parent[..], b"/XXXXXX\0"].concat();
     let made = call_real!(mkdtemp: fn(*mut c_char) -> *mut c_char, tmpl.as_mut_ptr().cast());
@@ -210,8 +234,13 @@ fn links(found: Vec<(Vec<u8>, Rc<[u8]>)>) -> Option<Libs> {
         // Close-on-exec until the program is started ([`Libs::arm`]), and above the
         // numbers programs use (a closed stdin would take a library otherwise).
         let fd = crate::run::memfd_named(&data, c"posix-ship-lib", libc::MFD_CLOEXEC).ok()?;
-        let high = call_real!(fcntl: fn(c_int, c_int, c_int) -> c_int,
+        let mut high = call_real!(fcntl: fn(c_int, c_int, c_int) -> c_int,
             fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, HIGH_FD);
+        if high < 0 {
+            // (A descriptor limit at or below `HIGH_FD`: above the standard streams.)
+            high = call_real!(fcntl: fn(c_int, c_int, c_int) -> c_int,
+                fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3);
+        }
         if high < 0 {
             return None;
         }
@@ -229,8 +258,22 @@ fn links(found: Vec<(Vec<u8>, Rc<[u8]>)>) -> Option<Libs> {
     Some(libs)
 }
 
-/// The lowest number a library's memfd takes.
+/// The lowest number a library's memfd takes (if the descriptor limit allows; never
+/// below 3).
 const HIGH_FD: c_int = 512;
+
+/// Memfds made inheritable and not yet handed to a program ([`Libs::arm`]): a child
+/// another thread forks meanwhile closes them ([`in_child`]).
+static ARMED: std::sync::Mutex<Vec<c_int>> = std::sync::Mutex::new(Vec::new());
+
+/// In the child of a `fork`: closes memfds armed for another program.
+pub fn in_child() {
+    if let Ok(mut a) = ARMED.try_lock() {
+        for fd in a.drain(..) {
+            call_real!(close: fn(c_int) -> c_int, fd);
+        }
+    }
+}
 
 /// Removes directories of links in `parent` older than [`STALE`].
 fn sweep(parent: &[u8]) {
@@ -281,11 +324,20 @@ impl Libs {
         Some(EnvArray { _own: own, ptrs })
     }
 
-    /// The memfds are to be inherited by the program started next (just before it is).
+    /// The memfds are to be inherited by the program started next (just before it is;
+    /// [`Libs::disarm`] once it is, or failed to be).
     pub fn arm(&self) {
+        let mut a = ARMED.lock().unwrap_or_else(|e| e.into_inner());
         for fd in &self.fds {
+            a.push(fd.as_raw_fd());
             call_real!(fcntl: fn(c_int, c_int, c_int) -> c_int, fd.as_raw_fd(), libc::F_SETFD, 0);
         }
+    }
+
+    /// The program was started (or failed to be): the memfds are this process's again.
+    pub fn disarm(&self) {
+        let mut a = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+        a.retain(|fd| !self.fds.iter().any(|f| f.as_raw_fd() == *fd));
     }
 
     /// The directory stays for the program to remove (it was started and reads it).
@@ -354,7 +406,10 @@ pub fn adopt() {
     let v = v.to_string_lossy().into_owned();
     // SAFETY: NUL-terminated names; this runs before the program's own threads.
     unsafe { libc::unsetenv(c"POSIX_SHIP_LIBS".as_ptr()) };
-    let Some(undo) = parent().and_then(|p| Undo::parse(&v, &p)) else {
+    // (What is not the directory is undone whatever: the directory is removed only if
+    // it is in this user's private one.)
+    let parent = parent(false).unwrap_or_default();
+    let Some(undo) = Undo::parse(&v, &parent) else {
         return;
     };
     if let Some(dir) = &undo.dir {
@@ -395,14 +450,15 @@ impl Undo {
         let mut it = v.splitn(3, ':');
         let (dir, fds, old) = (it.next()?, it.next()?, it.next()?);
         let dir = unhex(dir)?;
-        let ours = dir
-            .strip_prefix(parent.as_slice())
-            .and_then(|r| r.strip_prefix(b"/"))
-            .is_some_and(|name| !name.is_empty() && !name.contains(&b'/') && name != b"..");
+        let ours = !parent.is_empty()
+            && dir
+                .strip_prefix(parent.as_slice())
+                .and_then(|r| r.strip_prefix(b"/"))
+                .is_some_and(|n| !n.is_empty() && !n.contains(&b'/') && n != b"." && n != b"..");
         let fds = fds
             .split(',')
             .filter_map(|f| f.parse().ok())
-            .filter(|&n: &c_int| n >= HIGH_FD)
+            .filter(|&n: &c_int| n > 2)
             .collect();
         let old = match old {
             "-" => None,
@@ -465,6 +521,7 @@ mod tests {
         assert_eq!(p("zz:5:-"), None);
         assert_eq!(p("2f:5"), None);
         assert_eq!(p("2f:x,600:-").unwrap().fds, vec![600]);
+        assert_eq!(p("2f:1,0:-").unwrap().fds, Vec::<c_int>::new());
     }
 
     #[test]
