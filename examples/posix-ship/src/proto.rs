@@ -325,6 +325,29 @@ pub const STATFS: Rpc<ByteBuf, Reply<FsStat>> = Rpc::new("posix.statfs");
 pub const CHMOD: Rpc<(Target, u32), Reply<()>> = Rpc::new("posix.chmod");
 /// `utimens`/`futimens`: target, atime, mtime, follow a final symlink.
 pub const UTIMENS: Rpc<(Target, SetTime, SetTime, bool), Reply<()>> = Rpc::new("posix.utimens");
+/// Several attribute changes and the attributes after them, in one request (what a
+/// FUSE `setattr` asks): owner, then mode, then size, then times, each with the
+/// caller's rights, stopping at the first that fails (its errno). A final symlink is
+/// not followed. A server built before it answers `ENOSYS`.
+pub const SETATTR: Rpc<(Target, SetAttr), Reply<Attr>> = Rpc::new("posix.setattr");
+
+/// What a [`SETATTR`] changes (`None`: unchanged).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// Permission bits (`chmod`).
+    pub mode: Option<u32>,
+    /// Owner (`chown`).
+    pub uid: Option<u32>,
+    /// Group (`chown`).
+    pub gid: Option<u32>,
+    /// Length (`truncate`).
+    pub size: Option<u64>,
+    /// Access time (`utimens`; `Omit` as `None`).
+    pub atime: Option<SetTime>,
+    /// Modification time (`utimens`; `Omit` as `None`).
+    pub mtime: Option<SetTime>,
+}
+
 /// `access`: path, `R_OK|W_OK|X_OK` (or `F_OK`).
 pub const ACCESS: Rpc<(ByteBuf, i32), Reply<()>> = Rpc::new("posix.access");
 /// `link`: existing path, new path (a symlink is linked itself).

@@ -504,3 +504,48 @@ fn a_lent_handle_is_the_same_open_file_on_another_connection() {
         assert_eq!(errno(parent.lend(o.fh)), libc::EBADF, "a closed handle");
     }
 }
+
+/// `posix.setattr`: owner, mode, size and times in one request, answered with the
+/// attributes after, on a path or a handle; the first change refused is the answer.
+#[test]
+fn setattr_changes_several_attributes_in_one_request() {
+    use posix_ship::proto::{SETATTR, SetAttr};
+    for transport in transports() {
+        let export = scratch(&format!("lib-setattr-{transport}"));
+        let srv = ServerProc::start(&export, &transport, &[]);
+        let fs = srv.client();
+        fs.write("/f", b"0123456789").unwrap();
+        let when = Time {
+            sec: 1_000_000_000,
+            nsec: 5,
+        };
+        let change = SetAttr {
+            mode: Some(0o600),
+            size: Some(4),
+            mtime: Some(SetTime::At(when)),
+            ..SetAttr::default()
+        };
+        let path = Target::Path(ByteBuf::from(b"/f".to_vec()));
+        let a = fs.call(SETATTR, &(path.clone(), change)).unwrap();
+        assert_eq!((a.mode & 0o7777, a.size, a.mtime), (0o600, 4, when));
+        let on_disk = std::fs::metadata(export.join("f")).unwrap();
+        assert_eq!(on_disk.len(), 4);
+        let o = fs.open_raw(b"/f", libc::O_RDWR, 0).unwrap();
+        let by_handle = SetAttr {
+            mode: Some(0o640),
+            ..SetAttr::default()
+        };
+        let a = fs
+            .call(SETATTR, &(Target::Handle(o.fh), by_handle))
+            .unwrap();
+        assert_eq!((a.mode & 0o7777, a.size), (0o640, 4));
+        // Nothing to change: the attributes.
+        assert_eq!(
+            fs.call(SETATTR, &(path, SetAttr::default())).unwrap().size,
+            4
+        );
+        let missing = Target::Path(ByteBuf::from(b"/none".to_vec()));
+        assert_eq!(errno(fs.call(SETATTR, &(missing, change))), libc::ENOENT);
+        fs.close_raw(o.fh).unwrap();
+    }
+}

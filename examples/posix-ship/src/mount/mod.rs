@@ -110,6 +110,8 @@ pub struct Fs {
     server: String,
     /// The way to tell the kernel to drop what it caches (set once mounted).
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// The server answered `ENOSYS` to [`SETATTR`] (built before it).
+    no_setattr: std::sync::atomic::AtomicBool,
 }
 
 type R<T> = Result<T, Errno>;
@@ -156,6 +158,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             server: server.to_string(),
             notifier: Arc::default(),
+            no_setattr: Default::default(),
         }
     }
 
@@ -361,6 +364,27 @@ impl Fs {
         }
         if owner.0.is_some() || owner.1.is_some() {
             self.writable()?;
+        }
+        // One request with the attributes after (a server before it: one per change and
+        // a stat).
+        if !self.no_setattr.load(std::sync::atomic::Ordering::Relaxed) {
+            let a = SetAttr {
+                mode: mode.map(|m| m & 0o7777),
+                uid: owner.0,
+                gid: owner.1,
+                size,
+                atime: atime.map(|a| set_time(Some(a))),
+                mtime: mtime.map(|m| set_time(Some(m))),
+            };
+            match self.call(SETATTR, &(t.clone(), a)) {
+                Err(e) if e.code() == libc::ENOSYS => {
+                    self.no_setattr
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                r => return r,
+            }
+        }
+        if owner.0.is_some() || owner.1.is_some() {
             self.call(CHOWN, &(t.clone(), owner.0, owner.1))?;
         }
         if let Some(m) = mode {
