@@ -7,7 +7,7 @@ use rpc_core::Rpc;
 use serde::{Deserialize, Serialize};
 
 /// The operations counted, by protocol name (client requests in, backend requests out).
-pub const OPS: [&str; 28] = [
+pub const OPS: [&str; 33] = [
     "posix.stat",
     "posix.open",
     "posix.close",
@@ -36,6 +36,11 @@ pub const OPS: [&str; 28] = [
     "posix.fallocate",
     "posix.rename2",
     "posix.server_stats",
+    "posix.readdir_plus",
+    "posix.readdir_plus_xattrs",
+    "posix.setattr",
+    "posix.lend",
+    "posix.adopt",
 ];
 
 /// What the node has done and holds, as `ionode stats` shows it.
@@ -104,11 +109,20 @@ pub const STATS: Rpc<(), NodeStats> = Rpc::new("ionode.stats");
 macro_rules! counters {
     ($($f:ident),*) => {
         /// Live counters (atomics; a snapshot is [`NodeStats`]).
-        #[derive(Default)]
         pub struct Counters {
             ops_in: [AtomicU64; OPS.len()],
             ops_out: [AtomicU64; OPS.len()],
             $(#[allow(missing_docs)] pub $f: AtomicU64,)*
+        }
+
+        impl Default for Counters {
+            fn default() -> Self {
+                Counters {
+                    ops_in: [const { AtomicU64::new(0) }; OPS.len()],
+                    ops_out: [const { AtomicU64::new(0) }; OPS.len()],
+                    $($f: AtomicU64::new(0),)*
+                }
+            }
         }
 
         impl Counters {

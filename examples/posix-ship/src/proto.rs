@@ -327,8 +327,9 @@ pub const CHMOD: Rpc<(Target, u32), Reply<()>> = Rpc::new("posix.chmod");
 pub const UTIMENS: Rpc<(Target, SetTime, SetTime, bool), Reply<()>> = Rpc::new("posix.utimens");
 /// Several attribute changes and the attributes after them, in one request (what a
 /// FUSE `setattr` asks): owner, then mode, then size, then times, each with the
-/// caller's rights, stopping at the first that fails (its errno). A final symlink is
-/// not followed. A server built before it answers `ENOSYS`.
+/// caller's rights, stopping at the first that fails (its errno). Owner, times and the
+/// attributes answered are a final symlink's own; mode and size follow it (as `chmod`
+/// and `truncate` do). A server built before it answers `ENOSYS`.
 pub const SETATTR: Rpc<(Target, SetAttr), Reply<Attr>> = Rpc::new("posix.setattr");
 
 /// What a [`SETATTR`] changes (`None`: unchanged).

@@ -266,16 +266,14 @@ macro_rules! exec {
                     p.as_ptr(), argv, envp),
                 run::Program::Image(fd, libs) => {
                     let with = libs.as_ref().and_then(|l| l.env(envp));
-                    if let Some(l) = &libs {
-                        l.arm();
-                    }
+                    // (Armed only with the variable that tells the program to close them.)
+                    let armed = libs.as_ref().filter(|_| with.is_some());
+                    armed.inspect(|l| l.arm());
                     let r = run::exec_image(&fd, argv, with.as_ref().map_or(envp, |e| e.ptr()));
                     // Failed: the memfds and links go, with the exec's errno kept.
                     let e = crate::last_errno();
-                    if let Some(l) = libs {
-                        l.disarm();
-                        drop(l);
-                    }
+                    armed.inspect(|l| l.disarm());
+                    drop((with, libs, fd, env));
                     crate::fail(e);
                     r
                 }
@@ -326,15 +324,12 @@ macro_rules! spawn {
                 run::Program::Image(fd, libs) => {
                     let with = libs.as_ref().and_then(|l| l.env(envp.cast()));
                     let e = with.as_ref().map_or(envp, |e| e.ptr().cast());
-                    if let Some(l) = &libs {
-                        l.arm();
-                    }
+                    let armed = libs.as_ref().filter(|_| with.is_some());
+                    armed.inspect(|l| l.arm());
                     let r = real(run::image_path(&fd).as_ptr(), argv, e);
-                    if let Some(l) = libs {
-                        l.disarm();
-                        if r == 0 {
-                            l.started();
-                        }
+                    armed.inspect(|l| l.disarm());
+                    if let Some(l) = libs.filter(|_| r == 0 && with.is_some()) {
+                        l.started();
                     }
                     r
                 }

@@ -16,6 +16,7 @@ use std::collections::{HashSet, VecDeque};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use goblin::elf::Elf;
 use libc::{c_char, c_int};
@@ -125,8 +126,9 @@ pub fn find(image: &[u8], path: &[u8], envp: *const *const c_char) -> Option<Lib
 /// the export, and its size. `None` if it finds it locally first (or not at all).
 ///
 /// `main`: `elf` is the program, run from a memfd, whose `$ORIGIN` the loader takes to
-/// be `/`: a run-path entry with `$ORIGIN` is first looked for locally as the loader
-/// sees it (`$ORIGIN/../lib` as `/lib`), and a local file there is the loader's.
+/// be `/`: a `DT_RPATH` entry with `$ORIGIN` (searched before the directory of links)
+/// is first looked for locally as the loader sees it (`$ORIGIN/../lib` as `/lib`), and
+/// a local file there is the loader's.
 fn locate(
     name: &[u8],
     elf: &Elf,
@@ -139,16 +141,22 @@ fn locate(
             .map(|d| d.as_bytes().to_vec())
             .collect::<Vec<_>>()
     };
-    let mut dirs: Vec<Vec<u8>> = Vec::new();
+    // (Each with whether the loader searches it before `LD_LIBRARY_PATH`, where the
+    // directory of links goes first: only `DT_RPATH`, and only without `DT_RUNPATH`.)
+    let mut dirs: Vec<(Vec<u8>, bool)> = Vec::new();
     if elf.runpaths.is_empty() {
-        elf.rpaths.iter().for_each(|r| dirs.extend(split(r)));
+        elf.rpaths
+            .iter()
+            .for_each(|r| dirs.extend(split(r).into_iter().map(|d| (d, true))));
     }
     if let Some(l) = ld_path {
-        dirs.extend(l.split(|b| *b == b':').map(<[u8]>::to_vec));
+        dirs.extend(l.split(|b| *b == b':').map(|d| (d.to_vec(), false)));
     }
-    elf.runpaths.iter().for_each(|r| dirs.extend(split(r)));
-    for d in dirs.into_iter().filter(|d| !d.is_empty()) {
-        if main && d.windows(7).any(|w| w == b"$ORIGIN" || w == b"{ORIGIN") {
+    elf.runpaths
+        .iter()
+        .for_each(|r| dirs.extend(split(r).into_iter().map(|d| (d, false))));
+    for (d, before) in dirs.into_iter().filter(|(d, _)| !d.is_empty()) {
+        if main && before && d.windows(7).any(|w| w == b"$ORIGIN" || w == b"{ORIGIN") {
             let seen_as = [&expand_origin(&d, b"/")[..], b"/", name].concat();
             if local_file(&seen_as) {
                 return None;
@@ -262,14 +270,16 @@ fn links(found: Vec<(Vec<u8>, Rc<[u8]>)>) -> Option<Libs> {
 /// below 3).
 const HIGH_FD: c_int = 512;
 
-/// Memfds made inheritable and not yet handed to a program ([`Libs::arm`]): a child
-/// another thread forks meanwhile closes them ([`in_child`]).
-static ARMED: std::sync::Mutex<Vec<c_int>> = std::sync::Mutex::new(Vec::new());
+/// Memfds made inheritable and not yet handed to a program ([`Libs::arm`]), in slots
+/// (-1: free) without a lock: a child another thread forks meanwhile closes them
+/// ([`in_child`]), whatever a lock would have been held by at the fork.
+static ARMED: [AtomicI32; 2 * MAX_LIBS] = [const { AtomicI32::new(-1) }; 2 * MAX_LIBS];
 
 /// In the child of a `fork`: closes memfds armed for another program.
 pub fn in_child() {
-    if let Ok(mut a) = ARMED.try_lock() {
-        for fd in a.drain(..) {
+    for slot in &ARMED {
+        let fd = slot.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
             call_real!(close: fn(c_int) -> c_int, fd);
         }
     }
@@ -327,17 +337,25 @@ impl Libs {
     /// The memfds are to be inherited by the program started next (just before it is;
     /// [`Libs::disarm`] once it is, or failed to be).
     pub fn arm(&self) {
-        let mut a = ARMED.lock().unwrap_or_else(|e| e.into_inner());
         for fd in &self.fds {
-            a.push(fd.as_raw_fd());
-            call_real!(fcntl: fn(c_int, c_int, c_int) -> c_int, fd.as_raw_fd(), libc::F_SETFD, 0);
+            let fd = fd.as_raw_fd();
+            // (No free slot: a fork meanwhile would keep this one open in its child.)
+            let _ = ARMED.iter().any(|s| {
+                s.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            });
+            call_real!(fcntl: fn(c_int, c_int, c_int) -> c_int, fd, libc::F_SETFD, 0);
         }
     }
 
     /// The program was started (or failed to be): the memfds are this process's again.
     pub fn disarm(&self) {
-        let mut a = ARMED.lock().unwrap_or_else(|e| e.into_inner());
-        a.retain(|fd| !self.fds.iter().any(|f| f.as_raw_fd() == *fd));
+        for fd in &self.fds {
+            let fd = fd.as_raw_fd();
+            for s in &ARMED {
+                let _ = s.compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The directory stays for the program to remove (it was started and reads it).
@@ -493,7 +511,7 @@ mod tests {
         let parent = b"/tmp/qs-libs-1000";
         let p = |v: &str| Undo::parse(v, parent);
         let ok = format!(
-            "{}:515,7:{}",
+            "{}:515,2,7:{}",
             hex(b"/tmp/qs-libs-1000/Ab12Cd"),
             hex(b"/opt/lib")
         );
@@ -501,15 +519,22 @@ mod tests {
             p(&ok),
             Some(Undo {
                 dir: Some(b"/tmp/qs-libs-1000/Ab12Cd".to_vec()),
-                fds: vec![515],
+                fds: vec![515, 7],
                 old: Some(b"/opt/lib".to_vec()),
             }),
-            "low descriptors are not ours"
+            "the standard streams are not ours"
+        );
+        let no_parent = Undo::parse(&ok, b"").unwrap();
+        assert_eq!(
+            (no_parent.dir, no_parent.fds.len()),
+            (None, 2),
+            "the rest is undone"
         );
         // Another directory is left alone; junk is refused.
         for d in [
             &b"/tmp/qs-libs-1000/x/../../etc"[..],
             b"/tmp/qs-libs-1000/..",
+            b"/tmp/qs-libs-1000/.",
             b"/home/u",
         ] {
             assert_eq!(p(&format!("{}::-", hex(d))).unwrap().dir, None, "{d:?}");

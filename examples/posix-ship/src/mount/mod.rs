@@ -377,7 +377,14 @@ impl Fs {
                 mtime: mtime.map(|m| set_time(Some(m))),
             };
             match self.call(SETATTR, &(t.clone(), a)) {
-                Err(e) if e.code() == libc::ENOSYS => {
+                // A server without the call (asked again with nothing to change: a
+                // backend's own ENOSYS from one of the changes is that change's answer).
+                Err(e)
+                    if e.code() == libc::ENOSYS
+                        && self
+                            .call(SETATTR, &(t.clone(), SetAttr::default()))
+                            .is_err_and(|e| e.code() == libc::ENOSYS) =>
+                {
                     self.no_setattr
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
