@@ -376,3 +376,34 @@ fn negative_lookups_are_remembered_for_their_timeout_only() {
         drop(m);
     }
 }
+
+/// A server built before `posix.setattr` (this one, with the RPC removed): the mount
+/// makes a call per change, as before.
+#[test]
+fn setattr_falls_back_at_a_server_built_before_it() {
+    use posix_ship::proto::{SETATTR, forwarded};
+    use posix_ship::server::{Limits, LocalFs, ServerConfig, Service};
+    if !fuse_usable() {
+        return;
+    }
+    let base = scratch("mount-old-setattr");
+    let (export, at) = (base.join("export"), base.join("mnt"));
+    std::fs::create_dir_all(&export).unwrap();
+    std::fs::create_dir_all(&at).unwrap();
+    std::fs::write(export.join("f"), b"0123456789").unwrap();
+    let engine = rpc_core::Engine::builder()
+        .listen("sm")
+        .workers(2)
+        .build()
+        .unwrap();
+    let mut cfg = ServerConfig::new(&export, "sm");
+    cfg.policy.root_squash = false;
+    let fs = LocalFs::open(&cfg).unwrap();
+    let svc = Service::register(&engine, std::sync::Arc::new(fs), Limits::default(), vec![]);
+    let _svc = svc.unwrap();
+    assert!(engine.deregister(SETATTR) && engine.deregister(forwarded(SETATTR)));
+    let m = Mounted::of(&engine.self_addr().to_string(), "none", &at, &[]);
+    let script = "chmod 600 f && truncate -s 3 f && touch -d @1000000000 f && stat -c '%a %Y %s' f";
+    assert_eq!(run(&at, script), "600 1000000000 3\n");
+    drop(m);
+}

@@ -15,12 +15,17 @@ pub struct Mounted {
 
 impl Mounted {
     pub fn start(srv: &ServerProc, at: &Path, args: &[&str]) -> Mounted {
+        Mounted::of(&srv.addr, &srv.auth, at, args)
+    }
+
+    /// A mount of the server at `addr` (whose proof is `auth`) on `at`.
+    pub fn of(addr: &str, auth: &str, at: &Path, args: &[&str]) -> Mounted {
         // `mount ADDR MOUNTPOINT` (the mount tests of ionode use `-s ADDR mount MOUNTPOINT`).
         let mut child = Command::new(env!("CARGO_BIN_EXE_posix-ship"))
-            .args(["mount", &srv.addr])
+            .args(["mount", addr])
             .arg(at)
             .args(args)
-            .env("QS_AUTH", &srv.auth)
+            .env("QS_AUTH", auth)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn mount");
