@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::fuse::{Mounted, PROGRAMS, fuse_usable, mounted, run, setup};
+use common::fuse::{Mounted, PROGRAMS, dirs, fuse_usable, mounted, run, setup};
 use common::{ServerProc, scratch};
 
 #[test]
@@ -59,13 +59,9 @@ fn with_the_writeback_cache_small_writes_travel_together() {
 
 #[test]
 fn a_killed_daemon_leaves_errors_not_hangs_and_can_mount_again() {
-    if !fuse_usable() {
+    let Some((export, at)) = dirs("mount-kill") else {
         return;
-    }
-    let base = scratch("mount-kill");
-    let (export, at) = (base.join("export"), base.join("mnt"));
-    std::fs::create_dir_all(&export).unwrap();
-    std::fs::create_dir_all(&at).unwrap();
+    };
     std::fs::write(export.join("f"), b"data").unwrap();
     let srv = ServerProc::start(&export, "tcp", &[]);
     let mut m = Mounted::start(&srv, &at, &[]);
@@ -383,13 +379,9 @@ fn negative_lookups_are_remembered_for_their_timeout_only() {
 fn setattr_falls_back_at_a_server_built_before_it() {
     use posix_ship::proto::{SETATTR, forwarded};
     use posix_ship::server::{Limits, LocalFs, ServerConfig, Service};
-    if !fuse_usable() {
+    let Some((export, at)) = dirs("mount-old-setattr") else {
         return;
-    }
-    let base = scratch("mount-old-setattr");
-    let (export, at) = (base.join("export"), base.join("mnt"));
-    std::fs::create_dir_all(&export).unwrap();
-    std::fs::create_dir_all(&at).unwrap();
+    };
     std::fs::write(export.join("f"), b"0123456789").unwrap();
     let engine = rpc_core::Engine::builder()
         .listen("sm")

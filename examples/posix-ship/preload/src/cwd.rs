@@ -57,27 +57,15 @@ unsafe extern "C" {
 /// back its own array at exit, after freeing ours).
 fn slot() -> Option<(&'static [AtomicU8], bool)> {
     let p = SLOT.load(Ordering::Acquire);
-    // SAFETY: `environ` is the C library's NULL-terminated array of entries; only the
-    // pointers are compared.
+    // (Ours still: the same address and our name; a freed slot's address could come
+    // back for another entry.)
+    // SAFETY: reading the C library's `environ` pointer (a NULL-terminated array of
+    // entries, which `entries` walks).
+    let env = unsafe { environ }.cast::<*const c_char>().cast_const();
     let listed = !p.is_null()
-        && unsafe {
-            let mut e = environ;
-            let mut found = false;
-            while !e.is_null() && !(*e).is_null() {
-                // Ours still: the same address and our name (a freed slot's address
-                // could come back for another entry).
-                if (*e).cast::<AtomicU8>() == p
-                    && std::ffi::CStr::from_ptr(*e)
-                        .to_bytes()
-                        .starts_with(ENV.as_bytes())
-                {
-                    found = true;
-                    break;
-                }
-                e = e.add(1);
-            }
-            found
-        };
+        && crate::exec::entries(env).any(|e| {
+            e.as_ptr().cast::<AtomicU8>() == p && e.to_bytes().starts_with(ENV.as_bytes())
+        });
     let (p, new) = if listed {
         (p, false)
     } else {

@@ -7,12 +7,14 @@
 //! only look) empties the cache when it starts and again when it ends, and nothing is
 //! cached while one is in flight or if one overlapped the stat that found it. Changes
 //! made by other clients are seen once the lifetime is over (close-to-open still holds:
-//! an open asks the server). Only successful answers are kept (a name not there is asked
-//! again), at most [`MAX_ENTRIES`].
+//! an open asks the server); the interposer empties it when its process has waited for
+//! a child. At most [`MAX_ENTRIES`] paths, each by its plain name only ([`plain`]).
 //!
 //! A directory whose entries are stat'ed one by one (`git status` walking its index, `ls
-//! -l` of names it was given) is listed with attributes at its second miss within the
-//! lifetime ([`Attrs::missed`]): one listing instead of a call per entry.
+//! -l` after listing the names) is listed with attributes at its second miss within the
+//! lifetime ([`Attrs::missed`]): one listing instead of a call per entry. A listing that
+//! reached its end also answers that a name not in it is not there ([`Attrs::absent`]);
+//! a stat's own `ENOENT` is not kept.
 //!
 //! No I/O and no clock: the caller says what time it is.
 
@@ -199,12 +201,7 @@ impl Attrs {
     /// first, if this is the second miss in it within the lifetime and it was not listed
     /// for misses within the lifetime.
     pub fn missed(&self, path: &[u8], now: Instant) -> Option<Vec<u8>> {
-        let slash = path.iter().rposition(|&b| b == b'/')?;
-        let dir = if slash == 0 {
-            &b"/"[..]
-        } else {
-            &path[..slash]
-        };
+        let (dir, _) = split(path)?;
         let ttl = self.ttl;
         let mut s = self.lock();
         if s.changing > 0 {

@@ -52,7 +52,7 @@ impl RemoteFs {
     /// Lists up to [`MISS_PAGES`] pages of `dir` into the cache (failures leave it as
     /// it was: the stats ask one by one).
     fn list_for_stats(&self, dir: &[u8]) {
-        let Some(ticket) = self.attr_ticket() else {
+        let Some(ticket) = self.attrs().map(Attrs::ticket) else {
             return;
         };
         let Ok(o) = self.open_raw(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
@@ -89,17 +89,6 @@ impl RemoteFs {
         self.attrs()?.get(path, follow, Instant::now())
     }
 
-    /// A ticket for a listing about to be read into the attribute cache
-    /// ([`Self::remember`]); `None` if the client keeps none.
-    pub fn attr_ticket(&self) -> Option<Ticket> {
-        self.attrs().map(Attrs::ticket)
-    }
-
-    /// Keeps the attributes of a listing of directory `dir` (read with `t`).
-    pub fn remember(&self, t: Ticket, dir: &[u8], page: &DirPagePlus) {
-        self.keep(t, dir, page, false);
-    }
-
     /// Forgets every cached attribute (a child this process waited for may have changed
     /// anything).
     pub fn forget_attrs(&self) {
@@ -108,6 +97,8 @@ impl RemoteFs {
         }
     }
 
+    /// Keeps the attributes of a page of a listing of `dir` (read with `t`); `whole`:
+    /// the listing ended with it and every page was kept.
     fn keep(&self, t: Ticket, dir: &[u8], page: &DirPagePlus, whole: bool) {
         let Some(a) = self.attrs() else { return };
         let entries = page.entries.iter().filter_map(|(e, attr)| {

@@ -293,12 +293,7 @@ impl<F> Clients<F> {
 
     /// The file behind `fh` for `id` (`EBADF` if it is not one of theirs, or closed).
     pub fn get(&self, id: ClientId, fh: Fh) -> Result<Arc<F>, Errno> {
-        let t = self.lock();
-        t.clients
-            .get(&id)
-            .and_then(|c| c.files.get(&fh.0))
-            .map(|(f, _)| f.clone())
-            .ok_or(Errno::BADF)
+        self.get_owned(id, fh).map(|(f, _)| f)
     }
 
     /// [`Clients::get`], with the user the file was opened by.

@@ -145,6 +145,19 @@ out=$(mktemp -d) && rsync -a zsrc/ "$out"/ && rsync -a "$out"/ rsback/ && rm -r 
 for rw in write read randrw; do fio --name=t --ioengine=psync --rw=$rw --bs=4k --size=2m --filename=fio.dat --verify=crc32c --verify_state_save=0 --randseed=1 --output=/dev/null && echo fio $rw ok; done
 "#;
 
+/// An empty export and mount point under a scratch directory `name`; `None` where FUSE
+/// cannot be used.
+pub fn dirs(name: &str) -> Option<(PathBuf, PathBuf)> {
+    if !fuse_usable() {
+        return None;
+    }
+    let base = scratch(name);
+    let (export, at) = (base.join("export"), base.join("mnt"));
+    std::fs::create_dir_all(&export).unwrap();
+    std::fs::create_dir_all(&at).unwrap();
+    Some((export, at))
+}
+
 /// An export with a server, a mount point and a local directory to compare with; `None`
 /// where FUSE cannot be used.
 pub fn setup(name: &str) -> Option<(PathBuf, PathBuf, PathBuf, ServerProc)> {
