@@ -88,6 +88,9 @@ impl Calls {
 pub(crate) struct Registered {
     pub(crate) name: &'static str,
     pub(crate) handler: Handler,
+    /// Runs where the request is dispatched, not on a worker
+    /// ([`crate::Engine::register_responder_inline`]).
+    pub(crate) inline: bool,
 }
 
 /// State shared by the engine handle, the progress thread, workers and responders.
@@ -397,38 +400,29 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&h.rpc_id)
-            .map(|r| r.handler.clone());
-        let Some(handler) = handler else {
+            .map(|r| (r.handler.clone(), r.inline));
+        let Some((handler, inline)) = handler else {
             Counters::add(&self.counters.bad_requests, 1);
             return reply.send(self, h.rpc_id, Status::UnknownRpc, b"");
         };
         if self.stopping.load(Ordering::Acquire) {
             return reply.send(self, h.rpc_id, Status::ShuttingDown, b"");
         }
-        // Requests are counted per peer only once the queue is deep enough for one peer to
-        // matter (so a peer holds at most that depth plus its share): the common case
-        // takes no lock.
-        let depth = self.counters.queue_depth.load(Ordering::Relaxed);
-        let count = depth >= self.queue_counted_from;
-        let queued = match count.then(|| Held::take(&self.queued, reply.peer(), 1)) {
-            None => None,
-            Some(Ok(q)) => Some(q),
-            Some(Err(over)) => {
-                Counters::add(&self.counters.bad_requests, 1);
-                let (mine, all) = lock(&self.queued).limits();
-                let why = match over {
-                    Over::Peer => format!("{mine} requests of this client queued"),
-                    Over::Total => format!("{all} requests queued"),
-                };
-                return reply.send(self, h.rpc_id, Status::Busy, why.as_bytes());
-            }
-        };
-        Counters::add(&self.counters.queue_depth, 1);
         let inc = Incoming {
             shared: self.clone(),
             reply,
             rpc_id: h.rpc_id,
             msg,
+        };
+        if inline {
+            let _span = tracing::debug_span!("rpc_handler", rpc_id = h.rpc_id).entered();
+            handler(inc);
+            return drop(held);
+        }
+        let (peer, rpc_id) = (inc.reply.peer(), inc.rpc_id);
+        let queued = match self.queue_place(peer) {
+            Ok(q) => q,
+            Err(why) => return inc.reply.send(self, rpc_id, Status::Busy, why.as_bytes()),
         };
         self.pool.execute(move || {
             let shared = inc.shared.clone();
@@ -437,6 +431,30 @@ impl Shared {
             drop((queued, held));
             Counters::sub(&shared.counters.queue_depth, 1);
         });
+    }
+
+    /// A place in the workers' queue for a job of `peer` (counted in `queue_depth`; the
+    /// job gives it back): `Err` with the reason past the queue's bounds.
+    pub(crate) fn queue_place(&self, peer: Option<PeerId>) -> Result<Option<Held>, String> {
+        // Requests are counted per peer only once the queue is deep enough for one peer to
+        // matter (so a peer holds at most that depth plus its share): the common case
+        // takes no lock.
+        let depth = self.counters.queue_depth.load(Ordering::Relaxed);
+        let count = depth >= self.queue_counted_from;
+        let queued = match count.then(|| Held::take(&self.queued, peer, 1)) {
+            None => None,
+            Some(Ok(q)) => Some(q),
+            Some(Err(over)) => {
+                Counters::add(&self.counters.bad_requests, 1);
+                let (mine, all) = lock(&self.queued).limits();
+                return Err(match over {
+                    Over::Peer => format!("{mine} requests of this client queued"),
+                    Over::Total => format!("{all} requests queued"),
+                });
+            }
+        };
+        Counters::add(&self.counters.queue_depth, 1);
+        Ok(queued)
     }
 
     pub(crate) fn on_event(self: &Arc<Self>, ev: Event) {

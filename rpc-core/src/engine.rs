@@ -165,6 +165,57 @@ impl Engine {
         Out: Serialize + 'static,
         F: Fn(In, Responder<Out>) + Send + Sync + 'static,
     {
+        self.insert_handler(rpc, f, false)
+    }
+
+    /// As [`Engine::register_responder`], for a handler that runs where its request is
+    /// dispatched — the progress thread, or a caller driving progress while it waits —
+    /// instead of waking a worker: for work that never waits (an answer from memory).
+    /// Work that might wait goes to a worker with [`Responder::defer`]; a handler that
+    /// blocks here stalls every call and answer of the engine meanwhile.
+    ///
+    /// ```
+    /// use rpc_core::{Engine, Rpc};
+    ///
+    /// const GET: Rpc<u64, u64> = Rpc::new("doc.inline.get");
+    /// let server = Engine::new("tcp://127.0.0.1:0")?;
+    /// server.register_responder_inline(GET, |k, r| {
+    ///     if k < 100 {
+    ///         r.respond(&(k * 2)); // cheap: answered on the progress thread
+    ///     } else {
+    ///         r.defer(move |r| r.respond(&(k + 1))); // on a worker
+    ///     }
+    /// })?;
+    /// let client = Engine::new("tcp")?;
+    /// let to = client.lookup(&server.self_addr().to_string())?;
+    /// assert_eq!(client.call(&to, GET, &7).wait()?, 14);
+    /// assert_eq!(client.call(&to, GET, &700).wait()?, 701);
+    /// # Ok::<(), rpc_core::RpcError>(())
+    /// ```
+    pub fn register_responder_inline<In, Out, F>(
+        &self,
+        rpc: Rpc<In, Out>,
+        f: F,
+    ) -> Result<(), RpcError>
+    where
+        In: DeserializeOwned + 'static,
+        Out: Serialize + 'static,
+        F: Fn(In, Responder<Out>) + Send + Sync + 'static,
+    {
+        self.insert_handler(rpc, f, true)
+    }
+
+    fn insert_handler<In, Out, F>(
+        &self,
+        rpc: Rpc<In, Out>,
+        f: F,
+        inline: bool,
+    ) -> Result<(), RpcError>
+    where
+        In: DeserializeOwned + 'static,
+        Out: Serialize + 'static,
+        F: Fn(In, Responder<Out>) + Send + Sync + 'static,
+    {
         let mut reg = self
             .shared
             .registry
@@ -186,6 +237,7 @@ impl Engine {
             Registered {
                 name: rpc.name(),
                 handler: erase(rpc.name(), f),
+                inline,
             },
         );
         Ok(())

@@ -125,6 +125,32 @@ impl<Out: Serialize> Responder<Out> {
         }
     }
 
+    /// Finishes the request on one of the engine's workers: `job` gets this responder
+    /// there. For a handler registered with
+    /// [`crate::Engine::register_responder_inline`] that finds it would have to wait.
+    /// The job takes a place in the workers' queue as a request does: past its bounds the
+    /// caller is told [`crate::RpcError::Busy`] instead. A panic in `job` answers
+    /// [`crate::RpcError::HandlerPanicked`].
+    pub fn defer(self, job: impl FnOnce(Self) + Send + 'static)
+    where
+        Out: 'static,
+    {
+        let shared = self.shared.clone();
+        let queued = match shared.queue_place(self.peer()) {
+            Ok(q) => q,
+            Err(why) => return self.busy(why),
+        };
+        shared.clone().pool.execute(move || {
+            let _span = tracing::debug_span!("rpc_handler", rpc_id = self.rpc_id).entered();
+            // The responder, dropped by the unwinding, answers the panic itself.
+            if catch_unwind(AssertUnwindSafe(|| job(self))).is_err() {
+                tracing::warn!("a deferred handler panicked");
+            }
+            drop(queued);
+            Counters::sub(&shared.counters.queue_depth, 1);
+        });
+    }
+
     /// Tells the caller to try again later (this server is at a bound); it arrives as
     /// [`crate::RpcError::Busy`], as the engine's own refusals past its queue bound do.
     pub fn busy(mut self, why: impl Display) {

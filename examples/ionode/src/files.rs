@@ -224,14 +224,7 @@ impl Files {
         }
         let (held, look, merged, record) = {
             let mut s = lock(&f.state);
-            let before = s.extents.bytes();
-            let merged = s.extents.insert(off, data);
-            let after = s.extents.bytes();
-            let now = Instant::now();
-            s.since.get_or_insert(now);
-            s.last = Some(now);
-            s.generation += 1;
-            self.account(f, before, after);
+            let (after, merged) = self.insert(f, &mut s, off, data);
             let look = after >= s.next_look.max(self.file_max);
             // Journaled under the same lock as buffered: a flush's Clean marker then
             // covers exactly the records whose bytes it wrote.
@@ -247,17 +240,55 @@ impl Files {
             tracing::error!(error = %e, "journal write failed: writing through instead");
             self.flush(f);
         }
-        Counters::add(&self.stats.buffered_writes, 1);
-        Counters::add(&self.stats.bytes_in, len);
-        if merged > 0 {
-            Counters::add(&self.stats.merged_writes, 1);
-        }
+        self.count(len, merged);
         if held >= self.file_max * 4 {
             self.write_out(f, RIPE, self.file_max * 2);
         } else if look {
             self.write_out(f, RIPE, u64::MAX);
         }
         true
+    }
+
+    /// As [`Files::buffer`], only if that needs no waiting: no journal to sync, memory
+    /// for it, and no write-out due with it; `false` (nothing done) otherwise.
+    pub fn buffer_now(&self, f: &SharedFile, off: u64, data: &[u8]) -> bool {
+        let len = data.len() as u64;
+        if self.journal.is_some() || self.buffered.load(Ordering::Acquire) + len > self.budget {
+            return false;
+        }
+        let merged = {
+            let mut s = lock(&f.state);
+            // At most this much after it (merging only takes away): a write-out due?
+            let most = s.extents.bytes() + len;
+            if most >= s.next_look.max(self.file_max) || most >= self.file_max * 4 {
+                return false;
+            }
+            self.insert(f, &mut s, off, data).1
+        };
+        self.count(len, merged);
+        true
+    }
+
+    /// Puts a write into `f`'s extents (its lock held as `s`); returns the bytes then
+    /// buffered and the bytes merged.
+    fn insert(&self, f: &SharedFile, s: &mut State, off: u64, data: &[u8]) -> (u64, u64) {
+        let before = s.extents.bytes();
+        let merged = s.extents.insert(off, data);
+        let after = s.extents.bytes();
+        let now = Instant::now();
+        s.since.get_or_insert(now);
+        s.last = Some(now);
+        s.generation += 1;
+        self.account(f, before, after);
+        (after, merged as u64)
+    }
+
+    fn count(&self, len: u64, merged: u64) {
+        Counters::add(&self.stats.buffered_writes, 1);
+        Counters::add(&self.stats.bytes_in, len);
+        if merged > 0 {
+            Counters::add(&self.stats.merged_writes, 1);
+        }
     }
 
     fn account(&self, f: &SharedFile, before: u64, after: u64) {
@@ -388,5 +419,25 @@ mod tests {
         // Looked at the 256th block (1 MiB held): the next look is a quarter file later,
         // not at every write (that was quadratic in the extents held).
         assert_eq!(s.next_look, (1 << 20) + (256 << 10));
+    }
+
+    #[test]
+    fn buffering_now_takes_only_what_needs_no_waiting() {
+        // 16 MiB of write-behind: writers look for ripe data at 1 MiB per file.
+        let files = Files::new(16 << 20, 0, None, Arc::new(Counters::default()));
+        let f = files.get((0, 1, 1));
+        let block = [7u8; 4096];
+        for i in 0..255u64 {
+            assert!(files.buffer_now(&f, i * 8192, &block), "block {i}");
+        }
+        // The 256th would make 1 MiB: a look is due, which may write out (and wait).
+        assert!(!files.buffer_now(&f, 255 * 8192, &block));
+        assert_eq!(lock(&f.state).extents.bytes(), 255 * 4096, "nothing taken");
+        assert!(files.buffer(&f, 255 * 8192, &block, b"/f", &None));
+        // Past the node's whole budget: refused (the waiting path flushes first).
+        let small = Files::new(64 << 10, 0, None, Arc::new(Counters::default()));
+        let g = small.get((0, 1, 2));
+        assert!(!small.buffer_now(&g, 0, &vec![1u8; 65 << 10]));
+        assert_eq!(small.buffered.load(Ordering::Acquire), 0);
     }
 }

@@ -313,6 +313,28 @@ impl Node {
         Ok(Written { n, end })
     }
 
+    /// [`Node::write`]'s buffered case, if it needs no waiting; `None` otherwise.
+    pub(crate) fn write_now(&self, h: &Handle, off: u64, data: &[u8]) -> Option<Written> {
+        let n = data.len() as u64;
+        let f = h.file.as_ref().filter(|_| h.writable && !h.append)?;
+        let fits = self.files.budget > 0 && n < self.files.file_max / 2;
+        if !fits || !self.files.buffer_now(f, off, data) {
+            return None;
+        }
+        h.wrote.store(true, std::sync::atomic::Ordering::Release);
+        Counters::add(&self.stats.answered_inline, 1);
+        Some(Written { n, end: off + n })
+    }
+
+    /// [`Node::read`] of bytes all in memory (kept read-ahead data, with what is
+    /// buffered over it), if that needs no waiting; `None` otherwise.
+    pub(crate) fn read_now(&self, h: &Handle, off: u64, buf: &mut [u8]) -> Option<usize> {
+        let n = self.files.read_now(h.file.as_ref()?, off, buf)?;
+        lock(&h.seq).0 = off + n as u64;
+        Counters::add(&self.stats.answered_inline, 1);
+        Some(n)
+    }
+
     pub(crate) fn truncate(&self, r: &Req, t: On<'_, Handle>, len: u64) -> R<()> {
         match t {
             On::Path(p) => {

@@ -86,6 +86,10 @@ pub struct NodeStats {
     pub journal_records: u64,
     /// Journal bytes held for writes not yet on a backend.
     pub journal_bytes: u64,
+    /// Reads and writes answered on the thread that received them (from memory, no
+    /// worker woken).
+    #[serde(default)]
+    pub answered_inline: u64,
 }
 
 impl NodeStats {
@@ -164,7 +168,8 @@ counters!(
     deferred_errors,
     backend_errors,
     journal_records,
-    journal_bytes
+    journal_bytes,
+    answered_inline
 );
 
 fn index(op: &str) -> Option<usize> {
@@ -243,9 +248,10 @@ pub fn table(s: &NodeStats) -> String {
     );
     let _ = writeln!(
         out,
-        "read-ahead: {} hits, {} fetches; {} handles ({} opens shared a backend handle), {} in flight; errors: {} deferred, {} backend",
+        "read-ahead: {} hits, {} fetches; {} reads and writes answered inline; {} handles ({} opens shared a backend handle), {} in flight; errors: {} deferred, {} backend",
         s.readahead_hits,
         s.readahead_fetches,
+        s.answered_inline,
         s.handles,
         s.shared_opens,
         s.in_flight,

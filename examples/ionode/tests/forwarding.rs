@@ -47,6 +47,12 @@ fn sixteen_sequential_writers_file_per_process_are_merged() {
         w_out * 16 <= w_in,
         "backend writes {w_out} for {w_in} client writes"
     );
+    // Buffered where they arrived, without a worker: all but those a write-out was due at.
+    assert!(
+        st.answered_inline * 10 >= w_in * 9,
+        "{} of {w_in} writes answered inline",
+        st.answered_inline
+    );
     // The backend's own count agrees: it served about as many requests as the node made.
     let served = backend.client().server_stats().unwrap().requests;
     let (_, out) = st.totals();
@@ -150,11 +156,18 @@ fn sequential_small_reads_are_read_ahead() {
         got.extend_from_slice(&buf[..n]);
     }
     assert!(got == data, "the bytes read through the node");
-    let (r_in, r_out) = node.stats().op("posix.read");
+    let st = node.stats();
+    let (r_in, r_out) = st.op("posix.read");
     assert!(r_in >= 2048, "{r_in} client reads");
     assert!(
         r_out * 16 <= r_in,
         "backend reads {r_out} for {r_in} client reads"
+    );
+    // Read-ahead hits answered where they arrived, without a worker.
+    assert!(
+        st.answered_inline * 10 >= r_in * 9,
+        "{} of {r_in} reads answered inline",
+        st.answered_inline
     );
 }
 

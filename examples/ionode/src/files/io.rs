@@ -229,6 +229,20 @@ impl Files {
         Ok((lock(&f.state).extents.overlay(off, buf, n), fetched))
     }
 
+    /// As [`Files::read`] for a read that kept read-ahead data holds whole, if that
+    /// needs no waiting (no write-out of the file in progress); `None` otherwise, with
+    /// nothing changed.
+    pub fn read_now(&self, f: &SharedFile, off: u64, buf: &mut [u8]) -> Option<usize> {
+        let _no_flush = f.flushing.try_read().ok()?;
+        if !self.cached(f, off, buf) {
+            return None;
+        }
+        Counters::add(&self.stats.readahead_hits, 1);
+        let mut s = lock(&f.state);
+        s.last_read = off;
+        Some(s.extents.overlay(off, buf, buf.len()))
+    }
+
     /// Fills `buf` from kept read-ahead data if one window holds all of it.
     fn cached(&self, f: &SharedFile, off: u64, buf: &mut [u8]) -> bool {
         let hit = lock(&f.state).cache.find(off, buf.len(), READAHEAD_TTL);

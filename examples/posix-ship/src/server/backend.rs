@@ -155,6 +155,35 @@ pub trait Backend: Send + Sync + 'static {
         off: Option<u64>,
         data: Payload<'_>,
     ) -> R<Written>;
+    /// Whether [`Backend::write_now`] and [`Backend::read_now`] may answer: [`WRITE`] and
+    /// [`READ`] requests are then dispatched where they arrive, and made on a worker only
+    /// when these say `None`.
+    fn answers_now(&self) -> bool {
+        false
+    }
+    /// A write at `off` of bytes the request carried, if it completes without waiting
+    /// (buffered in memory); `None` if it would wait (the service then makes it with
+    /// [`Backend::write`] on a worker). Called where requests are dispatched (the
+    /// progress thread), outside [`Backend::run`]: it must not block.
+    fn write_now(
+        &self,
+        _who: &Who,
+        _f: &Arc<Self::File>,
+        _off: u64,
+        _data: &[u8],
+    ) -> Option<R<Written>> {
+        None
+    }
+    /// A read into `buf` at `off`, if the bytes are in memory (see [`Backend::write_now`]).
+    fn read_now(
+        &self,
+        _who: &Who,
+        _f: &Arc<Self::File>,
+        _off: u64,
+        _buf: &mut [u8],
+    ) -> Option<R<usize>> {
+        None
+    }
     fn fsync(&self, who: &Who, f: &Arc<Self::File>, data_only: bool) -> R<()>;
     fn fallocate(&self, who: &Who, f: &Arc<Self::File>, mode: i32, off: u64, len: u64) -> R<()>;
     fn readdir(&self, who: &Who, f: &Arc<Self::File>, restart: bool, max: u32) -> R<DirPage>;

@@ -33,6 +33,7 @@ mod confine;
 mod creds;
 pub mod lending;
 mod meta;
+mod now;
 mod ops;
 mod remote;
 pub mod service;

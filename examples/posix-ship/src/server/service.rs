@@ -75,7 +75,7 @@ impl<B: Backend> Service<B> {
         self.clients.stats()
     }
 
-    fn file(&self, who: &Who, fh: Fh) -> R<Arc<B::File>> {
+    pub(super) fn file(&self, who: &Who, fh: Fh) -> R<Arc<B::File>> {
         self.clients.get(who.client, fh)
     }
 
@@ -176,7 +176,7 @@ impl<B: Backend> Service<B> {
 
     /// `pread`: inline (at most [`MAX_INLINE_READ`]), or pushed into the caller's buffer
     /// (short under staging-memory pressure).
-    fn read(&self, who: &Who, caller: &Caller, r: &ReadReq) -> R<ReadData> {
+    pub(super) fn read(&self, who: &Who, caller: &Caller, r: &ReadReq) -> R<ReadData> {
         let f = self.file(who, r.fh)?;
         // As the kernel: a negative offset is EINVAL; reads end at the largest offset.
         let room = MAX_OFFSET.checked_sub(r.offset).ok_or(Errno::INVAL)?;
@@ -201,7 +201,7 @@ impl<B: Backend> Service<B> {
 
     /// `pwrite`, or an append: inline, or pulled from the caller's buffer (short under
     /// staging-memory pressure; the client writes the rest next).
-    fn write(&self, who: &Who, caller: &Caller, r: WriteReq) -> R<Written> {
+    pub(super) fn write(&self, who: &Who, caller: &Caller, r: WriteReq) -> R<Written> {
         let f = self.file(who, r.fh)?;
         let (data, _staged) = match r.data {
             WriteData::Inline(b) => (Payload::Inline(b.into_vec()), None),
@@ -229,7 +229,11 @@ impl<B: Backend> Service<B> {
 
     /// The identity a request acts for: its connection's, or for a [`forwarded`] one,
     /// the principal a trusted forwarder names (`EPERM` from any other peer).
-    fn who<T: Serialize>(&self, r: &Responder<T>, forwarded: Option<Option<Principal>>) -> R<Who> {
+    pub(super) fn who<T: Serialize>(
+        &self,
+        r: &Responder<T>,
+        forwarded: Option<Option<Principal>>,
+    ) -> R<Who> {
         let client = r.peer().map_or(LOCAL, |p| p.0);
         let Some(principal) = forwarded else {
             return Ok(Who {
@@ -289,7 +293,7 @@ impl<B: Backend> Service<B> {
         }
     }
 
-    fn answer<In, Out>(
+    pub(super) fn answer<In, Out>(
         &self,
         rpc: &'static str,
         r: Responder<Reply<Out>>,
@@ -478,8 +482,12 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
     })?;
     serve(e, s, LEND, |s, w, _, fh| s.lend(w, fh))?;
     serve(e, s, ADOPT, |s, w, _, pass| s.adopt(w, pass))?;
-    serve(e, s, READ, |s, w, c, r| s.read(w, c, &r))?;
-    serve(e, s, WRITE, |s, w, c, r| s.write(w, c, r))?;
+    if s.backend.answers_now() {
+        super::now::register(e, s)?;
+    } else {
+        serve(e, s, READ, |s, w, c, r| s.read(w, c, &r))?;
+        serve(e, s, WRITE, |s, w, c, r| s.write(w, c, r))?;
+    }
     serve(e, s, TRUNCATE, |s, w, _, (t, len)| {
         s.on(w, &t, |t| s.backend.truncate(w, t, len))
     })?;
