@@ -40,6 +40,12 @@ impl Extents {
     /// Buffers `data` at `off`, merged with every extent it overlaps or touches. Returns
     /// how many extents it was merged with (0: a new extent).
     pub fn insert(&mut self, off: u64, data: &[u8]) -> usize {
+        self.insert_with(off, data, Vec::new)
+    }
+
+    /// As [`Extents::insert`]; a new extent starts in the buffer `fresh` gives (emptied,
+    /// with room to grow).
+    pub fn insert_with(&mut self, off: u64, data: &[u8], fresh: impl FnOnce() -> Vec<u8>) -> usize {
         if data.is_empty() {
             return 0;
         }
@@ -71,8 +77,19 @@ impl Extents {
                 self.bytes -= d.len() as u64;
                 d
             }
-            None => Vec::new(),
+            None => {
+                let mut v = fresh();
+                v.clear();
+                v
+            }
         };
+        if off - start == merged.len() as u64 && keys.len() <= usize::from(first.is_some()) {
+            // An append (or a new extent): no zeroing of bytes about to be overwritten.
+            merged.extend_from_slice(data);
+            self.bytes += merged.len() as u64;
+            self.map.insert(start, merged);
+            return keys.len();
+        }
         merged.resize((last_end - start) as usize, 0);
         for k in keys.iter().filter(|k| Some(**k) != first) {
             let d = self.map.remove(k).expect("listed above");
@@ -193,6 +210,20 @@ mod tests {
         assert_eq!(w[3].0, 49152);
         assert_eq!(w[3].1[..4096], [12u8; 4096]);
         assert!(x.is_empty() && x.bytes() == 0);
+    }
+
+    #[test]
+    fn a_new_extent_starts_in_the_buffer_given_and_appends_stay_in_it() {
+        let mut x = Extents::default();
+        x.insert_with(4096, &[1; 4096], || Vec::with_capacity(1 << 20));
+        let at = x.map[&4096].as_ptr();
+        for i in 2..64u64 {
+            let unused = || -> Vec<u8> { panic!("an append needs no new buffer") };
+            assert_eq!(x.insert_with(i * 4096, &[i as u8; 4096], unused), 1);
+        }
+        assert_eq!(x.map[&4096].as_ptr(), at, "grown in place");
+        assert_eq!((x.len(), x.bytes()), (1, 63 * 4096));
+        assert_eq!(x.map[&4096][62 * 4096..], [63u8; 4096]);
     }
 
     #[test]
