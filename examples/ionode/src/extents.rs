@@ -83,22 +83,39 @@ impl Extents {
                 v
             }
         };
-        if off - start == merged.len() as u64 && keys.len() <= usize::from(first.is_some()) {
-            // An append (or a new extent): no zeroing of bytes about to be overwritten.
-            merged.extend_from_slice(data);
-            self.bytes += merged.len() as u64;
-            self.map.insert(start, merged);
-            return keys.len();
-        }
-        merged.resize((last_end - start) as usize, 0);
-        for k in keys.iter().filter(|k| Some(**k) != first) {
-            let d = self.map.remove(k).expect("listed above");
+        // The union is contiguous: the first extent (if any) reaches `off`, the write
+        // covers [off, end), and the others start in (off, end], disjoint, so that only
+        // the last may reach past `end`. Built without zeroing: the first's bytes, the
+        // write's past them, then the last one's tail.
+        let first_end = start + merged.len() as u64;
+        let mut tail: &[u8] = &[];
+        let others: Vec<(u64, Vec<u8>)> = keys
+            .iter()
+            .filter(|k| Some(**k) != first)
+            .map(|k| (*k, self.map.remove(k).expect("listed above")))
+            .collect();
+        for (_, d) in &others {
             self.bytes -= d.len() as u64;
-            let at = (k - start) as usize;
-            merged[at..at + d.len()].copy_from_slice(&d);
         }
-        let at = (off - start) as usize;
-        merged[at..at + data.len()].copy_from_slice(data);
+        if let Some((ko, d)) = others.last()
+            && ko + d.len() as u64 > end
+        {
+            tail = &d[(end - ko) as usize..];
+        }
+        if last_end > first_end {
+            merged.reserve((last_end - first_end) as usize);
+            if end > first_end {
+                merged.extend_from_slice(&data[(first_end - off) as usize..]);
+            }
+            merged.extend_from_slice(tail);
+        }
+        // The write wins over the part of the first extent it overlaps.
+        let over = end.min(first_end);
+        if over > off {
+            let at = (off - start) as usize;
+            merged[at..at + (over - off) as usize].copy_from_slice(&data[..(over - off) as usize]);
+        }
+        debug_assert_eq!(merged.len() as u64, last_end - start);
         self.bytes += merged.len() as u64;
         self.map.insert(start, merged);
         keys.len()
