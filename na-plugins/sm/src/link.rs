@@ -76,6 +76,23 @@ impl Link {
         })
     }
 
+    /// Announces this side's arena and salt of direct reads to the peer.
+    pub fn announce(&self, arena: na_stream::direct::Announced) {
+        let dir = match self.side {
+            Side::Creator => Dir::ToAcceptor,
+            Side::Acceptor => Dir::ToCreator,
+        };
+        self.seg.announce(dir, arena);
+    }
+
+    /// What the peer announced for direct reads, if it did.
+    pub fn peer_arena(&self) -> Option<na_stream::direct::Announced> {
+        self.seg.announced(match self.side {
+            Side::Creator => Dir::ToCreator,
+            Side::Acceptor => Dir::ToAcceptor,
+        })
+    }
+
     /// Wakes the peer (after its ring said it sleeps).
     pub fn wake_peer(&self) -> io::Result<()> {
         let one: u64 = 1;

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use na::{Address, Identity, NaError, NaResult};
-use na_stream::{Connector, CopyDir, RawPiece, StreamConfig, StreamPlugin, Wire};
+use na_stream::{Connector, CopyDir, RawPiece, StreamConfig, StreamPlugin, Wire, direct};
 
 use crate::cma;
 use crate::link::{self, Link, Listener};
@@ -125,6 +125,10 @@ impl Connector for Sm {
         &self.self_addr
     }
 
+    fn direct_reads(&self) -> bool {
+        self.single_copy
+    }
+
     fn listen_fd(&self) -> RawFd {
         self.listener.fd()
     }
@@ -190,6 +194,10 @@ fn corrupt(e: RingError) -> io::Error {
 
 impl SmWire {
     fn new(link: Link, single_copy: bool) -> Self {
+        // Only to a peer of our uid: an arena's address tells where this process's heap is.
+        if single_copy && direct::SUPPORTED {
+            link.announce(direct::Arena::get().announced());
+        }
         SmWire {
             link,
             hup: AtomicBool::new(false),
@@ -285,6 +293,11 @@ impl Wire for SmWire {
 
     fn peer_identity(&self) -> Option<Identity> {
         Some(self.link.peer.clone())
+    }
+
+    fn direct_peer(&self) -> Option<(u32, direct::Announced)> {
+        let arena = self.link.peer_arena().filter(|_| self.single_copy)?;
+        Some((self.link.peer_pid as u32, arena))
     }
 
     unsafe fn peer_copy(

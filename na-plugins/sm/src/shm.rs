@@ -11,6 +11,9 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use na_stream::direct::Announced;
 
 use crate::ring::{Ring, RingHeader};
 
@@ -153,6 +156,39 @@ impl Segment {
         // SAFETY: the data area of ring i is `cap` bytes inside the mapping, a power of two;
         // the peer is the only other party, producer or consumer by direction.
         unsafe { Ring::from_raw(hdr, self.ptr.add(DATA + i * self.cap), self.cap) }
+    }
+
+    /// A side's slot in the header for what it announces for direct reads (see
+    /// `na_stream::direct`): (arena address, arena length, salt) words at bytes 16
+    /// (creator) and 40 (acceptor) of the 64-byte header.
+    fn announce_slot(&self, dir: Dir) -> &[AtomicU64; 3] {
+        // SAFETY: bytes 16..64 lie in the 64-byte header of a page-aligned mapping
+        // (8-byte aligned); they hold only atomics, valid for any bit pattern the peer
+        // may write.
+        unsafe {
+            &*self
+                .ptr
+                .add(16 + 24 * dir as usize)
+                .cast::<[AtomicU64; 3]>()
+        }
+    }
+
+    /// Announces this side's arena and salt (`dir`: the side's outgoing direction).
+    pub fn announce(&self, dir: Dir, a: Announced) {
+        let slot = self.announce_slot(dir);
+        slot[1].store(a.arena.1, Ordering::Relaxed);
+        slot[2].store(a.salt, Ordering::Relaxed);
+        slot[0].store(a.arena.0, Ordering::Release);
+    }
+
+    /// What the side writing `dir` announced, if it did.
+    pub fn announced(&self, dir: Dir) -> Option<Announced> {
+        let slot = self.announce_slot(dir);
+        let addr = slot[0].load(Ordering::Acquire);
+        (addr != 0).then(|| Announced {
+            arena: (addr, slot[1].load(Ordering::Relaxed)),
+            salt: slot[2].load(Ordering::Relaxed),
+        })
     }
 
     /// The ring capacity.

@@ -12,6 +12,7 @@
 
 pub mod auth;
 mod conn;
+pub mod direct;
 mod driver;
 pub mod frame;
 mod handshake;
@@ -22,6 +23,7 @@ mod ops;
 mod outq;
 mod queues;
 mod single;
+mod tail;
 mod users;
 mod verify;
 mod wire;
@@ -108,6 +110,8 @@ pub struct StreamPlugin {
     unread: queues::PeerSet,
     /// Zero-timeout progress calls, to ask the kernel only now and then (memory polling).
     spins: AtomicU64,
+    /// Bytes this side copied out of owners' memory itself ([`crate::tail`]).
+    direct: AtomicU64,
     /// Memory held by answers queued on all connections.
     backlog: Arc<AtomicUsize>,
     /// Why the most recently closed connections ended (at most [`GONE_KEPT`]).
@@ -146,6 +150,11 @@ impl StreamPlugin {
         )?;
         let poll_fd = poll.as_raw_fd();
         tracing::debug!(addr = %net.self_addr(), "{} plugin listening", net.name());
+        let mem = if net.direct_reads() {
+            MemTable::with_direct_reads()
+        } else {
+            MemTable::default()
+        };
         Ok(StreamPlugin {
             cfg,
             net,
@@ -158,13 +167,20 @@ impl StreamPlugin {
             by_addr: Mutex::new(HashMap::new()),
             next_peer: AtomicU64::new(FIRST_PEER),
             ops: Mutex::new(Ops::default()),
-            mem: MemTable::default(),
+            mem,
             events: queues::EventQueue::default(),
             unread: queues::PeerSet::default(),
             spins: AtomicU64::new(0),
+            direct: AtomicU64::new(0),
             backlog: Arc::default(),
             gone: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// Bytes of reads this side copied out of the owner's memory itself (the shared
+    /// tails of large single-copy reads).
+    pub fn direct_bytes(&self) -> u64 {
+        self.direct.load(Ordering::Relaxed)
     }
 
     /// Operations posted and not yet completed (for leak checks).
@@ -349,17 +365,24 @@ impl StreamPlugin {
             )));
         }
         let conn = self.conn(peer)?;
+        let copy = conn.wire.single_copy() && len >= COPY_MIN;
+        // A large read by single copy is shared: the owner copies the head while we copy
+        // the tail ourselves (`single::shared_tail`).
+        let shared = (is_get && copy)
+            .then(|| self.shared_tail(&conn, remote, len))
+            .flatten();
+        let tail = shared.as_ref().map_or(0, |s| s.1);
         let rma = Rma {
             is_get,
             local_id: local.id,
             local_off,
             remote_key: remote.key,
             remote_off,
-            len,
+            len: len - tail,
             issued: 0,
             inflight: 0,
             error: None,
-            copy: conn.wire.single_copy() && len >= COPY_MIN,
+            copy,
         };
         let (op, frames, evs) = {
             let mut ops = lock(&self.ops);
@@ -368,12 +391,20 @@ impl StreamPlugin {
                 let ev = ops.complete(op, Ok(Vec::new()));
                 (op, Vec::new(), ev.into_iter().collect())
             } else {
+                if tail > 0 {
+                    ops.hold(op);
+                }
                 let (f, e) = self.issue_chunks(&mut ops, op);
                 (op, f, e)
             }
         };
         self.push_events(evs, true);
         self.send_frames(&conn, frames);
+        if let Some((d, tail)) = shared {
+            let at = len - tail;
+            let ours = (local_off + at, remote_off + at, tail);
+            self.copy_tail(&conn, op, &d, remote.key, local, ours);
+        }
         Ok(op)
     }
 

@@ -6,6 +6,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 
 use na::{Access, MemHandle, NaError, NaResult, RemoteMem, Segment, random_key};
 
+use crate::direct;
 use crate::frame::RmaStatus;
 
 struct Region {
@@ -14,6 +15,9 @@ struct Region {
     access: Access,
     /// Being deregistered: refused to every new access, still readable by queued frames.
     revoked: bool,
+    /// Its entry in the arena of direct reads ([`crate::direct`]), if peers may read it
+    /// themselves.
+    entry: Option<u32>,
 }
 
 impl Region {
@@ -48,6 +52,8 @@ impl Region {
 #[derive(Default)]
 pub struct MemTable {
     regions: RwLock<HashMap<u64, Region>>,
+    /// Whether readable one-segment regions are offered to peers' direct reads.
+    direct: bool,
 }
 
 fn checked_range(region_len: u64, offset: u64, len: u64) -> bool {
@@ -55,6 +61,14 @@ fn checked_range(region_len: u64, offset: u64, len: u64) -> bool {
 }
 
 impl MemTable {
+    /// A table that offers readable one-segment regions to peers' direct reads.
+    pub fn with_direct_reads() -> Self {
+        MemTable {
+            direct: direct::SUPPORTED,
+            ..MemTable::default()
+        }
+    }
+
     /// Registers segments.
     ///
     /// # Safety
@@ -68,6 +82,16 @@ impl MemTable {
                 break k;
             }
         };
+        let (entry, extra) = match segs {
+            [s] if self.direct && access.remote_read() && len >= direct::SHARE_MIN => {
+                let (arena, addr) = (direct::Arena::get(), s.ptr() as u64);
+                match arena.take(key, addr, len) {
+                    Some((i, at)) => (Some(i), arena.extras(key, at, addr, len)),
+                    None => (None, Vec::new()),
+                }
+            }
+            _ => (None, Vec::new()),
+        };
         map.insert(
             key,
             Region {
@@ -75,6 +99,7 @@ impl MemTable {
                 len,
                 access,
                 revoked: false,
+                entry,
             },
         );
         Ok(MemHandle {
@@ -83,7 +108,7 @@ impl MemTable {
                 key,
                 len,
                 access,
-                extra: Vec::new(),
+                extra,
             },
         })
     }
@@ -95,6 +120,9 @@ impl MemTable {
         match map.get_mut(&id) {
             Some(r) if !r.revoked => {
                 r.revoked = true;
+                if let Some(i) = r.entry {
+                    direct::Arena::get().revoke(i);
+                }
                 Ok(())
             }
             _ => Err(NaError::InvalidArgument(
@@ -105,10 +133,14 @@ impl MemTable {
 
     /// Last step of deregistration: forgets the region.
     pub fn remove(&self, id: u64) {
-        self.regions
+        let gone = self
+            .regions
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        if let Some(i) = gone.and_then(|r| r.entry) {
+            direct::Arena::get().give(i);
+        }
     }
 
     /// Read access for building writes straight from registered memory.

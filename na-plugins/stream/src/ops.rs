@@ -157,6 +157,27 @@ impl Ops {
         out
     }
 
+    /// Counts a part of `op` that this side moves itself as a chunk in flight, so that
+    /// the transfer is not over before [`Ops::chunk_done`] says that part is.
+    pub fn hold(&mut self, op: OpId) {
+        if let Some(Pending {
+            kind: Kind::Rma(r), ..
+        }) = self.pending.get_mut(&op)
+        {
+            r.inflight += 1;
+        }
+    }
+
+    /// Gives `op`'s chunks `n` more bytes to request (a part this side could not move).
+    pub fn extend(&mut self, op: OpId, n: u64) {
+        if let Some(Pending {
+            kind: Kind::Rma(r), ..
+        }) = self.pending.get_mut(&op)
+        {
+            r.len += n;
+        }
+    }
+
     /// The transfer behind `op`, while pending.
     pub fn rma(&self, op: OpId) -> Option<&Rma> {
         match self.pending.get(&op) {
@@ -279,6 +300,30 @@ mod tests {
             Some(Event::Done { result: Ok(_), .. })
         ));
         assert_eq!(o.len(), 0);
+    }
+
+    #[test]
+    fn a_held_part_keeps_the_transfer_open_and_may_be_given_back_to_the_chunks() {
+        let mut o = Ops::default();
+        let op = o.add_rma(PeerId(3), rma(8));
+        o.hold(op);
+        assert_eq!(o.next_chunks(op, 4, 8).len(), 1);
+        assert!(
+            o.chunk_done(op, Ok(())).is_none(),
+            "the held part is in flight"
+        );
+        // It could not be moved here: its bytes go to the chunks after all.
+        o.extend(op, 4);
+        assert!(
+            o.chunk_done(op, Ok(())).is_none(),
+            "4 bytes left to request"
+        );
+        let rest = o.next_chunks(op, 4, 8);
+        assert_eq!((rest[0].1.rel_off, rest[0].1.len), (8, 4));
+        assert!(matches!(
+            o.chunk_done(op, Ok(())),
+            Some(Event::Done { result: Ok(_), .. })
+        ));
     }
 
     #[test]

@@ -81,6 +81,13 @@ pub trait Wire: Send + Sync + 'static {
         Err(io::ErrorKind::Unsupported.into())
     }
 
+    /// For reads by the requester ([`crate::direct`]): the peer's pid and what it
+    /// announced on this connection, where [`Wire::single_copy`] holds and the peer
+    /// announced it; `None` otherwise.
+    fn direct_peer(&self) -> Option<(u32, crate::direct::Announced)> {
+        None
+    }
+
     /// Before the event loop sleeps: declares it, so that the peer's next write wakes us.
     /// False when input already waits (do not sleep).
     fn prepare_sleep(&self) -> bool {
@@ -118,6 +125,13 @@ pub trait Connector: Send + Sync + 'static {
     /// the address dialled, so that one server cannot replay them at another).
     fn is_self(&self, addr: &Address) -> bool {
         addr == self.self_addr()
+    }
+
+    /// Whether this process's readable regions are offered to peers' direct reads
+    /// ([`crate::direct`]; the wires must then announce the arena and serve
+    /// [`Wire::direct_peer`]).
+    fn direct_reads(&self) -> bool {
+        false
     }
 
     /// Whether zero-timeout progress should look at memory before asking the kernel: true
