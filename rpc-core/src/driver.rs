@@ -414,10 +414,11 @@ impl Shared {
             rpc_id: h.rpc_id,
             msg,
         };
-        if inline {
+        // (Not a pulled request: its memory's budget is held until its handler is done,
+        // and an inline handler may defer; pulled ones are large, and go to a worker.)
+        if inline && held.is_none() {
             let _span = tracing::debug_span!("rpc_handler", rpc_id = h.rpc_id).entered();
-            handler(inc);
-            return drop(held);
+            return handler(inc);
         }
         let (peer, rpc_id) = (inc.reply.peer(), inc.rpc_id);
         let queued = match self.queue_place(peer) {

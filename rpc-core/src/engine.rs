@@ -172,7 +172,10 @@ impl Engine {
     /// dispatched — the progress thread, or a caller driving progress while it waits —
     /// instead of waking a worker: for work that never waits (an answer from memory).
     /// Work that might wait goes to a worker with [`Responder::defer`]; a handler that
-    /// blocks here stalls every call and answer of the engine meanwhile.
+    /// blocks here stalls every call and answer of the engine meanwhile. It may run on
+    /// any thread waiting in a call of this engine (one driving progress), so it must not
+    /// take a lock such a caller could hold while it calls. Requests large enough to be
+    /// pulled (overflow inputs) still go to a worker.
     ///
     /// ```
     /// use rpc_core::{Engine, Rpc};

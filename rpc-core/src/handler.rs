@@ -138,7 +138,14 @@ impl<Out: Serialize> Responder<Out> {
         let shared = self.shared.clone();
         let queued = match shared.queue_place(self.peer()) {
             Ok(q) => q,
-            Err(why) => return self.busy(why),
+            // (Counted by `queue_place`, as the dispatcher's own refusal.)
+            Err(why) => {
+                let mut me = self;
+                if let Some(to) = me.to.take() {
+                    to.send(&shared, me.rpc_id, Status::Busy, why.as_bytes());
+                }
+                return;
+            }
         };
         shared.clone().pool.execute(move || {
             let _span = tracing::debug_span!("rpc_handler", rpc_id = self.rpc_id).entered();

@@ -11,6 +11,8 @@ const WHERE: Rpc<bool, String> = Rpc::new("inline.where");
 const SLOW: Rpc<u64, ()> = Rpc::new("inline.slow");
 /// Defers a job that panics.
 const PANICS: Rpc<(), ()> = Rpc::new("inline.panics");
+/// Answers the name of the thread that answered, for an input of any size.
+const BIG: Rpc<rpc_core::ByteBuf, String> = Rpc::new("inline.big");
 
 fn thread_name() -> String {
     std::thread::current().name().unwrap_or("").to_owned()
@@ -34,6 +36,8 @@ fn server(b: rpc_core::EngineBuilder) -> Engine {
         r.defer(|_r| panic!("deferred job fell over"))
     })
     .unwrap();
+    s.register_responder_inline(BIG, |_, r| r.respond(&thread_name()))
+        .unwrap();
     s
 }
 
@@ -100,5 +104,18 @@ fn a_deferred_job_that_panics_answers_and_the_worker_goes_on() {
         ));
     }
     let worker = c.call(&p, WHERE, &true).wait().unwrap();
+    assert!(worker.starts_with("qs-worker"), "{worker}");
+}
+
+#[test]
+fn a_pulled_request_runs_on_a_worker_even_if_its_handler_is_inline() {
+    // (Its memory stays counted against the overflow budget until the handler is done,
+    // which an inline handler that defers would end early.)
+    let s = server(Engine::builder().workers(1));
+    let (c, p) = client_of(&s);
+    let small = rpc_core::ByteBuf::from(vec![1u8; 16]);
+    assert_eq!(c.call(&p, BIG, &small).wait().unwrap(), "qs-progress");
+    let big = rpc_core::ByteBuf::from(vec![1u8; 4 << 20]);
+    let worker = c.call(&p, BIG, &big).wait().unwrap();
     assert!(worker.starts_with("qs-worker"), "{worker}");
 }

@@ -272,20 +272,18 @@ impl Files {
     }
 
     /// Puts a write into `f`'s extents (its lock held as `s`); returns the bytes then
-    /// buffered and the bytes merged.
+    /// buffered and how many extents it merged with.
     fn insert(&self, f: &SharedFile, s: &mut State, off: u64, data: &[u8]) -> (u64, u64) {
         let before = s.extents.bytes();
         // A stream's new extent (after a write-out took the last one) starts with room
         // for what it will grow to: no copy at each doubling (a fresh extent's growth,
         // page faults and zeroing included, took a quarter of the node's CPU under 64
         // sequential writers: `perf record --call-graph dwarf` of the node during
-        // `qs-fwd --shapes fpp`). Only a stream's: room lent to scattered small writes
-        // would be memory the write-behind budget does not count.
-        let room = if off == s.last_write_end {
-            self.file_max as usize
-        } else {
-            0
-        };
+        // `qs-fwd --shapes fpp`). Only a stream's past its start (not a file's first
+        // write, nor scattered ones): room given to every small file would be memory the
+        // write-behind budget does not count.
+        let stream = off == s.last_write_end && off > 0;
+        let room = if stream { self.file_max as usize } else { 0 };
         let merged = s
             .extents
             .insert_with(off, data, || Vec::with_capacity(room));

@@ -120,18 +120,18 @@ impl Backend for Node {
         true
     }
 
-    fn read_now(&self, _: &Who, h: &Arc<Handle>, off: u64, buf: &mut [u8]) -> Option<R<usize>> {
+    fn read_now(&self, _: &Who, h: &Arc<Handle>, off: u64, buf: &mut [u8]) -> Option<usize> {
         if virt::of(h).is_some() {
             return None;
         }
-        Node::read_now(self, h, off, buf).map(Ok)
+        Node::read_now(self, h, off, buf)
     }
 
-    fn write_now(&self, _: &Who, h: &Arc<Handle>, off: u64, data: &[u8]) -> Option<R<Written>> {
+    fn write_now(&self, _: &Who, h: &Arc<Handle>, off: u64, data: &[u8]) -> Option<Written> {
         if virt::of(h).is_some() {
             return None;
         }
-        Node::write_now(self, h, off, data).map(Ok)
+        Node::write_now(self, h, off, data)
     }
 
     fn fsync(&self, _: &Who, h: &Arc<Handle>, data_only: bool) -> R<()> {

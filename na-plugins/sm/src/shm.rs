@@ -3,7 +3,9 @@
 //! layout before trusting it, since it comes from another process.
 //!
 //! ```text
-//! offset 0      magic:u64 version:u32 capacity:u32 (padded to 64 bytes)
+//! offset 0      magic:u64 version:u32 capacity:u32
+//! 16            creator's announcement for direct reads: arena address, length, salt (u64s)
+//! 40            acceptor's announcement, as above (each side writes its own, reads the other's)
 //! 64            ring 0 header (256 bytes)   creator → acceptor
 //! 320           ring 1 header (256 bytes)   acceptor → creator
 //! 576           ring 0 data (capacity bytes), then ring 1 data (capacity bytes)

@@ -146,6 +146,17 @@ fn a_forged_region_or_entry_is_not_read_here() {
             dst == src,
             "the owner's bytes, by its checks, not the secret"
         );
+        // With the key refused too, nothing at all lands: not a byte of the secret.
+        let refused = RemoteMem {
+            key: key ^ 1,
+            extra: f.encode(key ^ 1, salt),
+            ..remote.clone()
+        };
+        let mut dst = vec![0xeeu8; LEN];
+        let local = register(&req, &mut dst, Access::ReadWrite);
+        assert!(get(&req, &owner, &local, &refused, LEN as u64).is_err());
+        req.deregister(&local).unwrap();
+        assert!(dst.iter().all(|b| *b == 0xee), "not a byte read");
     }
     assert_eq!(req.direct_bytes(), 0, "nothing copied here");
     owner.deregister(&exposed).unwrap();
@@ -160,10 +171,11 @@ fn a_region_let_go_is_not_read_here() {
     let exposed = register(&owner, &mut src, Access::ReadOnly);
     owner.deregister(&exposed).unwrap();
     // (The memory is still there: only the registration ended.)
-    let mut dst = vec![0u8; LEN];
+    let mut dst = vec![0xeeu8; LEN];
     let local = register(&req, &mut dst, Access::ReadWrite);
     let r = get(&req, &owner, &local, &exposed.remote, LEN as u64);
     req.deregister(&local).unwrap();
     assert!(r.is_err(), "{r:?}");
     assert_eq!(req.direct_bytes(), 0);
+    assert!(dst.iter().all(|b| *b == 0xee), "not a byte read");
 }

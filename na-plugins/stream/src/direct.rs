@@ -19,13 +19,14 @@
 //!
 //! Why the bytes are the region's: the entry holds the key while the region is registered
 //! and is zeroed before deregistration returns (so before the memory can be freed). The
-//! requester reads, in one call and in this order, the data, the entry's key, its address
-//! and length, and the key again (the kernel copies the vectors in order, and x86-64 does
-//! not reorder loads): if both keys match, the data was read before the region could end,
-//! and the address and length were the region's. Entries are never unmapped; a reused one
-//! holds another key. Anything else — another pid, a bad encoding, an entry outside the
-//! arena, a short copy, a changed entry — falls back to the owner's checked path, which
-//! gives the authoritative answer.
+//! requester reads the entry first (nothing else unless it holds the key, address and
+//! length), then, in one call and in this order, the data and the entry's key again (the
+//! kernel copies the vectors in order, and x86-64 does not reorder loads): if the key is
+//! still there, the data was read before the region could end. A key never comes back
+//! to an entry (reused ones hold another), so an entry read half before a reuse and half
+//! after fails one of the two checks. Entries are never unmapped. Anything else — another
+//! pid, a bad encoding, an entry outside the arena, a short copy, a changed entry — falls
+//! back to the owner's checked path, which gives the authoritative answer.
 //!
 //! Why a descriptor tells other users nothing: descriptors travel to peers of any uid (a
 //! root server's large answers go to every client), so the extras are masked under a
@@ -122,10 +123,9 @@ impl Direct {
             .is_some_and(|off| off % ENTRY as u64 == 0 && off + ENTRY as u64 <= len)
     }
 
-    /// What the entry must hold, read as the requester reads it (key, address and
-    /// length, key again): the region is the descriptor's and was registered throughout.
-    pub fn confirms(&self, key: u64, read: &[u64; 4]) -> bool {
-        key != 0 && *read == [key, self.addr, self.len, key]
+    /// Whether the entry, as read (key, address, length), is region `key`'s, live.
+    pub fn confirms(&self, key: u64, read: &[u64; 3]) -> bool {
+        key != 0 && *read == [key, self.addr, self.len]
     }
 }
 
@@ -319,13 +319,14 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_confirms_only_its_own_region_with_both_keys() {
+    fn an_entry_confirms_only_its_own_live_region() {
         let d = sample();
-        assert!(d.confirms(5, &[5, 0x9000, 7, 5]));
-        assert!(!d.confirms(5, &[5, 0x9000, 7, 0]), "ended during the read");
-        assert!(!d.confirms(5, &[0, 0x9000, 7, 5]));
-        assert!(!d.confirms(5, &[5, 0x9008, 7, 5]), "another region");
-        assert!(!d.confirms(0, &[0, 0x9000, 7, 0]), "an unused entry");
+        assert!(d.confirms(5, &[5, 0x9000, 7]));
+        assert!(!d.confirms(5, &[0, 0x9000, 7]), "ended");
+        assert!(!d.confirms(5, &[6, 0x9000, 7]), "reused");
+        assert!(!d.confirms(5, &[5, 0x9008, 7]), "another region");
+        assert!(!d.confirms(5, &[5, 0x9000, 8]), "another length");
+        assert!(!d.confirms(0, &[0, 0x9000, 7]), "an unused entry");
     }
 
     #[test]
@@ -343,7 +344,7 @@ mod tests {
         let read = |at: u64| {
             // SAFETY: `at` is an entry of the arena, which is never freed.
             let e = unsafe { std::slice::from_raw_parts(at as *const AtomicU64, 4) };
-            [0, 1, 2, 0].map(|k| e[k].load(Ordering::Acquire))
+            [0, 1, 2].map(|k| e[k].load(Ordering::Acquire))
         };
         assert!(d.confirms(11, &read(at)));
         a.give(i);

@@ -112,6 +112,8 @@ pub struct StreamPlugin {
     spins: AtomicU64,
     /// Bytes this side copied out of owners' memory itself ([`crate::tail`]).
     direct: AtomicU64,
+    /// Tails of shared reads to copy at the next progress ([`crate::tail`]).
+    tails: tail::Tails,
     /// Memory held by answers queued on all connections.
     backlog: Arc<AtomicUsize>,
     /// Why the most recently closed connections ended (at most [`GONE_KEPT`]).
@@ -172,6 +174,7 @@ impl StreamPlugin {
             unread: queues::PeerSet::default(),
             spins: AtomicU64::new(0),
             direct: AtomicU64::new(0),
+            tails: tail::Tails::default(),
             backlog: Arc::default(),
             gone: Mutex::new(VecDeque::new()),
         })
@@ -367,7 +370,7 @@ impl StreamPlugin {
         let conn = self.conn(peer)?;
         let copy = conn.wire.single_copy() && len >= COPY_MIN;
         // A large read by single copy is shared: the owner copies the head while we copy
-        // the tail ourselves (`single::shared_tail`).
+        // the tail ourselves (`tail.rs`).
         let shared = (is_get && copy)
             .then(|| self.shared_tail(&conn, remote, len))
             .flatten();
@@ -403,7 +406,7 @@ impl StreamPlugin {
         if let Some((d, tail)) = shared {
             let at = len - tail;
             let ours = (local_off + at, remote_off + at, tail);
-            self.copy_tail(&conn, op, &d, remote.key, local, ours);
+            self.queue_tail(tail::Tail::new(conn, op, d, remote.key, local, ours));
         }
         Ok(op)
     }
@@ -617,7 +620,8 @@ impl Plugin for StreamPlugin {
     }
 
     fn progress(&self, timeout: Option<Duration>) -> NaResult<()> {
-        let busy = !self.events.is_empty() || !self.unread.is_empty();
+        let tails_left = self.run_tails();
+        let busy = !self.events.is_empty() || !self.unread.is_empty() || tails_left;
         let mut timeout = if busy { Some(Duration::ZERO) } else { timeout };
         if self.net.polls_memory() {
             let found = self.poll_memory();

@@ -124,6 +124,8 @@ impl StreamPlugin {
                     NaError::Disconnected("no answer to a canceled transfer's copies".into()),
                 );
             }
+            // (A queued tail of its own is part of what it waits for.)
+            self.run_tails();
             self.read_or_close(&conn);
             std::thread::yield_now();
         }

@@ -230,9 +230,12 @@ impl Files {
     }
 
     /// As [`Files::read`] for a read that kept read-ahead data holds whole, if that
-    /// needs no waiting (no write-out of the file in progress); `None` otherwise, with
-    /// nothing changed.
+    /// needs no waiting (no write-out of the file in progress, no journal: its writers
+    /// hold the file's state while they sync); `None` otherwise, with nothing changed.
     pub fn read_now(&self, f: &SharedFile, off: u64, buf: &mut [u8]) -> Option<usize> {
+        if self.journal.is_some() {
+            return None;
+        }
         let _no_flush = f.flushing.try_read().ok()?;
         if !self.cached(f, off, buf) {
             return None;

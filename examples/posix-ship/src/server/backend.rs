@@ -171,17 +171,18 @@ pub trait Backend: Send + Sync + 'static {
         _f: &Arc<Self::File>,
         _off: u64,
         _data: &[u8],
-    ) -> Option<R<Written>> {
+    ) -> Option<Written> {
         None
     }
-    /// A read into `buf` at `off`, if the bytes are in memory (see [`Backend::write_now`]).
+    /// A read into `buf` at `off`, if the bytes are in memory (see [`Backend::write_now`]):
+    /// the bytes read.
     fn read_now(
         &self,
         _who: &Who,
         _f: &Arc<Self::File>,
         _off: u64,
         _buf: &mut [u8],
-    ) -> Option<R<usize>> {
+    ) -> Option<usize> {
         None
     }
     fn fsync(&self, who: &Who, f: &Arc<Self::File>, data_only: bool) -> R<()>;

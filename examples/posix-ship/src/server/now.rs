@@ -2,9 +2,10 @@
 //! memory ([`Backend::answers_now`]: an I/O node's write-behind and read-ahead), a write
 //! whose bytes the request carries, and a read answered inline, are taken on the thread
 //! that dispatched them ([`Engine::register_responder_inline`]), with no worker woken and
-//! no task switch. One the backend cannot serve without waiting (memory short, a
-//! write-out due, a journal to sync, bytes not in memory) goes to a worker as any request
-//! does, and so does every refusal: one path for errors.
+//! no task switch. The caller is admitted within its bounds as on every path (a refusal
+//! is answered there: it costs nothing). One the backend cannot serve without waiting
+//! (memory short, a write-out due, a journal to sync, bytes not in memory), and every
+//! other error, goes to a worker as any request does, still admitted.
 
 use std::sync::Arc;
 
@@ -13,23 +14,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
-use super::backend::{Backend, MAX_OFFSET, R, Who};
-use super::service::Service;
+use super::backend::{Backend, MAX_OFFSET, Who};
+use super::service::{Body, Later, Service};
 use crate::proto::*;
 
-/// A request handed back to the worker path: its responder, the principal a forwarder
-/// named, its input.
-type Back<In, Out> = (Responder<Reply<Out>>, Option<Option<Principal>>, In);
-
-/// What a request needs to be answered here: the caller, the file, and the backend's
-/// answer if it has one without waiting.
-type Quick<B, In, Out> = fn(&Service<B>, &Who, &In) -> Option<R<Out>>;
+/// What the backend answers at once, if it can (`None`: the worker path decides).
+type Quick<B, In, Out> = fn(&Service<B>, &Who, &In) -> Option<Out>;
 
 /// Registers [`READ`] and [`WRITE`] (and their [`forwarded`] twins) to be answered
 /// inline where the backend can.
 pub(super) fn register<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
-    inline_first(e, s, WRITE, write_now, |s, w, c, r| s.write(w, c, r))?;
-    inline_first(e, s, READ, read_now, |s, w, c, r| s.read(w, c, &r))
+    inline_first(e, s, WRITE, write_now, &|s, w, c, r| s.write(w, c, r))?;
+    inline_first(e, s, READ, read_now, &|s, w, c, r| s.read(w, c, &r))
 }
 
 fn inline_first<B, In, Out>(
@@ -37,7 +33,7 @@ fn inline_first<B, In, Out>(
     s: &Arc<Service<B>>,
     rpc: Rpc<In, Reply<Out>>,
     quick: Quick<B, In, Out>,
-    body: fn(&Service<B>, &Who, &rpc_core::Caller, In) -> R<Out>,
+    body: &'static Body<B, In, Out>,
 ) -> Result<(), RpcError>
 where
     B: Backend,
@@ -45,13 +41,8 @@ where
     Out: Serialize + 'static,
 {
     let s = s.clone();
-    let answer = Arc::new(move |r, fwd, input| {
-        let Some((r, fwd, input)) = s.answer_now(rpc.name(), r, fwd, input, quick) else {
-            return;
-        };
-        let s = s.clone();
-        r.defer(move |r| s.answer(rpc.name(), r, fwd, input, &body));
-    });
+    let answer =
+        Arc::new(move |r, fwd, input| s.answer_now(rpc.name(), r, fwd, input, quick, body));
     let a = answer.clone();
     e.register_responder_inline(rpc, move |input: In, r| a(r, None, input))?;
     e.register_responder_inline(
@@ -61,37 +52,43 @@ where
 }
 
 impl<B: Backend> Service<B> {
-    /// Answers here if `quick` can; otherwise hands the request back untouched.
-    fn answer_now<In, Out: Serialize + 'static>(
-        &self,
+    /// Admits the request, then answers it here if `quick` can, or on a worker with
+    /// `body`, the admission kept until that answer.
+    fn answer_now<In, Out>(
+        self: &Arc<Self>,
         rpc: &'static str,
         r: Responder<Reply<Out>>,
         fwd: Option<Option<Principal>>,
         input: In,
         quick: Quick<B, In, Out>,
-    ) -> Option<Back<In, Out>> {
-        let Ok(who) = self.who(&r, fwd.clone()) else {
-            return Some((r, fwd, input));
+        body: &'static Body<B, In, Out>,
+    ) where
+        In: Send + 'static,
+        Out: Serialize + 'static,
+    {
+        let Some((r, who, admitted)) = self.admit(rpc, r, fwd) else {
+            return;
         };
-        let Ok(admitted) = self.clients.admit(who.client, who.uid()) else {
-            return Some((r, fwd, input));
-        };
-        let Some(out) = quick(self, &who, &input) else {
-            drop(admitted);
-            return Some((r, fwd, input));
-        };
-        self.backend.request_in(rpc);
-        r.respond(&out.map_err(|e| e.raw_os_error()));
-        drop(admitted);
-        None
+        if let Some(out) = quick(self, &who, &input) {
+            r.respond(&Ok(out));
+            return drop(admitted);
+        }
+        // (Dropped with the job, run or refused: the admission ends with it.)
+        let counted: Later<B, Out> = Later::counting(self.clone(), admitted);
+        let s = self.clone();
+        r.defer(move |r| {
+            s.answer_admitted(rpc, r, &who, input, body);
+            drop(counted);
+        });
     }
 }
 
 /// A write of bytes the request carries, at an offset, that the backend buffers now.
-fn write_now<B: Backend>(s: &Service<B>, who: &Who, w: &WriteReq) -> Option<R<Written>> {
+fn write_now<B: Backend>(s: &Service<B>, who: &Who, w: &WriteReq) -> Option<Written> {
     let (WriteData::Inline(data), Some(off)) = (&w.data, w.offset) else {
         return None;
     };
+    // (Offsets the worker path refuses are refused there.)
     let end = off.checked_add(data.len() as u64)?;
     if end > MAX_OFFSET {
         return None;
@@ -101,7 +98,7 @@ fn write_now<B: Backend>(s: &Service<B>, who: &Who, w: &WriteReq) -> Option<R<Wr
 }
 
 /// A read answered inline that the backend has in memory.
-fn read_now<B: Backend>(s: &Service<B>, who: &Who, r: &ReadReq) -> Option<R<ReadData>> {
+fn read_now<B: Backend>(s: &Service<B>, who: &Who, r: &ReadReq) -> Option<ReadData> {
     if r.dest.is_some() {
         return None;
     }
@@ -110,8 +107,6 @@ fn read_now<B: Backend>(s: &Service<B>, who: &Who, r: &ReadReq) -> Option<R<Read
     let f = s.file(who, r.fh).ok()?;
     let mut buf = vec![0u8; len as usize];
     let n = s.backend.read_now(who, &f, r.offset, &mut buf)?;
-    Some(n.map(|n| {
-        buf.truncate(n);
-        ReadData::Inline(ByteBuf::from(buf))
-    }))
+    buf.truncate(n);
+    Some(ReadData::Inline(ByteBuf::from(buf)))
 }

@@ -263,7 +263,7 @@ impl<B: Backend> Service<B> {
     }
 
     /// A request's caller, admitted within its bounds; `None` once refused (answered).
-    fn admit<Out: Serialize + 'static>(
+    pub(super) fn admit<Out: Serialize + 'static>(
         &self,
         rpc: &'static str,
         r: Responder<Reply<Out>>,
@@ -306,10 +306,25 @@ impl<B: Backend> Service<B> {
         let Some((r, who, admitted)) = self.admit(rpc, r, forwarded) else {
             return;
         };
+        self.answer_admitted(rpc, r, &who, input, f);
+        drop(admitted);
+    }
+
+    /// Runs an admitted request's body and answers it.
+    pub(super) fn answer_admitted<In, Out>(
+        &self,
+        rpc: &'static str,
+        r: Responder<Reply<Out>>,
+        who: &Who,
+        input: In,
+        f: &Body<B, In, Out>,
+    ) where
+        Out: Serialize + 'static,
+    {
         let caller = r.caller();
         let out = self
             .backend
-            .run(&who, || f(self, &who, &caller, input))
+            .run(who, || f(self, who, &caller, input))
             .map_err(|e| e.raw_os_error());
         tracing::trace!(
             client = who.client,
@@ -318,14 +333,13 @@ impl<B: Backend> Service<B> {
             "answered"
         );
         r.respond(&out);
-        drop(admitted);
     }
 }
 
-type Body<B, In, Out> = dyn Fn(&Service<B>, &Who, &Caller, In) -> R<Out> + Send + Sync;
+pub(super) type Body<B, In, Out> = dyn Fn(&Service<B>, &Who, &Caller, In) -> R<Out> + Send + Sync;
 
 /// A request admitted: its responder, its caller, its place within the bounds.
-type Admission<'a, B, Out> = (
+pub(super) type Admission<'a, B, Out> = (
     Responder<Reply<Out>>,
     Who,
     Admitted<'a, <B as Backend>::File>,
@@ -371,13 +385,26 @@ impl<B: Backend> Service<B> {
 
 /// A request to answer later: answered once, and let go of within the caller's bounds
 /// whatever happens (an answer never sent, a body that panicked, is `EIO`).
-struct Later<B: Backend, Out: Serialize + 'static> {
+pub(super) struct Later<B: Backend, Out: Serialize + 'static> {
     r: Option<Responder<Reply<Out>>>,
     s: Arc<Service<B>>,
     kept: (super::clients::ClientId, super::clients::User),
 }
 
 impl<B: Backend, Out: Serialize + 'static> Later<B, Out> {
+    /// Keeps an admitted request counted within its caller's bounds until this is
+    /// dropped (its answer goes another way).
+    pub(super) fn counting(
+        s: Arc<Service<B>>,
+        admitted: super::clients::Admitted<'_, B::File>,
+    ) -> Self {
+        Later {
+            r: None,
+            s,
+            kept: admitted.keep(),
+        }
+    }
+
     fn send(mut self, out: R<Out>) {
         if let Some(r) = self.r.take() {
             r.respond(&out.map_err(|e| e.raw_os_error()));
