@@ -227,7 +227,7 @@ impl Files {
         let (held, look, merged, record) = {
             let mut s = lock(&f.state);
             let (after, merged) = self.insert(f, &mut s, off, data);
-            let look = after >= s.next_look.max(self.file_max);
+            let look = self.look_due(&s, after);
             // Journaled under the same lock as buffered: a flush's Clean marker then
             // covers exactly the records whose bytes it wrote.
             let record = self
@@ -262,13 +262,19 @@ impl Files {
             let mut s = lock(&f.state);
             // At most this much after it (merging only takes away): a write-out due?
             let most = s.extents.bytes() + len;
-            if most >= s.next_look.max(self.file_max) || most >= self.file_max * 4 {
+            if self.look_due(&s, most) || most >= self.file_max * 4 {
                 return false;
             }
             self.insert(f, &mut s, off, data).1
         };
         self.count(len, merged);
         true
+    }
+
+    /// Whether a file holding `bytes` buffered (its state `s`) is due a look for ripe
+    /// extents to write out ([`Files::buffer`] makes it; [`Files::buffer_now`] will not).
+    fn look_due(&self, s: &State, bytes: u64) -> bool {
+        bytes >= s.next_look.max(self.file_max)
     }
 
     /// Puts a write into `f`'s extents (its lock held as `s`); returns the bytes then

@@ -289,9 +289,7 @@ impl Node {
         h.wrote.store(true, std::sync::atomic::Ordering::Release);
         let data = data.bytes().map_err(|e| e.raw_os_error())?;
         let n = data.len() as u64;
-        if let (Some(off), false, Some(f)) = (offset, h.append, &h.file)
-            && self.files.budget > 0
-            && n < self.files.file_max / 2
+        if let (Some(off), Some(f)) = (offset, self.buffers(h, n))
             && self.files.buffer(f, off, &data, &h.path, &r.user)
         {
             return Ok(Written { n, end: off + n });
@@ -313,12 +311,18 @@ impl Node {
         Ok(Written { n, end })
     }
 
+    /// The shared file a write of `n` bytes through `h` is buffered in, if writes like it
+    /// are (not appends, not large ones, and only with write-behind memory).
+    fn buffers<'h>(&self, h: &'h Handle, n: u64) -> Option<&'h Arc<SharedFile>> {
+        let f = h.file.as_ref().filter(|_| !h.append)?;
+        (self.files.budget > 0 && n < self.files.file_max / 2).then_some(f)
+    }
+
     /// [`Node::write`]'s buffered case, if it needs no waiting; `None` otherwise.
     pub(crate) fn write_now(&self, h: &Handle, off: u64, data: &[u8]) -> Option<Written> {
         let n = data.len() as u64;
-        let f = h.file.as_ref().filter(|_| h.writable && !h.append)?;
-        let fits = self.files.budget > 0 && n < self.files.file_max / 2;
-        if !fits || !self.files.buffer_now(f, off, data) {
+        let f = self.buffers(h, n).filter(|_| h.writable)?;
+        if !self.files.buffer_now(f, off, data) {
             return None;
         }
         h.wrote.store(true, std::sync::atomic::Ordering::Release);

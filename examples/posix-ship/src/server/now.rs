@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
 use super::backend::{Backend, MAX_OFFSET, Who};
-use super::service::{Body, Later, Service};
+use super::service::{Body, Later, Service, twins};
 use crate::proto::*;
 
 /// What the backend answers at once, if it can (`None`: the worker path decides).
@@ -41,14 +41,9 @@ where
     Out: Serialize + 'static,
 {
     let s = s.clone();
-    let answer =
-        Arc::new(move |r, fwd, input| s.answer_now(rpc.name(), r, fwd, input, quick, body));
-    let a = answer.clone();
-    e.register_responder_inline(rpc, move |input: In, r| a(r, None, input))?;
-    e.register_responder_inline(
-        forwarded(rpc),
-        move |(p, input): (Option<Principal>, In), r| answer(r, Some(p), input),
-    )
+    twins(e, rpc, true, move |r, fwd, input| {
+        s.answer_now(rpc.name(), r, fwd, input, quick, body)
+    })
 }
 
 impl<B: Backend> Service<B> {

@@ -422,10 +422,12 @@ impl<B: Backend, Out: Serialize + 'static> Drop for Later<B, Out> {
 }
 
 /// Registers `rpc` and its [`forwarded`] twin, both answered by `answer` (given the
-/// principal a forwarder names, for the twin).
-fn twins<In, Out>(
+/// principal a forwarder names, for the twin); `inline`: where requests are dispatched
+/// ([`Engine::register_responder_inline`]), else on a worker.
+pub(super) fn twins<In, Out>(
     e: &Engine,
     rpc: Rpc<In, Reply<Out>>,
+    inline: bool,
     answer: impl Fn(Responder<Reply<Out>>, Option<Option<Principal>>, In) + Send + Sync + 'static,
 ) -> Result<(), RpcError>
 where
@@ -434,11 +436,15 @@ where
 {
     let answer = Arc::new(answer);
     let a = answer.clone();
-    e.register_responder(rpc, move |input: In, r| a(r, None, input))?;
-    e.register_responder(
-        forwarded(rpc),
-        move |(p, input): (Option<Principal>, In), r| answer(r, Some(p), input),
-    )
+    let plain = move |input: In, r| a(r, None, input);
+    let twin = move |(p, input): (Option<Principal>, In), r| answer(r, Some(p), input);
+    if inline {
+        e.register_responder_inline(rpc, plain)?;
+        e.register_responder_inline(forwarded(rpc), twin)
+    } else {
+        e.register_responder(rpc, plain)?;
+        e.register_responder(forwarded(rpc), twin)
+    }
 }
 
 /// Registers `rpc` and its [`forwarded`] twin with a body that answers through a callback.
@@ -455,7 +461,7 @@ where
     F: Fn(&Arc<Service<B>>, Who, In, Done<Out>) + Send + Sync + 'static,
 {
     let (s, name) = (s.clone(), rpc.name());
-    twins(e, rpc, move |r, fwd, input| {
+    twins(e, rpc, false, move |r, fwd, input| {
         s.answer_then(name, r, fwd, input, &f)
     })
 }
@@ -474,7 +480,7 @@ where
     F: Fn(&Service<B>, &Who, &Caller, In) -> R<Out> + Send + Sync + 'static,
 {
     let (s, name) = (s.clone(), rpc.name());
-    twins(e, rpc, move |r, fwd, input| {
+    twins(e, rpc, false, move |r, fwd, input| {
         s.answer(name, r, fwd, input, &f)
     })
 }
