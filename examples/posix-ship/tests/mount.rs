@@ -163,21 +163,51 @@ fn data_cache_modes_decide_what_a_second_read_costs() {
     };
     std::fs::write(export.join("f"), vec![7u8; 1 << 20]).unwrap();
     let fs = srv.client();
-    let calls = |f: &mut dyn FnMut()| {
+    // The kernel releases a closed file after close returns: wait for the handles to be
+    // let go (`open`: those the test holds), so a release is counted with the open it
+    // ends (stats calls are not counted).
+    let settle = |open: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if fs.server_stats().unwrap().open_files == open {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a handle was never released"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let calls = |open: u64, f: &mut dyn FnMut()| {
+        settle(open);
         let before = fs.server_stats().unwrap().requests;
         f();
+        settle(open);
         fs.server_stats().unwrap().requests - before
     };
     // Per mode: calls for a second open and read; calls for a re-read on the same fd.
     let mut cost = Vec::new();
     for mode in ["on", "otoc", "off"] {
-        let m = Mounted::start(&srv, &at, &["--data-cache", mode]);
+        // Long timeouts: whether the kernel asks for attributes again must not depend on
+        // how fast this machine runs the test (a lookup or getattr is a call too).
+        let args = [
+            "--data-cache",
+            mode,
+            "--attr-timeout",
+            "600",
+            "--entry-timeout",
+            "600",
+        ];
+        let m = Mounted::start(&srv, &at, &args);
         assert_eq!(std::fs::read(at.join("f")).unwrap().len(), 1 << 20);
-        let reopen = calls(&mut || assert_eq!(std::fs::read(at.join("f")).unwrap().len(), 1 << 20));
+        let reopen = calls(0, &mut || {
+            assert_eq!(std::fs::read(at.join("f")).unwrap().len(), 1 << 20)
+        });
         let file = std::fs::File::open(at.join("f")).unwrap();
         let mut b = vec![0u8; 4096];
         file.read_exact_at(&mut b, 0).unwrap();
-        let reread = calls(&mut || file.read_exact_at(&mut b, 0).unwrap());
+        let reread = calls(1, &mut || file.read_exact_at(&mut b, 0).unwrap());
         drop(file);
         cost.push((reopen, reread));
         m.signal(libc::SIGTERM);
