@@ -57,8 +57,8 @@ impl<Out: Serialize> Responder<Out> {
 /// nor can another process answer in its place. From [`Responder::caller`].
 #[derive(Clone)]
 pub struct Caller {
-    engine: Engine,
-    peer: Option<PeerId>,
+    pub(crate) engine: Engine,
+    pub(crate) peer: Option<PeerId>,
 }
 
 impl Caller {

@@ -321,16 +321,21 @@ impl Shared {
 
     /// Completes a caller's slot, counting failures.
     pub(crate) fn complete(&self, slot: Option<Arc<Slot<Answer>>>, result: Answer) {
-        match &result {
+        self.count_outcome(&result);
+        if let Some(slot) = slot {
+            slot.complete(result);
+        }
+    }
+
+    /// Counts an operation's failure.
+    pub(crate) fn count_outcome<T>(&self, result: &Result<T, RpcError>) {
+        match result {
             Err(RpcError::Timeout { .. }) => Counters::add(&self.counters.timeouts, 1),
             Err(RpcError::Canceled) => Counters::add(&self.counters.canceled, 1),
             _ => {}
         }
         if result.is_err() {
             Counters::add(&self.counters.rpcs_failed, 1);
-        }
-        if let Some(slot) = slot {
-            slot.complete(result);
         }
     }
 

@@ -360,18 +360,10 @@ impl Engine {
         remote_off: u64,
         len: u64,
     ) -> Transfer<'b> {
-        if let Some(data) = &remote.inline {
-            // Eager bulk: the bytes came with the descriptor.
-            let r = range(remote_off, len, data.len() as u64)
-                .and_then(|r| local.write_at(local_off, &data[r]).map_err(RpcError::from));
-            return self.finished(r);
+        match pull_now(local, local_off, remote, remote_off, len) {
+            Some(r) => self.finished(r),
+            None => self.transfer(via, true, local, local_off, remote, remote_off, len),
         }
-        if !local.writable() {
-            return self.finished(Err(RpcError::InvalidArgument(
-                "cannot pull into read-only memory".into(),
-            )));
-        }
-        self.transfer(via, true, local, local_off, remote, remote_off, len)
     }
 
     /// Pushes `len` bytes of `local` at `local_off` into the peer's `remote` region at
@@ -401,17 +393,40 @@ impl Engine {
         remote_off: u64,
         len: u64,
     ) -> Transfer<'b> {
-        let checked = range(local_off, len, local.len())
-            .and_then(|_| range(remote_off, len, remote.len()))
-            .and_then(|_| match via {
-                Some(p) => Ok(p),
-                None => Ok(self.shared.plugin.lookup(&remote.owner)?),
-            });
-        let peer = match checked {
-            Ok(p) => p,
-            Err(e) => return self.finished(Err(e)),
-        };
         let slot = Arc::new(Slot::default());
+        let posted = self.post(
+            via,
+            is_get,
+            local,
+            (local_off, remote, remote_off, len),
+            Then::Done,
+            Some(slot.clone()),
+        );
+        match posted {
+            Ok(tag) => Transfer::new(self.shared.clone(), tag, slot),
+            Err(e) => self.finished(Err(e)),
+        }
+    }
+
+    /// Checks and posts a transfer whose outcome goes through `then` (and `slot`); `Err`:
+    /// why it was not posted (`then` is dropped unrun). `at`: local offset, remote region,
+    /// remote offset, length.
+    pub(crate) fn post(
+        &self,
+        via: Option<PeerId>,
+        is_get: bool,
+        local: &Bulk<'_>,
+        at: (u64, &Descriptor, u64, u64),
+        then: Then,
+        slot: Option<Arc<Slot<crate::slot::Answer>>>,
+    ) -> Result<u64, RpcError> {
+        let (local_off, remote, remote_off, len) = at;
+        range(local_off, len, local.len())?;
+        range(remote_off, len, remote.len())?;
+        let peer = match via {
+            Some(p) => p,
+            None => self.shared.plugin.lookup(&remote.owner)?,
+        };
         let spec = Spec {
             peer,
             is_get,
@@ -421,13 +436,9 @@ impl Engine {
             remote_off,
             len,
         };
-        let tag = self.shared.post_transfer(
-            spec,
-            Then::Done,
-            Some(slot.clone()),
-            self.shared.default_timeout,
-        );
-        Transfer::new(self.shared.clone(), tag, slot)
+        Ok(self
+            .shared
+            .post_transfer(spec, then, slot, self.shared.default_timeout))
     }
 
     fn finished<'b>(&self, r: Result<(), RpcError>) -> Transfer<'b> {
@@ -481,6 +492,27 @@ impl Engine {
 }
 
 /// `off..off+len` as a range within `total` bytes, or the caller's error.
+/// The outcome of a pull that needs no transfer: one whose bytes came with the
+/// descriptor (eager bulk), or one into memory that cannot take them.
+pub(crate) fn pull_now(
+    local: &mut Bulk<'_>,
+    local_off: u64,
+    remote: &Descriptor,
+    remote_off: u64,
+    len: u64,
+) -> Option<Result<(), RpcError>> {
+    if let Some(data) = &remote.inline {
+        let r = range(remote_off, len, data.len() as u64)
+            .and_then(|r| local.write_at(local_off, &data[r]).map_err(RpcError::from));
+        return Some(r);
+    }
+    (!local.writable()).then(|| {
+        Err(RpcError::InvalidArgument(
+            "cannot pull into read-only memory".into(),
+        ))
+    })
+}
+
 fn range(off: u64, len: u64, total: u64) -> Result<std::ops::Range<usize>, RpcError> {
     match off.checked_add(len) {
         Some(end) if end <= total => Ok(off as usize..end as usize),

@@ -40,6 +40,7 @@ mod spin;
 mod sync;
 mod then;
 mod transfer;
+mod transfers;
 pub mod transport;
 
 pub use builder::EngineBuilder;
@@ -58,6 +59,7 @@ pub use rpc::{Rpc, rpc_id};
 /// field) in RPC types; a plain `Vec<u8>` is encoded as an array of integers, one element
 /// at a time, instead of one binary string.
 pub use serde_bytes::{self, ByteBuf};
+pub use transfers::Transfers;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -35,7 +35,12 @@ pub(crate) enum Then {
         reply: ReplyTo,
         held: Held,
     },
+    /// Hand the outcome to a closure (a transfer of a [`crate::Transfers`] set).
+    Notify(Notify),
 }
+
+/// A closure given a transfer's outcome, on the thread that ends the transfer.
+pub(crate) type Notify = Box<dyn FnOnce(Result<(), RpcError>) + Send>;
 
 /// A transfer in flight.
 pub(crate) struct Xfer {
@@ -189,6 +194,10 @@ impl Shared {
     ) {
         match x.then {
             Then::Done => self.complete(slot, result),
+            Then::Notify(f) => {
+                self.count_outcome(&result);
+                f(result.map(drop));
+            }
             Then::Answer {
                 buf,
                 server,

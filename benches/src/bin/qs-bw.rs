@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN_SIZE] [-z MAX_SIZE] [-l LOOPS] [-r REPS]
-//!       [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-s SPIN_US] [-C]
+//!       [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-s SPIN_US] [-C] [-W]
 //! ```
 //! Each RPC makes the server do N transfers (`-n`, default 64, as hg_bw does) of S bytes,
 //! all posted at once (into or from N buffers of its own, registered once per size), against
@@ -16,14 +16,17 @@
 //! server are separate processes; the server is this binary re-run with `--serve`.
 //! `-s` sets both engines' spin window after an event (default 200 µs, as `qs-rate -s`).
 //! `-C` measures instead the CPU cost of one transfer, both sides together (see `cost.rs`).
+//! The server's handler runs on its progress thread and answers from its transfers' last
+//! completion (`Caller::transfers`), as Mercury's handlers answer from bulk callbacks;
+//! `-W` makes a worker post the transfers and wait for each instead (the earlier form).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use qs_benches::{full, pow2_sizes, raw_server, spawn_self, stats, tune};
-use rpc_core::{Access, Bulk, ChunkConfig, Descriptor, Engine, Rpc, Seg};
+use rpc_core::{Access, Bulk, ChunkConfig, Descriptor, Engine, Responder, Rpc, Seg};
 
 #[path = "qs-bw/cost.rs"]
 mod cost;
@@ -45,9 +48,10 @@ struct Opts {
     inline: usize,
     spin_us: u64,
     cost: bool,
+    worker: bool,
 }
 
-const USAGE: &str = "usage: qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-s SPIN_US] [-C]";
+const USAGE: &str = "usage: qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-s SPIN_US] [-C] [-W]";
 
 fn parse() -> Result<Opts, String> {
     let d = ChunkConfig::default();
@@ -65,6 +69,7 @@ fn parse() -> Result<Opts, String> {
         inline: 0,
         spin_us: 200,
         cost: false,
+        worker: false,
     };
     let mut a = std::env::args().skip(1);
     while let Some(k) = a.next() {
@@ -84,6 +89,7 @@ fn parse() -> Result<Opts, String> {
             "-i" => o.inline = num(val()?)?,
             "-s" => o.spin_us = num(val()?)? as u64,
             "-C" => o.cost = true,
+            "-W" => o.worker = true,
             _ => return Err(format!("unknown option {k}")),
         }
     }
@@ -105,7 +111,21 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("--serve") => {
             let num = |i: usize, d: u64| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
-            return serve(&args[2], num(3, 1 << 20), num(4, 4) as usize, num(5, 200));
+            let e = engine(
+                &args[2],
+                num(3, 1 << 20),
+                num(4, 4) as usize,
+                0,
+                num(5, 200),
+            );
+            match args.get(6).map(String::as_str) {
+                Some("worker") => serve_on_worker(&e),
+                _ => serve(&e),
+            }
+            println!("{}", e.self_addr());
+            std::io::stdout().flush().ok();
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            return;
         }
         Some("--raw-serve") => return raw_serve(args.get(2).is_some_and(|a| a == "busy")),
         Some("--cma-serve") => {
@@ -156,7 +176,9 @@ fn run(o: &Opts) -> Result<(), String> {
             o.depth.to_string(),
             o.spin_us.to_string(),
         );
-        let (mut server, addr) = spawn_self(&["--serve", &o.transport, &chunk, &depth, &spin])?;
+        let how = if o.worker { "worker" } else { "inline" };
+        let (mut server, addr) =
+            spawn_self(&["--serve", &o.transport, &chunk, &depth, &spin, how])?;
         let peer = e.lookup(&addr).map_err(|e| e.to_string())?;
         for (i, &s) in sizes.iter().enumerate() {
             let access = if o.pull {
@@ -226,20 +248,66 @@ fn run(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-fn serve(transport: &str, chunk: u64, depth: usize, spin_us: u64) {
-    let e = engine(transport, chunk, depth, 0, spin_us);
+/// The server's handles and their shape (size, count).
+type Handles = ((u64, u64), Vec<Bulk<'static>>);
+
+/// N handles of S bytes, registered once per shape, as hg_bw does.
+fn handles(e: &Engine, s: u64, n: u64) -> Result<Vec<Bulk<'static>>, String> {
+    (0..n)
+        .map(|_| e.expose(vec![Seg::from(vec![1u8; s as usize])], Access::ReadWrite))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// The handler runs on the progress thread; its transfers' last completion answers.
+fn serve(e: &Engine) {
+    let h = e.handle();
+    let cache: Arc<Mutex<Handles>> = Arc::default();
+    e.register_responder_inline(BW, move |(d, s, pull, n), r: Responder<()>| {
+        let mut bufs = {
+            let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+            match c.0 == (s, n) && !c.1.is_empty() {
+                true => std::mem::take(&mut c.1),
+                false => Vec::new(),
+            }
+        };
+        if bufs.is_empty() {
+            match handles(&h, s, n) {
+                Ok(b) => bufs = b,
+                Err(e) => return r.fail(e),
+            }
+        }
+        let caller = r.caller();
+        let mut set = caller.transfers();
+        for b in bufs {
+            match pull {
+                true => set.pull(b, 0, &d, 0, s),
+                false => set.push(b, 0, &d, 0, s),
+            }
+        }
+        let cache = cache.clone();
+        set.then(move |bufs, outcome| {
+            *cache.lock().unwrap_or_else(|e| e.into_inner()) = ((s, n), bufs);
+            match outcome {
+                Ok(()) => r.respond(&()),
+                Err(e) => r.fail(e),
+            }
+        });
+    })
+    .expect("register");
+}
+
+/// A worker posts the transfers and waits for each (`-W`).
+fn serve_on_worker(e: &Engine) {
     let h = e.handle();
     // N handles of S bytes, allocated and registered once per shape, as hg_bw does.
-    let cache: Mutex<((u64, u64), Vec<Bulk<'static>>)> = Mutex::new(((0, 0), Vec::new()));
+    let cache: Mutex<Handles> = Mutex::default();
     e.register_with_caller(
         BW,
         move |(d, s, pull, n): (Descriptor, u64, bool, u64), caller| {
             let mut c = cache.lock().map_err(|_| "poisoned")?;
             if c.0 != (s, n) {
-                let fresh: Result<Vec<_>, _> = (0..n)
-                    .map(|_| h.expose(vec![Seg::from(vec![1u8; s as usize])], Access::ReadWrite))
-                    .collect();
-                *c = ((s, n), fresh.map_err(|e| e.to_string())?);
+                *c = ((s, n), handles(&h, s, n)?);
             }
             // Posted together (`Caller::batch`): their requests leave in few writes.
             let mut batch = caller.batch();
@@ -257,9 +325,6 @@ fn serve(transport: &str, chunk: u64, depth: usize, spin_us: u64) {
         },
     )
     .expect("register");
-    println!("{}", e.self_addr());
-    std::io::stdout().flush().ok();
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
 }
 
 /// The raw TCP stream baseline for every size, against a fresh raw server.
