@@ -319,6 +319,50 @@ pub fn owner_refuses_bad_remote_access(make: Factory) {
     }
 }
 
+/// Transfers posted together, refused ones among good ones (an owner may serve them as
+/// one run): each gets its own outcome, good ones move exact bytes, and the owner's
+/// memory outside what was allowed is untouched.
+pub fn refused_transfers_among_good_ones_fail_alone(make: Factory) {
+    const N: usize = 16 << 10;
+    let (mut a, b, pb) = pair(make);
+    let ro = Guarded::new(&*b.p, 8 * N, |i| (i % 251) as u8, Access::ReadOnly);
+    let rw = Guarded::new(&*b.p, 8 * N, |_| 0, Access::ReadWrite);
+    let local = Guarded::new(&*a.p, 8 * N, |i| (i % 13) as u8 + 1, Access::ReadWrite);
+    let mut wrong_key = ro.h.remote.clone();
+    wrong_key.key ^= 0x5555;
+    let n = N as u64;
+    let mut ops = Vec::new();
+    for i in 0..8u64 {
+        let (good, op) = match i % 4 {
+            0 => (true, a.p.get(pb, &local.h, i * n, &ro.h.remote, i * n, n)),
+            1 => (false, a.p.get(pb, &local.h, i * n, &wrong_key, i * n, n)),
+            2 => (true, a.p.put(pb, &local.h, i * n, &rw.h.remote, i * n, n)),
+            _ => (false, a.p.put(pb, &local.h, i * n, &ro.h.remote, i * n, n)),
+        };
+        ops.push((i, good, op.unwrap()));
+    }
+    for (i, good, op) in ops {
+        let r = a.done(op);
+        assert_eq!(r.is_ok(), good, "transfer {i}: {r:?}");
+        let at = (i * n) as usize..((i + 1) * n) as usize;
+        match i % 4 {
+            0 => assert_eq!(&local.bytes()[at.clone()], &ro.bytes()[at.clone()]),
+            2 => assert_eq!(&rw.bytes()[at.clone()], &local.bytes()[at.clone()]),
+            _ => {}
+        }
+        if i % 4 != 2 {
+            assert!(rw.bytes()[at].iter().all(|b| *b == 0), "transfer {i} wrote");
+        }
+    }
+    assert!(
+        ro.bytes()
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 251) as u8)
+    );
+    assert!(ro.guards_intact() && rw.guards_intact() && local.guards_intact());
+}
+
 /// Large transfers that are refused or canceled (their data is still on the wire) leave
 /// the connection in step: the next transfer moves exact bytes.
 pub fn large_refused_or_canceled_transfers_keep_the_stream_in_step(make: Factory) {
@@ -445,7 +489,8 @@ macro_rules! conformance_suite {
             messages_round_trip_at_every_size, oversized_message_is_refused,
             unmatched_expected_message_is_dropped, cancel_completes_once_with_canceled,
             put_and_get_move_exact_bytes, multi_segment_regions_are_linear,
-            owner_refuses_bad_remote_access, large_refused_or_canceled_transfers_keep_the_stream_in_step,
+            owner_refuses_bad_remote_access, refused_transfers_among_good_ones_fail_alone,
+            large_refused_or_canceled_transfers_keep_the_stream_in_step,
             local_misuse_is_refused_at_post,
             peer_loss_fails_pending_ops, unreachable_peer_fails_ops, wake_interrupts_progress);
     };

@@ -133,10 +133,11 @@ const KERNEL_EVERY: u64 = 64;
 
 /// Transfers shorter than this move through the connection even where the wire offers
 /// single copy: for small ones the owner's copy syscall and its answer cost more than the
-/// bytes in the ring (`QS_SM_CMA=1` vs `0 ./target/release/qs-bw -t sm -r 3 -l 200 -y 4096
-/// -z 16384 [-d push]`, 64 transfers per RPC, 2026-12-01: 4 KiB 550–618 vs 684–841 MB/s,
-/// 8 KiB 1088–1216 vs 1264–1610, 16 KiB 1972–2327 vs 1899–2357).
-const COPY_MIN: u64 = 16 << 10;
+/// bytes in the ring. It was 16 KiB until the owner served a run of requests with one
+/// call (`single.rs`); since, `qs-bw -t sm -r 3 -y 2048 -z 16384 [-d push]`, three
+/// rounds alternated with 16 KiB (2026-12-02): pulls of 4 KiB 2260–3237 vs 1922–2386 MB/s,
+/// 8 KiB 4181–6303 vs 2972–4040; pushes of 4 KiB level (2114–2538 vs 1967–2637).
+const COPY_MIN: u64 = 4 << 10;
 
 impl StreamPlugin {
     /// A plugin over `net`, which is already listening.

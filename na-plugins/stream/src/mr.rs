@@ -176,7 +176,18 @@ impl MemTable {
         f: impl FnOnce(&Region) -> T,
     ) -> Result<T, RmaStatus> {
         let map = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let r = Self::live(&map, key).ok_or(RmaStatus::BadKey)?;
+        Self::remote_region(&map, key, offset, len, write).map(f)
+    }
+
+    /// The region a remote access of `len` bytes at `offset` of `key` may use.
+    fn remote_region(
+        map: &HashMap<u64, Region>,
+        key: u64,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<&Region, RmaStatus> {
+        let r = Self::live(map, key).ok_or(RmaStatus::BadKey)?;
         if !checked_range(r.len, offset, len) {
             return Err(RmaStatus::OutOfBounds);
         }
@@ -188,7 +199,30 @@ impl MemTable {
         if !allowed {
             return Err(RmaStatus::Forbidden);
         }
-        Ok(f(r))
+        Ok(r)
+    }
+
+    /// Checks remote accesses `(key, offset, len)` and runs `f` with each one's pieces, or
+    /// why it is refused, with the read lock held throughout (deregistration waits for it).
+    pub fn with_many_remote_pieces<T>(
+        &self,
+        accesses: impl Iterator<Item = (u64, u64, u64)>,
+        write: bool,
+        f: impl FnOnce(Vec<Result<Vec<RawPiece>, RmaStatus>>) -> T,
+    ) -> T {
+        let map = self.regions.read().unwrap_or_else(|e| e.into_inner());
+        let each = accesses
+            .map(|(key, offset, len)| {
+                Self::remote_region(&map, key, offset, len, write).map(|r| {
+                    let mut pieces = Vec::with_capacity(r.segs.len().min(4));
+                    r.walk(offset, len as usize, |p, range| {
+                        pieces.push((p, range.len()))
+                    });
+                    pieces
+                })
+            })
+            .collect();
+        f(each)
     }
 
     /// The addresses of a live local range as (address, length) pieces, for a peer that
@@ -203,25 +237,6 @@ impl MemTable {
             });
         }
         Ok(out)
-    }
-
-    /// If a remote access of `len` bytes at `offset` of region `key` is allowed, runs `f`
-    /// on its pieces with the read lock held (deregistration waits for it).
-    pub fn with_remote_pieces<T>(
-        &self,
-        key: u64,
-        offset: u64,
-        len: u64,
-        write: bool,
-        f: impl FnOnce(&[RawPiece]) -> T,
-    ) -> Result<T, RmaStatus> {
-        self.with_region(key, offset, len, write, |r| {
-            let mut pieces = Vec::with_capacity(r.segs.len().min(4));
-            r.walk(offset, len as usize, |p, range| {
-                pieces.push((p, range.len()))
-            });
-            f(&pieces)
-        })
     }
 
     /// Whether a remote access of `len` bytes at `offset` of region `key` is allowed.

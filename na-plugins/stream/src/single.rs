@@ -25,8 +25,12 @@ const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// messages behind the requests get a turn.
 const COPY_BUDGET: u64 = 2 << 20;
 
-/// Most pieces a request may name (the kernel's `IOV_MAX`).
+/// Most pieces a request may name, and a run of requests copied together (the kernel's
+/// `IOV_MAX`).
 const MAX_PIECES: usize = 1024;
+
+/// A decoded single-copy request: the region's part, and the requester's pieces.
+type Request = (RmaReq, Vec<(u64, u64)>);
 
 impl StreamPlugin {
     /// The request frame for chunk `c` (id `id`) of single-copy transfer `r`.
@@ -48,19 +52,40 @@ impl StreamPlugin {
     }
 
     /// Serves queued single-copy requests of `conn`, up to `COPY_BUDGET` bytes; leaves
-    /// the rest for the next pass.
+    /// the rest for the next pass. A run of requests in one direction is copied with one
+    /// call (64 small pulls cost the owner one system call, not 64).
     pub(crate) fn serve_copies(&self, conn: &Conn, rs: &mut ReadState) {
         let mut served = 0u64;
         let mut answers = Vec::new();
-        while served < COPY_BUDGET {
-            let Some((h, p)) = rs.copies.pop_front() else {
+        while let Some((h, _)) = rs.copies.front() {
+            if served >= COPY_BUDGET {
                 break;
-            };
+            }
             let put = h.kind == Kind::PutCopy;
-            let (st, len) = self.serve_copy(conn, put, &p);
-            served += len.max(1);
+            let mut run = Vec::new();
+            let (mut bytes, mut pieces) = (0u64, 0usize);
+            while let Some((h, _)) = rs.copies.front() {
+                if (h.kind == Kind::PutCopy) != put || served + bytes >= COPY_BUDGET {
+                    break;
+                }
+                let req =
+                    RmaReq::decode_copy(&rs.copies[0].1).filter(|(_, r)| r.len() <= MAX_PIECES);
+                let n = req.as_ref().map_or(0, |(_, r)| r.len());
+                if !run.is_empty() && pieces + n > MAX_PIECES {
+                    break;
+                }
+                (bytes, pieces) = (
+                    bytes + req.as_ref().map_or(1, |(q, _)| q.len.max(1)),
+                    pieces + n,
+                );
+                let tag = rs.copies.pop_front().map_or(0, |(h, _)| h.tag);
+                run.push((tag, req));
+            }
+            served += bytes;
             let kind = if put { Kind::PutResp } else { Kind::GetResp };
-            answers.push(OutFrame::new(kind, h.tag, vec![st as u8], None));
+            for ((tag, _), st) in run.iter().zip(self.serve_run(conn, put, &run)) {
+                answers.push(OutFrame::new(kind, *tag, vec![st as u8], None));
+            }
         }
         if !rs.copies.is_empty() {
             self.unread.insert(conn.peer);
@@ -72,16 +97,32 @@ impl StreamPlugin {
         }
     }
 
-    /// Serves a peer's single-copy request; returns the answer's status and the length.
-    fn serve_copy(&self, conn: &Conn, put: bool, p: &[u8]) -> (RmaStatus, u64) {
-        let Some((req, remote)) = RmaReq::decode_copy(p).filter(|(_, r)| r.len() <= MAX_PIECES)
-        else {
-            return (RmaStatus::Malformed, 0);
-        };
-        // Only with peers the wire allows it with (sm: of our own uid), whatever they ask:
-        // we copy with our rights into a process the peer chose.
-        if !conn.wire.single_copy() {
-            return (RmaStatus::Forbidden, 0);
+    /// Serves a run of a peer's single-copy requests in one direction (`None`: one that
+    /// did not decode); returns each one's status. The allowed ones are copied with one
+    /// call; if that call comes up short, each is copied alone, so that each request's
+    /// status is its own (copying the same bytes again changes nothing).
+    fn serve_run(&self, conn: &Conn, put: bool, run: &[(u64, Option<Request>)]) -> Vec<RmaStatus> {
+        let mut st: Vec<RmaStatus> = run
+            .iter()
+            .map(|(_, r)| match r {
+                None => RmaStatus::Malformed,
+                // Only with peers the wire allows it with (sm: of our own uid), whatever
+                // they ask: we copy with our rights into a process the peer chose.
+                Some(_) if !conn.wire.single_copy() => RmaStatus::Forbidden,
+                Some(_) => RmaStatus::Ok,
+            })
+            .collect();
+        let asked: Vec<(usize, &Request)> = run
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, r))| {
+                r.as_ref()
+                    .filter(|_| st[i] == RmaStatus::Ok)
+                    .map(|r| (i, r))
+            })
+            .collect();
+        if asked.is_empty() {
+            return st;
         }
         let dir = if put {
             CopyDir::FromPeer
@@ -89,23 +130,38 @@ impl StreamPlugin {
             CopyDir::ToPeer
         };
         let wire: &dyn Wire = &*conn.wire;
-        let copied = self
-            .mem
-            .with_remote_pieces(req.key, req.offset, req.len, put, |local| {
-                // SAFETY: `local` are pieces of a live registration, valid for reads and
-                // writes by the register contract, kept registered by the read lock held
-                // around this closure; no Rust reference to them exists meanwhile.
-                unsafe { wire.peer_copy(dir, local, &remote) }
-            });
-        let st = match copied {
-            Err(st) => st,
-            Ok(Ok(n)) if n as u64 == req.len => RmaStatus::Ok,
-            Ok(r) => {
-                tracing::warn!(peer = conn.peer.0, result = ?r, len = req.len, "single copy failed");
-                RmaStatus::CopyFailed
+        let accesses = asked.iter().map(|(_, (q, _))| (q.key, q.offset, q.len));
+        self.mem.with_many_remote_pieces(accesses, put, |each| {
+            let mut ok = Vec::with_capacity(asked.len());
+            let (mut local, mut remote, mut total) = (Vec::new(), Vec::new(), 0u64);
+            for (&(i, (q, r)), pieces) in asked.iter().zip(&each) {
+                match pieces {
+                    Err(why) => st[i] = *why,
+                    Ok(p) => {
+                        local.extend_from_slice(p);
+                        remote.extend_from_slice(r);
+                        total += q.len;
+                        ok.push((i, q.len, p, r));
+                    }
+                }
             }
-        };
-        (st, req.len)
+            // SAFETY: `local` are pieces of live registrations, valid for reads and writes
+            // by the register contract, kept registered by the read lock held around this
+            // closure; no Rust reference to them exists meanwhile.
+            let copied = unsafe { wire.peer_copy(dir, &local, &remote) };
+            if matches!(copied, Ok(n) if n as u64 == total) {
+                return;
+            }
+            for (i, len, p, r) in ok {
+                // SAFETY: as above, for one request's pieces.
+                let copied = unsafe { wire.peer_copy(dir, p, r) };
+                if !matches!(copied, Ok(n) if n as u64 == len) {
+                    tracing::warn!(peer = conn.peer.0, result = ?copied, len, "single copy failed");
+                    st[i] = RmaStatus::CopyFailed;
+                }
+            }
+        });
+        st
     }
 
     /// Waits until canceled single-copy transfer `op` has its answers in (reading the
