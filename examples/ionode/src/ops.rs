@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use posix_ship::client::{Pending, RemoteFs};
 use posix_ship::proto::*;
-use posix_ship::server::{On, Payload};
+use posix_ship::server::{Begin, On, Payload};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
@@ -108,6 +108,28 @@ impl Node {
             self.backends[b].acting_for(r.user.clone()),
             ByteBuf::from(inner),
         ))
+    }
+
+    /// Whether a `stat`, `open` or `unlink` begins without waiting, so that it may begin
+    /// on the progress thread: all do but a path's `stat` while this node holds writes
+    /// to that file (written out first) and a truncating open of a file open here
+    /// (written out, and the journal synced, first).
+    pub(crate) fn begins_now(&self, what: Begin<'_>) -> bool {
+        let writes_out = |path: &[u8], busy_only: bool| {
+            self.routes.route(path).is_some_and(|(b, p)| {
+                let open_here = self.files.by_path(b, &p);
+                open_here.iter().any(|f| !busy_only || f.busy())
+            })
+        };
+        let now = match what {
+            Begin::Stat { path, .. } => !writes_out(path, true),
+            Begin::Open(o) => o.flags & libc::O_TRUNC == 0 || !writes_out(&o.path, false),
+            Begin::Unlink(_) => true,
+        };
+        if now {
+            Counters::add(&self.stats.begun_inline, 1);
+        }
+        now
     }
 
     /// Writes out buffered writes of every file `path` names on backend `b`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use posix_ship::proto::*;
 use posix_ship::server::Errno;
-use posix_ship::server::{Backend, Done, On, Payload, Who};
+use posix_ship::server::{Backend, Begin, Done, On, Payload, Who};
 use serde_bytes::ByteBuf;
 
 use crate::node::{Handle, Node, Req};
@@ -118,6 +118,10 @@ impl Backend for Node {
 
     fn answers_now(&self) -> bool {
         true
+    }
+
+    fn begins_now(&self, _: &Who, what: Begin<'_>) -> bool {
+        Node::begins_now(self, what)
     }
 
     fn read_now(&self, _: &Who, h: &Arc<Handle>, off: u64, buf: &mut [u8]) -> Option<usize> {

@@ -90,6 +90,10 @@ pub struct NodeStats {
     /// worker woken).
     #[serde(default)]
     pub answered_inline: u64,
+    /// `stat`s, `open`s and `unlink`s begun on the thread that received them (answered
+    /// from the backend's completion, no worker woken).
+    #[serde(default)]
+    pub begun_inline: u64,
 }
 
 impl NodeStats {
@@ -169,7 +173,8 @@ counters!(
     backend_errors,
     journal_records,
     journal_bytes,
-    answered_inline
+    answered_inline,
+    begun_inline
 );
 
 fn index(op: &str) -> Option<usize> {
@@ -248,10 +253,11 @@ pub fn table(s: &NodeStats) -> String {
     );
     let _ = writeln!(
         out,
-        "read-ahead: {} hits, {} fetches; {} reads and writes answered inline; {} handles ({} opens shared a backend handle), {} in flight; errors: {} deferred, {} backend",
+        "read-ahead: {} hits, {} fetches; inline: {} reads and writes answered, {} metadata calls begun; {} handles ({} opens shared a backend handle), {} in flight; errors: {} deferred, {} backend",
         s.readahead_hits,
         s.readahead_fetches,
         s.answered_inline,
+        s.begun_inline,
         s.handles,
         s.shared_opens,
         s.in_flight,

@@ -447,6 +447,39 @@ fn the_node_sees_its_own_changes_at_once_and_others_after_the_attribute_timeout(
     assert!(node.stats().attr_hits > 0, "the cache answered the repeat");
 }
 
+#[test]
+fn metadata_calls_begin_on_the_progress_thread_unless_writes_are_held() {
+    let (_export, _backend, node) = pair("ionode-md-inline", &[]);
+    let fs = node.client();
+    let n = 20;
+    let before = node.stats().begun_inline;
+    for i in 0..n {
+        fs.create(&format!("/m{i}")).unwrap().close().unwrap();
+    }
+    for i in 0..n {
+        assert_eq!(fs.metadata(&format!("/m{i}")).unwrap().size, 0);
+    }
+    for i in 0..n {
+        fs.remove_file(&format!("/m{i}")).unwrap();
+    }
+    let begun = node.stats().begun_inline - before;
+    assert!(begun >= 3 * n, "{begun} of {} begun inline", 3 * n);
+    // A path's stat while the node holds writes to the file: they are written out
+    // first, on a worker, and the size is the written one.
+    let f = fs.create("/held").unwrap();
+    f.write_at(&[1; 4096], 0).unwrap();
+    let before = node.stats().begun_inline;
+    assert_eq!(fs.metadata("/held").unwrap().size, 4096);
+    assert_eq!(node.stats().begun_inline, before, "begun inline");
+    // And a truncating open of a file open here.
+    f.write_at(&[2; 4096], 4096).unwrap();
+    let g = fs.create("/held").unwrap();
+    assert_eq!(node.stats().begun_inline, before, "begun inline");
+    assert_eq!(fs.metadata("/held").unwrap().size, 0);
+    g.close().unwrap();
+    f.close().unwrap();
+}
+
 fn common_errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
     r.unwrap_err().raw_os_error().unwrap()
 }

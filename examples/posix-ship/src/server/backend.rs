@@ -47,6 +47,18 @@ impl Who {
     }
 }
 
+/// A call answered through a callback, as [`Backend::begins_now`] is asked about it.
+#[derive(Clone, Copy, Debug)]
+pub enum Begin<'a> {
+    /// [`Backend::stat_then`] of `path`, following a final symlink if `follow`.
+    #[allow(missing_docs)]
+    Stat { path: &'a [u8], follow: bool },
+    /// [`Backend::open_then`].
+    Open(&'a OpenReq),
+    /// [`Backend::unlink_then`].
+    Unlink(&'a [u8]),
+}
+
 /// What a metadata operation applies to, handles resolved to the backend's files.
 pub enum On<'a, F> {
     /// A path beneath the export.
@@ -137,6 +149,13 @@ pub trait Backend: Send + Sync + 'static {
     /// `stat` of a path, answered through `done` (see [`Backend::open_then`]).
     fn stat_then(self: Arc<Self>, who: Who, path: ByteBuf, follow: bool, done: Done<Attr>) {
         done(self.stat(&who, On::Path(&path), follow))
+    }
+    /// With [`Backend::answers_now`]: whether the `*_then` call for `what` would begin
+    /// without waiting (its answer coming from a completion, or at once); it is then made
+    /// where the request was dispatched (the progress thread), else on a worker. Called
+    /// there, outside [`Backend::run`]: it must not block.
+    fn begins_now(&self, _who: &Who, _what: Begin<'_>) -> bool {
+        false
     }
     /// The caller closed `f` (its handle is gone already).
     fn close(&self, who: &Who, f: Arc<Self::File>) -> R<()>;

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
-pub use super::backend::{Backend, Done, MAX_OFFSET, On, Payload, R, Who};
+pub use super::backend::{Backend, Begin, Done, MAX_OFFSET, On, Payload, R, Who};
 use super::clients::{Admitted, Clients, LOCAL, Limits};
 use super::lending::Lending;
 use crate::bulk_io::push_to;
@@ -348,27 +348,53 @@ pub(super) type Admission<'a, B, Out> = (
 /// A body that answers through its last argument, possibly later from another thread.
 type BodyThen<B, In, Out> = dyn Fn(&Arc<Service<B>>, Who, In, Done<Out>) + Send + Sync;
 
+/// What a request begins with, as [`Backend::begins_now`] is asked (`None`: not asked;
+/// it is made on a worker).
+type Begins<In> = fn(&In) -> Option<Begin<'_>>;
+
 impl<B: Backend> Service<B> {
     /// As [`Service::answer`], for a body that answers through a callback: the request
-    /// stays counted against the caller's bounds until it is answered.
+    /// stays counted against the caller's bounds until it is answered. Dispatched where
+    /// it arrives (with [`Backend::answers_now`]), the body is begun there if the backend
+    /// says it begins without waiting, else on a worker.
     fn answer_then<In, Out>(
         self: &Arc<Self>,
         rpc: &'static str,
         r: Responder<Reply<Out>>,
         forwarded: Option<Option<Principal>>,
         input: In,
-        f: &BodyThen<B, In, Out>,
+        begins: Begins<In>,
+        f: &Arc<BodyThen<B, In, Out>>,
     ) where
+        In: Send + 'static,
         Out: Serialize + 'static,
     {
         let Some((r, who, admitted)) = self.admit(rpc, r, forwarded) else {
             return;
         };
-        let later = Later {
-            r: Some(r),
-            s: self.clone(),
-            kept: admitted.keep(),
-        };
+        let mut later = Later::counting(self.clone(), admitted);
+        let now = || begins(&input).is_some_and(|b| self.backend.begins_now(&who, b));
+        if self.backend.answers_now() && !now() {
+            let (s, f) = (self.clone(), f.clone());
+            return r.defer(move |r| {
+                later.r = Some(r);
+                s.begin_then(who, input, later, &*f)
+            });
+        }
+        later.r = Some(r);
+        self.begin_then(who, input, later, &**f);
+    }
+
+    /// Runs an admitted request's body, which answers through `later`.
+    fn begin_then<In, Out>(
+        self: &Arc<Self>,
+        who: Who,
+        input: In,
+        later: Later<B, Out>,
+        f: &BodyThen<B, In, Out>,
+    ) where
+        Out: Serialize + 'static,
+    {
         let mut done: Option<Done<Out>> = Some(Box::new(move |out: R<Out>| later.send(out)));
         let refused = self.backend.run(&who.clone(), || {
             if let Some(done) = done.take() {
@@ -447,22 +473,26 @@ where
     }
 }
 
-/// Registers `rpc` and its [`forwarded`] twin with a body that answers through a callback.
+/// Registers `rpc` and its [`forwarded`] twin with a body that answers through a callback
+/// (dispatched where requests arrive if the backend [`Backend::answers_now`]: see
+/// [`Service::answer_then`]).
 fn serve_then<B, In, Out, F>(
     e: &Engine,
     s: &Arc<Service<B>>,
     rpc: Rpc<In, Reply<Out>>,
+    begins: Begins<In>,
     f: F,
 ) -> Result<(), RpcError>
 where
     B: Backend,
-    In: DeserializeOwned + 'static,
+    In: DeserializeOwned + Send + 'static,
     Out: Serialize + 'static,
     F: Fn(&Arc<Service<B>>, Who, In, Done<Out>) + Send + Sync + 'static,
 {
     let (s, name) = (s.clone(), rpc.name());
-    twins(e, rpc, false, move |r, fwd, input| {
-        s.answer_then(name, r, fwd, input, &f)
+    let f: Arc<BodyThen<B, In, Out>> = Arc::new(f);
+    twins(e, rpc, s.backend.answers_now(), move |r, fwd, input| {
+        s.answer_then(name, r, fwd, input, begins, &f)
     })
 }
 
@@ -486,24 +516,37 @@ where
 }
 
 fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
-    serve_then(e, s, STAT, |s, w, (t, follow), done| match t {
+    let stat: Begins<(Target, bool)> = |(t, follow)| match t {
+        Target::Path(path) => Some(Begin::Stat {
+            path,
+            follow: *follow,
+        }),
+        Target::Handle(_) => None,
+    };
+    serve_then(e, s, STAT, stat, |s, w, (t, follow), done| match t {
         Target::Path(p) => s.backend.clone().stat_then(w, p, follow, done),
         Target::Handle(fh) => done(
             s.file(&w, fh)
                 .and_then(|f| s.backend.stat(&w, On::File(&f), follow)),
         ),
     })?;
-    serve_then(e, s, OPEN, |s, w, r, done| {
-        let s2 = s.clone();
-        let w2 = w.clone();
-        s.backend.clone().open_then(
-            w,
-            r,
-            Box::new(move |opened| {
-                done(opened.and_then(|(f, attr)| s2.opened(&w2, Arc::new(f), attr)))
-            }),
-        )
-    })?;
+    serve_then(
+        e,
+        s,
+        OPEN,
+        |o| Some(Begin::Open(o)),
+        |s, w, r, done| {
+            let s2 = s.clone();
+            let w2 = w.clone();
+            s.backend.clone().open_then(
+                w,
+                r,
+                Box::new(move |opened| {
+                    done(opened.and_then(|(f, attr)| s2.opened(&w2, Arc::new(f), attr)))
+                }),
+            )
+        },
+    )?;
     serve(e, s, CLOSE, |s, w, _, fh| s.close(w, fh))?;
     // (The list's bound is kept while it is decoded: `FhList`.)
     serve(e, s, CLOSE_MANY, |s, w, _, fhs: FhList| {
@@ -540,9 +583,13 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
                 .readdir_plus(w, &s.file(w, r.fh)?, r.restart, max, xattrs)
         })?;
     }
-    serve_then(e, s, UNLINK, |s, w, p, done| {
-        s.backend.clone().unlink_then(w, p, done)
-    })?;
+    serve_then(
+        e,
+        s,
+        UNLINK,
+        |p| Some(Begin::Unlink(p)),
+        |s, w, p, done| s.backend.clone().unlink_then(w, p, done),
+    )?;
     serve(e, s, RMDIR, |s, w, _, p| s.backend.rmdir(w, &p))?;
     serve(e, s, MKDIR, |s, w, _, (p, m)| s.backend.mkdir(w, &p, m))?;
     serve(e, s, RENAME, |s, w, _, (a, b)| {
