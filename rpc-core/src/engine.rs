@@ -421,6 +421,11 @@ impl Engine {
         slot: Option<Arc<Slot<crate::slot::Answer>>>,
     ) -> Result<u64, RpcError> {
         let (local_off, remote, remote_off, len) = at;
+        // (A closure run as a stopping engine settles its table must not post what
+        // nothing would settle again.)
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Err(RpcError::Shutdown);
+        }
         range(local_off, len, local.len())?;
         range(remote_off, len, remote.len())?;
         let peer = match via {
@@ -491,7 +496,6 @@ impl Engine {
     }
 }
 
-/// `off..off+len` as a range within `total` bytes, or the caller's error.
 /// The outcome of a pull that needs no transfer: one whose bytes came with the
 /// descriptor (eager bulk), or one into memory that cannot take them.
 pub(crate) fn pull_now(
@@ -513,6 +517,7 @@ pub(crate) fn pull_now(
     })
 }
 
+/// `off..off+len` as a range within `total` bytes, or the caller's error.
 fn range(off: u64, len: u64, total: u64) -> Result<std::ops::Range<usize>, RpcError> {
     match off.checked_add(len) {
         Some(end) if end <= total => Ok(off as usize..end as usize),

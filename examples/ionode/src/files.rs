@@ -369,6 +369,19 @@ impl SharedFile {
         !s.writers.is_empty() || !s.extents.is_empty()
     }
 
+    /// As [`SharedFile::busy`] without waiting: a file whose state is held (a writer
+    /// buffering, perhaps journaling) counts as busy.
+    pub fn busy_now(&self) -> bool {
+        match self.state.try_lock() {
+            Ok(s) => !s.writers.is_empty() || !s.extents.is_empty(),
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                let s = e.into_inner();
+                !s.writers.is_empty() || !s.extents.is_empty()
+            }
+            Err(std::sync::TryLockError::WouldBlock) => true,
+        }
+    }
+
     /// Drops writer `token` unless it is the last one (then returns `true`: the caller
     /// flushes through it, then calls [`SharedFile::closed`]). Atomic, so that of two
     /// writers closing at once exactly one is last.

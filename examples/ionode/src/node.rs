@@ -97,6 +97,8 @@ pub(crate) struct Handle {
 /// For whom a call is made: the client's verified identity (passed on to the backend).
 pub(crate) struct Req {
     pub user: Option<Principal>,
+    /// Served where it was dispatched (the progress thread): nothing may wait.
+    pub inline: bool,
 }
 
 pub(crate) struct Node {

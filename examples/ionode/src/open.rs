@@ -60,7 +60,9 @@ impl Node {
         let mut o = o.clone();
         let (b, fs, path) = self.route(r, &o.path)?;
         let trunc = o.flags & libc::O_TRUNC != 0;
-        if trunc {
+        // (Begun inline, the file was open nowhere here when `begins_now` looked: an open
+        // since, and its writes, are concurrent with this truncation.)
+        if trunc && !r.inline {
             // Written out first (the truncating open then cuts them, as it would have);
             // nothing is dropped before the backend has checked this caller may truncate.
             for f in self.files.by_path(b, &path) {

@@ -111,25 +111,34 @@ impl Node {
     }
 
     /// Whether a `stat`, `open` or `unlink` begins without waiting, so that it may begin
-    /// on the progress thread: all do but a path's `stat` while this node holds writes
-    /// to that file (written out first) and a truncating open of a file open here
-    /// (written out, and the journal synced, first).
+    /// on the progress thread (the begin then skips what it would wait for: [`Req`]'s
+    /// `inline`): all do but a path's `stat` while this node holds writes to that file
+    /// (written out first) and a truncating open of a file open here (written out, and
+    /// the journal synced, first), and none with a journal (its writers hold a file's
+    /// state while they write the log). Nothing here waits: a file whose state is held
+    /// counts as holding writes.
     pub(crate) fn begins_now(&self, what: Begin<'_>) -> bool {
+        if self.files.journal.is_some() {
+            return false;
+        }
         let writes_out = |path: &[u8], busy_only: bool| {
             self.routes.route(path).is_some_and(|(b, p)| {
                 let open_here = self.files.by_path(b, &p);
-                open_here.iter().any(|f| !busy_only || f.busy())
+                open_here.iter().any(|f| !busy_only || f.busy_now())
             })
         };
-        let now = match what {
+        match what {
             Begin::Stat { path, .. } => !writes_out(path, true),
             Begin::Open(o) => o.flags & libc::O_TRUNC == 0 || !writes_out(&o.path, false),
             Begin::Unlink(_) => true,
-        };
-        if now {
+        }
+    }
+
+    /// Counts a metadata call begun where it was dispatched.
+    pub(crate) fn begun(&self, r: &Req) {
+        if r.inline {
             Counters::add(&self.stats.begun_inline, 1);
         }
-        now
     }
 
     /// Writes out buffered writes of every file `path` names on backend `b`.
@@ -182,6 +191,11 @@ impl Node {
         let (b, fs, p) = self.route(r, p)?;
         let mut open_here = self.files.by_path(b, &p);
         open_here.retain(|f| f.busy());
+        // (Begun inline, none held writes when `begins_now` looked: writes buffered since
+        // are concurrent with this stat, which may answer without them.)
+        if r.inline {
+            open_here.clear();
+        }
         if open_here.is_empty() {
             if let Some(a) = self.attrs.get(b, &p, follow, &r.user) {
                 Counters::add(&self.stats.attr_hits, 1);

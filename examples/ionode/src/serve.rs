@@ -21,6 +21,7 @@ fn e<T>(r: Result<T, i32>) -> R<T> {
 fn req(who: &Who) -> Req {
     Req {
         user: who.principal(),
+        inline: who.inline,
     }
 }
 

@@ -82,6 +82,7 @@ impl Node {
         o: OpenReq,
         done: impl FnOnce(R<(Handle, Attr)>) + Send + 'static,
     ) {
+        self.begun(&r);
         match self.open_begin(&r, &o) {
             Err(e) => done(Err(e)),
             Ok(Begun::Shared(op, attr, backing)) => done(Ok(self.open_end(&op, attr, backing))),
@@ -140,6 +141,7 @@ impl Node {
         follow: bool,
         done: impl FnOnce(R<Attr>) + Send + 'static,
     ) {
+        self.begun(&r);
         match self.stat_begin(&r, &p, follow) {
             Err(e) => done(Err(e)),
             Ok(Lookup::Known(a)) => done(a),
@@ -158,6 +160,7 @@ impl Node {
         p: ByteBuf,
         done: impl FnOnce(R<()>) + Send + 'static,
     ) {
+        self.begun(&r);
         let (b, fs, p) = match self.route(&r, &p) {
             Ok(x) => x,
             Err(e) => return done(Err(e)),

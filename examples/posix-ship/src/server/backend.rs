@@ -29,6 +29,9 @@ pub struct Who {
     /// The user it acts for: verified by the transport, or named by a trusted forwarder
     /// (`None`: anonymous).
     pub identity: Option<Identity>,
+    /// Served where it was dispatched, the backend having said it begins without waiting
+    /// ([`Backend::begins_now`]): the body must not wait.
+    pub inline: bool,
 }
 
 impl Who {

@@ -239,6 +239,7 @@ impl<B: Backend> Service<B> {
             return Ok(Who {
                 client,
                 identity: r.identity(),
+                inline: false,
             });
         };
         let trusted = r
@@ -259,7 +260,11 @@ impl<B: Backend> Service<B> {
                 proof: rpc_core::Proof::Forwarded,
             }),
         };
-        Ok(Who { client, identity })
+        Ok(Who {
+            client,
+            identity,
+            inline: false,
+        })
     }
 
     /// A request's caller, admitted within its bounds; `None` once refused (answered).
@@ -369,18 +374,19 @@ impl<B: Backend> Service<B> {
         In: Send + 'static,
         Out: Serialize + 'static,
     {
-        let Some((r, who, admitted)) = self.admit(rpc, r, forwarded) else {
+        let Some((r, mut who, admitted)) = self.admit(rpc, r, forwarded) else {
             return;
         };
         let mut later = Later::counting(self.clone(), admitted);
-        let now = || begins(&input).is_some_and(|b| self.backend.begins_now(&who, b));
-        if self.backend.answers_now() && !now() {
+        let inline = self.backend.answers_now();
+        if inline && !begins(&input).is_some_and(|b| self.backend.begins_now(&who, b)) {
             let (s, f) = (self.clone(), f.clone());
             return r.defer(move |r| {
                 later.r = Some(r);
                 s.begin_then(who, input, later, &*f)
             });
         }
+        who.inline = inline;
         later.r = Some(r);
         self.begin_then(who, input, later, &**f);
     }
