@@ -1,7 +1,7 @@
 //! Registered memory of this endpoint: the owner-side checks (key, bounds, access mode)
 //! and the only code that touches registered bytes.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::{RwLock, RwLockReadGuard};
 
 use na::{Access, MemHandle, NaError, NaResult, RemoteMem, Segment, random_key};
@@ -48,7 +48,9 @@ impl Region {
     }
 }
 
-/// The table of registrations, keyed by their random key.
+/// The table of registrations, keyed by their random key (the OS's randomness, so a
+/// hash without keys of its own suffices: a peer chooses which keys to look up, never
+/// which are in the table).
 #[derive(Default)]
 pub struct MemTable {
     regions: RwLock<HashMap<u64, Region>>,
@@ -155,7 +157,17 @@ impl MemTable {
     /// Checks a local range before posting an operation on it.
     pub fn check_local(&self, id: u64, offset: u64, len: u64) -> NaResult<()> {
         let map = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let r = Self::live(&map, id).ok_or_else(|| {
+        Self::local_region(&map, id, offset, len).map(drop)
+    }
+
+    /// The live region a local range lies in.
+    fn local_region(
+        map: &HashMap<u64, Region>,
+        id: u64,
+        offset: u64,
+        len: u64,
+    ) -> NaResult<&Region> {
+        let r = Self::live(map, id).ok_or_else(|| {
             NaError::InvalidArgument("local memory handle is not registered".into())
         })?;
         if !checked_range(r.len, offset, len) {
@@ -164,7 +176,7 @@ impl MemTable {
                 r.len
             )));
         }
-        Ok(())
+        Ok(r)
     }
 
     fn with_region<T>(
@@ -228,14 +240,12 @@ impl MemTable {
     /// The addresses of a live local range as (address, length) pieces, for a peer that
     /// copies into or out of it directly.
     pub fn local_pieces(&self, id: u64, offset: u64, len: u64) -> NaResult<Vec<(u64, u64)>> {
-        self.check_local(id, offset, len)?;
         let map = self.regions.read().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::new();
-        if let Some(r) = Self::live(&map, id) {
-            r.walk(offset, len as usize, |p, range| {
-                out.push((p as u64, range.len() as u64))
-            });
-        }
+        let r = Self::local_region(&map, id, offset, len)?;
+        let mut out = Vec::with_capacity(r.segs.len().min(4));
+        r.walk(offset, len as usize, |p, range| {
+            out.push((p as u64, range.len() as u64))
+        });
         Ok(out)
     }
 
