@@ -27,6 +27,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod answer;
 mod backend;
 pub mod clients;
 mod confine;

@@ -14,8 +14,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
+use super::answer::{Body, Later, twins};
 use super::backend::{Backend, MAX_OFFSET, Who};
-use super::service::{Body, Later, Service, twins};
+use super::service::Service;
 use crate::proto::*;
 
 /// What the backend answers at once, if it can (`None`: the worker path decides).
