@@ -26,6 +26,7 @@ mod driver;
 mod endpoint;
 mod engine;
 mod error;
+mod expose;
 mod handler;
 mod handoff;
 mod mode;

@@ -16,7 +16,7 @@ use bulk::{Bulk, Descriptor};
 use crate::RpcError;
 use crate::caller::Caller;
 use crate::driver::lock;
-use crate::engine::pull_now;
+use crate::expose::pull_now;
 use crate::transfer::Then;
 
 /// What a set's closure is given: its buffers, in the order added, and the first error
