@@ -217,3 +217,31 @@ fn a_panicking_closure_leaves_the_engine_serving() {
         assert_eq!(v.len(), 64 << 10);
     }
 }
+
+#[test]
+fn a_transfer_posted_after_the_engine_stopped_fails_at_once() {
+    let (_server, client, _to) = pair("tcp://127.0.0.1:0");
+    let peer = Engine::new("tcp://127.0.0.1:0").unwrap();
+    // (Larger than the eager limit: the bytes do not come with the descriptor.)
+    const N: usize = 64 << 10;
+    let theirs = peer
+        .expose(vec![Seg::from(vec![5u8; N])], Access::ReadWrite)
+        .unwrap()
+        .descriptor();
+    assert!(theirs.inline.is_none());
+    let h = client.handle();
+    let mut mine = h
+        .expose(vec![Seg::from(vec![0u8; N])], Access::ReadWrite)
+        .unwrap();
+    drop(client);
+    // Nothing drives a stopped engine: a transfer posted now would never end.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = h.pull(&mut mine, 0, &theirs, 0, N as u64).wait();
+        let _ = tx.send(r);
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the pull never ended");
+    assert!(matches!(r, Err(RpcError::Shutdown)), "{r:?}");
+}
