@@ -113,7 +113,8 @@ impl Engine {
     ) -> Result<u64, RpcError> {
         let (local_off, remote, remote_off, len) = at;
         // (A closure run as a stopping engine settles its table must not post what
-        // nothing would settle again.)
+        // nothing would settle again; `Shared::post_transfer` looks again under the
+        // table's lock.)
         if self.shared.stopping.load(Ordering::Acquire) {
             return Err(RpcError::Shutdown);
         }

@@ -7,6 +7,7 @@
 //! the caller, land an overflow answer, or dispatch an overflow request.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bulk::{Bulk, Chunker, Descriptor, Seg};
@@ -102,6 +103,13 @@ impl Shared {
         let x = self.plan(s, then);
         let over = {
             let mut c = lock(&self.calls);
+            // Looked at under the table's lock: a stopping engine ends what its table holds
+            // once (its `Guard`, after setting the flag), and nothing may join it after.
+            if self.stopping.load(Ordering::Acquire) {
+                drop(c);
+                self.settle_transfer(slot, Box::new(x), Err(RpcError::Shutdown));
+                return 0;
+            }
             let tag = c.table.insert(
                 Instant::now(),
                 timeout,

@@ -189,13 +189,16 @@ impl Node {
     /// buffered bytes of a file written through this node written out first).
     pub(crate) fn stat_begin(&self, r: &Req, p: &[u8], follow: bool) -> R<Lookup> {
         let (b, fs, p) = self.route(r, p)?;
-        let mut open_here = self.files.by_path(b, &p);
-        open_here.retain(|f| f.busy());
         // (Begun inline, none held writes when `begins_now` looked: writes buffered since
         // are concurrent with this stat, which may answer without them.)
-        if r.inline {
-            open_here.clear();
-        }
+        let open_here = match r.inline {
+            true => Vec::new(),
+            false => {
+                let mut v = self.files.by_path(b, &p);
+                v.retain(|f| f.busy());
+                v
+            }
+        };
         if open_here.is_empty() {
             if let Some(a) = self.attrs.get(b, &p, follow, &r.user) {
                 Counters::add(&self.stats.attr_hits, 1);
