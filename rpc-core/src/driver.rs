@@ -193,9 +193,9 @@ impl Shared {
         Counters::add(&self.counters.rpcs_sent, 1);
         Counters::add(&self.counters.bytes_sent, msg.len() as u64);
         let posted = if target.is_local_to(self.id, &self.self_addr) {
-            let tag = self.insert_local(due, &slot);
-            self.on_request(ReplyTo::Local { tag }, msg);
-            Ok(tag)
+            self.insert_local(due, &slot).inspect(|&tag| {
+                self.on_request(ReplyTo::Local { tag }, msg);
+            })
         } else {
             self.post_remote(target, &slot, due, msg)
         };
@@ -209,17 +209,24 @@ impl Shared {
     }
 
     /// Enters a call to this engine itself into the table.
-    fn insert_local(&self, due: Option<Instant>, slot: &Arc<Slot<Answer>>) -> u64 {
+    fn insert_local(
+        &self,
+        due: Option<Instant>,
+        slot: &Arc<Slot<Answer>>,
+    ) -> Result<u64, RpcError> {
         let entry = CallEntry::call(slot, None);
         let (tag, wake) = {
             let mut c = lock(&self.calls);
+            if self.stopping.load(Ordering::Acquire) {
+                return Err(RpcError::Shutdown);
+            }
             let tag = c.table.insert_due(due, Phase::Dispatched, entry);
             (tag, c.must_wake(due))
         };
         if wake && self.mode == ProgressMode::Thread {
             self.plugin.wake();
         }
-        tag
+        Ok(tag)
     }
 
     /// Posts a call's receive and sends its request. The entry, its receive (posted first,
@@ -236,8 +243,13 @@ impl Shared {
     ) -> Result<u64, RpcError> {
         let (msg, keep) = self.maybe_overflow(msg)?;
         let mut keep = Some(keep);
-        let (peer, tag, wake) = self.with_peer(target, |peer| {
+        let entered = self.with_peer(target, |peer| {
             let mut c = lock(&self.calls);
+            // Looked at under the table's lock: a stopping engine ends what its table holds
+            // once (its `Guard`, after setting the flag), and nothing may join it after.
+            if self.stopping.load(Ordering::Acquire) {
+                return Ok(None);
+            }
             let entry = CallEntry::call(slot, Some(peer));
             let tag = c.table.insert_due(due, Phase::Posted, entry);
             let recv = match self.plugin.recv_expected(peer, tag) {
@@ -258,8 +270,11 @@ impl Shared {
                 *k = keep.take().flatten();
             }
             c.ops.insert(recv, tag);
-            Ok((peer, tag, c.must_wake(due)))
+            Ok(Some((peer, tag, c.must_wake(due))))
         })?;
+        let Some((peer, tag, wake)) = entered else {
+            return Err(RpcError::Shutdown);
+        };
         if wake && self.mode == ProgressMode::Thread {
             self.plugin.wake();
         }

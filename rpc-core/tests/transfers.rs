@@ -219,8 +219,8 @@ fn a_panicking_closure_leaves_the_engine_serving() {
 }
 
 #[test]
-fn a_transfer_posted_after_the_engine_stopped_fails_at_once() {
-    let (_server, client, _to) = pair("tcp://127.0.0.1:0");
+fn a_transfer_or_call_made_after_the_engine_stopped_fails_at_once() {
+    let (_server, client, to) = pair("tcp://127.0.0.1:0");
     let peer = Engine::new("tcp://127.0.0.1:0").unwrap();
     // (Larger than the eager limit: the bytes do not come with the descriptor.)
     const N: usize = 64 << 10;
@@ -237,11 +237,13 @@ fn a_transfer_posted_after_the_engine_stopped_fails_at_once() {
     // Nothing drives a stopped engine: a transfer posted now would never end.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let r = h.pull(&mut mine, 0, &theirs, 0, N as u64).wait();
-        let _ = tx.send(r);
+        let pulled = h.pull(&mut mine, 0, &theirs, 0, N as u64).wait();
+        let called = h.call(&to, PULL, &(theirs.clone(), 1)).wait().map(drop);
+        let _ = tx.send((pulled, called));
     });
-    let r = rx
+    let (pulled, called) = rx
         .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("the pull never ended");
-    assert!(matches!(r, Err(RpcError::Shutdown)), "{r:?}");
+        .expect("the pull or the call never ended");
+    assert!(matches!(pulled, Err(RpcError::Shutdown)), "{pulled:?}");
+    assert!(matches!(called, Err(RpcError::Shutdown)), "{called:?}");
 }
