@@ -186,6 +186,11 @@ impl Files {
         f
     }
 
+    /// The live shared state of `key`, if any.
+    pub fn find(&self, key: Key) -> Option<Arc<SharedFile>> {
+        lock(&self.map).0.get(&key).and_then(Weak::upgrade)
+    }
+
     /// Every live file.
     pub fn all(&self) -> Vec<Arc<SharedFile>> {
         lock(&self.map)
@@ -367,6 +372,13 @@ impl SharedFile {
     pub fn busy(&self) -> bool {
         let s = lock(&self.state);
         !s.writers.is_empty() || !s.extents.is_empty()
+    }
+
+    /// One past the last byte it holds buffered, if it holds any; looked at without
+    /// waiting (`None` while its state is held).
+    pub fn buffered_end_now(&self) -> Option<u64> {
+        let s = self.state.try_lock().ok()?;
+        (!s.extents.is_empty()).then(|| s.extents.end())
     }
 
     /// As [`SharedFile::busy`] without waiting: a file whose state is held (a writer

@@ -202,7 +202,7 @@ impl Node {
         if open_here.is_empty() {
             if let Some(a) = self.attrs.get(b, &p, follow, &r.user) {
                 Counters::add(&self.stats.attr_hits, 1);
-                return Ok(Lookup::Known(a));
+                return Ok(Lookup::Known(a.map(|a| self.with_held(b, a))));
             }
         } else {
             // Written through this node: its size and times are the backend's once the
@@ -224,6 +224,22 @@ impl Node {
     /// A path's `stat` after the backend's answer (kept for the next).
     pub(crate) fn stat_answered(&self, q: &Asking, a: R<Attr>) -> R<Attr> {
         self.attrs.put(q.epoch, q.b, &q.p, q.follow, &q.user, a);
+        a.map(|a| self.with_held(q.b, a))
+    }
+
+    /// A backend's attributes of a file with the writes this node holds for it: a file
+    /// reached by another name than the one it was opened by (`//f`, `d/./f`, a hard
+    /// link) had its buffered writes neither written out before the `stat` nor counted
+    /// in its size. Found by the file's identity (backend, device, inode); looked at
+    /// without waiting (a file whose state is held keeps the backend's size).
+    fn with_held(&self, b: usize, mut a: Attr) -> Attr {
+        if let Some(end) = self
+            .files
+            .find((b, a.dev, a.ino))
+            .and_then(|f| f.buffered_end_now())
+        {
+            a.size = a.size.max(end);
+        }
         a
     }
 

@@ -480,6 +480,23 @@ fn metadata_calls_begin_on_the_progress_thread_unless_writes_are_held() {
     f.close().unwrap();
 }
 
+#[test]
+fn a_stat_by_another_name_sees_the_writes_the_node_holds() {
+    let (export, _backend, node) = pair("ionode-alias", &[]);
+    let fs = node.client();
+    fs.create_dir("/d").unwrap();
+    let f = fs.create("/d/f").unwrap();
+    f.write_at(&[3; 10_000], 0).unwrap();
+    std::fs::hard_link(export.join("d/f"), export.join("g")).unwrap();
+    // Not yet on the backend; every name of the file shows them.
+    assert_eq!(std::fs::metadata(export.join("d/f")).unwrap().len(), 0);
+    // (The file's own name last: a stat by it writes the bytes out.)
+    for alias in ["//d/f", "/d/./f", "/g", "/d/f"] {
+        assert_eq!(fs.metadata(alias).unwrap().size, 10_000, "{alias}");
+    }
+    f.close().unwrap();
+}
+
 fn common_errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
     r.unwrap_err().raw_os_error().unwrap()
 }
