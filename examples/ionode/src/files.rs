@@ -186,6 +186,11 @@ impl Files {
         f
     }
 
+    /// Whether any file has buffered bytes (or bytes being written out).
+    pub fn holds_writes(&self) -> bool {
+        self.buffered.load(Ordering::Acquire) > 0 || self.draining.load(Ordering::Acquire) > 0
+    }
+
     /// The live shared state of `key`, if any.
     pub fn find(&self, key: Key) -> Option<Arc<SharedFile>> {
         lock(&self.map).0.get(&key).and_then(Weak::upgrade)

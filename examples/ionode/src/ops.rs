@@ -141,6 +141,30 @@ impl Node {
         }
     }
 
+    /// The files `path` names on backend `b` that this node holds state for: those opened
+    /// by that name, or else, while this node holds writes, the one the backend says the
+    /// name is (another name for it: `//f`, `d/./f`, a hard link), found by its identity
+    /// (one backend `stat`). Before a change that must come after their writes (a
+    /// truncating open needs none: it cuts the file it opened, found by identity, once
+    /// the backend allowed it).
+    pub(crate) fn named(
+        &self,
+        fs: &RemoteFs,
+        b: usize,
+        path: &[u8],
+        follow: bool,
+    ) -> Vec<Arc<SharedFile>> {
+        let by_name = self.files.by_path(b, path);
+        if !by_name.is_empty() || !self.files.holds_writes() {
+            return by_name;
+        }
+        let target = (Target::Path(ByteBuf::from(path.to_vec())), follow);
+        match self.call(fs, STAT, target) {
+            Ok(a) => self.files.find((b, a.dev, a.ino)).into_iter().collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Writes out buffered writes of every file `path` names on backend `b`.
     pub(crate) fn barrier(&self, b: usize, path: &[u8]) {
         for f in self.files.by_path(b, path) {
@@ -398,7 +422,7 @@ impl Node {
         match t {
             On::Path(p) => {
                 let (b, fs, p) = self.route(r, p)?;
-                for f in self.files.by_path(b, &p) {
+                for f in self.named(&fs, b, &p, true) {
                     self.before_change(&f);
                 }
                 let out = self.call(&fs, TRUNCATE, (Target::Path(p.clone()), len));

@@ -494,7 +494,20 @@ fn a_stat_by_another_name_sees_the_writes_the_node_holds() {
     for alias in ["//d/f", "/d/./f", "/g", "/d/f"] {
         assert_eq!(fs.metadata(alias).unwrap().size, 10_000, "{alias}");
     }
+    // A truncation by another name comes after the writes held: they do not land
+    // after it, by a truncating open or by truncate.
+    f.write_at(&[4; 20_000], 0).unwrap();
+    fs.create("//d/f").unwrap().close().unwrap();
+    assert_eq!(fs.metadata("/g").unwrap().size, 0, "truncating open");
+    f.write_at(&[5; 30_000], 0).unwrap();
+    fs.truncate("/d/./f", 100).unwrap();
     f.close().unwrap();
+    assert_eq!(
+        std::fs::metadata(export.join("d/f")).unwrap().len(),
+        100,
+        "truncate"
+    );
+    assert_eq!(std::fs::read(export.join("g")).unwrap(), vec![5; 100]);
 }
 
 fn common_errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
