@@ -375,7 +375,7 @@ pub struct Principal {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
-    /// Supplementary groups (at most [`rpc_core::na::MAX_GROUPS`]).
+    /// Supplementary groups (at most 65 536, the transports' `na::MAX_GROUPS`).
     pub groups: Vec<u32>,
 }
 

@@ -95,7 +95,7 @@ impl ServerConfig {
 }
 
 /// The local backend: one exported directory tree, each call made with its caller's
-/// rights (see [`creds`]) and confined beneath the export (see [`confine`]).
+/// rights (see the `creds` module) and confined beneath the export (see `confine`).
 pub struct LocalFs {
     export: Export,
     read_only: bool,
