@@ -1,7 +1,6 @@
 //! Memory exposed to peers, and the engine's pulls and pushes of it.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bulk::{Bulk, Descriptor, Seg};
 use na::{Access, PeerId};
@@ -112,12 +111,8 @@ impl Engine {
         slot: Option<Arc<Slot<crate::slot::Answer>>>,
     ) -> Result<u64, RpcError> {
         let (local_off, remote, remote_off, len) = at;
-        // (A closure run as a stopping engine settles its table must not post what
-        // nothing would settle again; `Shared::post_transfer` looks again under the
-        // table's lock.)
-        if self.shared.stopping.load(Ordering::Acquire) {
-            return Err(RpcError::Shutdown);
-        }
+        // (A stopping engine's transfers end with `Shutdown` in `Shared::post_transfer`,
+        // which looks under its table's lock.)
         range(local_off, len, local.len())?;
         range(remote_off, len, remote.len())?;
         let peer = match via {

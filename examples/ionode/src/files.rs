@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use posix_ship::proto::Principal;
@@ -95,6 +95,11 @@ struct State {
 }
 
 impl State {
+    /// Open for writing here, or holding buffered bytes.
+    fn busy(&self) -> bool {
+        !self.writers.is_empty() || !self.extents.is_empty()
+    }
+
     /// Records `errno` for every handle that may write (each is told once).
     fn fail(&mut self, errno: i32) {
         record(
@@ -375,28 +380,29 @@ impl SharedFile {
     /// Whether a handle may write it, or it holds buffered bytes: its size and times on
     /// the backend are about to change.
     pub fn busy(&self) -> bool {
-        let s = lock(&self.state);
-        !s.writers.is_empty() || !s.extents.is_empty()
+        lock(&self.state).busy()
+    }
+
+    /// Its state if nobody holds it (a poisoned lock's state is still the state).
+    fn state_now(&self) -> Option<MutexGuard<'_, State>> {
+        match self.state.try_lock() {
+            Ok(s) => Some(s),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// One past the last byte it holds buffered, if it holds any; looked at without
     /// waiting (`None` while its state is held).
     pub fn buffered_end_now(&self) -> Option<u64> {
-        let s = self.state.try_lock().ok()?;
+        let s = self.state_now()?;
         (!s.extents.is_empty()).then(|| s.extents.end())
     }
 
     /// As [`SharedFile::busy`] without waiting: a file whose state is held (a writer
     /// buffering, perhaps journaling) counts as busy.
     pub fn busy_now(&self) -> bool {
-        match self.state.try_lock() {
-            Ok(s) => !s.writers.is_empty() || !s.extents.is_empty(),
-            Err(std::sync::TryLockError::Poisoned(e)) => {
-                let s = e.into_inner();
-                !s.writers.is_empty() || !s.extents.is_empty()
-            }
-            Err(std::sync::TryLockError::WouldBlock) => true,
-        }
+        self.state_now().is_none_or(|s| s.busy())
     }
 
     /// Drops writer `token` unless it is the last one (then returns `true`: the caller

@@ -257,6 +257,10 @@ impl Node {
     /// in its size. Found by the file's identity (backend, device, inode); looked at
     /// without waiting (a file whose state is held keeps the backend's size).
     fn with_held(&self, b: usize, mut a: Attr) -> Attr {
+        // (Nothing held anywhere, the common case: no look at the file table.)
+        if !self.files.holds_writes() {
+            return a;
+        }
         if let Some(end) = self
             .files
             .find((b, a.dev, a.ino))
