@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bulk::{Bulk, ChunkConfig};
-use na::{Address, Event, NaError, OpId, PeerId, Plugin};
+use na::{Address, Event, NaError, NaResult, OpId, PeerId, Plugin};
 
 use crate::RpcError;
 use crate::counters::Counters;
@@ -18,59 +18,33 @@ use crate::handler::{Handler, Incoming, ReplyTo};
 use crate::handoff::Drivers;
 use crate::mode::ProgressMode;
 use crate::pool::Pool;
-use crate::proto::{Budget, CallTable, Exposed, Header, MsgKind, Over, Phase, Status};
+use crate::proto::{Budget, Entry, Exposed, Flight, Header, MsgKind, Over, Owner, Route, Status};
 use crate::slot::{Answer, Slot};
 use crate::spin::Backoff;
-use crate::transfer::{Kept, Xfer};
+use crate::transfer::{Kept, Then};
 
-/// What an entry of the table waits for.
-pub(crate) enum Pending {
-    /// An RPC awaiting its answer; `keep` is an overflow input the server pulls from.
-    Call {
-        peer: Option<PeerId>,
-        recv: Option<OpId>,
-        keep: Option<Bulk<'static>>,
-    },
-    /// A bulk transfer, and what to do when it is over.
-    Transfer(Box<Xfer>),
-}
-
-impl Pending {
-    /// The transport operations it has in flight.
-    pub(crate) fn ops(&self) -> impl Iterator<Item = OpId> + '_ {
-        let (recv, chunks) = match self {
-            Pending::Call { recv, .. } => (*recv, &[][..]),
-            Pending::Transfer(x) => (None, &x.ops[..]),
-        };
-        recv.into_iter().chain(chunks.iter().copied())
-    }
-}
-
-/// An entry of the table: a caller's slot (none for server-side pulls) and what it awaits.
-pub(crate) struct CallEntry {
+/// What the driver keeps with an entry of the table: the caller's slot (none for
+/// server-side pulls and transfers of a set) and what to do when the entry is over.
+pub(crate) struct Waiter {
     pub(crate) slot: Option<Arc<Slot<Answer>>>,
-    pub(crate) pending: Pending,
+    pub(crate) then: Then,
 }
 
-impl CallEntry {
-    /// A caller's RPC to `peer` (none: this engine), before its receive is posted.
-    pub(crate) fn call(slot: &Arc<Slot<Answer>>, peer: Option<PeerId>) -> Self {
-        CallEntry {
+impl Waiter {
+    /// A caller's RPC; `keep` is an overflow input the server pulls from.
+    pub(crate) fn call(slot: &Arc<Slot<Answer>>, keep: Option<Bulk<'static>>) -> Self {
+        Waiter {
             slot: Some(slot.clone()),
-            pending: Pending::Call {
-                peer,
-                recv: None,
-                keep: None,
-            },
+            then: Then::Call { keep },
         }
     }
 }
 
+/// The table the progress thread and posting threads share.
 #[derive(Default)]
 pub(crate) struct Calls {
-    pub(crate) table: CallTable<CallEntry>,
-    /// Which entry each transport operation belongs to.
-    pub(crate) ops: HashMap<OpId, u64>,
+    /// Calls and transfers in flight, and which transport operation is whose.
+    pub(crate) flight: Flight<Waiter>,
     /// When the progress thread will wake by itself; a call due earlier wakes it.
     pub(crate) armed: Option<Instant>,
     /// Whether the progress thread sleeps (or is about to) with `armed`: a spinning one
@@ -214,13 +188,12 @@ impl Shared {
         due: Option<Instant>,
         slot: &Arc<Slot<Answer>>,
     ) -> Result<u64, RpcError> {
-        let entry = CallEntry::call(slot, None);
         let (tag, wake) = {
             let mut c = lock(&self.calls);
             if self.stopping.load(Ordering::Acquire) {
                 return Err(RpcError::Shutdown);
             }
-            let tag = c.table.insert_due(due, Phase::Dispatched, entry);
+            let tag = c.flight.call(due, None, Waiter::call(slot, None));
             (tag, c.must_wake(due))
         };
         if wake && self.mode == ProgressMode::Thread {
@@ -250,26 +223,26 @@ impl Shared {
             if self.stopping.load(Ordering::Acquire) {
                 return Ok(None);
             }
-            let entry = CallEntry::call(slot, Some(peer));
-            let tag = c.table.insert_due(due, Phase::Posted, entry);
-            let recv = match self.plugin.recv_expected(peer, tag) {
-                Ok(r) => r,
+            let w = Waiter::call(slot, keep.take().flatten());
+            let tag = c.flight.call(due, Some(peer), w);
+            match self.plugin.recv_expected(peer, tag) {
+                Ok(recv) => c.flight.awaits(tag, recv),
                 Err(e) => {
-                    c.table.finish(tag);
+                    // The overflow input is kept for a try on a new connection.
+                    if let Some(Entry {
+                        value:
+                            Waiter {
+                                then: Then::Call { keep: k },
+                                ..
+                            },
+                        ..
+                    }) = c.flight.finish(tag)
+                    {
+                        keep = Some(k);
+                    }
                     return Err(e);
                 }
             };
-            if let Some(CallEntry {
-                pending: Pending::Call {
-                    recv: r, keep: k, ..
-                },
-                ..
-            }) = c.table.get_mut(tag)
-            {
-                *r = Some(recv);
-                *k = keep.take().flatten();
-            }
-            c.ops.insert(recv, tag);
             Ok(Some((peer, tag, c.must_wake(due))))
         })?;
         let Some((peer, tag, wake)) = entered else {
@@ -312,24 +285,17 @@ impl Shared {
     /// Ends an entry with `result` if it is still in flight. `withdraw` cancels its
     /// transport operations; it is false only when the one that completed was its last.
     pub(crate) fn end_call(self: &Arc<Self>, tag: u64, result: Answer, withdraw: bool) {
-        let entry = {
-            let mut c = lock(&self.calls);
-            let e = c.table.finish(tag);
-            if let Some(e) = &e {
-                detach(&mut c, e);
-            }
-            e
-        };
+        let entry = lock(&self.calls).flight.finish(tag);
         let Some(e) = entry else { return };
         if withdraw {
             self.withdraw(&e);
         }
-        self.settle(e, result);
+        self.settle(e.value, result);
     }
 
     /// Cancels an entry's transport operations; afterwards they touch no memory.
-    pub(crate) fn withdraw(&self, e: &CallEntry) {
-        for op in e.pending.ops() {
+    pub(crate) fn withdraw(&self, e: &Entry<Waiter>) {
+        for op in e.ops() {
             self.plugin.cancel(op);
         }
     }
@@ -354,24 +320,28 @@ impl Shared {
         }
     }
 
-    /// Gives an entry that is over its outcome.
-    pub(crate) fn settle(self: &Arc<Self>, e: CallEntry, result: Answer) {
-        match e.pending {
-            Pending::Call { .. } => self.complete(e.slot, result),
-            Pending::Transfer(x) => self.settle_transfer(e.slot, x, result),
-        }
-    }
-
     /// Sets a new timeout for an entry in flight, waking the progress thread if needed.
     pub(crate) fn set_deadline(&self, tag: u64, t: Duration) {
         let now = Instant::now();
         let wake = {
             let mut c = lock(&self.calls);
             let due = now.checked_add(t);
-            c.table.set_deadline(tag, due) && c.must_wake(due)
+            c.flight.set_deadline(tag, due) && c.must_wake(due)
         };
         if wake && self.mode == ProgressMode::Thread {
             self.plugin.wake();
+        }
+    }
+
+    /// Posts one chunk of a transfer for [`Flight`]: at `off` within it, `n` bytes.
+    pub(crate) fn poster(&self) -> impl FnMut(&Route, u64, u64) -> NaResult<OpId> + '_ {
+        let p = &*self.plugin;
+        move |r, off, n| {
+            let (lo, ro) = (r.local_off + off, r.remote_off + off);
+            match r.is_get {
+                true => p.get(r.peer, &r.local, lo, &r.remote, ro, n),
+                false => p.put(r.peer, &r.local, lo, &r.remote, ro, n),
+            }
         }
     }
 
@@ -485,48 +455,43 @@ impl Shared {
                 self.on_request(ReplyTo::Remote { peer, tag }, data);
             }
             Event::Done { op, result } => {
-                // A call's receive is taken out of the op map here and, unless its answer
-                // is an overflow stub to pull, the call out of the table, under one lock.
-                // A chunk of a transfer is handled by the transfer. Anything else is a
-                // send completing (its failure also fails the peer's receives) or an
-                // operation withdrawn already.
-                enum Owner {
-                    Answered(CallEntry),
+                // A call's receive leaves the table here with the call, unless its answer
+                // is an overflow stub to pull; a chunk of a transfer posts what the window
+                // allows and may end it; all under one lock. Anything else is a send
+                // completing (its failure also fails the peer's receives) or an operation
+                // withdrawn already.
+                enum Got {
+                    Answered(Entry<Waiter>),
                     /// A call whose answer is an overflow stub, to pull.
                     Stub(u64),
-                    Transfer,
-                    Nobody,
+                    Over(Entry<Waiter>, NaResult<()>),
+                    Nothing,
                 }
                 let stub = matches!(&result, Ok(m) if crate::transfer::is_overflow_answer(m));
-                let owner = {
+                let got = {
                     let mut c = lock(&self.calls);
-                    let tag = c.ops.get(&op).copied();
-                    let call = |e: &CallEntry| matches!(e.pending, Pending::Call { .. });
-                    match tag.map(|t| (t, c.table.get(t).map(call))) {
-                        Some((tag, Some(true))) => {
-                            c.ops.remove(&op);
-                            if stub {
-                                Owner::Stub(tag)
-                            } else {
-                                let e = c.table.finish(tag);
-                                e.iter().for_each(|e| detach(&mut c, e));
-                                e.map_or(Owner::Nobody, Owner::Answered)
-                            }
+                    match c.flight.owner(op) {
+                        Owner::Call(_) if stub => c.flight.stub(op).map(|(t, _)| Got::Stub(t)),
+                        Owner::Call(_) => c.flight.answered(op).map(|(_, e)| Got::Answered(e)),
+                        Owner::Transfer(_) => {
+                            let r = result.as_ref().map(drop).map_err(NaError::clone);
+                            let over = c.flight.chunk_done(op, r, self.poster());
+                            over.map(|(e, r)| Got::Over(e, r))
                         }
-                        Some((_, Some(false))) => Owner::Transfer,
-                        _ => Owner::Nobody,
+                        Owner::Nobody => None,
                     }
+                    .unwrap_or(Got::Nothing)
                 };
-                if let (Owner::Answered(_) | Owner::Stub(_), Ok(m)) = (&owner, &result) {
+                if let (Got::Answered(_) | Got::Stub(_), Ok(m)) = (&got, &result) {
                     Counters::add(&self.counters.bytes_received, m.len() as u64);
                 }
-                match owner {
-                    Owner::Answered(e) => self.settle(e, result.map_err(RpcError::from)),
-                    Owner::Stub(tag) => {
+                match got {
+                    Got::Answered(e) => self.settle(e.value, result.map_err(RpcError::from)),
+                    Got::Stub(tag) => {
                         self.on_overflow_answer(tag, result.as_deref().unwrap_or_default())
                     }
-                    Owner::Transfer => self.on_transfer_op(op, result.map(drop)),
-                    Owner::Nobody => {}
+                    Got::Over(e, outcome) => self.settle_done(e, outcome),
+                    Got::Nothing => {}
                 }
             }
             Event::PeerLost { peer, error } => {
@@ -538,12 +503,5 @@ impl Shared {
                 hooks.iter().for_each(|h| h(peer));
             }
         }
-    }
-}
-
-/// Forgets which transport operations belonged to an entry that left the table.
-pub(crate) fn detach(c: &mut Calls, e: &CallEntry) {
-    for op in e.pending.ops() {
-        c.ops.remove(&op);
     }
 }

@@ -43,7 +43,7 @@ impl Drop for Guard {
             let _ = t.join();
         }
         self.shared.pool.shutdown();
-        let tags = lock(&self.shared.calls).table.tags();
+        let tags = lock(&self.shared.calls).flight.tags();
         for tag in tags {
             self.shared.end_call(tag, Err(RpcError::Shutdown), true);
         }
@@ -355,7 +355,7 @@ impl Engine {
 
     /// A snapshot of the counters.
     pub fn counters(&self) -> CounterSnapshot {
-        let in_flight = lock(&self.shared.calls).table.len() as u64;
+        let in_flight = lock(&self.shared.calls).flight.len() as u64;
         self.shared.counters.snapshot(
             in_flight,
             lock(&self.shared.exposed).len() as u64,

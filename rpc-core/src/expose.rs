@@ -8,8 +8,9 @@ use na::{Access, PeerId};
 use crate::RpcError;
 use crate::call::Transfer;
 use crate::engine::Engine;
+use crate::proto::Route;
 use crate::slot::Slot;
-use crate::transfer::{Spec, Then};
+use crate::transfer::Then;
 
 impl Engine {
     /// Registers memory for peers to reach (segments in order form one linear region):
@@ -119,18 +120,16 @@ impl Engine {
             Some(p) => p,
             None => self.shared.plugin.lookup(&remote.owner)?,
         };
-        let spec = Spec {
+        let route = Route {
             peer,
             is_get,
             local: local.mem().clone(),
             local_off,
-            remote: &remote.mem,
+            remote: remote.mem.clone(),
             remote_off,
-            len,
         };
-        Ok(self
-            .shared
-            .post_transfer(spec, then, slot, self.shared.default_timeout))
+        let timeout = self.shared.default_timeout;
+        Ok(self.shared.post_transfer((route, len), then, slot, timeout))
     }
 
     fn finished<'b>(&self, r: Result<(), RpcError>) -> Transfer<'b> {

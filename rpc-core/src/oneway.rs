@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use na::Address;
 
 use crate::RpcError;
-use crate::driver::{CallEntry, Pending, Shared, lock};
-use crate::proto::Phase;
+use crate::driver::{Shared, Waiter, lock};
 use crate::slot::{Answer, Slot};
 
 impl Shared {
@@ -22,31 +21,20 @@ impl Shared {
     ) -> Result<(u64, Arc<Slot<Answer>>), RpcError> {
         let peer = self.plugin.lookup(addr)?;
         let slot = Arc::new(Slot::default());
-        let entry = CallEntry::call(&slot, Some(peer));
         {
             // Under the lock, so that the send's completion cannot be looked up before
             // it is known (the progress thread takes this lock to find an op's owner).
             let mut c = lock(&self.calls);
-            let tag = c.table.insert_due(
-                timeout.and_then(|t| Instant::now().checked_add(t)),
-                Phase::Posted,
-                entry,
-            );
+            let due = timeout.and_then(|t| Instant::now().checked_add(t));
+            let tag = c.flight.call(due, Some(peer), Waiter::call(&slot, None));
             let op = match self.plugin.send_unexpected(peer, 0, msg) {
                 Ok(op) => op,
                 Err(e) => {
-                    c.table.finish(tag);
+                    c.flight.finish(tag);
                     return Err(e.into());
                 }
             };
-            if let Some(CallEntry {
-                pending: Pending::Call { recv, .. },
-                ..
-            }) = c.table.get_mut(tag)
-            {
-                *recv = Some(op);
-            }
-            c.ops.insert(op, tag);
+            c.flight.awaits(tag, op);
             drop(c);
             // A send completed by this thread is queued for the progress thread without
             // waking it: wake it, so that it hands the completion over.

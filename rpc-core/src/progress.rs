@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::RpcError;
-use crate::driver::{Shared, detach, lock};
+use crate::driver::{Shared, lock};
 use crate::mode::ProgressMode;
 use crate::spin::{CALLER_SPIN, Spinning};
 
@@ -28,7 +28,7 @@ impl Shared {
         let exposed_due = self.expire_exposed(now);
         let wait = {
             let mut c = lock(&self.calls);
-            let until_deadline = match (c.table.next_deadline(), exposed_due) {
+            let until_deadline = match (c.flight.next_deadline(), exposed_due) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             }
@@ -84,16 +84,11 @@ impl Shared {
             return n;
         }
         let now = Instant::now();
-        let expired = {
-            let mut c = lock(&self.calls);
-            let v = c.table.expire(now);
-            v.iter().for_each(|(_, e)| detach(&mut c, e));
-            v
-        };
+        let expired = lock(&self.calls).flight.expire(now);
         for (tag, e) in expired {
             tracing::debug!(tag, "timed out");
             self.withdraw(&e);
-            self.settle(e, Err(RpcError::timeout()));
+            self.settle(e.value, Err(RpcError::timeout()));
         }
         self.expire_exposed(now);
         n

@@ -10,22 +10,25 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bulk::{Bulk, Chunker, Descriptor, Seg};
-use na::{Access, MemHandle, NaResult, OpId, PeerId, RemoteMem};
+use bulk::{Bulk, Descriptor, Seg};
+use na::{Access, NaResult, PeerId};
 
 use crate::RpcError;
-use crate::driver::{CallEntry, Calls, Held, Pending, Shared, lock};
+use crate::driver::{Held, Shared, Waiter, lock};
 use crate::handler::ReplyTo;
-use crate::proto::{HEADER_LEN, Header, MsgKind, Over, Phase, Status};
+use crate::proto::{Entry, HEADER_LEN, Header, MsgKind, Over, Route, Status};
 use crate::slot::{Answer, Slot};
 
 /// What to do when a transfer is over.
 pub(crate) enum Then {
+    /// A call answered: complete the caller's slot with the answer. `keep` is the
+    /// call's overflow input, which the server pulls from until it answers.
+    Call { keep: Option<Bulk<'static>> },
     /// Complete the caller's slot.
     Done,
     /// An overflow answer landed in `buf`: tell the server to release it, and complete the
     /// call with it.
-    Answer {
+    Pulled {
         buf: Bulk<'static>,
         server: PeerId,
         release: u64,
@@ -43,47 +46,21 @@ pub(crate) enum Then {
 /// A closure given a transfer's outcome, on the thread that ends the transfer.
 pub(crate) type Notify = Box<dyn FnOnce(Result<(), RpcError>) + Send>;
 
-/// A transfer in flight.
-pub(crate) struct Xfer {
-    pub(crate) peer: PeerId,
-    pub(crate) is_get: bool,
-    pub(crate) local: MemHandle,
-    pub(crate) local_off: u64,
-    pub(crate) remote: RemoteMem,
-    pub(crate) remote_off: u64,
-    pub(crate) plan: Chunker,
-    pub(crate) ops: Vec<OpId>,
-    pub(crate) then: Then,
-}
-
 /// What an overflow answer exposed for its caller keeps: the memory, and its share of
 /// the overflow budget (both given back when it is dropped).
 pub(crate) type Kept = (Bulk<'static>, Held);
 
-/// Where a transfer goes, before it is planned.
-pub(crate) struct Spec<'r> {
-    pub(crate) peer: PeerId,
-    pub(crate) is_get: bool,
-    pub(crate) local: MemHandle,
-    pub(crate) local_off: u64,
-    pub(crate) remote: &'r RemoteMem,
-    pub(crate) remote_off: u64,
-    pub(crate) len: u64,
-}
-
-impl<'r> Spec<'r> {
-    /// All of `d`, pulled from `peer` into the start of `buf`.
-    fn pull_whole(peer: PeerId, buf: &Bulk<'_>, d: &'r Descriptor) -> Self {
-        Spec {
-            peer,
-            is_get: true,
-            local: buf.mem().clone(),
-            local_off: 0,
-            remote: &d.mem,
-            remote_off: 0,
-            len: d.len(),
-        }
-    }
+/// All of `d`, pulled from `peer` into the start of `buf`: the route and the length.
+fn pull_whole(peer: PeerId, buf: &Bulk<'_>, d: &Descriptor) -> (Route, u64) {
+    let route = Route {
+        peer,
+        is_get: true,
+        local: buf.mem().clone(),
+        local_off: 0,
+        remote: d.mem.clone(),
+        remote_off: 0,
+    };
+    (route, d.len())
 }
 
 /// Whether an answer is the stub of an overflow answer (to pull, then release).
@@ -92,127 +69,56 @@ pub(crate) fn is_overflow_answer(m: &[u8]) -> bool {
 }
 
 impl Shared {
-    /// Starts a transfer; its outcome goes to `slot` through `then`. Returns its tag.
+    /// Starts a transfer of `len` bytes; its outcome goes to `slot` through `then`.
+    /// Returns its tag.
     pub(crate) fn post_transfer(
         self: &Arc<Self>,
-        s: Spec<'_>,
+        (route, len): (Route, u64),
         then: Then,
         slot: Option<Arc<Slot<Answer>>>,
         timeout: Option<Duration>,
     ) -> u64 {
-        let x = self.plan(s, then);
-        let over = {
+        let w = Waiter { slot, then };
+        let due = timeout.and_then(|t| Instant::now().checked_add(t));
+        let (tag, over) = {
             let mut c = lock(&self.calls);
             // Looked at under the table's lock: a stopping engine ends what its table holds
             // once (its `Guard`, after setting the flag), and nothing may join it after.
             if self.stopping.load(Ordering::Acquire) {
                 drop(c);
-                self.settle_transfer(slot, Box::new(x), Err(RpcError::Shutdown));
+                self.settle(w, Err(RpcError::Shutdown));
                 return 0;
             }
-            let tag = c.table.insert(
-                Instant::now(),
-                timeout,
-                Phase::Posted,
-                CallEntry {
-                    slot,
-                    pending: Pending::Transfer(Box::new(x)),
-                },
-            );
-            (tag, self.pump_or_finish(&mut c, tag))
-        };
-        if let (_, Some((e, outcome))) = over {
-            self.settle_done(e, outcome);
-        }
-        over.0
-    }
-
-    /// Pumps a transfer and, if it is over, takes it out of the table with its outcome.
-    fn pump_or_finish(&self, c: &mut Calls, tag: u64) -> Option<(CallEntry, NaResult<()>)> {
-        let outcome = self.pump(c, tag)?;
-        c.table.finish(tag).map(|e| (e, outcome))
-    }
-
-    /// Posts the chunks the plan allows; returns the outcome once the transfer is over.
-    fn pump(&self, c: &mut Calls, tag: u64) -> Option<NaResult<()>> {
-        let Calls { table, ops, .. } = c;
-        let Some(CallEntry {
-            pending: Pending::Transfer(x),
-            ..
-        }) = table.get_mut(tag)
-        else {
-            return None;
-        };
-        while let Some((off, n)) = x.plan.next_chunk() {
-            let (lo, ro) = (x.local_off + off, x.remote_off + off);
-            let posted = if x.is_get {
-                self.plugin.get(x.peer, &x.local, lo, &x.remote, ro, n)
-            } else {
-                self.plugin.put(x.peer, &x.local, lo, &x.remote, ro, n)
-            };
-            match posted {
-                Ok(op) => {
-                    x.ops.push(op);
-                    ops.insert(op, tag);
-                }
-                Err(e) => x.plan.chunk_done(Err(e)),
-            }
-        }
-        x.plan.outcome()
-    }
-
-    /// A chunk of a transfer completed.
-    pub(crate) fn on_transfer_op(self: &Arc<Self>, op: OpId, result: NaResult<()>) {
-        let over = {
-            let mut c = lock(&self.calls);
-            let Some(tag) = c.ops.remove(&op) else { return };
-            let Some(CallEntry {
-                pending: Pending::Transfer(x),
-                ..
-            }) = c.table.get_mut(tag)
-            else {
-                return;
-            };
-            x.ops.retain(|o| *o != op);
-            x.plan.chunk_done(result);
-            self.pump_or_finish(&mut c, tag)
+            c.flight
+                .transfer(due, route, len, self.chunk, w, self.poster())
         };
         if let Some((e, outcome)) = over {
             self.settle_done(e, outcome);
         }
+        tag
     }
 
-    fn settle_done(self: &Arc<Self>, e: CallEntry, outcome: NaResult<()>) {
-        let Pending::Transfer(x) = e.pending else {
-            return;
-        };
-        self.settle_transfer(
-            e.slot,
-            x,
-            outcome.map(|()| Vec::new()).map_err(RpcError::from),
-        );
+    /// Ends a transfer that is over with its outcome.
+    pub(crate) fn settle_done(self: &Arc<Self>, e: Entry<Waiter>, outcome: NaResult<()>) {
+        let result = outcome.map(|()| Vec::new()).map_err(RpcError::from);
+        self.settle(e.value, result);
     }
 
-    /// Runs a finished transfer's continuation.
-    pub(crate) fn settle_transfer(
-        self: &Arc<Self>,
-        slot: Option<Arc<Slot<Answer>>>,
-        x: Box<Xfer>,
-        result: Answer,
-    ) {
-        match x.then {
-            Then::Done => self.complete(slot, result),
+    /// Gives an entry that is over its outcome: runs its continuation.
+    pub(crate) fn settle(self: &Arc<Self>, w: Waiter, result: Answer) {
+        match w.then {
+            Then::Call { .. } | Then::Done => self.complete(w.slot, result),
             Then::Notify(f) => {
                 self.count_outcome(&result);
                 f(result.map(drop));
             }
-            Then::Answer {
+            Then::Pulled {
                 buf,
                 server,
                 release,
             } => {
                 self.send_release(server, release);
-                self.complete(slot, result.map(|_| buf.into_vec()));
+                self.complete(w.slot, result.map(|_| buf.into_vec()));
             }
             Then::Request { buf, reply, held } => match result {
                 Ok(_) => self.dispatch(reply, buf.into_vec(), Some(held)),
@@ -306,45 +212,28 @@ impl Shared {
             .landing(d.len())
             .map_err(|e| RpcError::Protocol(format!("overflow answer: {e}")))?;
         let mut c = lock(&self.calls);
-        let Some(entry) = c.table.get_mut(tag) else {
+        let server = c.flight.peer(tag);
+        let Some(value) = c.flight.value_mut(tag) else {
             return Ok(());
         };
-        let Pending::Call {
-            peer: Some(server), ..
-        } = entry.pending
-        else {
+        let Some(server) = server else {
             return Err(RpcError::Protocol("overflow answer to a local call".into()));
         };
-        let spec = Spec::pull_whole(server, &buf, &d);
-        let x = self.plan(
-            spec,
-            Then::Answer {
-                buf,
-                server,
-                release,
-            },
-        );
-        entry.pending = Pending::Transfer(Box::new(x));
-        let over = self.pump_or_finish(&mut c, tag);
+        let (route, len) = pull_whole(server, &buf, &d);
+        // (The call's overflow input, if any, is let go: the server answered.)
+        value.then = Then::Pulled {
+            buf,
+            server,
+            release,
+        };
+        let over = c
+            .flight
+            .pull_into(tag, route, len, self.chunk, self.poster());
         drop(c);
-        if let Some((e, outcome)) = over {
+        if let Some(Some((e, outcome))) = over {
             self.settle_done(e, outcome);
         }
         Ok(())
-    }
-
-    fn plan(&self, s: Spec<'_>, then: Then) -> Xfer {
-        Xfer {
-            peer: s.peer,
-            is_get: s.is_get,
-            local: s.local,
-            local_off: s.local_off,
-            remote: s.remote.clone(),
-            remote_off: s.remote_off,
-            plan: Chunker::new(s.len, self.chunk),
-            ops: Vec::new(),
-            then,
-        }
     }
 
     /// Memory to pull an overflow message into, bounded by the configured limit.
@@ -393,9 +282,8 @@ impl Shared {
         match prepared() {
             Err((status, why)) => reply.send(self, 0, status, why.as_bytes()),
             Ok((d, peer, buf, held)) => {
-                let spec = Spec::pull_whole(peer, &buf, &d);
                 self.post_transfer(
-                    spec,
+                    pull_whole(peer, &buf, &d),
                     Then::Request { buf, reply, held },
                     None,
                     self.default_timeout,

@@ -1,22 +1,11 @@
-//! Calls awaiting their answers: tags, phases and deadlines, with time passed in.
+//! Calls awaiting their answers: tags and deadlines, with time passed in.
 
 use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
 
-/// Where a call is in its life. A call leaves the table when it ends (answered, failed,
-/// timed out or canceled); its final result goes to the caller's completion slot.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Its receive is posted and its request is being sent.
-    Posted,
-    /// Handed to a local handler (a call to oneself).
-    Dispatched,
-}
-
 struct Entry<T> {
-    phase: Phase,
     deadline: Option<Instant>,
     value: T,
 }
@@ -41,32 +30,19 @@ impl<T> Default for CallTable<T> {
 impl<T> CallTable<T> {
     /// Adds a call that times out `timeout` after `now` (never, if `None`); returns its tag.
     #[must_use]
-    pub fn insert(
-        &mut self,
-        now: Instant,
-        timeout: Option<Duration>,
-        phase: Phase,
-        value: T,
-    ) -> u64 {
-        self.insert_due(timeout.and_then(|t| now.checked_add(t)), phase, value)
+    pub fn insert(&mut self, now: Instant, timeout: Option<Duration>, value: T) -> u64 {
+        self.insert_due(timeout.and_then(|t| now.checked_add(t)), value)
     }
 
     /// Adds a call that times out at `deadline` (never, if `None`); returns its tag.
     #[must_use]
-    pub fn insert_due(&mut self, deadline: Option<Instant>, phase: Phase, value: T) -> u64 {
+    pub fn insert_due(&mut self, deadline: Option<Instant>, value: T) -> u64 {
         self.next_tag = self.next_tag.wrapping_add(1);
         let tag = self.next_tag;
         if let Some(d) = deadline {
             self.deadlines.insert((d, tag));
         }
-        self.calls.insert(
-            tag,
-            Entry {
-                phase,
-                deadline,
-                value,
-            },
-        );
+        self.calls.insert(tag, Entry { deadline, value });
         tag
     }
 
@@ -93,11 +69,6 @@ impl<T> CallTable<T> {
         }
         e.deadline = deadline;
         true
-    }
-
-    /// The call's phase, while it is in flight.
-    pub fn phase(&self, tag: u64) -> Option<Phase> {
-        self.calls.get(&tag).map(|e| e.phase)
     }
 
     /// Ends a call (answered, failed or canceled); `None` if it had already ended, so that
@@ -154,9 +125,9 @@ mod tests {
     fn deadlines_expire_in_order_and_only_once() {
         let t0 = Instant::now();
         let mut t = CallTable::default();
-        let a = t.insert(t0, Some(Duration::from_millis(20)), Phase::Posted, "a");
-        let b = t.insert(t0, Some(Duration::from_millis(10)), Phase::Posted, "b");
-        let _c = t.insert(t0, None, Phase::Posted, "c");
+        let a = t.insert(t0, Some(Duration::from_millis(20)), "a");
+        let b = t.insert(t0, Some(Duration::from_millis(10)), "b");
+        let _c = t.insert(t0, None, "c");
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(10)));
         assert!(t.expire(t0 + Duration::from_millis(5)).is_empty());
         assert_eq!(t.expire(t0 + Duration::from_millis(15)), vec![(b, "b")]);
@@ -170,7 +141,7 @@ mod tests {
     fn deadlines_can_be_moved() {
         let t0 = Instant::now();
         let mut t = CallTable::default();
-        let a = t.insert(t0, None, Phase::Posted, 1);
+        let a = t.insert(t0, None, 1);
         assert!(t.set_deadline(a, Some(t0 + Duration::from_millis(5))));
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_millis(5)));
         assert!(t.set_deadline(a, Some(t0 + Duration::from_millis(9))));
@@ -182,7 +153,7 @@ mod tests {
     #[test]
     fn the_first_outcome_wins() {
         let mut t = CallTable::default();
-        let a = t.insert(Instant::now(), Some(Duration::ZERO), Phase::Posted, 1);
+        let a = t.insert(Instant::now(), Some(Duration::ZERO), 1);
         assert_eq!(t.finish(a), Some(1));
         assert_eq!(t.finish(a), None);
         assert!(t.expire(Instant::now() + Duration::from_secs(1)).is_empty());

@@ -49,12 +49,9 @@ impl Pair {
     }
 
     fn call(&mut self, name: &'static str, id: u64, body: &[u8], timeout: u64) -> u64 {
-        let tag = self.calls.insert(
-            self.now,
-            Some(Duration::from_millis(timeout)),
-            Phase::Posted,
-            name,
-        );
+        let tag = self
+            .calls
+            .insert(self.now, Some(Duration::from_millis(timeout)), name);
         let mut req = Vec::new();
         Header::request(id, false).write(&mut req);
         req.extend_from_slice(body);
