@@ -22,6 +22,19 @@ pub fn spawn_self(args: &[&str]) -> Result<(Child, String), String> {
     Ok((child, line.trim().to_owned()))
 }
 
+/// Waits up to `grace` for `child` to end by itself, then kills it.
+pub fn reap(mut child: Child, grace: std::time::Duration) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < grace {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Median, min and max of the samples.
 pub fn stats(v: &mut [f64]) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);

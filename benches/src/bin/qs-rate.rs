@@ -113,8 +113,12 @@ fn run(o: &Opts) -> Result<(), String> {
     // Each phase has only its own server alive, so that a busy-polling server of one
     // phase does not steal the core of the other.
     let sm = o.transport.starts_with("sm") || o.transport.starts_with("ofi+shm");
+    // QS_RATE_BASELINE=0: no baseline (its columns print NaN), for `scripts/rpc-cost`.
+    let baseline = std::env::var("QS_RATE_BASELINE").map_or(true, |v| v != "0");
     for _ in 0..o.reps {
-        if sm {
+        if !baseline {
+            pp.iter_mut().for_each(|v| v.push(f64::NAN));
+        } else if sm {
             for (i, &s) in sizes.iter().enumerate() {
                 pp[i].push(qs_benches::shm::pp_run(s, o.loops)?);
             }
@@ -127,8 +131,9 @@ fn run(o: &Opts) -> Result<(), String> {
         for (i, &s) in sizes.iter().enumerate() {
             rpc[i].push(rpc_run(&e, &peer, s, o)?);
         }
-        let _ = server.kill();
-        let _ = server.wait();
+        // Its input closed, the server ends by itself (so that a profiler sees it exit).
+        drop(server.stdin.take());
+        qs_benches::reap(server, std::time::Duration::from_secs(3));
     }
     println!(
         "# qs-rate: {} ({mode}), {} in flight, {} loops, median of {} reps [min-max]",
@@ -224,9 +229,16 @@ fn serve(transport: &str, busy: bool, spin_us: u64) {
     println!("{}", e.self_addr());
     std::io::stdout().flush().ok();
     if busy {
-        e.drive_until(|| false);
+        let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = closed.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            c.store(true, std::sync::atomic::Ordering::Release);
+        });
+        e.drive_until(|| closed.load(std::sync::atomic::Ordering::Acquire));
+    } else {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
     }
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
 }
 
 /// Raw baseline: the client sends (size, count), then `count` ping-pongs of `size` bytes.

@@ -5,7 +5,7 @@
 //! the socket was full).
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
@@ -15,8 +15,8 @@ use crate::wire::Wire;
 
 use crate::frame::Decoder;
 use crate::mr::MemTable;
-use crate::outq::WriteQ;
 pub use crate::outq::{Backlog, Body, OutFrame};
+use crate::outq::{Slices, WriteQ};
 
 /// Read side state.
 pub struct ReadState {
@@ -252,7 +252,9 @@ impl Conn {
             self.charge(held);
         }
         drop(w);
-        if !blocked && !lock(&self.inbox).is_empty() {
+        // Frames posted while we wrote wait in the inbox (`flush` looks at the count of
+        // queued frames first, without a lock: none, the common case, costs nothing).
+        if !blocked {
             done.extend(self.flush(mem).done);
         }
         Ok(Flushed { done })
@@ -337,7 +339,7 @@ impl Conn {
                     .take(BATCH)
                     .any(|f| f.names_memory())
                     .then(|| mem.read());
-                let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * BATCH);
+                let mut slices = Slices::new();
                 let head = w.head.iter().map(|(f, off)| (f, *off));
                 let rest = w.urgent.iter().chain(w.bulk.iter()).map(|f| (f, 0));
                 for (f, skip) in head.chain(rest).take(BATCH) {
@@ -419,7 +421,7 @@ impl Drop for Conn {
 mod tests {
     use super::*;
     use crate::frame::{Decoder, Kind};
-    use std::io::{Read, Write};
+    use std::io::{IoSlice, Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 

@@ -44,6 +44,9 @@ pub struct OutFrame {
     pub(crate) charge: usize,
 }
 
+/// The pieces of one `writev`: on the stack for a batch of message frames.
+pub(crate) type Slices<'a> = smallvec::SmallVec<[IoSlice<'a>; 64]>;
+
 /// Bookkeeping cost of a queued frame beyond its bytes.
 const FRAME_OVERHEAD: usize = 64;
 
@@ -136,7 +139,7 @@ impl OutFrame {
         &'a self,
         skip: usize,
         mem: Option<&'a MemRead<'_>>,
-        out: &mut Vec<IoSlice<'a>>,
+        out: &mut Slices<'a>,
     ) {
         let mut push = |part: &'a [u8], skip: &mut usize| {
             if *skip >= part.len() {

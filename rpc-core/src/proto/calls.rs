@@ -1,12 +1,20 @@
 //! Calls awaiting their answers: tags and deadlines, with time passed in.
+//!
+//! Deadlines are a heap whose entries are let go lazily: a call that ends (most do, long
+//! before their deadline) only leaves a stale entry behind, dropped when it reaches the
+//! top or when stale entries outnumber live ones (then all at once), so a call costs one
+//! push, not an ordered insertion and removal.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
 
 struct Entry<T> {
     deadline: Option<Instant>,
+    /// Which of the heap's entries for this call is its deadline (moves make others).
+    version: u32,
     value: T,
 }
 
@@ -14,7 +22,10 @@ struct Entry<T> {
 pub struct CallTable<T> {
     next_tag: u64,
     calls: HashMap<u64, Entry<T>>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// Every live deadline, and stale ones (of calls that ended or moved).
+    deadlines: BinaryHeap<Reverse<(Instant, u64, u32)>>,
+    /// How many entries of `deadlines` are stale.
+    stale: usize,
 }
 
 impl<T> Default for CallTable<T> {
@@ -22,7 +33,8 @@ impl<T> Default for CallTable<T> {
         CallTable {
             next_tag: 0,
             calls: HashMap::default(),
-            deadlines: BTreeSet::new(),
+            deadlines: BinaryHeap::new(),
+            stale: 0,
         }
     }
 }
@@ -40,10 +52,34 @@ impl<T> CallTable<T> {
         self.next_tag = self.next_tag.wrapping_add(1);
         let tag = self.next_tag;
         if let Some(d) = deadline {
-            self.deadlines.insert((d, tag));
+            self.deadlines.push(Reverse((d, tag, 0)));
         }
-        self.calls.insert(tag, Entry { deadline, value });
+        let version = 0;
+        self.calls.insert(
+            tag,
+            Entry {
+                deadline,
+                version,
+                value,
+            },
+        );
         tag
+    }
+
+    /// Whether the heap's entry for `tag` of `version` is that call's deadline now.
+    fn live(&self, tag: u64, version: u32) -> bool {
+        self.calls.get(&tag).is_some_and(|e| e.version == version)
+    }
+
+    /// Counts one more stale entry; drops them all once they outnumber the live ones.
+    fn went_stale(&mut self) {
+        self.stale += 1;
+        if self.stale > 32 && self.stale * 2 > self.deadlines.len() {
+            let calls = &self.calls;
+            self.deadlines
+                .retain(|Reverse((_, tag, v))| calls.get(tag).is_some_and(|e| e.version == *v));
+            self.stale = 0;
+        }
     }
 
     /// The call's value, while it is in flight.
@@ -61,13 +97,14 @@ impl<T> CallTable<T> {
         let Some(e) = self.calls.get_mut(&tag) else {
             return false;
         };
-        if let Some(d) = e.deadline.take() {
-            self.deadlines.remove(&(d, tag));
-        }
+        let old = std::mem::replace(&mut e.deadline, deadline);
+        e.version = e.version.wrapping_add(1);
         if let Some(d) = deadline {
-            self.deadlines.insert((d, tag));
+            self.deadlines.push(Reverse((d, tag, e.version)));
         }
-        e.deadline = deadline;
+        if old.is_some() {
+            self.went_stale();
+        }
         true
     }
 
@@ -75,25 +112,36 @@ impl<T> CallTable<T> {
     /// of two racing outcomes only the first counts.
     pub fn finish(&mut self, tag: u64) -> Option<T> {
         let e = self.calls.remove(&tag)?;
-        if let Some(d) = e.deadline {
-            self.deadlines.remove(&(d, tag));
+        if e.deadline.is_some() {
+            self.went_stale();
         }
         Some(e.value)
     }
 
-    /// The earliest deadline of a call in flight.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(d, _)| *d)
+    /// The earliest deadline of a call in flight (stale entries on top are dropped).
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((d, tag, v))) = self.deadlines.peek() {
+            if self.live(tag, v) {
+                return Some(d);
+            }
+            self.deadlines.pop();
+            self.stale = self.stale.saturating_sub(1);
+        }
+        None
     }
 
     /// Ends and returns every call whose deadline is at or before `now`.
     pub fn expire(&mut self, now: Instant) -> Vec<(u64, T)> {
         let mut out = Vec::new();
-        while let Some(&(d, tag)) = self.deadlines.first() {
+        while let Some(&Reverse((d, tag, v))) = self.deadlines.peek() {
             if d > now {
                 break;
             }
-            self.deadlines.pop_first();
+            self.deadlines.pop();
+            if !self.live(tag, v) {
+                self.stale = self.stale.saturating_sub(1);
+                continue;
+            }
             if let Some(e) = self.calls.remove(&tag) {
                 out.push((tag, e.value));
             }
@@ -120,6 +168,57 @@ impl<T> CallTable<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    proptest! {
+        /// Against a plain map of deadlines: any sequence of inserts, ends, moved deadlines
+        /// and expiries gives the same next deadline and the same expired calls, and stale
+        /// entries never outnumber the live ones by more than the slack.
+        #[test]
+        fn behaves_like_an_ordered_map(ops in proptest::collection::vec((0u8..5, 0u64..50, any::<usize>()), 0..300)) {
+            let t0 = Instant::now();
+            let at = |ms: u64| t0 + Duration::from_millis(ms);
+            let mut t = CallTable::default();
+            let mut model: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+            let mut now = 0u64;
+            for (op, ms, pick) in ops {
+                let tags: Vec<u64> = model.keys().copied().collect();
+                let some = (!tags.is_empty()).then(|| tags[pick % tags.len()]);
+                match op {
+                    0 => {
+                        let due = (ms % 7 != 0).then_some(now + ms);
+                        let tag = t.insert_due(due.map(at), ());
+                        model.insert(tag, due);
+                    }
+                    1 => if let Some(tag) = some {
+                        prop_assert!(t.finish(tag).is_some());
+                        model.remove(&tag);
+                    },
+                    2 => if let Some(tag) = some {
+                        // Few distinct values, so that a call moves back to a deadline it had.
+                        let due = (ms % 5 != 0).then_some(now + ms % 3);
+                        prop_assert!(t.set_deadline(tag, due.map(at)));
+                        model.insert(tag, due);
+                    },
+                    3 => {
+                        now += ms;
+                        let mut got: Vec<u64> = t.expire(at(now)).into_iter().map(|x| x.0).collect();
+                        got.sort_unstable();
+                        let want: Vec<u64> = model.iter().filter(|(_, d)| d.is_some_and(|d| d <= now)).map(|(t, _)| *t).collect();
+                        want.iter().for_each(|t| { model.remove(t); });
+                        prop_assert_eq!(got, want);
+                    }
+                    _ => {}
+                }
+                let next = model.values().filter_map(|d| *d).min().map(at);
+                prop_assert_eq!(t.next_deadline(), next);
+                let live = model.values().filter(|d| d.is_some()).count();
+                prop_assert!(t.deadlines.len() <= 2 * live + 34, "{} entries for {live}", t.deadlines.len());
+                prop_assert_eq!(t.len(), model.len());
+            }
+        }
+    }
 
     #[test]
     fn deadlines_expire_in_order_and_only_once() {

@@ -291,7 +291,7 @@ impl<V> Flight<V> {
     }
 
     /// The earliest deadline in flight.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&mut self) -> Option<Instant> {
         self.table.next_deadline()
     }
 
