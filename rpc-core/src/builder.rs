@@ -14,6 +14,7 @@ use crate::mode::ProgressMode;
 use crate::pool::Pool;
 use crate::progress::progress_loop;
 use crate::proto::Budget;
+use crate::timed::Timed;
 use crate::{RpcError, transport};
 
 impl Engine {
@@ -191,7 +192,7 @@ impl EngineBuilder {
             plugin,
             counters: Counters::default(),
             mode: self.mode,
-            calls: Mutex::new(Calls::default()),
+            calls: Timed::new(Calls::default()),
             registry: RwLock::new(HashMap::default()),
             pool,
             drive: Mutex::new(()),
@@ -215,7 +216,7 @@ impl EngineBuilder {
             chunk: self.chunk,
             inline_bulk: self.inline_bulk,
             max_overflow: self.max_overflow,
-            exposed: Mutex::new(Default::default()),
+            exposed: Timed::new(Default::default()),
             lost_hooks: RwLock::new(Vec::new()),
         });
         let thread = match self.mode {

@@ -21,6 +21,7 @@ use crate::pool::Pool;
 use crate::proto::{Budget, Entry, Exposed, Flight, Header, MsgKind, Over, Owner, Route, Status};
 use crate::slot::{Answer, Slot};
 use crate::spin::Backoff;
+use crate::timed::{Earliest, Timed};
 use crate::transfer::{Kept, Then};
 
 /// What the driver keeps with an entry of the table: the caller's slot (none for
@@ -52,6 +53,18 @@ pub(crate) struct Calls {
     pub(crate) asleep: bool,
 }
 
+impl Earliest for Calls {
+    fn earliest(&self) -> Option<Instant> {
+        self.flight.earliest()
+    }
+}
+
+impl Earliest for Exposed<PeerId, Kept> {
+    fn earliest(&self) -> Option<Instant> {
+        self.next_deadline()
+    }
+}
+
 impl Calls {
     /// Whether an entry due at `due` must wake the progress thread.
     fn must_wake(&self, due: Option<Instant>) -> bool {
@@ -75,7 +88,7 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) mode: ProgressMode,
     pub(crate) self_addr: Address,
-    pub(crate) calls: Mutex<Calls>,
+    pub(crate) calls: Timed<Calls>,
     pub(crate) registry: RwLock<HashMap<u64, Registered>>,
     pub(crate) pool: Pool,
     pub(crate) drive: Mutex<()>,
@@ -103,7 +116,7 @@ pub(crate) struct Shared {
     pub(crate) inline_bulk: usize,
     pub(crate) max_overflow: u64,
     /// Overflow answers waiting for their caller to pull them, by release id.
-    pub(crate) exposed: Mutex<Exposed<PeerId, Kept>>,
+    pub(crate) exposed: Timed<Exposed<PeerId, Kept>>,
     /// Called with each peer the transport reports lost ([`crate::Engine::on_peer_lost`]).
     pub(crate) lost_hooks: RwLock<Vec<LostHook>>,
 }
@@ -189,7 +202,7 @@ impl Shared {
         slot: &Arc<Slot<Answer>>,
     ) -> Result<u64, RpcError> {
         let (tag, wake) = {
-            let mut c = lock(&self.calls);
+            let mut c = self.calls.lock();
             if self.stopping.load(Ordering::Acquire) {
                 return Err(RpcError::Shutdown);
             }
@@ -217,7 +230,7 @@ impl Shared {
         let (msg, keep) = self.maybe_overflow(msg)?;
         let mut keep = Some(keep);
         let entered = self.with_peer(target, |peer| {
-            let mut c = lock(&self.calls);
+            let mut c = self.calls.lock();
             // Looked at under the table's lock: a stopping engine ends what its table holds
             // once (its `Guard`, after setting the flag), and nothing may join it after.
             if self.stopping.load(Ordering::Acquire) {
@@ -285,7 +298,7 @@ impl Shared {
     /// Ends an entry with `result` if it is still in flight. `withdraw` cancels its
     /// transport operations; it is false only when the one that completed was its last.
     pub(crate) fn end_call(self: &Arc<Self>, tag: u64, result: Answer, withdraw: bool) {
-        let entry = lock(&self.calls).flight.finish(tag);
+        let entry = self.calls.lock().flight.finish(tag);
         let Some(e) = entry else { return };
         if withdraw {
             self.withdraw(&e);
@@ -324,7 +337,7 @@ impl Shared {
     pub(crate) fn set_deadline(&self, tag: u64, t: Duration) {
         let now = Instant::now();
         let wake = {
-            let mut c = lock(&self.calls);
+            let mut c = self.calls.lock();
             let due = now.checked_add(t);
             c.flight.set_deadline(tag, due) && c.must_wake(due)
         };
@@ -469,7 +482,7 @@ impl Shared {
                 }
                 let stub = matches!(&result, Ok(m) if crate::transfer::is_overflow_answer(m));
                 let got = {
-                    let mut c = lock(&self.calls);
+                    let mut c = self.calls.lock();
                     match c.flight.owner(op) {
                         Owner::Call(_) if stub => c.flight.stub(op).map(|(t, _)| Got::Stub(t)),
                         Owner::Call(_) => c.flight.answered(op).map(|(_, e)| Got::Answered(e)),
@@ -497,7 +510,7 @@ impl Shared {
             Event::PeerLost { peer, error } => {
                 tracing::debug!(peer = peer.0, %error, "peer lost");
                 Counters::add(&self.counters.peers_lost, 1);
-                let freed = lock(&self.exposed).peer_lost(&peer);
+                let freed = self.exposed.lock().peer_lost(&peer);
                 drop(freed);
                 let hooks = self.lost_hooks.read().unwrap_or_else(|e| e.into_inner());
                 hooks.iter().for_each(|h| h(peer));

@@ -43,11 +43,11 @@ impl Drop for Guard {
             let _ = t.join();
         }
         self.shared.pool.shutdown();
-        let tags = lock(&self.shared.calls).flight.tags();
+        let tags = self.shared.calls.lock().flight.tags();
         for tag in tags {
             self.shared.end_call(tag, Err(RpcError::Shutdown), true);
         }
-        lock(&self.shared.exposed).clear();
+        self.shared.exposed.lock().clear();
     }
 }
 
@@ -355,10 +355,10 @@ impl Engine {
 
     /// A snapshot of the counters.
     pub fn counters(&self) -> CounterSnapshot {
-        let in_flight = lock(&self.shared.calls).flight.len() as u64;
+        let in_flight = self.shared.calls.lock().flight.len() as u64;
         self.shared.counters.snapshot(
             in_flight,
-            lock(&self.shared.exposed).len() as u64,
+            self.shared.exposed.lock().len() as u64,
             self.shared.pool.stand_ins() as u64,
         )
     }

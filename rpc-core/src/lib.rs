@@ -40,6 +40,7 @@ mod slot;
 mod spin;
 mod sync;
 mod then;
+mod timed;
 mod transfer;
 mod transfers;
 pub mod transport;

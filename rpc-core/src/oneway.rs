@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use na::Address;
 
 use crate::RpcError;
-use crate::driver::{Shared, Waiter, lock};
+use crate::driver::{Shared, Waiter};
 use crate::slot::{Answer, Slot};
 
 impl Shared {
@@ -24,7 +24,7 @@ impl Shared {
         {
             // Under the lock, so that the send's completion cannot be looked up before
             // it is known (the progress thread takes this lock to find an op's owner).
-            let mut c = lock(&self.calls);
+            let mut c = self.calls.lock();
             let due = timeout.and_then(|t| Instant::now().checked_add(t));
             let tag = c.flight.call(due, Some(peer), Waiter::call(&slot, None));
             let op = match self.plugin.send_unexpected(peer, 0, msg) {

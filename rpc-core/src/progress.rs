@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::RpcError;
-use crate::driver::{Shared, lock};
+use crate::driver::Shared;
 use crate::mode::ProgressMode;
 use crate::spin::{CALLER_SPIN, Spinning};
 
@@ -25,9 +25,12 @@ impl Shared {
         }
         let now = Instant::now();
         // Unreleased overflow answers are freed on time, not at the next unrelated event.
-        let exposed_due = self.expire_exposed(now);
+        let exposed_due = match self.exposed.may_be_due(now) {
+            true => self.expire_exposed(now),
+            false => self.exposed.earliest(),
+        };
         let wait = {
-            let mut c = lock(&self.calls);
+            let mut c = self.calls.lock();
             let until_deadline = match (c.flight.next_deadline(), exposed_due) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -45,7 +48,7 @@ impl Shared {
             wait
         };
         let r = self.plugin.progress(wait);
-        lock(&self.calls).asleep = false;
+        self.calls.lock().asleep = false;
         self.waited.store(true, Ordering::Relaxed);
         r?;
         Ok(())
@@ -83,14 +86,20 @@ impl Shared {
         {
             return n;
         }
+        // Each table publishes (a lower bound of) its earliest deadline: one whose time
+        // has not come is not locked.
         let now = Instant::now();
-        let expired = lock(&self.calls).flight.expire(now);
-        for (tag, e) in expired {
-            tracing::debug!(tag, "timed out");
-            self.withdraw(&e);
-            self.settle(e.value, Err(RpcError::timeout()));
+        if self.calls.may_be_due(now) {
+            let expired = self.calls.lock().flight.expire(now);
+            for (tag, e) in expired {
+                tracing::debug!(tag, "timed out");
+                self.withdraw(&e);
+                self.settle(e.value, Err(RpcError::timeout()));
+            }
         }
-        self.expire_exposed(now);
+        if self.exposed.may_be_due(now) {
+            self.expire_exposed(now);
+        }
         n
     }
 
@@ -128,7 +137,7 @@ impl Shared {
             return;
         };
         // A progress thread asleep in the transport's poll would hold it: wake it once.
-        if self.drivers.enter(|| lock(&self.calls).asleep) {
+        if self.drivers.enter(|| self.calls.lock().asleep) {
             self.plugin.wake();
         }
         let start = Instant::now();
@@ -168,12 +177,14 @@ pub(crate) fn progress_loop(shared: &Arc<Shared>) {
                 continue;
             }
         }
-        let spinning = last_event.is_some_and(|t| t.elapsed() < shared.spin);
+        let spinning =
+            !shared.spin.is_zero() && last_event.is_some_and(|t| t.elapsed() < shared.spin);
         if let Err(e) = shared.progress(if spinning { Some(Duration::ZERO) } else { None }) {
             tracing::error!(error = %e, "progress failed");
             std::thread::sleep(Duration::from_millis(10));
         }
-        if shared.trigger_pass(spinning) > 0 {
+        // (With no spin window, when the last event was does not matter: no clock read.)
+        if shared.trigger_pass(spinning) > 0 && !shared.spin.is_zero() {
             last_event = Some(Instant::now());
         } else if spinning {
             // Let a runnable caller or handler have this core between empty polls.

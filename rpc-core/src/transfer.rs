@@ -81,7 +81,7 @@ impl Shared {
         let w = Waiter { slot, then };
         let due = timeout.and_then(|t| Instant::now().checked_add(t));
         let (tag, over) = {
-            let mut c = lock(&self.calls);
+            let mut c = self.calls.lock();
             // Looked at under the table's lock: a stopping engine ends what its table holds
             // once (its `Guard`, after setting the flag), and nothing may join it after.
             if self.stopping.load(Ordering::Acquire) {
@@ -187,7 +187,10 @@ impl Shared {
         };
         let d = b.descriptor();
         let ttl = self.default_timeout.unwrap_or(Duration::from_secs(60));
-        let release = lock(&self.exposed).expose(peer, Instant::now(), ttl, (b, held));
+        let release = self
+            .exposed
+            .lock()
+            .expose(peer, Instant::now(), ttl, (b, held));
         Header::response(rpc_id, Status::Ok)
             .overflow()
             .write(&mut stub);
@@ -211,7 +214,7 @@ impl Shared {
         let buf = self
             .landing(d.len())
             .map_err(|e| RpcError::Protocol(format!("overflow answer: {e}")))?;
-        let mut c = lock(&self.calls);
+        let mut c = self.calls.lock();
         let server = c.flight.peer(tag);
         let Some(value) = c.flight.value_mut(tag) else {
             return Ok(());
@@ -316,13 +319,13 @@ impl Shared {
 
     /// The caller pulled an overflow answer: free it (only the peer it was for may).
     pub(crate) fn release_exposed(&self, id: u64, from: Option<PeerId>) {
-        let freed = lock(&self.exposed).release(id, from.as_ref());
+        let freed = self.exposed.lock().release(id, from.as_ref());
         drop(freed);
     }
 
     /// Frees overflow answers never released; returns when the next one expires.
     pub(crate) fn expire_exposed(&self, now: Instant) -> Option<Instant> {
-        let mut ex = lock(&self.exposed);
+        let mut ex = self.exposed.lock();
         if ex.is_empty() {
             return None;
         }

@@ -118,6 +118,12 @@ impl<T> CallTable<T> {
         Some(e.value)
     }
 
+    /// A lower bound of the earliest deadline in flight, looked up without dropping stale
+    /// entries (see [`CallTable::next_deadline`] for the exact one).
+    pub fn earliest(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((d, _, _))| *d)
+    }
+
     /// The earliest deadline of a call in flight (stale entries on top are dropped).
     pub fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(&Reverse((d, tag, v))) = self.deadlines.peek() {

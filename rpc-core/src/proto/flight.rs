@@ -290,6 +290,11 @@ impl<V> Flight<V> {
         self.table.set_deadline(tag, due)
     }
 
+    /// A lower bound of the earliest deadline in flight (cheaper than the exact one).
+    pub fn earliest(&self) -> Option<Instant> {
+        self.table.earliest()
+    }
+
     /// The earliest deadline in flight.
     pub fn next_deadline(&mut self) -> Option<Instant> {
         self.table.next_deadline()
