@@ -10,6 +10,7 @@ use crate::RpcError;
 use crate::driver::Shared;
 use crate::mode::ProgressMode;
 use crate::spin::{CALLER_SPIN, Spinning};
+use crate::timed::Stamp;
 
 /// A spinning pass reads the clock for expired deadlines once in this many passes
 /// (reading it costs about as much as an empty poll).
@@ -25,7 +26,7 @@ impl Shared {
         }
         let now = Instant::now();
         // Unreleased overflow answers are freed on time, not at the next unrelated event.
-        let exposed_due = match self.exposed.may_be_due(now) {
+        let exposed_due = match self.exposed.may_be_due(Stamp::of(now)) {
             true => self.expire_exposed(now),
             false => self.exposed.earliest(),
         };
@@ -89,7 +90,8 @@ impl Shared {
         // Each table publishes (a lower bound of) its earliest deadline: one whose time
         // has not come is not locked.
         let now = Instant::now();
-        if self.calls.may_be_due(now) {
+        let stamp = Stamp::of(now);
+        if self.calls.may_be_due(stamp) {
             let expired = self.calls.lock().flight.expire(now);
             for (tag, e) in expired {
                 tracing::debug!(tag, "timed out");
@@ -97,7 +99,7 @@ impl Shared {
                 self.settle(e.value, Err(RpcError::timeout()));
             }
         }
-        if self.exposed.may_be_due(now) {
+        if self.exposed.may_be_due(stamp) {
             self.expire_exposed(now);
         }
         n

@@ -12,6 +12,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+/// An instant as the tables publish their deadlines.
+#[derive(Copy, Clone)]
+pub(crate) struct Stamp(u64);
+
+impl Stamp {
+    pub(crate) fn of(t: Instant) -> Stamp {
+        Stamp(since_epoch(Some(t)))
+    }
+}
+
 /// A table that knows (a lower bound of) its earliest deadline.
 pub(crate) trait Earliest {
     fn earliest(&self) -> Option<Instant>;
@@ -62,9 +72,10 @@ impl<T: Earliest> Timed<T> {
         }
     }
 
-    /// Whether something may be due at `now`.
-    pub(crate) fn may_be_due(&self, now: Instant) -> bool {
-        since_epoch(Some(now)) >= self.due.load(Ordering::Acquire)
+    /// Whether something may be due at `now` (from [`Stamp::of`]: one conversion of
+    /// the clock serves several tables).
+    pub(crate) fn may_be_due(&self, now: Stamp) -> bool {
+        now.0 >= self.due.load(Ordering::Acquire)
     }
 
     /// The earliest deadline as last published (a lower bound).
@@ -116,21 +127,19 @@ mod tests {
     fn the_earliest_deadline_is_published_when_the_lock_goes() {
         let t0 = Instant::now();
         let t = Timed::new(One(None));
-        assert!(!t.may_be_due(t0 + Duration::from_secs(3600)));
+        let due = |t: &Timed<One>, ms| t.may_be_due(Stamp::of(t0 + Duration::from_millis(ms)));
+        assert!(!due(&t, 3_600_000));
         assert_eq!(t.earliest(), None);
         {
             let mut g = t.lock();
             g.0 = Some(t0 + Duration::from_millis(5));
-            assert!(
-                !t.may_be_due(t0 + Duration::from_millis(10)),
-                "not before it goes"
-            );
+            assert!(!due(&t, 10), "not before it goes");
         }
-        assert!(!t.may_be_due(t0 + Duration::from_millis(4)));
-        assert!(t.may_be_due(t0 + Duration::from_millis(5)));
+        assert!(!due(&t, 4));
+        assert!(due(&t, 5));
         let e = t.earliest().unwrap();
         assert!(e <= t0 + Duration::from_millis(5) && e + Duration::from_micros(1) > t0);
         t.lock().0 = None;
-        assert!(!t.may_be_due(t0 + Duration::from_secs(3600)));
+        assert!(!due(&t, 3_600_000));
     }
 }
