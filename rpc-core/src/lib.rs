@@ -16,6 +16,26 @@
 //!
 //! The wire protocol lives in [`proto`], free of I/O; [`Engine`] drives it over a
 //! [`na::Plugin`] chosen by the address (`tcp://…`) or by `RPC_TRANSPORT`.
+//!
+//! # Layout
+//! [`proto`] holds what can be decided without I/O: the header codec, the table of calls
+//! and transfers in flight with their chunk windows and deadlines (`proto::Flight`), the
+//! overflow answers exposed for callers, per-peer budgets. The driver (`driver`,
+//! `transfer`, and `handler`'s reply path) turns transport events into completions and
+//! dispatched requests around it; these three import one another, the one cycle among the
+//! modules, inside that one concern. `progress`, `oneway`, `expose` and `transfers` add to
+//! it without being imported back; `engine`, `call`, `caller` and `builder` are the API.
+//!
+//! # What a call costs
+//! Counted, not timed (`scripts/rpc-cost`: `qs-rate -x 1 -s 0` under callgrind, 64-byte
+//! input, instructions per RPC, 2026-12-02): over tcp the client takes about 9 500
+//! instructions (caller and progress thread together) and the server 5 700; over sm
+//! 11 000 and 6 900. On the client a call takes the table's lock twice (entered; its
+//! answer found) and the transport's connection and operation tables; with nothing due a
+//! progress pass takes neither the table's nor the exposed answers' lock (their earliest
+//! deadlines are published in atomics, `timed`). Where the rest goes, largest first: the
+//! transport's framing, queues and syscalls (about half), the progress thread's passes
+//! and wake-ups, the table, encoding and decoding, and about five allocations per side.
 #![deny(missing_docs)]
 
 mod builder;

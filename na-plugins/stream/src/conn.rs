@@ -199,6 +199,11 @@ impl Conn {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Whether frames may be written now: connected, greeted, not closed.
+    fn writable(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.is_connected() && self.is_greeted()
+    }
+
     /// Whether the non-blocking connect has finished.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
@@ -241,11 +246,34 @@ impl Conn {
             return Err(f);
         }
         // Frames this thread posted before (to the inbox, while another wrote) go first.
-        if self.queued.fetch_add(1, Ordering::SeqCst) != 0 {
+        let alone = self.queued.fetch_add(1, Ordering::SeqCst) == 0;
+        if !alone {
             w.absorb(&mut lock(&self.inbox));
         }
-        w.push(f);
         let mut done = Vec::new();
+        if alone && w.is_empty() && !f.names_memory() && self.writable() {
+            // The common case, written from here without the queue; a frame the wire does
+            // not take whole is queued with what went out, and the queue's flush goes on.
+            let mut slices = Slices::new();
+            f.slices(0, None, &mut slices);
+            let n = self.wire.write_vectored(&slices).unwrap_or(0);
+            drop(slices);
+            if n == f.len() {
+                self.discharge(f.charge);
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                done.extend(f.op);
+                drop(w);
+                // Like every holder of the write lock: what others posted meanwhile.
+                done.extend(self.flush(mem).done);
+                return Ok(Flushed { done });
+            }
+            match n {
+                0 => w.push(f),
+                n => w.head = Some((f, n)),
+            }
+        } else {
+            w.push(f);
+        }
         let blocked = self.flush_locked(&mut w, mem, &mut done);
         if blocked {
             let held: usize = w.frames_mut().map(Self::charge_answer).sum();
@@ -326,7 +354,7 @@ impl Conn {
     /// the inbox for the caller's look after it lets the write lock go.
     fn flush_locked(&self, w: &mut WriteQ, mem: &MemTable, done: &mut Vec<OpId>) -> bool {
         loop {
-            if self.closed.load(Ordering::Acquire) || !self.is_connected() || !self.is_greeted() {
+            if !self.writable() {
                 return true;
             }
             if w.is_empty() {
@@ -478,6 +506,114 @@ mod tests {
         // A send made after the first returned finds the lock free: it must not overtake.
         assert!(c.send(frame(2), &mem).is_ok());
         assert_eq!(tags(&mut theirs), [1, 2]);
+    }
+
+    /// A wire that takes at most `cap` bytes a write, and only while its budget lasts (then
+    /// `WouldBlock`, as a full socket), keeping what it took; with `nudge`, its first
+    /// write has another thread send on that connection meanwhile (which finds the write
+    /// lock taken and leaves its frame in the inbox).
+    struct Trickle {
+        took: Arc<Mutex<Vec<u8>>>,
+        budget: Arc<AtomicUsize>,
+        cap: usize,
+        nudge: Option<Arc<OnceLock<Arc<Conn>>>>,
+    }
+
+    impl Trickle {
+        fn new(budget: usize, cap: usize) -> (Trickle, Arc<Mutex<Vec<u8>>>, Arc<AtomicUsize>) {
+            let (took, budget) = (Arc::default(), Arc::new(AtomicUsize::new(budget)));
+            let w = Trickle {
+                took: Arc::clone(&took),
+                budget: Arc::clone(&budget),
+                cap,
+                nudge: None,
+            };
+            (w, took, budget)
+        }
+    }
+
+    impl Wire for Trickle {
+        fn read(&self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        unsafe fn read_raw(&self, _: &[crate::wire::RawPiece]) -> io::Result<usize> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if let Some(c) = self.nudge.as_ref().and_then(|n| n.get())
+                && self.took.lock().unwrap().is_empty()
+            {
+                let (c, f) = (c.clone(), frame(2));
+                std::thread::spawn(move || c.send(f, &MemTable::default()).is_ok())
+                    .join()
+                    .unwrap();
+            }
+            let n = self.budget.load(Ordering::SeqCst).min(self.cap);
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = n.min(all.len());
+            self.took.lock().unwrap().extend_from_slice(&all[..n]);
+            self.budget.fetch_sub(n, Ordering::SeqCst);
+            Ok(n)
+        }
+        fn shutdown(&self) {}
+        fn fds(&self) -> Vec<std::os::fd::RawFd> {
+            Vec::new()
+        }
+    }
+
+    fn frame(tag: u64) -> OutFrame {
+        OutFrame::new(Kind::Unexpected, tag, vec![tag as u8; 8], None)
+    }
+
+    /// The frames in `bytes`: tags and bodies.
+    fn frames(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        let mut d = Decoder::new(1 << 20);
+        d.spare(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        d.commit(bytes.len());
+        std::iter::from_fn(|| d.next_frame().unwrap().map(|(h, b)| (h.tag, b.to_vec()))).collect()
+    }
+
+    fn conn(w: Trickle) -> Conn {
+        Conn::new(PeerId(2), Box::new(w), false, true, 1 << 20, Arc::default())
+    }
+
+    /// A send written from the sender's thread that the wire takes in part: the rest
+    /// goes out from the queue, and a send made meanwhile comes after it whole.
+    #[test]
+    fn a_frame_written_in_part_is_finished_before_the_next() {
+        let (wire, took, budget) = Trickle::new(12, 5);
+        let c = conn(wire);
+        let mem = MemTable::default();
+        assert!(c.send(frame(1), &mem).is_ok());
+        assert_eq!(
+            took.lock().unwrap().len(),
+            12,
+            "in part, then the wire is full"
+        );
+        assert!(c.send(frame(2), &mem).is_ok());
+        budget.store(usize::MAX, Ordering::SeqCst);
+        assert!(c.flush(&mem).done.is_empty());
+        assert!(c.send(frame(3), &mem).is_ok());
+        let want: Vec<(u64, Vec<u8>)> = (1..=3).map(|t| (t, vec![t as u8; 8])).collect();
+        assert_eq!(frames(&took.lock().unwrap()), want);
+    }
+
+    /// A send written straight from the sender's thread flushes what others posted
+    /// while it held the write lock (else it waits for an unrelated event, for ever).
+    #[test]
+    fn a_frame_posted_during_a_direct_write_goes_out_with_it() {
+        // (Taken whole: the frame is written from the sender's thread, not queued.)
+        let (mut wire, took, _) = Trickle::new(usize::MAX, usize::MAX);
+        let slot = Arc::new(OnceLock::new());
+        wire.nudge = Some(slot.clone());
+        let c = Arc::new(conn(wire));
+        let _ = slot.set(c.clone());
+        assert!(c.send(frame(1), &MemTable::default()).is_ok());
+        let tags: Vec<u64> = frames(&took.lock().unwrap()).iter().map(|f| f.0).collect();
+        assert_eq!(tags, [1, 2]);
     }
 
     #[test]
