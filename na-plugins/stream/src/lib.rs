@@ -414,15 +414,26 @@ impl StreamPlugin {
 
     /// Reads the connections whose memory shows input; true if any did.
     fn poll_memory(&self) -> bool {
-        let ready: Vec<Arc<Conn>> = lock(&self.conns)
-            .values()
-            .filter(|c| !c.is_paused() && c.wire.has_input())
-            .cloned()
-            .collect();
-        for c in &ready {
-            self.read_or_close(c);
+        thread_local! {
+            /// The connections with input, kept between passes (no allocation per pass).
+            static READY: std::cell::RefCell<Vec<Arc<Conn>>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        !ready.is_empty()
+        READY.with(|cell| {
+            let mut fresh = Vec::new();
+            let mut kept = cell.try_borrow_mut();
+            let ready = kept.as_deref_mut().unwrap_or(&mut fresh);
+            ready.extend(
+                lock(&self.conns)
+                    .values()
+                    .filter(|c| !c.is_paused() && c.wire.has_input())
+                    .cloned(),
+            );
+            let found = !ready.is_empty();
+            for c in ready.drain(..) {
+                self.read_or_close(&c);
+            }
+            found
+        })
     }
 
     /// Declares to every peer that we are about to sleep; false if input already waits.
