@@ -27,15 +27,21 @@
 //! it without being imported back; `engine`, `call`, `caller` and `builder` are the API.
 //!
 //! # What a call costs
-//! Counted, not timed (`scripts/rpc-cost`: `qs-rate -x 1 -s 0` under callgrind, 64-byte
-//! input, instructions per RPC, 2026-12-02): over tcp the client takes about 9 500
-//! instructions (caller and progress thread together) and the server 5 700; over sm
-//! 11 000 and 6 900. On the client a call takes the table's lock twice (entered; its
-//! answer found) and the transport's connection and operation tables; with nothing due a
-//! progress pass takes neither the table's nor the exposed answers' lock (their earliest
-//! deadlines are published in atomics, `timed`). Where the rest goes, largest first: the
-//! transport's framing, queues and syscalls (about half), the progress thread's passes
-//! and wake-ups, the table, encoding and decoding, and about five allocations per side.
+//! Counted, not timed (`scripts/rpc-cost TRANSPORT`: callgrind's instructions per RPC,
+//! 64-byte input, 2026-12-02). Both engines in one thread with manual progress (`qs-rate
+//! -c`, the busy path without its polling; exact to the instruction between runs): about
+//! 10 200 instructions per RPC over sm and 11 800 over tcp, client and server together.
+//! As separate processes in thread mode without spinning (`qs-rate -s 0`; the progress
+//! threads' passes vary with scheduling, ±6 %): client 8 700–9 700 (tcp) and
+//! 9 700–10 900 (sm), server 5 300 and 6 300–6 700. On the client a call takes the
+//! table's lock twice (entered; its answer found) and the transport's connection and
+//! operation tables; a progress pass with nothing due takes neither the table's nor the
+//! exposed answers' lock (their earliest deadlines are published in atomics, `timed`).
+//! Where the rest goes, largest first: the transport's framing, queues and syscalls (about
+//! half), the progress passes, the table, encoding and decoding, and about six
+//! allocations per RPC (the message each side encodes, the copy of each arrival, the
+//! caller's completion slot, the decoded input).
+
 #![deny(missing_docs)]
 
 mod builder;
