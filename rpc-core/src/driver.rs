@@ -33,7 +33,7 @@ pub(crate) struct Waiter {
 
 impl Waiter {
     /// A caller's RPC; `keep` is an overflow input the server pulls from.
-    pub(crate) fn call(slot: &Arc<Slot<Answer>>, keep: Option<Bulk<'static>>) -> Self {
+    pub(crate) fn call(slot: &Arc<Slot<Answer>>, keep: Option<Box<Bulk<'static>>>) -> Self {
         Waiter {
             slot: Some(slot.clone()),
             then: Then::Call { keep },
@@ -228,7 +228,7 @@ impl Shared {
         msg: Vec<u8>,
     ) -> Result<u64, RpcError> {
         let (msg, keep) = self.maybe_overflow(msg)?;
-        let mut keep = Some(keep);
+        let mut keep = Some(keep.map(Box::new));
         let entered = self.with_peer(target, |peer| {
             let mut c = self.calls.lock();
             // Looked at under the table's lock: a stopping engine ends what its table holds
@@ -516,5 +516,14 @@ impl Shared {
                 hooks.iter().for_each(|h| h(peer));
             }
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// Entries move with every insertion and removal of the table (each move a copy of
+    /// their bytes): what only overflow needs stays boxed.
+    #[test]
+    fn table_entries_stay_small() {
+        assert!(std::mem::size_of::<crate::proto::Entry<super::Waiter>>() <= 96);
     }
 }

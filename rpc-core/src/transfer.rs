@@ -19,28 +19,32 @@ use crate::handler::ReplyTo;
 use crate::proto::{Entry, HEADER_LEN, Header, MsgKind, Over, Route, Status};
 use crate::slot::{Answer, Slot};
 
-/// What to do when a transfer is over.
+/// What to do when a transfer is over. (Small: it moves with every entry of the table, so
+/// what only overflow needs is boxed.)
 pub(crate) enum Then {
     /// A call answered: complete the caller's slot with the answer. `keep` is the
     /// call's overflow input, which the server pulls from until it answers.
-    Call { keep: Option<Bulk<'static>> },
+    Call { keep: Option<Box<Bulk<'static>>> },
     /// Complete the caller's slot.
     Done,
     /// An overflow answer landed in `buf`: tell the server to release it, and complete the
     /// call with it.
     Pulled {
-        buf: Bulk<'static>,
+        buf: Box<Bulk<'static>>,
         server: PeerId,
         release: u64,
     },
-    /// An overflow request landed in `buf`: dispatch it.
-    Request {
-        buf: Bulk<'static>,
-        reply: ReplyTo,
-        held: Held,
-    },
+    /// An overflow request landed in its buffer: dispatch it.
+    Request(Box<PulledRequest>),
     /// Hand the outcome to a closure (a transfer of a [`crate::Transfers`] set).
     Notify(Notify),
+}
+
+/// An overflow request being pulled: where it lands, who to answer, the budget it holds.
+pub(crate) struct PulledRequest {
+    buf: Bulk<'static>,
+    reply: ReplyTo,
+    held: Held,
 }
 
 /// A closure given a transfer's outcome, on the thread that ends the transfer.
@@ -120,9 +124,9 @@ impl Shared {
                 self.send_release(server, release);
                 self.complete(w.slot, result.map(|_| buf.into_vec()));
             }
-            Then::Request { buf, reply, held } => match result {
-                Ok(_) => self.dispatch(reply, buf.into_vec(), Some(held)),
-                Err(e) => reply.send(
+            Then::Request(r) => match result {
+                Ok(_) => self.dispatch(r.reply, r.buf.into_vec(), Some(r.held)),
+                Err(e) => r.reply.send(
                     self,
                     0,
                     Status::BadInput,
@@ -225,7 +229,7 @@ impl Shared {
         let (route, len) = pull_whole(server, &buf, &d);
         // (The call's overflow input, if any, is let go: the server answered.)
         value.then = Then::Pulled {
-            buf,
+            buf: Box::new(buf),
             server,
             release,
         };
@@ -287,7 +291,7 @@ impl Shared {
             Ok((d, peer, buf, held)) => {
                 self.post_transfer(
                     pull_whole(peer, &buf, &d),
-                    Then::Request { buf, reply, held },
+                    Then::Request(Box::new(PulledRequest { buf, reply, held })),
                     None,
                     self.default_timeout,
                 );
