@@ -524,6 +524,6 @@ mod tests {
     /// their bytes): what only overflow needs stays boxed.
     #[test]
     fn table_entries_stay_small() {
-        assert!(std::mem::size_of::<crate::proto::Entry<super::Waiter>>() <= 96);
+        assert!(std::mem::size_of::<crate::proto::Entry<super::Waiter>>() <= 72);
     }
 }

@@ -219,25 +219,30 @@ impl Shared {
             .landing(d.len())
             .map_err(|e| RpcError::Protocol(format!("overflow answer: {e}")))?;
         let mut c = self.calls.lock();
-        let server = c.flight.peer(tag);
-        let Some(value) = c.flight.value_mut(tag) else {
-            return Ok(());
-        };
-        let Some(server) = server else {
+        if c.flight.value_mut(tag).is_none() {
+            return Ok(()); // ended meanwhile
+        }
+        let Some(server) = c.flight.peer(tag) else {
             return Err(RpcError::Protocol("overflow answer to a local call".into()));
         };
         let (route, len) = pull_whole(server, &buf, &d);
         // (The call's overflow input, if any, is let go: the server answered.)
-        value.then = Then::Pulled {
+        let then = Then::Pulled {
             buf: Box::new(buf),
             server,
             release,
         };
-        let over = c
+        let spec = (route, len, self.chunk);
+        let Some(over) = c
             .flight
-            .pull_into(tag, route, len, self.chunk, self.poster());
+            .pull_into(tag, spec, |w| w.then = then, self.poster())
+        else {
+            return Err(RpcError::Protocol(
+                "overflow answer to a call not awaiting one".into(),
+            ));
+        };
         drop(c);
-        if let Some(Some((e, outcome))) = over {
+        if let Some((e, outcome)) = over {
             self.settle_done(e, outcome);
         }
         Ok(())

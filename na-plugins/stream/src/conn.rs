@@ -251,14 +251,16 @@ impl Conn {
             w.absorb(&mut lock(&self.inbox));
         }
         let mut done = Vec::new();
+        let mut direct = None;
         if alone && w.is_empty() && !f.names_memory() && self.writable() {
             // The common case, written from here without the queue; a frame the wire does
             // not take whole is queued with what went out, and the queue's flush goes on.
             let mut slices = Slices::new();
             f.slices(0, None, &mut slices);
-            let n = self.wire.write_vectored(&slices).unwrap_or(0);
-            drop(slices);
-            if n == f.len() {
+            direct = Some(self.wire.write_vectored(&slices));
+        }
+        let blocked = match direct {
+            Some(Ok(n)) if n == f.len() => {
                 self.discharge(f.charge);
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 done.extend(f.op);
@@ -267,14 +269,20 @@ impl Conn {
                 done.extend(self.flush(mem).done);
                 return Ok(Flushed { done });
             }
-            match n {
-                0 => w.push(f),
-                n => w.head = Some((f, n)),
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                w.push(f);
+                true
             }
-        } else {
-            w.push(f);
-        }
-        let blocked = self.flush_locked(&mut w, mem, &mut done);
+            Some(Ok(n)) if n > 0 => {
+                w.head = Some((f, n));
+                self.flush_locked(&mut w, mem, &mut done)
+            }
+            // Nothing written, or an error: the queue's flush knows what it means.
+            _ => {
+                w.push(f);
+                self.flush_locked(&mut w, mem, &mut done)
+            }
+        };
         if blocked {
             let held: usize = w.frames_mut().map(Self::charge_answer).sum();
             self.charge(held);

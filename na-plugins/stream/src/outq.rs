@@ -115,12 +115,13 @@ impl OutFrame {
         ANSWERS.contains(&self.hdr[3])
     }
 
-    /// Memory the frame holds (registered regions are the owner's, not the queue's).
+    /// Memory the frame holds (registered regions are the owner's, not the queue's): its
+    /// allocation, not only its bytes (messages start with room to grow).
     pub(crate) fn held(&self) -> usize {
         FRAME_OVERHEAD
             + HEADER_LEN
             + match &self.body {
-                Body::Owned(v) => v.len(),
+                Body::Owned(v) => v.capacity(),
                 Body::Region { prefix, .. } => prefix.len(),
             }
     }

@@ -71,9 +71,15 @@ impl<T> CallTable<T> {
         self.calls.get(&tag).is_some_and(|e| e.version == version)
     }
 
-    /// Counts one more stale entry; drops them all once they outnumber the live ones.
+    /// Counts one more stale entry (see [`CallTable::compact`]).
     fn went_stale(&mut self) {
         self.stale += 1;
+        self.compact();
+    }
+
+    /// Drops every stale entry once they outnumber the live ones (and are more than a
+    /// few): the heap holds at most twice the live deadlines, plus 33.
+    fn compact(&mut self) {
         if self.stale > 32 && self.stale * 2 > self.deadlines.len() {
             let calls = &self.calls;
             self.deadlines
@@ -152,6 +158,8 @@ impl<T> CallTable<T> {
                 out.push((tag, e.value));
             }
         }
+        // Live entries left; the stale ones may now outnumber them.
+        self.compact();
         out
     }
 
@@ -253,6 +261,28 @@ mod tests {
         assert!(t.expire(t0 + Duration::from_millis(6)).is_empty());
         assert_eq!(t.expire(t0 + Duration::from_millis(9)), vec![(a, 1)]);
         assert!(!t.set_deadline(a, None));
+    }
+
+    /// Expiring live entries can leave the stale ones outnumbering those left: they go.
+    #[test]
+    fn expiry_keeps_stale_entries_bounded() {
+        let t0 = Instant::now();
+        let at = |ms| Some(t0 + Duration::from_millis(ms));
+        let mut t = CallTable::default();
+        for _ in 0..40 {
+            let _ = t.insert_due(at(1), ());
+        }
+        let _ = t.insert_due(at(30), ());
+        let late: Vec<u64> = (0..40).map(|_| t.insert_due(at(40), ())).collect();
+        late.into_iter()
+            .for_each(|tag| assert!(t.finish(tag).is_some()));
+        assert_eq!(t.expire(t0 + Duration::from_millis(1)).len(), 40);
+        assert!(
+            t.deadlines.len() <= 2 + 33,
+            "{} entries for 1",
+            t.deadlines.len()
+        );
+        assert_eq!(t.next_deadline(), at(30));
     }
 
     #[test]

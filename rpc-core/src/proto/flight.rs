@@ -186,21 +186,21 @@ impl<V> Flight<V> {
     }
 
     /// Turns the call `tag`, which waits on nothing (see [`Flight::stub`]), into a
-    /// transfer (its real answer's pull) keeping its deadline and value (the driver
-    /// changes that through [`Flight::value_mut`]). `None` if the call is gone or waits
-    /// on something.
+    /// transfer (its real answer's pull) keeping its deadline; `update` changes its value
+    /// for what the pull ends in. `None` (and nothing changed) if the call is gone or
+    /// waits on something.
     pub fn pull_into(
         &mut self,
         tag: u64,
-        route: Route,
-        len: u64,
-        cfg: ChunkConfig,
+        (route, len, cfg): (Route, u64, ChunkConfig),
+        update: impl FnOnce(&mut V),
         post: impl Post,
     ) -> Option<Over<V>> {
         let e = self.table.get_mut(tag)?;
         if !matches!(e.wait, Wait::Answer { op: None, .. }) {
             return None;
         }
+        update(&mut e.value);
         e.wait = Wait::Chunks(Box::new(Chunks {
             route,
             plan: Chunker::new(len, cfg),

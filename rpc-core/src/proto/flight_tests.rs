@@ -97,14 +97,13 @@ fn a_stub_answer_becomes_a_pull_that_keeps_the_call_and_its_deadline() {
     assert_eq!(f.stub(OpId(100)), Some((tag, Some(PeerId(7)))));
     assert_eq!(f.ops_tracked(), 0);
     assert!(f.stub(OpId(100)).is_none());
-    *f.value_mut(tag).unwrap() = "pull";
     let over = f
-        .pull_into(tag, route(), 25, cfg(10, 2), fab.post())
+        .pull_into(tag, (route(), 25, cfg(10, 2)), |v| *v = "pull", fab.post())
         .unwrap();
     assert!(over.is_none());
     assert_eq!(fab.posted, [(OpId(1), 0, 10), (OpId(2), 10, 10)]);
     assert!(
-        f.pull_into(tag, route(), 25, cfg(10, 2), fab.post())
+        f.pull_into(tag, (route(), 25, cfg(10, 2)), |v| *v = "again", fab.post())
             .is_none(),
         "a transfer is not turned into another"
     );
@@ -125,17 +124,21 @@ fn a_stub_answer_becomes_a_pull_that_keeps_the_call_and_its_deadline() {
 fn a_pull_into_a_call_still_waiting_is_refused() {
     let mut fab = Fabric::default();
     let mut f = Flight::default();
-    let tag = f.call(None, Some(PeerId(7)), ());
+    let tag = f.call(None, Some(PeerId(7)), "call");
     assert!(f.awaits(tag, OpId(100)));
-    assert!(
-        f.pull_into(tag, route(), 5, cfg(10, 2), fab.post())
+    let mut refused = |f: &mut Flight<&str>, tag| {
+        let spec = (route(), 5, cfg(10, 2));
+        f.pull_into(tag, spec, |v| *v = "changed", fab.post())
             .is_none()
+    };
+    assert!(refused(&mut f, tag));
+    assert!(refused(&mut f, 99));
+    assert_eq!(
+        f.value_mut(tag),
+        Some(&mut "call"),
+        "a refused pull changes nothing"
     );
     assert!(fab.posted.is_empty());
-    assert!(
-        f.pull_into(99, route(), 5, cfg(10, 2), fab.post())
-            .is_none()
-    );
 }
 
 #[test]
