@@ -29,18 +29,21 @@
 //! # What a call costs
 //! Counted, not timed (`scripts/rpc-cost TRANSPORT`: callgrind's instructions per RPC,
 //! 64-byte input, 2026-12-02). Both engines in one thread with manual progress (`qs-rate
-//! -c`, the busy path without its polling; exact to the instruction between runs): about
-//! 10 200 instructions per RPC over sm and 11 800 over tcp, client and server together.
-//! As separate processes in thread mode without spinning (`qs-rate -s 0`; the progress
-//! threads' passes vary with scheduling, ±6 %): client 8 700–9 700 (tcp) and
-//! 9 700–10 900 (sm), server 5 300 and 6 300–6 700. On the client a call takes the
-//! table's lock twice (entered; its answer found) and the transport's connection and
-//! operation tables; a progress pass with nothing due takes neither the table's nor the
-//! exposed answers' lock (their earliest deadlines are published in atomics, `timed`).
-//! Where the rest goes, largest first: the transport's framing, queues and syscalls (about
-//! half), the progress passes, the table, encoding and decoding, and about six
-//! allocations per RPC (the message each side encodes, the copy of each arrival, the
-//! caller's completion slot, the decoded input).
+//! -c`, the busy path without its polling; steady between runs): about 9 000
+//! instructions per RPC over sm and 10 450 over tcp, client and server together. As
+//! separate processes in thread mode without spinning (`qs-rate -s 0`; the progress
+//! threads' passes vary with scheduling, up to ±6 %): client 7 700 (tcp) and 9 550 (sm),
+//! server 4 800 and 6 100.
+//!
+//! On the client's busy path a call takes the table's lock twice (entered; its answer
+//! found) and the transport's connection and operation tables; a polling pass with
+//! nothing due takes neither the table's nor the exposed answers' lock (their earliest
+//! deadlines are published in atomics, `timed`). A progress thread that sleeps takes the
+//! table's lock twice more per sleep (arming its deadline, then waking), and a caller that
+//! starts driving once (to see whether it sleeps). Where the rest goes, largest first: the
+//! transport's framing, queues and syscalls (about half), the progress passes, the table,
+//! encoding and decoding, and about six allocations per RPC (the message each side
+//! encodes, the copy of each arrival, the caller's completion slot, the decoded input).
 
 #![deny(missing_docs)]
 
