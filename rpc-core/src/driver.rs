@@ -18,7 +18,7 @@ use crate::handler::{Handler, Incoming, ReplyTo};
 use crate::handoff::Drivers;
 use crate::mode::ProgressMode;
 use crate::pool::Pool;
-use crate::proto::{Budget, Entry, Exposed, Flight, Header, MsgKind, Over, Owner, Route, Status};
+use crate::proto::{self, Budget, Entry, Exposed, Flight, Over, Owner, Route, Status, Verdict};
 use crate::slot::{Answer, Slot};
 use crate::spin::Backoff;
 use crate::timed::{Earliest, Timed};
@@ -378,49 +378,56 @@ impl Shared {
     /// Sends a request to its handler (or answers why not).
     /// `held` is the overflow budget the request's memory took, if it was pulled.
     pub(crate) fn dispatch(self: &Arc<Self>, reply: ReplyTo, msg: Vec<u8>, held: Option<Held>) {
-        let h = match Header::decode(&msg) {
-            Ok((h, _)) => h,
-            Err(e) => {
-                Counters::add(&self.counters.bad_requests, 1);
-                return reply.send(self, 0, Status::BadHeader, e.to_string().as_bytes());
-            }
+        let mut handler = None;
+        let served = |id| {
+            let reg = self.registry.read().unwrap_or_else(|e| e.into_inner());
+            let r = reg.get(&id)?;
+            handler = Some(r.handler.clone());
+            Some(r.inline)
         };
+        let stopping = self.stopping.load(Ordering::Acquire);
+        let verdict = proto::classify(&msg, served, held.is_some(), stopping);
         let from = reply.peer();
-        let reply = match h.kind {
-            MsgKind::Request => reply,
-            MsgKind::OneWay => ReplyTo::Nobody { peer: from },
-            MsgKind::Release => return self.release_exposed(h.rpc_id, from),
-            MsgKind::Response => {
+        let quiet = |one_way| match one_way {
+            true => ReplyTo::Nobody { peer: from },
+            false => reply,
+        };
+        let (rpc_id, reply, inline) = match verdict {
+            Verdict::Run {
+                rpc_id,
+                one_way,
+                inline,
+            } => (rpc_id, quiet(one_way), inline),
+            Verdict::Refuse {
+                rpc_id,
+                one_way,
+                status,
+                why,
+                bad,
+            } => {
+                if bad {
+                    Counters::add(&self.counters.bad_requests, 1);
+                }
+                return quiet(one_way).send(self, rpc_id, status, why.as_bytes());
+            }
+            Verdict::Pull { one_way } => return self.start_input_pull(from, quiet(one_way), &msg),
+            Verdict::Release(id) => return self.release_exposed(id, from),
+            Verdict::Drop => {
                 Counters::add(&self.counters.bad_requests, 1);
-                return tracing::debug!(rpc_id = h.rpc_id, "answer sent as a request; dropped");
+                return tracing::debug!("answer sent as a request; dropped");
             }
         };
-        if h.is_overflow() {
-            return self.start_input_pull(from, reply, &msg);
-        }
-        let handler = self
-            .registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&h.rpc_id)
-            .map(|r| (r.handler.clone(), r.inline));
-        let Some((handler, inline)) = handler else {
-            Counters::add(&self.counters.bad_requests, 1);
-            return reply.send(self, h.rpc_id, Status::UnknownRpc, b"");
-        };
-        if self.stopping.load(Ordering::Acquire) {
-            return reply.send(self, h.rpc_id, Status::ShuttingDown, b"");
-        }
+        let Some(handler) = handler else { return };
         let inc = Incoming {
             shared: self.clone(),
             reply,
-            rpc_id: h.rpc_id,
+            rpc_id,
             msg,
         };
         // (Not a pulled request: its memory's budget is held until its handler is done,
         // and an inline handler may defer; pulled ones are large, and go to a worker.)
         if inline && held.is_none() {
-            let _span = tracing::debug_span!("rpc_handler", rpc_id = h.rpc_id).entered();
+            let _span = tracing::debug_span!("rpc_handler", rpc_id).entered();
             return handler(inc);
         }
         let (peer, rpc_id) = (inc.reply.peer(), inc.rpc_id);

@@ -7,12 +7,14 @@
 
 mod budget;
 mod calls;
+mod dispatch;
 mod exposed;
 mod flight;
 mod header;
 
 pub use budget::{Budget, Over};
 pub use calls::CallTable;
+pub use dispatch::{Verdict, classify};
 pub use exposed::Exposed;
 pub use flight::{Entry, Flight, Owner, Post, Route};
 pub use header::{HEADER_LEN, Header, MSG_ROOM, MsgKind, ProtoError, Status, decode_answer};
