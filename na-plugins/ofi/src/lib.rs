@@ -34,6 +34,8 @@ mod addr;
 #[cfg(test)]
 mod answers_tests;
 mod fabric;
+#[cfg(test)]
+mod liveness_tests;
 mod mr;
 #[cfg(test)]
 mod oversized_tests;

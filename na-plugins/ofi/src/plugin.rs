@@ -173,6 +173,9 @@ pub(crate) struct Peer {
     pub(crate) probing_since: Option<Instant>,
     /// When the last probe went out.
     pub(crate) last_probe: Option<Instant>,
+    /// Probes of the current probing posted, and refused by the provider for lack of room
+    /// (said when the peer is declared lost: a full queue and a silent peer differ).
+    pub(crate) probes: (u32, u32),
     /// User operations pending on it.
     pub(crate) pending: u32,
     /// Declared lost and not heard from since.
@@ -488,6 +491,7 @@ impl OfiPlugin {
                 heard: false,
                 probing_since: None,
                 last_probe: None,
+                probes: (0, 0),
                 pending: 0,
                 lost: false,
             },

@@ -192,6 +192,7 @@ impl OfiPlugin {
             p.pending = p.pending.saturating_sub(1);
             if p.pending == 0 {
                 p.probing_since = None;
+                p.probes = (0, 0);
             }
         }
         if !op.reported {
@@ -356,6 +357,7 @@ impl OfiPlugin {
         let e = as_loss(p, e);
         p.probing_since = None;
         p.last_probe = None;
+        p.probes = (0, 0);
         p.last_heard = Instant::now();
         // Declared lost again (operations still waiting on it): fail them, report once.
         let again = std::mem::replace(&mut p.lost, true);
@@ -420,7 +422,7 @@ impl OfiPlugin {
     /// unanswered for `probe_timeout`. Returns when it next needs to run.
     fn check_liveness(&self, now: Instant) -> Option<Instant> {
         let mut probe = Vec::new();
-        let mut lost: Vec<(PeerId, &str)> = Vec::new();
+        let mut lost: Vec<(PeerId, String)> = Vec::new();
         let mut suspects = Vec::new();
         let mut next: Option<Instant> = None;
         {
@@ -438,7 +440,15 @@ impl OfiPlugin {
                 if let Some(t0) = p.probing_since
                     && now.duration_since(t0) >= self.cfg.probe_timeout
                 {
-                    lost.push((PeerId(*a), "its liveness probes went unanswered"));
+                    let (sent, refused) = p.probes;
+                    lost.push((
+                        PeerId(*a),
+                        format!(
+                            "its liveness probes went unanswered for {:.1} s ({sent} sent, \
+                             {refused} refused by the provider for lack of room)",
+                            now.duration_since(t0).as_secs_f64()
+                        ),
+                    ));
                     continue;
                 }
                 let silent = now.duration_since(p.last_heard) >= self.cfg.probe_after;
@@ -465,7 +475,7 @@ impl OfiPlugin {
             if crate::provider::certainly_dead(self.provider.death_check, &raw) {
                 lost.push((
                     PeerId(a),
-                    "it stopped answering and its process or port is gone",
+                    "it stopped answering and its process or port is gone".into(),
                 ));
             }
         }
@@ -475,10 +485,21 @@ impl OfiPlugin {
             }
             let b = wire::header(Kind::Ping, 0, &self.self_raw);
             // A ping is never injected: its completion (or error) is part of the probe.
-            let r = self.tsend_with_completion(a, b);
-            if let Err(e) = r {
-                lost.push((PeerId(a), "a liveness probe could not be sent to it"));
-                tracing::debug!("ofi: probe to {a} not posted: {e}");
+            match self.tsend_with_completion(a, b) {
+                Ok(posted) => {
+                    if let Some(p) = lock(&self.state).peers.get_mut(&a) {
+                        let n = if posted {
+                            &mut p.probes.0
+                        } else {
+                            &mut p.probes.1
+                        };
+                        *n += 1;
+                    }
+                }
+                Err(e) => {
+                    lost.push((PeerId(a), "a liveness probe could not be sent to it".into()));
+                    tracing::debug!("ofi: probe to {a} not posted: {e}");
+                }
             }
         }
         for (p, why) in lost {
@@ -487,7 +508,8 @@ impl OfiPlugin {
         next
     }
 
-    fn tsend_with_completion(&self, peer: u64, buf: Vec<u8>) -> NaResult<()> {
+    /// Posts a probe; `Ok(false)` when the provider had no room for it now.
+    fn tsend_with_completion(&self, peer: u64, buf: Vec<u8>) -> NaResult<bool> {
         let ctx = Ctx::new(What::Ping(PeerId(peer)), buf);
         lock(&self.state).live.insert(ctx as usize);
         // SAFETY: ctx is live until its completion.
@@ -508,11 +530,11 @@ impl OfiPlugin {
             // SAFETY: not posted.
             drop(unsafe { Box::from_raw(ctx) });
             if rc == -(fi::FI_EAGAIN as isize) {
-                return Ok(());
+                return Ok(false);
             }
             return Err(fabric::error("fi_send(ping)", rc as i64));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Runs the liveness check when it is due: at most every `LIVENESS_TICK` (busy polling
@@ -789,5 +811,6 @@ fn heard_from(s: &mut State, peer: PeerId) {
         p.heard = true;
         p.probing_since = None;
         p.last_probe = None;
+        p.probes = (0, 0);
     }
 }

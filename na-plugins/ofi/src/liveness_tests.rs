@@ -1,0 +1,89 @@
+//! Liveness: a peer an operation waits on that stays silent is probed and, when its
+//! probes go unanswered for `probe_timeout`, declared lost with a reason that says how
+//! many probes went out; a peer that answers its probes is waited on for as long as the
+//! operation takes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use na::{NaError, Plugin};
+use qs_tests::conformance::Driven;
+
+use crate::{OfiConfig, OfiPlugin};
+
+fn quick(addr: &str) -> Arc<OfiPlugin> {
+    let cfg = OfiConfig {
+        probe_after: Duration::from_millis(50),
+        probe_timeout: Duration::from_millis(400),
+        ..OfiConfig::default()
+    };
+    Arc::new(OfiPlugin::with_config(&addr.parse().unwrap(), cfg).unwrap())
+}
+
+const ADDRS: [&str; 3] = [
+    "ofi+tcp://127.0.0.1:0",
+    "ofi+sockets://127.0.0.1:0",
+    "ofi+shm://auto",
+];
+
+#[test]
+fn a_silent_peer_is_declared_lost_after_its_probes_go_unanswered() {
+    for addr in ADDRS {
+        let mut a = Driven::new(quick(addr));
+        // The peer exists (shm: its process is alive) but never progresses: nothing of
+        // it answers.
+        let b = quick(addr);
+        let pb = a.p.lookup(b.self_addr()).unwrap();
+        let t = Instant::now();
+        let op = a.p.recv_expected(pb, 7).unwrap();
+        let r = a.done_within(op, Duration::from_secs(20));
+        let waited = t.elapsed();
+        match r {
+            Some(Err(NaError::Unreachable(m) | NaError::Disconnected(m))) => {
+                assert!(m.contains("went unanswered"), "{addr}: {m}");
+                assert!(m.contains("sent"), "{addr}: the probes are counted: {m}");
+            }
+            other => panic!("{addr}: {other:?} after {waited:?}"),
+        }
+        assert!(
+            waited >= Duration::from_millis(400),
+            "{addr}: lost only after probe_timeout ({waited:?})"
+        );
+    }
+}
+
+#[test]
+fn a_peer_that_answers_its_probes_is_waited_on() {
+    for addr in ADDRS {
+        let ap = quick(addr);
+        let mut a = Driven::new(ap.clone());
+        let b = quick(addr);
+        let pb = a.p.lookup(b.self_addr()).unwrap();
+        let pa = b.lookup(a.p.self_addr()).unwrap();
+        // `b` progresses (and so answers probes) but sends what `a` waits for only after
+        // five probe timeouts.
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < end {
+                b2.progress(Some(Duration::from_millis(5))).unwrap();
+                while b2.poll_event().is_some() {}
+            }
+            let op = b2.send_expected(pa, 7, b"late".to_vec()).unwrap();
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                b2.progress(Some(Duration::from_millis(5))).unwrap();
+                if std::iter::from_fn(|| b2.poll_event())
+                    .any(|e| matches!(e, na::Event::Done { op: o, .. } if o == op))
+                {
+                    return;
+                }
+            }
+        });
+        let op = a.p.recv_expected(pb, 7).unwrap();
+        let r = a.done_within(op, Duration::from_secs(20));
+        t.join().unwrap();
+        assert_eq!(r, Some(Ok(b"late".to_vec())), "{addr}");
+        assert!(ap.stats().probes > 0, "{addr}: the peer was probed");
+    }
+}
