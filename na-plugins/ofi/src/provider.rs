@@ -100,14 +100,20 @@ pub const MR_MODES: u32 = fi::FI_MR_LOCAL
     | fi::FI_MR_PROV_KEY
     | fi::FI_MR_ENDPOINT;
 
+/// The shm provider's region name (`PID:N:N`) in its raw address (`fi_shm://PID:N:N\0`).
+pub fn region_name(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    let name = s.trim_end_matches('\0');
+    name.split_once("://").map_or(name, |(_, r)| r).to_string()
+}
+
 /// Whether the process behind `raw` (an address of `check`'s kind) is certainly gone.
 pub fn certainly_dead(check: DeathCheck, raw: &[u8]) -> bool {
     match check {
         DeathCheck::None => false,
         DeathCheck::Pid => {
-            let s = String::from_utf8_lossy(raw);
-            let name = s.trim_end_matches('\0');
-            let name = name.split_once("://").map_or(name, |(_, r)| r);
+            let name = region_name(raw);
+            let name = name.as_str();
             // The provider's region is `/dev/shm/NAME` while the endpoint is open.
             if !shm_region_exists(name) {
                 return true;
@@ -150,12 +156,46 @@ fn pid_gone(pid: libc::pid_t) -> bool {
     rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
+/// The regions of this process's open shm endpoints. Their names begin with our pid, as
+/// do those a killed process left behind if the kernel has since given its pid to us (pids
+/// wrap at 32768 by default, and threads take them too): the provider refuses to create
+/// a region whose name is taken by a live pid (`fi_enable`: EBUSY), so those must go.
+static OURS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The list of this process's regions, locked: held across a sweep and the opening of an
+/// endpoint, so that no region of ours is created unlisted while a sweep looks.
+pub(crate) fn own_regions() -> std::sync::MutexGuard<'static, Vec<String>> {
+    OURS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A region of ours, listed until dropped (after its endpoint is closed).
+pub(crate) struct OwnRegion(String);
+
+impl OwnRegion {
+    pub(crate) fn list(ours: &mut Vec<String>, name: String) -> OwnRegion {
+        ours.push(name.clone());
+        OwnRegion(name)
+    }
+}
+
+impl Drop for OwnRegion {
+    fn drop(&mut self) {
+        let mut ours = own_regions();
+        if let Some(i) = ours.iter().position(|n| *n == self.0) {
+            ours.swap_remove(i);
+        }
+    }
+}
+
 /// Removes the shm provider's regions left in `/dev/shm` by processes that died without
-/// closing their endpoints (killed processes leak 16 MiB each). Returns how many.
-pub fn sweep_stale_shm_regions() -> usize {
+/// closing their endpoints (killed processes leak 16 MiB each): those whose pid is gone,
+/// and those named with our own pid that are not in `ours` (left by a process that had
+/// our pid before). Returns how many.
+pub fn sweep_stale_shm_regions(ours: &[String]) -> usize {
     let Ok(dir) = std::fs::read_dir("/dev/shm") else {
         return 0;
     };
+    let me = std::process::id() as libc::pid_t;
     let mut n = 0;
     for e in dir.flatten() {
         let name = e.file_name();
@@ -163,9 +203,13 @@ pub fn sweep_stale_shm_regions() -> usize {
         let mut parts = name.split(':');
         let pid = parts.next().and_then(|p| p.parse::<libc::pid_t>().ok());
         let shape = parts.clone().count() >= 2 && parts.all(|p| p.parse::<u32>().is_ok());
+        let stale = |pid| match pid == me {
+            true => !ours.iter().any(|o| *o == name),
+            false => pid_gone(pid),
+        };
         if let (Some(pid), true) = (pid, shape)
             && pid > 0
-            && pid_gone(pid)
+            && stale(pid)
             && std::fs::remove_file(e.path()).is_ok()
         {
             n += 1;

@@ -1,0 +1,72 @@
+//! A process given the pid of one killed before it (pids wrap at 32768 by default, and
+//! threads take them too) finds that process's shm regions under the names its own
+//! endpoints get (`PID:0:N`). The provider will not create a region whose name a live pid
+//! holds (`fi_enable`: EBUSY), so the plugin removes, before it opens an endpoint, the
+//! regions named with our pid that are not our open endpoints'. Its own test binary: it
+//! writes files under names this process's endpoints take, which no other test may race.
+
+use std::time::Duration;
+
+use na::Plugin;
+use na_ofi::OfiPlugin;
+use qs_tests::conformance::Driven;
+
+fn shm() -> OfiPlugin {
+    OfiPlugin::new(&"ofi+shm://auto".parse().unwrap()).unwrap()
+}
+
+fn region(p: &OfiPlugin) -> String {
+    let a = p.self_addr().to_string();
+    a.rsplit_once("://").unwrap().1.to_string()
+}
+
+#[test]
+fn regions_left_under_our_pid_do_not_stop_new_endpoints() {
+    let first = shm();
+    let name = region(&first);
+    let (pid, rest) = name.split_once(':').unwrap();
+    assert_eq!(pid, std::process::id().to_string(), "{name}");
+    let (dom, n) = rest.split_once(':').unwrap();
+    let n: u32 = n.parse().unwrap();
+    // What a killed process with our pid left: whole regions (with that pid inside) under
+    // the names our next endpoints get.
+    let bytes = std::fs::read(format!("/dev/shm/{name}")).unwrap();
+    let stale: Vec<String> = (n + 1..n + 5).map(|k| format!("{pid}:{dom}:{k}")).collect();
+    for s in &stale {
+        std::fs::write(format!("/dev/shm/{s}"), &bytes).unwrap();
+    }
+    let a = std::sync::Arc::new(shm());
+    let b = std::sync::Arc::new(shm());
+    assert!(
+        std::path::Path::new("/dev/shm").join(&name).exists(),
+        "a region of ours that is open stays"
+    );
+    let gone = stale
+        .iter()
+        .filter(|s| ![region(&a), region(&b)].contains(s))
+        .filter(|s| std::path::Path::new("/dev/shm").join(s).exists())
+        .count();
+    assert_eq!(gone, 0, "the stale regions were removed");
+    // The new endpoints work, both ways.
+    let (mut da, mut db) = (Driven::new(a.clone()), Driven::new(b.clone()));
+    let pb = a.lookup(b.self_addr()).unwrap();
+    let op = a.send_unexpected(pb, 1, b"hi".to_vec()).unwrap();
+    let (pa, tag, data) = db
+        .next_unexpected_within(Duration::from_secs(10))
+        .expect("b hears a");
+    assert_eq!((tag, &data[..]), (1, &b"hi"[..]));
+    assert_eq!(
+        da.done_within(op, Duration::from_secs(10)),
+        Some(Ok(Vec::new()))
+    );
+    let op = b.send_unexpected(pa, 2, b"back".to_vec()).unwrap();
+    let (_, tag, data) = da
+        .next_unexpected_within(Duration::from_secs(10))
+        .expect("a hears b");
+    assert_eq!((tag, &data[..]), (2, &b"back"[..]));
+    assert_eq!(
+        db.done_within(op, Duration::from_secs(10)),
+        Some(Ok(Vec::new()))
+    );
+    drop((da, db, a, b, first));
+}
