@@ -20,6 +20,20 @@ fn region(p: &OfiPlugin) -> String {
     a.rsplit_once("://").unwrap().1.to_string()
 }
 
+/// `from` sends `to` a message with `tag`; returns `from` as `to` knows it.
+fn say(from: &mut Driven, to: &mut Driven, peer: na::PeerId, tag: u64) -> na::PeerId {
+    let op = from.p.send_unexpected(peer, tag, b"hi".to_vec()).unwrap();
+    let (back, t, data) = to
+        .next_unexpected_within(Duration::from_secs(10))
+        .expect("the message arrives");
+    assert_eq!((t, &data[..]), (tag, &b"hi"[..]));
+    assert_eq!(
+        from.done_within(op, Duration::from_secs(10)),
+        Some(Ok(Vec::new()))
+    );
+    back
+}
+
 #[test]
 fn regions_left_under_our_pid_do_not_stop_new_endpoints() {
     let first = shm();
@@ -50,23 +64,7 @@ fn regions_left_under_our_pid_do_not_stop_new_endpoints() {
     // The new endpoints work, both ways.
     let (mut da, mut db) = (Driven::new(a.clone()), Driven::new(b.clone()));
     let pb = a.lookup(b.self_addr()).unwrap();
-    let op = a.send_unexpected(pb, 1, b"hi".to_vec()).unwrap();
-    let (pa, tag, data) = db
-        .next_unexpected_within(Duration::from_secs(10))
-        .expect("b hears a");
-    assert_eq!((tag, &data[..]), (1, &b"hi"[..]));
-    assert_eq!(
-        da.done_within(op, Duration::from_secs(10)),
-        Some(Ok(Vec::new()))
-    );
-    let op = b.send_unexpected(pa, 2, b"back".to_vec()).unwrap();
-    let (_, tag, data) = da
-        .next_unexpected_within(Duration::from_secs(10))
-        .expect("a hears b");
-    assert_eq!((tag, &data[..]), (2, &b"back"[..]));
-    assert_eq!(
-        db.done_within(op, Duration::from_secs(10)),
-        Some(Ok(Vec::new()))
-    );
+    let pa = say(&mut da, &mut db, pb, 1);
+    say(&mut db, &mut da, pa, 2);
     drop((da, db, a, b, first));
 }
