@@ -34,6 +34,7 @@ mod addr;
 #[cfg(test)]
 mod answers_tests;
 mod fabric;
+mod liveness;
 #[cfg(test)]
 mod liveness_tests;
 mod mr;

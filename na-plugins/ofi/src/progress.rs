@@ -1,5 +1,5 @@
-//! Progress: reading the completion queue, finishing operations, answering and sending
-//! liveness probes, sleeping on the queue's wait fd, and cancellation.
+//! Progress: reading the completion queue, finishing operations, answering liveness
+//! probes, sleeping on the queue's wait fd, and cancellation (probing is in `liveness`).
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
@@ -11,7 +11,6 @@ use na::{Event, NaError, NaResult, PeerId};
 use crate::fabric;
 use crate::plugin::{Ctx, OfiPlugin, OpKind, Peer, RECV_BUFS_KEPT, State, What, lock};
 use crate::post::drop_backlogged;
-use crate::provider::DeathCheck;
 use crate::wire::{self, Kind};
 
 /// The longest idle poll interval of a provider without a wait object.
@@ -25,16 +24,8 @@ const FIRST_IDLE_POLL: Duration = Duration::from_micros(2);
 
 const BATCH: usize = 32;
 
-/// The longest a due liveness action waits for the rate limit of the check.
-const LIVENESS_TICK: Duration = Duration::from_millis(20);
-
 /// A spinning progress pass looks at liveness (and the clock) once in this many.
 const LIVENESS_EVERY: u64 = 64;
-
-/// How long transfers to a lost peer may take to come back from the provider before they
-/// are completed with the error regardless (`shm` never returns a transfer whose target
-/// process died: the target performs the copy).
-const ABANDON_AFTER: Duration = Duration::from_secs(2);
 
 impl OfiPlugin {
     /// Reads and handles every completion queued now. With `wait_turn` false, returns at
@@ -347,212 +338,6 @@ impl OfiPlugin {
         lock(&self.answers).push(a);
     }
 
-    /// Fails every operation waiting on `peer` with `e` (RMA ones when the fabric returns
-    /// them), and reports the loss.
-    pub(crate) fn peer_lost(&self, peer: PeerId, e: NaError) {
-        let mut s = lock(&self.state);
-        let Some(p) = s.peers.get_mut(&peer.0) else {
-            return;
-        };
-        let e = as_loss(p, e);
-        p.probing_since = None;
-        p.last_probe = None;
-        p.probes = (0, 0);
-        p.last_heard = Instant::now();
-        // Declared lost again (operations still waiting on it): fail them, report once.
-        let again = std::mem::replace(&mut p.lost, true);
-        if !again {
-            s.stats.peers_lost += 1;
-        }
-        let ids: Vec<u64> = s
-            .ops
-            .iter()
-            .filter(|(_, o)| o.peer == peer && !o.reported)
-            .map(|(id, _)| *id)
-            .collect();
-        tracing::info!(
-            "ofi: peer {peer:?} lost ({e}); failing {} operations",
-            ids.len()
-        );
-        for id in ids {
-            let Some(op) = s.ops.get_mut(&id) else {
-                continue;
-            };
-            op.error.get_or_insert(e.clone());
-            for c in &op.ctxs {
-                // SAFETY: cancel by context on our open endpoint; a context that already
-                // completed is simply not found.
-                unsafe { fi::fi_cancel(self.ep.fid(), *c as *mut libc::c_void) };
-            }
-            if op.kind != OpKind::Rma {
-                // Receives and sends own their buffers: report now, release on completion
-                // (or now, for posts still in the backlog).
-                op.reported = true;
-                self.push_event(Event::Done {
-                    op: na::OpId(id),
-                    result: Err(e.clone()),
-                });
-                let unposted = drop_backlogged(&mut s, id);
-                if let Some(op) = s.ops.get_mut(&id) {
-                    op.parts = op.parts.saturating_sub(unposted);
-                }
-                self.finish_if_done(&mut s, id);
-            } else {
-                // Transfers: pieces not posted yet are dropped; posted ones are left to the
-                // provider for a while (they may still touch the caller's memory).
-                drop_queued(&mut s, id);
-                if s.awaiting.remove(&id).is_some()
-                    && let Some(op) = s.ops.get_mut(&id)
-                {
-                    op.parts = 0;
-                }
-                if let Some(op) = s.ops.get_mut(&id) {
-                    op.abandon_at.get_or_insert(Instant::now() + ABANDON_AFTER);
-                }
-                self.finish_if_done(&mut s, id);
-            }
-        }
-        crate::post::drop_control_to(&mut s, peer.0);
-        if !again {
-            self.push_event(Event::PeerLost { peer, error: e });
-        }
-    }
-
-    /// Probes silent peers that operations wait on; declares lost those whose probes went
-    /// unanswered for `probe_timeout`. Returns when it next needs to run.
-    fn check_liveness(&self, now: Instant) -> Option<Instant> {
-        let mut probe = Vec::new();
-        let mut lost: Vec<(PeerId, String)> = Vec::new();
-        let mut suspects = Vec::new();
-        let mut next: Option<Instant> = None;
-        {
-            let mut s = lock(&self.state);
-            let mut probes = 0;
-            let idle = self.cfg.watch_idle;
-            for p in s.peers.values_mut() {
-                if std::mem::take(&mut p.heard) {
-                    p.last_heard = now;
-                }
-            }
-            let watched =
-                |p: &Peer| p.pending > 0 || (!p.lost && now.duration_since(p.last_heard) < idle);
-            for (a, p) in s.peers.iter_mut().filter(|(_, p)| watched(p)) {
-                if let Some(t0) = p.probing_since
-                    && now.duration_since(t0) >= self.cfg.probe_timeout
-                {
-                    let (sent, refused) = p.probes;
-                    lost.push((
-                        PeerId(*a),
-                        format!(
-                            "its liveness probes went unanswered for {:.1} s ({sent} sent, \
-                             {refused} refused by the provider for lack of room)",
-                            now.duration_since(t0).as_secs_f64()
-                        ),
-                    ));
-                    continue;
-                }
-                let silent = now.duration_since(p.last_heard) >= self.cfg.probe_after;
-                let due = p
-                    .last_probe
-                    .is_none_or(|t| now.duration_since(t) >= self.cfg.probe_after);
-                if silent && due {
-                    if p.probing_since.is_some() || self.provider.death_check == DeathCheck::Pid {
-                        // A probe went unanswered: is the process there at all?
-                        suspects.push((*a, p.raw.clone()));
-                    }
-                    p.probing_since.get_or_insert(now);
-                    p.last_probe = Some(now);
-                    probe.push(*a);
-                    probes += 1;
-                }
-                let at = p.last_probe.unwrap_or(p.last_heard) + self.cfg.probe_after;
-                next = Some(next.map_or(at, |n| n.min(at)));
-            }
-            s.stats.probes += probes;
-            abandon_overdue(self, &mut s, now);
-        }
-        for (a, raw) in suspects {
-            if crate::provider::certainly_dead(self.provider.death_check, &raw) {
-                lost.push((
-                    PeerId(a),
-                    "it stopped answering and its process or port is gone".into(),
-                ));
-            }
-        }
-        for a in probe {
-            if lost.iter().any(|(p, _)| *p == PeerId(a)) {
-                continue;
-            }
-            let b = wire::header(Kind::Ping, 0, &self.self_raw);
-            // A ping is never injected: its completion (or error) is part of the probe.
-            match self.tsend_with_completion(a, b) {
-                Ok(posted) => {
-                    if let Some(p) = lock(&self.state).peers.get_mut(&a) {
-                        let n = if posted {
-                            &mut p.probes.0
-                        } else {
-                            &mut p.probes.1
-                        };
-                        *n += 1;
-                    }
-                }
-                Err(e) => {
-                    lost.push((PeerId(a), "a liveness probe could not be sent to it".into()));
-                    tracing::debug!("ofi: probe to {a} not posted: {e}");
-                }
-            }
-        }
-        for (p, why) in lost {
-            self.peer_lost(p, NaError::Unreachable(format!("the peer is lost: {why}")));
-        }
-        next
-    }
-
-    /// Posts a probe; `Ok(false)` when the provider had no room for it now.
-    fn tsend_with_completion(&self, peer: u64, buf: Vec<u8>) -> NaResult<bool> {
-        let ctx = Ctx::new(What::Ping(PeerId(peer)), buf);
-        lock(&self.state).live.insert(ctx as usize);
-        // SAFETY: ctx is live until its completion.
-        let (p, n) = unsafe { ((*ctx).buf.as_ptr(), (*ctx).buf.len()) };
-        // SAFETY: as above; one try only (a probe that cannot go out now goes next time).
-        let rc = unsafe {
-            fi::fi_send(
-                self.ep.0,
-                p.cast(),
-                n,
-                std::ptr::null_mut(),
-                peer,
-                ctx.cast(),
-            )
-        };
-        if rc != 0 {
-            lock(&self.state).live.remove(&(ctx as usize));
-            // SAFETY: not posted.
-            drop(unsafe { Box::from_raw(ctx) });
-            if rc == -(fi::FI_EAGAIN as isize) {
-                return Ok(false);
-            }
-            return Err(fabric::error("fi_send(ping)", rc as i64));
-        }
-        Ok(true)
-    }
-
-    /// Runs the liveness check when it is due: at most every `LIVENESS_TICK` (busy polling
-    /// calls progress millions of times a second; the check locks and scans every peer), or
-    /// at once after an operation made a silent peer watched (`liveness_dirty`).
-    fn liveness_tick(&self, now: Instant) -> Option<Instant> {
-        let mut t = lock(&self.liveness);
-        let dirty = self
-            .liveness_dirty
-            .swap(false, std::sync::atomic::Ordering::AcqRel);
-        if !dirty && t.0.is_some_and(|last| now < last + LIVENESS_TICK) {
-            return t.1;
-        }
-        let next = self.check_liveness(now);
-        *t = (Some(now), next);
-        next
-    }
-
     /// Marks activity: the next idle polls (without a wait object) come soon after.
     pub(crate) fn active(&self) {
         if self.wait_fd.is_none() {
@@ -736,46 +521,8 @@ impl OfiPlugin {
     }
 }
 
-/// Completes with their error the transfers to lost peers that the provider did not
-/// return within `ABANDON_AFTER`. Their contexts stay allocated (freed if the provider ever
-/// completes them, or with the plugin) but no longer count in the window.
-fn abandon_overdue(p: &OfiPlugin, s: &mut State, now: Instant) {
-    let due: Vec<u64> = s
-        .ops
-        .iter()
-        .filter(|(_, o)| !o.reported && o.abandon_at.is_some_and(|t| now >= t))
-        .map(|(id, _)| *id)
-        .collect();
-    for id in due {
-        let Some(op) = s.ops.get(&id) else { continue };
-        let ctxs: Vec<usize> = op
-            .ctxs
-            .iter()
-            .copied()
-            .filter(|c| s.live.contains(c))
-            .collect();
-        for c in ctxs {
-            let ctx = c as *mut Ctx;
-            // SAFETY: the context is live (in `live`, checked under the state lock held here);
-            // libfabric uses only its `fi` field, and completions read `what` under this lock.
-            unsafe {
-                if let What::Rma(_, len) = (*ctx).what {
-                    s.rma_inflight = s.rma_inflight.saturating_sub(len);
-                }
-                (*ctx).what = What::Control;
-            }
-        }
-        drop_queued(s, id);
-        tracing::warn!("ofi: a transfer to a lost peer was not returned by the provider; failed");
-        if let Some(op) = s.ops.get_mut(&id) {
-            op.parts = 0;
-        }
-        p.finish_if_done(s, id);
-    }
-}
-
 /// Removes the queued (unposted) pieces of `id`; returns whether there were any.
-fn drop_queued(s: &mut State, id: u64) -> bool {
+pub(crate) fn drop_queued(s: &mut State, id: u64) -> bool {
     let before = s.rma_queue.len();
     s.rma_queue.retain(|q| q.id != id);
     let n = (before - s.rma_queue.len()) as u32;
@@ -797,7 +544,7 @@ impl OfiPlugin {
 
 /// A transport error about peer `p` as its operations report it: a peer reached before
 /// that cannot be reached now has been lost (`Disconnected`), not never been there.
-fn as_loss(p: &Peer, e: NaError) -> NaError {
+pub(crate) fn as_loss(p: &Peer, e: NaError) -> NaError {
     match e {
         NaError::Unreachable(m) if p.contacted => NaError::Disconnected(m),
         other => other,
