@@ -23,8 +23,9 @@
 //!   after `fi_trywait`, so the engine costs nothing at rest.
 //! - **Liveness**: an RDM endpoint has no connections to lose, so a peer that other
 //!   operations are waiting on is probed (a ping the peer's plugin answers); a probe that
-//!   fails or stays unanswered fails that peer's operations and reports
-//!   [`na::Event::PeerLost`].
+//!   fails or stays unanswered, or probes the provider has no room for over a longer
+//!   time (a full queue is a busy peer, not a silent one), fail that peer's operations
+//!   and report [`na::Event::PeerLost`].
 //!
 //! Addresses are `ofi+PROVIDER://[DOMAIN/]LOCATOR`: `ofi+tcp://127.0.0.1:7000`,
 //! `ofi+tcp://lo/127.0.0.1:0`, `ofi+shm://auto`. Provider quirks live in [`provider`].

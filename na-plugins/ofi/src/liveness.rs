@@ -17,6 +17,65 @@ use crate::wire::{self, Kind};
 /// The longest a due liveness action waits for the rate limit of the check.
 const LIVENESS_TICK: Duration = Duration::from_millis(20);
 
+/// How many times `probe_timeout` a peer may stay out of reach because the provider has no
+/// room for a probe to it (its queue full: a busy peer, not a silent one) before it is
+/// declared lost.
+const REFUSED_FACTOR: u32 = 6;
+
+/// The probing of one silent peer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Probing {
+    /// The first probe attempt.
+    since: Instant,
+    /// When the first probe the provider took went out.
+    posted: Option<Instant>,
+    /// Probes posted.
+    sent: u32,
+    /// Probe attempts the provider refused for lack of room.
+    refused: u32,
+}
+
+impl Probing {
+    pub(crate) fn new(now: Instant) -> Probing {
+        Probing {
+            since: now,
+            posted: None,
+            sent: 0,
+            refused: 0,
+        }
+    }
+
+    /// Counts a probe attempt made at `now`.
+    pub(crate) fn record(&mut self, posted: bool, now: Instant) {
+        if posted {
+            self.sent += 1;
+            self.posted.get_or_insert(now);
+        } else {
+            self.refused += 1;
+        }
+    }
+
+    /// Why the peer is lost as of `now`, if it is: a probe that went out stayed unanswered
+    /// for `timeout` (nothing at all came from the peer meanwhile: hearing from it ends
+    /// the probing), or for `REFUSED_FACTOR` times that no probe could go out at all.
+    pub(crate) fn verdict(&self, now: Instant, timeout: Duration) -> Option<String> {
+        let (sent, refused) = (self.sent, self.refused);
+        match self.posted {
+            Some(t) if now.duration_since(t) >= timeout => Some(format!(
+                "its liveness probes went unanswered for {:.1} s ({sent} sent, {refused} \
+                 refused by the provider for lack of room)",
+                now.duration_since(t).as_secs_f64()
+            )),
+            None if now.duration_since(self.since) >= timeout * REFUSED_FACTOR => Some(format!(
+                "no liveness probe could be sent to it for {:.1} s (the provider had no room \
+                 for any of {refused})",
+                now.duration_since(self.since).as_secs_f64()
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// How long transfers to a lost peer may take to come back from the provider before they
 /// are completed with the error regardless (`shm` never returns a transfer whose target
 /// process died: the target performs the copy).
@@ -31,9 +90,8 @@ impl OfiPlugin {
             return;
         };
         let e = as_loss(p, e);
-        p.probing_since = None;
+        p.probing = None;
         p.last_probe = None;
-        p.probes = (0, 0);
         p.last_heard = Instant::now();
         // Declared lost again (operations still waiting on it): fail them, report once.
         let again = std::mem::replace(&mut p.lost, true);
@@ -94,8 +152,9 @@ impl OfiPlugin {
         }
     }
 
-    /// Probes silent peers that operations wait on; declares lost those whose probes went
-    /// unanswered for `probe_timeout`. Returns when it next needs to run.
+    /// Probes silent peers that operations wait on; declares lost those whose process is
+    /// gone or whose probing says so ([`Probing::verdict`]). Returns when it next needs to
+    /// run.
     pub(crate) fn check_liveness(&self, now: Instant) -> Option<Instant> {
         let mut probe = Vec::new();
         let mut lost: Vec<(PeerId, String)> = Vec::new();
@@ -113,18 +172,9 @@ impl OfiPlugin {
             let watched =
                 |p: &Peer| p.pending > 0 || (!p.lost && now.duration_since(p.last_heard) < idle);
             for (a, p) in s.peers.iter_mut().filter(|(_, p)| watched(p)) {
-                if let Some(t0) = p.probing_since
-                    && now.duration_since(t0) >= self.cfg.probe_timeout
-                {
-                    let (sent, refused) = p.probes;
-                    lost.push((
-                        PeerId(*a),
-                        format!(
-                            "its liveness probes went unanswered for {:.1} s ({sent} sent, \
-                             {refused} refused by the provider for lack of room)",
-                            now.duration_since(t0).as_secs_f64()
-                        ),
-                    ));
+                let timeout = self.cfg.probe_timeout;
+                if let Some(why) = p.probing.and_then(|pr| pr.verdict(now, timeout)) {
+                    lost.push((PeerId(*a), why));
                     continue;
                 }
                 let silent = now.duration_since(p.last_heard) >= self.cfg.probe_after;
@@ -132,11 +182,11 @@ impl OfiPlugin {
                     .last_probe
                     .is_none_or(|t| now.duration_since(t) >= self.cfg.probe_after);
                 if silent && due {
-                    if p.probing_since.is_some() || self.provider.death_check == DeathCheck::Pid {
+                    if p.probing.is_some() || self.provider.death_check == DeathCheck::Pid {
                         // A probe went unanswered: is the process there at all?
                         suspects.push((*a, p.raw.clone()));
                     }
-                    p.probing_since.get_or_insert(now);
+                    p.probing.get_or_insert(Probing::new(now));
                     p.last_probe = Some(now);
                     probe.push(*a);
                     probes += 1;
@@ -163,13 +213,9 @@ impl OfiPlugin {
             // A ping is never injected: its completion (or error) is part of the probe.
             match self.tsend_with_completion(a, b) {
                 Ok(posted) => {
-                    if let Some(p) = lock(&self.state).peers.get_mut(&a) {
-                        let n = if posted {
-                            &mut p.probes.0
-                        } else {
-                            &mut p.probes.1
-                        };
-                        *n += 1;
+                    let mut s = lock(&self.state);
+                    if let Some(pr) = s.peers.get_mut(&a).and_then(|p| p.probing.as_mut()) {
+                        pr.record(posted, now);
                     }
                 }
                 Err(e) => {

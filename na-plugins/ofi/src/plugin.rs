@@ -38,7 +38,8 @@ pub struct OfiConfig {
     pub rma_window: usize,
     /// How long a peer that operations wait on may stay silent before it is probed.
     pub probe_after: Duration,
-    /// How long a probe may stay unanswered before the peer is declared lost.
+    /// How long a probe may stay unanswered before the peer is declared lost (six times
+    /// that when no probe can go out at all, the provider having no room for one).
     pub probe_timeout: Duration,
     /// How long a peer stays watched (probed when silent) after it was last heard from,
     /// with no operation waiting on it: a client that dies between requests is noticed.
@@ -53,7 +54,8 @@ pub struct OfiConfig {
 impl Default for OfiConfig {
     /// 64 KiB messages, 64 posted receives, 512 KiB RMA pieces with 2 MiB in flight; a
     /// silent peer is probed every 0.5 s; it is declared lost as soon as its process is
-    /// proven gone (see `provider::DeathCheck`), or after 10 s of unanswered probes; peers
+    /// proven gone (see `provider::DeathCheck`), after 10 s of unanswered probes, or after
+    /// 60 s in which the provider had no room for any probe to it; peers
     /// heard from in the last 10 s are watched; no registration cache. The
     /// cache size can be set with `QS_OFI_MR_CACHE=N`.
     fn default() -> Self {
@@ -169,13 +171,10 @@ pub(crate) struct Peer {
     /// Heard from (or started waiting on) since the last liveness check, which sets
     /// `last_heard` to its own time: the data path reads no clock.
     pub(crate) heard: bool,
-    /// When the unanswered probing began.
-    pub(crate) probing_since: Option<Instant>,
+    /// The probing of its current silence, if it is probed.
+    pub(crate) probing: Option<crate::liveness::Probing>,
     /// When the last probe went out.
     pub(crate) last_probe: Option<Instant>,
-    /// Probes of the current probing posted, and refused by the provider for lack of room
-    /// (said when the peer is declared lost: a full queue and a silent peer differ).
-    pub(crate) probes: (u32, u32),
     /// User operations pending on it.
     pub(crate) pending: u32,
     /// Declared lost and not heard from since.
@@ -499,9 +498,8 @@ impl OfiPlugin {
                 contacted: false,
                 last_heard: Instant::now(),
                 heard: false,
-                probing_since: None,
+                probing: None,
                 last_probe: None,
-                probes: (0, 0),
                 pending: 0,
                 lost: false,
             },

@@ -182,8 +182,7 @@ impl OfiPlugin {
         if let Some(p) = s.peers.get_mut(&op.peer.0) {
             p.pending = p.pending.saturating_sub(1);
             if p.pending == 0 {
-                p.probing_since = None;
-                p.probes = (0, 0);
+                p.probing = None;
             }
         }
         if !op.reported {
@@ -556,8 +555,7 @@ fn heard_from(s: &mut State, peer: PeerId) {
         p.contacted = true;
         p.lost = false;
         p.heard = true;
-        p.probing_since = None;
+        p.probing = None;
         p.last_probe = None;
-        p.probes = (0, 0);
     }
 }
