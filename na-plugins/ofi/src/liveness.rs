@@ -165,13 +165,23 @@ impl OfiPlugin {
             let mut probes = 0;
             let idle = self.cfg.watch_idle;
             for p in s.peers.values_mut() {
+                // A sign of life, or a first operation on it after none: a new silence
+                // starts, judged from scratch.
                 if std::mem::take(&mut p.heard) {
                     p.last_heard = now;
+                    p.probing = None;
+                    p.last_probe = None;
                 }
             }
             let watched =
                 |p: &Peer| p.pending > 0 || (!p.lost && now.duration_since(p.last_heard) < idle);
-            for (a, p) in s.peers.iter_mut().filter(|(_, p)| watched(p)) {
+            for (a, p) in s.peers.iter_mut() {
+                if !watched(p) {
+                    // A probing it stopped being watched in would otherwise judge a later
+                    // silence by its old start.
+                    p.probing = None;
+                    continue;
+                }
                 let timeout = self.cfg.probe_timeout;
                 if let Some(why) = p.probing.and_then(|pr| pr.verdict(now, timeout)) {
                     lost.push((PeerId(*a), why));

@@ -39,23 +39,30 @@ fn a_silent_peer_is_declared_lost_after_its_probes_go_unanswered() {
         let op = a.p.recv_expected(pb, 7).unwrap();
         let r = a.done_within(op, Duration::from_secs(20));
         let waited = t.elapsed();
-        // Probes that went out and stayed unanswered end it after probe_timeout; probes
-        // the provider had no room for (a pair not connected yet: the silent peer would
-        // have to progress for that) after six times that.
-        let bound = match r {
+        // Over tcp and shm the pair is not connected until the silent peer progresses, so
+        // the provider has no room for any probe: lost after six probe timeouts, the probes
+        // counted as refused. Over sockets the probes go out and stay unanswered: lost after
+        // one.
+        let (path, bound) = match addr.starts_with("ofi+sockets") {
+            true => ("went unanswered for", Duration::from_millis(400)),
+            false => (
+                "no liveness probe could be sent",
+                Duration::from_millis(2400),
+            ),
+        };
+        match r {
             Some(Err(NaError::Unreachable(m) | NaError::Disconnected(m))) => {
-                if m.contains("went unanswered") {
-                    Duration::from_millis(400)
-                } else {
-                    assert!(m.contains("no liveness probe could be sent"), "{addr}: {m}");
-                    Duration::from_millis(2400)
-                }
+                assert!(m.contains(path), "{addr}: {m}");
             }
             other => panic!("{addr}: {other:?} after {waited:?}"),
-        };
+        }
         assert!(
             waited >= bound,
             "{addr}: lost after {waited:?}, before {bound:?}"
+        );
+        assert!(
+            waited < bound + Duration::from_secs(5),
+            "{addr}: lost only after {waited:?}"
         );
     }
 }
@@ -129,5 +136,43 @@ fn a_peer_no_probe_can_reach_is_lost_only_after_six_timeouts() {
     assert!(
         why.contains("for 60.0 s (the provider had no room for any of 120)"),
         "{why}"
+    );
+}
+
+/// A probing left from a silence the peer stopped being watched in does not judge a later
+/// one: the peer is probed afresh and lost only a full probe timeout after the new wait.
+#[test]
+fn a_new_wait_on_a_peer_is_judged_from_its_own_start() {
+    let addr = "ofi+sockets://127.0.0.1:0";
+    let cfg = OfiConfig {
+        probe_after: Duration::from_millis(50),
+        probe_timeout: Duration::from_millis(400),
+        watch_idle: Duration::from_millis(300),
+        ..OfiConfig::default()
+    };
+    let mut a = Driven::new(Arc::new(
+        OfiPlugin::with_config(&addr.parse().unwrap(), cfg).unwrap(),
+    ));
+    let b = quick(addr);
+    let pb = a.p.lookup(b.self_addr()).unwrap();
+    // A send that completes makes the silent peer watched (probed) for `watch_idle`,
+    // shorter than the probe timeout: the probing ends unjudged.
+    let op = a.p.send_expected(pb, 1, b"x".to_vec()).unwrap();
+    assert_eq!(
+        a.done_within(op, Duration::from_secs(5)),
+        Some(Ok(Vec::new()))
+    );
+    let _ = a.done_within(na::OpId(u64::MAX), Duration::from_millis(1000));
+    let t = Instant::now();
+    let op = a.p.recv_expected(pb, 7).unwrap();
+    let r = a.done_within(op, Duration::from_secs(20));
+    let waited = t.elapsed();
+    assert!(
+        matches!(&r, Some(Err(NaError::Unreachable(m) | NaError::Disconnected(m))) if m.contains("went unanswered")),
+        "{r:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(400),
+        "lost {waited:?} into the new wait, by the old probing"
     );
 }
