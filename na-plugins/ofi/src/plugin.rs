@@ -277,8 +277,6 @@ pub struct OfiPlugin {
     pub(crate) carry_max: usize,
     pub(crate) mr_local: bool,
     pub(crate) write_flags: u64,
-    /// shm: our region, listed as ours until the endpoint (an earlier field) is closed.
-    pub(crate) _own_region: Option<provider::OwnRegion>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -352,21 +350,14 @@ impl OfiPlugin {
                 }
             ))
         })?;
-        // shm: stale regions go first, and the new one is listed as ours before another
-        // thread of this process sweeps.
-        let mut ours = (prov.death_check == provider::DeathCheck::Pid).then(provider::own_regions);
-        if let Some(o) = &ours {
-            let n = provider::sweep_stale_shm_regions(o);
+        if prov.death_check == provider::DeathCheck::Pid {
+            let n = provider::sweep_stale_shm_regions();
             if n > 0 {
                 tracing::info!("ofi: removed {n} shm regions left by dead processes");
             }
         }
         let stack = Stack::open(&info, cfg.cq_size)?;
         let self_raw = stack.name()?;
-        let own_region = ours
-            .as_mut()
-            .map(|o| provider::OwnRegion::list(o, provider::region_name(&self_raw)));
-        drop(ours);
         let format = info.raw().addr_format;
         let mut loc = addr::to_locator(format, &self_raw);
         if let Some(d) = domain {
@@ -446,7 +437,6 @@ impl OfiPlugin {
             carry_max,
             mr_local,
             write_flags: fi::FI_COMPLETION as u64 | prov.write_completion,
-            _own_region: own_region,
         };
         for _ in 0..p.cfg.recv_pool.max(1) {
             let ctx = Ctx::new(What::Pool, vec![0u8; p.max_eager + wire::HEADER_MAX]);

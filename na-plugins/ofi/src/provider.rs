@@ -156,46 +156,46 @@ fn pid_gone(pid: libc::pid_t) -> bool {
     rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
-/// The regions of this process's open shm endpoints. Their names begin with our pid, as
-/// do those a killed process left behind if the kernel has since given its pid to us (pids
-/// wrap at 32768 by default, and threads take them too): the provider refuses to create
-/// a region whose name is taken by a live pid (`fi_enable`: EBUSY), so those must go.
-static OURS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-/// The list of this process's regions, locked: held across a sweep and the opening of an
-/// endpoint, so that no region of ours is created unlisted while a sweep looks.
-pub(crate) fn own_regions() -> std::sync::MutexGuard<'static, Vec<String>> {
-    OURS.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A region of ours, listed until dropped (after its endpoint is closed).
-pub(crate) struct OwnRegion(String);
-
-impl OwnRegion {
-    pub(crate) fn list(ours: &mut Vec<String>, name: String) -> OwnRegion {
-        ours.push(name.clone());
-        OwnRegion(name)
-    }
-}
-
-impl Drop for OwnRegion {
-    fn drop(&mut self) {
-        let mut ours = own_regions();
-        if let Some(i) = ours.iter().position(|n| *n == self.0) {
-            ours.swap_remove(i);
-        }
-    }
+/// When this process started: boot time plus its start tick (`/proc`). Boot time is whole
+/// seconds rounded down, so this may read up to a second early, never late.
+fn process_start() -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): the 22nd, `starttime`, is
+    // the 20th of them.
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let btime: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
+    let since_boot = std::time::Duration::from_nanos(ticks.checked_mul(1_000_000_000)? / hz);
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(btime) + since_boot)
 }
 
 /// Removes the shm provider's regions left in `/dev/shm` by processes that died without
 /// closing their endpoints (killed processes leak 16 MiB each): those whose pid is gone,
-/// and those named with our own pid that are not in `ours` (left by a process that had
-/// our pid before). Returns how many.
-pub fn sweep_stale_shm_regions(ours: &[String]) -> usize {
+/// and those named with our own pid but last written before we started (left by a killed
+/// process whose pid the kernel has since given to us: pids wrap at 32768 by default, and
+/// threads take them too; the provider refuses to create a region whose name a live pid
+/// holds). Our own regions, and any other made since we started, are newer. Returns how
+/// many.
+pub fn sweep_stale_shm_regions() -> usize {
     let Ok(dir) = std::fs::read_dir("/dev/shm") else {
         return 0;
     };
     let me = std::process::id() as libc::pid_t;
+    let started = process_start();
     let mut n = 0;
     for e in dir.flatten() {
         let name = e.file_name();
@@ -203,9 +203,12 @@ pub fn sweep_stale_shm_regions(ours: &[String]) -> usize {
         let mut parts = name.split(':');
         let pid = parts.next().and_then(|p| p.parse::<libc::pid_t>().ok());
         let shape = parts.clone().count() >= 2 && parts.all(|p| p.parse::<u32>().is_ok());
-        let stale = |pid| match pid == me {
-            true => !ours.iter().any(|o| *o == name),
-            false => pid_gone(pid),
+        let stale = |pid| {
+            if pid != me {
+                return pid_gone(pid);
+            }
+            let written = e.metadata().and_then(|m| m.modified()).ok();
+            matches!((written, started), (Some(w), Some(s)) if w < s)
         };
         if let (Some(pid), true) = (pid, shape)
             && pid > 0

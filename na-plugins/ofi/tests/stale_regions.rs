@@ -2,8 +2,9 @@
 //! threads take them too) finds that process's shm regions under the names its own
 //! endpoints get (`PID:0:N`). The provider will not create a region whose name a live pid
 //! holds (`fi_enable`: EBUSY), so the plugin removes, before it opens an endpoint, the
-//! regions named with our pid that are not our open endpoints'. Its own test binary: it
-//! writes files under names this process's endpoints take, which no other test may race.
+//! regions named with our pid last written before this process started. Its own test
+//! binary: it writes files under names this process's endpoints take, which no other test
+//! may race.
 
 use std::time::Duration;
 
@@ -43,12 +44,20 @@ fn regions_left_under_our_pid_do_not_stop_new_endpoints() {
     let (dom, n) = rest.split_once(':').unwrap();
     let n: u32 = n.parse().unwrap();
     // What a killed process with our pid left: whole regions (with that pid inside) under
-    // the names our next endpoints get.
+    // the names our next endpoints get, last written before we started.
     let bytes = std::fs::read(format!("/dev/shm/{name}")).unwrap();
     let stale: Vec<String> = (n + 1..n + 5).map(|k| format!("{pid}:{dom}:{k}")).collect();
+    let then = std::time::SystemTime::now() - Duration::from_secs(3600);
     for s in &stale {
-        std::fs::write(format!("/dev/shm/{s}"), &bytes).unwrap();
+        let path = format!("/dev/shm/{s}");
+        std::fs::write(&path, &bytes).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(then).unwrap();
     }
+    // A region with our pid made since we started (another library's endpoint in this
+    // process, say) is not ours to remove.
+    let newer = format!("/dev/shm/{pid}:{dom}:{}", n + 1000);
+    std::fs::write(&newer, b"").unwrap();
     let a = std::sync::Arc::new(shm());
     let b = std::sync::Arc::new(shm());
     assert!(
@@ -61,6 +70,8 @@ fn regions_left_under_our_pid_do_not_stop_new_endpoints() {
         .filter(|s| std::path::Path::new("/dev/shm").join(s).exists())
         .count();
     assert_eq!(gone, 0, "the stale regions were removed");
+    assert!(std::path::Path::new(&newer).exists(), "a newer one stays");
+    std::fs::remove_file(&newer).unwrap();
     // The new endpoints work, both ways.
     let (mut da, mut db) = (Driven::new(a.clone()), Driven::new(b.clone()));
     let pb = a.lookup(b.self_addr()).unwrap();
