@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use na_stream::auth::{Challenge, decode_hello};
-use na_stream::frame::{Decoder, Kind, RmaReq};
+use na_stream::frame::{Decoder, Kind, Next, RmaReq};
 
 const MAX: usize = 1 << 16;
 
@@ -17,15 +17,18 @@ fuzz_target!(|data: &[u8]| {
     let mut d = Decoder::new(MAX);
     for part in [&bytes[..cut], &bytes[cut..]] {
         d.feed(part);
-        // Direct reception of large bulk bodies, as the driver does, then whole frames.
-        match d.start_direct(1024) {
-            Ok(Some(s)) => assert!(s.body.len() + s.prefix.len() <= s.header.len as usize),
-            Ok(None) => {}
-            Err(_) => return,
-        }
+        // Direct reception of large bulk bodies and whole frames, as the driver takes them.
         loop {
-            match d.next_frame() {
-                Ok(Some((h, p))) => {
+            match d.next(1024) {
+                Ok(Some(Next::Direct(s))) => {
+                    assert!(s.body.len() + s.prefix.len() <= s.header.len as usize);
+                    // The caller would read the rest of the body from the socket: the
+                    // stream cannot go on here.
+                    if s.rest > 0 {
+                        return;
+                    }
+                }
+                Ok(Some(Next::Frame(h, p))) => {
                     assert_eq!(h.len as usize, p.len());
                     assert!(p.len() <= MAX);
                     match h.kind {

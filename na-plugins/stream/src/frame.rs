@@ -277,7 +277,7 @@ fn le64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// A bulk frame handed over for direct reception by [`Decoder::start_direct`].
+/// A bulk frame handed over for direct reception by [`Decoder::next`].
 pub struct DirectStart<'a> {
     /// The frame header.
     pub header: Header,
@@ -290,7 +290,7 @@ pub struct DirectStart<'a> {
 }
 
 /// Turns a byte stream into frames. Read into [`Decoder::spare`], [`Decoder::commit`] what
-/// was read, then take frames out with [`Decoder::next_frame`]. The buffer is allocated at
+/// was read, then take frames out with [`Decoder::next`]. The buffer is allocated at
 /// the first read and grows only to fit the largest frame seen.
 pub struct Decoder {
     buf: Vec<u8>,
@@ -371,52 +371,57 @@ impl Decoder {
         self.end > self.start
     }
 
-    /// Starts receiving a large bulk frame (a `PutReq` or `GetResp` whose body is at least
-    /// `min_body` bytes) directly into its destination: once its header and fixed prefix
-    /// are buffered, consumes them and the body bytes already buffered, and returns the
-    /// header, the prefix, those body bytes, and how many body bytes are still to come
-    /// (to be read from the socket by the caller, bypassing this buffer).
-    pub fn start_direct(&mut self, min_body: usize) -> Result<Option<DirectStart<'_>>, NaError> {
+    /// The next frame, its header decoded once: a large bulk frame (a `PutReq` or
+    /// `GetResp` whose body is at least `min_body` bytes) as soon as its header and fixed
+    /// prefix are buffered, to be received directly into its destination (its header,
+    /// prefix and the body bytes already buffered are consumed; the rest is to be read
+    /// from the socket by the caller, bypassing this buffer); any other frame once it is
+    /// whole. `Ok(None)` if more bytes are needed; an error for a malformed header (after
+    /// which the stream cannot be trusted).
+    pub fn next(&mut self, min_body: usize) -> Result<Option<Next<'_>>, NaError> {
         let Some(h) = self.peek_header()? else {
             return Ok(None);
         };
         let have = self.end - self.start;
+        let len = h.len as usize;
+        let p = self.start + HEADER_LEN;
         let prefix = match h.kind {
             Kind::PutReq => RmaReq::PUT_LEN,
             Kind::GetResp => 1,
-            _ => return Ok(None),
+            _ => usize::MAX,
         };
-        let len = h.len as usize;
-        if len < prefix + min_body || have < HEADER_LEN + prefix {
+        if len >= prefix.saturating_add(min_body) && have >= HEADER_LEN + prefix {
+            let body_here = (have - HEADER_LEN - prefix).min(len - prefix);
+            self.start = p + prefix + body_here;
+            return Ok(Some(Next::Direct(DirectStart {
+                header: h,
+                prefix: &self.buf[p..p + prefix],
+                body: &self.buf[p + prefix..p + prefix + body_here],
+                rest: len - prefix - body_here,
+            })));
+        }
+        if have < HEADER_LEN + len {
             return Ok(None);
         }
-        let p = self.start + HEADER_LEN;
-        let body_here = (have - HEADER_LEN - prefix).min(len - prefix);
-        self.start = p + prefix + body_here;
-        let rest = len - prefix - body_here;
-        Ok(Some(DirectStart {
-            header: h,
-            prefix: &self.buf[p..p + prefix],
-            body: &self.buf[p + prefix..p + prefix + body_here],
-            rest,
-        }))
+        self.start = p + len;
+        Ok(Some(Next::Frame(h, &self.buf[p..p + len])))
     }
 
-    /// The next complete frame, `Ok(None)` if more bytes are needed, or an error for a
-    /// malformed header (after which the stream cannot be trusted).
+    /// The next whole frame, none received directly (tests and fuzzing).
     pub fn next_frame(&mut self) -> Result<Option<(Header, &[u8])>, NaError> {
-        let Some(h) = self.peek_header()? else {
-            return Ok(None);
-        };
-        let have = self.end - self.start;
-        let total = HEADER_LEN + h.len as usize;
-        if have < total {
-            return Ok(None);
+        match self.next(usize::MAX)? {
+            Some(Next::Frame(h, p)) => Ok(Some((h, p))),
+            _ => Ok(None),
         }
-        let p = self.start + HEADER_LEN;
-        self.start += total;
-        Ok(Some((h, &self.buf[p..p + h.len as usize])))
     }
+}
+
+/// What [`Decoder::next`] found.
+pub enum Next<'a> {
+    /// A large bulk frame to receive directly.
+    Direct(DirectStart<'a>),
+    /// A whole frame: its header and payload.
+    Frame(Header, &'a [u8]),
 }
 
 #[cfg(test)]
@@ -533,10 +538,11 @@ mod tests {
         stream.extend(frame(Kind::Expected, 4, b"after"));
         // Small bodies and other kinds are not handed over.
         d.feed(&frame(Kind::GetResp, 1, &[0u8; 10]));
-        assert!(d.start_direct(100).unwrap().is_none());
-        assert_eq!(d.next_frame().unwrap().unwrap().0.tag, 1);
+        assert!(matches!(d.next(100), Ok(Some(Next::Frame(h, _))) if h.tag == 1));
         d.feed(&stream[..HEADER_LEN + 16 + 300]);
-        let s = d.start_direct(100).unwrap().unwrap();
+        let Ok(Some(Next::Direct(s))) = d.next(100) else {
+            panic!("handed over once header and prefix are in")
+        };
         assert_eq!(
             (
                 s.header.kind,

@@ -3,7 +3,7 @@
 //! into the region's segments, with no intermediate buffer.
 //!
 //! The decoder hands over a frame once its header and fixed prefix are in
-//! ([`crate::frame::Decoder::start_direct`]); the checks then happen before a byte lands:
+//! ([`crate::frame::Decoder::next`]); the checks then happen before a byte lands:
 //! a refused put, or a get canceled or deregistered meanwhile, is read into a scratch
 //! buffer and dropped, so the stream stays in step and no memory is touched.
 
@@ -12,7 +12,7 @@ use std::io;
 use na::{Event, NaError, NaResult, OpId};
 
 use crate::conn::{Conn, OutFrame};
-use crate::frame::{DirectStart, Header, Kind, RmaStatus};
+use crate::frame::{DirectStart, Header, Kind, Next, RmaStatus};
 use crate::ops::{Chunk, Ops};
 use crate::wire::{RawPiece, Wire};
 use crate::{StreamPlugin, lock};
@@ -231,40 +231,39 @@ impl StreamPlugin {
             if conn.verifying.load(std::sync::atomic::Ordering::Acquire) {
                 return Ok(());
             }
-            if let Some(DirectStart {
-                header: h,
-                prefix,
-                body: here,
-                rest,
-            }) = rs.decoder.start_direct(DIRECT_MIN)?
-            {
-                if conn.remote.get().is_none() {
-                    return Err(NaError::PeerMisbehaved("first frame is not a Hello".into()));
+            match rs.decoder.next(DIRECT_MIN)? {
+                Some(Next::Direct(DirectStart {
+                    header: h,
+                    prefix,
+                    body: here,
+                    rest,
+                })) => {
+                    if conn.remote.get().is_none() {
+                        return Err(NaError::PeerMisbehaved("first frame is not a Hello".into()));
+                    }
+                    let sink = self.open_sink(h, prefix, here.len() + rest)?;
+                    let mut d = Direct {
+                        tag: h.tag,
+                        sink,
+                        done: 0,
+                        len: here.len() + rest,
+                    };
+                    self.receive(&mut d, Src::Buffered(here))
+                        .map_err(NaError::from)?;
+                    if rest == 0 {
+                        self.finish_direct(conn, d);
+                        continue;
+                    }
+                    rs.direct = Some(d);
+                    return Ok(());
                 }
-                let sink = self.open_sink(h, prefix, here.len() + rest)?;
-                let mut d = Direct {
-                    tag: h.tag,
-                    sink,
-                    done: 0,
-                    len: here.len() + rest,
-                };
-                self.receive(&mut d, Src::Buffered(here))
-                    .map_err(NaError::from)?;
-                if rest == 0 {
-                    self.finish_direct(conn, d);
-                    continue;
-                }
-                rs.direct = Some(d);
-                return Ok(());
-            }
-            match rs.decoder.next_frame()? {
-                Some((h, p)) if matches!(h.kind, Kind::GetCopy | Kind::PutCopy) => {
+                Some(Next::Frame(h, p)) if matches!(h.kind, Kind::GetCopy | Kind::PutCopy) => {
                     if conn.remote.get().is_none() {
                         return Err(NaError::PeerMisbehaved("first frame is not a Hello".into()));
                     }
                     rs.copies.push_back((h, p.to_vec()));
                 }
-                Some((h, p)) => self.on_frame(conn, h, p)?,
+                Some(Next::Frame(h, p)) => self.on_frame(conn, h, p)?,
                 None => return Ok(()),
             }
         }
