@@ -29,11 +29,11 @@
 //! # What a call costs
 //! Counted, not timed (`scripts/rpc-cost TRANSPORT`: callgrind's instructions per RPC,
 //! 64-byte input, 2026-12-02). Both engines in one thread with manual progress (`qs-rate
-//! -c`, the busy path without its polling; steady between runs): about 9 050
-//! instructions per RPC over sm and 10 500 over tcp, client and server together. As
+//! -c`, the busy path without its polling; steady between runs): about 8 800
+//! instructions per RPC over sm and 10 250 over tcp, client and server together. As
 //! separate processes in thread mode without spinning (`qs-rate -s 0`; the progress
-//! threads' passes vary with scheduling, up to ±6 %): client 7 700–8 150 (tcp) and
-//! 9 450–9 550 (sm), server 4 800–4 850 and 6 100–6 200.
+//! threads' passes vary with scheduling, up to ±6 %): client about 7 900 (tcp) and
+//! 9 500 (sm), server 4 700 and 6 030.
 //!
 //! On the client's busy path a call takes the table's lock twice (entered; its answer
 //! found) and the transport's connection and operation tables; a polling pass with
