@@ -162,8 +162,10 @@ fn decode<Out: DeserializeOwned>(
     answer: Option<Answer>,
 ) -> Result<Result<Out, RpcError>, RpcError> {
     let msg = answer.ok_or_else(taken)??;
-    Ok(decode_answer(&msg)
-        .and_then(|body| rmp_serde::from_slice(body).map_err(|e| RpcError::Decode(e.to_string()))))
+    let out = decode_answer(&msg)
+        .and_then(|body| rmp_serde::from_slice(body).map_err(|e| RpcError::Decode(e.to_string())));
+    na::buf::give(msg);
+    Ok(out)
 }
 
 impl<Out: DeserializeOwned> Future for Call<Out> {

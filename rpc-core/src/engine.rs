@@ -314,7 +314,7 @@ impl Engine {
         one_way: bool,
         input: &In,
     ) -> Result<Vec<u8>, RpcError> {
-        let mut msg = Vec::with_capacity(crate::proto::MSG_ROOM);
+        let mut msg = na::buf::take(crate::proto::MSG_ROOM);
         Header::request(rpc_id, one_way).write(&mut msg);
         rmp_serde::encode::write(&mut msg, input).map_err(|e| RpcError::Encode(e.to_string()))?;
         Ok(msg)

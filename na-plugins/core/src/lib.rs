@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod addr;
+pub mod buf;
 mod error;
 mod identity;
 mod mem;

@@ -44,6 +44,15 @@ pub struct OutFrame {
     pub(crate) charge: usize,
 }
 
+impl Drop for OutFrame {
+    /// A message written (or dropped) gives its buffer back for this thread's next one.
+    fn drop(&mut self) {
+        if let Body::Owned(v) = &mut self.body {
+            na::buf::give(std::mem::take(v));
+        }
+    }
+}
+
 /// The pieces of one `writev`: on the stack for a batch of message frames.
 pub(crate) type Slices<'a> = smallvec::SmallVec<[IoSlice<'a>; 64]>;
 
