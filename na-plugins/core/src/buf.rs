@@ -45,6 +45,13 @@ pub fn take(room: usize) -> Vec<u8> {
     Vec::with_capacity(room)
 }
 
+/// `p`'s bytes in a buffer of their own, from [`take`] (a message that arrived).
+pub fn copy_of(p: &[u8]) -> Vec<u8> {
+    let mut v = take(p.len());
+    v.extend_from_slice(p);
+    v
+}
+
 /// Gives `v` back for this thread's next [`take`] (dropped if the thread keeps enough).
 pub fn give(mut v: Vec<u8>) {
     if !(MIN_ROOM..=MAX_ROOM).contains(&v.capacity()) {

@@ -537,6 +537,7 @@ impl OfiPlugin {
         let (buf, route) = if unexpected {
             let mut b = wire::header(Kind::Request, tag, &self.self_raw);
             b.extend_from_slice(&data);
+            na::buf::give(data);
             (b, Route::Pool)
         } else {
             (data, Route::Expected(tag))

@@ -140,7 +140,7 @@ impl OfiPlugin {
         match r {
             Ok(len) => {
                 if op.kind == OpKind::Recv {
-                    op.data = data.get(..len).unwrap_or(&data).to_vec();
+                    op.data = na::buf::copy_of(data.get(..len).unwrap_or(&data));
                 }
             }
             Err(e) => {
@@ -271,7 +271,7 @@ impl OfiPlugin {
             Kind::Request => self.push_event(Event::Unexpected {
                 peer,
                 tag,
-                data: data.to_vec(),
+                data: na::buf::copy_of(data),
             }),
             Kind::Ping => {
                 let b = wire::header(Kind::Pong, 0, &self.self_raw);

@@ -190,7 +190,7 @@ impl StreamPlugin {
                     [Event::Unexpected {
                         peer,
                         tag: h.tag,
-                        data: owned(p),
+                        data: na::buf::copy_of(p),
                     }],
                     false,
                 );
@@ -200,7 +200,7 @@ impl StreamPlugin {
                     let mut ops = lock(&self.ops);
                     ops.match_recv(peer, h.tag).map(|op| Event::Done {
                         op,
-                        result: Ok(owned(p)),
+                        result: Ok(na::buf::copy_of(p)),
                     })
                 };
                 match ev {
@@ -313,11 +313,4 @@ impl StreamPlugin {
         evs.push(Event::PeerLost { peer, error: err });
         self.push_events(evs, false);
     }
-}
-
-/// A message's bytes in a buffer of its own, kept for reuse where one is ([`na::buf`]).
-fn owned(p: &[u8]) -> Vec<u8> {
-    let mut v = na::buf::take(p.len());
-    v.extend_from_slice(p);
-    v
 }
