@@ -4,7 +4,10 @@
 //! them (a caller that writes its own requests, a progress thread that answers inline) a
 //! small message costs no allocation; elsewhere [`take`] allocates as `Vec` would.
 //!
-//! Bounded: at most [`KEPT`] buffers per thread, each of at most [`MAX_ROOM`] bytes.
+//! Bounded: at most [`KEPT`] buffers per thread, each of at most [`MAX_ROOM`] bytes (256 KiB
+//! a thread at most, held until it exits); a buffer is reused only for a message it fits
+//! without being more than four times its size, so a small message queued for a slow peer
+//! does not hold a large buffer.
 //!
 //! ```
 //! let mut v = na::buf::take(100);
@@ -36,10 +39,14 @@ thread_local! {
 /// has one, else a new one.
 pub fn take(room: usize) -> Vec<u8> {
     let room = room.max(MIN_ROOM);
+    let fits = |v: &Vec<u8>| (room..=4 * room).contains(&v.capacity());
     if room <= MAX_ROOM
-        && let Ok(Some(mut v)) = FREE.try_with(|f| f.borrow_mut().pop())
+        && let Ok(Some(v)) = FREE.try_with(|f| {
+            let mut f = f.borrow_mut();
+            let i = f.iter().rposition(fits)?;
+            Some(f.swap_remove(i))
+        })
     {
-        v.reserve(room);
         return v;
     }
     Vec::with_capacity(room)
@@ -81,14 +88,21 @@ mod tests {
             give(Vec::with_capacity(512));
         }
         assert_eq!(kept(), KEPT);
-        let mut v = take(1000);
-        assert!(
-            v.is_empty() && v.capacity() >= 1000,
-            "grown to the room asked"
+        FREE.with(|f| f.borrow_mut().clear());
+        let mut big = take(4000);
+        assert!(big.capacity() >= 4000, "none kept fits: a new one");
+        big.extend_from_slice(&[1; 4000]);
+        let at = big.as_ptr();
+        give(big);
+        let small = take(10);
+        assert_ne!(
+            small.as_ptr(),
+            at,
+            "a small message does not get the 4000-byte one"
         );
-        v.extend_from_slice(&[1; 1000]);
-        give(v);
-        assert!(take(10).is_empty(), "given back cleared");
+        let again = take(3000);
+        assert!(again.is_empty(), "given back cleared");
+        assert_eq!(again.as_ptr(), at, "reused where it fits");
     }
 
     #[test]

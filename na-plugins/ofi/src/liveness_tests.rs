@@ -87,6 +87,7 @@ fn a_peer_that_answers_its_probes_is_waited_on() {
         // `b` progresses (and so answers probes) but sends what `a` waits for only after
         // two probe timeouts.
         let b2 = b.clone();
+        let t0 = Instant::now();
         let t = std::thread::spawn(move || {
             let end = Instant::now() + Duration::from_secs(3);
             while Instant::now() < end {
@@ -104,7 +105,6 @@ fn a_peer_that_answers_its_probes_is_waited_on() {
                 }
             }
         });
-        let t0 = Instant::now();
         let op = a.p.recv_expected(pb, 7).unwrap();
         let r = a.done_within(op, Duration::from_secs(20));
         t.join().unwrap();

@@ -386,11 +386,14 @@ impl Decoder {
         let len = h.len as usize;
         let p = self.start + HEADER_LEN;
         let prefix = match h.kind {
-            Kind::PutReq => RmaReq::PUT_LEN,
-            Kind::GetResp => 1,
-            _ => usize::MAX,
+            Kind::PutReq => Some(RmaReq::PUT_LEN),
+            Kind::GetResp => Some(1),
+            _ => None,
         };
-        if len >= prefix.saturating_add(min_body) && have >= HEADER_LEN + prefix {
+        if let Some(prefix) = prefix
+            && len >= prefix.saturating_add(min_body)
+            && have >= HEADER_LEN + prefix
+        {
             let body_here = (have - HEADER_LEN - prefix).min(len - prefix);
             self.start = p + prefix + body_here;
             return Ok(Some(Next::Direct(DirectStart {
