@@ -85,10 +85,10 @@ impl PeerSet {
         self.len.load(Ordering::Acquire) == 0
     }
 
-    /// Takes every peer in the set.
-    pub(crate) fn take(&self) -> Vec<PeerId> {
+    /// Takes every peer in the set (a few, the common case, without allocating).
+    pub(crate) fn take(&self) -> smallvec::SmallVec<[PeerId; 8]> {
         if self.is_empty() {
-            return Vec::new();
+            return smallvec::SmallVec::new();
         }
         let mut s = lock(&self.set);
         self.len.store(0, Ordering::Release);
@@ -145,7 +145,7 @@ mod tests {
         s.insert(PeerId(7));
         s.insert(PeerId(7));
         assert!(!s.is_empty());
-        assert_eq!(s.take(), [PeerId(7)]);
+        assert_eq!(s.take().as_slice(), [PeerId(7)]);
         assert!(s.is_empty());
     }
 }
