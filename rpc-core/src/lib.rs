@@ -29,11 +29,11 @@
 //! # What a call costs
 //! Counted, not timed (`scripts/rpc-cost TRANSPORT`: callgrind's instructions per RPC,
 //! 64-byte input, 2026-12-02). Both engines in one thread with manual progress (`qs-rate
-//! -c`, the busy path without its polling; steady between runs): about 8 620
-//! instructions per RPC over sm and 10 120 over tcp, client and server together. As
+//! -c`, the busy path without its polling; steady between runs): about 8 630
+//! instructions per RPC over sm and 9 770 over tcp, client and server together. As
 //! separate processes in thread mode without spinning (`qs-rate -s 0`; the progress
-//! threads' passes vary with scheduling, up to ±6 %): client about 8 000 (tcp) and
-//! 9 500 (sm), server 4 640 and 5 920.
+//! threads' passes vary with scheduling, up to ±6 %): client about 7 900 (tcp) and
+//! 9 600 (sm), server 4 450 and 5 950.
 //!
 //! On the client's busy path a call takes the table's lock twice (entered; its answer
 //! found) and the transport's connection and operation tables; a polling pass with
@@ -42,9 +42,10 @@
 //! table's lock twice more per sleep (arming its deadline, then waking), and a caller that
 //! starts driving once (to see whether it sleeps). Where the rest goes, largest first: the
 //! transport's framing, queues and syscalls (about half), the progress passes, the table,
-//! encoding and decoding, and two allocations per RPC where buffers stay on one thread
-//! (the caller's completion slot and the decoded input; messages and arrivals reuse the
-//! thread's buffers, [`na::buf`]), up to six where they cross threads.
+//! encoding and decoding, and one allocation per RPC where buffers stay on one thread (the
+//! caller's completion slot, plus whatever the input and output types allocate to decode;
+//! messages and arrivals reuse the thread's buffers, [`na::buf`]; counted by the
+//! `allocations` test), up to five where they cross threads.
 
 #![deny(missing_docs)]
 
