@@ -314,7 +314,9 @@ impl Engine {
         one_way: bool,
         input: &In,
     ) -> Result<Vec<u8>, RpcError> {
-        let mut msg = na::buf::take(crate::proto::MSG_ROOM);
+        // A kept buffer (or a new one) with room for a small message: no regrowth while
+        // encoding (`na::buf::MIN_ROOM`).
+        let mut msg = na::buf::take(HEADER_LEN);
         Header::request(rpc_id, one_way).write(&mut msg);
         rmp_serde::encode::write(&mut msg, input).map_err(|e| RpcError::Encode(e.to_string()))?;
         Ok(msg)

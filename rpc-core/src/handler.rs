@@ -115,7 +115,7 @@ impl<Out: Serialize> Responder<Out> {
     /// Sends `out` to the caller.
     pub fn respond(mut self, out: &Out) {
         // Encoded behind the header, in the message itself.
-        let mut msg = na::buf::take(crate::proto::MSG_ROOM);
+        let mut msg = na::buf::take(HEADER_LEN);
         Header::response(self.rpc_id, Status::Ok).write(&mut msg);
         if let Err(e) = rmp_serde::encode::write(&mut msg, out) {
             return self.fail(format_args!("cannot encode output: {e}"));

@@ -28,7 +28,7 @@ const ADDRS: [&str; 3] = [
 ];
 
 #[test]
-fn a_silent_peer_is_declared_lost_after_its_probes_go_unanswered() {
+fn a_silent_peer_is_declared_lost_by_the_check_its_provider_reaches() {
     for addr in ADDRS {
         let mut a = Driven::new(quick(addr));
         // The peer exists (shm: its process is alive) but never progresses: nothing of

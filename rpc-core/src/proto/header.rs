@@ -20,10 +20,6 @@ pub const VERSION: u8 = 1;
 /// Encoded size of a header.
 pub const HEADER_LEN: usize = 16;
 
-/// A new message's first allocation: the header and a small body fit without the vector
-/// growing as it is encoded (each regrowth is a `realloc` and a copy; `malloc` serves 256
-/// bytes as cheaply as 64).
-pub const MSG_ROOM: usize = 256;
 /// The body is the descriptor of the real message, to be pulled.
 pub const FLAG_OVERFLOW: u8 = 1;
 

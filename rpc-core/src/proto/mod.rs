@@ -17,7 +17,7 @@ pub use calls::CallTable;
 pub use dispatch::{Verdict, classify};
 pub use exposed::Exposed;
 pub use flight::{Entry, Flight, Owner, Post, Route};
-pub use header::{HEADER_LEN, Header, MSG_ROOM, MsgKind, ProtoError, Status, decode_answer};
+pub use header::{HEADER_LEN, Header, MsgKind, ProtoError, Status, decode_answer};
 
 #[cfg(test)]
 mod pair_tests;
