@@ -189,6 +189,7 @@ impl EngineBuilder {
         let shared = Arc::new(Shared {
             id: crate::driver::next_engine_id(),
             self_addr: plugin.self_addr().clone(),
+            unposted: plugin.caps().unposted_expected,
             plugin,
             counters: Counters::default(),
             mode: self.mode,

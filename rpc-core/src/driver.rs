@@ -13,7 +13,6 @@ use na::{Address, Event, NaError, NaResult, OpId, PeerId, Plugin};
 
 use crate::RpcError;
 use crate::counters::Counters;
-use crate::endpoint::Endpoint;
 use crate::handler::{Handler, Incoming, ReplyTo};
 use crate::handoff::Drivers;
 use crate::mode::ProgressMode;
@@ -67,7 +66,7 @@ impl Earliest for Exposed<PeerId, Kept> {
 
 impl Calls {
     /// Whether an entry due at `due` must wake the progress thread.
-    fn must_wake(&self, due: Option<Instant>) -> bool {
+    pub(crate) fn must_wake(&self, due: Option<Instant>) -> bool {
         self.asleep && due.is_some_and(|d| self.armed.is_none_or(|a| d < a))
     }
 }
@@ -85,6 +84,9 @@ pub(crate) struct Shared {
     /// Which engine of the process this is (endpoints remember who resolved them).
     pub(crate) id: u64,
     pub(crate) plugin: Arc<dyn Plugin>,
+    /// The plugin hands answers over unposted (`na::Caps::unposted_expected`): calls post
+    /// no receive, and the driver matches answers and fails calls to a lost peer itself.
+    pub(crate) unposted: bool,
     pub(crate) counters: Counters,
     pub(crate) mode: ProgressMode,
     pub(crate) self_addr: Address,
@@ -166,133 +168,6 @@ impl Shared {
     /// The largest message the transport carries.
     pub(crate) fn max_message(&self) -> usize {
         self.plugin.max_eager_size()
-    }
-
-    pub(crate) fn post_call(
-        self: &Arc<Self>,
-        target: &Endpoint,
-        msg: Vec<u8>,
-        timeout: Option<Duration>,
-    ) -> (u64, Arc<Slot<Answer>>) {
-        let slot = Arc::new(Slot::default());
-        // The clock is read only for a call that can time out.
-        let due = timeout.and_then(|t| Instant::now().checked_add(t));
-        Counters::add(&self.counters.rpcs_sent, 1);
-        Counters::add(&self.counters.bytes_sent, msg.len() as u64);
-        let posted = if target.is_local_to(self.id, &self.self_addr) {
-            self.insert_local(due, &slot).inspect(|&tag| {
-                self.on_request(ReplyTo::Local { tag }, msg);
-            })
-        } else {
-            self.post_remote(target, &slot, due, msg)
-        };
-        match posted {
-            Ok(tag) => (tag, slot),
-            Err(e) => {
-                self.complete(Some(slot.clone()), Err(e));
-                (0, slot)
-            }
-        }
-    }
-
-    /// Enters a call to this engine itself into the table.
-    fn insert_local(
-        &self,
-        due: Option<Instant>,
-        slot: &Arc<Slot<Answer>>,
-    ) -> Result<u64, RpcError> {
-        let (tag, wake) = {
-            let mut c = self.calls.lock();
-            if self.stopping.load(Ordering::Acquire) {
-                return Err(RpcError::Shutdown);
-            }
-            let tag = c.flight.call(due, None, Waiter::call(slot, None));
-            (tag, c.must_wake(due))
-        };
-        if wake && self.mode == ProgressMode::Thread {
-            self.plugin.wake();
-        }
-        Ok(tag)
-    }
-
-    /// Posts a call's receive and sends its request. The entry, its receive (posted first,
-    /// so that the answer always finds it) and the receive's owner go in under one lock
-    /// of the table (once more if the peer's connection had ended, see `with_peer`); the
-    /// receive is posted under it, as transfers' pieces are (a provider whose queue is
-    /// full keeps the lock while it retries, up to its give-up time).
-    fn post_remote(
-        self: &Arc<Self>,
-        target: &Endpoint,
-        slot: &Arc<Slot<Answer>>,
-        due: Option<Instant>,
-        msg: Vec<u8>,
-    ) -> Result<u64, RpcError> {
-        let (msg, keep) = self.maybe_overflow(msg)?;
-        let mut keep = Some(keep.map(Box::new));
-        let entered = self.with_peer(target, |peer| {
-            let mut c = self.calls.lock();
-            // Looked at under the table's lock: a stopping engine ends what its table holds
-            // once (its `Guard`, after setting the flag), and nothing may join it after.
-            if self.stopping.load(Ordering::Acquire) {
-                return Ok(None);
-            }
-            let w = Waiter::call(slot, keep.take().flatten());
-            let tag = c.flight.call(due, Some(peer), w);
-            match self.plugin.recv_expected(peer, tag) {
-                Ok(recv) => c.flight.awaits(tag, recv),
-                Err(e) => {
-                    // The overflow input is kept for a try on a new connection.
-                    if let Some(Entry {
-                        value:
-                            Waiter {
-                                then: Then::Call { keep: k },
-                                ..
-                            },
-                        ..
-                    }) = c.flight.finish(tag)
-                    {
-                        keep = Some(k);
-                    }
-                    return Err(e);
-                }
-            };
-            Ok(Some((peer, tag, c.must_wake(due))))
-        })?;
-        let Some((peer, tag, wake)) = entered else {
-            return Err(RpcError::Shutdown);
-        };
-        if wake && self.mode == ProgressMode::Thread {
-            self.plugin.wake();
-        }
-        if let Err(e) = self.plugin.send_quiet(peer, false, tag, msg) {
-            self.end_call(tag, Err(e.into()), true);
-        }
-        Ok(tag)
-    }
-
-    /// Runs `f` with the transport's peer for `target`: the one resolved when it was
-    /// looked up, or, if `f` finds that connection ended, a new one (dialled again).
-    pub(crate) fn with_peer<R>(
-        &self,
-        target: &Endpoint,
-        mut f: impl FnMut(PeerId) -> Result<R, NaError>,
-    ) -> Result<R, RpcError> {
-        let known = target.peer_in(self.id);
-        let peer = match known {
-            Some(p) => p,
-            None => self.plugin.lookup(target.addr())?,
-        };
-        match f(peer) {
-            Err(e) if known.is_some() => {
-                let again = self.plugin.lookup(target.addr())?;
-                if again == peer {
-                    return Err(e.into());
-                }
-                target.remember(self.id, again);
-                Ok(f(again)?)
-            }
-            r => Ok(r?),
-        }
     }
 
     /// Ends an entry with `result` if it is still in flight. `withdraw` cancels its
@@ -468,6 +343,26 @@ impl Shared {
         Ok(queued)
     }
 
+    /// An answer handed over unposted (`na::Caps::unposted_expected`): the call `tag` is
+    /// over if it waits for it from `peer` (or its real answer is to be pulled); anything
+    /// else (late, from another peer, to no call) is dropped.
+    fn on_answer(self: &Arc<Self>, peer: PeerId, tag: u64, data: Vec<u8>) {
+        let stub = crate::transfer::is_overflow_answer(&data);
+        let entry = {
+            let mut c = self.calls.lock();
+            match c.flight.awaits_from(tag, peer) {
+                true if stub => None,
+                true => c.flight.finish(tag),
+                false => return tracing::debug!(peer = peer.0, tag, "answer nobody waits for"),
+            }
+        };
+        Counters::add(&self.counters.bytes_received, data.len() as u64);
+        match entry {
+            Some(e) => self.settle(e.value, Ok(data)),
+            None => self.on_overflow_answer(tag, &data),
+        }
+    }
+
     pub(crate) fn on_event(self: &Arc<Self>, ev: Event) {
         match ev {
             Event::Unexpected { peer, tag, data } => {
@@ -514,9 +409,17 @@ impl Shared {
                     Got::Nothing => {}
                 }
             }
+            Event::Expected { peer, tag, data } => self.on_answer(peer, tag, data),
             Event::PeerLost { peer, error } => {
                 tracing::debug!(peer = peer.0, %error, "peer lost");
                 Counters::add(&self.counters.peers_lost, 1);
+                if self.unposted {
+                    // No receive of theirs failed with the connection: fail the calls.
+                    let tags = self.calls.lock().flight.awaiting_from(peer);
+                    for tag in tags {
+                        self.end_call(tag, Err(RpcError::from(error.clone())), false);
+                    }
+                }
                 let freed = self.exposed.lock().peer_lost(&peer);
                 drop(freed);
                 let hooks = self.lost_hooks.read().unwrap_or_else(|e| e.into_inner());

@@ -58,7 +58,9 @@ impl ReplyTo {
                         Counters::add(&shared.counters.responses_sent, 1);
                         Counters::add(&shared.counters.bytes_sent, n);
                     }
-                    Err(e) => tracing::debug!(peer = peer.0, tag, error = %e, "answer not sent"),
+                    Err(u) => {
+                        tracing::debug!(peer = peer.0, tag, error = %u.error, "answer not sent")
+                    }
                 }
             }
             ReplyTo::Local { tag } => shared.end_call(tag, Ok(msg), true),

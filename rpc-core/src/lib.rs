@@ -24,19 +24,22 @@
 //! `transfer`, and `handler`'s reply path) turns transport events into completions and
 //! dispatched requests around it; these three import one another, the one cycle among the
 //! modules, inside that one concern. `progress`, `oneway`, `expose` and `transfers` add to
-//! it without being imported back; `engine`, `call`, `caller` and `builder` are the API.
+//! it without being imported back, as does `post` (entering a call and sending its request);
+//! `engine`, `call`, `caller` and `builder` are the API.
 //!
 //! # What a call costs
 //! Counted, not timed (`scripts/rpc-cost TRANSPORT`: callgrind's instructions per RPC,
 //! 64-byte input, 2026-12-02). Both engines in one thread with manual progress (`qs-rate
-//! -c`, the busy path without its polling; steady between runs): about 8 630
-//! instructions per RPC over sm and 9 770 over tcp, client and server together. As
+//! -c`, the busy path without its polling; steady between runs): about 7 760
+//! instructions per RPC over sm and 8 900 over tcp, client and server together. As
 //! separate processes in thread mode without spinning (`qs-rate -s 0`; the progress
-//! threads' passes vary with scheduling, up to ±6 %): client about 7 900 (tcp) and
-//! 9 600 (sm), server 4 450 and 5 950.
+//! threads' passes vary with scheduling, up to ±6 %): client about 7 200 (tcp) and
+//! 8 900 (sm), server 4 430 and 5 960.
 //!
 //! On the client's busy path a call takes the table's lock twice (entered; its answer
-//! found) and the transport's connection and operation tables; a polling pass with
+//! found) and the transport's connection table; over a plugin that hands answers over
+//! unposted (`na::Caps::unposted_expected`: tcp and sm) it posts no receive, so the
+//! transport's operation table is not touched (`post`, `Shared::on_answer`). A polling pass with
 //! nothing due takes neither the table's nor the exposed answers' lock (their earliest
 //! deadlines are published in atomics, `timed`). A progress thread that sleeps takes the
 //! table's lock twice more per sleep (arming its deadline, then waking), and a caller that
@@ -63,6 +66,7 @@ mod handoff;
 mod mode;
 mod oneway;
 mod pool;
+mod post;
 mod progress;
 pub mod proto;
 mod rpc;

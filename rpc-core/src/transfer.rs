@@ -321,8 +321,8 @@ impl Shared {
             rpc_id: release,
         }
         .write(&mut m);
-        if let Err(e) = self.plugin.send_quiet(server, false, 0, m) {
-            tracing::debug!(error = %e, release, "release not sent; the server frees it at its deadline");
+        if let Err(u) = self.plugin.send_quiet(server, false, 0, m) {
+            tracing::debug!(error = %u.error, release, "release not sent; the server frees it at its deadline");
         }
     }
 

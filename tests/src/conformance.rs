@@ -22,6 +22,8 @@ pub struct Driven {
     pub p: Arc<dyn Plugin>,
     events: Receiver<Event>,
     stash: HashMap<OpId, NaResult<Vec<u8>>>,
+    /// Expected messages that matched no receive (`Caps::unposted_expected`).
+    strays: Vec<(na::PeerId, u64, Vec<u8>)>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -48,6 +50,7 @@ impl Driven {
             p,
             events,
             stash: HashMap::new(),
+            strays: Vec::new(),
             stop,
             thread: Some(thread),
         }
@@ -70,6 +73,7 @@ impl Driven {
                 Ok(Event::Done { op, result }) => {
                     self.stash.insert(op, result);
                 }
+                Ok(Event::Expected { peer, tag, data }) => self.strays.push((peer, tag, data)),
                 Ok(Event::PeerLost { .. }) => {}
                 Err(_) => return None,
             }
@@ -96,6 +100,7 @@ impl Driven {
                 Ok(Event::Done { op, result }) => {
                     self.stash.insert(op, result);
                 }
+                Ok(Event::Expected { peer, tag, data }) => self.strays.push((peer, tag, data)),
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
             }
@@ -154,7 +159,9 @@ pub fn oversized_message_is_refused(make: Factory) {
     ));
 }
 
-/// An expected message nobody waits for is dropped, and the connection keeps working.
+/// An expected message nobody waits for is dropped, or handed over as
+/// [`Event::Expected`] by a plugin that says so ([`na::Caps::unposted_expected`]); either
+/// way it completes no receive, and the connection keeps working.
 pub fn unmatched_expected_message_is_dropped(make: Factory) {
     let (mut a, mut b, pb) = pair(make);
     let s = a.p.send_unexpected(pb, 1, b"hi".to_vec()).unwrap();
@@ -168,6 +175,40 @@ pub fn unmatched_expected_message_is_dropped(make: Factory) {
     let ok = b.p.send_expected(from, 5, b"wanted".to_vec()).unwrap();
     b.done(ok).unwrap();
     assert_eq!(a.done(recv).unwrap(), b"wanted");
+    // Delivered in order on one connection: the stray came before the answer.
+    let want = match a.p.caps().unposted_expected {
+        true => vec![(pb, 999, b"nobody asked".to_vec())],
+        false => vec![],
+    };
+    assert_eq!(a.strays, want);
+}
+
+/// A plugin that hands answers over unposted fails a quiet send to a peer whose
+/// connection is gone, and hands the message back (a consumer that posts no receive
+/// learns of the loss there, and sends it again on a new connection).
+pub fn quiet_send_to_a_lost_peer_hands_the_message_back(make: Factory) {
+    let (mut a, b, pb) = pair(make);
+    if !a.p.caps().unposted_expected {
+        return;
+    }
+    a.p.send_quiet(pb, false, 3, b"first".to_vec()).unwrap();
+    drop(b);
+    let end = Instant::now() + WAIT;
+    let unsent = loop {
+        match a.p.send_quiet(pb, false, 4, b"again".to_vec()) {
+            Err(u) => break u,
+            Ok(()) if Instant::now() < end => {
+                a.next_unexpected_within(Duration::from_millis(10));
+            }
+            Ok(()) => panic!("sends to a closed endpoint kept succeeding"),
+        }
+    };
+    assert_eq!(unsent.data, b"again");
+    assert!(
+        unsent.error.fault() == na::Fault::Network,
+        "{:?}",
+        unsent.error
+    );
 }
 
 /// A canceled receive completes once, with `Canceled`; a second cancel finds nothing.
@@ -488,6 +529,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@cases $make;
             messages_round_trip_at_every_size, oversized_message_is_refused,
             unmatched_expected_message_is_dropped, cancel_completes_once_with_canceled,
+            quiet_send_to_a_lost_peer_hands_the_message_back,
             put_and_get_move_exact_bytes, multi_segment_regions_are_linear,
             owner_refuses_bad_remote_access, refused_transfers_among_good_ones_fail_alone,
             large_refused_or_canceled_transfers_keep_the_stream_in_step,

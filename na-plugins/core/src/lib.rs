@@ -29,4 +29,4 @@ pub use addr::Address;
 pub use error::{Fault, NaError, NaResult};
 pub use identity::{Auth, Identity, MAX_GROUPS, Proof};
 pub use mem::{Access, MemHandle, RemoteMem, Segment, random_key};
-pub use plugin::{Event, OpId, PeerId, Plugin};
+pub use plugin::{Caps, Event, OpId, PeerId, Plugin, Unsent};

@@ -26,6 +26,18 @@ pub enum Event {
         /// The message.
         data: Vec<u8>,
     },
+    /// An expected message (an answer) that matched no posted receive, from a plugin whose
+    /// [`Caps::unposted_expected`] is set; other plugins drop such a message. The consumer
+    /// matches it to what it waits for by `peer` and `tag`, and drops the rest (a late
+    /// answer, or one a peer made up).
+    Expected {
+        /// The sender.
+        peer: PeerId,
+        /// The tag the request named.
+        tag: u64,
+        /// The message.
+        data: Vec<u8>,
+    },
     /// A posted operation completed. For an expected receive `data` holds the message;
     /// for sends and RMA it is empty.
     Done {
@@ -42,6 +54,32 @@ pub enum Event {
         /// Why.
         error: NaError,
     },
+}
+
+/// What a plugin does beyond the contract's minimum, for a consumer to take the faster way.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// Expected messages need no posted receive: one that matches none arrives as
+    /// [`Event::Expected`], and [`Plugin::send_quiet`] fails on a connection known to be
+    /// gone (handing the message back), so that a consumer that posts no receive learns
+    /// of a dead connection when it sends. A consumer that relies on this matches answers
+    /// itself and fails what it waits for from a peer at [`Event::PeerLost`].
+    pub unposted_expected: bool,
+}
+
+/// A message [`Plugin::send_quiet`] did not send, with why.
+#[derive(Debug)]
+pub struct Unsent {
+    /// Why.
+    pub error: NaError,
+    /// The message, to send again elsewhere (empty when the plugin could not keep it).
+    pub data: Vec<u8>,
+}
+
+impl From<Unsent> for NaError {
+    fn from(u: Unsent) -> NaError {
+        u.error
+    }
 }
 
 /// A transport plugin.
@@ -76,15 +114,30 @@ pub trait Plugin: Send + Sync + 'static {
     fn send_expected(&self, peer: PeerId, tag: u64, data: Vec<u8>) -> NaResult<OpId>;
 
     /// Sends a message nobody waits on: an answer (`expected`) or a request whose answer
-    /// is awaited by a posted receive. No [`OpId`], no [`Event::Done`]: a message that
-    /// cannot be delivered surfaces as the loss of `peer` (which fails its receives).
-    /// Plugins may keep the default, a tracked send whose event the engine ignores.
-    fn send_quiet(&self, peer: PeerId, expected: bool, tag: u64, data: Vec<u8>) -> NaResult<()> {
+    /// is awaited. No [`OpId`], no [`Event::Done`]: a message that cannot be delivered
+    /// surfaces as the loss of `peer` (which fails its receives). Plugins may keep the
+    /// default, a tracked send whose event the engine ignores.
+    fn send_quiet(
+        &self,
+        peer: PeerId,
+        expected: bool,
+        tag: u64,
+        data: Vec<u8>,
+    ) -> Result<(), Unsent> {
         match expected {
             true => self.send_expected(peer, tag, data),
             false => self.send_unexpected(peer, tag, data),
         }
         .map(drop)
+        .map_err(|error| Unsent {
+            error,
+            data: Vec::new(),
+        })
+    }
+
+    /// What this plugin does beyond the minimum.
+    fn caps(&self) -> Caps {
+        Caps::default()
     }
 
     /// Posts a receive for the expected message with `tag` from `peer`.

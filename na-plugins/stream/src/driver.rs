@@ -196,21 +196,22 @@ impl StreamPlugin {
                 );
             }
             Kind::Expected => {
-                let ev = {
-                    let mut ops = lock(&self.ops);
-                    ops.match_recv(peer, h.tag).map(|op| Event::Done {
+                // Matched to a posted receive, or handed on for the consumer to match
+                // (`Caps::unposted_expected`).
+                let op = lock(&self.ops).match_recv(peer, h.tag);
+                let data = na::buf::copy_of(p);
+                let ev = match op {
+                    Some(op) => Event::Done {
                         op,
-                        result: Ok(na::buf::copy_of(p)),
-                    })
+                        result: Ok(data),
+                    },
+                    None => Event::Expected {
+                        peer,
+                        tag: h.tag,
+                        data,
+                    },
                 };
-                match ev {
-                    Some(ev) => self.push_events([ev], false),
-                    None => tracing::debug!(
-                        peer = peer.0,
-                        tag = h.tag,
-                        "dropped expected message with no receive posted"
-                    ),
-                }
+                self.push_events([ev], false);
             }
             Kind::GetReq => {
                 // Checked now; the bytes go from registered memory to the socket when the

@@ -41,8 +41,8 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use na::{
-    Access, Address, Auth, Event, Identity, MemHandle, NaError, NaResult, OpId, PeerId, Plugin,
-    RemoteMem, Segment,
+    Access, Address, Auth, Caps, Event, Identity, MemHandle, NaError, NaResult, OpId, PeerId,
+    Plugin, RemoteMem, Segment, Unsent,
 };
 use rustc_hash::FxHashMap;
 
@@ -319,14 +319,27 @@ impl StreamPlugin {
     }
 
     /// As `post_message`, with no op to complete: the fast path of a plain send (one
-    /// lookup of the connection and its write lock).
-    fn post_quiet(&self, peer: PeerId, kind: Kind, tag: u64, data: Vec<u8>) -> NaResult<()> {
-        self.check_eager(data.len())?;
-        let conn = self.conn(peer)?;
+    /// lookup of the connection and its write lock). A connection gone or closing hands
+    /// the message back (`Caps::unposted_expected`).
+    fn post_quiet(&self, peer: PeerId, kind: Kind, tag: u64, data: Vec<u8>) -> Result<(), Unsent> {
+        if let Err(error) = self.check_eager(data.len()) {
+            return Err(Unsent { error, data });
+        }
+        let conn = match self.conn(peer) {
+            Ok(c) => c,
+            Err(error) => return Err(Unsent { error, data }),
+        };
         match conn.send(OutFrame::new(kind, tag, data, None), &self.mem) {
             Ok(f) => self.after_flush(&conn, f),
-            // The connection is closing: its loss is reported, its receives fail.
-            Err(_) => tracing::debug!(peer = peer.0, "quiet send on a closing connection"),
+            Err(f) => {
+                let error = self.conn(peer).err().unwrap_or_else(|| {
+                    NaError::Disconnected(format!("connection to peer {} closed", peer.0))
+                });
+                return Err(Unsent {
+                    error,
+                    data: f.into_owned(),
+                });
+            }
         }
         Ok(())
     }
@@ -551,12 +564,24 @@ impl Plugin for StreamPlugin {
         self.post_message(peer, Kind::Expected, tag, data)
     }
 
-    fn send_quiet(&self, peer: PeerId, expected: bool, tag: u64, data: Vec<u8>) -> NaResult<()> {
+    fn send_quiet(
+        &self,
+        peer: PeerId,
+        expected: bool,
+        tag: u64,
+        data: Vec<u8>,
+    ) -> Result<(), Unsent> {
         let kind = match expected {
             true => Kind::Expected,
             false => Kind::Unexpected,
         };
         self.post_quiet(peer, kind, tag, data)
+    }
+
+    fn caps(&self) -> Caps {
+        Caps {
+            unposted_expected: true,
+        }
     }
 
     fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId> {

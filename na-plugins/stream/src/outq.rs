@@ -91,6 +91,14 @@ impl OutFrame {
         Self::with_body(kind, tag, Body::Owned(body), op)
     }
 
+    /// The body a frame owns, given back (a message not sent); empty for a region's.
+    pub fn into_owned(mut self) -> Vec<u8> {
+        match &mut self.body {
+            Body::Owned(v) => std::mem::take(v),
+            Body::Region { .. } => Vec::new(),
+        }
+    }
+
     /// A frame whose body may name registered memory.
     pub fn with_body(kind: Kind, tag: u64, body: Body, op: Option<OpId>) -> Self {
         let hdr = Header {

@@ -168,6 +168,11 @@ impl<T> CallTable<T> {
         self.calls.keys().copied().collect()
     }
 
+    /// Every call in flight, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
+        self.calls.iter().map(|(&t, e)| (t, &e.value))
+    }
+
     /// Calls in flight.
     pub fn len(&self) -> usize {
         self.calls.len()

@@ -149,6 +149,24 @@ impl<V> Flight<V> {
         self.finish(tag).map(|e| (tag, e))
     }
 
+    /// Whether `tag` is a call waiting for its answer from `peer` on no posted receive
+    /// (a plugin with `na::Caps::unposted_expected` hands answers over unposted): an
+    /// answer from anyone else, to a transfer, or to a call that ended is not its answer.
+    pub fn awaits_from(&self, tag: u64, peer: PeerId) -> bool {
+        matches!(
+            self.table.get(tag).map(|e| &e.wait),
+            Some(Wait::Answer { peer: Some(p), op: None }) if *p == peer
+        )
+    }
+
+    /// The calls waiting for an answer from `peer` on no posted receive: the loss of
+    /// `peer` is theirs to fail (no receive of theirs fails with it).
+    pub fn awaiting_from(&self, peer: PeerId) -> Vec<u64> {
+        let from = |w: &Wait| matches!(w, Wait::Answer { peer: Some(p), op: None } if *p == peer);
+        let it = self.table.iter().filter(|(_, e)| from(&e.wait));
+        it.map(|(t, _)| t).collect()
+    }
+
     /// A call's answer is a stub whose real answer is to be pulled: the call stays, no
     /// longer waiting on `op`; returns its tag and the peer that answered.
     pub fn stub(&mut self, op: OpId) -> Option<(u64, Option<PeerId>)> {

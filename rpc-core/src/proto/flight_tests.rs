@@ -273,3 +273,29 @@ proptest! {
         prop_assert!(f.is_empty() && f.ops_tracked() == 0);
     }
 }
+
+/// Answers handed over unposted are taken only for a call waiting on no receive, from
+/// the peer it called: not from another peer, not for a local call, a transfer, a call
+/// on a posted receive or one that ended.
+#[test]
+fn an_unposted_answer_is_taken_only_from_the_peer_called() {
+    let (a, b) = (PeerId(1), PeerId(2));
+    let mut f: Flight<&str> = Flight::default();
+    let to_a = f.call(None, Some(a), "to a");
+    let local = f.call(None, None, "local");
+    let posted = f.call(None, Some(a), "posted");
+    assert!(f.awaits(posted, OpId(90)));
+    let mut fabric = Fabric::default();
+    let (moving, _) = f.transfer(None, route(), 4096, cfg(4096, 1), "pull", fabric.post());
+    assert!(f.awaits_from(to_a, a));
+    assert!(!f.awaits_from(to_a, b), "another peer's answer");
+    assert!(!f.awaits_from(local, a), "a local call");
+    assert!(!f.awaits_from(posted, a), "a call on a posted receive");
+    assert!(!f.awaits_from(moving, PeerId(7)), "a transfer");
+    assert!(!f.awaits_from(12345, a), "no such call");
+    assert_eq!(f.awaiting_from(a), vec![to_a]);
+    assert!(f.awaiting_from(b).is_empty());
+    assert_eq!(f.finish(to_a).map(|e| e.value), Some("to a"));
+    assert!(!f.awaits_from(to_a, a), "a call that ended");
+    assert!(f.awaiting_from(a).is_empty());
+}
