@@ -144,14 +144,12 @@ pub fn manual_pair(transport: &str) -> Result<(rpc_core::Engine, rpc_core::Engin
     Ok((engine()?, engine()?))
 }
 
-/// One progress-and-trigger pass of each engine, until `done`; returns the passes made.
+/// One pass of each engine (`Engine::poll`), until `done`; returns the passes made.
 pub fn drive_both(engines: [&rpc_core::Engine; 2], done: impl Fn() -> bool) -> Result<u64, String> {
     let mut passes = 0;
     while !done() {
         for e in engines {
-            e.progress(Some(std::time::Duration::ZERO))
-                .map_err(|e| e.to_string())?;
-            e.trigger();
+            e.poll().map_err(|e| e.to_string())?;
         }
         passes += 1;
     }

@@ -337,6 +337,15 @@ impl Engine {
         self.shared.trigger()
     }
 
+    /// One pass that does not wait: [`Engine::progress`] with a zero timeout, then
+    /// [`Engine::trigger`], the events of the pass handled as it brings them rather than
+    /// queued for the trigger (the loop of a program that polls; cheaper than the two
+    /// calls). Returns how many events it handled.
+    pub fn poll(&self) -> Result<usize, RpcError> {
+        let _g = lock(&self.shared.drive);
+        self.shared.poll()
+    }
+
     /// Drives progress (manual and busy modes) until `done` returns true.
     pub fn drive_until(&self, done: impl Fn() -> bool) {
         while !done() {

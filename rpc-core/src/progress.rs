@@ -55,6 +55,26 @@ impl Shared {
         Ok(())
     }
 
+    /// Drives the transport once, as [`Shared::progress`], and handles what it brings on
+    /// this thread (the progress thread's loop and driving callers): a pass that does not
+    /// sleep takes its events straight from the transport's pass, not through its queue.
+    /// Returns how many events it handled (the queue's rest is [`Shared::trigger_pass`]'s).
+    fn progress_handling(self: &Arc<Self>, timeout: Option<Duration>) -> Result<usize, RpcError> {
+        if timeout != Some(Duration::ZERO) {
+            return self.progress(timeout).map(|()| 0);
+        }
+        Ok(self
+            .plugin
+            .progress_events(timeout, &mut |ev| self.on_event(ev))?)
+    }
+
+    /// [`crate::Engine::poll`]: a pass that does not wait, its events handled on this
+    /// thread, then the queue's and expired deadlines as a spinning trigger does.
+    pub(crate) fn poll(self: &Arc<Self>) -> Result<usize, RpcError> {
+        let n = self.progress_handling(Some(Duration::ZERO))?;
+        Ok(n + self.trigger_pass(true))
+    }
+
     /// Handles queued events and expired deadlines; returns how many events it handled.
     ///
     /// Expired deadlines are looked for after a progress call that waited (it read the
@@ -117,7 +137,7 @@ impl Shared {
         } else {
             Duration::from_millis(1)
         };
-        if let Err(e) = self.progress(Some(t)) {
+        if let Err(e) = self.progress_handling(Some(t)) {
             tracing::warn!(error = %e, "progress failed");
         }
         self.trigger_pass(busy);
@@ -148,7 +168,7 @@ impl Shared {
         while !done() {
             match self.drive.try_lock() {
                 Ok(_g) => {
-                    if let Err(e) = self.plugin.progress(Some(Duration::ZERO)) {
+                    if let Err(e) = self.progress_handling(Some(Duration::ZERO)) {
                         tracing::warn!(error = %e, "progress failed");
                     }
                     self.trigger_pass(true);
@@ -181,12 +201,14 @@ pub(crate) fn progress_loop(shared: &Arc<Shared>) {
         }
         let spinning =
             !shared.spin.is_zero() && last_event.is_some_and(|t| t.elapsed() < shared.spin);
-        if let Err(e) = shared.progress(if spinning { Some(Duration::ZERO) } else { None }) {
+        let handled = shared.progress_handling(spinning.then_some(Duration::ZERO));
+        let handled = handled.unwrap_or_else(|e| {
             tracing::error!(error = %e, "progress failed");
             std::thread::sleep(Duration::from_millis(10));
-        }
+            0
+        });
         // (With no spin window, when the last event was does not matter: no clock read.)
-        if shared.trigger_pass(spinning) > 0 && !shared.spin.is_zero() {
+        if handled + shared.trigger_pass(spinning) > 0 && !shared.spin.is_zero() {
             last_event = Some(Instant::now());
         } else if spinning {
             // Let a runnable caller or handler have this core between empty polls.

@@ -207,6 +207,20 @@ pub trait Plugin: Send + Sync + 'static {
         n
     }
 
+    /// [`Plugin::progress`], then every queued event handed to `f` as
+    /// [`Plugin::poll_events`] does; returns how many. A plugin may hand over the events
+    /// its pass made on this thread without queueing them (no lock per event): for a
+    /// caller that handles events where it drives progress (one that handles them in
+    /// another thread makes the two calls).
+    fn progress_events(
+        &self,
+        timeout: Option<Duration>,
+        f: &mut dyn FnMut(Event),
+    ) -> NaResult<usize> {
+        self.progress(timeout)?;
+        Ok(self.poll_events(f))
+    }
+
     /// Completes a pending operation with [`NaError::Canceled`]. Returns false when the
     /// operation had already completed (its event is then the real outcome).
     ///

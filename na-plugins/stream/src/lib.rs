@@ -696,6 +696,15 @@ impl Plugin for StreamPlugin {
         self.events.pop()
     }
 
+    fn progress_events(
+        &self,
+        timeout: Option<Duration>,
+        f: &mut dyn FnMut(Event),
+    ) -> NaResult<usize> {
+        let (r, n) = self.events.direct(|| self.progress(timeout), f);
+        r.map(|()| n)
+    }
+
     fn poll_events(&self, f: &mut dyn FnMut(Event)) -> usize {
         self.events.drain(f)
     }

@@ -4,7 +4,12 @@
 //! The count is a hint: it is written under the lock, so a reader that sees zero may miss
 //! an item pushed an instant ago, exactly as a reader taking the lock an instant earlier
 //! would have. Producers that must not be missed wake the poller, as before.
+//!
+//! A progress pass whose caller takes the events at once ([`EventQueue::direct`]) keeps
+//! what it makes on its own thread, off the queue: no lock, no wake-up, handed over at
+//! the end of the pass.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,9 +26,78 @@ pub(crate) struct EventQueue {
     len: AtomicUsize,
 }
 
+thread_local! {
+    /// The queue whose direct pass runs on this thread (0: none), and the events it made.
+    static LOCAL: RefCell<(usize, Vec<Event>)> = const { RefCell::new((0, Vec::new())) };
+}
+
+/// Ends a direct pass, even one that unwinds: later events of this thread queue again.
+struct PassEnd;
+
+impl Drop for PassEnd {
+    fn drop(&mut self) {
+        LOCAL.with(|l| l.borrow_mut().0 = 0);
+    }
+}
+
 impl EventQueue {
-    /// Appends `evs`; returns whether any were added.
+    fn id(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// Runs `pass` (a progress pass over this queue's plugin) and hands every event to
+    /// `f`: the queue's (the older), then those `pass` made on this thread, straight from
+    /// it. Events `f` causes are queued, for the next call. A pass nested in another's (it makes
+    /// events of its own for the outer one) keeps to the queue. Returns `pass`'s result
+    /// and how many events `f` took.
+    pub(crate) fn direct<R>(
+        &self,
+        pass: impl FnOnce() -> R,
+        f: &mut dyn FnMut(Event),
+    ) -> (R, usize) {
+        let mine = LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            let free = l.0 == 0;
+            if free {
+                l.0 = self.id();
+            }
+            free
+        });
+        if !mine {
+            let r = pass();
+            return (r, self.drain(f));
+        }
+        let r = {
+            let _end = PassEnd;
+            pass()
+        };
+        let mut evs = LOCAL.with(|l| std::mem::take(&mut l.borrow_mut().1));
+        let n = self.drain(f) + evs.len();
+        evs.drain(..).for_each(&mut *f);
+        // The vector is kept for the next pass (unless `f` ran a pass that kept one).
+        LOCAL.with(|l| {
+            if let Ok(mut l) = l.try_borrow_mut()
+                && l.1.capacity() == 0
+            {
+                l.1 = evs;
+            }
+        });
+        (r, n)
+    }
+
+    /// Appends `evs`; returns whether any were added to the queue (none when this
+    /// thread's direct pass kept them: its caller takes them when the pass ends).
     pub(crate) fn extend(&self, evs: impl IntoIterator<Item = Event>) -> bool {
+        let mut evs = Some(evs);
+        LOCAL.with(|l| {
+            if let Ok(mut l) = l.try_borrow_mut()
+                && l.0 == self.id()
+                && let Some(evs) = evs.take()
+            {
+                l.1.extend(evs);
+            }
+        });
+        let Some(evs) = evs else { return false };
         let mut q = lock(&self.q);
         let before = q.len();
         q.extend(evs);
@@ -136,6 +210,50 @@ mod tests {
         });
         assert_eq!(n, 1);
         assert_eq!(q.pop().as_ref().map(op), Some(5));
+    }
+
+    /// A direct pass hands what it made on its own thread to its caller, never through the
+    /// queue; another thread's events, and the other queues', still queue; what the caller
+    /// causes waits for the next call; and after the pass (even one that panicked) this
+    /// thread's events queue again.
+    #[test]
+    fn a_direct_pass_hands_its_own_events_over_and_queues_the_rest() {
+        let (q, other) = (EventQueue::default(), EventQueue::default());
+        q.extend([done(1)]);
+        let mut seen = Vec::new();
+        let (r, n) = q.direct(
+            || {
+                assert!(!q.extend([done(2)]), "kept on this thread, no wake-up");
+                assert!(
+                    other.extend([done(9)]),
+                    "another queue's events still queue"
+                );
+                std::thread::scope(|s| {
+                    s.spawn(|| assert!(q.extend([done(3)])));
+                });
+                assert_eq!(
+                    q.len.load(Ordering::Acquire),
+                    2,
+                    "1 and 3 in the queue, not 2"
+                );
+                "passed"
+            },
+            &mut |e| {
+                seen.push(op(&e));
+                q.extend([done(10 + op(&e))]);
+            },
+        );
+        assert_eq!((r, n), ("passed", 3));
+        assert_eq!(seen, [1, 3, 2]);
+        assert_eq!(other.pop().as_ref().map(op), Some(9));
+        let mut next = Vec::new();
+        q.drain(&mut |e| next.push(op(&e)));
+        assert_eq!(next, [11, 13, 12]);
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            q.direct(|| panic!("a pass that fails"), &mut |_| {})
+        }));
+        assert!(unwound.is_err());
+        assert!(q.extend([done(4)]), "queued again after the pass");
     }
 
     #[test]
