@@ -68,6 +68,11 @@ impl StreamPlugin {
 
     /// Goes on reading connections that still had data when their budget ran out.
     pub(crate) fn read_leftovers(&self) {
+        // (Looked at first: an empty set's take, at every spinning pass, still moves a
+        // vector of eight peers around the stack.)
+        if self.unread.is_empty() {
+            return;
+        }
         let peers = self.unread.take();
         for p in peers {
             if let Ok(conn) = self.conn(p) {
@@ -294,6 +299,7 @@ impl StreamPlugin {
             let Some(conn) = conns.remove(&peer) else {
                 return;
             };
+            self.conns_changed(&conns);
             // Recorded before the connection is seen missing: a call that finds it gone
             // learns why (conns, then gone: the order `conn()` takes them in).
             let mut gone = lock(&self.gone);

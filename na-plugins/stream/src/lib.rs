@@ -101,6 +101,9 @@ pub struct StreamPlugin {
     /// Checks credentials that need another process (MUNGE) off the progress thread.
     verifier: verify::Verifier,
     conns: Mutex<FxHashMap<PeerId, Arc<Conn>>>,
+    /// The connections as of their last change, for a transport that polls memory to look
+    /// at every pass without the table's lock (written under it).
+    polled: arc_swap::ArcSwap<Vec<Arc<Conn>>>,
     by_addr: Mutex<HashMap<Address, PeerId>>,
     next_peer: AtomicU64,
     ops: Mutex<Ops>,
@@ -167,6 +170,7 @@ impl StreamPlugin {
             waker,
             verifier,
             conns: Mutex::new(FxHashMap::default()),
+            polled: arc_swap::ArcSwap::default(),
             by_addr: Mutex::new(HashMap::new()),
             next_peer: AtomicU64::new(FIRST_PEER),
             ops: Mutex::new(Ops::default()),
@@ -245,7 +249,11 @@ impl StreamPlugin {
         if let Some(a) = remote {
             let _ = conn.remote.set(a);
         }
-        lock(&self.conns).insert(peer, conn);
+        {
+            let mut conns = lock(&self.conns);
+            conns.insert(peer, conn);
+            self.conns_changed(&conns);
+        }
         // Registered after insertion, so that no event can find the map without it.
         let interest = Interest::READABLE | Interest::WRITABLE;
         for fd in fds {
@@ -427,31 +435,27 @@ impl StreamPlugin {
 
     /// Reads the connections whose memory shows input; true if any did.
     fn poll_memory(&self) -> bool {
-        thread_local! {
-            /// The connections with input, kept between passes (no allocation per pass).
-            static READY: std::cell::RefCell<Vec<Arc<Conn>>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        READY.with(|cell| {
-            let mut fresh = Vec::new();
-            let mut kept = cell.try_borrow_mut();
-            let ready = kept.as_deref_mut().unwrap_or(&mut fresh);
-            ready.extend(
-                lock(&self.conns)
-                    .values()
-                    .filter(|c| !c.is_paused() && c.wire.has_input())
-                    .cloned(),
-            );
-            let found = !ready.is_empty();
-            for c in ready.drain(..) {
-                self.read_or_close(&c);
+        let mut found = false;
+        for c in self.polled.load().iter() {
+            if !c.is_paused() && c.wire.has_input() {
+                found = true;
+                self.read_or_close(c);
             }
-            found
-        })
+        }
+        found
+    }
+
+    /// Publishes the table's new state to [`StreamPlugin::poll_memory`] (its lock held).
+    pub(crate) fn conns_changed(&self, conns: &FxHashMap<PeerId, Arc<Conn>>) {
+        if self.net.polls_memory() {
+            self.polled
+                .store(Arc::new(conns.values().cloned().collect()));
+        }
     }
 
     /// Declares to every peer that we are about to sleep; false if input already waits.
     fn prepare_sleep(&self) -> bool {
-        lock(&self.conns).values().all(|c| c.wire.prepare_sleep())
+        self.polled.load().iter().all(|c| c.wire.prepare_sleep())
     }
 
     /// Builds the request frames for the next chunks of `op` within its window.

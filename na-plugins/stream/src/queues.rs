@@ -9,7 +9,7 @@
 //! what it makes on its own thread, off the queue: no lock, no wake-up, handed over at
 //! the end of the pass.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,8 +27,10 @@ pub(crate) struct EventQueue {
 }
 
 thread_local! {
-    /// The queue whose direct pass runs on this thread (0: none), and the events it made.
-    static LOCAL: RefCell<(usize, Vec<Event>)> = const { RefCell::new((0, Vec::new())) };
+    /// The queue whose direct pass runs on this thread (0: none).
+    static OWNER: Cell<usize> = const { Cell::new(0) };
+    /// The events that pass made.
+    static MADE: RefCell<Vec<Event>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Ends a direct pass, even one that unwinds: later events of this thread queue again.
@@ -36,7 +38,7 @@ struct PassEnd;
 
 impl Drop for PassEnd {
     fn drop(&mut self) {
-        LOCAL.with(|l| l.borrow_mut().0 = 0);
+        OWNER.set(0);
     }
 }
 
@@ -47,39 +49,40 @@ impl EventQueue {
 
     /// Runs `pass` (a progress pass over this queue's plugin) and hands every event to
     /// `f`: the queue's (the older), then those `pass` made on this thread, straight from
-    /// it. Events `f` causes are queued, for the next call. A pass nested in another's (it makes
-    /// events of its own for the outer one) keeps to the queue. Returns `pass`'s result
-    /// and how many events `f` took.
+    /// it. Events `f` causes are queued, for the next call. A pass nested in another's
+    /// (it makes events of its own for the outer one) keeps to the queue. Returns
+    /// `pass`'s result and how many events `f` took.
     pub(crate) fn direct<R>(
         &self,
         pass: impl FnOnce() -> R,
         f: &mut dyn FnMut(Event),
     ) -> (R, usize) {
-        let mine = LOCAL.with(|l| {
-            let mut l = l.borrow_mut();
-            let free = l.0 == 0;
-            if free {
-                l.0 = self.id();
-            }
-            free
-        });
-        if !mine {
+        if OWNER.get() != 0 {
             let r = pass();
             return (r, self.drain(f));
         }
+        OWNER.set(self.id());
         let r = {
             let _end = PassEnd;
             pass()
         };
-        let mut evs = LOCAL.with(|l| std::mem::take(&mut l.borrow_mut().1));
-        let n = self.drain(f) + evs.len();
-        evs.drain(..).for_each(&mut *f);
+        // (An empty pass, the common case when spinning, takes nothing out.)
+        let made = MADE.with(|m| match m.try_borrow_mut() {
+            Ok(mut m) if !m.is_empty() => std::mem::take(&mut *m),
+            _ => Vec::new(),
+        });
+        let n = self.drain(f) + made.len();
+        if made.capacity() == 0 {
+            return (r, n);
+        }
+        let mut made = made;
+        made.drain(..).for_each(&mut *f);
         // The vector is kept for the next pass (unless `f` ran a pass that kept one).
-        LOCAL.with(|l| {
-            if let Ok(mut l) = l.try_borrow_mut()
-                && l.1.capacity() == 0
+        MADE.with(|m| {
+            if let Ok(mut m) = m.try_borrow_mut()
+                && m.capacity() == 0
             {
-                l.1 = evs;
+                *m = made;
             }
         });
         (r, n)
@@ -88,16 +91,22 @@ impl EventQueue {
     /// Appends `evs`; returns whether any were added to the queue (none when this
     /// thread's direct pass kept them: its caller takes them when the pass ends).
     pub(crate) fn extend(&self, evs: impl IntoIterator<Item = Event>) -> bool {
-        let mut evs = Some(evs);
-        LOCAL.with(|l| {
-            if let Ok(mut l) = l.try_borrow_mut()
-                && l.0 == self.id()
-                && let Some(evs) = evs.take()
-            {
-                l.1.extend(evs);
-            }
-        });
-        let Some(evs) = evs else { return false };
+        if OWNER.get() == self.id() {
+            let mut evs = Some(evs);
+            MADE.with(|m| {
+                if let Ok(mut m) = m.try_borrow_mut()
+                    && let Some(evs) = evs.take()
+                {
+                    m.extend(evs);
+                }
+            });
+            let Some(evs) = evs else { return false };
+            return self.queue(evs);
+        }
+        self.queue(evs)
+    }
+
+    fn queue(&self, evs: impl IntoIterator<Item = Event>) -> bool {
         let mut q = lock(&self.q);
         let before = q.len();
         q.extend(evs);
