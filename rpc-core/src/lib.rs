@@ -30,11 +30,11 @@
 //! # What a call costs
 //! Counted, not timed (`scripts/rpc-cost TRANSPORT`: callgrind's instructions per RPC,
 //! 64-byte input, 2026-12-02). Both engines in one thread with manual progress (`qs-rate
-//! -c`, the busy path without its polling; steady between runs): about 7 760
-//! instructions per RPC over sm and 8 900 over tcp, client and server together. As
+//! -c`, the busy path without its polling; steady between runs): about 7 390
+//! instructions per RPC over sm and 8 930 over tcp, client and server together. As
 //! separate processes in thread mode without spinning (`qs-rate -s 0`; the progress
-//! threads' passes vary with scheduling, up to ±6 %): client about 7 200 (tcp) and
-//! 8 900 (sm), server 4 430 and 5 960.
+//! threads' passes vary with scheduling, up to ±6 %): client about 7 040 (tcp) and
+//! 8 530 (sm), server 4 510 and 5 760.
 //!
 //! On the client's busy path a call takes the table's lock twice (entered; its answer
 //! found) and the transport's connection table; over a plugin that hands answers over
