@@ -123,6 +123,10 @@ pub(crate) struct Shared {
     pub(crate) lost_hooks: RwLock<Vec<LostHook>>,
 }
 
+/// How long calls to a lost peer wait for an answer read before the loss (over a plugin
+/// that hands answers over unposted) before they fail with the loss.
+const LOST_GRACE: Duration = Duration::from_millis(50);
+
 /// A callback run when a peer is lost.
 pub(crate) type LostHook = Arc<dyn Fn(PeerId) + Send + Sync>;
 
@@ -414,10 +418,16 @@ impl Shared {
                 tracing::debug!(peer = peer.0, %error, "peer lost");
                 Counters::add(&self.counters.peers_lost, 1);
                 if self.unposted {
-                    // No receive of theirs failed with the connection: fail the calls.
-                    let tags = self.calls.lock().flight.awaiting_from(peer);
-                    for tag in tags {
-                        self.end_call(tag, Err(RpcError::from(error.clone())), false);
+                    // No receive of theirs failed with the connection: the calls fail,
+                    // after a grace for answers read before the loss that another
+                    // thread's pass is still handing over (`Flight::lose`).
+                    let due = Instant::now() + LOST_GRACE;
+                    let wake = {
+                        let mut c = self.calls.lock();
+                        c.flight.lose(peer, due, &error) > 0 && c.must_wake(Some(due))
+                    };
+                    if wake && self.mode == ProgressMode::Thread {
+                        self.plugin.wake();
                     }
                 }
                 let freed = self.exposed.lock().peer_lost(&peer);

@@ -108,11 +108,17 @@ impl Shared {
             let Err(Unsent { error, data }) = self.plugin.send_quiet(peer, false, tag, msg) else {
                 return Ok(Some(tag));
             };
-            match self.calls.lock().flight.finish(tag) {
+            let entry = self.calls.lock().flight.finish(tag);
+            match entry {
                 // The message and the overflow input go again on a new connection.
-                Some(e) => {
+                Some(e) if !data.is_empty() => {
                     (out.msg, out.keep) = (Some(data), Some(kept_input(e)));
                     Err(error)
+                }
+                // A plugin that kept no message back: nothing to send again.
+                Some(e) => {
+                    self.settle(e.value, Err(error.into()));
+                    Ok(Some(tag))
                 }
                 // Ended meanwhile (the peer's loss failed it): nothing to try again.
                 None => Ok(Some(tag)),

@@ -113,10 +113,11 @@ impl Shared {
         let stamp = Stamp::of(now);
         if self.calls.may_be_due(stamp) {
             let expired = self.calls.lock().flight.expire(now);
-            for (tag, e) in expired {
-                tracing::debug!(tag, "timed out");
+            for (tag, e, lost) in expired {
+                tracing::debug!(tag, lost = lost.is_some(), "timed out");
                 self.withdraw(&e);
-                self.settle(e.value, Err(RpcError::timeout()));
+                let why = lost.map_or_else(RpcError::timeout, RpcError::from);
+                self.settle(e.value, Err(why));
             }
         }
         if self.exposed.may_be_due(stamp) {

@@ -90,9 +90,10 @@ impl From<Unsent> for NaError {
 /// yields exactly one [`Event::Done`], whether it succeeds, fails, or is canceled.
 ///
 /// Messages are bounded by [`Plugin::max_eager_size`]. Unexpected messages need no posted
-/// receive (the plugin owns the buffers); expected messages are delivered only to a receive
-/// posted with [`Plugin::recv_expected`] for the same peer and tag, and dropped otherwise
-/// (a late answer to a canceled request).
+/// receive (the plugin owns the buffers); expected messages are delivered to a receive
+/// posted with [`Plugin::recv_expected`] for the same peer and tag, and otherwise dropped
+/// (a late answer to a canceled request), or handed over as [`Event::Expected`] by a
+/// plugin whose [`Caps::unposted_expected`] says so.
 pub trait Plugin: Send + Sync + 'static {
     /// The plugin name as addresses spell it (`tcp`).
     fn name(&self) -> &'static str;
@@ -115,8 +116,10 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Sends a message nobody waits on: an answer (`expected`) or a request whose answer
     /// is awaited. No [`OpId`], no [`Event::Done`]: a message that cannot be delivered
-    /// surfaces as the loss of `peer` (which fails its receives). Plugins may keep the
-    /// default, a tracked send whose event the engine ignores.
+    /// surfaces as the loss of `peer` (which fails its posted receives), or, where the
+    /// connection is known gone already, as an error with the message handed back whole
+    /// (what [`Caps::unposted_expected`] promises; the default keeps none). Plugins may
+    /// keep the default, a tracked send whose event the engine ignores.
     fn send_quiet(
         &self,
         peer: PeerId,

@@ -33,12 +33,20 @@ thread_local! {
     static MADE: RefCell<Vec<Event>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Ends a direct pass, even one that unwinds: later events of this thread queue again.
-struct PassEnd;
+/// Ends a direct pass, even one that unwinds: later events of this thread queue again,
+/// and what a pass that unwound had made goes to its queue (not to the next pass, which
+/// may be another plugin's).
+struct PassEnd<'a>(&'a EventQueue);
 
-impl Drop for PassEnd {
+impl Drop for PassEnd<'_> {
     fn drop(&mut self) {
         OWNER.set(0);
+        if std::thread::panicking() {
+            let made = MADE.with(|m| m.try_borrow_mut().map(|mut m| std::mem::take(&mut *m)));
+            if let Ok(made) = made {
+                self.0.queue(made);
+            }
+        }
     }
 }
 
@@ -48,8 +56,10 @@ impl EventQueue {
     }
 
     /// Runs `pass` (a progress pass over this queue's plugin) and hands every event to
-    /// `f`: the queue's (the older), then those `pass` made on this thread, straight from
-    /// it. Events `f` causes are queued, for the next call. A pass nested in another's
+    /// `f`: the queue's, then those `pass` made on this thread, straight from it (another
+    /// thread's may have been queued while the pass ran: the order across threads is not
+    /// kept, as between two threads draining the queue). Events `f` causes are queued,
+    /// for the next call. A pass nested in another's
     /// (it makes events of its own for the outer one) keeps to the queue. Returns
     /// `pass`'s result and how many events `f` took.
     pub(crate) fn direct<R>(
@@ -63,7 +73,7 @@ impl EventQueue {
         }
         OWNER.set(self.id());
         let r = {
-            let _end = PassEnd;
+            let _end = PassEnd(self);
             pass()
         };
         // (An empty pass, the common case when spinning, takes nothing out.)
@@ -259,10 +269,23 @@ mod tests {
         q.drain(&mut |e| next.push(op(&e)));
         assert_eq!(next, [11, 13, 12]);
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            q.direct(|| panic!("a pass that fails"), &mut |_| {})
+            let pass = || {
+                q.extend([done(6)]);
+                panic!("a pass that fails")
+            };
+            q.direct(pass, &mut |_| {})
         }));
         assert!(unwound.is_err());
         assert!(q.extend([done(4)]), "queued again after the pass");
+        let mut after = Vec::new();
+        other.direct(|| (), &mut |e| after.push(op(&e)));
+        assert!(after.is_empty(), "another queue's pass gets none of it");
+        q.drain(&mut |e| after.push(op(&e)));
+        assert_eq!(
+            after,
+            [6, 4],
+            "what the failed pass made is queued, not lost"
+        );
     }
 
     #[test]

@@ -98,6 +98,11 @@ impl<T> CallTable<T> {
         self.calls.get(&tag).map(|e| &e.value)
     }
 
+    /// A call's deadline (`None`: none, or not in flight).
+    pub fn deadline(&self, tag: u64) -> Option<Instant> {
+        self.calls.get(&tag).and_then(|e| e.deadline)
+    }
+
     /// Replaces a call's deadline (`None`: no deadline); false if it is not in flight.
     pub fn set_deadline(&mut self, tag: u64, deadline: Option<Instant>) -> bool {
         let Some(e) = self.calls.get_mut(&tag) else {

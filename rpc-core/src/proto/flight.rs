@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::time::Instant;
 
 use bulk::{ChunkConfig, Chunker};
-use na::{MemHandle, NaResult, OpId, PeerId, RemoteMem};
+use na::{MemHandle, NaError, NaResult, OpId, PeerId, RemoteMem};
 
 use super::CallTable;
 
@@ -94,6 +94,8 @@ pub type Over<V> = Option<(Entry<V>, NaResult<()>)>;
 pub struct Flight<V> {
     table: CallTable<Entry<V>>,
     ops: HashMap<OpId, u64>,
+    /// Why the peer of calls in flight was lost ([`Flight::lose`]).
+    lost: HashMap<u64, NaError>,
 }
 
 impl<V> Default for Flight<V> {
@@ -101,6 +103,7 @@ impl<V> Default for Flight<V> {
         Flight {
             table: CallTable::default(),
             ops: HashMap::default(),
+            lost: HashMap::default(),
         }
     }
 }
@@ -165,6 +168,20 @@ impl<V> Flight<V> {
         let from = |w: &Wait| matches!(w, Wait::Answer { peer: Some(p), op: None } if *p == peer);
         let it = self.table.iter().filter(|(_, e)| from(&e.wait));
         it.map(|(t, _)| t).collect()
+    }
+
+    /// `peer` was lost: the calls waiting for its answer on no posted receive fail with
+    /// `why` at `due` (or their own deadline, if sooner) unless their answer comes first.
+    /// An answer read before the loss may still be on its way to the driver (handed over
+    /// by another thread's pass): it wins if it comes within the grace. Returns how many.
+    pub fn lose(&mut self, peer: PeerId, due: Instant, why: &NaError) -> usize {
+        let tags = self.awaiting_from(peer);
+        for &tag in &tags {
+            let due = self.table.deadline(tag).map_or(due, |d| d.min(due));
+            self.table.set_deadline(tag, Some(due));
+            self.lost.insert(tag, why.clone());
+        }
+        tags.len()
     }
 
     /// A call's answer is a stub whose real answer is to be pulled: the call stays, no
@@ -289,18 +306,24 @@ impl<V> Flight<V> {
         for op in e.ops() {
             self.ops.remove(&op);
         }
+        if !self.lost.is_empty() {
+            self.lost.remove(&tag);
+        }
         Some(e)
     }
 
-    /// Ends and returns every entry whose deadline is at or before `now`.
-    pub fn expire(&mut self, now: Instant) -> Vec<(u64, Entry<V>)> {
+    /// Ends and returns every entry whose deadline is at or before `now`, each with why
+    /// its peer was lost if it was (else it timed out).
+    pub fn expire(&mut self, now: Instant) -> Vec<(u64, Entry<V>, Option<NaError>)> {
         let v = self.table.expire(now);
-        for (_, e) in &v {
+        let mut out = Vec::with_capacity(v.len());
+        for (tag, e) in v {
             for op in e.ops() {
                 self.ops.remove(&op);
             }
+            out.push((tag, e, self.lost.remove(&tag)));
         }
-        v
+        out
     }
 
     /// Replaces an entry's deadline; false if it is not in flight.

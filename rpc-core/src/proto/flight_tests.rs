@@ -299,3 +299,34 @@ fn an_unposted_answer_is_taken_only_from_the_peer_called() {
     assert!(!f.awaits_from(to_a, a), "a call that ended");
     assert!(f.awaiting_from(a).is_empty());
 }
+
+/// A lost peer's calls on no posted receive fail with the loss at the grace's end (or
+/// their own deadline, if sooner), unless their answer comes first; others are untouched.
+#[test]
+fn a_lost_peers_calls_fail_with_the_loss_after_a_grace_unless_answered() {
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let (a, b) = (PeerId(1), PeerId(2));
+    let mut f: Flight<&str> = Flight::default();
+    let late = f.call(Some(ms(100)), Some(a), "due late");
+    let soon = f.call(Some(ms(5)), Some(a), "due soon");
+    let answered = f.call(None, Some(a), "answered in the grace");
+    let other = f.call(None, Some(b), "another peer's");
+    let why = NaError::Disconnected("reset".into());
+    assert_eq!(f.lose(a, ms(10), &why), 3);
+    assert_eq!(f.next_deadline(), Some(ms(5)));
+    assert!(f.awaits_from(answered, a), "an answer may still come");
+    assert_eq!(
+        f.finish(answered).map(|e| e.value),
+        Some("answered in the grace")
+    );
+    let mut gone: Vec<(u64, Option<NaError>)> = f
+        .expire(ms(10))
+        .into_iter()
+        .map(|(t, _, lost)| (t, lost))
+        .collect();
+    gone.sort_by_key(|g| g.0);
+    assert_eq!(gone, [(late, Some(why.clone())), (soon, Some(why))]);
+    assert_eq!(f.tags(), [other]);
+    assert!(f.expire(ms(1000)).is_empty());
+}
