@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+mod batch;
 mod conn;
 pub mod direct;
 mod driver;
@@ -104,6 +105,10 @@ pub struct StreamPlugin {
     /// The connections as of their last change, for a transport that polls memory to look
     /// at every pass without the table's lock (written under it).
     polled: arc_swap::ArcSwap<Vec<Arc<Conn>>>,
+    /// Connections held while a batch of their requests is handled ([`batch`]), and how
+    /// many (looked at without the lock).
+    batched: Mutex<smallvec::SmallVec<[Arc<Conn>; 4]>>,
+    batched_n: AtomicUsize,
     by_addr: Mutex<HashMap<Address, PeerId>>,
     next_peer: AtomicU64,
     ops: Mutex<Ops>,
@@ -171,6 +176,8 @@ impl StreamPlugin {
             verifier,
             conns: Mutex::new(FxHashMap::default()),
             polled: arc_swap::ArcSwap::default(),
+            batched: Mutex::default(),
+            batched_n: AtomicUsize::new(0),
             by_addr: Mutex::new(HashMap::new()),
             next_peer: AtomicU64::new(FIRST_PEER),
             ops: Mutex::new(Ops::default()),
@@ -661,6 +668,7 @@ impl Plugin for StreamPlugin {
     }
 
     fn progress(&self, timeout: Option<Duration>) -> NaResult<()> {
+        self.flush_held();
         let tails_left = self.run_tails();
         let busy = !self.events.is_empty() || !self.unread.is_empty() || tails_left;
         let mut timeout = if busy { Some(Duration::ZERO) } else { timeout };
@@ -705,7 +713,9 @@ impl Plugin for StreamPlugin {
         timeout: Option<Duration>,
         f: &mut dyn FnMut(Event),
     ) -> NaResult<usize> {
-        let (r, n) = self.events.direct(|| self.progress(timeout), f);
+        let (r, n) = self
+            .events
+            .direct(|| self.progress(timeout), |made| self.hold_batch(made), f);
         r.map(|()| n)
     }
 

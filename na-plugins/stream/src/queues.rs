@@ -42,8 +42,8 @@ impl Drop for PassEnd<'_> {
     fn drop(&mut self) {
         OWNER.set(0);
         if std::thread::panicking() {
-            let made = MADE.with(|m| m.try_borrow_mut().map(|mut m| std::mem::take(&mut *m)));
-            if let Ok(made) = made {
+            let made = MADE.try_with(|m| m.try_borrow_mut().map(|mut m| std::mem::take(&mut *m)));
+            if let Ok(Ok(made)) = made {
                 self.0.queue(made);
             }
         }
@@ -58,16 +58,19 @@ impl EventQueue {
     /// Runs `pass` (a progress pass over this queue's plugin) and hands every event to
     /// `f`: the queue's, then those `pass` made on this thread, straight from it (another
     /// thread's may have been queued while the pass ran: the order across threads is not
-    /// kept, as between two threads draining the queue). Events `f` causes are queued,
-    /// for the next call. A pass nested in another's
-    /// (it makes events of its own for the outer one) keeps to the queue. Returns
-    /// `pass`'s result and how many events `f` took.
-    pub(crate) fn direct<R>(
+    /// kept, as between two threads draining the queue), inside what `around` makes of
+    /// them (kept until they are handed). Events `f` causes are queued, for the next
+    /// call. A pass nested in another's (it makes events of its own for the outer one)
+    /// keeps to the queue. Returns `pass`'s result and how many events `f` took.
+    pub(crate) fn direct<R, G>(
         &self,
         pass: impl FnOnce() -> R,
+        around: impl FnOnce(&[Event]) -> G,
         f: &mut dyn FnMut(Event),
     ) -> (R, usize) {
-        if OWNER.get() != 0 {
+        // Nested, or on a thread whose thread-locals are being torn down (a program's
+        // exit handlers may still make calls): the plain way, through the queue.
+        if OWNER.get() != 0 || MADE.try_with(|_| ()).is_err() {
             let r = pass();
             return (r, self.drain(f));
         }
@@ -77,18 +80,22 @@ impl EventQueue {
             pass()
         };
         // (An empty pass, the common case when spinning, takes nothing out.)
-        let made = MADE.with(|m| match m.try_borrow_mut() {
-            Ok(mut m) if !m.is_empty() => std::mem::take(&mut *m),
-            _ => Vec::new(),
-        });
+        let made = MADE
+            .try_with(|m| match m.try_borrow_mut() {
+                Ok(mut m) if !m.is_empty() => std::mem::take(&mut *m),
+                _ => Vec::new(),
+            })
+            .unwrap_or_default();
         let n = self.drain(f) + made.len();
         if made.capacity() == 0 {
             return (r, n);
         }
         let mut made = made;
+        let around = around(&made);
         made.drain(..).for_each(&mut *f);
+        drop(around);
         // The vector is kept for the next pass (unless `f` ran a pass that kept one).
-        MADE.with(|m| {
+        let _ = MADE.try_with(|m| {
             if let Ok(mut m) = m.try_borrow_mut()
                 && m.capacity() == 0
             {
@@ -103,7 +110,7 @@ impl EventQueue {
     pub(crate) fn extend(&self, evs: impl IntoIterator<Item = Event>) -> bool {
         if OWNER.get() == self.id() {
             let mut evs = Some(evs);
-            MADE.with(|m| {
+            let _ = MADE.try_with(|m| {
                 if let Ok(mut m) = m.try_borrow_mut()
                     && let Some(evs) = evs.take()
                 {
@@ -257,6 +264,7 @@ mod tests {
                 );
                 "passed"
             },
+            |_| (),
             &mut |e| {
                 seen.push(op(&e));
                 q.extend([done(10 + op(&e))]);
@@ -273,12 +281,12 @@ mod tests {
                 q.extend([done(6)]);
                 panic!("a pass that fails")
             };
-            q.direct(pass, &mut |_| {})
+            q.direct(pass, |_| (), &mut |_| {})
         }));
         assert!(unwound.is_err());
         assert!(q.extend([done(4)]), "queued again after the pass");
         let mut after = Vec::new();
-        other.direct(|| (), &mut |e| after.push(op(&e)));
+        other.direct(|| (), |_| (), &mut |e| after.push(op(&e)));
         assert!(after.is_empty(), "another queue's pass gets none of it");
         q.drain(&mut |e| after.push(op(&e)));
         assert_eq!(
