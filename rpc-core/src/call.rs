@@ -132,7 +132,8 @@ impl<Out: DeserializeOwned> Call<Out> {
     }
 
     /// Fails the call with [`RpcError::Timeout`] if it is not answered `t` from now
-    /// (the deadline it was started with is replaced).
+    /// (the deadline it was started with is replaced; a call whose peer was lost meanwhile
+    /// still fails with the loss at the end of its grace, if that is sooner).
     pub fn timeout(self, t: Duration) -> Self {
         self.op.set_timeout(t);
         self

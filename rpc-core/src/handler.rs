@@ -203,6 +203,14 @@ impl<Out: Serialize> Responder<Out> {
     }
 }
 
+/// Keeps a responder dropped by a panic for its dispatcher; gives it back on a thread
+/// whose thread-locals are being torn down.
+fn push_orphan(o: Orphan) -> Result<(), Orphan> {
+    let mut o = Some(o);
+    let _ = ORPHANS.try_with(|list| list.borrow_mut().extend(o.take()));
+    o.map_or(Ok(()), Err)
+}
+
 impl<Out> Drop for Responder<Out> {
     fn drop(&mut self) {
         let Some(to) = self.to.take() else { return };
@@ -210,7 +218,19 @@ impl<Out> Drop for Responder<Out> {
         if panicking && DISPATCHING.get() {
             // The dispatcher catching this panic answers with its text.
             let (shared, rpc_id) = (self.shared.clone(), self.rpc_id);
-            return ORPHANS.with_borrow_mut(|o| o.push(Orphan { shared, rpc_id, to }));
+            let orphan = Orphan { shared, rpc_id, to };
+            // (A thread being torn down has no list: it answers here, below.)
+            let Err(orphan) = push_orphan(orphan) else {
+                return;
+            };
+            let (shared, why) = (&orphan.shared, b"handler panicked");
+            return fail_reply(
+                shared,
+                orphan.rpc_id,
+                orphan.to,
+                Status::HandlerPanicked,
+                why,
+            );
         }
         let (status, why): (_, &[u8]) = match panicking {
             true => (Status::HandlerPanicked, b"handler panicked"),
@@ -265,11 +285,13 @@ where
             _out: PhantomData,
         };
         // Orphans of an enclosing dispatch (this one runs inside it) are its own to answer.
-        let (outer, outer_orphans) = (DISPATCHING.replace(true), ORPHANS.take());
+        // (Thread-locals being torn down, at a program's exit, hold no orphans: none kept.)
+        let swap = |v: Vec<Orphan>| ORPHANS.try_with(|o| o.replace(v)).unwrap_or_default();
+        let (outer, outer_orphans) = (DISPATCHING.replace(true), swap(Vec::new()));
         let r = catch_unwind(AssertUnwindSafe(|| f(input, responder)));
         DISPATCHING.set(outer);
         // Responders dropped by a panic (also one the handler caught itself) answer now.
-        let orphans = ORPHANS.replace(outer_orphans);
+        let orphans = swap(outer_orphans);
         if r.is_ok() && orphans.is_empty() {
             return;
         }

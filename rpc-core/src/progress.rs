@@ -114,7 +114,10 @@ impl Shared {
         if self.calls.may_be_due(stamp) {
             let expired = self.calls.lock().flight.expire(now);
             for (tag, e, lost) in expired {
-                tracing::debug!(tag, lost = lost.is_some(), "timed out");
+                match &lost {
+                    Some(why) => tracing::debug!(tag, %why, "failed: its peer was lost"),
+                    None => tracing::debug!(tag, "timed out"),
+                }
                 self.withdraw(&e);
                 let why = lost.map_or_else(RpcError::timeout, RpcError::from);
                 self.settle(e.value, Err(why));

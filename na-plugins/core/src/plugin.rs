@@ -63,7 +63,8 @@ pub struct Caps {
     /// [`Event::Expected`], and [`Plugin::send_quiet`] fails on a connection known to be
     /// gone (handing the message back), so that a consumer that posts no receive learns
     /// of a dead connection when it sends. A consumer that relies on this matches answers
-    /// itself and fails what it waits for from a peer at [`Event::PeerLost`].
+    /// itself and fails what it waits for from a peer once [`Event::PeerLost`] comes (an
+    /// answer read before the loss may be handed over after it, by another thread's pass).
     pub unposted_expected: bool,
 }
 

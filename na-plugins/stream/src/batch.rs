@@ -5,9 +5,11 @@
 //!
 //! A handler of the batch may wait for a call of its own to a held peer, and the answer
 //! may come through another thread's progress: every progress pass, on any thread, first
-//! writes out what batches hold (the connections stay held). A request to a held peer is
-//! never stuck behind the hold longer than one pass.
+//! writes out what batches hold (the connections stay held), and a send while a batch
+//! holds a connection wakes a pass that sleeps. A request to a held peer waits behind
+//! the hold at most until the next pass.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -22,6 +24,17 @@ const MOST: usize = 4;
 
 /// Events of a batch looked at for repeated peers.
 const LOOK: usize = 64;
+
+thread_local! {
+    /// Batches this thread is handling: its own sends need no wake-up (it makes the
+    /// next pass itself, or lets the hold go).
+    static HANDLING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether a send from this thread may have joined another thread's held connection.
+pub(crate) fn foreign_send(plugin: &StreamPlugin) -> bool {
+    plugin.batched_n.load(Ordering::Acquire) > 0 && HANDLING.get() == 0
+}
 
 /// The connections a batch holds, let go (and written) when dropped.
 pub(crate) struct Batch<'a> {
@@ -51,6 +64,7 @@ impl StreamPlugin {
             }
         }
         if !conns.is_empty() {
+            HANDLING.set(HANDLING.get() + 1);
             let mut held = lock(&self.batched);
             held.extend(conns.iter().cloned());
             self.batched_n.store(held.len(), Ordering::Release);
@@ -81,6 +95,7 @@ impl Drop for Batch<'_> {
             return;
         }
         let p = self.plugin;
+        HANDLING.set(HANDLING.get().saturating_sub(1));
         {
             let mut held = lock(&p.batched);
             for c in &self.conns {

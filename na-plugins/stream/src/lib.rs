@@ -301,6 +301,11 @@ impl StreamPlugin {
     /// Completes the sends a flush of `conn` finished, and reads `conn` again if it was
     /// paused for its backlog and the flush drained it.
     fn after_flush(&self, conn: &Conn, f: Flushed) {
+        // A frame may have joined a connection another thread's batch holds: a sleeping
+        // pass writes it.
+        if batch::foreign_send(self) {
+            let _ = self.waker.wake();
+        }
         if conn.take_resume(&self.cfg.backlog) {
             tracing::debug!(peer = conn.peer.0, "backlog written: reading again");
             self.unread.insert(conn.peer);

@@ -327,7 +327,16 @@ impl<V> Flight<V> {
     }
 
     /// Replaces an entry's deadline; false if it is not in flight.
+    /// A call whose peer was lost keeps its grace's end if that is sooner ([`Flight::lose`]:
+    /// a new timeout does not keep it waiting for a peer that is gone).
     pub fn set_deadline(&mut self, tag: u64, due: Option<Instant>) -> bool {
+        let due = match self.lost.contains_key(&tag) {
+            true => match (self.table.deadline(tag), due) {
+                (Some(old), Some(new)) => Some(old.min(new)),
+                (old, new) => old.or(new),
+            },
+            false => due,
+        };
         self.table.set_deadline(tag, due)
     }
 

@@ -316,6 +316,9 @@ fn a_lost_peers_calls_fail_with_the_loss_after_a_grace_unless_answered() {
     assert_eq!(f.lose(a, ms(10), &why), 3);
     assert_eq!(f.next_deadline(), Some(ms(5)));
     assert!(f.awaits_from(answered, a), "an answer may still come");
+    // A new timeout does not take a lost call past its grace, nor off the clock.
+    assert!(f.set_deadline(late, Some(ms(1000))));
+    assert!(f.set_deadline(other, None));
     assert_eq!(
         f.finish(answered).map(|e| e.value),
         Some("answered in the grace")
