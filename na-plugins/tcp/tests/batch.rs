@@ -98,3 +98,69 @@ fn a_batch_is_answered_and_its_handler_may_reach_the_held_peer() {
     a.deregister(&theirs).unwrap();
     b.deregister(&mine).unwrap();
 }
+
+/// Another thread's send onto a connection a batch holds wakes a pass that sleeps: it
+/// leaves although the batch's own thread makes no pass meanwhile.
+#[test]
+fn a_send_onto_a_held_connection_wakes_a_sleeping_pass() {
+    let (a, b) = (plugin(), plugin());
+    let pb = a.lookup(b.self_addr()).unwrap();
+    a.send_quiet(pb, false, 1, vec![1]).unwrap();
+    let mut pa = None;
+    drive(&[&a, &b], || {
+        while let Some(ev) = b.poll_event() {
+            if let Event::Unexpected { peer, .. } = ev {
+                pa = Some(peer);
+            }
+        }
+        pa.is_some()
+    });
+    let pa = pa.unwrap();
+    for t in 2..=3 {
+        a.send_quiet(pb, false, t, vec![t as u8]).unwrap();
+    }
+    a.progress(Some(Duration::ZERO)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut arrived = false;
+    /// Stops the progress thread, also when the test fails (its scope joins it).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool, &'a na_tcp::StreamPlugin);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Release);
+            self.1.wake();
+        }
+    }
+    std::thread::scope(|s| {
+        let _stop = Stop(&stop, &b);
+        let mut first = true;
+        b.progress_events(Some(Duration::from_millis(100)), &mut |ev| {
+            let Event::Unexpected { .. } = ev else { return };
+            if !std::mem::take(&mut first) {
+                return;
+            }
+            // B's connection to A is held by this batch. A progress thread sleeps on B...
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    b.progress(None).unwrap();
+                }
+            });
+            // ... when another thread sends on the held connection.
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                b.send_quiet(pa, true, 99, b"from elsewhere".to_vec())
+                    .unwrap();
+            });
+            let until = Instant::now() + Duration::from_secs(3);
+            while !arrived {
+                assert!(Instant::now() < until, "the send waited behind the hold");
+                a.progress(Some(Duration::from_millis(5))).unwrap();
+                while let Some(ev) = a.poll_event() {
+                    arrived |= matches!(ev, Event::Expected { tag: 99, .. });
+                }
+            }
+        })
+        .unwrap();
+    });
+    assert!(arrived);
+}
