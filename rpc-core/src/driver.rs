@@ -174,6 +174,14 @@ impl Shared {
         self.plugin.max_eager_size()
     }
 
+    /// Wakes the progress thread when a new deadline comes before the time it sleeps
+    /// until (`must`, from `Calls::must_wake`); in the other modes nobody sleeps so.
+    pub(crate) fn wake_for(&self, must: bool) {
+        if must && self.mode == ProgressMode::Thread {
+            self.plugin.wake();
+        }
+    }
+
     /// Ends an entry with `result` if it is still in flight. `withdraw` cancels its
     /// transport operations; it is false only when the one that completed was its last.
     pub(crate) fn end_call(self: &Arc<Self>, tag: u64, result: Answer, withdraw: bool) {
@@ -220,9 +228,7 @@ impl Shared {
             let due = now.checked_add(t);
             c.flight.set_deadline(tag, due) && c.must_wake(due)
         };
-        if wake && self.mode == ProgressMode::Thread {
-            self.plugin.wake();
-        }
+        self.wake_for(wake);
     }
 
     /// Posts one chunk of a transfer for [`Flight`]: at `off` within it, `n` bytes.
@@ -426,9 +432,7 @@ impl Shared {
                         let mut c = self.calls.lock();
                         c.flight.lose(peer, due, &error) > 0 && c.must_wake(Some(due))
                     };
-                    if wake && self.mode == ProgressMode::Thread {
-                        self.plugin.wake();
-                    }
+                    self.wake_for(wake);
                 }
                 let freed = self.exposed.lock().peer_lost(&peer);
                 drop(freed);

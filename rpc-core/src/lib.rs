@@ -39,8 +39,8 @@
 //! On the client's busy path a call takes the table's lock twice (entered; its answer
 //! found) and the transport's connection table; over a plugin that hands answers over
 //! unposted (`na::Caps::unposted_expected`: tcp and sm) it posts no receive (`post`,
-//! `Shared::on_answer`): the arriving answer only looks for one, under the transport's
-//! operation table's lock, in an empty map. A polling pass with
+//! `Shared::on_answer`), and the arriving answer does not look for one (the transport
+//! counts its posted receives where it can be read without a lock). A polling pass with
 //! nothing due takes neither the table's nor the exposed answers' lock (their earliest
 //! deadlines are published in atomics, `timed`). A progress thread that sleeps takes the
 //! table's lock twice more per sleep (arming its deadline, then waking), and a caller that

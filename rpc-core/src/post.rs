@@ -14,7 +14,6 @@ use crate::counters::Counters;
 use crate::driver::{Shared, Waiter};
 use crate::endpoint::Endpoint;
 use crate::handler::ReplyTo;
-use crate::mode::ProgressMode;
 use crate::proto::{Entry, Flight};
 use crate::slot::{Answer, Slot};
 use crate::transfer::Then;
@@ -61,9 +60,7 @@ impl Shared {
             let tag = c.flight.call(due, None, Waiter::call(slot, None));
             (tag, c.must_wake(due))
         };
-        if wake && self.mode == ProgressMode::Thread {
-            self.plugin.wake();
-        }
+        self.wake_for(wake);
         Ok(tag)
     }
 
@@ -101,9 +98,7 @@ impl Shared {
                 return Ok(None);
             };
             let (tag, wake) = entered?;
-            if wake && self.mode == ProgressMode::Thread {
-                self.plugin.wake();
-            }
+            self.wake_for(wake);
             let msg = out.msg.take().unwrap_or_default();
             let Err(Unsent { error, data }) = self.plugin.send_quiet(peer, false, tag, msg) else {
                 return Ok(Some(tag));
@@ -150,9 +145,7 @@ impl Shared {
         let Some((peer, tag, wake)) = entered else {
             return Err(RpcError::Shutdown);
         };
-        if wake && self.mode == ProgressMode::Thread {
-            self.plugin.wake();
-        }
+        self.wake_for(wake);
         let msg = out.msg.take().unwrap_or_default();
         if let Err(u) = self.plugin.send_quiet(peer, false, tag, msg) {
             self.end_call(tag, Err(u.error.into()), true);

@@ -77,12 +77,6 @@ pub struct Unsent {
     pub data: Vec<u8>,
 }
 
-impl From<Unsent> for NaError {
-    fn from(u: Unsent) -> NaError {
-        u.error
-    }
-}
-
 /// A transport plugin.
 ///
 /// Every call takes `&self`: posting is thread-safe, so a handler thread can answer while

@@ -203,7 +203,10 @@ impl StreamPlugin {
             Kind::Expected => {
                 // Matched to a posted receive, or handed on for the consumer to match
                 // (`Caps::unposted_expected`).
-                let op = lock(&self.ops).match_recv(peer, h.tag);
+                let op = match self.receives.load(Ordering::Acquire) {
+                    0 => None,
+                    _ => lock(&self.ops).match_recv(peer, h.tag),
+                };
                 let data = na::buf::copy_of(p);
                 let ev = match op {
                     Some(op) => Event::Done {

@@ -112,6 +112,8 @@ pub struct StreamPlugin {
     by_addr: Mutex<HashMap<Address, PeerId>>,
     next_peer: AtomicU64,
     ops: Mutex<Ops>,
+    /// How many receives `ops` has posted ([`Ops::posted`]).
+    receives: Arc<AtomicUsize>,
     mem: MemTable,
     events: queues::EventQueue,
     /// Connections with data left unread when their read budget ran out.
@@ -166,6 +168,7 @@ impl StreamPlugin {
         } else {
             MemTable::default()
         };
+        let ops = Ops::default();
         Ok(StreamPlugin {
             cfg,
             net,
@@ -180,7 +183,8 @@ impl StreamPlugin {
             batched_n: AtomicUsize::new(0),
             by_addr: Mutex::new(HashMap::new()),
             next_peer: AtomicU64::new(FIRST_PEER),
-            ops: Mutex::new(Ops::default()),
+            receives: ops.posted(),
+            ops: Mutex::new(ops),
             mem,
             events: queues::EventQueue::default(),
             unread: queues::PeerSet::default(),

@@ -2,6 +2,8 @@
 //! into windowed chunks. Pure bookkeeping: no sockets here.
 
 use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use na::{Event, NaError, NaResult, OpId, PeerId};
 
@@ -57,10 +59,25 @@ pub struct Ops {
     next: u64,
     pending: HashMap<OpId, Pending>,
     recvs: HashMap<(PeerId, u64), OpId>,
+    /// How many receives are posted, for a reader to look at without the lock
+    /// ([`Ops::posted`]).
+    posted: Arc<AtomicUsize>,
     chunks: HashMap<u64, Chunk>,
 }
 
 impl Ops {
+    /// How many receives are posted, readable without the table's lock: an arriving
+    /// answer need not look for one when none is (a consumer that matches answers itself,
+    /// `na::Caps::unposted_expected`, posts none). A receive is counted before the
+    /// request it awaits leaves (`Release`), so its answer always finds the count.
+    pub fn posted(&self) -> Arc<AtomicUsize> {
+        self.posted.clone()
+    }
+
+    fn count_receives(&self) {
+        self.posted.store(self.recvs.len(), Ordering::Release);
+    }
+
     fn id(&mut self) -> OpId {
         self.next += 1;
         OpId(self.next)
@@ -95,6 +112,7 @@ impl Ops {
             },
         );
         self.recvs.insert((peer, tag), op);
+        self.count_receives();
         Ok(op)
     }
 
@@ -114,6 +132,7 @@ impl Ops {
     /// Takes the receive posted for (peer, tag), if any.
     pub fn match_recv(&mut self, peer: PeerId, tag: u64) -> Option<OpId> {
         let op = self.recvs.remove(&(peer, tag))?;
+        self.count_receives();
         self.pending.remove(&op);
         Some(op)
     }
@@ -123,6 +142,7 @@ impl Ops {
         let p = self.pending.remove(&op)?;
         if let Kind::Recv { tag } = p.kind {
             self.recvs.remove(&(p.peer, tag));
+            self.count_receives();
         }
         Some(Event::Done { op, result })
     }

@@ -68,9 +68,10 @@ impl EventQueue {
         around: impl FnOnce(&[Event]) -> G,
         f: &mut dyn FnMut(Event),
     ) -> (R, usize) {
-        // Nested, or on a thread whose thread-locals are being torn down (a program's
-        // exit handlers may still make calls): the plain way, through the queue.
-        if OWNER.get() != 0 || MADE.try_with(|_| ()).is_err() {
+        // Nested: the plain way, through the queue. (So is, in effect, a pass on a thread
+        // whose thread-locals are being torn down, at a program's exit: every look at
+        // `MADE` below and in `extend` falls back to the queue when it is gone.)
+        if OWNER.get() != 0 {
             let r = pass();
             return (r, self.drain(f));
         }
