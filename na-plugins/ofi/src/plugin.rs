@@ -34,8 +34,9 @@ pub struct OfiConfig {
     pub carry_max: usize,
     /// Largest single `fi_read`/`fi_write`; longer transfers are split.
     pub rma_chunk: usize,
-    /// Bytes of RMA pieces in flight at once, over all transfers (the rest wait in a queue).
-    pub rma_window: usize,
+    /// Bytes of RMA pieces in flight at once, over all transfers (the rest wait in a queue);
+    /// `None`: the provider's ([`crate::provider::Provider::rma_window`]).
+    pub rma_window: Option<usize>,
     /// How long a peer that operations wait on may stay silent before it is probed.
     pub probe_after: Duration,
     /// How long a probe may stay unanswered before the peer is declared lost (six times
@@ -52,7 +53,7 @@ pub struct OfiConfig {
 }
 
 impl Default for OfiConfig {
-    /// 64 KiB messages, 64 posted receives, 512 KiB RMA pieces with 2 MiB in flight; a
+    /// 64 KiB messages, 64 posted receives, 512 KiB RMA pieces with the provider's window in flight; a
     /// silent peer is probed every 0.5 s; it is declared lost as soon as its process is
     /// proven gone (see `provider::DeathCheck`), after 10 s of unanswered probes, or after
     /// 60 s in which the provider had no room for any probe to it; peers
@@ -68,7 +69,7 @@ impl Default for OfiConfig {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(4096),
             rma_chunk: 512 << 10,
-            rma_window: 2 << 20,
+            rma_window: None,
             probe_after: Duration::from_millis(500),
             probe_timeout: Duration::from_secs(10),
             watch_idle: Duration::from_secs(10),
@@ -275,6 +276,8 @@ pub struct OfiPlugin {
     pub(crate) inject: usize,
     /// Transfers up to this size to checked providers' peers are carried in messages.
     pub(crate) carry_max: usize,
+    /// Bytes of RMA pieces in flight at once (the config's, else the provider's).
+    pub(crate) rma_window: usize,
     pub(crate) mr_local: bool,
     pub(crate) write_flags: u64,
 }
@@ -375,6 +378,7 @@ impl OfiPlugin {
         let max_eager = cfg.max_eager.min(info.max_msg_size().saturating_sub(300));
         let inject = info.inject_size();
         let carry_max = cfg.carry_max.min(max_eager);
+        let rma_window = cfg.rma_window.unwrap_or(prov.rma_window);
         let mr_local = info.mr_mode() & fi::FI_MR_LOCAL != 0;
         let Stack {
             ep,
@@ -435,6 +439,7 @@ impl OfiPlugin {
             max_eager,
             inject,
             carry_max,
+            rma_window,
             mr_local,
             write_flags: fi::FI_COMPLETION as u64 | prov.write_completion,
         };

@@ -288,7 +288,7 @@ impl OfiPlugin {
         loop {
             let q = {
                 let mut s = lock(&self.state);
-                if s.rma_inflight >= self.cfg.rma_window {
+                if s.rma_inflight >= self.rma_window {
                     return;
                 }
                 let Some(q) = s.rma_queue.pop_front() else {
