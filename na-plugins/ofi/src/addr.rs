@@ -71,9 +71,11 @@ fn hex(raw: &[u8]) -> String {
 /// addresses take the scheme (`fi_shm://`) of `own`, this endpoint's raw address.
 pub fn from_locator_like(format: u32, loc: &str, own: &[u8]) -> Result<Vec<u8>, NaError> {
     if format == fi::FI_ADDR_STR && !loc.starts_with('x') {
-        let own = String::from_utf8_lossy(own);
-        if let Some((scheme, _)) = own.split_once("://") {
-            let mut v = format!("{scheme}://{loc}").into_bytes();
+        // (Byte-wise: this runs for every transfer whose peer is named by its address.)
+        if let Some(i) = own.windows(3).position(|w| w == b"://") {
+            let mut v = Vec::with_capacity(i + 4 + loc.len());
+            v.extend_from_slice(&own[..i + 3]);
+            v.extend_from_slice(loc.as_bytes());
             v.push(0);
             return Ok(v);
         }
@@ -150,6 +152,18 @@ mod tests {
         }
         let raw = vec![1, 2, 0xab];
         assert_eq!(from_locator(99, &to_locator(99, &raw)).unwrap(), raw);
+    }
+
+    #[test]
+    fn string_locators_take_the_own_address_scheme() {
+        let own = b"fi_shm://1234:0\0";
+        let raw = from_locator_like(fi::FI_ADDR_STR, "99:1", own).unwrap();
+        assert_eq!(raw, b"fi_shm://99:1\0");
+        // Without a scheme in our own address: the locator as it is.
+        let raw = from_locator_like(fi::FI_ADDR_STR, "99:1", b"plain\0").unwrap();
+        assert_eq!(raw, b"99:1\0");
+        let hex = from_locator_like(fi::FI_ADDR_STR, "xab01", own).unwrap();
+        assert_eq!(hex, [0xab, 0x01]);
     }
 
     #[test]

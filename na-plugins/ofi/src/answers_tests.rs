@@ -13,7 +13,7 @@ fn shm() -> OfiPlugin {
 
 /// Delivers to `to` an answer of `kind` to op `op` as if `from` sent it.
 fn answer(to: &OfiPlugin, from: &OfiPlugin, kind: wire::Kind, op: OpId, ok: bool, data: &[u8]) {
-    let mut m = wire::header(kind, 0, &from.self_raw);
+    let mut m = wire::header(kind, 0, &from.self_raw, 0);
     match kind {
         wire::Kind::Grant => m.extend_from_slice(&wire::encode_grant(op.0, ok)),
         _ => wire::encode_carried(&mut m, op.0, |b| {
@@ -195,7 +195,7 @@ fn an_owner_refuses_to_carry_more_than_a_message_holds() {
         len: 1 << 20,
         write: false,
     };
-    let mut m = wire::header(wire::Kind::Carry, 0, &a.self_raw);
+    let mut m = wire::header(wire::Kind::Carry, 0, &a.self_raw, 0);
     m.extend_from_slice(&big.encode());
     b.handle_unexpected(&m);
     assert!(matches!(driven.done(op), Err(NaError::AccessDenied(_))));
@@ -213,7 +213,7 @@ fn bundled_answers_count_only_as_the_bundle_senders() {
     let mut mine = vec![0u8; 64];
     let (hb, ha) = register_pair(&a, &b, &mut theirs, &mut mine);
     let carried = |from: &OfiPlugin, op: OpId, byte: u8| {
-        let mut m = wire::header(wire::Kind::Carried, 0, &from.self_raw);
+        let mut m = wire::header(wire::Kind::Carried, 0, &from.self_raw, 0);
         wire::encode_carried(&mut m, op.0, |out| {
             out.extend_from_slice(&[byte; 16]);
             true
@@ -221,7 +221,7 @@ fn bundled_answers_count_only_as_the_bundle_senders() {
         m
     };
     let deliver = |msgs: &[Vec<u8>], cut: usize| {
-        let mut m = wire::header(wire::Kind::Bundle, 0, &b.self_raw);
+        let mut m = wire::header(wire::Kind::Bundle, 0, &b.self_raw, 0);
         for x in msgs {
             wire::bundle(&mut m, x);
         }
@@ -230,7 +230,7 @@ fn bundled_answers_count_only_as_the_bundle_senders() {
         a.poll_cq(true);
     };
     let get = a.get(pb, &ha, 0, &hb.remote, 0, 16).unwrap();
-    let mut inner = wire::header(wire::Kind::Bundle, 0, &b.self_raw);
+    let mut inner = wire::header(wire::Kind::Bundle, 0, &b.self_raw, 0);
     wire::bundle(&mut inner, &carried(&b, get, 1));
     deliver(&[carried(&other, get, 2), inner], 0);
     deliver(&[carried(&b, get, 3)], 1);

@@ -219,7 +219,7 @@ impl OfiPlugin {
             if lost.iter().any(|(p, _)| *p == PeerId(a)) {
                 continue;
             }
-            let b = wire::header(Kind::Ping, 0, &self.self_raw);
+            let b = wire::header(Kind::Ping, 0, &self.self_raw, 0);
             // A ping is never injected: its completion (or error) is part of the probe.
             match self.tsend_with_completion(a, b) {
                 Ok(posted) => {

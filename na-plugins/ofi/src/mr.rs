@@ -1,11 +1,12 @@
 //! Memory registration: one provider registration per segment, keys a peer cannot guess,
 //! the provider's `mr_mode` honoured, and an optional cache of released registrations.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ptr;
 
 use libfabric_sys as fi;
 use na::{Access, MemHandle, NaError, RemoteMem, Segment};
+use rustc_hash::FxHashMap;
 
 use crate::fabric::{Domain, Ep, Mr, check, error};
 use crate::wire::{RemoteSeg, encode_segs};
@@ -50,9 +51,11 @@ impl Region {
 
 /// Registrations by local id, and the cache of released ones.
 pub struct MemTable {
-    regions: HashMap<u64, Region>,
+    /// (Keys are this table's own ids and keys, never a peer's: a fast hash without DoS
+    /// resistance is enough; a peer's key is only looked up.)
+    regions: FxHashMap<u64, Region>,
     /// Live registrations by descriptor key, for owner-side checks.
-    by_key: HashMap<u64, u64>,
+    by_key: FxHashMap<u64, u64>,
     next_id: u64,
     mr_mode: u32,
     key_mask: u64,
@@ -75,8 +78,8 @@ impl MemTable {
             (1u64 << (8 * key_size)) - 1
         };
         MemTable {
-            regions: HashMap::new(),
-            by_key: HashMap::new(),
+            regions: FxHashMap::default(),
+            by_key: FxHashMap::default(),
             next_id: 1,
             mr_mode,
             key_mask,

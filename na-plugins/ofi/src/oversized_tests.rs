@@ -66,7 +66,7 @@ fn a_message_over_the_limit_is_dropped_and_the_receiver_goes_on(addr: &str) {
     let (h, (done, sent)) = (hostile.clone(), mpsc::channel());
     std::thread::spawn(move || {
         for _ in 0..16 {
-            let mut m = wire::header(wire::Kind::Request, 7, &h.self_raw);
+            let mut m = wire::header(wire::Kind::Request, 7, &h.self_raw, 0);
             m.resize(big, 0xAB);
             let sent = h.send_to(ph.0, Route::Pool, m, What::Control, false);
             assert!(sent.is_ok(), "the oversized message went out: {sent:?}");

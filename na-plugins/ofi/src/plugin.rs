@@ -540,7 +540,7 @@ impl OfiPlugin {
             )));
         }
         let (buf, route) = if unexpected {
-            let mut b = wire::header(Kind::Request, tag, &self.self_raw);
+            let mut b = wire::header(Kind::Request, tag, &self.self_raw, data.len());
             b.extend_from_slice(&data);
             na::buf::give(data);
             (b, Route::Pool)

@@ -364,7 +364,8 @@ impl OfiPlugin {
             0 => return,
             1 => msgs.remove(0),
             _ => {
-                let mut b = wire::header(Kind::Bundle, 0, &self.self_raw);
+                let bytes = msgs.iter().map(|m| m.len() + wire::BUNDLED).sum();
+                let mut b = wire::header(Kind::Bundle, 0, &self.self_raw, bytes);
                 for m in &msgs {
                     wire::bundle(&mut b, m);
                 }

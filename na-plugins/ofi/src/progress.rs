@@ -274,7 +274,7 @@ impl OfiPlugin {
                 data: na::buf::copy_of(data),
             }),
             Kind::Ping => {
-                let b = wire::header(Kind::Pong, 0, &self.self_raw);
+                let b = wire::header(Kind::Pong, 0, &self.self_raw, 0);
                 if let Err(e) = self.send_control(peer.0, b) {
                     tracing::debug!("ofi: pong not sent: {e}");
                 }
@@ -289,7 +289,7 @@ impl OfiPlugin {
                     }
                 };
                 let ok = lock(&self.state).mem.allows(c.key, c.off, c.len, c.write);
-                let mut b = wire::header(Kind::Grant, 0, &self.self_raw);
+                let mut b = wire::header(Kind::Grant, 0, &self.self_raw, 9);
                 b.extend_from_slice(&wire::encode_grant(c.op, ok));
                 if let Err(e) = self.send_control(peer.0, b) {
                     tracing::debug!("ofi: grant not sent: {e}");
@@ -301,7 +301,12 @@ impl OfiPlugin {
                     Err(e) => return tracing::warn!("ofi: {e}"),
                 };
                 let put = c.write.then_some(bytes);
-                let mut b = wire::header(Kind::Carried, 0, &self.self_raw);
+                let answer = if c.write {
+                    0
+                } else {
+                    c.len.min(self.max_eager as u64) as usize
+                };
+                let mut b = wire::header(Kind::Carried, 0, &self.self_raw, 9 + answer);
                 // A read whose answer would not fit in a message is refused like a bad
                 // range (the initiator's cut-off is its own: any that fits is served).
                 wire::encode_carried(&mut b, c.op, |out| {

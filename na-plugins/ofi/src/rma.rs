@@ -140,7 +140,12 @@ impl OfiPlugin {
                 } else {
                     wire::Kind::Check
                 };
-                let mut b = wire::header(kind, 0, &self.self_raw);
+                let mut b = wire::header(
+                    kind,
+                    0,
+                    &self.self_raw,
+                    33 + if carried && write { len as usize } else { 0 },
+                );
                 b.extend_from_slice(&check.encode());
                 if carried && write {
                     for p in &posts {

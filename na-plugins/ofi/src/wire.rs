@@ -57,12 +57,15 @@ pub struct Check {
 
 impl Check {
     /// The payload after the header.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(33);
-        for w in [self.op, self.key, self.off, self.len] {
-            v.extend_from_slice(&w.to_le_bytes());
+    pub fn encode(&self) -> [u8; 33] {
+        let mut v = [0u8; 33];
+        for (i, w) in [self.op, self.key, self.off, self.len]
+            .into_iter()
+            .enumerate()
+        {
+            v[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
-        v.push(self.write as u8);
+        v[32] = self.write as u8;
         v
     }
 
@@ -82,9 +85,10 @@ impl Check {
 }
 
 /// A grant payload: the operation and whether the owner allows it.
-pub fn encode_grant(op: u64, ok: bool) -> Vec<u8> {
-    let mut v = op.to_le_bytes().to_vec();
-    v.push(ok as u8);
+pub fn encode_grant(op: u64, ok: bool) -> [u8; 9] {
+    let mut v = [0u8; 9];
+    v[..8].copy_from_slice(&op.to_le_bytes());
+    v[8] = ok as u8;
     v
 }
 
@@ -137,9 +141,10 @@ fn word(c: &[u8], i: usize) -> u64 {
 
 /// The header of every unexpected message: kind, the caller's tag (0 but for requests),
 /// then the sender's own address (providers without `FI_SOURCE` cannot tell who sent a
-/// message, and those with it need the sender in their address vector first).
-pub fn header(kind: Kind, tag: u64, self_raw: &[u8]) -> Vec<u8> {
-    let mut h = Vec::with_capacity(10 + self_raw.len());
+/// message, and those with it need the sender in their address vector first), in a
+/// buffer with `room` bytes more for the payload.
+pub fn header(kind: Kind, tag: u64, self_raw: &[u8], room: usize) -> Vec<u8> {
+    let mut h = Vec::with_capacity(10 + self_raw.len() + room);
     h.push(kind as u8);
     h.extend_from_slice(&tag.to_le_bytes());
     h.push(self_raw.len() as u8);
@@ -364,7 +369,7 @@ mod tests {
             unbundle(&[0xff, 0xff, 0xff, 0xff, 1]).is_err(),
             "a length past the end"
         );
-        let mut h = header(Kind::Bundle, 0, b"addr");
+        let mut h = header(Kind::Bundle, 0, b"addr", b.len());
         h.extend_from_slice(&b);
         let p = parse(&h).unwrap();
         assert_eq!((p.kind, p.from), (Kind::Bundle, &b"addr"[..]));
@@ -375,7 +380,7 @@ mod tests {
 
     #[test]
     fn headers_round_trip_and_garbage_is_refused() {
-        let h = header(Kind::Request, u64::MAX - 1, b"abc");
+        let h = header(Kind::Request, u64::MAX - 1, b"abc", 4);
         let mut m = h.clone();
         m.extend_from_slice(b"data");
         let want = Parsed {
@@ -410,16 +415,12 @@ mod tests {
             len: 4,
             write: true,
         };
-        let mut b = w.encode();
+        let mut b = w.encode().to_vec();
         b.extend_from_slice(b"abcd");
         assert_eq!(decode_carry(&b).unwrap(), (w, &b"abcd"[..]));
         let r = Check { write: false, ..w };
         assert_eq!(decode_carry(&r.encode()).unwrap(), (r, &[][..]));
-        for bad in [
-            &b[..36],
-            &b[..20],
-            &[r.encode(), b"x".to_vec()].concat()[..],
-        ] {
+        for bad in [&b[..36], &b[..20], &[&r.encode()[..], b"x"].concat()[..]] {
             assert!(matches!(decode_carry(bad), Err(NaError::PeerMisbehaved(_))));
         }
         let carried = |op, ok, data: &[u8]| {
