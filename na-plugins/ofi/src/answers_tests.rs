@@ -244,3 +244,56 @@ fn bundled_answers_count_only_as_the_bundle_senders() {
     assert_eq!(outcome(&a, get2), Some(Ok(Vec::new())));
     assert_eq!(&mine[..32], &[[4u8; 16], [5u8; 16]].concat()[..]);
 }
+
+/// Checks of puts made while their peer is held leave in one bundle, and the owner takes
+/// each check of a bundle as if it came alone, answering them bundled: every put lands,
+/// and one with a forged key fails alone, its bytes not written.
+#[test]
+fn held_checks_leave_bundled_and_each_is_answered() {
+    use qs_tests::conformance::Driven;
+    // Above the carried size (`OfiConfig::carry_max`, 4 KiB): checked puts.
+    const PIECE: usize = 16 << 10;
+    const _: () = assert!(PIECE > 4096);
+    for addr in ["ofi+shm://auto", "ofi+tcp://127.0.0.1:0"] {
+        let open = || std::sync::Arc::new(OfiPlugin::new(&addr.parse().unwrap()).unwrap());
+        let mut a = Driven::new(open());
+        let b = Driven::new(open());
+        let pb = a.p.lookup(b.p.self_addr()).unwrap();
+        let mut theirs = vec![0u8; 4 * PIECE];
+        let mut mine: Vec<u8> = (0..4 * PIECE).map(|i| (i % 251) as u8 + 1).collect();
+        // SAFETY: the buffers outlive both endpoints' use of them.
+        let (hb, ha) = unsafe {
+            let hb =
+                b.p.register(&[Segment::from_slice(&mut theirs)], Access::ReadWrite);
+            (
+                hb.unwrap(),
+                a.p.register(&[Segment::from_slice(&mut mine)], Access::ReadWrite),
+            )
+        };
+        let ha = ha.unwrap();
+        let mut forged = hb.remote.clone();
+        forged.key = forged.key.wrapping_add(1);
+        a.p.hold(pb, true);
+        let puts: Vec<OpId> = (1..4)
+            .map(|i| {
+                let at = (i * PIECE) as u64;
+                a.p.put(pb, &ha, at, &hb.remote, at, PIECE as u64).unwrap()
+            })
+            .collect();
+        let bad = a.p.put(pb, &ha, 0, &forged, 0, PIECE as u64).unwrap();
+        a.p.hold(pb, false);
+        for op in puts {
+            assert_eq!(a.done(op), Ok(Vec::new()), "{addr}");
+        }
+        assert!(
+            matches!(a.done(bad), Err(NaError::AccessDenied(_))),
+            "{addr}: the forged put is refused"
+        );
+        drop(b);
+        assert!(
+            theirs[..PIECE].iter().all(|&x| x == 0),
+            "{addr}: nothing forged written"
+        );
+        assert_eq!(&theirs[PIECE..], &mine[PIECE..], "{addr}");
+    }
+}

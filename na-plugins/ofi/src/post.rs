@@ -300,16 +300,13 @@ impl OfiPlugin {
             .map(drop)
     }
 
-    /// Sends a control message (header included) into `peer`'s pool, injected when it fits.
-    pub(crate) fn send_control(&self, peer: u64, buf: Vec<u8>) -> NaResult<bool> {
+    /// Sends a control message (header included) into `peer`'s pool, injected when it fits;
+    /// with `bundle`, it waits in a hold of `peer` (`Plugin::hold`) to leave with the rest.
+    pub(crate) fn send_control(&self, peer: u64, buf: Vec<u8>, bundle: bool) -> NaResult<bool> {
         let full = {
             let mut held = lock(&self.held);
-            // Carried transfers and their answers only: a check's grant is better back
-            // at once, so that its RMA starts while more are posted (measured: 64 KiB
-            // pushes over ofi+tcp slower with checks held).
-            let carried = matches!(buf.first(), Some(&k) if k == Kind::Carry as u8 || k == Kind::Carried as u8);
             match held.get_mut(&peer) {
-                Some(h) if carried && buf.len() + wire::BUNDLED <= self.max_eager => {
+                Some(h) if bundle && buf.len() + wire::BUNDLED <= self.max_eager => {
                     let full = if h.bytes + buf.len() + wire::BUNDLED > self.max_eager {
                         h.bytes = 0;
                         std::mem::take(&mut h.msgs)
@@ -350,15 +347,16 @@ impl OfiPlugin {
     }
 
     /// Sends held control messages: alone, or as one bundle. If they cannot be sent, the
-    /// transfers they carried fail now (not at their timeout).
+    /// transfers they carried or checked fail now (not at their timeout).
     fn send_bundle(&self, peer: u64, mut msgs: Vec<Vec<u8>>) {
         let ours: Vec<u64> = msgs
             .iter()
             .filter_map(|m| match wire::parse(m) {
-                Ok(p) if p.kind == Kind::Carry => wire::decode_carry(p.data).ok(),
+                Ok(p) if p.kind == Kind::Carry => wire::decode_carry(p.data).ok().map(|c| c.0),
+                Ok(p) if p.kind == Kind::Check => wire::Check::decode(p.data).ok(),
                 _ => None,
             })
-            .map(|(c, _)| c.op)
+            .map(|c| c.op)
             .collect();
         let buf = match msgs.len() {
             0 => return,

@@ -254,9 +254,15 @@ impl OfiPlugin {
         self.hold_control(peer.0, true);
         for m in msgs {
             match wire::parse(m) {
-                // Only what a bundle is made of: each carried transfer or answer makes
-                // at most one answer, itself held.
-                Ok(p) if p.from == from && matches!(p.kind, Kind::Carry | Kind::Carried) => {
+                // Only what a bundle is made of: each carried transfer, check or answer
+                // makes at most one answer, itself held.
+                Ok(p)
+                    if p.from == from
+                        && matches!(
+                            p.kind,
+                            Kind::Carry | Kind::Carried | Kind::Check | Kind::Grant
+                        ) =>
+                {
                     self.on_message(peer, p.kind, p.tag, p.data)
                 }
                 _ => tracing::warn!("ofi: dropped a malformed bundled message"),
@@ -275,7 +281,7 @@ impl OfiPlugin {
             }),
             Kind::Ping => {
                 let b = wire::header(Kind::Pong, 0, &self.self_raw, 0);
-                if let Err(e) = self.send_control(peer.0, b) {
+                if let Err(e) = self.send_control(peer.0, b, false) {
                     tracing::debug!("ofi: pong not sent: {e}");
                 }
             }
@@ -291,7 +297,9 @@ impl OfiPlugin {
                 let ok = lock(&self.state).mem.allows(c.key, c.off, c.len, c.write);
                 let mut b = wire::header(Kind::Grant, 0, &self.self_raw, 9);
                 b.extend_from_slice(&wire::encode_grant(c.op, ok));
-                if let Err(e) = self.send_control(peer.0, b) {
+                // (Held only while a bundle of checks is answered, or while this side
+                // holds the peer for transfers of its own.)
+                if let Err(e) = self.send_control(peer.0, b, true) {
                     tracing::debug!("ofi: grant not sent: {e}");
                 }
             }
@@ -313,7 +321,7 @@ impl OfiPlugin {
                     c.len <= self.max_eager as u64
                         && lock(&self.state).mem.carry(c.key, c.off, c.len, put, out)
                 });
-                if let Err(e) = self.send_control(peer.0, b) {
+                if let Err(e) = self.send_control(peer.0, b, true) {
                     tracing::debug!("ofi: carried answer not sent: {e}");
                 }
             }
