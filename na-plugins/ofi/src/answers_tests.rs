@@ -47,8 +47,8 @@ fn say_hello(from: &OfiPlugin, to_peer: na::PeerId, to: &std::sync::Arc<OfiPlugi
 
 /// Registers `theirs` at `b` and `mine` at `a`, for reading and writing.
 fn register_pair(
-    a: &OfiPlugin,
-    b: &OfiPlugin,
+    a: &dyn Plugin,
+    b: &dyn Plugin,
     theirs: &mut [u8],
     mine: &mut [u8],
 ) -> (na::MemHandle, na::MemHandle) {
@@ -82,7 +82,7 @@ fn answers_come_from_the_owner_in_the_form_asked() {
     say_hello(&a, pb, &b);
     let mut theirs = vec![5u8; 64];
     let mut mine = vec![0u8; 64];
-    let (hb, ha) = register_pair(&a, &b, &mut theirs, &mut mine);
+    let (hb, ha) = register_pair(&a, &*b, &mut theirs, &mut mine);
     let misbehaved =
         |r: Option<NaResult<Vec<u8>>>| matches!(r, Some(Err(NaError::PeerMisbehaved(_))));
 
@@ -142,16 +142,7 @@ fn a_transfer_to_a_peer_gone_since_is_a_disconnection() {
         let pb = a.p.lookup(b.p.self_addr()).unwrap();
         let mut theirs = vec![5u8; 1 << 20];
         let mut mine = vec![0u8; 1 << 20];
-        // SAFETY: the buffers outlive both endpoints' use of them.
-        let (hb, ha) = unsafe {
-            let hb =
-                b.p.register(&[Segment::from_slice(&mut theirs)], Access::ReadWrite);
-            (
-                hb.unwrap(),
-                a.p.register(&[Segment::from_slice(&mut mine)], Access::ReadWrite),
-            )
-        };
-        let ha = ha.unwrap();
+        let (hb, ha) = register_pair(&*a.p, &*b.p, &mut theirs, &mut mine);
         let op = a.p.get(pb, &ha, 0, &hb.remote, 0, 1 << 20).unwrap();
         a.done(op).unwrap();
         drop(b);
@@ -211,7 +202,7 @@ fn bundled_answers_count_only_as_the_bundle_senders() {
     say_hello(&a, pb, &b);
     let mut theirs = vec![5u8; 64];
     let mut mine = vec![0u8; 64];
-    let (hb, ha) = register_pair(&a, &b, &mut theirs, &mut mine);
+    let (hb, ha) = register_pair(&a, &*b, &mut theirs, &mut mine);
     let carried = |from: &OfiPlugin, op: OpId, byte: u8| {
         let mut m = wire::header(wire::Kind::Carried, 0, &from.self_raw, 0);
         wire::encode_carried(&mut m, op.0, |out| {
@@ -261,16 +252,7 @@ fn held_checks_leave_bundled_and_each_is_answered() {
         let pb = a.p.lookup(b.p.self_addr()).unwrap();
         let mut theirs = vec![0u8; 4 * PIECE];
         let mut mine: Vec<u8> = (0..4 * PIECE).map(|i| (i % 251) as u8 + 1).collect();
-        // SAFETY: the buffers outlive both endpoints' use of them.
-        let (hb, ha) = unsafe {
-            let hb =
-                b.p.register(&[Segment::from_slice(&mut theirs)], Access::ReadWrite);
-            (
-                hb.unwrap(),
-                a.p.register(&[Segment::from_slice(&mut mine)], Access::ReadWrite),
-            )
-        };
-        let ha = ha.unwrap();
+        let (hb, ha) = register_pair(&*a.p, &*b.p, &mut theirs, &mut mine);
         let mut forged = hb.remote.clone();
         forged.key = forged.key.wrapping_add(1);
         a.p.hold(pb, true);
