@@ -50,6 +50,17 @@ impl Drop for PassEnd<'_> {
     }
 }
 
+/// The events of a direct pass not yet handed over: queued if the handing unwinds.
+struct Unhanded<'a, 'v>(&'a EventQueue, std::vec::Drain<'v, Event>);
+
+impl Drop for Unhanded<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.queue(self.1.by_ref());
+        }
+    }
+}
+
 impl EventQueue {
     fn id(&self) -> usize {
         self as *const Self as usize
@@ -61,7 +72,9 @@ impl EventQueue {
     /// kept, as between two threads draining the queue), inside what `around` makes of
     /// them (kept until they are handed). Events `f` causes are queued, for the next
     /// call. A pass nested in another's (it makes events of its own for the outer one)
-    /// keeps to the queue. Returns `pass`'s result and how many events `f` took.
+    /// keeps to the queue. If `pass` or `f` unwinds, the events not handed yet are queued
+    /// (without a wake-up: the caller that catches it takes them at its next call).
+    /// Returns `pass`'s result and how many events `f` took.
     pub(crate) fn direct<R, G>(
         &self,
         pass: impl FnOnce() -> R,
@@ -93,7 +106,13 @@ impl EventQueue {
         }
         let mut made = made;
         let around = around(&made);
-        made.drain(..).for_each(&mut *f);
+        {
+            // (If `f` unwinds, the events it has not taken yet are queued, not lost.)
+            let mut rest = Unhanded(self, made.drain(..));
+            for ev in rest.1.by_ref() {
+                f(ev);
+            }
+        }
         drop(around);
         // The vector is kept for the next pass (unless `f` ran a pass that kept one).
         let _ = MADE.try_with(|m| {
@@ -295,6 +314,23 @@ mod tests {
             [6, 4],
             "what the failed pass made is queued, not lost"
         );
+    }
+
+    /// A caller whose handling of a direct pass's events unwinds loses none of the rest:
+    /// they are queued for the next call (another caller's completions among them).
+    #[test]
+    fn events_left_when_the_caller_unwinds_are_queued() {
+        let q = EventQueue::default();
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            q.direct(|| q.extend((1..=3).map(done)), |_| (), &mut |e| {
+                assert_ne!(op(&e), 1, "the caller fails on the first")
+            })
+        }));
+        assert!(unwound.is_err());
+        let mut rest = Vec::new();
+        q.drain(&mut |e| rest.push(op(&e)));
+        assert_eq!(rest, [2, 3]);
+        assert!(q.extend([done(4)]), "and later events queue as before");
     }
 
     #[test]
