@@ -279,3 +279,29 @@ fn held_checks_leave_bundled_and_each_is_answered() {
         assert_eq!(&theirs[PIECE..], &mine[PIECE..], "{addr}");
     }
 }
+
+/// An owner's answers never wait behind its own holds of the peer: while `a` holds `b`
+/// (a batch of its own being posted), `b`'s checked and carried transfers of `a`'s memory
+/// are answered at once (a hold kept while waiting for `b` would otherwise stall both).
+#[test]
+fn an_owners_answers_do_not_wait_for_its_own_holds() {
+    use qs_tests::conformance::Driven;
+    for addr in ["ofi+shm://auto", "ofi+tcp://127.0.0.1:0"] {
+        let open = || std::sync::Arc::new(OfiPlugin::new(&addr.parse().unwrap()).unwrap());
+        let a = Driven::new(open());
+        let mut b = Driven::new(open());
+        let pa = b.p.lookup(a.p.self_addr()).unwrap();
+        let pb = a.p.lookup(b.p.self_addr()).unwrap();
+        let mut theirs = vec![7u8; 64 << 10];
+        let mut mine = vec![0u8; 64 << 10];
+        let (ha, hb) = register_pair(&*b.p, &*a.p, &mut theirs, &mut mine);
+        a.p.hold(pb, true);
+        for len in [16u64, 32 << 10] {
+            let op = b.p.get(pa, &hb, 0, &ha.remote, 0, len).unwrap();
+            let r = b.done_within(op, std::time::Duration::from_secs(3));
+            assert_eq!(r, Some(Ok(Vec::new())), "{addr}: a {len}-byte get answered");
+        }
+        a.p.hold(pb, false);
+        assert!(mine[..32 << 10].iter().all(|&x| x == 7), "{addr}");
+    }
+}

@@ -378,7 +378,8 @@ impl OfiPlugin {
         let max_eager = cfg.max_eager.min(info.max_msg_size().saturating_sub(300));
         let inject = info.inject_size();
         let carry_max = cfg.carry_max.min(max_eager);
-        let rma_window = cfg.rma_window.unwrap_or(prov.rma_window);
+        // (At least a byte: with 0, no piece would ever be posted.)
+        let rma_window = cfg.rma_window.unwrap_or(prov.rma_window).max(1);
         let mr_local = info.mr_mode() & fi::FI_MR_LOCAL != 0;
         let Stack {
             ep,

@@ -301,7 +301,9 @@ impl OfiPlugin {
     }
 
     /// Sends a control message (header included) into `peer`'s pool, injected when it fits;
-    /// with `bundle`, it waits in a hold of `peer` (`Plugin::hold`) to leave with the rest.
+    /// with `bundle` (a requester's carried transfers and checks of puts), it waits in a
+    /// hold of `peer` (`Plugin::hold`) to leave with the rest. (An owner's answers never
+    /// wait in a hold: a bundle's go back together, see `unbundle`.)
     pub(crate) fn send_control(&self, peer: u64, buf: Vec<u8>, bundle: bool) -> NaResult<bool> {
         let full = {
             let mut held = lock(&self.held);
@@ -348,7 +350,7 @@ impl OfiPlugin {
 
     /// Sends held control messages: alone, or as one bundle. If they cannot be sent, the
     /// transfers they carried or checked fail now (not at their timeout).
-    fn send_bundle(&self, peer: u64, mut msgs: Vec<Vec<u8>>) {
+    pub(crate) fn send_bundle(&self, peer: u64, mut msgs: Vec<Vec<u8>>) {
         let ours: Vec<u64> = msgs
             .iter()
             .filter_map(|m| match wire::parse(m) {

@@ -241,21 +241,22 @@ impl OfiPlugin {
         if kind == Kind::Bundle {
             return self.unbundle(peer, from, data);
         }
-        self.on_message(peer, kind, tag, data);
+        self.on_message(peer, kind, tag, data, None);
     }
 
     /// The control messages of a bundle from `peer` (at `from`), each handled as if it
-    /// came alone; the answers they make go back bundled too.
+    /// came alone; the answers they make go back bundled too (in as few messages as fit),
+    /// at once: never held behind this side's own holds of the peer.
     fn unbundle(&self, peer: PeerId, from: &[u8], data: &[u8]) {
         let msgs = match wire::unbundle(data) {
             Ok(m) => m,
             Err(e) => return tracing::warn!("ofi: {e}"),
         };
-        self.hold_control(peer.0, true);
+        let mut answers = Vec::new();
         for m in msgs {
             match wire::parse(m) {
                 // Only what a bundle is made of: each carried transfer, check or answer
-                // makes at most one answer, itself held.
+                // makes at most one answer.
                 Ok(p)
                     if p.from == from
                         && matches!(
@@ -263,16 +264,44 @@ impl OfiPlugin {
                             Kind::Carry | Kind::Carried | Kind::Check | Kind::Grant
                         ) =>
                 {
-                    self.on_message(peer, p.kind, p.tag, p.data)
+                    self.on_message(peer, p.kind, p.tag, p.data, Some(&mut answers))
                 }
                 _ => tracing::warn!("ofi: dropped a malformed bundled message"),
             }
         }
-        self.hold_control(peer.0, false);
+        let (mut group, mut bytes) = (Vec::new(), 0);
+        for a in answers {
+            if !group.is_empty() && bytes + a.len() + wire::BUNDLED > self.max_eager {
+                self.send_bundle(peer.0, std::mem::take(&mut group));
+                bytes = 0;
+            }
+            bytes += a.len() + wire::BUNDLED;
+            group.push(a);
+        }
+        self.send_bundle(peer.0, group);
     }
 
-    /// Handles one message from `peer`.
-    fn on_message(&self, peer: PeerId, kind: Kind, tag: u64, data: &[u8]) {
+    /// Sends an owner's answer to `peer` at once, or adds it to `out` (a bundle's).
+    fn answer(&self, peer: PeerId, msg: Vec<u8>, out: Option<&mut Vec<Vec<u8>>>) {
+        match out {
+            Some(out) => out.push(msg),
+            None => {
+                if let Err(e) = self.send_control(peer.0, msg, false) {
+                    tracing::debug!("ofi: answer not sent: {e}");
+                }
+            }
+        }
+    }
+
+    /// Handles one message from `peer`; the answer it makes goes to `out` if given.
+    fn on_message(
+        &self,
+        peer: PeerId,
+        kind: Kind,
+        tag: u64,
+        data: &[u8],
+        out: Option<&mut Vec<Vec<u8>>>,
+    ) {
         match kind {
             Kind::Request => self.push_event(Event::Unexpected {
                 peer,
@@ -281,9 +310,7 @@ impl OfiPlugin {
             }),
             Kind::Ping => {
                 let b = wire::header(Kind::Pong, 0, &self.self_raw, 0);
-                if let Err(e) = self.send_control(peer.0, b, false) {
-                    tracing::debug!("ofi: pong not sent: {e}");
-                }
+                self.answer(peer, b, None);
             }
             Kind::Pong => {}
             Kind::Check => {
@@ -297,11 +324,7 @@ impl OfiPlugin {
                 let ok = lock(&self.state).mem.allows(c.key, c.off, c.len, c.write);
                 let mut b = wire::header(Kind::Grant, 0, &self.self_raw, 9);
                 b.extend_from_slice(&wire::encode_grant(c.op, ok));
-                // (Held only while a bundle of checks is answered, or while this side
-                // holds the peer for transfers of its own.)
-                if let Err(e) = self.send_control(peer.0, b, true) {
-                    tracing::debug!("ofi: grant not sent: {e}");
-                }
+                self.answer(peer, b, out);
             }
             Kind::Carry => {
                 let (c, bytes) = match wire::decode_carry(data) {
@@ -309,21 +332,19 @@ impl OfiPlugin {
                     Err(e) => return tracing::warn!("ofi: {e}"),
                 };
                 let put = c.write.then_some(bytes);
-                let answer = if c.write {
-                    0
-                } else {
-                    c.len.min(self.max_eager as u64) as usize
-                };
-                let mut b = wire::header(Kind::Carried, 0, &self.self_raw, 9 + answer);
                 // A read whose answer would not fit in a message is refused like a bad
                 // range (the initiator's cut-off is its own: any that fits is served).
-                wire::encode_carried(&mut b, c.op, |out| {
-                    c.len <= self.max_eager as u64
-                        && lock(&self.state).mem.carry(c.key, c.off, c.len, put, out)
+                // Room for the bytes only once the read is allowed (a peer names `len`).
+                let st = lock(&self.state);
+                let ok =
+                    c.len <= self.max_eager as u64 && st.mem.allows(c.key, c.off, c.len, c.write);
+                let room = if ok && !c.write { c.len as usize } else { 0 };
+                let mut b = wire::header(Kind::Carried, 0, &self.self_raw, 9 + room);
+                wire::encode_carried(&mut b, c.op, |o| {
+                    ok && st.mem.carry(c.key, c.off, c.len, put, o)
                 });
-                if let Err(e) = self.send_control(peer.0, b, true) {
-                    tracing::debug!("ofi: carried answer not sent: {e}");
-                }
+                drop(st);
+                self.answer(peer, b, out);
             }
             Kind::Grant => match wire::decode_grant(data) {
                 Ok((op, ok)) => self.answered(peer, op, ok, None),

@@ -50,10 +50,11 @@ impl Drop for PassEnd<'_> {
     }
 }
 
-/// The events of a direct pass not yet handed over: queued if the handing unwinds.
-struct Unhanded<'a, 'v>(&'a EventQueue, std::vec::Drain<'v, Event>);
+/// Events taken out to be handed over and not handed yet: queued again if the handing
+/// unwinds (their callers' completions among them).
+struct Unhanded<'a, I: Iterator<Item = Event>>(&'a EventQueue, I);
 
-impl Drop for Unhanded<'_, '_> {
+impl<I: Iterator<Item = Event>> Drop for Unhanded<'_, I> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.0.queue(self.1.by_ref());
@@ -94,26 +95,28 @@ impl EventQueue {
             pass()
         };
         // (An empty pass, the common case when spinning, takes nothing out.)
-        let made = MADE
+        let mut made = MADE
             .try_with(|m| match m.try_borrow_mut() {
                 Ok(mut m) if !m.is_empty() => std::mem::take(&mut *m),
                 _ => Vec::new(),
             })
             .unwrap_or_default();
-        let n = self.drain(f) + made.len();
         if made.capacity() == 0 {
-            return (r, n);
+            return (r, self.drain(f));
         }
-        let mut made = made;
-        let around = around(&made);
-        {
-            // (If `f` unwinds, the events it has not taken yet are queued, not lost.)
+        let n = {
+            // (Whatever `f` has not taken when it unwinds is queued, not lost.)
+            let n = made.len();
             let mut rest = Unhanded(self, made.drain(..));
+            let n = self.drain(f) + n;
+            let around = around(rest.1.as_slice());
             for ev in rest.1.by_ref() {
                 f(ev);
             }
-        }
-        drop(around);
+            drop(rest);
+            drop(around);
+            n
+        };
         // The vector is kept for the next pass (unless `f` ran a pass that kept one).
         let _ = MADE.try_with(|m| {
             if let Ok(mut m) = m.try_borrow_mut()
@@ -177,7 +180,11 @@ impl EventQueue {
             std::mem::take(&mut *q)
         };
         let n = batch.len();
-        batch.drain(..).for_each(&mut *f);
+        let mut rest = Unhanded(self, batch.drain(..));
+        for ev in rest.1.by_ref() {
+            f(ev);
+        }
+        drop(rest);
         // Give the allocation back if nothing came meanwhile.
         let mut q = lock(&self.q);
         if q.is_empty() {
@@ -317,20 +324,27 @@ mod tests {
     }
 
     /// A caller whose handling of a direct pass's events unwinds loses none of the rest:
-    /// they are queued for the next call (another caller's completions among them).
+    /// they are queued for its next call (another caller's completions among them),
+    /// whether it unwinds on one the queue held or on one the pass made.
     #[test]
     fn events_left_when_the_caller_unwinds_are_queued() {
         let q = EventQueue::default();
-        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            q.direct(|| q.extend((1..=3).map(done)), |_| (), &mut |e| {
-                assert_ne!(op(&e), 1, "the caller fails on the first")
-            })
-        }));
-        assert!(unwound.is_err());
-        let mut rest = Vec::new();
-        q.drain(&mut |e| rest.push(op(&e)));
-        assert_eq!(rest, [2, 3]);
-        assert!(q.extend([done(4)]), "and later events queue as before");
+        let all = [1, 2, 11, 12, 13];
+        for (at, fail_on) in all.iter().enumerate() {
+            q.extend([done(1), done(2)]);
+            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                q.direct(|| q.extend((11..=13).map(done)), |_| (), &mut |e| {
+                    assert_ne!(op(&e), *fail_on, "the caller fails")
+                })
+            }));
+            assert!(unwound.is_err());
+            let mut rest = Vec::new();
+            q.drain(&mut |e| rest.push(op(&e)));
+            rest.sort();
+            assert_eq!(rest, all[at + 1..], "failing on {fail_on}");
+            assert!(q.extend([done(4)]), "and later events queue as before");
+            q.drain(&mut |_| ());
+        }
     }
 
     #[test]
