@@ -298,7 +298,8 @@ fn an_owners_answers_do_not_wait_for_its_own_holds() {
         a.p.hold(pb, true);
         for len in [16u64, 32 << 10] {
             let op = b.p.get(pa, &hb, 0, &ha.remote, 0, len).unwrap();
-            let r = b.done_within(op, std::time::Duration::from_secs(3));
+            // (Held, it would wait for the hold, kept until after the loop: any wait shows it.)
+            let r = b.done_within(op, std::time::Duration::from_secs(10));
             assert_eq!(r, Some(Ok(Vec::new())), "{addr}: a {len}-byte get answered");
         }
         a.p.hold(pb, false);
