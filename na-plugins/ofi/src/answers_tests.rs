@@ -247,14 +247,20 @@ fn held_checks_leave_bundled_and_each_is_answered() {
     const _: () = assert!(PIECE > 4096);
     for addr in ["ofi+shm://auto", "ofi+tcp://127.0.0.1:0"] {
         let open = || std::sync::Arc::new(OfiPlugin::new(&addr.parse().unwrap()).unwrap());
-        let mut a = Driven::new(open());
-        let b = Driven::new(open());
+        let (oa, ob) = (open(), open());
+        let mut a = Driven::new(oa.clone());
+        let b = Driven::new(ob.clone());
         let pb = a.p.lookup(b.p.self_addr()).unwrap();
+        let bundles = || {
+            let n = |p: &OfiPlugin| p.bundles_sent.load(std::sync::atomic::Ordering::Relaxed);
+            (n(&oa), n(&ob))
+        };
         let mut theirs = vec![0u8; 4 * PIECE];
         let mut mine: Vec<u8> = (0..4 * PIECE).map(|i| (i % 251) as u8 + 1).collect();
         let (hb, ha) = register_pair(&*a.p, &*b.p, &mut theirs, &mut mine);
         let mut forged = hb.remote.clone();
         forged.key = forged.key.wrapping_add(1);
+        let before = bundles();
         a.p.hold(pb, true);
         let puts: Vec<OpId> = (1..4)
             .map(|i| {
@@ -270,6 +276,12 @@ fn held_checks_leave_bundled_and_each_is_answered() {
         assert!(
             matches!(a.done(bad), Err(NaError::AccessDenied(_))),
             "{addr}: the forged put is refused"
+        );
+        let after = bundles();
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (1, 1),
+            "{addr}: the four checks left as one bundle, and their grants came back as one"
         );
         drop(b);
         assert!(

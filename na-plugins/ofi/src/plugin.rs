@@ -266,6 +266,8 @@ pub struct OfiPlugin {
     pub(crate) poll_backoff: AtomicU64,
     /// Zero-timeout progress calls, to check liveness only now and then.
     pub(crate) spins: AtomicU64,
+    /// Bundles of control messages sent (two or more messages in one).
+    pub(crate) bundles_sent: AtomicU64,
     pub(crate) next_op: AtomicU64,
     pub(crate) cfg: OfiConfig,
     pub(crate) provider: &'static Provider,
@@ -431,6 +433,7 @@ impl OfiPlugin {
             draining: std::sync::atomic::AtomicBool::new(false),
             poll_backoff: AtomicU64::new(0),
             spins: AtomicU64::new(0),
+            bundles_sent: AtomicU64::new(0),
             next_op: AtomicU64::new(1),
             cfg,
             provider: prov,

@@ -364,6 +364,8 @@ impl OfiPlugin {
             0 => return,
             1 => msgs.remove(0),
             _ => {
+                self.bundles_sent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let bytes = msgs.iter().map(|m| m.len() + wire::BUNDLED).sum();
                 let mut b = wire::header(Kind::Bundle, 0, &self.self_raw, bytes);
                 for m in &msgs {
