@@ -119,6 +119,14 @@ fn answers_come_from_the_owner_in_the_form_asked() {
     answer(&a, &b, wire::Kind::Carried, put, true, &[9; 16]);
     assert!(misbehaved(outcome(&a, put)), "bytes for a put");
     assert!(mine.iter().all(|&x| x == 0), "nothing taken from lies");
+    let get = a.get(pb, &ha, 0, &hb.remote, 0, 16).unwrap();
+    assert!(a.cancel(get));
+    answer(&a, &b, wire::Kind::Carried, get, true, &[9; 16]);
+    assert_eq!(outcome(&a, get), Some(Err(NaError::Canceled)));
+    assert!(
+        mine.iter().all(|&x| x == 0),
+        "a carried answer after its cancel writes nothing"
+    );
 
     let get = a.get(pb, &ha, 8, &hb.remote, 0, 16).unwrap();
     answer(&a, &b, wire::Kind::Carried, get, true, &[9; 16]);

@@ -199,6 +199,9 @@ pub(crate) struct State {
     pub(crate) ops: FxHashMap<u64, Op>,
     pub(crate) peers: FxHashMap<u64, Peer>,
     pub(crate) by_addr: HashMap<Vec<u8>, PeerId>,
+    /// The peer last found by its raw address: messages come in runs from one peer, and
+    /// comparing its address costs less than hashing it (entries are never removed).
+    pub(crate) last_peer: Option<PeerId>,
     pub(crate) mem: MemTable,
     /// Transfers waiting for their owner's grant (providers with `checked_rma`).
     pub(crate) awaiting: FxHashMap<u64, crate::rma::Awaiting>,
@@ -405,6 +408,7 @@ impl OfiPlugin {
                 ops: FxHashMap::default(),
                 peers: FxHashMap::default(),
                 by_addr: HashMap::new(),
+                last_peer: None,
                 mem,
                 awaiting: FxHashMap::default(),
                 rma_queue: VecDeque::new(),
@@ -485,11 +489,12 @@ impl OfiPlugin {
 
     /// The peer for a raw address, inserted into the address vector when new.
     pub(crate) fn peer_for(&self, s: &mut State, raw: &[u8]) -> NaResult<PeerId> {
-        if let Some(p) = s.by_addr.get(raw) {
-            return Ok(*p);
+        if let Some(p) = known_peer(s, raw) {
+            return Ok(p);
         }
         let a = fabric_insert(self, raw)?;
         s.by_addr.insert(raw.to_vec(), PeerId(a));
+        s.last_peer = Some(PeerId(a));
         s.peers.insert(
             a,
             Peer {
@@ -632,9 +637,10 @@ impl Plugin for OfiPlugin {
         let raw = addr::from_locator_like(self.info.raw().addr_format, loc, &self.self_raw)
             .map_err(|e| bad_addr(addr, e.to_string()))?;
         let mut s = lock(&self.state);
-        if !s.by_addr.contains_key(&raw)
-            && crate::provider::certainly_dead(self.provider.death_check, &raw)
-        {
+        if let Some(p) = known_peer(&mut s, &raw) {
+            return Ok(p);
+        }
+        if crate::provider::certainly_dead(self.provider.death_check, &raw) {
             // (shm crashes on a send to a region that is gone: never insert one.)
             return Err(NaError::Unreachable(format!("{addr}: no endpoint there")));
         }
@@ -741,4 +747,16 @@ impl Plugin for OfiPlugin {
     fn poll_fd(&self) -> Option<RawFd> {
         None
     }
+}
+
+/// The peer of raw address `raw` if it is known (the last one found first).
+pub(crate) fn known_peer(s: &mut State, raw: &[u8]) -> Option<PeerId> {
+    if let Some(p) = s.last_peer
+        && s.peers.get(&p.0).is_some_and(|q| q.raw == raw)
+    {
+        return Some(p);
+    }
+    let p = *s.by_addr.get(raw)?;
+    s.last_peer = Some(p);
+    Some(p)
 }

@@ -57,6 +57,14 @@ pub(crate) enum Post {
 }
 
 impl Post {
+    /// Gives an injected message's buffer back for the thread's next message (the
+    /// provider copied it).
+    fn recycle(self) {
+        if let Post::Inject { buf, .. } = self {
+            na::buf::give(buf);
+        }
+    }
+
     fn peer(&self) -> Option<u64> {
         match self {
             Post::Inject { peer, .. } | Post::Send { peer, .. } => Some(*peer),
@@ -111,7 +119,10 @@ impl OfiPlugin {
             match self.post_now(&post) {
                 Err(NaError::Exhausted(_)) => {}
                 Err(e) => return Err(post.peer().map_or(e.clone(), |p| self.as_seen(p, e))),
-                Ok(()) => return Ok(Posted::Now),
+                Ok(()) => {
+                    post.recycle();
+                    return Ok(Posted::Now);
+                }
             }
         }
         let now = Instant::now();
@@ -212,6 +223,7 @@ impl OfiPlugin {
                 if let Some(op) = b.op {
                     self.part_done(op, Ok(0));
                 }
+                b.post.recycle();
             }
             (Ok(()), _) => {}
             (Err(e), Post::Pool { .. }) => {
@@ -368,8 +380,9 @@ impl OfiPlugin {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let bytes = msgs.iter().map(|m| m.len() + wire::BUNDLED).sum();
                 let mut b = wire::header(Kind::Bundle, 0, &self.self_raw, bytes);
-                for m in &msgs {
-                    wire::bundle(&mut b, m);
+                for m in msgs {
+                    wire::bundle(&mut b, &m);
+                    na::buf::give(m);
                 }
                 b
             }

@@ -123,7 +123,9 @@ impl OfiPlugin {
                     self.peer_lost(peer, e);
                 }
             }
-            What::Pool | What::Control => {}
+            // A sent control message's buffer serves this thread's next one.
+            What::Control => na::buf::give(owned.buf),
+            What::Pool => {}
         }
     }
 
@@ -347,28 +349,19 @@ impl OfiPlugin {
                 self.answer(peer, b, out);
             }
             Kind::Grant => match wire::decode_grant(data) {
-                Ok((op, ok)) => self.answered(peer, op, ok, None),
+                Ok((op, ok)) => lock(&self.answers).push(crate::rma::Answer { peer, op, ok }),
                 Err(e) => tracing::warn!("ofi: {e}"),
             },
-            // The bytes are copied out: the pool buffer they are in is reposted before
-            // the answer is acted on.
+            // The bytes go straight from the pool buffer into the caller's memory (they
+            // need no post, so nothing waits for the queue's lock to be released).
             Kind::Carried => match wire::decode_carried(data) {
-                Ok((op, ok, d)) => self.answered(peer, op, ok, Some(d.to_vec())),
+                Ok((op, ok, d)) => {
+                    self.settle(&mut lock(&self.state), peer, op, ok, Some(d));
+                }
                 Err(e) => tracing::warn!("ofi: {e}"),
             },
             Kind::Bundle => tracing::warn!("ofi: dropped a bundle inside a bundle"),
         }
-    }
-
-    /// Keeps an owner's answer to act on once the queue's lock is released.
-    fn answered(&self, peer: PeerId, op: u64, ok: bool, carried: Option<Vec<u8>>) {
-        let a = crate::rma::Answer {
-            peer,
-            op,
-            ok,
-            carried,
-        };
-        lock(&self.answers).push(a);
     }
 
     /// Marks activity: the next idle polls (without a wait object) come soon after.

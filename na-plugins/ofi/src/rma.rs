@@ -3,8 +3,9 @@
 
 use libfabric_sys as fi;
 use na::{MemHandle, NaError, NaResult, OpId, PeerId, RemoteMem};
+use smallvec::SmallVec;
 
-use crate::plugin::{Ctx, OfiPlugin, OpKind, What, lock};
+use crate::plugin::{Ctx, OfiPlugin, OpKind, State, What, lock};
 use crate::wire::{self, Piece};
 
 /// One piece ready to post (addresses as integers so that pieces waiting for a grant
@@ -16,6 +17,9 @@ pub(crate) struct Post {
     raddr: u64,
     key: u64,
 }
+
+/// A transfer's pieces (most transfers are one: no allocation).
+pub(crate) type Posts = SmallVec<[Post; 2]>;
 
 /// A piece waiting for room in the window.
 pub(crate) struct Queued {
@@ -30,22 +34,20 @@ pub(crate) struct Awaiting {
     pub(crate) peer: PeerId,
     pub(crate) write: bool,
     pub(crate) carried: bool,
-    pub(crate) posts: Vec<Post>,
+    pub(crate) posts: Posts,
 }
 
-/// An owner's answer: a grant of a check (`carried` None) or the outcome of a carried
-/// transfer with the bytes read (empty for a write).
+/// An owner's grant (or refusal) of a check, acted on once the queue's lock is released.
 pub(crate) struct Answer {
     pub(crate) peer: PeerId,
     pub(crate) op: u64,
     pub(crate) ok: bool,
-    pub(crate) carried: Option<Vec<u8>>,
 }
 
 /// What a new transfer does first.
 enum Next {
     /// Post its pieces (the provider checks the owner's keys).
-    Post(Vec<Post>),
+    Post(Posts),
     /// Send this check (or carried transfer) to the owner, bundled if held (the flag),
     /// and wait for its answer.
     Ask(Vec<u8>, bool),
@@ -80,7 +82,7 @@ impl OfiPlugin {
             Ok(r) => r,
             Err(e) => return self.refused(peer, e),
         };
-        let rlens: Vec<u64> = rsegs.iter().map(|s| s.len).collect();
+        let rlens: SmallVec<[u64; 4]> = rsegs.iter().map(|s| s.len).collect();
         let rtotal = rlens.iter().try_fold(0u64, |a, l| a.checked_add(*l));
         if rtotal.is_none_or(|t| remote_off + len > t) {
             return self.refused(
@@ -105,10 +107,10 @@ impl OfiPlugin {
                     region.len()
                 ));
             }
-            let llens: Vec<u64> = region.segs.iter().map(|s| s.len).collect();
+            let llens: SmallVec<[u64; 4]> = region.segs.iter().map(|s| s.len).collect();
             let chunk = self.cfg.rma_chunk as u64;
             let pieces = wire::pieces(&llens, local_off, &rlens, remote_off, len, chunk);
-            let posts: Vec<Post> = pieces
+            let posts: Posts = pieces
                 .iter()
                 .map(|p: &Piece| {
                     let r = rsegs[p.rseg];
@@ -188,79 +190,99 @@ impl OfiPlugin {
         Ok(OpId(id))
     }
 
-    /// The owner answered a check or a carried transfer (only the op's own peer may).
+    /// The owner granted (or refused) a check: the pieces are posted.
     pub(crate) fn on_answer(&self, a: Answer) {
-        let id = a.op;
-        let aw = {
+        let grant = {
             let mut s = lock(&self.state);
-            if s.awaiting.get(&id).is_none_or(|aw| aw.peer != a.peer) {
-                return;
-            }
-            let Some(aw) = s.awaiting.remove(&id) else {
-                return;
-            };
-            aw
+            self.settle(&mut s, a.peer, a.op, a.ok, None)
         };
-        let (peer, ok) = (aw.peer, a.ok);
+        if let Some(aw) = grant
+            && let Err(e) = self.post_pieces(a.op, aw.peer, aw.write, aw.posts)
+        {
+            self.finish_now(a.op, Some(e));
+        }
+    }
+
+    /// The owner answered transfer `id` (only the op's own peer may): a grant (`carried`
+    /// None), or the outcome of a carried transfer with the bytes read (empty for a write),
+    /// copied into the caller's memory here, under the state lock (a cancel takes it too,
+    /// so the memory is still the caller's). Returns a granted transfer, whose pieces the
+    /// caller posts outside the lock; anything else is finished here.
+    pub(crate) fn settle(
+        &self,
+        s: &mut State,
+        peer: PeerId,
+        id: u64,
+        ok: bool,
+        carried: Option<&[u8]>,
+    ) -> Option<Awaiting> {
+        if s.awaiting.get(&id).is_none_or(|aw| aw.peer != peer) {
+            return None;
+        }
+        let aw = s.awaiting.remove(&id)?;
         let want = aw.posts.iter().map(|p| p.len).sum::<usize>();
-        match &a.carried {
-            _ if aw.carried != a.carried.is_some() => {
-                let e = "the owner answered a transfer in another way than asked";
-                return self.finish_now(id, Some(NaError::PeerMisbehaved(e.into())));
-            }
+        let failed = match carried {
+            _ if aw.carried != carried.is_some() => Some(NaError::PeerMisbehaved(
+                "the owner answered a transfer in another way than asked".into(),
+            )),
             Some(d) if ok && d.len() != if aw.write { 0 } else { want } => {
-                let e = format!(
+                Some(NaError::PeerMisbehaved(format!(
                     "the owner carried {} bytes for a {want}-byte transfer",
                     d.len()
-                );
-                return self.finish_now(id, Some(NaError::PeerMisbehaved(e)));
+                )))
             }
-            _ => {}
-        }
-        if !ok {
-            self.finish_now(
-                id,
-                Some(NaError::AccessDenied(
-                    "the owner refused the transfer (unknown key, out of bounds, or access mode)"
-                        .into(),
-                )),
-            );
-            return;
-        }
-        if let Some(d) = a.carried {
-            let mut at = 0;
-            let reads = if aw.write { &[][..] } else { &aw.posts[..] };
-            for p in reads {
-                // SAFETY: the piece lies in registered memory (checked when posted) that the
-                // caller keeps valid until this op completes; `d` holds `want` bytes.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(d[at..].as_ptr(), p.local as *mut u8, p.len)
-                };
-                at += p.len;
+            _ if !ok => Some(NaError::AccessDenied(
+                "the owner refused the transfer (unknown key, out of bounds, or access mode)"
+                    .into(),
+            )),
+            _ => None,
+        };
+        let Some(d) = carried.filter(|_| failed.is_none()) else {
+            if failed.is_none() {
+                return Some(aw);
             }
-            return self.finish_now(id, None);
+            self.finish_locked(s, id, failed);
+            return None;
+        };
+        // (A transfer being canceled takes nothing more.)
+        let live = s.ops.get(&id).is_some_and(|o| !o.reported);
+        let mut at = 0;
+        let reads = if aw.write || !live {
+            &[][..]
+        } else {
+            &aw.posts[..]
+        };
+        for p in reads {
+            // SAFETY: the piece lies in registered memory (checked when posted) that the
+            // caller keeps valid until this op completes (it has not: its entry was still
+            // awaiting, under this lock); `d` holds `want` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(d[at..].as_ptr(), p.local as *mut u8, p.len) };
+            at += p.len;
         }
-        if let Err(e) = self.post_pieces(id, peer, aw.write, aw.posts) {
-            self.finish_now(id, Some(e));
-        }
+        self.finish_locked(s, id, None);
+        None
     }
 
     /// Completes `id`, none of whose pieces is posted (with `e` if given).
     pub(crate) fn finish_now(&self, id: u64, e: Option<NaError>) {
-        let mut s = lock(&self.state);
+        self.finish_locked(&mut lock(&self.state), id, e);
+    }
+
+    /// [`Self::finish_now`] under the state lock.
+    pub(crate) fn finish_locked(&self, s: &mut State, id: u64, e: Option<NaError>) {
         if let Some(op) = s.ops.get_mut(&id) {
             op.parts = 0;
             if let Some(e) = e {
                 op.error.get_or_insert(e);
             }
         }
-        self.finish_if_done(&mut s, id);
+        self.finish_if_done(s, id);
     }
 
     /// Queues the pieces of `id` and posts as many as the window allows. Pieces of all
     /// transfers share one window of bytes in flight, so that messages (small RPCs) queued
     /// behind them on the same connection wait for at most a window's worth of data.
-    fn post_pieces(&self, id: u64, peer: PeerId, write: bool, posts: Vec<Post>) -> NaResult<()> {
+    fn post_pieces(&self, id: u64, peer: PeerId, write: bool, posts: Posts) -> NaResult<()> {
         if posts.is_empty() {
             self.finish_now(id, None);
             return Ok(());

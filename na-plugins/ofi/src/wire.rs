@@ -11,6 +11,7 @@
 //! call's answer (seen: 30% of the requests of 64 busy clients lost).
 
 use na::NaError;
+use smallvec::SmallVec;
 
 /// The longest header: kind, tag, address length, address.
 pub const HEADER_MAX: usize = 1 + 8 + 1 + 255;
@@ -144,7 +145,7 @@ fn word(c: &[u8], i: usize) -> u64 {
 /// message, and those with it need the sender in their address vector first), in a
 /// buffer with `room` bytes more for the payload.
 pub fn header(kind: Kind, tag: u64, self_raw: &[u8], room: usize) -> Vec<u8> {
-    let mut h = Vec::with_capacity(10 + self_raw.len() + room);
+    let mut h = na::buf::take(10 + self_raw.len() + room);
     h.push(kind as u8);
     h.extend_from_slice(&tag.to_le_bytes());
     h.push(self_raw.len() as u8);
@@ -248,7 +249,7 @@ pub fn encode_segs(segs: &[RemoteSeg]) -> Vec<u8> {
 }
 
 /// Decodes a segment table from a peer's descriptor.
-pub fn decode_segs(extra: &[u8]) -> Result<Vec<RemoteSeg>, NaError> {
+pub fn decode_segs(extra: &[u8]) -> Result<SmallVec<[RemoteSeg; 2]>, NaError> {
     if extra.is_empty() || !extra.len().is_multiple_of(SEG) {
         return Err(NaError::AccessDenied(
             "the descriptor's segment table is malformed (not an ofi region)".into(),
@@ -289,7 +290,7 @@ pub fn pieces(
     roff: u64,
     len: u64,
     chunk: u64,
-) -> Vec<Piece> {
+) -> SmallVec<[Piece; 2]> {
     let locate = |segs: &[u64], mut off: u64| {
         let mut i = 0;
         while i < segs.len() && off >= segs[i] {
@@ -301,7 +302,7 @@ pub fn pieces(
     let (mut li, mut lo) = locate(local, loff);
     let (mut ri, mut ro) = locate(remote, roff);
     let mut left = len;
-    let mut out = Vec::new();
+    let mut out = SmallVec::new();
     while left > 0 && li < local.len() && ri < remote.len() {
         let n = left
             .min(local[li] - lo)
@@ -478,7 +479,7 @@ mod tests {
                 key_delta: 7,
             },
         ];
-        assert_eq!(decode_segs(&encode_segs(&s)).unwrap(), s);
+        assert_eq!(decode_segs(&encode_segs(&s)).unwrap().to_vec(), s);
         assert!(decode_segs(&[1, 2, 3]).is_err());
         assert!(decode_segs(&[]).is_err());
     }
@@ -497,7 +498,7 @@ mod tests {
         }
         let ps = pieces(&[0, 5], 0, &[5], 0, 5, 100);
         assert_eq!(
-            ps,
+            ps.to_vec(),
             vec![Piece {
                 lseg: 1,
                 loff: 0,

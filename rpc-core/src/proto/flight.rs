@@ -54,7 +54,8 @@ enum Wait {
 struct Chunks {
     route: Route,
     plan: Chunker,
-    ops: Vec<OpId>,
+    /// (A small transfer is one chunk: no allocation.)
+    ops: smallvec::SmallVec<[OpId; 2]>,
 }
 
 /// An entry of the table: the driver's `value` and what it waits for.
@@ -214,7 +215,7 @@ impl<V> Flight<V> {
         let wait = Wait::Chunks(Box::new(Chunks {
             route,
             plan: Chunker::new(len, cfg),
-            ops: Vec::new(),
+            ops: Default::default(),
         }));
         let tag = self.table.insert_due(due, Entry { value, wait });
         (tag, self.pump(tag, post))
@@ -239,7 +240,7 @@ impl<V> Flight<V> {
         e.wait = Wait::Chunks(Box::new(Chunks {
             route,
             plan: Chunker::new(len, cfg),
-            ops: Vec::new(),
+            ops: Default::default(),
         }));
         Some(self.pump(tag, post))
     }
