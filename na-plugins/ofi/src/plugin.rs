@@ -146,8 +146,8 @@ pub(crate) struct Op {
     pub(crate) kind: OpKind,
     /// Fabric completions still to come.
     pub(crate) parts: u32,
-    /// The contexts posted for it, for `fi_cancel`.
-    pub(crate) ctxs: Vec<usize>,
+    /// The contexts posted for it, for `fi_cancel` (a message's one or two: no allocation).
+    pub(crate) ctxs: smallvec::SmallVec<[usize; 2]>,
     /// The first error of any part, or the reason it was failed.
     pub(crate) error: Option<NaError>,
     /// The message received.
@@ -245,6 +245,8 @@ pub struct OfiPlugin {
     pub(crate) wait_fd: Option<RawFd>,
     pub(crate) wake_fd: OwnedFd,
     pub(crate) events: Mutex<VecDeque<Event>>,
+    /// The queue last handed out by `poll_events`, emptied, kept for its room.
+    pub(crate) spare_events: Mutex<VecDeque<Event>>,
     pub(crate) cq_lock: Mutex<()>,
     /// Owners' answers read from the queue, acted on once its lock is released.
     pub(crate) answers: Mutex<Vec<crate::rma::Answer>>,
@@ -426,6 +428,7 @@ impl OfiPlugin {
             wait_fd,
             wake_fd,
             events: Mutex::new(VecDeque::new()),
+            spare_events: Mutex::new(VecDeque::new()),
             cq_lock: Mutex::new(()),
             answers: Mutex::new(Vec::new()),
             held: Mutex::default(),
@@ -530,7 +533,7 @@ impl OfiPlugin {
                 peer,
                 kind,
                 parts,
-                ctxs: Vec::new(),
+                ctxs: Default::default(),
                 error: None,
                 data: Vec::new(),
                 abandon_at: None,
@@ -728,9 +731,18 @@ impl Plugin for OfiPlugin {
     }
 
     fn poll_events(&self, f: &mut dyn FnMut(Event)) -> usize {
-        let batch = std::mem::take(&mut *lock(&self.events));
+        // Swapped for the spare queue, so that neither allocates in the steady state.
+        let mut batch = {
+            let mut q = lock(&self.events);
+            if q.is_empty() {
+                return 0;
+            }
+            let spare = std::mem::take(&mut *lock(&self.spare_events));
+            std::mem::replace(&mut *q, spare)
+        };
         let n = batch.len();
-        batch.into_iter().for_each(f);
+        batch.drain(..).for_each(f);
+        *lock(&self.spare_events) = batch;
         n
     }
 
