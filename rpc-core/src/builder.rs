@@ -178,7 +178,7 @@ impl EngineBuilder {
             Some(a) => a,
             None => na::Auth::from_env()?,
         };
-        let plugin = transport::open(&addr, auth)?;
+        let plugin = transport::open(&addr, auth, self.mode == ProgressMode::BusyPoll)?;
         // The first `counted_from` requests of the queue are not counted per peer (no
         // lock on the common path); the budgets hold the rest, so that a peer still holds
         // at most its share and the queue at most `max_queued`.

@@ -67,8 +67,15 @@ fn unsupported(transport: &str) -> RpcError {
     )))
 }
 
-/// Opens the plugin for `addr`, listening there, with `auth` for its handshakes.
-pub(crate) fn open(addr: &Address, auth: na::Auth) -> Result<Arc<dyn Plugin>, RpcError> {
+/// Opens the plugin for `addr`, listening there, with `auth` for its handshakes; `busy`:
+/// the engine only ever polls (`ProgressMode::BusyPoll`), so nothing needs to sleep.
+pub(crate) fn open(
+    addr: &Address,
+    auth: na::Auth,
+    busy: bool,
+) -> Result<Arc<dyn Plugin>, RpcError> {
+    // (Only libfabric's queues care.)
+    let _ = busy;
     match addr.transport().as_str() {
         "tcp" => {
             let mut cfg = na_tcp::TcpConfig::default();
@@ -82,7 +89,12 @@ pub(crate) fn open(addr: &Address, auth: na::Auth) -> Result<Arc<dyn Plugin>, Rp
             if !matches!(auth, na::Auth::None) {
                 tracing::warn!(%addr, "ofi peers are anonymous: the libfabric plugin has no handshake credential yet");
             }
-            Ok(Arc::new(na_ofi::OfiPlugin::new(addr)?))
+            // A queue's wait fd costs two system calls per message when it has one (tcp).
+            let cfg = na_ofi::OfiConfig {
+                wait_object: !busy,
+                ..Default::default()
+            };
+            Ok(Arc::new(na_ofi::OfiPlugin::with_config(addr, cfg)?))
         }
         other => Err(unsupported(other)),
     }

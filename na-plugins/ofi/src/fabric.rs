@@ -297,7 +297,7 @@ pub struct Stack {
 
 impl Stack {
     /// Opens everything for `info` and enables the endpoint.
-    pub fn open(info: &Info, cq_size: usize) -> Result<Stack, NaError> {
+    pub fn open(info: &Info, cq_size: usize, wait: bool) -> Result<Stack, NaError> {
         let raw = info.0;
         // SAFETY: each call gets valid arguments (attributes from fi_getinfo, out pointers to
         // locals) and each opened object is wrapped at once so that it is closed on error.
@@ -314,7 +314,7 @@ impl Stack {
                 fi::fi_domain(f, raw, &mut d, ptr::null_mut()) as i64,
             )?;
             let domain = Domain(d);
-            let (cq, wait_fd) = open_cq(&domain, cq_size)?;
+            let (cq, wait_fd) = open_cq(&domain, cq_size, wait)?;
             let mut av_attr = fi::fi_av_attr {
                 type_: (*(*raw).domain_attr).av_type,
                 ..Default::default()
@@ -361,8 +361,10 @@ impl Stack {
     }
 }
 
-fn open_cq(domain: &Domain, size: usize) -> Result<(Cq, Option<RawFd>), NaError> {
-    for wait in [fi::fi_wait_obj_FI_WAIT_FD, fi::fi_wait_obj_FI_WAIT_NONE] {
+/// Opens the completion queue: with a wait fd if `wait` and the provider has one.
+fn open_cq(domain: &Domain, size: usize, wait: bool) -> Result<(Cq, Option<RawFd>), NaError> {
+    let objs = [fi::fi_wait_obj_FI_WAIT_FD, fi::fi_wait_obj_FI_WAIT_NONE];
+    for wait in objs.into_iter().skip(usize::from(!wait)) {
         let mut attr = fi::fi_cq_attr {
             size,
             format: fi::fi_cq_format_FI_CQ_FORMAT_TAGGED,

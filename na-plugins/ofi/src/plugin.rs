@@ -50,6 +50,12 @@ pub struct OfiConfig {
     /// the memory, so the cache trades the contract's "deregistered memory is refused"
     /// for speed on fabrics where registration is expensive; off by default.
     pub mr_cache: usize,
+    /// Whether the completion queue has a wait fd for progress to sleep on. libfabric
+    /// signals it on every completion (a `write` when one is queued, a `read` when it is
+    /// taken: two system calls per message over tcp), which an engine that only
+    /// busy-polls never uses; without one, a progress call that may wait polls with short
+    /// sleeps (as over shm, which has none).
+    pub wait_object: bool,
 }
 
 impl Default for OfiConfig {
@@ -77,6 +83,7 @@ impl Default for OfiConfig {
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
+            wait_object: true,
         }
     }
 }
@@ -366,7 +373,7 @@ impl OfiPlugin {
                 tracing::info!("ofi: removed {n} shm regions left by dead processes");
             }
         }
-        let stack = Stack::open(&info, cfg.cq_size)?;
+        let stack = Stack::open(&info, cfg.cq_size, cfg.wait_object)?;
         let self_raw = stack.name()?;
         let format = info.raw().addr_format;
         let mut loc = addr::to_locator(format, &self_raw);
@@ -465,6 +472,11 @@ impl OfiPlugin {
     /// The provider description in use.
     pub fn provider(&self) -> &'static Provider {
         self.provider
+    }
+
+    /// Whether progress sleeps on the completion queue's wait fd (else it polls).
+    pub fn has_wait_fd(&self) -> bool {
+        self.wait_fd.is_some()
     }
 
     /// The libfabric provider string and domain actually opened (`tcp;ofi_rxm`, `lo`).

@@ -32,3 +32,19 @@ mod sockets {
     }
     qs_tests::conformance_suite!(ofi_sockets);
 }
+
+/// tcp with a completion queue that has no wait fd (what a busy-polling engine opens):
+/// progress that may wait polls with short sleeps instead, as over shm.
+mod tcp_without_wait_fd {
+    use super::*;
+    fn ofi_tcp_polled() -> Arc<dyn Plugin> {
+        let cfg = na_ofi::OfiConfig {
+            wait_object: false,
+            ..Default::default()
+        };
+        let p = OfiPlugin::with_config(&"ofi+tcp://127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+        assert!(!p.has_wait_fd(), "asked for none");
+        Arc::new(p)
+    }
+    qs_tests::conformance_suite!(ofi_tcp_polled);
+}
