@@ -164,11 +164,18 @@ impl OfiPlugin {
         if recv && op.error.is_none() {
             heard_from(&mut s, peer);
         }
-        if recv && data.len() == self.max_eager && s.recv_bufs.len() < RECV_BUFS_KEPT {
+        let sent = if recv && data.len() == self.max_eager && s.recv_bufs.len() < RECV_BUFS_KEPT {
             s.recv_bufs.push(data);
-        }
+            None
+        } else {
+            (!recv).then_some(data)
+        };
         self.finish_if_done(&mut s, id);
         drop(s);
+        // A sent message's buffer serves this thread's next one.
+        if let Some(b) = sent {
+            na::buf::give(b);
+        }
         if let Some((peer, e)) = lost {
             self.peer_lost(peer, e);
         }
