@@ -34,6 +34,8 @@
 mod addr;
 #[cfg(test)]
 mod answers_tests;
+#[cfg(test)]
+mod events_tests;
 mod fabric;
 mod liveness;
 #[cfg(test)]

@@ -744,7 +744,7 @@ impl Plugin for OfiPlugin {
 
     fn poll_events(&self, f: &mut dyn FnMut(Event)) -> usize {
         // Swapped for the spare queue, so that neither allocates in the steady state.
-        let mut batch = {
+        let batch = {
             let mut q = lock(&self.events);
             if q.is_empty() {
                 return 0;
@@ -753,8 +753,10 @@ impl Plugin for OfiPlugin {
             std::mem::replace(&mut *q, spare)
         };
         let n = batch.len();
-        batch.drain(..).for_each(f);
-        *lock(&self.spare_events) = batch;
+        let mut left = Unhanded { p: self, batch };
+        while let Some(e) = left.batch.pop_front() {
+            f(e);
+        }
         n
     }
 
@@ -783,4 +785,26 @@ pub(crate) fn known_peer(s: &mut State, raw: &[u8]) -> Option<PeerId> {
     let p = *s.by_addr.get(raw)?;
     s.last_peer = Some(p);
     Some(p)
+}
+
+/// A batch of events being handed out by `poll_events`: if the caller's callback unwinds,
+/// those not handed yet go back to the front of the queue, in order, for the next call;
+/// else the emptied queue is kept as the spare, for its room.
+struct Unhanded<'a> {
+    p: &'a OfiPlugin,
+    batch: VecDeque<Event>,
+}
+
+impl Drop for Unhanded<'_> {
+    fn drop(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        if batch.is_empty() {
+            *lock(&self.p.spare_events) = batch;
+            return;
+        }
+        let mut q = lock(&self.p.events);
+        for e in batch.into_iter().rev() {
+            q.push_front(e);
+        }
+    }
 }
