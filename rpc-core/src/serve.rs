@@ -34,7 +34,21 @@ impl Engine {
     /// progress thread the calling thread just waits; in the manual and busy modes it
     /// drives progress itself meanwhile. The signals are caught for the whole process
     /// from the first call on (no library thread can be killed by them instead).
+    ///
+    /// The first call replaces handlers that were installed for the two signals before
+    /// (signal-hook would run them after its own): a library loaded with the transport may
+    /// have one that ends the process. libinfinipath, which libfabric pulls in, installs
+    /// one at load that exits with status 1, so that over an `ofi` build a SIGTERM ended
+    /// an I/O node without its flush.
     pub fn serve_until_signal(&self) -> Result<i32, RpcError> {
+        static FIRST: std::sync::Once = std::sync::Once::new();
+        FIRST.call_once(|| {
+            for sig in [SIGINT, SIGTERM] {
+                // SAFETY: sets a signal's disposition to the default, before any handler
+                // of this crate is installed for it.
+                unsafe { libc::signal(sig, libc::SIG_DFL) };
+            }
+        });
         let mut signals = Signals::new([SIGINT, SIGTERM])
             .map_err(|e| RpcError::InvalidArgument(format!("cannot catch signals: {e}")))?;
         if self.shared.mode == ProgressMode::Thread {

@@ -71,6 +71,13 @@ pub fn run(
         cfg.acl = fuser::SessionACL::All;
     }
     cfg.n_threads = Some(threads.max(1));
+    for sig in [SIGINT, SIGTERM] {
+        // A handler installed at load by a library the transport pulls in (libinfinipath,
+        // under libfabric, exits with status 1) would run after signal-hook's and end the
+        // process before the unmount: the default goes back first.
+        // SAFETY: sets a signal's disposition to the default before ours is installed.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let fs = Fs::new(fs, addr, opts);
     let notifier = fs.notifier_slot();
