@@ -68,7 +68,9 @@ fn unsupported(transport: &str) -> RpcError {
 }
 
 /// Opens the plugin for `addr`, listening there, with `auth` for its handshakes; `busy`:
-/// the engine only ever polls (`ProgressMode::BusyPoll`), so nothing needs to sleep.
+/// the engine polls (`ProgressMode::BusyPoll`): over libfabric its queue then has no wait
+/// fd (one costs two system calls per message where the provider has it), and a progress
+/// call with a timeout (`Engine::serve_until_signal`'s) polls with short sleeps instead.
 pub(crate) fn open(
     addr: &Address,
     auth: na::Auth,
@@ -89,14 +91,21 @@ pub(crate) fn open(
             if !matches!(auth, na::Auth::None) {
                 tracing::warn!(%addr, "ofi peers are anonymous: the libfabric plugin has no handshake credential yet");
             }
-            // A queue's wait fd costs two system calls per message when it has one (tcp).
-            let cfg = na_ofi::OfiConfig {
-                wait_object: !busy,
-                ..Default::default()
-            };
-            Ok(Arc::new(na_ofi::OfiPlugin::with_config(addr, cfg)?))
+            Ok(Arc::new(na_ofi::OfiPlugin::with_config(
+                addr,
+                ofi_config(busy),
+            )?))
         }
         other => Err(unsupported(other)),
+    }
+}
+
+/// The libfabric plugin's settings for an engine that busy-polls or not.
+#[cfg(feature = "ofi")]
+fn ofi_config(busy: bool) -> na_ofi::OfiConfig {
+    na_ofi::OfiConfig {
+        wait_object: !busy,
+        ..Default::default()
     }
 }
 
@@ -117,5 +126,12 @@ mod tests {
         assert_eq!(listen_address(Some("sm")).unwrap().to_string(), "sm://auto");
         let e = listen_address(Some("carrier-pigeon")).unwrap_err();
         assert!(e.to_string().contains("available: tcp, sm"), "{e}");
+    }
+
+    #[cfg(feature = "ofi")]
+    #[test]
+    fn a_busy_engine_asks_libfabric_for_no_wait_fd() {
+        assert!(!ofi_config(true).wait_object, "busy: polled, no wait fd");
+        assert!(ofi_config(false).wait_object, "else progress sleeps on it");
     }
 }

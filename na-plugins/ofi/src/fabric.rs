@@ -364,22 +364,22 @@ impl Stack {
 /// Opens the completion queue: with a wait fd if `wait` and the provider has one.
 fn open_cq(domain: &Domain, size: usize, wait: bool) -> Result<(Cq, Option<RawFd>), NaError> {
     let objs = [fi::fi_wait_obj_FI_WAIT_FD, fi::fi_wait_obj_FI_WAIT_NONE];
-    for wait in objs.into_iter().skip(usize::from(!wait)) {
+    for obj in objs.into_iter().skip(usize::from(!wait)) {
         let mut attr = fi::fi_cq_attr {
             size,
             format: fi::fi_cq_format_FI_CQ_FORMAT_TAGGED,
-            wait_obj: wait,
+            wait_obj: obj,
             ..Default::default()
         };
         let mut c: *mut fi::fid_cq = ptr::null_mut();
         // SAFETY: valid domain, attributes and out pointer.
         let rc = unsafe { fi::fi_cq_open(domain.0, &mut attr, &mut c, ptr::null_mut()) };
         if rc != 0 {
-            tracing::debug!("fi_cq_open(wait {wait}): {}", strerror(rc as i64));
+            tracing::debug!("fi_cq_open(wait {obj}): {}", strerror(rc as i64));
             continue;
         }
         let cq = Cq(c);
-        if wait == fi::fi_wait_obj_FI_WAIT_NONE {
+        if obj == fi::fi_wait_obj_FI_WAIT_NONE {
             return Ok((cq, None));
         }
         let mut fd: libc::c_int = -1;

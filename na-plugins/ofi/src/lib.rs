@@ -20,7 +20,9 @@
 //!   owner checks each transfer first (`Check`/`Grant` messages), and small transfers (up
 //!   to `OfiConfig::carry_max`) are carried in those messages and performed by the owner.
 //! - **Progress** reads the completion queue; when idle it sleeps on the queue's wait fd
-//!   after `fi_trywait`, so the engine costs nothing at rest.
+//!   after `fi_trywait`, so the engine costs nothing at rest. Without one (shm, or
+//!   `OfiConfig::wait_object` off, as a busy-polling engine opens it) progress that may
+//!   wait polls with short sleeps, backing off to every 200 µs when nothing comes.
 //! - **Liveness**: an RDM endpoint has no connections to lose, so a peer that other
 //!   operations are waiting on is probed (a ping the peer's plugin answers); a probe that
 //!   fails or stays unanswered, or probes the provider has no room for over a longer

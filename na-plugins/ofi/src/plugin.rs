@@ -63,8 +63,9 @@ impl Default for OfiConfig {
     /// silent peer is probed every 0.5 s; it is declared lost as soon as its process is
     /// proven gone (see `provider::DeathCheck`), after 10 s of unanswered probes, or after
     /// 60 s in which the provider had no room for any probe to it; peers
-    /// heard from in the last 10 s are watched; no registration cache. The
-    /// cache size can be set with `QS_OFI_MR_CACHE=N`.
+    /// heard from in the last 10 s are watched; no registration cache; the completion
+    /// queue with a wait fd where the provider has one. The cache size can be set with
+    /// `QS_OFI_MR_CACHE=N`.
     fn default() -> Self {
         OfiConfig {
             max_eager: 64 << 10,
@@ -124,8 +125,8 @@ pub(crate) enum What {
     Rma(u64, usize),
     /// A liveness probe to this peer.
     Ping(PeerId),
-    /// A control message: a probe's answer, an RMA check or grant (its completion is
-    /// ignored; a lost peer shows up through its operations and probes).
+    /// A control message: a probe's answer, an RMA check or grant (its completion only
+    /// gives the buffer back; a lost peer shows up through its operations and probes).
     Control,
 }
 
@@ -153,7 +154,8 @@ pub(crate) struct Op {
     pub(crate) kind: OpKind,
     /// Fabric completions still to come.
     pub(crate) parts: u32,
-    /// The contexts posted for it, for `fi_cancel` (a message's one or two: no allocation).
+    /// The contexts posted for it, for `fi_cancel` (a message's one, a small transfer's
+    /// piece or two, without allocating; more spill to the heap).
     pub(crate) ctxs: smallvec::SmallVec<[usize; 2]>,
     /// The first error of any part, or the reason it was failed.
     pub(crate) error: Option<NaError>,
@@ -255,7 +257,8 @@ pub struct OfiPlugin {
     /// The queue last handed out by `poll_events`, emptied, kept for its room.
     pub(crate) spare_events: Mutex<VecDeque<Event>>,
     pub(crate) cq_lock: Mutex<()>,
-    /// Owners' answers read from the queue, acted on once its lock is released.
+    /// Owners' grants read from the queue, acted on (their pieces posted) once its lock is
+    /// released. (Carried answers are settled as they are read.)
     pub(crate) answers: Mutex<Vec<crate::rma::Answer>>,
     /// Control messages held per peer (`Plugin::hold`), sent bundled at the last release.
     pub(crate) held: Mutex<FxHashMap<u64, Held>>,
@@ -787,6 +790,9 @@ pub(crate) fn known_peer(s: &mut State, raw: &[u8]) -> Option<PeerId> {
     Some(p)
 }
 
+/// Events the spare queue keeps room for at most.
+const SPARE_ROOM: usize = 1024;
+
 /// A batch of events being handed out by `poll_events`: if the caller's callback unwinds,
 /// those not handed yet go back to the front of the queue, in order, for the next call;
 /// else the emptied queue is kept as the spare, for its room.
@@ -797,8 +803,10 @@ struct Unhanded<'a> {
 
 impl Drop for Unhanded<'_> {
     fn drop(&mut self) {
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
         if batch.is_empty() {
+            // The room of a burst is not kept for good.
+            batch.shrink_to(SPARE_ROOM);
             *lock(&self.p.spare_events) = batch;
             return;
         }

@@ -363,7 +363,9 @@ impl OfiPlugin {
             // need no post, so nothing waits for the queue's lock to be released).
             Kind::Carried => match wire::decode_carried(data) {
                 Ok((op, ok, d)) => {
-                    self.settle(&mut lock(&self.state), peer, op, ok, Some(d));
+                    // (Only a grant returns something to post.)
+                    let none = self.settle(&mut lock(&self.state), peer, op, ok, Some(d));
+                    debug_assert!(none.is_none());
                 }
                 Err(e) => tracing::warn!("ofi: {e}"),
             },
@@ -514,23 +516,20 @@ impl OfiPlugin {
             let kind = op.kind;
             drop_queued(&mut s, id);
             let unposted = drop_backlogged(&mut s, id);
+            // A transfer still awaiting its owner's answer posted nothing, and (removed in
+            // this same hold of the lock) an answer that comes now takes nothing:
+            // `OfiPlugin::settle` looks for it under this lock.
+            let awaiting = s.awaiting.remove(&id).is_some();
             if let Some(op) = s.ops.get_mut(&id) {
-                op.parts = op.parts.saturating_sub(unposted);
+                op.parts = match awaiting {
+                    true => 0,
+                    false => op.parts.saturating_sub(unposted),
+                };
             }
             self.finish_if_done(&mut s, id);
-            kind
+            (kind, awaiting)
         };
-        let awaiting = {
-            let mut s = lock(&self.state);
-            let was = s.awaiting.remove(&id).is_some();
-            if was {
-                if let Some(op) = s.ops.get_mut(&id) {
-                    op.parts = 0;
-                }
-                self.finish_if_done(&mut s, id);
-            }
-            was
-        };
+        let (kind, awaiting) = kind;
         if kind == OpKind::Rma && !awaiting {
             // The contract: no access to the caller's memory after cancel returns. Wait for
             // every posted part to come back from the fabric.

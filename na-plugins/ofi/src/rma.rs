@@ -244,18 +244,14 @@ impl OfiPlugin {
             self.finish_locked(s, id, failed);
             return None;
         };
-        // (A transfer being canceled takes nothing more.)
-        let live = s.ops.get(&id).is_some_and(|o| !o.reported);
         let mut at = 0;
-        let reads = if aw.write || !live {
-            &[][..]
-        } else {
-            &aw.posts[..]
-        };
+        let reads = if aw.write { &[][..] } else { &aw.posts[..] };
         for p in reads {
             // SAFETY: the piece lies in registered memory (checked when posted) that the
-            // caller keeps valid until this op completes (it has not: its entry was still
-            // awaiting, under this lock); `d` holds `want` bytes.
+            // caller keeps valid until this op completes or its cancel returns (neither
+            // has: its entry was still awaiting, and a cancel removes it under this lock
+            // before anything else); `d` holds `want` bytes (at most `carry_max`, copied
+            // under the lock).
             unsafe { std::ptr::copy_nonoverlapping(d[at..].as_ptr(), p.local as *mut u8, p.len) };
             at += p.len;
         }
