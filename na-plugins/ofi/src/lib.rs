@@ -36,6 +36,7 @@
 mod addr;
 #[cfg(test)]
 mod answers_tests;
+mod config;
 #[cfg(test)]
 mod events_tests;
 mod fabric;
@@ -52,4 +53,5 @@ pub mod provider;
 mod rma;
 pub mod wire;
 
-pub use plugin::{OfiConfig, OfiPlugin, OfiStats};
+pub use config::OfiConfig;
+pub use plugin::{OfiPlugin, OfiStats};

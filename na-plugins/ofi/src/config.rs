@@ -1,0 +1,73 @@
+//! The plugin's tunables.
+
+use std::time::Duration;
+
+/// Tunables of the ofi plugin.
+#[derive(Clone, Debug)]
+pub struct OfiConfig {
+    /// Largest message (`send_*`) in bytes (capped by the provider's `max_msg_size`).
+    pub max_eager: usize,
+    /// Receives kept posted for unexpected messages.
+    pub recv_pool: usize,
+    /// Completion queue entries.
+    pub cq_size: usize,
+    /// Providers whose RMA needs the owner's check (`Provider::checked_rma`): transfers up
+    /// to this many bytes are carried in messages and performed by the owner itself, one
+    /// round trip instead of a check, a grant and the RMA (capped by `max_eager`).
+    pub carry_max: usize,
+    /// Largest single `fi_read`/`fi_write`; longer transfers are split.
+    pub rma_chunk: usize,
+    /// Bytes of RMA pieces in flight at once, over all transfers (the rest wait in a queue);
+    /// `None`: the provider's ([`crate::provider::Provider::rma_window`]).
+    pub rma_window: Option<usize>,
+    /// How long a peer that operations wait on may stay silent before it is probed.
+    pub probe_after: Duration,
+    /// How long a probe may stay unanswered before the peer is declared lost (six times
+    /// that when no probe can go out at all, the provider having no room for one).
+    pub probe_timeout: Duration,
+    /// How long a peer stays watched (probed when silent) after it was last heard from,
+    /// with no operation waiting on it: a client that dies between requests is noticed.
+    pub watch_idle: Duration,
+    /// Released registrations kept for reuse by an identical `register` (0: off). While a
+    /// registration sits in the cache a peer holding its old descriptor can still reach
+    /// the memory, so the cache trades the contract's "deregistered memory is refused"
+    /// for speed on fabrics where registration is expensive; off by default.
+    pub mr_cache: usize,
+    /// Whether the completion queue has a wait fd for progress to sleep on. libfabric
+    /// signals it on every completion (a `write` when one is queued, a `read` when it is
+    /// taken: two system calls per message over tcp), which an engine that only
+    /// busy-polls never uses; without one, a progress call that may wait polls with short
+    /// sleeps (as over shm, which has none).
+    pub wait_object: bool,
+}
+
+impl Default for OfiConfig {
+    /// 64 KiB messages, 64 posted receives, 512 KiB RMA pieces with the provider's window in flight; a
+    /// silent peer is probed every 0.5 s; it is declared lost as soon as its process is
+    /// proven gone (see `provider::DeathCheck`), after 10 s of unanswered probes, or after
+    /// 60 s in which the provider had no room for any probe to it; peers
+    /// heard from in the last 10 s are watched; no registration cache; the completion
+    /// queue with a wait fd where the provider has one. The cache size can be set with
+    /// `QS_OFI_MR_CACHE=N`.
+    fn default() -> Self {
+        OfiConfig {
+            max_eager: 64 << 10,
+            recv_pool: 64,
+            cq_size: 4096,
+            carry_max: std::env::var("QS_OFI_CARRY")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(4096),
+            rma_chunk: 512 << 10,
+            rma_window: None,
+            probe_after: Duration::from_millis(500),
+            probe_timeout: Duration::from_secs(10),
+            watch_idle: Duration::from_secs(10),
+            mr_cache: std::env::var("QS_OFI_MR_CACHE")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            wait_object: true,
+        }
+    }
+}
