@@ -499,7 +499,7 @@ impl OfiPlugin {
 
     /// The body of `Plugin::cancel`.
     pub(crate) fn cancel_op(&self, id: u64) -> bool {
-        let kind = {
+        let (kind, awaiting) = {
             let mut s = lock(&self.state);
             let Some(op) = s.ops.get_mut(&id) else {
                 return false;
@@ -529,7 +529,6 @@ impl OfiPlugin {
             self.finish_if_done(&mut s, id);
             (kind, awaiting)
         };
-        let (kind, awaiting) = kind;
         if kind == OpKind::Rma && !awaiting {
             // The contract: no access to the caller's memory after cancel returns. Wait for
             // every posted part to come back from the fabric.
