@@ -360,40 +360,55 @@ impl OfiPlugin {
         self.send_bundle(peer, out);
     }
 
-    /// Sends held control messages: alone, or as one bundle. If they cannot be sent, the
-    /// transfers they carried or checked fail now (not at their timeout).
-    pub(crate) fn send_bundle(&self, peer: u64, mut msgs: Vec<Vec<u8>>) {
-        let ours: Vec<u64> = msgs
-            .iter()
-            .filter_map(|m| match wire::parse(m) {
-                Ok(p) if p.kind == Kind::Carry => wire::decode_carry(p.data).ok().map(|c| c.0),
-                Ok(p) if p.kind == Kind::Check => wire::Check::decode(p.data).ok(),
-                _ => None,
-            })
-            .map(|c| c.op)
-            .collect();
-        let buf = match msgs.len() {
+    /// Sends control messages to `peer` in as few messages as fit (`max_eager` each): one
+    /// alone, more as bundles. If one cannot be sent, the transfers it carried or checked
+    /// fail now (not at their timeout).
+    pub(crate) fn send_bundle(&self, peer: u64, msgs: Vec<Vec<u8>>) {
+        let (mut group, mut bytes) = (Vec::new(), 0);
+        for m in msgs {
+            if !group.is_empty() && bytes + m.len() + wire::BUNDLED > self.max_eager {
+                self.send_packed(peer, std::mem::take(&mut group));
+                bytes = 0;
+            }
+            bytes += m.len() + wire::BUNDLED;
+            group.push(m);
+        }
+        self.send_packed(peer, group);
+    }
+
+    /// [`Self::send_bundle`] for messages that fit in one. Which transfers they asked for
+    /// is read only if the send fails.
+    fn send_packed(&self, peer: u64, mut msgs: Vec<Vec<u8>>) {
+        let (buf, alone) = match msgs.len() {
             0 => return,
-            1 => msgs.remove(0),
+            1 => {
+                let m = msgs.remove(0);
+                let asked = asked(&m);
+                (m, asked)
+            }
             _ => {
                 self.bundles_sent
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let bytes = msgs.iter().map(|m| m.len() + wire::BUNDLED).sum();
                 let mut b = wire::header(Kind::Bundle, 0, &self.self_raw, bytes);
-                for m in msgs {
-                    wire::bundle(&mut b, &m);
-                    na::buf::give(m);
+                for m in &msgs {
+                    wire::bundle(&mut b, m);
                 }
-                b
+                (b, None)
             }
         };
         if let Err(e) = self.send_to(peer, Route::Pool, buf, What::Control, true) {
             tracing::debug!("ofi: held control messages not sent: {e}");
-            for id in ours {
-                lock(&self.state).awaiting.remove(&id);
-                self.finish_now(id, Some(e.clone()));
+            let mut s = lock(&self.state);
+            for id in alone
+                .into_iter()
+                .chain(msgs.iter().filter_map(|m| asked(m)))
+            {
+                s.awaiting.remove(&id);
+                self.finish_locked(&mut s, id, Some(e.clone()));
             }
         }
+        msgs.into_iter().for_each(na::buf::give);
     }
 
     /// Sends `buf` to `peer` by `route`: injected (no completion) when `inject` allows and
@@ -528,4 +543,13 @@ fn forget_ctx(s: &mut State, op: Option<u64>, ctx: usize) {
     // SAFETY: made by Ctx::new and never taken by libfabric (its post failed or never
     // happened); removed from `live` just now, so freed once.
     drop(unsafe { Box::from_raw(ctx as *mut Ctx) });
+}
+
+/// The transfer a control message asks the owner about (a carried transfer or a check).
+fn asked(m: &[u8]) -> Option<u64> {
+    match wire::parse(m) {
+        Ok(p) if p.kind == Kind::Carry => wire::decode_carry(p.data).ok().map(|c| c.0.op),
+        Ok(p) if p.kind == Kind::Check => wire::Check::decode(p.data).ok().map(|c| c.op),
+        _ => None,
+    }
 }

@@ -278,16 +278,7 @@ impl OfiPlugin {
                 _ => tracing::warn!("ofi: dropped a malformed bundled message"),
             }
         }
-        let (mut group, mut bytes) = (Vec::new(), 0);
-        for a in answers {
-            if !group.is_empty() && bytes + a.len() + wire::BUNDLED > self.max_eager {
-                self.send_bundle(peer.0, std::mem::take(&mut group));
-                bytes = 0;
-            }
-            bytes += a.len() + wire::BUNDLED;
-            group.push(a);
-        }
-        self.send_bundle(peer.0, group);
+        self.send_bundle(peer.0, answers);
     }
 
     /// Sends an owner's answer to `peer` at once, or adds it to `out` (a bundle's).
