@@ -230,7 +230,7 @@ impl OfiPlugin {
         } = match wire::parse(msg) {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!("ofi: dropped a malformed message: {e}");
+                tracing::warn!("ofi: dropped a message: {e}");
                 return;
             }
         };

@@ -13,8 +13,14 @@
 use na::NaError;
 use smallvec::SmallVec;
 
-/// The longest header: kind, tag, address length, address.
+/// The longest header: version and kind, tag, address length, address.
 pub const HEADER_MAX: usize = 1 + 8 + 1 + 255;
+
+/// The version of this wire format, in the high four bits of an unexpected message's
+/// first byte (the kind in the low four). A message of another version is refused whole
+/// (`NaError::Unsupported`), never read as this one's layout: a node of another release
+/// cannot have its checks or grants misread.
+pub const VERSION: u8 = 1;
 
 /// What an unexpected message is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -146,7 +152,7 @@ fn word(c: &[u8], i: usize) -> u64 {
 /// buffer with `room` bytes more for the payload.
 pub fn header(kind: Kind, tag: u64, self_raw: &[u8], room: usize) -> Vec<u8> {
     let mut h = na::buf::take(10 + self_raw.len() + room);
-    h.push(kind as u8);
+    h.push(VERSION << 4 | kind as u8);
     h.extend_from_slice(&tag.to_le_bytes());
     h.push(self_raw.len() as u8);
     h.extend_from_slice(self_raw);
@@ -197,8 +203,14 @@ pub struct Parsed<'a> {
 pub fn parse(msg: &[u8]) -> Result<Parsed<'_>, NaError> {
     let bad = |why: &str| NaError::PeerMisbehaved(format!("unexpected message: {why}"));
     let (&k, rest) = msg.split_first().ok_or_else(|| bad("empty"))?;
+    if k >> 4 != VERSION {
+        return Err(NaError::Unsupported(format!(
+            "a message of ofi wire version {} (this side speaks {VERSION})",
+            k >> 4
+        )));
+    }
     let (tag, rest) = rest.split_first_chunk::<8>().ok_or_else(|| bad("no tag"))?;
-    let kind = match k {
+    let kind = match k & 0xf {
         0 => Kind::Request,
         1 => Kind::Ping,
         2 => Kind::Pong,
@@ -392,18 +404,46 @@ mod tests {
         };
         assert_eq!(parse(&m).unwrap(), want);
         let z = [0u8; 8];
+        let v = VERSION << 4;
         for bad in [
             &[][..],
-            &[0, 1, 2, 3][..],
-            &[[9].as_slice(), &z, &[1, 0]].concat()[..],
-            &[[0].as_slice(), &z].concat()[..],
-            &[[0].as_slice(), &z, &[5, 1]].concat()[..],
-            &[[0].as_slice(), &z, &[0]].concat()[..],
+            &[v, 1, 2, 3][..],
+            &[[v | 9].as_slice(), &z, &[1, 0]].concat()[..],
+            &[[v].as_slice(), &z].concat()[..],
+            &[[v].as_slice(), &z, &[5, 1]].concat()[..],
+            &[[v].as_slice(), &z, &[0]].concat()[..],
         ] {
             assert!(
                 matches!(parse(bad), Err(NaError::PeerMisbehaved(_))),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn messages_of_another_wire_version_are_refused_whole() {
+        let mut m = header(Kind::Check, 7, b"abc", 33);
+        m.extend_from_slice(
+            &Check {
+                op: 1,
+                key: 2,
+                off: 0,
+                len: 8,
+                write: true,
+            }
+            .encode(),
+        );
+        assert_eq!(m[0], VERSION << 4 | Kind::Check as u8);
+        assert!(parse(&m).is_ok());
+        // Version 0 (the releases before the version existed) and a later one alike.
+        for version in [0u8, VERSION + 1, 15] {
+            m[0] = version << 4 | Kind::Check as u8;
+            match parse(&m) {
+                Err(NaError::Unsupported(why)) => {
+                    assert!(why.contains(&format!("version {version}")), "{why}")
+                }
+                other => panic!("version {version}: {other:?}"),
+            }
         }
     }
 
