@@ -100,12 +100,20 @@ pub(crate) fn open(
     }
 }
 
-/// The libfabric plugin's settings for an engine that busy-polls or not.
+/// The libfabric plugin's settings for an engine that busy-polls or not: a busy engine
+/// that waits (between its own polls) keeps its queue polled every 200 µs at most however
+/// long it was idle (latency first, as it asked); others let an idle queue without a wait
+/// object be polled as rarely as the plugin's default says.
 #[cfg(feature = "ofi")]
 fn ofi_config(busy: bool) -> na_ofi::OfiConfig {
+    let d = na_ofi::OfiConfig::default();
     na_ofi::OfiConfig {
         wait_object: !busy,
-        ..Default::default()
+        idle_poll_max: match busy {
+            true => d.idle_poll_max.min(std::time::Duration::from_micros(200)),
+            false => d.idle_poll_max,
+        },
+        ..d
     }
 }
 
@@ -133,5 +141,11 @@ mod tests {
     fn a_busy_engine_asks_libfabric_for_no_wait_fd() {
         assert!(!ofi_config(true).wait_object, "busy: polled, no wait fd");
         assert!(ofi_config(false).wait_object, "else progress sleeps on it");
+        let (busy, quiet) = (ofi_config(true), ofi_config(false));
+        assert!(busy.idle_poll_max <= std::time::Duration::from_micros(200));
+        assert_eq!(
+            quiet.idle_poll_max,
+            na_ofi::OfiConfig::default().idle_poll_max
+        );
     }
 }

@@ -39,6 +39,13 @@ pub struct OfiConfig {
     /// busy-polls never uses; without one, a progress call that may wait polls with short
     /// sleeps (as over shm, which has none).
     pub wait_object: bool,
+    /// Without a wait object (shm, or `wait_object` off), the longest a progress call that
+    /// may wait sleeps between polls of an idle queue, once it has been idle for a while
+    /// (`poll::DEEP_AFTER` polls at 200 µs, about 0.1 s): the first message after a long
+    /// silence waits up to this long, and an idle engine wakes this often (at the 200 µs
+    /// kept before, an idle ofi+shm server took 9 % of a core). Polls come every 2–200 µs
+    /// again from the next completion, every 10 µs at most while operations are in flight.
+    pub idle_poll_max: Duration,
 }
 
 impl Default for OfiConfig {
@@ -47,8 +54,9 @@ impl Default for OfiConfig {
     /// proven gone (see `provider::DeathCheck`), after 10 s of unanswered probes, or after
     /// 60 s in which the provider had no room for any probe to it; peers
     /// heard from in the last 10 s are watched; no registration cache; the completion
-    /// queue with a wait fd where the provider has one. The cache size can be set with
-    /// `QS_OFI_MR_CACHE=N`.
+    /// queue with a wait fd where the provider has one; without one, an idle queue polled
+    /// every 5 ms at most once idle. The cache size can be set with `QS_OFI_MR_CACHE=N`,
+    /// the idle poll with `QS_OFI_IDLE_POLL_MAX_US=N`.
     fn default() -> Self {
         OfiConfig {
             max_eager: 64 << 10,
@@ -68,6 +76,12 @@ impl Default for OfiConfig {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
             wait_object: true,
+            idle_poll_max: Duration::from_micros(
+                std::env::var("QS_OFI_IDLE_POLL_MAX_US")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(5000),
+            ),
         }
     }
 }

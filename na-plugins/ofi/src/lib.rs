@@ -47,6 +47,7 @@ mod mr;
 #[cfg(test)]
 mod oversized_tests;
 mod plugin;
+mod poll;
 mod post;
 mod progress;
 pub mod provider;

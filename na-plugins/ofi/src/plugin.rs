@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -244,8 +244,10 @@ pub struct OfiPlugin {
     /// A thread is posting the backlog.
     pub(crate) draining: std::sync::atomic::AtomicBool,
     /// Without a wait object: how long the next idle poll sleeps (ns); short after
-    /// activity, doubling to [`crate::progress::IDLE_POLL`] while nothing comes.
+    /// activity, growing while nothing comes (`poll::Poll`).
     pub(crate) poll_backoff: AtomicU64,
+    /// Polls at the idle interval or more since the last activity (`poll::Poll`).
+    pub(crate) poll_idle: AtomicU32,
     /// Zero-timeout progress calls, to check liveness only now and then.
     pub(crate) spins: AtomicU64,
     /// Bundles of control messages sent (two or more messages in one).
@@ -416,6 +418,7 @@ impl OfiPlugin {
             backlogged: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
             poll_backoff: AtomicU64::new(0),
+            poll_idle: AtomicU32::new(0),
             spins: AtomicU64::new(0),
             bundles_sent: AtomicU64::new(0),
             next_op: AtomicU64::new(1),

@@ -11,17 +11,9 @@ use na::{Event, NaError, NaResult, PeerId};
 
 use crate::fabric;
 use crate::plugin::{Ctx, OfiPlugin, OpKind, Peer, RECV_BUFS_KEPT, State, What, lock};
+use crate::poll::{IDLE_POLL, Poll};
 use crate::post::drop_backlogged;
 use crate::wire::{self, Kind};
-
-/// The longest idle poll interval of a provider without a wait object.
-pub(crate) const IDLE_POLL: Duration = Duration::from_micros(200);
-
-/// The longest poll interval while operations are in flight.
-const BUSY_POLL: Duration = Duration::from_micros(10);
-
-/// The first idle poll interval after activity.
-const FIRST_IDLE_POLL: Duration = Duration::from_micros(2);
 
 const BATCH: usize = 32;
 
@@ -375,24 +367,28 @@ impl OfiPlugin {
     /// Marks activity: the next idle polls (without a wait object) come soon after.
     pub(crate) fn active(&self) {
         if self.wait_fd.is_none() {
-            self.poll_backoff
-                .store(FIRST_IDLE_POLL.as_nanos() as u64, Relaxed);
+            self.store_poll(Poll::active());
         }
     }
 
-    /// How long an idle poll sleeps now, and the next one twice that: at most
-    /// [`IDLE_POLL`], or [`BUSY_POLL`] while operations are in flight (an answer awaited,
-    /// an RMA): the provider moves a peer's small transfers into our memory only while we
-    /// poll, and nothing tells us they come.
+    fn store_poll(&self, p: Poll) {
+        self.poll_backoff.store(p.next_ns, Relaxed);
+        self.poll_idle.store(p.idle_polls, Relaxed);
+    }
+
+    /// How long an idle poll sleeps now ([`Poll::step`]: a few µs after activity, 200 µs
+    /// at most while the queue stays idle, then up to `OfiConfig::idle_poll_max`; 10 µs
+    /// at most while operations are in flight). (Callers racing here only make the
+    /// interval approximate.)
     fn backoff(&self) -> Duration {
         let busy = !lock(&self.state).ops.is_empty();
-        let cap = if busy { BUSY_POLL } else { IDLE_POLL }.as_nanos() as u64;
-        let cur = self
-            .poll_backoff
-            .load(Relaxed)
-            .clamp(FIRST_IDLE_POLL.as_nanos() as u64, cap);
-        self.poll_backoff.store((cur * 2).min(cap), Relaxed);
-        Duration::from_nanos(cur)
+        let now = Poll {
+            next_ns: self.poll_backoff.load(Relaxed),
+            idle_polls: self.poll_idle.load(Relaxed),
+        };
+        let (sleep, next) = now.step(busy, self.cfg.idle_poll_max);
+        self.store_poll(next);
+        sleep
     }
 
     /// The body of `Plugin::progress`.
