@@ -121,8 +121,8 @@ pub(crate) struct Op {
     pub(crate) kind: OpKind,
     /// Fabric completions still to come.
     pub(crate) parts: u32,
-    /// The contexts posted for it, for `fi_cancel` (a message's one, a small transfer's
-    /// piece or two, without allocating; more spill to the heap).
+    /// The contexts posted for it and not completed yet, for `fi_cancel` (a message's
+    /// one, a small transfer's piece or two, without allocating; more spill to the heap).
     pub(crate) ctxs: smallvec::SmallVec<[usize; 2]>,
     /// The first error of any part, or the reason it was failed.
     pub(crate) error: Option<NaError>,

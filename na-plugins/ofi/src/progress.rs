@@ -100,6 +100,15 @@ impl OfiPlugin {
             s.live.remove(&(ctx as usize));
             // SAFETY: as above; this completion is its last use by libfabric.
             let mut owned = unsafe { Box::from_raw(ctx) };
+            // Its operation forgets it too: a cancel, or a lost peer, cancels each of an
+            // operation's contexts by address, and this one's address is soon another's
+            // (reused here, or by the allocator): left in the list, it would be canceled
+            // in that other operation's stead.
+            if let What::Op(id) | What::Rma(id, _) = owned.what
+                && let Some(op) = s.ops.get_mut(&id)
+            {
+                op.ctxs.retain(|c| *c != ctx as usize);
+            }
             let taken = (owned.what, std::mem::take(&mut owned.buf));
             Ctx::recycle(owned);
             taken
