@@ -48,6 +48,8 @@ mod mr;
 mod oversized_tests;
 mod plugin;
 mod poll;
+#[cfg(test)]
+mod poll_tests;
 mod post;
 mod progress;
 pub mod provider;

@@ -35,6 +35,9 @@ pub struct OfiStats {
     /// Message posts the provider refused for a while (its queue full), sent later from
     /// the backlog.
     pub backlogged: u64,
+    /// Sleeps between polls of a completion queue without a wait object (shm): how often
+    /// an engine that waits woke to look (see `OfiConfig::idle_poll_max`).
+    pub queue_polls: u64,
 }
 
 /// What a posted libfabric operation is for; `fi` must stay first (libfabric's scratch).
@@ -248,6 +251,8 @@ pub struct OfiPlugin {
     pub(crate) poll_backoff: AtomicU64,
     /// Polls at the idle interval or more since the last activity (`poll::Poll`).
     pub(crate) poll_idle: AtomicU32,
+    /// `OfiStats::queue_polls`.
+    pub(crate) queue_polls: AtomicU64,
     /// Zero-timeout progress calls, to check liveness only now and then.
     pub(crate) spins: AtomicU64,
     /// Bundles of control messages sent (two or more messages in one).
@@ -419,6 +424,7 @@ impl OfiPlugin {
             draining: std::sync::atomic::AtomicBool::new(false),
             poll_backoff: AtomicU64::new(0),
             poll_idle: AtomicU32::new(0),
+            queue_polls: AtomicU64::new(0),
             spins: AtomicU64::new(0),
             bundles_sent: AtomicU64::new(0),
             next_op: AtomicU64::new(1),
@@ -463,6 +469,7 @@ impl OfiPlugin {
         OfiStats {
             provider_regs: s.mem.provider_regs,
             cache_hits: s.mem.cache_hits,
+            queue_polls: self.queue_polls.load(Ordering::Relaxed),
             ..s.stats.clone()
         }
     }

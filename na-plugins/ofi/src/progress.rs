@@ -472,6 +472,7 @@ impl OfiPlugin {
             // is likely on its way), then less often while nothing comes.
             let b = self.backoff();
             wait = Some(wait.map_or(b, |w| w.min(b)));
+            self.queue_polls.fetch_add(1, Relaxed);
         }
         let ts = wait.map(|w| libc::timespec {
             tv_sec: w.as_secs() as libc::time_t,
