@@ -38,5 +38,8 @@ fn an_idle_shm_queue_is_polled_rarely_once_idle_and_as_before_when_asked() {
     };
     let now = idle_polls(deep, total, Duration::from_millis(100));
     assert!(now <= 1000, "{now} polls in 1.5 s of idling");
-    assert!(before > now + now / 2, "{before} polls at 200 µs against {now}");
+    assert!(
+        before > now + now / 2,
+        "{before} polls at 200 µs against {now}"
+    );
 }
