@@ -253,6 +253,11 @@ pub struct OfiPlugin {
     pub(crate) poll_idle: AtomicU32,
     /// `OfiStats::queue_polls`.
     pub(crate) queue_polls: AtomicU64,
+    /// A progress call sleeps longer than `poll::IDLE_POLL` on a queue without a wait
+    /// object: a new operation wakes it (its completion would wait for the sleep). With
+    /// several sleepers at once (progress called from more than one thread) the flag is
+    /// one of theirs: another may sleep its interval out.
+    pub(crate) deep_asleep: std::sync::atomic::AtomicBool,
     /// Zero-timeout progress calls, to check liveness only now and then.
     pub(crate) spins: AtomicU64,
     /// Bundles of control messages sent (two or more messages in one).
@@ -425,6 +430,7 @@ impl OfiPlugin {
             poll_backoff: AtomicU64::new(0),
             poll_idle: AtomicU32::new(0),
             queue_polls: AtomicU64::new(0),
+            deep_asleep: std::sync::atomic::AtomicBool::new(false),
             spins: AtomicU64::new(0),
             bundles_sent: AtomicU64::new(0),
             next_op: AtomicU64::new(1),
@@ -532,6 +538,11 @@ impl OfiPlugin {
                 reported: false,
             },
         );
+        // (SeqCst, after the insertion: see `deep_asleep`, and the sleeper's mark in
+        // `progress::sleep`.)
+        if self.deep_asleep.load(Ordering::SeqCst) {
+            Plugin::wake(self);
+        }
         id
     }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 /// The longest poll interval of a queue idle for less than [`DEEP_AFTER`] polls (and of
-/// a backlog waiting for room, with or without a wait object).
+/// a backlog waiting for room, with or without a wait object: `progress::sleep`).
 pub(crate) const IDLE_POLL: Duration = Duration::from_micros(200);
 
 /// The longest poll interval while operations are in flight: the provider moves a peer's
@@ -16,6 +16,10 @@ pub(crate) const BUSY_POLL: Duration = Duration::from_micros(10);
 
 /// The first poll interval after activity.
 pub(crate) const FIRST_POLL: Duration = Duration::from_micros(2);
+
+/// The longest deep interval, whatever `OfiConfig::idle_poll_max` says (a progress call
+/// without a deadline would otherwise sleep as long as it asks).
+pub(crate) const DEEP_MAX: Duration = Duration::from_secs(1);
 
 /// Polls at [`IDLE_POLL`] (about 0.1 s of them) before the interval grows further, up to
 /// `OfiConfig::idle_poll_max`, by an eighth per poll (to 5 ms within some 45 ms more).
@@ -42,11 +46,8 @@ impl Poll {
     /// in flight; `deep_max`: `OfiConfig::idle_poll_max` (taken as at least [`IDLE_POLL`]).
     pub(crate) fn step(self, busy: bool, deep_max: Duration) -> (Duration, Poll) {
         let ns = |d: Duration| d.as_nanos().min(u64::MAX as u128) as u64;
-        let (first, idle, deep) = (
-            ns(FIRST_POLL),
-            ns(IDLE_POLL),
-            ns(deep_max).max(ns(IDLE_POLL)),
-        );
+        let deep = ns(deep_max.min(DEEP_MAX)).max(ns(IDLE_POLL));
+        let (first, idle) = (ns(FIRST_POLL), ns(IDLE_POLL));
         if busy {
             let cur = self.next_ns.clamp(first, ns(BUSY_POLL));
             let next = Poll {
@@ -137,6 +138,15 @@ mod tests {
         // And when it is over, the idle count starts again from zero.
         let (s, _) = idle(p, 3);
         assert!(s.iter().all(|d| *d <= IDLE_POLL), "{s:?}");
+    }
+
+    #[test]
+    fn a_deep_cap_is_at_most_a_second() {
+        let mut p = Poll::active();
+        for _ in 0..2000 {
+            p = p.step(false, Duration::from_secs(3600)).1;
+        }
+        assert_eq!(p.step(false, Duration::from_secs(3600)).0, DEEP_MAX);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 use libfabric_sys as fi;
@@ -100,15 +100,8 @@ impl OfiPlugin {
             s.live.remove(&(ctx as usize));
             // SAFETY: as above; this completion is its last use by libfabric.
             let mut owned = unsafe { Box::from_raw(ctx) };
-            // Its operation forgets it too: a cancel, or a lost peer, cancels each of an
-            // operation's contexts by address, and this one's address is soon another's
-            // (reused here, or by the allocator): left in the list, it would be canceled
-            // in that other operation's stead.
-            if let What::Op(id) | What::Rma(id, _) = owned.what
-                && let Some(op) = s.ops.get_mut(&id)
-            {
-                op.ctxs.retain(|c| *c != ctx as usize);
-            }
+            // (Its operation forgets it in `finish_part`; until then it sits in this
+            // thread's spares, posted nowhere, and a cancel by its address finds nothing.)
             let taken = (owned.what, std::mem::take(&mut owned.buf));
             Ctx::recycle(owned);
             taken
@@ -117,13 +110,13 @@ impl OfiPlugin {
             What::Op(id) => {
                 // The message is copied out of the buffer if this is a receive (decided
                 // under the one lock `finish_part` takes).
-                self.finish_part(id, r.map(|(len, _)| len), buf);
+                self.finish_part(id, r.map(|(len, _)| len), buf, ctx as usize);
             }
             What::Rma(id, len) => {
                 let mut st = lock(&self.state);
                 st.rma_inflight = st.rma_inflight.saturating_sub(len);
                 drop(st);
-                self.finish_part(id, r.map(|(l, _)| l), Vec::new());
+                self.finish_part(id, r.map(|(l, _)| l), Vec::new(), ctx as usize);
             }
             What::Ping(peer) => {
                 if let Err(e) = r
@@ -140,13 +133,21 @@ impl OfiPlugin {
 
     /// One fabric completion of operation `id` (or an injected send, which has none).
     pub(crate) fn part_done(&self, id: u64, r: NaResult<usize>) {
-        self.finish_part(id, r, Vec::new());
+        self.finish_part(id, r, Vec::new(), 0);
     }
 
-    fn finish_part(&self, id: u64, r: NaResult<usize>, data: Vec<u8>) {
+    /// One completion of operation `id`; `ctx`, the address of its context (0: none).
+    fn finish_part(&self, id: u64, r: NaResult<usize>, data: Vec<u8>, ctx: usize) {
         let mut lost = None;
         let mut s = lock(&self.state);
         let Some(op) = s.ops.get_mut(&id) else { return };
+        // The operation forgets its completed context: a cancel, or a lost peer, cancels
+        // each of an operation's contexts by address, and this one's address is soon
+        // another's (reused by this thread, or by the allocator): left in the list, it
+        // would be canceled in that other operation's stead.
+        if ctx != 0 {
+            op.ctxs.retain(|c| *c != ctx);
+        }
         op.parts = op.parts.saturating_sub(1);
         match r {
             Ok(len) => {
@@ -469,9 +470,20 @@ impl OfiPlugin {
             }
         } else {
             // No wait object (shm): poll the queue, soon after activity (a peer's answer
-            // is likely on its way), then less often while nothing comes.
-            let b = self.backoff();
+            // is likely on its way), then less often while nothing comes. Marked before
+            // the look at operations in flight (`backoff`, under the state lock): one
+            // posted meanwhile is either seen there (a short sleep) or sees the mark and
+            // wakes us (`new_op`), so a deep sleep never holds up its answer.
+            self.deep_asleep.store(true, SeqCst);
+            let mut b = self.backoff();
+            if self.backlogged.load(Relaxed) {
+                // Posts wait for room: look again before long (nothing else will say).
+                b = b.min(IDLE_POLL);
+            }
             wait = Some(wait.map_or(b, |w| w.min(b)));
+            if wait.is_some_and(|w| w <= IDLE_POLL) {
+                self.deep_asleep.store(false, Relaxed);
+            }
             self.queue_polls.fetch_add(1, Relaxed);
         }
         let ts = wait.map(|w| libc::timespec {
@@ -487,6 +499,7 @@ impl OfiPlugin {
                 std::ptr::null(),
             )
         };
+        self.deep_asleep.store(false, Relaxed);
         if rc < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
