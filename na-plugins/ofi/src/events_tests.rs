@@ -1,5 +1,6 @@
 //! Events handed out in a batch (`Plugin::poll_events`) are not lost when the caller's
-//! callback unwinds, and the queue keeps its room between batches.
+//! callback unwinds, and the queue keeps its room between batches; peers' messages that
+//! cannot be read make none.
 
 use na::{Event, OpId, Plugin};
 
@@ -57,4 +58,25 @@ fn events_left_when_the_callback_unwinds_stay_queued_in_order() {
         "the emptied batch is kept for its room"
     );
     assert_eq!(p.poll_events(&mut |_| {}), 0, "nothing twice");
+}
+
+#[test]
+fn garbage_and_other_wire_versions_are_dropped_counted_and_make_no_event() {
+    let p = OfiPlugin::new(&"ofi+tcp://127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut other_version = crate::wire::header(crate::wire::Kind::Request, 1, b"addr", 4);
+    other_version.extend_from_slice(b"data");
+    other_version[0] = (crate::wire::VERSION + 1) << 4;
+    let bad_sender = crate::wire::header(crate::wire::Kind::Request, 1, b"x", 0);
+    // A thousand of each: all counted, none an event (the log says it once a second).
+    for _ in 0..1000 {
+        p.handle_unexpected(&other_version);
+        p.handle_unexpected(&[0xff; 3]);
+        p.handle_unexpected(&[]);
+    }
+    assert_eq!(p.stats().dropped, 3000);
+    assert!(p.poll_event().is_none());
+    // Well formed, from a raw address the provider refuses (not a socket address): too.
+    p.handle_unexpected(&bad_sender);
+    assert_eq!(p.stats().dropped, 3001);
+    assert!(p.poll_event().is_none());
 }

@@ -38,6 +38,9 @@ pub struct OfiStats {
     /// Sleeps between polls of a completion queue without a wait object (shm): how often
     /// an engine that waits woke to look (see `OfiConfig::idle_poll_max`).
     pub queue_polls: u64,
+    /// Peers' messages dropped: malformed, of another wire version, or from an address
+    /// the provider refuses.
+    pub dropped: u64,
 }
 
 /// What a posted libfabric operation is for; `fi` must stay first (libfabric's scratch).
@@ -253,6 +256,9 @@ pub struct OfiPlugin {
     pub(crate) poll_idle: AtomicU32,
     /// `OfiStats::queue_polls`.
     pub(crate) queue_polls: AtomicU64,
+    /// `OfiStats::dropped`, and when a drop was last logged at `warn`.
+    pub(crate) dropped: AtomicU64,
+    pub(crate) drop_warned: Mutex<Option<Instant>>,
     /// A progress call sleeps longer than `poll::IDLE_POLL` on a queue without a wait
     /// object: a new operation wakes it (its completion would wait for the sleep). With
     /// several sleepers at once (progress called from more than one thread) the flag is
@@ -430,6 +436,8 @@ impl OfiPlugin {
             poll_backoff: AtomicU64::new(0),
             poll_idle: AtomicU32::new(0),
             queue_polls: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            drop_warned: Mutex::new(None),
             deep_asleep: std::sync::atomic::AtomicBool::new(false),
             spins: AtomicU64::new(0),
             bundles_sent: AtomicU64::new(0),
@@ -476,6 +484,7 @@ impl OfiPlugin {
             provider_regs: s.mem.provider_regs,
             cache_hits: s.mem.cache_hits,
             queue_polls: self.queue_polls.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
             ..s.stats.clone()
         }
     }

@@ -17,6 +17,9 @@ use crate::wire::{self, Kind};
 
 const BATCH: usize = 32;
 
+/// Dropped peer messages are logged at `warn` at most this often (`drop_message`).
+const DROP_WARN_EVERY: Duration = Duration::from_secs(1);
+
 /// A spinning progress pass looks at liveness (and the clock) once in this many.
 const LIVENESS_EVERY: u64 = 64;
 
@@ -239,10 +242,7 @@ impl OfiPlugin {
             data,
         } = match wire::parse(msg) {
             Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("ofi: dropped a message: {e}");
-                return;
-            }
+            Err(e) => return self.drop_message(e),
         };
         let peer = {
             let mut s = lock(&self.state);
@@ -252,8 +252,8 @@ impl OfiPlugin {
                     p
                 }
                 Err(e) => {
-                    tracing::warn!("ofi: message from an address the provider refuses: {e}");
-                    return;
+                    return self
+                        .drop_message(format_args!("from an address the provider refuses: {e}"));
                 }
             }
         };
@@ -269,7 +269,7 @@ impl OfiPlugin {
     fn unbundle(&self, peer: PeerId, from: &[u8], data: &[u8]) {
         let msgs = match wire::unbundle(data) {
             Ok(m) => m,
-            Err(e) => return tracing::warn!("ofi: {e}"),
+            Err(e) => return self.drop_message(e),
         };
         let mut answers = Vec::new();
         for m in msgs {
@@ -285,7 +285,7 @@ impl OfiPlugin {
                 {
                     self.on_message(peer, p.kind, p.tag, p.data, Some(&mut answers))
                 }
-                _ => tracing::warn!("ofi: dropped a malformed bundled message"),
+                _ => self.drop_message("a malformed bundled message"),
             }
         }
         self.send_bundle(peer.0, answers);
@@ -326,10 +326,7 @@ impl OfiPlugin {
             Kind::Check => {
                 let c = match wire::Check::decode(data) {
                     Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!("ofi: {e}");
-                        return;
-                    }
+                    Err(e) => return self.drop_message(e),
                 };
                 let ok = lock(&self.state).mem.allows(c.key, c.off, c.len, c.write);
                 let mut b = wire::header(Kind::Grant, 0, &self.self_raw, 9);
@@ -339,7 +336,7 @@ impl OfiPlugin {
             Kind::Carry => {
                 let (c, bytes) = match wire::decode_carry(data) {
                     Ok(x) => x,
-                    Err(e) => return tracing::warn!("ofi: {e}"),
+                    Err(e) => return self.drop_message(e),
                 };
                 let put = c.write.then_some(bytes);
                 // A read whose answer would not fit in a message is refused like a bad
@@ -358,7 +355,7 @@ impl OfiPlugin {
             }
             Kind::Grant => match wire::decode_grant(data) {
                 Ok((op, ok)) => lock(&self.answers).push(crate::rma::Answer { peer, op, ok }),
-                Err(e) => tracing::warn!("ofi: {e}"),
+                Err(e) => self.drop_message(e),
             },
             // The bytes go straight from the pool buffer into the caller's memory (they
             // need no post, so nothing waits for the queue's lock to be released).
@@ -368,9 +365,25 @@ impl OfiPlugin {
                     let none = self.settle(&mut lock(&self.state), peer, op, ok, Some(d));
                     debug_assert!(none.is_none());
                 }
-                Err(e) => tracing::warn!("ofi: {e}"),
+                Err(e) => self.drop_message(e),
             },
-            Kind::Bundle => tracing::warn!("ofi: dropped a bundle inside a bundle"),
+            Kind::Bundle => self.drop_message("a bundle inside a bundle"),
+        }
+    }
+
+    /// A peer's message dropped for `why` (malformed, of another wire version, from an
+    /// address the provider refuses): counted (`OfiStats::dropped`) and logged at `warn`
+    /// at most once a second, the rest at `debug`: a peer that sends garbage cannot
+    /// flood the log (an RDM endpoint has no connection to close on it).
+    pub(crate) fn drop_message(&self, why: impl std::fmt::Display) {
+        let n = self.dropped.fetch_add(1, Relaxed) + 1;
+        let now = Instant::now();
+        let mut last = lock(&self.drop_warned);
+        if last.is_some_and(|t| now.duration_since(t) < DROP_WARN_EVERY) {
+            tracing::debug!("ofi: dropped a message: {why}");
+        } else {
+            *last = Some(now);
+            tracing::warn!("ofi: dropped a message: {why} ({n} dropped since the start)");
         }
     }
 
