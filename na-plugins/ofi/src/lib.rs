@@ -37,6 +37,7 @@ mod addr;
 #[cfg(test)]
 mod answers_tests;
 mod config;
+mod ctx;
 #[cfg(test)]
 mod events_tests;
 mod fabric;
