@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -179,11 +179,9 @@ pub struct OfiPlugin {
     pub(crate) backlogged: std::sync::atomic::AtomicBool,
     /// A thread is posting the backlog.
     pub(crate) draining: std::sync::atomic::AtomicBool,
-    /// Without a wait object: how long the next idle poll sleeps (ns); short after
-    /// activity, growing while nothing comes (`poll::Poll`).
-    pub(crate) poll_backoff: AtomicU64,
-    /// Polls at the idle interval or more since the last activity (`poll::Poll`).
-    pub(crate) poll_idle: AtomicU32,
+    /// Without a wait object: where the poll policy stands (`poll::Poll`, packed: how
+    /// long the next idle poll sleeps, and the idle polls since the last activity).
+    pub(crate) poll: AtomicU64,
     /// `OfiStats::queue_polls`.
     pub(crate) queue_polls: AtomicU64,
     /// `OfiStats::dropped`, and when a drop was last logged at `warn`.
@@ -363,8 +361,7 @@ impl OfiPlugin {
             queued: std::sync::atomic::AtomicBool::new(false),
             backlogged: std::sync::atomic::AtomicBool::new(false),
             draining: std::sync::atomic::AtomicBool::new(false),
-            poll_backoff: AtomicU64::new(0),
-            poll_idle: AtomicU32::new(0),
+            poll: AtomicU64::new(0),
             queue_polls: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             drop_warned: Mutex::new(None),

@@ -34,6 +34,21 @@ pub(crate) struct Poll {
 }
 
 impl Poll {
+    /// One word, for an atomic: the interval (at most [`DEEP_MAX`], 10^9 ns, fits 32
+    /// bits) low, the idle polls high.
+    pub(crate) fn pack(self) -> u64 {
+        let ns = self.next_ns.min(DEEP_MAX.as_nanos() as u64);
+        u64::from(self.idle_polls) << 32 | ns
+    }
+
+    /// The state [`Poll::pack`] made.
+    pub(crate) fn unpack(w: u64) -> Poll {
+        Poll {
+            next_ns: w & u64::from(u32::MAX),
+            idle_polls: (w >> 32) as u32,
+        }
+    }
+
     /// The state right after activity.
     pub(crate) fn active() -> Poll {
         Poll {
@@ -138,6 +153,22 @@ mod tests {
         // And when it is over, the idle count starts again from zero.
         let (s, _) = idle(p, 3);
         assert!(s.iter().all(|d| *d <= IDLE_POLL), "{s:?}");
+    }
+
+    #[test]
+    fn states_pack_into_one_word_and_back() {
+        let (_, deep) = idle(Poll::active(), 700);
+        for p in [
+            Poll::active(),
+            deep,
+            Poll {
+                next_ns: 1_000_000_000,
+                idle_polls: u32::MAX,
+            },
+        ] {
+            assert_eq!(Poll::unpack(p.pack()), p);
+        }
+        assert_eq!(Poll::unpack(0), Poll::default());
     }
 
     #[test]

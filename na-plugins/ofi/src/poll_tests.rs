@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use na::Plugin;
 
-use crate::poll::{DEEP_AFTER, IDLE_POLL};
+use crate::poll::{DEEP_AFTER, IDLE_POLL, Poll};
 use crate::{OfiConfig, OfiPlugin};
 
 fn shm(idle_poll_max: Duration) -> Arc<OfiPlugin> {
@@ -28,7 +28,7 @@ fn idle_until(p: &OfiPlugin, polls: u64) -> Duration {
     while p.stats().queue_polls < polls {
         p.progress(Some(Duration::from_millis(20))).unwrap();
     }
-    Duration::from_nanos(p.poll_backoff.load(Relaxed))
+    Duration::from_nanos(Poll::unpack(p.poll.load(Relaxed)).next_ns)
 }
 
 #[test]

@@ -390,28 +390,27 @@ impl OfiPlugin {
     /// Marks activity: the next idle polls (without a wait object) come soon after.
     pub(crate) fn active(&self) {
         if self.wait_fd.is_none() {
-            self.store_poll(Poll::active());
+            self.poll.store(Poll::active().pack(), Relaxed);
         }
-    }
-
-    fn store_poll(&self, p: Poll) {
-        self.poll_backoff.store(p.next_ns, Relaxed);
-        self.poll_idle.store(p.idle_polls, Relaxed);
     }
 
     /// How long an idle poll sleeps now ([`Poll::step`]: a few µs after activity, 200 µs
     /// at most while the queue stays idle, then up to `OfiConfig::idle_poll_max`; 10 µs
-    /// at most while operations are in flight). (Callers racing here only make the
-    /// interval approximate.)
+    /// at most while operations are in flight). The step is taken on the state it read
+    /// or not at all: activity marked meanwhile is never overwritten.
     fn backoff(&self) -> Duration {
         let busy = !lock(&self.state).ops.is_empty();
-        let now = Poll {
-            next_ns: self.poll_backoff.load(Relaxed),
-            idle_polls: self.poll_idle.load(Relaxed),
-        };
-        let (sleep, next) = now.step(busy, self.cfg.idle_poll_max);
-        self.store_poll(next);
-        sleep
+        let mut now = self.poll.load(Relaxed);
+        loop {
+            let (sleep, next) = Poll::unpack(now).step(busy, self.cfg.idle_poll_max);
+            match self
+                .poll
+                .compare_exchange_weak(now, next.pack(), Relaxed, Relaxed)
+            {
+                Ok(_) => return sleep,
+                Err(seen) => now = seen,
+            }
+        }
     }
 
     /// The body of `Plugin::progress`.
