@@ -8,7 +8,8 @@
 //! ring per direction, checked when mapped from a peer; [`link`] sets connections up over
 //! abstract UNIX sockets (the memfd and eventfds passed with `SCM_RIGHTS`, the peer's
 //! identity from the kernel); [`cma`] is single-copy RMA (`process_vm_readv`/`writev`)
-//! between processes of one uid, checked by the owner of the memory.
+//! between processes of one uid, checked by the owner of the memory; [`lease`] keeps a
+//! requester's direct write out of memory its owner has let go (loom-checked).
 //!
 //! ```
 //! use na_sm::ring::{HeapRing, Ring};
@@ -22,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod cma;
+pub mod lease;
 pub mod link;
 mod plugin;
 pub mod ring;

@@ -85,6 +85,22 @@ impl Link {
         self.seg.announce(dir, arena);
     }
 
+    /// This side's write lease ([`crate::shm::Segment::lease`]).
+    pub fn lease(&self) -> &std::sync::atomic::AtomicU64 {
+        self.seg.lease(match self.side {
+            Side::Creator => Dir::ToAcceptor,
+            Side::Acceptor => Dir::ToCreator,
+        })
+    }
+
+    /// The peer's write lease word: the key of our region it declares it is writing, or 0.
+    pub fn peer_lease_word(&self) -> &std::sync::atomic::AtomicU64 {
+        self.seg.lease(match self.side {
+            Side::Creator => Dir::ToCreator,
+            Side::Acceptor => Dir::ToAcceptor,
+        })
+    }
+
     /// What the peer announced for direct reads, if it did.
     pub fn peer_arena(&self) -> Option<na_stream::direct::Announced> {
         self.seg.announced(match self.side {

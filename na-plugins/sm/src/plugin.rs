@@ -13,6 +13,7 @@ use na::{Address, Identity, NaError, NaResult};
 use na_stream::{Connector, CopyDir, RawPiece, StreamConfig, StreamPlugin, Wire, direct};
 
 use crate::cma;
+use crate::lease;
 use crate::link::{self, Link, Listener};
 use crate::ring::{Ring, RingError};
 
@@ -186,6 +187,8 @@ struct SmWire {
     hup: AtomicBool,
     /// RMA by single copy with this peer.
     single_copy: bool,
+    /// The peer process, for its write lease: ended once this is readable.
+    pidfd: Option<std::os::fd::OwnedFd>,
 }
 
 fn corrupt(e: RingError) -> io::Error {
@@ -199,6 +202,7 @@ impl SmWire {
             link.announce(direct::Arena::get().announced());
         }
         SmWire {
+            pidfd: single_copy.then(|| lease::pidfd(link.peer_pid)).flatten(),
             link,
             hup: AtomicBool::new(false),
             single_copy,
@@ -308,6 +312,21 @@ impl Wire for SmWire {
     ) -> io::Result<usize> {
         // SAFETY: forwarded contract of Wire::peer_copy.
         unsafe { cma::copy(self.link.peer_pid, dir, local, remote) }
+    }
+
+    fn lease(&self, key: u64) -> bool {
+        self.single_copy && lease::take(self.link.lease(), self.link.sock.as_raw_fd(), key)
+    }
+
+    fn end_lease(&self) {
+        lease::end(self.link.lease());
+    }
+
+    fn peer_lease(&self) -> u64 {
+        match self.single_copy {
+            true => lease::peer(self.link.peer_lease_word(), self.pidfd.as_ref()),
+            false => 0,
+        }
     }
 
     fn has_input(&self) -> bool {

@@ -6,9 +6,11 @@
 //! offset 0      magic:u64 version:u32 capacity:u32
 //! 16            creator's announcement for direct reads: arena address, length, salt (u64s)
 //! 40            acceptor's announcement, as above (each side writes its own, reads the other's)
-//! 64            ring 0 header (256 bytes)   creator → acceptor
-//! 320           ring 1 header (256 bytes)   acceptor → creator
-//! 576           ring 0 data (capacity bytes), then ring 1 data (capacity bytes)
+//! 64            creator's write lease: key of the acceptor's region it is writing, or 0
+//! 72            acceptor's write lease, as above (`na_stream::direct`; 80..128 unused)
+//! 128           ring 0 header (256 bytes)   creator → acceptor
+//! 384           ring 1 header (256 bytes)   acceptor → creator
+//! 640           ring 0 data (capacity bytes), then ring 1 data (capacity bytes)
 //! ```
 
 use std::io;
@@ -20,8 +22,8 @@ use na_stream::direct::Announced;
 use crate::ring::{Ring, RingHeader};
 
 const MAGIC: u64 = 0x5153_534d_5249_4e47; // "QSSMRING"
-const VERSION: u32 = 1;
-const META: usize = 64;
+const VERSION: u32 = 2;
+const META: usize = 128;
 const RING_HDR: usize = 256;
 const DATA: usize = META + 2 * RING_HDR;
 /// The seals a peer's segment must carry: its size cannot change under our mapping.
@@ -162,9 +164,9 @@ impl Segment {
 
     /// A side's slot in the header for what it announces for direct reads (see
     /// `na_stream::direct`): (arena address, arena length, salt) words at bytes 16
-    /// (creator) and 40 (acceptor) of the 64-byte header.
+    /// (creator) and 40 (acceptor) of the 128-byte header.
     fn announce_slot(&self, dir: Dir) -> &[AtomicU64; 3] {
-        // SAFETY: bytes 16..64 lie in the 64-byte header of a page-aligned mapping
+        // SAFETY: bytes 16..64 lie in the 128-byte header of a page-aligned mapping
         // (8-byte aligned); they hold only atomics, valid for any bit pattern the peer
         // may write.
         unsafe {
@@ -173,6 +175,14 @@ impl Segment {
                 .add(16 + 24 * dir as usize)
                 .cast::<[AtomicU64; 3]>()
         }
+    }
+
+    /// The write lease of the side writing `dir` (see `na_stream::direct`): the key of
+    /// the other side's region it is writing directly, or 0.
+    pub fn lease(&self, dir: Dir) -> &AtomicU64 {
+        // SAFETY: bytes 64..80 lie in the 128-byte header of a page-aligned mapping
+        // (8-byte aligned); an atomic is valid for any bit pattern the peer may write.
+        unsafe { &*self.ptr.add(64 + 8 * dir as usize).cast::<AtomicU64>() }
     }
 
     /// Announces this side's arena and salt (`dir`: the side's outgoing direction).

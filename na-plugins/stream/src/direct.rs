@@ -1,14 +1,24 @@
-//! Reads by the requester (Mercury's sm get), used for the tail of large reads
-//! (`crate::tail`): where the wire copies between processes ([`crate::Wire::single_copy`]:
-//! sm between processes of one uid), a readable one-segment region's descriptor carries
-//! the owner's pid, the region's address and the address of its *entry* in the owner's
-//! [`Arena`], and a requester connected to that pid copies bytes itself with one
-//! `process_vm_readv`: no request, no answer, no work for the owner.
+//! Copies by the requester (Mercury's sm get and put), used for the tail of large
+//! transfers (`crate::tail`): where the wire copies between processes
+//! ([`crate::Wire::single_copy`]: sm between processes of one uid), a one-segment region's
+//! descriptor carries the owner's pid, the region's address and the address of its
+//! *entry* in the owner's [`Arena`], and a requester connected to that pid copies bytes
+//! itself with one `process_vm_readv` or `process_vm_writev`: no request, no answer, no
+//! work for the owner.
 //!
-//! Why the requester may read: between processes of one uid, with ptrace allowed (the
-//! single-copy probe), the kernel would let it read any of the owner's memory anyway. It
-//! never writes the owner (writes keep the owner's checked copy: a write into memory the
-//! owner has freed could not be taken back).
+//! Why the requester may copy: between processes of one uid, with ptrace allowed (the
+//! single-copy probe), the kernel would let it read and write any of the owner's memory
+//! anyway. What it may do to a region is what the owner let peers do (the entry's access
+//! word, [`READ`] and [`WRITE`]).
+//!
+//! Why a write never lands in memory the owner has let go (a write, unlike a read, could
+//! not be taken back): the requester declares the region's key in its *write lease* word,
+//! a word of the link's shared memory only it writes, before it reads the entry, and
+//! clears it after the write; the owner, deregistering, clears the entry's key and then
+//! waits until no peer of its uid declares the key (`StreamPlugin::deregister`). Both
+//! steps are sequentially consistent stores followed by loads, so one side sees the
+//! other: either the requester reads a cleared entry and writes nothing, or the owner sees
+//! the lease and waits for the write to end (model-checked: `na_sm::lease`).
 //!
 //! Why it reads only what the owner exposed, whoever wrote the descriptor (a third party
 //! may hand us a forged one, to make us read an owner of our uid for it): the entry must
@@ -44,10 +54,10 @@ const MAGIC: u8 = b'D';
 /// as a masked 64-bit word.
 const LEN: usize = 1 + 4 * 8;
 
-/// Reads shorter than this are not shared, and regions shorter carry no extras (each
+/// Transfers shorter than this are not shared, and regions shorter carry no extras (each
 /// costs the owner a MAC): a copy call costs about a microsecond, and the owner alone
-/// keeps up with small reads (each read copied whole by the requester measured slower
-/// from 4 KiB to 64 KiB, `qs-bw -t sm`: the owner idled).
+/// keeps up with small transfers (each read copied whole by the requester measured
+/// slower from 4 KiB to 64 KiB, `qs-bw -t sm`: the owner idled).
 pub const SHARE_MIN: u64 = 256 << 10;
 
 /// Whether reads by the requester are sound on this target (see the module docs: the
@@ -123,9 +133,10 @@ impl Direct {
             .is_some_and(|off| off % ENTRY as u64 == 0 && off + ENTRY as u64 <= len)
     }
 
-    /// Whether the entry, as read (key, address, length), is region `key`'s, live.
-    pub fn confirms(&self, key: u64, read: &[u64; 3]) -> bool {
-        key != 0 && *read == [key, self.addr, self.len]
+    /// Whether the entry, as read (key, address, length, access), is region `key`'s,
+    /// live, and lets peers do `want` ([`READ`] or [`WRITE`]).
+    pub fn confirms(&self, key: u64, read: &[u64; 4], want: u64) -> bool {
+        key != 0 && read[..3] == [key, self.addr, self.len] && read[3] & want == want
     }
 }
 
@@ -138,12 +149,16 @@ pub struct Announced {
     pub salt: u64,
 }
 
-/// Bytes of one entry: key, address, length, and room.
+/// Bytes of one entry: key, address, length, and what peers may do ([`READ`], [`WRITE`]).
 pub const ENTRY: usize = 32;
+/// An entry's access bit: peers may read the region.
+pub const READ: u64 = 1;
+/// An entry's access bit: peers may write the region.
+pub const WRITE: u64 = 2;
 /// Entries in the arena: live readable registrations past it get no direct reads.
 const ENTRIES: usize = 16 * 1024;
 
-/// This process's entries of registrations that peers may read directly: one fixed
+/// This process's entries of registrations that peers may copy directly: one fixed
 /// allocation, never freed (a requester may read an entry at any time after its region
 /// is gone), whose bounds each link announces to its peer. An entry holds its region's
 /// key while the region is registered and 0 otherwise.
@@ -210,9 +225,10 @@ impl Arena {
         &self.words[w..w + 4]
     }
 
-    /// An entry for live region `key` at `addr` of `len` bytes, or `None` if all are in
-    /// use. Returns the entry's number and address.
-    pub fn take(&self, key: u64, addr: u64, len: u64) -> Option<(u32, u64)> {
+    /// An entry for live region `key` at `addr` of `len` bytes that peers may `access`
+    /// ([`READ`], [`WRITE`] or both), or `None` if all are in use. Returns the entry's
+    /// number and address.
+    pub fn take(&self, key: u64, addr: u64, len: u64, access: u64) -> Option<(u32, u64)> {
         let i = {
             let mut f = self.free.lock().unwrap_or_else(|e| e.into_inner());
             match f.0.pop() {
@@ -225,14 +241,17 @@ impl Arena {
             }
         };
         let e = self.entry(i);
-        // The key last: a requester that reads it sees the address and length with it.
+        // The key last: a requester that reads it sees the rest with it.
         e[1].store(addr, Ordering::Relaxed);
         e[2].store(len, Ordering::Relaxed);
+        e[3].store(access, Ordering::Relaxed);
         e[0].store(key, Ordering::Release);
         Some((i, e.as_ptr() as u64))
     }
 
-    /// Ends entry `i`'s region: from now on no requester keeps what it read.
+    /// Ends entry `i`'s region: from now on no requester keeps what it read, nor starts a
+    /// write (one that declared its lease before may still be writing: see the module
+    /// docs).
     pub fn revoke(&self, i: u32) {
         self.entry(i)[0].store(0, Ordering::SeqCst);
     }
@@ -321,18 +340,30 @@ mod tests {
     #[test]
     fn an_entry_confirms_only_its_own_live_region() {
         let d = sample();
-        assert!(d.confirms(5, &[5, 0x9000, 7]));
-        assert!(!d.confirms(5, &[0, 0x9000, 7]), "ended");
-        assert!(!d.confirms(5, &[6, 0x9000, 7]), "reused");
-        assert!(!d.confirms(5, &[5, 0x9008, 7]), "another region");
-        assert!(!d.confirms(5, &[5, 0x9000, 8]), "another length");
-        assert!(!d.confirms(0, &[0, 0x9000, 7]), "an unused entry");
+        assert!(d.confirms(5, &[5, 0x9000, 7, READ], READ));
+        assert!(d.confirms(5, &[5, 0x9000, 7, READ | WRITE], WRITE));
+        assert!(!d.confirms(5, &[5, 0x9000, 7, READ], WRITE), "read-only");
+        assert!(!d.confirms(5, &[5, 0x9000, 7, WRITE], READ), "write-only");
+        assert!(!d.confirms(5, &[0, 0x9000, 7, READ], READ), "ended");
+        assert!(!d.confirms(5, &[6, 0x9000, 7, READ], READ), "reused");
+        assert!(
+            !d.confirms(5, &[5, 0x9008, 7, READ], READ),
+            "another region"
+        );
+        assert!(
+            !d.confirms(5, &[5, 0x9000, 8, READ], READ),
+            "another length"
+        );
+        assert!(
+            !d.confirms(0, &[0, 0x9000, 7, READ], READ),
+            "an unused entry"
+        );
     }
 
     #[test]
     fn entries_hold_their_key_until_revoked_and_are_reused_with_another() {
         let a = Arena::get();
-        let (i, at) = a.take(11, 0x1000, 64).unwrap();
+        let (i, at) = a.take(11, 0x1000, 64, READ).unwrap();
         let (base, len) = a.announced().arena;
         let d = Direct {
             pid: 1,
@@ -344,15 +375,16 @@ mod tests {
         let read = |at: u64| {
             // SAFETY: `at` is an entry of the arena, which is never freed.
             let e = unsafe { std::slice::from_raw_parts(at as *const AtomicU64, 4) };
-            [0, 1, 2].map(|k| e[k].load(Ordering::Acquire))
+            [0, 1, 2, 3].map(|k| e[k].load(Ordering::Acquire))
         };
-        assert!(d.confirms(11, &read(at)));
+        assert!(d.confirms(11, &read(at), READ));
+        assert!(!d.confirms(11, &read(at), WRITE), "read-only region");
         a.give(i);
-        assert!(!d.confirms(11, &read(at)));
+        assert!(!d.confirms(11, &read(at), READ));
         let again: Vec<_> = (0..4)
-            .map(|k| a.take(20 + k, 0x1000, 64).unwrap())
+            .map(|k| a.take(20 + k, 0x1000, 64, READ | WRITE).unwrap())
             .collect();
-        assert!(again.iter().all(|&(_, e)| !d.confirms(11, &read(e))));
+        assert!(again.iter().all(|&(_, e)| !d.confirms(11, &read(e), READ)));
         again.into_iter().for_each(|(i, _)| a.give(i));
     }
 

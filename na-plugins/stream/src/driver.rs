@@ -318,6 +318,7 @@ impl StreamPlugin {
             let _ = self.registry.deregister(&mut SourceFd(&fd));
         }
         conn.wire.shutdown();
+        self.linger_if_written(&conn);
         lock(&self.by_addr).retain(|_, p| *p != peer);
         let mut evs = lock(&self.ops).fail_peer(peer, &err);
         evs.push(Event::PeerLost { peer, error: err });

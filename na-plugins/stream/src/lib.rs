@@ -407,11 +407,9 @@ impl StreamPlugin {
         }
         let conn = self.conn(peer)?;
         let copy = conn.wire.single_copy() && len >= COPY_MIN;
-        // A large read by single copy is shared: the owner copies the head while we copy
-        // the tail ourselves (`tail.rs`).
-        let shared = (is_get && copy)
-            .then(|| self.shared_tail(&conn, remote, len))
-            .flatten();
+        // A large transfer by single copy is shared: the owner copies the head while we
+        // copy the tail ourselves (`tail.rs`).
+        let shared = copy.then(|| self.shared_tail(&conn, remote, len)).flatten();
         let tail = shared.as_ref().map_or(0, |s| s.1);
         let rma = Rma {
             is_get,
@@ -444,7 +442,9 @@ impl StreamPlugin {
         if let Some((d, tail)) = shared {
             let at = len - tail;
             let ours = (local_off + at, remote_off + at, tail);
-            self.queue_tail(tail::Tail::new(conn, op, d, remote.key, local, ours));
+            self.queue_tail(tail::Tail::new(
+                conn, op, is_get, d, remote.key, local, ours,
+            ));
         }
         Ok(op)
     }
@@ -628,11 +628,15 @@ impl Plugin for StreamPlugin {
     fn deregister(&self, handle: &MemHandle) -> NaResult<()> {
         // Refuse new accesses, copy what queued frames still need, then forget the region:
         // after this returns, nothing reads or writes its memory.
-        self.mem.revoke(handle.id)?;
+        let written = self.mem.revoke(handle.id)?;
         let conns: Vec<Arc<Conn>> = lock(&self.conns).values().cloned().collect();
-        for c in conns {
+        for c in &conns {
             let f = c.materialize(handle.id, &self.mem);
-            self.after_flush(&c, f);
+            self.after_flush(c, f);
+        }
+        // Peers may have been writing it directly: their writes end before it goes.
+        if written {
+            self.await_leases(handle.id, &conns);
         }
         self.mem.remove(handle.id);
         Ok(())

@@ -84,10 +84,12 @@ impl MemTable {
                 break k;
             }
         };
+        let peers = (u64::from(access.remote_read()) * direct::READ)
+            | (u64::from(access.remote_write()) * direct::WRITE);
         let (entry, extra) = match segs {
-            [s] if self.direct && access.remote_read() && len >= direct::SHARE_MIN => {
+            [s] if self.direct && peers != 0 && len >= direct::SHARE_MIN => {
                 let (arena, addr) = (direct::Arena::get(), s.ptr() as u64);
-                match arena.take(key, addr, len) {
+                match arena.take(key, addr, len, peers) {
                     Some((i, at)) => (Some(i), arena.extras(key, at, addr, len)),
                     None => (None, Vec::new()),
                 }
@@ -116,8 +118,10 @@ impl MemTable {
     }
 
     /// First step of deregistration: every new access to the region is refused, while
-    /// frames already queued can still read it (until they are materialized).
-    pub fn revoke(&self, id: u64) -> NaResult<()> {
+    /// frames already queued can still read it (until they are materialized). True if
+    /// peers may have started writing it directly before (`crate::direct`: the caller
+    /// waits for their leases before the memory goes).
+    pub fn revoke(&self, id: u64) -> NaResult<bool> {
         let mut map = self.regions.write().unwrap_or_else(|e| e.into_inner());
         match map.get_mut(&id) {
             Some(r) if !r.revoked => {
@@ -125,7 +129,7 @@ impl MemTable {
                 if let Some(i) = r.entry {
                     direct::Arena::get().revoke(i);
                 }
-                Ok(())
+                Ok(r.entry.is_some() && r.access.remote_write())
             }
             _ => Err(NaError::InvalidArgument(
                 "memory handle is not registered".into(),

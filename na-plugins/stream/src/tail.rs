@@ -1,19 +1,21 @@
-//! Large reads by single copy, shared between the two processes: the owner copies the
-//! head of the range into our memory, as for any single-copy read, while our next
-//! progress call copies the tail out of the owner's memory itself ([`crate::direct`]:
-//! only what the owner exposed, checked against its entry). Two cores copy instead of one: the owner's
-//! progress thread alone copied at one core's speed while the other core idled
-//! (`perf record -a` of `qs-bw -t sm -y 1048576`).
+//! Large transfers by single copy, shared between the two processes: the owner copies
+//! the head of the range, as for any single-copy transfer, while our next progress call
+//! copies the tail itself, out of or into the owner's memory ([`crate::direct`]: only
+//! what the owner exposed, checked against its entry). Two cores copy instead of one: the
+//! owner's progress thread alone copied at one core's speed while the other core idled
+//! (`perf record -a` of `qs-bw -t sm -y 1048576`, reads and writes alike).
 //!
-//! Only reads: a write into the owner's memory could not be taken back if the owner had
-//! let the region go meanwhile. A tail that cannot be copied here (another pid, an entry
-//! that does not confirm, a short copy) is requested from the owner after all; nothing
-//! is read before the entry confirms (a region let go during the copy leaves the tail's
-//! bytes unspecified, as a failed read's are, and the owner's answer fails the read).
+//! A tail that cannot be copied here (another pid, an entry that does not confirm, a
+//! short copy) is requested from the owner after all. A read takes nothing before the
+//! entry confirms (a region let go during the copy leaves the tail's bytes unspecified,
+//! as a failed read's are, and the owner's answer fails the read); a write writes nothing
+//! unless the entry confirmed under this side's write lease, which the owner's
+//! deregistration waits out.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use na::{MemHandle, OpId, RemoteMem};
 
@@ -26,10 +28,11 @@ use crate::{StreamPlugin, lock};
 /// owner's copies are served: completions and messages get their turn).
 const TAIL_BUDGET: u64 = 2 << 20;
 
-/// A tail to copy: the read, the owner's region, and where the bytes go.
+/// A tail to copy: the transfer, the owner's region, and where the bytes go.
 pub(crate) struct Tail {
     conn: Arc<Conn>,
     op: OpId,
+    is_get: bool,
     d: Direct,
     key: u64,
     local: MemHandle,
@@ -37,11 +40,13 @@ pub(crate) struct Tail {
 }
 
 impl Tail {
-    /// The tail of read `op` over `conn` of region `d` (key `key`) into `local`, at
-    /// `(local offset, remote offset, length)`.
+    /// The tail of read (`is_get`) or write `op` over `conn` of region `d` (key `key`)
+    /// and `local`, at `(local offset, remote offset, length)`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         conn: Arc<Conn>,
         op: OpId,
+        is_get: bool,
         d: Direct,
         key: u64,
         local: &MemHandle,
@@ -50,6 +55,7 @@ impl Tail {
         Tail {
             conn,
             op,
+            is_get,
             d,
             key,
             local: local.clone(),
@@ -66,6 +72,12 @@ pub(crate) struct Tails {
     queue: Mutex<VecDeque<Tail>>,
     /// The queue's length, read without its lock by every progress call.
     len: AtomicUsize,
+    /// Connections closed while their peer declared a write into our memory: kept (their
+    /// shared header mapped) until the write ends, for deregistrations to wait on.
+    lingering: Mutex<Vec<Arc<Conn>>>,
+    /// Held through each direct write: a link has one lease word per side, so two
+    /// threads' tails must not declare on it at once (one's end would clear the other's).
+    writing: Mutex<()>,
 }
 
 impl StreamPlugin {
@@ -76,6 +88,48 @@ impl StreamPlugin {
         self.tails.len.store(q.len(), Ordering::Release);
         drop(q);
         let _ = self.waker.wake();
+    }
+
+    /// Keeps closed connection `conn` for deregistrations to wait on if its peer declares
+    /// a write into our memory (shut down first: a requester declares before it looks
+    /// whether we hung up, so a write it starts after this look is refused there).
+    pub(crate) fn linger_if_written(&self, conn: &Arc<Conn>) {
+        if conn.wire.peer_lease() != 0 {
+            lock(&self.tails.lingering).push(conn.clone());
+        }
+    }
+
+    /// Waits until no peer declares a write into our region `key` (revoked: no new write
+    /// starts), over `conns` and those closed under a write. Bounded by a write's length
+    /// for live peers; a peer that ended counts as done.
+    pub(crate) fn await_leases(&self, key: u64, conns: &[Arc<Conn>]) {
+        let start = Instant::now();
+        let mut warned = 0;
+        loop {
+            let writing: Vec<u64> = {
+                let mut lingering = lock(&self.tails.lingering);
+                lingering.retain(|c| c.wire.peer_lease() != 0);
+                conns
+                    .iter()
+                    .chain(lingering.iter())
+                    .filter(|c| c.wire.peer_lease() == key)
+                    .map(|c| c.peer.0)
+                    .collect()
+            };
+            if writing.is_empty() {
+                return;
+            }
+            let waited = start.elapsed().as_secs();
+            if waited > warned {
+                warned = waited;
+                tracing::warn!(
+                    ?writing,
+                    waited_s = waited,
+                    "deregistration waits for peers writing the region (stopped processes?)"
+                );
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
     }
 
     /// Copies queued tails, up to [`TAIL_BUDGET`] bytes; true if some are left.
@@ -93,13 +147,13 @@ impl StreamPlugin {
             };
             let Some(t) = t else { break };
             done += t.at.2;
-            self.copy_tail(&t.conn, t.op, &t.d, t.key, &t.local, t.at);
+            self.copy_tail(&t);
         }
         false
     }
 
-    /// The owner's region and the length of the tail to copy here, if a read of `len`
-    /// bytes of `remote` over `conn` is shared.
+    /// The owner's region and the length of the tail to copy here, if a transfer of
+    /// `len` bytes of `remote` over `conn` is shared.
     pub(crate) fn shared_tail(
         &self,
         conn: &Conn,
@@ -114,18 +168,14 @@ impl StreamPlugin {
         (d.pid == pid && d.entry_in(a.arena)).then_some((d, (len / 2) & !4095))
     }
 
-    /// Copies the tail of read `op` (`(local offset, remote offset, length)`), then
-    /// counts it done, or gives it back to the owner's chunks if it could not be copied.
-    pub(crate) fn copy_tail(
-        &self,
-        conn: &Conn,
-        op: OpId,
-        d: &Direct,
-        key: u64,
-        local: &MemHandle,
-        (local_off, remote_off, len): (u64, u64, u64),
-    ) {
-        let copied = self.direct_copy(conn, d, key, local, local_off, remote_off, len);
+    /// Copies tail `t`, then counts it done, or gives it back to the owner's chunks if it
+    /// could not be copied.
+    fn copy_tail(&self, t: &Tail) {
+        let (conn, op, len) = (&t.conn, t.op, t.at.2);
+        let copied = match t.is_get {
+            true => self.direct_read(t),
+            false => self.direct_write(t),
+        };
         let (frames, mut evs) = {
             let mut ops = lock(&self.ops);
             if copied {
@@ -146,42 +196,66 @@ impl StreamPlugin {
         self.send_frames(conn, frames);
     }
 
-    /// Copies `len` bytes at `remote_off` of the owner's region `d` (key `key`) into our
-    /// registration `local` at `local_off`: true if they are in place and were the
-    /// region's throughout.
-    #[allow(clippy::too_many_arguments)]
-    fn direct_copy(
-        &self,
-        conn: &Conn,
-        d: &Direct,
-        key: u64,
-        local: &MemHandle,
-        local_off: u64,
-        remote_off: u64,
-        len: u64,
-    ) -> bool {
-        // The entry first (the region's key, address and length), or nothing is read.
-        let mut entry = [0u64; 3];
+    /// Whether the owner's entry for tail `t` holds its region, live, letting peers do
+    /// `want`.
+    fn entry_confirms(t: &Tail, want: u64) -> bool {
+        let mut entry = [0u64; 4];
         let e = entry.as_mut_ptr().cast::<u8>();
-        // SAFETY: `entry` is ours, 24 bytes, not otherwise borrowed during the call.
+        // SAFETY: `entry` is ours, 32 bytes, not otherwise borrowed during the call.
         let got = unsafe {
-            conn.wire
-                .peer_copy(CopyDir::FromPeer, &[(e, 24)], &[(d.entry, 24)])
+            t.conn
+                .wire
+                .peer_copy(CopyDir::FromPeer, &[(e, 32)], &[(t.d.entry, 32)])
         };
-        if !matches!(got, Ok(24)) || !d.confirms(key, &entry) {
+        matches!(got, Ok(32)) && t.d.confirms(t.key, &entry, want)
+    }
+
+    /// Copies tail `t` of a read out of the owner's region into our registration: true
+    /// if the bytes are in place and were the region's throughout.
+    fn direct_read(&self, t: &Tail) -> bool {
+        let (local_off, remote_off, len) = t.at;
+        // The entry first, or nothing is read.
+        if !Self::entry_confirms(t, direct::READ) {
             return false;
         }
-        let Some((_held, mut pieces)) = self.mem.landing(local.id, local_off, len as usize, false)
+        let Some((_held, mut pieces)) =
+            self.mem.landing(t.local.id, local_off, len as usize, false)
         else {
             return false;
         };
         // Then the data, and after it (same call, in order) the key again.
         let mut again = 0u64;
         pieces.push(((&raw mut again).cast::<u8>(), 8));
-        let remote = [(d.addr + remote_off, len), (d.entry, 8)];
+        let remote = [(t.d.addr + remote_off, len), (t.d.entry, 8)];
         // SAFETY: the local pieces are a live registration's, kept registered by `_held`
         // (deregistration takes the write lock), and `again`, which nothing else borrows.
-        let copied = unsafe { conn.wire.peer_copy(CopyDir::FromPeer, &pieces, &remote) };
-        matches!(copied, Ok(n) if n as u64 == len + 8) && again == key
+        let copied = unsafe { t.conn.wire.peer_copy(CopyDir::FromPeer, &pieces, &remote) };
+        matches!(copied, Ok(n) if n as u64 == len + 8) && again == t.key
+    }
+
+    /// Copies tail `t` of a write from our registration into the owner's region: true if
+    /// the bytes are in place. Under this side's write lease: the owner does not let the
+    /// region go while it is declared (`crate::direct`).
+    fn direct_write(&self, t: &Tail) -> bool {
+        let (local_off, remote_off, len) = t.at;
+        let Some((_held, pieces)) = self.mem.landing(t.local.id, local_off, len as usize, false)
+        else {
+            return false;
+        };
+        // The lease, then the entry: if the entry still holds the key, its owner will see
+        // the lease before the memory goes.
+        let _one = lock(&self.tails.writing);
+        if !t.conn.wire.lease(t.key) {
+            return false;
+        }
+        let copied = Self::entry_confirms(t, direct::WRITE) && {
+            let remote = [(t.d.addr + remote_off, len)];
+            // SAFETY: the local pieces are a live registration's, kept registered by
+            // `_held`, and only read.
+            let n = unsafe { t.conn.wire.peer_copy(CopyDir::ToPeer, &pieces, &remote) };
+            matches!(n, Ok(n) if n as u64 == len)
+        };
+        t.conn.wire.end_lease();
+        copied
     }
 }

@@ -88,6 +88,24 @@ pub trait Wire: Send + Sync + 'static {
         None
     }
 
+    /// Declares this side's direct write into the peer's region `key` (its write lease,
+    /// [`crate::direct`]), until [`Wire::end_lease`]; false (declare nothing, write
+    /// nothing) where writes by the requester are not offered or the connection is
+    /// shutting down.
+    fn lease(&self, key: u64) -> bool {
+        let _ = key;
+        false
+    }
+
+    /// Ends this side's write lease.
+    fn end_lease(&self) {}
+
+    /// The key of our region the peer declares it is writing directly, or 0 (also once
+    /// the peer's end is gone: it writes nothing after).
+    fn peer_lease(&self) -> u64 {
+        0
+    }
+
     /// Before the event loop sleeps: declares it, so that the peer's next write wakes us.
     /// False when input already waits (do not sleep).
     fn prepare_sleep(&self) -> bool {

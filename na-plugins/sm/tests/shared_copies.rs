@@ -1,0 +1,333 @@
+//! Large transfers by single copy are shared: the owner copies the head, the requester
+//! the tail out of or into the owner's memory, and only what the owner exposed, while it
+//! is exposed (a write in flight holds the owner's deregistration until it ends).
+
+use std::time::{Duration, Instant};
+
+use na::{Access, Event, MemHandle, NaError, Plugin, RemoteMem, Segment};
+use na_sm::SmPlugin;
+use na_stream::StreamPlugin;
+use na_stream::direct::Direct;
+
+const LEN: usize = 1 << 20;
+
+/// Whether single copy is on (test-all also runs everything with `QS_SM_CMA=0`).
+fn single_copy() -> bool {
+    std::env::var("QS_SM_CMA").map_or(true, |v| v.trim() != "0")
+}
+
+fn plugin() -> StreamPlugin {
+    SmPlugin::new(&"sm://auto".parse().unwrap()).unwrap()
+}
+
+fn pattern(seed: u8) -> Vec<u8> {
+    (0..LEN).map(|i| (i * 7 + seed as usize) as u8).collect()
+}
+
+/// Connects `req` to `owner` and waits until the owner has accepted (and announced its
+/// arena of direct reads on the link).
+fn connect(req: &StreamPlugin, owner: &StreamPlugin) {
+    let peer = req.lookup(owner.self_addr()).unwrap();
+    req.send_unexpected(peer, 1, b"hello".to_vec()).unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < end, "never accepted");
+        req.progress(Some(Duration::ZERO)).unwrap();
+        while req.poll_event().is_some() {}
+        owner.progress(Some(Duration::from_millis(1))).unwrap();
+        if std::iter::from_fn(|| owner.poll_event()).any(|e| matches!(e, Event::Unexpected { .. }))
+        {
+            return;
+        }
+    }
+}
+
+fn register(p: &StreamPlugin, buf: &mut [u8], access: Access) -> MemHandle {
+    // SAFETY: every buffer outlives its registration in these tests (deregistered or
+    // leaked before the buffer goes).
+    unsafe { p.register(&[Segment::from_slice(buf)], access) }.unwrap()
+}
+
+/// `len` bytes between the start of `local` and the start of `remote`: read into
+/// `local` (`get`) or written from it; both plugins driven.
+fn transfer(
+    get: bool,
+    (req, owner): (&StreamPlugin, &StreamPlugin),
+    local: &MemHandle,
+    remote: &RemoteMem,
+    len: u64,
+) -> Result<(), NaError> {
+    let peer = req.lookup(owner.self_addr())?;
+    let op = match get {
+        true => req.get(peer, local, 0, remote, 0, len)?,
+        false => req.put(peer, local, 0, remote, 0, len)?,
+    };
+    finish(req, owner, op)
+}
+
+/// Drives both plugins until `op` of `req` is done.
+fn finish(req: &StreamPlugin, owner: &StreamPlugin, op: na::OpId) -> Result<(), NaError> {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        owner.progress(Some(Duration::ZERO))?;
+        while owner.poll_event().is_some() {}
+        req.progress(Some(Duration::ZERO))?;
+        while let Some(ev) = req.poll_event() {
+            if let Event::Done { op: o, result } = ev
+                && o == op
+            {
+                return result.map(drop);
+            }
+        }
+    }
+    panic!("the transfer never completed")
+}
+
+/// An owner exposing `buf` to peers for `access`, and a requester connected to it.
+fn exposing(buf: &mut [u8], access: Access) -> (StreamPlugin, StreamPlugin, MemHandle) {
+    let (owner, req) = (plugin(), plugin());
+    connect(&req, &owner);
+    let exposed = register(&owner, buf, access);
+    (owner, req, exposed)
+}
+
+#[test]
+fn a_large_read_is_copied_half_by_each_side_and_is_right() {
+    let mut src = pattern(1);
+    let (owner, req, exposed) = exposing(&mut src, Access::ReadOnly);
+    let mut dst = vec![0u8; LEN];
+    let local = register(&req, &mut dst, Access::ReadWrite);
+    transfer(true, (&req, &owner), &local, &exposed.remote, LEN as u64).unwrap();
+    req.deregister(&local).unwrap();
+    assert!(dst == src, "the bytes read");
+    let expected = if single_copy() { LEN as u64 / 2 } else { 0 };
+    assert_eq!(req.direct_bytes(), expected);
+    // Small reads are the owner's alone.
+    let mut small = vec![0u8; 64 << 10];
+    let local = register(&req, &mut small, Access::ReadWrite);
+    transfer(true, (&req, &owner), &local, &exposed.remote, 64 << 10).unwrap();
+    assert_eq!(small[..], src[..64 << 10]);
+    assert_eq!(req.direct_bytes(), expected, "no more copied here");
+    req.deregister(&local).unwrap();
+    owner.deregister(&exposed).unwrap();
+}
+
+#[test]
+fn a_forged_region_or_entry_is_not_read_here() {
+    let (owner, req) = (plugin(), plugin());
+    connect(&req, &owner);
+    let mut src = pattern(2);
+    let mut secret = vec![0x5au8; 2 * LEN];
+    let exposed = register(&owner, &mut src, Access::ReadOnly);
+    let salt = na_stream::direct::Arena::get().announced().salt;
+    let key = exposed.remote.key;
+    let Some(real) = Direct::decode(&exposed.remote.extra, key, LEN as u64, salt) else {
+        assert!(!single_copy(), "a readable region offers direct reads");
+        return owner.deregister(&exposed).unwrap();
+    };
+    // A third party's descriptors: the real key and entry with another address of the
+    // owner's; then an entry outside the arena the owner announced, made to confirm
+    // (the owner holds bytes a client chose: key, address, length, key).
+    let at = secret.as_ptr() as u64;
+    let fake = [
+        exposed.remote.key,
+        at + 4096,
+        LEN as u64,
+        exposed.remote.key,
+    ];
+    for (i, w) in fake.iter().enumerate() {
+        secret[i * 8..i * 8 + 8].copy_from_slice(&w.to_ne_bytes());
+    }
+    let forged = [
+        Direct {
+            addr: at,
+            ..real.clone()
+        },
+        Direct {
+            entry: at,
+            addr: at + 4096,
+            ..real.clone()
+        },
+    ];
+    for f in forged {
+        let remote = RemoteMem {
+            extra: f.encode(key, salt),
+            ..exposed.remote.clone()
+        };
+        let mut dst = vec![0u8; LEN];
+        let local = register(&req, &mut dst, Access::ReadWrite);
+        transfer(true, (&req, &owner), &local, &remote, LEN as u64).unwrap();
+        req.deregister(&local).unwrap();
+        assert!(
+            dst == src,
+            "the owner's bytes, by its checks, not the secret"
+        );
+        // With the key refused too, nothing at all lands: not a byte of the secret.
+        let refused = RemoteMem {
+            key: key ^ 1,
+            extra: f.encode(key ^ 1, salt),
+            ..remote.clone()
+        };
+        let mut dst = vec![0xeeu8; LEN];
+        let local = register(&req, &mut dst, Access::ReadWrite);
+        assert!(transfer(true, (&req, &owner), &local, &refused, LEN as u64).is_err());
+        req.deregister(&local).unwrap();
+        assert!(dst.iter().all(|b| *b == 0xee), "not a byte read");
+    }
+    assert_eq!(req.direct_bytes(), 0, "nothing copied here");
+    owner.deregister(&exposed).unwrap();
+    drop(secret);
+}
+
+#[test]
+fn a_region_let_go_is_not_read_here() {
+    let mut src = pattern(3);
+    let (owner, req, exposed) = exposing(&mut src, Access::ReadOnly);
+    owner.deregister(&exposed).unwrap();
+    // (The memory is still there: only the registration ended.)
+    let mut dst = vec![0xeeu8; LEN];
+    let local = register(&req, &mut dst, Access::ReadWrite);
+    let r = transfer(true, (&req, &owner), &local, &exposed.remote, LEN as u64);
+    req.deregister(&local).unwrap();
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(req.direct_bytes(), 0);
+    assert!(dst.iter().all(|b| *b == 0xee), "not a byte read");
+}
+
+/// Connected plugins for writes: the owner's region (`LEN` bytes of `fill`, which peers
+/// may `access`) and the requester's source (pattern `seed`), each registered.
+struct Writes {
+    owner: StreamPlugin,
+    req: StreamPlugin,
+    dst: Vec<u8>,
+    exposed: MemHandle,
+    src: Vec<u8>,
+    local: MemHandle,
+}
+
+fn writes(fill: u8, access: Access, seed: u8) -> Writes {
+    let mut dst = vec![fill; LEN];
+    let (owner, req, exposed) = exposing(&mut dst, access);
+    let mut src = pattern(seed);
+    let local = register(&req, &mut src, Access::ReadOnly);
+    Writes {
+        owner,
+        req,
+        dst,
+        exposed,
+        src,
+        local,
+    }
+}
+
+#[test]
+fn a_large_write_is_copied_half_by_each_side_and_is_right() {
+    let w = writes(0, Access::ReadWrite, 4);
+    transfer(
+        false,
+        (&w.req, &w.owner),
+        &w.local,
+        &w.exposed.remote,
+        LEN as u64,
+    )
+    .unwrap();
+    w.owner.deregister(&w.exposed).unwrap();
+    assert!(w.dst == w.src, "the bytes written");
+    let expected = if single_copy() { LEN as u64 / 2 } else { 0 };
+    assert_eq!(w.req.direct_bytes(), expected);
+    w.req.deregister(&w.local).unwrap();
+}
+
+#[test]
+fn a_region_peers_may_only_read_is_not_written() {
+    let w = writes(0xee, Access::ReadOnly, 5);
+    let r = transfer(
+        false,
+        (&w.req, &w.owner),
+        &w.local,
+        &w.exposed.remote,
+        LEN as u64,
+    );
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(w.req.direct_bytes(), 0, "nothing written here");
+    w.owner.deregister(&w.exposed).unwrap();
+    w.req.deregister(&w.local).unwrap();
+    assert!(w.dst.iter().all(|b| *b == 0xee), "not a byte written");
+}
+
+#[test]
+fn a_forged_entry_is_not_written_through() {
+    let w = writes(0, Access::ReadWrite, 6);
+    let (owner, req, exposed, local) = (&w.owner, &w.req, &w.exposed, &w.local);
+    let salt = na_stream::direct::Arena::get().announced().salt;
+    let key = exposed.remote.key;
+    let Some(real) = Direct::decode(&exposed.remote.extra, key, LEN as u64, salt) else {
+        assert!(!single_copy(), "a writable region offers direct writes");
+        return owner.deregister(exposed).unwrap();
+    };
+    // An entry outside the announced arena, made to confirm a write into other memory
+    // of the owner's (its bytes chosen by a client: key, address, length, access).
+    let mut other = vec![0x5au8; 2 * LEN];
+    let at = other.as_ptr() as u64;
+    let fake = [key, at + 4096, LEN as u64, 3];
+    for (i, w) in fake.iter().enumerate() {
+        other[i * 8..i * 8 + 8].copy_from_slice(&w.to_ne_bytes());
+    }
+    let forged = RemoteMem {
+        extra: Direct {
+            entry: at,
+            addr: at + 4096,
+            ..real
+        }
+        .encode(key, salt),
+        ..exposed.remote.clone()
+    };
+    transfer(false, (req, owner), local, &forged, LEN as u64).unwrap();
+    assert_eq!(req.direct_bytes(), 0, "nothing written here");
+    owner.deregister(exposed).unwrap();
+    req.deregister(local).unwrap();
+    assert!(w.dst == w.src, "the owner wrote its region, by its checks");
+    assert!(
+        other[32..].iter().all(|b| *b == 0x5a),
+        "the other memory untouched"
+    );
+}
+
+#[test]
+fn a_write_in_flight_holds_the_deregistration_until_it_ends() {
+    if !single_copy() {
+        return;
+    }
+    const BIG: usize = 64 << 20;
+    let (owner, req) = (plugin(), plugin());
+    connect(&req, &owner);
+    let mut dst = vec![0u8; BIG];
+    let exposed = register(&owner, &mut dst, Access::ReadWrite);
+    let mut src = vec![0xa5u8; BIG];
+    let local = register(&req, &mut src, Access::ReadOnly);
+    let peer = req.lookup(owner.self_addr()).unwrap();
+    let op = req
+        .put(peer, &local, 0, &exposed.remote, 0, BIG as u64)
+        .unwrap();
+    // The requester's progress writes the tail (the second half) while we watch its first
+    // byte land, then let the region go: the write must be over when that returns.
+    let tail = dst[BIG / 2..].as_ptr() as usize;
+    let last = dst[BIG - 1..].as_ptr() as usize;
+    std::thread::scope(|s| {
+        let driver = s.spawn(|| req.progress(Some(Duration::ZERO)).unwrap());
+        // SAFETY: a volatile read of a byte of ours that the peer writes (a race by
+        // design: the test watches the write land).
+        let byte = |p: usize| unsafe { std::ptr::read_volatile(p as *const u8) };
+        let end = Instant::now() + Duration::from_secs(20);
+        while byte(tail) == 0 {
+            assert!(Instant::now() < end, "the tail's write never started");
+            std::hint::spin_loop();
+        }
+        owner.deregister(&exposed).unwrap();
+        assert_eq!(byte(last), 0xa5, "the write ended before the region went");
+        driver.join().unwrap();
+    });
+    // The transfer ends (the owner's head may fail: its region went).
+    let _ = finish(&req, &owner, op);
+    req.deregister(&local).unwrap();
+}
