@@ -95,7 +95,9 @@ impl StreamPlugin {
     /// whether we hung up, so a write it starts after this look is refused there).
     pub(crate) fn linger_if_written(&self, conn: &Arc<Conn>) {
         if conn.wire.peer_lease() != 0 {
-            lock(&self.tails.lingering).push(conn.clone());
+            let mut lingering = lock(&self.tails.lingering);
+            lingering.retain(|c| c.wire.peer_lease() != 0);
+            lingering.push(conn.clone());
         }
     }
 
