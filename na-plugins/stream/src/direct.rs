@@ -57,8 +57,9 @@ const LEN: usize = 1 + 4 * 8;
 /// Transfers shorter than this are not shared, and regions shorter carry no extras (each
 /// costs the owner a MAC): a copy call costs about a microsecond, and the owner alone
 /// keeps up with small transfers (each read copied whole by the requester measured
-/// slower from 4 KiB to 64 KiB, `qs-bw -t sm`: the owner idled).
-pub const SHARE_MIN: u64 = 256 << 10;
+/// slower from 4 KiB to 64 KiB, `qs-bw -t sm`: the owner idled; shared from 64 KiB,
+/// 64 KiB transfers measured slower, 128 KiB ones faster than with 256 KiB here).
+pub const SHARE_MIN: u64 = 128 << 10;
 
 /// Whether reads by the requester are sound on this target (see the module docs: the
 /// entry read after the data must not pass the data's loads).
