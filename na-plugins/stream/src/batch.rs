@@ -43,36 +43,40 @@ pub(crate) struct Batch<'a> {
 }
 
 impl StreamPlugin {
-    /// Holds the connections of peers with more than one request in `made`.
-    pub(crate) fn hold_batch(&self, made: &[Event]) -> Batch<'_> {
+    /// Holds the connections of peers with more than one request in `made`; `None`
+    /// (nothing to let go after, the common case) if it holds none.
+    pub(crate) fn hold_batch(&self, made: &[Event]) -> Option<Batch<'_>> {
+        if made.len() < 2 || self.net.polls_memory() {
+            return None;
+        }
+        let from = |ev: &Event| match ev {
+            Event::Unexpected { peer, .. } => Some(*peer),
+            _ => None,
+        };
+        let peers: SmallVec<[PeerId; LOOK]> = made.iter().take(LOOK).filter_map(from).collect();
         let mut conns: SmallVec<[Arc<Conn>; MOST]> = SmallVec::new();
-        if made.len() > 1 && !self.net.polls_memory() {
-            let from = |ev: &Event| match ev {
-                Event::Unexpected { peer, .. } => Some(*peer),
-                _ => None,
-            };
-            let peers: SmallVec<[PeerId; LOOK]> = made.iter().take(LOOK).filter_map(from).collect();
-            for (i, p) in peers.iter().enumerate() {
-                let again = peers[i + 1..].contains(p);
-                if !again || conns.len() == MOST || conns.iter().any(|c| c.peer == *p) {
-                    continue;
-                }
-                if let Ok(c) = self.conn(*p) {
-                    c.hold(true);
-                    conns.push(c);
-                }
+        for (i, p) in peers.iter().enumerate() {
+            let again = peers[i + 1..].contains(p);
+            if !again || conns.len() == MOST || conns.iter().any(|c| c.peer == *p) {
+                continue;
+            }
+            if let Ok(c) = self.conn(*p) {
+                c.hold(true);
+                conns.push(c);
             }
         }
-        if !conns.is_empty() {
-            HANDLING.set(HANDLING.get() + 1);
-            let mut held = lock(&self.batched);
-            held.extend(conns.iter().cloned());
-            self.batched_n.store(held.len(), Ordering::Release);
+        if conns.is_empty() {
+            return None;
         }
-        Batch {
+        HANDLING.set(HANDLING.get() + 1);
+        let mut held = lock(&self.batched);
+        held.extend(conns.iter().cloned());
+        self.batched_n.store(held.len(), Ordering::Release);
+        drop(held);
+        Some(Batch {
             plugin: self,
             conns,
-        }
+        })
     }
 
     /// Writes out what batches hold (they stay held); nothing to look at, the common
@@ -91,9 +95,6 @@ impl StreamPlugin {
 
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
-        if self.conns.is_empty() {
-            return;
-        }
         let p = self.plugin;
         HANDLING.set(HANDLING.get().saturating_sub(1));
         {
