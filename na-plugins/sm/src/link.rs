@@ -76,7 +76,7 @@ impl Link {
         })
     }
 
-    /// Announces this side's arena and salt of direct reads to the peer.
+    /// Announces this side's arena and salt of direct copies to the peer.
     pub fn announce(&self, arena: na_stream::direct::Announced) {
         let dir = match self.side {
             Side::Creator => Dir::ToAcceptor,
@@ -101,7 +101,7 @@ impl Link {
         })
     }
 
-    /// What the peer announced for direct reads, if it did.
+    /// What the peer announced for direct copies, if it did.
     pub fn peer_arena(&self) -> Option<na_stream::direct::Announced> {
         self.seg.announced(match self.side {
             Side::Creator => Dir::ToCreator,

@@ -197,12 +197,16 @@ fn corrupt(e: RingError) -> io::Error {
 
 impl SmWire {
     fn new(link: Link, single_copy: bool) -> Self {
+        // The peer is watched for its end (a write lease of a peer that died counts as
+        // ended): without a pidfd (a kernel before 5.3, a filter that refuses it), the
+        // link offers no direct copies at all.
+        let pidfd = single_copy.then(|| lease::pidfd(link.peer_pid)).flatten();
         // Only to a peer of our uid: an arena's address tells where this process's heap is.
-        if single_copy && direct::SUPPORTED {
+        if pidfd.is_some() && direct::SUPPORTED {
             link.announce(direct::Arena::get().announced());
         }
         SmWire {
-            pidfd: single_copy.then(|| lease::pidfd(link.peer_pid)).flatten(),
+            pidfd,
             link,
             hup: AtomicBool::new(false),
             single_copy,
@@ -315,7 +319,7 @@ impl Wire for SmWire {
     }
 
     fn lease(&self, key: u64) -> bool {
-        self.single_copy && lease::take(self.link.lease(), self.link.sock.as_raw_fd(), key)
+        self.pidfd.is_some() && lease::take(self.link.lease(), self.link.sock.as_raw_fd(), key)
     }
 
     fn end_lease(&self) {
@@ -323,9 +327,9 @@ impl Wire for SmWire {
     }
 
     fn peer_lease(&self) -> u64 {
-        match self.single_copy {
-            true => lease::peer(self.link.peer_lease_word(), self.pidfd.as_ref()),
-            false => 0,
+        match &self.pidfd {
+            Some(fd) => lease::peer(self.link.peer_lease_word(), fd),
+            None => 0,
         }
     }
 

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! offset 0      magic:u64 version:u32 capacity:u32
-//! 16            creator's announcement for direct reads: arena address, length, salt (u64s)
+//! 16            creator's announcement for direct copies: arena address, length, salt (u64s)
 //! 40            acceptor's announcement, as above (each side writes its own, reads the other's)
 //! 64            creator's write lease: key of the acceptor's region it is writing, or 0
 //! 72            acceptor's write lease, as above (`na_stream::direct`; 80..128 unused)
@@ -162,7 +162,7 @@ impl Segment {
         unsafe { Ring::from_raw(hdr, self.ptr.add(DATA + i * self.cap), self.cap) }
     }
 
-    /// A side's slot in the header for what it announces for direct reads (see
+    /// A side's slot in the header for what it announces for direct copies (see
     /// `na_stream::direct`): (arena address, arena length, salt) words at bytes 16
     /// (creator) and 40 (acceptor) of the 128-byte header.
     fn announce_slot(&self, dir: Dir) -> &[AtomicU64; 3] {

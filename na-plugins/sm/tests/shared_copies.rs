@@ -240,17 +240,29 @@ fn a_large_write_is_copied_half_by_each_side_and_is_right() {
 
 #[test]
 fn a_region_peers_may_only_read_is_not_written() {
-    let w = writes(0xee, Access::ReadOnly, 5);
-    let r = transfer(
-        false,
-        (&w.req, &w.owner),
-        &w.local,
-        &w.exposed.remote,
-        LEN as u64,
-    );
+    refused_write(Access::ReadOnly, false);
+}
+
+#[test]
+fn a_region_let_go_is_not_written() {
+    refused_write(Access::ReadWrite, true);
+}
+
+/// A write into a region peers may `access`, let go first if `let_go`: refused, and not
+/// a byte written.
+fn refused_write(access: Access, let_go: bool) {
+    let w = writes(0xee, access, 5);
+    if let_go {
+        // (The memory is still there: only the registration ended.)
+        w.owner.deregister(&w.exposed).unwrap();
+    }
+    let remote = &w.exposed.remote;
+    let r = transfer(false, (&w.req, &w.owner), &w.local, remote, LEN as u64);
     assert!(r.is_err(), "{r:?}");
     assert_eq!(w.req.direct_bytes(), 0, "nothing written here");
-    w.owner.deregister(&w.exposed).unwrap();
+    if !let_go {
+        w.owner.deregister(&w.exposed).unwrap();
+    }
     w.req.deregister(&w.local).unwrap();
     assert!(w.dst.iter().all(|b| *b == 0xee), "not a byte written");
 }
@@ -295,22 +307,36 @@ fn a_forged_entry_is_not_written_through() {
 
 #[test]
 fn a_write_in_flight_holds_the_deregistration_until_it_ends() {
+    write_in_flight(false);
+}
+
+/// The arena is the process's: a descriptor of one plugin's region reaches the process
+/// over another plugin's link too, and that write holds the region's deregistration
+/// as well.
+#[test]
+fn a_write_over_another_plugins_link_holds_the_deregistration_too() {
+    write_in_flight(true);
+}
+
+/// A large write's tail lands while the owner lets the region go (its deregistration
+/// started once the tail's first byte is seen): the write must be over when that
+/// returns. Over a link to the owning plugin, or to another plugin of its process.
+fn write_in_flight(via_other: bool) {
     if !single_copy() {
         return;
     }
     const BIG: usize = 64 << 20;
-    let (owner, req) = (plugin(), plugin());
-    connect(&req, &owner);
+    let (owner, req, other) = (plugin(), plugin(), plugin());
+    let target = if via_other { &other } else { &owner };
+    connect(&req, target);
     let mut dst = vec![0u8; BIG];
     let exposed = register(&owner, &mut dst, Access::ReadWrite);
     let mut src = vec![0xa5u8; BIG];
     let local = register(&req, &mut src, Access::ReadOnly);
-    let peer = req.lookup(owner.self_addr()).unwrap();
+    let peer = req.lookup(target.self_addr()).unwrap();
     let op = req
         .put(peer, &local, 0, &exposed.remote, 0, BIG as u64)
         .unwrap();
-    // The requester's progress writes the tail (the second half) while we watch its first
-    // byte land, then let the region go: the write must be over when that returns.
     let tail = dst[BIG / 2..].as_ptr() as usize;
     let last = dst[BIG - 1..].as_ptr() as usize;
     std::thread::scope(|s| {
@@ -327,7 +353,8 @@ fn a_write_in_flight_holds_the_deregistration_until_it_ends() {
         assert_eq!(byte(last), 0xa5, "the write ended before the region went");
         driver.join().unwrap();
     });
-    // The transfer ends (the owner's head may fail: its region went).
-    let _ = finish(&req, &owner, op);
+    // The transfer ends (the owner's head may fail: its region went, or another plugin
+    // never had it).
+    let _ = finish(&req, target, op);
     req.deregister(&local).unwrap();
 }

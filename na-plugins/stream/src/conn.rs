@@ -177,6 +177,15 @@ impl Conn {
                 .is_ok()
     }
 
+    /// Whether the handshake is done on this side: an outgoing connection was greeted, an
+    /// incoming one's hello verified.
+    pub fn is_shaken(&self) -> bool {
+        match self.outgoing {
+            true => self.is_greeted(),
+            false => self.identity.get().is_some(),
+        }
+    }
+
     /// Whether our hello is queued (always true of accepted connections).
     pub fn is_greeted(&self) -> bool {
         self.greeted.load(Ordering::Acquire)

@@ -15,10 +15,13 @@
 //! not be taken back): the requester declares the region's key in its *write lease* word,
 //! a word of the link's shared memory only it writes, before it reads the entry, and
 //! clears it after the write; the owner, deregistering, clears the entry's key and then
-//! waits until no peer of its uid declares the key (`StreamPlugin::deregister`). Both
-//! steps are sequentially consistent stores followed by loads, so one side sees the
-//! other: either the requester reads a cleared entry and writes nothing, or the owner sees
-//! the lease and waits for the write to end (model-checked: `na_sm::lease`).
+//! waits until no peer of its uid declares the key on any link of the process, of any
+//! plugin, closed ones under a write included (`StreamPlugin::deregister`, `tail.rs`).
+//! Both steps are a store, a sequentially consistent fence and a load, so one side sees
+//! the other: either the requester reads a cleared entry and writes nothing, or the owner
+//! sees the lease and waits for the write to end (model-checked: `na_sm::lease`). A
+//! requester copies only over a link whose handshake is done (the owner watches every
+//! link from before its first frame).
 //!
 //! Why it reads only what the owner exposed, whoever wrote the descriptor (a third party
 //! may hand us a forged one, to make us read an owner of our uid for it): the entry must
@@ -61,8 +64,9 @@ const LEN: usize = 1 + 4 * 8;
 /// 64 KiB transfers measured slower, 128 KiB ones faster than with 256 KiB here).
 pub const SHARE_MIN: u64 = 128 << 10;
 
-/// Whether reads by the requester are sound on this target (see the module docs: the
-/// entry read after the data must not pass the data's loads).
+/// Whether copies by the requester are sound on this target (see the module docs: the
+/// entry read after the data must not pass the data's loads, nor the entry's read the
+/// write lease's store and fence).
 pub const SUPPORTED: bool = cfg!(target_arch = "x86_64");
 
 /// What a descriptor says about reaching its region directly (one segment only).
@@ -156,7 +160,7 @@ pub const ENTRY: usize = 32;
 pub const READ: u64 = 1;
 /// An entry's access bit: peers may write the region.
 pub const WRITE: u64 = 2;
-/// Entries in the arena: live readable registrations past it get no direct reads.
+/// Entries in the arena: live registrations past it get no direct copies.
 const ENTRIES: usize = 16 * 1024;
 
 /// This process's entries of registrations that peers may copy directly: one fixed

@@ -137,12 +137,9 @@ impl StreamPlugin {
             }
             // Until the handshake is done a connection reads in small pieces: a crowd of
             // connections that never finish it holds little memory.
-            let shaken = if conn.outgoing {
-                conn.is_greeted()
-            } else {
-                conn.identity.get().is_some()
-            };
-            let buf = rs.decoder.spare(if shaken { 64 * 1024 } else { 4096 });
+            let buf = rs
+                .decoder
+                .spare(if conn.is_shaken() { 64 * 1024 } else { 4096 });
             let buf_len = buf.len();
             match conn.wire.read(buf) {
                 Ok(0) if rs.decoder.mid_frame() => {

@@ -257,6 +257,7 @@ impl StreamPlugin {
             conn.nonce = ch.nonce;
         }
         let conn = Arc::new(conn);
+        tail::watch(&conn);
         if let Some(a) = remote {
             let _ = conn.remote.set(a);
         }
@@ -636,7 +637,7 @@ impl Plugin for StreamPlugin {
         }
         // Peers may have been writing it directly: their writes end before it goes.
         if written {
-            self.await_leases(handle.id, &conns);
+            Self::await_leases(handle.id);
         }
         self.mem.remove(handle.id);
         Ok(())

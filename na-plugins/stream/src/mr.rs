@@ -15,8 +15,8 @@ struct Region {
     access: Access,
     /// Being deregistered: refused to every new access, still readable by queued frames.
     revoked: bool,
-    /// Its entry in the arena of direct reads ([`crate::direct`]), if peers may read it
-    /// themselves.
+    /// Its entry in the arena of direct copies ([`crate::direct`]), if peers may copy
+    /// it themselves.
     entry: Option<u32>,
 }
 
@@ -54,7 +54,7 @@ impl Region {
 #[derive(Default)]
 pub struct MemTable {
     regions: RwLock<HashMap<u64, Region>>,
-    /// Whether readable one-segment regions are offered to peers' direct reads.
+    /// Whether one-segment regions are offered to peers' direct copies.
     direct: bool,
 }
 
@@ -63,7 +63,8 @@ fn checked_range(region_len: u64, offset: u64, len: u64) -> bool {
 }
 
 impl MemTable {
-    /// A table that offers readable one-segment regions to peers' direct reads.
+    /// A table that offers one-segment regions to peers' direct copies (as their access
+    /// allows).
     pub fn with_direct_reads() -> Self {
         MemTable {
             direct: direct::SUPPORTED,

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use na::{MemHandle, OpId, RemoteMem};
@@ -72,12 +72,32 @@ pub(crate) struct Tails {
     queue: Mutex<VecDeque<Tail>>,
     /// The queue's length, read without its lock by every progress call.
     len: AtomicUsize,
-    /// Connections closed while their peer declared a write into our memory: kept (their
-    /// shared header mapped) until the write ends, for deregistrations to wait on.
-    lingering: Mutex<Vec<Arc<Conn>>>,
     /// Held through each direct write: a link has one lease word per side, so two
     /// threads' tails must not declare on it at once (one's end would clear the other's).
     writing: Mutex<()>,
+}
+
+/// The process's connections whose peers may write its memory directly, of every plugin
+/// (the arena of entries is the process's, so a descriptor of one plugin's region can
+/// reach the process over another's link): deregistrations wait on all of them.
+static WATCHED: Mutex<Vec<Weak<Conn>>> = Mutex::new(Vec::new());
+
+/// Closed links kept for their peers' writes, at most.
+const MAX_LINGERING: usize = 256;
+
+/// Connections closed while their peer declared a write into our memory: kept (their
+/// shared header mapped) until the write ends, for deregistrations to wait on.
+static LINGERING: Mutex<Vec<Arc<Conn>>> = Mutex::new(Vec::new());
+
+/// Watches `conn` for its peer's writes into this process's memory, if it copies
+/// directly (before its handshake: a requester writes only over a link whose handshake
+/// is done).
+pub(crate) fn watch(conn: &Arc<Conn>) {
+    if conn.wire.single_copy() {
+        let mut w = lock(&WATCHED);
+        w.retain(|c| c.strong_count() > 0);
+        w.push(Arc::downgrade(conn));
+    }
 }
 
 impl StreamPlugin {
@@ -95,24 +115,35 @@ impl StreamPlugin {
     /// whether we hung up, so a write it starts after this look is refused there).
     pub(crate) fn linger_if_written(&self, conn: &Arc<Conn>) {
         if conn.wire.peer_lease() != 0 {
-            let mut lingering = lock(&self.tails.lingering);
+            let mut lingering = lock(&LINGERING);
             lingering.retain(|c| c.wire.peer_lease() != 0);
+            // Bounded: only a peer that keeps a lease for no write (of our uid: it could
+            // write any of our memory anyway) leaves closed links here.
+            if lingering.len() >= MAX_LINGERING {
+                tracing::warn!(
+                    peer = conn.peer.0,
+                    "closed links with writes declared: too many, this one not kept"
+                );
+                return;
+            }
             lingering.push(conn.clone());
         }
     }
 
     /// Waits until no peer declares a write into our region `key` (revoked: no new write
-    /// starts), over `conns` and those closed under a write. Bounded by a write's length
-    /// for live peers; a peer that ended counts as done.
-    pub(crate) fn await_leases(&self, key: u64, conns: &[Arc<Conn>]) {
+    /// starts), over every watched connection of the process and those closed under a
+    /// write. Bounded by a write's length for live peers; a peer that ended counts as
+    /// done.
+    pub(crate) fn await_leases(key: u64) {
         let start = Instant::now();
         let mut warned = 0;
         loop {
             let writing: Vec<u64> = {
-                let mut lingering = lock(&self.tails.lingering);
+                let live: Vec<Arc<Conn>> =
+                    lock(&WATCHED).iter().filter_map(Weak::upgrade).collect();
+                let mut lingering = lock(&LINGERING);
                 lingering.retain(|c| c.wire.peer_lease() != 0);
-                conns
-                    .iter()
+                live.iter()
                     .chain(lingering.iter())
                     .filter(|c| c.wire.peer_lease() == key)
                     .map(|c| c.peer.0)
@@ -162,7 +193,9 @@ impl StreamPlugin {
         remote: &RemoteMem,
         len: u64,
     ) -> Option<(Direct, u64)> {
-        if !direct::SUPPORTED || len < direct::SHARE_MIN {
+        // Not before the handshake is done: the owner watches the link for writes from
+        // then on (`watch`).
+        if !direct::SUPPORTED || len < direct::SHARE_MIN || !conn.is_shaken() {
             return None;
         }
         let (pid, a) = conn.wire.direct_peer()?;
@@ -246,7 +279,11 @@ impl StreamPlugin {
         };
         // The lease, then the entry: if the entry still holds the key, its owner will see
         // the lease before the memory goes.
-        let _one = lock(&self.tails.writing);
+        // One lease word per link side: a write of another thread's tail is under way
+        // (on this or another link), this one goes to the owner rather than wait.
+        let Ok(_one) = self.tails.writing.try_lock() else {
+            return false;
+        };
         if !t.conn.wire.lease(t.key) {
             return false;
         }

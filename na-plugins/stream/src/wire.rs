@@ -145,9 +145,9 @@ pub trait Connector: Send + Sync + 'static {
         addr == self.self_addr()
     }
 
-    /// Whether this process's readable regions are offered to peers' direct reads
+    /// Whether this process's regions are offered to peers' direct copies
     /// ([`crate::direct`]; the wires must then announce the arena and serve
-    /// [`Wire::direct_peer`]).
+    /// [`Wire::direct_peer`] and the write leases).
     fn direct_reads(&self) -> bool {
         false
     }
