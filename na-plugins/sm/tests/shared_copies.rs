@@ -358,3 +358,21 @@ fn write_in_flight(via_other: bool) {
     let _ = finish(&req, target, op);
     req.deregister(&local).unwrap();
 }
+
+/// A plugin dropped with a region still registered ends it: the region's entry in the
+/// process's arena no longer lets a write through, over another plugin's link.
+#[test]
+fn a_region_of_a_plugin_gone_is_not_written() {
+    let (owner, req, other) = (plugin(), plugin(), plugin());
+    connect(&req, &other);
+    let mut dst = vec![0xeeu8; LEN];
+    let exposed = register(&owner, &mut dst, Access::ReadWrite);
+    drop(owner);
+    let mut src = pattern(8);
+    let local = register(&req, &mut src, Access::ReadOnly);
+    let r = transfer(false, (&req, &other), &local, &exposed.remote, LEN as u64);
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(req.direct_bytes(), 0, "nothing written here");
+    req.deregister(&local).unwrap();
+    assert!(dst.iter().all(|b| *b == 0xee), "not a byte written");
+}

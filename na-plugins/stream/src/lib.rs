@@ -545,6 +545,15 @@ impl StreamPlugin {
     }
 }
 
+impl Drop for StreamPlugin {
+    /// Regions left registered end with the plugin: a peer's direct write into one lands
+    /// before the plugin is gone (their entries in the process's arena would otherwise
+    /// stay live, over other plugins' links, after their memory is freed).
+    fn drop(&mut self) {
+        self.mem.end_all();
+    }
+}
+
 impl Plugin for StreamPlugin {
     fn name(&self) -> &'static str {
         self.net.name()

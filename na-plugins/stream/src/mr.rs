@@ -138,6 +138,23 @@ impl MemTable {
         }
     }
 
+    /// Ends every region still registered (the table's plugin is going): their entries
+    /// are revoked and given back once no peer declares a write into them (their memory
+    /// is the owners' to free after).
+    pub fn end_all(&self) {
+        let map = std::mem::take(&mut *self.regions.write().unwrap_or_else(|e| e.into_inner()));
+        let arena = direct::Arena::get();
+        for (key, r) in map {
+            if let Some(i) = r.entry {
+                arena.revoke(i);
+                if r.access.remote_write() {
+                    crate::StreamPlugin::await_leases(key);
+                }
+                arena.give(i);
+            }
+        }
+    }
+
     /// Last step of deregistration: forgets the region.
     pub fn remove(&self, id: u64) {
         let gone = self
