@@ -24,6 +24,7 @@ mod ops;
 mod outq;
 mod queues;
 mod single;
+mod snapshot;
 mod tail;
 mod users;
 mod verify;
@@ -104,7 +105,7 @@ pub struct StreamPlugin {
     conns: Mutex<FxHashMap<PeerId, Arc<Conn>>>,
     /// The connections as of their last change, for a transport that polls memory to look
     /// at every pass without the table's lock (written under it).
-    polled: arc_swap::ArcSwap<Vec<Arc<Conn>>>,
+    polled: snapshot::Snapshot,
     /// Connections held while a batch of their requests is handled ([`batch`]), and how
     /// many (looked at without the lock).
     batched: Mutex<smallvec::SmallVec<[Arc<Conn>; 4]>>,
@@ -139,7 +140,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Zero-timeout passes over memory between two looks at the kernel (new connections,
 /// hang-ups) when a transport polls memory.
-const KERNEL_EVERY: u64 = 64;
+pub(crate) const KERNEL_EVERY: u64 = 64;
 
 /// Transfers shorter than this move through the connection even where the wire offers
 /// single copy: for small ones the owner's copy syscall and its answer cost more than the
@@ -178,7 +179,7 @@ impl StreamPlugin {
             waker,
             verifier,
             conns: Mutex::new(FxHashMap::default()),
-            polled: arc_swap::ArcSwap::default(),
+            polled: snapshot::Snapshot::default(),
             batched: Mutex::default(),
             batched_n: AtomicUsize::new(0),
             by_addr: Mutex::new(HashMap::new()),
@@ -452,27 +453,29 @@ impl StreamPlugin {
 
     /// Reads the connections whose memory shows input; true if any did.
     fn poll_memory(&self) -> bool {
-        let mut found = false;
-        for c in self.polled.load().iter() {
-            if !c.is_paused() && c.wire.has_input() {
-                found = true;
-                self.read_or_close(c);
+        self.polled.with(|conns| {
+            let mut found = false;
+            for c in conns {
+                if !c.is_paused() && c.wire.has_input() {
+                    found = true;
+                    self.read_or_close(c);
+                }
             }
-        }
-        found
+            found
+        })
     }
 
     /// Publishes the table's new state to [`StreamPlugin::poll_memory`] (its lock held).
     pub(crate) fn conns_changed(&self, conns: &FxHashMap<PeerId, Arc<Conn>>) {
         if self.net.polls_memory() {
-            self.polled
-                .store(Arc::new(conns.values().cloned().collect()));
+            self.polled.publish(conns.values().cloned().collect());
         }
     }
 
     /// Declares to every peer that we are about to sleep; false if input already waits.
     fn prepare_sleep(&self) -> bool {
-        self.polled.load().iter().all(|c| c.wire.prepare_sleep())
+        self.polled
+            .with(|conns| conns.iter().all(|c| c.wire.prepare_sleep()))
     }
 
     /// Builds the request frames for the next chunks of `op` within its window.
@@ -736,6 +739,9 @@ impl Plugin for StreamPlugin {
         timeout: Option<Duration>,
         f: &mut dyn FnMut(Event),
     ) -> NaResult<usize> {
+        if timeout == Some(Duration::ZERO) && self.quiet_pass() {
+            return Ok(0);
+        }
         let (r, n) = self
             .events
             .direct(|| self.progress(timeout), |made| self.hold_batch(made), f);

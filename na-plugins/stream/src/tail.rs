@@ -165,6 +165,11 @@ impl StreamPlugin {
         }
     }
 
+    /// Whether tails wait to be copied.
+    pub(crate) fn tails_pending(&self) -> bool {
+        self.tails.len.load(Ordering::Acquire) > 0
+    }
+
     /// Copies queued tails, up to [`TAIL_BUDGET`] bytes; true if some are left.
     pub(crate) fn run_tails(&self) -> bool {
         let mut done = 0;
