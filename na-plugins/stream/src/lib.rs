@@ -701,7 +701,9 @@ impl Plugin for StreamPlugin {
         if self.net.polls_memory() {
             let found = self.poll_memory();
             if timeout == Some(Duration::ZERO) {
-                let pass = self.spins.fetch_add(1, Ordering::Relaxed);
+                // Stepped by load and store, as in `quiet_pass`: no locked instruction.
+                let pass = self.spins.load(Ordering::Relaxed);
+                self.spins.store(pass.wrapping_add(1), Ordering::Relaxed);
                 if found || !pass.is_multiple_of(KERNEL_EVERY) {
                     self.read_leftovers();
                     return Ok(());
