@@ -81,7 +81,7 @@ impl StreamPlugin {
         {
             return false;
         }
-        self.spins.store(pass + 1, Ordering::Relaxed);
+        self.spins.store(pass.wrapping_add(1), Ordering::Relaxed);
         true
     }
 

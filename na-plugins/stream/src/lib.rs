@@ -549,10 +549,20 @@ impl StreamPlugin {
 }
 
 impl Drop for StreamPlugin {
-    /// Regions left registered end with the plugin: a peer's direct write into one lands
-    /// before the plugin is gone (their entries in the process's arena would otherwise
-    /// stay live, over other plugins' links, after their memory is freed).
+    /// Connections are shut down (a link whose peer declares a write into this process's
+    /// memory, maybe another plugin's region, is kept for that write to end), and regions
+    /// left registered end with the plugin: a peer's direct write into one lands before
+    /// the plugin is gone (their entries in the process's arena would otherwise stay
+    /// live, over other plugins' links, after their memory is freed).
     fn drop(&mut self) {
+        let conns: Vec<Arc<Conn>> = std::mem::take(&mut *lock(&self.conns))
+            .into_values()
+            .collect();
+        for c in &conns {
+            c.close();
+            c.wire.shutdown();
+            self.linger_if_written(c);
+        }
         self.mem.end_all();
     }
 }

@@ -292,14 +292,24 @@ impl StreamPlugin {
         if !t.conn.wire.lease(t.key) {
             return false;
         }
-        let copied = Self::entry_confirms(t, direct::WRITE) && {
+        // Ended however this returns (an unwind included: a lease left declared would
+        // hold the owner's deregistration for ever).
+        let _lease = EndLease(&*t.conn.wire);
+        Self::entry_confirms(t, direct::WRITE) && {
             let remote = [(t.d.addr + remote_off, len)];
             // SAFETY: the local pieces are a live registration's, kept registered by
             // `_held`, and only read.
             let n = unsafe { t.conn.wire.peer_copy(CopyDir::ToPeer, &pieces, &remote) };
             matches!(n, Ok(n) if n as u64 == len)
-        };
-        t.conn.wire.end_lease();
-        copied
+        }
+    }
+}
+
+/// Ends a wire's write lease when dropped.
+struct EndLease<'a>(&'a dyn crate::Wire);
+
+impl Drop for EndLease<'_> {
+    fn drop(&mut self) {
+        self.0.end_lease();
     }
 }
