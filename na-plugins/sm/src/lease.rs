@@ -93,6 +93,61 @@ fn readable(fd: RawFd) -> bool {
     poll(fd, libc::POLLIN) & libc::POLLIN != 0
 }
 
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// A socket pair: (ours, the peer's).
+    fn pair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: socketpair fills two fresh descriptors, which we then own.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        // SAFETY: fresh descriptors from socketpair.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn a_lease_is_declared_while_the_owner_is_there_and_refused_once_it_hung_up() {
+        let word = AtomicU64::new(0);
+        let (ours, theirs) = pair();
+        assert!(take(&word, ours.as_raw_fd(), 7));
+        assert_eq!(word.load(Ordering::SeqCst), 7);
+        end(&word);
+        assert_eq!(word.load(Ordering::SeqCst), 0);
+        drop(theirs);
+        assert!(!take(&word, ours.as_raw_fd(), 7), "the owner hung up");
+        assert_eq!(word.load(Ordering::SeqCst), 0, "nothing left declared");
+    }
+
+    #[test]
+    fn a_peer_lease_counts_until_the_peer_process_has_ended() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let fd = pidfd(child.id() as i32).expect("pidfd_open (Linux 5.3 and later)");
+        let word = AtomicU64::new(9);
+        assert_eq!(peer(&word, &fd), 9, "alive: its lease holds");
+        child.kill().unwrap();
+        // Not reaped yet (a zombie, as a peer whose parent does not wait for it): ended
+        // all the same.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while peer(&word, &fd) != 0 {
+            assert!(
+                std::time::Instant::now() < end,
+                "a killed peer's lease still counts"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        child.wait().unwrap();
+        assert_eq!(peer(&word, &fd), 0, "ended: it writes nothing more");
+        word.store(0, Ordering::SeqCst);
+        assert_eq!(peer(&word, &fd), 0);
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_models {
     use loom::cell::UnsafeCell;
