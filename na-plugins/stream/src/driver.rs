@@ -62,6 +62,7 @@ impl StreamPlugin {
     /// lands during one waits for the next, so this is latency.
     pub(crate) fn quiet_pass(&self) -> bool {
         if !self.net.polls_memory()
+            || self.found_last.load(Ordering::Relaxed)
             || !self.events.is_empty()
             || !self.unread.is_empty()
             || self.tails_pending()

@@ -36,7 +36,7 @@ pub use wire::{Connector, CopyDir, RawPiece, Wire};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -121,6 +121,9 @@ pub struct StreamPlugin {
     unread: queues::PeerSet,
     /// Zero-timeout progress calls, to ask the kernel only now and then (memory polling).
     spins: AtomicU64,
+    /// The last full pass over memory found input: the next one is full too (under load
+    /// more is likely, and a quiet pass's look would be a second one).
+    found_last: AtomicBool,
     /// Bytes this side copied out of owners' memory itself ([`crate::tail`]).
     direct: AtomicU64,
     /// Tails of shared reads to copy at the next progress ([`crate::tail`]).
@@ -190,6 +193,7 @@ impl StreamPlugin {
             events: queues::EventQueue::default(),
             unread: queues::PeerSet::default(),
             spins: AtomicU64::new(0),
+            found_last: AtomicBool::new(false),
             direct: AtomicU64::new(0),
             tails: tail::Tails::default(),
             backlog: Arc::default(),
@@ -710,6 +714,7 @@ impl Plugin for StreamPlugin {
         let mut timeout = if busy { Some(Duration::ZERO) } else { timeout };
         if self.net.polls_memory() {
             let found = self.poll_memory();
+            self.found_last.store(found, Ordering::Relaxed);
             if timeout == Some(Duration::ZERO) {
                 // Stepped by load and store, as in `quiet_pass`: no locked instruction.
                 let pass = self.spins.load(Ordering::Relaxed);
