@@ -23,8 +23,10 @@ use crate::ring::{Ring, RingHeader};
 
 const MAGIC: u64 = 0x5153_534d_5249_4e47; // "QSSMRING"
 const VERSION: u32 = 2;
-const META: usize = 128;
-const RING_HDR: usize = 256;
+/// Bytes of the segment's own header, before the rings' headers.
+pub const META: usize = 128;
+/// Bytes of one ring's header.
+pub const RING_HDR: usize = 256;
 const DATA: usize = META + 2 * RING_HDR;
 /// The seals a peer's segment must carry: its size cannot change under our mapping.
 const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;

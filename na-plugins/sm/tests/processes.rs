@@ -6,7 +6,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use na_sm::ring::RingError;
-use na_sm::shm::{Dir, Segment};
+use na_sm::shm::{Dir, META, RING_HDR, Segment};
 
 const CHILD: &str = "QS_SM_TEST_CHILD";
 
@@ -65,7 +65,8 @@ fn child_entry() {
 /// Overwrites the ToCreator ring's indices with garbage through a second mapping.
 fn scribble_indices(seg: &Segment) {
     // SAFETY: a second shared mapping of the same memfd; we write 16 bytes at the ring's
-    // head and tail offsets (128 + 256 and 128 + 256 + 64), inside the segment.
+    // head and tail offsets (the second ring header's first two cache lines), inside the
+    // segment.
     unsafe {
         let len = 4096;
         let p = libc::mmap(
@@ -78,8 +79,8 @@ fn scribble_indices(seg: &Segment) {
         );
         assert_ne!(p, libc::MAP_FAILED);
         let p = p.cast::<u8>();
-        std::ptr::write_volatile(p.add(128 + 256).cast::<u64>(), 7);
-        std::ptr::write_volatile(p.add(128 + 256 + 64).cast::<u64>(), u64::MAX - 3);
+        std::ptr::write_volatile(p.add(META + RING_HDR).cast::<u64>(), 7);
+        std::ptr::write_volatile(p.add(META + RING_HDR + 64).cast::<u64>(), u64::MAX - 3);
         libc::munmap(p.cast(), len);
     }
 }
