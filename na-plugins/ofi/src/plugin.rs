@@ -379,7 +379,8 @@ impl OfiPlugin {
             carry_max,
             rma_window,
             mr_local,
-            write_flags: fi::FI_COMPLETION as u64 | prov.write_completion,
+            // SAFETY: `fi_version` only returns the library's version.
+            write_flags: fi::FI_COMPLETION as u64 | prov.write_flag(unsafe { fi::fi_version() }),
         };
         for _ in 0..p.cfg.recv_pool.max(1) {
             let ctx = Ctx::new(What::Pool, vec![0u8; p.max_eager + wire::HEADER_MAX]);
