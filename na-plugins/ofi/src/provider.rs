@@ -42,7 +42,8 @@ pub struct Provider {
     /// Bytes of RMA pieces in flight by default (`OfiConfig::rma_window`): what keeps the
     /// transport busy against how long a small message may wait behind transfers. `shm`
     /// makes the owner copy each delivery-complete put in its own progress, so a put waits
-    /// for the owner's next poll: 8 MiB there (pushes of 1–16 MiB 20–30 % faster than
+    /// for the owner's next poll (measured before puts there went without the flag, see
+    /// `delivered_by_default`): 8 MiB there (pushes of 1–16 MiB 20–30 % faster than
     /// with 2 MiB, `qs-bw -t ofi+shm -d push`; a small RPC's p99 behind 32 × 8 MiB pulls
     /// 8–10 ms instead of 3–5); 2 MiB elsewhere (ofi+tcp: no steady gain from more).
     pub rma_window: usize,

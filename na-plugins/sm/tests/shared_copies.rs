@@ -376,3 +376,54 @@ fn a_region_of_a_plugin_gone_is_not_written() {
     req.deregister(&local).unwrap();
     assert!(dst.iter().all(|b| *b == 0xee), "not a byte written");
 }
+
+/// A link closed while its peer writes into this process's memory (here: the plugin at
+/// its end dropped once the tail's first byte is seen) is kept for that write: a
+/// deregistration of the region written returns only after the write's last byte.
+#[test]
+fn a_link_closed_under_a_write_still_holds_the_deregistration() {
+    if !single_copy() {
+        return;
+    }
+    const BIG: usize = 64 << 20;
+    let (owner, req, other) = (plugin(), plugin(), plugin());
+    // Connected from a thread that ends: no thread keeps a copy of `other`'s connections
+    // (`na_stream`'s snapshots), so once it is dropped only what keeps a link for a write
+    // keeps it.
+    std::thread::scope(|s| s.spawn(|| connect(&req, &other)).join().unwrap());
+    let mut dst = vec![0u8; BIG];
+    let exposed = register(&owner, &mut dst, Access::ReadWrite);
+    let mut src = vec![0x3cu8; BIG];
+    let local = register(&req, &mut src, Access::ReadOnly);
+    let peer = req.lookup(other.self_addr()).unwrap();
+    let op = req
+        .put(peer, &local, 0, &exposed.remote, 0, BIG as u64)
+        .unwrap();
+    let tail = dst[BIG / 2..].as_ptr() as usize;
+    let last = dst[BIG - 1..].as_ptr() as usize;
+    std::thread::scope(|s| {
+        let driver = s.spawn(|| req.progress(Some(Duration::ZERO)).unwrap());
+        // SAFETY: as in `write_in_flight`.
+        let byte = |p: usize| unsafe { std::ptr::read_volatile(p as *const u8) };
+        let end = Instant::now() + Duration::from_secs(20);
+        while byte(tail) == 0 {
+            assert!(Instant::now() < end, "the tail's write never started");
+            std::hint::spin_loop();
+        }
+        drop(other);
+        owner.deregister(&exposed).unwrap();
+        assert_eq!(byte(last), 0x3c, "the write ended before the region went");
+        driver.join().unwrap();
+    });
+    // The transfer ends, in error (its owner's plugin is gone).
+    let end = Instant::now() + Duration::from_secs(20);
+    'done: while Instant::now() < end {
+        req.progress(Some(Duration::from_millis(1))).unwrap();
+        while let Some(ev) = req.poll_event() {
+            if matches!(ev, Event::Done { op: o, .. } if o == op) {
+                break 'done;
+            }
+        }
+    }
+    req.deregister(&local).unwrap();
+}
