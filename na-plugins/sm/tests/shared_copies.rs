@@ -307,7 +307,7 @@ fn a_forged_entry_is_not_written_through() {
 
 #[test]
 fn a_write_in_flight_holds_the_deregistration_until_it_ends() {
-    write_in_flight(false);
+    write_in_flight(Via::Owner);
 }
 
 /// The arena is the process's: a descriptor of one plugin's region reaches the process
@@ -315,25 +315,51 @@ fn a_write_in_flight_holds_the_deregistration_until_it_ends() {
 /// as well.
 #[test]
 fn a_write_over_another_plugins_link_holds_the_deregistration_too() {
-    write_in_flight(true);
+    write_in_flight(Via::Other);
+}
+
+/// A link closed while its peer writes into this process's memory (here: the plugin at
+/// its end dropped once the tail's first byte is seen) is kept for that write: a
+/// deregistration of the region written returns only after the write's last byte.
+#[test]
+fn a_link_closed_under_a_write_still_holds_the_deregistration() {
+    write_in_flight(Via::OtherClosed);
+}
+
+/// Which link of the owner's process a write comes over.
+#[derive(PartialEq)]
+enum Via {
+    /// The owning plugin's.
+    Owner,
+    /// Another plugin's.
+    Other,
+    /// Another plugin's, dropped while the write lands. It is connected from a thread
+    /// that ends: no thread keeps a copy of its connections (`na_stream`'s snapshots),
+    /// so once it is dropped only what keeps a link for a write keeps it.
+    OtherClosed,
 }
 
 /// A large write's tail lands while the owner lets the region go (its deregistration
 /// started once the tail's first byte is seen): the write must be over when that
-/// returns. Over a link to the owning plugin, or to another plugin of its process.
-fn write_in_flight(via_other: bool) {
+/// returns.
+fn write_in_flight(via: Via) {
     if !single_copy() {
         return;
     }
     const BIG: usize = 64 << 20;
-    let (owner, req, other) = (plugin(), plugin(), plugin());
-    let target = if via_other { &other } else { &owner };
-    connect(&req, target);
+    let (owner, req) = (plugin(), plugin());
+    let mut other = Some(plugin());
+    let target = match via {
+        Via::Owner => &owner,
+        _ => other.as_ref().unwrap(),
+    };
+    std::thread::scope(|s| s.spawn(|| connect(&req, target)).join().unwrap());
+    let target_addr = target.self_addr().clone();
     let mut dst = vec![0u8; BIG];
     let exposed = register(&owner, &mut dst, Access::ReadWrite);
     let mut src = vec![0xa5u8; BIG];
     let local = register(&req, &mut src, Access::ReadOnly);
-    let peer = req.lookup(target.self_addr()).unwrap();
+    let peer = req.lookup(&target_addr).unwrap();
     let op = req
         .put(peer, &local, 0, &exposed.remote, 0, BIG as u64)
         .unwrap();
@@ -349,13 +375,30 @@ fn write_in_flight(via_other: bool) {
             assert!(Instant::now() < end, "the tail's write never started");
             std::hint::spin_loop();
         }
+        if via == Via::OtherClosed {
+            drop(other.take());
+        }
         owner.deregister(&exposed).unwrap();
         assert_eq!(byte(last), 0xa5, "the write ended before the region went");
         driver.join().unwrap();
     });
-    // The transfer ends (the owner's head may fail: its region went, or another plugin
-    // never had it).
-    let _ = finish(&req, target, op);
+    // The transfer ends (the owner's head may fail: its region went, another plugin
+    // never had it, or that plugin is gone).
+    let end = Instant::now() + Duration::from_secs(20);
+    'done: while Instant::now() < end {
+        if let Some(o) = &other {
+            o.progress(Some(Duration::ZERO)).unwrap();
+            while o.poll_event().is_some() {}
+        }
+        owner.progress(Some(Duration::ZERO)).unwrap();
+        while owner.poll_event().is_some() {}
+        req.progress(Some(Duration::from_millis(1))).unwrap();
+        while let Some(ev) = req.poll_event() {
+            if matches!(ev, Event::Done { op: o, .. } if o == op) {
+                break 'done;
+            }
+        }
+    }
     req.deregister(&local).unwrap();
 }
 
@@ -375,55 +418,4 @@ fn a_region_of_a_plugin_gone_is_not_written() {
     assert_eq!(req.direct_bytes(), 0, "nothing written here");
     req.deregister(&local).unwrap();
     assert!(dst.iter().all(|b| *b == 0xee), "not a byte written");
-}
-
-/// A link closed while its peer writes into this process's memory (here: the plugin at
-/// its end dropped once the tail's first byte is seen) is kept for that write: a
-/// deregistration of the region written returns only after the write's last byte.
-#[test]
-fn a_link_closed_under_a_write_still_holds_the_deregistration() {
-    if !single_copy() {
-        return;
-    }
-    const BIG: usize = 64 << 20;
-    let (owner, req, other) = (plugin(), plugin(), plugin());
-    // Connected from a thread that ends: no thread keeps a copy of `other`'s connections
-    // (`na_stream`'s snapshots), so once it is dropped only what keeps a link for a write
-    // keeps it.
-    std::thread::scope(|s| s.spawn(|| connect(&req, &other)).join().unwrap());
-    let mut dst = vec![0u8; BIG];
-    let exposed = register(&owner, &mut dst, Access::ReadWrite);
-    let mut src = vec![0x3cu8; BIG];
-    let local = register(&req, &mut src, Access::ReadOnly);
-    let peer = req.lookup(other.self_addr()).unwrap();
-    let op = req
-        .put(peer, &local, 0, &exposed.remote, 0, BIG as u64)
-        .unwrap();
-    let tail = dst[BIG / 2..].as_ptr() as usize;
-    let last = dst[BIG - 1..].as_ptr() as usize;
-    std::thread::scope(|s| {
-        let driver = s.spawn(|| req.progress(Some(Duration::ZERO)).unwrap());
-        // SAFETY: as in `write_in_flight`.
-        let byte = |p: usize| unsafe { std::ptr::read_volatile(p as *const u8) };
-        let end = Instant::now() + Duration::from_secs(20);
-        while byte(tail) == 0 {
-            assert!(Instant::now() < end, "the tail's write never started");
-            std::hint::spin_loop();
-        }
-        drop(other);
-        owner.deregister(&exposed).unwrap();
-        assert_eq!(byte(last), 0x3c, "the write ended before the region went");
-        driver.join().unwrap();
-    });
-    // The transfer ends, in error (its owner's plugin is gone).
-    let end = Instant::now() + Duration::from_secs(20);
-    'done: while Instant::now() < end {
-        req.progress(Some(Duration::from_millis(1))).unwrap();
-        while let Some(ev) = req.poll_event() {
-            if matches!(ev, Event::Done { op: o, .. } if o == op) {
-                break 'done;
-            }
-        }
-    }
-    req.deregister(&local).unwrap();
 }
