@@ -385,7 +385,8 @@ fn write_in_flight(via: Via) {
     // The transfer ends (the owner's head may fail: its region went, another plugin
     // never had it, or that plugin is gone).
     let end = Instant::now() + Duration::from_secs(20);
-    'done: while Instant::now() < end {
+    'done: loop {
+        assert!(Instant::now() < end, "the transfer never completed");
         if let Some(o) = &other {
             o.progress(Some(Duration::ZERO)).unwrap();
             while o.poll_event().is_some() {}
