@@ -195,7 +195,9 @@ impl Shared {
 /// in the default mode, five rounds alternated with a check every 20 µs: 2.76-3.87 ->
 /// 1.37-2.54 µs median round trip (the progress thread had woken 17 000 times a second);
 /// ofi+shm within its own swing (2-20 µs either way), 16 in flight level, tcp level.
-/// A caller that stops driving is taken over from within that much.
+/// A caller that stops driving is taken over within one such sleep (at most 200 µs, plus
+/// timer slack: a call that outlasts the caller's spin window may wait that long for the
+/// progress thread), one stuck in an inline handler within two.
 const STAND_ASIDE_FIRST: Duration = Duration::from_micros(20);
 const STAND_ASIDE_MAX: Duration = Duration::from_micros(200);
 
