@@ -2,7 +2,7 @@
 
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bulk::ChunkConfig;
@@ -201,6 +201,7 @@ impl EngineBuilder {
             passes: AtomicU32::new(0),
             waited: AtomicBool::new(false),
             drivers: Default::default(),
+            progress_thread: OnceLock::new(),
             backoff: Default::default(),
             yield_backoff: Default::default(),
             queued: Arc::new(Mutex::new(Budget::new(
@@ -225,8 +226,10 @@ impl EngineBuilder {
                 let s = shared.clone();
                 let t = std::thread::Builder::new()
                     .name("qs-progress".into())
-                    .spawn(move || progress_loop(&s));
-                Some(t.map_err(|e| RpcError::Transport(e.into()))?)
+                    .spawn(move || progress_loop(&s))
+                    .map_err(|e| RpcError::Transport(e.into()))?;
+                let _ = shared.progress_thread.set(t.thread().clone());
+                Some(t)
             }
             _ => None,
         };

@@ -5,7 +5,7 @@
 
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bulk::{Bulk, ChunkConfig};
@@ -101,6 +101,9 @@ pub(crate) struct Shared {
     pub(crate) waited: AtomicBool,
     /// Callers driving progress while they wait (thread mode, see [`Shared::drive_for`]).
     pub(crate) drivers: Drivers,
+    /// The progress thread (thread mode), unparked when the last driving caller leaves
+    /// without its answer ([`Shared::drive_for`]).
+    pub(crate) progress_thread: OnceLock<std::thread::Thread>,
     /// Whether waiting callers drive at all, from how their last drives ended.
     pub(crate) backoff: Backoff,
     /// When a waiter should not yield before it sleeps ([`crate::spin::YIELD_WAIT`]).

@@ -27,9 +27,9 @@ impl Drivers {
         sleeping()
     }
 
-    /// The caller stops driving.
-    pub(crate) fn leave(&self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+    /// The caller stops driving; whether it was the last.
+    pub(crate) fn leave(&self) -> bool {
+        self.0.fetch_sub(1, Ordering::SeqCst) == 1
     }
 
     /// Whether a caller drives.
