@@ -98,6 +98,9 @@ impl OfiPlugin {
         if !again {
             s.stats.peers_lost += 1;
         }
+        // Its puts into our memory are over (its process is gone, or silent past the
+        // probe timeout): deregistrations stop waiting for them.
+        s.leases.forget_peer(peer.0);
         let ids: Vec<u64> = s
             .ops
             .iter()

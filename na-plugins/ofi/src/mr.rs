@@ -148,15 +148,19 @@ impl MemTable {
     /// The owner's check of a peer's RMA: a live registration under `key` whose range and
     /// access allow it.
     pub fn allows(&self, key: u64, off: u64, len: u64, write: bool) -> bool {
-        let Some(r) = self.by_key.get(&key).and_then(|id| self.regions.get(id)) else {
-            return false;
-        };
+        self.allowed(key, off, len, write).is_some()
+    }
+
+    /// As [`Self::allows`]; the registration's id when allowed.
+    pub fn allowed(&self, key: u64, off: u64, len: u64, write: bool) -> Option<u64> {
+        let id = *self.by_key.get(&key)?;
+        let r = self.regions.get(&id)?;
         let mode = if write {
             r.access.remote_write()
         } else {
             r.access.remote_read()
         };
-        mode && off.checked_add(len).is_some_and(|end| end <= r.len())
+        (mode && off.checked_add(len).is_some_and(|end| end <= r.len())).then_some(id)
     }
 
     /// Serves a peer's small transfer in place of the provider (a `Carry`): writes `data`
@@ -303,6 +307,16 @@ impl MemTable {
                 extra: encode_segs(&table),
             },
         })
+    }
+
+    /// Refuses new checks of registration `id` (it stays open for the transfers granted
+    /// already); false if there is no such registration.
+    pub fn revoke(&mut self, id: u64) -> bool {
+        let Some(r) = self.regions.get(&id) else {
+            return false;
+        };
+        self.by_key.remove(&r.remote.key);
+        true
     }
 
     /// Releases a registration: closed at once (peers lose access), or kept in the cache

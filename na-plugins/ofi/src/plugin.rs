@@ -70,6 +70,8 @@ pub(crate) struct Op {
     /// Its `Done` event was already queued (canceled or failed with its peer); the fabric
     /// completions still to come only release its contexts.
     pub(crate) reported: bool,
+    /// A put its owner granted under a lease ([`crate::leases`]): released when it ends.
+    pub(crate) leased: bool,
 }
 
 /// What the plugin knows of a peer.
@@ -120,6 +122,10 @@ pub(crate) struct State {
     /// RMA pieces waiting for room in the window, and the bytes posted and not completed.
     pub(crate) rma_queue: VecDeque<crate::rma::Queued>,
     pub(crate) rma_inflight: usize,
+    /// Puts we granted peers and have not seen end (`leased_puts` only).
+    pub(crate) leases: crate::leases::Leases,
+    /// Leased puts of ours that ended, by owner, to be released at the end of the pass.
+    pub(crate) releases: Vec<(u64, u64)>,
     /// Every context posted and not yet completed (freed on drop).
     pub(crate) live: FxHashSet<usize>,
     pub(crate) stats: OfiStats,
@@ -169,6 +175,8 @@ pub struct OfiPlugin {
     pub(crate) liveness: Mutex<(Option<Instant>, Option<Instant>)>,
     /// An operation made a peer watched since the last check.
     pub(crate) liveness_dirty: std::sync::atomic::AtomicBool,
+    /// `State::releases` may hold some (set after pushing, cleared when taken).
+    pub(crate) releases_pending: std::sync::atomic::AtomicBool,
     /// A thread is posting queued RMA pieces.
     pub(crate) pumping: std::sync::atomic::AtomicBool,
     /// RMA pieces may be queued (cleared under the state lock when the queue is seen
@@ -210,6 +218,11 @@ pub struct OfiPlugin {
     pub(crate) rma_window: usize,
     pub(crate) mr_local: bool,
     pub(crate) write_flags: u64,
+    /// Granted puts are leased ([`crate::leases`]): on providers whose RMA the owner
+    /// checks (`checked_rma`), a put granted before a deregistration would otherwise
+    /// land after it (`shm` writes it anyway, `tcp;ofi_rxm` refuses it by closing the
+    /// connection).
+    pub(crate) leased_puts: bool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -327,6 +340,8 @@ impl OfiPlugin {
             info.mr_mode(),
             wait_fd.is_some()
         );
+        // SAFETY: `fi_version` only returns the library's version.
+        let write_flag = prov.write_flag(unsafe { fi::fi_version() });
         let p = OfiPlugin {
             ep,
             state: Mutex::new(State {
@@ -338,6 +353,8 @@ impl OfiPlugin {
                 awaiting: FxHashMap::default(),
                 rma_queue: VecDeque::new(),
                 rma_inflight: 0,
+                leases: Default::default(),
+                releases: Vec::new(),
                 live: FxHashSet::default(),
                 stats: OfiStats::default(),
                 recv_bufs: Vec::new(),
@@ -357,6 +374,7 @@ impl OfiPlugin {
             held: Mutex::default(),
             liveness: Mutex::new((None, None)),
             liveness_dirty: std::sync::atomic::AtomicBool::new(false),
+            releases_pending: std::sync::atomic::AtomicBool::new(false),
             pumping: std::sync::atomic::AtomicBool::new(false),
             queued: std::sync::atomic::AtomicBool::new(false),
             backlogged: std::sync::atomic::AtomicBool::new(false),
@@ -379,8 +397,8 @@ impl OfiPlugin {
             carry_max,
             rma_window,
             mr_local,
-            // SAFETY: `fi_version` only returns the library's version.
-            write_flags: fi::FI_COMPLETION as u64 | prov.write_flag(unsafe { fi::fi_version() }),
+            write_flags: fi::FI_COMPLETION as u64 | write_flag,
+            leased_puts: prov.checked_rma,
         };
         for _ in 0..p.cfg.recv_pool.max(1) {
             let ctx = Ctx::new(What::Pool, vec![0u8; p.max_eager + wire::HEADER_MAX]);
@@ -473,6 +491,7 @@ impl OfiPlugin {
                 data: Vec::new(),
                 abandon_at: None,
                 reported: false,
+                leased: false,
             },
         );
         // (SeqCst, after the insertion: see `deep_asleep`, and the sleeper's mark in
@@ -631,6 +650,16 @@ impl Plugin for OfiPlugin {
     }
 
     fn deregister(&self, handle: &MemHandle) -> NaResult<()> {
+        {
+            let mut s = lock(&self.state);
+            if !s.leases.held(handle.id) {
+                return s.mem.deregister(handle.id);
+            }
+            // No new check of it is granted; the ones granted end first, with the region
+            // open (`tcp;ofi_rxm` would fail them and close the connection).
+            s.mem.revoke(handle.id);
+        }
+        self.await_leases(handle.id);
         lock(&self.state).mem.deregister(handle.id)
     }
 

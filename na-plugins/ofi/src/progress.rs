@@ -84,6 +84,7 @@ impl OfiPlugin {
         }
         self.pump();
         self.drain_backlog(true);
+        self.send_releases();
     }
 
     fn on_completion(&self, ctx: *mut Ctx, r: Result<(usize, u64), NaError>) {
@@ -201,6 +202,9 @@ impl OfiPlugin {
             return;
         }
         let Some(op) = s.ops.remove(&id) else { return };
+        if op.leased {
+            self.release_later(s, op.peer.0, id);
+        }
         if let Some(p) = s.peers.get_mut(&op.peer.0) {
             p.pending = p.pending.saturating_sub(1);
             if p.pending == 0 {
@@ -328,7 +332,17 @@ impl OfiPlugin {
                     Ok(c) => c,
                     Err(e) => return self.drop_message(e),
                 };
-                let ok = lock(&self.state).mem.allows(c.key, c.off, c.len, c.write);
+                let ok = {
+                    let mut s = lock(&self.state);
+                    match s.mem.allowed(c.key, c.off, c.len, c.write) {
+                        // A put the owner's provider will not see end: leased until the
+                        // initiator releases it (or is lost).
+                        Some(region) if c.write && self.leased_puts => {
+                            s.leases.grant(peer.0, c.op, region)
+                        }
+                        r => r.is_some(),
+                    }
+                };
                 let mut b = wire::header(Kind::Grant, 0, &self.self_raw, 9);
                 b.extend_from_slice(&wire::encode_grant(c.op, ok));
                 self.answer(peer, b, out);
@@ -364,6 +378,15 @@ impl OfiPlugin {
                     // (Only a grant returns something to post.)
                     let none = self.settle(&mut lock(&self.state), peer, op, ok, Some(d));
                     debug_assert!(none.is_none());
+                }
+                Err(e) => self.drop_message(e),
+            },
+            Kind::Release => match wire::decode_release(data) {
+                Ok(ops) => {
+                    let mut s = lock(&self.state);
+                    for op in ops {
+                        s.leases.release(peer.0, op);
+                    }
                 }
                 Err(e) => self.drop_message(e),
             },

@@ -38,9 +38,9 @@ pub struct Provider {
     /// libfabric releases (`(major, minor)`) in which this provider's default completion
     /// of a put is as good for us as `write_completion`: the data is in the owner's memory,
     /// or (inline and inject puts) queued to be copied before any later message of ours
-    /// to that peer is seen; so puts go without it (see [`Provider::write_flag`]). Known
-    /// cost: such a put is not checked by the owner's provider at all, so a region
-    /// deregistered between the owner's grant and the put is written (see the README).
+    /// to that peer is seen; so puts go without it (see [`Provider::write_flag`]). Such a
+    /// put is not checked by the owner's provider at all: the owner's grant and lease
+    /// (`crate::leases`) keep it out of a region deregistered meanwhile.
     pub delivered_by_default: &'static [(u32, u32)],
     /// Bytes of RMA pieces in flight by default (`OfiConfig::rma_window`): what keeps the
     /// transport busy against how long a small message may wait behind transfers. `shm`

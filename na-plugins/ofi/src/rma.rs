@@ -217,9 +217,23 @@ impl OfiPlugin {
         carried: Option<&[u8]>,
     ) -> Option<Awaiting> {
         if s.awaiting.get(&id).is_none_or(|aw| aw.peer != peer) {
+            // A grant for a transfer canceled before it came: the owner may hold a lease
+            // for it (releasing one it does not hold is ignored there).
+            if ok && carried.is_none() && self.leased_puts {
+                self.release_later(s, peer.0, id);
+            }
             return None;
         }
         let aw = s.awaiting.remove(&id)?;
+        // A granted put: released to its owner when it ends, however it ends.
+        if ok
+            && carried.is_none()
+            && aw.write
+            && self.leased_puts
+            && let Some(op) = s.ops.get_mut(&id)
+        {
+            op.leased = true;
+        }
         let want = aw.posts.iter().map(|p| p.len).sum::<usize>();
         let failed = match carried {
             _ if aw.carried != carried.is_some() => Some(NaError::PeerMisbehaved(

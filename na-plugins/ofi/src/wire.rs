@@ -20,7 +20,7 @@ pub const HEADER_MAX: usize = 1 + 8 + 1 + 255;
 /// first byte (the kind in the low four). A message of another version is refused whole
 /// (`NaError::Unsupported`), never read as this one's layout: a node of another release
 /// cannot have its checks or grants misread.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// What an unexpected message is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -43,6 +43,9 @@ pub enum Kind {
     /// Control messages (checks, carries and their answers) to one peer sent as one
     /// message while writes to it were held (`Plugin::hold`): see [`bundle`].
     Bundle = 7,
+    /// The initiator's word that granted puts are over (see [`crate::leases`]): their
+    /// operations, as in their checks ([`encode_release`]).
+    Release = 8,
 }
 
 /// An initiator's question to a region's owner, for providers whose own key checks are
@@ -105,6 +108,21 @@ pub fn decode_grant(b: &[u8]) -> Result<(u64, bool), NaError> {
         return Err(NaError::PeerMisbehaved("malformed RMA grant".into()));
     }
     Ok((word(b, 0), b[8] == 1))
+}
+
+/// A `Release` payload: the operations, 8 bytes each.
+pub fn encode_release(b: &mut Vec<u8>, ops: &[u64]) {
+    for op in ops {
+        b.extend_from_slice(&op.to_le_bytes());
+    }
+}
+
+/// Parses a `Release` payload (at least one operation).
+pub fn decode_release(b: &[u8]) -> Result<impl Iterator<Item = u64> + '_, NaError> {
+    if b.is_empty() || !b.len().is_multiple_of(8) {
+        return Err(NaError::PeerMisbehaved("malformed release".into()));
+    }
+    Ok((0..b.len() / 8).map(move |i| word(b, i)))
 }
 
 /// Splits a `Carry` payload into its check and the bytes that follow (which must be the
@@ -219,6 +237,7 @@ pub fn parse(msg: &[u8]) -> Result<Parsed<'_>, NaError> {
         5 => Kind::Carry,
         6 => Kind::Carried,
         7 => Kind::Bundle,
+        8 => Kind::Release,
         _ => return Err(bad("unknown kind")),
     };
     let (&n, rest) = rest.split_first().ok_or_else(|| bad("no address length"))?;
@@ -435,8 +454,9 @@ mod tests {
         );
         assert_eq!(m[0], VERSION << 4 | Kind::Check as u8);
         assert!(parse(&m).is_ok());
-        // Version 0 (the releases before the version existed) and a later one alike.
-        for version in [0u8, VERSION + 1, 15] {
+        // Version 0 (the releases before the version existed), 1 (before `Release`: its
+        // owners would wait for releases that never come) and a later one alike.
+        for version in [0u8, 1, VERSION + 1, 15] {
             m[0] = version << 4 | Kind::Check as u8;
             match parse(&m) {
                 Err(NaError::Unsupported(why)) => {
@@ -444,6 +464,21 @@ mod tests {
                 }
                 other => panic!("version {version}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn releases_round_trip_and_ragged_ones_are_refused() {
+        let mut m = header(Kind::Release, 0, b"abc", 16);
+        encode_release(&mut m, &[7, u64::MAX]);
+        let p = parse(&m).unwrap();
+        assert_eq!(p.kind, Kind::Release);
+        assert_eq!(
+            decode_release(p.data).unwrap().collect::<Vec<_>>(),
+            [7, u64::MAX]
+        );
+        for bad in [&[][..], &[1u8; 7][..], &[1u8; 9][..]] {
+            assert!(decode_release(bad).is_err(), "{bad:?}");
         }
     }
 

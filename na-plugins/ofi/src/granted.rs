@@ -1,0 +1,67 @@
+//! The plugin's side of leased puts ([`crate::leases`]): an initiator releases the puts
+//! its owners granted once they end; an owner's deregistration waits out the puts it
+//! granted into the region.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::plugin::{OfiPlugin, State, lock};
+use crate::wire::{self, Kind};
+
+impl OfiPlugin {
+    /// Queues the release of our put `op` to `owner`, sent at the end of the pass (the
+    /// put's data has landed by then: see `Provider::delivered_by_default`).
+    pub(crate) fn release_later(&self, s: &mut State, owner: u64, op: u64) {
+        s.releases.push((owner, op));
+        self.releases_pending.store(true, Ordering::Release);
+    }
+
+    /// Sends the queued releases, as few messages per owner as fit.
+    pub(crate) fn send_releases(&self) {
+        if !self.releases_pending.load(Ordering::Acquire) {
+            return;
+        }
+        let mut out = {
+            let mut s = lock(&self.state);
+            self.releases_pending.store(false, Ordering::Release);
+            std::mem::take(&mut s.releases)
+        };
+        out.sort_unstable();
+        let per_msg = ((self.max_eager - wire::HEADER_MAX) / 8).max(1);
+        for to_owner in out.chunk_by(|a, b| a.0 == b.0) {
+            for part in to_owner.chunks(per_msg) {
+                let ops: Vec<u64> = part.iter().map(|(_, op)| *op).collect();
+                let mut b = wire::header(Kind::Release, 0, &self.self_raw, ops.len() * 8);
+                wire::encode_release(&mut b, &ops);
+                if let Err(e) = self.send_control(part[0].0, b, false) {
+                    // (An owner we cannot reach any more is lost to us, and we to it.)
+                    tracing::debug!("ofi: release of {} puts not sent: {e}", ops.len());
+                }
+            }
+        }
+    }
+
+    /// Waits until no put we granted into `region` (deregistered: no new one is granted)
+    /// may still be under way: each is released by its initiator or its peer is lost.
+    /// Drives progress meanwhile (this thread may be the only one that does). Bounded by
+    /// how long a silent peer takes to be declared lost; past that it gives up, warning
+    /// that the memory may still be written.
+    pub(crate) fn await_leases(&self, region: u64) {
+        let start = Instant::now();
+        let bound = self.cfg.probe_after + self.cfg.probe_timeout + Duration::from_secs(1);
+        while lock(&self.state).leases.held(region) {
+            if start.elapsed() > bound {
+                tracing::warn!(
+                    region,
+                    "ofi: deregistered with puts granted into it neither released nor \
+                     lost after {bound:?}: the memory may still be written"
+                );
+                return;
+            }
+            if let Err(e) = self.drive(Some(Duration::ZERO)) {
+                tracing::debug!("ofi: progress while waiting for releases: {e}");
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+}

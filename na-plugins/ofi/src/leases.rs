@@ -1,0 +1,160 @@
+//! Puts an owner has granted and not yet seen end, on providers whose RMA the owner
+//! checks (`Provider::checked_rma`). A put granted just before the owner deregisters
+//! the region would land after it: `shm` writes it anyway (the initiator's own
+//! `process_vm_writev` on libfabric 1.17, or the owner's provider, which checks no key),
+//! `tcp;ofi_rxm` refuses it by closing the connection. So the initiator tells the owner
+//! when the put's last piece came back (a [`crate::wire::Kind::Release`]), and a
+//! deregistration waits for the region's leases to end (or their peer to be lost): memory
+//! handed back to the program is not written afterwards. Pure bookkeeping, tested here.
+
+use std::collections::hash_map::Entry;
+
+use rustc_hash::FxHashMap;
+
+/// Leases one peer may hold at once: a grant beyond it is refused (the transfer fails as
+/// a refused one), so a peer that never releases cannot grow the table. Far above what a
+/// program keeps in flight (`qs-bw` keeps 64 transfers per RPC).
+pub const MAX_PER_PEER: usize = 16 << 10;
+
+/// Granted puts by (peer, the initiator's operation), and how many each region has.
+#[derive(Default)]
+pub struct Leases {
+    /// (Keyed by the peer's fabric address, ours, and the peer's op id: a peer chooses
+    /// only the second, and only among its own entries.)
+    by_op: FxHashMap<(u64, u64), u64>,
+    per_region: FxHashMap<u64, u32>,
+    per_peer: FxHashMap<u64, usize>,
+}
+
+impl Leases {
+    /// Records the grant of `peer`'s put `op` into `region`; false (grant it not) when the
+    /// peer holds [`MAX_PER_PEER`] leases already. A check repeated for one op holds one
+    /// lease.
+    pub fn grant(&mut self, peer: u64, op: u64, region: u64) -> bool {
+        let held = self.per_peer.get(&peer).copied().unwrap_or(0);
+        match self.by_op.entry((peer, op)) {
+            Entry::Occupied(e) => *e.get() == region,
+            Entry::Vacant(_) if held >= MAX_PER_PEER => false,
+            Entry::Vacant(e) => {
+                e.insert(region);
+                *self.per_region.entry(region).or_default() += 1;
+                *self.per_peer.entry(peer).or_default() += 1;
+                true
+            }
+        }
+    }
+
+    /// `peer` says its put `op` is over (unknown ones are ignored: a release may follow
+    /// a refusal, or come twice).
+    pub fn release(&mut self, peer: u64, op: u64) {
+        if let Some(region) = self.by_op.remove(&(peer, op)) {
+            self.drop_one(peer, region);
+        }
+    }
+
+    /// `peer` is lost: its puts are over (its process is gone, or silent past the
+    /// probe timeout).
+    pub fn forget_peer(&mut self, peer: u64) {
+        if self.per_peer.remove(&peer).is_none() {
+            return;
+        }
+        let mut gone = Vec::new();
+        self.by_op.retain(|&(p, _), r| {
+            if p == peer {
+                gone.push(*r);
+            }
+            p != peer
+        });
+        for r in gone {
+            self.drop_region(r);
+        }
+    }
+
+    /// Whether a granted put into `region` may still be under way.
+    pub fn held(&self, region: u64) -> bool {
+        self.per_region.contains_key(&region)
+    }
+
+    fn drop_one(&mut self, peer: u64, region: u64) {
+        if let Some(n) = self.per_peer.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&peer);
+            }
+        }
+        self.drop_region(region);
+    }
+
+    fn drop_region(&mut self, region: u64) {
+        if let Some(n) = self.per_region.get_mut(&region) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_region.remove(&region);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_is_held_until_each_of_its_puts_is_released() {
+        let mut l = Leases::default();
+        assert!(l.grant(1, 10, 7) && l.grant(2, 10, 7) && l.grant(1, 11, 8));
+        assert!(l.held(7) && l.held(8));
+        l.release(1, 10);
+        assert!(l.held(7), "peer 2's put is still under way");
+        l.release(2, 10);
+        assert!(!l.held(7) && l.held(8));
+        l.release(1, 11);
+        assert!(!l.held(8));
+        assert!(l.by_op.is_empty() && l.per_peer.is_empty() && l.per_region.is_empty());
+    }
+
+    #[test]
+    fn unknown_and_repeated_releases_change_nothing() {
+        let mut l = Leases::default();
+        assert!(l.grant(1, 10, 7));
+        l.release(1, 99);
+        l.release(2, 10);
+        assert!(l.held(7), "another peer cannot release peer 1's put");
+        l.release(1, 10);
+        l.release(1, 10);
+        assert!(!l.held(7));
+    }
+
+    #[test]
+    fn a_repeated_check_holds_one_lease() {
+        let mut l = Leases::default();
+        assert!(l.grant(1, 10, 7) && l.grant(1, 10, 7));
+        assert!(!l.grant(1, 10, 8), "one op, another region: refused");
+        l.release(1, 10);
+        assert!(!l.held(7));
+    }
+
+    #[test]
+    fn a_lost_peer_releases_everything_it_held() {
+        let mut l = Leases::default();
+        assert!(l.grant(1, 10, 7) && l.grant(1, 11, 7) && l.grant(2, 10, 8));
+        l.forget_peer(1);
+        assert!(!l.held(7) && l.held(8));
+        l.release(1, 11);
+        assert!(l.held(8));
+        l.forget_peer(2);
+        assert!(!l.held(8) && l.by_op.is_empty() && l.per_region.is_empty());
+    }
+
+    #[test]
+    fn a_peer_cannot_hold_more_than_its_share() {
+        let mut l = Leases::default();
+        for op in 0..MAX_PER_PEER as u64 {
+            assert!(l.grant(1, op, 7));
+        }
+        assert!(!l.grant(1, u64::MAX, 7), "one more is refused");
+        assert!(l.grant(2, 0, 7), "another peer still gets its own");
+        l.release(1, 0);
+        assert!(l.grant(1, u64::MAX, 7), "room again after a release");
+    }
+}
