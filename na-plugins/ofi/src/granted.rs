@@ -1,6 +1,6 @@
-//! The plugin's side of leased puts ([`crate::leases`]): an initiator releases the puts
-//! its owners granted once they end; an owner's deregistration waits out the puts it
-//! granted into the region.
+//! The plugin's side of leased transfers ([`crate::leases`]): an initiator releases the
+//! transfers its owners granted once they end; an owner's deregistration waits out the
+//! transfers it granted of the region.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,8 +9,9 @@ use crate::plugin::{OfiPlugin, State, lock};
 use crate::wire::{self, Kind};
 
 impl OfiPlugin {
-    /// Queues the release of our put `op` to `owner`, sent at the end of the pass (the
-    /// put's data has landed by then: see `Provider::delivered_by_default`).
+    /// Queues the release of our transfer `op` to `owner`, sent at the end of the pass
+    /// (its last piece came back: a put's data has landed, see
+    /// `Provider::delivered_by_default`).
     pub(crate) fn release_later(&self, s: &mut State, owner: u64, op: u64) {
         s.releases.push((owner, op));
         self.releases_pending.store(true, Ordering::Release);
@@ -35,17 +36,17 @@ impl OfiPlugin {
                 wire::encode_release(&mut b, &ops);
                 if let Err(e) = self.send_control(part[0].0, b, false) {
                     // (An owner we cannot reach any more is lost to us, and we to it.)
-                    tracing::debug!("ofi: release of {} puts not sent: {e}", ops.len());
+                    tracing::debug!("ofi: release of {} transfers not sent: {e}", ops.len());
                 }
             }
         }
     }
 
-    /// Waits until no put we granted into `region` (deregistered: no new one is granted)
+    /// Waits until no transfer we granted of `region` (revoked: no new one is granted)
     /// may still be under way: each is released by its initiator or its peer is lost.
     /// Drives progress meanwhile (this thread may be the only one that does). Bounded by
     /// how long a silent peer takes to be declared lost; past that it gives up, warning
-    /// that the memory may still be written.
+    /// that the memory may still be reached.
     pub(crate) fn await_leases(&self, region: u64) {
         let start = Instant::now();
         let bound = self.cfg.probe_after + self.cfg.probe_timeout + Duration::from_secs(1);
@@ -53,8 +54,8 @@ impl OfiPlugin {
             if start.elapsed() > bound {
                 tracing::warn!(
                     region,
-                    "ofi: deregistered with puts granted into it neither released nor \
-                     lost after {bound:?}: the memory may still be written"
+                    "ofi: deregistered with transfers granted of it neither released nor \
+                     lost after {bound:?}: the memory may still be reached"
                 );
                 return;
             }

@@ -1,11 +1,12 @@
-//! Puts an owner has granted and not yet seen end, on providers whose RMA the owner
-//! checks (`Provider::checked_rma`). A put granted just before the owner deregisters
-//! the region would land after it: `shm` writes it anyway (the initiator's own
-//! `process_vm_writev` on libfabric 1.17, or the owner's provider, which checks no key),
-//! `tcp;ofi_rxm` refuses it by closing the connection. So the initiator tells the owner
-//! when the put's last piece came back (a [`crate::wire::Kind::Release`]), and a
-//! deregistration waits for the region's leases to end (or their peer to be lost): memory
-//! handed back to the program is not written afterwards. Pure bookkeeping, tested here.
+//! Transfers an owner has granted and not yet seen end, on providers whose RMA the owner
+//! checks (`Provider::checked_rma`). A transfer granted just before the owner deregisters
+//! the region would reach it after: `shm` performs it anyway (the initiator's own
+//! `process_vm_writev`/`readv` where CMA works, else the owner's provider, which checks no
+//! key), `tcp;ofi_rxm` refuses it by closing the connection. So the initiator tells the
+//! owner when the transfer's last piece came back (a [`crate::wire::Kind::Release`]), and
+//! a deregistration waits for the region's leases to end (or their peer to be lost):
+//! memory handed back to the program is not written (or read) afterwards. Pure
+//! bookkeeping, tested here.
 
 use std::collections::hash_map::Entry;
 
@@ -16,7 +17,7 @@ use rustc_hash::FxHashMap;
 /// program keeps in flight (`qs-bw` keeps 64 transfers per RPC).
 pub const MAX_PER_PEER: usize = 16 << 10;
 
-/// Granted puts by (peer, the initiator's operation), and how many each region has.
+/// Granted transfers by (peer, the initiator's operation), and how many each region has.
 #[derive(Default)]
 pub struct Leases {
     /// (Keyed by the peer's fabric address, ours, and the peer's op id: a peer chooses
@@ -27,7 +28,7 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// Records the grant of `peer`'s put `op` into `region`; false (grant it not) when the
+    /// Records the grant of `peer`'s transfer `op` of `region`; false (grant it not) when the
     /// peer holds [`MAX_PER_PEER`] leases already. A check repeated for one op holds one
     /// lease.
     pub fn grant(&mut self, peer: u64, op: u64, region: u64) -> bool {
@@ -44,7 +45,7 @@ impl Leases {
         }
     }
 
-    /// `peer` says its put `op` is over (unknown ones are ignored: a release may follow
+    /// `peer` says its transfer `op` is over (unknown ones are ignored: a release may follow
     /// a refusal, or come twice).
     pub fn release(&mut self, peer: u64, op: u64) {
         if let Some(region) = self.by_op.remove(&(peer, op)) {
@@ -52,7 +53,7 @@ impl Leases {
         }
     }
 
-    /// `peer` is lost: its puts are over (its process is gone, or silent past the
+    /// `peer` is lost: its transfers are over (its process is gone, or silent past the
     /// probe timeout).
     pub fn forget_peer(&mut self, peer: u64) {
         if self.per_peer.remove(&peer).is_none() {
@@ -70,7 +71,7 @@ impl Leases {
         }
     }
 
-    /// Whether a granted put into `region` may still be under way.
+    /// Whether a granted transfer of `region` may still be under way.
     pub fn held(&self, region: u64) -> bool {
         self.per_region.contains_key(&region)
     }

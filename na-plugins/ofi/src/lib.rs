@@ -19,8 +19,8 @@
 //!   Where the provider's checks are missing or destructive (`Provider::checked_rma`), the
 //!   owner checks each transfer first (`Check`/`Grant` messages), and small transfers (up
 //!   to `OfiConfig::carry_max`) are carried in those messages and performed by the owner.
-//!   A put it grants is leased until the initiator releases it (`Release` messages): a
-//!   deregistration waits for the region's leases, so no granted put lands after it.
+//!   A transfer it grants is leased until the initiator releases it (`Release` messages): a
+//!   deregistration waits for the region's leases, so no granted transfer reaches it after.
 //! - **Progress** reads the completion queue; when idle it sleeps on the queue's wait fd
 //!   after `fi_trywait`, so the engine costs nothing at rest. Without one (shm, or
 //!   `OfiConfig::wait_object` off, as a busy-polling engine opens it) progress that may

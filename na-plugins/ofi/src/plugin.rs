@@ -70,7 +70,8 @@ pub(crate) struct Op {
     /// Its `Done` event was already queued (canceled or failed with its peer); the fabric
     /// completions still to come only release its contexts.
     pub(crate) reported: bool,
-    /// A put its owner granted under a lease ([`crate::leases`]): released when it ends.
+    /// A transfer its owner granted under a lease ([`crate::leases`]): released when it
+    /// ends.
     pub(crate) leased: bool,
 }
 
@@ -122,7 +123,7 @@ pub(crate) struct State {
     /// RMA pieces waiting for room in the window, and the bytes posted and not completed.
     pub(crate) rma_queue: VecDeque<crate::rma::Queued>,
     pub(crate) rma_inflight: usize,
-    /// Puts we granted peers and have not seen end (`leased_puts` only).
+    /// Puts we granted peers and have not seen end (`leased_rma` only).
     pub(crate) leases: crate::leases::Leases,
     /// Leased puts of ours that ended, by owner, to be released at the end of the pass.
     pub(crate) releases: Vec<(u64, u64)>,
@@ -218,11 +219,11 @@ pub struct OfiPlugin {
     pub(crate) rma_window: usize,
     pub(crate) mr_local: bool,
     pub(crate) write_flags: u64,
-    /// Granted puts are leased ([`crate::leases`]): on providers whose RMA the owner
-    /// checks (`checked_rma`), a put granted before a deregistration would otherwise
-    /// land after it (`shm` writes it anyway, `tcp;ofi_rxm` refuses it by closing the
-    /// connection).
-    pub(crate) leased_puts: bool,
+    /// Granted transfers are leased ([`crate::leases`]): on providers whose RMA the owner
+    /// checks (`checked_rma`), one granted before a deregistration would otherwise reach
+    /// the region after it (`shm` writes or reads it anyway, `tcp;ofi_rxm` refuses it by
+    /// closing the connection).
+    pub(crate) leased_rma: bool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -398,7 +399,7 @@ impl OfiPlugin {
             rma_window,
             mr_local,
             write_flags: fi::FI_COMPLETION as u64 | write_flag,
-            leased_puts: prov.checked_rma,
+            leased_rma: prov.checked_rma,
         };
         for _ in 0..p.cfg.recv_pool.max(1) {
             let ctx = Ctx::new(What::Pool, vec![0u8; p.max_eager + wire::HEADER_MAX]);

@@ -335,11 +335,9 @@ impl OfiPlugin {
                 let ok = {
                     let mut s = lock(&self.state);
                     match s.mem.allowed(c.key, c.off, c.len, c.write) {
-                        // A put the owner's provider will not see end: leased until the
-                        // initiator releases it (or is lost).
-                        Some(region) if c.write && self.leased_puts => {
-                            s.leases.grant(peer.0, c.op, region)
-                        }
+                        // A transfer the owner's provider may not see end: leased until
+                        // the initiator releases it (or is lost).
+                        Some(region) if self.leased_rma => s.leases.grant(peer.0, c.op, region),
                         r => r.is_some(),
                     }
                 };

@@ -219,17 +219,16 @@ impl OfiPlugin {
         if s.awaiting.get(&id).is_none_or(|aw| aw.peer != peer) {
             // A grant for a transfer canceled before it came: the owner may hold a lease
             // for it (releasing one it does not hold is ignored there).
-            if ok && carried.is_none() && self.leased_puts {
+            if ok && carried.is_none() && self.leased_rma {
                 self.release_later(s, peer.0, id);
             }
             return None;
         }
         let aw = s.awaiting.remove(&id)?;
-        // A granted put: released to its owner when it ends, however it ends.
+        // A granted transfer: released to its owner when it ends, however it ends.
         if ok
             && carried.is_none()
-            && aw.write
-            && self.leased_puts
+            && self.leased_rma
             && let Some(op) = s.ops.get_mut(&id)
         {
             op.leased = true;
