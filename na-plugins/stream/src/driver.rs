@@ -253,17 +253,20 @@ impl StreamPlugin {
                 // Checked now; the bytes go from registered memory to the socket when the
                 // answer is written (a region deregistered meanwhile is copied first).
                 let req = RmaReq::decode_get(p).filter(|r| r.len <= self.cfg.rma_chunk as u64);
-                let st = req.map_or(RmaStatus::Malformed, |r| {
-                    self.mem.check_remote(r.key, r.offset, r.len, false)
+                let pin = req.ok_or(RmaStatus::Malformed).and_then(|r| {
+                    self.mem
+                        .pin_remote_read(r.key, r.offset, r.len)
+                        .map(|pin| (r, pin))
                 });
-                let body = match req {
-                    Some(r) if st == RmaStatus::Ok => Body::Region {
-                        prefix: vec![st as u8],
+                let body = match pin {
+                    Ok((r, pin)) => Body::Region {
+                        prefix: vec![RmaStatus::Ok as u8],
                         key: r.key,
                         offset: r.offset,
                         len: r.len as usize,
+                        _pin: pin,
                     },
-                    _ => Body::Owned(vec![st as u8]),
+                    Err(st) => Body::Owned(vec![st as u8]),
                 };
                 self.queue_frames(
                     conn,

@@ -510,14 +510,15 @@ impl StreamPlugin {
             }
             // The data is read from registered memory when the frame is written.
             let local_off = r.local_off + c.rel_off;
-            match self.mem.check_local(r.local_id, local_off, c.len) {
-                Ok(()) => {
+            match self.mem.pin_local(r.local_id, local_off, c.len) {
+                Ok(pin) => {
                     let prefix = RmaReq::encode_put_prefix(r.remote_key, offset).to_vec();
                     let body = Body::Region {
                         prefix,
                         key: r.local_id,
                         offset: local_off,
                         len: c.len as usize,
+                        _pin: pin,
                     };
                     frames.push(OutFrame::with_body(Kind::PutReq, id, body, None));
                 }
@@ -656,10 +657,13 @@ impl Plugin for StreamPlugin {
         // Refuse new accesses, copy what queued frames still need, then forget the region:
         // after this returns, nothing reads or writes its memory.
         let written = self.mem.revoke(handle.id)?;
-        let conns: Vec<Arc<Conn>> = lock(&self.conns).values().cloned().collect();
-        for c in &conns {
-            let f = c.materialize(handle.id, &self.mem);
-            self.after_flush(c, f);
+        // (Only where a frame built before the revocation may still read it.)
+        if self.mem.pinned(handle.id) {
+            let conns: Vec<Arc<Conn>> = lock(&self.conns).values().cloned().collect();
+            for c in &conns {
+                let f = c.materialize(handle.id, &self.mem);
+                self.after_flush(c, f);
+            }
         }
         // Peers may have been writing it directly: their writes end before it goes.
         if written {

@@ -10,18 +10,20 @@ use std::io::IoSlice;
 use na::OpId;
 
 use crate::frame::{HEADER_LEN, Header, Kind};
-use crate::mr::MemRead;
+use crate::mr::{MemRead, Pin};
 
 /// The body of a frame to write.
 pub enum Body {
     /// Bytes owned by the frame.
     Owned(Vec<u8>),
-    /// A small prefix, then `len` bytes of registered region `key` at `offset`.
+    /// A small prefix, then `len` bytes of registered region `key` at `offset`, pinned
+    /// while the frame lives.
     Region {
         prefix: Vec<u8>,
         key: u64,
         offset: u64,
         len: usize,
+        _pin: Pin,
     },
 }
 
@@ -176,6 +178,7 @@ impl OutFrame {
                 key,
                 offset,
                 len,
+                ..
             } => {
                 push(prefix, &mut skip);
                 // Regions are materialized before they are deregistered, so this holds.
@@ -195,6 +198,7 @@ impl OutFrame {
             key,
             offset,
             len,
+            ..
         } = &mut self.body
             && *key == key_gone
         {
