@@ -2,35 +2,22 @@
 //! answers pile up: the plugin's memory stays bounded, other peers are served meanwhile,
 //! and the peer's leaving frees everything.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::io::{ErrorKind, Write};
 use std::time::{Duration, Instant};
 
-use na::{Address, Event, Plugin};
+use na::{Event, Plugin};
+use na_tcp::StreamConfig;
 use na_tcp::frame::{Kind, RmaReq};
-use na_tcp::{StreamConfig, auth};
 
 mod common;
-use common::{drive, frame, plugin};
+use common::{drive, frame, plugin, raw_peer};
 
 #[test]
 fn a_peer_that_never_reads_answers_is_paused_and_bounded() {
     let server = plugin();
     let bound = StreamConfig::default().backlog.per_conn;
-    let mut flood = TcpStream::connect(server.self_addr().locator()).unwrap();
-    flood.set_nonblocking(true).unwrap();
-    let mut got = 0;
-    drive(&[&server], || {
-        let mut b = [0u8; 256];
-        match flood.read(&mut b) {
-            Ok(n) => got += n,
-            Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock),
-        }
-        got >= 16 + 34
-    });
-    let me = Address::parse("tcp://127.0.0.1:1").unwrap();
-    let hello = auth::encode_hello(&me, server.self_addr(), b"");
-    flood.write_all(&frame(Kind::Hello, 0, &hello)).unwrap();
+    let (mut flood, hello) = raw_peer(&server);
+    flood.write_all(&hello).unwrap();
     // Write requests (puts into no region: each earns a refusal) as fast as the server
     // takes them, never reading; count what the server accepted.
     let put = frame(Kind::PutReq, 1, &RmaReq::encode_put_prefix(99, 0));

@@ -5,15 +5,13 @@
 //! this is the case where one does.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use na::{Access, Address, Plugin, Segment};
-use na_tcp::auth;
+use na::{Access, Plugin, Segment};
 use na_tcp::frame::{HEADER_LEN, Header, Kind, RmaReq};
 
 mod common;
-use common::{drive, frame, plugin};
+use common::{frame, plugin, raw_peer};
 
 #[test]
 fn answers_queued_when_the_region_goes_carry_its_bytes_as_they_were() {
@@ -24,20 +22,7 @@ fn answers_queued_when_the_region_goes_carry_its_bytes_as_they_were() {
     // SAFETY: the region outlives its registration (deregistered below).
     let h =
         unsafe { server.register(&[Segment::from_slice(&mut region)], Access::ReadOnly) }.unwrap();
-    let mut peer = TcpStream::connect(server.self_addr().locator()).unwrap();
-    peer.set_nonblocking(true).unwrap();
-    let mut greeting = 0;
-    drive(&[&server], || {
-        let mut b = [0u8; 256];
-        match peer.read(&mut b) {
-            Ok(n) => greeting += n,
-            Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock),
-        }
-        greeting >= 16 + 34
-    });
-    let me = Address::parse("tcp://127.0.0.1:1").unwrap();
-    let hello = auth::encode_hello(&me, server.self_addr(), b"");
-    let mut out = frame(Kind::Hello, 0, &hello);
+    let (mut peer, mut out) = raw_peer(&server);
     for tag in 0..GETS {
         let get = RmaReq {
             key: h.remote.key,

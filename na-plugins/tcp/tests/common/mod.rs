@@ -1,10 +1,12 @@
 //! Helpers of the raw-socket tests: frames by hand, and a bounded progress loop.
 
+use std::io::{ErrorKind, Read};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use na::{Address, Plugin};
 use na_tcp::frame::{Header, Kind};
-use na_tcp::{StreamPlugin, TcpPlugin};
+use na_tcp::{StreamPlugin, TcpPlugin, auth};
 
 /// A plugin listening on a free loopback port.
 pub fn plugin() -> StreamPlugin {
@@ -32,4 +34,24 @@ pub fn drive(ps: &[&StreamPlugin], mut done: impl FnMut() -> bool) {
             p.progress(Some(Duration::from_millis(2))).unwrap();
         }
     }
+}
+
+/// A raw socket connected to `server`, its greeting read (non-blocking), and the `Hello`
+/// frame it sends next to be let in.
+#[allow(dead_code)] // (not every test binary that shares this module uses it)
+pub fn raw_peer(server: &StreamPlugin) -> (TcpStream, Vec<u8>) {
+    let mut peer = TcpStream::connect(server.self_addr().locator()).unwrap();
+    peer.set_nonblocking(true).unwrap();
+    let mut got = 0;
+    drive(&[server], || {
+        let mut b = [0u8; 256];
+        match peer.read(&mut b) {
+            Ok(n) => got += n,
+            Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock),
+        }
+        got >= 16 + 34
+    });
+    let me = Address::parse("tcp://127.0.0.1:1").unwrap();
+    let hello = auth::encode_hello(&me, server.self_addr(), b"");
+    (peer, frame(Kind::Hello, 0, &hello))
 }
