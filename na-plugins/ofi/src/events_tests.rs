@@ -53,10 +53,12 @@ fn events_left_when_the_callback_unwinds_stay_queued_in_order() {
     let mut all = Vec::new();
     assert_eq!(p.poll_events(&mut |e| all.push(id(&e))), 3);
     assert_eq!(all, [6, 7, 8]);
+    let spare = crate::plugin::SPARE_EVENTS.take();
     assert!(
-        p.spare_events.lock().unwrap().capacity() >= 3,
+        spare.capacity() >= 3,
         "the emptied batch is kept for its room"
     );
+    crate::plugin::SPARE_EVENTS.set(spare);
     assert_eq!(p.poll_events(&mut |_| {}), 0, "nothing twice");
 }
 

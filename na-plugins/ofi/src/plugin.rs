@@ -164,8 +164,10 @@ pub struct OfiPlugin {
     pub(crate) wait_fd: Option<RawFd>,
     pub(crate) wake_fd: OwnedFd,
     pub(crate) events: Mutex<VecDeque<Event>>,
-    /// The queue last handed out by `poll_events`, emptied, kept for its room.
-    pub(crate) spare_events: Mutex<VecDeque<Event>>,
+    /// `events` may hold some: set under its lock by each push, cleared under it when it
+    /// is found or left empty; so that a poll of an empty queue takes no lock (several
+    /// per RPC: each progress pass ends with one).
+    pub(crate) events_ready: std::sync::atomic::AtomicBool,
     pub(crate) cq_lock: Mutex<()>,
     /// Owners' grants read from the queue, acted on (their pieces posted) once its lock is
     /// released. (Carried answers are settled as they are read.)
@@ -369,7 +371,7 @@ impl OfiPlugin {
             wait_fd,
             wake_fd,
             events: Mutex::new(VecDeque::new()),
-            spare_events: Mutex::new(VecDeque::new()),
+            events_ready: std::sync::atomic::AtomicBool::new(false),
             cq_lock: Mutex::new(()),
             answers: Mutex::new(Vec::new()),
             held: Mutex::default(),
@@ -546,7 +548,14 @@ impl OfiPlugin {
     }
 
     pub(crate) fn push_event(&self, e: Event) {
-        lock(&self.events).push_back(e);
+        let mut q = lock(&self.events);
+        q.push_back(e);
+        self.events_ready.store(true, Ordering::Release);
+    }
+
+    /// Whether events may be queued (see `events_ready`).
+    pub(crate) fn events_ready(&self) -> bool {
+        self.events_ready.load(Ordering::Acquire)
     }
 }
 
@@ -697,17 +706,30 @@ impl Plugin for OfiPlugin {
     }
 
     fn poll_event(&self) -> Option<Event> {
-        lock(&self.events).pop_front()
+        if !self.events_ready() {
+            return None;
+        }
+        let mut q = lock(&self.events);
+        let e = q.pop_front();
+        if q.is_empty() {
+            self.events_ready.store(false, Ordering::Relaxed);
+        }
+        e
     }
 
     fn poll_events(&self, f: &mut dyn FnMut(Event)) -> usize {
+        if !self.events_ready() {
+            return 0;
+        }
         // Swapped for the spare queue, so that neither allocates in the steady state.
         let batch = {
             let mut q = lock(&self.events);
+            // (Left empty either way: the next push sets the flag again, under the lock.)
+            self.events_ready.store(false, Ordering::Relaxed);
             if q.is_empty() {
                 return 0;
             }
-            let spare = std::mem::take(&mut *lock(&self.spare_events));
+            let spare = SPARE_EVENTS.take();
             std::mem::replace(&mut *q, spare)
         };
         let n = batch.len();
@@ -748,6 +770,13 @@ pub(crate) fn known_peer(s: &mut State, raw: &[u8]) -> Option<PeerId> {
 /// Events the spare queue keeps room for at most.
 const SPARE_ROOM: usize = 1024;
 
+thread_local! {
+    /// The queue this thread last handed out by `poll_events`, emptied, kept for its room
+    /// (per thread: swapping it takes no lock).
+    pub(crate) static SPARE_EVENTS: std::cell::Cell<VecDeque<Event>> =
+        const { std::cell::Cell::new(VecDeque::new()) };
+}
+
 /// A batch of events being handed out by `poll_events`: if the caller's callback unwinds,
 /// those not handed yet go back to the front of the queue, in order, for the next call;
 /// else the emptied queue is kept as the spare, for its room.
@@ -762,12 +791,13 @@ impl Drop for Unhanded<'_> {
         if batch.is_empty() {
             // The room of a burst is not kept for good.
             batch.shrink_to(SPARE_ROOM);
-            *lock(&self.p.spare_events) = batch;
+            SPARE_EVENTS.set(batch);
             return;
         }
         let mut q = lock(&self.p.events);
         for e in batch.into_iter().rev() {
             q.push_front(e);
         }
+        self.p.events_ready.store(true, Ordering::Release);
     }
 }

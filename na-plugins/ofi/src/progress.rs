@@ -453,7 +453,7 @@ impl OfiPlugin {
             self.poll_cq(false);
             let now = Instant::now();
             let next_check = self.liveness_tick(now);
-            if !lock(&self.events).is_empty() {
+            if self.events_ready() {
                 return Ok(());
             }
             if end.is_some_and(|e| now >= e) {
