@@ -326,3 +326,43 @@ fn an_owners_answers_do_not_wait_for_its_own_holds() {
         assert!(mine[..32 << 10].iter().all(|&x| x == 7), "{addr}");
     }
 }
+
+/// Runs `step` until `done` or 10 s; whether `done` came.
+fn until(mut step: impl FnMut(), done: impl Fn() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        step();
+    }
+    true
+}
+
+/// A grant that comes for a transfer canceled while it waited is released all the same:
+/// the owner leased the region for it, and its deregistration would wait for the release
+/// (up to the probe timeout) otherwise.
+#[test]
+fn a_grant_for_a_transfer_canceled_before_it_came_is_released() {
+    let (a, b) = (shm(), std::sync::Arc::new(shm()));
+    let pb = a.lookup(b.self_addr()).unwrap();
+    say_hello(&a, pb, &b);
+    let mut theirs = vec![5u8; 64 << 10];
+    let mut mine = vec![0u8; 64 << 10];
+    let (hb, ha) = register_pair(&a, &*b, &mut theirs, &mut mine);
+    let leased = || crate::plugin::lock(&b.state).leases.held(hb.id);
+    // Beyond what is carried: a check, which the owner grants under a lease.
+    let put = a.put(pb, &ha, 0, &hb.remote, 0, 64 << 10).unwrap();
+    assert!(until(|| b.poll_cq(true), leased), "the owner leased it");
+    assert!(a.cancel(put));
+    assert_eq!(outcome(&a, put), Some(Err(NaError::Canceled)));
+    let both = || {
+        a.poll_cq(true);
+        b.poll_cq(true);
+    };
+    assert!(
+        until(both, || !leased()),
+        "the grant that came after the cancel was released"
+    );
+    assert!(mine.iter().all(|&x| x == 0) && theirs.iter().all(|&x| x == 5));
+}
