@@ -99,38 +99,36 @@ impl OfiPlugin {
             self.on_unexpected(ctx, r);
             return;
         }
-        let (what, buf) = {
-            let mut s = lock(&self.state);
-            s.live.remove(&(ctx as usize));
-            // SAFETY: as above; this completion is its last use by libfabric.
-            let mut owned = unsafe { Box::from_raw(ctx) };
-            // (Its operation forgets it in `finish_part`; until then it sits in this
-            // thread's spares, posted nowhere, and a cancel by its address finds nothing.)
-            let taken = (owned.what, std::mem::take(&mut owned.buf));
-            Ctx::recycle(owned);
-            taken
-        };
+        let mut s = lock(&self.state);
+        s.live.remove(&(ctx as usize));
+        // SAFETY: as above; this completion is its last use by libfabric.
+        let mut owned = unsafe { Box::from_raw(ctx) };
+        // (Its operation forgets it in `finish_part`; until then it sits in this thread's
+        // spares, posted nowhere, and a cancel by its address finds nothing.)
+        let (what, buf) = (owned.what, std::mem::take(&mut owned.buf));
+        Ctx::recycle(owned);
+        // An operation's part is finished under the same lock (one per completion); a
+        // receive's message is copied out of the buffer there.
+        let len = r.map(|(len, _)| len);
         match what {
-            What::Op(id) => {
-                // The message is copied out of the buffer if this is a receive (decided
-                // under the one lock `finish_part` takes).
-                self.finish_part(id, r.map(|(len, _)| len), buf, ctx as usize);
-            }
-            What::Rma(id, len) => {
-                let mut st = lock(&self.state);
-                st.rma_inflight = st.rma_inflight.saturating_sub(len);
-                drop(st);
-                self.finish_part(id, r.map(|(l, _)| l), Vec::new(), ctx as usize);
+            What::Op(id) => self.finish_part_locked(s, id, len, buf, ctx as usize),
+            What::Rma(id, n) => {
+                s.rma_inflight = s.rma_inflight.saturating_sub(n);
+                self.finish_part_locked(s, id, len, Vec::new(), ctx as usize);
             }
             What::Ping(peer) => {
-                if let Err(e) = r
+                drop(s);
+                if let Err(e) = len
                     && e != NaError::Canceled
                 {
                     self.peer_lost(peer, e);
                 }
             }
             // A sent control message's buffer serves this thread's next one.
-            What::Control => na::buf::give(buf),
+            What::Control => {
+                drop(s);
+                na::buf::give(buf);
+            }
             What::Pool => {}
         }
     }
@@ -142,8 +140,19 @@ impl OfiPlugin {
 
     /// One completion of operation `id`; `ctx`, the address of its context (0: none).
     fn finish_part(&self, id: u64, r: NaResult<usize>, data: Vec<u8>, ctx: usize) {
+        self.finish_part_locked(lock(&self.state), id, r, data, ctx);
+    }
+
+    /// [`Self::finish_part`] with the state lock taken (and let go here).
+    fn finish_part_locked(
+        &self,
+        mut s: std::sync::MutexGuard<'_, State>,
+        id: u64,
+        r: NaResult<usize>,
+        data: Vec<u8>,
+        ctx: usize,
+    ) {
         let mut lost = None;
-        let mut s = lock(&self.state);
         let Some(op) = s.ops.get_mut(&id) else { return };
         // The operation forgets its completed context: a cancel, or a lost peer, cancels
         // each of an operation's contexts by address, and this one's address is soon
