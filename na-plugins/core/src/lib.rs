@@ -21,12 +21,14 @@
 mod addr;
 pub mod buf;
 mod error;
+mod events;
 mod identity;
 mod mem;
 mod plugin;
 
 pub use addr::Address;
 pub use error::{Fault, NaError, NaResult};
+pub use events::EventQueue;
 pub use identity::{Auth, Identity, MAX_GROUPS, Proof};
 pub use mem::{Access, MemHandle, RemoteMem, Segment, random_key};
 pub use plugin::{Caps, Event, OpId, PeerId, Plugin, Unsent};

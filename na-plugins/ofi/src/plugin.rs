@@ -163,11 +163,7 @@ pub struct OfiPlugin {
     pub(crate) fabric: Fabric,
     pub(crate) wait_fd: Option<RawFd>,
     pub(crate) wake_fd: OwnedFd,
-    pub(crate) events: Mutex<VecDeque<Event>>,
-    /// `events` may hold some: set under its lock by each push, cleared under it when it
-    /// is found or left empty; so that a poll of an empty queue takes no lock (several
-    /// per RPC: each progress pass ends with one).
-    pub(crate) events_ready: std::sync::atomic::AtomicBool,
+    pub(crate) events: na::EventQueue,
     pub(crate) cq_lock: Mutex<()>,
     /// Owners' grants read from the queue, acted on (their pieces posted) once its lock is
     /// released. (Carried answers are settled as they are read.)
@@ -370,8 +366,7 @@ impl OfiPlugin {
             fabric: fab,
             wait_fd,
             wake_fd,
-            events: Mutex::new(VecDeque::new()),
-            events_ready: std::sync::atomic::AtomicBool::new(false),
+            events: Default::default(),
             cq_lock: Mutex::new(()),
             answers: Mutex::new(Vec::new()),
             held: Mutex::default(),
@@ -548,14 +543,7 @@ impl OfiPlugin {
     }
 
     pub(crate) fn push_event(&self, e: Event) {
-        let mut q = lock(&self.events);
-        q.push_back(e);
-        self.events_ready.store(true, Ordering::Release);
-    }
-
-    /// Whether events may be queued (see `events_ready`).
-    pub(crate) fn events_ready(&self) -> bool {
-        self.events_ready.load(Ordering::Acquire)
+        self.events.extend([e]);
     }
 }
 
@@ -706,38 +694,27 @@ impl Plugin for OfiPlugin {
     }
 
     fn poll_event(&self) -> Option<Event> {
-        if !self.events_ready() {
-            return None;
+        self.events.pop()
+    }
+
+    fn progress_events(
+        &self,
+        timeout: Option<Duration>,
+        f: &mut dyn FnMut(Event),
+    ) -> NaResult<usize> {
+        if timeout != Some(Duration::ZERO) {
+            // A pass that may sleep returns once an event is queued: it looks at the
+            // queue, where a direct pass would not put its own.
+            self.drive(timeout)?;
+            return Ok(self.events.drain(f));
         }
-        let mut q = lock(&self.events);
-        let e = q.pop_front();
-        if q.is_empty() {
-            self.events_ready.store(false, Ordering::Relaxed);
-        }
-        e
+        // What this pass completes goes straight to `f`, off the queue.
+        let (r, n) = self.events.direct(|| self.drive(timeout), |_| (), f);
+        r.map(|()| n)
     }
 
     fn poll_events(&self, f: &mut dyn FnMut(Event)) -> usize {
-        if !self.events_ready() {
-            return 0;
-        }
-        // Swapped for the spare queue, so that neither allocates in the steady state.
-        let batch = {
-            let mut q = lock(&self.events);
-            // (Left empty either way: the next push sets the flag again, under the lock.)
-            self.events_ready.store(false, Ordering::Relaxed);
-            if q.is_empty() {
-                return 0;
-            }
-            let spare = SPARE_EVENTS.take();
-            std::mem::replace(&mut *q, spare)
-        };
-        let n = batch.len();
-        let mut left = Unhanded { p: self, batch };
-        while let Some(e) = left.batch.pop_front() {
-            f(e);
-        }
-        n
+        self.events.drain(f)
     }
 
     fn cancel(&self, op: OpId) -> bool {
@@ -765,39 +742,4 @@ pub(crate) fn known_peer(s: &mut State, raw: &[u8]) -> Option<PeerId> {
     let p = *s.by_addr.get(raw)?;
     s.last_peer = Some(p);
     Some(p)
-}
-
-/// Events the spare queue keeps room for at most.
-const SPARE_ROOM: usize = 1024;
-
-thread_local! {
-    /// The queue this thread last handed out by `poll_events`, emptied, kept for its room
-    /// (per thread: swapping it takes no lock).
-    pub(crate) static SPARE_EVENTS: std::cell::Cell<VecDeque<Event>> =
-        const { std::cell::Cell::new(VecDeque::new()) };
-}
-
-/// A batch of events being handed out by `poll_events`: if the caller's callback unwinds,
-/// those not handed yet go back to the front of the queue, in order, for the next call;
-/// else the emptied queue is kept as the spare, for its room.
-struct Unhanded<'a> {
-    p: &'a OfiPlugin,
-    batch: VecDeque<Event>,
-}
-
-impl Drop for Unhanded<'_> {
-    fn drop(&mut self) {
-        let mut batch = std::mem::take(&mut self.batch);
-        if batch.is_empty() {
-            // The room of a burst is not kept for good.
-            batch.shrink_to(SPARE_ROOM);
-            SPARE_EVENTS.set(batch);
-            return;
-        }
-        let mut q = lock(&self.p.events);
-        for e in batch.into_iter().rev() {
-            q.push_front(e);
-        }
-        self.p.events_ready.store(true, Ordering::Release);
-    }
 }

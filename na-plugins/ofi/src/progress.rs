@@ -462,7 +462,7 @@ impl OfiPlugin {
             self.poll_cq(false);
             let now = Instant::now();
             let next_check = self.liveness_tick(now);
-            if self.events_ready() {
+            if !self.events.is_empty() {
                 return Ok(());
             }
             if end.is_some_and(|e| now >= e) {

@@ -116,7 +116,7 @@ pub struct StreamPlugin {
     /// How many receives `ops` has posted ([`Ops::posted`]).
     receives: Arc<AtomicUsize>,
     mem: MemTable,
-    events: queues::EventQueue,
+    events: na::EventQueue,
     /// Connections with data left unread when their read budget ran out.
     unread: queues::PeerSet,
     /// Zero-timeout progress calls, to ask the kernel only now and then (memory polling).
@@ -190,7 +190,7 @@ impl StreamPlugin {
             receives: ops.posted(),
             ops: Mutex::new(ops),
             mem,
-            events: queues::EventQueue::default(),
+            events: na::EventQueue::default(),
             unread: queues::PeerSet::default(),
             spins: AtomicU64::new(0),
             found_last: AtomicBool::new(false),
