@@ -17,6 +17,19 @@ impl OfiPlugin {
         self.releases_pending.store(true, Ordering::Release);
     }
 
+    /// Drops transfer `id` from those awaiting their owner's answer; whether it was. A
+    /// check (not a carried transfer) may have been granted already, its grant on the way:
+    /// its lease is released now (a release the owner does not hold is ignored there).
+    pub(crate) fn forget_awaiting(&self, s: &mut State, id: u64) -> bool {
+        let Some(aw) = s.awaiting.remove(&id) else {
+            return false;
+        };
+        if !aw.carried && self.leased_rma {
+            self.release_later(s, aw.peer.0, id);
+        }
+        true
+    }
+
     /// Sends the queued releases, as few messages per owner as fit.
     pub(crate) fn send_releases(&self) {
         if !self.releases_pending.load(Ordering::Acquire) {
@@ -28,7 +41,8 @@ impl OfiPlugin {
             std::mem::take(&mut s.releases)
         };
         out.sort_unstable();
-        let per_msg = ((self.max_eager - wire::HEADER_MAX) / 8).max(1);
+        // (Pool receives hold a header beyond `max_eager`.)
+        let per_msg = (self.max_eager / 8).max(1);
         for to_owner in out.chunk_by(|a, b| a.0 == b.0) {
             for part in to_owner.chunks(per_msg) {
                 let ops: Vec<u64> = part.iter().map(|(_, op)| *op).collect();
@@ -44,9 +58,10 @@ impl OfiPlugin {
 
     /// Waits until no transfer we granted of `region` (revoked: no new one is granted)
     /// may still be under way: each is released by its initiator or its peer is lost.
-    /// Drives progress meanwhile (this thread may be the only one that does). Bounded by
-    /// how long a silent peer takes to be declared lost; past that it gives up, warning
-    /// that the memory may still be reached.
+    /// Drives progress meanwhile (this thread may be the only one that does), blocking
+    /// this thread. Bounded by how long a silent peer takes to be declared lost; past that
+    /// it gives up, ends the region's leases and warns that the memory may still be
+    /// reached.
     pub(crate) fn await_leases(&self, region: u64) {
         let start = Instant::now();
         let bound = self.cfg.probe_after + self.cfg.probe_timeout + Duration::from_secs(1);
@@ -57,6 +72,7 @@ impl OfiPlugin {
                     "ofi: deregistered with transfers granted of it neither released nor \
                      lost after {bound:?}: the memory may still be reached"
                 );
+                lock(&self.state).leases.forget_region(region);
                 return;
             }
             if let Err(e) = self.drive(Some(Duration::ZERO)) {

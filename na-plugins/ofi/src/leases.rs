@@ -17,11 +17,15 @@ use rustc_hash::FxHashMap;
 /// program keeps in flight (`qs-bw` keeps 64 transfers per RPC).
 pub const MAX_PER_PEER: usize = 16 << 10;
 
+/// Leases all peers may hold at once (about 10 MiB of table): a peer is whatever address
+/// a message names, so one that forges addresses is bounded here, not by its share.
+pub const MAX_TOTAL: usize = 256 << 10;
+
 /// Granted transfers by (peer, the initiator's operation), and how many each region has.
 #[derive(Default)]
 pub struct Leases {
-    /// (Keyed by the peer's fabric address, ours, and the peer's op id: a peer chooses
-    /// only the second, and only among its own entries.)
+    /// (Keyed by the peer's fabric address, ours, and the peer's op id. The address is
+    /// the one the message names, which a peer may forge: see [`MAX_TOTAL`].)
     by_op: FxHashMap<(u64, u64), u64>,
     per_region: FxHashMap<u64, u32>,
     per_peer: FxHashMap<u64, usize>,
@@ -29,13 +33,14 @@ pub struct Leases {
 
 impl Leases {
     /// Records the grant of `peer`'s transfer `op` of `region`; false (grant it not) when the
-    /// peer holds [`MAX_PER_PEER`] leases already. A check repeated for one op holds one
-    /// lease.
+    /// peer holds [`MAX_PER_PEER`] leases already, or all peers [`MAX_TOTAL`]. A check
+    /// repeated for one op holds one lease.
     pub fn grant(&mut self, peer: u64, op: u64, region: u64) -> bool {
-        let held = self.per_peer.get(&peer).copied().unwrap_or(0);
+        let full = self.per_peer.get(&peer).copied().unwrap_or(0) >= MAX_PER_PEER
+            || self.by_op.len() >= MAX_TOTAL;
         match self.by_op.entry((peer, op)) {
             Entry::Occupied(e) => *e.get() == region,
-            Entry::Vacant(_) if held >= MAX_PER_PEER => false,
+            Entry::Vacant(_) if full => false,
             Entry::Vacant(e) => {
                 e.insert(region);
                 *self.per_region.entry(region).or_default() += 1;
@@ -71,19 +76,40 @@ impl Leases {
         }
     }
 
+    /// Ends every lease of `region` (its deregistration gave up waiting).
+    pub fn forget_region(&mut self, region: u64) {
+        if self.per_region.remove(&region).is_none() {
+            return;
+        }
+        let mut gone = Vec::new();
+        self.by_op.retain(|&(p, _), r| {
+            if *r == region {
+                gone.push(p);
+            }
+            *r != region
+        });
+        for p in gone {
+            self.drop_peer(p);
+        }
+    }
+
     /// Whether a granted transfer of `region` may still be under way.
     pub fn held(&self, region: u64) -> bool {
         self.per_region.contains_key(&region)
     }
 
     fn drop_one(&mut self, peer: u64, region: u64) {
+        self.drop_peer(peer);
+        self.drop_region(region);
+    }
+
+    fn drop_peer(&mut self, peer: u64) {
         if let Some(n) = self.per_peer.get_mut(&peer) {
             *n -= 1;
             if *n == 0 {
                 self.per_peer.remove(&peer);
             }
         }
-        self.drop_region(region);
     }
 
     fn drop_region(&mut self, region: u64) {
@@ -145,6 +171,32 @@ mod tests {
         assert!(l.held(8));
         l.forget_peer(2);
         assert!(!l.held(8) && l.by_op.is_empty() && l.per_region.is_empty());
+    }
+
+    #[test]
+    fn a_region_given_up_on_holds_nothing_after() {
+        let mut l = Leases::default();
+        assert!(l.grant(1, 10, 7) && l.grant(2, 11, 7) && l.grant(1, 12, 8));
+        l.forget_region(7);
+        assert!(!l.held(7) && l.held(8));
+        assert_eq!(l.per_peer.get(&1), Some(&1));
+        assert_eq!(l.per_peer.get(&2), None);
+        l.release(2, 11);
+        l.release(1, 12);
+        assert!(l.by_op.is_empty() && l.per_peer.is_empty() && l.per_region.is_empty());
+    }
+
+    #[test]
+    fn forged_peers_together_cannot_grow_the_table_past_its_bound() {
+        let mut l = Leases::default();
+        let per = MAX_PER_PEER as u64;
+        for peer in 0..(MAX_TOTAL as u64).div_ceil(per) {
+            for op in 0..per {
+                l.grant(peer, op, 7);
+            }
+        }
+        assert_eq!(l.by_op.len(), MAX_TOTAL);
+        assert!(!l.grant(u64::MAX, 0, 7), "a new address gets nothing more");
     }
 
     #[test]

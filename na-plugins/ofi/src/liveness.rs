@@ -138,7 +138,7 @@ impl OfiPlugin {
                 // Transfers: pieces not posted yet are dropped; posted ones are left to the
                 // provider for a while (they may still touch the caller's memory).
                 drop_queued(&mut s, id);
-                if s.awaiting.remove(&id).is_some()
+                if self.forget_awaiting(&mut s, id)
                     && let Some(op) = s.ops.get_mut(&id)
                 {
                     op.parts = 0;
@@ -322,6 +322,9 @@ fn abandon_overdue(p: &OfiPlugin, s: &mut State, now: Instant) {
         tracing::warn!("ofi: a transfer to a lost peer was not returned by the provider; failed");
         if let Some(op) = s.ops.get_mut(&id) {
             op.parts = 0;
+            // Pieces are still out: no release (the owner, lost to us, ends its lease when
+            // it loses us or gives up).
+            op.leased = false;
         }
         p.finish_if_done(s, id);
     }

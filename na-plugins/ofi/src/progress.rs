@@ -454,6 +454,8 @@ impl OfiPlugin {
                 .is_multiple_of(LIVENESS_EVERY)
             {
                 self.liveness_tick(Instant::now());
+                // (Releases of transfers the check abandoned.)
+                self.send_releases();
             }
             return Ok(());
         }
@@ -462,6 +464,7 @@ impl OfiPlugin {
             self.poll_cq(false);
             let now = Instant::now();
             let next_check = self.liveness_tick(now);
+            self.send_releases();
             if !self.events.is_empty() {
                 return Ok(());
             }
@@ -579,7 +582,7 @@ impl OfiPlugin {
             // A transfer still awaiting its owner's answer posted nothing, and (removed in
             // this same hold of the lock) an answer that comes now takes nothing:
             // `OfiPlugin::settle` looks for it under this lock.
-            let awaiting = s.awaiting.remove(&id).is_some();
+            let awaiting = self.forget_awaiting(&mut s, id);
             if let Some(op) = s.ops.get_mut(&id) {
                 op.parts = match awaiting {
                     true => 0,
@@ -608,6 +611,7 @@ impl OfiPlugin {
             op: na::OpId(id),
             result: Err(NaError::Canceled),
         });
+        self.send_releases();
         true
     }
 }

@@ -40,7 +40,8 @@ pub struct Provider {
     /// or (inline and inject puts) queued to be copied before any later message of ours
     /// to that peer is seen; so puts go without it (see [`Provider::write_flag`]). Such a
     /// put is not checked by the owner's provider at all: the owner's grant and lease
-    /// (`crate::leases`) keep it out of a region deregistered meanwhile.
+    /// (`crate::leases`) keep it out of a region deregistered meanwhile, within the
+    /// lease's bound (see the README).
     pub delivered_by_default: &'static [(u32, u32)],
     /// Bytes of RMA pieces in flight by default (`OfiConfig::rma_window`): what keeps the
     /// transport busy against how long a small message may wait behind transfers. `shm`

@@ -12,6 +12,9 @@ use na::OpId;
 use crate::frame::{HEADER_LEN, Header, Kind};
 use crate::mr::{MemRead, Pin};
 
+/// What a frame whose region went before it was materialized carries instead.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 /// The body of a frame to write.
 pub enum Body {
     /// Bytes owned by the frame.
@@ -181,10 +184,19 @@ impl OutFrame {
                 ..
             } => {
                 push(prefix, &mut skip);
-                // Regions are materialized before they are deregistered, so this holds.
-                let parts = mem.and_then(|m| m.slices(*key, *offset, *len));
-                for part in parts.unwrap_or_default() {
-                    push(part, &mut skip);
+                match mem.and_then(|m| m.slices(*key, *offset, *len)) {
+                    Some(parts) => parts.into_iter().for_each(|p| push(p, &mut skip)),
+                    // A frame built before its region was deregistered but queued after
+                    // the deregistration looked in the queues (not materialized): zeros
+                    // in its place, so that the stream stays in step.
+                    None => {
+                        let mut left = *len;
+                        while left > 0 {
+                            let n = left.min(ZEROS.len());
+                            push(&ZEROS[..n], &mut skip);
+                            left -= n;
+                        }
+                    }
                 }
             }
         }
@@ -270,5 +282,48 @@ impl WriteQ {
                 .or_else(|| self.bulk.pop_front())
                 .map(|f| (f, 0))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mr::MemTable;
+    use na::{Access, Segment};
+
+    /// A frame built from a region that went before it was materialized (it was not yet
+    /// queued when the deregistration looked) still writes its whole length, zeros for
+    /// the region's bytes: the stream stays in step.
+    #[test]
+    fn a_frame_whose_region_went_unmaterialized_writes_zeros_of_its_length() {
+        let t = MemTable::default();
+        let mut a = vec![7u8; 100 << 10];
+        // SAFETY: `a` outlives the registration (removed below).
+        let h = unsafe { t.register(&[Segment::from_slice(&mut a)], Access::ReadOnly) }.unwrap();
+        let body = |t: &MemTable| Body::Region {
+            prefix: vec![1, 2],
+            key: h.id,
+            offset: 10,
+            len: 90 << 10,
+            _pin: t.pin_local(h.id, 10, 90 << 10).unwrap(),
+        };
+        let written = |f: &OutFrame, t: &MemTable| {
+            let (mem, mut out) = (t.read(), Slices::new());
+            f.slices(0, Some(&mem), &mut out);
+            out.iter()
+                .flat_map(|s| s.iter().copied())
+                .collect::<Vec<u8>>()
+        };
+        let live = OutFrame::with_body(Kind::GetResp, 1, body(&t), None);
+        let gone = OutFrame::with_body(Kind::GetResp, 1, body(&t), None);
+        let bytes = written(&live, &t);
+        assert_eq!(bytes.len(), live.len());
+        assert!(bytes[HEADER_LEN + 2..].iter().all(|b| *b == 7));
+        t.revoke(h.id).unwrap();
+        t.remove(h.id);
+        let bytes = written(&gone, &t);
+        assert_eq!(bytes.len(), gone.len(), "its whole length");
+        assert_eq!(bytes[HEADER_LEN..HEADER_LEN + 2], [1, 2]);
+        assert!(bytes[HEADER_LEN + 2..].iter().all(|b| *b == 0));
     }
 }
