@@ -43,7 +43,8 @@ pub enum Kind {
     /// Control messages (checks, carries and their answers) to one peer sent as one
     /// message while writes to it were held (`Plugin::hold`): see [`bundle`].
     Bundle = 7,
-    /// The initiator's word that granted puts are over (see [`crate::leases`]): their
+    /// The initiator's word that granted transfers are over (their owner holds a lease on each
+    /// until then, so that its deregistrations wait for them): their
     /// operations, as in their checks ([`encode_release`]).
     Release = 8,
 }
