@@ -93,6 +93,11 @@ impl Leases {
         }
     }
 
+    /// Whether `peer` holds leases.
+    pub fn holds(&self, peer: u64) -> bool {
+        self.per_peer.contains_key(&peer)
+    }
+
     /// Whether a granted transfer of `region` may still be under way.
     pub fn held(&self, region: u64) -> bool {
         self.per_region.contains_key(&region)

@@ -176,10 +176,16 @@ impl OfiPlugin {
                     p.last_probe = None;
                 }
             }
-            let watched =
-                |p: &Peer| p.pending > 0 || (!p.lost && now.duration_since(p.last_heard) < idle);
-            for (a, p) in s.peers.iter_mut() {
-                if !watched(p) {
+            // A peer holding leases on our memory is watched too: its loss ends them, so
+            // that a deregistration does not wait for a peer that went away silently.
+            let st = &mut *s;
+            let leases = &st.leases;
+            let watched = |a: u64, p: &Peer| {
+                p.pending > 0
+                    || (!p.lost && (now.duration_since(p.last_heard) < idle || leases.holds(a)))
+            };
+            for (a, p) in st.peers.iter_mut() {
+                if !watched(*a, p) {
                     // A probing it stopped being watched in would otherwise judge a later
                     // silence by its old start.
                     p.probing = None;

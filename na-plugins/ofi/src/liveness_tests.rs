@@ -192,3 +192,48 @@ fn a_new_wait_on_a_peer_is_judged_from_its_own_start() {
         "lost {waited:?} into the new wait, by the old probing"
     );
 }
+
+/// A peer holding a lease on our memory (we granted its transfer) that goes away without
+/// a word is watched past `watch_idle`: it is probed, found gone, declared lost, and its
+/// leases end, so a deregistration of the region does not wait for it.
+#[test]
+fn a_peer_holding_a_lease_is_watched_until_it_is_lost() {
+    let cfg = OfiConfig {
+        probe_after: Duration::from_millis(50),
+        probe_timeout: Duration::from_millis(400),
+        watch_idle: Duration::from_millis(100),
+        ..OfiConfig::default()
+    };
+    let addr = "ofi+tcp://127.0.0.1:0".parse().unwrap();
+    let owner = OfiPlugin::with_config(&addr, cfg).unwrap();
+    let gone = OfiPlugin::new(&addr).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    // SAFETY: `buf` outlives the registration (deregistered below).
+    let h = unsafe { owner.register(&[na::Segment::from_slice(&mut buf)], na::Access::ReadWrite) }
+        .unwrap();
+    // The peer's check, as it sends it: granted under a lease.
+    let mut m = crate::wire::header(crate::wire::Kind::Check, 0, &gone.self_raw, 33);
+    let check = crate::wire::Check {
+        op: 1,
+        key: h.remote.key,
+        off: 0,
+        len: 1 << 20,
+        write: true,
+    };
+    m.extend_from_slice(&check.encode());
+    owner.handle_unexpected(&m);
+    let held = || crate::plugin::lock(&owner.state).leases.held(h.id);
+    assert!(held(), "granted under a lease");
+    drop(gone);
+    let end = Instant::now() + Duration::from_secs(10);
+    while held() {
+        assert!(
+            Instant::now() < end,
+            "the silent peer's lease still held: it stopped being watched"
+        );
+        owner.progress(Some(Duration::from_millis(10))).unwrap();
+    }
+    let t = Instant::now();
+    owner.deregister(&h).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}
