@@ -153,6 +153,11 @@ pub trait Plugin: Send + Sync + 'static {
     /// Revokes remote access to a registration. Later remote accesses fail with
     /// [`NaError::AccessDenied`]; local operations naming it fail with
     /// [`NaError::InvalidArgument`].
+    ///
+    /// Once it returns, no peer reads or writes the memory: a peer's access already under
+    /// way is waited for first (sm: writes by the peer itself; ofi: transfers the owner
+    /// granted), which may block the calling thread, bounded per plugin (ofi: until the
+    /// peer is declared lost, 11.5 s by default).
     fn deregister(&self, handle: &MemHandle) -> NaResult<()>;
 
     /// Writes `len` bytes from `local` at `local_off` into `remote` at `remote_off` on `peer`.
