@@ -208,7 +208,8 @@ impl Shared {
 /// the last driver left with its own are taken within one such sleep (at most 200 µs plus
 /// timer slack); a caller stuck in an inline handler within two. (A call whose handler
 /// spins 150 µs after 19 fast ones, `sm` and `tcp`, three rounds alternated with the
-/// plain sleep: level, 160-170 µs median over sm, 177-215 over tcp either way.)
+/// plain sleep, by a scratch program not kept: level, 160-170 µs median over sm, 177-215
+/// over tcp either way.)
 const STAND_ASIDE_FIRST: Duration = Duration::from_micros(20);
 const STAND_ASIDE_MAX: Duration = Duration::from_micros(200);
 

@@ -61,35 +61,30 @@ impl Leases {
     /// `peer` is lost: its transfers are over (its process is gone, or silent past the
     /// probe timeout).
     pub fn forget_peer(&mut self, peer: u64) {
-        if self.per_peer.remove(&peer).is_none() {
-            return;
-        }
-        let mut gone = Vec::new();
-        self.by_op.retain(|&(p, _), r| {
-            if p == peer {
-                gone.push(*r);
-            }
-            p != peer
-        });
-        for r in gone {
-            self.drop_region(r);
+        if self.per_peer.contains_key(&peer) {
+            self.forget_where(|p, _| p == peer);
         }
     }
 
     /// Ends every lease of `region` (its deregistration gave up waiting).
     pub fn forget_region(&mut self, region: u64) {
-        if self.per_region.remove(&region).is_none() {
-            return;
+        if self.per_region.contains_key(&region) {
+            self.forget_where(|_, r| r == region);
         }
-        let mut gone = Vec::new();
+    }
+
+    /// Ends every lease whose (peer, region) `gone` says.
+    fn forget_where(&mut self, gone: impl Fn(u64, u64) -> bool) {
+        let mut ended = Vec::new();
         self.by_op.retain(|&(p, _), r| {
-            if *r == region {
-                gone.push(p);
+            let end = gone(p, *r);
+            if end {
+                ended.push((p, *r));
             }
-            *r != region
+            !end
         });
-        for p in gone {
-            self.drop_peer(p);
+        for (p, r) in ended {
+            self.drop_one(p, r);
         }
     }
 
