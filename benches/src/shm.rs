@@ -151,21 +151,25 @@ pub fn cma_serve(size: usize) {
 }
 
 /// MB/s of `count` `process_vm_readv` calls of `size` bytes each from the source process
-/// `pid` at `addr` into one local buffer.
-pub fn cma_run(pid: i32, addr: u64, size: usize, count: usize) -> Result<f64, String> {
-    let mut buf = vec![0u8; size];
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: size,
-    };
+/// `pid` at `addr` into `bufs` local buffers in turn.
+pub fn cma_run(pid: i32, addr: u64, size: usize, count: usize, bufs: usize) -> Result<f64, String> {
+    let mut bufs: Vec<Vec<u8>> = (0..bufs.max(1)).map(|_| vec![0u8; size]).collect();
+    let locals: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: size,
+        })
+        .collect();
     let remote = libc::iovec {
         iov_base: addr as *mut libc::c_void,
         iov_len: size,
     };
     let t0 = Instant::now();
-    for _ in 0..count {
-        // SAFETY: `local` covers our buffer; the kernel checks the remote range.
-        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    for i in 0..count {
+        let local = &locals[i % locals.len()];
+        // SAFETY: `local` covers one of our buffers; the kernel checks the remote range.
+        let n = unsafe { libc::process_vm_readv(pid, local, 1, &remote, 1, 0) };
         if n != size as isize {
             return Err(format!(
                 "process_vm_readv: {}",

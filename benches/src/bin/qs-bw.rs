@@ -5,6 +5,7 @@
 //! ```text
 //! qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN_SIZE] [-z MAX_SIZE] [-l LOOPS] [-r REPS]
 //!       [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-s SPIN_US] [-C] [-W]
+//!       [-N RAW_BUFS]
 //! ```
 //! Each RPC makes the server do N transfers (`-n`, default 64, as hg_bw does) of S bytes,
 //! all posted at once (into or from N buffers of its own, registered once per size), against
@@ -19,6 +20,9 @@
 //! The server's handler runs on its progress thread and answers from its transfers' last
 //! completion (`Caller::transfers`), as Mercury's handlers answer from bulk callbacks;
 //! `-W` makes a worker post the transfers and wait for each instead (the earlier form).
+//! `-N` makes the sm baseline copy into that many buffers in turn instead of one (`-N 64`:
+//! the same bytes to as many places as the server's 64 handles; one buffer stays in the
+//! core's cache, 64 of 1 MiB do not).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -49,9 +53,11 @@ struct Opts {
     spin_us: u64,
     cost: bool,
     worker: bool,
+    /// The sm baseline copies into this many buffers in turn (`-N`).
+    raw_bufs: usize,
 }
 
-const USAGE: &str = "usage: qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-s SPIN_US] [-C] [-W]";
+const USAGE: &str = "usage: qs-bw [-t TRANSPORT] [-d pull|push] [-y MIN] [-z MAX] [-l LOOPS] [-r REPS] [-c CHUNK] [-w DEPTH] [-b] [-n TRANSFERS] [-i INLINE] [-s SPIN_US] [-C] [-W] [-N RAW_BUFS]";
 
 fn parse() -> Result<Opts, String> {
     let d = ChunkConfig::default();
@@ -70,6 +76,7 @@ fn parse() -> Result<Opts, String> {
         spin_us: 200,
         cost: false,
         worker: false,
+        raw_bufs: 1,
     };
     let mut a = std::env::args().skip(1);
     while let Some(k) = a.next() {
@@ -90,6 +97,7 @@ fn parse() -> Result<Opts, String> {
             "-s" => o.spin_us = num(val()?)? as u64,
             "-C" => o.cost = true,
             "-W" => o.worker = true,
+            "-N" => o.raw_bufs = num(val()?)?.max(1),
             _ => return Err(format!("unknown option {k}")),
         }
     }
@@ -218,8 +226,12 @@ fn run(o: &Opts) -> Result<(), String> {
         o.transport, o.per_rpc, o.chunk, o.depth, o.inline, o.reps
     );
     if sm {
+        let into = match o.raw_bufs {
+            1 => "one buffer".to_string(),
+            n => format!("{n} buffers in turn"),
+        };
         println!(
-            "# baseline: raw process_vm_readv loop of the same bytes, S per call, into one buffer, same run"
+            "# baseline: raw process_vm_readv loop of the same bytes, S per call, into {into}, same run"
         );
     } else {
         println!(
@@ -352,7 +364,9 @@ fn raw_cma(raw: &mut [Vec<f64>], sizes: &[usize], o: &Opts) -> Result<(), String
     };
     for (i, &s) in sizes.iter().enumerate() {
         let count = o.per_rpc as usize * loops(o, s);
-        raw[i].push(qs_benches::shm::cma_run(pid as i32, addr, s, count)?);
+        raw[i].push(qs_benches::shm::cma_run(
+            pid as i32, addr, s, count, o.raw_bufs,
+        )?);
     }
     let _ = child.kill();
     let _ = child.wait();
