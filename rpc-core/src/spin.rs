@@ -17,7 +17,7 @@ pub(crate) const CALLER_SPIN: Duration = Duration::from_micros(50);
 /// instead of it), yields the CPU before it sleeps (one such waiter per half core at a
 /// time, as for drives). Completions that come in a stream (a handler waiting on 64
 /// transfers in turn) are then taken without a futex wake and a task switch each.
-/// Measured with alternated binaries (`qs-bw -t sm -y 4096 -z 4096`, README): a modest
+/// Measured with alternated binaries (`qs-bw -t sm -y 4096 -z 4096`, docs/performance-log.md): a modest
 /// gain on this noisy 2-core VM (median 768 -> 847 MB/s over six rounds). Yielding, not
 /// spinning: a thread with work on this core runs first. Where completions come further
 /// apart (tcp, 64 KiB transfers: 26 µs each) yielding only took time from the threads

@@ -41,7 +41,7 @@ pub struct Provider {
     /// to that peer is seen; so puts go without it (see [`Provider::write_flag`]). Such a
     /// put is not checked by the owner's provider at all: the owner's grant and lease
     /// (`crate::leases`) keep it out of a region deregistered meanwhile, within the
-    /// lease's bound (see the README).
+    /// lease's bound (`OfiPlugin::await_leases`, `crate::granted`).
     pub delivered_by_default: &'static [(u32, u32)],
     /// Bytes of RMA pieces in flight by default (`OfiConfig::rma_window`): what keeps the
     /// transport busy against how long a small message may wait behind transfers. `shm`
