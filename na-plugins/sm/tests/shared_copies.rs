@@ -1,6 +1,7 @@
 //! Large transfers by single copy are shared: the owner copies the head, the requester
-//! the tail out of or into the owner's memory, and only what the owner exposed, while it
-//! is exposed (a write in flight holds the owner's deregistration until it ends).
+//! the tail out of or into the owner's memory (medium ones: every other one whole), and
+//! only what the owner exposed, while it is exposed (a write in flight holds the owner's
+//! deregistration until it ends).
 
 use std::time::{Duration, Instant};
 
@@ -105,13 +106,50 @@ fn a_large_read_is_copied_half_by_each_side_and_is_right() {
     let expected = if single_copy() { LEN as u64 / 2 } else { 0 };
     assert_eq!(req.direct_bytes(), expected);
     // Small reads are the owner's alone.
-    let mut small = vec![0u8; 64 << 10];
+    let mut small = vec![0u8; 16 << 10];
     let local = register(&req, &mut small, Access::ReadWrite);
-    transfer(true, (&req, &owner), &local, &exposed.remote, 64 << 10).unwrap();
-    assert_eq!(small[..], src[..64 << 10]);
+    for _ in 0..4 {
+        transfer(true, (&req, &owner), &local, &exposed.remote, 16 << 10).unwrap();
+    }
+    assert_eq!(small[..], src[..16 << 10]);
     assert_eq!(req.direct_bytes(), expected, "no more copied here");
     req.deregister(&local).unwrap();
     owner.deregister(&exposed).unwrap();
+}
+
+/// Transfers of 32 KiB up to the halves' threshold are shared whole, every other one
+/// copied by the requester (`na_stream::direct::WHOLE_MIN`), reads and writes alike.
+#[test]
+fn medium_transfers_are_copied_whole_by_each_side_in_turn_and_are_right() {
+    const MID: usize = 64 << 10;
+    let mut src = pattern(5);
+    // Each region the requester copies from must carry the owner's extras: 64 KiB ones.
+    let mut regions: Vec<Vec<u8>> = src.chunks(MID).take(4).map(<[u8]>::to_vec).collect();
+    let (owner, req) = (plugin(), plugin());
+    connect(&req, &owner);
+    let mut dst = vec![0u8; MID];
+    let local = register(&req, &mut dst, Access::ReadWrite);
+    for (i, r) in regions.iter_mut().enumerate() {
+        let exposed = register(&owner, r, Access::ReadOnly);
+        transfer(true, (&req, &owner), &local, &exposed.remote, MID as u64).unwrap();
+        assert!(dst[..] == src[i * MID..(i + 1) * MID], "read {i}");
+        owner.deregister(&exposed).unwrap();
+    }
+    let two = if single_copy() { 2 * MID as u64 } else { 0 };
+    assert_eq!(req.direct_bytes(), two, "every other read copied here");
+    // Writes: four into four regions of the owner's, each right, two copied here.
+    src.truncate(MID);
+    let from = register(&req, &mut src, Access::ReadOnly);
+    for (i, r) in regions.iter_mut().enumerate() {
+        r.fill(0);
+        let exposed = register(&owner, r, Access::ReadWrite);
+        transfer(false, (&req, &owner), &from, &exposed.remote, MID as u64).unwrap();
+        owner.deregister(&exposed).unwrap();
+        assert!(r[..] == src[..], "write {i}");
+    }
+    assert_eq!(req.direct_bytes(), 2 * two, "every other write copied here");
+    req.deregister(&from).unwrap();
+    req.deregister(&local).unwrap();
 }
 
 #[test]

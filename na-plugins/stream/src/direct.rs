@@ -57,12 +57,17 @@ const MAGIC: u8 = b'D';
 /// as a masked 64-bit word.
 const LEN: usize = 1 + 4 * 8;
 
-/// Transfers shorter than this are not shared, and regions shorter carry no extras (each
-/// costs the owner a MAC): a copy call costs about a microsecond, and the owner alone
-/// keeps up with small transfers (each read copied whole by the requester measured
-/// slower from 4 KiB to 64 KiB, `qs-bw -t sm`: the owner idled; shared from 64 KiB,
-/// 64 KiB transfers measured slower, 128 KiB ones faster than with 256 KiB here).
+/// Transfers from this long are shared by halves (the owner copies the head, the
+/// requester the tail): shared from 64 KiB, 64 KiB transfers measured slower (two copy
+/// calls of 32 KiB), 128 KiB ones faster than with 256 KiB here (`qs-bw -t sm`).
 pub const SHARE_MIN: u64 = 128 << 10;
+
+/// Transfers from this long up to [`SHARE_MIN`] are shared whole, every other one copied
+/// by the requester (`crate::tail`), and regions shorter carry no extras (each costs the
+/// owner a MAC): a copy call costs about a microsecond, so smaller transfers are the
+/// owner's alone (each read copied whole by the requester measured slower from 4 KiB to
+/// 64 KiB: the owner idled).
+pub const WHOLE_MIN: u64 = 32 << 10;
 
 /// Whether copies by the requester are sound on this target (see the module docs: the
 /// entry read after the data must not pass the data's loads, nor the entry's read the

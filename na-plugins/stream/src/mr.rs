@@ -110,7 +110,7 @@ impl MemTable {
         let peers = (u64::from(access.remote_read()) * direct::READ)
             | (u64::from(access.remote_write()) * direct::WRITE);
         let (entry, extra) = match segs {
-            [s] if self.direct && peers != 0 && len >= direct::SHARE_MIN => {
+            [s] if self.direct && peers != 0 && len >= direct::WHOLE_MIN => {
                 let (arena, addr) = (direct::Arena::get(), s.ptr() as u64);
                 match arena.take(key, addr, len, peers) {
                     Some((i, at)) => (Some(i), arena.extras(key, at, addr, len)),
