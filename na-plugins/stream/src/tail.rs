@@ -210,18 +210,19 @@ impl StreamPlugin {
         if !direct::SUPPORTED || len < direct::WHOLE_MIN || !conn.is_shaken() {
             return None;
         }
+        // Smaller transfers are shared whole, in turn: a batch of them is copied by both
+        // sides at once, each with one copy call per transfer. (The owner's turns are
+        // told apart first: they need no decoding, a MAC.)
+        let whole = len < direct::SHARE_MIN;
+        if whole && self.tails.turn.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            return None;
+        }
         let (pid, a) = conn.wire.direct_peer()?;
         let d = Direct::decode(&remote.extra, remote.key, remote.len, a.salt)?;
         if d.pid != pid || !d.entry_in(a.arena) {
             return None;
         }
-        if len >= direct::SHARE_MIN {
-            return Some((d, (len / 2) & !4095));
-        }
-        // Smaller transfers are shared whole, in turn: a batch of them is copied by both
-        // sides at once, each with one copy call per transfer.
-        let ours = self.tails.turn.fetch_add(1, Ordering::Relaxed) % 2 == 1;
-        ours.then_some((d, len))
+        Some((d, if whole { len } else { (len / 2) & !4095 }))
     }
 
     /// Copies tail `t`, then counts it done, or gives it back to the owner's chunks if it
