@@ -214,7 +214,13 @@ impl StreamPlugin {
         // sides at once, each with one copy call per transfer. (The owner's turns are
         // told apart first: they need no decoding, a MAC.)
         let whole = len < direct::SHARE_MIN;
-        if whole && self.tails.turn.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+        if whole
+            && self
+                .tails
+                .turn
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(2)
+        {
             return None;
         }
         let (pid, a) = conn.wire.direct_peer()?;
