@@ -214,6 +214,11 @@ fn connect(server: Option<String>, timeout: f64) -> io::Result<RemoteFs> {
 }
 
 fn with_path(p: &str, e: io::Error) -> io::Error {
+    // The server's confinement refuses a path that leaves the export with the kernel's
+    // `EXDEV` ("Invalid cross-device link"), which tells a user nothing: say what it means.
+    if e.raw_os_error() == Some(libc::EXDEV) {
+        return io::Error::new(e.kind(), format!("{p}: outside the export ({e})"));
+    }
     io::Error::new(e.kind(), format!("{p}: {e}"))
 }
 

@@ -64,6 +64,26 @@ fn escapes_are_refused(resolver: &str) {
         "untouched"
     );
     assert!(!std::path::Path::new("/etc/evil").exists());
+    // The CLI says what the refusal means, not only the kernel's "cross-device link".
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_posix-ship"))
+        .args(["cat", "/../secret"])
+        .env("POSIX_SHIP_SERVER", &srv.addr)
+        .env("QS_AUTH", &srv.auth)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{resolver}: cat /../secret succeeded"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("outside the export"),
+        "{resolver}: the secret was printed"
+    );
+    assert!(
+        err.contains("/../secret: outside the export"),
+        "{resolver}: {err}"
+    );
 }
 
 #[test]
