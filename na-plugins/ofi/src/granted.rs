@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::plugin::{OfiPlugin, State, lock};
+use crate::provider::DeathCheck;
 use crate::wire::{self, Kind};
 
 impl OfiPlugin {
@@ -61,24 +62,69 @@ impl OfiPlugin {
     /// Drives progress meanwhile (this thread may be the only one that does), blocking
     /// this thread. Bounded by how long a silent peer takes to be declared lost; past that
     /// it gives up, ends the region's leases and warns that the memory may still be
-    /// reached.
+    /// reached — except over `shm` (a provider whose peers' copies no key check stops),
+    /// where it waits on while a holder's process exists (as `sm` waits for write
+    /// leases), warning each second: a stopped process resumes its copy where it was.
     pub(crate) fn await_leases(&self, region: u64) {
         let start = Instant::now();
         let bound = self.cfg.probe_after + self.cfg.probe_timeout + Duration::from_secs(1);
+        let mut warned = 0;
         while lock(&self.state).leases.held(region) {
             if start.elapsed() > bound {
-                tracing::warn!(
-                    region,
-                    "ofi: deregistered with transfers granted of it neither released nor \
-                     lost after {bound:?}: the memory may still be reached"
-                );
-                lock(&self.state).leases.forget_region(region);
-                return;
+                let alive = match self.provider.death_check {
+                    DeathCheck::Pid => self.forget_dead_holders(region),
+                    _ => Vec::new(),
+                };
+                if alive.is_empty() {
+                    tracing::warn!(
+                        region,
+                        "ofi: deregistered with transfers granted of it neither released \
+                         nor lost after {bound:?}: the memory may still be reached"
+                    );
+                    lock(&self.state).leases.forget_region(region);
+                    return;
+                }
+                let waited = start.elapsed().as_secs();
+                if waited > warned {
+                    warned = waited;
+                    tracing::warn!(
+                        region,
+                        ?alive,
+                        waited_s = waited,
+                        "ofi: deregistration waits for peers holding transfers of the \
+                         region, silent but not gone (stopped processes?)"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
             }
             if let Err(e) = self.drive(Some(Duration::ZERO)) {
                 tracing::debug!("ofi: progress while waiting for releases: {e}");
             }
             std::thread::sleep(Duration::from_micros(20));
         }
+    }
+
+    /// Ends the leases of `region`'s holders whose process is gone; returns the others.
+    fn forget_dead_holders(&self, region: u64) -> Vec<u64> {
+        let holders: Vec<(u64, Vec<u8>)> = {
+            let s = lock(&self.state);
+            let raw = |p: &u64| s.peers.get(p).map(|e| e.raw.clone()).unwrap_or_default();
+            s.leases
+                .holders(region)
+                .iter()
+                .map(|p| (*p, raw(p)))
+                .collect()
+        };
+        let mut alive = Vec::new();
+        for (p, raw) in holders {
+            // (A holder without a known address cannot be looked for: its leases end.)
+            if raw.is_empty() || crate::provider::certainly_dead(DeathCheck::Pid, &raw) {
+                lock(&self.state).leases.forget_peer(p);
+            } else {
+                alive.push(p);
+            }
+        }
+        alive
     }
 }

@@ -98,6 +98,22 @@ impl Leases {
         self.per_region.contains_key(&region)
     }
 
+    /// The peers holding leases of `region`, each once.
+    pub fn holders(&self, region: u64) -> Vec<u64> {
+        if !self.held(region) {
+            return Vec::new();
+        }
+        let mut peers: Vec<u64> = self
+            .by_op
+            .iter()
+            .filter(|&(_, &r)| r == region)
+            .map(|(&(p, _), _)| p)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        peers
+    }
+
     fn drop_one(&mut self, peer: u64, region: u64) {
         self.drop_peer(peer);
         self.drop_region(region);
@@ -171,6 +187,17 @@ mod tests {
         assert!(l.held(8));
         l.forget_peer(2);
         assert!(!l.held(8) && l.by_op.is_empty() && l.per_region.is_empty());
+    }
+
+    #[test]
+    fn a_regions_holders_are_named_once_each() {
+        let mut l = Leases::default();
+        assert!(l.grant(3, 10, 7) && l.grant(1, 11, 7) && l.grant(3, 12, 7) && l.grant(2, 1, 8));
+        assert_eq!(l.holders(7), vec![1, 3]);
+        assert_eq!(l.holders(8), vec![2]);
+        l.forget_peer(3);
+        assert_eq!(l.holders(7), vec![1]);
+        assert!(l.holders(9).is_empty());
     }
 
     #[test]

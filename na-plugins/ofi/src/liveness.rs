@@ -90,6 +90,7 @@ impl OfiPlugin {
             return;
         };
         let e = as_loss(p, e);
+        let raw = p.raw.clone();
         p.probing = None;
         p.last_probe = None;
         p.last_heard = Instant::now();
@@ -98,9 +99,16 @@ impl OfiPlugin {
         if !again {
             s.stats.peers_lost += 1;
         }
-        // Its puts into our memory are over (its process is gone, or silent past the
-        // probe timeout): deregistrations stop waiting for them.
-        s.leases.forget_peer(peer.0);
+        // Its transfers of our memory are over if its process is gone or the owner's
+        // provider checks them (a silent peer's are refused once the region closes); a
+        // silent `shm` peer whose process is there (stopped: a debugger, a suspended
+        // job) could still copy into our memory when it resumes (`shm` checks no key):
+        // deregistrations keep waiting for its leases while it exists (`await_leases`).
+        if self.provider.death_check != DeathCheck::Pid
+            || crate::provider::certainly_dead(DeathCheck::Pid, &raw)
+        {
+            s.leases.forget_peer(peer.0);
+        }
         let ids: Vec<u64> = s
             .ops
             .iter()

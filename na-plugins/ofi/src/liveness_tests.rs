@@ -193,37 +193,46 @@ fn a_new_wait_on_a_peer_is_judged_from_its_own_start() {
     );
 }
 
-/// A peer holding a lease on our memory (we granted its transfer) that goes away without
-/// a word is watched past `watch_idle`: it is probed, found gone, declared lost, and its
-/// leases end, so a deregistration of the region does not wait for it.
-#[test]
-fn a_peer_holding_a_lease_is_watched_until_it_is_lost() {
+/// An owner that probes quickly and a peer over `addr`, the owner's `buf` registered and
+/// the peer's check of a write into all of it granted (as the peer sends it): leased.
+fn leased(addr: &str, buf: &mut [u8]) -> (OfiPlugin, OfiPlugin, na::MemHandle) {
     let cfg = OfiConfig {
         probe_after: Duration::from_millis(50),
         probe_timeout: Duration::from_millis(400),
         watch_idle: Duration::from_millis(100),
         ..OfiConfig::default()
     };
-    let addr = "ofi+tcp://127.0.0.1:0".parse().unwrap();
+    let addr = addr.parse().unwrap();
     let owner = OfiPlugin::with_config(&addr, cfg).unwrap();
-    let gone = OfiPlugin::new(&addr).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    // SAFETY: `buf` outlives the registration (deregistered below).
-    let h = unsafe { owner.register(&[na::Segment::from_slice(&mut buf)], na::Access::ReadWrite) }
-        .unwrap();
-    // The peer's check, as it sends it: granted under a lease.
-    let mut m = crate::wire::header(crate::wire::Kind::Check, 0, &gone.self_raw, 33);
+    let peer = OfiPlugin::new(&addr).unwrap();
+    // SAFETY: the callers' buffers outlive the registration (deregistered in each test).
+    let h =
+        unsafe { owner.register(&[na::Segment::from_slice(buf)], na::Access::ReadWrite) }.unwrap();
+    let mut m = crate::wire::header(crate::wire::Kind::Check, 0, &peer.self_raw, 33);
     let check = crate::wire::Check {
         op: 1,
         key: h.remote.key,
         off: 0,
-        len: 1 << 20,
+        len: buf.len() as u64,
         write: true,
     };
     m.extend_from_slice(&check.encode());
     owner.handle_unexpected(&m);
+    assert!(
+        crate::plugin::lock(&owner.state).leases.held(h.id),
+        "granted under a lease"
+    );
+    (owner, peer, h)
+}
+
+/// A peer holding a lease on our memory (we granted its transfer) that goes away without
+/// a word is watched past `watch_idle`: it is probed, found gone, declared lost, and its
+/// leases end, so a deregistration of the region does not wait for it.
+#[test]
+fn a_peer_holding_a_lease_is_watched_until_it_is_lost() {
+    let mut buf = vec![0u8; 1 << 20];
+    let (owner, gone, h) = leased("ofi+tcp://127.0.0.1:0", &mut buf);
     let held = || crate::plugin::lock(&owner.state).leases.held(h.id);
-    assert!(held(), "granted under a lease");
     drop(gone);
     let end = Instant::now() + Duration::from_secs(10);
     while held() {
@@ -236,4 +245,42 @@ fn a_peer_holding_a_lease_is_watched_until_it_is_lost() {
     let t = Instant::now();
     owner.deregister(&h).unwrap();
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+}
+
+/// Over `shm` a peer's copies into our memory pass no key check, so a peer declared lost
+/// while its process is there (stopped, say) keeps its leases: a deregistration waits for
+/// it while it exists, and ends once its process (its shm region) is gone.
+#[test]
+fn a_silent_shm_peer_that_still_exists_holds_the_deregistration_until_it_is_gone() {
+    let mut buf = vec![0u8; 1 << 20];
+    let (owner, still, h) = leased("ofi+shm://auto", &mut buf);
+    let held = || crate::plugin::lock(&owner.state).leases.held(h.id);
+    // `still` never progresses: its probes go unanswered and it is declared lost.
+    let end = Instant::now() + Duration::from_secs(10);
+    while owner.stats().peers_lost == 0 {
+        assert!(
+            Instant::now() < end,
+            "the silent peer was never declared lost"
+        );
+        owner.progress(Some(Duration::from_millis(10))).unwrap();
+    }
+    assert!(
+        held(),
+        "a lost shm peer whose process exists keeps its lease"
+    );
+    let bound = Duration::from_millis(50 + 400 + 1000);
+    std::thread::scope(|sc| {
+        let t = Instant::now();
+        let dereg = sc.spawn(|| owner.deregister(&h));
+        std::thread::sleep(bound + Duration::from_millis(500));
+        assert!(
+            !dereg.is_finished(),
+            "the deregistration gave up on a live holder"
+        );
+        drop(still);
+        assert!(dereg.join().unwrap().is_ok());
+        let took = t.elapsed();
+        assert!(took < bound + Duration::from_secs(3), "{took:?}");
+    });
+    assert!(!held());
 }
