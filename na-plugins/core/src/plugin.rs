@@ -156,8 +156,10 @@ pub trait Plugin: Send + Sync + 'static {
     ///
     /// Once it returns, no peer reads or writes the memory: a peer's access already under
     /// way is waited for first (sm: writes by the peer itself; ofi: transfers the owner
-    /// granted), which may block the calling thread, bounded per plugin (ofi: until the
-    /// peer is declared lost, 11.5 s by default).
+    /// granted), which may block the calling thread: until the peer is declared lost
+    /// (ofi, 11.5 s by default), or, where a peer's copies pass no check of the owner's
+    /// (sm's own writes, ofi's `shm` provider), for as long as that peer's process exists
+    /// (a stopped one resumes its copy), with a warning each second.
     fn deregister(&self, handle: &MemHandle) -> NaResult<()>;
 
     /// Writes `len` bytes from `local` at `local_off` into `remote` at `remote_off` on `peer`.
