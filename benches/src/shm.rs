@@ -153,7 +153,8 @@ pub fn cma_serve(size: usize) {
 /// MB/s of `count` `process_vm_readv` calls of `size` bytes each from the source process
 /// `pid` at `addr` into `bufs` local buffers in turn.
 pub fn cma_run(pid: i32, addr: u64, size: usize, count: usize, bufs: usize) -> Result<f64, String> {
-    let mut bufs: Vec<Vec<u8>> = (0..bufs.max(1)).map(|_| vec![0u8; size]).collect();
+    // Written before the clock starts: their pages are faulted in, as the server's are.
+    let mut bufs: Vec<Vec<u8>> = (0..bufs.max(1)).map(|_| vec![1u8; size]).collect();
     let locals: Vec<libc::iovec> = bufs
         .iter_mut()
         .map(|b| libc::iovec {

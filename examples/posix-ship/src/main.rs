@@ -318,7 +318,10 @@ fn run(cli: Cli) -> io::Result<()> {
         }
         Cmd::Rm { path } => fs()?.remove_file(&path).map_err(|e| with_path(&path, e)),
         Cmd::Mkdir { path } => fs()?.create_dir(&path).map_err(|e| with_path(&path, e)),
-        Cmd::Mv { from, to } => fs()?.rename(&from, &to).map_err(|e| with_path(&from, e)),
+        // (A rename between file systems inside the export is `EXDEV` too: not reworded.)
+        Cmd::Mv { from, to } => fs()?
+            .rename(&from, &to)
+            .map_err(|e| io::Error::new(e.kind(), format!("{from} -> {to}: {e}"))),
         Cmd::Stats => {
             let s = fs()?.server_stats()?;
             println!(

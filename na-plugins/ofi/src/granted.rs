@@ -61,42 +61,31 @@ impl OfiPlugin {
     /// may still be under way: each is released by its initiator or its peer is lost.
     /// Drives progress meanwhile (this thread may be the only one that does), blocking
     /// this thread. Bounded by how long a silent peer takes to be declared lost; past that
-    /// it gives up, ends the region's leases and warns that the memory may still be
-    /// reached — except over `shm` (a provider whose peers' copies no key check stops),
-    /// where it waits on while a holder's process exists (as `sm` waits for write
-    /// leases), warning each second: a stopped process resumes its copy where it was.
+    /// it ends the leases of holders that are gone, or answer (a release that never came:
+    /// it warns that the memory may still be reached), and waits on only for holders
+    /// declared lost whose process exists, over `shm` (its copies pass no key check: a
+    /// stopped process resumes its copy), as `sm` waits for write leases, warning each
+    /// second.
     pub(crate) fn await_leases(&self, region: u64) {
         let start = Instant::now();
         let bound = self.cfg.probe_after + self.cfg.probe_timeout + Duration::from_secs(1);
-        let mut warned = 0;
+        let (mut looked, mut warned) = (start, 0);
         while lock(&self.state).leases.held(region) {
-            if start.elapsed() > bound {
-                let alive = match self.provider.death_check {
-                    DeathCheck::Pid => self.forget_dead_holders(region),
-                    _ => Vec::new(),
-                };
-                if alive.is_empty() {
-                    tracing::warn!(
-                        region,
-                        "ofi: deregistered with transfers granted of it neither released \
-                         nor lost after {bound:?}: the memory may still be reached"
-                    );
-                    lock(&self.state).leases.forget_region(region);
-                    return;
-                }
-                let waited = start.elapsed().as_secs();
-                if waited > warned {
+            let now = Instant::now();
+            if now.duration_since(start) > bound && now.duration_since(looked) >= LOOK_EVERY {
+                looked = now;
+                let stopped = self.end_leases_but_stopped(region, bound);
+                let waited = now.duration_since(start).as_secs();
+                if !stopped.is_empty() && waited > warned {
                     warned = waited;
                     tracing::warn!(
                         region,
-                        ?alive,
+                        ?stopped,
                         waited_s = waited,
                         "ofi: deregistration waits for peers holding transfers of the \
                          region, silent but not gone (stopped processes?)"
                     );
                 }
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
             }
             if let Err(e) = self.drive(Some(Duration::ZERO)) {
                 tracing::debug!("ofi: progress while waiting for releases: {e}");
@@ -105,26 +94,41 @@ impl OfiPlugin {
         }
     }
 
-    /// Ends the leases of `region`'s holders whose process is gone; returns the others.
-    fn forget_dead_holders(&self, region: u64) -> Vec<u64> {
-        let holders: Vec<(u64, Vec<u8>)> = {
+    /// Past the wait's bound: ends the leases of `region` except those of holders
+    /// declared lost whose process exists over `shm`, which it returns.
+    fn end_leases_but_stopped(&self, region: u64, bound: Duration) -> Vec<u64> {
+        let holders: Vec<(u64, Vec<u8>, bool)> = {
             let s = lock(&self.state);
-            let raw = |p: &u64| s.peers.get(p).map(|e| e.raw.clone()).unwrap_or_default();
-            s.leases
-                .holders(region)
+            let peer = |p: &u64| s.peers.get(p).map(|e| (e.raw.clone(), e.lost));
+            let holders = s.leases.holders(region);
+            holders
                 .iter()
-                .map(|p| (*p, raw(p)))
+                .map(|p| {
+                    let (raw, lost) = peer(p).unwrap_or_default();
+                    (*p, raw, lost)
+                })
                 .collect()
         };
-        let mut alive = Vec::new();
-        for (p, raw) in holders {
-            // (A holder without a known address cannot be looked for: its leases end.)
-            if raw.is_empty() || crate::provider::certainly_dead(DeathCheck::Pid, &raw) {
-                lock(&self.state).leases.forget_peer(p);
-            } else {
-                alive.push(p);
+        let mut stopped = Vec::new();
+        for (p, raw, lost) in holders {
+            let pid_checked = self.provider.death_check == DeathCheck::Pid;
+            if pid_checked && lost && !crate::provider::certainly_dead(DeathCheck::Pid, &raw) {
+                stopped.push(p);
+                continue;
             }
+            if !lost {
+                tracing::warn!(
+                    region,
+                    peer = p,
+                    "ofi: deregistered with transfers granted of it neither released nor \
+                     lost after {bound:?}: the memory may still be reached"
+                );
+            }
+            lock(&self.state).leases.forget_holder(p, region);
         }
-        alive
+        stopped
     }
 }
+
+/// How often a deregistration past its bound looks at the holders it waits for.
+const LOOK_EVERY: Duration = Duration::from_millis(100);

@@ -66,10 +66,10 @@ impl Leases {
         }
     }
 
-    /// Ends every lease of `region` (its deregistration gave up waiting).
-    pub fn forget_region(&mut self, region: u64) {
-        if self.per_region.contains_key(&region) {
-            self.forget_where(|_, r| r == region);
+    /// Ends `peer`'s leases of `region` (a deregistration gave up waiting for them).
+    pub fn forget_holder(&mut self, peer: u64, region: u64) {
+        if self.per_peer.contains_key(&peer) {
+            self.forget_where(|p, r| p == peer && r == region);
         }
     }
 
@@ -193,18 +193,22 @@ mod tests {
     fn a_regions_holders_are_named_once_each() {
         let mut l = Leases::default();
         assert!(l.grant(3, 10, 7) && l.grant(1, 11, 7) && l.grant(3, 12, 7) && l.grant(2, 1, 8));
+        assert!(l.grant(3, 13, 9));
         assert_eq!(l.holders(7), vec![1, 3]);
         assert_eq!(l.holders(8), vec![2]);
-        l.forget_peer(3);
+        l.forget_holder(3, 7);
         assert_eq!(l.holders(7), vec![1]);
-        assert!(l.holders(9).is_empty());
+        assert_eq!(l.holders(9), vec![3]);
+        assert!(l.holds(3), "its lease of another region stays");
     }
 
     #[test]
     fn a_region_given_up_on_holds_nothing_after() {
         let mut l = Leases::default();
         assert!(l.grant(1, 10, 7) && l.grant(2, 11, 7) && l.grant(1, 12, 8));
-        l.forget_region(7);
+        for p in l.holders(7) {
+            l.forget_holder(p, 7);
+        }
         assert!(!l.held(7) && l.held(8));
         assert_eq!(l.per_peer.get(&1), Some(&1));
         assert_eq!(l.per_peer.get(&2), None);

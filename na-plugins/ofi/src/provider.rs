@@ -167,9 +167,12 @@ pub fn certainly_dead(check: DeathCheck, raw: &[u8]) -> bool {
                 .split(':')
                 .next()
                 .and_then(|p| p.parse::<libc::pid_t>().ok());
+            // A name that names no process cannot be a live endpoint's. A region last
+            // written before its pid's process started was left by an earlier process
+            // with that pid (pids wrap): its endpoint is gone too.
             match pid {
-                Some(pid) if pid > 0 => pid_gone(pid),
-                _ => false,
+                Some(pid) if pid > 0 => pid_gone(pid) || region_older_than(name, pid),
+                _ => true,
             }
         }
         DeathCheck::Connect => {
@@ -201,10 +204,19 @@ fn pid_gone(pid: libc::pid_t) -> bool {
     rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
-/// When this process started: boot time plus its start tick (`/proc`). Boot time is whole
-/// seconds rounded down, so this may read up to a second early, never late.
-fn process_start() -> Option<std::time::SystemTime> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// Whether shm region `name` was last written before process `pid` started (so was left
+/// by an earlier process with that pid). Unknown times count as not older.
+fn region_older_than(name: &str, pid: libc::pid_t) -> bool {
+    let written = std::fs::metadata(std::path::Path::new("/dev/shm").join(name))
+        .and_then(|m| m.modified())
+        .ok();
+    matches!((written, process_start(&pid.to_string())), (Some(w), Some(s)) if w < s)
+}
+
+/// When process `pid` (or `self`) started: boot time plus its start tick (`/proc`). Boot
+/// time is whole seconds rounded down, so this may read up to a second early, never late.
+fn process_start(pid: &str) -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces): the 22nd, `starttime`, is
     // the 20th of them.
     let ticks: u64 = stat
@@ -240,7 +252,7 @@ pub fn sweep_stale_shm_regions() -> usize {
         return 0;
     };
     let me = std::process::id() as libc::pid_t;
-    let started = process_start();
+    let started = process_start("self");
     let mut n = 0;
     for e in dir.flatten() {
         let name = e.file_name();
@@ -289,7 +301,23 @@ mod tests {
         std::fs::write(format!("/dev/shm/{region}"), b"").unwrap();
         let alive = format!("fi_shm://{region}\0");
         assert!(!certainly_dead(DeathCheck::Pid, alive.as_bytes()));
+        // Left by an earlier process of our pid: last written before we started.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(format!("/dev/shm/{region}"));
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400 * 365);
+        f.unwrap().set_modified(old).unwrap();
+        assert!(
+            certainly_dead(DeathCheck::Pid, alive.as_bytes()),
+            "a region older than its pid's process"
+        );
         std::fs::remove_file(format!("/dev/shm/{region}")).unwrap();
+        let odd = format!("qs-odd-{me}");
+        std::fs::write(format!("/dev/shm/{odd}"), b"").unwrap();
+        let named = format!("fi_shm://{odd}\0");
+        let no_pid = certainly_dead(DeathCheck::Pid, named.as_bytes());
+        std::fs::remove_file(format!("/dev/shm/{odd}")).unwrap();
+        assert!(no_pid, "a region whose name names no process");
         assert!(
             certainly_dead(DeathCheck::Pid, alive.as_bytes()),
             "region gone"

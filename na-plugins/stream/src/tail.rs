@@ -191,6 +191,11 @@ impl StreamPlugin {
                 t
             };
             let Some(t) = t else { break };
+            // A transfer already over (failed with its peer's loss) copies nothing more:
+            // its memory is its caller's again.
+            if !lock(&self.ops).is_pending(t.op) {
+                continue;
+            }
             done += t.at.2;
             self.copy_tail(&t);
         }
@@ -212,9 +217,11 @@ impl StreamPlugin {
         }
         // Smaller transfers are shared whole, in turn: a batch of them is copied by both
         // sides at once, each with one copy call per transfer. (The owner's turns are
-        // told apart first: they need no decoding, a MAC.)
+        // told apart first: they need no decoding, a MAC; a region without the extras
+        // takes no turn.)
         let whole = len < direct::SHARE_MIN;
         if whole
+            && !remote.extra.is_empty()
             && self
                 .tails
                 .turn
