@@ -352,6 +352,8 @@ impl StreamPlugin {
         self.linger_if_written(&conn);
         lock(&self.by_addr).retain(|_, p| *p != peer);
         let mut evs = lock(&self.ops).fail_peer(peer, &err);
+        // Reported only once no tail copy of a failed transfer is under way (`tail.rs`).
+        self.pass_tail_gate();
         evs.push(Event::PeerLost { peer, error: err });
         self.push_events(evs, false);
     }

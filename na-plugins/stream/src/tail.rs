@@ -82,6 +82,17 @@ pub(crate) struct Tails {
     writing: Mutex<()>,
     /// Transfers shared whole so far ([`direct::WHOLE_MIN`]): the odd ones are ours.
     turn: AtomicUsize,
+    /// Held through each tail's copy, from the look at whether its transfer is still
+    /// pending; a connection's loss passes it before reporting its transfers failed.
+    gate: Mutex<()>,
+}
+
+impl StreamPlugin {
+    /// Waits for a tail copy under way to end: transfers failed before this call copy
+    /// nothing after it.
+    pub(crate) fn pass_tail_gate(&self) {
+        drop(lock(&self.tails.gate));
+    }
 }
 
 /// The process's connections whose peers may write its memory directly, of every plugin
@@ -191,11 +202,6 @@ impl StreamPlugin {
                 t
             };
             let Some(t) = t else { break };
-            // A transfer already over (failed with its peer's loss) copies nothing more:
-            // its memory is its caller's again.
-            if !lock(&self.ops).is_pending(t.op) {
-                continue;
-            }
             done += t.at.2;
             self.copy_tail(&t);
         }
@@ -242,9 +248,18 @@ impl StreamPlugin {
     /// could not be copied.
     fn copy_tail(&self, t: &Tail) {
         let (conn, op, len) = (&t.conn, t.op, t.at.2);
-        let copied = match t.is_get {
-            true => self.direct_read(t),
-            false => self.direct_write(t),
+        let copied = {
+            // A transfer already over (failed with its peer's loss) copies nothing more:
+            // its memory is its caller's again. Looked at under the gate a loss waits on
+            // before it reports the failure (`close_conn`), so no copy outlasts it.
+            let _gate = lock(&self.tails.gate);
+            if !lock(&self.ops).is_pending(op) {
+                return;
+            }
+            match t.is_get {
+                true => self.direct_read(t),
+                false => self.direct_write(t),
+            }
         };
         let (frames, mut evs) = {
             let mut ops = lock(&self.ops);
