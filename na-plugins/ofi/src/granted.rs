@@ -99,19 +99,21 @@ impl OfiPlugin {
     fn end_leases_but_stopped(&self, region: u64, bound: Duration) -> Vec<u64> {
         let holders: Vec<(u64, Vec<u8>, bool)> = {
             let s = lock(&self.state);
-            let peer = |p: &u64| s.peers.get(p).map(|e| (e.raw.clone(), e.lost));
-            let holders = s.leases.holders(region);
+            let holders = s.leases.holders(region).into_iter();
             holders
-                .iter()
                 .map(|p| {
-                    let (raw, lost) = peer(p).unwrap_or_default();
-                    (*p, raw, lost)
+                    let (raw, lost) = s
+                        .peers
+                        .get(&p)
+                        .map(|e| (e.raw.clone(), e.lost))
+                        .unwrap_or_default();
+                    (p, raw, lost)
                 })
                 .collect()
         };
+        let pid_checked = self.provider.death_check == DeathCheck::Pid;
         let mut stopped = Vec::new();
         for (p, raw, lost) in holders {
-            let pid_checked = self.provider.death_check == DeathCheck::Pid;
             if pid_checked && lost && !crate::provider::certainly_dead(DeathCheck::Pid, &raw) {
                 stopped.push(p);
                 continue;

@@ -171,7 +171,7 @@ pub fn certainly_dead(check: DeathCheck, raw: &[u8]) -> bool {
             // written before its pid's process started was left by an earlier process
             // with that pid (pids wrap): its endpoint is gone too.
             match pid {
-                Some(pid) if pid > 0 => pid_gone(pid) || region_older_than(name, pid),
+                Some(pid) if pid > 0 => region_stale(name, pid),
                 _ => true,
             }
         }
@@ -204,18 +204,23 @@ fn pid_gone(pid: libc::pid_t) -> bool {
     rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
-/// Whether shm region `name` was last written before process `pid` started (so was left
-/// by an earlier process with that pid). Unknown times count as not older.
-fn region_older_than(name: &str, pid: libc::pid_t) -> bool {
+/// Whether shm region `name`, named for process `pid`, was left by a process that is
+/// gone: no process has that pid, or the one that has it started after the region was
+/// last written (an earlier process with that pid left it: pids wrap at 32768 by default,
+/// and threads take them too). Unknown times count as not stale.
+fn region_stale(name: &str, pid: libc::pid_t) -> bool {
+    if pid_gone(pid) {
+        return true;
+    }
     let written = std::fs::metadata(std::path::Path::new("/dev/shm").join(name))
         .and_then(|m| m.modified())
         .ok();
-    matches!((written, process_start(&pid.to_string())), (Some(w), Some(s)) if w < s)
+    matches!((written, process_start(pid)), (Some(w), Some(s)) if w < s)
 }
 
-/// When process `pid` (or `self`) started: boot time plus its start tick (`/proc`). Boot
-/// time is whole seconds rounded down, so this may read up to a second early, never late.
-fn process_start(pid: &str) -> Option<std::time::SystemTime> {
+/// When process `pid` started: boot time plus its start tick (`/proc`). Boot time is
+/// whole seconds rounded down, so this may read up to a second early, never late.
+fn process_start(pid: libc::pid_t) -> Option<std::time::SystemTime> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces): the 22nd, `starttime`, is
     // the 20th of them.
@@ -241,18 +246,15 @@ fn process_start(pid: &str) -> Option<std::time::SystemTime> {
 }
 
 /// Removes the shm provider's regions left in `/dev/shm` by processes that died without
-/// closing their endpoints (killed processes leak 16 MiB each): those whose pid is gone,
-/// and those named with our own pid but last written before we started (left by a killed
-/// process whose pid the kernel has since given to us: pids wrap at 32768 by default, and
-/// threads take them too; the provider refuses to create a region whose name a live pid
-/// holds). Our own regions, and any other made since we started, are newer. Returns how
-/// many.
+/// closing their endpoints (killed processes leak 16 MiB each): those [`region_stale`]
+/// says are (no process has their pid, or the one that has it, ours included, started
+/// after they were last written; the provider refuses to create a region whose name a
+/// live pid holds). Regions of live endpoints were made after their process started.
+/// Returns how many.
 pub fn sweep_stale_shm_regions() -> usize {
     let Ok(dir) = std::fs::read_dir("/dev/shm") else {
         return 0;
     };
-    let me = std::process::id() as libc::pid_t;
-    let started = process_start("self");
     let mut n = 0;
     for e in dir.flatten() {
         let name = e.file_name();
@@ -260,16 +262,9 @@ pub fn sweep_stale_shm_regions() -> usize {
         let mut parts = name.split(':');
         let pid = parts.next().and_then(|p| p.parse::<libc::pid_t>().ok());
         let shape = parts.clone().count() >= 2 && parts.all(|p| p.parse::<u32>().is_ok());
-        let stale = |pid| {
-            if pid != me {
-                return pid_gone(pid);
-            }
-            let written = e.metadata().and_then(|m| m.modified()).ok();
-            matches!((written, started), (Some(w), Some(s)) if w < s)
-        };
         if let (Some(pid), true) = (pid, shape)
             && pid > 0
-            && stale(pid)
+            && region_stale(&name, pid)
             && std::fs::remove_file(e.path()).is_ok()
         {
             n += 1;
@@ -281,6 +276,7 @@ pub fn sweep_stale_shm_regions() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn puts_skip_delivery_completion_only_where_it_was_read_to_be_implied() {
@@ -292,6 +288,25 @@ mod tests {
         }
         let tcp = lookup("tcp").unwrap();
         assert_eq!(tcp.write_flag(v(1, 17)), fi::FI_DELIVERY_COMPLETE as u64);
+    }
+
+    #[test]
+    fn the_sweep_removes_regions_left_before_their_pids_process_started_and_keeps_newer_ones() {
+        let me = std::process::id();
+        let (old, new) = (format!("/dev/shm/{me}:9:1"), format!("/dev/shm/{me}:9:2"));
+        std::fs::write(&old, b"").unwrap();
+        std::fs::write(&new, b"").unwrap();
+        let f = std::fs::File::options().write(true).open(&old).unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(86_400))
+            .unwrap();
+        sweep_stale_shm_regions();
+        let (old_left, new_left) = (Path::new(&old).exists(), Path::new(&new).exists());
+        let _ = std::fs::remove_file(&new);
+        assert!(
+            !old_left,
+            "a region older than our process was ours by an earlier pid"
+        );
+        assert!(new_left, "a region made since we started is kept");
     }
 
     #[test]

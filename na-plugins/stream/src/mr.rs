@@ -40,9 +40,7 @@ impl Region {
         self.pins.fetch_add(1, Ordering::Relaxed);
         Pin(self.pins.clone())
     }
-}
 
-impl Region {
     /// Calls `f(segment_bytes_ptr, range_in_data)` for each piece of `offset..offset+len`.
     fn walk(
         &self,

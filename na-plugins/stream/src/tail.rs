@@ -87,14 +87,6 @@ pub(crate) struct Tails {
     gate: Mutex<()>,
 }
 
-impl StreamPlugin {
-    /// Waits for a tail copy under way to end: transfers failed before this call copy
-    /// nothing after it.
-    pub(crate) fn pass_tail_gate(&self) {
-        drop(lock(&self.tails.gate));
-    }
-}
-
 /// The process's connections whose peers may write its memory directly, of every plugin
 /// (the arena of entries is the process's, so a descriptor of one plugin's region can
 /// reach the process over another's link): deregistrations wait on all of them.
@@ -119,6 +111,12 @@ pub(crate) fn watch(conn: &Arc<Conn>) {
 }
 
 impl StreamPlugin {
+    /// Waits for a tail copy under way to end: transfers failed before this call copy
+    /// nothing after it.
+    pub(crate) fn pass_tail_gate(&self) {
+        drop(lock(&self.tails.gate));
+    }
+
     /// Queues a tail for the next progress call, and wakes one that sleeps.
     pub(crate) fn queue_tail(&self, t: Tail) {
         let mut q = lock(&self.tails.queue);
