@@ -207,7 +207,9 @@ fn pid_gone(pid: libc::pid_t) -> bool {
 /// Whether shm region `name`, named for process `pid`, was left by a process that is
 /// gone: no process has that pid, or the one that has it started after the region was
 /// last written (an earlier process with that pid left it: pids wrap at 32768 by default,
-/// and threads take them too). Unknown times count as not stale.
+/// and threads take them too). Unknown times count as not stale, and so does a region
+/// written within [`CLOCK_SLACK`] before the process started (a wall clock stepped back
+/// would otherwise make a live region look older than its process).
 fn region_stale(name: &str, pid: libc::pid_t) -> bool {
     if pid_gone(pid) {
         return true;
@@ -215,8 +217,12 @@ fn region_stale(name: &str, pid: libc::pid_t) -> bool {
     let written = std::fs::metadata(std::path::Path::new("/dev/shm").join(name))
         .and_then(|m| m.modified())
         .ok();
-    matches!((written, process_start(pid)), (Some(w), Some(s)) if w < s)
+    matches!((written, process_start(pid)), (Some(w), Some(s)) if w + CLOCK_SLACK < s)
 }
+
+/// How much earlier than a process's start its pid's region must have been written to
+/// be an earlier process's.
+const CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// When process `pid` started: boot time plus its start tick (`/proc`). Boot time is
 /// whole seconds rounded down, so this may read up to a second early, never late.
