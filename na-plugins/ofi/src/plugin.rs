@@ -123,9 +123,9 @@ pub(crate) struct State {
     /// RMA pieces waiting for room in the window, and the bytes posted and not completed.
     pub(crate) rma_queue: VecDeque<crate::rma::Queued>,
     pub(crate) rma_inflight: usize,
-    /// Puts we granted peers and have not seen end (`leased_rma` only).
+    /// Transfers we granted peers and have not seen end (`leased_rma` only).
     pub(crate) leases: crate::leases::Leases,
-    /// Leased puts of ours that ended, by owner, to be released at the end of the pass.
+    /// Leased transfers of ours that ended, by owner, to be released at the end of the pass.
     pub(crate) releases: Vec<(u64, u64)>,
     /// Every context posted and not yet completed (freed on drop).
     pub(crate) live: FxHashSet<usize>,

@@ -252,7 +252,7 @@ fn process_start(pid: libc::pid_t) -> Option<std::time::SystemTime> {
 }
 
 /// Removes the shm provider's regions left in `/dev/shm` by processes that died without
-/// closing their endpoints (killed processes leak 16 MiB each): those [`region_stale`]
+/// closing their endpoints (killed processes leak 16 MiB each): those `region_stale`
 /// says are (no process has their pid, or the one that has it, ours included, started
 /// after they were last written; the provider refuses to create a region whose name a
 /// live pid holds). Regions of live endpoints were made after their process started.
