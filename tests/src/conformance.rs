@@ -24,6 +24,8 @@ pub struct Driven {
     stash: HashMap<OpId, NaResult<Vec<u8>>>,
     /// Expected messages that matched no receive (`Caps::unposted_expected`).
     strays: Vec<(na::PeerId, u64, Vec<u8>)>,
+    /// Peers reported lost ([`Event::PeerLost`]), in order.
+    pub lost: Vec<na::PeerId>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -51,6 +53,7 @@ impl Driven {
             events,
             stash: HashMap::new(),
             strays: Vec::new(),
+            lost: Vec::new(),
             stop,
             thread: Some(thread),
         }
@@ -74,10 +77,15 @@ impl Driven {
                     self.stash.insert(op, result);
                 }
                 Ok(Event::Expected { peer, tag, data }) => self.strays.push((peer, tag, data)),
-                Ok(Event::PeerLost { .. }) => {}
+                Ok(Event::PeerLost { peer, .. }) => self.lost.push(peer),
                 Err(_) => return None,
             }
         }
+    }
+
+    /// Completions received that nobody has waited for yet.
+    pub fn unclaimed(&self) -> usize {
+        self.stash.len()
     }
 
     /// Waits for `op` to complete.
@@ -101,7 +109,8 @@ impl Driven {
                     self.stash.insert(op, result);
                 }
                 Ok(Event::Expected { peer, tag, data }) => self.strays.push((peer, tag, data)),
-                Ok(_) => {}
+                Ok(Event::PeerLost { peer, .. }) => self.lost.push(peer),
+                Ok(Event::Unexpected { .. }) => {}
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
             }
         }

@@ -27,6 +27,9 @@ pub(crate) enum What {
     Rma(u64, usize),
     /// A liveness probe to this peer.
     Ping(PeerId),
+    /// A message nobody waits on (`Plugin::send_quiet`): its failure is the loss of this
+    /// peer.
+    Quiet(PeerId),
     /// A control message: a probe's answer, an RMA check or grant (its completion only
     /// gives the buffer back; a lost peer shows up through its operations and probes).
     Control,

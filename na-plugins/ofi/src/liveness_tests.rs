@@ -284,3 +284,51 @@ fn a_silent_shm_peer_that_still_exists_holds_the_deregistration_until_it_is_gone
     });
     assert!(!held());
 }
+
+#[test]
+fn a_quiet_message_makes_no_event_and_one_that_fails_is_the_loss_of_its_peer() {
+    // (Over shm a peer's queue stays open after it is gone from this process: a quiet
+    // message to it waits in the backlog until `GIVE_UP`. Over tcp it waits there for
+    // room until the backlog's check finds the peer's port closed.)
+    // Probes only after a minute: what reports the loss is the failed message.
+    let unprobed = |addr: &str| {
+        let cfg = OfiConfig {
+            probe_after: Duration::from_secs(60),
+            ..OfiConfig::default()
+        };
+        Arc::new(OfiPlugin::with_config(&addr.parse().unwrap(), cfg).unwrap())
+    };
+    for addr in &ADDRS[..2] {
+        let mut a = Driven::new(unprobed(addr));
+        let mut b = Driven::new(unprobed(addr));
+        let pb = a.p.lookup(b.p.self_addr()).unwrap();
+        a.p.send_quiet(pb, false, 7, b"request".to_vec()).unwrap();
+        let (pa, tag, data) = b.next_unexpected().unwrap();
+        assert_eq!((tag, &data[..]), (7, &b"request"[..]), "{addr}");
+        // Larger than the provider injects: an answer sent with a completion.
+        let answer = vec![5u8; 4096];
+        let recv = a.p.recv_expected(pb, 9).unwrap();
+        b.p.send_quiet(pa, true, 9, answer.clone()).unwrap();
+        assert_eq!(a.done(recv).unwrap(), answer, "{addr}");
+        // Neither side reports anything else: no event for a quiet message.
+        for d in [&mut a, &mut b] {
+            assert!(
+                d.next_unexpected_within(Duration::from_millis(200))
+                    .is_none()
+            );
+            assert_eq!((d.unclaimed(), d.lost.len()), (0, 0), "{addr}");
+        }
+        // The requester goes away: the answers to it fail, and so it is lost.
+        // (Over sockets the provider refuses the send at once: that is the report.)
+        drop(a);
+        if let Err(u) = b.p.send_quiet(pa, true, 9, answer.clone()) {
+            assert_eq!(u.error.fault(), na::Fault::Network, "{addr}: {:?}", u.error);
+            continue;
+        }
+        let end = Instant::now() + Duration::from_secs(20);
+        while !b.lost.contains(&pa) {
+            assert!(Instant::now() < end, "{addr}: the peer was never lost");
+            b.next_unexpected_within(Duration::from_millis(50));
+        }
+    }
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use libfabric_sys as fi;
 use na::{
     Access, Address, Event, MemHandle, NaError, NaResult, OpId, PeerId, Plugin, RemoteMem, Segment,
+    Unsent,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -500,7 +501,9 @@ impl OfiPlugin {
         id
     }
 
-    fn send(&self, peer: PeerId, tag: u64, data: Vec<u8>, unexpected: bool) -> NaResult<OpId> {
+    /// A message as it leaves: a request goes into the peer's pool behind its header, an
+    /// answer to the receive posted for its tag.
+    fn message(&self, tag: u64, data: Vec<u8>, unexpected: bool) -> NaResult<(Vec<u8>, Route)> {
         if data.len() > self.max_eager {
             return Err(NaError::InvalidArgument(format!(
                 "message of {} bytes exceeds the eager limit of {}",
@@ -508,14 +511,18 @@ impl OfiPlugin {
                 self.max_eager
             )));
         }
-        let (buf, route) = if unexpected {
+        Ok(if unexpected {
             let mut b = wire::header(Kind::Request, tag, &self.self_raw, data.len());
             b.extend_from_slice(&data);
             na::buf::give(data);
             (b, Route::Pool)
         } else {
             (data, Route::Expected(tag))
-        };
+        })
+    }
+
+    fn send(&self, peer: PeerId, tag: u64, data: Vec<u8>, unexpected: bool) -> NaResult<OpId> {
+        let (buf, route) = self.message(tag, data, unexpected)?;
         let id = {
             let mut s = lock(&self.state);
             self.fi_addr(&s, peer)?;
@@ -613,6 +620,36 @@ impl Plugin for OfiPlugin {
 
     fn send_expected(&self, peer: PeerId, tag: u64, data: Vec<u8>) -> NaResult<OpId> {
         self.send(peer, tag, data, false)
+    }
+
+    /// No operation, no event: a request is injected when it fits (the provider copies
+    /// it), an answer always has a completion (its failure is how a server learns that its
+    /// client is gone); a failed completion, or a backlogged post that fails, is the loss
+    /// of `peer`. The message is not handed back (the plugin does not promise
+    /// [`na::Caps::unposted_expected`]).
+    fn send_quiet(
+        &self,
+        peer: PeerId,
+        expected: bool,
+        tag: u64,
+        data: Vec<u8>,
+    ) -> Result<(), Unsent> {
+        let unsent = |error| Unsent {
+            error,
+            data: Vec::new(),
+        };
+        let (buf, route) = self.message(tag, data, !expected).map_err(unsent)?;
+        match lock(&self.state).peers.get_mut(&peer.0) {
+            Some(p) => p.contacted = true,
+            None => {
+                return Err(unsent(NaError::InvalidArgument(format!(
+                    "unknown peer {peer:?}"
+                ))));
+            }
+        }
+        self.send_to(peer.0, route, buf, What::Quiet(peer), !expected)
+            .map(drop)
+            .map_err(unsent)
     }
 
     fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId> {

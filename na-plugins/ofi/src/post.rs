@@ -91,14 +91,25 @@ impl Post {
 
 /// A post waiting for room at the provider.
 pub(crate) struct Backlogged {
-    /// The user operation it is a part of (none: a control message or a pool receive).
-    pub(crate) op: Option<u64>,
+    /// What it is for: a part of a user operation, a quiet message, a control message or
+    /// a pool receive.
+    what: What,
     post: Post,
     /// Its number in the backlog (to know it again after the state lock was let go).
     seq: u64,
     /// When it was backlogged, and when its peer was last checked.
     since: Instant,
     checked: Instant,
+}
+
+impl Backlogged {
+    /// The user operation it is a part of.
+    fn op(&self) -> Option<u64> {
+        match self.what {
+            What::Op(id) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// What became of a post.
@@ -111,10 +122,10 @@ pub(crate) enum Posted {
 }
 
 impl OfiPlugin {
-    /// Posts `post` (part of user operation `op`, if any) now, or backlogs it if the
-    /// provider's queue is full or older posts wait. An error is the provider's refusal of
-    /// a first try: the caller still owns the post's context.
-    pub(crate) fn submit(&self, op: Option<u64>, post: Post) -> NaResult<Posted> {
+    /// Posts `post` (for `what`: a part of a user operation, a quiet message...) now, or
+    /// backlogs it if the provider's queue is full or older posts wait. An error is the
+    /// provider's refusal of a first try: the caller still owns the post's context.
+    pub(crate) fn submit(&self, what: What, post: Post) -> NaResult<Posted> {
         if !self.backlogged.load(Ordering::SeqCst) {
             match self.post_now(&post) {
                 Err(NaError::Exhausted(_)) => {}
@@ -131,7 +142,7 @@ impl OfiPlugin {
             s.backlog_seq += 1;
             s.stats.backlogged += 1;
             let b = Backlogged {
-                op,
+                what,
                 post,
                 seq: s.backlog_seq,
                 since: now,
@@ -220,7 +231,7 @@ impl OfiPlugin {
     fn posted_late(&self, b: Backlogged, r: NaResult<()>) {
         match (r, &b.post) {
             (Ok(()), Post::Inject { .. }) => {
-                if let Some(op) = b.op {
+                if let Some(op) = b.op() {
                     self.part_done(op, Ok(0));
                 }
                 b.post.recycle();
@@ -232,11 +243,13 @@ impl OfiPlugin {
             (Err(e), post) => {
                 let e = post.peer().map_or(e.clone(), |p| self.as_seen(p, e));
                 if let Some(ctx) = post.ctx() {
-                    self.free_unposted(b.op, ctx);
+                    self.free_unposted(b.op(), ctx);
                 }
-                match b.op {
-                    Some(op) => self.part_done(op, Err(e)),
-                    None => tracing::debug!("ofi: control message not sent: {e}"),
+                match b.what {
+                    What::Op(op) => self.part_done(op, Err(e)),
+                    // Its peer is certainly gone, or its queue stayed full for `GIVE_UP`.
+                    What::Quiet(peer) => self.peer_lost(peer, e),
+                    _ => tracing::debug!("ofi: control message not sent: {e}"),
                 }
             }
         }
@@ -308,7 +321,7 @@ impl OfiPlugin {
 
     /// Posts a receive of the unexpected pool (its context is in `live` for good).
     pub(crate) fn post_pool(&self, ctx: *mut Ctx) -> NaResult<()> {
-        self.submit(None, Post::Pool { ctx: ctx as usize })
+        self.submit(What::Pool, Post::Pool { ctx: ctx as usize })
             .map(drop)
     }
 
@@ -429,7 +442,7 @@ impl OfiPlugin {
             _ => None,
         };
         if inject && buf.len() <= self.inject {
-            let posted = self.submit(op, Post::Inject { peer, route, buf })?;
+            let posted = self.submit(what, Post::Inject { peer, route, buf })?;
             return Ok(posted == Posted::Later);
         }
         let ctx = Ctx::new(what, buf);
@@ -441,7 +454,7 @@ impl OfiPlugin {
             }
         }
         let ctx = ctx as usize;
-        match self.submit(op, Post::Send { peer, route, ctx }) {
+        match self.submit(what, Post::Send { peer, route, ctx }) {
             Ok(_) => Ok(true),
             Err(e) => {
                 self.free_unposted(op, ctx);
@@ -453,7 +466,7 @@ impl OfiPlugin {
     /// Posts the receive of an expected message for operation `op`.
     pub(crate) fn post_recv(&self, op: u64, tag: u64, ctx: *mut Ctx) -> NaResult<()> {
         let ctx = ctx as usize;
-        self.submit(Some(op), Post::Recv { tag, ctx })
+        self.submit(What::Op(op), Post::Recv { tag, ctx })
             .map(drop)
             .inspect_err(|_| self.free_unposted(Some(op), ctx))
     }
@@ -503,7 +516,7 @@ fn expired(b: &mut Backlogged, peers: &FxHashMap<u64, Peer>, check_every: Durati
 pub(crate) fn drop_backlogged(s: &mut State, id: u64) -> u32 {
     let mut gone = Vec::new();
     s.backlog.retain(|b| {
-        let mine = b.op == Some(id);
+        let mine = b.op() == Some(id);
         if mine {
             gone.push(b.post.ctx());
         }
@@ -517,12 +530,12 @@ pub(crate) fn drop_backlogged(s: &mut State, id: u64) -> u32 {
     gone.len() as u32
 }
 
-/// Drops the backlogged control messages to `peer` (lost): nobody waits for them, and at
-/// the front they would hold back the posts behind them.
+/// Drops the backlogged control and quiet messages to `peer` (lost): nobody waits for
+/// them, and at the front they would hold back the posts behind them.
 pub(crate) fn drop_control_to(s: &mut State, peer: u64) {
     let mut gone = Vec::new();
     s.backlog.retain(|b| {
-        let mine = b.op.is_none() && b.post.peer() == Some(peer);
+        let mine = b.op().is_none() && b.post.peer() == Some(peer);
         if mine {
             gone.extend(b.post.ctx());
         }

@@ -124,6 +124,15 @@ impl OfiPlugin {
                     self.peer_lost(peer, e);
                 }
             }
+            // Nobody cancels a quiet message: the provider canceled what it could not
+            // deliver (rxm on a lost connection), as for an operation's send.
+            What::Quiet(peer) => {
+                drop(s);
+                na::buf::give(buf);
+                if let Err(e) = len {
+                    self.peer_lost(peer, undelivered(e));
+                }
+            }
             // A sent control message's buffer serves this thread's next one.
             What::Control => {
                 drop(s);
@@ -169,10 +178,9 @@ impl OfiPlugin {
                 }
             }
             Err(e) => {
-                // The provider cancels what it can no longer deliver (rxm on a lost
-                // connection): unless the caller canceled, that is a lost connection.
-                let e = if e == NaError::Canceled && !op.reported && op.error.is_none() {
-                    NaError::Disconnected("the provider canceled the operation".into())
+                // Unless the caller canceled (reported), see `undelivered`.
+                let e = if !op.reported && op.error.is_none() {
+                    undelivered(e)
                 } else {
                     e
                 };
@@ -643,6 +651,15 @@ pub(crate) fn as_loss(p: &Peer, e: NaError) -> NaError {
     match e {
         NaError::Unreachable(m) if p.contacted => NaError::Disconnected(m),
         other => other,
+    }
+}
+
+/// A failure nobody asked for, as its operation sees it: the provider cancels what it can
+/// no longer deliver or receive (rxm on a lost connection), which is a lost connection.
+fn undelivered(e: NaError) -> NaError {
+    match e {
+        NaError::Canceled => NaError::Disconnected("the provider canceled the operation".into()),
+        e => e,
     }
 }
 
