@@ -622,10 +622,11 @@ impl Plugin for OfiPlugin {
         self.send(peer, tag, data, false)
     }
 
-    /// No operation, no event: a request is injected when it fits (the provider copies
-    /// it), an answer always has a completion (its failure is how a server learns that its
-    /// client is gone); a failed completion, or a backlogged post that fails, is the loss
-    /// of `peer`. The message is not handed back (the plugin does not promise
+    /// No operation, no event: a message is injected when it fits (the provider copies
+    /// it), else sent with a completion; a failed completion, or a backlogged post that
+    /// fails, is the loss of `peer`. (A server learns that a client it answers is gone as
+    /// it learns of any peer it heard from lately: the liveness check probes it.) The
+    /// message is not handed back (the plugin does not promise
     /// [`na::Caps::unposted_expected`]).
     fn send_quiet(
         &self,
@@ -647,7 +648,7 @@ impl Plugin for OfiPlugin {
                 ))));
             }
         }
-        self.send_to(peer.0, route, buf, What::Quiet(peer), !expected)
+        self.send_to(peer.0, route, buf, What::Quiet(peer), true)
             .map(drop)
             .map_err(unsent)
     }
