@@ -56,7 +56,8 @@ impl Default for OfiConfig {
     /// heard from in the last 10 s are watched; no registration cache; the completion
     /// queue with a wait fd where the provider has one; without one, an idle queue polled
     /// every 5 ms at most once idle. The cache size can be set with `QS_OFI_MR_CACHE=N`,
-    /// the idle poll with `QS_OFI_IDLE_POLL_MAX_US=N`.
+    /// the idle poll with `QS_OFI_IDLE_POLL_MAX_US=N`, the RMA window with
+    /// `QS_OFI_RMA_WINDOW=BYTES`.
     fn default() -> Self {
         OfiConfig {
             max_eager: 64 << 10,
@@ -67,7 +68,9 @@ impl Default for OfiConfig {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(4096),
             rma_chunk: 512 << 10,
-            rma_window: None,
+            rma_window: std::env::var("QS_OFI_RMA_WINDOW")
+                .ok()
+                .and_then(|s| s.parse().ok()),
             probe_after: Duration::from_millis(500),
             probe_timeout: Duration::from_secs(10),
             watch_idle: Duration::from_secs(10),
