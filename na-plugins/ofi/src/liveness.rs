@@ -85,12 +85,21 @@ impl OfiPlugin {
     /// Fails every operation waiting on `peer` with `e` (RMA ones when the fabric returns
     /// them), and reports the loss.
     pub(crate) fn peer_lost(&self, peer: PeerId, e: NaError) {
+        // Its transfers of our memory are over if its process is gone or the owner's
+        // provider checks them (a silent peer's are refused once the region closes); a
+        // silent `shm` peer whose process is there (stopped: a debugger, a suspended
+        // job) could still copy into our memory when it resumes (`shm` checks no key):
+        // deregistrations keep waiting for its leases while it exists (`await_leases`).
+        // (Looked at before the state lock is taken: the look reads the file system.)
+        let raw = lock(&self.state).peers.get(&peer.0).map(|p| p.raw.clone());
+        let Some(raw) = raw else { return };
+        let leases_over = self.provider.death_check != DeathCheck::Pid
+            || crate::provider::certainly_dead(DeathCheck::Pid, &raw);
         let mut s = lock(&self.state);
         let Some(p) = s.peers.get_mut(&peer.0) else {
             return;
         };
         let e = as_loss(p, e);
-        let raw = p.raw.clone();
         p.probing = None;
         p.last_probe = None;
         p.last_heard = Instant::now();
@@ -99,14 +108,7 @@ impl OfiPlugin {
         if !again {
             s.stats.peers_lost += 1;
         }
-        // Its transfers of our memory are over if its process is gone or the owner's
-        // provider checks them (a silent peer's are refused once the region closes); a
-        // silent `shm` peer whose process is there (stopped: a debugger, a suspended
-        // job) could still copy into our memory when it resumes (`shm` checks no key):
-        // deregistrations keep waiting for its leases while it exists (`await_leases`).
-        if self.provider.death_check != DeathCheck::Pid
-            || crate::provider::certainly_dead(DeathCheck::Pid, &raw)
-        {
+        if leases_over {
             s.leases.forget_peer(peer.0);
         }
         let ids: Vec<u64> = s
