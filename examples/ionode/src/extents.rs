@@ -5,12 +5,13 @@
 //! client, or strided blocks of many clients that tile a region, become one extent that is
 //! flushed as few large backend writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
-/// Disjoint, non-adjacent extents: offset -> bytes.
+/// Disjoint, non-adjacent extents: offset -> bytes (ring buffers: bytes can be put in
+/// front of an extent at the cost of their own length).
 #[derive(Default, Debug)]
 pub struct Extents {
-    map: BTreeMap<u64, Vec<u8>>,
+    map: BTreeMap<u64, VecDeque<u8>>,
     bytes: u64,
 }
 
@@ -45,80 +46,96 @@ impl Extents {
 
     /// As [`Extents::insert`]; a new extent starts in the buffer `fresh` gives (emptied,
     /// with room to grow).
+    ///
+    /// The union is contiguous: the bytes of the extent that reaches `off` from before it
+    /// (the prefix), the write, then the bytes past its end of the last extent it reaches
+    /// (the tail); extents between are covered by the write and dropped. The larger of
+    /// prefix and tail keeps its buffer and the rest is copied onto it (appended, or put
+    /// in front by a rotation of the ring buffer): a write costs its own length plus the
+    /// smaller side, so that writes in any order (a file written backwards, strided
+    /// blocks of many clients) cost each byte at most a logarithmic number of copies.
+    /// (Always growing the earlier extent made a backward writer copy the whole extent
+    /// at every write: 8 MiB in 4 KiB writes took 5.4 s, forward 7 ms.)
     pub fn insert_with(&mut self, off: u64, data: &[u8], fresh: impl FnOnce() -> Vec<u8>) -> usize {
         if data.is_empty() {
             return 0;
         }
         let end = off.saturating_add(data.len() as u64);
-        // The extents that overlap or touch [off, end): the one starting at or before
-        // `off` (if it reaches `off`) and every one starting in (off, end].
-        let mut start = off;
-        let mut first = None;
-        if let Some((&o, d)) = self.map.range(..=off).next_back()
-            && o + d.len() as u64 >= off
+        let first = self
+            .map
+            .range(..=off)
+            .next_back()
+            .filter(|(o, d)| *o + d.len() as u64 >= off)
+            .map(|(o, _)| *o);
+        let others: Vec<u64> = self
+            .map
+            .range(off..=end)
+            .map(|(&o, _)| o)
+            .filter(|o| Some(*o) != first)
+            .collect();
+        let merged_with = usize::from(first.is_some()) + others.len();
+        // Inside the first extent: written over in place.
+        if let Some(o) = first
+            && others.is_empty()
+            && let Some(d) = self.map.get_mut(&o)
+            && o + d.len() as u64 >= end
         {
-            start = o;
-            first = Some(o);
+            copy_in(d, (off - o) as usize, data);
+            return merged_with;
         }
-        let mut keys: Vec<u64> = first.into_iter().collect();
-        keys.extend(
-            self.map
-                .range(off..=end)
-                .map(|(&o, _)| o)
-                .filter(|o| Some(*o) != first),
-        );
-        let last_end = keys
-            .last()
-            .map_or(end, |o| (o + self.map[o].len() as u64).max(end));
-        // Grow the first extent in place (appends cost their own length, amortized).
-        let mut merged = match first {
-            Some(o) => {
-                let d = self.map.remove(&o).expect("found above");
-                self.bytes -= d.len() as u64;
-                d
+        let mut tail = None;
+        for k in others {
+            let mut d = self.map.remove(&k).expect("listed above");
+            self.bytes -= d.len() as u64;
+            // Only the last may reach past `end` (the others start in (off, end]).
+            if k + d.len() as u64 > end {
+                d.drain(..(end - k) as usize);
+                tail = Some(d);
             }
-            None => {
-                let mut v = fresh();
+        }
+        let (start, prefix) = match first {
+            Some(o) => {
+                let mut d = self.map.remove(&o).expect("found above");
+                self.bytes -= d.len() as u64;
+                d.truncate((off - o) as usize);
+                (o, Some(d))
+            }
+            None => (off, None),
+        };
+        let merged = match (prefix, tail) {
+            (Some(mut p), t) if t.as_ref().is_none_or(|t| p.len() >= t.len()) => {
+                p.extend(data);
+                if let Some(t) = t {
+                    let (a, b) = t.as_slices();
+                    p.extend(a);
+                    p.extend(b);
+                }
+                p
+            }
+            (p, Some(mut t)) => {
+                let k = p.as_ref().map_or(0, VecDeque::len) + data.len();
+                t.reserve(k);
+                if let Some(p) = p {
+                    let (a, b) = p.as_slices();
+                    t.extend(a);
+                    t.extend(b);
+                }
+                t.extend(data);
+                t.rotate_right(k);
+                t
+            }
+            (None, None) => {
+                let mut v = VecDeque::from(fresh());
                 v.clear();
+                v.extend(data);
                 v
             }
+            (Some(_), None) => unreachable!("matched by the first arm"),
         };
-        // The union is contiguous: the first extent (if any) reaches `off`, the write
-        // covers [off, end), and the others start in (off, end], disjoint, so that only
-        // the last may reach past `end`. Built without zeroing: the first's bytes, the
-        // write's past them, then the last one's tail.
-        let first_end = start + merged.len() as u64;
-        let mut tail: &[u8] = &[];
-        let others: Vec<(u64, Vec<u8>)> = keys
-            .iter()
-            .filter(|k| Some(**k) != first)
-            .map(|k| (*k, self.map.remove(k).expect("listed above")))
-            .collect();
-        for (_, d) in &others {
-            self.bytes -= d.len() as u64;
-        }
-        if let Some((ko, d)) = others.last()
-            && ko + d.len() as u64 > end
-        {
-            tail = &d[(end - ko) as usize..];
-        }
-        if last_end > first_end {
-            merged.reserve((last_end - first_end) as usize);
-            if end > first_end {
-                merged.extend_from_slice(&data[(first_end - off) as usize..]);
-            }
-            merged.extend_from_slice(tail);
-        }
-        // The write wins over the part of the first extent it overlaps.
-        let over = end.min(first_end);
-        if over > off {
-            let at = (off - start) as usize;
-            merged[at..at + (over - off) as usize].copy_from_slice(&data[..(over - off) as usize]);
-        }
-        debug_assert_eq!(merged.len() as u64, last_end - start);
+        debug_assert!(start + merged.len() as u64 >= end);
         self.bytes += merged.len() as u64;
         self.map.insert(start, merged);
-        keys.len()
+        merged_with
     }
 
     /// Copies buffered bytes over `buf`, which holds what the backend had at `off` (`n`
@@ -137,7 +154,7 @@ impl Extents {
             if bs > valid {
                 buf[valid..bs].fill(0);
             }
-            buf[bs..be].copy_from_slice(&d[(s - o) as usize..(e - o) as usize]);
+            copy_out(d, (s - o) as usize, &mut buf[bs..be]);
             valid = valid.max(be);
         }
         valid
@@ -184,6 +201,8 @@ impl Extents {
             let Some(d) = self.map.remove(&o) else {
                 continue;
             };
+            // (A ring buffer whose bytes wrap is made contiguous here, once.)
+            let d = Vec::from(d);
             if d.len() <= max {
                 out.push((o, d));
                 continue;
@@ -195,6 +214,29 @@ impl Extents {
         }
         out
     }
+}
+
+/// Copies `data` over `d` from index `at` (the range lies inside `d`).
+fn copy_in(d: &mut VecDeque<u8>, at: usize, data: &[u8]) {
+    let (a, b) = d.as_mut_slices();
+    let split = a.len().saturating_sub(at).min(data.len());
+    if split > 0 {
+        a[at..at + split].copy_from_slice(&data[..split]);
+    }
+    let from = (at + split) - a.len().min(at + split);
+    b[from..from + data.len() - split].copy_from_slice(&data[split..]);
+}
+
+/// Copies `out.len()` bytes of `d` from index `at` into `out` (the range lies inside `d`).
+fn copy_out(d: &VecDeque<u8>, at: usize, out: &mut [u8]) {
+    let (a, b) = d.as_slices();
+    let split = a.len().saturating_sub(at).min(out.len());
+    if split > 0 {
+        out[..split].copy_from_slice(&a[at..at + split]);
+    }
+    let from = (at + split) - a.len().min(at + split);
+    let rest = out.len() - split;
+    out[split..].copy_from_slice(&b[from..from + rest]);
 }
 
 #[cfg(test)]
@@ -233,14 +275,19 @@ mod tests {
     fn a_new_extent_starts_in_the_buffer_given_and_appends_stay_in_it() {
         let mut x = Extents::default();
         x.insert_with(4096, &[1; 4096], || Vec::with_capacity(1 << 20));
-        let at = x.map[&4096].as_ptr();
+        let at = x.map[&4096].as_slices().0.as_ptr();
         for i in 2..64u64 {
             let unused = || -> Vec<u8> { panic!("an append needs no new buffer") };
             assert_eq!(x.insert_with(i * 4096, &[i as u8; 4096], unused), 1);
         }
-        assert_eq!(x.map[&4096].as_ptr(), at, "grown in place");
+        assert_eq!(x.map[&4096].as_slices().0.as_ptr(), at, "grown in place");
         assert_eq!((x.len(), x.bytes()), (1, 63 * 4096));
-        assert_eq!(x.map[&4096][62 * 4096..], [63u8; 4096]);
+        let d = x.map[&4096]
+            .iter()
+            .skip(62 * 4096)
+            .copied()
+            .collect::<Vec<u8>>();
+        assert_eq!(d, [63u8; 4096]);
     }
 
     #[test]
@@ -275,6 +322,52 @@ mod tests {
             }
         }
         assert_eq!((x.len(), x.bytes()), (1, 1600));
+    }
+
+    #[test]
+    fn a_file_written_backwards_keeps_one_buffer_and_copies_each_write_once() {
+        // Each write goes in front of the extent after it: the extent keeps its buffer
+        // (a ring), so the bytes already there are not copied again.
+        let mut x = Extents::default();
+        let n = 256u64;
+        x.insert((n - 1) * 4096, &[(n - 1) as u8; 4096]);
+        x.map
+            .get_mut(&((n - 1) * 4096))
+            .unwrap()
+            .reserve((n * 4096) as usize);
+        let buf = x.map.values().next().unwrap().as_slices().0.as_ptr();
+        for i in (0..n - 1).rev() {
+            assert_eq!(x.insert(i * 4096, &[i as u8; 4096]), 1);
+        }
+        assert_eq!((x.len(), x.bytes()), (1, n * 4096));
+        let d = &x.map[&0];
+        let (a, b) = d.as_slices();
+        assert!(
+            [a.as_ptr(), b.as_ptr()]
+                .iter()
+                .any(|p| { (buf as usize..buf as usize + d.capacity()).contains(&(*p as usize)) }),
+            "the extent kept its buffer"
+        );
+        let w = x.drain(1 << 20);
+        assert_eq!(w.len(), 1);
+        for (i, c) in w[0].1.chunks(4096).enumerate() {
+            assert_eq!(c, [i as u8; 4096]);
+        }
+    }
+
+    #[test]
+    fn a_write_inside_an_extent_that_wraps_is_written_over_in_place() {
+        let mut x = Extents::default();
+        x.insert(100, &[1; 100]);
+        // Put in front: the ring now wraps (its front bytes at the end of the buffer).
+        x.insert(0, &[2; 100]);
+        x.insert(50, &[3; 100]);
+        let mut buf = [0u8; 200];
+        assert_eq!(x.overlay(0, &mut buf, 0), 200);
+        assert_eq!(buf[..50], [2; 50]);
+        assert_eq!(buf[50..150], [3; 100]);
+        assert_eq!(buf[150..], [1; 50]);
+        assert_eq!((x.len(), x.bytes()), (1, 200));
     }
 
     #[test]
