@@ -18,7 +18,8 @@ pub struct OfiConfig {
     /// Largest single `fi_read`/`fi_write`; longer transfers are split.
     pub rma_chunk: usize,
     /// Bytes of RMA pieces in flight at once, over all transfers (the rest wait in a queue);
-    /// `None`: the provider's ([`crate::provider::Provider::rma_window`]).
+    /// `None`: the provider's ([`crate::provider::Provider::rma_window`]). The default
+    /// takes `QS_OFI_RMA_WINDOW=BYTES` if set.
     pub rma_window: Option<usize>,
     /// How long a peer that operations wait on may stay silent before it is probed.
     pub probe_after: Duration,

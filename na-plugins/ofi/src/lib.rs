@@ -25,11 +25,14 @@
 //!   after `fi_trywait`, so the engine costs nothing at rest. Without one (shm, or
 //!   `OfiConfig::wait_object` off, as a busy-polling engine opens it) progress that may
 //!   wait polls with short sleeps, backing off to every 200 µs when nothing comes.
-//! - **Liveness**: an RDM endpoint has no connections to lose, so a peer that other
-//!   operations are waiting on is probed (a ping the peer's plugin answers); a probe that
-//!   fails or stays unanswered, or probes the provider has no room for over a longer
-//!   time (a full queue is a busy peer, not a silent one), fail that peer's operations
-//!   and report [`na::Event::PeerLost`].
+//! - **Liveness**: an RDM endpoint has no connections to lose, so a peer that operations
+//!   are waiting on, or that was heard from or answered lately (`OfiConfig::watch_idle`),
+//!   is probed (a ping the peer's plugin answers); a probe that fails or stays
+//!   unanswered, or probes the provider has no room for over a longer time (a full queue
+//!   is a busy peer, not a silent one), fail that peer's operations and report
+//!   [`na::Event::PeerLost`]. So does a quiet message (`Plugin::send_quiet`: no operation,
+//!   no event) that cannot be delivered: its failed completion, or its post given up in
+//!   the backlog.
 //!
 //! Addresses are `ofi+PROVIDER://[DOMAIN/]LOCATOR`: `ofi+tcp://127.0.0.1:7000`,
 //! `ofi+tcp://lo/127.0.0.1:0`, `ofi+shm://auto`. Provider quirks live in [`provider`].

@@ -624,10 +624,12 @@ impl Plugin for OfiPlugin {
 
     /// No operation, no event: a message is injected when it fits (the provider copies
     /// it), else sent with a completion; a failed completion, or a backlogged post that
-    /// fails, is the loss of `peer`. (A server learns that a client it answers is gone as
-    /// it learns of any peer it heard from lately: the liveness check probes it.) The
-    /// message is not handed back (the plugin does not promise
-    /// [`na::Caps::unposted_expected`]).
+    /// fails, is the loss of `peer`. A post the provider refuses at once is returned as
+    /// the error (not a loss), without the message (the plugin does not promise
+    /// [`na::Caps::unposted_expected`]). An answer marks its peer as heard from: the
+    /// liveness check watches it for `OfiConfig::watch_idle` more, so that a client
+    /// that died while its handler ran is found lost even though its answer, injected,
+    /// has no completion to fail.
     fn send_quiet(
         &self,
         peer: PeerId,
@@ -641,7 +643,13 @@ impl Plugin for OfiPlugin {
         };
         let (buf, route) = self.message(tag, data, !expected).map_err(unsent)?;
         match lock(&self.state).peers.get_mut(&peer.0) {
-            Some(p) => p.contacted = true,
+            Some(p) => {
+                p.contacted = true;
+                // (Not while it is probed: an answer is not a sign of life.)
+                if expected && p.probing.is_none() && !std::mem::replace(&mut p.heard, true) {
+                    self.liveness_dirty.store(true, Ordering::Release);
+                }
+            }
             None => {
                 return Err(unsent(NaError::InvalidArgument(format!(
                     "unknown peer {peer:?}"

@@ -117,7 +117,8 @@ impl Backlogged {
 pub(crate) enum Posted {
     /// The provider took it.
     Now,
-    /// It waits in the backlog; its outcome reaches its operation.
+    /// It waits in the backlog; its outcome reaches its operation (a quiet message's
+    /// failure: the loss of its peer).
     Later,
 }
 
@@ -247,7 +248,10 @@ impl OfiPlugin {
                 }
                 match b.what {
                     What::Op(op) => self.part_done(op, Err(e)),
-                    // Its peer is certainly gone, or its queue stayed full for `GIVE_UP`.
+                    // Its peer is certainly gone, or its queue stayed full for `GIVE_UP`:
+                    // the message is dropped, and what waits on it (a call's answer, a
+                    // client's) would hang until its timeout; the contract makes an
+                    // undeliverable quiet message the peer's loss, so it is.
                     What::Quiet(peer) => self.peer_lost(peer, e),
                     _ => tracing::debug!("ofi: control message not sent: {e}"),
                 }
@@ -426,9 +430,9 @@ impl OfiPlugin {
 
     /// Sends `buf` to `peer` by `route`: injected (no completion) when `inject` allows and
     /// it fits, else with a context that owns the buffer (`inject` false asks for a
-    /// completion even for a small message: an answer's failure is how a server learns
-    /// that its client died). Returns whether the operation (`what`) completes later
-    /// (a completion or the backlog); false: an injected send is done.
+    /// completion even for a small message: a tracked answer, `send_expected`, fails its
+    /// operation if it cannot be delivered). Returns whether the operation (`what`)
+    /// completes later (a completion or the backlog); false: an injected send is done.
     pub(crate) fn send_to(
         &self,
         peer: u64,
