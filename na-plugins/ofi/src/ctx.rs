@@ -35,6 +35,16 @@ pub(crate) enum What {
     Control,
 }
 
+impl What {
+    /// The user operation a message operation is a part of.
+    pub(crate) fn op(self) -> Option<u64> {
+        match self {
+            What::Op(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
 /// Contexts kept for reuse, per thread, at most this many.
 const SPARE_CTXS: usize = 64;
 

@@ -102,16 +102,6 @@ pub(crate) struct Backlogged {
     checked: Instant,
 }
 
-impl Backlogged {
-    /// The user operation it is a part of.
-    fn op(&self) -> Option<u64> {
-        match self.what {
-            What::Op(id) => Some(id),
-            _ => None,
-        }
-    }
-}
-
 /// What became of a post.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Posted {
@@ -232,7 +222,7 @@ impl OfiPlugin {
     fn posted_late(&self, b: Backlogged, r: NaResult<()>) {
         match (r, &b.post) {
             (Ok(()), Post::Inject { .. }) => {
-                if let Some(op) = b.op() {
+                if let Some(op) = b.what.op() {
                     self.part_done(op, Ok(0));
                 }
                 b.post.recycle();
@@ -244,7 +234,7 @@ impl OfiPlugin {
             (Err(e), post) => {
                 let e = post.peer().map_or(e.clone(), |p| self.as_seen(p, e));
                 if let Some(ctx) = post.ctx() {
-                    self.free_unposted(b.op(), ctx);
+                    self.free_unposted(b.what.op(), ctx);
                 }
                 match b.what {
                     What::Op(op) => self.part_done(op, Err(e)),
@@ -441,10 +431,7 @@ impl OfiPlugin {
         what: What,
         inject: bool,
     ) -> NaResult<bool> {
-        let op = match what {
-            What::Op(id) => Some(id),
-            _ => None,
-        };
+        let op = what.op();
         if inject && buf.len() <= self.inject {
             let posted = self.submit(what, Post::Inject { peer, route, buf })?;
             return Ok(posted == Posted::Later);
@@ -520,7 +507,7 @@ fn expired(b: &mut Backlogged, peers: &FxHashMap<u64, Peer>, check_every: Durati
 pub(crate) fn drop_backlogged(s: &mut State, id: u64) -> u32 {
     let mut gone = Vec::new();
     s.backlog.retain(|b| {
-        let mine = b.op() == Some(id);
+        let mine = b.what.op() == Some(id);
         if mine {
             gone.push(b.post.ctx());
         }
@@ -539,7 +526,7 @@ pub(crate) fn drop_backlogged(s: &mut State, id: u64) -> u32 {
 pub(crate) fn drop_control_to(s: &mut State, peer: u64) {
     let mut gone = Vec::new();
     s.backlog.retain(|b| {
-        let mine = b.op().is_none() && b.post.peer() == Some(peer);
+        let mine = b.what.op().is_none() && b.post.peer() == Some(peer);
         if mine {
             gone.extend(b.post.ctx());
         }
