@@ -41,6 +41,7 @@
 mod addr;
 #[cfg(test)]
 mod answers_tests;
+mod bundler;
 mod config;
 mod ctx;
 #[cfg(test)]

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use libfabric_sys as fi;
 use na::{Event, NaError, NaResult, PeerId};
 
+use crate::bundler::Bundler;
 use crate::fabric;
 use crate::plugin::{Ctx, OfiPlugin, OpKind, Peer, RECV_BUFS_KEPT, State, What, lock};
 use crate::poll::{IDLE_POLL, Poll};
+use crate::post::Route;
 use crate::post::drop_backlogged;
 use crate::wire::{self, Kind};
 
@@ -292,7 +294,7 @@ impl OfiPlugin {
             Ok(m) => m,
             Err(e) => return self.drop_message(e),
         };
-        let mut answers = Vec::new();
+        let mut answers = Bundler::new(&self.self_raw, self.max_eager);
         for m in msgs {
             match wire::parse(m) {
                 // Only what a bundle is made of: each carried transfer, check or answer
@@ -309,18 +311,42 @@ impl OfiPlugin {
                 _ => self.drop_message("a malformed bundled message"),
             }
         }
-        self.send_bundle(peer.0, answers);
+        for b in answers.finish() {
+            self.bundles_sent.fetch_add(1, Relaxed);
+            if let Err(e) = self.send_to(peer.0, Route::Pool, b, What::Control, true) {
+                tracing::debug!("ofi: answers not sent: {e}");
+            }
+        }
     }
 
-    /// Sends an owner's answer to `peer` at once, or adds it to `out` (a bundle's).
-    fn answer(&self, peer: PeerId, msg: Vec<u8>, out: Option<&mut Vec<Vec<u8>>>) {
+    /// Writes an owner's answer into `out` (a bundle's), or into a message of its own,
+    /// returned for [`Self::send_answer`] once any lock `write` needs is let go: `write`
+    /// appends the message (at most `len` bytes, its header included).
+    fn answer(
+        &self,
+        out: Option<&mut Bundler<'_>>,
+        len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Option<Vec<u8>> {
         match out {
-            Some(out) => out.push(msg),
-            None => {
-                if let Err(e) = self.send_control(peer.0, msg, false) {
-                    tracing::debug!("ofi: answer not sent: {e}");
-                }
+            Some(out) => {
+                out.push_with(len, write);
+                None
             }
+            None => {
+                let mut msg = na::buf::take(len);
+                write(&mut msg);
+                Some(msg)
+            }
+        }
+    }
+
+    /// Sends an answer [`Self::answer`] returned (with the state lock not held).
+    fn send_answer(&self, peer: PeerId, msg: Option<Vec<u8>>) {
+        if let Some(m) = msg
+            && let Err(e) = self.send_control(peer.0, m, false)
+        {
+            tracing::debug!("ofi: answer not sent: {e}");
         }
     }
 
@@ -331,7 +357,7 @@ impl OfiPlugin {
         kind: Kind,
         tag: u64,
         data: &[u8],
-        out: Option<&mut Vec<Vec<u8>>>,
+        out: Option<&mut Bundler<'_>>,
     ) {
         match kind {
             Kind::Request => self.push_event(Event::Unexpected {
@@ -340,8 +366,11 @@ impl OfiPlugin {
                 data: na::buf::copy_of(data),
             }),
             Kind::Ping => {
-                let b = wire::header(Kind::Pong, 0, &self.self_raw, 0);
-                self.answer(peer, b, None);
+                let len = wire::header_len(&self.self_raw);
+                let m = self.answer(None, len, |b| {
+                    wire::header_into(b, Kind::Pong, 0, &self.self_raw)
+                });
+                self.send_answer(peer, m);
             }
             Kind::Pong => {}
             Kind::Check => {
@@ -358,9 +387,12 @@ impl OfiPlugin {
                         r => r.is_some(),
                     }
                 };
-                let mut b = wire::header(Kind::Grant, 0, &self.self_raw, 9);
-                b.extend_from_slice(&wire::encode_grant(c.op, ok));
-                self.answer(peer, b, out);
+                let len = wire::header_len(&self.self_raw) + 9;
+                let m = self.answer(out, len, |b| {
+                    wire::header_into(b, Kind::Grant, 0, &self.self_raw);
+                    b.extend_from_slice(&wire::encode_grant(c.op, ok));
+                });
+                self.send_answer(peer, m);
             }
             Kind::Carry => {
                 let (c, bytes) = match wire::decode_carry(data) {
@@ -375,12 +407,16 @@ impl OfiPlugin {
                 let ok =
                     c.len <= self.max_eager as u64 && st.mem.allows(c.key, c.off, c.len, c.write);
                 let room = if ok && !c.write { c.len as usize } else { 0 };
-                let mut b = wire::header(Kind::Carried, 0, &self.self_raw, 9 + room);
-                wire::encode_carried(&mut b, c.op, |o| {
-                    ok && st.mem.carry(c.key, c.off, c.len, put, o)
+                let len = wire::header_len(&self.self_raw) + 9 + room;
+                // The bytes read go straight into the answer (in a bundle: in place).
+                let m = self.answer(out, len, |b| {
+                    wire::header_into(b, Kind::Carried, 0, &self.self_raw);
+                    wire::encode_carried(b, c.op, |o| {
+                        ok && st.mem.carry(c.key, c.off, c.len, put, o)
+                    });
                 });
                 drop(st);
-                self.answer(peer, b, out);
+                self.send_answer(peer, m);
             }
             Kind::Grant => match wire::decode_grant(data) {
                 Ok((op, ok)) => lock(&self.answers).push(crate::rma::Answer { peer, op, ok }),

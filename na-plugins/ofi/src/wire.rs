@@ -170,12 +170,22 @@ fn word(c: &[u8], i: usize) -> u64 {
 /// message, and those with it need the sender in their address vector first), in a
 /// buffer with `room` bytes more for the payload.
 pub fn header(kind: Kind, tag: u64, self_raw: &[u8], room: usize) -> Vec<u8> {
-    let mut h = na::buf::take(10 + self_raw.len() + room);
-    h.push(VERSION << 4 | kind as u8);
-    h.extend_from_slice(&tag.to_le_bytes());
-    h.push(self_raw.len() as u8);
-    h.extend_from_slice(self_raw);
+    let mut h = na::buf::take(header_len(self_raw) + room);
+    header_into(&mut h, kind, tag, self_raw);
     h
+}
+
+/// The length of a header from `self_raw`.
+pub fn header_len(self_raw: &[u8]) -> usize {
+    10 + self_raw.len()
+}
+
+/// Appends a [`header`] to `b`.
+pub fn header_into(b: &mut Vec<u8>, kind: Kind, tag: u64, self_raw: &[u8]) {
+    b.push(VERSION << 4 | kind as u8);
+    b.extend_from_slice(&tag.to_le_bytes());
+    b.push(self_raw.len() as u8);
+    b.extend_from_slice(self_raw);
 }
 
 /// The bytes a message adds to a bundle.
