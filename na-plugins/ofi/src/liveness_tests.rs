@@ -340,3 +340,33 @@ fn a_quiet_message_makes_no_event_and_one_that_fails_is_the_loss_of_its_peer() {
         }
     }
 }
+
+#[test]
+fn a_requester_gone_while_its_handler_ran_is_found_lost() {
+    // A peer is watched while heard from lately (200 ms here); the handler runs longer,
+    // but the requester's answers to the probes kept it heard from, so it is still
+    // watched when it goes (over shm its region goes with it: the first silent look
+    // finds it dead), and no answer, injected with no completion, is needed for that.
+    let quick_idle = || {
+        let cfg = OfiConfig {
+            probe_after: Duration::from_millis(50),
+            probe_timeout: Duration::from_millis(400),
+            watch_idle: Duration::from_millis(200),
+            ..OfiConfig::default()
+        };
+        Arc::new(OfiPlugin::with_config(&"ofi+shm://auto".parse().unwrap(), cfg).unwrap())
+    };
+    let a = Driven::new(quick_idle());
+    let mut b = Driven::new(quick_idle());
+    let pb = a.p.lookup(b.p.self_addr()).unwrap();
+    a.p.send_quiet(pb, false, 7, b"request".to_vec()).unwrap();
+    let (pa, _, _) = b.next_unexpected().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(b.lost.is_empty(), "lost while it was there");
+    drop(a);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !b.lost.contains(&pa) {
+        assert!(Instant::now() < end, "the requester was never found lost");
+        b.next_unexpected_within(Duration::from_millis(50));
+    }
+}

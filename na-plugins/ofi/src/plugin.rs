@@ -626,10 +626,10 @@ impl Plugin for OfiPlugin {
     /// it), else sent with a completion; a failed completion, or a backlogged post that
     /// fails, is the loss of `peer`. A post the provider refuses at once is returned as
     /// the error (not a loss), without the message (the plugin does not promise
-    /// [`na::Caps::unposted_expected`]). An answer marks its peer as heard from: the
-    /// liveness check watches it for `OfiConfig::watch_idle` more, so that a client
-    /// that died while its handler ran is found lost even though its answer, injected,
-    /// has no completion to fail.
+    /// [`na::Caps::unposted_expected`]). A client that died while its handler ran is
+    /// found lost though its answer, injected, has no completion to fail: a peer heard
+    /// from is watched, and its answers to the probes keep it watched (test
+    /// `a_requester_gone_while_its_handler_ran_is_found_lost`).
     fn send_quiet(
         &self,
         peer: PeerId,
@@ -643,13 +643,7 @@ impl Plugin for OfiPlugin {
         };
         let (buf, route) = self.message(tag, data, !expected).map_err(unsent)?;
         match lock(&self.state).peers.get_mut(&peer.0) {
-            Some(p) => {
-                p.contacted = true;
-                // (Not while it is probed: an answer is not a sign of life.)
-                if expected && p.probing.is_none() && !std::mem::replace(&mut p.heard, true) {
-                    self.liveness_dirty.store(true, Ordering::Release);
-                }
-            }
+            Some(p) => p.contacted = true,
             None => {
                 return Err(unsent(NaError::InvalidArgument(format!(
                     "unknown peer {peer:?}"
