@@ -26,9 +26,15 @@ pub struct OfiConfig {
     /// How long a probe may stay unanswered before the peer is declared lost (six times
     /// that when no probe can go out at all, the provider having no room for one).
     pub probe_timeout: Duration,
-    /// How long a peer stays watched (probed when silent) after it was last heard from,
-    /// with no operation waiting on it: a client that dies between requests is noticed.
+    /// How long a peer stays closely watched (probed every `probe_after` when silent)
+    /// after its last traffic other than probes and their answers, with no operation
+    /// waiting on it: a client that dies between requests is noticed at once.
     pub watch_idle: Duration,
+    /// How often a peer once contacted but idle since (`watch_idle` past, nothing but
+    /// probes' answers) is probed: its loss is still found (a client that dies holding a
+    /// server's resources, or while a long handler runs), but thousands of idle peers do
+    /// not each cost a probe every `probe_after`.
+    pub idle_probe_after: Duration,
     /// Released registrations kept for reuse by an identical `register` (0: off). While a
     /// registration sits in the cache a peer holding its old descriptor can still reach
     /// the memory, so the cache trades the contract's "deregistered memory is refused"
@@ -75,6 +81,7 @@ impl Default for OfiConfig {
             probe_after: Duration::from_millis(500),
             probe_timeout: Duration::from_secs(10),
             watch_idle: Duration::from_secs(10),
+            idle_probe_after: Duration::from_secs(10),
             mr_cache: std::env::var("QS_OFI_MR_CACHE")
                 .ok()
                 .and_then(|s| s.parse().ok())

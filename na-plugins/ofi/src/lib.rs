@@ -25,9 +25,11 @@
 //!   after `fi_trywait`, so the engine costs nothing at rest. Without one (shm, or
 //!   `OfiConfig::wait_object` off, as a busy-polling engine opens it) progress that may
 //!   wait polls with short sleeps, backing off to every 200 µs when nothing comes.
-//! - **Liveness**: an RDM endpoint has no connections to lose, so a peer that operations
-//!   are waiting on, or that was heard from lately (`OfiConfig::watch_idle`; its answers
-//!   to the probes count), is probed (a ping the peer's plugin answers); a probe that fails or stays
+//! - **Liveness**: an RDM endpoint has no connections to lose, so a silent peer is probed
+//!   (a ping the peer's plugin answers): every `OfiConfig::probe_after` while operations
+//!   wait on it or it was active lately (`OfiConfig::watch_idle`; probes and their answers
+//!   are not activity), every `OfiConfig::idle_probe_after` once idle (a client that dies
+//!   between requests is still found, its resources freed); a probe that fails or stays
 //!   unanswered, or probes the provider has no room for over a longer time (a full queue
 //!   is a busy peer, not a silent one), fail that peer's operations and report
 //!   [`na::Event::PeerLost`]. So does a quiet message (`Plugin::send_quiet`: no operation,

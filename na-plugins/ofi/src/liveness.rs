@@ -185,31 +185,40 @@ impl OfiPlugin {
                     p.probing = None;
                     p.last_probe = None;
                 }
+                if std::mem::take(&mut p.active) {
+                    p.last_active = now;
+                }
             }
             // A peer holding leases on our memory is watched too: its loss ends them, so
             // that a deregistration does not wait for a peer that went away silently.
             let st = &mut *s;
             let leases = &st.leases;
-            let watched = |a: u64, p: &Peer| {
-                p.pending > 0
-                    || (!p.lost && (now.duration_since(p.last_heard) < idle || leases.holds(a)))
+            // How often a peer is probed when silent, if it is watched: closely while
+            // operations wait on it, it holds leases or it was active lately; at the idle
+            // pace while it was ever contacted and not lost.
+            let every = |a: u64, p: &Peer| {
+                if p.pending > 0
+                    || (!p.lost && (now.duration_since(p.last_active) < idle || leases.holds(a)))
+                {
+                    Some(self.cfg.probe_after)
+                } else {
+                    (!p.lost && p.contacted).then_some(self.cfg.idle_probe_after)
+                }
             };
             for (a, p) in st.peers.iter_mut() {
-                if !watched(*a, p) {
+                let Some(every) = every(*a, p) else {
                     // A probing it stopped being watched in would otherwise judge a later
                     // silence by its old start.
                     p.probing = None;
                     continue;
-                }
+                };
                 let timeout = self.cfg.probe_timeout;
                 if let Some(why) = p.probing.and_then(|pr| pr.verdict(now, timeout)) {
                     lost.push((PeerId(*a), why));
                     continue;
                 }
-                let silent = now.duration_since(p.last_heard) >= self.cfg.probe_after;
-                let due = p
-                    .last_probe
-                    .is_none_or(|t| now.duration_since(t) >= self.cfg.probe_after);
+                let silent = now.duration_since(p.last_heard) >= every;
+                let due = p.last_probe.is_none_or(|t| now.duration_since(t) >= every);
                 if silent && due {
                     if p.probing.is_some() || self.provider.death_check == DeathCheck::Pid {
                         // A probe went unanswered: is the process there at all?
@@ -220,7 +229,7 @@ impl OfiPlugin {
                     probe.push(*a);
                     probes += 1;
                 }
-                let at = p.last_probe.unwrap_or(p.last_heard) + self.cfg.probe_after;
+                let at = p.last_probe.unwrap_or(p.last_heard) + every;
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
             s.stats.probes += probes;

@@ -343,15 +343,17 @@ fn a_quiet_message_makes_no_event_and_one_that_fails_is_the_loss_of_its_peer() {
 
 #[test]
 fn a_requester_gone_while_its_handler_ran_is_found_lost() {
-    // A peer is watched while heard from lately (200 ms here); the handler runs longer,
-    // but the requester's answers to the probes kept it heard from, so it is still
-    // watched when it goes (over shm its region goes with it: the first silent look
-    // finds it dead), and no answer, injected with no completion, is needed for that.
+    // A peer is watched closely while active lately (200 ms here); the handler runs
+    // longer, but a peer once contacted stays watched at the idle pace (300 ms here), so
+    // it is still watched when it goes (over shm its region goes with it: the first
+    // silent look finds it dead), and no answer, injected with no completion, is needed
+    // for that.
     let quick_idle = || {
         let cfg = OfiConfig {
             probe_after: Duration::from_millis(50),
             probe_timeout: Duration::from_millis(400),
             watch_idle: Duration::from_millis(200),
+            idle_probe_after: Duration::from_millis(300),
             ..OfiConfig::default()
         };
         Arc::new(OfiPlugin::with_config(&"ofi+shm://auto".parse().unwrap(), cfg).unwrap())
@@ -369,4 +371,46 @@ fn a_requester_gone_while_its_handler_ran_is_found_lost() {
         assert!(Instant::now() < end, "the requester was never found lost");
         b.next_unexpected_within(Duration::from_millis(50));
     }
+}
+
+/// A peer that is idle (nothing but its answers to our probes, and its own probes, for
+/// `watch_idle`) is probed at the idle pace, not every `probe_after` for ever; it is not
+/// lost for that.
+#[test]
+fn an_idle_peer_is_probed_at_the_idle_pace() {
+    let addr = "ofi+tcp://127.0.0.1:0";
+    let make = || {
+        let cfg = OfiConfig {
+            probe_after: Duration::from_millis(50),
+            probe_timeout: Duration::from_millis(1500),
+            watch_idle: Duration::from_millis(200),
+            idle_probe_after: Duration::from_millis(1000),
+            ..OfiConfig::default()
+        };
+        Arc::new(OfiPlugin::with_config(&addr.parse().unwrap(), cfg).unwrap())
+    };
+    let (a, b) = (make(), make());
+    let pa = b.lookup(a.self_addr()).unwrap();
+    b.send_quiet(pa, false, 7, b"hello".to_vec()).unwrap();
+    let progress = |p: &OfiPlugin, until: Instant| {
+        let mut lost = false;
+        while Instant::now() < until {
+            p.progress(Some(Duration::from_millis(5))).unwrap();
+            while let Some(e) = p.poll_event() {
+                lost |= matches!(e, na::Event::PeerLost { .. });
+            }
+        }
+        lost
+    };
+    let t0 = Instant::now();
+    let b2 = b.clone();
+    let t = std::thread::spawn(move || progress(&b2, t0 + Duration::from_millis(2600)));
+    // Active for 200 ms, then idle: probes every 50 ms at first, then one a second.
+    assert!(!progress(&a, t0 + Duration::from_millis(600)), "lost");
+    let early = a.stats().probes;
+    assert!(!progress(&a, t0 + Duration::from_millis(2600)), "lost");
+    let late = a.stats().probes - early;
+    assert!(!t.join().unwrap(), "b lost a");
+    assert!(early > 0, "never probed while active");
+    assert!(late <= 3, "{late} probes in 2 s of idleness, after {early}");
 }

@@ -88,6 +88,12 @@ pub(crate) struct Peer {
     /// Heard from (or started waiting on) since the last liveness check, which sets
     /// `last_heard` to its own time: the data path reads no clock.
     pub(crate) heard: bool,
+    /// Last traffic other than liveness probes and their answers (or when we started
+    /// waiting on it), as of the last liveness check: how long it stays watched
+    /// (`OfiConfig::watch_idle`). A peer that only answers probes is not watched for ever.
+    pub(crate) last_active: Instant,
+    /// Such traffic since the last liveness check (as `heard`).
+    pub(crate) active: bool,
     /// The probing of its current silence, if it is probed.
     pub(crate) probing: Option<crate::liveness::Probing>,
     /// When the last probe went out.
@@ -457,6 +463,8 @@ impl OfiPlugin {
                 contacted: false,
                 last_heard: Instant::now(),
                 heard: false,
+                last_active: Instant::now(),
+                active: false,
                 probing: None,
                 last_probe: None,
                 pending: 0,
@@ -472,6 +480,7 @@ impl OfiPlugin {
         if let Some(p) = s.peers.get_mut(&peer.0) {
             if p.pending == 0 {
                 p.heard = true;
+                p.active = true;
                 self.liveness_dirty.store(true, Ordering::Release);
             }
             p.pending += 1;
@@ -627,8 +636,8 @@ impl Plugin for OfiPlugin {
     /// fails, is the loss of `peer`. A post the provider refuses at once is returned as
     /// the error (not a loss), without the message (the plugin does not promise
     /// [`na::Caps::unposted_expected`]). A client that died while its handler ran is
-    /// found lost though its answer, injected, has no completion to fail: a peer heard
-    /// from is watched, and its answers to the probes keep it watched (test
+    /// found lost though its answer, injected, has no completion to fail: a peer once
+    /// contacted stays watched, at the idle pace once idle (test
     /// `a_requester_gone_while_its_handler_ran_is_found_lost`).
     fn send_quiet(
         &self,

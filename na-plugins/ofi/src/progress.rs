@@ -195,7 +195,7 @@ impl OfiPlugin {
         let peer = op.peer;
         let recv = op.kind == OpKind::Recv;
         if recv && op.error.is_none() {
-            heard_from(&mut s, peer);
+            heard_from(&mut s, peer, true);
         }
         let sent = if recv && data.len() == self.max_eager && s.recv_bufs.len() < RECV_BUFS_KEPT {
             s.recv_bufs.push(data);
@@ -271,7 +271,8 @@ impl OfiPlugin {
             let mut s = lock(&self.state);
             match self.peer_for(&mut s, from) {
                 Ok(p) => {
-                    heard_from(&mut s, p);
+                    // Probes and their answers prove it alive, but do not keep it watched.
+                    heard_from(&mut s, p, !matches!(kind, Kind::Ping | Kind::Pong));
                     p
                 }
                 Err(e) => {
@@ -699,11 +700,14 @@ fn undelivered(e: NaError) -> NaError {
     }
 }
 
-fn heard_from(s: &mut State, peer: PeerId) {
+/// A sign of life from `peer`; `active`: traffic other than liveness probes' (see
+/// `Peer::active`).
+fn heard_from(s: &mut State, peer: PeerId, active: bool) {
     if let Some(p) = s.peers.get_mut(&peer.0) {
         p.contacted = true;
         p.lost = false;
         p.heard = true;
+        p.active |= active;
         p.probing = None;
         p.last_probe = None;
     }
