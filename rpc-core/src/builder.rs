@@ -1,7 +1,7 @@
 //! Building an engine.
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -201,6 +201,9 @@ impl EngineBuilder {
             passes: AtomicU32::new(0),
             waited: AtomicBool::new(false),
             drivers: Default::default(),
+            waiters: AtomicUsize::new(0),
+            futures: AtomicBool::new(false),
+            serves: AtomicBool::new(false),
             progress_thread: OnceLock::new(),
             backoff: Default::default(),
             yield_backoff: Default::default(),

@@ -19,6 +19,12 @@ const TIMER_EVERY: u32 = 64;
 impl Shared {
     /// Drives the transport once, sleeping at most `timeout` or until the next deadline.
     pub(crate) fn progress(&self, timeout: Option<Duration>) -> Result<(), RpcError> {
+        self.progress_as(timeout, false)
+    }
+
+    /// As [`Shared::progress`]; `poller`: called by the caller that holds the poll
+    /// ([`Shared::poll_for`]), which alone may sleep in it meanwhile.
+    fn progress_as(&self, timeout: Option<Duration>, poller: bool) -> Result<(), RpcError> {
         if timeout == Some(Duration::ZERO) {
             // A poll that does not sleep needs no deadline (the busy path).
             self.plugin.progress(timeout)?;
@@ -43,7 +49,8 @@ impl Shared {
             };
             // A caller that started driving before this lock was taken is not left
             // waiting behind a sleeping poll (it checks `asleep` under the same lock).
-            let wait = self.drivers.sleep_for(wait);
+            // So is one that took the poll, while it is not this one.
+            let wait = self.drivers.sleep_for(wait, poller);
             c.armed = wait.and_then(|w| now.checked_add(w));
             c.asleep = true;
             wait
@@ -197,6 +204,64 @@ impl Shared {
     }
 }
 
+/// The longest a caller holding the poll sleeps in it at once, and the progress thread
+/// stands aside between two looks at whether it still does.
+const POLLER_NAP: Duration = Duration::from_millis(10);
+
+impl Shared {
+    /// Thread mode, an engine that serves nothing (a client): a caller whose answer is
+    /// not there after its drive sleeps in the transport's poll itself, instead of on its
+    /// slot while the progress thread sleeps in the poll, so that the answer wakes one
+    /// thread, not two (64 clients on 2 cores spent most of their CPU switching). One
+    /// caller holds the poll at a time (the others sleep on their slots; their answers
+    /// complete on its passes); the progress thread stands aside meanwhile
+    /// ([`progress_loop`]), and is woken when the holder leaves while others wait (else
+    /// it takes the poll back within [`POLLER_NAP`]). Returns when `done`, or at once
+    /// when the poll is not the caller's to take.
+    pub(crate) fn poll_for(self: &Arc<Self>, done: impl Fn() -> bool) {
+        if self.serves.load(Ordering::Relaxed) || self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        // A progress thread asleep in the poll would take the answer: wake it (it then
+        // stands aside). One that has not gone to sleep yet sees the flag under the lock
+        // (`handoff`, loom-checked).
+        match self.drivers.take_poll(|| self.calls.lock().asleep) {
+            None => return,
+            Some(true) => self.plugin.wake(),
+            Some(false) => {}
+        }
+        let start = Instant::now();
+        while !done() && !self.stopping.load(Ordering::Relaxed) {
+            match self.drive.try_lock() {
+                Ok(g) => {
+                    let yielding = start.elapsed() < self.spin;
+                    let nap = if yielding { Duration::ZERO } else { POLLER_NAP };
+                    if let Err(e) = self.progress_as(Some(nap), true) {
+                        tracing::warn!(error = %e, "progress failed");
+                    }
+                    self.trigger_pass(false);
+                    drop(g);
+                    if yielding {
+                        std::thread::yield_now();
+                    }
+                }
+                // A caller drives (spins): it takes the events meanwhile.
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+        self.drivers.release_poll();
+        // Another caller waiting on its slot (counted before it looks at the poll), or a
+        // future: the progress thread takes the poll back now, not after its nap.
+        let others = self.waiters.load(Ordering::SeqCst) > 1 || self.futures.load(Ordering::SeqCst);
+        if others
+            && !self.calls.lock().flight.is_empty()
+            && let Some(t) = self.progress_thread.get()
+        {
+            t.unpark();
+        }
+    }
+}
+
 /// How long the progress thread first sleeps while a caller drives, and the most it
 /// sleeps as the caller's passes go on (doubling from the first): each wake-up takes a
 /// core from the caller or from the peer it waits on. On 2 cores, `qs-rate -t sm -x 1`
@@ -218,6 +283,12 @@ pub(crate) fn progress_loop(shared: &Arc<Shared>) {
     let mut heartbeat = u32::MAX;
     let mut aside = STAND_ASIDE_FIRST;
     while !shared.stopping.load(Ordering::Acquire) {
+        if shared.drivers.poll_held() {
+            // A caller holds the poll ([`Shared::poll_for`]); it wakes this thread when
+            // it leaves with calls in flight.
+            std::thread::park_timeout(POLLER_NAP);
+            continue;
+        }
         if shared.drivers.any() {
             // A waiting caller drives: stand aside while its passes go on, checking less
             // often the longer they go on. One that stops passing (a handler it runs

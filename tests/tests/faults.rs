@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use qs_tests::rpcs::*;
-use qs_tests::{ServerProcess, client, listen_addr};
+use qs_tests::{ServerProcess, block_on, client, listen_addr};
 use rpc_core::{NaError, RpcError};
 
 #[test]
@@ -59,27 +59,6 @@ fn calls_as_futures_complete_under_a_plain_executor() {
         Ok::<_, RpcError>(b)
     };
     assert_eq!(block_on(fut), Ok(6));
-}
-
-/// A minimal executor: polls on a thread-parking waker.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Arc::new(Unpark(std::thread::current())).into();
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
 }
 
 #[test]
