@@ -101,8 +101,10 @@ impl EngineBuilder {
     }
 
     /// How long the progress thread keeps polling without sleeping after the last event
-    /// (default 200 µs; zero: always sleep). A busy engine then never pays the wake-up
-    /// latency of a sleeping thread, and an idle one sleeps after this short spin.
+    /// (default 200 µs; zero: always sleep), yielding the CPU between polls, and so does a
+    /// caller holding the poll (a client's, see [`ProgressMode::Thread`]) before it sleeps
+    /// in it. A busy engine then never pays the wake-up latency of a sleeping thread, and
+    /// an idle one sleeps after this short spin.
     pub fn spin_window(mut self, d: Duration) -> Self {
         self.spin = d;
         self
