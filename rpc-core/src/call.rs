@@ -32,7 +32,7 @@ impl Op {
     fn wait(&self, stream: bool) -> Option<Answer> {
         match self.shared.mode {
             ProgressMode::Thread => crate::pool::waiting(|| {
-                let _waiter = Waiter::enter(&self.shared);
+                let _waiting = Waiting::enter(&self.shared);
                 self.shared.drive_for(|| self.slot.is_done());
                 let b = &self.shared.yield_backoff;
                 // A zero spin window (`EngineBuilder::spin_window`) means no yielding either.
@@ -75,16 +75,16 @@ impl Drop for Op {
 }
 
 /// A caller counted in [`Shared::waiters`] while it waits.
-struct Waiter<'a>(&'a Shared);
+struct Waiting<'a>(&'a Shared);
 
-impl<'a> Waiter<'a> {
-    fn enter(shared: &'a Shared) -> Waiter<'a> {
+impl<'a> Waiting<'a> {
+    fn enter(shared: &'a Shared) -> Waiting<'a> {
         shared.waiters.fetch_add(1, Ordering::SeqCst);
-        Waiter(shared)
+        Waiting(shared)
     }
 }
 
-impl Drop for Waiter<'_> {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.waiters.fetch_sub(1, Ordering::SeqCst);
     }

@@ -2,8 +2,8 @@
 //! mode), one pass of a caller in the manual and busy modes, and the passes that turn
 //! transport events and expired deadlines into completed calls.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::RpcError;
@@ -51,12 +51,20 @@ impl Shared {
             // waiting behind a sleeping poll (it checks `asleep` under the same lock).
             // So is one that took the poll, while it is not this one.
             let wait = self.drivers.sleep_for(wait, poller);
-            c.armed = wait.and_then(|w| now.checked_add(w));
-            c.asleep = true;
-            wait
+            // Only a thread that may sleep marks it (the holder of the poll and the
+            // progress thread do not clear each other's mark).
+            let sleeps = wait != Some(Duration::ZERO);
+            if sleeps {
+                c.armed = wait.and_then(|w| now.checked_add(w));
+                c.asleep = true;
+            }
+            (wait, sleeps)
         };
+        let (wait, sleeps) = wait;
         let r = self.plugin.progress(wait);
-        self.calls.lock().asleep = false;
+        if sleeps {
+            self.calls.lock().asleep = false;
+        }
         self.waited.store(true, Ordering::Relaxed);
         r?;
         Ok(())
@@ -230,32 +238,49 @@ impl Shared {
             Some(true) => self.plugin.wake(),
             Some(false) => {}
         }
+        let _held = Held(self);
         let start = Instant::now();
         while !done() && !self.stopping.load(Ordering::Relaxed) {
-            match self.drive.try_lock() {
-                Ok(g) => {
-                    let yielding = start.elapsed() < self.spin;
-                    let nap = if yielding { Duration::ZERO } else { POLLER_NAP };
-                    if let Err(e) = self.progress_as(Some(nap), true) {
-                        tracing::warn!(error = %e, "progress failed");
-                    }
-                    self.trigger_pass(false);
-                    drop(g);
-                    if yielding {
-                        std::thread::yield_now();
-                    }
-                }
+            let g = match self.drive.try_lock() {
+                Ok(g) => g,
+                // (A thread that panicked while driving left nothing half done here.)
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
                 // A caller drives (spins): it takes the events meanwhile.
-                Err(_) => std::thread::yield_now(),
+                Err(TryLockError::WouldBlock) => {
+                    std::thread::yield_now();
+                    continue;
+                }
+            };
+            // Passes that yield the CPU between them within the spin window (the
+            // progress thread's own way after an event), then sleeps in the poll.
+            let yielding = start.elapsed() < self.spin;
+            let nap = if yielding { Duration::ZERO } else { POLLER_NAP };
+            if let Err(e) = self.progress_as(Some(nap), true) {
+                tracing::warn!(error = %e, "progress failed");
+            }
+            self.trigger_pass(false);
+            drop(g);
+            if yielding {
+                std::thread::yield_now();
             }
         }
-        self.drivers.release_poll();
+    }
+}
+
+/// The poll held by a caller ([`Shared::poll_for`]): let go when dropped, also by a panic
+/// on the way (a `then` callback's or a lost-peer hook's).
+struct Held<'a>(&'a Arc<Shared>);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let s = self.0;
+        s.drivers.release_poll();
         // Another caller waiting on its slot (counted before it looks at the poll), or a
         // future: the progress thread takes the poll back now, not after its nap.
-        let others = self.waiters.load(Ordering::SeqCst) > 1 || self.futures.load(Ordering::SeqCst);
+        let others = s.waiters.load(Ordering::SeqCst) > 1 || s.futures.load(Ordering::SeqCst);
         if others
-            && !self.calls.lock().flight.is_empty()
-            && let Some(t) = self.progress_thread.get()
+            && !s.calls.lock().flight.is_empty()
+            && let Some(t) = s.progress_thread.get()
         {
             t.unpark();
         }

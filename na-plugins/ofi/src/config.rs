@@ -59,8 +59,9 @@ impl Default for OfiConfig {
     /// 64 KiB messages, 64 posted receives, 512 KiB RMA pieces with the provider's window in flight; a
     /// silent peer is probed every 0.5 s; it is declared lost as soon as its process is
     /// proven gone (see `provider::DeathCheck`), after 10 s of unanswered probes, or after
-    /// 60 s in which the provider had no room for any probe to it; peers
-    /// heard from in the last 10 s are watched; no registration cache; the completion
+    /// 60 s in which the provider had no room for any probe to it; peers active in the
+    /// last 10 s are watched so, the others once contacted probed every 10 s; no
+    /// registration cache; the completion
     /// queue with a wait fd where the provider has one; without one, an idle queue polled
     /// every 5 ms at most once idle. The cache size can be set with `QS_OFI_MR_CACHE=N`,
     /// the idle poll with `QS_OFI_IDLE_POLL_MAX_US=N`, the RMA window with

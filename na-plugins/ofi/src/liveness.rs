@@ -1,6 +1,7 @@
-//! Liveness: silent peers that operations wait on are probed; those whose probes go
-//! unanswered, or whose process is proven gone, are declared lost, and what waited on
-//! them fails.
+//! Liveness: silent peers are probed (closely those that operations wait on, that hold
+//! leases or were active lately; the others once contacted at an idle pace); those whose
+//! probes go unanswered, or whose process is proven gone, are declared lost, and what
+//! waited on them fails.
 
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,14 @@ impl Probing {
     /// Why the peer is lost as of `now`, if it is: a probe that went out stayed unanswered
     /// for `timeout` (nothing at all came from the peer meanwhile: hearing from it ends
     /// the probing), or for `REFUSED_FACTOR` times that no probe could go out at all.
+    /// When [`Probing::verdict`] may next change, given `timeout`.
+    pub(crate) fn due(&self, timeout: Duration) -> Instant {
+        match self.posted {
+            Some(t) => t + timeout,
+            None => self.since + timeout * REFUSED_FACTOR,
+        }
+    }
+
     pub(crate) fn verdict(&self, now: Instant, timeout: Duration) -> Option<String> {
         let (sent, refused) = (self.sent, self.refused);
         match self.posted {
@@ -165,9 +174,10 @@ impl OfiPlugin {
         }
     }
 
-    /// Probes silent peers that operations wait on; declares lost those whose process is
-    /// gone or whose probing says so ([`Probing::verdict`]). Returns when it next needs to
-    /// run.
+    /// Probes silent peers that are watched (closely: operations wait on them, they hold
+    /// leases or were active lately; at the idle pace: the others once contacted);
+    /// declares lost those whose process is gone or whose probing says so
+    /// ([`Probing::verdict`]). Returns when it next needs to run.
     pub(crate) fn check_liveness(&self, now: Instant) -> Option<Instant> {
         let mut probe = Vec::new();
         let mut lost: Vec<(PeerId, String)> = Vec::new();
@@ -230,6 +240,8 @@ impl OfiPlugin {
                     probes += 1;
                 }
                 let at = p.last_probe.unwrap_or(p.last_heard) + every;
+                // A probe out is judged on time, whatever the pace of the next one.
+                let at = p.probing.map_or(at, |pr| at.min(pr.due(timeout)));
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
             s.stats.probes += probes;
