@@ -235,7 +235,7 @@ impl Shared {
         // (`handoff`, loom-checked).
         match self.drivers.take_poll(|| self.calls.lock().asleep) {
             None => return,
-            Some(true) => self.plugin.wake(),
+            Some(true) => self.await_progress_thread_out(),
             Some(false) => {}
         }
         let _held = Held(self);
@@ -263,6 +263,27 @@ impl Shared {
             if yielding {
                 std::thread::yield_now();
             }
+        }
+    }
+}
+
+impl Shared {
+    /// Wakes the progress thread out of the transport's poll and waits until it is out,
+    /// before the new holder polls: the wake-up is one edge of the transport's eventfd,
+    /// and a pass of this thread (or of a driving caller) taken before the progress
+    /// thread's sleep began would take it, leaving the progress thread asleep with no
+    /// deadline while holding the transport's poll, which the holder's next pass then
+    /// waits for (a hang of a whole client, seen once in 64-client runs). So the holder
+    /// does not poll meanwhile and rings again until the progress thread has cleared its
+    /// mark (only a thread that sleeps in the poll marks itself, `progress_as`).
+    fn await_progress_thread_out(&self) {
+        let mut n = 0u32;
+        while self.calls.lock().asleep {
+            if n.is_multiple_of(16) {
+                self.plugin.wake();
+            }
+            n = n.wrapping_add(1);
+            std::thread::yield_now();
         }
     }
 }
