@@ -200,13 +200,18 @@ impl Shared {
             }
         }
         let answered = done();
-        // The last driver to leave unanswered hands over at once: the progress thread
-        // may be standing aside for up to `STAND_ASIDE_MAX`.
-        if self.drivers.leave()
-            && !answered
-            && let Some(t) = self.progress_thread.get()
-        {
-            t.unpark();
+        if self.drivers.leave() {
+            if self.calls.lock().asleep {
+                // The progress thread went to sleep in the poll as this drive began, and
+                // a pass of the drive may have taken the one-edge wake-up meant for it
+                // (and the data whose bell would have woken it): ring again, so that it
+                // does not sleep on, holding the poll, until its next deadline.
+                self.plugin.wake();
+            } else if !answered && let Some(t) = self.progress_thread.get() {
+                // The last driver to leave unanswered hands over at once: the progress
+                // thread may be standing aside for up to `STAND_ASIDE_MAX`.
+                t.unpark();
+            }
         }
         self.backoff.outcome(answered);
     }
