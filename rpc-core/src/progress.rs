@@ -235,9 +235,9 @@ impl Shared {
         if self.serves.load(Ordering::Relaxed) || self.stopping.load(Ordering::Relaxed) {
             return;
         }
-        // A progress thread asleep in the poll would take the answer: wake it (it then
-        // stands aside). One that has not gone to sleep yet sees the flag under the lock
-        // (`handoff`, loom-checked).
+        // A progress thread asleep in the poll would take the answer: wake it and wait
+        // until it is out (it then stands aside). One that has not gone to sleep yet sees
+        // the flag under the lock (`handoff`, loom-checked).
         match self.drivers.take_poll(|| self.calls.lock().asleep) {
             None => return,
             Some(true) => self.await_progress_thread_out(),
@@ -270,9 +270,7 @@ impl Shared {
             }
         }
     }
-}
 
-impl Shared {
     /// Wakes the progress thread out of the transport's poll and waits until it is out,
     /// before the new holder polls: the wake-up is one edge of the transport's eventfd,
     /// and a pass of this thread (or of a driving caller) taken before the progress
@@ -336,7 +334,7 @@ pub(crate) fn progress_loop(shared: &Arc<Shared>) {
     while !shared.stopping.load(Ordering::Acquire) {
         if shared.drivers.poll_held() {
             // A caller holds the poll ([`Shared::poll_for`]); it wakes this thread when
-            // it leaves with calls in flight.
+            // it leaves while others wait.
             std::thread::park_timeout(POLLER_NAP);
             continue;
         }
