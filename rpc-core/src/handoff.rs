@@ -164,3 +164,74 @@ mod loom_models {
         });
     }
 }
+
+#[cfg(all(test, loom))]
+mod edge_loom_models {
+    //! The wake-up is one edge (an eventfd that the first pass to poll consumes), and the
+    //! stream plugin's poll lock is held across its sleep: a new holder of the poll that
+    //! rang and then polled could take the edge meant for the progress thread, which
+    //! would then sleep with no deadline holding the poll lock that the holder's next
+    //! pass waits for. `Shared::poll_for` therefore waits, ringing, until the progress
+    //! thread is out (`await_progress_thread_out`). A deadlock fails the model. (The
+    //! mutant, ringing once and polling at once, deadlocks here; loom aborts the process
+    //! on a deadlock, so it is not kept as a `should_panic` test.)
+    use super::*;
+    use loom::sync::{Arc, Condvar, Mutex};
+    use loom::thread;
+
+    #[derive(Default)]
+    struct Transport {
+        /// The calls lock's `asleep` mark.
+        asleep: Mutex<bool>,
+        /// The eventfd's edge, and its waiter.
+        bell: Mutex<bool>,
+        rung: Condvar,
+        /// The plugin's poll lock, held across a sleep.
+        poll: Mutex<()>,
+    }
+
+    #[test]
+    fn a_new_holder_that_waits_for_the_progress_thread_to_be_out_loses_no_wake_up() {
+        loom::model(|| {
+            let d = Arc::new(Drivers::default());
+            let t = Arc::new(Transport::default());
+            let (d2, t2) = (d.clone(), t.clone());
+            let progress = thread::spawn(move || {
+                let sleeps = {
+                    let mut a = t2.asleep.lock().unwrap();
+                    *a = d2.sleep_for(None, false) != Some(Duration::ZERO);
+                    *a
+                };
+                if sleeps {
+                    // No deadline: until rung, holding the poll lock.
+                    let _p = t2.poll.lock().unwrap();
+                    let mut b = t2.bell.lock().unwrap();
+                    while !*b {
+                        b = t2.rung.wait(b).unwrap();
+                    }
+                    *b = false;
+                    drop(b);
+                    *t2.asleep.lock().unwrap() = false;
+                }
+            });
+            if d.take_poll(|| *t.asleep.lock().unwrap()) == Some(true) {
+                while *t.asleep.lock().unwrap() {
+                    *t.bell.lock().unwrap() = true;
+                    t.rung.notify_all();
+                    thread::yield_now();
+                }
+            }
+            // The holder's passes, each taking the edge if there is one.
+            for _ in 0..2 {
+                let _p = t.poll.lock().unwrap();
+                *t.bell.lock().unwrap() = false;
+            }
+            d.release_poll();
+            // The progress thread may sleep in the poll now, as it does when idle: the
+            // engine's stop rings it.
+            *t.bell.lock().unwrap() = true;
+            t.rung.notify_all();
+            progress.join().unwrap();
+        });
+    }
+}
