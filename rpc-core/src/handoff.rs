@@ -10,21 +10,14 @@
 //! marks itself asleep. Either the caller sees it asleep or it sees the caller. The loom
 //! model below checks this with the wake-up as the transport's is (sticky, like an
 //! eventfd), and that the reverse order loses the wake-up.
-//!
-//! A caller of an engine that serves nothing may also *take the poll* (sleep in it
-//! itself, `Shared::poll_for`): the same pair, the flag set by a compare-and-swap (one
-//! holder at a time) before the caller reads whether the progress thread sleeps; the
-//! progress thread, reading the flag under the lock, does not sleep in the poll while a
-//! caller holds it (modelled below too, with its mutant).
 
 use std::time::Duration;
 
-use crate::sync::{AtomicBool, AtomicU32, Ordering};
+use crate::sync::{AtomicU32, Ordering};
 
-/// Callers driving progress now, and whether one holds the poll (sleeps in it itself,
-/// `Shared::poll_for`): the same hand-off, with the holder the one thread that may sleep.
+/// Callers driving progress now.
 #[derive(Default)]
-pub(crate) struct Drivers(AtomicU32, AtomicBool);
+pub(crate) struct Drivers(AtomicU32);
 
 impl Drivers {
     /// A caller starts driving; whether the progress thread must be woken, as
@@ -44,30 +37,10 @@ impl Drivers {
         self.0.load(Ordering::SeqCst) > 0
     }
 
-    /// A caller takes the poll, if nobody holds it: `Some(wake)`, whether the progress
-    /// thread must be woken, as `sleeping` (read under the calls lock) says.
-    pub(crate) fn take_poll(&self, sleeping: impl FnOnce() -> bool) -> Option<bool> {
-        self.1
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
-            .ok()?;
-        Some(sleeping())
-    }
-
-    /// The holder lets the poll go.
-    pub(crate) fn release_poll(&self) {
-        self.1.store(false, Ordering::SeqCst);
-    }
-
-    /// Whether a caller holds the poll.
-    pub(crate) fn poll_held(&self) -> bool {
-        self.1.load(Ordering::SeqCst)
-    }
-
-    /// How long a thread may sleep in the poll (`wait`, or not at all while a caller
-    /// drives, or while a caller holds the poll and this is not that caller, `holder`);
-    /// called under the calls lock, before it marks itself asleep there.
-    pub(crate) fn sleep_for(&self, wait: Option<Duration>, holder: bool) -> Option<Duration> {
-        if self.any() || (!holder && self.poll_held()) {
+    /// How long the progress thread may sleep in the poll (`wait`, or not at all while a
+    /// caller drives); called under the calls lock, before it marks itself asleep there.
+    pub(crate) fn sleep_for(&self, wait: Option<Duration>) -> Option<Duration> {
+        if self.any() {
             Some(Duration::ZERO)
         } else {
             wait
@@ -79,6 +52,7 @@ impl Drivers {
 mod loom_models {
     //! Run with `RUSTFLAGS="--cfg loom" cargo test -p rpc-core --lib --release handoff`.
     use super::*;
+    use loom::sync::atomic::AtomicBool;
     use loom::sync::{Arc, Mutex};
     use loom::thread;
 
@@ -97,7 +71,7 @@ mod loom_models {
             let progress = thread::spawn(move || {
                 let wait = {
                     let mut a = a2.lock().unwrap();
-                    let w = d2.sleep_for(None, false);
+                    let w = d2.sleep_for(None);
                     *a = true;
                     w
                 };
@@ -113,8 +87,9 @@ mod loom_models {
             let slept = progress.join().unwrap();
             assert!(
                 !slept || rung.load(Ordering::SeqCst),
-                "the progress thread slept through a caller's drive or poll"
+                "the progress thread slept through a caller's drive"
             );
+            d.leave();
         });
     }
 
@@ -122,29 +97,6 @@ mod loom_models {
     fn a_caller_that_starts_driving_never_leaves_the_progress_thread_asleep() {
         model(|d, asleep, rung| {
             if d.enter(|| *asleep.lock().unwrap()) {
-                rung.store(true, Ordering::SeqCst);
-            }
-        });
-    }
-
-    #[test]
-    fn a_caller_that_takes_the_poll_never_leaves_the_progress_thread_asleep_in_it() {
-        model(|d, asleep, rung| {
-            if d.take_poll(|| *asleep.lock().unwrap()) == Some(true) {
-                rung.store(true, Ordering::SeqCst);
-            }
-            assert!(d.sleep_for(None, true).is_none(), "the holder may sleep");
-        });
-    }
-
-    /// The mutant: the caller reads the flag before it takes the poll.
-    #[test]
-    #[should_panic(expected = "slept through")]
-    fn reading_the_flag_before_taking_the_poll_loses_the_wake_up() {
-        model(|d, asleep, rung| {
-            let sleeping = *asleep.lock().unwrap();
-            d.take_poll(|| false);
-            if sleeping {
                 rung.store(true, Ordering::SeqCst);
             }
         });
@@ -161,77 +113,6 @@ mod loom_models {
             if sleeping {
                 rung.store(true, Ordering::SeqCst);
             }
-        });
-    }
-}
-
-#[cfg(all(test, loom))]
-mod edge_loom_models {
-    //! The wake-up is one edge (an eventfd that the first pass to poll consumes), and the
-    //! stream plugin's poll lock is held across its sleep: a new holder of the poll that
-    //! rang and then polled could take the edge meant for the progress thread, which
-    //! would then sleep with no deadline holding the poll lock that the holder's next
-    //! pass waits for. `Shared::poll_for` therefore waits, ringing, until the progress
-    //! thread is out (`await_progress_thread_out`). A deadlock fails the model. (The
-    //! mutant, ringing once and polling at once, deadlocks here; loom aborts the process
-    //! on a deadlock, so it is not kept as a `should_panic` test.)
-    use super::*;
-    use loom::sync::{Arc, Condvar, Mutex};
-    use loom::thread;
-
-    #[derive(Default)]
-    struct Transport {
-        /// The calls lock's `asleep` mark.
-        asleep: Mutex<bool>,
-        /// The eventfd's edge, and its waiter.
-        bell: Mutex<bool>,
-        rung: Condvar,
-        /// The plugin's poll lock, held across a sleep.
-        poll: Mutex<()>,
-    }
-
-    #[test]
-    fn a_new_holder_that_waits_for_the_progress_thread_to_be_out_loses_no_wake_up() {
-        loom::model(|| {
-            let d = Arc::new(Drivers::default());
-            let t = Arc::new(Transport::default());
-            let (d2, t2) = (d.clone(), t.clone());
-            let progress = thread::spawn(move || {
-                let sleeps = {
-                    let mut a = t2.asleep.lock().unwrap();
-                    *a = d2.sleep_for(None, false) != Some(Duration::ZERO);
-                    *a
-                };
-                if sleeps {
-                    // No deadline: until rung, holding the poll lock.
-                    let _p = t2.poll.lock().unwrap();
-                    let mut b = t2.bell.lock().unwrap();
-                    while !*b {
-                        b = t2.rung.wait(b).unwrap();
-                    }
-                    *b = false;
-                    drop(b);
-                    *t2.asleep.lock().unwrap() = false;
-                }
-            });
-            if d.take_poll(|| *t.asleep.lock().unwrap()) == Some(true) {
-                while *t.asleep.lock().unwrap() {
-                    *t.bell.lock().unwrap() = true;
-                    t.rung.notify_all();
-                    thread::yield_now();
-                }
-            }
-            // The holder's passes, each taking the edge if there is one.
-            for _ in 0..2 {
-                let _p = t.poll.lock().unwrap();
-                *t.bell.lock().unwrap() = false;
-            }
-            d.release_poll();
-            // The progress thread may sleep in the poll now, as it does when idle: the
-            // engine's stop rings it.
-            *t.bell.lock().unwrap() = true;
-            t.rung.notify_all();
-            progress.join().unwrap();
         });
     }
 }
