@@ -56,9 +56,6 @@ impl Probing {
         }
     }
 
-    /// Why the peer is lost as of `now`, if it is: a probe that went out stayed unanswered
-    /// for `timeout` (nothing at all came from the peer meanwhile: hearing from it ends
-    /// the probing), or for `REFUSED_FACTOR` times that no probe could go out at all.
     /// When [`Probing::verdict`] may next change, given `timeout`.
     pub(crate) fn due(&self, timeout: Duration) -> Instant {
         match self.posted {
@@ -67,6 +64,9 @@ impl Probing {
         }
     }
 
+    /// Why the peer is lost as of `now`, if it is: a probe that went out stayed unanswered
+    /// for `timeout` (nothing at all came from the peer meanwhile: hearing from it ends
+    /// the probing), or for `REFUSED_FACTOR` times that no probe could go out at all.
     pub(crate) fn verdict(&self, now: Instant, timeout: Duration) -> Option<String> {
         let (sent, refused) = (self.sent, self.refused);
         match self.posted {
@@ -207,12 +207,12 @@ impl OfiPlugin {
             // operations wait on it, it holds leases or it was active lately; at the idle
             // pace while it was ever contacted and not lost.
             let every = |a: u64, p: &Peer| {
-                if p.pending > 0
-                    || (!p.lost && (now.duration_since(p.last_active) < idle || leases.holds(a)))
-                {
-                    Some(self.cfg.probe_after)
-                } else {
-                    (!p.lost && p.contacted).then_some(self.cfg.idle_probe_after)
+                let close = now.duration_since(p.last_active) < idle || leases.holds(a);
+                match (p.pending > 0, p.lost) {
+                    (true, _) => Some(self.cfg.probe_after),
+                    (false, true) => None,
+                    (false, false) if close => Some(self.cfg.probe_after),
+                    (false, false) => p.contacted.then_some(self.cfg.idle_probe_after),
                 }
             };
             for (a, p) in st.peers.iter_mut() {
