@@ -12,6 +12,7 @@
 
 pub mod auth;
 mod batch;
+mod bell;
 mod conn;
 pub mod direct;
 mod driver;
@@ -26,6 +27,7 @@ mod queues;
 mod rma;
 mod single;
 mod snapshot;
+mod sync;
 mod tail;
 mod users;
 mod verify;
@@ -38,7 +40,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -100,7 +102,8 @@ pub struct StreamPlugin {
     poll: Mutex<(Poll, Events)>,
     poll_fd: RawFd,
     registry: Registry,
-    waker: Arc<Waker>,
+    /// Wake-ups for a pass that sleeps in `poll` ([`bell`]).
+    bell: Arc<bell::Bell>,
     /// Checks credentials that need another process (MUNGE) off the progress thread.
     verifier: verify::Verifier,
     conns: Mutex<FxHashMap<PeerId, Arc<Conn>>>,
@@ -159,8 +162,8 @@ impl StreamPlugin {
     pub fn new(net: Box<dyn Connector>, cfg: StreamConfig) -> NaResult<Self> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
-        let waker = Arc::new(Waker::new(&registry, WAKER)?);
-        let verifier = verify::Verifier::new(cfg.auth.clone(), waker.clone());
+        let bell = Arc::new(bell::Bell::new(Waker::new(&registry, WAKER)?));
+        let verifier = verify::Verifier::new(cfg.auth.clone(), bell.clone());
         registry.register(
             &mut SourceFd(&net.listen_fd()),
             LISTENER,
@@ -180,7 +183,7 @@ impl StreamPlugin {
             poll: Mutex::new((poll, Events::with_capacity(256))),
             poll_fd,
             registry,
-            waker,
+            bell,
             verifier,
             conns: Mutex::new(FxHashMap::default()),
             polled: snapshot::Snapshot::default(),
@@ -305,7 +308,7 @@ impl StreamPlugin {
 
     fn push_events(&self, evs: impl IntoIterator<Item = Event>, wake: bool) {
         if self.events.extend(evs) && wake {
-            let _ = self.waker.wake();
+            self.bell.ring();
         }
     }
 
@@ -315,12 +318,12 @@ impl StreamPlugin {
         // A frame may have joined a connection another thread's batch holds: a sleeping
         // pass writes it.
         if batch::foreign_send(self) {
-            let _ = self.waker.wake();
+            self.bell.ring();
         }
         if conn.take_resume(&self.cfg.backlog) {
             tracing::debug!(peer = conn.peer.0, "backlog written: reading again");
             self.unread.insert(conn.peer);
-            let _ = self.waker.wake();
+            self.bell.ring();
         }
         self.complete_sends(f.done);
     }
@@ -617,9 +620,35 @@ impl Plugin for StreamPlugin {
                 timeout = Some(Duration::ZERO);
             }
         }
-        let mut g = lock(&self.poll);
+        let mut g = if timeout == Some(Duration::ZERO) {
+            // A pass that does not sleep does not wait for one in the kernel's poll: that
+            // one handles what the kernel has (and wakes on it).
+            match self.poll.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    self.apply_verdicts();
+                    self.read_leftovers();
+                    return Ok(());
+                }
+            }
+        } else {
+            lock(&self.poll)
+        };
         let (poll, events) = &mut *g;
-        match poll.poll(events, timeout) {
+        let asleep = match timeout {
+            Some(Duration::ZERO) => None,
+            _ => {
+                let asleep = self.bell.sleep();
+                if asleep.is_none() {
+                    timeout = Some(Duration::ZERO);
+                }
+                asleep
+            }
+        };
+        let polled = poll.poll(events, timeout);
+        drop(asleep);
+        match polled {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e.into()),
             Ok(()) => {}
@@ -672,10 +701,12 @@ impl Plugin for StreamPlugin {
     }
 
     fn wake(&self) {
-        let _ = self.waker.wake();
+        self.bell.ring();
     }
 
     fn poll_fd(&self) -> Option<RawFd> {
+        // Whoever waits on it outside `progress` is woken by every ring.
+        self.bell.ring_outside();
         Some(self.poll_fd)
     }
 

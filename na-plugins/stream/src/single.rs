@@ -185,6 +185,6 @@ impl StreamPlugin {
             self.read_or_close(&conn);
             std::thread::yield_now();
         }
-        let _ = self.waker.wake();
+        self.bell.ring();
     }
 }

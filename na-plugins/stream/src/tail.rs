@@ -123,7 +123,7 @@ impl StreamPlugin {
         q.push_back(t);
         self.tails.len.store(q.len(), Ordering::Release);
         drop(q);
-        let _ = self.waker.wake();
+        self.bell.ring();
     }
 
     /// Keeps closed connection `conn` for deregistrations to wait on if its peer declares

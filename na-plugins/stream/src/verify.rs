@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use mio::Waker;
+use crate::bell::Bell;
 use na::{Address, Auth, Identity, PeerId};
 
 use crate::auth::{self, NONCE_LEN};
@@ -45,7 +45,7 @@ pub struct Verdict {
 /// The checking thread, started at the first job.
 pub struct Verifier {
     auth: Auth,
-    waker: Arc<Waker>,
+    bell: Arc<Bell>,
     tx: Mutex<Option<SyncSender<Job>>>,
     done: Arc<Done>,
 }
@@ -58,11 +58,11 @@ struct Done {
 }
 
 impl Verifier {
-    /// Checks credentials of `auth` and wakes `waker` with each verdict.
-    pub fn new(auth: Auth, waker: Arc<Waker>) -> Verifier {
+    /// Checks credentials of `auth` and rings `bell` with each verdict.
+    pub(crate) fn new(auth: Auth, bell: Arc<Bell>) -> Verifier {
         Verifier {
             auth,
-            waker,
+            bell,
             tx: Mutex::new(None),
             done: Arc::default(),
         }
@@ -74,10 +74,10 @@ impl Verifier {
         let mut tx = lock(&self.tx);
         if tx.is_none() {
             let (t, rx) = sync_channel(MAX_PENDING);
-            let (auth, waker, done) = (self.auth.clone(), self.waker.clone(), self.done.clone());
+            let (auth, bell, done) = (self.auth.clone(), self.bell.clone(), self.done.clone());
             let spawned = std::thread::Builder::new()
                 .name("qs-verify".into())
-                .spawn(move || run(&auth, &rx, &waker, &done));
+                .spawn(move || run(&auth, &rx, &bell, &done));
             if spawned.is_err() {
                 return Err((job.from, "cannot start the credential checker"));
             }
@@ -99,7 +99,7 @@ impl Verifier {
     }
 }
 
-fn run(auth: &Auth, rx: &Receiver<Job>, waker: &Waker, done: &Done) {
+fn run(auth: &Auth, rx: &Receiver<Job>, bell: &Bell, done: &Done) {
     while let Ok(j) = rx.recv() {
         let result = auth::verify(auth, &j.nonce, &j.to, &j.cred);
         lock(&done.verdicts).push_back(Verdict {
@@ -108,6 +108,6 @@ fn run(auth: &Auth, rx: &Receiver<Job>, waker: &Waker, done: &Done) {
             result,
         });
         done.any.store(true, Ordering::Release);
-        let _ = waker.wake();
+        bell.ring();
     }
 }
