@@ -1,7 +1,7 @@
 //! Building an engine.
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -101,8 +101,10 @@ impl EngineBuilder {
     }
 
     /// How long the progress thread keeps polling without sleeping after the last event
-    /// (default 200 µs; zero: always sleep). A busy engine then never pays the wake-up
-    /// latency of a sleeping thread, and an idle one sleeps after this short spin.
+    /// (default 200 µs; zero: always sleep), yielding the CPU between polls, and so does a
+    /// caller holding the poll (a client's, see [`ProgressMode::Thread`]) before it sleeps
+    /// in it. A busy engine then never pays the wake-up latency of a sleeping thread, and
+    /// an idle one sleeps after this short spin.
     pub fn spin_window(mut self, d: Duration) -> Self {
         self.spin = d;
         self
@@ -201,6 +203,9 @@ impl EngineBuilder {
             passes: AtomicU32::new(0),
             waited: AtomicBool::new(false),
             drivers: Default::default(),
+            waiters: AtomicUsize::new(0),
+            futures: AtomicBool::new(false),
+            serves: AtomicBool::new(false),
             progress_thread: OnceLock::new(),
             backoff: Default::default(),
             yield_backoff: Default::default(),

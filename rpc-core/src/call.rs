@@ -5,6 +5,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ impl Op {
     fn wait(&self, stream: bool) -> Option<Answer> {
         match self.shared.mode {
             ProgressMode::Thread => crate::pool::waiting(|| {
+                let _waiting = Waiting::enter(&self.shared);
                 self.shared.drive_for(|| self.slot.is_done());
                 let b = &self.shared.yield_backoff;
                 // A zero spin window (`EngineBuilder::spin_window`) means no yielding either.
@@ -42,6 +44,7 @@ impl Op {
                 {
                     b.outcome(yield_until(|| self.slot.is_done(), YIELD_WAIT));
                 }
+                self.shared.poll_for(|| self.slot.is_done());
                 self.slot.wait()
             }),
             ProgressMode::Manual | ProgressMode::BusyPoll => loop {
@@ -69,6 +72,30 @@ impl Drop for Op {
             self.cancel();
         }
     }
+}
+
+/// A caller counted in [`Shared::waiters`] while it waits.
+struct Waiting<'a>(&'a Shared);
+
+impl<'a> Waiting<'a> {
+    fn enter(shared: &'a Shared) -> Waiting<'a> {
+        shared.waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(shared)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Marks the engine as one whose futures wait (see [`Shared::poll_for`]).
+fn pending<T>(shared: &Shared, p: Poll<T>) -> Poll<T> {
+    if p.is_pending() && !shared.futures.load(Ordering::Relaxed) {
+        shared.futures.store(true, Ordering::SeqCst);
+    }
+    p
 }
 
 /// Waits for a one-way request's send (see `oneway`).
@@ -173,7 +200,7 @@ impl<Out: DeserializeOwned> Future for Call<Out> {
     type Output = Result<Out, RpcError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let a = std::task::ready!(self.op.slot.poll(cx));
+        let a = std::task::ready!(pending(&self.op.shared, self.op.slot.poll(cx)));
         Poll::Ready(self.finish(a))
     }
 }
@@ -226,9 +253,7 @@ impl Future for Transfer<'_> {
     type Output = Result<(), RpcError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.op
-            .slot
-            .poll(cx)
+        pending(&self.op.shared, self.op.slot.poll(cx))
             .map(|a| a.ok_or_else(taken)?.map(drop).map_err(bulk_context))
     }
 }

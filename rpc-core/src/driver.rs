@@ -4,7 +4,7 @@
 //! `progress`).
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -99,8 +99,17 @@ pub(crate) struct Shared {
     pub(crate) passes: AtomicU32,
     /// A progress call waited since the last [`Shared::trigger`].
     pub(crate) waited: AtomicBool,
-    /// Callers driving progress while they wait (thread mode, see [`Shared::drive_for`]).
+    /// Callers driving progress while they wait (thread mode, see [`Shared::drive_for`]),
+    /// and the one that holds the poll ([`Shared::poll_for`]).
     pub(crate) drivers: Drivers,
+    /// Callers blocked in a wait (thread mode), and whether a future ever waited: when
+    /// the caller holding the poll leaves, the progress thread takes it back only if
+    /// someone else waits.
+    pub(crate) waiters: AtomicUsize,
+    pub(crate) futures: AtomicBool,
+    /// A handler was ever registered: requests may come at any time, so the progress
+    /// thread keeps the poll (callers do not take it, [`Shared::poll_for`]).
+    pub(crate) serves: AtomicBool,
     /// The progress thread (thread mode), unparked when the last driving caller leaves
     /// without its answer ([`Shared::drive_for`]).
     pub(crate) progress_thread: OnceLock<std::thread::Thread>,

@@ -217,6 +217,7 @@ impl Engine {
         Out: Serialize + 'static,
         F: Fn(In, Responder<Out>) + Send + Sync + 'static,
     {
+        self.shared.serves.store(true, Ordering::SeqCst);
         let mut reg = self
             .shared
             .registry

@@ -10,14 +10,21 @@
 //! marks itself asleep. Either the caller sees it asleep or it sees the caller. The loom
 //! model below checks this with the wake-up as the transport's is (sticky, like an
 //! eventfd), and that the reverse order loses the wake-up.
+//!
+//! A caller of an engine that serves nothing may also *take the poll* (sleep in it
+//! itself, `Shared::poll_for`): the same pair, the flag set by a compare-and-swap (one
+//! holder at a time) before the caller reads whether the progress thread sleeps; the
+//! progress thread, reading the flag under the lock, does not sleep in the poll while a
+//! caller holds it (modelled below too, with its mutant).
 
 use std::time::Duration;
 
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{AtomicBool, AtomicU32, Ordering};
 
-/// Callers driving progress now.
+/// Callers driving progress now, and whether one holds the poll (sleeps in it itself,
+/// `Shared::poll_for`): the same hand-off, with the holder the one thread that may sleep.
 #[derive(Default)]
-pub(crate) struct Drivers(AtomicU32);
+pub(crate) struct Drivers(AtomicU32, AtomicBool);
 
 impl Drivers {
     /// A caller starts driving; whether the progress thread must be woken, as
@@ -37,10 +44,30 @@ impl Drivers {
         self.0.load(Ordering::SeqCst) > 0
     }
 
-    /// How long the progress thread may sleep in the poll (`wait`, or not at all while a
-    /// caller drives); called under the calls lock, before it marks itself asleep there.
-    pub(crate) fn sleep_for(&self, wait: Option<Duration>) -> Option<Duration> {
-        if self.any() {
+    /// A caller takes the poll, if nobody holds it: `Some(wake)`, whether the progress
+    /// thread must be woken, as `sleeping` (read under the calls lock) says.
+    pub(crate) fn take_poll(&self, sleeping: impl FnOnce() -> bool) -> Option<bool> {
+        self.1
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::Relaxed)
+            .ok()?;
+        Some(sleeping())
+    }
+
+    /// The holder lets the poll go.
+    pub(crate) fn release_poll(&self) {
+        self.1.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a caller holds the poll.
+    pub(crate) fn poll_held(&self) -> bool {
+        self.1.load(Ordering::SeqCst)
+    }
+
+    /// How long a thread may sleep in the poll (`wait`, or not at all while a caller
+    /// drives, or while a caller holds the poll and this is not that caller, `holder`);
+    /// called under the calls lock, before it marks itself asleep there.
+    pub(crate) fn sleep_for(&self, wait: Option<Duration>, holder: bool) -> Option<Duration> {
+        if self.any() || (!holder && self.poll_held()) {
             Some(Duration::ZERO)
         } else {
             wait
@@ -52,7 +79,6 @@ impl Drivers {
 mod loom_models {
     //! Run with `RUSTFLAGS="--cfg loom" cargo test -p rpc-core --lib --release handoff`.
     use super::*;
-    use loom::sync::atomic::AtomicBool;
     use loom::sync::{Arc, Mutex};
     use loom::thread;
 
@@ -71,7 +97,7 @@ mod loom_models {
             let progress = thread::spawn(move || {
                 let wait = {
                     let mut a = a2.lock().unwrap();
-                    let w = d2.sleep_for(None);
+                    let w = d2.sleep_for(None, false);
                     *a = true;
                     w
                 };
@@ -87,9 +113,8 @@ mod loom_models {
             let slept = progress.join().unwrap();
             assert!(
                 !slept || rung.load(Ordering::SeqCst),
-                "the progress thread slept through a caller's drive"
+                "the progress thread slept through a caller's drive or poll"
             );
-            d.leave();
         });
     }
 
@@ -97,6 +122,29 @@ mod loom_models {
     fn a_caller_that_starts_driving_never_leaves_the_progress_thread_asleep() {
         model(|d, asleep, rung| {
             if d.enter(|| *asleep.lock().unwrap()) {
+                rung.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+
+    #[test]
+    fn a_caller_that_takes_the_poll_never_leaves_the_progress_thread_asleep_in_it() {
+        model(|d, asleep, rung| {
+            if d.take_poll(|| *asleep.lock().unwrap()) == Some(true) {
+                rung.store(true, Ordering::SeqCst);
+            }
+            assert!(d.sleep_for(None, true).is_none(), "the holder may sleep");
+        });
+    }
+
+    /// The mutant: the caller reads the flag before it takes the poll.
+    #[test]
+    #[should_panic(expected = "slept through")]
+    fn reading_the_flag_before_taking_the_poll_loses_the_wake_up() {
+        model(|d, asleep, rung| {
+            let sleeping = *asleep.lock().unwrap();
+            d.take_poll(|| false);
+            if sleeping {
                 rung.store(true, Ordering::SeqCst);
             }
         });

@@ -4,7 +4,11 @@
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub enum ProgressMode {
     /// A dedicated progress thread sleeps in the transport's poll and runs completions
-    /// (the default, as Margo does). Callers block on a condition variable.
+    /// (the default, as Margo does). A waiting caller first drives progress itself for a
+    /// few tens of µs (while few callers of the process spin); then, on an engine that
+    /// serves nothing, one waiting caller at a time sleeps in the transport's poll itself
+    /// (its answer wakes it, not the progress thread first), and the others, and callers
+    /// of a serving engine, block on a condition variable.
     #[default]
     Thread,
     /// No progress thread: the program calls [`crate::Engine::progress`] and [`crate::Engine::trigger`]

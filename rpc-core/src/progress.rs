@@ -2,8 +2,8 @@
 //! mode), one pass of a caller in the manual and busy modes, and the passes that turn
 //! transport events and expired deadlines into completed calls.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::RpcError;
@@ -19,6 +19,12 @@ const TIMER_EVERY: u32 = 64;
 impl Shared {
     /// Drives the transport once, sleeping at most `timeout` or until the next deadline.
     pub(crate) fn progress(&self, timeout: Option<Duration>) -> Result<(), RpcError> {
+        self.progress_as(timeout, false)
+    }
+
+    /// As [`Shared::progress`]; `poller`: called by the caller that holds the poll
+    /// ([`Shared::poll_for`]), which alone may sleep in it meanwhile.
+    fn progress_as(&self, timeout: Option<Duration>, poller: bool) -> Result<(), RpcError> {
         if timeout == Some(Duration::ZERO) {
             // A poll that does not sleep needs no deadline (the busy path).
             self.plugin.progress(timeout)?;
@@ -43,13 +49,22 @@ impl Shared {
             };
             // A caller that started driving before this lock was taken is not left
             // waiting behind a sleeping poll (it checks `asleep` under the same lock).
-            let wait = self.drivers.sleep_for(wait);
-            c.armed = wait.and_then(|w| now.checked_add(w));
-            c.asleep = true;
-            wait
+            // So is one that took the poll, while it is not this one.
+            let wait = self.drivers.sleep_for(wait, poller);
+            // Only a thread that may sleep marks it (the holder of the poll and the
+            // progress thread do not clear each other's mark).
+            let sleeps = wait != Some(Duration::ZERO);
+            if sleeps {
+                c.armed = wait.and_then(|w| now.checked_add(w));
+                c.asleep = true;
+            }
+            (wait, sleeps)
         };
+        let (wait, sleeps) = wait;
         let r = self.plugin.progress(wait);
-        self.calls.lock().asleep = false;
+        if sleeps {
+            self.calls.lock().asleep = false;
+        }
         self.waited.store(true, Ordering::Relaxed);
         r?;
         Ok(())
@@ -197,6 +212,82 @@ impl Shared {
     }
 }
 
+/// The longest a caller holding the poll sleeps in it at once, and the progress thread
+/// stands aside between two looks at whether it still does.
+const POLLER_NAP: Duration = Duration::from_millis(10);
+
+impl Shared {
+    /// Thread mode, an engine that serves nothing (a client): a caller whose answer is
+    /// not there after its drive sleeps in the transport's poll itself, instead of on its
+    /// slot while the progress thread sleeps in the poll, so that the answer wakes one
+    /// thread, not two (64 clients on 2 cores spent most of their CPU switching). One
+    /// caller holds the poll at a time (the others sleep on their slots; their answers
+    /// complete on its passes); the progress thread stands aside meanwhile
+    /// ([`progress_loop`]), and is woken when the holder leaves while others wait (else
+    /// it takes the poll back within [`POLLER_NAP`]). Returns when `done`, or at once
+    /// when the poll is not the caller's to take.
+    pub(crate) fn poll_for(self: &Arc<Self>, done: impl Fn() -> bool) {
+        if self.serves.load(Ordering::Relaxed) || self.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        // A progress thread asleep in the poll would take the answer: wake it (it then
+        // stands aside; the transport keeps the wake-up for its sleeping pass, even if
+        // this thread's passes poll first). One that has not gone to sleep yet sees the
+        // flag under the lock (`handoff`, loom-checked).
+        match self.drivers.take_poll(|| self.calls.lock().asleep) {
+            None => return,
+            Some(true) => self.plugin.wake(),
+            Some(false) => {}
+        }
+        let _held = Held(self);
+        let start = Instant::now();
+        while !done() && !self.stopping.load(Ordering::Relaxed) {
+            let g = match self.drive.try_lock() {
+                Ok(g) => g,
+                // (A thread that panicked while driving left nothing half done here.)
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                // A caller drives (spins): it takes the events meanwhile.
+                Err(TryLockError::WouldBlock) => {
+                    std::thread::yield_now();
+                    continue;
+                }
+            };
+            // Passes that yield the CPU between them within the spin window (the
+            // progress thread's own way after an event), then sleeps in the poll.
+            let yielding = start.elapsed() < self.spin;
+            let nap = if yielding { Duration::ZERO } else { POLLER_NAP };
+            if let Err(e) = self.progress_as(Some(nap), true) {
+                tracing::warn!(error = %e, "progress failed");
+            }
+            self.trigger_pass(false);
+            drop(g);
+            if yielding {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// The poll held by a caller ([`Shared::poll_for`]): let go when dropped, also by a panic
+/// on the way (a `then` callback's or a lost-peer hook's).
+struct Held<'a>(&'a Arc<Shared>);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let s = self.0;
+        s.drivers.release_poll();
+        // Another caller waiting on its slot (counted before it looks at the poll), or a
+        // future: the progress thread takes the poll back now, not after its nap.
+        let others = s.waiters.load(Ordering::SeqCst) > 1 || s.futures.load(Ordering::SeqCst);
+        if others
+            && !s.calls.lock().flight.is_empty()
+            && let Some(t) = s.progress_thread.get()
+        {
+            t.unpark();
+        }
+    }
+}
+
 /// How long the progress thread first sleeps while a caller drives, and the most it
 /// sleeps as the caller's passes go on (doubling from the first): each wake-up takes a
 /// core from the caller or from the peer it waits on. On 2 cores, `qs-rate -t sm -x 1`
@@ -218,6 +309,12 @@ pub(crate) fn progress_loop(shared: &Arc<Shared>) {
     let mut heartbeat = u32::MAX;
     let mut aside = STAND_ASIDE_FIRST;
     while !shared.stopping.load(Ordering::Acquire) {
+        if shared.drivers.poll_held() {
+            // A caller holds the poll ([`Shared::poll_for`]); it wakes this thread when
+            // it leaves while others wait.
+            std::thread::park_timeout(POLLER_NAP);
+            continue;
+        }
         if shared.drivers.any() {
             // A waiting caller drives: stand aside while its passes go on, checking less
             // often the longer they go on. One that stops passing (a handler it runs

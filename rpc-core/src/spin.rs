@@ -22,9 +22,11 @@ pub(crate) const CALLER_SPIN: Duration = Duration::from_micros(50);
 /// spinning: a thread with work on this core runs first. Where completions come further
 /// apart (tcp, 64 KiB transfers: 26 µs each) yielding only took time from the threads
 /// doing the work (10 % fewer MB/s), so an engine whose yielding waits go unanswered
-/// skips the next ones, as drives do ([`Backoff`]). Calls do not yield: an answer comes
-/// once, and 64 client threads and an I/O node's workers waiting on calls measured 7 %
-/// fewer metadata operations/s with it (`qs-fwd --shapes md -f 64`, seven pairs).
+/// skips the next ones, as drives do ([`Backoff`]). Calls do not yield here: an answer
+/// comes once, and 64 client threads and an I/O node's workers waiting on calls measured
+/// 7 % fewer metadata operations/s with it (`qs-fwd --shapes md -f 64`, seven pairs).
+/// (A client's caller that holds the poll, `Shared::poll_for`, does yield between its
+/// passes within the spin window, as the progress thread it stands in for did.)
 pub(crate) const YIELD_WAIT: Duration = Duration::from_micros(20);
 
 /// Yields the CPU until `done` or for `window`; returns `done()`.

@@ -55,7 +55,9 @@ where
 
 impl<Out: DeserializeOwned + Send + 'static> Call<Out> {
     /// Runs `f` with the call's outcome once it comes, on the thread that completes it
-    /// (the progress thread for an answer, the caller's for an outcome already there):
+    /// (for an answer the progress thread, or a caller of the engine that drives or holds
+    /// the poll while it waits, see [`crate::ProgressMode::Thread`]; the caller's for an
+    /// outcome already there): it must not take a lock that a waiting caller holds;
     /// `f` must not block; a panic in it is caught and logged. The call is not canceled
     /// meanwhile (it times out as any call); an engine that stops completes it with an
     /// error, which `f` gets. In the manual and busy-poll modes the answer comes only

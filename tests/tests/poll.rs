@@ -1,6 +1,8 @@
-//! Several threads and a future calling through one client engine at once (thread mode:
-//! callers drive, then sleep on their slots while the progress thread polls) each get
-//! their own answers, over each transport, with and without a spin window.
+//! The callers of an engine that serves nothing sleep in the transport's poll themselves
+//! (one at a time; the others on their slots, their answers completed by its passes; the
+//! progress thread stands aside and takes the poll back when the holder leaves while
+//! others wait). Several threads and a future calling through one such engine at once
+//! each get their own answers, over each transport, with and without a spin window.
 
 use std::time::Duration;
 
@@ -38,20 +40,20 @@ fn round(transport: &str, spin: Duration) {
             }
         });
     });
-    // Then one caller alone.
+    // Then one caller alone, the progress thread having stood aside for the others.
     for i in 0..100u64 {
         assert_eq!(client.call(&to, TWICE, &i).wait().unwrap(), 2 * i);
     }
 }
 
 #[test]
-fn concurrent_callers_of_one_engine_get_their_own_answers_over_sm() {
+fn callers_sleeping_in_the_poll_get_their_own_answers_over_sm() {
     round("sm", Duration::ZERO);
     round("sm", Duration::from_micros(200));
 }
 
 #[test]
-fn concurrent_callers_of_one_engine_get_their_own_answers_over_tcp() {
+fn callers_sleeping_in_the_poll_get_their_own_answers_over_tcp() {
     round("tcp://127.0.0.1:0", Duration::ZERO);
     round("tcp://127.0.0.1:0", Duration::from_micros(200));
 }
