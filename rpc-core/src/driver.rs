@@ -48,7 +48,8 @@ pub(crate) struct Calls {
     /// When the progress thread will wake by itself; a call due earlier wakes it.
     pub(crate) armed: Option<Instant>,
     /// Whether the progress thread sleeps (or is about to) with `armed`: a spinning one
-    /// sees new deadlines by itself and is not woken.
+    /// sees new deadlines by itself and is not woken. (Marked by the progress thread, or
+    /// an application's own `Engine::progress`, never by a caller holding the poll.)
     pub(crate) asleep: bool,
 }
 

@@ -40,6 +40,8 @@ impl Drop for Guard {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.plugin.wake();
         if let Some(t) = lock(&self.thread).take() {
+            // (It may be parked, standing aside for a caller's drive or poll.)
+            t.thread().unpark();
             let _ = t.join();
         }
         self.shared.pool.shutdown();

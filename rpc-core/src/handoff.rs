@@ -15,7 +15,10 @@
 //! itself, `Shared::poll_for`): the same pair, the flag set by a compare-and-swap (one
 //! holder at a time) before the caller reads whether the progress thread sleeps; the
 //! progress thread, reading the flag under the lock, does not sleep in the poll while a
-//! caller holds it (modelled below too, with its mutant).
+//! caller holds it (modelled below too, with its mutant). The holder, in turn, does not
+//! sleep in the poll while the progress thread is still marked asleep: the wake-up it
+//! rang is taken by the first pass that sleeps, and must be the progress thread's
+//! (modelled below with the wake-up as the stream plugins' is, a mark).
 
 use std::time::Duration;
 
@@ -65,9 +68,18 @@ impl Drivers {
 
     /// How long a thread may sleep in the poll (`wait`, or not at all while a caller
     /// drives, or while a caller holds the poll and this is not that caller, `holder`);
-    /// called under the calls lock, before it marks itself asleep there.
-    pub(crate) fn sleep_for(&self, wait: Option<Duration>, holder: bool) -> Option<Duration> {
-        if self.any() || (!holder && self.poll_held()) {
+    /// called under the calls lock, before it marks itself asleep there. The holder does
+    /// not sleep either while the progress thread is still marked asleep (`progress`):
+    /// the wake-up the holder rang for it is taken by whichever pass sleeps first, and
+    /// must be the progress thread's, else that one sleeps on through it, holding the
+    /// poll (modelled below, with the wake-up as the stream plugins' bell is).
+    pub(crate) fn sleep_for(
+        &self,
+        wait: Option<Duration>,
+        holder: bool,
+        progress: bool,
+    ) -> Option<Duration> {
+        if self.any() || (!holder && self.poll_held()) || (holder && progress) {
             Some(Duration::ZERO)
         } else {
             wait
@@ -97,7 +109,7 @@ mod loom_models {
             let progress = thread::spawn(move || {
                 let wait = {
                     let mut a = a2.lock().unwrap();
-                    let w = d2.sleep_for(None, false);
+                    let w = d2.sleep_for(None, false, false);
                     *a = true;
                     w
                 };
@@ -133,7 +145,10 @@ mod loom_models {
             if d.take_poll(|| *asleep.lock().unwrap()) == Some(true) {
                 rung.store(true, Ordering::SeqCst);
             }
-            assert!(d.sleep_for(None, true).is_none(), "the holder may sleep");
+            assert!(
+                d.sleep_for(None, true, false).is_none(),
+                "the holder may sleep"
+            );
         });
     }
 
@@ -161,6 +176,55 @@ mod loom_models {
             if sleeping {
                 rung.store(true, Ordering::SeqCst);
             }
+        });
+    }
+
+    /// The holder of the poll and the progress thread, each with a sleeping pass, on a
+    /// wake-up that is a mark the first sleeping pass takes (`na_stream::bell`; the
+    /// holder's nap ends by itself, the progress thread's, with no deadline, only by the
+    /// mark). The holder waits for the progress thread to be out before it sleeps, so the
+    /// mark it rang is the progress thread's. (Mutant checked by hand, as loom aborts the
+    /// process on a deadlock: a holder that sleeps at once takes the mark, and the
+    /// progress thread sleeps for ever.)
+    #[test]
+    fn the_holder_never_takes_the_wake_up_meant_for_the_progress_thread() {
+        loom::model(|| {
+            let d = Arc::new(Drivers::default());
+            let asleep = Arc::new(Mutex::new(false));
+            let bell = Arc::new((Mutex::new(false), loom::sync::Condvar::new()));
+            let (d2, a2, b2) = (d.clone(), asleep.clone(), bell.clone());
+            let progress = thread::spawn(move || {
+                let sleeps = {
+                    let mut a = a2.lock().unwrap();
+                    let s = d2.sleep_for(None, false, false) != Some(Duration::ZERO);
+                    *a = s;
+                    s
+                };
+                if sleeps {
+                    let mut m = b2.0.lock().unwrap();
+                    while !*m {
+                        m = b2.1.wait(m).unwrap();
+                    }
+                    *m = false;
+                    drop(m);
+                    *a2.lock().unwrap() = false;
+                }
+            });
+            if d.take_poll(|| *asleep.lock().unwrap()) == Some(true) {
+                *bell.0.lock().unwrap() = true;
+                bell.1.notify_all();
+            }
+            loop {
+                let nap = Some(Duration::from_millis(10));
+                let w = d.sleep_for(nap, true, *asleep.lock().unwrap());
+                if w != Some(Duration::ZERO) {
+                    // Its nap: takes the mark if it is there, and ends by itself.
+                    *bell.0.lock().unwrap() = false;
+                    break;
+                }
+                thread::yield_now();
+            }
+            progress.join().unwrap();
         });
     }
 }

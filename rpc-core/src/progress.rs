@@ -19,16 +19,17 @@ const TIMER_EVERY: u32 = 64;
 impl Shared {
     /// Drives the transport once, sleeping at most `timeout` or until the next deadline.
     pub(crate) fn progress(&self, timeout: Option<Duration>) -> Result<(), RpcError> {
-        self.progress_as(timeout, false)
+        self.progress_as(timeout, false).map(|_| ())
     }
 
     /// As [`Shared::progress`]; `poller`: called by the caller that holds the poll
-    /// ([`Shared::poll_for`]), which alone may sleep in it meanwhile.
-    fn progress_as(&self, timeout: Option<Duration>, poller: bool) -> Result<(), RpcError> {
+    /// ([`Shared::poll_for`]), which alone may sleep in it meanwhile. Returns whether the
+    /// pass could sleep.
+    fn progress_as(&self, timeout: Option<Duration>, poller: bool) -> Result<bool, RpcError> {
         if timeout == Some(Duration::ZERO) {
             // A poll that does not sleep needs no deadline (the busy path).
             self.plugin.progress(timeout)?;
-            return Ok(());
+            return Ok(false);
         }
         let now = Instant::now();
         // Unreleased overflow answers are freed on time, not at the next unrelated event.
@@ -50,11 +51,14 @@ impl Shared {
             // A caller that started driving before this lock was taken is not left
             // waiting behind a sleeping poll (it checks `asleep` under the same lock).
             // So is one that took the poll, while it is not this one.
-            let wait = self.drivers.sleep_for(wait, poller);
-            // Only a thread that may sleep marks it (the holder of the poll and the
-            // progress thread do not clear each other's mark).
+            // The holder also waits for the progress thread to be out of the poll
+            // before it sleeps there (`sleep_for`; it does not sleep again while the
+            // poll is held).
+            let wait = self.drivers.sleep_for(wait, poller, c.asleep);
+            // Only the progress thread marks itself (the holder naps at most
+            // `POLLER_NAP`; the calls it waits for were posted before it slept).
             let sleeps = wait != Some(Duration::ZERO);
-            if sleeps {
+            if sleeps && !poller {
                 c.armed = wait.and_then(|w| now.checked_add(w));
                 c.asleep = true;
             }
@@ -62,12 +66,12 @@ impl Shared {
         };
         let (wait, sleeps) = wait;
         let r = self.plugin.progress(wait);
-        if sleeps {
+        if sleeps && !poller {
             self.calls.lock().asleep = false;
         }
         self.waited.store(true, Ordering::Relaxed);
         r?;
-        Ok(())
+        Ok(sleeps)
     }
 
     /// Drives the transport once, as [`Shared::progress`], and handles what it brings on
@@ -231,9 +235,10 @@ impl Shared {
             return;
         }
         // A progress thread asleep in the poll would take the answer: wake it (it then
-        // stands aside; the transport keeps the wake-up for its sleeping pass, even if
-        // this thread's passes poll first). One that has not gone to sleep yet sees the
-        // flag under the lock (`handoff`, loom-checked).
+        // stands aside). The transport keeps the wake-up until a sleeping pass takes it,
+        // and this thread's passes do not sleep until the progress thread is out
+        // (`progress_as`), so the wake-up is its. One that has not gone to sleep yet sees
+        // the flag under the lock (`handoff`, loom-checked).
         match self.drivers.take_poll(|| self.calls.lock().asleep) {
             None => return,
             Some(true) => self.plugin.wake(),
@@ -256,12 +261,14 @@ impl Shared {
             // progress thread's own way after an event), then sleeps in the poll.
             let yielding = start.elapsed() < self.spin;
             let nap = if yielding { Duration::ZERO } else { POLLER_NAP };
-            if let Err(e) = self.progress_as(Some(nap), true) {
+            let slept = self.progress_as(Some(nap), true).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "progress failed");
-            }
+                false
+            });
             self.trigger_pass(false);
             drop(g);
-            if yielding {
+            if !slept {
+                // (Also while the progress thread is still on its way out of the poll.)
                 std::thread::yield_now();
             }
         }

@@ -7,11 +7,15 @@
 //! caller spinning, could take the edge and leave the sleeper asleep until its deadline,
 //! holding the poll lock. So a wake-up is a mark: a pass about to sleep marks itself
 //! asleep and takes the mark, under the poll lock, and does not sleep if it was set;
-//! [`Bell::ring`] sets the mark and writes the eventfd only while a pass is marked asleep,
-//! which holds the poll lock, so that no other pass takes the edge. (Both marks are one
-//! atomic changed by read-modify-writes, so a ring and a sleep are ordered.) A ring while a pass sleeps is also left
-//! marked: the next sleeping pass polls once without sleeping, which is cheap, and a second
-//! pass waiting for the poll lock while the first slept is not put to sleep through it.
+//! [`Bell::ring`] sets the mark, and writes the eventfd only while a pass is marked
+//! asleep (or, `outside`, while someone waits on the plugin's fd). (Both
+//! marks are one atomic changed by read-modify-writes, so a ring and a sleep are
+//! ordered.) The edge itself may still be taken by another pass (one written just after
+//! the sleeper's epoll returned, before it cleared its mark): that is harmless, since
+//! the mark stays until a sleeping pass takes it. A ring while a pass sleeps is also left
+//! marked: the next sleeping pass polls once without sleeping, which is cheap, and a
+//! second pass waiting for the poll lock while the first slept is not put to sleep
+//! through it.
 //!
 //! Model-checked: `RUSTFLAGS="--cfg loom" cargo test -p na-stream --release --lib loom_models`.
 
