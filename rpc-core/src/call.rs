@@ -59,6 +59,11 @@ impl Op {
     fn cancel(&self) {
         self.shared
             .end_call(self.tag, Err(RpcError::Canceled), true);
+        // A caller holding the poll may be asleep in it waiting for this very call,
+        // completed here, not on its passes: let it look (else it naps its nap out).
+        if self.shared.drivers.poll_held() {
+            self.shared.plugin.wake();
+        }
     }
 
     fn set_timeout(&self, t: Duration) {
@@ -92,8 +97,8 @@ impl Drop for Waiting<'_> {
 
 /// Marks the engine as one whose futures wait (see [`Shared::poll_for`]).
 fn pending<T>(shared: &Shared, p: Poll<T>) -> Poll<T> {
-    if p.is_pending() && !shared.futures.load(Ordering::Relaxed) {
-        shared.futures.store(true, Ordering::SeqCst);
+    if p.is_pending() {
+        shared.waits_unseen();
     }
     p
 }

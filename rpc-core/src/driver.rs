@@ -103,9 +103,9 @@ pub(crate) struct Shared {
     /// Callers driving progress while they wait (thread mode, see [`Shared::drive_for`]),
     /// and the one that holds the poll ([`Shared::poll_for`]).
     pub(crate) drivers: Drivers,
-    /// Callers blocked in a wait (thread mode), and whether a future ever waited: when
-    /// the caller holding the poll leaves, the progress thread takes it back only if
-    /// someone else waits.
+    /// Callers blocked in a wait (thread mode), and whether a future or a callback ever
+    /// waited ([`Shared::waits_unseen`]): when the caller holding the poll leaves, the
+    /// progress thread takes it back at once only if someone else waits.
     pub(crate) waiters: AtomicUsize,
     pub(crate) futures: AtomicBool,
     /// A handler was ever registered: requests may come at any time, so the progress
@@ -230,6 +230,14 @@ impl Shared {
         }
         if result.is_err() {
             Counters::add(&self.counters.rpcs_failed, 1);
+        }
+    }
+
+    /// Marks the engine as one where something waits with no thread blocked on it (a
+    /// future, a transfer batch's callback): see [`Shared::poll_for`].
+    pub(crate) fn waits_unseen(&self) {
+        if !self.futures.load(Ordering::Relaxed) {
+            self.futures.store(true, Ordering::SeqCst);
         }
     }
 

@@ -284,7 +284,8 @@ impl Drop for Held<'_> {
         let s = self.0;
         s.drivers.release_poll();
         // Another caller waiting on its slot (counted before it looks at the poll), or a
-        // future: the progress thread takes the poll back now, not after its nap.
+        // future or a callback: the progress thread takes the poll back now, not after
+        // its nap.
         let others = s.waiters.load(Ordering::SeqCst) > 1 || s.futures.load(Ordering::SeqCst);
         if others
             && !s.calls.lock().flight.is_empty()

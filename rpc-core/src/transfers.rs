@@ -144,6 +144,7 @@ impl Transfers {
         state.left.fetch_add(1, Ordering::Relaxed);
         let then = Then::Notify(Box::new(move |r| state.one_done(r)));
         let engine = &self.caller.engine;
+        engine.shared.waits_unseen();
         // The buffer is kept here, then in the state, until the last transfer is over.
         if let Err(e) = engine.post(self.caller.peer, is_get, &local, at, then, None) {
             self.state.one_done(Err(e));
