@@ -289,7 +289,8 @@ fn held_checks_leave_bundled_and_each_is_answered() {
         assert_eq!(
             (after.0 - before.0, after.1 - before.1),
             (1, 1),
-            "{addr}: the four checks left as one bundle, and their grants came back as one"
+            "{addr}: the checks (one the three puts share, one of the forged key) left as one \
+             bundle, and their grants came back as one"
         );
         drop(b);
         assert!(

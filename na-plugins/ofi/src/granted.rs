@@ -25,7 +25,7 @@ impl OfiPlugin {
         let Some(aw) = s.awaiting.remove(&id) else {
             return false;
         };
-        if !aw.carried && self.leased_rma {
+        if !aw.carried && !aw.shared && self.leased_rma {
             self.release_later(s, aw.peer.0, id);
         }
         true

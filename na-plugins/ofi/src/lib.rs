@@ -17,10 +17,13 @@
 //!   `FI_MR_VIRT_ADDR` addressing, `FI_MR_PROV_KEY` keys, `FI_MR_ENDPOINT` binding). The
 //!   owner's provider checks keys, bounds and access: a wrong key is the provider's error.
 //!   Where the provider's checks are missing or destructive (`Provider::checked_rma`), the
-//!   owner checks each transfer first (`Check`/`Grant` messages), and small transfers (up
-//!   to `OfiConfig::carry_max`) are carried in those messages and performed by the owner.
-//!   A transfer it grants is leased until the initiator releases it (`Release` messages): a
-//!   deregistration waits for the region's leases, so no granted transfer reaches it after.
+//!   owner checks transfers first (`Check`/`Grant` messages; one check of the whole
+//!   region the descriptor describes serves every transfer of it in one direction that
+//!   the initiator has in flight, up to 256, `checks`), and small transfers (up to
+//!   `OfiConfig::carry_max`) are carried in those messages and performed by the owner.
+//!   A check it grants is leased until the initiator releases it (`Release` messages,
+//!   once the last transfer riding on it has ended): a deregistration waits for the
+//!   region's leases, so no granted transfer reaches it after.
 //! - **Progress** reads the completion queue; when idle it sleeps on the queue's wait fd
 //!   after `fi_trywait`, so the engine costs nothing at rest. Without one (shm, or
 //!   `OfiConfig::wait_object` off, as a busy-polling engine opens it) progress that may
@@ -41,9 +44,13 @@
 #![deny(missing_docs)]
 
 mod addr;
+mod answered;
 #[cfg(test)]
 mod answers_tests;
 mod bundler;
+mod checks;
+#[cfg(test)]
+mod checks_tests;
 mod config;
 mod ctx;
 #[cfg(test)]

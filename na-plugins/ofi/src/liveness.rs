@@ -120,6 +120,7 @@ impl OfiPlugin {
         if leases_over {
             s.leases.forget_peer(peer.0);
         }
+        s.checks.retire_peer(peer.0);
         let ids: Vec<u64> = s
             .ops
             .iter()
@@ -362,6 +363,9 @@ fn abandon_overdue(p: &OfiPlugin, s: &mut State, now: Instant) {
             // Pieces are still out: no release (the owner, lost to us, ends its lease when
             // it loses us or gives up).
             op.leased = false;
+            if let Some(c) = op.shared.take() {
+                s.checks.abandon(c);
+            }
         }
         p.finish_if_done(s, id);
     }

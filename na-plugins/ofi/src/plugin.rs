@@ -42,6 +42,9 @@ pub struct OfiStats {
     /// Peers' messages dropped: malformed, of another wire version, or from an address
     /// the provider refuses.
     pub dropped: u64,
+    /// Checks of transfers sent to their owners (`checked_rma`; transfers of one region
+    /// that share a check count once, see `checks`).
+    pub checks: u64,
 }
 
 /// The kind of a user operation.
@@ -74,6 +77,8 @@ pub(crate) struct Op {
     /// A transfer its owner granted under a lease ([`crate::leases`]): released when it
     /// ends.
     pub(crate) leased: bool,
+    /// The shared check it rides on ([`crate::checks`]), left when it ends.
+    pub(crate) shared: Option<u64>,
 }
 
 /// What the plugin knows of a peer.
@@ -127,6 +132,8 @@ pub(crate) struct State {
     pub(crate) mem: MemTable,
     /// Transfers waiting for their owner's grant (providers with `checked_rma`).
     pub(crate) awaiting: FxHashMap<u64, crate::rma::Awaiting>,
+    /// Checks shared by transfers of one region (providers with `checked_rma`).
+    pub(crate) checks: crate::checks::Checks,
     /// RMA pieces waiting for room in the window, and the bytes posted and not completed.
     pub(crate) rma_queue: VecDeque<crate::rma::Queued>,
     pub(crate) rma_inflight: usize,
@@ -357,6 +364,7 @@ impl OfiPlugin {
                 last_peer: None,
                 mem,
                 awaiting: FxHashMap::default(),
+                checks: Default::default(),
                 rma_queue: VecDeque::new(),
                 rma_inflight: 0,
                 leases: Default::default(),
@@ -500,6 +508,7 @@ impl OfiPlugin {
                 abandon_at: None,
                 reported: false,
                 leased: false,
+                shared: None,
             },
         );
         // (SeqCst, after the insertion: see `deep_asleep`, and the sleeper's mark in

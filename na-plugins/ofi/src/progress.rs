@@ -224,6 +224,11 @@ impl OfiPlugin {
         if op.leased {
             self.release_later(s, op.peer.0, id);
         }
+        if let Some(check) = op.shared
+            && let Some(owner) = s.checks.leave(check)
+        {
+            self.release_later(s, owner, check);
+        }
         if let Some(p) = s.peers.get_mut(&op.peer.0) {
             p.pending = p.pending.saturating_sub(1);
             if p.pending == 0 {

@@ -5,14 +5,15 @@ use libfabric_sys as fi;
 use na::{MemHandle, NaError, NaResult, OpId, PeerId, RemoteMem};
 use smallvec::SmallVec;
 
+use crate::checks::Joined;
 use crate::plugin::{Ctx, OfiPlugin, OpKind, State, What, lock};
 use crate::wire::{self, Piece};
 
 /// One piece ready to post (addresses as integers so that pieces waiting for a grant
 /// can sit in the shared state).
 pub(crate) struct Post {
-    local: usize,
-    len: usize,
+    pub(crate) local: usize,
+    pub(crate) len: usize,
     desc: usize,
     raddr: u64,
     key: u64,
@@ -34,6 +35,8 @@ pub(crate) struct Awaiting {
     pub(crate) peer: PeerId,
     pub(crate) write: bool,
     pub(crate) carried: bool,
+    /// It waits for a shared check ([`crate::checks`]), not one of its own.
+    pub(crate) shared: bool,
     pub(crate) posts: Posts,
 }
 
@@ -51,6 +54,8 @@ enum Next {
     /// Send this check (or carried transfer) to the owner, bundled if held (the flag),
     /// and wait for its answer.
     Ask(Vec<u8>, bool),
+    /// Wait for the answer to a shared check already sent.
+    Wait,
 }
 
 impl OfiPlugin {
@@ -129,8 +134,58 @@ impl OfiPlugin {
                 })
                 .collect();
             let id = self.new_op(&mut s, peer, OpKind::Rma, posts.len() as u32);
-            if self.provider.checked_rma && !posts.is_empty() {
-                let carried = len <= self.carry_max as u64;
+            let carried = len <= self.carry_max as u64;
+            if self.provider.checked_rma && !posts.is_empty() && !carried {
+                // One check of the whole region described for the transfers of it.
+                let whole = remote.len.min(rtotal.unwrap_or(0));
+                let key = (peer.0, remote.key, write);
+                let next_id = || {
+                    self.next_op
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                };
+                let joined = s.checks.join(key, remote_off + len, whole, id, next_id);
+                if let Some(op) = s.ops.get_mut(&id) {
+                    op.shared = Some(joined.id());
+                }
+                let aw = Awaiting {
+                    peer,
+                    write,
+                    carried: false,
+                    shared: true,
+                    posts,
+                };
+                let next = match joined {
+                    Joined::Post(_) => Next::Post(aw.posts),
+                    Joined::Wait(_) => {
+                        s.awaiting.insert(id, aw);
+                        Next::Wait
+                    }
+                    Joined::Ask(check) => {
+                        s.awaiting.insert(id, aw);
+                        s.stats.checks += 1;
+                        let c = wire::Check {
+                            op: check,
+                            key: remote.key,
+                            off: 0,
+                            len: whole,
+                            write,
+                        };
+                        let mut b = wire::header(wire::Kind::Check, 0, &self.self_raw, 33);
+                        b.extend_from_slice(&c.encode());
+                        // Carried transfers (below) and checks of puts leave bundled
+                        // when the caller holds the peer (`Plugin::hold`): over ofi+tcp,
+                        // 64 puts of 8-32 KiB 1.5x faster so, 64 KiB-1 MiB level (qs-bw
+                        // -d push, alternated with the build before, 3 rounds); held
+                        // checks of gets made pulls of 64-128 KiB slower (their reads
+                        // then start all at once, not as each grant comes), so those go
+                        // at once. ofi+shm: level either way. (Measured with a check
+                        // per transfer.)
+                        Next::Ask(b, write)
+                    }
+                };
+                (id, next)
+            } else if self.provider.checked_rma && !posts.is_empty() {
+                // Carried: the owner performs it itself, one round trip.
                 let check = wire::Check {
                     op: id,
                     key: remote.key,
@@ -138,19 +193,10 @@ impl OfiPlugin {
                     len,
                     write,
                 };
-                let kind = if carried {
-                    wire::Kind::Carry
-                } else {
-                    wire::Kind::Check
-                };
-                let mut b = wire::header(
-                    kind,
-                    0,
-                    &self.self_raw,
-                    33 + if carried && write { len as usize } else { 0 },
-                );
+                let room = 33 + if write { len as usize } else { 0 };
+                let mut b = wire::header(wire::Kind::Carry, 0, &self.self_raw, room);
                 b.extend_from_slice(&check.encode());
-                if carried && write {
+                if write {
                     for p in &posts {
                         // SAFETY: the piece lies in registered memory (checked above) that
                         // the caller keeps valid until this op completes.
@@ -162,22 +208,19 @@ impl OfiPlugin {
                 let aw = Awaiting {
                     peer,
                     write,
-                    carried,
+                    carried: true,
+                    shared: false,
                     posts,
                 };
                 s.awaiting.insert(id, aw);
-                // Carried transfers, and checks of puts, leave bundled when the caller
-                // holds the peer (`Plugin::hold`): over ofi+tcp, 64 puts of 8-32 KiB
-                // 1.5x faster so, 64 KiB-1 MiB level (qs-bw -d push, alternated with the
-                // build before, 3 rounds); held checks of gets made pulls of 64-128 KiB
-                // slower (their reads then start all at once, not as each grant comes),
-                // so those go at once. ofi+shm: level either way.
-                (id, Next::Ask(b, carried || write))
+                // Carried transfers leave bundled when the caller holds the peer.
+                (id, Next::Ask(b, true))
             } else {
                 (id, Next::Post(posts))
             }
         };
         match next {
+            Next::Wait => {}
             Next::Post(posts) => self.post_pieces(id, peer, write, posts)?,
             Next::Ask(ask, bundle) => {
                 if let Err(e) = self.send_control(peer.0, ask, bundle) {
@@ -188,88 +231,6 @@ impl OfiPlugin {
             }
         }
         Ok(OpId(id))
-    }
-
-    /// The owner granted (or refused) a check: the pieces are posted.
-    pub(crate) fn on_answer(&self, a: Answer) {
-        let grant = {
-            let mut s = lock(&self.state);
-            self.settle(&mut s, a.peer, a.op, a.ok, None)
-        };
-        if let Some(aw) = grant
-            && let Err(e) = self.post_pieces(a.op, aw.peer, aw.write, aw.posts)
-        {
-            self.finish_now(a.op, Some(e));
-        }
-    }
-
-    /// The owner answered transfer `id` (only the op's own peer may): a grant (`carried`
-    /// None), or the outcome of a carried transfer with the bytes read (empty for a write),
-    /// copied into the caller's memory here, under the state lock (a cancel takes it too,
-    /// so the memory is still the caller's). Returns a granted transfer, whose pieces the
-    /// caller posts outside the lock; anything else is finished here.
-    pub(crate) fn settle(
-        &self,
-        s: &mut State,
-        peer: PeerId,
-        id: u64,
-        ok: bool,
-        carried: Option<&[u8]>,
-    ) -> Option<Awaiting> {
-        if s.awaiting.get(&id).is_none_or(|aw| aw.peer != peer) {
-            // A grant for a transfer canceled before it came: the owner may hold a lease
-            // for it (releasing one it does not hold is ignored there).
-            if ok && carried.is_none() && self.leased_rma {
-                self.release_later(s, peer.0, id);
-            }
-            return None;
-        }
-        let aw = s.awaiting.remove(&id)?;
-        // A granted transfer: released to its owner when it ends, however it ends.
-        if ok
-            && carried.is_none()
-            && self.leased_rma
-            && let Some(op) = s.ops.get_mut(&id)
-        {
-            op.leased = true;
-        }
-        let want = aw.posts.iter().map(|p| p.len).sum::<usize>();
-        let failed = match carried {
-            _ if aw.carried != carried.is_some() => Some(NaError::PeerMisbehaved(
-                "the owner answered a transfer in another way than asked".into(),
-            )),
-            Some(d) if ok && d.len() != if aw.write { 0 } else { want } => {
-                Some(NaError::PeerMisbehaved(format!(
-                    "the owner carried {} bytes for a {want}-byte transfer",
-                    d.len()
-                )))
-            }
-            _ if !ok => Some(NaError::AccessDenied(
-                "the owner refused the transfer (unknown key, out of bounds, or access mode)"
-                    .into(),
-            )),
-            _ => None,
-        };
-        let Some(d) = carried.filter(|_| failed.is_none()) else {
-            if failed.is_none() {
-                return Some(aw);
-            }
-            self.finish_locked(s, id, failed);
-            return None;
-        };
-        let mut at = 0;
-        let reads = if aw.write { &[][..] } else { &aw.posts[..] };
-        for p in reads {
-            // SAFETY: the piece lies in registered memory (checked when posted) that the
-            // caller keeps valid until this op completes or its cancel returns (neither
-            // has: its entry was still awaiting, and a cancel removes it under this lock
-            // before anything else); `d` holds `want` bytes (at most `carry_max`, copied
-            // under the lock).
-            unsafe { std::ptr::copy_nonoverlapping(d[at..].as_ptr(), p.local as *mut u8, p.len) };
-            at += p.len;
-        }
-        self.finish_locked(s, id, None);
-        None
     }
 
     /// Completes `id`, none of whose pieces is posted (with `e` if given).
@@ -291,7 +252,13 @@ impl OfiPlugin {
     /// Queues the pieces of `id` and posts as many as the window allows. Pieces of all
     /// transfers share one window of bytes in flight, so that messages (small RPCs) queued
     /// behind them on the same connection wait for at most a window's worth of data.
-    fn post_pieces(&self, id: u64, peer: PeerId, write: bool, posts: Posts) -> NaResult<()> {
+    pub(crate) fn post_pieces(
+        &self,
+        id: u64,
+        peer: PeerId,
+        write: bool,
+        posts: Posts,
+    ) -> NaResult<()> {
         if posts.is_empty() {
             self.finish_now(id, None);
             return Ok(());
