@@ -51,6 +51,17 @@ impl OfiPlugin {
         Some(go)
     }
 
+    /// The message asking the owner about `id` (a transfer's own check or carried
+    /// transfer, or a shared check) could not be sent: what waited for its answer fails.
+    pub(crate) fn fail_asked(&self, s: &mut State, id: u64, e: NaError) {
+        let waiting = s.checks.fail(id);
+        for w in waiting.into_iter().chain([id]) {
+            if s.awaiting.remove(&w).is_some() {
+                self.finish_locked(s, w, Some(e.clone()));
+            }
+        }
+    }
+
     /// The owner answered transfer `id` (only the op's own peer may): a grant (`carried`
     /// None), or the outcome of a carried transfer with the bytes read (empty for a write),
     /// copied into the caller's memory here, under the state lock (a cancel takes it too,
@@ -64,7 +75,11 @@ impl OfiPlugin {
         ok: bool,
         carried: Option<&[u8]>,
     ) -> Option<Awaiting> {
-        if s.awaiting.get(&id).is_none_or(|aw| aw.peer != peer) {
+        // (A transfer waiting for a shared check is answered only through that check.)
+        if s.awaiting
+            .get(&id)
+            .is_none_or(|aw| aw.peer != peer || aw.shared)
+        {
             // A grant for a transfer canceled before it came: the owner may hold a lease
             // for it (releasing one it does not hold is ignored there).
             if ok && carried.is_none() && self.leased_rma {

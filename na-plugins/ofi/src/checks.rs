@@ -8,12 +8,22 @@
 //! wait for its grant with the first; one refused fails them all (a descriptor whose
 //! region the owner does not hold as described is forged or stale). A check carries at
 //! most [`MAX_JOINS`] transfers, so that a stream of transfers cannot keep its lease, and
-//! the owner's deregistration waiting on it, for ever. Pure bookkeeping, tested here.
+//! the owner's deregistration waiting on it, for ever, nor join a check older than
+//! [`JOIN_FOR`]: an owner whose deregistration stopped waiting for a lease (it waits a
+//! bounded time for a peer that is not lost) sees no transfer granted after, as with a
+//! check per transfer, save those that joined within that time; and a check whose answer
+//! was lost holds up only the transfers that joined it. Pure bookkeeping (the time is an
+//! input), tested here.
+
+use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
 /// Transfers one shared check carries at most; the next starts a check of its own.
 pub const MAX_JOINS: u32 = 256;
+
+/// How long after it was asked a check takes new transfers.
+pub const JOIN_FOR: Duration = Duration::from_millis(50);
 
 /// What a new transfer does.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,6 +53,8 @@ struct Check {
     /// The bytes of the region it covers, from its start.
     len: u64,
     granted: bool,
+    /// When it was asked.
+    asked: Instant,
     /// A transfer riding on it was given up with pieces still out: its lease is not ended
     /// by our word (the owner ends it when it loses us).
     abandoned: bool,
@@ -62,14 +74,14 @@ pub struct Checks {
 
 impl Checks {
     /// Transfer `op` of `peer`'s region `key` (in direction `write`), ending at byte
-    /// `end` of a region described as `len` bytes: joins the current check if it covers
-    /// it, else a new one with id `new_id()`.
+    /// `end` of a region described as `len` bytes, at `now`: joins the current check if
+    /// it covers it, else a new one with id `new_id()`.
     pub fn join(
         &mut self,
         (peer, key, write): Key,
-        end: u64,
-        len: u64,
+        (end, len): (u64, u64),
         op: u64,
+        now: Instant,
         new_id: impl FnOnce() -> u64,
     ) -> Joined {
         let k = (peer, key, write);
@@ -77,6 +89,7 @@ impl Checks {
             && let Some(c) = self.by_id.get_mut(&id)
             && end <= c.len
             && c.joins < MAX_JOINS
+            && now.saturating_duration_since(c.asked) < JOIN_FOR
         {
             c.users += 1;
             c.joins += 1;
@@ -91,6 +104,7 @@ impl Checks {
             key: k,
             len,
             granted: false,
+            asked: now,
             abandoned: false,
             users: 1,
             joins: 1,
@@ -116,6 +130,17 @@ impl Checks {
             self.unset_current(key, id);
         }
         Some(waiting)
+    }
+
+    /// Check `id` could not be sent: the transfers that waited for it (to fail), and
+    /// none joins it any more (empty if it is no unanswered shared check).
+    pub fn fail(&mut self, id: u64) -> Vec<u64> {
+        let Some(c) = self.by_id.get_mut(&id).filter(|c| !c.granted) else {
+            return Vec::new();
+        };
+        let (key, waiting) = (c.key, std::mem::take(&mut c.waiting));
+        self.unset_current(key, id);
+        waiting
     }
 
     /// A transfer riding on check `id` ended; `Some(peer)` when it was the last of a
@@ -165,6 +190,11 @@ impl Checks {
 mod tests {
     use super::*;
 
+    fn now() -> Instant {
+        static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *T0.get_or_init(Instant::now)
+    }
+
     fn ids() -> impl FnMut() -> u64 {
         let mut n = 100;
         move || {
@@ -177,45 +207,57 @@ mod tests {
     fn transfers_of_one_region_share_one_check_released_after_the_last() {
         let (mut c, mut id) = (Checks::default(), ids());
         let k = (7, 42, false);
-        assert_eq!(c.join(k, 4096, 65536, 1, &mut id), Joined::Ask(101));
-        assert_eq!(c.join(k, 65536, 65536, 2, &mut id), Joined::Wait(101));
+        assert_eq!(
+            c.join(k, (4096, 65536), 1, now(), &mut id),
+            Joined::Ask(101)
+        );
+        assert_eq!(
+            c.join(k, (65536, 65536), 2, now(), &mut id),
+            Joined::Wait(101)
+        );
         assert_eq!(c.answer(7, 101, true), Some(vec![1, 2]));
-        assert_eq!(c.join(k, 8192, 65536, 3, &mut id), Joined::Post(101));
+        assert_eq!(
+            c.join(k, (8192, 65536), 3, now(), &mut id),
+            Joined::Post(101)
+        );
         assert_eq!(c.leave(101), None);
         assert_eq!(c.leave(101), None);
         assert_eq!(c.leave(101), Some(7), "the last one releases it");
         assert_eq!(c.len(), 0);
-        assert_eq!(c.join(k, 4096, 65536, 4, &mut id), Joined::Ask(102));
+        assert_eq!(
+            c.join(k, (4096, 65536), 4, now(), &mut id),
+            Joined::Ask(102)
+        );
     }
 
     #[test]
     fn a_transfer_past_the_checked_bytes_or_the_other_way_or_region_has_its_own() {
         let (mut c, mut id) = (Checks::default(), ids());
         assert_eq!(
-            c.join((7, 42, false), 4096, 4096, 1, &mut id),
+            c.join((7, 42, false), (4096, 4096), 1, now(), &mut id),
             Joined::Ask(101)
         );
         assert_eq!(
-            c.join((7, 42, false), 8192, 8192, 2, &mut id),
+            c.join((7, 42, false), (8192, 8192), 2, now(), &mut id),
             Joined::Ask(102)
         );
         assert_eq!(
-            c.join((7, 42, true), 10, 8192, 3, &mut id),
+            c.join((7, 42, true), (10, 8192), 3, now(), &mut id),
             Joined::Ask(103)
         );
         assert_eq!(
-            c.join((8, 42, false), 10, 8192, 4, &mut id),
+            c.join((8, 42, false), (10, 8192), 4, now(), &mut id),
             Joined::Ask(104)
         );
         assert_eq!(
-            c.join((7, 43, false), 10, 8192, 5, &mut id),
+            c.join((7, 43, false), (10, 8192), 5, now(), &mut id),
             Joined::Ask(105)
         );
         // The first is no longer joined, but still ends its lease when its transfer does.
         assert_eq!(c.answer(7, 101, true), Some(vec![1]));
         assert_eq!(c.leave(101), Some(7));
         assert_eq!(
-            c.join((7, 42, false), 10, 8192, 6, &mut id),
+            c.join((7, 42, false), (10, 8192), 6, now(), &mut id),
             Joined::Wait(102)
         );
     }
@@ -224,10 +266,10 @@ mod tests {
     fn a_refused_check_fails_its_waiters_is_not_joined_and_releases_nothing() {
         let (mut c, mut id) = (Checks::default(), ids());
         let k = (7, 42, false);
-        c.join(k, 10, 100, 1, &mut id);
-        c.join(k, 10, 100, 2, &mut id);
+        c.join(k, (10, 100), 1, now(), &mut id);
+        c.join(k, (10, 100), 2, now(), &mut id);
         assert_eq!(c.answer(7, 101, false), Some(vec![1, 2]));
-        assert_eq!(c.join(k, 10, 100, 3, &mut id), Joined::Ask(102));
+        assert_eq!(c.join(k, (10, 100), 3, now(), &mut id), Joined::Ask(102));
         assert_eq!(c.leave(101), None);
         assert_eq!(c.leave(101), None, "refused: no lease to end");
         assert_eq!(c.len(), 1);
@@ -236,7 +278,7 @@ mod tests {
     #[test]
     fn only_its_peer_answers_a_check_and_only_once() {
         let (mut c, mut id) = (Checks::default(), ids());
-        c.join((7, 42, false), 10, 100, 1, &mut id);
+        c.join((7, 42, false), (10, 100), 1, now(), &mut id);
         assert_eq!(
             c.answer(8, 101, true),
             None,
@@ -250,7 +292,7 @@ mod tests {
             "a second answer changes nothing"
         );
         assert_eq!(
-            c.join((7, 42, false), 10, 100, 2, &mut id),
+            c.join((7, 42, false), (10, 100), 2, now(), &mut id),
             Joined::Post(101)
         );
     }
@@ -258,7 +300,7 @@ mod tests {
     #[test]
     fn a_check_left_by_all_before_its_answer_is_gone() {
         let (mut c, mut id) = (Checks::default(), ids());
-        c.join((7, 42, false), 10, 100, 1, &mut id);
+        c.join((7, 42, false), (10, 100), 1, now(), &mut id);
         assert_eq!(
             c.leave(101),
             None,
@@ -272,14 +314,14 @@ mod tests {
     fn a_lost_peers_checks_take_no_transfer_and_an_abandoned_one_releases_nothing() {
         let (mut c, mut id) = (Checks::default(), ids());
         let k = (7, 42, false);
-        c.join(k, 10, 100, 1, &mut id);
-        c.join(k, 10, 100, 2, &mut id);
-        c.join((8, 42, false), 10, 100, 3, &mut id);
+        c.join(k, (10, 100), 1, now(), &mut id);
+        c.join(k, (10, 100), 2, now(), &mut id);
+        c.join((8, 42, false), (10, 100), 3, now(), &mut id);
         c.answer(7, 101, true);
         c.retire_peer(7);
-        assert_eq!(c.join(k, 10, 100, 4, &mut id), Joined::Ask(103));
+        assert_eq!(c.join(k, (10, 100), 4, now(), &mut id), Joined::Ask(103));
         assert_eq!(
-            c.join((8, 42, false), 10, 100, 5, &mut id),
+            c.join((8, 42, false), (10, 100), 5, now(), &mut id),
             Joined::Wait(102)
         );
         c.abandon(101);
@@ -288,14 +330,43 @@ mod tests {
     }
 
     #[test]
+    fn a_check_that_could_not_be_sent_fails_its_waiters_and_is_not_joined() {
+        let (mut c, mut id) = (Checks::default(), ids());
+        let k = (7, 42, false);
+        c.join(k, (10, 100), 1, now(), &mut id);
+        c.join(k, (10, 100), 2, now(), &mut id);
+        assert_eq!(c.fail(101), vec![1, 2]);
+        assert_eq!(c.fail(101), Vec::<u64>::new());
+        assert_eq!(c.fail(999), Vec::<u64>::new(), "no such check");
+        assert_eq!(c.join(k, (10, 100), 3, now(), &mut id), Joined::Ask(102));
+        assert_eq!(c.leave(101), None);
+        assert_eq!(c.leave(101), None, "never granted: nothing to release");
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_check_older_than_join_for_takes_no_new_transfer() {
+        let (mut c, mut id) = (Checks::default(), ids());
+        let k = (7, 42, false);
+        assert_eq!(c.join(k, (10, 100), 1, now(), &mut id), Joined::Ask(101));
+        let later = now() + JOIN_FOR;
+        assert_eq!(c.join(k, (10, 100), 2, later, &mut id), Joined::Ask(102));
+        assert_eq!(c.answer(7, 101, true), Some(vec![1]));
+        assert_eq!(c.leave(101), Some(7), "the old one still ends its lease");
+    }
+
+    #[test]
     fn a_check_carries_at_most_max_joins_transfers() {
         let (mut c, mut id) = (Checks::default(), ids());
         let k = (7, 42, false);
-        assert_eq!(c.join(k, 10, 100, 0, &mut id), Joined::Ask(101));
+        assert_eq!(c.join(k, (10, 100), 0, now(), &mut id), Joined::Ask(101));
         c.answer(7, 101, true);
         for op in 1..MAX_JOINS {
-            assert_eq!(c.join(k, 10, 100, op as u64, &mut id), Joined::Post(101));
+            assert_eq!(
+                c.join(k, (10, 100), op as u64, now(), &mut id),
+                Joined::Post(101)
+            );
         }
-        assert_eq!(c.join(k, 10, 100, 9999, &mut id), Joined::Ask(102));
+        assert_eq!(c.join(k, (10, 100), 9999, now(), &mut id), Joined::Ask(102));
     }
 }

@@ -411,8 +411,7 @@ impl OfiPlugin {
                 .into_iter()
                 .chain(msgs.iter().filter_map(|m| asked(m)))
             {
-                s.awaiting.remove(&id);
-                self.finish_locked(&mut s, id, Some(e.clone()));
+                self.fail_asked(&mut s, id, e.clone());
             }
         }
         msgs.into_iter().for_each(na::buf::give);

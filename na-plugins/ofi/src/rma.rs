@@ -143,7 +143,10 @@ impl OfiPlugin {
                     self.next_op
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 };
-                let joined = s.checks.join(key, remote_off + len, whole, id, next_id);
+                let now = std::time::Instant::now();
+                let joined = s
+                    .checks
+                    .join(key, (remote_off + len, whole), id, now, next_id);
                 if let Some(op) = s.ops.get_mut(&id) {
                     op.shared = Some(joined.id());
                 }
@@ -224,7 +227,19 @@ impl OfiPlugin {
             Next::Post(posts) => self.post_pieces(id, peer, write, posts)?,
             Next::Ask(ask, bundle) => {
                 if let Err(e) = self.send_control(peer.0, ask, bundle) {
-                    lock(&self.state).awaiting.remove(&id);
+                    {
+                        let mut s = lock(&self.state);
+                        s.awaiting.remove(&id);
+                        // Transfers that joined its check meanwhile fail with it.
+                        if let Some(c) = s.ops.get(&id).and_then(|o| o.shared) {
+                            for w in s.checks.fail(c) {
+                                if w != id && s.awaiting.remove(&w).is_some() {
+                                    self.finish_locked(&mut s, w, Some(e.clone()));
+                                }
+                            }
+                            s.checks.leave(c);
+                        }
+                    }
                     self.forget_op(id);
                     return Err(e);
                 }
