@@ -19,7 +19,8 @@
 //!   Where the provider's checks are missing or destructive (`Provider::checked_rma`), the
 //!   owner checks transfers first (`Check`/`Grant` messages; one check of the whole
 //!   region the descriptor describes serves every transfer of it in one direction that
-//!   the initiator has in flight, up to 256, `checks`), and small transfers (up to
+//!   the initiator has in flight, up to 256 asked within 50 ms, `checks`), and small
+//!   transfers (up to
 //!   `OfiConfig::carry_max`) are carried in those messages and performed by the owner.
 //!   A check it grants is leased until the initiator releases it (`Release` messages,
 //!   once the last transfer riding on it has ended): a deregistration waits for the
