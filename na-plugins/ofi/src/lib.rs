@@ -65,6 +65,7 @@ mod liveness_tests;
 mod mr;
 #[cfg(test)]
 mod oversized_tests;
+mod peers;
 mod plugin;
 mod poll;
 #[cfg(test)]

@@ -18,6 +18,7 @@ use crate::config::OfiConfig;
 pub(crate) use crate::ctx::{Ctx, What};
 use crate::fabric::{self, Av, Cq, Domain, Ep, Fabric, Hints, Info, Stack};
 use crate::mr::MemTable;
+use crate::peers::known_peer;
 use crate::post::Route;
 use crate::provider::{self, CAPS, MR_MODES, Provider};
 use crate::wire::{self, Kind};
@@ -448,40 +449,6 @@ impl OfiPlugin {
         }
     }
 
-    pub(crate) fn fi_addr(&self, s: &State, peer: PeerId) -> NaResult<u64> {
-        if s.peers.contains_key(&peer.0) {
-            Ok(peer.0)
-        } else {
-            Err(NaError::InvalidArgument(format!("unknown peer {peer:?}")))
-        }
-    }
-
-    /// The peer for a raw address, inserted into the address vector when new.
-    pub(crate) fn peer_for(&self, s: &mut State, raw: &[u8]) -> NaResult<PeerId> {
-        if let Some(p) = known_peer(s, raw) {
-            return Ok(p);
-        }
-        let a = fabric_insert(self, raw)?;
-        s.by_addr.insert(raw.to_vec(), PeerId(a));
-        s.last_peer = Some(PeerId(a));
-        s.peers.insert(
-            a,
-            Peer {
-                raw: raw.to_vec(),
-                contacted: false,
-                last_heard: Instant::now(),
-                heard: false,
-                last_active: Instant::now(),
-                active: false,
-                probing: None,
-                last_probe: None,
-                pending: 0,
-                lost: false,
-            },
-        );
-        Ok(PeerId(a))
-    }
-
     /// Registers a new operation of `parts` fabric completions and returns its id.
     pub(crate) fn new_op(&self, s: &mut State, peer: PeerId, kind: OpKind, parts: u32) -> u64 {
         let id = self.next_op.fetch_add(1, Ordering::Relaxed);
@@ -570,32 +537,6 @@ impl OfiPlugin {
     pub(crate) fn push_event(&self, e: Event) {
         self.events.extend([e]);
     }
-}
-
-fn fabric_insert(p: &OfiPlugin, raw: &[u8]) -> NaResult<u64> {
-    let mut out: fi::fi_addr_t = fi::FI_ADDR_NOTAVAIL;
-    // SAFETY: raw holds one address in the provider's format; out receives one entry.
-    let n = unsafe {
-        fi::fi_av_insert(
-            p.av.0,
-            raw.as_ptr().cast(),
-            1,
-            &mut out,
-            0,
-            std::ptr::null_mut(),
-        )
-    };
-    if n != 1 || out == fi::FI_ADDR_NOTAVAIL {
-        return Err(NaError::Unreachable(format!(
-            "the provider refused the address ({})",
-            if n < 0 {
-                fabric::strerror(n as i64)
-            } else {
-                "not inserted".into()
-            }
-        )));
-    }
-    Ok(out)
 }
 
 impl Plugin for OfiPlugin {
@@ -788,16 +729,4 @@ impl Plugin for OfiPlugin {
     fn poll_fd(&self) -> Option<RawFd> {
         None
     }
-}
-
-/// The peer of raw address `raw` if it is known (the last one found first).
-pub(crate) fn known_peer(s: &mut State, raw: &[u8]) -> Option<PeerId> {
-    if let Some(p) = s.last_peer
-        && s.peers.get(&p.0).is_some_and(|q| q.raw == raw)
-    {
-        return Some(p);
-    }
-    let p = *s.by_addr.get(raw)?;
-    s.last_peer = Some(p);
-    Some(p)
 }
