@@ -204,7 +204,7 @@ impl EngineBuilder {
             waited: AtomicBool::new(false),
             drivers: Default::default(),
             waiters: AtomicUsize::new(0),
-            futures: AtomicBool::new(false),
+            unseen_waits: AtomicBool::new(false),
             serves: AtomicBool::new(false),
             progress_thread: OnceLock::new(),
             backoff: Default::default(),

@@ -107,7 +107,7 @@ pub(crate) struct Shared {
     /// waited ([`Shared::waits_unseen`]): when the caller holding the poll leaves, the
     /// progress thread takes it back at once only if someone else waits.
     pub(crate) waiters: AtomicUsize,
-    pub(crate) futures: AtomicBool,
+    pub(crate) unseen_waits: AtomicBool,
     /// A handler was ever registered: requests may come at any time, so the progress
     /// thread keeps the poll (callers do not take it, [`Shared::poll_for`]).
     pub(crate) serves: AtomicBool,
@@ -236,8 +236,8 @@ impl Shared {
     /// Marks the engine as one where something waits with no thread blocked on it (a
     /// future, a transfer batch's callback): see [`Shared::poll_for`].
     pub(crate) fn waits_unseen(&self) {
-        if !self.futures.load(Ordering::Relaxed) {
-            self.futures.store(true, Ordering::SeqCst);
+        if !self.unseen_waits.load(Ordering::Relaxed) {
+            self.unseen_waits.store(true, Ordering::SeqCst);
         }
     }
 

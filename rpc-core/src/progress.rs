@@ -286,7 +286,7 @@ impl Drop for Held<'_> {
         // Another caller waiting on its slot (counted before it looks at the poll), or a
         // future or a callback: the progress thread takes the poll back now, not after
         // its nap.
-        let others = s.waiters.load(Ordering::SeqCst) > 1 || s.futures.load(Ordering::SeqCst);
+        let others = s.waiters.load(Ordering::SeqCst) > 1 || s.unseen_waits.load(Ordering::SeqCst);
         if others
             && !s.calls.lock().flight.is_empty()
             && let Some(t) = s.progress_thread.get()

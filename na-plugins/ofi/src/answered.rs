@@ -10,24 +10,16 @@ use crate::plugin::{OfiPlugin, State, lock};
 use crate::rma::{Answer, Awaiting};
 
 impl OfiPlugin {
-    /// The owner granted (or refused) a check: the pieces are posted.
+    /// The owner granted (or refused) a check: the transfers waiting for it are posted.
     pub(crate) fn on_answer(&self, a: Answer) {
-        if let Some(go) = self.on_shared_answer(&a) {
-            for (id, aw) in go {
-                if let Err(e) = self.post_pieces(id, aw.peer, aw.write, aw.posts) {
-                    self.finish_now(id, Some(e));
-                }
-            }
+        let Some(go) = self.on_shared_answer(&a) else {
+            self.settle(&mut lock(&self.state), a.peer, a.op, a.ok, None);
             return;
-        }
-        let grant = {
-            let mut s = lock(&self.state);
-            self.settle(&mut s, a.peer, a.op, a.ok, None)
         };
-        if let Some(aw) = grant
-            && let Err(e) = self.post_pieces(a.op, aw.peer, aw.write, aw.posts)
-        {
-            self.finish_now(a.op, Some(e));
+        for (id, aw) in go {
+            if let Err(e) = self.post_pieces(id, aw.peer, aw.write, aw.posts) {
+                self.finish_now(id, Some(e));
+            }
         }
     }
 
@@ -62,11 +54,11 @@ impl OfiPlugin {
         }
     }
 
-    /// The owner answered transfer `id` (only the op's own peer may): a grant (`carried`
-    /// None), or the outcome of a carried transfer with the bytes read (empty for a write),
-    /// copied into the caller's memory here, under the state lock (a cancel takes it too,
-    /// so the memory is still the caller's). Returns a granted transfer, whose pieces the
-    /// caller posts outside the lock; anything else is finished here.
+    /// The owner answered carried transfer `id` (only the op's own peer may) with its
+    /// outcome and the bytes read (empty for a write), copied into the caller's memory
+    /// here, under the state lock (a cancel takes it too, so the memory is still the
+    /// caller's); or sent a grant that is no shared check's (`carried` None): released
+    /// if it names none of ours, a misbehaving owner's if it names a carried transfer.
     pub(crate) fn settle(
         &self,
         s: &mut State,
@@ -74,28 +66,23 @@ impl OfiPlugin {
         id: u64,
         ok: bool,
         carried: Option<&[u8]>,
-    ) -> Option<Awaiting> {
+    ) {
         // (A transfer waiting for a shared check is answered only through that check.)
         if s.awaiting
             .get(&id)
-            .is_none_or(|aw| aw.peer != peer || aw.shared)
+            .is_none_or(|aw| aw.peer != peer || !aw.carried)
         {
-            // A grant for a transfer canceled before it came: the owner may hold a lease
-            // for it (releasing one it does not hold is ignored there).
+            // A grant of a shared check all of whose transfers ended before it came: the
+            // owner holds a lease for it (releasing one it does not hold is ignored
+            // there).
             if ok && carried.is_none() && self.leased_rma {
                 self.release_later(s, peer.0, id);
             }
-            return None;
+            return;
         }
-        let aw = s.awaiting.remove(&id)?;
-        // A granted transfer: released to its owner when it ends, however it ends.
-        if ok
-            && carried.is_none()
-            && self.leased_rma
-            && let Some(op) = s.ops.get_mut(&id)
-        {
-            op.leased = true;
-        }
+        let Some(aw) = s.awaiting.remove(&id) else {
+            return;
+        };
         let want = aw.posts.iter().map(|p| p.len).sum::<usize>();
         let failed = match carried {
             _ if aw.carried != carried.is_some() => Some(NaError::PeerMisbehaved(
@@ -111,11 +98,8 @@ impl OfiPlugin {
             _ => None,
         };
         let Some(d) = carried.filter(|_| failed.is_none()) else {
-            if failed.is_none() {
-                return Some(aw);
-            }
             self.finish_locked(s, id, failed);
-            return None;
+            return;
         };
         let mut at = 0;
         let reads = if aw.write { &[][..] } else { &aw.posts[..] };
@@ -129,7 +113,6 @@ impl OfiPlugin {
             at += p.len;
         }
         self.finish_locked(s, id, None);
-        None
     }
 }
 

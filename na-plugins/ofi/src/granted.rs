@@ -18,17 +18,12 @@ impl OfiPlugin {
         self.releases_pending.store(true, Ordering::Release);
     }
 
-    /// Drops transfer `id` from those awaiting their owner's answer; whether it was. A
-    /// check (not a carried transfer) may have been granted already, its grant on the way:
-    /// its lease is released now (a release the owner does not hold is ignored there).
+    /// Drops transfer `id` from those awaiting their owner's answer; whether it was. (A
+    /// transfer waiting for a shared check leaves it when it ends, `finish_if_done`; the
+    /// check's lease is released by the last to leave, or, if none was left to, when its
+    /// grant comes, `settle`.)
     pub(crate) fn forget_awaiting(&self, s: &mut State, id: u64) -> bool {
-        let Some(aw) = s.awaiting.remove(&id) else {
-            return false;
-        };
-        if !aw.carried && !aw.shared && self.leased_rma {
-            self.release_later(s, aw.peer.0, id);
-        }
-        true
+        s.awaiting.remove(&id).is_some()
     }
 
     /// Sends the queued releases, as few messages per owner as fit.

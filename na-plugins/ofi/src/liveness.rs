@@ -362,7 +362,6 @@ fn abandon_overdue(p: &OfiPlugin, s: &mut State, now: Instant) {
             op.parts = 0;
             // Pieces are still out: no release (the owner, lost to us, ends its lease when
             // it loses us or gives up).
-            op.leased = false;
             if let Some(c) = op.shared.take() {
                 s.checks.abandon(c);
             }

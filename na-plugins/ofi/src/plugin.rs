@@ -75,9 +75,6 @@ pub(crate) struct Op {
     /// Its `Done` event was already queued (canceled or failed with its peer); the fabric
     /// completions still to come only release its contexts.
     pub(crate) reported: bool,
-    /// A transfer its owner granted under a lease ([`crate::leases`]): released when it
-    /// ends.
-    pub(crate) leased: bool,
     /// The shared check it rides on ([`crate::checks`]), left when it ends.
     pub(crate) shared: Option<u64>,
 }
@@ -474,7 +471,6 @@ impl OfiPlugin {
                 data: Vec::new(),
                 abandon_at: None,
                 reported: false,
-                leased: false,
                 shared: None,
             },
         );

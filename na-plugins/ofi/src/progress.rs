@@ -221,9 +221,6 @@ impl OfiPlugin {
             return;
         }
         let Some(op) = s.ops.remove(&id) else { return };
-        if op.leased {
-            self.release_later(s, op.peer.0, id);
-        }
         if let Some(check) = op.shared
             && let Some(owner) = s.checks.leave(check)
         {
@@ -432,9 +429,7 @@ impl OfiPlugin {
             // need no post, so nothing waits for the queue's lock to be released).
             Kind::Carried => match wire::decode_carried(data) {
                 Ok((op, ok, d)) => {
-                    // (Only a grant returns something to post.)
-                    let none = self.settle(&mut lock(&self.state), peer, op, ok, Some(d));
-                    debug_assert!(none.is_none());
+                    self.settle(&mut lock(&self.state), peer, op, ok, Some(d));
                 }
                 Err(e) => self.drop_message(e),
             },

@@ -34,9 +34,8 @@ pub(crate) struct Queued {
 pub(crate) struct Awaiting {
     pub(crate) peer: PeerId,
     pub(crate) write: bool,
+    /// Carried by the owner; else it waits for a shared check ([`crate::checks`]).
     pub(crate) carried: bool,
-    /// It waits for a shared check ([`crate::checks`]), not one of its own.
-    pub(crate) shared: bool,
     pub(crate) posts: Posts,
 }
 
@@ -154,7 +153,6 @@ impl OfiPlugin {
                     peer,
                     write,
                     carried: false,
-                    shared: true,
                     posts,
                 };
                 let next = match joined {
@@ -212,7 +210,6 @@ impl OfiPlugin {
                     peer,
                     write,
                     carried: true,
-                    shared: false,
                     posts,
                 };
                 s.awaiting.insert(id, aw);
@@ -230,13 +227,10 @@ impl OfiPlugin {
                     {
                         let mut s = lock(&self.state);
                         s.awaiting.remove(&id);
-                        // Transfers that joined its check meanwhile fail with it.
+                        // Transfers that joined its check meanwhile fail with it (this one
+                        // is not reported: the caller gets the error).
                         if let Some(c) = s.ops.get(&id).and_then(|o| o.shared) {
-                            for w in s.checks.fail(c) {
-                                if w != id && s.awaiting.remove(&w).is_some() {
-                                    self.finish_locked(&mut s, w, Some(e.clone()));
-                                }
-                            }
+                            self.fail_asked(&mut s, c, e.clone());
                             s.checks.leave(c);
                         }
                     }
