@@ -1,6 +1,6 @@
 //! Quicksilver bulk data: memory registered with a transport ([`Bulk`]), the descriptors
 //! that let a peer reach it ([`Descriptor`]), and the plan that splits a transfer into
-//! pipelined chunks ([`Chunker`]). Transfers themselves are posted by `rpc-core`'s engine
+//! pipelined chunks ([`Chunker`], the NA layer's one chunker, re-exported). Transfers themselves are posted by `rpc-core`'s engine
 //! (`Engine::pull`, `Engine::push`), which drives the plan.
 //!
 //! ```
@@ -18,10 +18,9 @@
 //! ```
 #![deny(missing_docs)]
 
-mod chunk;
 mod descriptor;
 mod handle;
 
-pub use chunk::{ChunkConfig, Chunker};
 pub use descriptor::Descriptor;
 pub use handle::{Bulk, BulkError, Seg};
+pub use na::{ChunkConfig, Chunker};

@@ -43,7 +43,7 @@ pub struct EngineBuilder {
     timeout: Option<Duration>,
     max_queued: u64,
     spin: Duration,
-    chunk: ChunkConfig,
+    chunk: Option<ChunkConfig>,
     inline_bulk: usize,
     max_overflow: u64,
     overflow_budget: (u64, u64),
@@ -61,7 +61,7 @@ impl Default for EngineBuilder {
             timeout: Some(Duration::from_secs(60)),
             max_queued: 65_536,
             spin: Duration::from_micros(200),
-            chunk: ChunkConfig::default(),
+            chunk: None,
             inline_bulk: 16 << 10,
             max_overflow: 256 << 20,
             overflow_budget: (256 << 20, 1 << 30),
@@ -116,9 +116,10 @@ impl EngineBuilder {
         self
     }
 
-    /// Chunk size and chunks in flight of bulk transfers (default 1 MiB, 4).
+    /// Chunk size and chunks in flight of bulk transfers (default: what the transport
+    /// asks for, `na::Caps::chunks`; 1 MiB, 4 on every plugin here).
     pub fn chunks(mut self, c: ChunkConfig) -> Self {
-        self.chunk = c;
+        self.chunk = Some(c);
         self
     }
 
@@ -181,6 +182,7 @@ impl EngineBuilder {
             None => na::Auth::from_env()?,
         };
         let plugin = transport::open(&addr, auth, self.mode == ProgressMode::BusyPoll)?;
+        let caps = plugin.caps();
         // The first `counted_from` requests of the queue are not counted per peer (no
         // lock on the common path); the budgets hold the rest, so that a peer still holds
         // at most its share and the queue at most `max_queued`.
@@ -191,7 +193,7 @@ impl EngineBuilder {
         let shared = Arc::new(Shared {
             id: crate::driver::next_engine_id(),
             self_addr: plugin.self_addr().clone(),
-            unposted: plugin.caps().unposted_expected,
+            unposted: caps.unposted_expected,
             plugin,
             counters: Counters::default(),
             mode: self.mode,
@@ -220,7 +222,7 @@ impl EngineBuilder {
             ))),
             spin: self.spin,
             default_timeout: self.timeout,
-            chunk: self.chunk,
+            chunk: self.chunk.unwrap_or(caps.chunks),
             inline_bulk: self.inline_bulk,
             max_overflow: self.max_overflow,
             exposed: Timed::new(Default::default()),

@@ -20,6 +20,7 @@
 
 mod addr;
 pub mod buf;
+mod chunk;
 mod error;
 mod events;
 mod identity;
@@ -27,6 +28,7 @@ mod mem;
 mod plugin;
 
 pub use addr::Address;
+pub use chunk::{ChunkConfig, Chunker};
 pub use error::{Fault, NaError, NaResult};
 pub use events::EventQueue;
 pub use identity::{Auth, Identity, MAX_GROUPS, Proof};

@@ -66,6 +66,9 @@ pub struct Caps {
     /// itself and fails what it waits for from a peer once [`Event::PeerLost`] comes (an
     /// answer read before the loss may be handed over after it, by another thread's pass).
     pub unposted_expected: bool,
+    /// How the engine should cut its transfers over this plugin (largest chunk, chunks in
+    /// flight per transfer), unless told otherwise.
+    pub chunks: crate::ChunkConfig,
 }
 
 /// A message [`Plugin::send_quiet`] did not send, with why.

@@ -323,8 +323,10 @@ pub struct Piece {
 }
 
 /// Splits `len` bytes at `loff` in the local segments (their lengths) and `roff` in the
-/// remote ones into pieces contiguous on both sides and at most `chunk` long. The caller
-/// has checked both ranges against the totals.
+/// remote ones into pieces contiguous on both sides: the transfer is cut into chunks of at
+/// most `chunk` bytes by the one chunker ([`na::Chunker`]), and each chunk is cut again
+/// where a segment ends on either side. The caller has checked both ranges against the
+/// totals.
 pub fn pieces(
     local: &[u64],
     loff: u64,
@@ -343,30 +345,40 @@ pub fn pieces(
     };
     let (mut li, mut lo) = locate(local, loff);
     let (mut ri, mut ro) = locate(remote, roff);
-    let mut left = len;
+    // Every piece is posted at once (the plugin's RMA window bounds the bytes in flight
+    // over all transfers), so no depth here.
+    let all = na::ChunkConfig {
+        size: chunk,
+        depth: usize::MAX,
+    };
+    let mut plan = na::Chunker::new(len, all);
     let mut out = SmallVec::new();
-    while left > 0 && li < local.len() && ri < remote.len() {
-        let n = left
-            .min(local[li] - lo)
-            .min(remote[ri] - ro)
-            .min(chunk.max(1));
-        out.push(Piece {
-            lseg: li,
-            loff: lo,
-            rseg: ri,
-            roff: ro,
-            len: n,
-        });
-        left -= n;
-        lo += n;
-        ro += n;
-        if lo == local[li] {
-            li += 1;
-            lo = 0;
-        }
-        if ro == remote[ri] {
-            ri += 1;
-            ro = 0;
+    while let Some((_, mut left)) = plan.next_chunk() {
+        while left > 0 {
+            if li >= local.len() || ri >= remote.len() {
+                return out;
+            }
+            let n = left.min(local[li] - lo).min(remote[ri] - ro);
+            if n > 0 {
+                out.push(Piece {
+                    lseg: li,
+                    loff: lo,
+                    rseg: ri,
+                    roff: ro,
+                    len: n,
+                });
+            }
+            left -= n;
+            lo += n;
+            ro += n;
+            if lo == local[li] {
+                li += 1;
+                lo = 0;
+            }
+            if ro == remote[ri] {
+                ri += 1;
+                ro = 0;
+            }
         }
     }
     out
@@ -582,7 +594,7 @@ mod tests {
                     .all(|p| p.len <= 1000 && p.loff + p.len <= local[p.lseg])
             );
         }
-        let ps = pieces(&[0, 5], 0, &[5], 0, 5, 100);
+        let ps = pieces(&[0, 5], 0, &[5, 0], 0, 5, 100);
         assert_eq!(
             ps.to_vec(),
             vec![Piece {

@@ -252,7 +252,7 @@ impl StreamPlugin {
             Kind::GetReq => {
                 // Checked now; the bytes go from registered memory to the socket when the
                 // answer is written (a region deregistered meanwhile is copied first).
-                let req = RmaReq::decode_get(p).filter(|r| r.len <= self.cfg.rma_chunk as u64);
+                let req = RmaReq::decode_get(p).filter(|r| r.len <= self.cfg.chunks.size);
                 let pin = req.ok_or(RmaStatus::Malformed).and_then(|r| {
                     self.mem
                         .pin_remote_read(r.key, r.offset, r.len)

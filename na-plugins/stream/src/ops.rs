@@ -5,7 +5,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use na::{Event, NaError, NaResult, OpId, PeerId};
+use na::{Chunker, Event, NaError, NaResult, OpId, PeerId};
 
 /// An RMA transfer in progress.
 pub struct Rma {
@@ -19,14 +19,8 @@ pub struct Rma {
     pub remote_key: u64,
     /// Start in the remote region.
     pub remote_off: u64,
-    /// Total length.
-    pub len: u64,
-    /// Bytes already requested.
-    pub issued: u64,
-    /// Chunks requested and not yet answered.
-    pub inflight: u32,
-    /// First error seen; the op completes with it once no chunk is in flight.
-    pub error: Option<NaError>,
+    /// The plan of its chunks (a part this side copies itself is held in it).
+    pub plan: Chunker,
     /// Chunks move by single copy: the owner writes or reads our memory itself.
     pub copy: bool,
 }
@@ -147,10 +141,9 @@ impl Ops {
         Some(Event::Done { op, result })
     }
 
-    /// Takes the next chunks to request for `op`, up to `window` in flight, each at most
-    /// `chunk` bytes; each gets a fresh chunk id. Returns the peer and the transfer's
-    /// addressing with the chunks.
-    pub fn next_chunks(&mut self, op: OpId, window: u32, chunk: u64) -> Vec<(u64, Chunk)> {
+    /// Takes the next chunks to request for `op`, as its plan allows; each gets a fresh
+    /// chunk id.
+    pub fn next_chunks(&mut self, op: OpId) -> Vec<(u64, Chunk)> {
         let mut out = Vec::new();
         let Some(Pending {
             kind: Kind::Rma(r), ..
@@ -158,16 +151,8 @@ impl Ops {
         else {
             return out;
         };
-        while r.error.is_none() && r.inflight < window && r.issued < r.len {
-            let len = (r.len - r.issued).min(chunk);
-            let c = Chunk {
-                op,
-                rel_off: r.issued,
-                len,
-            };
-            r.issued += len;
-            r.inflight += 1;
-            out.push((0, c));
+        while let Some((rel_off, len)) = r.plan.next_chunk() {
+            out.push((0, Chunk { op, rel_off, len }));
         }
         for slot in &mut out {
             self.next += 1;
@@ -177,24 +162,14 @@ impl Ops {
         out
     }
 
-    /// Counts a part of `op` that this side moves itself as a chunk in flight, so that
-    /// the transfer is not over before [`Ops::chunk_done`] says that part is.
-    pub fn hold(&mut self, op: OpId) {
-        if let Some(Pending {
-            kind: Kind::Rma(r), ..
-        }) = self.pending.get_mut(&op)
-        {
-            r.inflight += 1;
-        }
-    }
-
-    /// Gives `op`'s chunks `n` more bytes to request (a part this side could not move).
-    pub fn extend(&mut self, op: OpId, n: u64) {
-        if let Some(Pending {
-            kind: Kind::Rma(r), ..
-        }) = self.pending.get_mut(&op)
-        {
-            r.len += n;
+    /// The plan of `op`'s chunks, while it is pending: to hold a part this side moves
+    /// itself ([`Chunker::hold`]) or give one back to the chunks ([`Chunker::extend`]).
+    pub fn plan(&mut self, op: OpId) -> Option<&mut Chunker> {
+        match self.pending.get_mut(&op) {
+            Some(Pending {
+                kind: Kind::Rma(r), ..
+            }) => Some(&mut r.plan),
+            _ => None,
         }
     }
 
@@ -222,16 +197,9 @@ impl Ops {
         else {
             return None;
         };
-        r.inflight -= 1;
-        if let Err(e) = result {
-            r.error.get_or_insert(e);
-        }
-        let over = r.inflight == 0 && (r.error.is_some() || r.issued == r.len);
-        if !over {
-            return None;
-        }
-        let err = r.error.take();
-        self.complete(op, err.map_or(Ok(Vec::new()), Err))
+        r.plan.chunk_done(result);
+        let outcome = r.plan.outcome()?;
+        self.complete(op, outcome.map(|()| Vec::new()))
     }
 
     /// Fails every pending op on `peer`.
@@ -256,8 +224,8 @@ impl Ops {
             Some(Pending {
                 peer,
                 kind: Kind::Rma(r),
-            }) if r.copy && r.inflight > 0 => {
-                r.error = Some(NaError::Canceled);
+            }) if r.copy && r.plan.in_flight() > 0 => {
+                r.plan.stop(NaError::Canceled);
                 Some(*peer)
             }
             _ => None,
@@ -279,17 +247,14 @@ impl Ops {
 mod tests {
     use super::*;
 
-    fn rma(len: u64) -> Rma {
+    fn rma(len: u64, size: u64, depth: usize) -> Rma {
         Rma {
             is_get: true,
             local_id: 1,
             local_off: 0,
             remote_key: 2,
             remote_off: 0,
-            len,
-            issued: 0,
-            inflight: 0,
-            error: None,
+            plan: Chunker::new(len, na::ChunkConfig { size, depth }),
             copy: false,
         }
     }
@@ -297,8 +262,8 @@ mod tests {
     #[test]
     fn transfers_are_windowed_and_complete_once() {
         let mut o = Ops::default();
-        let op = o.add_rma(PeerId(3), rma(10));
-        let first = o.next_chunks(op, 2, 4);
+        let op = o.add_rma(PeerId(3), rma(10, 4, 2));
+        let first = o.next_chunks(op);
         assert_eq!(
             first
                 .iter()
@@ -307,7 +272,7 @@ mod tests {
             [(0, 4), (4, 4)]
         );
         assert!(o.chunk_done(op, Ok(())).is_none());
-        let more = o.next_chunks(op, 2, 4);
+        let more = o.next_chunks(op);
         assert_eq!(
             more.iter()
                 .map(|c| (c.1.rel_off, c.1.len))
@@ -325,20 +290,20 @@ mod tests {
     #[test]
     fn a_held_part_keeps_the_transfer_open_and_may_be_given_back_to_the_chunks() {
         let mut o = Ops::default();
-        let op = o.add_rma(PeerId(3), rma(8));
-        o.hold(op);
-        assert_eq!(o.next_chunks(op, 4, 8).len(), 1);
+        let op = o.add_rma(PeerId(3), rma(8, 8, 4));
+        o.plan(op).unwrap().hold();
+        assert_eq!(o.next_chunks(op).len(), 1);
         assert!(
             o.chunk_done(op, Ok(())).is_none(),
             "the held part is in flight"
         );
         // It could not be moved here: its bytes go to the chunks after all.
-        o.extend(op, 4);
+        o.plan(op).unwrap().extend(4);
         assert!(
             o.chunk_done(op, Ok(())).is_none(),
             "4 bytes left to request"
         );
-        let rest = o.next_chunks(op, 4, 8);
+        let rest = o.next_chunks(op);
         assert_eq!((rest[0].1.rel_off, rest[0].1.len), (8, 4));
         assert!(matches!(
             o.chunk_done(op, Ok(())),
@@ -349,13 +314,13 @@ mod tests {
     #[test]
     fn a_failed_chunk_stops_issuing_and_fails_the_transfer() {
         let mut o = Ops::default();
-        let op = o.add_rma(PeerId(3), rma(100));
-        o.next_chunks(op, 2, 10);
+        let op = o.add_rma(PeerId(3), rma(100, 10, 2));
+        o.next_chunks(op);
         assert!(
             o.chunk_done(op, Err(NaError::AccessDenied("x".into())))
                 .is_none()
         );
-        assert!(o.next_chunks(op, 2, 10).is_empty());
+        assert!(o.next_chunks(op).is_empty());
         assert!(matches!(
             o.chunk_done(op, Ok(())),
             Some(Event::Done {

@@ -2,7 +2,7 @@
 //! and, where the wire copies between processes, a tail this side copies itself:
 //! `crate::tail`), and building the request frames of its next chunks within the window.
 
-use na::{Event, MemHandle, NaError, NaResult, OpId, PeerId, RemoteMem};
+use na::{Chunker, Event, MemHandle, NaError, NaResult, OpId, PeerId, RemoteMem};
 
 use crate::conn::{Body, OutFrame};
 use crate::frame::{Kind, RmaReq};
@@ -44,10 +44,7 @@ impl StreamPlugin {
             local_off,
             remote_key: remote.key,
             remote_off,
-            len: len - tail,
-            issued: 0,
-            inflight: 0,
-            error: None,
+            plan: Chunker::new(len - tail, self.cfg.chunks),
             copy,
         };
         let (op, frames, evs) = {
@@ -57,8 +54,8 @@ impl StreamPlugin {
                 let ev = ops.complete(op, Ok(Vec::new()));
                 (op, Vec::new(), ev.into_iter().collect())
             } else {
-                if tail > 0 {
-                    ops.hold(op);
+                if let Some(plan) = ops.plan(op).filter(|_| tail > 0) {
+                    plan.hold();
                 }
                 let (f, e) = self.issue_chunks(&mut ops, op);
                 (op, f, e)
@@ -80,7 +77,7 @@ impl StreamPlugin {
     pub(crate) fn issue_chunks(&self, ops: &mut Ops, op: OpId) -> (Vec<OutFrame>, Vec<Event>) {
         let mut frames = Vec::new();
         let mut evs = Vec::new();
-        for (id, c) in ops.next_chunks(op, self.cfg.rma_window, self.cfg.rma_chunk as u64) {
+        for (id, c) in ops.next_chunks(op) {
             let Some(r) = ops.rma(op) else { break };
             let offset = r.remote_off + c.rel_off;
             if r.copy {

@@ -269,7 +269,9 @@ impl StreamPlugin {
                     peer = conn.peer.0,
                     "tail not copied here; the owner copies it"
                 );
-                ops.extend(op, len);
+                if let Some(plan) = ops.plan(op) {
+                    plan.extend(len);
+                }
                 let done: Vec<_> = ops.chunk_done(op, Ok(())).into_iter().collect();
                 let (f, e) = self.issue_chunks(&mut ops, op);
                 (f, done.into_iter().chain(e).collect::<Vec<_>>())

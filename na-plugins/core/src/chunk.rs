@@ -1,8 +1,12 @@
-//! Splitting a transfer into chunks with a bounded number in flight. Pure bookkeeping.
+//! The one chunker: splitting a transfer into chunks with a bounded number in flight.
+//! Pure bookkeeping. The engine plans its transfers with it (`rpc-core`, with the
+//! plugin's [`crate::Caps::chunks`] unless told otherwise), the stream plugins plan the
+//! requests of each operation with it (`na-stream`), and the ofi plugin cuts its RMA
+//! pieces with it (`na-ofi`, which then maps each cut onto the segments).
 
-use na::NaError;
+use crate::NaError;
 
-/// Chunking of large transfers.
+/// Chunking of large transfers: how large a chunk, how many in flight.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkConfig {
     /// Largest chunk in bytes.
@@ -68,6 +72,30 @@ impl Chunker {
         }
     }
 
+    /// Counts a part moved some other way (not by the chunks: a plugin copying a tail
+    /// itself) as one chunk in flight, so that the transfer is not over before
+    /// [`Chunker::chunk_done`] says that part is.
+    pub fn hold(&mut self) {
+        self.inflight += 1;
+    }
+
+    /// Gives the chunks `n` more bytes to issue (a part that could not be moved the other
+    /// way after all).
+    pub fn extend(&mut self, n: u64) {
+        self.len += n;
+    }
+
+    /// Stops issuing: `e` becomes the outcome (whatever failed before) once the chunks in
+    /// flight are over.
+    pub fn stop(&mut self, e: NaError) {
+        self.error = Some(e);
+    }
+
+    /// Chunks (and held parts) in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight
+    }
+
     /// The transfer's outcome once nothing is in flight and nothing is left (or it failed).
     pub fn outcome(&self) -> Option<Result<(), NaError>> {
         if self.inflight > 0 {
@@ -103,6 +131,32 @@ mod tests {
         );
         c.chunk_done(Err(NaError::Canceled));
         assert_eq!((c.next_chunk(), c.outcome()), (None, None));
+        c.chunk_done(Ok(()));
+        assert_eq!(c.outcome(), Some(Err(NaError::Canceled)));
+    }
+
+    #[test]
+    fn a_held_part_keeps_the_plan_open_and_may_come_back_as_chunks() {
+        let mut c = Chunker::new(4, ChunkConfig { size: 4, depth: 2 });
+        c.hold();
+        assert_eq!(c.next_chunk(), Some((0, 4)));
+        c.chunk_done(Ok(()));
+        assert_eq!(c.outcome(), None, "the held part is still out");
+        c.extend(3);
+        c.chunk_done(Ok(()));
+        assert_eq!((c.next_chunk(), c.outcome()), (Some((4, 3)), None));
+        c.chunk_done(Ok(()));
+        assert_eq!(c.outcome(), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_stop_overrides_an_earlier_error_and_waits_for_the_chunks_out() {
+        let mut c = Chunker::new(10, ChunkConfig { size: 5, depth: 2 });
+        c.next_chunk();
+        c.next_chunk();
+        c.chunk_done(Err(NaError::TimedOut));
+        c.stop(NaError::Canceled);
+        assert_eq!((c.in_flight(), c.outcome()), (1, None));
         c.chunk_done(Ok(()));
         assert_eq!(c.outcome(), Some(Err(NaError::Canceled)));
     }
