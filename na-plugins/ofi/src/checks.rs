@@ -203,6 +203,11 @@ mod tests {
         }
     }
 
+    /// The common join: transfer `op` of bytes up to 10 of a 100-byte region, now.
+    fn join(c: &mut Checks, k: Key, op: u64, id: &mut impl FnMut() -> u64) -> Joined {
+        c.join(k, (10, 100), op, now(), id)
+    }
+
     #[test]
     fn transfers_of_one_region_share_one_check_released_after_the_last() {
         let (mut c, mut id) = (Checks::default(), ids());
@@ -262,23 +267,34 @@ mod tests {
         );
     }
 
+    /// Refused by the owner, or never sent: its waiters fail, it is joined no more, and
+    /// leaving it releases nothing (no grant was had).
     #[test]
-    fn a_refused_check_fails_its_waiters_is_not_joined_and_releases_nothing() {
-        let (mut c, mut id) = (Checks::default(), ids());
-        let k = (7, 42, false);
-        c.join(k, (10, 100), 1, now(), &mut id);
-        c.join(k, (10, 100), 2, now(), &mut id);
-        assert_eq!(c.answer(7, 101, false), Some(vec![1, 2]));
-        assert_eq!(c.join(k, (10, 100), 3, now(), &mut id), Joined::Ask(102));
-        assert_eq!(c.leave(101), None);
-        assert_eq!(c.leave(101), None, "refused: no lease to end");
-        assert_eq!(c.len(), 1);
+    fn a_refused_or_unsent_check_fails_its_waiters_is_not_joined_and_releases_nothing() {
+        for refused in [true, false] {
+            let (mut c, mut id) = (Checks::default(), ids());
+            let k = (7, 42, false);
+            join(&mut c, k, 1, &mut id);
+            join(&mut c, k, 2, &mut id);
+            match refused {
+                true => assert_eq!(c.answer(7, 101, false), Some(vec![1, 2])),
+                false => {
+                    assert_eq!(c.fail(101), vec![1, 2]);
+                    assert_eq!(c.fail(101), Vec::<u64>::new());
+                    assert_eq!(c.fail(999), Vec::<u64>::new(), "no such check");
+                }
+            }
+            assert_eq!(join(&mut c, k, 3, &mut id), Joined::Ask(102));
+            assert_eq!(c.leave(101), None);
+            assert_eq!(c.leave(101), None, "no grant: nothing to release");
+            assert_eq!(c.len(), 1);
+        }
     }
 
     #[test]
     fn only_its_peer_answers_a_check_and_only_once() {
         let (mut c, mut id) = (Checks::default(), ids());
-        c.join((7, 42, false), (10, 100), 1, now(), &mut id);
+        join(&mut c, (7, 42, false), 1, &mut id);
         assert_eq!(
             c.answer(8, 101, true),
             None,
@@ -291,16 +307,13 @@ mod tests {
             Some(vec![]),
             "a second answer changes nothing"
         );
-        assert_eq!(
-            c.join((7, 42, false), (10, 100), 2, now(), &mut id),
-            Joined::Post(101)
-        );
+        assert_eq!(join(&mut c, (7, 42, false), 2, &mut id), Joined::Post(101));
     }
 
     #[test]
     fn a_check_left_by_all_before_its_answer_is_gone() {
         let (mut c, mut id) = (Checks::default(), ids());
-        c.join((7, 42, false), (10, 100), 1, now(), &mut id);
+        join(&mut c, (7, 42, false), 1, &mut id);
         assert_eq!(
             c.leave(101),
             None,
@@ -314,41 +327,23 @@ mod tests {
     fn a_lost_peers_checks_take_no_transfer_and_an_abandoned_one_releases_nothing() {
         let (mut c, mut id) = (Checks::default(), ids());
         let k = (7, 42, false);
-        c.join(k, (10, 100), 1, now(), &mut id);
-        c.join(k, (10, 100), 2, now(), &mut id);
-        c.join((8, 42, false), (10, 100), 3, now(), &mut id);
+        join(&mut c, k, 1, &mut id);
+        join(&mut c, k, 2, &mut id);
+        join(&mut c, (8, 42, false), 3, &mut id);
         c.answer(7, 101, true);
         c.retire_peer(7);
-        assert_eq!(c.join(k, (10, 100), 4, now(), &mut id), Joined::Ask(103));
-        assert_eq!(
-            c.join((8, 42, false), (10, 100), 5, now(), &mut id),
-            Joined::Wait(102)
-        );
+        assert_eq!(join(&mut c, k, 4, &mut id), Joined::Ask(103));
+        assert_eq!(join(&mut c, (8, 42, false), 5, &mut id), Joined::Wait(102));
         c.abandon(101);
         assert_eq!(c.leave(101), None, "a piece of it is still out: no release");
         assert_eq!(c.len(), 2);
     }
 
     #[test]
-    fn a_check_that_could_not_be_sent_fails_its_waiters_and_is_not_joined() {
-        let (mut c, mut id) = (Checks::default(), ids());
-        let k = (7, 42, false);
-        c.join(k, (10, 100), 1, now(), &mut id);
-        c.join(k, (10, 100), 2, now(), &mut id);
-        assert_eq!(c.fail(101), vec![1, 2]);
-        assert_eq!(c.fail(101), Vec::<u64>::new());
-        assert_eq!(c.fail(999), Vec::<u64>::new(), "no such check");
-        assert_eq!(c.join(k, (10, 100), 3, now(), &mut id), Joined::Ask(102));
-        assert_eq!(c.leave(101), None);
-        assert_eq!(c.leave(101), None, "never granted: nothing to release");
-        assert_eq!(c.len(), 1);
-    }
-
-    #[test]
     fn a_check_older_than_join_for_takes_no_new_transfer() {
         let (mut c, mut id) = (Checks::default(), ids());
         let k = (7, 42, false);
-        assert_eq!(c.join(k, (10, 100), 1, now(), &mut id), Joined::Ask(101));
+        assert_eq!(join(&mut c, k, 1, &mut id), Joined::Ask(101));
         let later = now() + JOIN_FOR;
         assert_eq!(c.join(k, (10, 100), 2, later, &mut id), Joined::Ask(102));
         assert_eq!(c.answer(7, 101, true), Some(vec![1]));
@@ -359,14 +354,11 @@ mod tests {
     fn a_check_carries_at_most_max_joins_transfers() {
         let (mut c, mut id) = (Checks::default(), ids());
         let k = (7, 42, false);
-        assert_eq!(c.join(k, (10, 100), 0, now(), &mut id), Joined::Ask(101));
+        assert_eq!(join(&mut c, k, 0, &mut id), Joined::Ask(101));
         c.answer(7, 101, true);
         for op in 1..MAX_JOINS {
-            assert_eq!(
-                c.join(k, (10, 100), op as u64, now(), &mut id),
-                Joined::Post(101)
-            );
+            assert_eq!(join(&mut c, k, op as u64, &mut id), Joined::Post(101));
         }
-        assert_eq!(c.join(k, (10, 100), 9999, now(), &mut id), Joined::Ask(102));
+        assert_eq!(join(&mut c, k, 9999, &mut id), Joined::Ask(102));
     }
 }
