@@ -1,6 +1,6 @@
 //! The plugin: opening an endpoint, messages, registration, the op table.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -123,7 +123,7 @@ pub(crate) struct State {
     // std's keyed hash.)
     pub(crate) ops: FxHashMap<u64, Op>,
     pub(crate) peers: FxHashMap<u64, Peer>,
-    pub(crate) by_addr: HashMap<Vec<u8>, PeerId>,
+    pub(crate) by_addr: FxHashMap<Vec<u8>, PeerId>,
     /// The peer last found by its raw address: messages come in runs from one peer, and
     /// comparing its address costs less than hashing it (entries are never removed).
     pub(crate) last_peer: Option<PeerId>,
@@ -358,7 +358,7 @@ impl OfiPlugin {
             state: Mutex::new(State {
                 ops: FxHashMap::default(),
                 peers: FxHashMap::default(),
-                by_addr: HashMap::new(),
+                by_addr: FxHashMap::default(),
                 last_peer: None,
                 mem,
                 awaiting: FxHashMap::default(),

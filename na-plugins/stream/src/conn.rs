@@ -15,7 +15,10 @@ use crate::wire::Wire;
 
 use crate::frame::Decoder;
 use crate::mr::MemTable;
-pub use crate::outq::{Backlog, Body, OutFrame};
+pub use crate::outq::{Backlog, Body, OutFrame, Prefix};
+
+/// A queued single-copy request's payload: its fixed part and a few pieces, inline.
+pub type CopyReq = smallvec::SmallVec<[u8; 64]>;
 use crate::outq::{Slices, WriteQ};
 
 /// Read side state.
@@ -25,7 +28,7 @@ pub struct ReadState {
     /// A bulk frame body being received straight into registered memory.
     pub direct: Option<crate::landing::Direct>,
     /// Single-copy requests read and not yet served, in order.
-    pub copies: VecDeque<(crate::frame::Header, Vec<u8>)>,
+    pub copies: VecDeque<(crate::frame::Header, CopyReq)>,
 }
 
 /// A connection to one peer.

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use na::{Event, NaError, NaResult, PeerId};
 
-use crate::conn::{Body, Conn, OutFrame, ReadState};
+use crate::conn::{Body, Conn, OutFrame, Prefix, ReadState};
 use crate::frame::{Header, Kind, RmaReq, RmaStatus};
 use crate::{StreamPlugin, lock};
 
@@ -260,17 +260,17 @@ impl StreamPlugin {
                 });
                 let body = match pin {
                     Ok((r, pin)) => Body::Region {
-                        prefix: vec![RmaStatus::Ok as u8],
+                        prefix: Prefix::from_slice(&[RmaStatus::Ok as u8]),
                         key: r.key,
                         offset: r.offset,
                         len: r.len as usize,
                         _pin: pin,
                     },
-                    Err(st) => Body::Owned(vec![st as u8]),
+                    Err(st) => Body::Status(st as u8),
                 };
                 self.queue_frames(
                     conn,
-                    vec![OutFrame::with_body(Kind::GetResp, h.tag, body, None)],
+                    [OutFrame::with_body(Kind::GetResp, h.tag, body, None)],
                 );
             }
             Kind::PutReq => {
@@ -278,10 +278,7 @@ impl StreamPlugin {
                     Some((r, data)) => self.mem.remote_write(r.key, r.offset, data),
                     None => RmaStatus::Malformed,
                 };
-                self.queue_frames(
-                    conn,
-                    vec![OutFrame::new(Kind::PutResp, h.tag, vec![st as u8], None)],
-                );
+                self.queue_frames(conn, [OutFrame::status(Kind::PutResp, h.tag, st as u8)]);
             }
             // Queued by drain_frames and served by serve_copies.
             Kind::GetCopy | Kind::PutCopy => return misbehaved("misrouted copy request"),

@@ -181,6 +181,9 @@ impl RmaStatus {
     }
 }
 
+/// The (address, length) pieces of a single-copy request: few, kept inline.
+pub type Pieces = smallvec::SmallVec<[(u64, u64); 4]>;
+
 /// The fixed part of a GetReq or PutReq payload.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct RmaReq {
@@ -200,7 +203,8 @@ impl RmaReq {
 
     /// Encodes a GetReq payload.
     pub fn encode_get(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(Self::GET_LEN);
+        // From this thread's kept buffers: the frame gives it back once written.
+        let mut v = na::buf::take(Self::GET_LEN);
         v.extend_from_slice(&self.key.to_le_bytes());
         v.extend_from_slice(&self.offset.to_le_bytes());
         v.extend_from_slice(&self.len.to_le_bytes());
@@ -217,7 +221,11 @@ impl RmaReq {
 
     /// Encodes a GetCopy/PutCopy payload: the request, then the requester's pieces.
     pub fn encode_copy(&self, pieces: &[(u64, u64)]) -> Vec<u8> {
-        let mut v = self.encode_get();
+        // From this thread's kept buffers: the frame gives it back once written.
+        let mut v = na::buf::take(Self::GET_LEN + 16 * pieces.len());
+        for x in [self.key, self.offset, self.len] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
         for (addr, len) in pieces {
             v.extend_from_slice(&addr.to_le_bytes());
             v.extend_from_slice(&len.to_le_bytes());
@@ -226,13 +234,13 @@ impl RmaReq {
     }
 
     /// Decodes a GetCopy/PutCopy payload; the pieces must add up to the length.
-    pub fn decode_copy(p: &[u8]) -> Option<(RmaReq, Vec<(u64, u64)>)> {
+    pub fn decode_copy(p: &[u8]) -> Option<(RmaReq, Pieces)> {
         let req = Self::decode_get(p.get(..Self::GET_LEN)?)?;
         let rest = &p[Self::GET_LEN..];
         if !rest.len().is_multiple_of(16) {
             return None;
         }
-        let pieces: Vec<(u64, u64)> = rest
+        let pieces: Pieces = rest
             .chunks_exact(16)
             .map(|c| (le64(&c[..8]), le64(&c[8..])))
             .collect();

@@ -185,15 +185,9 @@ impl StreamPlugin {
     /// A directly received frame is complete: answer the put, or finish the get chunk.
     fn finish_direct(&self, conn: &Conn, d: Direct) {
         match d.sink {
-            Sink::Put { status, .. } => self.queue_frames(
-                conn,
-                vec![OutFrame::new(
-                    Kind::PutResp,
-                    d.tag,
-                    vec![status as u8],
-                    None,
-                )],
-            ),
+            Sink::Put { status, .. } => {
+                self.queue_frames(conn, [OutFrame::status(Kind::PutResp, d.tag, status as u8)])
+            }
             Sink::Get { chunk, failure, .. } => {
                 let mut ops = lock(&self.ops);
                 let (frames, evs) =
@@ -212,11 +206,10 @@ impl StreamPlugin {
         ops: &mut Ops,
         op: OpId,
         result: NaResult<()>,
-    ) -> (Vec<OutFrame>, Vec<Event>) {
-        let mut evs: Vec<Event> = ops.chunk_done(op, result).into_iter().collect();
+    ) -> (crate::rma::Frames, impl Iterator<Item = Event> + use<>) {
+        let done = ops.chunk_done(op, result);
         let (frames, more) = self.issue_chunks(ops, op);
-        evs.extend(more);
-        (frames, evs)
+        (frames, done.into_iter().chain(more))
     }
 
     /// Handles the frames the decoder holds, switching to direct reception for a large
@@ -261,7 +254,8 @@ impl StreamPlugin {
                     if conn.remote.get().is_none() {
                         return Err(NaError::PeerMisbehaved("first frame is not a Hello".into()));
                     }
-                    rs.copies.push_back((h, p.to_vec()));
+                    rs.copies
+                        .push_back((h, crate::conn::CopyReq::from_slice(p)));
                 }
                 Some(Next::Frame(h, p)) => self.on_frame(conn, h, p)?,
                 None => return Ok(()),

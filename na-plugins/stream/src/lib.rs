@@ -36,7 +36,7 @@ mod wire;
 pub use conn::Backlog;
 pub use wire::{Connector, CopyDir, RawPiece, Wire};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -115,7 +115,7 @@ pub struct StreamPlugin {
     /// many (looked at without the lock).
     batched: Mutex<smallvec::SmallVec<[Arc<Conn>; 4]>>,
     batched_n: AtomicUsize,
-    by_addr: Mutex<HashMap<Address, PeerId>>,
+    by_addr: Mutex<FxHashMap<Address, PeerId>>,
     next_peer: AtomicU64,
     ops: Mutex<Ops>,
     /// How many receives `ops` has posted ([`Ops::posted`]).
@@ -190,7 +190,7 @@ impl StreamPlugin {
             polled: snapshot::Snapshot::default(),
             batched: Mutex::default(),
             batched_n: AtomicUsize::new(0),
-            by_addr: Mutex::new(HashMap::new()),
+            by_addr: Mutex::new(FxHashMap::default()),
             next_peer: AtomicU64::new(FIRST_PEER),
             receives: ops.posted(),
             ops: Mutex::new(ops),
@@ -423,7 +423,7 @@ impl StreamPlugin {
 
     /// Posts frames from the read path; `read_or_close` writes them once the batch of
     /// frames read is handled, so that answering 64 small requests costs one `writev`.
-    fn queue_frames(&self, conn: &Conn, frames: Vec<OutFrame>) {
+    fn queue_frames(&self, conn: &Conn, frames: impl IntoIterator<Item = OutFrame>) {
         for f in frames {
             // A closing connection fails its ops in close_conn.
             if conn.post(f).is_err() {
@@ -432,7 +432,7 @@ impl StreamPlugin {
         }
     }
 
-    fn send_frames(&self, conn: &Conn, frames: Vec<OutFrame>) {
+    fn send_frames(&self, conn: &Conn, frames: impl IntoIterator<Item = OutFrame>) {
         for f in frames {
             match conn.send(f, &self.mem) {
                 Ok(fl) => self.after_flush(conn, fl),

@@ -283,13 +283,13 @@ impl MemTable {
         &self,
         accesses: impl Iterator<Item = (u64, u64, u64)>,
         write: bool,
-        f: impl FnOnce(Vec<Result<Vec<RawPiece>, RmaStatus>>) -> T,
+        f: impl FnOnce(Vec<Result<RawPieces, RmaStatus>>) -> T,
     ) -> T {
         let map = self.regions.read().unwrap_or_else(|e| e.into_inner());
         let each = accesses
             .map(|(key, offset, len)| {
                 Self::remote_region(&map, key, offset, len, write).map(|r| {
-                    let mut pieces = Vec::with_capacity(r.segs.len().min(4));
+                    let mut pieces = RawPieces::new();
                     r.walk(offset, len as usize, |p, range| {
                         pieces.push((p, range.len()))
                     });
@@ -302,10 +302,10 @@ impl MemTable {
 
     /// The addresses of a live local range as (address, length) pieces, for a peer that
     /// copies into or out of it directly.
-    pub fn local_pieces(&self, id: u64, offset: u64, len: u64) -> NaResult<Vec<(u64, u64)>> {
+    pub fn local_pieces(&self, id: u64, offset: u64, len: u64) -> NaResult<crate::frame::Pieces> {
         let map = self.regions.read().unwrap_or_else(|e| e.into_inner());
         let r = Self::local_region(&map, id, offset, len)?;
-        let mut out = Vec::with_capacity(r.segs.len().min(4));
+        let mut out = crate::frame::Pieces::new();
         r.walk(offset, len as usize, |p, range| {
             out.push((p as u64, range.len() as u64))
         });
@@ -353,6 +353,9 @@ impl MemTable {
 
 use crate::wire::RawPiece;
 
+/// The pieces of one access of a region: few, kept inline.
+pub type RawPieces = smallvec::SmallVec<[RawPiece; 2]>;
+
 impl MemTable {
     /// The pieces of live region `key` at `offset..offset+len`, to receive `write`-side
     /// data into (`write`: a remote put, checked against the access mode; otherwise the
@@ -382,12 +385,17 @@ pub struct MemRead<'a>(RwLockReadGuard<'a, HashMap<u64, Region>>);
 impl MemRead<'_> {
     /// The bytes `offset..offset+len` of region `key` as slices in order (revoked regions
     /// included: their memory stays valid until they are removed), or `None`.
-    pub fn slices(&self, key: u64, offset: u64, len: usize) -> Option<Vec<&[u8]>> {
+    pub fn slices(
+        &self,
+        key: u64,
+        offset: u64,
+        len: usize,
+    ) -> Option<smallvec::SmallVec<[&[u8]; 2]>> {
         let r = self
             .0
             .get(&key)
             .filter(|r| checked_range(r.len, offset, len as u64))?;
-        let mut out = Vec::with_capacity(r.segs.len().min(4));
+        let mut out = smallvec::SmallVec::new();
         r.walk(offset, len, |p, range| {
             // SAFETY: the region is registered, and stays so while this read guard lives
             // (removal takes the write lock); by the register contract its memory is valid

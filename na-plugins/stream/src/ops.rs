@@ -143,8 +143,8 @@ impl Ops {
 
     /// Takes the next chunks to request for `op`, as its plan allows; each gets a fresh
     /// chunk id.
-    pub fn next_chunks(&mut self, op: OpId) -> Vec<(u64, Chunk)> {
-        let mut out = Vec::new();
+    pub fn next_chunks(&mut self, op: OpId) -> smallvec::SmallVec<[(u64, Chunk); 4]> {
+        let mut out = smallvec::SmallVec::new();
         let Some(Pending {
             kind: Kind::Rma(r), ..
         }) = self.pending.get_mut(&op)

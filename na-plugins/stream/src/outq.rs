@@ -19,10 +19,12 @@ static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 pub enum Body {
     /// Bytes owned by the frame.
     Owned(Vec<u8>),
+    /// One status byte (an RMA answer that carries no data): no allocation.
+    Status(u8),
     /// A small prefix, then `len` bytes of registered region `key` at `offset`, pinned
     /// while the frame lives.
     Region {
-        prefix: Vec<u8>,
+        prefix: Prefix,
         key: u64,
         offset: u64,
         len: usize,
@@ -34,10 +36,14 @@ impl Body {
     pub(crate) fn len(&self) -> usize {
         match self {
             Body::Owned(v) => v.len(),
+            Body::Status(_) => 1,
             Body::Region { prefix, len, .. } => prefix.len() + len,
         }
     }
 }
+
+/// What precedes a region's bytes in a frame (a status, or a put's key and offset).
+pub type Prefix = smallvec::SmallVec<[u8; 16]>;
 
 /// A frame waiting to be written.
 pub struct OutFrame {
@@ -96,11 +102,16 @@ impl OutFrame {
         Self::with_body(kind, tag, Body::Owned(body), op)
     }
 
+    /// An answer of one status byte.
+    pub fn status(kind: Kind, tag: u64, status: u8) -> Self {
+        Self::with_body(kind, tag, Body::Status(status), None)
+    }
+
     /// The body a frame owns, given back (a message not sent); empty for a region's.
     pub fn into_owned(mut self) -> Vec<u8> {
         match &mut self.body {
             Body::Owned(v) => std::mem::take(v),
-            Body::Region { .. } => Vec::new(),
+            Body::Status(_) | Body::Region { .. } => Vec::new(),
         }
     }
 
@@ -144,6 +155,7 @@ impl OutFrame {
             + HEADER_LEN
             + match &self.body {
                 Body::Owned(v) => v.capacity(),
+                Body::Status(_) => 0,
                 Body::Region { prefix, .. } => prefix.len(),
             }
     }
@@ -176,6 +188,7 @@ impl OutFrame {
         push(&self.hdr, &mut skip);
         match &self.body {
             Body::Owned(v) => push(v, &mut skip),
+            Body::Status(b) => push(std::slice::from_ref(b), &mut skip),
             Body::Region {
                 prefix,
                 key,
@@ -215,7 +228,8 @@ impl OutFrame {
             && *key == key_gone
         {
             let want = prefix.len() + *len;
-            let mut v = std::mem::take(prefix);
+            let mut v = Vec::with_capacity(want);
+            v.extend_from_slice(prefix);
             for part in mem.slices(*key, *offset, *len).unwrap_or_default() {
                 v.extend_from_slice(part);
             }
@@ -301,7 +315,7 @@ mod tests {
         // SAFETY: `a` outlives the registration (removed below).
         let h = unsafe { t.register(&[Segment::from_slice(&mut a)], Access::ReadOnly) }.unwrap();
         let body = |t: &MemTable| Body::Region {
-            prefix: vec![1, 2],
+            prefix: Prefix::from_slice(&[1, 2]),
             key: h.id,
             offset: 10,
             len: 90 << 10,

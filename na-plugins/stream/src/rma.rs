@@ -4,7 +4,10 @@
 
 use na::{Chunker, Event, MemHandle, NaError, NaResult, OpId, PeerId, RemoteMem};
 
-use crate::conn::{Body, OutFrame};
+use crate::conn::{Body, OutFrame, Prefix};
+
+/// The request frames of a transfer's next chunks (a window's worth: few).
+pub(crate) type Frames = smallvec::SmallVec<[OutFrame; 4]>;
 use crate::frame::{Kind, RmaReq};
 use crate::ops::{Ops, Rma};
 use crate::{COPY_MIN, StreamPlugin, lock, tail};
@@ -52,7 +55,7 @@ impl StreamPlugin {
             let op = ops.add_rma(peer, rma);
             if len == 0 {
                 let ev = ops.complete(op, Ok(Vec::new()));
-                (op, Vec::new(), ev.into_iter().collect())
+                (op, Frames::new(), ev.into_iter().collect())
             } else {
                 if let Some(plan) = ops.plan(op).filter(|_| tail > 0) {
                     plan.hold();
@@ -74,8 +77,8 @@ impl StreamPlugin {
     }
 
     /// Builds the request frames for the next chunks of `op` within its window.
-    pub(crate) fn issue_chunks(&self, ops: &mut Ops, op: OpId) -> (Vec<OutFrame>, Vec<Event>) {
-        let mut frames = Vec::new();
+    pub(crate) fn issue_chunks(&self, ops: &mut Ops, op: OpId) -> (Frames, Vec<Event>) {
+        let mut frames = Frames::new();
         let mut evs = Vec::new();
         for (id, c) in ops.next_chunks(op) {
             let Some(r) = ops.rma(op) else { break };
@@ -103,7 +106,8 @@ impl StreamPlugin {
             let local_off = r.local_off + c.rel_off;
             match self.mem.pin_local(r.local_id, local_off, c.len) {
                 Ok(pin) => {
-                    let prefix = RmaReq::encode_put_prefix(r.remote_key, offset).to_vec();
+                    let prefix =
+                        Prefix::from_slice(&RmaReq::encode_put_prefix(r.remote_key, offset));
                     let body = Body::Region {
                         prefix,
                         key: r.local_id,

@@ -30,7 +30,7 @@ const COPY_BUDGET: u64 = 2 << 20;
 const MAX_PIECES: usize = 1024;
 
 /// A decoded single-copy request: the region's part, and the requester's pieces.
-type Request = (RmaReq, Vec<(u64, u64)>);
+type Request = (RmaReq, crate::frame::Pieces);
 
 impl StreamPlugin {
     /// The request frame for chunk `c` (id `id`) of single-copy transfer `r`.
@@ -84,7 +84,7 @@ impl StreamPlugin {
             served += bytes;
             let kind = if put { Kind::PutResp } else { Kind::GetResp };
             for ((tag, _), st) in run.iter().zip(self.serve_run(conn, put, &run)) {
-                answers.push(OutFrame::new(kind, *tag, vec![st as u8], None));
+                answers.push(OutFrame::status(kind, *tag, st as u8));
             }
         }
         if !rs.copies.is_empty() {

@@ -263,7 +263,10 @@ impl StreamPlugin {
             let mut ops = lock(&self.ops);
             if copied {
                 self.direct.fetch_add(len, Ordering::Relaxed);
-                (Vec::new(), ops.chunk_done(op, Ok(())).into_iter().collect())
+                (
+                    Default::default(),
+                    ops.chunk_done(op, Ok(())).into_iter().collect(),
+                )
             } else {
                 tracing::trace!(
                     peer = conn.peer.0,
