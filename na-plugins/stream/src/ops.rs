@@ -143,7 +143,7 @@ impl Ops {
 
     /// Takes the next chunks to request for `op`, as its plan allows; each gets a fresh
     /// chunk id.
-    pub fn next_chunks(&mut self, op: OpId) -> smallvec::SmallVec<[(u64, Chunk); 4]> {
+    pub fn next_chunks(&mut self, op: OpId) -> smallvec::SmallVec<[(u64, Chunk); 2]> {
         let mut out = smallvec::SmallVec::new();
         let Some(Pending {
             kind: Kind::Rma(r), ..

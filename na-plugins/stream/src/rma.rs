@@ -6,8 +6,9 @@ use na::{Chunker, Event, MemHandle, NaError, NaResult, OpId, PeerId, RemoteMem};
 
 use crate::conn::{Body, OutFrame, Prefix};
 
-/// The request frames of a transfer's next chunks (a window's worth: few).
-pub(crate) type Frames = smallvec::SmallVec<[OutFrame; 4]>;
+/// The request frames of a transfer's next chunks: one inline (a completion lets one
+/// more go; moving more inline cost more than the allocation saved), more on the heap.
+pub(crate) type Frames = smallvec::SmallVec<[OutFrame; 1]>;
 use crate::frame::{Kind, RmaReq};
 use crate::ops::{Ops, Rma};
 use crate::{COPY_MIN, StreamPlugin, lock, tail};
