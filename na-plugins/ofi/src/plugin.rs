@@ -127,6 +127,10 @@ pub(crate) struct State {
     /// The peer last found by its raw address: messages come in runs from one peer, and
     /// comparing its address costs less than hashing it (entries are never removed).
     pub(crate) last_peer: Option<PeerId>,
+    /// The address last looked up and its raw form (a pure function of it): transfers
+    /// look their owner up one after another, and parsing its locator cost more than the
+    /// rest of the lookup.
+    pub(crate) last_lookup: Option<(Address, Vec<u8>)>,
     pub(crate) mem: MemTable,
     /// Transfers waiting for their owner's grant (providers with `checked_rma`).
     pub(crate) awaiting: FxHashMap<u64, crate::rma::Awaiting>,
@@ -360,6 +364,7 @@ impl OfiPlugin {
                 peers: FxHashMap::default(),
                 by_addr: FxHashMap::default(),
                 last_peer: None,
+                last_lookup: None,
                 mem,
                 awaiting: FxHashMap::default(),
                 checks: Default::default(),
@@ -555,13 +560,22 @@ impl Plugin for OfiPlugin {
                 format!("this endpoint speaks ofi+{}", self.provider.name),
             ));
         }
-        let (_, loc) = addr::split_domain(addr.locator());
-        let raw = addr::from_locator_like(self.info.raw().addr_format, loc, &self.self_raw)
-            .map_err(|e| bad_addr(addr, e.to_string()))?;
         let mut s = lock(&self.state);
-        if let Some(p) = known_peer(&mut s, &raw) {
+        let last = match s.last_lookup.take() {
+            Some(last) if last.0 == *addr => last,
+            _ => {
+                let (_, loc) = addr::split_domain(addr.locator());
+                let raw = addr::from_locator_like(self.info.raw().addr_format, loc, &self.self_raw)
+                    .map_err(|e| bad_addr(addr, e.to_string()))?;
+                (addr.clone(), raw)
+            }
+        };
+        if let Some(p) = known_peer(&mut s, &last.1) {
+            s.last_lookup = Some(last);
             return Ok(p);
         }
+        let raw = last.1.clone();
+        s.last_lookup = Some(last);
         if crate::provider::certainly_dead(self.provider.death_check, &raw) {
             // (shm crashes on a send to a region that is gone: never insert one.)
             return Err(NaError::Unreachable(format!("{addr}: no endpoint there")));
