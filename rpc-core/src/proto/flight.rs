@@ -97,7 +97,15 @@ pub struct Flight<V> {
     ops: HashMap<OpId, u64>,
     /// Why the peer of calls in flight was lost ([`Flight::lose`]).
     lost: HashMap<u64, NaError>,
+    /// The boxes of transfers that ended, for the next ones: transfers start in batches
+    /// (64 at once), past what the allocator keeps at hand per size, and a box each was
+    /// a tenth of a small transfer's instructions. Plain data, at most [`SPARE`].
+    #[allow(clippy::vec_box, reason = "the boxes are what is kept, for `Wait::Chunks`")]
+    spare: Vec<Box<Chunks>>,
 }
+
+/// Transfer boxes kept for reuse.
+const SPARE: usize = 256;
 
 impl<V> Default for Flight<V> {
     fn default() -> Self {
@@ -105,6 +113,7 @@ impl<V> Default for Flight<V> {
             table: CallTable::default(),
             ops: HashMap::default(),
             lost: HashMap::default(),
+            spare: Vec::new(),
         }
     }
 }
@@ -212,7 +221,7 @@ impl<V> Flight<V> {
         value: V,
         post: impl Post,
     ) -> (u64, Over<V>) {
-        let wait = Wait::Chunks(Box::new(Chunks {
+        let wait = Wait::Chunks(self.boxed(Chunks {
             route,
             plan: Chunker::new(len, cfg),
             ops: Default::default(),
@@ -237,11 +246,15 @@ impl<V> Flight<V> {
             return None;
         }
         update(&mut e.value);
-        e.wait = Wait::Chunks(Box::new(Chunks {
+        let chunks = Chunks {
             route,
             plan: Chunker::new(len, cfg),
             ops: Default::default(),
-        }));
+        };
+        let wait = Wait::Chunks(self.boxed(chunks));
+        if let Some(e) = self.table.get_mut(tag) {
+            e.wait = wait;
+        }
         Some(self.pump(tag, post))
     }
 
@@ -283,7 +296,29 @@ impl<V> Flight<V> {
             }
         }
         let outcome = c.plan.outcome()?;
-        self.finish(tag).map(|e| (e, outcome))
+        let mut e = self.finish(tag)?;
+        // Over: nothing of it is in flight, and its box serves the next transfer.
+        let done = Wait::Answer {
+            peer: None,
+            op: None,
+        };
+        if let Wait::Chunks(b) = std::mem::replace(&mut e.wait, done)
+            && self.spare.len() < SPARE
+        {
+            self.spare.push(b);
+        }
+        Some((e, outcome))
+    }
+
+    /// `c` in a box, one that a finished transfer left if there is one.
+    fn boxed(&mut self, c: Chunks) -> Box<Chunks> {
+        match self.spare.pop() {
+            Some(mut b) => {
+                *b = c;
+                b
+            }
+            None => Box::new(c),
+        }
     }
 
     /// The peer a call waits on (none: a local call, or not a call in flight).

@@ -208,6 +208,35 @@ fn a_transfer_ended_early_lets_go_of_its_operations() {
     assert!(f.finish(tag).is_none());
 }
 
+/// A finished transfer's box serves the next one: nothing of the old one (its plan, its
+/// operations) shows through, whether it ended well or failed.
+#[test]
+fn a_transfer_after_finished_ones_starts_afresh() {
+    let mut fab = Fabric::default();
+    let mut f = Flight::default();
+    let (_, over) = f.transfer(None, route(), 20, cfg(10, 1), 1, fab.post());
+    assert!(over.is_none());
+    assert!(f.chunk_done(OpId(1), Ok(()), fab.post()).is_none());
+    assert_eq!(f.chunk_done(OpId(2), Ok(()), fab.post()).unwrap().1, Ok(()));
+    let (_, over) = f.transfer(None, route(), 10, cfg(10, 1), 2, fab.post());
+    assert!(over.is_none());
+    let lost = NaError::Disconnected("gone".into());
+    let (e, outcome) = f
+        .chunk_done(OpId(3), Err(lost.clone()), fab.post())
+        .unwrap();
+    assert_eq!((e.value, outcome, e.ops().count()), (2, Err(lost), 0));
+    let (tag, over) = f.transfer(None, route(), 30, cfg(10, 2), 3, fab.post());
+    assert!(over.is_none());
+    assert_eq!(
+        &fab.posted[3..],
+        [(OpId(4), 0, 10), (OpId(5), 10, 10)],
+        "a fresh plan, its own window"
+    );
+    assert_eq!(f.owner(OpId(4)), Owner::Transfer(tag));
+    assert_eq!(f.owner(OpId(1)), Owner::Nobody);
+    assert_eq!(f.ops_tracked(), 2);
+}
+
 #[test]
 fn deadlines_move_and_expire_only_what_is_due() {
     let t0 = Instant::now();
