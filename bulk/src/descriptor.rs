@@ -43,7 +43,7 @@ mod tests {
                 key: 42,
                 len: 4096,
                 access: Access::ReadOnly,
-                extra: vec![1, 2, 3],
+                extra: vec![1, 2, 3].into(),
             },
             inline: Some(vec![9; 16]),
         };
@@ -67,7 +67,7 @@ mod tests {
         fn mutated_descriptors_never_panic(pos in 0usize..64, byte in any::<u8>()) {
             let d = Descriptor {
                 owner: Address::parse("tcp://10.0.0.1:1").unwrap(),
-                mem: RemoteMem { key: 7, len: 9, access: Access::ReadWrite, extra: vec![] },
+                mem: RemoteMem { key: 7, len: 9, access: Access::ReadWrite, extra: Default::default() },
                 inline: None,
             };
             let mut enc = rmp_serde::to_vec(&d).unwrap();

@@ -179,7 +179,7 @@ fn bad_descriptors_are_refused_and_our_memory_is_untouched() {
     let mut forged = good.clone();
     forged.mem.key = 0x0123_4567_89ab_cdef;
     forged.mem.len = u64::MAX;
-    forged.mem.extra = pattern(77, 40);
+    forged.mem.extra = pattern(77, 40).into();
     let cases: Vec<(&str, rpc_core::Rpc<BulkOp, u64>, BulkOp)> = vec![
         ("wrong key", BULK_PULL, op(wrong_key, 0, 64)),
         ("offset past the end", BULK_PULL, op(past_end, 4000, 1000)),

@@ -76,9 +76,10 @@ pub struct RemoteMem {
     pub len: u64,
     /// What peers may do with it.
     pub access: Access,
-    /// Plugin-specific extras (for RMA fabrics: provider keys, segment addresses).
-    #[serde(with = "serde_bytes")]
-    pub extra: Vec<u8>,
+    /// Plugin-specific extras (for RMA fabrics: provider keys, segment addresses). Shared,
+    /// not copied, by clones: every transfer of a region carries its descriptor. Encoded
+    /// as bytes, as a `Vec<u8>` with `serde_bytes` was.
+    pub extra: bytes::Bytes,
 }
 
 /// A local registration, returned by [`crate::Plugin::register`]. It names the region to

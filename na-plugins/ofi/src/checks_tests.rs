@@ -89,7 +89,7 @@ fn transfers_of_one_region_share_a_check_and_its_lease_ends_with_the_last() {
         let mut forged = hb.remote.clone();
         let mut segs = wire::decode_segs(&forged.extra).unwrap();
         segs[0].len *= 2;
-        forged.extra = wire::encode_segs(&segs);
+        forged.extra = wire::encode_segs(&segs).into();
         forged.len *= 2;
         mine.fill(0);
         let far = (PIECES * PIECE) as u64;

@@ -304,7 +304,7 @@ impl MemTable {
                 key: key0,
                 len: total,
                 access,
-                extra: encode_segs(&table),
+                extra: encode_segs(&table).into(),
             },
         })
     }

@@ -191,7 +191,7 @@ fn a_forged_region_or_entry_is_not_read_here() {
     ];
     for f in forged {
         let remote = RemoteMem {
-            extra: f.encode(key, salt),
+            extra: f.encode(key, salt).into(),
             ..exposed.remote.clone()
         };
         let mut dst = vec![0u8; LEN];
@@ -205,7 +205,7 @@ fn a_forged_region_or_entry_is_not_read_here() {
         // With the key refused too, nothing at all lands: not a byte of the secret.
         let refused = RemoteMem {
             key: key ^ 1,
-            extra: f.encode(key ^ 1, salt),
+            extra: f.encode(key ^ 1, salt).into(),
             ..remote.clone()
         };
         let mut dst = vec![0xeeu8; LEN];
@@ -331,7 +331,8 @@ fn a_forged_entry_is_not_written_through() {
             addr: at + 4096,
             ..real
         }
-        .encode(key, salt),
+        .encode(key, salt)
+        .into(),
         ..exposed.remote.clone()
     };
     transfer(false, (req, owner), local, &forged, LEN as u64).unwrap();

@@ -134,7 +134,7 @@ impl MemTable {
                 key,
                 len,
                 access,
-                extra,
+                extra: extra.into(),
             },
         })
     }

@@ -100,7 +100,10 @@ pub struct Flight<V> {
     /// The boxes of transfers that ended, for the next ones: transfers start in batches
     /// (64 at once), past what the allocator keeps at hand per size, and a box each was
     /// a tenth of a small transfer's instructions. Plain data, at most [`SPARE`].
-    #[allow(clippy::vec_box, reason = "the boxes are what is kept, for `Wait::Chunks`")]
+    #[allow(
+        clippy::vec_box,
+        reason = "the boxes are what is kept, for `Wait::Chunks`"
+    )]
     spare: Vec<Box<Chunks>>,
 }
 

@@ -38,7 +38,7 @@ fn route() -> Route {
         key: 1,
         len: 1 << 20,
         access: Access::ReadWrite,
-        extra: Vec::new(),
+        extra: Default::default(),
     };
     Route {
         peer: PeerId(7),
