@@ -84,3 +84,33 @@ pub(crate) fn known_peer(s: &mut State, raw: &[u8]) -> Option<PeerId> {
     s.last_peer = Some(p);
     Some(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use na::Plugin;
+
+    use crate::OfiPlugin;
+
+    /// Lookups keep the last address parsed: a peer looked up again is the same peer,
+    /// alternating between two gives each its own, and an address that differs only in
+    /// its port is another peer, not the one just looked up.
+    #[test]
+    fn each_address_is_its_own_peer_however_lookups_alternate() {
+        let open = || OfiPlugin::new(&"ofi+tcp://127.0.0.1:0".parse().unwrap()).unwrap();
+        let (a, b, c) = (open(), open(), open());
+        let pb = a.lookup(b.self_addr()).unwrap();
+        let pc = a.lookup(c.self_addr()).unwrap();
+        assert_ne!(pb, pc);
+        for _ in 0..3 {
+            assert_eq!(a.lookup(b.self_addr()).unwrap(), pb);
+            assert_eq!(a.lookup(b.self_addr()).unwrap(), pb);
+            assert_eq!(a.lookup(c.self_addr()).unwrap(), pc);
+        }
+        let bad: na::Address = "ofi+tcp://127.0.0.1:notaport".parse().unwrap();
+        assert!(
+            a.lookup(&bad).is_err(),
+            "not taken for the address before it"
+        );
+        assert_eq!(a.lookup(c.self_addr()).unwrap(), pc);
+    }
+}

@@ -203,12 +203,8 @@ impl RmaReq {
 
     /// Encodes a GetReq payload.
     pub fn encode_get(&self) -> Vec<u8> {
-        // From this thread's kept buffers: the frame gives it back once written.
-        let mut v = na::buf::take(Self::GET_LEN);
-        v.extend_from_slice(&self.key.to_le_bytes());
-        v.extend_from_slice(&self.offset.to_le_bytes());
-        v.extend_from_slice(&self.len.to_le_bytes());
-        v
+        // A copy request's fixed part is a GetReq.
+        self.encode_copy(&[])
     }
 
     /// Encodes the fixed part of a PutReq payload (the data follows).

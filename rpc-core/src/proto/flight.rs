@@ -249,15 +249,12 @@ impl<V> Flight<V> {
             return None;
         }
         update(&mut e.value);
-        let chunks = Chunks {
+        // (A rare path, an overflowing answer: a new box, not a kept one.)
+        e.wait = Wait::Chunks(Box::new(Chunks {
             route,
             plan: Chunker::new(len, cfg),
             ops: Default::default(),
-        };
-        let wait = Wait::Chunks(self.boxed(chunks));
-        if let Some(e) = self.table.get_mut(tag) {
-            e.wait = wait;
-        }
+        }));
         Some(self.pump(tag, post))
     }
 
