@@ -144,9 +144,8 @@ fn answers_come_from_the_owner_in_the_form_asked() {
 fn a_transfer_to_a_peer_gone_since_is_a_disconnection() {
     use qs_tests::conformance::Driven;
     for addr in ["ofi+sockets://127.0.0.1:0", "ofi+tcp://127.0.0.1:0"] {
-        let open = || std::sync::Arc::new(OfiPlugin::new(&addr.parse().unwrap()).unwrap());
-        let mut a = Driven::new(open());
-        let b = Driven::new(open());
+        let mut a = Driven::new(open(addr));
+        let b = Driven::new(open(addr));
         let pb = a.p.lookup(b.p.self_addr()).unwrap();
         let mut theirs = vec![5u8; 1 << 20];
         let mut mine = vec![0u8; 1 << 20];
@@ -244,25 +243,43 @@ fn bundled_answers_count_only_as_the_bundle_senders() {
     assert_eq!(&mine[..32], &[[4u8; 16], [5u8; 16]].concat()[..]);
 }
 
+fn open(addr: &str) -> std::sync::Arc<OfiPlugin> {
+    std::sync::Arc::new(OfiPlugin::new(&addr.parse().unwrap()).unwrap())
+}
+
+/// Two endpoints over `addr`, each also driven, and the first's peer id of the second.
+fn driven_pair(
+    addr: &str,
+) -> (
+    std::sync::Arc<OfiPlugin>,
+    std::sync::Arc<OfiPlugin>,
+    qs_tests::conformance::Driven,
+    qs_tests::conformance::Driven,
+    na::PeerId,
+) {
+    use qs_tests::conformance::Driven;
+    let (oa, ob) = (open(addr), open(addr));
+    let a = Driven::new(oa.clone());
+    let b = Driven::new(ob.clone());
+    let pb = a.p.lookup(b.p.self_addr()).unwrap();
+    (oa, ob, a, b, pb)
+}
+
+fn bundles_sent(p: &OfiPlugin) -> u64 {
+    p.bundles_sent.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Checks of puts made while their peer is held leave in one bundle, and the owner takes
 /// each check of a bundle as if it came alone, answering them bundled: every put lands,
 /// and one with a forged key fails alone, its bytes not written.
 #[test]
 fn held_checks_leave_bundled_and_each_is_answered() {
-    use qs_tests::conformance::Driven;
     // Above the carried size (`OfiConfig::carry_max`, 4 KiB): checked puts.
     const PIECE: usize = 16 << 10;
     const _: () = assert!(PIECE > 4096);
     for addr in ["ofi+shm://auto", "ofi+tcp://127.0.0.1:0"] {
-        let open = || std::sync::Arc::new(OfiPlugin::new(&addr.parse().unwrap()).unwrap());
-        let (oa, ob) = (open(), open());
-        let mut a = Driven::new(oa.clone());
-        let b = Driven::new(ob.clone());
-        let pb = a.p.lookup(b.p.self_addr()).unwrap();
-        let bundles = || {
-            let n = |p: &OfiPlugin| p.bundles_sent.load(std::sync::atomic::Ordering::Relaxed);
-            (n(&oa), n(&ob))
-        };
+        let (oa, ob, mut a, b, pb) = driven_pair(addr);
+        let bundles = || (bundles_sent(&oa), bundles_sent(&ob));
         let mut theirs = vec![0u8; 4 * PIECE];
         let mut mine: Vec<u8> = (0..4 * PIECE).map(|i| (i % 251) as u8 + 1).collect();
         let (hb, ha) = register_pair(&*a.p, &*b.p, &mut theirs, &mut mine);
@@ -301,6 +318,60 @@ fn held_checks_leave_bundled_and_each_is_answered() {
     }
 }
 
+/// Carried puts made while their peer is held are written straight into the held bundles,
+/// as many as they fill: every put lands, one with a forged key fails alone with its bytes
+/// not written, and the owner answers each bundle with one.
+#[test]
+fn held_carried_puts_fill_bundles_and_each_lands() {
+    // At the carried size (`OfiConfig::carry_max`), enough for three bundles.
+    const PIECE: usize = 4096;
+    const N: usize = 40;
+    const FORGED: usize = 7;
+    for addr in ["ofi+shm://auto", "ofi+tcp://127.0.0.1:0"] {
+        let (oa, ob, mut a, b, pb) = driven_pair(addr);
+        let bundles = || (bundles_sent(&oa), bundles_sent(&ob));
+        let msg = wire::header_len(&oa.self_raw) + 33 + PIECE;
+        let per = oa.max_eager / (wire::BUNDLED + msg);
+        let expected = N.div_ceil(per) as u64;
+        assert!(expected >= 3, "{addr}: {per} per bundle");
+        let mut theirs = vec![0u8; N * PIECE];
+        let mut mine: Vec<u8> = (0..N * PIECE).map(|i| (i % 251) as u8 + 1).collect();
+        let (hb, ha) = register_pair(&*a.p, &*b.p, &mut theirs, &mut mine);
+        let mut forged = hb.remote.clone();
+        forged.key = forged.key.wrapping_add(1);
+        let before = bundles();
+        a.p.hold(pb, true);
+        let puts: Vec<OpId> = (0..N)
+            .map(|i| {
+                let at = (i * PIECE) as u64;
+                let remote = if i == FORGED { &forged } else { &hb.remote };
+                a.p.put(pb, &ha, at, remote, at, PIECE as u64).unwrap()
+            })
+            .collect();
+        a.p.hold(pb, false);
+        for (i, op) in puts.into_iter().enumerate() {
+            match a.done(op) {
+                Err(NaError::AccessDenied(_)) if i == FORGED => {}
+                r => assert_eq!(r, Ok(Vec::new()), "{addr}: put {i}"),
+            }
+        }
+        let after = bundles();
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (expected, expected),
+            "{addr}: {N} carried puts in {expected} bundles, answered one for one"
+        );
+        drop(b);
+        let forged_at = FORGED * PIECE..(FORGED + 1) * PIECE;
+        assert!(
+            theirs[forged_at.clone()].iter().all(|&x| x == 0),
+            "{addr}: nothing forged written"
+        );
+        theirs[forged_at.clone()].copy_from_slice(&mine[forged_at]);
+        assert_eq!(theirs, mine, "{addr}");
+    }
+}
+
 /// An owner's answers never wait behind its own holds of the peer: while `a` holds `b`
 /// (a batch of its own being posted), `b`'s checked and carried transfers of `a`'s memory
 /// are answered at once (a hold kept while waiting for `b` would otherwise stall both).
@@ -308,9 +379,8 @@ fn held_checks_leave_bundled_and_each_is_answered() {
 fn an_owners_answers_do_not_wait_for_its_own_holds() {
     use qs_tests::conformance::Driven;
     for addr in ["ofi+shm://auto", "ofi+tcp://127.0.0.1:0"] {
-        let open = || std::sync::Arc::new(OfiPlugin::new(&addr.parse().unwrap()).unwrap());
-        let a = Driven::new(open());
-        let mut b = Driven::new(open());
+        let a = Driven::new(open(addr));
+        let mut b = Driven::new(open(addr));
         let pa = b.p.lookup(a.p.self_addr()).unwrap();
         let pb = a.p.lookup(b.p.self_addr()).unwrap();
         let mut theirs = vec![7u8; 64 << 10];

@@ -44,7 +44,7 @@ impl OfiPlugin {
                 let ops: Vec<u64> = part.iter().map(|(_, op)| *op).collect();
                 let mut b = wire::header(Kind::Release, 0, &self.self_raw, ops.len() * 8);
                 wire::encode_release(&mut b, &ops);
-                if let Err(e) = self.send_control(part[0].0, b, false) {
+                if let Err(e) = self.send_control(part[0].0, b) {
                     // (An owner we cannot reach any more is lost to us, and we to it.)
                     tracing::debug!("ofi: release of {} transfers not sent: {e}", ops.len());
                 }

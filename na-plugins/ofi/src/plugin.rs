@@ -107,13 +107,10 @@ pub(crate) struct Peer {
     pub(crate) lost: bool,
 }
 
-/// Holds on control messages to one peer, and what they keep.
-#[derive(Default)]
+/// Holds on control messages to one peer, and the bundles they keep.
 pub(crate) struct Held {
     pub(crate) holds: u32,
-    pub(crate) msgs: Vec<Vec<u8>>,
-    /// Bytes the messages take in a bundle.
-    pub(crate) bytes: usize,
+    pub(crate) out: crate::bundler::Bundler,
 }
 
 /// Everything behind the state lock.

@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 
 use libfabric_sys as fi;
 use na::{NaError, NaResult};
+use smallvec::SmallVec;
 
 use crate::fabric;
 use rustc_hash::FxHashMap;
 
-use crate::plugin::{Ctx, OfiPlugin, Peer, State, What, lock};
+use crate::bundler::Bundler;
+use crate::plugin::{Ctx, Held, OfiPlugin, Peer, State, What, lock};
 use crate::wire::{self, Kind};
 
 /// How long a post may wait in the backlog.
@@ -319,33 +321,32 @@ impl OfiPlugin {
             .map(drop)
     }
 
-    /// Sends a control message (header included) into `peer`'s pool, injected when it fits;
-    /// with `bundle` (a requester's carried transfers and checks of puts), it waits in a
-    /// hold of `peer` (`Plugin::hold`) to leave with the rest. (An owner's answers never
-    /// wait in a hold: a bundle's go back together, see `unbundle`.)
-    pub(crate) fn send_control(&self, peer: u64, buf: Vec<u8>, bundle: bool) -> NaResult<bool> {
-        let full = {
-            let mut held = lock(&self.held);
-            match held.get_mut(&peer) {
-                Some(h) if bundle && buf.len() + wire::BUNDLED <= self.max_eager => {
-                    let full = if h.bytes + buf.len() + wire::BUNDLED > self.max_eager {
-                        h.bytes = 0;
-                        std::mem::take(&mut h.msgs)
-                    } else {
-                        Vec::new()
-                    };
-                    h.bytes += buf.len() + wire::BUNDLED;
-                    h.msgs.push(buf);
-                    full
-                }
-                _ => {
-                    drop(held);
-                    return self.send_to(peer, Route::Pool, buf, What::Control, true);
-                }
+    /// Sends a control message (header included) into `peer`'s pool, injected when it
+    /// fits.
+    pub(crate) fn send_control(&self, peer: u64, buf: Vec<u8>) -> NaResult<bool> {
+        self.send_to(peer, Route::Pool, buf, What::Control, true)
+    }
+
+    /// Writes a requester's control message of at most `len` bytes (a carried transfer,
+    /// a check of puts) straight into the bundle that waits in a hold of `peer`
+    /// (`Plugin::hold`), to leave with the rest: returns the bundles that filled, to be
+    /// sent now (with no lock held). `write` is given back if `peer` is not held (or the
+    /// message would not fit a bundle). An owner's answers never wait in a hold: a
+    /// bundle's go back together (see `unbundle`).
+    pub(crate) fn held_with<W: FnOnce(&mut Vec<u8>)>(
+        &self,
+        peer: u64,
+        len: usize,
+        write: W,
+    ) -> Result<Vec<Vec<u8>>, W> {
+        let mut held = lock(&self.held);
+        match held.get_mut(&peer) {
+            Some(h) if h.out.fits(len) => {
+                h.out.push_with(&self.self_raw, len, write);
+                Ok(h.out.take_full())
             }
-        };
-        self.send_bundle(peer, full);
-        Ok(false)
+            _ => Err(write),
+        }
     }
 
     /// Holds (`on`) or lets go of control messages to `peer` (`Plugin::hold`); the last
@@ -353,7 +354,10 @@ impl OfiPlugin {
     pub(crate) fn hold_control(&self, peer: u64, on: bool) {
         let out = {
             let mut held = lock(&self.held);
-            let h = held.entry(peer).or_default();
+            let h = held.entry(peer).or_insert_with(|| Held {
+                holds: 0,
+                out: Bundler::new(self.max_eager),
+            });
             if on {
                 h.holds += 1;
                 return;
@@ -362,59 +366,36 @@ impl OfiPlugin {
             if h.holds > 0 {
                 return;
             }
-            held.remove(&peer).map(|h| h.msgs).unwrap_or_default()
-        };
-        self.send_bundle(peer, out);
-    }
-
-    /// Sends control messages to `peer` in as few messages as fit (`max_eager` each): one
-    /// alone, more as bundles. If one cannot be sent, the transfers it carried or checked
-    /// fail now (not at their timeout).
-    pub(crate) fn send_bundle(&self, peer: u64, msgs: Vec<Vec<u8>>) {
-        let (mut group, mut bytes) = (Vec::new(), 0);
-        for m in msgs {
-            if !group.is_empty() && bytes + m.len() + wire::BUNDLED > self.max_eager {
-                self.send_packed(peer, std::mem::take(&mut group));
-                bytes = 0;
-            }
-            bytes += m.len() + wire::BUNDLED;
-            group.push(m);
-        }
-        self.send_packed(peer, group);
-    }
-
-    /// [`Self::send_bundle`] for messages that fit in one. Which transfers they asked for
-    /// is read only if the send fails.
-    fn send_packed(&self, peer: u64, mut msgs: Vec<Vec<u8>>) {
-        let (buf, alone) = match msgs.len() {
-            0 => return,
-            1 => {
-                let m = msgs.remove(0);
-                let asked = asked(&m);
-                (m, asked)
-            }
-            _ => {
-                self.bundles_sent
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let bytes = msgs.iter().map(|m| m.len() + wire::BUNDLED).sum();
-                let mut b = wire::header(Kind::Bundle, 0, &self.self_raw, bytes);
-                for m in &msgs {
-                    wire::bundle(&mut b, m);
-                }
-                (b, None)
+            match held.remove(&peer) {
+                Some(h) => h.out.finish(),
+                None => return,
             }
         };
-        if let Err(e) = self.send_to(peer, Route::Pool, buf, What::Control, true) {
-            tracing::debug!("ofi: held control messages not sent: {e}");
-            let mut s = lock(&self.state);
-            for id in alone
+        self.send_bundles(peer, out);
+    }
+
+    /// Sends bundles of control messages to `peer`. If one cannot be sent, the transfers
+    /// it carried or checked fail now (not at their timeout).
+    pub(crate) fn send_bundles(&self, peer: u64, bundles: Vec<Vec<u8>>) {
+        for b in bundles {
+            // Read before the bundle goes (it may be freed by the post); a few header
+            // reads per message against the copy of its bytes.
+            let asked: SmallVec<[u64; 16]> = wire::parse(&b)
+                .ok()
+                .and_then(|p| wire::unbundle(p.data).ok())
                 .into_iter()
-                .chain(msgs.iter().filter_map(|m| asked(m)))
-            {
-                self.fail_asked(&mut s, id, e.clone());
+                .flatten()
+                .filter_map(asked)
+                .collect();
+            self.bundles_sent.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.send_control(peer, b) {
+                tracing::debug!("ofi: held control messages not sent: {e}");
+                let mut s = lock(&self.state);
+                for id in asked {
+                    self.fail_asked(&mut s, id, e.clone());
+                }
             }
         }
-        msgs.into_iter().for_each(na::buf::give);
     }
 
     /// Sends `buf` to `peer` by `route`: injected (no completion) when `inject` allows and

@@ -297,7 +297,7 @@ impl OfiPlugin {
             Ok(m) => m,
             Err(e) => return self.drop_message(e),
         };
-        let mut answers = Bundler::new(&self.self_raw, self.max_eager);
+        let mut answers = Bundler::new(self.max_eager);
         for m in msgs {
             match wire::parse(m) {
                 // Only what a bundle is made of: each carried transfer, check or answer
@@ -327,13 +327,13 @@ impl OfiPlugin {
     /// appends the message (at most `len` bytes, its header included).
     fn answer(
         &self,
-        out: Option<&mut Bundler<'_>>,
+        out: Option<&mut Bundler>,
         len: usize,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> Option<Vec<u8>> {
         match out {
             Some(out) => {
-                out.push_with(len, write);
+                out.push_with(&self.self_raw, len, write);
                 None
             }
             None => {
@@ -347,7 +347,7 @@ impl OfiPlugin {
     /// Sends an answer [`Self::answer`] returned (with the state lock not held).
     fn send_answer(&self, peer: PeerId, msg: Option<Vec<u8>>) {
         if let Some(m) = msg
-            && let Err(e) = self.send_control(peer.0, m, false)
+            && let Err(e) = self.send_control(peer.0, m)
         {
             tracing::debug!("ofi: answer not sent: {e}");
         }
@@ -360,7 +360,7 @@ impl OfiPlugin {
         kind: Kind,
         tag: u64,
         data: &[u8],
-        out: Option<&mut Bundler<'_>>,
+        out: Option<&mut Bundler>,
     ) {
         match kind {
             Kind::Request => self.push_event(Event::Unexpected {

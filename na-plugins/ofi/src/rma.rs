@@ -50,9 +50,11 @@ pub(crate) struct Answer {
 enum Next {
     /// Post its pieces (the provider checks the owner's keys).
     Post(Posts),
-    /// Send this check (or carried transfer) to the owner, bundled if held (the flag),
-    /// and wait for its answer.
-    Ask(Vec<u8>, bool),
+    /// Send this check (or carried transfer) to the owner, and wait for its answer.
+    Ask(Vec<u8>),
+    /// It went into the bundle held for the owner (`Plugin::hold`): send these bundles,
+    /// which filled, and wait for its answer.
+    Held(Vec<Vec<u8>>),
     /// Wait for the answer to a shared check already sent.
     Wait,
 }
@@ -171,17 +173,22 @@ impl OfiPlugin {
                             len: whole,
                             write,
                         };
-                        let mut b = wire::header(wire::Kind::Check, 0, &self.self_raw, 33);
-                        b.extend_from_slice(&c.encode());
-                        // Carried transfers (below) and checks of puts leave bundled
-                        // when the caller holds the peer (`Plugin::hold`): over ofi+tcp,
-                        // 64 puts of 8-32 KiB 1.5x faster so, 64 KiB-1 MiB level (qs-bw
-                        // -d push, alternated with the build before, 3 rounds); held
-                        // checks of gets made pulls of 64-128 KiB slower (their reads
-                        // then start all at once, not as each grant comes), so those go
-                        // at once. ofi+shm: level either way. (Measured with a check
-                        // per transfer.)
-                        Next::Ask(b, write)
+                        let write_msg = |b: &mut Vec<u8>| {
+                            wire::header_into(b, wire::Kind::Check, 0, &self.self_raw);
+                            b.extend_from_slice(&c.encode());
+                        };
+                        // Checks of puts leave bundled when the caller holds the peer
+                        // (`Plugin::hold`): over ofi+tcp, 64 puts of 8-32 KiB 1.5x
+                        // faster so, 64 KiB-1 MiB level (qs-bw -d push, alternated with
+                        // the build before, 3 rounds); held checks of gets made pulls of
+                        // 64-128 KiB slower (their reads then start all at once, not as
+                        // each grant comes), so those go at once. ofi+shm: level either
+                        // way. (Measured with a check per transfer.)
+                        let len = wire::header_len(&self.self_raw) + 33;
+                        match write {
+                            true => self.ask(peer, len, write_msg),
+                            false => Next::Ask(built(len, write_msg)),
+                        }
                     }
                 };
                 (id, next)
@@ -195,17 +202,24 @@ impl OfiPlugin {
                     write,
                 };
                 let room = 33 + if write { len as usize } else { 0 };
-                let mut b = wire::header(wire::Kind::Carry, 0, &self.self_raw, room);
-                b.extend_from_slice(&check.encode());
-                if write {
-                    for p in &posts {
-                        // SAFETY: the piece lies in registered memory (checked above) that
-                        // the caller keeps valid until this op completes.
-                        b.extend_from_slice(unsafe {
-                            std::slice::from_raw_parts(p.local as *const u8, p.len)
-                        });
+                let write_msg = |b: &mut Vec<u8>| {
+                    wire::header_into(b, wire::Kind::Carry, 0, &self.self_raw);
+                    b.extend_from_slice(&check.encode());
+                    if write {
+                        for p in &posts {
+                            // SAFETY: the piece lies in registered memory (checked above)
+                            // that the caller keeps valid until this op completes, which
+                            // it cannot before it is in `awaiting` (below, under the same
+                            // state lock).
+                            b.extend_from_slice(unsafe {
+                                std::slice::from_raw_parts(p.local as *const u8, p.len)
+                            });
+                        }
                     }
-                }
+                };
+                // Carried transfers leave bundled when the caller holds the peer, written
+                // straight into the bundle.
+                let next = self.ask(peer, wire::header_len(&self.self_raw) + room, write_msg);
                 let aw = Awaiting {
                     peer,
                     write,
@@ -213,8 +227,7 @@ impl OfiPlugin {
                     posts,
                 };
                 s.awaiting.insert(id, aw);
-                // Carried transfers leave bundled when the caller holds the peer.
-                (id, Next::Ask(b, true))
+                (id, next)
             } else {
                 (id, Next::Post(posts))
             }
@@ -222,8 +235,9 @@ impl OfiPlugin {
         match next {
             Next::Wait => {}
             Next::Post(posts) => self.post_pieces(id, peer, write, posts)?,
-            Next::Ask(ask, bundle) => {
-                if let Err(e) = self.send_control(peer.0, ask, bundle) {
+            Next::Held(full) => self.send_bundles(peer.0, full),
+            Next::Ask(ask) => {
+                if let Err(e) = self.send_control(peer.0, ask) {
                     {
                         let mut s = lock(&self.state);
                         s.awaiting.remove(&id);
@@ -240,6 +254,15 @@ impl OfiPlugin {
             }
         }
         Ok(OpId(id))
+    }
+
+    /// A check or carried transfer of at most `len` bytes, which `write` writes: into the
+    /// bundle held for `peer`, if it is held, else a message of its own.
+    fn ask(&self, peer: PeerId, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Next {
+        match self.held_with(peer.0, len, write) {
+            Ok(full) => Next::Held(full),
+            Err(write) => Next::Ask(built(len, write)),
+        }
     }
 
     /// Completes `id`, none of whose pieces is posted (with `e` if given).
@@ -417,4 +440,11 @@ impl OfiPlugin {
         self.finish_now(id, Some(e));
         Ok(OpId(id))
     }
+}
+
+/// A message of at most `len` bytes, which `write` writes.
+fn built(len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut b = na::buf::take(len);
+    write(&mut b);
+    b
 }
