@@ -74,6 +74,7 @@ mod post;
 mod progress;
 pub mod provider;
 mod rma;
+mod slack;
 pub mod wire;
 
 pub use config::OfiConfig;

@@ -15,6 +15,7 @@ use crate::plugin::{Ctx, OfiPlugin, OpKind, Peer, RECV_BUFS_KEPT, State, What, l
 use crate::poll::{IDLE_POLL, Poll};
 use crate::post::Route;
 use crate::post::drop_backlogged;
+use crate::slack::{POLL_SLACK_NS, TightSlack};
 use crate::wire::{self, Kind};
 
 const BATCH: usize = 32;
@@ -576,6 +577,10 @@ impl OfiPlugin {
             }
             self.queue_polls.fetch_add(1, Relaxed);
         }
+        // A poll's sleep of a few µs would otherwise last the thread's timer slack (50 µs
+        // by default) longer.
+        let _slack = (self.wait_fd.is_none() && wait.is_some_and(|w| w <= IDLE_POLL))
+            .then(|| TightSlack::new(POLL_SLACK_NS));
         let ts = wait.map(|w| libc::timespec {
             tv_sec: w.as_secs() as libc::time_t,
             tv_nsec: w.subsec_nanos() as libc::c_long,
