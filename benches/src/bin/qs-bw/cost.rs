@@ -1,15 +1,17 @@
 //! `qs-bw -C`: the CPU cost of one bulk transfer, both sides together, with no cross-core
-//! latency in it. Both engines live in one thread in manual progress mode; the "server"
-//! engine starts TRANSFERS pulls (or pushes) of S bytes between its own regions and one
-//! region the "client" engine exposed (not carried in its descriptor), as `qs-bw` does per
-//! RPC, and the thread drives both
-//! engines until all are done. Prints, per size, the median, min and max over the reps
-//! (after a warm-up of a tenth of the loops) of the microseconds of CPU per transfer.
+//! latency in it. Both engines live in one thread in manual progress mode; the client
+//! engine calls the benchmark's own RPC (`qs_bw`, served by the same handler as `qs-bw`'s
+//! server: TRANSFERS pulls or pushes of S bytes with one client region, as a transfer set
+//! under a hold of the peer, answered from their last completion), and the thread drives
+//! both engines until the answer is in. So the count is of the path the benchmark takes
+//! (batched requests, bundles), one RPC per TRANSFERS included. Prints, per size, the
+//! median, min and max over the reps (after a warm-up of a tenth of the loops) of the
+//! microseconds of CPU per transfer.
 
 use std::time::Instant;
 
 use qs_benches::{drive_both, stats};
-use rpc_core::{Access, Bulk, Seg};
+use rpc_core::{Access, Seg};
 
 /// What to measure: transport, sizes, direction, transfers per batch, batches, reps.
 pub struct Cost<'a> {
@@ -33,31 +35,26 @@ pub fn run(c: &Cost<'_>) -> Result<(), String> {
         c.reps
     );
     println!("{:>10} {:>28}", "size", "us of CPU per transfer");
+    super::serve(&server);
+    let peer = client
+        .lookup(&server.self_addr().to_string())
+        .map_err(|e| e.to_string())?;
     for &size in c.sizes {
+        let access = if c.pull {
+            Access::ReadOnly
+        } else {
+            Access::WriteOnly
+        };
         let theirs = client
-            .expose(vec![Seg::from(vec![3u8; size])], Access::ReadWrite)
+            .expose(vec![Seg::from(vec![3u8; size])], access)
             .map_err(e)?;
-        let d = theirs.descriptor();
-        let mut mine: Vec<Bulk<'static>> = (0..c.per)
-            .map(|_| server.expose(vec![Seg::from(vec![1u8; size])], Access::ReadWrite))
-            .collect::<Result<_, _>>()
-            .map_err(e)?;
-        let mut batches = |n: usize| -> Result<f64, String> {
+        let args = (theirs.descriptor(), size as u64, c.pull, c.per);
+        let batches = |n: usize| -> Result<f64, String> {
             let t0 = Instant::now();
             for _ in 0..n {
-                let ts: Vec<_> = if c.pull {
-                    mine.iter_mut()
-                        .map(|b| server.pull(b, 0, &d, 0, size as u64))
-                        .collect()
-                } else {
-                    mine.iter()
-                        .map(|b| server.push(b, 0, &d, 0, size as u64))
-                        .collect()
-                };
-                drive_both([&client, &server], || ts.iter().all(|t| t.is_done()))?;
-                for t in ts {
-                    t.wait().map_err(e)?;
-                }
+                let call = client.call(&peer, super::BW, &args);
+                drive_both([&client, &server], || call.is_done())?;
+                call.wait().map_err(e)?;
             }
             Ok(t0.elapsed().as_secs_f64() * 1e6 / (n as f64 * c.per as f64))
         };
