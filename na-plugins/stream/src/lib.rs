@@ -608,6 +608,10 @@ impl Plugin for StreamPlugin {
     fn progress(&self, timeout: Option<Duration>) -> NaResult<()> {
         self.flush_held();
         let tails_left = self.run_tails();
+        // What the last pass left unread (its read budget ran out, its hello's verdict
+        // came, its backlog was written), first: at the end of that pass, it would sit
+        // between the arrival of what the pass read and its delivery.
+        self.read_leftovers();
         let busy = !self.events.is_empty() || !self.unread.is_empty() || tails_left;
         let mut timeout = if busy { Some(Duration::ZERO) } else { timeout };
         if self.net.polls_memory() {
@@ -618,7 +622,6 @@ impl Plugin for StreamPlugin {
                 let pass = self.spins.load(Ordering::Relaxed);
                 self.spins.store(pass.wrapping_add(1), Ordering::Relaxed);
                 if found || !pass.is_multiple_of(KERNEL_EVERY) {
-                    self.read_leftovers();
                     return Ok(());
                 }
             } else if found || !self.prepare_sleep() {
@@ -633,7 +636,6 @@ impl Plugin for StreamPlugin {
                 Err(TryLockError::Poisoned(e)) => e.into_inner(),
                 Err(TryLockError::WouldBlock) => {
                     self.apply_verdicts();
-                    self.read_leftovers();
                     return Ok(());
                 }
             }
@@ -667,7 +669,6 @@ impl Plugin for StreamPlugin {
         }
         drop(g);
         self.apply_verdicts();
-        self.read_leftovers();
         Ok(())
     }
 
