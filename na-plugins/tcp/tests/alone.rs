@@ -73,3 +73,22 @@ fn a_lone_connection_read_by_spinning_passes_and_a_second_peer_still_let_in() {
     both.sort();
     assert_eq!(both, [101, 102]);
 }
+
+#[test]
+fn a_lone_peer_that_hangs_up_is_noticed_by_spinning_passes() {
+    let (a, b) = (plugin(), plugin());
+    let pb = a.lookup(b.self_addr()).unwrap();
+    a.send_quiet(pb, false, 1, vec![1]).unwrap();
+    let pa = spin_until(&[&a], &b, 1)[0].0;
+    drop(a);
+    // The read that finds the end closes the connection (and republishes the table from
+    // inside the pass that reads it); a send to the peer then fails at once.
+    let until = Instant::now() + Duration::from_secs(10);
+    while b.send_quiet(pa, true, 2, vec![0]).is_ok() {
+        assert!(Instant::now() < until, "the hang-up went unnoticed");
+        b.progress(Some(Duration::ZERO)).unwrap();
+    }
+    for _ in 0..8 {
+        b.progress(Some(Duration::ZERO)).unwrap();
+    }
+}
