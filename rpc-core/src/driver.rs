@@ -324,28 +324,29 @@ impl Shared {
             }
         };
         let Some(handler) = handler else { return };
-        let inc = Incoming {
+        let mut inc = Incoming {
             shared: self.clone(),
             reply,
             rpc_id,
             msg,
+            places: (None, None),
         };
-        // (Not a pulled request: its memory's budget is held until its handler is done,
+        // (Not a pulled request: its memory's budget is held until its answer leaves,
         // and an inline handler may defer; pulled ones are large, and go to a worker.)
         if inline && held.is_none() {
             let _span = tracing::debug_span!("rpc_handler", rpc_id).entered();
             return handler(inc);
         }
         let (peer, rpc_id) = (inc.reply.peer(), inc.rpc_id);
-        let queued = match self.queue_place(peer) {
-            Ok(q) => q,
+        match self.queue_place(peer) {
+            // (Given back as the answer leaves: `handler::Places`.)
+            Ok(q) => inc.places = (q, held),
             Err(why) => return inc.reply.send(self, rpc_id, Status::Busy, why.as_bytes()),
         };
         self.pool.execute(move || {
             let shared = inc.shared.clone();
             let _span = tracing::debug_span!("rpc_handler", rpc_id = inc.rpc_id).entered();
             handler(inc);
-            drop((queued, held));
             Counters::sub(&shared.counters.queue_depth, 1);
         });
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::counters::Counters;
-use crate::driver::Shared;
+use crate::driver::{Held, Shared};
 use crate::proto::{HEADER_LEN, Header, Status};
 
 /// Where an answer goes.
@@ -75,7 +75,13 @@ pub(crate) struct Incoming {
     pub(crate) reply: ReplyTo,
     pub(crate) rpc_id: u64,
     pub(crate) msg: Vec<u8>,
+    pub(crate) places: Places,
 }
+
+/// What a request holds of the server's bounds while it is handled (its place in the
+/// workers' queue, the budget of its pulled input), given back as its answer leaves: a
+/// caller that has its answer and calls again at once finds them free.
+pub(crate) type Places = (Option<Held>, Option<Held>);
 
 /// A type-erased handler.
 pub(crate) type Handler = Arc<dyn Fn(Incoming) + Send + Sync>;
@@ -108,9 +114,18 @@ thread_local! {
 pub struct Responder<Out> {
     pub(crate) shared: Arc<Shared>,
     rpc_id: u64,
-    /// Where the answer goes; taken when it is sent.
+    /// Where the answer goes; taken when it is sent ([`Responder::answer_to`]).
     to: Option<ReplyTo>,
+    places: Places,
     _out: PhantomData<fn(Out)>,
+}
+
+impl<Out> Responder<Out> {
+    /// Where the answer goes, taken to send it: the request's places go back first.
+    fn answer_to(&mut self) -> Option<ReplyTo> {
+        self.places = (None, None);
+        self.to.take()
+    }
 }
 
 impl<Out: Serialize> Responder<Out> {
@@ -122,7 +137,7 @@ impl<Out: Serialize> Responder<Out> {
         if let Err(e) = rmp_serde::encode::write(&mut msg, out) {
             return self.fail(format_args!("cannot encode output: {e}"));
         }
-        if let Some(to) = self.to.take() {
+        if let Some(to) = self.answer_to() {
             to.send_msg(&self.shared, self.rpc_id, msg);
         }
     }
@@ -138,24 +153,25 @@ impl<Out: Serialize> Responder<Out> {
         Out: 'static,
     {
         let shared = self.shared.clone();
-        let queued = match shared.queue_place(self.peer()) {
-            Ok(q) => q,
+        // What the dispatch held goes back (its handler is done); the job takes its own.
+        let mut me = self;
+        me.places = (None, None);
+        match shared.queue_place(me.peer()) {
+            Ok(q) => me.places.0 = q,
             // (Counted by `queue_place`, as the dispatcher's own refusal.)
             Err(why) => {
-                let mut me = self;
-                if let Some(to) = me.to.take() {
+                if let Some(to) = me.answer_to() {
                     to.send(&shared, me.rpc_id, Status::Busy, why.as_bytes());
                 }
                 return;
             }
         };
         shared.clone().pool.execute(move || {
-            let _span = tracing::debug_span!("rpc_handler", rpc_id = self.rpc_id).entered();
+            let _span = tracing::debug_span!("rpc_handler", rpc_id = me.rpc_id).entered();
             // The responder, dropped by the unwinding, answers the panic itself.
-            if catch_unwind(AssertUnwindSafe(|| job(self))).is_err() {
+            if catch_unwind(AssertUnwindSafe(|| job(me))).is_err() {
                 tracing::warn!("a deferred handler panicked");
             }
-            drop(queued);
             Counters::sub(&shared.counters.queue_depth, 1);
         });
     }
@@ -163,7 +179,7 @@ impl<Out: Serialize> Responder<Out> {
     /// Tells the caller to try again later (this server is at a bound); it arrives as
     /// [`crate::RpcError::Busy`], as the engine's own refusals past its queue bound do.
     pub fn busy(mut self, why: impl Display) {
-        if let Some(to) = self.to.take() {
+        if let Some(to) = self.answer_to() {
             let why = why.to_string();
             fail_reply(&self.shared, self.rpc_id, to, Status::Busy, why.as_bytes());
         }
@@ -171,7 +187,7 @@ impl<Out: Serialize> Responder<Out> {
 
     /// Sends the caller an error; it arrives as [`crate::RpcError::Handler`].
     pub fn fail(mut self, why: impl Display) {
-        if let Some(to) = self.to.take() {
+        if let Some(to) = self.answer_to() {
             let why = why.to_string();
             fail_reply(
                 &self.shared,
@@ -213,7 +229,7 @@ fn push_orphan(o: Orphan) -> Result<(), Orphan> {
 
 impl<Out> Drop for Responder<Out> {
     fn drop(&mut self) {
-        let Some(to) = self.to.take() else { return };
+        let Some(to) = self.answer_to() else { return };
         let panicking = std::thread::panicking();
         if panicking && DISPATCHING.get() {
             // The dispatcher catching this panic answers with its text.
@@ -265,6 +281,7 @@ where
             reply,
             rpc_id,
             msg,
+            places,
         } = inc;
         let input: In = match rmp_serde::from_slice(&msg[HEADER_LEN..]) {
             Ok(v) => v,
@@ -274,6 +291,7 @@ where
                     "{name}: input is not a {}: {e}",
                     std::any::type_name::<In>()
                 );
+                drop(places);
                 return reply.send(&shared, rpc_id, Status::BadInput, why.as_bytes());
             }
         };
@@ -282,6 +300,7 @@ where
             shared,
             rpc_id,
             to: Some(reply),
+            places,
             _out: PhantomData,
         };
         // Orphans of an enclosing dispatch (this one runs inside it) are its own to answer.

@@ -9,6 +9,8 @@ use rpc_core::{Engine, Rpc, RpcError};
 const WHERE: Rpc<bool, String> = Rpc::new("inline.where");
 /// Defers a job that sleeps this many ms.
 const SLOW: Rpc<u64, ()> = Rpc::new("inline.slow");
+/// Defers a job that answers, then goes on working this many ms.
+const LINGER: Rpc<u64, ()> = Rpc::new("inline.linger");
 /// Defers a job that panics.
 const PANICS: Rpc<(), ()> = Rpc::new("inline.panics");
 /// Answers the name of the thread that answered, for an input of any size.
@@ -29,6 +31,13 @@ fn server(b: rpc_core::EngineBuilder) -> Engine {
         r.defer(move |r| {
             std::thread::sleep(Duration::from_millis(ms));
             r.respond(&())
+        })
+    })
+    .unwrap();
+    s.register_responder_inline(LINGER, |ms, r| {
+        r.defer(move |r| {
+            r.respond(&());
+            std::thread::sleep(Duration::from_millis(ms));
         })
     })
     .unwrap();
@@ -91,6 +100,22 @@ fn deferred_jobs_keep_the_queue_bounds() {
     ));
     held.into_iter().for_each(|h| assert_eq!(h.wait(), Ok(())));
     assert_eq!(c.call(&p, SLOW, &0).wait(), Ok(()), "places given back");
+}
+
+#[test]
+fn a_queue_place_goes_back_as_the_answer_leaves() {
+    // One place per client, counted from the first request.
+    let s = server(
+        Engine::builder()
+            .workers(1)
+            .max_stand_ins(0)
+            .max_queued_per_peer(1),
+    );
+    let (c, p) = client_of(&s);
+    assert_eq!(c.call(&p, LINGER, &300).wait(), Ok(()));
+    // Called as soon as the answer is in, while that job still works: its place went
+    // back with its answer, so this one waits for the worker instead of being refused.
+    assert_eq!(c.call(&p, LINGER, &0).wait(), Ok(()));
 }
 
 #[test]
