@@ -158,7 +158,9 @@ impl EngineBuilder {
     }
 
     /// Requests one peer may have queued for the workers (default 1024; the total is
-    /// [`EngineBuilder::max_queued`]); past it the peer gets `Busy`.
+    /// [`EngineBuilder::max_queued`]); past it the peer gets `Busy`. A request holds its
+    /// place until its answer leaves (a job that works on after answering holds a worker,
+    /// not a place).
     pub fn max_queued_per_peer(mut self, n: u64) -> Self {
         self.queued_per_peer = n.max(1);
         self
