@@ -125,7 +125,8 @@ pub struct StreamPlugin {
     events: na::EventQueue,
     /// Connections with data left unread when their read budget ran out.
     unread: queues::PeerSet,
-    /// Zero-timeout progress calls, to ask the kernel only now and then (memory polling).
+    /// Zero-timeout progress calls, to ask the kernel only now and then (memory polling,
+    /// or a socket read alone: [`StreamPlugin::read_alone`]).
     spins: AtomicU64,
     /// The last full pass over memory found input: the next one is full too (under load
     /// more is likely, and a quiet pass's look would be a second one).
