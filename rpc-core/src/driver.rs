@@ -13,7 +13,7 @@ use na::{Address, Event, NaError, NaResult, OpId, PeerId, Plugin};
 
 use crate::RpcError;
 use crate::counters::Counters;
-use crate::handler::{Handler, Incoming, ReplyTo};
+use crate::handler::{Handler, Incoming, Places, ReplyTo};
 use crate::handoff::Drivers;
 use crate::mode::ProgressMode;
 use crate::pool::Pool;
@@ -329,7 +329,7 @@ impl Shared {
             reply,
             rpc_id,
             msg,
-            places: (None, None),
+            places: Places::default(),
         };
         // (Not a pulled request: its memory's budget is held until its answer leaves,
         // and an inline handler may defer; pulled ones are large, and go to a worker.)
@@ -340,7 +340,12 @@ impl Shared {
         let (peer, rpc_id) = (inc.reply.peer(), inc.rpc_id);
         match self.queue_place(peer) {
             // (Given back as the answer leaves: `handler::Places`.)
-            Ok(q) => inc.places = (q, held),
+            Ok(queue) => {
+                inc.places = Places {
+                    queue,
+                    pulled: held,
+                }
+            }
             Err(why) => return inc.reply.send(self, rpc_id, Status::Busy, why.as_bytes()),
         };
         self.pool.execute(move || {

@@ -78,10 +78,17 @@ pub(crate) struct Incoming {
     pub(crate) places: Places,
 }
 
-/// What a request holds of the server's bounds while it is handled (its place in the
-/// workers' queue, the budget of its pulled input), given back as its answer leaves: a
-/// caller that has its answer and calls again at once finds them free.
-pub(crate) type Places = (Option<Held>, Option<Held>);
+/// What a request holds of the server's bounds while it is handled, given back as its
+/// answer leaves (dropped): a caller that has its answer and calls again at once finds
+/// them free.
+#[derive(Default)]
+pub(crate) struct Places {
+    /// Its place in the workers' queue (`max_queued_per_peer`).
+    pub(crate) queue: Option<Held>,
+    /// The budget of its pulled input (a request too large to come in a message).
+    #[expect(dead_code, reason = "held for its drop, which gives the budget back")]
+    pub(crate) pulled: Option<Held>,
+}
 
 /// A type-erased handler.
 pub(crate) type Handler = Arc<dyn Fn(Incoming) + Send + Sync>;
@@ -123,7 +130,7 @@ pub struct Responder<Out> {
 impl<Out> Responder<Out> {
     /// Where the answer goes, taken to send it: the request's places go back first.
     fn answer_to(&mut self) -> Option<ReplyTo> {
-        self.places = (None, None);
+        self.places = Places::default();
         self.to.take()
     }
 }
@@ -155,9 +162,9 @@ impl<Out: Serialize> Responder<Out> {
         let shared = self.shared.clone();
         // What the dispatch held goes back (its handler is done); the job takes its own.
         let mut me = self;
-        me.places = (None, None);
+        me.places = Places::default();
         match shared.queue_place(me.peer()) {
-            Ok(q) => me.places.0 = q,
+            Ok(q) => me.places.queue = q,
             // (Counted by `queue_place`, as the dispatcher's own refusal.)
             Err(why) => {
                 if let Some(to) = me.answer_to() {

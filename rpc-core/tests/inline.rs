@@ -83,14 +83,19 @@ fn an_inline_handler_does_not_wait_behind_busy_workers() {
     assert_eq!(held.wait(), Ok(()));
 }
 
-#[test]
-fn deferred_jobs_keep_the_queue_bounds() {
-    let s = server(
+/// A server with one worker, no stand-ins, and `places` queued requests per client.
+fn one_worker(places: u64) -> Engine {
+    server(
         Engine::builder()
             .workers(1)
             .max_stand_ins(0)
-            .max_queued_per_peer(2),
-    );
+            .max_queued_per_peer(places),
+    )
+}
+
+#[test]
+fn deferred_jobs_keep_the_queue_bounds() {
+    let s = one_worker(2);
     let (c, p) = client_of(&s);
     let held: Vec<_> = (0..2).map(|_| c.call(&p, SLOW, &300)).collect();
     std::thread::sleep(Duration::from_millis(100));
@@ -105,12 +110,7 @@ fn deferred_jobs_keep_the_queue_bounds() {
 #[test]
 fn a_queue_place_goes_back_as_the_answer_leaves() {
     // One place per client, counted from the first request.
-    let s = server(
-        Engine::builder()
-            .workers(1)
-            .max_stand_ins(0)
-            .max_queued_per_peer(1),
-    );
+    let s = one_worker(1);
     let (c, p) = client_of(&s);
     assert_eq!(c.call(&p, LINGER, &300).wait(), Ok(()));
     // Called as soon as the answer is in, while that job still works: its place went
