@@ -107,6 +107,40 @@ fn python_file_io_and_fork_work_under_the_mount() {
     assert_same_file(&r, "child.txt");
 }
 
+/// A thread writes a shipped file in small writes (behind, under the write-behind lock)
+/// while the main thread forks children that write shipped files of their own: no child
+/// waits for ever for a lock its parent's writer held when the process was copied.
+const FORKS_BESIDE_A_WRITER: &str = r#"
+import os, sys, threading, time
+d = sys.argv[1]
+stop = False
+def writer():
+    with open(d + "/w.txt", "w") as f:
+        while not stop:
+            f.write("x" * 100); f.flush()
+t = threading.Thread(target=writer); t.start()
+hung = 0
+for k in range(200):
+    pid = os.fork()
+    if pid == 0:
+        with open(d + "/c%d.txt" % (k % 4), "w") as f: f.write("child %d\n" % k)
+        os._exit(0)
+    end = time.time() + 10
+    while os.waitpid(pid, os.WNOHANG)[0] == 0:
+        if time.time() > end:
+            os.kill(pid, 9); os.waitpid(pid, 0); hung += 1; break
+        time.sleep(0.0005)
+stop = True; t.join()
+print("hung", hung)
+"#;
+
+#[test]
+fn children_forked_beside_a_writing_thread_do_not_hang() {
+    let r = Rig::new("interpose-fork-writer", "sm");
+    let out = r.run(MOUNT, "python3", &["-c", FORKS_BESIDE_A_WRITER, "{}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hung 0\n");
+}
+
 const SQL: &str = "create table t(a integer primary key, b text);
 begin;
 with recursive c(x) as (select 1 union all select x + 1 from c where x < 10000)

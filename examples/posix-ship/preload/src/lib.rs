@@ -65,8 +65,15 @@ static ADOPT: extern "C" fn() = {
             for (_, d) in table::all_safely() {
                 d.lend();
             }
+            // Last: no other thread may hold a lock a shipped call takes as the process
+            // is copied.
+            table::before_fork();
+        }
+        extern "C" fn parent() {
+            table::after_fork();
         }
         extern "C" fn child() {
+            table::after_fork();
             offsets::in_child();
             libs::in_child();
         }
@@ -82,7 +89,7 @@ static ADOPT: extern "C" fn() = {
         // SAFETY: registering plain functions with no state; both calls only record them.
         unsafe {
             libc::atexit(exit);
-            libc::pthread_atfork(Some(drain), None, Some(child));
+            libc::pthread_atfork(Some(drain), Some(parent), Some(child));
         }
     }
     adopt

@@ -19,9 +19,10 @@
 //! Settings (environment, read once): `POSIX_SHIP_WRITE_BEHIND`, bytes in flight with an
 //! optional `K`/`M` suffix (default 4M; `0` turns it off).
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use serde_bytes::ByteBuf;
@@ -385,6 +386,23 @@ impl WriteBehind {
         }
     }
 
+    /// Before a `fork` (a `pthread_atfork` prepare handler): lands every write in flight
+    /// and keeps this state's lock across the fork, until [`WriteBehind::after_fork`].
+    /// Else another thread could hold it as the process is copied, and the child, which
+    /// has no such thread, would wait for it for ever at its first write.
+    pub fn before_fork(&'static self) {
+        let mut s = self.state();
+        s.land_all(self.settings.bytes);
+        FORK_HELD.with(|h| *h.borrow_mut() = Some(s));
+    }
+
+    /// After a `fork`, in the parent and in the child: lets the lock
+    /// [`WriteBehind::before_fork`] kept go (the child forgets its parent's writes at its
+    /// first use).
+    pub fn after_fork(&self) {
+        drop(FORK_HELD.with(|h| h.borrow_mut().take()));
+    }
+
     /// Waits for every write in flight, then reports (once) the first error of a write of
     /// `fh` acknowledged earlier: at `fsync` and `close`.
     pub fn settle(&self, fh: Fh) -> io::Result<()> {
@@ -395,6 +413,12 @@ impl WriteBehind {
             None => Ok(()),
         }
     }
+}
+
+thread_local! {
+    /// The state's lock held by the forking thread across a `fork`
+    /// ([`WriteBehind::before_fork`]); the parent and the child let it go in that thread.
+    static FORK_HELD: RefCell<Option<MutexGuard<'static, State>>> = const { RefCell::new(None) };
 }
 
 impl Default for WriteBehind {
