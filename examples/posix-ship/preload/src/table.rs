@@ -365,25 +365,32 @@ fn attr_timeout() -> std::time::Duration {
 
 static CONN: Mutex<Option<Conn>> = Mutex::new(None);
 
+/// The locks [`before_fork`] keeps: the connection's, the descriptor table's.
+type ForkHeld = (
+    MutexGuard<'static, Option<Conn>>,
+    MutexGuard<'static, BTreeMap<c_int, Arc<Desc>>>,
+);
+
 thread_local! {
-    /// The connection's lock, held by the forking thread across a `fork` ([`before_fork`]).
-    static CONN_HELD: std::cell::RefCell<Option<MutexGuard<'static, Option<Conn>>>> =
-        const { std::cell::RefCell::new(None) };
+    /// The locks held by the forking thread across a `fork` ([`before_fork`]).
+    static FORK_HELD: std::cell::RefCell<Option<ForkHeld>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Before a `fork` (the last step of the prepare handler): every write in flight lands,
-/// and the locks another thread takes on a shipped call (the write-behind state's, then
-/// the connection's) are kept by this thread across the fork, until [`after_fork`]. A
-/// child copied while another thread held one would wait for it for ever at its first
-/// shipped call (test `children_forked_beside_a_writing_thread_do_not_hang`).
+/// and the locks a shipped write takes (the write-behind state's, the connection's, the
+/// descriptor table's; none is taken while another is held) are kept by this thread
+/// across the fork, until [`after_fork`]. A child copied while another thread held one
+/// would wait for it for ever at its first shipped call (test
+/// `children_forked_beside_a_writing_thread_do_not_hang`).
 pub fn before_fork() {
     writes().before_fork();
-    CONN_HELD.with(|h| *h.borrow_mut() = Some(lock(&CONN)));
+    let held = (lock(&CONN), lock(&SHIPPED.map));
+    FORK_HELD.with(|h| *h.borrow_mut() = Some(held));
 }
 
 /// After a `fork`, in the parent and in the child: lets the locks of [`before_fork`] go.
 pub fn after_fork() {
-    drop(CONN_HELD.with(|h| h.borrow_mut().take()));
+    drop(FORK_HELD.with(|h| h.borrow_mut().take()));
     writes().after_fork();
 }
 
