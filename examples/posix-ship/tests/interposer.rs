@@ -108,29 +108,38 @@ fn python_file_io_and_fork_work_under_the_mount() {
 }
 
 /// A thread writes a shipped file in small writes (behind, under the write-behind lock)
-/// while the main thread forks children that write shipped files of their own: no child
-/// waits for ever for a lock its parent's writer held when the process was copied.
+/// and another asks for the working directory (inside the mount) while the main thread
+/// forks children that change directory and write shipped files of their own: no child
+/// waits for ever for a lock one of its parent's threads held when the process was
+/// copied.
 const FORKS_BESIDE_A_WRITER: &str = r#"
 import os, sys, threading, time
 d = sys.argv[1]
+os.chdir(d)
 stop = False
 def writer():
     with open(d + "/w.txt", "w") as f:
         while not stop:
             f.write("x" * 100); f.flush()
-t = threading.Thread(target=writer); t.start()
+def asker():
+    while not stop:
+        os.getcwd()
+ts = [threading.Thread(target=writer), threading.Thread(target=asker)]
+for t in ts: t.start()
 hung = 0
 for k in range(200):
     pid = os.fork()
     if pid == 0:
-        with open(d + "/c%d.txt" % (k % 4), "w") as f: f.write("child %d\n" % k)
+        os.chdir(d)
+        with open("c%d.txt" % (k % 4), "w") as f: f.write("child %d\n" % k)
         os._exit(0)
     end = time.time() + 10
     while os.waitpid(pid, os.WNOHANG)[0] == 0:
         if time.time() > end:
             os.kill(pid, 9); os.waitpid(pid, 0); hung += 1; break
         time.sleep(0.0005)
-stop = True; t.join()
+stop = True
+for t in ts: t.join()
 print("hung", hung)
 "#;
 

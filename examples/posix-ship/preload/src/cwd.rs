@@ -130,6 +130,11 @@ fn inherited() -> Option<Vec<u8>> {
     }
 }
 
+/// The working directory's lock, held across a `fork` ([`crate::table::before_fork`]).
+pub(crate) fn hold_for_fork() -> Box<dyn std::any::Any> {
+    Box::new(table::lock(&CWD))
+}
+
 fn set(dir: Option<Vec<u8>>) {
     let mut c = table::lock(&CWD);
     match (&dir, config()) {

@@ -25,6 +25,11 @@ struct ShipDir {
 static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
+/// The open directory streams' lock, held across a `fork` ([`crate::table::before_fork`]).
+pub(crate) fn hold_for_fork() -> Box<dyn std::any::Any> {
+    Box::new(lock(&LIVE))
+}
+
 fn ours(d: *mut libc::DIR) -> Option<&'static mut ShipDir> {
     if COUNT.load(Ordering::Acquire) == 0 || d.is_null() {
         return None;

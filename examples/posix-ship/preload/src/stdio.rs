@@ -101,6 +101,17 @@ extern "C" fn c_close(c: *mut c_void) -> c_int {
     files::close(fd)
 }
 
+/// The shipped streams' locks, held across a `fork` ([`crate::table::before_fork`]).
+pub(crate) fn hold_for_fork() -> Vec<Box<dyn std::any::Any>> {
+    let mut held: Vec<Box<dyn std::any::Any>> = vec![Box::new(table::lock(&STREAMS))];
+    held.extend(
+        STANDARD
+            .iter()
+            .map(|s| Box::new(table::lock(s)) as Box<dyn std::any::Any>),
+    );
+    held
+}
+
 /// Interposed `fileno`.
 #[unsafe(no_mangle)]
 pub extern "C" fn fileno(f: *mut libc::FILE) -> c_int {

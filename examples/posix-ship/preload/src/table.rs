@@ -365,32 +365,34 @@ fn attr_timeout() -> std::time::Duration {
 
 static CONN: Mutex<Option<Conn>> = Mutex::new(None);
 
-/// The locks [`before_fork`] keeps: the connection's, the descriptor table's.
-type ForkHeld = (
-    MutexGuard<'static, Option<Conn>>,
-    MutexGuard<'static, BTreeMap<c_int, Arc<Desc>>>,
-);
-
 thread_local! {
     /// The locks held by the forking thread across a `fork` ([`before_fork`]).
-    static FORK_HELD: std::cell::RefCell<Option<ForkHeld>> = const { std::cell::RefCell::new(None) };
+    static FORK_HELD: std::cell::RefCell<Vec<Box<dyn std::any::Any>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Before a `fork` (the last step of the prepare handler): every write in flight lands,
-/// and the locks a shipped write takes (the write-behind state's, the connection's, the
-/// descriptor table's; none is taken while another is held) are kept by this thread
+/// and the locks that calls of other threads take (the write-behind state's, the
+/// connection's, the descriptor table's, the working directory's, the directory and
+/// standard streams'; none is taken while another is held) are kept by this thread
 /// across the fork, until [`after_fork`]. A child copied while another thread held one
-/// would wait for it for ever at its first shipped call (test
+/// would wait for it for ever at its first call that takes it (test
 /// `children_forked_beside_a_writing_thread_do_not_hang`).
 pub fn before_fork() {
     writes().before_fork();
-    let held = (lock(&CONN), lock(&SHIPPED.map));
-    FORK_HELD.with(|h| *h.borrow_mut() = Some(held));
+    let mut held: Vec<Box<dyn std::any::Any>> = vec![
+        Box::new(lock(&CONN)),
+        Box::new(lock(&SHIPPED.map)),
+        crate::cwd::hold_for_fork(),
+        crate::dirs::hold_for_fork(),
+    ];
+    held.extend(crate::stdio::hold_for_fork());
+    FORK_HELD.with(|h| *h.borrow_mut() = held);
 }
 
 /// After a `fork`, in the parent and in the child: lets the locks of [`before_fork`] go.
 pub fn after_fork() {
-    drop(FORK_HELD.with(|h| h.borrow_mut().take()));
+    drop(FORK_HELD.with(|h| std::mem::take(&mut *h.borrow_mut())));
     writes().after_fork();
 }
 
