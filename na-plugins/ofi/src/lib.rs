@@ -62,6 +62,7 @@ mod leases;
 mod liveness;
 #[cfg(test)]
 mod liveness_tests;
+mod local;
 mod mr;
 #[cfg(test)]
 mod oversized_tests;

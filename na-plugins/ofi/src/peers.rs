@@ -26,6 +26,9 @@ impl OfiPlugin {
             return Ok(p);
         }
         let a = fabric_insert(self, raw)?;
+        if let Some(me) = self.local {
+            crate::local::inserted(me, raw);
+        }
         s.by_addr.insert(raw.to_vec(), PeerId(a));
         s.last_peer = Some(PeerId(a));
         s.peers.insert(

@@ -1,6 +1,7 @@
 //! The plugin: opening an endpoint, messages, registration, the op table.
 
 use std::collections::VecDeque;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -154,26 +155,70 @@ pub(crate) struct State {
 /// Receive buffers kept for reuse (the rest are freed).
 pub(crate) const RECV_BUFS_KEPT: usize = 64;
 
-impl Drop for State {
-    fn drop(&mut self) {
+impl State {
+    /// Releases the registrations and frees the posted buffers; the endpoint is closed (or
+    /// lingers, never progressed again: `local`), so libfabric writes into none of them.
+    fn release(&mut self) {
         self.mem.clear();
         for p in self.live.drain() {
-            // SAFETY: each was made by Ctx::new and is freed once; the endpoint closed before
-            // this state is dropped (field order of OfiPlugin), so libfabric holds none.
+            // SAFETY: each was made by Ctx::new and is freed once (drained); see above.
             drop(unsafe { Box::from_raw(p as *mut Ctx) });
         }
     }
 }
 
-/// The libfabric plugin. Fields drop in order: the endpoint closes first, then the
-/// registrations and posted buffers are released, then the queues, domain and fabric.
+impl Drop for State {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Drop for OfiPlugin {
+    fn drop(&mut self) {
+        // SAFETY: each is taken once, here, and not used after: the other fields (which
+        // do not touch them when dropped) drop after this.
+        let fids = unsafe {
+            crate::local::Fids {
+                ep: ManuallyDrop::take(&mut self.ep),
+                av: ManuallyDrop::take(&mut self.av),
+                cq: ManuallyDrop::take(&mut self.cq),
+                domain: ManuallyDrop::take(&mut self.domain),
+                fabric: ManuallyDrop::take(&mut self.fabric),
+            }
+        };
+        let fids = match self.local {
+            Some(id) => crate::local::closing(id, fids),
+            None => Some(fids),
+        };
+        if let Some(crate::local::Fids {
+            ep,
+            av,
+            cq,
+            domain,
+            fabric,
+        }) = fids
+        {
+            drop(ep);
+            lock(&self.state).release();
+            drop((av, cq, domain, fabric));
+        }
+    }
+}
+
+/// The libfabric plugin. When dropped, the endpoint closes first, then the registrations
+/// and posted buffers are released, then the queues, domain and fabric (or, over shm,
+/// its libfabric objects linger while another endpoint of this process has it as a peer:
+/// `local`).
 pub struct OfiPlugin {
-    pub(crate) ep: Ep,
+    pub(crate) ep: ManuallyDrop<Ep>,
     pub(crate) state: Mutex<State>,
-    pub(crate) av: Av,
-    pub(crate) cq: Cq,
-    pub(crate) domain: Domain,
-    pub(crate) fabric: Fabric,
+    pub(crate) av: ManuallyDrop<Av>,
+    pub(crate) cq: ManuallyDrop<Cq>,
+    pub(crate) domain: ManuallyDrop<Domain>,
+    pub(crate) fabric: ManuallyDrop<Fabric>,
+    /// This endpoint among the process's shm endpoints (`local`); `None` over other
+    /// providers.
+    pub(crate) local: Option<u64>,
     pub(crate) wait_fd: Option<RawFd>,
     pub(crate) wake_fd: OwnedFd,
     pub(crate) events: na::EventQueue,
@@ -354,8 +399,10 @@ impl OfiPlugin {
         );
         // SAFETY: `fi_version` only returns the library's version.
         let write_flag = prov.write_flag(unsafe { fi::fi_version() });
+        let local = (prov.name == "shm").then(|| crate::local::opened(&self_raw));
         let p = OfiPlugin {
-            ep,
+            ep: ManuallyDrop::new(ep),
+            local,
             state: Mutex::new(State {
                 ops: FxHashMap::default(),
                 peers: FxHashMap::default(),
@@ -375,10 +422,10 @@ impl OfiPlugin {
                 backlog: VecDeque::new(),
                 backlog_seq: 0,
             }),
-            av,
-            cq,
-            domain: dom,
-            fabric: fab,
+            av: ManuallyDrop::new(av),
+            cq: ManuallyDrop::new(cq),
+            domain: ManuallyDrop::new(dom),
+            fabric: ManuallyDrop::new(fab),
             wait_fd,
             wake_fd,
             events: Default::default(),

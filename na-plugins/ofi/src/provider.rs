@@ -154,7 +154,7 @@ pub const MR_MODES: u32 = fi::FI_MR_LOCAL
     | fi::FI_MR_ENDPOINT;
 
 /// The shm provider's region name (`PID:N:N`) in its raw address (`fi_shm://PID:N:N\0`).
-fn region_name(raw: &[u8]) -> String {
+pub(crate) fn region_name(raw: &[u8]) -> String {
     let s = String::from_utf8_lossy(raw);
     let name = s.trim_end_matches('\0');
     name.split_once("://").map_or(name, |(_, r)| r).to_string()
