@@ -379,8 +379,8 @@ thread_local! {
 /// would wait for it for ever at its first call that takes it (test
 /// `children_forked_beside_a_writing_thread_do_not_hang`).
 pub fn before_fork() {
-    writes().before_fork();
     let mut held: Vec<Box<dyn std::any::Any>> = vec![
+        writes().landed_and_held(),
         Box::new(lock(&CONN)),
         Box::new(lock(&SHIPPED.map)),
         crate::cwd::hold_for_fork(),
@@ -393,7 +393,6 @@ pub fn before_fork() {
 /// After a `fork`, in the parent and in the child: lets the locks of [`before_fork`] go.
 pub fn after_fork() {
     drop(FORK_HELD.with(|h| std::mem::take(&mut *h.borrow_mut())));
-    writes().after_fork();
 }
 
 /// Waits for children seen (see [`forget_attrs`]), and how many the connection has

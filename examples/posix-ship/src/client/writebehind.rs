@@ -19,10 +19,9 @@
 //! Settings (environment, read once): `POSIX_SHIP_WRITE_BEHIND`, bytes in flight with an
 //! optional `K`/`M` suffix (default 4M; `0` turns it off).
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use serde_bytes::ByteBuf;
@@ -387,20 +386,14 @@ impl WriteBehind {
     }
 
     /// Before a `fork` (a `pthread_atfork` prepare handler): lands every write in flight
-    /// and keeps this state's lock across the fork, until [`WriteBehind::after_fork`].
-    /// Else another thread could hold it as the process is copied, and the child, which
-    /// has no such thread, would wait for it for ever at its first write.
-    pub fn before_fork(&'static self) {
+    /// and returns this state's lock, held, for the forking thread to keep until the parent
+    /// and the child let it go. Else another thread could hold it as the process is copied,
+    /// and the child, which has no such thread, would wait for it for ever at its first
+    /// write (it forgets its parent's writes at its first use).
+    pub fn landed_and_held(&'static self) -> Box<dyn std::any::Any> {
         let mut s = self.state();
         s.land_all(self.settings.bytes);
-        FORK_HELD.with(|h| *h.borrow_mut() = Some(s));
-    }
-
-    /// After a `fork`, in the parent and in the child: lets the lock
-    /// [`WriteBehind::before_fork`] kept go (the child forgets its parent's writes at its
-    /// first use).
-    pub fn after_fork(&self) {
-        drop(FORK_HELD.with(|h| h.borrow_mut().take()));
+        Box::new(s)
     }
 
     /// Waits for every write in flight, then reports (once) the first error of a write of
@@ -413,12 +406,6 @@ impl WriteBehind {
             None => Ok(()),
         }
     }
-}
-
-thread_local! {
-    /// The state's lock held by the forking thread across a `fork`
-    /// ([`WriteBehind::before_fork`]); the parent and the child let it go in that thread.
-    static FORK_HELD: RefCell<Option<MutexGuard<'static, State>>> = const { RefCell::new(None) };
 }
 
 impl Default for WriteBehind {
