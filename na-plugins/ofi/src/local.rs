@@ -7,7 +7,7 @@
 //!
 //! So an endpoint that another open endpoint of this process has inserted as a peer is
 //! not closed when it is dropped: it lingers (never progressed again, its registrations
-//! and buffers released), its region's name unlinked, which is how its peers' liveness
+//! released, the contexts it had posted kept until it closes), its region's name unlinked, which is how its peers' liveness
 //! checks see it gone (`provider::certainly_dead`), until the last open endpoint that
 //! inserted it is dropped too. An endpoint that lingers is no longer counted as another's
 //! user: it sends nothing more. A long-lived endpoint keeps the endpoints of this process
@@ -18,13 +18,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fabric::{Av, Cq, Domain, Ep, Fabric};
 
-/// An endpoint's libfabric objects, declared in the order they close (endpoint first).
+/// An endpoint's libfabric objects, declared in the order they close (endpoint first,
+/// then the contexts of what it still had posted, freed once it can write none of them).
 pub(crate) struct Fids {
     pub(crate) ep: Ep,
+    pub(crate) posted: Posted,
     pub(crate) av: Av,
     pub(crate) cq: Cq,
     pub(crate) domain: Domain,
     pub(crate) fabric: Fabric,
+}
+
+/// Contexts (`Ctx`) an endpoint had posted (its unexpected pool, receives, sends, RMA
+/// pieces): a provider may write into a context until the endpoint is closed, so they
+/// are freed after it.
+pub(crate) struct Posted(pub(crate) Vec<usize>);
+
+impl Drop for Posted {
+    fn drop(&mut self) {
+        for p in self.0.drain(..) {
+            // SAFETY: each was made by Ctx::new, is freed once (drained from the state's
+            // `live` set into this), and its endpoint is closed: nothing writes it.
+            drop(unsafe { Box::from_raw(p as *mut crate::ctx::Ctx) });
+        }
+    }
 }
 
 struct Entry {
@@ -75,15 +92,9 @@ pub(crate) fn closing(id: u64, fids: Fids) -> Option<Fids> {
         for e in l.iter_mut() {
             e.inserted_by.retain(|b| *b != id);
         }
-        let mut freed = Vec::new();
-        let mut i = 0;
-        while i < l.len() {
-            if l[i].lingering.is_some() && l[i].inserted_by.is_empty() {
-                freed.push(l.swap_remove(i).lingering);
-            } else {
-                i += 1;
-            }
-        }
+        let freed: Vec<Entry> = l
+            .extract_if(.., |e| e.lingering.is_some() && e.inserted_by.is_empty())
+            .collect();
         let mine = match l.iter().position(|e| e.id == id) {
             Some(i) if !l[i].inserted_by.is_empty() => {
                 unlink(&l[i].raw);

@@ -155,31 +155,23 @@ pub(crate) struct State {
 /// Receive buffers kept for reuse (the rest are freed).
 pub(crate) const RECV_BUFS_KEPT: usize = 64;
 
-impl State {
-    /// Releases the registrations and frees the posted buffers; the endpoint is closed (or
-    /// lingers, never progressed again: `local`), so libfabric writes into none of them.
-    fn release(&mut self) {
-        self.mem.clear();
-        for p in self.live.drain() {
-            // SAFETY: each was made by Ctx::new and is freed once (drained); see above.
-            drop(unsafe { Box::from_raw(p as *mut Ctx) });
-        }
-    }
-}
-
 impl Drop for State {
     fn drop(&mut self) {
-        self.release();
+        self.mem.clear();
+        // (Empty once the plugin is dropped: its endpoint's `Posted` took them.)
+        drop(crate::local::Posted(self.live.drain().collect()));
     }
 }
 
 impl Drop for OfiPlugin {
     fn drop(&mut self) {
+        let posted = crate::local::Posted(lock(&self.state).live.drain().collect());
         // SAFETY: each is taken once, here, and not used after: the other fields (which
         // do not touch them when dropped) drop after this.
         let fids = unsafe {
             crate::local::Fids {
                 ep: ManuallyDrop::take(&mut self.ep),
+                posted,
                 av: ManuallyDrop::take(&mut self.av),
                 cq: ManuallyDrop::take(&mut self.cq),
                 domain: ManuallyDrop::take(&mut self.domain),
@@ -192,14 +184,17 @@ impl Drop for OfiPlugin {
         };
         if let Some(crate::local::Fids {
             ep,
+            posted,
             av,
             cq,
             domain,
             fabric,
         }) = fids
         {
-            drop(ep);
-            lock(&self.state).release();
+            drop((ep, posted));
+            // Registrations before the domain (a lingering endpoint's go as the state
+            // drops, its domain open).
+            lock(&self.state).mem.clear();
             drop((av, cq, domain, fabric));
         }
     }

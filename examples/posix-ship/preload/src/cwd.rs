@@ -21,7 +21,7 @@ use crate::{call, config, fail, table};
 pub const ENV: &str = "POSIX_SHIP_CWD";
 
 /// The working directory beneath the export (`None`: the kernel's), once read.
-static CWD: Mutex<Option<Option<Vec<u8>>>> = Mutex::new(None);
+pub(crate) static CWD: Mutex<Option<Option<Vec<u8>>>> = Mutex::new(None);
 
 /// [`LOCAL`] once known to be the kernel's: relative paths then cost one atomic load.
 static WHERE: AtomicU8 = AtomicU8::new(UNKNOWN);
@@ -128,11 +128,6 @@ fn inherited() -> Option<Vec<u8>> {
         Some(b'/') => Some(clamped(rest)),
         Some(_) => None,
     }
-}
-
-/// The working directory's lock, held across a `fork` ([`crate::table::before_fork`]).
-pub(crate) fn hold_for_fork() -> Box<dyn std::any::Any> {
-    Box::new(table::lock(&CWD))
 }
 
 fn set(dir: Option<Vec<u8>>) {

@@ -22,13 +22,8 @@ struct ShipDir {
 }
 
 /// Streams handed out, by address; a count so the common case takes no lock.
-static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+pub(crate) static LIVE: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
 static COUNT: AtomicUsize = AtomicUsize::new(0);
-
-/// The open directory streams' lock, held across a `fork` ([`crate::table::before_fork`]).
-pub(crate) fn hold_for_fork() -> Box<dyn std::any::Any> {
-    Box::new(lock(&LIVE))
-}
 
 fn ours(d: *mut libc::DIR) -> Option<&'static mut ShipDir> {
     if COUNT.load(Ordering::Acquire) == 0 || d.is_null() {

@@ -80,7 +80,7 @@ extern "C" fn c_seek(c: *mut c_void, off: *mut off64_t, whence: c_int) -> c_int 
 
 /// Shipped streams and their descriptors, and how many there are (none: `fileno` goes
 /// straight to the C library).
-static STREAMS: Mutex<Option<HashMap<usize, c_int>>> = Mutex::new(None);
+pub(crate) static STREAMS: Mutex<Option<HashMap<usize, c_int>>> = Mutex::new(None);
 static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn c_close(c: *mut c_void) -> c_int {
@@ -99,17 +99,6 @@ extern "C" fn c_close(c: *mut c_void) -> c_int {
     }
     drop(s);
     files::close(fd)
-}
-
-/// The shipped streams' locks, held across a `fork` ([`crate::table::before_fork`]).
-pub(crate) fn hold_for_fork() -> Vec<Box<dyn std::any::Any>> {
-    let mut held: Vec<Box<dyn std::any::Any>> = vec![Box::new(table::lock(&STREAMS))];
-    held.extend(
-        STANDARD
-            .iter()
-            .map(|s| Box::new(table::lock(s)) as Box<dyn std::any::Any>),
-    );
-    held
 }
 
 /// Interposed `fileno`.
@@ -213,7 +202,7 @@ unsafe extern "C" {
 
 /// Per standard descriptor (0, 1, 2): the C library's stream while this library's stands
 /// in for it (0: not), and this library's, kept for the next time.
-static STANDARD: [Mutex<(usize, usize)>; 3] = [const { Mutex::new((0, 0)) }; 3];
+pub(crate) static STANDARD: [Mutex<(usize, usize)>; 3] = [const { Mutex::new((0, 0)) }; 3];
 
 /// Makes `stdin`, `stdout` or `stderr` a shipped stream while its descriptor (0, 1, 2)
 /// is shipped: handed down (`cmd > /fwd/out`), or made so by the program (a shell's

@@ -383,10 +383,13 @@ pub fn before_fork() {
         writes().landed_and_held(),
         Box::new(lock(&CONN)),
         Box::new(lock(&SHIPPED.map)),
-        crate::cwd::hold_for_fork(),
-        crate::dirs::hold_for_fork(),
+        Box::new(lock(&crate::cwd::CWD)),
+        Box::new(lock(&crate::dirs::LIVE)),
+        Box::new(lock(&crate::stdio::STREAMS)),
     ];
-    held.extend(crate::stdio::hold_for_fork());
+    for s in &crate::stdio::STANDARD {
+        held.push(Box::new(lock(s)));
+    }
     FORK_HELD.with(|h| *h.borrow_mut() = held);
 }
 
