@@ -7,8 +7,15 @@ use std::time::Duration;
 pub struct OfiConfig {
     /// Largest message (`send_*`) in bytes (capped by the provider's `max_msg_size`).
     pub max_eager: usize,
-    /// Receives kept posted for unexpected messages.
+    /// Room of the pool of receives for unexpected messages, in messages of the largest
+    /// size (one receive each, or the same memory in multi-receive buffers: `multi_recv`).
     pub recv_pool: usize,
+    /// Whether the unexpected pool is made of multi-receive buffers where the provider
+    /// has them (`FI_MULTI_RECV`): about the memory of `recv_pool` receives, in buffers
+    /// of 16 of the largest messages each, into which messages are packed (hundreds of
+    /// small ones per buffer), each posted again once full rather than after every
+    /// message (see `pool.rs`). The default takes `QS_OFI_MULTI_RECV=0` to turn it off.
+    pub multi_recv: bool,
     /// Completion queue entries.
     pub cq_size: usize,
     /// Providers whose RMA needs the owner's check (`Provider::checked_rma`): transfers up
@@ -56,7 +63,8 @@ pub struct OfiConfig {
 }
 
 impl Default for OfiConfig {
-    /// 64 KiB messages, 64 posted receives, 512 KiB RMA pieces with the provider's window in flight; a
+    /// 64 KiB messages, a pool of 64 of them (4 multi-receive buffers where the provider
+    /// has them), 512 KiB RMA pieces with the provider's window in flight; a
     /// silent peer is probed every 0.5 s; it is declared lost as soon as its process is
     /// proven gone (see `provider::DeathCheck`), after 10 s of unanswered probes, or after
     /// 60 s in which the provider had no room for any probe to it; peers active in the
@@ -70,6 +78,7 @@ impl Default for OfiConfig {
         OfiConfig {
             max_eager: 64 << 10,
             recv_pool: 64,
+            multi_recv: std::env::var("QS_OFI_MULTI_RECV").map_or(true, |v| v.trim() != "0"),
             cq_size: 4096,
             carry_max: std::env::var("QS_OFI_CARRY")
                 .ok()

@@ -296,8 +296,14 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Opens everything for `info` and enables the endpoint.
-    pub fn open(info: &Info, cq_size: usize, wait: bool) -> Result<Stack, NaError> {
+    /// Opens everything for `info` and enables the endpoint; `min_multi`: the free room
+    /// below which the provider releases a multi-receive buffer.
+    pub fn open(
+        info: &Info,
+        cq_size: usize,
+        wait: bool,
+        min_multi: Option<usize>,
+    ) -> Result<Stack, NaError> {
         let raw = info.0;
         // SAFETY: each call gets valid arguments (attributes from fi_getinfo, out pointers to
         // locals) and each opened object is wrapped at once so that it is closed on error.
@@ -337,6 +343,16 @@ impl Stack {
             check("fi_ep_bind(av)", fi::fi_ep_bind(e, av.fid(), 0) as i64)?;
             let flags = fi::FI_TRANSMIT as u64 | fi::FI_RECV as u64;
             check("fi_ep_bind(cq)", fi::fi_ep_bind(e, cq.fid(), flags) as i64)?;
+            if let Some(min) = min_multi {
+                let rc = fi::fi_setopt(
+                    ep.fid(),
+                    fi::FI_OPT_ENDPOINT as i32,
+                    fi::FI_OPT_MIN_MULTI_RECV as i32,
+                    (&raw const min).cast(),
+                    std::mem::size_of::<usize>(),
+                );
+                check("fi_setopt(FI_OPT_MIN_MULTI_RECV)", rc as i64)?;
+            }
             check("fi_enable", fi::fi_enable(e) as i64)?;
             Ok(Stack {
                 ep,

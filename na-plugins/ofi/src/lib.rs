@@ -6,8 +6,9 @@
 //! and one address vector:
 //!
 //! - **Messages**: unexpected ones (requests, probes, RMA checks) are untagged and land in
-//!   a pool of untagged receives the plugin keeps posted; their header names the sender
-//!   and carries the caller's tag (see [`wire`]). Expected messages carry the caller's tag
+//!   a pool of untagged receives the plugin keeps posted (multi-receive buffers where the
+//!   provider has them, `pool`); their header names the sender and carries the caller's
+//!   tag (see [`wire`]). Expected messages carry the caller's tag
 //!   (all 64 bits) and land in a receive posted by [`na::Plugin::recv_expected`], matched
 //!   exactly; one that nobody waits for stays in the provider's unexpected queue and is
 //!   never delivered. (No wildcard tagged receive is ever posted: see
@@ -71,6 +72,7 @@ mod plugin;
 mod poll;
 #[cfg(test)]
 mod poll_tests;
+mod pool;
 mod post;
 mod progress;
 pub mod provider;

@@ -61,11 +61,14 @@ fn a_message_over_the_limit_is_dropped_and_the_receiver_goes_on(addr: &str) {
     hostile.send_unexpected(ph, 1, b"hello".to_vec()).unwrap();
     good.send_unexpected(pg, 1, b"hello".to_vec()).unwrap();
     assert_eq!(take(&heard, 2).len(), 2, "{addr}: both greeted");
-    // 16 messages of four times the eager limit, past the sender's own check.
-    let big = 4 * hostile.max_eager;
+    // 16 messages of four times the eager limit, past the sender's own check, then 8
+    // larger than a whole multi-receive buffer of the pool (more than it has buffers).
+    let sizes = [4 * hostile.max_eager; 16]
+        .into_iter()
+        .chain([32 * hostile.max_eager; 8]);
     let (h, (done, sent)) = (hostile.clone(), mpsc::channel());
     std::thread::spawn(move || {
-        for _ in 0..16 {
+        for big in sizes {
             let mut m = wire::header(wire::Kind::Request, 7, &h.self_raw, 0);
             m.resize(big, 0xAB);
             let sent = h.send_to(ph.0, Route::Pool, m, What::Control, false);

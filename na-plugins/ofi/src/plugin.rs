@@ -47,6 +47,9 @@ pub struct OfiStats {
     /// Checks of transfers sent to their owners (`checked_rma`; transfers of one region
     /// that share a check count once, see `checks`).
     pub checks: u64,
+    /// Receives of the unexpected pool posted, the first ones included: one per message
+    /// received, about, without multi-receive buffers; one per buffer filled with them.
+    pub pool_posts: u64,
 }
 
 /// The kind of a user operation.
@@ -246,6 +249,8 @@ pub struct OfiPlugin {
     pub(crate) queue_polls: AtomicU64,
     /// `OfiStats::dropped`, and when a drop was last logged at `warn`.
     pub(crate) dropped: AtomicU64,
+    /// `OfiStats::pool_posts`.
+    pub(crate) pool_posts: AtomicU64,
     pub(crate) drop_warned: Mutex<Option<Instant>>,
     /// A progress call sleeps longer than `poll::IDLE_POLL` on a queue without a wait
     /// object: a new operation wakes it (its completion would wait for the sleep). With
@@ -264,6 +269,8 @@ pub struct OfiPlugin {
     pub(crate) self_raw: Vec<u8>,
     pub(crate) max_eager: usize,
     pub(crate) inject: usize,
+    /// The unexpected pool is made of multi-receive buffers ([`crate::pool`]).
+    pub(crate) multi_recv: bool,
     /// Transfers up to this size to checked providers' peers are carried in messages.
     pub(crate) carry_max: usize,
     /// Bytes of RMA pieces in flight at once (the config's, else the provider's).
@@ -328,15 +335,22 @@ impl OfiPlugin {
         } else {
             (Some(loc), None)
         };
-        let hints = Hints {
+        let mut hints = Hints {
             prov: prov.prov,
             domain,
             node,
             service,
-            caps: CAPS,
+            caps: CAPS | fi::FI_MULTI_RECV as u64,
             mr_mode: MR_MODES,
         };
-        let info = Info::get(&hints).map_err(|e| {
+        // Multi-receive buffers where the provider has them (and they are wanted).
+        let multi = (cfg.multi_recv && prov.multi_recv)
+            .then(|| Info::get(&hints).ok())
+            .flatten();
+        hints.caps = CAPS;
+        // (Not the answer's caps: a provider may list the capability unasked.)
+        let multi_recv = multi.is_some();
+        let info = multi.map_or_else(|| Info::get(&hints), Ok).map_err(|e| {
             let present = fabric::providers();
             NaError::Unsupported(format!(
                 "libfabric provider {:?} cannot open {addr} here ({e}); providers present: {}",
@@ -354,7 +368,11 @@ impl OfiPlugin {
                 tracing::info!("ofi: removed {n} shm regions left by dead processes");
             }
         }
-        let stack = Stack::open(&info, cfg.cq_size, cfg.wait_object)?;
+        let max_eager = cfg.max_eager.min(info.max_msg_size().saturating_sub(300));
+        // A multi-receive buffer is released once it has no room left for the largest
+        // message (`pool.rs`).
+        let min_multi = multi_recv.then_some(max_eager + wire::HEADER_MAX);
+        let stack = Stack::open(&info, cfg.cq_size, cfg.wait_object, min_multi)?;
         let self_raw = stack.name()?;
         let format = info.raw().addr_format;
         let mut loc = addr::to_locator(format, &self_raw);
@@ -370,7 +388,6 @@ impl OfiPlugin {
             }
             OwnedFd::from_raw_fd(fd)
         };
-        let max_eager = cfg.max_eager.min(info.max_msg_size().saturating_sub(300));
         let inject = info.inject_size();
         let carry_max = cfg.carry_max.min(max_eager);
         // (At least a byte: with 0, no piece would ever be posted.)
@@ -386,7 +403,7 @@ impl OfiPlugin {
         } = stack;
         let mem = MemTable::new(info.mr_mode(), info.mr_key_size(), cfg.mr_cache);
         tracing::info!(
-            "ofi: {} on domain {} at {self_addr} (mr_mode {:#x}, inject {inject}, wait fd {})",
+            "ofi: {} on domain {} at {self_addr} (mr_mode {:#x}, inject {inject}, wait fd {}, multi-receive pool {multi_recv})",
             info.prov_name(),
             info.domain_name(),
             info.mr_mode(),
@@ -437,6 +454,7 @@ impl OfiPlugin {
             poll: AtomicU64::new(0),
             queue_polls: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            pool_posts: AtomicU64::new(0),
             drop_warned: Mutex::new(None),
             deep_asleep: std::sync::atomic::AtomicBool::new(false),
             spins: AtomicU64::new(0),
@@ -449,23 +467,25 @@ impl OfiPlugin {
             self_raw,
             max_eager,
             inject,
+            multi_recv,
             carry_max,
             rma_window,
             mr_local,
             write_flags: fi::FI_COMPLETION as u64 | write_flag,
             leased_rma: prov.checked_rma,
         };
-        for _ in 0..p.cfg.recv_pool.max(1) {
-            let ctx = Ctx::new(What::Pool, vec![0u8; p.max_eager + wire::HEADER_MAX]);
-            lock(&p.state).live.insert(ctx as usize);
-            p.post_pool(ctx)?;
-        }
+        p.open_pool()?;
         Ok(p)
     }
 
     /// The provider description in use.
     pub fn provider(&self) -> &'static Provider {
         self.provider
+    }
+
+    /// Whether the unexpected pool is made of multi-receive buffers ([`crate::pool`]).
+    pub fn has_multi_recv(&self) -> bool {
+        self.multi_recv
     }
 
     /// Whether progress sleeps on the completion queue's wait fd (else it polls).
@@ -486,6 +506,7 @@ impl OfiPlugin {
             cache_hits: s.mem.cache_hits,
             queue_polls: self.queue_polls.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            pool_posts: self.pool_posts.load(Ordering::Relaxed),
             ..s.stats.clone()
         }
     }

@@ -86,7 +86,7 @@ impl Post {
             Post::Inject { .. } => "fi_inject",
             Post::Send { .. } => "fi_send",
             Post::Recv { .. } => "fi_trecv",
-            Post::Pool { .. } => "fi_recv(unexpected)",
+            Post::Pool { .. } => "fi_recv(unexpected pool)",
         }
     }
 }
@@ -293,6 +293,23 @@ impl OfiPlugin {
                 // SAFETY: as above.
                 unsafe { fi::fi_trecv(ep, p.cast(), n, none, any, *tag, 0, c.cast()) }
             }
+            Post::Pool { ctx } if self.multi_recv => {
+                let (p, n, c) = buf_of(*ctx);
+                let iov = libc::iovec {
+                    iov_base: p.cast(),
+                    iov_len: n,
+                };
+                let msg = fi::fi_msg {
+                    msg_iov: (&raw const iov).cast(),
+                    desc: std::ptr::null_mut(),
+                    iov_count: 1,
+                    addr: fi::FI_ADDR_UNSPEC,
+                    context: c.cast(),
+                    data: 0,
+                };
+                // SAFETY: as above; the provider copies `msg` and its iovec during the call.
+                unsafe { fi::fi_recvmsg(ep, &msg, fi::FI_MULTI_RECV as u64) }
+            }
             Post::Pool { ctx } => {
                 let (p, n, c) = buf_of(*ctx);
                 let any = fi::FI_ADDR_UNSPEC;
@@ -317,6 +334,8 @@ impl OfiPlugin {
 
     /// Posts a receive of the unexpected pool (its context is in `live` for good).
     pub(crate) fn post_pool(&self, ctx: *mut Ctx) -> NaResult<()> {
+        self.pool_posts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.submit(What::Pool, Post::Pool { ctx: ctx as usize })
             .map(drop)
     }

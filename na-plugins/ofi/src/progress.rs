@@ -52,7 +52,7 @@ impl OfiPlugin {
                 for e in &entries[..(n as usize).min(BATCH)] {
                     // SAFETY: fi_cq_read wrote its first `n` (at most BATCH) entries.
                     let e = unsafe { e.assume_init_ref() };
-                    self.on_completion(e.op_context.cast(), Ok((e.len, e.tag)));
+                    self.on_completion(e.op_context.cast(), Ok((e.len, e.tag)), e.buf, e.flags);
                 }
                 if (n as usize) < BATCH {
                     break;
@@ -69,7 +69,7 @@ impl OfiPlugin {
                         "ofi error completion: {e} (provider errno {})",
                         err.prov_errno
                     );
-                    self.on_completion(err.op_context.cast(), Err(e));
+                    self.on_completion(err.op_context.cast(), Err(e), err.buf, err.flags);
                 }
                 continue;
             }
@@ -90,7 +90,15 @@ impl OfiPlugin {
         self.send_releases();
     }
 
-    fn on_completion(&self, ctx: *mut Ctx, r: Result<(usize, u64), NaError>) {
+    /// A completion of `ctx`; `at` and `flags` are the entry's (a pool receive's message
+    /// lies there).
+    fn on_completion(
+        &self,
+        ctx: *mut Ctx,
+        r: Result<(usize, u64), NaError>,
+        at: *mut std::ffi::c_void,
+        flags: u64,
+    ) {
         if ctx.is_null() {
             return;
         }
@@ -99,7 +107,7 @@ impl OfiPlugin {
         // (A pool context's `what` never changes; others may be rewritten by `abandon`
         // under the state lock, so they are read under it.)
         if unsafe { (*ctx).what } == What::Pool {
-            self.on_unexpected(ctx, r);
+            self.on_pool(ctx, r.map(|(len, _)| len), at, flags);
             return;
         }
         let mut s = lock(&self.state);
@@ -242,21 +250,6 @@ impl OfiPlugin {
                 op: na::OpId(id),
                 result,
             });
-        }
-    }
-
-    fn on_unexpected(&self, ctx: *mut Ctx, r: Result<(usize, u64), NaError>) {
-        match r {
-            Ok((len, _)) => {
-                // SAFETY: the pool context is live and libfabric is done with it until reposted.
-                let msg = unsafe { &(&(*ctx).buf)[..len.min((*ctx).buf.len())] };
-                self.handle_unexpected(msg);
-            }
-            Err(NaError::Canceled) => return,
-            Err(e) => tracing::warn!("ofi: unexpected receive failed: {e}"),
-        }
-        if let Err(e) = self.post_pool(ctx) {
-            tracing::error!("ofi: cannot repost an unexpected receive: {e}");
         }
     }
 

@@ -54,6 +54,11 @@ pub struct Provider {
     /// How a silent peer is proven dead (then declared lost at once, without waiting for
     /// the probe timeout; a peer proven alive is given the whole timeout).
     pub death_check: DeathCheck,
+    /// Whether the unexpected pool may be made of multi-receive buffers (`crate::pool`),
+    /// if the provider offers `FI_MULTI_RECV`. Not over `shm`: libfabric 1.17's crashes in
+    /// `fi_setopt(FI_OPT_MIN_MULTI_RECV)` on an endpoint not yet enabled (SIGSEGV, seen
+    /// with gdb), and Mercury's `na_ofi` does not ask for it there either.
+    pub multi_recv: bool,
 }
 
 const fn p(name: &'static str, prov: &'static str, host_port: bool, checked_rma: bool) -> Provider {
@@ -71,6 +76,7 @@ const fn p(name: &'static str, prov: &'static str, host_port: bool, checked_rma:
         } else {
             DeathCheck::None
         },
+        multi_recv: true,
     }
 }
 
@@ -102,6 +108,7 @@ pub const PROVIDERS: &[Provider] = &[
         // Pushes of 1 MiB / 16 MiB 3.5-4.5 / 4.9-5.5 -> 6.8-8.1 / 6.5-8.2 GB/s
         // (`qs-bw -t ofi+shm -d push`, two rounds alternated). Other releases keep the flag.
         delivered_by_default: &[(1, 17)],
+        multi_recv: false,
         ..p("shm", "shm", false, true)
     },
     Provider {
