@@ -14,6 +14,9 @@ pub(crate) struct Ctx {
     pub(crate) what: What,
     /// The bytes sent, or the space received into.
     pub(crate) buf: Vec<u8>,
+    /// Bytes sent after `buf` in the same message (`fi_sendv`: a request's payload behind
+    /// its header, not copied to join it), or none.
+    pub(crate) tail: Vec<u8>,
 }
 
 /// What a completion is for.
@@ -62,6 +65,7 @@ impl Ctx {
             fi: fi::fi_context2::default(),
             what,
             buf,
+            tail: Vec::new(),
         };
         let spare = SPARE
             .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()))
@@ -80,6 +84,7 @@ impl Ctx {
     /// thread's next [`Ctx::new`].
     pub(crate) fn recycle(mut b: Box<Ctx>) {
         b.buf = Vec::new();
+        b.tail = Vec::new();
         let _ = SPARE.try_with(|s| {
             if let Ok(mut s) = s.try_borrow_mut()
                 && s.len() < SPARE_CTXS

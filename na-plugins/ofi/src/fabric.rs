@@ -165,6 +165,12 @@ impl Info {
         unsafe { (*self.raw().ep_attr).max_msg_size }
     }
 
+    /// The most pieces a send may gather (`fi_sendv`).
+    pub fn iov_limit(&self) -> usize {
+        // SAFETY: tx_attr is set by fi_getinfo on every entry.
+        unsafe { (*self.raw().tx_attr).iov_limit }
+    }
+
     /// The largest `fi_inject`/`fi_tinject` payload.
     pub fn inject_size(&self) -> usize {
         // SAFETY: tx_attr is set by fi_getinfo on every entry.

@@ -64,6 +64,8 @@ mod liveness;
 #[cfg(test)]
 mod liveness_tests;
 mod local;
+#[cfg(test)]
+mod message_tests;
 mod mr;
 #[cfg(test)]
 mod oversized_tests;

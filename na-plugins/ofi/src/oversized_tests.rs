@@ -20,18 +20,19 @@ fn open(addr: &str) -> Arc<OfiPlugin> {
 }
 
 /// Drives `server` on a thread of its own (peers connect only while it progresses) and
-/// hands over every payload it hears, until `stop`.
-fn serve(
+/// hands over every request it hears (tag, payload), until `stop`. (Shared by the
+/// plugin's tests that need a peer served.)
+pub(crate) fn serve(
     server: Arc<OfiPlugin>,
     stop: Arc<AtomicBool>,
-) -> (mpsc::Receiver<Vec<u8>>, JoinHandle<()>) {
+) -> (mpsc::Receiver<(u64, Vec<u8>)>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
     let t = std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             server.progress(Some(Duration::from_millis(1))).unwrap();
             for e in std::iter::from_fn(|| server.poll_event()) {
-                if let Event::Unexpected { data, .. } = e {
-                    let _ = tx.send(data);
+                if let Event::Unexpected { tag, data, .. } = e {
+                    let _ = tx.send((tag, data));
                 }
             }
         }
@@ -40,11 +41,12 @@ fn serve(
 }
 
 /// At most `n` payloads from `rx`, waiting up to 10 s in all.
-fn take(rx: &mpsc::Receiver<Vec<u8>>, n: usize) -> Vec<Vec<u8>> {
+fn take(rx: &mpsc::Receiver<(u64, Vec<u8>)>, n: usize) -> Vec<Vec<u8>> {
     let end = Instant::now() + Duration::from_secs(10);
     std::iter::from_fn(|| {
         rx.recv_timeout(end.saturating_duration_since(Instant::now()))
             .ok()
+            .map(|(_, data)| data)
     })
     .take(n)
     .collect()

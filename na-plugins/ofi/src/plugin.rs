@@ -52,6 +52,11 @@ pub struct OfiStats {
     pub pool_posts: u64,
 }
 
+/// Request payloads from this size on (and too long to inject) go behind their header
+/// without being copied to it (`fi_sendv`); shorter ones are copied, which costs less than
+/// a second piece.
+pub(crate) const SENDV_MIN: usize = 1024;
+
 /// The kind of a user operation.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum OpKind {
@@ -271,6 +276,9 @@ pub struct OfiPlugin {
     pub(crate) inject: usize,
     /// The unexpected pool is made of multi-receive buffers ([`crate::pool`]).
     pub(crate) multi_recv: bool,
+    /// Sends may gather two pieces (`fi_sendv`): a request's payload is not copied behind
+    /// its header.
+    pub(crate) sendv: bool,
     /// Transfers up to this size to checked providers' peers are carried in messages.
     pub(crate) carry_max: usize,
     /// Bytes of RMA pieces in flight at once (the config's, else the provider's).
@@ -389,6 +397,7 @@ impl OfiPlugin {
             OwnedFd::from_raw_fd(fd)
         };
         let inject = info.inject_size();
+        let sendv = info.iov_limit() >= 2;
         let carry_max = cfg.carry_max.min(max_eager);
         // (At least a byte: with 0, no piece would ever be posted.)
         let rma_window = cfg.rma_window.unwrap_or(prov.rma_window).max(1);
@@ -468,6 +477,7 @@ impl OfiPlugin {
             max_eager,
             inject,
             multi_recv,
+            sendv,
             carry_max,
             rma_window,
             mr_local,
@@ -547,9 +557,16 @@ impl OfiPlugin {
         id
     }
 
-    /// A message as it leaves: a request goes into the peer's pool behind its header, an
-    /// answer to the receive posted for its tag.
-    fn message(&self, tag: u64, data: Vec<u8>, unexpected: bool) -> NaResult<(Vec<u8>, Route)> {
+    /// A message as it leaves: a request goes into the peer's pool behind its header (a
+    /// payload of [`SENDV_MIN`] bytes or more that cannot be injected, in a message up to
+    /// the provider's `gather_max`, stays where it is, gathered by the provider: the
+    /// second `Vec`), an answer to the receive posted for its tag.
+    pub(crate) fn message(
+        &self,
+        tag: u64,
+        data: Vec<u8>,
+        unexpected: bool,
+    ) -> NaResult<(Vec<u8>, Vec<u8>, Route)> {
         if data.len() > self.max_eager {
             return Err(NaError::InvalidArgument(format!(
                 "message of {} bytes exceeds the eager limit of {}",
@@ -557,24 +574,36 @@ impl OfiPlugin {
                 self.max_eager
             )));
         }
-        Ok(if unexpected {
+        Ok(if !unexpected {
+            (data, Vec::new(), Route::Expected(tag))
+        } else if self.sendv
+            && data.len() >= SENDV_MIN
+            && (self.inject + 1..=self.provider.gather_max)
+                .contains(&(wire::header_len(&self.self_raw) + data.len()))
+        {
+            let h = wire::header(Kind::Request, tag, &self.self_raw, 0);
+            (h, data, Route::Pool)
+        } else {
             let mut b = wire::header(Kind::Request, tag, &self.self_raw, data.len());
             b.extend_from_slice(&data);
             na::buf::give(data);
-            (b, Route::Pool)
-        } else {
-            (data, Route::Expected(tag))
+            (b, Vec::new(), Route::Pool)
         })
     }
 
     fn send(&self, peer: PeerId, tag: u64, data: Vec<u8>, unexpected: bool) -> NaResult<OpId> {
-        let (buf, route) = self.message(tag, data, unexpected)?;
+        let (buf, tail, route) = self.message(tag, data, unexpected)?;
         let id = {
             let mut s = lock(&self.state);
             self.fi_addr(&s, peer)?;
             self.new_op(&mut s, peer, OpKind::Send, 1)
         };
-        match self.send_to(peer.0, route, buf, What::Op(id), unexpected) {
+        let sent = if tail.is_empty() {
+            self.send_to(peer.0, route, buf, What::Op(id), unexpected)
+        } else {
+            self.send_split(peer.0, route, buf, tail, What::Op(id))
+        };
+        match sent {
             Ok(true) => {}
             Ok(false) => self.part_done(id, Ok(0)),
             Err(e) => {
@@ -670,7 +699,7 @@ impl Plugin for OfiPlugin {
             error,
             data: Vec::new(),
         };
-        let (buf, route) = self.message(tag, data, !expected).map_err(unsent)?;
+        let (buf, tail, route) = self.message(tag, data, !expected).map_err(unsent)?;
         match lock(&self.state).peers.get_mut(&peer.0) {
             Some(p) => p.contacted = true,
             None => {
@@ -679,9 +708,14 @@ impl Plugin for OfiPlugin {
                 ))));
             }
         }
-        self.send_to(peer.0, route, buf, What::Quiet(peer), true)
-            .map(drop)
-            .map_err(unsent)
+        let what = What::Quiet(peer);
+        if tail.is_empty() {
+            self.send_to(peer.0, route, buf, what, true)
+        } else {
+            self.send_split(peer.0, route, buf, tail, what)
+        }
+        .map(drop)
+        .map_err(unsent)
     }
 
     fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId> {

@@ -140,11 +140,11 @@ impl OfiPlugin {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, mpsc};
     use std::time::{Duration, Instant};
 
-    use na::{Event, Plugin};
+    use na::Plugin;
 
     use super::*;
     use crate::OfiConfig;
@@ -164,20 +164,7 @@ mod tests {
             let (server, client) = (open(), open());
             assert_eq!(server.has_multi_recv(), multi, "{addr}");
             let stop = Arc::new(AtomicBool::new(false));
-            let (tx, heard) = mpsc::channel();
-            let serving = {
-                let (server, stop) = (server.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        server.progress(Some(Duration::from_millis(1))).unwrap();
-                        while let Some(e) = server.poll_event() {
-                            if let Event::Unexpected { data, .. } = e {
-                                tx.send(data).unwrap();
-                            }
-                        }
-                    }
-                })
-            };
+            let (heard, serving) = crate::oversized_tests::serve(server.clone(), stop.clone());
             let peer = client.lookup(server.self_addr()).unwrap();
             let msg = |i: u32| [i.to_le_bytes().as_slice(), &[i as u8; 196]].concat();
             for i in 0..n {
@@ -187,7 +174,7 @@ mod tests {
             let end = Instant::now() + Duration::from_secs(30);
             while got.len() < n as usize && Instant::now() < end {
                 client.progress(Some(Duration::from_millis(1))).unwrap();
-                got.extend(heard.try_iter());
+                got.extend(heard.try_iter().map(|(_, data)| data));
             }
             stop.store(true, Ordering::Relaxed);
             serving.join().unwrap();

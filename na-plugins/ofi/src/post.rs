@@ -276,6 +276,34 @@ impl OfiPlugin {
                     Route::Expected(tag) => unsafe { fi::fi_tinject(ep, p, n, *peer, *tag) },
                 }
             }
+            // SAFETY: as `buf_of`; the tail is not touched either until the completion.
+            Post::Send { peer, route, ctx }
+                if !unsafe { &(*(*ctx as *mut Ctx)).tail }.is_empty() =>
+            {
+                let (p, n, c) = buf_of(*ctx);
+                // SAFETY: as above.
+                let tail = unsafe { &(*c).tail };
+                let iov = [
+                    libc::iovec {
+                        iov_base: p.cast(),
+                        iov_len: n,
+                    },
+                    libc::iovec {
+                        iov_base: tail.as_ptr() as *mut _,
+                        iov_len: tail.len(),
+                    },
+                ];
+                let (v, no_desc) = (iov.as_ptr().cast(), std::ptr::null_mut());
+                match route {
+                    // SAFETY: both pieces live until the completion; the provider copies
+                    // the iovec array during the call.
+                    Route::Pool => unsafe { fi::fi_sendv(ep, v, no_desc, 2, *peer, c.cast()) },
+                    // SAFETY: as above.
+                    Route::Expected(tag) => unsafe {
+                        fi::fi_tsendv(ep, v, no_desc, 2, *peer, *tag, c.cast())
+                    },
+                }
+            }
             Post::Send { peer, route, ctx } => {
                 let (p, n, c) = buf_of(*ctx);
                 match route {
@@ -430,12 +458,32 @@ impl OfiPlugin {
         what: What,
         inject: bool,
     ) -> NaResult<bool> {
-        let op = what.op();
         if inject && buf.len() <= self.inject {
             let posted = self.submit(what, Post::Inject { peer, route, buf })?;
             return Ok(posted == Posted::Later);
         }
-        let ctx = Ctx::new(what, buf);
+        self.send_ctx(peer, route, Ctx::new(what, buf), what)
+    }
+
+    /// Sends `head` and `tail` as one message, gathered by the provider (`fi_sendv`), with
+    /// a completion: the tail, a request's payload, is not copied behind its header.
+    pub(crate) fn send_split(
+        &self,
+        peer: u64,
+        route: Route,
+        head: Vec<u8>,
+        tail: Vec<u8>,
+        what: What,
+    ) -> NaResult<bool> {
+        let ctx = Ctx::new(what, head);
+        // SAFETY: the context is new and ours alone until posted.
+        unsafe { (*ctx).tail = tail };
+        self.send_ctx(peer, route, ctx, what)
+    }
+
+    /// Posts a send of `ctx`, which owns its bytes, with a completion.
+    fn send_ctx(&self, peer: u64, route: Route, ctx: *mut Ctx, what: What) -> NaResult<bool> {
+        let op = what.op();
         {
             let mut s = lock(&self.state);
             s.live.insert(ctx as usize);

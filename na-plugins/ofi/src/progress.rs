@@ -117,6 +117,7 @@ impl OfiPlugin {
         // (Its operation forgets it in `finish_part`; until then it sits in this thread's
         // spares, posted nowhere, and a cancel by its address finds nothing.)
         let (what, buf) = (owned.what, std::mem::take(&mut owned.buf));
+        na::buf::give(std::mem::take(&mut owned.tail));
         Ctx::recycle(owned);
         // An operation's part is finished under the same lock (one per completion); a
         // receive's message is copied out of the buffer there.

@@ -59,6 +59,9 @@ pub struct Provider {
     /// `fi_setopt(FI_OPT_MIN_MULTI_RECV)` on an endpoint not yet enabled (SIGSEGV, seen
     /// with gdb), and Mercury's `na_ofi` does not ask for it there either.
     pub multi_recv: bool,
+    /// The longest request (header included) sent gathered (`fi_sendv`: the payload not
+    /// copied behind its header, see `OfiPlugin::message`).
+    pub gather_max: usize,
 }
 
 const fn p(name: &'static str, prov: &'static str, host_port: bool, checked_rma: bool) -> Provider {
@@ -77,6 +80,7 @@ const fn p(name: &'static str, prov: &'static str, host_port: bool, checked_rma:
             DeathCheck::None
         },
         multi_recv: true,
+        gather_max: usize::MAX,
     }
 }
 
@@ -90,6 +94,11 @@ pub const PROVIDERS: &[Provider] = &[
         // MB/s, 256 KiB 2737-3009 -> 3511-3986 (`qs-bw -t ofi+tcp -d pull`, two rounds
         // alternated, `QS_OFI_RMA_WINDOW`); the fairness test's p99 stays within its bound.
         rma_window: 8 << 20,
+        // rxm's eager messages (16 KiB, `FI_OFI_RXM_BUFFER_SIZE`): past them it cuts a
+        // message into segments, and a gathered one was slower (`qs-rate -t ofi+tcp -x 1`,
+        // 32 KiB requests, three rounds alternated: 58-61 µs per round trip against 48-53
+        // copied; 8 KiB 20.7 / 21.1 against 22.4 / 21.8).
+        gather_max: 16 << 10,
         ..p("tcp", "tcp;ofi_rxm", true, true)
     },
     p("sockets", "sockets", true, false),
