@@ -61,6 +61,21 @@ pub fn full(s: &mut TcpStream, buf: &mut [u8], write: bool) -> Result<(), String
 }
 
 /// Sizes from `min` to `max` in powers of two (`min` of 0 included as is).
+/// The tools' `-s`: the engines' spin window in µs, or (`None`, passed to a server
+/// process as `-`) the engine's own default (200 µs; zero over a transport that moves
+/// data on threads of its own).
+pub fn spin(b: rpc_core::EngineBuilder, us: Option<u64>) -> rpc_core::EngineBuilder {
+    match us {
+        Some(us) => b.spin_window(std::time::Duration::from_micros(us)),
+        None => b,
+    }
+}
+
+/// `-s` as passed to a server process (see [`spin`]).
+pub fn spin_arg(us: Option<u64>) -> String {
+    us.map_or("-".into(), |us| us.to_string())
+}
+
 pub fn pow2_sizes(min: usize, max: usize) -> Vec<usize> {
     let mut v = Vec::new();
     if min == 0 {

@@ -42,7 +42,7 @@ pub struct EngineBuilder {
     workers: usize,
     timeout: Option<Duration>,
     max_queued: u64,
-    spin: Duration,
+    spin: Option<Duration>,
     chunk: Option<ChunkConfig>,
     inline_bulk: usize,
     max_overflow: u64,
@@ -52,6 +52,9 @@ pub struct EngineBuilder {
     auth: Option<na::Auth>,
 }
 
+/// The progress thread's spin window unless set (`EngineBuilder::spin_window`).
+const DEFAULT_SPIN: Duration = Duration::from_micros(200);
+
 impl Default for EngineBuilder {
     fn default() -> Self {
         EngineBuilder {
@@ -60,7 +63,7 @@ impl Default for EngineBuilder {
             workers: 4,
             timeout: Some(Duration::from_secs(60)),
             max_queued: 65_536,
-            spin: Duration::from_micros(200),
+            spin: None,
             chunk: None,
             inline_bulk: 16 << 10,
             max_overflow: 256 << 20,
@@ -101,12 +104,13 @@ impl EngineBuilder {
     }
 
     /// How long the progress thread keeps polling without sleeping after the last event
-    /// (default 200 µs; zero: always sleep), yielding the CPU between polls, and so does a
-    /// caller holding the poll (a client's, see [`ProgressMode::Thread`]) before it sleeps
-    /// in it. A busy engine then never pays the wake-up latency of a sleeping thread, and
-    /// an idle one sleeps after this short spin.
+    /// (default 200 µs, or zero over a transport that moves data on threads of its own,
+    /// `na::Caps::progress_threads`; zero: always sleep), yielding the CPU between polls,
+    /// and so does a caller holding the poll (a client's, see [`ProgressMode::Thread`])
+    /// before it sleeps in it. A busy engine then never pays the wake-up latency of a
+    /// sleeping thread, and an idle one sleeps after this short spin.
     pub fn spin_window(mut self, d: Duration) -> Self {
-        self.spin = d;
+        self.spin = Some(d);
         self
     }
 
@@ -222,7 +226,11 @@ impl EngineBuilder {
                 self.overflow_budget.0,
                 self.overflow_budget.1,
             ))),
-            spin: self.spin,
+            spin: self.spin.unwrap_or(if caps.progress_threads {
+                Duration::ZERO
+            } else {
+                DEFAULT_SPIN
+            }),
             default_timeout: self.timeout,
             chunk: self.chunk.unwrap_or(caps.chunks),
             inline_bulk: self.inline_bulk,

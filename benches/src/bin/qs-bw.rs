@@ -15,7 +15,7 @@
 //! round trip. `-b` makes the raw baseline's receiver busy-poll (our engine polls for a
 //! while after each event, so this is the closer baseline; PERF.md lists both). Client and
 //! server are separate processes; the server is this binary re-run with `--serve`.
-//! `-s` sets both engines' spin window after an event (default 200 µs, as `qs-rate -s`).
+//! `-s` sets both engines' spin window after an event (default: the engine's, as `qs-rate -s`).
 //! `-C` measures instead the CPU cost of one transfer, both sides together (see `cost.rs`).
 //! The server's handler runs on its progress thread and answers from its transfers' last
 //! completion (`Caller::transfers`), as Mercury's handlers answer from bulk callbacks;
@@ -50,7 +50,7 @@ struct Opts {
     busy_raw: bool,
     per_rpc: u64,
     inline: usize,
-    spin_us: u64,
+    spin_us: Option<u64>,
     cost: bool,
     worker: bool,
     /// The sm baseline copies into this many buffers in turn (`-N`).
@@ -73,7 +73,7 @@ fn parse() -> Result<Opts, String> {
         busy_raw: false,
         per_rpc: 64,
         inline: 0,
-        spin_us: 200,
+        spin_us: None,
         cost: false,
         worker: false,
         raw_bufs: 1,
@@ -94,7 +94,7 @@ fn parse() -> Result<Opts, String> {
             "-b" => o.busy_raw = true,
             "-n" => o.per_rpc = num(val()?)?.max(1) as u64,
             "-i" => o.inline = num(val()?)?,
-            "-s" => o.spin_us = num(val()?)? as u64,
+            "-s" => o.spin_us = Some(num(val()?)? as u64),
             "-C" => o.cost = true,
             "-W" => o.worker = true,
             "-N" => o.raw_bufs = num(val()?)?.max(1),
@@ -104,10 +104,8 @@ fn parse() -> Result<Opts, String> {
     Ok(o)
 }
 
-fn engine(listen: &str, chunk: u64, depth: usize, inline: usize, spin_us: u64) -> Engine {
-    Engine::builder()
-        .listen(listen)
-        .spin_window(std::time::Duration::from_micros(spin_us))
+fn engine(listen: &str, chunk: u64, depth: usize, inline: usize, spin_us: Option<u64>) -> Engine {
+    qs_benches::spin(Engine::builder().listen(listen), spin_us)
         .chunks(ChunkConfig { size: chunk, depth })
         .inline_bulk(inline)
         .build()
@@ -124,7 +122,7 @@ fn main() {
                 num(3, 1 << 20),
                 num(4, 4) as usize,
                 0,
-                num(5, 200),
+                args.get(5).and_then(|a| a.parse().ok()),
             );
             match args.get(6).map(String::as_str) {
                 Some("worker") => serve_on_worker(&e),
@@ -182,7 +180,7 @@ fn run(o: &Opts) -> Result<(), String> {
         let (chunk, depth, spin) = (
             o.chunk.to_string(),
             o.depth.to_string(),
-            o.spin_us.to_string(),
+            qs_benches::spin_arg(o.spin_us),
         );
         let how = if o.worker { "worker" } else { "inline" };
         let (mut server, addr) =

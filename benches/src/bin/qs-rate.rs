@@ -4,8 +4,8 @@
 //! ```text
 //! qs-rate [-t TRANSPORT] [-x IN_FLIGHT] [-y MIN_SIZE] [-z MAX_SIZE] [-l LOOPS] [-r REPS] [-b] [-s SPIN_US] [-c]
 //! ```
-//! `-s` sets the progress thread's spin window after an event (default 200 µs, the
-//! engine's default; 0 always sleeps).
+//! `-s` sets the progress thread's spin window after an event (default: the engine's,
+//! 200 µs, or 0 over a transport that moves data on threads of its own; 0 always sleeps).
 //! Input payloads of S bytes (powers of two from -y to -z, 0 allowed), empty output, as
 //! `hg_rate` does. `-b` busy-polls on both sides (Mercury's `-b`). Client and server are
 //! separate processes; the server is this binary re-run with `--serve`.
@@ -34,7 +34,7 @@ struct Opts {
     loops: usize,
     reps: usize,
     busy: bool,
-    spin_us: u64,
+    spin_us: Option<u64>,
     cost: bool,
 }
 
@@ -49,7 +49,7 @@ fn parse() -> Result<Opts, String> {
         loops: 10_000,
         reps: 3,
         busy: false,
-        spin_us: 200,
+        spin_us: None,
         cost: false,
     };
     let mut a = std::env::args().skip(1);
@@ -64,7 +64,7 @@ fn parse() -> Result<Opts, String> {
             "-l" => o.loops = num(val()?)?.max(1),
             "-r" => o.reps = num(val()?)?.max(1),
             "-b" => o.busy = true,
-            "-s" => o.spin_us = num(val()?)? as u64,
+            "-s" => o.spin_us = Some(num(val()?)? as u64),
             "-c" => o.cost = true,
             _ => return Err(format!("unknown option {k}")),
         }
@@ -80,7 +80,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("--serve") => {
-            let spin = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(200);
+            let spin = args.get(4).and_then(|s| s.parse().ok());
             return serve(&args[2], args.get(3).is_some_and(|s| s == "busy"), spin);
         }
         Some("--raw-serve") => return raw_serve(args.get(2).is_some_and(|s| s == "busy")),
@@ -100,11 +100,11 @@ fn run(o: &Opts) -> Result<(), String> {
     } else {
         ProgressMode::Thread
     };
-    let e = Engine::builder()
+    let b = Engine::builder()
         .listen(&o.transport)
         .progress_mode(pm)
-        .workers(0)
-        .spin_window(std::time::Duration::from_micros(o.spin_us))
+        .workers(0);
+    let e = qs_benches::spin(b, o.spin_us)
         .build()
         .map_err(|e| e.to_string())?;
     let sizes = sizes(o);
@@ -125,7 +125,7 @@ fn run(o: &Opts) -> Result<(), String> {
         } else {
             raw_tcp(&mut pp, &sizes, o, mode)?;
         }
-        let spin = o.spin_us.to_string();
+        let spin = qs_benches::spin_arg(o.spin_us);
         let (mut server, addr) = spawn_self(&["--serve", &o.transport, mode, &spin])?;
         let peer = e.lookup(&addr).map_err(|e| e.to_string())?;
         for (i, &s) in sizes.iter().enumerate() {
@@ -212,19 +212,17 @@ fn rpc_run(e: &Engine, peer: &rpc_core::Endpoint, size: usize, o: &Opts) -> Resu
     Ok(t0.elapsed().as_secs_f64() * 1e6 / o.loops as f64)
 }
 
-fn serve(transport: &str, busy: bool, spin_us: u64) {
+fn serve(transport: &str, busy: bool, spin_us: Option<u64>) {
     let pm = if busy {
         ProgressMode::BusyPoll
     } else {
         ProgressMode::Thread
     };
-    let e = Engine::builder()
+    let b = Engine::builder()
         .listen(transport)
         .progress_mode(pm)
-        .workers(0)
-        .spin_window(std::time::Duration::from_micros(spin_us))
-        .build()
-        .expect("server engine");
+        .workers(0);
+    let e = qs_benches::spin(b, spin_us).build().expect("server engine");
     e.register(RATE, |_| Ok::<_, String>(())).expect("register");
     println!("{}", e.self_addr());
     std::io::stdout().flush().ok();

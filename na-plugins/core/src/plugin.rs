@@ -69,6 +69,9 @@ pub struct Caps {
     /// How the engine should cut its transfers over this plugin (largest chunk, chunks in
     /// flight per transfer), unless told otherwise.
     pub chunks: crate::ChunkConfig,
+    /// The transport moves data on threads of its own (libfabric's `sockets`): a thread
+    /// that spins while it waits takes their CPU, so a consumer should sleep instead.
+    pub progress_threads: bool,
 }
 
 /// A message [`Plugin::send_quiet`] did not send, with why.

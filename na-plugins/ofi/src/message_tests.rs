@@ -1,5 +1,6 @@
 //! Requests as they leave: a payload long enough is gathered behind its header by the
-//! provider (`fi_sendv`) instead of copied to it, and arrives whole either way.
+//! provider (`fi_sendv`) instead of copied to it, and arrives whole either way; and what
+//! the plugin tells an engine of its provider (`caps`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,5 +101,13 @@ fn requests_of_every_size_arrive_whole() {
                 sizes[i]
             );
         }
+    }
+}
+
+#[test]
+fn only_sockets_asks_engines_not_to_spin() {
+    for addr in PROVIDERS {
+        let threads = open(addr).caps().progress_threads;
+        assert_eq!(threads, addr.starts_with("ofi+sockets"), "{addr}");
     }
 }

@@ -718,6 +718,13 @@ impl Plugin for OfiPlugin {
         .map_err(unsent)
     }
 
+    fn caps(&self) -> na::Caps {
+        na::Caps {
+            progress_threads: self.provider.progress_threads,
+            ..Default::default()
+        }
+    }
+
     fn recv_expected(&self, peer: PeerId, tag: u64) -> NaResult<OpId> {
         let (id, ctx) = {
             let mut s = lock(&self.state);

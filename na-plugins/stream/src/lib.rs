@@ -555,6 +555,7 @@ impl Plugin for StreamPlugin {
             // chunks is one operation here, cut again into `StreamConfig::chunks` on the
             // wire, and a single-copy one shared with the owner from 128 KiB.
             chunks: ChunkConfig::default(),
+            progress_threads: false,
         }
     }
 
