@@ -67,6 +67,7 @@ mod local;
 #[cfg(test)]
 mod message_tests;
 mod mr;
+mod open;
 #[cfg(test)]
 mod oversized_tests;
 mod peers;
