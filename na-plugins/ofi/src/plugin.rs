@@ -401,18 +401,13 @@ impl OfiPlugin {
     }
 
     fn send(&self, peer: PeerId, tag: u64, data: Vec<u8>, unexpected: bool) -> NaResult<OpId> {
-        let (buf, tail, route) = self.message(tag, data, unexpected)?;
+        let made = self.message(tag, data, unexpected)?;
         let id = {
             let mut s = lock(&self.state);
             self.fi_addr(&s, peer)?;
             self.new_op(&mut s, peer, OpKind::Send, 1)
         };
-        let sent = if tail.is_empty() {
-            self.send_to(peer.0, route, buf, What::Op(id), unexpected)
-        } else {
-            self.send_split(peer.0, route, buf, tail, What::Op(id))
-        };
-        match sent {
+        match self.send_made(peer.0, made, What::Op(id), unexpected) {
             Ok(true) => {}
             Ok(false) => self.part_done(id, Ok(0)),
             Err(e) => {
@@ -508,7 +503,7 @@ impl Plugin for OfiPlugin {
             error,
             data: Vec::new(),
         };
-        let (buf, tail, route) = self.message(tag, data, !expected).map_err(unsent)?;
+        let made = self.message(tag, data, !expected).map_err(unsent)?;
         match lock(&self.state).peers.get_mut(&peer.0) {
             Some(p) => p.contacted = true,
             None => {
@@ -517,14 +512,9 @@ impl Plugin for OfiPlugin {
                 ))));
             }
         }
-        let what = What::Quiet(peer);
-        if tail.is_empty() {
-            self.send_to(peer.0, route, buf, what, true)
-        } else {
-            self.send_split(peer.0, route, buf, tail, what)
-        }
-        .map(drop)
-        .map_err(unsent)
+        self.send_made(peer.0, made, What::Quiet(peer), true)
+            .map(drop)
+            .map_err(unsent)
     }
 
     fn caps(&self) -> na::Caps {

@@ -51,25 +51,27 @@ pub(crate) fn shape(recv_pool: usize, slot: usize, multi: bool) -> Shape {
     }
 }
 
-/// The message a pool completion of `len` bytes at `at` names in `buf`, the receive's
-/// buffer: its start for a receive of one message, anywhere in it for a multi-receive
-/// buffer (where the provider says). `None` when it lies outside `buf` or is longer than
-/// `slot`, the largest message the pool takes (a multi-receive buffer accepts whatever
-/// fits in its free space: a peer's oversized message is refused here).
+/// Where the message a pool completion of `len` bytes at `at` names lies in the
+/// receive's buffer of `cap` bytes at `base` (offset, length): at its start for a
+/// receive of one message, anywhere in it for a multi-receive buffer (where the provider
+/// says). `None` when it lies outside the buffer or is longer than `slot`, the largest
+/// message the pool takes (a multi-receive buffer accepts whatever fits in its free
+/// space: a peer's oversized message is refused here).
 pub(crate) fn landed(
-    buf: &[u8],
+    base: *const u8,
+    cap: usize,
     at: *const c_void,
     len: usize,
     multi: bool,
     slot: usize,
-) -> Option<&[u8]> {
+) -> Option<(usize, usize)> {
     let off = if multi {
-        (at as usize).checked_sub(buf.as_ptr() as usize)?
+        (at as usize).checked_sub(base as usize)?
     } else {
         0
     };
     let end = off.checked_add(len)?;
-    (end <= buf.len() && len <= slot).then(|| &buf[off..end])
+    (end <= cap && len <= slot).then_some((off, len))
 }
 
 /// Whether a failed completion of a multi-receive buffer (other than its cancellation)
@@ -118,11 +120,17 @@ impl OfiPlugin {
         match r {
             Ok(0) if self.multi_recv => {}
             Ok(len) => {
-                // SAFETY: the pool context is live, and libfabric does not write where
-                // this message lies until the buffer is posted again (after this call).
-                let buf = unsafe { &(*ctx).buf };
-                match landed(buf, at, len, self.multi_recv, self.pool_slot()) {
-                    Some(msg) => self.handle_unexpected(msg),
+                // SAFETY: the pool context is live; its buffer is only read through raw
+                // parts (the provider may be writing its free part meanwhile).
+                let (base, cap) = unsafe { ((*ctx).buf.as_ptr(), (*ctx).buf.len()) };
+                match landed(base, cap, at, len, self.multi_recv, self.pool_slot()) {
+                    Some((off, len)) => {
+                        // SAFETY: within the buffer (`landed`), and the provider does not
+                        // write where this message lies until the buffer is posted again
+                        // (after this call); the bytes are copied out before it returns.
+                        let msg = unsafe { std::slice::from_raw_parts(base.add(off), len) };
+                        self.handle_unexpected(msg)
+                    }
                     None => self.drop_message(format_args!(
                         "a message of {len} bytes, over the {} a receive takes",
                         self.pool_slot()
@@ -250,21 +258,20 @@ mod tests {
 
     #[test]
     fn a_landed_message_must_lie_in_its_buffer_and_within_a_slot() {
-        let buf = vec![7u8; 100];
-        let base = buf.as_ptr();
+        let buf = [7u8; 100];
+        let (base, cap) = (buf.as_ptr(), buf.len());
         let at = |off: usize| base.wrapping_add(off).cast::<c_void>();
-        assert_eq!(landed(&buf, at(10), 20, true, 50), Some(&buf[10..30]));
-        assert_eq!(landed(&buf, at(90), 10, true, 50), Some(&buf[90..100]));
-        // Past the end, before the start, longer than a slot.
-        assert_eq!(landed(&buf, at(90), 11, true, 50), None);
-        assert_eq!(landed(&buf, base.wrapping_sub(1).cast(), 1, true, 50), None);
-        assert_eq!(landed(&buf, at(0), 51, true, 50), None);
-        assert_eq!(landed(&buf, at(usize::MAX / 2), usize::MAX, true, 50), None);
+        let multi = |at, len| landed(base, cap, at, len, true, 50);
+        assert_eq!(multi(at(10), 20), Some((10, 20)));
+        assert_eq!(multi(at(90), 10), Some((90, 10)));
+        // Past the end, before the start, longer than a slot, overflowing.
+        assert_eq!(multi(at(90), 11), None);
+        assert_eq!(multi(base.wrapping_sub(1).cast(), 1), None);
+        assert_eq!(multi(at(0), 51), None);
+        assert_eq!(multi(at(usize::MAX / 2), usize::MAX), None);
         // A receive of one message starts at its buffer, wherever `at` points.
-        assert_eq!(
-            landed(&buf, std::ptr::null(), 5, false, 100),
-            Some(&buf[..5])
-        );
-        assert_eq!(landed(&buf, std::ptr::null(), 101, false, 200), None);
+        let one = |len| landed(base, cap, std::ptr::null(), len, false, 100);
+        assert_eq!(one(5), Some((0, 5)));
+        assert_eq!(one(101), None);
     }
 }

@@ -276,43 +276,37 @@ impl OfiPlugin {
                     Route::Expected(tag) => unsafe { fi::fi_tinject(ep, p, n, *peer, *tag) },
                 }
             }
-            // SAFETY: as `buf_of`; the tail is not touched either until the completion.
-            Post::Send { peer, route, ctx }
-                if !unsafe { &(*(*ctx as *mut Ctx)).tail }.is_empty() =>
-            {
-                let (p, n, c) = buf_of(*ctx);
-                // SAFETY: as above.
-                let tail = unsafe { &(*c).tail };
-                let iov = [
-                    libc::iovec {
-                        iov_base: p.cast(),
-                        iov_len: n,
-                    },
-                    libc::iovec {
-                        iov_base: tail.as_ptr() as *mut _,
-                        iov_len: tail.len(),
-                    },
-                ];
-                let (v, no_desc) = (iov.as_ptr().cast(), std::ptr::null_mut());
-                match route {
-                    // SAFETY: both pieces live until the completion; the provider copies
-                    // the iovec array during the call.
-                    Route::Pool => unsafe { fi::fi_sendv(ep, v, no_desc, 2, *peer, c.cast()) },
-                    // SAFETY: as above.
-                    Route::Expected(tag) => unsafe {
-                        fi::fi_tsendv(ep, v, no_desc, 2, *peer, *tag, c.cast())
-                    },
-                }
-            }
             Post::Send { peer, route, ctx } => {
                 let (p, n, c) = buf_of(*ctx);
-                match route {
-                    // SAFETY: the context and its buffer live until its completion.
-                    Route::Pool => unsafe { fi::fi_send(ep, p.cast(), n, none, *peer, c.cast()) },
-                    // SAFETY: as above.
-                    Route::Expected(tag) => unsafe {
-                        fi::fi_tsend(ep, p.cast(), n, none, *peer, *tag, c.cast())
-                    },
+                // SAFETY: as `buf_of`: the tail is not touched either until the completion.
+                let tail = unsafe { &(*c).tail };
+                if tail.is_empty() {
+                    match route {
+                        // SAFETY: the context and its buffer live until its completion.
+                        Route::Pool => unsafe {
+                            fi::fi_send(ep, p.cast(), n, none, *peer, c.cast())
+                        },
+                        // SAFETY: as above.
+                        Route::Expected(tag) => unsafe {
+                            fi::fi_tsend(ep, p.cast(), n, none, *peer, *tag, c.cast())
+                        },
+                    }
+                } else {
+                    let piece = |base: *const u8, len| libc::iovec {
+                        iov_base: base as *mut _,
+                        iov_len: len,
+                    };
+                    let iov = [piece(p, n), piece(tail.as_ptr(), tail.len())];
+                    let (v, no_desc) = (iov.as_ptr().cast(), std::ptr::null_mut());
+                    match route {
+                        // SAFETY: both pieces live until the completion; the provider
+                        // copies the iovec array during the call.
+                        Route::Pool => unsafe { fi::fi_sendv(ep, v, no_desc, 2, *peer, c.cast()) },
+                        // SAFETY: as above.
+                        Route::Expected(tag) => unsafe {
+                            fi::fi_tsendv(ep, v, no_desc, 2, *peer, *tag, c.cast())
+                        },
+                    }
                 }
             }
             Post::Recv { tag, ctx } => {
@@ -465,16 +459,20 @@ impl OfiPlugin {
         self.send_ctx(peer, route, Ctx::new(what, buf), what)
     }
 
-    /// Sends `head` and `tail` as one message, gathered by the provider (`fi_sendv`), with
-    /// a completion: the tail, a request's payload, is not copied behind its header.
-    pub(crate) fn send_split(
+    /// Sends a message as `OfiPlugin::message` made it (head, tail, route): with a tail,
+    /// the two as one message gathered by the provider (`fi_sendv`), with a completion
+    /// (the tail, a request's payload, is not copied behind its header); else as
+    /// [`OfiPlugin::send_to`].
+    pub(crate) fn send_made(
         &self,
         peer: u64,
-        route: Route,
-        head: Vec<u8>,
-        tail: Vec<u8>,
+        (head, tail, route): (Vec<u8>, Vec<u8>, Route),
         what: What,
+        inject: bool,
     ) -> NaResult<bool> {
+        if tail.is_empty() {
+            return self.send_to(peer, route, head, what, inject);
+        }
         let ctx = Ctx::new(what, head);
         // SAFETY: the context is new and ours alone until posted.
         unsafe { (*ctx).tail = tail };
