@@ -302,7 +302,8 @@ impl OfiPlugin {
         self.provider
     }
 
-    /// Whether the unexpected pool is made of multi-receive buffers ([`crate::pool`]).
+    /// Whether the unexpected pool is made of multi-receive buffers (`FI_MULTI_RECV`: see
+    /// [`OfiConfig::multi_recv`]).
     pub fn has_multi_recv(&self) -> bool {
         self.multi_recv
     }
