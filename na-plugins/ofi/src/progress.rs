@@ -170,7 +170,7 @@ impl OfiPlugin {
         mut s: std::sync::MutexGuard<'_, State>,
         id: u64,
         r: NaResult<usize>,
-        data: Vec<u8>,
+        mut data: Vec<u8>,
         ctx: usize,
     ) {
         let mut lost = None;
@@ -186,7 +186,11 @@ impl OfiPlugin {
         match r {
             Ok(len) => {
                 if op.kind == OpKind::Recv {
-                    op.data = na::buf::copy_of(data.get(..len).unwrap_or(&data));
+                    // SAFETY: the receive was posted over the buffer's capacity, empty
+                    // (`recv_expected`); the provider wrote the message's `len` bytes at
+                    // its start.
+                    unsafe { data.set_len(len.min(data.capacity())) };
+                    op.data = na::buf::copy_of(&data);
                 }
             }
             Err(e) => {
@@ -207,12 +211,14 @@ impl OfiPlugin {
         if recv && op.error.is_none() {
             heard_from(&mut s, peer, true);
         }
-        let sent = if recv && data.len() == self.max_eager && s.recv_bufs.len() < RECV_BUFS_KEPT {
-            s.recv_bufs.push(data);
-            None
-        } else {
-            (!recv).then_some(data)
-        };
+        let sent =
+            if recv && data.capacity() >= self.max_eager && s.recv_bufs.len() < RECV_BUFS_KEPT {
+                data.clear();
+                s.recv_bufs.push(data);
+                None
+            } else {
+                (!recv).then_some(data)
+            };
         self.finish_if_done(&mut s, id);
         drop(s);
         // A sent message's buffer serves this thread's next one.
