@@ -315,7 +315,9 @@ impl OfiPlugin {
                 // bytes the provider writes are read (`finish_part_locked`).
                 // SAFETY: as `buf_of`; the provider writes the spare capacity through a
                 // raw pointer, no reference to it exists meanwhile.
-                let (p, n) = unsafe { ((*c).buf.as_mut_ptr(), (*c).buf.capacity()) };
+                let (p, room) = unsafe { ((*c).buf.as_mut_ptr(), (*c).buf.capacity()) };
+                // (Not past the largest message: the allocator may round the room up.)
+                let n = room.min(self.max_eager);
                 let any = fi::FI_ADDR_UNSPEC;
                 // SAFETY: as above.
                 unsafe { fi::fi_trecv(ep, p.cast(), n, none, any, *tag, 0, c.cast()) }
