@@ -7,9 +7,10 @@
 //!
 //! So an endpoint that another open endpoint of this process has inserted as a peer is
 //! not closed when it is dropped: it lingers (never progressed again, its registrations
-//! released, the contexts it had posted kept until it closes), its region's name unlinked, which is how its peers' liveness
-//! checks see it gone (`provider::certainly_dead`), until the last open endpoint that
-//! inserted it is dropped too. An endpoint that lingers is no longer counted as another's
+//! released, the contexts it had posted kept until it closes) with its region's name
+//! unlinked, which is how its peers' liveness checks see it gone
+//! (`provider::certainly_dead`), until the last open endpoint that inserted it is dropped
+//! too. An endpoint that lingers is no longer counted as another's
 //! user: it sends nothing more. A long-lived endpoint keeps the endpoints of this process
 //! it reached, once dropped, open until it is dropped itself.
 

@@ -195,6 +195,8 @@ mod tests {
                 got.len()
             );
             let posts = server.stats().pool_posts as usize;
+            // (Shown with `--nocapture`: the README quotes it.)
+            eprintln!("{addr}: multi-receive {multi}: {posts} pool posts for {n} requests");
             let first = shape(server.cfg.recv_pool, server.pool_slot(), multi).bufs;
             if multi {
                 // About 1 MiB of requests through buffers of 16 slots of 64 KiB.
