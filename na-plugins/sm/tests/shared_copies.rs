@@ -86,6 +86,34 @@ fn finish(req: &StreamPlugin, others: &[&StreamPlugin], op: na::OpId) -> Result<
     panic!("the transfer never completed")
 }
 
+/// `LEN` bytes whose 64 KiB parts all differ (`pattern`'s repeat every 256 bytes).
+fn parts(seed: u8) -> Vec<u8> {
+    (0..LEN)
+        .map(|i| (i * 7 + (i >> 16) * 31 + seed as usize) as u8)
+        .collect()
+}
+
+/// Drives `req` and `owner` until every op of `ops` is done, each successfully.
+fn finish_all(req: &StreamPlugin, owner: &StreamPlugin, mut ops: Vec<na::OpId>) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !ops.is_empty() {
+        assert!(
+            Instant::now() < end,
+            "{} transfers never completed",
+            ops.len()
+        );
+        owner.progress(Some(Duration::ZERO)).unwrap();
+        while owner.poll_event().is_some() {}
+        req.progress(Some(Duration::ZERO)).unwrap();
+        while let Some(ev) = req.poll_event() {
+            if let Event::Done { op, result } = ev {
+                result.unwrap();
+                ops.retain(|o| *o != op);
+            }
+        }
+    }
+}
+
 /// An owner exposing `buf` to peers for `access`, and a requester connected to it.
 fn exposing(buf: &mut [u8], access: Access) -> (StreamPlugin, StreamPlugin, MemHandle) {
     let (owner, req) = (plugin(), plugin());
@@ -150,6 +178,71 @@ fn medium_transfers_are_copied_whole_by_each_side_in_turn_and_are_right() {
     assert_eq!(req.direct_bytes(), 2 * two, "every other write copied here");
     req.deregister(&from).unwrap();
     req.deregister(&local).unwrap();
+}
+
+/// Medium transfers posted together, into and out of distinct parts of two regions
+/// taken in runs (`A A A A B B A B`): the requester copies its turns as runs, one per
+/// link, direction and region (`StreamPlugin::copy_run`), and every byte is right.
+#[test]
+fn medium_transfers_posted_together_are_copied_in_runs_and_are_right() {
+    const MID: u64 = 64 << 10;
+    const ORDER: [usize; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 1, 0, 1];
+    let (owner, req) = (plugin(), plugin());
+    connect(&req, &owner);
+    let peer = req.lookup(owner.self_addr()).unwrap();
+    let mut srcs = [parts(11), parts(12)];
+    let exposed: Vec<MemHandle> = srcs
+        .iter_mut()
+        .map(|s| register(&owner, s, Access::ReadWrite))
+        .collect();
+    // Part i of ours and part i of the region ORDER[i], read (`get`) or written.
+    let post = |get: bool, local: &MemHandle| -> Vec<na::OpId> {
+        let each = |(i, &r): (usize, &usize)| {
+            let (at, remote) = (i as u64 * MID, &exposed[r].remote);
+            match get {
+                true => req.get(peer, local, at, remote, at, MID),
+                false => req.put(peer, local, at, remote, at, MID),
+            }
+        };
+        ORDER
+            .iter()
+            .enumerate()
+            .map(each)
+            .map(Result::unwrap)
+            .collect()
+    };
+    let mut dst = vec![0u8; LEN];
+    let local = register(&req, &mut dst, Access::ReadWrite);
+    finish_all(&req, &owner, post(true, &local));
+    req.deregister(&local).unwrap();
+    for (i, &r) in ORDER.iter().enumerate() {
+        let at = i * MID as usize;
+        assert!(
+            dst[at..at + MID as usize] == srcs[r][at..at + MID as usize],
+            "read {i}"
+        );
+    }
+    let half = if single_copy() { 8 * MID } else { 0 };
+    assert_eq!(req.direct_bytes(), half, "every other read copied here");
+    let mut from = parts(13);
+    let local = register(&req, &mut from, Access::ReadOnly);
+    finish_all(&req, &owner, post(false, &local));
+    req.deregister(&local).unwrap();
+    for e in &exposed {
+        owner.deregister(e).unwrap();
+    }
+    for (i, &r) in ORDER.iter().enumerate() {
+        let at = i * MID as usize;
+        assert!(
+            srcs[r][at..at + MID as usize] == from[at..at + MID as usize],
+            "write {i}"
+        );
+    }
+    assert_eq!(
+        req.direct_bytes(),
+        2 * half,
+        "every other write copied here"
+    );
 }
 
 #[test]

@@ -369,13 +369,13 @@ impl MemTable {
         remote: bool,
     ) -> Option<(MemRead<'_>, Vec<RawPiece>)> {
         let guard = self.read();
-        let r = Self::live(&guard.0, key).filter(|r| checked_range(r.len, offset, len as u64))?;
-        if remote && !r.access.remote_write() {
+        if remote && !Self::live(&guard.0, key).is_some_and(|r| r.access.remote_write()) {
             return None;
         }
-        let mut out = Vec::with_capacity(r.segs.len().min(4));
-        r.walk(offset, len, |p, range| out.push((p, range.len())));
-        Some((guard, out))
+        let mut out = Vec::with_capacity(4);
+        guard
+            .pieces(key, offset, len, &mut out)
+            .then_some((guard, out))
     }
 }
 
@@ -383,6 +383,19 @@ impl MemTable {
 pub struct MemRead<'a>(RwLockReadGuard<'a, HashMap<u64, Region>>);
 
 impl MemRead<'_> {
+    /// Appends the pieces of live region `key` at `offset..offset+len` to `out` (no
+    /// access check: our own copies); false, appending nothing, if the region is gone,
+    /// revoked, or the range does not fit.
+    pub fn pieces(&self, key: u64, offset: u64, len: usize, out: &mut Vec<RawPiece>) -> bool {
+        let Some(r) =
+            MemTable::live(&self.0, key).filter(|r| checked_range(r.len, offset, len as u64))
+        else {
+            return false;
+        };
+        r.walk(offset, len, |p, range| out.push((p, range.len())));
+        true
+    }
+
     /// The bytes `offset..offset+len` of region `key` as slices in order (revoked regions
     /// included: their memory stays valid until they are removed), or `None`.
     pub fn slices(
