@@ -67,9 +67,7 @@ impl Tail {
             at,
         }
     }
-}
 
-impl Tail {
     /// Whether `o` may be copied in one run with this tail: the same link, direction and
     /// owner's region (one entry to look at, one lease to declare).
     fn runs_with(&self, o: &Tail) -> bool {
