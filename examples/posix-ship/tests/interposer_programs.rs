@@ -166,6 +166,61 @@ except OSError as e: print(\"missing\", \"No such file\" in str(e))' {}";
     assert_eq!(String::from_utf8_lossy(&out), "42 1 2\nmissing True\n");
 }
 
+/// A thread loads shipped libraries (each copied from the server on its first `dlopen`)
+/// while the main thread forks children that load one: no child waits for ever for the
+/// table of copies a thread of its parent held when the process was copied.
+const FORKS_BESIDE_A_LOADER: &str = r#"cd {} && printf 'char pad[1 << 20] = {1};\nint one(void){return 1;}\n' > l.c && cc -shared -fPIC -o l0.so l.c && for i in $(seq 1 40); do cp l0.so l$i.so; done && cat > f.c <<'C'
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static const char *d;
+static volatile int loading = 1;
+static void *loader(void *x) {
+    char p[4096];
+    for (int i = 1; i <= 40; i++) {
+        snprintf(p, sizeof p, "%s/l%d.so", d, i);
+        if (!dlopen(p, RTLD_NOW)) printf("failed %s\n", p);
+    }
+    loading = 0;
+    return x;
+}
+int main(int argc, char **argv) {
+    char p0[4096];
+    d = argv[1];
+    snprintf(p0, sizeof p0, "%s/l0.so", d);
+    if (!dlopen(p0, RTLD_NOW)) return 1;
+    pthread_t t;
+    pthread_create(&t, 0, loader, 0);
+    int hung = 0, forks = 0;
+    while (loading || forks < 20) {
+        forks++;
+        pid_t pid = fork();
+        if (pid == 0) _exit(dlopen(p0, RTLD_NOW) ? 0 : 1);
+        for (int ms = 0;; ms++) {
+            int st;
+            if (waitpid(pid, &st, WNOHANG) == pid) break;
+            if (ms > 10000) { kill(pid, SIGKILL); waitpid(pid, &st, 0); hung++; break; }
+            usleep(1000);
+        }
+    }
+    pthread_join(t, 0);
+    fprintf(stderr, "forks %d\n", forks);
+    printf("hung %d\n", hung);
+    return 0;
+}
+C
+cc -O2 -pthread -o f f.c && ./f {}"#;
+
+#[test]
+fn children_forked_beside_a_loading_thread_do_not_hang() {
+    let r = Rig::new("interpose-fork-loader", "tcp");
+    let out = r.run(MOUNT, "bash", &["-c", FORKS_BESIDE_A_LOADER]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hung 0\n");
+}
+
 /// The mount's program script (git, tar, make, sqlite3, python, perl, cp -a, links,
 /// xattrs, zip, rsync, fio) through the interposer alone, from a working directory in
 /// the mount, compared with a local directory. One change: sqlite3's WAL needs writable

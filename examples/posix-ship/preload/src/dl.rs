@@ -17,19 +17,31 @@ use libc::{c_char, c_int, c_void};
 use crate::real::call_real;
 use crate::{run, shipped, table};
 
-/// Shipped libraries copied into memory, by their path beneath the export.
-static LOADED: Mutex<Option<HashMap<Vec<u8>, OwnedFd>>> = Mutex::new(None);
+/// Shipped libraries copied into memory, by their path beneath the export. Held only
+/// to look and to insert, never across a copy (a `fork` keeps it: `table::before_fork`),
+/// so that a child forked while another thread copies a library finds it free.
+pub(crate) static LOADED: Mutex<Option<HashMap<Vec<u8>, OwnedFd>>> = Mutex::new(None);
 
 /// The path the loader loads shipped library `p` by.
 fn library(p: Vec<u8>) -> Result<CString, c_int> {
-    let mut loaded = table::lock(&LOADED);
-    let map = loaded.get_or_insert_with(HashMap::new);
-    if let Some(fd) = map.get(&p) {
+    if let Some(fd) = table::lock(&LOADED).as_ref().and_then(|m| m.get(&p)) {
         return Ok(run::image_path(fd));
     }
     let fd = run::memfd(&run::image(p.clone(), libc::R_OK)?)?;
-    let path = run::image_path(&fd);
-    map.insert(p, fd);
+    // Another thread may have copied it meanwhile: the first copy is the one the loader
+    // knows the library by, and ours is closed after the lock.
+    let (path, _spare) = {
+        let mut loaded = table::lock(&LOADED);
+        let map = loaded.get_or_insert_with(HashMap::new);
+        match map.get(&p) {
+            Some(first) => (run::image_path(first), Some(fd)),
+            None => {
+                let path = run::image_path(&fd);
+                map.insert(p, fd);
+                (path, None)
+            }
+        }
+    };
     Ok(path)
 }
 

@@ -386,6 +386,7 @@ pub fn before_fork() {
         Box::new(lock(&crate::cwd::CWD)),
         Box::new(lock(&crate::dirs::LIVE)),
         Box::new(lock(&crate::stdio::STREAMS)),
+        Box::new(lock(&crate::dl::LOADED)),
     ];
     for s in &crate::stdio::STANDARD {
         held.push(Box::new(lock(s)));
