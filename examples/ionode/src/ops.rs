@@ -469,6 +469,12 @@ impl Node {
             self.flush(f);
         }
         let synced = self.on_fh(h, FSYNC, |fh| (fh, data_only));
+        self.fsync_answered(h, synced)
+    }
+
+    /// An `fsync`'s answer once the backend's came: a write of the file's that failed
+    /// behind, reported to this handle, first (as NFS reports it).
+    pub(crate) fn fsync_answered(&self, h: &Handle, synced: R<()>) -> R<()> {
         match h.file.as_ref().and_then(|f| f.take_error(h.token)) {
             Some(e) => Err(e),
             None => synced,

@@ -170,4 +170,29 @@ impl Node {
             done(out)
         });
     }
+
+    /// `fsync`: the file's buffered bytes written out here (on the worker that began it),
+    /// then the backend's `fsync` answered from its completion, so that no worker waits
+    /// on the backend's disk. A handle the backend forgot (restarted) is opened again and
+    /// the `fsync` made again on the retry thread (`Backing::with`, which blocks).
+    pub(crate) fn fsync_then(
+        self: &Arc<Self>,
+        h: Arc<Handle>,
+        data_only: bool,
+        done: impl FnOnce(R<()>) + Send + 'static,
+    ) {
+        if let Some(f) = &h.file {
+            self.flush(f);
+        }
+        let (fs, fh, node) = (h.backing.fs.clone(), h.backing.fh(), self.clone());
+        self.call_then(&fs, FSYNC, (fh, data_only), move |n, synced| {
+            if synced != Err(libc::EBADF) {
+                return done(n.fsync_answered(&h, synced));
+            }
+            node.clone().retry(Box::new(move || {
+                let synced = node.on_fh(&h, FSYNC, |fh| (fh, data_only));
+                done(node.fsync_answered(&h, synced))
+            }));
+        });
+    }
 }

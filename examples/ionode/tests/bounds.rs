@@ -179,6 +179,53 @@ fn closed_files_are_let_go_at_the_backend_many_at_a_time() {
     );
 }
 
+/// `fsync`s through a node of one worker, to a backend whose every operation takes 200
+/// ms (8 workers): answered from the backend's completions, no worker of the node waits
+/// on one (a waiting worker has the pool start a stand-in thread, as it did for each
+/// `fsync` before: four for four), and they are synced side by side.
+#[test]
+fn fsyncs_hold_no_worker_while_the_backend_syncs() {
+    const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+    let export = scratch("ionode-fsync-then");
+    let delay = DELAY.as_micros().to_string();
+    let backend = Proc::backend(
+        &export,
+        &["--trust-forwarder", "0", "--op-delay-us", &delay],
+    );
+    let node = Proc::node(&backend.addr, &["--workers", "1"]);
+    let clients: Vec<_> = (0..4).map(|_| node.client()).collect();
+    let files: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, fs)| fs.create(&format!("/f{i}")).unwrap())
+        .collect();
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for f in &files {
+            s.spawn(move || f.sync_all().unwrap());
+        }
+    });
+    let took = t.elapsed();
+    // Stand-ins linger 2 s once started: counted now, they are those of the fsyncs.
+    let stand_ins = std::fs::read_dir(format!("/proc/{}/task", node.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("qs-worker-stand"))
+        .count();
+    println!("4 fsyncs through one worker: {took:?}, {stand_ins} stand-in threads");
+    assert!(
+        took >= DELAY,
+        "{took:?}: the backend's fsync not waited for?"
+    );
+    assert!(took < 3 * DELAY, "{took:?}: one after another?");
+    assert_eq!(stand_ins, 0, "workers waited on the backend's fsync");
+    assert_eq!(
+        node.stats().op("posix.fsync").1,
+        4,
+        "each one at the backend"
+    );
+}
+
 /// A backend built before `posix.close_many` (a server in this process with it removed):
 /// the node's batched closes fall back to one `close` per handle, and every handle goes.
 #[test]

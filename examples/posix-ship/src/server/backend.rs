@@ -208,6 +208,12 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
     fn fsync(&self, who: &Who, f: &Arc<Self::File>, data_only: bool) -> R<()>;
+    /// `fsync`, answered through `done` (see [`Backend::open_then`]); begun on a worker
+    /// (what is buffered may be written out first), so that a backend that calls another
+    /// server holds no worker while that server syncs.
+    fn fsync_then(self: Arc<Self>, who: Who, f: Arc<Self::File>, data_only: bool, done: Done<()>) {
+        done(self.fsync(&who, &f, data_only))
+    }
     fn fallocate(&self, who: &Who, f: &Arc<Self::File>, mode: i32, off: u64, len: u64) -> R<()>;
     fn readdir(&self, who: &Who, f: &Arc<Self::File>, restart: bool, max: u32) -> R<DirPage>;
     /// A page of at most `max` entries (at most [`MAX_DIR_PLUS_PAGE`]) with their

@@ -279,9 +279,16 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
     serve(e, s, TRUNCATE, |s, w, _, (t, len)| {
         s.on(w, &t, |t| s.backend.truncate(w, t, len))
     })?;
-    serve(e, s, FSYNC, |s, w, _, (fh, d)| {
-        s.backend.fsync(w, &s.file(w, fh)?, d)
-    })?;
+    serve_then(
+        e,
+        s,
+        FSYNC,
+        |_| None,
+        |s, w, (fh, d), done| match s.file(&w, fh) {
+            Ok(f) => s.backend.clone().fsync_then(w, f, d, done),
+            Err(x) => done(Err(x)),
+        },
+    )?;
     serve(e, s, FALLOCATE, |s, w, _, (fh, m, o, l)| {
         s.backend.fallocate(w, &s.file(w, fh)?, m, o, l)
     })?;
