@@ -189,7 +189,7 @@ impl Node {
             if synced != Err(libc::EBADF) {
                 return done(n.fsync_answered(&h, synced));
             }
-            node.clone().retry(Box::new(move || {
+            n.retry(Box::new(move || {
                 let synced = node.on_fh(&h, FSYNC, |fh| (fh, data_only));
                 done(node.fsync_answered(&h, synced))
             }));
