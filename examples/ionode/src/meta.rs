@@ -2,7 +2,6 @@
 //! the client, after a barrier that flushes the files they could observe; the attribute
 //! cache forgets what they change.
 
-use posix_ship::client::RemoteFs;
 use posix_ship::proto::*;
 use posix_ship::server::On;
 use serde::Serialize;
@@ -51,49 +50,6 @@ impl Node {
         let out = self.call(&fs, rpc, (p.clone(), a));
         self.after(rpc.name(), b, &p);
         out
-    }
-
-    pub(crate) fn symlink(&self, r: &Req, target: ByteBuf, p: ByteBuf) -> R<()> {
-        let (b, fs, p) = self.route(r, &p)?;
-        let out = self.call(&fs, SYMLINK, (target, p.clone()));
-        self.attrs.changed(b, &p);
-        out
-    }
-
-    /// `rename` and `link`: both paths on one backend, else `EXDEV`.
-    pub(crate) fn two_paths(
-        &self,
-        r: &Req,
-        rpc: rpc_core::Rpc<(ByteBuf, ByteBuf), Reply<()>>,
-        a: ByteBuf,
-        b: ByteBuf,
-    ) -> R<()> {
-        self.on_pair(r, a, b, |fs, a, b| self.call(fs, rpc, (a, b)))
-    }
-
-    /// A call on two paths of one backend (`EXDEV` across backends); both forgotten by
-    /// the attribute cache after.
-    fn on_pair(
-        &self,
-        r: &Req,
-        a: ByteBuf,
-        b: ByteBuf,
-        call: impl FnOnce(&RemoteFs, ByteBuf, ByteBuf) -> R<()>,
-    ) -> R<()> {
-        let (ba, fs, a) = self.route(r, &a)?;
-        let (bb, _, b) = self.route(r, &b)?;
-        if ba != bb {
-            return Err(libc::EXDEV);
-        }
-        let out = call(&fs, a.clone(), b.clone());
-        self.attrs.changed(ba, &a);
-        self.attrs.changed(ba, &b);
-        out
-    }
-
-    /// `renameat2`: both paths on one backend, else `EXDEV`.
-    pub(crate) fn rename2(&self, r: &Req, a: ByteBuf, b: ByteBuf, flags: u32) -> R<()> {
-        self.on_pair(r, a, b, |fs, a, b| self.call(fs, RENAME2, (a, b, flags)))
     }
 
     pub(crate) fn readdir(&self, h: &Handle, restart: bool, max: u32) -> R<DirPage> {

@@ -110,8 +110,8 @@ impl Node {
         ))
     }
 
-    /// Whether a `stat`, `open` or `unlink` begins without waiting, so that it may begin
-    /// on the progress thread (the begin then skips what it would wait for: [`Req`]'s
+    /// Whether a `stat`, `open`, `unlink` or change to the namespace begins without
+    /// waiting, so that it may begin on the progress thread (the begin then skips what it would wait for: [`Req`]'s
     /// `inline`): all do but a path's `stat` while this node holds writes to that file
     /// (written out first) and a truncating open of a file open here (written out, and
     /// the journal synced, first), and none with a journal (its writers hold a file's
@@ -130,7 +130,7 @@ impl Node {
         match what {
             Begin::Stat { path, .. } => !writes_out(path, true),
             Begin::Open(o) => o.flags & libc::O_TRUNC == 0 || !writes_out(&o.path, false),
-            Begin::Unlink(_) => true,
+            Begin::Unlink(_) | Begin::Change => true,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use posix_ship::proto::*;
 use posix_ship::server::Errno;
-use posix_ship::server::{Backend, Begin, Done, On, Payload, Who};
+use posix_ship::server::{Backend, Begin, Change, Done, On, Payload, Who};
 use serde_bytes::ByteBuf;
 
 use crate::node::{Handle, Node, Req};
@@ -234,35 +234,21 @@ impl Backend for Node {
         e(self.on_path(&req(who), UNLINK, buf(p)))
     }
 
-    fn rmdir(&self, who: &Who, p: &[u8]) -> R<()> {
-        self.not_virtual(&On::Path(p), libc::EBUSY)?;
-        e(self.on_path(&req(who), RMDIR, buf(p)))
-    }
-
-    fn mkdir(&self, who: &Who, p: &[u8], mode: u32) -> R<()> {
-        self.not_virtual(&On::Path(p), libc::EEXIST)?;
-        e(self.on_path_with(&req(who), MKDIR, buf(p), mode))
-    }
-
-    fn rename(&self, who: &Who, a: &[u8], b: &[u8], flags: u32) -> R<()> {
-        self.not_virtual(&On::Path(a), libc::EBUSY)?;
-        self.not_virtual(&On::Path(b), libc::EBUSY)?;
-        let r = req(who);
-        e(match flags {
-            0 => self.two_paths(&r, RENAME, buf(a), buf(b)),
-            f => self.rename2(&r, buf(a), buf(b), f),
-        })
-    }
-
-    fn link(&self, who: &Who, a: &[u8], b: &[u8]) -> R<()> {
-        self.not_virtual(&On::Path(a), libc::EPERM)?;
-        self.not_virtual(&On::Path(b), libc::EEXIST)?;
-        e(self.two_paths(&req(who), LINK, buf(a), buf(b)))
-    }
-
-    fn symlink(&self, who: &Who, target: &[u8], p: &[u8]) -> R<()> {
-        self.not_virtual(&On::Path(p), libc::EEXIST)?;
-        e(Node::symlink(self, &req(who), buf(target), buf(p)))
+    fn change_then(self: Arc<Self>, who: Who, c: Change, done: Done<()>) {
+        // The directories the node shows above its prefixes are not the backends' to
+        // change: the errno each call gives for a name it may not touch.
+        let shown = |p: &[u8], errno: i32| self.not_virtual(&On::Path(p), errno);
+        let allowed = match &c {
+            Change::Mkdir(p, _) => shown(p, libc::EEXIST),
+            Change::Rmdir(p) => shown(p, libc::EBUSY),
+            Change::Rename(a, b, _) => shown(a, libc::EBUSY).and(shown(b, libc::EBUSY)),
+            Change::Link(a, b) => shown(a, libc::EPERM).and(shown(b, libc::EEXIST)),
+            Change::Symlink(_, p) => shown(p, libc::EEXIST),
+        };
+        if let Err(x) = allowed {
+            return done(Err(x));
+        }
+        Node::change_then(&self, req(&who), c, move |out| done(e(out)))
     }
 
     fn readlink(&self, who: &Who, p: &[u8]) -> R<ByteBuf> {

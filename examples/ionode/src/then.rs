@@ -12,6 +12,8 @@ use posix_ship::proto::*;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
+use posix_ship::server::Change;
+
 use crate::node::{Handle, Node, Req};
 use crate::open::{Begun, Opening};
 use crate::opens::Verdict;
@@ -194,5 +196,49 @@ impl Node {
                 done(node.fsync_answered(&h, synced))
             }));
         });
+    }
+
+    /// A change to the namespace, answered from the backend's completion: both paths of
+    /// a rename or link on one backend (else `EXDEV`); the attribute cache forgets every
+    /// path it names once it is made.
+    pub(crate) fn change_then(
+        self: &Arc<Self>,
+        r: Req,
+        c: Change,
+        done: impl FnOnce(R<()>) + Send + 'static,
+    ) {
+        self.begun(&r);
+        let (first, second) = match &c {
+            Change::Mkdir(p, _) | Change::Rmdir(p) | Change::Symlink(_, p) => (p, None),
+            Change::Rename(a, b, _) | Change::Link(a, b) => (a, Some(b)),
+        };
+        let (b, fs, first) = match self.route(&r, first) {
+            Ok(x) => x,
+            Err(x) => return done(Err(x)),
+        };
+        let second = match second.map(|p| self.route(&r, p)) {
+            None => None,
+            Some(Ok((b2, _, p))) if b2 == b => Some(p),
+            Some(Ok(_)) => return done(Err(libc::EXDEV)),
+            Some(Err(x)) => return done(Err(x)),
+        };
+        let changed: Vec<ByteBuf> = std::iter::once(first.clone())
+            .chain(second.clone())
+            .collect();
+        let then = move |n: &Node, out: R<()>| {
+            for p in &changed {
+                n.attrs.changed(b, p);
+            }
+            done(out)
+        };
+        let two = || second.clone().unwrap_or_default();
+        match c {
+            Change::Mkdir(_, mode) => self.call_then(&fs, MKDIR, (first, mode), then),
+            Change::Rmdir(_) => self.call_then(&fs, RMDIR, first, then),
+            Change::Symlink(target, _) => self.call_then(&fs, SYMLINK, (target, first), then),
+            Change::Rename(_, _, 0) => self.call_then(&fs, RENAME, (first, two()), then),
+            Change::Rename(_, _, f) => self.call_then(&fs, RENAME2, (first, two(), f), then),
+            Change::Link(..) => self.call_then(&fs, LINK, (first, two()), then),
+        }
     }
 }

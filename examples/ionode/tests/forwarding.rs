@@ -452,7 +452,7 @@ fn the_node_sees_its_own_changes_at_once_and_others_after_the_attribute_timeout(
 
 #[test]
 fn metadata_calls_begin_on_the_progress_thread_unless_writes_are_held() {
-    let (_export, _backend, node) = pair("ionode-md-inline", &[]);
+    let (export, _backend, node) = pair("ionode-md-inline", &[]);
     let fs = node.client();
     let n = 20;
     let before = node.stats().begun_inline;
@@ -467,6 +467,25 @@ fn metadata_calls_begin_on_the_progress_thread_unless_writes_are_held() {
     }
     let begun = node.stats().begun_inline - before;
     assert!(begun >= 3 * n, "{begun} of {} begun inline", 3 * n);
+    // Changes to the namespace, each begun inline and answered from the backend's
+    // completion (no worker waits on it).
+    let path = |p: &str| serde_bytes::ByteBuf::from(p.as_bytes().to_vec());
+    let before = node.stats().begun_inline;
+    fs.create_dir("/d").unwrap();
+    fs.write("/d/a", b"x").unwrap();
+    fs.rename("/d/a", "/d/b").unwrap();
+    fs.call(posix_ship::proto::LINK, &(path("/d/b"), path("/d/c")))
+        .unwrap();
+    fs.symlink("b", "/d/s").unwrap();
+    assert_eq!(fs.read("/d/s").unwrap(), b"x", "through the link");
+    assert_eq!(common_errno(fs.remove_dir("/d")), libc::ENOTEMPTY);
+    for f in ["/d/b", "/d/c", "/d/s"] {
+        fs.remove_file(f).unwrap();
+    }
+    fs.remove_dir("/d").unwrap();
+    assert!(!export.join("d").exists(), "gone at the backend");
+    let begun = node.stats().begun_inline - before;
+    assert!(begun >= 6, "{begun} of 6 changes begun inline");
     // A path's stat while the node holds writes to the file: they are written out
     // first, on a worker, and the size is the written one.
     let f = fs.create("/held").unwrap();
@@ -663,6 +682,11 @@ fn prefixes_route_to_their_backends_and_the_root_lists_them() {
     assert_eq!(common_errno(fs.create_dir("/scratch")), libc::EEXIST);
     assert_eq!(common_errno(fs.remove_dir("/scratch")), libc::EBUSY);
     assert_eq!(common_errno(fs.rename("/scratch", "/x")), libc::EBUSY);
+    assert_eq!(
+        common_errno(fs.rename("/home/a", "/scratch/big/a")),
+        libc::EXDEV,
+        "across backends"
+    );
     assert_eq!(common_errno(fs.set_permissions("/", 0o777)), libc::EROFS);
     assert_eq!(common_errno(fs.read("/scratch")), libc::EISDIR);
     assert_eq!(common_errno(fs.write("/scratch", b"x")), libc::EISDIR);

@@ -60,6 +60,23 @@ pub enum Begin<'a> {
     Open(&'a OpenReq),
     /// [`Backend::unlink_then`].
     Unlink(&'a [u8]),
+    /// [`Backend::change_then`].
+    Change,
+}
+
+/// A change to the namespace ([`Backend::change_then`]), paths beneath the export.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// A directory, with a mode.
+    Mkdir(ByteBuf, u32),
+    /// An empty directory removed.
+    Rmdir(ByteBuf),
+    /// `renameat2` from the first path to the second (flags 0: `rename`).
+    Rename(ByteBuf, ByteBuf, u32),
+    /// A hard link at the second path to the first.
+    Link(ByteBuf, ByteBuf),
+    /// A symbolic link at the second path holding the first (its target, stored as given).
+    Symlink(ByteBuf, ByteBuf),
 }
 
 /// What a metadata operation applies to, handles resolved to the backend's files.
@@ -260,12 +277,10 @@ pub trait Backend: Send + Sync + 'static {
     fn removexattr(&self, who: &Who, t: On<'_, Self::File>, name: &[u8]) -> R<()>;
 
     fn unlink(&self, who: &Who, path: &[u8]) -> R<()>;
-    fn rmdir(&self, who: &Who, path: &[u8]) -> R<()>;
-    fn mkdir(&self, who: &Who, path: &[u8], mode: u32) -> R<()>;
-    /// `renameat2` (`flags` 0: `rename`).
-    fn rename(&self, who: &Who, from: &[u8], to: &[u8], flags: u32) -> R<()>;
-    fn link(&self, who: &Who, from: &[u8], to: &[u8]) -> R<()>;
-    fn symlink(&self, who: &Who, target: &[u8], path: &[u8]) -> R<()>;
+    /// A change to the namespace, answered through `done` (see [`Backend::open_then`]):
+    /// a local file system makes it at once; a backend that calls another server
+    /// answers from that call's completion.
+    fn change_then(self: Arc<Self>, who: Who, c: Change, done: Done<()>);
     fn readlink(&self, who: &Who, path: &[u8]) -> R<ByteBuf>;
     fn statfs(&self, who: &Who, path: &[u8]) -> R<FsStat>;
     fn access(&self, who: &Who, path: &[u8], mode: i32) -> R<()>;

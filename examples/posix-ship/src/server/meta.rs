@@ -1,11 +1,12 @@
-//! Hard links, ownership and extended attributes, with the caller's rights (see
-//! [`super::creds`]): the kernel checks each as it would for that user.
+//! Changes to the namespace (directories, renames, links), ownership and extended
+//! attributes, with the caller's rights (see [`super::creds`]): the kernel checks each as
+//! it would for that user.
 //!
 //! Extended attributes are limited to the `user.` namespace and POSIX ACLs: a root server
 //! keeps `CAP_SYS_ADMIN` whatever fs uid it takes for a caller, so `trusted.` and
 //! `security.` (file capabilities!) would let any user act with it.
 
-use rustix::fs::{AtFlags, Gid, OFlags, Uid, XattrFlags};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Uid, XattrFlags};
 use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
@@ -19,6 +20,32 @@ use crate::proto::{Attr, xattr_allowed};
 const XATTR_MAX: usize = 64 << 10;
 
 impl LocalFs {
+    pub(super) fn mkdir(&self, path: &[u8], mode: u32) -> R<()> {
+        self.writable()?;
+        let (parent, name) = self.named(path, Errno::EXIST)?;
+        let mode = Mode::from_bits_truncate(self.policy.mode(mode, true));
+        rustix::fs::mkdirat(&parent, &name, mode)
+    }
+
+    /// `renameat2`: `RENAME_NOREPLACE`, `RENAME_EXCHANGE` (others `EINVAL`).
+    pub(super) fn rename(&self, from: &[u8], to: &[u8], flags: u32) -> R<()> {
+        use rustix::fs::RenameFlags as F;
+        self.writable()?;
+        let flags = F::from_bits(flags)
+            .filter(|f| (F::NOREPLACE | F::EXCHANGE).contains(*f))
+            .ok_or(Errno::INVAL)?;
+        let (fp, fname) = self.named(from, Errno::BUSY)?;
+        let (tp, tname) = self.named(to, Errno::BUSY)?;
+        rustix::fs::renameat_with(&fp, &fname, &tp, &tname, flags)
+    }
+
+    /// `symlink`: the link's content is stored as given; it is confined when followed.
+    pub(super) fn symlink(&self, target: &[u8], path: &[u8]) -> R<()> {
+        self.writable()?;
+        let (parent, name) = self.named(path, Errno::EXIST)?;
+        rustix::fs::symlinkat(target, &parent, &name)
+    }
+
     /// `link`: a hard link `to` naming `from` (a symlink is linked itself).
     pub(super) fn hard_link(&self, from: &[u8], to: &[u8]) -> R<()> {
         self.writable()?;

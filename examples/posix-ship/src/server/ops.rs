@@ -10,7 +10,7 @@ use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
 use super::LocalFs;
-use super::backend::{Backend, On, Payload, R, Who};
+use super::backend::{Backend, Change, Done, On, Payload, R, Who};
 use super::clients::OpenFile;
 use super::sys::{Fd, attr, dt, pread_full, proc_path, timespec, write_full};
 use crate::proto::*;
@@ -52,7 +52,7 @@ impl LocalFs {
     }
 
     /// `unlink` (`rmdir` with `dir`).
-    fn remove(&self, path: &[u8], dir: bool) -> R<()> {
+    pub(super) fn remove(&self, path: &[u8], dir: bool) -> R<()> {
         self.writable()?;
         let (parent, name) = self.named(path, if dir { Errno::BUSY } else { Errno::ISDIR })?;
         let flags = if dir {
@@ -208,41 +208,14 @@ impl Backend for LocalFs {
         self.remove(path, false)
     }
 
-    fn rmdir(&self, _: &Who, path: &[u8]) -> R<()> {
-        self.remove(path, true)
-    }
-
-    fn mkdir(&self, _: &Who, path: &[u8], mode: u32) -> R<()> {
-        self.writable()?;
-        let (parent, name) = self.named(path, Errno::EXIST)?;
-        rustix::fs::mkdirat(
-            &parent,
-            &name,
-            Mode::from_bits_truncate(self.policy.mode(mode, true)),
-        )
-    }
-
-    /// `renameat2`: `RENAME_NOREPLACE`, `RENAME_EXCHANGE` (others `EINVAL`).
-    fn rename(&self, _: &Who, from: &[u8], to: &[u8], flags: u32) -> R<()> {
-        use rustix::fs::RenameFlags as F;
-        self.writable()?;
-        let flags = F::from_bits(flags)
-            .filter(|f| (F::NOREPLACE | F::EXCHANGE).contains(*f))
-            .ok_or(Errno::INVAL)?;
-        let (fp, fname) = self.named(from, Errno::BUSY)?;
-        let (tp, tname) = self.named(to, Errno::BUSY)?;
-        rustix::fs::renameat_with(&fp, &fname, &tp, &tname, flags)
-    }
-
-    fn link(&self, _: &Who, from: &[u8], to: &[u8]) -> R<()> {
-        self.hard_link(from, to)
-    }
-
-    /// `symlink`: the link's content is stored as given; it is confined when followed.
-    fn symlink(&self, _: &Who, target: &[u8], path: &[u8]) -> R<()> {
-        self.writable()?;
-        let (parent, name) = self.named(path, Errno::EXIST)?;
-        rustix::fs::symlinkat(target, &parent, &name)
+    fn change_then(self: Arc<Self>, _: Who, c: Change, done: Done<()>) {
+        done(match &c {
+            Change::Mkdir(p, mode) => self.mkdir(p, *mode),
+            Change::Rmdir(p) => self.remove(p, true),
+            Change::Rename(a, b, flags) => self.rename(a, b, *flags),
+            Change::Link(a, b) => self.hard_link(a, b),
+            Change::Symlink(t, p) => self.symlink(t, p),
+        })
     }
 
     fn readlink(&self, _: &Who, path: &[u8]) -> R<ByteBuf> {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
-use super::backend::{Backend, On, Payload, R, Who};
+use super::backend::{Backend, Change, Done, On, Payload, R, Who};
 use crate::client::RemoteFs;
 use crate::proto::*;
 
@@ -189,27 +189,15 @@ impl Backend for Remote {
         self.call(who, UNLINK, buf(p))
     }
 
-    fn rmdir(&self, who: &Who, p: &[u8]) -> R<()> {
-        self.call(who, RMDIR, buf(p))
-    }
-
-    fn mkdir(&self, who: &Who, p: &[u8], mode: u32) -> R<()> {
-        self.call(who, MKDIR, (buf(p), mode))
-    }
-
-    fn rename(&self, who: &Who, a: &[u8], b: &[u8], flags: u32) -> R<()> {
-        match flags {
-            0 => self.call(who, RENAME, (buf(a), buf(b))),
-            f => self.call(who, RENAME2, (buf(a), buf(b), f)),
-        }
-    }
-
-    fn link(&self, who: &Who, a: &[u8], b: &[u8]) -> R<()> {
-        self.call(who, LINK, (buf(a), buf(b)))
-    }
-
-    fn symlink(&self, who: &Who, target: &[u8], p: &[u8]) -> R<()> {
-        self.call(who, SYMLINK, (buf(target), buf(p)))
+    fn change_then(self: Arc<Self>, who: Who, c: Change, done: Done<()>) {
+        done(match c {
+            Change::Mkdir(p, mode) => self.call(&who, MKDIR, (p, mode)),
+            Change::Rmdir(p) => self.call(&who, RMDIR, p),
+            Change::Rename(a, b, 0) => self.call(&who, RENAME, (a, b)),
+            Change::Rename(a, b, f) => self.call(&who, RENAME2, (a, b, f)),
+            Change::Link(a, b) => self.call(&who, LINK, (a, b)),
+            Change::Symlink(t, p) => self.call(&who, SYMLINK, (t, p)),
+        })
     }
 
     fn readlink(&self, who: &Who, p: &[u8]) -> R<ByteBuf> {

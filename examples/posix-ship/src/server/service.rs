@@ -24,7 +24,7 @@ use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
 use super::answer::{Begins, serve, serve_then};
-pub use super::backend::{Backend, Begin, Done, MAX_OFFSET, On, Payload, R, Who};
+pub use super::backend::{Backend, Begin, Change, Done, MAX_OFFSET, On, Payload, R, Who};
 use super::clients::{Clients, Limits};
 use super::lending::Lending;
 use crate::bulk_io::push_to;
@@ -309,18 +309,7 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
         |p| Some(Begin::Unlink(p)),
         |s, w, p, done| s.backend.clone().unlink_then(w, p, done),
     )?;
-    serve(e, s, RMDIR, |s, w, _, p| s.backend.rmdir(w, &p))?;
-    serve(e, s, MKDIR, |s, w, _, (p, m)| s.backend.mkdir(w, &p, m))?;
-    serve(e, s, RENAME, |s, w, _, (a, b)| {
-        s.backend.rename(w, &a, &b, 0)
-    })?;
-    serve(e, s, RENAME2, |s, w, _, (a, b, f)| {
-        s.backend.rename(w, &a, &b, f)
-    })?;
-    serve(e, s, LINK, |s, w, _, (a, b)| s.backend.link(w, &a, &b))?;
-    serve(e, s, SYMLINK, |s, w, _, (t, p)| {
-        s.backend.symlink(w, &t, &p)
-    })?;
+    changes(e, s)?;
     serve(e, s, READLINK, |s, w, _, p| s.backend.readlink(w, &p))?;
     serve(e, s, STATFS, |s, w, _, p| s.backend.statfs(w, &p))?;
     serve(e, s, ACCESS, |s, w, _, (p, m)| s.backend.access(w, &p, m))?;
@@ -348,4 +337,32 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
     })?;
     let s = s.clone();
     e.register_infallible(SERVER_STATS, move |()| s.backend.stats(s.clients.stats()))
+}
+
+/// The namespace changes, each answered through [`Backend::change_then`].
+fn changes<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
+    fn begins<In>(_: &In) -> Option<Begin<'_>> {
+        Some(Begin::Change)
+    }
+    let change = |s: &Arc<Service<B>>, w: Who, c: Change, done: Done<()>| {
+        s.backend.clone().change_then(w, c, done)
+    };
+    serve_then(e, s, RMDIR, begins, move |s, w, p, d| {
+        change(s, w, Change::Rmdir(p), d)
+    })?;
+    serve_then(e, s, MKDIR, begins, move |s, w, (p, m), d| {
+        change(s, w, Change::Mkdir(p, m), d)
+    })?;
+    serve_then(e, s, RENAME, begins, move |s, w, (a, b), d| {
+        change(s, w, Change::Rename(a, b, 0), d)
+    })?;
+    serve_then(e, s, RENAME2, begins, move |s, w, (a, b, f), d| {
+        change(s, w, Change::Rename(a, b, f), d)
+    })?;
+    serve_then(e, s, LINK, begins, move |s, w, (a, b), d| {
+        change(s, w, Change::Link(a, b), d)
+    })?;
+    serve_then(e, s, SYMLINK, begins, move |s, w, (t, p), d| {
+        change(s, w, Change::Symlink(t, p), d)
+    })
 }
