@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use posix_ship::client::{Answered, Pending};
 use posix_ship::proto::*;
+use posix_ship::server::Change;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
-
-use posix_ship::server::Change;
 
 use crate::node::{Handle, Node, Req};
 use crate::open::{Begun, Opening};
@@ -231,14 +230,14 @@ impl Node {
             }
             done(out)
         };
-        let two = || second.clone().unwrap_or_default();
+        let second = second.unwrap_or_default();
         match c {
             Change::Mkdir(_, mode) => self.call_then(&fs, MKDIR, (first, mode), then),
             Change::Rmdir(_) => self.call_then(&fs, RMDIR, first, then),
             Change::Symlink(target, _) => self.call_then(&fs, SYMLINK, (target, first), then),
-            Change::Rename(_, _, 0) => self.call_then(&fs, RENAME, (first, two()), then),
-            Change::Rename(_, _, f) => self.call_then(&fs, RENAME2, (first, two(), f), then),
-            Change::Link(..) => self.call_then(&fs, LINK, (first, two()), then),
+            Change::Rename(_, _, 0) => self.call_then(&fs, RENAME, (first, second), then),
+            Change::Rename(_, _, f) => self.call_then(&fs, RENAME2, (first, second, f), then),
+            Change::Link(..) => self.call_then(&fs, LINK, (first, second), then),
         }
     }
 }
