@@ -3,7 +3,7 @@
 //! requests, backend requests (the server's own count) and the ratios.
 //!
 //! `qs-fwd [-t sm] [-n 64 clients] [-x 4096 transfer] [-b 1M per client] [-d 200 µs
-//! op delay] [-r 3 repeats] [-f 16 files per client] [--shapes fpp,shared,read,md]`.
+//! op delay] [-r 3 repeats] [-f 16 files per client] [--shapes fpp,shared,md,dirs]`.
 //! The server runs in this process (its `--op-delay-us` knob emulates a parallel file
 //! system's latency); the I/O node runs as a separate process (this program re-run as
 //! `qs-fwd node ADDR`), so its CPU time and peak memory are its own. Clients are threads
@@ -55,7 +55,8 @@ struct Opts {
     #[arg(short, long)]
     journal: Option<std::path::PathBuf>,
     /// Shapes: fpp (file per process, write then read), shared (one file, strided
-    /// blocks, write then read), md (create, stat, unlink).
+    /// blocks, write then read), md (create, stat, unlink), dirs (mkdir, rename, rmdir;
+    /// not in the default set).
     #[arg(long, value_delimiter = ',', default_value = "fpp,shared,md")]
     shapes: Vec<String>,
     #[command(subcommand)]
@@ -158,6 +159,7 @@ fn main() -> Res<()> {
         let phases: &[&str] = match shape.as_str() {
             "fpp" | "shared" => &["write", "read"],
             "md" => &["md"],
+            "dirs" => &["dirs"],
             s => return Err(format!("unknown shape {s}").into()),
         };
         for phase in phases {
@@ -183,7 +185,7 @@ fn main() -> Res<()> {
                     rates.push(rate);
                 }
                 let (med, min, max) = stats(&mut rates);
-                let unit = if *phase == "md" { "op/s" } else { "MiB/s" };
+                let unit = if is_md(phase) { "op/s" } else { "MiB/s" };
                 let saved = if breq > 0 {
                     creq as f64 / breq as f64
                 } else {
@@ -260,11 +262,16 @@ fn run(o: &Opts, shape: &str, phase: &str, addr: &str, dir: &str) -> Res<f64> {
         Ok(t0)
     })?;
     let secs = t0.elapsed().as_secs_f64();
-    Ok(if phase == "md" {
+    Ok(if is_md(phase) {
         (o.n * o.f * 3) as f64 / secs
     } else {
         (o.n * o.b) as f64 / secs / (1 << 20) as f64
     })
+}
+
+/// Whether `phase` counts metadata operations (three per file), not bytes.
+fn is_md(phase: &str) -> bool {
+    matches!(phase, "md" | "dirs")
 }
 
 fn byte(c: usize, off: usize) -> u8 {
@@ -282,6 +289,18 @@ fn client(o: &Opts, shape: &str, phase: &str, fs: &RemoteFs, dir: &str, c: usize
         }
         for i in 0..o.f {
             fs.remove_file(&format!("{dir}/c{c}-{i}"))?;
+        }
+        return Ok(());
+    }
+    if phase == "dirs" {
+        for i in 0..o.f {
+            fs.create_dir(&format!("{dir}/c{c}-{i}"))?;
+        }
+        for i in 0..o.f {
+            fs.rename(&format!("{dir}/c{c}-{i}"), &format!("{dir}/r{c}-{i}"))?;
+        }
+        for i in 0..o.f {
+            fs.remove_dir(&format!("{dir}/r{c}-{i}"))?;
         }
         return Ok(());
     }
