@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use posix_ship::proto::*;
 use posix_ship::server::Errno;
-use posix_ship::server::{Backend, Begin, Change, Done, On, Payload, Who};
+use posix_ship::server::{Backend, Begin, Change, Done, On, Owned, Payload, Who, set_attr};
 use serde_bytes::ByteBuf;
 
 use crate::node::{Handle, Node, Req};
@@ -190,6 +190,17 @@ impl Backend for Node {
     fn truncate(&self, who: &Who, t: On<'_, Handle>, len: u64) -> R<()> {
         self.not_virtual(&t, libc::EISDIR)?;
         e(Node::truncate(self, &req(who), t, len))
+    }
+
+    fn setattr_then(self: Arc<Self>, who: Who, t: Owned<Handle>, a: SetAttr, done: Done<Attr>) {
+        // The node's own directories answer here, as each call would.
+        if virt::names(&self, &t.on()) {
+            return done(set_attr(&*self, &who, t.on(), a));
+        }
+        // A backend built before `posix.setattr`: the calls it names, one by one.
+        let (node, who2, t2) = (self.clone(), who.clone(), t.clone());
+        let by_parts = move || set_attr(&*node, &who2, t2.on(), a).map_err(|x| x.raw_os_error());
+        Node::setattr_then(&self, req(&who), t, a, by_parts, move |out| done(e(out)))
     }
 
     fn chmod(&self, who: &Who, t: On<'_, Handle>, m: u32) -> R<()> {

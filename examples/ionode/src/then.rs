@@ -5,11 +5,12 @@
 //! switches). A call the backend was too busy to take is made again, the blocking way
 //! (which waits that out), by one thread of the node's, in turn.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use posix_ship::client::{Answered, Pending};
 use posix_ship::proto::*;
-use posix_ship::server::Change;
+use posix_ship::server::{Change, Owned};
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
@@ -238,6 +239,73 @@ impl Node {
             Change::Rename(_, _, 0) => self.call_then(&fs, RENAME, (first, second), then),
             Change::Rename(_, _, f) => self.call_then(&fs, RENAME2, (first, second, f), then),
             Change::Link(..) => self.call_then(&fs, LINK, (first, second), then),
+        }
+    }
+
+    /// `setattr`, passed on whole: what it must come after written out here (on the
+    /// worker that began it: the file's buffered bytes, and before a size change the
+    /// journal's mark too), then one backend `posix.setattr` answered from its
+    /// completion. A backend that answers `ENOSYS` (built before it) gets the calls it
+    /// names one by one (`by_parts`, blocking, on the retry thread).
+    pub(crate) fn setattr_then(
+        self: &Arc<Self>,
+        r: Req,
+        t: Owned<Handle>,
+        a: SetAttr,
+        by_parts: impl FnOnce() -> R<Attr> + Send + 'static,
+        done: impl FnOnce(R<Attr>) + Send + 'static,
+    ) {
+        let (fs, target, b, path) = match &t {
+            Owned::Path(p) => {
+                let (b, fs, p) = match self.route(&r, p) {
+                    Ok(x) => x,
+                    Err(x) => return done(Err(x)),
+                };
+                let files = match a.size {
+                    Some(_) => self.named(&fs, b, &p, true),
+                    None => self.files.by_path(b, &p),
+                };
+                for f in &files {
+                    self.before_setattr(f, &a);
+                }
+                (fs, Target::Path(p.clone()), b, p.into_vec())
+            }
+            Owned::File(h) => {
+                if let Some(f) = &h.file {
+                    self.before_setattr(f, &a);
+                }
+                // (Not reopened: the next data call on the handle does that.)
+                let t = Target::Handle(h.backing.fh());
+                (h.backing.fs.clone(), t, h.backend, h.path.clone())
+            }
+        };
+        if self.no_setattr[b].load(Ordering::Relaxed) {
+            return done(by_parts());
+        }
+        self.call_then(&fs, SETATTR, (target, a), move |n, out| {
+            if out == Err(libc::ENOSYS) {
+                n.no_setattr[b].store(true, Ordering::Relaxed);
+                return n.retry(Box::new(move || done(by_parts())));
+            }
+            n.attrs.changed(b, &path);
+            if a.size.is_some() {
+                // A read between could otherwise keep the old bytes.
+                let files = match &t {
+                    Owned::File(h) => h.file.iter().cloned().collect(),
+                    Owned::Path(_) => n.files.by_path(b, &path),
+                };
+                files.iter().for_each(|f| f.invalidate());
+            }
+            done(out)
+        });
+    }
+
+    /// Before a `setattr` of a file: its buffered bytes written out (its times and size
+    /// come after them), and before a size change the journal's mark durable too.
+    fn before_setattr(&self, f: &crate::files::SharedFile, a: &SetAttr) {
+        match a.size {
+            Some(_) => self.before_change(f),
+            None => self.flush(f),
         }
     }
 }

@@ -226,33 +226,47 @@ fn fsyncs_hold_no_worker_while_the_backend_syncs() {
     );
 }
 
+/// A backend built before `posix.setattr` (a server in this process with it removed):
+/// the node's first `setattr` gets `ENOSYS` there and is made as the calls it names;
+/// later ones go that way at once, each right.
+#[test]
+fn setattrs_reach_a_backend_without_setattr() {
+    use posix_ship::proto::{SETATTR, SetAttr, Target, forwarded};
+    let (export, engine, _svc) = backend_without("ionode-old-setattr", 0, |e| {
+        e.deregister(SETATTR) && e.deregister(forwarded(SETATTR))
+    });
+    let node = Proc::node(&engine.self_addr().to_string(), &[]);
+    let client = node.client();
+    let f = client.create("/f").unwrap();
+    f.write_at(&[1; 100], 0).unwrap();
+    for (i, mode) in [0o640, 0o604].into_iter().enumerate() {
+        let a = SetAttr {
+            mode: Some(mode),
+            size: Some(10 + i as u64),
+            ..SetAttr::default()
+        };
+        let attr = client
+            .call(SETATTR, &(Target::Handle(f.handle().unwrap()), a))
+            .unwrap();
+        assert_eq!((attr.mode & 0o7777, attr.size), (mode, 10 + i as u64));
+    }
+    let s = node.stats();
+    assert_eq!(s.op("posix.setattr").1, 1, "asked once");
+    assert_eq!(s.op("posix.chmod").1, 2, "then by its parts");
+    let mut want = vec![1; 10];
+    want.push(0); // cut to 10, then grown to 11
+    assert_eq!(std::fs::read(export.join("f")).unwrap(), want);
+}
+
 /// A backend built before `posix.close_many` (a server in this process with it removed):
 /// the node's batched closes fall back to one `close` per handle, and every handle goes.
 #[test]
 fn closes_reach_a_backend_without_close_many() {
     use posix_ship::proto::{CLOSE_MANY, forwarded};
-    use posix_ship::server::{Limits, LocalFs, ServerConfig, Service};
-    let export = scratch("ionode-old-backend");
-    let engine = rpc_core::Engine::builder()
-        .listen("sm")
-        .workers(8)
-        .build()
-        .unwrap();
-    let mut cfg = ServerConfig::new(&export, "sm");
-    cfg.policy.root_squash = false;
     // Slow enough that closes queue behind one another at the node.
-    cfg.op_delay = std::time::Duration::from_millis(20);
-    let fs = LocalFs::open(&cfg).unwrap();
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let svc = Service::register(
-        &engine,
-        std::sync::Arc::new(fs),
-        Limits::default(),
-        vec![me],
-    )
-    .unwrap();
-    assert!(engine.deregister(CLOSE_MANY) && engine.deregister(forwarded(CLOSE_MANY)));
+    let (_export, engine, svc) = backend_without("ionode-old-backend", 20, |e| {
+        e.deregister(CLOSE_MANY) && e.deregister(forwarded(CLOSE_MANY))
+    });
     let node = Proc::node(&engine.self_addr().to_string(), &[]);
     let clients: Vec<_> = (0..32).map(|_| node.client()).collect();
     std::thread::scope(|s| {
@@ -269,4 +283,40 @@ fn closes_reach_a_backend_without_close_many() {
     assert!(s.op("posix.close_many").1 >= 1, "a batch was tried");
     // Each handle closed once, one by one: the batch's as well after its ENOSYS.
     assert!(s.op("posix.close").1 >= 32, "then one close per handle");
+}
+
+/// A posix-ship server in this process (8 workers, `delay_ms` more per operation)
+/// exporting a fresh directory `name`, made a backend built before what `remove`
+/// deregisters (true if it was there).
+fn backend_without(
+    name: &str,
+    delay_ms: u64,
+    remove: impl FnOnce(&rpc_core::Engine) -> bool,
+) -> (
+    std::path::PathBuf,
+    rpc_core::Engine,
+    std::sync::Arc<posix_ship::server::Service<posix_ship::server::LocalFs>>,
+) {
+    use posix_ship::server::{Limits, LocalFs, ServerConfig, Service};
+    let export = scratch(name);
+    let engine = rpc_core::Engine::builder()
+        .listen("sm")
+        .workers(8)
+        .build()
+        .unwrap();
+    let mut cfg = ServerConfig::new(&export, "sm");
+    cfg.policy.root_squash = false;
+    cfg.op_delay = std::time::Duration::from_millis(delay_ms);
+    let fs = LocalFs::open(&cfg).unwrap();
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let svc = Service::register(
+        &engine,
+        std::sync::Arc::new(fs),
+        Limits::default(),
+        vec![me],
+    )
+    .unwrap();
+    assert!(remove(&engine), "it was there");
+    (export, engine, svc)
 }

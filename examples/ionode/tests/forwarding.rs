@@ -450,6 +450,11 @@ fn the_node_sees_its_own_changes_at_once_and_others_after_the_attribute_timeout(
     assert!(node.stats().attr_hits > 0, "the cache answered the repeat");
 }
 
+/// A path as the protocol carries it.
+fn path(p: &str) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(p.as_bytes().to_vec())
+}
+
 #[test]
 fn metadata_calls_begin_on_the_progress_thread_unless_writes_are_held() {
     let (export, _backend, node) = pair("ionode-md-inline", &[]);
@@ -469,7 +474,6 @@ fn metadata_calls_begin_on_the_progress_thread_unless_writes_are_held() {
     assert!(begun >= 3 * n, "{begun} of {} begun inline", 3 * n);
     // Changes to the namespace, each begun inline and answered from the backend's
     // completion (no worker waits on it).
-    let path = |p: &str| serde_bytes::ByteBuf::from(p.as_bytes().to_vec());
     let before = node.stats().begun_inline;
     fs.create_dir("/d").unwrap();
     fs.write("/d/a", b"x").unwrap();
@@ -499,6 +503,78 @@ fn metadata_calls_begin_on_the_progress_thread_unless_writes_are_held() {
     assert_eq!(node.stats().begun_inline, before, "begun inline");
     assert_eq!(fs.metadata("/held").unwrap().size, 0);
     g.close().unwrap();
+    f.close().unwrap();
+}
+
+/// A `setattr` (mode, size and times at once) through the node is one backend request,
+/// where it was one per change and a `stat`; it comes after the writes the node holds,
+/// and reads through the node see the cut.
+#[test]
+fn a_setattr_is_one_backend_request_after_the_writes_held() {
+    use posix_ship::proto::{SETATTR, SetAttr, SetTime, Target, Time};
+    let (export, _backend, node) = pair("ionode-setattr", &[]);
+    let fs = node.client();
+    let f = fs.create("/f").unwrap();
+    f.write_at(&[5; 8192], 0).unwrap();
+    assert_eq!(
+        std::fs::metadata(export.join("f")).unwrap().len(),
+        0,
+        "held"
+    );
+    // Read once through the node (what it keeps of the file is then the old length).
+    assert_eq!(fs.read("/f").unwrap(), vec![5; 8192]);
+    let before = node.stats();
+    let a = SetAttr {
+        mode: Some(0o640),
+        size: Some(4096),
+        mtime: Some(SetTime::At(Time {
+            sec: 1_000_000,
+            nsec: 7,
+        })),
+        ..SetAttr::default()
+    };
+    let attr = fs
+        .call(SETATTR, &(Target::Handle(f.handle().unwrap()), a))
+        .unwrap();
+    assert_eq!((attr.size, attr.mode & 0o7777), (4096, 0o640));
+    let after = node.stats();
+    let out = |op: &str| after.op(op).1 - before.op(op).1;
+    assert_eq!(out("posix.setattr"), 1, "one request");
+    for op in [
+        "posix.chmod",
+        "posix.truncate",
+        "posix.utimens",
+        "posix.stat",
+    ] {
+        assert_eq!(out(op), 0, "{op}");
+    }
+    let on_disk = std::fs::metadata(export.join("f")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (on_disk.mode() & 0o7777, on_disk.mtime()),
+        (0o640, 1_000_000)
+    );
+    assert_eq!(
+        std::fs::read(export.join("f")).unwrap(),
+        vec![5; 4096],
+        "written, then cut"
+    );
+    assert_eq!(
+        fs.read("/f").unwrap(),
+        vec![5; 4096],
+        "the cut seen through the node"
+    );
+    // By path too.
+    let a = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    let attr = fs.call(SETATTR, &(Target::Path(path("/f")), a)).unwrap();
+    assert_eq!(attr.mode & 0o7777, 0o600);
+    assert_eq!(
+        node.stats().op("posix.setattr").1 - before.op("posix.setattr").1,
+        2
+    );
     f.close().unwrap();
 }
 

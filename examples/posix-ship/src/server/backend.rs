@@ -87,6 +87,59 @@ pub enum On<'a, F> {
     File(&'a Arc<F>),
 }
 
+/// What a call answered later applies to: an [`On`] that owns its path.
+pub enum Owned<F> {
+    /// A path beneath the export.
+    Path(ByteBuf),
+    /// One of the caller's open files.
+    File(Arc<F>),
+}
+
+impl<F> Owned<F> {
+    /// Borrowed, as the calls answered at once take it.
+    pub fn on(&self) -> On<'_, F> {
+        match self {
+            Owned::Path(p) => On::Path(p),
+            Owned::File(f) => On::File(f),
+        }
+    }
+}
+
+impl<F> Clone for Owned<F> {
+    fn clone(&self) -> Self {
+        match self {
+            Owned::Path(p) => Owned::Path(p.clone()),
+            Owned::File(f) => Owned::File(f.clone()),
+        }
+    }
+}
+
+/// [`SETATTR`] made of the calls it names, in its order: owner, mode, size, times, then
+/// the attributes after (the first that fails is the answer).
+pub fn set_attr<B: Backend + ?Sized>(b: &B, who: &Who, t: On<'_, B::File>, a: SetAttr) -> R<Attr> {
+    let on = || match &t {
+        On::Path(p) => On::Path(p),
+        On::File(f) => On::File(f),
+    };
+    if a.uid.is_some() || a.gid.is_some() {
+        b.chown(who, on(), a.uid, a.gid)?;
+    }
+    if let Some(m) = a.mode {
+        b.chmod(who, on(), m & 0o7777)?;
+    }
+    if let Some(len) = a.size {
+        b.truncate(who, on(), len)?;
+    }
+    if a.atime.is_some() || a.mtime.is_some() {
+        let (at, mt) = (
+            a.atime.unwrap_or(SetTime::Omit),
+            a.mtime.unwrap_or(SetTime::Omit),
+        );
+        b.utimens(who, on(), at, mt, false)?;
+    }
+    b.stat(who, on(), false)
+}
+
 /// The data of a write: inline, or in the caller's memory until asked for.
 pub enum Payload<'a> {
     /// Carried by the request.
@@ -254,6 +307,12 @@ pub trait Backend: Send + Sync + 'static {
 
     fn stat(&self, who: &Who, t: On<'_, Self::File>, follow: bool) -> R<Attr>;
     fn truncate(&self, who: &Who, t: On<'_, Self::File>, len: u64) -> R<()>;
+    /// [`SETATTR`], answered through `done` (see [`Backend::open_then`]); begun on a
+    /// worker. By default the calls it names, one by one ([`set_attr`]); a backend that
+    /// calls another server passes it on whole, one request where there were up to five.
+    fn setattr_then(self: Arc<Self>, who: Who, t: Owned<Self::File>, a: SetAttr, done: Done<Attr>) {
+        done(set_attr(&*self, &who, t.on(), a))
+    }
     fn chmod(&self, who: &Who, t: On<'_, Self::File>, mode: u32) -> R<()>;
     fn utimens(
         &self,

@@ -24,7 +24,9 @@ use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
 use super::answer::{Begins, serve, serve_then};
-pub use super::backend::{Backend, Begin, Change, Done, MAX_OFFSET, On, Payload, R, Who};
+pub use super::backend::{
+    Backend, Begin, Change, Done, MAX_OFFSET, On, Owned, Payload, R, Who, set_attr,
+};
 use super::clients::{Clients, Limits};
 use super::lending::Lending;
 use crate::bulk_io::push_to;
@@ -128,33 +130,6 @@ impl<B: Backend> Service<B> {
             return Err(Errno::BADF);
         }
         Ok(pass)
-    }
-
-    /// [`SETATTR`]: owner, mode, size, times, then the attributes.
-    fn set_attr(&self, who: &Who, t: &Target, a: SetAttr) -> R<Attr> {
-        let b = &self.backend;
-        let (f, path): (_, &[u8]) = match t {
-            Target::Handle(fh) => (Some(self.file(who, *fh)?), &[]),
-            Target::Path(p) => (None, p),
-        };
-        let on = || f.as_ref().map_or(On::Path(path), On::File);
-        if a.uid.is_some() || a.gid.is_some() {
-            b.chown(who, on(), a.uid, a.gid)?;
-        }
-        if let Some(m) = a.mode {
-            b.chmod(who, on(), m & 0o7777)?;
-        }
-        if let Some(len) = a.size {
-            b.truncate(who, on(), len)?;
-        }
-        if a.atime.is_some() || a.mtime.is_some() {
-            let (at, mt) = (
-                a.atime.unwrap_or(SetTime::Omit),
-                a.mtime.unwrap_or(SetTime::Omit),
-            );
-            b.utimens(who, on(), at, mt, false)?;
-        }
-        b.stat(who, on(), false)
     }
 
     /// The files of expired passes go the way of a lost client's.
@@ -322,7 +297,22 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
     serve(e, s, CHOWN, |s, w, _, (t, u, g)| {
         s.on(w, &t, |t| s.backend.chown(w, t, u, g))
     })?;
-    serve(e, s, SETATTR, |s, w, _, (t, a)| s.set_attr(w, &t, a))?;
+    serve_then(
+        e,
+        s,
+        SETATTR,
+        |_| None,
+        |s, w, (t, a), done| {
+            let t = match t {
+                Target::Path(p) => Owned::Path(p),
+                Target::Handle(fh) => match s.file(&w, fh) {
+                    Ok(f) => Owned::File(f),
+                    Err(x) => return done(Err(x)),
+                },
+            };
+            s.backend.clone().setattr_then(w, t, a, done)
+        },
+    )?;
     serve(e, s, GETXATTR, |s, w, _, (t, n)| {
         s.on(w, &t, |t| s.backend.getxattr(w, t, &n))
     })?;
