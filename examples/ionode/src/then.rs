@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use posix_ship::client::{Answered, Pending};
 use posix_ship::proto::*;
-use posix_ship::server::{Change, Owned};
+use posix_ship::server::{AttrChange, Change, Owned};
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
+use crate::files::SharedFile;
 use crate::node::{Handle, Node, Req};
 use crate::open::{Begun, Opening};
 use crate::opens::Verdict;
@@ -242,11 +243,10 @@ impl Node {
         }
     }
 
-    /// `setattr`, passed on whole: what it must come after written out here (on the
-    /// worker that began it: the file's buffered bytes, and before a size change the
-    /// journal's mark too), then one backend `posix.setattr` answered from its
-    /// completion. A backend that answers `ENOSYS` (built before it) gets the calls it
-    /// names one by one (`by_parts`, blocking, on the retry thread).
+    /// `setattr`, passed on whole: one backend `posix.setattr` where the service would
+    /// make up to five calls ([`Node::target_then`]). A backend that answers `ENOSYS`
+    /// (built before it) gets the calls it names one by one (`by_parts`, blocking, on the
+    /// retry thread), and the node remembers it (`Node::no_setattr`).
     pub(crate) fn setattr_then(
         self: &Arc<Self>,
         r: Req,
@@ -255,40 +255,121 @@ impl Node {
         by_parts: impl FnOnce() -> R<Attr> + Send + 'static,
         done: impl FnOnce(R<Attr>) + Send + 'static,
     ) {
+        let b = match &t {
+            Owned::File(h) => Some(h.backend),
+            Owned::Path(p) => self.routes.route(p).map(|(b, _)| b),
+        };
+        if b.is_some_and(|b| self.no_setattr[b].load(Ordering::Relaxed)) {
+            return done(by_parts());
+        }
+        let old = |n: &Node, b: usize, e: i32| {
+            let built_before = e == libc::ENOSYS;
+            if built_before {
+                n.no_setattr[b].store(true, Ordering::Relaxed);
+            }
+            built_before || e == libc::EBADF
+        };
+        let sized = a.size.is_some();
+        let input = move |t| (t, a);
+        self.target_then(r, t, sized, SETATTR, input, old, by_parts, done);
+    }
+
+    /// One attribute change (`chmod`, `truncate`, `chown`, `utimens`) passed on
+    /// ([`Node::target_then`]); a handle the backend forgot is made the blocking way
+    /// (`blocking`, which opens the file again for a `truncate`) on the retry thread.
+    pub(crate) fn attr_then(
+        self: &Arc<Self>,
+        r: Req,
+        t: Owned<Handle>,
+        c: AttrChange,
+        blocking: impl FnOnce() -> R<()> + Send + 'static,
+        done: impl FnOnce(R<()>) + Send + 'static,
+    ) {
+        let forgot = |_: &Node, _: usize, e: i32| e == libc::EBADF;
+        match c {
+            AttrChange::Mode(m) => {
+                self.target_then(r, t, false, CHMOD, move |t| (t, m), forgot, blocking, done)
+            }
+            AttrChange::Size(len) => self.target_then(
+                r,
+                t,
+                true,
+                TRUNCATE,
+                move |t| (t, len),
+                forgot,
+                blocking,
+                done,
+            ),
+            AttrChange::Owner(u, g) => self.target_then(
+                r,
+                t,
+                false,
+                CHOWN,
+                move |t| (t, u, g),
+                forgot,
+                blocking,
+                done,
+            ),
+            AttrChange::Times(a, m, f) => {
+                let input = move |t| (t, a, m, f);
+                self.target_then(r, t, false, UTIMENS, input, forgot, blocking, done)
+            }
+        }
+    }
+
+    /// A call on a path or handle passed on to the backend and answered from its
+    /// completion. What it must come after is written out here first, on the worker that
+    /// began it: the file's buffered bytes (its times and size come after them), and
+    /// before a size change (`sized`) the journal's mark too. After it the cached
+    /// attributes of the path are forgotten, and after a size change what the node
+    /// kept of the file is dropped. An error `again` picks (given the backend's index)
+    /// has the call made the blocking way instead (`blocking`), on the retry thread.
+    #[allow(clippy::too_many_arguments)]
+    fn target_then<In, Out>(
+        self: &Arc<Self>,
+        r: Req,
+        t: Owned<Handle>,
+        sized: bool,
+        rpc: rpc_core::Rpc<In, Reply<Out>>,
+        input: impl FnOnce(Target) -> In,
+        again: impl FnOnce(&Node, usize, i32) -> bool + Send + 'static,
+        blocking: impl FnOnce() -> R<Out> + Send + 'static,
+        done: impl FnOnce(R<Out>) + Send + 'static,
+    ) where
+        In: serde::Serialize + Clone + Send + 'static,
+        Out: DeserializeOwned + Send + 'static,
+    {
+        let before = |f: &SharedFile| match sized {
+            true => self.before_change(f),
+            false => self.flush(f),
+        };
         let (fs, target, b, path) = match &t {
             Owned::Path(p) => {
                 let (b, fs, p) = match self.route(&r, p) {
                     Ok(x) => x,
                     Err(x) => return done(Err(x)),
                 };
-                let files = match a.size {
-                    Some(_) => self.named(&fs, b, &p, true),
-                    None => self.files.by_path(b, &p),
+                let files = match sized {
+                    true => self.named(&fs, b, &p, true),
+                    false => self.files.by_path(b, &p),
                 };
-                for f in &files {
-                    self.before_setattr(f, &a);
-                }
+                files.iter().for_each(|f| before(f));
                 (fs, Target::Path(p.clone()), b, p.into_vec())
             }
             Owned::File(h) => {
-                if let Some(f) = &h.file {
-                    self.before_setattr(f, &a);
-                }
-                // (Not reopened: the next data call on the handle does that.)
+                h.file.iter().for_each(|f| before(f));
                 let t = Target::Handle(h.backing.fh());
                 (h.backing.fs.clone(), t, h.backend, h.path.clone())
             }
         };
-        if self.no_setattr[b].load(Ordering::Relaxed) {
-            return done(by_parts());
-        }
-        self.call_then(&fs, SETATTR, (target, a), move |n, out| {
-            if out == Err(libc::ENOSYS) {
-                n.no_setattr[b].store(true, Ordering::Relaxed);
-                return n.retry(Box::new(move || done(by_parts())));
+        self.call_then(&fs, rpc, input(target), move |n, out| {
+            if let Err(e) = out
+                && again(n, b, e)
+            {
+                return n.retry(Box::new(move || done(blocking())));
             }
             n.attrs.changed(b, &path);
-            if a.size.is_some() {
+            if sized {
                 // A read between could otherwise keep the old bytes.
                 let files = match &t {
                     Owned::File(h) => h.file.iter().cloned().collect(),
@@ -298,14 +379,5 @@ impl Node {
             }
             done(out)
         });
-    }
-
-    /// Before a `setattr` of a file: its buffered bytes written out (its times and size
-    /// come after them), and before a size change the journal's mark durable too.
-    fn before_setattr(&self, f: &crate::files::SharedFile, a: &SetAttr) {
-        match a.size {
-            Some(_) => self.before_change(f),
-            None => self.flush(f),
-        }
     }
 }

@@ -184,7 +184,7 @@ fn closed_files_are_let_go_at_the_backend_many_at_a_time() {
 /// on one (a waiting worker has the pool start a stand-in thread, as it did for each
 /// `fsync` before: four for four), and they are synced side by side.
 #[test]
-fn fsyncs_hold_no_worker_while_the_backend_syncs() {
+fn fsyncs_and_attribute_changes_hold_no_worker_while_the_backend_works() {
     const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
     let export = scratch("ionode-fsync-then");
     let delay = DELAY.as_micros().to_string();
@@ -207,11 +207,7 @@ fn fsyncs_hold_no_worker_while_the_backend_syncs() {
     });
     let took = t.elapsed();
     // Stand-ins linger 2 s once started: counted now, they are those of the fsyncs.
-    let stand_ins = std::fs::read_dir(format!("/proc/{}/task", node.child.id()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("qs-worker-stand"))
-        .count();
+    let stand_ins = stand_ins_of(node.child.id());
     println!("4 fsyncs through one worker: {took:?}, {stand_ins} stand-in threads");
     assert!(
         took >= DELAY,
@@ -224,6 +220,44 @@ fn fsyncs_hold_no_worker_while_the_backend_syncs() {
         4,
         "each one at the backend"
     );
+    // Attribute changes alike: a mode, a length, times and an owner at once.
+    use posix_ship::proto::{CHOWN, SetTime, Target, Time};
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| clients[0].set_permissions("/f0", 0o600).unwrap());
+        s.spawn(|| files[1].set_len(10).unwrap());
+        s.spawn(|| {
+            let when = SetTime::At(Time {
+                sec: 86_400,
+                nsec: 0,
+            });
+            clients[2].set_times("/f2", when, when).unwrap()
+        });
+        s.spawn(|| {
+            let fh = Target::Handle(files[3].handle().unwrap());
+            // SAFETY: getuid cannot fail.
+            let me = unsafe { libc::getuid() };
+            clients[3].call(CHOWN, &(fh, Some(me), None)).unwrap()
+        });
+    });
+    let took = t.elapsed();
+    let stand_ins = stand_ins_of(node.child.id());
+    println!("4 attribute changes through one worker: {took:?}, {stand_ins} stand-in threads");
+    assert!(took < 3 * DELAY, "{took:?}: one after another?");
+    assert_eq!(stand_ins, 0, "workers waited on the backend's changes");
+    use std::os::unix::fs::MetadataExt;
+    let md = |f: &str| std::fs::metadata(export.join(f)).unwrap();
+    assert_eq!(md("f0").mode() & 0o777, 0o600);
+    assert_eq!((md("f1").len(), md("f2").mtime()), (10, 86_400));
+}
+
+/// Threads of process `pid` the engine's pool started to stand in for waiting workers.
+fn stand_ins_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("qs-worker-stand"))
+        .count()
 }
 
 /// A backend built before `posix.setattr` (a server in this process with it removed):

@@ -114,6 +114,20 @@ impl<F> Clone for Owned<F> {
     }
 }
 
+/// One attribute changed ([`Backend::attr_then`]), as its own call names it.
+#[derive(Clone, Copy, Debug)]
+pub enum AttrChange {
+    /// Permission bits (`chmod`).
+    Mode(u32),
+    /// Length (`truncate`).
+    Size(u64),
+    /// Owner and group (`chown`; `None`: unchanged).
+    Owner(Option<u32>, Option<u32>),
+    /// Access and modification times (`utimensat`), following a final symlink if the
+    /// flag says so.
+    Times(SetTime, SetTime, bool),
+}
+
 /// [`SETATTR`] made of the calls it names, in its order: owner, mode, size, times, then
 /// the attributes after (the first that fails is the answer).
 pub fn set_attr<B: Backend + ?Sized>(b: &B, who: &Who, t: On<'_, B::File>, a: SetAttr) -> R<Attr> {
@@ -307,6 +321,17 @@ pub trait Backend: Send + Sync + 'static {
 
     fn stat(&self, who: &Who, t: On<'_, Self::File>, follow: bool) -> R<Attr>;
     fn truncate(&self, who: &Who, t: On<'_, Self::File>, len: u64) -> R<()>;
+    /// One attribute change (`chmod`, `truncate`, `chown`, `utimens`), answered through
+    /// `done` (see [`Backend::open_then`]); begun on a worker. By default the call at
+    /// once.
+    fn attr_then(self: Arc<Self>, who: Who, t: Owned<Self::File>, c: AttrChange, done: Done<()>) {
+        done(match c {
+            AttrChange::Mode(m) => self.chmod(&who, t.on(), m),
+            AttrChange::Size(len) => self.truncate(&who, t.on(), len),
+            AttrChange::Owner(u, g) => self.chown(&who, t.on(), u, g),
+            AttrChange::Times(a, m, follow) => self.utimens(&who, t.on(), a, m, follow),
+        })
+    }
     /// [`SETATTR`], answered through `done` (see [`Backend::open_then`]); begun on a
     /// worker. By default the calls it names, one by one ([`set_attr`]); a backend that
     /// calls another server passes it on whole, one request where there were up to five.

@@ -52,7 +52,9 @@ pub use creds::Policy;
 pub use remote::{Remote, RemoteFile};
 pub use rpc_core::Auth;
 pub use rustix::io::Errno;
-pub use service::{Backend, Begin, Change, Done, On, Owned, Payload, Service, Who, set_attr};
+pub use service::{
+    AttrChange, Backend, Begin, Change, Done, On, Owned, Payload, Service, Who, set_attr,
+};
 
 use crate::proto::*;
 

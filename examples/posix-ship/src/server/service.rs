@@ -25,7 +25,7 @@ use serde_bytes::ByteBuf;
 
 use super::answer::{Begins, serve, serve_then};
 pub use super::backend::{
-    Backend, Begin, Change, Done, MAX_OFFSET, On, Owned, Payload, R, Who, set_attr,
+    AttrChange, Backend, Begin, Change, Done, MAX_OFFSET, On, Owned, Payload, R, Who, set_attr,
 };
 use super::clients::{Clients, Limits};
 use super::lending::Lending;
@@ -251,9 +251,6 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
         serve(e, s, READ, |s, w, c, r| s.read(w, c, &r))?;
         serve(e, s, WRITE, |s, w, c, r| s.write(w, c, r))?;
     }
-    serve(e, s, TRUNCATE, |s, w, _, (t, len)| {
-        s.on(w, &t, |t| s.backend.truncate(w, t, len))
-    })?;
     serve_then(
         e,
         s,
@@ -288,31 +285,7 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
     serve(e, s, READLINK, |s, w, _, p| s.backend.readlink(w, &p))?;
     serve(e, s, STATFS, |s, w, _, p| s.backend.statfs(w, &p))?;
     serve(e, s, ACCESS, |s, w, _, (p, m)| s.backend.access(w, &p, m))?;
-    serve(e, s, CHMOD, |s, w, _, (t, m)| {
-        s.on(w, &t, |t| s.backend.chmod(w, t, m))
-    })?;
-    serve(e, s, UTIMENS, |s, w, _, (t, a, m, f)| {
-        s.on(w, &t, |t| s.backend.utimens(w, t, a, m, f))
-    })?;
-    serve(e, s, CHOWN, |s, w, _, (t, u, g)| {
-        s.on(w, &t, |t| s.backend.chown(w, t, u, g))
-    })?;
-    serve_then(
-        e,
-        s,
-        SETATTR,
-        |_| None,
-        |s, w, (t, a), done| {
-            let t = match t {
-                Target::Path(p) => Owned::Path(p),
-                Target::Handle(fh) => match s.file(&w, fh) {
-                    Ok(f) => Owned::File(f),
-                    Err(x) => return done(Err(x)),
-                },
-            };
-            s.backend.clone().setattr_then(w, t, a, done)
-        },
-    )?;
+    attrs(e, s)?;
     serve(e, s, GETXATTR, |s, w, _, (t, n)| {
         s.on(w, &t, |t| s.backend.getxattr(w, t, &n))
     })?;
@@ -355,4 +328,61 @@ fn changes<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> 
     serve_then(e, s, SYMLINK, begins, move |s, w, (t, p), d| {
         change(s, w, Change::Symlink(t, p), d)
     })
+}
+
+/// The attribute changes (one each, or several at once: [`SETATTR`]), answered through
+/// [`Backend::attr_then`] and [`Backend::setattr_then`] on a worker (what the backend
+/// holds of the file may be written out first).
+fn attrs<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
+    /// The caller's target, its handle resolved.
+    fn owned<B: Backend>(s: &Service<B>, w: &Who, t: Target) -> R<Owned<B::File>> {
+        Ok(match t {
+            Target::Path(p) => Owned::Path(p),
+            Target::Handle(fh) => Owned::File(s.file(w, fh)?),
+        })
+    }
+    let change = |s: &Arc<Service<B>>, w: Who, t: Target, c: AttrChange, done: Done<()>| match owned(
+        s, &w, t,
+    ) {
+        Ok(t) => s.backend.clone().attr_then(w, t, c, done),
+        Err(x) => done(Err(x)),
+    };
+    serve_then(
+        e,
+        s,
+        CHMOD,
+        |_| None,
+        move |s, w, (t, m), d| change(s, w, t, AttrChange::Mode(m), d),
+    )?;
+    serve_then(
+        e,
+        s,
+        TRUNCATE,
+        |_| None,
+        move |s, w, (t, len), d| change(s, w, t, AttrChange::Size(len), d),
+    )?;
+    serve_then(
+        e,
+        s,
+        CHOWN,
+        |_| None,
+        move |s, w, (t, u, g), d| change(s, w, t, AttrChange::Owner(u, g), d),
+    )?;
+    serve_then(
+        e,
+        s,
+        UTIMENS,
+        |_| None,
+        move |s, w, (t, a, m, f), d| change(s, w, t, AttrChange::Times(a, m, f), d),
+    )?;
+    serve_then(
+        e,
+        s,
+        SETATTR,
+        |_| None,
+        |s, w, (t, a), done| match owned(s, &w, t) {
+            Ok(t) => s.backend.clone().setattr_then(w, t, a, done),
+            Err(x) => done(Err(x)),
+        },
+    )
 }
