@@ -79,11 +79,22 @@ impl Backend for Node {
         Node::open_then(&self, req(&who), r, move |out| done(e(out)))
     }
 
-    fn stat_then(self: Arc<Self>, who: Who, p: ByteBuf, follow: bool, done: Done<Attr>) {
-        if let Some(a) = self.virtual_attr(&On::Path(&p)) {
+    fn stat_then(self: Arc<Self>, who: Who, t: Owned<Handle>, follow: bool, done: Done<Attr>) {
+        if let Some(a) = self.virtual_attr(&t.on()) {
             return done(Ok(a));
         }
-        Node::stat_then(&self, req(&who), p, follow, move |out| done(e(out)))
+        match t {
+            Owned::Path(p) => Node::stat_then(&self, req(&who), p, follow, move |out| done(e(out))),
+            Owned::File(h) => {
+                let (node, who2, h2) = (self.clone(), who.clone(), h.clone());
+                let blocking = move || {
+                    Backend::stat(&*node, &who2, On::File(&h2), follow)
+                        .map_err(|x| x.raw_os_error())
+                };
+                let done = move |out| done(e(out));
+                Node::fstat_then(&self, req(&who), h, follow, blocking, done)
+            }
+        }
     }
 
     fn unlink_then(self: Arc<Self>, who: Who, p: ByteBuf, done: Done<()>) {

@@ -269,9 +269,30 @@ impl Node {
             }
             built_before || e == libc::EBADF
         };
-        let sized = a.size.is_some();
+        let effect = match a.size {
+            Some(_) => Effect::Resizes,
+            None => Effect::Changes,
+        };
         let input = move |t| (t, a);
-        self.target_then(r, t, sized, SETATTR, input, old, by_parts, done);
+        self.target_then(r, t, effect, SETATTR, input, old, by_parts, done);
+    }
+
+    /// `stat` of an open file passed on ([`Node::target_then`]: its buffered bytes
+    /// written out first, so that the size is theirs); a handle the backend forgot is
+    /// asked the blocking way (`blocking`, which opens the file again) on the retry
+    /// thread.
+    pub(crate) fn fstat_then(
+        self: &Arc<Self>,
+        r: Req,
+        h: Arc<Handle>,
+        follow: bool,
+        blocking: impl FnOnce() -> R<Attr> + Send + 'static,
+        done: impl FnOnce(R<Attr>) + Send + 'static,
+    ) {
+        let forgot = |_: &Node, _: usize, e: i32| e == libc::EBADF;
+        let input = move |t| (t, follow);
+        let t = Owned::File(h);
+        self.target_then(r, t, Effect::Reads, STAT, input, forgot, blocking, done)
     }
 
     /// One attribute change (`chmod`, `truncate`, `chown`, `utimens`) passed on
@@ -288,31 +309,38 @@ impl Node {
         let forgot = |_: &Node, _: usize, e: i32| e == libc::EBADF;
         match c {
             AttrChange::Mode(m) => {
-                self.target_then(r, t, false, CHMOD, move |t| (t, m), forgot, blocking, done)
+                let input = move |t| (t, m);
+                self.target_then(r, t, Effect::Changes, CHMOD, input, forgot, blocking, done)
             }
-            AttrChange::Size(len) => self.target_then(
-                r,
-                t,
-                true,
-                TRUNCATE,
-                move |t| (t, len),
-                forgot,
-                blocking,
-                done,
-            ),
-            AttrChange::Owner(u, g) => self.target_then(
-                r,
-                t,
-                false,
-                CHOWN,
-                move |t| (t, u, g),
-                forgot,
-                blocking,
-                done,
-            ),
+            AttrChange::Size(len) => {
+                let input = move |t| (t, len);
+                self.target_then(
+                    r,
+                    t,
+                    Effect::Resizes,
+                    TRUNCATE,
+                    input,
+                    forgot,
+                    blocking,
+                    done,
+                )
+            }
+            AttrChange::Owner(u, g) => {
+                let input = move |t| (t, u, g);
+                self.target_then(r, t, Effect::Changes, CHOWN, input, forgot, blocking, done)
+            }
             AttrChange::Times(a, m, f) => {
                 let input = move |t| (t, a, m, f);
-                self.target_then(r, t, false, UTIMENS, input, forgot, blocking, done)
+                self.target_then(
+                    r,
+                    t,
+                    Effect::Changes,
+                    UTIMENS,
+                    input,
+                    forgot,
+                    blocking,
+                    done,
+                )
             }
         }
     }
@@ -320,7 +348,7 @@ impl Node {
     /// A call on a path or handle passed on to the backend and answered from its
     /// completion. What it must come after is written out here first, on the worker that
     /// began it: the file's buffered bytes (its times and size come after them), and
-    /// before a size change (`sized`) the journal's mark too. After it the cached
+    /// before a size change the journal's mark too. After a change the cached
     /// attributes of the path are forgotten, and after a size change what the node
     /// kept of the file is dropped. An error `again` picks (given the backend's index)
     /// has the call made the blocking way instead (`blocking`), on the retry thread.
@@ -329,7 +357,7 @@ impl Node {
         self: &Arc<Self>,
         r: Req,
         t: Owned<Handle>,
-        sized: bool,
+        effect: Effect,
         rpc: rpc_core::Rpc<In, Reply<Out>>,
         input: impl FnOnce(Target) -> In,
         again: impl FnOnce(&Node, usize, i32) -> bool + Send + 'static,
@@ -339,6 +367,7 @@ impl Node {
         In: serde::Serialize + Clone + Send + 'static,
         Out: DeserializeOwned + Send + 'static,
     {
+        let sized = effect == Effect::Resizes;
         let before = |f: &SharedFile| match sized {
             true => self.before_change(f),
             false => self.flush(f),
@@ -368,7 +397,9 @@ impl Node {
             {
                 return n.retry(Box::new(move || done(blocking())));
             }
-            n.attrs.changed(b, &path);
+            if effect != Effect::Reads {
+                n.attrs.changed(b, &path);
+            }
             if sized {
                 // A read between could otherwise keep the old bytes.
                 let files = match &t {
@@ -380,4 +411,15 @@ impl Node {
             done(out)
         });
     }
+}
+
+/// What a call passed on by [`Node::target_then`] does to its file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Looks only (`stat`).
+    Reads,
+    /// Changes attributes (mode, owner, times).
+    Changes,
+    /// Changes the size (what the node keeps of the file goes with it).
+    Resizes,
 }

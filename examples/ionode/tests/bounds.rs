@@ -184,7 +184,7 @@ fn closed_files_are_let_go_at_the_backend_many_at_a_time() {
 /// on one (a waiting worker has the pool start a stand-in thread, as it did for each
 /// `fsync` before: four for four), and they are synced side by side.
 #[test]
-fn fsyncs_and_attribute_changes_hold_no_worker_while_the_backend_works() {
+fn fsyncs_attribute_changes_and_stats_hold_no_worker_while_the_backend_works() {
     const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
     let export = scratch("ionode-fsync-then");
     let delay = DELAY.as_micros().to_string();
@@ -249,6 +249,21 @@ fn fsyncs_and_attribute_changes_hold_no_worker_while_the_backend_works() {
     let md = |f: &str| std::fs::metadata(export.join(f)).unwrap();
     assert_eq!(md("f0").mode() & 0o777, 0o600);
     assert_eq!((md("f1").len(), md("f2").mtime()), (10, 86_400));
+    // And a `stat` of each open file.
+    let t = std::time::Instant::now();
+    let sizes: Vec<u64> = std::thread::scope(|s| {
+        let asks: Vec<_> = files
+            .iter()
+            .map(|f| s.spawn(|| f.metadata().unwrap().size))
+            .collect();
+        asks.into_iter().map(|a| a.join().unwrap()).collect()
+    });
+    let took = t.elapsed();
+    let stand_ins = stand_ins_of(node.child.id());
+    println!("4 stats of open files through one worker: {took:?}, {stand_ins} stand-in threads");
+    assert_eq!(sizes, [0, 10, 0, 0]);
+    assert!(took < 3 * DELAY, "{took:?}: one after another?");
+    assert_eq!(stand_ins, 0, "workers waited on the backend's stat");
 }
 
 /// Threads of process `pid` the engine's pool started to stand in for waiting workers.

@@ -233,9 +233,12 @@ pub trait Backend: Send + Sync + 'static {
     fn unlink_then(self: Arc<Self>, who: Who, path: ByteBuf, done: Done<()>) {
         done(self.unlink(&who, &path))
     }
-    /// `stat` of a path, answered through `done` (see [`Backend::open_then`]).
-    fn stat_then(self: Arc<Self>, who: Who, path: ByteBuf, follow: bool, done: Done<Attr>) {
-        done(self.stat(&who, On::Path(&path), follow))
+    /// `stat` of a path or an open file, answered through `done` (see
+    /// [`Backend::open_then`]): a path's may begin where the request was dispatched
+    /// ([`Begin::Stat`]), an open file's begins on a worker (what is buffered of it may
+    /// be written out first).
+    fn stat_then(self: Arc<Self>, who: Who, t: Owned<Self::File>, follow: bool, done: Done<Attr>) {
+        done(self.stat(&who, t.on(), follow))
     }
     /// With [`Backend::answers_now`]: whether the `*_then` call for `what` would begin
     /// without waiting (its answer coming from a completion, or at once); it is then made

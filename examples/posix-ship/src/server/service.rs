@@ -210,12 +210,11 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
         }),
         Target::Handle(_) => None,
     };
-    serve_then(e, s, STAT, stat, |s, w, (t, follow), done| match t {
-        Target::Path(p) => s.backend.clone().stat_then(w, p, follow, done),
-        Target::Handle(fh) => done(
-            s.file(&w, fh)
-                .and_then(|f| s.backend.stat(&w, On::File(&f), follow)),
-        ),
+    serve_then(e, s, STAT, stat, |s, w, (t, follow), done| {
+        match owned(s, &w, t) {
+            Ok(t) => s.backend.clone().stat_then(w, t, follow, done),
+            Err(x) => done(Err(x)),
+        }
     })?;
     serve_then(
         e,
@@ -334,13 +333,6 @@ fn changes<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> 
 /// [`Backend::attr_then`] and [`Backend::setattr_then`] on a worker (what the backend
 /// holds of the file may be written out first).
 fn attrs<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
-    /// The caller's target, its handle resolved.
-    fn owned<B: Backend>(s: &Service<B>, w: &Who, t: Target) -> R<Owned<B::File>> {
-        Ok(match t {
-            Target::Path(p) => Owned::Path(p),
-            Target::Handle(fh) => Owned::File(s.file(w, fh)?),
-        })
-    }
     let change = |s: &Arc<Service<B>>, w: Who, t: Target, c: AttrChange, done: Done<()>| match owned(
         s, &w, t,
     ) {
@@ -385,4 +377,12 @@ fn attrs<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
             Err(x) => done(Err(x)),
         },
     )
+}
+
+/// The caller's target, its handle resolved.
+fn owned<B: Backend>(s: &Service<B>, w: &Who, t: Target) -> R<Owned<B::File>> {
+    Ok(match t {
+        Target::Path(p) => Owned::Path(p),
+        Target::Handle(fh) => Owned::File(s.file(w, fh)?),
+    })
 }
