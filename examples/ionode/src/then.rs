@@ -3,7 +3,9 @@
 //! finished and sent from the thread that completes that call, so that no worker sleeps
 //! on it and is woken again (`qs-fwd --shapes md` spent half the node's CPU in such task
 //! switches). A call the backend was too busy to take is made again, the blocking way
-//! (which waits that out), by one thread of the node's, in turn.
+//! (which waits that out), by one thread of the node's, in turn; so is one a backend
+//! built before it refused (`ENOSYS`), or on a handle the backend forgot (`EBADF`: the
+//! blocking way opens the file again).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
