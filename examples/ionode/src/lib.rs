@@ -29,6 +29,7 @@ mod ops;
 pub mod routes;
 mod serve;
 pub mod stats;
+mod targets;
 mod then;
 mod virt;
 
