@@ -119,3 +119,13 @@ pub fn pattern(f: u64, off: u64, len: usize) -> Vec<u8> {
         .map(|i| ((off + i).wrapping_mul(31) ^ f.wrapping_mul(131)) as u8)
         .collect()
 }
+
+/// The errno of a call that must fail.
+pub fn common_errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.unwrap_err().raw_os_error().unwrap()
+}
+
+/// A path as the protocol carries it.
+pub fn path(p: &str) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(p.as_bytes().to_vec())
+}
