@@ -4,6 +4,9 @@
 //!
 //! `qs-fwd [-t sm] [-n 64 clients] [-x 4096 transfer] [-b 1M per client] [-d 200 µs
 //! op delay] [-r 3 repeats] [-f 16 files per client] [--shapes fpp,shared,md,dirs]`.
+//! `fpp-random` and `shared-random` are the data shapes with each client's transfers in
+//! a random order (IOR's `-z`): the same offsets and bytes, shuffled per client, the
+//! reads in another order than the writes.
 //! The server runs in this process (its `--op-delay-us` knob emulates a parallel file
 //! system's latency); the I/O node runs as a separate process (this program re-run as
 //! `qs-fwd node ADDR`), so its CPU time and peak memory are its own. Clients are threads
@@ -56,7 +59,8 @@ struct Opts {
     journal: Option<std::path::PathBuf>,
     /// Shapes: fpp (file per process, write then read), shared (one file, strided
     /// blocks, write then read), md (create, stat, unlink), dirs (mkdir, rename, rmdir;
-    /// not in the default set).
+    /// not in the default set); `fpp-random`, `shared-random`: the data shapes with
+    /// each client's transfers in a random order (not in the default set).
     #[arg(long, value_delimiter = ',', default_value = "fpp,shared,md")]
     shapes: Vec<String>,
     #[command(subcommand)]
@@ -157,7 +161,7 @@ fn main() -> Res<()> {
     let cpu0 = cpu_secs(node_pid);
     for shape in &o.shapes {
         let phases: &[&str] = match shape.as_str() {
-            "fpp" | "shared" => &["write", "read"],
+            "fpp" | "shared" | "fpp-random" | "shared-random" => &["write", "read"],
             "md" => &["md"],
             "dirs" => &["dirs"],
             s => return Err(format!("unknown shape {s}").into()),
@@ -238,7 +242,7 @@ fn run(o: &Opts, shape: &str, phase: &str, addr: &str, dir: &str) -> Res<f64> {
     let clients: Vec<RemoteFs> = (0..o.n)
         .map(|_| RemoteFs::connect(addr))
         .collect::<Result<_, _>>()?;
-    if shape == "shared" && phase == "write" {
+    if shape.starts_with("shared") && phase == "write" {
         clients[0].create(&format!("{dir}/shared"))?.close()?;
     }
     let start = Barrier::new(o.n + 1);
@@ -304,7 +308,7 @@ fn client(o: &Opts, shape: &str, phase: &str, fs: &RemoteFs, dir: &str, c: usize
         }
         return Ok(());
     }
-    let (path, stride) = match shape {
+    let (path, stride) = match shape.trim_end_matches("-random") {
         "fpp" => (format!("{dir}/c{c}"), None),
         _ => (format!("{dir}/shared"), Some(o.n)),
     };
@@ -312,6 +316,13 @@ fn client(o: &Opts, shape: &str, phase: &str, fs: &RemoteFs, dir: &str, c: usize
     let at = |k: usize| stride.map_or(k * o.x, |n| (k * n + c) * o.x);
     let owner = if stride.is_some() { 0 } else { c };
     let per = o.b / o.x;
+    // The order of the client's transfers: sequential, or shuffled (a seed per client
+    // and phase: the same each run, the reads in another order than the writes).
+    let mut order: Vec<usize> = (0..per).collect();
+    if shape.ends_with("-random") {
+        let seed = (c as u64) << 1 | u64::from(phase == "read");
+        fastrand::Rng::with_seed(seed).shuffle(&mut order);
+    }
     if phase == "write" {
         let f = if stride.is_some() {
             fs.open_with(&path, libc::O_WRONLY, 0)?
@@ -319,7 +330,7 @@ fn client(o: &Opts, shape: &str, phase: &str, fs: &RemoteFs, dir: &str, c: usize
             fs.create(&path)?
         };
         let mut buf = vec![0u8; o.x];
-        for k in 0..per {
+        for &k in &order {
             let off = at(k);
             buf.iter_mut()
                 .enumerate()
@@ -330,7 +341,7 @@ fn client(o: &Opts, shape: &str, phase: &str, fs: &RemoteFs, dir: &str, c: usize
     } else {
         let f = fs.open(&path)?;
         let mut buf = vec![0u8; o.x];
-        for k in 0..per {
+        for &k in &order {
             let off = at(k);
             let n = f.read_at(&mut buf, off as u64)?;
             let bad = buf
