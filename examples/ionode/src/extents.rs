@@ -91,26 +91,29 @@ impl Extents {
             .range_mut(..off)
             .next_back()
             .filter(|(o, d)| **o + d.len() as u64 == off);
-        let at = match left {
+        let (at, len) = match left {
             Some((&o, d)) if d.len() < SMALL || d.capacity() - d.len() >= data.len() => {
                 d.extend_from_slice(data);
-                o
+                (o, d.len())
             }
             // (Not `fresh`: a piece that joins one before it has its size, whatever room
             // a stream's buffer would have; strided blocks would each take a stream's.)
             Some(_) => {
                 self.pieces.insert(off, data.to_vec());
-                off
+                (off, data.len())
             }
             None => {
                 let mut v = fresh();
                 v.clear();
                 v.extend_from_slice(data);
                 self.pieces.insert(off, v);
-                off
+                (off, data.len())
             }
         };
-        self.settle(at);
+        // (A piece of SMALL or more joins nothing.)
+        if len < SMALL {
+            self.settle(at);
+        }
         merged_with
     }
 
@@ -129,6 +132,12 @@ impl Extents {
             .map(|(&s, _)| s)
             .filter(|s| Some(*s) != first)
             .collect();
+        if let (Some(s), true) = (first, others.is_empty()) {
+            // Within or at the end of one run: it grows in place.
+            let e = self.runs.get_mut(&s).expect("found above");
+            *e = (*e).max(end);
+            return 1;
+        }
         let (mut start, mut stop) = (off, end);
         for s in first.iter().chain(&others) {
             let e = self.runs.remove(s).expect("listed above");
