@@ -106,6 +106,9 @@ fn main() -> Res<()> {
     });
     let base = root.join(format!("qs-fwd-{}", std::process::id()));
     std::fs::create_dir_all(&base)?;
+    // Removed however the run ends (a failed check left gigabytes in /dev/shm, which
+    // then squeezed the memory of every later run).
+    let _export = Removed(base.clone());
     let listen = rpc_core::transport::listen_address(Some(&o.t))?.to_string();
     // Over a network transport every party proves who it is with a shared key made for
     // this run (without one, clients are anonymous and may not write the export); the
@@ -220,9 +223,17 @@ fn main() -> Res<()> {
     );
     drop(node.stdin.take());
     node.wait()?;
-    let _ = std::fs::remove_dir_all(&base);
     let _ = std::fs::remove_file(root.join(format!("qs-fwd-{}.key", std::process::id())));
     Ok(())
+}
+
+/// A directory removed when dropped.
+struct Removed(std::path::PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The node's client requests since the last call (its counter, less stats calls).

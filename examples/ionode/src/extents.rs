@@ -19,6 +19,42 @@ use std::collections::BTreeMap;
 /// Pieces smaller than this are joined to the pieces they touch.
 const SMALL: usize = 4096;
 
+/// Pieces this large leave as parts of their own of a backend write (smaller ones are
+/// copied together into parts), and owned writes this large are kept as they came.
+const BIG: usize = 64 << 10;
+
+/// A backend write taken from the extents: the bytes at `off`, in parts that follow each
+/// other (sent gathered, so that large pieces are not copied again).
+#[derive(Debug, Default)]
+pub struct Write {
+    /// Where the first part goes.
+    pub off: u64,
+    /// The bytes, in order.
+    pub parts: Vec<Vec<u8>>,
+}
+
+impl Write {
+    /// Bytes in all parts.
+    pub fn len(&self) -> u64 {
+        self.parts.iter().map(|p| p.len() as u64).sum()
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The parts with the offset each goes to.
+    pub fn into_pieces(self) -> impl Iterator<Item = (u64, Vec<u8>)> {
+        let mut at = self.off;
+        self.parts.into_iter().map(move |p| {
+            let o = at;
+            at += p.len() as u64;
+            (o, p)
+        })
+    }
+}
+
 /// Disjoint, non-adjacent extents over disjoint pieces that tile them.
 #[derive(Default, Debug)]
 pub struct Extents {
@@ -114,6 +150,26 @@ impl Extents {
         if len < SMALL {
             self.settle(at);
         }
+        merged_with
+    }
+
+    /// As [`Extents::insert`] for a write whose buffer can be kept: one of [`BIG`] bytes
+    /// or more becomes a piece as it came (not copied), unless one piece holds its whole
+    /// range (then written over in place).
+    pub fn insert_owned(&mut self, off: u64, data: Vec<u8>) -> usize {
+        let end = off.saturating_add(data.len() as u64);
+        let inside = self
+            .pieces
+            .range(..=off)
+            .next_back()
+            .is_some_and(|(o, d)| o + d.len() as u64 >= end);
+        if data.len() < BIG || inside {
+            return self.insert(off, &data);
+        }
+        let merged_with = self.join_runs(off, end);
+        self.cut(off, end);
+        self.bytes += data.len() as u64;
+        self.pieces.insert(off, data);
         merged_with
     }
 
@@ -277,7 +333,7 @@ impl Extents {
     }
 
     /// Takes everything, as writes of at most `max` bytes each, in offset order.
-    pub fn drain(&mut self, max: usize) -> Vec<(u64, Vec<u8>)> {
+    pub fn drain(&mut self, max: usize) -> Vec<Write> {
         self.drain_some(0, 0, max)
     }
 
@@ -286,9 +342,10 @@ impl Extents {
     /// them), and then the lowest ones (those every writer has passed) until at most
     /// `keep` bytes remain; as writes of at most `max` bytes each, in offset order.
     /// (The extents are looked at in place and only those taken leave the map: a look that
-    /// takes nothing costs no allocation.) An extent of one piece of at most `max` bytes
-    /// leaves as it is; the pieces of others are copied into the writes, once.
-    pub fn drain_some(&mut self, min: usize, keep: u64, max: usize) -> Vec<(u64, Vec<u8>)> {
+    /// takes nothing costs no allocation.) Pieces of [`BIG`] bytes or more, up to `max`,
+    /// leave as parts of their own, not copied; the bytes of smaller ones are copied
+    /// together into parts, once.
+    pub fn drain_some(&mut self, min: usize, keep: u64, max: usize) -> Vec<Write> {
         let max = max.max(1);
         let mut left = self.bytes;
         let mut taken = Vec::new();
@@ -303,34 +360,90 @@ impl Extents {
         for (s, e) in taken {
             self.runs.remove(&s);
             let keys: Vec<u64> = self.pieces.range(s..e).map(|(&o, _)| o).collect();
-            if let [only] = keys[..]
-                && e - s <= max as u64
-            {
-                out.extend(self.pieces.remove(&only).map(|d| (s, d)));
-                continue;
-            }
-            // Writes at s, s + max, ... filled from the pieces in order.
-            let mut w: Option<(u64, Vec<u8>)> = None;
+            let mut w = Writes::new(max, e);
             for k in keys {
                 let d = self.pieces.remove(&k).expect("listed above");
-                let mut rest = &d[..];
-                let mut at = k;
-                while !rest.is_empty() {
-                    let (wo, wd) = w.get_or_insert_with(|| {
-                        (at, Vec::with_capacity((e - at).min(max as u64) as usize))
-                    });
-                    let want = (e - *wo).min(max as u64) as usize;
-                    let n = (want - wd.len()).min(rest.len());
-                    wd.extend_from_slice(&rest[..n]);
-                    (rest, at) = (&rest[n..], at + n as u64);
-                    if wd.len() == want {
-                        out.extend(w.take());
-                    }
-                }
+                w.add(k, d);
             }
-            out.extend(w);
+            out.extend(w.done());
         }
         out
+    }
+}
+
+/// Backend writes of at most `max` bytes made from the pieces of one run, in order.
+struct Writes {
+    max: usize,
+    /// Where the run ends.
+    end: u64,
+    out: Vec<Write>,
+    cur: Write,
+    /// Bytes of small pieces being copied together into `cur`'s last part.
+    joined: Option<Vec<u8>>,
+}
+
+impl Writes {
+    fn new(max: usize, end: u64) -> Self {
+        Writes {
+            max,
+            end,
+            out: Vec::new(),
+            cur: Write::default(),
+            joined: None,
+        }
+    }
+
+    /// The bytes in `cur` (its parts and what is being joined).
+    fn held(&self) -> usize {
+        self.cur.len() as usize + self.joined.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Ends `cur` (if it holds anything) and starts the next one at `at`.
+    fn next(&mut self, at: u64) {
+        self.cur.parts.extend(self.joined.take());
+        let w = std::mem::replace(
+            &mut self.cur,
+            Write {
+                off: at,
+                parts: Vec::new(),
+            },
+        );
+        if !w.parts.is_empty() {
+            self.out.push(w);
+        }
+    }
+
+    /// Adds the piece `d` at `k` (right after the bytes added before).
+    fn add(&mut self, k: u64, d: Vec<u8>) {
+        if self.held() == 0 {
+            self.cur.off = k;
+        }
+        if (BIG..=self.max).contains(&d.len()) {
+            if self.held() + d.len() > self.max {
+                self.next(k);
+            }
+            self.cur.parts.extend(self.joined.take());
+            self.cur.parts.push(d);
+            return;
+        }
+        // Copied, in writes cut at `max`.
+        let (mut rest, mut at) = (&d[..], k);
+        while !rest.is_empty() {
+            if self.held() == self.max {
+                self.next(at);
+            }
+            let n = (self.max - self.held()).min(rest.len());
+            let room = (self.max - self.held()).min((self.end - at) as usize);
+            self.joined
+                .get_or_insert_with(|| Vec::with_capacity(room))
+                .extend_from_slice(&rest[..n]);
+            (rest, at) = (&rest[n..], at + n as u64);
+        }
+    }
+
+    fn done(mut self) -> Vec<Write> {
+        self.next(0);
+        self.out
     }
 }
 

@@ -6,6 +6,11 @@ use proptest::prelude::*;
 /// The largest backend write.
 const MAX: usize = 8 << 20;
 
+/// Each write's offset and bytes, its parts joined.
+fn flat(w: Vec<Write>) -> Vec<(u64, Vec<u8>)> {
+    w.into_iter().map(|w| (w.off, w.parts.concat())).collect()
+}
+
 /// The model: a plain byte array with a "written" mask.
 fn model(ops: &[(u64, Vec<u8>)], size: usize) -> (Vec<u8>, Vec<bool>) {
     let (mut bytes, mut set) = (vec![0u8; size], vec![false; size]);
@@ -26,7 +31,7 @@ fn sequential_writes_become_one_extent() {
         assert_eq!(x.insert(i * 4096, &[i as u8; 4096]), 1, "touching: merged");
     }
     assert_eq!((x.len(), x.bytes(), x.end()), (1, 65536, 65536));
-    let w = x.drain(16384);
+    let w = flat(x.drain(16384));
     assert_eq!(w.len(), 4);
     assert_eq!(w[3].0, 49152);
     assert_eq!(w[3].1[..4096], [12u8; 4096]);
@@ -46,8 +51,8 @@ fn a_new_extent_starts_in_the_buffer_given_and_appends_stay_in_it() {
     assert_eq!((x.len(), x.bytes()), (1, 63 * 4096));
     assert_eq!(x.pieces[&4096][62 * 4096..], [63u8; 4096]);
     let w = x.drain(MAX);
-    assert_eq!(w.len(), 1);
-    assert_eq!(w[0].1.as_ptr(), at, "taken whole, not copied");
+    assert_eq!((w.len(), w[0].parts.len()), (1, 1));
+    assert_eq!(w[0].parts[0].as_ptr(), at, "taken whole, not copied");
 }
 
 #[test]
@@ -57,7 +62,7 @@ fn only_large_extents_are_taken_early() {
     x.insert(200, &[2; 10]);
     x.insert(300, &[3; 50]);
     x.insert(400, &[4; 10]);
-    let w = x.drain_some(50, u64::MAX, 64);
+    let w = flat(x.drain_some(50, u64::MAX, 64));
     assert_eq!(
         w.iter().map(|(o, d)| (*o, d.len())).collect::<Vec<_>>(),
         [(0, 64), (64, 36), (300, 50)]
@@ -67,7 +72,7 @@ fn only_large_extents_are_taken_early() {
         (2, 20),
         "small ones wait for their neighbours"
     );
-    let w = x.drain_some(50, 10, 64);
+    let w = flat(x.drain_some(50, 10, 64));
     assert_eq!(w.len(), 1, "the lowest goes first under pressure");
     assert_eq!((w[0].0, x.bytes()), (200, 10));
 }
@@ -95,7 +100,7 @@ fn a_file_written_backwards_copies_each_write_once_and_once_more_when_taken() {
     }
     assert_eq!((x.len(), x.bytes()), (1, n * 4096));
     assert_eq!(x.copied, n * 4096, "each write copied once");
-    let w = x.drain(1 << 20);
+    let w = flat(x.drain(1 << 20));
     assert_eq!(w.len(), 1);
     for (i, c) in w[0].1.chunks(4096).enumerate() {
         assert_eq!(c, [i as u8; 4096]);
@@ -158,6 +163,47 @@ fn tiny_writes_in_any_order_make_few_pieces() {
     assert!(buf.iter().enumerate().all(|(i, b)| *b == i as u8));
 }
 
+#[test]
+fn large_owned_writes_are_kept_and_leave_as_parts_of_their_own() {
+    let mut x = Extents::default();
+    let big = |b: u8| vec![b; BIG * 2];
+    let (a, b) = (big(1), big(2));
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    x.insert_owned(0, a);
+    x.insert(BIG as u64 * 2, &[3; 100]);
+    x.insert_owned(BIG as u64 * 2 + 100, b);
+    assert_eq!(x.copied, 100, "only the small write copied");
+    assert_eq!((x.len(), x.bytes()), (1, BIG as u64 * 4 + 100));
+    // A write inside one of them goes over it in place.
+    x.insert_owned(10, vec![4; BIG]);
+    assert_eq!(x.copied, 100 + BIG as u64);
+    let w = x.drain(MAX);
+    assert_eq!(w.len(), 1);
+    let parts: Vec<_> = w[0].parts.iter().map(|p| (p.as_ptr(), p.len())).collect();
+    assert_eq!(parts, [(pa, BIG * 2), (parts[1].0, 100), (pb, BIG * 2)]);
+    let all = w[0].parts.concat();
+    assert_eq!(all[..10], [1; 10]);
+    assert_eq!(all[10..10 + BIG], vec![4; BIG][..]);
+    assert_eq!(all[BIG * 4 + 100 - 1], 2);
+    // Cut at `max`: each write whole parts where they fit.
+    x.insert_owned(0, vec![5; BIG]);
+    x.insert_owned(BIG as u64, vec![6; BIG]);
+    x.insert(2 * BIG as u64, &[7; 10]);
+    let w = x.drain(BIG + 5);
+    let shape: Vec<_> = w
+        .iter()
+        .map(|w| (w.off, w.parts.iter().map(Vec::len).collect::<Vec<_>>()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (0, vec![BIG]),
+            (BIG as u64, vec![BIG, 5]),
+            (2 * BIG as u64 + 5, vec![5])
+        ]
+    );
+}
+
 proptest! {
     /// Blocks written in any order: each byte is copied by its write only (merges move
     /// no bytes); small blocks may be copied once more per join, less than `SMALL` each.
@@ -174,7 +220,7 @@ proptest! {
         let bound = if size as usize >= SMALL { 64 * size } else { 64 * (size + 2 * SMALL as u64) };
         prop_assert!(x.copied <= bound, "{} bytes copied", x.copied);
         prop_assert!(x.pieces.len() as u64 <= 2 * x.bytes().div_ceil(SMALL as u64) + 1);
-        let w = x.drain(MAX);
+        let w = flat(x.drain(MAX));
         for (o, d) in w {
             for (i, c) in d.chunks(size as usize).enumerate() {
                 let b = o / size + i as u64;
@@ -229,7 +275,7 @@ proptest! {
         // Draining in small pieces gives back exactly the written bytes.
         let mut again = vec![0u8; 240];
         let mut seen = vec![false; 240];
-        for (o, d) in x.drain(7) {
+        for (o, d) in flat(x.drain(7)) {
             prop_assert!(d.len() <= 7);
             for (i, b) in d.iter().enumerate() {
                 again[o as usize + i] = *b;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use posix_ship::proto::Principal;
 
 use crate::backing::Backing;
-use crate::extents::Extents;
+use crate::extents::{Extents, Write};
 use crate::journal::Journal;
 use crate::kept::{Budget, Kept};
 use crate::stats::Counters;
@@ -222,33 +222,34 @@ impl Files {
     }
 
     /// Buffers a write of `data` at `off`, made by `user` on the file opened as `path`
-    /// (journaled, if there is a journal, before this returns): `false` if memory is short
-    /// even after flushing this file (the caller writes it through).
+    /// (journaled, if there is a journal, before this returns; a large `data` is kept as
+    /// it is, not copied): gives `data` back if memory is short even after flushing this
+    /// file (the caller writes it through).
     pub fn buffer(
         &self,
         f: &SharedFile,
         off: u64,
-        data: &[u8],
+        data: Vec<u8>,
         path: &[u8],
         user: &Option<Principal>,
-    ) -> bool {
+    ) -> Result<(), Vec<u8>> {
         let len = data.len() as u64;
         if self.buffered.load(Ordering::Acquire) + len > self.budget {
             self.flush(f);
             if self.buffered.load(Ordering::Acquire) + len > self.budget {
-                return false;
+                return Err(data);
             }
         }
         let (held, look, merged, record) = {
             let mut s = lock(&f.state);
-            let (after, merged) = self.insert(f, &mut s, off, data);
-            let look = self.look_due(&s, after);
             // Journaled under the same lock as buffered: a flush's Clean marker then
             // covers exactly the records whose bytes it wrote.
             let record = self
                 .journal
                 .as_ref()
-                .map(|j| j.append_write(f.key, path, user.clone(), off, data));
+                .map(|j| j.append_write(f.key, path, user.clone(), off, &data));
+            let (after, merged) = self.insert(f, &mut s, off, Bytes::Owned(data));
+            let look = self.look_due(&s, after);
             (after, look, merged, record)
         };
         if let (Some(j), Some(r)) = (&self.journal, record)
@@ -263,7 +264,7 @@ impl Files {
         } else if look {
             self.write_out(f, RIPE, u64::MAX);
         }
-        true
+        Ok(())
     }
 
     /// As [`Files::buffer`], only if that needs no waiting: no journal to sync, memory
@@ -280,7 +281,7 @@ impl Files {
             if self.look_due(&s, most) || most >= self.file_max * 4 {
                 return false;
             }
-            self.insert(f, &mut s, off, data).1
+            self.insert(f, &mut s, off, Bytes::Borrowed(data)).1
         };
         self.count(len, merged);
         true
@@ -294,7 +295,7 @@ impl Files {
 
     /// Puts a write into `f`'s extents (its lock held as `s`); returns the bytes then
     /// buffered and how many extents it merged with.
-    fn insert(&self, f: &SharedFile, s: &mut State, off: u64, data: &[u8]) -> (u64, u64) {
+    fn insert(&self, f: &SharedFile, s: &mut State, off: u64, data: Bytes<'_>) -> (u64, u64) {
         let before = s.extents.bytes();
         // A stream's new extent (after a write-out took the last one) starts with room
         // for what it will grow to: no copy at each doubling (a fresh extent's growth,
@@ -305,10 +306,15 @@ impl Files {
         // write-behind budget does not count.
         let stream = off == s.last_write_end && off > 0;
         let room = if stream { self.file_max as usize } else { 0 };
-        let merged = s
-            .extents
-            .insert_with(off, data, || Vec::with_capacity(room));
-        s.last_write_end = off + data.len() as u64;
+        let len = data.len() as u64;
+        let merged = match data {
+            Bytes::Borrowed(d) => s.extents.insert_with(off, d, || Vec::with_capacity(room)),
+            // (A large one kept as it came: pulled into a buffer of its own, it would
+            // otherwise be copied once more; `qs-fwd -x 1048576 -n 16`, writes through
+            // the node 5-20 % faster, its CPU 15 % less.)
+            Bytes::Owned(d) => s.extents.insert_owned(off, d),
+        };
+        s.last_write_end = off + len;
         let after = s.extents.bytes();
         let now = Instant::now();
         s.since.get_or_insert(now);
@@ -440,6 +446,21 @@ impl SharedFile {
     }
 }
 
+/// A write's bytes as [`Files`] is given them: a request's, or a buffer it may keep.
+enum Bytes<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Bytes<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Bytes::Borrowed(d) => d.len(),
+            Bytes::Owned(d) => d.len(),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -468,7 +489,11 @@ mod tests {
         let block = [7u8; 4096];
         // Scattered blocks (every other one): no extent is ever ripe.
         for i in 0..=256u64 {
-            assert!(files.buffer(&f, i * 8192, &block, b"/f", &None));
+            assert!(
+                files
+                    .buffer(&f, i * 8192, block.to_vec(), b"/f", &None)
+                    .is_ok()
+            );
         }
         let s = lock(&f.state);
         assert_eq!(s.extents.bytes(), 257 * 4096, "nothing written out");
@@ -489,7 +514,11 @@ mod tests {
         // The 256th would make 1 MiB: a look is due, which may write out (and wait).
         assert!(!files.buffer_now(&f, 255 * 8192, &block));
         assert_eq!(lock(&f.state).extents.bytes(), 255 * 4096, "nothing taken");
-        assert!(files.buffer(&f, 255 * 8192, &block, b"/f", &None));
+        assert!(
+            files
+                .buffer(&f, 255 * 8192, block.to_vec(), b"/f", &None)
+                .is_ok()
+        );
         // Past the node's whole budget: refused (the waiting path flushes first).
         let small = Files::new(64 << 10, 0, None, Arc::new(Counters::default()));
         let g = small.get((0, 1, 2));

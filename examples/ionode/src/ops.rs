@@ -370,12 +370,13 @@ impl Node {
             return Err(libc::EBADF);
         }
         h.wrote.store(true, std::sync::atomic::Ordering::Release);
-        let data = data.bytes().map_err(|e| e.raw_os_error())?;
+        let mut data = data.bytes().map_err(|e| e.raw_os_error())?;
         let n = data.len() as u64;
-        if let (Some(off), Some(f)) = (offset, self.buffers(h, n))
-            && self.files.buffer(f, off, &data, &h.path, &r.user)
-        {
-            return Ok(Written { n, end: off + n });
+        if let (Some(off), Some(f)) = (offset, self.buffers(h, n)) {
+            match self.files.buffer(f, off, data, &h.path, &r.user) {
+                Ok(()) => return Ok(Written { n, end: off + n }),
+                Err(d) => data = d,
+            }
         }
         // Through: appends, large writes, no memory. After what is buffered, in order.
         if let Some(f) = &h.file {

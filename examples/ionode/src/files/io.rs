@@ -58,7 +58,7 @@ impl Files {
             s.cache.clear();
             // Counted as being written before they stop counting as buffered, so that
             // the journal is never emptied while they are in neither.
-            let drained: u64 = writes.iter().map(|(_, d)| d.len() as u64).sum();
+            let drained: u64 = writes.iter().map(Write::len).sum();
             self.draining.fetch_add(drained, Ordering::AcqRel);
             self.account(f, before, after);
             (writes, s.writers.first().cloned(), clean_from, drained)
@@ -79,12 +79,7 @@ impl Files {
     }
 
     /// Writes `writes` of `f` through `via`; whether all succeeded.
-    fn write_through(
-        &self,
-        f: &SharedFile,
-        writes: Vec<(u64, Vec<u8>)>,
-        via: Option<Writer>,
-    ) -> bool {
+    fn write_through(&self, f: &SharedFile, writes: Vec<Write>, via: Option<Writer>) -> bool {
         Counters::add(&self.stats.flushes, 1);
         let Some(w) = via else {
             // Buffered bytes always have a writer: the last one flushes before it goes.
@@ -94,20 +89,22 @@ impl Files {
         };
         let mut failed = Vec::new();
         let mut error = None;
-        for (off, data) in writes {
+        for write in writes {
             if error.is_some() {
-                failed.push((off, data));
+                failed.push(write);
                 continue;
             }
             self.stats.request_out("posix.write");
             let b = &w.backing;
-            match b.with(|fh| b.fs.pwrite(fh, &data, Some(off))) {
-                Ok(_) => Counters::add(&self.stats.bytes_out, data.len() as u64),
+            let (off, len) = (write.off, write.len());
+            let parts: Vec<&[u8]> = write.parts.iter().map(Vec::as_slice).collect();
+            match b.with(|fh| b.fs.pwrite_parts(fh, &parts, Some(off))) {
+                Ok(_) => Counters::add(&self.stats.bytes_out, len),
                 Err(e) => {
                     let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                    tracing::warn!(file = ?f.key, off, len = data.len(), errno, "deferred write failed");
+                    tracing::warn!(file = ?f.key, off, len, errno, "deferred write failed");
                     error = Some(errno);
-                    failed.push((off, data));
+                    failed.push(write);
                 }
             }
         }
@@ -126,8 +123,8 @@ impl Files {
             // Keep the bytes under anything written since (newer bytes win).
             let before = s.extents.bytes();
             let newer = s.extents.drain(usize::MAX);
-            for (o, d) in failed.iter().chain(newer.iter()) {
-                s.extents.insert(*o, d);
+            for (o, d) in failed.into_iter().chain(newer).flat_map(Write::into_pieces) {
+                s.extents.insert_owned(o, d);
             }
             // Tried again whole once the file has been quiet for `flush_after`.
             s.since.get_or_insert_with(Instant::now);
@@ -179,7 +176,7 @@ impl Files {
         off: u64,
         buf: &mut [u8],
         window: usize,
-        fetch: impl FnOnce(u64, &mut [u8]) -> std::io::Result<usize>,
+        mut fetch: impl FnMut(u64, &mut [u8]) -> std::io::Result<usize>,
     ) -> std::io::Result<(usize, bool)> {
         let _no_flush = f.flushing.read().unwrap_or_else(|e| e.into_inner());
         let dense = {
@@ -222,9 +219,17 @@ impl Files {
             if s.generation == generation {
                 s.cache.keep(at, data, READAHEAD_TTL);
             }
+            drop(s);
+            // Short of the caller's bytes without reaching the end (its window past
+            // what the server would stage at once: 16 readers of 1 MiB through one node
+            // got 64 KiB reads): the rest of the caller's bytes asked for alone.
+            let k = match n == len || k == buf.len() {
+                true => k,
+                false => k + fill(&mut fetch, off + k as u64, &mut buf[k..])?,
+            };
             (k, true)
         } else {
-            (fetch(off, buf)?, true)
+            (fill(&mut fetch, off, buf)?, true)
         };
         Ok((lock(&f.state).extents.overlay(off, buf, n), fetched))
     }
@@ -254,4 +259,22 @@ impl Files {
         buf.copy_from_slice(&d[from..from + buf.len()]);
         true
     }
+}
+
+/// Reads `buf` at `off` through `fetch` until it is full or the backend has no more (a
+/// read that returns nothing): a server under staging pressure answers short, which is
+/// not the end of the file. The bytes read.
+fn fill(
+    fetch: &mut impl FnMut(u64, &mut [u8]) -> std::io::Result<usize>,
+    off: u64,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match fetch(off + done as u64, &mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
 }

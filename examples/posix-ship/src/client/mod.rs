@@ -594,16 +594,24 @@ impl RemoteFs {
     /// `pwrite` of all of `data` at `offset` (`None`: append). Returns the offset just
     /// past the data. Large writes are pulled by the server from `data` by bulk.
     pub fn pwrite(&self, fh: Fh, data: &[u8], offset: Option<u64>) -> io::Result<u64> {
+        self.pwrite_parts(fh, &[data], offset)
+    }
+
+    /// [`RemoteFs::pwrite`] of `parts` one after another, gathered: the server pulls
+    /// them from where they are, as one region (no copy into one buffer here).
+    pub fn pwrite_parts(&self, fh: Fh, parts: &[&[u8]], offset: Option<u64>) -> io::Result<u64> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut done = 0;
         loop {
-            let part = &data[done..(done + MAX_IO as usize).min(data.len())];
-            let w = self.pwrite_once(fh, part, offset.map(|o| o + done as u64))?;
-            if w.n > part.len() as u64 {
+            let part = slice_parts(parts, done, MAX_IO as usize);
+            let len: usize = part.iter().map(|p| p.len()).sum();
+            let w = self.pwrite_once(fh, &part, offset.map(|o| o + done as u64))?;
+            if w.n > len as u64 {
                 // A server claiming more than it was sent lies about what landed.
                 return Err(errno(libc::EIO));
             }
             done += w.n as usize;
-            if done >= data.len() {
+            if done >= total {
                 return Ok(w.end);
             }
             if w.n == 0 {
@@ -613,19 +621,21 @@ impl RemoteFs {
         }
     }
 
-    fn pwrite_once(&self, fh: Fh, data: &[u8], offset: Option<u64>) -> io::Result<Written> {
-        if data.len() <= self.inner.inline_max {
+    fn pwrite_once(&self, fh: Fh, parts: &[&[u8]], offset: Option<u64>) -> io::Result<Written> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len <= self.inner.inline_max {
             let req = WriteReq {
                 fh,
                 offset,
-                data: WriteData::Inline(ByteBuf::from(data.to_vec())),
+                data: WriteData::Inline(ByteBuf::from(parts.concat())),
             };
             return self.call(WRITE, &req);
         }
+        let segs = parts.iter().map(|p| Seg::from(*p)).collect();
         let src = self
             .inner
             .engine
-            .expose(vec![Seg::from(data)], Access::ReadOnly)
+            .expose(segs, Access::ReadOnly)
             .map_err(rpc_err)?;
         let req = WriteReq {
             fh,
@@ -639,6 +649,27 @@ impl RemoteFs {
     pub fn fstat(&self, fh: Fh) -> io::Result<Attr> {
         self.call(STAT, &(Target::Handle(fh), true))
     }
+}
+
+/// The bytes of `parts` (one after another) from byte `from`, at most `max` of them.
+fn slice_parts<'a>(parts: &[&'a [u8]], from: usize, max: usize) -> Vec<&'a [u8]> {
+    let (mut skip, mut left) = (from, max);
+    let mut out = Vec::new();
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        let take = (p.len() - skip).min(left);
+        if take > 0 {
+            out.push(&p[skip..skip + take]);
+        }
+        (skip, left) = (0, left - take);
+        if left == 0 {
+            break;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -656,5 +687,17 @@ mod tests {
         assert_eq!(rpc_errno(&RpcError::Busy("bound".into())), libc::EAGAIN);
         let too_large = RpcError::OutputTooLarge("made and dropped".into());
         assert_eq!(rpc_errno(&too_large), libc::EIO, "not tried again");
+    }
+
+    #[test]
+    fn parts_are_sliced_from_a_byte_to_a_bound() {
+        let (a, b, c) = (&[1u8; 3][..], &[2u8; 0][..], &[3u8; 4][..]);
+        let parts = [a, b, c];
+        let flat = |v: Vec<&[u8]>| v.concat();
+        assert_eq!(flat(slice_parts(&parts, 0, 100)), [1, 1, 1, 3, 3, 3, 3]);
+        assert_eq!(flat(slice_parts(&parts, 2, 3)), [1, 3, 3]);
+        assert_eq!(slice_parts(&parts, 3, 2), [&[3u8, 3][..]]);
+        assert!(slice_parts(&parts, 7, 5).is_empty());
+        assert!(slice_parts(&parts, 1, 0).is_empty());
     }
 }
