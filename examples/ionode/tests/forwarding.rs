@@ -162,6 +162,35 @@ fn large_writes_in_any_order_reach_the_backend_as_one_gathered_write() {
 }
 
 #[test]
+fn a_write_out_of_scattered_extents_keeps_backend_writes_in_flight() {
+    // 64 blocks that do not touch: 64 backend writes, each 20 ms at this backend. Made
+    // one after another they take 1.28 s at least; the node keeps up to 16 in flight.
+    let export = scratch("ionode-flight");
+    let backend = Proc::backend(
+        &export,
+        &["--trust-forwarder", "0", "--op-delay-us", "20000"],
+    );
+    let node = Proc::node(&backend.addr, &["--flush-after-ms", "600000"]);
+    let f = node.client().create("/scattered").unwrap();
+    let block = |i: u64| pattern(11, i * 2 * BLOCK as u64, BLOCK);
+    for i in 0..64u64 {
+        f.write_at(&block(i), i * 2 * BLOCK as u64).unwrap();
+    }
+    let t = std::time::Instant::now();
+    f.sync_all().unwrap();
+    let took = t.elapsed();
+    let back = std::fs::read(export.join("scattered")).unwrap();
+    for i in 0..64u64 {
+        let at = (i * 2 * BLOCK as u64) as usize;
+        assert!(back[at..at + BLOCK] == block(i)[..], "block {i}");
+    }
+    assert!(
+        took < std::time::Duration::from_millis(640),
+        "fsync after 64 scattered writes took {took:?}"
+    );
+}
+
+#[test]
 fn sequential_small_reads_are_read_ahead() {
     let (export, _backend, node) = pair("ionode-ra", &[]);
     let data = pattern(3, 0, 8 << 20);

@@ -30,7 +30,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rpc_core::{Access, Endpoint, Engine, Rpc, RpcError, Seg};
+use rpc_core::{Access, Bulk, Endpoint, Engine, Rpc, RpcError, Seg};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
@@ -126,6 +126,27 @@ impl<Out: DeserializeOwned> std::future::Future for Pending<Out> {
     ) -> std::task::Poll<Self::Output> {
         let out = std::task::ready!(std::pin::Pin::new(&mut self.call).poll(cx));
         std::task::Poll::Ready(out.map_err(rpc_err).and_then(|r| r.map_err(errno)))
+    }
+}
+
+/// A write in flight ([`RemoteFs::pwrite_parts_start`]), its buffers borrowed until it
+/// is waited for.
+#[must_use = "a dropped write's outcome is discarded"]
+pub struct PendingWrite<'a> {
+    call: Pending<Written>,
+    len: u64,
+    _src: Option<Bulk<'a>>,
+}
+
+impl PendingWrite<'_> {
+    /// Blocks until the server answers: what it wrote (a server claiming more than it
+    /// was sent is `EIO`).
+    pub fn wait(self) -> io::Result<Written> {
+        let w = self.call.wait()?;
+        if w.n > self.len {
+            return Err(errno(libc::EIO));
+        }
+        Ok(w)
     }
 }
 
@@ -622,14 +643,45 @@ impl RemoteFs {
     }
 
     fn pwrite_once(&self, fh: Fh, parts: &[&[u8]], offset: Option<u64>) -> io::Result<Written> {
+        let (req, _src) = self.write_req(fh, parts, offset)?;
+        self.call(WRITE, &req)
+    }
+
+    /// Starts one `pwrite` of `parts` (at most [`MAX_IO`] bytes, else `EINVAL`) without
+    /// waiting: many may be in flight from one thread (an I/O node writing out a file's
+    /// extents). The server may write less than all (then write the rest); a server at
+    /// its bound of requests in flight answers `EAGAIN`, which [`RemoteFs::pwrite_parts`]
+    /// would have waited out.
+    pub fn pwrite_parts_start<'a>(
+        &self,
+        fh: Fh,
+        parts: &[&'a [u8]],
+        offset: Option<u64>,
+    ) -> io::Result<PendingWrite<'a>> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len as u64 > MAX_IO {
+            return Err(errno(libc::EINVAL));
+        }
+        let (req, src) = self.write_req(fh, parts, offset)?;
+        Ok(PendingWrite {
+            call: self.start(WRITE, &req),
+            len: len as u64,
+            _src: src,
+        })
+    }
+
+    /// A write request for `parts`: inline if small, else naming them as one region
+    /// (the handle, to keep until the server has them).
+    fn write_req<'a>(
+        &self,
+        fh: Fh,
+        parts: &[&'a [u8]],
+        offset: Option<u64>,
+    ) -> io::Result<(WriteReq, Option<Bulk<'a>>)> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len <= self.inner.inline_max {
-            let req = WriteReq {
-                fh,
-                offset,
-                data: WriteData::Inline(ByteBuf::from(parts.concat())),
-            };
-            return self.call(WRITE, &req);
+            let data = WriteData::Inline(ByteBuf::from(parts.concat()));
+            return Ok((WriteReq { fh, offset, data }, None));
         }
         let segs = parts.iter().map(|p| Seg::from(*p)).collect();
         let src = self
@@ -637,12 +689,8 @@ impl RemoteFs {
             .engine
             .expose(segs, Access::ReadOnly)
             .map_err(rpc_err)?;
-        let req = WriteReq {
-            fh,
-            offset,
-            data: WriteData::Bulk(src.descriptor()),
-        };
-        self.call(WRITE, &req)
+        let data = WriteData::Bulk(src.descriptor());
+        Ok((WriteReq { fh, offset, data }, Some(src)))
     }
 
     /// `fstat` of a raw handle.
@@ -651,8 +699,9 @@ impl RemoteFs {
     }
 }
 
-/// The bytes of `parts` (one after another) from byte `from`, at most `max` of them.
-fn slice_parts<'a>(parts: &[&'a [u8]], from: usize, max: usize) -> Vec<&'a [u8]> {
+/// The bytes of `parts` (one after another) from byte `from`, at most `max` of them (the
+/// rest of a gathered write the server took part of).
+pub fn slice_parts<'a>(parts: &[&'a [u8]], from: usize, max: usize) -> Vec<&'a [u8]> {
     let (mut skip, mut left) = (from, max);
     let mut out = Vec::new();
     for p in parts {
