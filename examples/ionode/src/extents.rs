@@ -17,11 +17,11 @@
 use std::collections::BTreeMap;
 
 /// Pieces smaller than this are joined to the pieces they touch.
-const SMALL: usize = 4096;
+pub const SMALL: usize = 4096;
 
 /// Pieces this large leave as parts of their own of a backend write (smaller ones are
 /// copied together into parts), and owned writes this large are kept as they came.
-const BIG: usize = 64 << 10;
+pub const BIG: usize = 64 << 10;
 
 /// A backend write taken from the extents: the bytes at `off`, in parts that follow each
 /// other (sent gathered, so that large pieces are not copied again).

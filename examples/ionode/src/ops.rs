@@ -348,7 +348,7 @@ impl Node {
     /// The read-ahead window for a read of `len` at `off` if it misses, and the window
     /// to keep if it does: it doubles with each backend read while reads are sequential,
     /// up to `readahead_max`, and falls to nothing at a seek.
-    fn window(&self, h: &Handle, off: u64, len: usize) -> (usize, usize) {
+    pub(crate) fn window(&self, h: &Handle, off: u64, len: usize) -> (usize, usize) {
         let s = lock(&h.seq);
         let max = self.cfg.readahead_max;
         let w = if off == s.0 && max > 0 {

@@ -135,6 +135,20 @@ impl Backend for Node {
         e(Node::read(self, h, off, b))
     }
 
+    fn read_then(
+        self: Arc<Self>,
+        _: Who,
+        h: Arc<Handle>,
+        off: u64,
+        len: usize,
+        done: Done<Vec<u8>>,
+    ) {
+        if let Err(x) = self.not_virtual(&On::File(&h), libc::EISDIR) {
+            return done(Err(x));
+        }
+        Node::read_then(&self, h, off, len, move |out| done(e(out)))
+    }
+
     fn write(&self, who: &Who, h: &Arc<Handle>, off: Option<u64>, d: Payload<'_>) -> R<Written> {
         self.not_virtual(&On::File(h), libc::EBADF)?;
         e(Node::write(self, &req(who), h, off, d))

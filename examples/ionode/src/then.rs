@@ -242,4 +242,79 @@ impl Node {
             Change::Link(..) => self.call_then(&fs, LINK, (first, second), then),
         }
     }
+
+    /// A read: a plain miss of a file with nothing buffered ([`crate::files::Files::
+    /// plain_miss`]) is asked of the backend and answered from its completion (random
+    /// readers held a worker each: 64 of them over one 512 MiB file read through the
+    /// node at 0.41-0.62x direct with a 200 µs backend); anything else the blocking way,
+    /// here.
+    pub(crate) fn read_then(
+        self: &Arc<Self>,
+        h: Arc<Handle>,
+        off: u64,
+        len: usize,
+        done: impl FnOnce(R<Vec<u8>>) + Send + 'static,
+    ) {
+        let (window, next) = self.window(&h, off, len);
+        let plain = h
+            .file
+            .as_ref()
+            .is_none_or(|f| self.files.plain_miss(f, off, len, window));
+        if !plain {
+            let mut buf = vec![0u8; len];
+            return done(self.read(&h, off, &mut buf).map(|n| {
+                buf.truncate(n);
+                buf
+            }));
+        }
+        let done: ReadDone = Box::new(done);
+        self.fetch_then(h, (off, len, next), Vec::new(), done);
+    }
+
+    /// Reads `len` bytes at `off` from the backend into `got` (what came so far), asking
+    /// again after a short answer until full or the end of the file (`next`: the
+    /// read-ahead window the reader keeps); a call refused (busy, a forgotten handle,
+    /// failed) is made again the blocking way on the retry thread.
+    fn fetch_then(
+        self: &Arc<Self>,
+        h: Arc<Handle>,
+        (off, len, next): (u64, usize, usize),
+        got: Vec<u8>,
+        done: ReadDone,
+    ) {
+        self.stats.request_out("posix.read");
+        let at = off + got.len() as u64;
+        let (node, b) = (self.clone(), h.backing.clone());
+        b.fs.pread_then(b.fh(), len - got.len(), at, move |r| match r {
+            Ok(d) => {
+                let end = d.is_empty();
+                let mut got = got;
+                match got.is_empty() {
+                    true => got = d,
+                    false => got.extend_from_slice(&d),
+                }
+                if end || got.len() == len {
+                    if let Some(f) = &h.file {
+                        node.files.overlay_now(f, off, len, &mut got);
+                    }
+                    *crate::node::lock(&h.seq) = (off + got.len() as u64, next);
+                    return done(Ok(got));
+                }
+                node.fetch_then(h, (off, len, next), got, done)
+            }
+            Err(_) => {
+                let n = node.clone();
+                node.retry(Box::new(move || {
+                    let mut buf = vec![0u8; len];
+                    done(n.read(&h, off, &mut buf).map(|k| {
+                        buf.truncate(k);
+                        buf
+                    }))
+                }))
+            }
+        });
+    }
 }
+
+/// Where a read answered later puts its bytes.
+type ReadDone = Box<dyn FnOnce(R<Vec<u8>>) + Send>;

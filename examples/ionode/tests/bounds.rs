@@ -187,12 +187,7 @@ fn closed_files_are_let_go_at_the_backend_many_at_a_time() {
 fn fsyncs_attribute_changes_and_stats_hold_no_worker_while_the_backend_works() {
     const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
     let export = scratch("ionode-fsync-then");
-    let delay = DELAY.as_micros().to_string();
-    let backend = Proc::backend(
-        &export,
-        &["--trust-forwarder", "0", "--op-delay-us", &delay],
-    );
-    let node = Proc::node(&backend.addr, &["--workers", "1"]);
+    let (_backend, node) = slow_pair(&export, DELAY);
     let clients: Vec<_> = (0..4).map(|_| node.client()).collect();
     let files: Vec<_> = clients
         .iter()
@@ -205,16 +200,8 @@ fn fsyncs_attribute_changes_and_stats_hold_no_worker_while_the_backend_works() {
             s.spawn(move || f.sync_all().unwrap());
         }
     });
-    let took = t.elapsed();
     // Stand-ins linger 2 s once started: counted now, they are those of the fsyncs.
-    let stand_ins = stand_ins_of(node.child.id());
-    println!("4 fsyncs through one worker: {took:?}, {stand_ins} stand-in threads");
-    assert!(
-        took >= DELAY,
-        "{took:?}: the backend's fsync not waited for?"
-    );
-    assert!(took < 3 * DELAY, "{took:?}: one after another?");
-    assert_eq!(stand_ins, 0, "workers waited on the backend's fsync");
+    held_no_worker(&node, t.elapsed(), DELAY, "fsyncs");
     assert_eq!(
         node.stats().op("posix.fsync").1,
         4,
@@ -264,6 +251,68 @@ fn fsyncs_attribute_changes_and_stats_hold_no_worker_while_the_backend_works() {
     assert_eq!(sizes, [0, 10, 0, 0]);
     assert!(took < 3 * DELAY, "{took:?}: one after another?");
     assert_eq!(stand_ins, 0, "workers waited on the backend's stat");
+}
+
+/// Reads that miss every buffer (far apart, of files with nothing buffered) are asked
+/// of the backend from the worker that takes them, which goes on at once: four such
+/// reads through a node of one worker, at a backend of 200 ms per operation, take about
+/// one operation's time and start no stand-in thread.
+#[test]
+fn reads_that_miss_hold_no_worker_while_the_backend_reads() {
+    const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+    const AT: u64 = 40 << 20;
+    let export = scratch("ionode-read-then");
+    for i in 0..4u64 {
+        let f = std::fs::File::create(export.join(format!("f{i}"))).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&pattern(i, AT, 4096), AT).unwrap();
+    }
+    let (_backend, node) = slow_pair(&export, DELAY);
+    let clients: Vec<_> = (0..4).map(|_| node.client()).collect();
+    let files: Vec<_> = (0..4)
+        .map(|i| clients[i].open(&format!("/f{i}")).unwrap())
+        .collect();
+    let reads_before = node.stats().op("posix.read").1;
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for (i, f) in files.iter().enumerate() {
+            s.spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                assert_eq!(f.read_at(&mut buf, AT).unwrap(), 4096);
+                assert!(buf == pattern(i as u64, AT, 4096), "the bytes of f{i}");
+            });
+        }
+    });
+    held_no_worker(&node, t.elapsed(), DELAY, "reads that miss");
+    assert_eq!(
+        node.stats().op("posix.read").1 - reads_before,
+        4,
+        "each one at the backend"
+    );
+}
+
+/// A backend of `export` at which each operation takes `delay` longer, and a node of one
+/// worker in front of it.
+fn slow_pair(export: &std::path::Path, delay: std::time::Duration) -> (Proc, Proc) {
+    let delay = delay.as_micros().to_string();
+    let backend = Proc::backend(export, &["--trust-forwarder", "0", "--op-delay-us", &delay]);
+    let node = Proc::node(&backend.addr, &["--workers", "1"]);
+    (backend, node)
+}
+
+/// Four calls of `what` through a node of one worker took `took` at a backend of
+/// `delay` per operation: the backend's time (they waited for it), not four times it
+/// (one after another), and no stand-in thread (no worker waited).
+fn held_no_worker(node: &Proc, took: std::time::Duration, delay: std::time::Duration, what: &str) {
+    let stand_ins = stand_ins_of(node.child.id());
+    println!("4 {what} through one worker: {took:?}, {stand_ins} stand-in threads");
+    assert!(
+        took >= delay,
+        "{took:?}: the backend's {what} not waited for?"
+    );
+    assert!(took < 3 * delay, "{took:?}: one after another?");
+    assert_eq!(stand_ins, 0, "workers waited on the backend's {what}");
 }
 
 /// Threads of process `pid` the engine's pool started to stand in for waiting workers.

@@ -6,23 +6,6 @@ use rpc_core::{Access, Caller, Descriptor, RpcError, Seg};
 /// How long one transfer with a caller may take.
 pub const BULK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Pushes `data` into the caller's buffer `dest` (whose length the caller checked).
-pub fn push_to(caller: &Caller, data: &mut [u8], dest: &Descriptor) -> Result<(), i32> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    let len = data.len() as u64;
-    let src = caller
-        .engine()
-        .expose(vec![Seg::from(data)], Access::ReadOnly)
-        .map_err(errno)?;
-    caller
-        .push(&src, 0, dest, 0, len)
-        .timeout(BULK_TIMEOUT)
-        .wait()
-        .map_err(errno)
-}
-
 /// Pulls the first `len` bytes of the caller's buffer `src`.
 pub fn pull_from(caller: &Caller, src: &Descriptor, len: u64) -> Result<Vec<u8>, i32> {
     let mut buf = vec![0u8; len as usize];

@@ -295,6 +295,41 @@ impl Files {
         Ok((lock(&f.state).extents.overlay(off, buf, n), fetched))
     }
 
+    /// Whether a read of `len` at `off` (`window` as [`Files::read`] takes it) is a plain
+    /// miss that may be asked of the backend without waiting here: no read-ahead window
+    /// or dense block to fetch, nothing of it kept, and nothing of the file buffered or
+    /// being written out (so that the backend has every write acknowledged before it).
+    /// If so it counts as the file's last read, as `read` counts it.
+    pub fn plain_miss(&self, f: &SharedFile, off: u64, len: usize, window: usize) -> bool {
+        if window > len {
+            return false;
+        }
+        let Ok(_no_flush) = f.flushing.try_read() else {
+            return false;
+        };
+        let mut s = lock(&f.state);
+        let near = s.last_read.abs_diff(off) <= DENSE * 8;
+        let dense = near && s.cache.share() >= DENSE && len as u64 <= DENSE / 2;
+        if dense || !s.extents.is_empty() || s.cache.find(off, len, READAHEAD_TTL).is_some() {
+            return false;
+        }
+        s.last_read = off;
+        true
+    }
+
+    /// Lays what `f` has buffered now over `data`, read from the backend at `off` for a
+    /// read of `len` (writes acknowledged since that read began).
+    pub fn overlay_now(&self, f: &SharedFile, off: u64, len: usize, data: &mut Vec<u8>) {
+        let s = lock(&f.state);
+        if s.extents.is_empty() {
+            return;
+        }
+        let n = data.len();
+        data.resize(len, 0);
+        let valid = s.extents.overlay(off, data, n);
+        data.truncate(valid);
+    }
+
     /// As [`Files::read`] for a read that kept read-ahead data holds whole, if that
     /// needs no waiting (no write-out of the file in progress, no journal: its writers
     /// hold the file's state while they sync); `None` otherwise, with nothing changed.

@@ -612,6 +612,53 @@ impl RemoteFs {
         }
     }
 
+    /// `pread` of up to `len` bytes at `offset` (at most [`MAX_IO`]) without waiting:
+    /// `f` gets the bytes on the thread that completes the call (it must not block);
+    /// fewer at the end of the file, or if the server answers short (its staging
+    /// memory). A server at its bound of requests in flight answers `EAGAIN`, which the
+    /// blocking [`RemoteFs::pread`] would have waited out.
+    pub fn pread_then(
+        &self,
+        fh: Fh,
+        len: usize,
+        offset: u64,
+        f: impl FnOnce(io::Result<Vec<u8>>) + Send + 'static,
+    ) {
+        let len = len.min(MAX_IO as usize);
+        let mut req = ReadReq {
+            fh,
+            offset,
+            len: len as u64,
+            dest: None,
+        };
+        let dest = if len <= self.inner.inline_max {
+            None
+        } else {
+            let e = &self.inner.engine;
+            match e.expose(vec![Seg::from(vec![0u8; len])], Access::WriteOnly) {
+                Ok(d) => Some(d),
+                Err(e) => return f(Err(rpc_err(e))),
+            }
+        };
+        req.dest = dest.as_ref().map(Bulk::descriptor);
+        self.start(READ, &req).then(move |a| {
+            f(match (a, dest) {
+                (Answered::Busy, _) => Err(errno(libc::EAGAIN)),
+                (Answered::Done(Err(e)), _) => Err(e),
+                (Answered::Done(Ok(ReadData::Inline(d))), None) if d.len() <= len => {
+                    Ok(d.into_vec())
+                }
+                (Answered::Done(Ok(ReadData::Pushed(n))), Some(d)) if n <= len as u64 => {
+                    let mut v = d.into_vec();
+                    v.truncate(n as usize);
+                    Ok(v)
+                }
+                // More than asked, or another form: a server that lies.
+                _ => Err(errno(libc::EIO)),
+            })
+        });
+    }
+
     /// `pwrite` of all of `data` at `offset` (`None`: append). Returns the offset just
     /// past the data. Large writes are pulled by the server from `data` by bulk.
     pub fn pwrite(&self, fh: Fh, data: &[u8], offset: Option<u64>) -> io::Result<u64> {

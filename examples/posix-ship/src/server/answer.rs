@@ -189,10 +189,25 @@ impl<B: Backend> Service<B> {
     ) where
         Out: Serialize + 'static,
     {
+        let w = who.clone();
+        self.begin_with(&w, later, |done| f(self, who, input, done));
+    }
+
+    /// Runs `body` with the caller's rights ([`Backend::run`]); it answers through the
+    /// callback it is given, which answers `later`.
+    pub(super) fn begin_with<Out>(
+        &self,
+        who: &Who,
+        later: Later<B, Out>,
+        body: impl FnOnce(Done<Out>),
+    ) where
+        Out: Serialize + 'static,
+    {
         let mut done: Option<Done<Out>> = Some(Box::new(move |out: R<Out>| later.send(out)));
-        let refused = self.backend.run(&who.clone(), || {
-            if let Some(done) = done.take() {
-                f(self, who, input, done);
+        let mut body = Some(body);
+        let refused = self.backend.run(who, || {
+            if let (Some(done), Some(body)) = (done.take(), body.take()) {
+                body(done);
             }
             Ok(())
         });
@@ -206,7 +221,7 @@ impl<B: Backend> Service<B> {
 /// A request to answer later: answered once, and let go of within the caller's bounds
 /// whatever happens (an answer never sent, a body that panicked, is `EIO`).
 pub(super) struct Later<B: Backend, Out: Serialize + 'static> {
-    r: Option<Responder<Reply<Out>>>,
+    pub(super) r: Option<Responder<Reply<Out>>>,
     s: Arc<Service<B>>,
     kept: (super::clients::ClientId, super::clients::User),
 }

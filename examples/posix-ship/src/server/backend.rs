@@ -256,6 +256,24 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Reads into `buf` at `off`: the bytes read (fewer only at the end of the file).
     fn read(&self, who: &Who, f: &Arc<Self::File>, off: u64, buf: &mut [u8]) -> R<usize>;
+    /// A read of up to `len` bytes at `off`, answered through `done` with the bytes
+    /// (fewer only at the end of the file): by default [`Backend::read`] at once; a
+    /// backend that reads another server answers from that call's completion, so that no
+    /// worker waits on it (see [`Backend::open_then`]).
+    fn read_then(
+        self: Arc<Self>,
+        who: Who,
+        f: Arc<Self::File>,
+        off: u64,
+        len: usize,
+        done: Done<Vec<u8>>,
+    ) {
+        let mut buf = vec![0u8; len];
+        done(self.read(&who, &f, off, &mut buf).map(|n| {
+            buf.truncate(n);
+            buf
+        }))
+    }
     /// Writes `data` at `off` (`None`: at the file's position, or appended).
     fn write(
         &self,

@@ -368,14 +368,31 @@ impl<F> Clients<F> {
     }
 }
 
+impl<F> Staged<'_, F> {
+    /// Keeps the bytes granted past this guard (a transfer that ends on another
+    /// thread): [`Clients::unstage`] with what this returns gives them back.
+    pub fn keep(self) -> (ClientId, User, u64) {
+        let k = (self.id, self.user, self.len);
+        std::mem::forget(self);
+        k
+    }
+}
+
+impl<F> Clients<F> {
+    /// Gives back staging memory [`Staged::keep`] kept.
+    pub fn unstage(&self, (id, user, len): (ClientId, User, u64)) {
+        let mut t = self.lock();
+        t.staged -= len;
+        t.with_user(user, |u| u.staged -= len);
+        if let Some(c) = t.clients.get_mut(&id) {
+            c.staged = c.staged.saturating_sub(len);
+        }
+    }
+}
+
 impl<F> Drop for Staged<'_, F> {
     fn drop(&mut self) {
-        let mut t = self.clients.lock();
-        t.staged -= self.len;
-        t.with_user(self.user, |u| u.staged -= self.len);
-        if let Some(c) = t.clients.get_mut(&self.id) {
-            c.staged -= self.len;
-        }
+        self.clients.unstage((self.id, self.user, self.len));
     }
 }
 

@@ -5,18 +5,22 @@
 //! no task switch. The caller is admitted within its bounds as on every path (a refusal
 //! is answered there: it costs nothing). One the backend cannot serve without waiting
 //! (memory short, a write-out due, a journal to sync, bytes not in memory), and every
-//! other error, goes to a worker as any request does, still admitted.
+//! other error, goes to a worker as any request does, still admitted. Every read, over
+//! any backend, is then answered from completions: the backend's read
+//! ([`Backend::read_then`]), then the push of its bytes into the caller's buffer.
 
 use std::sync::Arc;
 
-use rpc_core::{Engine, Responder, Rpc, RpcError};
+use rpc_core::{Access, Caller, Engine, Responder, Rpc, RpcError, Seg};
+use rustix::io::Errno;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
-use super::answer::{Body, Later, twins};
-use super::backend::{Backend, MAX_OFFSET, Who};
+use super::answer::{Body, Later, serve, twins};
+use super::backend::{Backend, Done, MAX_OFFSET, Who};
 use super::service::Service;
+use crate::bulk_io::errno;
 use crate::proto::*;
 
 /// What the backend answers at once, if it can (`None`: the worker path decides).
@@ -25,8 +29,15 @@ type Quick<B, In, Out> = fn(&Service<B>, &Who, &In) -> Option<Out>;
 /// Registers [`READ`] and [`WRITE`] (and their [`forwarded`] twins) to be answered
 /// inline where the backend can.
 pub(super) fn register<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
-    inline_first(e, s, WRITE, write_now, &|s, w, c, r| s.write(w, c, r))?;
-    inline_first(e, s, READ, read_now, &|s, w, c, r| s.read(w, c, &r))
+    if s.backend.answers_now() {
+        inline_first(e, s, WRITE, write_now, &|s, w, c, r| s.write(w, c, r))?;
+    } else {
+        serve(e, s, WRITE, |s, w, c, r| s.write(w, c, r))?;
+    }
+    let s = s.clone();
+    twins(e, READ, true, move |r, fwd, input| {
+        s.answer_read(r, fwd, input)
+    })
 }
 
 fn inline_first<B, In, Out>(
@@ -76,6 +87,104 @@ impl<B: Backend> Service<B> {
             s.answer_admitted(rpc, r, &who, input, body);
             drop(counted);
         });
+    }
+}
+
+impl<B: Backend> Service<B> {
+    /// A read: answered here if the backend has the bytes in memory, else begun on a
+    /// worker and answered from the backend's completion ([`Backend::read_then`]), the
+    /// bytes then pushed into the caller's buffer by a transfer that answers as it ends:
+    /// no thread waits on the backend or on the caller meanwhile.
+    fn answer_read(
+        self: &Arc<Self>,
+        r: Responder<Reply<ReadData>>,
+        fwd: Option<Option<Principal>>,
+        input: ReadReq,
+    ) {
+        let Some((r, who, admitted)) = self.admit(READ.name(), r, fwd) else {
+            return;
+        };
+        if let Some(out) = read_now(self, &who, &input) {
+            r.respond(&Ok(out));
+            return drop(admitted);
+        }
+        let mut later: Later<B, ReadData> = Later::counting(self.clone(), admitted);
+        let s = self.clone();
+        r.defer(move |r| {
+            let caller = r.caller();
+            later.r = Some(r);
+            s.begin_with(&who.clone(), later, |done| {
+                s.read_then(who, caller, input, done)
+            });
+        });
+    }
+
+    /// `pread` through [`Backend::read_then`]: inline (at most [`MAX_INLINE_READ`]), or
+    /// pushed into the caller's buffer (short under staging-memory pressure), the staging
+    /// memory held until the push is over.
+    fn read_then(self: &Arc<Self>, who: Who, caller: Caller, r: ReadReq, done: Done<ReadData>) {
+        let f = match self.file(&who, r.fh) {
+            Ok(f) => f,
+            Err(e) => return done(Err(e)),
+        };
+        // As the kernel: a negative offset is EINVAL; reads end at the largest offset.
+        let Some(room) = MAX_OFFSET.checked_sub(r.offset) else {
+            return done(Err(Errno::INVAL));
+        };
+        let len = r.len.min(MAX_IO).min(room);
+        let (len, staged) = match &r.dest {
+            Some(d) if d.len() < len => return done(Err(Errno::INVAL)),
+            None => (len.min(MAX_INLINE_READ), None),
+            Some(_) => {
+                let st = self.clients.stage(who.client, who.uid(), len);
+                (st.len, Some(st.keep()))
+            }
+        };
+        let s = self.clone();
+        let pushed = move |data: Vec<u8>, done: Done<ReadData>| {
+            let Some(dest) = r.dest else {
+                return done(Ok(ReadData::Inline(ByteBuf::from(data))));
+            };
+            let n = data.len() as u64;
+            if n == 0 {
+                s.clients.unstage(staged.expect("staged for a push"));
+                return done(Ok(ReadData::Pushed(0)));
+            }
+            let src = caller
+                .engine()
+                .expose(vec![Seg::from(data)], Access::ReadOnly);
+            let mut set = caller.transfers();
+            match src {
+                Ok(src) => set.push(src, 0, &dest, 0, n),
+                Err(e) => {
+                    s.clients.unstage(staged.expect("staged for a push"));
+                    return done(Err(Errno::from_raw_os_error(errno(e))));
+                }
+            }
+            set.then(move |_, out| {
+                s.clients.unstage(staged.expect("staged for a push"));
+                done(match out {
+                    Ok(()) => Ok(ReadData::Pushed(n)),
+                    Err(e) => Err(Errno::from_raw_os_error(errno(e))),
+                })
+            });
+        };
+        let s = self.clone();
+        self.backend.clone().read_then(
+            who,
+            f,
+            r.offset,
+            len as usize,
+            Box::new(move |out| match out {
+                Ok(data) => pushed(data, done),
+                Err(e) => {
+                    if let Some(k) = staged {
+                        s.clients.unstage(k);
+                    }
+                    done(Err(e))
+                }
+            }),
+        );
     }
 }
 

@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use rpc_core::{Caller, Engine, RpcError};
 use rustix::io::Errno;
-use serde_bytes::ByteBuf;
 
 use super::answer::{Begins, serve, serve_then};
 pub use super::backend::{
@@ -29,7 +28,6 @@ pub use super::backend::{
 };
 use super::clients::{Clients, Limits};
 use super::lending::Lending;
-use crate::bulk_io::push_to;
 use crate::proto::*;
 
 /// The protocol on an engine, over backend `B`.
@@ -148,31 +146,6 @@ impl<B: Backend> Service<B> {
         self.opened(who, f, attr)
     }
 
-    /// `pread`: inline (at most [`MAX_INLINE_READ`]), or pushed into the caller's buffer
-    /// (short under staging-memory pressure).
-    pub(super) fn read(&self, who: &Who, caller: &Caller, r: &ReadReq) -> R<ReadData> {
-        let f = self.file(who, r.fh)?;
-        // As the kernel: a negative offset is EINVAL; reads end at the largest offset.
-        let room = MAX_OFFSET.checked_sub(r.offset).ok_or(Errno::INVAL)?;
-        let len = r.len.min(MAX_IO).min(room);
-        let (len, _staged) = match &r.dest {
-            Some(d) if d.len() < len => return Err(Errno::INVAL),
-            None => (len.min(MAX_INLINE_READ), None),
-            Some(_) => {
-                let s = self.clients.stage(who.client, who.uid(), len);
-                (s.len, Some(s))
-            }
-        };
-        let mut buf = vec![0u8; len as usize];
-        let n = self.backend.read(who, &f, r.offset, &mut buf)?;
-        buf.truncate(n);
-        let Some(dest) = &r.dest else {
-            return Ok(ReadData::Inline(ByteBuf::from(buf)));
-        };
-        push_to(caller, &mut buf, dest).map_err(Errno::from_raw_os_error)?;
-        Ok(ReadData::Pushed(n as u64))
-    }
-
     /// `pwrite`, or an append: inline, or pulled from the caller's buffer (short under
     /// staging-memory pressure; the client writes the rest next).
     pub(super) fn write(&self, who: &Who, caller: &Caller, r: WriteReq) -> R<Written> {
@@ -244,12 +217,7 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
     })?;
     serve(e, s, LEND, |s, w, _, fh| s.lend(w, fh))?;
     serve(e, s, ADOPT, |s, w, _, pass| s.adopt(w, pass))?;
-    if s.backend.answers_now() {
-        super::now::register(e, s)?;
-    } else {
-        serve(e, s, READ, |s, w, c, r| s.read(w, c, &r))?;
-        serve(e, s, WRITE, |s, w, c, r| s.write(w, c, r))?;
-    }
+    super::now::register(e, s)?;
     serve_then(
         e,
         s,
