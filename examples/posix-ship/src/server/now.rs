@@ -204,7 +204,7 @@ fn write_now<B: Backend>(s: &Service<B>, who: &Who, w: &WriteReq) -> Option<Writ
 
 /// A read answered inline that the backend has in memory.
 fn read_now<B: Backend>(s: &Service<B>, who: &Who, r: &ReadReq) -> Option<ReadData> {
-    if r.dest.is_some() {
+    if r.dest.is_some() || !s.backend.answers_now() {
         return None;
     }
     let room = MAX_OFFSET.checked_sub(r.offset)?;
