@@ -20,6 +20,7 @@ use crate::journal::Journal;
 use crate::kept::{Budget, Kept};
 use crate::stats::Counters;
 
+mod dense;
 mod io;
 mod paths;
 
@@ -88,6 +89,8 @@ struct State {
     cache: Kept,
     /// Where the last read of any client began (dense-access detection).
     last_read: u64,
+    /// What its dense blocks were worth.
+    dense: dense::Dense,
     /// Where the last write of any client ended (a write there continues a stream).
     last_write_end: u64,
     /// Bumped by every change, so that a fetch racing a write is not kept.

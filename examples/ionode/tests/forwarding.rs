@@ -247,6 +247,42 @@ fn reads_through_the_node_are_whole_when_the_backend_answers_short() {
 }
 
 #[test]
+fn random_small_reads_do_not_fetch_a_block_each() {
+    // 8 clients read 4 KiB blocks at random over one 32 MiB file: reads near each
+    // other by chance once made the node fetch the 1 MiB around each miss. Blocks are
+    // tried, found to serve nothing, and given up.
+    let (export, _backend, node) = pair("ionode-random-reads", &[]);
+    let data = pattern(13, 0, 32 << 20);
+    std::fs::write(export.join("shared"), &data).unwrap();
+    let blocks = (data.len() / BLOCK) as u64;
+    std::thread::scope(|s| {
+        for c in 0..8u64 {
+            let (node, data) = (&node, &data);
+            s.spawn(move || {
+                let f = node.client().open("/shared").unwrap();
+                let mut buf = vec![0u8; BLOCK];
+                let mut x = c.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                for _ in 0..256 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let at = (x % blocks) as usize * BLOCK;
+                    assert_eq!(f.read_at(&mut buf, at as u64).unwrap(), BLOCK);
+                    assert!(buf[..] == data[at..at + BLOCK], "the bytes at {at}");
+                }
+            });
+        }
+    });
+    // (364 before blocks were judged; 19 with the bound of 32 reads per block.)
+    let st = node.stats();
+    assert!(
+        st.readahead_fetches <= 64,
+        "{} blocks fetched for 2048 random reads",
+        st.readahead_fetches
+    );
+}
+
+#[test]
 fn many_sequential_readers_share_the_read_ahead_budget() {
     // 16 readers of 4 MiB files, 8 MiB of read-ahead for all: each reads ahead its share
     // (512 KiB). Windows past the share could not be kept, and every client read missed

@@ -240,7 +240,7 @@ impl Files {
         mut fetch: impl FnMut(u64, &mut [u8]) -> std::io::Result<usize>,
     ) -> std::io::Result<(usize, bool)> {
         let _no_flush = f.flushing.read().unwrap_or_else(|e| e.into_inner());
-        let dense = {
+        let near = {
             let mut s = lock(&f.state);
             let near = s.last_read.abs_diff(off) <= DENSE * 8;
             s.last_read = off;
@@ -250,9 +250,17 @@ impl Files {
             near && fits && window <= buf.len() && buf.len() as u64 <= DENSE / 2
         };
         // Clients that miss together in one dense block: the first fetches it, the
-        // others find it kept once they get the lock.
+        // others find it kept once they get the lock. (Only while blocks are worth it.)
         let hit = self.cached(f, off, buf);
-        let _fetching = (dense && !hit).then(|| lock(&f.fetching));
+        let dense = near && !hit && {
+            let mut s = lock(&f.state);
+            let fetches = s.dense.fetches();
+            if !fetches {
+                s.dense.declined();
+            }
+            fetches
+        };
+        let _fetching = dense.then(|| lock(&f.fetching));
         let (n, fetched) = if hit || (dense && self.cached(f, off, buf)) {
             Counters::add(&self.stats.readahead_hits, 1);
             (buf.len(), false)
@@ -277,6 +285,9 @@ impl Files {
             let k = (n - from).min(buf.len());
             buf[..k].copy_from_slice(&data[from..from + k]);
             let mut s = lock(&f.state);
+            if dense {
+                s.dense.fetched();
+            }
             if s.generation == generation {
                 s.cache.keep(at, data, READAHEAD_TTL);
             }
@@ -309,9 +320,13 @@ impl Files {
         };
         let mut s = lock(&f.state);
         let near = s.last_read.abs_diff(off) <= DENSE * 8;
-        let dense = near && s.cache.share() >= DENSE && len as u64 <= DENSE / 2;
+        let near = near && s.cache.share() >= DENSE && len as u64 <= DENSE / 2;
+        let dense = near && s.dense.fetches();
         if dense || !s.extents.is_empty() || s.cache.find(off, len, READAHEAD_TTL).is_some() {
             return false;
+        }
+        if near {
+            s.dense.declined();
         }
         s.last_read = off;
         true
@@ -349,7 +364,14 @@ impl Files {
 
     /// Fills `buf` from kept read-ahead data if one window holds all of it.
     fn cached(&self, f: &SharedFile, off: u64, buf: &mut [u8]) -> bool {
-        let hit = lock(&f.state).cache.find(off, buf.len(), READAHEAD_TTL);
+        let hit = {
+            let mut s = lock(&f.state);
+            let hit = s.cache.find(off, buf.len(), READAHEAD_TTL);
+            if hit.is_some() {
+                s.dense.hit();
+            }
+            hit
+        };
         let Some((o, d)) = hit else { return false };
         let from = (off - o) as usize;
         buf.copy_from_slice(&d[from..from + buf.len()]);
