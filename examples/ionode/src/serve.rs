@@ -137,7 +137,7 @@ impl Backend for Node {
 
     fn read_then(
         self: Arc<Self>,
-        _: Who,
+        w: Who,
         h: Arc<Handle>,
         off: u64,
         len: usize,
@@ -146,7 +146,14 @@ impl Backend for Node {
         if let Err(x) = self.not_virtual(&On::File(&h), libc::EISDIR) {
             return done(Err(x));
         }
-        Node::read_then(&self, h, off, len, move |out| done(e(out)))
+        Node::read_then(&self, h, (off, len), w.inline, move |out| done(e(out)))
+    }
+
+    fn read_begins_now(&self, _: &Who, h: &Arc<Handle>, off: u64, len: u64) -> bool {
+        // (Not with a journal: its writers hold a file's state while they write the log.)
+        self.files.journal.is_none()
+            && virt::of(h).is_none()
+            && Node::plain_miss(self, h, off, len as usize)
     }
 
     fn write(&self, who: &Who, h: &Arc<Handle>, off: Option<u64>, d: Payload<'_>) -> R<Written> {

@@ -248,19 +248,19 @@ impl Node {
     /// readers held a worker each: 64 of them over one 512 MiB file read through the
     /// node at 0.41-0.62x direct with a 200 µs backend); anything else the blocking way,
     /// here.
+    /// (`begun`: where the request was dispatched, [`Node::plain_miss`] having said so
+    /// there.)
     pub(crate) fn read_then(
         self: &Arc<Self>,
         h: Arc<Handle>,
-        off: u64,
-        len: usize,
+        (off, len): (u64, usize),
+        begun: bool,
         done: impl FnOnce(R<Vec<u8>>) + Send + 'static,
     ) {
-        let (window, next) = self.window(&h, off, len);
-        let plain = h
-            .file
-            .as_ref()
-            .is_none_or(|f| self.files.plain_miss(f, off, len, window));
-        if !plain {
+        let (_, next) = self.window(&h, off, len);
+        if begun {
+            Counters::add(&self.stats.begun_inline, 1);
+        } else if !self.plain_miss(&h, off, len) {
             let mut buf = vec![0u8; len];
             return done(self.read(&h, off, &mut buf).map(|n| {
                 buf.truncate(n);
@@ -269,6 +269,15 @@ impl Node {
         }
         let done: ReadDone = Box::new(done);
         self.fetch_then(h, (off, len, next), Vec::new(), done);
+    }
+
+    /// Whether a read of `len` at `off` through `h` is a plain miss, which the backend
+    /// is asked for without waiting here ([`crate::files::Files::plain_miss`]).
+    pub(crate) fn plain_miss(&self, h: &Handle, off: u64, len: usize) -> bool {
+        let (window, _) = self.window(h, off, len);
+        h.file
+            .as_ref()
+            .is_none_or(|f| self.files.plain_miss(f, off, len, window))
     }
 
     /// Reads `len` bytes at `off` from the backend into `got` (what came so far), asking

@@ -273,7 +273,8 @@ fn reads_that_miss_hold_no_worker_while_the_backend_reads() {
     let files: Vec<_> = (0..4)
         .map(|i| clients[i].open(&format!("/f{i}")).unwrap())
         .collect();
-    let reads_before = node.stats().op("posix.read").1;
+    let before = node.stats();
+    let reads_before = before.op("posix.read").1;
     let t = std::time::Instant::now();
     std::thread::scope(|s| {
         for (i, f) in files.iter().enumerate() {
@@ -285,6 +286,8 @@ fn reads_that_miss_hold_no_worker_while_the_backend_reads() {
         }
     });
     held_no_worker(&node, t.elapsed(), DELAY, "reads that miss");
+    let begun = node.stats().begun_inline - before.begun_inline;
+    assert_eq!(begun, 4, "begun where they arrived");
     assert_eq!(
         node.stats().op("posix.read").1 - reads_before,
         4,

@@ -312,6 +312,13 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Option<usize> {
         None
     }
+    /// With [`Backend::answers_now`]: whether [`Backend::read_then`] of `len` bytes at
+    /// `off` would begin without waiting (asked of another server); it is then made where
+    /// the request was dispatched, with [`Who::inline`] set, else on a worker. Called
+    /// there: it must not block.
+    fn read_begins_now(&self, _who: &Who, _f: &Arc<Self::File>, _off: u64, _len: u64) -> bool {
+        false
+    }
     fn fsync(&self, who: &Who, f: &Arc<Self::File>, data_only: bool) -> R<()>;
     /// `fsync`, answered through `done` (see [`Backend::open_then`]); begun on a worker
     /// (what is buffered may be written out first), so that a backend that calls another

@@ -101,7 +101,7 @@ impl<B: Backend> Service<B> {
         fwd: Option<Option<Principal>>,
         input: ReadReq,
     ) {
-        let Some((r, who, admitted)) = self.admit(READ.name(), r, fwd) else {
+        let Some((r, mut who, admitted)) = self.admit(READ.name(), r, fwd) else {
             return;
         };
         if let Some(out) = read_now(self, &who, &input) {
@@ -109,6 +109,14 @@ impl<B: Backend> Service<B> {
             return drop(admitted);
         }
         let mut later: Later<B, ReadData> = Later::counting(self.clone(), admitted);
+        if read_begins_now(self, &who, &input) {
+            // Asked of another server from here: no worker woken to ask it.
+            who.inline = true;
+            let caller = r.caller();
+            later.r = Some(r);
+            let w = who.clone();
+            return self.begin_with(&w, later, |done| self.read_then(who, caller, input, done));
+        }
         let s = self.clone();
         r.defer(move |r| {
             let caller = r.caller();
@@ -200,6 +208,15 @@ fn write_now<B: Backend>(s: &Service<B>, who: &Who, w: &WriteReq) -> Option<Writ
     }
     let f = s.file(who, w.fh).ok()?;
     s.backend.write_now(who, &f, off, data)
+}
+
+/// Whether the backend begins a read that missed its memory without waiting.
+fn read_begins_now<B: Backend>(s: &Service<B>, who: &Who, r: &ReadReq) -> bool {
+    let len = r.len.min(MAX_IO);
+    s.backend.answers_now()
+        && MAX_OFFSET.checked_sub(r.offset).is_some()
+        && s.file(who, r.fh)
+            .is_ok_and(|f| s.backend.read_begins_now(who, &f, r.offset, len))
 }
 
 /// A read answered inline that the backend has in memory.
