@@ -191,6 +191,42 @@ fn a_write_out_of_scattered_extents_keeps_backend_writes_in_flight() {
 }
 
 #[test]
+fn appends_of_many_clients_through_the_node_all_land_whole() {
+    // 8 clients append 64 records each to one log (appends go through the node to the
+    // backend, which alone knows where each lands): every record is there once, whole.
+    let (export, _backend, node) = pair("ionode-append", &[]);
+    node.client().create("/log").unwrap().close().unwrap();
+    const REC: usize = 100;
+    std::thread::scope(|s| {
+        for c in 0..8u8 {
+            let node = &node;
+            s.spawn(move || {
+                use std::io::Write;
+                let fs = node.client();
+                let mut f = fs
+                    .open_with("/log", libc::O_WRONLY | libc::O_APPEND, 0)
+                    .unwrap();
+                for i in 0..64u8 {
+                    let mut rec = vec![b'a' + c; REC - 2];
+                    rec.extend_from_slice(&[i, b'\n']);
+                    f.write_all(&rec).unwrap();
+                }
+                f.close().unwrap();
+            });
+        }
+    });
+    let log = std::fs::read(export.join("log")).unwrap();
+    assert_eq!(log.len(), 8 * 64 * REC, "every record, once");
+    let mut seen = std::collections::HashSet::new();
+    for rec in log.chunks(REC) {
+        let c = rec[0];
+        assert!(rec[..REC - 2].iter().all(|b| *b == c), "a record whole");
+        assert!(seen.insert((c, rec[REC - 2])), "a record once");
+    }
+    assert_eq!(seen.len(), 8 * 64);
+}
+
+#[test]
 fn sequential_small_reads_are_read_ahead() {
     let (export, _backend, node) = pair("ionode-ra", &[]);
     let data = pattern(3, 0, 8 << 20);
