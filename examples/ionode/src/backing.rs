@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use posix_ship::client::RemoteFs;
 use posix_ship::proto::{CLOSE, Fh, OPEN, OpenReq};
@@ -20,7 +20,11 @@ pub struct Backing {
     path: Vec<u8>,
     flags: i32,
     id: (u64, u64),
-    fh: Mutex<Fh>,
+    /// The handle now: read without a lock (by progress and completion threads, which
+    /// must not wait behind a reopen's `OPEN`).
+    fh: AtomicU64,
+    /// Held while the file is opened again.
+    reopening: Mutex<()>,
     /// Client handles on it (`crate::opens`): the backend handle closes with the last.
     pub users: AtomicUsize,
 }
@@ -33,7 +37,8 @@ impl Backing {
             path: path.to_vec(),
             flags: flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
             id,
-            fh: Mutex::new(fh),
+            fh: AtomicU64::new(fh.0),
+            reopening: Mutex::new(()),
             users: AtomicUsize::new(1),
         }
     }
@@ -45,7 +50,7 @@ impl Backing {
 
     /// The backend's handle now.
     pub fn fh(&self) -> Fh {
-        *lock(&self.fh)
+        Fh(self.fh.load(Ordering::Acquire))
     }
 
     /// Runs `f` with the handle; if the backend no longer knows it (`EBADF`), opens the
@@ -62,8 +67,8 @@ impl Backing {
     }
 
     fn reopen(&self, stale: Fh) -> io::Result<()> {
-        let mut g = lock(&self.fh);
-        if *g != stale {
+        let _g = lock(&self.reopening);
+        if self.fh() != stale {
             return Ok(()); // another thread did
         }
         let req = OpenReq {
@@ -78,7 +83,7 @@ impl Backing {
             return Err(io::Error::from_raw_os_error(libc::ESTALE));
         }
         tracing::info!(path = %String::from_utf8_lossy(&self.path), "reopened at the backend");
-        *g = o.fh;
+        self.fh.store(o.fh.0, Ordering::Release);
         Ok(())
     }
 }

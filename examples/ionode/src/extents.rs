@@ -216,6 +216,7 @@ impl Extents {
                 tail = Some(d[(end - o) as usize..].to_vec());
             }
             d.truncate((off - o) as usize);
+            fit(d);
             self.bytes -= past.min(end) - off;
             self.count_copy(past.saturating_sub(end) as usize);
         }
@@ -226,6 +227,7 @@ impl Extents {
             self.bytes -= past.min(end) - o;
             if past > end {
                 d.drain(..(end - o) as usize);
+                fit(&mut d);
                 self.count_copy(d.len());
                 tail = Some(d);
             }
@@ -318,6 +320,7 @@ impl Extents {
             let keep = (len - o) as usize;
             self.bytes -= (d.len() - keep) as u64;
             d.truncate(keep);
+            fit(d);
             last = Some(o);
         }
         let runs: Vec<u64> = self.runs.range(len..).map(|(&s, _)| s).collect();
@@ -368,6 +371,15 @@ impl Extents {
             out.extend(w.done());
         }
         out
+    }
+}
+
+/// Gives back the room of a piece cut to a small part of what it held (a 4 MiB write
+/// cut to 4 KiB by the writes over it would hold its 4 MiB, which the budget, counting
+/// bytes buffered, does not see).
+fn fit(d: &mut Vec<u8>) {
+    if d.capacity() > 2 * d.len().max(SMALL) {
+        d.shrink_to_fit();
     }
 }
 

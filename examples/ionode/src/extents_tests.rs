@@ -204,6 +204,25 @@ fn large_owned_writes_are_kept_and_leave_as_parts_of_their_own() {
     );
 }
 
+#[test]
+fn a_large_piece_cut_small_gives_its_room_back() {
+    const M: u64 = 1 << 20;
+    let small = |x: &Extents, at: u64| x.pieces[&at].capacity() <= 2 * SMALL;
+    let mut x = Extents::default();
+    x.insert_owned(M, vec![1; M as usize]);
+    // Over all of it but its last 4 KiB: that part stays, not its 1 MiB buffer.
+    x.insert_owned(0, vec![2; 2 * M as usize - 4096]);
+    assert!(small(&x, 2 * M - 4096));
+    // From 4 KiB on, past its end: the 2 MiB piece keeps its first 4 KiB only.
+    x.insert_owned(4096, vec![3; 4 * M as usize]);
+    assert!(small(&x, 0));
+    assert_eq!((x.len(), x.bytes()), (1, 4 * M + 4096));
+    // Cut to its first 100 bytes: the 4 MiB piece goes, the first one stays small.
+    x.truncate(100);
+    assert!(small(&x, 0));
+    assert_eq!((x.pieces.len(), x.bytes()), (1, 100));
+}
+
 proptest! {
     /// Blocks written in any order: each byte is copied by its write only (merges move
     /// no bytes); small blocks may be copied once more per join, less than `SMALL` each.

@@ -534,4 +534,22 @@ mod tests {
         assert!(!small.buffer_now(&g, 0, &vec![1u8; 65 << 10]));
         assert_eq!(small.buffered.load(Ordering::Acquire), 0);
     }
+
+    #[test]
+    fn a_plain_miss_is_fresh_only_while_nothing_was_buffered_or_taken() {
+        let files = Files::new(16 << 20, 16 << 20, None, Arc::new(Counters::default()));
+        let f = files.get((0, 1, 1));
+        let miss = |at: u64| files.plain_miss(&f, (at, 4096), 4096, true);
+        let g = miss(100 << 20).expect("nothing buffered: a plain miss");
+        assert!(files.unchanged(&f, g));
+        // A write since it began (or a write-out of part of the buffered bytes, which
+        // bumps the same generation): its bytes may be neither in the read nor under it.
+        assert!(files.buffer_now(&f, 0, &[1; 4096]));
+        assert!(!files.unchanged(&f, g), "a write came since");
+        assert_eq!(miss(200 << 20), None, "bytes buffered: not a plain miss");
+        // Held by another thread: not looked at, whatever it holds.
+        let held = lock(&f.state);
+        assert_eq!(miss(300 << 20), None);
+        drop(held);
+    }
 }

@@ -114,6 +114,8 @@ pub(crate) struct Node {
     pub closer: Mutex<std::sync::mpsc::Sender<Behind>>,
     /// Calls a busy backend did not take, made again in turn (`crate::then`).
     pub retries: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<crate::then::Retry>>>,
+    /// Backend reads asked with no worker waiting, now (`crate::reads`).
+    pub reads_out: std::sync::atomic::AtomicUsize,
     /// Per backend: it answered `posix.setattr` with `ENOSYS` (built before it), so each
     /// change is sent as the calls it names.
     pub no_setattr: Vec<AtomicBool>,
@@ -190,6 +192,7 @@ impl IoNode {
             opens: crate::opens::Opens::new(cfg.attr_timeout),
             closer: Mutex::new(closer),
             retries: Default::default(),
+            reads_out: Default::default(),
             no_setattr: backends.iter().map(|_| AtomicBool::new(false)).collect(),
             backends,
             routes,

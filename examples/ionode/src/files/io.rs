@@ -309,40 +309,44 @@ impl Files {
     /// Whether a read of `len` at `off` (`window` as [`Files::read`] takes it) is a plain
     /// miss that may be asked of the backend without waiting here: no read-ahead window
     /// or dense block to fetch, nothing of it kept, and nothing of the file buffered or
-    /// being written out (so that the backend has every write acknowledged before it).
-    /// If so it counts as the file's last read, as `read` counts it.
-    pub fn plain_miss(&self, f: &SharedFile, off: u64, len: usize, window: usize) -> bool {
+    /// being written out (so that the backend has every write acknowledged before it);
+    /// `None` if not, or if the file's state is held (this must not wait). `begin`: it
+    /// begins now, and counts as the file's last read, as `read` counts it. The file's
+    /// generation, which [`Files::unchanged`] compares once the backend answers.
+    pub fn plain_miss(
+        &self,
+        f: &SharedFile,
+        (off, len): (u64, usize),
+        window: usize,
+        begin: bool,
+    ) -> Option<u64> {
         if window > len {
-            return false;
+            return None;
         }
-        let Ok(_no_flush) = f.flushing.try_read() else {
-            return false;
-        };
-        let mut s = lock(&f.state);
+        let _no_flush = f.flushing.try_read().ok()?;
+        let mut s = f.state.try_lock().ok()?;
         let near = s.last_read.abs_diff(off) <= DENSE * 8;
         let near = near && s.cache.share() >= DENSE && len as u64 <= DENSE / 2;
         let dense = near && s.dense.fetches();
         if dense || !s.extents.is_empty() || s.cache.find(off, len, READAHEAD_TTL).is_some() {
-            return false;
+            return None;
         }
-        if near {
-            s.dense.declined();
+        if begin {
+            if near {
+                s.dense.declined();
+            }
+            s.last_read = off;
         }
-        s.last_read = off;
-        true
+        Some(s.generation)
     }
 
-    /// Lays what `f` has buffered now over `data`, read from the backend at `off` for a
-    /// read of `len` (writes acknowledged since that read began).
-    pub fn overlay_now(&self, f: &SharedFile, off: u64, len: usize, data: &mut Vec<u8>) {
-        let s = lock(&f.state);
-        if s.extents.is_empty() {
-            return;
-        }
-        let n = data.len();
-        data.resize(len, 0);
-        let valid = s.extents.overlay(off, data, n);
-        data.truncate(valid);
+    /// Whether nothing was buffered, written out or cut in `f` since its generation was
+    /// `generation` (a plain miss's read then has every acknowledged write: a write-out
+    /// of part of the buffered bytes under way during the read, or writes buffered
+    /// since, could leave it with a later write and without an earlier one); `false`
+    /// too if the state is held.
+    pub fn unchanged(&self, f: &SharedFile, generation: u64) -> bool {
+        f.state.try_lock().is_ok_and(|s| s.generation == generation)
     }
 
     /// As [`Files::read`] for a read that kept read-ahead data holds whole, if that

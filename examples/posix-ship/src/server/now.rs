@@ -19,6 +19,7 @@ use serde_bytes::ByteBuf;
 
 use super::answer::{Body, Later, serve, twins};
 use super::backend::{Backend, Done, MAX_OFFSET, Who};
+use super::clients::{ClientId, User};
 use super::service::Service;
 use crate::bulk_io::errno;
 use crate::proto::*;
@@ -145,17 +146,18 @@ impl<B: Backend> Service<B> {
             None => (len.min(MAX_INLINE_READ), None),
             Some(_) => {
                 let st = self.clients.stage(who.client, who.uid(), len);
-                (st.len, Some(st.keep()))
+                (st.len, Some(Staging(self.clone(), st.keep())))
             }
         };
-        let s = self.clone();
+        // (The staging memory is given back before the answer goes, or when whatever
+        // holds it is dropped unrun.)
         let pushed = move |data: Vec<u8>, done: Done<ReadData>| {
-            let Some(dest) = r.dest else {
+            let (Some(dest), Some(staged)) = (r.dest, staged) else {
                 return done(Ok(ReadData::Inline(ByteBuf::from(data))));
             };
             let n = data.len() as u64;
             if n == 0 {
-                s.clients.unstage(staged.expect("staged for a push"));
+                drop(staged);
                 return done(Ok(ReadData::Pushed(0)));
             }
             let src = caller
@@ -165,19 +167,18 @@ impl<B: Backend> Service<B> {
             match src {
                 Ok(src) => set.push(src, 0, &dest, 0, n),
                 Err(e) => {
-                    s.clients.unstage(staged.expect("staged for a push"));
+                    drop(staged);
                     return done(Err(Errno::from_raw_os_error(errno(e))));
                 }
             }
             set.then(move |_, out| {
-                s.clients.unstage(staged.expect("staged for a push"));
+                drop(staged);
                 done(match out {
                     Ok(()) => Ok(ReadData::Pushed(n)),
                     Err(e) => Err(Errno::from_raw_os_error(errno(e))),
                 })
             });
         };
-        let s = self.clone();
         self.backend.clone().read_then(
             who,
             f,
@@ -186,9 +187,7 @@ impl<B: Backend> Service<B> {
             Box::new(move |out| match out {
                 Ok(data) => pushed(data, done),
                 Err(e) => {
-                    if let Some(k) = staged {
-                        s.clients.unstage(k);
-                    }
+                    drop(pushed);
                     done(Err(e))
                 }
             }),
@@ -208,6 +207,15 @@ fn write_now<B: Backend>(s: &Service<B>, who: &Who, w: &WriteReq) -> Option<Writ
     }
     let f = s.file(who, w.fh).ok()?;
     s.backend.write_now(who, &f, off, data)
+}
+
+/// Staging memory a read holds until its push is over, given back when dropped.
+struct Staging<B: Backend>(Arc<Service<B>>, (ClientId, User, u64));
+
+impl<B: Backend> Drop for Staging<B> {
+    fn drop(&mut self) {
+        self.0.clients.unstage(self.1);
+    }
 }
 
 /// Whether the backend begins a read that missed its memory without waiting.
