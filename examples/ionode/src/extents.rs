@@ -56,8 +56,12 @@ impl Write {
 }
 
 /// Disjoint, non-adjacent extents over disjoint pieces that tile them.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Extents {
+    /// [`SMALL`] and [`BIG`] (smaller in the tests, to reach every path in a small
+    /// model).
+    small: usize,
+    big: usize,
     /// Offset -> bytes (never empty).
     pieces: BTreeMap<u64, Vec<u8>>,
     /// The extents: start -> end of each run of touching pieces.
@@ -68,7 +72,27 @@ pub struct Extents {
     copied: u64,
 }
 
+impl Default for Extents {
+    fn default() -> Self {
+        Extents::with_sizes(SMALL, BIG)
+    }
+}
+
 impl Extents {
+    /// Empty, pieces under `small` bytes joined, writes of `big` or more kept as they
+    /// came.
+    fn with_sizes(small: usize, big: usize) -> Self {
+        Extents {
+            small,
+            big,
+            pieces: BTreeMap::new(),
+            runs: BTreeMap::new(),
+            bytes: 0,
+            #[cfg(test)]
+            copied: 0,
+        }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.bytes
@@ -128,7 +152,7 @@ impl Extents {
             .next_back()
             .filter(|(o, d)| **o + d.len() as u64 == off);
         let (at, len) = match left {
-            Some((&o, d)) if d.len() < SMALL || d.capacity() - d.len() >= data.len() => {
+            Some((&o, d)) if d.len() < self.small || d.capacity() - d.len() >= data.len() => {
                 d.extend_from_slice(data);
                 (o, d.len())
             }
@@ -147,7 +171,7 @@ impl Extents {
             }
         };
         // (A piece of SMALL or more joins nothing.)
-        if len < SMALL {
+        if len < self.small {
             self.settle(at);
         }
         merged_with
@@ -163,7 +187,7 @@ impl Extents {
             .range(..=off)
             .next_back()
             .is_some_and(|(o, d)| o + d.len() as u64 >= end);
-        if data.len() < BIG || inside {
+        if data.len() < self.big || inside {
             return self.insert(off, &data);
         }
         let merged_with = self.join_runs(off, end);
@@ -207,16 +231,17 @@ impl Extents {
     /// starts before keeps its part before `off`, one that reaches past keeps its part
     /// past `end` as a piece at `end`.
     fn cut(&mut self, off: u64, end: u64) {
-        let mut tail = None;
+        let (mut tail, mut shortened) = (None, None);
         if let Some((&o, d)) = self.pieces.range_mut(..off).next_back()
             && o + d.len() as u64 > off
         {
+            shortened = Some(o);
             let past = o + d.len() as u64;
             if past > end {
                 tail = Some(d[(end - o) as usize..].to_vec());
             }
             d.truncate((off - o) as usize);
-            fit(d);
+            fit(d, self.small);
             self.bytes -= past.min(end) - off;
             self.count_copy(past.saturating_sub(end) as usize);
         }
@@ -227,7 +252,7 @@ impl Extents {
             self.bytes -= past.min(end) - o;
             if past > end {
                 d.drain(..(end - o) as usize);
-                fit(&mut d);
+                fit(&mut d, self.small);
                 self.count_copy(d.len());
                 tail = Some(d);
             }
@@ -235,6 +260,10 @@ impl Extents {
         if let Some(t) = tail {
             self.pieces.insert(end, t);
             self.settle(end);
+        }
+        // (Cut short, it may be small beside a small one.)
+        if let Some(o) = shortened {
+            self.settle(o);
         }
     }
 
@@ -262,7 +291,8 @@ impl Extents {
             return false;
         };
         let next = at + d.len() as u64;
-        if d.len() >= SMALL || self.pieces.get(&next).is_none_or(|n| n.len() >= SMALL) {
+        let small = self.small;
+        if d.len() >= small || self.pieces.get(&next).is_none_or(|n| n.len() >= small) {
             return false;
         }
         let n = self.pieces.remove(&next).expect("looked at above");
@@ -320,7 +350,7 @@ impl Extents {
             let keep = (len - o) as usize;
             self.bytes -= (d.len() - keep) as u64;
             d.truncate(keep);
-            fit(d);
+            fit(d, self.small);
             last = Some(o);
         }
         let runs: Vec<u64> = self.runs.range(len..).map(|(&s, _)| s).collect();
@@ -363,7 +393,7 @@ impl Extents {
         for (s, e) in taken {
             self.runs.remove(&s);
             let keys: Vec<u64> = self.pieces.range(s..e).map(|(&o, _)| o).collect();
-            let mut w = Writes::new(max, e);
+            let mut w = Writes::new(max, e, self.big);
             for k in keys {
                 let d = self.pieces.remove(&k).expect("listed above");
                 w.add(k, d);
@@ -377,8 +407,8 @@ impl Extents {
 /// Gives back the room of a piece cut to a small part of what it held (a 4 MiB write
 /// cut to 4 KiB by the writes over it would hold its 4 MiB, which the budget, counting
 /// bytes buffered, does not see).
-fn fit(d: &mut Vec<u8>) {
-    if d.capacity() > 2 * d.len().max(SMALL) {
+fn fit(d: &mut Vec<u8>, small: usize) {
+    if d.capacity() > 2 * d.len().max(small) {
         d.shrink_to_fit();
     }
 }
@@ -386,6 +416,8 @@ fn fit(d: &mut Vec<u8>) {
 /// Backend writes of at most `max` bytes made from the pieces of one run, in order.
 struct Writes {
     max: usize,
+    /// Pieces this large (up to `max`) are parts of their own.
+    big: usize,
     /// Where the run ends.
     end: u64,
     out: Vec<Write>,
@@ -395,9 +427,10 @@ struct Writes {
 }
 
 impl Writes {
-    fn new(max: usize, end: u64) -> Self {
+    fn new(max: usize, end: u64, big: usize) -> Self {
         Writes {
             max,
+            big,
             end,
             out: Vec::new(),
             cur: Write::default(),
@@ -430,7 +463,7 @@ impl Writes {
         if self.held() == 0 {
             self.cur.off = k;
         }
-        if (BIG..=self.max).contains(&d.len()) {
+        if (self.big..=self.max).contains(&d.len()) {
             if self.held() + d.len() > self.max {
                 self.next(k);
             }

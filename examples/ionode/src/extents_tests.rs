@@ -253,9 +253,14 @@ proptest! {
         ops in prop::collection::vec((0u64..200, prop::collection::vec(any::<u8>(), 0..40)), 0..30),
         cut in prop::option::of(0u64..240),
     ) {
-        let mut x = Extents::default();
-        for (o, d) in &ops {
-            x.insert(*o, d);
+        // Pieces under 8 bytes joined, writes of 16 or more kept as they came (as the
+        // node keeps pulled writes), so that every path is reached at this scale.
+        let mut x = Extents::with_sizes(8, 16);
+        for (i, (o, d)) in ops.iter().enumerate() {
+            match i % 2 == 0 {
+                true => x.insert_owned(*o, d.clone()),
+                false => x.insert(*o, d),
+            };
         }
         let (mut bytes, mut set) = model(&ops, 240);
         if let Some(c) = cut {
@@ -278,8 +283,8 @@ proptest! {
             for (o, d) in x.pieces.range(s..e) {
                 prop_assert!(!d.is_empty());
                 prop_assert_eq!(*o, at);
-                prop_assert!(!(small && d.len() < SMALL), "two small pieces touch");
-                small = d.len() < SMALL;
+                prop_assert!(!(small && d.len() < 8), "two small pieces touch");
+                small = d.len() < 8;
                 at += d.len() as u64;
             }
             prop_assert_eq!(at, *e);
@@ -294,8 +299,11 @@ proptest! {
         // Draining in small pieces gives back exactly the written bytes.
         let mut again = vec![0u8; 240];
         let mut seen = vec![false; 240];
-        for (o, d) in flat(x.drain(7)) {
-            prop_assert!(d.len() <= 7);
+        let writes = x.drain(20);
+        for w in &writes {
+            prop_assert!(w.len() <= 20 && !w.is_empty());
+        }
+        for (o, d) in flat(writes) {
             for (i, b) in d.iter().enumerate() {
                 again[o as usize + i] = *b;
                 seen[o as usize + i] = true;
