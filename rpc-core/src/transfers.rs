@@ -47,6 +47,8 @@ pub struct Transfers {
     bufs: Vec<Bulk<'static>>,
     state: Arc<State>,
     then_given: bool,
+    /// How long each transfer added may take (`None`: the engine's default).
+    timeout: Option<std::time::Duration>,
 }
 
 struct State {
@@ -97,11 +99,20 @@ impl Caller {
                 inner: Mutex::new(Inner::default()),
             }),
             then_given: false,
+            timeout: None,
         }
     }
 }
 
 impl Transfers {
+    /// Fails each transfer added from now on with [`RpcError::Timeout`] unless it is over
+    /// `t` after it is posted (a caller that stopped reading, say), not the engine's
+    /// default.
+    pub fn timeout(mut self, t: std::time::Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
     /// Adds a pull from the caller's `remote` region into `local` (as [`Caller::pull`]).
     pub fn pull(
         &mut self,
@@ -146,7 +157,16 @@ impl Transfers {
         let engine = &self.caller.engine;
         engine.shared.waits_unseen();
         // The buffer is kept here, then in the state, until the last transfer is over.
-        if let Err(e) = engine.post(self.caller.peer, is_get, &local, at, then, None) {
+        let posted = engine.post(
+            self.caller.peer,
+            is_get,
+            &local,
+            at,
+            then,
+            None,
+            self.timeout,
+        );
+        if let Err(e) = posted {
             self.state.one_done(Err(e));
         }
         self.bufs.push(local);

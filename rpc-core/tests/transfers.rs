@@ -15,6 +15,8 @@ const PULL: Rpc<(Descriptor, u64), rpc_core::ByteBuf> = Rpc::new("transfers.pull
 const DROPPED: Rpc<(Descriptor, u8), ()> = Rpc::new("transfers.dropped");
 /// A set whose closure panics; the engine answers nothing for it.
 const PANICS: Rpc<Descriptor, ()> = Rpc::new("transfers.panics");
+/// (client region) -> the outcome of a set pushing into all of it within 200 ms.
+const HURRIED: Rpc<Descriptor, String> = Rpc::new("transfers.hurried");
 
 fn thread_name() -> String {
     std::thread::current().name().unwrap_or("").to_owned()
@@ -106,6 +108,23 @@ fn serve(server: &Engine) {
         .unwrap();
 }
 
+fn serve_hurried(server: &Engine) {
+    server
+        .register_responder_inline(HURRIED, |d: Descriptor, r| {
+            let caller = r.caller();
+            let b = caller.engine().expose(
+                vec![Seg::from(vec![7u8; d.len() as usize])],
+                Access::ReadOnly,
+            );
+            let mut set = caller
+                .transfers()
+                .timeout(std::time::Duration::from_millis(200));
+            set.push(b.unwrap(), 0, &d, 0, d.len());
+            set.then(move |_, outcome| r.respond(&format!("{outcome:?}")));
+        })
+        .unwrap();
+}
+
 fn pair(transport: &str) -> (Engine, Engine, rpc_core::Endpoint) {
     let server = Engine::builder()
         .listen(transport)
@@ -113,6 +132,7 @@ fn pair(transport: &str) -> (Engine, Engine, rpc_core::Endpoint) {
         .build()
         .unwrap();
     serve(&server);
+    serve_hurried(&server);
     let client = Engine::new(transport).unwrap();
     let to = client.lookup(&server.self_addr().to_string()).unwrap();
     (server, client, to)
@@ -246,4 +266,34 @@ fn a_transfer_or_call_made_after_the_engine_stopped_fails_at_once() {
         .expect("the pull or the call never ended");
     assert!(matches!(pulled, Err(RpcError::Shutdown)), "{pulled:?}");
     assert!(matches!(called, Err(RpcError::Shutdown)), "{called:?}");
+}
+
+#[test]
+fn a_set_given_a_timeout_fails_when_the_caller_stops_taking_its_bytes() {
+    // A client that does not progress for a while takes no pushed bytes over tcp: the
+    // set's 200 ms bound, not the engine's minute, ends its transfer.
+    let server = Engine::builder()
+        .listen("tcp://127.0.0.1:0")
+        .workers(1)
+        .build()
+        .unwrap();
+    serve_hurried(&server);
+    let client = Engine::builder()
+        .listen("tcp://127.0.0.1:0")
+        .progress_mode(rpc_core::ProgressMode::Manual)
+        .build()
+        .unwrap();
+    let to = client.lookup(&server.self_addr().to_string()).unwrap();
+    let region = client
+        .expose(vec![Seg::from(vec![0u8; 256 << 20])], Access::ReadWrite)
+        .unwrap();
+    let call = client.call(&to, HURRIED, &region.descriptor());
+    // The request goes; then nothing is read for a second.
+    for _ in 0..20 {
+        client.poll().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let outcome = call.wait().unwrap();
+    assert!(outcome.contains("Timeout"), "{outcome}");
 }

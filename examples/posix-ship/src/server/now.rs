@@ -21,7 +21,7 @@ use super::answer::{Body, Later, serve, twins};
 use super::backend::{Backend, Done, MAX_OFFSET, Who};
 use super::clients::{ClientId, User};
 use super::service::Service;
-use crate::bulk_io::errno;
+use crate::bulk_io::{BULK_TIMEOUT, errno};
 use crate::proto::*;
 
 /// What the backend answers at once, if it can (`None`: the worker path decides).
@@ -163,7 +163,7 @@ impl<B: Backend> Service<B> {
             let src = caller
                 .engine()
                 .expose(vec![Seg::from(data)], Access::ReadOnly);
-            let mut set = caller.transfers();
+            let mut set = caller.transfers().timeout(BULK_TIMEOUT);
             match src {
                 Ok(src) => set.push(src, 0, &dest, 0, n),
                 Err(e) => {
