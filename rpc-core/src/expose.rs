@@ -92,7 +92,6 @@ impl Engine {
             (local_off, remote, remote_off, len),
             Then::Done,
             Some(slot.clone()),
-            None,
         );
         match posted {
             Ok(tag) => Transfer::new(self.shared.clone(), tag, slot),
@@ -111,7 +110,6 @@ impl Engine {
         at: (u64, &Descriptor, u64, u64),
         then: Then,
         slot: Option<Arc<Slot<crate::slot::Answer>>>,
-        timeout: Option<std::time::Duration>,
     ) -> Result<u64, RpcError> {
         let (local_off, remote, remote_off, len) = at;
         // (A stopping engine's transfers end with `Shutdown` in `Shared::post_transfer`,
@@ -130,7 +128,7 @@ impl Engine {
             remote: remote.mem.clone(),
             remote_off,
         };
-        let timeout = timeout.or(self.shared.default_timeout);
+        let timeout = self.shared.default_timeout;
         Ok(self.shared.post_transfer((route, len), then, slot, timeout))
     }
 

@@ -107,7 +107,8 @@ impl Caller {
 impl Transfers {
     /// Fails each transfer added from now on with [`RpcError::Timeout`] unless it is over
     /// `t` after it is posted (a caller that stopped reading, say), not the engine's
-    /// default.
+    /// default (each such transfer then also takes the engine's table lock once, to set
+    /// its deadline).
     pub fn timeout(mut self, t: std::time::Duration) -> Self {
         self.timeout = Some(t);
         self
@@ -157,15 +158,10 @@ impl Transfers {
         let engine = &self.caller.engine;
         engine.shared.waits_unseen();
         // The buffer is kept here, then in the state, until the last transfer is over.
-        let posted = engine.post(
-            self.caller.peer,
-            is_get,
-            &local,
-            at,
-            then,
-            None,
-            self.timeout,
-        );
+        let posted = engine.post(self.caller.peer, is_get, &local, at, then, None);
+        if let (Ok(tag), Some(t)) = (&posted, self.timeout) {
+            engine.shared.set_deadline(*tag, t);
+        }
         if let Err(e) = posted {
             self.state.one_done(Err(e));
         }
