@@ -164,6 +164,7 @@ impl Files {
         journal: Option<Arc<Journal>>,
         stats: Arc<Counters>,
     ) -> Files {
+        let file_max = (budget / 16).clamp(64 << 10, MAX_MERGE as u64);
         Files {
             draining: AtomicU64::new(0),
             journal,
@@ -172,8 +173,8 @@ impl Files {
             paths: Mutex::new(paths::Index::default()),
             buffered: AtomicU64::new(0),
             budget,
-            file_max: (budget / 16).clamp(64 << 10, MAX_MERGE as u64),
-            file_hold: (budget / 4).max((budget / 16).clamp(64 << 10, MAX_MERGE as u64) * 4),
+            file_max,
+            file_hold: (budget / 4).max(file_max * 4),
             stats,
         }
     }

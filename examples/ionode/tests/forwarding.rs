@@ -280,6 +280,27 @@ fn reads_through_the_node_are_whole_when_the_backend_answers_short() {
         0,
         "the end"
     );
+    // Backwards: no read follows the one before, so each is asked of the backend from
+    // where it arrived (not fetched with a window), and completed from its short
+    // answers there.
+    let begun = node.stats().begun_inline;
+    for at in (0..data.len()).step_by(buf.len()).rev() {
+        let n = f.read_at(&mut buf, at as u64).unwrap();
+        assert_eq!(n, buf.len(), "a read at {at} came back short");
+        assert!(buf[..] == data[at..at + n], "the bytes at {at}");
+    }
+    let begun = node.stats().begun_inline - begun;
+    assert!(begun >= 7, "{begun} of 8 asked from where they arrived");
+    // Writes: a write-out's 8 MiB backend writes come back short too, and go on.
+    let w = node.client().create("/written").unwrap();
+    for (i, piece) in data.chunks(256 << 10).enumerate() {
+        w.write_at(piece, (i * piece.len()) as u64).unwrap();
+    }
+    w.sync_all().unwrap();
+    assert!(
+        std::fs::read(export.join("written")).unwrap() == data,
+        "after fsync"
+    );
 }
 
 #[test]

@@ -242,12 +242,9 @@ impl Files {
         let _no_flush = f.flushing.read().unwrap_or_else(|e| e.into_inner());
         let near = {
             let mut s = lock(&f.state);
-            let near = s.last_read.abs_diff(off) <= DENSE * 8;
+            let near = window <= buf.len() && near_miss(&s, off, buf.len());
             s.last_read = off;
-            // (Not when a dense block is more than this file may keep: kept nowhere, it
-            // would be fetched again for each read in it.)
-            let fits = s.cache.share() >= DENSE;
-            near && fits && window <= buf.len() && buf.len() as u64 <= DENSE / 2
+            near
         };
         // Clients that miss together in one dense block: the first fetches it, the
         // others find it kept once they get the lock. (Only while blocks are worth it.)
@@ -325,8 +322,7 @@ impl Files {
         }
         let _no_flush = f.flushing.try_read().ok()?;
         let mut s = f.state.try_lock().ok()?;
-        let near = s.last_read.abs_diff(off) <= DENSE * 8;
-        let near = near && s.cache.share() >= DENSE && len as u64 <= DENSE / 2;
+        let near = near_miss(&s, off, len);
         let dense = near && s.dense.fetches();
         if dense || !s.extents.is_empty() || s.cache.find(off, len, READAHEAD_TTL).is_some() {
             return None;
@@ -381,6 +377,14 @@ impl Files {
         buf.copy_from_slice(&d[from..from + buf.len()]);
         true
     }
+}
+
+/// Whether a small read of `len` at `off` missing the kept data is near the file's last
+/// read, so that the dense block around it may be worth fetching ([`super::dense`]).
+/// (Not when a dense block is more than the file may keep: kept nowhere, it would be
+/// fetched again for each read in it.)
+fn near_miss(s: &State, off: u64, len: usize) -> bool {
+    s.last_read.abs_diff(off) <= DENSE * 8 && s.cache.share() >= DENSE && len as u64 <= DENSE / 2
 }
 
 /// Reads `buf` at `off` through `fetch` until it is full or the backend has no more (a

@@ -105,25 +105,34 @@ impl<B: Backend> Service<B> {
         let Some((r, mut who, admitted)) = self.admit(READ.name(), r, fwd) else {
             return;
         };
-        if let Some(out) = read_now(self, &who, &input) {
+        // (Looked up once, for all three ways below.)
+        let f = match self.file(&who, input.fh) {
+            Ok(f) => f,
+            Err(e) => {
+                r.respond(&Err(e.raw_os_error()));
+                return drop(admitted);
+            }
+        };
+        if let Some(out) = read_now(self, &who, &f, &input) {
             r.respond(&Ok(out));
             return drop(admitted);
         }
         let mut later: Later<B, ReadData> = Later::counting(self.clone(), admitted);
-        if read_begins_now(self, &who, &input) {
+        if read_begins_now(self, &who, &f, &input) {
             // Asked of another server from here: no worker woken to ask it.
             who.inline = true;
             let caller = r.caller();
             later.r = Some(r);
             let w = who.clone();
-            return self.begin_with(&w, later, |done| self.read_then(who, caller, input, done));
+            let body = |done| self.read_then(who, caller, f, input, done);
+            return self.begin_with(&w, later, body);
         }
         let s = self.clone();
         r.defer(move |r| {
             let caller = r.caller();
             later.r = Some(r);
             s.begin_with(&who.clone(), later, |done| {
-                s.read_then(who, caller, input, done)
+                s.read_then(who, caller, f, input, done)
             });
         });
     }
@@ -131,11 +140,14 @@ impl<B: Backend> Service<B> {
     /// `pread` through [`Backend::read_then`]: inline (at most [`MAX_INLINE_READ`]), or
     /// pushed into the caller's buffer (short under staging-memory pressure), the staging
     /// memory held until the push is over.
-    fn read_then(self: &Arc<Self>, who: Who, caller: Caller, r: ReadReq, done: Done<ReadData>) {
-        let f = match self.file(&who, r.fh) {
-            Ok(f) => f,
-            Err(e) => return done(Err(e)),
-        };
+    fn read_then(
+        self: &Arc<Self>,
+        who: Who,
+        caller: Caller,
+        f: Arc<B::File>,
+        r: ReadReq,
+        done: Done<ReadData>,
+    ) {
         // As the kernel: a negative offset is EINVAL; reads end at the largest offset.
         let Some(room) = MAX_OFFSET.checked_sub(r.offset) else {
             return done(Err(Errno::INVAL));
@@ -219,24 +231,27 @@ impl<B: Backend> Drop for Staging<B> {
 }
 
 /// Whether the backend begins a read that missed its memory without waiting.
-fn read_begins_now<B: Backend>(s: &Service<B>, who: &Who, r: &ReadReq) -> bool {
+fn read_begins_now<B: Backend>(s: &Service<B>, who: &Who, f: &Arc<B::File>, r: &ReadReq) -> bool {
     let len = r.len.min(MAX_IO);
     s.backend.answers_now()
         && MAX_OFFSET.checked_sub(r.offset).is_some()
-        && s.file(who, r.fh)
-            .is_ok_and(|f| s.backend.read_begins_now(who, &f, r.offset, len))
+        && s.backend.read_begins_now(who, f, r.offset, len)
 }
 
 /// A read answered inline that the backend has in memory.
-fn read_now<B: Backend>(s: &Service<B>, who: &Who, r: &ReadReq) -> Option<ReadData> {
+fn read_now<B: Backend>(
+    s: &Service<B>,
+    who: &Who,
+    f: &Arc<B::File>,
+    r: &ReadReq,
+) -> Option<ReadData> {
     if r.dest.is_some() || !s.backend.answers_now() {
         return None;
     }
     let room = MAX_OFFSET.checked_sub(r.offset)?;
     let len = r.len.min(MAX_INLINE_READ).min(room);
-    let f = s.file(who, r.fh).ok()?;
     let mut buf = vec![0u8; len as usize];
-    let n = s.backend.read_now(who, &f, r.offset, &mut buf)?;
+    let n = s.backend.read_now(who, f, r.offset, &mut buf)?;
     buf.truncate(n);
     Some(ReadData::Inline(ByteBuf::from(buf)))
 }
