@@ -26,6 +26,7 @@ mod node;
 mod open;
 mod opens;
 mod ops;
+mod query;
 mod reads;
 pub mod routes;
 mod serve;

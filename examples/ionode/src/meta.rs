@@ -80,6 +80,13 @@ impl Node {
                 h.backing.fs.readdir_plus_page(&req, xattrs)
             })
             .map_err(errno)?;
+        self.grow_sizes(h, &mut page);
+        Ok(page)
+    }
+
+    /// The sizes of a listing's files that hold buffered writes here, grown to their
+    /// buffered end.
+    pub(crate) fn grow_sizes(&self, h: &Handle, page: &mut DirPagePlus) {
         for (e, a) in &mut page.entries {
             let mut path = h.path.clone();
             if !path.ends_with(b"/") {
@@ -93,7 +100,6 @@ impl Node {
                 a.size = a.size.max(end);
             }
         }
-        Ok(page)
     }
 
     /// A call on a path or handle: the backend's path or handle put in its place by

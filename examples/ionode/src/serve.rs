@@ -7,7 +7,7 @@ use std::sync::Arc;
 use posix_ship::proto::*;
 use posix_ship::server::Errno;
 use posix_ship::server::{
-    AttrChange, Backend, Begin, Change, Done, On, Owned, Payload, Who, set_attr,
+    AttrChange, Backend, Begin, Change, Done, Found, On, Owned, Payload, Query, Who, set_attr,
 };
 use serde_bytes::ByteBuf;
 
@@ -41,7 +41,23 @@ fn set_attr_by(n: &Node, who: &Who, t: &Owned<Handle>, c: AttrChange) -> R<()> {
     }
 }
 
+/// A call's target, owned.
+fn owned(t: On<'_, Handle>) -> Owned<Handle> {
+    match t {
+        On::Path(p) => Owned::Path(buf(p)),
+        On::File(h) => Owned::File(h.clone()),
+    }
+}
+
 impl Node {
+    /// A query made at once (the blocking way past what [`Node::shown`] answers).
+    fn query_now(&self, who: &Who, q: Query<Handle>) -> R<Found> {
+        let r = req(who);
+        e(self
+            .shown(&r, q)
+            .unwrap_or_else(|q| self.query_blocking(&r, q)))
+    }
+
     /// `Err(errno)` if `t` is a directory the node shows above its prefixes.
     fn not_virtual(&self, t: &On<'_, Handle>, errno: i32) -> R<()> {
         e(if virt::names(self, t) {
@@ -203,14 +219,8 @@ impl Backend for Node {
     }
 
     fn readdir(&self, who: &Who, h: &Arc<Handle>, restart: bool, max: u32) -> R<DirPage> {
-        if let Some(l) = virt::of(h) {
-            let p = e(self.list_virtual(&req(who), l, restart, max))?;
-            return Ok(DirPage {
-                entries: p.entries.into_iter().map(|(d, _)| d).collect(),
-                end: p.end,
-            });
-        }
-        e(Node::readdir(self, h, restart, max))
+        let q = Query::readdir(h.clone(), restart, max, None);
+        self.query_now(who, q)?.page()
     }
 
     fn readdir_plus(
@@ -221,10 +231,8 @@ impl Backend for Node {
         max: u32,
         xattrs: bool,
     ) -> R<DirPagePlus> {
-        if let Some(l) = virt::of(h) {
-            return e(self.list_virtual(&req(who), l, restart, max));
-        }
-        e(Node::readdir_plus(self, h, restart, max, xattrs))
+        let q = Query::readdir(h.clone(), restart, max, Some(xattrs));
+        self.query_now(who, q)?.page_plus()
     }
 
     fn stat(&self, who: &Who, t: On<'_, Handle>, follow: bool) -> R<Attr> {
@@ -273,25 +281,22 @@ impl Backend for Node {
     }
 
     fn getxattr(&self, who: &Who, t: On<'_, Handle>, name: &[u8]) -> R<ByteBuf> {
-        self.not_virtual(&t, libc::ENODATA)?;
-        e(self.on_target(&req(who), GETXATTR, t, |t| (t, buf(name))))
+        self.query_now(who, Query::GetXattr(owned(t), buf(name)))?
+            .bytes()
     }
 
     fn setxattr(&self, who: &Who, t: On<'_, Handle>, k: &[u8], v: &[u8], f: i32) -> R<()> {
-        self.not_virtual(&t, libc::EROFS)?;
-        e(self.on_target(&req(who), SETXATTR, t, |t| (t, buf(k), buf(v), f)))
+        self.query_now(who, Query::SetXattr(owned(t), buf(k), buf(v), f))?
+            .done()
     }
 
     fn listxattr(&self, who: &Who, t: On<'_, Handle>) -> R<Vec<ByteBuf>> {
-        if virt::names(self, &t) {
-            return Ok(Vec::new());
-        }
-        e(self.on_target(&req(who), LISTXATTR, t, |t| t))
+        self.query_now(who, Query::ListXattr(owned(t)))?.names()
     }
 
     fn removexattr(&self, who: &Who, t: On<'_, Handle>, name: &[u8]) -> R<()> {
-        self.not_virtual(&t, libc::EROFS)?;
-        e(self.on_target(&req(who), REMOVEXATTR, t, |t| (t, buf(name))))
+        self.query_now(who, Query::RemoveXattr(owned(t), buf(name)))?
+            .done()
     }
 
     fn unlink(&self, who: &Who, p: &[u8]) -> R<()> {
@@ -317,25 +322,22 @@ impl Backend for Node {
     }
 
     fn readlink(&self, who: &Who, p: &[u8]) -> R<ByteBuf> {
-        self.not_virtual(&On::Path(p), libc::EINVAL)?;
-        e(self.on_path(&req(who), READLINK, buf(p)))
+        self.query_now(who, Query::Readlink(buf(p)))?.bytes()
     }
 
     fn statfs(&self, who: &Who, p: &[u8]) -> R<FsStat> {
-        if let Some(first) = self.routes.above(p).and_then(|n| n.into_iter().next()) {
-            // The file system of the first prefix beneath.
-            let below = [p.strip_suffix(b"/").unwrap_or(p), b"/", &first].concat();
-            return self.statfs(who, &below);
-        }
-        e(self.on_path(&req(who), STATFS, buf(p)))
+        self.query_now(who, Query::Statfs(buf(p)))?.fs()
     }
 
     fn access(&self, who: &Who, p: &[u8], mode: i32) -> R<()> {
-        if mode & libc::W_OK != 0 {
-            self.not_virtual(&On::Path(p), libc::EROFS)?;
-        } else if virt::names(self, &On::Path(p)) {
-            return Ok(());
+        self.query_now(who, Query::Access(buf(p), mode))?.done()
+    }
+
+    fn query_then(self: Arc<Self>, who: Who, q: Query<Handle>, done: Done<Found>) {
+        let r = req(&who);
+        match self.shown(&r, q) {
+            Ok(found) => done(e(found)),
+            Err(q) => Node::query_then(&self, r, q, Box::new(move |out| done(e(out)))),
         }
-        e(self.on_path_with(&req(who), ACCESS, buf(p), mode))
     }
 }

@@ -126,7 +126,7 @@ impl Node {
     /// kept of the file is dropped. An error `again` picks (given the backend's index)
     /// has the call made the blocking way instead (`blocking`), on the retry thread.
     #[allow(clippy::too_many_arguments)]
-    fn target_then<In, Out>(
+    pub(crate) fn target_then<In, Out>(
         self: &Arc<Self>,
         r: Req,
         t: Owned<Handle>,
@@ -188,7 +188,7 @@ impl Node {
 
 /// What a call passed on by [`Node::target_then`] does to its file.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Effect {
+pub(crate) enum Effect {
     /// Looks only (`stat`).
     Reads,
     /// Changes attributes (mode, owner, times).

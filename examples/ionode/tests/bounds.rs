@@ -253,6 +253,110 @@ fn fsyncs_attribute_changes_and_stats_hold_no_worker_while_the_backend_works() {
     assert_eq!(stand_ins, 0, "workers waited on the backend's stat");
 }
 
+/// Queries passed on as asked (`readlink`, `statfs`, `access`, extended attributes,
+/// directory pages) through a node of one worker, at a backend of 200 ms per operation:
+/// four of each kind at once are answered from the backend's completions, side by side,
+/// with no stand-in thread (each had started one, and gone one after another past the
+/// stand-ins' bound).
+#[test]
+fn queries_hold_no_worker_while_the_backend_answers() {
+    use posix_ship::proto::{GETXATTR, LISTXATTR, MAX_DIR_PAGE, SETXATTR, Target};
+    use serde_bytes::ByteBuf;
+    const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+    let export = scratch("ionode-query-then");
+    for i in 0..4 {
+        std::fs::create_dir(export.join(format!("d{i}"))).unwrap();
+        std::fs::write(export.join(format!("d{i}/f")), b"x").unwrap();
+        std::os::unix::fs::symlink(format!("target-{i}"), export.join(format!("l{i}"))).unwrap();
+    }
+    let (_backend, node) = slow_pair(&export, DELAY);
+    let clients: Vec<_> = (0..4).map(|_| node.client()).collect();
+    let four = |what: &str, f: &(dyn Fn(usize, &posix_ship::client::RemoteFs) + Sync)| {
+        let t = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for (i, c) in clients.iter().enumerate() {
+                s.spawn(move || f(i, c));
+            }
+        });
+        held_no_worker(&node, t.elapsed(), DELAY, what);
+    };
+    four("readlinks", &|i, c| {
+        assert_eq!(
+            c.read_link(&format!("/l{i}")).unwrap(),
+            format!("target-{i}").as_bytes()
+        )
+    });
+    four("statfs", &|_, c| assert!(c.statfs("/").unwrap().blocks > 0));
+    four("accesses", &|i, c| {
+        c.access(&format!("/d{i}"), libc::R_OK | libc::X_OK)
+            .unwrap()
+    });
+    let name = || ByteBuf::from(b"user.q".to_vec());
+    let on = |i: usize| Target::Path(ByteBuf::from(format!("/d{i}/f").into_bytes()));
+    let xattrs = std::fs::write(export.join("probe"), b"")
+        .and_then(|()| xattr_works(&export.join("probe")))
+        .unwrap();
+    if xattrs {
+        four("setxattrs", &|i, c| {
+            let v = ByteBuf::from(vec![i as u8; 3]);
+            c.call(SETXATTR, &(on(i), name(), v, 0)).unwrap()
+        });
+        four("getxattrs", &|i, c| {
+            assert_eq!(
+                c.call(GETXATTR, &(on(i), name())).unwrap().into_vec(),
+                [i as u8; 3]
+            )
+        });
+        four("listxattrs", &|i, c| {
+            assert!(c.call(LISTXATTR, &on(i)).unwrap().contains(&name()))
+        });
+    }
+    let dirs: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.open_raw(
+                format!("/d{i}").as_bytes(),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )
+        })
+        .map(|o| o.unwrap().fh)
+        .collect();
+    four("directory pages", &|i, c| {
+        let page = c.readdir_page(dirs[i], MAX_DIR_PAGE, true).unwrap();
+        assert!(page.entries.iter().any(|e| e.name.as_slice() == b"f"));
+    });
+    four("directory pages with attributes", &|i, c| {
+        let req = posix_ship::proto::ReaddirReq {
+            fh: dirs[i],
+            max: 16,
+            restart: true,
+        };
+        let page = c.readdir_plus_page(&req, true).unwrap();
+        let f = page.entries.iter().find(|(e, _)| e.name.as_slice() == b"f");
+        assert_eq!(f.and_then(|(_, a)| a.as_ref()).map(|a| a.size), Some(1));
+    });
+}
+
+/// Whether the file system of `p` takes `user.*` extended attributes (tmpfs before 6.6
+/// does not).
+fn xattr_works(p: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
+    // SAFETY: a valid C string and a 1-byte value of ours.
+    let r = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"user.probe".as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    Ok(r == 0)
+}
+
 /// Reads that miss every buffer (far apart, of files with nothing buffered) are asked
 /// of the backend from the worker that takes them, which goes on at once: four such
 /// reads through a node of one worker, at a backend of 200 ms per operation, take about

@@ -481,6 +481,17 @@ impl RemoteFs {
         r
     }
 
+    /// The call for a page with attributes (`xattrs`: and whether each entry has extended
+    /// attributes) this server takes, as far as is known: [`READDIR_PLUS`] once it has
+    /// refused [`READDIR_PLUS_XATTRS`] ([`RemoteFs::readdir_plus_page`] learns that).
+    pub fn readdir_plus_rpc(&self, xattrs: bool) -> Rpc<ReaddirReq, Reply<DirPagePlus>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match xattrs && !self.inner.no_xattrs_listing.load(Relaxed) {
+            true => READDIR_PLUS_XATTRS,
+            false => READDIR_PLUS,
+        }
+    }
+
     /// One page of a listing with attributes, and (`xattrs`) whether each entry has
     /// extended attributes, if the server can tell (one built before
     /// [`READDIR_PLUS_XATTRS`] lists without).

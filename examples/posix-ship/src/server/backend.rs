@@ -396,4 +396,14 @@ pub trait Backend: Send + Sync + 'static {
     fn readlink(&self, who: &Who, path: &[u8]) -> R<ByteBuf>;
     fn statfs(&self, who: &Who, path: &[u8]) -> R<FsStat>;
     fn access(&self, who: &Who, path: &[u8], mode: i32) -> R<()>;
+    /// A call passed on as asked, answered through `done` (see [`Backend::open_then`]);
+    /// begun on a worker. By default the call at once ([`super::query`]).
+    fn query_then(
+        self: Arc<Self>,
+        who: Who,
+        q: super::Query<Self::File>,
+        done: Done<super::Found>,
+    ) {
+        done(super::query(&*self, &who, q))
+    }
 }

@@ -78,14 +78,6 @@ impl<B: Backend> Service<B> {
         self.clients.get(who.client, fh)
     }
 
-    /// Runs `f` on `t`, its handle resolved.
-    fn on<T>(&self, who: &Who, t: &Target, f: impl FnOnce(On<'_, B::File>) -> R<T>) -> R<T> {
-        match t {
-            Target::Path(p) => f(On::Path(p)),
-            Target::Handle(fh) => f(On::File(&self.file(who, *fh)?)),
-        }
-    }
-
     /// The caller's handle for `f`, just opened (closed again past the caller's bound).
     fn opened(&self, who: &Who, f: Arc<B::File>, attr: Attr) -> R<Opened> {
         match self.clients.insert(who.client, who.uid(), f.clone()) {
@@ -231,16 +223,6 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
     serve(e, s, FALLOCATE, |s, w, _, (fh, m, o, l)| {
         s.backend.fallocate(w, &s.file(w, fh)?, m, o, l)
     })?;
-    serve(e, s, READDIR, |s, w, _, r| {
-        s.backend.readdir(w, &s.file(w, r.fh)?, r.restart, r.max)
-    })?;
-    for (rpc, xattrs) in [(READDIR_PLUS, false), (READDIR_PLUS_XATTRS, true)] {
-        serve(e, s, rpc, move |s, w, _, r| {
-            let max = r.max.min(MAX_DIR_PLUS_PAGE);
-            s.backend
-                .readdir_plus(w, &s.file(w, r.fh)?, r.restart, max, xattrs)
-        })?;
-    }
     serve_then(
         e,
         s,
@@ -249,22 +231,8 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
         |s, w, p, done| s.backend.clone().unlink_then(w, p, done),
     )?;
     changes(e, s)?;
-    serve(e, s, READLINK, |s, w, _, p| s.backend.readlink(w, &p))?;
-    serve(e, s, STATFS, |s, w, _, p| s.backend.statfs(w, &p))?;
-    serve(e, s, ACCESS, |s, w, _, (p, m)| s.backend.access(w, &p, m))?;
+    super::query::register(e, s)?;
     attrs(e, s)?;
-    serve(e, s, GETXATTR, |s, w, _, (t, n)| {
-        s.on(w, &t, |t| s.backend.getxattr(w, t, &n))
-    })?;
-    serve(e, s, SETXATTR, |s, w, _, (t, n, v, f)| {
-        s.on(w, &t, |t| s.backend.setxattr(w, t, &n, &v, f))
-    })?;
-    serve(e, s, LISTXATTR, |s, w, _, t| {
-        s.on(w, &t, |t| s.backend.listxattr(w, t))
-    })?;
-    serve(e, s, REMOVEXATTR, |s, w, _, (t, n)| {
-        s.on(w, &t, |t| s.backend.removexattr(w, t, &n))
-    })?;
     let s = s.clone();
     e.register_infallible(SERVER_STATS, move |()| s.backend.stats(s.clients.stats()))
 }
@@ -348,7 +316,7 @@ fn attrs<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
 }
 
 /// The caller's target, its handle resolved.
-fn owned<B: Backend>(s: &Service<B>, w: &Who, t: Target) -> R<Owned<B::File>> {
+pub(super) fn owned<B: Backend>(s: &Service<B>, w: &Who, t: Target) -> R<Owned<B::File>> {
     Ok(match t {
         Target::Path(p) => Owned::Path(p),
         Target::Handle(fh) => Owned::File(s.file(w, fh)?),
