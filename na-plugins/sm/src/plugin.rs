@@ -189,6 +189,8 @@ struct SmWire {
     single_copy: bool,
     /// The peer process, for its write lease: ended once this is readable.
     pidfd: Option<std::os::fd::OwnedFd>,
+    /// The outbox's consumer index as last read ([`Ring::write_seen`]).
+    head_seen: crate::sync::AtomicU64,
 }
 
 fn corrupt(e: RingError) -> io::Error {
@@ -210,6 +212,7 @@ impl SmWire {
             link,
             hup: AtomicBool::new(false),
             single_copy,
+            head_seen: crate::sync::AtomicU64::new(0),
         }
     }
 
@@ -261,8 +264,9 @@ impl Wire for SmWire {
             return Ok(0);
         }
         loop {
+            let want = bufs.iter().map(|b| b.len() as u64).sum();
             let n = ring
-                .write_from(bufs.iter().map(|b| &**b))
+                .write_seen(&self.head_seen, want, bufs.iter().map(|b| &**b))
                 .map_err(corrupt)?;
             if n > 0 {
                 if ring.consumer_needs_wake() {

@@ -140,7 +140,46 @@ impl<'a> Ring<'a> {
         &self,
         bufs: impl IntoIterator<Item = &'b [u8]>,
     ) -> Result<usize, RingError> {
-        let (head, tail) = self.indices()?;
+        let head = self.hdr.head.load(Ordering::Acquire);
+        self.write_after(head, self.hdr.tail.load(Ordering::Acquire), bufs)
+    }
+
+    /// Producer: as [`Ring::write_from`], with `seen`, the consumer's index as this
+    /// producer last read it (kept in its own memory), taken for the consumer's when the
+    /// space it leaves holds `want` bytes. The consumer's index is read (and `seen`
+    /// updated) only when that space is short: a write then does not pull the
+    /// consumer's cache line over (nor does the consumer's next advance have to take it
+    /// back), one cache miss less on each side of every message. An index read earlier
+    /// is at most the current one, so the space it leaves is never more than there is;
+    /// a consumer that moved its index backwards (a hostile peer) only loses its own
+    /// unread bytes, and is caught at the next read of it.
+    pub fn write_seen<'b>(
+        &self,
+        seen: &AtomicU64,
+        want: u64,
+        bufs: impl IntoIterator<Item = &'b [u8]>,
+    ) -> Result<usize, RingError> {
+        let tail = self.hdr.tail.load(Ordering::Acquire);
+        let held = tail.wrapping_sub(seen.load(Ordering::Relaxed));
+        let head = match held <= self.cap && self.cap - held >= want {
+            true => tail.wrapping_sub(held),
+            false => {
+                let head = self.hdr.head.load(Ordering::Acquire);
+                seen.store(head, Ordering::Relaxed);
+                head
+            }
+        };
+        self.write_after(head, tail, bufs)
+    }
+
+    /// Appends what fits of `bufs` after `tail`, the consumer's index taken as `head`.
+    fn write_after<'b>(
+        &self,
+        head: u64,
+        tail: u64,
+        bufs: impl IntoIterator<Item = &'b [u8]>,
+    ) -> Result<usize, RingError> {
+        let (head, tail) = self.check(head, tail)?;
         let mut free = self.cap - tail.wrapping_sub(head);
         let mut pos = tail;
         for b in bufs {
@@ -334,10 +373,12 @@ mod tests {
             let r = m.ring();
             let src = &data;
             s.spawn(move || {
-                let mut at = 0;
+                // (As the plugin writes: the consumer's index read only when short.)
+                let (mut at, seen) = (0, AtomicU64::new(0));
                 while at < src.len() {
                     let end = (at + 1000).min(src.len());
-                    at += r.write(&[&src[at..end]]).unwrap();
+                    let want = (end - at) as u64;
+                    at += r.write_seen(&seen, want, [&src[at..end]]).unwrap();
                 }
             });
             let r = m.ring();
@@ -351,6 +392,28 @@ mod tests {
         });
     }
 
+    #[test]
+    fn a_producer_reads_the_consumers_index_only_when_the_space_it_saw_is_short() {
+        let m = HeapRing::new(16);
+        let r = m.ring();
+        let seen = AtomicU64::new(0);
+        assert_eq!(r.write_seen(&seen, 4, [&b"abcd"[..]]).unwrap(), 4);
+        assert_eq!(r.read(&mut [0u8; 4]).unwrap(), 4);
+        // 12 bytes free as last seen: enough for 4, so the index (now 4) is not read.
+        assert_eq!(r.write_seen(&seen, 4, [&b"efgh"[..]]).unwrap(), 4);
+        assert_eq!(seen.load(Ordering::Relaxed), 0, "not read");
+        // 8 free as last seen, 12 wanted: read (4), and 12 fit.
+        assert_eq!(r.write_seen(&seen, 12, [&[7u8; 12][..]]).unwrap(), 12);
+        assert_eq!(seen.load(Ordering::Relaxed), 4);
+        assert_eq!(r.write_seen(&seen, 1, [&b"z"[..]]).unwrap(), 0, "full");
+        // A consumer index beyond the producer's (a hostile peer) is caught when read.
+        r.corrupt(100, 16 + 4);
+        assert!(matches!(
+            r.write_seen(&seen, 1, [&b"z"[..]]),
+            Err(RingError::Corrupt { .. })
+        ));
+    }
+
     proptest! {
         /// Any sequence of writes and reads behaves like a bounded FIFO of bytes.
         #[test]
@@ -359,10 +422,16 @@ mod tests {
             let r = m.ring();
             let mut model: VecDeque<u8> = VecDeque::new();
             let mut next = 0u8;
+            let seen = AtomicU64::new(0);
             for (write, n) in ops {
                 if write {
                     let bytes: Vec<u8> = (0..n).map(|_| { next = next.wrapping_add(1); next }).collect();
-                    let k = r.write(&[&bytes]).unwrap();
+                    // Every other write as the plugin writes (the consumer's index as last
+                    // seen): the same bytes go in either way.
+                    let k = match n % 2 {
+                        0 => r.write_seen(&seen, n as u64, [&bytes[..]]).unwrap(),
+                        _ => r.write(&[&bytes]).unwrap(),
+                    };
                     prop_assert_eq!(k, n.min(32 - model.len()));
                     model.extend(&bytes[..k]);
                     next = next.wrapping_sub((n - k) as u8);
