@@ -443,6 +443,30 @@ impl SharedFile {
         drop(self.flushing.write().unwrap_or_else(|e| e.into_inner()));
     }
 
+    /// [`SharedFile::closing`], a flush, [`SharedFile::take_error`] and
+    /// [`SharedFile::closed`] for writer `token` at once, if none of that would wait: no
+    /// flush in progress, the state not held, nothing buffered (by anyone: a last
+    /// writer would have to write it out). `None`, with nothing changed, otherwise; else
+    /// the error owed to the writer, if any.
+    pub fn close_now(&self, token: u64) -> Option<Option<i32>> {
+        // Held while the writer goes: no flush begins meanwhile (a flush takes it).
+        let _no_flush = self.flushing.try_write().ok()?;
+        let mut s = self.state_now()?;
+        if !s.extents.is_empty() {
+            return None;
+        }
+        if s.writers.iter().all(|w| w.token == token) {
+            // As the last writer's flush and `Files::abandon` leave it.
+            s.cache.clear();
+            s.generation += 1;
+            (s.since, s.last) = (None, None);
+        }
+        s.writers.retain(|w| w.token != token);
+        let error = owed(&mut s.errors, token);
+        s.errors.retain(|(t, _)| *t != token);
+        Some(error)
+    }
+
     /// Takes the failure of an earlier flush that handle `token` has not been told of.
     pub fn take_error(&self, token: u64) -> Option<i32> {
         owed(&mut lock(&self.state).errors, token)

@@ -324,6 +324,30 @@ impl Node {
         detached
     }
 
+    /// [`Node::close`] if it needs no waiting (no journal, nothing of the file buffered,
+    /// no write-out of it in progress: see [`crate::files::SharedFile::close_now`]), as
+    /// the progress thread may make it; `None` otherwise, with nothing changed.
+    pub(crate) fn close_now(&self, h: &Arc<Handle>) -> Option<R<()>> {
+        if self.files.journal.is_some() {
+            return None;
+        }
+        let error = match &h.file {
+            Some(f) if h.writable => f.close_now(h.token)?,
+            _ => None,
+        };
+        if h.wrote.load(std::sync::atomic::Ordering::Acquire) {
+            self.attrs.changed(h.backend, &h.path);
+        }
+        if let Err(std::sync::mpsc::SendError(crate::behind::Behind::Close(h))) =
+            lock(&self.closer).send(crate::behind::Behind::Close(h.clone()))
+        {
+            // (The thread behind is gone: the node is stopping. Let go here.)
+            let _ = self.release(&h);
+        }
+        Counters::add(&self.stats.answered_inline, 1);
+        Some(error.map_or(Ok(()), Err))
+    }
+
     /// A read through the file's buffered writes and read-ahead.
     pub(crate) fn read(&self, h: &Handle, off: u64, buf: &mut [u8]) -> R<usize> {
         let fetch = |off: u64, b: &mut [u8]| {

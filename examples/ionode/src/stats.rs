@@ -86,8 +86,8 @@ pub struct NodeStats {
     pub journal_records: u64,
     /// Journal bytes held for writes not yet on a backend.
     pub journal_bytes: u64,
-    /// Reads and writes answered on the thread that received them (from memory, no
-    /// worker woken).
+    /// Reads, writes and closes answered on the thread that received them (from memory,
+    /// no worker woken).
     #[serde(default)]
     pub answered_inline: u64,
     /// `stat`s, `open`s and `unlink`s begun on the thread that received them (answered

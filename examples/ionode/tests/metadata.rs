@@ -272,3 +272,35 @@ fn prefixes_route_to_their_backends_and_the_root_lists_them() {
     );
     assert_eq!(node.client().server_stats().unwrap().open_files, 0);
 }
+
+/// A close of a file the node holds nothing of is answered on the thread that received
+/// it (no worker woken); one whose file holds buffered writes is made on a worker, which
+/// writes them out before the close answers.
+#[test]
+fn closes_holding_nothing_are_answered_where_they_arrive() {
+    let (export, _backend, node) = pair("ionode-close-inline", &[]);
+    let fs = node.client();
+    let files: Vec<_> = (0..20)
+        .map(|i| fs.create(&format!("/c{i}")).unwrap())
+        .collect();
+    let before = node.stats().answered_inline;
+    for f in files {
+        f.close().unwrap();
+    }
+    assert_eq!(node.stats().answered_inline - before, 20);
+    let f = fs.create("/w").unwrap();
+    f.write_at(b"held", 0).unwrap();
+    assert_eq!(
+        export.join("w").metadata().unwrap().len(),
+        0,
+        "buffered at the node"
+    );
+    let before = node.stats().answered_inline;
+    f.close().unwrap();
+    assert_eq!(node.stats().answered_inline - before, 0, "made on a worker");
+    assert_eq!(
+        std::fs::read(export.join("w")).unwrap(),
+        b"held",
+        "written out first"
+    );
+}

@@ -240,7 +240,7 @@ impl<B: Backend, Out: Serialize + 'static> Later<B, Out> {
         }
     }
 
-    fn send(mut self, out: R<Out>) {
+    pub(super) fn send(mut self, out: R<Out>) {
         if let Some(r) = self.r.take() {
             r.respond(&out.map_err(|e| e.raw_os_error()));
         }

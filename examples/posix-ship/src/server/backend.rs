@@ -249,6 +249,12 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// The caller closed `f` (its handle is gone already).
     fn close(&self, who: &Who, f: Arc<Self::File>) -> R<()>;
+    /// With [`Backend::answers_now`]: [`Backend::close`] made where the request was
+    /// dispatched (the progress thread) if it needs no waiting; `None` (the default) to
+    /// make it on a worker. Must not block.
+    fn close_now(&self, _who: &Who, _f: &Arc<Self::File>) -> Option<R<()>> {
+        None
+    }
     /// A client is gone: these were its files. Called on the transport's progress
     /// thread: anything slow is for the backend to do elsewhere.
     fn lost(&self, files: Vec<Arc<Self::File>>) {

@@ -22,7 +22,7 @@ use std::time::Instant;
 use rpc_core::{Caller, Engine, RpcError};
 use rustix::io::Errno;
 
-use super::answer::{Begins, serve, serve_then};
+use super::answer::{Begins, Later, serve, serve_then, twins};
 pub use super::backend::{
     AttrChange, Backend, Begin, Change, Done, MAX_OFFSET, On, Owned, Payload, R, Who, set_attr,
 };
@@ -198,7 +198,7 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
             )
         },
     )?;
-    serve(e, s, CLOSE, |s, w, _, fh| s.close(w, fh))?;
+    close(e, s)?;
     // (The list's bound is kept while it is decoded: `FhList`.)
     serve(e, s, CLOSE_MANY, |s, w, _, fhs: FhList| {
         Ok(fhs
@@ -235,6 +235,35 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
     attrs(e, s)?;
     let s = s.clone();
     e.register_infallible(SERVER_STATS, move |()| s.backend.stats(s.clients.stats()))
+}
+
+/// `close`: where it was dispatched if the backend closes the file without waiting
+/// ([`Backend::close_now`]: an I/O node holding none of its bytes), else on a worker.
+fn close<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
+    if !s.backend.answers_now() {
+        return serve(e, s, CLOSE, |s, w, _, fh| s.close(w, fh));
+    }
+    let s = s.clone();
+    twins(e, CLOSE, true, move |r, fwd, fh| {
+        let Some((r, who, admitted)) = s.admit(CLOSE.name(), r, fwd) else {
+            return;
+        };
+        let f = match s.clients.remove(who.client, fh) {
+            Ok(f) => f,
+            Err(x) => return r.respond(&Err(x.raw_os_error())),
+        };
+        s.let_go(s.lending.closed(who.client, fh, Instant::now()));
+        if let Some(out) = s.backend.close_now(&who, &f) {
+            return r.respond(&out.map_err(|x| x.raw_os_error()));
+        }
+        let mut later = Later::counting(s.clone(), admitted);
+        let s = s.clone();
+        r.defer(move |r| {
+            later.r = Some(r);
+            let out = s.backend.run(&who, || s.backend.close(&who, f));
+            later.send(out)
+        })
+    })
 }
 
 /// The namespace changes, each answered through [`Backend::change_then`].
