@@ -21,8 +21,13 @@ type ReadDone = Box<dyn FnOnce(R<Vec<u8>>) + Send>;
 
 /// Backend reads asked without a worker waiting, at most at once: past it a read waits
 /// on a worker, as every call did (a backend at its bound of requests in flight answers
-/// busy, which only a waiting call waits out; the retry thread is one).
-pub(crate) const READS_OUT: usize = 32;
+/// busy, which only a waiting call waits out; the retry thread is one). A posix-ship
+/// server's default bound for one client: 64 (`Limits::in_flight`). 32 before
+/// 2026-12-04: `qs-fwd -r 3 [-d 200] --shapes shared-random`, 64 random readers of one
+/// file, three rounds alternated with 200 µs and two without: through the node
+/// 136-143 -> 147-164 MiB/s with the delay (0.88-0.95x -> 0.95-1.08x direct), 171-188
+/// -> 203-205 without.
+pub(crate) const READS_OUT: usize = 64;
 
 /// A place among the reads out, given back when dropped (however the read ends: its
 /// answer, or its callback dropped unrun).
