@@ -34,5 +34,6 @@ pub mod stats;
 mod targets;
 mod then;
 mod virt;
+mod writes;
 
 pub use node::{IoNode, NodeConfig};

@@ -15,6 +15,7 @@ use serde_bytes::ByteBuf;
 use crate::files::SharedFile;
 use crate::node::{Handle, Node, Req, lock};
 use crate::stats::Counters;
+use crate::writes::Began;
 
 pub(crate) type R<T> = Result<T, i32>;
 
@@ -390,30 +391,54 @@ impl Node {
         offset: Option<u64>,
         data: Payload<'_>,
     ) -> R<Written> {
+        let data = match self.write_begin(r, h, offset, data) {
+            Began::Answered(out) => return out,
+            Began::Through(data) => data,
+        };
+        let end = h.backing.with(|fh| h.backing.fs.pwrite(fh, &data, offset));
+        self.write_end(h, data.len() as u64, end.map_err(errno))
+    }
+
+    /// A write, its bytes pulled from the caller: buffered (answered), or to be written
+    /// through (appends, large writes, no memory) after what is buffered of the file,
+    /// which is written out here first.
+    pub(crate) fn write_begin(
+        &self,
+        r: &Req,
+        h: &Handle,
+        offset: Option<u64>,
+        data: Payload<'_>,
+    ) -> Began {
         if !h.writable {
-            return Err(libc::EBADF);
+            return Began::Answered(Err(libc::EBADF));
         }
         h.wrote.store(true, std::sync::atomic::Ordering::Release);
-        let mut data = data.bytes().map_err(|e| e.raw_os_error())?;
+        let mut data = match data.bytes() {
+            Ok(d) => d,
+            Err(e) => return Began::Answered(Err(e.raw_os_error())),
+        };
         let n = data.len() as u64;
         if let (Some(off), Some(f)) = (offset, self.buffers(h, n)) {
             match self.files.buffer(f, off, data, &h.path, &r.user) {
-                Ok(()) => return Ok(Written { n, end: off + n }),
+                Ok(()) => return Began::Answered(Ok(Written { n, end: off + n })),
                 Err(d) => data = d,
             }
         }
-        // Through: appends, large writes, no memory. After what is buffered, in order.
         if let Some(f) = &h.file {
             self.before_change(f);
         }
         Counters::add(&self.stats.write_through, 1);
         self.stats.request_out("posix.write");
-        let end = h.backing.with(|fh| h.backing.fs.pwrite(fh, &data, offset));
+        Began::Through(data)
+    }
+
+    /// A write of `n` bytes through to the backend ended at `end`.
+    pub(crate) fn write_end(&self, h: &Handle, n: u64, end: R<u64>) -> R<Written> {
         // After the write: a read between could otherwise keep the old bytes.
         if let Some(f) = &h.file {
             f.invalidate();
         }
-        let end = end.map_err(errno)?;
+        let end = end?;
         Counters::add(&self.stats.bytes_in, n);
         Counters::add(&self.stats.bytes_out, n);
         Ok(Written { n, end })

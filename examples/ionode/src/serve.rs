@@ -184,6 +184,20 @@ impl Backend for Node {
         e(Node::write(self, &req(who), h, off, d))
     }
 
+    fn write_then(
+        self: Arc<Self>,
+        who: Who,
+        h: Arc<Handle>,
+        off: Option<u64>,
+        d: Payload<'_>,
+        done: Done<Written>,
+    ) {
+        if let Err(x) = self.not_virtual(&On::File(&h), libc::EBADF) {
+            return done(Err(x));
+        }
+        Node::write_then(&self, &req(&who), h, off, d, move |out| done(e(out)))
+    }
+
     fn answers_now(&self) -> bool {
         true
     }

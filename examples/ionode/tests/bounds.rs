@@ -339,6 +339,57 @@ fn queries_hold_no_worker_while_the_backend_answers() {
     });
 }
 
+/// Writes through the node (appends; writes too large to buffer) through a node of one
+/// worker, at a backend of 200 ms per operation: four of each at once are answered from
+/// the backend's completions, side by side, every byte on the backend. Appends carried
+/// by their requests start no stand-in thread (each had started one); a large write's
+/// worker still waits while it pulls the bytes from the client (a stand-in may start for
+/// that), not while the backend writes them.
+#[test]
+fn writes_through_hold_no_worker_while_the_backend_writes() {
+    const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+    let export = scratch("ionode-write-then");
+    let (_backend, node) = slow_pair(&export, DELAY);
+    let clients: Vec<_> = (0..4).map(|_| node.client()).collect();
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND;
+    let logs: Vec<_> = (clients.iter().enumerate())
+        .map(|(i, c)| c.open_raw(format!("/log{i}").as_bytes(), flags, 0o644))
+        .map(|o| o.unwrap().fh)
+        .collect();
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for (i, c) in clients.iter().enumerate() {
+            let fh = logs[i];
+            s.spawn(move || {
+                c.pwrite(fh, format!("entry {i}\n").as_bytes(), None)
+                    .unwrap()
+            });
+        }
+    });
+    held_no_worker(&node, t.elapsed(), DELAY, "appends");
+    let big: Vec<_> = (clients.iter().enumerate())
+        .map(|(i, c)| c.create(&format!("/big{i}")).unwrap())
+        .collect();
+    let block = |i: usize| vec![i as u8 + 1; 4 << 20];
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for (i, f) in big.iter().enumerate() {
+            s.spawn(move || f.write_at(&block(i), 0).unwrap());
+        }
+    });
+    let took = t.elapsed();
+    println!("4 writes of 4 MiB through one worker: {took:?}");
+    assert!(
+        took >= DELAY && took < 3 * DELAY,
+        "{took:?}: one after another?"
+    );
+    for i in 0..4 {
+        let log = std::fs::read(export.join(format!("log{i}"))).unwrap();
+        assert_eq!(log, format!("entry {i}\n").as_bytes());
+        assert!(std::fs::read(export.join(format!("big{i}"))).unwrap() == block(i));
+    }
+}
+
 /// Whether the file system of `p` takes `user.*` extended attributes (tmpfs before 6.6
 /// does not).
 fn xattr_works(p: &std::path::Path) -> std::io::Result<bool> {

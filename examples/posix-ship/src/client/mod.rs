@@ -670,6 +670,54 @@ impl RemoteFs {
         });
     }
 
+    /// One write of `data` (at most [`MAX_IO`]) at `offset` (`None`: append), answered
+    /// through `f` with no thread waiting: what the server wrote (perhaps fewer bytes),
+    /// and the bytes given back, to write the rest or again (empty only after an error
+    /// in exposing them, which is neither `EAGAIN` nor `EBADF`). A server at its bound
+    /// of requests in flight answers `EAGAIN`.
+    pub fn pwrite_then(
+        &self,
+        fh: Fh,
+        data: Vec<u8>,
+        offset: Option<u64>,
+        f: impl FnOnce(io::Result<Written>, Vec<u8>) + Send + 'static,
+    ) {
+        let len = data.len() as u64;
+        if len > MAX_IO {
+            return f(Err(errno(libc::EINVAL)), data);
+        }
+        let (req, src, kept) = if data.len() <= self.inner.inline_max {
+            let inline = WriteData::Inline(ByteBuf::from(data.clone()));
+            (
+                WriteReq {
+                    fh,
+                    offset,
+                    data: inline,
+                },
+                None,
+                data,
+            )
+        } else {
+            let e = &self.inner.engine;
+            match e.expose(vec![Seg::from(data)], Access::ReadOnly) {
+                Ok(src) => {
+                    let data = WriteData::Bulk(src.descriptor());
+                    (WriteReq { fh, offset, data }, Some(src), Vec::new())
+                }
+                Err(e) => return f(Err(rpc_err(e)), Vec::new()),
+            }
+        };
+        self.start(WRITE, &req).then(move |a| {
+            let data = src.map_or(kept, Bulk::into_vec);
+            let out = match a {
+                Answered::Busy => Err(errno(libc::EAGAIN)),
+                Answered::Done(Ok(w)) if w.n > len => Err(errno(libc::EIO)),
+                Answered::Done(w) => w,
+            };
+            f(out, data)
+        });
+    }
+
     /// `pwrite` of all of `data` at `offset` (`None`: append). Returns the offset just
     /// past the data. Large writes are pulled by the server from `data` by bulk.
     pub fn pwrite(&self, fh: Fh, data: &[u8], offset: Option<u64>) -> io::Result<u64> {

@@ -288,6 +288,19 @@ pub trait Backend: Send + Sync + 'static {
         off: Option<u64>,
         data: Payload<'_>,
     ) -> R<Written>;
+    /// [`Backend::write`], answered through `done` (see [`Backend::open_then`]); begun on
+    /// a worker, which pulls the bytes (`data` lives no longer than this call). By
+    /// default the write at once.
+    fn write_then(
+        self: Arc<Self>,
+        who: Who,
+        f: Arc<Self::File>,
+        off: Option<u64>,
+        data: Payload<'_>,
+        done: Done<Written>,
+    ) {
+        done(self.write(&who, &f, off, data))
+    }
     /// Whether [`Backend::write_now`] and [`Backend::read_now`] may answer: [`WRITE`] and
     /// [`READ`] requests are then dispatched where they arrive, and made on a worker only
     /// when these say `None`.

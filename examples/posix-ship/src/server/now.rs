@@ -11,83 +11,104 @@
 
 use std::sync::Arc;
 
-use rpc_core::{Access, Caller, Engine, Responder, Rpc, RpcError, Seg};
+use rpc_core::{Access, Caller, Engine, Responder, RpcError, Seg};
 use rustix::io::Errno;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
-use super::answer::{Body, Later, serve, twins};
-use super::backend::{Backend, Done, MAX_OFFSET, Who};
+use super::answer::{Later, twins};
+use super::backend::{Backend, Done, MAX_OFFSET, Payload, Who};
 use super::clients::{ClientId, User};
 use super::service::Service;
 use crate::bulk_io::{BULK_TIMEOUT, errno};
 use crate::proto::*;
 
-/// What the backend answers at once, if it can (`None`: the worker path decides).
-type Quick<B, In, Out> = fn(&Service<B>, &Who, &In) -> Option<Out>;
-
 /// Registers [`READ`] and [`WRITE`] (and their [`forwarded`] twins) to be answered
 /// inline where the backend can.
 pub(super) fn register<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
-    if s.backend.answers_now() {
-        inline_first(e, s, WRITE, write_now, &|s, w, c, r| s.write(w, c, r))?;
-    } else {
-        serve(e, s, WRITE, |s, w, c, r| s.write(w, c, r))?;
-    }
+    let w = s.clone();
+    twins(e, WRITE, s.backend.answers_now(), move |r, fwd, input| {
+        w.answer_write(r, fwd, input)
+    })?;
     let s = s.clone();
     twins(e, READ, true, move |r, fwd, input| {
         s.answer_read(r, fwd, input)
     })
 }
 
-fn inline_first<B, In, Out>(
-    e: &Engine,
-    s: &Arc<Service<B>>,
-    rpc: Rpc<In, Reply<Out>>,
-    quick: Quick<B, In, Out>,
-    body: &'static Body<B, In, Out>,
-) -> Result<(), RpcError>
-where
-    B: Backend,
-    In: DeserializeOwned + Send + 'static,
-    Out: Serialize + 'static,
-{
-    let s = s.clone();
-    twins(e, rpc, true, move |r, fwd, input| {
-        s.answer_now(rpc.name(), r, fwd, input, quick, body)
-    })
-}
-
 impl<B: Backend> Service<B> {
-    /// Admits the request, then answers it here if `quick` can, or on a worker with
-    /// `body`, the admission kept until that answer.
-    fn answer_now<In, Out>(
+    /// A write: answered here if the backend buffers the bytes the request carries at
+    /// once ([`Backend::write_now`]), else on a worker ([`Backend::write_then`]), which
+    /// pulls the bytes from the caller's buffer and may leave the backend's answer to a
+    /// completion; the admission kept until the answer.
+    fn answer_write(
         self: &Arc<Self>,
-        rpc: &'static str,
-        r: Responder<Reply<Out>>,
+        r: Responder<Reply<Written>>,
         fwd: Option<Option<Principal>>,
-        input: In,
-        quick: Quick<B, In, Out>,
-        body: &'static Body<B, In, Out>,
-    ) where
-        In: Send + 'static,
-        Out: Serialize + 'static,
-    {
-        let Some((r, who, admitted)) = self.admit(rpc, r, fwd) else {
+        input: WriteReq,
+    ) {
+        let Some((r, who, admitted)) = self.admit(WRITE.name(), r, fwd) else {
             return;
         };
-        if let Some(out) = quick(self, &who, &input) {
+        let here = self.backend.answers_now();
+        if here && let Some(out) = write_now(self, &who, &input) {
             r.respond(&Ok(out));
             return drop(admitted);
         }
-        // (Dropped with the job, run or refused: the admission ends with it.)
-        let counted: Later<B, Out> = Later::counting(self.clone(), admitted);
+        let mut later: Later<B, Written> = Later::counting(self.clone(), admitted);
         let s = self.clone();
-        r.defer(move |r| {
-            s.answer_admitted(rpc, r, &who, input, body);
-            drop(counted);
+        let on_worker = move |r: Responder<Reply<Written>>| {
+            let caller = r.caller();
+            later.r = Some(r);
+            s.begin_with(&who.clone(), later, |done| {
+                s.write_then(who, &caller, input, done)
+            });
+        };
+        match here {
+            // (Dispatched here: to a worker now.)
+            true => r.defer(on_worker),
+            false => on_worker(r),
+        }
+    }
+
+    /// `pwrite`, or an append: inline, or pulled from the caller's buffer (short under
+    /// staging-memory pressure; the client writes the rest next), the staging memory
+    /// held until the backend answers.
+    fn write_then(self: &Arc<Self>, who: Who, caller: &Caller, r: WriteReq, done: Done<Written>) {
+        let f = match self.file(&who, r.fh) {
+            Ok(f) => f,
+            Err(e) => return done(Err(e)),
+        };
+        let (data, staged) = match r.data {
+            WriteData::Inline(b) => (Payload::Inline(b.into_vec()), None),
+            WriteData::Bulk(src) => {
+                if src.len() > MAX_IO {
+                    return done(Err(Errno::INVAL));
+                }
+                let st = self.clients.stage(who.client, who.uid(), src.len());
+                let len = st.len;
+                let staged = Staging(self.clone(), st.keep());
+                (Payload::Bulk { caller, src, len }, Some(staged))
+            }
+        };
+        // As the kernel: a negative offset is EINVAL, a write past the largest one EFBIG.
+        if let Some(off) = r.offset {
+            let Some(end) = off.checked_add(data.len()) else {
+                return done(Err(Errno::FBIG));
+            };
+            if off > MAX_OFFSET {
+                return done(Err(Errno::INVAL));
+            }
+            if end > MAX_OFFSET {
+                return done(Err(Errno::FBIG));
+            }
+        }
+        let done: Done<Written> = Box::new(move |out| {
+            drop(staged);
+            done(out)
         });
+        self.backend
+            .clone()
+            .write_then(who, f, r.offset, data, done);
     }
 }
 

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rpc_core::{Caller, Engine, RpcError};
+use rpc_core::{Engine, RpcError};
 use rustix::io::Errno;
 
 use super::answer::{Begins, Later, serve, serve_then, twins};
@@ -136,34 +136,6 @@ impl<B: Backend> Service<B> {
         let f = f?;
         let attr = self.backend.stat(who, On::File(&f), true)?;
         self.opened(who, f, attr)
-    }
-
-    /// `pwrite`, or an append: inline, or pulled from the caller's buffer (short under
-    /// staging-memory pressure; the client writes the rest next).
-    pub(super) fn write(&self, who: &Who, caller: &Caller, r: WriteReq) -> R<Written> {
-        let f = self.file(who, r.fh)?;
-        let (data, _staged) = match r.data {
-            WriteData::Inline(b) => (Payload::Inline(b.into_vec()), None),
-            WriteData::Bulk(src) => {
-                if src.len() > MAX_IO {
-                    return Err(Errno::INVAL);
-                }
-                let s = self.clients.stage(who.client, who.uid(), src.len());
-                let len = s.len;
-                (Payload::Bulk { caller, src, len }, Some(s))
-            }
-        };
-        // As the kernel: a negative offset is EINVAL, a write past the largest one EFBIG.
-        if let Some(off) = r.offset {
-            let end = off.checked_add(data.len()).ok_or(Errno::FBIG)?;
-            if off > MAX_OFFSET {
-                return Err(Errno::INVAL);
-            }
-            if end > MAX_OFFSET {
-                return Err(Errno::FBIG);
-            }
-        }
-        self.backend.write(who, &f, r.offset, data)
     }
 }
 
