@@ -450,6 +450,47 @@ fn reads_that_miss_hold_no_worker_while_the_backend_reads() {
     );
 }
 
+/// A sequential reader's read-ahead window is fetched from the backend the same way: four
+/// readers starting at once through a node of one worker, at a backend of 200 ms per
+/// operation, take about one operation's time and start no stand-in thread; their next
+/// reads come from the windows kept, with no backend read.
+#[test]
+fn read_ahead_windows_are_fetched_holding_no_worker() {
+    const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+    let export = scratch("ionode-window-then");
+    for i in 0..4u64 {
+        std::fs::write(export.join(format!("f{i}")), pattern(i, 0, 1 << 20)).unwrap();
+    }
+    let (_backend, node) = slow_pair(&export, DELAY);
+    let clients: Vec<_> = (0..4).map(|_| node.client()).collect();
+    let files: Vec<_> = (0..4)
+        .map(|i| clients[i].open(&format!("/f{i}")).unwrap())
+        .collect();
+    let reads_before = node.stats().op("posix.read").1;
+    let read = |i: usize, f: &posix_ship::client::RemoteFile, at: u64| {
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(f.read_at(&mut buf, at).unwrap(), 4096);
+        assert!(
+            buf == pattern(i as u64, at, 4096),
+            "the bytes of f{i} at {at}"
+        );
+    };
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for (i, f) in files.iter().enumerate() {
+            s.spawn(move || read(i, f, 0));
+        }
+    });
+    held_no_worker(&node, t.elapsed(), DELAY, "reads fetching windows");
+    let fetched = node.stats().op("posix.read").1 - reads_before;
+    assert_eq!(fetched, 4, "a window each");
+    for (i, f) in files.iter().enumerate() {
+        read(i, f, 4096);
+    }
+    let fetched = node.stats().op("posix.read").1 - reads_before;
+    assert_eq!(fetched, 4, "the next reads from the windows");
+}
+
 /// A backend of `export` at which each operation takes `delay` longer, and a node of one
 /// worker in front of it.
 fn slow_pair(export: &std::path::Path, delay: std::time::Duration) -> (Proc, Proc) {

@@ -336,6 +336,53 @@ impl Files {
         Some(s.generation)
     }
 
+    /// Whether a read of `len` at `off` that misses (a sequential reader's, `window` >
+    /// `len`) would fetch a read-ahead window and may be asked of the backend without
+    /// waiting here, as [`Files::plain_miss`] says of a plain miss: nothing of it kept,
+    /// nothing of the file buffered or being written out, the state not held. The bytes
+    /// to fetch at `off` (the window within the file's share of the read-ahead memory)
+    /// and the file's generation; `begin`: it begins now (counted as a fetch, and as the
+    /// file's last read).
+    pub fn window_miss(
+        &self,
+        f: &SharedFile,
+        (off, len): (u64, usize),
+        window: usize,
+        begin: bool,
+    ) -> Option<(usize, u64)> {
+        if window <= len {
+            return None;
+        }
+        let _no_flush = f.flushing.try_read().ok()?;
+        let mut s = f.state.try_lock().ok()?;
+        if !s.extents.is_empty() || s.cache.find(off, len, READAHEAD_TTL).is_some() {
+            return None;
+        }
+        let fetch = window.min(s.cache.share() as usize).max(len);
+        if begin {
+            s.last_read = off;
+            Counters::add(&self.stats.readahead_fetches, 1);
+        }
+        Some((fetch, s.generation))
+    }
+
+    /// Keeps `data`, a window read at `at` from the backend for a read begun by
+    /// [`Files::window_miss`] at `generation`, if the file has not changed since (else
+    /// the window, which may lack a write, is dropped: see [`Files::unchanged`]).
+    /// Whether it had not.
+    pub fn keep_window(&self, f: &SharedFile, at: u64, data: Vec<u8>, generation: u64) -> bool {
+        let Ok(mut s) = f.state.try_lock() else {
+            return false;
+        };
+        if s.generation != generation {
+            return false;
+        }
+        if !data.is_empty() {
+            s.cache.keep(at, data, READAHEAD_TTL);
+        }
+        true
+    }
+
     /// Whether nothing was buffered, written out or cut in `f` since its generation was
     /// `generation` (a plain miss's read then has every acknowledged write: a write-out
     /// of part of the buffered bytes under way during the read, or writes buffered
