@@ -532,6 +532,9 @@ fn a_backend_restart_loses_no_fsynced_byte_and_buffered_bytes_land_after_it() {
     write_blocks(&f, &data);
     f.sync_all().unwrap();
     let g = fs.create("/unsynced").unwrap();
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND;
+    let log = fs.open_raw(b"/log", flags, 0o644).unwrap().fh;
+    fs.pwrite(log, b"one\n", None).unwrap();
     assert!(backend.stop(), "the backend stops cleanly");
     // Acknowledged while the backend is away: buffered.
     write_blocks(&g, &data);
@@ -573,6 +576,10 @@ fn a_backend_restart_loses_no_fsynced_byte_and_buffered_bytes_land_after_it() {
     // An fsync of a file opened before the restart: the backend forgot its handle, so
     // the node opens the file again there and syncs it.
     f.sync_all().unwrap();
+    // So does an append (a write through, answered from the backend's completion: its
+    // `EBADF` has the write made again the blocking way, which opens the file again).
+    fs.pwrite(log, b"two\n", None).unwrap();
+    assert_eq!(std::fs::read(export.join("log")).unwrap(), b"one\ntwo\n");
     // Its close may still report the outage (an error owed from a retry that failed
     // before the backend came back: conservative, the bytes are on the backend).
     let _ = g.close();
