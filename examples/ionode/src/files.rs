@@ -22,6 +22,8 @@ use crate::stats::Counters;
 
 mod dense;
 mod io;
+mod near;
+pub use near::{Near, Waiter};
 mod paths;
 
 /// The largest backend write a flush makes.
@@ -67,6 +69,9 @@ pub struct SharedFile {
     flushing: RwLock<()>,
     /// Held while fetching a dense block, so that clients missing together make one read.
     fetching: Mutex<()>,
+    /// Dense blocks being fetched from completions, by offset, with the reads that
+    /// missed in each meanwhile (`near.rs`).
+    near_out: Mutex<Vec<(u64, Vec<near::Waiter>)>>,
     dirty: AtomicU64,
 }
 
@@ -195,6 +200,7 @@ impl Files {
             }),
             flushing: RwLock::new(()),
             fetching: Mutex::new(()),
+            near_out: Mutex::default(),
             dirty: AtomicU64::new(0),
         });
         m.insert(key, Arc::downgrade(&f));

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::files::{Near, Waiter};
 use crate::node::{Handle, Node, lock};
 use crate::stats::Counters;
 
@@ -40,15 +41,17 @@ impl Drop for Slot {
     }
 }
 
-/// A read that misses, to ask of the backend without waiting: how many bytes to fetch
-/// at its offset (a read-ahead window for a sequential reader, else just the read), the
-/// file's generation when it began (`None`: no shared file, so nothing buffered), and
-/// whether the fetch is a window to keep.
+/// A read that misses, to ask of the backend without waiting.
 #[derive(Clone, Copy)]
-struct Miss {
-    fetch: usize,
-    generation: Option<u64>,
-    window: bool,
+enum Miss {
+    /// Just its bytes; the file's generation when it began (`None`: no shared file, so
+    /// nothing buffered).
+    Plain(Option<u64>),
+    /// A sequential reader's read-ahead window of this many bytes at its offset, to
+    /// keep; the generation.
+    Window(usize, u64),
+    /// The dense block around it, fetched or being fetched.
+    Near(Near),
 }
 
 impl Node {
@@ -61,30 +64,21 @@ impl Node {
     }
 
     /// [`crate::files::Files::plain_miss`], or else
-    /// [`crate::files::Files::window_miss`], for `h`.
+    /// [`crate::files::Files::window_miss`] or [`crate::files::Files::near_miss`], for
+    /// `h`.
     fn miss(&self, h: &Handle, (off, len): (u64, usize), begin: bool) -> Option<Miss> {
         let (window, _) = self.window(h, off, len);
         let Some(f) = &h.file else {
-            let fetch = len;
-            return Some(Miss {
-                fetch,
-                generation: None,
-                window: false,
-            });
+            return Some(Miss::Plain(None));
         };
-        if let Some(g) = self.files.plain_miss(f, (off, len), window, begin) {
-            return Some(Miss {
-                fetch: len,
-                generation: Some(g),
-                window: false,
-            });
+        let at = (off, len);
+        if let Some(g) = self.files.plain_miss(f, at, window, begin) {
+            return Some(Miss::Plain(Some(g)));
         }
-        let (fetch, g) = self.files.window_miss(f, (off, len), window, begin)?;
-        Some(Miss {
-            fetch,
-            generation: Some(g),
-            window: true,
-        })
+        if let Some((fetch, g)) = self.files.window_miss(f, at, window, begin) {
+            return Some(Miss::Window(fetch, g));
+        }
+        self.files.near_miss(f, at, window, begin).map(Miss::Near)
     }
 
     /// A miss begun now, with a place among the reads out; `None` if it is not one (any
@@ -122,16 +116,95 @@ impl Node {
             Counters::add(&self.stats.begun_inline, 1);
         }
         let (_, next) = self.window(&h, off, len);
+        let generation = match miss {
+            Miss::Plain(g) => g,
+            Miss::Window(_, g) => Some(g),
+            Miss::Near(Near::Fetch { generation, .. }) => Some(generation),
+            Miss::Near(Near::Join(at)) => {
+                drop(slot);
+                return self.near_join(h, at, (off, len), done);
+            }
+        };
         let asked = Asked {
             h,
             at: (off, len, next),
-            generation: miss.generation,
+            generation,
             slot,
         };
-        match miss.window {
-            true => self.window_then(asked, miss.fetch, done),
-            false => self.fetch_then(asked, Vec::new(), done),
+        match miss {
+            Miss::Window(fetch, _) => self.window_then(asked, fetch, done),
+            Miss::Near(Near::Fetch {
+                at,
+                len,
+                generation,
+            }) => self.near_then(asked, (at, len), generation, done),
+            _ => self.fetch_then(asked, Vec::new(), done),
         }
+    }
+
+    /// Fetches the dense block `(at, len)` for the read `a` and the reads that join it
+    /// meanwhile, keeps it if the file did not change since `generation`, and answers
+    /// them all from it.
+    fn near_then(
+        self: &Arc<Self>,
+        a: Asked,
+        (at, len): (u64, usize),
+        generation: u64,
+        done: ReadDone,
+    ) {
+        self.stats.request_out("posix.read");
+        let b = a.h.backing.clone();
+        let node = self.clone();
+        b.fs.pread_then(b.fh(), len, at, move |r| {
+            let Asked {
+                h,
+                at: (off, n, _),
+                slot,
+                ..
+            } = a;
+            drop(slot);
+            let Some(f) = h.file.clone() else {
+                return node.read_later(h, (off, n), done);
+            };
+            let (kept, joined) = node.files.near_fetched(&f, at, r.ok(), generation);
+            node.from_block(h, (off, n), done)(kept);
+            joined.into_iter().for_each(|w| w(kept));
+        });
+    }
+
+    /// Has the read wait for the dense block being fetched at `block`.
+    fn near_join(self: &Arc<Self>, h: Arc<Handle>, block: u64, at: (u64, usize), done: ReadDone) {
+        let Some(f) = h.file.clone() else {
+            return self.read_later(h, at, done);
+        };
+        if let Err(w) = self
+            .files
+            .near_join(&f, block, self.from_block(h, at, done))
+        {
+            // (Its fetch ended meanwhile: the block is kept, or it is not.)
+            w(true);
+        }
+    }
+
+    /// A read answered from a dense block once it is kept (the blocking way if it was
+    /// not, or is gone already).
+    fn from_block(
+        self: &Arc<Self>,
+        h: Arc<Handle>,
+        (off, len): (u64, usize),
+        done: ReadDone,
+    ) -> Waiter {
+        let node = self.clone();
+        Box::new(move |kept| {
+            let mut buf = vec![0u8; len];
+            match kept.then(|| node.read_now(&h, off, &mut buf)).flatten() {
+                Some(n) => {
+                    buf.truncate(n);
+                    done(Ok(buf))
+                }
+                None => node.read_later(h, (off, len), done),
+            }
+        })
     }
 
     /// Fetches the read-ahead window of `fetch` bytes at the read's offset, keeps it if

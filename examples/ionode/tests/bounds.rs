@@ -491,6 +491,36 @@ fn read_ahead_windows_are_fetched_holding_no_worker() {
     assert_eq!(fetched, 4, "the next reads from the windows");
 }
 
+/// Readers missing near each other in one file (the dense block around them) through a
+/// node of one worker, at a backend of 200 ms per operation: one backend read of the
+/// block, which the others join, in about one operation's time and with no stand-in
+/// thread (the first had held a worker, and the others one each while they waited for
+/// it); each gets its own bytes.
+#[test]
+fn reads_missing_together_in_a_dense_block_hold_no_worker() {
+    const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+    let export = scratch("ionode-near-then");
+    std::fs::write(export.join("f"), pattern(7, 0, 1 << 20)).unwrap();
+    let (_backend, node) = slow_pair(&export, DELAY);
+    let clients: Vec<_> = (0..4).map(|_| node.client()).collect();
+    let files: Vec<_> = clients.iter().map(|c| c.open("/f").unwrap()).collect();
+    let reads_before = node.stats().op("posix.read").1;
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for (i, f) in files.iter().enumerate() {
+            s.spawn(move || {
+                let at = (i as u64 + 1) << 16;
+                let mut buf = vec![0u8; 4096];
+                assert_eq!(f.read_at(&mut buf, at).unwrap(), 4096);
+                assert!(buf == pattern(7, at, 4096), "the bytes at {at}");
+            });
+        }
+    });
+    held_no_worker(&node, t.elapsed(), DELAY, "reads near each other");
+    let fetched = node.stats().op("posix.read").1 - reads_before;
+    assert_eq!(fetched, 1, "one block for the four");
+}
+
 /// A backend of `export` at which each operation takes `delay` longer, and a node of one
 /// worker in front of it.
 fn slow_pair(export: &std::path::Path, delay: std::time::Duration) -> (Proc, Proc) {

@@ -430,7 +430,7 @@ impl Files {
 /// read, so that the dense block around it may be worth fetching ([`super::dense`]).
 /// (Not when a dense block is more than the file may keep: kept nowhere, it would be
 /// fetched again for each read in it.)
-fn near_miss(s: &State, off: u64, len: usize) -> bool {
+pub(super) fn near_miss(s: &State, off: u64, len: usize) -> bool {
     s.last_read.abs_diff(off) <= DENSE * 8 && s.cache.share() >= DENSE && len as u64 <= DENSE / 2
 }
 
