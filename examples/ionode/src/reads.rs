@@ -1,8 +1,9 @@
 //! Reads answered from the backend's completion: a read that misses every buffer of a
-//! file with nothing buffered (a plain miss: no read-ahead window or dense block to
-//! fetch; or a sequential reader's miss, whose read-ahead window is fetched and kept) is
-//! asked of the backend where it is taken, the progress thread or a worker, and
-//! answered from the completion, with no thread waiting (random readers held a
+//! file with nothing buffered — a plain miss (just its bytes), a sequential reader's
+//! (its read-ahead window, fetched and kept), or one near the file's last read (the
+//! dense block around it, which the reads that miss in it meanwhile join:
+//! `crate::files::Near`) — is asked of the backend where it is taken, the progress
+//! thread or a worker, and answered from the completion, with no thread waiting (random readers held a
 //! worker each: 64 of them over one 512 MiB file read through the node at 0.41-0.62x
 //! direct with a 200 µs backend). A read the file changed under (a write-out or a write
 //! since it began, which could leave it with a later write and without an earlier one),
@@ -58,7 +59,7 @@ impl Node {
     /// Whether a read of `len` at `off` through `h` would be asked of the backend without
     /// waiting now (looked at without waiting or changing anything: where requests are
     /// dispatched).
-    pub(crate) fn plain_miss(&self, h: &Handle, off: u64, len: usize) -> bool {
+    pub(crate) fn miss_begins_now(&self, h: &Handle, off: u64, len: usize) -> bool {
         self.reads_out.load(Ordering::Acquire) < READS_OUT
             && self.miss(h, (off, len), false).is_some()
     }
@@ -96,7 +97,7 @@ impl Node {
 
     /// A read: a miss asked of the backend and answered from its completion, anything
     /// else the blocking way, here (`begun`: where the request was dispatched,
-    /// [`Node::plain_miss`] having said so there; the blocking way is then the retry
+    /// [`Node::miss_begins_now`] having said so there; the blocking way is then the retry
     /// thread's).
     pub(crate) fn read_then(
         self: &Arc<Self>,

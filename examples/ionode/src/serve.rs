@@ -176,7 +176,7 @@ impl Backend for Node {
         // (Not with a journal: its writers hold a file's state while they write the log.)
         self.files.journal.is_none()
             && virt::of(h).is_none()
-            && Node::plain_miss(self, h, off, len as usize)
+            && Node::miss_begins_now(self, h, off, len as usize)
     }
 
     fn write(&self, who: &Who, h: &Arc<Handle>, off: Option<u64>, d: Payload<'_>) -> R<Written> {
