@@ -567,17 +567,32 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_miss_is_fresh_only_while_nothing_was_buffered_or_taken() {
+    fn a_miss_is_answered_with_what_is_buffered_only_while_nothing_changed() {
         let files = Files::new(16 << 20, 16 << 20, None, Arc::new(Counters::default()));
         let f = files.get((0, 1, 1));
         let miss = |at: u64| files.plain_miss(&f, (at, 4096), 4096, true);
-        let g = miss(100 << 20).expect("nothing buffered: a plain miss");
-        assert!(files.unchanged(&f, g));
+        let g = miss(100 << 20).expect("nothing kept: a plain miss");
+        let mut got = vec![7u8; 4096];
+        assert!(files.overlay_unchanged(&f, g, (100 << 20, 4096), &mut got));
+        assert_eq!(got, [7u8; 4096], "nothing buffered: the backend's bytes");
         // A write since it began (or a write-out of part of the buffered bytes, which
         // bumps the same generation): its bytes may be neither in the read nor under it.
-        assert!(files.buffer_now(&f, 0, &[1; 4096]));
-        assert!(!files.unchanged(&f, g), "a write came since");
-        assert_eq!(miss(200 << 20), None, "bytes buffered: not a plain miss");
+        assert!(files.buffer_now(&f, 1000, &[1; 4096]));
+        let mut got = vec![7u8; 100];
+        assert!(
+            !files.overlay_unchanged(&f, g, (0, 4096), &mut got),
+            "a write came since"
+        );
+        assert_eq!(got, [7u8; 100], "left as it was");
+        // Bytes buffered: still a miss, answered with them over the backend's (past its
+        // end too: a hole between reads as zeros).
+        let g = miss(0).expect("a miss with bytes buffered");
+        let mut got = vec![7u8; 100];
+        assert!(files.overlay_unchanged(&f, g, (0, 4096), &mut got));
+        let mut want = vec![7u8; 100];
+        want.resize(1000, 0);
+        want.resize(4096, 1);
+        assert_eq!(got, want);
         // Held by another thread: not looked at, whatever it holds.
         let held = lock(&f.state);
         assert_eq!(miss(300 << 20), None);

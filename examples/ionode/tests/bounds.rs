@@ -491,6 +491,52 @@ fn read_ahead_windows_are_fetched_holding_no_worker() {
     assert_eq!(fetched, 4, "the next reads from the windows");
 }
 
+/// Reads of files holding buffered writes are asked of the backend the same way and
+/// answered with the buffered bytes laid over the backend's: four at once through a node
+/// of one worker, at a backend of 200 ms per operation, in about one operation's time and
+/// with no stand-in thread, each with the bytes its client wrote.
+#[test]
+fn reads_of_files_holding_writes_hold_no_worker() {
+    const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+    let export = scratch("ionode-held-then");
+    for i in 0..4u64 {
+        std::fs::write(export.join(format!("f{i}")), pattern(i, 0, 64 << 10)).unwrap();
+    }
+    let (_backend, node) = slow_pair(&export, DELAY);
+    let clients: Vec<_> = (0..4).map(|_| node.client()).collect();
+    let files: Vec<_> = (0..4)
+        .map(|i| {
+            clients[i]
+                .open_with(&format!("/f{i}"), libc::O_RDWR, 0)
+                .unwrap()
+        })
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        f.write_at(&[i as u8 + 1; 100], 1000).unwrap();
+    }
+    let on_backend = std::fs::read(export.join("f0")).unwrap();
+    assert!(
+        on_backend[1000..1100] == pattern(0, 1000, 100),
+        "buffered at the node"
+    );
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for (i, f) in files.iter().enumerate() {
+            s.spawn(move || {
+                let mut want = pattern(i as u64, 0, 4096);
+                want[1000..1100].fill(i as u8 + 1);
+                let mut buf = vec![0u8; 4096];
+                assert_eq!(f.read_at(&mut buf, 0).unwrap(), 4096);
+                assert!(
+                    buf == want,
+                    "f{i}: the backend's bytes with its write over them"
+                );
+            });
+        }
+    });
+    held_no_worker(&node, t.elapsed(), DELAY, "reads of files holding writes");
+}
+
 /// Readers missing near each other in one file (the dense block around them) through a
 /// node of one worker, at a backend of 200 ms per operation: one backend read of the
 /// block, which the others join, in about one operation's time and with no stand-in

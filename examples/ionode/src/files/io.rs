@@ -305,11 +305,12 @@ impl Files {
 
     /// Whether a read of `len` at `off` (`window` as [`Files::read`] takes it) is a plain
     /// miss that may be asked of the backend without waiting here: no read-ahead window
-    /// or dense block to fetch, nothing of it kept, and nothing of the file buffered or
-    /// being written out (so that the backend has every write acknowledged before it);
-    /// `None` if not, or if the file's state is held (this must not wait). `begin`: it
+    /// or dense block to fetch, nothing of it kept, and nothing of the file being written
+    /// out (what is buffered is laid over the backend's bytes when they come,
+    /// [`Files::overlay_unchanged`]); `None` if not, or if the file's state is held (this
+    /// must not wait). `begin`: it
     /// begins now, and counts as the file's last read, as `read` counts it. The file's
-    /// generation, which [`Files::unchanged`] compares once the backend answers.
+    /// generation, which [`Files::overlay_unchanged`] compares once the backend answers.
     pub fn plain_miss(
         &self,
         f: &SharedFile,
@@ -324,7 +325,7 @@ impl Files {
         let mut s = f.state.try_lock().ok()?;
         let near = near_miss(&s, off, len);
         let dense = near && s.dense.fetches();
-        if dense || !s.extents.is_empty() || s.cache.find(off, len, READAHEAD_TTL).is_some() {
+        if dense || s.cache.find(off, len, READAHEAD_TTL).is_some() {
             return None;
         }
         if begin {
@@ -339,7 +340,7 @@ impl Files {
     /// Whether a read of `len` at `off` that misses (a sequential reader's, `window` >
     /// `len`) would fetch a read-ahead window and may be asked of the backend without
     /// waiting here, as [`Files::plain_miss`] says of a plain miss: nothing of it kept,
-    /// nothing of the file buffered or being written out, the state not held. The bytes
+    /// nothing of the file being written out, the state not held. The bytes
     /// to fetch at `off` (the window within the file's share of the read-ahead memory)
     /// and the file's generation; `begin`: it begins now (counted as a fetch, and as the
     /// file's last read).
@@ -355,7 +356,7 @@ impl Files {
         }
         let _no_flush = f.flushing.try_read().ok()?;
         let mut s = f.state.try_lock().ok()?;
-        if !s.extents.is_empty() || s.cache.find(off, len, READAHEAD_TTL).is_some() {
+        if s.cache.find(off, len, READAHEAD_TTL).is_some() {
             return None;
         }
         let fetch = window.min(s.cache.share() as usize).max(len);
@@ -368,7 +369,7 @@ impl Files {
 
     /// Keeps `data`, a window read at `at` from the backend for a read begun by
     /// [`Files::window_miss`] at `generation`, if the file has not changed since (else
-    /// the window, which may lack a write, is dropped: see [`Files::unchanged`]).
+    /// the window, which may lack a write, is dropped: see [`Files::overlay_unchanged`]).
     /// Whether it had not.
     pub fn keep_window(&self, f: &SharedFile, at: u64, data: Vec<u8>, generation: u64) -> bool {
         let Ok(mut s) = f.state.try_lock() else {
@@ -383,13 +384,33 @@ impl Files {
         true
     }
 
-    /// Whether nothing was buffered, written out or cut in `f` since its generation was
-    /// `generation` (a plain miss's read then has every acknowledged write: a write-out
-    /// of part of the buffered bytes under way during the read, or writes buffered
-    /// since, could leave it with a later write and without an earlier one); `false`
-    /// too if the state is held.
-    pub fn unchanged(&self, f: &SharedFile, generation: u64) -> bool {
-        f.state.try_lock().is_ok_and(|s| s.generation == generation)
+    /// The backend's bytes `got` of a read of `len` at `off` begun at `generation` (a
+    /// miss: [`Files::plain_miss`], [`Files::window_miss`]), with what `f` buffers laid
+    /// over them (past the backend's end too), if nothing was buffered, written out or
+    /// cut since (a write-out of part of the buffered bytes under way during the read,
+    /// or writes buffered since, could leave it with a later write and without an
+    /// earlier one); `false`, with `got` as it was, if something was or the state is
+    /// held.
+    pub fn overlay_unchanged(
+        &self,
+        f: &SharedFile,
+        generation: u64,
+        (off, len): (u64, usize),
+        got: &mut Vec<u8>,
+    ) -> bool {
+        let Ok(s) = f.state.try_lock() else {
+            return false;
+        };
+        if s.generation != generation {
+            return false;
+        }
+        if !s.extents.is_empty() {
+            let n = got.len();
+            got.resize(len.max(n), 0);
+            let valid = s.extents.overlay(off, got, n);
+            got.truncate(valid);
+        }
+        true
     }
 
     /// As [`Files::read`] for a read that kept read-ahead data holds whole, if that

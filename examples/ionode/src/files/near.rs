@@ -3,7 +3,8 @@
 //! the backend without a thread waiting; the reads that miss in the same block meanwhile
 //! join it, and are answered from the block once it is kept (or made the blocking way if
 //! it is not). Only where nothing would wait: no write-out of the file in progress, its
-//! state not held, nothing of it buffered (as a plain miss, `Files::plain_miss`).
+//! state not held (as a plain miss, `Files::plain_miss`); the block kept is the
+//! backend's bytes, what the file buffers laid over them as each read is answered.
 
 use super::io::near_miss;
 use super::{DENSE, Files, READAHEAD_TTL, SharedFile, lock};
@@ -45,10 +46,7 @@ impl Files {
         }
         let _no_flush = f.flushing.try_read().ok()?;
         let mut s = f.state.try_lock().ok()?;
-        if !near_miss(&s, off, len)
-            || !s.extents.is_empty()
-            || s.cache.find(off, len, READAHEAD_TTL).is_some()
-        {
+        if !near_miss(&s, off, len) || s.cache.find(off, len, READAHEAD_TTL).is_some() {
             return None;
         }
         let at = off - off % DENSE;
