@@ -584,8 +584,11 @@ mod tests {
             "a write came since"
         );
         assert_eq!(got, [7u8; 100], "left as it was");
-        // Bytes buffered: still a miss, answered with them over the backend's (past its
-        // end too: a hole between reads as zeros).
+        // A write just came: the blocking way (which holds write-outs off while it reads).
+        assert_eq!(miss(0), None, "writes going on");
+        // Once writing pauses, still a miss with bytes buffered, answered with them over
+        // the backend's (past its end too: a hole between reads as zeros).
+        std::thread::sleep(io::QUIET);
         let g = miss(0).expect("a miss with bytes buffered");
         let mut got = vec![7u8; 100];
         assert!(files.overlay_unchanged(&f, g, (0, 4096), &mut got));

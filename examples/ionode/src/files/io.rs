@@ -325,7 +325,7 @@ impl Files {
         let mut s = f.state.try_lock().ok()?;
         let near = near_miss(&s, off, len);
         let dense = near && s.dense.fetches();
-        if dense || s.cache.find(off, len, READAHEAD_TTL).is_some() {
+        if dense || writing(&s) || s.cache.find(off, len, READAHEAD_TTL).is_some() {
             return None;
         }
         if begin {
@@ -356,7 +356,7 @@ impl Files {
         }
         let _no_flush = f.flushing.try_read().ok()?;
         let mut s = f.state.try_lock().ok()?;
-        if s.cache.find(off, len, READAHEAD_TTL).is_some() {
+        if writing(&s) || s.cache.find(off, len, READAHEAD_TTL).is_some() {
             return None;
         }
         let fetch = window.min(s.cache.share() as usize).max(len);
@@ -445,6 +445,18 @@ impl Files {
         buf.copy_from_slice(&d[from..from + buf.len()]);
         true
     }
+}
+
+/// How long after a file's last buffered write its reads still take the blocking way
+/// (which holds off its write-outs while it reads): a read from a completion that writes
+/// come under is made again, on the node's one retry thread, so readers of a file being
+/// written would queue there. Once writing pauses (a checkpoint read back before its
+/// close), reads go from completions, the buffered bytes laid over the backend's.
+pub(super) const QUIET: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether `s` took a write within [`QUIET`].
+pub(super) fn writing(s: &State) -> bool {
+    !s.extents.is_empty() && s.last.is_some_and(|t| t.elapsed() < QUIET)
 }
 
 /// Whether a small read of `len` at `off` missing the kept data is near the file's last

@@ -6,7 +6,7 @@
 //! state not held (as a plain miss, `Files::plain_miss`); the block kept is the
 //! backend's bytes, what the file buffers laid over them as each read is answered.
 
-use super::io::near_miss;
+use super::io::{near_miss, writing};
 use super::{DENSE, Files, READAHEAD_TTL, SharedFile, lock};
 use crate::stats::Counters;
 
@@ -46,7 +46,10 @@ impl Files {
         }
         let _no_flush = f.flushing.try_read().ok()?;
         let mut s = f.state.try_lock().ok()?;
-        if !near_miss(&s, off, len) || s.cache.find(off, len, READAHEAD_TTL).is_some() {
+        if !near_miss(&s, off, len)
+            || writing(&s)
+            || s.cache.find(off, len, READAHEAD_TTL).is_some()
+        {
             return None;
         }
         let at = off - off % DENSE;
