@@ -23,7 +23,7 @@ use crate::stats::Counters;
 mod dense;
 mod io;
 mod near;
-pub use near::{Near, Waiter};
+pub use near::{Miss, Near, Waiter};
 mod paths;
 
 /// The largest backend write a flush makes.
@@ -570,7 +570,10 @@ mod tests {
     fn a_miss_is_answered_with_what_is_buffered_only_while_nothing_changed() {
         let files = Files::new(16 << 20, 16 << 20, None, Arc::new(Counters::default()));
         let f = files.get((0, 1, 1));
-        let miss = |at: u64| files.plain_miss(&f, (at, 4096), 4096, true);
+        let miss = |at: u64| match files.miss(&f, (at, 4096), 4096, true) {
+            Some(Miss::Plain(g)) => Some(g),
+            _ => None,
+        };
         let g = miss(100 << 20).expect("nothing kept: a plain miss");
         let mut got = vec![7u8; 4096];
         assert!(files.overlay_unchanged(&f, g, (100 << 20, 4096), &mut got));
@@ -600,5 +603,32 @@ mod tests {
         let held = lock(&f.state);
         assert_eq!(miss(300 << 20), None);
         drop(held);
+    }
+
+    #[test]
+    fn a_dense_block_fetch_that_ends_without_bytes_lets_its_joiners_go() {
+        let files = Files::new(16 << 20, 16 << 20, None, Arc::new(Counters::default()));
+        let f = files.get((0, 1, 3));
+        let miss = |at: u64| files.miss(&f, (at << 10, 4096), 0, true);
+        let Some(Miss::Near(Near::Fetch { at, generation, .. })) = miss(64) else {
+            panic!("a near miss fetches the block");
+        };
+        assert_eq!(miss(128), Some(Miss::Near(Near::Join(at))), "the next joins it");
+        let told = Arc::new(AtomicU64::new(0));
+        let t = told.clone();
+        let waiter: Waiter = Box::new(move |kept| {
+            assert!(!kept);
+            t.fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(files.near_join(&f, at, waiter).is_ok());
+        let (kept, joined) = files.near_fetched(&f, at, None, generation);
+        assert!(!kept);
+        joined.into_iter().for_each(|w| w(kept));
+        assert_eq!(told.load(Ordering::Relaxed), 1, "the joiner was told");
+        assert!(files.near_join(&f, at, Box::new(|_| {})).is_err(), "over");
+        assert!(
+            matches!(miss(192), Some(Miss::Near(Near::Fetch { .. }))),
+            "fetched anew, not joined"
+        );
     }
 }

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::files::{Near, Waiter};
+use crate::files::{Miss, Near, Waiter};
 use crate::node::{Handle, Node, lock};
 use crate::stats::Counters;
 
@@ -43,19 +43,6 @@ impl Drop for Slot {
     }
 }
 
-/// A read that misses, to ask of the backend without waiting.
-#[derive(Clone, Copy)]
-enum Miss {
-    /// Just its bytes; the file's generation when it began (`None`: no shared file, so
-    /// nothing buffered).
-    Plain(Option<u64>),
-    /// A sequential reader's read-ahead window of this many bytes at its offset, to
-    /// keep; the generation.
-    Window(usize, u64),
-    /// The dense block around it, fetched or being fetched.
-    Near(Near),
-}
-
 impl Node {
     /// Whether a read of `len` at `off` through `h` would be asked of the backend without
     /// waiting now (looked at without waiting or changing anything: where requests are
@@ -65,22 +52,14 @@ impl Node {
             && self.miss(h, (off, len), false).is_some()
     }
 
-    /// [`crate::files::Files::plain_miss`], or else
-    /// [`crate::files::Files::window_miss`] or [`crate::files::Files::near_miss`], for
-    /// `h`.
+    /// [`crate::files::Files::miss`] for `h` (a plain miss if it has no shared file:
+    /// nothing buffered, no generation).
     fn miss(&self, h: &Handle, (off, len): (u64, usize), begin: bool) -> Option<Miss> {
-        let (window, _) = self.window(h, off, len);
         let Some(f) = &h.file else {
-            return Some(Miss::Plain(None));
+            return Some(Miss::Plain(0));
         };
-        let at = (off, len);
-        if let Some(g) = self.files.plain_miss(f, at, window, begin) {
-            return Some(Miss::Plain(Some(g)));
-        }
-        if let Some((fetch, g)) = self.files.window_miss(f, at, window, begin) {
-            return Some(Miss::Window(fetch, g));
-        }
-        self.files.near_miss(f, at, window, begin).map(Miss::Near)
+        let (window, _) = self.window(h, off, len);
+        self.files.miss(f, (off, len), window, begin)
     }
 
     /// A miss begun now, with a place among the reads out; `None` if it is not one (any
@@ -118,46 +97,43 @@ impl Node {
             Counters::add(&self.stats.begun_inline, 1);
         }
         let (_, next) = self.window(&h, off, len);
-        let generation = match miss {
-            Miss::Plain(g) => g,
-            Miss::Window(_, g) => Some(g),
-            Miss::Near(Near::Fetch { generation, .. }) => Some(generation),
+        let g = match miss {
+            Miss::Plain(g) | Miss::Window(_, g) | Miss::Near(Near::Fetch { generation: g, .. }) => {
+                g
+            }
             Miss::Near(Near::Join(at)) => {
                 drop(slot);
                 return self.near_join(h, at, (off, len), done);
             }
         };
         let asked = Asked {
+            generation: h.file.is_some().then_some(g),
             h,
             at: (off, len, next),
-            generation,
             slot,
         };
         match miss {
             Miss::Window(fetch, _) => self.window_then(asked, fetch, done),
-            Miss::Near(Near::Fetch {
-                at,
-                len,
-                generation,
-            }) => self.near_then(asked, (at, len), generation, done),
+            Miss::Near(Near::Fetch { at, len, .. }) => self.near_then(asked, (at, len), done),
             _ => self.fetch_then(asked, Vec::new(), done),
         }
     }
 
     /// Fetches the dense block `(at, len)` for the read `a` and the reads that join it
-    /// meanwhile, keeps it if the file did not change since `generation`, and answers
+    /// meanwhile, keeps it if the file did not change since the read began, and answers
     /// them all from it.
-    fn near_then(
-        self: &Arc<Self>,
-        a: Asked,
-        (at, len): (u64, usize),
-        generation: u64,
-        done: ReadDone,
-    ) {
+    fn near_then(self: &Arc<Self>, a: Asked, (at, len): (u64, usize), done: ReadDone) {
+        let (Some(f), Some(generation)) = (a.h.file.clone(), a.generation) else {
+            let (h, n) = (a.h.clone(), (a.at.0, a.at.1));
+            drop(a);
+            return self.read_later(h, n, done);
+        };
         self.stats.request_out("posix.read");
         let b = a.h.backing.clone();
+        let fetch = BlockFetch(Some((self.clone(), f, at, generation)));
         let node = self.clone();
         b.fs.pread_then(b.fh(), len, at, move |r| {
+            let (kept, joined) = fetch.end(r.ok());
             let Asked {
                 h,
                 at: (off, n, _),
@@ -165,10 +141,6 @@ impl Node {
                 ..
             } = a;
             drop(slot);
-            let Some(f) = h.file.clone() else {
-                return node.read_later(h, (off, n), done);
-            };
-            let (kept, joined) = node.files.near_fetched(&f, at, r.ok(), generation);
             node.from_block(h, (off, n), done)(kept);
             joined.into_iter().for_each(|w| w(kept));
         });
@@ -310,8 +282,32 @@ impl Node {
     }
 }
 
-/// A plain miss asked of the backend: the handle, offset, length and the read-ahead
-/// window to keep, the file's generation when it began, its place among the reads out.
+/// A dense block's fetch under way: ended once, with what came, or (its callback dropped
+/// unrun) with nothing, so that the reads that joined it are answered and later misses
+/// in the block do not wait for it.
+struct BlockFetch(Option<(Arc<Node>, Arc<crate::files::SharedFile>, u64, u64)>);
+
+impl BlockFetch {
+    /// Ends it: whether the block was kept, and the reads that joined it.
+    fn end(mut self, data: Option<Vec<u8>>) -> (bool, Vec<Waiter>) {
+        match self.0.take() {
+            Some((node, f, at, g)) => node.files.near_fetched(&f, at, data, g),
+            None => (false, Vec::new()),
+        }
+    }
+}
+
+impl Drop for BlockFetch {
+    fn drop(&mut self) {
+        if let Some((node, f, at, g)) = self.0.take() {
+            let (_, joined) = node.files.near_fetched(&f, at, None, g);
+            joined.into_iter().for_each(|w| w(false));
+        }
+    }
+}
+
+/// A miss asked of the backend: the handle, offset, length and the read-ahead window to
+/// keep, the file's generation when it began, its place among the reads out.
 struct Asked {
     h: Arc<Handle>,
     at: (u64, usize, usize),

@@ -303,72 +303,50 @@ impl Files {
         Ok((lock(&f.state).extents.overlay(off, buf, n), fetched))
     }
 
-    /// Whether a read of `len` at `off` (`window` as [`Files::read`] takes it) is a plain
-    /// miss that may be asked of the backend without waiting here: no read-ahead window
-    /// or dense block to fetch, nothing of it kept, and nothing of the file being written
-    /// out (what is buffered is laid over the backend's bytes when they come,
-    /// [`Files::overlay_unchanged`]); `None` if not, or if the file's state is held (this
-    /// must not wait). `begin`: it
-    /// begins now, and counts as the file's last read, as `read` counts it. The file's
-    /// generation, which [`Files::overlay_unchanged`] compares once the backend answers.
-    pub fn plain_miss(
+    /// What a read of `len` at `off` (`window` as [`Files::read`] takes it) that misses
+    /// what `f` keeps asks of the backend, if that may begin without waiting here: its
+    /// bytes, a sequential reader's read-ahead window, or the dense block around it
+    /// ([`Miss`]); `None` if it hits, if the file is being written (within [`QUIET`]) or
+    /// written out, or if its state is held (this must not wait). What is buffered is
+    /// laid over the backend's bytes when they come ([`Files::overlay_unchanged`], which
+    /// compares the generation returned). `begin`: it begins now (counted as `read`
+    /// counts it: the file's last read, a fetch, a near miss declined).
+    pub fn miss(
         &self,
         f: &SharedFile,
         (off, len): (u64, usize),
         window: usize,
         begin: bool,
-    ) -> Option<u64> {
-        if window > len {
-            return None;
-        }
-        let _no_flush = f.flushing.try_read().ok()?;
-        let mut s = f.state.try_lock().ok()?;
-        let near = near_miss(&s, off, len);
-        let dense = near && s.dense.fetches();
-        if dense || writing(&s) || s.cache.find(off, len, READAHEAD_TTL).is_some() {
-            return None;
-        }
-        if begin {
-            if near {
-                s.dense.declined();
-            }
-            s.last_read = off;
-        }
-        Some(s.generation)
-    }
-
-    /// Whether a read of `len` at `off` that misses (a sequential reader's, `window` >
-    /// `len`) would fetch a read-ahead window and may be asked of the backend without
-    /// waiting here, as [`Files::plain_miss`] says of a plain miss: nothing of it kept,
-    /// nothing of the file being written out, the state not held. The bytes
-    /// to fetch at `off` (the window within the file's share of the read-ahead memory)
-    /// and the file's generation; `begin`: it begins now (counted as a fetch, and as the
-    /// file's last read).
-    pub fn window_miss(
-        &self,
-        f: &SharedFile,
-        (off, len): (u64, usize),
-        window: usize,
-        begin: bool,
-    ) -> Option<(usize, u64)> {
-        if window <= len {
-            return None;
-        }
+    ) -> Option<Miss> {
         let _no_flush = f.flushing.try_read().ok()?;
         let mut s = f.state.try_lock().ok()?;
         if writing(&s) || s.cache.find(off, len, READAHEAD_TTL).is_some() {
             return None;
         }
-        let fetch = window.min(s.cache.share() as usize).max(len);
+        let generation = s.generation;
+        let near = window <= len && near_miss(&s, off, len);
+        let miss = if window > len {
+            Miss::Window(window.min(s.cache.share() as usize).max(len), generation)
+        } else if near && s.dense.fetches() {
+            Miss::Near(self.near_begin(f, (off, len), generation, begin))
+        } else {
+            Miss::Plain(generation)
+        };
         if begin {
             s.last_read = off;
-            Counters::add(&self.stats.readahead_fetches, 1);
+            match miss {
+                Miss::Plain(_) if near => s.dense.declined(),
+                Miss::Window(..) | Miss::Near(Near::Fetch { .. }) => {
+                    Counters::add(&self.stats.readahead_fetches, 1)
+                }
+                _ => {}
+            }
         }
-        Some((fetch, s.generation))
+        Some(miss)
     }
 
     /// Keeps `data`, a window read at `at` from the backend for a read begun by
-    /// [`Files::window_miss`] at `generation`, if the file has not changed since (else
+    /// [`Files::miss`] at `generation`, if the file has not changed since (else
     /// the window, which may lack a write, is dropped: see [`Files::overlay_unchanged`]).
     /// Whether it had not.
     pub fn keep_window(&self, f: &SharedFile, at: u64, data: Vec<u8>, generation: u64) -> bool {
@@ -385,7 +363,7 @@ impl Files {
     }
 
     /// The backend's bytes `got` of a read of `len` at `off` begun at `generation` (a
-    /// miss: [`Files::plain_miss`], [`Files::window_miss`]), with what `f` buffers laid
+    /// miss: [`Files::miss`]), with what `f` buffers laid
     /// over them (past the backend's end too), if nothing was buffered, written out or
     /// cut since (a write-out of part of the buffered bytes under way during the read,
     /// or writes buffered since, could leave it with a later write and without an
@@ -455,7 +433,7 @@ impl Files {
 pub(super) const QUIET: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Whether `s` took a write within [`QUIET`].
-pub(super) fn writing(s: &State) -> bool {
+fn writing(s: &State) -> bool {
     !s.extents.is_empty() && s.last.is_some_and(|t| t.elapsed() < QUIET)
 }
 
@@ -463,7 +441,7 @@ pub(super) fn writing(s: &State) -> bool {
 /// read, so that the dense block around it may be worth fetching ([`super::dense`]).
 /// (Not when a dense block is more than the file may keep: kept nowhere, it would be
 /// fetched again for each read in it.)
-pub(super) fn near_miss(s: &State, off: u64, len: usize) -> bool {
+fn near_miss(s: &State, off: u64, len: usize) -> bool {
     s.last_read.abs_diff(off) <= DENSE * 8 && s.cache.share() >= DENSE && len as u64 <= DENSE / 2
 }
 

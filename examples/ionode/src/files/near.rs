@@ -2,18 +2,27 @@
 //! while blocks are worth it ([`super::dense`]), has the aligned block around it asked of
 //! the backend without a thread waiting; the reads that miss in the same block meanwhile
 //! join it, and are answered from the block once it is kept (or made the blocking way if
-//! it is not). Only where nothing would wait: no write-out of the file in progress, its
-//! state not held (as a plain miss, `Files::plain_miss`); the block kept is the
+//! it is not). Only where nothing would wait (`Files::miss`); the block kept is the
 //! backend's bytes, what the file buffers laid over them as each read is answered.
 
-use super::io::{near_miss, writing};
-use super::{DENSE, Files, READAHEAD_TTL, SharedFile, lock};
-use crate::stats::Counters;
+use super::{DENSE, Files, SharedFile, lock};
 
 /// A read waiting for the block it missed in: called with whether the block was kept.
 pub type Waiter = Box<dyn FnOnce(bool) + Send>;
 
-/// What a near miss does ([`Files::near_miss`]).
+/// What a read that misses asks of the backend ([`Files::miss`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// Just its bytes; the file's generation.
+    Plain(u64),
+    /// A sequential reader's read-ahead window of this many bytes at its offset, to keep
+    /// ([`Files::keep_window`]); the generation.
+    Window(usize, u64),
+    /// The dense block around it, fetched or being fetched.
+    Near(Near),
+}
+
+/// What a near miss does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Near {
     /// Fetches the block of `len` bytes at `at` ([`Files::near_fetched`] with what came).
@@ -30,47 +39,29 @@ pub enum Near {
 }
 
 impl Files {
-    /// Whether a read of `len` at `off` (`window` as [`Files::read`] takes it) is a near
-    /// miss to serve from a dense block fetched from a completion, and how; `None` if not
-    /// or if anything would wait. `begin`: it begins now (a fetch is then under way, and
-    /// the read is the file's last).
-    pub fn near_miss(
+    /// A near miss of `len` at `off` (its file's state held by [`Files::miss`]): joins
+    /// the fetch of its block under way, or fetches it (registered as under way if
+    /// `begin`).
+    pub(super) fn near_begin(
         &self,
         f: &SharedFile,
         (off, len): (u64, usize),
-        window: usize,
+        generation: u64,
         begin: bool,
-    ) -> Option<Near> {
-        if window > len {
-            return None;
-        }
-        let _no_flush = f.flushing.try_read().ok()?;
-        let mut s = f.state.try_lock().ok()?;
-        if !near_miss(&s, off, len)
-            || writing(&s)
-            || s.cache.find(off, len, READAHEAD_TTL).is_some()
-        {
-            return None;
-        }
+    ) -> Near {
         let at = off - off % DENSE;
         let mut out = lock(&f.near_out);
-        let near = match out.iter().any(|(a, _)| *a == at) {
-            true => Near::Join(at),
-            false if s.dense.fetches() => Near::Fetch {
-                at,
-                len: (DENSE as usize).max((off - at) as usize + len),
-                generation: s.generation,
-            },
-            false => return None,
-        };
-        if begin {
-            s.last_read = off;
-            if let Near::Fetch { .. } = near {
-                out.push((at, Vec::new()));
-                Counters::add(&self.stats.readahead_fetches, 1);
-            }
+        if out.iter().any(|(a, _)| *a == at) {
+            return Near::Join(at);
         }
-        Some(near)
+        if begin {
+            out.push((at, Vec::new()));
+        }
+        Near::Fetch {
+            at,
+            len: (DENSE as usize).max((off - at) as usize + len),
+            generation,
+        }
     }
 
     /// Waits (`w`) for the fetch of the block at `at`; gives `w` back if that fetch is
