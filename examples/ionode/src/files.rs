@@ -613,7 +613,11 @@ mod tests {
         let Some(Miss::Near(Near::Fetch { at, generation, .. })) = miss(64) else {
             panic!("a near miss fetches the block");
         };
-        assert_eq!(miss(128), Some(Miss::Near(Near::Join(at))), "the next joins it");
+        assert_eq!(
+            miss(128),
+            Some(Miss::Near(Near::Join(at))),
+            "the next joins it"
+        );
         let told = Arc::new(AtomicU64::new(0));
         let t = told.clone();
         let waiter: Waiter = Box::new(move |kept| {
