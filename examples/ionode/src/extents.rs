@@ -23,6 +23,9 @@ pub const SMALL: usize = 4096;
 /// copied together into parts), and owned writes this large are kept as they came.
 pub const BIG: usize = 64 << 10;
 
+/// The most room a piece that follows a full one is given to grow into.
+const MAX_ROOM: usize = 8 << 20;
+
 /// A backend write taken from the extents: the bytes at `off`, in parts that follow each
 /// other (sent gathered, so that large pieces are not copied again).
 #[derive(Debug, Default)]
@@ -156,10 +159,24 @@ impl Extents {
                 d.extend_from_slice(data);
                 (o, d.len())
             }
-            // (Not `fresh`: a piece that joins one before it has its size, whatever room
-            // a stream's buffer would have; strided blocks would each take a stream's.)
+            // A full piece before: a piece of its own. At the end of its run it has room
+            // for as much as the run holds before it (up to `MAX_ROOM`), so that appends
+            // double a run's room in few pieces that leave whole (large ones) or are
+            // copied once more (the first few small ones), where a piece per write was
+            // copied again when taken (a fifth of the node's CPU under 64 sequential
+            // writers of files smaller than `file_max`: `perf record --call-graph
+            // dwarf` of the node during `qs-fwd -d 200 --shapes fpp`). The room is
+            // given only at a run's end, where the next append goes, and is at most
+            // the bytes before it. (Not `fresh`: strided blocks would each take a
+            // stream's.)
             Some(_) => {
-                self.pieces.insert(off, data.to_vec());
+                let room = match self.runs.range(..=off).next_back() {
+                    Some((&s, &e)) if e == end => ((off - s) as usize).min(MAX_ROOM),
+                    _ => 0,
+                };
+                let mut v = Vec::with_capacity(room.max(data.len()));
+                v.extend_from_slice(data);
+                self.pieces.insert(off, v);
                 (off, data.len())
             }
             None => {

@@ -313,3 +313,37 @@ proptest! {
         prop_assert_eq!(again, bytes);
     }
 }
+
+#[test]
+fn appends_after_a_full_piece_double_the_run_in_pieces_that_leave_whole() {
+    let mut x = Extents::default();
+    let n = 256u64;
+    for i in 0..n {
+        x.insert(i * 4096, &[i as u8; 4096]);
+    }
+    assert_eq!((x.len(), x.bytes()), (1, n * 4096));
+    // 4, 4, 8, 16 … 512 KiB: a piece per doubling, not one per write.
+    assert!(x.pieces.len() <= 10, "{} pieces", x.pieces.len());
+    assert_eq!(x.copied, n * 4096, "each write copied once");
+    let w = x.drain(MAX);
+    assert_eq!(w.len(), 1);
+    let big = w[0].parts.iter().filter(|p| p.len() >= BIG).count();
+    assert!(big >= 4, "large pieces leave as parts of their own");
+    let bytes: Vec<u8> = w[0].parts.concat();
+    assert_eq!(bytes.len() as u64, n * 4096);
+    assert!((0..n).all(|i| bytes[(i * 4096) as usize] == i as u8));
+}
+
+#[test]
+fn a_write_into_a_hole_after_a_full_piece_gets_no_room() {
+    let mut x = Extents::default();
+    x.insert(0, &[1; 4096]);
+    x.insert(8192, &[3; 4096]);
+    x.insert(4096, &[2; 4096]);
+    assert_eq!(x.pieces[&4096].capacity(), 4096, "not at the run's end");
+    x.insert(12288, &[4; 4096]);
+    assert!(
+        x.pieces[&12288].capacity() >= 12288,
+        "at the run's end: room"
+    );
+}
