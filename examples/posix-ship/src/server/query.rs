@@ -261,3 +261,59 @@ pub(super) fn register<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of each kind a backend may find.
+    fn every() -> Vec<Found> {
+        let page = DirPage {
+            entries: Vec::new(),
+            end: true,
+        };
+        let plus = DirPagePlus {
+            entries: Vec::new(),
+            end: true,
+        };
+        vec![
+            Found::Bytes(ByteBuf::from(b"t".to_vec())),
+            Found::Fs(FsStat::default()),
+            Found::Names(vec![ByteBuf::from(b"user.a".to_vec())]),
+            Found::Page(page),
+            Found::PagePlus(plus),
+            Found::Done,
+        ]
+    }
+
+    #[test]
+    fn a_query_answered_with_another_kind_fails_with_eio() {
+        type Pick = fn(Found) -> R<()>;
+        let picks: [(usize, Pick); 6] = [
+            (0, |f| f.bytes().map(drop)),
+            (1, |f| f.fs().map(drop)),
+            (2, |f| f.names().map(drop)),
+            (3, |f| f.page().map(drop)),
+            (4, |f| f.page_plus().map(drop)),
+            (5, Found::done),
+        ];
+        for (kind, pick) in picks {
+            for (i, found) in every().into_iter().enumerate() {
+                let r = pick(found);
+                if i == kind {
+                    assert!(r.is_ok(), "kind {kind} takes its own answer");
+                } else {
+                    assert_eq!(r.err(), Some(Errno::IO), "kind {kind} given kind {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_mismatched_answer_reaches_the_caller_as_eio() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let done: Done<Vec<ByteBuf>> = Box::new(move |r| tx.send(r).expect("receiver"));
+        answer(done, Found::names)(Ok(Found::Fs(FsStat::default())));
+        assert_eq!(rx.recv().expect("answered").err(), Some(Errno::IO));
+    }
+}
