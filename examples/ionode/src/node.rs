@@ -130,27 +130,6 @@ pub struct IoNode {
     flusher: Option<JoinHandle<()>>,
 }
 
-/// Keeps freed memory in the process for reuse, up to `bytes`. The node's buffers
-/// (write-behind pieces, read-ahead windows, gathered write-outs) are up to megabytes
-/// each, made and freed at the clients' pace; glibc maps such a buffer anew and unmaps it
-/// when freed, and trims its heap back to the kernel, so that every page of the next one
-/// was faulted in and zeroed by the kernel again: most of the node's time in buffering a
-/// write (`perf record --call-graph dwarf` of the node during `qs-fwd -d 200 --shapes
-/// fpp`: page faults under 85 % of the write's copy into its piece). Buffers up to 32 MiB
-/// now come from the heap, and the heap keeps up to the node's memory budgets freed.
-/// (glibc only; other C libraries keep their own ways.)
-fn keep_freed_memory(bytes: u64) {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets two thresholds of the allocator; it takes no pointers.
-    unsafe {
-        let keep = bytes.clamp(64 << 20, i32::MAX as u64) as libc::c_int;
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, keep);
-    }
-    #[cfg(not(target_env = "gnu"))]
-    let _ = bytes;
-}
-
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -163,7 +142,6 @@ impl IoNode {
     /// Connects to the backends (failing if one does not answer), replays the journal,
     /// and starts serving.
     pub fn start(cfg: NodeConfig) -> io::Result<IoNode> {
-        keep_freed_memory(cfg.write_behind.saturating_add(cfg.readahead_total));
         let listen = rpc_core::transport::listen_address(Some(&cfg.listen)).map_err(other)?;
         let engine = Engine::builder()
             .listen(&listen.to_string())
