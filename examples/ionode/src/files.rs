@@ -4,8 +4,9 @@
 //! A file is known by (backend, device, inode), so every client that opened it, under
 //! any name, writes into the same [`Extents`]: N-to-1 strided writes of many clients
 //! merge into few large backend writes. Flushes of one file are serialized (`flushing`);
-//! a read waits for a flush in progress, reads the backend, and lays the buffered bytes
-//! over what it read, so reads through the node see every acknowledged write.
+//! a read waits for a flush in progress (begun again as it ends: `flushing.rs`), reads
+//! the backend, and lays the buffered bytes over what it read, so reads through the node
+//! see every acknowledged write.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use crate::kept::{Budget, Kept};
 use crate::stats::Counters;
 
 mod dense;
+mod flushing;
 mod io;
 mod near;
 pub use near::{Miss, Near, Waiter};
@@ -72,6 +74,8 @@ pub struct SharedFile {
     /// Dense blocks being fetched from completions, by offset, with the reads that
     /// missed in each meanwhile (`near.rs`).
     near_out: Mutex<Vec<(u64, Vec<near::Waiter>)>>,
+    /// What waits for the write-out in progress to end (`flushing.rs`).
+    after_flush: Mutex<Vec<flushing::Job>>,
     dirty: AtomicU64,
 }
 
@@ -201,6 +205,7 @@ impl Files {
             flushing: RwLock::new(()),
             fetching: Mutex::new(()),
             near_out: Mutex::default(),
+            after_flush: Mutex::default(),
             dirty: AtomicU64::new(0),
         });
         m.insert(key, Arc::downgrade(&f));
@@ -446,7 +451,7 @@ impl SharedFile {
         s.writers.retain(|w| w.token != token);
         s.errors.retain(|(t, _)| *t != token);
         drop(s);
-        drop(self.flushing.write().unwrap_or_else(|e| e.into_inner()));
+        drop(self.write_out_lock());
     }
 
     /// [`SharedFile::closing`], a flush, [`SharedFile::take_error`] and
@@ -456,7 +461,7 @@ impl SharedFile {
     /// the error owed to the writer, if any.
     pub fn close_now(&self, token: u64) -> Option<Option<i32>> {
         // Held while the writer goes: no flush begins meanwhile (a flush takes it).
-        let _no_flush = self.flushing.try_write().ok()?;
+        let _no_flush = self.try_write_out_lock()?;
         let mut s = self.state_now()?;
         if !s.extents.is_empty() {
             return None;

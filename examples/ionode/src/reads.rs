@@ -10,6 +10,8 @@
 //! since it began, which could leave it with a later write and without an earlier one),
 //! or the backend refused (busy, a forgotten handle, failed), is made again the blocking
 //! way on the node's retry thread; past [`READS_OUT`] in flight, reads wait on workers.
+//! A read that comes while its file is being written out is begun by the thread that
+//! ends the write-out, with no thread waiting meanwhile.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -82,12 +84,33 @@ impl Node {
     pub(crate) fn read_then(
         self: &Arc<Self>,
         h: Arc<Handle>,
-        (off, len): (u64, usize),
+        at: (u64, usize),
         begun: bool,
         done: impl FnOnce(R<Vec<u8>>) + Send + 'static,
     ) {
-        let done: ReadDone = Box::new(done);
+        self.read_begin(h, at, begun, true, Box::new(done));
+    }
+
+    /// [`Node::read_then`]; a read that finds a write-out of its file in progress
+    /// (`may_wait`) is begun again by the thread that ends it, with no thread waiting
+    /// meanwhile (a read the blocking way waits for it, holding a worker: a write-out
+    /// takes the backend's time for each of its writes).
+    fn read_begin(
+        self: &Arc<Self>,
+        h: Arc<Handle>,
+        (off, len): (u64, usize),
+        begun: bool,
+        may_wait: bool,
+        done: ReadDone,
+    ) {
         let Some((slot, miss)) = self.begin_miss(&h, (off, len)) else {
+            if may_wait && let Some(f) = h.file.clone().filter(|f| f.writing_out()) {
+                let node = self.clone();
+                let again = move || node.read_begin(h, (off, len), true, false, done);
+                // (`Err`: it ended meanwhile; begun again here, the blocking way then
+                // the retry thread's.)
+                return f.after_write_out(again).unwrap_or_else(|again| again());
+            }
             return match begun {
                 true => self.read_later(h, (off, len), done),
                 false => done(self.read_here(&h, off, len)),

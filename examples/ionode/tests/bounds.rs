@@ -541,6 +541,65 @@ fn reads_of_files_holding_writes_hold_no_worker() {
     held_no_worker(&node, t.elapsed(), DELAY, "reads of files holding writes");
 }
 
+/// Reads that come while their file is being written out (the node's timed write-out,
+/// at a backend of 200 ms per operation) through a node of one worker: begun as the
+/// write-out ends, by the thread that ends it, and answered from the backend's completions
+/// in about two operations' time with no stand-in thread (each had waited on a worker for
+/// the write-out, and then for its backend read); each with its bytes, the written ones
+/// from the backend.
+#[test]
+fn reads_during_a_write_out_hold_no_worker() {
+    const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+    let export = scratch("ionode-reads-write-out");
+    std::fs::write(export.join("f"), pattern(3, 0, 1 << 20)).unwrap();
+    let delay = DELAY.as_micros().to_string();
+    let backend = Proc::backend(
+        &export,
+        &["--trust-forwarder", "0", "--op-delay-us", &delay],
+    );
+    let node = Proc::node(
+        &backend.addr,
+        &["--workers", "1", "--flush-after-ms", "100"],
+    );
+    let writer = node.client();
+    let w = writer.open_with("/f", libc::O_RDWR, 0).unwrap();
+    let clients: Vec<_> = (0..4).map(|_| node.client()).collect();
+    let files: Vec<_> = clients.iter().map(|c| c.open("/f").unwrap()).collect();
+    let writes_before = node.stats().op("posix.write").1;
+    w.write_at(&[9; 100], 1000).unwrap();
+    // The timed write-out's backend write is out: read while it lasts.
+    let t0 = std::time::Instant::now();
+    while node.stats().op("posix.write").1 == writes_before {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "no write-out"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for (i, f) in files.iter().enumerate() {
+            s.spawn(move || {
+                let at = i as u64 * (256 << 10);
+                let mut want = pattern(3, at, 4096);
+                if i == 0 {
+                    want[1000..1100].fill(9);
+                }
+                let mut buf = vec![0u8; 4096];
+                assert_eq!(f.read_at(&mut buf, at).unwrap(), 4096);
+                assert!(buf == want, "reader {i}: the file's bytes at {at}");
+            });
+        }
+    });
+    let took = t.elapsed();
+    let stand_ins = stand_ins_of(node.child.id());
+    println!("4 reads during a write-out through one worker: {took:?}, {stand_ins} stand-ins");
+    assert!(took < 3 * DELAY, "{took:?}: one after another?");
+    assert_eq!(stand_ins, 0, "workers waited for the write-out");
+    let on_backend = std::fs::read(export.join("f")).unwrap();
+    assert!(on_backend[1000..1100] == [9; 100], "written out");
+}
+
 /// Readers missing near each other in one file (the dense block around them) through a
 /// node of one worker, at a backend of 200 ms per operation: one backend read of the
 /// block, which the others join, in about one operation's time and with no stand-in

@@ -37,7 +37,7 @@ impl Files {
     /// Writes out the extents of at least `min` bytes, then the lowest until `keep`
     /// bytes remain (see [`Extents::drain_some`]).
     pub(super) fn write_out(&self, f: &SharedFile, min: usize, keep: u64) {
-        let _flushing = f.flushing.write().unwrap_or_else(|e| e.into_inner());
+        let _flushing = f.write_out_lock();
         if f.dirty.load(Ordering::Acquire) == 0 {
             return;
         }
