@@ -102,7 +102,11 @@ struct State {
     dense: dense::Dense,
     /// Where the last write of any client ended (a write there continues a stream).
     last_write_end: u64,
-    /// Bumped by every change, so that a fetch racing a write is not kept.
+    /// Bumped by every change to what the backend holds or will hold of the file (a
+    /// write-out, a write through, a truncation, the last writer's close), so that a
+    /// fetch racing one is neither kept nor answered. Not by a buffered write: the
+    /// backend's bytes stay as they were, and a fetch is answered with the buffer of
+    /// its answer's time laid over them, that write in it.
     generation: u64,
 }
 
@@ -340,7 +344,6 @@ impl Files {
         let now = Instant::now();
         s.since.get_or_insert(now);
         s.last = Some(now);
-        s.generation += 1;
         self.account(f, before, after);
         (after, merged as u64)
     }
@@ -583,27 +586,29 @@ mod tests {
         let mut got = vec![7u8; 4096];
         assert!(files.overlay_unchanged(&f, g, (100 << 20, 4096), &mut got));
         assert_eq!(got, [7u8; 4096], "nothing buffered: the backend's bytes");
-        // A write since it began (or a write-out of part of the buffered bytes, which
-        // bumps the same generation): its bytes may be neither in the read nor under it.
+        // A write buffered since it began: answered with it laid over the backend's
+        // bytes (past its end too: a hole between reads as zeros).
+        let g0 = miss(0).expect("a miss");
         assert!(files.buffer_now(&f, 1000, &[1; 4096]));
         let mut got = vec![7u8; 100];
-        assert!(
-            !files.overlay_unchanged(&f, g, (0, 4096), &mut got),
-            "a write came since"
-        );
-        assert_eq!(got, [7u8; 100], "left as it was");
-        // A write just came: the blocking way (which holds write-outs off while it reads).
-        assert_eq!(miss(0), None, "writes going on");
-        // Once writing pauses, still a miss with bytes buffered, answered with them over
-        // the backend's (past its end too: a hole between reads as zeros).
-        std::thread::sleep(io::QUIET);
-        let g = miss(0).expect("a miss with bytes buffered");
-        let mut got = vec![7u8; 100];
-        assert!(files.overlay_unchanged(&f, g, (0, 4096), &mut got));
+        assert!(files.overlay_unchanged(&f, g0, (0, 4096), &mut got));
         let mut want = vec![7u8; 100];
         want.resize(1000, 0);
         want.resize(4096, 1);
-        assert_eq!(got, want);
+        assert_eq!(got, want, "the write since, over the backend's bytes");
+        // A file being written: still a miss, answered the same way.
+        assert!(files.buffer_now(&f, 8192, &[2; 100]));
+        let g = miss(200 << 20).expect("a miss with bytes buffered, just written");
+        assert_eq!(g, g0, "buffered writes are no new generation");
+        // A write-out since it began (of part of the buffered bytes, or all): its bytes
+        // may be neither in the read nor under it.
+        files.flush(&f);
+        let mut got = vec![7u8; 100];
+        assert!(
+            !files.overlay_unchanged(&f, g, (0, 4096), &mut got),
+            "written out since"
+        );
+        assert_eq!(got, [7u8; 100], "left as it was");
         // Held by another thread: not looked at, whatever it holds.
         let held = lock(&f.state);
         assert_eq!(miss(300 << 20), None);

@@ -6,9 +6,10 @@
 //! thread or a worker, and answered from the completion, what the file buffers laid
 //! over the backend's bytes, with no thread waiting (random readers held a
 //! worker each: 64 of them over one 512 MiB file read through the node at 0.41-0.62x
-//! direct with a 200 µs backend). A read the file changed under (a write-out or a write
-//! since it began, which could leave it with a later write and without an earlier one),
-//! or the backend refused (busy, a forgotten handle, failed), is made again the blocking
+//! direct with a 200 µs backend); writes buffered while it is out are in what is laid
+//! over. A read the backend's file changed under (a write-out since it began, which
+//! could leave it with a later write and without an earlier one, a write through, a
+//! truncation), or the backend refused (busy, a forgotten handle, failed), is made again the blocking
 //! way on the node's retry thread; past [`READS_OUT`] in flight, reads wait on workers.
 //! A read that comes while its file is being written out is begun by the thread that
 //! ends the write-out, with no thread waiting meanwhile.

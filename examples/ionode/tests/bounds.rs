@@ -491,11 +491,11 @@ fn read_ahead_windows_are_fetched_holding_no_worker() {
     assert_eq!(fetched, 4, "the next reads from the windows");
 }
 
-/// Reads of files holding buffered writes (once writing pauses) are asked of the backend
-/// the same way and answered with the buffered bytes laid over the backend's: four at
-/// once through a node
-/// of one worker, at a backend of 200 ms per operation, in about one operation's time and
-/// with no stand-in thread, each with the bytes its client wrote.
+/// Reads of files holding buffered writes (just written, and written on while the reads
+/// are out) are asked of the backend the same way and answered with the buffered bytes
+/// laid over the backend's: four at once through a node of one worker, at a backend of
+/// 200 ms per operation, in about one operation's time and with no stand-in thread, each
+/// with the bytes its client wrote.
 #[test]
 fn reads_of_files_holding_writes_hold_no_worker() {
     const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
@@ -520,12 +520,11 @@ fn reads_of_files_holding_writes_hold_no_worker() {
         on_backend[1000..1100] == pattern(0, 1000, 100),
         "buffered at the node"
     );
-    // (Writing paused: reads of a file written within the last 50 ms take the blocking
-    // way, which holds its write-outs off.)
-    std::thread::sleep(std::time::Duration::from_millis(100));
     let t = std::time::Instant::now();
+    let reading = std::sync::atomic::AtomicUsize::new(4);
     std::thread::scope(|s| {
         for (i, f) in files.iter().enumerate() {
+            let reading = &reading;
             s.spawn(move || {
                 let mut want = pattern(i as u64, 0, 4096);
                 want[1000..1100].fill(i as u8 + 1);
@@ -535,10 +534,21 @@ fn reads_of_files_holding_writes_hold_no_worker() {
                     buf == want,
                     "f{i}: the backend's bytes with its write over them"
                 );
+                reading.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+            // The file written on while its read is out (elsewhere in it): the read is
+            // answered with what is buffered at its answer, not made again.
+            s.spawn(move || {
+                let mut k = 0u64;
+                while reading.load(std::sync::atomic::Ordering::SeqCst) > 0 && k < 100 {
+                    f.write_at(&[i as u8 + 1; 100], 8192 + k * 200).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    k += 1;
+                }
             });
         }
     });
-    held_no_worker(&node, t.elapsed(), DELAY, "reads of files holding writes");
+    held_no_worker(&node, t.elapsed(), DELAY, "reads of files being written");
 }
 
 /// Reads that come while their file is being written out (the node's timed write-out,

@@ -306,10 +306,9 @@ impl Files {
     /// What a read of `len` at `off` (`window` as [`Files::read`] takes it) that misses
     /// what `f` keeps asks of the backend, if that may begin without waiting here: its
     /// bytes, a sequential reader's read-ahead window, or the dense block around it
-    /// ([`Miss`]); `None` if it hits, if the file is being written (within [`QUIET`]) or
-    /// written out, or if its state is held (this must not wait). What is buffered is
-    /// laid over the backend's bytes when they come ([`Files::overlay_unchanged`], which
-    /// compares the generation returned). `begin`: it begins now (counted as `read`
+    /// ([`Miss`]); `None` if it hits, if the file is being written out, or if its state
+    /// is held (this must not wait). What is buffered when the bytes come is laid over
+    /// them ([`Files::overlay_unchanged`], which compares the generation returned). `begin`: it begins now (counted as `read`
     /// counts it: the file's last read, a fetch, a near miss declined).
     pub fn miss(
         &self,
@@ -320,7 +319,7 @@ impl Files {
     ) -> Option<Miss> {
         let _no_flush = f.flushing.try_read().ok()?;
         let mut s = f.state.try_lock().ok()?;
-        if writing(&s) || s.cache.find(off, len, READAHEAD_TTL).is_some() {
+        if s.cache.find(off, len, READAHEAD_TTL).is_some() {
             return None;
         }
         let generation = s.generation;
@@ -363,12 +362,11 @@ impl Files {
     }
 
     /// The backend's bytes `got` of a read of `len` at `off` begun at `generation` (a
-    /// miss: [`Files::miss`]), with what `f` buffers laid
-    /// over them (past the backend's end too), if nothing was buffered, written out or
-    /// cut since (a write-out of part of the buffered bytes under way during the read,
-    /// or writes buffered since, could leave it with a later write and without an
-    /// earlier one); `false`, with `got` as it was, if something was or the state is
-    /// held.
+    /// miss: [`Files::miss`]), with what `f` buffers now laid over them (past the
+    /// backend's end too, and writes buffered since the read began among them), if
+    /// nothing was written out, written through or cut since (a write-out under way
+    /// during the read could leave it with a later write and without an earlier one);
+    /// `false`, with `got` as it was, if something was or the state is held.
     pub fn overlay_unchanged(
         &self,
         f: &SharedFile,
@@ -423,18 +421,6 @@ impl Files {
         buf.copy_from_slice(&d[from..from + buf.len()]);
         true
     }
-}
-
-/// How long after a file's last buffered write its reads still take the blocking way
-/// (which holds off its write-outs while it reads): a read from a completion that writes
-/// come under is made again, on the node's one retry thread, so readers of a file being
-/// written would queue there. Once writing pauses (a checkpoint read back before its
-/// close), reads go from completions, the buffered bytes laid over the backend's.
-pub(super) const QUIET: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Whether `s` took a write within [`QUIET`].
-fn writing(s: &State) -> bool {
-    !s.extents.is_empty() && s.last.is_some_and(|t| t.elapsed() < QUIET)
 }
 
 /// Whether a small read of `len` at `off` missing the kept data is near the file's last
