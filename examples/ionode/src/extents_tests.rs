@@ -41,11 +41,10 @@ fn sequential_writes_become_one_extent() {
 #[test]
 fn a_new_extent_starts_in_the_buffer_given_and_appends_stay_in_it() {
     let mut x = Extents::default();
-    x.insert_with(4096, &[1; 4096], || Vec::with_capacity(1 << 20));
+    x.insert_with(4096, &[1; 4096], 1 << 20);
     let at = x.pieces[&4096].as_ptr();
     for i in 2..64u64 {
-        let unused = || -> Vec<u8> { panic!("an append needs no new buffer") };
-        assert_eq!(x.insert_with(i * 4096, &[i as u8; 4096], unused), 1);
+        assert_eq!(x.insert_with(i * 4096, &[i as u8; 4096], 1 << 20), 1);
     }
     assert_eq!(x.pieces[&4096].as_ptr(), at, "grown in place");
     assert_eq!((x.len(), x.bytes()), (1, 63 * 4096));
@@ -318,8 +317,9 @@ proptest! {
 fn appends_after_a_full_piece_double_the_run_in_pieces_that_leave_whole() {
     let mut x = Extents::default();
     let n = 256u64;
-    for i in 0..n {
-        x.insert(i * 4096, &[i as u8; 4096]);
+    x.insert(0, &[0; 4096]);
+    for i in 1..n {
+        x.insert_with(i * 4096, &[i as u8; 4096], MAX);
     }
     assert_eq!((x.len(), x.bytes()), (1, n * 4096));
     // 4, 4, 8, 16 … 512 KiB: a piece per doubling, not one per write.
@@ -335,15 +335,19 @@ fn appends_after_a_full_piece_double_the_run_in_pieces_that_leave_whole() {
 }
 
 #[test]
-fn a_write_into_a_hole_after_a_full_piece_gets_no_room() {
+fn only_a_stream_at_its_runs_end_gets_room_after_a_full_piece() {
     let mut x = Extents::default();
     x.insert(0, &[1; 4096]);
     x.insert(8192, &[3; 4096]);
-    x.insert(4096, &[2; 4096]);
+    x.insert_with(4096, &[2; 4096], MAX);
     assert_eq!(x.pieces[&4096].capacity(), 4096, "not at the run's end");
-    x.insert(12288, &[4; 4096]);
+    x.insert_with(12288, &[4; 4096], MAX);
     assert!(
         x.pieces[&12288].capacity() >= 12288,
         "at the run's end: room"
     );
+    x.insert(32768, &[5; 4096]);
+    x.insert(28672, &[6; 4096]);
+    x.insert(36864, &[7; 4096]);
+    assert_eq!(x.pieces[&36864].capacity(), 4096, "no stream: no room");
 }
