@@ -9,8 +9,9 @@
 //! direct with a 200 µs backend); writes buffered while it is out are in what is laid
 //! over. A read the backend's file changed under (a write-out since it began, which
 //! could leave it with a later write and without an earlier one, a write through, a
-//! truncation), or the backend refused (busy, a forgotten handle, failed), is made again the blocking
-//! way on the node's retry thread; past [`READS_OUT`] in flight, reads wait on workers.
+//! truncation), or the backend refused (busy, a forgotten handle, failed), is made
+//! again the blocking way on the node's retry thread; past [`READS_OUT`] in flight,
+//! reads wait on workers.
 //! A read that comes while its file is being written out is begun by the thread that
 //! ends the write-out, with no thread waiting meanwhile.
 

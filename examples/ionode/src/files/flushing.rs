@@ -27,7 +27,11 @@ impl Drop for WriteOut<'_> {
         // before found the lock held and is here; one looking after finds it free.
         let jobs = std::mem::take(&mut *lock(&self.f.after_flush));
         for job in jobs {
-            job();
+            // One that panics must not take the others, nor the thread that wrote out.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            if ran.is_err() {
+                tracing::error!("a job waiting for a write-out panicked");
+            }
         }
     }
 }

@@ -308,8 +308,9 @@ impl Files {
     /// bytes, a sequential reader's read-ahead window, or the dense block around it
     /// ([`Miss`]); `None` if it hits, if the file is being written out, or if its state
     /// is held (this must not wait). What is buffered when the bytes come is laid over
-    /// them ([`Files::overlay_unchanged`], which compares the generation returned). `begin`: it begins now (counted as `read`
-    /// counts it: the file's last read, a fetch, a near miss declined).
+    /// them ([`Files::overlay_unchanged`], which compares the generation returned).
+    /// `begin`: it begins now (counted as `read` counts it: the file's last read, a
+    /// fetch, a near miss declined).
     pub fn miss(
         &self,
         f: &SharedFile,
