@@ -3,7 +3,8 @@
 //! and writes out what the node buffers of the file first, then asks the backend and
 //! goes on; the answer leaves from the thread that completes the call. A write the
 //! backend was too busy to take, one on a handle it forgot (restarted) and the rest of
-//! one it took short are made the blocking way on the node's retry thread.
+//! one it took short are made the blocking way on the node's retry thread; if that rest
+//! fails, the write is answered with the count the backend took (as a short write).
 
 use std::sync::Arc;
 
@@ -38,12 +39,12 @@ impl Node {
         let n = data.len() as u64;
         let (fs, fh, node) = (h.backing.fs.clone(), h.backing.fh(), self.clone());
         fs.pwrite_then(fh, data, offset, move |out, data| {
-            let took = match out {
+            let (took, took_end) = match out {
                 Ok(w) if w.n == n => return done(node.write_end(&h, n, Ok(w.end))),
-                Ok(w) if w.n > 0 => w.n as usize,
+                Ok(w) if w.n > 0 => (w.n as usize, w.end),
                 Ok(_) => return done(node.write_end(&h, n, Err(libc::ENOSPC))),
                 Err(e) => match e.raw_os_error() {
-                    Some(libc::EAGAIN | libc::EBADF) => 0,
+                    Some(libc::EAGAIN | libc::EBADF) => (0, 0),
                     _ => return done(node.write_end(&h, n, Err(node.backend_errno(e)))),
                 },
             };
@@ -54,7 +55,14 @@ impl Node {
                 let end = h
                     .backing
                     .with(|fh| h.backing.fs.pwrite(fh, &data[took..], at));
-                done(n2.write_end(&h, n, end.map_err(errno)))
+                done(match end {
+                    // What the backend took before the rest failed is written: answered
+                    // as the kernel answers a write cut short, with its count (the
+                    // client writes the rest and meets the error then), not with an
+                    // error that would have an append's bytes written twice.
+                    Err(_) if took > 0 => n2.write_end(&h, took as u64, Ok(took_end)),
+                    end => n2.write_end(&h, n, end.map_err(errno)),
+                })
             }));
         });
     }

@@ -61,10 +61,21 @@ impl Proc {
 
     /// As `backend`, listening on `listen`.
     pub fn backend_on(export: &Path, listen: &str, args: &[&str]) -> Proc {
+        Self::backend_with(export, listen, args, |_| {})
+    }
+
+    /// As `backend_on`, its command given to `tune` first (limits, environment).
+    pub fn backend_with(
+        export: &Path,
+        listen: &str,
+        args: &[&str],
+        tune: impl FnOnce(&mut Command),
+    ) -> Proc {
         let mut cmd = Command::new(posix_ship_bin());
         cmd.args(["server", "--listen", listen, "--no-root-squash", "--export"])
             .arg(export)
             .args(args);
+        tune(&mut cmd);
         Proc::spawn(&mut cmd)
     }
 
