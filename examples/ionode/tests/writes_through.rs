@@ -16,6 +16,7 @@ const LIMIT: u64 = 100_000;
 /// stops there, the next meets `EFBIG`) is answered with the bytes it took, as the kernel
 /// answers a write cut short, not with the error the rest met (after which an
 /// application would write again what landed); the rest, written next, gets the error.
+/// The client library's `pwrite_some` answers the same way.
 #[test]
 fn an_append_cut_short_is_answered_with_what_landed() {
     let export = scratch("ionode-append-short");
@@ -68,4 +69,19 @@ fn an_append_cut_short_is_answered_with_what_landed() {
         on_backend == data[..LIMIT as usize],
         "each byte once, in order"
     );
+    // The client library's `pwrite_some` (an interposed `write`'s) answers the same.
+    let o = fs
+        .open_raw(
+            b"/log2",
+            libc::O_CREAT | libc::O_WRONLY | libc::O_APPEND,
+            0o644,
+        )
+        .unwrap();
+    let w = fs.pwrite_some(o.fh, &data, None).expect("what landed");
+    assert_eq!((w.n, w.end), (LIMIT, LIMIT));
+    let again = fs.pwrite_some(o.fh, &data[LIMIT as usize..], None);
+    assert_eq!(common_errno(again), libc::EFBIG, "nothing lands: the error");
+    fs.close_raw(o.fh).unwrap();
+    let on_backend = std::fs::read(export.join("log2")).unwrap();
+    assert!(on_backend == data[..LIMIT as usize]);
 }

@@ -148,10 +148,12 @@ pub(crate) fn ship_write(d: &Desc, buf: &[u8], off: Option<u64>) -> Result<usize
         }
         (_, true) => {
             table::writes().settle(fh).map_err(errno_of)?;
-            let end = fs.pwrite(fh, buf, None).map_err(errno_of)?;
+            // A write cut short returns what landed, as the kernel's does.
+            let w = fs.pwrite_some(fh, buf, None).map_err(errno_of)?;
             if off.is_none() {
-                d.pos.with(|pos| *pos = end);
+                d.pos.with(|pos| *pos = w.end);
             }
+            return Ok(w.n as usize);
         }
     };
     Ok(buf.len())

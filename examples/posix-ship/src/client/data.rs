@@ -191,23 +191,59 @@ impl RemoteFs {
     /// [`RemoteFs::pwrite`] of `parts` one after another, gathered: the server pulls
     /// them from where they are, as one region (no copy into one buffer here).
     pub fn pwrite_parts(&self, fh: Fh, parts: &[&[u8]], offset: Option<u64>) -> io::Result<u64> {
+        match self.pwrite_loop(fh, parts, offset)? {
+            (w, None) => Ok(w.end),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    /// As [`RemoteFs::pwrite`], but a write cut short answers as the kernel's `write`
+    /// does: with what landed ([`Written::n`] under `data.len()`) once something did,
+    /// the error only when nothing did (an interposed `write` of an append returns this
+    /// count; after an error it could not tell what to write again).
+    pub fn pwrite_some(&self, fh: Fh, data: &[u8], offset: Option<u64>) -> io::Result<Written> {
+        match self.pwrite_loop(fh, &[data], offset)? {
+            (w, Some(e)) if w.n == 0 => Err(e),
+            (w, _) => Ok(w),
+        }
+    }
+
+    /// Writes `parts` in requests of at most [`MAX_IO`] until all landed or one fails:
+    /// what landed (`end` past the last byte that did, `offset` if none), and the error
+    /// that stopped it. A server claiming more than it was sent is an error outright.
+    fn pwrite_loop(
+        &self,
+        fh: Fh,
+        parts: &[&[u8]],
+        offset: Option<u64>,
+    ) -> io::Result<(Written, Option<io::Error>)> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        let mut done = 0;
+        let mut landed = Written {
+            n: 0,
+            end: offset.unwrap_or(0),
+        };
         loop {
+            let done = landed.n as usize;
             let part = slice_parts(parts, done, MAX_IO as usize);
             let len: usize = part.iter().map(|p| p.len()).sum();
-            let w = self.pwrite_once(fh, &part, offset.map(|o| o + done as u64))?;
+            let w = match self.pwrite_once(fh, &part, offset.map(|o| o + done as u64)) {
+                Ok(w) => w,
+                Err(e) => return Ok((landed, Some(e))),
+            };
             if w.n > len as u64 {
                 // A server claiming more than it was sent lies about what landed.
                 return Err(errno(libc::EIO));
             }
-            done += w.n as usize;
-            if done >= total {
-                return Ok(w.end);
+            landed = Written {
+                n: landed.n + w.n,
+                end: w.end,
+            };
+            if landed.n as usize >= total {
+                return Ok((landed, None));
             }
             if w.n == 0 {
                 // The disk took nothing more.
-                return Err(errno(libc::ENOSPC));
+                return Ok((landed, Some(errno(libc::ENOSPC))));
             }
         }
     }
