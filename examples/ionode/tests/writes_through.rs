@@ -39,13 +39,7 @@ fn an_append_cut_short_is_answered_with_what_landed() {
     });
     let node = Proc::node(&backend.addr, &[]);
     let fs = node.client();
-    let o = fs
-        .open_raw(
-            b"/log",
-            libc::O_CREAT | libc::O_WRONLY | libc::O_APPEND,
-            0o644,
-        )
-        .unwrap();
+    let o = append_to(&fs, b"/log");
     let data = pattern(1, 0, 256 << 10);
     let src = fs
         .engine()
@@ -70,13 +64,7 @@ fn an_append_cut_short_is_answered_with_what_landed() {
         "each byte once, in order"
     );
     // The client library's `pwrite_some` (an interposed `write`'s) answers the same.
-    let o = fs
-        .open_raw(
-            b"/log2",
-            libc::O_CREAT | libc::O_WRONLY | libc::O_APPEND,
-            0o644,
-        )
-        .unwrap();
+    let o = append_to(&fs, b"/log2");
     let w = fs.pwrite_some(o.fh, &data, None).expect("what landed");
     assert_eq!((w.n, w.end), (LIMIT, LIMIT));
     let again = fs.pwrite_some(o.fh, &data[LIMIT as usize..], None);
@@ -84,4 +72,10 @@ fn an_append_cut_short_is_answered_with_what_landed() {
     fs.close_raw(o.fh).unwrap();
     let on_backend = std::fs::read(export.join("log2")).unwrap();
     assert!(on_backend == data[..LIMIT as usize]);
+}
+
+/// A new file opened for appending.
+fn append_to(fs: &posix_ship::client::RemoteFs, path: &[u8]) -> posix_ship::proto::Opened {
+    let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_APPEND;
+    fs.open_raw(path, flags, 0o644).unwrap()
 }
