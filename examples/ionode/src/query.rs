@@ -176,10 +176,8 @@ impl Node {
         In: Serialize + Clone + Send + 'static,
         Out: DeserializeOwned + Send + 'static,
     {
-        let never = |_: &Node, _: usize, _: i32| false;
-        let unused = || Err(libc::EIO);
         let done = move |out: R<Out>| done(out.map(found));
-        self.target_then(r, t, effect, rpc, with, never, unused, done);
+        self.target_then(r, t, effect, rpc, with, None, done);
     }
 
     /// A page of directory `h`, answered through `done`. A handle the backend forgot

@@ -47,7 +47,15 @@ impl Node {
             None => Effect::Changes,
         };
         let input = move |t| (t, a);
-        self.target_then(r, t, effect, SETATTR, input, old, by_parts, done);
+        self.target_then(
+            r,
+            t,
+            effect,
+            SETATTR,
+            input,
+            Retry::new(old, by_parts),
+            done,
+        );
     }
 
     /// `stat` of an open file passed on ([`Node::target_then`]: its buffered bytes
@@ -65,7 +73,15 @@ impl Node {
         let forgot = |_: &Node, _: usize, e: i32| e == libc::EBADF;
         let input = move |t| (t, follow);
         let t = Owned::File(h);
-        self.target_then(r, t, Effect::Reads, STAT, input, forgot, blocking, done)
+        self.target_then(
+            r,
+            t,
+            Effect::Reads,
+            STAT,
+            input,
+            Retry::new(forgot, blocking),
+            done,
+        )
     }
 
     /// One attribute change (`chmod`, `truncate`, `chown`, `utimens`) passed on
@@ -79,41 +95,23 @@ impl Node {
         blocking: impl FnOnce() -> R<()> + Send + 'static,
         done: impl FnOnce(R<()>) + Send + 'static,
     ) {
-        let forgot = |_: &Node, _: usize, e: i32| e == libc::EBADF;
+        let retry = Retry::new(|_: &Node, _: usize, e: i32| e == libc::EBADF, blocking);
         match c {
             AttrChange::Mode(m) => {
                 let input = move |t| (t, m);
-                self.target_then(r, t, Effect::Changes, CHMOD, input, forgot, blocking, done)
+                self.target_then(r, t, Effect::Changes, CHMOD, input, retry, done)
             }
             AttrChange::Size(len) => {
                 let input = move |t| (t, len);
-                self.target_then(
-                    r,
-                    t,
-                    Effect::Resizes,
-                    TRUNCATE,
-                    input,
-                    forgot,
-                    blocking,
-                    done,
-                )
+                self.target_then(r, t, Effect::Resizes, TRUNCATE, input, retry, done)
             }
             AttrChange::Owner(u, g) => {
                 let input = move |t| (t, u, g);
-                self.target_then(r, t, Effect::Changes, CHOWN, input, forgot, blocking, done)
+                self.target_then(r, t, Effect::Changes, CHOWN, input, retry, done)
             }
             AttrChange::Times(a, m, f) => {
                 let input = move |t| (t, a, m, f);
-                self.target_then(
-                    r,
-                    t,
-                    Effect::Changes,
-                    UTIMENS,
-                    input,
-                    forgot,
-                    blocking,
-                    done,
-                )
+                self.target_then(r, t, Effect::Changes, UTIMENS, input, retry, done)
             }
         }
     }
@@ -123,8 +121,8 @@ impl Node {
     /// began it: the file's buffered bytes (its times and size come after them), and
     /// before a size change the journal's mark too. After a change the cached
     /// attributes of the path are forgotten, and after a size change what the node
-    /// kept of the file is dropped. An error `again` picks (given the backend's index)
-    /// has the call made the blocking way instead (`blocking`), on the retry thread.
+    /// kept of the file is dropped. An error `retry` picks has the call made its
+    /// blocking way instead, on the retry thread.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn target_then<In, Out>(
         self: &Arc<Self>,
@@ -133,8 +131,7 @@ impl Node {
         effect: Effect,
         rpc: rpc_core::Rpc<In, Reply<Out>>,
         input: impl FnOnce(Target) -> In,
-        again: impl FnOnce(&Node, usize, i32) -> bool + Send + 'static,
-        blocking: impl FnOnce() -> R<Out> + Send + 'static,
+        retry: Option<Retry<Out>>,
         done: impl FnOnce(R<Out>) + Send + 'static,
     ) where
         In: serde::Serialize + Clone + Send + 'static,
@@ -165,10 +162,11 @@ impl Node {
             }
         };
         self.call_then(&fs, rpc, input(target), move |n, out| {
-            if let Err(e) = out
-                && again(n, b, e)
+            if let (Err(e), Some(retry)) = (&out, retry)
+                && (retry.when)(n, b, *e)
             {
-                return n.retry(Box::new(move || done(blocking())));
+                let how = retry.how;
+                return n.retry(Box::new(move || done(how())));
             }
             if effect != Effect::Reads {
                 n.attrs.changed(b, &path);
@@ -183,6 +181,28 @@ impl Node {
             }
             done(out)
         });
+    }
+}
+
+/// When a call passed on by [`Node::target_then`] is made its blocking way instead, on
+/// the retry thread: an error `when` picks (given the backend's index), made by `how`.
+pub(crate) struct Retry<Out> {
+    when: Box<When>,
+    how: Box<dyn FnOnce() -> R<Out> + Send>,
+}
+
+/// Whether a backend's error (given the node and the backend's index) calls for a retry.
+type When = dyn FnOnce(&Node, usize, i32) -> bool + Send;
+
+impl<Out> Retry<Out> {
+    pub(crate) fn new(
+        when: impl FnOnce(&Node, usize, i32) -> bool + Send + 'static,
+        how: impl FnOnce() -> R<Out> + Send + 'static,
+    ) -> Option<Retry<Out>> {
+        Some(Retry {
+            when: Box::new(when),
+            how: Box::new(how),
+        })
     }
 }
 
