@@ -296,14 +296,16 @@ impl Drop for Held<'_> {
     }
 }
 
-/// A spinning progress thread yields the CPU after this many empty polls in a row, not
-/// after each: a message that arrives during the `sched_yield` call waits for it (on
-/// this VM a few hundred nanoseconds, more than an empty poll). `qs-rate -x 1` in the
-/// default mode, three rounds alternated with a yield after every empty poll: sm
-/// 1.86-1.98 -> 1.63-1.87 µs per round trip, ofi+shm 2.57-2.99 -> 2.68-2.81; the I/O
-/// node's `qs-fwd -r 3 [-d 200] --shapes fpp,shared,md` level (two rounds each), as
-/// tcp and the 16-in-flight rates. A runnable thread waits at most this many polls
-/// longer for the core.
+/// A spinning progress thread yields the CPU at every this-many-th empty poll (counted
+/// across events), not at each: a message that arrives during the `sched_yield` call
+/// waits for it (on this VM a few hundred nanoseconds, more than an empty poll).
+/// `qs-rate -x 1` in the default mode, three rounds alternated with a yield after every
+/// empty poll: sm 1.86-1.98 -> 1.63-1.87 µs per round trip, ofi+shm 2.57-2.99 ->
+/// 2.68-2.81; the I/O node's `qs-fwd -r 3 [-d 200] --shapes fpp,shared,md` level (two
+/// rounds each), as tcp and the 16-in-flight rates. A runnable thread waits at most
+/// this many polls longer for the core. (Counted from zero after each event instead,
+/// so that a pass right after one never yields, sm was 1.98-2.18 µs against 1.62-1.72,
+/// three rounds alternated: the yields' timing matters in ways this does not explain.)
 const YIELD_EVERY: u32 = 8;
 
 /// How long the progress thread first sleeps while a caller drives, and the most it
