@@ -296,18 +296,6 @@ impl Drop for Held<'_> {
     }
 }
 
-/// A spinning progress thread yields the CPU at every this-many-th empty poll (counted
-/// across events), not at each: a message that arrives during the `sched_yield` call
-/// waits for it (on this VM a few hundred nanoseconds, more than an empty poll).
-/// `qs-rate -x 1` in the default mode, three rounds alternated with a yield after every
-/// empty poll: sm 1.86-1.98 -> 1.63-1.87 µs per round trip, ofi+shm 2.57-2.99 ->
-/// 2.68-2.81; the I/O node's `qs-fwd -r 3 [-d 200] --shapes fpp,shared,md` level (two
-/// rounds each), as tcp and the 16-in-flight rates. A runnable thread waits at most
-/// this many polls longer for the core. (Counted from zero after each event instead,
-/// so that a pass right after one never yields, sm was 1.98-2.18 µs against 1.62-1.72,
-/// three rounds alternated: the yields' timing matters in ways this does not explain.)
-const YIELD_EVERY: u32 = 8;
-
 /// How long the progress thread first sleeps while a caller drives, and the most it
 /// sleeps as the caller's passes go on (doubling from the first): each wake-up takes a
 /// core from the caller or from the peer it waits on. On 2 cores, `qs-rate -t sm -x 1`
@@ -328,7 +316,6 @@ pub(crate) fn progress_loop(shared: &Arc<Shared>) {
     let mut last_event: Option<Instant> = None;
     let mut heartbeat = u32::MAX;
     let mut aside = STAND_ASIDE_FIRST;
-    let mut empty = 0u32;
     while !shared.stopping.load(Ordering::Acquire) {
         if shared.drivers.poll_held() {
             // A caller holds the poll ([`Shared::poll_for`]); it wakes this thread when
@@ -362,10 +349,7 @@ pub(crate) fn progress_loop(shared: &Arc<Shared>) {
             last_event = Some(Instant::now());
         } else if spinning {
             // Let a runnable caller or handler have this core between empty polls.
-            empty = empty.wrapping_add(1);
-            if empty.is_multiple_of(YIELD_EVERY) {
-                std::thread::yield_now();
-            }
+            std::thread::yield_now();
         }
     }
 }
