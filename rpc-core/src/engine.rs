@@ -85,6 +85,18 @@ impl Engine {
         self.guard.is_some()
     }
 
+    /// Runs `job` on one of the engine's workers (at once on this thread if it has none:
+    /// `workers(0)`): for what a completion's callback must not do on the thread that
+    /// completes it, the progress thread usually, such as wait. A panic in `job` is
+    /// caught and logged.
+    pub fn execute(&self, job: impl FnOnce() + Send + 'static) {
+        self.shared.pool.execute(move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                tracing::warn!("a job given to Engine::execute panicked");
+            }
+        });
+    }
+
     /// The address peers use to reach this engine.
     pub fn self_addr(&self) -> &Address {
         &self.shared.self_addr

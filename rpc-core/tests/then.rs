@@ -44,3 +44,30 @@ fn outcomes_reach_the_closure_without_a_waiting_thread() {
     let (_, r) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(r.is_err(), "{r:?}");
 }
+
+/// [`Engine::execute`] runs a job on one of the engine's workers, and one that panics
+/// leaves the workers serving the next.
+#[test]
+fn execute_runs_jobs_on_a_worker_and_survives_a_panicking_one() {
+    let e = Engine::builder()
+        .listen("tcp://127.0.0.1:0")
+        .workers(1)
+        .build()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    e.execute(|| panic!("a job that fails"));
+    for _ in 0..3 {
+        let tx = tx.clone();
+        e.execute(move || {
+            let name = std::thread::current().name().map(str::to_owned);
+            tx.send(name).unwrap();
+        });
+    }
+    for _ in 0..3 {
+        let name = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            name.is_some_and(|n| n.starts_with("qs-worker")),
+            "on a worker"
+        );
+    }
+}

@@ -32,6 +32,21 @@ impl Node {
         data: Payload<'_>,
         done: impl FnOnce(R<Written>) + Send + 'static,
     ) {
+        // Bytes to pull from the client: pulled with no thread waiting, the rest (which
+        // may write out the file's buffered bytes first) on a worker again.
+        if let Payload::Bulk { caller, .. } = &data {
+            let (node, engine) = (self.clone(), caller.engine().clone());
+            let r = Req {
+                user: r.user.clone(),
+                inline: false,
+            };
+            return data.bytes_then(move |bytes| match bytes {
+                Ok(b) => {
+                    engine.execute(move || node.write_then(&r, h, offset, Payload::Inline(b), done))
+                }
+                Err(e) => done(Err(e.raw_os_error())),
+            });
+        }
         let data = match self.write_begin(r, &h, offset, data) {
             Began::Answered(out) => return done(out),
             Began::Through(data) => data,

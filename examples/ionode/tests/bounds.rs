@@ -610,6 +610,41 @@ fn reads_during_a_write_out_hold_no_worker() {
     assert!(on_backend[1000..1100] == [9; 100], "written out");
 }
 
+/// Large writes (their bytes pulled from the client by bulk) through a node of one
+/// worker to a backend of 200 ms per operation: the pull holds no worker either (begun
+/// on the worker, finished from its completion, the rest on a worker again): four
+/// appends of 1 MiB at once in about one operation's time and no stand-in thread.
+#[test]
+fn large_writes_through_hold_no_worker_while_their_bytes_are_pulled() {
+    const DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+    let export = scratch("ionode-large-then");
+    let (_backend, node) = slow_pair(&export, DELAY);
+    let clients: Vec<_> = (0..4).map(|_| node.client()).collect();
+    let files: Vec<_> = (0..4)
+        .map(|i| {
+            let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_APPEND;
+            clients[i]
+                .open_with(&format!("/a{i}"), flags, 0o644)
+                .unwrap()
+        })
+        .collect();
+    let data: Vec<Vec<u8>> = (0..4).map(|i| pattern(i, 0, 1 << 20)).collect();
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for (f, d) in files.iter().zip(&data) {
+            s.spawn(move || f.write_at(d, 0).unwrap());
+        }
+    });
+    held_no_worker(&node, t.elapsed(), DELAY, "large appends");
+    drop(files);
+    for (i, d) in data.iter().enumerate() {
+        assert!(
+            std::fs::read(export.join(format!("a{i}"))).unwrap() == *d,
+            "a{i}"
+        );
+    }
+}
+
 /// Readers missing near each other in one file (the dense block around them) through a
 /// node of one worker, at a backend of 200 ms per operation: one backend read of the
 /// block, which the others join, in about one operation's time and with no stand-in

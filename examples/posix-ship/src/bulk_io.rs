@@ -22,6 +22,33 @@ pub fn pull_from(caller: &Caller, src: &Descriptor, len: u64) -> Result<Vec<u8>,
     Ok(buf)
 }
 
+/// [`pull_from`] without waiting: `f` gets the bytes on the thread that completes the
+/// pull (the engine's progress thread, usually: it must not block).
+pub fn pull_then(
+    caller: &Caller,
+    src: &Descriptor,
+    len: u64,
+    f: impl FnOnce(Result<Vec<u8>, i32>) + Send + 'static,
+) {
+    let buf = vec![0u8; len as usize];
+    let dst = match caller
+        .engine()
+        .expose(vec![Seg::from(buf)], Access::WriteOnly)
+    {
+        Ok(d) => d,
+        Err(e) => return f(Err(errno(e))),
+    };
+    let mut set = caller.transfers().timeout(BULK_TIMEOUT);
+    set.pull(dst, 0, src, 0, len);
+    set.then(move |bufs, outcome| {
+        f(outcome.map_err(errno).map(|()| {
+            bufs.into_iter()
+                .next()
+                .map_or_else(Vec::new, rpc_core::Bulk::into_vec)
+        }))
+    });
+}
+
 /// The `errno` a failed transfer answers: `EFAULT` for a descriptor that does not
 /// cover the range, `ETIMEDOUT`, else `EIO`.
 pub fn errno(e: RpcError) -> i32 {

@@ -9,7 +9,7 @@ use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
 use super::clients::{ClientId, User};
-use crate::bulk_io::pull_from;
+use crate::bulk_io::{pull_from, pull_then};
 use crate::proto::*;
 
 /// An operation's outcome at the backend.
@@ -191,6 +191,18 @@ impl Payload<'_> {
             Payload::Bulk { caller, src, len } => {
                 pull_from(caller, &src, len).map_err(Errno::from_raw_os_error)
             }
+        }
+    }
+
+    /// [`Payload::bytes`] without waiting: `f` gets them here if the request carried
+    /// them, else on the thread that completes the pull (the engine's progress thread,
+    /// usually: `f` must not block; [`rpc_core::Engine::execute`] takes what may).
+    pub fn bytes_then(self, f: impl FnOnce(R<Vec<u8>>) + Send + 'static) {
+        match self {
+            Payload::Inline(v) => f(Ok(v)),
+            Payload::Bulk { caller, src, len } => pull_then(caller, &src, len, move |r| {
+                f(r.map_err(Errno::from_raw_os_error))
+            }),
         }
     }
 }
