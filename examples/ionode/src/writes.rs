@@ -33,9 +33,10 @@ impl Node {
         done: impl FnOnce(R<Written>) + Send + 'static,
     ) {
         // Bytes to pull from the client: pulled with no thread waiting, the rest (which
-        // may write out the file's buffered bytes first) on a worker again.
+        // may write out the file's buffered bytes first) on a worker again. (A handle:
+        // a pull pending at shutdown must not keep the engine running.)
         if let Payload::Bulk { caller, .. } = &data {
-            let (node, engine) = (self.clone(), caller.engine().clone());
+            let (node, engine) = (self.clone(), caller.engine().handle());
             let r = Req {
                 user: r.user.clone(),
                 inline: false,
