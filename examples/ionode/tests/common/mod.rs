@@ -140,3 +140,40 @@ pub fn common_errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
 pub fn path(p: &str) -> serde_bytes::ByteBuf {
     serde_bytes::ByteBuf::from(p.as_bytes().to_vec())
 }
+
+/// A backend of `export` at which each operation takes `delay` longer, and a node of one
+/// worker in front of it.
+pub fn slow_pair(export: &std::path::Path, delay: std::time::Duration) -> (Proc, Proc) {
+    let delay = delay.as_micros().to_string();
+    let backend = Proc::backend(export, &["--trust-forwarder", "0", "--op-delay-us", &delay]);
+    let node = Proc::node(&backend.addr, &["--workers", "1"]);
+    (backend, node)
+}
+
+/// Four calls of `what` through a node of one worker took `took` at a backend of
+/// `delay` per operation: the backend's time (they waited for it), not four times it
+/// (one after another), and no stand-in thread (no worker waited).
+pub fn held_no_worker(
+    node: &Proc,
+    took: std::time::Duration,
+    delay: std::time::Duration,
+    what: &str,
+) {
+    let stand_ins = stand_ins_of(node.child.id());
+    println!("4 {what} through one worker: {took:?}, {stand_ins} stand-in threads");
+    assert!(
+        took >= delay,
+        "{took:?}: the backend's {what} not waited for?"
+    );
+    assert!(took < 3 * delay, "{took:?}: one after another?");
+    assert_eq!(stand_ins, 0, "workers waited on the backend's {what}");
+}
+
+/// Threads of process `pid` the engine's pool started to stand in for waiting workers.
+pub fn stand_ins_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("qs-worker-stand"))
+        .count()
+}
