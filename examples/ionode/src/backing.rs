@@ -27,6 +27,8 @@ pub struct Backing {
     reopening: Mutex<()>,
     /// Client handles on it (`crate::opens`): the backend handle closes with the last.
     pub users: AtomicUsize,
+    /// Its small reads out and queued (`crate::listed`).
+    pub(crate) reads: Mutex<crate::listed::Queue>,
 }
 
 impl Backing {
@@ -40,6 +42,7 @@ impl Backing {
             fh: AtomicU64::new(fh.0),
             reopening: Mutex::new(()),
             users: AtomicUsize::new(1),
+            reads: Mutex::default(),
         }
     }
 

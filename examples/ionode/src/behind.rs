@@ -97,7 +97,7 @@ pub(crate) fn run(node: Weak<Node>, jobs: Receiver<Behind>) {
 
 /// The backend handles of `group`.
 fn handles(group: &[Arc<Handle>]) -> FhList {
-    FhList(group.iter().map(|h| h.backing.fh()).collect())
+    posix_ship::proto::Bounded(group.iter().map(|h| h.backing.fh()).collect())
 }
 
 impl Node {

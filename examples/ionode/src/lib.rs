@@ -21,6 +21,7 @@ pub mod extents;
 mod files;
 pub mod journal;
 mod kept;
+mod listed;
 mod meta;
 mod node;
 mod open;

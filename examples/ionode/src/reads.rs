@@ -251,36 +251,42 @@ impl Node {
     }
 
     /// Reads the bytes `a` asks for from the backend into `got` (what came so far),
-    /// asking again after a short answer until full or the end of the file.
+    /// asking again after a short answer until full or the end of the file (with the
+    /// other small reads of its file, `crate::listed`).
     fn fetch_then(self: &Arc<Self>, a: Asked, got: Vec<u8>, done: ReadDone) {
-        self.stats.request_out("posix.read");
         let (off, len, _) = a.at;
         let b = a.h.backing.clone();
         let node = self.clone();
-        b.fs.pread_then(b.fh(), len - got.len(), off + got.len() as u64, move |r| {
-            let mut got = got;
-            let failed = match r {
-                Ok(d) if !d.is_empty() && got.len() + d.len() < len => {
-                    got.extend_from_slice(&d);
-                    return node.fetch_then(a, got, done);
+        let at = off + got.len() as u64;
+        self.pread_listed(
+            &b,
+            at,
+            len - got.len(),
+            Box::new(move |r| {
+                let mut got = got;
+                let failed = match r {
+                    Ok(d) if !d.is_empty() && got.len() + d.len() < len => {
+                        got.extend_from_slice(&d);
+                        return node.fetch_then(a, got, done);
+                    }
+                    Ok(d) if got.is_empty() => {
+                        got = d;
+                        false
+                    }
+                    Ok(d) => {
+                        got.extend_from_slice(&d);
+                        false
+                    }
+                    Err(_) => true,
+                };
+                if failed {
+                    let h = a.h.clone();
+                    drop(a);
+                    return node.read_later(h, (off, len), done);
                 }
-                Ok(d) if got.is_empty() => {
-                    got = d;
-                    false
-                }
-                Ok(d) => {
-                    got.extend_from_slice(&d);
-                    false
-                }
-                Err(_) => true,
-            };
-            if failed {
-                let h = a.h.clone();
-                drop(a);
-                return node.read_later(h, (off, len), done);
-            }
-            node.answer_miss(a, got, done)
-        });
+                node.answer_miss(a, got, done)
+            }),
+        );
     }
 
     /// Answers a read that missed with the bytes `got` from the backend, what the file

@@ -7,12 +7,13 @@ use rpc_core::Rpc;
 use serde::{Deserialize, Serialize};
 
 /// The operations counted, by protocol name (client requests in, backend requests out).
-pub const OPS: [&str; 33] = [
+pub const OPS: [&str; 34] = [
     "posix.stat",
     "posix.open",
     "posix.close",
     "posix.close_many",
     "posix.read",
+    "posix.read_many",
     "posix.write",
     "posix.truncate",
     "posix.fsync",

@@ -257,36 +257,60 @@ pub const ADOPT: Rpc<Pass, Reply<Opened>> = Rpc::new("posix.adopt");
 /// Handles one [`CLOSE_MANY`] may close.
 pub const MAX_CLOSE_MANY: usize = 256;
 
-/// The handles of a [`CLOSE_MANY`]: at most [`MAX_CLOSE_MANY`], a longer list refused
-/// while it is decoded (never allocated: a peer's length prefix decides nothing).
+/// The handles of a [`CLOSE_MANY`].
+pub type FhList = Bounded<Fh, MAX_CLOSE_MANY>;
+
+/// A list of at most `MAX` items, a longer one refused while it is decoded (never
+/// allocated: a peer's length prefix decides nothing); encoded as a plain list.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(transparent)]
-pub struct FhList(pub Vec<Fh>);
+pub struct Bounded<T, const MAX: usize>(pub Vec<T>);
 
-impl<'de> Deserialize<'de> for FhList {
+impl<'de, T: Deserialize<'de>, const MAX: usize> Deserialize<'de> for Bounded<T, MAX> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Bounded;
-        impl<'de> serde::de::Visitor<'de> for Bounded {
-            type Value = FhList;
+        struct Visit<T, const MAX: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const MAX: usize> serde::de::Visitor<'de> for Visit<T, MAX> {
+            type Value = Bounded<T, MAX>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "at most {MAX_CLOSE_MANY} handles")
+                write!(f, "a list of at most {MAX} items")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<FhList, A::Error> {
-                let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(MAX_CLOSE_MANY));
-                while let Some(fh) = a.next_element()? {
-                    if v.len() == MAX_CLOSE_MANY {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(MAX));
+                while let Some(x) = a.next_element()? {
+                    if v.len() == MAX {
                         return Err(serde::de::Error::invalid_length(v.len() + 1, &self));
                     }
-                    v.push(fh);
+                    v.push(x);
                 }
-                Ok(FhList(v))
+                Ok(Bounded(v))
             }
         }
-        d.deserialize_seq(Bounded)
+        d.deserialize_seq(Visit(std::marker::PhantomData))
     }
 }
+
+/// Ranges one [`READ_MANY`] may read.
+pub const MAX_READ_MANY: usize = 64;
+
+/// `pread` of many ranges of one file in one request (list I/O, as IOFSL's and PVFS's:
+/// an I/O node asks the reads of many clients of one file together, one backend request
+/// for them): `(offset, length)` each, at most [`MAX_READ_MANY`] of them and
+/// [`MAX_INLINE_READ`] bytes in all (else `EINVAL`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ReadManyReq {
+    /// The file.
+    pub fh: Fh,
+    /// What to read, in the order the answer gives it.
+    pub ranges: Bounded<(u64, u32), MAX_READ_MANY>,
+}
+
 /// `read`/`pread`.
 pub const READ: Rpc<ReadReq, Reply<ReadData>> = Rpc::new("posix.read");
+/// [`ReadManyReq`]: each range's bytes, in order (short only where the file ends).
+pub const READ_MANY: Rpc<ReadManyReq, Reply<Vec<ByteBuf>>> = Rpc::new("posix.read_many");
 /// `write`/`pwrite`.
 pub const WRITE: Rpc<WriteReq, Reply<Written>> = Rpc::new("posix.write");
 /// `truncate`/`ftruncate`.

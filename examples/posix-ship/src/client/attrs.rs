@@ -40,6 +40,7 @@ const LOOKS: &[&str] = &[
     "posix.getxattr",
     "posix.listxattr",
     "posix.read",
+    "posix.read_many",
     "posix.close",
     "posix.close_many",
     "posix.lend",

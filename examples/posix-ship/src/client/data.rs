@@ -87,6 +87,37 @@ impl RemoteFs {
         }
     }
 
+    /// `pread` of each of `ranges` (`(offset, length)`; at most [`MAX_READ_MANY`], their
+    /// lengths at most [`MAX_INLINE_READ`] in all) in one request ([`READ_MANY`]), without
+    /// waiting: `f` gets each range's bytes, in order, on the thread that completes the
+    /// call (fewer only where the file ends). A server that answers another count, or
+    /// more than a range asked, is `EIO`; one that does not know the request, `ENOSYS`.
+    pub fn pread_many_then(
+        &self,
+        fh: Fh,
+        ranges: Vec<(u64, u32)>,
+        f: impl FnOnce(io::Result<Vec<Vec<u8>>>) + Send + 'static,
+    ) {
+        let req = ReadManyReq {
+            fh,
+            ranges: Bounded(ranges),
+        };
+        let lens: Vec<u32> = req.ranges.0.iter().map(|r| r.1).collect();
+        self.start(READ_MANY, &req).then(move |a| {
+            f(match a {
+                Answered::Busy => Err(errno(libc::EAGAIN)),
+                Answered::Done(Err(e)) => Err(e),
+                Answered::Done(Ok(got))
+                    if got.len() == lens.len()
+                        && got.iter().zip(&lens).all(|(d, &l)| d.len() <= l as usize) =>
+                {
+                    Ok(got.into_iter().map(ByteBuf::into_vec).collect())
+                }
+                Answered::Done(Ok(_)) => Err(errno(libc::EIO)),
+            })
+        });
+    }
+
     /// `pread` of up to `len` bytes at `offset` (at most [`MAX_IO`]) without waiting:
     /// `f` gets the bytes on the thread that completes the call (it must not block);
     /// fewer at the end of the file, or if the server answers short (its staging
