@@ -5,7 +5,7 @@
 
 use std::io;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use posix_ship::client::RemoteFs;
 use posix_ship::proto::{CLOSE, Fh, OPEN, OpenReq};
@@ -29,6 +29,8 @@ pub struct Backing {
     pub users: AtomicUsize,
     /// Its small reads out and queued (`crate::listed`).
     pub(crate) reads: Mutex<crate::listed::Queue>,
+    /// The backend answered `ENOSYS` to a list write (`crate::files`'s write-outs).
+    pub(crate) writes_alone: AtomicBool,
 }
 
 impl Backing {
@@ -43,6 +45,7 @@ impl Backing {
             reopening: Mutex::new(()),
             users: AtomicUsize::new(1),
             reads: Mutex::default(),
+            writes_alone: AtomicBool::new(false),
         }
     }
 

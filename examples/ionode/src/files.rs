@@ -25,6 +25,7 @@ mod dense;
 mod flushing;
 mod io;
 mod near;
+mod out;
 pub use near::{Miss, Near, Waiter};
 mod paths;
 

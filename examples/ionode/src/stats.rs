@@ -7,7 +7,7 @@ use rpc_core::Rpc;
 use serde::{Deserialize, Serialize};
 
 /// The operations counted, by protocol name (client requests in, backend requests out).
-pub const OPS: [&str; 34] = [
+pub const OPS: [&str; 35] = [
     "posix.stat",
     "posix.open",
     "posix.close",
@@ -15,6 +15,7 @@ pub const OPS: [&str; 34] = [
     "posix.read",
     "posix.read_many",
     "posix.write",
+    "posix.write_many",
     "posix.truncate",
     "posix.fsync",
     "posix.unlink",

@@ -1,5 +1,6 @@
-//! Writes through the I/O node to the backend (appends, large writes) that the backend
-//! takes only in part.
+//! Writes through the I/O node to the backend: a write-out's small extents in list
+//! writes, and writes (appends, large writes, list writes) the backend takes only in
+//! part.
 
 mod common;
 
@@ -12,15 +13,9 @@ use rpc_core::{Access, Seg};
 /// The backend's file size limit (`RLIMIT_FSIZE`).
 const LIMIT: u64 = 100_000;
 
-/// An append the backend takes only in part (its process's file size limit: the write
-/// stops there, the next meets `EFBIG`) is answered with the bytes it took, as the kernel
-/// answers a write cut short, not with the error the rest met (after which an
-/// application would write again what landed); the rest, written next, gets the error.
-/// The client library's `pwrite_some` answers the same way.
-#[test]
-fn an_append_cut_short_is_answered_with_what_landed() {
-    let export = scratch("ionode-append-short");
-    let backend = Proc::backend_with(&export, "sm", &["--trust-forwarder", "0"], |cmd| {
+/// A backend limited to files of [`LIMIT`] bytes.
+fn limited_backend(export: &std::path::Path) -> Proc {
+    Proc::backend_with(export, "sm", &["--trust-forwarder", "0"], |cmd| {
         // SAFETY: between fork and exec only signal and setrlimit, async-signal-safe;
         // an ignored signal stays ignored across exec.
         unsafe {
@@ -36,7 +31,85 @@ fn an_append_cut_short_is_answered_with_what_landed() {
                 }
             })
         };
-    });
+    })
+}
+
+/// Scattered 4 KiB writes (holes between: no extent merges) of `file` through `fs`, then
+/// its fsync's outcome; the bytes each write put, as the file should read.
+fn scattered(
+    fs: &posix_ship::client::RemoteFs,
+    file: &str,
+    n: u64,
+) -> (std::io::Result<()>, Vec<u8>) {
+    let f = fs.create(file).unwrap();
+    let mut want = vec![0u8; (n * 8192) as usize];
+    // Backwards, so that no write is a stream's next.
+    for i in (0..n).rev() {
+        let d = pattern(i, i * 8192, 4096);
+        f.write_at(&d, i * 8192).unwrap();
+        want[(i * 8192) as usize..][..4096].copy_from_slice(&d);
+    }
+    want.truncate(((n - 1) * 8192 + 4096) as usize);
+    (f.sync_all(), want)
+}
+
+/// A write-out of many small extents goes in list writes: 300 scattered 4 KiB writes,
+/// fsync'd, reach the backend in two requests (256 ranges at most in one), every byte
+/// right.
+#[test]
+fn small_extents_are_written_out_in_list_writes() {
+    let (export, _backend, node) = pair("ionode-list-writes", &["--flush-after-ms", "600000"]);
+    let fs = node.client();
+    let before = node.stats();
+    let (synced, want) = scattered(&fs, "/f", 300);
+    synced.unwrap();
+    let after = node.stats();
+    let out = |op: &str| after.op(op).1 - before.op(op).1;
+    assert_eq!(
+        (out("posix.write_many"), out("posix.write")),
+        (2, 0),
+        "list writes, no single one"
+    );
+    assert!(
+        std::fs::read(export.join("f")).unwrap() == want,
+        "every byte"
+    );
+}
+
+/// A list write the backend takes only in part (its file size limit falls in one of the
+/// ranges) is made the rest of the way the blocking way: the ranges below the limit land
+/// whole, the one across it up to it, and the fsync reports the error of the rest.
+#[test]
+fn a_list_write_cut_short_lands_what_it_can_and_reports_the_rest() {
+    let export = scratch("ionode-list-write-short");
+    let backend = limited_backend(&export);
+    let node = Proc::node(&backend.addr, &["--flush-after-ms", "600000"]);
+    let fs = node.client();
+    // 20 writes 8 KiB apart: the limit (100 000) falls in the 13th.
+    let (synced, want) = scattered(&fs, "/f", 20);
+    assert_eq!(
+        common_errno(synced),
+        libc::EFBIG,
+        "the deferred write's error"
+    );
+    let on_backend = std::fs::read(export.join("f")).unwrap();
+    assert_eq!(on_backend.len() as u64, LIMIT);
+    assert!(
+        on_backend == want[..LIMIT as usize],
+        "the bytes below the limit"
+    );
+    assert!(node.stats().op("posix.write_many").1 >= 1, "a list write");
+}
+
+/// An append the backend takes only in part (its process's file size limit: the write
+/// stops there, the next meets `EFBIG`) is answered with the bytes it took, as the kernel
+/// answers a write cut short, not with the error the rest met (after which an
+/// application would write again what landed); the rest, written next, gets the error.
+/// The client library's `pwrite_some` answers the same way.
+#[test]
+fn an_append_cut_short_is_answered_with_what_landed() {
+    let export = scratch("ionode-append-short");
+    let backend = limited_backend(&export);
     let node = Proc::node(&backend.addr, &[]);
     let fs = node.client();
     let o = append_to(&fs, b"/log");

@@ -129,6 +129,23 @@ pub struct ReadReq {
     pub dest: Option<Descriptor>,
 }
 
+/// Ranges one [`WRITE_MANY`] may write.
+pub const MAX_WRITE_MANY: usize = 256;
+
+/// `pwrite` of many ranges of one file in one request (list I/O: an I/O node writing out
+/// a file's extents that did not merge): `(offset, length)` each, at most
+/// [`MAX_WRITE_MANY`], their bytes one after another in `data` (as many as the lengths
+/// add up to, at most [`MAX_IO`]; else `EINVAL`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct WriteManyReq {
+    /// The file.
+    pub fh: Fh,
+    /// Where each range goes, in the order of the bytes.
+    pub segs: Bounded<(u64, u32), MAX_WRITE_MANY>,
+    /// The bytes.
+    pub data: WriteData,
+}
+
 /// What a read produced.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub enum ReadData {
@@ -313,6 +330,9 @@ pub const READ: Rpc<ReadReq, Reply<ReadData>> = Rpc::new("posix.read");
 pub const READ_MANY: Rpc<ReadManyReq, Reply<Vec<ByteBuf>>> = Rpc::new("posix.read_many");
 /// `write`/`pwrite`.
 pub const WRITE: Rpc<WriteReq, Reply<Written>> = Rpc::new("posix.write");
+/// [`WriteManyReq`]: the bytes written, in the ranges' order (fewer than all: the ranges
+/// before them written whole, the rest not, or in part), and where the last one ended.
+pub const WRITE_MANY: Rpc<WriteManyReq, Reply<Written>> = Rpc::new("posix.write_many");
 /// `truncate`/`ftruncate`.
 pub const TRUNCATE: Rpc<(Target, u64), Reply<()>> = Rpc::new("posix.truncate");
 /// `fsync` (`false`) / `fdatasync` (`true`).

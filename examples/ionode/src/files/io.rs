@@ -4,14 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use posix_ship::client::{PendingWrite, slice_parts};
-
 use super::*;
-
-/// Backend writes of one write-out in flight at once, and their bytes at most (once
-/// more than one is in flight): half what a server stages for a connection by default.
-const WRITES_IN_FLIGHT: usize = 16;
-const BYTES_IN_FLIGHT: u64 = 32 << 20;
 
 fn transient(errno: i32) -> bool {
     [
@@ -83,66 +76,6 @@ impl Files {
                 tracing::warn!(error = %e, "journal: cannot mark a flushed file");
             }
         }
-    }
-
-    /// Makes `writes` (disjoint) at the backend through `b`, up to [`WRITES_IN_FLIGHT`]
-    /// at once (one file's write-out made them one after another: 64 clients' random
-    /// 4 KiB writes over one 512 MiB file, which merge little, went through the node at
-    /// 0.11x direct with a 200 µs backend); none is started after one fails. Each one's
-    /// outcome (`None`: not made), in order.
-    fn write_all(&self, b: &Backing, writes: &[Write]) -> Vec<Option<Result<(), i32>>> {
-        let mut out: Vec<Option<Result<(), i32>>> = writes.iter().map(|_| None).collect();
-        let parts: Vec<Vec<&[u8]>> = writes
-            .iter()
-            .map(|w| w.parts.iter().map(Vec::as_slice).collect())
-            .collect();
-        let mut flight: std::collections::VecDeque<(usize, PendingWrite<'_>)> = Default::default();
-        let land = |i: usize, p: PendingWrite<'_>| {
-            let w = &writes[i];
-            // Short (the server's staging), or a handle it forgot, or busy: the rest
-            // the blocking way, which goes on, opens again or waits.
-            let from = match p.wait() {
-                Ok(n) if n.n == w.len() => return Ok(()),
-                Ok(n) => n.n,
-                Err(_) => 0,
-            };
-            self.stats.request_out("posix.write");
-            let rest = slice_parts(&parts[i], from as usize, usize::MAX);
-            b.with(|fh| b.fs.pwrite_parts(fh, &rest, Some(w.off + from)))
-                .map(drop)
-                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
-        };
-        let (mut failing, mut bytes) = (false, 0u64);
-        for (i, w) in writes.iter().enumerate() {
-            // (Bytes too: more than a server stages for one connection at once comes
-            // back short.)
-            while flight.len() == WRITES_IN_FLIGHT
-                || (bytes >= BYTES_IN_FLIGHT && !flight.is_empty())
-            {
-                let (j, p) = flight.pop_front().expect("not empty");
-                bytes -= writes[j].len();
-                out[j] = Some(land(j, p));
-                failing |= matches!(out[j], Some(Err(_)));
-            }
-            if failing {
-                break;
-            }
-            self.stats.request_out("posix.write");
-            match b.fs.pwrite_parts_start(b.fh(), &parts[i], Some(w.off)) {
-                Ok(p) => {
-                    bytes += w.len();
-                    flight.push_back((i, p))
-                }
-                Err(e) => {
-                    out[i] = Some(Err(e.raw_os_error().unwrap_or(libc::EIO)));
-                    failing = true;
-                }
-            }
-        }
-        for (j, p) in flight {
-            out[j] = Some(land(j, p));
-        }
-        out
     }
 
     /// Writes `writes` of `f` through `via`; whether all succeeded.

@@ -307,18 +307,56 @@ impl RemoteFs {
         })
     }
 
-    /// A write request for `parts`: inline if small, else naming them as one region
-    /// (the handle, to keep until the server has them).
+    /// Starts one list write ([`WRITE_MANY`]) of `writes`, each `(offset, parts)` (at most
+    /// [`MAX_WRITE_MANY`] of them, each under 4 GiB, [`MAX_IO`] bytes in all, else
+    /// `EINVAL`) without waiting, as [`RemoteFs::pwrite_parts_start`]: the bytes written
+    /// are those of the first writes, whole, then part of the next at most. A server
+    /// that does not know the request answers `ENOSYS`.
+    pub fn pwrite_many_start<'a>(
+        &self,
+        fh: Fh,
+        writes: &[(u64, Vec<&'a [u8]>)],
+    ) -> io::Result<PendingWrite<'a>> {
+        let mut segs = Vec::with_capacity(writes.len());
+        for (off, parts) in writes {
+            let len: usize = parts.iter().map(|p| p.len()).sum();
+            segs.push((*off, u32::try_from(len).map_err(|_| errno(libc::EINVAL))?));
+        }
+        let parts: Vec<&'a [u8]> = writes.iter().flat_map(|w| w.1.iter().copied()).collect();
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len as u64 > MAX_IO || segs.len() > MAX_WRITE_MANY {
+            return Err(errno(libc::EINVAL));
+        }
+        let (data, src) = self.write_data(&parts)?;
+        let req = WriteManyReq {
+            fh,
+            segs: Bounded(segs),
+            data,
+        };
+        Ok(PendingWrite {
+            call: self.start(WRITE_MANY, &req),
+            len: len as u64,
+            _src: src,
+        })
+    }
+
+    /// A write request for `parts` (see [`RemoteFs::write_data`]).
     fn write_req<'a>(
         &self,
         fh: Fh,
         parts: &[&'a [u8]],
         offset: Option<u64>,
     ) -> io::Result<(WriteReq, Option<Bulk<'a>>)> {
+        let (data, src) = self.write_data(parts)?;
+        Ok((WriteReq { fh, offset, data }, src))
+    }
+
+    /// The bytes of `parts`: inline if small, else naming them as one region (the
+    /// handle, to keep until the server has them).
+    fn write_data<'a>(&self, parts: &[&'a [u8]]) -> io::Result<(WriteData, Option<Bulk<'a>>)> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len <= self.inner.inline_max {
-            let data = WriteData::Inline(ByteBuf::from(parts.concat()));
-            return Ok((WriteReq { fh, offset, data }, None));
+            return Ok((WriteData::Inline(ByteBuf::from(parts.concat())), None));
         }
         let segs = parts.iter().map(|p| Seg::from(*p)).collect();
         let src = self
@@ -326,8 +364,7 @@ impl RemoteFs {
             .engine
             .expose(segs, Access::ReadOnly)
             .map_err(rpc_err)?;
-        let data = WriteData::Bulk(src.descriptor());
-        Ok((WriteReq { fh, offset, data }, Some(src)))
+        Ok((WriteData::Bulk(src.descriptor()), Some(src)))
     }
 }
 

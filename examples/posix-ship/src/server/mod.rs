@@ -33,6 +33,7 @@ pub mod clients;
 mod confine;
 mod creds;
 pub mod lending;
+mod listio;
 mod meta;
 mod now;
 mod ops;

@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use rpc_core::{Engine, RpcError};
 use rustix::io::Errno;
-use serde_bytes::ByteBuf;
 
 use super::answer::{Begins, Later, serve, serve_then, twins};
 pub use super::backend::{
@@ -123,27 +122,6 @@ impl<B: Backend> Service<B> {
         Ok(pass)
     }
 
-    /// [`READ_MANY`]: every range checked before any is read, then read in order.
-    fn read_many(&self, who: &Who, r: ReadManyReq) -> R<Vec<ByteBuf>> {
-        let mut total = 0u64;
-        for &(off, len) in &r.ranges.0 {
-            total += u64::from(len);
-            // As a read's: a negative offset is EINVAL (reads end at the largest).
-            if off > MAX_OFFSET || total > MAX_INLINE_READ {
-                return Err(Errno::INVAL);
-            }
-        }
-        let f = self.file(who, r.fh)?;
-        let read = |&(off, len): &(u64, u32)| {
-            let len = u64::from(len).min(MAX_OFFSET - off) as usize;
-            let mut buf = vec![0u8; len];
-            let n = self.backend.read(who, &f, off, &mut buf)?;
-            buf.truncate(n);
-            Ok(ByteBuf::from(buf))
-        };
-        r.ranges.0.iter().map(read).collect()
-    }
-
     /// The files of expired passes go the way of a lost client's.
     fn let_go(&self, files: Vec<Arc<B::File>>) {
         if !files.is_empty() {
@@ -201,8 +179,7 @@ fn register_all<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcEr
             .map(|fh| s.close(w, fh).err().map_or(0, |e| e.raw_os_error()))
             .collect())
     })?;
-    // (The list's bound too: `Bounded`.)
-    serve(e, s, READ_MANY, |s, w, _, r: ReadManyReq| s.read_many(w, r))?;
+    super::listio::register(e, s)?;
     serve(e, s, LEND, |s, w, _, fh| s.lend(w, fh))?;
     serve(e, s, ADOPT, |s, w, _, pass| s.adopt(w, pass))?;
     super::now::register(e, s)?;

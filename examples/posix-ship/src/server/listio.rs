@@ -1,0 +1,105 @@
+//! List I/O: many ranges of one file in one request ([`READ_MANY`], [`WRITE_MANY`]), as
+//! IOFSL's and PVFS's list I/O: what an I/O node asks for many clients' small reads of a
+//! file, or writes out of a file whose buffered extents did not merge (random writers
+//! of a file larger than its memory), one backend request, with its latency, for many.
+//! Every range is checked before any byte is read or written; the lists' bounds are kept
+//! while they are decoded ([`Bounded`]).
+
+use std::sync::Arc;
+
+use rpc_core::{Caller, Engine, RpcError};
+use rustix::io::Errno;
+use serde_bytes::ByteBuf;
+
+use super::answer::serve;
+use super::backend::{Backend, MAX_OFFSET, Payload, R, Who};
+use super::service::Service;
+use crate::bulk_io::pull_from;
+use crate::proto::*;
+
+/// Registers both.
+pub(super) fn register<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
+    serve(e, s, READ_MANY, |s, w, _, r: ReadManyReq| {
+        read_many(s, w, r)
+    })?;
+    serve(e, s, WRITE_MANY, write_many)
+}
+
+/// [`READ_MANY`]: the ranges read in order.
+fn read_many<B: Backend>(s: &Service<B>, who: &Who, r: ReadManyReq) -> R<Vec<ByteBuf>> {
+    let mut total = 0u64;
+    for &(off, len) in &r.ranges.0 {
+        total += u64::from(len);
+        // As a read's: a negative offset is EINVAL (reads end at the largest).
+        if off > MAX_OFFSET || total > MAX_INLINE_READ {
+            return Err(Errno::INVAL);
+        }
+    }
+    let f = s.file(who, r.fh)?;
+    let read = |&(off, len): &(u64, u32)| {
+        let len = u64::from(len).min(MAX_OFFSET - off) as usize;
+        let mut buf = vec![0u8; len];
+        let n = s.backend.read(who, &f, off, &mut buf)?;
+        buf.truncate(n);
+        Ok(ByteBuf::from(buf))
+    };
+    r.ranges.0.iter().map(read).collect()
+}
+
+/// [`WRITE_MANY`]: the bytes (pulled from the caller's buffer as far as its staging
+/// memory allows) written range after range; the bytes written, the ranges before them
+/// whole. A failure after some bytes is a short count, as the kernel's.
+fn write_many<B: Backend>(
+    s: &Service<B>,
+    who: &Who,
+    caller: &Caller,
+    r: WriteManyReq,
+) -> R<Written> {
+    let mut total = 0u64;
+    for &(off, len) in &r.segs.0 {
+        total += u64::from(len);
+        // As a write's: a negative offset is EINVAL, past the largest one EFBIG.
+        if off > MAX_OFFSET {
+            return Err(Errno::INVAL);
+        }
+        if off + u64::from(len) > MAX_OFFSET {
+            return Err(Errno::FBIG);
+        }
+    }
+    let carried = match &r.data {
+        WriteData::Inline(b) => b.len() as u64,
+        WriteData::Bulk(src) => src.len(),
+    };
+    if total != carried || total > MAX_IO {
+        return Err(Errno::INVAL);
+    }
+    let f = s.file(who, r.fh)?;
+    let (bytes, _staged) = match r.data {
+        WriteData::Inline(b) => (b.into_vec(), None),
+        WriteData::Bulk(src) => {
+            let st = s.clients.stage(who.client, who.uid(), total);
+            let bytes = pull_from(caller, &src, st.len).map_err(Errno::from_raw_os_error)?;
+            (bytes, Some(st))
+        }
+    };
+    let (mut at, mut end) = (0usize, 0u64);
+    for &(off, len) in &r.segs.0 {
+        let take = (len as usize).min(bytes.len() - at);
+        if take == 0 && len > 0 {
+            break;
+        }
+        let data = Payload::Inline(bytes[at..at + take].to_vec());
+        match s.backend.write(who, &f, Some(off), data) {
+            Ok(w) => {
+                at += w.n as usize;
+                end = w.end;
+                if w.n < take as u64 {
+                    break;
+                }
+            }
+            Err(e) if at == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(Written { n: at as u64, end })
+}
