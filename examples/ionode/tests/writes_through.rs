@@ -1,6 +1,6 @@
 //! Writes through the I/O node to the backend: a write-out's small extents in list
-//! writes, and writes (appends, large writes, list writes) the backend takes only in
-//! part.
+//! writes (and one request per range to a backend without them), and writes (appends,
+//! large writes, list writes) the backend takes only in part.
 
 mod common;
 
@@ -74,6 +74,73 @@ fn small_extents_are_written_out_in_list_writes() {
         std::fs::read(export.join("f")).unwrap() == want,
         "every byte"
     );
+}
+
+/// A backend that answers list I/O `ENOSYS` (as one built before it: `--no-list-io`)
+/// gets one request per range: a write-out's list writes are made one by one (every
+/// byte right), and so are small reads that queued for a list read.
+#[test]
+fn a_backend_without_list_io_gets_a_request_per_range() {
+    let export = scratch("ionode-no-list-io");
+    let delay = ["--op-delay-us", "20000"];
+    let backend = Proc::backend(
+        &export,
+        &[&["--trust-forwarder", "0", "--no-list-io"][..], &delay].concat(),
+    );
+    let node = Proc::node(&backend.addr, &["--flush-after-ms", "600000"]);
+    let fs = node.client();
+    let (synced, want) = scattered(&fs, "/f", 300);
+    synced.unwrap();
+    assert!(
+        std::fs::read(export.join("f")).unwrap() == want,
+        "every byte"
+    );
+    let s = node.stats();
+    let (listed, single) = (s.op("posix.write_many").1, s.op("posix.write").1);
+    println!("300 writes to a backend without list I/O: {listed} list writes, {single} writes");
+    assert!(
+        (1..=2).contains(&listed),
+        "{listed}: list writes tried once per request out"
+    );
+    assert_eq!(single, 300, "then one per range");
+    // 8 readers at once of ranges far apart (plain misses, not near each other): those
+    // that queue behind the two requests out are asked one by one once the list read is
+    // refused.
+    let g = std::fs::File::create(export.join("g")).unwrap();
+    g.set_len(64 << 20).unwrap();
+    let at = |c: usize, k: usize| ((k * 8 + c) as u64) << 21;
+    for i in 0..32 {
+        use std::os::unix::fs::FileExt;
+        g.write_all_at(&pattern(7, at(i % 8, i / 8), 4096), at(i % 8, i / 8))
+            .unwrap();
+    }
+    let readers: Vec<_> = (0..8).map(|_| node.client()).collect();
+    let before = node.stats();
+    std::thread::scope(|sc| {
+        for (c, r) in readers.iter().enumerate() {
+            sc.spawn(move || {
+                let f = r.open("/g").unwrap();
+                for k in 0..4 {
+                    let mut buf = vec![0u8; 4096];
+                    assert_eq!(f.read_at(&mut buf, at(c, k)).unwrap(), 4096);
+                    assert!(buf == pattern(7, at(c, k), 4096), "reader {c} read {k}");
+                }
+            });
+        }
+    });
+    let after = node.stats();
+    let out = |op: &str| after.op(op).1 - before.op(op).1;
+    println!(
+        "32 reads: {} list reads tried, {} reads",
+        out("posix.read_many"),
+        out("posix.read")
+    );
+    let tried = out("posix.read_many");
+    assert!(
+        (1..=2).contains(&tried),
+        "{tried}: refused, then reads alone"
+    );
+    assert_eq!(out("posix.read"), 32, "each read alone");
 }
 
 /// A list write the backend takes only in part (its file size limit falls in one of the

@@ -108,6 +108,10 @@ enum Cmd {
         /// the latency of a parallel file system behind the export).
         #[arg(long, default_value_t = 0)]
         op_delay_us: u64,
+        /// Answer list reads and writes (`posix.read_many`, `posix.write_many`) `ENOSYS`,
+        /// as a server built before them does (to test forwarders against one).
+        #[arg(long)]
+        no_list_io: bool,
     },
     /// List a directory.
     Ls { path: String },
@@ -247,6 +251,7 @@ fn run(cli: Cli) -> io::Result<()> {
             allow_gid,
             trust_forwarder,
             op_delay_us,
+            no_list_io,
         } => serve_cmd::serve(ServerConfig {
             export,
             listen: listen.unwrap_or_default(),
@@ -274,6 +279,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 trusted_forwarders: trust_forwarder,
             },
             op_delay: Duration::from_micros(op_delay_us),
+            list_io: !no_list_io,
         }),
         Cmd::Ls { path } => {
             let mut entries = fs()?.read_dir(&path).map_err(|e| with_path(&path, e))?;

@@ -201,3 +201,21 @@ fn list_writes_over_every_transport() {
         list_writes(&t);
     }
 }
+
+/// `--no-list-io` answers both `ENOSYS`, as a server built before them (what an I/O
+/// node's fallback to one request per range is tested against).
+#[test]
+fn a_server_without_list_io_answers_enosys() {
+    let export = scratch("no-list-io");
+    std::fs::write(export.join("f"), b"0123456789").unwrap();
+    let srv = ServerProc::start(&export, "sm", &["--no-list-io"]);
+    let fs = srv.client();
+    let fh = fs.open_raw(b"/f", libc::O_RDWR, 0).unwrap().fh;
+    assert_eq!(errno(read_many(&fs, fh, &[(0, 4)])), libc::ENOSYS);
+    let one = [(0u64, vec![&b"x"[..]])];
+    assert_eq!(
+        errno(fs.pwrite_many_start(fh, &one).unwrap().wait()),
+        libc::ENOSYS
+    );
+    assert_eq!(std::fs::read(export.join("f")).unwrap(), b"0123456789");
+}

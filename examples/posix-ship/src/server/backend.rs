@@ -313,6 +313,12 @@ pub trait Backend: Send + Sync + 'static {
     ) {
         done(self.write(&who, &f, off, data))
     }
+    /// Whether [`READ_MANY`] and [`WRITE_MANY`] are served (through [`Backend::read`] and
+    /// [`Backend::write`], a range at a time); `ENOSYS` otherwise, as from a server built
+    /// before them.
+    fn list_io(&self) -> bool {
+        true
+    }
     /// Whether [`Backend::write_now`] and [`Backend::read_now`] may answer: [`WRITE`] and
     /// [`READ`] requests are then dispatched where they arrive, and made on a worker only
     /// when these say `None`.

@@ -27,6 +27,9 @@ pub(super) fn register<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<()
 
 /// [`READ_MANY`]: the ranges read in order.
 fn read_many<B: Backend>(s: &Service<B>, who: &Who, r: ReadManyReq) -> R<Vec<ByteBuf>> {
+    if !s.backend.list_io() {
+        return Err(Errno::NOSYS);
+    }
     let mut total = 0u64;
     for &(off, len) in &r.ranges.0 {
         total += u64::from(len);
@@ -55,6 +58,9 @@ fn write_many<B: Backend>(
     caller: &Caller,
     r: WriteManyReq,
 ) -> R<Written> {
+    if !s.backend.list_io() {
+        return Err(Errno::NOSYS);
+    }
     let mut total = 0u64;
     for &(off, len) in &r.segs.0 {
         total += u64::from(len);

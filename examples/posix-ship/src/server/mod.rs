@@ -81,6 +81,9 @@ pub struct ServerConfig {
     /// A benchmark knob: each operation takes this much longer (the latency of a real
     /// parallel file system behind the export, emulated). Zero by default.
     pub op_delay: Duration,
+    /// Serve list I/O ([`READ_MANY`], [`WRITE_MANY`]); without, they are answered
+    /// `ENOSYS`, as by a server built before them (for testing the clients' fallback).
+    pub list_io: bool,
 }
 
 impl ServerConfig {
@@ -95,6 +98,7 @@ impl ServerConfig {
             auth: Auth::None,
             policy: Policy::default(),
             op_delay: Duration::ZERO,
+            list_io: true,
         }
     }
 }
@@ -106,6 +110,7 @@ pub struct LocalFs {
     read_only: bool,
     policy: Policy,
     op_delay: Duration,
+    list_io: bool,
 }
 
 impl LocalFs {
@@ -116,6 +121,7 @@ impl LocalFs {
             read_only: cfg.read_only,
             policy: cfg.policy.clone(),
             op_delay: cfg.op_delay,
+            list_io: cfg.list_io,
         })
     }
 }

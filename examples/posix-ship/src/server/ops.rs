@@ -67,6 +67,10 @@ impl LocalFs {
 impl Backend for LocalFs {
     type File = OpenFile;
 
+    fn list_io(&self) -> bool {
+        self.list_io
+    }
+
     fn run<T>(&self, who: &Who, body: impl FnOnce() -> R<T>) -> R<T> {
         if !self.op_delay.is_zero() {
             std::thread::sleep(self.op_delay);
