@@ -27,7 +27,8 @@ type R<T> = Result<T, i32>;
 /// Where a read answered later puts its bytes.
 type ReadDone = Box<dyn FnOnce(R<Vec<u8>>) + Send>;
 
-/// Backend reads asked without a worker waiting, at most at once: past it a read waits
+/// Backend reads asked without a worker waiting, at most at once (a read queued for a
+/// file's list read, `crate::listed`, is none, and holds no place): past it a read waits
 /// on a worker, as every call did (a backend at its bound of requests in flight answers
 /// busy, which only a waiting call waits out; the retry thread is one). A posix-ship
 /// server's default bound for one client: 64 (`Limits::in_flight`). 32 before
@@ -38,8 +39,9 @@ type ReadDone = Box<dyn FnOnce(R<Vec<u8>>) + Send>;
 pub(crate) const READS_OUT: usize = 64;
 
 /// A place among the reads out, given back when dropped (however the read ends: its
-/// answer, or its callback dropped unrun).
-struct Slot(Arc<Node>);
+/// answer, or its callback dropped unrun; a plain miss's as it joins a file's queue of
+/// small reads, `crate::listed`, where it is no request at the backend).
+pub(crate) struct Slot(Arc<Node>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -135,7 +137,7 @@ impl Node {
             generation: h.file.is_some().then_some(g),
             h,
             at: (off, len, next),
-            slot,
+            slot: Some(slot),
         };
         match miss {
             Miss::Window(fetch, _) => self.window_then(asked, fetch, done),
@@ -253,15 +255,16 @@ impl Node {
     /// Reads the bytes `a` asks for from the backend into `got` (what came so far),
     /// asking again after a short answer until full or the end of the file (with the
     /// other small reads of its file, `crate::listed`).
-    fn fetch_then(self: &Arc<Self>, a: Asked, got: Vec<u8>, done: ReadDone) {
+    fn fetch_then(self: &Arc<Self>, mut a: Asked, got: Vec<u8>, done: ReadDone) {
         let (off, len, _) = a.at;
         let b = a.h.backing.clone();
         let node = self.clone();
         let at = off + got.len() as u64;
+        let slot = a.slot.take();
         self.pread_listed(
             &b,
-            at,
-            len - got.len(),
+            (at, len - got.len()),
+            slot,
             Box::new(move |r| {
                 let mut got = got;
                 let failed = match r {
@@ -343,5 +346,5 @@ struct Asked {
     h: Arc<Handle>,
     at: (u64, usize, usize),
     generation: Option<u64>,
-    slot: Slot,
+    slot: Option<Slot>,
 }
