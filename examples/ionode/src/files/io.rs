@@ -346,7 +346,7 @@ impl Files {
             let mut s = lock(&f.state);
             let hit = s.cache.find(off, buf.len(), READAHEAD_TTL);
             if hit.is_some() {
-                s.dense.hit();
+                s.dense.hit(buf.len());
             }
             hit
         };
