@@ -1,7 +1,8 @@
 //! Small reads of one backend file asked together (list I/O, as IOFSL's batches of one
 //! list-I/O call each): while [`OUT`] requests for the file are out at the backend, the
-//! next small reads queue, and each request that lands sends what queued meanwhile as
-//! one `posix.read_many` (up to its bounds). Under many random readers of one file a
+//! next reads of at most [`SMALL`] bytes queue, and each request that lands sends what
+//! queued meanwhile as one `posix.read_many` (up to 64 reads and [`LIST_BYTES`]; the
+//! reads a server short of staging memory did not make go first in the next). Under many random readers of one file a
 //! backend request then carries many clients' reads; a lone reader's go alone at once,
 //! as before. A backend built before the list read answers `ENOSYS`: its file's reads go
 //! alone from then on. Only plain misses come here (`crate::reads`): read-ahead windows
@@ -11,7 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
-use posix_ship::proto::{MAX_INLINE_READ, MAX_READ_MANY};
+use posix_ship::proto::MAX_READ_MANY;
 
 use crate::backing::Backing;
 use crate::node::{Node, lock};
@@ -21,7 +22,10 @@ use crate::reads::Slot;
 pub(crate) const OUT: usize = 2;
 
 /// Reads larger than this go alone, whatever is out.
-const SMALL: usize = 16 << 10;
+const SMALL: usize = 128 << 10;
+
+/// A list read's bytes at most (64 reads of 4 KiB, 8 of 128 KiB).
+const LIST_BYTES: u64 = 1 << 20;
 
 /// Where a read's bytes go (the thread that completes the backend call runs it).
 pub(crate) type Got = Box<dyn FnOnce(io::Result<Vec<u8>>) + Send>;
@@ -115,9 +119,18 @@ impl Node {
         };
         b.fs.pread_many_then(b.fh(), ranges, move |r| match r {
             Ok(data) => {
+                let mut batch = batch;
+                // Not read (the server's staging memory; the client saw at least one
+                // read): first in line again.
+                let rest = batch.split_off(data.len().min(batch.len()));
                 for (w, d) in batch.into_iter().zip(data) {
                     (w.got)(Ok(d));
                 }
+                let mut q = lock(&out.b.reads);
+                for w in rest.into_iter().rev() {
+                    q.waiting.push_front(w);
+                }
+                drop(q);
                 drop(out);
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
@@ -152,7 +165,7 @@ impl Node {
             let mut batch = Vec::new();
             while let Some(w) = q.waiting.front() {
                 bytes += u64::from(w.len);
-                if batch.len() == most || (bytes > MAX_INLINE_READ && !batch.is_empty()) {
+                if batch.len() == most || (bytes > LIST_BYTES && !batch.is_empty()) {
                     break;
                 }
                 batch.extend(q.waiting.pop_front());

@@ -246,7 +246,7 @@ fn reads_missing_together_in_a_dense_block_hold_no_worker() {
 /// finds a request's place free and goes alone), every byte right.
 #[test]
 fn many_clients_small_reads_of_one_file_go_to_the_backend_as_list_reads() {
-    let (reads, plain, listed) = random_readers("ionode-list-reads", 16, 8);
+    let (reads, plain, listed) = random_readers("ionode-list-reads", (16, 8), 4096, &[]);
     assert!(listed > 0, "no list read");
     assert!(
         plain + listed <= reads / 2,
@@ -261,17 +261,37 @@ fn many_clients_small_reads_of_one_file_go_to_the_backend_as_list_reads() {
 /// `qs-fwd -n 128 --shapes shared-random`, 2 170 since).
 #[test]
 fn more_list_readers_than_places_for_reads_out_wait_on_no_worker() {
-    let (reads, plain, listed) = random_readers("ionode-list-readers", 80, 3);
+    let (reads, plain, listed) = random_readers("ionode-list-readers", (80, 3), 4096, &[]);
     assert!(
         plain + listed <= reads / 2,
         "{plain} + {listed} backend requests for {reads} reads"
     );
 }
 
-/// `clients` clients each reading `n` times 4 KiB of one file, far apart, through a node
-/// of one worker at a backend of 20 ms per operation; every read is checked, and begun
-/// where it arrived. The reads, and the backend's plain and list reads for them.
-fn random_readers(name: &str, clients: u64, n: u64) -> (u64, u64, u64) {
+/// Reads of 128 KiB (the largest that go in lists) of 24 clients, at a backend that
+/// stages 1 MiB for the node at once: list reads of up to 1 MiB each, two out, are
+/// answered in part, and the reads not made go first in the next; every byte right.
+#[test]
+fn list_reads_a_backend_answers_in_part_are_made_next() {
+    let args = ["--staging-mib", "1"];
+    let (reads, plain, listed) = random_readers("ionode-list-part", (24, 3), 128 << 10, &args);
+    assert!(listed > 0, "no list read");
+    assert!(
+        plain + listed < reads,
+        "{plain} + {listed} backend requests for {reads} reads"
+    );
+}
+
+/// `clients` clients each reading `n` times `len` bytes of one file, far apart, through
+/// a node of one worker at a backend of 20 ms per operation (and `args`); every read is
+/// checked, and begun where it arrived. The reads, and the backend's plain and list
+/// reads for them.
+fn random_readers(
+    name: &str,
+    (clients, n): (u64, u64),
+    len: usize,
+    args: &[&str],
+) -> (u64, u64, u64) {
     use std::os::unix::fs::FileExt;
     // 2 MiB apart from any other client's, `clients` × 2 MiB from its own last.
     let at = |i: u64, k: u64| ((k * clients + i) << 21) + 4096 * k;
@@ -279,10 +299,18 @@ fn random_readers(name: &str, clients: u64, n: u64) -> (u64, u64, u64) {
     let f = std::fs::File::create(export.join("f")).unwrap();
     f.set_len((clients * n) << 21).unwrap();
     for (i, k) in (0..clients).flat_map(|i| (0..n).map(move |k| (i, k))) {
-        f.write_all_at(&pattern(0, at(i, k), 4096), at(i, k))
+        f.write_all_at(&pattern(0, at(i, k), len), at(i, k))
             .unwrap();
     }
-    let (_backend, node) = slow_pair(&export, std::time::Duration::from_millis(20));
+    let backend = Proc::backend(
+        &export,
+        &[
+            &["--trust-forwarder", "0", "--op-delay-us", "20000"][..],
+            args,
+        ]
+        .concat(),
+    );
+    let node = Proc::node(&backend.addr, &["--workers", "1"]);
     let fss: Vec<_> = (0..clients).map(|_| node.client()).collect();
     let files: Vec<_> = fss.iter().map(|c| c.open("/f").unwrap()).collect();
     let before = node.stats();
@@ -291,9 +319,9 @@ fn random_readers(name: &str, clients: u64, n: u64) -> (u64, u64, u64) {
             s.spawn(move || {
                 for k in 0..n {
                     let at = at(i as u64, k);
-                    let mut buf = vec![0u8; 4096];
-                    assert_eq!(f.read_at(&mut buf, at).unwrap(), 4096);
-                    assert!(buf == pattern(0, at, 4096), "client {i} at {at}");
+                    let mut buf = vec![0u8; len];
+                    assert_eq!(f.read_at(&mut buf, at).unwrap(), len);
+                    assert!(buf == pattern(0, at, len), "client {i} at {at}");
                 }
             });
         }

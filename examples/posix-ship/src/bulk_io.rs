@@ -22,6 +22,19 @@ pub fn pull_from(caller: &Caller, src: &Descriptor, len: u64) -> Result<Vec<u8>,
     Ok(buf)
 }
 
+/// Pushes `data` into the caller's buffer `dst`, from its start.
+pub fn push_to(caller: &Caller, dst: &Descriptor, data: &[u8]) -> Result<(), i32> {
+    let src = caller
+        .engine()
+        .expose(vec![Seg::from(data)], Access::ReadOnly)
+        .map_err(errno)?;
+    caller
+        .push(&src, 0, dst, 0, data.len() as u64)
+        .timeout(BULK_TIMEOUT)
+        .wait()
+        .map_err(errno)
+}
+
 /// [`pull_from`] without waiting: `f` gets the bytes on the thread that completes the
 /// pull (the engine's progress thread, usually: it must not block).
 pub fn pull_then(

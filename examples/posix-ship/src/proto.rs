@@ -314,20 +314,34 @@ pub const MAX_READ_MANY: usize = 64;
 
 /// `pread` of many ranges of one file in one request (list I/O, as IOFSL's and PVFS's:
 /// an I/O node asks the reads of many clients of one file together, one backend request
-/// for them): `(offset, length)` each, at most [`MAX_READ_MANY`] of them and
-/// [`MAX_INLINE_READ`] bytes in all (else `EINVAL`).
+/// for them): `(offset, length)` each, at most [`MAX_READ_MANY`] of them, and in all
+/// [`MAX_INLINE_READ`] bytes answered inline or [`MAX_IO`] pushed into `dest` (else
+/// `EINVAL`).
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct ReadManyReq {
     /// The file.
     pub fh: Fh,
     /// What to read, in the order the answer gives it.
     pub ranges: Bounded<(u64, u32), MAX_READ_MANY>,
+    /// The caller's buffer to push the bytes into, each range's at the sum of the
+    /// lengths asked before it; `None`: sent back inline.
+    pub dest: Option<Descriptor>,
+}
+
+/// What a [`READ_MANY`] read.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub enum ManyRead {
+    /// Each range's bytes (short only where the file ends).
+    Inline(Vec<ByteBuf>),
+    /// How many bytes of each of the first ranges were pushed into the caller's buffer
+    /// (fewer ranges than asked: the server's staging memory; the rest were not read).
+    Pushed(Vec<u32>),
 }
 
 /// `read`/`pread`.
 pub const READ: Rpc<ReadReq, Reply<ReadData>> = Rpc::new("posix.read");
-/// [`ReadManyReq`]: each range's bytes, in order (short only where the file ends).
-pub const READ_MANY: Rpc<ReadManyReq, Reply<Vec<ByteBuf>>> = Rpc::new("posix.read_many");
+/// [`ReadManyReq`]: what each range read, in order.
+pub const READ_MANY: Rpc<ReadManyReq, Reply<ManyRead>> = Rpc::new("posix.read_many");
 /// `write`/`pwrite`.
 pub const WRITE: Rpc<WriteReq, Reply<Written>> = Rpc::new("posix.write");
 /// [`WriteManyReq`]: the bytes written, in the ranges' order (fewer than all: the ranges

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use common::{ServerProc, errno, scratch, transports};
 use posix_ship::client::RemoteFs;
 use posix_ship::proto::*;
+use rpc_core::{Access, Seg};
 
 /// `pread_many_then`, waited for.
 fn read_many(fs: &RemoteFs, fh: Fh, ranges: &[(u64, u32)]) -> std::io::Result<Vec<Vec<u8>>> {
@@ -50,7 +51,8 @@ fn list_reads(transport: &str) {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g.as_slice(), *w, "range {i} {:?}", ranges[i]);
     }
-    // As many as one request may carry: 15 of 4 KiB (60 KiB in all), 64 small ones.
+    // As many as one answer carries inline: 15 of 4 KiB (60 KiB in all), 64 small ones;
+    // more bytes are pushed into a buffer of the caller's.
     let most: Vec<(u64, u32)> = (0..15).map(|i| (i * 6000, 4096)).collect();
     assert_eq!(read_many(&fs, fh, &most).unwrap().len(), 15);
     let many: Vec<(u64, u32)> = (0..MAX_READ_MANY as u64).map(|i| (i * 1000, 16)).collect();
@@ -60,19 +62,41 @@ fn list_reads(transport: &str) {
             .zip(&many)
             .all(|(g, &(o, _))| g == &data[o as usize..o as usize + 16])
     );
+    let pushed = [(70_000, 20_000), (0, 30_000), (95_000, 20_000), (10, 1)];
+    let got = read_many(&fs, fh, &pushed).unwrap();
+    for (g, &(o, l)) in got.iter().zip(&pushed) {
+        assert!(g[..] == data[o as usize..(o + l as u64).min(100_000) as usize]);
+    }
 
-    // Refused: past the bytes one answer may carry, an offset past the largest, a list
-    // longer than its bound (refused while decoded: no allocation, no read).
+    // Refused: past the bytes one inline answer may carry, past the bytes of one request,
+    // a buffer shorter than the bytes asked, an offset past the largest, a list longer
+    // than its bound (refused while decoded: no allocation, no read).
+    let raw = |ranges: Vec<(u64, u32)>, dest: Option<usize>| {
+        let buf = dest.map(|n| {
+            fs.engine()
+                .expose(vec![Seg::from(vec![0u8; n])], Access::WriteOnly)
+                .unwrap()
+        });
+        let req = ReadManyReq {
+            fh,
+            ranges: Bounded(ranges),
+            dest: buf.as_ref().map(|b| b.descriptor()),
+        };
+        fs.call(READ_MANY, &req).map(drop)
+    };
     let too_much: Vec<(u64, u32)> = (0..16).map(|i| (i * 4096, 4096)).collect();
-    assert_eq!(errno(read_many(&fs, fh, &too_much)), libc::EINVAL);
+    assert_eq!(errno(raw(too_much, None)), libc::EINVAL);
+    let past_io = vec![(0, 9 << 20), (0, 9 << 20)];
+    assert_eq!(errno(raw(past_io, Some(4096))), libc::EINVAL);
+    assert_eq!(
+        errno(raw(vec![(0, 4096), (0, 4096)], Some(4096))),
+        libc::EINVAL
+    );
     assert_eq!(errno(read_many(&fs, fh, &[(1 << 63, 4)])), libc::EINVAL);
     let huge = [(0, u32::MAX)];
     assert_eq!(errno(read_many(&fs, fh, &huge)), libc::EINVAL);
-    let long = ReadManyReq {
-        fh,
-        ranges: Bounded((0..MAX_READ_MANY as u64 + 1).map(|i| (i, 1)).collect()),
-    };
-    assert!(fs.call(READ_MANY, &long).is_err(), "a list past its bound");
+    let long = (0..MAX_READ_MANY as u64 + 1).map(|i| (i, 1)).collect();
+    assert!(raw(long, None).is_err(), "a list past its bound");
     // A handle open only for writing, a closed one, one of another client.
     let w = fs.open_raw(b"/f", libc::O_WRONLY, 0).unwrap().fh;
     assert_eq!(errno(read_many(&fs, w, &[(0, 4)])), libc::EBADF);
@@ -200,6 +224,27 @@ fn list_writes_over_every_transport() {
     for t in transports() {
         list_writes(&t);
     }
+}
+
+/// A list read larger than the server stages for a client at once answers the ranges
+/// that fit (at least the first, or its first part): the rest were not read.
+#[test]
+fn a_list_read_past_the_staging_memory_answers_its_first_ranges() {
+    let export = scratch("list-reads-staging");
+    let data: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i * 13 + i / 4093) as u8)
+        .collect();
+    std::fs::write(export.join("f"), &data).unwrap();
+    let srv = ServerProc::start(&export, "sm", &["--staging-mib", "1"]);
+    let fs = srv.client();
+    let fh = fs.open_raw(b"/f", libc::O_RDONLY, 0).unwrap().fh;
+    let ranges = [(3 << 20, 600_000), (0, 500_000), (1 << 20, 100_000)];
+    let got = read_many(&fs, fh, &ranges).unwrap();
+    assert_eq!(got.len(), 2, "1 MiB staged: the first two ranges, in part");
+    assert!(got[0] == data[3 << 20..(3 << 20) + 600_000]);
+    let n = got[1].len();
+    assert!((1..=500_000).contains(&n));
+    assert!(got[1] == data[..n]);
 }
 
 /// `--no-list-io` answers both `ENOSYS`, as a server built before them (what an I/O

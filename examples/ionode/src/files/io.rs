@@ -185,6 +185,8 @@ impl Files {
         let dense = near && !hit && {
             let mut s = lock(&f.state);
             let fetches = s.dense.fetches();
+            // (The read that fetches a block here is served from it without a hit:
+            // nothing owed.)
             if !fetches {
                 s.dense.declined();
             }
@@ -269,9 +271,11 @@ impl Files {
             s.last_read = off;
             match miss {
                 Miss::Plain(_) if near => s.dense.declined(),
-                Miss::Window(..) | Miss::Near(Near::Fetch { .. }) => {
+                Miss::Near(Near::Fetch { .. }) => {
+                    s.dense.owe(len);
                     Counters::add(&self.stats.readahead_fetches, 1)
                 }
+                Miss::Window(..) => Counters::add(&self.stats.readahead_fetches, 1),
                 _ => {}
             }
         }

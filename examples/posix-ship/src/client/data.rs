@@ -88,32 +88,67 @@ impl RemoteFs {
     }
 
     /// `pread` of each of `ranges` (`(offset, length)`; at most [`MAX_READ_MANY`], their
-    /// lengths at most [`MAX_INLINE_READ`] in all) in one request ([`READ_MANY`]), without
+    /// lengths at most [`MAX_IO`] in all) in one request ([`READ_MANY`]), without
     /// waiting: `f` gets each range's bytes, in order, on the thread that completes the
-    /// call (fewer only where the file ends). A server that answers another count, or
-    /// more than a range asked, is `EIO`; one that does not know the request, `ENOSYS`.
+    /// call (fewer only where the file ends), answered inline when small, else pushed
+    /// into a buffer of ours; of the first ranges only (at least one) when the server's
+    /// staging memory is short: the rest were not read. A server that answers more
+    /// ranges or bytes than asked, or none, is `EIO`; one that does not know the
+    /// request, `ENOSYS`.
     pub fn pread_many_then(
         &self,
         fh: Fh,
         ranges: Vec<(u64, u32)>,
         f: impl FnOnce(io::Result<Vec<Vec<u8>>>) + Send + 'static,
     ) {
+        let lens: Vec<u32> = ranges.iter().map(|r| r.1).collect();
+        let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
+        if total > MAX_IO {
+            return f(Err(errno(libc::EINVAL)));
+        }
+        let dest = if total <= MAX_INLINE_READ {
+            None
+        } else {
+            let buf = vec![0u8; total as usize];
+            match self
+                .inner
+                .engine
+                .expose(vec![Seg::from(buf)], Access::WriteOnly)
+            {
+                Ok(d) => Some(d),
+                Err(e) => return f(Err(rpc_err(e))),
+            }
+        };
         let req = ReadManyReq {
             fh,
             ranges: Bounded(ranges),
+            dest: dest.as_ref().map(Bulk::descriptor),
         };
-        let lens: Vec<u32> = req.ranges.0.iter().map(|r| r.1).collect();
+        let fits = move |got: &[u32]| {
+            !got.is_empty() && got.len() <= lens.len() && got.iter().zip(&lens).all(|(d, l)| d <= l)
+        };
         self.start(READ_MANY, &req).then(move |a| {
-            f(match a {
-                Answered::Busy => Err(errno(libc::EAGAIN)),
-                Answered::Done(Err(e)) => Err(e),
-                Answered::Done(Ok(got))
-                    if got.len() == lens.len()
-                        && got.iter().zip(&lens).all(|(d, &l)| d.len() <= l as usize) =>
+            f(match (a, dest) {
+                (Answered::Busy, _) => Err(errno(libc::EAGAIN)),
+                (Answered::Done(Err(e)), _) => Err(e),
+                (Answered::Done(Ok(ManyRead::Inline(got))), None)
+                    if got.len() == req.ranges.0.len()
+                        && fits(&got.iter().map(|d| d.len() as u32).collect::<Vec<_>>()) =>
                 {
                     Ok(got.into_iter().map(ByteBuf::into_vec).collect())
                 }
-                Answered::Done(Ok(_)) => Err(errno(libc::EIO)),
+                (Answered::Done(Ok(ManyRead::Pushed(got))), Some(d)) if fits(&got) => {
+                    let buf = d.into_vec();
+                    let mut at = 0usize;
+                    let mut out = Vec::with_capacity(got.len());
+                    for (&n, &(_, len)) in got.iter().zip(&req.ranges.0) {
+                        out.push(buf[at..at + n as usize].to_vec());
+                        at += len as usize;
+                    }
+                    Ok(out)
+                }
+                // More than asked, none, or another form: a server that lies.
+                _ => Err(errno(libc::EIO)),
             })
         });
     }

@@ -14,39 +14,77 @@ use serde_bytes::ByteBuf;
 use super::answer::serve;
 use super::backend::{Backend, MAX_OFFSET, Payload, R, Who};
 use super::service::Service;
-use crate::bulk_io::pull_from;
+use crate::bulk_io::{pull_from, push_to};
 use crate::proto::*;
 
 /// Registers both.
 pub(super) fn register<B: Backend>(e: &Engine, s: &Arc<Service<B>>) -> Result<(), RpcError> {
-    serve(e, s, READ_MANY, |s, w, _, r: ReadManyReq| {
-        read_many(s, w, r)
-    })?;
+    serve(e, s, READ_MANY, read_many)?;
     serve(e, s, WRITE_MANY, write_many)
 }
 
-/// [`READ_MANY`]: the ranges read in order.
-fn read_many<B: Backend>(s: &Service<B>, who: &Who, r: ReadManyReq) -> R<Vec<ByteBuf>> {
+/// [`READ_MANY`]: the ranges read in order; into the caller's buffer as far as its
+/// staging memory allows (at least the first range, or its first part).
+fn read_many<B: Backend>(
+    s: &Service<B>,
+    who: &Who,
+    caller: &Caller,
+    r: ReadManyReq,
+) -> R<ManyRead> {
     if !s.backend.list_io() {
         return Err(Errno::NOSYS);
     }
+    let most = if r.dest.is_some() {
+        MAX_IO
+    } else {
+        MAX_INLINE_READ
+    };
     let mut total = 0u64;
     for &(off, len) in &r.ranges.0 {
         total += u64::from(len);
         // As a read's: a negative offset is EINVAL (reads end at the largest).
-        if off > MAX_OFFSET || total > MAX_INLINE_READ {
+        if off > MAX_OFFSET || total > most {
             return Err(Errno::INVAL);
         }
     }
     let f = s.file(who, r.fh)?;
-    let read = |&(off, len): &(u64, u32)| {
-        let len = u64::from(len).min(MAX_OFFSET - off) as usize;
-        let mut buf = vec![0u8; len];
+    let read = |off: u64, len: u64| {
+        let mut buf = vec![0u8; len.min(MAX_OFFSET - off) as usize];
         let n = s.backend.read(who, &f, off, &mut buf)?;
         buf.truncate(n);
-        Ok(ByteBuf::from(buf))
+        Ok(buf)
     };
-    r.ranges.0.iter().map(read).collect()
+    let Some(dest) = r.dest else {
+        let each = |&(off, len): &(u64, u32)| read(off, u64::from(len)).map(ByteBuf::from);
+        return r
+            .ranges
+            .0
+            .iter()
+            .map(each)
+            .collect::<R<_>>()
+            .map(ManyRead::Inline);
+    };
+    if dest.len() < total {
+        return Err(Errno::INVAL);
+    }
+    let st = s.clients.stage(who.client, who.uid(), total);
+    let mut out = vec![0u8; st.len as usize];
+    let (mut at, mut lens) = (0usize, Vec::new());
+    for &(off, len) in &r.ranges.0 {
+        let want = (len as usize).min(out.len() - at);
+        if want == 0 && len > 0 {
+            break;
+        }
+        let got = read(off, want as u64)?;
+        out[at..at + got.len()].copy_from_slice(&got);
+        lens.push(got.len() as u32);
+        at += len as usize;
+        if want < len as usize {
+            break;
+        }
+    }
+    push_to(caller, &dest, &out[..at.min(out.len())]).map_err(Errno::from_raw_os_error)?;
+    Ok(ManyRead::Pushed(lens))
 }
 
 /// [`WRITE_MANY`]: the bytes (pulled from the caller's buffer as far as its staging
