@@ -31,31 +31,28 @@ fn read_many<B: Backend>(
     caller: &Caller,
     r: ReadManyReq,
 ) -> R<ManyRead> {
-    if !s.backend.list_io() {
-        return Err(Errno::NOSYS);
-    }
     let most = if r.dest.is_some() {
         MAX_IO
     } else {
         MAX_INLINE_READ
     };
-    let mut total = 0u64;
-    for &(off, len) in &r.ranges.0 {
-        total += u64::from(len);
-        // As a read's: a negative offset is EINVAL (reads end at the largest).
-        if off > MAX_OFFSET || total > most {
-            return Err(Errno::INVAL);
-        }
+    let total = checked(s, &r.ranges.0, false)?;
+    if total > most {
+        return Err(Errno::INVAL);
     }
     let f = s.file(who, r.fh)?;
-    let read = |off: u64, len: u64| {
-        let mut buf = vec![0u8; len.min(MAX_OFFSET - off) as usize];
-        let n = s.backend.read(who, &f, off, &mut buf)?;
-        buf.truncate(n);
-        Ok(buf)
+    // Into `buf`, short of the largest offset: the bytes read.
+    let read = |off: u64, buf: &mut [u8]| {
+        let room = (MAX_OFFSET - off).min(buf.len() as u64) as usize;
+        s.backend.read(who, &f, off, &mut buf[..room])
     };
     let Some(dest) = r.dest else {
-        let each = |&(off, len): &(u64, u32)| read(off, u64::from(len)).map(ByteBuf::from);
+        let each = |&(off, len): &(u64, u32)| {
+            let mut buf = vec![0u8; len as usize];
+            let n = read(off, &mut buf)?;
+            buf.truncate(n);
+            Ok(ByteBuf::from(buf))
+        };
         return r
             .ranges
             .0
@@ -75,9 +72,8 @@ fn read_many<B: Backend>(
         if want == 0 && len > 0 {
             break;
         }
-        let got = read(off, want as u64)?;
-        out[at..at + got.len()].copy_from_slice(&got);
-        lens.push(got.len() as u32);
+        let n = read(off, &mut out[at..at + want])?;
+        lens.push(n as u32);
         at += len as usize;
         if want < len as usize {
             break;
@@ -96,20 +92,7 @@ fn write_many<B: Backend>(
     caller: &Caller,
     r: WriteManyReq,
 ) -> R<Written> {
-    if !s.backend.list_io() {
-        return Err(Errno::NOSYS);
-    }
-    let mut total = 0u64;
-    for &(off, len) in &r.segs.0 {
-        total += u64::from(len);
-        // As a write's: a negative offset is EINVAL, past the largest one EFBIG.
-        if off > MAX_OFFSET {
-            return Err(Errno::INVAL);
-        }
-        if off + u64::from(len) > MAX_OFFSET {
-            return Err(Errno::FBIG);
-        }
-    }
+    let total = checked(s, &r.segs.0, true)?;
     let carried = match &r.data {
         WriteData::Inline(b) => b.len() as u64,
         WriteData::Bulk(src) => src.len(),
@@ -146,4 +129,24 @@ fn write_many<B: Backend>(
         }
     }
     Ok(Written { n: at as u64, end })
+}
+
+/// The bytes `ranges` add up to, once list I/O is served and each offset passes a read's
+/// or a write's checks: a negative offset is `EINVAL`; a write ending past the largest,
+/// `EFBIG` (reads end there).
+fn checked<B: Backend>(s: &Service<B>, ranges: &[(u64, u32)], write: bool) -> R<u64> {
+    if !s.backend.list_io() {
+        return Err(Errno::NOSYS);
+    }
+    let mut total = 0u64;
+    for &(off, len) in ranges {
+        total += u64::from(len);
+        if off > MAX_OFFSET {
+            return Err(Errno::INVAL);
+        }
+        if write && off + u64::from(len) > MAX_OFFSET {
+            return Err(Errno::FBIG);
+        }
+    }
+    Ok(total)
 }
