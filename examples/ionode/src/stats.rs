@@ -215,17 +215,30 @@ pub fn table(s: &NodeStats) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:>12} {:>12} {:>8}",
-        "operation", "client", "backend", "ratio"
+        "{:<20} {:>12} {:>12} {:>8} {:>10}",
+        "operation", "client", "backend", "ratio", "as lists"
     );
-    for (op, i, o) in s.ops.iter().filter(|o| o.1 + o.2 > 0) {
-        let ratio = if *o > 0 {
-            format!("{:.1}", *i as f64 / *o as f64)
+    // A list read or write is counted with the reads or writes it made (its own row
+    // would have no client requests).
+    let lists = |op: &str| s.op(&format!("{op}_many")).1;
+    for (op, i, o) in s.ops.iter().filter(|o| !o.0.ends_with("_many")) {
+        let listed = lists(op);
+        let o = o + listed;
+        if i + o == 0 {
+            continue;
+        }
+        let ratio = if o > 0 {
+            format!("{:.1}", *i as f64 / o as f64)
+        } else {
+            "-".into()
+        };
+        let listed = if listed > 0 {
+            listed.to_string()
         } else {
             "-".into()
         };
         let name = op.strip_prefix("posix.").unwrap_or(op);
-        let _ = writeln!(out, "{name:<20} {i:>12} {o:>12} {ratio:>8}");
+        let _ = writeln!(out, "{name:<20} {i:>12} {o:>12} {ratio:>8} {listed:>10}");
     }
     let (i, o) = s.totals();
     let ratio = if o > 0 {
@@ -267,4 +280,32 @@ pub fn table(s: &NodeStats) -> String {
         s.backend_errors
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_requests_are_counted_with_the_reads_and_writes_they_made() {
+        let s = NodeStats {
+            ops: vec![
+                ("posix.read".into(), 1000, 40),
+                ("posix.read_many".into(), 0, 60),
+                ("posix.write".into(), 500, 5),
+                ("posix.stat".into(), 0, 0),
+            ],
+            ..NodeStats::default()
+        };
+        let t = table(&s);
+        let row = |name: &str| {
+            t.lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+        };
+        assert_eq!(row("read").unwrap(), ["read", "1000", "100", "10.0", "60"]);
+        assert_eq!(row("write").unwrap(), ["write", "500", "5", "100.0", "-"]);
+        assert!(row("read_many").is_none() && row("stat").is_none(), "{t}");
+        assert_eq!(row("all").unwrap()[1..3], ["1500", "105"]);
+    }
 }
