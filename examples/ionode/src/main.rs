@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ionode::stats::{NodeStats, STATS, table};
 use ionode::{IoNode, NodeConfig};
-use posix_ship::server::Limits;
+use posix_ship::server::{Limits, UserLimits};
 use rpc_core::{Auth, Engine};
 
 /// An I/O forwarding node: clients speak posix-ship to it, it forwards to the servers.
@@ -50,6 +50,15 @@ enum Cmd {
         /// Requests served at once per client (past it: EAGAIN).
         #[arg(long, default_value_t = Limits::default().in_flight)]
         max_in_flight: usize,
+        /// Requests served at once for all the clients of one user (past it: EAGAIN).
+        #[arg(long, default_value_t = NodeConfig::limits().per_user.in_flight)]
+        user_in_flight: usize,
+        /// Open files of all the clients of one user (past it: EMFILE).
+        #[arg(long, default_value_t = NodeConfig::limits().per_user.open_files)]
+        user_open: usize,
+        /// Bulk data held for all the clients of one user at once, MiB.
+        #[arg(long, default_value_t = NodeConfig::limits().per_user.staging >> 20)]
+        user_staging_mib: u64,
         /// Bulk data held for one client's reads and writes at once, MiB (past it, reads
         /// and writes are served short, as POSIX allows).
         #[arg(long, default_value_t = Limits::default().staging_per_client >> 20)]
@@ -131,6 +140,9 @@ fn run(cli: Cli) -> io::Result<()> {
             workers,
             max_open,
             max_in_flight,
+            user_in_flight,
+            user_open,
+            user_staging_mib,
             staging_mib,
             attr_timeout,
             negative_timeout,
@@ -153,7 +165,12 @@ fn run(cli: Cli) -> io::Result<()> {
                     open_files: max_open,
                     in_flight: max_in_flight,
                     staging_per_client: staging_mib << 20,
-                    ..Limits::default()
+                    per_user: UserLimits {
+                        in_flight: user_in_flight,
+                        open_files: user_open,
+                        staging: user_staging_mib << 20,
+                    },
+                    ..NodeConfig::limits()
                 },
                 attr_timeout: secs(attr_timeout, "--attr-timeout")?,
                 negative_timeout: secs(negative_timeout, "--negative-timeout")?,

@@ -537,3 +537,33 @@ fn backend_without(
     assert!(remove(&engine), "it was there");
     (export, engine, svc)
 }
+
+/// One user's requests in flight, all its clients together, are bounded
+/// (`--user-in-flight`; by default 64 clients' worth, the processes of a job being one
+/// user's): past it a request is answered busy, and the client waits it out. With a
+/// bound of one, of two clients' reads at a backend of 200 ms one is refused, then served.
+#[test]
+fn one_users_requests_in_flight_are_bounded_and_waited_out() {
+    let export = scratch("ionode-user-in-flight");
+    for i in 0..2u64 {
+        std::fs::write(export.join(format!("f{i}")), pattern(i, 0, 4096)).unwrap();
+    }
+    let args = ["--trust-forwarder", "0", "--op-delay-us", "200000"];
+    let backend = Proc::backend(&export, &args);
+    let node = Proc::node(&backend.addr, &["--user-in-flight", "1"]);
+    let clients: Vec<_> = (0..2).map(|_| node.client()).collect();
+    let files: Vec<_> = (0..2)
+        .map(|i| clients[i].open(&format!("/f{i}")).unwrap())
+        .collect();
+    let refused = node.stats().refused;
+    std::thread::scope(|s| {
+        for (i, f) in files.iter().enumerate() {
+            s.spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                assert_eq!(f.read_at(&mut buf, 0).unwrap(), 4096);
+                assert!(buf == pattern(i as u64, 0, 4096), "f{i}");
+            });
+        }
+    });
+    assert!(node.stats().refused > refused, "no request refused");
+}
