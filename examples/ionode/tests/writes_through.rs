@@ -107,8 +107,9 @@ fn a_backend_without_list_io_gets_a_request_per_range() {
     // that queue behind the two requests out are asked one by one once the list read is
     // refused.
     let g = std::fs::File::create(export.join("g")).unwrap();
-    g.set_len(64 << 20).unwrap();
-    let at = |c: usize, k: usize| ((k * 8 + c) as u64) << 21;
+    g.set_len(512 << 20).unwrap();
+    // 16 MiB apart: none near another (which would fetch a dense block instead).
+    let at = |c: usize, k: usize| ((k * 8 + c) as u64) << 24;
     for i in 0..32 {
         use std::os::unix::fs::FileExt;
         g.write_all_at(&pattern(7, at(i % 8, i / 8), 4096), at(i % 8, i / 8))
