@@ -55,6 +55,17 @@ struct Out {
     _slot: Option<Slot>,
 }
 
+impl Out {
+    fn new(node: &Arc<Node>, b: &Arc<Backing>, slot: Option<Slot>) -> Out {
+        let (node, b) = (node.clone(), b.clone());
+        Out {
+            node,
+            b,
+            _slot: slot,
+        }
+    }
+}
+
 impl Drop for Out {
     fn drop(&mut self) {
         self.node.read_landed(&self.b);
@@ -97,12 +108,7 @@ impl Node {
         got: Got,
     ) {
         self.stats.request_out("posix.read");
-        let (node, b2) = (self.clone(), b.clone());
-        let out = Out {
-            node,
-            b: b2,
-            _slot: slot,
-        };
+        let out = Out::new(self, b, slot);
         b.fs.pread_then(b.fh(), len, off, move |r| {
             got(r);
             drop(out);
@@ -113,12 +119,7 @@ impl Node {
     fn ask_many(self: &Arc<Self>, b: &Arc<Backing>, batch: Vec<Waiting>) {
         self.stats.request_out("posix.read_many");
         let ranges = batch.iter().map(|w| (w.off, w.len)).collect();
-        let (node, b2) = (self.clone(), b.clone());
-        let out = Out {
-            node,
-            b: b2,
-            _slot: None,
-        };
+        let out = Out::new(self, b, None);
         b.fs.pread_many_then(b.fh(), ranges, move |r| match r {
             Ok(data) => {
                 let mut batch = batch;

@@ -144,6 +144,51 @@ fn a_backend_without_list_io_gets_a_request_per_range() {
     assert_eq!(out("posix.read"), 32, "each read alone");
 }
 
+/// List reads on handles a restarted backend forgot (`EBADF`) fail whole, and each of
+/// their reads is made again the blocking way, which opens the file again: 8 readers of
+/// a file opened before the restart get every byte right after it.
+#[test]
+fn list_reads_a_restarted_backend_forgot_are_made_again() {
+    let export = scratch("ionode-list-restart");
+    let name = format!("sm://qs-ionode-list-restart-{}", std::process::id());
+    let args = ["--trust-forwarder", "0", "--op-delay-us", "20000"];
+    let backend = Proc::backend_on(&export, &name, &args);
+    let node = Proc::node(&backend.addr, &[]);
+    let g = std::fs::File::create(export.join("g")).unwrap();
+    g.set_len(128 << 20).unwrap();
+    let at = |c: usize| (c as u64) << 24;
+    for c in 0..8 {
+        use std::os::unix::fs::FileExt;
+        g.write_all_at(&pattern(9, at(c), 4096), at(c)).unwrap();
+    }
+    std::fs::write(export.join("probe"), b"p").unwrap();
+    let readers: Vec<_> = (0..8).map(|_| node.client()).collect();
+    let files: Vec<_> = readers.iter().map(|r| r.open("/g").unwrap()).collect();
+    assert!(backend.stop(), "the backend stops cleanly");
+    let _back = Proc::backend_on(&export, &name, &args);
+    // The node reaches it again (a file opened now).
+    let t0 = std::time::Instant::now();
+    while node.client().read("/probe").is_err() {
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "the node never reached the backend again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let before = node.stats().op("posix.read_many").1;
+    std::thread::scope(|s| {
+        for (c, f) in files.iter().enumerate() {
+            s.spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                assert_eq!(f.read_at(&mut buf, at(c)).unwrap(), 4096);
+                assert!(buf == pattern(9, at(c), 4096), "reader {c}");
+            });
+        }
+    });
+    let listed = node.stats().op("posix.read_many").1 - before;
+    assert!(listed >= 1, "no list read tried on the forgotten handle");
+}
+
 /// A list write the backend takes only in part (its file size limit falls in one of the
 /// ranges) is made the rest of the way the blocking way: the ranges below the limit land
 /// whole, the one across it up to it, and the fsync reports the error of the rest.

@@ -124,8 +124,9 @@ impl RemoteFs {
             ranges: Bounded(ranges),
             dest: dest.as_ref().map(Bulk::descriptor),
         };
-        let fits = move |got: &[u32]| {
-            !got.is_empty() && got.len() <= lens.len() && got.iter().zip(&lens).all(|(d, l)| d <= l)
+        // At least one range, no more than asked, none longer than asked.
+        let fits = move |got: &mut dyn ExactSizeIterator<Item = usize>| {
+            (1..=lens.len()).contains(&got.len()) && got.zip(&lens).all(|(d, &l)| d <= l as usize)
         };
         self.start(READ_MANY, &req).then(move |a| {
             f(match (a, dest) {
@@ -133,11 +134,13 @@ impl RemoteFs {
                 (Answered::Done(Err(e)), _) => Err(e),
                 (Answered::Done(Ok(ManyRead::Inline(got))), None)
                     if got.len() == req.ranges.0.len()
-                        && fits(&got.iter().map(|d| d.len() as u32).collect::<Vec<_>>()) =>
+                        && fits(&mut got.iter().map(|d| d.len())) =>
                 {
                     Ok(got.into_iter().map(ByteBuf::into_vec).collect())
                 }
-                (Answered::Done(Ok(ManyRead::Pushed(got))), Some(d)) if fits(&got) => {
+                (Answered::Done(Ok(ManyRead::Pushed(got))), Some(d))
+                    if fits(&mut got.iter().map(|&n| n as usize)) =>
+                {
                     let buf = d.into_vec();
                     let mut at = 0usize;
                     let mut out = Vec::with_capacity(got.len());
